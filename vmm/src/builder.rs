@@ -1,0 +1,341 @@
+//! Builds a VM from a validated [`VmConfig`] in ordered, named steps, each
+//! timed for the boot breakdown:
+//!
+//! 1. KVM setup: open /dev/kvm, create the VM, irqchip, PIT.
+//! 2. Memory: map guest RAM and register it with KVM.
+//! 3. Load: kernel (ELF or bzImage), initrd, command line, zero page.
+//! 4. Devices: serial, i8042, virtio-mmio devices (ioeventfd + irqfd).
+//! 5. vCPUs: create, configure, start their threads.
+//!
+//! Then [`Vmm::run`] serves the event loop until the VM ends.
+
+use std::cell::RefCell;
+use std::fs::{File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use linux_loader::loader::{KernelLoader, KernelLoaderResult, bzimage::BzImage, elf::Elf};
+use vm_memory::{Address, GuestAddress, GuestMemoryMmap};
+use vmm_sys_util::epoll::EventSet;
+
+use crate::arch::{self, boot};
+use crate::config::{ApEntry, VmConfig};
+use crate::control::{ControlServer, VmFacts};
+use crate::devices::IrqLine;
+use crate::devices::bus::Bus;
+use crate::devices::i8042::{I8042, I8042_PORTS};
+use crate::devices::serial::{SERIAL_PORTS, SerialConsole};
+use crate::event_loop::{EventLoop, Ops, Subscriber};
+use crate::socket::{SocketError, bind_replacing_stale};
+use crate::vcpus::VcpuSet;
+use crate::vstate::exit::{ExitLatch, ExitReason};
+use crate::vstate::memory::{self, MemoryError};
+use crate::vstate::vcpu::{Vcpu, VcpuError};
+use crate::vstate::vm::{Vm, VmError};
+
+/// Errors building or running a VM.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// KVM refused something.
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    /// Guest memory could not be mapped.
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    /// A vCPU could not be set up.
+    #[error(transparent)]
+    Vcpu(#[from] VcpuError),
+    /// The kernel could not be loaded.
+    #[error("Cannot load kernel {path}")]
+    Kernel {
+        /// The kernel file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: linux_loader::loader::Error,
+    },
+    /// A file the VM needs could not be opened.
+    #[error("Cannot open {path}")]
+    Open {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The initrd does not fit.
+    #[error("Initrd does not fit in guest memory")]
+    InitrdTooLarge,
+    /// Boot structures could not be written.
+    #[error(transparent)]
+    Boot(#[from] boot::BootError),
+    /// A socket could not be bound.
+    #[error(transparent)]
+    Socket(#[from] SocketError),
+    /// Device wiring failed.
+    #[error("Cannot set up device {what}")]
+    Device {
+        /// Which device.
+        what: &'static str,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A bus range clash (a bug in the layout).
+    #[error(transparent)]
+    Bus(#[from] crate::devices::bus::BusError),
+    /// The event loop failed.
+    #[error("Event loop failed")]
+    EventLoop(#[source] std::io::Error),
+}
+
+fn device_err(what: &'static str) -> impl FnOnce(std::io::Error) -> BuildError {
+    move |source| BuildError::Device { what, source }
+}
+
+/// How long each build step took.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct BootTimings {
+    /// Opening KVM, creating the VM, irqchip and PIT.
+    pub kvm_setup_us: u64,
+    /// Mapping and registering guest RAM.
+    pub memory_us: u64,
+    /// Loading kernel, command line and zero page.
+    pub load_us: u64,
+    /// Creating devices.
+    pub devices_us: u64,
+    /// Creating, configuring and starting vCPUs.
+    pub vcpus_us: u64,
+    /// From vCPU start to the first exit of vCPU 0 (guest code ran).
+    pub first_exit_us: Option<u64>,
+}
+
+/// Files and sockets a running VM owns, removed when it ends.
+struct OwnedPaths(Vec<PathBuf>);
+
+impl Drop for OwnedPaths {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// A built, running VM.
+pub struct Vmm {
+    vcpus: Rc<RefCell<VcpuSet>>,
+    event_loop: EventLoop,
+    latch: Arc<ExitLatch>,
+    serial: Arc<Mutex<SerialConsole>>,
+    timings: BootTimings,
+    vcpus_started: Instant,
+    _paths: OwnedPaths,
+    _vm: Vm,
+    _memory: GuestMemoryMmap,
+}
+
+struct LatchWatcher;
+
+impl Subscriber for LatchWatcher {
+    fn handle(&mut self, _fd: std::os::fd::RawFd, _events: EventSet, _ops: &mut Ops) {}
+}
+
+fn us(since: Instant) -> u64 {
+    since.elapsed().as_micros() as u64
+}
+
+fn load_kernel(
+    mem: &GuestMemoryMmap,
+    path: &PathBuf,
+) -> Result<(KernelLoaderResult, u64), BuildError> {
+    let mut file = File::open(path).map_err(|source| BuildError::Open {
+        path: path.clone(),
+        source,
+    })?;
+    let high = Some(GuestAddress(arch::KERNEL_START));
+    match Elf::load(mem, None, &mut file, high) {
+        Ok(r) => {
+            let entry = r.kernel_load.raw_value();
+            Ok((r, entry))
+        }
+        Err(linux_loader::loader::Error::Elf(
+            linux_loader::loader::elf::Error::InvalidElfMagicNumber,
+        )) => {
+            let r =
+                BzImage::load(mem, None, &mut file, high).map_err(|source| BuildError::Kernel {
+                    path: path.clone(),
+                    source,
+                })?;
+            // The 64-bit entry of a bzImage is 0x200 past where it loads.
+            let entry = r.kernel_load.raw_value() + 0x200;
+            Ok((r, entry))
+        }
+        Err(source) => Err(BuildError::Kernel {
+            path: path.clone(),
+            source,
+        }),
+    }
+}
+
+impl Vmm {
+    /// Builds and starts the VM `config` describes.
+    pub fn build(config: &VmConfig) -> Result<Self, BuildError> {
+        let mut timings = BootTimings::default();
+        let mut paths = OwnedPaths(Vec::new());
+
+        let t = Instant::now();
+        let vm = Vm::new()?;
+        timings.kvm_setup_us = us(t);
+
+        let t = Instant::now();
+        let mem = memory::create(config.mem_mib)?;
+        vm.set_memory(&mem)?;
+        timings.memory_us = us(t);
+
+        let t = Instant::now();
+        let (loaded, entry) = load_kernel(&mem, &config.kernel)?;
+        let initrd = match &config.initrd {
+            Some(path) => Some(load_initrd(&mem, path)?),
+            None => None,
+        };
+        let cmdline = config.cmdline.clone();
+        boot::write_zero_page(&mem, cmdline.as_bytes(), loaded.setup_header, initrd)?;
+        timings.load_us = us(t);
+
+        let t = Instant::now();
+        let latch = Arc::new(ExitLatch::new().map_err(device_err("exit latch"))?);
+        let mut pio = Bus::new();
+        let mmio = Bus::new();
+        let serial_irq = IrqLine::new().map_err(device_err("serial irq"))?;
+        vm.fd()
+            .register_irqfd(serial_irq.eventfd(), arch::SERIAL_IRQ)
+            .map_err(|e| BuildError::Device {
+                what: "serial irqfd",
+                source: std::io::Error::from_raw_os_error(e.errno()),
+            })?;
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&config.serial_log)
+            .map_err(|source| BuildError::Open {
+                path: config.serial_log.clone(),
+                source,
+            })?;
+        let serial = Arc::new(Mutex::new(SerialConsole::new(serial_irq, log)));
+        pio.insert(serial.clone(), u64::from(arch::SERIAL_PORT), SERIAL_PORTS)?;
+        pio.insert(
+            Arc::new(Mutex::new(I8042::new(latch.clone()))),
+            u64::from(arch::I8042_PORT),
+            I8042_PORTS,
+        )?;
+        let control = bind_replacing_stale(&config.control_socket)?;
+        paths.0.push(config.control_socket.clone());
+        control
+            .set_nonblocking(true)
+            .map_err(device_err("control socket"))?;
+        timings.devices_us = us(t);
+
+        let t = Instant::now();
+        let cpuid = vm
+            .kvm()
+            .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+            .map_err(|source| VmError::Kvm {
+                op: "GET_SUPPORTED_CPUID",
+                source,
+            })?;
+        let runnable = config.ap_entry == ApEntry::KernelEntry;
+        let mut vcpus = Vec::with_capacity(usize::from(config.vcpus));
+        for i in 0..config.vcpus {
+            let vcpu = Vcpu::new(&vm, i)?;
+            vcpu.configure(&mem, &cpuid, config.vcpus, entry, runnable)?;
+            vcpus.push(vcpu);
+        }
+        let pio = Arc::new(pio);
+        let mmio = Arc::new(mmio);
+        let vcpus_started = Instant::now();
+        let mut handles = Vec::with_capacity(vcpus.len());
+        for vcpu in vcpus {
+            handles.push(vcpu.start(pio.clone(), mmio.clone(), latch.clone())?);
+        }
+        timings.vcpus_us = us(t);
+        let vcpus = Rc::new(RefCell::new(VcpuSet::new(handles)));
+
+        let mut event_loop = EventLoop::new().map_err(BuildError::EventLoop)?;
+        event_loop
+            .subscribe(
+                Box::new(LatchWatcher),
+                &[(latch.eventfd().as_raw_fd(), EventSet::IN)],
+            )
+            .map_err(BuildError::EventLoop)?;
+        let facts = VmFacts {
+            vcpus: config.vcpus,
+            mem_mib: config.mem_mib,
+            pid: std::process::id(),
+        };
+        let server = ControlServer::new(control, vcpus.clone(), latch.clone(), facts);
+        let lfd = server.listener_fd();
+        event_loop
+            .subscribe(Box::new(server), &[(lfd, EventSet::IN)])
+            .map_err(BuildError::EventLoop)?;
+
+        Ok(Self {
+            vcpus,
+            event_loop,
+            latch,
+            serial,
+            timings,
+            vcpus_started,
+            _paths: paths,
+            _vm: vm,
+            _memory: mem,
+        })
+    }
+
+    /// Serves devices and the control socket until the VM ends.
+    pub fn run(mut self) -> Result<(ExitReason, BootTimings), BuildError> {
+        while !self.latch.is_set() {
+            self.event_loop
+                .run_once(-1)
+                .map_err(BuildError::EventLoop)?;
+        }
+        self.vcpus.borrow_mut().exit_all();
+        if let Ok(mut s) = self.serial.lock() {
+            s.flush();
+        }
+        let mut timings = self.timings.clone();
+        timings.first_exit_us = crate::vstate::vcpu::first_exit()
+            .map(|t| t.saturating_duration_since(self.vcpus_started).as_micros() as u64);
+        let reason = self.latch.reason().unwrap_or(ExitReason::Shutdown);
+        Ok((reason, timings))
+    }
+
+    /// Runs the event loop for at most `timeout` (used by embedders).
+    pub fn poll(&mut self, timeout: Duration) -> Result<bool, BuildError> {
+        self.event_loop
+            .run_once(timeout.as_millis() as i32)
+            .map_err(BuildError::EventLoop)?;
+        Ok(!self.latch.is_set())
+    }
+}
+
+fn load_initrd(mem: &GuestMemoryMmap, path: &PathBuf) -> Result<boot::InitrdPlacement, BuildError> {
+    use vm_memory::Bytes;
+    let mut file = File::open(path).map_err(|source| BuildError::Open {
+        path: path.clone(),
+        source,
+    })?;
+    let size = file
+        .metadata()
+        .map_err(|source| BuildError::Open {
+            path: path.clone(),
+            source,
+        })?
+        .len();
+    let addr = boot::initrd_address(mem, size).ok_or(BuildError::InitrdTooLarge)?;
+    mem.read_exact_volatile_from(GuestAddress(addr), &mut file, size as usize)
+        .map_err(|_| BuildError::InitrdTooLarge)?;
+    Ok(boot::InitrdPlacement { addr, size })
+}

@@ -1,0 +1,193 @@
+//! The control socket: JSON lines over a Unix stream socket.
+//!
+//! Requests, one JSON object a line: `{"cmd":"status"}`, `{"cmd":"pause"}`,
+//! `{"cmd":"resume"}`, `{"cmd":"shutdown"}`. Every request gets one line:
+//! `{"ok":true, ...}` or `{"ok":false,"error":{"code","message"}}`. A
+//! malformed line is answered with an error and the connection stays open.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::rc::Rc;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use vmm_sys_util::epoll::EventSet;
+
+use crate::event_loop::{Ops, Subscriber};
+use crate::vcpus::VcpuSet;
+use crate::vstate::exit::{ExitLatch, ExitReason};
+
+/// A control request.
+#[derive(Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    /// Report the VM state.
+    Status {},
+    /// Stop the vCPUs in memory.
+    Pause {},
+    /// Continue the vCPUs.
+    Resume {},
+    /// End the VM.
+    Shutdown {},
+}
+
+/// Longest request line accepted.
+const MAX_LINE: usize = 64 * 1024;
+
+/// Static facts `status` reports.
+#[derive(Clone, Debug, Serialize)]
+pub struct VmFacts {
+    /// vCPU count.
+    pub vcpus: u8,
+    /// Guest RAM.
+    pub mem_mib: u64,
+    /// This process.
+    pub pid: u32,
+}
+
+/// The control socket subscriber.
+pub struct ControlServer {
+    listener: UnixListener,
+    conns: HashMap<RawFd, (UnixStream, Vec<u8>)>,
+    vcpus: Rc<RefCell<VcpuSet>>,
+    latch: Arc<ExitLatch>,
+    facts: VmFacts,
+}
+
+fn error(code: &str, message: impl Into<String>) -> Value {
+    json!({ "ok": false, "error": { "code": code, "message": message.into() } })
+}
+
+impl ControlServer {
+    /// Serves `listener`.
+    pub fn new(
+        listener: UnixListener,
+        vcpus: Rc<RefCell<VcpuSet>>,
+        latch: Arc<ExitLatch>,
+        facts: VmFacts,
+    ) -> Self {
+        Self {
+            listener,
+            conns: HashMap::new(),
+            vcpus,
+            latch,
+            facts,
+        }
+    }
+
+    /// The listening fd to subscribe.
+    pub fn listener_fd(&self) -> RawFd {
+        self.listener.as_raw_fd()
+    }
+
+    fn execute(&mut self, line: &[u8]) -> Value {
+        let request: Request = match serde_json::from_slice(line) {
+            Ok(r) => r,
+            Err(e) => return error("bad_request", e.to_string()),
+        };
+        let mut vcpus = self.vcpus.borrow_mut();
+        match request {
+            Request::Status {} => json!({
+                "ok": true,
+                "state": vcpus.state_name(self.latch.is_set()),
+                "vcpus": self.facts.vcpus,
+                "mem_mib": self.facts.mem_mib,
+                "pid": self.facts.pid,
+            }),
+            Request::Pause {} => match vcpus.pause() {
+                Ok(()) => json!({ "ok": true, "state": "paused" }),
+                Err(e) => error("pause_failed", e.to_string()),
+            },
+            Request::Resume {} => match vcpus.resume() {
+                Ok(()) => json!({ "ok": true, "state": "running" }),
+                Err(e) => error("resume_failed", e.to_string()),
+            },
+            Request::Shutdown {} => {
+                self.latch.trigger(ExitReason::Shutdown);
+                json!({ "ok": true, "state": "exiting" })
+            }
+        }
+    }
+
+    fn serve(&mut self, fd: RawFd, ops: &mut Ops) {
+        let mut chunk = [0u8; 4096];
+        let Some((stream, buf)) = self.conns.get_mut(&fd) else {
+            return;
+        };
+        let n = match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => {
+                ops.remove(fd);
+                self.conns.remove(&fd);
+                return;
+            }
+            Ok(n) => n,
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        let mut lines = Vec::new();
+        while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
+            lines.push(buf.drain(..=pos).collect::<Vec<u8>>());
+        }
+        let overlong = buf.len() > MAX_LINE;
+        if overlong {
+            buf.clear();
+        }
+        let mut replies = Vec::new();
+        for line in lines {
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            replies.push(self.execute(&line));
+        }
+        if overlong {
+            replies.push(error("bad_request", "request line too long"));
+        }
+        if let Some((stream, _)) = self.conns.get_mut(&fd) {
+            for r in replies {
+                let mut text = r.to_string();
+                text.push('\n');
+                if stream.write_all(text.as_bytes()).is_err() {
+                    ops.remove(fd);
+                    self.conns.remove(&fd);
+                    return;
+                }
+            }
+        }
+    }
+}
+
+impl Subscriber for ControlServer {
+    fn handle(&mut self, fd: RawFd, events: EventSet, ops: &mut Ops) {
+        if fd == self.listener.as_raw_fd() {
+            if let Ok((stream, _)) = self.listener.accept() {
+                let cfd = stream.as_raw_fd();
+                ops.add(cfd, EventSet::IN | EventSet::READ_HANG_UP);
+                self.conns.insert(cfd, (stream, Vec::new()));
+            }
+            return;
+        }
+        if events.contains(EventSet::IN) {
+            self.serve(fd, ops);
+        } else {
+            ops.remove(fd);
+            self.conns.remove(&fd);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_parse_strictly() {
+        let r: Request = serde_json::from_str(r#"{"cmd":"pause"}"#).expect("pause");
+        assert_eq!(r, Request::Pause {});
+        assert!(serde_json::from_str::<Request>(r#"{"cmd":"explode"}"#).is_err());
+        assert!(serde_json::from_str::<Request>(r#"{"cmd":"status","x":1}"#).is_err());
+        assert!(serde_json::from_str::<Request>("not json").is_err());
+    }
+}

@@ -1,0 +1,74 @@
+//! `forge-vmm`: runs one microVM.
+//!
+//! ```text
+//! forge-vmm run --config vm.json
+//! ```
+//!
+//! Exit status: 0 when the guest reset or powered off or a `shutdown` came
+//! over the control socket; 1 for a bad config or a failure to build the VM;
+//! 2 when the guest triple-faulted; 3 when a vCPU failed.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use vmm::builder::Vmm;
+use vmm::config::VmConfig;
+
+fn usage() -> ExitCode {
+    eprintln!("usage: forge-vmm run --config <vm.json>");
+    ExitCode::from(1)
+}
+
+fn report(e: &dyn std::error::Error) {
+    let mut msg = format!("forge-vmm: {e}");
+    let mut src = e.source();
+    while let Some(s) = src {
+        msg.push_str(&format!(": {s}"));
+        src = s.source();
+    }
+    eprintln!("{msg}");
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("run") => {}
+        _ => return usage(),
+    }
+    let config_path = match args.get(1..3) {
+        Some([flag, path]) if flag == "--config" => PathBuf::from(path),
+        _ => return usage(),
+    };
+    let config = match VmConfig::from_file(&config_path) {
+        Ok(c) => c,
+        Err(e) => {
+            report(&e);
+            return ExitCode::from(1);
+        }
+    };
+    let vmm = match Vmm::build(&config) {
+        Ok(v) => v,
+        Err(e) => {
+            report(&e);
+            return ExitCode::from(1);
+        }
+    };
+    match vmm.run() {
+        Ok((reason, timings)) => {
+            if std::env::var_os("FORGE_VMM_TIMINGS").is_some() {
+                eprintln!(
+                    "{}",
+                    serde_json::json!({ "exit": format!("{reason:?}"), "timings": timings })
+                );
+            }
+            if reason.exit_code() != 0 {
+                eprintln!("forge-vmm: VM ended: {reason:?}");
+            }
+            ExitCode::from(reason.exit_code() as u8)
+        }
+        Err(e) => {
+            report(&e);
+            ExitCode::from(1)
+        }
+    }
+}

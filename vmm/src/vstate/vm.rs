@@ -1,0 +1,99 @@
+//! The KVM VM: its file descriptor, memory slots, in-kernel irqchip
+//! (PIC ×2 + IOAPIC), PIT, and the ioeventfd/irqfd wiring devices use.
+
+use kvm_bindings::{KVM_PIT_SPEAKER_DUMMY, kvm_pit_config, kvm_userspace_memory_region};
+use kvm_ioctls::{Cap, Kvm, VmFd};
+use vm_memory::{
+    Address, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress,
+};
+
+use crate::arch::KVM_TSS_ADDRESS;
+
+/// Errors creating or wiring the VM.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    /// /dev/kvm could not be opened.
+    #[error("Cannot open /dev/kvm")]
+    OpenKvm(#[source] kvm_ioctls::Error),
+    /// A capability the VMM needs is absent.
+    #[error("KVM lacks capability {0}")]
+    MissingCap(&'static str),
+    /// A KVM VM ioctl failed.
+    #[error("KVM {op} failed")]
+    Kvm {
+        /// The operation.
+        op: &'static str,
+        /// errno.
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+}
+
+fn kvm_err(op: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
+    move |source| VmError::Kvm { op, source }
+}
+
+/// One KVM VM.
+pub struct Vm {
+    kvm: Kvm,
+    fd: VmFd,
+}
+
+impl Vm {
+    /// Opens KVM, creates the VM, its irqchip and PIT.
+    pub fn new() -> Result<Self, VmError> {
+        let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
+        for (cap, name) in [
+            (Cap::Irqchip, "IRQCHIP"),
+            (Cap::Ioeventfd, "IOEVENTFD"),
+            (Cap::Irqfd, "IRQFD"),
+            (Cap::UserMemory, "USER_MEMORY"),
+            (Cap::ImmediateExit, "IMMEDIATE_EXIT"),
+        ] {
+            if !kvm.check_extension(cap) {
+                return Err(VmError::MissingCap(name));
+            }
+        }
+        let fd = kvm.create_vm().map_err(kvm_err("CREATE_VM"))?;
+        fd.set_tss_address(KVM_TSS_ADDRESS)
+            .map_err(kvm_err("SET_TSS_ADDR"))?;
+        fd.create_irq_chip().map_err(kvm_err("CREATE_IRQCHIP"))?;
+        let pit = kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        fd.create_pit2(pit).map_err(kvm_err("CREATE_PIT2"))?;
+        Ok(Self { kvm, fd })
+    }
+
+    /// Registers every region of `mem` as a KVM memory slot.
+    pub fn set_memory(&self, mem: &GuestMemoryMmap) -> Result<(), VmError> {
+        for (slot, region) in mem.iter().enumerate() {
+            let host = region
+                .get_host_address(MemoryRegionAddress(0))
+                .map_err(|_| VmError::MissingCap("host address of guest memory"))?;
+            let desc = kvm_userspace_memory_region {
+                slot: slot as u32,
+                flags: 0,
+                guest_phys_addr: region.start_addr().raw_value(),
+                memory_size: region.len(),
+                userspace_addr: host as u64,
+            };
+            // SAFETY: the host range belongs to `mem`, which the VMM keeps
+            // mapped for as long as the VM exists (it is dropped after it).
+            unsafe { self.fd.set_user_memory_region(desc) }
+                .map_err(kvm_err("SET_USER_MEMORY_REGION"))?;
+        }
+        Ok(())
+    }
+
+    /// The /dev/kvm handle.
+    pub fn kvm(&self) -> &Kvm {
+        &self.kvm
+    }
+
+    /// The VM file descriptor.
+    pub fn fd(&self) -> &VmFd {
+        &self.fd
+    }
+}

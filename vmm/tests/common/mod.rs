@@ -1,0 +1,212 @@
+//! Test harness: builds a VM config around a test guest, runs the real
+//! `forge-vmm` binary on /dev/kvm and reads what the guest printed.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+/// Path of a test guest ELF built by build.rs.
+pub fn guest(name: &str) -> PathBuf {
+    let p = Path::new(env!("FORGE_TESTGUEST_DIR")).join(format!("{name}.elf"));
+    assert!(
+        p.exists(),
+        "test guest {} was not built (is gcc installed?)",
+        p.display()
+    );
+    p
+}
+
+/// Fails clearly when /dev/kvm cannot be used.
+pub fn require_kvm() {
+    if let Err(e) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
+        panic!("these tests need a usable /dev/kvm: {e}");
+    }
+}
+
+/// A scratch directory removed on drop.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    pub fn new(tag: &str) -> Self {
+        let base = std::env::var_os("FORGE_TEST_TMP")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/tmp"));
+        let p = base.join(format!("vmm-{tag}-{}-{}", std::process::id(), rand_u64()));
+        std::fs::create_dir_all(&p).expect("scratch dir");
+        Self(p)
+    }
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn rand_u64() -> u64 {
+    let mut b = [0u8; 8];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        let _ = std::io::Read::read_exact(&mut f, &mut b);
+    }
+    u64::from_le_bytes(b) & 0xffff_ffff
+}
+
+/// Builder of a test VM.
+pub struct TestVm {
+    pub dir: Scratch,
+    pub config: Value,
+}
+
+impl TestVm {
+    pub fn new(guest_name: &str) -> Self {
+        require_kvm();
+        let dir = Scratch::new(guest_name);
+        let config = json!({
+            "vcpus": 1,
+            "mem_mib": 64,
+            "kernel": guest(guest_name),
+            "cmdline": "",
+            "serial_log": dir.path("serial.log"),
+            "control_socket": dir.path("ctl.sock"),
+            "ap_entry": "kernel_entry",
+        });
+        Self { dir, config }
+    }
+
+    pub fn set(mut self, key: &str, value: Value) -> Self {
+        self.config[key] = value;
+        self
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        let p = self.dir.path("vm.json");
+        std::fs::write(&p, self.config.to_string()).expect("write config");
+        p
+    }
+
+    pub fn spawn(&self) -> Child {
+        Command::new(env!("CARGO_BIN_EXE_forge-vmm"))
+            .arg("run")
+            .arg("--config")
+            .arg(self.config_path())
+            .stdin(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn forge-vmm")
+    }
+
+    /// Runs to the end; returns exit status, serial log and stderr.
+    pub fn run(&self, timeout: Duration) -> (ExitStatus, String, String) {
+        let mut child = self.spawn();
+        let status = wait_timeout(&mut child, timeout);
+        let mut err = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            let _ = std::io::Read::read_to_string(&mut e, &mut err);
+        }
+        (status, self.serial(), err)
+    }
+
+    pub fn serial(&self) -> String {
+        std::fs::read_to_string(self.dir.path("serial.log")).unwrap_or_default()
+    }
+
+    pub fn control(&self) -> Control {
+        Control::connect(&self.dir.path("ctl.sock"))
+    }
+
+    /// Waits until the serial log contains `text`.
+    pub fn wait_serial(&self, text: &str, timeout: Duration) -> String {
+        let start = Instant::now();
+        loop {
+            let s = self.serial();
+            if s.contains(text) {
+                return s;
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "serial log never showed {text:?}; it has: {s}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// Waits for `child`, killing it and failing after `timeout`.
+pub fn wait_timeout(child: &mut Child, timeout: Duration) -> ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(s) = child.try_wait().expect("try_wait") {
+            return s;
+        }
+        if start.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("forge-vmm did not end within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A control socket client.
+pub struct Control {
+    stream: BufReader<UnixStream>,
+}
+
+impl Control {
+    pub fn connect(path: &Path) -> Self {
+        let start = Instant::now();
+        loop {
+            match UnixStream::connect(path) {
+                Ok(s) => {
+                    s.set_read_timeout(Some(Duration::from_secs(10)))
+                        .expect("timeout");
+                    return Self {
+                        stream: BufReader::new(s),
+                    };
+                }
+                Err(e) => {
+                    assert!(
+                        start.elapsed() < Duration::from_secs(5),
+                        "control socket {} never came up: {e}",
+                        path.display()
+                    );
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        }
+    }
+
+    pub fn raw(&mut self, line: &str) -> Value {
+        let s = self.stream.get_mut();
+        s.write_all(line.as_bytes()).expect("send");
+        s.write_all(b"\n").expect("send");
+        let mut reply = String::new();
+        self.stream.read_line(&mut reply).expect("reply");
+        serde_json::from_str(&reply).expect("reply is JSON")
+    }
+
+    pub fn cmd(&mut self, cmd: &str) -> Value {
+        self.raw(&json!({ "cmd": cmd }).to_string())
+    }
+}
+
+/// Highest "COUNT n" in a serial log.
+pub fn last_count(serial: &str) -> u64 {
+    serial
+        .lines()
+        .filter_map(|l| l.strip_prefix("COUNT ")?.trim().parse().ok())
+        .max()
+        .unwrap_or(0)
+}
