@@ -28,6 +28,11 @@ use crate::devices::IrqLine;
 use crate::devices::bus::Bus;
 use crate::devices::i8042::{I8042, I8042_PORTS};
 use crate::devices::serial::{SERIAL_PORTS, SerialConsole};
+use crate::devices::virtio::VirtioDevice;
+use crate::devices::virtio::block::Block;
+use crate::devices::virtio::rng::Rng;
+use crate::devices::virtio::wiring::place;
+use crate::disk::{LayerError, LayeredDisk};
 use crate::event_loop::{EventLoop, Ops, Subscriber};
 use crate::socket::{SocketError, bind_replacing_stale};
 use crate::vcpus::VcpuSet;
@@ -87,6 +92,9 @@ pub enum BuildError {
     /// A bus range clash (a bug in the layout).
     #[error(transparent)]
     Bus(#[from] crate::devices::bus::BusError),
+    /// A disk could not be opened.
+    #[error(transparent)]
+    Disk(#[from] LayerError),
     /// The event loop failed.
     #[error("Event loop failed")]
     EventLoop(#[source] std::io::Error),
@@ -201,14 +209,26 @@ impl Vmm {
             Some(path) => Some(load_initrd(&mem, path)?),
             None => None,
         };
-        let cmdline = config.cmdline.clone();
-        boot::write_zero_page(&mem, cmdline.as_bytes(), loaded.setup_header, initrd)?;
         timings.load_us = us(t);
 
         let t = Instant::now();
         let latch = Arc::new(ExitLatch::new().map_err(device_err("exit latch"))?);
         let mut pio = Bus::new();
-        let mmio = Bus::new();
+        let mut mmio = Bus::new();
+        let mut cmdline = config.cmdline.clone();
+        let mut virtio = Vec::new();
+        for device in virtio_devices(config, &mut paths)? {
+            let i = virtio.len() as u64;
+            let base = arch::VIRTIO_MMIO_BASE + i * arch::VIRTIO_MMIO_SIZE;
+            let irq = arch::VIRTIO_IRQ_BASE + i as u32;
+            let placed = place(&vm, &mut mmio, &mem, device, base, irq)
+                .map_err(device_err("virtio-mmio"))?;
+            cmdline.push_str(&format!(" virtio_mmio.device=4K@{base:#x}:{irq}"));
+            virtio.push(placed);
+        }
+        let t_load = Instant::now();
+        boot::write_zero_page(&mem, cmdline.trim().as_bytes(), loaded.setup_header, initrd)?;
+        timings.load_us += us(t_load);
         let serial_irq = IrqLine::new().map_err(device_err("serial irq"))?;
         vm.fd()
             .register_irqfd(serial_irq.eventfd(), arch::SERIAL_IRQ)
@@ -270,6 +290,11 @@ impl Vmm {
                 &[(latch.eventfd().as_raw_fd(), EventSet::IN)],
             )
             .map_err(BuildError::EventLoop)?;
+        for placed in virtio {
+            event_loop
+                .subscribe(Box::new(placed.subscriber), &placed.fds)
+                .map_err(BuildError::EventLoop)?;
+        }
         let facts = VmFacts {
             vcpus: config.vcpus,
             mem_mib: config.mem_mib,
@@ -319,6 +344,23 @@ impl Vmm {
             .map_err(BuildError::EventLoop)?;
         Ok(!self.latch.is_set())
     }
+}
+
+/// The virtio devices `config` asks for, in window order: disks, rng, vsock.
+fn virtio_devices(
+    config: &VmConfig,
+    paths: &mut OwnedPaths,
+) -> Result<Vec<Box<dyn VirtioDevice>>, BuildError> {
+    let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
+    for (i, disk) in config.disks.iter().enumerate() {
+        let layered = LayeredDisk::open(&disk.base, &disk.layers, disk.read_only)?;
+        devices.push(Box::new(Block::new(layered, &format!("forge-blk{i}"))));
+    }
+    if config.rng {
+        devices.push(Box::new(Rng));
+    }
+    let _ = paths;
+    Ok(devices)
 }
 
 fn load_initrd(mem: &GuestMemoryMmap, path: &PathBuf) -> Result<boot::InitrdPlacement, BuildError> {

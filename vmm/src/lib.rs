@@ -8,6 +8,7 @@ pub mod builder;
 pub mod config;
 pub mod control;
 pub mod devices;
+pub mod disk;
 pub mod event_loop;
 pub mod socket;
 pub mod vcpus;

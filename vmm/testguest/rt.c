@@ -142,3 +142,11 @@ u32 vq_wait(struct vq *vq, u32 *id) {
     }
     return len;
 }
+
+u64 virtio_find(u32 device_id) {
+    for (u64 i = 0; i < 16; i++) {
+        u64 base = VIRTIO_MMIO_BASE + i * VIRTIO_MMIO_SIZE;
+        if (mmio_read32(base) == 0x74726976 && mmio_read32(base + 8) == device_id) return base;
+    }
+    return 0;
+}

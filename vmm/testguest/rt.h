@@ -53,6 +53,8 @@ void vq_submit(u64 base, int q, struct vq *vq, struct vdesc *chain, int n);
 /* Waits for the next used element; returns its length, id in *id. */
 u32 vq_wait(struct vq *vq, u32 *id);
 int vq_poll(struct vq *vq, u32 *id, u32 *len);
+/* Base of the first window holding device_id, or 0. */
+u64 virtio_find(u32 device_id);
 #define VIRTIO_MMIO_BASE 0xd0000000UL
 #define VIRTIO_MMIO_SIZE 0x1000UL
 #endif

@@ -1,0 +1,5 @@
+//! Disk storage behind virtio-blk: the layered copy-on-write disk.
+
+pub mod layered;
+
+pub use layered::{LayerError, LayeredDisk};
