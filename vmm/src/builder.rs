@@ -31,6 +31,7 @@ use crate::devices::serial::{SERIAL_PORTS, SerialConsole};
 use crate::devices::virtio::VirtioDevice;
 use crate::devices::virtio::block::Block;
 use crate::devices::virtio::rng::Rng;
+use crate::devices::virtio::vsock::Vsock;
 use crate::devices::virtio::wiring::place;
 use crate::disk::{LayerError, LayeredDisk};
 use crate::event_loop::{EventLoop, Ops, Subscriber};
@@ -359,7 +360,16 @@ fn virtio_devices(
     if config.rng {
         devices.push(Box::new(Rng));
     }
-    let _ = paths;
+    if let Some(vsock) = &config.vsock {
+        let listener = bind_replacing_stale(&vsock.uds_path)?;
+        paths.0.push(vsock.uds_path.clone());
+        let device = Vsock::new(u64::from(vsock.guest_cid), vsock.uds_path.clone(), listener)
+            .map_err(|e| BuildError::Device {
+                what: "vsock",
+                source: std::io::Error::other(e.to_string()),
+            })?;
+        devices.push(Box::new(device));
+    }
     Ok(devices)
 }
 

@@ -12,7 +12,7 @@ use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestMemoryMmap};
 
-use super::{VIRTIO_F_VERSION_1, VirtioDevice, device_type};
+use super::{FdChanges, VIRTIO_F_VERSION_1, VirtioDevice, device_type};
 use crate::disk::LayeredDisk;
 
 const VIRTIO_BLK_F_RO: u64 = 1 << 5;
@@ -171,7 +171,13 @@ impl VirtioDevice for Block {
         }
     }
 
-    fn process_queue(&mut self, index: usize, queues: &mut [Queue], mem: &GuestMemoryMmap) -> bool {
+    fn process_queue(
+        &mut self,
+        index: usize,
+        queues: &mut [Queue],
+        mem: &GuestMemoryMmap,
+        _watch: &mut FdChanges,
+    ) -> bool {
         let Some(q) = queues.get_mut(index) else {
             return false;
         };

@@ -65,6 +65,8 @@ pub struct MmioTransport {
     interrupt_status: u32,
     status: u32,
     config_generation: u32,
+    /// Fd changes from queue work, applied by the event loop.
+    pending_watch: super::FdChanges,
 }
 
 /// A transport shared by the vCPUs (registers) and the event loop (queues).
@@ -90,6 +92,7 @@ impl MmioTransport {
             interrupt_status: 0,
             status: 0,
             config_generation: 0,
+            pending_watch: super::FdChanges::default(),
         }
     }
 
@@ -129,7 +132,7 @@ impl MmioTransport {
         }
         if self
             .device
-            .process_queue(index, &mut self.queues, &self.mem)
+            .process_queue(index, &mut self.queues, &self.mem, &mut self.pending_watch)
         {
             self.signal_used();
         }
@@ -153,6 +156,11 @@ impl MmioTransport {
         {
             self.signal_used();
         }
+    }
+
+    /// Fd changes the device asked for since the last call.
+    pub fn take_watch_changes(&mut self) -> super::FdChanges {
+        std::mem::take(&mut self.pending_watch)
     }
 
     fn reset(&mut self) {

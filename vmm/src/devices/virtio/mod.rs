@@ -8,6 +8,7 @@
 pub mod block;
 pub mod mmio;
 pub mod rng;
+pub mod vsock;
 pub mod wiring;
 
 use std::os::fd::RawFd;
@@ -46,7 +47,14 @@ pub trait VirtioDevice: Send {
     /// The driver reset the device: drop any in-flight state.
     fn reset(&mut self) {}
     /// Processes queue `index`; returns whether any used ring changed.
-    fn process_queue(&mut self, index: usize, queues: &mut [Queue], mem: &GuestMemoryMmap) -> bool;
+    /// `watch` collects host fds to start or stop watching.
+    fn process_queue(
+        &mut self,
+        index: usize,
+        queues: &mut [Queue],
+        mem: &GuestMemoryMmap,
+        watch: &mut FdChanges,
+    ) -> bool;
     /// Extra fds (host sockets) the device wants watched, beyond queues.
     fn extra_fds(&self) -> Vec<(RawFd, EventSet)> {
         Vec::new()

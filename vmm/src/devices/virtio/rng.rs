@@ -5,7 +5,7 @@ use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestMemoryMmap};
 
-use super::{VIRTIO_F_VERSION_1, VirtioDevice, device_type};
+use super::{FdChanges, VIRTIO_F_VERSION_1, VirtioDevice, device_type};
 
 const QUEUE_SIZES: &[u16] = &[64];
 /// Most bytes served per request.
@@ -64,7 +64,13 @@ impl VirtioDevice for Rng {
         data.fill(0);
     }
 
-    fn process_queue(&mut self, index: usize, queues: &mut [Queue], mem: &GuestMemoryMmap) -> bool {
+    fn process_queue(
+        &mut self,
+        index: usize,
+        queues: &mut [Queue],
+        mem: &GuestMemoryMmap,
+        _watch: &mut FdChanges,
+    ) -> bool {
         let Some(q) = queues.get_mut(index) else {
             return false;
         };

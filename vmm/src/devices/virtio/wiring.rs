@@ -88,13 +88,16 @@ impl Subscriber for VirtioSubscriber {
         let Ok(mut t) = self.transport.lock() else {
             return;
         };
+        let mut changes = FdChanges::default();
         if let Some(q) = self.queue_evts.iter().position(|e| e.as_raw_fd() == fd) {
             let _ = self.queue_evts[q].read();
             t.notify(q);
-            return;
+        } else {
+            t.device_fd_ready(fd, events, &mut changes);
         }
-        let mut changes = FdChanges::default();
-        t.device_fd_ready(fd, events, &mut changes);
+        let queued = t.take_watch_changes();
+        changes.add.extend(queued.add);
+        changes.remove.extend(queued.remove);
         for fd in changes.remove {
             ops.remove(fd);
         }
