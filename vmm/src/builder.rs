@@ -93,6 +93,9 @@ pub enum BuildError {
     /// A bus range clash (a bug in the layout).
     #[error(transparent)]
     Bus(#[from] crate::devices::bus::BusError),
+    /// The MP table could not be written.
+    #[error(transparent)]
+    Mptable(#[from] arch::mptable::MptableError),
     /// A disk could not be opened.
     #[error(transparent)]
     Disk(#[from] LayerError),
@@ -228,6 +231,7 @@ impl Vmm {
             virtio.push(placed);
         }
         let t_load = Instant::now();
+        arch::mptable::write(&mem, config.vcpus)?;
         boot::write_zero_page(&mem, cmdline.trim().as_bytes(), loaded.setup_header, initrd)?;
         timings.load_us += us(t_load);
         let serial_irq = IrqLine::new().map_err(device_err("serial irq"))?;

@@ -22,6 +22,13 @@ void guest_main(u64 cpu, const u8 *bp) {
     if (!(c & (1U << 31))) fail("hypervisor bit not set");
     cpuid(0x40000000, &a, &b, &c, &d);
     if (b != 0x4b4d564b) fail("KVM CPUID leaves missing");
+    const u8 *fp = (const u8 *)0x9fc00;
+    if (memcmp(fp, "_MP_", 4)) fail("no MP floating pointer");
+    const u8 *mpc = (const u8 *)(u64)*(const u32 *)(fp + 4);
+    if (memcmp(mpc, "PCMP", 4)) fail("no MP config table");
+    u32 cpus = 0;
+    for (const u8 *e = mpc + 44; *e == 0; e += 20) cpus++;
+    if (cpus != count) fail("MP table CPU count differs");
     puts("SMP "); put_dec(count); puts(" CPUS OK\n");
     reset();
 }

@@ -19,6 +19,7 @@
 //! | `4 GiB..` | RAM beyond the MMIO gap |
 
 pub mod boot;
+pub mod mptable;
 
 /// Start of the MMIO gap below 4 GiB; RAM above this moves past 4 GiB.
 pub const MMIO_GAP_START: u64 = 0xd000_0000;
