@@ -15,6 +15,8 @@ const GUESTS: &[&str] = &[
     "rng",
     "vsock",
     "badvirtio",
+    "pio",
+    "blkread",
 ];
 
 fn main() {

@@ -200,92 +200,80 @@ impl Vmm {
 
         let t = Instant::now();
         let vm = Vm::new()?;
-        timings.kvm_setup_us = us(t);
-
-        let t = Instant::now();
         let mem = memory::create(config.mem_mib)?;
-        vm.set_memory(&mem)?;
-        timings.memory_us = us(t);
+        // KVM waits for an SRCU grace period on each memory slot and on
+        // irqchip/PIT creation; on a busy host that is milliseconds each.
+        // Slots are registered on a helper thread while this one creates
+        // the irqchip, loads the kernel and builds devices, so the waits
+        // overlap instead of adding up. vCPUs start after both are done.
+        let (devices, vcpus) = std::thread::scope(|scope| {
+            let slots = scope.spawn(|| {
+                let t = Instant::now();
+                vm.set_memory(&mem).map(|()| us(t))
+            });
+            let main = (|| {
+                vm.create_irqchip_and_pit()?;
+                timings.kvm_setup_us = us(t);
+
+                let t = Instant::now();
+                let (loaded, entry) = load_kernel(&mem, &config.kernel)?;
+                let initrd = match &config.initrd {
+                    Some(path) => Some(load_initrd(&mem, path)?),
+                    None => None,
+                };
+                boot::write_boot_tables(&mem)?;
+                arch::mptable::write(&mem, config.vcpus)?;
+                timings.load_us = us(t);
+
+                let t = Instant::now();
+                let devices = build_devices(config, &vm, &mem, &mut paths)?;
+                let t_cmdline = Instant::now();
+                boot::write_zero_page(
+                    &mem,
+                    devices.cmdline.trim().as_bytes(),
+                    loaded.setup_header,
+                    initrd,
+                )?;
+                memory::advise_huge_pages(&mem);
+                timings.load_us += us(t_cmdline);
+                timings.devices_us = us(t);
+
+                let t = Instant::now();
+                let cpuid = vm
+                    .kvm()
+                    .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+                    .map_err(|source| VmError::Kvm {
+                        op: "GET_SUPPORTED_CPUID",
+                        source,
+                    })?;
+                let runnable = config.ap_entry == ApEntry::KernelEntry;
+                let mut vcpus = Vec::with_capacity(usize::from(config.vcpus));
+                for i in 0..config.vcpus {
+                    let vcpu = Vcpu::new(&vm, i)?;
+                    vcpu.configure(&cpuid, config.vcpus, entry, runnable)?;
+                    vcpus.push(vcpu);
+                }
+                timings.vcpus_us = us(t);
+                Ok::<_, BuildError>((devices, vcpus))
+            })();
+            let slots = slots.join().map_err(|_| {
+                BuildError::EventLoop(std::io::Error::other("memory slot thread panicked"))
+            });
+            let (devices, vcpus) = main?;
+            timings.memory_us = slots??;
+            Ok::<_, BuildError>((devices, vcpus))
+        })?;
 
         let t = Instant::now();
-        let (loaded, entry) = load_kernel(&mem, &config.kernel)?;
-        let initrd = match &config.initrd {
-            Some(path) => Some(load_initrd(&mem, path)?),
-            None => None,
-        };
-        timings.load_us = us(t);
-
-        let t = Instant::now();
-        let latch = Arc::new(ExitLatch::new().map_err(device_err("exit latch"))?);
-        let mut pio = Bus::new();
-        let mut mmio = Bus::new();
-        let mut cmdline = config.cmdline.clone();
-        let mut virtio = Vec::new();
-        for device in virtio_devices(config, &mut paths)? {
-            let i = virtio.len() as u64;
-            let base = arch::VIRTIO_MMIO_BASE + i * arch::VIRTIO_MMIO_SIZE;
-            let irq = arch::VIRTIO_IRQ_BASE + i as u32;
-            let placed = place(&vm, &mut mmio, &mem, device, base, irq)
-                .map_err(device_err("virtio-mmio"))?;
-            cmdline.push_str(&format!(" virtio_mmio.device=4K@{base:#x}:{irq}"));
-            virtio.push(placed);
-        }
-        let t_load = Instant::now();
-        arch::mptable::write(&mem, config.vcpus)?;
-        boot::write_zero_page(&mem, cmdline.trim().as_bytes(), loaded.setup_header, initrd)?;
-        timings.load_us += us(t_load);
-        let serial_irq = IrqLine::new().map_err(device_err("serial irq"))?;
-        vm.fd()
-            .register_irqfd(serial_irq.eventfd(), arch::SERIAL_IRQ)
-            .map_err(|e| BuildError::Device {
-                what: "serial irqfd",
-                source: std::io::Error::from_raw_os_error(e.errno()),
-            })?;
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&config.serial_log)
-            .map_err(|source| BuildError::Open {
-                path: config.serial_log.clone(),
-                source,
-            })?;
-        let serial = Arc::new(Mutex::new(SerialConsole::new(serial_irq, log)));
-        pio.insert(serial.clone(), u64::from(arch::SERIAL_PORT), SERIAL_PORTS)?;
-        pio.insert(
-            Arc::new(Mutex::new(I8042::new(latch.clone()))),
-            u64::from(arch::I8042_PORT),
-            I8042_PORTS,
-        )?;
-        let control = bind_replacing_stale(&config.control_socket)?;
-        paths.0.push(config.control_socket.clone());
-        control
-            .set_nonblocking(true)
-            .map_err(device_err("control socket"))?;
-        timings.devices_us = us(t);
-
-        let t = Instant::now();
-        let cpuid = vm
-            .kvm()
-            .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
-            .map_err(|source| VmError::Kvm {
-                op: "GET_SUPPORTED_CPUID",
-                source,
-            })?;
-        let runnable = config.ap_entry == ApEntry::KernelEntry;
-        let mut vcpus = Vec::with_capacity(usize::from(config.vcpus));
-        for i in 0..config.vcpus {
-            let vcpu = Vcpu::new(&vm, i)?;
-            vcpu.configure(&mem, &cpuid, config.vcpus, entry, runnable)?;
-            vcpus.push(vcpu);
-        }
-        let pio = Arc::new(pio);
-        let mmio = Arc::new(mmio);
+        let latch = devices.latch.clone();
+        let pio = Arc::new(devices.pio);
+        let mmio = Arc::new(devices.mmio);
         let vcpus_started = Instant::now();
         let mut handles = Vec::with_capacity(vcpus.len());
         for vcpu in vcpus {
             handles.push(vcpu.start(pio.clone(), mmio.clone(), latch.clone())?);
         }
-        timings.vcpus_us = us(t);
+        timings.vcpus_us += us(t);
         let vcpus = Rc::new(RefCell::new(VcpuSet::new(handles)));
 
         let mut event_loop = EventLoop::new().map_err(BuildError::EventLoop)?;
@@ -295,7 +283,7 @@ impl Vmm {
                 &[(latch.eventfd().as_raw_fd(), EventSet::IN)],
             )
             .map_err(BuildError::EventLoop)?;
-        for placed in virtio {
+        for placed in devices.virtio {
             event_loop
                 .subscribe(Box::new(placed.subscriber), &placed.fds)
                 .map_err(BuildError::EventLoop)?;
@@ -305,7 +293,7 @@ impl Vmm {
             mem_mib: config.mem_mib,
             pid: std::process::id(),
         };
-        let server = ControlServer::new(control, vcpus.clone(), latch.clone(), facts);
+        let server = ControlServer::new(devices.control, vcpus.clone(), latch.clone(), facts);
         let lfd = server.listener_fd();
         event_loop
             .subscribe(Box::new(server), &[(lfd, EventSet::IN)])
@@ -315,7 +303,7 @@ impl Vmm {
             vcpus,
             event_loop,
             latch,
-            serial,
+            serial: devices.serial,
             timings,
             vcpus_started,
             _paths: paths,
@@ -349,6 +337,76 @@ impl Vmm {
             .map_err(BuildError::EventLoop)?;
         Ok(!self.latch.is_set())
     }
+}
+
+/// Devices of one VM before the vCPUs start.
+struct Devices {
+    latch: Arc<ExitLatch>,
+    pio: Bus,
+    mmio: Bus,
+    serial: Arc<Mutex<SerialConsole>>,
+    control: std::os::unix::net::UnixListener,
+    virtio: Vec<crate::devices::virtio::wiring::Placed>,
+    /// The command line with the virtio-mmio devices appended.
+    cmdline: String,
+}
+
+fn build_devices(
+    config: &VmConfig,
+    vm: &Vm,
+    mem: &GuestMemoryMmap,
+    paths: &mut OwnedPaths,
+) -> Result<Devices, BuildError> {
+    let latch = Arc::new(ExitLatch::new().map_err(device_err("exit latch"))?);
+    let mut pio = Bus::new();
+    let mut mmio = Bus::new();
+    let mut cmdline = config.cmdline.clone();
+    let mut virtio = Vec::new();
+    for device in virtio_devices(config, paths)? {
+        let i = virtio.len() as u64;
+        let base = arch::VIRTIO_MMIO_BASE + i * arch::VIRTIO_MMIO_SIZE;
+        let irq = arch::VIRTIO_IRQ_BASE + i as u32;
+        let placed =
+            place(vm, &mut mmio, mem, device, base, irq).map_err(device_err("virtio-mmio"))?;
+        cmdline.push_str(&format!(" virtio_mmio.device=4K@{base:#x}:{irq}"));
+        virtio.push(placed);
+    }
+    let serial_irq = IrqLine::new().map_err(device_err("serial irq"))?;
+    vm.fd()
+        .register_irqfd(serial_irq.eventfd(), arch::SERIAL_IRQ)
+        .map_err(|e| BuildError::Device {
+            what: "serial irqfd",
+            source: std::io::Error::from_raw_os_error(e.errno()),
+        })?;
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&config.serial_log)
+        .map_err(|source| BuildError::Open {
+            path: config.serial_log.clone(),
+            source,
+        })?;
+    let serial = Arc::new(Mutex::new(SerialConsole::new(serial_irq, log)));
+    pio.insert(serial.clone(), u64::from(arch::SERIAL_PORT), SERIAL_PORTS)?;
+    pio.insert(
+        Arc::new(Mutex::new(I8042::new(latch.clone()))),
+        u64::from(arch::I8042_PORT),
+        I8042_PORTS,
+    )?;
+    let control = bind_replacing_stale(&config.control_socket)?;
+    paths.0.push(config.control_socket.clone());
+    control
+        .set_nonblocking(true)
+        .map_err(device_err("control socket"))?;
+    Ok(Devices {
+        latch,
+        pio,
+        mmio,
+        serial,
+        control,
+        virtio,
+        cmdline,
+    })
 }
 
 /// The virtio devices `config` asks for, in window order: disks, rng, vsock.

@@ -2,11 +2,14 @@
 //!
 //! ```text
 //! forge-vmm run --config vm.json
+//! forge-vmm bench [--guests DIR]
 //! ```
 //!
 //! Exit status: 0 when the guest reset or powered off or a `shutdown` came
 //! over the control socket; 1 for a bad config or a failure to build the VM;
 //! 2 when the guest triple-faulted; 3 when a vCPU failed.
+
+mod bench;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -15,7 +18,7 @@ use vmm::builder::Vmm;
 use vmm::config::VmConfig;
 
 fn usage() -> ExitCode {
-    eprintln!("usage: forge-vmm run --config <vm.json>");
+    eprintln!("usage: forge-vmm run --config <vm.json>\n       forge-vmm bench [--guests <dir>]");
     ExitCode::from(1)
 }
 
@@ -33,6 +36,20 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("run") => {}
+        Some("bench") => {
+            let guests = match args.get(1..3) {
+                Some([flag, dir]) if flag == "--guests" => PathBuf::from(dir),
+                _ => PathBuf::from(env!("FORGE_TESTGUEST_DIR")),
+            };
+            bench::watchdog(std::time::Duration::from_secs(300));
+            return match bench::run(&guests) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("forge-vmm bench: {e}");
+                    ExitCode::from(1)
+                }
+            };
+        }
         _ => return usage(),
     }
     let config_path = match args.get(1..3) {

@@ -187,13 +187,18 @@ static void host_to_guest(void) {
 }
 
 void guest_main(u64 cpu, const u8 *bp) {
-    (void)cpu; (void)bp;
+    (void)cpu;
     base = virtio_find(19);
     if (!base) fail("no virtio-vsock device");
     if (virtio_init(base, 19, 0, 3, q, rings)) fail("init");
     if ((mmio_read32(base + 0x100)) != GUEST_CID) fail("guest cid");
     for (int i = 0; i < SLOTS; i++) post_rx();
-    guest_to_host();
-    host_to_guest();
+    /* echo_rounds=N: skip the guest->host part, serve N host connections. */
+    u64 rounds = cmdline_u64(bp, "echo_rounds", 0);
+    if (!rounds) {
+        guest_to_host();
+        host_to_guest();
+    }
+    for (u64 i = 0; i < rounds; i++) host_to_guest();
     reset();
 }

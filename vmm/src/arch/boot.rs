@@ -100,18 +100,42 @@ pub fn kvm_segment_from_gdt(entry: u64, index: u8) -> kvm_segment {
     }
 }
 
-/// Writes GDT, IDT and page tables, and sets `sregs` for 64-bit long mode.
-pub fn setup_long_mode(mem: &GuestMemoryMmap, sregs: &mut kvm_sregs) -> Result<(), BootError> {
-    let gdt = [
-        gdt_entry(0, 0, 0),
-        gdt_entry(0xa09b, 0, 0xfffff),
-        gdt_entry(0xc093, 0, 0xfffff),
-        gdt_entry(0x808b, 0, 0xfffff),
-    ];
-    for (i, e) in gdt.iter().enumerate() {
+const GDT: [u64; 4] = [
+    0,
+    // code64: flags 0xa09b, data: 0xc093, TSS: 0x808b; base 0, limit 0xfffff.
+    0x00af_9b00_0000_ffff,
+    0x00cf_9300_0000_ffff,
+    0x008f_8b00_0000_ffff,
+];
+
+/// Writes GDT, IDT and identity page tables (once per VM).
+pub fn write_boot_tables(mem: &GuestMemoryMmap) -> Result<(), BootError> {
+    for (i, e) in GDT.iter().enumerate() {
         write(mem, *e, GDT_START + 8 * i as u64, "GDT")?;
     }
     write(mem, 0u64, IDT_START, "IDT")?;
+    write(mem, PDPT_START | PTE_PRW_USER, PML4_START, "PML4")?;
+    for gib in 0..4u64 {
+        let pd = PD_START + gib * 0x1000;
+        write(mem, pd | PTE_PRW_USER, PDPT_START + gib * 8, "PDPT")?;
+        let mut bytes = Vec::with_capacity(4096);
+        for j in 0..512u64 {
+            let e = (gib << 30) | (j << 21) | PTE_PRW_USER | PTE_PS;
+            bytes.extend_from_slice(&e.to_le_bytes());
+        }
+        mem.write_slice(&bytes, GuestAddress(pd))
+            .map_err(|source| BootError::Write {
+                what: "page directory",
+                addr: pd,
+                source,
+            })?;
+    }
+    Ok(())
+}
+
+/// Sets `sregs` for 64-bit long mode over the tables `write_boot_tables` wrote.
+pub fn long_mode_sregs(sregs: &mut kvm_sregs) {
+    let gdt = GDT;
     let code = kvm_segment_from_gdt(gdt[1], 1);
     let data = kvm_segment_from_gdt(gdt[2], 2);
     let tss = kvm_segment_from_gdt(gdt[3], 3);
@@ -127,27 +151,10 @@ pub fn setup_long_mode(mem: &GuestMemoryMmap, sregs: &mut kvm_sregs) -> Result<(
     sregs.ss = data;
     sregs.tr = tss;
 
-    write(mem, PDPT_START | PTE_PRW_USER, PML4_START, "PML4")?;
-    for gib in 0..4u64 {
-        let pd = PD_START + gib * 0x1000;
-        write(mem, pd | PTE_PRW_USER, PDPT_START + gib * 8, "PDPT")?;
-        let mut table = [0u64; 512];
-        for (j, e) in table.iter_mut().enumerate() {
-            *e = (gib << 30) | ((j as u64) << 21) | PTE_PRW_USER | PTE_PS;
-        }
-        let bytes: Vec<u8> = table.iter().flat_map(|e| e.to_le_bytes()).collect();
-        mem.write_slice(&bytes, GuestAddress(pd))
-            .map_err(|source| BootError::Write {
-                what: "page directory",
-                addr: pd,
-                source,
-            })?;
-    }
     sregs.cr3 = PML4_START;
     sregs.cr4 |= CR4_PAE;
     sregs.cr0 = CR0_PE | CR0_ET | CR0_PG;
     sregs.efer |= EFER_LME | EFER_LMA;
-    Ok(())
 }
 
 /// Initial general registers of a vCPU entering the kernel at `entry`.
@@ -164,6 +171,21 @@ pub fn boot_regs(entry: u64, vcpu_index: u8) -> kvm_bindings::kvm_regs {
 }
 
 /// The zero page as plain bytes for guest memory.
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gdt_constants_match_their_flags() {
+        assert_eq!(GDT[1], gdt_entry(0xa09b, 0, 0xfffff));
+        assert_eq!(GDT[2], gdt_entry(0xc093, 0, 0xfffff));
+        assert_eq!(GDT[3], gdt_entry(0x808b, 0, 0xfffff));
+        let code = kvm_segment_from_gdt(GDT[1], 1);
+        assert_eq!((code.l, code.present, code.selector), (1, 1, 8));
+        assert_eq!(code.limit, 0xffff_ffff);
+    }
+}
+
 #[derive(Clone, Copy, Default)]
 #[repr(transparent)]
 struct ZeroPage(boot_params);

@@ -37,8 +37,15 @@ pub fn ram_ranges(mem_mib: u64) -> Vec<(GuestAddress, usize)> {
 
 /// Maps `mem_mib` MiB of anonymous guest RAM.
 pub fn create(mem_mib: u64) -> Result<GuestMemoryMmap, MemoryError> {
-    let mem = GuestMemoryMmap::<()>::from_ranges(&ram_ranges(mem_mib))
-        .map_err(|source| MemoryError::Map { mem_mib, source })?;
+    GuestMemoryMmap::<()>::from_ranges(&ram_ranges(mem_mib))
+        .map_err(|source| MemoryError::Map { mem_mib, source })
+}
+
+/// Asks for transparent huge pages over all of guest RAM. Called after the
+/// boot structures are written, so those few pages stay small (a huge page
+/// costs a 2 MiB clear on first touch) while the guest's own memory gets
+/// huge pages, which keep page tables, and so fork(2), small.
+pub fn advise_huge_pages(mem: &GuestMemoryMmap) {
     for region in mem.iter() {
         if let Ok(ptr) = region.get_host_address(MemoryRegionAddress(0)) {
             // SAFETY: the range is exactly one mapping owned by `mem`;
@@ -48,5 +55,4 @@ pub fn create(mem_mib: u64) -> Result<GuestMemoryMmap, MemoryError> {
             }
         }
     }
-    Ok(mem)
 }

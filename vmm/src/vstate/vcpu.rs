@@ -23,7 +23,6 @@ use std::time::Duration;
 
 use kvm_bindings::{CpuId, Msrs, kvm_fpu, kvm_mp_state, kvm_msr_entry, kvm_run};
 use kvm_ioctls::{VcpuExit, VcpuFd};
-use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::signal::{Killable, SIGRTMIN, register_signal_handler};
 
 use super::exit::{ExitLatch, ExitReason};
@@ -43,15 +42,6 @@ pub enum VcpuError {
         /// errno.
         #[source]
         source: kvm_ioctls::Error,
-    },
-    /// Boot structures could not be written.
-    #[error("vCPU {index}: cannot set up long mode")]
-    Boot {
-        /// vCPU index.
-        index: u8,
-        /// Why.
-        #[source]
-        source: boot::BootError,
     },
     /// The thread could not be spawned or the kick signal installed.
     #[error("vCPU {index}: cannot start its thread")]
@@ -181,7 +171,6 @@ impl Vcpu {
     /// without SIPI).
     pub fn configure(
         &self,
-        mem: &GuestMemoryMmap,
         cpuid: &CpuId,
         count: u8,
         entry: u64,
@@ -192,10 +181,7 @@ impl Vcpu {
         self.fd.set_cpuid2(&cpuid).map_err(self.kvm("SET_CPUID2"))?;
         self.set_boot_msrs()?;
         let mut sregs = self.fd.get_sregs().map_err(self.kvm("GET_SREGS"))?;
-        boot::setup_long_mode(mem, &mut sregs).map_err(|source| VcpuError::Boot {
-            index: self.index,
-            source,
-        })?;
+        boot::long_mode_sregs(&mut sregs);
         self.fd.set_sregs(&sregs).map_err(self.kvm("SET_SREGS"))?;
         self.fd
             .set_regs(&boot::boot_regs(entry, self.index))

@@ -40,7 +40,7 @@ pub struct Vm {
 }
 
 impl Vm {
-    /// Opens KVM, creates the VM, its irqchip and PIT.
+    /// Opens KVM and creates the VM (no devices yet).
     pub fn new() -> Result<Self, VmError> {
         let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
         for (cap, name) in [
@@ -57,13 +57,21 @@ impl Vm {
         let fd = kvm.create_vm().map_err(kvm_err("CREATE_VM"))?;
         fd.set_tss_address(KVM_TSS_ADDRESS)
             .map_err(kvm_err("SET_TSS_ADDR"))?;
-        fd.create_irq_chip().map_err(kvm_err("CREATE_IRQCHIP"))?;
+        Ok(Self { kvm, fd })
+    }
+
+    /// Creates the in-kernel irqchip (PIC ×2 + IOAPIC) and PIT. Like
+    /// memory slots, each waits for a KVM SRCU grace period (milliseconds
+    /// on a busy host), so the builder runs this beside slot registration.
+    pub fn create_irqchip_and_pit(&self) -> Result<(), VmError> {
+        self.fd
+            .create_irq_chip()
+            .map_err(kvm_err("CREATE_IRQCHIP"))?;
         let pit = kvm_pit_config {
             flags: KVM_PIT_SPEAKER_DUMMY,
             ..Default::default()
         };
-        fd.create_pit2(pit).map_err(kvm_err("CREATE_PIT2"))?;
-        Ok(Self { kvm, fd })
+        self.fd.create_pit2(pit).map_err(kvm_err("CREATE_PIT2"))
     }
 
     /// Registers every region of `mem` as a KVM memory slot.
