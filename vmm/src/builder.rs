@@ -1,11 +1,13 @@
-//! Builds a VM from a validated [`VmConfig`] in ordered, named steps, each
-//! timed for the boot breakdown:
+//! Builds a VM in ordered, named steps, each timed for the boot breakdown:
 //!
 //! 1. KVM setup: open /dev/kvm, create the VM, irqchip, PIT.
-//! 2. Memory: map guest RAM and register it with KVM.
-//! 3. Load: kernel (ELF or bzImage), initrd, command line, zero page.
-//! 4. Devices: serial, i8042, virtio-mmio devices (ioeventfd + irqfd).
-//! 5. vCPUs: create, configure, start their threads.
+//! 2. Memory: map guest RAM (anonymous, or a snapshot's memory file, or the
+//!    mapping a forked child inherited) and register it with KVM.
+//! 3. Load: kernel (ELF or bzImage), initrd, boot tables, zero page — or,
+//!    when restoring, the saved irqchip, PIT and clock.
+//! 4. Devices: serial, i8042, virtio-mmio devices (ioeventfd + irqfd),
+//!    their saved registers and queues when restoring.
+//! 5. vCPUs: create, configure (or restore), start their threads.
 //!
 //! Then [`Vmm::run`] serves the event loop until the VM ends.
 
@@ -15,7 +17,7 @@ use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use linux_loader::loader::{KernelLoader, KernelLoaderResult, bzimage::BzImage, elf::Elf};
 use vm_memory::{Address, GuestAddress, GuestMemoryMmap};
@@ -23,7 +25,7 @@ use vmm_sys_util::epoll::EventSet;
 
 use crate::arch::{self, boot};
 use crate::config::{ApEntry, VmConfig};
-use crate::control::{ControlServer, VmFacts};
+use crate::control::ControlServer;
 use crate::devices::IrqLine;
 use crate::devices::bus::Bus;
 use crate::devices::i8042::{I8042, I8042_PORTS};
@@ -32,14 +34,17 @@ use crate::devices::virtio::VirtioDevice;
 use crate::devices::virtio::block::Block;
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::vsock::Vsock;
-use crate::devices::virtio::wiring::place;
+use crate::devices::virtio::wiring::{Placed, place};
 use crate::disk::{LayerError, LayeredDisk};
 use crate::event_loop::{EventLoop, Ops, Subscriber};
+use crate::machine::Machine;
+use crate::snapshot::{SnapshotError, VmSnapshot};
 use crate::socket::{SocketError, bind_replacing_stale};
 use crate::vcpus::VcpuSet;
 use crate::vstate::exit::{ExitLatch, ExitReason};
 use crate::vstate::memory::{self, MemoryError};
 use crate::vstate::vcpu::{Vcpu, VcpuError};
+use crate::vstate::vcpu_state::StateContext;
 use crate::vstate::vm::{Vm, VmError};
 
 /// Errors building or running a VM.
@@ -99,6 +104,12 @@ pub enum BuildError {
     /// A disk could not be opened.
     #[error(transparent)]
     Disk(#[from] LayerError),
+    /// A snapshot could not be read or applied.
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    /// A snapshot does not fit the VM it is restored into.
+    #[error("Snapshot does not match the VM: {0}")]
+    Mismatch(String),
     /// The event loop failed.
     #[error("Event loop failed")]
     EventLoop(#[source] std::io::Error),
@@ -113,9 +124,9 @@ fn device_err(what: &'static str) -> impl FnOnce(std::io::Error) -> BuildError {
 pub struct BootTimings {
     /// Opening KVM, creating the VM, irqchip and PIT.
     pub kvm_setup_us: u64,
-    /// Mapping and registering guest RAM.
+    /// Mapping and registering guest RAM (overlaps the other steps).
     pub memory_us: u64,
-    /// Loading kernel, command line and zero page.
+    /// Loading kernel, command line and zero page, or restoring VM state.
     pub load_us: u64,
     /// Creating devices.
     pub devices_us: u64,
@@ -126,7 +137,7 @@ pub struct BootTimings {
 }
 
 /// Files and sockets a running VM owns, removed when it ends.
-struct OwnedPaths(Vec<PathBuf>);
+pub struct OwnedPaths(pub Vec<PathBuf>);
 
 impl Drop for OwnedPaths {
     fn drop(&mut self) {
@@ -136,17 +147,27 @@ impl Drop for OwnedPaths {
     }
 }
 
+/// Where a VM's memory and state come from.
+pub enum Source {
+    /// Fresh anonymous RAM, kernel loaded from the config.
+    Boot,
+    /// A snapshot's state over memory already mapped (from the snapshot's
+    /// memory file, or inherited by a forked child).
+    Restore {
+        /// The saved state.
+        snapshot: Box<VmSnapshot>,
+        /// Guest RAM with the saved contents.
+        memory: GuestMemoryMmap,
+    },
+}
+
 /// A built, running VM.
 pub struct Vmm {
-    vcpus: Rc<RefCell<VcpuSet>>,
+    machine: Rc<RefCell<Machine>>,
     event_loop: EventLoop,
-    latch: Arc<ExitLatch>,
-    serial: Arc<Mutex<SerialConsole>>,
     timings: BootTimings,
     vcpus_started: Instant,
     _paths: OwnedPaths,
-    _vm: Vm,
-    _memory: GuestMemoryMmap,
 }
 
 struct LatchWatcher;
@@ -195,12 +216,24 @@ fn load_kernel(
 impl Vmm {
     /// Builds and starts the VM `config` describes.
     pub fn build(config: &VmConfig) -> Result<Self, BuildError> {
+        Self::build_from(config, Source::Boot)
+    }
+
+    /// Builds and starts a VM, booting it or restoring it from `source`.
+    pub fn build_from(config: &VmConfig, source: Source) -> Result<Self, BuildError> {
         let mut timings = BootTimings::default();
         let mut paths = OwnedPaths(Vec::new());
 
         let t = Instant::now();
         let vm = Vm::new()?;
-        let mem = memory::create(config.mem_mib)?;
+        let ctx = Arc::new(StateContext::new(vm.kvm()).map_err(|e| VmError::Kvm {
+            op: e.op,
+            source: e.source,
+        })?);
+        let (mem, snapshot) = match source {
+            Source::Boot => (memory::create(config.mem_mib)?, None),
+            Source::Restore { snapshot, memory } => (memory, Some(snapshot)),
+        };
         // KVM waits for an SRCU grace period on each memory slot and on
         // irqchip/PIT creation; on a busy host that is milliseconds each.
         // Slots are registered on a helper thread while this one creates
@@ -216,42 +249,66 @@ impl Vmm {
                 timings.kvm_setup_us = us(t);
 
                 let t = Instant::now();
-                let (loaded, entry) = load_kernel(&mem, &config.kernel)?;
-                let initrd = match &config.initrd {
-                    Some(path) => Some(load_initrd(&mem, path)?),
-                    None => None,
+                let entry = match &snapshot {
+                    None => {
+                        let (loaded, entry) = load_kernel(&mem, &config.kernel)?;
+                        let initrd = match &config.initrd {
+                            Some(path) => Some(load_initrd(&mem, path)?),
+                            None => None,
+                        };
+                        boot::write_boot_tables(&mem)?;
+                        arch::mptable::write(&mem, config.vcpus)?;
+                        Some((loaded, entry, initrd))
+                    }
+                    Some(s) => {
+                        vm.restore_state(&s.vm)?;
+                        None
+                    }
                 };
-                boot::write_boot_tables(&mem)?;
-                arch::mptable::write(&mem, config.vcpus)?;
                 timings.load_us = us(t);
 
                 let t = Instant::now();
-                let devices = build_devices(config, &vm, &mem, &mut paths)?;
-                let t_cmdline = Instant::now();
-                boot::write_zero_page(
-                    &mem,
-                    devices.cmdline.trim().as_bytes(),
-                    loaded.setup_header,
-                    initrd,
-                )?;
-                memory::advise_huge_pages(&mem);
-                timings.load_us += us(t_cmdline);
+                let devices = build_devices(config, &vm, &mem, &mut paths, snapshot.as_deref())?;
+                if let Some((loaded, _, initrd)) = &entry {
+                    boot::write_zero_page(
+                        &mem,
+                        devices.cmdline.trim().as_bytes(),
+                        loaded.setup_header,
+                        *initrd,
+                    )?;
+                    memory::advise_huge_pages(&mem);
+                }
                 timings.devices_us = us(t);
 
                 let t = Instant::now();
-                let cpuid = vm
-                    .kvm()
-                    .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
-                    .map_err(|source| VmError::Kvm {
-                        op: "GET_SUPPORTED_CPUID",
-                        source,
-                    })?;
-                let runnable = config.ap_entry == ApEntry::KernelEntry;
                 let mut vcpus = Vec::with_capacity(usize::from(config.vcpus));
-                for i in 0..config.vcpus {
-                    let vcpu = Vcpu::new(&vm, i)?;
-                    vcpu.configure(&cpuid, config.vcpus, entry, runnable)?;
-                    vcpus.push(vcpu);
+                match (&entry, &snapshot) {
+                    (Some((_, entry, _)), _) => {
+                        let cpuid = vm
+                            .kvm()
+                            .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+                            .map_err(|source| VmError::Kvm {
+                                op: "GET_SUPPORTED_CPUID",
+                                source,
+                            })?;
+                        let runnable = config.ap_entry == ApEntry::KernelEntry;
+                        for i in 0..config.vcpus {
+                            let vcpu = Vcpu::new(&vm, i)?;
+                            vcpu.configure(&cpuid, config.vcpus, *entry, runnable)?;
+                            vcpus.push(vcpu);
+                        }
+                    }
+                    (None, Some(s)) => {
+                        if s.vcpus.len() != usize::from(config.vcpus) {
+                            return Err(BuildError::Mismatch("vCPU count".into()));
+                        }
+                        for state in &s.vcpus {
+                            let vcpu = Vcpu::new(&vm, state.index)?;
+                            vcpu.restore(&ctx, state)?;
+                            vcpus.push(vcpu);
+                        }
+                    }
+                    (None, None) => {}
                 }
                 timings.vcpus_us = us(t);
                 Ok::<_, BuildError>((devices, vcpus))
@@ -271,10 +328,9 @@ impl Vmm {
         let vcpus_started = Instant::now();
         let mut handles = Vec::with_capacity(vcpus.len());
         for vcpu in vcpus {
-            handles.push(vcpu.start(pio.clone(), mmio.clone(), latch.clone())?);
+            handles.push(vcpu.start(pio.clone(), mmio.clone(), latch.clone(), ctx.clone())?);
         }
         timings.vcpus_us += us(t);
-        let vcpus = Rc::new(RefCell::new(VcpuSet::new(handles)));
 
         let mut event_loop = EventLoop::new().map_err(BuildError::EventLoop)?;
         event_loop
@@ -283,59 +339,63 @@ impl Vmm {
                 &[(latch.eventfd().as_raw_fd(), EventSet::IN)],
             )
             .map_err(BuildError::EventLoop)?;
+        let mut transports = Vec::new();
         for placed in devices.virtio {
+            transports.push(placed.transport.clone());
             event_loop
                 .subscribe(Box::new(placed.subscriber), &placed.fds)
                 .map_err(BuildError::EventLoop)?;
         }
-        let facts = VmFacts {
-            vcpus: config.vcpus,
-            mem_mib: config.mem_mib,
-            pid: std::process::id(),
-        };
-        let server = ControlServer::new(devices.control, vcpus.clone(), latch.clone(), facts);
+        if snapshot.is_some() {
+            for t in &transports {
+                if let Ok(mut t) = t.lock() {
+                    t.kick_after_restore();
+                }
+            }
+        }
+        let machine = Rc::new(RefCell::new(Machine {
+            vcpus: VcpuSet::new(handles),
+            config: config.clone(),
+            latch,
+            serial: devices.serial,
+            transports,
+            vm,
+            memory: mem,
+            fork_generation: 0,
+        }));
+        let server = ControlServer::new(devices.control, machine.clone());
         let lfd = server.listener_fd();
         event_loop
             .subscribe(Box::new(server), &[(lfd, EventSet::IN)])
             .map_err(BuildError::EventLoop)?;
 
         Ok(Self {
-            vcpus,
+            machine,
             event_loop,
-            latch,
-            serial: devices.serial,
             timings,
             vcpus_started,
             _paths: paths,
-            _vm: vm,
-            _memory: mem,
         })
     }
 
     /// Serves devices and the control socket until the VM ends.
     pub fn run(mut self) -> Result<(ExitReason, BootTimings), BuildError> {
-        while !self.latch.is_set() {
+        let latch = self.machine.borrow().latch.clone();
+        while !latch.is_set() {
             self.event_loop
                 .run_once(-1)
                 .map_err(BuildError::EventLoop)?;
         }
-        self.vcpus.borrow_mut().exit_all();
-        if let Ok(mut s) = self.serial.lock() {
+        let mut machine = self.machine.borrow_mut();
+        machine.vcpus.exit_all();
+        if let Ok(mut s) = machine.serial.lock() {
             s.flush();
         }
         let mut timings = self.timings.clone();
         timings.first_exit_us = crate::vstate::vcpu::first_exit()
             .map(|t| t.saturating_duration_since(self.vcpus_started).as_micros() as u64);
-        let reason = self.latch.reason().unwrap_or(ExitReason::Shutdown);
+        let reason = latch.reason().unwrap_or(ExitReason::Shutdown);
         Ok((reason, timings))
-    }
-
-    /// Runs the event loop for at most `timeout` (used by embedders).
-    pub fn poll(&mut self, timeout: Duration) -> Result<bool, BuildError> {
-        self.event_loop
-            .run_once(timeout.as_millis() as i32)
-            .map_err(BuildError::EventLoop)?;
-        Ok(!self.latch.is_set())
     }
 }
 
@@ -346,7 +406,7 @@ struct Devices {
     mmio: Bus,
     serial: Arc<Mutex<SerialConsole>>,
     control: std::os::unix::net::UnixListener,
-    virtio: Vec<crate::devices::virtio::wiring::Placed>,
+    virtio: Vec<Placed>,
     /// The command line with the virtio-mmio devices appended.
     cmdline: String,
 }
@@ -356,18 +416,30 @@ fn build_devices(
     vm: &Vm,
     mem: &GuestMemoryMmap,
     paths: &mut OwnedPaths,
+    snapshot: Option<&VmSnapshot>,
 ) -> Result<Devices, BuildError> {
     let latch = Arc::new(ExitLatch::new().map_err(device_err("exit latch"))?);
     let mut pio = Bus::new();
     let mut mmio = Bus::new();
     let mut cmdline = config.cmdline.clone();
     let mut virtio = Vec::new();
-    for device in virtio_devices(config, paths)? {
-        let i = virtio.len() as u64;
-        let base = arch::VIRTIO_MMIO_BASE + i * arch::VIRTIO_MMIO_SIZE;
+    let devices = virtio_devices(config, paths)?;
+    if let Some(s) = snapshot
+        && s.virtio.len() != devices.len()
+    {
+        return Err(BuildError::Mismatch("virtio device count".into()));
+    }
+    for device in devices {
+        let i = virtio.len();
+        let base = arch::VIRTIO_MMIO_BASE + i as u64 * arch::VIRTIO_MMIO_SIZE;
         let irq = arch::VIRTIO_IRQ_BASE + i as u32;
         let placed =
             place(vm, &mut mmio, mem, device, base, irq).map_err(device_err("virtio-mmio"))?;
+        if let Some(s) = snapshot
+            && let Ok(mut t) = placed.transport.lock()
+        {
+            t.restore(&s.virtio[i]).map_err(BuildError::Mismatch)?;
+        }
         cmdline.push_str(&format!(" virtio_mmio.device=4K@{base:#x}:{irq}"));
         virtio.push(placed);
     }
@@ -386,7 +458,12 @@ fn build_devices(
             path: config.serial_log.clone(),
             source,
         })?;
-    let serial = Arc::new(Mutex::new(SerialConsole::new(serial_irq, log)));
+    let console = match snapshot {
+        Some(s) => SerialConsole::from_snapshot(serial_irq, log, &s.serial)
+            .map_err(device_err("serial state"))?,
+        None => SerialConsole::new(serial_irq, log),
+    };
+    let serial = Arc::new(Mutex::new(console));
     pio.insert(serial.clone(), u64::from(arch::SERIAL_PORT), SERIAL_PORTS)?;
     pio.insert(
         Arc::new(Mutex::new(I8042::new(latch.clone()))),

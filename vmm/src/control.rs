@@ -10,16 +10,16 @@ use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
 use std::rc::Rc;
-use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use vmm_sys_util::epoll::EventSet;
 
 use crate::event_loop::{Ops, Subscriber};
-use crate::vcpus::VcpuSet;
-use crate::vstate::exit::{ExitLatch, ExitReason};
+use crate::machine::Machine;
+use crate::vstate::exit::ExitReason;
 
 /// A control request.
 #[derive(Debug, Deserialize, Serialize, PartialEq, Eq)]
@@ -27,8 +27,21 @@ use crate::vstate::exit::{ExitLatch, ExitReason};
 pub enum Request {
     /// Report the VM state.
     Status {},
-    /// Stop the vCPUs in memory.
-    Pause {},
+    /// Stop the vCPUs in memory; with `to_disk`, write a snapshot to
+    /// `dir` and end the process (resume = `forge-vmm restore`).
+    Pause {
+        /// Snapshot and exit.
+        #[serde(default)]
+        to_disk: bool,
+        /// Snapshot directory (needed with `to_disk`).
+        #[serde(default)]
+        dir: Option<PathBuf>,
+    },
+    /// Write a snapshot to `dir` and keep running (or stay paused).
+    Snapshot {
+        /// Snapshot directory.
+        dir: PathBuf,
+    },
     /// Continue the vCPUs.
     Resume {},
     /// End the VM.
@@ -38,44 +51,36 @@ pub enum Request {
 /// Longest request line accepted.
 const MAX_LINE: usize = 64 * 1024;
 
-/// Static facts `status` reports.
-#[derive(Clone, Debug, Serialize)]
-pub struct VmFacts {
-    /// vCPU count.
-    pub vcpus: u8,
-    /// Guest RAM.
-    pub mem_mib: u64,
-    /// This process.
-    pub pid: u32,
-}
-
 /// The control socket subscriber.
 pub struct ControlServer {
     listener: UnixListener,
     conns: HashMap<RawFd, (UnixStream, Vec<u8>)>,
-    vcpus: Rc<RefCell<VcpuSet>>,
-    latch: Arc<ExitLatch>,
-    facts: VmFacts,
+    machine: Rc<RefCell<Machine>>,
 }
 
 fn error(code: &str, message: impl Into<String>) -> Value {
     json!({ "ok": false, "error": { "code": code, "message": message.into() } })
 }
 
+/// An error with its sources, one line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        src = s.source();
+    }
+    msg
+}
+
 impl ControlServer {
     /// Serves `listener`.
-    pub fn new(
-        listener: UnixListener,
-        vcpus: Rc<RefCell<VcpuSet>>,
-        latch: Arc<ExitLatch>,
-        facts: VmFacts,
-    ) -> Self {
+    pub fn new(listener: UnixListener, machine: Rc<RefCell<Machine>>) -> Self {
         Self {
             listener,
             conns: HashMap::new(),
-            vcpus,
-            latch,
-            facts,
+            machine,
         }
     }
 
@@ -89,25 +94,46 @@ impl ControlServer {
             Ok(r) => r,
             Err(e) => return error("bad_request", e.to_string()),
         };
-        let mut vcpus = self.vcpus.borrow_mut();
+        let mut m = self.machine.borrow_mut();
         match request {
             Request::Status {} => json!({
                 "ok": true,
-                "state": vcpus.state_name(self.latch.is_set()),
-                "vcpus": self.facts.vcpus,
-                "mem_mib": self.facts.mem_mib,
-                "pid": self.facts.pid,
+                "state": m.vcpus.state_name(m.latch.is_set()),
+                "vcpus": m.config.vcpus,
+                "mem_mib": m.config.mem_mib,
+                "pid": std::process::id(),
             }),
-            Request::Pause {} => match vcpus.pause() {
+            Request::Pause {
+                to_disk: false,
+                dir: None,
+            } => match m.vcpus.pause() {
                 Ok(()) => json!({ "ok": true, "state": "paused" }),
                 Err(e) => error("pause_failed", e.to_string()),
             },
-            Request::Resume {} => match vcpus.resume() {
+            Request::Pause {
+                to_disk: true,
+                dir: Some(dir),
+            } => match m.snapshot_to(&dir, true) {
+                Ok(report) => {
+                    m.latch.trigger(ExitReason::PausedToDisk);
+                    json!({ "ok": true, "state": "paused_to_disk", "snapshot": report })
+                }
+                Err(e) => error("snapshot_failed", error_chain(&e)),
+            },
+            Request::Pause { .. } => error(
+                "bad_request",
+                "pause takes `to_disk: true` together with `dir`, or neither",
+            ),
+            Request::Snapshot { dir } => match m.snapshot_to(&dir, false) {
+                Ok(report) => json!({ "ok": true, "snapshot": report }),
+                Err(e) => error("snapshot_failed", error_chain(&e)),
+            },
+            Request::Resume {} => match m.vcpus.resume() {
                 Ok(()) => json!({ "ok": true, "state": "running" }),
                 Err(e) => error("resume_failed", e.to_string()),
             },
             Request::Shutdown {} => {
-                self.latch.trigger(ExitReason::Shutdown);
+                m.latch.trigger(ExitReason::Shutdown);
                 json!({ "ok": true, "state": "exiting" })
             }
         }
@@ -185,7 +211,13 @@ mod tests {
     #[test]
     fn requests_parse_strictly() {
         let r: Request = serde_json::from_str(r#"{"cmd":"pause"}"#).expect("pause");
-        assert_eq!(r, Request::Pause {});
+        assert_eq!(
+            r,
+            Request::Pause {
+                to_disk: false,
+                dir: None
+            }
+        );
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"explode"}"#).is_err());
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"status","x":1}"#).is_err());
         assert!(serde_json::from_str::<Request>("not json").is_err());

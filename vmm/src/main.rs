@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! forge-vmm run --config vm.json
+//! forge-vmm restore --from DIR [--control-socket P] [--vsock P] [--serial-log P]
 //! forge-vmm bench [--guests DIR]
 //! ```
 //!
@@ -18,7 +19,9 @@ use vmm::builder::Vmm;
 use vmm::config::VmConfig;
 
 fn usage() -> ExitCode {
-    eprintln!("usage: forge-vmm run --config <vm.json>\n       forge-vmm bench [--guests <dir>]");
+    eprintln!(
+        "usage: forge-vmm run --config <vm.json>\n       forge-vmm restore --from <dir> [--control-socket <path>] [--vsock <path>] [--serial-log <path>]\n       forge-vmm bench [--guests <dir>]"
+    );
     ExitCode::from(1)
 }
 
@@ -36,6 +39,7 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("run") => {}
+        Some("restore") => return restore(&args[1..]),
         Some("bench") => {
             let guests = match args.get(1..3) {
                 Some([flag, dir]) if flag == "--guests" => PathBuf::from(dir),
@@ -63,13 +67,47 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let vmm = match Vmm::build(&config) {
-        Ok(v) => v,
+    match Vmm::build(&config) {
+        Ok(v) => run(v),
         Err(e) => {
             report(&e);
-            return ExitCode::from(1);
+            ExitCode::from(1)
         }
+    }
+}
+
+fn restore(args: &[String]) -> ExitCode {
+    let mut from = None;
+    let mut control = None;
+    let mut vsock = None;
+    let mut serial = None;
+    for pair in args.chunks(2) {
+        match pair {
+            [flag, value] if flag == "--from" => from = Some(PathBuf::from(value)),
+            [flag, value] if flag == "--control-socket" => control = Some(PathBuf::from(value)),
+            [flag, value] if flag == "--vsock" => vsock = Some(PathBuf::from(value)),
+            [flag, value] if flag == "--serial-log" => serial = Some(PathBuf::from(value)),
+            _ => return usage(),
+        }
+    }
+    let Some(from) = from else {
+        return usage();
     };
+    let overrides = vmm::restore::Overrides {
+        control_socket: control,
+        vsock_uds: vsock,
+        serial_log: serial,
+    };
+    match vmm::restore::from_dir(&from, &overrides) {
+        Ok(v) => run(v),
+        Err(e) => {
+            report(&e);
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(vmm: Vmm) -> ExitCode {
     match vmm.run() {
         Ok((reason, timings)) => {
             if std::env::var_os("FORGE_VMM_TIMINGS").is_some() {

@@ -1,6 +1,7 @@
 //! The set of running vCPU threads of one VM, paused and resumed together.
 
 use crate::vstate::vcpu::{VcpuError, VcpuHandle, VcpuRequest, VcpuState};
+use crate::vstate::vcpu_state::VcpuSnapshot;
 
 /// All vCPUs of a VM.
 pub struct VcpuSet {
@@ -42,6 +43,24 @@ impl VcpuSet {
         self.request_all(VcpuRequest::Resume)?;
         self.paused = false;
         Ok(())
+    }
+
+    /// Whether the vCPUs are paused.
+    pub fn is_paused(&self) -> bool {
+        self.paused
+    }
+
+    /// Reads every vCPU's KVM state, MP state first; they must be paused.
+    pub fn save_all(&self) -> Result<Vec<VcpuSnapshot>, VcpuError> {
+        self.handles.iter().map(VcpuHandle::save).collect()
+    }
+
+    /// Forgets the threads without touching them: a forked child has only
+    /// the forking thread, so the handles name threads that do not exist.
+    pub fn forget(&mut self) {
+        for h in std::mem::take(&mut self.handles) {
+            std::mem::forget(h);
+        }
     }
 
     /// "running", "paused" or "exiting".

@@ -16,6 +16,8 @@ pub enum ExitReason {
     GuestPowerOff,
     /// The control socket asked for shutdown.
     Shutdown,
+    /// The VM was written to disk and the process ends (`pause` to disk).
+    PausedToDisk,
     /// The guest triple-faulted (KVM_EXIT_SHUTDOWN) on vCPU `vcpu`.
     TripleFault {
         /// The vCPU index.
@@ -34,7 +36,7 @@ impl ExitReason {
     /// Process exit status for this reason: 0 for an orderly end.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Self::GuestReset | Self::GuestPowerOff | Self::Shutdown => 0,
+            Self::GuestReset | Self::GuestPowerOff | Self::Shutdown | Self::PausedToDisk => 0,
             Self::TripleFault { .. } => 2,
             Self::VcpuError { .. } => 3,
         }

@@ -26,6 +26,7 @@ use kvm_ioctls::{VcpuExit, VcpuFd};
 use vmm_sys_util::signal::{Killable, SIGRTMIN, register_signal_handler};
 
 use super::exit::{ExitLatch, ExitReason};
+use super::vcpu_state::{self, StateContext, StateError, VcpuSnapshot};
 use crate::arch::boot;
 use crate::devices::bus::Bus;
 
@@ -71,6 +72,16 @@ pub enum VcpuRequest {
     Resume,
     /// End the thread.
     Exit,
+    /// Read the vCPU's KVM state (only while paused).
+    Save,
+}
+
+/// What a vCPU thread sends back.
+pub enum VcpuReply {
+    /// Its state after a Pause, Resume or Exit.
+    State(VcpuState),
+    /// The answer to Save.
+    Saved(Box<Result<VcpuSnapshot, StateError>>),
 }
 
 /// Answers from a vCPU thread.
@@ -253,6 +264,15 @@ impl Vcpu {
         Ok(())
     }
 
+    /// Loads a saved state instead of the boot configuration.
+    pub fn restore(&self, ctx: &StateContext, snapshot: &VcpuSnapshot) -> Result<(), VcpuError> {
+        vcpu_state::restore(ctx, &self.fd, snapshot).map_err(|e| VcpuError::Kvm {
+            index: self.index,
+            op: e.op,
+            source: e.source,
+        })
+    }
+
     /// The index of this vCPU.
     pub fn index(&self) -> u8 {
         self.index
@@ -264,6 +284,7 @@ impl Vcpu {
         pio: Arc<Bus>,
         mmio: Arc<Bus>,
         latch: Arc<ExitLatch>,
+        ctx: Arc<StateContext>,
     ) -> Result<VcpuHandle, VcpuError> {
         install_kick_handler().map_err(|source| VcpuError::Thread {
             index: self.index,
@@ -277,6 +298,7 @@ impl Vcpu {
             pio,
             mmio,
             latch,
+            ctx,
             requests: req_rx,
             states: state_tx,
         };
@@ -331,8 +353,9 @@ struct Runner {
     pio: Arc<Bus>,
     mmio: Arc<Bus>,
     latch: Arc<ExitLatch>,
+    ctx: Arc<StateContext>,
     requests: Receiver<VcpuRequest>,
-    states: Sender<VcpuState>,
+    states: Sender<VcpuReply>,
 }
 
 enum Step {
@@ -350,10 +373,10 @@ impl Runner {
                 VcpuState::Running => match self.requests.try_recv() {
                     Ok(VcpuRequest::Pause) => {
                         state = VcpuState::Paused;
-                        let _ = self.states.send(state);
+                        let _ = self.states.send(VcpuReply::State(state));
                     }
-                    Ok(VcpuRequest::Resume) => {
-                        let _ = self.states.send(state);
+                    Ok(VcpuRequest::Resume) | Ok(VcpuRequest::Save) => {
+                        let _ = self.states.send(VcpuReply::State(state));
                     }
                     Ok(VcpuRequest::Exit) | Err(TryRecvError::Disconnected) => break,
                     Err(TryRecvError::Empty) => {
@@ -370,18 +393,22 @@ impl Runner {
                 VcpuState::Paused | VcpuState::Exiting => match self.requests.recv() {
                     Ok(VcpuRequest::Resume) if state == VcpuState::Paused => {
                         state = VcpuState::Running;
-                        let _ = self.states.send(state);
+                        let _ = self.states.send(VcpuReply::State(state));
+                    }
+                    Ok(VcpuRequest::Save) => {
+                        let saved = vcpu_state::save(&self.ctx, &self.vcpu.fd, self.vcpu.index);
+                        let _ = self.states.send(VcpuReply::Saved(Box::new(saved)));
                     }
                     Ok(VcpuRequest::Exit) | Err(_) => break,
                     Ok(_) => {
-                        let _ = self.states.send(state);
+                        let _ = self.states.send(VcpuReply::State(state));
                     }
                 },
                 VcpuState::Exited => break,
             }
         }
         KVM_RUN.with(|c| c.set(std::ptr::null_mut()));
-        let _ = self.states.send(VcpuState::Exited);
+        let _ = self.states.send(VcpuReply::State(VcpuState::Exited));
     }
 
     fn run_once(&mut self) -> Step {
@@ -455,7 +482,7 @@ pub struct VcpuHandle {
     index: u8,
     thread: Option<JoinHandle<()>>,
     requests: Sender<VcpuRequest>,
-    states: Receiver<VcpuState>,
+    states: Receiver<VcpuReply>,
 }
 
 /// How long a vCPU has to answer a request.
@@ -474,11 +501,31 @@ impl VcpuHandle {
     /// Waits for the state answering the last request.
     pub fn wait(&self, request: VcpuRequest) -> Result<VcpuState, VcpuError> {
         match self.states.recv_timeout(ANSWER_TIMEOUT) {
-            Ok(s) => Ok(s),
+            Ok(VcpuReply::State(s)) => Ok(s),
+            Ok(VcpuReply::Saved(_)) => Err(VcpuError::NoAnswer {
+                index: self.index,
+                request,
+            }),
             Err(RecvTimeoutError::Disconnected) => Ok(VcpuState::Exited),
             Err(RecvTimeoutError::Timeout) => Err(VcpuError::NoAnswer {
                 index: self.index,
                 request,
+            }),
+        }
+    }
+
+    /// Reads the KVM state of this (paused) vCPU.
+    pub fn save(&self) -> Result<VcpuSnapshot, VcpuError> {
+        self.send(VcpuRequest::Save);
+        match self.states.recv_timeout(ANSWER_TIMEOUT) {
+            Ok(VcpuReply::Saved(r)) => (*r).map_err(|e| VcpuError::Kvm {
+                index: self.index,
+                op: e.op,
+                source: e.source,
+            }),
+            _ => Err(VcpuError::NoAnswer {
+                index: self.index,
+                request: VcpuRequest::Save,
             }),
         }
     }

@@ -95,6 +95,39 @@ impl Vm {
         Ok(())
     }
 
+    /// Reads irqchip (PIC master, PIC slave, IOAPIC), PIT and kvmclock.
+    pub fn save_state(&self) -> Result<crate::snapshot::VmKvmState, VmError> {
+        let mut irqchips = Vec::with_capacity(3);
+        for chip_id in 0..3 {
+            let mut chip = kvm_bindings::kvm_irqchip {
+                chip_id,
+                ..Default::default()
+            };
+            self.fd
+                .get_irqchip(&mut chip)
+                .map_err(kvm_err("GET_IRQCHIP"))?;
+            irqchips.push(chip);
+        }
+        let pit = self.fd.get_pit2().map_err(kvm_err("GET_PIT2"))?;
+        let mut clock = self.fd.get_clock().map_err(kvm_err("GET_CLOCK"))?;
+        // Only the time travels; flags describe the source host's clock.
+        clock.flags = 0;
+        Ok(crate::snapshot::VmKvmState {
+            irqchips,
+            pit,
+            clock,
+        })
+    }
+
+    /// Loads what `save_state` read.
+    pub fn restore_state(&self, s: &crate::snapshot::VmKvmState) -> Result<(), VmError> {
+        for chip in &s.irqchips {
+            self.fd.set_irqchip(chip).map_err(kvm_err("SET_IRQCHIP"))?;
+        }
+        self.fd.set_pit2(&s.pit).map_err(kvm_err("SET_PIT2"))?;
+        self.fd.set_clock(&s.clock).map_err(kvm_err("SET_CLOCK"))
+    }
+
     /// The /dev/kvm handle.
     pub fn kvm(&self) -> &Kvm {
         &self.kvm

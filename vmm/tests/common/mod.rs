@@ -143,6 +143,45 @@ impl TestVm {
     }
 }
 
+/// Starts `forge-vmm restore --from <dir>` with extra arguments.
+pub fn spawn_restore(dir: &Path, extra: &[&Path]) -> Child {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_forge-vmm"));
+    cmd.arg("restore").arg("--from").arg(dir);
+    for pair in extra.chunks(2) {
+        cmd.arg(pair[0]).arg(pair[1]);
+    }
+    cmd.stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn forge-vmm restore")
+}
+
+/// Reads a child's stderr after it ended.
+pub fn stderr_of(child: &mut Child) -> String {
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut e, &mut err);
+    }
+    err
+}
+
+/// Waits until `path` contains `text`.
+pub fn wait_file(path: &Path, text: &str, timeout: Duration) -> String {
+    let start = Instant::now();
+    loop {
+        let s = std::fs::read_to_string(path).unwrap_or_default();
+        if s.contains(text) {
+            return s;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "{} never showed {text:?}; it has: {s}",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// Waits for `child`, killing it and failing after `timeout`.
 pub fn wait_timeout(child: &mut Child, timeout: Duration) -> ExitStatus {
     let start = Instant::now();

@@ -163,6 +163,10 @@ impl VirtioDevice for Block {
         QUEUE_SIZES
     }
 
+    fn flush(&self) {
+        let _ = self.disk.flush();
+    }
+
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         // capacity (u64, sectors) is the only field offered.
         let config = (self.disk.size() / SECTOR).to_le_bytes();

@@ -20,7 +20,8 @@
 
 use std::sync::{Arc, Mutex};
 
-use virtio_queue::{Queue, QueueT};
+use serde::{Deserialize, Serialize};
+use virtio_queue::{Queue, QueueState, QueueT};
 use vm_memory::GuestMemoryMmap;
 
 use super::VirtioDevice;
@@ -51,6 +52,52 @@ pub mod status {
 pub const INT_VRING: u32 = 1;
 /// InterruptStatus bit: configuration changed.
 pub const INT_CONFIG: u32 = 2;
+
+/// One queue in a snapshot (virtio-queue's `QueueState`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct QueueSnapshot {
+    /// Largest size offered.
+    pub max_size: u16,
+    /// Next avail index to read.
+    pub next_avail: u16,
+    /// Next used index to write.
+    pub next_used: u16,
+    /// VIRTIO_F_RING_EVENT_IDX negotiated.
+    pub event_idx: bool,
+    /// Size chosen by the driver.
+    pub size: u16,
+    /// QueueReady.
+    pub ready: bool,
+    /// Descriptor table address.
+    pub desc_table: u64,
+    /// Driver (avail) ring address.
+    pub avail_ring: u64,
+    /// Device (used) ring address.
+    pub used_ring: u64,
+}
+
+/// A transport's registers and queues in a snapshot.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TransportSnapshot {
+    /// Device type, checked on restore.
+    pub device_type: u32,
+    /// DeviceFeaturesSel.
+    pub device_features_sel: u32,
+    /// DriverFeaturesSel.
+    pub driver_features_sel: u32,
+    /// Features the driver accepted.
+    pub driver_features: u64,
+    /// QueueSel.
+    pub queue_sel: u32,
+    /// InterruptStatus.
+    pub interrupt_status: u32,
+    /// Status.
+    pub status: u32,
+    /// ConfigGeneration.
+    pub config_generation: u32,
+    /// The queues.
+    pub queues: Vec<QueueSnapshot>,
+}
 
 /// One virtio-mmio device window.
 pub struct MmioTransport {
@@ -154,6 +201,95 @@ impl MmioTransport {
             watch,
         ) && active
         {
+            self.signal_used();
+        }
+    }
+
+    /// Registers and queue positions for a snapshot.
+    pub fn snapshot(&self) -> TransportSnapshot {
+        TransportSnapshot {
+            device_type: self.device.device_type(),
+            device_features_sel: self.device_features_sel,
+            driver_features_sel: self.driver_features_sel,
+            driver_features: self.driver_features,
+            queue_sel: self.queue_sel,
+            interrupt_status: self.interrupt_status,
+            status: self.status,
+            config_generation: self.config_generation,
+            queues: self
+                .queues
+                .iter()
+                .map(|q| {
+                    let s = q.state();
+                    QueueSnapshot {
+                        max_size: s.max_size,
+                        next_avail: s.next_avail,
+                        next_used: s.next_used,
+                        event_idx: s.event_idx_enabled,
+                        size: s.size,
+                        ready: s.ready,
+                        desc_table: s.desc_table,
+                        avail_ring: s.avail_ring,
+                        used_ring: s.used_ring,
+                    }
+                })
+                .collect(),
+        }
+    }
+
+    /// Loads registers and queues from a snapshot; the device function is
+    /// re-activated if the driver had finished set-up.
+    pub fn restore(&mut self, s: &TransportSnapshot) -> Result<(), String> {
+        if s.device_type != self.device.device_type() || s.queues.len() != self.queues.len() {
+            return Err(format!(
+                "snapshot has device type {} with {} queues, the VM has {} with {}",
+                s.device_type,
+                s.queues.len(),
+                self.device.device_type(),
+                self.queues.len()
+            ));
+        }
+        let mut queues = Vec::with_capacity(s.queues.len());
+        for q in &s.queues {
+            let state = QueueState {
+                max_size: q.max_size,
+                next_avail: q.next_avail,
+                next_used: q.next_used,
+                event_idx_enabled: q.event_idx,
+                size: q.size,
+                ready: q.ready,
+                desc_table: q.desc_table,
+                avail_ring: q.avail_ring,
+                used_ring: q.used_ring,
+            };
+            queues.push(Queue::try_from(state).map_err(|e| e.to_string())?);
+        }
+        self.queues = queues;
+        self.device_features_sel = s.device_features_sel;
+        self.driver_features_sel = s.driver_features_sel;
+        self.driver_features = s.driver_features;
+        self.queue_sel = s.queue_sel;
+        self.interrupt_status = s.interrupt_status;
+        self.status = s.status;
+        self.config_generation = s.config_generation;
+        if self.is_active() {
+            self.device.activate(self.driver_features);
+        }
+        Ok(())
+    }
+
+    /// Processes every queue once (after a restore, work the guest queued
+    /// before the snapshot is picked up), then tells the device it was
+    /// restored.
+    pub fn kick_after_restore(&mut self) {
+        if !self.is_active() {
+            return;
+        }
+        let used = self.device.restored(&mut self.queues, &self.mem);
+        for i in 0..self.queues.len() {
+            self.notify(i);
+        }
+        if used {
             self.signal_used();
         }
     }

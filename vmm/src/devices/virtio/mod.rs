@@ -55,6 +55,14 @@ pub trait VirtioDevice: Send {
         mem: &GuestMemoryMmap,
         watch: &mut FdChanges,
     ) -> bool;
+    /// Makes written data durable (before a snapshot).
+    fn flush(&self) {}
+    /// The VM was restored from a snapshot or forked: reset host-side
+    /// state that did not survive (sockets) and tell the guest if the
+    /// device has a way to. Returns whether a used ring changed.
+    fn restored(&mut self, _queues: &mut [Queue], _mem: &GuestMemoryMmap) -> bool {
+        false
+    }
     /// Extra fds (host sockets) the device wants watched, beyond queues.
     fn extra_fds(&self) -> Vec<(RawFd, EventSet)> {
         Vec::new()

@@ -15,6 +15,11 @@
 //! host socket. Host sockets are edge-triggered: a readable socket is
 //! drained when rx buffers and credit allow, and resumed when the guest
 //! adds buffers or grants credit. Packet parsing uses `virtio-vsock`.
+//!
+//! After a restore or fork the device posts VIRTIO_VSOCK_EVENT_TRANSPORT_RESET
+//! on the event queue: the guest's connections are gone, and this is the
+//! guest agent's notice that it was resumed or forked (reseed RNG, set the
+//! clock).
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{ErrorKind, Read, Write};
@@ -25,13 +30,16 @@ use std::path::PathBuf;
 
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use virtio_vsock::packet::{PKT_HEADER_SIZE, VsockPacket};
-use vm_memory::GuestMemoryMmap;
+use vm_memory::{Bytes, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 
 use super::{FdChanges, VIRTIO_F_VERSION_1, VirtioDevice, device_type};
 
 const RX: usize = 0;
 const TX: usize = 1;
+const EVENT: usize = 2;
+/// VIRTIO_VSOCK_EVENT_TRANSPORT_RESET.
+const EVENT_TRANSPORT_RESET: u32 = 0;
 const QUEUE_SIZES: &[u16] = &[256, 256, 16];
 const HOST_CID: u64 = 2;
 const TYPE_STREAM: u16 = 1;
@@ -590,6 +598,31 @@ impl VirtioDevice for Vsock {
         watch: &mut FdChanges,
     ) -> bool {
         self.pump(index, queues, mem, watch)
+    }
+
+    fn restored(&mut self, queues: &mut [Queue], mem: &GuestMemoryMmap) -> bool {
+        // Host sockets did not survive: the guest hears a transport reset
+        // (its connections are gone), which is also its notice that it was
+        // restored or forked.
+        self.conns.clear();
+        self.by_fd.clear();
+        self.control.clear();
+        let Some(q) = queues.get_mut(EVENT) else {
+            return false;
+        };
+        let Some(chain) = q.pop_descriptor_chain(mem) else {
+            return false;
+        };
+        let head = chain.head_index();
+        let mut len = 0;
+        if let Some(d) = chain
+            .into_iter()
+            .find(|d| d.is_write_only() && d.len() >= 4)
+            && mem.write_obj(EVENT_TRANSPORT_RESET, d.addr()).is_ok()
+        {
+            len = 4;
+        }
+        q.add_used(mem, head, len).is_ok()
     }
 
     fn extra_fds(&self) -> Vec<(RawFd, EventSet)> {

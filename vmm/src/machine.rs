@@ -1,0 +1,134 @@
+//! A running VM as the control socket sees it: vCPU threads, KVM VM,
+//! guest memory and devices, and the operations on all of them at once
+//! (pause, resume, snapshot). Owned by the event-loop thread.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use vm_memory::GuestMemoryMmap;
+
+use crate::config::VmConfig;
+use crate::devices::serial::SerialConsole;
+use crate::devices::virtio::mmio::SharedTransport;
+use crate::snapshot::{self, SnapshotError, VmSnapshot, memory_file};
+use crate::vcpus::VcpuSet;
+use crate::vstate::exit::ExitLatch;
+use crate::vstate::vm::Vm;
+
+/// The live parts of one VM. Field order is drop order: vCPU threads end
+/// before the VM fd closes, and memory is unmapped last.
+pub struct Machine {
+    /// vCPU threads.
+    pub vcpus: VcpuSet,
+    /// The config, kept current (disk chains change on fork).
+    pub config: VmConfig,
+    /// The end-of-VM latch.
+    pub latch: Arc<ExitLatch>,
+    /// The UART.
+    pub serial: Arc<Mutex<SerialConsole>>,
+    /// virtio transports in window order.
+    pub transports: Vec<SharedTransport>,
+    /// The KVM VM.
+    pub vm: Vm,
+    /// Guest RAM.
+    pub memory: GuestMemoryMmap,
+    /// Forks made so far (names the children's paths).
+    pub fork_generation: u32,
+}
+
+/// What a snapshot wrote.
+#[derive(Debug, serde::Serialize)]
+pub struct SnapshotReport {
+    /// The directory.
+    pub dir: PathBuf,
+    /// Size of the state file.
+    pub state_bytes: u64,
+    /// Non-zero guest memory written.
+    pub memory_bytes: u64,
+    /// How long the vCPUs were stopped.
+    pub paused_ms: f64,
+}
+
+fn save_err(what: &'static str) -> impl FnOnce(String) -> SnapshotError {
+    move |message| SnapshotError::Save { what, message }
+}
+
+impl Machine {
+    /// The whole VM state; the vCPUs must be paused.
+    pub fn capture(&mut self) -> Result<VmSnapshot, SnapshotError> {
+        let vcpus = self
+            .vcpus
+            .save_all()
+            .map_err(|e| save_err("vCPU")(e.to_string()))?;
+        let vm = self
+            .vm
+            .save_state()
+            .map_err(|e| save_err("VM")(e.to_string()))?;
+        let serial = self
+            .serial
+            .lock()
+            .map_err(|_| save_err("serial")("lock poisoned".into()))?
+            .snapshot();
+        let mut virtio = Vec::with_capacity(self.transports.len());
+        for t in &self.transports {
+            let t = t
+                .lock()
+                .map_err(|_| save_err("virtio")("lock poisoned".into()))?;
+            virtio.push(t.snapshot());
+        }
+        Ok(VmSnapshot {
+            config: self.config.clone(),
+            memory_regions: memory_file::regions_of(&self.memory),
+            vcpus,
+            vm,
+            serial,
+            virtio,
+        })
+    }
+
+    /// Pauses (if running), writes a snapshot into `dir`, and resumes
+    /// unless `stay_paused`.
+    pub fn snapshot_to(
+        &mut self,
+        dir: &Path,
+        stay_paused: bool,
+    ) -> Result<SnapshotReport, SnapshotError> {
+        let t = Instant::now();
+        let was_paused = self.vcpus.is_paused();
+        if !was_paused {
+            self.vcpus
+                .pause()
+                .map_err(|e| save_err("vCPU")(e.to_string()))?;
+        }
+        let result = (|| {
+            std::fs::create_dir_all(dir).map_err(|source| SnapshotError::Io {
+                path: dir.to_owned(),
+                source,
+            })?;
+            for t in &self.transports {
+                if let Ok(t) = t.lock() {
+                    t.device().flush();
+                }
+            }
+            let state = self.capture()?;
+            let memory_bytes = memory_file::write(&self.memory, &dir.join(snapshot::MEMORY_FILE))?;
+            let state_bytes = snapshot::write_state(dir, &state)?;
+            Ok(SnapshotReport {
+                dir: dir.to_owned(),
+                state_bytes,
+                memory_bytes,
+                paused_ms: 0.0,
+            })
+        })();
+        if !was_paused && !stay_paused {
+            self.vcpus
+                .resume()
+                .map_err(|e| save_err("vCPU")(e.to_string()))?;
+        }
+        result.map(|mut r| {
+            r.paused_ms = t.elapsed().as_secs_f64() * 1e3;
+            r
+        })
+    }
+}

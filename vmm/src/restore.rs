@@ -1,0 +1,44 @@
+//! Resuming a VM from a snapshot directory (`forge-vmm restore`): the
+//! state file is read and checked, the memory file mapped privately (pages
+//! load on first touch), paths the caller wants different replaced, and
+//! the VM built from the saved state. Any damage is reported before a vCPU
+//! runs: there is never a half-running VM.
+
+use std::path::{Path, PathBuf};
+
+use crate::builder::{BuildError, Source, Vmm};
+use crate::snapshot::{self, memory_file};
+
+/// Paths a restored VM uses instead of the saved ones.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    /// Control socket.
+    pub control_socket: Option<PathBuf>,
+    /// vsock Unix socket.
+    pub vsock_uds: Option<PathBuf>,
+    /// Serial log.
+    pub serial_log: Option<PathBuf>,
+}
+
+/// Builds the VM saved in `dir` and starts its vCPUs.
+pub fn from_dir(dir: &Path, overrides: &Overrides) -> Result<Vmm, BuildError> {
+    let state = snapshot::read_state(dir)?;
+    let memory = memory_file::map(&dir.join(snapshot::MEMORY_FILE), &state.memory_regions)?;
+    let mut config = state.config.clone();
+    if let Some(p) = &overrides.control_socket {
+        config.control_socket = p.clone();
+    }
+    if let Some(p) = &overrides.serial_log {
+        config.serial_log = p.clone();
+    }
+    if let (Some(p), Some(v)) = (&overrides.vsock_uds, config.vsock.as_mut()) {
+        v.uds_path = p.clone();
+    }
+    Vmm::build_from(
+        &config,
+        Source::Restore {
+            snapshot: Box::new(state),
+            memory,
+        },
+    )
+}

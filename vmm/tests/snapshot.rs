@@ -1,0 +1,137 @@
+//! Snapshot, pause to disk and restore with the counter guest.
+
+mod common;
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::time::Duration;
+
+use common::{Control, TestVm, last_count, spawn_restore, stderr_of, wait_file, wait_timeout};
+use serde_json::json;
+
+const T: Duration = Duration::from_secs(30);
+
+#[test]
+fn pause_to_disk_ends_the_process_and_restore_keeps_counting() {
+    let vm = TestVm::new("counter");
+    let mut child = vm.spawn();
+    vm.wait_serial("COUNT 3\n", T);
+    let snap = vm.dir.path("snap");
+    let r = vm
+        .control()
+        .raw(&json!({ "cmd": "pause", "to_disk": true, "dir": snap }).to_string());
+    assert_eq!(r["ok"], true, "{r}");
+    let status = wait_timeout(&mut child, T);
+    assert!(status.success(), "paused-to-disk exit {status:?}");
+    assert!(!vm.dir.path("ctl.sock").exists(), "no process, no socket");
+    let paused_at = last_count(&vm.serial());
+
+    // Sparse: a 64 MiB guest that touched little stores little.
+    let mem = std::fs::metadata(snap.join("memory")).expect("memory file");
+    assert_eq!(mem.len(), 64 << 20);
+    assert!(mem.blocks() * 512 < 8 << 20, "memory file is not sparse");
+
+    let log2 = vm.dir.path("serial2.log");
+    let mut resumed = spawn_restore(&snap, &[Path::new("--serial-log"), &log2]);
+    let text = wait_file(&log2, &format!("COUNT {}\n", paused_at + 2), T);
+    // The guest continues where it stopped: the first line is the next count.
+    let first: u64 = text
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("COUNT "))
+        .and_then(|n| n.parse().ok())
+        .expect("a COUNT line");
+    assert!(
+        first == paused_at + 1 || first == paused_at,
+        "resumed at {first}, paused at {paused_at}"
+    );
+    vm.control().cmd("shutdown");
+    assert!(wait_timeout(&mut resumed, T).success());
+}
+
+#[test]
+fn live_snapshot_keeps_the_vm_running_and_restores_as_a_second_vm() {
+    let vm = TestVm::new("counter");
+    let mut child = vm.spawn();
+    vm.wait_serial("COUNT 2\n", T);
+    let snap = vm.dir.path("snap");
+    let mut ctl = vm.control();
+    let r = ctl.raw(&json!({ "cmd": "snapshot", "dir": snap }).to_string());
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(ctl.cmd("status")["state"], "running");
+    let at = last_count(&vm.serial());
+    vm.wait_serial(&format!("COUNT {}\n", at + 2), T);
+
+    // A second VM from the same snapshot, on its own paths.
+    let ctl2 = vm.dir.path("ctl2.sock");
+    let log2 = vm.dir.path("serial2.log");
+    let mut twin = spawn_restore(
+        &snap,
+        &[
+            Path::new("--control-socket"),
+            &ctl2,
+            Path::new("--serial-log"),
+            &log2,
+        ],
+    );
+    wait_file(&log2, "COUNT", T);
+    let mut c2 = Control::connect(&ctl2);
+    assert_eq!(c2.cmd("status")["pid"], twin.id());
+    c2.cmd("shutdown");
+    ctl.cmd("shutdown");
+    assert!(wait_timeout(&mut twin, T).success());
+    assert!(wait_timeout(&mut child, T).success());
+}
+
+#[test]
+fn damaged_snapshots_are_refused_before_any_vcpu_runs() {
+    let vm = TestVm::new("counter");
+    let mut child = vm.spawn();
+    vm.wait_serial("COUNT 1\n", T);
+    let snap = vm.dir.path("snap");
+    let r = vm
+        .control()
+        .raw(&json!({ "cmd": "pause", "to_disk": true, "dir": snap }).to_string());
+    assert_eq!(r["ok"], true, "{r}");
+    assert!(wait_timeout(&mut child, T).success());
+    let state = std::fs::read(snap.join("state")).expect("state");
+
+    let check = |name: &str, state_bytes: Option<Vec<u8>>, drop_memory: bool, expect: &str| {
+        let d = vm.dir.path(name);
+        std::fs::create_dir_all(&d).expect("dir");
+        if let Some(b) = state_bytes {
+            std::fs::write(d.join("state"), b).expect("state");
+        }
+        if !drop_memory {
+            std::fs::copy(snap.join("memory"), d.join("memory")).expect("memory");
+        }
+        let log = d.join("serial.log");
+        let mut p = spawn_restore(&d, &[Path::new("--serial-log"), &log]);
+        let status = wait_timeout(&mut p, T);
+        let err = stderr_of(&mut p);
+        assert_eq!(status.code(), Some(1), "{name}: {err}");
+        assert!(
+            err.contains(expect),
+            "{name}: stderr {err:?} lacks {expect:?}"
+        );
+        assert!(
+            std::fs::read_to_string(&log).unwrap_or_default().is_empty(),
+            "{name}: guest ran"
+        );
+    };
+    let mut corrupt = state.clone();
+    let mid = corrupt.len() / 2;
+    corrupt[mid] ^= 0x20;
+    check("corrupt", Some(corrupt), false, "checksum mismatch");
+    check(
+        "truncated",
+        Some(state[..state.len() - 10].to_vec()),
+        false,
+        "truncated",
+    );
+    let mut v9 = state.clone();
+    v9[8] = 9;
+    check("version", Some(v9), false, "version 9 is not supported");
+    check("nomemory", Some(state.clone()), true, "Memory file");
+    check("nostate", None, false, "Snapshot I/O");
+}
