@@ -17,6 +17,7 @@ const GUESTS: &[&str] = &[
     "badvirtio",
     "pio",
     "blkread",
+    "forkmem",
 ];
 
 fn main() {

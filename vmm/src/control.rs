@@ -1,7 +1,8 @@
 //! The control socket: JSON lines over a Unix stream socket.
 //!
 //! Requests, one JSON object a line: `{"cmd":"status"}`, `{"cmd":"pause"}`,
-//! `{"cmd":"resume"}`, `{"cmd":"shutdown"}`. Every request gets one line:
+//! `{"cmd":"resume"}`, `{"cmd":"shutdown"}`, `{"cmd":"snapshot","dir":D}`,
+//! `{"cmd":"pause","to_disk":true,"dir":D}`, `{"cmd":"fork","count":N}`. Every request gets one line:
 //! `{"ok":true, ...}` or `{"ok":false,"error":{"code","message"}}`. A
 //! malformed line is answered with an error and the connection stays open.
 
@@ -36,6 +37,11 @@ pub enum Request {
         /// Snapshot directory (needed with `to_disk`).
         #[serde(default)]
         dir: Option<PathBuf>,
+    },
+    /// Fork the running VM into `count` children.
+    Fork {
+        /// Number of children.
+        count: u32,
     },
     /// Write a snapshot to `dir` and keep running (or stay paused).
     Snapshot {
@@ -127,6 +133,10 @@ impl ControlServer {
             Request::Snapshot { dir } => match m.snapshot_to(&dir, false) {
                 Ok(report) => json!({ "ok": true, "snapshot": report }),
                 Err(e) => error("snapshot_failed", error_chain(&e)),
+            },
+            Request::Fork { count } => match m.fork(count) {
+                Ok(report) => json!({ "ok": true, "fork": report }),
+                Err(e) => error("fork_failed", error_chain(&e)),
             },
             Request::Resume {} => match m.vcpus.resume() {
                 Ok(()) => json!({ "ok": true, "state": "running" }),

@@ -10,6 +10,7 @@ pub mod control;
 pub mod devices;
 pub mod disk;
 pub mod event_loop;
+pub mod fork;
 pub mod machine;
 pub mod restore;
 pub mod snapshot;

@@ -336,6 +336,13 @@ impl LayeredDisk {
     /// Seals the top layer (it becomes shared and read-only) and stacks a
     /// new empty writable layer at `new_top`. Used by fork.
     pub fn seal_top_and_push(&mut self, new_top: &Path) -> Result<(), LayerError> {
+        self.seal_top()?;
+        self.push_layer(new_top)
+    }
+
+    /// Marks the top layer sealed; writes are refused until a new top is
+    /// pushed. Fork seals once, then parent and child each push their own.
+    pub fn seal_top(&mut self) -> Result<(), LayerError> {
         if self.read_only {
             return Err(LayerError::ReadOnly);
         }
@@ -344,8 +351,15 @@ impl LayeredDisk {
             top.file.write_all_at(&[1], SEALED_OFFSET)?;
             top.file.sync_data()?;
         }
+        self.read_only = true;
+        Ok(())
+    }
+
+    /// Stacks a new empty writable layer at `new_top` over sealed ones.
+    pub fn push_layer(&mut self, new_top: &Path) -> Result<(), LayerError> {
         let layer = Layer::create(new_top, self.size)?;
         self.layers.push(layer);
+        self.read_only = false;
         Ok(())
     }
 

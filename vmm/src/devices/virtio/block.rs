@@ -167,6 +167,10 @@ impl VirtioDevice for Block {
         let _ = self.disk.flush();
     }
 
+    fn disk_mut(&mut self) -> Option<&mut LayeredDisk> {
+        Some(&mut self.disk)
+    }
+
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         // capacity (u64, sectors) is the only field offered.
         let config = (self.disk.size() / SECTOR).to_le_bytes();

@@ -148,6 +148,11 @@ impl MmioTransport {
         self.device.as_ref()
     }
 
+    /// The device function, mutably.
+    pub fn device_mut(&mut self) -> &mut dyn VirtioDevice {
+        self.device.as_mut()
+    }
+
     /// Number of queues.
     pub fn queue_count(&self) -> usize {
         self.queues.len()

@@ -55,6 +55,10 @@ pub trait VirtioDevice: Send {
         mem: &GuestMemoryMmap,
         watch: &mut FdChanges,
     ) -> bool;
+    /// The layered disk behind this device, if it is a block device.
+    fn disk_mut(&mut self) -> Option<&mut crate::disk::LayeredDisk> {
+        None
+    }
     /// Makes written data durable (before a snapshot).
     fn flush(&self) {}
     /// The VM was restored from a snapshot or forked: reset host-side

@@ -1,0 +1,337 @@
+//! Live fork of a running VM with fork(2) (ARCHITECTURE.md decision 3).
+//!
+//! Steps, on the event-loop thread:
+//!
+//! 1. Pause the vCPUs (they wait outside KVM_RUN, holding no lock), flush
+//!    the disks, capture the whole VM state in memory.
+//! 2. Seal the top layer of every writable disk: it becomes a shared,
+//!    read-only layer of parent and children.
+//! 3. fork(2) once per child. Guest RAM is private memory, so the kernel
+//!    shares every page copy-on-write: a fork costs page tables, not RAM.
+//!    The child has only the forking thread. It closes every inherited fd
+//!    but stdio and its report pipe, opens a new KVM VM over the inherited
+//!    mapping, restores the captured state with its own paths (control
+//!    socket, vsock socket, serial log, a new empty disk top layer), posts
+//!    a vsock transport reset (the guest's notice that it was forked), and
+//!    runs; it reports "ok" or its error on the pipe, then serves until its
+//!    guest ends and exits with the VM's status.
+//! 4. The parent stacks its own new top layer on each disk, resumes, and
+//!    collects the children's reports.
+//!
+//! Child paths append `.f<generation>c<index>` to the parent's, so forks of
+//! forks get distinct names at any depth. Children are reaped by the kernel
+//! (SIGCHLD is ignored in a VMM that has forked).
+
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::builder::{Source, Vmm};
+use crate::config::VmConfig;
+use crate::machine::Machine;
+
+/// Errors forking.
+#[derive(Debug, thiserror::Error)]
+pub enum ForkError {
+    /// The request was out of range.
+    #[error("Fork count must be 1..={max}, got {count}")]
+    Count {
+        /// Requested.
+        count: u32,
+        /// Allowed.
+        max: u32,
+    },
+    /// Pausing or capturing failed.
+    #[error("Cannot capture the VM for fork: {0}")]
+    Capture(String),
+    /// A disk layer could not be sealed or created.
+    #[error("Cannot fork disk {index}")]
+    Disk {
+        /// Disk index.
+        index: usize,
+        /// Why.
+        #[source]
+        source: crate::disk::LayerError,
+    },
+    /// fork(2) or pipe(2) failed.
+    #[error("fork failed")]
+    Fork(#[source] std::io::Error),
+}
+
+/// Most children in one request.
+pub const MAX_FORKS: u32 = 64;
+/// How long the parent waits for a child's report.
+const CHILD_REPORT_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// One child, as the reply lists it.
+#[derive(Debug, Serialize)]
+pub struct ChildReport {
+    /// Process id.
+    pub pid: i32,
+    /// Control socket.
+    pub control_socket: PathBuf,
+    /// vsock Unix socket, if the VM has vsock.
+    pub vsock_uds: Option<PathBuf>,
+    /// Serial log.
+    pub serial_log: PathBuf,
+    /// Each writable disk's new top layer.
+    pub disk_tops: Vec<PathBuf>,
+    /// "ok", or the child's error.
+    pub status: String,
+}
+
+/// What a fork did.
+#[derive(Debug, Serialize)]
+pub struct ForkReport {
+    /// The children.
+    pub children: Vec<ChildReport>,
+    /// How long the parent's vCPUs were stopped.
+    pub parent_paused_ms: f64,
+}
+
+fn suffixed(p: &Path, suffix: &str) -> PathBuf {
+    let mut s = p.as_os_str().to_owned();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: `fds` is a valid array of two ints for pipe2 to fill.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: pipe2 succeeded, so both fds are open and owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Closes every fd of this process except stdio and `keep`.
+fn close_inherited(keep: RawFd) {
+    let fds: Vec<RawFd> = std::fs::read_dir("/proc/self/fd")
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    for fd in fds {
+        if fd > 2 && fd != keep {
+            // SAFETY: closing an fd number this process inherited; the
+            // objects that owned them in the parent are never used or
+            // dropped in the child (it never returns to them).
+            unsafe { libc::close(fd) };
+        }
+    }
+}
+
+/// The child side: never returns.
+fn run_child(
+    report: OwnedFd,
+    config: VmConfig,
+    snapshot: crate::snapshot::VmSnapshot,
+    memory: vm_memory::GuestMemoryMmap,
+) -> ! {
+    close_inherited(report.as_raw_fd());
+    // SAFETY: restoring the default disposition in a single-threaded child.
+    unsafe { libc::signal(libc::SIGCHLD, libc::SIG_DFL) };
+    let mut pipe = std::fs::File::from(report);
+    let built = Vmm::build_from(
+        &config,
+        Source::Restore {
+            snapshot: Box::new(snapshot),
+            memory,
+        },
+    );
+    let code = match built {
+        Ok(vmm) => {
+            let _ = pipe.write_all(b"ok");
+            drop(pipe);
+            match vmm.run() {
+                Ok((reason, _)) => reason.exit_code(),
+                Err(_) => 1,
+            }
+        }
+        Err(e) => {
+            let _ = pipe.write_all(crate::control::error_chain(&e).as_bytes());
+            1
+        }
+    };
+    std::process::exit(code)
+}
+
+fn child_config(parent: &VmConfig, tag: &str, tops: &[Option<PathBuf>]) -> VmConfig {
+    let mut c = parent.clone();
+    c.control_socket = suffixed(&parent.control_socket, tag);
+    c.serial_log = suffixed(&parent.serial_log, tag);
+    if let Some(v) = c.vsock.as_mut() {
+        v.uds_path = suffixed(&v.uds_path, tag);
+    }
+    for (disk, top) in c.disks.iter_mut().zip(tops) {
+        if let Some(top) = top {
+            disk.layers.push(suffixed(top, tag));
+        }
+    }
+    c
+}
+
+fn read_report(fd: OwnedFd) -> String {
+    let mut f = std::fs::File::from(fd);
+    let mut pfd = libc::pollfd {
+        fd: f.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for the duration of the call.
+    let ready = unsafe { libc::poll(&mut pfd, 1, CHILD_REPORT_TIMEOUT.as_millis() as i32) };
+    if ready <= 0 {
+        return "no report from the child in time".into();
+    }
+    let mut s = String::new();
+    let _ = f.read_to_string(&mut s);
+    if s.is_empty() {
+        "child exited before reporting".into()
+    } else {
+        s
+    }
+}
+
+impl Machine {
+    /// Forks the running VM into `count` children (see the module docs).
+    pub fn fork(&mut self, count: u32) -> Result<ForkReport, ForkError> {
+        if count == 0 || count > MAX_FORKS {
+            return Err(ForkError::Count {
+                count,
+                max: MAX_FORKS,
+            });
+        }
+        let t = Instant::now();
+        let was_paused = self.vcpus.is_paused();
+        if !was_paused {
+            self.vcpus
+                .pause()
+                .map_err(|e| ForkError::Capture(e.to_string()))?;
+        }
+        let result = self.fork_paused(count, t);
+        if !was_paused {
+            self.vcpus
+                .resume()
+                .map_err(|e| ForkError::Capture(e.to_string()))?;
+        }
+        let (mut children, pipes, paused_ms) = result?;
+        for (child, fd) in children.iter_mut().zip(pipes) {
+            child.status = read_report(fd);
+        }
+        Ok(ForkReport {
+            children,
+            parent_paused_ms: paused_ms,
+        })
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn fork_paused(
+        &mut self,
+        count: u32,
+        started: Instant,
+    ) -> Result<(Vec<ChildReport>, Vec<OwnedFd>, f64), ForkError> {
+        for t in &self.transports {
+            if let Ok(t) = t.lock() {
+                t.device().flush();
+            }
+        }
+        let snapshot = self
+            .capture()
+            .map_err(|e| ForkError::Capture(crate::control::error_chain(&e)))?;
+        // Seal every writable disk's top; remember the top path per disk.
+        let mut tops: Vec<Option<PathBuf>> = Vec::new();
+        for (index, disk) in self.config.disks.iter().enumerate() {
+            if disk.read_only {
+                tops.push(None);
+                continue;
+            }
+            let transport = &self.transports[index];
+            let mut t = transport
+                .lock()
+                .map_err(|_| ForkError::Capture("disk lock poisoned".into()))?;
+            if let Some(d) = t.device_mut().disk_mut() {
+                d.seal_top()
+                    .map_err(|source| ForkError::Disk { index, source })?;
+            }
+            tops.push(disk.layers.last().cloned());
+        }
+        self.fork_generation += 1;
+        let generation = self.fork_generation;
+        // SAFETY: setting a signal disposition; no handler code runs.
+        unsafe { libc::signal(libc::SIGCHLD, libc::SIG_IGN) };
+
+        let mut children = Vec::new();
+        let mut pipes = Vec::new();
+        for k in 0..count {
+            let tag = format!(".f{generation}c{k}");
+            let config = child_config(&self.config, &tag, &tops);
+            let mut child_snapshot = crate::snapshot::VmSnapshot {
+                config: config.clone(),
+                memory_regions: snapshot.memory_regions.clone(),
+                vcpus: Vec::new(),
+                vm: crate::snapshot::VmKvmState {
+                    irqchips: Vec::new(),
+                    pit: snapshot.vm.pit,
+                    clock: snapshot.vm.clock,
+                },
+                serial: snapshot.serial.clone(),
+                virtio: snapshot.virtio.clone(),
+            };
+            let (read_end, write_end) = pipe().map_err(ForkError::Fork)?;
+            let memory = self.memory.clone();
+            // SAFETY: the vCPU threads are paused in a channel wait and hold
+            // no lock; this thread holds none either (transport locks are
+            // released above). The child only runs `run_child`, which never
+            // returns into the parent's frames.
+            let pid = unsafe { libc::fork() };
+            if pid < 0 {
+                return Err(ForkError::Fork(std::io::Error::last_os_error()));
+            }
+            if pid == 0 {
+                drop(read_end);
+                // The child rebuilds from the parent's exact state; what was
+                // left empty above is copied here, in the child, so the
+                // parent does not clone large vCPU state per child.
+                child_snapshot.vcpus = snapshot.vcpus;
+                child_snapshot.vm.irqchips = snapshot.vm.irqchips;
+                run_child(write_end, config, child_snapshot, memory);
+            }
+            drop(write_end);
+            children.push(ChildReport {
+                pid,
+                control_socket: config.control_socket.clone(),
+                vsock_uds: config.vsock.as_ref().map(|v| v.uds_path.clone()),
+                serial_log: config.serial_log.clone(),
+                disk_tops: config
+                    .disks
+                    .iter()
+                    .zip(&tops)
+                    .filter(|(_, t)| t.is_some())
+                    .filter_map(|(d, _)| d.layers.last().cloned())
+                    .collect(),
+                status: String::new(),
+            });
+            pipes.push(read_end);
+        }
+        // The parent's own new top layers.
+        let ptag = format!(".f{generation}p");
+        for (index, top) in tops.iter().enumerate() {
+            let Some(top) = top else { continue };
+            let new_top = suffixed(top, &ptag);
+            let mut t = self.transports[index]
+                .lock()
+                .map_err(|_| ForkError::Capture("disk lock poisoned".into()))?;
+            if let Some(d) = t.device_mut().disk_mut() {
+                d.push_layer(&new_top)
+                    .map_err(|source| ForkError::Disk { index, source })?;
+            }
+            self.config.disks[index].layers.push(new_top);
+        }
+        Ok((children, pipes, started.elapsed().as_secs_f64() * 1e3))
+    }
+}

@@ -1,0 +1,187 @@
+//! Live fork: parent and children keep running with isolated memory and
+//! disks, forks of forks work, and twenty children at once work.
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::{Control, TestVm, last_count, wait_file, wait_timeout};
+use serde_json::{Value, json};
+use vmm::disk::LayeredDisk;
+
+const T: Duration = Duration::from_secs(60);
+
+/// Kills forked VMs a failed test would leave behind.
+struct Reaper(Vec<u64>);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        for pid in &self.0 {
+            let _ = std::process::Command::new("kill")
+                .arg("-9")
+                .arg(pid.to_string())
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
+    }
+}
+
+fn fork(ctl: &mut Control, count: u32, reaper: &mut Reaper) -> Vec<Value> {
+    let r = ctl.raw(&json!({ "cmd": "fork", "count": count }).to_string());
+    assert_eq!(r["ok"], true, "{r}");
+    let children = r["fork"]["children"].as_array().expect("children").clone();
+    assert_eq!(children.len(), count as usize);
+    for c in &children {
+        reaper.0.push(c["pid"].as_u64().expect("pid"));
+        assert_eq!(c["status"], "ok", "{c}");
+    }
+    children
+}
+
+fn path(v: &Value, key: &str) -> PathBuf {
+    PathBuf::from(v[key].as_str().expect("path"))
+}
+
+/// Tokens ("ROUND n 0x...") printed after line `from`.
+fn tokens(log: &str, from: usize) -> Vec<String> {
+    log.lines()
+        .skip(from)
+        .filter_map(|l| l.strip_prefix("ROUND "))
+        .filter_map(|l| l.split_whitespace().nth(1).map(str::to_owned))
+        .collect()
+}
+
+#[test]
+fn fork_three_children_keep_memory_and_disks_isolated() {
+    let vm = TestVm::new("forkmem");
+    let base = vm.dir.path("base.img");
+    std::fs::write(&base, vec![0u8; 1 << 20]).expect("base");
+    let top = vm.dir.path("top.layer");
+    let vm = vm
+        .set("rng", json!(true))
+        .set("disks", json!([{ "base": base, "layers": [top] }]));
+    let mut parent = vm.spawn();
+    let mut reaper = Reaper(vec![u64::from(parent.id())]);
+    vm.wait_serial("ROUND 2 ", T);
+    let mut ctl = vm.control();
+    let children = fork(&mut ctl, 3, &mut reaper);
+    let parent_lines = vm.serial().lines().count();
+
+    let mut logs = vec![(vm.dir.path("serial.log"), parent_lines)];
+    for c in &children {
+        logs.push((path(c, "serial_log"), 0));
+    }
+    let mut all: Vec<Vec<String>> = Vec::new();
+    for (log, from) in &logs {
+        // Three rounds each after the fork: fresh tokens, checked in guest.
+        let start = std::time::Instant::now();
+        loop {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            assert!(!text.contains("FAIL"), "{}: {text}", log.display());
+            let t = tokens(&text, *from);
+            if t.len() >= 4 {
+                all.push(t[1..].to_vec());
+                break;
+            }
+            assert!(start.elapsed() < T, "{} stalled: {text}", log.display());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    // No VM ever saw a token another VM chose after the fork.
+    for (i, a) in all.iter().enumerate() {
+        for (j, b) in all.iter().enumerate() {
+            if i != j {
+                assert!(
+                    a.iter().all(|t| !b.contains(t)),
+                    "VMs {i} and {j} share tokens"
+                );
+            }
+        }
+    }
+    for c in &children {
+        let mut cc = Control::connect(&path(c, "control_socket"));
+        assert_eq!(cc.cmd("status")["state"], "running");
+        cc.cmd("shutdown");
+    }
+    ctl.cmd("shutdown");
+    assert!(wait_timeout(&mut parent, T).success());
+    std::thread::sleep(Duration::from_millis(300));
+
+    // Each disk chain: base + sealed shared layer + the VM's own top.
+    let own_top = |c: Option<&Value>| match c {
+        Some(c) => PathBuf::from(c["disk_tops"][0].as_str().expect("top")),
+        None => PathBuf::from(format!("{}.f1p", top.display())),
+    };
+    let vms: Vec<Option<&Value>> = std::iter::once(None)
+        .chain(children.iter().map(Some))
+        .collect();
+    for (i, c) in vms.iter().enumerate() {
+        let chain = [top.clone(), own_top(*c)];
+        let disk = LayeredDisk::open(&base, &chain, true).expect("chain");
+        let mut block = [0u8; 8];
+        disk.read_at(8 * 512, &mut block).expect("read");
+        let on_disk = format!("0x{:016x}", u64::from_le_bytes(block));
+        for (j, other) in all.iter().enumerate() {
+            if i != j {
+                assert!(
+                    !other.contains(&on_disk),
+                    "VM {i}'s disk holds VM {j}'s token"
+                );
+            }
+        }
+    }
+    assert_eq!(std::fs::read(&base).expect("base"), vec![0u8; 1 << 20]);
+}
+
+#[test]
+fn forks_of_forks_of_forks_keep_counting() {
+    let vm = TestVm::new("counter");
+    let mut root = vm.spawn();
+    let mut reaper = Reaper(vec![u64::from(root.id())]);
+    vm.wait_serial("COUNT 2\n", T);
+    let mut ctl = vm.control();
+    let mut logs = vec![vm.dir.path("serial.log")];
+    let mut controls = Vec::new();
+    let mut current = vm.dir.path("ctl.sock");
+    for _ in 0..3 {
+        let mut c = Control::connect(&current);
+        let child = fork(&mut c, 1, &mut reaper).remove(0);
+        current = path(&child, "control_socket");
+        logs.push(path(&child, "serial_log"));
+        controls.push(current.clone());
+    }
+    for log in &logs {
+        let at = last_count(&std::fs::read_to_string(log).unwrap_or_default());
+        wait_file(log, &format!("COUNT {}\n", at + 2), T);
+    }
+    for c in controls.iter().rev() {
+        Control::connect(c).cmd("shutdown");
+    }
+    ctl.cmd("shutdown");
+    assert!(wait_timeout(&mut root, T).success());
+}
+
+#[test]
+fn twenty_children_at_once() {
+    let vm = TestVm::new("counter").set("mem_mib", json!(32));
+    let mut parent = vm.spawn();
+    let mut reaper = Reaper(vec![u64::from(parent.id())]);
+    vm.wait_serial("COUNT 1\n", T);
+    let mut ctl = vm.control();
+    let children = fork(&mut ctl, 20, &mut reaper);
+    for c in &children {
+        let mut cc = Control::connect(&path(c, "control_socket"));
+        let st = cc.cmd("status");
+        assert_eq!(st["state"], "running", "{st}");
+        assert_eq!(st["pid"], c["pid"]);
+    }
+    for c in &children {
+        let log = path(c, "serial_log");
+        let at = last_count(&std::fs::read_to_string(&log).unwrap_or_default());
+        wait_file(&log, &format!("COUNT {}\n", at + 1), T);
+        Control::connect(&path(c, "control_socket")).cmd("shutdown");
+    }
+    ctl.cmd("shutdown");
+    assert!(wait_timeout(&mut parent, T).success());
+}
