@@ -158,6 +158,8 @@ pub enum Source {
         snapshot: Box<VmSnapshot>,
         /// Guest RAM with the saved contents.
         memory: GuestMemoryMmap,
+        /// The file `memory` privately maps, if any.
+        memory_file: Option<PathBuf>,
     },
 }
 
@@ -230,9 +232,13 @@ impl Vmm {
             op: e.op,
             source: e.source,
         })?);
-        let (mem, snapshot) = match source {
-            Source::Boot => (memory::create(config.mem_mib)?, None),
-            Source::Restore { snapshot, memory } => (memory, Some(snapshot)),
+        let (mem, snapshot, memory_source) = match source {
+            Source::Boot => (memory::create(config.mem_mib)?, None, None),
+            Source::Restore {
+                snapshot,
+                memory,
+                memory_file,
+            } => (memory, Some(snapshot), memory_file),
         };
         // KVM waits for an SRCU grace period on each memory slot and on
         // irqchip/PIT creation; on a busy host that is milliseconds each.
@@ -362,6 +368,7 @@ impl Vmm {
             vm,
             memory: mem,
             fork_generation: 0,
+            memory_source,
         }));
         let server = ControlServer::new(devices.control, machine.clone());
         let lfd = server.listener_fd();

@@ -132,6 +132,7 @@ fn run_child(
     config: VmConfig,
     snapshot: crate::snapshot::VmSnapshot,
     memory: vm_memory::GuestMemoryMmap,
+    memory_file: Option<PathBuf>,
 ) -> ! {
     close_inherited(report.as_raw_fd());
     // SAFETY: restoring the default disposition in a single-threaded child.
@@ -142,6 +143,7 @@ fn run_child(
         Source::Restore {
             snapshot: Box::new(snapshot),
             memory,
+            memory_file,
         },
     );
     let code = match built {
@@ -299,7 +301,8 @@ impl Machine {
                 // parent does not clone large vCPU state per child.
                 child_snapshot.vcpus = snapshot.vcpus;
                 child_snapshot.vm.irqchips = snapshot.vm.irqchips;
-                run_child(write_end, config, child_snapshot, memory);
+                let source = self.memory_source.clone();
+                run_child(write_end, config, child_snapshot, memory, source);
             }
             drop(write_end);
             children.push(ChildReport {

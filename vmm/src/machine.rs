@@ -11,6 +11,7 @@ use vm_memory::GuestMemoryMmap;
 use crate::config::VmConfig;
 use crate::devices::serial::SerialConsole;
 use crate::devices::virtio::mmio::SharedTransport;
+use crate::snapshot::memory_file::Scan;
 use crate::snapshot::{self, SnapshotError, VmSnapshot, memory_file};
 use crate::vcpus::VcpuSet;
 use crate::vstate::exit::ExitLatch;
@@ -35,6 +36,8 @@ pub struct Machine {
     pub memory: GuestMemoryMmap,
     /// Forks made so far (names the children's paths).
     pub fork_generation: u32,
+    /// The memory file guest RAM is privately mapped from, if restored.
+    pub memory_source: Option<PathBuf>,
 }
 
 /// What a snapshot wrote.
@@ -48,6 +51,14 @@ pub struct SnapshotReport {
     pub memory_bytes: u64,
     /// How long the vCPUs were stopped.
     pub paused_ms: f64,
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
+        _ => false,
+    }
 }
 
 fn save_err(what: &'static str) -> impl FnOnce(String) -> SnapshotError {
@@ -112,7 +123,13 @@ impl Machine {
                 }
             }
             let state = self.capture()?;
-            let memory_bytes = memory_file::write(&self.memory, &dir.join(snapshot::MEMORY_FILE))?;
+            let target = dir.join(snapshot::MEMORY_FILE);
+            let scan = match &self.memory_source {
+                None => Scan::Present,
+                Some(src) if same_file(src, &target) => Scan::Dirty,
+                Some(_) => Scan::All,
+            };
+            let memory_bytes = memory_file::write(&self.memory, &target, scan)?;
             let state_bytes = snapshot::write_state(dir, &state)?;
             Ok(SnapshotReport {
                 dir: dir.to_owned(),

@@ -23,7 +23,8 @@ pub struct Overrides {
 /// Builds the VM saved in `dir` and starts its vCPUs.
 pub fn from_dir(dir: &Path, overrides: &Overrides) -> Result<Vmm, BuildError> {
     let state = snapshot::read_state(dir)?;
-    let memory = memory_file::map(&dir.join(snapshot::MEMORY_FILE), &state.memory_regions)?;
+    let memory_path = dir.join(snapshot::MEMORY_FILE);
+    let memory = memory_file::map(&memory_path, &state.memory_regions)?;
     let mut config = state.config.clone();
     if let Some(p) = &overrides.control_socket {
         config.control_socket = p.clone();
@@ -39,6 +40,7 @@ pub fn from_dir(dir: &Path, overrides: &Overrides) -> Result<Vmm, BuildError> {
         Source::Restore {
             snapshot: Box::new(state),
             memory,
+            memory_file: Some(memory_path),
         },
     )
 }

@@ -135,3 +135,37 @@ fn damaged_snapshots_are_refused_before_any_vcpu_runs() {
     check("nomemory", Some(state.clone()), true, "Memory file");
     check("nostate", None, false, "Snapshot I/O");
 }
+
+#[test]
+fn pausing_a_resumed_vm_again_writes_only_what_changed() {
+    // The counter guest after a restore dirties a few pages (its stack and
+    // counter); the second snapshot into the same directory writes those
+    // and leaves the rest of the file as it was.
+    let vm = TestVm::new("counter");
+    let mut child = vm.spawn();
+    vm.wait_serial("COUNT 2\n", T);
+    let snap = vm.dir.path("snap");
+    let pause = json!({ "cmd": "pause", "to_disk": true, "dir": snap }).to_string();
+    let first = vm.control().raw(&pause);
+    assert_eq!(first["ok"], true, "{first}");
+    assert!(wait_timeout(&mut child, T).success());
+
+    let log2 = vm.dir.path("serial2.log");
+    let mut resumed = spawn_restore(&snap, &[Path::new("--serial-log"), &log2]);
+    wait_file(&log2, "COUNT", T);
+    let second = vm.control().raw(&pause);
+    assert_eq!(second["ok"], true, "{second}");
+    assert!(wait_timeout(&mut resumed, T).success());
+    let written = second["snapshot"]["memory_bytes"].as_u64().expect("bytes");
+    assert!(
+        written <= 64 * 4096,
+        "second snapshot rewrote {written} bytes of memory"
+    );
+    let at = last_count(&std::fs::read_to_string(&log2).expect("log2"));
+
+    let log3 = vm.dir.path("serial3.log");
+    let mut again = spawn_restore(&snap, &[Path::new("--serial-log"), &log3]);
+    wait_file(&log3, &format!("COUNT {}\n", at + 2), T);
+    vm.control().cmd("shutdown");
+    assert!(wait_timeout(&mut again, T).success());
+}

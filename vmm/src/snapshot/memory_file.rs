@@ -34,12 +34,60 @@ pub fn regions_of(mem: &GuestMemoryMmap) -> Vec<(u64, u64)> {
         .collect()
 }
 
-/// Writes guest RAM to `path`; returns the bytes of non-zero pages written.
-pub fn write(mem: &GuestMemoryMmap, path: &Path) -> Result<u64, SnapshotError> {
+/// Which pages of guest RAM a snapshot must write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scan {
+    /// Every page (RAM is a private map of some other file whose
+    /// unloaded pages still hold data).
+    All,
+    /// Pages present in this process: RAM is anonymous, so a page never
+    /// touched is zero and stays a hole.
+    Present,
+    /// Only pages this process changed: RAM is a private map of the very
+    /// file being written, whose other pages are already right.
+    Dirty,
+}
+
+const PM_PRESENT: u64 = 1 << 63;
+const PM_FILE: u64 = 1 << 61;
+
+/// One pagemap entry per 4 KiB page of `[host, host + len)`, or None when
+/// /proc/self/pagemap cannot be read (then every page is scanned).
+fn page_flags(host: u64, len: usize) -> Option<Vec<u64>> {
+    let pagemap = File::open("/proc/self/pagemap").ok()?;
+    let pages = len / PAGE;
+    let mut raw = vec![0u8; pages * 8];
+    pagemap
+        .read_exact_at(&mut raw, host / PAGE as u64 * 8)
+        .ok()?;
+    Some(
+        raw.chunks_exact(8)
+            .map(|c| {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(c);
+                u64::from_le_bytes(b)
+            })
+            .collect(),
+    )
+}
+
+fn wanted(flags: Option<&Vec<u64>>, page: usize, scan: Scan) -> bool {
+    let Some(f) = flags.and_then(|f| f.get(page / PAGE)) else {
+        return true;
+    };
+    match scan {
+        Scan::All => true,
+        Scan::Present => f & PM_PRESENT != 0,
+        Scan::Dirty => f & PM_PRESENT != 0 && f & PM_FILE == 0,
+    }
+}
+
+/// Writes guest RAM to `path`; returns the bytes of pages written.
+pub fn write(mem: &GuestMemoryMmap, path: &Path, scan: Scan) -> Result<u64, SnapshotError> {
     let file = OpenOptions::new()
         .write(true)
         .create(true)
-        .truncate(true)
+        .truncate(scan != Scan::Dirty)
         .open(path)
         .map_err(|e| mem_err(path, e.to_string()))?;
     let total: u64 = mem.iter().map(|r| r.len()).sum();
@@ -55,18 +103,24 @@ pub fn write(mem: &GuestMemoryMmap, path: &Path) -> Result<u64, SnapshotError> {
         // SAFETY: `host..host+len` is one live mapping owned by `mem`; the
         // vCPUs are paused, so nothing writes it while we read.
         let bytes = unsafe { std::slice::from_raw_parts(host as *const u8, len) };
+        let flags = if scan == Scan::All {
+            None
+        } else {
+            page_flags(host as u64, len)
+        };
+        // Dirty pages are written even when zero: the file may hold data.
+        let keep = |page: usize| {
+            let end = (page + PAGE).min(len);
+            wanted(flags.as_ref(), page, scan)
+                && (scan == Scan::Dirty || bytes[page..end].iter().any(|b| *b != 0))
+        };
         let mut page = 0;
         while page < len {
             let end = (page + PAGE).min(len);
-            let chunk = &bytes[page..end];
-            if chunk.iter().any(|b| *b != 0) {
-                // Extend the run of non-zero pages for one larger write.
+            if keep(page) {
+                // Extend the run for one larger write.
                 let mut run_end = end;
-                while run_end < len {
-                    let next = &bytes[run_end..(run_end + PAGE).min(len)];
-                    if next.iter().all(|b| *b == 0) {
-                        break;
-                    }
+                while run_end < len && keep(run_end) {
                     run_end = (run_end + PAGE).min(len);
                 }
                 file.write_all_at(&bytes[page..run_end], file_off + page as u64)
