@@ -18,6 +18,7 @@ const GUESTS: &[&str] = &[
     "pio",
     "blkread",
     "forkmem",
+    "touch",
 ];
 
 fn main() {

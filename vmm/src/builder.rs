@@ -160,6 +160,8 @@ pub enum Source {
         memory: GuestMemoryMmap,
         /// The file `memory` privately maps, if any.
         memory_file: Option<PathBuf>,
+        /// Leave the vCPUs paused (a `resume` starts them).
+        start_paused: bool,
     },
 }
 
@@ -232,13 +234,14 @@ impl Vmm {
             op: e.op,
             source: e.source,
         })?);
-        let (mem, snapshot, memory_source) = match source {
-            Source::Boot => (memory::create(config.mem_mib)?, None, None),
+        let (mem, snapshot, memory_source, start_paused) = match source {
+            Source::Boot => (memory::create(config.mem_mib)?, None, None, false),
             Source::Restore {
                 snapshot,
                 memory,
                 memory_file,
-            } => (memory, Some(snapshot), memory_file),
+                start_paused,
+            } => (memory, Some(snapshot), memory_file, start_paused),
         };
         // KVM waits for an SRCU grace period on each memory slot and on
         // irqchip/PIT creation; on a busy host that is milliseconds each.
@@ -334,7 +337,13 @@ impl Vmm {
         let vcpus_started = Instant::now();
         let mut handles = Vec::with_capacity(vcpus.len());
         for vcpu in vcpus {
-            handles.push(vcpu.start(pio.clone(), mmio.clone(), latch.clone(), ctx.clone())?);
+            handles.push(vcpu.start(
+                pio.clone(),
+                mmio.clone(),
+                latch.clone(),
+                ctx.clone(),
+                start_paused,
+            )?);
         }
         timings.vcpus_us += us(t);
 
@@ -360,7 +369,7 @@ impl Vmm {
             }
         }
         let machine = Rc::new(RefCell::new(Machine {
-            vcpus: VcpuSet::new(handles),
+            vcpus: VcpuSet::new(handles, start_paused),
             config: config.clone(),
             latch,
             serial: devices.serial,

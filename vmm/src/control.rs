@@ -42,6 +42,9 @@ pub enum Request {
     Fork {
         /// Number of children.
         count: u32,
+        /// Children start paused (a `resume` on their socket starts them).
+        #[serde(default)]
+        paused: bool,
     },
     /// Write a snapshot to `dir` and keep running (or stay paused).
     Snapshot {
@@ -134,7 +137,7 @@ impl ControlServer {
                 Ok(report) => json!({ "ok": true, "snapshot": report }),
                 Err(e) => error("snapshot_failed", error_chain(&e)),
             },
-            Request::Fork { count } => match m.fork(count) {
+            Request::Fork { count, paused } => match m.fork(count, paused) {
                 Ok(report) => json!({ "ok": true, "fork": report }),
                 Err(e) => error("fork_failed", error_chain(&e)),
             },

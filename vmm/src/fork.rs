@@ -62,7 +62,7 @@ pub enum ForkError {
 }
 
 /// Most children in one request.
-pub const MAX_FORKS: u32 = 64;
+pub const MAX_FORKS: u32 = 128;
 /// How long the parent waits for a child's report.
 const CHILD_REPORT_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -133,6 +133,7 @@ fn run_child(
     snapshot: crate::snapshot::VmSnapshot,
     memory: vm_memory::GuestMemoryMmap,
     memory_file: Option<PathBuf>,
+    start_paused: bool,
 ) -> ! {
     close_inherited(report.as_raw_fd());
     // SAFETY: restoring the default disposition in a single-threaded child.
@@ -144,6 +145,7 @@ fn run_child(
             snapshot: Box::new(snapshot),
             memory,
             memory_file,
+            start_paused,
         },
     );
     let code = match built {
@@ -200,8 +202,9 @@ fn read_report(fd: OwnedFd) -> String {
 }
 
 impl Machine {
-    /// Forks the running VM into `count` children (see the module docs).
-    pub fn fork(&mut self, count: u32) -> Result<ForkReport, ForkError> {
+    /// Forks the running VM into `count` children (see the module docs);
+    /// with `start_paused` the children wait for `resume`.
+    pub fn fork(&mut self, count: u32, start_paused: bool) -> Result<ForkReport, ForkError> {
         if count == 0 || count > MAX_FORKS {
             return Err(ForkError::Count {
                 count,
@@ -215,7 +218,7 @@ impl Machine {
                 .pause()
                 .map_err(|e| ForkError::Capture(e.to_string()))?;
         }
-        let result = self.fork_paused(count, t);
+        let result = self.fork_paused(count, t, start_paused);
         if !was_paused {
             self.vcpus
                 .resume()
@@ -236,6 +239,7 @@ impl Machine {
         &mut self,
         count: u32,
         started: Instant,
+        start_paused: bool,
     ) -> Result<(Vec<ChildReport>, Vec<OwnedFd>, f64), ForkError> {
         for t in &self.transports {
             if let Ok(t) = t.lock() {
@@ -302,7 +306,14 @@ impl Machine {
                 child_snapshot.vcpus = snapshot.vcpus;
                 child_snapshot.vm.irqchips = snapshot.vm.irqchips;
                 let source = self.memory_source.clone();
-                run_child(write_end, config, child_snapshot, memory, source);
+                run_child(
+                    write_end,
+                    config,
+                    child_snapshot,
+                    memory,
+                    source,
+                    start_paused,
+                );
             }
             drop(write_end);
             children.push(ChildReport {

@@ -3,7 +3,7 @@
 //! ```text
 //! forge-vmm run --config vm.json
 //! forge-vmm restore --from DIR [--control-socket P] [--vsock P] [--serial-log P]
-//! forge-vmm bench [--guests DIR]
+//! forge-vmm bench [fork] [--guests DIR]
 //! ```
 //!
 //! Exit status: 0 when the guest reset or powered off or a `shutdown` came
@@ -11,6 +11,7 @@
 //! 2 when the guest triple-faulted; 3 when a vCPU failed.
 
 mod bench;
+mod bench_fork;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -20,7 +21,7 @@ use vmm::config::VmConfig;
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: forge-vmm run --config <vm.json>\n       forge-vmm restore --from <dir> [--control-socket <path>] [--vsock <path>] [--serial-log <path>]\n       forge-vmm bench [--guests <dir>]"
+        "usage: forge-vmm run --config <vm.json>\n       forge-vmm restore --from <dir> [--control-socket <path>] [--vsock <path>] [--serial-log <path>]\n       forge-vmm bench [fork] [--guests <dir>]"
     );
     ExitCode::from(1)
 }
@@ -41,12 +42,27 @@ fn main() -> ExitCode {
         Some("run") => {}
         Some("restore") => return restore(&args[1..]),
         Some("bench") => {
-            let guests = match args.get(1..3) {
+            let fork = args.get(1).is_some_and(|a| a == "fork");
+            let rest = if fork { &args[2..] } else { &args[1..] };
+            let guests = match rest.get(0..2) {
                 Some([flag, dir]) if flag == "--guests" => PathBuf::from(dir),
                 _ => PathBuf::from(env!("FORGE_TESTGUEST_DIR")),
             };
-            bench::watchdog(std::time::Duration::from_secs(300));
-            return match bench::run(&guests) {
+            bench::watchdog(std::time::Duration::from_secs(if fork {
+                1200
+            } else {
+                300
+            }));
+            let sizes: Vec<u64> = std::env::var("FORGE_BENCH_SIZES_MIB")
+                .ok()
+                .map(|s| s.split(',').filter_map(|v| v.trim().parse().ok()).collect())
+                .unwrap_or_else(|| vec![256, 1024, 4096]);
+            let result = if fork {
+                bench_fork::run(&guests, &sizes)
+            } else {
+                bench::run(&guests)
+            };
+            return match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("forge-vmm bench: {e}");

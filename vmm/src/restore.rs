@@ -41,6 +41,7 @@ pub fn from_dir(dir: &Path, overrides: &Overrides) -> Result<Vmm, BuildError> {
             snapshot: Box::new(state),
             memory,
             memory_file: Some(memory_path),
+            start_paused: false,
         },
     )
 }

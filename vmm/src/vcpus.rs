@@ -10,12 +10,9 @@ pub struct VcpuSet {
 }
 
 impl VcpuSet {
-    /// Takes over started vCPU threads.
-    pub fn new(handles: Vec<VcpuHandle>) -> Self {
-        Self {
-            handles,
-            paused: false,
-        }
+    /// Takes over started vCPU threads (`paused` if they started so).
+    pub fn new(handles: Vec<VcpuHandle>, paused: bool) -> Self {
+        Self { handles, paused }
     }
 
     fn request_all(&mut self, request: VcpuRequest) -> Result<(), VcpuError> {

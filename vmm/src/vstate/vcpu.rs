@@ -285,6 +285,7 @@ impl Vcpu {
         mmio: Arc<Bus>,
         latch: Arc<ExitLatch>,
         ctx: Arc<StateContext>,
+        start_paused: bool,
     ) -> Result<VcpuHandle, VcpuError> {
         install_kick_handler().map_err(|source| VcpuError::Thread {
             index: self.index,
@@ -304,7 +305,7 @@ impl Vcpu {
         };
         let thread = std::thread::Builder::new()
             .name(format!("vcpu{index}"))
-            .spawn(move || runner.run())
+            .spawn(move || runner.run(start_paused))
             .map_err(|source| VcpuError::Thread { index, source })?;
         Ok(VcpuHandle {
             index,
@@ -364,10 +365,14 @@ enum Step {
 }
 
 impl Runner {
-    fn run(mut self) {
+    fn run(mut self, start_paused: bool) {
         let run_ptr: *mut kvm_run = self.vcpu.fd.get_kvm_run();
         KVM_RUN.with(|c| c.set(run_ptr));
-        let mut state = VcpuState::Running;
+        let mut state = if start_paused {
+            VcpuState::Paused
+        } else {
+            VcpuState::Running
+        };
         loop {
             match state {
                 VcpuState::Running => match self.requests.try_recv() {
