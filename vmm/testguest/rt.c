@@ -34,6 +34,20 @@ void fail(const char *why) {
     reset();
 }
 
+int e820_ram(const u8 *bp, int n, u64 *start, u64 *end) {
+    u8 count = bp[BOOT_PARAMS_E820_ENTRIES];
+    for (u8 i = 0; i < count; i++) {
+        const u8 *e = bp + BOOT_PARAMS_E820_TABLE + 20 * i;
+        if (*(const u32 *)(e + 16) != 1) continue;
+        if (n-- == 0) {
+            *start = *(const u64 *)e;
+            *end = *start + *(const u64 *)(e + 8);
+            return 1;
+        }
+    }
+    return 0;
+}
+
 u64 ram_top(const u8 *bp) {
     u8 n = bp[BOOT_PARAMS_E820_ENTRIES];
     u64 top = 0;

@@ -28,6 +28,8 @@ void put_hex(u64 v);
 void put_dec(u64 v);
 void reset(void) __attribute__((noreturn));
 void fail(const char *why) __attribute__((noreturn));
+/* The n-th e820 RAM range: returns 0 past the last. */
+int e820_ram(const u8 *boot_params, int n, u64 *start, u64 *end);
 /* Total RAM in bytes as the e820 map in boot_params reports it. */
 u64 ram_top(const u8 *boot_params);
 /* Finds "key=" in the kernel command line and returns its number, or dflt. */

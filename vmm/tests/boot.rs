@@ -31,6 +31,18 @@ fn memtest_guest_writes_and_verifies_all_ram() {
 }
 
 #[test]
+fn ram_above_the_mmio_gap_is_usable() {
+    // 3400 MiB: 3.25 GiB below the gap, 72 MiB from 4 GiB up.
+    let vm = TestVm::new("memtest")
+        .set("mem_mib", json!(3400))
+        .set("cmdline", json!("stride=4096"));
+    let (status, serial, err) = vm.run(T);
+    assert!(status.success(), "exit {status:?}, stderr: {err}");
+    // All RAM less the low MiB and the 16 MiB + image hole.
+    assert!(serial.contains("MEMTEST OK 3398 MiB"), "serial: {serial}");
+}
+
+#[test]
 fn two_vcpu_guest_sees_both_cpus() {
     let vm = TestVm::new("smp").set("vcpus", json!(2));
     let (status, serial, err) = vm.run(T);

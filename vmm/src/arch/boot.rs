@@ -108,15 +108,28 @@ const GDT: [u64; 4] = [
     0x008f_8b00_0000_ffff,
 ];
 
-/// Writes GDT, IDT and identity page tables (once per VM).
+/// Page directories for GiB 4 and up (GiB 0..4 use `PD_START`).
+const HIGH_PD_START: u64 = 0x30000;
+/// Most guest-physical memory the boot page tables map.
+pub const IDENTITY_MAP_GIB: u64 = 64;
+
+/// Writes GDT, IDT and identity page tables (once per VM): the low 4 GiB
+/// (RAM below the MMIO gap, the gap itself) and all RAM above, up to
+/// `IDENTITY_MAP_GIB`.
 pub fn write_boot_tables(mem: &GuestMemoryMmap) -> Result<(), BootError> {
+    let ram_end = mem.last_addr().raw_value() + 1;
+    let gibs = ram_end.div_ceil(1 << 30).clamp(4, IDENTITY_MAP_GIB);
     for (i, e) in GDT.iter().enumerate() {
         write(mem, *e, GDT_START + 8 * i as u64, "GDT")?;
     }
     write(mem, 0u64, IDT_START, "IDT")?;
     write(mem, PDPT_START | PTE_PRW_USER, PML4_START, "PML4")?;
-    for gib in 0..4u64 {
-        let pd = PD_START + gib * 0x1000;
+    for gib in 0..gibs {
+        let pd = if gib < 4 {
+            PD_START + gib * 0x1000
+        } else {
+            HIGH_PD_START + (gib - 4) * 0x1000
+        };
         write(mem, pd | PTE_PRW_USER, PDPT_START + gib * 8, "PDPT")?;
         let mut bytes = Vec::with_capacity(4096);
         for j in 0..512u64 {

@@ -12,6 +12,7 @@
 //! | `0x8ff0` | boot stack top of the BSP |
 //! | `0x9000..0xf000` | PML4, PDPT, four PDs: identity map of the low 4 GiB in 2 MiB pages |
 //! | `0x20000` | kernel command line |
+//! | `0x30000..0x6c000` | PDs mapping RAM from 4 GiB up to 64 GiB |
 //! | `0x9fc00` | MP floating pointer and table |
 //! | `0x1000000` | kernel (ELF `p_paddr`, 16 MiB) |
 //! | `0xd000_0000..` | virtio-mmio windows, 4 KiB each |
