@@ -193,6 +193,21 @@ void guest_main(u64 cpu, const u8 *bp) {
     if (virtio_init(base, 19, 0, 3, q, rings)) fail("init");
     if ((mmio_read32(base + 0x100)) != GUEST_CID) fail("guest cid");
     for (int i = 0; i < SLOTS; i++) post_rx();
+    /* reset_watch=1: wait for a transport reset event (restore or fork). */
+    if (cmdline_u64(bp, "reset_watch", 0)) {
+        static volatile u32 event = 0xffffffff;
+        struct vdesc e = {(u64)&event, 4, VDESC_WRITE, 0};
+        vq_submit(base, 2, &q[2], &e, 1);
+        puts("EVENT READY\n");
+        u32 id, len;
+        for (;;) {
+            if (vq_poll(&q[2], &id, &len)) {
+                if (len == 4 && event == 0) { puts("TRANSPORT RESET\n"); reset(); }
+                fail("unexpected vsock event");
+            }
+            pause();
+        }
+    }
     /* echo_rounds=N: skip the guest->host part, serve N host connections. */
     u64 rounds = cmdline_u64(bp, "echo_rounds", 0);
     if (!rounds) {

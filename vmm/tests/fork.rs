@@ -185,3 +185,56 @@ fn twenty_children_at_once() {
     ctl.cmd("shutdown");
     assert!(wait_timeout(&mut parent, T).success());
 }
+
+#[test]
+fn paused_fork_children_wait_for_resume() {
+    let vm = TestVm::new("counter");
+    let mut parent = vm.spawn();
+    let mut reaper = Reaper(vec![u64::from(parent.id())]);
+    vm.wait_serial("COUNT 2\n", T);
+    let mut ctl = vm.control();
+    let r = ctl.raw(&json!({ "cmd": "fork", "count": 1, "paused": true }).to_string());
+    assert_eq!(r["ok"], true, "{r}");
+    let child = &r["fork"]["children"][0];
+    reaper.0.push(child["pid"].as_u64().expect("pid"));
+    let log = path(child, "serial_log");
+    let mut cc = Control::connect(&path(child, "control_socket"));
+    assert_eq!(cc.cmd("status")["state"], "paused");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        std::fs::read_to_string(&log).unwrap_or_default(),
+        "",
+        "a paused child ran"
+    );
+    // The parent kept running meanwhile.
+    let at = last_count(&vm.serial());
+    vm.wait_serial(&format!("COUNT {}\n", at + 1), T);
+    assert_eq!(cc.cmd("resume")["ok"], true);
+    wait_file(&log, "COUNT", T);
+    cc.cmd("shutdown");
+    ctl.cmd("shutdown");
+    assert!(wait_timeout(&mut parent, T).success());
+}
+
+#[test]
+fn forked_child_hears_a_vsock_transport_reset_and_the_parent_does_not() {
+    let vm = TestVm::new("vsock");
+    let uds = vm.dir.path("v.sock");
+    let vm = vm
+        .set("vsock", json!({ "guest_cid": 3, "uds_path": uds }))
+        .set("cmdline", json!("reset_watch=1"));
+    let mut parent = vm.spawn();
+    let mut reaper = Reaper(vec![u64::from(parent.id())]);
+    vm.wait_serial("EVENT READY", T);
+    let mut ctl = vm.control();
+    let child = fork(&mut ctl, 1, &mut reaper).remove(0);
+    assert!(
+        path(&child, "vsock_uds").exists(),
+        "the child listens on its own vsock socket"
+    );
+    wait_file(&path(&child, "serial_log"), "TRANSPORT RESET", T);
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(!vm.serial().contains("TRANSPORT RESET"), "parent was told");
+    ctl.cmd("shutdown");
+    assert!(wait_timeout(&mut parent, T).success());
+}
