@@ -378,6 +378,7 @@ impl Vmm {
             memory: mem,
             fork_generation: 0,
             memory_source,
+            snapshot_generation: 0,
         }));
         let server = ControlServer::new(devices.control, machine.clone());
         let lfd = server.listener_fd();

@@ -38,6 +38,8 @@ pub struct Machine {
     pub fork_generation: u32,
     /// The memory file guest RAM is privately mapped from, if restored.
     pub memory_source: Option<PathBuf>,
+    /// Snapshots taken so far (names new disk top layers).
+    pub snapshot_generation: u32,
 }
 
 /// What a snapshot wrote.
@@ -51,6 +53,12 @@ pub struct SnapshotReport {
     pub memory_bytes: u64,
     /// How long the vCPUs were stopped.
     pub paused_ms: f64,
+}
+
+fn suffixed(p: &Path, suffix: &str) -> PathBuf {
+    let mut s = p.as_os_str().to_owned();
+    s.push(suffix);
+    PathBuf::from(s)
 }
 
 fn same_file(a: &Path, b: &Path) -> bool {
@@ -98,6 +106,33 @@ impl Machine {
         })
     }
 
+    /// Seals the top layer of every writable disk, so the snapshot refers
+    /// to layers nobody writes again (any number of restores can stack
+    /// their own top on them). A VM that keeps running gets a new top.
+    fn seal_disks_for_snapshot(&mut self, keep_running: bool) -> Result<(), SnapshotError> {
+        self.snapshot_generation += 1;
+        let tag = format!(".s{}", self.snapshot_generation);
+        for (index, disk) in self.config.disks.clone().iter().enumerate() {
+            let Some(top) = disk.layers.last().filter(|_| !disk.read_only) else {
+                continue;
+            };
+            let mut t = self.transports[index]
+                .lock()
+                .map_err(|_| save_err("disk")("lock poisoned".into()))?;
+            let Some(d) = t.device_mut().disk_mut() else {
+                continue;
+            };
+            d.seal_top().map_err(|e| save_err("disk")(e.to_string()))?;
+            if keep_running {
+                let new_top = suffixed(top, &tag);
+                d.push_layer(&new_top)
+                    .map_err(|e| save_err("disk")(e.to_string()))?;
+                self.config.disks[index].layers.push(new_top);
+            }
+        }
+        Ok(())
+    }
+
     /// Pauses (if running), writes a snapshot into `dir`, and resumes
     /// unless `stay_paused`.
     pub fn snapshot_to(
@@ -123,6 +158,7 @@ impl Machine {
                 }
             }
             let state = self.capture()?;
+            self.seal_disks_for_snapshot(!stay_paused)?;
             let target = dir.join(snapshot::MEMORY_FILE);
             let scan = match &self.memory_source {
                 None => Scan::Present,

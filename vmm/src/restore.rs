@@ -2,7 +2,8 @@
 //! state file is read and checked, the memory file mapped privately (pages
 //! load on first touch), paths the caller wants different replaced, and
 //! the VM built from the saved state. Any damage is reported before a vCPU
-//! runs: there is never a half-running VM.
+//! runs: there is never a half-running VM. Each writable disk gets a new
+//! empty top layer over the snapshot's sealed chain.
 
 use std::path::{Path, PathBuf};
 
@@ -34,6 +35,18 @@ pub fn from_dir(dir: &Path, overrides: &Overrides) -> Result<Vmm, BuildError> {
     }
     if let (Some(p), Some(v)) = (&overrides.vsock_uds, config.vsock.as_mut()) {
         v.uds_path = p.clone();
+    }
+    // The snapshot's disk layers are sealed: this VM writes a new top of
+    // its own, so any number of restores of one snapshot stay independent.
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    for disk in config.disks.iter_mut().filter(|d| !d.read_only) {
+        if let Some(top) = disk.layers.last() {
+            let mut p = top.as_os_str().to_owned();
+            p.push(format!(".r{}-{stamp}", std::process::id()));
+            disk.layers.push(PathBuf::from(p));
+        }
     }
     Vmm::build_from(
         &config,

@@ -169,3 +169,67 @@ fn pausing_a_resumed_vm_again_writes_only_what_changed() {
     vm.control().cmd("shutdown");
     assert!(wait_timeout(&mut again, T).success());
 }
+
+#[test]
+fn restores_of_a_live_snapshot_write_their_own_disk_layers() {
+    let vm = TestVm::new("forkmem");
+    let base = vm.dir.path("base.img");
+    std::fs::write(&base, vec![0u8; 1 << 20]).expect("base");
+    let top = vm.dir.path("top.layer");
+    let vm = vm
+        .set("rng", json!(true))
+        .set("disks", json!([{ "base": base, "layers": [top] }]));
+    let mut child = vm.spawn();
+    vm.wait_serial("ROUND 2 ", T);
+    let snap = vm.dir.path("snap");
+    let mut ctl = vm.control();
+    let r = ctl.raw(&json!({ "cmd": "snapshot", "dir": snap }).to_string());
+    assert_eq!(r["ok"], true, "{r}");
+    let sealed = std::fs::read(&top).expect("sealed top");
+
+    let ctl2 = vm.dir.path("ctl2.sock");
+    let log2 = vm.dir.path("serial2.log");
+    let mut twin = spawn_restore(
+        &snap,
+        &[
+            Path::new("--control-socket"),
+            &ctl2,
+            Path::new("--serial-log"),
+            &log2,
+        ],
+    );
+    // Both keep writing and checking their disks for a few rounds.
+    let n = vm.serial().matches("ROUND").count();
+    vm.wait_serial(&format!("ROUND {} ", n + 3), T);
+    let twin_log = wait_file(&log2, "ROUND", T);
+    let first: u64 = twin_log
+        .lines()
+        .find_map(|l| l.strip_prefix("ROUND ")?.split(' ').next()?.parse().ok())
+        .expect("round");
+    wait_file(&log2, &format!("ROUND {} ", first + 3), T);
+    assert!(
+        !vm.serial().contains("FAIL")
+            && !std::fs::read_to_string(&log2)
+                .expect("log")
+                .contains("FAIL")
+    );
+    Control::connect(&ctl2).cmd("shutdown");
+    ctl.cmd("shutdown");
+    assert!(wait_timeout(&mut twin, T).success());
+    assert!(wait_timeout(&mut child, T).success());
+
+    assert_eq!(
+        std::fs::read(&top).expect("top"),
+        sealed,
+        "sealed layer changed"
+    );
+    let names: Vec<String> = std::fs::read_dir(&vm.dir.0)
+        .expect("dir")
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .collect();
+    assert!(names.iter().any(|n| n == "top.layer.s1"), "{names:?}");
+    assert!(
+        names.iter().any(|n| n.starts_with("top.layer.r")),
+        "{names:?}"
+    );
+}
