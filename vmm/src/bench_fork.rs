@@ -74,6 +74,8 @@ fn private_dirty_kib(pid: i64) -> u64 {
 
 struct Row {
     mib: u64,
+    capture_p50: f64,
+    fork_p50: f64,
     pause_p50: f64,
     pause_p99: f64,
     child_runs_ms: f64,
@@ -113,9 +115,13 @@ fn one_size(exe: &Path, guests: &Path, base: &Path, mib: u64) -> R<Row> {
 
     // Parent pause per fork, children left paused and shut down.
     let mut pauses = Vec::new();
+    let mut captures = Vec::new();
+    let mut syscalls = Vec::new();
     for _ in 0..10 {
         let r = request(&ctl, &json!({ "cmd": "fork", "count": 1, "paused": true }))?;
         pauses.push(r["fork"]["parent_paused_ms"].as_f64().unwrap_or(0.0));
+        captures.push(r["fork"]["capture_ms"].as_f64().unwrap_or(0.0));
+        syscalls.push(r["fork"]["fork_syscalls_ms"].as_f64().unwrap_or(0.0));
         shutdown_all(r["fork"]["children"].as_array().map_or(&[], |v| v));
     }
     // Fork request to the child's first guest output.
@@ -176,6 +182,8 @@ fn one_size(exe: &Path, guests: &Path, base: &Path, mib: u64) -> R<Row> {
     let _ = std::fs::remove_dir_all(&dir);
     Ok(Row {
         mib,
+        capture_p50: pct(&mut captures, 0.5),
+        fork_p50: pct(&mut syscalls, 0.5),
         pause_p50: pct(&mut pauses, 0.5),
         pause_p99: pct(&mut pauses, 0.99),
         child_runs_ms: pct(&mut runs, 0.5),
@@ -218,6 +226,10 @@ pub fn run(guests: &Path, sizes_mib: &[u64]) -> R<()> {
             row.to_disk_ms,
             row.snapshot_mib,
             row.resume_ms
+        );
+        println!(
+            "        of the pause: state capture {:.2} ms, fork(2) {:.2} ms (p50)",
+            row.capture_p50, row.fork_p50
         );
         rows.push(row);
     }

@@ -90,6 +90,10 @@ pub struct ForkReport {
     pub children: Vec<ChildReport>,
     /// How long the parent's vCPUs were stopped.
     pub parent_paused_ms: f64,
+    /// Of which: capturing vCPU and device state.
+    pub capture_ms: f64,
+    /// Of which: the fork(2) calls themselves.
+    pub fork_syscalls_ms: f64,
 }
 
 fn suffixed(p: &Path, suffix: &str) -> PathBuf {
@@ -224,13 +228,15 @@ impl Machine {
                 .resume()
                 .map_err(|e| ForkError::Capture(e.to_string()))?;
         }
-        let (mut children, pipes, paused_ms) = result?;
+        let (mut children, pipes, paused_ms, capture_ms, fork_syscalls_ms) = result?;
         for (child, fd) in children.iter_mut().zip(pipes) {
             child.status = read_report(fd);
         }
         Ok(ForkReport {
             children,
             parent_paused_ms: paused_ms,
+            capture_ms,
+            fork_syscalls_ms,
         })
     }
 
@@ -240,12 +246,13 @@ impl Machine {
         count: u32,
         started: Instant,
         start_paused: bool,
-    ) -> Result<(Vec<ChildReport>, Vec<OwnedFd>, f64), ForkError> {
+    ) -> Result<(Vec<ChildReport>, Vec<OwnedFd>, f64, f64, f64), ForkError> {
         for t in &self.transports {
             if let Ok(t) = t.lock() {
                 t.device().flush();
             }
         }
+        let t_capture = Instant::now();
         let snapshot = self
             .capture()
             .map_err(|e| ForkError::Capture(crate::control::error_chain(&e)))?;
@@ -266,6 +273,8 @@ impl Machine {
             }
             tops.push(disk.layers.last().cloned());
         }
+        let capture_ms = t_capture.elapsed().as_secs_f64() * 1e3;
+        let mut fork_syscalls_ms = 0.0;
         self.fork_generation += 1;
         let generation = self.fork_generation;
         // SAFETY: setting a signal disposition; no handler code runs.
@@ -290,11 +299,13 @@ impl Machine {
             };
             let (read_end, write_end) = pipe().map_err(ForkError::Fork)?;
             let memory = self.memory.clone();
+            let t_fork = Instant::now();
             // SAFETY: the vCPU threads are paused in a channel wait and hold
             // no lock; this thread holds none either (transport locks are
             // released above). The child only runs `run_child`, which never
             // returns into the parent's frames.
             let pid = unsafe { libc::fork() };
+            fork_syscalls_ms += t_fork.elapsed().as_secs_f64() * 1e3;
             if pid < 0 {
                 return Err(ForkError::Fork(std::io::Error::last_os_error()));
             }
@@ -346,6 +357,12 @@ impl Machine {
             }
             self.config.disks[index].layers.push(new_top);
         }
-        Ok((children, pipes, started.elapsed().as_secs_f64() * 1e3))
+        Ok((
+            children,
+            pipes,
+            started.elapsed().as_secs_f64() * 1e3,
+            capture_ms,
+            fork_syscalls_ms,
+        ))
     }
 }
