@@ -83,6 +83,9 @@ struct Conn {
     /// Guest bytes not yet written to the host socket.
     to_host: VecDeque<u8>,
     host_readable: bool,
+    /// The guest closed while bytes were still queued for the host: close
+    /// once they are written (and answer RST if `Some(true)`).
+    close_when_flushed: Option<bool>,
     peer_buf_alloc: u32,
     peer_fwd_cnt: Wrapping<u32>,
     rx_cnt: Wrapping<u32>,
@@ -98,6 +101,7 @@ impl Conn {
             early: Vec::new(),
             to_host: VecDeque::new(),
             host_readable: true,
+            close_when_flushed: None,
             peer_buf_alloc: 0,
             peer_fwd_cnt: Wrapping(0),
             rx_cnt: Wrapping(0),
@@ -303,14 +307,23 @@ impl Vsock {
                 flags: 0,
             }),
             OP_SHUTDOWN | OP_RST => {
-                if let Some(conn) = self.conns.get_mut(&key) {
-                    let _ = conn.stream.set_nonblocking(false);
-                    conn.flush_to_host();
-                }
-                if hdr.op == OP_SHUTDOWN {
-                    self.reset_conn(key, watch);
-                } else {
-                    self.close(key, watch);
+                // Deliver what the guest already sent before closing; a
+                // host reader that is slow keeps the connection (and only
+                // it) alive until its socket drains.
+                let drained = self
+                    .conns
+                    .get_mut(&key)
+                    .is_none_or(|c| c.flush_to_host() && c.to_host.is_empty());
+                match (drained, hdr.op == OP_SHUTDOWN) {
+                    (true, true) => self.reset_conn(key, watch),
+                    (true, false) => self.close(key, watch),
+                    (false, reply_rst) => {
+                        if let Some(c) = self.conns.get_mut(&key) {
+                            c.state = ConnState::Closing;
+                            c.host_readable = false;
+                            c.close_when_flushed = Some(reply_rst);
+                        }
+                    }
                 }
             }
             _ => self.reset_conn(key, watch),
@@ -649,6 +662,16 @@ impl VirtioDevice for Vsock {
                 }
                 if events.contains(EventSet::OUT) {
                     broken = !conn.flush_to_host();
+                }
+                if let Some(reply_rst) = conn.close_when_flushed
+                    && (broken || conn.to_host.is_empty())
+                {
+                    if reply_rst {
+                        self.reset_conn(key, watch);
+                    } else {
+                        self.close(key, watch);
+                    }
+                    return self.pump(RX, queues, mem, watch);
                 }
             }
             if broken {
