@@ -18,6 +18,17 @@
 //! 4. The parent stacks its own new top layer on each disk, resumes, and
 //!    collects the children's reports.
 //!
+//! Cost: the parent's pause is state capture (~0.2 ms) plus fork(2), and
+//! fork(2) copies page tables. With guest RAM on transparent huge pages
+//! that is one PMD per 2 MiB, but on this project's PVM hosts it still
+//! measures about 1 ms per GiB of touched RAM, KVM or not (a plain C
+//! probe: 0.4 ms at 256 MiB, 1.0 ms at 1 GiB, 3.9 ms at 4 GiB). A memfd
+//! mapped privately by the children would not copy page tables, but the
+//! parent must then stop writing the shared file and remap its own RAM
+//! privately, which tears down the same page tables; neither route is
+//! O(1) on these hosts, so fork(2) stays: it is the simpler and the
+//! sounder of the two (one primitive, the kernel's own copy-on-write).
+//!
 //! Child paths append `.f<generation>c<index>` to the parent's, so forks of
 //! forks get distinct names at any depth. Children are reaped by the kernel
 //! (SIGCHLD is ignored in a VMM that has forked).
