@@ -34,7 +34,18 @@ void guest_main(u64 cpu, const u8 *bp) {
     int r = virtio_init(base, 2, 1UL << 9, 1, &q, rings);
     if (r) { puts("init step "); put_dec((u64)-r); fail(" failed"); }
     u64 cap = mmio_read32(base + 0x100) | ((u64)mmio_read32(base + 0x104) << 32);
+    /* The device's interrupt goes out through an irqfd into KVM's PIC:
+     * its IRR bit for our line (OCW3 read-IRR) is clear before the first
+     * completion and set after it; InterruptStatus says "used ring". */
+    u64 irq = cmdline_u64(bp, "blk_irq", 5);
+    outb(0x20, 0x0a);
+    if (inb(0x20) & (1 << irq)) fail("IRQ pending before any request");
     if (request(0, 0, buf, 4096, 1) != 0) fail("read sector 0");
+    outb(0x20, 0x0a);
+    if (!(inb(0x20) & (1 << irq))) fail("no interrupt reached the PIC");
+    if (!(mmio_read32(base + 0x060) & 1)) fail("InterruptStatus lacks the used-ring bit");
+    mmio_write32(base + 0x064, 1);
+    if (mmio_read32(base + 0x060) & 1) fail("InterruptACK did not clear the bit");
     for (u64 i = 0; i < 4096; i++) if (buf[i] != base_pattern(i)) fail("base pattern at sector 0");
     if (request(0, 100, buf, 512, 1) != 0) fail("read sector 100");
     for (u64 i = 0; i < 512; i++) if (buf[i] != base_pattern(100 * 512 + i)) fail("base pattern at sector 100");

@@ -15,6 +15,8 @@ fn base_pattern(len: usize) -> Vec<u8> {
     (0..len).map(|i| ((i * 7 + 3) & 0xff) as u8).collect()
 }
 
+/// The guest also checks that completions raise its interrupt line through
+/// the irqfd (the PIC's IRR bit) and the InterruptStatus/ACK registers.
 #[test]
 fn block_guest_write_lands_in_top_layer_never_in_base() {
     let vm = TestVm::new("blk");
