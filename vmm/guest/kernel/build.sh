@@ -2,7 +2,9 @@
 # Builds the forge guest kernel: an uncompressed vmlinux from Debian's
 # linux-source-6.12 package, tinyconfig plus forge.config.
 #
-#   vmm/guest/kernel/build.sh [--install-deps]
+#   vmm/guest/kernel/build.sh [--install-deps] [--config-only]
+#
+# --config-only stops after writing and checking .config (printed path).
 #
 # The result is cached under $FORGE_KERNEL_CACHE (default
 # ~/.cache/forge/kernel) in a directory named by the SHA-256 of the inputs
@@ -21,11 +23,17 @@ jobs=${FORGE_KERNEL_JOBS:-$(nproc)}
 
 say() { printf '[kernel] %s\n' "$*" >&2; }
 
-if [ "${1:-}" = "--install-deps" ]; then
-    say "installing build dependencies"
-    apt-get install -y --no-install-recommends "$pkg" build-essential bc bison \
-        flex libelf-dev libssl-dev xz-utils >&2
-fi
+config_only=0
+for arg in "$@"; do
+    case "$arg" in
+    --install-deps)
+        say "installing build dependencies"
+        apt-get install -y --no-install-recommends "$pkg" build-essential bc bison \
+            flex libelf-dev libssl-dev xz-utils >&2 ;;
+    --config-only) config_only=1 ;;
+    *) say "unknown argument $arg"; exit 2 ;;
+    esac
+done
 
 version=$(dpkg-query -W -f '${Version}' "$pkg" 2>/dev/null || true)
 if [ -z "$version" ]; then
@@ -63,6 +71,12 @@ while IFS= read -r line; do
     esac
 done < "$here/forge.config"
 say "$missing fragment options did not stick"
+if [ "$config_only" = 1 ]; then
+    mkdir -p "$cache"
+    cp "$src/.config" "$cache/config-$key"
+    echo "$cache/config-$key"
+    exit 0
+fi
 
 say "building vmlinux with $jobs jobs"
 make -C "$src" -j"$jobs" vmlinux 2>&1 | awk '
