@@ -202,6 +202,14 @@ impl Subscriber for ControlServer {
     fn handle(&mut self, fd: RawFd, events: EventSet, ops: &mut Ops) {
         if fd == self.listener.as_raw_fd() {
             if let Ok((stream, _)) = self.listener.accept() {
+                // A client that stops reading must not stall the event loop:
+                // its replies get a second to go out, then it is dropped.
+                if stream
+                    .set_write_timeout(Some(std::time::Duration::from_secs(1)))
+                    .is_err()
+                {
+                    return;
+                }
                 let cfd = stream.as_raw_fd();
                 ops.add(cfd, EventSet::IN | EventSet::READ_HANG_UP);
                 self.conns.insert(cfd, (stream, Vec::new()));
