@@ -5,7 +5,7 @@
 #include "rt.h"
 
 #define GUEST_CID 3
-#define BUF 4096
+#define BUF 32768
 #define SLOTS 16
 #define GUEST_BUF_ALLOC (64 * 1024)
 #define TOTAL (1UL << 20)
