@@ -23,8 +23,11 @@
 //! and stacks a new empty one: O(1), nothing is copied.
 
 use std::fs::{File, OpenOptions};
+use std::io::{Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+
+use vm_memory::{ReadVolatile, VolatileSlice};
 
 /// Block size of every layer.
 pub const BLOCK_SIZE: u64 = 4096;
@@ -312,6 +315,58 @@ impl LayeredDisk {
         Ok(())
     }
 
+    /// Reads `dst.len()` bytes at `offset` straight into guest memory
+    /// (no bounce buffer): each run of blocks from one source is one seek
+    /// and one read into the slice.
+    pub fn read_to_guest(
+        &self,
+        offset: u64,
+        dst: &VolatileSlice<'_, ()>,
+    ) -> Result<(), LayerError> {
+        let len = dst.len();
+        self.check(offset, len as u64)?;
+        let all = self.layers.len();
+        let bad = |e: vm_memory::VolatileMemoryError| std::io::Error::other(e.to_string());
+        let mut done = 0usize;
+        while done < len {
+            let pos = offset + done as u64;
+            let block = pos / BLOCK_SIZE;
+            let source = self.source_of(block, all);
+            let mut end = (block + 1) * BLOCK_SIZE;
+            let limit = offset + len as u64;
+            while end < limit && self.source_of(end / BLOCK_SIZE, all) == source {
+                end += BLOCK_SIZE;
+            }
+            let n = (end.min(limit) - pos) as usize;
+            let chunk = dst.subslice(done, n).map_err(bad)?;
+            let (mut file, at, avail) = match source {
+                Some(i) => {
+                    let layer = &self.layers[i];
+                    (&layer.file, layer.data_off + pos, n)
+                }
+                None => (
+                    &self.base,
+                    pos,
+                    self.base_len.saturating_sub(pos).min(n as u64) as usize,
+                ),
+            };
+            if avail > 0 {
+                file.seek(SeekFrom::Start(at))?;
+                let mut head = chunk.subslice(0, avail).map_err(bad)?;
+                file.read_exact_volatile(&mut head)
+                    .map_err(|e| std::io::Error::other(e.to_string()))?;
+            }
+            if avail < n {
+                chunk
+                    .subslice(avail, n - avail)
+                    .map_err(bad)?
+                    .copy_from(&vec![0u8; n - avail]);
+            }
+            done += n;
+        }
+        Ok(())
+    }
+
     /// Writes `data` at `offset` into the top layer.
     pub fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<(), LayerError> {
         if self.read_only {
@@ -498,6 +553,21 @@ mod tests {
         let mut all = vec![0u8; size];
         ro.read_at(0, &mut all).expect("read all");
         assert!(all == model, "reopened chain differs");
+        // The zero-copy path into guest memory agrees, at odd offsets too.
+        use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)])
+            .expect("guest memory");
+        for (off, len) in [(0usize, size), (513, 70_001), (size - 4097, 4097)] {
+            let slice = mem.get_slice(GuestAddress(4096), len).expect("slice");
+            ro.read_to_guest(off as u64, &slice).expect("read to guest");
+            let mut back = vec![0u8; len];
+            mem.read_slice(&mut back, GuestAddress(4096))
+                .expect("read back");
+            assert!(
+                back == model[off..off + len],
+                "read_to_guest at {off}+{len}"
+            );
+        }
         assert_eq!(std::fs::read(d.join("base")).expect("base"), base);
         let _ = std::fs::remove_dir_all(&d);
     }

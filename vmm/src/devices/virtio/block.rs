@@ -10,7 +10,7 @@
 
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{Bytes, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestMemoryBackend, GuestMemoryMmap};
 
 use super::{FdChanges, VIRTIO_F_VERSION_1, VirtioDevice, device_type};
 use crate::disk::LayeredDisk;
@@ -108,11 +108,19 @@ impl Block {
                 }
                 let mut moved = 0u32;
                 for d in data {
-                    let mut buf = vec![0u8; d.len() as usize];
                     let ok = if kind == T_IN {
-                        self.disk.read_at(offset, &mut buf).is_ok()
-                            && mem.write_slice(&buf, d.addr()).is_ok()
+                        // Straight into guest RAM when the buffer lies in
+                        // one region (always, for sane drivers); else bounce.
+                        match mem.get_slice(d.addr(), d.len() as usize) {
+                            Ok(slice) => self.disk.read_to_guest(offset, &slice).is_ok(),
+                            Err(_) => {
+                                let mut buf = vec![0u8; d.len() as usize];
+                                self.disk.read_at(offset, &mut buf).is_ok()
+                                    && mem.write_slice(&buf, d.addr()).is_ok()
+                            }
+                        }
                     } else {
+                        let mut buf = vec![0u8; d.len() as usize];
                         mem.read_slice(&mut buf, d.addr()).is_ok()
                             && self.disk.write_at(offset, &buf).is_ok()
                     };
