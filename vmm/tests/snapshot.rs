@@ -233,3 +233,39 @@ fn restores_of_a_live_snapshot_write_their_own_disk_layers() {
         "{names:?}"
     );
 }
+
+#[test]
+fn two_vcpus_both_keep_counting_across_pause_to_disk() {
+    let vm = TestVm::new("counter").set("vcpus", json!(2));
+    let mut child = vm.spawn();
+    vm.wait_serial("CPU1 2\n", T);
+    let snap = vm.dir.path("snap");
+    let r = vm
+        .control()
+        .raw(&json!({ "cmd": "pause", "to_disk": true, "dir": snap }).to_string());
+    assert_eq!(r["ok"], true, "{r}");
+    assert!(wait_timeout(&mut child, T).success());
+    let cpu1 = |log: &str| {
+        log.lines()
+            .filter_map(|l| l.strip_prefix("CPU1 ")?.parse::<u64>().ok())
+            .max()
+            .unwrap_or(0)
+    };
+    let before = vm.serial();
+    let (c0, c1) = (last_count(&before), cpu1(&before));
+
+    let log2 = vm.dir.path("serial2.log");
+    let mut resumed = spawn_restore(&snap, &[Path::new("--serial-log"), &log2]);
+    wait_file(&log2, &format!("COUNT {}\n", c0 + 2), T);
+    wait_file(&log2, &format!("CPU1 {}\n", c1 + 2), T);
+    let after = std::fs::read_to_string(&log2).expect("log2");
+    assert!(
+        after
+            .lines()
+            .filter_map(|l| l.strip_prefix("CPU1 ")?.parse::<u64>().ok())
+            .all(|n| n > c1),
+        "vCPU 1 went back in time"
+    );
+    vm.control().cmd("shutdown");
+    assert!(wait_timeout(&mut resumed, T).success());
+}
