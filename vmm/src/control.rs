@@ -111,6 +111,9 @@ impl ControlServer {
                 "vcpus": m.config.vcpus,
                 "mem_mib": m.config.mem_mib,
                 "pid": std::process::id(),
+                // Layer chains change on snapshot and fork: the caller
+                // learns which files this VM now writes and reads.
+                "disks": m.config.disks,
             }),
             Request::Pause {
                 to_disk: false,

@@ -186,6 +186,12 @@ fn restores_of_a_live_snapshot_write_their_own_disk_layers() {
     let r = ctl.raw(&json!({ "cmd": "snapshot", "dir": snap }).to_string());
     assert_eq!(r["ok"], true, "{r}");
     let sealed = std::fs::read(&top).expect("sealed top");
+    let st = ctl.cmd("status");
+    assert_eq!(
+        st["disks"][0]["layers"],
+        json!([top, vm.dir.path("top.layer.s1")]),
+        "status names the new top layer: {st}"
+    );
 
     let ctl2 = vm.dir.path("ctl2.sock");
     let log2 = vm.dir.path("serial2.log");
