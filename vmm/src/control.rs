@@ -37,6 +37,9 @@ pub enum Request {
         /// Snapshot directory (needed with `to_disk`).
         #[serde(default)]
         dir: Option<PathBuf>,
+        /// Sync the snapshot to disk before answering (default true).
+        #[serde(default = "yes")]
+        durable: bool,
     },
     /// Fork the running VM into `count` children.
     Fork {
@@ -50,11 +53,18 @@ pub enum Request {
     Snapshot {
         /// Snapshot directory.
         dir: PathBuf,
+        /// Sync the snapshot to disk before answering (default true).
+        #[serde(default = "yes")]
+        durable: bool,
     },
     /// Continue the vCPUs.
     Resume {},
     /// End the VM.
     Shutdown {},
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Longest request line accepted.
@@ -118,6 +128,7 @@ impl ControlServer {
             Request::Pause {
                 to_disk: false,
                 dir: None,
+                ..
             } => match m.vcpus.pause() {
                 Ok(()) => json!({ "ok": true, "state": "paused" }),
                 Err(e) => error("pause_failed", e.to_string()),
@@ -125,7 +136,8 @@ impl ControlServer {
             Request::Pause {
                 to_disk: true,
                 dir: Some(dir),
-            } => match m.snapshot_to(&dir, true) {
+                durable,
+            } => match m.snapshot_to(&dir, true, durable) {
                 Ok(report) => {
                     m.latch.trigger(ExitReason::PausedToDisk);
                     json!({ "ok": true, "state": "paused_to_disk", "snapshot": report })
@@ -136,7 +148,7 @@ impl ControlServer {
                 "bad_request",
                 "pause takes `to_disk: true` together with `dir`, or neither",
             ),
-            Request::Snapshot { dir } => match m.snapshot_to(&dir, false) {
+            Request::Snapshot { dir, durable } => match m.snapshot_to(&dir, false, durable) {
                 Ok(report) => json!({ "ok": true, "snapshot": report }),
                 Err(e) => error("snapshot_failed", error_chain(&e)),
             },
@@ -239,7 +251,8 @@ mod tests {
             r,
             Request::Pause {
                 to_disk: false,
-                dir: None
+                dir: None,
+                durable: true
             }
         );
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"explode"}"#).is_err());

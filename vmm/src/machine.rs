@@ -134,11 +134,13 @@ impl Machine {
     }
 
     /// Pauses (if running), writes a snapshot into `dir`, and resumes
-    /// unless `stay_paused`.
+    /// unless `stay_paused`. `durable` syncs the files to disk before
+    /// answering (a host crash then cannot lose or tear the snapshot).
     pub fn snapshot_to(
         &mut self,
         dir: &Path,
         stay_paused: bool,
+        durable: bool,
     ) -> Result<SnapshotReport, SnapshotError> {
         let t = Instant::now();
         let was_paused = self.vcpus.is_paused();
@@ -165,8 +167,8 @@ impl Machine {
                 Some(src) if same_file(src, &target) => Scan::Dirty,
                 Some(_) => Scan::All,
             };
-            let memory_bytes = memory_file::write(&self.memory, &target, scan)?;
-            let state_bytes = snapshot::write_state(dir, &state)?;
+            let memory_bytes = memory_file::write(&self.memory, &target, scan, durable)?;
+            let state_bytes = snapshot::write_state(dir, &state, durable)?;
             Ok(SnapshotReport {
                 dir: dir.to_owned(),
                 state_bytes,

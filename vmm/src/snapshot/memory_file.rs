@@ -82,8 +82,14 @@ fn wanted(flags: Option<&Vec<u64>>, page: usize, scan: Scan) -> bool {
     }
 }
 
-/// Writes guest RAM to `path`; returns the bytes of pages written.
-pub fn write(mem: &GuestMemoryMmap, path: &Path, scan: Scan) -> Result<u64, SnapshotError> {
+/// Writes guest RAM to `path`; returns the bytes of pages written. With
+/// `durable`, the data is on disk (fdatasync) before this returns.
+pub fn write(
+    mem: &GuestMemoryMmap,
+    path: &Path,
+    scan: Scan,
+    durable: bool,
+) -> Result<u64, SnapshotError> {
     let file = OpenOptions::new()
         .write(true)
         .create(true)
@@ -133,7 +139,9 @@ pub fn write(mem: &GuestMemoryMmap, path: &Path, scan: Scan) -> Result<u64, Snap
         }
         file_off += len as u64;
     }
-    file.sync_data().map_err(|e| mem_err(path, e.to_string()))?;
+    if durable {
+        file.sync_data().map_err(|e| mem_err(path, e.to_string()))?;
+    }
     Ok(written)
 }
 

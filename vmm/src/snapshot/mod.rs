@@ -180,13 +180,25 @@ pub fn decode(path: &Path, bytes: &[u8]) -> Result<VmSnapshot, SnapshotError> {
     serde_json::from_slice(payload).map_err(SnapshotError::Decode)
 }
 
-/// Writes the state file into `dir` (atomically: temp file + rename).
-pub fn write_state(dir: &Path, snapshot: &VmSnapshot) -> Result<u64, SnapshotError> {
+/// Writes the state file into `dir` (atomically: temp file + rename; with
+/// `durable`, synced before the rename and the directory after it).
+pub fn write_state(dir: &Path, snapshot: &VmSnapshot, durable: bool) -> Result<u64, SnapshotError> {
+    use std::io::Write;
     let bytes = encode(snapshot)?;
     let path = dir.join(STATE_FILE);
     let tmp = dir.join(format!("{STATE_FILE}.tmp"));
-    std::fs::write(&tmp, &bytes).map_err(io(&tmp))?;
+    let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+    f.write_all(&bytes).map_err(io(&tmp))?;
+    if durable {
+        f.sync_all().map_err(io(&tmp))?;
+    }
+    drop(f);
     std::fs::rename(&tmp, &path).map_err(io(&path))?;
+    if durable {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io(dir))?;
+    }
     Ok(bytes.len() as u64)
 }
 
