@@ -42,7 +42,7 @@ fn linux_guest_boots_to_its_banner_and_resets() {
         .set("rng", json!(true))
         .set(
             "cmdline",
-            json!("console=ttyS0 reboot=k panic=-1 nomodule i8042.noaux"),
+            json!("console=ttyS0 earlyprintk=serial reboot=k panic=-1 nomodule i8042.noaux"),
         );
     let (status, serial, err) = vm.run(Duration::from_secs(120));
     assert!(
