@@ -1,4 +1,6 @@
 //! Exec through the real agent over a Unix socket.
+// Helpers outside #[test] functions unwrap too: this is test code.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 

@@ -1,4 +1,6 @@
 //! Test helper: the real `sandbox-agent` binary as a plain process on a Unix
+// Helpers outside #[test] functions unwrap too: this is test code.
+#![allow(clippy::unwrap_used)]
 //! socket in a temporary directory, with its own file root.
 #![allow(dead_code)]
 
@@ -17,11 +19,27 @@ pub struct TestAgent {
 
 impl TestAgent {
     pub fn start() -> Self {
+        Self::start_with(&[], &[])
+    }
+
+    /// Starts the agent behind a wrapper command (e.g. `unshare --uts`)
+    /// with extra agent arguments.
+    pub fn start_with(wrapper: &[&str], extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let socket = dir.path().join("agent.sock");
         let root = dir.path().join("root");
         std::fs::create_dir_all(&root).expect("create the file root");
-        let child = Command::new(env!("CARGO_BIN_EXE_sandbox-agent"))
+        let agent = env!("CARGO_BIN_EXE_sandbox-agent");
+        let mut cmd = match wrapper.split_first() {
+            Some((w, rest)) => {
+                let mut c = Command::new(w);
+                c.args(rest).arg(agent);
+                c
+            }
+            None => Command::new(agent),
+        };
+        let child = cmd
+            .args(extra)
             .arg("--listen")
             .arg(format!("unix:{}", socket.display()))
             .arg("--files-root")
