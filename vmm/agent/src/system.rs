@@ -3,9 +3,10 @@
 //!
 //! Start-up as PID 1, in order:
 //! 1. mount `/proc`, `/sys`, `/dev` (devtmpfs), `/dev/pts` (new instance),
-//!    `/dev/shm`, `/tmp`, `/run` unless already mounted (a container
-//!    launcher may have prepared some of them; a failure is logged and the
-//!    agent carries on);
+//!    `/dev/shm`, `/tmp`, `/run` unless it, or a path below it, is already
+//!    mounted (a container launcher may have prepared some of them, e.g. the
+//!    socket directory `/run/sandbox`; a failure is logged and the agent
+//!    carries on);
 //! 2. remount `/` read-write (a microVM kernel mounts it read-only);
 //! 3. set the hostname from `/etc/hostname`;
 //! 4. set `PATH`, `HOME`, `LANG` for everything the agent starts.
@@ -13,7 +14,6 @@
 //! The root filesystem itself is prepared outside: layered block devices
 //! from the VMM, or an overlayfs from the container launcher.
 
-use std::collections::HashSet;
 use std::ffi::CString;
 use std::os::fd::AsRawFd;
 use std::time::Duration;
@@ -51,7 +51,7 @@ fn mount(
     Ok(())
 }
 
-fn mounted() -> HashSet<String> {
+fn mounted() -> Vec<String> {
     std::fs::read_to_string("/proc/self/mounts")
         .unwrap_or_default()
         .lines()
@@ -113,7 +113,10 @@ pub fn init_pid1() {
         ),
     ];
     for (src, target, fstype, flags, data) in steps {
-        if already.contains(target) {
+        // A launcher may have mounted the target or something below it
+        // (e.g. the agent's socket directory at /run/sandbox): never hide it.
+        let below = format!("{target}/");
+        if already.iter().any(|m| m == target || m.starts_with(&below)) {
             continue;
         }
         if let Err(e) = mount(src, target, fstype, flags, data) {
