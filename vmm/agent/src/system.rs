@@ -7,7 +7,9 @@
 //!    mounted (a container launcher may have prepared some of them, e.g. the
 //!    socket directory `/run/sandbox`; a failure is logged and the agent
 //!    carries on);
-//! 2. remount `/` read-write (a microVM kernel mounts it read-only);
+//! 2. remount `/` read-write (a microVM kernel mounts it read-only), bring
+//!    up the loopback interface (forwarded ports and the egress listener
+//!    live on it; a fresh network namespace or VM has it down);
 //! 3. set the hostname from `/etc/hostname`;
 //! 4. set `PATH`, `HOME`, `LANG` for everything the agent starts.
 //!
@@ -127,6 +129,9 @@ pub fn init_pid1() {
         let _ = std::os::unix::fs::symlink("pts/ptmx", "/dev/ptmx");
     }
     let _ = mount("", "/", "", libc::MS_REMOUNT, "");
+    if let Err(e) = loopback_up() {
+        eprintln!("sandbox-agent: bring up lo: {e}");
+    }
     if let Ok(name) = std::fs::read_to_string("/etc/hostname")
         && let Err(e) = set_hostname(name.trim())
     {
@@ -141,6 +146,41 @@ pub fn init_pid1() {
         std::env::set_var("HOME", "/root");
         std::env::set_var("LANG", "C.UTF-8");
     }
+}
+
+/// `struct ifreq` with the `ifr_flags` member of its union.
+#[repr(C)]
+struct IfReqFlags {
+    name: [u8; libc::IFNAMSIZ],
+    flags: libc::c_short,
+    _rest: [u8; 22],
+}
+
+fn loopback_up() -> std::io::Result<()> {
+    // SAFETY: socket() takes integer arguments only.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: socket() succeeded; the descriptor is ours.
+    let sock = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let mut req = IfReqFlags {
+        name: [0; libc::IFNAMSIZ],
+        flags: 0,
+        _rest: [0; 22],
+    };
+    req.name[..2].copy_from_slice(b"lo");
+    // SAFETY: SIOCGIFFLAGS reads the name and writes the flags of `req`,
+    // which is laid out as the kernel's struct ifreq (40 bytes).
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    req.flags |= libc::IFF_UP as libc::c_short;
+    // SAFETY: as above; SIOCSIFFLAGS reads `req`.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 pub fn hostname() -> String {

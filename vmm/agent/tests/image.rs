@@ -59,6 +59,12 @@ async fn image_runs_node_bun_git_with_the_agent_as_pid1() {
         listed.iter().any(|i| i.id == image.id),
         "list() misses the image"
     );
+    if std::env::var_os("FORGE_DATA_DIR").is_none() {
+        // The test's own cache: drop images of earlier agent builds.
+        let removed = guest_image::prune(&data_dir(), &[&image.id]).unwrap();
+        eprintln!("pruned old test images: {removed:?}");
+        assert_eq!(guest_image::list(&data_dir()).unwrap().len(), 1);
+    }
 
     // The ext4 image is a valid filesystem carrying the same tree.
     let fsck = Command::new("e2fsck")
@@ -161,6 +167,38 @@ async fn image_runs_node_bun_git_with_the_agent_as_pid1() {
     let (st, out) = sh(&c, "bun test broken.test.ts").await;
     assert!(!st.success(), "{out}");
     assert!(out.contains("wrong sum") && out.contains("1 fail"), "{out}");
+
+    // A dev server inside the sandbox (its own network namespace: the agent
+    // brought loopback up) reached through a port stream.
+    c.write_file(
+        "/workspace/server.ts",
+        b"Bun.serve({ port: 3000, fetch(req) { return new Response(`preview ${new URL(req.url).pathname}`); } });\n",
+        0o644,
+    )
+    .await
+    .unwrap();
+    let (st, out) = sh(&c, "bun server.ts > /tmp/server.log 2>&1 &").await;
+    assert!(st.success(), "{out}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut port = loop {
+        match c.open_port(3000).await {
+            Ok(p) => break p,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "dev server did not listen: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    port.write(b"GET /hello HTTP/1.1\r\nHost: sandbox\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut resp = Vec::new();
+    while let Some(chunk) = port.read().await.unwrap() {
+        resp.extend_from_slice(&chunk);
+    }
+    let resp = String::from_utf8_lossy(&resp);
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert!(resp.ends_with("preview /hello"), "{resp}");
 
     c.poweroff().await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(15);

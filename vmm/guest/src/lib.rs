@@ -166,6 +166,28 @@ pub fn list(data_dir: &Path) -> Result<Vec<Image>, BuildError> {
     Ok(out)
 }
 
+/// Deletes a built image (its directory under `images/`).
+pub fn remove(data_dir: &Path, id: &str) -> Result<(), BuildError> {
+    if id.is_empty() || !id.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(BuildError::Recipe(format!("{id:?} is not an image id")));
+    }
+    let dir = images_dir(data_dir).join(id);
+    std::fs::remove_dir_all(&dir).map_err(|e| BuildError::io(&dir, e))
+}
+
+/// Deletes every built image except `keep`; returns the removed ids. The
+/// Debian base and the download cache stay.
+pub fn prune(data_dir: &Path, keep: &[&str]) -> Result<Vec<String>, BuildError> {
+    let mut removed = Vec::new();
+    for image in list(data_dir)? {
+        if !keep.contains(&image.id.as_str()) {
+            remove(data_dir, &image.id)?;
+            removed.push(image.id);
+        }
+    }
+    Ok(removed)
+}
+
 /// Builds the image for these inputs, or returns the cached one.
 pub fn build(opts: &BuildOptions, mut progress: impl FnMut(Progress)) -> Result<Image, BuildError> {
     let progress: &mut dyn FnMut(Progress) = &mut progress;
