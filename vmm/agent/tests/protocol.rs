@@ -148,6 +148,18 @@ async fn poweroff_ends_a_plain_agent() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     assert!(status.expect("agent exited").success());
+    // The client notices: operations fail at once instead of hanging.
+    for _ in 0..100 {
+        if c.is_closed() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(c.is_closed());
+    assert!(matches!(
+        c.health().await.unwrap_err(),
+        agent_proto::ClientError::Closed
+    ));
 }
 
 #[tokio::test]
@@ -185,4 +197,53 @@ fn host_hostname() -> String {
         .unwrap()
         .trim()
         .to_owned()
+}
+
+/// The host side of a VMM's vsock device speaks `CONNECT <port>\n` /
+/// `OK <port>\n` before the guest's bytes. The VMM cannot boot the guest
+/// here, so this stands in for it: a strict bridge that accepts only the
+/// agent's port and then relays to the agent's Unix socket.
+async fn vsock_bridge(
+    agent_socket: std::path::PathBuf,
+    dir: &std::path::Path,
+) -> std::path::PathBuf {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let path = dir.join("vsock.sock");
+    let listener = tokio::net::UnixListener::bind(&path).unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (s, _) = listener.accept().await.unwrap();
+            let agent_socket = agent_socket.clone();
+            tokio::spawn(async move {
+                let mut s = BufReader::new(s);
+                let mut line = String::new();
+                s.read_line(&mut line).await.unwrap();
+                if line != format!("CONNECT {}\n", agent_proto::DEFAULT_VSOCK_PORT) {
+                    return; // refused: close without OK
+                }
+                s.get_mut().write_all(b"OK 1073741824\n").await.unwrap();
+                let mut agent = UnixStream::connect(&agent_socket).await.unwrap();
+                let _ = tokio::io::copy_bidirectional(s.get_mut(), &mut agent).await;
+            });
+        }
+    });
+    path
+}
+
+#[tokio::test]
+async fn client_connects_through_a_vsock_proxy() {
+    let agent = TestAgent::start();
+    let bridge = vsock_bridge(agent.socket.clone(), agent.path()).await;
+    let c = agent_proto::Client::connect_vsock_proxy(&bridge, agent_proto::DEFAULT_VSOCK_PORT)
+        .await
+        .unwrap();
+    let out = c
+        .run(ExecRequest::argv(["echo", "via vsock"]))
+        .await
+        .unwrap();
+    assert_eq!(out.stdout, b"via vsock\n");
+    let err = agent_proto::Client::connect_vsock_proxy(&bridge, 9)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("Handshake"), "{err}");
 }

@@ -56,6 +56,16 @@ pub enum ClientError {
 
 type Result<T> = std::result::Result<T, ClientError>;
 
+/// How long the agent may take to answer `Hello`.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl Client {
+    /// Whether the connection ended (operations now fail with `Closed`).
+    pub fn is_closed(&self) -> bool {
+        self.shared.closed.load(Ordering::Acquire)
+    }
+}
+
 struct Route {
     events: mpsc::UnboundedSender<Body>,
     window: Arc<Semaphore>,
@@ -72,6 +82,8 @@ struct Shared {
     routes: Mutex<HashMap<u32, Route>>,
     pending: Mutex<HashMap<u32, Pending>>,
     next_stream: AtomicU32,
+    /// Set by the reader when the connection ended.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -109,6 +121,46 @@ impl Client {
         Self::handshake(sock).await
     }
 
+    /// Connects to the agent inside a microVM through the VMM's host-side
+    /// vsock socket (Firecracker's convention: send `CONNECT <port>\n`,
+    /// receive `OK <host port>\n`, then the stream is the guest's).
+    pub async fn connect_vsock_proxy(uds: impl AsRef<Path>, port: u32) -> Result<Self> {
+        use tokio::io::AsyncReadExt;
+        let uds = uds.as_ref();
+        let connect_err = |source| ClientError::Connect {
+            path: format!("{}:{port}", uds.display()),
+            source,
+        };
+        let mut sock = tokio::net::UnixStream::connect(uds)
+            .await
+            .map_err(connect_err)?;
+        sock.write_all(format!("CONNECT {port}\n").as_bytes())
+            .await
+            .map_err(connect_err)?;
+        // Read the reply byte by byte: nothing after the newline is ours.
+        let mut line = Vec::new();
+        loop {
+            let mut b = [0u8; 1];
+            if sock.read(&mut b).await.map_err(connect_err)? == 0 || line.len() > 64 {
+                return Err(ClientError::Handshake(format!(
+                    "vsock proxy closed or garbled the CONNECT reply: {:?}",
+                    String::from_utf8_lossy(&line)
+                )));
+            }
+            if b[0] == b'\n' {
+                break;
+            }
+            line.push(b[0]);
+        }
+        if !line.starts_with(b"OK ") {
+            return Err(ClientError::Handshake(format!(
+                "vsock proxy refused port {port}: {:?}",
+                String::from_utf8_lossy(&line)
+            )));
+        }
+        Self::handshake(sock).await
+    }
+
     /// Shakes hands over any byte stream (Unix socket, vsock, the VMM's
     /// vsock proxy after `CONNECT`), then serves operations on it.
     /// Must be called inside a tokio runtime.
@@ -129,7 +181,12 @@ impl Client {
         encode_into(&hello, &mut buf)?;
         w.write_all(&buf).await?;
         w.flush().await?;
-        let welcome = match read_frame(&mut r, &mut buf).await? {
+        let reply = tokio::time::timeout(HANDSHAKE_TIMEOUT, read_frame(&mut r, &mut buf))
+            .await
+            .map_err(|_| {
+                ClientError::Handshake(format!("no answer to Hello within {HANDSHAKE_TIMEOUT:?}"))
+            })?;
+        let welcome = match reply? {
             Some(Frame {
                 body: Body::Welcome(h),
                 ..
@@ -146,6 +203,7 @@ impl Client {
             tx,
             routes: Mutex::new(HashMap::new()),
             pending: Mutex::new(HashMap::new()),
+            closed: std::sync::atomic::AtomicBool::new(false),
             next_stream: AtomicU32::new(1),
         });
         tokio::spawn(write_loop(w, rx));
@@ -163,13 +221,21 @@ impl Client {
         let id = self.shared.next_stream.fetch_add(2, Ordering::Relaxed);
         let (events_tx, events) = mpsc::unbounded_channel();
         let window = Arc::new(Semaphore::new(INITIAL_WINDOW_BYTES as usize));
-        self.shared.routes().insert(
-            id,
-            Route {
-                events: events_tx,
-                window: window.clone(),
-            },
-        );
+        {
+            // Checked under the routes lock, which the reader holds while it
+            // marks the connection closed and drains the routes.
+            let mut routes = self.shared.routes();
+            if self.shared.closed.load(Ordering::Acquire) {
+                return Err(ClientError::Closed);
+            }
+            routes.insert(
+                id,
+                Route {
+                    events: events_tx,
+                    window: window.clone(),
+                },
+            );
+        }
         let stream = Stream {
             sender: StreamSender {
                 id,
@@ -330,7 +396,9 @@ async fn read_loop<R: AsyncRead + Unpin>(mut r: R, shared: std::sync::Weak<Share
     }
     // Connection gone: wake every operation (their receivers see the end).
     if let Some(shared) = shared.upgrade() {
-        for (_, route) in shared.routes().drain() {
+        let mut routes = shared.routes();
+        shared.closed.store(true, Ordering::Release);
+        for (_, route) in routes.drain() {
             route.window.close();
         }
     }
