@@ -57,6 +57,19 @@ async fn main() {
         std::thread::sleep(Duration::from_millis(5));
     }
     let c = Client::connect_unix(&socket).await.unwrap();
+    let rss = |pid: u32| -> u64 {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap()
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+            .unwrap_or(0)
+    };
+    println!("== idle agent ==");
+    println!(
+        "agent RSS after handshake               {:>8} KiB",
+        rss(agent.id())
+    );
     const N: usize = 1000;
 
     // Warm up.
@@ -166,6 +179,10 @@ async fn main() {
     println!("write_file 256 MiB (atomic, fsync)       {w:>8.0} MB/s");
     println!("read_file 256 MiB                        {r:>8.0} MB/s");
 
+    println!(
+        "agent RSS after the run                 {:>8} KiB",
+        rss(agent.id())
+    );
     let _ = agent.kill();
     let _ = agent.wait();
 }

@@ -145,6 +145,16 @@ async fn image_runs_node_bun_git_with_the_agent_as_pid1() {
     let (st, out) = sh(&c, "git --version").await;
     assert!(st.success() && out.starts_with("git version 2."), "{out}");
 
+    // PID 1 reaps orphans: background children of exited shells end up
+    // with the agent and must not stay zombies.
+    let (st, out) = sh(
+        &c,
+        "for i in 1 2 3 4 5; do (sleep 0.05 &); done; sleep 0.5; ps -eo stat=,ppid=,comm= | grep '^Z' || echo no-zombies",
+    )
+    .await;
+    assert!(st.success(), "{out}");
+    assert_eq!(out.trim(), "no-zombies");
+
     c.write_file(
         "/workspace/math.test.ts",
         b"import { expect, test } from \"bun:test\";\n\
