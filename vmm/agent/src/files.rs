@@ -14,6 +14,7 @@
 //!   `/proc/*/root`-style magic links are refused.
 //! - The last component is never followed for `stat`, `remove` and
 //!   `write` (a symlink is reported, removed or replaced itself).
+//! - Only regular files are read (a FIFO or device is `InvalidInput`).
 //! - Writes are atomic: a temporary file beside the target, `fsync`, then
 //!   `renameat` over the target; the temporary is removed on failure.
 
@@ -308,15 +309,26 @@ fn remove_at(dir: RawFd, name: &CStr, recursive: bool) -> Io<()> {
 /// Streams a file to the client as `Data` frames.
 pub async fn read(op: Op, root: &FileRoot, path: &str) -> Result<Body, RemoteError> {
     let rel = Rel::parse(path)?;
+    // O_NONBLOCK: opening a FIFO must not block a runtime thread; only
+    // regular files are served (no FIFOs, devices or sockets).
     let fd = root
-        .open_rel(&rel, libc::O_RDONLY, 0)
+        .open_rel(&rel, libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY, 0)
         .map_err(|e| err(path, e))?;
     let st = stat_at(fd.as_raw_fd(), c"", libc::AT_EMPTY_PATH).map_err(|e| err(path, e))?;
-    if st.kind == FileKind::Dir {
-        return Err(RemoteError::new(
-            ErrorKind::IsADirectory,
-            format!("{path}: is a directory"),
-        ));
+    match st.kind {
+        FileKind::File => {}
+        FileKind::Dir => {
+            return Err(RemoteError::new(
+                ErrorKind::IsADirectory,
+                format!("{path}: is a directory"),
+            ));
+        }
+        _ => {
+            return Err(RemoteError::new(
+                ErrorKind::InvalidInput,
+                format!("{path}: not a regular file"),
+            ));
+        }
     }
     let mut file = tokio::fs::File::from_std(std::fs::File::from(fd));
     let out = op.sender();

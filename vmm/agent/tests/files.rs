@@ -128,6 +128,21 @@ async fn hostile_paths_stay_inside_the_root() {
     c.remove("/up", false).await.unwrap();
     assert!(root.join("etc/passwd").exists());
 
+    // Special files are not read (a FIFO would block, a device never end).
+    let fifo = std::ffi::CString::new(root.join("fifo").display().to_string()).unwrap();
+    // SAFETY: mkfifo reads a valid C string.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+    assert_eq!(
+        kind(c.read_file("/fifo").await.unwrap_err()),
+        ErrorKind::InvalidInput
+    );
+    // An absolute symlink to a device resolves inside the root (no /dev here).
+    std::os::unix::fs::symlink("/dev/zero", root.join("zero")).unwrap();
+    assert_eq!(
+        kind(c.read_file("/zero").await.unwrap_err()),
+        ErrorKind::NotFound
+    );
+
     // Nonsense is refused, not interpreted.
     assert_eq!(
         kind(c.read_file("/etc/pa\0sswd").await.unwrap_err()),
