@@ -8,6 +8,25 @@
 //!
 //! As PID 1 the default is `--listen vsock:1024` when the kernel offers
 //! vsock, else `unix:/run/sandbox/agent.sock`, with the file root `/`.
+//!
+//! Ways to run it:
+//! - microVM: the guest kernel starts `/sbin/init` (this binary); the host
+//!   reaches it with `Client::connect_vsock_proxy(vsock_uds, 1024)`.
+//! - container: the launcher bind-mounts a host directory at
+//!   `/run/sandbox` (the agent never mounts over it) and execs
+//!   `/sbin/init --listen unix:/run/sandbox/agent.sock` as PID 1 of the new
+//!   PID namespace; pass `--listen` explicitly, since a host with vsock
+//!   shows `/dev/vsock` inside the container too.
+//! - tests: `sandbox-agent --listen unix:PATH --files-root DIR` as a plain
+//!   process (no mounts, no system changes; it becomes a child subreaper so
+//!   killed grandchildren are reaped).
+//!
+//! Processes an exec leaves running in the background after its leader
+//! exited (a dev server started with `&`) keep running; those still running
+//! when an exec times out, is cancelled or loses its connection are killed
+//! with its process group. A descendant that calls `setsid` itself leaves
+//! the group and is not killed (the container backend's cgroup is the
+//! complete answer there).
 
 use std::path::PathBuf;
 use std::sync::Arc;
