@@ -293,3 +293,34 @@ async fn losing_the_connection_kills_its_processes() {
         "processes outlived their connection: {left:?}"
     );
 }
+
+#[tokio::test]
+async fn an_unread_exec_does_not_stall_the_connection() {
+    let agent = TestAgent::start();
+    let c = agent.connect().await;
+    // Produces far more than the flow-control window; nobody reads it.
+    let mut flood = c
+        .exec(ExecRequest::shell("head -c 100000000 /dev/zero"))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for i in 0..5 {
+        let out = c
+            .run(ExecRequest::argv(["echo", &format!("other {i}")]))
+            .await
+            .unwrap();
+        assert_eq!(out.stdout, format!("other {i}\n").as_bytes());
+    }
+    assert_eq!(
+        c.read_file("/").await.unwrap_err().to_string(),
+        "Agent refused the operation"
+    );
+    // The flood is still intact once read.
+    let mut got = 0usize;
+    while let Some(ev) = flood.next().await.unwrap() {
+        if let ExecEvent::Stdout(b) = ev {
+            got += b.len();
+        }
+    }
+    assert_eq!(got, 100_000_000);
+}
