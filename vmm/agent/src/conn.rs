@@ -303,6 +303,18 @@ impl OpSender {
             .map_err(|_| Gone)
     }
 
+    /// Sends one chunk (at most `CHUNK_BYTES`) without copying it, waiting
+    /// for window credit.
+    pub async fn send_chunk(&self, chunk: Vec<u8>, wrap: fn(ByteBuf) -> Body) -> Result<(), Gone> {
+        let n = u32::try_from(chunk.len()).map_err(|_| Gone)?;
+        self.window
+            .acquire_many(n)
+            .await
+            .map_err(|_| Gone)?
+            .forget();
+        self.send(wrap(ByteBuf::from(chunk))).await
+    }
+
     /// Sends bytes in chunks as `wrap(chunk)`, waiting for window credit.
     pub async fn send_data(&self, mut data: &[u8], wrap: fn(ByteBuf) -> Body) -> Result<(), Gone> {
         while !data.is_empty() {

@@ -278,14 +278,15 @@ async fn pump<R: AsyncRead + Unpin>(
     budget: Arc<Budget>,
     mut exited: watch::Receiver<bool>,
 ) {
-    let mut buf = vec![0u8; agent_proto::CHUNK_BYTES];
     loop {
+        // A fresh buffer per chunk: it becomes the frame's payload as is.
+        let mut buf = Vec::with_capacity(agent_proto::CHUNK_BYTES);
         let linger = async {
             let _ = exited.wait_for(|e| *e).await;
             tokio::time::sleep(LINGER).await;
         };
         let n = tokio::select! {
-            r = reader.read(&mut buf) => match r {
+            r = reader.read_buf(&mut buf) => match r {
                 Ok(0) => return,
                 Ok(n) => n,
                 // EIO: the terminal's last slave descriptor closed.
@@ -293,8 +294,8 @@ async fn pump<R: AsyncRead + Unpin>(
             },
             _ = linger => return,
         };
-        let allowed = budget.take(n);
-        if allowed > 0 && out.send_data(&buf[..allowed], wrap).await.is_err() {
+        buf.truncate(budget.take(n));
+        if !buf.is_empty() && out.send_chunk(buf, wrap).await.is_err() {
             return;
         }
     }
