@@ -88,6 +88,7 @@ where
                 // Operations hold senders to the writer: end them first so
                 // the writer can finish once the error is out.
                 ops.shutdown().await;
+                lock(&routes).clear();
                 drop(ctx);
                 return close_with_error(tx, writer, describe(&e)).await;
             }
@@ -114,6 +115,9 @@ where
     // Abort what still runs (kills exec process groups), then let the writer
     // drain what was queued.
     ops.shutdown().await;
+    // Detached streams (relays of accepted connections) see their input end
+    // and stop.
+    lock(&routes).clear();
     drop(ctx);
     drop(tx);
     join_writer(writer).await;

@@ -6,13 +6,13 @@
 //! The reverse direction (`Listen`): the agent listens on the sandbox's
 //! loopback and relays each accepted connection on a stream it opens, so
 //! sandbox processes reach a service on the host (the egress proxy, the
-//! forge's git endpoint). Closing the listen stream closes the listener and
-//! every connection it accepted.
+//! forge's git endpoint). Closing the listen stream closes the listener;
+//! connections it accepted continue until either side closes them or the
+//! agent connection ends.
 
 use agent_proto::{Body, ErrorKind, RemoteError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinSet;
 
 use crate::conn::{Op, finish};
 
@@ -44,21 +44,20 @@ pub async fn listen(mut op: Op, port: u16) -> Result<Body, RemoteError> {
         .port();
     let out = op.sender();
     out.send(Body::Listening { port }).await?;
-    // Dropped with this future: aborts every relay the listener started.
-    let mut relays = JoinSet::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => {
                 let Ok((tcp, _)) = accepted else { continue };
                 let conn = op.open_stream();
                 out.send(Body::Accepted { stream: conn.id }).await?;
-                relays.spawn(finish(conn, move |conn| relay(conn, tcp, port)));
+                // Like an accepted socket, the relay outlives the listener;
+                // it ends with its connection (or the agent connection).
+                tokio::spawn(finish(conn, move |conn| relay(conn, tcp, port)));
             }
             body = op.input.recv() => match body {
                 Some(Body::Cancel) | None => return Ok(Body::Done),
                 Some(_) => {}
             },
-            Some(_) = relays.join_next(), if !relays.is_empty() => {}
         }
     }
 }

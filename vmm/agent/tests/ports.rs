@@ -200,6 +200,13 @@ async fn sandbox_connections_reach_the_host_through_a_listen_stream() {
     back.reverse();
     assert!(back == data, "half-closed round trip differs");
 
+    // A connection accepted before the listener closes outlives it.
+    let mut kept = tokio::net::TcpStream::connect(("127.0.0.1", inside_port))
+        .await
+        .unwrap();
+    kept.write_all(b"abc").await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+
     // Closing the listen stream closes the port inside the sandbox.
     relay.abort();
     let _ = relay.await;
@@ -215,4 +222,9 @@ async fn sandbox_connections_reach_the_host_through_a_listen_stream() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     assert!(refused, "the listener stayed open after the stream closed");
+    kept.write_all(b"def").await.unwrap();
+    kept.shutdown().await.unwrap();
+    let mut back = String::new();
+    kept.read_to_string(&mut back).await.unwrap();
+    assert_eq!(back, "fedcba");
 }

@@ -51,7 +51,8 @@ impl std::fmt::Debug for PortListener {
 
 impl Client {
     /// Listens on `127.0.0.1:port` inside the sandbox (0: any free port).
-    /// Dropping the listener closes it and its connections.
+    /// Dropping the listener closes it; connections already accepted
+    /// continue until they are closed.
     pub async fn listen(&self, port: u16) -> Result<PortListener> {
         let mut stream = self.open(Body::Listen { port }).await?;
         match stream.recv().await? {
