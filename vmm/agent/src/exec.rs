@@ -181,18 +181,23 @@ fn spawn(req: &ExecRequest, agent: &Agent) -> Result<Spawned, RemoteError> {
         cmd.stdout(Stdio::piped());
         cmd.stderr(Stdio::piped());
     }
-    // SAFETY: the closure runs in the forked child before exec and only makes
-    // async-signal-safe system calls (setsid, ioctl).
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::setsid() < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            if with_pty && libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
+    if with_pty {
+        // SAFETY: the closure runs in the forked child before exec and only
+        // makes async-signal-safe system calls (setsid, ioctl).
+        unsafe {
+            cmd.pre_exec(|| {
+                // A new session whose controlling terminal is the pty.
+                if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    } else {
+        // Its own process group, so the whole group can be killed. Without a
+        // pre-exec hook std can use posix_spawn (vfork), much cheaper than
+        // fork for every exec.
+        cmd.process_group(0);
     }
     let (mut child, exit) = reaper().spawn(&mut cmd).map_err(|e| io_err("spawn", &e))?;
     // Close our copies of the terminal's slave side now, or reads on the
