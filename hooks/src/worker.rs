@@ -152,7 +152,18 @@ impl Waker {
 pub struct WorkerPool {
     wake: Arc<Notify>,
     stop: watch::Sender<bool>,
-    dispatcher: tokio::task::JoinHandle<()>,
+    dispatcher: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for WorkerPool {
+    fn drop(&mut self) {
+        // Aborting the dispatcher drops its JoinSet, which aborts the
+        // attempts in flight: like a crash, their leases run out and the
+        // deliveries are sent again by the next pool.
+        if let Some(dispatcher) = &self.dispatcher {
+            dispatcher.abort();
+        }
+    }
 }
 
 impl WorkerPool {
@@ -169,7 +180,7 @@ impl WorkerPool {
         WorkerPool {
             wake,
             stop,
-            dispatcher,
+            dispatcher: Some(dispatcher),
         }
     }
 
@@ -179,9 +190,11 @@ impl WorkerPool {
 
     /// Stops claiming, lets attempts in flight finish (each is bounded by
     /// the sender's timeout) and returns.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(mut self) {
         let _ = self.stop.send(true);
-        if let Err(e) = self.dispatcher.await {
+        if let Some(dispatcher) = self.dispatcher.take()
+            && let Err(e) = dispatcher.await
+        {
             tracing::warn!(error = %e, "webhook dispatcher ended abnormally");
         }
     }
