@@ -27,7 +27,7 @@
 //! that), `{a,b}` alternatives, `[a-z]` classes and `\` escapes. An invalid
 //! glob is rejected with its list, index and the offset of the error.
 
-use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
+use globset::{Candidate, Glob, GlobBuilder, GlobSet, GlobSetBuilder};
 
 use crate::event::{Event, EventKind};
 
@@ -157,7 +157,12 @@ impl GlobFilter {
 
     /// Whether `candidate` is included and not excluded.
     pub fn matches(&self, candidate: &str) -> bool {
-        (self.include_all || self.include.is_match(candidate)) && !self.exclude.is_match(candidate)
+        self.matches_candidate(&Candidate::new(candidate))
+    }
+
+    fn matches_candidate(&self, candidate: &Candidate<'_>) -> bool {
+        (self.include_all || self.include.is_match_candidate(candidate))
+            && !self.exclude.is_match_candidate(candidate)
     }
 }
 
@@ -238,8 +243,16 @@ impl SubscriptionFilter {
         })
     }
 
-    /// Whether `event` should be delivered to this subscription.
+    /// Whether `event` should be delivered to this subscription. To test
+    /// one event against many subscriptions, prepare it once with
+    /// [`PreparedEvent::new`] and call [`SubscriptionFilter::matches_prepared`].
     pub fn matches(&self, event: &Event) -> bool {
+        self.matches_prepared(&PreparedEvent::new(event))
+    }
+
+    /// [`SubscriptionFilter::matches`] for an event prepared once.
+    pub fn matches_prepared(&self, prepared: &PreparedEvent<'_>) -> bool {
+        let event = prepared.event;
         if event.kind == EventKind::Ping {
             return true;
         }
@@ -247,18 +260,44 @@ impl SubscriptionFilter {
             return false;
         }
         if !self.branches.is_empty() && event.git_ref.is_some() {
-            match event.branch() {
-                Some(branch) if self.branches.matches(branch) => {}
+            match &prepared.branch {
+                Some(branch) if self.branches.matches_candidate(branch) => {}
                 _ => return false,
             }
         }
         if !self.paths.is_empty() && event.kind == EventKind::Push {
-            let any = event.paths.iter().any(|p| self.paths.matches(p));
+            let any = prepared
+                .paths
+                .iter()
+                .any(|p| self.paths.matches_candidate(p));
             if !any && !event.paths_truncated {
                 return false;
             }
         }
         true
+    }
+}
+
+/// An event with its branch and paths normalised for glob matching once,
+/// however many subscriptions it is tested against.
+#[derive(Debug)]
+pub struct PreparedEvent<'a> {
+    event: &'a Event,
+    branch: Option<Candidate<'a>>,
+    paths: Vec<Candidate<'a>>,
+}
+
+impl<'a> PreparedEvent<'a> {
+    pub fn new(event: &'a Event) -> PreparedEvent<'a> {
+        PreparedEvent {
+            event,
+            branch: event.branch().map(Candidate::new),
+            paths: if event.kind == EventKind::Push {
+                event.paths.iter().map(Candidate::new).collect()
+            } else {
+                Vec::new()
+            },
+        }
     }
 }
 
