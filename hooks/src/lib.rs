@@ -11,6 +11,7 @@
 
 pub mod deliver;
 pub mod event;
+pub mod fanout;
 pub mod filter;
 pub mod payload;
 pub mod retry;
@@ -20,7 +21,8 @@ pub mod worker;
 
 pub use deliver::{AttemptRecord, Outgoing, Sender, SenderConfig};
 pub use event::{Commit, Event, EventKind, Person};
-pub use filter::{FilterError, SubscriptionFilter};
+pub use fanout::{NewDelivery, fan_out};
+pub use filter::{FilterError, PreparedEvent, SubscriptionFilter};
 pub use payload::PayloadContext;
 pub use retry::{AttemptResult, NextStep, RetrySchedule};
 pub use sign::{Secret, SecretSet};
