@@ -379,15 +379,18 @@ fn claim(
         if out.len() >= limit {
             break;
         }
+        // Cheap checks first: most rows are settled or of a busy subscription.
+        if row.status != Status::Pending
+            || row.next_at > now
+            || busy.contains(&row.due.subscription_id)
+        {
+            continue;
+        }
         let active = t
             .subscriptions
             .get(&row.due.subscription_id)
             .is_some_and(|s| s.active);
-        if row.status != Status::Pending
-            || row.next_at > now
-            || !active
-            || busy.contains(&row.due.subscription_id)
-        {
+        if !active {
             continue;
         }
         busy.insert(row.due.subscription_id.clone());
