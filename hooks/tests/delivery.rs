@@ -471,3 +471,67 @@ async fn one_attempt_in_flight_per_subscription_keeps_first_attempts_in_order() 
     let leased = store.claim_and_forget(Duration::from_secs(5));
     assert!(leased.is_empty(), "all delivered");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirects_are_not_followed() {
+    let secret = Secret::generate();
+    let receiver = Receiver::start(secret.clone(), vec![]).await;
+    receiver.route("/moved", Reply::Redirect(receiver.url("/target")));
+    let url = receiver.url("/moved");
+    let record = sender(Duration::from_secs(5))
+        .send(Outgoing {
+            delivery_id: "msg_r",
+            event_type: "push",
+            url: &url,
+            body: b"{}",
+            secrets: &[secret],
+        })
+        .await;
+    assert_eq!(record.response_status, Some(302));
+    assert_eq!(record.result, AttemptResult::Failure { retry_after: None });
+    let paths: Vec<String> = receiver
+        .received()
+        .iter()
+        .map(|r| r.header("x-forge-delivery"))
+        .collect();
+    assert_eq!(requests.len(), 1, "the redirect target was not requested");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn during_a_rotation_a_receiver_on_the_old_secret_still_verifies() {
+    let old = Secret::generate();
+    let receiver = Receiver::start(old.clone(), vec![]).await;
+    let mut set = hooks::SecretSet::single(old.clone());
+    set.rotate(
+        Secret::generate(),
+        Duration::from_secs(60),
+        SystemTime::now(),
+    );
+    let url = receiver.url("/");
+    let secrets = set.valid_at(SystemTime::now());
+    let record = sender(Duration::from_secs(5))
+        .send(Outgoing {
+            delivery_id: "msg_rot",
+            event_type: "push",
+            url: &url,
+            body: b"{}",
+            secrets: &secrets,
+        })
+        .await;
+    assert_eq!(record.result, AttemptResult::Success, "{record:?}");
+    let got = receiver.received();
+    assert!(got[0].standard_ok && got[0].github_ok);
+    assert_eq!(got[0].header("webhook-signature").split(' ').count(), 2);
+    // After the window only the new secret signs: the old receiver refuses.
+    let later = set.valid_at(SystemTime::now() + Duration::from_secs(61));
+    let refused = sender(Duration::from_secs(5))
+        .send(Outgoing {
+            delivery_id: "msg_rot2",
+            event_type: "push",
+            url: &url,
+            body: b"{}",
+            secrets: &later,
+        })
+        .await;
+    assert_eq!(refused.response_status, Some(401));
+}

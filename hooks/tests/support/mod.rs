@@ -33,6 +33,8 @@ pub enum Reply {
     Big(usize),
     /// Answers 200 after this long.
     Slow(Duration),
+    /// `302 Found` to this location.
+    Redirect(String),
 }
 
 /// One request as the receiver saw it.
@@ -221,6 +223,12 @@ async fn handle(
             status(200, Bytes::new())
         }
         Reply::Big(size) => status(200, Bytes::from(vec![b'x'; size])),
+        Reply::Redirect(location) => {
+            let mut r = status(302, Bytes::new());
+            r.headers_mut()
+                .insert("location", location.parse().expect("valid location"));
+            r
+        }
         Reply::Slow(wait) => {
             tokio::time::sleep(wait).await;
             status(200, Bytes::new())
