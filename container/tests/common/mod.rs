@@ -1,0 +1,191 @@
+//! Test fixtures: a tiny busybox image root (with a static probe program)
+//! and a backend on its own data directory that cleans up after itself.
+#![allow(dead_code)]
+
+use std::fs;
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use sandbox_container::{
+    BackendConfig, ContainerBackend, CreateRequest, ExecRequest, Limits, SandboxInfo,
+};
+
+/// Build (once per host) a busybox-static root with `/bin/probe`.
+pub fn busybox_root() -> PathBuf {
+    let root = PathBuf::from("/tmp/sandbox-container-test-image");
+    if root.join(".complete").exists() {
+        return root;
+    }
+    let busybox = Path::new("/bin/busybox");
+    assert!(
+        busybox.exists(),
+        "tests need a static busybox at /bin/busybox (Debian package busybox-static)"
+    );
+    let tmp = PathBuf::from(format!("{}.tmp{}", root.display(), std::process::id()));
+    let _ = fs::remove_dir_all(&tmp);
+    for dir in [
+        "bin", "etc", "tmp", "proc", "sys", "dev", "run", "root", "mnt", "data",
+    ] {
+        fs::create_dir_all(tmp.join(dir)).expect("create image dir");
+    }
+    fs::copy(busybox, tmp.join("bin/busybox")).expect("copy busybox");
+    let list = Command::new(busybox)
+        .arg("--list")
+        .output()
+        .expect("busybox --list");
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        if applet != "busybox" {
+            symlink("busybox", tmp.join("bin").join(applet)).expect("applet link");
+        }
+    }
+    fs::write(
+        tmp.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000::/tmp:/bin/sh\n",
+    )
+    .expect("passwd");
+    fs::write(tmp.join("etc/group"), "root:x:0:\nuser:x:1000:\n").expect("group");
+    let probe_src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/common/probe.c");
+    let status = Command::new("gcc")
+        .args(["-static", "-O1", "-o"])
+        .arg(tmp.join("bin/probe"))
+        .arg(&probe_src)
+        .status()
+        .expect("gcc runs (tests need gcc with static libc)");
+    assert!(status.success(), "compiling probe.c failed");
+    fs::write(tmp.join(".complete"), "").expect("marker");
+    // Another test process may have won the race; either root is complete.
+    if fs::rename(&tmp, &root).is_err() {
+        let _ = fs::remove_dir_all(&tmp);
+    }
+    root
+}
+
+/// A backend on a private data directory under /tmp.
+pub struct TestBackend {
+    pub backend: Option<ContainerBackend>,
+    pub data_dir: PathBuf,
+    pub image: PathBuf,
+}
+
+impl TestBackend {
+    pub fn start(name: &str) -> Self {
+        assert!(
+            nix::unistd::Uid::effective().is_root(),
+            "container tests need root"
+        );
+        let image = busybox_root();
+        let data_dir = PathBuf::from(format!("/tmp/sbx-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&data_dir);
+        fs::create_dir_all(&data_dir).expect("data dir");
+        let mut config = BackendConfig::new(&data_dir);
+        config.launcher = PathBuf::from(env!("CARGO_BIN_EXE_sandbox-init"));
+        config.layer_image_gib = 8;
+        let backend = ContainerBackend::open(config).expect("backend opens");
+        Self {
+            backend: Some(backend),
+            data_dir,
+            image,
+        }
+    }
+
+    pub fn backend(&self) -> &ContainerBackend {
+        self.backend.as_ref().expect("backend open")
+    }
+
+    pub fn request(&self, limits: Limits) -> CreateRequest {
+        CreateRequest {
+            image_root: self.image.clone(),
+            limits,
+            init: Vec::new(),
+            env: Vec::new(),
+            hostname: None,
+        }
+    }
+
+    pub fn create(&self) -> SandboxInfo {
+        self.create_with(Limits::default())
+    }
+
+    pub fn create_with(&self, limits: Limits) -> SandboxInfo {
+        self.backend()
+            .create(self.request(limits))
+            .expect("sandbox creates")
+    }
+
+    /// Run a shell script inside as root.
+    pub fn sh(&self, id: &str, script: &str) -> Output {
+        self.backend()
+            .exec(id, &ExecRequest::new(["/bin/sh", "-c", script]))
+            .expect("exec runs")
+    }
+
+    /// Run a shell script and return its stdout, asserting success.
+    pub fn sh_ok(&self, id: &str, script: &str) -> String {
+        let out = self.sh(id, script);
+        assert!(
+            out.status.success(),
+            "`{script}` failed: {:?}\nstdout: {}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for TestBackend {
+    fn drop(&mut self) {
+        if let Some(backend) = self.backend.take() {
+            if let Ok(list) = backend.list() {
+                for sandbox in list {
+                    let _ = backend.destroy(&sandbox.id);
+                }
+            }
+            let _ = backend.close();
+        }
+        let _ = fs::remove_dir_all(&self.data_dir);
+    }
+}
+
+/// Mount points, cgroup dirs and processes visible on the host.
+#[derive(Debug, PartialEq, Eq)]
+pub struct HostFootprint {
+    pub mounts: usize,
+    pub cgroups: usize,
+    pub processes: usize,
+    pub loop_devices: usize,
+}
+
+pub fn host_footprint(cgroup_parent: &str) -> HostFootprint {
+    let mounts = fs::read_to_string("/proc/self/mountinfo")
+        .expect("mountinfo")
+        .lines()
+        .count();
+    let mut cgroups = 0;
+    for hierarchy in fs::read_dir("/sys/fs/cgroup")
+        .expect("cgroup root")
+        .flatten()
+    {
+        if let Ok(entries) = fs::read_dir(hierarchy.path().join(cgroup_parent)) {
+            cgroups += entries.flatten().filter(|e| e.path().is_dir()).count();
+        }
+    }
+    let processes = fs::read_dir("/proc")
+        .expect("proc")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+        .count();
+    let loop_devices = fs::read_dir("/sys/block")
+        .expect("sys block")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("loop"))
+        .filter(|e| e.path().join("loop/backing_file").exists())
+        .count();
+    HostFootprint {
+        mounts,
+        cgroups,
+        processes,
+        loop_devices,
+    }
+}
