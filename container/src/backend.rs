@@ -22,7 +22,10 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::Mutex;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
 
 use crate::cgroup::{Cgroup, CgroupError, CgroupLayout, CgroupStats};
 use crate::layers::{LayerError, LayerStore};
@@ -204,6 +207,15 @@ fn new_id() -> String {
     }
     let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     format!("sb{hex}")
+}
+
+/// Wait (bounded) until `pid` no longer belongs to sandbox `id`: exited
+/// and reaped by whoever is its parent.
+fn wait_gone(pid: u32, id: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while is_sandbox_pid(pid, id) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_micros(500));
+    }
 }
 
 fn now_secs() -> u64 {
@@ -409,7 +421,8 @@ impl ContainerBackend {
         Ok(self.info(&record))
     }
 
-    /// Reap the launcher of `id` if this process spawned it.
+    /// Reap the launcher of `id` if this process spawned it (it exits by
+    /// itself once PID 1 is gone).
     fn reap(&self, id: &str) {
         let child = self
             .launchers
@@ -417,8 +430,15 @@ impl ContainerBackend {
             .unwrap_or_else(|p| p.into_inner())
             .remove(id);
         if let Some(mut child) = child {
-            let _ = child.kill();
-            let _ = child.wait();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while matches!(child.try_wait(), Ok(None)) {
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break;
+                }
+                std::thread::sleep(Duration::from_micros(500));
+            }
         }
     }
 
@@ -433,10 +453,10 @@ impl ContainerBackend {
         if matches!(record.status, Status::Running | Status::Frozen)
             && !record.pid1.is_some_and(|pid| is_sandbox_pid(pid, id))
         {
+            self.stop_processes(&record)?;
             record.status = Status::Crashed;
             record.pid1 = None;
             record.supervisor = None;
-            self.stop_processes(id)?;
             record.save(&self.sandbox_dir(id))?;
         }
         Ok(record)
@@ -495,17 +515,28 @@ impl ContainerBackend {
     }
 
     /// Kill every process of the sandbox and remove its cgroup (the disk stays).
-    fn stop_processes(&self, id: &str) -> Result<(), BackendError> {
+    ///
+    /// PID 1 is killed first and alone: the PID namespace dies with it and
+    /// the supervising launcher reaps it and exits, so no zombie is left for
+    /// the host's init to collect. Whatever remains in the cgroup (execs in
+    /// flight) is killed afterwards.
+    fn stop_processes(&self, record: &SandboxRecord) -> Result<(), BackendError> {
+        let id = record.id.as_str();
         let cgroup = self.cgroup(id);
-        if cgroup.exists() {
-            if cgroup.is_frozen() {
-                // A frozen task cannot die until thawed on cgroup v1.
-                cgroup.kill_all()?;
-                cgroup.thaw()?;
-            }
-            cgroup.kill_all()?;
+        if cgroup.exists() && cgroup.is_frozen() {
+            cgroup.thaw()?;
+        }
+        if let Some(pid1) = record.pid1.filter(|pid| is_sandbox_pid(*pid, id)) {
+            // It may exit on its own in between; the waits below cover both.
+            let _ = kill(Pid::from_raw(pid1 as i32), Signal::SIGKILL);
         }
         self.reap(id);
+        if let Some(supervisor) = record.supervisor {
+            wait_gone(supervisor, id);
+        }
+        if cgroup.exists() {
+            cgroup.kill_all()?;
+        }
         cgroup.remove()?;
         Ok(())
     }
@@ -520,7 +551,7 @@ impl ContainerBackend {
             }
             (PauseMode::Memory, Status::Frozen) => {}
             (PauseMode::Disk, Status::Running | Status::Frozen) => {
-                self.stop_processes(id)?;
+                self.stop_processes(&record)?;
                 record.status = Status::PausedToDisk;
                 record.pid1 = None;
                 record.supervisor = None;
@@ -556,7 +587,7 @@ impl ContainerBackend {
                 })
             }
             Status::PausedToDisk | Status::Crashed => {
-                self.stop_processes(id)?;
+                self.stop_processes(&record)?;
                 Ok(Carried {
                     sandbox: self.start(record)?,
                     kept: vec![Kept::Disk],
@@ -639,7 +670,7 @@ impl ContainerBackend {
     /// Stop and remove a sandbox and everything it owns.
     pub fn destroy(&self, id: &str) -> Result<(), BackendError> {
         let record = self.load(id)?;
-        self.stop_processes(id)?;
+        self.stop_processes(&record)?;
         self.layers.delete(&record.top_layer)?;
         let dir = self.sandbox_dir(id);
         fs::remove_dir_all(&dir).map_err(Self::io(&dir))?;

@@ -13,7 +13,21 @@ use sandbox_container::{
 
 /// Build (once per host) a busybox-static root with `/bin/probe`.
 pub fn busybox_root() -> PathBuf {
-    let root = PathBuf::from("/tmp/sandbox-container-test-image");
+    static ROOT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    ROOT.get_or_init(build_busybox_root).clone()
+}
+
+fn build_busybox_root() -> PathBuf {
+    let probe_src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/common/probe.c");
+    let source = fs::read(&probe_src).expect("probe.c");
+    // The cache is keyed by the probe's source, so edits rebuild it.
+    let hash = source.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    let root = PathBuf::from(format!(
+        "/tmp/sandbox-container-test-image-{:08x}",
+        hash as u32
+    ));
     if root.join(".complete").exists() {
         return root;
     }
@@ -45,7 +59,6 @@ pub fn busybox_root() -> PathBuf {
     )
     .expect("passwd");
     fs::write(tmp.join("etc/group"), "root:x:0:\nuser:x:1000:\n").expect("group");
-    let probe_src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/common/probe.c");
     let status = Command::new("gcc")
         .args(["-static", "-O1", "-o"])
         .arg(tmp.join("bin/probe"))
@@ -87,6 +100,14 @@ impl TestBackend {
             data_dir,
             image,
         }
+    }
+
+    /// A second backend on the same data directory (a restarted forge).
+    pub fn reopen(other: &TestBackend) -> ContainerBackend {
+        let mut config = BackendConfig::new(&other.data_dir);
+        config.launcher = PathBuf::from(env!("CARGO_BIN_EXE_sandbox-init"));
+        config.layer_image_gib = 8;
+        ContainerBackend::open(config).expect("backend reopens")
     }
 
     pub fn backend(&self) -> &ContainerBackend {
@@ -148,7 +169,9 @@ impl Drop for TestBackend {
     }
 }
 
-/// Mount points, cgroup dirs and processes visible on the host.
+/// What a data directory's sandboxes leave on the host: mounts that name
+/// the data dir or are overlays, cgroup dirs under its parent, processes in
+/// those cgroups, and loop devices backed by files in the data dir.
 #[derive(Debug, PartialEq, Eq)]
 pub struct HostFootprint {
     pub mounts: usize,
@@ -157,30 +180,35 @@ pub struct HostFootprint {
     pub loop_devices: usize,
 }
 
-pub fn host_footprint(cgroup_parent: &str) -> HostFootprint {
+pub fn host_footprint(data_dir: &Path) -> HostFootprint {
+    let parent = sandbox_container::backend::cgroup_parent(data_dir);
+    let data = data_dir.to_string_lossy().into_owned();
     let mounts = fs::read_to_string("/proc/self/mountinfo")
         .expect("mountinfo")
         .lines()
+        .filter(|l| l.contains(&data) || l.contains(" overlay "))
         .count();
     let mut cgroups = 0;
     for hierarchy in fs::read_dir("/sys/fs/cgroup")
         .expect("cgroup root")
         .flatten()
     {
-        if let Ok(entries) = fs::read_dir(hierarchy.path().join(cgroup_parent)) {
+        if let Ok(entries) = fs::read_dir(hierarchy.path().join(&parent)) {
             cgroups += entries.flatten().filter(|e| e.path().is_dir()).count();
         }
     }
+    let needle = format!("/{parent}/");
     let processes = fs::read_dir("/proc")
         .expect("proc")
         .flatten()
         .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+        .filter(|e| fs::read_to_string(e.path().join("cgroup")).is_ok_and(|c| c.contains(&needle)))
         .count();
     let loop_devices = fs::read_dir("/sys/block")
         .expect("sys block")
         .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with("loop"))
-        .filter(|e| e.path().join("loop/backing_file").exists())
+        .filter_map(|e| fs::read_to_string(e.path().join("loop/backing_file")).ok())
+        .filter(|backing| backing.starts_with(&data))
         .count();
     HostFootprint {
         mounts,

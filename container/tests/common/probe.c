@@ -39,6 +39,9 @@ int main(int argc, char **argv) {
     printf("%d\n", (int)geteuid());
     return 0;
   }
+  if (argc >= 2 && !strcmp(argv[1], "forkbomb")) {
+    for (;;) fork();
+  }
   if (argc >= 3 && !strcmp(argv[1], "hog")) {
     long mib = atol(argv[2]);
     for (long i = 0; i < mib; i++) {
