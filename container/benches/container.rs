@@ -1,1 +1,167 @@
-fn main() {}
+//! One-run benchmark of the container backend on this host (root needed):
+//! create → first exec, exec round trip, fork of an idle and a busy
+//! sandbox, pause/resume in memory and to disk, memory per idle sandbox.
+//! Baseline measured in the same run: spawning a host `true` process.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::TestBackend;
+use sandbox_container::{ExecRequest, PauseMode};
+
+fn percentile(samples: &mut [Duration], p: f64) -> Duration {
+    samples.sort();
+    let index = ((samples.len() as f64 - 1.0) * p).round() as usize;
+    samples[index]
+}
+
+fn report(name: &str, samples: &mut [Duration]) -> Duration {
+    let p50 = percentile(samples, 0.5);
+    let p99 = percentile(samples, 0.99);
+    println!(
+        "{name:<36} n={:<4} p50={:>8.2} ms  p99={:>8.2} ms",
+        samples.len(),
+        p50.as_secs_f64() * 1e3,
+        p99.as_secs_f64() * 1e3
+    );
+    p50
+}
+
+fn timed(f: impl FnOnce()) -> Duration {
+    let start = Instant::now();
+    f();
+    start.elapsed()
+}
+
+fn mem_available_kib() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemAvailable:").map(str::to_owned))
+        })
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let t = TestBackend::start("bench");
+    let b = t.backend();
+    let truth = ExecRequest::new(["/bin/true"]);
+
+    let mut host: Vec<Duration> = (0..100)
+        .map(|_| timed(|| assert!(Command::new("true").status().expect("true").success())))
+        .collect();
+    let baseline = report("baseline: host spawn `true`", &mut host);
+
+    let mut create_exec = Vec::new();
+    let mut destroy = Vec::new();
+    for _ in 0..100 {
+        let start = Instant::now();
+        let sandbox = t.create();
+        let out = b.exec(&sandbox.id, &truth).expect("exec");
+        create_exec.push(start.elapsed());
+        assert!(out.status.success());
+        destroy.push(timed(|| b.destroy(&sandbox.id).expect("destroy")));
+    }
+    let p50 = report("create → first exec `true` done", &mut create_exec);
+    report("destroy", &mut destroy);
+
+    let sandbox = t.create();
+    let mut exec: Vec<Duration> = (0..100)
+        .map(|_| timed(|| assert!(b.exec(&sandbox.id, &truth).expect("exec").status.success())))
+        .collect();
+    let exec_p50 = report("exec `true` round trip (setns)", &mut exec);
+
+    t.sh_ok(
+        &sandbox.id,
+        "for i in $(seq 200); do echo $i > /data/f$i; done",
+    );
+    let mut fork_idle = Vec::new();
+    for _ in 0..20 {
+        let mut forks = Vec::new();
+        fork_idle.push(timed(|| forks = b.fork(&sandbox.id, 1).expect("fork")));
+        for fork in forks {
+            b.destroy(&fork.sandbox.id).expect("destroy fork");
+        }
+    }
+    report("fork 1 of idle sandbox (disk kept)", &mut fork_idle);
+
+    let mut fork10 = Vec::new();
+    for _ in 0..3 {
+        let mut forks = Vec::new();
+        fork10.push(timed(|| forks = b.fork(&sandbox.id, 10).expect("fork 10")));
+        for fork in forks {
+            b.destroy(&fork.sandbox.id).expect("destroy fork");
+        }
+    }
+    report("fork 10 of idle sandbox", &mut fork10);
+
+    let busy = t.create();
+    t.sh_ok(
+        &busy.id,
+        "(while :; do dd if=/dev/zero of=/data/churn bs=64k count=16 2>/dev/null; done) >/dev/null 2>&1 &",
+    );
+    let mut fork_busy = Vec::new();
+    for _ in 0..20 {
+        let mut forks = Vec::new();
+        fork_busy.push(timed(|| forks = b.fork(&busy.id, 1).expect("fork busy")));
+        for fork in forks {
+            b.destroy(&fork.sandbox.id).expect("destroy fork");
+        }
+    }
+    report("fork 1 of busy sandbox (disk kept)", &mut fork_busy);
+    b.destroy(&busy.id).expect("destroy busy");
+
+    let (mut pause_mem, mut resume_mem) = (Vec::new(), Vec::new());
+    for _ in 0..50 {
+        pause_mem.push(timed(|| {
+            b.pause(&sandbox.id, PauseMode::Memory).expect("pause");
+        }));
+        resume_mem.push(timed(|| {
+            b.resume(&sandbox.id).expect("resume");
+        }));
+    }
+    report("pause in memory (freeze)", &mut pause_mem);
+    report("resume from memory (thaw)", &mut resume_mem);
+
+    let (mut pause_disk, mut resume_disk) = (Vec::new(), Vec::new());
+    for _ in 0..20 {
+        pause_disk.push(timed(|| {
+            b.pause(&sandbox.id, PauseMode::Disk).expect("pause disk");
+        }));
+        resume_disk.push(timed(|| {
+            b.resume(&sandbox.id).expect("resume disk");
+            assert!(b.exec(&sandbox.id, &truth).expect("exec").status.success());
+        }));
+    }
+    report("pause to disk (no CRIU: stop)", &mut pause_disk);
+    report("resume from disk + exec (fresh procs)", &mut resume_disk);
+    b.destroy(&sandbox.id).expect("destroy");
+
+    let before = mem_available_kib();
+    let idle: Vec<_> = (0..50).map(|_| t.create()).collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let after = mem_available_kib();
+    let cgroup_bytes: u64 = idle
+        .iter()
+        .map(|s| b.stats(&s.id).expect("stats").cgroup.memory_bytes)
+        .sum();
+    println!(
+        "{:<36} cgroup-charged {:.2} MiB, host MemAvailable drop {:.2} MiB (per sandbox, 50 idle)",
+        "memory per idle sandbox",
+        cgroup_bytes as f64 / 50.0 / 1048576.0,
+        before.saturating_sub(after) as f64 / 50.0 / 1024.0
+    );
+    println!(
+        "ratios: create→exec p50 = {:.1}× host spawn; exec p50 = {:.1}× host spawn",
+        p50.as_secs_f64() / baseline.as_secs_f64(),
+        exec_p50.as_secs_f64() / baseline.as_secs_f64()
+    );
+}
