@@ -1,0 +1,371 @@
+//! The host-side client: one [`Client`] per connection to an agent, any
+//! number of concurrent operations on it.
+//!
+//! A reader task routes incoming frames to the stream they name; a writer
+//! task owns the write half and batches frames. Each operation holds a
+//! [`Stream`]: its receiver of bodies and its send window. Data bodies the
+//! caller consumes are credited back to the agent at once, so an operation
+//! whose caller stops reading stalls only itself (the agent's window runs
+//! out), never the connection. Dropping an unfinished operation sends
+//! `Cancel`.
+
+mod exec;
+mod files;
+mod port;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+
+use serde_bytes::ByteBuf;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::sync::{Semaphore, mpsc};
+
+pub use exec::{Exec, ExecEvent, ExecInput, Output};
+pub use files::FileReader;
+pub use port::PortStream;
+
+use crate::frame::{FrameError, encode_into, read_frame};
+use crate::message::{
+    Body, CHUNK_BYTES, CONTROL_STREAM, Forked, Frame, Health, INITIAL_WINDOW_BYTES,
+    LifecycleReport, PROTOCOL_VERSION, RemoteError, Resumed,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("Cannot connect to the agent at {path}")]
+    Connect {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("Handshake failed: {0}")]
+    Handshake(String),
+    #[error("Connection to the agent failed")]
+    Frame(#[from] FrameError),
+    #[error("Connection to the agent is closed")]
+    Closed,
+    #[error("Agent refused the operation")]
+    Remote(#[from] RemoteError),
+    #[error("Agent sent an unexpected {0} frame")]
+    Unexpected(String),
+    #[error("Local I/O failed")]
+    Io(#[from] std::io::Error),
+}
+
+type Result<T> = std::result::Result<T, ClientError>;
+
+struct Route {
+    events: mpsc::UnboundedSender<Body>,
+    window: Arc<Semaphore>,
+}
+
+struct Shared {
+    tx: mpsc::Sender<Frame>,
+    routes: Mutex<HashMap<u32, Route>>,
+    next_stream: AtomicU32,
+}
+
+impl Shared {
+    fn routes(&self) -> std::sync::MutexGuard<'_, HashMap<u32, Route>> {
+        // A panic while holding this lock cannot leave the map inconsistent.
+        self.routes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A connection to one agent.
+#[derive(Clone)]
+pub struct Client {
+    shared: Arc<Shared>,
+    welcome: Health,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("welcome", &self.welcome)
+            .finish()
+    }
+}
+
+impl Client {
+    /// Connects to an agent listening on a Unix socket and shakes hands.
+    pub async fn connect_unix(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let sock = tokio::net::UnixStream::connect(path)
+            .await
+            .map_err(|source| ClientError::Connect {
+                path: path.display().to_string(),
+                source,
+            })?;
+        Self::handshake(sock).await
+    }
+
+    /// Shakes hands over any byte stream (Unix socket, vsock, the VMM's
+    /// vsock proxy after `CONNECT`), then serves operations on it.
+    /// Must be called inside a tokio runtime.
+    pub async fn handshake<S>(io: S) -> Result<Self>
+    where
+        S: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        let (r, mut w) = tokio::io::split(io);
+        let mut r = BufReader::with_capacity(256 * 1024, r);
+        let hello = Frame::new(
+            CONTROL_STREAM,
+            Body::Hello {
+                protocol: PROTOCOL_VERSION,
+                client: format!("agent-proto/{}", env!("CARGO_PKG_VERSION")),
+            },
+        );
+        let mut buf = Vec::new();
+        encode_into(&hello, &mut buf)?;
+        w.write_all(&buf).await?;
+        w.flush().await?;
+        let welcome = match read_frame(&mut r, &mut buf).await? {
+            Some(Frame {
+                body: Body::Welcome(h),
+                ..
+            }) => h,
+            Some(Frame {
+                body: Body::Error(e),
+                ..
+            }) => return Err(ClientError::Handshake(e.message)),
+            Some(f) => return Err(ClientError::Handshake(format!("unexpected {:?}", f.body))),
+            None => return Err(ClientError::Handshake("agent closed the connection".into())),
+        };
+        let (tx, rx) = mpsc::channel(256);
+        let shared = Arc::new(Shared {
+            tx,
+            routes: Mutex::new(HashMap::new()),
+            next_stream: AtomicU32::new(1),
+        });
+        tokio::spawn(write_loop(w, rx));
+        tokio::spawn(read_loop(r, Arc::downgrade(&shared)));
+        Ok(Self { shared, welcome })
+    }
+
+    /// The agent's `Welcome`: protocol, agent and image version.
+    pub fn welcome(&self) -> &Health {
+        &self.welcome
+    }
+
+    /// Opens a new stream whose first frame is `body`.
+    async fn open(&self, body: Body) -> Result<Stream> {
+        let id = self.shared.next_stream.fetch_add(2, Ordering::Relaxed);
+        let (events_tx, events) = mpsc::unbounded_channel();
+        let window = Arc::new(Semaphore::new(INITIAL_WINDOW_BYTES as usize));
+        self.shared.routes().insert(
+            id,
+            Route {
+                events: events_tx,
+                window: window.clone(),
+            },
+        );
+        let stream = Stream {
+            sender: StreamSender {
+                id,
+                shared: self.shared.clone(),
+                window,
+            },
+            events,
+            finished: false,
+        };
+        stream.sender.send(body).await?;
+        Ok(stream)
+    }
+
+    /// Sends `body` on a new stream and returns the single reply.
+    async fn call(&self, body: Body) -> Result<Body> {
+        let mut s = self.open(body).await?;
+        s.recv().await
+    }
+
+    /// Tells the agent the sandbox was forked (reseed RNG, clock, hostname).
+    pub async fn forked(&self, forked: Forked) -> Result<LifecycleReport> {
+        match self.call(Body::Forked(forked)).await? {
+            Body::Lifecycle(r) => Ok(r),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Tells the agent the sandbox was resumed (set the clock).
+    pub async fn resumed(&self, resumed: Resumed) -> Result<LifecycleReport> {
+        match self.call(Body::Resumed(resumed)).await? {
+            Body::Lifecycle(r) => Ok(r),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    pub async fn health(&self) -> Result<Health> {
+        match self.call(Body::Health).await? {
+            Body::HealthReport(h) => Ok(h),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Asks the agent to power the sandbox off (as PID 1: kill everything,
+    /// sync, unmount, power off; as a plain process: exit).
+    pub async fn poweroff(&self) -> Result<()> {
+        match self.call(Body::Poweroff).await? {
+            Body::Done => Ok(()),
+            other => Err(unexpected(&other)),
+        }
+    }
+}
+
+fn unexpected(body: &Body) -> ClientError {
+    let name = format!("{body:?}");
+    let name = name.split(['(', ' ', '{']).next().unwrap_or("?").to_owned();
+    ClientError::Unexpected(name)
+}
+
+/// Whether `body` ends a stream from the agent's side.
+fn is_terminal(body: &Body) -> bool {
+    matches!(
+        body,
+        Body::Exited(_)
+            | Body::Done
+            | Body::Metadata(_)
+            | Body::Entries(_)
+            | Body::Lifecycle(_)
+            | Body::HealthReport(_)
+            | Body::Error(_)
+    )
+}
+
+async fn write_loop<W: AsyncWrite>(w: W, mut rx: mpsc::Receiver<Frame>) {
+    let mut w = std::pin::pin!(w);
+    let mut buf = Vec::with_capacity(256 * 1024);
+    while let Some(frame) = rx.recv().await {
+        buf.clear();
+        let mut ok = encode_into(&frame, &mut buf).is_ok();
+        while ok && buf.len() < 256 * 1024 {
+            match rx.try_recv() {
+                Ok(f) => ok = encode_into(&f, &mut buf).is_ok(),
+                Err(_) => break,
+            }
+        }
+        if !ok || w.write_all(&buf).await.is_err() || w.flush().await.is_err() {
+            break;
+        }
+    }
+    let _ = w.shutdown().await;
+}
+
+async fn read_loop<R: AsyncRead + Unpin>(mut r: R, shared: std::sync::Weak<Shared>) {
+    let mut buf = Vec::new();
+    while let Ok(Some(frame)) = read_frame(&mut r, &mut buf).await {
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let mut routes = shared.routes();
+        if frame.stream == CONTROL_STREAM {
+            // A connection-level error: the agent closes the connection next.
+            continue;
+        }
+        if let Body::Credit(n) = frame.body {
+            if let Some(route) = routes.get(&frame.stream) {
+                route.window.add_permits(n as usize);
+            }
+            continue;
+        }
+        let terminal = is_terminal(&frame.body);
+        if let Some(route) = routes.get(&frame.stream) {
+            let _ = route.events.send(frame.body);
+        }
+        if terminal && let Some(route) = routes.remove(&frame.stream) {
+            route.window.close();
+        }
+    }
+    // Connection gone: wake every operation (their receivers see the end).
+    if let Some(shared) = shared.upgrade() {
+        for (_, route) in shared.routes().drain() {
+            route.window.close();
+        }
+    }
+}
+
+/// The sending half of one operation; cheap to clone.
+#[derive(Clone)]
+pub(crate) struct StreamSender {
+    id: u32,
+    shared: Arc<Shared>,
+    window: Arc<Semaphore>,
+}
+
+impl StreamSender {
+    async fn send(&self, body: Body) -> Result<()> {
+        self.shared
+            .tx
+            .send(Frame::new(self.id, body))
+            .await
+            .map_err(|_| ClientError::Closed)
+    }
+
+    /// Sends bytes as `Data` frames, waiting for window credit.
+    async fn send_data(&self, mut data: &[u8]) -> Result<()> {
+        while !data.is_empty() {
+            let n = data.len().min(CHUNK_BYTES);
+            self.window
+                .acquire_many(n as u32)
+                .await
+                .map_err(|_| ClientError::Closed)?
+                .forget();
+            self.send(Body::Data(ByteBuf::from(data[..n].to_vec())))
+                .await?;
+            data = &data[n..];
+        }
+        Ok(())
+    }
+}
+
+/// One operation: its receiver and sender.
+pub(crate) struct Stream {
+    sender: StreamSender,
+    events: mpsc::UnboundedReceiver<Body>,
+    finished: bool,
+}
+
+impl Stream {
+    /// The next body from the agent. Data is credited back on receipt; a
+    /// terminal `Error` becomes `Err(Remote)`.
+    async fn recv(&mut self) -> Result<Body> {
+        let Some(body) = self.events.recv().await else {
+            self.finished = true;
+            return Err(ClientError::Closed);
+        };
+        let cost = body.window_cost();
+        if cost > 0 {
+            self.sender.send(Body::Credit(cost)).await?;
+        }
+        if is_terminal(&body) {
+            self.finished = true;
+        }
+        match body {
+            Body::Error(e) => Err(ClientError::Remote(e)),
+            other => Ok(other),
+        }
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        let removed = self.sender.shared.routes().remove(&self.sender.id);
+        if removed.is_some() {
+            let tx = &self.sender.shared.tx;
+            if let Err(mpsc::error::TrySendError::Full(frame)) =
+                tx.try_send(Frame::new(self.sender.id, Body::Cancel))
+                && let Ok(rt) = tokio::runtime::Handle::try_current()
+            {
+                let tx = tx.clone();
+                rt.spawn(async move {
+                    let _ = tx.send(frame).await;
+                });
+            }
+        }
+    }
+}

@@ -1,0 +1,69 @@
+//! Port forwarding: one stream per TCP connection to a port on the
+//! sandbox's loopback, bytes both ways under flow control, half-close
+//! forwarded in both directions (`Eof` becomes `shutdown(SHUT_WR)` and the
+//! reverse). The stream ends with `Done` when both directions are closed.
+
+use agent_proto::{Body, ErrorKind, RemoteError};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::conn::Op;
+
+async fn connect(port: u16) -> Result<TcpStream, RemoteError> {
+    match TcpStream::connect(("127.0.0.1", port)).await {
+        Ok(s) => Ok(s),
+        Err(v4) => TcpStream::connect(("::1", port)).await.map_err(|_| {
+            RemoteError::new(
+                ErrorKind::from(&v4),
+                format!("connect to port {port}: {v4}"),
+            )
+        }),
+    }
+}
+
+pub async fn forward(mut op: Op, port: u16) -> Result<Body, RemoteError> {
+    let tcp = connect(port).await?;
+    let _ = tcp.set_nodelay(true);
+    let out = op.sender();
+    out.send(Body::Started { pid: 0 }).await?;
+    let (mut rd, mut wr) = tcp.into_split();
+
+    let downstream = async {
+        let mut buf = vec![0u8; agent_proto::CHUNK_BYTES];
+        loop {
+            let n = rd.read(&mut buf).await.map_err(|e| {
+                RemoteError::new(ErrorKind::Io, format!("read from port {port}: {e}"))
+            })?;
+            if n == 0 {
+                out.send(Body::Eof).await?;
+                return Ok::<(), RemoteError>(());
+            }
+            out.send_data(&buf[..n], Body::Data).await?;
+        }
+    };
+    let upstream = async {
+        loop {
+            match op.input.recv().await {
+                Some(Body::Data(d)) => {
+                    wr.write_all(&d).await.map_err(|e| {
+                        RemoteError::new(ErrorKind::Io, format!("write to port {port}: {e}"))
+                    })?;
+                    out.credit(d.len()).await?;
+                }
+                Some(Body::Eof) => {
+                    let _ = wr.shutdown().await;
+                    return Ok::<(), RemoteError>(());
+                }
+                Some(Body::Cancel) | None => {
+                    return Err(RemoteError::new(
+                        ErrorKind::Io,
+                        "connection reset by the client",
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+    };
+    tokio::try_join!(downstream, upstream)?;
+    Ok(Body::Done)
+}

@@ -1,0 +1,127 @@
+//! Test helper: the real `sandbox-agent` binary as a plain process on a Unix
+// Helpers outside #[test] functions unwrap too: this is test code.
+#![allow(clippy::unwrap_used)]
+//! socket in a temporary directory, with its own file root.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use agent_proto::Client;
+
+pub struct TestAgent {
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    pub root: PathBuf,
+    pub child: Child,
+}
+
+impl TestAgent {
+    pub fn start() -> Self {
+        Self::start_with(&[], &[])
+    }
+
+    /// Starts the agent behind a wrapper command (e.g. `unshare --uts`)
+    /// with extra agent arguments.
+    pub fn start_with(wrapper: &[&str], extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let socket = dir.path().join("agent.sock");
+        let root = dir.path().join("root");
+        std::fs::create_dir_all(&root).expect("create the file root");
+        let agent = env!("CARGO_BIN_EXE_sandbox-agent");
+        let mut cmd = match wrapper.split_first() {
+            Some((w, rest)) => {
+                let mut c = Command::new(w);
+                c.args(rest).arg(agent);
+                c
+            }
+            None => Command::new(agent),
+        };
+        let child = cmd
+            .args(extra)
+            .arg("--listen")
+            .arg(format!("unix:{}", socket.display()))
+            .arg("--files-root")
+            .arg(&root)
+            .arg("--cwd")
+            .arg(dir.path())
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn sandbox-agent");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !socket.exists() {
+            assert!(Instant::now() < deadline, "agent did not create its socket");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Self {
+            dir,
+            socket,
+            root,
+            child,
+        }
+    }
+
+    pub async fn connect(&self) -> Client {
+        Client::connect_unix(&self.socket).await.expect("connect")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Resident set size of the agent process in KiB (`VmRSS`).
+    pub fn rss_kib(&self) -> u64 {
+        status_field(self.pid(), "VmRSS:")
+    }
+}
+
+pub fn status_field(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("agent status");
+    status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .expect("status field present")
+}
+
+impl Drop for TestAgent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Pids of live processes whose command line contains `marker`.
+pub fn processes_with(marker: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline"))
+            && String::from_utf8_lossy(&cmd).contains(marker)
+        {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Deterministic bytes covering every value.
+pub fn pattern(len: usize) -> Vec<u8> {
+    let mut x: u32 = 0x9e37_79b9;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            (x >> 24) as u8
+        })
+        .collect()
+}

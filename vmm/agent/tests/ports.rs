@@ -1,0 +1,133 @@
+//! Port forwarding through the real agent to servers on loopback.
+// Helpers outside #[test] functions unwrap too: this is test code.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use agent_proto::{ClientError, ErrorKind};
+use common::{TestAgent, pattern};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// A minimal HTTP server: answers every request with its path in the body.
+async fn http_server() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut req = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let n = s.read(&mut buf).await.unwrap();
+                    if n == 0 {
+                        return;
+                    }
+                    req.extend_from_slice(&buf[..n]);
+                }
+                let line = String::from_utf8_lossy(&req)
+                    .lines()
+                    .next()
+                    .unwrap()
+                    .to_owned();
+                let path = line.split(' ').nth(1).unwrap().to_owned();
+                let body = format!("hello from {path}");
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                s.write_all(resp.as_bytes()).await.unwrap();
+                s.shutdown().await.unwrap();
+            });
+        }
+    });
+    port
+}
+
+/// Reads until the client half-closes, then answers with what it got
+/// reversed and closes: exercises half-close in both directions.
+async fn reverse_server() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut all = Vec::new();
+                s.read_to_end(&mut all).await.unwrap();
+                all.reverse();
+                s.write_all(&all).await.unwrap();
+                s.shutdown().await.unwrap();
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test]
+async fn http_through_a_spliced_host_listener() {
+    let agent = TestAgent::start();
+    let c = agent.connect().await;
+    let port = http_server().await;
+    // The forge's side: a host listener whose connections are spliced to
+    // the sandbox port.
+    let front = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let front_addr = front.local_addr().unwrap();
+    let fc = c.clone();
+    tokio::spawn(async move {
+        loop {
+            let (s, _) = front.accept().await.unwrap();
+            let stream = fc.open_port(port).await.unwrap();
+            tokio::spawn(async move { stream.splice(s).await.unwrap() });
+        }
+    });
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        tasks.push(tokio::spawn(async move {
+            let mut s = tokio::net::TcpStream::connect(front_addr).await.unwrap();
+            s.write_all(format!("GET /page{i} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+                .await
+                .unwrap();
+            let mut resp = String::new();
+            s.read_to_string(&mut resp).await.unwrap();
+            resp
+        }));
+    }
+    for (i, t) in tasks.into_iter().enumerate() {
+        let resp = t.await.unwrap();
+        assert!(resp.starts_with("HTTP/1.1 200 OK"), "{resp}");
+        assert!(resp.ends_with(&format!("hello from /page{i}")), "{resp}");
+    }
+}
+
+#[tokio::test]
+async fn half_close_works_both_ways_with_binary_data() {
+    let agent = TestAgent::start();
+    let c = agent.connect().await;
+    let port = reverse_server().await;
+    let data = pattern(3 * 1024 * 1024);
+    let mut stream = c.open_port(port).await.unwrap();
+    stream.write(&data).await.unwrap();
+    stream.shutdown().await.unwrap();
+    let mut back = Vec::new();
+    while let Some(chunk) = stream.read().await.unwrap() {
+        back.extend_from_slice(&chunk);
+    }
+    back.reverse();
+    assert!(back == data, "data differs after the round trip");
+}
+
+#[tokio::test]
+async fn a_closed_port_is_refused() {
+    let agent = TestAgent::start();
+    let c = agent.connect().await;
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    match c.open_port(port).await.unwrap_err() {
+        ClientError::Remote(e) => assert_eq!(e.kind, ErrorKind::ConnectionRefused),
+        other => panic!("{other:?}"),
+    }
+}
