@@ -27,9 +27,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
+use crate::agent::{AGENT_SOCKET, AgentError, Notice};
 use crate::cgroup::{Cgroup, CgroupError, CgroupLayout, CgroupStats};
 use crate::layers::{LayerError, LayerStore};
-use crate::spec::{LaunchSpec, Limits, SPEC_FILE};
+use crate::spec::{Bind, LaunchSpec, Limits, SPEC_FILE};
 use crate::state::{Kept, SandboxRecord, StateError, Status, is_sandbox_pid};
 
 /// Configuration of a backend instance.
@@ -85,6 +86,18 @@ pub enum BackendError {
     Layer(#[from] LayerError),
     #[error(transparent)]
     State(#[from] StateError),
+    #[error("Sandbox {id}'s agent is not usable")]
+    Agent {
+        id: String,
+        #[source]
+        source: AgentError,
+    },
+    #[error("Connecting to sandbox {id}'s agent failed")]
+    AgentClient {
+        id: String,
+        #[source]
+        source: agent_proto::ClientError,
+    },
 }
 
 /// What a new sandbox looks like.
@@ -98,6 +111,11 @@ pub struct CreateRequest {
     pub env: Vec<(String, String)>,
     /// Hostname; defaults to the sandbox id.
     pub hostname: Option<String>,
+    /// Host paths bind-mounted inside (e.g. the agent binary).
+    pub binds: Vec<Bind>,
+    /// `init` is the sandbox agent: create waits until it answers on its
+    /// socket; fork and resume send it lifecycle notices.
+    pub agent: bool,
 }
 
 /// A command to run inside a sandbox.
@@ -138,11 +156,13 @@ pub struct SandboxInfo {
     pub socket_dir: PathBuf,
 }
 
-/// Outcome of a fork or resume: the sandbox and what was carried over.
+/// Outcome of a fork or resume: the sandbox, what was carried over, and
+/// what the agent did with the lifecycle notice (when PID 1 is the agent).
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Carried {
     pub sandbox: SandboxInfo,
     pub kept: Vec<Kept>,
+    pub agent: Option<agent_proto::LifecycleReport>,
 }
 
 /// Usage of one sandbox.
@@ -182,6 +202,9 @@ impl std::fmt::Debug for ContainerBackend {
             .finish_non_exhaustive()
     }
 }
+
+/// How long create waits for the agent's first answer.
+const AGENT_READY_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The cgroup parent name used for sandboxes of `data_dir`.
 pub fn cgroup_parent(data_dir: &Path) -> String {
@@ -260,6 +283,47 @@ impl ContainerBackend {
         self.sandbox_dir(id).join("run")
     }
 
+    /// Host path of the agent's Unix socket in sandbox `id`.
+    pub fn agent_socket(&self, id: &str) -> PathBuf {
+        self.socket_dir(id).join(AGENT_SOCKET)
+    }
+
+    /// A connected agent client for sandbox `id` (exec, files, ports).
+    /// Must be awaited inside a tokio runtime.
+    pub async fn agent(&self, id: &str) -> Result<agent_proto::Client, BackendError> {
+        let record = self.refresh(id)?;
+        if record.status != Status::Running {
+            return Err(BackendError::WrongState {
+                id: id.to_owned(),
+                status: record.status,
+                needed: "running",
+            });
+        }
+        agent_proto::Client::connect_unix(self.agent_socket(id))
+            .await
+            .map_err(|source| BackendError::AgentClient {
+                id: id.to_owned(),
+                source,
+            })
+    }
+
+    /// Send a lifecycle notice when PID 1 is the agent.
+    fn notify(
+        &self,
+        record: &SandboxRecord,
+        notice: Notice,
+    ) -> Result<Option<agent_proto::LifecycleReport>, BackendError> {
+        if !record.agent {
+            return Ok(None);
+        }
+        crate::agent::notify(&self.agent_socket(&record.id), notice)
+            .map(Some)
+            .map_err(|source| BackendError::Agent {
+                id: record.id.clone(),
+                source,
+            })
+    }
+
     fn cgroup(&self, id: &str) -> Cgroup {
         self.cgroups.group(&self.cgroup_parent, id)
     }
@@ -305,6 +369,8 @@ impl ContainerBackend {
             limits: request.limits,
             init: request.init,
             env: request.env,
+            binds: request.binds,
+            agent: request.agent,
             forked_from: None,
             created_at_secs: now_secs(),
         };
@@ -362,6 +428,7 @@ impl ContainerBackend {
             work_dir: top.work,
             root_dir: dir.join("root"),
             socket_dir: dir.join("run"),
+            binds: record.binds.clone(),
             cgroups: cgroup.paths(),
             init: record.init.clone(),
             env: record.env.clone(),
@@ -417,7 +484,15 @@ impl ContainerBackend {
         self.launchers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(id, child);
+            .insert(id.clone(), child);
+        if record.agent {
+            let socket = self.agent_socket(&id);
+            let alive_id = id.clone();
+            crate::agent::wait_ready(&socket, AGENT_READY_TIMEOUT, move || {
+                is_sandbox_pid(pid1, &alive_id)
+            })
+            .map_err(|source| BackendError::Agent { id, source })?;
+        }
         Ok(self.info(&record))
     }
 
@@ -576,6 +651,7 @@ impl ContainerBackend {
             Status::Running => Ok(Carried {
                 sandbox: self.info(&record),
                 kept: vec![Kept::Disk, Kept::Memory, Kept::Processes],
+                agent: None,
             }),
             Status::Frozen => {
                 self.cgroup(id).thaw()?;
@@ -584,13 +660,16 @@ impl ContainerBackend {
                 Ok(Carried {
                     sandbox: self.info(&record),
                     kept: vec![Kept::Disk, Kept::Memory, Kept::Processes],
+                    agent: self.notify(&record, Notice::Resumed)?,
                 })
             }
             Status::PausedToDisk | Status::Crashed => {
                 self.stop_processes(&record)?;
+                let sandbox = self.start(record.clone())?;
                 Ok(Carried {
-                    sandbox: self.start(record)?,
+                    sandbox,
                     kept: vec![Kept::Disk],
+                    agent: self.notify(&record, Notice::Resumed)?,
                 })
             }
         }
@@ -643,15 +722,24 @@ impl ContainerBackend {
                 limits: parent.limits.clone(),
                 init: parent.init.clone(),
                 env: parent.env.clone(),
+                binds: parent.binds.clone(),
+                agent: parent.agent,
                 hostname: child_id.clone(),
                 forked_from: Some(id.to_owned()),
                 created_at_secs: now_secs(),
             };
-            match self.start(record) {
-                Ok(info) => started.push(Carried {
+            let started_child = self.start(record.clone()).and_then(|info| {
+                let notice = Notice::Forked {
+                    hostname: child_id.clone(),
+                };
+                Ok(Carried {
                     sandbox: info,
                     kept: vec![Kept::Disk],
-                }),
+                    agent: self.notify(&record, notice)?,
+                })
+            });
+            match started_child {
+                Ok(carried) => started.push(carried),
                 Err(err) => {
                     self.discard(&child_id);
                     snapshot_error = Some(err);

@@ -5,13 +5,14 @@
 //! list and cgroup limits. The agent (`sandbox-agent`) runs as PID 1 and is
 //! reached over a Unix socket in a bind-mounted directory.
 //!
-//! Modules: [`launcher`] (the `sandbox-init` binary's logic: namespaces,
+//! Modules: [`agent`] (socket, readiness, lifecycle notices), [`launcher`] (the `sandbox-init` binary's logic: namespaces,
 //! mounts, privileges, seccomp), [`cgroup`] (limits, freeze, kill),
 //! [`layers`] (btrfs subvolumes, snapshots, quotas, GC), [`state`] (the
 //! on-disk record), [`backend`] (the operations the forge calls) and
 //! [`reconcile`] (cleaning up after a crash).
 #![forbid(unsafe_code)]
 
+pub mod agent;
 pub mod backend;
 pub mod cgroup;
 pub mod launcher;
@@ -25,5 +26,5 @@ pub use backend::{
     SandboxInfo, SandboxStats,
 };
 pub use reconcile::{ReconcileReport, reconcile};
-pub use spec::Limits;
+pub use spec::{Bind, Limits};
 pub use state::{Kept, Status};

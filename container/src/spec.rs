@@ -49,6 +49,16 @@ pub struct CgroupPaths {
     pub dirs: Vec<PathBuf>,
 }
 
+/// A host path bind-mounted into the sandbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bind {
+    /// Host path (file or directory).
+    pub source: PathBuf,
+    /// Absolute path inside the sandbox; created when missing.
+    pub target: PathBuf,
+    pub read_only: bool,
+}
+
 /// The full description of one sandbox launch.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LaunchSpec {
@@ -67,6 +77,10 @@ pub struct LaunchSpec {
     pub root_dir: PathBuf,
     /// Host directory bind-mounted at [`GUEST_SOCKET_DIR`] (the agent's socket).
     pub socket_dir: PathBuf,
+    /// Extra bind mounts (after `/run` is set up, so targets under `/run`
+    /// land on its tmpfs).
+    #[serde(default)]
+    pub binds: Vec<Bind>,
     /// Cgroups to join before unsharing the cgroup namespace.
     pub cgroups: CgroupPaths,
     /// Program run as PID 1; empty = the launcher's built-in reaper.

@@ -56,6 +56,12 @@ pub struct SandboxRecord {
     pub init: Vec<String>,
     pub env: Vec<(String, String)>,
     pub hostname: String,
+    /// Host paths bind-mounted inside.
+    #[serde(default)]
+    pub binds: Vec<crate::spec::Bind>,
+    /// PID 1 is the sandbox agent: wait for it and send it lifecycle notices.
+    #[serde(default)]
+    pub agent: bool,
     /// The sandbox this one was forked from, if any.
     pub forked_from: Option<String>,
     /// Seconds since the Unix epoch.

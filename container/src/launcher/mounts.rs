@@ -6,7 +6,8 @@
 //! `/proc` (with `/proc/sys` and friends read-only and kernel-internal files
 //! masked) → read-only `/sys` → a small `/dev` tmpfs with bind-mounted
 //! character devices, devpts and `/dev/shm` → `/run` tmpfs with the agent's
-//! socket directory bind-mounted at [`GUEST_SOCKET_DIR`] → `pivot_root` and
+//! socket directory bind-mounted at [`GUEST_SOCKET_DIR`] → extra bind mounts
+//! from the spec (e.g. the host's agent binary) → `pivot_root` and
 //! detach the old root. Nothing here propagates to the host: the first
 //! stage made every mount private before this runs, and all of it goes away
 //! with the namespace when the sandbox's last process exits.
@@ -18,7 +19,7 @@ use std::path::{Path, PathBuf};
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::unistd::{chdir, pivot_root};
 
-use crate::spec::{GUEST_SOCKET_DIR, LaunchSpec};
+use crate::spec::{Bind, GUEST_SOCKET_DIR, LaunchSpec};
 
 /// A failed step of building the root.
 #[derive(Debug, thiserror::Error)]
@@ -273,6 +274,37 @@ fn mask_dirs(root: &Path) -> Result<(), MountError> {
     Ok(())
 }
 
+fn mount_binds(root: &Path, binds: &[Bind]) -> Result<(), MountError> {
+    for bind in binds {
+        let target = root.join(bind.target.strip_prefix("/").unwrap_or(&bind.target));
+        if bind.source.is_dir() {
+            ensure_dir(&target)?;
+        } else {
+            if let Some(parent) = target.parent() {
+                ensure_dir(parent)?;
+            }
+            ensure_file(&target)?;
+        }
+        if bind.read_only {
+            bind_read_only(
+                &bind.source,
+                &target,
+                MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            )?;
+        } else {
+            mnt(
+                "bind",
+                Some(&bind.source),
+                &target,
+                None,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None,
+            )?;
+        }
+    }
+    Ok(())
+}
+
 /// Build the sandbox's root at `spec.root_dir` and switch into it.
 pub fn build_root(spec: &LaunchSpec) -> Result<(), MountError> {
     let root = spec.root_dir.as_path();
@@ -297,6 +329,7 @@ pub fn build_root(spec: &LaunchSpec) -> Result<(), MountError> {
     )?;
     mount_dev(root)?;
     mount_run(root, &spec.socket_dir)?;
+    mount_binds(root, &spec.binds)?;
     mask_dirs(root)?;
     ensure_dir(&root.join("tmp"))?;
     prepare(

@@ -121,6 +121,8 @@ impl TestBackend {
             init: Vec::new(),
             env: Vec::new(),
             hostname: None,
+            binds: Vec::new(),
+            agent: false,
         }
     }
 
@@ -215,5 +217,97 @@ pub fn host_footprint(data_dir: &Path) -> HostFootprint {
         cgroups,
         processes,
         loop_devices,
+    }
+}
+
+/// A root whose `/usr` is the host's (bind-mounted read-only), so host
+/// binaries (node, git, the glibc-linked agent) run inside.
+pub fn host_usr_root() -> PathBuf {
+    static ROOT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    ROOT.get_or_init(|| {
+        let root = PathBuf::from("/tmp/sandbox-container-test-usr-root");
+        if root.join(".complete").exists() {
+            return root;
+        }
+        let tmp = PathBuf::from(format!("{}.tmp{}", root.display(), std::process::id()));
+        let _ = fs::remove_dir_all(&tmp);
+        for dir in [
+            "usr",
+            "etc",
+            "tmp",
+            "proc",
+            "sys",
+            "dev",
+            "run",
+            "root",
+            "workspace",
+        ] {
+            fs::create_dir_all(tmp.join(dir)).expect("create root dir");
+        }
+        for link in ["bin", "sbin", "lib", "lib64"] {
+            symlink(format!("usr/{link}"), tmp.join(link)).expect("usr link");
+        }
+        fs::write(tmp.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").expect("passwd");
+        fs::write(tmp.join("etc/group"), "root:x:0:\n").expect("group");
+        fs::write(tmp.join(".complete"), "").expect("marker");
+        if fs::rename(&tmp, &root).is_err() {
+            let _ = fs::remove_dir_all(&tmp);
+        }
+        root
+    })
+    .clone()
+}
+
+/// The `sandbox-agent` binary of this workspace, built on first use.
+pub fn agent_binary() -> PathBuf {
+    static AGENT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    AGENT
+        .get_or_init(|| {
+            // A target dir of its own: building the agent alone unifies
+            // features differently from this test build, and sharing the
+            // target dir would rebuild both back and forth.
+            let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/agent-for-tests");
+            let status = Command::new(env!("CARGO"))
+                .args(["build", "-q", "-p", "sandbox-agent", "--target-dir"])
+                .arg(&target)
+                .current_dir(env!("CARGO_MANIFEST_DIR"))
+                .status()
+                .expect("cargo runs");
+            assert!(status.success(), "building sandbox-agent failed");
+            let agent = target.join("debug/sandbox-agent");
+            assert!(agent.exists(), "no agent binary at {}", agent.display());
+            agent
+        })
+        .clone()
+}
+
+/// Where the agent binary appears inside a sandbox.
+pub const GUEST_AGENT: &str = "/run/sandbox-agent";
+
+impl TestBackend {
+    /// A create request whose PID 1 is the agent, on `image_root` (with the
+    /// host's /usr bound in when `host_usr` is set).
+    pub fn agent_request(&self, image_root: PathBuf, host_usr: bool) -> CreateRequest {
+        let mut binds = vec![sandbox_container::Bind {
+            source: agent_binary(),
+            target: PathBuf::from(GUEST_AGENT),
+            read_only: true,
+        }];
+        if host_usr {
+            binds.push(sandbox_container::Bind {
+                source: PathBuf::from("/usr"),
+                target: PathBuf::from("/usr"),
+                read_only: true,
+            });
+        }
+        CreateRequest {
+            image_root,
+            limits: Limits::default(),
+            init: vec![GUEST_AGENT.to_owned()],
+            env: Vec::new(),
+            hostname: None,
+            binds,
+            agent: true,
+        }
     }
 }

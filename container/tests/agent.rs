@@ -1,0 +1,158 @@
+//! The sandbox agent as PID 1 of container sandboxes: readiness, exec and
+//! files through agent-proto, lifecycle notices on fork and resume, and the
+//! toolchain of the real guest image when it is built.
+
+mod common;
+
+use std::path::PathBuf;
+
+use agent_proto::{ExecRequest, StepOutcome};
+use common::{TestBackend, host_usr_root};
+use sandbox_container::{Kept, PauseMode};
+
+async fn run(client: &agent_proto::Client, argv: &[&str]) -> (i32, String) {
+    let out = client
+        .run(ExecRequest::argv(argv.iter().copied()))
+        .await
+        .expect("exec through the agent");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.exited.status.code(), text)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn agent_is_pid1_and_serves_exec_and_files() {
+    let t = TestBackend::start("agent");
+    let sandbox = t
+        .backend()
+        .create(t.agent_request(host_usr_root(), true))
+        .expect("create with agent");
+    let client = t.backend().agent(&sandbox.id).await.expect("agent client");
+    assert!(client.welcome().pid1, "the agent runs as PID 1");
+    assert_eq!(client.welcome().hostname, sandbox.id);
+
+    let (code, text) = run(&client, &["cat", "/proc/1/comm"]).await;
+    assert_eq!((code, text.trim()), (0, "sandbox-agent"));
+    let (code, text) = run(&client, &["node", "--version"]).await;
+    assert_eq!(code, 0, "{text}");
+    assert!(text.starts_with('v'), "node --version: {text}");
+    let (code, text) = run(&client, &["git", "--version"]).await;
+    assert_eq!(code, 0, "{text}");
+    assert!(text.starts_with("git version"), "{text}");
+
+    client
+        .write_file("/workspace/hello.txt", b"from the agent", 0o644)
+        .await
+        .expect("write through the agent");
+    // The host-side exec path sees the same file system.
+    let seen = t.backend().exec(
+        &sandbox.id,
+        &sandbox_container::ExecRequest::new(["/bin/cat", "/workspace/hello.txt"]),
+    );
+    assert_eq!(seen.expect("setns exec").stdout, b"from the agent");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fork_and_resume_notify_the_agent() {
+    let t = TestBackend::start("agentfork");
+    let parent = t
+        .backend()
+        .create(t.agent_request(host_usr_root(), true))
+        .expect("create");
+    let client = t.backend().agent(&parent.id).await.expect("client");
+    client
+        .write_file("/workspace/state", b"parent", 0o644)
+        .await
+        .expect("write");
+
+    let forks = t.backend().fork(&parent.id, 2).expect("fork");
+    for fork in &forks {
+        assert_eq!(fork.kept, vec![Kept::Disk]);
+        let report = fork.agent.as_ref().expect("the agent got a forked notice");
+        // Without CAP_SYS_ADMIN the agent cannot set the hostname or reseed
+        // the kernel RNG; the launcher already named the fork, and a fork
+        // starts fresh processes, so nothing stale is shared.
+        assert!(
+            matches!(report.hostname, StepOutcome::Failed(_) | StepOutcome::Done),
+            "{report:?}"
+        );
+        let child = t
+            .backend()
+            .agent(&fork.sandbox.id)
+            .await
+            .expect("child client");
+        assert_eq!(
+            child.read_file("/workspace/state").await.expect("read"),
+            b"parent"
+        );
+        let (_, host) = run(&child, &["hostname"]).await;
+        assert_eq!(host.trim(), fork.sandbox.id);
+    }
+
+    t.backend()
+        .pause(&parent.id, PauseMode::Memory)
+        .expect("pause");
+    let resumed = t.backend().resume(&parent.id).expect("resume");
+    assert!(resumed.agent.is_some(), "the agent got a resumed notice");
+    let client = t
+        .backend()
+        .agent(&parent.id)
+        .await
+        .expect("client after resume");
+    assert_eq!(
+        client.read_file("/workspace/state").await.expect("read"),
+        b"parent"
+    );
+
+    t.backend()
+        .pause(&parent.id, PauseMode::Disk)
+        .expect("pause to disk");
+    let resumed = t.backend().resume(&parent.id).expect("resume from disk");
+    assert_eq!(resumed.kept, vec![Kept::Disk]);
+    let client = t
+        .backend()
+        .agent(&parent.id)
+        .await
+        .expect("client after disk resume");
+    assert_eq!(
+        client.read_file("/workspace/state").await.expect("read"),
+        b"parent"
+    );
+}
+
+/// The guest image's root directory, when one is built: `SANDBOX_IMAGE_ROOT`
+/// names it explicitly.
+fn guest_image_root() -> Option<PathBuf> {
+    std::env::var_os("SANDBOX_IMAGE_ROOT")
+        .map(PathBuf::from)
+        .filter(|p| p.join("usr/bin").is_dir())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn real_image_has_node_bun_and_git() {
+    let Some(image) = guest_image_root() else {
+        println!("SKIPPED: no built guest image (set SANDBOX_IMAGE_ROOT to its root directory)");
+        return;
+    };
+    let t = TestBackend::start("image");
+    let mut request = t.agent_request(image, false);
+    // The image carries its own agent as init; prefer it when present.
+    if request.image_root.join("sbin/sandbox-agent").exists() {
+        request.binds.clear();
+        request.init = vec!["/sbin/sandbox-agent".to_owned()];
+    }
+    let sandbox = t.backend().create(request).expect("create on the image");
+    let client = t.backend().agent(&sandbox.id).await.expect("client");
+    for (argv, expect) in [
+        (["node", "--version"], "v"),
+        (["bun", "--version"], ""),
+        (["git", "--version"], "git version"),
+    ] {
+        let (code, text) = run(&client, &argv).await;
+        assert_eq!(code, 0, "{argv:?}: {text}");
+        assert!(
+            text.starts_with(expect) && !text.trim().is_empty(),
+            "{argv:?}: {text}"
+        );
+    }
+}
