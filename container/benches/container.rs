@@ -145,8 +145,48 @@ fn main() {
     report("resume from disk + exec (fresh procs)", &mut resume_disk);
     b.destroy(&sandbox.id).expect("destroy");
 
+    // The same with the agent as PID 1 and the first exec over agent-proto.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut agent_create = Vec::new();
+    let mut agent_exec = Vec::new();
+    for _ in 0..100 {
+        let start = Instant::now();
+        let sandbox = b
+            .create(t.agent_request(common::host_usr_root(), true))
+            .expect("create with agent");
+        runtime.block_on(async {
+            let client = b.agent(&sandbox.id).await.expect("client");
+            let out = client
+                .run(agent_proto::ExecRequest::argv(["true"]))
+                .await
+                .expect("exec");
+            assert!(out.exited.status.success());
+            agent_create.push(start.elapsed());
+            for _ in 0..10 {
+                let started = Instant::now();
+                client
+                    .run(agent_proto::ExecRequest::argv(["true"]))
+                    .await
+                    .expect("exec");
+                agent_exec.push(started.elapsed());
+            }
+        });
+        b.destroy(&sandbox.id).expect("destroy");
+    }
+    report("create → first exec via agent", &mut agent_create);
+    report("exec `true` round trip via agent", &mut agent_exec);
+
     let before = mem_available_kib();
-    let idle: Vec<_> = (0..50).map(|_| t.create()).collect();
+    let idle: Vec<_> = (0..50)
+        .map(|_| {
+            b.create(t.agent_request(common::host_usr_root(), true))
+                .expect("idle sandbox with agent")
+        })
+        .collect();
     std::thread::sleep(Duration::from_millis(500));
     let after = mem_available_kib();
     let cgroup_bytes: u64 = idle
@@ -155,7 +195,7 @@ fn main() {
         .sum();
     println!(
         "{:<36} cgroup-charged {:.2} MiB, host MemAvailable drop {:.2} MiB (per sandbox, 50 idle)",
-        "memory per idle sandbox",
+        "memory per idle sandbox (agent PID 1)",
         cgroup_bytes as f64 / 50.0 / 1048576.0,
         before.saturating_sub(after) as f64 / 50.0 / 1024.0
     );
