@@ -765,8 +765,9 @@ impl ContainerBackend {
         Ok(())
     }
 
-    /// Destroy nothing, but unmount the layer store if no sandbox exists any
-    /// more (e.g. at the end of a test or when a data directory is retired).
+    /// Destroy nothing, but remove the data directory's cgroup parent and
+    /// unmount the layer store if no sandbox exists any more (e.g. at the end
+    /// of a test or when a data directory is retired).
     pub fn close(self) -> Result<(), BackendError> {
         let root = self.config.data_dir.join("sandboxes");
         let empty = fs::read_dir(&root)
@@ -774,6 +775,7 @@ impl ContainerBackend {
             .next()
             .is_none();
         if empty {
+            self.cgroups.remove_parent(&self.cgroup_parent);
             self.layers.unmount()?;
         }
         Ok(())

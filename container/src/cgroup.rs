@@ -152,6 +152,15 @@ impl CgroupLayout {
         }
     }
 
+    /// Remove the (empty) parent group of a data directory from every
+    /// hierarchy; a parent that still has sandboxes stays.
+    pub fn remove_parent(&self, parent: &str) {
+        for root in self.roots() {
+            // ENOTEMPTY/EBUSY: sandboxes remain, which is fine.
+            let _ = fs::remove_dir(root.join(parent));
+        }
+    }
+
     /// Names of existing groups under `parent` (in any hierarchy).
     pub fn list(&self, parent: &str) -> Vec<String> {
         let mut names = Vec::new();

@@ -110,6 +110,9 @@ pub fn reconcile(data_dir: &Path, layer_image_gib: u64) -> Result<ReconcileRepor
         report.orphan_cgroups.push(name);
     }
 
+    if known.is_empty() {
+        cgroups.remove_parent(&parent);
+    }
     report.collected_layers = layers.gc(&referenced)?;
     Ok(report)
 }

@@ -256,6 +256,7 @@ fn reconcile_cleans_what_a_crashed_forge_left() {
     let resumed = t.backend().resume(&crashed.id).expect("resume crashed");
     assert_eq!(resumed.kept, vec![Kept::Disk]);
     let again = reconcile(&t.data_dir, 8).expect("second reconcile");
+    assert_eq!(again.adopted.len(), 2);
     assert!(
         again.crashed.is_empty()
             && again.orphan_cgroups.is_empty()

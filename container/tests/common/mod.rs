@@ -165,7 +165,26 @@ impl Drop for TestBackend {
                     let _ = backend.destroy(&sandbox.id);
                 }
             }
-            let _ = backend.close();
+            let parent = sandbox_container::backend::cgroup_parent(&self.data_dir);
+            let result = backend.close();
+            // Only assert when the test itself passed, to keep its message.
+            if !std::thread::panicking() {
+                result.expect("close the backend");
+                let leftovers: Vec<_> = fs::read_dir("/sys/fs/cgroup")
+                    .expect("cgroup root")
+                    .flatten()
+                    .map(|h| h.path().join(&parent))
+                    .filter(|p| p.exists())
+                    .collect();
+                assert!(
+                    leftovers.is_empty(),
+                    "cgroups left after close: {leftovers:?}"
+                );
+                let mounted = fs::read_to_string("/proc/self/mountinfo")
+                    .expect("mountinfo")
+                    .contains(&self.data_dir.to_string_lossy().into_owned());
+                assert!(!mounted, "layer store still mounted after close");
+            }
         }
         let _ = fs::remove_dir_all(&self.data_dir);
     }
