@@ -19,6 +19,7 @@
 use std::collections::HashMap;
 use std::fs::{self, OpenOptions};
 use std::io::{BufRead, BufReader};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::Mutex;
@@ -30,7 +31,7 @@ use nix::unistd::Pid;
 use crate::agent::{AGENT_SOCKET, AgentError, Notice};
 use crate::cgroup::{Cgroup, CgroupError, CgroupLayout, CgroupStats};
 use crate::layers::{LayerError, LayerStore};
-use crate::spec::{Bind, LaunchSpec, Limits, SPEC_FILE};
+use crate::spec::{Bind, CONSOLE_LOG, LaunchSpec, Limits, SPEC_FILE};
 use crate::state::{Kept, SandboxRecord, StateError, Status, is_sandbox_pid};
 
 /// Configuration of a backend instance.
@@ -441,10 +442,14 @@ impl ContainerBackend {
         })?;
         fs::write(&spec_path, spec_bytes).map_err(Self::io(&spec_path))?;
 
-        let console_path = dir.join("console.log");
+        // In the socket dir, so PID 1 writes to the same file from inside
+        // (and a checkpoint sees no file outside the sandbox). The sandbox can
+        // write there: never follow a link it may have planted.
+        let console_path = dir.join("run").join(CONSOLE_LOG);
         let console = OpenOptions::new()
             .create(true)
             .append(true)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&console_path)
             .map_err(Self::io(&console_path))?;
         let mut child = Command::new(&self.config.launcher)

@@ -12,6 +12,9 @@ pub const SPEC_FILE: &str = "spec.json";
 /// Where the host-side socket directory appears inside the sandbox.
 pub const GUEST_SOCKET_DIR: &str = "/run/sandbox";
 
+/// The console log (stderr of the launcher and PID 1) in the socket dir.
+pub const CONSOLE_LOG: &str = "console.log";
+
 /// Resource limits of one sandbox.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Limits {

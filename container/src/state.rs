@@ -3,9 +3,10 @@
 //! knows what exists without any in-memory state.
 //!
 //! Directory of a sandbox: `spec.json` (the launch spec), `state.json`,
-//! `console.log` (stderr of the launcher and PID 1), `run/` (bind-mounted at
-//! `/run/sandbox` inside: the agent's socket), `root/` (mount point of the
-//! overlay root inside the sandbox's mount namespace; empty on the host).
+//! `run/` (bind-mounted at `/run/sandbox` inside: the agent's socket and
+//! `console.log`, the stderr of the launcher and PID 1), `root/` (mount
+//! point of the overlay root inside the sandbox's mount namespace; empty on
+//! the host).
 
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -26,6 +26,7 @@ pub mod seccomp;
 use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
@@ -33,9 +34,9 @@ use std::process::{Command, ExitStatus, Stdio};
 use nix::sched::{CloneFlags, setns, unshare};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
-use nix::unistd::{Pid, dup2_stdout, execve, sethostname};
+use nix::unistd::{Pid, dup2_stderr, dup2_stdin, dup2_stdout, execve, sethostname};
 
-use crate::spec::LaunchSpec;
+use crate::spec::{CONSOLE_LOG, GUEST_SOCKET_DIR, LaunchSpec};
 
 /// Any failure of the launcher; printed as `error: ...` for the library.
 #[derive(Debug, thiserror::Error)]
@@ -226,8 +227,24 @@ fn stage2(spec_path: &Path) -> Result<(), LaunchError> {
     let mut stdout = std::io::stdout();
     writeln!(stdout, "ready").map_err(LaunchError::Stdio)?;
     stdout.flush().map_err(LaunchError::Stdio)?;
-    // Stage 1 stops reading after `ready`; PID 1 writes to the console log.
-    dup2_stdout(std::io::stderr()).map_err(|e| LaunchError::Stdio(e.into()))?;
+    // Stage 1 stops reading after `ready`. PID 1's standard streams point
+    // inside the sandbox (its /dev/null, the console log in the socket dir),
+    // so nothing it holds refers to a host file outside its root.
+    let inside = |path: &str, append: bool| {
+        OpenOptions::new()
+            .read(!append)
+            .append(append)
+            .create(append)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)
+            .map_err(LaunchError::Stdio)
+    };
+    let null = inside("/dev/null", false)?;
+    let console = inside(&format!("{GUEST_SOCKET_DIR}/{CONSOLE_LOG}"), true)?;
+    dup2_stdin(&null).map_err(|e| LaunchError::Stdio(e.into()))?;
+    dup2_stdout(&console).map_err(|e| LaunchError::Stdio(e.into()))?;
+    dup2_stderr(&console).map_err(|e| LaunchError::Stdio(e.into()))?;
+    drop((null, console));
 
     match init {
         Some((program, argv, env)) => {
