@@ -263,3 +263,37 @@ fn reconcile_cleans_what_a_crashed_forge_left() {
             && again.collected_layers.is_empty()
     );
 }
+
+#[test]
+fn failed_create_reports_why_and_leaves_nothing() {
+    let t = TestBackend::start("badcreate");
+    let before = host_footprint(&t.data_dir);
+    let mut request = t.request(sandbox_container::Limits::default());
+    request.init = vec!["/no/such/init".to_owned()];
+    // The launcher reports ready before exec; a missing init shows up as a
+    // sandbox whose PID 1 is gone.
+    match t.backend().create(request) {
+        Ok(info) => {
+            std::thread::sleep(Duration::from_millis(100));
+            assert_eq!(
+                t.backend().get(&info.id).expect("get").status,
+                Status::Crashed
+            );
+            t.backend().destroy(&info.id).expect("destroy");
+        }
+        Err(err) => assert!(err.to_string().contains("Launching"), "{err}"),
+    }
+    let mut request = t.request(sandbox_container::Limits::default());
+    request.image_root = "/no/such/image".into();
+    let err = t
+        .backend()
+        .create(request)
+        .expect_err("missing image fails");
+    assert!(
+        err.to_string().contains("overlay"),
+        "the error names the failed step: {err}"
+    );
+    assert_eq!(host_footprint(&t.data_dir), before);
+    assert!(t.backend().list().expect("list").is_empty());
+    assert!(t.backend().layers().list().expect("layers").is_empty());
+}

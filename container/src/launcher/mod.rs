@@ -147,8 +147,9 @@ pub fn run(args: &[String]) -> i32 {
                 message.push_str(&cause.to_string());
                 source = cause.source();
             }
-            // Stage 1 reports on stdout to the library; everything else on stderr.
-            if args.get(1).map(String::as_str) == Some("launch") {
+            // Stages 1 and 2 report on stdout (stage 2 to stage 1, stage 1
+            // to the library); everything goes to stderr (the console log).
+            if matches!(args.get(1).map(String::as_str), Some("launch" | "stage2")) {
                 println!("error: {message}");
             }
             eprintln!("sandbox-init: {message}");
@@ -197,10 +198,12 @@ fn stage1(spec_path: &Path) -> Result<i32, LaunchError> {
             what: "stage 2 wait".into(),
             source,
         })?;
-        return Err(LaunchError::Stage2(format!(
-            "exited with {} before ready",
-            exit_code(status)
-        )));
+        return Err(LaunchError::Stage2(
+            match line.trim().strip_prefix("error: ") {
+                Some(reason) => reason.to_owned(),
+                None => format!("exited with {} before ready", exit_code(status)),
+            },
+        ));
     }
     let mut stdout = std::io::stdout();
     writeln!(stdout, "ready {}", child.id()).map_err(LaunchError::Stdio)?;
@@ -217,6 +220,9 @@ fn stage1(spec_path: &Path) -> Result<i32, LaunchError> {
 
 fn stage2(spec_path: &Path) -> Result<(), LaunchError> {
     let spec = read_spec(spec_path)?;
+    // PID 1 leads its own session: nothing inside refers to a session or
+    // process group outside the PID namespace (a checkpoint requires this).
+    nix::unistd::setsid().map_err(ns_err("setsid"))?;
     mounts::build_root(&spec)?;
     privileges::apply_rlimits(&spec.limits)?;
     let filters = seccomp::build()?;
