@@ -269,6 +269,12 @@ impl Cgroup {
         Ok(())
     }
 
+    /// The group's directory in the v1 freezer hierarchy, if there is one
+    /// (CRIU freezes through it while dumping).
+    pub fn freezer_v1_dir(&self) -> Option<PathBuf> {
+        self.layout.freezer_v1.as_ref().map(|f| self.dir(f))
+    }
+
     /// True when the group exists in at least one hierarchy.
     pub fn exists(&self) -> bool {
         self.layout.roots().iter().any(|r| self.dir(r).is_dir())

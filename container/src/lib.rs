@@ -7,6 +7,7 @@
 //!
 //! Modules: [`agent`] (socket, readiness, lifecycle notices), [`launcher`] (the `sandbox-init` binary's logic: namespaces,
 //! mounts, privileges, seccomp), [`cgroup`] (limits, freeze, kill),
+//! [`checkpoint`] (CRIU dumps for pause to disk and memory forks),
 //! [`layers`] (btrfs subvolumes, snapshots, quotas, GC), [`state`] (the
 //! on-disk record), [`backend`] (the operations the forge calls) and
 //! [`reconcile`] (cleaning up after a crash).
@@ -15,6 +16,7 @@
 pub mod agent;
 pub mod backend;
 pub mod cgroup;
+pub mod checkpoint;
 pub mod launcher;
 pub mod layers;
 pub mod reconcile;

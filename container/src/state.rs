@@ -63,6 +63,13 @@ pub struct SandboxRecord {
     /// PID 1 is the sandbox agent: wait for it and send it lifecycle notices.
     #[serde(default)]
     pub agent: bool,
+    /// A CRIU checkpoint in `<sandbox dir>/checkpoint` holds its processes
+    /// and memory (set by pause to disk, consumed by resume).
+    #[serde(default)]
+    pub checkpoint: bool,
+    /// Why the last checkpoint attempt fell back to keeping only the disk.
+    #[serde(default)]
+    pub checkpoint_error: Option<String>,
     /// The sandbox this one was forked from, if any.
     pub forked_from: Option<String>,
     /// Seconds since the Unix epoch.

@@ -17,10 +17,13 @@
 //!   cgroups and namespaces of a running sandbox, drops privileges the same
 //!   way and runs `argv` inside, exiting with its status (128 + signal when
 //!   killed). Environment is passed through as given.
+//! - `restore <spec.json> <images> <criu>`: like `launch`, but PID 1 and
+//!   its tree come from a CRIU checkpoint (see `restore`).
 
 pub mod mounts;
 pub mod net;
 pub mod privileges;
+pub mod restore;
 pub mod seccomp;
 
 use std::ffi::CString;
@@ -135,6 +138,7 @@ pub fn run(args: &[String]) -> i32 {
         Some("launch") => args.get(2).map(|p| stage1(Path::new(p))),
         Some("stage2") => args.get(2).map(|p| stage2(Path::new(p)).map(|()| 0)),
         Some("enter") => Some(enter(&args[2..])),
+        Some("restore") => Some(restore::restore(&args[2..])),
         _ => None,
     };
     match result.unwrap_or(Err(LaunchError::Usage)) {
@@ -149,7 +153,10 @@ pub fn run(args: &[String]) -> i32 {
             }
             // Stages 1 and 2 report on stdout (stage 2 to stage 1, stage 1
             // to the library); everything goes to stderr (the console log).
-            if matches!(args.get(1).map(String::as_str), Some("launch" | "stage2")) {
+            if matches!(
+                args.get(1).map(String::as_str),
+                Some("launch" | "stage2" | "restore")
+            ) {
                 println!("error: {message}");
             }
             eprintln!("sandbox-init: {message}");

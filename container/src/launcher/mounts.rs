@@ -305,17 +305,43 @@ fn mount_binds(root: &Path, binds: &[Bind]) -> Result<(), MountError> {
     Ok(())
 }
 
-/// Build the sandbox's root at `spec.root_dir` and switch into it.
-pub fn build_root(spec: &LaunchSpec) -> Result<(), MountError> {
-    let root = spec.root_dir.as_path();
+/// Mount only the overlay root at `spec.root_dir` (a checkpoint restore
+/// recreates every other mount itself).
+pub fn mount_overlay(spec: &LaunchSpec) -> Result<(), MountError> {
     mnt(
         "overlay root",
         Some(Path::new("overlay")),
-        root,
+        &spec.root_dir,
         Some("overlay"),
         MsFlags::MS_NODEV,
         Some(&overlay_options(spec)),
-    )?;
+    )
+}
+
+/// Mounts of a sandbox whose source lies outside it, as (path inside, host
+/// source): a checkpoint must name them as external and map them again on
+/// restore.
+pub fn external_mounts(spec: &LaunchSpec) -> Vec<(PathBuf, PathBuf)> {
+    let mut out = vec![(PathBuf::from(GUEST_SOCKET_DIR), spec.socket_dir.clone())];
+    for name in DEVICES {
+        out.push((Path::new("/dev").join(name), Path::new("/dev").join(name)));
+    }
+    for entry in PROC_MASKED_FILES {
+        let path = Path::new("/proc").join(entry);
+        if path.exists() {
+            out.push((path, PathBuf::from("/dev/null")));
+        }
+    }
+    for bind in &spec.binds {
+        out.push((bind.target.clone(), bind.source.clone()));
+    }
+    out
+}
+
+/// Build the sandbox's root at `spec.root_dir` and switch into it.
+pub fn build_root(spec: &LaunchSpec) -> Result<(), MountError> {
+    let root = spec.root_dir.as_path();
+    mount_overlay(spec)?;
     mount_proc(root)?;
     let sys = root.join("sys");
     ensure_dir(&sys)?;

@@ -16,6 +16,8 @@
 //! disk (snapshot of the parent's top layer taken while the parent is frozen,
 //! so all forks see one consistent point in time) and starts fresh processes.
 
+mod lifecycle;
+
 use std::collections::HashMap;
 use std::fs::{self, OpenOptions};
 use std::io::{BufRead, BufReader};
@@ -30,6 +32,7 @@ use nix::unistd::Pid;
 
 use crate::agent::{AGENT_SOCKET, AgentError, Notice};
 use crate::cgroup::{Cgroup, CgroupError, CgroupLayout, CgroupStats};
+use crate::checkpoint::Criu;
 use crate::layers::{LayerError, LayerStore};
 use crate::spec::{Bind, CONSOLE_LOG, LaunchSpec, Limits, SPEC_FILE};
 use crate::state::{Kept, SandboxRecord, StateError, Status, is_sandbox_pid};
@@ -43,19 +46,32 @@ pub struct BackendConfig {
     pub launcher: PathBuf,
     /// Size of the sparse btrfs image created when the data dir is not btrfs.
     pub layer_image_gib: u64,
+    /// CRIU to use for pause to disk and forks with memory; used only when
+    /// it is ≥ 4.0 and passes `criu check`. `None`: never checkpoint.
+    pub criu: Option<PathBuf>,
 }
 
+/// Where `container/scripts/build-criu.sh` installs CRIU by default.
+pub const DEFAULT_CRIU: &str = "/var/cache/forge/criu/install/sbin/criu";
+
 impl BackendConfig {
-    /// Defaults: launcher next to the current executable, 64 GiB sparse image.
+    /// Defaults: launcher next to the current executable, 64 GiB sparse
+    /// image, CRIU from `SANDBOX_CRIU`, else the build script's cache, else
+    /// `criu` on `PATH`.
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
         let launcher = std::env::current_exe()
             .ok()
             .and_then(|exe| exe.parent().map(|d| d.join("sandbox-init")))
             .unwrap_or_else(|| PathBuf::from("sandbox-init"));
+        let criu = std::env::var_os("SANDBOX_CRIU")
+            .map(PathBuf::from)
+            .or_else(|| Some(PathBuf::from(DEFAULT_CRIU)).filter(|p| p.exists()))
+            .or_else(|| Some(PathBuf::from("criu")));
         Self {
             data_dir: data_dir.into(),
             launcher,
             layer_image_gib: 64,
+            criu,
         }
     }
 }
@@ -193,6 +209,8 @@ pub struct ContainerBackend {
     cgroup_parent: String,
     /// Launchers this process spawned, reaped on destroy/pause/status.
     launchers: Mutex<HashMap<String, Child>>,
+    /// A working CRIU, when there is one.
+    criu: Option<Criu>,
 }
 
 impl std::fmt::Debug for ContainerBackend {
@@ -260,13 +278,21 @@ impl ContainerBackend {
         let layers = LayerStore::open(&config.data_dir, config.layer_image_gib)?;
         let cgroups = CgroupLayout::probe()?;
         let cgroup_parent = cgroup_parent(&config.data_dir);
+        let criu = config.criu.as_deref().and_then(Criu::probe);
         Ok(Self {
             config,
             layers,
             cgroups,
             cgroup_parent,
             launchers: Mutex::new(HashMap::new()),
+            criu,
         })
+    }
+
+    /// Whether pause to disk and fork keep processes and memory (a working
+    /// CRIU was found).
+    pub fn checkpoints(&self) -> bool {
+        self.criu.is_some()
     }
 
     /// The layer store (for GC and inspection).
@@ -372,6 +398,8 @@ impl ContainerBackend {
             env: request.env,
             binds: request.binds,
             agent: request.agent,
+            checkpoint: false,
+            checkpoint_error: None,
             forked_from: None,
             created_at_secs: now_secs(),
         };
@@ -380,7 +408,7 @@ impl ContainerBackend {
             .layers
             .create(&id)
             .map_err(BackendError::from)
-            .and_then(|_| self.start(record));
+            .and_then(|_| self.start(record, None));
         if result.is_err() {
             self.discard(&id);
         }
@@ -406,14 +434,9 @@ impl ContainerBackend {
         let _ = fs::remove_dir_all(self.sandbox_dir(id));
     }
 
-    /// Apply quota, create the cgroup, launch PID 1, save the record as running.
-    fn start(&self, mut record: SandboxRecord) -> Result<SandboxInfo, BackendError> {
-        let id = record.id.clone();
-        let dir = self.sandbox_dir(&id);
-        self.layers
-            .set_quota(&record.top_layer, record.limits.disk_mib * 1024 * 1024)?;
-        let cgroup = self.cgroup(&id);
-        cgroup.create(&record.limits)?;
+    /// The launch spec of `record` (also what a checkpoint of it needs).
+    fn spec(&self, record: &SandboxRecord) -> LaunchSpec {
+        let dir = self.sandbox_dir(&record.id);
         let top = self.layers.layer(&record.top_layer);
         let mut lower_dirs: Vec<PathBuf> = record
             .lower_layers
@@ -421,8 +444,8 @@ impl ContainerBackend {
             .map(|l| self.layers.layer(l).upper)
             .collect();
         lower_dirs.push(record.image_root.clone());
-        let spec = LaunchSpec {
-            id: id.clone(),
+        LaunchSpec {
+            id: record.id.clone(),
             hostname: record.hostname.clone(),
             lower_dirs,
             upper_dir: top.upper,
@@ -430,11 +453,27 @@ impl ContainerBackend {
             root_dir: dir.join("root"),
             socket_dir: dir.join("run"),
             binds: record.binds.clone(),
-            cgroups: cgroup.paths(),
+            cgroups: self.cgroup(&record.id).paths(),
             init: record.init.clone(),
             env: record.env.clone(),
             limits: record.limits.clone(),
-        };
+        }
+    }
+
+    /// Apply quota, create the cgroup, launch PID 1 (fresh, or from the
+    /// CRIU images in `restore`), save the record as running.
+    fn start(
+        &self,
+        mut record: SandboxRecord,
+        restore: Option<&Path>,
+    ) -> Result<SandboxInfo, BackendError> {
+        let id = record.id.clone();
+        let dir = self.sandbox_dir(&id);
+        self.layers
+            .set_quota(&record.top_layer, record.limits.disk_mib * 1024 * 1024)?;
+        let cgroup = self.cgroup(&id);
+        cgroup.create(&record.limits)?;
+        let spec = self.spec(&record);
         let spec_path = dir.join(SPEC_FILE);
         let spec_bytes = serde_json::to_vec_pretty(&spec).map_err(|e| BackendError::Launch {
             id: id.clone(),
@@ -452,9 +491,20 @@ impl ContainerBackend {
             .custom_flags(libc::O_NOFOLLOW)
             .open(&console_path)
             .map_err(Self::io(&console_path))?;
-        let mut child = Command::new(&self.config.launcher)
-            .arg("launch")
-            .arg(&spec_path)
+        let mut launcher = Command::new(&self.config.launcher);
+        match (restore, &self.criu) {
+            (Some(images), Some(criu)) => {
+                launcher
+                    .arg("restore")
+                    .arg(&spec_path)
+                    .arg(images)
+                    .arg(criu.path());
+            }
+            _ => {
+                launcher.arg("launch").arg(&spec_path);
+            }
+        }
+        let mut child = launcher
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(console))
@@ -619,145 +669,6 @@ impl ContainerBackend {
         }
         cgroup.remove()?;
         Ok(())
-    }
-
-    /// Pause a running sandbox.
-    pub fn pause(&self, id: &str, mode: PauseMode) -> Result<SandboxInfo, BackendError> {
-        let mut record = self.refresh(id)?;
-        match (mode, record.status) {
-            (PauseMode::Memory, Status::Running) => {
-                self.cgroup(id).freeze()?;
-                record.status = Status::Frozen;
-            }
-            (PauseMode::Memory, Status::Frozen) => {}
-            (PauseMode::Disk, Status::Running | Status::Frozen) => {
-                self.stop_processes(&record)?;
-                record.status = Status::PausedToDisk;
-                record.pid1 = None;
-                record.supervisor = None;
-            }
-            (PauseMode::Disk, Status::PausedToDisk) => {}
-            (_, status) => {
-                return Err(BackendError::WrongState {
-                    id: id.to_owned(),
-                    status,
-                    needed: "running or paused",
-                });
-            }
-        }
-        record.save(&self.sandbox_dir(id))?;
-        Ok(self.info(&record))
-    }
-
-    /// Resume a paused (or crashed) sandbox; says what survived.
-    pub fn resume(&self, id: &str) -> Result<Carried, BackendError> {
-        let mut record = self.refresh(id)?;
-        match record.status {
-            Status::Running => Ok(Carried {
-                sandbox: self.info(&record),
-                kept: vec![Kept::Disk, Kept::Memory, Kept::Processes],
-                agent: None,
-            }),
-            Status::Frozen => {
-                self.cgroup(id).thaw()?;
-                record.status = Status::Running;
-                record.save(&self.sandbox_dir(id))?;
-                Ok(Carried {
-                    sandbox: self.info(&record),
-                    kept: vec![Kept::Disk, Kept::Memory, Kept::Processes],
-                    agent: self.notify(&record, Notice::Resumed)?,
-                })
-            }
-            Status::PausedToDisk | Status::Crashed => {
-                self.stop_processes(&record)?;
-                let sandbox = self.start(record.clone())?;
-                Ok(Carried {
-                    sandbox,
-                    kept: vec![Kept::Disk],
-                    agent: self.notify(&record, Notice::Resumed)?,
-                })
-            }
-        }
-    }
-
-    /// Fork `count` new sandboxes from the disk state of `id` (which keeps
-    /// running). The parent is frozen during the snapshots so every child
-    /// sees the same instant.
-    pub fn fork(&self, id: &str, count: usize) -> Result<Vec<Carried>, BackendError> {
-        let parent = self.refresh(id)?;
-        let cgroup = self.cgroup(id);
-        let freeze = parent.status == Status::Running;
-        if freeze {
-            cgroup.freeze()?;
-        }
-        let mut children = Vec::with_capacity(count);
-        let mut snapshot_error = None;
-        for _ in 0..count {
-            let child_id = new_id();
-            let made = self
-                .prepare_dir(&child_id)
-                .and_then(|()| Ok(self.layers.snapshot(&parent.top_layer, &child_id)?));
-            match made {
-                Ok(_) => children.push(child_id),
-                Err(err) => {
-                    self.discard(&child_id);
-                    snapshot_error = Some(err);
-                    break;
-                }
-            }
-        }
-        if freeze {
-            cgroup.thaw()?;
-        }
-        let mut started = Vec::with_capacity(children.len());
-        let mut children = children.into_iter();
-        for child_id in children.by_ref() {
-            if snapshot_error.is_some() {
-                self.discard(&child_id);
-                continue;
-            }
-            let record = SandboxRecord {
-                id: child_id.clone(),
-                status: Status::PausedToDisk,
-                pid1: None,
-                supervisor: None,
-                image_root: parent.image_root.clone(),
-                top_layer: child_id.clone(),
-                lower_layers: parent.lower_layers.clone(),
-                limits: parent.limits.clone(),
-                init: parent.init.clone(),
-                env: parent.env.clone(),
-                binds: parent.binds.clone(),
-                agent: parent.agent,
-                hostname: child_id.clone(),
-                forked_from: Some(id.to_owned()),
-                created_at_secs: now_secs(),
-            };
-            let started_child = self.start(record.clone()).and_then(|info| {
-                let notice = Notice::Forked {
-                    hostname: child_id.clone(),
-                };
-                Ok(Carried {
-                    sandbox: info,
-                    kept: vec![Kept::Disk],
-                    agent: self.notify(&record, notice)?,
-                })
-            });
-            match started_child {
-                Ok(carried) => started.push(carried),
-                Err(err) => {
-                    self.discard(&child_id);
-                    snapshot_error = Some(err);
-                }
-            }
-        }
-        if let Some(err) = snapshot_error {
-            for carried in &started {
-                self.discard(&carried.sandbox.id);
-            }
-            return Err(err);
-        }
-        Ok(started)
     }
 
     /// Stop and remove a sandbox and everything it owns.
