@@ -22,7 +22,7 @@ fn report(name: &str, samples: &mut [Duration]) -> Duration {
     let p50 = percentile(samples, 0.5);
     let p99 = percentile(samples, 0.99);
     println!(
-        "{name:<36} n={:<4} p50={:>8.2} ms  p99={:>8.2} ms",
+        "{name:<44} n={:<4} p50={:>8.2} ms  p99={:>8.2} ms",
         samples.len(),
         p50.as_secs_f64() * 1e3,
         p99.as_secs_f64() * 1e3
@@ -45,6 +45,68 @@ fn mem_available_kib() -> u64 {
         })
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
+}
+
+/// A busybox sandbox whose PID 1 is a shell running `script`.
+fn shell_sandbox(t: &TestBackend, script: &str) -> sandbox_container::SandboxInfo {
+    let mut request = t.request(sandbox_container::Limits::default());
+    request.init = vec!["/bin/sh".into(), "-c".into(), script.into()];
+    t.backend().create(request).expect("create shell sandbox")
+}
+
+/// Fork and pause/resume to disk with processes and memory kept.
+fn criu_figures(t: &TestBackend) {
+    let b = t.backend();
+    let all = vec![
+        sandbox_container::Kept::Disk,
+        sandbox_container::Kept::Memory,
+        sandbox_container::Kept::Processes,
+    ];
+    for (name, script) in [
+        ("idle", "while :; do sleep 1; done"),
+        (
+            "busy",
+            "head -c 64000000 /dev/zero > /tmp/ballast; x=$(head -c 32000000 /dev/zero | tr '\\0' a); i=0; while :; do i=$((i+1)); echo $i > /tmp/n; done",
+        ),
+    ] {
+        let parent = shell_sandbox(t, script);
+        std::thread::sleep(Duration::from_millis(1500));
+        let mem_mib = b.stats(&parent.id).expect("stats").cgroup.memory_bytes as f64 / 1048576.0;
+        let mut samples = Vec::new();
+        for _ in 0..10 {
+            let mut forks = Vec::new();
+            samples.push(timed(|| forks = b.fork(&parent.id, 1).expect("fork")));
+            for fork in forks {
+                assert_eq!(fork.kept, all, "CRIU fork kept everything");
+                b.destroy(&fork.sandbox.id).expect("destroy fork");
+            }
+        }
+        report(
+            &format!("fork 1 of {name} sandbox, CRIU ({mem_mib:.0} MiB)"),
+            &mut samples,
+        );
+        if name == "idle" {
+            let mut forks = Vec::new();
+            let mut ten = vec![timed(|| forks = b.fork(&parent.id, 10).expect("fork 10"))];
+            for fork in forks {
+                b.destroy(&fork.sandbox.id).expect("destroy fork");
+            }
+            report("fork 10 of idle sandbox, CRIU", &mut ten);
+        }
+        let (mut pause, mut resume) = (Vec::new(), Vec::new());
+        for _ in 0..10 {
+            pause.push(timed(|| {
+                b.pause(&parent.id, PauseMode::Disk).expect("pause");
+            }));
+            resume.push(timed(|| {
+                let carried = b.resume(&parent.id).expect("resume");
+                assert_eq!(carried.kept, all, "CRIU resume kept everything");
+            }));
+        }
+        report(&format!("pause to disk, CRIU, {name}"), &mut pause);
+        report(&format!("resume from disk, CRIU, {name}"), &mut resume);
+        b.destroy(&parent.id).expect("destroy");
+    }
 }
 
 fn main() {
@@ -91,7 +153,7 @@ fn main() {
             b.destroy(&fork.sandbox.id).expect("destroy fork");
         }
     }
-    report("fork 1 of idle sandbox (disk kept)", &mut fork_idle);
+    report("fork 1 of idle sandbox, no CRIU (disk)", &mut fork_idle);
 
     let mut fork10 = Vec::new();
     for _ in 0..3 {
@@ -101,7 +163,7 @@ fn main() {
             b.destroy(&fork.sandbox.id).expect("destroy fork");
         }
     }
-    report("fork 10 of idle sandbox", &mut fork10);
+    report("fork 10 of idle sandbox, no CRIU", &mut fork10);
 
     let busy = t.create();
     t.sh_ok(
@@ -116,7 +178,7 @@ fn main() {
             b.destroy(&fork.sandbox.id).expect("destroy fork");
         }
     }
-    report("fork 1 of busy sandbox (disk kept)", &mut fork_busy);
+    report("fork 1 of busy sandbox, no CRIU (disk)", &mut fork_busy);
     b.destroy(&busy.id).expect("destroy busy");
 
     let (mut pause_mem, mut resume_mem) = (Vec::new(), Vec::new());
@@ -144,6 +206,12 @@ fn main() {
     report("pause to disk (no CRIU: stop)", &mut pause_disk);
     report("resume from disk + exec (fresh procs)", &mut resume_disk);
     b.destroy(&sandbox.id).expect("destroy");
+
+    if b.checkpoints() {
+        criu_figures(&t);
+    } else {
+        println!("CRIU: not available (no CRIU >= 4.0 passing criu check): figures skipped");
+    }
 
     // The same with the agent as PID 1 and the first exec over agent-proto.
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -194,7 +262,7 @@ fn main() {
         .map(|s| b.stats(&s.id).expect("stats").cgroup.memory_bytes)
         .sum();
     println!(
-        "{:<36} cgroup-charged {:.2} MiB, host MemAvailable drop {:.2} MiB (per sandbox, 50 idle)",
+        "{:<44} cgroup-charged {:.2} MiB, host MemAvailable drop {:.2} MiB (per sandbox, 50 idle)",
         "memory per idle sandbox (agent PID 1)",
         cgroup_bytes as f64 / 50.0 / 1048576.0,
         before.saturating_sub(after) as f64 / 50.0 / 1024.0

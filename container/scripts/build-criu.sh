@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
-# Provide a CRIU (>= 4.0) that passes `criu check` on this kernel.
+# Provide a CRIU (>= 4.2) that passes `criu check` on this kernel.
+#
+# Why 4.2: bookworm's 3.17 fails `criu check` on this kernel; 4.1.1 passes it
+# and restores simple trees, but fails to restore a sandbox whose agent holds
+# a listening Unix socket while a helper task stands in for an exited session
+# leader (setns of the mount namespace fails); 4.2.1 restores it.
 #
 # Usage: build-criu.sh [CACHE_DIR]   (default: /var/cache/forge/criu)
 # Prints the path of a working criu binary on its last line.
 #
-# 1. An installed criu that passes `criu check` and is >= 4.0 is used as is.
-# 2. Otherwise the criu source package of a newer Debian release (trixie,
-#    else sid: the first whose mirror serves it) is fetched
+# 1. An installed criu that passes `criu check` and is >= 4.2 is used as is.
+# 2. Otherwise the criu source package of a newer Debian release (sid, else
+#    trixie: the first whose mirror serves it) is fetched
 #    with apt (deb-src entry derived from the host's configured Debian
 #    mirror, in a private apt state under CACHE_DIR: the host's apt sources
 #    are not modified), its build dependencies are installed from the host's
@@ -15,7 +20,7 @@
 set -euo pipefail
 
 cache="${1:-/var/cache/forge/criu}"
-suites="${CRIU_SOURCE_SUITES:-trixie sid}"
+suites="${CRIU_SOURCE_SUITES:-sid trixie}"
 mkdir -p "$cache"
 log() { echo "build-criu: $*" >&2; }
 
@@ -25,7 +30,7 @@ works() {
     local version
     version="$("$bin" --version 2>/dev/null | sed -n 's/^Version: *//p')"
     case "$version" in
-        [4-9].*|[1-9][0-9].*) ;;
+        4.[2-9]*|[5-9].*|[1-9][0-9].*) ;;
         *) return 1 ;;
     esac
     "$bin" check >/dev/null 2>&1

@@ -156,3 +156,64 @@ async fn real_image_has_node_bun_and_git() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fork_with_checkpoint_keeps_a_process_started_through_the_agent() {
+    let t = TestBackend::start("agentcriu");
+    if !t.backend().checkpoints() {
+        println!(
+            "SKIPPED: no CRIU >= 4.0 passing `criu check` (run container/scripts/build-criu.sh)"
+        );
+        return;
+    }
+    let parent = t
+        .backend()
+        .create(t.agent_request(host_usr_root(), true))
+        .expect("create");
+    {
+        let client = t.backend().agent(&parent.id).await.expect("client");
+        let mut counter = ExecRequest::shell(
+            "(i=0; while :; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.05; done) </dev/null >/dev/null 2>&1 &",
+        );
+        counter.timeout_ms = Some(5000);
+        assert!(
+            client
+                .run(counter)
+                .await
+                .expect("start")
+                .exited
+                .status
+                .success()
+        );
+        // A connection from the host cannot be checkpointed: close it first.
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    let before: u64 = std::fs::read_to_string(
+        t.data_dir
+            .join("layers")
+            .join(&parent.id)
+            .join("upper/tmp/counter"),
+    )
+    .expect("counter")
+    .trim()
+    .parse()
+    .expect("number");
+    let forks = t.backend().fork(&parent.id, 2).expect("fork");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    for fork in &forks {
+        assert_eq!(
+            fork.kept,
+            vec![Kept::Disk, Kept::Memory, Kept::Processes],
+            "{fork:?}"
+        );
+        let child = t.backend().agent(&fork.sandbox.id).await.expect("client");
+        let (_, text) = run(&child, &["cat", "/tmp/counter"]).await;
+        let value: u64 = text.trim().parse().expect("number");
+        assert!(
+            value > before,
+            "the agent-started counter continued from {before}: {value}"
+        );
+        let (_, host) = run(&child, &["hostname"]).await;
+        assert_eq!(host.trim(), fork.sandbox.id);
+    }
+}

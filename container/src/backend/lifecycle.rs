@@ -32,6 +32,21 @@ impl ContainerBackend {
         self.sandbox_dir(id).join("checkpoint")
     }
 
+    /// CRIU and PID 1 when `record` can be checkpointed; otherwise `None`
+    /// with the reason noted in the record.
+    fn checkpointable<'a>(
+        &'a self,
+        record: &mut SandboxRecord,
+    ) -> Option<(&'a crate::checkpoint::Criu, u32)> {
+        let criu = self.criu.as_ref()?;
+        if record.init.is_empty() {
+            record.checkpoint_error =
+                Some("PID 1 is the launcher's built-in reaper, a host binary".into());
+            return None;
+        }
+        Some((criu, record.pid1?))
+    }
+
     /// Pause a running sandbox.
     pub fn pause(&self, id: &str, mode: PauseMode) -> Result<SandboxInfo, BackendError> {
         let mut record = self.refresh(id)?;
@@ -43,7 +58,7 @@ impl ContainerBackend {
             (PauseMode::Memory, Status::Frozen) => {}
             (PauseMode::Disk, Status::Running | Status::Frozen) => {
                 record.checkpoint = false;
-                if let (Some(criu), Some(pid1)) = (&self.criu, record.pid1) {
+                if let Some((criu, pid1)) = self.checkpointable(&mut record) {
                     let cgroup = self.cgroup(id);
                     if cgroup.is_frozen() {
                         cgroup.thaw()?;
@@ -141,8 +156,7 @@ impl ContainerBackend {
     /// Dump a running parent for a fork, leaving it frozen; `None` (with the
     /// reason recorded) when there is no CRIU or the dump fails.
     fn dump_for_fork(&self, parent: &mut SandboxRecord) -> Option<std::path::PathBuf> {
-        let criu = self.criu.as_ref()?;
-        let pid1 = parent.pid1?;
+        let (criu, pid1) = self.checkpointable(parent)?;
         let cgroup = self.cgroup(&parent.id);
         let images = self
             .sandbox_dir(&parent.id)

@@ -10,11 +10,8 @@
 //! reap the launcher → remove the cgroup → delete the layer → remove the
 //! directory.
 //!
-//! What is kept across operations (without CRIU): pause in memory keeps disk,
-//! memory and processes; pause to disk keeps only the disk (processes are
-//! stopped; resume starts PID 1 afresh on the same layers); fork keeps the
-//! disk (snapshot of the parent's top layer taken while the parent is frozen,
-//! so all forks see one consistent point in time) and starts fresh processes.
+//! What is kept across pause, resume and fork, with and without CRIU, is
+//! described in `lifecycle`; every such operation says it in `kept`.
 
 mod lifecycle;
 
