@@ -8,6 +8,7 @@
 //! is killed by its guard.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use agent_proto::frame::{FrameError, encode_into, read_frame};
@@ -70,7 +71,12 @@ where
         Err(e) => return close_with_error(tx, writer, describe(&e)).await,
     }
 
-    let routes: Routes = Arc::default();
+    let ctx = Arc::new(ConnCtx {
+        tx: tx.clone(),
+        routes: Arc::default(),
+        next_even: AtomicU32::new(2),
+    });
+    let routes = ctx.routes.clone();
     let mut ops = JoinSet::new();
     loop {
         // Reap finished operation tasks so the set does not grow.
@@ -79,7 +85,10 @@ where
             Ok(Some(f)) => f,
             Ok(None) => break,
             Err(e) => {
-                drop(ops);
+                // Operations hold senders to the writer: end them first so
+                // the writer can finish once the error is out.
+                ops.shutdown().await;
+                drop(ctx);
                 return close_with_error(tx, writer, describe(&e)).await;
             }
         };
@@ -98,38 +107,16 @@ where
             // A late frame for a finished stream, or garbage: drop it.
             continue;
         }
-        let (input_tx, input) = mpsc::unbounded_channel();
-        let window = Arc::new(Semaphore::new(INITIAL_WINDOW_BYTES as usize));
-        lock(&routes).insert(
-            id,
-            Route {
-                input: input_tx,
-                window: window.clone(),
-            },
-        );
-        let op = Op {
-            id,
-            tx: tx.clone(),
-            input,
-            window,
-        };
-        let routes = routes.clone();
+        let op = ctx.register(id);
         let agent = agent.clone();
-        ops.spawn(async move {
-            let tx = op.tx.clone();
-            let end = match crate::dispatch(op, frame.body, agent).await {
-                Ok(body) => body,
-                Err(e) => Body::Error(e),
-            };
-            let _ = tx.send(Frame::new(id, end)).await;
-            lock(&routes).remove(&id);
-        });
+        ops.spawn(finish(op, move |op| crate::dispatch(op, frame.body, agent)));
     }
     // Abort what still runs (kills exec process groups), then let the writer
     // drain what was queued.
     ops.shutdown().await;
+    drop(ctx);
     drop(tx);
-    let _ = writer.await;
+    join_writer(writer).await;
 }
 
 fn opens_stream(body: &Body) -> bool {
@@ -143,6 +130,7 @@ fn opens_stream(body: &Body) -> bool {
             | Body::Mkdir { .. }
             | Body::Remove { .. }
             | Body::OpenPort { .. }
+            | Body::Listen { .. }
             | Body::Forked(_)
             | Body::Resumed(_)
             | Body::Health
@@ -169,7 +157,18 @@ async fn close_with_error(
     let err = RemoteError::new(ErrorKind::Protocol, message);
     let _ = tx.send(Frame::new(CONTROL_STREAM, Body::Error(err))).await;
     drop(tx);
-    let _ = writer.await;
+    join_writer(writer).await;
+}
+
+/// Waits for the writer to flush, but not forever: a peer that stopped
+/// reading must not pin the connection.
+async fn join_writer(mut writer: tokio::task::JoinHandle<()>) {
+    if tokio::time::timeout(std::time::Duration::from_secs(5), &mut writer)
+        .await
+        .is_err()
+    {
+        writer.abort();
+    }
 }
 
 async fn write_loop<W: AsyncWrite>(w: W, mut rx: mpsc::Receiver<Frame>) {
@@ -191,11 +190,57 @@ async fn write_loop<W: AsyncWrite>(w: W, mut rx: mpsc::Receiver<Frame>) {
     let _ = w.shutdown().await;
 }
 
+/// What operations share of their connection.
+pub struct ConnCtx {
+    tx: mpsc::Sender<Frame>,
+    routes: Routes,
+    next_even: AtomicU32,
+}
+
+impl ConnCtx {
+    /// Routes stream `id` to a new operation context.
+    fn register(self: &Arc<Self>, id: u32) -> Op {
+        let (input_tx, input) = mpsc::unbounded_channel();
+        let window = Arc::new(Semaphore::new(INITIAL_WINDOW_BYTES as usize));
+        lock(&self.routes).insert(
+            id,
+            Route {
+                input: input_tx,
+                window: window.clone(),
+            },
+        );
+        Op {
+            id,
+            tx: self.tx.clone(),
+            ctx: self.clone(),
+            input,
+            window,
+        }
+    }
+}
+
+/// Runs an operation to its end: sends its terminal body (or error) and
+/// removes its route.
+pub async fn finish<F, Fut>(op: Op, run: F)
+where
+    F: FnOnce(Op) -> Fut,
+    Fut: std::future::Future<Output = Result<Body, RemoteError>>,
+{
+    let (id, tx, ctx) = (op.id, op.tx.clone(), op.ctx.clone());
+    let end = match run(op).await {
+        Ok(body) => body,
+        Err(e) => Body::Error(e),
+    };
+    let _ = tx.send(Frame::new(id, end)).await;
+    lock(&ctx.routes).remove(&id);
+}
+
 /// What an operation task holds: its stream id, the connection's frame
 /// sender, its input queue and its send window.
 pub struct Op {
     pub id: u32,
     tx: mpsc::Sender<Frame>,
+    ctx: Arc<ConnCtx>,
     pub input: mpsc::UnboundedReceiver<Body>,
     window: Arc<Semaphore>,
 }
@@ -219,6 +264,13 @@ impl From<Gone> for RemoteError {
 }
 
 impl Op {
+    /// Opens an agent-side (even) stream on this connection. The caller
+    /// announces it to the client before sending anything on it.
+    pub fn open_stream(&self) -> Op {
+        let id = self.ctx.next_even.fetch_add(2, Ordering::Relaxed);
+        self.ctx.register(id)
+    }
+
     pub fn sender(&self) -> OpSender {
         OpSender {
             id: self.id,

@@ -128,6 +128,7 @@ pub(crate) async fn dispatch(op: Op, body: Body, agent: Arc<Agent>) -> Result<Bo
             .await
         }
         Body::OpenPort { port } => ports::forward(op, port).await,
+        Body::Listen { port } => ports::listen(op, port).await,
         Body::Forked(f) => Ok(Body::Lifecycle(system::forked(&agent, f))),
         Body::Resumed(r) => Ok(Body::Lifecycle(system::resumed(&agent, r))),
         Body::Health => Ok(Body::HealthReport(agent.health())),

@@ -3,17 +3,19 @@
 //!
 //! Start-up as PID 1, in order:
 //! 1. mount `/proc`, `/sys`, `/dev` (devtmpfs), `/dev/pts` (new instance),
-//!    `/dev/shm`, `/tmp`, `/run` unless already mounted (a container
-//!    launcher may have prepared some of them; a failure is logged and the
-//!    agent carries on);
-//! 2. remount `/` read-write (a microVM kernel mounts it read-only);
+//!    `/dev/shm`, `/tmp`, `/run` unless it, or a path below it, is already
+//!    mounted (a container launcher may have prepared some of them, e.g. the
+//!    socket directory `/run/sandbox`; a failure is logged and the agent
+//!    carries on);
+//! 2. remount `/` read-write (a microVM kernel mounts it read-only), bring
+//!    up the loopback interface (forwarded ports and the egress listener
+//!    live on it; a fresh network namespace or VM has it down);
 //! 3. set the hostname from `/etc/hostname`;
 //! 4. set `PATH`, `HOME`, `LANG` for everything the agent starts.
 //!
 //! The root filesystem itself is prepared outside: layered block devices
 //! from the VMM, or an overlayfs from the container launcher.
 
-use std::collections::HashSet;
 use std::ffi::CString;
 use std::os::fd::AsRawFd;
 use std::time::Duration;
@@ -51,7 +53,7 @@ fn mount(
     Ok(())
 }
 
-fn mounted() -> HashSet<String> {
+fn mounted() -> Vec<String> {
     std::fs::read_to_string("/proc/self/mounts")
         .unwrap_or_default()
         .lines()
@@ -113,7 +115,10 @@ pub fn init_pid1() {
         ),
     ];
     for (src, target, fstype, flags, data) in steps {
-        if already.contains(target) {
+        // A launcher may have mounted the target or something below it
+        // (e.g. the agent's socket directory at /run/sandbox): never hide it.
+        let below = format!("{target}/");
+        if already.iter().any(|m| m == target || m.starts_with(&below)) {
             continue;
         }
         if let Err(e) = mount(src, target, fstype, flags, data) {
@@ -124,6 +129,9 @@ pub fn init_pid1() {
         let _ = std::os::unix::fs::symlink("pts/ptmx", "/dev/ptmx");
     }
     let _ = mount("", "/", "", libc::MS_REMOUNT, "");
+    if let Err(e) = loopback_up() {
+        eprintln!("sandbox-agent: bring up lo: {e}");
+    }
     if let Ok(name) = std::fs::read_to_string("/etc/hostname")
         && let Err(e) = set_hostname(name.trim())
     {
@@ -138,6 +146,41 @@ pub fn init_pid1() {
         std::env::set_var("HOME", "/root");
         std::env::set_var("LANG", "C.UTF-8");
     }
+}
+
+/// `struct ifreq` with the `ifr_flags` member of its union.
+#[repr(C)]
+struct IfReqFlags {
+    name: [u8; libc::IFNAMSIZ],
+    flags: libc::c_short,
+    _rest: [u8; 22],
+}
+
+fn loopback_up() -> std::io::Result<()> {
+    // SAFETY: socket() takes integer arguments only.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: socket() succeeded; the descriptor is ours.
+    let sock = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let mut req = IfReqFlags {
+        name: [0; libc::IFNAMSIZ],
+        flags: 0,
+        _rest: [0; 22],
+    };
+    req.name[..2].copy_from_slice(b"lo");
+    // SAFETY: SIOCGIFFLAGS reads the name and writes the flags of `req`,
+    // which is laid out as the kernel's struct ifreq (40 bytes).
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    req.flags |= libc::IFF_UP as libc::c_short;
+    // SAFETY: as above; SIOCSIFFLAGS reads `req`.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 pub fn hostname() -> String {

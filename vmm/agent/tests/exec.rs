@@ -248,3 +248,48 @@ async fn pty_exec_has_a_terminal_and_resizes() {
     assert!(seen.contains("40 120"), "{seen}");
     assert!(seen.contains("got:hello"), "{seen}");
 }
+
+#[tokio::test]
+async fn losing_the_connection_kills_its_processes() {
+    use agent_proto::frame::{encode_into, read_frame};
+    use agent_proto::{Body, Frame, PROTOCOL_VERSION};
+    use tokio::io::AsyncWriteExt;
+
+    let agent = TestAgent::start();
+    let marker = format!("{}.{}", 600_000 + std::process::id() % 100_000, 55);
+    {
+        // A raw connection that simply goes away, as when the host side
+        // crashes: no Cancel is ever sent.
+        let mut s = tokio::net::UnixStream::connect(&agent.socket)
+            .await
+            .unwrap();
+        let mut buf = Vec::new();
+        let hello = Body::Hello {
+            protocol: PROTOCOL_VERSION,
+            client: "test".into(),
+        };
+        encode_into(&Frame::new(0, hello), &mut buf).unwrap();
+        let exec = ExecRequest::shell(format!("sleep {marker} & sleep {marker}"));
+        encode_into(&Frame::new(1, Body::Exec(exec)), &mut buf).unwrap();
+        s.write_all(&buf).await.unwrap();
+        let welcome = read_frame(&mut s, &mut buf).await.unwrap().unwrap();
+        assert!(matches!(welcome.body, Body::Welcome(_)));
+        let started = read_frame(&mut s, &mut buf).await.unwrap().unwrap();
+        assert!(matches!(started.body, Body::Started { .. }), "{started:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // The shell and its two sleeps.
+        assert!(processes_with(&marker).len() >= 2);
+    }
+    let mut left = processes_with(&marker);
+    for _ in 0..100 {
+        if left.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        left = processes_with(&marker);
+    }
+    assert!(
+        left.is_empty(),
+        "processes outlived their connection: {left:?}"
+    );
+}

@@ -131,3 +131,88 @@ async fn a_closed_port_is_refused() {
         other => panic!("{other:?}"),
     }
 }
+
+#[tokio::test]
+async fn sandbox_connections_reach_the_host_through_a_listen_stream() {
+    let agent = TestAgent::start();
+    let c = agent.connect().await;
+    // The host-side services the sandbox is allowed to reach.
+    let http = http_server().await;
+    let reverse = reverse_server().await;
+    let mut listener = c.listen(0).await.unwrap();
+    let inside_port = listener.port();
+    assert_ne!(inside_port, 0);
+    let relay = tokio::spawn(async move {
+        let mut n = 0u16;
+        loop {
+            let Ok(stream) = listener.accept().await else {
+                return;
+            };
+            // First eight connections go to the HTTP server, the rest to
+            // the reversing server.
+            let target = if n < 8 { http } else { reverse };
+            n += 1;
+            tokio::spawn(async move {
+                let host = tokio::net::TcpStream::connect(("127.0.0.1", target))
+                    .await
+                    .unwrap();
+                stream.splice(host).await.unwrap();
+            });
+        }
+    });
+
+    // "Sandbox processes" connecting to the agent's listener.
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        tasks.push(tokio::spawn(async move {
+            let mut s = tokio::net::TcpStream::connect(("127.0.0.1", inside_port))
+                .await
+                .unwrap();
+            s.write_all(format!("GET /out{i} HTTP/1.1\r\n\r\n").as_bytes())
+                .await
+                .unwrap();
+            let mut resp = String::new();
+            s.read_to_string(&mut resp).await.unwrap();
+            resp
+        }));
+    }
+    for (i, t) in tasks.into_iter().enumerate() {
+        let resp = t.await.unwrap();
+        assert!(resp.ends_with(&format!("hello from /out{i}")), "{resp}");
+    }
+    let data = pattern(2 * 1024 * 1024 + 5);
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", inside_port))
+        .await
+        .unwrap();
+    let (mut rd, mut wr) = s.split();
+    let (back, _) = tokio::join!(
+        async {
+            let mut back = Vec::new();
+            rd.read_to_end(&mut back).await.unwrap();
+            back
+        },
+        async {
+            wr.write_all(&data).await.unwrap();
+            wr.shutdown().await.unwrap();
+        }
+    );
+    let mut back = back;
+    back.reverse();
+    assert!(back == data, "half-closed round trip differs");
+
+    // Closing the listen stream closes the port inside the sandbox.
+    relay.abort();
+    let _ = relay.await;
+    let mut refused = false;
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", inside_port))
+            .await
+            .is_err()
+        {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(refused, "the listener stayed open after the stream closed");
+}

@@ -26,7 +26,8 @@
 //! 3. Operations are multiplexed over the one connection. The client opens
 //!    a stream by sending a frame with a new odd stream id (1, 3, 5, ...)
 //!    whose body is an operation (`Exec`, `ReadFile`, `OpenPort`, ...).
-//!    Even ids are reserved for streams the agent may open in later versions.
+//!    The agent opens even ids (2, 4, ...) only for connections accepted on
+//!    a `Listen` stream, announcing each with `Accepted { stream }` first.
 //! 4. Every stream ends with exactly one terminal body from the agent:
 //!    `Exited`, `Done`, `Metadata`, `Entries`, `Lifecycle`, `HealthReport`
 //!    or `Error`. Frames for unknown streams are dropped by both sides.
@@ -42,6 +43,8 @@
 //! ReadFile:  A: Data*, Done                                  | Error
 //! WriteFile: C: WriteFile, Data*, Eof      A: Done           | Error
 //! OpenPort:  C: OpenPort, Data*, Eof       A: Started, Data*, Eof, Done | Error
+//! Listen:    C: Listen, [Cancel]           A: Listening, Accepted{id}*, Done | Error
+//! accepted:  C: Data*, Eof                 A: Data*, Eof, Done        | Error
 //! others:    C: request                    A: one reply      | Error
 //! ```
 //!
@@ -57,5 +60,7 @@ pub mod client;
 pub mod frame;
 pub mod message;
 
-pub use client::{Client, ClientError, Exec, ExecEvent, ExecInput, FileReader, Output, PortStream};
+pub use client::{
+    Client, ClientError, Exec, ExecEvent, ExecInput, FileReader, Output, PortListener, PortStream,
+};
 pub use message::*;

@@ -86,6 +86,13 @@ pub enum Body {
     OpenPort {
         port: u16,
     },
+    /// Listen on `127.0.0.1:port` inside the sandbox (0: any free port).
+    /// Answered by `Listening`; then every accepted connection is announced
+    /// by `Accepted` and carried on the agent-opened stream it names. This
+    /// is how sandbox processes reach the host (egress proxy, git remote).
+    Listen {
+        port: u16,
+    },
     Forked(Forked),
     Resumed(Resumed),
     Health,
@@ -111,6 +118,15 @@ pub enum Body {
     /// The exec's process was started (`pid`), or the port connected (`pid` 0).
     Started {
         pid: u32,
+    },
+    /// Answer to `Listen`: the port actually bound.
+    Listening {
+        port: u16,
+    },
+    /// On a `Listen` stream: a connection was accepted; its bytes travel on
+    /// the new agent-opened (even) `stream`.
+    Accepted {
+        stream: u32,
     },
     /// Last frame of an exec stream.
     Exited(Exited),

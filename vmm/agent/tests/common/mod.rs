@@ -6,11 +6,18 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use agent_proto::Client;
 
+/// A test that runs longer than this has hung: its agent is killed, so the
+/// test's socket operations fail instead of waiting forever.
+const WATCHDOG: Duration = Duration::from_secs(120);
+
 pub struct TestAgent {
+    done: Arc<AtomicBool>,
     pub dir: tempfile::TempDir,
     pub socket: PathBuf,
     pub root: PathBuf,
@@ -54,7 +61,17 @@ impl TestAgent {
             assert!(Instant::now() < deadline, "agent did not create its socket");
             std::thread::sleep(Duration::from_millis(5));
         }
+        let done = Arc::new(AtomicBool::new(false));
+        let (watch, pid) = (done.clone(), child.id());
+        std::thread::spawn(move || {
+            std::thread::sleep(WATCHDOG);
+            if !watch.load(Ordering::SeqCst) {
+                eprintln!("watchdog: test still running after {WATCHDOG:?}, killing its agent");
+                let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+            }
+        });
         Self {
+            done,
             dir,
             socket,
             root,
@@ -92,6 +109,7 @@ pub fn status_field(pid: u32, field: &str) -> u64 {
 
 impl Drop for TestAgent {
     fn drop(&mut self) {
+        self.done.store(true, Ordering::SeqCst);
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

@@ -24,7 +24,7 @@ use tokio::sync::{Semaphore, mpsc};
 
 pub use exec::{Exec, ExecEvent, ExecInput, Output};
 pub use files::FileReader;
-pub use port::PortStream;
+pub use port::{PortListener, PortStream};
 
 use crate::frame::{FrameError, encode_into, read_frame};
 use crate::message::{
@@ -61,9 +61,16 @@ struct Route {
     window: Arc<Semaphore>,
 }
 
+/// An agent-opened stream announced by `Accepted`, waiting for `accept`.
+struct Pending {
+    events: mpsc::UnboundedReceiver<Body>,
+    window: Arc<Semaphore>,
+}
+
 struct Shared {
     tx: mpsc::Sender<Frame>,
     routes: Mutex<HashMap<u32, Route>>,
+    pending: Mutex<HashMap<u32, Pending>>,
     next_stream: AtomicU32,
 }
 
@@ -138,6 +145,7 @@ impl Client {
         let shared = Arc::new(Shared {
             tx,
             routes: Mutex::new(HashMap::new()),
+            pending: Mutex::new(HashMap::new()),
             next_stream: AtomicU32::new(1),
         });
         tokio::spawn(write_loop(w, rx));
@@ -220,6 +228,28 @@ fn unexpected(body: &Body) -> ClientError {
     ClientError::Unexpected(name)
 }
 
+impl Client {
+    /// Takes over an agent-opened stream announced by `Accepted`.
+    fn adopt(&self, id: u32) -> Result<Stream> {
+        let pending = self
+            .shared
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id)
+            .ok_or_else(|| ClientError::Unexpected(format!("Accepted for unknown stream {id}")))?;
+        Ok(Stream {
+            sender: StreamSender {
+                id,
+                shared: self.shared.clone(),
+                window: pending.window,
+            },
+            events: pending.events,
+            finished: false,
+        })
+    }
+}
+
 /// Whether `body` ends a stream from the agent's side.
 fn is_terminal(body: &Body) -> bool {
     matches!(
@@ -269,6 +299,26 @@ async fn read_loop<R: AsyncRead + Unpin>(mut r: R, shared: std::sync::Weak<Share
                 route.window.add_permits(n as usize);
             }
             continue;
+        }
+        if let Body::Accepted { stream } = frame.body
+            && stream % 2 == 0
+            && routes.contains_key(&frame.stream)
+        {
+            // Route the new stream before any of its frames can arrive.
+            let (events_tx, events) = mpsc::unbounded_channel();
+            let window = Arc::new(Semaphore::new(INITIAL_WINDOW_BYTES as usize));
+            routes.insert(
+                stream,
+                Route {
+                    events: events_tx,
+                    window: window.clone(),
+                },
+            );
+            shared
+                .pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(stream, Pending { events, window });
         }
         let terminal = is_terminal(&frame.body);
         if let Some(route) = routes.get(&frame.stream) {

@@ -33,6 +33,56 @@ impl Client {
     }
 }
 
+/// A listener on a port inside the sandbox; connections made to it by
+/// sandbox processes arrive here.
+pub struct PortListener {
+    client: Client,
+    stream: Stream,
+    port: u16,
+}
+
+impl std::fmt::Debug for PortListener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PortListener")
+            .field("port", &self.port)
+            .finish()
+    }
+}
+
+impl Client {
+    /// Listens on `127.0.0.1:port` inside the sandbox (0: any free port).
+    /// Dropping the listener closes it and its connections.
+    pub async fn listen(&self, port: u16) -> Result<PortListener> {
+        let mut stream = self.open(Body::Listen { port }).await?;
+        match stream.recv().await? {
+            Body::Listening { port } => Ok(PortListener {
+                client: self.clone(),
+                stream,
+                port,
+            }),
+            other => Err(unexpected(&other)),
+        }
+    }
+}
+
+impl PortListener {
+    /// The port bound inside the sandbox.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The next connection a sandbox process made to the port.
+    pub async fn accept(&mut self) -> Result<PortStream> {
+        match self.stream.recv().await? {
+            Body::Accepted { stream } => Ok(PortStream {
+                stream: self.client.adopt(stream)?,
+                eof: false,
+            }),
+            other => Err(unexpected(&other)),
+        }
+    }
+}
+
 impl PortStream {
     /// Sends bytes to the sandbox side.
     pub async fn write(&self, data: &[u8]) -> Result<()> {
