@@ -246,6 +246,34 @@ fn main() {
         b.destroy(&sandbox.id).expect("destroy");
     }
     report("create → first exec via agent", &mut agent_create);
+
+    // On the real guest image, when one is built: create → `node --version`.
+    let image = guest_image::list(std::path::Path::new("/var/lib/forge"))
+        .ok()
+        .and_then(|images| images.into_iter().next());
+    if let Some(image) = image {
+        let mut node = Vec::new();
+        for _ in 0..20 {
+            let mut request = t.agent_request(image.rootfs.clone(), false);
+            request.binds.clear();
+            request.init = vec!["/sbin/init".into()];
+            let start = Instant::now();
+            let sandbox = b.create(request).expect("create on the image");
+            runtime.block_on(async {
+                let client = b.agent(&sandbox.id).await.expect("client");
+                let out = client
+                    .run(agent_proto::ExecRequest::argv(["node", "--version"]))
+                    .await
+                    .expect("node");
+                assert!(out.exited.status.success());
+            });
+            node.push(start.elapsed());
+            b.destroy(&sandbox.id).expect("destroy");
+        }
+        report("guest image: create → `node --version`", &mut node);
+    } else {
+        println!("guest image: not built in /var/lib/forge, figure skipped");
+    }
     report("exec `true` round trip via agent", &mut agent_exec);
 
     let before = mem_available_kib();

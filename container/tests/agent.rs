@@ -120,26 +120,53 @@ async fn fork_and_resume_notify_the_agent() {
     );
 }
 
-/// The guest image's root directory, when one is built: `SANDBOX_IMAGE_ROOT`
-/// names it explicitly.
-fn guest_image_root() -> Option<PathBuf> {
-    std::env::var_os("SANDBOX_IMAGE_ROOT")
+/// Data directory whose `images/` the image tests look in (and the ignored
+/// `build_guest_image` fills): `FORGE_DATA_DIR`, else `/var/lib/forge`.
+fn image_data_dir() -> PathBuf {
+    std::env::var_os("FORGE_DATA_DIR")
         .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/lib/forge"))
+}
+
+/// The newest built guest image's root directory: `SANDBOX_IMAGE_ROOT` when
+/// set, else from the guest-image cache of [`image_data_dir`].
+fn guest_image_root() -> Option<PathBuf> {
+    if let Some(root) = std::env::var_os("SANDBOX_IMAGE_ROOT") {
+        return Some(PathBuf::from(root)).filter(|p| p.join("usr/bin").is_dir());
+    }
+    guest_image::list(&image_data_dir())
+        .ok()?
+        .into_iter()
+        .next()
+        .map(|image| image.rootfs)
         .filter(|p| p.join("usr/bin").is_dir())
+}
+
+/// Build the guest image into [`image_data_dir`] (slow: debootstrap, Node,
+/// Bun). `cargo test -p sandbox-container --test agent -- --ignored`.
+#[test]
+#[ignore]
+fn build_guest_image() {
+    let options = guest_image::BuildOptions::new(image_data_dir(), common::agent_binary());
+    let image = guest_image::build(&options, |p| println!("{p}")).expect("image builds");
+    println!("built {} at {}", image.id, image.rootfs.display());
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn real_image_has_node_bun_and_git() {
     let Some(image) = guest_image_root() else {
-        println!("SKIPPED: no built guest image (set SANDBOX_IMAGE_ROOT to its root directory)");
+        println!(
+            "SKIPPED: no built guest image in {}/images (build it with `--ignored build_guest_image`, or set SANDBOX_IMAGE_ROOT)",
+            image_data_dir().display()
+        );
         return;
     };
     let t = TestBackend::start("image");
     let mut request = t.agent_request(image, false);
-    // The image carries its own agent as init; prefer it when present.
-    if request.image_root.join("sbin/sandbox-agent").exists() {
+    // The image carries the agent as its init.
+    if request.image_root.join("sbin/init").exists() {
         request.binds.clear();
-        request.init = vec!["/sbin/sandbox-agent".to_owned()];
+        request.init = vec!["/sbin/init".to_owned()];
     }
     let sandbox = t.backend().create(request).expect("create on the image");
     let client = t.backend().agent(&sandbox.id).await.expect("client");
@@ -154,7 +181,10 @@ async fn real_image_has_node_bun_and_git() {
             text.starts_with(expect) && !text.trim().is_empty(),
             "{argv:?}: {text}"
         );
+        println!("{}: {}", argv.join(" "), text.trim());
     }
+    let (_, comm) = run(&client, &["cat", "/proc/1/comm"]).await;
+    assert_eq!(comm.trim(), "init", "the image's agent is PID 1");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -99,6 +99,7 @@ fn pause_to_disk_and_resume_keep_the_process() {
         .pause(&sandbox.id, PauseMode::Disk)
         .expect("pause");
     assert_eq!(paused.status, Status::PausedToDisk);
+    assert!(paused.checkpoint, "{:?}", paused.checkpoint_error);
     let stats = t.backend().stats(&sandbox.id).expect("stats");
     assert_eq!(stats.cgroup.pids, 0, "no processes while paused to disk");
     let resumed = t.backend().resume(&sandbox.id).expect("resume");

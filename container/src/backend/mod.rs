@@ -166,6 +166,11 @@ pub struct SandboxInfo {
     pub pid1: Option<u32>,
     pub hostname: String,
     pub forked_from: Option<String>,
+    /// Paused to disk with a CRIU checkpoint: resume keeps processes and
+    /// memory.
+    pub checkpoint: bool,
+    /// Why the last checkpoint fell back to keeping only the disk.
+    pub checkpoint_error: Option<String>,
     /// Host path of the agent's socket directory (`/run/sandbox` inside).
     pub socket_dir: PathBuf,
 }
@@ -367,6 +372,8 @@ impl ContainerBackend {
             pid1: record.pid1,
             hostname: record.hostname.clone(),
             forked_from: record.forked_from.clone(),
+            checkpoint: record.checkpoint,
+            checkpoint_error: record.checkpoint_error.clone(),
             socket_dir: self.socket_dir(&record.id),
         }
     }
