@@ -297,3 +297,40 @@ fn failed_create_reports_why_and_leaves_nothing() {
     assert!(t.backend().list().expect("list").is_empty());
     assert!(t.backend().layers().list().expect("layers").is_empty());
 }
+
+#[test]
+fn concurrent_fork_pause_resume_on_one_sandbox_are_serialised() {
+    let t = TestBackend::start("concurrent");
+    let sandbox = t.create();
+    t.sh_ok(&sandbox.id, "echo v > /data/v");
+    let id = sandbox.id.as_str();
+    let forks = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for worker in 0..4 {
+            let (t, forks) = (&t, &forks);
+            scope.spawn(move || {
+                for round in 0..5 {
+                    let b = t.backend();
+                    let result = match (worker + round) % 4 {
+                        0 => b.fork(id, 1).map(|f| forks.lock().expect("lock").extend(f)),
+                        1 => b.pause(id, PauseMode::Memory).map(drop),
+                        2 => b.pause(id, PauseMode::Disk).map(drop),
+                        _ => b.resume(id).map(drop),
+                    };
+                    // Only a state mismatch is an acceptable refusal.
+                    if let Err(err) = result {
+                        assert!(
+                            matches!(err, sandbox_container::BackendError::WrongState { .. }),
+                            "{err}"
+                        );
+                    }
+                }
+            });
+        }
+    });
+    t.backend().resume(id).expect("final resume");
+    assert_eq!(t.sh_ok(id, "cat /data/v"), "v\n");
+    for fork in forks.into_inner().expect("forks") {
+        assert_eq!(t.sh_ok(&fork.sandbox.id, "cat /data/v"), "v\n");
+    }
+}

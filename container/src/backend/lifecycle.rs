@@ -49,6 +49,8 @@ impl ContainerBackend {
 
     /// Pause a running sandbox.
     pub fn pause(&self, id: &str, mode: PauseMode) -> Result<SandboxInfo, BackendError> {
+        let lock = self.operation_lock(id);
+        let _serialised = lock.lock().unwrap_or_else(|p| p.into_inner());
         let mut record = self.refresh(id)?;
         match (mode, record.status) {
             (PauseMode::Memory, Status::Running) => {
@@ -113,6 +115,8 @@ impl ContainerBackend {
 
     /// Resume a paused (or crashed) sandbox; says what survived.
     pub fn resume(&self, id: &str) -> Result<Carried, BackendError> {
+        let lock = self.operation_lock(id);
+        let _serialised = lock.lock().unwrap_or_else(|p| p.into_inner());
         let mut record = self.refresh(id)?;
         match record.status {
             Status::Running => Ok(Carried {
@@ -201,6 +205,8 @@ impl ContainerBackend {
     /// always kept; processes and memory too where CRIU works (see the
     /// module docs).
     pub fn fork(&self, id: &str, count: usize) -> Result<Vec<Carried>, BackendError> {
+        let lock = self.operation_lock(id);
+        let _serialised = lock.lock().unwrap_or_else(|p| p.into_inner());
         let mut parent = self.refresh(id)?;
         let cgroup = self.cgroup(id);
         let running = parent.status == Status::Running;

@@ -21,7 +21,7 @@ use std::io::{BufRead, BufReader};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use nix::sys::signal::{Signal, kill};
@@ -213,6 +213,9 @@ pub struct ContainerBackend {
     launchers: Mutex<HashMap<String, Child>>,
     /// A working CRIU, when there is one.
     criu: Option<Criu>,
+    /// One lock per sandbox: pause, resume, fork and destroy of the same
+    /// sandbox run one at a time (different sandboxes in parallel).
+    operations: Mutex<HashMap<String, Arc<Mutex<()>>>>,
 }
 
 impl std::fmt::Debug for ContainerBackend {
@@ -288,7 +291,14 @@ impl ContainerBackend {
             cgroup_parent,
             launchers: Mutex::new(HashMap::new()),
             criu,
+            operations: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The lock serialising state changes of sandbox `id`.
+    fn operation_lock(&self, id: &str) -> Arc<Mutex<()>> {
+        let mut locks = self.operations.lock().unwrap_or_else(|p| p.into_inner());
+        locks.entry(id.to_owned()).or_default().clone()
     }
 
     /// Whether pause to disk and fork keep processes and memory (a working
@@ -677,11 +687,17 @@ impl ContainerBackend {
 
     /// Stop and remove a sandbox and everything it owns.
     pub fn destroy(&self, id: &str) -> Result<(), BackendError> {
+        let lock = self.operation_lock(id);
+        let _serialised = lock.lock().unwrap_or_else(|p| p.into_inner());
         let record = self.load(id)?;
         self.stop_processes(&record)?;
         self.layers.delete(&record.top_layer)?;
         let dir = self.sandbox_dir(id);
         fs::remove_dir_all(&dir).map_err(Self::io(&dir))?;
+        self.operations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
         Ok(())
     }
 

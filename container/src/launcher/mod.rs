@@ -258,6 +258,7 @@ fn stage2(spec_path: &Path) -> Result<(), LaunchError> {
     dup2_stdout(&console).map_err(|e| LaunchError::Stdio(e.into()))?;
     dup2_stderr(&console).map_err(|e| LaunchError::Stdio(e.into()))?;
     drop((null, console));
+    warn_inherited_descriptors();
 
     match init {
         Some((program, argv, env)) => {
@@ -271,6 +272,33 @@ fn stage2(spec_path: &Path) -> Result<(), LaunchError> {
             })
         }
         None => reap_forever(),
+    }
+}
+
+/// Descriptors beyond 0-2 that reached PID 1 were inherited without
+/// close-on-exec from whoever started the forge (e.g. a build tool's
+/// jobserver pipe). Closing an arbitrary descriptor number needs `unsafe`,
+/// which this crate forbids, so they are named in the console log instead:
+/// start the forge with a clean descriptor table.
+fn warn_inherited_descriptors() {
+    let Ok(entries) = fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    let inherited: Vec<String> = entries
+        .flatten()
+        .filter_map(|e| {
+            let fd: u32 = e.file_name().to_string_lossy().parse().ok()?;
+            let target = fs::read_link(e.path()).ok()?;
+            // The directory being listed shows up as its own descriptor.
+            (fd > 2 && !target.starts_with("/proc"))
+                .then(|| format!("{fd} -> {}", target.display()))
+        })
+        .collect();
+    if !inherited.is_empty() {
+        eprintln!(
+            "sandbox-init: warning: PID 1 inherited descriptors from the host: {}",
+            inherited.join(", ")
+        );
     }
 }
 
