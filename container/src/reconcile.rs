@@ -8,6 +8,7 @@
 //!    the cgroup, mark it `crashed` (its disk is kept: it can be resumed).
 //!    PID 1 alive → left running and reported as adopted (the backend
 //!    manages it through its cgroup and record; no in-memory state needed).
+//!    Checkpoint images of a fork the crash interrupted are removed.
 //! 2. Every cgroup under this data directory's parent without a sandbox →
 //!    processes killed, group removed.
 //! 3. Layers no record references → deleted (GC).
@@ -71,6 +72,12 @@ pub fn reconcile(data_dir: &Path, layer_image_gib: u64) -> Result<ReconcileRepor
             })?;
             report.removed.push(id);
             continue;
+        }
+        // Images of a fork interrupted by the crash are of no further use.
+        for stale in fs::read_dir(&dir).into_iter().flatten().flatten() {
+            if stale.file_name().to_string_lossy().starts_with("fork-") {
+                let _ = fs::remove_dir_all(stale.path());
+            }
         }
         let mut record = SandboxRecord::load(&dir)?;
         referenced.push(record.top_layer.clone());

@@ -1,5 +1,5 @@
 //! The on-disk record of each sandbox, `<data_dir>/sandboxes/<id>/state.json`,
-//! written on every state change so a restarted forge (or [`crate::reconcile`])
+//! written on every state change so a restarted forge (or [`fn@crate::reconcile`])
 //! knows what exists without any in-memory state.
 //!
 //! Directory of a sandbox: `spec.json` (the launch spec), `state.json`,
