@@ -109,6 +109,60 @@ fn criu_figures(t: &TestBackend) {
     }
 }
 
+/// Fork and pause/resume to disk of a guest-image sandbox whose agent
+/// started a Node process holding ~200 MB.
+fn node_checkpoint_figures(
+    t: &TestBackend,
+    runtime: &tokio::runtime::Runtime,
+    rootfs: &std::path::Path,
+) {
+    let b = t.backend();
+    let mut request = t.agent_request(rootfs.to_path_buf(), false);
+    request.binds.clear();
+    request.init = vec!["/sbin/init".into()];
+    request.limits.mem_mib = 2048;
+    let sandbox = b.create(request).expect("create");
+    runtime.block_on(async {
+        let client = b.agent(&sandbox.id).await.expect("client");
+        let mut start = agent_proto::ExecRequest::shell(
+            "nohup node -e 'globalThis.big = Buffer.alloc(200e6, 1); setInterval(() => {}, 1000)' >/dev/null 2>&1 &",
+        );
+        start.timeout_ms = Some(5000);
+        client.run(start).await.expect("start node");
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let mem_mib = b.stats(&sandbox.id).expect("stats").cgroup.memory_bytes as f64 / 1048576.0;
+    let mut fork = Vec::new();
+    let mut kept = Vec::new();
+    for _ in 0..5 {
+        let mut forks = Vec::new();
+        fork.push(timed(|| forks = b.fork(&sandbox.id, 1).expect("fork")));
+        for f in forks {
+            kept = f.kept.clone();
+            b.destroy(&f.sandbox.id).expect("destroy");
+        }
+    }
+    report(
+        &format!("guest image: fork node ({mem_mib:.0} MiB), kept {kept:?}"),
+        &mut fork,
+    );
+    let (mut pause, mut resume) = (Vec::new(), Vec::new());
+    for _ in 0..5 {
+        pause.push(timed(|| {
+            b.pause(&sandbox.id, PauseMode::Disk).expect("pause");
+        }));
+        resume.push(timed(|| {
+            kept = b.resume(&sandbox.id).expect("resume").kept;
+        }));
+    }
+    report(
+        &format!("guest image: pause node to disk, kept {kept:?}"),
+        &mut pause,
+    );
+    report("guest image: resume node from disk", &mut resume);
+    b.destroy(&sandbox.id).expect("destroy");
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
@@ -271,6 +325,9 @@ fn main() {
             b.destroy(&sandbox.id).expect("destroy");
         }
         report("guest image: create → `node --version`", &mut node);
+        if b.checkpoints() {
+            node_checkpoint_figures(&t, &runtime, &image.rootfs);
+        }
     } else {
         println!("guest image: not built in /var/lib/forge, figure skipped");
     }

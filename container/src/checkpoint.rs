@@ -128,7 +128,7 @@ impl Criu {
         let text = std::fs::read_to_string(&log).unwrap_or_default();
         let reason = text
             .lines()
-            .filter(|l| l.contains("Error"))
+            .filter(|l| l.contains("Error ("))
             .find(|l| !l.contains("RLIMIT_NOFILE"))
             .unwrap_or("unknown error")
             .trim()

@@ -247,3 +247,37 @@ async fn fork_with_checkpoint_keeps_a_process_started_through_the_agent() {
         assert_eq!(host.trim(), fork.sandbox.id);
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn symlinks_in_the_files_api_stay_inside_the_sandbox() {
+    let t = TestBackend::start("agentlinks");
+    let marker = format!("/tmp/host-secret-{}", std::process::id());
+    std::fs::write(&marker, "host secret").expect("marker");
+    let sandbox = t
+        .backend()
+        .create(t.agent_request(host_usr_root(), true))
+        .expect("create");
+    let client = t.backend().agent(&sandbox.id).await.expect("client");
+    let (code, _) = run(
+        &client,
+        &[
+            "sh",
+            "-c",
+            &format!(
+                "ln -s {marker} /workspace/abs; ln -s ../../../../../..{marker} /workspace/rel; ln -s /proc/1/root{marker} /workspace/proc"
+            ),
+        ],
+    )
+    .await;
+    assert_eq!(code, 0);
+    for link in ["abs", "rel", "proc"] {
+        let read = client.read_file(&format!("/workspace/{link}")).await;
+        assert!(
+            !matches!(&read, Ok(bytes) if bytes == b"host secret"),
+            "{link} reached the host file"
+        );
+    }
+    let traversal = client.read_file(&format!("/../../../..{marker}")).await;
+    assert!(!matches!(&traversal, Ok(bytes) if bytes == b"host secret"));
+    std::fs::remove_file(&marker).expect("remove marker");
+}

@@ -27,6 +27,43 @@ pub fn external_key(guest_path: &Path) -> String {
     format!("m{}", guest_path.to_string_lossy().replace('/', "_"))
 }
 
+/// Every process of the tree under `pid` (host pids), from procfs.
+fn tree(pid: i32) -> Vec<i32> {
+    let mut out = vec![pid];
+    let mut next = 0;
+    while next < out.len() {
+        let current = out[next];
+        next += 1;
+        let Ok(tasks) = fs::read_dir(format!("/proc/{current}/task")) else {
+            continue;
+        };
+        for task in tasks.flatten() {
+            let children = fs::read_to_string(task.path().join("children")).unwrap_or_default();
+            out.extend(
+                children
+                    .split_whitespace()
+                    .filter_map(|c| c.parse::<i32>().ok()),
+            );
+        }
+    }
+    out
+}
+
+/// Put the restored tree into this sandbox's groups in every hierarchy.
+/// `--cgroup-root` re-roots the v1 controllers; CRIU has no name for the
+/// cgroup2 hierarchy there, so its tasks would stay in the parent's group.
+/// Two passes catch a child forked while its parent was being moved.
+fn place_tree(pid1: i32, dirs: &[PathBuf]) {
+    for _ in 0..2 {
+        for pid in tree(pid1) {
+            for dir in dirs {
+                // A task may exit meanwhile; the sandbox keeps working.
+                let _ = fs::write(dir.join("cgroup.procs"), pid.to_string());
+            }
+        }
+    }
+}
+
 pub(super) fn restore(args: &[String]) -> Result<i32, LaunchError> {
     let [spec_path, images, criu] = args else {
         return Err(LaunchError::Usage);
@@ -48,7 +85,22 @@ pub(super) fn restore(args: &[String]) -> Result<i32, LaunchError> {
         .arg(&images)
         .arg("--root")
         .arg(&spec.root_dir)
-        .args(["--restore-detached", "--manage-cgroups=ignore", "-v2"])
+        .args(["--restore-detached", "-v2"]);
+    // Tasks go into this sandbox's own groups (created by the backend),
+    // wherever the parent's were: each joined hierarchy's dumped paths are
+    // re-rooted there; other hierarchies keep their (root) paths.
+    command.arg("--manage-cgroups=soft");
+    for dir in &spec.cgroups.dirs {
+        let parts: Vec<_> = dir.iter().rev().take(3).collect();
+        if let [id, parent, hierarchy] = parts[..] {
+            let controller = hierarchy.to_string_lossy();
+            let root = Path::new("/").join(parent).join(id);
+            command
+                .arg("--cgroup-root")
+                .arg(format!("{controller}:{}", root.display()));
+        }
+    }
+    command
         .arg("--pidfile")
         .arg(&pidfile)
         .arg("-o")
@@ -63,15 +115,23 @@ pub(super) fn restore(args: &[String]) -> Result<i32, LaunchError> {
         source,
     })?;
     if !status.success() {
+        let log = fs::read_to_string(images.join("restore.log")).unwrap_or_default();
+        let reason = log
+            .lines()
+            .filter(|l| l.contains("Error (") && !l.contains("RLIMIT_NOFILE"))
+            .map(str::trim)
+            .next()
+            .unwrap_or("no error line in the log");
         return Err(LaunchError::Stage2(format!(
-            "criu restore failed; see {}",
-            images.join("restore.log").display()
+            "criu restore failed: {reason}"
         )));
     }
     let pid1: i32 = fs::read_to_string(&pidfile)
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .ok_or_else(|| LaunchError::Stage2("criu wrote no pid file".into()))?;
+
+    place_tree(pid1, &spec.cgroups.dirs);
 
     let uts = PathBuf::from(format!("/proc/{pid1}/ns/uts"));
     let uts_file = OpenOptions::new()
