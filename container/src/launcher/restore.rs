@@ -76,7 +76,14 @@ pub(super) fn restore(args: &[String]) -> Result<i32, LaunchError> {
     mounts::make_private()?;
     mounts::mount_overlay(&spec)?;
 
-    let pidfile = images.join("restored.pid");
+    // Several forks restore from one images directory at once: the pid file
+    // and the log go into this sandbox's own (host-only) directory.
+    let own_dir = Path::new(spec_path)
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| images.clone());
+    let pidfile = own_dir.join("restored.pid");
+    let log_path = own_dir.join("restore.log");
     let _ = fs::remove_file(&pidfile);
     let mut command = Command::new(criu);
     command
@@ -104,7 +111,7 @@ pub(super) fn restore(args: &[String]) -> Result<i32, LaunchError> {
         .arg("--pidfile")
         .arg(&pidfile)
         .arg("-o")
-        .arg(images.join("restore.log"));
+        .arg(&log_path);
     for (guest, host) in mounts::external_mounts(&spec) {
         command
             .arg("--external")
@@ -115,7 +122,7 @@ pub(super) fn restore(args: &[String]) -> Result<i32, LaunchError> {
         source,
     })?;
     if !status.success() {
-        let log = fs::read_to_string(images.join("restore.log")).unwrap_or_default();
+        let log = fs::read_to_string(&log_path).unwrap_or_default();
         let reason = log
             .lines()
             .filter(|l| l.contains("Error (") && !l.contains("RLIMIT_NOFILE"))
