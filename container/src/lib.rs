@@ -1,1 +1,53 @@
-//! Placeholder until this crate's issue lands.
+//! Container sandbox backend: each sandbox is a process tree in its own PID,
+//! mount, UTS, IPC, network and cgroup namespaces, on an overlay root (the
+//! guest image's root directory, read-only, under a writable btrfs layer),
+//! with no network but loopback, a reduced capability set, a seccomp deny
+//! list and cgroup limits. The agent (`sandbox-agent`) runs as PID 1 and is
+//! reached over a Unix socket in a bind-mounted directory.
+//!
+//! Modules: [`agent`] (socket, readiness, lifecycle notices), [`launcher`]
+//! (the `sandbox-init` binary's logic: namespaces, mounts, privileges,
+//! seccomp, CRIU restore), [`cgroup`] (limits, freeze, kill), [`checkpoint`]
+//! (CRIU dumps for pause to disk and memory forks), [`layers`] (btrfs
+//! subvolumes, snapshots, quotas, GC), [`state`] (the on-disk record),
+//! [`backend`] (the operations the forge calls) and [`mod@reconcile`] (cleaning
+//! up after a crash).
+//!
+//! Using it from the forge (all calls are blocking; run them on a blocking
+//! task):
+//! 1. at start-up, [`fn@reconcile`]`(data_dir, gib)` and then
+//!    [`ContainerBackend::open`] with a [`BackendConfig`] (the `sandbox-init`
+//!    binary must sit next to the forge's executable or be named in
+//!    `launcher`; CRIU is found as described on [`BackendConfig::new`]);
+//! 2. [`ContainerBackend::create`] with the image's `rootfs`, `init:
+//!    ["/sbin/init"]` and `agent: true`: returns once the agent answers;
+//! 3. [`ContainerBackend::agent`] gives an `agent_proto::Client` for exec,
+//!    files and ports (close it before pause to disk or fork: a host
+//!    connection cannot be checkpointed);
+//! 4. `pause`, `resume`, `fork`, `destroy`, `stats`, `list`; fork and resume
+//!    answer with `kept` (`["disk"]` or `["disk", "memory", "processes"]`).
+//!
+//! Host requirements: root, overlayfs, cgroups (v1/v2 hybrid or v2),
+//! `btrfs-progs` (the layer store is a btrfs loop image unless the data dir
+//! is btrfs), and for checkpoints CRIU >= 4.2 (`scripts/build-criu.sh`) plus
+//! `iptables` (CRIU saves each sandbox's network namespace rules with
+//! `iptables-save`).
+#![forbid(unsafe_code)]
+
+pub mod agent;
+pub mod backend;
+pub mod cgroup;
+pub mod checkpoint;
+pub mod launcher;
+pub mod layers;
+pub mod reconcile;
+pub mod spec;
+pub mod state;
+
+pub use backend::{
+    BackendConfig, BackendError, Carried, ContainerBackend, CreateRequest, ExecRequest, PauseMode,
+    SandboxInfo, SandboxStats,
+};
+pub use reconcile::{ReconcileReport, reconcile};
+pub use spec::{Bind, Limits};
+pub use state::{Kept, Status};

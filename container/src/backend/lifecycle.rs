@@ -1,0 +1,338 @@
+//! Pause, resume and fork of sandboxes, with and without CRIU.
+//!
+//! Without a working CRIU: pause to disk stops the processes and keeps the
+//! disk; resume starts PID 1 afresh on it; fork snapshots the parent's top
+//! layer (parent frozen meanwhile) and starts fresh processes. `kept` says
+//! `["disk"]`.
+//!
+//! With CRIU: pause to disk dumps PID 1's tree into `<sandbox dir>/checkpoint`
+//! (processes die with the dump) and resume restores it; fork freezes the
+//! parent, dumps it leaving it stopped, snapshots its top layer once per
+//! child, thaws it, and restores the dump into each child's own namespaces,
+//! layer and cgroup. `kept` says `["disk", "memory", "processes"]`. If a dump
+//! or restore fails, the operation falls back to the path without CRIU and
+//! says so in `kept` (and `checkpoint_error` in the record).
+
+use std::fs;
+use std::path::Path;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use super::{BackendError, Carried, ContainerBackend, PauseMode, SandboxInfo, new_id, now_secs};
+use crate::agent::Notice;
+use crate::checkpoint::AfterDump;
+use crate::spec::CONSOLE_LOG;
+use crate::state::{Kept, SandboxRecord, Status};
+
+const ALL: [Kept; 3] = [Kept::Disk, Kept::Memory, Kept::Processes];
+
+/// How many children of one fork start at the same time.
+const PARALLEL_STARTS: usize = 4;
+
+impl ContainerBackend {
+    fn checkpoint_dir(&self, id: &str) -> std::path::PathBuf {
+        self.sandbox_dir(id).join("checkpoint")
+    }
+
+    /// CRIU and PID 1 when `record` can be checkpointed; otherwise `None`
+    /// with the reason noted in the record.
+    fn checkpointable<'a>(
+        &'a self,
+        record: &mut SandboxRecord,
+    ) -> Option<(&'a crate::checkpoint::Criu, u32)> {
+        let criu = self.criu.as_ref()?;
+        if record.init.is_empty() {
+            record.checkpoint_error =
+                Some("PID 1 is the launcher's built-in reaper, a host binary".into());
+            return None;
+        }
+        Some((criu, record.pid1?))
+    }
+
+    /// Pause a running sandbox.
+    pub fn pause(&self, id: &str, mode: PauseMode) -> Result<SandboxInfo, BackendError> {
+        let lock = self.operation_lock(id);
+        let _serialised = lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut record = self.refresh(id)?;
+        match (mode, record.status) {
+            (PauseMode::Memory, Status::Running) => {
+                self.cgroup(id).freeze()?;
+                record.status = Status::Frozen;
+            }
+            (PauseMode::Memory, Status::Frozen) => {}
+            (PauseMode::Disk, Status::Running | Status::Frozen) => {
+                record.checkpoint = false;
+                if let Some((criu, pid1)) = self.checkpointable(&mut record) {
+                    let cgroup = self.cgroup(id);
+                    if cgroup.is_frozen() {
+                        cgroup.thaw()?;
+                    }
+                    let images = self.checkpoint_dir(id);
+                    match criu.dump(&self.spec(&record), pid1, &images, None, AfterDump::Kill) {
+                        Ok(()) => {
+                            record.checkpoint = true;
+                            record.checkpoint_error = None;
+                        }
+                        Err(err) => record.checkpoint_error = Some(err.to_string()),
+                    }
+                }
+                self.stop_processes(&record)?;
+                record.status = Status::PausedToDisk;
+                record.pid1 = None;
+                record.supervisor = None;
+            }
+            (PauseMode::Disk, Status::PausedToDisk) => {}
+            (_, status) => {
+                return Err(BackendError::WrongState {
+                    id: id.to_owned(),
+                    status,
+                    needed: "running or paused",
+                });
+            }
+        }
+        record.save(&self.sandbox_dir(id))?;
+        Ok(self.info(&record))
+    }
+
+    /// Start `record` from `images` when given and possible, else fresh.
+    /// Returns what was kept.
+    fn start_from(
+        &self,
+        record: &mut SandboxRecord,
+        images: Option<&Path>,
+    ) -> Result<(SandboxInfo, Vec<Kept>), BackendError> {
+        if let Some(images) = images.filter(|_| self.criu.is_some()) {
+            match self.start(record.clone(), Some(images)) {
+                Ok(info) => return Ok((info, ALL.to_vec())),
+                Err(err) => {
+                    record.checkpoint_error = Some(err.to_string());
+                    self.stop_processes(record)?;
+                }
+            }
+        }
+        record.checkpoint = false;
+        let info = self.start(record.clone(), None)?;
+        Ok((info, vec![Kept::Disk]))
+    }
+
+    /// Resume a paused (or crashed) sandbox; says what survived.
+    pub fn resume(&self, id: &str) -> Result<Carried, BackendError> {
+        let lock = self.operation_lock(id);
+        let _serialised = lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut record = self.refresh(id)?;
+        match record.status {
+            Status::Running => Ok(Carried {
+                sandbox: self.info(&record),
+                kept: ALL.to_vec(),
+                agent: None,
+            }),
+            Status::Frozen => {
+                self.cgroup(id).thaw()?;
+                record.status = Status::Running;
+                record.save(&self.sandbox_dir(id))?;
+                Ok(Carried {
+                    sandbox: self.info(&record),
+                    kept: ALL.to_vec(),
+                    agent: self.notify(&record, Notice::Resumed)?,
+                })
+            }
+            Status::PausedToDisk | Status::Crashed => {
+                self.stop_processes(&record)?;
+                let images = self.checkpoint_dir(id);
+                let use_images = record.checkpoint && record.status == Status::PausedToDisk;
+                let (sandbox, kept) =
+                    self.start_from(&mut record, use_images.then_some(images.as_path()))?;
+                if images.exists() {
+                    // A checkpoint is restored once: the processes moved on.
+                    let _ = fs::remove_dir_all(&images);
+                }
+                let mut saved = crate::state::SandboxRecord::load(&self.sandbox_dir(id))?;
+                saved.checkpoint = false;
+                saved.checkpoint_error = record.checkpoint_error.clone();
+                saved.save(&self.sandbox_dir(id))?;
+                Ok(Carried {
+                    sandbox,
+                    kept,
+                    agent: self.notify(&record, Notice::Resumed)?,
+                })
+            }
+        }
+    }
+
+    /// Dump a running parent for a fork, leaving it frozen; `None` (with the
+    /// reason recorded) when there is no CRIU or the dump fails.
+    fn dump_for_fork(&self, parent: &mut SandboxRecord) -> Option<std::path::PathBuf> {
+        let (criu, pid1) = self.checkpointable(parent)?;
+        let cgroup = self.cgroup(&parent.id);
+        let images = self
+            .sandbox_dir(&parent.id)
+            .join(format!("fork-{}", new_id()));
+        let freezer = cgroup.freezer_v1_dir();
+        let result = criu.dump(
+            &self.spec(parent),
+            pid1,
+            &images,
+            freezer.as_deref(),
+            AfterDump::Frozen,
+        );
+        match result {
+            Ok(()) => Some(images),
+            Err(err) => {
+                parent.checkpoint_error = Some(err.to_string());
+                let _ = fs::remove_dir_all(&images);
+                None
+            }
+        }
+    }
+
+    /// Let a parent run again after `dump_for_fork` (CRIU leaves its tasks
+    /// frozen and stopped).
+    fn release_after_dump(&self, id: &str) -> Result<(), BackendError> {
+        let cgroup = self.cgroup(id);
+        if let Some(freezer) = cgroup.freezer_v1_dir() {
+            // CRIU froze through the v1 freezer; thaw it there.
+            let _ = fs::write(freezer.join("freezer.state"), "THAWED");
+        }
+        if cgroup.is_frozen() {
+            cgroup.thaw()?;
+        }
+        for pid in cgroup.pids() {
+            // Tasks may be gone already.
+            let _ = kill(Pid::from_raw(pid), Signal::SIGCONT);
+        }
+        Ok(())
+    }
+
+    /// Fork `count` new sandboxes from `id` (which keeps running). Disk is
+    /// always kept; processes and memory too where CRIU works (see the
+    /// module docs).
+    pub fn fork(&self, id: &str, count: usize) -> Result<Vec<Carried>, BackendError> {
+        let lock = self.operation_lock(id);
+        let _serialised = lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut parent = self.refresh(id)?;
+        let cgroup = self.cgroup(id);
+        let running = parent.status == Status::Running;
+        let images = if running {
+            self.dump_for_fork(&mut parent)
+        } else {
+            None
+        };
+        if running && images.is_none() {
+            cgroup.freeze()?;
+        }
+        let mut children = Vec::with_capacity(count);
+        let mut failure = None;
+        for _ in 0..count {
+            let child_id = new_id();
+            let made = self
+                .prepare_dir(&child_id)
+                .and_then(|()| Ok(self.layers.snapshot(&parent.top_layer, &child_id)?));
+            match made {
+                Ok(_) => children.push(child_id),
+                Err(err) => {
+                    self.discard(&child_id);
+                    failure = Some(err);
+                    break;
+                }
+            }
+        }
+        if running {
+            if images.is_some() {
+                self.release_after_dump(id)?;
+            } else {
+                cgroup.thaw()?;
+            }
+        }
+        let mut started = Vec::with_capacity(children.len());
+        if failure.is_some() {
+            for child_id in &children {
+                self.discard(child_id);
+            }
+        } else {
+            // Children start a few at a time: each is mostly waiting on the
+            // kernel, btrfs and CRIU, so a fork of N takes far less than N
+            // times a fork of one.
+            for batch in children.chunks(PARALLEL_STARTS) {
+                let results: Vec<_> = std::thread::scope(|scope| {
+                    let handles: Vec<_> = batch
+                        .iter()
+                        .map(|child_id| {
+                            let parent = &parent;
+                            let images = images.as_deref();
+                            scope.spawn(move || self.start_child(parent, child_id, images))
+                        })
+                        .collect();
+                    handles.into_iter().map(|h| h.join()).collect()
+                });
+                for (child_id, result) in batch.iter().zip(results) {
+                    match result {
+                        Ok(Ok(carried)) => started.push(carried),
+                        Ok(Err(err)) => {
+                            self.discard(child_id);
+                            failure = Some(err);
+                        }
+                        Err(_) => {
+                            self.discard(child_id);
+                            failure = Some(BackendError::Launch {
+                                id: child_id.clone(),
+                                message: "starting the fork panicked".into(),
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(images) = &images {
+            let _ = fs::remove_dir_all(images);
+        }
+        if let Some(err) = failure {
+            for carried in &started {
+                self.discard(&carried.sandbox.id);
+            }
+            return Err(err);
+        }
+        Ok(started)
+    }
+
+    fn start_child(
+        &self,
+        parent: &SandboxRecord,
+        child_id: &str,
+        images: Option<&Path>,
+    ) -> Result<Carried, BackendError> {
+        let mut record = SandboxRecord {
+            id: child_id.to_owned(),
+            status: Status::PausedToDisk,
+            pid1: None,
+            supervisor: None,
+            image_root: parent.image_root.clone(),
+            top_layer: child_id.to_owned(),
+            lower_layers: parent.lower_layers.clone(),
+            limits: parent.limits.clone(),
+            init: parent.init.clone(),
+            env: parent.env.clone(),
+            binds: parent.binds.clone(),
+            agent: parent.agent,
+            hostname: child_id.to_owned(),
+            checkpoint: false,
+            checkpoint_error: parent.checkpoint_error.clone(),
+            forked_from: Some(parent.id.clone()),
+            created_at_secs: now_secs(),
+        };
+        if images.is_some() {
+            // Restored processes reopen the console log where they left it.
+            let from = self.socket_dir(&parent.id).join(CONSOLE_LOG);
+            let _ = fs::copy(from, self.socket_dir(child_id).join(CONSOLE_LOG));
+        }
+        let (sandbox, kept) = self.start_from(&mut record, images)?;
+        let notice = Notice::Forked {
+            hostname: child_id.to_owned(),
+        };
+        Ok(Carried {
+            sandbox,
+            kept,
+            agent: self.notify(&record, notice)?,
+        })
+    }
+}

@@ -1,0 +1,166 @@
+//! `sandbox-init restore <spec.json> <images dir> <criu>`: start a sandbox
+//! from a CRIU checkpoint instead of a fresh PID 1.
+//!
+//! Ordered steps: join the new sandbox's cgroups (CRIU is told to leave
+//! cgroups alone, so restored tasks stay in ours) → become a child
+//! subreaper (the restored PID 1 is re-parented to us when `criu restore
+//! --restore-detached` exits) → private mount namespace with the new
+//! sandbox's overlay root mounted at `root_dir` (`--root`; CRIU recreates
+//! every other mount, mapping the external ones to this sandbox's sources)
+//! → run CRIU → set the new hostname in the restored UTS namespace → report
+//! `ready <pid1>` and supervise PID 1 like stage 1 does.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use nix::sched::{CloneFlags, setns, unshare};
+use nix::sys::prctl::set_child_subreaper;
+use nix::sys::wait::{WaitStatus, waitpid};
+use nix::unistd::{Pid, dup2_stdout, sethostname};
+
+use super::{LaunchError, join_cgroups, mounts, ns_err, read_spec};
+
+/// CRIU's key for the external mount at `guest_path`.
+pub fn external_key(guest_path: &Path) -> String {
+    format!("m{}", guest_path.to_string_lossy().replace('/', "_"))
+}
+
+/// Every process of the tree under `pid` (host pids), from procfs.
+fn tree(pid: i32) -> Vec<i32> {
+    let mut out = vec![pid];
+    let mut next = 0;
+    while next < out.len() {
+        let current = out[next];
+        next += 1;
+        let Ok(tasks) = fs::read_dir(format!("/proc/{current}/task")) else {
+            continue;
+        };
+        for task in tasks.flatten() {
+            let children = fs::read_to_string(task.path().join("children")).unwrap_or_default();
+            out.extend(
+                children
+                    .split_whitespace()
+                    .filter_map(|c| c.parse::<i32>().ok()),
+            );
+        }
+    }
+    out
+}
+
+/// Put the restored tree into this sandbox's groups in every hierarchy.
+/// `--cgroup-root` re-roots the v1 controllers; CRIU has no name for the
+/// cgroup2 hierarchy there, so its tasks would stay in the parent's group.
+/// Two passes catch a child forked while its parent was being moved.
+fn place_tree(pid1: i32, dirs: &[PathBuf]) {
+    for _ in 0..2 {
+        for pid in tree(pid1) {
+            for dir in dirs {
+                // A task may exit meanwhile; the sandbox keeps working.
+                let _ = fs::write(dir.join("cgroup.procs"), pid.to_string());
+            }
+        }
+    }
+}
+
+pub(super) fn restore(args: &[String]) -> Result<i32, LaunchError> {
+    let [spec_path, images, criu] = args else {
+        return Err(LaunchError::Usage);
+    };
+    let spec = read_spec(Path::new(spec_path))?;
+    let images = PathBuf::from(images);
+    join_cgroups(&spec)?;
+    set_child_subreaper(true).map_err(ns_err("set_child_subreaper"))?;
+    unshare(CloneFlags::CLONE_NEWNS).map_err(ns_err("unshare"))?;
+    mounts::make_private()?;
+    mounts::mount_overlay(&spec)?;
+
+    // Several forks restore from one images directory at once: the pid file
+    // and the log go into this sandbox's own (host-only) directory.
+    let own_dir = Path::new(spec_path)
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| images.clone());
+    let pidfile = own_dir.join("restored.pid");
+    let log_path = own_dir.join("restore.log");
+    let _ = fs::remove_file(&pidfile);
+    let mut command = Command::new(criu);
+    command
+        .arg("restore")
+        .arg("-D")
+        .arg(&images)
+        .arg("--root")
+        .arg(&spec.root_dir)
+        .args(["--restore-detached", "-v2"]);
+    // Tasks go into this sandbox's own groups (created by the backend),
+    // wherever the parent's were: each joined hierarchy's dumped paths are
+    // re-rooted there; other hierarchies keep their (root) paths.
+    command.arg("--manage-cgroups=soft");
+    for dir in &spec.cgroups.dirs {
+        let parts: Vec<_> = dir.iter().rev().take(3).collect();
+        if let [id, parent, hierarchy] = parts[..] {
+            let controller = hierarchy.to_string_lossy();
+            let root = Path::new("/").join(parent).join(id);
+            command
+                .arg("--cgroup-root")
+                .arg(format!("{controller}:{}", root.display()));
+        }
+    }
+    command
+        .arg("--pidfile")
+        .arg(&pidfile)
+        .arg("-o")
+        .arg(&log_path);
+    for (guest, host) in mounts::external_mounts(&spec) {
+        command
+            .arg("--external")
+            .arg(format!("mnt[{}]:{}", external_key(&guest), host.display()));
+    }
+    let status = command.status().map_err(|source| LaunchError::Spawn {
+        what: "criu restore".into(),
+        source,
+    })?;
+    if !status.success() {
+        let log = fs::read_to_string(&log_path).unwrap_or_default();
+        let reason = log
+            .lines()
+            .filter(|l| l.contains("Error (") && !l.contains("RLIMIT_NOFILE"))
+            .map(str::trim)
+            .next()
+            .unwrap_or("no error line in the log");
+        return Err(LaunchError::Stage2(format!(
+            "criu restore failed: {reason}"
+        )));
+    }
+    let pid1: i32 = fs::read_to_string(&pidfile)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .ok_or_else(|| LaunchError::Stage2("criu wrote no pid file".into()))?;
+
+    place_tree(pid1, &spec.cgroups.dirs);
+
+    let uts = PathBuf::from(format!("/proc/{pid1}/ns/uts"));
+    let uts_file = OpenOptions::new()
+        .read(true)
+        .open(&uts)
+        .map_err(|source| LaunchError::NamespaceFile { path: uts, source })?;
+    setns(&uts_file, CloneFlags::CLONE_NEWUTS).map_err(ns_err("setns uts"))?;
+    sethostname(&spec.hostname).map_err(ns_err("sethostname"))?;
+
+    let mut stdout = std::io::stdout();
+    writeln!(stdout, "ready {pid1}").map_err(LaunchError::Stdio)?;
+    stdout.flush().map_err(LaunchError::Stdio)?;
+    let devnull = File::open("/dev/null").map_err(LaunchError::Stdio)?;
+    dup2_stdout(&devnull).map_err(|e| LaunchError::Stdio(e.into()))?;
+
+    loop {
+        match waitpid(Pid::from_raw(pid1), None) {
+            Ok(WaitStatus::Exited(_, code)) => return Ok(code),
+            Ok(WaitStatus::Signaled(_, signal, _)) => return Ok(128 + signal as i32),
+            Ok(_) => {}
+            Err(nix::Error::EINTR) => {}
+            Err(_) => return Ok(1),
+        }
+    }
+}

@@ -1,0 +1,257 @@
+//! The layer store: writable top layers of sandboxes as btrfs subvolumes, so
+//! a disk fork is a snapshot (milliseconds, shared extents), never a copy,
+//! and a disk quota is a qgroup limit on the subvolume.
+//!
+//! Where layers live: `<data_dir>/layers/`. If the data directory is already
+//! on btrfs, that is a plain directory; otherwise the store creates a sparse
+//! image `<data_dir>/layers.img` on first use, formats it with
+//! `mkfs.btrfs` and loop-mounts it there (`mount -o loop`, which sets
+//! autoclear: unmounting frees the loop device). Requires `btrfs-progs`.
+//!
+//! A layer is a subvolume `<id>/` holding `upper/` and `work/` (overlayfs
+//! needs both on one file system). The base image root directory is the
+//! bottom lower layer and is never written. A fork snapshots the parent's
+//! top subvolume into the child's new top (writable), so layer chains never
+//! grow: there is nothing to squash. Layers no sandbox references are
+//! removed by [`LayerStore::gc`].
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use nix::sys::statfs::{BTRFS_SUPER_MAGIC, statfs};
+
+/// Failure of a layer operation.
+#[derive(Debug, thiserror::Error)]
+pub enum LayerError {
+    #[error("Layer file system operation on {path} failed")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("Running {tool} failed (is btrfs-progs installed?)")]
+    Spawn {
+        tool: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{tool} failed: {stderr}")]
+    Tool { tool: String, stderr: String },
+    #[error("Layer directory {0} is not on btrfs after mounting")]
+    NotBtrfs(PathBuf),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> LayerError + '_ {
+    move |source| LayerError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn run(program: &str, args: &[&str]) -> Result<(), LayerError> {
+    let tool = format!("{program} {}", args.first().copied().unwrap_or_default());
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .map_err(|source| LayerError::Spawn {
+            tool: tool.clone(),
+            source,
+        })?;
+    if !out.status.success() {
+        return Err(LayerError::Tool {
+            tool,
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        });
+    }
+    Ok(())
+}
+
+fn is_btrfs(path: &Path) -> bool {
+    statfs(path).is_ok_and(|s| s.filesystem_type() == BTRFS_SUPER_MAGIC)
+}
+
+/// The store of layers under one data directory.
+#[derive(Debug, Clone)]
+pub struct LayerStore {
+    root: PathBuf,
+}
+
+/// Paths of one layer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layer {
+    pub dir: PathBuf,
+    pub upper: PathBuf,
+    pub work: PathBuf,
+}
+
+impl LayerStore {
+    /// Open the store, creating and mounting the btrfs image if needed.
+    pub fn open(data_dir: &Path, image_size_gib: u64) -> Result<Self, LayerError> {
+        let root = data_dir.join("layers");
+        fs::create_dir_all(&root).map_err(io_err(&root))?;
+        if !is_btrfs(&root) {
+            let image = data_dir.join("layers.img");
+            if !image.exists() {
+                let file = fs::File::create(&image).map_err(io_err(&image))?;
+                file.set_len(image_size_gib * 1024 * 1024 * 1024)
+                    .map_err(io_err(&image))?;
+                drop(file);
+                let image_str = image.to_string_lossy();
+                run("mkfs.btrfs", &["-q", "-f", &image_str])?;
+            }
+            let (image_str, root_str) = (image.to_string_lossy(), root.to_string_lossy());
+            run("mount", &["-o", "loop", &image_str, &root_str])?;
+            if !is_btrfs(&root) {
+                return Err(LayerError::NotBtrfs(root));
+            }
+        }
+        let store = Self { root };
+        // Quotas: idempotent, and needed for per-layer disk limits.
+        run("btrfs", &["quota", "enable", &store.root.to_string_lossy()])?;
+        Ok(store)
+    }
+
+    /// Where layers live.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The paths of layer `id` (whether or not it exists).
+    pub fn layer(&self, id: &str) -> Layer {
+        let dir = self.root.join(id);
+        Layer {
+            upper: dir.join("upper"),
+            work: dir.join("work"),
+            dir,
+        }
+    }
+
+    /// Create an empty layer.
+    pub fn create(&self, id: &str) -> Result<Layer, LayerError> {
+        let layer = self.layer(id);
+        run(
+            "btrfs",
+            &["subvolume", "create", &layer.dir.to_string_lossy()],
+        )?;
+        for dir in [&layer.upper, &layer.work] {
+            fs::create_dir(dir).map_err(io_err(dir))?;
+        }
+        Ok(layer)
+    }
+
+    /// Writable snapshot of layer `source` as the new layer `id`, with a
+    /// fresh overlayfs work directory.
+    pub fn snapshot(&self, source: &str, id: &str) -> Result<Layer, LayerError> {
+        let from = self.layer(source);
+        let layer = self.layer(id);
+        run(
+            "btrfs",
+            &[
+                "subvolume",
+                "snapshot",
+                &from.dir.to_string_lossy(),
+                &layer.dir.to_string_lossy(),
+            ],
+        )?;
+        if layer.work.exists() {
+            fs::remove_dir_all(&layer.work).map_err(io_err(&layer.work))?;
+        }
+        fs::create_dir(&layer.work).map_err(io_err(&layer.work))?;
+        Ok(layer)
+    }
+
+    /// Limit how much the layer may reference (its disk quota).
+    pub fn set_quota(&self, id: &str, bytes: u64) -> Result<(), LayerError> {
+        let dir = self.layer(id).dir;
+        run(
+            "btrfs",
+            &[
+                "qgroup",
+                "limit",
+                &bytes.to_string(),
+                &dir.to_string_lossy(),
+            ],
+        )
+    }
+
+    /// Delete a layer. A just-exited sandbox's mount namespace may hold the
+    /// subvolume for a moment, so busy errors are retried briefly.
+    pub fn delete(&self, id: &str) -> Result<(), LayerError> {
+        let dir = self.layer(id).dir;
+        if !dir.exists() {
+            return Ok(());
+        }
+        let path = dir.to_string_lossy();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match run("btrfs", &["subvolume", "delete", &path]) {
+                Ok(()) => return Ok(()),
+                Err(err) if Instant::now() > deadline => return Err(err),
+                Err(_) => sleep(Duration::from_millis(5)),
+            }
+        }
+    }
+
+    /// Ids of every layer present.
+    pub fn list(&self) -> Result<Vec<String>, LayerError> {
+        let mut ids = Vec::new();
+        for entry in fs::read_dir(&self.root).map_err(io_err(&self.root))? {
+            let entry = entry.map_err(io_err(&self.root))?;
+            if entry.path().is_dir() {
+                ids.push(entry.file_name().to_string_lossy().into_owned());
+            }
+        }
+        Ok(ids)
+    }
+
+    /// Delete every layer whose id is not in `referenced`; returns their ids.
+    pub fn gc(&self, referenced: &[String]) -> Result<Vec<String>, LayerError> {
+        let mut removed = Vec::new();
+        for id in self.list()? {
+            if !referenced.contains(&id) {
+                self.delete(&id)?;
+                removed.push(id);
+            }
+        }
+        if !removed.is_empty() {
+            // Deleted subvolumes leave empty qgroups behind.
+            let _ = run(
+                "btrfs",
+                &["qgroup", "clear-stale", &self.root.to_string_lossy()],
+            );
+        }
+        Ok(removed)
+    }
+
+    /// Unmount the store's loop image (frees the loop device). Only for a
+    /// store this module mounted; layers must no longer be in use.
+    pub fn unmount(&self) -> Result<(), LayerError> {
+        let image = self.root.with_file_name("layers.img");
+        if image.exists() && is_btrfs(&self.root) {
+            nix::mount::umount2(&self.root, nix::mount::MntFlags::empty()).map_err(|e| {
+                LayerError::Io {
+                    path: self.root.clone(),
+                    source: e.into(),
+                }
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Bytes the layer references (btrfs qgroup accounting), if known.
+    pub fn usage_bytes(&self, id: &str) -> Option<u64> {
+        let dir = self.layer(id).dir;
+        let out = Command::new("btrfs")
+            .args(["qgroup", "show", "-f", "--raw"])
+            .arg(&dir)
+            .output()
+            .ok()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.lines()
+            .filter(|l| l.starts_with("0/"))
+            .find_map(|l| l.split_whitespace().nth(1)?.parse().ok())
+    }
+}

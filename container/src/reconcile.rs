@@ -1,0 +1,125 @@
+//! Start-up reconciliation: find and clean what a crashed forge (or a killed
+//! sandbox) left under a data directory.
+//!
+//! Steps, in order:
+//! 1. Every sandbox directory: without a record (the forge died mid-create)
+//!    → kill its cgroup, delete its layer and directory. With a record that
+//!    says running/frozen but whose PID 1 is gone → kill leftovers, remove
+//!    the cgroup, mark it `crashed` (its disk is kept: it can be resumed).
+//!    PID 1 alive → left running and reported as adopted (the backend
+//!    manages it through its cgroup and record; no in-memory state needed).
+//!    Checkpoint images of a fork the crash interrupted are removed.
+//! 2. Every cgroup under this data directory's parent without a sandbox →
+//!    processes killed, group removed.
+//! 3. Layers no record references → deleted (GC).
+//!
+//! Mounts need no step: a sandbox's mounts live only in its own mount
+//! namespace and vanish with its last process. The layer store's loop mount
+//! stays mounted for the next start.
+
+use std::fs;
+use std::path::Path;
+
+use crate::backend::{BackendError, cgroup_parent};
+use crate::cgroup::CgroupLayout;
+use crate::layers::LayerStore;
+use crate::state::{STATE_FILE, SandboxRecord, Status, is_sandbox_pid};
+
+/// What reconciliation found and did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ReconcileReport {
+    /// Sandboxes still running, left alone.
+    pub adopted: Vec<String>,
+    /// Sandboxes whose processes were gone; now `crashed` (disk kept).
+    pub crashed: Vec<String>,
+    /// Half-created sandboxes removed.
+    pub removed: Vec<String>,
+    /// Cgroups without a sandbox, emptied and removed.
+    pub orphan_cgroups: Vec<String>,
+    /// Layers no sandbox referenced, deleted.
+    pub collected_layers: Vec<String>,
+}
+
+/// Reconcile `data_dir` (see the module docs). Idempotent.
+pub fn reconcile(data_dir: &Path, layer_image_gib: u64) -> Result<ReconcileReport, BackendError> {
+    let mut report = ReconcileReport::default();
+    let layers = LayerStore::open(data_dir, layer_image_gib)?;
+    let cgroups = CgroupLayout::probe()?;
+    let parent = cgroup_parent(data_dir);
+    let sandboxes = data_dir.join("sandboxes");
+    fs::create_dir_all(&sandboxes).map_err(|source| BackendError::Io {
+        path: sandboxes.clone(),
+        source,
+    })?;
+
+    let mut known = Vec::new();
+    let mut referenced = Vec::new();
+    let entries = fs::read_dir(&sandboxes).map_err(|source| BackendError::Io {
+        path: sandboxes.clone(),
+        source,
+    })?;
+    for entry in entries.flatten() {
+        let id = entry.file_name().to_string_lossy().into_owned();
+        let dir = entry.path();
+        let cgroup = cgroups.group(&parent, &id);
+        if !dir.join(STATE_FILE).exists() {
+            cgroup.kill_all()?;
+            cgroup.remove()?;
+            layers.delete(&id)?;
+            fs::remove_dir_all(&dir).map_err(|source| BackendError::Io {
+                path: dir.clone(),
+                source,
+            })?;
+            report.removed.push(id);
+            continue;
+        }
+        // Images of a fork interrupted by the crash are of no further use.
+        for stale in fs::read_dir(&dir).into_iter().flatten().flatten() {
+            if stale.file_name().to_string_lossy().starts_with("fork-") {
+                let _ = fs::remove_dir_all(stale.path());
+            }
+        }
+        let mut record = SandboxRecord::load(&dir)?;
+        referenced.push(record.top_layer.clone());
+        referenced.extend(record.lower_layers.iter().cloned());
+        known.push(id.clone());
+        let live = matches!(record.status, Status::Running | Status::Frozen);
+        if live && record.pid1.is_some_and(|pid| is_sandbox_pid(pid, &id)) {
+            report.adopted.push(id);
+            continue;
+        }
+        if cgroup.exists() {
+            if cgroup.is_frozen() {
+                cgroup.thaw()?;
+            }
+            cgroup.kill_all()?;
+            cgroup.remove()?;
+        }
+        if live {
+            record.status = Status::Crashed;
+            record.pid1 = None;
+            record.supervisor = None;
+            record.save(&dir)?;
+            report.crashed.push(id);
+        }
+    }
+
+    for name in cgroups.list(&parent) {
+        if known.contains(&name) {
+            continue;
+        }
+        let cgroup = cgroups.group(&parent, &name);
+        if cgroup.is_frozen() {
+            cgroup.thaw()?;
+        }
+        cgroup.kill_all()?;
+        cgroup.remove()?;
+        report.orphan_cgroups.push(name);
+    }
+
+    if known.is_empty() {
+        cgroups.remove_parent(&parent);
+    }
+    report.collected_layers = layers.gc(&referenced)?;
+    Ok(report)
+}

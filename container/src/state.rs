@@ -1,0 +1,141 @@
+//! The on-disk record of each sandbox, `<data_dir>/sandboxes/<id>/state.json`,
+//! written on every state change so a restarted forge (or [`fn@crate::reconcile`])
+//! knows what exists without any in-memory state.
+//!
+//! Directory of a sandbox: `spec.json` (the launch spec), `state.json`,
+//! `run/` (bind-mounted at `/run/sandbox` inside: the agent's socket and
+//! `console.log`, the stderr of the launcher and PID 1), `root/` (mount
+//! point of the overlay root inside the sandbox's mount namespace; empty on
+//! the host).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::spec::Limits;
+
+/// Lifecycle state of a sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Processes running.
+    Running,
+    /// Paused in memory: cgroup frozen, RAM kept, no CPU.
+    Frozen,
+    /// Paused to disk: no processes, no RAM; the disk is kept.
+    PausedToDisk,
+    /// PID 1 died without being asked to (killed, crashed, OOM); the disk is kept.
+    Crashed,
+}
+
+/// What a fork or a resume carried over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kept {
+    Disk,
+    Memory,
+    Processes,
+}
+
+/// The persisted record.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SandboxRecord {
+    pub id: String,
+    pub status: Status,
+    /// Host pid of PID 1 while running or frozen.
+    pub pid1: Option<u32>,
+    /// Host pid of the launcher's supervising first stage.
+    pub supervisor: Option<u32>,
+    /// Base image root directory (bottom lower layer).
+    pub image_root: PathBuf,
+    /// Id of the writable top layer in the layer store.
+    pub top_layer: String,
+    /// Extra read-only layer ids between image and top, top-most first.
+    pub lower_layers: Vec<String>,
+    pub limits: Limits,
+    pub init: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub hostname: String,
+    /// Host paths bind-mounted inside.
+    #[serde(default)]
+    pub binds: Vec<crate::spec::Bind>,
+    /// PID 1 is the sandbox agent: wait for it and send it lifecycle notices.
+    #[serde(default)]
+    pub agent: bool,
+    /// A CRIU checkpoint in `<sandbox dir>/checkpoint` holds its processes
+    /// and memory (set by pause to disk, consumed by resume).
+    #[serde(default)]
+    pub checkpoint: bool,
+    /// Why the last checkpoint attempt fell back to keeping only the disk.
+    #[serde(default)]
+    pub checkpoint_error: Option<String>,
+    /// The sandbox this one was forked from, if any.
+    pub forked_from: Option<String>,
+    /// Seconds since the Unix epoch.
+    pub created_at_secs: u64,
+}
+
+/// Failure to read or write a record.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("Sandbox state file {path} could not be accessed")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("Sandbox state file {path} is malformed")]
+    Format {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// Name of the record file in a sandbox directory.
+pub const STATE_FILE: &str = "state.json";
+
+impl SandboxRecord {
+    /// Write atomically (temp file + rename).
+    pub fn save(&self, dir: &Path) -> Result<(), StateError> {
+        let path = dir.join(STATE_FILE);
+        let tmp = dir.join("state.json.tmp");
+        let bytes = serde_json::to_vec_pretty(self).map_err(|source| StateError::Format {
+            path: path.clone(),
+            source,
+        })?;
+        fs::write(&tmp, bytes).map_err(|source| StateError::Io {
+            path: tmp.clone(),
+            source,
+        })?;
+        fs::rename(&tmp, &path).map_err(|source| StateError::Io { path, source })
+    }
+
+    /// Read the record of the sandbox in `dir`.
+    pub fn load(dir: &Path) -> Result<Self, StateError> {
+        let path = dir.join(STATE_FILE);
+        let bytes = fs::read(&path).map_err(|source| StateError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        serde_json::from_slice(&bytes).map_err(|source| StateError::Format { path, source })
+    }
+}
+
+/// True when `pid` is alive and is PID 1 of sandbox `id` (checked through its
+/// cgroup membership, so a reused pid is not mistaken for the sandbox).
+pub fn is_sandbox_pid(pid: u32, id: &str) -> bool {
+    let Ok(cgroups) = fs::read_to_string(format!("/proc/{pid}/cgroup")) else {
+        return false;
+    };
+    let alive = fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            // State is the field after the parenthesised command name.
+            s.rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next())
+                .is_some_and(|state| state != "Z" && state != "X")
+        })
+        .unwrap_or(false);
+    alive && cgroups.lines().any(|l| l.ends_with(&format!("/{id}")))
+}
