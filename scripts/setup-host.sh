@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Install what the forge and its test suite need on a Debian 12 host.
+# Idempotent: packages already present are left alone, CRIU is built once
+# and cached under /var/cache/forge/criu.
+set -euo pipefail
+
+log() { echo "setup: $*" >&2; }
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "setup: needs root (namespaces, cgroups, loop devices, /dev/kvm, apt-get)" >&2
+    exit 1
+fi
+
+# git: the forge's transport; gcc: test guests of the VMM; btrfs-progs: the
+# container backend's layer store; busybox-static: the container tests' tiny
+# root; iptables: CRIU dumps each sandbox's network namespace with it;
+# mmdebstrap, e2fsprogs, curl: the guest image builder.
+packages=(git gcc libc6-dev btrfs-progs busybox-static iptables mmdebstrap e2fsprogs curl ca-certificates tar xz-utils)
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    log "installing ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# CRIU >= 4.2 keeps processes and memory across container pause and fork.
+# Without it those operations keep the disk only (and say so), so a failed
+# build is a warning, not an error.
+here="$(cd "$(dirname "$0")/.." && pwd)"
+if ! "$here/container/scripts/build-criu.sh" >/dev/null; then
+    log "warning: no working CRIU; container pause/fork will keep the disk only"
+fi

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Run the whole test suite: host set-up, formatting, then every crate's tests
+# (VMM on the real /dev/kvm, agent, guest image, container backend, webhooks).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+./scripts/setup-host.sh
+
+# Heavy artifacts (the guest image, CRIU) are cached outside the clone, keyed
+# by their inputs, and rebuilt when absent.
+export FORGE_DATA_DIR="${FORGE_DATA_DIR:-/var/lib/forge}"
+mkdir -p "$FORGE_DATA_DIR"
+
+cargo fmt --all --check
+
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+status=0
+cargo test --workspace 2>&1 | tee "$log" || status=$?
+# One closing line over every test binary (cargo prints one per binary).
+awk '/^test result:/ { p += $4; f += $6; i += $8 }
+     END { printf "total: %d passed, %d failed, %d skipped\n", p, f, i }' "$log"
+exit "$status"

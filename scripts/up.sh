@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Set up this host and prepare the forge: host packages, release binaries,
+# and the guest image every sandbox starts from (cached in the data dir).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+./scripts/setup-host.sh
+echo "up: building release binaries (forge, forge-vmm, sandbox-agent, sandbox-init)" >&2
+cargo build --release -q -p forge -p vmm -p sandbox-agent -p sandbox-container
+export FORGE_DATA_DIR="${FORGE_DATA_DIR:-/var/lib/forge}"
+./target/release/forge image build
+./target/release/forge image list
