@@ -278,8 +278,9 @@ fn stage2(spec_path: &Path) -> Result<(), LaunchError> {
 /// Descriptors beyond 0-2 that reached PID 1 were inherited without
 /// close-on-exec from whoever started the forge (e.g. a build tool's
 /// jobserver pipe). Closing an arbitrary descriptor number needs `unsafe`,
-/// which this crate forbids, so they are named in the console log instead:
-/// start the forge with a clean descriptor table.
+/// which this crate forbids: the sandbox agent closes them as its first step
+/// as PID 1 (`close_range`), and this names them in the console log so a
+/// different init can be checked too.
 fn warn_inherited_descriptors() {
     let Ok(entries) = fs::read_dir("/proc/self/fd") else {
         return;

@@ -2,6 +2,8 @@
 //! hostname, environment), lifecycle notices (forked, resumed) and power-off.
 //!
 //! Start-up as PID 1, in order:
+//! 0. close every descriptor above stderr: whatever the launcher's own parent
+//!    leaked without close-on-exec must not reach the sandbox;
 //! 1. mount `/proc`, `/sys`, `/dev` (devtmpfs), `/dev/pts` (new instance),
 //!    `/dev/shm`, `/tmp`, `/run` unless it, or a path below it, is already
 //!    mounted (a container launcher may have prepared some of them, e.g. the
@@ -23,6 +25,19 @@ use std::time::Duration;
 use agent_proto::{Forked, LifecycleReport, Resumed, StepOutcome};
 
 use crate::Agent;
+
+fn close_inherited_fds() {
+    // SAFETY: close_range(2) only closes descriptors. This runs first thing in
+    // PID 1, before the agent has opened anything, so no Rust object owns a
+    // descriptor above 2 that would be left dangling.
+    let rc = unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
+    if rc != 0 {
+        eprintln!(
+            "sandbox-agent: close inherited descriptors: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
 
 fn c(s: &str) -> CString {
     CString::new(s).expect("static strings have no NUL")
@@ -63,6 +78,7 @@ fn mounted() -> Vec<String> {
 
 /// Runs the PID 1 start-up steps (see the module documentation).
 pub fn init_pid1() {
+    close_inherited_fds();
     if !std::path::Path::new("/proc/self").exists()
         && let Err(e) = mount(
             "proc",
