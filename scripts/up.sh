@@ -10,3 +10,5 @@ cargo build --release -q -p forge -p vmm -p sandbox-agent -p sandbox-container
 export FORGE_DATA_DIR="${FORGE_DATA_DIR:-/var/lib/forge}"
 ./target/release/forge image build
 ./target/release/forge image list
+echo "up: starting the forge on ${FORGE_LISTEN:-127.0.0.1:7070} (Ctrl-C stops it; the admin token is printed on first start and saved in $FORGE_DATA_DIR/admin-token)" >&2
+exec ./target/release/forge serve

@@ -1,12 +1,12 @@
-//! The `forge` command line.
-//!
-//! Today it manages the guest images every sandbox boots from:
-//! `forge image build` builds (or finds in the cache) the Debian root
-//! filesystem with git, Node.js, Bun and the sandbox agent as init, and
-//! `forge image list` shows what the data directory holds.
+//! The `forge` command line: `forge serve` runs the server; `repo`,
+//! `token` and `events` talk to a running server over HTTP; `image`
+//! manages the guest images sandboxes boot from.
 
 #![forbid(unsafe_code)]
 
+mod cli;
+
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
@@ -19,15 +19,64 @@ use clap::{Parser, Subcommand};
     about = "A git forge where every branch is a sandbox"
 )]
 struct Cli {
-    /// Where the forge keeps its state (images, later repositories and snapshots).
+    /// Where the forge keeps its state: database, repositories, images.
     #[arg(long, env = "FORGE_DATA_DIR", global = true)]
     data_dir: Option<PathBuf>,
+    /// The forge to talk to (client commands).
+    #[arg(
+        long,
+        env = "FORGE_URL",
+        default_value = "http://127.0.0.1:7070",
+        global = true
+    )]
+    server: String,
+    /// The token for client commands (default: the admin token in the data directory).
+    #[arg(long, env = "FORGE_TOKEN", global = true, hide_env_values = true)]
+    token: Option<String>,
+    /// Print JSON instead of tables (client commands).
+    #[arg(long, global = true)]
+    json: bool,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the forge server (HTTP API and git over HTTP).
+    Serve {
+        /// Address to listen on.
+        #[arg(long, env = "FORGE_LISTEN", default_value = "127.0.0.1:7070")]
+        listen: SocketAddr,
+        /// The URL clients reach the forge at (default: http://<listen>).
+        #[arg(long, env = "FORGE_PUBLIC_URL")]
+        public_url: Option<String>,
+        /// Largest git request body accepted, in bytes, after decompression.
+        #[arg(long, env = "FORGE_MAX_BODY_BYTES", default_value_t = 2 << 30)]
+        max_body_bytes: u64,
+        /// Let repository imports (and webhooks) reach loopback addresses.
+        #[arg(long, env = "FORGE_ALLOW_LOOPBACK")]
+        allow_loopback: bool,
+        /// Let repository imports (and webhooks) reach private networks.
+        #[arg(long, env = "FORGE_ALLOW_PRIVATE")]
+        allow_private: bool,
+    },
+    /// Repositories: create, list, delete.
+    #[command(subcommand)]
+    Repo(cli::RepoCommand),
+    /// Access tokens: create, list, revoke.
+    #[command(subcommand)]
+    Token(cli::TokenCommand),
+    /// Print a repository's events (pushes, branches and tags created or deleted).
+    Events {
+        /// `owner/name`.
+        repo: String,
+        /// Only events after this cursor.
+        #[arg(long, default_value_t = 0)]
+        after: i64,
+        /// Keep waiting for new events.
+        #[arg(long, short)]
+        follow: bool,
+    },
     /// Guest images: the root filesystem every sandbox starts from.
     #[command(subcommand)]
     Image(ImageCommand),
@@ -61,9 +110,61 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Some(dir) => dir,
         None => default_data_dir()?,
     };
+    let runtime = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the async runtime")
+    };
+    let target = cli::Target {
+        server: &cli.server,
+        token: cli.token.clone(),
+        data_dir: &data_dir,
+        json: cli.json,
+    };
     match cli.command {
+        Command::Serve {
+            listen,
+            public_url,
+            max_body_bytes,
+            allow_loopback,
+            allow_private,
+        } => {
+            init_logging();
+            let config = forge::server::Config {
+                listen,
+                data_dir: data_dir.clone(),
+                public_url,
+                max_body_bytes,
+                allow_loopback,
+                allow_private,
+            };
+            runtime()?.block_on(forge::server::serve(config))
+        }
+        Command::Repo(command) => runtime()?.block_on(cli::repo(&target, command)),
+        Command::Token(command) => runtime()?.block_on(cli::token(&target, command)),
+        Command::Events {
+            repo,
+            after,
+            follow,
+        } => runtime()?.block_on(cli::events(&target, &repo, after, follow)),
         Command::Image(ImageCommand::Build { agent }) => build_image(data_dir, agent),
         Command::Image(ImageCommand::List) => list_images(data_dir),
+    }
+}
+
+/// Logs to stderr; `RUST_LOG` filters (default `info`), `FORGE_LOG_FORMAT=json`
+/// switches to JSON lines.
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if std::env::var("FORGE_LOG_FORMAT").is_ok_and(|f| f == "json") {
+        builder.json().init();
+    } else {
+        builder.init();
     }
 }
 

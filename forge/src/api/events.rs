@@ -1,0 +1,68 @@
+//! `GET /v1/repos/{owner}/{name}/events?after=<cursor>&limit=<n>&wait_secs=<s>`:
+//! a repository's events, oldest first, from a cursor. With `wait_secs`,
+//! an empty answer waits up to that long for the next event (long poll).
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use serde::{Deserialize, Serialize};
+
+use super::ApiError;
+use super::repos::authorize;
+use crate::auth::{Caller, Scope};
+use crate::events::Event;
+use crate::server::AppState;
+
+#[derive(Debug, Deserialize)]
+pub struct EventQuery {
+    #[serde(default)]
+    after: i64,
+    limit: Option<i64>,
+    wait_secs: Option<u64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct EventPage {
+    events: Vec<Event>,
+    /// Pass as `after` to continue.
+    next_cursor: i64,
+}
+
+const MAX_LIMIT: i64 = 1000;
+const MAX_WAIT_SECS: u64 = 60;
+
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((owner, name)): Path<(String, String)>,
+    Query(query): Query<EventQuery>,
+) -> Result<Json<EventPage>, ApiError> {
+    let repo = authorize(&state, &caller, &owner, &name, Scope::RepoRead).await?;
+    let limit = query.limit.unwrap_or(100).clamp(1, MAX_LIMIT);
+    let deadline = tokio::time::Instant::now()
+        + Duration::from_secs(query.wait_secs.unwrap_or(0).min(MAX_WAIT_SECS));
+    // Subscribe before reading, so an event committed in between is not missed.
+    let mut news = state.events.subscribe();
+    loop {
+        let rows = state
+            .store
+            .events_after(&repo.id, query.after, limit)
+            .await?;
+        if !rows.is_empty() || tokio::time::Instant::now() >= deadline {
+            let events: Vec<Event> = rows.into_iter().map(Event::from).collect();
+            let next_cursor = events.last().map_or(query.after, |event| event.id);
+            return Ok(Json(EventPage {
+                events,
+                next_cursor,
+            }));
+        }
+        loop {
+            match tokio::time::timeout_at(deadline, news.recv()).await {
+                Ok(Ok(event)) if event.repo_id != repo.id => continue,
+                // News for this repository, a lag, a closed bus or the deadline: read again.
+                _ => break,
+            }
+        }
+    }
+}

@@ -1,0 +1,113 @@
+//! The HTTP surface: the JSON API under `/v1`, git smart HTTP under
+//! `/{owner}/{name}.git`, and `/healthz`. Handlers are thin: they
+//! authenticate, validate, call the domain modules and shape the answer.
+//!
+//! Authentication is a token, as `Authorization: Bearer <token>` or as the
+//! password of HTTP Basic auth (any user name), which is what `git` sends.
+
+mod error;
+mod events;
+mod repos;
+
+pub use repos::authorize as repos_authorize;
+mod tokens;
+
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine;
+use serde::de::DeserializeOwned;
+
+pub use error::ApiError;
+
+use crate::auth::{self, Caller};
+use crate::server::AppState;
+
+/// Every route of the forge.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/v1/repos", post(repos::create).get(repos::list))
+        .route(
+            "/v1/repos/{owner}/{name}",
+            get(repos::show).delete(repos::delete),
+        )
+        .route("/v1/repos/{owner}/{name}/branches", get(repos::branches))
+        .route("/v1/repos/{owner}/{name}/events", get(events::list))
+        .route("/v1/tokens", post(tokens::create).get(tokens::list))
+        .route("/v1/tokens/{id}", axum::routing::delete(tokens::revoke))
+        .route(
+            "/{owner}/{name}/info/refs",
+            get(crate::git::http::info_refs),
+        )
+        .route(
+            "/{owner}/{name}/git-upload-pack",
+            post(crate::git::http::upload_pack),
+        )
+        .route(
+            "/{owner}/{name}/git-receive-pack",
+            post(crate::git::http::receive_pack),
+        )
+        .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .with_state(state)
+}
+
+/// The secret a request presents, if any.
+fn presented_secret(parts: &Parts) -> Result<Option<String>, ApiError> {
+    let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let malformed = || ApiError::unauthorized("the Authorization header is malformed");
+    let value = value.to_str().map_err(|_| malformed())?;
+    let (scheme, rest) = value.split_once(' ').ok_or_else(malformed)?;
+    match scheme.to_ascii_lowercase().as_str() {
+        "bearer" | "token" => Ok(Some(rest.trim().to_owned())),
+        "basic" => {
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(rest.trim())
+                .map_err(|_| malformed())?;
+            let decoded = String::from_utf8(decoded).map_err(|_| malformed())?;
+            let (_user, password) = decoded.split_once(':').ok_or_else(malformed)?;
+            Ok(Some(password.to_owned()))
+        }
+        _ => Err(ApiError::unauthorized(
+            "use `Authorization: Bearer <token>` or HTTP Basic auth with the token as password",
+        )),
+    }
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let secret = presented_secret(parts)?
+            .ok_or_else(|| ApiError::unauthorized("a token is required"))?;
+        let row = state
+            .store
+            .use_token(&auth::hash_secret(&secret))
+            .await?
+            .ok_or_else(|| ApiError::unauthorized("the token is unknown or revoked"))?;
+        Ok(Caller::from_row(&row))
+    }
+}
+
+/// A JSON request body whose rejections use the common error shape.
+pub struct Body<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+        let Json(value) = Json::<T>::from_request(request, state)
+            .await
+            .map_err(error::json_rejection)?;
+        Ok(Body(value))
+    }
+}
+
+/// `201 Created` with a JSON body.
+pub fn created<T: serde::Serialize>(value: T) -> (StatusCode, Json<T>) {
+    (StatusCode::CREATED, Json(value))
+}

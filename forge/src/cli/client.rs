@@ -1,0 +1,75 @@
+//! The HTTP client the CLI commands share: base URL, token, and turning the
+//! API's error shape into a one-line message.
+
+use std::path::Path;
+
+use anyhow::{Context, bail};
+use reqwest::Method;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl Client {
+    /// A client for `server`, authenticated with `FORGE_TOKEN` or else the
+    /// admin token saved in the data directory.
+    pub fn new(server: &str, token: Option<String>, data_dir: &Path) -> anyhow::Result<Self> {
+        let token = match token.filter(|t| !t.trim().is_empty()) {
+            Some(token) => token.trim().to_owned(),
+            None => {
+                let path = forge::server::admin_token_path(data_dir);
+                std::fs::read_to_string(&path)
+                    .with_context(|| {
+                        format!(
+                            "no token: set FORGE_TOKEN, or run this where the server's data directory is ({} could not be read)",
+                            path.display()
+                        )
+                    })?
+                    .trim()
+                    .to_owned()
+            }
+        };
+        Ok(Self {
+            http: reqwest::Client::new(),
+            base: server.trim_end_matches('/').to_owned(),
+            token,
+        })
+    }
+
+    pub async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<T> {
+        let url = format!("{}{path}", self.base);
+        let mut request = self.http.request(method, &url).bearer_auth(&self.token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the forge at {}", self.base))?;
+        let status = response.status();
+        let text = response.text().await.context("reading the answer failed")?;
+        if !status.is_success() {
+            let message = serde_json::from_str::<Value>(&text)
+                .ok()
+                .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
+                .unwrap_or(text);
+            bail!("{message} (HTTP {})", status.as_u16());
+        }
+        let text = if text.is_empty() {
+            "null".to_owned()
+        } else {
+            text
+        };
+        serde_json::from_str(&text)
+            .with_context(|| format!("the answer to {path} is not the expected JSON"))
+    }
+}

@@ -1,0 +1,254 @@
+//! The commands that talk to a running forge over HTTP: `repo`, `token`,
+//! `events`.
+
+mod client;
+
+use std::path::Path;
+
+use anyhow::Context;
+use clap::Subcommand;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use client::Client;
+
+#[derive(Subcommand)]
+pub enum RepoCommand {
+    /// Create a repository, empty or imported from a git URL.
+    Create {
+        /// `owner/name`.
+        name: String,
+        /// The default branch (default: main, or the imported repository's).
+        #[arg(long)]
+        default_branch: Option<String>,
+        /// Clone every branch and tag of this http(s) git URL.
+        #[arg(long = "import")]
+        import_url: Option<String>,
+    },
+    /// List repositories.
+    List,
+    /// Delete a repository and everything in it.
+    Delete {
+        /// `owner/name`.
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum TokenCommand {
+    /// Create a token; its secret is printed once.
+    Create {
+        /// A name to recognise it by.
+        name: String,
+        /// admin, repo:write or repo:read (repeat or separate with commas).
+        #[arg(long = "scope", required = true, value_delimiter = ',')]
+        scopes: Vec<String>,
+        /// Limit the token to one repository (`owner/name`).
+        #[arg(long)]
+        repo: Option<String>,
+    },
+    /// List tokens (never their secrets).
+    List,
+    /// Revoke a token by id.
+    Revoke { id: String },
+}
+
+/// Where the CLI finds the server.
+pub struct Target<'a> {
+    pub server: &'a str,
+    pub token: Option<String>,
+    pub data_dir: &'a Path,
+    pub json: bool,
+}
+
+impl Target<'_> {
+    fn client(&self) -> anyhow::Result<Client> {
+        Client::new(self.server, self.token.clone(), self.data_dir)
+    }
+}
+
+fn print_json(value: &Value) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+fn text(value: &Value) -> &str {
+    value.as_str().unwrap_or("-")
+}
+
+fn repo_path(name: &str) -> anyhow::Result<String> {
+    let name = forge::git::RepoName::parse(name)?;
+    Ok(format!("/v1/repos/{}/{}", name.owner, name.name))
+}
+
+pub async fn repo(target: &Target<'_>, command: RepoCommand) -> anyhow::Result<()> {
+    let client = target.client()?;
+    match command {
+        RepoCommand::Create {
+            name,
+            default_branch,
+            import_url,
+        } => {
+            let body =
+                json!({ "name": name, "default_branch": default_branch, "import_url": import_url });
+            let repo: Value = client.call(Method::POST, "/v1/repos", Some(body)).await?;
+            if target.json {
+                return print_json(&repo);
+            }
+            println!(
+                "created {} (default branch {})",
+                text(&repo["name"]),
+                text(&repo["default_branch"])
+            );
+            println!("clone: git clone {}", text(&repo["clone_url"]));
+        }
+        RepoCommand::List => {
+            let repos: Value = client.call(Method::GET, "/v1/repos", None).await?;
+            if target.json {
+                return print_json(&repos);
+            }
+            println!("{:<40} {:<16} CLONE URL", "NAME", "DEFAULT");
+            for repo in repos.as_array().into_iter().flatten() {
+                println!(
+                    "{:<40} {:<16} {}",
+                    text(&repo["name"]),
+                    text(&repo["default_branch"]),
+                    text(&repo["clone_url"])
+                );
+            }
+        }
+        RepoCommand::Delete { name } => {
+            let _: Value = client
+                .call(Method::DELETE, &repo_path(&name)?, None)
+                .await?;
+            println!("deleted {name}");
+        }
+    }
+    Ok(())
+}
+
+pub async fn token(target: &Target<'_>, command: TokenCommand) -> anyhow::Result<()> {
+    let client = target.client()?;
+    match command {
+        TokenCommand::Create { name, scopes, repo } => {
+            let body = json!({ "name": name, "scopes": scopes, "repo": repo });
+            let token: Value = client.call(Method::POST, "/v1/tokens", Some(body)).await?;
+            if target.json {
+                return print_json(&token);
+            }
+            println!(
+                "token {} created; its secret is shown only now:",
+                text(&token["id"])
+            );
+            println!("{}", text(&token["token"]));
+        }
+        TokenCommand::List => {
+            let tokens: Value = client.call(Method::GET, "/v1/tokens", None).await?;
+            if target.json {
+                return print_json(&tokens);
+            }
+            println!(
+                "{:<36} {:<20} {:<26} {:<20} STATE",
+                "ID", "NAME", "SCOPES", "REPO"
+            );
+            for token in tokens.as_array().into_iter().flatten() {
+                let scopes: Vec<&str> = token["scopes"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .collect();
+                let state = if token["revoked_at"].is_string() {
+                    "revoked"
+                } else {
+                    "live"
+                };
+                println!(
+                    "{:<36} {:<20} {:<26} {:<20} {state}",
+                    text(&token["id"]),
+                    text(&token["name"]),
+                    scopes.join(","),
+                    token["repo"].as_str().unwrap_or("(all)")
+                );
+            }
+        }
+        TokenCommand::Revoke { id } => {
+            let _: Value = client
+                .call(Method::DELETE, &format!("/v1/tokens/{id}"), None)
+                .await?;
+            println!("revoked {id}");
+        }
+    }
+    Ok(())
+}
+
+/// `forge events`: prints a repository's events from a cursor; with
+/// `follow`, keeps waiting for new ones.
+pub async fn events(
+    target: &Target<'_>,
+    repo: &str,
+    mut after: i64,
+    follow: bool,
+) -> anyhow::Result<()> {
+    let client = target.client()?;
+    let base = repo_path(repo)?;
+    loop {
+        let wait = if follow { 30 } else { 0 };
+        let page: Value = client
+            .call(
+                Method::GET,
+                &format!("{base}/events?after={after}&limit=1000&wait_secs={wait}"),
+                None,
+            )
+            .await?;
+        let events = page["events"]
+            .as_array()
+            .context("the answer has no events")?;
+        for event in events {
+            if target.json {
+                println!("{event}");
+            } else {
+                println!("{}", describe(event));
+            }
+        }
+        after = page["next_cursor"].as_i64().unwrap_or(after);
+        if !follow && events.is_empty() {
+            return Ok(());
+        }
+        if !follow && events.len() < 1000 {
+            return Ok(());
+        }
+    }
+}
+
+/// One line per event: cursor, time, kind, ref and what changed.
+fn describe(event: &Value) -> String {
+    let payload = &event["payload"];
+    let short = |v: &Value| {
+        v.as_str()
+            .map(|s| s.chars().take(8).collect::<String>())
+            .unwrap_or_default()
+    };
+    let mut line = format!(
+        "{:>6} {} {:<15} {}",
+        event["id"],
+        text(&event["created_at"]),
+        text(&event["kind"]),
+        event["ref"].as_str().unwrap_or("")
+    );
+    if event["kind"] == "push" {
+        line.push_str(&format!(
+            " {}..{} commits={} paths={}{}",
+            short(&payload["before"]),
+            short(&payload["after"]),
+            payload["commits_total"],
+            payload["paths"].as_array().map_or(0, Vec::len),
+            if payload["forced"] == true {
+                " forced"
+            } else {
+                ""
+            }
+        ));
+    }
+    line
+}

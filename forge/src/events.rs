@@ -1,0 +1,73 @@
+//! Events: what happened in a repository, recorded durably in the `events`
+//! table (the outbox) and announced to in-process subscribers.
+//!
+//! A consumer (webhooks, GitHub sync, pipelines) reads the outbox from its
+//! last cursor at start-up, then follows [`EventBus::subscribe`] for news;
+//! the broadcast is only a wake-up, the table is the truth, so a consumer
+//! that lags or restarts loses nothing.
+
+use serde::Serialize;
+use tokio::sync::broadcast;
+
+use crate::store::EventRow;
+
+/// An event as the API and subscribers see it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Event {
+    /// The cursor: strictly increasing across the whole forge.
+    pub id: i64,
+    pub repo_id: String,
+    pub repo: String,
+    pub kind: String,
+    #[serde(rename = "ref")]
+    pub ref_name: Option<String>,
+    /// The token that caused the event.
+    pub actor: Option<String>,
+    pub created_at: String,
+    pub payload: serde_json::Value,
+}
+
+impl From<EventRow> for Event {
+    fn from(row: EventRow) -> Self {
+        Self {
+            id: row.id,
+            repo_id: row.repo_id,
+            repo: row.repo_name,
+            kind: row.kind,
+            ref_name: row.ref_name,
+            actor: row.actor,
+            created_at: row.created_at,
+            payload: serde_json::from_str(&row.payload).unwrap_or(serde_json::Value::Null),
+        }
+    }
+}
+
+/// In-process fan-out of events already committed to the outbox.
+#[derive(Debug, Clone)]
+pub struct EventBus {
+    sender: broadcast::Sender<Event>,
+}
+
+impl Default for EventBus {
+    fn default() -> Self {
+        Self {
+            sender: broadcast::channel(1024).0,
+        }
+    }
+}
+
+impl EventBus {
+    /// Announces committed events; nobody listening is fine.
+    pub fn publish(&self, events: impl IntoIterator<Item = Event>) {
+        for event in events {
+            let _ = self.sender.send(event);
+        }
+    }
+
+    /// A receiver of every event published from now on. A receiver that
+    /// falls more than 1,024 events behind gets `Lagged` and should re-read
+    /// the outbox from its cursor.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.sender.subscribe()
+    }
+}

@@ -1,0 +1,540 @@
+//! Git smart HTTP: `GET info/refs?service=…`, `POST git-upload-pack`,
+//! `POST git-receive-pack`, each streamed to a `git` subprocess running
+//! with `--stateless-rpc` and a sanitised environment.
+//!
+//! Steps of a push:
+//! 1. authenticate (`repo:write`), then read the request only as far as the
+//!    end of its command section (old, new, ref per update), refusing
+//!    malformed pkt-lines with `400` before git runs;
+//! 2. start `git receive-pack`, hand it the bytes read so far and stream the
+//!    rest (gzip decoded, counted against the body limit: past it, git's
+//!    input is cut short, so it discards the partial pack, and the answer is
+//!    `413`);
+//! 3. wait for git, parse its report (`unpack ok`, `ok <ref>` / `ng <ref>`):
+//!    a failed unpack is a `400` and nothing was written; otherwise the refs
+//!    reported `ok` become events, committed in one transaction before the
+//!    reply is sent, so a client that sees its push succeed can read its
+//!    events at once.
+//!
+//! Steps 2–3 run as a task of their own: a client that disconnects
+//! mid-push cannot interrupt git between writing objects and updating refs.
+//! Concurrent pushes to one repository are safe by git's own ref locking:
+//! each update is a compare-and-swap of the ref's old value, and the loser
+//! is reported `ng` (and gets no event).
+
+use std::io;
+use std::pin::Pin;
+use std::process::Stdio;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use serde::Deserialize;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdin};
+use tokio_util::io::{ReaderStream, StreamReader};
+
+use super::pktline::{self, Command, CommandReader, Progress, PushRequest, RefStatus};
+use super::{git_command, inspect, push};
+use crate::api::ApiError;
+use crate::auth::{Caller, Scope};
+use crate::events::Event;
+use crate::server::AppState;
+use crate::store::RepoRow;
+
+#[derive(Debug, Clone, Copy)]
+enum Service {
+    UploadPack,
+    ReceivePack,
+}
+
+impl Service {
+    fn name(self) -> &'static str {
+        match self {
+            Service::UploadPack => "upload-pack",
+            Service::ReceivePack => "receive-pack",
+        }
+    }
+
+    fn scope(self) -> Scope {
+        match self {
+            Service::UploadPack => Scope::RepoRead,
+            Service::ReceivePack => Scope::RepoWrite,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct InfoRefsQuery {
+    service: Option<String>,
+}
+
+/// The repository of a git URL path (`name` may carry `.git`).
+async fn repository(
+    state: &AppState,
+    caller: &Caller,
+    owner: &str,
+    name: &str,
+    service: Service,
+) -> Result<RepoRow, ApiError> {
+    let name = name.strip_suffix(".git").unwrap_or(name);
+    crate::api::repos_authorize(state, caller, owner, name, service.scope()).await
+}
+
+/// The validated `Git-Protocol` header (e.g. `version=2`), if sent.
+fn git_protocol(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get("git-protocol") else {
+        return Ok(None);
+    };
+    let value = value
+        .to_str()
+        .ok()
+        .filter(|v| {
+            v.len() <= 256
+                && v.bytes().all(|b| {
+                    b.is_ascii_alphanumeric() || matches!(b, b'=' | b':' | b'.' | b'_' | b'-')
+                })
+        })
+        .ok_or_else(|| ApiError::bad_request("the Git-Protocol header is malformed"))?;
+    Ok(Some(value.to_owned()))
+}
+
+fn service_command(
+    state: &AppState,
+    repo: &RepoRow,
+    service: Service,
+    protocol: Option<&str>,
+) -> tokio::process::Command {
+    let mut command = git_command(&state.repos.path(&repo.id));
+    command.arg(service.name()).arg("--stateless-rpc");
+    if let Some(protocol) = protocol {
+        command.env("GIT_PROTOCOL", protocol);
+    }
+    command
+}
+
+fn no_cache(response: &mut Response, content_type: &str) {
+    let headers = response.headers_mut();
+    if let Ok(value) = HeaderValue::from_str(content_type) {
+        headers.insert(header::CONTENT_TYPE, value);
+    }
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+}
+
+pub async fn info_refs(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((owner, name)): Path<(String, String)>,
+    Query(query): Query<InfoRefsQuery>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let service = match query.service.as_deref() {
+        Some("git-upload-pack") => Service::UploadPack,
+        Some("git-receive-pack") => Service::ReceivePack,
+        _ => {
+            return Err(ApiError::bad_request(
+                "only the smart HTTP protocol is served: ?service=git-upload-pack or git-receive-pack",
+            ));
+        }
+    };
+    let repo = repository(&state, &caller, &owner, &name, service).await?;
+    let protocol = git_protocol(&headers)?;
+    let output = service_command(&state, &repo, service, protocol.as_deref())
+        .arg("--advertise-refs")
+        .arg(".")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .await
+        .map_err(ApiError::internal)?;
+    if !output.status.success() {
+        return Err(ApiError::internal(anyhow::anyhow!(
+            "git {} --advertise-refs failed: {}",
+            service.name(),
+            String::from_utf8_lossy(&output.stderr).trim()
+        )));
+    }
+    // Protocol v2 (fetch only) starts with the capability advertisement;
+    // v0/v1 start with the service announcement.
+    let v2 = matches!(service, Service::UploadPack)
+        && protocol
+            .as_deref()
+            .is_some_and(|p| p.split(':').any(|item| item == "version=2"));
+    let mut body = Vec::with_capacity(output.stdout.len() + 64);
+    if !v2 {
+        body.extend_from_slice(
+            pktline::pkt_line(&format!("# service=git-{}\n", service.name())).as_bytes(),
+        );
+        body.extend_from_slice(b"0000");
+    }
+    body.extend_from_slice(&output.stdout);
+    let mut response = body.into_response();
+    no_cache(
+        &mut response,
+        &format!("application/x-git-{}-advertisement", service.name()),
+    );
+    Ok(response)
+}
+
+type BodyReader = Pin<Box<dyn AsyncRead + Send>>;
+
+/// The request body as a byte reader, gzip decoded when so encoded.
+fn body_reader(
+    headers: &HeaderMap,
+    body: Body,
+    service: Service,
+    limit: u64,
+) -> Result<BodyReader, ApiError> {
+    let expected = format!("application/x-git-{}-request", service.name());
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    if content_type != Some(expected.as_str()) {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!("the request's Content-Type must be {expected}"),
+        ));
+    }
+    let length = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if length.is_some_and(|length| length > limit) {
+        return Err(ApiError::too_large(limit));
+    }
+    let stream = body
+        .into_data_stream()
+        .map(|chunk| chunk.map_err(io::Error::other));
+    let reader = StreamReader::new(stream);
+    match headers
+        .get(header::CONTENT_ENCODING)
+        .map(|v| v.to_str().unwrap_or("?"))
+    {
+        None | Some("identity") => Ok(Box::pin(reader)),
+        Some("gzip" | "x-gzip") => Ok(Box::pin(
+            async_compression::tokio::bufread::GzipDecoder::new(BufReader::new(reader)),
+        )),
+        Some(other) => Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!("Content-Encoding {other:?} is not supported; use gzip or none"),
+        )),
+    }
+}
+
+/// How feeding a request body to git ended.
+#[derive(Debug)]
+enum Fed {
+    All,
+    /// The decoded body passed the limit.
+    TooLarge,
+    /// The client's body could not be read (disconnect, bad gzip).
+    Unreadable(io::Error),
+    /// Git stopped reading; its exit status and report say why.
+    GitStopped,
+}
+
+/// Writes `prefix`, then the rest of `reader`, to git's stdin, counting
+/// against `limit`. Dropping stdin on return tells git the input ended.
+async fn feed(mut reader: BodyReader, prefix: Vec<u8>, mut stdin: ChildStdin, limit: u64) -> Fed {
+    let mut total = prefix.len() as u64;
+    if total > limit {
+        return Fed::TooLarge;
+    }
+    if stdin.write_all(&prefix).await.is_err() {
+        return Fed::GitStopped;
+    }
+    let mut buffer = vec![0u8; 256 << 10];
+    loop {
+        let read = match reader.read(&mut buffer).await {
+            Ok(0) => return Fed::All,
+            Ok(read) => read,
+            Err(error) => return Fed::Unreadable(error),
+        };
+        total += read as u64;
+        if total > limit {
+            return Fed::TooLarge;
+        }
+        if stdin.write_all(&buffer[..read]).await.is_err() {
+            return Fed::GitStopped;
+        }
+    }
+}
+
+/// Reads a child's pipe to the end, keeping at most `cap` bytes.
+async fn drain(pipe: Option<impl AsyncRead + Unpin>, cap: usize) -> Vec<u8> {
+    let mut kept = Vec::new();
+    let Some(mut pipe) = pipe else { return kept };
+    let mut buffer = [0u8; 16 << 10];
+    while let Ok(read) = pipe.read(&mut buffer).await {
+        if read == 0 {
+            break;
+        }
+        let room = cap.saturating_sub(kept.len()).min(read);
+        kept.extend_from_slice(&buffer[..room]);
+    }
+    kept
+}
+
+fn first_lines(stderr: &[u8]) -> String {
+    let text = String::from_utf8_lossy(stderr);
+    text.lines().take(5).collect::<Vec<_>>().join("; ")
+}
+
+pub async fn upload_pack(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((owner, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let repo = repository(&state, &caller, &owner, &name, Service::UploadPack).await?;
+    let protocol = git_protocol(&headers)?;
+    let limit = state.config.max_body_bytes;
+    let reader = body_reader(&headers, body, Service::UploadPack, limit)?;
+    let mut child = spawn(service_command(
+        &state,
+        &repo,
+        Service::UploadPack,
+        protocol.as_deref(),
+    ))?;
+    let stdin = child.stdin.take().expect("stdin is piped");
+    let feeding = tokio::spawn(feed(reader, Vec::new(), stdin, limit));
+    let mut stdout = child.stdout.take().expect("stdout is piped");
+    let stderr = tokio::spawn(drain(child.stderr.take(), 64 << 10));
+    // The first bytes decide between a streamed answer and a clear error.
+    let mut first = vec![0u8; 64 << 10];
+    let read = stdout.read(&mut first).await.map_err(ApiError::internal)?;
+    if read == 0 {
+        let fed = feeding.await.map_err(ApiError::internal)?;
+        let status = child.wait().await.map_err(ApiError::internal)?;
+        let stderr = stderr.await.unwrap_or_default();
+        return Err(match fed {
+            Fed::TooLarge => ApiError::too_large(limit),
+            Fed::Unreadable(error) => {
+                ApiError::bad_request(format!("the request body could not be read: {error}"))
+            }
+            _ if !status.success() => ApiError::bad_request(format!(
+                "git upload-pack refused the request: {}",
+                first_lines(&stderr)
+            )),
+            _ => ApiError::bad_request("git upload-pack had nothing to say to this request"),
+        });
+    }
+    first.truncate(read);
+    let rest = ReaderStream::new(stdout);
+    let stream = futures_util::stream::once(async move { Ok::<_, io::Error>(Bytes::from(first)) })
+        .chain(rest);
+    // Reap git once its output is consumed (or the client went away).
+    tokio::spawn(async move {
+        let _ = feeding.await;
+        let _ = child.wait().await;
+    });
+    let mut response = Body::from_stream(stream).into_response();
+    no_cache(&mut response, "application/x-git-upload-pack-result");
+    Ok(response)
+}
+
+fn spawn(mut command: tokio::process::Command) -> Result<Child, ApiError> {
+    command
+        .arg(".")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(ApiError::internal)
+}
+
+pub async fn receive_pack(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((owner, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let repo = repository(&state, &caller, &owner, &name, Service::ReceivePack).await?;
+    let limit = state.config.max_body_bytes;
+    let mut reader = body_reader(&headers, body, Service::ReceivePack, limit)?;
+    let mut commands = CommandReader::default();
+    let mut consumed = Vec::new();
+    let mut buffer = vec![0u8; 64 << 10];
+    let request = loop {
+        let read = reader.read(&mut buffer).await.map_err(|e| {
+            ApiError::bad_request(format!("the request body could not be read: {e}"))
+        })?;
+        if read == 0 {
+            return Err(ApiError::bad_request(
+                "the push request ended before its command list was complete",
+            ));
+        }
+        consumed.extend_from_slice(&buffer[..read]);
+        match commands.feed(&buffer[..read]) {
+            Ok(Progress::NeedMore) => continue,
+            Ok(Progress::Done(request, _)) => break request,
+            Err(error) => {
+                return Err(ApiError::bad_request(format!(
+                    "malformed push request: {error}"
+                )));
+            }
+        }
+    };
+    if request.commands.is_empty() {
+        // git's probe (a lone flush): receive-pack would answer nothing.
+        let mut response = Vec::<u8>::new().into_response();
+        no_cache(&mut response, "application/x-git-receive-pack-result");
+        return Ok(response);
+    }
+    // Its own task: a client disconnect must not cut git off mid-update.
+    let task = state.tasks.spawn(run_receive_pack(
+        state.clone(),
+        repo,
+        caller,
+        request,
+        consumed,
+        reader,
+    ));
+    task.await.map_err(ApiError::internal)?
+}
+
+async fn run_receive_pack(
+    state: AppState,
+    repo: RepoRow,
+    caller: Caller,
+    request: PushRequest,
+    consumed: Vec<u8>,
+    reader: BodyReader,
+) -> Result<Response, ApiError> {
+    let limit = state.config.max_body_bytes;
+    let mut command = service_command(&state, &repo, Service::ReceivePack, None);
+    command.kill_on_drop(false);
+    let mut child = spawn(command)?;
+    let stdin = child.stdin.take().expect("stdin is piped");
+    let (fed, reply, stderr) = tokio::join!(
+        feed(reader, consumed, stdin, limit),
+        drain(child.stdout.take(), 64 << 20),
+        drain(child.stderr.take(), 64 << 10),
+    );
+    let status = child.wait().await.map_err(ApiError::internal)?;
+    match fed {
+        Fed::TooLarge => return Err(ApiError::too_large(limit)),
+        Fed::Unreadable(error) => {
+            return Err(ApiError::bad_request(format!(
+                "the request body could not be read: {error}"
+            )));
+        }
+        Fed::All | Fed::GitStopped => {}
+    }
+    let side_band = request.has_capability("side-band-64k") || request.has_capability("side-band");
+    let report = pktline::parse_report(&reply, side_band);
+    if let Some(reason) = report.as_ref().and_then(|r| r.unpack_error.as_ref()) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_pack",
+            format!("git could not unpack the pushed objects ({reason}); nothing was written"),
+        ));
+    }
+    if report.is_none() && !status.success() {
+        return Err(ApiError::bad_request(format!(
+            "git receive-pack refused the push: {}",
+            first_lines(&stderr)
+        )));
+    }
+    let applied = applied_commands(&state, &repo, &request, report.as_ref()).await?;
+    if !applied.is_empty() {
+        record_events(&state, &repo, &caller, &applied).await;
+    }
+    let mut response = reply.into_response();
+    no_cache(&mut response, "application/x-git-receive-pack-result");
+    Ok(response)
+}
+
+/// The commands git applied: those its report says `ok`, or, when the
+/// client asked for no report, those whose ref now holds the new value.
+async fn applied_commands(
+    state: &AppState,
+    repo: &RepoRow,
+    request: &PushRequest,
+    report: Option<&pktline::Report>,
+) -> Result<Vec<Command>, ApiError> {
+    if let Some(report) = report {
+        return Ok(request
+            .commands
+            .iter()
+            .filter(|command| {
+                report.refs.iter().any(|(refname, status)| {
+                    *refname == command.refname && *status == RefStatus::Ok
+                })
+            })
+            .cloned()
+            .collect());
+    }
+    let dir = state.repos.path(&repo.id);
+    let commands = request.commands.clone();
+    tokio::task::spawn_blocking(move || -> Result<Vec<Command>, inspect::InspectError> {
+        let mut applied = Vec::new();
+        for command in commands {
+            let now = inspect::resolve(&dir, &command.refname)?;
+            let done = match &now {
+                None => command.is_delete(),
+                Some(value) => *value == command.new,
+            };
+            if done {
+                applied.push(command);
+            }
+        }
+        Ok(applied)
+    })
+    .await
+    .map_err(ApiError::internal)?
+    .map_err(ApiError::internal)
+}
+
+/// Writes the push's events and announces them. The refs are already
+/// updated, so a failure here cannot undo the push: it is logged loudly.
+async fn record_events(state: &AppState, repo: &RepoRow, caller: &Caller, applied: &[Command]) {
+    let dir = state.repos.path(&repo.id);
+    let (repo_row, who, url, commands) = (
+        repo.clone(),
+        caller.clone(),
+        state.config.public_url.clone(),
+        applied.to_vec(),
+    );
+    let built = tokio::task::spawn_blocking(move || {
+        push::events_for(&dir, &repo_row, &who, &url, &commands)
+    })
+    .await;
+    let events = match built {
+        Ok(Ok(events)) => events,
+        Ok(Err(error)) => {
+            tracing::error!(repo = %repo.full_name(), error = %error, "describing a push failed; its events are lost");
+            return;
+        }
+        Err(error) => {
+            tracing::error!(repo = %repo.full_name(), error = %error, "describing a push panicked; its events are lost");
+            return;
+        }
+    };
+    match state
+        .store
+        .insert_events(&repo.id, &repo.full_name(), Some(&caller.token_id), &events)
+        .await
+    {
+        Ok(rows) => {
+            tracing::info!(
+                repo = %repo.full_name(),
+                refs = applied.len(),
+                events = rows.len(),
+                token = %caller.token_id,
+                "push applied"
+            );
+            state.events.publish(rows.into_iter().map(Event::from));
+        }
+        Err(error) => {
+            tracing::error!(repo = %repo.full_name(), error = %format!("{error:#}"), "recording a push's events failed")
+        }
+    }
+}

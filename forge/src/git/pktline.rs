@@ -1,0 +1,348 @@
+//! Git's pkt-line framing, as far as the forge needs to read it.
+//!
+//! A pkt-line is four hex digits giving the length of the line including
+//! those four bytes, then the payload; `0000` is a flush. A push request
+//! (`git-receive-pack`) starts with optional `shallow <oid>` lines, then one
+//! command per ref, `<old-oid> <new-oid> <ref>` (the first carries
+//! `\0<capabilities>`), then a flush; push options and the pack follow. The
+//! reply carries the report (`unpack ok|<error>`, then `ok <ref>` or
+//! `ng <ref> <reason>` per command), inside side-band channel 1 when the
+//! client asked for `side-band-64k`.
+
+use std::fmt;
+
+/// An object id as 40 (SHA-1) or 64 (SHA-256) lowercase hex digits.
+pub type Oid = String;
+
+/// One ref update requested by a push.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Command {
+    pub old: Oid,
+    pub new: Oid,
+    pub refname: String,
+}
+
+impl Command {
+    pub fn is_create(&self) -> bool {
+        is_zero(&self.old)
+    }
+
+    pub fn is_delete(&self) -> bool {
+        is_zero(&self.new)
+    }
+}
+
+pub fn is_zero(oid: &str) -> bool {
+    oid.bytes().all(|b| b == b'0')
+}
+
+/// The command section of a push request.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PushRequest {
+    pub commands: Vec<Command>,
+    pub capabilities: Vec<String>,
+}
+
+impl PushRequest {
+    pub fn has_capability(&self, name: &str) -> bool {
+        self.capabilities.iter().any(|cap| cap == name)
+    }
+}
+
+/// Why a request's pkt-lines were refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PktError {
+    #[error("The pkt-line length {0:?} is not four hex digits")]
+    BadLength(String),
+    #[error("A pkt-line of length {0} is too short")]
+    TooShort(usize),
+    #[error("The push command {0:?} is not `<old> <new> <ref>`")]
+    BadCommand(String),
+    #[error("The push request's command section is longer than {0} bytes")]
+    TooLong(usize),
+}
+
+/// The result of feeding bytes to [`CommandReader`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum Progress {
+    /// More bytes are needed.
+    NeedMore,
+    /// The command section ended after this many bytes of the input so far.
+    Done(PushRequest, usize),
+}
+
+/// Reads the command section of a push incrementally, from a stream whose
+/// chunks arrive in any sizes. The bytes themselves are passed on untouched
+/// by the caller; this only watches them.
+#[derive(Debug, Default)]
+pub struct CommandReader {
+    buffer: Vec<u8>,
+}
+
+/// A command section larger than this is refused (about 40,000 refs).
+pub const MAX_COMMAND_SECTION: usize = 8 << 20;
+
+impl CommandReader {
+    pub fn feed(&mut self, chunk: &[u8]) -> Result<Progress, PktError> {
+        self.buffer.extend_from_slice(chunk);
+        let mut request = PushRequest::default();
+        let mut at = 0;
+        loop {
+            let Some(head) = self.buffer.get(at..at + 4) else {
+                return self.need_more();
+            };
+            let length = parse_length(head)?;
+            if length == 0 {
+                // No commands at all is git's probe before a large push.
+                return Ok(Progress::Done(request, at + 4));
+            }
+            if length < 4 {
+                return Err(PktError::TooShort(length));
+            }
+            let Some(payload) = self.buffer.get(at + 4..at + length) else {
+                return self.need_more();
+            };
+            parse_command_line(payload, &mut request)?;
+            at += length;
+        }
+    }
+
+    fn need_more(&self) -> Result<Progress, PktError> {
+        if self.buffer.len() > MAX_COMMAND_SECTION {
+            Err(PktError::TooLong(MAX_COMMAND_SECTION))
+        } else {
+            Ok(Progress::NeedMore)
+        }
+    }
+}
+
+fn parse_length(head: &[u8]) -> Result<usize, PktError> {
+    let text = std::str::from_utf8(head)
+        .ok()
+        .filter(|t| t.bytes().all(|b| b.is_ascii_hexdigit()));
+    let text =
+        text.ok_or_else(|| PktError::BadLength(String::from_utf8_lossy(head).into_owned()))?;
+    usize::from_str_radix(text, 16).map_err(|_| PktError::BadLength(text.to_owned()))
+}
+
+fn parse_command_line(payload: &[u8], request: &mut PushRequest) -> Result<(), PktError> {
+    let (line, caps) = match payload.iter().position(|b| *b == 0) {
+        Some(nul) => (&payload[..nul], Some(&payload[nul + 1..])),
+        None => (payload, None),
+    };
+    let line = String::from_utf8_lossy(line);
+    let line = line.trim_end_matches('\n');
+    if line.starts_with("shallow ") {
+        return Ok(());
+    }
+    let bad = || PktError::BadCommand(line.chars().take(200).collect());
+    let mut parts = line.splitn(3, ' ');
+    let (Some(old), Some(new), Some(refname)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(bad());
+    };
+    if !is_oid(old) || !is_oid(new) || old.len() != new.len() || !refname.starts_with("refs/") {
+        return Err(bad());
+    }
+    if let Some(caps) = caps {
+        request.capabilities = String::from_utf8_lossy(caps)
+            .trim_end_matches('\n')
+            .split(' ')
+            .filter(|cap| !cap.is_empty())
+            .map(str::to_owned)
+            .collect();
+    }
+    request.commands.push(Command {
+        old: old.to_owned(),
+        new: new.to_owned(),
+        refname: refname.to_owned(),
+    });
+    Ok(())
+}
+
+fn is_oid(text: &str) -> bool {
+    matches!(text.len(), 40 | 64) && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// What receive-pack reported for one ref.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RefStatus {
+    Ok,
+    Rejected(String),
+}
+
+/// The parsed report of a push.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    /// `None` when unpacking succeeded, else git's reason.
+    pub unpack_error: Option<String>,
+    pub refs: Vec<(String, RefStatus)>,
+}
+
+impl fmt::Display for RefStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RefStatus::Ok => f.write_str("ok"),
+            RefStatus::Rejected(reason) => write!(f, "rejected: {reason}"),
+        }
+    }
+}
+
+/// Parses receive-pack's reply. With `side_band`, the report is the
+/// concatenation of channel-1 payloads; other channels are progress.
+/// Returns `None` when no report is found (the client did not ask for one,
+/// or the process died before writing it).
+pub fn parse_report(reply: &[u8], side_band: bool) -> Option<Report> {
+    let lines = split_pkt_lines(reply)?;
+    let report_bytes = if side_band {
+        let mut data = Vec::new();
+        for line in lines {
+            if let Some((1, payload)) = line.split_first() {
+                data.extend_from_slice(payload);
+            }
+        }
+        data
+    } else {
+        let mut data = Vec::new();
+        for line in lines {
+            data.extend_from_slice(format!("{:04x}", line.len() + 4).as_bytes());
+            data.extend_from_slice(line);
+        }
+        data
+    };
+    let mut report = Report::default();
+    let mut saw_unpack = false;
+    for line in split_pkt_lines(&report_bytes)? {
+        let line = String::from_utf8_lossy(line);
+        let line = line.trim_end_matches('\n');
+        if let Some(status) = line.strip_prefix("unpack ") {
+            saw_unpack = true;
+            if status != "ok" {
+                report.unpack_error = Some(status.to_owned());
+            }
+        } else if let Some(refname) = line.strip_prefix("ok ") {
+            report.refs.push((refname.to_owned(), RefStatus::Ok));
+        } else if let Some(rest) = line.strip_prefix("ng ") {
+            let (refname, reason) = rest.split_once(' ').unwrap_or((rest, ""));
+            report
+                .refs
+                .push((refname.to_owned(), RefStatus::Rejected(reason.to_owned())));
+        }
+    }
+    saw_unpack.then_some(report)
+}
+
+/// Splits complete pkt-lines (flushes dropped); `None` on malformed framing.
+fn split_pkt_lines(mut bytes: &[u8]) -> Option<Vec<&[u8]>> {
+    let mut lines = Vec::new();
+    while bytes.len() >= 4 {
+        let length = parse_length(&bytes[..4]).ok()?;
+        if length < 4 {
+            // 0000 flush, 0001 delim, 0002 response-end.
+            bytes = &bytes[4..];
+            continue;
+        }
+        lines.push(bytes.get(4..length)?);
+        bytes = &bytes[length..];
+    }
+    Some(lines)
+}
+
+/// Frames `payload` as one pkt-line.
+pub fn pkt_line(payload: &str) -> String {
+    format!("{:04x}{payload}", payload.len() + 4)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: &str = "1111111111111111111111111111111111111111";
+    const Z: &str = "0000000000000000000000000000000000000000";
+
+    fn request() -> Vec<u8> {
+        let mut bytes = Vec::new();
+        bytes.extend(
+            pkt_line(&format!(
+                "{Z} {A} refs/heads/main\0report-status side-band-64k\n"
+            ))
+            .bytes(),
+        );
+        bytes.extend(pkt_line(&format!("{A} {Z} refs/heads/old\n")).bytes());
+        bytes.extend(b"0000PACK...");
+        bytes
+    }
+
+    #[test]
+    fn reads_commands_in_any_chunking() {
+        let bytes = request();
+        for split in [1, 3, 7, 50, bytes.len()] {
+            let mut reader = CommandReader::default();
+            let mut result = None;
+            for chunk in bytes.chunks(split) {
+                if let Progress::Done(request, end) = reader.feed(chunk).expect("valid") {
+                    result = Some((request, end));
+                    break;
+                }
+            }
+            let (request, end) = result.expect("section ends");
+            assert_eq!(&bytes[end..], b"PACK...");
+            assert_eq!(request.commands.len(), 2);
+            assert!(request.commands[0].is_create());
+            assert!(request.commands[1].is_delete());
+            assert!(request.has_capability("side-band-64k"));
+        }
+    }
+
+    #[test]
+    fn refuses_malformed_lines() {
+        let mut reader = CommandReader::default();
+        assert!(matches!(reader.feed(b"zz12"), Err(PktError::BadLength(_))));
+        let mut reader = CommandReader::default();
+        assert_eq!(
+            reader.feed(b"0000"),
+            Ok(Progress::Done(PushRequest::default(), 4))
+        );
+        let mut reader = CommandReader::default();
+        let line = pkt_line(&format!("{A} {A} not-a-ref\n"));
+        assert!(matches!(
+            reader.feed(line.as_bytes()),
+            Err(PktError::BadCommand(_))
+        ));
+        let mut reader = CommandReader::default();
+        assert_eq!(reader.feed(b"0002"), Err(PktError::TooShort(2)));
+    }
+
+    #[test]
+    fn parses_side_band_report() {
+        let inner = format!(
+            "{}{}{}0000",
+            pkt_line("unpack ok\n"),
+            pkt_line("ok refs/heads/main\n"),
+            pkt_line("ng refs/heads/dev non-fast-forward\n")
+        );
+        let mut reply = String::new();
+        reply.push_str(&pkt_line("\u{2}progress...\n"));
+        reply.push_str(&pkt_line(&format!("\u{1}{inner}")));
+        reply.push_str("0000");
+        let report = parse_report(reply.as_bytes(), true).expect("report");
+        assert_eq!(report.unpack_error, None);
+        assert_eq!(report.refs[0], ("refs/heads/main".into(), RefStatus::Ok));
+        assert_eq!(
+            report.refs[1],
+            (
+                "refs/heads/dev".into(),
+                RefStatus::Rejected("non-fast-forward".into())
+            )
+        );
+        let plain = format!(
+            "{}{}0000",
+            pkt_line("unpack index-pack abnormal exit\n"),
+            pkt_line("ng refs/heads/main unpacker error\n")
+        );
+        let report = parse_report(plain.as_bytes(), false).expect("report");
+        assert_eq!(
+            report.unpack_error.as_deref(),
+            Some("index-pack abnormal exit")
+        );
+    }
+}

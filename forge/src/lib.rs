@@ -1,0 +1,15 @@
+//! The forge: a git server where every branch is a sandbox.
+//!
+//! Modules: [`server`] (start-up, shutdown, shared state), [`api`] (HTTP
+//! handlers and the common error shape), [`auth`] (tokens and scopes),
+//! [`git`] (repositories on disk, smart HTTP, reading history),
+//! [`events`] (the outbox and its in-process fan-out) and [`store`] (every
+//! SQL query). The `forge` binary adds the command line.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod auth;
+pub mod events;
+pub mod git;
+pub mod server;
+pub mod store;

@@ -1,0 +1,215 @@
+//! `forge serve`: opens the data directory, makes sure an admin token
+//! exists, and serves the HTTP API and git until SIGINT or SIGTERM.
+//!
+//! Data directory layout (mode 0700):
+//! - `forge.db` (+ `-wal`, `-shm`): the SQLite database;
+//! - `repos/<id>.git`: bare repositories;
+//! - `admin-token` (mode 0600): the first admin token, for the CLI;
+//! - `images/`: guest images (`forge image build`).
+//!
+//! Shutdown: on a signal the listener stops accepting, requests in flight
+//! finish (pushes run to their end: git either updates a ref completely or
+//! not at all), then the database is closed.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::http::{HeaderName, Request};
+use tokio_util::task::TaskTracker;
+use tower::ServiceBuilder;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
+use tracing::Level;
+
+use crate::auth::{self, Scope};
+use crate::events::EventBus;
+use crate::git::Repositories;
+use crate::store::{NewToken, Store};
+
+/// How the server runs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// The URL clients use to reach the forge; defaults to `http://<listen>`.
+    pub public_url: Option<String>,
+    /// Largest accepted git request body, after decompression.
+    pub max_body_bytes: u64,
+    /// Let imports (and later webhooks) reach loopback addresses.
+    pub allow_loopback: bool,
+    /// Let imports (and later webhooks) reach private networks.
+    pub allow_private: bool,
+}
+
+/// What handlers see; resolved from [`Config`] once the listener is bound.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub public_url: String,
+    pub max_body_bytes: u64,
+    pub allow_loopback: bool,
+    pub allow_private: bool,
+}
+
+impl Settings {
+    pub fn network_policy(&self) -> hooks::ssrf::NetworkPolicy {
+        hooks::ssrf::NetworkPolicy {
+            allow_loopback: self.allow_loopback,
+            allow_private: self.allow_private,
+            allow_link_local: false,
+        }
+    }
+}
+
+/// Shared by every handler; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub repos: Repositories,
+    pub events: EventBus,
+    pub config: Arc<Settings>,
+    /// Work that must finish before shutdown (pushes).
+    pub tasks: TaskTracker,
+}
+
+/// The file holding the first admin token.
+pub fn admin_token_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("admin-token")
+}
+
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    create_private_dir(&config.data_dir)?;
+    let store = Store::open(&config.data_dir.join("forge.db"))
+        .await
+        .context("opening the database failed")?;
+    let repos = Repositories::open(config.data_dir.join("repos"))?;
+    ensure_admin_token(&store, &config.data_dir).await?;
+
+    let address = listener.local_addr()?;
+    let public_url = config
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{address}"))
+        .trim_end_matches('/')
+        .to_owned();
+    let state = AppState {
+        store: store.clone(),
+        repos,
+        events: EventBus::default(),
+        config: Arc::new(Settings {
+            public_url: public_url.clone(),
+            max_body_bytes: config.max_body_bytes,
+            allow_loopback: config.allow_loopback,
+            allow_private: config.allow_private,
+        }),
+        tasks: TaskTracker::new(),
+    };
+    let tasks = state.tasks.clone();
+    let request_id = HeaderName::from_static("x-request-id");
+    let app = crate::api::router(state).layer(
+        ServiceBuilder::new()
+            .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
+            .layer(
+                TraceLayer::new_for_http()
+                    .make_span_with(|request: &Request<_>| {
+                        let id = request
+                            .headers()
+                            .get("x-request-id")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("-");
+                        tracing::info_span!("request", id, method = %request.method(), path = request.uri().path())
+                    })
+                    .on_response(DefaultOnResponse::new().level(Level::INFO)),
+            )
+            .layer(PropagateRequestIdLayer::new(request_id)),
+    );
+    tracing::info!(%address, %public_url, data_dir = %config.data_dir.display(), "forge is serving");
+    println!("listening on http://{address}");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("the HTTP server failed")?;
+    tasks.close();
+    tasks.wait().await;
+    store.close().await;
+    tracing::info!("forge stopped");
+    Ok(())
+}
+
+fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("cannot create the data directory {}", dir.display()))?;
+    let mut permissions = std::fs::metadata(dir)?.permissions();
+    if permissions.mode() & 0o077 != 0 {
+        permissions.set_mode(0o700);
+        std::fs::set_permissions(dir, permissions)?;
+    }
+    Ok(())
+}
+
+/// On first start, creates the admin token, prints it once and saves it
+/// (mode 0600) for the CLI.
+async fn ensure_admin_token(store: &Store, data_dir: &Path) -> anyhow::Result<()> {
+    if store.has_admin_token().await? {
+        return Ok(());
+    }
+    let secret = auth::new_secret();
+    let id = uuid::Uuid::new_v4().to_string();
+    let path = admin_token_path(data_dir);
+    write_secret_file(&path, &secret)?;
+    store
+        .insert_token(&NewToken {
+            id: &id,
+            name: "admin",
+            secret_hash: &auth::hash_secret(&secret),
+            scopes: Scope::Admin.as_str(),
+            repo_id: None,
+        })
+        .await?;
+    println!(
+        "admin token (shown once; saved to {}): {secret}",
+        path.display()
+    );
+    tracing::info!(token = %id, path = %path.display(), "created the admin token");
+    Ok(())
+}
+
+fn write_secret_file(path: &Path, secret: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let temporary = path.with_extension("tmp");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&temporary)
+        .with_context(|| format!("cannot write {}", temporary.display()))?;
+    writeln!(file, "{secret}")?;
+    file.sync_all()?;
+    std::fs::rename(&temporary, path)?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut terminate), Ok(mut interrupt)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop the forge with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = terminate.recv() => tracing::info!("SIGTERM: finishing requests in flight"),
+        _ = interrupt.recv() => tracing::info!("SIGINT: finishing requests in flight"),
+    }
+}

@@ -1,0 +1,411 @@
+//! Harness for the end-to-end tests and benchmarks: starts the real
+//! `forge` binary on a free port with its own data directory, and runs the
+//! real `git` against it.
+//!
+//! ```no_run
+//! let forge = e2e::TestForge::start();
+//! let repo = forge.create_repo("acme/web");
+//! ```
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+/// The `forge` binary under test: `$FORGE_BIN`, else the one cargo built
+/// beside this test (`cargo test` builds it, because the `forge` package
+/// has integration tests), rebuilt here only when missing or older than its
+/// sources.
+pub fn forge_binary() -> PathBuf {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY
+        .get_or_init(|| {
+            if let Some(path) = std::env::var_os("FORGE_BIN") {
+                return PathBuf::from(path);
+            }
+            let exe = std::env::current_exe().expect("test executable path");
+            // target/<profile>/deps/<test>
+            let profile_dir = exe
+                .parent()
+                .and_then(Path::parent)
+                .expect("the test runs from target/<profile>/deps");
+            let binary = profile_dir.join("forge");
+            if !is_fresh(&binary) {
+                let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+                let mut command = Command::new(cargo);
+                command
+                    .args(["build", "--quiet", "-p", "forge", "--bin", "forge"])
+                    .current_dir(env!("CARGO_MANIFEST_DIR"));
+                if profile_dir.ends_with("release") {
+                    command.arg("--release");
+                }
+                let status = command.status().expect("cargo runs");
+                assert!(status.success(), "building the forge binary failed");
+            }
+            binary
+        })
+        .clone()
+}
+
+/// Whether `binary` exists and is newer than every source file of the forge.
+fn is_fresh(binary: &Path) -> bool {
+    fn newest(dir: &Path) -> std::time::SystemTime {
+        let mut latest = std::time::SystemTime::UNIX_EPOCH;
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            let time = if path.is_dir() {
+                newest(&path)
+            } else {
+                entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .unwrap_or(latest)
+            };
+            latest = latest.max(time);
+        }
+        latest
+    }
+    let Ok(built) = std::fs::metadata(binary).and_then(|m| m.modified()) else {
+        return false;
+    };
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    ["forge", "migrations", "hooks/src", "vmm/guest/src"]
+        .iter()
+        .all(|dir| newest(&root.join(dir)) <= built)
+}
+
+/// Options of a forge under test.
+#[derive(Debug, Default, Clone)]
+pub struct Builder {
+    data_dir: Option<PathBuf>,
+    max_body_bytes: Option<u64>,
+    allow_loopback: bool,
+}
+
+impl Builder {
+    /// Largest git request body the server accepts.
+    pub fn max_body_bytes(mut self, bytes: u64) -> Self {
+        self.max_body_bytes = Some(bytes);
+        self
+    }
+
+    /// Let imports reach 127.0.0.1 (the forge itself).
+    pub fn allow_loopback(mut self) -> Self {
+        self.allow_loopback = true;
+        self
+    }
+
+    fn data_dir(mut self, dir: PathBuf) -> Self {
+        self.data_dir = Some(dir);
+        self
+    }
+
+    pub fn start(self) -> TestForge {
+        let (temp, data_dir) = match &self.data_dir {
+            Some(dir) => (None, dir.clone()),
+            None => {
+                let temp = tempfile::tempdir().expect("temporary directory");
+                let dir = temp.path().join("data");
+                (Some(temp), dir)
+            }
+        };
+        let mut command = Command::new(forge_binary());
+        command
+            .arg("serve")
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if let Some(bytes) = self.max_body_bytes {
+            command.arg("--max-body-bytes").arg(bytes.to_string());
+        }
+        if self.allow_loopback {
+            command.arg("--allow-loopback");
+        }
+        let mut child = command.spawn().expect("forge starts");
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let log_path = data_dir.with_extension("log");
+        std::thread::spawn(move || {
+            // Keep the server's log for a failing test to show.
+            let mut log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log_path)
+                .ok();
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(log) = log.as_mut() {
+                    use std::io::Write;
+                    let _ = writeln!(log, "{line}");
+                }
+            }
+        });
+        let mut lines = BufReader::new(stdout).lines();
+        let mut url = None;
+        let mut printed_token = None;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while url.is_none() && Instant::now() < deadline {
+            let Some(Ok(line)) = lines.next() else { break };
+            if let Some(rest) = line.strip_prefix("listening on ") {
+                url = Some(rest.trim().to_owned());
+            } else if line.starts_with("admin token") {
+                printed_token = line.rsplit(' ').next().map(str::to_owned);
+            }
+        }
+        std::thread::spawn(move || for _ in lines {});
+        let url = url.unwrap_or_else(|| {
+            let _ = child.kill();
+            panic!(
+                "the forge did not start; see {}",
+                data_dir.with_extension("log").display()
+            )
+        });
+        let admin_token = std::fs::read_to_string(data_dir.join("admin-token"))
+            .expect("the admin token file exists")
+            .trim()
+            .to_owned();
+        if let Some(printed) = &printed_token {
+            assert_eq!(
+                printed, &admin_token,
+                "the printed admin token is the saved one"
+            );
+        }
+        TestForge {
+            child: Some(child),
+            url,
+            admin_token,
+            printed_admin_token: printed_token,
+            data_dir,
+            builder: self,
+            _temp: temp,
+        }
+    }
+}
+
+/// A running forge.
+pub struct TestForge {
+    child: Option<Child>,
+    /// `http://127.0.0.1:<port>`.
+    pub url: String,
+    pub admin_token: String,
+    /// The admin token as printed on this start (only on the first start).
+    pub printed_admin_token: Option<String>,
+    pub data_dir: PathBuf,
+    builder: Builder,
+    _temp: Option<tempfile::TempDir>,
+}
+
+impl TestForge {
+    pub fn start() -> TestForge {
+        Builder::default().start()
+    }
+
+    pub fn builder() -> Builder {
+        Builder::default()
+    }
+
+    /// Stops the server with SIGTERM and waits; returns whether it exited cleanly.
+    pub fn stop(&mut self) -> bool {
+        let Some(mut child) = self.child.take() else {
+            return true;
+        };
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        false
+    }
+
+    /// Stops and starts again on the same data directory (a new port).
+    pub fn restart(mut self) -> TestForge {
+        assert!(self.stop(), "the forge exits cleanly on SIGTERM");
+        let temp = self._temp.take();
+        let mut next = self.builder.clone().data_dir(self.data_dir.clone()).start();
+        next._temp = temp;
+        next
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data_dir.with_extension("log")).unwrap_or_default()
+    }
+
+    /// An HTTP call with `token`; returns the status and the JSON body (or
+    /// `Value::Null`).
+    pub fn call(
+        &self,
+        token: Option<&str>,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let client = reqwest::blocking::Client::new();
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let mut request = client.request(method, format!("{}{path}", self.url));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().expect("the forge answers");
+        let status = response.status().as_u16();
+        let text = response.text().expect("body");
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// An admin call that must succeed.
+    pub fn admin(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        let (status, value) = self.call(Some(&self.admin_token), method, path, body);
+        assert!(
+            (200..300).contains(&status),
+            "{method} {path}: HTTP {status}: {value}"
+        );
+        value
+    }
+
+    pub fn create_repo(&self, name: &str) -> Value {
+        self.admin("POST", "/v1/repos", Some(json!({ "name": name })))
+    }
+
+    /// Creates a token and returns its secret.
+    pub fn create_token(&self, name: &str, scopes: &[&str], repo: Option<&str>) -> String {
+        let token = self.admin(
+            "POST",
+            "/v1/tokens",
+            Some(json!({ "name": name, "scopes": scopes, "repo": repo })),
+        );
+        token["token"]
+            .as_str()
+            .expect("the secret is returned on creation")
+            .to_owned()
+    }
+
+    /// The clone URL of `repo` with `token` as the Basic-auth password.
+    pub fn git_url(&self, repo: &str, token: &str) -> String {
+        let host = self.url.trim_start_matches("http://");
+        format!("http://git:{token}@{host}/{repo}.git")
+    }
+
+    /// The bare directory of a repository on the server.
+    pub fn repo_dir(&self, repo: &str) -> PathBuf {
+        let (owner, name) = repo.split_once('/').expect("owner/name");
+        let value = self.admin("GET", &format!("/v1/repos/{owner}/{name}"), None);
+        self.data_dir
+            .join("repos")
+            .join(format!("{}.git", value["id"].as_str().expect("id")))
+    }
+
+    /// Events of `repo` after `after`.
+    pub fn events(&self, repo: &str, after: i64) -> Vec<Value> {
+        let page = self.admin(
+            "GET",
+            &format!("/v1/repos/{repo}/events?after={after}"),
+            None,
+        );
+        page["events"].as_array().expect("events").clone()
+    }
+
+    /// Runs the `forge` CLI against this server with the admin token.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(forge_binary())
+            .args(args)
+            .env("FORGE_URL", &self.url)
+            .env("FORGE_DATA_DIR", &self.data_dir)
+            .env_remove("FORGE_TOKEN")
+            .output()
+            .expect("forge CLI runs")
+    }
+}
+
+impl Drop for TestForge {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A `git` command isolated from the user's configuration.
+pub fn git(dir: &Path) -> Command {
+    let mut command = Command::new("git");
+    command
+        .current_dir(dir)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .env("GIT_AUTHOR_NAME", "Ada Tester")
+        .env("GIT_AUTHOR_EMAIL", "ada@example.com")
+        .env("GIT_COMMITTER_NAME", "Ada Tester")
+        .env("GIT_COMMITTER_EMAIL", "ada@example.com")
+        .env("GIT_ASKPASS", "/bin/false")
+        .env_remove("GIT_DIR");
+    command
+}
+
+/// Runs git in `dir` and returns its output, whatever the exit status.
+pub fn git_run(dir: &Path, args: &[&str]) -> Output {
+    git(dir).args(args).output().expect("git runs")
+}
+
+/// Runs git in `dir`, asserting success; returns trimmed stdout.
+pub fn git_ok(dir: &Path, args: &[&str]) -> String {
+    let output = git_run(dir, args);
+    assert!(
+        output.status.success(),
+        "git {args:?} failed in {}: {}",
+        dir.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+/// A new working repository on branch `main` with one commit of `files`.
+pub fn work_repo(parent: &Path, name: &str, files: &[(&str, &str)]) -> PathBuf {
+    let dir = parent.join(name);
+    std::fs::create_dir_all(&dir).expect("create work dir");
+    git_ok(&dir, &["init", "--quiet", "--initial-branch=main"]);
+    commit_files(&dir, files, "initial commit");
+    dir
+}
+
+/// Writes `files` (path, content) in `dir` and commits them.
+pub fn commit_files(dir: &Path, files: &[(&str, &str)], message: &str) -> String {
+    for (path, content) in files {
+        let path = dir.join(path);
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("create dirs");
+        std::fs::write(path, content).expect("write file");
+    }
+    git_ok(dir, &["add", "--all"]);
+    git_ok(dir, &["commit", "--quiet", "-m", message]);
+    git_ok(dir, &["rev-parse", "HEAD"])
+}
+
+/// `len` bytes of deterministic, incompressible noise.
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8
+        })
+        .collect()
+}

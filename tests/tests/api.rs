@@ -1,0 +1,238 @@
+//! The JSON API and the CLI: repositories (including import), tokens,
+//! events, errors.
+
+#![allow(clippy::unwrap_used)] // A test that cannot unwrap has failed: say so loudly.
+
+use e2e::{TestForge, git_ok, work_repo};
+use serde_json::json;
+
+#[test]
+fn import_copies_every_branch_and_tag_and_respects_the_network_policy() {
+    let forge = TestForge::builder().allow_loopback().start();
+    forge.create_repo("src/origin");
+    let tmp = tempfile::tempdir().unwrap();
+    let work = work_repo(tmp.path(), "work", &[("a", "a\n")]);
+    let url = forge.git_url("src/origin", &forge.admin_token);
+    git_ok(&work, &["checkout", "--quiet", "-b", "develop"]);
+    e2e::commit_files(&work, &[("b", "b\n")], "on develop");
+    git_ok(&work, &["tag", "v1.0"]);
+    git_ok(&work, &["push", "--quiet", &url, "main", "develop", "v1.0"]);
+
+    // The source URL carries a token; it must not be kept or echoed.
+    let created = forge.admin(
+        "POST",
+        "/v1/repos",
+        Some(json!({ "name": "dst/copy", "import_url": url })),
+    );
+    assert_eq!(created["default_branch"], "main");
+    let copy = forge.repo_dir("dst/copy");
+    let refs = git_ok(
+        &copy,
+        &["for-each-ref", "--format=%(refname) %(objectname)"],
+    );
+    let source_refs = git_ok(
+        &forge.repo_dir("src/origin"),
+        &["for-each-ref", "--format=%(refname) %(objectname)"],
+    );
+    assert_eq!(refs, source_refs);
+    let config = std::fs::read_to_string(copy.join("config")).unwrap();
+    assert!(
+        !config.contains(&forge.admin_token),
+        "credentials are not stored"
+    );
+
+    let (status, body) = forge.call(
+        Some(&forge.admin_token),
+        "POST",
+        "/v1/repos",
+        Some(json!({ "name": "dst/bad", "import_url": format!("{}/nope/nope.git", forge.url) })),
+    );
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["error"]["code"], "import_failed");
+    let (status, _) = forge.call(Some(&forge.admin_token), "GET", "/v1/repos/dst/bad", None);
+    assert_eq!(status, 404, "a failed import leaves no repository");
+
+    // Without the loopback allowance, the forge will not fetch from itself.
+    let strict = TestForge::start();
+    let (status, body) = strict.call(
+        Some(&strict.admin_token),
+        "POST",
+        "/v1/repos",
+        Some(json!({ "name": "dst/copy", "import_url": url })),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("refused")
+    );
+    assert!(
+        !body.to_string().contains(&forge.admin_token),
+        "the secret is not echoed"
+    );
+    let (status, _) = strict.call(
+        Some(&strict.admin_token),
+        "POST",
+        "/v1/repos",
+        Some(json!({ "name": "dst/file", "import_url": "file:///etc" })),
+    );
+    assert_eq!(status, 400);
+}
+
+#[test]
+fn only_admins_manage_repositories_and_tokens() {
+    let forge = TestForge::start();
+    let writer = forge.create_token("writer", &["repo:write"], None);
+    for (method, path, body) in [
+        ("POST", "/v1/repos", Some(json!({ "name": "a/b" }))),
+        ("GET", "/v1/tokens", None),
+        (
+            "POST",
+            "/v1/tokens",
+            Some(json!({ "name": "x", "scopes": ["admin"] })),
+        ),
+    ] {
+        let (status, body) = forge.call(Some(&writer), method, path, body);
+        assert_eq!(status, 403, "{method} {path}: {body}");
+        assert_eq!(body["error"]["code"], "forbidden");
+    }
+    let (status, body) = forge.call(None, "GET", "/v1/repos", None);
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (401, Some("unauthorized"))
+    );
+    let (status, body) = forge.call(
+        Some(&forge.admin_token),
+        "POST",
+        "/v1/tokens",
+        Some(json!({ "name": "x", "scopes": ["root"] })),
+    );
+    assert_eq!(status, 400);
+    assert!(body["error"]["message"].as_str().unwrap().contains("root"));
+    let (status, _) = forge.call(
+        Some(&forge.admin_token),
+        "DELETE",
+        "/v1/tokens/unknown",
+        None,
+    );
+    assert_eq!(status, 404);
+    let (status, body) = forge.call(Some(&forge.admin_token), "GET", "/v1/nothing-here", None);
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("not_found"))
+    );
+}
+
+#[test]
+fn the_cli_creates_lists_and_follows() {
+    let forge = TestForge::start();
+    let ok = |args: &[&str]| {
+        let output = forge.cli(args);
+        assert!(
+            output.status.success(),
+            "forge {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let created = ok(&["repo", "create", "cli/demo"]);
+    assert!(
+        created.contains("created cli/demo") && created.contains("git clone"),
+        "{created}"
+    );
+    assert!(ok(&["repo", "list"]).contains("cli/demo"));
+    let token = ok(&[
+        "token",
+        "create",
+        "ci",
+        "--scope",
+        "repo:write",
+        "--repo",
+        "cli/demo",
+    ]);
+    let secret = token.lines().last().unwrap().trim().to_owned();
+    assert!(secret.starts_with("forge_"), "{token}");
+    let listed = ok(&["token", "list"]);
+    assert!(listed.contains("ci") && listed.contains("cli/demo") && !listed.contains(&secret));
+
+    let tmp = tempfile::tempdir().unwrap();
+    let work = work_repo(tmp.path(), "work", &[("x", "1\n")]);
+    git_ok(
+        &work,
+        &[
+            "push",
+            "--quiet",
+            &forge.git_url("cli/demo", &secret),
+            "main",
+        ],
+    );
+    let events = ok(&["events", "cli/demo"]);
+    assert!(
+        events.contains("push") && events.contains("branch.created"),
+        "{events}"
+    );
+    let json_lines = ok(&["--json", "events", "cli/demo"]);
+    let first: serde_json::Value =
+        serde_json::from_str(json_lines.lines().next().unwrap()).unwrap();
+    assert_eq!(first["payload"]["pusher"]["name"], "ci");
+
+    let failed = forge.cli(&["repo", "create", "../bad"]);
+    assert!(!failed.status.success());
+    let message = String::from_utf8_lossy(&failed.stderr);
+    assert!(
+        message.starts_with("forge: ") && message.contains("HTTP 400"),
+        "{message}"
+    );
+    assert_eq!(
+        message.lines().count(),
+        1,
+        "one line, no backtrace: {message}"
+    );
+    ok(&["repo", "delete", "cli/demo"]);
+    assert!(!ok(&["repo", "list"]).contains("cli/demo"));
+}
+
+#[test]
+fn event_long_poll_wakes_on_a_push() {
+    let forge = TestForge::start();
+    forge.create_repo("acme/poll");
+    let url = format!(
+        "{}/v1/repos/acme/poll/events?after=0&wait_secs=30",
+        forge.url
+    );
+    let token = forge.admin_token.clone();
+    let waiter = std::thread::spawn(move || {
+        let started = std::time::Instant::now();
+        let page: serde_json::Value = reqwest::blocking::Client::new()
+            .get(url)
+            .bearer_auth(token)
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        (page, started.elapsed())
+    });
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let tmp = tempfile::tempdir().unwrap();
+    let work = work_repo(tmp.path(), "work", &[("x", "1\n")]);
+    git_ok(
+        &work,
+        &[
+            "push",
+            "--quiet",
+            &forge.git_url("acme/poll", &forge.admin_token),
+            "main",
+        ],
+    );
+    let (page, waited) = waiter.join().unwrap();
+    assert!(!page["events"].as_array().unwrap().is_empty(), "{page}");
+    assert!(
+        waited < std::time::Duration::from_secs(25),
+        "woken by the push, not the timeout"
+    );
+    assert_eq!(
+        page["next_cursor"],
+        page["events"].as_array().unwrap().last().unwrap()["id"]
+    );
+}
