@@ -12,6 +12,10 @@
 //! memory cgroup limit, `disk_mib` → btrfs quota of the writable layer,
 //! `workspace` → read-write bind at `/workspace`.
 
+// The wrapped crate's error is large; closures here return it as is and it
+// is boxed where it becomes this crate's `Error`.
+#![allow(clippy::result_large_err)]
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -220,14 +224,6 @@ impl ContainerSandboxes {
     }
 }
 
-/// The container crate's "no such sandbox" as this crate's.
-fn not_found(id: &str, err: sandbox_container::BackendError) -> Error {
-    match err {
-        sandbox_container::BackendError::NotFound(_) => Error::NotFound(id.to_owned()),
-        other => Error::Container(other),
-    }
-}
-
 impl Backend for ContainerSandboxes {
     fn kind(&self) -> BackendKind {
         BackendKind::Container
@@ -244,8 +240,7 @@ impl Backend for ContainerSandboxes {
     fn get<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<SandboxInfo>> {
         Box::pin(async move {
             let owned = id.to_owned();
-            let inner = self.inner.clone();
-            let got = blocking(move || inner.get(&owned).map_err(|e| not_found(&owned, e))).await?;
+            let got = self.call(move |b| b.get(&owned)).await?;
             Ok(info(&got))
         })
     }
@@ -327,17 +322,14 @@ impl Backend for ContainerSandboxes {
         Box::pin(async move {
             self.forget(id);
             let owned = id.to_owned();
-            let inner = self.inner.clone();
-            blocking(move || inner.destroy(&owned).map_err(|e| not_found(&owned, e))).await
+            self.call(move |b| b.destroy(&owned)).await
         })
     }
 
     fn stats<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Stats>> {
         Box::pin(async move {
             let owned = id.to_owned();
-            let inner = self.inner.clone();
-            let stats =
-                blocking(move || inner.stats(&owned).map_err(|e| not_found(&owned, e))).await?;
+            let stats = self.call(move |b| b.stats(&owned)).await?;
             Ok(Stats {
                 state: state(stats.status),
                 memory_bytes: stats.cgroup.memory_bytes,

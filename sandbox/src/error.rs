@@ -25,7 +25,7 @@ pub enum Error {
     #[error("Invalid request: {0}")]
     Invalid(String),
     #[error(transparent)]
-    Container(#[from] sandbox_container::BackendError),
+    Container(Box<sandbox_container::BackendError>),
     #[error("Talking to sandbox {id}'s agent failed")]
     Agent {
         id: String,
@@ -66,6 +66,21 @@ impl Error {
                 ..
             } => Some(remote.kind),
             _ => None,
+        }
+    }
+}
+
+impl From<sandbox_container::BackendError> for Error {
+    fn from(err: sandbox_container::BackendError) -> Self {
+        use sandbox_container::BackendError as E;
+        match err {
+            E::NotFound(id) => Error::NotFound(id),
+            E::WrongState { id, status, needed } => Error::WrongState {
+                id,
+                state: format!("{status:?}"),
+                needed,
+            },
+            other => Error::Container(Box::new(other)),
         }
     }
 }

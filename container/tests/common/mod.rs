@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 mod shared;
+#[allow(unused_imports)]
 pub use shared::{agent_binary, host_usr_root};
 
 use std::fs;

@@ -17,13 +17,15 @@ pub use shared::{
 
 use sandbox::{Backend, Spec};
 
+/// Host paths that exist while a sandbox (by id) lives.
+pub type Footprint = Box<dyn Fn(&str) -> Vec<PathBuf> + Send + Sync>;
+
 pub struct Harness {
     pub backend: Arc<dyn Backend>,
     pub data_dir: PathBuf,
     /// The spec the suite creates sandboxes from.
     pub spec: Spec,
-    /// Host paths that exist while sandbox `id` lives.
-    pub footprint: Box<dyn Fn(&str) -> Vec<PathBuf> + Send + Sync>,
+    pub footprint: Footprint,
     /// Removes whatever is left; runs on drop.
     pub cleanup: Option<Box<dyn FnOnce() + Send>>,
 }
@@ -51,10 +53,15 @@ impl Drop for Harness {
     }
 }
 
-/// A data directory of its own under /tmp, empty.
+/// A data directory of its own under /tmp, empty, for `test`.
 pub fn data_dir(backend: &str, test: &str) -> PathBuf {
+    // Short: Unix socket paths under it must fit in 108 bytes.
+    let hash = test.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
     let dir = PathBuf::from(format!(
-        "/tmp/sbx-suite-{backend}-{test}-{}",
+        "/tmp/sbs-{backend}-{:06x}-{}",
+        hash & 0xff_ffff,
         std::process::id()
     ));
     let _ = std::fs::remove_dir_all(&dir);

@@ -445,12 +445,13 @@ pub async fn fork_isolates_disks(h: &Harness) {
 
 pub async fn stats_report_usage(h: &Harness) {
     let id = create(h).await;
-    sh(h, &id, "i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; head -c 4000000 /dev/urandom > /root/blob").await;
+    sh(h, &id, "i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; head -c 4000000 /dev/urandom > /root/blob; sync").await;
     let stats = h.backend.stats(&id).await.expect("stats");
     assert_eq!(stats.state, State::Running);
     assert!(stats.memory_bytes > 0, "{stats:?}");
     assert!(stats.cpu_usage_ns > 0, "{stats:?}");
     if let Some(disk) = stats.disk_bytes {
+        // Counted once it reached the disk (`sync` above).
         assert!(disk >= 4_000_000, "the 4 MB blob is counted: {stats:?}");
     }
     h.backend.destroy(&id).await.expect("destroy");
