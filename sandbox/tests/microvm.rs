@@ -17,8 +17,9 @@ use std::time::Duration;
 use common::Harness;
 use sandbox::microvm::control::ControlSocket;
 use sandbox::microvm::vm::{self, VmRecord};
-use sandbox::microvm::{MicrovmConfig, MicrovmSandboxes};
-use sandbox::{Image, Spec, State};
+use sandbox::microvm::{MicrovmConfig, MicrovmSandboxes, Readiness};
+use sandbox::{Backend, Error, Image, Kept, PauseMode, Spec, State};
+use vmm::config::ApEntry;
 
 fn forge_vmm() -> PathBuf {
     common::workspace_binary("vmm", "forge-vmm")
@@ -242,5 +243,154 @@ async fn control_socket_drives_a_real_vmm() {
         .expect("ends")
         .expect("wait");
     assert!(exit.success(), "{exit:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The last `COUNT <n>` a counter guest printed.
+fn last_count(serial: &Path) -> u64 {
+    std::fs::read_to_string(serial)
+        .unwrap_or_default()
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("COUNT ")?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// The whole lifecycle through `dyn Backend` with real VMMs running the
+/// counter test guest (no agent: readiness is the VMM's): create, stats,
+/// pause and resume in memory, fork, pause to disk and restore, destroy in
+/// any order, nothing left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lifecycle_of_real_vms_through_the_backend() {
+    if std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_err()
+    {
+        println!("SKIPPED lifecycle_of_real_vms_through_the_backend: no usable /dev/kvm");
+        return;
+    }
+    let dir = common::data_dir("microvm", "lifecycle");
+    let mut config = MicrovmConfig::new(&dir, test_guest("counter"));
+    config.vmm_binary = forge_vmm();
+    config.readiness = Readiness::Vmm;
+    config.ap_entry = ApEntry::KernelEntry;
+    config.cmdline = String::new();
+    let base = dir.join("base.img");
+    std::fs::write(&base, vec![0u8; 1 << 20]).expect("base disk");
+    let backend: Arc<dyn Backend> = Arc::new(MicrovmSandboxes::open(config).expect("open"));
+    let mut spec = Spec::new(Image {
+        root: dir.clone(),
+        ext4: Some(base),
+    });
+    spec.mem_mib = 64;
+    let serial = |id: &str| {
+        VmRecord::load(&dir.join("vms").join(id))
+            .expect("record")
+            .serial_log
+    };
+
+    let mut with_workspace = spec.clone();
+    with_workspace.workspace = Some(dir.clone());
+    let refused = backend.create(with_workspace).await;
+    assert!(
+        matches!(refused, Err(Error::Unsupported { .. })),
+        "{refused:?}"
+    );
+    let refused = backend.create(Spec::new(Image::root(&dir))).await;
+    assert!(
+        matches!(refused, Err(Error::Unsupported { .. })),
+        "{refused:?}"
+    );
+
+    let parent = backend.create(spec).await.expect("create").id;
+    wait_for(&serial(&parent), "COUNT 2\n").await;
+    let stats = backend.stats(&parent).await.expect("stats");
+    assert_eq!(stats.state, State::Running);
+    assert!(
+        stats.memory_bytes > 0 && stats.cpu_usage_ns > 0,
+        "{stats:?}"
+    );
+    assert!(stats.disk_bytes.is_some(), "{stats:?}");
+    assert!(
+        backend
+            .exec(&parent, sandbox::Command::new(["true"]))
+            .await
+            .is_err()
+    );
+
+    let paused = backend
+        .pause(&parent, PauseMode::Memory)
+        .await
+        .expect("pause");
+    assert_eq!(paused.state, State::Paused);
+    let at_pause = last_count(&serial(&parent));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        last_count(&serial(&parent)),
+        at_pause,
+        "counted while paused"
+    );
+    let resumed = backend.resume(&parent).await.expect("resume");
+    assert_eq!(resumed.kept, [Kept::Disk, Kept::Memory, Kept::Processes]);
+    wait_for(&serial(&parent), &format!("COUNT {}\n", at_pause + 2)).await;
+
+    let forks = backend.fork(&parent, 2).await.expect("fork");
+    assert_eq!(forks.len(), 2);
+    for fork in &forks {
+        assert_eq!(fork.sandbox.state, State::Running, "{fork:?}");
+        assert_eq!(fork.sandbox.forked_from.as_deref(), Some(parent.as_str()));
+        assert_eq!(fork.kept, [Kept::Disk, Kept::Memory, Kept::Processes]);
+        assert_eq!(fork.note, None);
+        wait_for(&serial(&fork.sandbox.id), "COUNT").await;
+    }
+    assert_eq!(backend.list().await.expect("list").len(), 3);
+
+    let before_disk = last_count(&serial(&parent));
+    let paused = backend
+        .pause(&parent, PauseMode::Disk)
+        .await
+        .expect("pause to disk");
+    assert_eq!(paused.state, State::PausedToDisk);
+    let stats = backend.stats(&parent).await.expect("stats");
+    assert_eq!((stats.state, stats.memory_bytes), (State::PausedToDisk, 0));
+    let resumed = backend.resume(&parent).await.expect("restore");
+    assert_eq!(resumed.sandbox.state, State::Running);
+    assert_eq!(resumed.kept, [Kept::Disk, Kept::Memory, Kept::Processes]);
+    // The restored guest counts on from where it stopped.
+    wait_for(&serial(&parent), &format!("COUNT {}\n", before_disk + 2)).await;
+
+    let pids: Vec<i32> = std::iter::once(parent.clone())
+        .chain(forks.iter().map(|f| f.sandbox.id.clone()))
+        .filter_map(|id| VmRecord::load(&dir.join("vms").join(id)).ok()?.pid)
+        .collect();
+    assert_eq!(pids.len(), 3);
+    backend
+        .destroy(&parent)
+        .await
+        .expect("destroy the parent first");
+    assert!(matches!(
+        backend.get(&parent).await,
+        Err(Error::NotFound(_))
+    ));
+    for fork in &forks {
+        let child = backend.get(&fork.sandbox.id).await.expect("fork lives on");
+        assert_eq!(child.state, State::Running);
+    }
+    for fork in &forks {
+        backend
+            .destroy(&fork.sandbox.id)
+            .await
+            .expect("destroy fork");
+    }
+    for pid in pids {
+        wait_gone(pid).await;
+    }
+    let left: Vec<_> = std::fs::read_dir(dir.join("vms"))
+        .expect("vms")
+        .flatten()
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }

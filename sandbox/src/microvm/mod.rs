@@ -29,6 +29,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use agent_proto::DEFAULT_VSOCK_PORT;
 use tokio::process::Child;
+use vmm::config::ApEntry;
 
 use self::control::{ControlError, ControlSocket};
 use self::vm::VmRecord;
@@ -56,6 +57,20 @@ pub struct MicrovmConfig {
     pub agent_port: u32,
     /// How long a boot (or restore) may take until the agent answers.
     pub boot_timeout: Duration,
+    pub readiness: Readiness,
+    /// How secondary vCPUs start (`Sipi` for Linux).
+    pub ap_entry: ApEntry,
+}
+
+/// When a started VM counts as up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Readiness {
+    /// Its agent answers (a guest image with `sandbox-agent`).
+    Agent,
+    /// Its VMM answers on the control socket: for guests without an agent
+    /// (the VMM's freestanding test guests); exec, files and ports fail and
+    /// no lifecycle notices are sent.
+    Vmm,
 }
 
 impl MicrovmConfig {
@@ -72,6 +87,8 @@ impl MicrovmConfig {
             cmdline: DEFAULT_CMDLINE.to_owned(),
             agent_port: DEFAULT_VSOCK_PORT,
             boot_timeout: Duration::from_secs(60),
+            readiness: Readiness::Agent,
+            ap_entry: ApEntry::Sipi,
         }
     }
 }
@@ -91,6 +108,29 @@ fn vmm_error(id: &str) -> impl FnOnce(ControlError) -> Error + '_ {
     move |err| Error::Vmm {
         id: id.to_owned(),
         message: crate::error::chain(&err),
+    }
+}
+
+/// How long one connection attempt to a guest's agent may take: the VMM
+/// accepts at once and the guest answers `CONNECT`, or never does (no
+/// vsock driver, a hung guest).
+const AGENT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Connect to the agent behind `record`'s vsock socket within `within`.
+async fn connect_agent(
+    record: &VmRecord,
+    port: u32,
+    within: Duration,
+) -> Result<agent_proto::Client> {
+    let attempt = agent_proto::Client::connect_vsock_proxy(&record.vsock_uds, port);
+    match tokio::time::timeout(within, attempt).await {
+        Ok(connected) => connected.map_err(Error::agent(&record.id)),
+        Err(_) => Err(Error::Agent {
+            id: record.id.clone(),
+            source: agent_proto::ClientError::Handshake(format!(
+                "the guest did not answer CONNECT {port} within {within:?}"
+            )),
+        }),
     }
 }
 
@@ -195,8 +235,9 @@ impl MicrovmSandboxes {
     }
 
     /// Wait until the VMM of `record` answers on its control socket and its
-    /// agent on vsock; a VMM that ends meanwhile fails with its log.
-    async fn wait_ready(&self, record: &VmRecord) -> Result<agent_proto::Client> {
+    /// agent on vsock (`None`: readiness is the VMM's alone); a VMM that
+    /// ends meanwhile fails with its log.
+    async fn wait_ready(&self, record: &VmRecord) -> Result<Option<agent_proto::Client>> {
         let id = &record.id;
         let deadline = tokio::time::Instant::now() + self.config.boot_timeout;
         let died = || Error::Vmm {
@@ -212,22 +253,21 @@ impl MicrovmSandboxes {
                 .await
                 .map_err(vmm_error(id))?;
         control.status().await.map_err(vmm_error(id))?;
+        if self.config.readiness == Readiness::Vmm {
+            return Ok(None);
+        }
         loop {
-            let attempt =
-                agent_proto::Client::connect_vsock_proxy(&record.vsock_uds, self.config.agent_port)
-                    .await;
-            match attempt {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let within = left
+                .min(AGENT_CONNECT_TIMEOUT)
+                .max(Duration::from_millis(1));
+            match connect_agent(record, self.config.agent_port, within).await {
                 Ok(client) => {
                     self.clients().insert(id.clone(), client.clone());
-                    return Ok(client);
+                    return Ok(Some(client));
                 }
                 Err(_) if !record.pid.is_some_and(vm::alive) => return Err(died()),
-                Err(source) if tokio::time::Instant::now() >= deadline => {
-                    return Err(Error::Agent {
-                        id: id.clone(),
-                        source,
-                    });
-                }
+                Err(err) if tokio::time::Instant::now() >= deadline => return Err(err),
                 Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
             }
         }
@@ -276,13 +316,7 @@ impl MicrovmSandboxes {
         let id = vm::new_id();
         let dir = self.dir(&id);
         std::fs::create_dir_all(&dir).map_err(Error::io(&dir))?;
-        let config = vm::vm_config(
-            &spec,
-            &ext4,
-            &self.config.kernel,
-            &self.config.cmdline,
-            &dir,
-        );
+        let config = vm::vm_config(&spec, &ext4, &self.config, &dir);
         let config_path = dir.join("vm.json");
         let json = serde_json::to_vec_pretty(&config).map_err(|e| Error::Invalid(e.to_string()))?;
         std::fs::write(&config_path, json).map_err(Error::io(&config_path))?;
@@ -361,7 +395,9 @@ impl MicrovmSandboxes {
 
     /// Tell a fork's agent it was forked: own hostname, entropy, clock.
     async fn tell_forked(&self, record: &VmRecord) -> Result<(), String> {
-        let client = self.wait_ready(record).await.map_err(|e| e.to_string())?;
+        let Some(client) = self.wait_ready(record).await.map_err(|e| e.to_string())? else {
+            return Ok(());
+        };
         let mut entropy = vec![0u8; 32];
         std::fs::File::open("/dev/urandom")
             .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut entropy))
@@ -398,14 +434,16 @@ impl MicrovmSandboxes {
                 record.pid = Some(self.spawn(id, vm::restore_args(&snapshot, &record))?);
                 record.state = State::Running;
                 record.save(&dir)?;
-                let client = self.wait_ready(&record).await?;
-                let note = client
-                    .resumed(agent_proto::Resumed {
-                        unix_time_ns: now_ns(),
-                    })
-                    .await
-                    .err()
-                    .map(|e| e.to_string());
+                let note = match self.wait_ready(&record).await? {
+                    Some(client) => client
+                        .resumed(agent_proto::Resumed {
+                            unix_time_ns: now_ns(),
+                        })
+                        .await
+                        .err()
+                        .map(|e| e.to_string()),
+                    None => None,
+                };
                 return Ok(Carried {
                     sandbox: info(&record),
                     kept: all,
@@ -526,12 +564,9 @@ impl Backend for MicrovmSandboxes {
             let client = match kept {
                 Some(client) => client,
                 None => {
-                    let client = agent_proto::Client::connect_vsock_proxy(
-                        &record.vsock_uds,
-                        self.config.agent_port,
-                    )
-                    .await
-                    .map_err(Error::agent(id))?;
+                    let client =
+                        connect_agent(&record, self.config.agent_port, AGENT_CONNECT_TIMEOUT)
+                            .await?;
                     self.clients().insert(id.to_owned(), client.clone());
                     client
                 }

@@ -17,7 +17,9 @@ use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
-use vmm::config::{ApEntry, DiskConfig, VmConfig, VsockConfig};
+use vmm::config::{DiskConfig, VmConfig, VsockConfig};
+
+use super::MicrovmConfig;
 
 use crate::error::{Error, Result};
 use crate::spec::{Spec, State};
@@ -88,12 +90,12 @@ pub fn new_id() -> String {
 }
 
 /// The VMM config of a new sandbox in `dir`.
-pub fn vm_config(spec: &Spec, ext4: &Path, kernel: &Path, cmdline: &str, dir: &Path) -> VmConfig {
+pub fn vm_config(spec: &Spec, ext4: &Path, backend: &MicrovmConfig, dir: &Path) -> VmConfig {
     VmConfig {
         vcpus: spec.vcpus,
         mem_mib: spec.mem_mib,
-        kernel: kernel.to_owned(),
-        cmdline: cmdline.to_owned(),
+        kernel: backend.kernel.clone(),
+        cmdline: backend.cmdline.clone(),
         initrd: None,
         disks: vec![DiskConfig {
             base: ext4.to_owned(),
@@ -107,7 +109,7 @@ pub fn vm_config(spec: &Spec, ext4: &Path, kernel: &Path, cmdline: &str, dir: &P
         rng: true,
         serial_log: dir.join("serial.log"),
         control_socket: dir.join("ctl.sock"),
-        ap_entry: ApEntry::Sipi,
+        ap_entry: backend.ap_entry,
     }
 }
 
@@ -220,13 +222,9 @@ mod tests {
         spec.vcpus = 2;
         spec.mem_mib = 256;
         let dir = Path::new("/data/vms/vm1");
-        let config = vm_config(
-            &spec,
-            Path::new("/img/rootfs.ext4"),
-            Path::new("/k"),
-            "console=ttyS0",
-            dir,
-        );
+        let mut backend = MicrovmConfig::new("/data", "/k");
+        backend.cmdline = "console=ttyS0".into();
+        let config = vm_config(&spec, Path::new("/img/rootfs.ext4"), &backend, dir);
         let json = serde_json::to_value(&config).expect("serialise");
         assert_eq!(json["vcpus"], 2);
         assert_eq!(json["mem_mib"], 256);
@@ -235,6 +233,8 @@ mod tests {
         assert_eq!(json["vsock"]["uds_path"], "/data/vms/vm1/vsock.sock");
         assert_eq!(json["control_socket"], "/data/vms/vm1/ctl.sock");
         assert_eq!(json["ap_entry"], "sipi");
+        assert_eq!(json["kernel"], "/k");
+        assert_eq!(json["cmdline"], "console=ttyS0");
         // The VMM parses what we write.
         let text = json.to_string();
         let back: VmConfig = serde_json::from_str(&text).expect("forge-vmm's own parser");
