@@ -141,21 +141,15 @@ impl ContainerSandboxes {
         &self.inner
     }
 
-    /// Destroy every sandbox, then release the layer store and cgroups.
+    /// Release the layer store and the cgroup parent if no sandbox is left
+    /// (sandboxes themselves keep running; a later `open` finds them).
     pub async fn close(self) -> Result<()> {
         self.forget_all();
-        let inner = self.inner;
-        blocking(move || {
-            for sandbox in inner.list()? {
-                inner.destroy(&sandbox.id)?;
-            }
-            match Arc::try_unwrap(inner) {
-                Ok(backend) => Ok(backend.close()?),
-                // A blocking call still holds it; the next open cleans up.
-                Err(_) => Ok(()),
-            }
-        })
-        .await
+        match Arc::try_unwrap(self.inner) {
+            Ok(backend) => blocking(move || Ok(backend.close()?)).await,
+            // A blocking call still holds it; the next open takes over.
+            Err(_) => Ok(()),
+        }
     }
 
     fn request(&self, spec: Spec) -> Result<CreateRequest> {

@@ -89,6 +89,7 @@ async fn harness(test: &str) -> Option<Harness> {
         backend: Arc::new(sandboxes),
         data_dir,
         spec,
+        keeps_processes: true,
         footprint: Box::new(move |id| vec![footprint_vms.join(id)]),
         cleanup: Some(Box::new(move || {
             for entry in std::fs::read_dir(&vms).into_iter().flatten().flatten() {

@@ -25,6 +25,9 @@ pub struct Harness {
     pub data_dir: PathBuf,
     /// The spec the suite creates sandboxes from.
     pub spec: Spec,
+    /// Pause to disk and fork keep memory and processes (microVMs always,
+    /// containers with CRIU); otherwise they keep the disk and say why.
+    pub keeps_processes: bool,
     pub footprint: Footprint,
     /// Removes whatever is left; runs on drop.
     pub cleanup: Option<Box<dyn FnOnce() + Send>>,
