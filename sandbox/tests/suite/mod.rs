@@ -396,6 +396,9 @@ pub async fn fork_isolates_disks(h: &Harness) {
         .write_file(&parent, "/root/who", b"parent")
         .await
         .expect("write");
+    sh(h, &parent, COUNTER).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = counter(h, &parent).await;
     let forks = h.backend.fork(&parent, 2).await.expect("fork");
     assert_eq!(forks.len(), 2);
     for (i, fork) in forks.iter().enumerate() {
@@ -403,7 +406,7 @@ pub async fn fork_isolates_disks(h: &Harness) {
             "fork {} kept {:?} ({:?})",
             fork.sandbox.id, fork.kept, fork.note
         );
-        assert!(fork.kept.contains(&Kept::Disk));
+        assert_kept(h, fork);
         assert_eq!(fork.sandbox.forked_from.as_deref(), Some(parent.as_str()));
         assert_ne!(fork.sandbox.id, parent);
         let child = &fork.sandbox.id;
@@ -411,6 +414,15 @@ pub async fn fork_isolates_disks(h: &Harness) {
             h.backend.read_file(child, "/root/who").await.expect("read"),
             b"parent"
         );
+        if h.keeps_processes {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let value = counter(h, child).await;
+            // A fresh process would count from 1 again.
+            assert!(
+                value > before,
+                "fork {child} went on from {before}: {value}"
+            );
+        }
         h.backend
             .write_file(child, "/root/who", format!("child{i}").as_bytes())
             .await
