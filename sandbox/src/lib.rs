@@ -13,16 +13,21 @@
 //!
 //! The trait is object safe (`Arc<dyn Backend>`): every operation returns a
 //! boxed future, and blocking backend calls run on tokio's blocking pool.
-//! Operations name a sandbox by its id. Typical use:
+//! Operations name a sandbox by its id; [`Sandbox`] is a handle that holds
+//! the backend and the id together. Typical use:
 //!
 //! ```no_run
 //! # async fn demo(backend: std::sync::Arc<dyn sandbox::Backend>) -> sandbox::Result<()> {
-//! use sandbox::{Command, Image, Spec};
-//! let info = backend.create(Spec::new(Image::root("/var/lib/forge/images/x/rootfs"))).await?;
-//! let out = backend.exec(&info.id, Command::shell("echo hi")).await?;
+//! use sandbox::{Command, Image, Sandbox, Spec};
+//! let choice = sandbox::probe(None)?; // e.g. "container (kvm is PVM: ...)"
+//! let image = Image::root("/var/lib/forge/images/x/rootfs");
+//! let branch = Sandbox::create(backend, Spec::new(image)).await?;
+//! let out = branch.exec(Command::shell("echo hi")).await?;
 //! assert_eq!(out.stdout, b"hi\n");
-//! let forks = backend.fork(&info.id, 2).await?; // each says what it kept
-//! # let _ = forks; Ok(()) }
+//! for (copy, carried) in branch.fork(2).await? {
+//!     println!("{} kept {:?}", copy.id(), carried.kept);
+//! }
+//! # let _ = choice; Ok(()) }
 //! ```
 #![forbid(unsafe_code)]
 
@@ -31,6 +36,7 @@ pub mod container;
 mod error;
 pub mod microvm;
 pub mod probe;
+mod sandbox;
 mod spec;
 
 use std::future::Future;
@@ -40,6 +46,7 @@ pub use agent::{Agent, ExecStream, confine};
 pub use agent_proto::{DirEntry, ErrorKind, ExecEvent, ExitStatus, Exited, FileKind, Output};
 pub use error::{Error, Result};
 pub use probe::{Choice, HostFacts, probe};
+pub use sandbox::Sandbox;
 pub use spec::{
     BackendKind, Carried, Command, DEFAULT_OUTPUT_LIMIT_BYTES, Image, Kept, PauseMode, SandboxInfo,
     Spec, State, Stats, WORKSPACE,

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use common::Harness;
 use sandbox::container::{AgentInit, ContainerConfig, ContainerSandboxes};
-use sandbox::{Image, Spec};
+use sandbox::{Image, Sandbox, Spec};
 use sandbox_container::{BackendConfig, Bind};
 
 async fn harness(test: &str) -> Option<Harness> {
@@ -97,22 +97,19 @@ async fn workspace_dir_is_bound_read_write() {
     std::fs::write(workspace.join("from-host"), "host").expect("host file");
     let mut spec = h.spec();
     spec.workspace = Some(workspace.clone());
-    let info = h.backend.create(spec).await.expect("create");
-    let seen = h
-        .backend
-        .read_file(&info.id, "from-host")
+    let sandbox = Sandbox::create(h.backend.clone(), spec)
         .await
-        .expect("read");
-    assert_eq!(seen, b"host");
-    h.backend
-        .write_file(&info.id, "from-sandbox", b"sandbox")
+        .expect("create");
+    assert_eq!(sandbox.read_file("from-host").await.expect("read"), b"host");
+    sandbox
+        .write_file("from-sandbox", b"sandbox")
         .await
         .expect("write");
     assert_eq!(
         std::fs::read(workspace.join("from-sandbox")).expect("host sees it"),
         b"sandbox"
     );
-    h.backend.destroy(&info.id).await.expect("destroy");
+    sandbox.destroy().await.expect("destroy");
     assert!(
         workspace.join("from-host").exists(),
         "destroy keeps the host's workspace"
