@@ -72,7 +72,7 @@ pub struct ContainerSandboxes {
     clients: Mutex<HashMap<String, agent_proto::Client>>,
 }
 
-fn state(status: Status) -> State {
+pub(crate) fn state(status: Status) -> State {
     match status {
         Status::Running => State::Running,
         Status::Frozen => State::Paused,
@@ -253,7 +253,7 @@ impl Backend for ContainerSandboxes {
                 self.forget(id);
                 return Err(Error::WrongState {
                     id: id.to_owned(),
-                    state: format!("{:?}", sandbox.state),
+                    state: sandbox.state,
                     needed: "running",
                 });
             }

@@ -7,10 +7,10 @@ use std::path::PathBuf;
 pub enum Error {
     #[error("No sandbox {0}")]
     NotFound(String),
-    #[error("Sandbox {id} is {state}; this operation needs it {needed}")]
+    #[error("Sandbox {id} is {state:?}; this operation needs it {needed}")]
     WrongState {
         id: String,
-        state: String,
+        state: crate::State,
         needed: &'static str,
     },
     #[error("Path {path:?} leaves the sandbox's file tree")]
@@ -77,7 +77,7 @@ impl From<sandbox_container::BackendError> for Error {
             E::NotFound(id) => Error::NotFound(id),
             E::WrongState { id, status, needed } => Error::WrongState {
                 id,
-                state: format!("{status:?}"),
+                state: crate::container::state(status),
                 needed,
             },
             other => Error::Container(Box::new(other)),

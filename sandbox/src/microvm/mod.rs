@@ -16,8 +16,12 @@
 //!   directories no live sandbox needs removed.
 //!
 //! Everything is kept across pause, resume and fork: disk, memory and
-//! processes. A workspace bind is not offered (the VM has no shared file
-//! system device); such a spec is refused.
+//! processes. Not offered (yet): a workspace bind (the VM has no shared
+//! file system device; such a spec is refused), a disk limit other than the
+//! image's ext4 size (`disk_mib` is not enforced), resuming a VM whose VMM
+//! died (`Crashed` stays so until destroyed). Snapshots of pauses to disk
+//! stay in the sandbox's directory until it is destroyed: a restored VM
+//! maps its memory file.
 
 pub mod control;
 pub mod vm;
@@ -203,7 +207,7 @@ impl MicrovmSandboxes {
     fn wrong_state(record: &VmRecord, needed: &'static str) -> Error {
         Error::WrongState {
             id: record.id.clone(),
-            state: format!("{:?}", record.state),
+            state: record.state,
             needed,
         }
     }
@@ -473,8 +477,9 @@ impl MicrovmSandboxes {
             }
             (PauseMode::Disk, State::Running | State::Paused) => {
                 self.clients().remove(id);
-                let generation = std::fs::read_dir(&dir).map_or(0, |d| d.count());
-                let snapshot = dir.join(format!("snapshot-{generation}"));
+                // Entries only accumulate in the directory: a fresh name.
+                let entries = std::fs::read_dir(&dir).map_or(0, |d| d.count());
+                let snapshot = dir.join(format!("snapshot-{entries}"));
                 let mut control = ControlSocket::connect(&record.control_socket)
                     .await
                     .map_err(vmm_error(id))?;
@@ -511,8 +516,10 @@ impl MicrovmSandboxes {
         let mut out = Vec::new();
         for entry in std::fs::read_dir(&vms).map_err(Error::io(&vms))?.flatten() {
             let id = entry.file_name().to_string_lossy().into_owned();
-            if entry.path().join(vm::RECORD_FILE).exists() {
-                out.push(self.load(&id)?);
+            // A record that does not load is skipped here, as the
+            // container backend does, and never collected.
+            if let Ok(record) = self.load(&id) {
+                out.push(record);
             }
         }
         Ok(out)

@@ -178,8 +178,8 @@ pub fn tail(path: &Path, max: usize) -> String {
     String::from_utf8_lossy(&text[start..]).trim().to_owned()
 }
 
-/// Directories under `vms` that no live sandbox needs: not the home of a
-/// record, not an ancestor of one.
+/// Directories under `vms` that no live sandbox needs: holding no record,
+/// not the home of a live one, not an ancestor of one.
 pub fn unneeded_dirs(vms: &Path, live: &[VmRecord]) -> Vec<PathBuf> {
     let needed: std::collections::HashSet<&str> = live
         .iter()
@@ -190,6 +190,8 @@ pub fn unneeded_dirs(vms: &Path, live: &[VmRecord]) -> Vec<PathBuf> {
             entries
                 .flatten()
                 .filter(|e| !needed.contains(e.file_name().to_string_lossy().as_ref()))
+                // A record that failed to load still marks a sandbox.
+                .filter(|e| !e.path().join(RECORD_FILE).exists())
                 .map(|e| e.path())
                 .collect()
         })
@@ -267,10 +269,14 @@ mod tests {
     #[test]
     fn ancestors_of_live_forks_are_kept() {
         let vms = std::env::temp_dir().join(format!("sandbox-gc-{}", std::process::id()));
-        for id in ["a", "b", "c", "d"] {
+        for id in ["a", "b", "c", "d", "e"] {
             fs::create_dir_all(vms.join(id)).expect("dir");
         }
-        // c is a fork of b, a fork of a; d is unrelated and gone.
+        for id in ["c", "e"] {
+            fs::write(vms.join(id).join(RECORD_FILE), "{}").expect("record");
+        }
+        // c is a fork of b, a fork of a; d is unrelated and gone; e has a
+        // record that does not load: it stays.
         let live = [record("c", &["b", "a"])];
         let mut gone = unneeded_dirs(&vms, &live);
         gone.sort();

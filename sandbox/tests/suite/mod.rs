@@ -338,7 +338,13 @@ pub async fn pause_in_memory_keeps_a_process_running(h: &Harness) {
     );
     let refused = h.backend.exec(&id, Command::new(["true"])).await;
     assert!(
-        matches!(refused, Err(Error::WrongState { .. })),
+        matches!(
+            refused,
+            Err(Error::WrongState {
+                state: State::Paused,
+                ..
+            })
+        ),
         "{refused:?}"
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
