@@ -3,9 +3,9 @@
 //!
 //! The suite needs a Linux guest that boots: `FORGE_GUEST_KERNEL` naming a
 //! kernel that boots on this host (hardware KVM, or a PVM-capable kernel on
-//! a PVM host) and `FORGE_GUEST_IMAGE` naming a built guest image directory
-//! (its `image.json` gives the ext4 disk). Elsewhere every case prints that
-//! it was skipped and why.
+//! a PVM host) and a built guest image (`FORGE_GUEST_IMAGE`, an image
+//! directory, else the newest in `$FORGE_DATA_DIR/images`). Elsewhere every
+//! case prints that it was skipped and why.
 
 mod common;
 mod suite;
@@ -42,17 +42,34 @@ fn test_guest(name: &str) -> PathBuf {
         .expect("the vmm build script built the test guests (needs gcc)")
 }
 
+/// The guest image: `FORGE_GUEST_IMAGE` (an image directory), else the
+/// newest image built in `$FORGE_DATA_DIR/images` (default /var/lib/forge).
 fn guest_image() -> Result<Image, String> {
-    let dir = std::env::var_os("FORGE_GUEST_IMAGE")
-        .ok_or("FORGE_GUEST_IMAGE does not name a built guest image")?;
-    let manifest = Path::new(&dir).join("image.json");
-    let text =
-        std::fs::read_to_string(&manifest).map_err(|e| format!("{}: {e}", manifest.display()))?;
-    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
-    let path = |key: &str| json[key].as_str().map(PathBuf::from);
+    let image = match std::env::var_os("FORGE_GUEST_IMAGE") {
+        Some(dir) => {
+            let manifest = Path::new(&dir).join("image.json");
+            let text = std::fs::read_to_string(&manifest)
+                .map_err(|e| format!("{}: {e}", manifest.display()))?;
+            serde_json::from_str::<guest_image::Image>(&text).map_err(|e| e.to_string())?
+        }
+        None => {
+            let data_dir = std::env::var_os("FORGE_DATA_DIR")
+                .map_or_else(|| PathBuf::from("/var/lib/forge"), PathBuf::from);
+            guest_image::list(&data_dir)
+                .map_err(|e| e.to_string())?
+                .into_iter()
+                .next()
+                .ok_or_else(|| {
+                    format!(
+                        "no guest image in {}/images and FORGE_GUEST_IMAGE is not set",
+                        data_dir.display()
+                    )
+                })?
+        }
+    };
     Ok(Image {
-        root: path("rootfs").ok_or("image.json has no rootfs")?,
-        ext4: Some(path("ext4").ok_or("image.json has no ext4")?),
+        root: image.rootfs,
+        ext4: Some(image.ext4),
     })
 }
 
@@ -388,6 +405,36 @@ async fn lifecycle_of_real_vms_through_the_backend() {
     for pid in pids {
         wait_gone(pid).await;
     }
+    let left: Vec<_> = std::fs::read_dir(dir.join("vms"))
+        .expect("vms")
+        .flatten()
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A VMM that cannot start (here: its kernel is missing) fails `create`
+/// with the VMM's own message, and leaves nothing behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vmm_that_cannot_start_fails_create_with_its_reason() {
+    let dir = common::data_dir("microvm", "badkernel");
+    let mut config = MicrovmConfig::new(&dir, dir.join("no-such-kernel"));
+    config.vmm_binary = forge_vmm();
+    config.readiness = Readiness::Vmm;
+    let base = dir.join("base.img");
+    std::fs::write(&base, vec![0u8; 1 << 20]).expect("base disk");
+    let backend = MicrovmSandboxes::open(config).expect("open");
+    let spec = Spec::new(Image {
+        root: dir.clone(),
+        ext4: Some(base),
+    });
+    let err = backend.create(spec).await.expect_err("no kernel, no VM");
+    let text = err.to_string();
+    assert!(
+        text.contains("forge-vmm ended") && text.contains("no-such-kernel"),
+        "{text}"
+    );
+    assert!(backend.list().await.expect("list").is_empty());
     let left: Vec<_> = std::fs::read_dir(dir.join("vms"))
         .expect("vms")
         .flatten()

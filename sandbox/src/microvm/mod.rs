@@ -252,10 +252,17 @@ impl MicrovmSandboxes {
                 vm::tail(&record.serial_log, 400)
             ),
         };
-        let mut control =
-            ControlSocket::connect_within(&record.control_socket, Duration::from_secs(5))
-                .await
-                .map_err(vmm_error(id))?;
+        let vmm_up = tokio::time::Instant::now() + Duration::from_secs(5);
+        let mut control = loop {
+            match ControlSocket::connect(&record.control_socket).await {
+                Ok(control) => break control,
+                Err(_) if !record.pid.is_some_and(vm::alive) => return Err(died()),
+                Err(err) if tokio::time::Instant::now() >= vmm_up => {
+                    return Err(vmm_error(id)(err));
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+            }
+        };
         control.status().await.map_err(vmm_error(id))?;
         if self.config.readiness == Readiness::Vmm {
             return Ok(None);
