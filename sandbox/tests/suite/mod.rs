@@ -35,6 +35,7 @@ macro_rules! all_cases {
             exec_reports_status_output_stdin_env_cwd,
             exec_timeout_and_output_cap,
             exec_streams_chunks_then_exit,
+            parallel_execs_keep_their_own_output,
             files_round_trip_and_stay_confined,
             port_forward_reaches_a_server_inside,
             pause_in_memory_keeps_a_process_running,
@@ -225,6 +226,29 @@ pub async fn exec_streams_chunks_then_exit(h: &Harness) {
     h.backend.destroy(&id).await.expect("destroy");
 }
 
+pub async fn parallel_execs_keep_their_own_output(h: &Harness) {
+    let id = create(h).await;
+    let runs = (0..8).map(|i| {
+        let id = id.clone();
+        let backend = h.backend.clone();
+        tokio::spawn(async move {
+            let script = format!("sleep 0.{i}; echo out{i}; echo err{i} >&2; exit {i}");
+            let out = backend
+                .exec(&id, Command::shell(script))
+                .await
+                .expect("exec");
+            (i, out)
+        })
+    });
+    for run in runs.collect::<Vec<_>>() {
+        let (i, out) = run.await.expect("task");
+        assert_eq!(out.exited.status.code(), i);
+        assert_eq!(out.stdout, format!("out{i}\n").as_bytes());
+        assert_eq!(out.stderr, format!("err{i}\n").as_bytes());
+    }
+    h.backend.destroy(&id).await.expect("destroy");
+}
+
 pub async fn files_round_trip_and_stay_confined(h: &Harness) {
     let id = create(h).await;
     let b = &h.backend;
@@ -283,6 +307,8 @@ pub async fn files_round_trip_and_stay_confined(h: &Harness) {
             Err(Error::PathEscapes { .. })
         ));
     }
+    let root = b.delete_file(&id, "/").await;
+    assert!(matches!(root, Err(Error::Invalid(_))), "{root:?}");
     // An absolute path is the sandbox's own, never the host's.
     b.write_file(&id, "/etc/sandbox-suite-marker", b"inside")
         .await
