@@ -2,6 +2,10 @@
 //! and a backend on its own data directory that cleans up after itself.
 #![allow(dead_code)]
 
+mod shared;
+#[allow(unused_imports)]
+pub use shared::{agent_binary, host_usr_root};
+
 use std::fs;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
@@ -237,67 +241,6 @@ pub fn host_footprint(data_dir: &Path) -> HostFootprint {
         processes,
         loop_devices,
     }
-}
-
-/// A root whose `/usr` is the host's (bind-mounted read-only), so host
-/// binaries (node, git, the glibc-linked agent) run inside.
-pub fn host_usr_root() -> PathBuf {
-    static ROOT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    ROOT.get_or_init(|| {
-        let root = PathBuf::from("/tmp/sandbox-container-test-usr-root");
-        if root.join(".complete").exists() {
-            return root;
-        }
-        let tmp = PathBuf::from(format!("{}.tmp{}", root.display(), std::process::id()));
-        let _ = fs::remove_dir_all(&tmp);
-        for dir in [
-            "usr",
-            "etc",
-            "tmp",
-            "proc",
-            "sys",
-            "dev",
-            "run",
-            "root",
-            "workspace",
-        ] {
-            fs::create_dir_all(tmp.join(dir)).expect("create root dir");
-        }
-        for link in ["bin", "sbin", "lib", "lib64"] {
-            symlink(format!("usr/{link}"), tmp.join(link)).expect("usr link");
-        }
-        fs::write(tmp.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").expect("passwd");
-        fs::write(tmp.join("etc/group"), "root:x:0:\n").expect("group");
-        fs::write(tmp.join(".complete"), "").expect("marker");
-        if fs::rename(&tmp, &root).is_err() {
-            let _ = fs::remove_dir_all(&tmp);
-        }
-        root
-    })
-    .clone()
-}
-
-/// The `sandbox-agent` binary of this workspace, built on first use.
-pub fn agent_binary() -> PathBuf {
-    static AGENT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    AGENT
-        .get_or_init(|| {
-            // A target dir of its own: building the agent alone unifies
-            // features differently from this test build, and sharing the
-            // target dir would rebuild both back and forth.
-            let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/agent-for-tests");
-            let status = Command::new(env!("CARGO"))
-                .args(["build", "-q", "-p", "sandbox-agent", "--target-dir"])
-                .arg(&target)
-                .current_dir(env!("CARGO_MANIFEST_DIR"))
-                .status()
-                .expect("cargo runs");
-            assert!(status.success(), "building sandbox-agent failed");
-            let agent = target.join("debug/sandbox-agent");
-            assert!(agent.exists(), "no agent binary at {}", agent.display());
-            agent
-        })
-        .clone()
 }
 
 /// Where the agent binary appears inside a sandbox.

@@ -1,0 +1,151 @@
+//! The sandbox runtime: one interface ([`Backend`]) over the two ways the
+//! forge isolates a branch (ARCHITECTURE.md decision 8), and [`probe`],
+//! which decides which of them this host can run and says why.
+//!
+//! - [`container::ContainerSandboxes`] wraps `sandbox-container`
+//!   (namespaces, btrfs layers, cgroups, seccomp; CRIU for memory).
+//! - [`microvm::MicrovmSandboxes`] runs one `forge-vmm` process per
+//!   sandbox and drives it over its control socket.
+//!
+//! Both reach the sandbox agent (`agent-proto`) for exec, files and ports
+//! ([`agent`]), so those operations behave the same on either; a backend
+//! implements only the lifecycle and how to reach its agent.
+//!
+//! The trait is object safe (`Arc<dyn Backend>`): every operation returns a
+//! boxed future, and blocking backend calls run on tokio's blocking pool.
+//! Operations name a sandbox by its id; [`Sandbox`] is a handle that holds
+//! the backend and the id together. Typical use:
+//!
+//! ```no_run
+//! # async fn demo(backend: std::sync::Arc<dyn sandbox::Backend>) -> sandbox::Result<()> {
+//! use sandbox::{Command, Image, Sandbox, Spec};
+//! let choice = sandbox::probe(None)?; // e.g. "container (kvm is PVM: ...)"
+//! let image = Image::root("/var/lib/forge/images/x/rootfs");
+//! let branch = Sandbox::create(backend, Spec::new(image)).await?;
+//! let out = branch.exec(Command::shell("echo hi")).await?;
+//! assert_eq!(out.stdout, b"hi\n");
+//! for (copy, carried) in branch.fork(2).await? {
+//!     println!("{} kept {:?}", copy.id(), carried.kept);
+//! }
+//! # let _ = choice; Ok(()) }
+//! ```
+#![forbid(unsafe_code)]
+
+pub mod agent;
+pub mod container;
+mod error;
+pub mod microvm;
+pub mod probe;
+mod sandbox;
+mod spec;
+
+use std::future::Future;
+use std::pin::Pin;
+
+pub use agent::{Agent, ExecStream, confine};
+pub use agent_proto::{DirEntry, ErrorKind, ExecEvent, ExitStatus, Exited, FileKind, Output};
+pub use error::{Error, Result};
+pub use probe::{Choice, HostFacts, probe};
+pub use sandbox::Sandbox;
+pub use spec::{
+    BackendKind, Carried, Command, DEFAULT_OUTPUT_LIMIT_BYTES, Image, Kept, PauseMode, SandboxInfo,
+    Spec, State, Stats, WORKSPACE,
+};
+pub use tokio::io::DuplexStream as PortStream;
+
+/// A future a [`Backend`] operation returns.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A way of running sandboxes. Implementors provide the lifecycle and
+/// [`Backend::agent`]; exec, files and ports come from the agent.
+pub trait Backend: Send + Sync {
+    fn kind(&self) -> BackendKind;
+
+    /// Create a sandbox from `spec` and start it; returns once its agent
+    /// answers.
+    fn create(&self, spec: Spec) -> BoxFuture<'_, Result<SandboxInfo>>;
+
+    fn get<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<SandboxInfo>>;
+
+    /// Every sandbox of this backend's data directory.
+    fn list(&self) -> BoxFuture<'_, Result<Vec<SandboxInfo>>>;
+
+    /// A connection to the running sandbox's agent.
+    fn agent<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Agent>>;
+
+    /// Pause in memory (no CPU, RAM kept) or to disk (no CPU, no RAM).
+    fn pause<'a>(&'a self, id: &'a str, mode: PauseMode) -> BoxFuture<'a, Result<SandboxInfo>>;
+
+    /// Resume a paused sandbox; says what survived the pause.
+    fn resume<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Carried>>;
+
+    /// Make `count` copies of a running sandbox, which keeps running; each
+    /// says what it carried over (disk always; memory and processes where
+    /// the backend can).
+    fn fork<'a>(&'a self, id: &'a str, count: usize) -> BoxFuture<'a, Result<Vec<Carried>>>;
+
+    /// Stop the sandbox and remove everything it owns.
+    fn destroy<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<()>>;
+
+    fn stats<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Stats>>;
+
+    /// Run `command` to its end; stdout and stderr are collected up to the
+    /// command's output limit (`Exited::truncated` says when cut).
+    fn exec<'a>(&'a self, id: &'a str, command: Command) -> BoxFuture<'a, Result<Output>> {
+        Box::pin(async move { self.agent(id).await?.exec(command).await })
+    }
+
+    /// Start `command` and stream its stdout and stderr, then its exit.
+    fn exec_stream<'a>(
+        &'a self,
+        id: &'a str,
+        command: Command,
+    ) -> BoxFuture<'a, Result<ExecStream>> {
+        Box::pin(async move { self.agent(id).await?.exec_stream(command).await })
+    }
+
+    /// A file's content; `path` is confined as [`confine`] says.
+    fn read_file<'a>(&'a self, id: &'a str, path: &'a str) -> BoxFuture<'a, Result<Vec<u8>>> {
+        Box::pin(async move { self.agent(id).await?.read_file(path).await })
+    }
+
+    /// Write a file atomically (mode 0644), creating its parents.
+    fn write_file<'a>(
+        &'a self,
+        id: &'a str,
+        path: &'a str,
+        data: &'a [u8],
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move { self.agent(id).await?.write_file(path, data, 0o644).await })
+    }
+
+    fn list_files<'a>(
+        &'a self,
+        id: &'a str,
+        path: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<DirEntry>>> {
+        Box::pin(async move { self.agent(id).await?.list_files(path).await })
+    }
+
+    /// Remove a file or a directory tree.
+    fn delete_file<'a>(&'a self, id: &'a str, path: &'a str) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move { self.agent(id).await?.delete_file(path).await })
+    }
+
+    /// A byte stream to a TCP port inside, for proxying (dev-server
+    /// previews).
+    fn open_port<'a>(&'a self, id: &'a str, port: u16) -> BoxFuture<'a, Result<PortStream>> {
+        Box::pin(async move { self.agent(id).await?.open_port(port).await })
+    }
+}
+
+/// Run a blocking backend call on tokio's blocking pool.
+pub(crate) async fn blocking<T, F>(call: F) -> Result<T>
+where
+    F: FnOnce() -> Result<T> + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(call)
+        .await
+        .map_err(Error::Task)?
+}

@@ -1,0 +1,640 @@
+//! The `microvm` backend: one `forge-vmm` process per sandbox, driven over
+//! its control socket ([`control`]); the agent inside is reached through
+//! the VMM's vsock socket (`CONNECT <port>`).
+//!
+//! Operations, in order:
+//! - create: directory → `vm.json` ([`vm::vm_config`]) → `forge-vmm run` →
+//!   control socket answers → record saved → agent answers (boot);
+//! - pause in memory: `pause` (vCPUs stop, RAM kept); resume: `resume`;
+//! - pause to disk: `pause` with `to_disk` into `snapshot-<n>/` (the VMM
+//!   writes its state and memory and exits); resume: `forge-vmm restore`
+//!   on the record's sockets, then the agent is told it resumed;
+//! - fork: `fork` (fork(2) inside the VMM: memory copy-on-write, disk
+//!   layers sealed); each child gets a record and the agent is told it was
+//!   forked (new hostname, entropy, clock);
+//! - destroy: `shutdown`, SIGKILL if the VMM lingers, record removed,
+//!   directories no live sandbox needs removed.
+//!
+//! Everything is kept across pause, resume and fork: disk, memory and
+//! processes. Not offered (yet): a workspace bind (the VM has no shared
+//! file system device; such a spec is refused), a disk limit other than the
+//! image's ext4 size (`disk_mib` is not enforced), resuming a VM whose VMM
+//! died (`Crashed` stays so until destroyed). Snapshots of pauses to disk
+//! stay in the sandbox's directory until it is destroyed: a restored VM
+//! maps its memory file.
+
+pub mod control;
+pub mod vm;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use agent_proto::DEFAULT_VSOCK_PORT;
+use tokio::process::Child;
+use vmm::config::ApEntry;
+
+use self::control::{ControlError, ControlSocket};
+use self::vm::VmRecord;
+use crate::agent::Agent;
+use crate::error::{Error, Result};
+use crate::spec::{BackendKind, Carried, Kept, PauseMode, SandboxInfo, Spec, State, Stats};
+use crate::{Backend, BoxFuture};
+
+/// Kernel command line of the guest image: the ext4 is the root and the
+/// agent its init.
+pub const DEFAULT_CMDLINE: &str =
+    "console=ttyS0 reboot=k panic=-1 root=/dev/vda rw init=/sbin/init";
+
+/// Configuration of the microVM backend.
+#[derive(Debug, Clone)]
+pub struct MicrovmConfig {
+    /// Sandboxes live in `<data_dir>/vms/`.
+    pub data_dir: PathBuf,
+    /// The `forge-vmm` binary.
+    pub vmm_binary: PathBuf,
+    /// Guest kernel (vmlinux or bzImage).
+    pub kernel: PathBuf,
+    pub cmdline: String,
+    /// vsock port the agent listens on.
+    pub agent_port: u32,
+    /// How long a boot (or restore) may take until the agent answers.
+    pub boot_timeout: Duration,
+    pub readiness: Readiness,
+    /// How secondary vCPUs start (`Sipi` for Linux).
+    pub ap_entry: ApEntry,
+}
+
+/// When a started VM counts as up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Readiness {
+    /// Its agent answers (a guest image with `sandbox-agent`).
+    Agent,
+    /// Its VMM answers on the control socket: for guests without an agent
+    /// (the VMM's freestanding test guests); exec, files and ports fail and
+    /// no lifecycle notices are sent.
+    Vmm,
+}
+
+impl MicrovmConfig {
+    /// `forge-vmm` next to the current executable, the default command line.
+    pub fn new(data_dir: impl Into<PathBuf>, kernel: impl Into<PathBuf>) -> Self {
+        let vmm_binary = std::env::current_exe()
+            .ok()
+            .and_then(|exe| exe.parent().map(|d| d.join("forge-vmm")))
+            .unwrap_or_else(|| PathBuf::from("forge-vmm"));
+        Self {
+            data_dir: data_dir.into(),
+            vmm_binary,
+            kernel: kernel.into(),
+            cmdline: DEFAULT_CMDLINE.to_owned(),
+            agent_port: DEFAULT_VSOCK_PORT,
+            boot_timeout: Duration::from_secs(60),
+            readiness: Readiness::Agent,
+            ap_entry: ApEntry::Sipi,
+        }
+    }
+}
+
+/// MicroVM sandboxes of one data directory.
+#[derive(Debug)]
+pub struct MicrovmSandboxes {
+    config: MicrovmConfig,
+    /// VMM processes this process started, reaped when they end.
+    children: Mutex<HashMap<String, Child>>,
+    clients: Mutex<HashMap<String, agent_proto::Client>>,
+    /// Lifecycle changes run one at a time (they rewrite records).
+    lifecycle: tokio::sync::Mutex<()>,
+}
+
+fn vmm_error(id: &str) -> impl FnOnce(ControlError) -> Error + '_ {
+    move |err| Error::Vmm {
+        id: id.to_owned(),
+        message: crate::error::chain(&err),
+    }
+}
+
+/// How long one connection attempt to a guest's agent may take: the VMM
+/// accepts at once and the guest answers `CONNECT`, or never does (no
+/// vsock driver, a hung guest).
+const AGENT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Connect to the agent behind `record`'s vsock socket within `within`.
+async fn connect_agent(
+    record: &VmRecord,
+    port: u32,
+    within: Duration,
+) -> Result<agent_proto::Client> {
+    let attempt = agent_proto::Client::connect_vsock_proxy(&record.vsock_uds, port);
+    match tokio::time::timeout(within, attempt).await {
+        Ok(connected) => connected.map_err(Error::agent(&record.id)),
+        Err(_) => Err(Error::Agent {
+            id: record.id.clone(),
+            source: agent_proto::ClientError::Handshake(format!(
+                "the guest did not answer CONNECT {port} within {within:?}"
+            )),
+        }),
+    }
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        .unwrap_or_default()
+}
+
+fn info(record: &VmRecord) -> SandboxInfo {
+    SandboxInfo {
+        id: record.id.clone(),
+        backend: BackendKind::Microvm,
+        state: record.state,
+        forked_from: record.forked_from.clone(),
+    }
+}
+
+impl MicrovmSandboxes {
+    pub fn open(config: MicrovmConfig) -> Result<Self> {
+        let vms = config.data_dir.join("vms");
+        std::fs::create_dir_all(&vms).map_err(Error::io(&vms))?;
+        Ok(Self {
+            config,
+            children: Mutex::new(HashMap::new()),
+            clients: Mutex::new(HashMap::new()),
+            lifecycle: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    fn vms(&self) -> PathBuf {
+        self.config.data_dir.join("vms")
+    }
+
+    fn dir(&self, id: &str) -> PathBuf {
+        self.vms().join(id)
+    }
+
+    fn clients(&self) -> std::sync::MutexGuard<'_, HashMap<String, agent_proto::Client>> {
+        // Plain handles: a panic cannot leave the map inconsistent.
+        self.clients.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn children(&self) -> std::sync::MutexGuard<'_, HashMap<String, Child>> {
+        self.children.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The record of `id`, with a VMM that died noticed as `Crashed`.
+    fn load(&self, id: &str) -> Result<VmRecord> {
+        let dir = self.dir(id);
+        if !dir.join(vm::RECORD_FILE).exists() {
+            return Err(Error::NotFound(id.to_owned()));
+        }
+        let mut record = VmRecord::load(&dir)?;
+        if matches!(record.state, State::Running | State::Paused) {
+            if let Some(child) = self.children().get_mut(id) {
+                // Reaps a VMM that ended, so `alive` sees it gone.
+                let _ = child.try_wait();
+            }
+            if !record.pid.is_some_and(vm::alive) {
+                record.state = State::Crashed;
+                record.pid = None;
+                record.save(&dir)?;
+            }
+        }
+        Ok(record)
+    }
+
+    fn wrong_state(record: &VmRecord, needed: &'static str) -> Error {
+        Error::WrongState {
+            id: record.id.clone(),
+            state: record.state,
+            needed,
+        }
+    }
+
+    /// Start `forge-vmm` with `args`, logging its stderr to `vmm.log`.
+    fn spawn(&self, id: &str, args: Vec<std::ffi::OsString>) -> Result<i32> {
+        let log_path = self.dir(id).join("vmm.log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(Error::io(&log_path))?;
+        let child = tokio::process::Command::new(&self.config.vmm_binary)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(Error::io(&self.config.vmm_binary))?;
+        let pid = child
+            .id()
+            .and_then(|p| i32::try_from(p).ok())
+            .ok_or_else(|| Error::Vmm {
+                id: id.to_owned(),
+                message: "forge-vmm ended at once".into(),
+            })?;
+        self.children().insert(id.to_owned(), child);
+        Ok(pid)
+    }
+
+    /// Wait until the VMM of `record` answers on its control socket and its
+    /// agent on vsock (`None`: readiness is the VMM's alone); a VMM that
+    /// ends meanwhile fails with its log.
+    async fn wait_ready(&self, record: &VmRecord) -> Result<Option<agent_proto::Client>> {
+        let id = &record.id;
+        let deadline = tokio::time::Instant::now() + self.config.boot_timeout;
+        let died = || Error::Vmm {
+            id: id.clone(),
+            message: format!(
+                "forge-vmm ended: {} | serial: {}",
+                vm::tail(&self.dir(id).join("vmm.log"), 400),
+                vm::tail(&record.serial_log, 400)
+            ),
+        };
+        let vmm_up = tokio::time::Instant::now() + Duration::from_secs(5);
+        let mut control = loop {
+            match ControlSocket::connect(&record.control_socket).await {
+                Ok(control) => break control,
+                Err(_) if !record.pid.is_some_and(vm::alive) => return Err(died()),
+                Err(err) if tokio::time::Instant::now() >= vmm_up => {
+                    return Err(vmm_error(id)(err));
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+            }
+        };
+        control.status().await.map_err(vmm_error(id))?;
+        if self.config.readiness == Readiness::Vmm {
+            return Ok(None);
+        }
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let within = left
+                .min(AGENT_CONNECT_TIMEOUT)
+                .max(Duration::from_millis(1));
+            match connect_agent(record, self.config.agent_port, within).await {
+                Ok(client) => {
+                    self.clients().insert(id.clone(), client.clone());
+                    return Ok(Some(client));
+                }
+                Err(_) if !record.pid.is_some_and(vm::alive) => return Err(died()),
+                Err(err) if tokio::time::Instant::now() >= deadline => return Err(err),
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+
+    /// End the VMM of `record`: `shutdown`, then SIGKILL after a grace.
+    async fn stop(&self, record: &VmRecord) {
+        self.clients().remove(&record.id);
+        let Some(pid) = record.pid.filter(|p| vm::alive(*p)) else {
+            return;
+        };
+        if let Ok(mut control) = ControlSocket::connect(&record.control_socket).await {
+            let _ = control.shutdown().await;
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while vm::alive(pid) && tokio::time::Instant::now() < deadline {
+            if let Some(child) = self.children().get_mut(&record.id) {
+                let _ = child.try_wait();
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if vm::alive(pid) {
+            // It may end on its own in between.
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        if let Some(mut child) = self.children().remove(&record.id) {
+            let _ = child.start_kill();
+            let _ = child.try_wait();
+        }
+    }
+
+    async fn create_vm(&self, spec: Spec) -> Result<VmRecord> {
+        let unsupported = |what: &str| Error::Unsupported {
+            backend: BackendKind::Microvm,
+            what: what.to_owned(),
+        };
+        let Some(ext4) = spec.image.ext4.clone() else {
+            return Err(unsupported("boot an image that has no ext4 disk"));
+        };
+        if spec.workspace.is_some() {
+            return Err(unsupported("bind a host workspace (no shared file system)"));
+        }
+        let id = vm::new_id();
+        let dir = self.dir(&id);
+        std::fs::create_dir_all(&dir).map_err(Error::io(&dir))?;
+        let config = vm::vm_config(&spec, &ext4, &self.config, &dir);
+        let config_path = dir.join("vm.json");
+        let json = serde_json::to_vec_pretty(&config).map_err(|e| Error::Invalid(e.to_string()))?;
+        std::fs::write(&config_path, json).map_err(Error::io(&config_path))?;
+        let pid = self.spawn(&id, vm::run_args(&config_path))?;
+        let record = VmRecord {
+            id: id.clone(),
+            state: State::Running,
+            pid: Some(pid),
+            control_socket: config.control_socket,
+            vsock_uds: config.vsock.map(|v| v.uds_path).unwrap_or_default(),
+            serial_log: config.serial_log,
+            env: spec.env,
+            forked_from: None,
+            lineage: Vec::new(),
+            snapshot: None,
+        };
+        record.save(&dir)?;
+        if let Err(err) = self.wait_ready(&record).await {
+            self.stop(&record).await;
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(err);
+        }
+        Ok(record)
+    }
+
+    async fn fork_vm(&self, id: &str, count: usize) -> Result<Vec<Carried>> {
+        let parent = self.load(id)?;
+        if parent.state != State::Running {
+            return Err(Self::wrong_state(&parent, "running"));
+        }
+        let count = u32::try_from(count)
+            .ok()
+            .filter(|c| *c >= 1)
+            .ok_or_else(|| Error::Invalid(format!("cannot fork {count} copies")))?;
+        let mut control = ControlSocket::connect(&parent.control_socket)
+            .await
+            .map_err(vmm_error(id))?;
+        let children = control.fork(count).await.map_err(vmm_error(id))?;
+        let mut carried = Vec::new();
+        for child in children {
+            let child_id = vm::new_id();
+            let dir = self.dir(&child_id);
+            std::fs::create_dir_all(&dir).map_err(Error::io(&dir))?;
+            let mut lineage = vec![parent.id.clone()];
+            lineage.extend(parent.lineage.iter().cloned());
+            let record = VmRecord {
+                id: child_id.clone(),
+                state: if child.status == "ok" {
+                    State::Running
+                } else {
+                    State::Crashed
+                },
+                pid: Some(child.pid),
+                control_socket: child.control_socket,
+                vsock_uds: child.vsock_uds.unwrap_or_default(),
+                serial_log: child.serial_log,
+                env: parent.env.clone(),
+                forked_from: Some(parent.id.clone()),
+                lineage,
+                snapshot: None,
+            };
+            record.save(&dir)?;
+            let note = if child.status == "ok" {
+                self.tell_forked(&record).await.err()
+            } else {
+                Some(child.status)
+            };
+            carried.push(Carried {
+                sandbox: info(&record),
+                kept: vec![Kept::Disk, Kept::Memory, Kept::Processes],
+                note,
+            });
+        }
+        Ok(carried)
+    }
+
+    /// Tell a fork's agent it was forked: own hostname, entropy, clock.
+    async fn tell_forked(&self, record: &VmRecord) -> Result<(), String> {
+        let Some(client) = self.wait_ready(record).await.map_err(|e| e.to_string())? else {
+            return Ok(());
+        };
+        let mut entropy = vec![0u8; 32];
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut entropy))
+            .map_err(|e| e.to_string())?;
+        client
+            .forked(agent_proto::Forked {
+                entropy,
+                unix_time_ns: now_ns(),
+                hostname: record.id.clone(),
+            })
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    async fn resume_vm(&self, id: &str) -> Result<Carried> {
+        let mut record = self.load(id)?;
+        let dir = self.dir(id);
+        let all = vec![Kept::Disk, Kept::Memory, Kept::Processes];
+        match (record.state, record.snapshot.clone()) {
+            (State::Running, _) => {}
+            (State::Paused, _) => {
+                let mut control = ControlSocket::connect(&record.control_socket)
+                    .await
+                    .map_err(vmm_error(id))?;
+                control.resume().await.map_err(vmm_error(id))?;
+                record.state = State::Running;
+                record.save(&dir)?;
+            }
+            (State::PausedToDisk, Some(snapshot)) => {
+                for stale in [&record.control_socket, &record.vsock_uds] {
+                    let _ = std::fs::remove_file(stale);
+                }
+                record.pid = Some(self.spawn(id, vm::restore_args(&snapshot, &record))?);
+                record.state = State::Running;
+                record.save(&dir)?;
+                let note = match self.wait_ready(&record).await? {
+                    Some(client) => client
+                        .resumed(agent_proto::Resumed {
+                            unix_time_ns: now_ns(),
+                        })
+                        .await
+                        .err()
+                        .map(|e| e.to_string()),
+                    None => None,
+                };
+                return Ok(Carried {
+                    sandbox: info(&record),
+                    kept: all,
+                    note,
+                });
+            }
+            _ => return Err(Self::wrong_state(&record, "paused")),
+        }
+        Ok(Carried {
+            sandbox: info(&record),
+            kept: all,
+            note: None,
+        })
+    }
+
+    async fn pause_vm(&self, id: &str, mode: PauseMode) -> Result<SandboxInfo> {
+        let mut record = self.load(id)?;
+        let dir = self.dir(id);
+        match (mode, record.state) {
+            (PauseMode::Memory, State::Paused) | (PauseMode::Disk, State::PausedToDisk) => {}
+            (PauseMode::Memory, State::Running) => {
+                let mut control = ControlSocket::connect(&record.control_socket)
+                    .await
+                    .map_err(vmm_error(id))?;
+                control.pause().await.map_err(vmm_error(id))?;
+                record.state = State::Paused;
+            }
+            (PauseMode::Disk, State::Running | State::Paused) => {
+                self.clients().remove(id);
+                // Entries only accumulate in the directory: a fresh name.
+                let entries = std::fs::read_dir(&dir).map_or(0, |d| d.count());
+                let snapshot = dir.join(format!("snapshot-{entries}"));
+                let mut control = ControlSocket::connect(&record.control_socket)
+                    .await
+                    .map_err(vmm_error(id))?;
+                control
+                    .pause_to_disk(&snapshot)
+                    .await
+                    .map_err(vmm_error(id))?;
+                // The VMM exits once the snapshot is written.
+                self.stop(&record).await;
+                record.state = State::PausedToDisk;
+                record.pid = None;
+                record.snapshot = Some(snapshot);
+            }
+            _ => return Err(Self::wrong_state(&record, "running or paused")),
+        }
+        record.save(&dir)?;
+        Ok(info(&record))
+    }
+
+    async fn destroy_vm(&self, id: &str) -> Result<()> {
+        let record = self.load(id)?;
+        self.stop(&record).await;
+        let record_path = self.dir(id).join(vm::RECORD_FILE);
+        std::fs::remove_file(&record_path).map_err(Error::io(&record_path))?;
+        let live = self.records()?;
+        for dir in vm::unneeded_dirs(&self.vms(), &live) {
+            std::fs::remove_dir_all(&dir).map_err(Error::io(&dir))?;
+        }
+        Ok(())
+    }
+
+    fn records(&self) -> Result<Vec<VmRecord>> {
+        let vms = self.vms();
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(&vms).map_err(Error::io(&vms))?.flatten() {
+            let id = entry.file_name().to_string_lossy().into_owned();
+            // A record that does not load is skipped here, as the
+            // container backend does, and never collected.
+            if let Ok(record) = self.load(&id) {
+                out.push(record);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Bytes of the VM's writable top layer, from its live disk chain.
+    async fn disk_bytes(record: &VmRecord) -> Option<u64> {
+        use std::os::unix::fs::MetadataExt;
+        let mut control = ControlSocket::connect(&record.control_socket).await.ok()?;
+        let status = control.status().await.ok()?;
+        let top = status["disks"][0]["layers"]
+            .as_array()?
+            .last()?
+            .as_str()?
+            .to_owned();
+        std::fs::metadata(Path::new(&top))
+            .ok()
+            .map(|m| m.blocks() * 512)
+    }
+}
+
+impl Backend for MicrovmSandboxes {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Microvm
+    }
+
+    fn create(&self, spec: Spec) -> BoxFuture<'_, Result<SandboxInfo>> {
+        Box::pin(async move {
+            let _one = self.lifecycle.lock().await;
+            Ok(info(&self.create_vm(spec).await?))
+        })
+    }
+
+    fn get<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<SandboxInfo>> {
+        Box::pin(async move { Ok(info(&self.load(id)?)) })
+    }
+
+    fn list(&self) -> BoxFuture<'_, Result<Vec<SandboxInfo>>> {
+        Box::pin(async move { Ok(self.records()?.iter().map(info).collect()) })
+    }
+
+    fn agent<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Agent>> {
+        Box::pin(async move {
+            let record = self.load(id)?;
+            if record.state != State::Running {
+                return Err(Self::wrong_state(&record, "running"));
+            }
+            let kept = self.clients().get(id).filter(|c| !c.is_closed()).cloned();
+            let client = match kept {
+                Some(client) => client,
+                None => {
+                    let client =
+                        connect_agent(&record, self.config.agent_port, AGENT_CONNECT_TIMEOUT)
+                            .await?;
+                    self.clients().insert(id.to_owned(), client.clone());
+                    client
+                }
+            };
+            Ok(Agent {
+                id: id.to_owned(),
+                client,
+                env: record.env,
+            })
+        })
+    }
+
+    fn pause<'a>(&'a self, id: &'a str, mode: PauseMode) -> BoxFuture<'a, Result<SandboxInfo>> {
+        Box::pin(async move {
+            let _one = self.lifecycle.lock().await;
+            self.pause_vm(id, mode).await
+        })
+    }
+
+    fn resume<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Carried>> {
+        Box::pin(async move {
+            let _one = self.lifecycle.lock().await;
+            self.resume_vm(id).await
+        })
+    }
+
+    fn fork<'a>(&'a self, id: &'a str, count: usize) -> BoxFuture<'a, Result<Vec<Carried>>> {
+        Box::pin(async move {
+            let _one = self.lifecycle.lock().await;
+            self.fork_vm(id, count).await
+        })
+    }
+
+    fn destroy<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let _one = self.lifecycle.lock().await;
+            self.destroy_vm(id).await
+        })
+    }
+
+    fn stats<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Stats>> {
+        Box::pin(async move {
+            let record = self.load(id)?;
+            let (memory_bytes, cpu_usage_ns) = record.pid.map_or((0, 0), vm::usage);
+            let disk_bytes = match record.state {
+                State::Running | State::Paused => Self::disk_bytes(&record).await,
+                _ => None,
+            };
+            Ok(Stats {
+                state: record.state,
+                memory_bytes,
+                cpu_usage_ns,
+                disk_bytes,
+            })
+        })
+    }
+}

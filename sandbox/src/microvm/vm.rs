@@ -1,0 +1,295 @@
+//! One microVM sandbox on the host: its directory, its record, the
+//! `forge-vmm` command lines that start it, and what `/proc` says about its
+//! process.
+//!
+//! Layout of `<data_dir>/vms/<id>/`: `vm.json` (the VMM's config),
+//! `sandbox.json` (the [`VmRecord`]), `ctl.sock`, `vsock.sock`,
+//! `serial.log`, `vmm.log` (the VMM's stderr), `top.layer` (the writable
+//! disk layer over the image's ext4) and `snapshot-<n>/` after a pause to
+//! disk. A fork's children live in their parent's directory (the VMM names
+//! their files after the parent's) and their own directory holds only their
+//! record; a directory is removed once neither its sandbox nor a descendant
+//! lives (descendants' disk chains run through their ancestors' sealed
+//! layers).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use vmm::config::{DiskConfig, VmConfig, VsockConfig};
+
+use super::MicrovmConfig;
+
+use crate::error::{Error, Result};
+use crate::spec::{Spec, State};
+
+/// The record file inside a sandbox's directory.
+pub const RECORD_FILE: &str = "sandbox.json";
+
+/// Guest context id of every VM (each has its own vsock device and socket).
+const GUEST_CID: u32 = 3;
+
+/// What the backend remembers of one microVM sandbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmRecord {
+    pub id: String,
+    pub state: State,
+    /// The VMM process, while there is one.
+    pub pid: Option<i32>,
+    pub control_socket: PathBuf,
+    pub vsock_uds: PathBuf,
+    pub serial_log: PathBuf,
+    /// Added to every command's environment.
+    pub env: Vec<(String, String)>,
+    pub forked_from: Option<String>,
+    /// Every ancestor, parent first: their directories hold this VM's
+    /// sealed disk layers.
+    pub lineage: Vec<String>,
+    /// Snapshot directory of the last pause to disk.
+    pub snapshot: Option<PathBuf>,
+}
+
+impl VmRecord {
+    pub fn load(dir: &Path) -> Result<Self> {
+        let path = dir.join(RECORD_FILE);
+        let text = fs::read(&path).map_err(Error::io(&path))?;
+        serde_json::from_slice(&text).map_err(|e| Error::Io {
+            path,
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+        })
+    }
+
+    /// Write atomically: a crash leaves the old record or the new one.
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        let path = dir.join(RECORD_FILE);
+        let tmp = dir.join(format!("{RECORD_FILE}.tmp"));
+        let bytes = serde_json::to_vec_pretty(self).map_err(|e| Error::Io {
+            path: path.clone(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+        })?;
+        fs::write(&tmp, bytes).map_err(Error::io(&tmp))?;
+        fs::rename(&tmp, &path).map_err(Error::io(&path))
+    }
+}
+
+/// A fresh sandbox id.
+pub fn new_id() -> String {
+    let mut bytes = [0u8; 6];
+    let random = fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes));
+    if random.is_err() {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        bytes.copy_from_slice(&nanos.to_le_bytes()[..6]);
+    }
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("vm{hex}")
+}
+
+/// The VMM config of a new sandbox in `dir`.
+pub fn vm_config(spec: &Spec, ext4: &Path, backend: &MicrovmConfig, dir: &Path) -> VmConfig {
+    VmConfig {
+        vcpus: spec.vcpus,
+        mem_mib: spec.mem_mib,
+        kernel: backend.kernel.clone(),
+        cmdline: backend.cmdline.clone(),
+        initrd: None,
+        disks: vec![DiskConfig {
+            base: ext4.to_owned(),
+            layers: vec![dir.join("top.layer")],
+            read_only: false,
+        }],
+        vsock: Some(VsockConfig {
+            guest_cid: GUEST_CID,
+            uds_path: dir.join("vsock.sock"),
+        }),
+        rng: true,
+        serial_log: dir.join("serial.log"),
+        control_socket: dir.join("ctl.sock"),
+        ap_entry: backend.ap_entry,
+    }
+}
+
+/// Arguments of `forge-vmm` to boot the VM configured in `config_path`.
+pub fn run_args(config_path: &Path) -> Vec<std::ffi::OsString> {
+    vec!["run".into(), "--config".into(), config_path.into()]
+}
+
+/// Arguments of `forge-vmm` to restore `record` from `snapshot`, on the
+/// record's own sockets and log.
+pub fn restore_args(snapshot: &Path, record: &VmRecord) -> Vec<std::ffi::OsString> {
+    vec![
+        "restore".into(),
+        "--from".into(),
+        snapshot.into(),
+        "--control-socket".into(),
+        record.control_socket.clone().into(),
+        "--vsock".into(),
+        record.vsock_uds.clone().into(),
+        "--serial-log".into(),
+        record.serial_log.clone().into(),
+    ]
+}
+
+/// Whether `pid` is a live (not zombie) process.
+pub fn alive(pid: i32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state is the first field after the parenthesised command.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}
+
+/// Resident memory and CPU time of `pid` from `/proc`.
+pub fn usage(pid: i32) -> (u64, u64) {
+    let rss_kib = fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        })
+        .unwrap_or(0);
+    let cpu_ticks = fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let rest = stat.rsplit_once(')')?.1.to_owned();
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            // utime and stime are fields 14 and 15; `rest` starts at field 3.
+            let utime: u64 = fields.get(11)?.parse().ok()?;
+            let stime: u64 = fields.get(12)?.parse().ok()?;
+            Some(utime + stime)
+        })
+        .unwrap_or(0);
+    // USER_HZ is 100 on every Linux ABI this runs on.
+    (rss_kib * 1024, cpu_ticks * 10_000_000)
+}
+
+/// The last `max` bytes of a log, for error messages.
+pub fn tail(path: &Path, max: usize) -> String {
+    let text = fs::read(path).unwrap_or_default();
+    let start = text.len().saturating_sub(max);
+    String::from_utf8_lossy(&text[start..]).trim().to_owned()
+}
+
+/// Directories under `vms` that no live sandbox needs: holding no record,
+/// not the home of a live one, not an ancestor of one.
+pub fn unneeded_dirs(vms: &Path, live: &[VmRecord]) -> Vec<PathBuf> {
+    let needed: std::collections::HashSet<&str> = live
+        .iter()
+        .flat_map(|r| std::iter::once(r.id.as_str()).chain(r.lineage.iter().map(String::as_str)))
+        .collect();
+    fs::read_dir(vms)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| !needed.contains(e.file_name().to_string_lossy().as_ref()))
+                // A record that failed to load still marks a sandbox.
+                .filter(|e| !e.path().join(RECORD_FILE).exists())
+                .map(|e| e.path())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::Image;
+
+    fn record(id: &str, lineage: &[&str]) -> VmRecord {
+        VmRecord {
+            id: id.into(),
+            state: State::Running,
+            pid: None,
+            control_socket: PathBuf::from("/v/ctl.sock"),
+            vsock_uds: PathBuf::from("/v/vsock.sock"),
+            serial_log: PathBuf::from("/v/serial.log"),
+            env: Vec::new(),
+            forked_from: lineage.first().map(|s| (*s).to_owned()),
+            lineage: lineage.iter().map(|s| (*s).to_owned()).collect(),
+            snapshot: None,
+        }
+    }
+
+    #[test]
+    fn config_puts_every_file_in_the_sandbox_dir() {
+        let mut spec = Spec::new(Image::root("/img/rootfs"));
+        spec.vcpus = 2;
+        spec.mem_mib = 256;
+        let dir = Path::new("/data/vms/vm1");
+        let mut backend = MicrovmConfig::new("/data", "/k");
+        backend.cmdline = "console=ttyS0".into();
+        let config = vm_config(&spec, Path::new("/img/rootfs.ext4"), &backend, dir);
+        let json = serde_json::to_value(&config).expect("serialise");
+        assert_eq!(json["vcpus"], 2);
+        assert_eq!(json["mem_mib"], 256);
+        assert_eq!(json["disks"][0]["base"], "/img/rootfs.ext4");
+        assert_eq!(json["disks"][0]["layers"][0], "/data/vms/vm1/top.layer");
+        assert_eq!(json["vsock"]["uds_path"], "/data/vms/vm1/vsock.sock");
+        assert_eq!(json["control_socket"], "/data/vms/vm1/ctl.sock");
+        assert_eq!(json["ap_entry"], "sipi");
+        assert_eq!(json["kernel"], "/k");
+        assert_eq!(json["cmdline"], "console=ttyS0");
+        // The VMM parses what we write.
+        let text = json.to_string();
+        let back: VmConfig = serde_json::from_str(&text).expect("forge-vmm's own parser");
+        assert_eq!(back.disks.len(), 1);
+    }
+
+    #[test]
+    fn restore_names_the_records_sockets() {
+        let args = restore_args(Path::new("/s"), &record("vm1", &[]));
+        let args: Vec<String> = args
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            args,
+            [
+                "restore",
+                "--from",
+                "/s",
+                "--control-socket",
+                "/v/ctl.sock",
+                "--vsock",
+                "/v/vsock.sock",
+                "--serial-log",
+                "/v/serial.log"
+            ]
+        );
+    }
+
+    #[test]
+    fn ancestors_of_live_forks_are_kept() {
+        let vms = std::env::temp_dir().join(format!("sandbox-gc-{}", std::process::id()));
+        for id in ["a", "b", "c", "d", "e"] {
+            fs::create_dir_all(vms.join(id)).expect("dir");
+        }
+        for id in ["c", "e"] {
+            fs::write(vms.join(id).join(RECORD_FILE), "{}").expect("record");
+        }
+        // c is a fork of b, a fork of a; d is unrelated and gone; e has a
+        // record that does not load: it stays.
+        let live = [record("c", &["b", "a"])];
+        let mut gone = unneeded_dirs(&vms, &live);
+        gone.sort();
+        assert_eq!(gone, vec![vms.join("d")]);
+        fs::remove_dir_all(&vms).expect("clean up");
+    }
+
+    #[test]
+    fn own_process_is_alive_and_uses_memory() {
+        let me = i32::try_from(std::process::id()).expect("pid fits");
+        assert!(alive(me));
+        assert!(!alive(i32::MAX));
+        let (rss, _cpu) = usage(me);
+        assert!(rss > 1 << 20, "RSS of a test process: {rss}");
+    }
+}
