@@ -1,4 +1,4 @@
-//! Live fork of a running VM with fork(2) (ARCHITECTURE.md decision 3).
+//! Live fork of a running VM (ARCHITECTURE.md decision 3).
 //!
 //! Steps, on the event-loop thread:
 //!
@@ -6,28 +6,64 @@
 //!    the disks, capture the whole VM state in memory.
 //! 2. Seal the top layer of every writable disk: it becomes a shared,
 //!    read-only layer of parent and children.
-//! 3. fork(2) once per child. Guest RAM is private memory, so the kernel
-//!    shares every page copy-on-write: a fork costs page tables, not RAM.
-//!    The child has only the forking thread. It closes every inherited fd
-//!    but stdio and its report pipe, opens a new KVM VM over the inherited
-//!    mapping, restores the captured state with its own paths (control
-//!    socket, vsock socket, serial log, a new empty disk top layer), posts
-//!    a vsock transport reset (the guest's notice that it was forked), and
-//!    runs; it reports "ok" or its error on the pipe, then serves until its
-//!    guest ends and exits with the VM's status.
-//! 4. The parent stacks its own new top layer on each disk, resumes, and
+//! 3. Freeze guest RAM if it is still shared (the first fork of a booted
+//!    VM; see below).
+//! 4. fork(2) once per child. The child has only the forking thread. It
+//!    closes every inherited fd but stdio, its report pipe and guest RAM's
+//!    file, opens a new KVM VM over the inherited mapping, restores the
+//!    captured state with its own paths (control socket, vsock socket,
+//!    serial log, a new empty disk top layer), posts a vsock transport
+//!    reset (the guest's notice that it was forked), and runs; it reports
+//!    "ok" or its error on the pipe, then serves until its guest ends and
+//!    exits with the VM's status.
+//! 5. The parent stacks its own new top layer on each disk, resumes, and
 //!    collects the children's reports.
 //!
-//! Cost: the parent's pause is state capture (~0.2 ms) plus fork(2), and
-//! fork(2) copies page tables. With guest RAM on transparent huge pages
-//! that is one PMD per 2 MiB, but on this project's PVM hosts it still
-//! measures about 1 ms per GiB of touched RAM, KVM or not (a plain C
-//! probe: 0.4 ms at 256 MiB, 1.0 ms at 1 GiB, 3.9 ms at 4 GiB). A memfd
-//! mapped privately by the children would not copy page tables, but the
-//! parent must then stop writing the shared file and remap its own RAM
-//! privately, which tears down the same page tables; neither route is
-//! O(1) on these hosts, so fork(2) stays: it is the simpler and the
-//! sounder of the two (one primitive, the kernel's own copy-on-write).
+//! # Why the pause does not grow with guest RAM
+//!
+//! fork(2) copies the page tables of private memory: with guest RAM as
+//! private anonymous memory that is one entry (and one preallocated page
+//! table) per 2 MiB huge page, about 1.5 ms per GiB on this project's PVM
+//! hosts (6 ms of a 9.5 ms pause at 4 GiB, against 1 ms at 256 MiB).
+//! So a booted VM's RAM is instead a file on a private tmpfs mounted with
+//! `huge=always` (`crate::vstate::memory`), mapped MAP_SHARED: fork(2)
+//! does not copy page tables of shared file mappings at all. The first
+//! fork freezes that file:
+//!
+//! - the shared mapping is moved out of the way with mremap, which moves
+//!   page-table pages, not entries (one entry per 1 GiB: the target
+//!   address is congruent to the old one modulo 1 GiB), into a reservation
+//!   marked MADV_DONTFORK, so children never see it;
+//! - the same file range is mapped MAP_PRIVATE at the old address, so the
+//!   KVM memory slots and every device's view of guest memory stay valid;
+//! - children inherit that fresh private mapping, which has no pages yet,
+//!   so fork(2) copies nothing for it.
+//!
+//! From then on nobody writes the file: parent and children read its
+//! pages and copy on write, as fork(2) would have them, and memory stays
+//! isolated. The moved-away mapping is unmapped on a background thread
+//! after the vCPUs resume (munmap zaps under the address-space lock held
+//! for reading, so vCPU page faults proceed meanwhile).
+//!
+//! Later forks of the same VM, forks of children and forks of VMs restored
+//! from a snapshot find RAM already private and use fork(2) as it is: they
+//! copy page tables only for the pages touched since the mapping was made
+//! (the last freeze, or the restore), not for all of RAM. A parent that
+//! rewrites most of its RAM between forks pays for those pages' 4 KiB
+//! entries, more than the huge-page fork it replaced would have.
+//!
+//! What still grows with RAM on PVM hosts is KVM's part: any change to the
+//! host mapping of guest RAM (the freeze's move, fork(2) write-protecting
+//! a private mapping) makes KVM's shadow MMU walk its reverse maps over
+//! the whole range, about 1 ms per GiB for the freeze and 0.35 ms per GiB
+//! for later forks. Hosts with hardware virtualisation walk KVM's TDP page
+//! tables instead, which hold one entry per 2 MiB mapped.
+//!
+//! Costs elsewhere: the frozen file stays in memory as long as any VM maps
+//! it, so a parent that rewrites all of its RAM after a fork holds the old
+//! image and its new copy. Where the tmpfs cannot be mounted (no
+//! CAP_SYS_ADMIN), RAM is private anonymous memory on transparent huge
+//! pages and every fork copies its page tables.
 //!
 //! Child paths append `.f<generation>c<index>` to the parent's, so forks of
 //! forks get distinct names at any depth. Children are reaped by the kernel
@@ -43,6 +79,7 @@ use serde::Serialize;
 use crate::builder::{Source, Vmm};
 use crate::config::VmConfig;
 use crate::machine::Machine;
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
 /// Errors forking.
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +104,9 @@ pub enum ForkError {
         #[source]
         source: crate::disk::LayerError,
     },
+    /// Guest RAM could not be frozen.
+    #[error("Cannot freeze guest memory")]
+    Memory(#[source] crate::vstate::memory::MemoryError),
     /// fork(2) or pipe(2) failed.
     #[error("fork failed")]
     Fork(#[source] std::io::Error),
@@ -101,8 +141,12 @@ pub struct ForkReport {
     pub children: Vec<ChildReport>,
     /// How long the parent's vCPUs were stopped.
     pub parent_paused_ms: f64,
+    /// Of which: stopping the vCPUs.
+    pub vcpu_pause_ms: f64,
     /// Of which: capturing vCPU and device state.
     pub capture_ms: f64,
+    /// Of which: freezing shared guest RAM (0 when it was already private).
+    pub freeze_ms: f64,
     /// Of which: the fork(2) calls themselves.
     pub fork_syscalls_ms: f64,
 }
@@ -124,7 +168,7 @@ fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
 }
 
 /// Closes every fd of this process except stdio and `keep`.
-fn close_inherited(keep: RawFd) {
+fn close_inherited(keep: &[RawFd]) {
     let fds: Vec<RawFd> = std::fs::read_dir("/proc/self/fd")
         .map(|d| {
             d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
@@ -132,7 +176,7 @@ fn close_inherited(keep: RawFd) {
         })
         .unwrap_or_default();
     for fd in fds {
-        if fd > 2 && fd != keep {
+        if fd > 2 && !keep.contains(&fd) {
             // SAFETY: closing an fd number this process inherited; the
             // objects that owned them in the parent are never used or
             // dropped in the child (it never returns to them).
@@ -150,7 +194,13 @@ fn run_child(
     memory_file: Option<PathBuf>,
     start_paused: bool,
 ) -> ! {
-    close_inherited(report.as_raw_fd());
+    // Guest RAM's files stay open: the regions own those fds.
+    let mut keep: Vec<RawFd> = memory
+        .iter()
+        .filter_map(|r| r.file_offset().map(|f| f.file().as_raw_fd()))
+        .collect();
+    keep.push(report.as_raw_fd());
+    close_inherited(&keep);
     // SAFETY: restoring the default disposition in a single-threaded child.
     unsafe { libc::signal(libc::SIGCHLD, libc::SIG_DFL) };
     let mut pipe = std::fs::File::from(report);
@@ -233,31 +283,27 @@ impl Machine {
                 .pause()
                 .map_err(|e| ForkError::Capture(e.to_string()))?;
         }
+        let vcpu_pause_ms = t.elapsed().as_secs_f64() * 1e3;
         let result = self.fork_paused(count, t, start_paused);
         if !was_paused {
             self.vcpus
                 .resume()
                 .map_err(|e| ForkError::Capture(e.to_string()))?;
         }
-        let (mut children, pipes, paused_ms, capture_ms, fork_syscalls_ms) = result?;
-        for (child, fd) in children.iter_mut().zip(pipes) {
+        let (mut report, pipes) = result?;
+        report.vcpu_pause_ms = vcpu_pause_ms;
+        for (child, fd) in report.children.iter_mut().zip(pipes) {
             child.status = read_report(fd);
         }
-        Ok(ForkReport {
-            children,
-            parent_paused_ms: paused_ms,
-            capture_ms,
-            fork_syscalls_ms,
-        })
+        Ok(report)
     }
 
-    #[allow(clippy::type_complexity)]
     fn fork_paused(
         &mut self,
         count: u32,
         started: Instant,
         start_paused: bool,
-    ) -> Result<(Vec<ChildReport>, Vec<OwnedFd>, f64, f64, f64), ForkError> {
+    ) -> Result<(ForkReport, Vec<OwnedFd>), ForkError> {
         for t in &self.transports {
             if let Ok(t) = t.lock() {
                 t.device().flush();
@@ -285,6 +331,18 @@ impl Machine {
             tops.push(disk.layers.last().cloned());
         }
         let capture_ms = t_capture.elapsed().as_secs_f64() * 1e3;
+        // Freeze RAM that is still the shared memfd: from here on parent
+        // and children all map it privately, and fork(2) has no page
+        // tables of guest RAM to copy.
+        let t_freeze = Instant::now();
+        let mut retired = crate::vstate::memory::Retired::default();
+        if let Some(mut from) = self.shared_ram_from {
+            let frozen =
+                crate::vstate::memory::freeze_shared(&self.memory, &mut from, &mut retired);
+            self.shared_ram_from = (from < self.memory.num_regions()).then_some(from);
+            frozen.map_err(ForkError::Memory)?;
+        }
+        let freeze_ms = t_freeze.elapsed().as_secs_f64() * 1e3;
         let mut fork_syscalls_ms = 0.0;
         self.fork_generation += 1;
         let generation = self.fork_generation;
@@ -368,12 +426,18 @@ impl Machine {
             }
             self.config.disks[index].layers.push(new_top);
         }
+        let parent_paused_ms = started.elapsed().as_secs_f64() * 1e3;
+        retired.release_in_background();
         Ok((
-            children,
+            ForkReport {
+                children,
+                parent_paused_ms,
+                vcpu_pause_ms: 0.0,
+                capture_ms,
+                freeze_ms,
+                fork_syscalls_ms,
+            },
             pipes,
-            started.elapsed().as_secs_f64() * 1e3,
-            capture_ms,
-            fork_syscalls_ms,
         ))
     }
 }
