@@ -305,6 +305,23 @@ fn freeze_region(
     if moved == libc::MAP_FAILED {
         return Err(os_err("mremap"));
     }
+    // The moved mapping keeps its own flags, not the reservation's: mark it
+    // too, so no child ever holds a writable shared view of the file.
+    // SAFETY: only sets VM_DONTCOPY on the mapping just moved there.
+    if unsafe { libc::madvise(target as *mut libc::c_void, len, libc::MADV_DONTFORK) } != 0 {
+        let err = os_err("madvise MADV_DONTFORK");
+        // SAFETY: puts the shared mapping back where `mem` expects it.
+        unsafe {
+            libc::mremap(
+                target as *mut libc::c_void,
+                len,
+                len,
+                libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
+                host as *mut libc::c_void,
+            )
+        };
+        return Err(err);
+    }
     // SAFETY: maps the same file range privately over the address range
     // the move just emptied, which `mem` owns and unmaps on drop.
     let mapped = unsafe {
@@ -339,6 +356,24 @@ mod tests {
     use super::*;
     use vm_memory::Bytes;
 
+    /// For each shared mapping of inode `ino` in this process: whether it
+    /// is marked not to be inherited (VmFlags `dc`).
+    fn shared_maps_of(ino: u64) -> Vec<bool> {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").expect("smaps");
+        let mut out = Vec::new();
+        let mut current = false;
+        for line in smaps.lines() {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() >= 5 && f[0].contains('-') && !line.starts_with("VmFlags") {
+                current = f[1].ends_with('s') && f[4] == ino.to_string();
+            } else if current && line.starts_with("VmFlags:") {
+                out.push(f.contains(&"dc"));
+                current = false;
+            }
+        }
+        out
+    }
+
     #[test]
     fn frozen_memory_keeps_contents_and_stops_writing_the_file() {
         let mem = create(8).expect("map");
@@ -352,7 +387,12 @@ mod tests {
         let (mut from, mut retired) = (0, Retired::default());
         freeze_shared(&mem, &mut from, &mut retired).expect("freeze");
         assert_eq!(from, 1);
-        retired.release_in_background();
+        let ino = std::os::unix::fs::MetadataExt::ino(&file.metadata().expect("stat"));
+        let shared = shared_maps_of(ino);
+        assert_eq!(shared.len(), 1, "the moved-away mapping: {shared:?}");
+        assert!(shared[0], "children must not inherit the shared mapping");
+        drop(retired);
+        assert!(shared_maps_of(ino).is_empty(), "unmapped on drop");
         let v: u64 = mem.read_obj(GuestAddress(0x2000)).expect("read");
         assert_eq!(v, 0x1234_5678);
         mem.write_obj(0xdead_beefu64, GuestAddress(0x2000))
