@@ -399,6 +399,34 @@ mod tests {
         out
     }
 
+    /// How many private mappings of inode `ino` this process has.
+    fn private_maps_of(ino: u64) -> usize {
+        let maps = std::fs::read_to_string("/proc/self/maps").expect("maps");
+        maps.lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .filter(|f| f.len() >= 5 && f[1].ends_with('p') && f[4] == ino.to_string())
+            .count()
+    }
+
+    #[test]
+    fn frozen_view_is_cut_into_pieces_later_forks_copy_apart() {
+        let mem = create(3 * (VIEW_CHUNK as u64 >> 20)).expect("map");
+        let file = mem
+            .iter()
+            .next()
+            .and_then(|r| r.file_offset().map(|f| f.arc().clone()))
+            .expect("RAM on the huge-page tmpfs (needs CAP_SYS_ADMIN)");
+        let ino = std::os::unix::fs::MetadataExt::ino(&file.metadata().expect("stat"));
+        assert_eq!(private_maps_of(ino), 0);
+        let (mut from, mut retired) = (0, Retired::default());
+        freeze_shared(&mem, &mut from, &mut retired).expect("freeze");
+        drop(retired);
+        // A write gives one piece pages of its own; the pieces stay apart.
+        mem.write_obj(1u64, GuestAddress(VIEW_CHUNK as u64 + 8))
+            .expect("write");
+        assert_eq!(private_maps_of(ino), 3);
+    }
+
     #[test]
     fn frozen_memory_keeps_contents_and_stops_writing_the_file() {
         let mem = create(8).expect("map");
