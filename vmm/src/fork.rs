@@ -21,49 +21,51 @@
 //!
 //! # Why the pause does not grow with guest RAM
 //!
-//! fork(2) copies the page tables of private memory: with guest RAM as
-//! private anonymous memory that is one entry (and one preallocated page
-//! table) per 2 MiB huge page, about 1.5 ms per GiB on this project's PVM
-//! hosts (6 ms of a 9.5 ms pause at 4 GiB, against 1 ms at 256 MiB).
+//! fork(2) copies the page tables of private memory. With guest RAM as
+//! private anonymous memory on transparent huge pages that is one entry
+//! and one preallocated page table per 2 MiB, and KVM re-checks all of
+//! RAM: on this project's PVM hosts the pause was 1.5 ms at 256 MiB and
+//! 9.5 ms at 4 GiB, fork(2) alone 1 ms and 6 ms, all memory on huge pages.
 //! So a booted VM's RAM is instead a file on a private tmpfs mounted with
-//! `huge=always` (`crate::vstate::memory`), mapped MAP_SHARED: fork(2)
-//! does not copy page tables of shared file mappings at all. The first
-//! fork freezes that file:
+//! `huge=always` (`crate::vstate::memory`), mapped MAP_SHARED, and fork(2)
+//! copies no page tables of shared file mappings. The first fork freezes
+//! that file:
 //!
 //! - the shared mapping is moved out of the way with mremap, which moves
-//!   page-table pages, not entries (one entry per 1 GiB: the target
-//!   address is congruent to the old one modulo 1 GiB), into a reservation
-//!   marked MADV_DONTFORK, so children never see it;
+//!   page-table pages, not entries (whole 1 GiB ranges: the target address
+//!   is congruent to the old one modulo 1 GiB), into a reservation marked
+//!   MADV_DONTFORK, so no child ever holds it;
 //! - the same file range is mapped MAP_PRIVATE at the old address, so the
 //!   KVM memory slots and every device's view of guest memory stay valid;
 //! - children inherit that fresh private mapping, which has no pages yet,
 //!   so fork(2) copies nothing for it.
 //!
 //! From then on nobody writes the file: parent and children read its
-//! pages and copy on write, as fork(2) would have them, and memory stays
-//! isolated. The moved-away mapping is unmapped on a background thread
-//! after the vCPUs resume (munmap zaps under the address-space lock held
-//! for reading, so vCPU page faults proceed meanwhile).
+//! pages and copy on write, as they would after fork(2) of private RAM, so
+//! memory stays isolated. The moved-away mapping is unmapped on a
+//! background thread once the vCPUs run again (munmap zaps with the
+//! address-space lock held for reading, so vCPU page faults proceed).
 //!
 //! Later forks of the same VM, forks of children and forks of VMs restored
-//! from a snapshot find RAM already private and use fork(2) as it is: they
-//! copy page tables only for the pages touched since the mapping was made
-//! (the last freeze, or the restore), not for all of RAM. A parent that
-//! rewrites most of its RAM between forks pays for those pages' 4 KiB
-//! entries, more than the huge-page fork it replaced would have.
+//! from a snapshot find RAM already private and use fork(2) as it is. The
+//! private view is cut into 64 MiB mappings (alternately MADV_DONTDUMP, so
+//! the kernel keeps them apart), and fork(2) copies, and has KVM re-check,
+//! only the mappings written since the freeze: an idle parent forks in the
+//! same time at any RAM size; one that rewrote all its RAM since pays for
+//! those pages' 4 KiB entries, more than the huge-page fork would have.
 //!
-//! What still grows with RAM on PVM hosts is KVM's part: any change to the
-//! host mapping of guest RAM (the freeze's move, fork(2) write-protecting
-//! a private mapping) makes KVM's shadow MMU walk its reverse maps over
-//! the whole range, about 1 ms per GiB for the freeze and 0.35 ms per GiB
-//! for later forks. Hosts with hardware virtualisation walk KVM's TDP page
-//! tables instead, which hold one entry per 2 MiB mapped.
+//! Measured with `forge-vmm bench fork` (fully touched RAM, PVM host):
+//! parent pause p50 0.88 ms at 256 MiB, 1.06 ms at 4 GiB (ratio 1.2). What
+//! still grows with RAM is the first fork of a booted VM: the freeze's
+//! move makes KVM's shadow MMU drop its mappings of all of guest RAM,
+//! about 1 ms per GiB (0.3 ms at 256 MiB, 3.9 ms at 4 GiB). Hosts with
+//! hardware virtualisation use KVM's TDP MMU, one entry per 2 MiB mapped.
 //!
-//! Costs elsewhere: the frozen file stays in memory as long as any VM maps
-//! it, so a parent that rewrites all of its RAM after a fork holds the old
+//! Costs elsewhere: the frozen file stays in memory while any VM maps it,
+//! so a parent that rewrites all of its RAM after a fork holds the old
 //! image and its new copy. Where the tmpfs cannot be mounted (no
 //! CAP_SYS_ADMIN), RAM is private anonymous memory on transparent huge
-//! pages and every fork copies its page tables.
+//! pages and every fork copies its page tables, as before.
 //!
 //! Child paths append `.f<generation>c<index>` to the parent's, so forks of
 //! forks get distinct names at any depth. Children are reaped by the kernel

@@ -1,13 +1,14 @@
 //! Guest RAM of a booted VM: one file on a private huge-page tmpfs, mapped
 //! MAP_SHARED region by region (split around the MMIO gap below 4 GiB).
 //!
-//! Shared file memory is what makes a live fork O(1) in guest RAM size
+//! Shared file memory is what keeps a live fork's pause from growing with RAM
 //! (see `crate::fork`): fork(2) does not copy page tables of a shared
 //! file mapping, and [`freeze_shared`] turns the parent's RAM into a
 //! private, copy-on-write view of the file by moving the old mapping away
 //! (mremap moves whole page-table pages, one entry per 1 GiB where the
 //! addresses allow, so it does not walk the RAM) and mapping the file
-//! privately in its place. From then on nobody writes the file: it is the
+//! privately in its place, in 64 MiB pieces so that later forks copy only
+//! the pieces written since. From then on nobody writes the file: it is the
 //! frozen image that the parent and every child map privately.
 //!
 //! Where the tmpfs cannot be mounted, RAM is private anonymous memory
