@@ -48,7 +48,7 @@
 //!
 //! Later forks of the same VM, forks of children and forks of VMs restored
 //! from a snapshot find RAM already private and use fork(2) as it is. The
-//! private view is cut into 64 MiB mappings (alternately MADV_DONTDUMP, so
+//! private view is cut into 256 MiB mappings (alternately MADV_DONTDUMP, so
 //! the kernel keeps them apart), and fork(2) copies, and has KVM re-check,
 //! only the mappings written since the freeze: an idle parent forks in the
 //! same time at any RAM size; one that rewrote all its RAM since pays for
