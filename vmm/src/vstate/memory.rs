@@ -384,16 +384,28 @@ mod tests {
     use super::*;
     use vm_memory::Bytes;
 
-    /// For each shared mapping of inode `ino` in this process: whether it
-    /// is marked not to be inherited (VmFlags `dc`).
-    fn shared_maps_of(ino: u64) -> Vec<bool> {
+    /// `(device, inode)` of `file` as /proc/self/maps prints them (each
+    /// test's tmpfs numbers its inodes from the same start).
+    fn maps_id(file: &File) -> (String, String) {
+        use std::os::unix::fs::MetadataExt;
+        let m = file.metadata().expect("stat");
+        let dev = m.dev();
+        (
+            format!("{:02x}:{:02x}", libc::major(dev), libc::minor(dev)),
+            m.ino().to_string(),
+        )
+    }
+
+    /// For each shared mapping of `id` in this process: whether it is
+    /// marked not to be inherited (VmFlags `dc`).
+    fn shared_maps_of(id: &(String, String)) -> Vec<bool> {
         let smaps = std::fs::read_to_string("/proc/self/smaps").expect("smaps");
         let mut out = Vec::new();
         let mut current = false;
         for line in smaps.lines() {
             let f: Vec<&str> = line.split_whitespace().collect();
             if f.len() >= 5 && f[0].contains('-') && !line.starts_with("VmFlags") {
-                current = f[1].ends_with('s') && f[4] == ino.to_string();
+                current = f[1].ends_with('s') && f[3] == id.0 && f[4] == id.1;
             } else if current && line.starts_with("VmFlags:") {
                 out.push(f.contains(&"dc"));
                 current = false;
@@ -402,12 +414,12 @@ mod tests {
         out
     }
 
-    /// How many private mappings of inode `ino` this process has.
-    fn private_maps_of(ino: u64) -> usize {
+    /// How many private mappings of `id` this process has.
+    fn private_maps_of(id: &(String, String)) -> usize {
         let maps = std::fs::read_to_string("/proc/self/maps").expect("maps");
         maps.lines()
             .map(|l| l.split_whitespace().collect::<Vec<_>>())
-            .filter(|f| f.len() >= 5 && f[1].ends_with('p') && f[4] == ino.to_string())
+            .filter(|f| f.len() >= 5 && f[1].ends_with('p') && f[3] == id.0 && f[4] == id.1)
             .count()
     }
 
@@ -419,15 +431,15 @@ mod tests {
             .next()
             .and_then(|r| r.file_offset().map(|f| f.arc().clone()))
             .expect("RAM on the huge-page tmpfs (needs CAP_SYS_ADMIN)");
-        let ino = std::os::unix::fs::MetadataExt::ino(&file.metadata().expect("stat"));
-        assert_eq!(private_maps_of(ino), 0);
+        let id = maps_id(&file);
+        assert_eq!(private_maps_of(&id), 0);
         let (mut from, mut retired) = (0, Retired::default());
         freeze_shared(&mem, &mut from, &mut retired).expect("freeze");
         drop(retired);
         // A write gives one piece pages of its own; the pieces stay apart.
         mem.write_obj(1u64, GuestAddress(VIEW_CHUNK as u64 + 8))
             .expect("write");
-        assert_eq!(private_maps_of(ino), 3);
+        assert_eq!(private_maps_of(&id), 3);
     }
 
     #[test]
@@ -443,12 +455,12 @@ mod tests {
         let (mut from, mut retired) = (0, Retired::default());
         freeze_shared(&mem, &mut from, &mut retired).expect("freeze");
         assert_eq!(from, 1);
-        let ino = std::os::unix::fs::MetadataExt::ino(&file.metadata().expect("stat"));
-        let shared = shared_maps_of(ino);
+        let id = maps_id(&file);
+        let shared = shared_maps_of(&id);
         assert_eq!(shared.len(), 1, "the moved-away mapping: {shared:?}");
         assert!(shared[0], "children must not inherit the shared mapping");
         drop(retired);
-        assert!(shared_maps_of(ino).is_empty(), "unmapped on drop");
+        assert!(shared_maps_of(&id).is_empty(), "unmapped on drop");
         let v: u64 = mem.read_obj(GuestAddress(0x2000)).expect("read");
         assert_eq!(v, 0x1234_5678);
         mem.write_obj(0xdead_beefu64, GuestAddress(0x2000))
