@@ -139,7 +139,7 @@ fn huge_shmem_file(total: u64) -> std::io::Result<File> {
 }
 
 /// Maps `mem_mib` MiB of guest RAM: shared, per region, from a file on a
-/// private huge-page tmpfs ([`huge_shmem_file`]). Where that cannot be
+/// private huge-page tmpfs (`huge_shmem_file`). Where that cannot be
 /// had (no CAP_SYS_ADMIN), private anonymous memory.
 pub fn create(mem_mib: u64) -> Result<GuestMemoryMmap, MemoryError> {
     let ranges = ram_ranges(mem_mib);
