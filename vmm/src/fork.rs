@@ -79,11 +79,11 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
 use crate::builder::{Source, Vmm};
 use crate::config::VmConfig;
 use crate::machine::Machine;
-use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
 /// Errors forking.
 #[derive(Debug, thiserror::Error)]
