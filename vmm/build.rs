@@ -19,6 +19,7 @@ const GUESTS: &[&str] = &[
     "blkread",
     "forkmem",
     "touch",
+    "pagecheck",
 ];
 
 fn main() {

@@ -373,6 +373,7 @@ impl Vmm {
             vm,
             memory: mem,
             fork_generation: 0,
+            shared_ram_from: snapshot.is_none().then_some(0),
             memory_source,
             snapshot_generation: 0,
         }));

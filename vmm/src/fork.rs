@@ -1,4 +1,4 @@
-//! Live fork of a running VM with fork(2) (ARCHITECTURE.md decision 3).
+//! Live fork of a running VM (ARCHITECTURE.md decision 3).
 //!
 //! Steps, on the event-loop thread:
 //!
@@ -6,28 +6,68 @@
 //!    the disks, capture the whole VM state in memory.
 //! 2. Seal the top layer of every writable disk: it becomes a shared,
 //!    read-only layer of parent and children.
-//! 3. fork(2) once per child. Guest RAM is private memory, so the kernel
-//!    shares every page copy-on-write: a fork costs page tables, not RAM.
-//!    The child has only the forking thread. It closes every inherited fd
-//!    but stdio and its report pipe, opens a new KVM VM over the inherited
-//!    mapping, restores the captured state with its own paths (control
-//!    socket, vsock socket, serial log, a new empty disk top layer), posts
-//!    a vsock transport reset (the guest's notice that it was forked), and
-//!    runs; it reports "ok" or its error on the pipe, then serves until its
-//!    guest ends and exits with the VM's status.
-//! 4. The parent stacks its own new top layer on each disk, resumes, and
+//! 3. Freeze guest RAM if it is still shared (the first fork of a booted
+//!    VM; see below).
+//! 4. fork(2) once per child. The child has only the forking thread. It
+//!    closes every inherited fd but stdio, its report pipe and guest RAM's
+//!    file, opens a new KVM VM over the inherited mapping, restores the
+//!    captured state with its own paths (control socket, vsock socket,
+//!    serial log, a new empty disk top layer), posts a vsock transport
+//!    reset (the guest's notice that it was forked), and runs; it reports
+//!    "ok" or its error on the pipe, then serves until its guest ends and
+//!    exits with the VM's status.
+//! 5. The parent stacks its own new top layer on each disk, resumes, and
 //!    collects the children's reports.
 //!
-//! Cost: the parent's pause is state capture (~0.2 ms) plus fork(2), and
-//! fork(2) copies page tables. With guest RAM on transparent huge pages
-//! that is one PMD per 2 MiB, but on this project's PVM hosts it still
-//! measures about 1 ms per GiB of touched RAM, KVM or not (a plain C
-//! probe: 0.4 ms at 256 MiB, 1.0 ms at 1 GiB, 3.9 ms at 4 GiB). A memfd
-//! mapped privately by the children would not copy page tables, but the
-//! parent must then stop writing the shared file and remap its own RAM
-//! privately, which tears down the same page tables; neither route is
-//! O(1) on these hosts, so fork(2) stays: it is the simpler and the
-//! sounder of the two (one primitive, the kernel's own copy-on-write).
+//! # Why the pause does not grow with guest RAM
+//!
+//! fork(2) copies the page tables of private memory. With guest RAM as
+//! private anonymous memory on transparent huge pages that is one entry
+//! and one preallocated page table per 2 MiB, and KVM re-checks all of
+//! RAM: on this project's PVM hosts the pause was 1.5 ms at 256 MiB and
+//! 9.5 ms at 4 GiB, fork(2) alone 1 ms and 6 ms, all memory on huge pages.
+//! So a booted VM's RAM is instead a file on a private tmpfs mounted with
+//! `huge=always` (`crate::vstate::memory`), mapped MAP_SHARED, and fork(2)
+//! copies no page tables of shared file mappings. The first fork freezes
+//! that file:
+//!
+//! - the shared mapping is moved out of the way with mremap, which moves
+//!   page-table pages, not entries (whole 1 GiB ranges: the target address
+//!   is congruent to the old one modulo 1 GiB), into a reservation marked
+//!   MADV_DONTFORK, so no child ever holds it;
+//! - the same file range is mapped MAP_PRIVATE at the old address, so the
+//!   KVM memory slots and every device's view of guest memory stay valid;
+//! - children inherit that fresh private mapping, which has no pages yet,
+//!   so fork(2) copies nothing for it.
+//!
+//! From then on nobody writes the file: parent and children read its
+//! pages and copy on write, as they would after fork(2) of private RAM, so
+//! memory stays isolated. The moved-away mapping is unmapped on a
+//! background thread once the vCPUs run again (munmap zaps with the
+//! address-space lock held for reading, so vCPU page faults proceed).
+//!
+//! Later forks of the same VM, forks of children and forks of VMs restored
+//! from a snapshot find RAM already private and use fork(2) as it is. The
+//! private view is cut into 256 MiB mappings (alternately MADV_DONTDUMP, so
+//! the kernel keeps them apart), and fork(2) copies, and has KVM re-check,
+//! only the mappings written since the freeze: an idle parent forks in the
+//! same time at any RAM size; one that rewrote all its RAM since pays for
+//! those pages' 4 KiB entries, more than the huge-page fork would have.
+//!
+//! Measured with `forge-vmm bench fork` (fully touched RAM, PVM host, two
+//! busy cores): parent pause p50 0.6-1.4 ms at 256 MiB, 1 GiB and 4 GiB
+//! alike, the 4 GiB/256 MiB ratio 0.6-1.7 from run to run (noise, not
+//! size), where it was 6.4 before. What still grows with RAM is the first
+//! fork of a booted VM: the freeze's move makes KVM's shadow MMU drop its
+//! mappings of all of guest RAM, about 1 ms per GiB (0.3 ms at 256 MiB,
+//! 3-4 ms at 4 GiB), which sets the p99. Hosts with hardware
+//! virtualisation use KVM's TDP MMU, one entry per 2 MiB mapped.
+//!
+//! Costs elsewhere: the frozen file stays in memory while any VM maps it,
+//! so a parent that rewrites all of its RAM after a fork holds the old
+//! image and its new copy. Where the tmpfs cannot be mounted (no
+//! CAP_SYS_ADMIN), RAM is private anonymous memory on transparent huge
+//! pages and every fork copies its page tables, as before.
 //!
 //! Child paths append `.f<generation>c<index>` to the parent's, so forks of
 //! forks get distinct names at any depth. Children are reaped by the kernel
@@ -39,6 +79,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
 use crate::builder::{Source, Vmm};
 use crate::config::VmConfig;
@@ -67,6 +108,9 @@ pub enum ForkError {
         #[source]
         source: crate::disk::LayerError,
     },
+    /// Guest RAM could not be frozen.
+    #[error("Cannot freeze guest memory")]
+    Memory(#[source] crate::vstate::memory::MemoryError),
     /// fork(2) or pipe(2) failed.
     #[error("fork failed")]
     Fork(#[source] std::io::Error),
@@ -101,8 +145,12 @@ pub struct ForkReport {
     pub children: Vec<ChildReport>,
     /// How long the parent's vCPUs were stopped.
     pub parent_paused_ms: f64,
+    /// Of which: stopping the vCPUs.
+    pub vcpu_pause_ms: f64,
     /// Of which: capturing vCPU and device state.
     pub capture_ms: f64,
+    /// Of which: freezing shared guest RAM (0 when it was already private).
+    pub freeze_ms: f64,
     /// Of which: the fork(2) calls themselves.
     pub fork_syscalls_ms: f64,
 }
@@ -124,7 +172,7 @@ fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
 }
 
 /// Closes every fd of this process except stdio and `keep`.
-fn close_inherited(keep: RawFd) {
+fn close_inherited(keep: &[RawFd]) {
     let fds: Vec<RawFd> = std::fs::read_dir("/proc/self/fd")
         .map(|d| {
             d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
@@ -132,7 +180,7 @@ fn close_inherited(keep: RawFd) {
         })
         .unwrap_or_default();
     for fd in fds {
-        if fd > 2 && fd != keep {
+        if fd > 2 && !keep.contains(&fd) {
             // SAFETY: closing an fd number this process inherited; the
             // objects that owned them in the parent are never used or
             // dropped in the child (it never returns to them).
@@ -150,7 +198,13 @@ fn run_child(
     memory_file: Option<PathBuf>,
     start_paused: bool,
 ) -> ! {
-    close_inherited(report.as_raw_fd());
+    // Guest RAM's files stay open: the regions own those fds.
+    let mut keep: Vec<RawFd> = memory
+        .iter()
+        .filter_map(|r| r.file_offset().map(|f| f.file().as_raw_fd()))
+        .collect();
+    keep.push(report.as_raw_fd());
+    close_inherited(&keep);
     // SAFETY: restoring the default disposition in a single-threaded child.
     unsafe { libc::signal(libc::SIGCHLD, libc::SIG_DFL) };
     let mut pipe = std::fs::File::from(report);
@@ -233,31 +287,27 @@ impl Machine {
                 .pause()
                 .map_err(|e| ForkError::Capture(e.to_string()))?;
         }
+        let vcpu_pause_ms = t.elapsed().as_secs_f64() * 1e3;
         let result = self.fork_paused(count, t, start_paused);
         if !was_paused {
             self.vcpus
                 .resume()
                 .map_err(|e| ForkError::Capture(e.to_string()))?;
         }
-        let (mut children, pipes, paused_ms, capture_ms, fork_syscalls_ms) = result?;
-        for (child, fd) in children.iter_mut().zip(pipes) {
+        let (mut report, pipes) = result?;
+        report.vcpu_pause_ms = vcpu_pause_ms;
+        for (child, fd) in report.children.iter_mut().zip(pipes) {
             child.status = read_report(fd);
         }
-        Ok(ForkReport {
-            children,
-            parent_paused_ms: paused_ms,
-            capture_ms,
-            fork_syscalls_ms,
-        })
+        Ok(report)
     }
 
-    #[allow(clippy::type_complexity)]
     fn fork_paused(
         &mut self,
         count: u32,
         started: Instant,
         start_paused: bool,
-    ) -> Result<(Vec<ChildReport>, Vec<OwnedFd>, f64, f64, f64), ForkError> {
+    ) -> Result<(ForkReport, Vec<OwnedFd>), ForkError> {
         for t in &self.transports {
             if let Ok(t) = t.lock() {
                 t.device().flush();
@@ -285,6 +335,18 @@ impl Machine {
             tops.push(disk.layers.last().cloned());
         }
         let capture_ms = t_capture.elapsed().as_secs_f64() * 1e3;
+        // Freeze RAM that is still the shared memfd: from here on parent
+        // and children all map it privately, and fork(2) has no page
+        // tables of guest RAM to copy.
+        let t_freeze = Instant::now();
+        let mut retired = crate::vstate::memory::Retired::default();
+        if let Some(mut from) = self.shared_ram_from {
+            let frozen =
+                crate::vstate::memory::freeze_shared(&self.memory, &mut from, &mut retired);
+            self.shared_ram_from = (from < self.memory.num_regions()).then_some(from);
+            frozen.map_err(ForkError::Memory)?;
+        }
+        let freeze_ms = t_freeze.elapsed().as_secs_f64() * 1e3;
         let mut fork_syscalls_ms = 0.0;
         self.fork_generation += 1;
         let generation = self.fork_generation;
@@ -368,12 +430,18 @@ impl Machine {
             }
             self.config.disks[index].layers.push(new_top);
         }
+        let parent_paused_ms = started.elapsed().as_secs_f64() * 1e3;
+        retired.release_in_background();
         Ok((
-            children,
+            ForkReport {
+                children,
+                parent_paused_ms,
+                vcpu_pause_ms: 0.0,
+                capture_ms,
+                freeze_ms,
+                fork_syscalls_ms,
+            },
             pipes,
-            started.elapsed().as_secs_f64() * 1e3,
-            capture_ms,
-            fork_syscalls_ms,
         ))
     }
 }

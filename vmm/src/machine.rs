@@ -38,6 +38,11 @@ pub struct Machine {
     pub fork_generation: u32,
     /// The memory file guest RAM is privately mapped from, if restored.
     pub memory_source: Option<PathBuf>,
+    /// Guest RAM regions from this index on are still the booted VM's
+    /// shared memfd mapping (no fork has frozen them yet): the next fork
+    /// freezes them instead of copying page tables (see `crate::fork`).
+    /// None once every region is private.
+    pub shared_ram_from: Option<usize>,
     /// Snapshots taken so far (names new disk top layers).
     pub snapshot_generation: u32,
 }

@@ -238,3 +238,56 @@ fn forked_child_hears_a_vsock_transport_reset_and_the_parent_does_not() {
     ctl.cmd("shutdown");
     assert!(wait_timeout(&mut parent, T).success());
 }
+
+/// The first fork re-maps a booted VM's RAM privately, so pages that
+/// nobody touched since are in neither process's page tables: snapshots of
+/// the parent and of the (still paused) child taken right after the fork
+/// must hold them all the same.
+#[test]
+fn snapshots_right_after_a_fork_hold_every_page() {
+    let vm = TestVm::new("pagecheck").set("mem_mib", json!(64));
+    let mut parent = vm.spawn();
+    let mut reaper = Reaper(vec![u64::from(parent.id())]);
+    vm.wait_serial("FILLED\n", T);
+    let mut ctl = vm.control();
+    let r = ctl.raw(&json!({ "cmd": "fork", "count": 1, "paused": true }).to_string());
+    assert_eq!(r["ok"], true, "{r}");
+    let child = r["fork"]["children"][0].clone();
+    reaper.0.push(child["pid"].as_u64().expect("pid"));
+    assert_eq!(child["status"], "ok", "{child}");
+
+    let snaps = [vm.dir.path("snap-parent"), vm.dir.path("snap-child")];
+    let pause = |ctl: &mut Control, dir: &PathBuf| {
+        let r = ctl.raw(&json!({ "cmd": "pause", "to_disk": true, "dir": dir }).to_string());
+        assert_eq!(r["ok"], true, "{r}");
+    };
+    pause(&mut ctl, &snaps[0]);
+    assert!(wait_timeout(&mut parent, T).success());
+    assert!(
+        !vm.serial().contains("VERIFIED"),
+        "the parent re-read its RAM before the snapshot: the test proves nothing"
+    );
+    pause(
+        &mut Control::connect(&path(&child, "control_socket")),
+        &snaps[1],
+    );
+
+    for (i, snap) in snaps.iter().enumerate() {
+        let log = vm.dir.path(&format!("restored{i}.log"));
+        let sock = vm.dir.path(&format!("restored{i}.sock"));
+        let mut restored = common::spawn_restore(
+            snap,
+            &[
+                std::path::Path::new("--serial-log"),
+                &log,
+                std::path::Path::new("--control-socket"),
+                &sock,
+            ],
+        );
+        reaper.0.push(u64::from(restored.id()));
+        let text = wait_file(&log, "VERIFIED 1\n", T);
+        assert!(!text.contains("FAIL"), "{text}");
+        Control::connect(&sock).cmd("shutdown");
+        assert!(wait_timeout(&mut restored, T).success());
+    }
+}

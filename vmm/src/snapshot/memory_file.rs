@@ -6,6 +6,7 @@
 //! as it was (several VMs can resume from one snapshot).
 
 use std::fs::{File, OpenOptions};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
@@ -40,8 +41,10 @@ pub enum Scan {
     /// Every page (RAM is a private map of some other file whose
     /// unloaded pages still hold data).
     All,
-    /// Pages present in this process: RAM is anonymous, so a page never
-    /// touched is zero and stays a hole.
+    /// Pages present in this process, and pages holding data in the file
+    /// RAM is mapped from, if any (a booted VM's memfd, shared, or frozen
+    /// and mapped privately after a fork): any other page is zero and
+    /// stays a hole.
     Present,
     /// Only pages this process changed: RAM is a private map of the very
     /// file being written, whose other pages are already right.
@@ -69,6 +72,35 @@ fn page_flags(host: u64, len: usize) -> Option<Vec<u64>> {
             })
             .collect(),
     )
+}
+
+/// Marks as present the pages of `[start, start + len)` of `file` that hold
+/// data (SEEK_DATA), so a private map of a file whose untouched pages are
+/// not in this process's page tables is still written out whole.
+fn mark_file_data(flags: &mut [u64], file: &File, start: u64, len: usize) {
+    let fd = file.as_raw_fd();
+    let end = start + len as u64;
+    let mut pos = start;
+    while pos < end {
+        // SAFETY: lseek on an fd `file` owns; results are checked.
+        let data = unsafe { libc::lseek(fd, pos as libc::off_t, libc::SEEK_DATA) };
+        if data < 0 || data as u64 >= end {
+            return;
+        }
+        // SAFETY: as above.
+        let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
+        let hole = if hole < 0 {
+            end
+        } else {
+            (hole as u64).min(end)
+        };
+        let first = (data as u64 - start) as usize / PAGE;
+        let last = ((hole - start) as usize).div_ceil(PAGE);
+        for f in flags.iter_mut().take(last).skip(first) {
+            *f |= PM_PRESENT;
+        }
+        pos = hole;
+    }
 }
 
 fn wanted(flags: Option<&Vec<u64>>, page: usize, scan: Scan) -> bool {
@@ -109,11 +141,14 @@ pub fn write(
         // SAFETY: `host..host+len` is one live mapping owned by `mem`; the
         // vCPUs are paused, so nothing writes it while we read.
         let bytes = unsafe { std::slice::from_raw_parts(host as *const u8, len) };
-        let flags = if scan == Scan::All {
+        let mut flags = if scan == Scan::All {
             None
         } else {
             page_flags(host as u64, len)
         };
+        if let (Scan::Present, Some(f), Some(fo)) = (scan, flags.as_mut(), region.file_offset()) {
+            mark_file_data(f, fo.file(), fo.start(), len);
+        }
         // Dirty pages are written even when zero: the file may hold data.
         let keep = |page: usize| {
             let end = (page + PAGE).min(len);
