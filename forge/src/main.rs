@@ -59,6 +59,23 @@ enum Command {
         /// Let repository imports (and webhooks) reach private networks.
         #[arg(long, env = "FORGE_ALLOW_PRIVATE")]
         allow_private: bool,
+        /// Sandbox backend: auto (probe the host), container, microvm or none.
+        #[arg(
+            long,
+            env = "FORGE_SANDBOX_BACKEND",
+            value_enum,
+            default_value = "auto"
+        )]
+        sandbox_backend: forge::server::SandboxBackend,
+        /// Where sandboxes keep their state (default: <data dir>/sandboxes).
+        #[arg(long, env = "FORGE_SANDBOX_DIR")]
+        sandbox_dir: Option<PathBuf>,
+        /// The guest image directory (default: the newest in <data dir>/images).
+        #[arg(long, env = "FORGE_IMAGE")]
+        image: Option<PathBuf>,
+        /// Most sandboxes running or paused in memory at once.
+        #[arg(long, env = "FORGE_MAX_SANDBOXES", default_value_t = 200)]
+        max_sandboxes: usize,
     },
     /// Repositories: create, list, delete.
     #[command(subcommand)]
@@ -129,6 +146,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             max_body_bytes,
             allow_loopback,
             allow_private,
+            sandbox_backend,
+            sandbox_dir,
+            image,
+            max_sandboxes,
         } => {
             init_logging();
             let config = forge::server::Config {
@@ -138,6 +159,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 max_body_bytes,
                 allow_loopback,
                 allow_private,
+                sandbox_backend,
+                sandbox_dir,
+                image,
+                limits: forge::vms::Limits {
+                    max_live: max_sandboxes,
+                    ..forge::vms::Limits::default()
+                },
             };
             runtime()?.block_on(forge::server::serve(config))
         }

@@ -41,6 +41,26 @@ pub struct Config {
     pub allow_loopback: bool,
     /// Let imports (and later webhooks) reach private networks.
     pub allow_private: bool,
+    /// Which sandbox backend to run: `None` lets the host probe decide.
+    pub sandbox_backend: SandboxBackend,
+    /// Where sandboxes keep their state (default `<data>/sandboxes`; keep it
+    /// short: sockets live under it).
+    pub sandbox_dir: Option<PathBuf>,
+    /// The guest image's directory (default: the newest in `<data>/images`).
+    pub image: Option<PathBuf>,
+    /// Limits of the VM API.
+    pub limits: crate::vms::Limits,
+}
+
+/// The operator's choice of sandbox backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SandboxBackend {
+    /// Probe the host: microVMs where the guest kernel boots, else containers.
+    Auto,
+    Container,
+    Microvm,
+    /// No sandboxes: the VM API answers 503.
+    None,
 }
 
 /// What handlers see; resolved from [`Config`] once the listener is bound.
@@ -71,6 +91,7 @@ pub struct AppState {
     pub config: Arc<Settings>,
     /// Work that must finish before shutdown (pushes).
     pub tasks: TaskTracker,
+    pub sandboxes: Arc<crate::vms::Sandboxes>,
 }
 
 /// The file holding the first admin token.
@@ -96,6 +117,22 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .unwrap_or_else(|| format!("http://{address}"))
         .trim_end_matches('/')
         .to_owned();
+    let sandboxes = crate::vms::Sandboxes::new(
+        open_sandboxes(&config).await,
+        store.clone(),
+        config.limits.clone(),
+    );
+    match sandboxes.describe() {
+        (Some(backend), reason, _) => tracing::info!(%backend, %reason, "sandbox backend"),
+        (None, reason, _) => tracing::warn!(%reason, "no sandbox backend: the VM API answers 503"),
+    }
+    match sandboxes.reconcile().await {
+        Ok(0) => {}
+        Ok(crashed) => tracing::warn!(crashed, "sandboxes found crashed at start-up"),
+        Err(error) => tracing::error!(error = %error, "reconciling sandboxes failed"),
+    }
+    let stopping = tokio_util::sync::CancellationToken::new();
+    sandboxes.start_reaper(std::time::Duration::from_secs(1), stopping.clone());
     let state = AppState {
         store: store.clone(),
         repos,
@@ -107,6 +144,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             allow_private: config.allow_private,
         }),
         tasks: TaskTracker::new(),
+        sandboxes,
     };
     let tasks = state.tasks.clone();
     let request_id = HeaderName::from_static("x-request-id");
@@ -133,6 +171,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .with_graceful_shutdown(shutdown_signal())
         .await
         .context("the HTTP server failed")?;
+    stopping.cancel();
     tasks.close();
     tasks.wait().await;
     store.close().await;
@@ -211,5 +250,96 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = terminate.recv() => tracing::info!("SIGTERM: finishing requests in flight"),
         _ = interrupt.recv() => tracing::info!("SIGINT: finishing requests in flight"),
+    }
+}
+
+/// Opens the sandbox backend the host (or the operator) chose, or says why
+/// there is none.
+async fn open_sandboxes(config: &Config) -> crate::vms::Availability {
+    use crate::vms::Availability::{Ready, Unavailable};
+    use ::sandbox::BackendKind;
+    if config.sandbox_backend == SandboxBackend::None {
+        return Unavailable("sandboxes are disabled (--sandbox-backend none)".into());
+    }
+    let image = match &config.image {
+        Some(dir) => Some(dir.clone()),
+        None => guest_image::list(&config.data_dir)
+            .ok()
+            .and_then(|images| images.into_iter().next())
+            .map(|image| image.dir),
+    };
+    let Some(image_dir) = image else {
+        return Unavailable(format!(
+            "no guest image in {}/images: run `forge image build`",
+            config.data_dir.display()
+        ));
+    };
+    let image = ::sandbox::Image {
+        root: image_dir.join("rootfs"),
+        ext4: Some(image_dir.join("rootfs.ext4")).filter(|p| p.is_file()),
+    };
+    if !image.root.is_dir() {
+        return Unavailable(format!(
+            "the guest image {} has no rootfs directory",
+            image_dir.display()
+        ));
+    }
+    let facts = ::sandbox::HostFacts::gather(None);
+    let (kind, reason) = match config.sandbox_backend {
+        SandboxBackend::Container => (
+            BackendKind::Container,
+            "chosen by --sandbox-backend".to_owned(),
+        ),
+        SandboxBackend::Microvm => (
+            BackendKind::Microvm,
+            "chosen by --sandbox-backend".to_owned(),
+        ),
+        _ => match ::sandbox::probe::decide(&facts) {
+            Ok(choice) => (choice.backend, choice.reason),
+            Err(error) => return Unavailable(error.to_string()),
+        },
+    };
+    let dir = config
+        .sandbox_dir
+        .clone()
+        .unwrap_or_else(|| config.data_dir.join("sandboxes"));
+    let opened: Result<std::sync::Arc<dyn ::sandbox::Backend>, ::sandbox::Error> = match kind {
+        BackendKind::Container => {
+            let mut container = ::sandbox::container::ContainerConfig::new(&dir);
+            // The agent next to this binary speaks this forge's protocol,
+            // whatever agent the image was built with.
+            if let Some(agent) = std::env::current_exe()
+                .ok()
+                .map(|exe| exe.with_file_name("sandbox-agent"))
+                .filter(|agent| agent.is_file())
+            {
+                container.agent = ::sandbox::container::AgentInit::Host(agent);
+            }
+            ::sandbox::container::ContainerSandboxes::open(container)
+                .await
+                .map(|backend| std::sync::Arc::new(backend) as _)
+        }
+        BackendKind::Microvm => match facts.guest_kernel.clone() {
+            Some(kernel) => ::sandbox::microvm::MicrovmSandboxes::open(
+                ::sandbox::microvm::MicrovmConfig::new(&dir, kernel),
+            )
+            .map(|backend| std::sync::Arc::new(backend) as _),
+            None => {
+                return Unavailable(
+                    "the microvm backend needs a guest kernel (FORGE_GUEST_KERNEL)".into(),
+                );
+            }
+        },
+    };
+    match opened {
+        Ok(backend) => Ready {
+            backend,
+            image,
+            reason,
+        },
+        Err(error) => Unavailable(format!(
+            "the {kind} backend could not start: {:#}",
+            anyhow::Error::new(error)
+        )),
     }
 }

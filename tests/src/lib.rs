@@ -83,6 +83,58 @@ pub struct Builder {
     data_dir: Option<PathBuf>,
     max_body_bytes: Option<u64>,
     allow_loopback: bool,
+    sandboxes: Option<Sandboxes>,
+}
+
+/// Sandboxes for a forge under test: the host's guest image and a short
+/// directory of their own (sockets live under it).
+#[derive(Debug, Clone)]
+struct Sandboxes {
+    image: PathBuf,
+    dir: PathBuf,
+    max_live: usize,
+}
+
+/// The newest guest image in `$FORGE_DATA_DIR` (default `/var/lib/forge`),
+/// which `forge image build` and the guest image tests create.
+pub fn guest_image() -> Option<PathBuf> {
+    let data = std::env::var_os("FORGE_DATA_DIR").unwrap_or_else(|| "/var/lib/forge".into());
+    let images = Path::new(&data).join("images");
+    let mut found: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(images)
+        .ok()?
+        .filter_map(Result::ok)
+        .map(|entry| entry.path())
+        .filter(|dir| dir.join("image.json").is_file() && dir.join("rootfs").is_dir())
+        .filter_map(|dir| {
+            Some((
+                std::fs::metadata(dir.join("image.json"))
+                    .ok()?
+                    .modified()
+                    .ok()?,
+                dir,
+            ))
+        })
+        .collect();
+    found.sort();
+    found.pop().map(|(_, dir)| dir)
+}
+
+/// Why sandbox tests cannot run here, if they cannot.
+pub fn sandboxes_unavailable() -> Option<String> {
+    if !Path::new("/sys/fs/cgroup").is_dir()
+        || std::fs::read_to_string("/proc/self/status")
+            .map(|s| {
+                !s.lines()
+                    .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+            })
+            .unwrap_or(true)
+    {
+        return Some("sandboxes need root and cgroups".into());
+    }
+    if guest_image().is_none() {
+        return Some("no guest image in $FORGE_DATA_DIR/images: run `forge image build`".into());
+    }
+    None
 }
 
 impl Builder {
@@ -95,6 +147,19 @@ impl Builder {
     /// Let imports reach 127.0.0.1 (the forge itself).
     pub fn allow_loopback(mut self) -> Self {
         self.allow_loopback = true;
+        self
+    }
+
+    /// Run sandboxes (the container backend on the host's guest image);
+    /// at most `max_live` at once.
+    pub fn with_sandboxes(mut self, max_live: usize) -> Self {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.sandboxes = Some(Sandboxes {
+            image: guest_image().expect("a guest image (check sandboxes_unavailable first)"),
+            dir: PathBuf::from(format!("/tmp/fsb-{}-{n}", std::process::id())),
+            max_live,
+        });
         self
     }
 
@@ -127,6 +192,20 @@ impl Builder {
         }
         if self.allow_loopback {
             command.arg("--allow-loopback");
+        }
+        match &self.sandboxes {
+            Some(sandboxes) => {
+                command
+                    .args(["--sandbox-backend", "container", "--image"])
+                    .arg(&sandboxes.image)
+                    .arg("--sandbox-dir")
+                    .arg(&sandboxes.dir)
+                    .arg("--max-sandboxes")
+                    .arg(sandboxes.max_live.to_string());
+            }
+            None => {
+                command.args(["--sandbox-backend", "none"]);
+            }
         }
         let mut child = command.spawn().expect("forge starts");
         let stdout = child.stdout.take().expect("stdout is piped");
@@ -235,7 +314,10 @@ impl TestForge {
     pub fn restart(mut self) -> TestForge {
         assert!(self.stop(), "the forge exits cleanly on SIGTERM");
         let temp = self._temp.take();
-        let mut next = self.builder.clone().data_dir(self.data_dir.clone()).start();
+        let builder = self.builder.clone();
+        // The next server owns the sandboxes now: this one's drop must not clean them.
+        self.builder.sandboxes = None;
+        let mut next = builder.data_dir(self.data_dir.clone()).start();
         next._temp = temp;
         next
     }
@@ -321,6 +403,15 @@ impl TestForge {
         page["events"].as_array().expect("events").clone()
     }
 
+    /// The host pid of a container sandbox's PID 1, from the backend's record.
+    pub fn sandbox_pid(&self, id: &str) -> Option<u32> {
+        let dir = &self.builder.sandboxes.as_ref()?.dir;
+        let state =
+            std::fs::read_to_string(dir.join("sandboxes").join(id).join("state.json")).ok()?;
+        let state: Value = serde_json::from_str(&state).ok()?;
+        state["pid1"].as_u64().map(|pid| pid as u32)
+    }
+
     /// Runs the `forge` CLI against this server with the admin token.
     pub fn cli(&self, args: &[&str]) -> Output {
         Command::new(forge_binary())
@@ -335,6 +426,28 @@ impl TestForge {
 
 impl Drop for TestForge {
     fn drop(&mut self) {
+        if let Some(sandboxes) = self.builder.sandboxes.clone() {
+            // Leave no sandbox, mount or directory behind, pass or fail.
+            if self.child.is_some() {
+                let (_, vms) = self.call(Some(&self.admin_token), "GET", "/v1/vms", None);
+                for vm in vms.as_array().into_iter().flatten() {
+                    if let Some(id) = vm["id"].as_str() {
+                        self.call(
+                            Some(&self.admin_token),
+                            "DELETE",
+                            &format!("/v1/vms/{id}"),
+                            None,
+                        );
+                    }
+                }
+            }
+            self.stop();
+            let _ = Command::new("umount")
+                .arg("-l")
+                .arg(sandboxes.dir.join("layers"))
+                .status();
+            let _ = std::fs::remove_dir_all(&sandboxes.dir);
+        }
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();

@@ -11,6 +11,7 @@ mod repos;
 
 pub use repos::authorize as repos_authorize;
 mod tokens;
+mod vms;
 
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
@@ -36,6 +37,19 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/repos/{owner}/{name}/branches", get(repos::branches))
         .route("/v1/repos/{owner}/{name}/events", get(events::list))
+        .route("/v1/system", get(vms::system))
+        .route("/v1/vms", post(vms::create).get(vms::list))
+        .route("/v1/vms/{id}", get(vms::show).delete(vms::delete))
+        .route("/v1/vms/{id}/exec", post(vms::exec))
+        .route("/v1/vms/{id}/fork", post(vms::fork))
+        .route("/v1/vms/{id}/pause", post(vms::pause))
+        .route("/v1/vms/{id}/resume", post(vms::resume))
+        .route(
+            "/v1/vms/{id}/files/{*path}",
+            get(vms::read_file)
+                .put(vms::write_file)
+                .delete(vms::delete_file),
+        )
         .route("/v1/tokens", post(tokens::create).get(tokens::list))
         .route("/v1/tokens/{id}", axum::routing::delete(tokens::revoke))
         .route(

@@ -1,0 +1,366 @@
+//! `/v1/vms`: the sandbox API (create, list, show, delete, exec, fork,
+//! pause, resume, files) and `/v1/system`.
+//!
+//! Who may do what: creating a VM needs `repo:write`; a VM is visible to
+//! the token that created it (and its forks to the token that forked them)
+//! and to admins.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::{ApiError, Body, created};
+use crate::auth::{Caller, Scope};
+use crate::server::AppState;
+use crate::store::VmRow;
+use crate::vms::{NewVm, Sandboxes};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateVm {
+    repo: Option<String>,
+    branch: Option<String>,
+    vcpus: Option<u8>,
+    mem_mib: Option<u64>,
+    persistence: Option<Persistence>,
+    idle_timeout_secs: Option<u64>,
+    #[serde(default)]
+    env: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Persistence {
+    #[serde(rename = "type")]
+    kind: PersistenceKind,
+}
+
+#[derive(Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum PersistenceKind {
+    Ephemeral,
+    Persistent,
+}
+
+#[derive(Debug, Serialize)]
+pub struct VmView {
+    id: String,
+    state: String,
+    backend: String,
+    repo: Option<String>,
+    branch: Option<String>,
+    parent: Option<String>,
+    vcpus: i64,
+    mem_mib: i64,
+    persistence: Value,
+    idle_timeout_secs: Option<i64>,
+    created_at: String,
+}
+
+async fn view(state: &AppState, row: VmRow) -> Result<VmView, ApiError> {
+    let repo = match &row.repo_id {
+        Some(id) => state.store.repo_by_id(id).await?.map(|r| r.full_name()),
+        None => None,
+    };
+    Ok(VmView {
+        id: row.id,
+        state: row.state,
+        backend: row.backend,
+        repo,
+        branch: row.branch,
+        parent: row.parent_id,
+        vcpus: row.vcpus,
+        mem_mib: row.mem_mib,
+        persistence: json!({ "type": if row.persistent { "persistent" } else { "ephemeral" } }),
+        idle_timeout_secs: row.idle_timeout_secs,
+        created_at: row.created_at,
+    })
+}
+
+/// A VM's view plus what a fork or resume carried over (`kept`, `note`).
+fn with_carried(view: VmView, carried: &::sandbox::Carried) -> Result<Value, ApiError> {
+    let mut value = serde_json::to_value(view).map_err(ApiError::internal)?;
+    value["kept"] = json!(carried.kept);
+    value["note"] = json!(carried.note);
+    Ok(value)
+}
+
+/// The VM `id`, if the caller may use it (others' VMs are "not found").
+async fn owned(state: &AppState, caller: &Caller, id: &str) -> Result<VmRow, ApiError> {
+    let row = sandboxes(state)?.get(id).await?;
+    if caller.is_admin() || row.created_by.as_deref() == Some(caller.token_id.as_str()) {
+        Ok(row)
+    } else {
+        Err(ApiError::not_found(format!("VM {id} does not exist")))
+    }
+}
+
+fn sandboxes(state: &AppState) -> Result<&Sandboxes, ApiError> {
+    Ok(&state.sandboxes)
+}
+
+pub async fn system(State(state): State<AppState>, _caller: Caller) -> Json<Value> {
+    let (backend, reason, image) = state.sandboxes.describe();
+    Json(json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "sandboxes": {
+            "backend": backend.map(|b| b.to_string()),
+            "reason": reason,
+            "image": image,
+            "limits": {
+                "max_live": state.sandboxes.limits().max_live,
+                "max_vcpus": state.sandboxes.limits().max_vcpus,
+                "max_mem_mib": state.sandboxes.limits().max_mem_mib,
+                "max_fork_count": state.sandboxes.limits().max_fork_count,
+            },
+        },
+    }))
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    Body(request): Body<CreateVm>,
+) -> Result<(StatusCode, Json<VmView>), ApiError> {
+    caller.check(Scope::RepoWrite)?;
+    let repo_id = match &request.repo {
+        Some(full) => {
+            let name = crate::git::RepoName::parse(full)
+                .map_err(|e| ApiError::bad_request(e.to_string()))?;
+            let repo =
+                super::repos_authorize(&state, &caller, &name.owner, &name.name, Scope::RepoWrite)
+                    .await?;
+            Some(repo.id)
+        }
+        None => None,
+    };
+    if request.branch.is_some() && repo_id.is_none() {
+        return Err(ApiError::bad_request("branch needs repo"));
+    }
+    let persistent = request.persistence.map(|p| p.kind) != Some(PersistenceKind::Ephemeral);
+    let row = state
+        .sandboxes
+        .create(NewVm {
+            vcpus: request.vcpus.unwrap_or(1),
+            mem_mib: request.mem_mib.unwrap_or(512),
+            persistent,
+            idle_timeout_secs: request.idle_timeout_secs,
+            env: request.env.into_iter().collect(),
+            repo_id,
+            branch: request.branch,
+            created_by: caller.token_id.clone(),
+        })
+        .await?;
+    Ok(created(view(&state, row).await?))
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<Vec<VmView>>, ApiError> {
+    let mut views = Vec::new();
+    for row in state.sandboxes.list().await? {
+        if caller.is_admin() || row.created_by.as_deref() == Some(caller.token_id.as_str()) {
+            views.push(view(&state, row).await?);
+        }
+    }
+    Ok(Json(views))
+}
+
+pub async fn show(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let row = owned(&state, &caller, &id).await?;
+    let stats = if matches!(row.state.as_str(), "running" | "paused") {
+        state.sandboxes.stats(&id).await.ok()
+    } else {
+        None
+    };
+    let mut value = serde_json::to_value(view(&state, row).await?).map_err(ApiError::internal)?;
+    value["stats"] = serde_json::to_value(stats).map_err(ApiError::internal)?;
+    Ok(Json(value))
+}
+
+pub async fn delete(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    owned(&state, &caller, &id).await?;
+    state.sandboxes.destroy(&id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecRequest {
+    command: Option<String>,
+    argv: Option<Vec<String>>,
+    #[serde(default)]
+    env: std::collections::BTreeMap<String, String>,
+    cwd: Option<String>,
+    stdin: Option<String>,
+    timeout_secs: Option<u64>,
+}
+
+pub async fn exec(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Body(request): Body<ExecRequest>,
+) -> Result<Json<Value>, ApiError> {
+    owned(&state, &caller, &id).await?;
+    let mut command = match (request.command, request.argv) {
+        (Some(script), None) => ::sandbox::Command::shell(script),
+        (None, Some(argv)) if !argv.is_empty() => ::sandbox::Command::new(argv),
+        _ => {
+            return Err(ApiError::bad_request(
+                "give exactly one of command (a shell script) or argv (a non-empty list)",
+            ));
+        }
+    };
+    for (key, value) in request.env {
+        command = command.env(key, value);
+    }
+    if let Some(cwd) = request.cwd {
+        command = command.cwd(cwd);
+    }
+    if let Some(stdin) = request.stdin {
+        command = command.stdin(stdin.into_bytes());
+    }
+    command = command.timeout(Duration::from_secs(
+        request.timeout_secs.unwrap_or(300).clamp(1, 3600),
+    ));
+    let output = state.sandboxes.exec(&id, command).await?;
+    let exit_code = match output.exited.status {
+        ::sandbox::ExitStatus::Code(code) => code,
+        ::sandbox::ExitStatus::Signal(signal) => 128 + signal,
+    };
+    Ok(Json(json!({
+        "stdout": String::from_utf8_lossy(&output.stdout),
+        "stderr": String::from_utf8_lossy(&output.stderr),
+        "exit_code": exit_code,
+        "duration_ms": output.exited.duration_ms,
+        "truncated": output.exited.truncated,
+        "timed_out": output.exited.timed_out,
+    })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForkRequest {
+    count: Option<usize>,
+}
+
+pub async fn fork(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Body(request): Body<ForkRequest>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    owned(&state, &caller, &id).await?;
+    let forks = state
+        .sandboxes
+        .fork(&id, request.count.unwrap_or(1), &caller.token_id)
+        .await?;
+    let mut views = Vec::new();
+    for (row, carried) in forks {
+        let mut value =
+            serde_json::to_value(view(&state, row).await?).map_err(ApiError::internal)?;
+        value["kept"] = json!(carried.kept);
+        value["note"] = json!(carried.note);
+        views.push(value);
+    }
+    Ok(created(json!({ "forks": views })))
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct PauseRequest {
+    #[serde(default)]
+    to_disk: bool,
+}
+
+pub async fn pause(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Json<VmView>, ApiError> {
+    owned(&state, &caller, &id).await?;
+    // The body is optional: no body is a pause in memory.
+    let request: PauseRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        PauseRequest::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request(format!("invalid pause request: {e}")))?
+    };
+    let to_disk = request.to_disk;
+    let mode = if to_disk {
+        ::sandbox::PauseMode::Disk
+    } else {
+        ::sandbox::PauseMode::Memory
+    };
+    let row = state.sandboxes.pause(&id, mode).await?;
+    Ok(Json(view(&state, row).await?))
+}
+
+pub async fn resume(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    owned(&state, &caller, &id).await?;
+    let (row, carried) = state.sandboxes.resume(&id).await?;
+    Ok(Json(with_carried(view(&state, row).await?, &carried)?))
+}
+
+pub async fn read_file(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((id, path)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    owned(&state, &caller, &id).await?;
+    let path = format!("/{path}");
+    if path.ends_with('/') {
+        let entries = state.sandboxes.list_files(&id, &path).await?;
+        return Ok(Json(entries).into_response());
+    }
+    let data = state.sandboxes.read_file(&id, &path).await?;
+    Ok(([("content-type", "application/octet-stream")], data).into_response())
+}
+
+pub async fn write_file(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((id, path)): Path<(String, String)>,
+    data: Bytes,
+) -> Result<StatusCode, ApiError> {
+    owned(&state, &caller, &id).await?;
+    state
+        .sandboxes
+        .write_file(&id, &format!("/{path}"), &data)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn delete_file(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((id, path)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    owned(&state, &caller, &id).await?;
+    state
+        .sandboxes
+        .delete_file(&id, &format!("/{path}"))
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}

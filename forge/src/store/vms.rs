@@ -1,0 +1,111 @@
+//! The `vms` table.
+
+use super::{Result, Store};
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct VmRow {
+    pub id: String,
+    pub backend: String,
+    pub state: String,
+    pub repo_id: Option<String>,
+    pub branch: Option<String>,
+    pub parent_id: Option<String>,
+    pub vcpus: i64,
+    pub mem_mib: i64,
+    pub persistent: bool,
+    pub idle_timeout_secs: Option<i64>,
+    pub created_by: Option<String>,
+    pub created_at: String,
+    pub last_active_unix: i64,
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+impl Store {
+    pub async fn insert_vm(&self, vm: &VmRow) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO vms (id, backend, state, repo_id, branch, parent_id, vcpus, mem_mib, persistent,
+                              idle_timeout_secs, created_by, created_at, last_active_unix)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&vm.id)
+        .bind(&vm.backend)
+        .bind(&vm.state)
+        .bind(&vm.repo_id)
+        .bind(&vm.branch)
+        .bind(&vm.parent_id)
+        .bind(vm.vcpus)
+        .bind(vm.mem_mib)
+        .bind(vm.persistent)
+        .bind(vm.idle_timeout_secs)
+        .bind(&vm.created_by)
+        .bind(&vm.created_at)
+        .bind(vm.last_active_unix)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn vm(&self, id: &str) -> Result<Option<VmRow>> {
+        Ok(sqlx::query_as("SELECT * FROM vms WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    pub async fn list_vms(&self) -> Result<Vec<VmRow>> {
+        Ok(sqlx::query_as("SELECT * FROM vms ORDER BY created_at, id")
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    pub async fn set_vm_state(&self, id: &str, state: &str) -> Result<()> {
+        sqlx::query("UPDATE vms SET state = ? WHERE id = ?")
+            .bind(state)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Records traffic (exec, files, preview), which defers the idle timeout.
+    pub async fn touch_vm(&self, id: &str) -> Result<()> {
+        sqlx::query("UPDATE vms SET last_active_unix = ? WHERE id = ?")
+            .bind(unix_now())
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn delete_vm(&self, id: &str) -> Result<()> {
+        sqlx::query("DELETE FROM vms WHERE id = ?")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Running VMs whose idle timeout has passed at `now`.
+    pub async fn idle_vms(&self, now: i64) -> Result<Vec<VmRow>> {
+        Ok(sqlx::query_as(
+            "SELECT * FROM vms WHERE state IN ('running', 'paused') AND idle_timeout_secs IS NOT NULL
+               AND last_active_unix + idle_timeout_secs <= ?",
+        )
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// How many VMs hold resources (running or paused in memory).
+    pub async fn count_live_vms(&self) -> Result<i64> {
+        let (count,): (i64,) =
+            sqlx::query_as("SELECT COUNT(*) FROM vms WHERE state IN ('running', 'paused')")
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(count)
+    }
+}

@@ -1,0 +1,60 @@
+//! Errors of VM operations, each with the status the API gives it.
+
+use axum::http::StatusCode;
+
+use crate::api::ApiError;
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error("VM {0} does not exist")]
+    NotFound(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("VM {0} crashed: its processes are gone. Its disk is kept until you delete it")]
+    Crashed(String),
+    #[error(
+        "{live} sandboxes are running or paused in memory, the forge's cap is {cap}: pause to disk or delete one"
+    )]
+    Capacity { live: usize, cap: usize },
+    #[error("Sandboxes are unavailable on this forge: {0}")]
+    Unavailable(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Sandbox(#[from] ::sandbox::Error),
+}
+
+impl From<VmError> for ApiError {
+    fn from(error: VmError) -> Self {
+        use ::sandbox::Error as S;
+        let message = error.to_string();
+        match error {
+            VmError::NotFound(_) | VmError::Sandbox(S::NotFound(_)) => {
+                ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
+            }
+            VmError::Invalid(_) | VmError::Sandbox(S::Invalid(_) | S::PathEscapes { .. }) => {
+                ApiError::bad_request(message)
+            }
+            VmError::Conflict(_)
+            | VmError::Crashed(_)
+            | VmError::Sandbox(S::WrongState { .. } | S::Unsupported { .. }) => {
+                ApiError::conflict(message)
+            }
+            VmError::Capacity { .. } => {
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "capacity", message)
+            }
+            VmError::Unavailable(_) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+            }
+            VmError::Sandbox(ref inner) if inner.remote_kind().is_some() => {
+                // The agent refused (missing file, not a directory, ...).
+                ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
+            }
+            VmError::Store(inner) => inner.into(),
+            VmError::Sandbox(inner) => ApiError::internal(inner),
+        }
+    }
+}

@@ -1,0 +1,428 @@
+//! Sandboxes as the API offers them ("VMs"): created from the guest image
+//! on the backend chosen at start-up, recorded in the `vms` table, and kept
+//! within limits.
+//!
+//! - **Backend**: [`::sandbox::probe`] picks microVM or container and says
+//!   why; the operator may force one (`--sandbox-backend`). When none can
+//!   run (not root, no image), the VM API answers `503` with the reason and
+//!   the rest of the forge works.
+//! - **One lifecycle operation at a time per VM**: fork, pause, resume and
+//!   destroy take the VM's lock; exec and file requests take it only while
+//!   making sure the VM runs, then run side by side. Concurrent requests are
+//!   thus serialised without deadlock (one lock per VM, never two held), and
+//!   different VMs never wait on each other.
+//! - **Transparent resume**: exec and file requests to a paused VM resume it
+//!   first. Traffic defers the idle timeout.
+//! - **Idle timeout**: a reaper looks every second; a persistent VM idle past
+//!   its timeout is paused to disk (no CPU, no RAM), an ephemeral one is
+//!   destroyed.
+//! - **Crashes**: a VM whose processes are gone is marked `crashed` (at
+//!   start-up reconcile and whenever a request finds it so) and stays so: its
+//!   disk is kept for inspection until it is deleted. It is not restarted
+//!   behind the user's back.
+//! - **Cap**: at most `max_live` VMs hold resources (running or paused in
+//!   memory); one more is `429` with the cap in the message, never a hang.
+
+mod error;
+mod reaper;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ::sandbox::{Backend, BackendKind, Carried, Command, Image, PauseMode, Spec, State};
+
+pub use error::VmError;
+
+use crate::store::{Store, VmRow, unix_now};
+
+/// Bounds on what one request may ask for.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// VMs running or paused in memory at once.
+    pub max_live: usize,
+    pub max_vcpus: u8,
+    pub max_mem_mib: u64,
+    pub max_fork_count: usize,
+    /// Captured stdout + stderr of one exec.
+    pub max_output_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_live: 200,
+            max_vcpus: 4,
+            max_mem_mib: 8192,
+            max_fork_count: 50,
+            max_output_bytes: 4 << 20,
+        }
+    }
+}
+
+/// What a new VM should be.
+#[derive(Debug, Clone)]
+pub struct NewVm {
+    pub vcpus: u8,
+    pub mem_mib: u64,
+    pub persistent: bool,
+    pub idle_timeout_secs: Option<u64>,
+    pub env: Vec<(String, String)>,
+    pub repo_id: Option<String>,
+    pub branch: Option<String>,
+    pub created_by: String,
+}
+
+/// The backend in use, or why there is none.
+pub enum Availability {
+    Ready {
+        backend: Arc<dyn Backend>,
+        image: Image,
+        reason: String,
+    },
+    Unavailable(String),
+}
+
+/// The forge's sandboxes.
+pub struct Sandboxes {
+    availability: Availability,
+    store: Store,
+    limits: Limits,
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// A VM's state as the API and the table name it.
+pub fn state_name(state: State) -> &'static str {
+    match state {
+        State::Running => "running",
+        State::Paused => "paused",
+        State::PausedToDisk => "paused_to_disk",
+        State::Crashed => "crashed",
+    }
+}
+
+impl Sandboxes {
+    pub fn new(availability: Availability, store: Store, limits: Limits) -> Arc<Self> {
+        Arc::new(Self {
+            availability,
+            store,
+            limits,
+            locks: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// The backend's name and why it was chosen, or why none runs.
+    pub fn describe(&self) -> (Option<BackendKind>, String, Option<PathBuf>) {
+        match &self.availability {
+            Availability::Ready {
+                backend,
+                image,
+                reason,
+            } => (
+                Some(backend.kind()),
+                reason.clone(),
+                Some(image.root.clone()),
+            ),
+            Availability::Unavailable(reason) => (None, reason.clone(), None),
+        }
+    }
+
+    fn ready(&self) -> Result<(&Arc<dyn Backend>, &Image), VmError> {
+        match &self.availability {
+            Availability::Ready { backend, image, .. } => Ok((backend, image)),
+            Availability::Unavailable(reason) => Err(VmError::Unavailable(reason.clone())),
+        }
+    }
+
+    fn lock_of(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+        locks.entry(id.to_owned()).or_default().clone()
+    }
+
+    /// The VM's record, with its state refreshed from the backend (a VM
+    /// whose processes died is recorded `crashed` here).
+    pub async fn get(&self, id: &str) -> Result<VmRow, VmError> {
+        let mut row = self
+            .store
+            .vm(id)
+            .await?
+            .ok_or_else(|| VmError::NotFound(id.to_owned()))?;
+        if let Ok((backend, _)) = self.ready()
+            && matches!(row.state.as_str(), "running" | "paused")
+        {
+            let live = match backend.get(id).await {
+                Ok(info) => state_name(info.state),
+                Err(::sandbox::Error::NotFound(_)) => "crashed",
+                Err(error) => return Err(error.into()),
+            };
+            if live != row.state {
+                if live == "crashed" {
+                    tracing::warn!(vm = id, "sandbox found crashed");
+                }
+                self.store.set_vm_state(id, live).await?;
+                row.state = live.to_owned();
+            }
+        }
+        Ok(row)
+    }
+
+    pub async fn list(&self) -> Result<Vec<VmRow>, VmError> {
+        let mut rows = Vec::new();
+        for row in self.store.list_vms().await? {
+            rows.push(self.get(&row.id).await.unwrap_or(row));
+        }
+        Ok(rows)
+    }
+
+    async fn check_capacity(&self, adding: usize) -> Result<(), VmError> {
+        let live = self.store.count_live_vms().await? as usize;
+        if live + adding > self.limits.max_live {
+            return Err(VmError::Capacity {
+                live,
+                cap: self.limits.max_live,
+            });
+        }
+        Ok(())
+    }
+
+    pub async fn create(&self, request: NewVm) -> Result<VmRow, VmError> {
+        let (backend, image) = self.ready()?;
+        if request.vcpus == 0 || request.vcpus > self.limits.max_vcpus {
+            return Err(VmError::Invalid(format!(
+                "vcpus must be between 1 and {}",
+                self.limits.max_vcpus
+            )));
+        }
+        if request.mem_mib < 128 || request.mem_mib > self.limits.max_mem_mib {
+            return Err(VmError::Invalid(format!(
+                "mem_mib must be between 128 and {}",
+                self.limits.max_mem_mib
+            )));
+        }
+        self.check_capacity(1).await?;
+        let mut spec = Spec::new(image.clone());
+        spec.vcpus = request.vcpus;
+        spec.mem_mib = request.mem_mib;
+        spec.env = request.env.clone();
+        let info = backend.create(spec).await?;
+        let row = VmRow {
+            id: info.id.clone(),
+            backend: backend.kind().to_string(),
+            state: state_name(info.state).to_owned(),
+            repo_id: request.repo_id,
+            branch: request.branch,
+            parent_id: None,
+            vcpus: i64::from(request.vcpus),
+            mem_mib: request.mem_mib as i64,
+            persistent: request.persistent,
+            idle_timeout_secs: request.idle_timeout_secs.map(|s| s as i64),
+            created_by: Some(request.created_by),
+            created_at: crate::store::now(),
+            last_active_unix: unix_now(),
+        };
+        if let Err(error) = self.store.insert_vm(&row).await {
+            let _ = backend.destroy(&info.id).await;
+            return Err(error.into());
+        }
+        tracing::info!(vm = %row.id, backend = %row.backend, "sandbox created");
+        Ok(row)
+    }
+
+    /// Makes sure the VM runs (resuming it when paused) and records the
+    /// traffic. Call with the VM's lock held.
+    async fn running(&self, id: &str) -> Result<(), VmError> {
+        let (backend, _) = self.ready()?;
+        let row = self.get(id).await?;
+        match row.state.as_str() {
+            "running" => {}
+            "paused" | "paused_to_disk" => {
+                let carried = backend.resume(id).await?;
+                self.store
+                    .set_vm_state(id, state_name(carried.sandbox.state))
+                    .await?;
+                tracing::info!(vm = id, kept = ?carried.kept, "sandbox resumed on demand");
+            }
+            _ => return Err(VmError::Crashed(id.to_owned())),
+        }
+        self.store.touch_vm(id).await?;
+        Ok(())
+    }
+
+    pub async fn exec(&self, id: &str, command: Command) -> Result<::sandbox::Output, VmError> {
+        let (backend, _) = self.ready()?;
+        let lock = self.lock_of(id);
+        let guard = lock.lock().await;
+        self.running(id).await?;
+        drop(guard);
+        let command = command.output_limit_bytes(self.limits.max_output_bytes);
+        let output = backend.exec(id, command).await;
+        self.store.touch_vm(id).await?;
+        Ok(output?)
+    }
+
+    pub async fn read_file(&self, id: &str, path: &str) -> Result<Vec<u8>, VmError> {
+        let (backend, _) = self.ready()?;
+        self.with_running(id).await?;
+        Ok(backend.read_file(id, path).await?)
+    }
+
+    pub async fn write_file(&self, id: &str, path: &str, data: &[u8]) -> Result<(), VmError> {
+        let (backend, _) = self.ready()?;
+        self.with_running(id).await?;
+        Ok(backend.write_file(id, path, data).await?)
+    }
+
+    pub async fn list_files(
+        &self,
+        id: &str,
+        path: &str,
+    ) -> Result<Vec<::sandbox::DirEntry>, VmError> {
+        let (backend, _) = self.ready()?;
+        self.with_running(id).await?;
+        Ok(backend.list_files(id, path).await?)
+    }
+
+    pub async fn delete_file(&self, id: &str, path: &str) -> Result<(), VmError> {
+        let (backend, _) = self.ready()?;
+        self.with_running(id).await?;
+        Ok(backend.delete_file(id, path).await?)
+    }
+
+    async fn with_running(&self, id: &str) -> Result<(), VmError> {
+        let lock = self.lock_of(id);
+        let _guard = lock.lock().await;
+        self.running(id).await
+    }
+
+    pub async fn pause(&self, id: &str, mode: PauseMode) -> Result<VmRow, VmError> {
+        let (backend, _) = self.ready()?;
+        let lock = self.lock_of(id);
+        let _guard = lock.lock().await;
+        let row = self.get(id).await?;
+        if row.state == "crashed" {
+            return Err(VmError::Crashed(id.to_owned()));
+        }
+        let info = backend.pause(id, mode).await?;
+        self.store.set_vm_state(id, state_name(info.state)).await?;
+        tracing::info!(vm = id, ?mode, "sandbox paused");
+        self.get(id).await
+    }
+
+    pub async fn resume(&self, id: &str) -> Result<(VmRow, Carried), VmError> {
+        let (backend, _) = self.ready()?;
+        let lock = self.lock_of(id);
+        let _guard = lock.lock().await;
+        let row = self.get(id).await?;
+        match row.state.as_str() {
+            "crashed" => return Err(VmError::Crashed(id.to_owned())),
+            "running" => {
+                return Err(VmError::Conflict(format!("VM {id} is already running")));
+            }
+            _ => {}
+        }
+        let carried = backend.resume(id).await?;
+        self.store
+            .set_vm_state(id, state_name(carried.sandbox.state))
+            .await?;
+        self.store.touch_vm(id).await?;
+        Ok((self.get(id).await?, carried))
+    }
+
+    /// Makes `count` copies of a running (or paused: resumed first) VM.
+    pub async fn fork(
+        &self,
+        id: &str,
+        count: usize,
+        by: &str,
+    ) -> Result<Vec<(VmRow, Carried)>, VmError> {
+        let (backend, _) = self.ready()?;
+        if count == 0 || count > self.limits.max_fork_count {
+            return Err(VmError::Invalid(format!(
+                "count must be between 1 and {}",
+                self.limits.max_fork_count
+            )));
+        }
+        let lock = self.lock_of(id);
+        let _guard = lock.lock().await;
+        self.running(id).await?;
+        self.check_capacity(count).await?;
+        let parent = self.get(id).await?;
+        let copies = backend.fork(id, count).await?;
+        let mut forks = Vec::with_capacity(copies.len());
+        for carried in copies {
+            let row = VmRow {
+                id: carried.sandbox.id.clone(),
+                state: state_name(carried.sandbox.state).to_owned(),
+                parent_id: Some(id.to_owned()),
+                created_by: Some(by.to_owned()),
+                created_at: crate::store::now(),
+                last_active_unix: unix_now(),
+                ..parent.clone()
+            };
+            self.store.insert_vm(&row).await?;
+            forks.push((row, carried));
+        }
+        tracing::info!(vm = id, count, "sandbox forked");
+        Ok(forks)
+    }
+
+    pub async fn destroy(&self, id: &str) -> Result<(), VmError> {
+        let (backend, _) = self.ready()?;
+        let lock = self.lock_of(id);
+        let guard = lock.lock().await;
+        self.store
+            .vm(id)
+            .await?
+            .ok_or_else(|| VmError::NotFound(id.to_owned()))?;
+        match backend.destroy(id).await {
+            Ok(()) | Err(::sandbox::Error::NotFound(_)) => {}
+            Err(error) => return Err(error.into()),
+        }
+        self.store.delete_vm(id).await?;
+        drop(guard);
+        self.locks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+        tracing::info!(vm = id, "sandbox destroyed");
+        Ok(())
+    }
+
+    pub async fn stats(&self, id: &str) -> Result<::sandbox::Stats, VmError> {
+        let (backend, _) = self.ready()?;
+        Ok(backend.stats(id).await?)
+    }
+
+    /// At start-up: records as `crashed` every VM the backend no longer
+    /// runs. Returns how many were marked.
+    pub async fn reconcile(&self) -> Result<usize, VmError> {
+        if self.ready().is_err() {
+            return Ok(0);
+        }
+        let mut crashed = 0;
+        for row in self.store.list_vms().await? {
+            let before = row.state.clone();
+            if let Ok(after) = self.get(&row.id).await
+                && after.state == "crashed"
+                && before != "crashed"
+            {
+                crashed += 1;
+            }
+        }
+        Ok(crashed)
+    }
+
+    /// Starts the idle reaper; it stops when `shutdown` is cancelled.
+    pub fn start_reaper(
+        self: &Arc<Self>,
+        every: Duration,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) {
+        reaper::start(self.clone(), every, shutdown);
+    }
+}

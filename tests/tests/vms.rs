@@ -1,0 +1,329 @@
+//! The VM API end to end, on the container backend with the host's guest
+//! image: create, exec, fork, pause, resume, files, limits, crashes.
+
+#![allow(clippy::unwrap_used)] // A test that cannot unwrap has failed: say so loudly.
+
+use std::time::{Duration, Instant};
+
+use e2e::TestForge;
+use serde_json::{Value, json};
+
+/// A forge with sandboxes, or `None` (with a plain message) where this
+/// host cannot run them.
+fn forge(max_live: usize) -> Option<TestForge> {
+    if let Some(reason) = e2e::sandboxes_unavailable() {
+        println!("SKIPPED: {reason}");
+        return None;
+    }
+    Some(TestForge::builder().with_sandboxes(max_live).start())
+}
+
+fn exec(forge: &TestForge, vm: &str, command: &str) -> Value {
+    forge.admin(
+        "POST",
+        &format!("/v1/vms/{vm}/exec"),
+        Some(json!({ "command": command })),
+    )
+}
+
+fn stdout(forge: &TestForge, vm: &str, command: &str) -> String {
+    let out = exec(forge, vm, command);
+    assert_eq!(out["exit_code"], 0, "{command}: {out}");
+    out["stdout"].as_str().unwrap().to_owned()
+}
+
+fn write(forge: &TestForge, vm: &str, path: &str, content: &str) {
+    let response = reqwest::blocking::Client::new()
+        .put(format!("{}/v1/vms/{vm}/files/{path}", forge.url))
+        .bearer_auth(&forge.admin_token)
+        .body(content.to_owned())
+        .send()
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 204);
+}
+
+fn read(forge: &TestForge, vm: &str, path: &str) -> (u16, String) {
+    let response = reqwest::blocking::Client::new()
+        .get(format!("{}/v1/vms/{vm}/files/{path}", forge.url))
+        .bearer_auth(&forge.admin_token)
+        .send()
+        .unwrap();
+    (response.status().as_u16(), response.text().unwrap())
+}
+
+#[test]
+fn create_exec_fork_and_isolation() {
+    let Some(forge) = forge(20) else { return };
+    let system = forge.admin("GET", "/v1/system", None);
+    assert_eq!(system["sandboxes"]["backend"], "container", "{system}");
+    let vm = forge.admin("POST", "/v1/vms", Some(json!({})));
+    let id = vm["id"].as_str().unwrap().to_owned();
+    assert_eq!(vm["state"], "running");
+    assert_eq!(vm["backend"], "container");
+    let out = exec(&forge, &id, "echo hi; echo oops >&2; exit 3");
+    assert_eq!(
+        (
+            out["stdout"].as_str(),
+            out["stderr"].as_str(),
+            out["exit_code"].as_i64()
+        ),
+        (Some("hi\n"), Some("oops\n"), Some(3))
+    );
+    let argv = forge.admin(
+        "POST",
+        &format!("/v1/vms/{id}/exec"),
+        Some(json!({ "argv": ["sh", "-c", "echo $GREETING from $(pwd); cat"], "env": { "GREETING": "hello" }, "cwd": "/tmp", "stdin": "piped" })),
+    );
+    assert_eq!(argv["stdout"], "hello from /tmp\npiped");
+
+    write(&forge, &id, "workspace/shared.txt", "from the parent");
+    let forks = forge.admin(
+        "POST",
+        &format!("/v1/vms/{id}/fork"),
+        Some(json!({ "count": 3 })),
+    );
+    let forks: Vec<String> = forks["forks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            assert_eq!(f["parent"], id.as_str());
+            assert!(
+                f["kept"].as_array().unwrap().contains(&json!("disk")),
+                "{f}"
+            );
+            f["id"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(forks.len(), 3);
+    for (i, fork) in forks.iter().enumerate() {
+        assert_eq!(
+            read(&forge, fork, "workspace/shared.txt"),
+            (200, "from the parent".to_owned())
+        );
+        write(&forge, fork, "workspace/own.txt", &format!("fork {i}"));
+    }
+    for (i, fork) in forks.iter().enumerate() {
+        assert_eq!(
+            read(&forge, fork, "workspace/own.txt").1,
+            format!("fork {i}"),
+            "each fork sees only its own write"
+        );
+    }
+    assert_eq!(
+        read(&forge, &id, "workspace/own.txt").0,
+        404,
+        "the parent sees no fork's write"
+    );
+    let listed = forge.admin("GET", "/v1/vms", None);
+    assert_eq!(listed.as_array().unwrap().len(), 4);
+
+    // Bad input.
+    let (status, body) = forge.call(Some(&forge.admin_token), "GET", "/v1/vms/sb-nope", None);
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("not_found"))
+    );
+    for count in [0, 1000] {
+        let (status, body) = forge.call(
+            Some(&forge.admin_token),
+            "POST",
+            &format!("/v1/vms/{id}/fork"),
+            Some(json!({ "count": count })),
+        );
+        assert_eq!(status, 400, "{body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("between 1 and 50"),
+            "{body}"
+        );
+    }
+    let (status, body) = read(&forge, &id, "..%2F..%2F..%2Fetc%2Fpasswd");
+    assert_eq!(status, 400, "{body}");
+    let big = exec(&forge, &id, "head -c 6000000 /dev/zero | tr '\\0' x");
+    assert_eq!(big["truncated"], true);
+    assert!(big["stdout"].as_str().unwrap().len() <= 4 << 20);
+
+    // Someone else's token sees none of these VMs.
+    let other = forge.create_token("other", &["repo:write"], None);
+    let (status, _) = forge.call(Some(&other), "GET", &format!("/v1/vms/{id}"), None);
+    assert_eq!(status, 404);
+    let (status, _) = forge.call(
+        Some(&other),
+        "POST",
+        &format!("/v1/vms/{id}/exec"),
+        Some(json!({ "command": "true" })),
+    );
+    assert_eq!(status, 404);
+
+    forge.admin("DELETE", &format!("/v1/vms/{id}"), None);
+    let (status, _) = forge.call(
+        Some(&forge.admin_token),
+        "GET",
+        &format!("/v1/vms/{id}"),
+        None,
+    );
+    assert_eq!(status, 404);
+}
+
+#[test]
+fn pause_resume_idle_timeout_and_crash() {
+    let Some(forge) = forge(20) else { return };
+    let vm = forge.admin("POST", "/v1/vms", Some(json!({ "idle_timeout_secs": 2 })));
+    let id = vm["id"].as_str().unwrap().to_owned();
+    write(&forge, &id, "workspace/keep.txt", "kept");
+    stdout(
+        &forge,
+        &id,
+        "nohup sh -c 'i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.05; done' >/dev/null 2>&1 &",
+    );
+    std::thread::sleep(Duration::from_millis(300));
+
+    let paused = forge.admin("POST", &format!("/v1/vms/{id}/pause"), None);
+    assert_eq!(paused["state"], "paused");
+    let resumed = forge.admin("POST", &format!("/v1/vms/{id}/resume"), None);
+    assert_eq!(resumed["state"], "running");
+    let before: u64 = stdout(&forge, &id, "cat /tmp/count")
+        .trim()
+        .parse()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let after: u64 = stdout(&forge, &id, "cat /tmp/count")
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        after > before,
+        "the process goes on counting after resume: {before} -> {after}"
+    );
+
+    let to_disk = forge.admin(
+        "POST",
+        &format!("/v1/vms/{id}/pause"),
+        Some(json!({ "to_disk": true })),
+    );
+    assert_eq!(to_disk["state"], "paused_to_disk");
+    // An exec resumes it transparently; files survive.
+    assert_eq!(stdout(&forge, &id, "cat /workspace/keep.txt"), "kept");
+    assert_eq!(
+        forge.admin("GET", &format!("/v1/vms/{id}"), None)["state"],
+        "running"
+    );
+
+    // Idle for its timeout: paused to disk by itself; the next exec resumes.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let state = forge.admin("GET", &format!("/v1/vms/{id}"), None)["state"].clone();
+        if state == "paused_to_disk" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never paused when idle: {state}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert_eq!(stdout(&forge, &id, "cat /workspace/keep.txt"), "kept");
+
+    // Killing the sandbox's processes: the API says crashed, clearly.
+    let ephemeral = forge.admin(
+        "POST",
+        "/v1/vms",
+        Some(json!({ "persistence": { "type": "ephemeral" } })),
+    );
+    let victim = ephemeral["id"].as_str().unwrap().to_owned();
+    let pid = forge
+        .sandbox_pid(&victim)
+        .expect("the backend records PID 1");
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while forge.admin("GET", &format!("/v1/vms/{victim}"), None)["state"] != "crashed" {
+        assert!(Instant::now() < deadline, "never marked crashed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (status, body) = forge.call(
+        Some(&forge.admin_token),
+        "POST",
+        &format!("/v1/vms/{victim}/exec"),
+        Some(json!({ "command": "true" })),
+    );
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("crashed"),
+        "{body}"
+    );
+    forge.admin("DELETE", &format!("/v1/vms/{victim}"), None);
+}
+
+#[test]
+fn the_cap_is_a_clear_429_and_concurrent_operations_do_not_deadlock() {
+    let Some(forge) = forge(2) else { return };
+    let a = forge.admin("POST", "/v1/vms", Some(json!({})))["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let _b = forge.admin("POST", "/v1/vms", Some(json!({})));
+    let (status, body) = forge.call(Some(&forge.admin_token), "POST", "/v1/vms", Some(json!({})));
+    assert_eq!(status, 429, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("cap is 2"),
+        "{body}"
+    );
+    forge.admin(
+        "POST",
+        &format!("/v1/vms/{a}/pause"),
+        Some(json!({ "to_disk": true })),
+    );
+    let c = forge.admin("POST", "/v1/vms", Some(json!({})))["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // Pause, resume and exec on one VM from several threads at once.
+    let url = forge.url.clone();
+    let token = forge.admin_token.clone();
+    let handles: Vec<_> = (0..12)
+        .map(|i| {
+            let (url, token, c) = (url.clone(), token.clone(), c.clone());
+            std::thread::spawn(move || {
+                let client = reqwest::blocking::Client::builder()
+                    .timeout(Duration::from_secs(60))
+                    .build()
+                    .unwrap();
+                let (path, body) = match i % 3 {
+                    0 => ("pause", json!({})),
+                    1 => ("resume", json!({})),
+                    _ => ("exec", json!({ "command": "echo ok" })),
+                };
+                client
+                    .post(format!("{url}/v1/vms/{c}/{path}"))
+                    .bearer_auth(token)
+                    .json(&body)
+                    .send()
+                    .unwrap()
+                    .status()
+                    .as_u16()
+            })
+        })
+        .collect();
+    for handle in handles {
+        let status = handle.join().unwrap();
+        assert!(matches!(status, 200 | 409), "{status}");
+    }
+    let state = forge.admin("GET", &format!("/v1/vms/{c}"), None)["state"].clone();
+    if state == "paused" {
+        forge.admin("POST", &format!("/v1/vms/{c}/resume"), None);
+    }
+    assert_eq!(stdout(&forge, &c, "echo alive"), "alive\n");
+}
