@@ -11,6 +11,7 @@ pub mod api;
 pub mod auth;
 pub mod events;
 pub mod git;
+pub mod pipelines;
 pub mod server;
 pub mod store;
 pub mod vms;

@@ -146,6 +146,14 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         tasks: TaskTracker::new(),
         sandboxes,
     };
+    crate::pipelines::Pipelines::new(
+        state.store.clone(),
+        state.repos.clone(),
+        state.sandboxes.clone(),
+        state.events.clone(),
+        public_url.clone(),
+    )
+    .start(stopping.clone());
     let tasks = state.tasks.clone();
     let request_id = HeaderName::from_static("x-request-id");
     let app = crate::api::router(state).layer(

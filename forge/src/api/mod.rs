@@ -8,6 +8,7 @@
 mod error;
 mod events;
 mod repos;
+mod runs;
 
 pub use repos::authorize as repos_authorize;
 mod tokens;
@@ -37,6 +38,9 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/repos/{owner}/{name}/branches", get(repos::branches))
         .route("/v1/repos/{owner}/{name}/events", get(events::list))
+        .route("/v1/repos/{owner}/{name}/runs", get(runs::list))
+        .route("/v1/runs/{id}", get(runs::show))
+        .route("/v1/runs/{id}/logs", get(runs::logs))
         .route("/v1/system", get(vms::system))
         .route("/v1/vms", post(vms::create).get(vms::list))
         .route("/v1/vms/{id}", get(vms::show).delete(vms::delete))

@@ -129,6 +129,20 @@ pub fn resolve(git_dir: &Path, refname: &str) -> Result<Option<String>> {
     })
 }
 
+/// The content of `path` in `commit`, if it is a file there.
+pub fn read_file_at(git_dir: &Path, commit: &str, path: &str) -> Result<Option<Vec<u8>>> {
+    let repo = open(git_dir)?;
+    let id = ObjectId::from_hex(commit.as_bytes()).map_err(err)?;
+    let tree = repo.find_commit(id).map_err(err)?.tree().map_err(err)?;
+    let Some(entry) = tree.lookup_entry_by_path(path).map_err(err)? else {
+        return Ok(None);
+    };
+    if !entry.mode().is_blob() {
+        return Ok(None);
+    }
+    Ok(Some(entry.object().map_err(err)?.data.clone()))
+}
+
 /// Describes the update of a ref from `old` to `new` (either may be the
 /// zero id). `other_tips` are the values of the repository's other refs,
 /// which bound the commits a new ref "adds".

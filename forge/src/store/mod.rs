@@ -4,6 +4,7 @@
 
 mod events;
 mod repos;
+mod runs;
 mod tokens;
 mod vms;
 
@@ -16,6 +17,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 
 pub use events::{EventRow, NewEvent};
 pub use repos::RepoRow;
+pub use runs::{BranchSandbox, MAX_STEP_LOG, NewRun, RunRow, StepRow};
 pub use tokens::{NewToken, TokenRow};
 pub use vms::{VmRow, unix_now};
 

@@ -71,6 +71,16 @@ impl Store {
         Ok(())
     }
 
+    /// Names the branch a VM serves (a fork inherits its parent's until then).
+    pub async fn set_vm_branch(&self, id: &str, branch: &str) -> Result<()> {
+        sqlx::query("UPDATE vms SET branch = ? WHERE id = ?")
+            .bind(branch)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// Records traffic (exec, files, preview), which defers the idle timeout.
     pub async fn touch_vm(&self, id: &str) -> Result<()> {
         sqlx::query("UPDATE vms SET last_active_unix = ? WHERE id = ?")

@@ -265,6 +265,18 @@ impl Sandboxes {
         Ok(output?)
     }
 
+    /// Starts a command and streams its output (resuming a paused VM first).
+    pub async fn exec_stream(
+        &self,
+        id: &str,
+        command: Command,
+    ) -> Result<::sandbox::ExecStream, VmError> {
+        let (backend, _) = self.ready()?;
+        self.with_running(id).await?;
+        let command = command.output_limit_bytes(self.limits.max_output_bytes);
+        Ok(backend.exec_stream(id, command).await?)
+    }
+
     pub async fn read_file(&self, id: &str, path: &str) -> Result<Vec<u8>, VmError> {
         let (backend, _) = self.ready()?;
         self.with_running(id).await?;

@@ -1,0 +1,176 @@
+//! Pipeline runs: `GET /v1/repos/{owner}/{name}/runs`, `GET /v1/runs/{id}`,
+//! `GET /v1/runs/{id}/logs` (plain text; `?follow=true` streams it as
+//! server-sent events until the run ends).
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::ApiError;
+use super::repos::authorize;
+use crate::auth::{Caller, Scope};
+use crate::server::AppState;
+use crate::store::RunRow;
+
+#[derive(Debug, Deserialize)]
+pub struct RunQuery {
+    before: Option<i64>,
+    limit: Option<i64>,
+}
+
+const FINISHED: [&str; 4] = ["passed", "failed", "cancelled", "error"];
+
+async fn with_steps(state: &AppState, run: RunRow) -> Result<Value, ApiError> {
+    let steps = state.store.steps(run.id).await?;
+    let mut value = serde_json::to_value(&run).map_err(ApiError::internal)?;
+    value["steps"] = serde_json::to_value(steps).map_err(ApiError::internal)?;
+    Ok(value)
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((owner, name)): Path<(String, String)>,
+    Query(query): Query<RunQuery>,
+) -> Result<Json<Vec<Value>>, ApiError> {
+    let repo = authorize(&state, &caller, &owner, &name, Scope::RepoRead).await?;
+    let runs = state
+        .store
+        .runs_of_repo(
+            &repo.id,
+            query.before.unwrap_or(i64::MAX),
+            query.limit.unwrap_or(50).clamp(1, 500),
+        )
+        .await?;
+    let mut views = Vec::with_capacity(runs.len());
+    for run in runs {
+        views.push(with_steps(&state, run).await?);
+    }
+    Ok(Json(views))
+}
+
+/// The run, if the caller may read its repository.
+async fn readable(state: &AppState, caller: &Caller, id: i64) -> Result<RunRow, ApiError> {
+    let run = state
+        .store
+        .run(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("run {id} does not exist")))?;
+    let (owner, name) = run.repo_name.split_once('/').unwrap_or_default();
+    authorize(state, caller, owner, name, Scope::RepoRead).await?;
+    Ok(run)
+}
+
+pub async fn show(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<i64>,
+) -> Result<Json<Value>, ApiError> {
+    let run = readable(&state, &caller, id).await?;
+    Ok(Json(with_steps(&state, run).await?))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct LogQuery {
+    #[serde(default)]
+    follow: bool,
+}
+
+pub async fn logs(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<i64>,
+    Query(query): Query<LogQuery>,
+) -> Result<Response, ApiError> {
+    let run = readable(&state, &caller, id).await?;
+    if !query.follow {
+        let mut text = String::new();
+        for step in state.store.steps(run.id).await? {
+            text.push_str(&format!(
+                "== {} ({}) ==\n{}",
+                step.name, step.status, step.log
+            ));
+            if !step.log.is_empty() && !step.log.ends_with('\n') {
+                text.push('\n');
+            }
+        }
+        return Ok(([("content-type", "text/plain; charset=utf-8")], text).into_response());
+    }
+    // Follow: poll the steps and send what is new, as `step` (a step
+    // started or changed status), `log` (text of a step) and `end`.
+    let store = state.store.clone();
+    let stream = async_stream(store, run.id);
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}
+
+fn async_stream(
+    store: crate::store::Store,
+    run_id: i64,
+) -> impl futures_util::Stream<Item = Result<Event, Infallible>> {
+    let state = (store, Vec::<(String, usize)>::new(), false);
+    futures_util::stream::unfold(state, move |(store, mut sent, done)| async move {
+        if done {
+            return None;
+        }
+        loop {
+            let (Ok(Some(run)), Ok(steps)) = (store.run(run_id).await, store.steps(run_id).await)
+            else {
+                return None;
+            };
+            let mut events = Vec::new();
+            for step in &steps {
+                let index = step.position as usize;
+                if sent.len() <= index {
+                    sent.push((String::new(), 0));
+                }
+                let (status, offset) = &mut sent[index];
+                if *status != step.status {
+                    *status = step.status.clone();
+                    events.push(Event::default().event("step").data(
+                        json!({ "position": step.position, "name": step.name, "status": step.status,
+                                "exit_code": step.exit_code, "duration_ms": step.duration_ms })
+                        .to_string(),
+                    ));
+                }
+                // The log keeps its tail only: when it was cut, resend from its start.
+                let start = if *offset <= step.log.len() {
+                    *offset
+                } else {
+                    0
+                };
+                if step.log.len() > start {
+                    let text = step.log.get(start..).unwrap_or_default();
+                    events.push(
+                        Event::default()
+                            .event("log")
+                            .data(json!({ "position": step.position, "text": text }).to_string()),
+                    );
+                    *offset = step.log.len();
+                }
+            }
+            let finished = FINISHED.contains(&run.state.as_str());
+            if finished {
+                events.push(
+                    Event::default()
+                        .event("end")
+                        .data(json!({ "state": run.state, "error": run.error }).to_string()),
+                );
+            }
+            if !events.is_empty() {
+                let batch = futures_util::stream::iter(events.into_iter().map(Ok));
+                return Some((batch, (store, sent, finished)));
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    })
+    .flatten()
+}

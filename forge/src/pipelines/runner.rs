@@ -1,0 +1,428 @@
+//! Executing one run: sandbox, checkout, install, steps, events.
+
+use std::time::{Duration, Instant};
+
+use ::sandbox::{Command, ExecEvent, ExitStatus};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use super::plan::{self, Plan};
+use super::{PIPELINE_ACTOR, Pipelines};
+use crate::git::{git_command, inspect};
+use crate::store::{BranchSandbox, RunRow};
+use crate::vms::NewVm;
+
+/// How long an unused branch sandbox stays up before it is paused to disk.
+const BRANCH_IDLE_SECS: u64 = 900;
+const CHECKOUT_TIMEOUT: Duration = Duration::from_secs(300);
+/// Where the checkout bundle lands inside the sandbox.
+const BUNDLE_IN_SANDBOX: &str = "/tmp/forge-checkout.bundle";
+
+/// How a step ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Passed,
+    Failed,
+    Cancelled,
+}
+
+impl Pipelines {
+    pub(super) async fn execute(&self, run: RunRow, token: CancellationToken) {
+        if token.is_cancelled() {
+            let _ = self
+                .store
+                .finish_run(
+                    run.id,
+                    "cancelled",
+                    Some("a newer push to the branch superseded it"),
+                )
+                .await;
+            return;
+        }
+        self.record(
+            &run,
+            "run.started",
+            json!({ "run": run.id, "repo": run.repo_name, "branch": run.branch, "commit": run.commit_id, "url": self.run_url(&run) }),
+        )
+        .await;
+        let started = Instant::now();
+        let (state, error) = match self.run_steps(&run, &token).await {
+            Ok(Outcome::Passed) => ("passed", None),
+            Ok(Outcome::Failed) => ("failed", None),
+            Ok(Outcome::Cancelled) => (
+                "cancelled",
+                Some("a newer push to the branch superseded it".to_owned()),
+            ),
+            Err(error) => ("error", Some(format!("{error:#}"))),
+        };
+        if let Err(failure) = self.store.finish_run(run.id, state, error.as_deref()).await {
+            tracing::error!(run = run.id, error = %failure, "recording the end of a run failed");
+        }
+        let steps = self.store.steps(run.id).await.unwrap_or_default();
+        tracing::info!(run = run.id, repo = %run.repo_name, branch = %run.branch, state, "run finished");
+        self.record(
+            &run,
+            "run.completed",
+            json!({
+                "run": run.id, "repo": run.repo_name, "branch": run.branch, "commit": run.commit_id,
+                "status": state, "error": error, "duration_ms": started.elapsed().as_millis() as u64,
+                "steps": steps, "url": self.run_url(&run),
+            }),
+        )
+        .await;
+    }
+
+    async fn run_steps(&self, run: &RunRow, token: &CancellationToken) -> anyhow::Result<Outcome> {
+        let dir = self.repos.path(&run.repo_id);
+        let commit = run.commit_id.clone();
+        let planned = tokio::task::spawn_blocking(move || {
+            plan::plan(|path| inspect::read_file_at(&dir, &commit, path).ok().flatten())
+        })
+        .await?;
+        let plan: Plan = match planned {
+            Ok(plan) => plan,
+            Err(problem) => {
+                self.store
+                    .insert_steps(run.id, &[("config".into(), ".forge.toml".into())])
+                    .await?;
+                self.store
+                    .append_step_log(run.id, 0, &format!("{problem}\n"))
+                    .await?;
+                self.store
+                    .set_step(run.id, 0, "failed", None, Some(0))
+                    .await?;
+                return Ok(Outcome::Failed);
+            }
+        };
+        let mut branch = self.branch_sandbox(run).await?;
+        self.store.start_run(run.id, &branch.vm_id).await?;
+        let mut steps = vec![(
+            "checkout".to_owned(),
+            format!("git checkout {}", run.commit_id),
+        )];
+        if let Some(install) = &plan.install {
+            steps.push(("install".to_owned(), install.run.clone()));
+        }
+        steps.extend(
+            plan.steps
+                .iter()
+                .map(|step| (step.name.clone(), step.run.clone())),
+        );
+        self.store.insert_steps(run.id, &steps).await?;
+
+        let checkout = self.checkout(run, &branch).await;
+        let checked_out = match checkout {
+            Ok(log) => {
+                self.store.append_step_log(run.id, 0, &log).await?;
+                true
+            }
+            Err(error) => {
+                self.store
+                    .append_step_log(run.id, 0, &format!("{error:#}\n"))
+                    .await?;
+                false
+            }
+        };
+        self.store
+            .set_step(
+                run.id,
+                0,
+                if checked_out { "passed" } else { "failed" },
+                None,
+                None,
+            )
+            .await?;
+        if !checked_out {
+            return Ok(Outcome::Failed);
+        }
+        branch.commit_id = Some(run.commit_id.clone());
+        self.store
+            .set_branch_sandbox(&run.repo_id, &run.branch, &branch)
+            .await?;
+
+        let mut position = 1;
+        if let Some(install) = &plan.install {
+            if branch.install_hash.as_deref() == Some(install.hash.as_str()) {
+                self.store
+                    .append_step_log(
+                        run.id,
+                        position,
+                        "dependencies unchanged since this sandbox last installed them\n",
+                    )
+                    .await?;
+                self.store
+                    .set_step(run.id, position, "skipped", None, Some(0))
+                    .await?;
+            } else {
+                let outcome = self
+                    .step(
+                        run,
+                        &branch.vm_id,
+                        position,
+                        &install.run,
+                        plan::DEFAULT_TIMEOUT,
+                        token,
+                    )
+                    .await?;
+                if outcome != Outcome::Passed {
+                    return Ok(outcome);
+                }
+                branch.install_hash = Some(install.hash.clone());
+                self.store
+                    .set_branch_sandbox(&run.repo_id, &run.branch, &branch)
+                    .await?;
+            }
+            position += 1;
+        }
+        for step in &plan.steps {
+            let outcome = self
+                .step(run, &branch.vm_id, position, &step.run, step.timeout, token)
+                .await?;
+            if outcome != Outcome::Passed {
+                return Ok(outcome);
+            }
+            position += 1;
+        }
+        Ok(Outcome::Passed)
+    }
+
+    /// The branch's sandbox: its own when alive; else a fork of the default
+    /// branch's; else a new one.
+    async fn branch_sandbox(&self, run: &RunRow) -> anyhow::Result<BranchSandbox> {
+        let alive = |sandbox: Option<BranchSandbox>| async {
+            let sandbox = sandbox?;
+            match self.sandboxes.get(&sandbox.vm_id).await {
+                Ok(vm) if vm.state != "crashed" => Some(sandbox),
+                _ => None,
+            }
+        };
+        if let Some(own) = alive(self.store.branch_sandbox(&run.repo_id, &run.branch).await?).await
+        {
+            return Ok(own);
+        }
+        let repo = self
+            .store
+            .repo_by_id(&run.repo_id)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("the repository was deleted"))?;
+        let base = if run.branch != repo.default_branch {
+            alive(
+                self.store
+                    .branch_sandbox(&run.repo_id, &repo.default_branch)
+                    .await?,
+            )
+            .await
+        } else {
+            None
+        };
+        let sandbox = match base {
+            Some(base) => {
+                let forks = self.sandboxes.fork(&base.vm_id, 1, PIPELINE_ACTOR).await?;
+                let (vm, carried) = forks
+                    .into_iter()
+                    .next()
+                    .ok_or_else(|| anyhow::anyhow!("the fork returned no sandbox"))?;
+                self.store.set_vm_branch(&vm.id, &run.branch).await?;
+                tracing::info!(run = run.id, vm = %vm.id, from = %base.vm_id, kept = ?carried.kept, "branch sandbox forked from the default branch's");
+                BranchSandbox {
+                    vm_id: vm.id,
+                    commit_id: base.commit_id,
+                    install_hash: base.install_hash,
+                }
+            }
+            None => {
+                let vm = self
+                    .sandboxes
+                    .create(NewVm {
+                        vcpus: 1,
+                        mem_mib: 1024,
+                        persistent: true,
+                        idle_timeout_secs: Some(BRANCH_IDLE_SECS),
+                        env: Vec::new(),
+                        repo_id: Some(run.repo_id.clone()),
+                        branch: Some(run.branch.clone()),
+                        created_by: PIPELINE_ACTOR.to_owned(),
+                    })
+                    .await?;
+                BranchSandbox {
+                    vm_id: vm.id,
+                    commit_id: None,
+                    install_hash: None,
+                }
+            }
+        };
+        self.store
+            .set_branch_sandbox(&run.repo_id, &run.branch, &sandbox)
+            .await?;
+        Ok(sandbox)
+    }
+
+    /// Copies the branch into the sandbox as a git bundle and checks out the
+    /// run's commit in `/workspace`. Returns the step's log.
+    async fn checkout(&self, run: &RunRow, branch: &BranchSandbox) -> anyhow::Result<String> {
+        let bundle = self.bundle(run, branch.commit_id.as_deref()).await?;
+        let mut log = format!("bundle of {} bytes\n", bundle.len());
+        self.sandboxes
+            .write_file(&branch.vm_id, BUNDLE_IN_SANDBOX, &bundle)
+            .await?;
+        let refspec = format!("+refs/heads/{0}:refs/remotes/origin/{0}", run.branch);
+        let clone_url = format!("{}/{}.git", self.public_url, run.repo_name);
+        let commands: [&[&str]; 5] = [
+            &["git", "init", "-q", "/workspace"],
+            &[
+                "git",
+                "-C",
+                "/workspace",
+                "fetch",
+                "-q",
+                "--force",
+                BUNDLE_IN_SANDBOX,
+                &refspec,
+            ],
+            &[
+                "git",
+                "-C",
+                "/workspace",
+                "checkout",
+                "-q",
+                "--force",
+                "-B",
+                &run.branch,
+                &run.commit_id,
+            ],
+            &[
+                "git",
+                "-C",
+                "/workspace",
+                "config",
+                "remote.origin.url",
+                &clone_url,
+            ],
+            &["rm", "-f", BUNDLE_IN_SANDBOX],
+        ];
+        for argv in commands {
+            let command = Command::new(argv.iter().copied()).timeout(CHECKOUT_TIMEOUT);
+            let output = self.sandboxes.exec(&branch.vm_id, command).await?;
+            log.push_str(&String::from_utf8_lossy(&output.stdout));
+            log.push_str(&String::from_utf8_lossy(&output.stderr));
+            if !output.exited.status.success() {
+                anyhow::bail!("{log}`{}` failed", argv.join(" "));
+            }
+        }
+        log.push_str(&format!(
+            "checked out {} at {}\n",
+            run.branch, run.commit_id
+        ));
+        Ok(log)
+    }
+
+    /// A bundle of the branch, holding only what `have` lacks when the
+    /// sandbox already has a commit.
+    async fn bundle(&self, run: &RunRow, have: Option<&str>) -> anyhow::Result<Vec<u8>> {
+        let dir = self.repos.path(&run.repo_id);
+        let path = std::env::temp_dir().join(format!("forge-run-{}.bundle", run.id));
+        let branch_ref = format!("refs/heads/{}", run.branch);
+        let mut attempts = vec![None];
+        if let Some(have) = have {
+            attempts.insert(0, Some(format!("^{have}")));
+        }
+        let mut last_error = String::new();
+        for exclude in attempts {
+            let mut command = git_command(&dir);
+            command
+                .args(["bundle", "create", "-q"])
+                .arg(&path)
+                .arg(&branch_ref);
+            if let Some(exclude) = &exclude {
+                command.arg(exclude);
+            }
+            let output = command.output().await?;
+            if output.status.success() {
+                let bytes = tokio::fs::read(&path).await?;
+                let _ = tokio::fs::remove_file(&path).await;
+                return Ok(bytes);
+            }
+            // An empty incremental bundle (nothing new) or a vanished base: try the whole branch.
+            last_error = String::from_utf8_lossy(&output.stderr).trim().to_owned();
+        }
+        let _ = tokio::fs::remove_file(&path).await;
+        anyhow::bail!("git bundle failed: {last_error}")
+    }
+
+    /// Runs one step, streaming its output into the log.
+    async fn step(
+        &self,
+        run: &RunRow,
+        vm: &str,
+        position: usize,
+        script: &str,
+        timeout: Duration,
+        token: &CancellationToken,
+    ) -> anyhow::Result<Outcome> {
+        self.store
+            .set_step(run.id, position, "running", None, None)
+            .await?;
+        let started = Instant::now();
+        let command = Command::shell(script)
+            .cwd("/workspace")
+            .env("CI", "true")
+            .env("FORGE_RUN", run.id.to_string())
+            .timeout(timeout);
+        let mut stream = self.sandboxes.exec_stream(vm, command).await?;
+        let mut pending = String::new();
+        let mut flushed = Instant::now();
+        let exited = loop {
+            let event = tokio::select! {
+                _ = token.cancelled() => {
+                    drop(stream);
+                    self.store.append_step_log(run.id, position, &pending).await?;
+                    self.store.set_step(run.id, position, "cancelled", None, Some(started.elapsed().as_millis() as i64)).await?;
+                    return Ok(Outcome::Cancelled);
+                }
+                event = stream.next() => event?,
+            };
+            match event {
+                Some(ExecEvent::Stdout(bytes) | ExecEvent::Stderr(bytes)) => {
+                    pending.push_str(&String::from_utf8_lossy(&bytes));
+                }
+                Some(ExecEvent::Exited(exited)) => break exited,
+                None => anyhow::bail!("the sandbox's agent went away during the step"),
+            }
+            if flushed.elapsed() > Duration::from_millis(250) && !pending.is_empty() {
+                self.store
+                    .append_step_log(run.id, position, &pending)
+                    .await?;
+                pending.clear();
+                flushed = Instant::now();
+            }
+        };
+        if exited.timed_out {
+            pending.push_str(&format!(
+                "\nthe step timed out after {} s\n",
+                timeout.as_secs()
+            ));
+        }
+        self.store
+            .append_step_log(run.id, position, &pending)
+            .await?;
+        let code = match exited.status {
+            ExitStatus::Code(code) => i64::from(code),
+            ExitStatus::Signal(signal) => 128 + i64::from(signal),
+        };
+        let passed = exited.status.success() && !exited.timed_out;
+        self.store
+            .set_step(
+                run.id,
+                position,
+                if passed { "passed" } else { "failed" },
+                Some(code),
+                Some(started.elapsed().as_millis() as i64),
+            )
+            .await?;
+        Ok(if passed {
+            Outcome::Passed
+        } else {
+            Outcome::Failed
+        })
+    }
+}

@@ -1,0 +1,259 @@
+//! Pipeline tables: `runs`, `run_steps`, `branch_sandboxes`,
+//! `pipeline_cursor`.
+
+use super::{Result, Store, now};
+
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+pub struct RunRow {
+    pub id: i64,
+    pub repo_id: String,
+    pub repo_name: String,
+    pub branch: String,
+    pub commit_id: String,
+    pub event_id: i64,
+    pub state: String,
+    pub vm_id: Option<String>,
+    pub error: Option<String>,
+    pub created_at: String,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+pub struct StepRow {
+    pub position: i64,
+    pub name: String,
+    pub command: String,
+    pub status: String,
+    pub exit_code: Option<i64>,
+    pub duration_ms: Option<i64>,
+    #[serde(skip)]
+    pub log: String,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct BranchSandbox {
+    pub vm_id: String,
+    pub commit_id: Option<String>,
+    pub install_hash: Option<String>,
+}
+
+/// A run to be queued for a push.
+#[derive(Debug, Clone)]
+pub struct NewRun {
+    pub repo_id: String,
+    pub repo_name: String,
+    pub branch: String,
+    pub commit_id: String,
+    pub event_id: i64,
+}
+
+/// Most bytes of log kept per step; the tail is what readers need, so
+/// the head is dropped beyond this.
+pub const MAX_STEP_LOG: i64 = 256 << 10;
+
+impl Store {
+    pub async fn pipeline_cursor(&self) -> Result<i64> {
+        let (cursor,): (i64,) =
+            sqlx::query_as("SELECT last_event_id FROM pipeline_cursor WHERE id = 1")
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(cursor)
+    }
+
+    /// Queues `runs` and moves the cursor to `cursor`, in one transaction:
+    /// an event is consumed exactly once, even across a crash.
+    pub async fn queue_runs(&self, runs: &[NewRun], cursor: i64) -> Result<Vec<RunRow>> {
+        let mut tx = self.pool.begin().await?;
+        let mut rows = Vec::new();
+        for run in runs {
+            let row: Option<RunRow> = sqlx::query_as(
+                "INSERT INTO runs (repo_id, repo_name, branch, commit_id, event_id, state, created_at)
+                 VALUES (?, ?, ?, ?, ?, 'queued', ?) ON CONFLICT (event_id) DO NOTHING RETURNING *",
+            )
+            .bind(&run.repo_id)
+            .bind(&run.repo_name)
+            .bind(&run.branch)
+            .bind(&run.commit_id)
+            .bind(run.event_id)
+            .bind(now())
+            .fetch_optional(&mut *tx)
+            .await?;
+            rows.extend(row);
+        }
+        sqlx::query(
+            "UPDATE pipeline_cursor SET last_event_id = ? WHERE id = 1 AND last_event_id < ?",
+        )
+        .bind(cursor)
+        .bind(cursor)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(rows)
+    }
+
+    /// Runs in a given state, oldest first.
+    pub async fn runs_in_state(&self, state: &str) -> Result<Vec<RunRow>> {
+        Ok(
+            sqlx::query_as("SELECT * FROM runs WHERE state = ? ORDER BY id")
+                .bind(state)
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
+    pub async fn run(&self, id: i64) -> Result<Option<RunRow>> {
+        Ok(sqlx::query_as("SELECT * FROM runs WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    /// A repository's runs, newest first, before `before` (a run id).
+    pub async fn runs_of_repo(
+        &self,
+        repo_id: &str,
+        before: i64,
+        limit: i64,
+    ) -> Result<Vec<RunRow>> {
+        Ok(sqlx::query_as(
+            "SELECT * FROM runs WHERE repo_id = ? AND id < ? ORDER BY id DESC LIMIT ?",
+        )
+        .bind(repo_id)
+        .bind(before)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    pub async fn start_run(&self, id: i64, vm_id: &str) -> Result<()> {
+        sqlx::query("UPDATE runs SET state = 'running', vm_id = ?, started_at = ? WHERE id = ?")
+            .bind(vm_id)
+            .bind(now())
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn finish_run(&self, id: i64, state: &str, error: Option<&str>) -> Result<()> {
+        sqlx::query("UPDATE runs SET state = ?, error = ?, finished_at = ? WHERE id = ?")
+            .bind(state)
+            .bind(error)
+            .bind(now())
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        // Steps that never ran say so.
+        let leftover = if state == "cancelled" {
+            "cancelled"
+        } else {
+            "skipped"
+        };
+        sqlx::query(
+            "UPDATE run_steps SET status = ? WHERE run_id = ? AND status IN ('pending', 'running')",
+        )
+        .bind(leftover)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn insert_steps(&self, run_id: i64, steps: &[(String, String)]) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        for (position, (name, command)) in steps.iter().enumerate() {
+            sqlx::query(
+                "INSERT INTO run_steps (run_id, position, name, command, status) VALUES (?, ?, ?, ?, 'pending')",
+            )
+            .bind(run_id)
+            .bind(position as i64)
+            .bind(name)
+            .bind(command)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn steps(&self, run_id: i64) -> Result<Vec<StepRow>> {
+        Ok(sqlx::query_as(
+            "SELECT position, name, command, status, exit_code, duration_ms, log FROM run_steps
+             WHERE run_id = ? ORDER BY position",
+        )
+        .bind(run_id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    pub async fn set_step(
+        &self,
+        run_id: i64,
+        position: usize,
+        status: &str,
+        exit_code: Option<i64>,
+        duration_ms: Option<i64>,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE run_steps SET status = ?, exit_code = ?, duration_ms = ? WHERE run_id = ? AND position = ?",
+        )
+        .bind(status)
+        .bind(exit_code)
+        .bind(duration_ms)
+        .bind(run_id)
+        .bind(position as i64)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Appends to a step's log, keeping its last [`MAX_STEP_LOG`] bytes.
+    pub async fn append_step_log(&self, run_id: i64, position: usize, text: &str) -> Result<()> {
+        sqlx::query(
+            "UPDATE run_steps SET log = substr(log || ?1, -?2) WHERE run_id = ?3 AND position = ?4",
+        )
+        .bind(text)
+        .bind(MAX_STEP_LOG)
+        .bind(run_id)
+        .bind(position as i64)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn branch_sandbox(
+        &self,
+        repo_id: &str,
+        branch: &str,
+    ) -> Result<Option<BranchSandbox>> {
+        Ok(sqlx::query_as(
+            "SELECT vm_id, commit_id, install_hash FROM branch_sandboxes WHERE repo_id = ? AND branch = ?",
+        )
+        .bind(repo_id)
+        .bind(branch)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    pub async fn set_branch_sandbox(
+        &self,
+        repo_id: &str,
+        branch: &str,
+        sandbox: &BranchSandbox,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO branch_sandboxes (repo_id, branch, vm_id, commit_id, install_hash) VALUES (?, ?, ?, ?, ?)
+             ON CONFLICT (repo_id, branch) DO UPDATE SET vm_id = excluded.vm_id, commit_id = excluded.commit_id,
+             install_hash = excluded.install_hash",
+        )
+        .bind(repo_id)
+        .bind(branch)
+        .bind(&sandbox.vm_id)
+        .bind(&sandbox.commit_id)
+        .bind(&sandbox.install_hash)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+}

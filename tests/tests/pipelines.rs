@@ -1,0 +1,144 @@
+//! Branch pipelines end to end: pushes run the branch's steps in its
+//! sandbox, with real `git` and Bun in the guest image.
+
+#![allow(clippy::unwrap_used)] // A test that cannot unwrap has failed: say so loudly.
+
+use std::time::{Duration, Instant};
+
+use e2e::{TestForge, commit_files, git_ok, work_repo};
+use serde_json::Value;
+
+const PACKAGE: &str = r#"{ "name": "demo", "private": true, "scripts": { "test": "bun test" } }"#;
+
+fn failing_test(expected: u32) -> String {
+    format!(
+        "import {{ expect, test }} from \"bun:test\";\ntest(\"adds small numbers\", () => {{ expect(1 + 1).toBe({expected}); }});\n"
+    )
+}
+
+/// Waits for the run of `commit` to finish and returns it with its steps.
+fn finished_run(forge: &TestForge, repo: &str, commit: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(240);
+    loop {
+        let runs = forge.admin("GET", &format!("/v1/repos/{repo}/runs"), None);
+        if let Some(run) = runs
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["commit_id"] == commit)
+            && ["passed", "failed", "error", "cancelled"].contains(&run["state"].as_str().unwrap())
+        {
+            return run.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no finished run for {commit}: {runs}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+fn step<'a>(run: &'a Value, name: &str) -> &'a Value {
+    run["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == name)
+        .unwrap_or_else(|| panic!("no step {name}: {run}"))
+}
+
+fn log(forge: &TestForge, run: &Value) -> String {
+    let response = reqwest::blocking::Client::new()
+        .get(format!("{}/v1/runs/{}/logs", forge.url, run["id"]))
+        .bearer_auth(&forge.admin_token)
+        .send()
+        .unwrap();
+    response.text().unwrap()
+}
+
+#[test]
+fn pushes_run_the_tests_in_the_branch_sandbox() {
+    if let Some(reason) = e2e::sandboxes_unavailable() {
+        println!("SKIPPED: {reason}");
+        return;
+    }
+    let forge = TestForge::builder().with_sandboxes(20).start();
+    forge.create_repo("acme/bun");
+    let tmp = tempfile::tempdir().unwrap();
+    let url = forge.git_url("acme/bun", &forge.admin_token);
+    let failing = failing_test(3);
+    let work = work_repo(
+        tmp.path(),
+        "work",
+        &[("package.json", PACKAGE), ("math.test.ts", &failing)],
+    );
+    let first = git_ok(&work, &["rev-parse", "HEAD"]);
+    git_ok(&work, &["push", "--quiet", &url, "main"]);
+
+    let run = finished_run(&forge, "acme/bun", &first);
+    assert_eq!(run["state"], "failed", "{run}");
+    assert_eq!(
+        step(&run, "checkout")["status"],
+        "passed",
+        "{}",
+        log(&forge, &run)
+    );
+    assert_eq!(
+        step(&run, "install")["status"],
+        "passed",
+        "{}",
+        log(&forge, &run)
+    );
+    assert_eq!(step(&run, "test")["status"], "failed");
+    let text = log(&forge, &run);
+    assert!(
+        text.contains("adds small numbers"),
+        "the log names the failing test:\n{text}"
+    );
+    let main_vm = run["vm_id"].as_str().unwrap().to_owned();
+
+    // The fix passes; dependencies are unchanged, so install is skipped.
+    let fixed = commit_files(&work, &[("math.test.ts", &failing_test(2))], "fix the test");
+    git_ok(&work, &["push", "--quiet", &url, "main"]);
+    let run = finished_run(&forge, "acme/bun", &fixed);
+    assert_eq!(run["state"], "passed", "{}", log(&forge, &run));
+    assert_eq!(
+        run["vm_id"],
+        main_vm.as_str(),
+        "the branch keeps its sandbox"
+    );
+    assert_eq!(step(&run, "install")["status"], "skipped");
+    assert!(log(&forge, &run).contains("1 pass"));
+
+    // A new branch runs in a fork of main's sandbox.
+    git_ok(&work, &["checkout", "--quiet", "-b", "feature"]);
+    let feature = commit_files(&work, &[("README.md", "feature\n")], "feature work");
+    git_ok(&work, &["push", "--quiet", &url, "feature"]);
+    let run = finished_run(&forge, "acme/bun", &feature);
+    assert_eq!(run["state"], "passed", "{}", log(&forge, &run));
+    let vm = forge.admin(
+        "GET",
+        &format!("/v1/vms/{}", run["vm_id"].as_str().unwrap()),
+        None,
+    );
+    assert_eq!(vm["parent"], main_vm.as_str(), "{vm}");
+    assert_eq!(vm["branch"], "feature");
+    assert_eq!(
+        step(&run, "install")["status"],
+        "skipped",
+        "the fork carried main's dependencies"
+    );
+
+    // Events for webhooks and the review bot.
+    let kinds: Vec<String> = forge
+        .events("acme/bun", 0)
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        kinds.iter().filter(|k| *k == "run.completed").count(),
+        3,
+        "{kinds:?}"
+    );
+    assert!(kinds.contains(&"run.started".to_owned()));
+}
