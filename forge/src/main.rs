@@ -94,6 +94,12 @@ enum Command {
         #[arg(long, short)]
         follow: bool,
     },
+    /// Sandboxes: create, list, exec, fork, pause, resume, rm.
+    #[command(subcommand)]
+    Vm(cli::VmCommand),
+    /// Pipeline runs: list, show, logs.
+    #[command(subcommand)]
+    Run(cli::RunCommand),
     /// Guest images: the root filesystem every sandbox starts from.
     #[command(subcommand)]
     Image(ImageCommand),
@@ -176,6 +182,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             after,
             follow,
         } => runtime()?.block_on(cli::events(&target, &repo, after, follow)),
+        Command::Vm(command) => runtime()?.block_on(cli::vm(&target, command)),
+        Command::Run(command) => runtime()?.block_on(cli::run(&target, command)),
         Command::Image(ImageCommand::Build { agent }) => build_image(data_dir, agent),
         Command::Image(ImageCommand::List) => list_images(data_dir),
     }

@@ -16,7 +16,7 @@ fn help_lists_every_command() {
     let output = forge(&["--help"]);
     assert!(output.status.success());
     let help = String::from_utf8_lossy(&output.stdout);
-    for command in ["serve", "repo", "token", "events", "image"] {
+    for command in ["serve", "repo", "token", "events", "vm", "run", "image"] {
         assert!(help.contains(command), "{command} missing from:\n{help}");
     }
 }

@@ -129,6 +129,52 @@ fn pushes_run_the_tests_in_the_branch_sandbox() {
         "the fork carried main's dependencies"
     );
 
+    // The CLI shows the same.
+    let cli = |args: &[&str]| {
+        let output = forge.cli(args);
+        assert!(
+            output.status.success(),
+            "forge {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let listed = cli(&["run", "list", "acme/bun"]);
+    assert!(
+        listed.contains("passed") && listed.contains("failed") && listed.contains("feature"),
+        "{listed}"
+    );
+    let shown = cli(&["run", "show", &run["id"].to_string()]);
+    assert!(
+        shown.contains("checkout") && shown.contains("test"),
+        "{shown}"
+    );
+    let followed = cli(&["run", "logs", "--follow", &run["id"].to_string()]);
+    assert!(
+        followed.contains("1 pass") && followed.contains("== run passed =="),
+        "{followed}"
+    );
+    assert!(cli(&["vm", "list"]).contains(&main_vm));
+    let inside = cli(&[
+        "vm",
+        "exec",
+        &main_vm,
+        "--",
+        "git",
+        "-C",
+        "/workspace",
+        "log",
+        "--format=%s",
+        "-1",
+    ]);
+    assert_eq!(inside.trim(), "fix the test");
+    let failed = forge.cli(&["vm", "exec", &main_vm, "--", "sh", "-c", "exit 7"]);
+    assert_eq!(
+        failed.status.code(),
+        Some(7),
+        "the CLI exits with the command's code"
+    );
+
     // Events for webhooks and the review bot.
     let kinds: Vec<String> = forge
         .events("acme/bun", 0)

@@ -40,6 +40,29 @@ impl Client {
         })
     }
 
+    /// A GET whose successful answer is returned as it streams.
+    pub async fn stream(&self, path: &str) -> anyhow::Result<reqwest::Response> {
+        let url = format!("{}{path}", self.base);
+        let response = self
+            .http
+            .get(&url)
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the forge at {}", self.base))?;
+        if !response.status().is_success() {
+            let status = response.status().as_u16();
+            let text = response.text().await.unwrap_or_default();
+            bail!("{} (HTTP {status})", error_message(&text));
+        }
+        Ok(response)
+    }
+
+    /// A GET whose answer is text.
+    pub async fn text(&self, path: &str) -> anyhow::Result<String> {
+        Ok(self.stream(path).await?.text().await?)
+    }
+
     pub async fn call<T: DeserializeOwned>(
         &self,
         method: Method,
@@ -58,11 +81,7 @@ impl Client {
         let status = response.status();
         let text = response.text().await.context("reading the answer failed")?;
         if !status.is_success() {
-            let message = serde_json::from_str::<Value>(&text)
-                .ok()
-                .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
-                .unwrap_or(text);
-            bail!("{message} (HTTP {})", status.as_u16());
+            bail!("{} (HTTP {})", error_message(&text), status.as_u16());
         }
         let text = if text.is_empty() {
             "null".to_owned()
@@ -72,4 +91,12 @@ impl Client {
         serde_json::from_str(&text)
             .with_context(|| format!("the answer to {path} is not the expected JSON"))
     }
+}
+
+/// The message of the API's error shape, or the text itself.
+fn error_message(text: &str) -> String {
+    serde_json::from_str::<Value>(text)
+        .ok()
+        .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| text.to_owned())
 }

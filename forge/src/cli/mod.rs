@@ -1,7 +1,10 @@
 //! The commands that talk to a running forge over HTTP: `repo`, `token`,
-//! `events`.
+//! `events`, `vm`, `run`.
 
 mod client;
+mod vm;
+
+pub use vm::{RunCommand, VmCommand, run, vm};
 
 use std::path::Path;
 
