@@ -327,3 +327,56 @@ fn the_cap_is_a_clear_429_and_concurrent_operations_do_not_deadlock() {
     }
     assert_eq!(stdout(&forge, &c, "echo alive"), "alive\n");
 }
+
+#[test]
+fn a_vm_for_a_repository_holds_its_checkout_and_exec_can_stream() {
+    let Some(forge) = forge(20) else { return };
+    forge.create_repo("acme/app");
+    let tmp = tempfile::tempdir().unwrap();
+    let work = e2e::work_repo(tmp.path(), "work", &[("src/index.ts", "console.log(1)\n")]);
+    e2e::git_ok(&work, &["checkout", "--quiet", "-b", "dev"]);
+    let dev = e2e::commit_files(&work, &[("DEV.md", "dev\n")], "on dev");
+    let url = forge.git_url("acme/app", &forge.admin_token);
+    e2e::git_ok(&work, &["push", "--quiet", &url, "main", "dev"]);
+
+    let vm = forge.admin(
+        "POST",
+        "/v1/vms",
+        Some(json!({ "repo": "acme/app", "branch": "dev" })),
+    );
+    assert_eq!(
+        (vm["repo"].as_str(), vm["branch"].as_str()),
+        (Some("acme/app"), Some("dev"))
+    );
+    let id = vm["id"].as_str().unwrap();
+    assert_eq!(
+        stdout(&forge, id, "cd /workspace && git rev-parse HEAD").trim(),
+        dev
+    );
+    assert_eq!(stdout(&forge, id, "cat /workspace/DEV.md"), "dev\n");
+    let origin = stdout(&forge, id, "git -C /workspace config remote.origin.url");
+    assert_eq!(origin.trim(), format!("{}/acme/app.git", forge.url));
+    let (status, body) = forge.call(
+        Some(&forge.admin_token),
+        "POST",
+        "/v1/vms",
+        Some(json!({ "repo": "acme/app", "branch": "nope" })),
+    );
+    assert_eq!(status, 404, "{body}");
+
+    // Accept: text/event-stream streams the output, then the exit.
+    let text = reqwest::blocking::Client::new()
+        .post(format!("{}/v1/vms/{id}/exec", forge.url))
+        .bearer_auth(&forge.admin_token)
+        .header("accept", "text/event-stream")
+        .json(&json!({ "command": "echo one; sleep 0.2; echo two >&2; exit 4" }))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    let one = text.find("event: stdout").expect("stdout event");
+    let two = text.find("event: stderr").expect("stderr event");
+    let exit = text.find("event: exit").expect("exit event");
+    assert!(one < two && two < exit, "{text}");
+    assert!(text.contains("\"exit_code\":4"), "{text}");
+}

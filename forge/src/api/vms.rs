@@ -5,12 +5,14 @@
 //! the token that created it (and its forks to the token that forked them)
 //! and to admins.
 
+use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -129,20 +131,44 @@ pub async fn create(
     Body(request): Body<CreateVm>,
 ) -> Result<(StatusCode, Json<VmView>), ApiError> {
     caller.check(Scope::RepoWrite)?;
-    let repo_id = match &request.repo {
+    let repo = match &request.repo {
         Some(full) => {
             let name = crate::git::RepoName::parse(full)
                 .map_err(|e| ApiError::bad_request(e.to_string()))?;
-            let repo =
+            Some(
                 super::repos_authorize(&state, &caller, &name.owner, &name.name, Scope::RepoWrite)
-                    .await?;
-            Some(repo.id)
+                    .await?,
+            )
         }
         None => None,
     };
-    if request.branch.is_some() && repo_id.is_none() {
+    if request.branch.is_some() && repo.is_none() {
         return Err(ApiError::bad_request("branch needs repo"));
     }
+    // The commit to check out: the branch's head (default branch unless named).
+    let checkout = match &repo {
+        Some(repo) => {
+            let branch = request
+                .branch
+                .clone()
+                .unwrap_or_else(|| repo.default_branch.clone());
+            let dir = state.repos.path(&repo.id);
+            let refname = format!("refs/heads/{branch}");
+            let head =
+                tokio::task::spawn_blocking(move || crate::git::inspect::resolve(&dir, &refname))
+                    .await
+                    .map_err(ApiError::internal)?
+                    .map_err(ApiError::internal)?;
+            if head.is_none() && request.branch.is_some() {
+                return Err(ApiError::not_found(format!(
+                    "branch {branch} does not exist in {}",
+                    repo.full_name()
+                )));
+            }
+            Some((branch, head))
+        }
+        None => None,
+    };
     let persistent = request.persistence.map(|p| p.kind) != Some(PersistenceKind::Ephemeral);
     let row = state
         .sandboxes
@@ -152,11 +178,30 @@ pub async fn create(
             persistent,
             idle_timeout_secs: request.idle_timeout_secs,
             env: request.env.into_iter().collect(),
-            repo_id,
-            branch: request.branch,
+            repo_id: repo.as_ref().map(|r| r.id.clone()),
+            branch: checkout.as_ref().map(|(branch, _)| branch.clone()),
             created_by: caller.token_id.clone(),
         })
         .await?;
+    if let (Some(repo), Some((branch, Some(commit)))) = (&repo, &checkout) {
+        let target = crate::vms::checkout::Target {
+            vm: &row.id,
+            repo_id: &repo.id,
+            clone_url: &format!("{}/{}.git", state.config.public_url, repo.full_name()),
+            branch,
+            commit,
+            have: None,
+            scratch: &row.id,
+        };
+        if let Err(error) =
+            crate::vms::checkout::checkout(&state.sandboxes, &state.repos, &target).await
+        {
+            let _ = state.sandboxes.destroy(&row.id).await;
+            return Err(ApiError::internal(
+                error.context("checking the branch out in the new VM failed"),
+            ));
+        }
+    }
     Ok(created(view(&state, row).await?))
 }
 
@@ -215,8 +260,9 @@ pub async fn exec(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
+    headers: axum::http::HeaderMap,
     Body(request): Body<ExecRequest>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     owned(&state, &caller, &id).await?;
     let mut command = match (request.command, request.argv) {
         (Some(script), None) => ::sandbox::Command::shell(script),
@@ -239,19 +285,67 @@ pub async fn exec(
     command = command.timeout(Duration::from_secs(
         request.timeout_secs.unwrap_or(300).clamp(1, 3600),
     ));
+    let streamed = headers
+        .get(axum::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|accept| accept.contains("text/event-stream"));
+    if streamed {
+        let stream = state.sandboxes.exec_stream(&id, command).await?;
+        return Ok(exec_events(stream).into_response());
+    }
     let output = state.sandboxes.exec(&id, command).await?;
-    let exit_code = match output.exited.status {
+    let mut answer = exit_json(&output.exited);
+    answer["stdout"] = json!(String::from_utf8_lossy(&output.stdout));
+    answer["stderr"] = json!(String::from_utf8_lossy(&output.stderr));
+    Ok(Json(answer).into_response())
+}
+
+fn exit_json(exited: &::sandbox::Exited) -> Value {
+    let exit_code = match exited.status {
         ::sandbox::ExitStatus::Code(code) => code,
         ::sandbox::ExitStatus::Signal(signal) => 128 + signal,
     };
-    Ok(Json(json!({
-        "stdout": String::from_utf8_lossy(&output.stdout),
-        "stderr": String::from_utf8_lossy(&output.stderr),
+    json!({
         "exit_code": exit_code,
-        "duration_ms": output.exited.duration_ms,
-        "truncated": output.exited.truncated,
-        "timed_out": output.exited.timed_out,
-    })))
+        "duration_ms": exited.duration_ms,
+        "truncated": exited.truncated,
+        "timed_out": exited.timed_out,
+    })
+}
+
+/// An exec as server-sent events: `stdout` and `stderr` (`{"text"}`) as the
+/// output comes, then `exit` (`{"exit_code", "duration_ms", "truncated",
+/// "timed_out"}`) or `error` (`{"message"}`). Closing the stream kills the
+/// command.
+fn exec_events(
+    stream: ::sandbox::ExecStream,
+) -> Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>> {
+    let events = futures_util::stream::unfold(Some(stream), |stream| async move {
+        let mut stream = stream?;
+        let event = match stream.next().await {
+            Ok(Some(::sandbox::ExecEvent::Stdout(bytes))) => Event::default()
+                .event("stdout")
+                .data(json!({ "text": String::from_utf8_lossy(&bytes) }).to_string()),
+            Ok(Some(::sandbox::ExecEvent::Stderr(bytes))) => Event::default()
+                .event("stderr")
+                .data(json!({ "text": String::from_utf8_lossy(&bytes) }).to_string()),
+            Ok(Some(::sandbox::ExecEvent::Exited(exited))) => {
+                return Some((
+                    Ok(Event::default()
+                        .event("exit")
+                        .data(exit_json(&exited).to_string())),
+                    None,
+                ));
+            }
+            Ok(None) => return None,
+            Err(error) => {
+                let message = json!({ "message": error.to_string() }).to_string();
+                return Some((Ok(Event::default().event("error").data(message)), None));
+            }
+        };
+        Some((Ok(event), Some(stream)))
+    });
+    Sse::new(events).keep_alive(KeepAlive::default())
 }
 
 #[derive(Debug, Deserialize)]

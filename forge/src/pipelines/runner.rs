@@ -8,15 +8,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::plan::{self, Plan};
 use super::{PIPELINE_ACTOR, Pipelines};
-use crate::git::{git_command, inspect};
+use crate::git::inspect;
 use crate::store::{BranchSandbox, RunRow};
 use crate::vms::NewVm;
 
 /// How long an unused branch sandbox stays up before it is paused to disk.
 const BRANCH_IDLE_SECS: u64 = 900;
-const CHECKOUT_TIMEOUT: Duration = Duration::from_secs(300);
-/// Where the checkout bundle lands inside the sandbox.
-const BUNDLE_IN_SANDBOX: &str = "/tmp/forge-checkout.bundle";
 
 /// How a step ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,7 +107,20 @@ impl Pipelines {
         );
         self.store.insert_steps(run.id, &steps).await?;
 
-        let checkout = self.checkout(run, &branch).await;
+        let checkout = crate::vms::checkout::checkout(
+            &self.sandboxes,
+            &self.repos,
+            &crate::vms::checkout::Target {
+                vm: &branch.vm_id,
+                repo_id: &run.repo_id,
+                clone_url: &format!("{}/{}.git", self.public_url, run.repo_name),
+                branch: &run.branch,
+                commit: &run.commit_id,
+                have: branch.commit_id.as_deref(),
+                scratch: &format!("run-{}", run.id),
+            },
+        )
+        .await;
         let checked_out = match checkout {
             Ok(log) => {
                 self.store.append_step_log(run.id, 0, &log).await?;
@@ -255,98 +265,6 @@ impl Pipelines {
             .set_branch_sandbox(&run.repo_id, &run.branch, &sandbox)
             .await?;
         Ok(sandbox)
-    }
-
-    /// Copies the branch into the sandbox as a git bundle and checks out the
-    /// run's commit in `/workspace`. Returns the step's log.
-    async fn checkout(&self, run: &RunRow, branch: &BranchSandbox) -> anyhow::Result<String> {
-        let bundle = self.bundle(run, branch.commit_id.as_deref()).await?;
-        let mut log = format!("bundle of {} bytes\n", bundle.len());
-        self.sandboxes
-            .write_file(&branch.vm_id, BUNDLE_IN_SANDBOX, &bundle)
-            .await?;
-        let refspec = format!("+refs/heads/{0}:refs/remotes/origin/{0}", run.branch);
-        let clone_url = format!("{}/{}.git", self.public_url, run.repo_name);
-        let commands: [&[&str]; 5] = [
-            &["git", "init", "-q", "/workspace"],
-            &[
-                "git",
-                "-C",
-                "/workspace",
-                "fetch",
-                "-q",
-                "--force",
-                BUNDLE_IN_SANDBOX,
-                &refspec,
-            ],
-            &[
-                "git",
-                "-C",
-                "/workspace",
-                "checkout",
-                "-q",
-                "--force",
-                "-B",
-                &run.branch,
-                &run.commit_id,
-            ],
-            &[
-                "git",
-                "-C",
-                "/workspace",
-                "config",
-                "remote.origin.url",
-                &clone_url,
-            ],
-            &["rm", "-f", BUNDLE_IN_SANDBOX],
-        ];
-        for argv in commands {
-            let command = Command::new(argv.iter().copied()).timeout(CHECKOUT_TIMEOUT);
-            let output = self.sandboxes.exec(&branch.vm_id, command).await?;
-            log.push_str(&String::from_utf8_lossy(&output.stdout));
-            log.push_str(&String::from_utf8_lossy(&output.stderr));
-            if !output.exited.status.success() {
-                anyhow::bail!("{log}`{}` failed", argv.join(" "));
-            }
-        }
-        log.push_str(&format!(
-            "checked out {} at {}\n",
-            run.branch, run.commit_id
-        ));
-        Ok(log)
-    }
-
-    /// A bundle of the branch, holding only what `have` lacks when the
-    /// sandbox already has a commit.
-    async fn bundle(&self, run: &RunRow, have: Option<&str>) -> anyhow::Result<Vec<u8>> {
-        let dir = self.repos.path(&run.repo_id);
-        let path = std::env::temp_dir().join(format!("forge-run-{}.bundle", run.id));
-        let branch_ref = format!("refs/heads/{}", run.branch);
-        let mut attempts = vec![None];
-        if let Some(have) = have {
-            attempts.insert(0, Some(format!("^{have}")));
-        }
-        let mut last_error = String::new();
-        for exclude in attempts {
-            let mut command = git_command(&dir);
-            command
-                .args(["bundle", "create", "-q"])
-                .arg(&path)
-                .arg(&branch_ref);
-            if let Some(exclude) = &exclude {
-                command.arg(exclude);
-            }
-            let output = command.output().await?;
-            if output.status.success() {
-                let bytes = tokio::fs::read(&path).await?;
-                let _ = tokio::fs::remove_file(&path).await;
-                return Ok(bytes);
-            }
-            // An empty incremental bundle (nothing new) or a vanished base: try the whole branch.
-            last_error = String::from_utf8_lossy(&output.stderr).trim().to_owned();
-        }
-        let _ = tokio::fs::remove_file(&path).await;
-        anyhow::bail!("git bundle failed: {last_error}")
     }
 
     /// Runs one step, streaming its output into the log.

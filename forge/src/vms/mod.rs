@@ -23,6 +23,7 @@
 //! - **Cap**: at most `max_live` VMs hold resources (running or paused in
 //!   memory); one more is `429` with the cap in the message, never a hang.
 
+pub mod checkout;
 mod error;
 mod reaper;
 
