@@ -380,3 +380,45 @@ fn a_vm_for_a_repository_holds_its_checkout_and_exec_can_stream() {
     assert!(one < two && two < exit, "{text}");
     assert!(text.contains("\"exit_code\":4"), "{text}");
 }
+
+#[test]
+fn the_preview_proxies_http_to_a_server_inside() {
+    let Some(forge) = forge(20) else { return };
+    let id = forge.admin("POST", "/v1/vms", Some(json!({})))["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let server = "require('http').createServer((q, s) => s.end('hello ' + q.url + ' ' + (q.headers.authorization || 'no-auth'))).listen(3000)";
+    let script = format!("nohup node -e \"{server}\" >/tmp/server.log 2>&1 &");
+    stdout(&forge, &id, &script);
+    let client = reqwest::blocking::Client::new();
+    let get = |path: &str| {
+        client
+            .get(format!("{}/v1/vms/{id}/ports/3000{path}", forge.url))
+            .bearer_auth(&forge.admin_token)
+            .send()
+            .unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let body = loop {
+        let response = get("/app/page?x=1");
+        if response.status().as_u16() == 200 {
+            break response.text().unwrap();
+        }
+        assert_eq!(
+            response.status().as_u16(),
+            502,
+            "nothing listening yet is a bad gateway"
+        );
+        assert!(Instant::now() < deadline, "the server never answered");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(
+        body, "hello /app/page?x=1 no-auth",
+        "path and query pass, the token does not"
+    );
+    let response = get("/v1/other");
+    assert_eq!(response.text().unwrap(), "hello /v1/other no-auth");
+    let (status, body) = forge.call(None, "GET", &format!("/v1/vms/{id}/ports/3000/"), None);
+    assert_eq!(status, 401, "{body}");
+}

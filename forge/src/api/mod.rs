@@ -7,6 +7,7 @@
 
 mod error;
 mod events;
+mod preview;
 mod repos;
 mod runs;
 
@@ -17,7 +18,7 @@ mod vms;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use axum::{Json, Router};
 use base64::Engine;
 use serde::de::DeserializeOwned;
@@ -54,6 +55,9 @@ pub fn router(state: AppState) -> Router {
                 .put(vms::write_file)
                 .delete(vms::delete_file),
         )
+        .route("/v1/vms/{id}/ports/{port}", any(preview::root))
+        .route("/v1/vms/{id}/ports/{port}/", any(preview::root))
+        .route("/v1/vms/{id}/ports/{port}/{*path}", any(preview::path))
         .route("/v1/tokens", post(tokens::create).get(tokens::list))
         .route("/v1/tokens/{id}", axum::routing::delete(tokens::revoke))
         .route(

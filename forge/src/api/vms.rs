@@ -94,7 +94,7 @@ fn with_carried(view: VmView, carried: &::sandbox::Carried) -> Result<Value, Api
 }
 
 /// The VM `id`, if the caller may use it (others' VMs are "not found").
-async fn owned(state: &AppState, caller: &Caller, id: &str) -> Result<VmRow, ApiError> {
+pub(super) async fn owned(state: &AppState, caller: &Caller, id: &str) -> Result<VmRow, ApiError> {
     let row = sandboxes(state)?.get(id).await?;
     if caller.is_admin() || row.created_by.as_deref() == Some(caller.token_id.as_str()) {
         Ok(row)

@@ -278,6 +278,13 @@ impl Sandboxes {
         Ok(backend.exec_stream(id, command).await?)
     }
 
+    /// A byte stream to TCP `port` inside the VM (resuming it first).
+    pub async fn open_port(&self, id: &str, port: u16) -> Result<::sandbox::PortStream, VmError> {
+        let (backend, _) = self.ready()?;
+        self.with_running(id).await?;
+        Ok(backend.open_port(id, port).await?)
+    }
+
     pub async fn read_file(&self, id: &str, path: &str) -> Result<Vec<u8>, VmError> {
         let (backend, _) = self.ready()?;
         self.with_running(id).await?;
