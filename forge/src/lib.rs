@@ -3,8 +3,8 @@
 //! Modules: [`server`] (start-up, shutdown, shared state), [`api`] (HTTP
 //! handlers and the common error shape), [`auth`] (tokens and scopes),
 //! [`git`] (repositories on disk, smart HTTP, reading history),
-//! [`events`] (the outbox and its in-process fan-out) and [`store`] (every
-//! SQL query). The `forge` binary adds the command line.
+//! [`events`] (the outbox and its in-process fan-out), [`webhooks`]
+//! (subscriptions fed from the outbox) and [`store`] (every SQL query). The `forge` binary adds the command line.
 #![forbid(unsafe_code)]
 
 pub mod api;
@@ -13,3 +13,4 @@ pub mod events;
 pub mod git;
 pub mod server;
 pub mod store;
+pub mod webhooks;

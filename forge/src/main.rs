@@ -59,6 +59,16 @@ enum Command {
         /// Let repository imports (and webhooks) reach private networks.
         #[arg(long, env = "FORGE_ALLOW_PRIVATE")]
         allow_private: bool,
+        /// Waits between webhook delivery attempts (units ms, s, m, h).
+        #[arg(
+            long,
+            env = "FORGE_WEBHOOK_RETRY_DELAYS",
+            default_value = "5s,5m,30m,2h,5h,10h,10h"
+        )]
+        webhook_retry_delays: String,
+        /// Consecutive failed webhook attempts after which a webhook is disabled.
+        #[arg(long, env = "FORGE_WEBHOOK_DISABLE_AFTER", default_value_t = 24)]
+        webhook_disable_after: u32,
     },
     /// Repositories: create, list, delete.
     #[command(subcommand)]
@@ -129,6 +139,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             max_body_bytes,
             allow_loopback,
             allow_private,
+            webhook_retry_delays,
+            webhook_disable_after,
         } => {
             init_logging();
             let config = forge::server::Config {
@@ -138,6 +150,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 max_body_bytes,
                 allow_loopback,
                 allow_private,
+                webhooks: forge::webhooks::Options {
+                    retry_delays: forge::webhooks::parse_delays(&webhook_retry_delays)
+                        .map_err(|e| anyhow::anyhow!("--webhook-retry-delays: {e}"))?,
+                    disable_after_failures: webhook_disable_after,
+                    ..Default::default()
+                },
             };
             runtime()?.block_on(forge::server::serve(config))
         }

@@ -41,6 +41,8 @@ pub struct Config {
     pub allow_loopback: bool,
     /// Let imports (and later webhooks) reach private networks.
     pub allow_private: bool,
+    /// Webhook delivery: retry schedule, disabling, concurrency.
+    pub webhooks: crate::webhooks::Options,
 }
 
 /// What handlers see; resolved from [`Config`] once the listener is bound.
@@ -71,6 +73,7 @@ pub struct AppState {
     pub config: Arc<Settings>,
     /// Work that must finish before shutdown (pushes).
     pub tasks: TaskTracker,
+    pub webhooks: crate::webhooks::Webhooks,
 }
 
 /// The file holding the first admin token.
@@ -96,17 +99,29 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .unwrap_or_else(|| format!("http://{address}"))
         .trim_end_matches('/')
         .to_owned();
+    let settings = Settings {
+        public_url: public_url.clone(),
+        max_body_bytes: config.max_body_bytes,
+        allow_loopback: config.allow_loopback,
+        allow_private: config.allow_private,
+    };
+    let events = EventBus::default();
+    let webhooks = crate::webhooks::start(
+        store.clone(),
+        events.clone(),
+        settings.network_policy(),
+        &public_url,
+        &config.webhooks,
+    )
+    .await
+    .context("starting webhook delivery failed")?;
     let state = AppState {
         store: store.clone(),
         repos,
-        events: EventBus::default(),
-        config: Arc::new(Settings {
-            public_url: public_url.clone(),
-            max_body_bytes: config.max_body_bytes,
-            allow_loopback: config.allow_loopback,
-            allow_private: config.allow_private,
-        }),
+        events,
+        config: Arc::new(settings),
         tasks: TaskTracker::new(),
+        webhooks: webhooks.handle(),
     };
     let tasks = state.tasks.clone();
     let request_id = HeaderName::from_static("x-request-id");
@@ -135,6 +150,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .context("the HTTP server failed")?;
     tasks.close();
     tasks.wait().await;
+    webhooks.shutdown().await;
     store.close().await;
     tracing::info!("forge stopped");
     Ok(())

@@ -5,6 +5,7 @@
 mod events;
 mod repos;
 mod tokens;
+mod webhooks;
 
 use std::path::Path;
 use std::str::FromStr;
@@ -16,6 +17,10 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 pub use events::{EventRow, NewEvent};
 pub use repos::RepoRow;
 pub use tokens::{NewToken, TokenRow};
+pub use webhooks::{
+    AttemptOutcome, AttemptRow, ClaimedDelivery, DeliveryRow, NewDeliveryOwned, NewDeliveryRow,
+    NewWebhook, Redelivery, WebhookChange, WebhookRow, now_ms,
+};
 
 /// Errors of the store. Unique-key violations are told apart because the
 /// API answers them with `409`.
