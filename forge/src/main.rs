@@ -87,6 +87,9 @@ enum Command {
         #[arg(long, short)]
         follow: bool,
     },
+    /// Webhooks: create, list, delete, deliveries, redeliver.
+    #[command(subcommand)]
+    Hook(cli::HookCommand),
     /// Guest images: the root filesystem every sandbox starts from.
     #[command(subcommand)]
     Image(ImageCommand),
@@ -166,6 +169,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             after,
             follow,
         } => runtime()?.block_on(cli::events(&target, &repo, after, follow)),
+        Command::Hook(command) => runtime()?.block_on(cli::hook(&target, command)),
         Command::Image(ImageCommand::Build { agent }) => build_image(data_dir, agent),
         Command::Image(ImageCommand::List) => list_images(data_dir),
     }

@@ -83,6 +83,7 @@ pub struct Builder {
     data_dir: Option<PathBuf>,
     max_body_bytes: Option<u64>,
     allow_loopback: bool,
+    env: Vec<(String, String)>,
 }
 
 impl Builder {
@@ -95,6 +96,12 @@ impl Builder {
     /// Let imports reach 127.0.0.1 (the forge itself).
     pub fn allow_loopback(mut self) -> Self {
         self.allow_loopback = true;
+        self
+    }
+
+    /// Sets an environment variable of the server (e.g. a `FORGE_*` option).
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_owned(), value.to_owned()));
         self
     }
 
@@ -128,6 +135,7 @@ impl Builder {
         if self.allow_loopback {
             command.arg("--allow-loopback");
         }
+        command.envs(self.env.iter().map(|(k, v)| (k, v)));
         let mut child = command.spawn().expect("forge starts");
         let stdout = child.stdout.take().expect("stdout is piped");
         let stderr = child.stderr.take().expect("stderr is piped");

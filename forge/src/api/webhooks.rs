@@ -104,6 +104,9 @@ impl WebhookView {
     }
 }
 
+/// How long creating a webhook waits for its host to resolve.
+const LOOKUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Checks a target URL against the network policy: the literal address, or
 /// every address the host resolves to now (the sender checks again at each
 /// connection). A host that does not resolve yet is accepted.
@@ -118,7 +121,8 @@ async fn check_url(state: &AppState, url: &str) -> Result<(), ApiError> {
     let parsed = hooks::ssrf::check_url(url, &policy).map_err(|e| refused(e.to_string()))?;
     let host = parsed.host_str().unwrap_or_default().to_owned();
     let port = parsed.port_or_known_default().unwrap_or(443);
-    if let Ok(addresses) = tokio::net::lookup_host((host.trim_matches(['[', ']']), port)).await {
+    let lookup = tokio::net::lookup_host((host.trim_matches(['[', ']']), port));
+    if let Ok(Ok(addresses)) = tokio::time::timeout(LOOKUP_TIMEOUT, lookup).await {
         for address in addresses {
             policy
                 .check(address.ip())

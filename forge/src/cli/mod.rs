@@ -1,7 +1,10 @@
 //! The commands that talk to a running forge over HTTP: `repo`, `token`,
-//! `events`.
+//! `events`, `hook`.
 
 mod client;
+mod hook;
+
+pub use hook::{HookCommand, hook};
 
 use std::path::Path;
 

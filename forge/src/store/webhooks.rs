@@ -474,8 +474,8 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<DeliveryRow>> {
         Ok(sqlx::query_as(
-            "SELECT * FROM webhook_deliveries WHERE webhook_id = ? AND (?2 IS NULL OR seq < ?2)
-             ORDER BY seq DESC LIMIT ?",
+            "SELECT * FROM webhook_deliveries WHERE webhook_id = ?1 AND (?2 IS NULL OR seq < ?2)
+             ORDER BY seq DESC LIMIT ?3",
         )
         .bind(webhook_id)
         .bind(before)
