@@ -538,3 +538,155 @@ pub struct NewDeliveryOwned {
     pub event_type: String,
     pub body: std::sync::Arc<[u8]>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{NewEvent, RepoRow};
+
+    async fn store_with_hook(dir: &std::path::Path) -> (Store, WebhookRow) {
+        let store = Store::open(&dir.join("forge.db")).await.expect("open");
+        store
+            .insert_repo(&RepoRow {
+                id: "r1".into(),
+                owner: "acme".into(),
+                name: "web".into(),
+                default_branch: "main".into(),
+                created_at: now(),
+            })
+            .await
+            .expect("repo");
+        let hook = store
+            .insert_webhook(&NewWebhook {
+                id: "wh_1",
+                repo_id: "r1",
+                url: "http://127.0.0.1:9/",
+                events: "[\"push\"]",
+                branches: "[]",
+                paths: "[]",
+                active: true,
+                secret: "0123456789",
+            })
+            .await
+            .expect("hook");
+        (store, hook)
+    }
+
+    fn push() -> NewEvent {
+        NewEvent {
+            kind: "push".into(),
+            ref_name: Some("refs/heads/main".into()),
+            payload: serde_json::json!({}),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_event_is_consumed_once_and_a_lease_is_exclusive_until_released() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, hook) = store_with_hook(dir.path()).await;
+        assert_eq!(hook.after_event_id, 0);
+        let events = store
+            .insert_events("r1", "acme/web", None, &[push()])
+            .await
+            .expect("events");
+        let deliver = |_: &EventRow, hooks: &[WebhookRow]| -> Vec<NewDeliveryOwned> {
+            hooks
+                .iter()
+                .map(|h| NewDeliveryOwned {
+                    id: format!("msg_{}", h.id),
+                    webhook_id: h.id.clone(),
+                    event_type: "push".into(),
+                    body: std::sync::Arc::from(&b"{}"[..]),
+                })
+                .collect()
+        };
+        let cursor = store.webhook_cursor().await.expect("cursor");
+        assert_eq!(
+            store
+                .consume_events(cursor, &events, deliver)
+                .await
+                .expect("consume"),
+            Some(1)
+        );
+        // A second consumer with the old cursor finds it moved and writes nothing.
+        assert_eq!(
+            store
+                .consume_events(cursor, &events, deliver)
+                .await
+                .expect("consume"),
+            None
+        );
+
+        let now = now_ms();
+        let claimed = store
+            .claim_deliveries(now, 10, now + 60_000)
+            .await
+            .expect("claim");
+        assert_eq!(claimed.len(), 1);
+        assert_eq!(claimed[0].delivery.id, "msg_wh_1");
+        assert!(
+            store
+                .claim_deliveries(now, 10, now + 60_000)
+                .await
+                .expect("claim")
+                .is_empty()
+        );
+        assert_eq!(store.release_webhook_leases().await.expect("release"), 1);
+        let again = store
+            .claim_deliveries(now, 10, now + 60_000)
+            .await
+            .expect("claim");
+        assert_eq!(
+            again[0].delivery.id, "msg_wh_1",
+            "the same webhook-id after a restart"
+        );
+
+        let failures = store
+            .record_attempt(
+                "msg_wh_1",
+                &AttemptOutcome {
+                    started_at_ms: now,
+                    duration_ms: 1,
+                    request_headers: "[]",
+                    response_status: Some(500),
+                    response_headers: "[]",
+                    response_body: b"no",
+                    response_body_truncated: false,
+                    error: None,
+                    status: "pending",
+                    next_attempt_at: Some(now + 1000),
+                    success: false,
+                },
+            )
+            .await
+            .expect("record");
+        assert_eq!(failures, 1);
+        assert!(
+            store
+                .claim_deliveries(now, 10, now + 60_000)
+                .await
+                .expect("claim")
+                .is_empty(),
+            "not due yet"
+        );
+
+        let notice = store
+            .disable_webhook("wh_1", "gone")
+            .await
+            .expect("disable");
+        assert_eq!(notice.map(|e| e.kind).as_deref(), Some("webhook.disabled"));
+        assert!(
+            store
+                .disable_webhook("wh_1", "gone")
+                .await
+                .expect("disable")
+                .is_none()
+        );
+        let failed = store
+            .delivery("wh_1", "msg_wh_1")
+            .await
+            .expect("read")
+            .expect("exists");
+        assert_eq!(failed.status, "failed");
+    }
+}
