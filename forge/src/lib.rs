@@ -4,7 +4,9 @@
 //! handlers and the common error shape), [`auth`] (tokens and scopes),
 //! [`git`] (repositories on disk, smart HTTP, reading history),
 //! [`events`] (the outbox and its in-process fan-out), [`vms`] (sandboxes:
-//! backend, limits, lifecycle) and [`store`] (every SQL query). The `forge` binary adds the command line.
+//! backend, limits, lifecycle), [`pipelines`] (a run per push), [`webhooks`]
+//! (subscriptions fed from the outbox) and [`store`] (every SQL query). The
+//! `forge` binary adds the command line.
 #![forbid(unsafe_code)]
 
 pub mod api;
@@ -15,3 +17,4 @@ pub mod pipelines;
 pub mod server;
 pub mod store;
 pub mod vms;
+pub mod webhooks;

@@ -76,6 +76,16 @@ enum Command {
         /// Most sandboxes running or paused in memory at once.
         #[arg(long, env = "FORGE_MAX_SANDBOXES", default_value_t = 200)]
         max_sandboxes: usize,
+        /// Waits between webhook delivery attempts (units ms, s, m, h).
+        #[arg(
+            long,
+            env = "FORGE_WEBHOOK_RETRY_DELAYS",
+            default_value = "5s,5m,30m,2h,5h,10h,10h"
+        )]
+        webhook_retry_delays: String,
+        /// Consecutive failed webhook attempts after which a webhook is disabled.
+        #[arg(long, env = "FORGE_WEBHOOK_DISABLE_AFTER", default_value_t = 24)]
+        webhook_disable_after: u32,
     },
     /// Repositories: create, list, delete.
     #[command(subcommand)]
@@ -100,6 +110,9 @@ enum Command {
     /// Pipeline runs: list, show, logs.
     #[command(subcommand)]
     Run(cli::RunCommand),
+    /// Webhooks: create, list, delete, deliveries, redeliver.
+    #[command(subcommand)]
+    Hook(cli::HookCommand),
     /// Guest images: the root filesystem every sandbox starts from.
     #[command(subcommand)]
     Image(ImageCommand),
@@ -156,6 +169,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             sandbox_dir,
             image,
             max_sandboxes,
+            webhook_retry_delays,
+            webhook_disable_after,
         } => {
             init_logging();
             let config = forge::server::Config {
@@ -172,6 +187,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     max_live: max_sandboxes,
                     ..forge::vms::Limits::default()
                 },
+                webhooks: forge::webhooks::Options {
+                    retry_delays: forge::webhooks::parse_delays(&webhook_retry_delays)
+                        .map_err(|e| anyhow::anyhow!("--webhook-retry-delays: {e}"))?,
+                    disable_after_failures: webhook_disable_after,
+                    ..Default::default()
+                },
             };
             runtime()?.block_on(forge::server::serve(config))
         }
@@ -184,6 +205,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         } => runtime()?.block_on(cli::events(&target, &repo, after, follow)),
         Command::Vm(command) => runtime()?.block_on(cli::vm(&target, command)),
         Command::Run(command) => runtime()?.block_on(cli::run(&target, command)),
+        Command::Hook(command) => runtime()?.block_on(cli::hook(&target, command)),
         Command::Image(ImageCommand::Build { agent }) => build_image(data_dir, agent),
         Command::Image(ImageCommand::List) => list_images(data_dir),
     }

@@ -41,6 +41,8 @@ pub struct Config {
     pub allow_loopback: bool,
     /// Let imports (and later webhooks) reach private networks.
     pub allow_private: bool,
+    /// Webhook delivery: retry schedule, disabling, concurrency.
+    pub webhooks: crate::webhooks::Options,
     /// Which sandbox backend to run: `None` lets the host probe decide.
     pub sandbox_backend: SandboxBackend,
     /// Where sandboxes keep their state (default `<data>/sandboxes`; keep it
@@ -92,6 +94,7 @@ pub struct AppState {
     /// Work that must finish before shutdown (pushes).
     pub tasks: TaskTracker,
     pub sandboxes: Arc<crate::vms::Sandboxes>,
+    pub webhooks: crate::webhooks::Webhooks,
 }
 
 /// The file holding the first admin token.
@@ -133,18 +136,30 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     }
     let stopping = tokio_util::sync::CancellationToken::new();
     sandboxes.start_reaper(std::time::Duration::from_secs(1), stopping.clone());
+    let settings = Settings {
+        public_url: public_url.clone(),
+        max_body_bytes: config.max_body_bytes,
+        allow_loopback: config.allow_loopback,
+        allow_private: config.allow_private,
+    };
+    let events = EventBus::default();
+    let webhooks = crate::webhooks::start(
+        store.clone(),
+        events.clone(),
+        settings.network_policy(),
+        &public_url,
+        &config.webhooks,
+    )
+    .await
+    .context("starting webhook delivery failed")?;
     let state = AppState {
         store: store.clone(),
         repos,
-        events: EventBus::default(),
-        config: Arc::new(Settings {
-            public_url: public_url.clone(),
-            max_body_bytes: config.max_body_bytes,
-            allow_loopback: config.allow_loopback,
-            allow_private: config.allow_private,
-        }),
+        events,
+        config: Arc::new(settings),
         tasks: TaskTracker::new(),
         sandboxes,
+        webhooks: webhooks.handle(),
     };
     crate::pipelines::Pipelines::new(
         state.store.clone(),
@@ -182,6 +197,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     stopping.cancel();
     tasks.close();
     tasks.wait().await;
+    webhooks.shutdown().await;
     store.close().await;
     tracing::info!("forge stopped");
     Ok(())

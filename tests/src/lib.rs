@@ -83,6 +83,7 @@ pub struct Builder {
     data_dir: Option<PathBuf>,
     max_body_bytes: Option<u64>,
     allow_loopback: bool,
+    env: Vec<(String, String)>,
     sandboxes: Option<Sandboxes>,
 }
 
@@ -150,6 +151,12 @@ impl Builder {
         self
     }
 
+    /// Sets an environment variable of the server (e.g. a `FORGE_*` option).
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
     /// Run sandboxes (the container backend on the host's guest image);
     /// at most `max_live` at once.
     pub fn with_sandboxes(mut self, max_live: usize) -> Self {
@@ -207,6 +214,7 @@ impl Builder {
                 command.args(["--sandbox-backend", "none"]);
             }
         }
+        command.envs(self.env.iter().map(|(k, v)| (k, v)));
         let mut child = command.spawn().expect("forge starts");
         let stdout = child.stdout.take().expect("stdout is piped");
         let stderr = child.stderr.take().expect("stderr is piped");

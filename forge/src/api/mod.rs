@@ -14,6 +14,7 @@ mod runs;
 pub use repos::authorize as repos_authorize;
 mod tokens;
 mod vms;
+mod webhooks;
 
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
@@ -58,6 +59,32 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/vms/{id}/ports/{port}", any(preview::root))
         .route("/v1/vms/{id}/ports/{port}/", any(preview::root))
         .route("/v1/vms/{id}/ports/{port}/{*path}", any(preview::path))
+        .route(
+            "/v1/repos/{owner}/{name}/webhooks",
+            post(webhooks::create).get(webhooks::list),
+        )
+        .route(
+            "/v1/repos/{owner}/{name}/webhooks/{id}",
+            get(webhooks::show)
+                .patch(webhooks::update)
+                .delete(webhooks::delete),
+        )
+        .route(
+            "/v1/repos/{owner}/{name}/webhooks/{id}/ping",
+            post(webhooks::ping),
+        )
+        .route(
+            "/v1/repos/{owner}/{name}/webhooks/{id}/deliveries",
+            get(webhooks::deliveries),
+        )
+        .route(
+            "/v1/repos/{owner}/{name}/webhooks/{id}/deliveries/{delivery_id}",
+            get(webhooks::delivery),
+        )
+        .route(
+            "/v1/repos/{owner}/{name}/webhooks/{id}/deliveries/{delivery_id}/redeliver",
+            post(webhooks::redeliver),
+        )
         .route("/v1/tokens", post(tokens::create).get(tokens::list))
         .route("/v1/tokens/{id}", axum::routing::delete(tokens::revoke))
         .route(

@@ -1,9 +1,11 @@
 //! The commands that talk to a running forge over HTTP: `repo`, `token`,
-//! `events`, `vm`, `run`.
+//! `events`, `vm`, `run`, `hook`.
 
 mod client;
+mod hook;
 mod vm;
 
+pub use hook::{HookCommand, hook};
 pub use vm::{RunCommand, VmCommand, run, vm};
 
 use std::path::Path;

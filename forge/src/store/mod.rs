@@ -7,6 +7,7 @@ mod repos;
 mod runs;
 mod tokens;
 mod vms;
+mod webhooks;
 
 use std::path::Path;
 use std::str::FromStr;
@@ -20,6 +21,10 @@ pub use repos::RepoRow;
 pub use runs::{BranchSandbox, MAX_STEP_LOG, NewRun, RunRow, StepRow};
 pub use tokens::{NewToken, TokenRow};
 pub use vms::{VmRow, unix_now};
+pub use webhooks::{
+    AttemptOutcome, AttemptRow, ClaimedDelivery, DeliveryRow, NewDeliveryOwned, NewDeliveryRow,
+    NewWebhook, Redelivery, WebhookChange, WebhookRow, now_ms,
+};
 
 /// Errors of the store. Unique-key violations are told apart because the
 /// API answers them with `409`.

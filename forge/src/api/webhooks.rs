@@ -1,0 +1,475 @@
+//! `/v1/repos/{owner}/{name}/webhooks`: subscriptions, pings and the
+//! delivery log.
+//!
+//! Access: `repo:write` on the repository (or `admin`) to create, change,
+//! delete, ping and redeliver; `repo:read` to list and read subscriptions
+//! and their deliveries. A secret is returned only by the request that
+//! created it (`POST`, or `PATCH` with `rotate_secret`); URLs are shown with
+//! any credentials in them replaced by `***`.
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::repos::authorize;
+use super::{ApiError, Body, created};
+use crate::auth::{Caller, Scope};
+use crate::server::AppState;
+use crate::store::{
+    AttemptRow, DeliveryRow, NewDeliveryRow, NewWebhook, Redelivery, RepoRow, WebhookChange,
+    WebhookRow, now_ms,
+};
+use crate::webhooks::ROTATION_WINDOW;
+use hooks::Secret;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateWebhook {
+    url: String,
+    events: Vec<String>,
+    #[serde(default)]
+    branches: Vec<String>,
+    #[serde(default)]
+    paths: Vec<String>,
+    active: Option<bool>,
+    secret: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateWebhook {
+    url: Option<String>,
+    events: Option<Vec<String>>,
+    branches: Option<Vec<String>>,
+    paths: Option<Vec<String>>,
+    active: Option<bool>,
+    /// Replace the secret (with `secret`, or a generated one); the old one
+    /// keeps signing for the rotation window.
+    #[serde(default)]
+    rotate_secret: bool,
+    secret: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct WebhookView {
+    id: String,
+    url: String,
+    events: Value,
+    branches: Value,
+    paths: Value,
+    active: bool,
+    disabled_reason: Option<String>,
+    consecutive_failures: i64,
+    /// While set, the previous secret still signs every request too.
+    previous_secret_expires_at: Option<String>,
+    created_at: String,
+    updated_at: String,
+    /// Only in the answer that created it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    secret: Option<String>,
+}
+
+fn rfc3339_ms(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}
+
+impl WebhookView {
+    fn new(row: &WebhookRow, secret: Option<String>) -> Self {
+        let list = |text: &str| serde_json::from_str(text).unwrap_or(Value::Null);
+        Self {
+            id: row.id.clone(),
+            url: crate::git::redact_credentials(&row.url),
+            events: list(&row.events),
+            branches: list(&row.branches),
+            paths: list(&row.paths),
+            active: row.active,
+            disabled_reason: row.disabled_reason.clone(),
+            consecutive_failures: row.consecutive_failures,
+            previous_secret_expires_at: row
+                .previous_secret_until
+                .filter(|until| *until > now_ms())
+                .map(rfc3339_ms),
+            created_at: row.created_at.clone(),
+            updated_at: row.updated_at.clone(),
+            secret,
+        }
+    }
+}
+
+/// How long creating a webhook waits for its host to resolve.
+const LOOKUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Checks a target URL against the network policy: the literal address, or
+/// every address the host resolves to now (the sender checks again at each
+/// connection). A host that does not resolve yet is accepted.
+async fn check_url(state: &AppState, url: &str) -> Result<(), ApiError> {
+    let policy = state.config.network_policy();
+    let refused = |reason: String| {
+        ApiError::bad_request(format!(
+            "url is refused: {}",
+            crate::git::redact_credentials(&reason)
+        ))
+    };
+    let parsed = hooks::ssrf::check_url(url, &policy).map_err(|e| refused(e.to_string()))?;
+    let host = parsed.host_str().unwrap_or_default().to_owned();
+    let port = parsed.port_or_known_default().unwrap_or(443);
+    let lookup = tokio::net::lookup_host((host.trim_matches(['[', ']']), port));
+    if let Ok(Ok(addresses)) = tokio::time::timeout(LOOKUP_TIMEOUT, lookup).await {
+        for address in addresses {
+            policy
+                .check(address.ip())
+                .map_err(|e| refused(e.to_string()))?;
+        }
+    }
+    Ok(())
+}
+
+fn check_filters(events: &[String], branches: &[String], paths: &[String]) -> Result<(), ApiError> {
+    if events.is_empty() {
+        return Err(ApiError::bad_request(
+            "events must list at least one event type, or \"*\"",
+        ));
+    }
+    hooks::SubscriptionFilter::new(events, branches, paths)
+        .map(|_| ())
+        .map_err(|e| ApiError::bad_request(e.to_string()))
+}
+
+fn secret_from(given: Option<String>) -> Result<Secret, ApiError> {
+    match given {
+        Some(text) => Secret::new(text).map_err(|e| ApiError::bad_request(e.to_string())),
+        None => Ok(Secret::generate()),
+    }
+}
+
+fn json_list(items: &[String]) -> String {
+    serde_json::to_string(items).unwrap_or_else(|_| "[]".to_owned())
+}
+
+async fn find(state: &AppState, repo: &RepoRow, id: &str) -> Result<WebhookRow, ApiError> {
+    state
+        .store
+        .webhook(&repo.id, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("webhook {id} does not exist")))
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((owner, name)): Path<(String, String)>,
+    Body(request): Body<CreateWebhook>,
+) -> Result<(StatusCode, Json<WebhookView>), ApiError> {
+    let repo = authorize(&state, &caller, &owner, &name, Scope::RepoWrite).await?;
+    check_filters(&request.events, &request.branches, &request.paths)?;
+    check_url(&state, &request.url).await?;
+    let secret = secret_from(request.secret)?;
+    let id = format!("wh_{}", uuid::Uuid::new_v4().simple());
+    let row = state
+        .store
+        .insert_webhook(&NewWebhook {
+            id: &id,
+            repo_id: &repo.id,
+            url: &request.url,
+            events: &json_list(&request.events),
+            branches: &json_list(&request.branches),
+            paths: &json_list(&request.paths),
+            active: request.active.unwrap_or(true),
+            secret: secret.expose(),
+        })
+        .await?;
+    tracing::info!(repo = %repo.full_name(), webhook = %id, "webhook created");
+    Ok(created(WebhookView::new(
+        &row,
+        Some(secret.expose().to_owned()),
+    )))
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((owner, name)): Path<(String, String)>,
+) -> Result<Json<Vec<WebhookView>>, ApiError> {
+    let repo = authorize(&state, &caller, &owner, &name, Scope::RepoRead).await?;
+    let rows = state.store.list_webhooks(&repo.id).await?;
+    Ok(Json(
+        rows.iter().map(|row| WebhookView::new(row, None)).collect(),
+    ))
+}
+
+pub async fn show(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((owner, name, id)): Path<(String, String, String)>,
+) -> Result<Json<WebhookView>, ApiError> {
+    let repo = authorize(&state, &caller, &owner, &name, Scope::RepoRead).await?;
+    Ok(Json(WebhookView::new(
+        &find(&state, &repo, &id).await?,
+        None,
+    )))
+}
+
+pub async fn update(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((owner, name, id)): Path<(String, String, String)>,
+    Body(request): Body<UpdateWebhook>,
+) -> Result<Json<WebhookView>, ApiError> {
+    let repo = authorize(&state, &caller, &owner, &name, Scope::RepoWrite).await?;
+    let current = find(&state, &repo, &id).await?;
+    let stored = |text: &str| serde_json::from_str::<Vec<String>>(text).unwrap_or_default();
+    let events = request
+        .events
+        .clone()
+        .unwrap_or_else(|| stored(&current.events));
+    let branches = request
+        .branches
+        .clone()
+        .unwrap_or_else(|| stored(&current.branches));
+    let paths = request
+        .paths
+        .clone()
+        .unwrap_or_else(|| stored(&current.paths));
+    check_filters(&events, &branches, &paths)?;
+    if let Some(url) = &request.url {
+        check_url(&state, url).await?;
+    }
+    let new_secret = if request.rotate_secret || request.secret.is_some() {
+        Some(secret_from(request.secret)?)
+    } else {
+        None
+    };
+    let window_ms = i64::try_from(ROTATION_WINDOW.as_millis()).unwrap_or(i64::MAX);
+    let change = WebhookChange {
+        url: request.url,
+        events: request.events.map(|l| json_list(&l)),
+        branches: request.branches.map(|l| json_list(&l)),
+        paths: request.paths.map(|l| json_list(&l)),
+        active: request.active,
+        rotate: new_secret
+            .as_ref()
+            .map(|s| (s.expose().to_owned(), now_ms() + window_ms)),
+    };
+    let row = state
+        .store
+        .update_webhook(&repo.id, &id, &change)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("webhook {id} does not exist")))?;
+    if request.active == Some(true) {
+        state.webhooks.wake();
+    }
+    tracing::info!(webhook = %id, rotated = new_secret.is_some(), "webhook changed");
+    Ok(Json(WebhookView::new(
+        &row,
+        new_secret.map(|s| s.expose().to_owned()),
+    )))
+}
+
+pub async fn delete(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((owner, name, id)): Path<(String, String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let repo = authorize(&state, &caller, &owner, &name, Scope::RepoWrite).await?;
+    if !state.store.delete_webhook(&repo.id, &id).await? {
+        return Err(ApiError::not_found(format!("webhook {id} does not exist")));
+    }
+    tracing::info!(webhook = %id, "webhook deleted");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Serialize)]
+pub struct Queued {
+    delivery_id: String,
+}
+
+fn disabled(hook: &WebhookRow) -> ApiError {
+    ApiError::conflict(format!(
+        "webhook {} is disabled; PATCH it with \"active\": true first",
+        hook.id
+    ))
+}
+
+pub async fn ping(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((owner, name, id)): Path<(String, String, String)>,
+) -> Result<(StatusCode, Json<Queued>), ApiError> {
+    let repo = authorize(&state, &caller, &owner, &name, Scope::RepoWrite).await?;
+    let hook = find(&state, &repo, &id).await?;
+    if !hook.active {
+        return Err(disabled(&hook));
+    }
+    let events: Vec<String> = serde_json::from_str(&hook.events).unwrap_or_default();
+    let event = hooks::payload::ping_event(&repo.full_name(), &hook.id, &events);
+    let body = hooks::payload::render(&event, &state.webhooks.payload);
+    let delivery_id = hooks::new_delivery_id();
+    state
+        .store
+        .insert_delivery(&NewDeliveryRow {
+            id: &delivery_id,
+            webhook_id: &hook.id,
+            event_id: None,
+            event_type: "ping",
+            body: &body,
+        })
+        .await?;
+    state.webhooks.wake();
+    Ok((StatusCode::ACCEPTED, Json(Queued { delivery_id })))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct PageQuery {
+    before: Option<i64>,
+    limit: Option<i64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct AttemptView {
+    attempt: i64,
+    started_at: String,
+    duration_ms: i64,
+    request_headers: Value,
+    response_status: Option<i64>,
+    response_headers: Value,
+    /// The first 4 KiB, as text (invalid UTF-8 replaced).
+    response_body: String,
+    response_body_truncated: bool,
+    error: Option<String>,
+    next_attempt_at: Option<String>,
+}
+
+impl From<AttemptRow> for AttemptView {
+    fn from(row: AttemptRow) -> Self {
+        Self {
+            attempt: row.attempt,
+            started_at: rfc3339_ms(row.started_at),
+            duration_ms: row.duration_ms,
+            request_headers: serde_json::from_str(&row.request_headers).unwrap_or(Value::Null),
+            response_status: row.response_status,
+            response_headers: serde_json::from_str(&row.response_headers).unwrap_or(Value::Null),
+            response_body: String::from_utf8_lossy(&row.response_body).into_owned(),
+            response_body_truncated: row.response_body_truncated,
+            error: row.error,
+            next_attempt_at: row.next_attempt_at.map(rfc3339_ms),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct DeliveryView {
+    id: String,
+    /// Pass as `before` for older deliveries.
+    seq: i64,
+    event_type: String,
+    event_id: Option<i64>,
+    /// `pending`, `delivered` or `failed`.
+    status: String,
+    attempts: i64,
+    next_attempt_at: Option<String>,
+    created_at: String,
+    attempt_log: Vec<AttemptView>,
+    /// Only when one delivery is read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    payload: Option<Value>,
+}
+
+async fn delivery_view(
+    state: &AppState,
+    row: DeliveryRow,
+    with_payload: bool,
+) -> Result<DeliveryView, ApiError> {
+    let attempts = state.store.attempts(&row.id).await?;
+    Ok(DeliveryView {
+        payload: with_payload.then(|| serde_json::from_slice(&row.body).unwrap_or(Value::Null)),
+        next_attempt_at: (row.status == "pending").then(|| rfc3339_ms(row.next_attempt_at)),
+        id: row.id,
+        seq: row.seq,
+        event_type: row.event_type,
+        event_id: row.event_id,
+        status: row.status,
+        attempts: row.attempts,
+        created_at: row.created_at,
+        attempt_log: attempts.into_iter().map(AttemptView::from).collect(),
+    })
+}
+
+#[derive(Debug, Serialize)]
+pub struct DeliveryPage {
+    deliveries: Vec<DeliveryView>,
+    /// Pass as `before` for the next (older) page; absent on the last one.
+    next_before: Option<i64>,
+}
+
+pub async fn deliveries(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((owner, name, id)): Path<(String, String, String)>,
+    Query(query): Query<PageQuery>,
+) -> Result<Json<DeliveryPage>, ApiError> {
+    let repo = authorize(&state, &caller, &owner, &name, Scope::RepoRead).await?;
+    let hook = find(&state, &repo, &id).await?;
+    let limit = query.limit.unwrap_or(20).clamp(1, 100);
+    let rows = state
+        .store
+        .list_deliveries(&hook.id, query.before, limit)
+        .await?;
+    let next_before = (rows.len() as i64 == limit)
+        .then(|| rows.last().map(|row| row.seq))
+        .flatten();
+    let mut deliveries = Vec::with_capacity(rows.len());
+    for row in rows {
+        deliveries.push(delivery_view(&state, row, false).await?);
+    }
+    Ok(Json(DeliveryPage {
+        deliveries,
+        next_before,
+    }))
+}
+
+pub async fn delivery(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((owner, name, id, delivery_id)): Path<(String, String, String, String)>,
+) -> Result<Json<DeliveryView>, ApiError> {
+    let repo = authorize(&state, &caller, &owner, &name, Scope::RepoRead).await?;
+    let hook = find(&state, &repo, &id).await?;
+    let row = state
+        .store
+        .delivery(&hook.id, &delivery_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("delivery {delivery_id} does not exist")))?;
+    Ok(Json(delivery_view(&state, row, true).await?))
+}
+
+pub async fn redeliver(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((owner, name, id, delivery_id)): Path<(String, String, String, String)>,
+) -> Result<(StatusCode, Json<Queued>), ApiError> {
+    let repo = authorize(&state, &caller, &owner, &name, Scope::RepoWrite).await?;
+    let hook = find(&state, &repo, &id).await?;
+    if !hook.active {
+        return Err(disabled(&hook));
+    }
+    match state.store.redeliver(&hook.id, &delivery_id).await? {
+        Redelivery::Queued => {
+            state.webhooks.wake();
+            Ok((StatusCode::ACCEPTED, Json(Queued { delivery_id })))
+        }
+        Redelivery::NotFound => Err(ApiError::not_found(format!(
+            "delivery {delivery_id} does not exist"
+        ))),
+        Redelivery::InFlight => Err(ApiError::conflict(format!(
+            "delivery {delivery_id} is being attempted right now; try again in a moment"
+        ))),
+    }
+}

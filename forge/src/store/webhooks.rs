@@ -1,0 +1,692 @@
+//! The webhook tables: `webhooks` (subscriptions), `webhook_deliveries`,
+//! `webhook_attempts` and `webhook_cursor` (how far the consumer has read
+//! the events outbox). The rules these queries keep are described in
+//! [`crate::webhooks`]; scheduling times are Unix milliseconds.
+
+use super::{EventRow, Result, Store, now};
+
+/// A subscription as recorded. `secret` and `previous_secret` never leave
+/// the server except in the answer that created them.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct WebhookRow {
+    pub id: String,
+    pub repo_id: String,
+    pub url: String,
+    pub events: String,
+    pub branches: String,
+    pub paths: String,
+    pub active: bool,
+    pub secret: String,
+    pub previous_secret: Option<String>,
+    pub previous_secret_until: Option<i64>,
+    pub consecutive_failures: i64,
+    pub disabled_reason: Option<String>,
+    pub after_event_id: i64,
+    pub revision: i64,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+/// What [`Store::insert_webhook`] needs; lists are JSON arrays.
+#[derive(Debug)]
+pub struct NewWebhook<'a> {
+    pub id: &'a str,
+    pub repo_id: &'a str,
+    pub url: &'a str,
+    pub events: &'a str,
+    pub branches: &'a str,
+    pub paths: &'a str,
+    pub active: bool,
+    pub secret: &'a str,
+}
+
+/// A change to a subscription; `None` keeps a field.
+#[derive(Debug, Default)]
+pub struct WebhookChange {
+    pub url: Option<String>,
+    pub events: Option<String>,
+    pub branches: Option<String>,
+    pub paths: Option<String>,
+    pub active: Option<bool>,
+    /// A new secret; the old one keeps signing until `previous_until_ms`.
+    pub rotate: Option<(String, i64)>,
+}
+
+/// A delivery as recorded.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct DeliveryRow {
+    pub seq: i64,
+    pub id: String,
+    pub webhook_id: String,
+    pub event_id: Option<i64>,
+    pub event_type: String,
+    pub body: Vec<u8>,
+    pub status: String,
+    pub attempts: i64,
+    pub schedule_base: i64,
+    pub next_attempt_at: i64,
+    pub lease_until: Option<i64>,
+    pub created_at: String,
+}
+
+/// One attempt of a delivery as recorded.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct AttemptRow {
+    pub delivery_id: String,
+    pub attempt: i64,
+    pub started_at: i64,
+    pub duration_ms: i64,
+    pub request_headers: String,
+    pub response_status: Option<i64>,
+    pub response_headers: String,
+    pub response_body: Vec<u8>,
+    pub response_body_truncated: bool,
+    pub error: Option<String>,
+    pub next_attempt_at: Option<i64>,
+}
+
+/// A delivery to write.
+#[derive(Debug)]
+pub struct NewDeliveryRow<'a> {
+    pub id: &'a str,
+    pub webhook_id: &'a str,
+    pub event_id: Option<i64>,
+    pub event_type: &'a str,
+    pub body: &'a [u8],
+}
+
+/// A delivery leased to a worker, with what it needs to send.
+#[derive(Debug, Clone)]
+pub struct ClaimedDelivery {
+    pub delivery: DeliveryRow,
+    pub webhook: WebhookRow,
+}
+
+/// The outcome of an attempt, as [`Store::record_attempt`] writes it.
+#[derive(Debug)]
+pub struct AttemptOutcome<'a> {
+    pub started_at_ms: i64,
+    pub duration_ms: i64,
+    pub request_headers: &'a str,
+    pub response_status: Option<i64>,
+    pub response_headers: &'a str,
+    pub response_body: &'a [u8],
+    pub response_body_truncated: bool,
+    pub error: Option<&'a str>,
+    /// `delivered`, `pending` or `failed`.
+    pub status: &'a str,
+    pub next_attempt_at: Option<i64>,
+    pub success: bool,
+}
+
+/// What a redelivery request found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Redelivery {
+    Queued,
+    NotFound,
+    /// An attempt is being made right now.
+    InFlight,
+}
+
+const HOOK_COLUMNS: &str = "id, repo_id, url, events, branches, paths, active, secret, previous_secret, \
+     previous_secret_until, consecutive_failures, disabled_reason, after_event_id, revision, created_at, updated_at";
+
+/// The current time in Unix milliseconds.
+pub fn now_ms() -> i64 {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
+}
+
+impl Store {
+    /// Records a subscription. It receives events recorded after this
+    /// moment only (`after_event_id` is read in the same statement).
+    pub async fn insert_webhook(&self, hook: &NewWebhook<'_>) -> Result<WebhookRow> {
+        let at = now();
+        Ok(sqlx::query_as(&format!(
+            "INSERT INTO webhooks (id, repo_id, url, events, branches, paths, active, secret, after_event_id, created_at, updated_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, (SELECT COALESCE(MAX(id), 0) FROM events), ?, ?)
+             RETURNING {HOOK_COLUMNS}"
+        ))
+        .bind(hook.id)
+        .bind(hook.repo_id)
+        .bind(hook.url)
+        .bind(hook.events)
+        .bind(hook.branches)
+        .bind(hook.paths)
+        .bind(hook.active)
+        .bind(hook.secret)
+        .bind(&at)
+        .bind(&at)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    pub async fn webhook(&self, repo_id: &str, id: &str) -> Result<Option<WebhookRow>> {
+        Ok(sqlx::query_as(&format!(
+            "SELECT {HOOK_COLUMNS} FROM webhooks WHERE repo_id = ? AND id = ?"
+        ))
+        .bind(repo_id)
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    pub async fn list_webhooks(&self, repo_id: &str) -> Result<Vec<WebhookRow>> {
+        Ok(sqlx::query_as(&format!(
+            "SELECT {HOOK_COLUMNS} FROM webhooks WHERE repo_id = ? ORDER BY created_at, id"
+        ))
+        .bind(repo_id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Applies `change`; re-activating clears the failure count and reason.
+    pub async fn update_webhook(
+        &self,
+        repo_id: &str,
+        id: &str,
+        change: &WebhookChange,
+    ) -> Result<Option<WebhookRow>> {
+        let (secret, until) = match &change.rotate {
+            Some((secret, until)) => (Some(secret.as_str()), Some(*until)),
+            None => (None, None),
+        };
+        // SQLite evaluates every SET expression against the old row, so
+        // `previous_secret = secret` keeps the secret being replaced.
+        Ok(sqlx::query_as(&format!(
+            "UPDATE webhooks SET
+                url = COALESCE(?1, url), events = COALESCE(?2, events),
+                branches = COALESCE(?3, branches), paths = COALESCE(?4, paths),
+                active = COALESCE(?5, active),
+                consecutive_failures = CASE WHEN ?5 = 1 THEN 0 ELSE consecutive_failures END,
+                disabled_reason = CASE WHEN ?5 = 1 THEN NULL ELSE disabled_reason END,
+                previous_secret = CASE WHEN ?6 IS NULL THEN previous_secret ELSE secret END,
+                previous_secret_until = CASE WHEN ?6 IS NULL THEN previous_secret_until ELSE ?7 END,
+                secret = COALESCE(?6, secret),
+                revision = revision + 1, updated_at = ?8
+             WHERE repo_id = ?9 AND id = ?10 RETURNING {HOOK_COLUMNS}"
+        ))
+        .bind(&change.url)
+        .bind(&change.events)
+        .bind(&change.branches)
+        .bind(&change.paths)
+        .bind(change.active)
+        .bind(secret)
+        .bind(until)
+        .bind(now())
+        .bind(repo_id)
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// Deletes a subscription with its deliveries; whether it existed.
+    pub async fn delete_webhook(&self, repo_id: &str, id: &str) -> Result<bool> {
+        let done = sqlx::query("DELETE FROM webhooks WHERE repo_id = ? AND id = ?")
+            .bind(repo_id)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// How far the webhook consumer has read the outbox.
+    pub async fn webhook_cursor(&self) -> Result<i64> {
+        let (cursor,): (i64,) =
+            sqlx::query_as("SELECT last_event_id FROM webhook_cursor WHERE id = 1")
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(cursor)
+    }
+
+    /// Consumes `events` (read after `cursor`, in order) in one
+    /// transaction: for each, `fan_out` gets the event and its
+    /// repository's active subscriptions that existed before it, and the
+    /// deliveries it returns are written (at most one per subscription and
+    /// event, so a replay is harmless); then the cursor moves past the last
+    /// event. Returns the number of deliveries written, or `None` when the
+    /// cursor had moved (another consumer ran; read again).
+    pub async fn consume_events<F>(
+        &self,
+        cursor: i64,
+        events: &[EventRow],
+        mut fan_out: F,
+    ) -> Result<Option<usize>>
+    where
+        F: FnMut(&EventRow, &[WebhookRow]) -> Vec<NewDeliveryOwned>,
+    {
+        let Some(last) = events.last().map(|e| e.id) else {
+            return Ok(Some(0));
+        };
+        let mut tx = self.pool.begin().await?;
+        // A write first: the transaction takes the write lock now, so what
+        // it reads next cannot change before it commits.
+        let moved = sqlx::query(
+            "UPDATE webhook_cursor SET last_event_id = ? WHERE id = 1 AND last_event_id = ?",
+        )
+        .bind(last)
+        .bind(cursor)
+        .execute(&mut *tx)
+        .await?;
+        if moved.rows_affected() == 0 {
+            return Ok(None);
+        }
+        let mut written = 0;
+        let at = now();
+        let next = now_ms();
+        for event in events {
+            let hooks: Vec<WebhookRow> = sqlx::query_as(&format!(
+                "SELECT {HOOK_COLUMNS} FROM webhooks WHERE repo_id = ? AND active = 1 AND after_event_id < ? ORDER BY id"
+            ))
+            .bind(&event.repo_id)
+            .bind(event.id)
+            .fetch_all(&mut *tx)
+            .await?;
+            if hooks.is_empty() {
+                continue;
+            }
+            for delivery in fan_out(event, &hooks) {
+                let done = sqlx::query(
+                    "INSERT OR IGNORE INTO webhook_deliveries (id, webhook_id, event_id, event_type, body, next_attempt_at, created_at)
+                     VALUES (?, ?, ?, ?, ?, ?, ?)",
+                )
+                .bind(&delivery.id)
+                .bind(&delivery.webhook_id)
+                .bind(event.id)
+                .bind(&delivery.event_type)
+                .bind(&*delivery.body)
+                .bind(next)
+                .bind(&at)
+                .execute(&mut *tx)
+                .await?;
+                written += usize::try_from(done.rows_affected()).unwrap_or(0);
+            }
+        }
+        tx.commit().await?;
+        Ok(Some(written))
+    }
+
+    /// Writes a delivery that no event caused (a ping), due now.
+    pub async fn insert_delivery(&self, delivery: &NewDeliveryRow<'_>) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO webhook_deliveries (id, webhook_id, event_id, event_type, body, next_attempt_at, created_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(delivery.id)
+        .bind(delivery.webhook_id)
+        .bind(delivery.event_id)
+        .bind(delivery.event_type)
+        .bind(delivery.body)
+        .bind(now_ms())
+        .bind(now())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Frees every lease. Only for start-up: one server owns a database, so
+    /// a lease found then belongs to a process that is gone, and its
+    /// delivery is sent again at once (with the same `webhook-id`).
+    pub async fn release_webhook_leases(&self) -> Result<u64> {
+        let done = sqlx::query(
+            "UPDATE webhook_deliveries SET lease_until = NULL WHERE lease_until IS NOT NULL",
+        )
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// Leases up to `limit` due deliveries until `lease_until`: the oldest
+    /// due one of each active subscription that has none leased. One
+    /// statement, so no delivery is leased twice.
+    pub async fn claim_deliveries(
+        &self,
+        now: i64,
+        limit: i64,
+        lease_until: i64,
+    ) -> Result<Vec<ClaimedDelivery>> {
+        let deliveries: Vec<DeliveryRow> = sqlx::query_as(
+            "UPDATE webhook_deliveries SET lease_until = ?1 WHERE seq IN (
+                SELECT MIN(d.seq) FROM webhook_deliveries d JOIN webhooks w ON w.id = d.webhook_id
+                WHERE d.status = 'pending' AND d.next_attempt_at <= ?2
+                  AND (d.lease_until IS NULL OR d.lease_until <= ?2) AND w.active = 1
+                  AND NOT EXISTS (SELECT 1 FROM webhook_deliveries o WHERE o.webhook_id = d.webhook_id
+                                  AND o.status = 'pending' AND o.lease_until > ?2)
+                GROUP BY d.webhook_id ORDER BY MIN(d.seq) LIMIT ?3)
+             RETURNING *",
+        )
+        .bind(lease_until)
+        .bind(now)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut claimed = Vec::with_capacity(deliveries.len());
+        for delivery in deliveries {
+            let webhook: Option<WebhookRow> =
+                sqlx::query_as(&format!("SELECT {HOOK_COLUMNS} FROM webhooks WHERE id = ?"))
+                    .bind(&delivery.webhook_id)
+                    .fetch_optional(&self.pool)
+                    .await?;
+            if let Some(webhook) = webhook {
+                claimed.push(ClaimedDelivery { delivery, webhook });
+            }
+        }
+        claimed.sort_by_key(|c| c.delivery.seq);
+        Ok(claimed)
+    }
+
+    /// Records an attempt, moves the delivery on (releasing its lease) and
+    /// updates the subscription's run of consecutive failures, which it
+    /// returns; all in one transaction.
+    pub async fn record_attempt(
+        &self,
+        delivery_id: &str,
+        outcome: &AttemptOutcome<'_>,
+    ) -> Result<u32> {
+        let mut tx = self.pool.begin().await?;
+        let (attempts, webhook_id): (i64, String) = sqlx::query_as(
+            "UPDATE webhook_deliveries SET attempts = attempts + 1, status = ?, lease_until = NULL,
+                next_attempt_at = COALESCE(?, next_attempt_at)
+             WHERE id = ? RETURNING attempts, webhook_id",
+        )
+        .bind(outcome.status)
+        .bind(outcome.next_attempt_at)
+        .bind(delivery_id)
+        .fetch_one(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO webhook_attempts (delivery_id, attempt, started_at, duration_ms, request_headers,
+                response_status, response_headers, response_body, response_body_truncated, error, next_attempt_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(delivery_id)
+        .bind(attempts)
+        .bind(outcome.started_at_ms)
+        .bind(outcome.duration_ms)
+        .bind(outcome.request_headers)
+        .bind(outcome.response_status)
+        .bind(outcome.response_headers)
+        .bind(outcome.response_body)
+        .bind(outcome.response_body_truncated)
+        .bind(outcome.error)
+        .bind(outcome.next_attempt_at)
+        .execute(&mut *tx)
+        .await?;
+        let (failures,): (i64,) = sqlx::query_as(
+            "UPDATE webhooks SET consecutive_failures = CASE WHEN ? THEN 0 ELSE consecutive_failures + 1 END
+             WHERE id = ? RETURNING consecutive_failures",
+        )
+        .bind(outcome.success)
+        .bind(&webhook_id)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(u32::try_from(failures).unwrap_or(u32::MAX))
+    }
+
+    /// Disables a subscription, fails its pending deliveries and records a
+    /// `webhook.disabled` event, in one transaction. Returns the event, or
+    /// `None` when the subscription is gone or was already disabled.
+    pub async fn disable_webhook(&self, id: &str, reason: &str) -> Result<Option<EventRow>> {
+        let mut tx = self.pool.begin().await?;
+        let hook: Option<(String, String)> = sqlx::query_as(
+            "UPDATE webhooks SET active = 0, disabled_reason = ?, revision = revision + 1, updated_at = ?
+             WHERE id = ? AND active = 1 RETURNING repo_id, url",
+        )
+        .bind(reason)
+        .bind(now())
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((repo_id, url)) = hook else {
+            return Ok(None);
+        };
+        sqlx::query(
+            "UPDATE webhook_deliveries SET status = 'failed', lease_until = NULL
+             WHERE webhook_id = ? AND status = 'pending'",
+        )
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        let payload = serde_json::json!({ "webhook_id": id, "url": url, "reason": reason });
+        let event: EventRow = sqlx::query_as(
+            "INSERT INTO events (repo_id, repo_name, kind, ref_name, actor, payload, created_at)
+             SELECT id, owner || '/' || name, 'webhook.disabled', NULL, NULL, ?, ? FROM repos WHERE id = ?
+             RETURNING *",
+        )
+        .bind(payload.to_string())
+        .bind(now())
+        .bind(&repo_id)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Some(event))
+    }
+
+    /// A page of a subscription's deliveries, newest first, older than
+    /// `before` (a `seq`).
+    pub async fn list_deliveries(
+        &self,
+        webhook_id: &str,
+        before: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<DeliveryRow>> {
+        Ok(sqlx::query_as(
+            "SELECT * FROM webhook_deliveries WHERE webhook_id = ?1 AND (?2 IS NULL OR seq < ?2)
+             ORDER BY seq DESC LIMIT ?3",
+        )
+        .bind(webhook_id)
+        .bind(before)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    pub async fn delivery(&self, webhook_id: &str, id: &str) -> Result<Option<DeliveryRow>> {
+        Ok(
+            sqlx::query_as("SELECT * FROM webhook_deliveries WHERE webhook_id = ? AND id = ?")
+                .bind(webhook_id)
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    /// The attempts of `delivery_id`, in order.
+    pub async fn attempts(&self, delivery_id: &str) -> Result<Vec<AttemptRow>> {
+        Ok(sqlx::query_as(
+            "SELECT delivery_id, attempt, started_at, duration_ms, request_headers, response_status,
+                    response_headers, response_body, response_body_truncated, error, next_attempt_at
+             FROM webhook_attempts WHERE delivery_id = ? ORDER BY attempt",
+        )
+        .bind(delivery_id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Makes a delivery due again now with a fresh retry schedule (same
+    /// `webhook-id`, a new attempt), unless an attempt is in flight.
+    pub async fn redeliver(&self, webhook_id: &str, id: &str) -> Result<Redelivery> {
+        let now = now_ms();
+        let done = sqlx::query(
+            "UPDATE webhook_deliveries SET status = 'pending', next_attempt_at = ?, schedule_base = attempts
+             WHERE webhook_id = ? AND id = ? AND (lease_until IS NULL OR lease_until <= ?)",
+        )
+        .bind(now)
+        .bind(webhook_id)
+        .bind(id)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() > 0 {
+            return Ok(Redelivery::Queued);
+        }
+        Ok(match self.delivery(webhook_id, id).await? {
+            Some(_) => Redelivery::InFlight,
+            None => Redelivery::NotFound,
+        })
+    }
+}
+
+/// A delivery the consumer's fan-out asks [`Store::consume_events`] to write.
+#[derive(Debug)]
+pub struct NewDeliveryOwned {
+    pub id: String,
+    pub webhook_id: String,
+    pub event_type: String,
+    pub body: std::sync::Arc<[u8]>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{NewEvent, RepoRow};
+
+    async fn store_with_hook(dir: &std::path::Path) -> (Store, WebhookRow) {
+        let store = Store::open(&dir.join("forge.db")).await.expect("open");
+        store
+            .insert_repo(&RepoRow {
+                id: "r1".into(),
+                owner: "acme".into(),
+                name: "web".into(),
+                default_branch: "main".into(),
+                created_at: now(),
+            })
+            .await
+            .expect("repo");
+        let hook = store
+            .insert_webhook(&NewWebhook {
+                id: "wh_1",
+                repo_id: "r1",
+                url: "http://127.0.0.1:9/",
+                events: "[\"push\"]",
+                branches: "[]",
+                paths: "[]",
+                active: true,
+                secret: "0123456789",
+            })
+            .await
+            .expect("hook");
+        (store, hook)
+    }
+
+    fn push() -> NewEvent {
+        NewEvent {
+            kind: "push".into(),
+            ref_name: Some("refs/heads/main".into()),
+            payload: serde_json::json!({}),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_event_is_consumed_once_and_a_lease_is_exclusive_until_released() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, hook) = store_with_hook(dir.path()).await;
+        assert_eq!(hook.after_event_id, 0);
+        let events = store
+            .insert_events("r1", "acme/web", None, &[push()])
+            .await
+            .expect("events");
+        let deliver = |_: &EventRow, hooks: &[WebhookRow]| -> Vec<NewDeliveryOwned> {
+            hooks
+                .iter()
+                .map(|h| NewDeliveryOwned {
+                    id: format!("msg_{}", h.id),
+                    webhook_id: h.id.clone(),
+                    event_type: "push".into(),
+                    body: std::sync::Arc::from(&b"{}"[..]),
+                })
+                .collect()
+        };
+        let cursor = store.webhook_cursor().await.expect("cursor");
+        assert_eq!(
+            store
+                .consume_events(cursor, &events, deliver)
+                .await
+                .expect("consume"),
+            Some(1)
+        );
+        // A second consumer with the old cursor finds it moved and writes nothing.
+        assert_eq!(
+            store
+                .consume_events(cursor, &events, deliver)
+                .await
+                .expect("consume"),
+            None
+        );
+
+        let now = now_ms();
+        let claimed = store
+            .claim_deliveries(now, 10, now + 60_000)
+            .await
+            .expect("claim");
+        assert_eq!(claimed.len(), 1);
+        assert_eq!(claimed[0].delivery.id, "msg_wh_1");
+        assert!(
+            store
+                .claim_deliveries(now, 10, now + 60_000)
+                .await
+                .expect("claim")
+                .is_empty()
+        );
+        assert_eq!(store.release_webhook_leases().await.expect("release"), 1);
+        let again = store
+            .claim_deliveries(now, 10, now + 60_000)
+            .await
+            .expect("claim");
+        assert_eq!(
+            again[0].delivery.id, "msg_wh_1",
+            "the same webhook-id after a restart"
+        );
+
+        let failures = store
+            .record_attempt(
+                "msg_wh_1",
+                &AttemptOutcome {
+                    started_at_ms: now,
+                    duration_ms: 1,
+                    request_headers: "[]",
+                    response_status: Some(500),
+                    response_headers: "[]",
+                    response_body: b"no",
+                    response_body_truncated: false,
+                    error: None,
+                    status: "pending",
+                    next_attempt_at: Some(now + 1000),
+                    success: false,
+                },
+            )
+            .await
+            .expect("record");
+        assert_eq!(failures, 1);
+        assert!(
+            store
+                .claim_deliveries(now, 10, now + 60_000)
+                .await
+                .expect("claim")
+                .is_empty(),
+            "not due yet"
+        );
+
+        let notice = store
+            .disable_webhook("wh_1", "gone")
+            .await
+            .expect("disable");
+        assert_eq!(notice.map(|e| e.kind).as_deref(), Some("webhook.disabled"));
+        assert!(
+            store
+                .disable_webhook("wh_1", "gone")
+                .await
+                .expect("disable")
+                .is_none()
+        );
+        let failed = store
+            .delivery("wh_1", "msg_wh_1")
+            .await
+            .expect("read")
+            .expect("exists");
+        assert_eq!(failed.status, "failed");
+    }
+}

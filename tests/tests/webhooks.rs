@@ -1,0 +1,655 @@
+//! Webhooks end to end: the real forge, real pushes with real `git`, and a
+//! real HTTP receiver on loopback that records requests, verifies both
+//! signatures with its own HMAC code and answers with scripted statuses.
+
+#![allow(clippy::unwrap_used)] // A test that cannot unwrap has failed: say so loudly.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use e2e::{TestForge, commit_files, git_ok, work_repo};
+use hmac::{Hmac, Mac};
+use serde_json::{Value, json};
+use sha2::Sha256;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// A fast retry schedule so that retries happen within a test.
+fn forge() -> e2e::Builder {
+    TestForge::builder()
+        .allow_loopback()
+        .env("FORGE_WEBHOOK_RETRY_DELAYS", "200ms,200ms,200ms,200ms")
+}
+
+/// What the receiver answers to one request.
+#[derive(Clone, Copy)]
+enum Reply {
+    Status(u16),
+    /// Never answers (until the forge gives up on the connection).
+    Hang,
+}
+
+#[derive(Debug, Clone)]
+struct Request {
+    path: String,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Request {
+    fn header(&self, name: &str) -> &str {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map_or("", |(_, v)| v.as_str())
+    }
+
+    fn all(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap()
+    }
+
+    /// Both signature schemes verify with `secret`.
+    fn verifies(&self, secret: &str) -> bool {
+        let key = secret
+            .strip_prefix("whsec_")
+            .and_then(|b64| BASE64.decode(b64).ok())
+            .unwrap_or_else(|| secret.as_bytes().to_vec());
+        let mut mac = Hmac::<Sha256>::new_from_slice(&key).unwrap();
+        mac.update(
+            format!(
+                "{}.{}.",
+                self.header("webhook-id"),
+                self.header("webhook-timestamp")
+            )
+            .as_bytes(),
+        );
+        mac.update(&self.body);
+        let standard = format!("v1,{}", BASE64.encode(mac.finalize().into_bytes()));
+        let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+        mac.update(&self.body);
+        let github = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+        self.header("webhook-signature")
+            .split(' ')
+            .any(|s| s == standard)
+            && self.all("x-hub-signature-256").contains(&github.as_str())
+    }
+}
+
+/// A tiny HTTP/1.1 server: one request per connection, replies scripted per
+/// path (200 once the script is used up).
+#[derive(Clone)]
+struct Receiver {
+    port: u16,
+    received: Arc<Mutex<Vec<Request>>>,
+    script: Arc<Mutex<HashMap<String, VecDeque<Reply>>>>,
+}
+
+impl Receiver {
+    fn start() -> Receiver {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let receiver = Receiver {
+            port: listener.local_addr().unwrap().port(),
+            received: Arc::default(),
+            script: Arc::default(),
+        };
+        let shared = receiver.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let shared = shared.clone();
+                std::thread::spawn(move || shared.serve(stream));
+            }
+        });
+        receiver
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    fn script(&self, path: &str, replies: &[Reply]) {
+        self.script
+            .lock()
+            .unwrap()
+            .insert(path.to_owned(), replies.iter().cloned().collect());
+    }
+
+    fn serve(&self, stream: TcpStream) {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let mut line = String::new();
+        if reader.read_line(&mut line).is_err() {
+            return;
+        }
+        let path = line.split(' ').nth(1).unwrap_or("").to_owned();
+        let mut headers = Vec::new();
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 || line.trim().is_empty() {
+                break;
+            }
+            if let Some((name, value)) = line.trim_end().split_once(':') {
+                headers.push((name.trim().to_ascii_lowercase(), value.trim().to_owned()));
+            }
+        }
+        let length: usize = headers
+            .iter()
+            .find(|(n, _)| n == "content-length")
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(0);
+        let mut body = vec![0; length];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        let reply = self
+            .script
+            .lock()
+            .unwrap()
+            .get_mut(&path)
+            .and_then(VecDeque::pop_front)
+            .unwrap_or(Reply::Status(200));
+        self.received.lock().unwrap().push(Request {
+            path,
+            headers,
+            body,
+        });
+        let status = match reply {
+            Reply::Status(status) => status,
+            Reply::Hang => {
+                std::thread::sleep(Duration::from_secs(20));
+                return;
+            }
+        };
+        let text = format!("receiver says {status}");
+        let mut stream = stream;
+        let _ = write!(
+            stream,
+            "HTTP/1.1 {status} X\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{text}",
+            text.len()
+        );
+    }
+
+    fn requests(&self, path: &str) -> Vec<Request> {
+        self.received
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.path == path)
+            .cloned()
+            .collect()
+    }
+
+    /// Waits until `path` got `count` requests; returns them.
+    fn wait_for(&self, path: &str, count: usize) -> Vec<Request> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let got = self.requests(path);
+            if got.len() >= count {
+                return got;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{path} got {} of {count} requests",
+                got.len()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+fn hooks_path(repo: &str) -> String {
+    format!("/v1/repos/{repo}/webhooks")
+}
+
+fn create_hook(forge: &TestForge, repo: &str, body: Value) -> Value {
+    forge.admin("POST", &hooks_path(repo), Some(body))
+}
+
+/// Polls `check` on the deliveries of a hook until it holds.
+fn wait_deliveries(
+    forge: &TestForge,
+    repo: &str,
+    hook: &str,
+    check: impl Fn(&[Value]) -> bool,
+) -> Vec<Value> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let page = forge.admin(
+            "GET",
+            &format!("{}/{hook}/deliveries", hooks_path(repo)),
+            None,
+        );
+        let deliveries = page["deliveries"].as_array().unwrap().clone();
+        if check(&deliveries) {
+            return deliveries;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "deliveries never settled: {page}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn push(work: &Path, url: &str, refspec: &str) {
+    git_ok(work, &["push", "--quiet", url, refspec]);
+}
+
+#[test]
+fn pushes_are_delivered_signed_and_filtered_by_branch_and_path() {
+    let forge = forge().start();
+    let receiver = Receiver::start();
+    forge.create_repo("acme/web");
+    let all = create_hook(
+        &forge,
+        "acme/web",
+        json!({ "url": receiver.url("/all"), "events": ["push"] }),
+    );
+    let secret = all["secret"].as_str().unwrap().to_owned();
+    assert!(secret.starts_with("whsec_"), "a secret is generated: {all}");
+    let filtered = create_hook(
+        &forge,
+        "acme/web",
+        json!({
+            "url": receiver.url("/filtered"),
+            "events": ["push"],
+            "branches": ["release/*", "!release/old"],
+            "paths": ["src/**", "!**/*.md"],
+            "secret": "a-secret-of-my-own",
+        }),
+    );
+    assert_eq!(filtered["secret"], "a-secret-of-my-own");
+    let listed = forge.admin("GET", &hooks_path("acme/web"), None);
+    assert_eq!(listed.as_array().unwrap().len(), 2);
+    assert!(
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|h| h.get("secret").is_none()),
+        "secrets are shown only once: {listed}"
+    );
+
+    let tmp = tempfile::tempdir().unwrap();
+    let work = work_repo(
+        tmp.path(),
+        "work",
+        &[("src/a.ts", "a\n"), ("README.md", "r\n")],
+    );
+    let url = forge.git_url("acme/web", &forge.admin_token);
+    push(&work, &url, "main");
+    git_ok(&work, &["checkout", "--quiet", "-b", "release/1"]);
+    commit_files(&work, &[("docs/x.md", "x\n")], "docs only: no path match");
+    push(&work, &url, "release/1");
+    let wanted = commit_files(&work, &[("src/b.ts", "b\n")], "source: matches");
+    push(&work, &url, "release/1");
+    commit_files(
+        &work,
+        &[("src/c.md", "c\n")],
+        "markdown under src: excluded",
+    );
+    push(&work, &url, "release/1");
+    git_ok(&work, &["checkout", "--quiet", "-b", "release/old"]);
+    commit_files(&work, &[("src/d.ts", "d\n")], "excluded branch");
+    push(&work, &url, "release/old");
+    git_ok(&work, &["tag", "v1"]);
+    push(&work, &url, "v1");
+
+    // Six pushes (main, four on release/*, the tag): all reach the unfiltered hook.
+    let got = receiver.wait_for("/all", 6);
+    let first = &got[0];
+    assert!(first.verifies(&secret), "both signatures verify");
+    assert!(!first.verifies("whsec_AAAA"), "and not with another secret");
+    assert_eq!(first.header("x-forge-event"), "push");
+    assert_eq!(first.header("x-forge-delivery"), first.header("webhook-id"));
+    assert!(first.header("webhook-id").starts_with("msg_"));
+    let payload = first.json();
+    assert_eq!(payload["type"], "push");
+    assert_eq!(payload["data"]["ref"], "refs/heads/main");
+    assert_eq!(payload["data"]["repository"]["full_name"], "acme/web");
+    let paths = payload["data"]["changed_paths"].to_string();
+    assert!(
+        paths.contains("src/a.ts") && paths.contains("README.md"),
+        "{paths}"
+    );
+    let ids: std::collections::HashSet<&str> = got.iter().map(|r| r.header("webhook-id")).collect();
+    assert_eq!(ids.len(), 6, "one delivery per event");
+
+    // The filtered hook: only the release/1 push that touched src/b.ts. The
+    // tag push above was consumed after every earlier event, so its log is final.
+    let deliveries = wait_deliveries(&forge, "acme/web", filtered["id"].as_str().unwrap(), |d| {
+        d.iter().all(|d| d["status"] == "delivered")
+    });
+    assert_eq!(deliveries.len(), 1, "{deliveries:?}");
+    let only = receiver.wait_for("/filtered", 1);
+    assert_eq!(only.len(), 1);
+    assert!(only[0].verifies("a-secret-of-my-own"));
+    assert_eq!(only[0].json()["data"]["after"], wanted);
+
+    // Ping: on request, through filters.
+    let (status, queued) = forge.call(
+        Some(&forge.admin_token),
+        "POST",
+        &format!(
+            "{}/{}/ping",
+            hooks_path("acme/web"),
+            filtered["id"].as_str().unwrap()
+        ),
+        None,
+    );
+    assert_eq!(status, 202, "{queued}");
+    let pings = receiver.wait_for("/filtered", 2);
+    assert_eq!(pings[1].json()["type"], "ping");
+    assert_eq!(pings[1].header("webhook-id"), queued["delivery_id"]);
+    assert!(pings[1].verifies("a-secret-of-my-own"));
+
+    // Rotation: the new secret is shown once and both sign for a while.
+    let rotated = forge.admin(
+        "PATCH",
+        &format!("{}/{}", hooks_path("acme/web"), all["id"].as_str().unwrap()),
+        Some(json!({ "rotate_secret": true })),
+    );
+    let new_secret = rotated["secret"].as_str().unwrap().to_owned();
+    assert_ne!(new_secret, secret);
+    assert!(
+        rotated["previous_secret_expires_at"].is_string(),
+        "{rotated}"
+    );
+    commit_files(&work, &[("src/e.ts", "e\n")], "after rotation");
+    push(&work, &url, "release/old");
+    let got = receiver.wait_for("/all", 7);
+    assert!(got[6].verifies(&new_secret) && got[6].verifies(&secret));
+    assert_eq!(got[6].all("x-hub-signature-256").len(), 2);
+
+    // The CLI lists hooks without secrets.
+    let out = forge.cli(&["hook", "list", "acme/web"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(filtered["id"].as_str().unwrap()), "{text}");
+    assert!(!text.contains(&new_secret));
+    let log = forge.log();
+    assert!(
+        !log.contains(&new_secret) && !log.contains("a-secret-of-my-own"),
+        "secrets are never logged"
+    );
+}
+
+#[test]
+fn bad_filters_and_refused_targets_are_400_and_access_is_checked() {
+    let strict = TestForge::start();
+    strict.create_repo("acme/web");
+    let receiver = Receiver::start();
+    let (status, body) = strict.call(
+        Some(&strict.admin_token),
+        "POST",
+        &hooks_path("acme/web"),
+        Some(json!({ "url": "https://example.invalid/hook", "events": ["push"], "paths": ["src/**", "src/[ab"] })),
+    );
+    assert_eq!(status, 400, "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("paths[1]") && message.contains("offset 4"),
+        "{message}"
+    );
+    let (status, body) = strict.call(
+        Some(&strict.admin_token),
+        "POST",
+        &hooks_path("acme/web"),
+        Some(json!({ "url": "https://example.invalid/hook", "events": ["pushed"] })),
+    );
+    assert_eq!(status, 400, "{body}");
+
+    for url in [
+        receiver.url("/x"),
+        format!("http://localhost:{}/x", receiver.port),
+        "http://[::1]/x".into(),
+        "http://169.254.169.254/latest".into(),
+    ] {
+        let (status, body) = strict.call(
+            Some(&strict.admin_token),
+            "POST",
+            &hooks_path("acme/web"),
+            Some(json!({ "url": url, "events": ["*"] })),
+        );
+        assert_eq!(status, 400, "{url}: {body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("refused"),
+            "{body}"
+        );
+    }
+    let (status, _) = strict.call(
+        Some(&strict.admin_token),
+        "POST",
+        &hooks_path("acme/web"),
+        Some(json!({ "url": "file:///etc/passwd", "events": ["*"] })),
+    );
+    assert_eq!(status, 400);
+
+    // Access: no token 401; repo:read may list but not create.
+    let (status, _) = strict.call(None, "GET", &hooks_path("acme/web"), None);
+    assert_eq!(status, 401);
+    let reader = strict.create_token("reader", &["repo:read"], None);
+    let (status, _) = strict.call(
+        Some(&reader),
+        "POST",
+        &hooks_path("acme/web"),
+        Some(json!({ "url": "https://example.invalid/hook", "events": ["push"] })),
+    );
+    assert_eq!(status, 403);
+    let (status, _) = strict.call(
+        Some(&strict.admin_token),
+        "POST",
+        &hooks_path("acme/web"),
+        Some(json!({ "url": "https://user:pw@example.invalid/hook", "events": ["push"] })),
+    );
+    assert_eq!(status, 201);
+    let (status, listed) = strict.call(Some(&reader), "GET", &hooks_path("acme/web"), None);
+    assert_eq!(status, 200);
+    assert!(listed[0].get("secret").is_none());
+    assert!(
+        !listed.to_string().contains("pw@"),
+        "credentials in URLs are redacted: {listed}"
+    );
+}
+
+#[test]
+fn failures_retry_with_the_same_id_redeliver_resends_and_410_or_repeated_failure_disables() {
+    let forge = forge().env("FORGE_WEBHOOK_DISABLE_AFTER", "3").start();
+    let receiver = Receiver::start();
+    forge.create_repo("acme/web");
+    receiver.script("/flaky", &[Reply::Status(500)]);
+    receiver.script("/gone", &[Reply::Status(410)]);
+    receiver.script("/down", &[Reply::Status(503); 10]);
+    let flaky = create_hook(
+        &forge,
+        "acme/web",
+        json!({ "url": receiver.url("/flaky"), "events": ["push"] }),
+    );
+    let gone = create_hook(
+        &forge,
+        "acme/web",
+        json!({ "url": receiver.url("/gone"), "events": ["*"] }),
+    );
+    let down = create_hook(
+        &forge,
+        "acme/web",
+        json!({ "url": receiver.url("/down"), "events": ["push"] }),
+    );
+    let id = |hook: &Value| hook["id"].as_str().unwrap().to_owned();
+
+    let tmp = tempfile::tempdir().unwrap();
+    let work = work_repo(tmp.path(), "work", &[("a", "a\n")]);
+    push(
+        &work,
+        &forge.git_url("acme/web", &forge.admin_token),
+        "main",
+    );
+
+    let got = receiver.wait_for("/flaky", 2);
+    assert_eq!(got[0].header("webhook-id"), got[1].header("webhook-id"));
+    let deliveries = wait_deliveries(&forge, "acme/web", &id(&flaky), |d| {
+        d.first().is_some_and(|d| d["status"] == "delivered")
+    });
+    let delivery = &deliveries[0];
+    assert_eq!(delivery["attempts"], 2, "{delivery}");
+    let log = delivery["attempt_log"].as_array().unwrap();
+    assert_eq!(log[0]["response_status"], 500);
+    assert_eq!(log[0]["response_body"], "receiver says 500");
+    assert!(log[0]["next_attempt_at"].is_string());
+    assert_eq!(log[1]["response_status"], 200);
+    let headers = log[0]["request_headers"].to_string();
+    assert!(
+        headers.contains("<redacted>") && !headers.contains("v1,"),
+        "{headers}"
+    );
+
+    // Redeliver: the same webhook-id once more, a third attempt in the log.
+    let delivery_id = delivery["id"].as_str().unwrap();
+    forge.admin(
+        "POST",
+        &format!(
+            "{}/{}/deliveries/{delivery_id}/redeliver",
+            hooks_path("acme/web"),
+            id(&flaky)
+        ),
+        None,
+    );
+    let got = receiver.wait_for("/flaky", 3);
+    assert_eq!(got[2].header("webhook-id"), delivery_id);
+    wait_deliveries(&forge, "acme/web", &id(&flaky), |d| {
+        d[0]["attempts"] == 3 && d[0]["status"] == "delivered"
+    });
+    let out = forge.cli(&["hook", "deliveries", "acme/web", &id(&flaky)]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains(delivery_id));
+    let out = forge.cli(&["hook", "redeliver", "acme/web", &id(&flaky), delivery_id]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    receiver.wait_for("/flaky", 4);
+
+    // 410 disables at once; three 503s in a row disable too; each leaves a notice.
+    let deadline = Instant::now() + WAIT;
+    let (gone_now, down_now) = loop {
+        let gone_now = forge.admin(
+            "GET",
+            &format!("{}/{}", hooks_path("acme/web"), id(&gone)),
+            None,
+        );
+        let down_now = forge.admin(
+            "GET",
+            &format!("{}/{}", hooks_path("acme/web"), id(&down)),
+            None,
+        );
+        if gone_now["active"] == false && down_now["active"] == false {
+            break (gone_now, down_now);
+        }
+        assert!(Instant::now() < deadline, "{gone_now} {down_now}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        gone_now["disabled_reason"]
+            .as_str()
+            .unwrap()
+            .contains("410"),
+        "{gone_now}"
+    );
+    assert!(
+        down_now["disabled_reason"]
+            .as_str()
+            .unwrap()
+            .contains("3 consecutive"),
+        "{down_now}"
+    );
+    assert_eq!(receiver.requests("/gone").len(), 1, "410 is not retried");
+    assert_eq!(receiver.requests("/down").len(), 3);
+    let notices: Vec<Value> = forge
+        .events("acme/web", 0)
+        .into_iter()
+        .filter(|e| e["kind"] == "webhook.disabled")
+        .collect();
+    assert_eq!(notices.len(), 2, "{notices:?}");
+
+    // A disabled hook gets nothing more; re-enabled, it gets new events.
+    let (status, _) = forge.call(
+        Some(&forge.admin_token),
+        "POST",
+        &format!("{}/{}/ping", hooks_path("acme/web"), id(&gone)),
+        None,
+    );
+    assert_eq!(status, 409);
+    forge.admin(
+        "PATCH",
+        &format!("{}/{}", hooks_path("acme/web"), id(&gone)),
+        Some(json!({ "active": true })),
+    );
+    forge.admin(
+        "POST",
+        &format!("{}/{}/ping", hooks_path("acme/web"), id(&gone)),
+        None,
+    );
+    let got = receiver.wait_for("/gone", 2);
+    assert_eq!(got[1].json()["type"], "ping");
+}
+
+#[test]
+fn a_delivery_in_flight_during_a_restart_is_sent_again_with_the_same_id() {
+    let forge = forge().start();
+    let receiver = Receiver::start();
+    forge.create_repo("acme/web");
+    receiver.script("/slow", &[Reply::Hang]);
+    let hook = create_hook(
+        &forge,
+        "acme/web",
+        json!({ "url": receiver.url("/slow"), "events": ["push"] }),
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let work = work_repo(tmp.path(), "work", &[("a", "a\n")]);
+    push(
+        &work,
+        &forge.git_url("acme/web", &forge.admin_token),
+        "main",
+    );
+    let first = receiver.wait_for("/slow", 1);
+
+    let forge = forge.restart();
+    let again = receiver.wait_for("/slow", 2);
+    assert_eq!(again[1].header("webhook-id"), first[0].header("webhook-id"));
+    assert!(again[1].verifies(hook["secret"].as_str().unwrap()));
+    let deliveries = wait_deliveries(&forge, "acme/web", hook["id"].as_str().unwrap(), |d| {
+        d.first().is_some_and(|d| d["status"] == "delivered")
+    });
+    assert_eq!(
+        deliveries.len(),
+        1,
+        "the restart did not duplicate the event: {deliveries:?}"
+    );
+}
