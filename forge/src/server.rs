@@ -330,6 +330,12 @@ async fn open_sandboxes(config: &Config) -> crate::vms::Availability {
     let opened: Result<std::sync::Arc<dyn ::sandbox::Backend>, ::sandbox::Error> = match kind {
         BackendKind::Container => {
             let mut container = ::sandbox::container::ContainerConfig::new(&dir);
+            if !container.backend.launcher.is_file() {
+                return Unavailable(format!(
+                    "the container launcher {} is missing: build it with `cargo build -p sandbox-container`",
+                    container.backend.launcher.display()
+                ));
+            }
             // The agent next to this binary speaks this forge's protocol,
             // whatever agent the image was built with.
             if let Some(agent) = std::env::current_exe()

@@ -37,7 +37,10 @@ pub fn forge_binary() -> PathBuf {
                 let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
                 let mut command = Command::new(cargo);
                 command
+                    // The sandbox launcher and agent sit next to the forge.
                     .args(["build", "--quiet", "-p", "forge", "--bin", "forge"])
+                    .args(["-p", "sandbox-container", "--bin", "sandbox-init"])
+                    .args(["-p", "sandbox-agent", "--bin", "sandbox-agent"])
                     .current_dir(env!("CARGO_MANIFEST_DIR"));
                 if profile_dir.ends_with("release") {
                     command.arg("--release");
@@ -71,6 +74,11 @@ fn is_fresh(binary: &Path) -> bool {
     let Ok(built) = std::fs::metadata(binary).and_then(|m| m.modified()) else {
         return false;
     };
+    if !binary.with_file_name("sandbox-init").is_file()
+        || !binary.with_file_name("sandbox-agent").is_file()
+    {
+        return false;
+    }
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     ["forge", "migrations", "hooks/src", "vmm/guest/src"]
         .iter()
