@@ -329,6 +329,20 @@ impl TestForge {
     /// Stops and starts again on the same data directory (a new port).
     pub fn restart(mut self) -> TestForge {
         assert!(self.stop(), "the forge exits cleanly on SIGTERM");
+        self.start_again()
+    }
+
+    /// Kills the server with SIGKILL (a crash: nothing gets to clean up) and
+    /// starts it again on the same data directory.
+    pub fn crash_and_restart(mut self) -> TestForge {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.start_again()
+    }
+
+    fn start_again(mut self) -> TestForge {
         let temp = self._temp.take();
         let builder = self.builder.clone();
         // The next server owns the sandboxes now: this one's drop must not clean them.

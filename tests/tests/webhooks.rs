@@ -653,3 +653,90 @@ fn a_delivery_in_flight_during_a_restart_is_sent_again_with_the_same_id() {
         "the restart did not duplicate the event: {deliveries:?}"
     );
 }
+
+#[test]
+fn three_failures_then_a_success_and_a_crash_mid_retry_keep_one_webhook_id() {
+    let forge = TestForge::builder()
+        .allow_loopback()
+        .env("FORGE_WEBHOOK_RETRY_DELAYS", "300ms,600ms,900ms,1s")
+        .start();
+    let receiver = Receiver::start();
+    forge.create_repo("acme/web");
+    receiver.script("/flaky", &[Reply::Status(500); 3]);
+    let hook = create_hook(
+        &forge,
+        "acme/web",
+        json!({ "url": receiver.url("/flaky"), "events": ["push"] }),
+    );
+    let secret = hook["secret"].as_str().unwrap().to_owned();
+    let tmp = tempfile::tempdir().unwrap();
+    let work = work_repo(tmp.path(), "work", &[("a", "a\n")]);
+    let url = forge.git_url("acme/web", &forge.admin_token);
+    push(&work, &url, "main");
+
+    let got = receiver.wait_for("/flaky", 4);
+    assert!(
+        got.iter()
+            .all(|r| r.header("webhook-id") == got[0].header("webhook-id"))
+    );
+    assert!(got[3].verifies(&secret));
+    let mut tampered = got[3].clone();
+    tampered.body.push(b' ');
+    assert!(
+        !tampered.verifies(&secret),
+        "a tampered body fails both signatures"
+    );
+    let deliveries = wait_deliveries(&forge, "acme/web", hook["id"].as_str().unwrap(), |d| {
+        d.first().is_some_and(|d| d["status"] == "delivered")
+    });
+    assert_eq!(deliveries[0]["attempts"], 4, "{}", deliveries[0]);
+    let log = deliveries[0]["attempt_log"].as_array().unwrap();
+    let statuses: Vec<&Value> = log.iter().map(|a| &a["response_status"]).collect();
+    assert_eq!(
+        statuses,
+        [&json!(500), &json!(500), &json!(500), &json!(200)]
+    );
+    for attempt in &log[..3] {
+        assert!(
+            attempt["next_attempt_at"].is_string(),
+            "the backoff is in the log: {attempt}"
+        );
+    }
+    let started: Vec<time_ms::Ms> = log
+        .iter()
+        .map(|a| time_ms::parse(&a["started_at"]))
+        .collect();
+    for (gap, wanted) in started.windows(2).zip([300, 600, 900]) {
+        assert!(
+            gap[1] - gap[0] >= wanted * 8 / 10,
+            "retries wait their backoff: {started:?}"
+        );
+    }
+
+    // A crash (SIGKILL) between a failed attempt and its retry: the retry
+    // still comes, with the same webhook-id.
+    receiver.script("/flaky", &[Reply::Status(500)]);
+    e2e::commit_files(&work, &[("b", "b\n")], "second");
+    push(&work, &url, "main");
+    let got = receiver.wait_for("/flaky", 5);
+    let forge = forge.crash_and_restart();
+    let again = receiver.wait_for("/flaky", 6);
+    assert_eq!(again[5].header("webhook-id"), got[4].header("webhook-id"));
+    let deliveries = wait_deliveries(&forge, "acme/web", hook["id"].as_str().unwrap(), |d| {
+        d.len() == 2 && d.iter().all(|d| d["status"] == "delivered")
+    });
+    assert_eq!(deliveries.len(), 2, "no duplicate delivery after the crash");
+}
+
+/// RFC 3339 times of the delivery log, as milliseconds.
+mod time_ms {
+    pub type Ms = i64;
+
+    pub fn parse(value: &serde_json::Value) -> Ms {
+        let text = value.as_str().unwrap();
+        let parsed =
+            time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+                .unwrap();
+        (parsed.unix_timestamp_nanos() / 1_000_000) as i64
+    }
+}
