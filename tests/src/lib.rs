@@ -80,9 +80,19 @@ fn is_fresh(binary: &Path) -> bool {
         return false;
     }
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    ["forge", "migrations", "hooks/src", "vmm/guest/src"]
-        .iter()
-        .all(|dir| newest(&root.join(dir)) <= built)
+    [
+        "forge",
+        "migrations",
+        "hooks/src",
+        "sandbox/src",
+        "container/src",
+        "vmm/src",
+        "vmm/agent/src",
+        "vmm/agent/proto/src",
+        "vmm/guest/src",
+    ]
+    .iter()
+    .all(|dir| newest(&root.join(dir)) <= built)
 }
 
 /// Options of a forge under test.
