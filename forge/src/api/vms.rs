@@ -318,7 +318,7 @@ fn exit_json(exited: &::sandbox::Exited) -> Value {
 /// "timed_out"}`) or `error` (`{"message"}`). Closing the stream kills the
 /// command.
 fn exec_events(
-    stream: ::sandbox::ExecStream,
+    stream: crate::vms::Exec,
 ) -> Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>> {
     let events = futures_util::stream::unfold(Some(stream), |stream| async move {
         let mut stream = stream?;

@@ -7,10 +7,12 @@
 //!   run (not root, no image), the VM API answers `503` with the reason and
 //!   the rest of the forge works.
 //! - **One lifecycle operation at a time per VM**: fork, pause, resume and
-//!   destroy take the VM's lock; exec and file requests take it only while
-//!   making sure the VM runs, then run side by side. Concurrent requests are
-//!   thus serialised without deadlock (one lock per VM, never two held), and
-//!   different VMs never wait on each other.
+//!   destroy take the VM's lock exclusively; exec, file and port requests
+//!   take it exclusively only while making sure the VM runs, then shared
+//!   for as long as they run, side by side. So a pause waits for the
+//!   commands in flight instead of freezing them mid-request, concurrent
+//!   requests are serialised without deadlock (one lock per VM, never two
+//!   held), and different VMs never wait on each other.
 //! - **Transparent resume**: exec and file requests to a paused VM resume it
 //!   first. Traffic defers the idle timeout.
 //! - **Idle timeout**: a reaper looks every second; a persistent VM idle past
@@ -33,6 +35,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ::sandbox::{Backend, BackendKind, Carried, Command, Image, PauseMode, Spec, State};
+use tokio::sync::OwnedRwLockReadGuard;
 
 pub use error::VmError;
 
@@ -90,7 +93,21 @@ pub struct Sandboxes {
     availability: Availability,
     store: Store,
     limits: Limits,
-    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    locks: Mutex<HashMap<String, Arc<tokio::sync::RwLock<()>>>>,
+}
+
+/// A running command; the VM stays running (no pause, fork or destroy)
+/// until it ends or is dropped.
+pub struct Exec {
+    stream: ::sandbox::ExecStream,
+    _running: OwnedRwLockReadGuard<()>,
+}
+
+impl Exec {
+    /// The next chunk of stdout or stderr, then `Exited`, then `None`.
+    pub async fn next(&mut self) -> Result<Option<::sandbox::ExecEvent>, VmError> {
+        Ok(self.stream.next().await?)
+    }
 }
 
 /// A VM's state as the API and the table name it.
@@ -140,7 +157,7 @@ impl Sandboxes {
         }
     }
 
-    fn lock_of(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+    fn lock_of(&self, id: &str) -> Arc<tokio::sync::RwLock<()>> {
         let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
         locks.entry(id.to_owned()).or_default().clone()
     }
@@ -256,10 +273,7 @@ impl Sandboxes {
 
     pub async fn exec(&self, id: &str, command: Command) -> Result<::sandbox::Output, VmError> {
         let (backend, _) = self.ready()?;
-        let lock = self.lock_of(id);
-        let guard = lock.lock().await;
-        self.running(id).await?;
-        drop(guard);
+        let _running = self.hold_running(id).await?;
         let command = command.output_limit_bytes(self.limits.max_output_bytes);
         let output = backend.exec(id, command).await;
         self.store.touch_vm(id).await?;
@@ -267,33 +281,32 @@ impl Sandboxes {
     }
 
     /// Starts a command and streams its output (resuming a paused VM first).
-    pub async fn exec_stream(
-        &self,
-        id: &str,
-        command: Command,
-    ) -> Result<::sandbox::ExecStream, VmError> {
+    pub async fn exec_stream(&self, id: &str, command: Command) -> Result<Exec, VmError> {
         let (backend, _) = self.ready()?;
-        self.with_running(id).await?;
+        let running = self.hold_running(id).await?;
         let command = command.output_limit_bytes(self.limits.max_output_bytes);
-        Ok(backend.exec_stream(id, command).await?)
+        Ok(Exec {
+            stream: backend.exec_stream(id, command).await?,
+            _running: running,
+        })
     }
 
     /// A byte stream to TCP `port` inside the VM (resuming it first).
     pub async fn open_port(&self, id: &str, port: u16) -> Result<::sandbox::PortStream, VmError> {
         let (backend, _) = self.ready()?;
-        self.with_running(id).await?;
+        let _running = self.hold_running(id).await?;
         Ok(backend.open_port(id, port).await?)
     }
 
     pub async fn read_file(&self, id: &str, path: &str) -> Result<Vec<u8>, VmError> {
         let (backend, _) = self.ready()?;
-        self.with_running(id).await?;
+        let _running = self.hold_running(id).await?;
         Ok(backend.read_file(id, path).await?)
     }
 
     pub async fn write_file(&self, id: &str, path: &str, data: &[u8]) -> Result<(), VmError> {
         let (backend, _) = self.ready()?;
-        self.with_running(id).await?;
+        let _running = self.hold_running(id).await?;
         Ok(backend.write_file(id, path, data).await?)
     }
 
@@ -303,26 +316,29 @@ impl Sandboxes {
         path: &str,
     ) -> Result<Vec<::sandbox::DirEntry>, VmError> {
         let (backend, _) = self.ready()?;
-        self.with_running(id).await?;
+        let _running = self.hold_running(id).await?;
         Ok(backend.list_files(id, path).await?)
     }
 
     pub async fn delete_file(&self, id: &str, path: &str) -> Result<(), VmError> {
         let (backend, _) = self.ready()?;
-        self.with_running(id).await?;
+        let _running = self.hold_running(id).await?;
         Ok(backend.delete_file(id, path).await?)
     }
 
-    async fn with_running(&self, id: &str) -> Result<(), VmError> {
+    /// Makes sure the VM runs, then holds it running (no pause, fork or
+    /// destroy) until the guard is dropped.
+    async fn hold_running(&self, id: &str) -> Result<OwnedRwLockReadGuard<()>, VmError> {
         let lock = self.lock_of(id);
-        let _guard = lock.lock().await;
-        self.running(id).await
+        let exclusive = lock.write_owned().await;
+        self.running(id).await?;
+        Ok(exclusive.downgrade())
     }
 
     pub async fn pause(&self, id: &str, mode: PauseMode) -> Result<VmRow, VmError> {
         let (backend, _) = self.ready()?;
         let lock = self.lock_of(id);
-        let _guard = lock.lock().await;
+        let _guard = lock.write().await;
         let row = self.get(id).await?;
         if row.state == "crashed" {
             return Err(VmError::Crashed(id.to_owned()));
@@ -336,7 +352,7 @@ impl Sandboxes {
     pub async fn resume(&self, id: &str) -> Result<(VmRow, Carried), VmError> {
         let (backend, _) = self.ready()?;
         let lock = self.lock_of(id);
-        let _guard = lock.lock().await;
+        let _guard = lock.write().await;
         let row = self.get(id).await?;
         match row.state.as_str() {
             "crashed" => return Err(VmError::Crashed(id.to_owned())),
@@ -368,7 +384,7 @@ impl Sandboxes {
             )));
         }
         let lock = self.lock_of(id);
-        let _guard = lock.lock().await;
+        let _guard = lock.write().await;
         self.running(id).await?;
         self.check_capacity(count).await?;
         let parent = self.get(id).await?;
@@ -394,7 +410,7 @@ impl Sandboxes {
     pub async fn destroy(&self, id: &str) -> Result<(), VmError> {
         let (backend, _) = self.ready()?;
         let lock = self.lock_of(id);
-        let guard = lock.lock().await;
+        let guard = lock.write().await;
         self.store
             .vm(id)
             .await?
