@@ -118,24 +118,11 @@ struct Sandboxes {
 /// which `forge image build` and the guest image tests create.
 pub fn guest_image() -> Option<PathBuf> {
     let data = std::env::var_os("FORGE_DATA_DIR").unwrap_or_else(|| "/var/lib/forge".into());
-    let images = Path::new(&data).join("images");
-    let mut found: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(images)
+    let newest = guest_image::list(Path::new(&data))
         .ok()?
-        .filter_map(Result::ok)
-        .map(|entry| entry.path())
-        .filter(|dir| dir.join("image.json").is_file() && dir.join("rootfs").is_dir())
-        .filter_map(|dir| {
-            Some((
-                std::fs::metadata(dir.join("image.json"))
-                    .ok()?
-                    .modified()
-                    .ok()?,
-                dir,
-            ))
-        })
-        .collect();
-    found.sort();
-    found.pop().map(|(_, dir)| dir)
+        .into_iter()
+        .next()?;
+    newest.rootfs.is_dir().then_some(newest.dir)
 }
 
 /// Why sandbox tests cannot run here, if they cannot.
@@ -450,6 +437,17 @@ impl TestForge {
             std::fs::read_to_string(dir.join("sandboxes").join(id).join("state.json")).ok()?;
         let state: Value = serde_json::from_str(&state).ok()?;
         state["pid1"].as_u64().map(|pid| pid as u32)
+    }
+
+    /// Runs the `forge` CLI, asserting success; returns its stdout.
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let output = self.cli(args);
+        assert!(
+            output.status.success(),
+            "forge {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
     }
 
     /// Runs the `forge` CLI against this server with the admin token.

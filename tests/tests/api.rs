@@ -127,15 +127,7 @@ fn only_admins_manage_repositories_and_tokens() {
 #[test]
 fn the_cli_creates_lists_and_follows() {
     let forge = TestForge::start();
-    let ok = |args: &[&str]| {
-        let output = forge.cli(args);
-        assert!(
-            output.status.success(),
-            "forge {args:?}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8_lossy(&output.stdout).into_owned()
-    };
+    let ok = |args: &[&str]| forge.cli_ok(args);
     let created = ok(&["repo", "create", "cli/demo"]);
     assert!(
         created.contains("created cli/demo") && created.contains("git clone"),

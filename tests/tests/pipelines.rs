@@ -130,15 +130,7 @@ fn pushes_run_the_tests_in_the_branch_sandbox() {
     );
 
     // The CLI shows the same.
-    let cli = |args: &[&str]| {
-        let output = forge.cli(args);
-        assert!(
-            output.status.success(),
-            "forge {args:?}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8_lossy(&output.stdout).into_owned()
-    };
+    let cli = |args: &[&str]| forge.cli_ok(args);
     let listed = cli(&["run", "list", "acme/bun"]);
     assert!(
         listed.contains("passed") && listed.contains("failed") && listed.contains("feature"),

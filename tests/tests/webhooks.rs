@@ -377,13 +377,7 @@ fn pushes_are_delivered_signed_and_filtered_by_branch_and_path() {
     assert_eq!(got[6].all("x-hub-signature-256").len(), 2);
 
     // The CLI lists hooks without secrets.
-    let out = forge.cli(&["hook", "list", "acme/web"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = forge.cli_ok(&["hook", "list", "acme/web"]);
     assert!(text.contains(filtered["id"].as_str().unwrap()), "{text}");
     assert!(!text.contains(&new_secret));
     let log = forge.log();
@@ -541,19 +535,12 @@ fn failures_retry_with_the_same_id_redeliver_resends_and_410_or_repeated_failure
     wait_deliveries(&forge, "acme/web", &id(&flaky), |d| {
         d[0]["attempts"] == 3 && d[0]["status"] == "delivered"
     });
-    let out = forge.cli(&["hook", "deliveries", "acme/web", &id(&flaky)]);
     assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        forge
+            .cli_ok(&["hook", "deliveries", "acme/web", &id(&flaky)])
+            .contains(delivery_id)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains(delivery_id));
-    let out = forge.cli(&["hook", "redeliver", "acme/web", &id(&flaky), delivery_id]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    forge.cli_ok(&["hook", "redeliver", "acme/web", &id(&flaky), delivery_id]);
     receiver.wait_for("/flaky", 4);
 
     // 410 disables at once; three 503s in a row disable too; each leaves a notice.

@@ -167,7 +167,7 @@ impl ContainerBackend {
         let cgroup = self.cgroup(&parent.id);
         let images = self
             .sandbox_dir(&parent.id)
-            .join(format!("fork-{}", new_id()));
+            .join(format!("fork-{}", new_id("sb")));
         let freezer = cgroup.freezer_v1_dir();
         let result = criu.dump(
             &self.spec(parent),
@@ -224,7 +224,7 @@ impl ContainerBackend {
         let mut children = Vec::with_capacity(count);
         let mut failure = None;
         for _ in 0..count {
-            let child_id = new_id();
+            let child_id = new_id("sb");
             let made = self
                 .prepare_dir(&child_id)
                 .and_then(|()| Ok(self.layers.snapshot(&parent.top_layer, &child_id)?));

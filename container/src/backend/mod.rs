@@ -241,7 +241,8 @@ pub fn cgroup_parent(data_dir: &Path) -> String {
     format!("sandbox-{:08x}", hash as u32)
 }
 
-fn new_id() -> String {
+/// A fresh sandbox id: `prefix` and 12 random hex digits.
+pub fn new_id(prefix: &str) -> String {
     let mut bytes = [0u8; 6];
     let random = fs::File::open("/dev/urandom")
         .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes));
@@ -253,7 +254,7 @@ fn new_id() -> String {
         bytes.copy_from_slice(&nanos.to_le_bytes()[..6]);
     }
     let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    format!("sb{hex}")
+    format!("{prefix}{hex}")
 }
 
 /// Wait (bounded) until `pid` no longer belongs to sandbox `id`: exited
@@ -397,7 +398,7 @@ impl ContainerBackend {
 
     /// Create and start a sandbox.
     pub fn create(&self, request: CreateRequest) -> Result<SandboxInfo, BackendError> {
-        let id = new_id();
+        let id = new_id("sb");
         let record = SandboxRecord {
             hostname: request.hostname.unwrap_or_else(|| id.clone()),
             id: id.clone(),

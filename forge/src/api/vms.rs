@@ -21,7 +21,7 @@ use super::{ApiError, Body, created};
 use crate::auth::{Caller, Scope};
 use crate::server::AppState;
 use crate::store::VmRow;
-use crate::vms::{NewVm, Sandboxes};
+use crate::vms::NewVm;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -95,16 +95,12 @@ fn with_carried(view: VmView, carried: &::sandbox::Carried) -> Result<Value, Api
 
 /// The VM `id`, if the caller may use it (others' VMs are "not found").
 pub(super) async fn owned(state: &AppState, caller: &Caller, id: &str) -> Result<VmRow, ApiError> {
-    let row = sandboxes(state)?.get(id).await?;
+    let row = state.sandboxes.get(id).await?;
     if caller.is_admin() || row.created_by.as_deref() == Some(caller.token_id.as_str()) {
         Ok(row)
     } else {
         Err(ApiError::not_found(format!("VM {id} does not exist")))
     }
-}
-
-fn sandboxes(state: &AppState) -> Result<&Sandboxes, ApiError> {
-    Ok(&state.sandboxes)
 }
 
 pub async fn system(State(state): State<AppState>, _caller: Caller) -> Json<Value> {

@@ -119,6 +119,19 @@ pub fn branches(git_dir: &Path) -> Result<Vec<Branch>> {
     Ok(branches)
 }
 
+/// The object each branch points at (no commit is read).
+pub fn branch_tips(git_dir: &Path) -> Result<Vec<String>> {
+    let repo = open(git_dir)?;
+    let references = repo.references().map_err(err)?;
+    let mut tips = Vec::new();
+    for reference in references.local_branches().map_err(err)? {
+        if let Ok(id) = reference.map_err(err)?.peel_to_id() {
+            tips.push(id.to_string());
+        }
+    }
+    Ok(tips)
+}
+
 /// The current value of `refname`, if it exists.
 pub fn resolve(git_dir: &Path, refname: &str) -> Result<Option<String>> {
     let repo = open(git_dir)?;

@@ -37,10 +37,7 @@ pub fn events_for(
     public_url: &str,
     commands: &[Command],
 ) -> Result<Vec<NewEvent>, InspectError> {
-    let tips: Vec<String> = inspect::branches(git_dir)?
-        .into_iter()
-        .map(|branch| branch.commit.id)
-        .collect();
+    let tips = inspect::branch_tips(git_dir)?;
     let full_name = repo.full_name();
     let pusher = json!({ "token_id": caller.token_id, "name": caller.token_name });
     let mut events = Vec::new();

@@ -18,7 +18,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 
 pub use events::{EventRow, NewEvent};
 pub use repos::RepoRow;
-pub use runs::{BranchSandbox, MAX_STEP_LOG, NewRun, RunRow, StepRow};
+pub use runs::{BranchSandbox, NewRun, RunRow, StepRow};
 pub use tokens::{NewToken, TokenRow};
 pub use vms::{VmRow, unix_now};
 pub use webhooks::{
@@ -86,12 +86,6 @@ impl Store {
             .await
             .map_err(StoreError::Migrate)?;
         Ok(Self { pool })
-    }
-
-    /// The underlying pool, for modules of other domains that keep their own
-    /// tables in the same database.
-    pub fn pool(&self) -> &SqlitePool {
-        &self.pool
     }
 
     /// Closes every connection, checkpointing the WAL.

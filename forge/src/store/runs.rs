@@ -208,7 +208,7 @@ impl Store {
         Ok(())
     }
 
-    /// Appends to a step's log, keeping its last [`MAX_STEP_LOG`] bytes.
+    /// Appends to a step's log, keeping its last [`MAX_STEP_LOG`] characters.
     pub async fn append_step_log(&self, run_id: i64, position: usize, text: &str) -> Result<()> {
         sqlx::query(
             "UPDATE run_steps SET log = substr(log || ?1, -?2) WHERE run_id = ?3 AND position = ?4",

@@ -14,7 +14,6 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use vmm::config::{DiskConfig, VmConfig, VsockConfig};
@@ -73,20 +72,9 @@ impl VmRecord {
     }
 }
 
-/// A fresh sandbox id.
+/// A fresh microVM sandbox id.
 pub fn new_id() -> String {
-    let mut bytes = [0u8; 6];
-    let random = fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes));
-    if random.is_err() {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or_default();
-        bytes.copy_from_slice(&nanos.to_le_bytes()[..6]);
-    }
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    format!("vm{hex}")
+    sandbox_container::backend::new_id("vm")
 }
 
 /// The VMM config of a new sandbox in `dir`.

@@ -254,6 +254,25 @@ pub fn freeze_shared(
     Ok(())
 }
 
+/// Moves the mapping of `len` bytes at `from` to `to`, replacing whatever
+/// was mapped there; returns the new address or `MAP_FAILED`.
+///
+/// # Safety
+/// `from..from + len` must be one mapping of this process, and
+/// `to..to + len` a range this process owns and nothing else uses.
+unsafe fn move_mapping(from: usize, to: usize, len: usize) -> *mut libc::c_void {
+    // SAFETY: the caller's contract.
+    unsafe {
+        libc::mremap(
+            from as *mut libc::c_void,
+            len,
+            len,
+            libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
+            to as *mut libc::c_void,
+        )
+    }
+}
+
 fn freeze_region(
     region: &GuestRegionMmap,
     fo: &FileOffset,
@@ -294,15 +313,7 @@ fn freeze_region(
     // (MREMAP_FIXED replaces part of it); nothing touches guest RAM
     // meanwhile (the caller's contract), and the range is mapped again
     // below, or the mapping moved back, before anyone can.
-    let moved = unsafe {
-        libc::mremap(
-            host as *mut libc::c_void,
-            len,
-            len,
-            libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
-            target as *mut libc::c_void,
-        )
-    };
+    let moved = unsafe { move_mapping(host, target, len) };
     if moved == libc::MAP_FAILED {
         return Err(os_err("mremap"));
     }
@@ -312,15 +323,7 @@ fn freeze_region(
     if unsafe { libc::madvise(target as *mut libc::c_void, len, libc::MADV_DONTFORK) } != 0 {
         let err = os_err("madvise MADV_DONTFORK");
         // SAFETY: puts the shared mapping back where `mem` expects it.
-        unsafe {
-            libc::mremap(
-                target as *mut libc::c_void,
-                len,
-                len,
-                libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
-                host as *mut libc::c_void,
-            )
-        };
+        unsafe { move_mapping(target, host, len) };
         return Err(err);
     }
     // SAFETY: maps the same file range privately over the address range
@@ -338,15 +341,7 @@ fn freeze_region(
     if mapped == libc::MAP_FAILED {
         let err = os_err("mmap private");
         // SAFETY: puts the shared mapping back where `mem` expects it.
-        unsafe {
-            libc::mremap(
-                target as *mut libc::c_void,
-                len,
-                len,
-                libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
-                host as *mut libc::c_void,
-            )
-        };
+        unsafe { move_mapping(target, host, len) };
         return Err(err);
     }
     split_private_view(host, len);
