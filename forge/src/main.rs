@@ -76,6 +76,17 @@ enum Command {
         /// Most sandboxes running or paused in memory at once.
         #[arg(long, env = "FORGE_MAX_SANDBOXES", default_value_t = 200)]
         max_sandboxes: usize,
+        /// Hosts sandboxes may reach through the egress proxy, comma-separated
+        /// (`*.domain` for subdomains; default: the package registries and git hosts).
+        #[arg(long, env = "FORGE_EGRESS_ALLOW", value_delimiter = ',')]
+        egress_allow: Option<Vec<String>>,
+        /// Non-public address ranges (CIDR) the egress proxy may connect to,
+        /// e.g. a registry mirror on a private network; comma-separated.
+        #[arg(long, env = "FORGE_EGRESS_ALLOW_NETS", value_delimiter = ',')]
+        egress_allow_nets: Vec<forge::vms::egress::Net>,
+        /// A PEM bundle sandboxes trust for TLS (where the way out inspects TLS).
+        #[arg(long, env = "FORGE_SANDBOX_CA_BUNDLE")]
+        sandbox_ca_bundle: Option<PathBuf>,
         /// Waits between webhook delivery attempts (units ms, s, m, h).
         #[arg(
             long,
@@ -169,6 +180,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             sandbox_dir,
             image,
             max_sandboxes,
+            egress_allow,
+            egress_allow_nets,
+            sandbox_ca_bundle,
             webhook_retry_delays,
             webhook_disable_after,
         } => {
@@ -187,6 +201,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     max_live: max_sandboxes,
                     ..forge::vms::Limits::default()
                 },
+                egress_allow,
+                egress_allow_nets,
+                sandbox_ca_bundle,
                 webhooks: forge::webhooks::Options {
                     retry_delays: forge::webhooks::parse_delays(&webhook_retry_delays)
                         .map_err(|e| anyhow::anyhow!("--webhook-retry-delays: {e}"))?,

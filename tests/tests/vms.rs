@@ -355,7 +355,7 @@ fn a_vm_for_a_repository_holds_its_checkout_and_exec_can_stream() {
     );
     assert_eq!(stdout(&forge, id, "cat /workspace/DEV.md"), "dev\n");
     let origin = stdout(&forge, id, "git -C /workspace config remote.origin.url");
-    assert_eq!(origin.trim(), format!("{}/acme/app.git", forge.url));
+    assert_eq!(origin.trim(), "http://127.0.0.1:3129/acme/app.git");
     let (status, body) = forge.call(
         Some(&forge.admin_token),
         "POST",

@@ -227,6 +227,7 @@ pub async fn show(
     };
     let mut value = serde_json::to_value(view(&state, row).await?).map_err(ApiError::internal)?;
     value["stats"] = serde_json::to_value(stats).map_err(ApiError::internal)?;
+    value["egress"] = json!(state.sandboxes.network().usage(&id));
     Ok(Json(value))
 }
 

@@ -26,7 +26,10 @@
 //!   memory); one more is `429` with the cap in the message, never a hang.
 
 pub mod checkout;
+pub mod egress;
 mod error;
+pub mod gitrelay;
+pub mod network;
 mod reaper;
 
 use std::collections::HashMap;
@@ -38,6 +41,7 @@ use ::sandbox::{Backend, BackendKind, Carried, Command, Image, PauseMode, Spec, 
 use tokio::sync::OwnedRwLockReadGuard;
 
 pub use error::VmError;
+pub use network::NetworkConfig;
 
 use crate::store::{Store, VmRow, unix_now};
 
@@ -94,6 +98,7 @@ pub struct Sandboxes {
     store: Store,
     limits: Limits,
     locks: Mutex<HashMap<String, Arc<tokio::sync::RwLock<()>>>>,
+    network: network::Network,
 }
 
 /// A running command; the VM stays running (no pause, fork or destroy)
@@ -121,13 +126,24 @@ pub fn state_name(state: State) -> &'static str {
 }
 
 impl Sandboxes {
-    pub fn new(availability: Availability, store: Store, limits: Limits) -> Arc<Self> {
+    pub fn new(
+        availability: Availability,
+        store: Store,
+        limits: Limits,
+        network: NetworkConfig,
+    ) -> Arc<Self> {
         Arc::new(Self {
             availability,
+            network: network::Network::new(network, store.clone()),
             store,
             limits,
             locks: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The links of sandboxes to the host (egress proxy, git remote).
+    pub fn network(&self) -> &network::Network {
+        &self.network
     }
 
     pub fn limits(&self) -> &Limits {
@@ -268,13 +284,41 @@ impl Sandboxes {
             _ => return Err(VmError::Crashed(id.to_owned())),
         }
         self.store.touch_vm(id).await?;
+        if !self.network.is_up(id) {
+            let repo = match &row.repo_id {
+                Some(repo_id) => self.store.repo_by_id(repo_id).await?.map(|r| r.full_name()),
+                None => None,
+            };
+            let agent = backend.agent(id).await?;
+            let endpoint = network::Endpoint {
+                vm: id,
+                repo: row.repo_id.as_deref().zip(repo.as_deref()),
+            };
+            self.network.ensure(&agent, endpoint).await;
+            if let Some(bundle) = self.network.ca_bundle()
+                && let Err(error) = agent.write_file(network::CA_BUNDLE, bundle, 0o644).await
+            {
+                tracing::warn!(vm = id, error = %error, "copying the CA bundle in failed");
+            }
+        }
         Ok(())
+    }
+
+    /// `command` with the sandbox's network environment under its own.
+    fn with_network_env(&self, command: Command) -> Command {
+        let mut command = command;
+        let own = std::mem::take(&mut command.env);
+        command.env = self.network.env();
+        command.env.extend(own);
+        command
     }
 
     pub async fn exec(&self, id: &str, command: Command) -> Result<::sandbox::Output, VmError> {
         let (backend, _) = self.ready()?;
         let _running = self.hold_running(id).await?;
-        let command = command.output_limit_bytes(self.limits.max_output_bytes);
+        let command = self
+            .with_network_env(command)
+            .output_limit_bytes(self.limits.max_output_bytes);
         let output = backend.exec(id, command).await;
         self.store.touch_vm(id).await?;
         Ok(output?)
@@ -284,7 +328,9 @@ impl Sandboxes {
     pub async fn exec_stream(&self, id: &str, command: Command) -> Result<Exec, VmError> {
         let (backend, _) = self.ready()?;
         let running = self.hold_running(id).await?;
-        let command = command.output_limit_bytes(self.limits.max_output_bytes);
+        let command = self
+            .with_network_env(command)
+            .output_limit_bytes(self.limits.max_output_bytes);
         Ok(Exec {
             stream: backend.exec_stream(id, command).await?,
             _running: running,
@@ -343,6 +389,9 @@ impl Sandboxes {
         if row.state == "crashed" {
             return Err(VmError::Crashed(id.to_owned()));
         }
+        if mode == PauseMode::Disk {
+            self.network.close(id).await;
+        }
         let info = backend.pause(id, mode).await?;
         self.store.set_vm_state(id, state_name(info.state)).await?;
         tracing::info!(vm = id, ?mode, "sandbox paused");
@@ -388,6 +437,7 @@ impl Sandboxes {
         self.running(id).await?;
         self.check_capacity(count).await?;
         let parent = self.get(id).await?;
+        self.network.close(id).await;
         let copies = backend.fork(id, count).await?;
         let mut forks = Vec::with_capacity(copies.len());
         for carried in copies {
@@ -415,6 +465,7 @@ impl Sandboxes {
             .vm(id)
             .await?
             .ok_or_else(|| VmError::NotFound(id.to_owned()))?;
+        self.network.forget(id).await;
         match backend.destroy(id).await {
             Ok(()) | Err(::sandbox::Error::NotFound(_)) => {}
             Err(error) => return Err(error.into()),
