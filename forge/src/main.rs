@@ -87,6 +87,9 @@ enum Command {
         /// A PEM bundle sandboxes trust for TLS (where the way out inspects TLS).
         #[arg(long, env = "FORGE_SANDBOX_CA_BUNDLE")]
         sandbox_ca_bundle: Option<PathBuf>,
+        /// Serve dev server previews at `{vm}-{port}.<domain>` too (routed by `Host`).
+        #[arg(long, env = "FORGE_PREVIEW_DOMAIN")]
+        preview_domain: Option<String>,
         /// Waits between webhook delivery attempts (units ms, s, m, h).
         #[arg(
             long,
@@ -183,6 +186,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             egress_allow,
             egress_allow_nets,
             sandbox_ca_bundle,
+            preview_domain,
             webhook_retry_delays,
             webhook_disable_after,
         } => {
@@ -204,6 +208,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 egress_allow,
                 egress_allow_nets,
                 sandbox_ca_bundle,
+                preview_domain,
                 webhooks: forge::webhooks::Options {
                     retry_delays: forge::webhooks::parse_delays(&webhook_retry_delays)
                         .map_err(|e| anyhow::anyhow!("--webhook-retry-delays: {e}"))?,

@@ -59,6 +59,8 @@ pub struct Config {
     pub egress_allow_nets: Vec<crate::vms::egress::Net>,
     /// A PEM bundle sandboxes trust for TLS through the egress proxy.
     pub sandbox_ca_bundle: Option<PathBuf>,
+    /// Serve previews at `{vm}-{port}.<domain>` (by the `Host` header).
+    pub preview_domain: Option<String>,
 }
 
 /// The operator's choice of sandbox backend.
@@ -79,6 +81,8 @@ pub struct Settings {
     pub max_body_bytes: u64,
     pub allow_loopback: bool,
     pub allow_private: bool,
+    /// Dev server previews are also served at `{vm}-{port}.<domain>`.
+    pub preview_domain: Option<String>,
 }
 
 impl Settings {
@@ -149,6 +153,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         max_body_bytes: config.max_body_bytes,
         allow_loopback: config.allow_loopback,
         allow_private: config.allow_private,
+        preview_domain: config.preview_domain.clone(),
     };
     let events = EventBus::default();
     let webhooks = crate::webhooks::start(

@@ -22,10 +22,15 @@
 //!   start-up reconcile and whenever a request finds it so) and stays so: its
 //!   disk is kept for inspection until it is deleted. It is not restarted
 //!   behind the user's back.
+//! - **Dev servers**: a VM's `dev_server` is started, watched and restarted
+//!   with backoff by a supervisor (`devserver.rs`) that does not keep the
+//!   VM awake.
+//! - **Network**: egress proxy and git remote links (`network.rs`).
 //! - **Cap**: at most `max_live` VMs hold resources (running or paused in
 //!   memory); one more is `429` with the cap in the message, never a hang.
 
 pub mod checkout;
+pub mod devserver;
 pub mod egress;
 mod error;
 pub mod gitrelay;
@@ -80,6 +85,8 @@ pub struct NewVm {
     pub repo_id: Option<String>,
     pub branch: Option<String>,
     pub created_by: String,
+    /// Started, watched and restarted in the VM.
+    pub dev_server: Option<devserver::DevServerSpec>,
 }
 
 /// The backend in use, or why there is none.
@@ -99,6 +106,7 @@ pub struct Sandboxes {
     limits: Limits,
     locks: Mutex<HashMap<String, Arc<tokio::sync::RwLock<()>>>>,
     network: network::Network,
+    dev_servers: devserver::DevServers,
 }
 
 /// A running command; the VM stays running (no pause, fork or destroy)
@@ -138,7 +146,13 @@ impl Sandboxes {
             store,
             limits,
             locks: Mutex::new(HashMap::new()),
+            dev_servers: devserver::DevServers::default(),
         })
+    }
+
+    /// The dev servers the supervisor watches.
+    pub fn dev_servers(&self) -> &devserver::DevServers {
+        &self.dev_servers
     }
 
     /// The links of sandboxes to the host (egress proxy, git remote).
@@ -225,6 +239,7 @@ impl Sandboxes {
     }
 
     pub async fn create(&self, request: NewVm) -> Result<VmRow, VmError> {
+        let dev_server = request.dev_server.clone();
         let (backend, image) = self.ready()?;
         if request.vcpus == 0 || request.vcpus > self.limits.max_vcpus {
             return Err(VmError::Invalid(format!(
@@ -263,6 +278,9 @@ impl Sandboxes {
             let _ = backend.destroy(&info.id).await;
             return Err(error.into());
         }
+        if let Some(spec) = dev_server {
+            self.dev_servers.add(&row.id, spec);
+        }
         tracing::info!(vm = %row.id, backend = %row.backend, "sandbox created");
         Ok(row)
     }
@@ -284,6 +302,13 @@ impl Sandboxes {
             _ => return Err(VmError::Crashed(id.to_owned())),
         }
         self.store.touch_vm(id).await?;
+        self.link(id, &row).await
+    }
+
+    /// Brings the VM's network link up when it is down (and copies the CA
+    /// bundle in). Call with the VM running and its lock held.
+    async fn link(&self, id: &str, row: &VmRow) -> Result<(), VmError> {
+        let (backend, _) = self.ready()?;
         if !self.network.is_up(id) {
             let repo = match &row.repo_id {
                 Some(repo_id) => self.store.repo_by_id(repo_id).await?.map(|r| r.full_name()),
@@ -451,6 +476,7 @@ impl Sandboxes {
                 ..parent.clone()
             };
             self.store.insert_vm(&row).await?;
+            self.dev_servers.inherit(id, &row.id);
             forks.push((row, carried));
         }
         tracing::info!(vm = id, count, "sandbox forked");
@@ -466,6 +492,7 @@ impl Sandboxes {
             .await?
             .ok_or_else(|| VmError::NotFound(id.to_owned()))?;
         self.network.forget(id).await;
+        self.dev_servers.remove(id);
         match backend.destroy(id).await {
             Ok(()) | Err(::sandbox::Error::NotFound(_)) => {}
             Err(error) => return Err(error.into()),
@@ -504,12 +531,23 @@ impl Sandboxes {
         Ok(crashed)
     }
 
-    /// Starts the idle reaper; it stops when `shutdown` is cancelled.
+    /// Starts the idle reaper and the dev server supervisor; they stop when
+    /// `shutdown` is cancelled.
     pub fn start_reaper(
         self: &Arc<Self>,
         every: Duration,
         shutdown: tokio_util::sync::CancellationToken,
     ) {
-        reaper::start(self.clone(), every, shutdown);
+        reaper::start(self.clone(), every, shutdown.clone());
+        let sandboxes = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tick.tick() => devserver::supervise_all(&sandboxes).await,
+                }
+            }
+        });
     }
 }
