@@ -76,6 +76,12 @@ enum Command {
         /// Most sandboxes running or paused in memory at once.
         #[arg(long, env = "FORGE_MAX_SANDBOXES", default_value_t = 200)]
         max_sandboxes: usize,
+        /// Seconds a create or fork waits in the queue when the cap is reached.
+        #[arg(long, env = "FORGE_SANDBOX_QUEUE_SECS", default_value_t = 30)]
+        sandbox_queue_secs: u64,
+        /// Live sandboxes one non-admin token may hold (0: no quota).
+        #[arg(long, env = "FORGE_MAX_VMS_PER_TOKEN", default_value_t = 0)]
+        max_vms_per_token: usize,
         /// Hosts sandboxes may reach through the egress proxy, comma-separated
         /// (`*.domain` for subdomains; default: the package registries and git hosts).
         #[arg(long, env = "FORGE_EGRESS_ALLOW", value_delimiter = ',')]
@@ -183,6 +189,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             sandbox_dir,
             image,
             max_sandboxes,
+            sandbox_queue_secs,
+            max_vms_per_token,
             egress_allow,
             egress_allow_nets,
             sandbox_ca_bundle,
@@ -203,6 +211,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 image,
                 limits: forge::vms::Limits {
                     max_live: max_sandboxes,
+                    queue_wait: std::time::Duration::from_secs(sandbox_queue_secs),
+                    max_live_per_token: (max_vms_per_token > 0).then_some(max_vms_per_token),
                     ..forge::vms::Limits::default()
                 },
                 egress_allow,

@@ -145,6 +145,11 @@ pub async fn system(State(state): State<AppState>, _caller: Caller) -> Json<Valu
                 "max_vcpus": state.sandboxes.limits().max_vcpus,
                 "max_mem_mib": state.sandboxes.limits().max_mem_mib,
                 "max_fork_count": state.sandboxes.limits().max_fork_count,
+                "max_live_per_token": state.sandboxes.limits().max_live_per_token,
+            },
+            "queue": {
+                "waiting": state.sandboxes.queued(),
+                "max_wait_secs": state.sandboxes.limits().queue_wait.as_secs(),
             },
         },
     }))
@@ -194,6 +199,9 @@ pub async fn create(
         }
         None => None,
     };
+    if !caller.is_admin() {
+        state.sandboxes.check_quota(&caller.token_id, 1).await?;
+    }
     let persistent = request.persistence.map(|p| p.kind) != Some(PersistenceKind::Ephemeral);
     let row = state
         .sandboxes
@@ -388,6 +396,12 @@ pub async fn fork(
     Body(request): Body<ForkRequest>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     owned(&state, &caller, &id).await?;
+    if !caller.is_admin() {
+        state
+            .sandboxes
+            .check_quota(&caller.token_id, request.count.unwrap_or(1))
+            .await?;
+    }
     let forks = state
         .sandboxes
         .fork(&id, request.count.unwrap_or(1), &caller.token_id)

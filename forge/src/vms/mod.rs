@@ -27,7 +27,10 @@
 //!   VM awake.
 //! - **Network**: egress proxy and git remote links (`network.rs`).
 //! - **Cap**: at most `max_live` VMs hold resources (running or paused in
-//!   memory); one more is `429` with the cap in the message, never a hang.
+//!   memory); one more waits in a bounded queue (`queue.rs`), then is `429`
+//!   naming the cap, the wait and its place, never a silent hang. A token
+//!   may hold at most `max_live_per_token` live VMs (`429`, checked by the
+//!   API for non-admin tokens).
 
 pub mod checkout;
 pub mod devserver;
@@ -35,6 +38,7 @@ pub mod egress;
 mod error;
 pub mod gitrelay;
 pub mod network;
+pub mod queue;
 mod reaper;
 
 use std::collections::HashMap;
@@ -60,6 +64,10 @@ pub struct Limits {
     pub max_fork_count: usize,
     /// Captured stdout + stderr of one exec.
     pub max_output_bytes: u64,
+    /// How long a create or fork waits in the queue when the cap is reached.
+    pub queue_wait: Duration,
+    /// Live VMs one (non-admin) token may hold; `None`: no quota.
+    pub max_live_per_token: Option<usize>,
 }
 
 impl Default for Limits {
@@ -70,6 +78,8 @@ impl Default for Limits {
             max_mem_mib: 8192,
             max_fork_count: 50,
             max_output_bytes: 4 << 20,
+            queue_wait: Duration::from_secs(30),
+            max_live_per_token: None,
         }
     }
 }
@@ -107,6 +117,7 @@ pub struct Sandboxes {
     locks: Mutex<HashMap<String, Arc<tokio::sync::RwLock<()>>>>,
     network: network::Network,
     dev_servers: devserver::DevServers,
+    admission: queue::Admission,
 }
 
 /// A running command; the VM stays running (no pause, fork or destroy)
@@ -147,6 +158,7 @@ impl Sandboxes {
             limits,
             locks: Mutex::new(HashMap::new()),
             dev_servers: devserver::DevServers::default(),
+            admission: queue::Admission::default(),
         })
     }
 
@@ -227,13 +239,32 @@ impl Sandboxes {
         Ok(rows)
     }
 
-    async fn check_capacity(&self, adding: usize) -> Result<(), VmError> {
-        let live = self.store.count_live_vms().await? as usize;
-        if live + adding > self.limits.max_live {
-            return Err(VmError::Capacity {
-                live,
-                cap: self.limits.max_live,
-            });
+    /// Waits in the queue until `adding` more VMs fit under the cap.
+    async fn admit(&self, adding: usize) -> Result<queue::Reservation<'_>, VmError> {
+        let store = &self.store;
+        self.admission
+            .admit(
+                adding,
+                self.limits.max_live,
+                self.limits.queue_wait,
+                || async move { Ok(store.count_live_vms().await? as usize) },
+            )
+            .await
+    }
+
+    /// Requests waiting for room under the cap.
+    pub fn queued(&self) -> usize {
+        self.admission.waiting()
+    }
+
+    /// Refuses a token over its quota of live VMs (admins have none).
+    pub async fn check_quota(&self, token: &str, adding: usize) -> Result<(), VmError> {
+        let Some(quota) = self.limits.max_live_per_token else {
+            return Ok(());
+        };
+        let live = self.store.count_live_vms_by(token).await? as usize;
+        if live + adding > quota {
+            return Err(VmError::Quota { live, quota });
         }
         Ok(())
     }
@@ -253,7 +284,7 @@ impl Sandboxes {
                 self.limits.max_mem_mib
             )));
         }
-        self.check_capacity(1).await?;
+        let _room = self.admit(1).await?;
         let mut spec = Spec::new(image.clone());
         spec.vcpus = request.vcpus;
         spec.mem_mib = request.mem_mib;
@@ -460,7 +491,7 @@ impl Sandboxes {
         let lock = self.lock_of(id);
         let _guard = lock.write().await;
         self.running(id).await?;
-        self.check_capacity(count).await?;
+        let _room = self.admit(count).await?;
         let parent = self.get(id).await?;
         self.network.close(id).await;
         let copies = backend.fork(id, count).await?;
