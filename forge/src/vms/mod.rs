@@ -36,6 +36,7 @@ pub mod checkout;
 pub mod devserver;
 pub mod egress;
 mod error;
+mod gc;
 pub mod gitrelay;
 pub mod network;
 pub mod queue;
@@ -543,11 +544,21 @@ impl Sandboxes {
         Ok(backend.stats(id).await?)
     }
 
-    /// At start-up: records as `crashed` every VM the backend no longer
-    /// runs. Returns how many were marked.
+    /// At start-up: collects what destroyed sandboxes left (`gc.rs`), then
+    /// records as `crashed` every VM the backend no longer runs. Returns how many were marked.
     pub async fn reconcile(&self) -> Result<usize, VmError> {
         if self.ready().is_err() {
             return Ok(0);
+        }
+        match gc::collect(self).await {
+            Ok(removed) if !removed.is_empty() => {
+                tracing::info!(
+                    count = removed.len(),
+                    "start-up garbage collection removed leftovers"
+                );
+            }
+            Ok(_) => {}
+            Err(error) => tracing::error!(error = %error, "start-up garbage collection failed"),
         }
         let mut crashed = 0;
         for row in self.store.list_vms().await? {
