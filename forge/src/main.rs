@@ -76,6 +76,26 @@ enum Command {
         /// Most sandboxes running or paused in memory at once.
         #[arg(long, env = "FORGE_MAX_SANDBOXES", default_value_t = 200)]
         max_sandboxes: usize,
+        /// Seconds a create or fork waits in the queue when the cap is reached.
+        #[arg(long, env = "FORGE_SANDBOX_QUEUE_SECS", default_value_t = 30)]
+        sandbox_queue_secs: u64,
+        /// Live sandboxes one non-admin token may hold (0: no quota).
+        #[arg(long, env = "FORGE_MAX_VMS_PER_TOKEN", default_value_t = 0)]
+        max_vms_per_token: usize,
+        /// Hosts sandboxes may reach through the egress proxy, comma-separated
+        /// (`*.domain` for subdomains; default: the package registries and git hosts).
+        #[arg(long, env = "FORGE_EGRESS_ALLOW", value_delimiter = ',')]
+        egress_allow: Option<Vec<String>>,
+        /// Non-public address ranges (CIDR) the egress proxy may connect to,
+        /// e.g. a registry mirror on a private network; comma-separated.
+        #[arg(long, env = "FORGE_EGRESS_ALLOW_NETS", value_delimiter = ',')]
+        egress_allow_nets: Vec<forge::vms::egress::Net>,
+        /// A PEM bundle sandboxes trust for TLS (where the way out inspects TLS).
+        #[arg(long, env = "FORGE_SANDBOX_CA_BUNDLE")]
+        sandbox_ca_bundle: Option<PathBuf>,
+        /// Serve dev server previews at `{vm}-{port}.<domain>` too (routed by `Host`).
+        #[arg(long, env = "FORGE_PREVIEW_DOMAIN")]
+        preview_domain: Option<String>,
         /// Waits between webhook delivery attempts (units ms, s, m, h).
         #[arg(
             long,
@@ -169,6 +189,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             sandbox_dir,
             image,
             max_sandboxes,
+            sandbox_queue_secs,
+            max_vms_per_token,
+            egress_allow,
+            egress_allow_nets,
+            sandbox_ca_bundle,
+            preview_domain,
             webhook_retry_delays,
             webhook_disable_after,
         } => {
@@ -185,8 +211,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 image,
                 limits: forge::vms::Limits {
                     max_live: max_sandboxes,
+                    queue_wait: std::time::Duration::from_secs(sandbox_queue_secs),
+                    max_live_per_token: (max_vms_per_token > 0).then_some(max_vms_per_token),
                     ..forge::vms::Limits::default()
                 },
+                egress_allow,
+                egress_allow_nets,
+                sandbox_ca_bundle,
+                preview_domain,
                 webhooks: forge::webhooks::Options {
                     retry_delays: forge::webhooks::parse_delays(&webhook_retry_delays)
                         .map_err(|e| anyhow::anyhow!("--webhook-retry-delays: {e}"))?,

@@ -52,6 +52,15 @@ pub struct Config {
     pub image: Option<PathBuf>,
     /// Limits of the VM API.
     pub limits: crate::vms::Limits,
+    /// Hosts sandboxes may reach through the egress proxy (`None`: the
+    /// package registries and git hosts of `vms::egress::DEFAULT_ALLOW`).
+    pub egress_allow: Option<Vec<String>>,
+    /// Non-public address ranges the egress proxy may still connect to.
+    pub egress_allow_nets: Vec<crate::vms::egress::Net>,
+    /// A PEM bundle sandboxes trust for TLS through the egress proxy.
+    pub sandbox_ca_bundle: Option<PathBuf>,
+    /// Serve previews at `{vm}-{port}.<domain>` (by the `Host` header).
+    pub preview_domain: Option<String>,
 }
 
 /// The operator's choice of sandbox backend.
@@ -72,6 +81,8 @@ pub struct Settings {
     pub max_body_bytes: u64,
     pub allow_loopback: bool,
     pub allow_private: bool,
+    /// Dev server previews are also served at `{vm}-{port}.<domain>`.
+    pub preview_domain: Option<String>,
 }
 
 impl Settings {
@@ -124,6 +135,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         open_sandboxes(&config).await,
         store.clone(),
         config.limits.clone(),
+        network_config(&config, address)?,
     );
     match sandboxes.describe() {
         (Some(backend), reason, _) => tracing::info!(%backend, %reason, "sandbox backend"),
@@ -141,6 +153,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         max_body_bytes: config.max_body_bytes,
         allow_loopback: config.allow_loopback,
         allow_private: config.allow_private,
+        preview_domain: config.preview_domain.clone(),
     };
     let events = EventBus::default();
     let webhooks = crate::webhooks::start(
@@ -201,6 +214,36 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     store.close().await;
     tracing::info!("forge stopped");
     Ok(())
+}
+
+/// How sandboxes reach the host: the egress policy, and the forge's own
+/// listener (on loopback when it listens everywhere) for git remotes.
+fn network_config(
+    config: &Config,
+    address: std::net::SocketAddr,
+) -> anyhow::Result<crate::vms::NetworkConfig> {
+    let mut egress = crate::vms::egress::Policy::default();
+    if let Some(allow) = &config.egress_allow {
+        egress.allow = allow.clone();
+    }
+    egress.allow_nets = config.egress_allow_nets.clone();
+    egress.forge = Some(address);
+    let mut forge = address;
+    if forge.ip().is_unspecified() {
+        forge.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    tracing::info!(allow = ?egress.allow, nets = ?egress.allow_nets, "sandbox egress allow-list");
+    let ca_bundle = match &config.sandbox_ca_bundle {
+        Some(path) => Some(std::sync::Arc::new(std::fs::read(path).with_context(
+            || format!("cannot read the sandbox CA bundle {}", path.display()),
+        )?)),
+        None => None,
+    };
+    Ok(crate::vms::NetworkConfig {
+        egress,
+        forge: Some(forge),
+        ca_bundle,
+    })
 }
 
 fn create_private_dir(dir: &Path) -> anyhow::Result<()> {

@@ -67,6 +67,10 @@ impl ContainerConfig {
 #[derive(Debug)]
 pub struct ContainerSandboxes {
     inner: Arc<ContainerBackend>,
+    /// Where the backend keeps its state, and its layer image's size (for
+    /// start-up garbage collection).
+    data_dir: PathBuf,
+    layer_image_gib: u64,
     agent: AgentInit,
     shared_binds: Vec<Bind>,
     clients: Mutex<HashMap<String, agent_proto::Client>>,
@@ -122,9 +126,13 @@ impl ContainerSandboxes {
     /// Open the backend (mounts the layer store, probes cgroups and CRIU).
     pub async fn open(config: ContainerConfig) -> Result<Self> {
         let backend = config.backend;
+        let data_dir = backend.data_dir.clone();
+        let layer_image_gib = backend.layer_image_gib;
         let inner = blocking(move || Ok(ContainerBackend::open(backend)?)).await?;
         Ok(Self {
             inner: Arc::new(inner),
+            data_dir,
+            layer_image_gib,
             agent: config.agent,
             shared_binds: config.shared_binds,
             clients: Mutex::new(HashMap::new()),
@@ -317,6 +325,33 @@ impl Backend for ContainerSandboxes {
             self.forget(id);
             let owned = id.to_owned();
             self.call(move |b| b.destroy(&owned)).await
+        })
+    }
+
+    fn collect_garbage(&self) -> BoxFuture<'_, Result<Vec<String>>> {
+        Box::pin(async move {
+            let (dir, gib) = (self.data_dir.clone(), self.layer_image_gib);
+            let report = blocking(move || Ok(sandbox_container::reconcile(&dir, gib)?)).await?;
+            let mut removed = Vec::new();
+            removed.extend(
+                report
+                    .removed
+                    .iter()
+                    .map(|id| format!("half-created sandbox {id}")),
+            );
+            removed.extend(
+                report
+                    .orphan_cgroups
+                    .iter()
+                    .map(|c| format!("orphan cgroup {c}")),
+            );
+            removed.extend(
+                report
+                    .collected_layers
+                    .iter()
+                    .map(|l| format!("unreferenced layer {l}")),
+            );
+            Ok(removed)
         })
     }
 

@@ -89,6 +89,14 @@ pub trait Backend: Send + Sync {
 
     fn stats<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Stats>>;
 
+    /// At start-up, before any other call: remove what no sandbox owns any
+    /// more (half-created sandboxes, disk layers no sandbox references,
+    /// checkpoint images of interrupted forks, orphan cgroups). Returns a
+    /// line per thing removed. Backends with nothing to collect do nothing.
+    fn collect_garbage(&self) -> BoxFuture<'_, Result<Vec<String>>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
+
     /// Run `command` to its end; stdout and stderr are collected up to the
     /// command's output limit (`Exited::truncated` says when cut).
     fn exec<'a>(&'a self, id: &'a str, command: Command) -> BoxFuture<'a, Result<Output>> {

@@ -430,6 +430,11 @@ impl TestForge {
         page["events"].as_array().expect("events").clone()
     }
 
+    /// The container backend's data directory, when the forge has sandboxes.
+    pub fn sandbox_dir(&self) -> Option<PathBuf> {
+        self.builder.sandboxes.as_ref().map(|s| s.dir.clone())
+    }
+
     /// The host pid of a container sandbox's PID 1, from the backend's record.
     pub fn sandbox_pid(&self, id: &str) -> Option<u32> {
         let dir = &self.builder.sandboxes.as_ref()?.dir;

@@ -100,6 +100,10 @@ pub fn router(state: AppState) -> Router {
             post(crate::git::http::receive_pack),
         )
         .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            preview::by_host,
+        ))
         .with_state(state)
 }
 

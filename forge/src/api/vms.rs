@@ -34,6 +34,7 @@ pub struct CreateVm {
     idle_timeout_secs: Option<u64>,
     #[serde(default)]
     env: std::collections::BTreeMap<String, String>,
+    dev_server: Option<crate::vms::devserver::DevServerSpec>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -63,6 +64,28 @@ pub struct VmView {
     persistence: Value,
     idle_timeout_secs: Option<i64>,
     created_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dev_server: Option<crate::vms::devserver::DevServerStatus>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    preview_url: Option<String>,
+}
+
+/// Where the VM's dev server is seen: `http://{id}-{port}.<preview
+/// domain>/` where the forge has one, else the path form.
+fn preview_url(state: &AppState, id: &str, port: u16) -> String {
+    let public = &state.config.public_url;
+    match &state.config.preview_domain {
+        Some(domain) => {
+            let scheme = public.split_once("://").map_or("http", |(s, _)| s);
+            let port_suffix = public
+                .rsplit_once(':')
+                .filter(|(_, p)| p.chars().all(|c| c.is_ascii_digit()))
+                .map(|(_, p)| format!(":{p}"))
+                .unwrap_or_default();
+            format!("{scheme}://{id}-{port}.{domain}{port_suffix}/")
+        }
+        None => format!("{public}/v1/vms/{id}/ports/{port}/"),
+    }
 }
 
 async fn view(state: &AppState, row: VmRow) -> Result<VmView, ApiError> {
@@ -70,7 +93,13 @@ async fn view(state: &AppState, row: VmRow) -> Result<VmView, ApiError> {
         Some(id) => state.store.repo_by_id(id).await?.map(|r| r.full_name()),
         None => None,
     };
+    let dev_server = state.sandboxes.dev_servers().status(&row.id);
+    let preview_url = dev_server
+        .as_ref()
+        .map(|d| preview_url(state, &row.id, d.port));
     Ok(VmView {
+        dev_server,
+        preview_url,
         id: row.id,
         state: row.state,
         backend: row.backend,
@@ -116,6 +145,11 @@ pub async fn system(State(state): State<AppState>, _caller: Caller) -> Json<Valu
                 "max_vcpus": state.sandboxes.limits().max_vcpus,
                 "max_mem_mib": state.sandboxes.limits().max_mem_mib,
                 "max_fork_count": state.sandboxes.limits().max_fork_count,
+                "max_live_per_token": state.sandboxes.limits().max_live_per_token,
+            },
+            "queue": {
+                "waiting": state.sandboxes.queued(),
+                "max_wait_secs": state.sandboxes.limits().queue_wait.as_secs(),
             },
         },
     }))
@@ -165,6 +199,9 @@ pub async fn create(
         }
         None => None,
     };
+    if !caller.is_admin() {
+        state.sandboxes.check_quota(&caller.token_id, 1).await?;
+    }
     let persistent = request.persistence.map(|p| p.kind) != Some(PersistenceKind::Ephemeral);
     let row = state
         .sandboxes
@@ -177,6 +214,7 @@ pub async fn create(
             repo_id: repo.as_ref().map(|r| r.id.clone()),
             branch: checkout.as_ref().map(|(branch, _)| branch.clone()),
             created_by: caller.token_id.clone(),
+            dev_server: request.dev_server.clone(),
         })
         .await?;
     if let (Some(repo), Some((branch, Some(commit)))) = (&repo, &checkout) {
@@ -227,6 +265,7 @@ pub async fn show(
     };
     let mut value = serde_json::to_value(view(&state, row).await?).map_err(ApiError::internal)?;
     value["stats"] = serde_json::to_value(stats).map_err(ApiError::internal)?;
+    value["egress"] = json!(state.sandboxes.network().usage(&id));
     Ok(Json(value))
 }
 
@@ -357,6 +396,12 @@ pub async fn fork(
     Body(request): Body<ForkRequest>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     owned(&state, &caller, &id).await?;
+    if !caller.is_admin() {
+        state
+            .sandboxes
+            .check_quota(&caller.token_id, request.count.unwrap_or(1))
+            .await?;
+    }
     let forks = state
         .sandboxes
         .fork(&id, request.count.unwrap_or(1), &caller.token_id)

@@ -252,6 +252,7 @@ impl Pipelines {
                         repo_id: Some(run.repo_id.clone()),
                         branch: Some(run.branch.clone()),
                         created_by: PIPELINE_ACTOR.to_owned(),
+                        dev_server: None,
                     })
                     .await?;
                 BranchSandbox {

@@ -118,4 +118,15 @@ impl Store {
                 .await?;
         Ok(count)
     }
+
+    /// Live VMs (running or paused in memory) created by `token`.
+    pub async fn count_live_vms_by(&self, token: &str) -> Result<i64> {
+        let (count,): (i64,) = sqlx::query_as(
+            "SELECT COUNT(*) FROM vms WHERE state IN ('running', 'paused') AND created_by = ?",
+        )
+        .bind(token)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(count)
+    }
 }

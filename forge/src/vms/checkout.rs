@@ -1,7 +1,8 @@
 //! Putting a branch of a forge repository into a sandbox's `/workspace`:
 //! a git bundle (only what the sandbox lacks, when it already has a commit)
 //! is made on the host, copied in through the agent, fetched and checked
-//! out, with the forge as `origin`. Every command runs without a shell, so
+//! out, with the forge as `origin` (through the sandbox's git remote,
+//! `gitrelay.rs`). Every command runs without a shell, so
 //! branch names cannot inject anything.
 
 use std::time::Duration;
@@ -40,6 +41,7 @@ pub async fn checkout(
     sandboxes
         .write_file(target.vm, BUNDLE_IN_SANDBOX, &bundle)
         .await?;
+    let origin = super::gitrelay::origin_url(target.clone_url);
     let refspec = format!("+refs/heads/{0}:refs/remotes/origin/{0}", target.branch);
     let commands: [&[&str]; 5] = [
         &["git", "init", "-q", "/workspace"],
@@ -70,7 +72,7 @@ pub async fn checkout(
             "/workspace",
             "config",
             "remote.origin.url",
-            target.clone_url,
+            &origin,
         ],
         &["rm", "-f", BUNDLE_IN_SANDBOX],
     ];

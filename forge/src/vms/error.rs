@@ -16,9 +16,19 @@ pub enum VmError {
     #[error("VM {0} crashed: its processes are gone. Its disk is kept until you delete it")]
     Crashed(String),
     #[error(
-        "{live} sandboxes are running or paused in memory, the forge's cap is {cap}: pause to disk or delete one"
+        "{live} sandboxes are running or paused in memory, the forge's cap is {cap}; waited {waited_secs}s in the queue (position {position} of {queued}): pause to disk or delete one, or try again later"
     )]
-    Capacity { live: usize, cap: usize },
+    Capacity {
+        live: usize,
+        cap: usize,
+        waited_secs: u64,
+        position: usize,
+        queued: usize,
+    },
+    #[error(
+        "This token already has {live} live sandboxes, its quota is {quota}: pause to disk or delete one"
+    )]
+    Quota { live: usize, quota: usize },
     #[error("Sandboxes are unavailable on this forge: {0}")]
     Unavailable(String),
     #[error(transparent)]
@@ -46,6 +56,7 @@ impl From<VmError> for ApiError {
             VmError::Capacity { .. } => {
                 ApiError::new(StatusCode::TOO_MANY_REQUESTS, "capacity", message)
             }
+            VmError::Quota { .. } => ApiError::new(StatusCode::TOO_MANY_REQUESTS, "quota", message),
             VmError::Unavailable(_) => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
             }

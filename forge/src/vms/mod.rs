@@ -22,11 +22,24 @@
 //!   start-up reconcile and whenever a request finds it so) and stays so: its
 //!   disk is kept for inspection until it is deleted. It is not restarted
 //!   behind the user's back.
+//! - **Dev servers**: a VM's `dev_server` is started, watched and restarted
+//!   with backoff by a supervisor (`devserver.rs`) that does not keep the
+//!   VM awake.
+//! - **Network**: egress proxy and git remote links (`network.rs`).
 //! - **Cap**: at most `max_live` VMs hold resources (running or paused in
-//!   memory); one more is `429` with the cap in the message, never a hang.
+//!   memory); one more waits in a bounded queue (`queue.rs`), then is `429`
+//!   naming the cap, the wait and its place, never a silent hang. A token
+//!   may hold at most `max_live_per_token` live VMs (`429`, checked by the
+//!   API for non-admin tokens).
 
 pub mod checkout;
+pub mod devserver;
+pub mod egress;
 mod error;
+mod gc;
+pub mod gitrelay;
+pub mod network;
+pub mod queue;
 mod reaper;
 
 use std::collections::HashMap;
@@ -38,6 +51,7 @@ use ::sandbox::{Backend, BackendKind, Carried, Command, Image, PauseMode, Spec, 
 use tokio::sync::OwnedRwLockReadGuard;
 
 pub use error::VmError;
+pub use network::NetworkConfig;
 
 use crate::store::{Store, VmRow, unix_now};
 
@@ -51,6 +65,10 @@ pub struct Limits {
     pub max_fork_count: usize,
     /// Captured stdout + stderr of one exec.
     pub max_output_bytes: u64,
+    /// How long a create or fork waits in the queue when the cap is reached.
+    pub queue_wait: Duration,
+    /// Live VMs one (non-admin) token may hold; `None`: no quota.
+    pub max_live_per_token: Option<usize>,
 }
 
 impl Default for Limits {
@@ -61,6 +79,8 @@ impl Default for Limits {
             max_mem_mib: 8192,
             max_fork_count: 50,
             max_output_bytes: 4 << 20,
+            queue_wait: Duration::from_secs(30),
+            max_live_per_token: None,
         }
     }
 }
@@ -76,6 +96,8 @@ pub struct NewVm {
     pub repo_id: Option<String>,
     pub branch: Option<String>,
     pub created_by: String,
+    /// Started, watched and restarted in the VM.
+    pub dev_server: Option<devserver::DevServerSpec>,
 }
 
 /// The backend in use, or why there is none.
@@ -94,6 +116,9 @@ pub struct Sandboxes {
     store: Store,
     limits: Limits,
     locks: Mutex<HashMap<String, Arc<tokio::sync::RwLock<()>>>>,
+    network: network::Network,
+    dev_servers: devserver::DevServers,
+    admission: queue::Admission,
 }
 
 /// A running command; the VM stays running (no pause, fork or destroy)
@@ -121,13 +146,31 @@ pub fn state_name(state: State) -> &'static str {
 }
 
 impl Sandboxes {
-    pub fn new(availability: Availability, store: Store, limits: Limits) -> Arc<Self> {
+    pub fn new(
+        availability: Availability,
+        store: Store,
+        limits: Limits,
+        network: NetworkConfig,
+    ) -> Arc<Self> {
         Arc::new(Self {
             availability,
+            network: network::Network::new(network, store.clone()),
             store,
             limits,
             locks: Mutex::new(HashMap::new()),
+            dev_servers: devserver::DevServers::default(),
+            admission: queue::Admission::default(),
         })
+    }
+
+    /// The dev servers the supervisor watches.
+    pub fn dev_servers(&self) -> &devserver::DevServers {
+        &self.dev_servers
+    }
+
+    /// The links of sandboxes to the host (egress proxy, git remote).
+    pub fn network(&self) -> &network::Network {
+        &self.network
     }
 
     pub fn limits(&self) -> &Limits {
@@ -197,18 +240,38 @@ impl Sandboxes {
         Ok(rows)
     }
 
-    async fn check_capacity(&self, adding: usize) -> Result<(), VmError> {
-        let live = self.store.count_live_vms().await? as usize;
-        if live + adding > self.limits.max_live {
-            return Err(VmError::Capacity {
-                live,
-                cap: self.limits.max_live,
-            });
+    /// Waits in the queue until `adding` more VMs fit under the cap.
+    async fn admit(&self, adding: usize) -> Result<queue::Reservation<'_>, VmError> {
+        let store = &self.store;
+        self.admission
+            .admit(
+                adding,
+                self.limits.max_live,
+                self.limits.queue_wait,
+                || async move { Ok(store.count_live_vms().await? as usize) },
+            )
+            .await
+    }
+
+    /// Requests waiting for room under the cap.
+    pub fn queued(&self) -> usize {
+        self.admission.waiting()
+    }
+
+    /// Refuses a token over its quota of live VMs (admins have none).
+    pub async fn check_quota(&self, token: &str, adding: usize) -> Result<(), VmError> {
+        let Some(quota) = self.limits.max_live_per_token else {
+            return Ok(());
+        };
+        let live = self.store.count_live_vms_by(token).await? as usize;
+        if live + adding > quota {
+            return Err(VmError::Quota { live, quota });
         }
         Ok(())
     }
 
     pub async fn create(&self, request: NewVm) -> Result<VmRow, VmError> {
+        let dev_server = request.dev_server.clone();
         let (backend, image) = self.ready()?;
         if request.vcpus == 0 || request.vcpus > self.limits.max_vcpus {
             return Err(VmError::Invalid(format!(
@@ -222,7 +285,7 @@ impl Sandboxes {
                 self.limits.max_mem_mib
             )));
         }
-        self.check_capacity(1).await?;
+        let _room = self.admit(1).await?;
         let mut spec = Spec::new(image.clone());
         spec.vcpus = request.vcpus;
         spec.mem_mib = request.mem_mib;
@@ -247,6 +310,9 @@ impl Sandboxes {
             let _ = backend.destroy(&info.id).await;
             return Err(error.into());
         }
+        if let Some(spec) = dev_server {
+            self.dev_servers.add(&row.id, spec);
+        }
         tracing::info!(vm = %row.id, backend = %row.backend, "sandbox created");
         Ok(row)
     }
@@ -268,13 +334,48 @@ impl Sandboxes {
             _ => return Err(VmError::Crashed(id.to_owned())),
         }
         self.store.touch_vm(id).await?;
+        self.link(id, &row).await
+    }
+
+    /// Brings the VM's network link up when it is down (and copies the CA
+    /// bundle in). Call with the VM running and its lock held.
+    async fn link(&self, id: &str, row: &VmRow) -> Result<(), VmError> {
+        let (backend, _) = self.ready()?;
+        if !self.network.is_up(id) {
+            let repo = match &row.repo_id {
+                Some(repo_id) => self.store.repo_by_id(repo_id).await?.map(|r| r.full_name()),
+                None => None,
+            };
+            let agent = backend.agent(id).await?;
+            let endpoint = network::Endpoint {
+                vm: id,
+                repo: row.repo_id.as_deref().zip(repo.as_deref()),
+            };
+            self.network.ensure(&agent, endpoint).await;
+            if let Some(bundle) = self.network.ca_bundle()
+                && let Err(error) = agent.write_file(network::CA_BUNDLE, bundle, 0o644).await
+            {
+                tracing::warn!(vm = id, error = %error, "copying the CA bundle in failed");
+            }
+        }
         Ok(())
+    }
+
+    /// `command` with the sandbox's network environment under its own.
+    fn with_network_env(&self, command: Command) -> Command {
+        let mut command = command;
+        let own = std::mem::take(&mut command.env);
+        command.env = self.network.env();
+        command.env.extend(own);
+        command
     }
 
     pub async fn exec(&self, id: &str, command: Command) -> Result<::sandbox::Output, VmError> {
         let (backend, _) = self.ready()?;
         let _running = self.hold_running(id).await?;
-        let command = command.output_limit_bytes(self.limits.max_output_bytes);
+        let command = self
+            .with_network_env(command)
+            .output_limit_bytes(self.limits.max_output_bytes);
         let output = backend.exec(id, command).await;
         self.store.touch_vm(id).await?;
         Ok(output?)
@@ -284,7 +385,9 @@ impl Sandboxes {
     pub async fn exec_stream(&self, id: &str, command: Command) -> Result<Exec, VmError> {
         let (backend, _) = self.ready()?;
         let running = self.hold_running(id).await?;
-        let command = command.output_limit_bytes(self.limits.max_output_bytes);
+        let command = self
+            .with_network_env(command)
+            .output_limit_bytes(self.limits.max_output_bytes);
         Ok(Exec {
             stream: backend.exec_stream(id, command).await?,
             _running: running,
@@ -343,6 +446,9 @@ impl Sandboxes {
         if row.state == "crashed" {
             return Err(VmError::Crashed(id.to_owned()));
         }
+        if mode == PauseMode::Disk {
+            self.network.close(id).await;
+        }
         let info = backend.pause(id, mode).await?;
         self.store.set_vm_state(id, state_name(info.state)).await?;
         tracing::info!(vm = id, ?mode, "sandbox paused");
@@ -386,8 +492,9 @@ impl Sandboxes {
         let lock = self.lock_of(id);
         let _guard = lock.write().await;
         self.running(id).await?;
-        self.check_capacity(count).await?;
+        let _room = self.admit(count).await?;
         let parent = self.get(id).await?;
+        self.network.close(id).await;
         let copies = backend.fork(id, count).await?;
         let mut forks = Vec::with_capacity(copies.len());
         for carried in copies {
@@ -401,6 +508,7 @@ impl Sandboxes {
                 ..parent.clone()
             };
             self.store.insert_vm(&row).await?;
+            self.dev_servers.inherit(id, &row.id);
             forks.push((row, carried));
         }
         tracing::info!(vm = id, count, "sandbox forked");
@@ -415,6 +523,8 @@ impl Sandboxes {
             .vm(id)
             .await?
             .ok_or_else(|| VmError::NotFound(id.to_owned()))?;
+        self.network.forget(id).await;
+        self.dev_servers.remove(id);
         match backend.destroy(id).await {
             Ok(()) | Err(::sandbox::Error::NotFound(_)) => {}
             Err(error) => return Err(error.into()),
@@ -434,11 +544,21 @@ impl Sandboxes {
         Ok(backend.stats(id).await?)
     }
 
-    /// At start-up: records as `crashed` every VM the backend no longer
-    /// runs. Returns how many were marked.
+    /// At start-up: collects what destroyed sandboxes left (`gc.rs`), then
+    /// records as `crashed` every VM the backend no longer runs. Returns how many were marked.
     pub async fn reconcile(&self) -> Result<usize, VmError> {
         if self.ready().is_err() {
             return Ok(0);
+        }
+        match gc::collect(self).await {
+            Ok(removed) if !removed.is_empty() => {
+                tracing::info!(
+                    count = removed.len(),
+                    "start-up garbage collection removed leftovers"
+                );
+            }
+            Ok(_) => {}
+            Err(error) => tracing::error!(error = %error, "start-up garbage collection failed"),
         }
         let mut crashed = 0;
         for row in self.store.list_vms().await? {
@@ -453,12 +573,23 @@ impl Sandboxes {
         Ok(crashed)
     }
 
-    /// Starts the idle reaper; it stops when `shutdown` is cancelled.
+    /// Starts the idle reaper and the dev server supervisor; they stop when
+    /// `shutdown` is cancelled.
     pub fn start_reaper(
         self: &Arc<Self>,
         every: Duration,
         shutdown: tokio_util::sync::CancellationToken,
     ) {
-        reaper::start(self.clone(), every, shutdown);
+        reaper::start(self.clone(), every, shutdown.clone());
+        let sandboxes = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tick.tick() => devserver::supervise_all(&sandboxes).await,
+                }
+            }
+        });
     }
 }

@@ -1,0 +1,330 @@
+//! Dev servers: the `dev_server` of `POST /v1/vms` (`{ "command", "port" }`)
+//! started in the sandbox, watched, and restarted when it dies.
+//!
+//! A supervisor looks at every VM with a dev server once a second:
+//!
+//! 1. It only looks at a VM that runs and that no lifecycle operation holds
+//!    (it tries the VM's lock and skips the tick when taken), and it does
+//!    not count as traffic: a VM with a dev server still idles, pauses and
+//!    resumes like any other.
+//! 2. Not started (or dead) and its backoff elapsed: start it in its own
+//!    session (`setsid`), in `/workspace`, with the sandbox's network
+//!    environment, output to [`LOG`]; state `starting`.
+//! 3. Started: alive (`kill -0` on its session) and the port answers →
+//!    `running`, backoff back to 1 s; alive but not answering → `starting`.
+//! 4. Dead: `restarts` + 1, the tail of its log kept as `last_output`,
+//!    state `backoff` until the next attempt; the wait doubles from 1 s up
+//!    to [`MAX_BACKOFF`].
+//!
+//! The state lives in the forge's memory: after a forge restart a VM's dev
+//! server is unknown to it (the process, if alive, keeps serving). A fork
+//! inherits its parent's dev server (adopted when its port answers).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+/// Where the dev server's output goes inside the sandbox.
+pub const LOG: &str = "/tmp/forge-dev-server.log";
+pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+
+/// What to run and where it listens.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DevServerSpec {
+    pub command: String,
+    pub port: u16,
+}
+
+/// What the API shows of a dev server.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct DevServerStatus {
+    pub command: String,
+    pub port: u16,
+    /// `starting`, `running`, `backoff` (dead, waiting to restart) or
+    /// `paused` (the VM does not run).
+    pub state: &'static str,
+    /// Its session id inside the sandbox, while started.
+    pub pid: Option<u32>,
+    pub restarts: u32,
+    /// Milliseconds until the next start, in `backoff`.
+    pub restart_in_ms: Option<u64>,
+    /// The end of its output when it last died.
+    pub last_output: Option<String>,
+}
+
+#[derive(Debug)]
+struct Entry {
+    spec: DevServerSpec,
+    pid: Option<u32>,
+    state: &'static str,
+    restarts: u32,
+    backoff: Duration,
+    next_start: Instant,
+    last_output: Option<String>,
+}
+
+impl Entry {
+    fn new(spec: DevServerSpec) -> Self {
+        Self {
+            spec,
+            pid: None,
+            state: "starting",
+            restarts: 0,
+            backoff: FIRST_BACKOFF,
+            next_start: Instant::now(),
+            last_output: None,
+        }
+    }
+}
+
+/// The dev servers of every VM.
+#[derive(Debug, Default)]
+pub struct DevServers {
+    entries: Mutex<HashMap<String, Entry>>,
+}
+
+/// What the supervisor should do for one VM this tick.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Start it (`argv` runs in the sandbox and prints the pid).
+    Start(Vec<String>),
+    /// Check that `pid` lives and `port` answers.
+    Check {
+        pid: Option<u32>,
+        port: u16,
+    },
+    Wait,
+}
+
+/// The command that starts `command` in its own session and prints its pid.
+pub fn start_argv(command: &str) -> Vec<String> {
+    let script = format!(
+        "cd /workspace 2>/dev/null || cd /; nohup setsid sh -c \"$0\" >{LOG} 2>&1 </dev/null & echo $!"
+    );
+    vec!["sh".into(), "-c".into(), script, command.to_owned()]
+}
+
+impl DevServers {
+    fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+        // Plain values: a panic cannot leave the map inconsistent.
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn add(&self, vm: &str, spec: DevServerSpec) {
+        self.entries().insert(vm.to_owned(), Entry::new(spec));
+    }
+
+    /// A fork's copy of its parent's dev server, adopted if it answers.
+    pub fn inherit(&self, parent: &str, child: &str) {
+        let spec = self.entries().get(parent).map(|e| e.spec.clone());
+        if let Some(spec) = spec {
+            let mut entry = Entry::new(spec);
+            entry.pid = self.entries().get(parent).and_then(|e| e.pid);
+            self.entries().insert(child.to_owned(), entry);
+        }
+    }
+
+    pub fn remove(&self, vm: &str) {
+        self.entries().remove(vm);
+    }
+
+    pub fn vms(&self) -> Vec<String> {
+        self.entries().keys().cloned().collect()
+    }
+
+    pub fn spec(&self, vm: &str) -> Option<DevServerSpec> {
+        self.entries().get(vm).map(|e| e.spec.clone())
+    }
+
+    pub fn status(&self, vm: &str) -> Option<DevServerStatus> {
+        let entries = self.entries();
+        let entry = entries.get(vm)?;
+        let restart_in_ms = (entry.state == "backoff").then(|| {
+            entry
+                .next_start
+                .saturating_duration_since(Instant::now())
+                .as_millis() as u64
+        });
+        Some(DevServerStatus {
+            command: entry.spec.command.clone(),
+            port: entry.spec.port,
+            state: entry.state,
+            pid: entry.pid,
+            restarts: entry.restarts,
+            restart_in_ms,
+            last_output: entry.last_output.clone(),
+        })
+    }
+
+    /// What to do for `vm` now.
+    pub fn step(&self, vm: &str) -> Step {
+        let entries = self.entries();
+        let Some(entry) = entries.get(vm) else {
+            return Step::Wait;
+        };
+        if entry.pid.is_some() || entry.state == "running" {
+            return Step::Check {
+                pid: entry.pid,
+                port: entry.spec.port,
+            };
+        }
+        if Instant::now() >= entry.next_start {
+            Step::Start(start_argv(&entry.spec.command))
+        } else {
+            Step::Wait
+        }
+    }
+
+    /// The VM does not run just now.
+    pub fn paused(&self, vm: &str) {
+        if let Some(entry) = self.entries().get_mut(vm) {
+            entry.state = "paused";
+        }
+    }
+
+    pub fn started(&self, vm: &str, pid: Option<u32>) {
+        if let Some(entry) = self.entries().get_mut(vm) {
+            entry.pid = pid;
+            entry.state = "starting";
+        }
+    }
+
+    /// Result of a check: whether the process lives and the port answers.
+    pub fn checked(&self, vm: &str, alive: bool, answers: bool) {
+        if let Some(entry) = self.entries().get_mut(vm) {
+            entry.state = match (alive, answers) {
+                (true, true) => {
+                    entry.backoff = FIRST_BACKOFF;
+                    "running"
+                }
+                (true, false) => "starting",
+                (false, _) => "dead",
+            };
+        }
+    }
+
+    /// It died: back off before the next start.
+    pub fn died(&self, vm: &str, last_output: Option<String>) {
+        if let Some(entry) = self.entries().get_mut(vm) {
+            entry.pid = None;
+            entry.state = "backoff";
+            entry.restarts += 1;
+            entry.next_start = Instant::now() + entry.backoff;
+            entry.backoff = (entry.backoff * 2).min(MAX_BACKOFF);
+            entry.last_output = last_output;
+            tracing::warn!(vm, restarts = entry.restarts, command = %entry.spec.command, "dev server died; restarting after backoff");
+        }
+    }
+}
+
+/// One look at every VM's dev server (see the module docs).
+pub(super) async fn supervise_all(sandboxes: &super::Sandboxes) {
+    for vm in sandboxes.dev_servers.vms() {
+        if let Err(error) = supervise(sandboxes, &vm).await {
+            tracing::debug!(vm, error = %error, "dev server check failed");
+        }
+    }
+}
+
+async fn supervise(sandboxes: &super::Sandboxes, vm: &str) -> Result<(), super::VmError> {
+    use ::sandbox::Command;
+    let servers = &sandboxes.dev_servers;
+    let (backend, _) = sandboxes.ready()?;
+    let lock = sandboxes.lock_of(vm);
+    // A lifecycle operation holds the VM: look next time.
+    let Ok(_held) = lock.try_read_owned() else {
+        return Ok(());
+    };
+    let Some(row) = sandboxes.store.vm(vm).await? else {
+        servers.remove(vm);
+        return Ok(());
+    };
+    if row.state != "running" {
+        servers.paused(vm);
+        return Ok(());
+    }
+    sandboxes.link(vm, &row).await?;
+    let quick = Duration::from_secs(10);
+    match servers.step(vm) {
+        Step::Wait => {}
+        Step::Start(argv) => {
+            let command = sandboxes.with_network_env(Command::new(argv).timeout(quick));
+            let output = backend.exec(vm, command).await?;
+            let pid = String::from_utf8_lossy(&output.stdout).trim().parse().ok();
+            tracing::info!(vm, ?pid, "dev server started");
+            servers.started(vm, pid);
+        }
+        Step::Check { pid, port } => {
+            let alive = match pid {
+                Some(pid) => {
+                    let probe = Command::new(["kill", "-0", &pid.to_string()]).timeout(quick);
+                    backend.exec(vm, probe).await?.exited.status.success()
+                }
+                None => true,
+            };
+            let answers = backend.open_port(vm, port).await.is_ok();
+            servers.checked(vm, alive, answers);
+            if !alive || (pid.is_none() && !answers) {
+                let tail = Command::new(["tail", "-c", "2000", LOG]).timeout(quick);
+                let last = backend
+                    .exec(vm, tail)
+                    .await
+                    .ok()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+                servers.died(vm, last);
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> DevServerSpec {
+        DevServerSpec {
+            command: "bun run dev".into(),
+            port: 3000,
+        }
+    }
+
+    #[test]
+    fn a_dead_server_backs_off_doubling_then_starts_again() {
+        let servers = DevServers::default();
+        servers.add("vm", spec());
+        assert!(matches!(servers.step("vm"), Step::Start(_)));
+        servers.started("vm", Some(42));
+        assert_eq!(
+            servers.step("vm"),
+            Step::Check {
+                pid: Some(42),
+                port: 3000
+            }
+        );
+        servers.checked("vm", true, true);
+        assert_eq!(servers.status("vm").expect("known").state, "running");
+        servers.died("vm", Some("boom".into()));
+        let status = servers.status("vm").expect("known");
+        assert_eq!((status.state, status.restarts), ("backoff", 1));
+        assert!(status.restart_in_ms.expect("waiting") <= 1000);
+        assert_eq!(servers.step("vm"), Step::Wait);
+        servers.died("vm", None);
+        servers.died("vm", None);
+        let waits = servers.status("vm").expect("known").restart_in_ms;
+        assert!(waits.expect("waiting") > 2000, "{waits:?}");
+        servers.remove("vm");
+        assert!(servers.status("vm").is_none());
+    }
+
+    #[test]
+    fn the_command_is_passed_as_an_argument_not_spliced() {
+        let argv = start_argv("echo 'quoted' \"$HOME\"");
+        assert_eq!(argv[3], "echo 'quoted' \"$HOME\"");
+        assert!(argv[2].contains("setsid sh -c \"$0\""));
+    }
+}

@@ -1,0 +1,145 @@
+//! Dev servers end to end: `dev_server` on `POST /v1/vms` is started in the
+//! sandbox, served at its preview URL (path and host-name forms, HTTP and
+//! WebSocket), and comes back after it is killed.
+
+#![allow(clippy::unwrap_used)] // A test that cannot unwrap has failed: say so loudly.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use e2e::TestForge;
+use serde_json::{Value, json};
+
+/// A tiny Bun dev server: says its pid over HTTP, echoes over WebSocket.
+const SERVER: &str = r#"bun -e 'Bun.serve({ port: 3000, fetch(req, server) { if (server.upgrade(req)) return; return new Response("hello from dev " + process.pid); }, websocket: { message(ws, m) { ws.send("echo:" + m); } } })'"#;
+
+fn get(forge: &TestForge, url: &str, host: Option<&str>) -> (u16, String) {
+    let mut request = reqwest::blocking::Client::new()
+        .get(url)
+        .bearer_auth(&forge.admin_token);
+    if let Some(host) = host {
+        request = request.header("Host", host);
+    }
+    match request.send() {
+        Ok(response) => (response.status().as_u16(), response.text().unwrap()),
+        Err(error) => (0, error.to_string()),
+    }
+}
+
+/// Waits until the preview answers 200 with a body other than `not`.
+fn page(forge: &TestForge, url: &str, not: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, body) = get(forge, url, None);
+        if status == 200 && body != not {
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "preview never came: {status} {body}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// One WebSocket text message through the host-name preview, by hand
+/// (RFC 6455: client frames are masked).
+fn websocket_echo(forge: &TestForge, host: &str, text: &str) -> String {
+    let address = forge.url.trim_start_matches("http://");
+    let mut socket = TcpStream::connect(address).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        socket,
+        "GET /ws HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        forge.admin_token
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        socket.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let mask = [1u8, 2, 3, 4];
+    let mut frame = vec![0x81, 0x80 | text.len() as u8];
+    frame.extend_from_slice(&mask);
+    frame.extend(text.bytes().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    socket.write_all(&frame).unwrap();
+    let mut header = [0u8; 2];
+    socket.read_exact(&mut header).unwrap();
+    assert_eq!(header[0], 0x81, "a final text frame");
+    let mut payload = vec![0u8; usize::from(header[1] & 0x7f)];
+    socket.read_exact(&mut payload).unwrap();
+    String::from_utf8(payload).unwrap()
+}
+
+#[test]
+fn the_dev_server_is_previewed_and_restarted_after_a_crash() {
+    if let Some(reason) = e2e::sandboxes_unavailable() {
+        println!("SKIPPED: {reason}");
+        return;
+    }
+    let forge = TestForge::builder()
+        .with_sandboxes(10)
+        .env("FORGE_PREVIEW_DOMAIN", "preview.test")
+        .start();
+    let vm = forge.admin(
+        "POST",
+        "/v1/vms",
+        Some(json!({ "dev_server": { "command": SERVER, "port": 3000 } })),
+    );
+    let id = vm["id"].as_str().unwrap().to_owned();
+    let preview = vm["preview_url"].as_str().unwrap().to_owned();
+    let port = forge.url.rsplit(':').next().unwrap();
+    assert_eq!(preview, format!("http://{id}-3000.preview.test:{port}/"));
+    assert_eq!(vm["dev_server"]["port"], 3000);
+
+    let path_form = format!("{}/v1/vms/{id}/ports/3000/", forge.url);
+    let started = Instant::now();
+    let first = page(&forge, &path_form, "");
+    println!("dev server answered after {:?}", started.elapsed());
+    assert!(first.starts_with("hello from dev "), "{first}");
+    let host = format!("{id}-3000.preview.test");
+    let (status, by_host) = get(&forge, &format!("{}/any/path", forge.url), Some(&host));
+    assert_eq!((status, by_host.as_str()), (200, first.as_str()));
+    let (status, _) = get(
+        &forge,
+        &format!("{}/", forge.url),
+        Some("vm-nosuch-3000.preview.test"),
+    );
+    assert_eq!(status, 404);
+    assert_eq!(websocket_echo(&forge, &host, "ping"), "echo:ping");
+
+    // The supervisor's next look sees it running.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let shown = loop {
+        let shown: Value = forge.admin("GET", &format!("/v1/vms/{id}"), None);
+        if shown["dev_server"]["state"] == "running" {
+            break shown;
+        }
+        assert!(Instant::now() < deadline, "never running: {shown}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let pid = shown["dev_server"]["pid"].as_u64().unwrap();
+    let killed = forge.admin(
+        "POST",
+        &format!("/v1/vms/{id}/exec"),
+        Some(json!({ "command": format!("kill -KILL -{pid}") })),
+    );
+    assert_eq!(killed["exit_code"], 0, "{killed}");
+    let killed_at = Instant::now();
+    let again = page(&forge, &path_form, &first);
+    println!("dev server back after {:?}", killed_at.elapsed());
+    assert!(again.starts_with("hello from dev "), "{again}");
+    let shown = forge.admin("GET", &format!("/v1/vms/{id}"), None);
+    assert!(
+        shown["dev_server"]["restarts"].as_u64().unwrap() >= 1,
+        "{shown}"
+    );
+    forge.admin("DELETE", &format!("/v1/vms/{id}"), None);
+}

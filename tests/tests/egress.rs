@@ -1,0 +1,157 @@
+//! The egress proxy end to end: a sandbox has no network of its own, and
+//! its HTTP(S) goes through the proxy the agent offers inside, relayed to
+//! the forge host, which enforces the allow-list and refuses inward
+//! addresses and the forge itself. Needs the npm registry (which this
+//! project's machines reach) for the install.
+
+#![allow(clippy::unwrap_used)] // A test that cannot unwrap has failed: say so loudly.
+
+use std::net::ToSocketAddrs;
+use std::time::Instant;
+
+use e2e::TestForge;
+use serde_json::{Value, json};
+
+fn exec(forge: &TestForge, vm: &str, command: &str) -> Value {
+    forge.admin(
+        "POST",
+        &format!("/v1/vms/{vm}/exec"),
+        Some(json!({ "command": command, "timeout_secs": 240 })),
+    )
+}
+
+/// What `fetch(url)` through the proxy shows the sandbox user (loopback
+/// too: `NO_PROXY` is cleared so that the request reaches the proxy).
+fn fetch(forge: &TestForge, vm: &str, url: &str) -> String {
+    let script = format!(
+        "const r = await fetch({url:?}, {{ proxy: process.env.HTTP_PROXY }}); console.log(r.status, await r.text());"
+    );
+    let out = forge.admin(
+        "POST",
+        &format!("/v1/vms/{vm}/exec"),
+        Some(json!({
+            "argv": ["bun", "-e", script],
+            "env": { "NO_PROXY": "", "no_proxy": "" },
+            "timeout_secs": 60,
+        })),
+    );
+    format!(
+        "{}{}",
+        out["stdout"].as_str().unwrap(),
+        out["stderr"].as_str().unwrap()
+    )
+}
+
+#[test]
+fn bun_install_goes_through_the_proxy_and_the_rest_is_refused() {
+    if let Some(reason) = e2e::sandboxes_unavailable() {
+        println!("SKIPPED: {reason}");
+        return;
+    }
+    // Inward addresses are on the list so that the address check, not the
+    // list, is what refuses them. Where the registry resolves to a
+    // non-public address (a mirror), the operator vouches for exactly it.
+    let registry_nets: Vec<String> = ("registry.npmjs.org", 443)
+        .to_socket_addrs()
+        .map(|addrs| addrs.map(|a| a.ip().to_string()).collect())
+        .unwrap_or_default();
+    let forge = TestForge::builder()
+        .with_sandboxes(10)
+        .env(
+            "FORGE_EGRESS_ALLOW",
+            "registry.npmjs.org,10.1.2.3,localhost,127.0.0.1",
+        )
+        .env("FORGE_EGRESS_ALLOW_NETS", &registry_nets.join(","))
+        // The host's trust store, which knows a TLS-inspecting way out.
+        .env(
+            "FORGE_SANDBOX_CA_BUNDLE",
+            "/etc/ssl/certs/ca-certificates.crt",
+        )
+        .start();
+    let vm = forge.admin("POST", "/v1/vms", Some(json!({})));
+    let id = vm["id"].as_str().unwrap();
+
+    let env = exec(&forge, id, "env | sort | grep -i proxy");
+    let env = env["stdout"].as_str().unwrap();
+    assert!(env.contains("HTTPS_PROXY=http://127.0.0.1:3128"), "{env}");
+    assert!(env.contains("no_proxy=localhost"), "{env}");
+
+    let package = r#"{ "name": "app", "private": true, "dependencies": { "is-number": "7.0.0" } }"#;
+    let response = reqwest::blocking::Client::new()
+        .put(format!(
+            "{}/v1/vms/{id}/files/workspace/app/package.json",
+            forge.url
+        ))
+        .bearer_auth(&forge.admin_token)
+        .body(package)
+        .send()
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 204);
+    let started = Instant::now();
+    let install = exec(
+        &forge,
+        id,
+        "cd /workspace/app && bun install --no-cache 2>&1",
+    );
+    let took = started.elapsed();
+    assert_eq!(install["exit_code"], 0, "bun install failed: {install}");
+    println!("bun install of is-number through the proxy: {took:?}");
+    let installed = exec(
+        &forge,
+        id,
+        "cat /workspace/app/node_modules/is-number/package.json",
+    );
+    assert!(
+        installed["stdout"]
+            .as_str()
+            .unwrap()
+            .contains("\"version\": \"7.0.0\""),
+        "{installed}"
+    );
+
+    // git's https traffic takes the same way: the tunnel opens (the registry
+    // is allowed) and the far end answers that there is no repository.
+    let git = exec(
+        &forge,
+        id,
+        "git ls-remote https://registry.npmjs.org/no-such-repo.git 2>&1",
+    );
+    let said = git["stdout"].as_str().unwrap();
+    assert_ne!(git["exit_code"], 0, "{git}");
+    assert!(!said.contains("CONNECT tunnel failed"), "{said}");
+    let refused_git = exec(&forge, id, "git ls-remote https://example.com/x.git 2>&1");
+    assert!(
+        refused_git["stdout"].as_str().unwrap().contains("403"),
+        "{refused_git}"
+    );
+
+    let not_listed = fetch(&forge, id, "http://example.com/");
+    assert!(
+        not_listed.starts_with("403")
+            && not_listed.contains("example.com is not on this forge's egress allow-list"),
+        "{not_listed}"
+    );
+    let private = fetch(&forge, id, "http://10.1.2.3/");
+    assert!(
+        private.starts_with("403") && private.contains("a private address"),
+        "{private}"
+    );
+    let loopback = fetch(&forge, id, "http://localhost:22/");
+    assert!(
+        loopback.starts_with("403") && loopback.contains("a loopback address"),
+        "{loopback}"
+    );
+    let own = forge.url.trim_start_matches("http://").to_owned();
+    let forge_api = fetch(&forge, id, &format!("http://{own}/v1/system"));
+    assert!(
+        forge_api.starts_with("403") && forge_api.contains("is the forge itself"),
+        "{forge_api}"
+    );
+
+    let shown = forge.admin("GET", &format!("/v1/vms/{id}"), None);
+    let egress = &shown["egress"];
+    assert!(egress["refused"].as_u64().unwrap() >= 5, "{shown}");
+    assert!(egress["bytes_in"].as_u64().unwrap() > 1000, "{shown}");
+    assert!(forge.log().contains("egress connection"));
+    forge.admin("DELETE", &format!("/v1/vms/{id}"), None);
+}

@@ -1,0 +1,63 @@
+//! Start-up garbage collection: a sandbox no VM records (the forge died
+//! between creating and recording it) and a half-created sandbox directory
+//! are removed when the forge starts; recorded VMs are untouched.
+
+#![allow(clippy::unwrap_used)] // A test that cannot unwrap has failed: say so loudly.
+
+use e2e::TestForge;
+use serde_json::json;
+
+#[test]
+fn leftovers_of_destroyed_sandboxes_are_collected_at_start_up() {
+    if let Some(reason) = e2e::sandboxes_unavailable() {
+        println!("SKIPPED: {reason}");
+        return;
+    }
+    let mut forge = TestForge::builder().with_sandboxes(10).start();
+    let kept = forge.admin("POST", "/v1/vms", Some(json!({})))["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let stray = forge.admin("POST", "/v1/vms", Some(json!({})))["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let sandboxes = forge.sandbox_dir().unwrap().join("sandboxes");
+    assert!(sandboxes.join(&stray).is_dir());
+    assert!(forge.stop(), "the forge stops cleanly");
+
+    // Forget the stray VM as a crash between create and record would, and
+    // leave a half-created sandbox directory.
+    let db = forge.data_dir.join("forge.db");
+    let forgot = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); c.execute('DELETE FROM vms WHERE id = ?', (sys.argv[2],)); c.commit()",
+        ])
+        .arg(&db)
+        .arg(&stray)
+        .status()
+        .unwrap();
+    assert!(forgot.success());
+    let half = sandboxes.join("sbhalfcreated");
+    std::fs::create_dir_all(&half).unwrap();
+
+    let forge = forge.crash_and_restart(); // Already stopped: this only starts it.
+    assert!(
+        !sandboxes.join(&stray).exists(),
+        "the stray sandbox was removed"
+    );
+    assert!(!half.exists(), "the half-created directory was removed");
+    let log = forge.log();
+    assert!(
+        log.contains(&format!("sandbox {stray} that no VM records")),
+        "{log}"
+    );
+    assert!(log.contains("half-created sandbox sbhalfcreated"), "{log}");
+    let out = forge.admin(
+        "POST",
+        &format!("/v1/vms/{kept}/exec"),
+        Some(json!({ "command": "echo still here" })),
+    );
+    assert_eq!(out["stdout"], "still here\n", "{out}");
+}
