@@ -18,6 +18,9 @@
 //!
 //! The server runs on its own Tokio runtime, so blocking tests can drive it.
 
+// Refusals are whole HTTP responses, built on the error path only.
+#![allow(clippy::result_large_err)]
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
