@@ -3,8 +3,9 @@
 //! - GitHub push → webhook → forge ref updated (p50/p99 over 30 pushes);
 //! - forge push → GitHub ref updated (p50/p99 over 30 pushes);
 //! - pull request opened → review posted for a small Bun project, split
-//!   into sync + queue, sandbox start, checkout, install, lint, test and
-//!   post (needs the container sandbox backend; skipped without it).
+//!   into sync + queue, sandbox start (a fork of main's sandbox),
+//!   checkout and step overhead, install, lint, test and post (needs
+//!   the container sandbox backend; skipped without it).
 
 use std::time::{Duration, Instant};
 
@@ -169,16 +170,18 @@ fn main() {
                 .unwrap_or(0.0)
         };
         let created = timestamp(&run["created_at"]);
+        let started = timestamp(&run["started_at"]);
+        let finished = timestamp(&run["finished_at"]);
         println!(
-            "pull request -> review #{i}: total {:.0} ms = sync+queue {:.0} | sandbox start {:.0} | checkout {:.0} | install {:.0} | lint {:.0} | test {:.0} | post {:.0} ms",
+            "pull request -> review #{i}: total {:.0} ms = sync+queue {:.0} | sandbox start {:.0} | checkout+other {:.0} | install {:.0} | lint {:.0} | test {:.0} | post {:.0} ms",
             (review_at - opened_at) * 1000.0,
             (created - opened_at) * 1000.0,
-            (timestamp(&run["started_at"]) - created) * 1000.0,
-            step("checkout"),
+            (started - created) * 1000.0,
+            (finished - started) * 1000.0 - step("install") - step("lint") - step("test"),
             step("install"),
             step("lint"),
             step("test"),
-            (review_at - timestamp(&run["finished_at"])) * 1000.0,
+            (review_at - finished) * 1000.0,
         );
     }
     println!(

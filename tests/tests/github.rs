@@ -335,9 +335,13 @@ fn pull_requests_are_reviewed_by_the_branch_pipeline() {
         .find(|d| d.event == "pull_request")
         .unwrap();
     assert_eq!(fake.redeliver(&opened.id), 202);
-    // A fixing push: APPROVE on the new head.
+    // A fixing push: APPROVE on the new head, through GitHub's rate limit.
+    fake.rate_limit(2);
+    // The fix is pushed to the forge: the forge push on the head branch of
+    // an open pull request is what runs the pipeline and gets reviewed.
     let fixed = commit_files(&work, &[("math.test.ts", &math_test(2))], "fix the test");
-    git_ok(&work, &["push", "--quiet", &github_url, "change"]);
+    let forge_url = forge.git_url(FORGE_REPO, &forge.admin_token);
+    git_ok(&work, &["push", "--quiet", &forge_url, "change"]);
     let reviews = wait_for_reviews(&fake, number, 2);
     assert_eq!(reviews.len(), 2, "{reviews:?}");
     assert_eq!(reviews[1]["event"], "APPROVE", "{reviews:?}");
@@ -362,4 +366,36 @@ fn pull_requests_are_reviewed_by_the_branch_pipeline() {
         .count();
     assert_eq!(posted, 2);
     let _ = git_run(&work, &["status"]);
+}
+
+#[test]
+fn reconcile_repairs_missed_webhooks() {
+    let fake = FakeGithub::start(4545);
+    let mut builder = TestForge::builder().env("FORGE_GITHUB_RECONCILE_SECS", "1");
+    for (key, value) in fake.forge_env() {
+        builder = builder.env(key, &value);
+    }
+    let forge = builder.start();
+    fake.set_webhook_url(&format!("{}/github/webhook", forge.url));
+    fake.create_repo(GITHUB_REPO);
+    fake.install(78, "octo", &[GITHUB_REPO]);
+    forge.create_repo(FORGE_REPO);
+    forge.admin(
+        "POST",
+        &format!("/v1/repos/{FORGE_REPO}/github"),
+        Some(json!({ "repository": GITHUB_REPO })),
+    );
+    // Every webhook of this push is lost; the periodic pass finds it.
+    fake.set_webhooks_paused(true);
+    let tmp = tempfile::tempdir().unwrap();
+    let work = work_repo(tmp.path(), "work", &[("README.md", "hello\n")]);
+    let head = git_ok(&work, &["rev-parse", "HEAD"]);
+    git_ok(
+        &work,
+        &["push", "--quiet", &fake.user_git_url(GITHUB_REPO), "main"],
+    );
+    wait_for("main in the forge", || {
+        forge_ref(&forge, "refs/heads/main").as_deref() == Some(head.as_str())
+    });
+    assert_eq!(ref_state(&forge, "refs/heads/main")["state"], "in_sync");
 }

@@ -10,11 +10,12 @@
 //! reset headers) are waited out and retried by octocrab's retry layer.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use octocrab::Octocrab;
 use octocrab::models::{AppId, InstallationId};
 use octocrab::secrecy::ExposeSecret;
+use octocrab::service::middleware::retry::{NoOpRateLimitMetrics, RetryConfig};
 use serde_json::Value;
 
 use super::config::{GithubConfig, Secret};
@@ -67,7 +68,14 @@ impl AppAuth {
     pub fn new(config: &GithubConfig) -> Result<Self, AuthError> {
         let key = octocrab::EncodingKey::from_rsa_pem(config.private_key_pem.expose().as_bytes())
             .map_err(AuthError::Key)?;
+        let retry = RetryConfig::HandleRateLimits {
+            metrics: Arc::new(NoOpRateLimitMetrics),
+            max_retries: 5,
+            min_wait_seconds: 1,
+            retry_on_forbidden: false,
+        };
         let app = Octocrab::builder()
+            .add_retry_config(retry)
             .base_uri(config.api_url.as_str())
             .map_err(AuthError::Client)?
             .app(AppId(config.app_id), key)

@@ -11,8 +11,8 @@ use base64::Engine;
 use serde_json::json;
 
 use super::{
-    AppState, Pull, check_repo_access, check_token, deliver, error, installation_of, pull_payload,
-    record_delivery, refs_of,
+    AppState, Pull, check_repo_access, deliver, error, installation_of, pull_payload,
+    record_delivery, refs_of, token_installation,
 };
 
 /// Smart HTTP through `git http-backend`, after checking Basic auth.
@@ -40,17 +40,8 @@ pub(super) async fn git_http(State(state): State<AppState>, request: Request) ->
             .and_then(|v| v.split_once(':').map(|(_, p)| p.to_owned()));
         let allowed = match password {
             Some(p) if p == shared.user_token => true,
-            Some(p) => {
-                let mut fake = HeaderMap::new();
-                fake.insert(
-                    header::AUTHORIZATION,
-                    format!("Bearer {p}").parse().expect("header"),
-                );
-                shared.rate_limited = 0;
-                check_token(&mut shared, &fake)
-                    .ok()
-                    .is_some_and(|i| check_repo_access(&shared, i, &full_name).is_ok())
-            }
+            Some(p) => token_installation(&shared, &p)
+                .is_some_and(|i| check_repo_access(&shared, i, &full_name).is_ok()),
             None => false,
         };
         let dir = shared.root.join(format!("{full_name}.git"));

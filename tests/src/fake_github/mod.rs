@@ -82,6 +82,7 @@ struct Shared {
     next_id: u64,
     /// Answer the next N API calls with a rate-limit 403.
     rate_limited: u32,
+    rate_limited_served: u32,
     /// Record webhooks but do not send them (a lost delivery).
     paused: bool,
 }
@@ -201,6 +202,7 @@ impl FakeGithub {
             deliveries: Vec::new(),
             next_id: 1000,
             rate_limited: 0,
+            rate_limited_served: 0,
             paused: false,
         }));
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -385,6 +387,11 @@ impl FakeGithub {
         self.shared().rate_limited = calls;
     }
 
+    /// How many rate-limit answers were served.
+    pub fn rate_limited_served(&self) -> u32 {
+        self.shared().rate_limited_served
+    }
+
     /// Webhooks sent so far.
     pub fn deliveries(&self) -> Vec<Delivery> {
         self.shared().deliveries.clone()
@@ -566,6 +573,7 @@ fn check_jwt(shared: &Shared, headers: &HeaderMap) -> Result<(), Response> {
 fn check_token(shared: &mut Shared, headers: &HeaderMap) -> Result<u64, Response> {
     if shared.rate_limited > 0 {
         shared.rate_limited -= 1;
+        shared.rate_limited_served += 1;
         let mut response = error(
             StatusCode::FORBIDDEN,
             "API rate limit exceeded for installation.",
@@ -587,10 +595,17 @@ fn check_token(shared: &mut Shared, headers: &HeaderMap) -> Result<u64, Response
                 .or_else(|| v.strip_prefix("token "))
         })
         .ok_or_else(|| error(StatusCode::UNAUTHORIZED, "Requires authentication"))?;
-    match shared.tokens.get(token) {
-        Some(t) if t.expires_at > now_secs() => Ok(t.installation),
-        _ => Err(error(StatusCode::UNAUTHORIZED, "Bad credentials")),
-    }
+    token_installation(shared, token)
+        .ok_or_else(|| error(StatusCode::UNAUTHORIZED, "Bad credentials"))
+}
+
+/// The installation of an unexpired token.
+fn token_installation(shared: &Shared, token: &str) -> Option<u64> {
+    shared
+        .tokens
+        .get(token)
+        .filter(|t| t.expires_at > now_secs())
+        .map(|t| t.installation)
 }
 
 fn check_repo_access(shared: &Shared, installation: u64, full_name: &str) -> Result<(), Response> {
