@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::http::{Method, StatusCode, header};
 use axum::response::Response;
 use base64::Engine;
 use serde_json::json;
@@ -30,7 +30,7 @@ pub(super) async fn git_http(State(state): State<AppState>, request: Request) ->
     let headers = request.headers().clone();
     let method = request.method().clone();
     let (root, before, allowed) = {
-        let mut shared = state.lock().unwrap_or_else(|p| p.into_inner());
+        let shared = state.lock().unwrap_or_else(|p| p.into_inner());
         let password = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
