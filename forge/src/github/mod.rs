@@ -10,7 +10,8 @@
 //! - the outbox consumer (cursor `github_cursor`): forge pushes not caused
 //!   by GitHub are synced to GitHub, and `run.completed` feeds the bot;
 //! - the reconcile loop: every `reconcile_secs`, a sync pass of every link
-//!   repairs what missed webhooks left behind.
+//!   repairs what missed webhooks left behind, and reviews that could not
+//!   be posted are tried again.
 
 pub mod auth;
 pub mod config;
@@ -113,11 +114,17 @@ impl Github {
         Ok(events.len())
     }
 
-    /// One sync pass of every linked repository.
+    /// One sync pass of every linked repository, then a second chance for
+    /// reviews whose posting failed (GitHub down, a crash).
     pub async fn reconcile(&self) -> anyhow::Result<()> {
         for link in self.store.github_links().await? {
             if let Err(error) = self.syncer.sync(&link).await {
                 tracing::warn!(repo = %link.github_repo, error = format!("{error:#}"), "reconciling with GitHub failed");
+            }
+            for pull in self.store.all_open_github_pulls(&link.repo_id).await? {
+                if let Err(error) = self.reviewer.on_pull(&link, &pull).await {
+                    tracing::warn!(repo = %link.github_repo, pull = pull.number, error = format!("{error:#}"), "retrying a review failed");
+                }
             }
         }
         Ok(())

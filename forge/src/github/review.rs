@@ -262,3 +262,57 @@ pub fn review_body(run: &RunRow, steps: &[StepRow], sha: &str, url: &str) -> Str
     body.push_str(&format!("\n[The run in the forge]({url})\n"));
     body
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_body_shows_steps_and_the_failing_output() {
+        let run = RunRow {
+            id: 7,
+            repo_id: "r".into(),
+            repo_name: "acme/app".into(),
+            branch: "change".into(),
+            commit_id: "0123456789abcdef".into(),
+            event_id: 1,
+            state: "failed".into(),
+            vm_id: None,
+            error: None,
+            created_at: String::new(),
+            started_at: None,
+            finished_at: None,
+        };
+        let step = |name: &str, status: &str, log: String| StepRow {
+            position: 0,
+            name: name.into(),
+            command: String::new(),
+            status: status.into(),
+            exit_code: (status == "failed").then_some(1),
+            duration_ms: Some(1500),
+            log,
+        };
+        let long_log: String = (0..100).map(|i| format!("line {i}\n")).collect();
+        let steps = [
+            step("lint", "passed", "ok\n".into()),
+            step(
+                "test",
+                "failed",
+                format!("{long_log}```\n(fail) adds small numbers\n"),
+            ),
+        ];
+        let body = review_body(&run, &steps, &run.commit_id, "http://forge/v1/runs/7");
+        assert!(body.starts_with("<!-- forge-review:0123456789abcdef -->"));
+        assert!(body.contains("| lint | passed | 1.5 s |"));
+        assert!(body.contains("| test | failed | 1.5 s |"));
+        assert!(body.contains("<details><summary>test failed (exit 1)"));
+        assert!(body.contains("(fail) adds small numbers"));
+        assert!(!body.contains("line 10\n"), "only the tail is quoted");
+        assert_eq!(
+            body.matches("```").count(),
+            2,
+            "the log cannot close the block"
+        );
+        assert!(body.contains("[The run in the forge](http://forge/v1/runs/7)"));
+    }
+}

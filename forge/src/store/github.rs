@@ -221,6 +221,17 @@ impl Store {
         .await?)
     }
 
+    /// Every open pull request of a repository.
+    pub async fn all_open_github_pulls(&self, repo_id: &str) -> Result<Vec<GithubPull>> {
+        Ok(sqlx::query_as(
+            "SELECT repo_id, number, head_ref, head_sha, state FROM github_pulls
+             WHERE repo_id = ? AND state = 'open' ORDER BY number",
+        )
+        .bind(repo_id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
     /// Moves the head of open pull requests on `branch` (a forge push sent to GitHub).
     pub async fn move_github_pull_heads(
         &self,
