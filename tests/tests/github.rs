@@ -183,6 +183,16 @@ fn repositories_sync_both_ways_without_overwriting() {
         status.contains("refs/heads/main") && status.contains("diverged"),
         "{status}"
     );
+    // Unlinking stops the sync and drops the mirror of GitHub's refs.
+    forge.cli_ok(&["github", "unlink", FORGE_REPO]);
+    let path = format!("/v1/repos/{FORGE_REPO}/github");
+    let (status, _) = forge.call(Some(&forge.admin_token), "GET", &path, None);
+    assert_eq!(status, 404);
+    let mirrored = git_ok(
+        &forge.repo_dir(FORGE_REPO),
+        &["for-each-ref", "refs/github"],
+    );
+    assert!(mirrored.is_empty(), "{mirrored}");
 }
 
 #[test]

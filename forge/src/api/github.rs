@@ -28,6 +28,12 @@ fn app(state: &AppState) -> Result<&std::sync::Arc<Github>, ApiError> {
     })
 }
 
+/// GitHub caps webhook payloads at 25 MB; axum's default (2 MB) would
+/// refuse large pushes.
+pub fn body_limit() -> axum::extract::DefaultBodyLimit {
+    axum::extract::DefaultBodyLimit::max(25 << 20)
+}
+
 /// `POST /github/webhook`.
 pub async fn webhook(
     State(state): State<AppState>,
@@ -167,6 +173,11 @@ pub async fn unlink(
         return Err(ApiError::not_found(
             "the repository is not linked to GitHub",
         ));
+    }
+    if let Some(github) = &state.github
+        && let Err(error) = github.syncer.forget(&state.repos.path(&repo.id)).await
+    {
+        tracing::warn!(repo = %repo.full_name(), error = %error, "removing GitHub's mirrored refs failed");
     }
     Ok(StatusCode::NO_CONTENT)
 }

@@ -86,7 +86,10 @@ pub fn router(state: AppState) -> Router {
             "/v1/repos/{owner}/{name}/webhooks/{id}/deliveries/{delivery_id}/redeliver",
             post(webhooks::redeliver),
         )
-        .route("/github/webhook", post(github::webhook))
+        .route(
+            "/github/webhook",
+            post(github::webhook).layer(github::body_limit()),
+        )
         .route(
             "/v1/repos/{owner}/{name}/github",
             post(github::link).get(github::show).delete(github::unlink),

@@ -314,6 +314,25 @@ impl Syncer {
         Ok(report)
     }
 
+    /// Drops the mirror of GitHub's refs (the link is gone): a later link
+    /// starts from a clean slate.
+    pub async fn forget(&self, dir: &Path) -> Result<(), SyncError> {
+        let args: Vec<String> = ["for-each-ref", "--format=%(refname)", "refs/github"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        for name in run_git(dir, &args, None, "for-each-ref").await?.lines() {
+            run_git(
+                dir,
+                &["update-ref".into(), "-d".into(), name.to_owned()],
+                None,
+                "update-ref",
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
     async fn record_forge_updates(
         &self,
         repo: &RepoRow,
