@@ -15,8 +15,9 @@ fi
 # container backend's layer store; busybox-static: the container tests' tiny
 # root; iptables: CRIU dumps each sandbox's network namespace with it;
 # mmdebstrap, e2fsprogs, curl: the guest image builder; python3: the start-up
-# GC test edits the forge database with it.
-packages=(git gcc libc6-dev btrfs-progs busybox-static iptables mmdebstrap e2fsprogs curl ca-certificates tar xz-utils python3)
+# GC test edits the forge database with it; openssl: the GitHub tests make the
+# app's RSA key with it.
+packages=(git gcc libc6-dev btrfs-progs busybox-static iptables mmdebstrap e2fsprogs curl ca-certificates openssl tar xz-utils python3)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -5,7 +5,8 @@
 //! [`git`] (repositories on disk, smart HTTP, reading history),
 //! [`events`] (the outbox and its in-process fan-out), [`vms`] (sandboxes:
 //! backend, limits, lifecycle), [`pipelines`] (a run per push), [`webhooks`]
-//! (subscriptions fed from the outbox) and [`store`] (every SQL query). The
+//! (subscriptions fed from the outbox), [`github`] (the GitHub App: sync and
+//! the review bot) and [`store`] (every SQL query). The
 //! `forge` binary adds the command line.
 #![forbid(unsafe_code)]
 
@@ -13,6 +14,7 @@ pub mod api;
 pub mod auth;
 pub mod events;
 pub mod git;
+pub mod github;
 pub mod pipelines;
 pub mod server;
 pub mod store;

@@ -133,6 +133,9 @@ enum Command {
     /// Webhooks: create, list, delete, deliveries, redeliver.
     #[command(subcommand)]
     Hook(cli::HookCommand),
+    /// The GitHub App: configure, link, status, unlink.
+    #[command(subcommand)]
+    Github(cli::GithubCommand),
     /// Guest images: the root filesystem every sandbox starts from.
     #[command(subcommand)]
     Image(ImageCommand),
@@ -238,6 +241,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Vm(command) => runtime()?.block_on(cli::vm(&target, command)),
         Command::Run(command) => runtime()?.block_on(cli::run(&target, command)),
         Command::Hook(command) => runtime()?.block_on(cli::hook(&target, command)),
+        Command::Github(command) => runtime()?.block_on(cli::github(&target, command)),
         Command::Image(ImageCommand::Build { agent }) => build_image(data_dir, agent),
         Command::Image(ImageCommand::List) => list_images(data_dir),
     }

@@ -106,6 +106,8 @@ pub struct AppState {
     pub tasks: TaskTracker,
     pub sandboxes: Arc<crate::vms::Sandboxes>,
     pub webhooks: crate::webhooks::Webhooks,
+    /// The GitHub App, when configured.
+    pub github: Option<Arc<crate::github::Github>>,
 }
 
 /// The file holding the first admin token.
@@ -165,6 +167,16 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     )
     .await
     .context("starting webhook delivery failed")?;
+    let github = crate::github::start(
+        &config.data_dir,
+        store.clone(),
+        repos.clone(),
+        events.clone(),
+        &public_url,
+        stopping.clone(),
+    )
+    .await
+    .context("starting the GitHub App failed")?;
     let state = AppState {
         store: store.clone(),
         repos,
@@ -173,6 +185,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         tasks: TaskTracker::new(),
         sandboxes,
         webhooks: webhooks.handle(),
+        github,
     };
     crate::pipelines::Pipelines::new(
         state.store.clone(),

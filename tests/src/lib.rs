@@ -7,6 +7,8 @@
 //! let repo = forge.create_repo("acme/web");
 //! ```
 
+pub mod fake_github;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

@@ -7,6 +7,7 @@
 
 mod error;
 mod events;
+mod github;
 mod preview;
 mod repos;
 mod runs;
@@ -84,6 +85,14 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/v1/repos/{owner}/{name}/webhooks/{id}/deliveries/{delivery_id}/redeliver",
             post(webhooks::redeliver),
+        )
+        .route(
+            "/github/webhook",
+            post(github::webhook).layer(github::body_limit()),
+        )
+        .route(
+            "/v1/repos/{owner}/{name}/github",
+            post(github::link).get(github::show).delete(github::unlink),
         )
         .route("/v1/tokens", post(tokens::create).get(tokens::list))
         .route("/v1/tokens/{id}", axum::routing::delete(tokens::revoke))

@@ -2,9 +2,11 @@
 //! `events`, `vm`, `run`, `hook`.
 
 mod client;
+mod github;
 mod hook;
 mod vm;
 
+pub use github::{GithubCommand, github};
 pub use hook::{HookCommand, hook};
 pub use vm::{RunCommand, VmCommand, run, vm};
 

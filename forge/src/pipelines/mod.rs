@@ -130,7 +130,7 @@ impl Pipelines {
         let runs: Vec<NewRun> = events
             .iter()
             .filter(|_| enabled)
-            .filter(|event| event.kind == "push")
+            .filter(|event| event.kind == "push" || event.kind == "pipeline.requested")
             .filter_map(|event| {
                 let payload: serde_json::Value = serde_json::from_str(&event.payload).ok()?;
                 if payload["deleted"] == true {

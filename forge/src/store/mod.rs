@@ -3,6 +3,7 @@
 //! lives in this module's children, one per table; handlers never write SQL.
 
 mod events;
+mod github;
 mod repos;
 mod runs;
 mod tokens;
@@ -17,6 +18,7 @@ use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
 pub use events::{EventRow, NewEvent};
+pub use github::{GithubDelivery, GithubLink, GithubPull, GithubRefState};
 pub use repos::RepoRow;
 pub use runs::{BranchSandbox, NewRun, RunRow, StepRow};
 pub use tokens::{NewToken, TokenRow};

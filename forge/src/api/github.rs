@@ -1,0 +1,193 @@
+//! The GitHub App's HTTP surface: the inbound webhook endpoint
+//! `POST /github/webhook` (signature first, then store; see
+//! [`crate::github::webhook`]) and `/v1/repos/{owner}/{name}/github`
+//! (link, show the sync state per ref, unlink). Nothing here returns a
+//! secret.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{ApiError, Body, repos};
+use crate::auth::{Caller, Scope};
+use crate::github::Github;
+use crate::github::auth::Method;
+use crate::server::AppState;
+use crate::store::{GithubLink, now};
+
+fn app(state: &AppState) -> Result<&std::sync::Arc<Github>, ApiError> {
+    state.github.as_ref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "github_not_configured",
+            "the GitHub App is not configured: run `forge github configure`",
+        )
+    })
+}
+
+/// GitHub caps webhook payloads at 25 MB; axum's default (2 MB) would
+/// refuse large pushes.
+pub fn body_limit() -> axum::extract::DefaultBodyLimit {
+    axum::extract::DefaultBodyLimit::max(25 << 20)
+}
+
+/// `POST /github/webhook`.
+pub async fn webhook(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let github = app(&state)?;
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if !crate::github::webhook::verify(
+        github.config.webhook_secret.expose().as_bytes(),
+        header("x-hub-signature-256"),
+        &body,
+    ) {
+        return Err(ApiError::unauthorized(
+            "the X-Hub-Signature-256 signature is missing or wrong",
+        ));
+    }
+    let (Some(delivery), Some(event)) = (header("x-github-delivery"), header("x-github-event"))
+    else {
+        return Err(ApiError::bad_request(
+            "X-GitHub-Delivery and X-GitHub-Event are required",
+        ));
+    };
+    let payload = std::str::from_utf8(&body)
+        .ok()
+        .filter(|text| serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok())
+        .ok_or_else(|| ApiError::bad_request("the body is not JSON"))?;
+    let fresh = state
+        .store
+        .insert_github_delivery(delivery, event, payload)
+        .await?;
+    if fresh {
+        github.wake();
+    }
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "delivery": delivery, "duplicate": !fresh })),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkRequest {
+    repository: String,
+}
+
+/// `POST /v1/repos/{owner}/{name}/github`: link, then a first sync (an
+/// empty forge repository is imported from GitHub).
+pub async fn link(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((owner, name)): Path<(String, String)>,
+    Body(request): Body<LinkRequest>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let repo = repos::authorize(&state, &caller, &owner, &name, Scope::Admin).await?;
+    let github = app(&state)?;
+    let target = request.repository.trim();
+    let valid = target.split('/').count() == 2
+        && target.split('/').all(|part| {
+            !part.is_empty()
+                && !part.starts_with('.')
+                && part
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        });
+    if !valid {
+        return Err(ApiError::bad_request(
+            "repository must be `owner/name` on GitHub",
+        ));
+    }
+    let installation = github
+        .auth
+        .as_app(Method::Get, &format!("/repos/{target}/installation"), None)
+        .await
+        .map_err(|error| match error.status() {
+            Some(404) => {
+                ApiError::bad_request(format!("the GitHub App is not installed on {target}"))
+            }
+            _ => ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "github_unavailable",
+                format!("asking GitHub for the installation failed: {error}"),
+            ),
+        })?;
+    let installation_id = installation["id"]
+        .as_i64()
+        .ok_or_else(|| ApiError::internal(anyhow::anyhow!("GitHub sent no installation id")))?;
+    github
+        .prepare(&state.repos.path(&repo.id))
+        .await
+        .map_err(ApiError::internal)?;
+    let link = GithubLink {
+        repo_id: repo.id.clone(),
+        github_repo: target.to_owned(),
+        installation_id,
+        created_at: now(),
+    };
+    state
+        .store
+        .insert_github_link(&link)
+        .await
+        .map_err(|error| match error {
+            crate::store::StoreError::Duplicate => {
+                ApiError::conflict(format!("{target} is already linked to a forge repository"))
+            }
+            other => other.into(),
+        })?;
+    if let Err(error) = github.syncer.sync(&link).await {
+        tracing::warn!(repo = %target, error = format!("{error:#}"), "the first sync failed");
+    }
+    Ok((StatusCode::CREATED, Json(view(&state, &link).await?)))
+}
+
+/// `GET /v1/repos/{owner}/{name}/github`: the link and each ref's state.
+pub async fn show(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((owner, name)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let repo = repos::authorize(&state, &caller, &owner, &name, Scope::RepoRead).await?;
+    let link = state
+        .store
+        .github_link(&repo.id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("the repository is not linked to GitHub"))?;
+    Ok(Json(view(&state, &link).await?))
+}
+
+/// `DELETE /v1/repos/{owner}/{name}/github`.
+pub async fn unlink(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((owner, name)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let repo = repos::authorize(&state, &caller, &owner, &name, Scope::Admin).await?;
+    if !state.store.delete_github_link(&repo.id).await? {
+        return Err(ApiError::not_found(
+            "the repository is not linked to GitHub",
+        ));
+    }
+    if let Some(github) = &state.github
+        && let Err(error) = github.syncer.forget(&state.repos.path(&repo.id)).await
+    {
+        tracing::warn!(repo = %repo.full_name(), error = %error, "removing GitHub's mirrored refs failed");
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn view(state: &AppState, link: &GithubLink) -> Result<Value, ApiError> {
+    let refs = state.store.github_ref_states(&link.repo_id).await?;
+    Ok(json!({
+        "repository": link.github_repo,
+        "installation_id": link.installation_id,
+        "linked_at": link.created_at,
+        "refs": refs,
+    }))
+}

@@ -1,0 +1,183 @@
+//! The GitHub App's configuration: app id, private key (a PEM file),
+//! webhook secret, API base URL and git base URL.
+//!
+//! Sources, later ones winning: `<data>/github.toml` (written by `forge
+//! github configure`, mode 0600), then the environment
+//! (`FORGE_GITHUB_APP_ID`, `FORGE_GITHUB_PRIVATE_KEY` (a path),
+//! `FORGE_GITHUB_WEBHOOK_SECRET`, `FORGE_GITHUB_API_URL`,
+//! `FORGE_GITHUB_GIT_URL`, `FORGE_GITHUB_RECONCILE_SECS`). The app is off
+//! unless an app id, a key and a secret are all given. Secrets are kept in
+//! [`Secret`], whose `Debug` prints nothing of them.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// GitHub's public API and git hosts.
+pub const DEFAULT_API_URL: &str = "https://api.github.com";
+pub const DEFAULT_GIT_URL: &str = "https://github.com";
+
+/// A value that must never be printed.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// What `<data>/github.toml` holds.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub app_id: Option<u64>,
+    pub private_key_path: Option<PathBuf>,
+    pub webhook_secret: Option<Secret>,
+    pub api_url: Option<String>,
+    pub git_url: Option<String>,
+    pub reconcile_secs: Option<u64>,
+}
+
+/// A complete configuration of the app.
+#[derive(Debug, Clone)]
+pub struct GithubConfig {
+    pub app_id: u64,
+    pub private_key_pem: Secret,
+    pub webhook_secret: Secret,
+    pub api_url: String,
+    pub git_url: String,
+    /// Seconds between full reconciles of every linked repository.
+    pub reconcile_secs: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("Reading {path} failed")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is not a valid GitHub configuration")]
+    Parse {
+        path: String,
+        #[source]
+        source: toml::de::Error,
+    },
+    #[error("{name} must be a number")]
+    Number { name: &'static str },
+    #[error("The GitHub App is partly configured: {missing} is missing")]
+    Incomplete { missing: &'static str },
+}
+
+/// The file `forge github configure` writes.
+pub fn file_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("github.toml")
+}
+
+/// Reads the file (if any), then the environment; `None` when the app is
+/// not configured at all.
+pub fn load(data_dir: &Path) -> Result<Option<GithubConfig>, ConfigError> {
+    let path = file_path(data_dir);
+    let mut file = match std::fs::read_to_string(&path) {
+        Ok(text) => toml::from_str::<FileConfig>(&text).map_err(|source| ConfigError::Parse {
+            path: path.display().to_string(),
+            source,
+        })?,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => FileConfig::default(),
+        Err(source) => {
+            return Err(ConfigError::Read {
+                path: path.display().to_string(),
+                source,
+            });
+        }
+    };
+    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    if let Some(id) = env("FORGE_GITHUB_APP_ID") {
+        file.app_id = Some(id.parse().map_err(|_| ConfigError::Number {
+            name: "FORGE_GITHUB_APP_ID",
+        })?);
+    }
+    if let Some(key) = env("FORGE_GITHUB_PRIVATE_KEY") {
+        file.private_key_path = Some(PathBuf::from(key));
+    }
+    if let Some(secret) = env("FORGE_GITHUB_WEBHOOK_SECRET") {
+        file.webhook_secret = Some(Secret::new(secret));
+    }
+    if let Some(url) = env("FORGE_GITHUB_API_URL") {
+        file.api_url = Some(url);
+    }
+    if let Some(url) = env("FORGE_GITHUB_GIT_URL") {
+        file.git_url = Some(url);
+    }
+    if let Some(secs) = env("FORGE_GITHUB_RECONCILE_SECS") {
+        file.reconcile_secs = Some(secs.parse().map_err(|_| ConfigError::Number {
+            name: "FORGE_GITHUB_RECONCILE_SECS",
+        })?);
+    }
+    resolve(file)
+}
+
+fn resolve(file: FileConfig) -> Result<Option<GithubConfig>, ConfigError> {
+    if file.app_id.is_none() && file.private_key_path.is_none() && file.webhook_secret.is_none() {
+        return Ok(None);
+    }
+    let app_id = file.app_id.ok_or(ConfigError::Incomplete {
+        missing: "the app id",
+    })?;
+    let key_path = file.private_key_path.ok_or(ConfigError::Incomplete {
+        missing: "the private key",
+    })?;
+    let webhook_secret = file.webhook_secret.ok_or(ConfigError::Incomplete {
+        missing: "the webhook secret",
+    })?;
+    let pem = std::fs::read_to_string(&key_path).map_err(|source| ConfigError::Read {
+        path: key_path.display().to_string(),
+        source,
+    })?;
+    Ok(Some(GithubConfig {
+        app_id,
+        private_key_pem: Secret::new(pem),
+        webhook_secret,
+        api_url: trimmed(file.api_url.as_deref().unwrap_or(DEFAULT_API_URL)),
+        git_url: trimmed(file.git_url.as_deref().unwrap_or(DEFAULT_GIT_URL)),
+        reconcile_secs: file.reconcile_secs.unwrap_or(300).max(1),
+    }))
+}
+
+fn trimmed(url: &str) -> String {
+    url.trim_end_matches('/').to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_not_printed() {
+        let secret = Secret::new("hunter2");
+        assert!(!format!("{secret:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn partial_configuration_is_an_error() {
+        let file = FileConfig {
+            app_id: Some(1),
+            ..FileConfig::default()
+        };
+        assert!(matches!(resolve(file), Err(ConfigError::Incomplete { .. })));
+        assert!(resolve(FileConfig::default()).unwrap_or(None).is_none());
+    }
+}

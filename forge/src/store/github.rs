@@ -1,0 +1,371 @@
+//! GitHub App tables: `github_deliveries` (inbound webhooks, stored before
+//! they are processed), `github_installations`, `github_links`,
+//! `github_refs` (sync state per ref), `github_pulls`, `github_reviews`
+//! (one per pull request and head commit) and `github_cursor`.
+
+use super::{Result, Store, now};
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct GithubDelivery {
+    pub id: String,
+    pub event: String,
+    pub payload: String,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct GithubLink {
+    pub repo_id: String,
+    pub github_repo: String,
+    pub installation_id: i64,
+    pub created_at: String,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+pub struct GithubRefState {
+    pub ref_name: String,
+    pub synced_sha: Option<String>,
+    pub forge_sha: Option<String>,
+    pub github_sha: Option<String>,
+    pub state: String,
+    pub last_sync_at: String,
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct GithubPull {
+    pub repo_id: String,
+    pub number: i64,
+    pub head_ref: String,
+    pub head_sha: String,
+    pub state: String,
+}
+
+impl Store {
+    /// Stores an inbound delivery; `false` when its id was seen before.
+    pub async fn insert_github_delivery(
+        &self,
+        id: &str,
+        event: &str,
+        payload: &str,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "INSERT INTO github_deliveries (id, event, payload, received_at) VALUES (?, ?, ?, ?)
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(id)
+        .bind(event)
+        .bind(payload)
+        .bind(now())
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Deliveries not processed yet, oldest first.
+    pub async fn pending_github_deliveries(&self, limit: i64) -> Result<Vec<GithubDelivery>> {
+        Ok(sqlx::query_as(
+            "SELECT id, event, payload FROM github_deliveries WHERE processed_at IS NULL
+             ORDER BY rowid LIMIT ?",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    pub async fn finish_github_delivery(&self, id: &str, error: Option<&str>) -> Result<()> {
+        sqlx::query("UPDATE github_deliveries SET processed_at = ?, error = ? WHERE id = ?")
+            .bind(now())
+            .bind(error)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn upsert_github_installation(
+        &self,
+        id: i64,
+        account: &str,
+        removed: bool,
+    ) -> Result<()> {
+        let stamp = now();
+        sqlx::query(
+            "INSERT INTO github_installations (id, account, created_at, removed_at) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (id) DO UPDATE SET account = ?2, removed_at = ?4",
+        )
+        .bind(id)
+        .bind(account)
+        .bind(&stamp)
+        .bind(removed.then_some(&stamp))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn insert_github_link(&self, link: &GithubLink) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO github_links (repo_id, github_repo, installation_id, created_at) VALUES (?, ?, ?, ?)",
+        )
+        .bind(&link.repo_id)
+        .bind(&link.github_repo)
+        .bind(link.installation_id)
+        .bind(&link.created_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn delete_github_link(&self, repo_id: &str) -> Result<bool> {
+        let done = sqlx::query("DELETE FROM github_links WHERE repo_id = ?")
+            .bind(repo_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    pub async fn github_link(&self, repo_id: &str) -> Result<Option<GithubLink>> {
+        Ok(
+            sqlx::query_as("SELECT * FROM github_links WHERE repo_id = ?")
+                .bind(repo_id)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    /// The link of a GitHub repository (`owner/name`, compared without case).
+    pub async fn github_link_by_github_repo(
+        &self,
+        github_repo: &str,
+    ) -> Result<Option<GithubLink>> {
+        Ok(
+            sqlx::query_as("SELECT * FROM github_links WHERE github_repo = ? COLLATE NOCASE")
+                .bind(github_repo)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    pub async fn github_links(&self) -> Result<Vec<GithubLink>> {
+        Ok(
+            sqlx::query_as("SELECT * FROM github_links ORDER BY created_at")
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
+    pub async fn github_ref_states(&self, repo_id: &str) -> Result<Vec<GithubRefState>> {
+        Ok(sqlx::query_as(
+            "SELECT ref_name, synced_sha, forge_sha, github_sha, state, last_sync_at, last_error
+             FROM github_refs WHERE repo_id = ? ORDER BY ref_name",
+        )
+        .bind(repo_id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Records what a sync saw of one ref; a ref gone from both sides is forgotten.
+    pub async fn put_github_ref_state(&self, repo_id: &str, state: &GithubRefState) -> Result<()> {
+        if state.forge_sha.is_none() && state.github_sha.is_none() {
+            sqlx::query("DELETE FROM github_refs WHERE repo_id = ? AND ref_name = ?")
+                .bind(repo_id)
+                .bind(&state.ref_name)
+                .execute(&self.pool)
+                .await?;
+            return Ok(());
+        }
+        sqlx::query(
+            "INSERT INTO github_refs (repo_id, ref_name, synced_sha, forge_sha, github_sha, state, last_sync_at, last_error)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+             ON CONFLICT (repo_id, ref_name) DO UPDATE SET synced_sha = ?3, forge_sha = ?4,
+                github_sha = ?5, state = ?6, last_sync_at = ?7, last_error = ?8",
+        )
+        .bind(repo_id)
+        .bind(&state.ref_name)
+        .bind(&state.synced_sha)
+        .bind(&state.forge_sha)
+        .bind(&state.github_sha)
+        .bind(&state.state)
+        .bind(&state.last_sync_at)
+        .bind(&state.last_error)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn upsert_github_pull(&self, pull: &GithubPull) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO github_pulls (repo_id, number, head_ref, head_sha, state, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT (repo_id, number) DO UPDATE SET head_ref = ?3, head_sha = ?4, state = ?5, updated_at = ?6",
+        )
+        .bind(&pull.repo_id)
+        .bind(pull.number)
+        .bind(&pull.head_ref)
+        .bind(&pull.head_sha)
+        .bind(&pull.state)
+        .bind(now())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Open pull requests of a repository whose head is `branch`.
+    pub async fn open_github_pulls(&self, repo_id: &str, branch: &str) -> Result<Vec<GithubPull>> {
+        Ok(sqlx::query_as(
+            "SELECT repo_id, number, head_ref, head_sha, state FROM github_pulls
+             WHERE repo_id = ? AND head_ref = ? AND state = 'open' ORDER BY number",
+        )
+        .bind(repo_id)
+        .bind(branch)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Every open pull request of a repository.
+    pub async fn all_open_github_pulls(&self, repo_id: &str) -> Result<Vec<GithubPull>> {
+        Ok(sqlx::query_as(
+            "SELECT repo_id, number, head_ref, head_sha, state FROM github_pulls
+             WHERE repo_id = ? AND state = 'open' ORDER BY number",
+        )
+        .bind(repo_id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Moves the head of open pull requests on `branch` (a forge push sent to GitHub).
+    pub async fn move_github_pull_heads(
+        &self,
+        repo_id: &str,
+        branch: &str,
+        sha: &str,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE github_pulls SET head_sha = ?, updated_at = ?
+             WHERE repo_id = ? AND head_ref = ? AND state = 'open'",
+        )
+        .bind(sha)
+        .bind(now())
+        .bind(repo_id)
+        .bind(branch)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Claims the review of (pull request, head commit); `false` when it
+    /// was claimed before.
+    pub async fn claim_github_review(
+        &self,
+        repo_id: &str,
+        number: i64,
+        head_sha: &str,
+        run_id: i64,
+        verdict: &str,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "INSERT INTO github_reviews (repo_id, number, head_sha, run_id, verdict) VALUES (?, ?, ?, ?, ?)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(repo_id)
+        .bind(number)
+        .bind(head_sha)
+        .bind(run_id)
+        .bind(verdict)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Whether the review of (pull request, head commit) was posted.
+    pub async fn github_review_posted(
+        &self,
+        repo_id: &str,
+        number: i64,
+        head_sha: &str,
+    ) -> Result<bool> {
+        let row: Option<(Option<i64>,)> = sqlx::query_as(
+            "SELECT review_id FROM github_reviews WHERE repo_id = ? AND number = ? AND head_sha = ?",
+        )
+        .bind(repo_id)
+        .bind(number)
+        .bind(head_sha)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(matches!(row, Some((Some(_),))))
+    }
+
+    pub async fn finish_github_review(
+        &self,
+        repo_id: &str,
+        number: i64,
+        head_sha: &str,
+        review_id: i64,
+        check_run_id: Option<i64>,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE github_reviews SET review_id = ?, check_run_id = ?, posted_at = ?
+             WHERE repo_id = ? AND number = ? AND head_sha = ?",
+        )
+        .bind(review_id)
+        .bind(check_run_id)
+        .bind(now())
+        .bind(repo_id)
+        .bind(number)
+        .bind(head_sha)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The latest finished run of (repository, branch, commit), if any.
+    pub async fn finished_run_of(
+        &self,
+        repo_id: &str,
+        branch: &str,
+        commit: &str,
+    ) -> Result<Option<super::RunRow>> {
+        Ok(sqlx::query_as(
+            "SELECT * FROM runs WHERE repo_id = ? AND branch = ? AND commit_id = ?
+             AND state IN ('passed', 'failed', 'error') ORDER BY id DESC LIMIT 1",
+        )
+        .bind(repo_id)
+        .bind(branch)
+        .bind(commit)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// Whether a run of (repository, branch, commit) was asked for: a push
+    /// or pipeline request event names it.
+    pub async fn run_requested(&self, repo_id: &str, branch: &str, commit: &str) -> Result<bool> {
+        let (count,): (i64,) = sqlx::query_as(
+            "SELECT COUNT(*) FROM events WHERE repo_id = ? AND kind IN ('push', 'pipeline.requested')
+             AND json_extract(payload, '$.branch') = ? AND json_extract(payload, '$.after') = ?",
+        )
+        .bind(repo_id)
+        .bind(branch)
+        .bind(commit)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(count > 0)
+    }
+
+    pub async fn github_cursor(&self) -> Result<i64> {
+        let (cursor,): (i64,) =
+            sqlx::query_as("SELECT last_event_id FROM github_cursor WHERE id = 1")
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(cursor)
+    }
+
+    pub async fn set_github_cursor(&self, cursor: i64) -> Result<()> {
+        sqlx::query(
+            "UPDATE github_cursor SET last_event_id = ? WHERE id = 1 AND last_event_id < ?",
+        )
+        .bind(cursor)
+        .bind(cursor)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+}

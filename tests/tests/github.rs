@@ -1,0 +1,411 @@
+//! The GitHub App end to end, against the fake GitHub of
+//! `e2e::fake_github`: installation, linking, sync both ways (branches,
+//! tags, deletions), divergence, forged and repeated webhooks, token expiry
+//! mid-sync, and the review bot on a Bun project in a real sandbox.
+
+#![allow(clippy::unwrap_used)] // A test that cannot unwrap has failed: say so loudly.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use e2e::fake_github::FakeGithub;
+use e2e::{TestForge, commit_files, git_ok, git_run, work_repo};
+use serde_json::{Value, json};
+
+const GITHUB_REPO: &str = "octo/app";
+const FORGE_REPO: &str = "acme/app";
+
+/// A forge wired to `fake`, with the app installed on `octo/app` and the
+/// forge's `acme/app` linked to it.
+fn linked_forge(fake: &FakeGithub, sandboxes: bool) -> TestForge {
+    let mut builder = TestForge::builder().env("FORGE_GITHUB_RECONCILE_SECS", "3600");
+    for (key, value) in fake.forge_env() {
+        builder = builder.env(key, &value);
+    }
+    if sandboxes {
+        builder = builder.with_sandboxes(20);
+    }
+    let forge = builder.start();
+    fake.set_webhook_url(&format!("{}/github/webhook", forge.url));
+    fake.create_repo(GITHUB_REPO);
+    fake.install(77, "octo", &[GITHUB_REPO]);
+    forge.create_repo(FORGE_REPO);
+    let (status, link) = forge.call(
+        Some(&forge.admin_token),
+        "POST",
+        &format!("/v1/repos/{FORGE_REPO}/github"),
+        Some(json!({ "repository": GITHUB_REPO })),
+    );
+    assert_eq!(status, 201, "{link}");
+    assert_eq!(link["repository"], GITHUB_REPO);
+    assert_eq!(link["installation_id"], 77);
+    forge
+}
+
+/// The forge's value of `refname`, read with `git ls-remote`.
+fn forge_ref(forge: &TestForge, refname: &str) -> Option<String> {
+    let url = forge.git_url(FORGE_REPO, &forge.admin_token);
+    let listing = git_ok(Path::new("."), &["ls-remote", &url, refname]);
+    listing.split_whitespace().next().map(str::to_owned)
+}
+
+fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn github_state(forge: &TestForge) -> Value {
+    forge.admin("GET", &format!("/v1/repos/{FORGE_REPO}/github"), None)
+}
+
+fn ref_state(forge: &TestForge, refname: &str) -> Value {
+    github_state(forge)["refs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["ref_name"] == refname)
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+#[test]
+fn repositories_sync_both_ways_without_overwriting() {
+    let fake = FakeGithub::start(4242);
+    let forge = linked_forge(&fake, false);
+    let tmp = tempfile::tempdir().unwrap();
+    let github_url = fake.user_git_url(GITHUB_REPO);
+    let forge_url = forge.git_url(FORGE_REPO, &forge.admin_token);
+
+    // Push to GitHub: the branch appears in the forge.
+    let work = work_repo(tmp.path(), "work", &[("README.md", "hello\n")]);
+    let first = git_ok(&work, &["rev-parse", "HEAD"]);
+    git_ok(&work, &["push", "--quiet", &github_url, "main"]);
+    wait_for("main in the forge", || {
+        forge_ref(&forge, "refs/heads/main").as_deref() == Some(first.as_str())
+    });
+    let events = forge.events(FORGE_REPO, 0);
+    let push = events.iter().find(|e| e["kind"] == "push").unwrap();
+    assert_eq!(push["payload"]["source"], "github", "{push}");
+
+    // Push to the forge: the branch and a tag appear on GitHub.
+    git_ok(&work, &["checkout", "--quiet", "-b", "feature"]);
+    let feature = commit_files(&work, &[("feature.txt", "f\n")], "feature");
+    git_ok(&work, &["tag", "v1"]);
+    git_ok(&work, &["push", "--quiet", &forge_url, "feature", "v1"]);
+    wait_for("feature on GitHub", || {
+        fake.ref_sha(GITHUB_REPO, "refs/heads/feature").as_deref() == Some(feature.as_str())
+    });
+    wait_for("v1 on GitHub", || {
+        fake.ref_sha(GITHUB_REPO, "refs/tags/v1").is_some()
+    });
+    wait_for("feature in sync", || {
+        ref_state(&forge, "refs/heads/feature")["state"] == "in_sync"
+    });
+
+    // No ping-pong: what came from GitHub was not pushed back (GitHub saw
+    // one push of main, the user's) and what went to GitHub came back as
+    // nothing new in the forge.
+    std::thread::sleep(Duration::from_millis(500));
+    let main_pushes = fake
+        .deliveries()
+        .iter()
+        .filter(|d| d.event == "push" && d.body.contains("\"refs/heads/main\""))
+        .count();
+    assert_eq!(main_pushes, 1);
+    let feature_pushes = forge
+        .events(FORGE_REPO, 0)
+        .iter()
+        .filter(|e| e["kind"] == "push" && e["ref"] == "refs/heads/feature")
+        .count();
+    assert_eq!(feature_pushes, 1, "the forge recorded its own push only");
+
+    // Delete on GitHub: deleted in the forge.
+    git_ok(&work, &["push", "--quiet", &github_url, ":feature"]);
+    wait_for("feature gone from the forge", || {
+        forge_ref(&forge, "refs/heads/feature").is_none()
+    });
+    // Delete on the forge: deleted on GitHub.
+    git_ok(&work, &["push", "--quiet", &forge_url, ":refs/tags/v1"]);
+    wait_for("v1 gone from GitHub", || {
+        fake.ref_sha(GITHUB_REPO, "refs/tags/v1").is_none()
+    });
+    assert!(forge_ref(&forge, "refs/tags/v1").is_none());
+
+    // Installation token expiry mid-sync: the refused token is renewed.
+    let issued = fake.tokens_issued();
+    fake.expire_tokens();
+    git_ok(&work, &["checkout", "--quiet", "main"]);
+    let second = commit_files(&work, &[("README.md", "hello again\n")], "second");
+    git_ok(&work, &["push", "--quiet", &github_url, "main"]);
+    wait_for("second in the forge", || {
+        forge_ref(&forge, "refs/heads/main").as_deref() == Some(second.as_str())
+    });
+    assert!(fake.tokens_issued() > issued, "a new token was minted");
+
+    // Both sides move (GitHub's webhook is lost): diverged, nothing overwritten.
+    fake.set_webhooks_paused(true);
+    let on_github = commit_files(&work, &[("a.txt", "github\n")], "on github");
+    git_ok(&work, &["push", "--quiet", &github_url, "main"]);
+    git_ok(&work, &["reset", "--quiet", "--hard", &second]);
+    let on_forge = commit_files(&work, &[("b.txt", "forge\n")], "on forge");
+    git_ok(&work, &["push", "--quiet", &forge_url, "main"]);
+    wait_for("sync.diverged", || {
+        forge
+            .events(FORGE_REPO, 0)
+            .iter()
+            .any(|e| e["kind"] == "sync.diverged" && e["ref"] == "refs/heads/main")
+    });
+    assert_eq!(
+        fake.ref_sha(GITHUB_REPO, "refs/heads/main").as_deref(),
+        Some(on_github.as_str())
+    );
+    assert_eq!(
+        forge_ref(&forge, "refs/heads/main").as_deref(),
+        Some(on_forge.as_str())
+    );
+    let main = ref_state(&forge, "refs/heads/main");
+    assert_eq!(main["state"], "diverged", "{main}");
+    let diverged = forge
+        .events(FORGE_REPO, 0)
+        .into_iter()
+        .find(|e| e["kind"] == "sync.diverged")
+        .unwrap();
+    assert_eq!(diverged["payload"]["github_sha"], on_github.as_str());
+    assert_eq!(diverged["payload"]["forge_sha"], on_forge.as_str());
+    fake.set_webhooks_paused(false);
+
+    // The CLI shows the state.
+    let status = forge.cli_ok(&["github", "status", FORGE_REPO]);
+    assert!(
+        status.contains("refs/heads/main") && status.contains("diverged"),
+        "{status}"
+    );
+    // Unlinking stops the sync and drops the mirror of GitHub's refs.
+    forge.cli_ok(&["github", "unlink", FORGE_REPO]);
+    let path = format!("/v1/repos/{FORGE_REPO}/github");
+    let (status, _) = forge.call(Some(&forge.admin_token), "GET", &path, None);
+    assert_eq!(status, 404);
+    let mirrored = git_ok(
+        &forge.repo_dir(FORGE_REPO),
+        &["for-each-ref", "refs/github"],
+    );
+    assert!(mirrored.is_empty(), "{mirrored}");
+}
+
+#[test]
+fn forged_and_repeated_webhooks_do_nothing() {
+    let fake = FakeGithub::start(4343);
+    let forge = linked_forge(&fake, false);
+    let tmp = tempfile::tempdir().unwrap();
+    let work = work_repo(tmp.path(), "work", &[("README.md", "hello\n")]);
+    let github_url = fake.user_git_url(GITHUB_REPO);
+    // The push lands on GitHub, but its webhook is not sent yet.
+    fake.set_webhooks_paused(true);
+    git_ok(&work, &["push", "--quiet", &github_url, "main"]);
+    let delivery = fake
+        .deliveries()
+        .into_iter()
+        .rev()
+        .find(|d| d.event == "push")
+        .unwrap();
+
+    // Forged: a wrong signature, none, or a right one over another body.
+    assert_eq!(
+        fake.post_webhook(&delivery.id, "push", &delivery.body, Some("sha256=00ff")),
+        401
+    );
+    assert_eq!(
+        fake.post_webhook(&delivery.id, "push", &delivery.body, None),
+        401
+    );
+    let good = e2e::fake_github::signature(b"{}");
+    assert_eq!(
+        fake.post_webhook(&delivery.id, "push", &delivery.body, Some(&good)),
+        401
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        forge_ref(&forge, "refs/heads/main").is_none(),
+        "a forged webhook had an effect"
+    );
+
+    // The genuine delivery is new (the forged ones were not stored), then a duplicate.
+    assert_eq!(fake.redeliver(&delivery.id), 202);
+    let main = fake.ref_sha(GITHUB_REPO, "refs/heads/main").unwrap();
+    wait_for("main in the forge", || {
+        forge_ref(&forge, "refs/heads/main").as_deref() == Some(main.as_str())
+    });
+    let again = reqwest_status_and_body(&fake, &delivery);
+    assert_eq!(
+        again,
+        (202, true),
+        "the redelivery is acknowledged as a duplicate"
+    );
+    let pushes = forge
+        .events(FORGE_REPO, 0)
+        .iter()
+        .filter(|e| e["kind"] == "push")
+        .count();
+    assert_eq!(pushes, 1);
+
+    // Secrets never come back from the API.
+    let state = github_state(&forge).to_string();
+    assert!(!state.contains(e2e::fake_github::WEBHOOK_SECRET));
+    assert!(!forge.log().contains(e2e::fake_github::WEBHOOK_SECRET));
+    assert!(
+        !forge.log().contains("ghs_"),
+        "an installation token was logged"
+    );
+}
+
+/// Redelivers and reads whether the forge called it a duplicate.
+fn reqwest_status_and_body(
+    fake: &FakeGithub,
+    delivery: &e2e::fake_github::Delivery,
+) -> (u16, bool) {
+    let (status, body) = fake.redeliver_with_body(&delivery.id);
+    let body: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+    (status, body["duplicate"] == true)
+}
+
+const PACKAGE: &str = r#"{ "name": "demo", "private": true, "scripts": { "lint": "test -f package.json", "test": "bun test" } }"#;
+
+fn math_test(expected: u32) -> String {
+    format!(
+        "import {{ expect, test }} from \"bun:test\";\ntest(\"adds small numbers\", () => {{ expect(1 + 1).toBe({expected}); }});\n"
+    )
+}
+
+fn wait_for_reviews(fake: &FakeGithub, number: u64, count: usize) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let reviews = fake.reviews(GITHUB_REPO, number);
+        if reviews.len() >= count {
+            return reviews;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no review {count} on #{number}: {reviews:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn pull_requests_are_reviewed_by_the_branch_pipeline() {
+    if let Some(reason) = e2e::sandboxes_unavailable() {
+        println!("SKIPPED: {reason}");
+        return;
+    }
+    let fake = FakeGithub::start(4444);
+    let forge = linked_forge(&fake, true);
+    let tmp = tempfile::tempdir().unwrap();
+    let github_url = fake.user_git_url(GITHUB_REPO);
+    let work = work_repo(
+        tmp.path(),
+        "work",
+        &[("package.json", PACKAGE), ("math.test.ts", &math_test(2))],
+    );
+    git_ok(&work, &["push", "--quiet", &github_url, "main"]);
+
+    // A pull request whose test fails gets REQUEST_CHANGES with the output.
+    git_ok(&work, &["checkout", "--quiet", "-b", "change"]);
+    let broken = commit_files(&work, &[("math.test.ts", &math_test(3))], "break the test");
+    git_ok(&work, &["push", "--quiet", &github_url, "change"]);
+    let number = fake.open_pull_request(GITHUB_REPO, "change", "main");
+    let reviews = wait_for_reviews(&fake, number, 1);
+    let review = &reviews[0];
+    assert_eq!(review["event"], "REQUEST_CHANGES", "{review}");
+    assert_eq!(review["commit_id"], broken.as_str());
+    let body = review["body"].as_str().unwrap();
+    assert!(
+        body.contains("adds small numbers"),
+        "the failing test's output is quoted:\n{body}"
+    );
+    assert!(
+        body.contains("<details>") && body.contains("| test | failed |"),
+        "{body}"
+    );
+    assert!(body.contains(&format!("{}/v1/runs/", forge.url)), "{body}");
+    let checks = fake.check_runs(GITHUB_REPO);
+    assert!(
+        checks.iter().any(|c| c["head_sha"] == broken.as_str()
+            && c["status"] == "completed"
+            && c["conclusion"] == "failure"),
+        "{checks:?}"
+    );
+
+    // The same webhook delivered twice: still one review.
+    let opened = fake
+        .deliveries()
+        .into_iter()
+        .find(|d| d.event == "pull_request")
+        .unwrap();
+    assert_eq!(fake.redeliver(&opened.id), 202);
+    // A fixing push: APPROVE on the new head, through GitHub's rate limit.
+    fake.rate_limit(2);
+    // The fix is pushed to the forge: the forge push on the head branch of
+    // an open pull request is what runs the pipeline and gets reviewed.
+    let fixed = commit_files(&work, &[("math.test.ts", &math_test(2))], "fix the test");
+    let forge_url = forge.git_url(FORGE_REPO, &forge.admin_token);
+    git_ok(&work, &["push", "--quiet", &forge_url, "change"]);
+    let reviews = wait_for_reviews(&fake, number, 2);
+    assert_eq!(reviews.len(), 2, "{reviews:?}");
+    assert_eq!(reviews[1]["event"], "APPROVE", "{reviews:?}");
+    assert_eq!(reviews[1]["commit_id"], fixed.as_str());
+    assert!(
+        reviews[1]["body"]
+            .as_str()
+            .unwrap()
+            .contains("| lint | passed |")
+    );
+
+    // Restarting the forge posts nothing again.
+    let forge = forge.restart();
+    fake.set_webhook_url(&format!("{}/github/webhook", forge.url));
+    assert_eq!(fake.redeliver(&opened.id), 202);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(fake.reviews(GITHUB_REPO, number).len(), 2);
+    let posted = forge
+        .events(FORGE_REPO, 0)
+        .iter()
+        .filter(|e| e["kind"] == "review.posted")
+        .count();
+    assert_eq!(posted, 2);
+    let _ = git_run(&work, &["status"]);
+}
+
+#[test]
+fn reconcile_repairs_missed_webhooks() {
+    let fake = FakeGithub::start(4545);
+    let mut builder = TestForge::builder().env("FORGE_GITHUB_RECONCILE_SECS", "1");
+    for (key, value) in fake.forge_env() {
+        builder = builder.env(key, &value);
+    }
+    let forge = builder.start();
+    fake.set_webhook_url(&format!("{}/github/webhook", forge.url));
+    fake.create_repo(GITHUB_REPO);
+    fake.install(78, "octo", &[GITHUB_REPO]);
+    forge.create_repo(FORGE_REPO);
+    forge.admin(
+        "POST",
+        &format!("/v1/repos/{FORGE_REPO}/github"),
+        Some(json!({ "repository": GITHUB_REPO })),
+    );
+    // Every webhook of this push is lost; the periodic pass finds it.
+    fake.set_webhooks_paused(true);
+    let tmp = tempfile::tempdir().unwrap();
+    let work = work_repo(tmp.path(), "work", &[("README.md", "hello\n")]);
+    let head = git_ok(&work, &["rev-parse", "HEAD"]);
+    git_ok(
+        &work,
+        &["push", "--quiet", &fake.user_git_url(GITHUB_REPO), "main"],
+    );
+    wait_for("main in the forge", || {
+        forge_ref(&forge, "refs/heads/main").as_deref() == Some(head.as_str())
+    });
+    assert_eq!(ref_state(&forge, "refs/heads/main")["state"], "in_sync");
+}
