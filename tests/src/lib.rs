@@ -90,6 +90,7 @@ fn is_fresh(binary: &Path) -> bool {
         "vmm/agent/src",
         "vmm/agent/proto/src",
         "vmm/guest/src",
+        "web",
     ]
     .iter()
     .all(|dir| newest(&root.join(dir)) <= built)

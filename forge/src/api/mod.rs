@@ -10,6 +10,7 @@ mod events;
 mod preview;
 mod repos;
 mod runs;
+mod terminal;
 
 pub use repos::authorize as repos_authorize;
 mod tokens;
@@ -50,6 +51,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/vms/{id}/fork", post(vms::fork))
         .route("/v1/vms/{id}/pause", post(vms::pause))
         .route("/v1/vms/{id}/resume", post(vms::resume))
+        .merge(terminal::routes())
         .route(
             "/v1/vms/{id}/files/{*path}",
             get(vms::read_file)

@@ -28,6 +28,7 @@
 pub mod checkout;
 mod error;
 mod reaper;
+pub mod terminal;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
