@@ -5,6 +5,7 @@
 //! Authentication is a token, as `Authorization: Bearer <token>` or as the
 //! password of HTTP Basic auth (any user name), which is what `git` sends.
 
+mod contents;
 mod error;
 mod events;
 mod preview;
@@ -40,6 +41,7 @@ pub fn router(state: AppState) -> Router {
             get(repos::show).delete(repos::delete),
         )
         .route("/v1/repos/{owner}/{name}/branches", get(repos::branches))
+        .route("/v1/repos/{owner}/{name}/contents", get(contents::show))
         .route("/v1/repos/{owner}/{name}/events", get(events::list))
         .route("/v1/repos/{owner}/{name}/runs", get(runs::list))
         .route("/v1/runs/{id}", get(runs::show))
