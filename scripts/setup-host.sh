@@ -15,7 +15,8 @@ fi
 # container backend's layer store; busybox-static: the container tests' tiny
 # root; iptables: CRIU dumps each sandbox's network namespace with it;
 # mmdebstrap, e2fsprogs, curl: the guest image builder.
-packages=(git gcc libc6-dev btrfs-progs busybox-static iptables mmdebstrap e2fsprogs curl ca-certificates tar xz-utils)
+# chromium, chromium-driver: the web UI's browser tests (headless, WebDriver).
+packages=(git gcc libc6-dev btrfs-progs busybox-static iptables mmdebstrap e2fsprogs curl ca-certificates tar xz-utils chromium chromium-driver)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+pub mod webdriver;
+
 /// The `forge` binary under test: `$FORGE_BIN`, else the one cargo built
 /// beside this test (`cargo test` builds it, because the `forge` package
 /// has integration tests), rebuilt here only when missing or older than its
