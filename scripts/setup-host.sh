@@ -16,7 +16,8 @@ fi
 # root; iptables: CRIU dumps each sandbox's network namespace with it;
 # mmdebstrap, e2fsprogs, curl: the guest image builder.
 # chromium, chromium-driver: the web UI's browser tests (headless, WebDriver).
-packages=(git gcc libc6-dev btrfs-progs busybox-static iptables mmdebstrap e2fsprogs curl ca-certificates tar xz-utils chromium chromium-driver)
+# sqlite3: the web benchmark seeds runs straight into the database.
+packages=(git gcc libc6-dev btrfs-progs busybox-static iptables mmdebstrap e2fsprogs curl ca-certificates tar xz-utils chromium chromium-driver sqlite3)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

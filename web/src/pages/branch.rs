@@ -1,7 +1,8 @@
 //! A branch's page: the file tree and a file's content at the branch's
 //! head (read from git, read-only), the branch's run history, its sandbox
 //! with pause, resume and fork buttons and a terminal link, and the preview
-//! link when the sandbox serves one.
+//! link when the sandbox serves one. The run history is the branch's runs
+//! among the repository's newest 50.
 
 use axum::extract::{Path, Query, State};
 use axum::response::Response;
@@ -45,7 +46,7 @@ pub async fn show(
         .await?;
     let runs: Vec<Value> = items(
         ui.api
-            .get(&user.token, &format!("{api}/runs?limit=200"))
+            .get(&user.token, &format!("{api}/runs?limit=50"))
             .await?,
     )?
     .into_iter()

@@ -1,6 +1,9 @@
 //! Repositories: the list with a create form (`/`), and a repository's
 //! page with its clone URL, its branches (each with its sandbox's state,
 //! its last run and its head commit), recent runs, and a delete button.
+//!
+//! "Last run" looks at the repository's newest 50 runs (the runs API does
+//! not filter by branch): a branch whose last run is older shows none.
 
 use std::collections::HashMap;
 
@@ -134,7 +137,7 @@ pub async fn show(
     let branches = items(ui.api.get(&user.token, &format!("{api}/branches")).await?)?;
     let runs = items(
         ui.api
-            .get(&user.token, &format!("{api}/runs?limit=200"))
+            .get(&user.token, &format!("{api}/runs?limit=50"))
             .await?,
     )?;
     let vms = visible_vms(&ui.api, &user).await;
