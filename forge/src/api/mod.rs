@@ -4,6 +4,11 @@
 //!
 //! Authentication is a token, as `Authorization: Bearer <token>` or as the
 //! password of HTTP Basic auth (any user name), which is what `git` sends.
+//! The WebSocket terminal also takes a one-time ticket (see `api/terminal.rs`),
+//! since browsers cannot set headers on a WebSocket.
+//!
+//! The web UI (crate `web`) is mounted beside this router in `server.rs`
+//! and calls it in-process.
 
 mod contents;
 mod error;

@@ -60,7 +60,7 @@ impl Sandboxes {
         })
     }
 
-    /// Records terminal traffic, at most once per [`TOUCH_EVERY`].
+    /// Records terminal traffic, at most once per `TOUCH_EVERY`.
     pub async fn touch_terminal(&self, terminal: &mut Terminal) -> Result<(), VmError> {
         if terminal.touched.elapsed() >= TOUCH_EVERY {
             terminal.touched = Instant::now();
