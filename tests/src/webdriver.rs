@@ -223,6 +223,12 @@ impl Browser {
         }
     }
 
+    /// A cookie of the current page, with its attributes (`value`,
+    /// `httpOnly`, `sameSite`, ...), HttpOnly ones included.
+    pub fn cookie(&self, name: &str) -> Value {
+        self.call("GET", &format!("/cookie/{name}"), None)
+    }
+
     /// Saves a PNG of the viewport as `<name>.png`; returns its path.
     pub fn screenshot(&self, name: &str) -> PathBuf {
         let data = self.call("GET", "/screenshot", None);

@@ -51,6 +51,20 @@ fn create_repo(browser: &Browser, forge: &TestForge, name: &str) {
     });
 }
 
+/// Fails when a visible form control on the page has no label.
+fn assert_labelled(browser: &Browser) {
+    let unlabelled = browser.script(
+        "return [...document.querySelectorAll('input:not([type=hidden]), select, textarea:not(.xterm-helper-textarea)')]\
+         .filter(e => !(e.labels && e.labels.length) && !e.getAttribute('aria-label')).map(e => e.outerHTML);",
+    );
+    assert_eq!(
+        unlabelled,
+        serde_json::json!([]),
+        "unlabelled controls on {}",
+        browser.url()
+    );
+}
+
 /// A webhook receiver on loopback that answers 200 and counts requests.
 fn receiver() -> (String, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -96,6 +110,22 @@ fn sign_in_repositories_branches_and_webhooks() {
         Some(""),
         "the session cookie is readable by scripts"
     );
+    let session = browser.cookie("forge_session");
+    assert_eq!(session["httpOnly"], true, "{session}");
+    assert_eq!(session["sameSite"], "Strict", "{session}");
+    // A form post with the session but without its CSRF token is refused.
+    let forged = reqwest::blocking::Client::new()
+        .post(format!("{}/-/repos", forge.url))
+        .header(
+            "cookie",
+            format!("forge_session={}", session["value"].as_str().unwrap()),
+        )
+        .form(&[("name", "evil/repo"), ("_csrf", "guess")])
+        .send()
+        .unwrap();
+    assert_eq!(forged.status().as_u16(), 403);
+    let (status, _) = forge.call(Some(&forge.admin_token), "GET", "/v1/repos/evil/repo", None);
+    assert_eq!(status, 404, "a forged form created a repository");
 
     // Create a repository.
     create_repo(&browser, &forge, "acme/web");
@@ -109,6 +139,7 @@ fn sign_in_repositories_branches_and_webhooks() {
         b.text(&b.find("button[data-copy]")) == "Copied"
     });
     browser.screenshot("repository-empty");
+    assert_labelled(&browser);
 
     // A webhook with a bad glob shows the API's error and keeps the input.
     let (hook_url, received) = receiver();
@@ -129,6 +160,7 @@ fn sign_in_repositories_branches_and_webhooks() {
         "[bad"
     );
     browser.screenshot("webhook-bad-glob");
+    assert_labelled(&browser);
     let branches = browser.find("#hook-branches");
     browser.clear(&branches);
     browser.type_into(&branches, "main");
@@ -314,4 +346,17 @@ run = "echo all-tests-passed"
         b.all("li.vm li.vm").len() == 1
     });
     browser.screenshot("sandboxes");
+
+    // Pause and resume the branch sandbox from its branch page.
+    let branch = format!("{}/-/repos/acme/live/branch?name=main", forge.url);
+    browser.goto(&branch);
+    browser.click(&browser.find("form[action$='/pause'] button"));
+    browser.wait_until("paused", Duration::from_secs(60), |b| {
+        b.text(&b.find("#sandbox + p .badge")).starts_with("paused")
+    });
+    browser.screenshot("branch-paused");
+    browser.click(&browser.find("form[action$='/resume'] button"));
+    browser.wait_until("running again", Duration::from_secs(60), |b| {
+        b.text(&b.find("#sandbox + p .badge")) == "running"
+    });
 }
