@@ -4,7 +4,9 @@
 //!   (`GET /v1/system`) and kept on the server in a session.
 //! - **Cookie**: `forge_session=<random id>`, `HttpOnly` (scripts cannot
 //!   read it), `SameSite=Strict` (no cross-site request carries it),
-//!   `Path=/`. Sessions expire after [`SESSION_TTL`].
+//!   `Path=/`, and `Secure` when the browser came over HTTPS (its `Origin`
+//!   or a proxy's `X-Forwarded-Proto` says so). Sessions expire after
+//!   [`SESSION_TTL`].
 //! - **CSRF**: each session has a random CSRF token; every form carries it
 //!   as `_csrf` and scripts send it as `X-CSRF-Token`; a POST without the
 //!   right one is refused. The sign-in form itself is protected by a
@@ -101,8 +103,21 @@ fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
         .map(|(_, value)| value.to_owned())
 }
 
-fn set_cookie(name: &str, value: &str, max_age_secs: u64) -> String {
-    format!("{name}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age_secs}")
+fn set_cookie(name: &str, value: &str, max_age_secs: u64, secure: bool) -> String {
+    let secure = if secure { "; Secure" } else { "" };
+    format!("{name}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age_secs}{secure}")
+}
+
+/// Whether the browser reached the forge over HTTPS (directly or through a
+/// proxy that says so): then cookies are `Secure` too.
+fn over_https(headers: &HeaderMap) -> bool {
+    let says_https = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("https"))
+    };
+    says_https("origin") || says_https("x-forwarded-proto")
 }
 
 impl Sessions {
@@ -147,12 +162,12 @@ impl FromRequestParts<Ui> for User {
 }
 
 /// `GET /-/signin`.
-pub async fn form() -> Response {
+pub async fn form(headers: HeaderMap) -> Response {
     let nonce = random_id();
-    signin_page(&nonce, None, StatusCode::OK)
+    signin_page(&nonce, None, StatusCode::OK, over_https(&headers))
 }
 
-fn signin_page(nonce: &str, error: Option<&str>, status: StatusCode) -> Response {
+fn signin_page(nonce: &str, error: Option<&str>, status: StatusCode, secure: bool) -> Response {
     let body = html! {
         h1 { "Sign in" }
         p { "Paste an API token of this forge (" code { "forge token create" } " makes one). "
@@ -167,7 +182,7 @@ fn signin_page(nonce: &str, error: Option<&str>, status: StatusCode) -> Response
     };
     let mut response = layout::respond(layout::page("Sign in", None, body));
     *response.status_mut() = status;
-    if let Ok(value) = set_cookie(SIGNIN_COOKIE, nonce, 3600).parse() {
+    if let Ok(value) = set_cookie(SIGNIN_COOKIE, nonce, 3600, secure).parse() {
         response.headers_mut().append(header::SET_COOKIE, value);
     }
     response
@@ -186,6 +201,7 @@ pub async fn sign_in(
             &random_id(),
             Some("The sign-in form expired: please try again."),
             StatusCode::FORBIDDEN,
+            over_https(&headers),
         );
     }
     let token = form.get("token").map(|t| t.trim()).unwrap_or_default();
@@ -194,13 +210,19 @@ pub async fn sign_in(
             &random_id(),
             Some(&format!("That token does not work: {}", failure.message)),
             StatusCode::UNAUTHORIZED,
+            over_https(&headers),
         );
     }
     let (id, _) = ui.sessions.start(token.to_owned());
     let mut response = Redirect::to("/").into_response();
     for value in [
-        set_cookie(SESSION_COOKIE, &id, SESSION_TTL.as_secs()),
-        set_cookie(SIGNIN_COOKIE, "", 0),
+        set_cookie(
+            SESSION_COOKIE,
+            &id,
+            SESSION_TTL.as_secs(),
+            over_https(&headers),
+        ),
+        set_cookie(SIGNIN_COOKIE, "", 0, false),
     ] {
         if let Ok(value) = value.parse() {
             response.headers_mut().append(header::SET_COOKIE, value);
@@ -221,7 +243,7 @@ pub async fn sign_out(
         ui.sessions.end(&id);
     }
     let mut response = Redirect::to("/-/signin").into_response();
-    if let Ok(value) = set_cookie(SESSION_COOKIE, "", 0).parse() {
+    if let Ok(value) = set_cookie(SESSION_COOKIE, "", 0, false).parse() {
         response.headers_mut().append(header::SET_COOKIE, value);
     }
     Ok(response)
@@ -240,6 +262,15 @@ mod tests {
         );
         assert_eq!(cookie(&headers, SESSION_COOKIE).as_deref(), Some("abc"));
         assert_eq!(cookie(&headers, "missing"), None);
+    }
+
+    #[test]
+    fn cookies_are_secure_over_https_only() {
+        let mut headers = HeaderMap::new();
+        assert!(!set_cookie("a", "b", 1, over_https(&headers)).contains("Secure"));
+        headers.insert("origin", "https://forge.example".parse().expect("header"));
+        let cookie = set_cookie("a", "b", 1, over_https(&headers));
+        assert!(cookie.contains("HttpOnly; SameSite=Strict") && cookie.ends_with("; Secure"));
     }
 
     #[test]
