@@ -16,8 +16,9 @@ fi
 # root; iptables: CRIU dumps each sandbox's network namespace with it;
 # mmdebstrap, e2fsprogs, curl: the guest image builder; python3: the start-up
 # GC test edits the forge database with it; openssl: the GitHub tests make the
-# app's RSA key with it.
-packages=(git gcc libc6-dev btrfs-progs busybox-static iptables mmdebstrap e2fsprogs curl ca-certificates openssl tar xz-utils python3)
+# app's RSA key with it; chromium, chromium-driver: the web UI's browser tests
+# (headless, WebDriver); sqlite3: the web benchmark seeds runs into the database.
+packages=(git gcc libc6-dev btrfs-progs busybox-static iptables mmdebstrap e2fsprogs curl ca-certificates openssl tar xz-utils python3 chromium chromium-driver sqlite3)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

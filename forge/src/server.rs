@@ -197,7 +197,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     .start(stopping.clone());
     let tasks = state.tasks.clone();
     let request_id = HeaderName::from_static("x-request-id");
-    let app = crate::api::router(state).layer(
+    // The web UI calls the API in-process through its router (see `web`).
+    let api = crate::api::router(state);
+    let app = api.clone().merge(web::router(api)).layer(
         ServiceBuilder::new()
             .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
             .layer(

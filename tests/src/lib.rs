@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+pub mod webdriver;
+
 /// The `forge` binary under test: `$FORGE_BIN`, else the one cargo built
 /// beside this test (`cargo test` builds it, because the `forge` package
 /// has integration tests), rebuilt here only when missing or older than its
@@ -92,6 +94,7 @@ fn is_fresh(binary: &Path) -> bool {
         "vmm/agent/src",
         "vmm/agent/proto/src",
         "vmm/guest/src",
+        "web",
     ]
     .iter()
     .all(|dir| newest(&root.join(dir)) <= built)

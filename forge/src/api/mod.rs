@@ -4,13 +4,20 @@
 //!
 //! Authentication is a token, as `Authorization: Bearer <token>` or as the
 //! password of HTTP Basic auth (any user name), which is what `git` sends.
+//! The WebSocket terminal also takes a one-time ticket (see `api/terminal.rs`),
+//! since browsers cannot set headers on a WebSocket.
+//!
+//! The web UI (crate `web`) is mounted beside this router in `server.rs`
+//! and calls it in-process.
 
+mod contents;
 mod error;
 mod events;
 mod github;
 mod preview;
 mod repos;
 mod runs;
+mod terminal;
 
 pub use repos::authorize as repos_authorize;
 mod tokens;
@@ -40,6 +47,7 @@ pub fn router(state: AppState) -> Router {
             get(repos::show).delete(repos::delete),
         )
         .route("/v1/repos/{owner}/{name}/branches", get(repos::branches))
+        .route("/v1/repos/{owner}/{name}/contents", get(contents::show))
         .route("/v1/repos/{owner}/{name}/events", get(events::list))
         .route("/v1/repos/{owner}/{name}/runs", get(runs::list))
         .route("/v1/runs/{id}", get(runs::show))
@@ -51,6 +59,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/vms/{id}/fork", post(vms::fork))
         .route("/v1/vms/{id}/pause", post(vms::pause))
         .route("/v1/vms/{id}/resume", post(vms::resume))
+        .merge(terminal::routes())
         .route(
             "/v1/vms/{id}/files/{*path}",
             get(vms::read_file)

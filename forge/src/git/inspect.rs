@@ -17,11 +17,11 @@ pub const MAX_PATHS: usize = 1000;
 #[error("Reading the repository failed: {0}")]
 pub struct InspectError(String);
 
-fn err(error: impl std::fmt::Display) -> InspectError {
+pub(super) fn err(error: impl std::fmt::Display) -> InspectError {
     InspectError(error.to_string())
 }
 
-type Result<T> = std::result::Result<T, InspectError>;
+pub(super) type Result<T> = std::result::Result<T, InspectError>;
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Author {
@@ -70,7 +70,7 @@ pub struct UpdateSummary {
     pub paths_truncated: bool,
 }
 
-fn open(git_dir: &Path) -> Result<gix::Repository> {
+pub(super) fn open(git_dir: &Path) -> Result<gix::Repository> {
     let mut repo = gix::open_opts(git_dir, gix::open::Options::isolated()).map_err(err)?;
     repo.object_cache_size_if_unset(4 << 20);
     Ok(repo)

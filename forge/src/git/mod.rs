@@ -13,6 +13,7 @@ pub mod inspect;
 pub mod name;
 pub mod pktline;
 pub mod push;
+pub mod tree;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;

@@ -41,6 +41,7 @@ pub mod gitrelay;
 pub mod network;
 pub mod queue;
 mod reaper;
+pub mod terminal;
 
 use std::collections::HashMap;
 use std::path::PathBuf;

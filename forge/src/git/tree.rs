@@ -1,0 +1,91 @@
+//! Browsing a branch's files: the entries of a directory and the content of
+//! a file at a branch's head, read with gitoxide. All functions block; call
+//! them from a blocking task.
+
+use std::path::Path;
+
+use gix::bstr::ByteSlice;
+use serde::Serialize;
+
+use super::inspect::{Result, err, open};
+
+/// Files larger than this are not returned whole.
+pub const MAX_FILE_BYTES: usize = 1 << 20;
+
+/// One entry of a directory.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Entry {
+    pub name: String,
+    /// `dir`, `file`, `symlink` or `submodule`.
+    pub kind: &'static str,
+}
+
+/// What a path names at a branch's head.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Node {
+    /// Directories first, then files, each sorted by name.
+    Dir(Vec<Entry>),
+    /// The content, cut at [`MAX_FILE_BYTES`] (the flag says so).
+    File { data: Vec<u8>, truncated: bool },
+}
+
+/// What `path` ("" for the root) is at the head of `branch`; `None` when
+/// the branch or the path does not exist.
+pub fn at_branch(git_dir: &Path, branch: &str, path: &str) -> Result<Option<Node>> {
+    let repo = open(git_dir)?;
+    let Some(mut reference) = repo
+        .try_find_reference(format!("refs/heads/{branch}").as_str())
+        .map_err(err)?
+    else {
+        return Ok(None);
+    };
+    let tree = reference
+        .peel_to_commit()
+        .map_err(err)?
+        .tree()
+        .map_err(err)?;
+    let path = path.trim_matches('/');
+    let object = if path.is_empty() {
+        tree.detach().attach(&repo)
+    } else {
+        let Some(entry) = tree.lookup_entry_by_path(path).map_err(err)? else {
+            return Ok(None);
+        };
+        if !(entry.mode().is_tree() || entry.mode().is_blob()) {
+            return Ok(None);
+        }
+        entry.object().map_err(err)?
+    };
+    match object.kind {
+        gix::object::Kind::Tree => {
+            let tree = object.into_tree();
+            let mut entries = Vec::new();
+            for entry in tree.iter() {
+                let entry = entry.map_err(err)?;
+                let mode = entry.mode();
+                let kind = if mode.is_tree() {
+                    "dir"
+                } else if mode.is_link() {
+                    "symlink"
+                } else if mode.is_commit() {
+                    "submodule"
+                } else {
+                    "file"
+                };
+                entries.push(Entry {
+                    name: entry.filename().to_str_lossy().into_owned(),
+                    kind,
+                });
+            }
+            entries.sort_by(|a, b| (a.kind != "dir", &a.name).cmp(&(b.kind != "dir", &b.name)));
+            Ok(Some(Node::Dir(entries)))
+        }
+        gix::object::Kind::Blob => {
+            let mut data = object.detach().data;
+            let truncated = data.len() > MAX_FILE_BYTES;
+            data.truncate(MAX_FILE_BYTES);
+            Ok(Some(Node::File { data, truncated }))
+        }
+        _ => Ok(None),
+    }
+}

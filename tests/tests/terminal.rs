@@ -1,0 +1,177 @@
+//! The WebSocket terminal end to end: a shell on a pseudo-terminal in a
+//! container sandbox, reached with a bearer token and with a one-time
+//! ticket; typing `echo hi` shows `hi`; resizing reaches the terminal.
+
+#![allow(clippy::unwrap_used)] // A test that cannot unwrap has failed: say so loudly.
+
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use e2e::TestForge;
+use serde_json::json;
+use tungstenite::client::IntoClientRequest;
+use tungstenite::{Message, WebSocket};
+
+type Socket = WebSocket<TcpStream>;
+
+fn connect(forge: &TestForge, path: &str, token: Option<&str>) -> Result<Socket, String> {
+    let url = format!("{}{path}", forge.url.replace("http://", "ws://"));
+    let mut request = url.into_client_request().unwrap();
+    if let Some(token) = token {
+        request
+            .headers_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    }
+    let host = forge.url.trim_start_matches("http://").to_owned();
+    let stream = TcpStream::connect(host).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    match tungstenite::client(request, stream) {
+        Ok((socket, _)) => Ok(socket),
+        Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(response))) => {
+            Err(format!("HTTP {}", response.status().as_u16()))
+        }
+        Err(error) => Err(error.to_string()),
+    }
+}
+
+/// Reads terminal output until it contains `needle`; returns all of it.
+fn read_until(socket: &mut Socket, needle: &str, within: Duration) -> String {
+    let deadline = Instant::now() + within;
+    let mut seen = String::new();
+    while Instant::now() < deadline {
+        match socket.read() {
+            Ok(Message::Binary(bytes)) => seen.push_str(&String::from_utf8_lossy(&bytes)),
+            Ok(Message::Close(frame)) => panic!("terminal closed: {frame:?}; output: {seen}"),
+            Ok(_) => {}
+            Err(tungstenite::Error::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(error) => panic!("reading the terminal failed: {error}; output: {seen}"),
+        }
+        if seen.contains(needle) {
+            return seen;
+        }
+    }
+    panic!("{needle:?} did not appear within {within:?}; output: {seen:?}");
+}
+
+fn forge() -> Option<TestForge> {
+    if let Some(reason) = e2e::sandboxes_unavailable() {
+        println!("SKIPPED: {reason}");
+        return None;
+    }
+    Some(TestForge::builder().with_sandboxes(5).start())
+}
+
+#[test]
+fn typing_echo_hi_shows_hi() {
+    let Some(forge) = forge() else { return };
+    let vm = forge.admin("POST", "/v1/vms", Some(json!({})));
+    let id = vm["id"].as_str().unwrap();
+    let mut socket = connect(
+        &forge,
+        &format!("/v1/vms/{id}/terminal?cols=100&rows=30"),
+        Some(&forge.admin_token),
+    )
+    .unwrap();
+    socket
+        .send(Message::Text(r#"{"resize":{"cols":123,"rows":45}}"#.into()))
+        .unwrap();
+    // The marker is split so the echoed command line cannot match it.
+    socket
+        .send(Message::Binary(
+            b"echo h\"\"i; stty size; echo do\"\"ne\r".to_vec().into(),
+        ))
+        .unwrap();
+    let output = read_until(&mut socket, "done", Duration::from_secs(20));
+    assert!(
+        output.split(['\r', '\n']).any(|line| line == "hi"),
+        "no line `hi` in {output:?}"
+    );
+    assert!(
+        output.contains("45 123"),
+        "the resize did not reach the terminal: {output:?}"
+    );
+    // Exiting the shell closes the socket with its exit code.
+    socket.send(Message::Text("exit 7\r".into())).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let reason = loop {
+        assert!(
+            Instant::now() < deadline,
+            "the socket did not close after exit"
+        );
+        match socket.read() {
+            Ok(Message::Close(Some(frame))) => break frame.reason.to_string(),
+            Ok(_) => {}
+            Err(tungstenite::Error::Io(_)) => {}
+            Err(error) => panic!("{error}"),
+        }
+    };
+    assert_eq!(reason, "exited with code 7");
+}
+
+#[test]
+fn tickets_are_single_use_and_bound_to_their_vm() {
+    let Some(forge) = forge() else { return };
+    let a = forge.admin("POST", "/v1/vms", Some(json!({})));
+    let a = a["id"].as_str().unwrap();
+    // No credentials at all, and a made-up ticket: refused before upgrade.
+    assert_eq!(
+        connect(&forge, &format!("/v1/vms/{a}/terminal"), None).unwrap_err(),
+        "HTTP 401"
+    );
+    assert_eq!(
+        connect(
+            &forge,
+            &format!("/v1/vms/{a}/terminal?ticket=forge_nope"),
+            None
+        )
+        .unwrap_err(),
+        "HTTP 401"
+    );
+    // Another token cannot get a ticket for the admin's VM.
+    let other = forge.create_token("other", &["repo:write"], None);
+    let (status, _) = forge.call(
+        Some(&other),
+        "POST",
+        &format!("/v1/vms/{a}/terminal/tickets"),
+        None,
+    );
+    assert_eq!(status, 404);
+
+    let ticket = forge.admin("POST", &format!("/v1/vms/{a}/terminal/tickets"), None);
+    let ticket = ticket["ticket"].as_str().unwrap().to_owned();
+    let path = format!("/v1/vms/{a}/terminal?ticket={ticket}");
+    let mut socket = connect(&forge, &path, None).unwrap();
+    socket
+        .send(Message::Binary(b"echo ti\"\"cket-ok\r".to_vec().into()))
+        .unwrap();
+    read_until(&mut socket, "ticket-ok", Duration::from_secs(20));
+    // Used once: the same ticket is refused now.
+    assert_eq!(connect(&forge, &path, None).unwrap_err(), "HTTP 401");
+    drop(socket);
+
+    // A ticket for VM a does not open VM b.
+    let b = forge.admin("POST", "/v1/vms", Some(json!({})));
+    let b = b["id"].as_str().unwrap();
+    let ticket = forge.admin("POST", &format!("/v1/vms/{a}/terminal/tickets"), None);
+    let ticket = ticket["ticket"].as_str().unwrap();
+    assert_eq!(
+        connect(
+            &forge,
+            &format!("/v1/vms/{b}/terminal?ticket={ticket}"),
+            None
+        )
+        .unwrap_err(),
+        "HTTP 401"
+    );
+    // An unknown VM is a 404, not a socket that closes at once.
+    assert_eq!(
+        connect(&forge, "/v1/vms/nope/terminal", Some(&forge.admin_token)).unwrap_err(),
+        "HTTP 404"
+    );
+}

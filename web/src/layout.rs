@@ -1,0 +1,151 @@
+//! The page shell (head, navigation, footer), the error page, and small
+//! pieces every page uses: status badges, times, CSRF fields.
+
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use maud::{DOCTYPE, Markup, html};
+
+use crate::api::Failure;
+use crate::session::User;
+
+/// A whole HTML page. `user` is `None` on the sign-in page.
+pub fn page(title: &str, user: Option<&User>, body: Markup) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                @if let Some(user) = user { meta name="csrf-token" content=(user.csrf); }
+                title { (title) " · forge" }
+                link rel="stylesheet" href="/-/static/app.css";
+                script src="/-/static/app.js" defer {}
+            }
+            body {
+                a.skip href="#main" { "Skip to content" }
+                header.top {
+                    nav aria-label="Main" {
+                        a.brand href="/" { "forge" }
+                        @if let Some(user) = user {
+                            a href="/" { "Repositories" }
+                            a href="/-/sandboxes" { "Sandboxes" }
+                            a href="/-/github" { "GitHub" }
+                            form.inline method="post" action="/-/signout" {
+                                (csrf_field(user))
+                                button.link type="submit" { "Sign out" }
+                            }
+                        }
+                    }
+                }
+                main #main { (body) }
+            }
+        }
+    }
+}
+
+/// The hidden CSRF field every form carries.
+pub fn csrf_field(user: &User) -> Markup {
+    html! { input type="hidden" name="_csrf" value=(user.csrf); }
+}
+
+/// A page as a response that no cache keeps.
+pub fn respond(markup: Markup) -> Response {
+    (
+        [(header::CACHE_CONTROL, "no-store")],
+        axum::response::Html(markup.into_string()),
+    )
+        .into_response()
+}
+
+/// A coloured label for a state (`running`, `passed`, `failed`, ...).
+pub fn badge(state: &str) -> Markup {
+    let class = match state {
+        "running" | "passed" | "delivered" | "success" => "ok",
+        "failed" | "crashed" | "error" => "bad",
+        "paused" | "paused_to_disk" | "queued" | "pending" | "cancelled" => "wait",
+        _ => "none",
+    };
+    html! { span class={ "badge " (class) } { (state.replace('_', " ")) } }
+}
+
+/// The first 10 characters of a commit id.
+pub fn short(commit: &str) -> &str {
+    commit.get(..10).unwrap_or(commit)
+}
+
+/// `1.2 s`, `340 ms`, `2 min 5 s`.
+pub fn duration(ms: i64) -> String {
+    match ms {
+        ..1000 => format!("{ms} ms"),
+        1000..60_000 => format!("{:.1} s", ms as f64 / 1000.0),
+        _ => format!("{} min {} s", ms / 60_000, (ms % 60_000) / 1000),
+    }
+}
+
+/// How long ago an RFC 3339 time was, or the text as it is.
+pub fn ago(rfc3339: &str) -> String {
+    let Ok(then) =
+        time::OffsetDateTime::parse(rfc3339, &time::format_description::well_known::Rfc3339)
+    else {
+        return rfc3339.to_owned();
+    };
+    let secs = (time::OffsetDateTime::now_utc() - then)
+        .whole_seconds()
+        .max(0);
+    match secs {
+        ..60 => format!("{secs} s"),
+        60..3600 => format!("{} min", secs / 60),
+        3600..86_400 => format!("{} h {} min", secs / 3600, (secs % 3600) / 60),
+        _ => format!("{} d", secs / 86_400),
+    }
+}
+
+/// A page that could not be shown, with the reason.
+#[derive(Debug)]
+pub struct PageError {
+    status: StatusCode,
+    message: String,
+}
+
+impl PageError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<Failure> for PageError {
+    fn from(failure: Failure) -> Self {
+        Self::new(failure.status, failure.message)
+    }
+}
+
+impl IntoResponse for PageError {
+    fn into_response(self) -> Response {
+        if self.status == StatusCode::UNAUTHORIZED {
+            return axum::response::Redirect::to("/-/signin").into_response();
+        }
+        let body = html! {
+            h1 { "Something went wrong" }
+            p.error role="alert" { (self.message) }
+            p { a href="/" { "Back to the repositories" } }
+        };
+        let mut response = respond(page("Error", None, body));
+        *response.status_mut() = self.status;
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_well() {
+        assert_eq!(duration(340), "340 ms");
+        assert_eq!(duration(1234), "1.2 s");
+        assert_eq!(duration(125_000), "2 min 5 s");
+    }
+}

@@ -1,0 +1,158 @@
+//! A branch's page: the file tree and a file's content at the branch's
+//! head (read from git, read-only), the branch's run history, its sandbox
+//! with pause, resume and fork buttons and a terminal link, and the preview
+//! link when the sandbox serves one. The run history is the branch's runs
+//! among the repository's newest 50.
+
+use axum::extract::{Path, Query, State};
+use axum::response::Response;
+use maud::{Markup, html};
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::repos::runs_table;
+use super::{branch_vm, items, repo_api, repo_page, text, visible_vms};
+use crate::Ui;
+use crate::api::encode;
+use crate::layout::{self, PageError, badge, csrf_field, respond};
+use crate::session::User;
+
+#[derive(Debug, Deserialize)]
+pub struct BranchQuery {
+    name: String,
+    #[serde(default)]
+    path: String,
+}
+
+/// `GET /-/repos/{owner}/{name}/branch?name=&path=`.
+pub async fn show(
+    State(ui): State<Ui>,
+    user: User,
+    Path((owner, name)): Path<(String, String)>,
+    Query(query): Query<BranchQuery>,
+) -> Result<Response, PageError> {
+    let api = repo_api(&owner, &name);
+    let full = format!("{owner}/{name}");
+    let contents = ui
+        .api
+        .get(
+            &user.token,
+            &format!(
+                "{api}/contents?branch={}&path={}",
+                encode(&query.name),
+                encode(&query.path)
+            ),
+        )
+        .await?;
+    let runs: Vec<Value> = items(
+        ui.api
+            .get(&user.token, &format!("{api}/runs?limit=50"))
+            .await?,
+    )?
+    .into_iter()
+    .filter(|run| text(run, "branch") == query.name)
+    .collect();
+    let vms = visible_vms(&ui.api, &user).await;
+    let vm = branch_vm(&vms, &full, &query.name);
+    let here = format!(
+        "{}/branch?name={}",
+        repo_page(&owner, &name),
+        encode(&query.name)
+    );
+    let body = html! {
+        nav.crumbs aria-label="Breadcrumbs" {
+            a href=(repo_page(&owner, &name)) { (full) } " / " span { (query.name) }
+        }
+        h1 { "Branch " (query.name) }
+        section aria-labelledby="sandbox" {
+            h2 #sandbox { "Sandbox" }
+            @match vm {
+                None => p { "This branch has no sandbox yet; its first push makes one." },
+                Some(vm) => (sandbox_panel(&user, vm, &here)),
+            }
+        }
+        section aria-labelledby="files" {
+            h2 #files { "Files" }
+            (path_crumbs(&here, &query.path))
+            (files(&here, &query.path, &contents))
+        }
+        section aria-labelledby="runs" {
+            h2 #runs { "Runs" }
+            (runs_table(&runs, 50))
+        }
+    };
+    Ok(respond(layout::page(
+        &format!("{} · {full}", query.name),
+        Some(&user),
+        body,
+    )))
+}
+
+/// The sandbox's state and the buttons that change it.
+pub fn sandbox_panel(user: &User, vm: &Value, back: &str) -> Markup {
+    let id = text(vm, "id");
+    let state = text(vm, "state");
+    let action = |verb: &str, label: &str| {
+        html! {
+            form.inline method="post" action={ "/-/sandboxes/" (id) "/" (verb) } {
+                (csrf_field(user))
+                input type="hidden" name="back" value=(back);
+                button type="submit" { (label) }
+            }
+        }
+    };
+    html! {
+        p { code { (id) } " " (badge(state)) " on " (text(vm, "backend")) }
+        div.actions {
+            @if state == "running" {
+                (action("pause", "Pause"))
+                a.button href={ "/-/sandboxes/" (id) "/terminal" } { "Terminal" }
+            }
+            @if state.starts_with("paused") { (action("resume", "Resume")) }
+            @if state != "crashed" { (action("fork", "Fork")) }
+        }
+        @if let Some(url) = vm["preview_url"].as_str() {
+            p { "Preview: " a href=(url) { (url) } }
+        } @else {
+            p.muted { "No dev server preview is running." }
+        }
+    }
+}
+
+/// `/` then one link per directory of `path`.
+fn path_crumbs(here: &str, path: &str) -> Markup {
+    let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+    html! {
+        p.crumbs {
+            a href=(here) { "/" }
+            @for (i, part) in parts.iter().enumerate() {
+                @let prefix = parts[..=i].join("/");
+                " " a href={ (here) "&path=" (encode(&prefix)) } { (part) } " /"
+            }
+        }
+    }
+}
+
+fn files(here: &str, path: &str, contents: &Value) -> Markup {
+    let prefix = path.trim_matches('/');
+    html! {
+        @if text(contents, "type") == "dir" {
+            ul.tree aria-label="Directory" {
+                @for entry in contents["entries"].as_array().into_iter().flatten() {
+                    @let name = text(entry, "name");
+                    @let full = if prefix.is_empty() { name.to_owned() } else { format!("{prefix}/{name}") };
+                    li class=(text(entry, "kind")) {
+                        a href={ (here) "&path=" (encode(&full)) } {
+                            (name) @if text(entry, "kind") == "dir" { "/" }
+                        }
+                    }
+                }
+            }
+        } @else if contents["binary"].as_bool() == Some(true) {
+            p { "Binary file, not shown." }
+        } @else {
+            @if contents["truncated"].as_bool() == Some(true) { p.muted { "Only the first MiB is shown." } }
+            pre.file aria-label={ "Content of " (path) } { code { (text(contents, "text")) } }
+        }
+    }
+}
