@@ -198,8 +198,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let tasks = state.tasks.clone();
     let request_id = HeaderName::from_static("x-request-id");
     // The web UI calls the API in-process through its router (see `web`).
-    let api = crate::api::router(state);
-    let app = api.clone().merge(web::router(api)).layer(
+    let api = crate::api::router(state.clone());
+    let app = crate::api::with_preview_hosts(api.clone().merge(web::router(api)), state).layer(
         ServiceBuilder::new()
             .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
             .layer(
@@ -285,7 +285,7 @@ async fn ensure_admin_token(store: &Store, data_dir: &Path) -> anyhow::Result<()
     let secret = auth::new_secret();
     let id = uuid::Uuid::new_v4().to_string();
     let path = admin_token_path(data_dir);
-    write_secret_file(&path, &secret)?;
+    write_private_file(&path, format!("{secret}\n").as_bytes())?;
     store
         .insert_token(&NewToken {
             id: &id,
@@ -303,7 +303,9 @@ async fn ensure_admin_token(store: &Store, data_dir: &Path) -> anyhow::Result<()
     Ok(())
 }
 
-fn write_secret_file(path: &Path, secret: &str) -> anyhow::Result<()> {
+/// Writes `contents` to `path` atomically (a temporary file, synced, then
+/// renamed), readable by the owner only: tokens and app secrets.
+pub fn write_private_file(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let temporary = path.with_extension("tmp");
@@ -314,7 +316,7 @@ fn write_secret_file(path: &Path, secret: &str) -> anyhow::Result<()> {
         .mode(0o600)
         .open(&temporary)
         .with_context(|| format!("cannot write {}", temporary.display()))?;
-    writeln!(file, "{secret}")?;
+    file.write_all(contents)?;
     file.sync_all()?;
     std::fs::rename(&temporary, path)?;
     Ok(())

@@ -384,6 +384,28 @@ impl TestForge {
     }
 
     /// An admin call that must succeed.
+    /// Waits (up to 4 minutes) for the pipeline run of `commit` in `repo`
+    /// to finish and returns it as the runs API lists it.
+    pub fn finished_run(&self, repo: &str, commit: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(240);
+        loop {
+            let runs = self.admin("GET", &format!("/v1/repos/{repo}/runs"), None);
+            if let Some(run) = runs
+                .as_array()
+                .and_then(|runs| runs.iter().find(|r| r["commit_id"] == commit))
+                && ["passed", "failed", "error", "cancelled"]
+                    .contains(&run["state"].as_str().unwrap_or_default())
+            {
+                return run.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no finished run for {commit}: {runs}"
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+
     pub fn admin(&self, method: &str, path: &str, body: Option<Value>) -> Value {
         let (status, value) = self.call(Some(&self.admin_token), method, path, body);
         assert!(

@@ -183,6 +183,22 @@ fn repositories_sync_both_ways_without_overwriting() {
         status.contains("refs/heads/main") && status.contains("diverged"),
         "{status}"
     );
+    // The forge-wide view: the installation, and every linked repository
+    // with the diverged ref; none of it is a secret.
+    let app = forge.admin("GET", "/v1/github", None);
+    assert_eq!(app["installations"][0]["id"], 77, "{app}");
+    assert_eq!(app["installations"][0]["account"], "octo", "{app}");
+    assert!(app.get("webhook_secret").is_none() && app.get("private_key_pem").is_none());
+    let linked = forge.admin("GET", "/v1/github/repos", None);
+    assert_eq!(linked[0]["repo"], FORGE_REPO, "{linked}");
+    assert!(
+        linked[0]["refs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["ref_name"] == "refs/heads/main" && r["state"] == "diverged"),
+        "{linked}"
+    );
     // Unlinking stops the sync and drops the mirror of GitHub's refs.
     forge.cli_ok(&["github", "unlink", FORGE_REPO]);
     let path = format!("/v1/repos/{FORGE_REPO}/github");
@@ -329,7 +345,17 @@ fn pull_requests_are_reviewed_by_the_branch_pipeline() {
         body.contains("<details>") && body.contains("| test | failed |"),
         "{body}"
     );
-    assert!(body.contains(&format!("{}/v1/runs/", forge.url)), "{body}");
+    let link = format!("{}/-/runs/", forge.url);
+    let run_id: i64 = body
+        .split(&link)
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .and_then(|id| id.parse().ok())
+        .unwrap_or_else(|| panic!("the body links to the run's page:\n{body}"));
+    // The run itself names the review it led to.
+    let run = forge.admin("GET", &format!("/v1/runs/{run_id}"), None);
+    assert_eq!(run["review"]["verdict"], "REQUEST_CHANGES", "{run}");
+    assert_eq!(run["review"]["number"], number, "{run}");
     let checks = fake.check_runs(GITHUB_REPO);
     assert!(
         checks.iter().any(|c| c["head_sha"] == broken.as_str()

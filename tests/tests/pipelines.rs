@@ -3,8 +3,6 @@
 
 #![allow(clippy::unwrap_used)] // A test that cannot unwrap has failed: say so loudly.
 
-use std::time::{Duration, Instant};
-
 use e2e::{TestForge, commit_files, git_ok, work_repo};
 use serde_json::Value;
 
@@ -14,28 +12,6 @@ fn failing_test(expected: u32) -> String {
     format!(
         "import {{ expect, test }} from \"bun:test\";\ntest(\"adds small numbers\", () => {{ expect(1 + 1).toBe({expected}); }});\n"
     )
-}
-
-/// Waits for the run of `commit` to finish and returns it with its steps.
-fn finished_run(forge: &TestForge, repo: &str, commit: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(240);
-    loop {
-        let runs = forge.admin("GET", &format!("/v1/repos/{repo}/runs"), None);
-        if let Some(run) = runs
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|r| r["commit_id"] == commit)
-            && ["passed", "failed", "error", "cancelled"].contains(&run["state"].as_str().unwrap())
-        {
-            return run.clone();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no finished run for {commit}: {runs}"
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
 }
 
 fn step<'a>(run: &'a Value, name: &str) -> &'a Value {
@@ -75,7 +51,7 @@ fn pushes_run_the_tests_in_the_branch_sandbox() {
     let first = git_ok(&work, &["rev-parse", "HEAD"]);
     git_ok(&work, &["push", "--quiet", &url, "main"]);
 
-    let run = finished_run(&forge, "acme/bun", &first);
+    let run = forge.finished_run("acme/bun", &first);
     assert_eq!(run["state"], "failed", "{run}");
     assert_eq!(
         step(&run, "checkout")["status"],
@@ -100,7 +76,7 @@ fn pushes_run_the_tests_in_the_branch_sandbox() {
     // The fix passes; dependencies are unchanged, so install is skipped.
     let fixed = commit_files(&work, &[("math.test.ts", &failing_test(2))], "fix the test");
     git_ok(&work, &["push", "--quiet", &url, "main"]);
-    let run = finished_run(&forge, "acme/bun", &fixed);
+    let run = forge.finished_run("acme/bun", &fixed);
     assert_eq!(run["state"], "passed", "{}", log(&forge, &run));
     assert_eq!(
         run["vm_id"],
@@ -114,7 +90,7 @@ fn pushes_run_the_tests_in_the_branch_sandbox() {
     git_ok(&work, &["checkout", "--quiet", "-b", "feature"]);
     let feature = commit_files(&work, &[("README.md", "feature\n")], "feature work");
     git_ok(&work, &["push", "--quiet", &url, "feature"]);
-    let run = finished_run(&forge, "acme/bun", &feature);
+    let run = forge.finished_run("acme/bun", &feature);
     assert_eq!(run["state"], "passed", "{}", log(&forge, &run));
     let vm = forge.admin(
         "GET",

@@ -5,34 +5,13 @@
 
 #![allow(clippy::unwrap_used)] // A test that cannot unwrap has failed: say so loudly.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use e2e::{TestForge, git_ok, work_repo};
 use serde_json::{Value, json};
 
 const PACKAGE: &str = r#"{ "name": "demo", "private": true, "scripts": { "test": "bun test" } }"#;
 const TEST: &str = "import { expect, test } from \"bun:test\";\ntest(\"adds\", () => { expect(1 + 1).toBe(2); });\n";
-
-fn finished_run(forge: &TestForge, repo: &str, commit: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(240);
-    loop {
-        let runs = forge.admin("GET", &format!("/v1/repos/{repo}/runs"), None);
-        if let Some(run) = runs
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|r| r["commit_id"] == commit)
-            && ["passed", "failed", "error", "cancelled"].contains(&run["state"].as_str().unwrap())
-        {
-            return run.clone();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no finished run for {commit}: {runs}"
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
-}
 
 fn sh(forge: &TestForge, vm: &str, script: &str) -> Value {
     forge.admin(
@@ -60,7 +39,7 @@ fn a_push_from_inside_a_sandbox_creates_the_branch_and_runs_it_in_a_fork() {
     );
     let first = git_ok(&work, &["rev-parse", "HEAD"]);
     git_ok(&work, &["push", "--quiet", &url, "main"]);
-    let run = finished_run(&forge, "acme/push", &first);
+    let run = forge.finished_run("acme/push", &first);
     assert_eq!(run["state"], "passed", "{run}");
     let main_vm = run["vm_id"].as_str().unwrap().to_owned();
 
@@ -89,7 +68,7 @@ fn a_push_from_inside_a_sandbox_creates_the_branch_and_runs_it_in_a_fork() {
 
     let branches = forge.admin("GET", "/v1/repos/acme/push/branches", None);
     assert!(branches.to_string().contains("feature"), "{branches}");
-    let run = finished_run(&forge, "acme/push", &commit);
+    let run = forge.finished_run("acme/push", &commit);
     assert_eq!(run["state"], "passed", "{run}");
     let feature_vm = run["vm_id"].as_str().unwrap();
     let vm = forge.admin("GET", &format!("/v1/vms/{feature_vm}"), None);

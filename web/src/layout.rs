@@ -60,8 +60,10 @@ pub fn respond(markup: Markup) -> Response {
 /// A coloured label for a state (`running`, `passed`, `failed`, ...).
 pub fn badge(state: &str) -> Markup {
     let class = match state {
-        "running" | "passed" | "delivered" | "success" => "ok",
-        "failed" | "crashed" | "error" => "bad",
+        "running" | "passed" | "delivered" | "success" | "APPROVE" => "ok",
+        "failed" | "crashed" | "error" | "diverged" | "REQUEST_CHANGES" => "bad",
+        "in_sync" => "ok",
+        "ahead" | "behind" => "wait",
         "paused" | "paused_to_disk" | "queued" | "pending" | "cancelled" => "wait",
         _ => "none",
     };

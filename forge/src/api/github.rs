@@ -1,8 +1,9 @@
 //! The GitHub App's HTTP surface: the inbound webhook endpoint
 //! `POST /github/webhook` (signature first, then store; see
 //! [`crate::github::webhook`]) and `/v1/repos/{owner}/{name}/github`
-//! (link, show the sync state per ref, unlink). Nothing here returns a
-//! secret.
+//! (link, show the sync state per ref, unlink), `GET /v1/github` (the
+//! app and its installations) and `GET /v1/github/repos` (every linked
+//! repository the caller may read). Nothing here returns a secret.
 
 use axum::Json;
 use axum::body::Bytes;
@@ -180,6 +181,45 @@ pub async fn unlink(
         tracing::warn!(repo = %repo.full_name(), error = %error, "removing GitHub's mirrored refs failed");
     }
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /v1/github`: the app's public settings and its installations.
+/// Any signed-in caller may read it; no secret is part of it.
+pub async fn overview(
+    State(state): State<AppState>,
+    _caller: Caller,
+) -> Result<Json<Value>, ApiError> {
+    let github = app(&state)?;
+    let installations = state.store.github_installations().await?;
+    Ok(Json(json!({
+        "app_id": github.config.app_id,
+        "api_url": github.config.api_url,
+        "git_url": github.config.git_url,
+        "reconcile_secs": github.config.reconcile_secs,
+        "installations": installations,
+    })))
+}
+
+/// `GET /v1/github/repos`: every linked repository the caller may read,
+/// with each ref's sync state.
+pub async fn linked(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<Vec<Value>>, ApiError> {
+    app(&state)?;
+    let mut out = Vec::new();
+    for link in state.store.github_links().await? {
+        if caller.check_repo(&link.repo_id, Scope::RepoRead).is_err() {
+            continue;
+        }
+        let Some(repo) = state.store.repo_by_id(&link.repo_id).await? else {
+            continue;
+        };
+        let mut item = view(&state, &link).await?;
+        item["repo"] = json!(repo.full_name());
+        out.push(item);
+    }
+    Ok(Json(out))
 }
 
 async fn view(state: &AppState, link: &GithubLink) -> Result<Value, ApiError> {

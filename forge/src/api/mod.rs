@@ -99,6 +99,8 @@ pub fn router(state: AppState) -> Router {
             "/github/webhook",
             post(github::webhook).layer(github::body_limit()),
         )
+        .route("/v1/github", get(github::overview))
+        .route("/v1/github/repos", get(github::linked))
         .route(
             "/v1/repos/{owner}/{name}/github",
             post(github::link).get(github::show).delete(github::unlink),
@@ -118,11 +120,18 @@ pub fn router(state: AppState) -> Router {
             post(crate::git::http::receive_pack),
         )
         .fallback(|| async { ApiError::not_found("no such endpoint") })
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            preview::by_host,
-        ))
         .with_state(state)
+}
+
+/// `app` with host-name previews in front of it: a request for
+/// `{vm}-{port}.<preview domain>` goes to that VM's port, whatever its
+/// path; every other request reaches `app`. Applied to the whole app (API
+/// and web UI), so no page shadows a preview.
+pub fn with_preview_hosts(app: Router, state: AppState) -> Router {
+    app.layer(axum::middleware::from_fn_with_state(
+        state,
+        preview::by_host,
+    ))
 }
 
 /// The secret a request presents, if any.

@@ -74,7 +74,10 @@ pub async fn show(
     Path(id): Path<i64>,
 ) -> Result<Json<Value>, ApiError> {
     let run = readable(&state, &caller, id).await?;
-    Ok(Json(with_steps(&state, run).await?))
+    let review = state.store.github_review_of_run(run.id).await?;
+    let mut value = with_steps(&state, run).await?;
+    value["review"] = serde_json::to_value(review).map_err(ApiError::internal)?;
+    Ok(Json(value))
 }
 
 #[derive(Debug, Deserialize)]

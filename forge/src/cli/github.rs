@@ -107,25 +107,13 @@ pub async fn github(target: &Target<'_>, command: GithubCommand) -> anyhow::Resu
 }
 
 fn configure(data_dir: &Path, file: FileConfig) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let key = std::fs::read_to_string(file.private_key_path.as_deref().unwrap_or(Path::new("")))
         .context("cannot read the private key")?;
     octocrab::EncodingKey::from_rsa_pem(key.as_bytes())
         .context("the private key is not an RSA key in PEM")?;
     std::fs::create_dir_all(data_dir)?;
     let path = config::file_path(data_dir);
-    let temporary = path.with_extension("tmp");
-    let mut out = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&temporary)
-        .with_context(|| format!("cannot write {}", temporary.display()))?;
-    out.write_all(to_toml(&file)?.as_bytes())?;
-    out.sync_all()?;
-    std::fs::rename(&temporary, &path)?;
+    forge::server::write_private_file(&path, to_toml(&file)?.as_bytes())?;
     println!(
         "wrote {}; restart the forge to apply. Point the app's webhook at <forge URL>/github/webhook",
         path.display()

@@ -154,7 +154,8 @@ impl Reviewer {
             }
         }
         let steps = self.store.steps(run.id).await?;
-        let url = format!("{}/v1/runs/{}", self.public_url, run.id);
+        // The run's page in the web UI (steps, logs, the review).
+        let url = format!("{}/-/runs/{}", self.public_url, run.id);
         let body = review_body(run, &steps, sha, &url);
         let check = self
             .auth
@@ -301,7 +302,7 @@ mod tests {
                 format!("{long_log}```\n(fail) adds small numbers\n"),
             ),
         ];
-        let body = review_body(&run, &steps, &run.commit_id, "http://forge/v1/runs/7");
+        let body = review_body(&run, &steps, &run.commit_id, "http://forge/-/runs/7");
         assert!(body.starts_with("<!-- forge-review:0123456789abcdef -->"));
         assert!(body.contains("| lint | passed | 1.5 s |"));
         assert!(body.contains("| test | failed | 1.5 s |"));
@@ -313,6 +314,6 @@ mod tests {
             2,
             "the log cannot close the block"
         );
-        assert!(body.contains("[The run in the forge](http://forge/v1/runs/7)"));
+        assert!(body.contains("[The run in the forge](http://forge/-/runs/7)"));
     }
 }

@@ -21,6 +21,24 @@ pub struct GithubLink {
 }
 
 #[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+pub struct GithubInstallation {
+    pub id: i64,
+    pub account: String,
+    pub created_at: String,
+}
+
+/// A review as the run API shows it.
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+pub struct GithubRunReview {
+    pub github_repo: String,
+    pub number: i64,
+    pub head_sha: String,
+    pub verdict: String,
+    /// `None` while the review is claimed but not yet posted.
+    pub posted_at: Option<String>,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
 pub struct GithubRefState {
     pub ref_name: String,
     pub synced_sha: Option<String>,
@@ -100,6 +118,28 @@ impl Store {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    /// Installations the app holds now (removed ones left out).
+    pub async fn github_installations(&self) -> Result<Vec<GithubInstallation>> {
+        Ok(sqlx::query_as(
+            "SELECT id, account, created_at FROM github_installations
+             WHERE removed_at IS NULL ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// The pull-request review posted (or claimed) for a pipeline run.
+    pub async fn github_review_of_run(&self, run_id: i64) -> Result<Option<GithubRunReview>> {
+        Ok(sqlx::query_as(
+            "SELECT l.github_repo, r.number, r.head_sha, r.verdict, r.posted_at
+             FROM github_reviews r JOIN github_links l ON l.repo_id = r.repo_id
+             WHERE r.run_id = ? ORDER BY r.posted_at DESC LIMIT 1",
+        )
+        .bind(run_id)
+        .fetch_optional(&self.pool)
+        .await?)
     }
 
     pub async fn insert_github_link(&self, link: &GithubLink) -> Result<()> {

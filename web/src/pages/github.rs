@@ -1,7 +1,7 @@
-//! The GitHub page: the App installation and each repository's sync state,
-//! diverged branches highlighted. It shows what the API's `/v1/github`
-//! endpoints offer and says "not configured" when the forge has none (no
-//! GitHub App set up, or a forge without the GitHub module).
+//! The GitHub page: the App and its installations (`GET /v1/github`) and
+//! each linked repository's sync state per ref (`GET /v1/github/repos`),
+//! diverged refs highlighted. It says "not configured" when the forge has
+//! no GitHub App set up.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -40,6 +40,14 @@ pub async fn show(State(ui): State<Ui>, user: User) -> Result<Response, PageErro
                 section aria-labelledby="installation" {
                     h2 #installation { "Installation" }
                     (fields(&installation))
+                    @match installation["installations"].as_array() {
+                        Some(list) if !list.is_empty() => ul #installations {
+                            @for item in list {
+                                li { (text(item, "account")) " (installation " (item["id"]) ", since " (text(item, "created_at")) ")" }
+                            }
+                        },
+                        _ => p.muted { "The app is not installed on any GitHub account yet." },
+                    }
                 }
                 section aria-labelledby="sync" {
                     h2 #sync { "Sync state" }
@@ -66,18 +74,24 @@ fn fields(value: &Value) -> Markup {
 
 fn sync_table(repos: &[Value]) -> Markup {
     html! {
-        div.scroll { table {
-            thead { tr { th scope="col" { "Repository" } th scope="col" { "State" } th scope="col" { "Branches" } } }
-            tbody { @for repo in repos { tr {
-                td { (text(repo, "repo")) (text(repo, "name")) }
-                td { (badge(text(repo, "state"))) }
-                td { @for branch in repo["branches"].as_array().into_iter().flatten() {
-                    @let diverged = branch["diverged"].as_bool() == Some(true) || text(branch, "state") == "diverged";
-                    span class={ "branch" @if diverged { " diverged" } } {
-                        (text(branch, "name")) @if diverged { " (diverged)" }
-                    } " "
+        @if repos.is_empty() { p.muted { "No repository is linked to GitHub." } }
+        @for repo in repos {
+            h3 { (text(repo, "repo")) " ⇄ " (text(repo, "repository")) }
+            div.scroll { table {
+                thead { tr {
+                    th scope="col" { "Ref" } th scope="col" { "State" }
+                    th scope="col" { "Last sync" } th scope="col" { "Last error" }
                 } }
-            } } }
-        } }
+                tbody { @for r in repo["refs"].as_array().into_iter().flatten() {
+                    @let diverged = text(r, "state") == "diverged";
+                    tr class={ @if diverged { "diverged" } } {
+                        td { code { (text(r, "ref_name")) } }
+                        td { (badge(text(r, "state"))) @if diverged { " (diverged: both sides moved, nothing was overwritten)" } }
+                        td { (text(r, "last_sync_at")) }
+                        td { (text(r, "last_error")) }
+                    }
+                } }
+            } }
+        }
     }
 }

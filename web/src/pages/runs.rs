@@ -56,8 +56,12 @@ pub async fn show(
         section aria-labelledby="review" {
             h2 #review { "Review" }
             @match run["review"].as_object() {
-                Some(review) => p { (review.get("state").and_then(|s| s.as_str()).unwrap_or("posted")) ": "
-                    (review.get("body").and_then(|s| s.as_str()).unwrap_or_default()) },
+                Some(_) => p #review-verdict {
+                    (badge(text(&run["review"], "verdict")))
+                    " on " (text(&run["review"], "github_repo")) " pull request #" (run["review"]["number"])
+                    " at " code { (short(text(&run["review"], "head_sha"))) }
+                    @if run["review"]["posted_at"].is_null() { " (being posted)" }
+                },
                 None => p.muted { "No review: this branch has no pull request." },
             }
         }
