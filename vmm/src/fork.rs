@@ -55,15 +55,15 @@
 //! those pages' 4 KiB entries, more than the huge-page fork would have.
 //!
 //! Measured with `forge-vmm bench fork` (fully touched RAM, PVM host, two
-//! busy cores; one fork, then 100 timed forks of the same parent): parent
-//! pause p50 0.8-1.0 ms at 256 MiB, 1 GiB and 4 GiB alike, the 4 GiB/256 MiB
-//! ratio 1.0-1.1 at p50; the p99 follows host scheduling noise (state
-//! capture, which does not depend on RAM, has the same tail). What still
-//! grows with RAM is the first fork of a booted VM, paid once per VM: the
-//! freeze's move makes KVM's shadow MMU walk its reverse map over all of
-//! guest RAM, about 1 ms per GiB (0.3 ms at 256 MiB, 4-8 ms at 4 GiB).
-//! Hosts with hardware virtualisation use KVM's TDP MMU, one entry per
-//! 2 MiB mapped.
+//! cores; one fork, then 100 timed forks of the same parent): parent pause
+//! p50 0.8-1.2 ms at 256 MiB, 1 GiB and 4 GiB alike; the 4 GiB/256 MiB
+//! ratio 0.86-0.92 at p50 and 0.84-1.36 at p99 on a quiet host. The p99
+//! follows host scheduling noise (state capture, which does not depend on
+//! RAM, has the same tail). What still grows with RAM is the first fork of
+//! a booted VM, paid once per VM: the freeze's move makes KVM's shadow MMU
+//! walk its reverse map over all of guest RAM, about 0.7-1 ms per GiB
+//! (0.4 ms at 256 MiB, 2.7-3.8 ms at 4 GiB). Hosts with hardware
+//! virtualisation use KVM's TDP MMU, one entry per 2 MiB mapped.
 //!
 //! Costs elsewhere: the frozen file stays in memory while any VM maps it,
 //! so a parent that rewrites all of its RAM after a fork holds the old
