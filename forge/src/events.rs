@@ -9,7 +9,7 @@
 use serde::Serialize;
 use tokio::sync::broadcast;
 
-use crate::store::EventRow;
+use crate::store::{EventRow, NewEvent, Store};
 
 /// An event as the API and subscribers see it.
 #[derive(Debug, Clone, Serialize)]
@@ -58,6 +58,24 @@ impl Default for EventBus {
 
 impl EventBus {
     /// Announces committed events; nobody listening is fine.
+    /// Writes `events` to `repo_id`'s outbox in one transaction, then
+    /// announces them; returns how many were recorded.
+    pub async fn record(
+        &self,
+        store: &Store,
+        repo_id: &str,
+        repo_name: &str,
+        actor: Option<&str>,
+        events: &[NewEvent],
+    ) -> crate::store::Result<usize> {
+        let rows = store
+            .insert_events(repo_id, repo_name, actor, events)
+            .await?;
+        let count = rows.len();
+        self.publish(rows.into_iter().map(Event::from));
+        Ok(count)
+    }
+
     pub fn publish(&self, events: impl IntoIterator<Item = Event>) {
         for event in events {
             let _ = self.sender.send(event);

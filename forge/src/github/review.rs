@@ -23,7 +23,7 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 
 use super::auth::{AppAuth, Method};
-use crate::events::{Event, EventBus};
+use crate::events::EventBus;
 use crate::store::{GithubLink, GithubPull, NewEvent, RunRow, StepRow, Store};
 
 /// Marks this bot's reviews; followed by the head commit.
@@ -78,11 +78,15 @@ impl Reviewer {
                 "reason": format!("pull request #{}", pull.number),
             }),
         };
-        let rows = self
-            .store
-            .insert_events(&repo.id, &repo.full_name(), Some("github"), &[event])
+        self.events
+            .record(
+                &self.store,
+                &repo.id,
+                &repo.full_name(),
+                Some("github"),
+                &[event],
+            )
             .await?;
-        self.events.publish(rows.into_iter().map(Event::from));
         Ok(())
     }
 
@@ -207,11 +211,15 @@ impl Reviewer {
                     "sha": sha, "verdict": verdict, "run": run.id, "review_id": review_id,
                 }),
             };
-            let rows = self
-                .store
-                .insert_events(&repo.id, &repo.full_name(), Some("github"), &[event])
+            self.events
+                .record(
+                    &self.store,
+                    &repo.id,
+                    &repo.full_name(),
+                    Some("github"),
+                    &[event],
+                )
                 .await?;
-            self.events.publish(rows.into_iter().map(Event::from));
         }
         Ok(())
     }

@@ -32,7 +32,7 @@ use serde_json::json;
 use super::auth::{AppAuth, AuthError};
 use super::config::Secret;
 use crate::auth::Caller;
-use crate::events::{Event, EventBus};
+use crate::events::EventBus;
 use crate::git::pktline::Command as RefUpdate;
 use crate::git::{Repositories, git_command, redact_credentials};
 use crate::store::{GithubLink, GithubRefState, NewEvent, RepoRow, Store, TokenRow, now};
@@ -363,11 +363,15 @@ impl Syncer {
         for event in &mut events {
             event.payload["source"] = json!("github");
         }
-        let rows = self
-            .store
-            .insert_events(&repo.id, &repo.full_name(), Some("github"), &events)
+        self.events
+            .record(
+                &self.store,
+                &repo.id,
+                &repo.full_name(),
+                Some("github"),
+                &events,
+            )
             .await?;
-        self.events.publish(rows.into_iter().map(Event::from));
         Ok(())
     }
 
@@ -388,13 +392,12 @@ impl Syncer {
                 "forge_sha": forge, "github_sha": github, "sha": forge,
             }),
         };
-        match self
-            .store
-            .insert_events(&repo.id, &repo.full_name(), None, &[event])
-            .await
-        {
-            Ok(rows) => self.events.publish(rows.into_iter().map(Event::from)),
-            Err(error) => tracing::error!(%error, "recording sync.diverged failed"),
+        let recorded = self
+            .events
+            .record(&self.store, &repo.id, &repo.full_name(), None, &[event])
+            .await;
+        if let Err(error) = recorded {
+            tracing::error!(%error, "recording sync.diverged failed");
         }
     }
 }

@@ -31,7 +31,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::events::{Event, EventBus};
+use crate::events::EventBus;
 use crate::git::Repositories;
 use crate::store::{NewEvent, NewRun, RunRow, Store};
 use crate::vms::Sandboxes;
@@ -179,15 +179,12 @@ impl Pipelines {
             ref_name: Some(format!("refs/heads/{}", run.branch)),
             payload,
         };
-        match self
-            .store
-            .insert_events(&run.repo_id, &run.repo_name, None, &[event])
-            .await
-        {
-            Ok(rows) => self.events.publish(rows.into_iter().map(Event::from)),
-            Err(error) => {
-                tracing::error!(run = run.id, error = %error, kind, "recording a run event failed")
-            }
+        let recorded = self
+            .events
+            .record(&self.store, &run.repo_id, &run.repo_name, None, &[event])
+            .await;
+        if let Err(error) = recorded {
+            tracing::error!(run = run.id, error = %error, kind, "recording a run event failed");
         }
     }
 

@@ -608,6 +608,22 @@ fn token_installation(shared: &Shared, token: &str) -> Option<u64> {
         .map(|t| t.installation)
 }
 
+/// A valid installation token whose installation holds `full_name`.
+fn authorize_repo(
+    shared: &mut Shared,
+    headers: &HeaderMap,
+    full_name: &str,
+) -> Result<(), Response> {
+    let installation = check_token(shared, headers)?;
+    check_repo_access(shared, installation, full_name)
+}
+
+/// A request body that must be JSON, refused the way GitHub refuses it.
+fn json_body(body: &[u8]) -> Result<Value, Response> {
+    serde_json::from_slice(body)
+        .map_err(|_| error(StatusCode::BAD_REQUEST, "Problems parsing JSON"))
+}
+
 fn check_repo_access(shared: &Shared, installation: u64, full_name: &str) -> Result<(), Response> {
     if installation_of(shared, full_name) == Some(installation) {
         Ok(())
@@ -669,9 +685,7 @@ async fn list_reviews(
 ) -> Response {
     let mut shared = state.lock().unwrap_or_else(|p| p.into_inner());
     let full_name = format!("{owner}/{repo}");
-    let checked =
-        check_token(&mut shared, &headers).and_then(|i| check_repo_access(&shared, i, &full_name));
-    if let Err(response) = checked {
+    if let Err(response) = authorize_repo(&mut shared, &headers, &full_name) {
         return response;
     }
     let reviews: Vec<Value> = shared
@@ -691,13 +705,12 @@ async fn create_review(
 ) -> Response {
     let mut shared = state.lock().unwrap_or_else(|p| p.into_inner());
     let full_name = format!("{owner}/{repo}");
-    let checked =
-        check_token(&mut shared, &headers).and_then(|i| check_repo_access(&shared, i, &full_name));
-    if let Err(response) = checked {
+    if let Err(response) = authorize_repo(&mut shared, &headers, &full_name) {
         return response;
     }
-    let Ok(request) = serde_json::from_slice::<Value>(&body) else {
-        return error(StatusCode::BAD_REQUEST, "Problems parsing JSON");
+    let request = match json_body(&body) {
+        Ok(request) => request,
+        Err(response) => return response,
     };
     let Some(pull) = shared
         .pulls
@@ -751,13 +764,12 @@ async fn create_check_run(
 ) -> Response {
     let mut shared = state.lock().unwrap_or_else(|p| p.into_inner());
     let full_name = format!("{owner}/{repo}");
-    let checked =
-        check_token(&mut shared, &headers).and_then(|i| check_repo_access(&shared, i, &full_name));
-    if let Err(response) = checked {
+    if let Err(response) = authorize_repo(&mut shared, &headers, &full_name) {
         return response;
     }
-    let Ok(request) = serde_json::from_slice::<Value>(&body) else {
-        return error(StatusCode::BAD_REQUEST, "Problems parsing JSON");
+    let request = match json_body(&body) {
+        Ok(request) => request,
+        Err(response) => return response,
     };
     let (Some(name), Some(sha)) = (request["name"].as_str(), request["head_sha"].as_str()) else {
         return error(
@@ -782,13 +794,12 @@ async fn update_check_run(
 ) -> Response {
     let mut shared = state.lock().unwrap_or_else(|p| p.into_inner());
     let full_name = format!("{owner}/{repo}");
-    let checked =
-        check_token(&mut shared, &headers).and_then(|i| check_repo_access(&shared, i, &full_name));
-    if let Err(response) = checked {
+    if let Err(response) = authorize_repo(&mut shared, &headers, &full_name) {
         return response;
     }
-    let Ok(request) = serde_json::from_slice::<Value>(&body) else {
-        return error(StatusCode::BAD_REQUEST, "Problems parsing JSON");
+    let request = match json_body(&body) {
+        Ok(request) => request,
+        Err(response) => return response,
     };
     if request["status"] == "completed" && request["conclusion"].as_str().is_none() {
         return error(
