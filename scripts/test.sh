@@ -16,7 +16,8 @@ cargo fmt --all --check
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 status=0
-cargo test --workspace 2>&1 | tee "$log" || status=$?
+# --no-fail-fast: a failing test binary must not hide the ones after it.
+cargo test --workspace --no-fail-fast 2>&1 | tee "$log" || status=$?
 # One closing line over every test binary (cargo prints one per binary).
 awk '/^test result:/ { p += $4; f += $6; i += $8 }
      END { printf "total: %d passed, %d failed, %d skipped\n", p, f, i }' "$log"
