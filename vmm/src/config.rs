@@ -30,7 +30,9 @@ pub enum ApEntry {
     #[default]
     Sipi,
     /// Every vCPU enters the kernel entry point at once in long mode, with
-    /// its index in `rdi` (used by the freestanding test guests).
+    /// its index in `rdi` (used by the freestanding test guests). Only
+    /// vCPU 0 has a stack; the others start with `rsp = 0` and must set
+    /// their own before pushing anything.
     KernelEntry,
 }
 

@@ -1,10 +1,29 @@
 /* Ring-3 runtime shared by the test guests: port I/O, serial, reset, MMIO. */
 #ifndef RT_H
 #define RT_H
+
+/* vCPUs a test guest runs on: each has a 64 KiB stack in start.S. */
+#define GUEST_MAX_CPUS 8
+
+/* CPUID as the VMM set it up, read in ring 0 at entry by start.S. Ring-3
+ * `cpuid` is not a reliable view: on a PVM host without CPUID faulting
+ * (most AMD hosts) it runs on the host CPU and returns the host's leaves.
+ * A guest that needs leaves defines ring0_cpuid_leaves ({leaf, subleaf}
+ * pairs ended by {0xffffffff, 0}, at most RING0_CPUID_MAX) and
+ * ring0_cpuid[GUEST_MAX_CPUS]; start.S fills ring0_cpuid[cpu][i]. */
+#define RING0_CPUID_ROW_SHIFT 8
+#define RING0_CPUID_MAX 16
+#ifndef __ASSEMBLER__
 typedef unsigned char u8;
 typedef unsigned short u16;
 typedef unsigned int u32;
 typedef unsigned long u64;
+
+struct cpuid_regs { u32 a, b, c, d; };
+_Static_assert(sizeof(struct cpuid_regs) * RING0_CPUID_MAX == 1 << RING0_CPUID_ROW_SHIFT,
+               "start.S steps rows by RING0_CPUID_ROW_SHIFT");
+extern const u32 ring0_cpuid_leaves[][2] __attribute__((weak));
+extern struct cpuid_regs ring0_cpuid[GUEST_MAX_CPUS][RING0_CPUID_MAX] __attribute__((weak));
 
 #define BOOT_PARAMS_E820_ENTRIES 0x1e8
 #define BOOT_PARAMS_E820_TABLE 0x2d0
@@ -59,4 +78,5 @@ int vq_poll(struct vq *vq, u32 *id, u32 *len);
 u64 virtio_find(u32 device_id);
 #define VIRTIO_MMIO_BASE 0xd0000000UL
 #define VIRTIO_MMIO_SIZE 0x1000UL
+#endif /* __ASSEMBLER__ */
 #endif

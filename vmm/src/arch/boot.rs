@@ -171,12 +171,22 @@ pub fn long_mode_sregs(sregs: &mut kvm_sregs) {
 }
 
 /// Initial general registers of a vCPU entering the kernel at `entry`.
+///
+/// Only the boot vCPU gets the boot stack. The others (which run from here
+/// only with `ap_entry: kernel_entry`) start with `rsp = 0`: vCPUs sharing
+/// one stack corrupt each other's frames at random, so a guest must set its
+/// own stack, and one that pushes first faults at once instead.
 pub fn boot_regs(entry: u64, vcpu_index: u8) -> kvm_bindings::kvm_regs {
+    let stack = if vcpu_index == 0 {
+        BOOT_STACK_POINTER
+    } else {
+        0
+    };
     kvm_bindings::kvm_regs {
         rflags: 0x2,
         rip: entry,
-        rsp: BOOT_STACK_POINTER,
-        rbp: BOOT_STACK_POINTER,
+        rsp: stack,
+        rbp: stack,
         rsi: ZERO_PAGE_START,
         rdi: u64::from(vcpu_index),
         ..Default::default()
@@ -187,6 +197,19 @@ pub fn boot_regs(entry: u64, vcpu_index: u8) -> kvm_bindings::kvm_regs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_boot_vcpu_gets_the_boot_stack() {
+        let bsp = boot_regs(0x100_0000, 0);
+        assert_eq!(
+            (bsp.rip, bsp.rsp, bsp.rdi),
+            (0x100_0000, BOOT_STACK_POINTER, 0)
+        );
+        for index in [1, 2, 31] {
+            let ap = boot_regs(0x100_0000, index);
+            assert_eq!((ap.rsp, ap.rbp, ap.rdi), (0, 0, u64::from(index)));
+        }
+    }
 
     #[test]
     fn gdt_constants_match_their_flags() {

@@ -1,6 +1,7 @@
 //! x86_64 guest physical layout and the boot-time CPU and memory structures
 //! the VMM writes before the first instruction: GDT, identity page tables,
-//! the Linux zero page with its e820 map, and the MP table for SMP.
+//! the Linux zero page with its e820 map, the MP table for SMP, and each
+//! vCPU's CPUID table.
 //!
 //! Layout (guest physical):
 //!
@@ -20,6 +21,7 @@
 //! | `4 GiB..` | RAM beyond the MMIO gap |
 
 pub mod boot;
+pub mod cpuid;
 pub mod mptable;
 
 /// Start of the MMIO gap below 4 GiB; RAM above this moves past 4 GiB.

@@ -27,7 +27,7 @@ use vmm_sys_util::signal::{Killable, SIGRTMIN, register_signal_handler};
 
 use super::exit::{ExitLatch, ExitReason};
 use super::vcpu_state::{self, StateContext, StateError, VcpuSnapshot};
-use crate::arch::boot;
+use crate::arch::{boot, cpuid};
 use crate::devices::bus::Bus;
 
 /// Errors configuring or starting a vCPU.
@@ -43,6 +43,15 @@ pub enum VcpuError {
         /// errno.
         #[source]
         source: kvm_ioctls::Error,
+    },
+    /// Its CPUID table could not be built.
+    #[error("vCPU {index}: cannot build its CPUID table")]
+    Cpuid {
+        /// vCPU index.
+        index: u8,
+        /// Why.
+        #[source]
+        source: cpuid::CpuidError,
     },
     /// The thread could not be spawned or the kick signal installed.
     #[error("vCPU {index}: cannot start its thread")]
@@ -117,26 +126,6 @@ const APIC_MODE_EXTINT: u32 = 0x7;
 /// KVM_MP_STATE_RUNNABLE.
 const MP_STATE_RUNNABLE: u32 = 0;
 
-/// Patches KVM's supported CPUID for vCPU `index` of `count`. Leaves
-/// 0x4000_0000 and up (KVM signature, kvmclock features) pass through.
-pub fn filter_cpuid(cpuid: &mut CpuId, index: u8, count: u8) {
-    for entry in cpuid.as_mut_slice() {
-        match entry.function {
-            1 => {
-                entry.ebx =
-                    (entry.ebx & 0x0000_ffff) | (u32::from(index) << 24) | (u32::from(count) << 16);
-                entry.ecx |= 1 << 31;
-                if count > 1 {
-                    entry.edx |= 1 << 28;
-                }
-            }
-            0xb | 0x1f => entry.edx = u32::from(index),
-            6 => entry.ecx &= !(1 << 3),
-            _ => {}
-        }
-    }
-}
-
 fn lapic_reg(regs: &[std::os::raw::c_char; 1024], off: usize) -> u32 {
     u32::from_le_bytes([
         regs[off] as u8,
@@ -177,18 +166,25 @@ impl Vcpu {
         move |source| VcpuError::Kvm { index, op, source }
     }
 
-    /// Boot configuration: CPUID, MSRs, long-mode registers at `entry`,
+    /// Boot configuration: CPUID (KVM's `supported` table made this vCPU's
+    /// of `count`, see [`cpuid`]), MSRs, long-mode registers at `entry`,
     /// FPU and LAPIC. `runnable` puts an AP straight into RUNNABLE (entry
     /// without SIPI).
     pub fn configure(
         &self,
-        cpuid: &CpuId,
+        supported: &CpuId,
         count: u8,
         entry: u64,
         runnable: bool,
     ) -> Result<(), VcpuError> {
-        let mut cpuid = cpuid.clone();
-        filter_cpuid(&mut cpuid, self.index, count);
+        let topology = cpuid::Topology {
+            index: self.index,
+            count,
+        };
+        let cpuid = cpuid::for_vcpu(supported, topology).map_err(|source| VcpuError::Cpuid {
+            index: self.index,
+            source,
+        })?;
         self.fd.set_cpuid2(&cpuid).map_err(self.kvm("SET_CPUID2"))?;
         self.set_boot_msrs()?;
         let mut sregs = self.fd.get_sregs().map_err(self.kvm("GET_SREGS"))?;
