@@ -1,18 +1,29 @@
-//! The host side of the sandbox agent: the socket path, waiting until the
-//! agent answers, and lifecycle notices (forked, resumed).
+//! The host side of the sandbox agent: connecting to it without trusting
+//! the sandbox, waiting until it answers, and lifecycle notices (forked,
+//! resumed).
 //!
 //! The agent (`sandbox-agent`, PID 1 of the sandbox) listens on
-//! `/run/sandbox/agent.sock` inside, which is `<sandbox dir>/run/agent.sock`
-//! on the host through the bind mount. The forge talks to it with
-//! [`agent_proto::Client`] (exec, files, ports); this module only covers what
-//! the backend itself needs. The backend's API is synchronous, so these
-//! helpers run the async client on a private current-thread runtime in a
+//! `/run/sandbox/agent.sock` inside, which is `run/agent.sock` in the
+//! sandbox's top layer on the host. Everything in that directory is the
+//! sandbox's to change, so [`connect`]:
+//! 1. opens the run directory itself and the socket beneath it without
+//!    following any link (`beneath`), and connects to that socket inode;
+//! 2. checks the listening peer (`SO_PEERCRED`): its uid must be in the
+//!    sandbox's own id range and its process in the sandbox's cgroup, so a
+//!    socket some other process bound there is refused.
+//!
+//! The forge talks to the agent with [`agent_proto::Client`] (exec, files,
+//! ports). The backend's API is synchronous, so [`wait_ready`] and
+//! [`notify`] run the async client on a private current-thread runtime in a
 //! helper thread: safe to call from inside or outside a tokio runtime.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use agent_proto::{Client, ClientError, Forked, LifecycleReport, Resumed};
+
+use crate::beneath::Dir;
+use crate::spec::IdMap;
 
 /// File name of the agent's socket in the socket directory.
 pub const AGENT_SOCKET: &str = "agent.sock";
@@ -25,7 +36,21 @@ pub enum AgentError {
         path: PathBuf,
         waited_ms: u128,
         #[source]
-        last: Option<ClientError>,
+        last: Option<Box<AgentError>>,
+    },
+    #[error("Cannot reach the agent socket in {path}")]
+    Socket {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("Refused the agent socket in {path}: {reason}")]
+    Impostor { path: PathBuf, reason: String },
+    #[error("Handshake with the agent in {path} failed")]
+    Handshake {
+        path: PathBuf,
+        #[source]
+        source: ClientError,
     },
     #[error("Agent at {path} failed a lifecycle notice")]
     Notice {
@@ -82,23 +107,87 @@ where
     .map_err(|_| AgentError::Panicked)?
 }
 
-/// Wait until the agent at `socket` completes a handshake, polling while
+/// Who may answer on a sandbox's agent socket.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    /// The sandbox id: the peer's process must be in its cgroup.
+    pub sandbox: String,
+    /// The sandbox's id range: the peer's uid must be in it.
+    pub ids: IdMap,
+}
+
+impl Peer {
+    /// Why the process `pid` running as `uid` is not this sandbox's, if it
+    /// is not.
+    fn refuse(&self, pid: Option<i32>, uid: u32) -> Option<String> {
+        if !self.ids.contains(uid) {
+            return Some(format!(
+                "the listener runs as host uid {uid}, outside the sandbox's ids {}..{}",
+                self.ids.host_base,
+                u64::from(self.ids.host_base) + u64::from(self.ids.count)
+            ));
+        }
+        let Some(pid) = pid.filter(|p| *p > 0) else {
+            return Some("the listener's process is not visible".into());
+        };
+        let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+        let leaf = format!("/{}", self.sandbox);
+        if !cgroups.lines().any(|l| l.ends_with(&leaf)) {
+            return Some(format!(
+                "the listener (pid {pid}) is not in the sandbox's cgroup"
+            ));
+        }
+        None
+    }
+}
+
+/// Connects to the agent in `run_dir` (see the module docs) and shakes
+/// hands. Must be awaited inside a tokio runtime.
+pub async fn connect(run_dir: &Path, peer: &Peer) -> Result<Client, AgentError> {
+    let socket_err = |source| AgentError::Socket {
+        path: run_dir.to_path_buf(),
+        source,
+    };
+    let socket = Dir::open(run_dir)
+        .and_then(|dir| dir.socket(AGENT_SOCKET))
+        .map_err(socket_err)?;
+    let stream = tokio::net::UnixStream::connect(socket.path())
+        .await
+        .map_err(socket_err)?;
+    drop(socket);
+    let cred = stream.peer_cred().map_err(socket_err)?;
+    if let Some(reason) = peer.refuse(cred.pid(), cred.uid()) {
+        return Err(AgentError::Impostor {
+            path: run_dir.to_path_buf(),
+            reason,
+        });
+    }
+    Client::handshake(stream)
+        .await
+        .map_err(|source| AgentError::Handshake {
+            path: run_dir.to_path_buf(),
+            source,
+        })
+}
+
+/// Wait until the agent in `run_dir` completes a handshake, polling while
 /// `alive()` holds (a dead PID 1 ends the wait early).
 pub fn wait_ready(
-    socket: &Path,
+    run_dir: &Path,
+    peer: Peer,
     timeout: Duration,
     alive: impl Fn() -> bool + Send + 'static,
 ) -> Result<(), AgentError> {
-    let path = socket.to_path_buf();
+    let path = run_dir.to_path_buf();
     block_on(move || async move {
         let start = Instant::now();
         let mut last = None;
         while start.elapsed() < timeout && alive() {
-            if path.exists() {
-                match Client::connect_unix(&path).await {
-                    Ok(_) => return Ok(()),
-                    Err(err) => last = Some(err),
-                }
+            match connect(&path, &peer).await {
+                Ok(_) => return Ok(()),
+                // An impostor is no reason to wait: the answer will not change.
+                Err(err @ AgentError::Impostor { .. }) => return Err(err),
+                Err(err) => last = Some(Box::new(err)),
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
@@ -110,15 +199,11 @@ pub fn wait_ready(
     })
 }
 
-/// Tell the agent it was forked or resumed.
-pub fn notify(socket: &Path, notice: Notice) -> Result<LifecycleReport, AgentError> {
-    let path = socket.to_path_buf();
+/// Tell the agent in `run_dir` it was forked or resumed.
+pub fn notify(run_dir: &Path, peer: Peer, notice: Notice) -> Result<LifecycleReport, AgentError> {
+    let path = run_dir.to_path_buf();
     block_on(move || async move {
-        let err = |source| AgentError::Notice {
-            path: path.clone(),
-            source,
-        };
-        let client = Client::connect_unix(&path).await.map_err(err)?;
+        let client = connect(&path, &peer).await?;
         let report = match notice {
             Notice::Forked { hostname } => {
                 client
@@ -137,6 +222,33 @@ pub fn notify(socket: &Path, notice: Notice) -> Result<LifecycleReport, AgentErr
                     .await
             }
         };
-        report.map_err(err)
+        report.map_err(|source| AgentError::Notice { path, source })
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_listener_outside_the_range_or_cgroup_is_refused() {
+        let peer = Peer {
+            sandbox: "sb-not-a-real-sandbox".into(),
+            ids: IdMap {
+                host_base: 1 << 30,
+                count: 65_536,
+            },
+        };
+        let host_root = peer.refuse(Some(1), 0).expect("host root refused");
+        assert!(host_root.contains("outside"), "{host_root}");
+        let neighbour = peer
+            .refuse(Some(1), (1 << 30) + 65_536)
+            .expect("next range refused");
+        assert!(neighbour.contains("outside"), "{neighbour}");
+        let elsewhere = peer
+            .refuse(Some(std::process::id() as i32), 1 << 30)
+            .expect("a process of another cgroup refused");
+        assert!(elsewhere.contains("cgroup"), "{elsewhere}");
+        assert!(peer.refuse(None, 1 << 30).is_some());
+    }
 }

@@ -12,6 +12,16 @@
 //! parent still (`--freeze-cgroup`, `--leave-stopped`) while its disk is
 //! snapshotted, so memory and disk are from the same instant.
 //!
+//! A checkpoint records the sandbox's user namespace with its id map. A
+//! fork restores it as another sandbox with another id range, so
+//! [`images_for`] gives each child a copy of the images made of hard links
+//! (the memory images are never copied), with only the user namespace image
+//! rewritten to the child's range. Wire layout of that image (CRIU's
+//! `userns.proto` in its image framing): `magic: u32le × 2`, then one entry
+//! `size: u32le, UsernsEntry` where `UsernsEntry { repeated Extent uid_map
+//! = 1; repeated Extent gid_map = 2; }` and `Extent { uint32 first = 1;
+//! uint32 lower_first = 2; uint32 count = 3; }` (protobuf, varints).
+//!
 //! Known limits (reported as a fallback to fresh processes, never as a
 //! failed operation): a connection from outside the sandbox (an open agent
 //! client) cannot be dumped, and a process that runs a program from a host
@@ -22,7 +32,7 @@ use std::process::Command;
 
 use crate::launcher::mounts::external_mounts;
 use crate::launcher::restore::external_key;
-use crate::spec::LaunchSpec;
+use crate::spec::{IdMap, LaunchSpec};
 
 /// Failure of a checkpoint.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +47,8 @@ pub enum CheckpointError {
         #[source]
         source: std::io::Error,
     },
+    #[error("The user namespace image {path} is malformed: {reason}")]
+    Userns { path: PathBuf, reason: String },
 }
 
 /// What happens to the sandbox's processes after the dump.
@@ -94,10 +106,7 @@ impl Criu {
                 source,
             })?;
         }
-        std::fs::create_dir_all(images).map_err(|source| CheckpointError::Images {
-            path: images.to_path_buf(),
-            source,
-        })?;
+        private_dir(images)?;
         let log = images.join("dump.log");
         let mut command = Command::new(&self.path);
         command
@@ -134,5 +143,303 @@ impl Criu {
             .trim()
             .to_owned();
         Err(CheckpointError::Dump { reason, log })
+    }
+}
+
+/// A new directory only root can enter: images hold a sandbox's memory.
+fn private_dir(path: &Path) -> Result<(), CheckpointError> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .map_err(|source| CheckpointError::Images {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+/// One id map extent of a user namespace image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Extent {
+    first: u32,
+    lower_first: u32,
+    count: u32,
+}
+
+/// The uid and gid maps of a `UsernsEntry`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct UsernsEntry {
+    uid_map: Vec<Extent>,
+    gid_map: Vec<Extent>,
+}
+
+fn put_varint(out: &mut Vec<u8>, mut value: u64) {
+    while value >= 0x80 {
+        out.push((value as u8) | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
+}
+
+fn get_varint(bytes: &mut &[u8]) -> Option<u64> {
+    let mut value = 0u64;
+    for shift in (0..64).step_by(7) {
+        let (&byte, rest) = bytes.split_first()?;
+        *bytes = rest;
+        value |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Some(value);
+        }
+    }
+    None
+}
+
+/// The next `(field, wire type)` key and, for length-delimited fields, the
+/// payload; varint fields return their value as the second element.
+fn get_field<'a>(bytes: &mut &'a [u8]) -> Option<(u64, Result<u64, &'a [u8]>)> {
+    let key = get_varint(bytes)?;
+    match key & 7 {
+        0 => Some((key >> 3, Ok(get_varint(bytes)?))),
+        2 => {
+            let len = usize::try_from(get_varint(bytes)?).ok()?;
+            let (payload, rest) = (bytes.get(..len)?, bytes.get(len..)?);
+            *bytes = rest;
+            Some((key >> 3, Err(payload)))
+        }
+        _ => None,
+    }
+}
+
+impl UsernsEntry {
+    fn decode(mut bytes: &[u8]) -> Option<Self> {
+        let mut entry = Self::default();
+        while !bytes.is_empty() {
+            let (field, Err(mut payload)) = get_field(&mut bytes)? else {
+                return None;
+            };
+            let mut extent = Extent {
+                first: 0,
+                lower_first: 0,
+                count: 0,
+            };
+            while !payload.is_empty() {
+                let (number, Ok(value)) = get_field(&mut payload)? else {
+                    return None;
+                };
+                let value = u32::try_from(value).ok()?;
+                match number {
+                    1 => extent.first = value,
+                    2 => extent.lower_first = value,
+                    3 => extent.count = value,
+                    _ => return None,
+                }
+            }
+            match field {
+                1 => entry.uid_map.push(extent),
+                2 => entry.gid_map.push(extent),
+                _ => return None,
+            }
+        }
+        Some(entry)
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (field, map) in [(1u64, &self.uid_map), (2, &self.gid_map)] {
+            for extent in map {
+                let mut inner = Vec::new();
+                for (number, value) in [
+                    (1u64, extent.first),
+                    (2, extent.lower_first),
+                    (3, extent.count),
+                ] {
+                    put_varint(&mut inner, number << 3);
+                    put_varint(&mut inner, u64::from(value));
+                }
+                put_varint(&mut out, (field << 3) | 2);
+                put_varint(&mut out, inner.len() as u64);
+                out.extend_from_slice(&inner);
+            }
+        }
+        out
+    }
+
+    /// Moves every extent inside `from` to the same place inside `to`.
+    fn retarget(&mut self, from: IdMap, to: IdMap) {
+        for extent in self.uid_map.iter_mut().chain(self.gid_map.iter_mut()) {
+            if from.contains(extent.lower_first) {
+                extent.lower_first = to.host_base + (extent.lower_first - from.host_base);
+            }
+        }
+    }
+}
+
+/// The user namespace image `bytes` with its maps moved from `from` to `to`.
+fn retarget_image(bytes: &[u8], from: IdMap, to: IdMap) -> Option<Vec<u8>> {
+    let head = bytes.get(..8)?;
+    let size = u32::from_le_bytes(bytes.get(8..12)?.try_into().ok()?) as usize;
+    let body = bytes.get(12..12 + size)?;
+    if bytes.len() != 12 + size {
+        return None;
+    }
+    let mut entry = UsernsEntry::decode(body)?;
+    entry.retarget(from, to);
+    let encoded = entry.encode();
+    let mut out = head.to_vec();
+    out.extend_from_slice(&u32::try_from(encoded.len()).ok()?.to_le_bytes());
+    out.extend_from_slice(&encoded);
+    Some(out)
+}
+
+/// Images that restore the checkpoint in `images` (taken of a sandbox with
+/// ids `from`) as a sandbox with ids `to`: `scratch`, filled with hard
+/// links to every image and, when the ranges differ, a rewritten user
+/// namespace image (see the module docs).
+///
+/// CRIU reads some images from inside the restored user namespace before
+/// it has mapped its ids (a race in CRIU: the time namespace image is read
+/// before the id maps are written), when the reader counts as no one: the
+/// images dir must be searchable by anyone (`scratch` is 0711, not
+/// listable), while the directory above it keeps everyone else out (the
+/// sandbox's own directory is 0700, and CRIU holds `scratch` open as a
+/// descriptor, so it never passes above). The images themselves are world
+/// readable as CRIU writes them, and dump directories are 0700.
+pub fn images_for(
+    images: &Path,
+    from: IdMap,
+    to: IdMap,
+    scratch: &Path,
+) -> Result<PathBuf, CheckpointError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| CheckpointError::Images { path, source }
+    };
+    if scratch.exists() {
+        std::fs::remove_dir_all(scratch).map_err(io(scratch))?;
+    }
+    private_dir(scratch)?;
+    for entry in std::fs::read_dir(images).map_err(io(images))? {
+        let entry = entry.map_err(io(images))?;
+        let name = entry.file_name();
+        let name_str = name.to_string_lossy();
+        // CRIU's own logs and statistics are written, not read, by a restore.
+        if !name_str.ends_with(".img") {
+            continue;
+        }
+        let target = scratch.join(&name);
+        if name_str.starts_with("userns-") && from != to {
+            let bytes = std::fs::read(entry.path()).map_err(io(&entry.path()))?;
+            let rewritten =
+                retarget_image(&bytes, from, to).ok_or_else(|| CheckpointError::Userns {
+                    path: entry.path(),
+                    reason: "not a single UsernsEntry".into(),
+                })?;
+            std::fs::write(&target, rewritten).map_err(io(&target))?;
+        } else {
+            std::fs::hard_link(entry.path(), &target).map_err(io(&target))?;
+        }
+    }
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(scratch, std::fs::Permissions::from_mode(0o711))
+            .map_err(io(scratch))?;
+    }
+    Ok(scratch.to_path_buf())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `userns-14.img` as CRIU 4.2 wrote it for ids 0..65536 → 200000.
+    const CRIU_USERNS_IMAGE: [u8; 36] = [
+        0x19, 0x43, 0x56, 0x54, 0x06, 0x49, 0x47, 0x55, 0x18, 0x00, 0x00, 0x00, 0x0a, 0x0a, 0x08,
+        0x00, 0x10, 0xc0, 0x9a, 0x0c, 0x18, 0x80, 0x80, 0x04, 0x12, 0x0a, 0x08, 0x00, 0x10, 0xc0,
+        0x9a, 0x0c, 0x18, 0x80, 0x80, 0x04,
+    ];
+
+    fn map(host_base: u32) -> IdMap {
+        IdMap {
+            host_base,
+            count: 65_536,
+        }
+    }
+
+    #[test]
+    fn a_criu_userns_image_decodes_and_encodes_back_byte_for_byte() {
+        let entry = UsernsEntry::decode(&CRIU_USERNS_IMAGE[12..]).expect("decodes");
+        let extent = Extent {
+            first: 0,
+            lower_first: 200_000,
+            count: 65_536,
+        };
+        assert_eq!(entry.uid_map, vec![extent]);
+        assert_eq!(entry.gid_map, vec![extent]);
+        assert_eq!(entry.encode(), CRIU_USERNS_IMAGE[12..].to_vec());
+    }
+
+    #[test]
+    fn retargeting_moves_both_maps_to_the_new_range() {
+        let out =
+            retarget_image(&CRIU_USERNS_IMAGE, map(200_000), map(300_000)).expect("retargets");
+        assert_eq!(&out[..8], &CRIU_USERNS_IMAGE[..8], "magic kept");
+        let entry = UsernsEntry::decode(&out[12..]).expect("decodes");
+        assert!(
+            entry
+                .uid_map
+                .iter()
+                .chain(&entry.gid_map)
+                .all(|e| e.lower_first == 300_000)
+        );
+        let back = retarget_image(&out, map(300_000), map(200_000)).expect("and back");
+        assert_eq!(back, CRIU_USERNS_IMAGE.to_vec());
+    }
+
+    #[test]
+    fn malformed_images_are_refused() {
+        assert!(retarget_image(&CRIU_USERNS_IMAGE[..20], map(200_000), map(0)).is_none());
+        let mut trailing = CRIU_USERNS_IMAGE.to_vec();
+        trailing.push(0);
+        assert!(retarget_image(&trailing, map(200_000), map(0)).is_none());
+        let mut bad_field = CRIU_USERNS_IMAGE.to_vec();
+        bad_field[12] = 0x1a;
+        assert!(retarget_image(&bad_field, map(200_000), map(0)).is_none());
+    }
+
+    #[test]
+    fn a_fork_gets_hard_links_and_its_own_userns_image() {
+        let base = std::env::temp_dir().join(format!("images-for-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let images = base.join("fork");
+        std::fs::create_dir_all(&images).expect("images");
+        std::fs::write(images.join("pages-1.img"), b"memory").expect("pages");
+        std::fs::write(images.join("userns-14.img"), CRIU_USERNS_IMAGE).expect("userns");
+        std::fs::write(images.join("dump.log"), b"log").expect("log");
+        let same = images_for(&images, map(200_000), map(200_000), &base.join("same"))
+            .expect("same range");
+        assert_eq!(
+            std::fs::read(same.join("userns-14.img")).expect("linked"),
+            CRIU_USERNS_IMAGE.to_vec()
+        );
+        let child = images_for(&images, map(200_000), map(300_000), &base.join("child"))
+            .expect("retargeted");
+        use std::os::unix::fs::MetadataExt;
+        let ino = |p: &Path| std::fs::metadata(p).expect("stat").ino();
+        assert_eq!(
+            ino(&child.join("pages-1.img")),
+            ino(&images.join("pages-1.img"))
+        );
+        assert!(!child.join("dump.log").exists());
+        let mode = std::fs::metadata(&child).expect("scratch").mode();
+        assert_eq!(mode & 0o777, 0o711, "passable, not listable");
+        let rewritten = std::fs::read(child.join("userns-14.img")).expect("userns");
+        assert_ne!(rewritten, CRIU_USERNS_IMAGE.to_vec());
+        assert_eq!(
+            std::fs::read(images.join("userns-14.img")).expect("parent's"),
+            CRIU_USERNS_IMAGE.to_vec(),
+            "the parent's image is untouched"
+        );
+        let _ = std::fs::remove_dir_all(base);
     }
 }

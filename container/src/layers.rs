@@ -9,7 +9,13 @@
 //! autoclear: unmounting frees the loop device). Requires `btrfs-progs`.
 //!
 //! A layer is a subvolume `<id>/` holding `upper/` and `work/` (overlayfs
-//! needs both on one file system). The base image root directory is the
+//! needs both on one file system) and `run/`, the sandbox's run directory
+//! (bound at `/run/sandbox` inside: its agent socket and console log), so
+//! what the sandbox writes there counts against the layer's quota and a
+//! fork's snapshot carries it along. On disk, files keep the image's own
+//! ids: sandboxes see layers through idmapped mounts. A loop-mounted store
+//! is mounted `nosuid,nodev`, and `layers/` is mode 0700: a setuid file a
+//! sandbox made is root's on disk and must never run on the host. The base image root directory is the
 //! bottom lower layer and is never written. A fork snapshots the parent's
 //! top subvolume into the child's new top (writable), so layer chains never
 //! grow: there is nothing to squash. Layers no sandbox references are
@@ -69,6 +75,12 @@ fn run(program: &str, args: &[&str]) -> Result<(), LayerError> {
     Ok(())
 }
 
+/// Only root may enter `dir`.
+fn private(dir: &Path) -> Result<(), LayerError> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io_err(dir))
+}
+
 fn is_btrfs(path: &Path) -> bool {
     statfs(path).is_ok_and(|s| s.filesystem_type() == BTRFS_SUPER_MAGIC)
 }
@@ -85,6 +97,8 @@ pub struct Layer {
     pub dir: PathBuf,
     pub upper: PathBuf,
     pub work: PathBuf,
+    /// The sandbox's run directory (sandbox-writable).
+    pub run: PathBuf,
 }
 
 impl LayerStore {
@@ -92,6 +106,7 @@ impl LayerStore {
     pub fn open(data_dir: &Path, image_size_gib: u64) -> Result<Self, LayerError> {
         let root = data_dir.join("layers");
         fs::create_dir_all(&root).map_err(io_err(&root))?;
+        private(&root)?;
         if !is_btrfs(&root) {
             let image = data_dir.join("layers.img");
             if !image.exists() {
@@ -103,10 +118,11 @@ impl LayerStore {
                 run("mkfs.btrfs", &["-q", "-f", &image_str])?;
             }
             let (image_str, root_str) = (image.to_string_lossy(), root.to_string_lossy());
-            run("mount", &["-o", "loop", &image_str, &root_str])?;
+            run("mount", &["-o", "loop,nosuid,nodev", &image_str, &root_str])?;
             if !is_btrfs(&root) {
                 return Err(LayerError::NotBtrfs(root));
             }
+            private(&root)?;
         }
         let store = Self { root };
         // Quotas: idempotent, and needed for per-layer disk limits.
@@ -125,6 +141,7 @@ impl LayerStore {
         Layer {
             upper: dir.join("upper"),
             work: dir.join("work"),
+            run: dir.join(crate::spec::RUN_DIR),
             dir,
         }
     }
@@ -136,7 +153,7 @@ impl LayerStore {
             "btrfs",
             &["subvolume", "create", &layer.dir.to_string_lossy()],
         )?;
-        for dir in [&layer.upper, &layer.work] {
+        for dir in [&layer.upper, &layer.work, &layer.run] {
             fs::create_dir(dir).map_err(io_err(dir))?;
         }
         Ok(layer)

@@ -1,17 +1,23 @@
-//! Container sandbox backend: each sandbox is a process tree in its own PID,
-//! mount, UTS, IPC, network and cgroup namespaces, on an overlay root (the
-//! guest image's root directory, read-only, under a writable btrfs layer),
-//! with no network but loopback, a reduced capability set, a seccomp deny
-//! list and cgroup limits. The agent (`sandbox-agent`) runs as PID 1 and is
-//! reached over a Unix socket in a bind-mounted directory.
+//! Container sandbox backend: each sandbox is a process tree in its own
+//! user, PID, mount, UTS, IPC, network and cgroup namespaces. Root inside
+//! is an unprivileged host id of the sandbox's own range ([`ids`]); the
+//! root file system is an overlay of the guest image under a writable btrfs
+//! layer, both seen through idmapped mounts; the network is loopback only;
+//! capabilities are cut down, an allow-list seccomp filter applies, and
+//! cgroup limits bound memory, CPU and processes. The agent
+//! (`sandbox-agent`) runs as PID 1 and is reached over a Unix socket in the
+//! top layer's run directory, which the host opens without following any
+//! link and whose listener it checks ([`agent`], [`beneath`]).
 //!
-//! Modules: [`agent`] (socket, readiness, lifecycle notices), [`launcher`]
-//! (the `sandbox-init` binary's logic: namespaces, mounts, privileges,
-//! seccomp, CRIU restore), [`cgroup`] (limits, freeze, kill), [`checkpoint`]
-//! (CRIU dumps for pause to disk and memory forks), [`layers`] (btrfs
-//! subvolumes, snapshots, quotas, GC), [`state`] (the on-disk record),
-//! [`backend`] (the operations the forge calls) and [`mod@reconcile`] (cleaning
-//! up after a crash).
+//! Modules: [`agent`] (connecting safely, readiness, lifecycle notices),
+//! [`launcher`] (the `sandbox-init` binary's logic: user namespace, mounts,
+//! privileges, seccomp, CRIU restore), [`cgroup`] (limits, freeze, kill),
+//! [`checkpoint`] (CRIU dumps for pause to disk and memory forks),
+//! [`layers`] (btrfs subvolumes, snapshots, quotas, GC), [`ids`] (host id
+//! ranges), [`beneath`] (host access to sandbox-writable directories),
+//! [`state`] (the on-disk record), [`backend`] (the operations the forge
+//! calls), [`mod@reconcile`] (cleaning up after a crash) and [`sys`] (the
+//! two kernel calls no crate wraps; the crate's only `unsafe`).
 //!
 //! Using it from the forge (all calls are blocking; run them on a blocking
 //! task):
@@ -32,17 +38,20 @@
 //! is btrfs), and for checkpoints CRIU >= 4.2 (`scripts/build-criu.sh`) plus
 //! `iptables` (CRIU saves each sandbox's network namespace rules with
 //! `iptables-save`).
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 pub mod agent;
 pub mod backend;
+pub mod beneath;
 pub mod cgroup;
 pub mod checkpoint;
+pub mod ids;
 pub mod launcher;
 pub mod layers;
 pub mod reconcile;
 pub mod spec;
 pub mod state;
+pub mod sys;
 
 pub use backend::{
     BackendConfig, BackendError, Carried, ContainerBackend, CreateRequest, ExecRequest, PauseMode,

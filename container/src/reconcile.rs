@@ -12,6 +12,7 @@
 //! 2. Every cgroup under this data directory's parent without a sandbox →
 //!    processes killed, group removed.
 //! 3. Layers no record references → deleted (GC).
+//! 4. Mount points (`mnt/<id>`) of sandboxes that no longer exist → removed.
 //!
 //! Mounts need no step: a sandbox's mounts live only in its own mount
 //! namespace and vanish with its last process. The layer store's loop mount
@@ -20,7 +21,7 @@
 use std::fs;
 use std::path::Path;
 
-use crate::backend::{BackendError, cgroup_parent};
+use crate::backend::{BackendError, cgroup_parent, mount_dir};
 use crate::cgroup::CgroupLayout;
 use crate::layers::LayerStore;
 use crate::state::{STATE_FILE, SandboxRecord, Status, is_sandbox_pid};
@@ -121,5 +122,17 @@ pub fn reconcile(data_dir: &Path, layer_image_gib: u64) -> Result<ReconcileRepor
         cgroups.remove_parent(&parent);
     }
     report.collected_layers = layers.gc(&referenced)?;
+    for entry in fs::read_dir(data_dir.join("mnt"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let id = entry.file_name().to_string_lossy().into_owned();
+        if !known.contains(&id) {
+            // Empty unless a launcher is mid-build, which only a live
+            // sandbox (known) can have.
+            let _ = fs::remove_dir(mount_dir(data_dir, &id));
+        }
+    }
     Ok(report)
 }

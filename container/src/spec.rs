@@ -9,10 +9,10 @@ use serde::{Deserialize, Serialize};
 /// Name of the spec file inside a sandbox's state directory.
 pub const SPEC_FILE: &str = "spec.json";
 
-/// Where the host-side socket directory appears inside the sandbox.
+/// Where the top layer's run directory appears inside the sandbox.
 pub const GUEST_SOCKET_DIR: &str = "/run/sandbox";
 
-/// The console log (stderr of the launcher and PID 1) in the socket dir.
+/// The console log (stderr of the launcher and PID 1) in the run dir.
 pub const CONSOLE_LOG: &str = "console.log";
 
 /// Resource limits of one sandbox.
@@ -62,6 +62,29 @@ pub struct Bind {
     pub read_only: bool,
 }
 
+/// The host ids a sandbox's user namespace maps its ids `0..count` onto:
+/// root inside is `host_base` outside, an unprivileged id no other
+/// sandbox and no host account uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdMap {
+    /// Host uid (and gid) of root inside.
+    pub host_base: u32,
+    /// How many ids are mapped.
+    pub count: u32,
+}
+
+impl IdMap {
+    /// The line for `/proc/<pid>/uid_map` and `gid_map`.
+    pub fn map_line(&self) -> String {
+        format!("0 {} {}\n", self.host_base, self.count)
+    }
+
+    /// Whether host id `id` belongs to this sandbox.
+    pub fn contains(&self, id: u32) -> bool {
+        id >= self.host_base && id - self.host_base < self.count
+    }
+}
+
 /// The full description of one sandbox launch.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LaunchSpec {
@@ -72,14 +95,13 @@ pub struct LaunchSpec {
     /// Read-only lower directories, top-most first (overlayfs order); the
     /// image root directory is the last one.
     pub lower_dirs: Vec<PathBuf>,
-    /// Writable upper directory (on the layer filesystem).
-    pub upper_dir: PathBuf,
-    /// Overlayfs work directory (same filesystem as `upper_dir`).
-    pub work_dir: PathBuf,
-    /// Mount point prepared for the overlay root.
+    /// The writable top layer: a directory holding `upper/` and `work/`
+    /// (overlayfs) and `run/` (bound at [`GUEST_SOCKET_DIR`]: the agent's
+    /// socket and the console log, counted against the layer's quota).
+    pub top_dir: PathBuf,
+    /// Host-only directory where the launcher builds the sandbox's mounts
+    /// in its private mount namespace (empty on the host).
     pub root_dir: PathBuf,
-    /// Host directory bind-mounted at [`GUEST_SOCKET_DIR`] (the agent's socket).
-    pub socket_dir: PathBuf,
     /// Extra bind mounts (after `/run` is set up, so targets under `/run`
     /// land on its tmpfs).
     #[serde(default)]
@@ -92,4 +114,16 @@ pub struct LaunchSpec {
     pub env: Vec<(String, String)>,
     /// Resource limits (rlimits are applied by the launcher).
     pub limits: Limits,
+    /// The user namespace's id mapping.
+    pub ids: IdMap,
 }
+
+impl LaunchSpec {
+    /// The top layer's directory bound at [`GUEST_SOCKET_DIR`].
+    pub fn run_dir(&self) -> PathBuf {
+        self.top_dir.join(RUN_DIR)
+    }
+}
+
+/// Name of the run directory inside a top layer.
+pub const RUN_DIR: &str = "run";

@@ -2,18 +2,19 @@
 //! written on every state change so a restarted forge (or [`fn@crate::reconcile`])
 //! knows what exists without any in-memory state.
 //!
-//! Directory of a sandbox: `spec.json` (the launch spec), `state.json`,
-//! `run/` (bind-mounted at `/run/sandbox` inside: the agent's socket and
-//! `console.log`, the stderr of the launcher and PID 1), `root/` (mount
-//! point of the overlay root inside the sandbox's mount namespace; empty on
-//! the host).
+//! Directory of a sandbox (mode 0700, nothing in it is the sandbox's):
+//! `spec.json` (the launch spec), `state.json`, `root/` (where the
+//! launcher builds the sandbox's mounts in its own mount namespace; empty
+//! on the host), `checkpoint/` and `fork-*/` (CRIU images), and the CRIU
+//! logs. What the sandbox itself writes outside its root (the agent's
+//! socket, `console.log`) lives in its top layer's `run/` (see `layers`).
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::spec::Limits;
+use crate::spec::{IdMap, Limits};
 
 /// Lifecycle state of a sandbox.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,6 +75,9 @@ pub struct SandboxRecord {
     pub forked_from: Option<String>,
     /// Seconds since the Unix epoch.
     pub created_at_secs: u64,
+    /// The host id range of its user namespace; taken at the first start.
+    #[serde(default)]
+    pub ids: Option<IdMap>,
 }
 
 /// Failure to read or write a record.
@@ -93,6 +97,22 @@ pub enum StateError {
     },
 }
 
+/// Writes `bytes` to `path` as a file only root can read (specs and
+/// records name host paths, checkpoints, secrets).
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
+    file.set_permissions(fs::Permissions::from_mode(0o600))?;
+    file.write_all(bytes)
+}
+
 /// Name of the record file in a sandbox directory.
 pub const STATE_FILE: &str = "state.json";
 
@@ -105,7 +125,7 @@ impl SandboxRecord {
             path: path.clone(),
             source,
         })?;
-        fs::write(&tmp, bytes).map_err(|source| StateError::Io {
+        write_private(&tmp, &bytes).map_err(|source| StateError::Io {
             path: tmp.clone(),
             source,
         })?;

@@ -290,8 +290,8 @@ fn failed_create_reports_why_and_leaves_nothing() {
         .create(request)
         .expect_err("missing image fails");
     assert!(
-        err.to_string().contains("overlay"),
-        "the error names the failed step: {err}"
+        err.to_string().contains("/no/such/image"),
+        "the error names what is missing: {err}"
     );
     assert_eq!(host_footprint(&t.data_dir), before);
     assert!(t.backend().list().expect("list").is_empty());

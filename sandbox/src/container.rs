@@ -269,9 +269,7 @@ impl Backend for ContainerSandboxes {
             let client = match kept {
                 Some(client) => client,
                 None => {
-                    let client = agent_proto::Client::connect_unix(self.inner.agent_socket(id))
-                        .await
-                        .map_err(Error::agent(id))?;
+                    let client = self.inner.agent(id).await?;
                     self.clients().insert(id.to_owned(), client.clone());
                     client
                 }

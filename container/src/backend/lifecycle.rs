@@ -14,15 +14,15 @@
 //! says so in `kept` (and `checkpoint_error` in the record).
 
 use std::fs;
-use std::path::Path;
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use super::{BackendError, Carried, ContainerBackend, PauseMode, SandboxInfo, new_id, now_secs};
+use super::{
+    BackendError, Carried, Checkpoint, ContainerBackend, PauseMode, SandboxInfo, new_id, now_secs,
+};
 use crate::agent::Notice;
 use crate::checkpoint::AfterDump;
-use crate::spec::CONSOLE_LOG;
 use crate::state::{Kept, SandboxRecord, Status};
 
 const ALL: [Kept; 3] = [Kept::Disk, Kept::Memory, Kept::Processes];
@@ -69,7 +69,14 @@ impl ContainerBackend {
                         cgroup.thaw()?;
                     }
                     let images = self.checkpoint_dir(id);
-                    match criu.dump(&self.spec(&record), pid1, &images, None, AfterDump::Kill) {
+                    let dumped = self.spec(&record).and_then(|spec| {
+                        criu.dump(&spec, pid1, &images, None, AfterDump::Kill)
+                            .map_err(|e| BackendError::Launch {
+                                id: id.to_owned(),
+                                message: e.to_string(),
+                            })
+                    });
+                    match dumped {
                         Ok(()) => {
                             record.checkpoint = true;
                             record.checkpoint_error = None;
@@ -95,15 +102,15 @@ impl ContainerBackend {
         Ok(self.info(&record))
     }
 
-    /// Start `record` from `images` when given and possible, else fresh.
-    /// Returns what was kept.
+    /// Start `record` from `checkpoint` when given and possible, else
+    /// fresh. Returns what was kept.
     fn start_from(
         &self,
         record: &mut SandboxRecord,
-        images: Option<&Path>,
+        checkpoint: Option<Checkpoint<'_>>,
     ) -> Result<(SandboxInfo, Vec<Kept>), BackendError> {
-        if let Some(images) = images.filter(|_| self.criu.is_some()) {
-            match self.start(record.clone(), Some(images)) {
+        if let Some(checkpoint) = checkpoint.filter(|_| self.criu.is_some()) {
+            match self.start(record.clone(), Some(checkpoint)) {
                 Ok(info) => return Ok((info, ALL.to_vec())),
                 Err(err) => {
                     record.checkpoint_error = Some(err.to_string());
@@ -140,9 +147,16 @@ impl ContainerBackend {
             Status::PausedToDisk | Status::Crashed => {
                 self.stop_processes(&record)?;
                 let images = self.checkpoint_dir(id);
-                let use_images = record.checkpoint && record.status == Status::PausedToDisk;
-                let (sandbox, kept) =
-                    self.start_from(&mut record, use_images.then_some(images.as_path()))?;
+                let checkpoint = match record.ids {
+                    Some(ids) if record.checkpoint && record.status == Status::PausedToDisk => {
+                        Some(Checkpoint {
+                            images: &images,
+                            ids,
+                        })
+                    }
+                    _ => None,
+                };
+                let (sandbox, kept) = self.start_from(&mut record, checkpoint)?;
                 if images.exists() {
                     // A checkpoint is restored once: the processes moved on.
                     let _ = fs::remove_dir_all(&images);
@@ -169,13 +183,14 @@ impl ContainerBackend {
             .sandbox_dir(&parent.id)
             .join(format!("fork-{}", new_id("sb")));
         let freezer = cgroup.freezer_v1_dir();
-        let result = criu.dump(
-            &self.spec(parent),
-            pid1,
-            &images,
-            freezer.as_deref(),
-            AfterDump::Frozen,
-        );
+        let spec = match self.spec(parent) {
+            Ok(spec) => spec,
+            Err(err) => {
+                parent.checkpoint_error = Some(err.to_string());
+                return None;
+            }
+        };
+        let result = criu.dump(&spec, pid1, &images, freezer.as_deref(), AfterDump::Frozen);
         match result {
             Ok(()) => Some(images),
             Err(err) => {
@@ -259,8 +274,11 @@ impl ContainerBackend {
                         .iter()
                         .map(|child_id| {
                             let parent = &parent;
-                            let images = images.as_deref();
-                            scope.spawn(move || self.start_child(parent, child_id, images))
+                            let checkpoint = images
+                                .as_deref()
+                                .zip(parent.ids)
+                                .map(|(images, ids)| Checkpoint { images, ids });
+                            scope.spawn(move || self.start_child(parent, child_id, checkpoint))
                         })
                         .collect();
                     handles.into_iter().map(|h| h.join()).collect()
@@ -299,7 +317,7 @@ impl ContainerBackend {
         &self,
         parent: &SandboxRecord,
         child_id: &str,
-        images: Option<&Path>,
+        checkpoint: Option<Checkpoint<'_>>,
     ) -> Result<Carried, BackendError> {
         let mut record = SandboxRecord {
             id: child_id.to_owned(),
@@ -319,13 +337,11 @@ impl ContainerBackend {
             checkpoint_error: parent.checkpoint_error.clone(),
             forked_from: Some(parent.id.clone()),
             created_at_secs: now_secs(),
+            ids: Some(self.take_ids(child_id)?),
         };
-        if images.is_some() {
-            // Restored processes reopen the console log where they left it.
-            let from = self.socket_dir(&parent.id).join(CONSOLE_LOG);
-            let _ = fs::copy(from, self.socket_dir(child_id).join(CONSOLE_LOG));
-        }
-        let (sandbox, kept) = self.start_from(&mut record, images)?;
+        // The snapshot of the parent's layer carried its run directory: the
+        // console log restored processes reopen where they left it.
+        let (sandbox, kept) = self.start_from(&mut record, checkpoint)?;
         let notice = Notice::Forked {
             hostname: child_id.to_owned(),
         };

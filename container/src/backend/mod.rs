@@ -16,9 +16,8 @@
 mod lifecycle;
 
 use std::collections::HashMap;
-use std::fs::{self, OpenOptions};
+use std::fs;
 use std::io::{BufRead, BufReader};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
@@ -27,11 +26,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use crate::agent::{AGENT_SOCKET, AgentError, Notice};
+use crate::agent::{AGENT_SOCKET, AgentError, Notice, Peer};
+use crate::beneath::Dir;
 use crate::cgroup::{Cgroup, CgroupError, CgroupLayout, CgroupStats};
 use crate::checkpoint::Criu;
+use crate::ids::{IdError, IdPool, IdRanges};
 use crate::layers::{LayerError, LayerStore};
-use crate::spec::{Bind, CONSOLE_LOG, LaunchSpec, Limits, SPEC_FILE};
+use crate::spec::{Bind, CONSOLE_LOG, IdMap, LaunchSpec, Limits, SPEC_FILE};
 use crate::state::{Kept, SandboxRecord, StateError, Status, is_sandbox_pid};
 
 /// Configuration of a backend instance.
@@ -46,6 +47,8 @@ pub struct BackendConfig {
     /// CRIU to use for pause to disk and forks with memory; used only when
     /// it is ≥ 4.0 and passes `criu check`. `None`: never checkpoint.
     pub criu: Option<PathBuf>,
+    /// Host ids the sandboxes' user namespaces map to (see [`crate::ids`]).
+    pub id_pool: IdPool,
 }
 
 /// Where `container/scripts/build-criu.sh` installs CRIU by default.
@@ -69,6 +72,7 @@ impl BackendConfig {
             launcher,
             layer_image_gib: 64,
             criu,
+            id_pool: IdPool::default(),
         }
     }
 }
@@ -100,6 +104,8 @@ pub enum BackendError {
     Layer(#[from] LayerError),
     #[error(transparent)]
     State(#[from] StateError),
+    #[error(transparent)]
+    Ids(#[from] IdError),
     #[error("Sandbox {id}'s agent is not usable")]
     Agent {
         id: String,
@@ -171,8 +177,8 @@ pub struct SandboxInfo {
     pub checkpoint: bool,
     /// Why the last checkpoint fell back to keeping only the disk.
     pub checkpoint_error: Option<String>,
-    /// Host path of the agent's socket directory (`/run/sandbox` inside).
-    pub socket_dir: PathBuf,
+    /// The host ids root and the other users inside map to.
+    pub ids: Option<IdMap>,
 }
 
 /// Outcome of a fork or resume: the sandbox, what was carried over, and
@@ -216,6 +222,8 @@ pub struct ContainerBackend {
     /// One lock per sandbox: pause, resume, fork and destroy of the same
     /// sandbox run one at a time (different sandboxes in parallel).
     operations: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+    /// Host id ranges held by sandboxes.
+    ids: Mutex<IdRanges>,
 }
 
 impl std::fmt::Debug for ContainerBackend {
@@ -225,6 +233,14 @@ impl std::fmt::Debug for ContainerBackend {
             .field("cgroup_parent", &self.cgroup_parent)
             .finish_non_exhaustive()
     }
+}
+
+/// A CRIU checkpoint to start from: its images and the id range of the
+/// sandbox it was taken of.
+#[derive(Debug, Clone, Copy)]
+struct Checkpoint<'a> {
+    images: &'a Path,
+    ids: IdMap,
 }
 
 /// How long create waits for the agent's first answer.
@@ -257,6 +273,41 @@ pub fn new_id(prefix: &str) -> String {
     format!("{prefix}{hex}")
 }
 
+/// Where the launcher of sandbox `id` under `data_dir` builds the
+/// sandbox's mounts, in its own mount namespace: `<data_dir>/mnt/<id>`, an
+/// empty directory on the host. It sits outside the host-only sandbox
+/// directory because a restore reaches it from inside the sandbox's user
+/// namespace, as the sandbox's root: every directory above it must be
+/// passable (`o+x`), and none needs to be listable.
+pub fn mount_dir(data_dir: &Path, id: &str) -> PathBuf {
+    data_dir.join("mnt").join(id)
+}
+
+/// The data directory's layout: `sandboxes/` (host only, 0700) and `mnt/`
+/// (passable, not listable, 0711); the data directory itself must be
+/// passable (see [`mount_dir`]), and is made so.
+fn prepare_data_dir(data_dir: &Path) -> Result<(), BackendError> {
+    use std::os::unix::fs::PermissionsExt;
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| BackendError::Io { path, source }
+    };
+    for (dir, mode) in [("sandboxes", 0o700), ("mnt", 0o711)] {
+        let path = data_dir.join(dir);
+        fs::create_dir_all(&path).map_err(io(&path))?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(mode)).map_err(io(&path))?;
+    }
+    let mode = fs::metadata(data_dir)
+        .map_err(io(data_dir))?
+        .permissions()
+        .mode();
+    if mode & 0o001 == 0 {
+        fs::set_permissions(data_dir, fs::Permissions::from_mode(mode | 0o001))
+            .map_err(io(data_dir))?;
+    }
+    Ok(())
+}
+
 /// Wait (bounded) until `pid` no longer belongs to sandbox `id`: exited
 /// and reaped by whoever is its parent.
 fn wait_gone(pid: u32, id: &str) {
@@ -276,15 +327,16 @@ fn now_secs() -> u64 {
 impl ContainerBackend {
     /// Open the backend: probe cgroups, open (or create) the layer store.
     pub fn open(config: BackendConfig) -> Result<Self, BackendError> {
-        let sandboxes = config.data_dir.join("sandboxes");
-        fs::create_dir_all(&sandboxes).map_err(|source| BackendError::Io {
-            path: sandboxes,
-            source,
-        })?;
+        prepare_data_dir(&config.data_dir)?;
         let layers = LayerStore::open(&config.data_dir, config.layer_image_gib)?;
         let cgroups = CgroupLayout::probe()?;
         let cgroup_parent = cgroup_parent(&config.data_dir);
         let criu = config.criu.as_deref().and_then(Criu::probe);
+        config.id_pool.check()?;
+        let held = Self::records(&config.data_dir)
+            .into_iter()
+            .filter_map(|r| Some((r.id.clone(), r.ids?)));
+        let ids = IdRanges::new(config.id_pool, held);
         Ok(Self {
             config,
             layers,
@@ -293,7 +345,29 @@ impl ContainerBackend {
             launchers: Mutex::new(HashMap::new()),
             criu,
             operations: Mutex::new(HashMap::new()),
+            ids: Mutex::new(ids),
         })
+    }
+
+    /// Every readable record under `data_dir`.
+    fn records(data_dir: &Path) -> Vec<SandboxRecord> {
+        let Ok(entries) = fs::read_dir(data_dir.join("sandboxes")) else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter_map(|e| SandboxRecord::load(&e.path()).ok())
+            .collect()
+    }
+
+    fn id_ranges(&self) -> std::sync::MutexGuard<'_, IdRanges> {
+        // A plain map: a panic while holding it cannot leave it half-written.
+        self.ids.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A host id range for sandbox `id`.
+    fn take_ids(&self, id: &str) -> Result<IdMap, BackendError> {
+        Ok(self.id_ranges().take(id)?)
     }
 
     /// The lock serialising state changes of sandbox `id`.
@@ -318,18 +392,34 @@ impl ContainerBackend {
         self.config.data_dir.join("sandboxes").join(id)
     }
 
-    /// Host path of the agent socket directory of sandbox `id`.
-    pub fn socket_dir(&self, id: &str) -> PathBuf {
-        self.sandbox_dir(id).join("run")
+    /// Where the launcher of sandbox `id` builds its mounts (empty on the
+    /// host; see [`mount_dir`]).
+    pub fn mount_dir(&self, id: &str) -> PathBuf {
+        mount_dir(&self.config.data_dir, id)
     }
 
-    /// Host path of the agent's Unix socket in sandbox `id`.
-    pub fn agent_socket(&self, id: &str) -> PathBuf {
-        self.socket_dir(id).join(AGENT_SOCKET)
+    /// Host path of the run directory of `record` (`/run/sandbox` inside:
+    /// the agent's socket and the console log). The sandbox writes there:
+    /// reach it only through [`crate::beneath`].
+    pub fn run_dir(&self, record: &SandboxRecord) -> PathBuf {
+        self.layers.layer(&record.top_layer).run
     }
 
-    /// A connected agent client for sandbox `id` (exec, files, ports).
-    /// Must be awaited inside a tokio runtime.
+    /// Who may answer on `record`'s agent socket.
+    fn peer(record: &SandboxRecord) -> Result<Peer, BackendError> {
+        let ids = record.ids.ok_or_else(|| BackendError::Launch {
+            id: record.id.clone(),
+            message: "the sandbox has no id range yet".into(),
+        })?;
+        Ok(Peer {
+            sandbox: record.id.clone(),
+            ids,
+        })
+    }
+
+    /// A connected agent client for sandbox `id` (exec, files, ports), after
+    /// checking the socket's listener is the sandbox's own (see
+    /// [`crate::agent`]). Must be awaited inside a tokio runtime.
     pub async fn agent(&self, id: &str) -> Result<agent_proto::Client, BackendError> {
         let record = self.refresh(id)?;
         if record.status != Status::Running {
@@ -339,9 +429,9 @@ impl ContainerBackend {
                 needed: "running",
             });
         }
-        agent_proto::Client::connect_unix(self.agent_socket(id))
+        crate::agent::connect(&self.run_dir(&record), &Self::peer(&record)?)
             .await
-            .map_err(|source| BackendError::AgentClient {
+            .map_err(|source| BackendError::Agent {
                 id: id.to_owned(),
                 source,
             })
@@ -356,7 +446,7 @@ impl ContainerBackend {
         if !record.agent {
             return Ok(None);
         }
-        crate::agent::notify(&self.agent_socket(&record.id), notice)
+        crate::agent::notify(&self.run_dir(record), Self::peer(record)?, notice)
             .map(Some)
             .map_err(|source| BackendError::Agent {
                 id: record.id.clone(),
@@ -385,7 +475,7 @@ impl ContainerBackend {
             forked_from: record.forked_from.clone(),
             checkpoint: record.checkpoint,
             checkpoint_error: record.checkpoint_error.clone(),
-            socket_dir: self.socket_dir(&record.id),
+            ids: record.ids,
         }
     }
 
@@ -399,7 +489,7 @@ impl ContainerBackend {
     /// Create and start a sandbox.
     pub fn create(&self, request: CreateRequest) -> Result<SandboxInfo, BackendError> {
         let id = new_id("sb");
-        let record = SandboxRecord {
+        let mut record = SandboxRecord {
             hostname: request.hostname.unwrap_or_else(|| id.clone()),
             id: id.clone(),
             status: Status::PausedToDisk,
@@ -417,12 +507,13 @@ impl ContainerBackend {
             checkpoint_error: None,
             forked_from: None,
             created_at_secs: now_secs(),
+            ids: None,
         };
-        self.prepare_dir(&id)?;
         let result = self
-            .layers
-            .create(&id)
-            .map_err(BackendError::from)
+            .take_ids(&id)
+            .map(|ids| record.ids = Some(ids))
+            .and_then(|()| self.prepare_dir(&id))
+            .and_then(|()| Ok(self.layers.create(&id)?))
             .and_then(|_| self.start(record, None));
         if result.is_err() {
             self.discard(&id);
@@ -430,13 +521,20 @@ impl ContainerBackend {
         result
     }
 
+    /// The sandbox's host-only directory (record, spec, checkpoints) and the
+    /// empty mount point its launcher builds the root on.
     fn prepare_dir(&self, id: &str) -> Result<(), BackendError> {
+        use std::os::unix::fs::DirBuilderExt;
         let dir = self.sandbox_dir(id);
-        for sub in ["run", "root"] {
-            let path = dir.join(sub);
-            fs::create_dir_all(&path).map_err(Self::io(&path))?;
-        }
-        Ok(())
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .map_err(Self::io(&dir))?;
+        let mount = self.mount_dir(id);
+        fs::DirBuilder::new()
+            .mode(0o755)
+            .create(&mount)
+            .map_err(Self::io(&mount))
     }
 
     /// Best-effort removal of a half-created sandbox.
@@ -447,32 +545,51 @@ impl ContainerBackend {
         let _ = cgroup.remove();
         let _ = self.layers.delete(id);
         let _ = fs::remove_dir_all(self.sandbox_dir(id));
+        let _ = fs::remove_dir(self.mount_dir(id));
+        self.id_ranges().release(id);
     }
 
     /// The launch spec of `record` (also what a checkpoint of it needs).
-    fn spec(&self, record: &SandboxRecord) -> LaunchSpec {
-        let dir = self.sandbox_dir(&record.id);
-        let top = self.layers.layer(&record.top_layer);
+    /// `record.ids` must be set.
+    fn spec(&self, record: &SandboxRecord) -> Result<LaunchSpec, BackendError> {
         let mut lower_dirs: Vec<PathBuf> = record
             .lower_layers
             .iter()
             .map(|l| self.layers.layer(l).upper)
             .collect();
         lower_dirs.push(record.image_root.clone());
-        LaunchSpec {
+        Ok(LaunchSpec {
             id: record.id.clone(),
             hostname: record.hostname.clone(),
             lower_dirs,
-            upper_dir: top.upper,
-            work_dir: top.work,
-            root_dir: dir.join("root"),
-            socket_dir: dir.join("run"),
+            top_dir: self.layers.layer(&record.top_layer).dir,
+            root_dir: self.mount_dir(&record.id),
             binds: record.binds.clone(),
             cgroups: self.cgroup(&record.id).paths(),
             init: record.init.clone(),
             env: record.env.clone(),
             limits: record.limits.clone(),
-        }
+            ids: Self::peer(record)?.ids,
+        })
+    }
+
+    /// The run directory of `record`, made ready for a launch: present,
+    /// without the last run's socket, with a console log that is a plain
+    /// file. Returns the log, opened for appending.
+    fn prepare_run_dir(&self, record: &SandboxRecord) -> Result<fs::File, BackendError> {
+        let layer = self.layers.layer(&record.top_layer);
+        let run = layer.run;
+        let layer_dir = Dir::open(&layer.dir).map_err(Self::io(&layer.dir))?;
+        layer_dir
+            .ensure_dir(crate::spec::RUN_DIR, 0o755)
+            .map_err(Self::io(&run))?;
+        let run_dir = layer_dir
+            .subdir(crate::spec::RUN_DIR)
+            .map_err(Self::io(&run))?;
+        run_dir.remove(AGENT_SOCKET).map_err(Self::io(&run))?;
+        run_dir
+            .open_append_replacing(CONSOLE_LOG)
+            .map_err(Self::io(&run))
     }
 
     /// Apply quota, create the cgroup, launch PID 1 (fresh, or from the
@@ -480,34 +597,45 @@ impl ContainerBackend {
     fn start(
         &self,
         mut record: SandboxRecord,
-        restore: Option<&Path>,
+        restore: Option<Checkpoint<'_>>,
     ) -> Result<SandboxInfo, BackendError> {
         let id = record.id.clone();
         let dir = self.sandbox_dir(&id);
+        if record.ids.is_none() {
+            record.ids = Some(self.take_ids(&id)?);
+        }
         self.layers
             .set_quota(&record.top_layer, record.limits.disk_mib * 1024 * 1024)?;
         let cgroup = self.cgroup(&id);
         cgroup.create(&record.limits)?;
-        let spec = self.spec(&record);
+        let spec = self.spec(&record)?;
         let spec_path = dir.join(SPEC_FILE);
         let spec_bytes = serde_json::to_vec_pretty(&spec).map_err(|e| BackendError::Launch {
             id: id.clone(),
             message: e.to_string(),
         })?;
-        fs::write(&spec_path, spec_bytes).map_err(Self::io(&spec_path))?;
+        crate::state::write_private(&spec_path, &spec_bytes).map_err(Self::io(&spec_path))?;
 
-        // In the socket dir, so PID 1 writes to the same file from inside
-        // (and a checkpoint sees no file outside the sandbox). The sandbox can
-        // write there: never follow a link it may have planted.
-        let console_path = dir.join("run").join(CONSOLE_LOG);
-        let console = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&console_path)
-            .map_err(Self::io(&console_path))?;
+        // In the run dir, so PID 1 writes to the same file from inside (and a
+        // checkpoint sees no file outside the sandbox).
+        let console_path = spec.run_dir().join(CONSOLE_LOG);
+        let console = self.prepare_run_dir(&record)?;
+        let scratch = dir.join("restore-images");
+        let images = match restore {
+            Some(checkpoint) => {
+                let ids = Self::peer(&record)?.ids;
+                let images =
+                    crate::checkpoint::images_for(checkpoint.images, checkpoint.ids, ids, &scratch)
+                        .map_err(|e| BackendError::Launch {
+                            id: id.clone(),
+                            message: e.to_string(),
+                        })?;
+                Some(images)
+            }
+            None => None,
+        };
         let mut launcher = Command::new(&self.config.launcher);
-        match (restore, &self.criu) {
+        match (&images, &self.criu) {
             (Some(images), Some(criu)) => {
                 launcher
                     .arg("restore")
@@ -529,6 +657,10 @@ impl ContainerBackend {
         if let Some(out) = child.stdout.take() {
             // EOF or a read error both mean the launcher died; handled below.
             let _ = BufReader::new(out).read_line(&mut line);
+        }
+        if scratch.exists() {
+            // Restored (or failed): the links are of no further use.
+            let _ = fs::remove_dir_all(&scratch);
         }
         let pid1 = line
             .trim()
@@ -556,11 +688,13 @@ impl ContainerBackend {
             .unwrap_or_else(|p| p.into_inner())
             .insert(id.clone(), child);
         if record.agent {
-            let socket = self.agent_socket(&id);
             let alive_id = id.clone();
-            crate::agent::wait_ready(&socket, AGENT_READY_TIMEOUT, move || {
-                is_sandbox_pid(pid1, &alive_id)
-            })
+            crate::agent::wait_ready(
+                &spec.run_dir(),
+                Self::peer(&record)?,
+                AGENT_READY_TIMEOUT,
+                move || is_sandbox_pid(pid1, &alive_id),
+            )
             .map_err(|source| BackendError::Agent { id, source })?;
         }
         Ok(self.info(&record))
@@ -695,10 +829,17 @@ impl ContainerBackend {
         self.layers.delete(&record.top_layer)?;
         let dir = self.sandbox_dir(id);
         fs::remove_dir_all(&dir).map_err(Self::io(&dir))?;
+        let mount = self.mount_dir(id);
+        if let Err(err) = fs::remove_dir(&mount)
+            && err.kind() != std::io::ErrorKind::NotFound
+        {
+            return Err(Self::io(&mount)(err));
+        }
         self.operations
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(id);
+        self.id_ranges().release(id);
         Ok(())
     }
 

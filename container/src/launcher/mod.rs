@@ -1,34 +1,43 @@
 //! `sandbox-init`: the launcher the library spawns for every sandbox, and
-//! for every host-side exec into one. It is plain Rust over `nix` (no shell
-//! tools), so a sandbox is up in milliseconds.
+//! for every host-side exec into one. It is plain Rust over `nix` and
+//! `rustix` (no shell tools), so a sandbox is up in milliseconds.
 //!
 //! Modes (first argument):
-//! - `launch <spec.json>`: stage 1. Joins the sandbox's cgroups, unshares the
-//!   mount, UTS, IPC, network, cgroup and PID namespaces, sets the hostname,
-//!   brings up loopback, makes mounts private, then spawns itself as
-//!   `stage2`, which is PID 1 of the new PID namespace. Stage 1 stays as a
-//!   tiny supervisor: it prints `ready <host pid of PID 1>` on stdout once
-//!   stage 2 is ready (or `error: ...` and exits 1) and exits with PID 1's
-//!   status.
-//! - `stage2 <spec.json>`: builds the root (see `mounts`), applies rlimits,
-//!   drops capabilities, installs seccomp, reports ready and execs the init
-//!   program (or runs the built-in reaper when the spec has none).
+//! - `launch <spec.json>`: stage 1, as host root. Joins the sandbox's
+//!   cgroups, creates its user namespace (`userns`), prepares the mounts
+//!   only host root can make (idmapped layers, the overlay root: `mounts`)
+//!   in a private mount namespace, then joins the user namespace as its
+//!   root and unshares the mount, UTS, IPC, network, cgroup and PID
+//!   namespaces (all owned by it), sets the hostname, brings up loopback
+//!   and spawns `stage2`, PID 1 of the new PID namespace, handing it the
+//!   spec on stdin (it cannot read the host's files any more). Stage 1 stays
+//!   as a tiny supervisor: it prints `ready <host pid of PID 1>` on stdout
+//!   once stage 2 is ready (or `error: ...` and exits 1) and exits with
+//!   PID 1's status.
+//! - `stage2`: builds the root inside (see `mounts`), applies rlimits,
+//!   drops capabilities, installs seccomp, reports ready, closes every
+//!   inherited descriptor and execs the init program (or runs the built-in
+//!   reaper when the spec has none).
 //! - `enter <spec.json> <pid1> <uid> <gid> <cwd> -- <argv>...`: joins the
-//!   cgroups and namespaces of a running sandbox, drops privileges the same
-//!   way and runs `argv` inside, exiting with its status (128 + signal when
-//!   killed). Environment is passed through as given.
+//!   cgroups and namespaces of a running sandbox (its user namespace
+//!   first), drops privileges the same way and runs `argv` inside, exiting
+//!   with its status (128 + signal when killed). Environment is passed
+//!   through as given.
 //! - `restore <spec.json> <images> <criu>`: like `launch`, but PID 1 and
 //!   its tree come from a CRIU checkpoint (see `restore`).
+//! - `userns`: the helper that holds a new user namespace while stage 1
+//!   maps it (see `userns`).
 
 pub mod mounts;
 pub mod net;
 pub mod privileges;
 pub mod restore;
 pub mod seccomp;
+pub mod userns;
 
 use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
@@ -40,12 +49,13 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{Pid, dup2_stderr, dup2_stdin, dup2_stdout, execve, sethostname};
 
 use crate::spec::{CONSOLE_LOG, GUEST_SOCKET_DIR, LaunchSpec};
+use crate::sys;
 
 /// Any failure of the launcher; printed as `error: ...` for the library.
 #[derive(Debug, thiserror::Error)]
 pub enum LaunchError {
     #[error(
-        "Usage: sandbox-init launch|stage2 <spec.json> | enter <spec.json> <pid1> <uid> <gid> <cwd> -- <argv>"
+        "Usage: sandbox-init launch <spec.json> | stage2 | userns | restore <spec.json> <images> <criu> | enter <spec.json> <pid1> <uid> <gid> <cwd> -- <argv>"
     )]
     Usage,
     #[error("Reading the launch spec {path} failed")]
@@ -136,7 +146,8 @@ fn exit_code(status: ExitStatus) -> i32 {
 pub fn run(args: &[String]) -> i32 {
     let result = match args.get(1).map(String::as_str) {
         Some("launch") => args.get(2).map(|p| stage1(Path::new(p))),
-        Some("stage2") => args.get(2).map(|p| stage2(Path::new(p)).map(|()| 0)),
+        Some("stage2") => Some(stage2().map(|()| 0)),
+        Some("userns") => Some(userns::hold()),
         Some("enter") => Some(enter(&args[2..])),
         Some("restore") => Some(restore::restore(&args[2..])),
         _ => None,
@@ -171,6 +182,16 @@ pub fn run(args: &[String]) -> i32 {
 fn stage1(spec_path: &Path) -> Result<i32, LaunchError> {
     let spec = read_spec(spec_path)?;
     join_cgroups(&spec)?;
+    let userns = userns::create(&spec.ids)?;
+    unshare(CloneFlags::CLONE_NEWNS).map_err(ns_err("unshare mount"))?;
+    mounts::make_private()?;
+    mounts::prepare(&spec, &userns)?;
+    // Stage 2 starts in the scaffold: as the sandbox's root it could not
+    // pass the host-only directories above it.
+    nix::unistd::chdir(&spec.root_dir).map_err(ns_err("chdir"))?;
+    // From here on this process is the sandbox's root, not the host's.
+    userns::enter(&userns)?;
+    drop(userns);
     unshare(
         CloneFlags::CLONE_NEWNS
             | CloneFlags::CLONE_NEWUTS
@@ -184,10 +205,10 @@ fn stage1(spec_path: &Path) -> Result<i32, LaunchError> {
     net::loopback_up()?;
     mounts::make_private()?;
 
+    let spec_bytes = serde_json::to_vec(&spec).map_err(LaunchError::SpecFormat)?;
     let mut child = Command::new("/proc/self/exe")
         .arg("stage2")
-        .arg(spec_path)
-        .stdin(Stdio::null())
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -195,6 +216,10 @@ fn stage1(spec_path: &Path) -> Result<i32, LaunchError> {
             what: "stage 2".into(),
             source,
         })?;
+    if let Some(mut input) = child.stdin.take() {
+        // A stage 2 that died before reading reports below as an early exit.
+        let _ = input.write_all(&spec_bytes);
+    }
     let mut line = String::new();
     if let Some(out) = child.stdout.take() {
         // A read error is reported like an early exit below.
@@ -225,8 +250,15 @@ fn stage1(spec_path: &Path) -> Result<i32, LaunchError> {
     Ok(exit_code(status))
 }
 
-fn stage2(spec_path: &Path) -> Result<(), LaunchError> {
-    let spec = read_spec(spec_path)?;
+fn stage2() -> Result<(), LaunchError> {
+    let mut bytes = Vec::new();
+    std::io::stdin()
+        .read_to_end(&mut bytes)
+        .map_err(|source| LaunchError::Spec {
+            path: PathBuf::from("stdin"),
+            source,
+        })?;
+    let spec: LaunchSpec = serde_json::from_slice(&bytes).map_err(LaunchError::SpecFormat)?;
     // PID 1 leads its own session: nothing inside refers to a session or
     // process group outside the PID namespace (a checkpoint requires this).
     nix::unistd::setsid().map_err(ns_err("setsid"))?;
@@ -241,7 +273,7 @@ fn stage2(spec_path: &Path) -> Result<(), LaunchError> {
     writeln!(stdout, "ready").map_err(LaunchError::Stdio)?;
     stdout.flush().map_err(LaunchError::Stdio)?;
     // Stage 1 stops reading after `ready`. PID 1's standard streams point
-    // inside the sandbox (its /dev/null, the console log in the socket dir),
+    // inside the sandbox (its /dev/null, the console log in the run dir),
     // so nothing it holds refers to a host file outside its root.
     let inside = |path: &str, append: bool| {
         OpenOptions::new()
@@ -258,7 +290,10 @@ fn stage2(spec_path: &Path) -> Result<(), LaunchError> {
     dup2_stdout(&console).map_err(|e| LaunchError::Stdio(e.into()))?;
     dup2_stderr(&console).map_err(|e| LaunchError::Stdio(e.into()))?;
     drop((null, console));
-    warn_inherited_descriptors();
+    // Whatever else reached this process (a build tool's jobserver pipe
+    // that whoever started the forge leaked) must not reach PID 1: it
+    // would be a live descriptor to something on the host.
+    sys::close_from(3).map_err(LaunchError::Stdio)?;
 
     match init {
         Some((program, argv, env)) => {
@@ -272,34 +307,6 @@ fn stage2(spec_path: &Path) -> Result<(), LaunchError> {
             })
         }
         None => reap_forever(),
-    }
-}
-
-/// Descriptors beyond 0-2 that reached PID 1 were inherited without
-/// close-on-exec from whoever started the forge (e.g. a build tool's
-/// jobserver pipe). Closing an arbitrary descriptor number needs `unsafe`,
-/// which this crate forbids: the sandbox agent closes them as its first step
-/// as PID 1 (`close_range`), and this names them in the console log so a
-/// different init can be checked too.
-fn warn_inherited_descriptors() {
-    let Ok(entries) = fs::read_dir("/proc/self/fd") else {
-        return;
-    };
-    let inherited: Vec<String> = entries
-        .flatten()
-        .filter_map(|e| {
-            let fd: u32 = e.file_name().to_string_lossy().parse().ok()?;
-            let target = fs::read_link(e.path()).ok()?;
-            // The directory being listed shows up as its own descriptor.
-            (fd > 2 && !target.starts_with("/proc"))
-                .then(|| format!("{fd} -> {}", target.display()))
-        })
-        .collect();
-    if !inherited.is_empty() {
-        eprintln!(
-            "sandbox-init: warning: PID 1 inherited descriptors from the host: {}",
-            inherited.join(", ")
-        );
     }
 }
 
@@ -344,7 +351,10 @@ fn reap_forever() -> Result<(), LaunchError> {
     }
 }
 
+/// The namespaces `enter` joins, the user namespace first: it owns the
+/// others, and joining it grants the capabilities to join them.
 const ENTER_NAMESPACES: &[(&str, CloneFlags)] = &[
+    ("user", CloneFlags::CLONE_NEWUSER),
     ("ipc", CloneFlags::CLONE_NEWIPC),
     ("uts", CloneFlags::CLONE_NEWUTS),
     ("net", CloneFlags::CLONE_NEWNET),
@@ -378,6 +388,9 @@ fn enter(args: &[String]) -> Result<i32, LaunchError> {
     }
     for (file, flag) in &files {
         setns(file, *flag).map_err(ns_err("setns"))?;
+        if *flag == CloneFlags::CLONE_NEWUSER {
+            userns::become_root()?;
+        }
     }
     drop(files);
     nix::unistd::chdir("/").map_err(ns_err("chdir"))?;

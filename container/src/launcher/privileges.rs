@@ -1,7 +1,8 @@
 //! Capabilities and rlimits of sandbox processes.
 //!
-//! Processes in a sandbox run as root of the sandbox (uid 0, no user
-//! namespace) with the capability bounding set cut down to [`KEPT`]: what
+//! Processes in a sandbox run as root of the sandbox's user namespace (an
+//! unprivileged id on the host; capabilities count only inside) with the
+//! capability bounding set cut down to [`KEPT`]: what
 //! package managers, `chown`, `su`-style uid switches and servers on low
 //! ports need, and nothing that reaches beyond the sandbox's namespaces.
 //! Dropped on purpose, among others: `CAP_SYS_ADMIN` (mount, namespaces,

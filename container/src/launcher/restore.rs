@@ -4,11 +4,14 @@
 //! Ordered steps: join the new sandbox's cgroups (CRIU is told to leave
 //! cgroups alone, so restored tasks stay in ours) → become a child
 //! subreaper (the restored PID 1 is re-parented to us when `criu restore
-//! --restore-detached` exits) → private mount namespace with the new
-//! sandbox's overlay root mounted at `root_dir` (`--root`; CRIU recreates
-//! every other mount, mapping the external ones to this sandbox's sources)
-//! → run CRIU → set the new hostname in the restored UTS namespace → report
-//! `ready <pid1>` and supervise PID 1 like stage 1 does.
+//! --restore-detached` exits) → a user namespace with the sandbox's id map,
+//! used only to idmap its mounts → private mount namespace with the
+//! sandbox's scaffold (`mounts::prepare`: overlay root, run dir, devices,
+//! binds) → run CRIU with `--root` at the overlay (CRIU recreates every
+//! other mount, mapping the external ones to this scaffold's sources, and
+//! recreates the user namespace from the images, whose id map the backend
+//! set to this sandbox's) → set the new hostname in the restored UTS
+//! namespace → report `ready <pid1>` and supervise PID 1 like stage 1 does.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -20,7 +23,7 @@ use nix::sys::prctl::set_child_subreaper;
 use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::{Pid, dup2_stdout, sethostname};
 
-use super::{LaunchError, join_cgroups, mounts, ns_err, read_spec};
+use super::{LaunchError, join_cgroups, mounts, ns_err, read_spec, userns};
 
 /// CRIU's key for the external mount at `guest_path`.
 pub fn external_key(guest_path: &Path) -> String {
@@ -72,9 +75,11 @@ pub(super) fn restore(args: &[String]) -> Result<i32, LaunchError> {
     let images = PathBuf::from(images);
     join_cgroups(&spec)?;
     set_child_subreaper(true).map_err(ns_err("set_child_subreaper"))?;
+    let idmap = userns::create(&spec.ids)?;
     unshare(CloneFlags::CLONE_NEWNS).map_err(ns_err("unshare"))?;
     mounts::make_private()?;
-    mounts::mount_overlay(&spec)?;
+    let scaffold = mounts::prepare(&spec, &idmap)?;
+    drop(idmap);
 
     // Several forks restore from one images directory at once: the pid file
     // and the log go into this sandbox's own (host-only) directory.
@@ -91,7 +96,7 @@ pub(super) fn restore(args: &[String]) -> Result<i32, LaunchError> {
         .arg("-D")
         .arg(&images)
         .arg("--root")
-        .arg(&spec.root_dir)
+        .arg(scaffold.root())
         .args(["--restore-detached", "-v2"]);
     // Tasks go into this sandbox's own groups (created by the backend),
     // wherever the parent's were: each joined hierarchy's dumped paths are
