@@ -10,7 +10,9 @@
 //!    following any link (`beneath`), and connects to that socket inode;
 //! 2. checks the listening peer (`SO_PEERCRED`): its uid must be in the
 //!    sandbox's own id range and its process in the sandbox's cgroup, so a
-//!    socket some other process bound there is refused.
+//!    socket some other process bound there is refused;
+//! 3. presents the sandbox's secret in the `Hello` (the agent, as PID 1,
+//!    serves only peers outside its PID namespace that know it).
 //!
 //! The forge talks to the agent with [`agent_proto::Client`] (exec, files,
 //! ports). The backend's API is synchronous, so [`wait_ready`] and
@@ -107,13 +109,15 @@ where
     .map_err(|_| AgentError::Panicked)?
 }
 
-/// Who may answer on a sandbox's agent socket.
+/// Who may answer on a sandbox's agent socket, and the secret to show it.
 #[derive(Debug, Clone)]
 pub struct Peer {
     /// The sandbox id: the peer's process must be in its cgroup.
     pub sandbox: String,
     /// The sandbox's id range: the peer's uid must be in it.
     pub ids: IdMap,
+    /// The agent's secret, presented in the `Hello`.
+    pub token: Option<String>,
 }
 
 impl Peer {
@@ -162,7 +166,7 @@ pub async fn connect(run_dir: &Path, peer: &Peer) -> Result<Client, AgentError> 
             reason,
         });
     }
-    Client::handshake(stream)
+    Client::handshake_with_token(stream, peer.token.as_deref())
         .await
         .map_err(|source| AgentError::Handshake {
             path: run_dir.to_path_buf(),
@@ -238,6 +242,7 @@ mod tests {
                 host_base: 1 << 30,
                 count: 65_536,
             },
+            token: None,
         };
         let host_root = peer.refuse(Some(1), 0).expect("host root refused");
         assert!(host_root.contains("outside"), "{host_root}");

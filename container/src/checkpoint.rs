@@ -22,6 +22,14 @@
 //! = 1; repeated Extent gid_map = 2; }` and `Extent { uint32 first = 1;
 //! uint32 lower_first = 2; uint32 count = 3; }` (protobuf, varints).
 //!
+//! Checkpoints are bounded ([`Budget`]): a dump is not even started when
+//! the sandbox's memory plus its tmpfs mounts could pass the per-sandbox
+//! cap (its `mem_mib` plus [`TMPFS_SLACK_BYTES`]), when all checkpoints on
+//! the host together could pass the host-wide budget, or when it would
+//! leave less than [`Budget::reserve_bytes`] free on the file system; a
+//! dump that came out larger than the cap anyway is thrown away. Each case
+//! falls back to keeping the disk only and says why.
+//!
 //! Known limits (reported as a fallback to fresh processes, never as a
 //! failed operation): a connection from outside the sandbox (an open agent
 //! client) cannot be dumped, and a process that runs a program from a host
@@ -143,6 +151,78 @@ impl Criu {
             .trim()
             .to_owned();
         Err(CheckpointError::Dump { reason, log })
+    }
+}
+
+/// What a dump may take beyond the sandbox's memory: its tmpfs mounts
+/// (`/dev/shm`, `/run`) and CRIU's own images of everything else.
+pub const TMPFS_SLACK_BYTES: u64 = 128 << 20;
+
+/// Bounds on checkpoint images (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    /// All images on the host together; `None`: half the file system.
+    pub host_bytes: Option<u64>,
+    /// Free space a dump must leave on the file system.
+    pub reserve_bytes: u64,
+}
+
+impl Default for Budget {
+    fn default() -> Self {
+        Self {
+            host_bytes: None,
+            reserve_bytes: 1 << 30,
+        }
+    }
+}
+
+/// Bytes the files directly in `dir` take on disk.
+pub fn images_bytes(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.metadata().ok())
+        .filter(|m| m.is_file())
+        .map(|m| m.blocks() * 512)
+        .sum()
+}
+
+impl Budget {
+    /// Why a dump of `expected` bytes may not start, if it may not: `cap`
+    /// is the sandbox's own bound, `in_use` what all images on the host
+    /// take now, `fs` the file system the images go to.
+    pub fn refuse(&self, expected: u64, cap: u64, in_use: u64, fs: &Path) -> Option<String> {
+        if expected > cap {
+            return Some(format!(
+                "the sandbox holds {} MiB, more than its checkpoint cap of {} MiB",
+                expected >> 20,
+                cap >> 20
+            ));
+        }
+        let stat = nix::sys::statvfs::statvfs(fs).ok()?;
+        let block = stat.fragment_size();
+        let (total, free) = (stat.blocks() * block, stat.blocks_available() * block);
+        let host = self.host_bytes.unwrap_or(total / 2);
+        if in_use + expected > host {
+            return Some(format!(
+                "checkpoints on this host take {} MiB; {} MiB more would pass the budget of {} MiB",
+                in_use >> 20,
+                expected >> 20,
+                host >> 20
+            ));
+        }
+        if free < expected + self.reserve_bytes {
+            return Some(format!(
+                "{} MiB free on {}: a {} MiB checkpoint would leave less than {} MiB",
+                free >> 20,
+                fs.display(),
+                expected >> 20,
+                self.reserve_bytes >> 20
+            ));
+        }
+        None
     }
 }
 
@@ -394,6 +474,34 @@ mod tests {
         );
         let back = retarget_image(&out, map(300_000), map(200_000)).expect("and back");
         assert_eq!(back, CRIU_USERNS_IMAGE.to_vec());
+    }
+
+    #[test]
+    fn a_dump_must_fit_the_sandbox_cap_the_host_budget_and_the_free_space() {
+        let tmp = std::env::temp_dir();
+        let roomy = Budget {
+            host_bytes: Some(u64::MAX / 4),
+            reserve_bytes: 0,
+        };
+        assert_eq!(roomy.refuse(1 << 20, 2 << 20, 0, &tmp), None);
+        let over_cap = roomy
+            .refuse(3 << 20, 2 << 20, 0, &tmp)
+            .expect("over the cap");
+        assert!(over_cap.contains("cap"), "{over_cap}");
+        let tight = Budget {
+            host_bytes: Some(10 << 20),
+            reserve_bytes: 0,
+        };
+        let over_budget = tight.refuse(4 << 20, 8 << 20, 8 << 20, &tmp).expect("over");
+        assert!(over_budget.contains("budget"), "{over_budget}");
+        let no_room = Budget {
+            host_bytes: Some(u64::MAX / 4),
+            reserve_bytes: u64::MAX / 4,
+        };
+        let full = no_room
+            .refuse(1 << 20, 2 << 20, 0, &tmp)
+            .expect("no free space");
+        assert!(full.contains("free"), "{full}");
     }
 
     #[test]

@@ -12,7 +12,8 @@
 //! 2. Every cgroup under this data directory's parent without a sandbox →
 //!    processes killed, group removed.
 //! 3. Layers no record references → deleted (GC).
-//! 4. Mount points (`mnt/<id>`) of sandboxes that no longer exist → removed.
+//! 4. Mount points (under `backend::mount_root`) of sandboxes that no
+//!    longer exist → removed.
 //!
 //! Mounts need no step: a sandbox's mounts live only in its own mount
 //! namespace and vanish with its last process. The layer store's loop mount
@@ -21,7 +22,7 @@
 use std::fs;
 use std::path::Path;
 
-use crate::backend::{BackendError, cgroup_parent, mount_dir};
+use crate::backend::{BackendError, cgroup_parent, mount_root};
 use crate::cgroup::CgroupLayout;
 use crate::layers::LayerStore;
 use crate::state::{STATE_FILE, SandboxRecord, Status, is_sandbox_pid};
@@ -122,7 +123,7 @@ pub fn reconcile(data_dir: &Path, layer_image_gib: u64) -> Result<ReconcileRepor
         cgroups.remove_parent(&parent);
     }
     report.collected_layers = layers.gc(&referenced)?;
-    for entry in fs::read_dir(data_dir.join("mnt"))
+    for entry in fs::read_dir(mount_root(data_dir))
         .into_iter()
         .flatten()
         .flatten()
@@ -131,7 +132,7 @@ pub fn reconcile(data_dir: &Path, layer_image_gib: u64) -> Result<ReconcileRepor
         if !known.contains(&id) {
             // Empty unless a launcher is mid-build, which only a live
             // sandbox (known) can have.
-            let _ = fs::remove_dir(mount_dir(data_dir, &id));
+            let _ = fs::remove_dir(mount_root(data_dir).join(&id));
         }
     }
     Ok(report)

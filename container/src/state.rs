@@ -78,6 +78,10 @@ pub struct SandboxRecord {
     /// The host id range of its user namespace; taken at the first start.
     #[serde(default)]
     pub ids: Option<IdMap>,
+    /// The secret its agent requires in every `Hello` (forks share their
+    /// parent's: they carry its agent's memory).
+    #[serde(default)]
+    pub agent_token: Option<String>,
 }
 
 /// Failure to read or write a record.

@@ -122,3 +122,29 @@ fn pause_to_disk_and_resume_keep_the_process() {
     std::thread::sleep(Duration::from_millis(200));
     assert!(counter(&t, &sandbox.id) > after);
 }
+
+#[test]
+fn a_checkpoint_past_the_host_budget_keeps_the_disk_and_says_why() {
+    let t = TestBackend::start_with("criubudget", |config| {
+        config.checkpoint_budget.host_bytes = Some(1 << 20);
+    });
+    let Some(sandbox) = counting_sandbox(&t) else {
+        return;
+    };
+    let paused = t
+        .backend()
+        .pause(&sandbox.id, PauseMode::Disk)
+        .expect("pause");
+    assert!(!paused.checkpoint, "no checkpoint was written");
+    let reason = paused.checkpoint_error.expect("a reason");
+    assert!(reason.contains("budget"), "{reason}");
+    assert!(
+        !t.data_dir
+            .join("sandboxes")
+            .join(&sandbox.id)
+            .join("checkpoint")
+            .exists()
+    );
+    let resumed = t.backend().resume(&sandbox.id).expect("resume");
+    assert_eq!(resumed.kept, vec![Kept::Disk]);
+}

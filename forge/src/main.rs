@@ -106,6 +106,13 @@ enum Command {
         /// Consecutive failed webhook attempts after which a webhook is disabled.
         #[arg(long, env = "FORGE_WEBHOOK_DISABLE_AFTER", default_value_t = 24)]
         webhook_disable_after: u32,
+        /// Live sandboxes may be given at most the host's RAM times this
+        /// much memory together; more waits in the queue, then gets 429.
+        #[arg(long, env = "FORGE_MEMORY_OVERCOMMIT", default_value_t = 2.0)]
+        memory_overcommit: f64,
+        /// Largest file the files API reads out of a VM, in bytes.
+        #[arg(long, env = "FORGE_MAX_FILE_BYTES", default_value_t = 1 << 30)]
+        max_file_bytes: u64,
     },
     /// Repositories: create, list, delete.
     #[command(subcommand)]
@@ -200,8 +207,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             preview_domain,
             webhook_retry_delays,
             webhook_disable_after,
+            memory_overcommit,
+            max_file_bytes,
         } => {
             init_logging();
+            if !(memory_overcommit > 0.0 && memory_overcommit.is_finite()) {
+                bail!("--memory-overcommit must be a positive number, not {memory_overcommit}");
+            }
+            forge::server::raise_open_files_limit();
+            let max_live_mem_mib = forge::server::host_memory_mib()
+                .map(|mib| (mib as f64 * memory_overcommit) as u64)
+                .unwrap_or(u64::MAX);
             let config = forge::server::Config {
                 listen,
                 data_dir: data_dir.clone(),
@@ -216,6 +232,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     max_live: max_sandboxes,
                     queue_wait: std::time::Duration::from_secs(sandbox_queue_secs),
                     max_live_per_token: (max_vms_per_token > 0).then_some(max_vms_per_token),
+                    max_live_mem_mib,
+                    max_file_bytes,
                     ..forge::vms::Limits::default()
                 },
                 egress_allow,

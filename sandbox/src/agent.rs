@@ -7,8 +7,17 @@
 //! and any `..` component is refused, so no request names a place above
 //! where it starts. The agent itself runs inside the sandbox's root (mount
 //! namespace or VM), so a symlink planted inside cannot reach the host.
+//!
+//! The agent is the sandbox's, so the host does not rely on it to keep
+//! its promises: an exec's output is cut at the command's limit here too
+//! (the agent's cut is only the first one), a file read stops at its limit
+//! ([`DEFAULT_READ_LIMIT_BYTES`] unless asked otherwise), and every wait
+//! for an answer ends: replies within [`REPLY_TIMEOUT`], an exec at its
+//! timeout plus [`EXEC_GRACE`], a file read when no chunk came for
+//! [`REPLY_TIMEOUT`].
 
-use std::time::Duration;
+use std::future::Future;
+use std::time::{Duration, Instant};
 
 use agent_proto::{Client, DirEntry, ExecEvent, ExecRequest, Output};
 use tokio::io::DuplexStream;
@@ -19,6 +28,32 @@ use crate::spec::{Command, WORKSPACE};
 
 /// Bytes buffered on each side of a forwarded port's local pipe.
 const PORT_PIPE_BYTES: usize = 256 * 1024;
+
+/// Largest file [`Agent::read_file`] reads into memory.
+pub const DEFAULT_READ_LIMIT_BYTES: u64 = 64 << 20;
+
+/// How long a reply (or the next chunk of a file) may take.
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long after its timeout an exec must have ended (the agent kills
+/// the process at the timeout and reports its exit).
+pub const EXEC_GRACE: Duration = Duration::from_secs(30);
+
+/// `fut`, or `Unresponsive` once `limit` passed.
+async fn within<T>(
+    id: &str,
+    what: &str,
+    limit: Duration,
+    fut: impl Future<Output = Result<T>>,
+) -> Result<T> {
+    tokio::time::timeout(limit, fut)
+        .await
+        .map_err(|_| Error::Unresponsive {
+            id: id.to_owned(),
+            what: what.to_owned(),
+            secs: limit.as_secs(),
+        })?
+}
 
 /// A connection to one sandbox's agent, plus the environment the backend
 /// adds to every command (the spec's `env`, where PID 1 could not take it).
@@ -56,6 +91,12 @@ pub struct ExecStream {
     exec: agent_proto::Exec,
     /// Feeds stdin while output is read, so neither side can stall the other.
     stdin: Option<JoinHandle<Result<(), agent_proto::ClientError>>>,
+    /// Output bytes still to pass on (stdout and stderr together).
+    output_left: u64,
+    /// Output was dropped here because the limit was reached.
+    cut: bool,
+    /// When the exec must have ended, if it has a timeout.
+    deadline: Option<Instant>,
 }
 
 impl ExecStream {
@@ -65,15 +106,48 @@ impl ExecStream {
     }
 
     /// The next chunk of stdout or stderr, then `Exited`, then `None`.
+    /// Output beyond the command's limit is dropped (and `Exited` says it
+    /// was truncated), whatever the agent sends.
     pub async fn next(&mut self) -> Result<Option<ExecEvent>> {
-        let event = self.exec.next().await.map_err(Error::agent(&self.id))?;
-        if matches!(event, Some(ExecEvent::Exited(_))) {
-            // A process may exit without reading its stdin: that is no error.
-            if let Some(stdin) = self.stdin.take() {
-                stdin.abort();
+        loop {
+            let event = match self.deadline {
+                Some(deadline) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    within(&self.id, "an exec past its timeout", left, async {
+                        self.exec.next().await.map_err(Error::agent(&self.id))
+                    })
+                    .await?
+                }
+                None => self.exec.next().await.map_err(Error::agent(&self.id))?,
+            };
+            let event = match event {
+                Some(ExecEvent::Stdout(bytes)) => self.pass(bytes).map(ExecEvent::Stdout),
+                Some(ExecEvent::Stderr(bytes)) => self.pass(bytes).map(ExecEvent::Stderr),
+                Some(ExecEvent::Exited(mut exited)) => {
+                    // A process may exit without reading its stdin: no error.
+                    if let Some(stdin) = self.stdin.take() {
+                        stdin.abort();
+                    }
+                    exited.truncated |= self.cut;
+                    Some(ExecEvent::Exited(exited))
+                }
+                None => return Ok(None),
+            };
+            if let Some(event) = event {
+                return Ok(Some(event));
             }
         }
-        Ok(event)
+    }
+
+    /// What of `bytes` fits in the output limit, if anything.
+    fn pass(&mut self, mut bytes: Vec<u8>) -> Option<Vec<u8>> {
+        let fits = usize::try_from(self.output_left).unwrap_or(usize::MAX);
+        if bytes.len() > fits {
+            bytes.truncate(fits);
+            self.cut = true;
+        }
+        self.output_left -= bytes.len() as u64;
+        (!bytes.is_empty()).then_some(bytes)
     }
 
     /// Everything to the end, collected.
@@ -128,11 +202,13 @@ impl Agent {
         request.stdin = !command.stdin.is_empty();
         request.timeout_ms = command.timeout.map(timeout_ms);
         request.output_limit_bytes = Some(command.output_limit_bytes);
-        let exec = self
-            .client
-            .exec(request)
-            .await
-            .map_err(Error::agent(&self.id))?;
+        let exec = within(&self.id, "an exec", REPLY_TIMEOUT, async {
+            self.client
+                .exec(request)
+                .await
+                .map_err(Error::agent(&self.id))
+        })
+        .await?;
         let stdin = (!command.stdin.is_empty()).then(|| {
             let input = exec.input();
             let bytes = command.stdin;
@@ -142,6 +218,9 @@ impl Agent {
             id: self.id.clone(),
             exec,
             stdin,
+            output_left: command.output_limit_bytes,
+            cut: false,
+            deadline: command.timeout.map(|t| Instant::now() + t + EXEC_GRACE),
         })
     }
 
@@ -150,29 +229,62 @@ impl Agent {
         self.exec_stream(command).await?.collect().await
     }
 
+    /// A whole file, at most [`DEFAULT_READ_LIMIT_BYTES`].
     pub async fn read_file(&self, path: &str) -> Result<Vec<u8>> {
+        let mut stream = self
+            .read_file_stream(path, DEFAULT_READ_LIMIT_BYTES)
+            .await?;
+        let mut out = Vec::new();
+        while let Some(chunk) = stream.next_chunk().await? {
+            out.extend_from_slice(&chunk);
+        }
+        Ok(out)
+    }
+
+    /// A file chunk by chunk; more than `limit` bytes is an error.
+    pub async fn read_file_stream(&self, path: &str, limit: u64) -> Result<FileStream> {
         let path = confine(path)?;
-        self.client
-            .read_file(&path)
-            .await
-            .map_err(Error::agent(&self.id))
+        let reader = within(&self.id, "a file read", REPLY_TIMEOUT, async {
+            self.client
+                .read_file_chunks(&path)
+                .await
+                .map_err(Error::agent(&self.id))
+        })
+        .await?;
+        Ok(FileStream {
+            id: self.id.clone(),
+            path,
+            reader,
+            left: limit,
+            limit,
+        })
     }
 
     /// Write atomically, creating missing parent directories.
     pub async fn write_file(&self, path: &str, data: &[u8], mode: u32) -> Result<()> {
         let path = confine(path)?;
-        self.client
-            .write_file_from(&path, mode, true, data)
-            .await
-            .map_err(Error::agent(&self.id))
+        // The upload is flow-controlled: allow a slow sandbox a minute per
+        // window's worth of bytes.
+        let windows = data.len() as u64 / u64::from(agent_proto::INITIAL_WINDOW_BYTES) + 1;
+        let limit = REPLY_TIMEOUT.saturating_mul(u32::try_from(windows).unwrap_or(u32::MAX));
+        within(&self.id, "a file write", limit, async {
+            self.client
+                .write_file_from(&path, mode, true, data)
+                .await
+                .map_err(Error::agent(&self.id))
+        })
+        .await
     }
 
     pub async fn list_files(&self, path: &str) -> Result<Vec<DirEntry>> {
         let path = confine(path)?;
-        self.client
-            .list_dir(&path)
-            .await
-            .map_err(Error::agent(&self.id))
+        within(&self.id, "a directory listing", REPLY_TIMEOUT, async {
+            self.client
+                .list_dir(&path)
+                .await
+                .map_err(Error::agent(&self.id))
+        })
+        .await
     }
 
     /// Remove a file, a symlink, or a directory with its content.
@@ -183,26 +295,66 @@ impl Agent {
                 "refusing to delete the sandbox's root".into(),
             ));
         }
-        self.client
-            .remove(&path, true)
-            .await
-            .map_err(Error::agent(&self.id))
+        within(&self.id, "a delete", REPLY_TIMEOUT, async {
+            self.client
+                .remove(&path, true)
+                .await
+                .map_err(Error::agent(&self.id))
+        })
+        .await
     }
 
     /// A byte stream to `port` on the sandbox's loopback. Bytes written to
     /// it reach the port; closing the write half half-closes the connection.
     pub async fn open_port(&self, port: u16) -> Result<DuplexStream> {
-        let remote = self
-            .client
-            .open_port(port)
-            .await
-            .map_err(Error::agent(&self.id))?;
+        let remote = within(&self.id, "a port connection", REPLY_TIMEOUT, async {
+            self.client
+                .open_port(port)
+                .await
+                .map_err(Error::agent(&self.id))
+        })
+        .await?;
         let (ours, theirs) = tokio::io::duplex(PORT_PIPE_BYTES);
         tokio::spawn(async move {
             // The caller sees a failure as the stream ending early.
             let _ = remote.splice(theirs).await;
         });
         Ok(ours)
+    }
+}
+
+/// A file being read from a sandbox, at most its limit.
+#[derive(Debug)]
+pub struct FileStream {
+    id: String,
+    path: String,
+    reader: agent_proto::FileReader,
+    left: u64,
+    limit: u64,
+}
+
+impl FileStream {
+    /// The next chunk; `None` at the end. Past the limit, or when the agent
+    /// stalls for [`REPLY_TIMEOUT`], an error (the read is cancelled).
+    pub async fn next_chunk(&mut self) -> Result<Option<Vec<u8>>> {
+        let chunk = within(&self.id, "a file chunk", REPLY_TIMEOUT, async {
+            self.reader
+                .next_chunk()
+                .await
+                .map_err(Error::agent(&self.id))
+        })
+        .await?;
+        if let Some(chunk) = &chunk {
+            self.left =
+                self.left
+                    .checked_sub(chunk.len() as u64)
+                    .ok_or_else(|| Error::TooLarge {
+                        id: self.id.clone(),
+                        what: format!("File {}", self.path),
+                        limit: self.limit,
+                    })?;
+        }
+        Ok(chunk)
     }
 }
 

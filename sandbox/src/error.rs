@@ -34,6 +34,14 @@ pub enum Error {
     },
     #[error("The VMM of sandbox {id} failed: {message}")]
     Vmm { id: String, message: String },
+    #[error("{what} in sandbox {id} is larger than the limit of {limit} bytes")]
+    TooLarge {
+        id: String,
+        what: String,
+        limit: u64,
+    },
+    #[error("Sandbox {id}'s agent did not answer {what} within {secs} s")]
+    Unresponsive { id: String, what: String, secs: u64 },
     #[error("I/O on {path} failed")]
     Io {
         path: PathBuf,

@@ -42,7 +42,7 @@ mod spec;
 use std::future::Future;
 use std::pin::Pin;
 
-pub use agent::{Agent, ExecStream, confine};
+pub use agent::{Agent, DEFAULT_READ_LIMIT_BYTES, ExecStream, FileStream, confine};
 pub use agent_proto::{DirEntry, ErrorKind, ExecEvent, ExitStatus, Exited, FileKind, Output};
 pub use error::{Error, Result};
 pub use probe::{Choice, HostFacts, probe};
@@ -112,9 +112,20 @@ pub trait Backend: Send + Sync {
         Box::pin(async move { self.agent(id).await?.exec_stream(command).await })
     }
 
-    /// A file's content; `path` is confined as [`confine`] says.
+    /// A file's content, at most [`DEFAULT_READ_LIMIT_BYTES`]; `path` is
+    /// confined as [`confine`] says.
     fn read_file<'a>(&'a self, id: &'a str, path: &'a str) -> BoxFuture<'a, Result<Vec<u8>>> {
         Box::pin(async move { self.agent(id).await?.read_file(path).await })
+    }
+
+    /// A file chunk by chunk; more than `limit` bytes is an error.
+    fn read_file_stream<'a>(
+        &'a self,
+        id: &'a str,
+        path: &'a str,
+        limit: u64,
+    ) -> BoxFuture<'a, Result<FileStream>> {
+        Box::pin(async move { self.agent(id).await?.read_file_stream(path, limit).await })
     }
 
     /// Write a file atomically (mode 0644), creating its parents.

@@ -14,6 +14,7 @@
 //! says so in `kept` (and `checkpoint_error` in the record).
 
 use std::fs;
+use std::path::Path;
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -22,7 +23,7 @@ use super::{
     BackendError, Carried, Checkpoint, ContainerBackend, PauseMode, SandboxInfo, new_id, now_secs,
 };
 use crate::agent::Notice;
-use crate::checkpoint::AfterDump;
+use crate::checkpoint::{AfterDump, TMPFS_SLACK_BYTES, images_bytes};
 use crate::state::{Kept, SandboxRecord, Status};
 
 const ALL: [Kept; 3] = [Kept::Disk, Kept::Memory, Kept::Processes];
@@ -35,8 +36,8 @@ impl ContainerBackend {
         self.sandbox_dir(id).join("checkpoint")
     }
 
-    /// CRIU and PID 1 when `record` can be checkpointed; otherwise `None`
-    /// with the reason noted in the record.
+    /// CRIU and PID 1 when `record` can be checkpointed within the
+    /// budget; otherwise `None` with the reason noted in the record.
     fn checkpointable<'a>(
         &'a self,
         record: &mut SandboxRecord,
@@ -47,7 +48,55 @@ impl ContainerBackend {
                 Some("PID 1 is the launcher's built-in reaper, a host binary".into());
             return None;
         }
+        let expected = self.cgroup(&record.id).stats().memory_bytes + TMPFS_SLACK_BYTES;
+        let sandboxes = self.config.data_dir.join("sandboxes");
+        if let Some(reason) = self.config.checkpoint_budget.refuse(
+            expected,
+            Self::checkpoint_cap(record),
+            self.checkpoints_in_use(),
+            &sandboxes,
+        ) {
+            record.checkpoint_error = Some(reason);
+            return None;
+        }
         Some((criu, record.pid1?))
+    }
+
+    /// The most a checkpoint of `record` may take.
+    fn checkpoint_cap(record: &SandboxRecord) -> u64 {
+        record.limits.mem_mib.saturating_mul(1 << 20) + TMPFS_SLACK_BYTES
+    }
+
+    /// What every checkpoint and fork image on the host takes now.
+    fn checkpoints_in_use(&self) -> u64 {
+        let sandboxes = self.config.data_dir.join("sandboxes");
+        fs::read_dir(sandboxes)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .flat_map(|sandbox| fs::read_dir(sandbox.path()).into_iter().flatten().flatten())
+            .filter(|entry| {
+                let name = entry.file_name();
+                let name = name.to_string_lossy();
+                name == "checkpoint" || name.starts_with("fork-")
+            })
+            .map(|entry| images_bytes(&entry.path()))
+            .sum()
+    }
+
+    /// Refuses `images` (and removes them) when they came out larger than
+    /// `record`'s cap.
+    fn within_cap(record: &SandboxRecord, images: &Path) -> Result<(), String> {
+        let (size, cap) = (images_bytes(images), Self::checkpoint_cap(record));
+        if size > cap {
+            let _ = fs::remove_dir_all(images);
+            return Err(format!(
+                "the checkpoint took {} MiB, more than the cap of {} MiB",
+                size >> 20,
+                cap >> 20
+            ));
+        }
+        Ok(())
     }
 
     /// Pause a running sandbox.
@@ -69,19 +118,20 @@ impl ContainerBackend {
                         cgroup.thaw()?;
                     }
                     let images = self.checkpoint_dir(id);
-                    let dumped = self.spec(&record).and_then(|spec| {
-                        criu.dump(&spec, pid1, &images, None, AfterDump::Kill)
-                            .map_err(|e| BackendError::Launch {
-                                id: id.to_owned(),
-                                message: e.to_string(),
-                            })
-                    });
+                    let dumped = self
+                        .spec(&record)
+                        .map_err(|e| e.to_string())
+                        .and_then(|spec| {
+                            criu.dump(&spec, pid1, &images, None, AfterDump::Kill)
+                                .map_err(|e| e.to_string())
+                        })
+                        .and_then(|()| Self::within_cap(&record, &images));
                     match dumped {
                         Ok(()) => {
                             record.checkpoint = true;
                             record.checkpoint_error = None;
                         }
-                        Err(err) => record.checkpoint_error = Some(err.to_string()),
+                        Err(reason) => record.checkpoint_error = Some(reason),
                     }
                 }
                 self.stop_processes(&record)?;
@@ -190,15 +240,21 @@ impl ContainerBackend {
                 return None;
             }
         };
-        let result = criu.dump(&spec, pid1, &images, freezer.as_deref(), AfterDump::Frozen);
-        match result {
-            Ok(()) => Some(images),
-            Err(err) => {
-                parent.checkpoint_error = Some(err.to_string());
-                let _ = fs::remove_dir_all(&images);
-                None
-            }
+        if let Err(err) = criu.dump(&spec, pid1, &images, freezer.as_deref(), AfterDump::Frozen) {
+            parent.checkpoint_error = Some(err.to_string());
+            let _ = fs::remove_dir_all(&images);
+            return None;
         }
+        if let Err(reason) = Self::within_cap(parent, &images) {
+            // The dump left the parent stopped: let it run before the fork
+            // goes on without images.
+            parent.checkpoint_error = Some(match self.release_after_dump(&parent.id) {
+                Ok(()) => reason,
+                Err(err) => format!("{reason}; releasing the parent failed: {err}"),
+            });
+            return None;
+        }
+        Some(images)
     }
 
     /// Let a parent run again after `dump_for_fork` (CRIU leaves its tasks
@@ -338,6 +394,7 @@ impl ContainerBackend {
             forked_from: Some(parent.id.clone()),
             created_at_secs: now_secs(),
             ids: Some(self.take_ids(child_id)?),
+            agent_token: parent.agent_token.clone(),
         };
         // The snapshot of the parent's layer carried its run directory: the
         // console log restored processes reopen where they left it.

@@ -49,6 +49,8 @@ pub struct BackendConfig {
     pub criu: Option<PathBuf>,
     /// Host ids the sandboxes' user namespaces map to (see [`crate::ids`]).
     pub id_pool: IdPool,
+    /// Bounds on checkpoint images (see [`crate::checkpoint`]).
+    pub checkpoint_budget: crate::checkpoint::Budget,
 }
 
 /// Where `container/scripts/build-criu.sh` installs CRIU by default.
@@ -73,6 +75,7 @@ impl BackendConfig {
             layer_image_gib: 64,
             criu,
             id_pool: IdPool::default(),
+            checkpoint_budget: crate::checkpoint::Budget::default(),
         }
     }
 }
@@ -273,39 +276,39 @@ pub fn new_id(prefix: &str) -> String {
     format!("{prefix}{hex}")
 }
 
-/// Where the launcher of sandbox `id` under `data_dir` builds the
-/// sandbox's mounts, in its own mount namespace: `<data_dir>/mnt/<id>`, an
-/// empty directory on the host. It sits outside the host-only sandbox
-/// directory because a restore reaches it from inside the sandbox's user
-/// namespace, as the sandbox's root: every directory above it must be
-/// passable (`o+x`), and none needs to be listable.
-pub fn mount_dir(data_dir: &Path, id: &str) -> PathBuf {
-    data_dir.join("mnt").join(id)
+/// Where the launchers of `data_dir`'s sandboxes build their mounts:
+/// `/run/sandbox-mounts/<cgroup parent>/<id>`, empty directories on the
+/// host (each launcher mounts inside its own mount namespace). They sit
+/// outside the data directory because a restore reaches them from inside
+/// the sandbox's user namespace, as the sandbox's root: every directory
+/// above must be passable (`o+x`, as `/run` is), none needs to be listable,
+/// while the data directory stays closed to everyone but root.
+pub fn mount_root(data_dir: &Path) -> PathBuf {
+    Path::new("/run/sandbox-mounts").join(cgroup_parent(data_dir))
 }
 
-/// The data directory's layout: `sandboxes/` (host only, 0700) and `mnt/`
-/// (passable, not listable, 0711); the data directory itself must be
-/// passable (see [`mount_dir`]), and is made so.
+/// The data directory's layout: `sandboxes/` (host only, 0700), and the
+/// mount root (passable, not listable, 0711).
 fn prepare_data_dir(data_dir: &Path) -> Result<(), BackendError> {
     use std::os::unix::fs::PermissionsExt;
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |source| BackendError::Io { path, source }
     };
-    for (dir, mode) in [("sandboxes", 0o700), ("mnt", 0o711)] {
-        let path = data_dir.join(dir);
+    let sandboxes = data_dir.join("sandboxes");
+    let mounts = mount_root(data_dir);
+    for (path, mode) in [(sandboxes, 0o700), (mounts, 0o711)] {
         fs::create_dir_all(&path).map_err(io(&path))?;
         fs::set_permissions(&path, fs::Permissions::from_mode(mode)).map_err(io(&path))?;
     }
-    let mode = fs::metadata(data_dir)
-        .map_err(io(data_dir))?
-        .permissions()
-        .mode();
-    if mode & 0o001 == 0 {
-        fs::set_permissions(data_dir, fs::Permissions::from_mode(mode | 0o001))
-            .map_err(io(data_dir))?;
-    }
     Ok(())
+}
+
+/// 32 random bytes as hex: a secret only the host and one sandbox know.
+fn secret() -> std::io::Result<String> {
+    let mut bytes = [0u8; 32];
+    std::io::Read::read_exact(&mut fs::File::open("/dev/urandom")?, &mut bytes)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// Wait (bounded) until `pid` no longer belongs to sandbox `id`: exited
@@ -393,9 +396,9 @@ impl ContainerBackend {
     }
 
     /// Where the launcher of sandbox `id` builds its mounts (empty on the
-    /// host; see [`mount_dir`]).
+    /// host; see [`mount_root`]).
     pub fn mount_dir(&self, id: &str) -> PathBuf {
-        mount_dir(&self.config.data_dir, id)
+        mount_root(&self.config.data_dir).join(id)
     }
 
     /// Host path of the run directory of `record` (`/run/sandbox` inside:
@@ -414,6 +417,7 @@ impl ContainerBackend {
         Ok(Peer {
             sandbox: record.id.clone(),
             ids,
+            token: record.agent_token.clone(),
         })
     }
 
@@ -508,7 +512,12 @@ impl ContainerBackend {
             forked_from: None,
             created_at_secs: now_secs(),
             ids: None,
+            agent_token: None,
         };
+        if request.agent {
+            let urandom = Path::new("/dev/urandom");
+            record.agent_token = Some(secret().map_err(Self::io(urandom))?);
+        }
         let result = self
             .take_ids(&id)
             .map(|ids| record.ids = Some(ids))
@@ -530,11 +539,20 @@ impl ContainerBackend {
             .mode(0o700)
             .create(&dir)
             .map_err(Self::io(&dir))?;
+        self.ensure_mount_dir(id)
+    }
+
+    /// The (empty) mount point of sandbox `id`: `/run` is emptied at boot,
+    /// so every start makes sure it is there.
+    fn ensure_mount_dir(&self, id: &str) -> Result<(), BackendError> {
+        use std::os::unix::fs::DirBuilderExt;
         let mount = self.mount_dir(id);
-        fs::DirBuilder::new()
-            .mode(0o755)
-            .create(&mount)
-            .map_err(Self::io(&mount))
+        match fs::DirBuilder::new().mode(0o755).create(&mount) {
+            Err(err) if err.kind() != std::io::ErrorKind::AlreadyExists => {
+                Err(Self::io(&mount)(err))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Best-effort removal of a half-created sandbox.
@@ -567,7 +585,17 @@ impl ContainerBackend {
             binds: record.binds.clone(),
             cgroups: self.cgroup(&record.id).paths(),
             init: record.init.clone(),
-            env: record.env.clone(),
+            env: record
+                .env
+                .iter()
+                .cloned()
+                .chain(
+                    record
+                        .agent_token
+                        .clone()
+                        .map(|token| (agent_proto::TOKEN_ENV.to_owned(), token)),
+                )
+                .collect(),
             limits: record.limits.clone(),
             ids: Self::peer(record)?.ids,
         })
@@ -608,6 +636,7 @@ impl ContainerBackend {
             .set_quota(&record.top_layer, record.limits.disk_mib * 1024 * 1024)?;
         let cgroup = self.cgroup(&id);
         cgroup.create(&record.limits)?;
+        self.ensure_mount_dir(&id)?;
         let spec = self.spec(&record)?;
         let spec_path = dir.join(SPEC_FILE);
         let spec_bytes = serde_json::to_vec_pretty(&spec).map_err(|e| BackendError::Launch {
@@ -855,6 +884,8 @@ impl ContainerBackend {
         if empty {
             self.cgroups.remove_parent(&self.cgroup_parent);
             self.layers.unmount()?;
+            // Empty unless a sandbox exists; then it stays for it.
+            let _ = fs::remove_dir(mount_root(&self.config.data_dir));
         }
         Ok(())
     }

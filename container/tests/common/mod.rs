@@ -87,6 +87,11 @@ pub struct TestBackend {
 
 impl TestBackend {
     pub fn start(name: &str) -> Self {
+        Self::start_with(name, |_| {})
+    }
+
+    /// A backend whose configuration `adjust` changed first.
+    pub fn start_with(name: &str, adjust: impl FnOnce(&mut BackendConfig)) -> Self {
         assert!(
             nix::unistd::Uid::effective().is_root(),
             "container tests need root"
@@ -98,6 +103,7 @@ impl TestBackend {
         let mut config = BackendConfig::new(&data_dir);
         config.launcher = PathBuf::from(env!("CARGO_BIN_EXE_sandbox-init"));
         config.layer_image_gib = 8;
+        adjust(&mut config);
         let backend = ContainerBackend::open(config).expect("backend opens");
         Self {
             backend: Some(backend),

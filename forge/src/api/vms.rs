@@ -146,6 +146,9 @@ pub async fn system(State(state): State<AppState>, _caller: Caller) -> Json<Valu
                 "max_mem_mib": state.sandboxes.limits().max_mem_mib,
                 "max_fork_count": state.sandboxes.limits().max_fork_count,
                 "max_live_per_token": state.sandboxes.limits().max_live_per_token,
+                "max_live_mem_mib": Some(state.sandboxes.limits().max_live_mem_mib)
+                    .filter(|mib| *mib != u64::MAX),
+                "max_file_bytes": state.sandboxes.limits().max_file_bytes,
             },
             "queue": {
                 "waiting": state.sandboxes.queued(),
@@ -469,8 +472,29 @@ pub async fn read_file(
         let entries = state.sandboxes.list_files(&id, &path).await?;
         return Ok(Json(entries).into_response());
     }
-    let data = state.sandboxes.read_file(&id, &path).await?;
-    Ok(([("content-type", "application/octet-stream")], data).into_response())
+    let mut file = state.sandboxes.read_file(&id, &path).await?;
+    // The first chunk before the answer: a missing file is a 404, not a
+    // 200 that breaks off.
+    let first = file.next_chunk().await?;
+    let body = futures_util::stream::unfold(Some((Some(first), file)), |state| async move {
+        let (pending, mut file) = state?;
+        let item = match pending {
+            Some(chunk) => Ok(chunk),
+            None => file.next_chunk().await,
+        };
+        match item {
+            Ok(Some(chunk)) => Some((Ok(Bytes::from(chunk)), Some((None, file)))),
+            Ok(None) => None,
+            // Past the limit or a stalled agent: the body breaks off, so
+            // the client sees an incomplete response, never a short file.
+            Err(err) => Some((Err(std::io::Error::other(err.to_string())), None)),
+        }
+    });
+    Ok((
+        [("content-type", "application/octet-stream")],
+        axum::body::Body::from_stream(body),
+    )
+        .into_response())
 }
 
 pub async fn write_file(

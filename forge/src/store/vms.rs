@@ -119,6 +119,16 @@ impl Store {
         Ok(count)
     }
 
+    /// Live VMs (running or paused in memory) and the memory they were given.
+    pub async fn live_vm_usage(&self) -> Result<(i64, i64)> {
+        let usage: (i64, i64) = sqlx::query_as(
+            "SELECT COUNT(*), COALESCE(SUM(mem_mib), 0) FROM vms WHERE state IN ('running', 'paused')",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(usage)
+    }
+
     /// Live VMs (running or paused in memory) created by `token`.
     pub async fn count_live_vms_by(&self, token: &str) -> Result<i64> {
         let (count,): (i64,) = sqlx::query_as(

@@ -26,6 +26,12 @@
 //!
 //! Bytes and connections are counted per sandbox ([`Counters`]) and each
 //! connection is logged with its host, outcome and byte counts.
+//!
+//! Bounds, so one sandbox cannot exhaust the forge: at most
+//! [`MAX_CONNECTIONS_PER_VM`] proxied connections per sandbox at once
+//! (more are closed at once and counted as refused), the request head must
+//! arrive within [`HEAD_TIMEOUT`], and a connection that carried no byte
+//! either way for [`IDLE_TIMEOUT`] is closed.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -40,6 +46,12 @@ pub const EGRESS_PORT: u16 = 3128;
 /// Largest request head the proxy reads.
 pub const MAX_HEAD_BYTES: usize = 16 * 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+/// Proxied connections one sandbox may hold open at once.
+pub const MAX_CONNECTIONS_PER_VM: usize = 64;
+/// How long a client may take to send its request head.
+pub const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a connection may stay silent in both directions.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Hosts a sandbox may reach when the operator names none: the package
 /// registries and git hosts a build needs.
@@ -400,6 +412,51 @@ async fn connect(host: &str, addrs: &[SocketAddr]) -> Result<TcpStream, Refusal>
     })
 }
 
+/// Copies both ways between `a` and `b` until both ends closed, or until
+/// neither sent a byte for `idle`; returns the bytes `a` → `b` and back.
+pub async fn pipe<A, B>(a: &mut A, b: &mut B, idle: Duration) -> std::io::Result<(u64, u64)>
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut a_read, mut a_write) = tokio::io::split(a);
+    let (mut b_read, mut b_write) = tokio::io::split(b);
+    let (mut a_buf, mut b_buf) = (vec![0u8; 16 * 1024], vec![0u8; 16 * 1024]);
+    let (mut a_open, mut b_open) = (true, true);
+    let (mut forth, mut back) = (0u64, 0u64);
+    while a_open || b_open {
+        tokio::select! {
+            read = a_read.read(&mut a_buf), if a_open => {
+                let n = read?;
+                if n == 0 {
+                    a_open = false;
+                    b_write.shutdown().await?;
+                } else {
+                    b_write.write_all(&a_buf[..n]).await?;
+                    forth += n as u64;
+                }
+            }
+            read = b_read.read(&mut b_buf), if b_open => {
+                let n = read?;
+                if n == 0 {
+                    b_open = false;
+                    a_write.shutdown().await?;
+                } else {
+                    a_write.write_all(&b_buf[..n]).await?;
+                    back += n as u64;
+                }
+            }
+            () = tokio::time::sleep(idle) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no traffic for {} s", idle.as_secs()),
+                ));
+            }
+        }
+    }
+    Ok((forth, back))
+}
+
 /// Serves one proxied connection of sandbox `vm` on `io`.
 pub async fn serve<S>(policy: &Policy, counters: &Counters, vm: &str, mut io: S)
 where
@@ -408,7 +465,9 @@ where
     let started = Instant::now();
     counters.connections.fetch_add(1, Ordering::Relaxed);
     let outcome = async {
-        let (head, rest) = read_head(&mut io).await?;
+        let (head, rest) = tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut io))
+            .await
+            .map_err(|_| bad("no request head within 30 s"))??;
         let head = parse_head(&head)?;
         let addrs = policy.check(&head.host, head.port).await?;
         let upstream = connect(&head.host, &addrs).await?;
@@ -434,7 +493,7 @@ where
             sent += head.upstream.len() as u64;
         }
         upstream.write_all(&rest).await?;
-        tokio::io::copy_bidirectional(&mut io, &mut upstream).await
+        pipe(&mut io, &mut upstream, IDLE_TIMEOUT).await
     }
     .await;
     let (out, back) = piped.as_ref().map_or((0, 0), |&(o, b)| (o, b));
@@ -544,6 +603,35 @@ mod tests {
         assert_eq!((v6.host.as_str(), v6.port), ("::1", 22));
         assert!(parse_head(b"GET /relative HTTP/1.1").is_err());
         assert!(parse_head(b"garbage").is_err());
+    }
+
+    #[tokio::test]
+    async fn a_silent_connection_is_closed_but_traffic_keeps_it_open() {
+        let idle = Duration::from_millis(200);
+        let (mut a, _a_peer) = tokio::io::duplex(1024);
+        let (mut b, _b_peer) = tokio::io::duplex(1024);
+        let started = Instant::now();
+        let err = pipe(&mut a, &mut b, idle).await.expect_err("times out");
+        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
+        assert!(started.elapsed() < Duration::from_secs(5));
+
+        let (mut a, mut a_peer) = tokio::io::duplex(1024);
+        let (mut b, mut b_peer) = tokio::io::duplex(1024);
+        let talker = tokio::spawn(async move {
+            // A byte every 100 ms for a second, then a clean close.
+            for _ in 0..10 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                a_peer.write_all(b"x").await.expect("write");
+            }
+            a_peer.shutdown().await.expect("close");
+            let mut sink = Vec::new();
+            b_peer.read_to_end(&mut sink).await.expect("read");
+            b_peer.shutdown().await.expect("close");
+            sink
+        });
+        let (forth, back) = pipe(&mut a, &mut b, idle).await.expect("kept open");
+        assert_eq!((forth, back), (10, 0));
+        assert_eq!(talker.await.expect("talker"), b"xxxxxxxxxx");
     }
 
     #[tokio::test]

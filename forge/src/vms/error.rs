@@ -26,6 +26,17 @@ pub enum VmError {
         queued: usize,
     },
     #[error(
+        "Sandboxes running or paused in memory hold {live_mib} MiB; {want_mib} MiB more would pass the forge's memory cap of {cap_mib} MiB; waited {waited_secs}s in the queue (position {position} of {queued}): pause to disk or delete one, or try again later"
+    )]
+    MemoryCapacity {
+        live_mib: u64,
+        want_mib: u64,
+        cap_mib: u64,
+        waited_secs: u64,
+        position: usize,
+        queued: usize,
+    },
+    #[error(
         "This token already has {live} live sandboxes, its quota is {quota}: pause to disk or delete one"
     )]
     Quota { live: usize, quota: usize },
@@ -53,12 +64,18 @@ impl From<VmError> for ApiError {
             | VmError::Sandbox(S::WrongState { .. } | S::Unsupported { .. }) => {
                 ApiError::conflict(message)
             }
-            VmError::Capacity { .. } => {
+            VmError::Capacity { .. } | VmError::MemoryCapacity { .. } => {
                 ApiError::new(StatusCode::TOO_MANY_REQUESTS, "capacity", message)
             }
             VmError::Quota { .. } => ApiError::new(StatusCode::TOO_MANY_REQUESTS, "quota", message),
             VmError::Unavailable(_) => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+            }
+            VmError::Sandbox(S::TooLarge { .. }) => {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", message)
+            }
+            VmError::Sandbox(S::Unresponsive { .. }) => {
+                ApiError::new(StatusCode::GATEWAY_TIMEOUT, "agent_unresponsive", message)
             }
             VmError::Sandbox(ref inner) if inner.remote_kind().is_some() => {
                 // The agent refused (missing file, not a directory, ...).

@@ -61,11 +61,16 @@ use crate::store::{Store, VmRow, unix_now};
 pub struct Limits {
     /// VMs running or paused in memory at once.
     pub max_live: usize,
+    /// Memory those VMs may be given together (MiB): the host's RAM times
+    /// the overcommit factor.
+    pub max_live_mem_mib: u64,
     pub max_vcpus: u8,
     pub max_mem_mib: u64,
     pub max_fork_count: usize,
     /// Captured stdout + stderr of one exec.
     pub max_output_bytes: u64,
+    /// Largest file the files API reads out of a VM (streamed).
+    pub max_file_bytes: u64,
     /// How long a create or fork waits in the queue when the cap is reached.
     pub queue_wait: Duration,
     /// Live VMs one (non-admin) token may hold; `None`: no quota.
@@ -76,10 +81,12 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_live: 200,
+            max_live_mem_mib: u64::MAX,
             max_vcpus: 4,
             max_mem_mib: 8192,
             max_fork_count: 50,
             max_output_bytes: 4 << 20,
+            max_file_bytes: 1 << 30,
             queue_wait: Duration::from_secs(30),
             max_live_per_token: None,
         }
@@ -133,6 +140,19 @@ impl Exec {
     /// The next chunk of stdout or stderr, then `Exited`, then `None`.
     pub async fn next(&mut self) -> Result<Option<::sandbox::ExecEvent>, VmError> {
         Ok(self.stream.next().await?)
+    }
+}
+
+/// A file streaming out of a VM, which stays running meanwhile.
+pub struct FileRead {
+    stream: ::sandbox::FileStream,
+    _running: OwnedRwLockReadGuard<()>,
+}
+
+impl FileRead {
+    /// The next chunk, `None` at the end.
+    pub async fn next_chunk(&mut self) -> Result<Option<Vec<u8>>, VmError> {
+        Ok(self.stream.next_chunk().await?)
     }
 }
 
@@ -241,16 +261,26 @@ impl Sandboxes {
         Ok(rows)
     }
 
-    /// Waits in the queue until `adding` more VMs fit under the cap.
-    async fn admit(&self, adding: usize) -> Result<queue::Reservation<'_>, VmError> {
+    /// Waits in the queue until `adding` more VMs of `mem_mib` each fit
+    /// under the caps.
+    async fn admit(&self, adding: usize, mem_mib: u64) -> Result<queue::Reservation<'_>, VmError> {
         let store = &self.store;
+        let want = queue::Room {
+            vms: adding,
+            mem_mib: mem_mib.saturating_mul(adding as u64),
+        };
+        let cap = queue::Room {
+            vms: self.limits.max_live,
+            mem_mib: self.limits.max_live_mem_mib,
+        };
         self.admission
-            .admit(
-                adding,
-                self.limits.max_live,
-                self.limits.queue_wait,
-                || async move { Ok(store.count_live_vms().await? as usize) },
-            )
+            .admit(want, cap, self.limits.queue_wait, || async move {
+                let (vms, mem_mib) = store.live_vm_usage().await?;
+                Ok(queue::Room {
+                    vms: vms.max(0) as usize,
+                    mem_mib: mem_mib.max(0) as u64,
+                })
+            })
             .await
     }
 
@@ -286,7 +316,7 @@ impl Sandboxes {
                 self.limits.max_mem_mib
             )));
         }
-        let _room = self.admit(1).await?;
+        let _room = self.admit(1, request.mem_mib).await?;
         let mut spec = Spec::new(image.clone());
         spec.vcpus = request.vcpus;
         spec.mem_mib = request.mem_mib;
@@ -402,10 +432,17 @@ impl Sandboxes {
         Ok(backend.open_port(id, port).await?)
     }
 
-    pub async fn read_file(&self, id: &str, path: &str) -> Result<Vec<u8>, VmError> {
+    /// A file, streamed (at most `max_file_bytes`).
+    pub async fn read_file(&self, id: &str, path: &str) -> Result<FileRead, VmError> {
         let (backend, _) = self.ready()?;
-        let _running = self.hold_running(id).await?;
-        Ok(backend.read_file(id, path).await?)
+        let running = self.hold_running(id).await?;
+        let stream = backend
+            .read_file_stream(id, path, self.limits.max_file_bytes)
+            .await?;
+        Ok(FileRead {
+            stream,
+            _running: running,
+        })
     }
 
     pub async fn write_file(&self, id: &str, path: &str, data: &[u8]) -> Result<(), VmError> {
@@ -493,8 +530,8 @@ impl Sandboxes {
         let lock = self.lock_of(id);
         let _guard = lock.write().await;
         self.running(id).await?;
-        let _room = self.admit(count).await?;
         let parent = self.get(id).await?;
+        let _room = self.admit(count, parent.mem_mib.max(0) as u64).await?;
         self.network.close(id).await;
         let copies = backend.fork(id, count).await?;
         let mut forks = Vec::with_capacity(copies.len());

@@ -176,6 +176,7 @@ impl Network {
         let task = tokio::spawn(async move {
             let vm = task_vm;
             let mut egress = egress;
+            let slots = Arc::new(tokio::sync::Semaphore::new(egress::MAX_CONNECTIONS_PER_VM));
             // Dropped with the task: every connection of the link ends too.
             let mut connections = JoinSet::new();
             loop {
@@ -189,16 +190,33 @@ impl Network {
                 tokio::select! {
                     accepted = egress.accept() => {
                         let Ok(stream) = accepted else { break };
+                        let Ok(slot) = slots.clone().try_acquire_owned() else {
+                            // Closing it at once: the sandbox sees a reset.
+                            counters.refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            tracing::warn!(vm, cap = egress::MAX_CONNECTIONS_PER_VM, "egress connection over the cap closed");
+                            continue;
+                        };
                         let (ours, theirs) = tokio::io::duplex(PIPE_BYTES);
                         connections.spawn(async move { let _ = stream.splice(theirs).await; });
                         let (policy, counters, vm) = (policy.clone(), counters.clone(), vm.clone());
-                        connections.spawn(async move { egress::serve(&policy, &counters, &vm, ours).await });
+                        connections.spawn(async move {
+                            egress::serve(&policy, &counters, &vm, ours).await;
+                            drop(slot);
+                        });
                     }
                     Some((accepted, relay)) = git_accept => {
                         let Ok(stream) = accepted else { break };
+                        let Ok(slot) = slots.clone().try_acquire_owned() else {
+                            tracing::warn!(vm, cap = egress::MAX_CONNECTIONS_PER_VM, "git connection over the cap closed");
+                            continue;
+                        };
                         let (ours, theirs) = tokio::io::duplex(PIPE_BYTES);
                         connections.spawn(async move { let _ = stream.splice(theirs).await; });
-                        connections.spawn(gitrelay::serve(relay, vm.clone(), ours));
+                        let served = gitrelay::serve(relay, vm.clone(), ours);
+                        connections.spawn(async move {
+                            served.await;
+                            drop(slot);
+                        });
                     }
                 }
             }

@@ -1,12 +1,14 @@
-//! Admission to the cap on live sandboxes: a request that would pass the
-//! cap waits in a first-in, first-out queue for a bounded time instead of
-//! failing at once, and then fails clearly.
+//! Admission to the caps on live sandboxes: how many may be running or
+//! paused in memory, and how much memory they may be given together. A
+//! request that would pass a cap waits in a first-in, first-out queue for a
+//! bounded time instead of failing at once, and then fails clearly.
 //!
 //! - Each waiting request holds a ticket; only the head of the queue may
 //!   take room, so a large fork cannot be starved by single creates.
-//! - Room is `live (from the table) + reserved + wanted <= cap`. A request
-//!   admitted holds a [`Reservation`] until its VMs are recorded, so two
-//!   admissions cannot both count the same free slot.
+//! - Room is `live (from the table) + reserved + wanted <= cap`, for the
+//!   count and for the memory ([`Room`]). A request admitted holds a
+//!   [`Reservation`] until its VMs are recorded, so two admissions cannot
+//!   both count the same free room.
 //! - The head looks again when a reservation or ticket is dropped, and at
 //!   least every [`POLL`] (VMs paused to disk or deleted free room too).
 //! - After `max_wait` the request fails with [`VmError::Capacity`], which
@@ -26,12 +28,33 @@ use super::VmError;
 /// How often the head of the queue looks again without being woken.
 pub const POLL: Duration = Duration::from_millis(250);
 
-/// The queue in front of the cap.
+/// VMs and the memory they are given (what is live, wanted, or the cap).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Room {
+    pub vms: usize,
+    pub mem_mib: u64,
+}
+
+impl Room {
+    fn plus(self, other: Room) -> Room {
+        Room {
+            vms: self.vms + other.vms,
+            mem_mib: self.mem_mib + other.mem_mib,
+        }
+    }
+
+    fn fits_in(self, cap: Room) -> bool {
+        self.vms <= cap.vms && self.mem_mib <= cap.mem_mib
+    }
+}
+
+/// The queue in front of the caps.
 #[derive(Debug, Default)]
 pub struct Admission {
     waiting: Mutex<VecDeque<u64>>,
     next: AtomicU64,
-    reserved: AtomicUsize,
+    reserved_vms: AtomicUsize,
+    reserved_mib: AtomicU64,
     changed: Notify,
 }
 
@@ -39,14 +62,17 @@ pub struct Admission {
 #[derive(Debug)]
 pub struct Reservation<'a> {
     admission: &'a Admission,
-    count: usize,
+    room: Room,
 }
 
 impl Drop for Reservation<'_> {
     fn drop(&mut self) {
         self.admission
-            .reserved
-            .fetch_sub(self.count, Ordering::AcqRel);
+            .reserved_vms
+            .fetch_sub(self.room.vms, Ordering::AcqRel);
+        self.admission
+            .reserved_mib
+            .fetch_sub(self.room.mem_mib, Ordering::AcqRel);
         self.admission.changed.notify_waiters();
     }
 }
@@ -76,19 +102,32 @@ impl Admission {
         self.queue().len()
     }
 
-    /// Waits (at most `max_wait`) until `count` more VMs fit under `cap`;
-    /// `live` counts the VMs that hold resources now.
+    fn reserved(&self) -> Room {
+        Room {
+            vms: self.reserved_vms.load(Ordering::Acquire),
+            mem_mib: self.reserved_mib.load(Ordering::Acquire),
+        }
+    }
+
+    /// Waits (at most `max_wait`) until `want` more fits under `cap`;
+    /// `live` measures what holds resources now.
     pub async fn admit<F, Fut>(
         &self,
-        count: usize,
-        cap: usize,
+        want: Room,
+        cap: Room,
         max_wait: Duration,
         live: F,
     ) -> Result<Reservation<'_>, VmError>
     where
         F: Fn() -> Fut,
-        Fut: Future<Output = Result<usize, VmError>>,
+        Fut: Future<Output = Result<Room, VmError>>,
     {
+        if !want.fits_in(cap) {
+            return Err(VmError::Invalid(format!(
+                "{} VMs with {} MiB can never fit: the forge holds at most {} VMs and {} MiB",
+                want.vms, want.mem_mib, cap.vms, cap.mem_mib
+            )));
+        }
         let started = Instant::now();
         let ticket = Ticket {
             admission: self,
@@ -100,9 +139,10 @@ impl Admission {
             let notified = self.changed.notified();
             let now_live = live().await?;
             let head = self.queue().front() == Some(&ticket.id);
-            let reserved = self.reserved.load(Ordering::Acquire);
-            if head && now_live + reserved + count <= cap {
-                self.reserved.fetch_add(count, Ordering::AcqRel);
+            let taken = now_live.plus(self.reserved());
+            if head && taken.plus(want).fits_in(cap) {
+                self.reserved_vms.fetch_add(want.vms, Ordering::AcqRel);
+                self.reserved_mib.fetch_add(want.mem_mib, Ordering::AcqRel);
                 drop(ticket);
                 if logged {
                     tracing::info!(
@@ -112,7 +152,7 @@ impl Admission {
                 }
                 return Ok(Reservation {
                     admission: self,
-                    count,
+                    room: want,
                 });
             }
             let left = max_wait.saturating_sub(started.elapsed());
@@ -121,19 +161,33 @@ impl Admission {
                 let position = queue.iter().position(|t| *t == ticket.id).unwrap_or(0) + 1;
                 let queued = queue.len();
                 drop(queue);
-                return Err(VmError::Capacity {
-                    live: now_live + reserved,
-                    cap,
-                    waited_secs: started.elapsed().as_secs(),
+                let waited_secs = started.elapsed().as_secs();
+                if taken.vms + want.vms > cap.vms {
+                    return Err(VmError::Capacity {
+                        live: taken.vms,
+                        cap: cap.vms,
+                        waited_secs,
+                        position,
+                        queued,
+                    });
+                }
+                return Err(VmError::MemoryCapacity {
+                    live_mib: taken.mem_mib,
+                    want_mib: want.mem_mib,
+                    cap_mib: cap.mem_mib,
+                    waited_secs,
                     position,
                     queued,
                 });
             }
             if !logged {
                 tracing::info!(
-                    live = now_live,
-                    cap,
-                    count,
+                    live = now_live.vms,
+                    live_mib = now_live.mem_mib,
+                    cap = cap.vms,
+                    cap_mib = cap.mem_mib,
+                    vms = want.vms,
+                    mib = want.mem_mib,
                     "sandbox cap reached: request queued"
                 );
                 logged = true;
@@ -151,19 +205,35 @@ mod tests {
     use super::*;
     use std::sync::Arc;
 
+    fn vms(n: usize) -> Room {
+        Room { vms: n, mem_mib: 0 }
+    }
+
+    fn mib(n: u64) -> Room {
+        Room { vms: 0, mem_mib: n }
+    }
+
+    const CAP: Room = Room {
+        vms: 2,
+        mem_mib: 4096,
+    };
+
+    fn measure(live: Arc<Mutex<Room>>) -> impl Fn() -> std::future::Ready<Result<Room, VmError>> {
+        move || std::future::ready(Ok(*live.lock().unwrap_or_else(|p| p.into_inner())))
+    }
+
     #[tokio::test]
     async fn a_waiting_request_is_admitted_when_room_frees_and_fails_clearly_otherwise() {
         let admission = Arc::new(Admission::default());
-        let live = Arc::new(AtomicUsize::new(2));
-        let count = |live: Arc<AtomicUsize>| {
-            move || {
-                let live = live.clone();
-                async move { Ok(live.load(Ordering::SeqCst)) }
-            }
-        };
+        let live = Arc::new(Mutex::new(vms(2)));
         // Full, nothing frees: a clear error after the wait.
         let error = admission
-            .admit(1, 2, Duration::from_millis(300), count(live.clone()))
+            .admit(
+                vms(1),
+                CAP,
+                Duration::from_millis(300),
+                measure(live.clone()),
+            )
             .await
             .expect_err("full");
         let text = error.to_string();
@@ -178,33 +248,74 @@ mod tests {
             let (admission, live) = (admission.clone(), live.clone());
             tokio::spawn(async move {
                 admission
-                    .admit(1, 2, Duration::from_secs(10), count(live))
+                    .admit(vms(1), CAP, Duration::from_secs(10), measure(live))
                     .await
-                    .map(|r| r.count)
+                    .map(|r| r.room)
             })
         };
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(admission.waiting(), 1);
-        live.store(1, Ordering::SeqCst);
-        assert_eq!(waiter.await.expect("join").expect("admitted"), 1);
+        *live.lock().expect("live") = vms(1);
+        assert_eq!(waiter.await.expect("join").expect("admitted"), vms(1));
 
         // A reservation counts until dropped.
         let held = admission
-            .admit(1, 2, Duration::ZERO, count(live.clone()))
+            .admit(vms(1), CAP, Duration::ZERO, measure(live.clone()))
             .await
             .expect("room for one");
         assert!(
             admission
-                .admit(1, 2, Duration::ZERO, count(live.clone()))
+                .admit(vms(1), CAP, Duration::ZERO, measure(live.clone()))
                 .await
                 .is_err()
         );
         drop(held);
         assert!(
             admission
-                .admit(1, 2, Duration::ZERO, count(live))
+                .admit(vms(1), CAP, Duration::ZERO, measure(live))
                 .await
                 .is_ok()
         );
+    }
+
+    #[tokio::test]
+    async fn memory_is_a_cap_of_its_own() {
+        let admission = Admission::default();
+        let live = Arc::new(Mutex::new(Room {
+            vms: 1,
+            mem_mib: 3072,
+        }));
+        let want = Room {
+            vms: 1,
+            mem_mib: 2048,
+        };
+        let error = admission
+            .admit(want, CAP, Duration::from_millis(100), measure(live.clone()))
+            .await
+            .expect_err("over the memory cap");
+        assert!(
+            matches!(
+                error,
+                VmError::MemoryCapacity {
+                    live_mib: 3072,
+                    want_mib: 2048,
+                    cap_mib: 4096,
+                    ..
+                }
+            ),
+            "{error}"
+        );
+        *live.lock().expect("live") = mib(1024);
+        assert!(
+            admission
+                .admit(want, CAP, Duration::ZERO, measure(live))
+                .await
+                .is_ok()
+        );
+        let never = admission
+            .admit(mib(8192), CAP, Duration::ZERO, measure(Arc::default()))
+            .await
+            .expect_err("larger than the cap");
+        assert!(matches!(never, VmError::Invalid(_)), "{never}");
     }
 }

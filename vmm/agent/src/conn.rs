@@ -35,6 +35,21 @@ fn lock(routes: &Routes) -> std::sync::MutexGuard<'_, HashMap<u32, Route>> {
     routes.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Whether `presented` is the agent's token (compared in constant time), or
+/// the agent has none.
+fn token_matches(agent: &Agent, presented: Option<&str>) -> bool {
+    let Some(expected) = agent.config.token.as_deref() else {
+        return true;
+    };
+    let presented = presented.unwrap_or_default().as_bytes();
+    let expected = expected.as_bytes();
+    let mut diff = presented.len() ^ expected.len();
+    for (i, byte) in expected.iter().enumerate() {
+        diff |= usize::from(byte ^ presented.get(i).copied().unwrap_or(0));
+    }
+    diff == 0
+}
+
 /// Serves one connection until it closes or breaks the protocol.
 pub async fn serve<S>(io: S, agent: Arc<Agent>)
 where
@@ -47,6 +62,14 @@ where
     let mut buf = Vec::new();
 
     match read_frame(&mut r, &mut buf).await {
+        Ok(Some(Frame {
+            body: Body::Hello {
+                protocol, token, ..
+            },
+            ..
+        })) if protocol == PROTOCOL_VERSION && !token_matches(&agent, token.as_deref()) => {
+            return close_with_error(tx, writer, "the agent's token is required".into()).await;
+        }
         Ok(Some(Frame {
             body: Body::Hello { protocol, .. },
             ..

@@ -34,6 +34,12 @@ pub struct Config {
     pub files_root: PathBuf,
     /// Working directory of execs that name none.
     pub default_cwd: PathBuf,
+    /// The secret every `Hello` must present (from [`agent_proto::TOKEN_ENV`]).
+    pub token: Option<String>,
+    /// Serve only peers outside this sandbox: over a Unix socket, a peer
+    /// whose process this PID namespace cannot see (pid 0, the host); over
+    /// vsock, the host's CID. Set for PID 1.
+    pub host_peers_only: bool,
 }
 
 /// State shared by all connections.
@@ -78,8 +84,11 @@ pub async fn serve(listener: Listener, agent: Arc<Agent>) {
     loop {
         tokio::select! {
             conn = listener.accept() => match conn {
+                Ok(conn) if agent.config.host_peers_only && !conn.from_host() => {
+                    eprintln!("sandbox-agent: refused a connection from inside the sandbox");
+                }
                 Ok(Conn::Unix(s)) => { tokio::spawn(conn::serve(s, agent.clone())); }
-                Ok(Conn::Vsock(s)) => { tokio::spawn(conn::serve(s, agent.clone())); }
+                Ok(Conn::Vsock(s, _)) => { tokio::spawn(conn::serve(s, agent.clone())); }
                 Err(e) => {
                     eprintln!("sandbox-agent: accept: {e}");
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;

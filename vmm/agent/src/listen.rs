@@ -41,10 +41,27 @@ pub enum Listener {
     Vsock(AsyncFd<OwnedFd>),
 }
 
-/// A connected socket of any kind.
+/// A connected socket of any kind (a vsock one with its peer's CID).
 pub enum Conn {
     Unix(tokio::net::UnixStream),
-    Vsock(VsockStream),
+    Vsock(VsockStream, u32),
+}
+
+/// The host's vsock CID (`VMADDR_CID_HOST`).
+const CID_HOST: u32 = 2;
+
+impl Conn {
+    /// Whether the peer is outside the sandbox: over a Unix socket, a
+    /// process this PID namespace cannot see (the kernel reports pid 0);
+    /// over vsock, the host's CID.
+    pub fn from_host(&self) -> bool {
+        match self {
+            Conn::Unix(s) => s
+                .peer_cred()
+                .is_ok_and(|cred| cred.pid().is_none_or(|pid| pid == 0)),
+            Conn::Vsock(_, cid) => *cid == CID_HOST,
+        }
+    }
 }
 
 fn cvt(rc: libc::c_int) -> io::Result<libc::c_int> {
@@ -104,14 +121,17 @@ impl Listener {
             Listener::Unix(l) => Ok(Conn::Unix(l.accept().await?.0)),
             Listener::Vsock(fd) => loop {
                 let mut guard = fd.readable().await?;
+                // SAFETY: sockaddr_vm is plain data; all zeroes is a valid value.
+                let mut peer: libc::sockaddr_vm = unsafe { std::mem::zeroed() };
                 let res = guard.try_io(|fd| {
-                    // SAFETY: accept4 with null address pointers only returns
-                    // a new descriptor.
+                    let mut len = std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t;
+                    // SAFETY: `peer` and `len` are live and `len` is the size
+                    // of `peer`, which the kernel writes at most.
                     cvt(unsafe {
                         libc::accept4(
                             fd.as_raw_fd(),
-                            std::ptr::null_mut(),
-                            std::ptr::null_mut(),
+                            (&mut peer as *mut libc::sockaddr_vm).cast(),
+                            &mut len,
                             libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
                         )
                     })
@@ -120,7 +140,7 @@ impl Listener {
                     Ok(Ok(conn)) => {
                         // SAFETY: accept4 succeeded; the descriptor is ours.
                         let conn = unsafe { OwnedFd::from_raw_fd(conn) };
-                        return Ok(Conn::Vsock(VsockStream(register(conn)?)));
+                        return Ok(Conn::Vsock(VsockStream(register(conn)?), peer.svm_cid));
                     }
                     Ok(Err(e)) => return Err(e),
                     Err(_would_block) => continue,

@@ -7,7 +7,10 @@
 //! ```
 //!
 //! As PID 1 the default is `--listen vsock:1024` when the kernel offers
-//! vsock, else `unix:/run/sandbox/agent.sock`, with the file root `/`.
+//! vsock, else `unix:/run/sandbox/agent.sock`, with the file root `/`; as
+//! PID 1 it serves only peers outside the sandbox (the host). With
+//! `SANDBOX_AGENT_TOKEN` set it serves only clients that present that
+//! secret in their `Hello`, and removes it from its environment first.
 //!
 //! Ways to run it:
 //! - microVM: the guest kernel starts `/sbin/init` (this binary); the host
@@ -96,11 +99,18 @@ fn main() {
             PathBuf::from("/")
         }
     });
+    let token = std::env::var(agent_proto::TOKEN_ENV).ok();
+    // SAFETY: no other thread exists yet (the runtime starts below), so
+    // nothing reads the environment concurrently. Removed so that no
+    // command the agent runs inherits the secret.
+    unsafe { std::env::remove_var(agent_proto::TOKEN_ENV) };
     let config = Config {
         pid1,
         manage_system: pid1 || args.manage_system,
         files_root: args.files_root,
         default_cwd,
+        token,
+        host_peers_only: pid1,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(std::thread::available_parallelism().map_or(2, |n| n.get().min(4)))

@@ -267,6 +267,7 @@ async fn losing_the_connection_kills_its_processes() {
         let hello = Body::Hello {
             protocol: PROTOCOL_VERSION,
             client: "test".into(),
+            token: None,
         };
         encode_into(&Frame::new(0, hello), &mut buf).unwrap();
         let exec = ExecRequest::shell(format!("sleep {marker} & sleep {marker}"));

@@ -22,6 +22,7 @@ async fn raw_hello(agent: &TestAgent, protocol: u32) -> (UnixStream, Option<Fram
         Body::Hello {
             protocol,
             client: "raw".into(),
+            token: None,
         },
     );
     encode_into(&hello, &mut buf).unwrap();
@@ -246,4 +247,30 @@ async fn client_connects_through_a_vsock_proxy() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("Handshake"), "{err}");
+}
+
+#[tokio::test]
+async fn an_agent_with_a_token_serves_only_clients_that_present_it() {
+    let agent = TestAgent::start_with(&["env", "SANDBOX_AGENT_TOKEN=s3cret-token"], &[]);
+    let (_, reply) = raw_hello(&agent, PROTOCOL_VERSION).await;
+    match reply.unwrap().body {
+        Body::Error(e) => assert!(e.message.contains("token"), "{}", e.message),
+        other => panic!("a Hello without the token was answered: {other:?}"),
+    }
+    let wrong = tokio::net::UnixStream::connect(&agent.socket)
+        .await
+        .unwrap();
+    let refused = agent_proto::Client::handshake_with_token(wrong, Some("s3cret-tokex")).await;
+    assert!(refused.is_err(), "a wrong token is refused");
+    let right = tokio::net::UnixStream::connect(&agent.socket)
+        .await
+        .unwrap();
+    let client = agent_proto::Client::handshake_with_token(right, Some("s3cret-token"))
+        .await
+        .unwrap();
+    let out = client
+        .run(ExecRequest::shell("echo \"[$SANDBOX_AGENT_TOKEN]\""))
+        .await
+        .unwrap();
+    assert_eq!(out.stdout, b"[]\n", "commands never see the agent's secret");
 }

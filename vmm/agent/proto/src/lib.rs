@@ -20,9 +20,10 @@
 //!
 //! # Connection
 //!
-//! 1. The client sends `Hello { protocol, client }` on stream 0.
-//! 2. The agent answers `Welcome(Health)` if `protocol == PROTOCOL_VERSION`,
-//!    or `Error` on stream 0 and closes.
+//! 1. The client sends `Hello { protocol, client, token }` on stream 0.
+//! 2. The agent answers `Welcome(Health)` if `protocol == PROTOCOL_VERSION`
+//!    and `token` is the secret it was started with (if any), or `Error`
+//!    on stream 0 and closes.
 //! 3. Operations are multiplexed over the one connection. The client opens
 //!    a stream by sending a frame with a new odd stream id (1, 3, 5, ...)
 //!    whose body is an operation (`Exec`, `ReadFile`, `OpenPort`, ...).

@@ -10,7 +10,11 @@ use serde_bytes::ByteBuf;
 
 /// Protocol version spoken by this crate. The agent refuses a `Hello` with a
 /// different version (the whole connection is closed with an error).
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
+
+/// Environment variable that gives the agent its secret: when set, every
+/// `Hello` must carry the same `token` (see [`Body::Hello`]).
+pub const TOKEN_ENV: &str = "SANDBOX_AGENT_TOKEN";
 
 /// Largest encoded frame body (after the 4-byte length prefix) either side
 /// accepts. A larger length prefix is a protocol error on that connection.
@@ -51,10 +55,14 @@ impl Frame {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Body {
     // ---- handshake (stream 0) ----
-    /// First frame from the client.
+    /// First frame from the client. `token` must match the secret the
+    /// agent was started with ([`TOKEN_ENV`]), if it was started with one:
+    /// a process inside the sandbox that reaches the agent's socket cannot
+    /// drive it without it.
     Hello {
         protocol: u32,
         client: String,
+        token: Option<String>,
     },
     /// The agent's answer to a compatible `Hello`.
     Welcome(Health),

@@ -8,6 +8,15 @@
 //! whose caller stops reading stalls only itself (the agent's window runs
 //! out), never the connection. Dropping an unfinished operation sends
 //! `Cancel`.
+//!
+//! The agent runs inside a sandbox and is treated as hostile: the reader
+//! holds it to the protocol's bounds, so what a client buffers stays
+//! bounded whatever the agent sends. Per stream, data received but not yet
+//! consumed may not exceed the window the client granted, and at most
+//! [`MAX_QUEUED_BODIES`] bodies may wait; at most [`MAX_PENDING_ACCEPTS`]
+//! accepted connections may wait for `accept`. An agent that breaks a
+//! bound loses the connection, and every operation on it fails with
+//! [`ClientError::Misbehaved`].
 
 mod exec;
 mod files;
@@ -50,6 +59,8 @@ pub enum ClientError {
     Remote(#[from] RemoteError),
     #[error("Agent sent an unexpected {0} frame")]
     Unexpected(String),
+    #[error("Agent broke the protocol's bounds ({0}); the connection was closed")]
+    Misbehaved(String),
     #[error("Local I/O failed")]
     Io(#[from] std::io::Error),
 }
@@ -66,15 +77,58 @@ impl Client {
     }
 }
 
+/// Bodies of one stream that may wait for its reader.
+pub const MAX_QUEUED_BODIES: u32 = 4096;
+/// Agent-opened streams that may wait for `accept` on one connection.
+pub const MAX_PENDING_ACCEPTS: usize = 256;
+
+/// What waits on one stream for its reader: the bounds the reader checks.
+#[derive(Default)]
+struct Queued {
+    /// Data bytes received and not yet consumed (at most the window).
+    bytes: std::sync::atomic::AtomicU32,
+    bodies: std::sync::atomic::AtomicU32,
+}
+
+impl Queued {
+    /// Counts `body` in, or says which bound it breaks.
+    fn admit(&self, body: &Body) -> std::result::Result<(), String> {
+        let cost = body.window_cost();
+        let bytes = self
+            .bytes
+            .fetch_add(cost, Ordering::AcqRel)
+            .saturating_add(cost);
+        if bytes > INITIAL_WINDOW_BYTES {
+            return Err(format!(
+                "{bytes} data bytes in flight on one stream, the window is {INITIAL_WINDOW_BYTES}"
+            ));
+        }
+        if self.bodies.fetch_add(1, Ordering::AcqRel) >= MAX_QUEUED_BODIES {
+            return Err(format!(
+                "more than {MAX_QUEUED_BODIES} frames queued on one stream"
+            ));
+        }
+        Ok(())
+    }
+
+    /// Counts `body` out once the reader took it.
+    fn consumed(&self, body: &Body) {
+        self.bytes.fetch_sub(body.window_cost(), Ordering::AcqRel);
+        self.bodies.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 struct Route {
     events: mpsc::UnboundedSender<Body>,
     window: Arc<Semaphore>,
+    queued: Arc<Queued>,
 }
 
 /// An agent-opened stream announced by `Accepted`, waiting for `accept`.
 struct Pending {
     events: mpsc::UnboundedReceiver<Body>,
     window: Arc<Semaphore>,
+    queued: Arc<Queued>,
 }
 
 struct Shared {
@@ -84,6 +138,8 @@ struct Shared {
     next_stream: AtomicU32,
     /// Set by the reader when the connection ended.
     closed: std::sync::atomic::AtomicBool,
+    /// Why the reader closed the connection, if the agent broke a bound.
+    broken: Mutex<Option<String>>,
 }
 
 impl Shared {
@@ -168,6 +224,15 @@ impl Client {
     where
         S: AsyncRead + AsyncWrite + Send + 'static,
     {
+        Self::handshake_with_token(io, None).await
+    }
+
+    /// [`Client::handshake`] presenting `token`, the secret the agent was
+    /// started with.
+    pub async fn handshake_with_token<S>(io: S, token: Option<&str>) -> Result<Self>
+    where
+        S: AsyncRead + AsyncWrite + Send + 'static,
+    {
         let (r, mut w) = tokio::io::split(io);
         let mut r = BufReader::with_capacity(256 * 1024, r);
         let hello = Frame::new(
@@ -175,6 +240,7 @@ impl Client {
             Body::Hello {
                 protocol: PROTOCOL_VERSION,
                 client: format!("agent-proto/{}", env!("CARGO_PKG_VERSION")),
+                token: token.map(str::to_owned),
             },
         );
         let mut buf = Vec::new();
@@ -204,6 +270,7 @@ impl Client {
             routes: Mutex::new(HashMap::new()),
             pending: Mutex::new(HashMap::new()),
             closed: std::sync::atomic::AtomicBool::new(false),
+            broken: Mutex::new(None),
             next_stream: AtomicU32::new(1),
         });
         tokio::spawn(write_loop(w, rx));
@@ -221,6 +288,7 @@ impl Client {
         let id = self.shared.next_stream.fetch_add(2, Ordering::Relaxed);
         let (events_tx, events) = mpsc::unbounded_channel();
         let window = Arc::new(Semaphore::new(INITIAL_WINDOW_BYTES as usize));
+        let queued = Arc::new(Queued::default());
         {
             // Checked under the routes lock, which the reader holds while it
             // marks the connection closed and drains the routes.
@@ -233,6 +301,7 @@ impl Client {
                 Route {
                     events: events_tx,
                     window: window.clone(),
+                    queued: queued.clone(),
                 },
             );
         }
@@ -243,6 +312,7 @@ impl Client {
                 window,
             },
             events,
+            queued,
             finished: false,
         };
         stream.sender.send(body).await?;
@@ -311,6 +381,7 @@ impl Client {
                 window: pending.window,
             },
             events: pending.events,
+            queued: pending.queued,
             finished: false,
         })
     }
@@ -351,57 +422,88 @@ async fn write_loop<W: AsyncWrite>(w: W, mut rx: mpsc::Receiver<Frame>) {
 
 async fn read_loop<R: AsyncRead + Unpin>(mut r: R, shared: std::sync::Weak<Shared>) {
     let mut buf = Vec::new();
+    let mut broken = None;
     while let Ok(Some(frame)) = read_frame(&mut r, &mut buf).await {
         let Some(shared) = shared.upgrade() else {
             return;
         };
-        let mut routes = shared.routes();
-        if frame.stream == CONTROL_STREAM {
-            // A connection-level error: the agent closes the connection next.
-            continue;
-        }
-        if let Body::Credit(n) = frame.body {
-            if let Some(route) = routes.get(&frame.stream) {
-                route.window.add_permits(n as usize);
-            }
-            continue;
-        }
-        if let Body::Accepted { stream } = frame.body
-            && stream % 2 == 0
-            && routes.contains_key(&frame.stream)
-        {
-            // Route the new stream before any of its frames can arrive.
-            let (events_tx, events) = mpsc::unbounded_channel();
-            let window = Arc::new(Semaphore::new(INITIAL_WINDOW_BYTES as usize));
-            routes.insert(
-                stream,
-                Route {
-                    events: events_tx,
-                    window: window.clone(),
-                },
-            );
-            shared
-                .pending
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(stream, Pending { events, window });
-        }
-        let terminal = is_terminal(&frame.body);
-        if let Some(route) = routes.get(&frame.stream) {
-            let _ = route.events.send(frame.body);
-        }
-        if terminal && let Some(route) = routes.remove(&frame.stream) {
-            route.window.close();
+        if let Err(reason) = route_frame(&shared, frame) {
+            broken = Some(reason);
+            break;
         }
     }
     // Connection gone: wake every operation (their receivers see the end).
     if let Some(shared) = shared.upgrade() {
+        if let Some(reason) = broken {
+            *shared.broken.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason);
+        }
         let mut routes = shared.routes();
         shared.closed.store(true, Ordering::Release);
         for (_, route) in routes.drain() {
             route.window.close();
         }
+        shared
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
     }
+}
+
+/// Hands `frame` to its stream, or says which bound the agent broke.
+fn route_frame(shared: &Shared, frame: Frame) -> std::result::Result<(), String> {
+    let mut routes = shared.routes();
+    if frame.stream == CONTROL_STREAM {
+        // A connection-level error: the agent closes the connection next.
+        return Ok(());
+    }
+    if let Body::Credit(n) = frame.body {
+        if let Some(route) = routes.get(&frame.stream) {
+            route.window.add_permits(n as usize);
+        }
+        return Ok(());
+    }
+    if let Body::Accepted { stream } = frame.body
+        && stream % 2 == 0
+        && routes.contains_key(&frame.stream)
+        && !routes.contains_key(&stream)
+    {
+        let mut pending = shared.pending.lock().unwrap_or_else(|p| p.into_inner());
+        if pending.len() >= MAX_PENDING_ACCEPTS {
+            return Err(format!(
+                "more than {MAX_PENDING_ACCEPTS} accepted connections waiting"
+            ));
+        }
+        // Route the new stream before any of its frames can arrive.
+        let (events_tx, events) = mpsc::unbounded_channel();
+        let window = Arc::new(Semaphore::new(INITIAL_WINDOW_BYTES as usize));
+        let queued = Arc::new(Queued::default());
+        routes.insert(
+            stream,
+            Route {
+                events: events_tx,
+                window: window.clone(),
+                queued: queued.clone(),
+            },
+        );
+        pending.insert(
+            stream,
+            Pending {
+                events,
+                window,
+                queued,
+            },
+        );
+    }
+    let terminal = is_terminal(&frame.body);
+    if let Some(route) = routes.get(&frame.stream) {
+        route.queued.admit(&frame.body)?;
+        let _ = route.events.send(frame.body);
+    }
+    if terminal && let Some(route) = routes.remove(&frame.stream) {
+        route.window.close();
+    }
+    Ok(())
 }
 
 /// The sending half of one operation; cheap to clone.
@@ -442,6 +544,7 @@ impl StreamSender {
 pub(crate) struct Stream {
     sender: StreamSender,
     events: mpsc::UnboundedReceiver<Body>,
+    queued: Arc<Queued>,
     finished: bool,
 }
 
@@ -451,8 +554,18 @@ impl Stream {
     async fn recv(&mut self) -> Result<Body> {
         let Some(body) = self.events.recv().await else {
             self.finished = true;
-            return Err(ClientError::Closed);
+            let broken = self
+                .sender
+                .shared
+                .broken
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            return Err(match broken.as_ref() {
+                Some(reason) => ClientError::Misbehaved(reason.clone()),
+                None => ClientError::Closed,
+            });
         };
+        self.queued.consumed(&body);
         let cost = body.window_cost();
         if cost > 0 {
             self.sender.send(Body::Credit(cost)).await?;

@@ -1,0 +1,113 @@
+//! The client against an agent that breaks the protocol's bounds on
+//! purpose: what the client buffers must stay bounded, and the operation
+//! must fail with a clear reason instead of the host growing.
+#![allow(clippy::unwrap_used)]
+
+use agent_proto::frame::{read_frame, write_frame};
+use agent_proto::{
+    Body, CHUNK_BYTES, Client, ClientError, ExecRequest, Frame, Health, INITIAL_WINDOW_BYTES,
+    PROTOCOL_VERSION,
+};
+use serde_bytes::ByteBuf;
+use tokio::io::DuplexStream;
+
+/// A fake agent on one end of a pipe: answers the `Hello`, waits for the
+/// first operation, then runs `misbehave` with the stream id it opened.
+async fn fake_agent<F, Fut>(io: DuplexStream, misbehave: F)
+where
+    F: FnOnce(DuplexStream, u32) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let (mut r, mut w) = tokio::io::split(io);
+    let mut buf = Vec::new();
+    let hello = read_frame(&mut r, &mut buf).await.unwrap().unwrap();
+    assert!(matches!(hello.body, Body::Hello { .. }));
+    let welcome = Health {
+        protocol: PROTOCOL_VERSION,
+        agent_version: "hostile".into(),
+        image_version: None,
+        pid1: true,
+        hostname: "evil".into(),
+        uptime_ms: 0,
+    };
+    write_frame(&mut w, &Frame::new(0, Body::Welcome(welcome)))
+        .await
+        .unwrap();
+    let op = read_frame(&mut r, &mut buf).await.unwrap().unwrap();
+    misbehave(r.unsplit(w), op.stream).await;
+}
+
+async fn client_against<F, Fut>(misbehave: F) -> Client
+where
+    F: FnOnce(DuplexStream, u32) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (ours, theirs) = tokio::io::duplex(8 << 20);
+    tokio::spawn(fake_agent(theirs, misbehave));
+    Client::handshake(ours).await.unwrap()
+}
+
+#[tokio::test]
+async fn output_beyond_the_window_closes_the_connection() {
+    let client = client_against(|mut io, stream| async move {
+        write_frame(&mut io, &Frame::new(stream, Body::Started { pid: 7 }))
+            .await
+            .unwrap();
+        // Twice the window, without waiting for a single credit.
+        let chunk = ByteBuf::from(vec![b'x'; CHUNK_BYTES]);
+        for _ in 0..(2 * INITIAL_WINDOW_BYTES as usize / CHUNK_BYTES) {
+            let frame = Frame::new(stream, Body::Stdout(chunk.clone()));
+            if write_frame(&mut io, &frame).await.is_err() {
+                return;
+            }
+        }
+        std::future::pending::<()>().await;
+    })
+    .await;
+    let mut exec = client.exec(ExecRequest::shell("true")).await.unwrap();
+    // Let the flood arrive before reading any of it.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let mut received = 0usize;
+    let err = loop {
+        match exec.next().await {
+            Ok(Some(agent_proto::ExecEvent::Stdout(b))) => received += b.len(),
+            Ok(other) => panic!("unexpected {other:?}"),
+            Err(err) => break err,
+        }
+    };
+    assert!(
+        matches!(&err, ClientError::Misbehaved(reason) if reason.contains("window")),
+        "{err:?}"
+    );
+    assert!(
+        received <= INITIAL_WINDOW_BYTES as usize,
+        "{received} bytes delivered"
+    );
+    assert!(client.is_closed());
+}
+
+#[tokio::test]
+async fn endless_small_frames_close_the_connection() {
+    let client = client_against(|mut io, stream| async move {
+        write_frame(&mut io, &Frame::new(stream, Body::Started { pid: 7 }))
+            .await
+            .unwrap();
+        // Frames that cost no window, forever.
+        loop {
+            let frame = Frame::new(stream, Body::Listening { port: 1 });
+            if write_frame(&mut io, &frame).await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    let _exec = client.exec(ExecRequest::shell("true")).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !client.is_closed() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the client kept queueing frames"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
