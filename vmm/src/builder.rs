@@ -472,6 +472,7 @@ fn build_devices(
             path: config.serial_log.clone(),
             source,
         })?;
+    let log = crate::devices::serial::CappedLog::new(log, config.serial_log_max_bytes);
     let console = match snapshot {
         Some(s) => SerialConsole::from_snapshot(serial_irq, log, &s.serial)
             .map_err(device_err("serial state"))?,

@@ -63,11 +63,20 @@ pub struct VmConfig {
     pub rng: bool,
     /// File the serial console is written to.
     pub serial_log: PathBuf,
+    /// Most bytes the serial log may hold; later guest output is dropped
+    /// (a line in the log says so).
+    #[serde(default = "default_serial_log_max_bytes")]
+    pub serial_log_max_bytes: u64,
     /// Control socket (JSON lines).
     pub control_socket: PathBuf,
     /// How APs start.
     #[serde(default)]
     pub ap_entry: ApEntry,
+}
+
+/// The serial log's cap unless a config sets one: 16 MiB.
+pub fn default_serial_log_max_bytes() -> u64 {
+    16 << 20
 }
 
 /// A layered copy-on-write disk: read-only base plus overlay layers.

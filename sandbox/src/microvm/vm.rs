@@ -96,6 +96,7 @@ pub fn vm_config(spec: &Spec, ext4: &Path, backend: &MicrovmConfig, dir: &Path) 
         }),
         rng: true,
         serial_log: dir.join("serial.log"),
+        serial_log_max_bytes: vmm::config::default_serial_log_max_bytes(),
         control_socket: dir.join("ctl.sock"),
         ap_entry: backend.ap_entry,
     }

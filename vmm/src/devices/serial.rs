@@ -24,21 +24,75 @@ pub struct SerialSnapshot {
     pub in_buffer: Vec<u8>,
 }
 
+/// The serial log: appends until it holds `max_bytes` (counting what the
+/// file already had), then writes one line saying output was dropped and
+/// accepts, but drops, everything after.
+pub struct CappedLog {
+    file: File,
+    written: u64,
+    max_bytes: u64,
+    full: bool,
+}
+
+impl CappedLog {
+    /// `file` (opened for appending) with room up to `max_bytes`.
+    pub fn new(file: File, max_bytes: u64) -> Self {
+        let written = file.metadata().map_or(0, |m| m.len());
+        Self {
+            file,
+            written,
+            max_bytes,
+            full: written >= max_bytes,
+        }
+    }
+}
+
+impl Write for CappedLog {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.full {
+            return Ok(buf.len());
+        }
+        let room = usize::try_from(self.max_bytes - self.written).unwrap_or(usize::MAX);
+        if buf.len() <= room {
+            self.file.write_all(buf)?;
+            self.written += buf.len() as u64;
+            return Ok(buf.len());
+        }
+        self.file.write_all(&buf[..room])?;
+        writeln!(
+            self.file,
+            "\n[forge-vmm: the serial log reached {} bytes; later output is dropped]",
+            self.max_bytes
+        )?;
+        self.written = self.max_bytes;
+        self.full = true;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+}
+
 /// The serial console device.
 pub struct SerialConsole {
-    uart: Serial<IrqLine, vm_superio::serial::NoEvents, File>,
+    uart: Serial<IrqLine, vm_superio::serial::NoEvents, CappedLog>,
 }
 
 impl SerialConsole {
     /// A UART raising `irq` and writing to `log`.
-    pub fn new(irq: IrqLine, log: File) -> Self {
+    pub fn new(irq: IrqLine, log: CappedLog) -> Self {
         Self {
             uart: Serial::new(irq, log),
         }
     }
 
     /// A UART restored from `snapshot`.
-    pub fn from_snapshot(irq: IrqLine, log: File, s: &SerialSnapshot) -> std::io::Result<Self> {
+    pub fn from_snapshot(
+        irq: IrqLine,
+        log: CappedLog,
+        s: &SerialSnapshot,
+    ) -> std::io::Result<Self> {
         let state = SerialState {
             baud_divisor_low: s.regs[0],
             baud_divisor_high: s.regs[1],
@@ -94,5 +148,40 @@ impl BusDevice for SerialConsole {
         if data.len() == 1 {
             let _ = self.uart.write(offset as u8, data[0]);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_log_stops_at_its_cap_and_says_so_once() {
+        let path = std::env::temp_dir().join(format!("serial-cap-{}", std::process::id()));
+        std::fs::write(&path, b"boot ").expect("seed");
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .expect("open");
+        let mut log = CappedLog::new(file, 12);
+        assert_eq!(log.write(b"hello").expect("write"), 5);
+        assert_eq!(log.write(b"world, and more").expect("write"), 15);
+        assert_eq!(log.write(b"dropped").expect("write"), 7);
+        log.flush().expect("flush");
+        let text = std::fs::read_to_string(&path).expect("read");
+        assert!(
+            text.starts_with("boot hellowo\n[forge-vmm: the serial log reached 12 bytes"),
+            "{text}"
+        );
+        assert_eq!(text.matches("forge-vmm").count(), 1);
+        // Reopened full: nothing more is written.
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .expect("open");
+        let mut again = CappedLog::new(file, 12);
+        again.write_all(b"after restart").expect("write");
+        assert_eq!(std::fs::read_to_string(&path).expect("read"), text);
+        let _ = std::fs::remove_file(path);
     }
 }
