@@ -118,8 +118,6 @@ fn node_checkpoint_figures(
 ) {
     let b = t.backend();
     let mut request = t.agent_request(rootfs.to_path_buf(), false);
-    request.binds.clear();
-    request.init = vec!["/sbin/init".into()];
     request.limits.mem_mib = 2048;
     let sandbox = b.create(request).expect("create");
     runtime.block_on(async {
@@ -308,9 +306,9 @@ fn main() {
     if let Some(image) = image {
         let mut node = Vec::new();
         for _ in 0..20 {
-            let mut request = t.agent_request(image.rootfs.clone(), false);
-            request.binds.clear();
-            request.init = vec!["/sbin/init".into()];
+            // The host's agent, as the forge binds it (the image's own may
+            // speak an older protocol).
+            let request = t.agent_request(image.rootfs.clone(), false);
             let start = Instant::now();
             let sandbox = b.create(request).expect("create on the image");
             runtime.block_on(async {

@@ -241,9 +241,24 @@ impl Agent {
         Ok(out)
     }
 
-    /// A file chunk by chunk; more than `limit` bytes is an error.
+    /// A file chunk by chunk; more than `limit` bytes is an error, at once
+    /// when the file says it is larger, else when more arrives.
     pub async fn read_file_stream(&self, path: &str, limit: u64) -> Result<FileStream> {
         let path = confine(path)?;
+        let stat = within(&self.id, "a file stat", REPLY_TIMEOUT, async {
+            self.client
+                .stat(&path)
+                .await
+                .map_err(Error::agent(&self.id))
+        })
+        .await?;
+        if stat.size > limit {
+            return Err(Error::TooLarge {
+                id: self.id.clone(),
+                what: format!("File {path} ({} bytes)", stat.size),
+                limit,
+            });
+        }
         let reader = within(&self.id, "a file read", REPLY_TIMEOUT, async {
             self.client
                 .read_file_chunks(&path)

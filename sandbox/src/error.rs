@@ -68,11 +68,16 @@ impl Error {
     /// The agent answered with an error of this kind (e.g. the file is
     /// missing), as opposed to a broken connection.
     pub fn remote_kind(&self) -> Option<agent_proto::ErrorKind> {
+        self.remote().map(|remote| remote.kind)
+    }
+
+    /// The agent's own answer, when it refused the operation.
+    pub fn remote(&self) -> Option<&agent_proto::RemoteError> {
         match self {
             Error::Agent {
                 source: agent_proto::ClientError::Remote(remote),
                 ..
-            } => Some(remote.kind),
+            } => Some(remote),
             _ => None,
         }
     }

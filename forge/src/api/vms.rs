@@ -30,6 +30,7 @@ pub struct CreateVm {
     branch: Option<String>,
     vcpus: Option<u8>,
     mem_mib: Option<u64>,
+    disk_mib: Option<u64>,
     persistence: Option<Persistence>,
     idle_timeout_secs: Option<u64>,
     #[serde(default)]
@@ -132,6 +133,9 @@ pub(super) async fn owned(state: &AppState, caller: &Caller, id: &str) -> Result
     }
 }
 
+/// A VM's disk unless the request names one.
+const DEFAULT_DISK_MIB: u64 = 2048;
+
 pub async fn system(State(state): State<AppState>, _caller: Caller) -> Json<Value> {
     let (backend, reason, image) = state.sandboxes.describe();
     Json(json!({
@@ -144,6 +148,7 @@ pub async fn system(State(state): State<AppState>, _caller: Caller) -> Json<Valu
                 "max_live": state.sandboxes.limits().max_live,
                 "max_vcpus": state.sandboxes.limits().max_vcpus,
                 "max_mem_mib": state.sandboxes.limits().max_mem_mib,
+                "max_disk_mib": state.sandboxes.limits().max_disk_mib,
                 "max_fork_count": state.sandboxes.limits().max_fork_count,
                 "max_live_per_token": state.sandboxes.limits().max_live_per_token,
                 "max_live_mem_mib": Some(state.sandboxes.limits().max_live_mem_mib)
@@ -211,6 +216,7 @@ pub async fn create(
         .create(NewVm {
             vcpus: request.vcpus.unwrap_or(1),
             mem_mib: request.mem_mib.unwrap_or(512),
+            disk_mib: request.disk_mib.unwrap_or(DEFAULT_DISK_MIB),
             persistent,
             idle_timeout_secs: request.idle_timeout_secs,
             env: request.env.into_iter().collect(),

@@ -246,6 +246,7 @@ impl Pipelines {
                     .create(NewVm {
                         vcpus: 1,
                         mem_mib: 1024,
+                        disk_mib: 2048,
                         persistent: true,
                         idle_timeout_secs: Some(BRANCH_IDLE_SECS),
                         env: Vec::new(),

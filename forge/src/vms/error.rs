@@ -77,9 +77,27 @@ impl From<VmError> for ApiError {
             VmError::Sandbox(S::Unresponsive { .. }) => {
                 ApiError::new(StatusCode::GATEWAY_TIMEOUT, "agent_unresponsive", message)
             }
-            VmError::Sandbox(ref inner) if inner.remote_kind().is_some() => {
-                // The agent refused (missing file, not a directory, ...).
-                ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
+            VmError::Sandbox(ref inner) if inner.remote().is_some() => {
+                // The agent refused: say why, with the status that fits.
+                use ::sandbox::ErrorKind as K;
+                let remote = inner.remote().map(|r| (r.kind, r.message.clone()));
+                let (kind, why) = remote.unwrap_or((K::Io, String::new()));
+                let message = format!("{message}: {why}");
+                match kind {
+                    K::NotFound | K::NotADirectory | K::IsADirectory => {
+                        ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
+                    }
+                    K::PermissionDenied => {
+                        ApiError::new(StatusCode::FORBIDDEN, "forbidden", message)
+                    }
+                    K::AlreadyExists | K::DirectoryNotEmpty | K::Unsupported => {
+                        ApiError::conflict(message)
+                    }
+                    K::InvalidInput => ApiError::bad_request(message),
+                    K::ConnectionRefused | K::Protocol | K::Io => {
+                        ApiError::new(StatusCode::BAD_GATEWAY, "sandbox_error", message)
+                    }
+                }
             }
             VmError::Store(inner) => inner.into(),
             VmError::Sandbox(inner) => ApiError::internal(inner),

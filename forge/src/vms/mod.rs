@@ -66,6 +66,8 @@ pub struct Limits {
     pub max_live_mem_mib: u64,
     pub max_vcpus: u8,
     pub max_mem_mib: u64,
+    /// Largest disk (writable layer) one VM may ask for.
+    pub max_disk_mib: u64,
     pub max_fork_count: usize,
     /// Captured stdout + stderr of one exec.
     pub max_output_bytes: u64,
@@ -84,6 +86,7 @@ impl Default for Limits {
             max_live_mem_mib: u64::MAX,
             max_vcpus: 4,
             max_mem_mib: 8192,
+            max_disk_mib: 65536,
             max_fork_count: 50,
             max_output_bytes: 4 << 20,
             max_file_bytes: 1 << 30,
@@ -98,6 +101,8 @@ impl Default for Limits {
 pub struct NewVm {
     pub vcpus: u8,
     pub mem_mib: u64,
+    /// Disk quota of its writable layer.
+    pub disk_mib: u64,
     pub persistent: bool,
     pub idle_timeout_secs: Option<u64>,
     pub env: Vec<(String, String)>,
@@ -316,10 +321,17 @@ impl Sandboxes {
                 self.limits.max_mem_mib
             )));
         }
+        if request.disk_mib < 256 || request.disk_mib > self.limits.max_disk_mib {
+            return Err(VmError::Invalid(format!(
+                "disk_mib must be between 256 and {}",
+                self.limits.max_disk_mib
+            )));
+        }
         let _room = self.admit(1, request.mem_mib).await?;
         let mut spec = Spec::new(image.clone());
         spec.vcpus = request.vcpus;
         spec.mem_mib = request.mem_mib;
+        spec.disk_mib = request.disk_mib;
         spec.env = request.env.clone();
         let info = backend.create(spec).await?;
         let row = VmRow {
