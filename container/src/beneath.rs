@@ -104,10 +104,14 @@ impl Dir {
     pub fn open_append_replacing(&self, name: &str) -> io::Result<File> {
         match self.open_append(name) {
             // Not a file (InvalidData), a symlink (ELOOP), a FIFO without a
-            // reader (ENXIO): the sandbox's doing; the name is ours to reuse.
+            // reader (ENXIO), a directory (EISDIR): the sandbox's doing; the
+            // name is ours to reuse.
             Err(err)
                 if err.kind() == io::ErrorKind::InvalidData
-                    || matches!(err.raw_os_error(), Some(libc::ELOOP | libc::ENXIO)) =>
+                    || matches!(
+                        err.raw_os_error(),
+                        Some(libc::ELOOP | libc::ENXIO | libc::EISDIR)
+                    ) =>
             {
                 self.remove(name)?;
                 self.open_append(name)
@@ -116,8 +120,10 @@ impl Dir {
         }
     }
 
-    /// Removes the entry `name` (a file, link, socket or empty directory);
-    /// missing is fine. Never follows it.
+    /// Removes the entry `name` (a file, link, socket or directory with
+    /// what is in it); missing is fine. Never follows a link. Call it only
+    /// while no sandbox process runs: a directory's content is removed by
+    /// path (std's `remove_dir_all`, which never follows links either).
     pub fn remove(&self, name: &str) -> io::Result<()> {
         let name = plain(name)?;
         let result = match rustix::fs::unlinkat(&self.fd, name, AtFlags::empty()) {
@@ -128,6 +134,7 @@ impl Dir {
         };
         match result {
             Ok(()) | Err(rustix::io::Errno::NOENT) => Ok(()),
+            Err(rustix::io::Errno::NOTEMPTY) => std::fs::remove_dir_all(self.path.join(name)),
             Err(err) => Err(err.into()),
         }
     }
@@ -240,6 +247,20 @@ mod tests {
             std::fs::read_to_string(run.join("console.log")).expect("log"),
             "ok"
         );
+        let _ = std::fs::remove_dir_all(base);
+    }
+
+    #[test]
+    fn a_directory_where_a_file_belongs_is_replaced() {
+        let base = scratch("dir");
+        std::fs::create_dir_all(base.join("console.log/deep")).expect("dirs");
+        std::fs::write(base.join("console.log/deep/x"), "x").expect("file");
+        std::fs::create_dir_all(base.join("agent.sock/more")).expect("dirs");
+        let dir = Dir::open(&base).expect("open");
+        dir.open_append_replacing("console.log").expect("replaced");
+        assert!(base.join("console.log").is_file());
+        dir.remove("agent.sock").expect("removed");
+        assert!(!base.join("agent.sock").exists());
         let _ = std::fs::remove_dir_all(base);
     }
 

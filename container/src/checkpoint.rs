@@ -1,6 +1,6 @@
 //! CRIU checkpoints of whole sandboxes: PID 1 and its tree, with memory, in
-//! an images directory, for pause to disk and for forks that keep processes
-//! and memory.
+//! an images directory (in the sandbox's images subvolume, see `layers`),
+//! for pause to disk and for forks that keep processes and memory.
 //!
 //! CRIU must be 4.0 or newer and pass `criu check` on this kernel (Debian
 //! bookworm's 3.17 does not; `container/scripts/build-criu.sh` builds one).
@@ -99,12 +99,15 @@ impl Criu {
         &self.path
     }
 
-    /// Dump the process tree of PID 1 (`pid1` on the host) into `images`.
+    /// Dump the process tree of PID 1 (`pid1` on the host) into `images`,
+    /// logging to `log` (outside `images`: a dump that fills its quota must
+    /// still be able to say why).
     pub fn dump(
         &self,
         spec: &LaunchSpec,
         pid1: u32,
         images: &Path,
+        log: &Path,
         freezer_v1: Option<&Path>,
         after: AfterDump,
     ) -> Result<(), CheckpointError> {
@@ -115,7 +118,6 @@ impl Criu {
             })?;
         }
         private_dir(images)?;
-        let log = images.join("dump.log");
         let mut command = Command::new(&self.path);
         command
             .arg("dump")
@@ -124,7 +126,7 @@ impl Criu {
             .arg("-D")
             .arg(images)
             .args(["--network-lock", "skip", "-v2", "-o"])
-            .arg(&log);
+            .arg(log);
         if after == AfterDump::Frozen {
             command.arg("--leave-stopped");
             if let Some(freezer) = freezer_v1 {
@@ -142,7 +144,7 @@ impl Criu {
         if out.status.success() {
             return Ok(());
         }
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let text = std::fs::read_to_string(log).unwrap_or_default();
         let reason = text
             .lines()
             .filter(|l| l.contains("Error ("))
@@ -150,7 +152,10 @@ impl Criu {
             .unwrap_or("unknown error")
             .trim()
             .to_owned();
-        Err(CheckpointError::Dump { reason, log })
+        Err(CheckpointError::Dump {
+            reason,
+            log: log.to_path_buf(),
+        })
     }
 }
 

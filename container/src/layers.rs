@@ -20,6 +20,14 @@
 //! top subvolume into the child's new top (writable), so layer chains never
 //! grow: there is nothing to squash. Layers no sandbox references are
 //! removed by [`LayerStore::gc`].
+//!
+//! CRIU images live here too, in one subvolume per sandbox,
+//! `.images-<id>/` ([`LayerStore::images`]), whose qgroup limit is the
+//! sandbox's checkpoint cap: a dump that would pass it fails on a full
+//! disk, whatever the sandbox put in its memory or open files, instead of
+//! filling the host. Dumps, forks' images and the hard-linked copies a
+//! restore reads all sit in that one subvolume (hard links cannot cross
+//! subvolumes).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -80,6 +88,9 @@ fn private(dir: &Path) -> Result<(), LayerError> {
     use std::os::unix::fs::PermissionsExt;
     fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io_err(dir))
 }
+
+/// Name prefix of the images subvolumes (never a layer id: ids have none).
+const IMAGES_PREFIX: &str = ".images-";
 
 fn is_btrfs(path: &Path) -> bool {
     statfs(path).is_ok_and(|s| s.filesystem_type() == BTRFS_SUPER_MAGIC)
@@ -195,7 +206,9 @@ impl LayerStore {
     }
 
     /// Delete a layer. A just-exited sandbox's mount namespace may hold the
-    /// subvolume for a moment, so busy errors are retried briefly.
+    /// subvolume for a moment, so busy errors are retried briefly. Any
+    /// subvolume nested in it goes first (the sandbox cannot make one, but
+    /// one would otherwise block the delete for good).
     pub fn delete(&self, id: &str) -> Result<(), LayerError> {
         let dir = self.layer(id).dir;
         if !dir.exists() {
@@ -203,34 +216,124 @@ impl LayerStore {
         }
         let path = dir.to_string_lossy();
         let deadline = Instant::now() + Duration::from_secs(5);
+        let mut nested_removed = false;
         loop {
             match run("btrfs", &["subvolume", "delete", &path]) {
                 Ok(()) => return Ok(()),
                 Err(err) if Instant::now() > deadline => return Err(err),
+                Err(LayerError::Tool { stderr, .. })
+                    if !nested_removed && stderr.contains("not empty") =>
+                {
+                    nested_removed = true;
+                    self.delete_nested(&dir)?;
+                }
                 Err(_) => sleep(Duration::from_millis(5)),
             }
         }
     }
 
-    /// Ids of every layer present.
+    /// Deletes the subvolumes below `dir`, deepest first, by id (their
+    /// paths are the sandbox's doing; ids are the file system's).
+    fn delete_nested(&self, dir: &Path) -> Result<(), LayerError> {
+        let dir_str = dir.to_string_lossy();
+        // No limit, or deleting at the limit fails for want of room.
+        let _ = run("btrfs", &["qgroup", "limit", "none", &dir_str]);
+        let out = Command::new("btrfs")
+            .args(["subvolume", "list", "-o"])
+            .arg(dir)
+            .output()
+            .map_err(|source| LayerError::Spawn {
+                tool: "btrfs subvolume list".into(),
+                source,
+            })?;
+        // Lines: "ID <id> gen <gen> top level <parent> path <path>".
+        let mut nested: Vec<(usize, String)> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|line| {
+                let id = line.split_whitespace().nth(1)?.parse::<u64>().ok()?;
+                let depth = line.split_once(" path ")?.1.matches('/').count();
+                Some((depth, id.to_string()))
+            })
+            .collect();
+        nested.sort_by_key(|(depth, _)| std::cmp::Reverse(*depth));
+        let root = self.root.to_string_lossy();
+        for (_, id) in nested {
+            run("btrfs", &["subvolume", "delete", "--subvolid", &id, &root])?;
+        }
+        Ok(())
+    }
+
+    /// Ids of every layer present (images subvolumes are not layers).
     pub fn list(&self) -> Result<Vec<String>, LayerError> {
-        let mut ids = Vec::new();
+        Ok(self
+            .entries()?
+            .into_iter()
+            .filter(|name| !name.starts_with('.'))
+            .collect())
+    }
+
+    fn entries(&self) -> Result<Vec<String>, LayerError> {
+        let mut names = Vec::new();
         for entry in fs::read_dir(&self.root).map_err(io_err(&self.root))? {
             let entry = entry.map_err(io_err(&self.root))?;
             if entry.path().is_dir() {
-                ids.push(entry.file_name().to_string_lossy().into_owned());
+                names.push(entry.file_name().to_string_lossy().into_owned());
             }
         }
-        Ok(ids)
+        Ok(names)
     }
 
-    /// Delete every layer whose id is not in `referenced`; returns their ids.
-    pub fn gc(&self, referenced: &[String]) -> Result<Vec<String>, LayerError> {
+    /// The images subvolume of sandbox `id` (whether or not it exists).
+    pub fn images(&self, id: &str) -> PathBuf {
+        self.root.join(format!("{IMAGES_PREFIX}{id}"))
+    }
+
+    /// The images subvolume of sandbox `id`, created if missing, limited
+    /// to `cap_bytes`.
+    pub fn ensure_images(&self, id: &str, cap_bytes: u64) -> Result<PathBuf, LayerError> {
+        let dir = self.images(id);
+        let dir_str = dir.to_string_lossy();
+        if !dir.exists() {
+            run("btrfs", &["subvolume", "create", &dir_str])?;
+        }
+        run(
+            "btrfs",
+            &["qgroup", "limit", &cap_bytes.to_string(), &dir_str],
+        )?;
+        Ok(dir)
+    }
+
+    /// Deletes the images subvolume of sandbox `id`, if any.
+    pub fn delete_images(&self, id: &str) -> Result<(), LayerError> {
+        let dir = self.images(id);
+        if !dir.exists() {
+            return Ok(());
+        }
+        run("btrfs", &["subvolume", "delete", &dir.to_string_lossy()])
+    }
+
+    /// Sandbox ids that have an images subvolume.
+    pub fn images_owners(&self) -> Result<Vec<String>, LayerError> {
+        Ok(self
+            .entries()?
+            .into_iter()
+            .filter_map(|name| name.strip_prefix(IMAGES_PREFIX).map(str::to_owned))
+            .collect())
+    }
+
+    /// Delete every layer whose id is not in `referenced`; returns their
+    /// ids, and the ones that could not be deleted with why (one stuck layer
+    /// does not stop the others).
+    pub fn gc(&self, referenced: &[String]) -> Result<(Vec<String>, Vec<String>), LayerError> {
         let mut removed = Vec::new();
+        let mut failed = Vec::new();
         for id in self.list()? {
-            if !referenced.contains(&id) {
-                self.delete(&id)?;
-                removed.push(id);
+            if referenced.contains(&id) {
+                continue;
+            }
+            match self.delete(&id) {
+                Ok(()) => removed.push(id),
+                Err(err) => failed.push(format!("layer {id}: {err}")),
             }
         }
         if !removed.is_empty() {
@@ -240,7 +343,7 @@ impl LayerStore {
                 &["qgroup", "clear-stale", &self.root.to_string_lossy()],
             );
         }
-        Ok(removed)
+        Ok((removed, failed))
     }
 
     /// Unmount the store's loop image (frees the loop device). Only for a

@@ -40,6 +40,8 @@ pub struct ReconcileReport {
     pub orphan_cgroups: Vec<String>,
     /// Layers no sandbox referenced, deleted.
     pub collected_layers: Vec<String>,
+    /// What could not be cleaned, and why (the rest was cleaned regardless).
+    pub failed: Vec<String>,
 }
 
 /// Reconcile `data_dir` (see the module docs). Idempotent.
@@ -65,19 +67,35 @@ pub fn reconcile(data_dir: &Path, layer_image_gib: u64) -> Result<ReconcileRepor
         let dir = entry.path();
         let cgroup = cgroups.group(&parent, &id);
         if !dir.join(STATE_FILE).exists() {
-            cgroup.kill_all()?;
-            cgroup.remove()?;
-            layers.delete(&id)?;
-            fs::remove_dir_all(&dir).map_err(|source| BackendError::Io {
-                path: dir.clone(),
-                source,
-            })?;
-            report.removed.push(id);
+            let removed = cgroup
+                .kill_all()
+                .and_then(|()| cgroup.remove())
+                .map_err(BackendError::from)
+                .and_then(|()| Ok(layers.delete(&id)?))
+                .and_then(|()| {
+                    fs::remove_dir_all(&dir).map_err(|source| BackendError::Io {
+                        path: dir.clone(),
+                        source,
+                    })
+                });
+            match removed {
+                Ok(()) => report.removed.push(id),
+                Err(err) => report
+                    .failed
+                    .push(format!("half-created sandbox {id}: {err}")),
+            }
             continue;
         }
-        // Images of a fork interrupted by the crash are of no further use.
-        for stale in fs::read_dir(&dir).into_iter().flatten().flatten() {
-            if stale.file_name().to_string_lossy().starts_with("fork-") {
+        // Images of a fork the crash interrupted, and copies a restore was
+        // reading, are of no further use.
+        for stale in fs::read_dir(layers.images(&id))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let name = stale.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with("fork-") || name.starts_with("restore-") {
                 let _ = fs::remove_dir_all(stale.path());
             }
         }
@@ -122,7 +140,17 @@ pub fn reconcile(data_dir: &Path, layer_image_gib: u64) -> Result<ReconcileRepor
     if known.is_empty() {
         cgroups.remove_parent(&parent);
     }
-    report.collected_layers = layers.gc(&referenced)?;
+    let (collected, failed) = layers.gc(&referenced)?;
+    report.collected_layers = collected;
+    report.failed.extend(failed);
+    for owner in layers.images_owners()? {
+        if !known.contains(&owner) {
+            match layers.delete_images(&owner) {
+                Ok(()) => report.collected_layers.push(format!("images of {owner}")),
+                Err(err) => report.failed.push(format!("images of {owner}: {err}")),
+            }
+        }
+    }
     for entry in fs::read_dir(mount_root(data_dir))
         .into_iter()
         .flatten()

@@ -3,11 +3,12 @@
 //! knows what exists without any in-memory state.
 //!
 //! Directory of a sandbox (mode 0700, nothing in it is the sandbox's):
-//! `spec.json` (the launch spec), `state.json`, `root/` (where the
-//! launcher builds the sandbox's mounts in its own mount namespace; empty
-//! on the host), `checkpoint/` and `fork-*/` (CRIU images), and the CRIU
-//! logs. What the sandbox itself writes outside its root (the agent's
-//! socket, `console.log`) lives in its top layer's `run/` (see `layers`).
+//! `spec.json` (the launch spec), `state.json`, and CRIU's logs
+//! (`dump.log`, `restore.log`, `restored.pid`). What the sandbox itself
+//! writes outside its root (the agent's socket, `console.log`) lives in its
+//! top layer's `run/`, its checkpoint images in its images subvolume (see
+//! `layers`), and its launcher builds its mounts under
+//! `backend::mount_root`.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -145,6 +146,16 @@ impl SandboxRecord {
         })?;
         serde_json::from_slice(&bytes).map_err(|source| StateError::Format { path, source })
     }
+}
+
+/// A pidfd of `pid`, if it is alive and PID 1 of sandbox `id`: the check
+/// runs after the descriptor is taken, so a pid reused in between fails
+/// the check, and one reused later does not matter (the descriptor names
+/// the process, not the number).
+pub fn sandbox_pidfd(pid: u32, id: &str) -> Option<std::os::fd::OwnedFd> {
+    let raw = rustix::process::Pid::from_raw(i32::try_from(pid).ok()?)?;
+    let fd = rustix::process::pidfd_open(raw, rustix::process::PidfdFlags::empty()).ok()?;
+    is_sandbox_pid(pid, id).then_some(fd)
 }
 
 /// True when `pid` is alive and is PID 1 of sandbox `id` (checked through its

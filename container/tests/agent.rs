@@ -200,7 +200,7 @@ async fn fork_with_checkpoint_keeps_a_process_started_through_the_agent() {
     {
         let client = t.backend().agent(&parent.id).await.expect("client");
         let mut counter = ExecRequest::shell(
-            "(i=0; while :; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.05; done) </dev/null >/dev/null 2>&1 &",
+            "(i=0; while :; do i=$((i+1)); echo $i > /tmp/counter.new; mv /tmp/counter.new /tmp/counter; sleep 0.05; done) </dev/null >/dev/null 2>&1 &",
         );
         counter.timeout_ms = Some(5000);
         assert!(

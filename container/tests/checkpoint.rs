@@ -11,7 +11,7 @@ use std::time::Duration;
 use common::TestBackend;
 use sandbox_container::{Kept, Limits, PauseMode, SandboxInfo, Status};
 
-const COUNTER: &str = "i=0; while :; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.05; done";
+const COUNTER: &str = "i=0; while :; do i=$((i+1)); echo $i > /tmp/counter.new; mv /tmp/counter.new /tmp/counter; sleep 0.05; done";
 
 fn counter(t: &TestBackend, id: &str) -> u64 {
     t.sh_ok(id, "cat /tmp/counter")
@@ -140,11 +140,86 @@ fn a_checkpoint_past_the_host_budget_keeps_the_disk_and_says_why() {
     assert!(reason.contains("budget"), "{reason}");
     assert!(
         !t.data_dir
-            .join("sandboxes")
-            .join(&sandbox.id)
+            .join("layers")
+            .join(format!(".images-{}", sandbox.id))
             .join("checkpoint")
             .exists()
     );
     let resumed = t.backend().resume(&sandbox.id).expect("resume");
     assert_eq!(resumed.kept, vec![Kept::Disk]);
+}
+
+#[test]
+fn a_checkpoint_is_written_under_a_quota_it_cannot_pass() {
+    let t = TestBackend::start("criuquota");
+    let Some(sandbox) = counting_sandbox(&t) else {
+        return;
+    };
+    t.backend()
+        .pause(&sandbox.id, PauseMode::Disk)
+        .expect("pause");
+    let room = t
+        .data_dir
+        .join("layers")
+        .join(format!(".images-{}", sandbox.id));
+    let limits = std::process::Command::new("btrfs")
+        .args(["qgroup", "show", "-re", "--raw"])
+        .arg(&room)
+        .output()
+        .expect("btrfs runs");
+    let text = String::from_utf8_lossy(&limits.stdout);
+    let cap = (Limits::default().mem_mib << 20) + sandbox_container::checkpoint::TMPFS_SLACK_BYTES;
+    assert!(
+        text.contains(&cap.to_string()),
+        "the images subvolume is limited to {cap} bytes: {text}"
+    );
+    let resumed = t.backend().resume(&sandbox.id).expect("resume");
+    assert_eq!(
+        resumed.kept,
+        vec![Kept::Disk, Kept::Memory, Kept::Processes]
+    );
+    t.backend().destroy(&sandbox.id).expect("destroy");
+    assert!(!room.exists(), "destroy removes the images subvolume");
+}
+
+#[test]
+fn deleted_open_files_cannot_grow_a_checkpoint_past_its_quota() {
+    let t = TestBackend::start("criughosts");
+    if !t.backend().checkpoints() {
+        println!("SKIPPED: no working CRIU");
+        return;
+    }
+    // 256 MiB of memory, so a 384 MiB cap; 600 deleted files of 1 MiB held
+    // open, each of which CRIU would copy into the images.
+    let mut request = t.request(Limits {
+        mem_mib: 256,
+        ..Limits::default()
+    });
+    request.init = vec!["/bin/probe".into(), "ghosts".into(), "600".into()];
+    let sandbox = t.backend().create(request).expect("create");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !t
+        .sh_ok(&sandbox.id, "ls -l /proc/1/fd | grep -c deleted || true")
+        .trim()
+        .starts_with("600")
+    {
+        assert!(std::time::Instant::now() < deadline, "the ghosts are ready");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let paused = t
+        .backend()
+        .pause(&sandbox.id, PauseMode::Disk)
+        .expect("pause");
+    assert!(!paused.checkpoint, "the checkpoint did not fit");
+    let reason = paused.checkpoint_error.expect("why");
+    assert!(
+        reason.contains("quota") || reason.contains("space"),
+        "the dump ran into its quota: {reason}"
+    );
+    let room = t
+        .data_dir
+        .join("layers")
+        .join(format!(".images-{}", sandbox.id));
+    let used = sandbox_container::checkpoint::images_bytes(&room.join("checkpoint"));
+    assert!(used <= 400 << 20, "{} MiB of images kept", used >> 20);
 }

@@ -42,7 +42,7 @@ fn pause_in_memory_stops_cpu_and_resume_continues() {
     let sandbox = t.create();
     t.sh_ok(
         &sandbox.id,
-        "(i=0; while :; do i=$((i+1)); echo $i > /data/counter; sleep 0.01; done) >/dev/null 2>&1 &",
+        "(i=0; while :; do i=$((i+1)); echo $i > /data/counter.new; mv /data/counter.new /data/counter; sleep 0.01; done) >/dev/null 2>&1 &",
     );
     std::thread::sleep(Duration::from_millis(200));
     let info = t
@@ -333,4 +333,22 @@ fn concurrent_fork_pause_resume_on_one_sandbox_are_serialised() {
     for fork in forks.into_inner().expect("forks") {
         assert_eq!(t.sh_ok(&fork.sandbox.id, "cat /data/v"), "v\n");
     }
+}
+
+#[test]
+fn a_layer_holding_a_nested_subvolume_is_still_destroyed() {
+    let t = TestBackend::start("nestedsubvol");
+    let sandbox = t.create();
+    // What a sandbox could do on the layer's btrfs if a subvolume request
+    // ever got through its filter: the host makes one in the run dir.
+    let run = t.data_dir.join("layers").join(&sandbox.id).join("run");
+    let made = std::process::Command::new("btrfs")
+        .args(["subvolume", "create"])
+        .arg(run.join("nested"))
+        .output()
+        .expect("btrfs runs");
+    assert!(made.status.success(), "{made:?}");
+    std::fs::write(run.join("nested/data"), vec![7u8; 1 << 20]).expect("write");
+    t.backend().destroy(&sandbox.id).expect("destroy");
+    assert!(!t.data_dir.join("layers").join(&sandbox.id).exists());
 }

@@ -349,6 +349,12 @@ impl Backend for ContainerSandboxes {
                     .iter()
                     .map(|l| format!("unreferenced layer {l}")),
             );
+            removed.extend(
+                report
+                    .failed
+                    .iter()
+                    .map(|f| format!("could not remove, left for the next start: {f}")),
+            );
             Ok(removed)
         })
     }

@@ -60,6 +60,11 @@ pub struct Spec {
     /// Environment every command inside starts with.
     pub env: Vec<(String, String)>,
     /// A host directory shown read-write at [`WORKSPACE`].
+    ///
+    /// The sandbox's root writes there as the directory's owner would: its
+    /// files are owned by the ids inside (root's are host root's), and a
+    /// setuid file it makes is setuid on the host too. Give a directory
+    /// only root can reach (its parent mode 0700), never one a host user can.
     pub workspace: Option<PathBuf>,
 }
 

@@ -10,7 +10,7 @@
 //! files and `/proc/sys`; a link planted where the launcher prepares the
 //! root; system calls outside the allow-list (namespaces, mounts, the
 //! keyring, BPF, io_uring, userfaultfd, perf, ptrace, foreign ABIs, exotic
-//! socket families); and floods: processes, memory, disk, output, a huge
+//! socket families, a btrfs subvolume past the disk quota); and floods: processes, memory, disk, output, a huge
 //! file read out, and a thousand connections through the egress proxy.
 //!
 //! Needs what the container backend needs (root, cgroups, the guest
@@ -353,6 +353,7 @@ fn system_calls_outside_the_allow_list_fail() {
         ("socket_alg", ""),
         ("socket_packet", ""),
         ("socket_netlink_audit", ""),
+        ("subvol_create", "/run/sandbox"),
     ];
     for (call, arg) in denied {
         let out = attacker.sh(&vm, &format!("/tmp/probe sys {call} {arg}"));

@@ -177,7 +177,7 @@ fn pause_resume_idle_timeout_and_crash() {
     stdout(
         &forge,
         &id,
-        "nohup sh -c 'i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.05; done' >/dev/null 2>&1 &",
+        "nohup sh -c 'i=0; while true; do i=$((i+1)); echo $i > /tmp/count.new; mv /tmp/count.new /tmp/count; sleep 0.05; done' >/dev/null 2>&1 &",
     );
     std::thread::sleep(Duration::from_millis(300));
 

@@ -32,8 +32,17 @@ const ALL: [Kept; 3] = [Kept::Disk, Kept::Memory, Kept::Processes];
 const PARALLEL_STARTS: usize = 4;
 
 impl ContainerBackend {
+    /// Where sandbox `id`'s pause-to-disk checkpoint goes, in its images
+    /// subvolume (see `layers`).
     fn checkpoint_dir(&self, id: &str) -> std::path::PathBuf {
-        self.sandbox_dir(id).join("checkpoint")
+        self.layers.images(id).join("checkpoint")
+    }
+
+    /// The images subvolume of `record`, limited to its checkpoint cap.
+    fn images_room(&self, record: &SandboxRecord) -> Result<std::path::PathBuf, String> {
+        self.layers
+            .ensure_images(&record.id, Self::checkpoint_cap(record))
+            .map_err(|e| e.to_string())
     }
 
     /// CRIU and PID 1 when `record` can be checkpointed within the
@@ -49,12 +58,11 @@ impl ContainerBackend {
             return None;
         }
         let expected = self.cgroup(&record.id).stats().memory_bytes + TMPFS_SLACK_BYTES;
-        let sandboxes = self.config.data_dir.join("sandboxes");
         if let Some(reason) = self.config.checkpoint_budget.refuse(
             expected,
             Self::checkpoint_cap(record),
             self.checkpoints_in_use(),
-            &sandboxes,
+            self.layers.root(),
         ) {
             record.checkpoint_error = Some(reason);
             return None;
@@ -67,14 +75,19 @@ impl ContainerBackend {
         record.limits.mem_mib.saturating_mul(1 << 20) + TMPFS_SLACK_BYTES
     }
 
-    /// What every checkpoint and fork image on the host takes now.
+    /// What every checkpoint and fork image on the host takes now (the
+    /// hard-linked copies restores read cost nothing more).
     fn checkpoints_in_use(&self) -> u64 {
-        let sandboxes = self.config.data_dir.join("sandboxes");
-        fs::read_dir(sandboxes)
+        self.layers
+            .images_owners()
+            .unwrap_or_default()
             .into_iter()
-            .flatten()
-            .flatten()
-            .flat_map(|sandbox| fs::read_dir(sandbox.path()).into_iter().flatten().flatten())
+            .flat_map(|id| {
+                fs::read_dir(self.layers.images(&id))
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+            })
             .filter(|entry| {
                 let name = entry.file_name();
                 let name = name.to_string_lossy();
@@ -119,10 +132,11 @@ impl ContainerBackend {
                     }
                     let images = self.checkpoint_dir(id);
                     let dumped = self
-                        .spec(&record)
-                        .map_err(|e| e.to_string())
+                        .images_room(&record)
+                        .and_then(|_| self.spec(&record).map_err(|e| e.to_string()))
                         .and_then(|spec| {
-                            criu.dump(&spec, pid1, &images, None, AfterDump::Kill)
+                            let log = self.sandbox_dir(id).join("dump.log");
+                            criu.dump(&spec, pid1, &images, &log, None, AfterDump::Kill)
                                 .map_err(|e| e.to_string())
                         })
                         .and_then(|()| Self::within_cap(&record, &images));
@@ -229,9 +243,13 @@ impl ContainerBackend {
     fn dump_for_fork(&self, parent: &mut SandboxRecord) -> Option<std::path::PathBuf> {
         let (criu, pid1) = self.checkpointable(parent)?;
         let cgroup = self.cgroup(&parent.id);
-        let images = self
-            .sandbox_dir(&parent.id)
-            .join(format!("fork-{}", new_id("sb")));
+        let images = match self.images_room(parent) {
+            Ok(room) => room.join(format!("fork-{}", new_id("sb"))),
+            Err(reason) => {
+                parent.checkpoint_error = Some(reason);
+                return None;
+            }
+        };
         let freezer = cgroup.freezer_v1_dir();
         let spec = match self.spec(parent) {
             Ok(spec) => spec,
@@ -240,7 +258,16 @@ impl ContainerBackend {
                 return None;
             }
         };
-        if let Err(err) = criu.dump(&spec, pid1, &images, freezer.as_deref(), AfterDump::Frozen) {
+        let log = self.sandbox_dir(&parent.id).join("dump.log");
+        let dumped = criu.dump(
+            &spec,
+            pid1,
+            &images,
+            &log,
+            freezer.as_deref(),
+            AfterDump::Frozen,
+        );
+        if let Err(err) = dumped {
             parent.checkpoint_error = Some(err.to_string());
             let _ = fs::remove_dir_all(&images);
             return None;

@@ -23,9 +23,6 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
-
 use crate::agent::{AGENT_SOCKET, AgentError, Notice, Peer};
 use crate::beneath::Dir;
 use crate::cgroup::{Cgroup, CgroupError, CgroupLayout, CgroupStats};
@@ -33,7 +30,7 @@ use crate::checkpoint::Criu;
 use crate::ids::{IdError, IdPool, IdRanges};
 use crate::layers::{LayerError, LayerStore};
 use crate::spec::{Bind, CONSOLE_LOG, IdMap, LaunchSpec, Limits, SPEC_FILE};
-use crate::state::{Kept, SandboxRecord, StateError, Status, is_sandbox_pid};
+use crate::state::{Kept, SandboxRecord, StateError, Status, is_sandbox_pid, sandbox_pidfd};
 
 /// Configuration of a backend instance.
 #[derive(Debug, Clone)]
@@ -562,6 +559,7 @@ impl ContainerBackend {
         self.reap(id);
         let _ = cgroup.remove();
         let _ = self.layers.delete(id);
+        let _ = self.layers.delete_images(id);
         let _ = fs::remove_dir_all(self.sandbox_dir(id));
         let _ = fs::remove_dir(self.mount_dir(id));
         self.id_ranges().release(id);
@@ -649,7 +647,11 @@ impl ContainerBackend {
         // checkpoint sees no file outside the sandbox).
         let console_path = spec.run_dir().join(CONSOLE_LOG);
         let console = self.prepare_run_dir(&record)?;
-        let scratch = dir.join("restore-images");
+        // Beside the images: hard links cannot leave their subvolume.
+        let scratch = restore
+            .and_then(|checkpoint| checkpoint.images.parent())
+            .map(|room| room.join(format!("restore-{id}")))
+            .unwrap_or_else(|| dir.join("restore-images"));
         let images = match restore {
             Some(checkpoint) => {
                 let ids = Self::peer(&record)?.ids;
@@ -834,9 +836,9 @@ impl ContainerBackend {
         if cgroup.exists() && cgroup.is_frozen() {
             cgroup.thaw()?;
         }
-        if let Some(pid1) = record.pid1.filter(|pid| is_sandbox_pid(*pid, id)) {
+        if let Some(pidfd) = record.pid1.and_then(|pid| sandbox_pidfd(pid, id)) {
             // It may exit on its own in between; the waits below cover both.
-            let _ = kill(Pid::from_raw(pid1 as i32), Signal::SIGKILL);
+            let _ = rustix::process::pidfd_send_signal(&pidfd, rustix::process::Signal::KILL);
         }
         self.reap(id);
         if let Some(supervisor) = record.supervisor {
@@ -856,6 +858,7 @@ impl ContainerBackend {
         let record = self.load(id)?;
         self.stop_processes(&record)?;
         self.layers.delete(&record.top_layer)?;
+        self.layers.delete_images(id)?;
         let dir = self.sandbox_dir(id);
         fs::remove_dir_all(&dir).map_err(Self::io(&dir))?;
         let mount = self.mount_dir(id);

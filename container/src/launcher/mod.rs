@@ -351,17 +351,16 @@ fn reap_forever() -> Result<(), LaunchError> {
     }
 }
 
-/// The namespaces `enter` joins, the user namespace first: it owns the
-/// others, and joining it grants the capabilities to join them.
-const ENTER_NAMESPACES: &[(&str, CloneFlags)] = &[
-    ("user", CloneFlags::CLONE_NEWUSER),
-    ("ipc", CloneFlags::CLONE_NEWIPC),
-    ("uts", CloneFlags::CLONE_NEWUTS),
-    ("net", CloneFlags::CLONE_NEWNET),
-    ("cgroup", CloneFlags::CLONE_NEWCGROUP),
-    ("pid", CloneFlags::CLONE_NEWPID),
-    ("mnt", CloneFlags::CLONE_NEWNS),
-];
+/// The namespaces `enter` joins: all of PID 1's, in one `setns` through
+/// its pidfd (the user namespace first, which grants the capabilities to
+/// join the others it owns).
+const ENTER_NAMESPACES: CloneFlags = CloneFlags::CLONE_NEWUSER
+    .union(CloneFlags::CLONE_NEWIPC)
+    .union(CloneFlags::CLONE_NEWUTS)
+    .union(CloneFlags::CLONE_NEWNET)
+    .union(CloneFlags::CLONE_NEWCGROUP)
+    .union(CloneFlags::CLONE_NEWPID)
+    .union(CloneFlags::CLONE_NEWNS);
 
 fn enter(args: &[String]) -> Result<i32, LaunchError> {
     let [spec_path, pid1, uid, gid, cwd, dashes, argv @ ..] = args else {
@@ -375,24 +374,14 @@ fn enter(args: &[String]) -> Result<i32, LaunchError> {
     let spec = read_spec(Path::new(spec_path))?;
     join_cgroups(&spec)?;
 
-    // Open every namespace before joining any: after the mount namespace
-    // switch, the host's /proc is out of reach.
-    let mut files = Vec::with_capacity(ENTER_NAMESPACES.len());
-    for (name, flag) in ENTER_NAMESPACES {
-        let path = PathBuf::from(format!("/proc/{pid1}/ns/{name}"));
-        let file = OpenOptions::new()
-            .read(true)
-            .open(&path)
-            .map_err(|source| LaunchError::NamespaceFile { path, source })?;
-        files.push((file, *flag));
-    }
-    for (file, flag) in &files {
-        setns(file, *flag).map_err(ns_err("setns"))?;
-        if *flag == CloneFlags::CLONE_NEWUSER {
-            userns::become_root()?;
-        }
-    }
-    drop(files);
+    // A pidfd, checked to be the sandbox's PID 1 after it was taken: a
+    // recycled pid cannot lead into another sandbox.
+    let pidfd = crate::state::sandbox_pidfd(pid1, &spec.id).ok_or_else(|| {
+        LaunchError::Stage2(format!("pid {pid1} is not PID 1 of sandbox {}", spec.id))
+    })?;
+    setns(&pidfd, ENTER_NAMESPACES).map_err(ns_err("setns"))?;
+    drop(pidfd);
+    userns::become_root()?;
     nix::unistd::chdir("/").map_err(ns_err("chdir"))?;
 
     privileges::apply_rlimits(&spec.limits)?;

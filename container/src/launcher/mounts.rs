@@ -219,7 +219,11 @@ fn clone_tree(source: &Path, target: &Path, how: CloneAs<'_>) -> Result<(), Moun
         target: target.to_path_buf(),
         source: e,
     };
-    let mut flags = OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC;
+    // A link as the last component is refused: sources are named by the
+    // host, and a bind must be of what it names.
+    let mut flags = OpenTreeFlags::OPEN_TREE_CLONE
+        | OpenTreeFlags::OPEN_TREE_CLOEXEC
+        | OpenTreeFlags::AT_SYMLINK_NOFOLLOW;
     if how.recursive {
         flags |= OpenTreeFlags::AT_RECURSIVE;
     }

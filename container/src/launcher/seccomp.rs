@@ -3,15 +3,18 @@
 //! Only the system calls ordinary Linux workloads make (Node, Bun, git,
 //! npm, compilers, shells, databases) are allowed; everything else,
 //! including every system call newer than this list, fails with `EPERM`.
-//! Three filters are stacked (seccomp keeps the strictest verdict, and of
+//! Four filters are stacked (seccomp keeps the strictest verdict, and of
 //! two equal ones the later filter's):
 //!
 //! 1. The allow-list ([`ALLOWED`] plus the argument rules below). Any
 //!    other architecture's call (an i386 `int 0x80`) kills the process.
-//! 2. `ENOSYS` for `clone3`: its flags live in memory a filter cannot read,
+//! 2. `EPERM` for the `ioctl` requests below: a filter matches argument
+//!    values, so refusing a few requests of an allowed call takes a filter
+//!    of its own.
+//! 3. `ENOSYS` for `clone3`: its flags live in memory a filter cannot read,
 //!    so libc is told it does not exist and falls back to `clone`, whose
 //!    flags the allow-list checks.
-//! 3. Kill the process on an x32 system call (numbers with bit 30 set): the
+//! 4. Kill the process on an x32 system call (numbers with bit 30 set): the
 //!    x32 ABI shares the x86_64 architecture tag, so (1) alone would only
 //!    refuse them.
 //!
@@ -23,7 +26,11 @@
 //! - `clone` and `unshare`: no namespace flags (a new user namespace is the
 //!   usual first step of a kernel exploit; the others need capabilities the
 //!   sandbox does not have anyway).
-//! - `ioctl`: anything but `TIOCSTI` (pushing input into a terminal).
+//! - `ioctl`: anything but `TIOCSTI` (pushing input into a terminal) and
+//!   btrfs's subvolume and snapshot requests ([`BTRFS_REFUSED`]): the run
+//!   directory is on the layer store's btrfs, and a subvolume made there
+//!   would escape the sandbox's disk quota and block deleting its layer.
+//!   Reflinks (`FICLONE`, same ioctl type) stay allowed.
 //! - `personality`: only the values runtimes query or set (Docker's set).
 //!
 //! Left out on purpose, among others: `mount` and the new mount API,
@@ -382,6 +389,13 @@ const NAMESPACE_FLAGS: u64 = (libc::CLONE_NEWNS
 const CLONE_NEWTIME: u64 = 0x80;
 /// `TIOCSTI`: push a byte into a terminal's input queue.
 const TIOCSTI: u64 = 0x5412;
+/// btrfs ioctl numbers (type `0x94`) the sandbox may not use, as
+/// `type << 8 | nr` (the size and direction bits above are masked off):
+/// SNAP_CREATE, SUBVOL_CREATE, SNAP_DESTROY, DEFAULT_SUBVOL, SNAP_CREATE_V2,
+/// SUBVOL_CREATE_V2, SUBVOL_SETFLAGS, SNAP_DESTROY_V2.
+pub const BTRFS_REFUSED: &[u64] = &[
+    0x9401, 0x940e, 0x940f, 0x9413, 0x9417, 0x9418, 0x941a, 0x943f,
+];
 /// `personality` values runtimes use: query, `PER_LINUX`,
 /// `PER_LINUX32`, `UNAME26` and `PER_LINUX32 | UNAME26`.
 const PERSONALITIES: &[u64] = &[0xffff_ffff, 0, 0x8, 0x2_0000, 0x2_0008];
@@ -456,17 +470,28 @@ fn allow_rules() -> Result<BTreeMap<i64, Vec<SeccompRule>>, SeccompError> {
         libc::SYS_unshare,
         none_of(0, NAMESPACE_FLAGS | CLONE_NEWTIME)?,
     );
-    rules.insert(
-        libc::SYS_ioctl,
-        vec![rule(vec![condition(
-            1,
-            SeccompCmpArgLen::Dword,
-            SeccompCmpOp::Ne,
-            TIOCSTI,
-        )?])?],
-    );
+    rules.insert(libc::SYS_ioctl, Vec::new());
     rules.insert(libc::SYS_personality, one_of(0, PERSONALITIES)?);
     Ok(rules)
+}
+
+/// Filter 2: the `ioctl` requests refused (whatever their size bits).
+fn refused_ioctls() -> Result<BTreeMap<i64, Vec<SeccompRule>>, SeccompError> {
+    let mut refused = vec![rule(vec![condition(
+        1,
+        SeccompCmpArgLen::Dword,
+        SeccompCmpOp::Eq,
+        TIOCSTI,
+    )?])?];
+    for request in BTRFS_REFUSED {
+        refused.push(rule(vec![condition(
+            1,
+            SeccompCmpArgLen::Dword,
+            SeccompCmpOp::MaskedEq(0xffff),
+            *request,
+        )?])?);
+    }
+    Ok(BTreeMap::from([(libc::SYS_ioctl, refused)]))
 }
 
 fn compile(filter: SeccompFilter) -> Result<BpfProgram, SeccompError> {
@@ -494,12 +519,19 @@ fn kill_x32() -> BpfProgram {
     ]
 }
 
-/// Build the three filters, in installation order.
+/// Build the four filters, in installation order.
 pub fn build() -> Result<Vec<BpfProgram>, SeccompError> {
     let allow = SeccompFilter::new(
         allow_rules()?,
         SeccompAction::Errno(libc::EPERM as u32),
         SeccompAction::Allow,
+        TargetArch::x86_64,
+    )
+    .map_err(SeccompError::Build)?;
+    let ioctls = SeccompFilter::new(
+        refused_ioctls()?,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::EPERM as u32),
         TargetArch::x86_64,
     )
     .map_err(SeccompError::Build)?;
@@ -510,7 +542,12 @@ pub fn build() -> Result<Vec<BpfProgram>, SeccompError> {
         TargetArch::x86_64,
     )
     .map_err(SeccompError::Build)?;
-    Ok(vec![compile(allow)?, compile(clone3)?, kill_x32()])
+    Ok(vec![
+        compile(allow)?,
+        compile(ioctls)?,
+        compile(clone3)?,
+        kill_x32(),
+    ])
 }
 
 /// Install the filters on the calling thread (also sets `no_new_privs`, so
@@ -529,7 +566,7 @@ mod tests {
     #[test]
     fn filters_compile() {
         let programs = build().expect("filters build");
-        assert_eq!(programs.len(), 3);
+        assert_eq!(programs.len(), 4);
         assert!(programs.iter().all(|p| !p.is_empty()));
     }
 

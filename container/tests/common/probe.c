@@ -34,11 +34,30 @@ static long call(const char *n) {
   return -1000;
 }
 
+/* Opens `n` files of 1 MiB and deletes them, keeping them open: a
+ * checkpoint must copy each into its images. Then sleeps. */
+static int ghosts(long n) {
+  static char chunk[1 << 20];
+  memset(chunk, 'g', sizeof chunk);
+  for (long i = 0; i < n; i++) {
+    char name[64];
+    snprintf(name, sizeof name, "/tmp/ghost-%ld", i);
+    FILE *f = fopen(name, "w+");
+    if (!f || fwrite(chunk, 1, sizeof chunk, f) != sizeof chunk) return 3;
+    fflush(f);
+    unlink(name);
+  }
+  puts("ghosts ready");
+  fflush(stdout);
+  for (;;) pause();
+}
+
 int main(int argc, char **argv) {
   if (argc >= 2 && !strcmp(argv[1], "euid")) {
     printf("%d\n", (int)geteuid());
     return 0;
   }
+  if (argc >= 3 && !strcmp(argv[1], "ghosts")) return ghosts(atol(argv[2]));
   if (argc >= 2 && !strcmp(argv[1], "forkbomb")) {
     for (;;) fork();
   }

@@ -72,7 +72,7 @@ async fn create(h: &Harness) -> String {
 }
 
 /// A shell loop counting into `/root/counter`, detached from the exec.
-const COUNTER: &str = "setsid sh -c 'i=0; while :; do i=$((i+1)); echo $i > /root/counter; sleep 0.05; done' </dev/null >/dev/null 2>&1 &";
+const COUNTER: &str = "setsid sh -c 'i=0; while :; do i=$((i+1)); echo $i > /root/counter.new; mv /root/counter.new /root/counter; sleep 0.05; done' </dev/null >/dev/null 2>&1 &";
 
 async fn counter(h: &Harness, id: &str) -> u64 {
     let text = sh(h, id, "cat /root/counter").await;
