@@ -36,3 +36,19 @@ here="$(cd "$(dirname "$0")/.." && pwd)"
 if ! "$here/container/scripts/build-criu.sh" >/dev/null; then
     log "warning: no working CRIU; container pause/fork will keep the disk only"
 fi
+
+# Kernel limits every sandbox's user namespace is charged against on the
+# host's side (the kernel counts them per user up to the host's root, where
+# all sandboxes share one budget): each sandbox is held to its own share in
+# its namespace (container/src/launcher/userns.rs), the host's total must
+# hold them all. And process ids: 512 per sandbox, 200 sandboxes.
+raise() {
+    local key="$1" want="$2" now
+    now="$(sysctl -n "$key" 2>/dev/null || echo 0)"
+    if [ "$now" -lt "$want" ]; then
+        sysctl -qw "$key=$want" || log "warning: could not raise $key to $want"
+    fi
+}
+raise fs.inotify.max_user_instances 65536
+raise fs.inotify.max_user_watches 16777216
+raise kernel.pid_max 4194304

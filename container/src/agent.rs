@@ -118,6 +118,9 @@ pub struct Peer {
     pub ids: IdMap,
     /// The agent's secret, presented in the `Hello`.
     pub token: Option<String>,
+    /// The sandbox's PID 1, which made the socket: the listener must be it
+    /// (any other root process inside could bind a socket of its own).
+    pub pid1: Option<u32>,
 }
 
 impl Peer {
@@ -134,6 +137,13 @@ impl Peer {
         let Some(pid) = pid.filter(|p| *p > 0) else {
             return Some("the listener's process is not visible".into());
         };
+        if let Some(pid1) = self.pid1
+            && u32::try_from(pid).ok() != Some(pid1)
+        {
+            return Some(format!(
+                "the listener is pid {pid}, not the sandbox's PID 1 ({pid1})"
+            ));
+        }
         let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
         let leaf = format!("/{}", self.sandbox);
         if !cgroups.lines().any(|l| l.ends_with(&leaf)) {
@@ -203,11 +213,32 @@ pub fn wait_ready(
     })
 }
 
-/// Tell the agent in `run_dir` it was forked or resumed.
+/// How long a lifecycle notice may take: the agent answers at once.
+pub const NOTICE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Tell the agent in `run_dir` it was forked or resumed (within
+/// [`NOTICE_TIMEOUT`]: a silent listener must not hold the operation, and
+/// the sandbox's lock, for ever).
 pub fn notify(run_dir: &Path, peer: Peer, notice: Notice) -> Result<LifecycleReport, AgentError> {
     let path = run_dir.to_path_buf();
     block_on(move || async move {
-        let client = connect(&path, &peer).await?;
+        let notified = tokio::time::timeout(NOTICE_TIMEOUT, notice_once(&path, &peer, notice));
+        notified.await.map_err(|_| AgentError::NotReady {
+            path: path.clone(),
+            waited_ms: NOTICE_TIMEOUT.as_millis(),
+            last: None,
+        })?
+    })
+}
+
+async fn notice_once(
+    path: &Path,
+    peer: &Peer,
+    notice: Notice,
+) -> Result<LifecycleReport, AgentError> {
+    let path = path.to_path_buf();
+    {
+        let client = connect(&path, peer).await?;
         let report = match notice {
             Notice::Forked { hostname } => {
                 client
@@ -227,7 +258,7 @@ pub fn notify(run_dir: &Path, peer: Peer, notice: Notice) -> Result<LifecycleRep
             }
         };
         report.map_err(|source| AgentError::Notice { path, source })
-    })
+    }
 }
 
 #[cfg(test)]
@@ -243,6 +274,7 @@ mod tests {
                 count: 65_536,
             },
             token: None,
+            pid1: None,
         };
         let host_root = peer.refuse(Some(1), 0).expect("host root refused");
         assert!(host_root.contains("outside"), "{host_root}");

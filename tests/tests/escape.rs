@@ -363,6 +363,9 @@ fn system_calls_outside_the_allow_list_fail() {
     // whatever the pid.
     let out = attacker.sh(&vm, &format!("/tmp/probe sys ptrace_attach {forge_pid}"));
     assert!(out.starts_with("-1 "), "{out}");
+    // Linux AIO contexts come from one host-wide pool: not implemented here.
+    let out = attacker.sh(&vm, "/tmp/probe sys io_setup");
+    assert_eq!(out.trim(), "-1 38", "io_setup answers ENOSYS");
     for call in ["socket_inet", "socket_unix", "getpid"] {
         let out = attacker.sh(&vm, &format!("/tmp/probe sys {call}"));
         assert!(!out.starts_with('-'), "{call} is allowed: {out}");
@@ -430,6 +433,24 @@ fn runaway_processes_memory_disk_and_output_stay_inside() {
     assert!(consumed < 512 << 20, "the host lost {} MiB", consumed >> 20);
     attacker.sh(&vm, "rm -f /workspace/fill /run/sandbox/flood");
     witness.untouched("a disk fill");
+
+    // Kernel objects counted per user on the host's side: one sandbox gets
+    // its share, and the neighbour still gets its own.
+    attacker.arm(&vm);
+    let out = attacker.sh(&vm, "/tmp/probe inotify 100000 0");
+    let got: u64 = out.split_whitespace().next().unwrap().parse().unwrap();
+    assert!(got <= 128, "{got} inotify instances in one sandbox");
+    attacker.sh(
+        &vm,
+        "nohup /tmp/probe inotify 100000 30 >/dev/null 2>&1 & sleep 1",
+    );
+    witness.neighbour.arm(&witness.vm);
+    let theirs = witness.neighbour.sh(&witness.vm, "/tmp/probe inotify 64 0");
+    assert!(
+        theirs.starts_with("64 "),
+        "the neighbour's inotify: {theirs}"
+    );
+    witness.untouched("inotify instances");
 
     // Output past the exec limit is cut, on the host's side as well.
     let (_, out) = attacker.exec(&vm, "head -c 100000000 /dev/zero | tr '\\0' x");

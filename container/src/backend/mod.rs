@@ -415,6 +415,7 @@ impl ContainerBackend {
             sandbox: record.id.clone(),
             ids,
             token: record.agent_token.clone(),
+            pid1: record.pid1,
         })
     }
 

@@ -201,6 +201,7 @@ fn stage1(spec_path: &Path) -> Result<i32, LaunchError> {
             | CloneFlags::CLONE_NEWPID,
     )
     .map_err(ns_err("unshare"))?;
+    userns::limit()?;
     sethostname(&spec.hostname).map_err(ns_err("sethostname"))?;
     net::loopback_up()?;
     mounts::make_private()?;

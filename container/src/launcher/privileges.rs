@@ -89,7 +89,9 @@ pub fn drop_capabilities() -> Result<(), PrivilegeError> {
 }
 
 /// Apply per-process rlimits (hard = soft: without `CAP_SYS_RESOURCE` the
-/// sandbox cannot raise them).
+/// sandbox cannot raise them). Real-time and raised priorities are off
+/// whatever the forge itself was started with: a `SCHED_FIFO` loop would
+/// escape the cgroup's CPU quota.
 pub fn apply_rlimits(limits: &Limits) -> Result<(), PrivilegeError> {
     let set = |resource: Resource, value: u64| {
         setrlimit(resource, value, value)
@@ -97,5 +99,7 @@ pub fn apply_rlimits(limits: &Limits) -> Result<(), PrivilegeError> {
     };
     set(Resource::RLIMIT_NOFILE, limits.nofile)?;
     set(Resource::RLIMIT_CORE, 0)?;
+    set(Resource::RLIMIT_RTPRIO, 0)?;
+    set(Resource::RLIMIT_NICE, 0)?;
     Ok(())
 }

@@ -145,12 +145,22 @@ pub(super) fn restore(args: &[String]) -> Result<i32, LaunchError> {
 
     place_tree(pid1, &spec.cgroups.dirs);
 
-    let uts = PathBuf::from(format!("/proc/{pid1}/ns/uts"));
-    let uts_file = OpenOptions::new()
-        .read(true)
-        .open(&uts)
-        .map_err(|source| LaunchError::NamespaceFile { path: uts, source })?;
-    setns(&uts_file, CloneFlags::CLONE_NEWUTS).map_err(ns_err("setns uts"))?;
+    // Into the restored namespaces (this process only supervises from
+    // here on): the new hostname, and the user namespace's limits, which a
+    // checkpoint does not carry.
+    let mut joined = Vec::new();
+    for name in ["user", "uts"] {
+        let path = PathBuf::from(format!("/proc/{pid1}/ns/{name}"));
+        let file = OpenOptions::new()
+            .read(true)
+            .open(&path)
+            .map_err(|source| LaunchError::NamespaceFile { path, source })?;
+        joined.push(file);
+    }
+    setns(&joined[0], CloneFlags::CLONE_NEWUSER).map_err(ns_err("setns user"))?;
+    userns::become_root()?;
+    userns::limit()?;
+    setns(&joined[1], CloneFlags::CLONE_NEWUTS).map_err(ns_err("setns uts"))?;
     sethostname(&spec.hostname).map_err(ns_err("sethostname"))?;
 
     let mut stdout = std::io::stdout();

@@ -11,9 +11,11 @@
 //! 2. `EPERM` for the `ioctl` requests below: a filter matches argument
 //!    values, so refusing a few requests of an allowed call takes a filter
 //!    of its own.
-//! 3. `ENOSYS` for `clone3`: its flags live in memory a filter cannot read,
-//!    so libc is told it does not exist and falls back to `clone`, whose
-//!    flags the allow-list checks.
+//! 3. `ENOSYS` for [`UNIMPLEMENTED`]: `clone3`, whose flags live in memory
+//!    a filter cannot read, so libc falls back to `clone`, whose flags the
+//!    allow-list checks; and Linux AIO (`io_setup` and friends), whose
+//!    contexts come from one host-wide pool (`fs.aio-max-nr`) a sandbox
+//!    could take whole: libaio users fall back to threads.
 //! 4. Kill the process on an x32 system call (numbers with bit 30 set): the
 //!    x32 ABI shares the x86_64 architecture tag, so (1) alone would only
 //!    refuse them.
@@ -26,7 +28,8 @@
 //! - `clone` and `unshare`: no namespace flags (a new user namespace is the
 //!   usual first step of a kernel exploit; the others need capabilities the
 //!   sandbox does not have anyway).
-//! - `ioctl`: anything but `TIOCSTI` (pushing input into a terminal) and
+//! - `ioctl`: anything but `TIOCSTI` (pushing input into a terminal),
+//!   `TIOCSETD` (line disciplines) and
 //!   btrfs's subvolume and snapshot requests ([`BTRFS_REFUSED`]): the run
 //!   directory is on the layer store's btrfs, and a subvolume made there
 //!   would escape the sandbox's disk quota and block deleting its layer.
@@ -180,13 +183,6 @@ pub const ALLOWED: &[i64] = &[
     libc::SYS_inotify_add_watch,
     libc::SYS_inotify_rm_watch,
     libc::SYS_memfd_create,
-    // Asynchronous I/O (databases use it; io_uring is not here).
-    libc::SYS_io_setup,
-    libc::SYS_io_destroy,
-    libc::SYS_io_getevents,
-    nr::IO_PGETEVENTS,
-    libc::SYS_io_submit,
-    libc::SYS_io_cancel,
     // Polling and events.
     libc::SYS_poll,
     libc::SYS_ppoll,
@@ -376,6 +372,17 @@ pub const ALLOWED: &[i64] = &[
     libc::SYS_mq_getsetattr,
 ];
 
+/// Calls that answer `ENOSYS`, so callers fall back (filter 3).
+pub const UNIMPLEMENTED: &[i64] = &[
+    libc::SYS_clone3,
+    libc::SYS_io_setup,
+    libc::SYS_io_destroy,
+    libc::SYS_io_getevents,
+    nr::IO_PGETEVENTS,
+    libc::SYS_io_submit,
+    libc::SYS_io_cancel,
+];
+
 /// Namespace flags of `clone` and `unshare`.
 const NAMESPACE_FLAGS: u64 = (libc::CLONE_NEWNS
     | libc::CLONE_NEWUTS
@@ -389,6 +396,9 @@ const NAMESPACE_FLAGS: u64 = (libc::CLONE_NEWNS
 const CLONE_NEWTIME: u64 = 0x80;
 /// `TIOCSTI`: push a byte into a terminal's input queue.
 const TIOCSTI: u64 = 0x5412;
+/// `TIOCSETD`: switch a terminal's line discipline (rarely used ones such
+/// as `N_HDLC` have a history of kernel bugs).
+const TIOCSETD: u64 = 0x5423;
 /// btrfs ioctl numbers (type `0x94`) the sandbox may not use, as
 /// `type << 8 | nr` (the size and direction bits above are masked off):
 /// SNAP_CREATE, SUBVOL_CREATE, SNAP_DESTROY, DEFAULT_SUBVOL, SNAP_CREATE_V2,
@@ -477,12 +487,7 @@ fn allow_rules() -> Result<BTreeMap<i64, Vec<SeccompRule>>, SeccompError> {
 
 /// Filter 2: the `ioctl` requests refused (whatever their size bits).
 fn refused_ioctls() -> Result<BTreeMap<i64, Vec<SeccompRule>>, SeccompError> {
-    let mut refused = vec![rule(vec![condition(
-        1,
-        SeccompCmpArgLen::Dword,
-        SeccompCmpOp::Eq,
-        TIOCSTI,
-    )?])?];
+    let mut refused = one_of(1, &[TIOCSTI, TIOCSETD])?;
     for request in BTRFS_REFUSED {
         refused.push(rule(vec![condition(
             1,
@@ -536,7 +541,7 @@ pub fn build() -> Result<Vec<BpfProgram>, SeccompError> {
     )
     .map_err(SeccompError::Build)?;
     let clone3 = SeccompFilter::new(
-        BTreeMap::from([(libc::SYS_clone3, Vec::new())]),
+        UNIMPLEMENTED.iter().map(|nr| (*nr, Vec::new())).collect(),
         SeccompAction::Allow,
         SeccompAction::Errno(libc::ENOSYS as u32),
         TargetArch::x86_64,
@@ -604,6 +609,8 @@ mod tests {
             libc::SYS_iopl,
             libc::SYS_modify_ldt,
             libc::SYS_clone3,
+            libc::SYS_io_setup,
+            libc::SYS_io_submit,
             libc::SYS_unshare,
             libc::SYS_clone,
             libc::SYS_socket,

@@ -93,6 +93,44 @@ pub fn enter(userns: &OwnedFd) -> Result<(), LaunchError> {
     become_root()
 }
 
+/// Per-user-namespace limits every sandbox gets (`/proc/sys/user/*` of
+/// its namespace). The kernel counts such resources at every level up to
+/// the host's root, where all sandboxes share one budget with host root;
+/// these bound what one sandbox takes of it (the host raises its own, see
+/// `scripts/setup-host.sh`). No user namespace may be created inside, a
+/// second wall behind the seccomp filter; a few of the other kinds may,
+/// because CRIU makes them inside while it checkpoints (the sandbox itself
+/// cannot: that needs `CAP_SYS_ADMIN`).
+pub const LIMITS: &[(&str, u64)] = &[
+    ("max_inotify_instances", 128),
+    ("max_inotify_watches", 262_144),
+    ("max_fanotify_groups", 0),
+    ("max_fanotify_marks", 0),
+    ("max_user_namespaces", 0),
+    ("max_mnt_namespaces", 16),
+    ("max_pid_namespaces", 16),
+    ("max_net_namespaces", 16),
+    ("max_uts_namespaces", 16),
+    ("max_ipc_namespaces", 16),
+    ("max_cgroup_namespaces", 16),
+    ("max_time_namespaces", 16),
+];
+
+/// Applies [`LIMITS`] to the user namespace the caller is root of (after
+/// it created the namespaces it needs). A limit this kernel does not have
+/// is skipped.
+pub fn limit() -> Result<(), LaunchError> {
+    for (name, value) in LIMITS {
+        let path = std::path::Path::new("/proc/sys/user").join(name);
+        match fs::write(&path, value.to_string()) {
+            Ok(()) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => return Err(LaunchError::NamespaceFile { path, source }),
+        }
+    }
+    Ok(())
+}
+
 /// Root of the user namespace the caller is in.
 pub fn become_root() -> Result<(), LaunchError> {
     setgroups(&[]).map_err(ns_err("setgroups"))?;

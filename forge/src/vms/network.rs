@@ -141,7 +141,19 @@ impl Network {
             return;
         }
         let vm = endpoint.vm.to_owned();
-        let egress = match client.listen(EGRESS_PORT).await {
+        // The agent is the sandbox's: a listen it never answers must not hold
+        // the VM's lock for ever.
+        let listen = |port| async move {
+            tokio::time::timeout(::sandbox::agent::REPLY_TIMEOUT, client.listen(port))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(agent_proto::ClientError::Misbehaved(format!(
+                        "no answer to Listen on port {port} within {} s",
+                        ::sandbox::agent::REPLY_TIMEOUT.as_secs()
+                    )))
+                })
+        };
+        let egress = match listen(EGRESS_PORT).await {
             Ok(listener) => listener,
             Err(error) => {
                 tracing::warn!(vm, error = %error, "the egress proxy could not listen in the sandbox");
@@ -162,7 +174,7 @@ impl Network {
                 }
             };
             if let Some(relay) = relay {
-                match client.listen(GIT_PORT).await {
+                match listen(GIT_PORT).await {
                     Ok(listener) => git = Some((listener, relay)),
                     Err(error) => {
                         tracing::warn!(vm, error = %error, "the git remote could not listen in the sandbox")

@@ -6,6 +6,8 @@
  *   (subvol_create <dir>: a btrfs subvolume in <dir>, past the disk quota)
  *   probe i386               getpid through int 0x80 (the i386 ABI)
  *   probe x32                getpid with the x32 bit set
+ *   probe inotify <n> <secs> opens up to n inotify instances, prints how
+ *                            many it got, holds them for secs seconds
  *
  * The last two print "survived" only if the call came back. */
 #define _GNU_SOURCE
@@ -22,6 +24,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/aio_abi.h>
+#include <sys/inotify.h>
 #include <sys/mount.h>
 #include <sys/ptrace.h>
 #include <sys/socket.h>
@@ -78,6 +82,10 @@ static long call(const char *name, const char *arg) {
         if (dir < 0) return -1;
         return syscall(SYS_ioctl, dir, BTRFS_IOC_SUBVOL_CREATE, &args);
     }
+    if (!strcmp(name, "io_setup")) {
+        aio_context_t ctx = 0;
+        return syscall(SYS_io_setup, 65536, &ctx);
+    }
     if (!strcmp(name, "getpid")) return syscall(SYS_getpid);
     return -1000;
 }
@@ -94,6 +102,14 @@ int main(int argc, char **argv) {
         long r;
         __asm__ volatile("int $0x80" : "=a"(r) : "a"(20) : "memory");
         printf("survived %ld\n", r);
+        return 0;
+    }
+    if (argc >= 4 && !strcmp(argv[1], "inotify")) {
+        long want = atol(argv[2]), got = 0;
+        while (got < want && inotify_init1(0) >= 0) got++;
+        printf("%ld %d\n", got, errno);
+        fflush(stdout);
+        sleep(atoi(argv[3]));
         return 0;
     }
     if (argc >= 2 && !strcmp(argv[1], "x32")) {

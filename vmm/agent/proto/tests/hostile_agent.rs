@@ -111,3 +111,109 @@ async fn endless_small_frames_close_the_connection() {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
 }
+
+#[tokio::test]
+async fn large_replies_and_runaway_credit_close_the_connection() {
+    // Bodies that cost no window but most of a megabyte each.
+    let client = client_against(|mut io, stream| async move {
+        write_frame(&mut io, &Frame::new(stream, Body::Started { pid: 7 }))
+            .await
+            .unwrap();
+        loop {
+            let fat = Health {
+                protocol: PROTOCOL_VERSION,
+                agent_version: "hostile".into(),
+                image_version: None,
+                pid1: true,
+                hostname: "x".repeat(900 * 1024),
+                uptime_ms: 0,
+            };
+            let frame = Frame::new(stream, Body::Welcome(fat));
+            if write_frame(&mut io, &frame).await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    let _exec = client.exec(ExecRequest::shell("true")).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !client.is_closed() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the client kept queueing"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+
+    // Credit that would grow the client's send window past its size.
+    let client = client_against(|mut io, stream| async move {
+        write_frame(&mut io, &Frame::new(stream, Body::Started { pid: 7 }))
+            .await
+            .unwrap();
+        for _ in 0..4 {
+            let credit = Frame::new(stream, Body::Credit(u32::MAX));
+            if write_frame(&mut io, &credit).await.is_err() {
+                return;
+            }
+        }
+        std::future::pending::<()>().await;
+    })
+    .await;
+    let _exec = client.exec(ExecRequest::shell("true")).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !client.is_closed() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "runaway credit was accepted"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_dropped_stream_gives_its_queued_bytes_back() {
+    // A well-behaved agent: 512 KiB of output per exec, then the exit.
+    let (ours, theirs) = tokio::io::duplex(8 << 20);
+    tokio::spawn(async move {
+        let (mut r, mut w) = tokio::io::split(theirs);
+        let mut buf = Vec::new();
+        read_frame(&mut r, &mut buf).await.unwrap().unwrap();
+        let welcome = Health {
+            protocol: PROTOCOL_VERSION,
+            agent_version: "fair".into(),
+            image_version: None,
+            pid1: true,
+            hostname: "fair".into(),
+            uptime_ms: 0,
+        };
+        write_frame(&mut w, &Frame::new(0, Body::Welcome(welcome)))
+            .await
+            .unwrap();
+        while let Ok(Some(frame)) = read_frame(&mut r, &mut buf).await {
+            if !matches!(frame.body, Body::Exec(_)) {
+                continue;
+            }
+            let id = frame.stream;
+            write_frame(&mut w, &Frame::new(id, Body::Started { pid: 1 }))
+                .await
+                .unwrap();
+            for _ in 0..8 {
+                let chunk = ByteBuf::from(vec![b'o'; CHUNK_BYTES]);
+                write_frame(&mut w, &Frame::new(id, Body::Stdout(chunk)))
+                    .await
+                    .unwrap();
+            }
+        }
+    });
+    let client = Client::handshake(ours).await.unwrap();
+    // Far more than the connection bound in total, each dropped unread.
+    for _ in 0..300 {
+        let exec = client.exec(ExecRequest::shell("true")).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        drop(exec);
+    }
+    assert!(
+        !client.is_closed(),
+        "dropped streams must not count for ever"
+    );
+}

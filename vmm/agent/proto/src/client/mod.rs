@@ -12,10 +12,13 @@
 //! The agent runs inside a sandbox and is treated as hostile: the reader
 //! holds it to the protocol's bounds, so what a client buffers stays
 //! bounded whatever the agent sends. Per stream, data received but not yet
-//! consumed may not exceed the window the client granted, and at most
-//! [`MAX_QUEUED_BODIES`] bodies may wait; at most [`MAX_PENDING_ACCEPTS`]
-//! accepted connections may wait for `accept`. An agent that breaks a
-//! bound loses the connection, and every operation on it fails with
+//! consumed may not exceed the window the client granted, other bodies
+//! waiting may not take more than [`MAX_FRAME_BYTES`] encoded, and at most
+//! [`MAX_QUEUED_BODIES`] bodies may wait; the whole connection may hold at
+//! most [`MAX_CONNECTION_QUEUED_BYTES`]; at most [`MAX_PENDING_ACCEPTS`]
+//! accepted connections may wait for `accept`; credit may never grow a
+//! send window past its size. An agent that breaks a bound loses the
+//! connection, and every operation on it fails with
 //! [`ClientError::Misbehaved`].
 
 mod exec;
@@ -24,7 +27,7 @@ mod port;
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde_bytes::ByteBuf;
@@ -38,7 +41,7 @@ pub use port::{PortListener, PortStream};
 use crate::frame::{FrameError, encode_into, read_frame};
 use crate::message::{
     Body, CHUNK_BYTES, CONTROL_STREAM, Forked, Frame, Health, INITIAL_WINDOW_BYTES,
-    LifecycleReport, PROTOCOL_VERSION, RemoteError, Resumed,
+    LifecycleReport, MAX_FRAME_BYTES, PROTOCOL_VERSION, RemoteError, Resumed,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -81,40 +84,74 @@ impl Client {
 pub const MAX_QUEUED_BODIES: u32 = 4096;
 /// Agent-opened streams that may wait for `accept` on one connection.
 pub const MAX_PENDING_ACCEPTS: usize = 256;
+/// Bytes all streams of one connection may hold for their readers.
+pub const MAX_CONNECTION_QUEUED_BYTES: u64 = 64 << 20;
+
+/// What a queued body costs: its data bytes (which count against the
+/// window) or, for any other body, its encoded size.
+fn queued_cost(body: &Body) -> (u32, u64) {
+    match body.window_cost() {
+        0 => (0, bincode::serialized_size(body).unwrap_or(u64::MAX)),
+        data => (data, u64::from(data)),
+    }
+}
 
 /// What waits on one stream for its reader: the bounds the reader checks.
 #[derive(Default)]
 struct Queued {
     /// Data bytes received and not yet consumed (at most the window).
-    bytes: std::sync::atomic::AtomicU32,
-    bodies: std::sync::atomic::AtomicU32,
+    data: AtomicU32,
+    /// Encoded bytes of the other bodies waiting.
+    other: AtomicU64,
+    bodies: AtomicU32,
 }
 
 impl Queued {
-    /// Counts `body` in, or says which bound it breaks.
-    fn admit(&self, body: &Body) -> std::result::Result<(), String> {
-        let cost = body.window_cost();
-        let bytes = self
-            .bytes
-            .fetch_add(cost, Ordering::AcqRel)
-            .saturating_add(cost);
-        if bytes > INITIAL_WINDOW_BYTES {
+    /// Counts `body` in (here and in the connection's `total`), or says
+    /// which bound it breaks.
+    fn admit(&self, body: &Body, total: &AtomicU64) -> std::result::Result<(), String> {
+        let (data, bytes) = queued_cost(body);
+        let in_flight = self
+            .data
+            .fetch_add(data, Ordering::AcqRel)
+            .saturating_add(data);
+        if in_flight > INITIAL_WINDOW_BYTES {
             return Err(format!(
-                "{bytes} data bytes in flight on one stream, the window is {INITIAL_WINDOW_BYTES}"
+                "{in_flight} data bytes in flight on one stream, the window is {INITIAL_WINDOW_BYTES}"
             ));
+        }
+        if data == 0 {
+            let other = self
+                .other
+                .fetch_add(bytes, Ordering::AcqRel)
+                .saturating_add(bytes);
+            if other > MAX_FRAME_BYTES as u64 {
+                return Err(format!("{other} bytes of replies queued on one stream"));
+            }
         }
         if self.bodies.fetch_add(1, Ordering::AcqRel) >= MAX_QUEUED_BODIES {
             return Err(format!(
                 "more than {MAX_QUEUED_BODIES} frames queued on one stream"
             ));
         }
+        let all = total
+            .fetch_add(bytes, Ordering::AcqRel)
+            .saturating_add(bytes);
+        if all > MAX_CONNECTION_QUEUED_BYTES {
+            return Err(format!("{all} bytes queued on one connection"));
+        }
         Ok(())
     }
 
     /// Counts `body` out once the reader took it.
-    fn consumed(&self, body: &Body) {
-        self.bytes.fetch_sub(body.window_cost(), Ordering::AcqRel);
+    fn consumed(&self, body: &Body, total: &AtomicU64) {
+        let (data, bytes) = queued_cost(body);
+        self.data.fetch_sub(data, Ordering::AcqRel);
+        if data == 0 {
+            self.other.fetch_sub(bytes, Ordering::AcqRel);
+        }
         self.bodies.fetch_sub(1, Ordering::AcqRel);
+        total.fetch_sub(bytes, Ordering::AcqRel);
     }
 }
 
@@ -140,6 +177,8 @@ struct Shared {
     closed: std::sync::atomic::AtomicBool,
     /// Why the reader closed the connection, if the agent broke a bound.
     broken: Mutex<Option<String>>,
+    /// Bytes all streams hold for their readers.
+    queued_total: AtomicU64,
 }
 
 impl Shared {
@@ -271,6 +310,7 @@ impl Client {
             pending: Mutex::new(HashMap::new()),
             closed: std::sync::atomic::AtomicBool::new(false),
             broken: Mutex::new(None),
+            queued_total: AtomicU64::new(0),
             next_stream: AtomicU32::new(1),
         });
         tokio::spawn(write_loop(w, rx));
@@ -459,6 +499,10 @@ fn route_frame(shared: &Shared, frame: Frame) -> std::result::Result<(), String>
     }
     if let Body::Credit(n) = frame.body {
         if let Some(route) = routes.get(&frame.stream) {
+            let granted = route.window.available_permits().saturating_add(n as usize);
+            if granted > INITIAL_WINDOW_BYTES as usize {
+                return Err(format!("a credit of {n} grows a send window past its size"));
+            }
             route.window.add_permits(n as usize);
         }
         return Ok(());
@@ -497,7 +541,7 @@ fn route_frame(shared: &Shared, frame: Frame) -> std::result::Result<(), String>
     }
     let terminal = is_terminal(&frame.body);
     if let Some(route) = routes.get(&frame.stream) {
-        route.queued.admit(&frame.body)?;
+        route.queued.admit(&frame.body, &shared.queued_total)?;
         let _ = route.events.send(frame.body);
     }
     if terminal && let Some(route) = routes.remove(&frame.stream) {
@@ -565,7 +609,8 @@ impl Stream {
                 None => ClientError::Closed,
             });
         };
-        self.queued.consumed(&body);
+        self.queued
+            .consumed(&body, &self.sender.shared.queued_total);
         let cost = body.window_cost();
         if cost > 0 {
             self.sender.send(Body::Credit(cost)).await?;
@@ -582,6 +627,12 @@ impl Stream {
 
 impl Drop for Stream {
     fn drop(&mut self) {
+        // Whatever still waits here leaves the connection's count with it.
+        self.events.close();
+        while let Ok(body) = self.events.try_recv() {
+            self.queued
+                .consumed(&body, &self.sender.shared.queued_total);
+        }
         if self.finished {
             return;
         }
