@@ -322,8 +322,9 @@ fn a_body_over_the_limit_is_413_and_nothing_is_written() {
         },
     );
 
-    // A real push of 3 MiB with git.
-    std::fs::write(work.join("big.bin"), e2e::noise(3 << 20, 9)).unwrap();
+    // A real push of 16 MiB with git: the answer is a 413 git can show,
+    // not a connection reset while it is still sending.
+    std::fs::write(work.join("big.bin"), e2e::noise(16 << 20, 9)).unwrap();
     git_ok(&work, &["add", "big.bin"]);
     git_ok(&work, &["commit", "--quiet", "-m", "too big"]);
     let push = git_run(

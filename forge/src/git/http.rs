@@ -9,7 +9,8 @@
 //! 2. start `git receive-pack`, hand it the bytes read so far and stream the
 //!    rest (gzip decoded, counted against the body limit: past it, git's
 //!    input is cut short, so it discards the partial pack, and the answer is
-//!    `413`);
+//!    `413`, sent once the rest of the body has been read and dropped so
+//!    that the client sees it);
 //! 3. wait for git, parse its report (`unpack ok`, `ok <ref>` / `ng <ref>`):
 //!    a failed unpack is a `400` and nothing was written; otherwise the refs
 //!    reported `ok` become events, committed in one transaction before the
@@ -238,9 +239,45 @@ enum Fed {
     GitStopped,
 }
 
+/// How long, and how many more bytes, a body past the limit is read and
+/// thrown away so that a client still sending it receives the `413` instead
+/// of a reset connection (git reports a reset as "broken pipe" and never
+/// shows the answer). Past either bound the connection is simply closed.
+const DISCARD_TIME: std::time::Duration = std::time::Duration::from_secs(10);
+const DISCARD_BYTES: u64 = 256 << 20;
+
+/// Reads and drops what is left of a refused body, within the bounds above.
+async fn discard(reader: &mut BodyReader) {
+    let mut buffer = vec![0u8; 64 << 10];
+    let mut left = DISCARD_BYTES;
+    let _ = tokio::time::timeout(DISCARD_TIME, async {
+        while left > 0 {
+            match reader.read(&mut buffer).await {
+                Ok(0) | Err(_) => break,
+                Ok(read) => left = left.saturating_sub(read as u64),
+            }
+        }
+    })
+    .await;
+}
+
 /// Writes `prefix`, then the rest of `reader`, to git's stdin, counting
-/// against `limit`. Dropping stdin on return tells git the input ended.
-async fn feed(mut reader: BodyReader, prefix: Vec<u8>, mut stdin: ChildStdin, limit: u64) -> Fed {
+/// against `limit`. Dropping stdin on return tells git the input ended;
+/// past the limit it is dropped at once and the rest of the body discarded.
+async fn feed(mut reader: BodyReader, prefix: Vec<u8>, stdin: ChildStdin, limit: u64) -> Fed {
+    let fed = feed_within(&mut reader, prefix, stdin, limit).await;
+    if matches!(fed, Fed::TooLarge) {
+        discard(&mut reader).await;
+    }
+    fed
+}
+
+async fn feed_within(
+    reader: &mut BodyReader,
+    prefix: Vec<u8>,
+    mut stdin: ChildStdin,
+    limit: u64,
+) -> Fed {
     let mut total = prefix.len() as u64;
     if total > limit {
         return Fed::TooLarge;
