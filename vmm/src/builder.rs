@@ -186,6 +186,9 @@ fn us(since: Instant) -> u64 {
     since.elapsed().as_micros() as u64
 }
 
+/// Loads an ELF vmlinux (at its `p_paddr`, 16 MiB or above) or a bzImage
+/// (its protected-mode code at its `code32_start`, 1 MiB or above); returns
+/// what was loaded and the 64-bit entry point.
 fn load_kernel(
     mem: &GuestMemoryMmap,
     path: &PathBuf,
@@ -194,8 +197,7 @@ fn load_kernel(
         path: path.clone(),
         source,
     })?;
-    let high = Some(GuestAddress(arch::KERNEL_START));
-    match Elf::load(mem, None, &mut file, high) {
+    match Elf::load(mem, None, &mut file, Some(GuestAddress(arch::KERNEL_START))) {
         Ok(r) => {
             let entry = r.kernel_load.raw_value();
             Ok((r, entry))
@@ -203,8 +205,11 @@ fn load_kernel(
         Err(linux_loader::loader::Error::Elf(
             linux_loader::loader::elf::Error::InvalidElfMagicNumber,
         )) => {
+            // The decompressor moves the kernel proper to 16 MiB or above
+            // itself (`kernel_alignment` in the zero page).
+            let low = Some(GuestAddress(arch::HIGH_MEMORY_START));
             let r =
-                BzImage::load(mem, None, &mut file, high).map_err(|source| BuildError::Kernel {
+                BzImage::load(mem, None, &mut file, low).map_err(|source| BuildError::Kernel {
                     path: path.clone(),
                     source,
                 })?;
@@ -544,4 +549,61 @@ fn load_initrd(mem: &GuestMemoryMmap, path: &PathBuf) -> Result<boot::InitrdPlac
     mem.read_exact_volatile_from(GuestAddress(addr), &mut file, size as usize)
         .map_err(|_| BuildError::InitrdTooLarge)?;
     Ok(boot::InitrdPlacement { addr, size })
+}
+
+#[cfg(test)]
+mod tests {
+    use vm_memory::Bytes;
+
+    use super::*;
+
+    /// A bzImage as every standard build lays it out: four setup sectors
+    /// after the boot sector, the boot protocol header at 0x1f1, and
+    /// `code32_start` = 1 MiB; then the protected-mode code.
+    fn standard_bzimage(code: &[u8]) -> Vec<u8> {
+        let mut image = vec![0u8; 5 * 512];
+        image[0x1f1] = 4; // setup_sects
+        image[0x1fe..0x200].copy_from_slice(&0xaa55u16.to_le_bytes());
+        image[0x202..0x206].copy_from_slice(b"HdrS");
+        image[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes());
+        image[0x211] = 1; // loadflags: LOADED_HIGH
+        image[0x214..0x218].copy_from_slice(&0x10_0000u32.to_le_bytes());
+        image.extend_from_slice(code);
+        image
+    }
+
+    /// A file of `bytes` in a directory of this test's own.
+    fn file(test: &str, name: &str, bytes: &[u8]) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("vmm-{test}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join(name);
+        std::fs::write(&path, bytes).expect("write");
+        path
+    }
+
+    #[test]
+    fn a_standard_bzimage_loads_at_one_mib_and_enters_past_its_header() {
+        let code: Vec<u8> = (0..8192u32).map(|i| (i % 251) as u8).collect();
+        let path = file("bzimage", "bzImage", &standard_bzimage(&code));
+        let mem = memory::create(64).expect("guest memory");
+        let (loaded, entry) = load_kernel(&mem, &path).expect("a standard bzImage loads");
+        assert_eq!(loaded.kernel_load.raw_value(), arch::HIGH_MEMORY_START);
+        assert_eq!(entry, arch::HIGH_MEMORY_START + 0x200, "64-bit entry");
+        let header = loaded.setup_header.expect("the setup header is kept");
+        assert_eq!({ header.code32_start }, 0x10_0000);
+        let mut back = vec![0u8; code.len()];
+        mem.read_slice(&mut back, GuestAddress(arch::HIGH_MEMORY_START))
+            .expect("read back");
+        assert_eq!(back, code, "the protected-mode code is in place");
+        let _ = std::fs::remove_dir_all(path.parent().expect("dir"));
+    }
+
+    #[test]
+    fn a_file_that_is_no_kernel_is_refused_with_its_path() {
+        let path = file("no-kernel", "notes.txt", &[b'x'; 4096]);
+        let mem = memory::create(64).expect("guest memory");
+        let err = load_kernel(&mem, &path).expect_err("not a kernel");
+        assert!(err.to_string().contains("notes.txt"), "{err}");
+        let _ = std::fs::remove_dir_all(path.parent().expect("dir"));
+    }
 }

@@ -1,6 +1,7 @@
 #!/bin/sh
-# Builds the forge guest kernel: an uncompressed vmlinux from Debian's
-# linux-source-6.12 package, tinyconfig plus forge.config.
+# Builds the forge guest kernel from Debian's linux-source-6.12 package,
+# tinyconfig plus forge.config: an uncompressed ELF vmlinux and, from the
+# same build, a standard bzImage beside it (forge-vmm boots either).
 #
 #   vmm/guest/kernel/build.sh [--install-deps] [--config-only]
 #
@@ -10,7 +11,8 @@
 # ~/.cache/forge/kernel) in a directory named by the SHA-256 of the inputs
 # (this script, the fragment, the source package version); a second run
 # with the same inputs prints the cached path at once. The last line of
-# output is always the vmlinux path. Progress goes to stderr.
+# output is always the vmlinux path (`bzImage` is in the same directory).
+# Progress goes to stderr.
 #
 # Host packages: linux-source-6.12 build-essential bc bison flex libelf-dev
 # libssl-dev xz-utils (--install-deps installs them with apt-get).
@@ -45,7 +47,7 @@ tarball=$(ls /usr/src/linux-source-6.12.tar.* 2>/dev/null | head -n1)
 
 key=$( (cat "$here/build.sh" "$here/forge.config"; echo "$pkg $version") | sha256sum | cut -c1-16)
 out="$cache/$key"
-if [ -f "$out/vmlinux" ]; then
+if [ -f "$out/vmlinux" ] && [ -f "$out/bzImage" ]; then
     say "cached: inputs $key unchanged"
     echo "$out/vmlinux"
     exit 0
@@ -78,16 +80,17 @@ if [ "$config_only" = 1 ]; then
     exit 0
 fi
 
-say "building vmlinux with $jobs jobs"
-make -C "$src" -j"$jobs" vmlinux 2>&1 | awk '
+say "building vmlinux and bzImage with $jobs jobs"
+make -C "$src" -j"$jobs" vmlinux bzImage 2>&1 | awk '
     /^  (CC|AS|LD|AR)/ { n++; if (n % 50 == 0) printf "[kernel] %d objects built\n", n > "/dev/stderr" }
     /error|Error/ { print > "/dev/stderr" }
     END { printf "[kernel] %d objects built\n", n > "/dev/stderr" }'
-[ -f "$src/vmlinux" ] || { say "build failed"; exit 1; }
+[ -f "$src/vmlinux" ] && [ -f "$src/arch/x86/boot/bzImage" ] || { say "build failed"; exit 1; }
 
 mkdir -p "$out"
 cp "$src/vmlinux" "$out/vmlinux.tmp"
 cp "$src/.config" "$out/config"
+cp "$src/arch/x86/boot/bzImage" "$out/bzImage"
 mv "$out/vmlinux.tmp" "$out/vmlinux"
 say "done: $(du -h "$out/vmlinux" | cut -f1) vmlinux"
 echo "$out/vmlinux"

@@ -9,8 +9,8 @@ use linux_loader::loader::bootparam::{boot_params, setup_header};
 use vm_memory::{Address, ByteValued, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 use super::{
-    BOOT_STACK_POINTER, CMDLINE_START, EBDA_START, KERNEL_START, MMIO_GAP_END, MMIO_GAP_START,
-    ZERO_PAGE_START,
+    BOOT_STACK_POINTER, CMDLINE_START, EBDA_START, HIGH_MEMORY_START, KERNEL_START, MMIO_GAP_END,
+    MMIO_GAP_START, ZERO_PAGE_START,
 };
 
 const GDT_START: u64 = 0x500;
@@ -32,7 +32,6 @@ const EFER_LMA: u64 = 0x400;
 
 const E820_RAM: u32 = 1;
 const E820_RESERVED: u32 = 2;
-const HIGH_MEMORY_START: u64 = 0x10_0000;
 
 /// Errors writing boot structures.
 #[derive(Debug, thiserror::Error)]

@@ -15,6 +15,7 @@
 //! | `0x20000` | kernel command line |
 //! | `0x30000..0x6c000` | PDs mapping RAM from 4 GiB up to 64 GiB |
 //! | `0x9fc00` | MP floating pointer and table |
+//! | `0x100000` | bzImage protected-mode code (its `code32_start`, 1 MiB), which decompresses the kernel to 16 MiB or above |
 //! | `0x1000000` | kernel (ELF `p_paddr`, 16 MiB) |
 //! | `0xd000_0000..` | virtio-mmio windows, 4 KiB each |
 //! | `0xfec0_0000` | IOAPIC, `0xfee0_0000` LAPIC |
@@ -36,6 +37,10 @@ pub const VIRTIO_MMIO_SIZE: u64 = 0x1000;
 pub const VIRTIO_IRQ_BASE: u32 = 5;
 /// Where the kernel is loaded (and the lowest address it may use).
 pub const KERNEL_START: u64 = 0x100_0000;
+/// Start of RAM above the legacy hole (1 MiB): the e820 map's second RAM
+/// range, and where a bzImage's protected-mode code loads (every standard
+/// bzImage asks for 1 MiB in `code32_start`).
+pub const HIGH_MEMORY_START: u64 = 0x10_0000;
 /// The Linux zero page.
 pub const ZERO_PAGE_START: u64 = 0x7000;
 /// The kernel command line.
