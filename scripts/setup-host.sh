@@ -19,15 +19,9 @@ fi
 # app's RSA key with it; chromium, chromium-driver: the web UI's browser tests
 # (headless, WebDriver); sqlite3: the web benchmark seeds runs into the database.
 packages=(git gcc libc6-dev btrfs-progs busybox-static iptables mmdebstrap e2fsprogs curl ca-certificates openssl tar xz-utils python3 chromium chromium-driver sqlite3)
-missing=()
-for p in "${packages[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-    log "installing ${missing[*]}"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+# shellcheck source=scripts/packages.sh
+. "$(dirname "$0")/packages.sh"
+ensure_packages "${packages[@]}"
 
 # CRIU >= 4.2 keeps processes and memory across container pause and fork.
 # Without it those operations keep the disk only (and say so), so a failed

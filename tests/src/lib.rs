@@ -114,6 +114,8 @@ pub struct Builder {
 /// directory of their own (sockets live under it).
 #[derive(Debug, Clone)]
 struct Sandboxes {
+    /// `--sandbox-backend`: `container` or `microvm`.
+    backend: &'static str,
     image: PathBuf,
     dir: PathBuf,
     max_live: usize,
@@ -169,11 +171,36 @@ impl Builder {
 
     /// Run sandboxes (the container backend on the host's guest image);
     /// at most `max_live` at once.
-    pub fn with_sandboxes(mut self, max_live: usize) -> Self {
+    pub fn with_sandboxes(self, max_live: usize) -> Self {
+        let image = guest_image().expect("a guest image (check sandboxes_unavailable first)");
+        self.sandboxes_on("container", image, max_live)
+    }
+
+    /// Run sandboxes on the microVM backend: the guest kernel named by
+    /// `FORGE_GUEST_KERNEL` (the forge reads it) and the image directory
+    /// `FORGE_GUEST_IMAGE`, else the newest guest image; at most
+    /// `max_live` at once. Panics, saying why, where either is missing.
+    pub fn with_microvm_sandboxes(self, max_live: usize) -> Self {
+        let kernel = std::env::var_os("FORGE_GUEST_KERNEL")
+            .expect("FORGE_GUEST_KERNEL must name the guest kernel (vmm/guest/kernel/build.sh)");
+        assert!(
+            Path::new(&kernel).is_file(),
+            "FORGE_GUEST_KERNEL={} does not exist",
+            Path::new(&kernel).display()
+        );
+        let image = std::env::var_os("FORGE_GUEST_IMAGE")
+            .map(PathBuf::from)
+            .or_else(guest_image)
+            .expect("a guest image: FORGE_GUEST_IMAGE, or `forge image build`");
+        self.sandboxes_on("microvm", image, max_live)
+    }
+
+    fn sandboxes_on(mut self, backend: &'static str, image: PathBuf, max_live: usize) -> Self {
         static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.sandboxes = Some(Sandboxes {
-            image: guest_image().expect("a guest image (check sandboxes_unavailable first)"),
+            backend,
+            image,
             dir: PathBuf::from(format!("/tmp/fsb-{}-{n}", std::process::id())),
             max_live,
         });
@@ -213,7 +240,7 @@ impl Builder {
         match &self.sandboxes {
             Some(sandboxes) => {
                 command
-                    .args(["--sandbox-backend", "container", "--image"])
+                    .args(["--sandbox-backend", sandboxes.backend, "--image"])
                     .arg(&sandboxes.image)
                     .arg("--sandbox-dir")
                     .arg(&sandboxes.dir)
@@ -373,7 +400,10 @@ impl TestForge {
         path: &str,
         body: Option<Value>,
     ) -> (u16, Value) {
-        let client = reqwest::blocking::Client::new();
+        let client = reqwest::blocking::Client::builder()
+            .timeout(self.request_timeout())
+            .build()
+            .expect("HTTP client");
         let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
         let mut request = client.request(method, format!("{}{path}", self.url));
         if let Some(token) = token {
@@ -386,6 +416,15 @@ impl TestForge {
         let status = response.status().as_u16();
         let text = response.text().expect("body");
         (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// How long one API call may take: a create or fork on microVMs boots
+    /// Linux, minutes under the nested test host's emulated hardware.
+    fn request_timeout(&self) -> Duration {
+        match &self.builder.sandboxes {
+            Some(sandboxes) if sandboxes.backend == "microvm" => Duration::from_secs(300),
+            _ => Duration::from_secs(30),
+        }
     }
 
     /// An admin call that must succeed.
@@ -501,6 +540,13 @@ impl TestForge {
 
 impl Drop for TestForge {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // A failing test shows the end of the server's log with it.
+            let log = std::fs::read(self.data_dir.with_extension("log")).unwrap_or_default();
+            let tail =
+                String::from_utf8_lossy(&log[log.len().saturating_sub(8 << 10)..]).into_owned();
+            eprintln!("--- the end of the forge's log ---\n{tail}--- end of the forge's log ---");
+        }
         if let Some(sandboxes) = self.builder.sandboxes.clone() {
             // Leave no sandbox, mount or directory behind, pass or fail.
             if self.child.is_some() {

@@ -48,12 +48,23 @@ pub fn host_usr_root() -> PathBuf {
     .clone()
 }
 
-/// Binary `bin` of workspace package `package`, built on first use.
+/// Binary `bin` of workspace package `package`, built on first use; or,
+/// where `FORGE_TEST_BINARIES` names a directory, the one built there
+/// beforehand (the nested test host runs what its host built).
 ///
 /// A target dir of its own: building these alone unifies features
 /// differently from the test build, and sharing the test's target dir
 /// would rebuild both back and forth (and its lock is held while tests run).
 pub fn workspace_binary(package: &str, bin: &str) -> PathBuf {
+    if let Some(dir) = std::env::var_os("FORGE_TEST_BINARIES") {
+        let path = Path::new(&dir).join("debug").join(bin);
+        assert!(
+            path.is_file(),
+            "FORGE_TEST_BINARIES: no prebuilt {}",
+            path.display()
+        );
+        return path;
+    }
     static BUILT: OnceLock<Mutex<Vec<(String, PathBuf)>>> = OnceLock::new();
     let built = BUILT.get_or_init(|| Mutex::new(Vec::new()));
     // Held while building: one cargo at a time, each binary once.
@@ -77,7 +88,10 @@ pub fn workspace_binary(package: &str, bin: &str) -> PathBuf {
 
 /// Target directory of [`workspace_binary`].
 pub fn test_binaries_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/agent-for-tests")
+    match std::env::var_os("FORGE_TEST_BINARIES") {
+        Some(dir) => PathBuf::from(dir),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/agent-for-tests"),
+    }
 }
 
 /// The `sandbox-agent` binary of this workspace.

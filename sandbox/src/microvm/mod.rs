@@ -278,7 +278,18 @@ impl MicrovmSandboxes {
                     return Ok(Some(client));
                 }
                 Err(_) if !record.pid.is_some_and(vm::alive) => return Err(died()),
-                Err(err) if tokio::time::Instant::now() >= deadline => return Err(err),
+                Err(_) if tokio::time::Instant::now() >= deadline => {
+                    return Err(Error::Agent {
+                        id: id.clone(),
+                        source: agent_proto::ClientError::Handshake(format!(
+                            "the guest's agent did not answer on vsock port {} within {:?} \
+                             | serial: {}",
+                            self.config.agent_port,
+                            self.config.boot_timeout,
+                            vm::tail(&record.serial_log, 600)
+                        )),
+                    });
+                }
                 Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
             }
         }

@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# Runs the microVM suite against a /dev/kvm that boots Linux, and writes
+# what happened to the results directory:
+#
+#   inside.sh <plan.env>            in the nested test host (PID 1 after the
+#                                   initramfs): prepares the machine, runs the
+#                                   suite, powers off
+#   inside.sh --direct <plan.env>   on a host with VMX/SVM: runs the suite only
+#
+# The plan (written by scripts/nested-kvm.sh) names the repository, the
+# kernels, the guest image, the test executables and which steps to run.
+# Results: `<step>.log` per step, `steps.tsv` (name, passed|failed,
+# seconds), and `status` (0 when every step passed), all under the plan's
+# RESULTS directory.
+set -uo pipefail
+
+direct=0
+if [ "${1:-}" = --direct ]; then
+    direct=1
+    shift
+fi
+plan=${1:?usage: inside.sh [--direct] <plan.env>}
+# shellcheck source=/dev/null
+. "$plan"
+
+say() { echo "[nested] $*"; }
+
+# Ends the nested host (PID 1 must not exit: the kernel would panic) or,
+# in direct mode, the script.
+finish() {
+    echo "$1" > "$RESULTS/status"
+    sync
+    if [ "$direct" = 1 ]; then
+        exit "$1"
+    fi
+    say "powering off"
+    echo o > /proc/sysrq-trigger 2>/dev/null
+    poweroff -f
+}
+
+# Prepares the nested host: kernel modules, a scratch disk for everything
+# the suite writes, the usual pseudo file systems.
+prepare() {
+    mount -t tmpfs -o mode=0755 run /run
+    mkdir -p /dev/pts /dev/shm
+    mount -t devpts -o gid=5,mode=0620,ptmxmode=0666 devpts /dev/pts
+    mount -t tmpfs -o mode=1777 shm /dev/shm
+    mount -t cgroup2 cgroup2 /sys/fs/cgroup 2>/dev/null || true
+    local module
+    for module in $MODULES; do
+        modprobe -d "$KMOD_ROOT" "$module" || { say "cannot load kernel module $module"; return 1; }
+    done
+    [ -c /dev/kvm ] || { say "no /dev/kvm after loading kvm_amd"; return 1; }
+    say "kvm_amd: $(dmesg | grep -o -E 'Nested (Virtualization|Paging) enabled' | paste -sd, -)"
+    # Everything the suite writes (VM disks, memory snapshots, data dirs)
+    # goes to the scratch disk, not to memory.
+    mkfs.ext4 -q -F -E lazy_itable_init=1,lazy_journal_init=1 /dev/vda || return 1
+    mkdir -p /scratch
+    mount -o noatime /dev/vda /scratch || return 1
+    local dir
+    for dir in /tmp /var/tmp; do
+        mkdir -p "/scratch$dir" "$dir"
+        mount --bind "/scratch$dir" "$dir" || return 1
+    done
+    chmod 1777 /tmp /var/tmp
+    hostname nested
+    ip link set lo up 2>/dev/null || true
+}
+
+# run_step <name> <directory> <command...>: runs one step, its output to
+# <name>.log, and records how it ended.
+failed=0
+run_step() {
+    local name=$1 dir=$2
+    shift 2
+    local log="$RESULTS/$name.log" start end status
+    say "step $name: started"
+    start=$(date +%s)
+    (cd "$dir" && "$@") > "$log" 2>&1
+    status=$?
+    end=$(date +%s)
+    if [ "$status" = 0 ]; then
+        say "step $name: passed in $((end - start)) s"
+        printf '%s\tpassed\t%s\n' "$name" "$((end - start))" >> "$RESULTS/steps.tsv"
+    else
+        failed=1
+        say "step $name: FAILED (exit $status) in $((end - start)) s; the last lines of $name.log:"
+        tail -n 40 "$log" | sed 's/^/    /'
+        printf '%s\tfailed\t%s\n' "$name" "$((end - start))" >> "$RESULTS/steps.tsv"
+    fi
+}
+
+: > "$RESULTS/steps.tsv"
+if [ "$direct" = 0 ]; then
+    say "nested test host up: $(uname -r), $(nproc) CPUs, $(awk '/MemTotal/ {print int($2/1024)}' /proc/meminfo) MiB"
+    if ! prepare; then
+        say "preparing the nested host failed"
+        finish 1
+    fi
+fi
+
+export FORGE_GUEST_KERNEL="$GUEST_KERNEL"
+export FORGE_GUEST_BZIMAGE="$GUEST_BZIMAGE"
+export FORGE_GUEST_IMAGE="$GUEST_IMAGE"
+export FORGE_BIN="$FORGE_BIN"
+export FORGE_TEST_BINARIES="$TEST_BINARIES"
+export RUST_BACKTRACE=1
+export HOME=/root
+
+for step in $STEPS; do
+    case "$step" in
+    linux-boot)
+        run_step linux-boot "$REPO/vmm" "$EXE_LINUX_BOOT" --ignored --test-threads 1 ;;
+    microvm-suite)
+        run_step microvm-suite "$REPO/sandbox" "$EXE_MICROVM_SUITE" --include-ignored --test-threads 1 ;;
+    forge-slice)
+        run_step forge-slice "$REPO/tests" "$EXE_FORGE_SLICE" --ignored --test-threads 1 --nocapture ;;
+    *)
+        say "unknown step $step"
+        failed=1 ;;
+    esac
+done
+finish "$failed"
