@@ -107,8 +107,20 @@ impl Caller {
         }
     }
 
+    /// An admin over the whole forge: the admin scope and no repository
+    /// limit. A repository-limited admin token is an admin of that
+    /// repository only (`check_repo`), never of the forge.
     pub fn is_admin(&self) -> bool {
-        self.scopes.contains(&Scope::Admin)
+        self.repo_id.is_none() && self.scopes.contains(&Scope::Admin)
+    }
+
+    /// Whether the caller may see and use a sandbox that belongs to
+    /// `repo_id` (if any) and was created by the token `created_by`: its
+    /// creator, a forge admin, or an admin of its repository.
+    pub fn may_use_vm(&self, repo_id: Option<&str>, created_by: Option<&str>) -> bool {
+        self.is_admin()
+            || created_by == Some(self.token_id.as_str())
+            || repo_id.is_some_and(|repo| self.check_repo(repo, Scope::Admin).is_ok())
     }
 
     /// The one repository this token is limited to, if any.
@@ -159,6 +171,36 @@ mod tests {
             last_used_at: None,
             revoked_at: None,
         })
+    }
+
+    #[test]
+    fn a_repository_limited_admin_is_admin_of_that_repository_only() {
+        let forge_admin = caller("admin", None);
+        let repo_admin = caller("admin", Some("r"));
+        let writer = caller("repo:write", None);
+        assert!(forge_admin.is_admin());
+        assert!(!repo_admin.is_admin());
+        assert_eq!(
+            repo_admin.check(Scope::Admin),
+            Err(Denied::Scope(Scope::Admin))
+        );
+        assert!(repo_admin.check_repo("r", Scope::Admin).is_ok());
+        assert_eq!(
+            repo_admin.check_repo("s", Scope::RepoRead),
+            Err(Denied::OtherRepo)
+        );
+        // Sandboxes: (repo of the VM, its creator) → who may use it.
+        let table: [(Option<&str>, Option<&str>, [bool; 3]); 5] = [
+            (None, None, [true, false, false]),
+            (Some("r"), None, [true, true, false]),
+            (Some("s"), None, [true, false, false]),
+            (Some("s"), Some("t"), [true, true, true]),
+            (None, Some("other"), [true, false, false]),
+        ];
+        for (repo, creator, expected) in table {
+            let got = [&forge_admin, &repo_admin, &writer].map(|c| c.may_use_vm(repo, creator));
+            assert_eq!(got, expected, "repo {repo:?}, created by {creator:?}");
+        }
     }
 
     #[test]

@@ -30,6 +30,16 @@ fn linked_forge(fake: &FakeGithub, sandboxes: bool) -> TestForge {
     fake.create_repo(GITHUB_REPO);
     fake.install(77, "octo", &[GITHUB_REPO]);
     forge.create_repo(FORGE_REPO);
+    // Linking picks where the App's token pushes: an admin token limited
+    // to the repository may not.
+    let limited = forge.create_token("repo-admin", &["admin"], Some(FORGE_REPO));
+    let (status, refused) = forge.call(
+        Some(&limited),
+        "POST",
+        &format!("/v1/repos/{FORGE_REPO}/github"),
+        Some(json!({ "repository": GITHUB_REPO })),
+    );
+    assert_eq!(status, 403, "{refused}");
     let (status, link) = forge.call(
         Some(&forge.admin_token),
         "POST",

@@ -82,4 +82,23 @@ fn a_create_over_the_cap_waits_its_turn_and_quotas_are_clear() {
         (status, body["error"]["code"].as_str()),
         (429, Some("quota"))
     );
+
+    // An admin token limited to one repository is that repository's
+    // admin, not the forge's: it has a quota like any other token.
+    let (status, body) = forge.call(
+        Some(&user),
+        "DELETE",
+        &format!("/v1/vms/{}", mine["id"].as_str().unwrap()),
+        None,
+    );
+    assert_eq!(status, 204, "{body}");
+    let limited = forge.create_token("repo-admin", &["admin"], Some("acme/q"));
+    let (status, first) = forge.call(Some(&limited), "POST", "/v1/vms", Some(json!({})));
+    assert_eq!(status, 201, "{first}");
+    let (status, body) = forge.call(Some(&limited), "POST", "/v1/vms", Some(json!({})));
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (429, Some("quota")),
+        "{body}"
+    );
 }

@@ -387,6 +387,61 @@ fn a_vm_for_a_repository_holds_its_checkout_and_exec_can_stream() {
     let exit = text.find("event: exit").expect("exit event");
     assert!(one < two && two < exit, "{text}");
     assert!(text.contains("\"exit_code\":4"), "{text}");
+
+    // An admin token limited to acme/app sees and drives acme/app's
+    // sandboxes, and nothing of another repository's.
+    forge.create_repo("acme/other");
+    e2e::git_ok(
+        &work,
+        &[
+            "push",
+            "--quiet",
+            &forge.git_url("acme/other", &forge.admin_token),
+            "main",
+        ],
+    );
+    let other = forge.admin("POST", "/v1/vms", Some(json!({ "repo": "acme/other" })));
+    let other = other["id"].as_str().unwrap();
+    let limited = forge.create_token("app-admin", &["admin"], Some("acme/app"));
+    let (status, listed) = forge.call(Some(&limited), "GET", "/v1/vms", None);
+    assert_eq!(status, 200, "{listed}");
+    let vms = listed.as_array().unwrap();
+    assert!(
+        vms.iter().any(|vm| vm["id"] == id) && vms.iter().all(|vm| vm["repo"] == "acme/app"),
+        "a token limited to acme/app lists {listed}"
+    );
+    for (method, path, body) in [
+        ("GET", format!("/v1/vms/{other}"), None),
+        (
+            "POST",
+            format!("/v1/vms/{other}/exec"),
+            Some(json!({ "command": "id" })),
+        ),
+        (
+            "POST",
+            format!("/v1/vms/{other}/fork"),
+            Some(json!({ "count": 1 })),
+        ),
+        ("DELETE", format!("/v1/vms/{other}"), None),
+    ] {
+        let (status, answer) = forge.call(Some(&limited), method, &path, body);
+        assert_eq!(status, 404, "{method} {path}: {answer}");
+    }
+    let (status, answer) = forge.call(
+        Some(&limited),
+        "POST",
+        &format!("/v1/vms/{id}/exec"),
+        Some(json!({ "command": "true" })),
+    );
+    assert_eq!(
+        (status, answer["exit_code"].as_i64()),
+        (200, Some(0)),
+        "{answer}"
+    );
+    assert_eq!(
+        forge.admin("GET", &format!("/v1/vms/{other}"), None)["state"],
+        "running"
+    );
 }
 
 #[test]

@@ -89,6 +89,10 @@ pub async fn link(
     Path((owner, name)): Path<(String, String)>,
     Body(request): Body<LinkRequest>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
+    // Linking chooses which GitHub repository the App's token pushes this
+    // repository's refs to: a forge admin's decision, not a
+    // repository-limited token's.
+    caller.check(Scope::Admin)?;
     let repo = repos::authorize(&state, &caller, &owner, &name, Scope::Admin).await?;
     let github = app(&state)?;
     let target = request.repository.trim();

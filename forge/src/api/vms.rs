@@ -126,7 +126,7 @@ fn with_carried(view: VmView, carried: &::sandbox::Carried) -> Result<Value, Api
 /// The VM `id`, if the caller may use it (others' VMs are "not found").
 pub(super) async fn owned(state: &AppState, caller: &Caller, id: &str) -> Result<VmRow, ApiError> {
     let row = state.sandboxes.get(id).await?;
-    if caller.is_admin() || row.created_by.as_deref() == Some(caller.token_id.as_str()) {
+    if caller.may_use_vm(row.repo_id.as_deref(), row.created_by.as_deref()) {
         Ok(row)
     } else {
         Err(ApiError::not_found(format!("VM {id} does not exist")))
@@ -254,7 +254,7 @@ pub async fn list(
 ) -> Result<Json<Vec<VmView>>, ApiError> {
     let mut views = Vec::new();
     for row in state.sandboxes.list().await? {
-        if caller.is_admin() || row.created_by.as_deref() == Some(caller.token_id.as_str()) {
+        if caller.may_use_vm(row.repo_id.as_deref(), row.created_by.as_deref()) {
             views.push(view(&state, row).await?);
         }
     }
