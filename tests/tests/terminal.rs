@@ -15,12 +15,27 @@ use tungstenite::{Message, WebSocket};
 type Socket = WebSocket<TcpStream>;
 
 fn connect(forge: &TestForge, path: &str, token: Option<&str>) -> Result<Socket, String> {
+    connect_from(forge, path, token, None)
+}
+
+/// `connect` as a browser on the page `origin` would.
+fn connect_from(
+    forge: &TestForge,
+    path: &str,
+    token: Option<&str>,
+    origin: Option<&str>,
+) -> Result<Socket, String> {
     let url = format!("{}{path}", forge.url.replace("http://", "ws://"));
     let mut request = url.into_client_request().unwrap();
     if let Some(token) = token {
         request
             .headers_mut()
             .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    }
+    if let Some(origin) = origin {
+        request
+            .headers_mut()
+            .insert("origin", origin.parse().unwrap());
     }
     let host = forge.url.trim_start_matches("http://").to_owned();
     let stream = TcpStream::connect(host).unwrap();
@@ -169,6 +184,39 @@ fn tickets_are_single_use_and_bound_to_their_vm() {
         .unwrap_err(),
         "HTTP 401"
     );
+    // A page on another site cannot open a terminal with the browser's
+    // credentials (cross-site WebSocket hijacking); the forge's own pages
+    // can.
+    let ticket = forge.admin("POST", &format!("/v1/vms/{a}/terminal/tickets"), None);
+    let path = format!(
+        "/v1/vms/{a}/terminal?ticket={}",
+        ticket["ticket"].as_str().unwrap()
+    );
+    for credentials in [
+        (path.as_str(), None),
+        (
+            &*format!("/v1/vms/{a}/terminal"),
+            Some(forge.admin_token.as_str()),
+        ),
+    ] {
+        assert_eq!(
+            connect_from(
+                &forge,
+                credentials.0,
+                credentials.1,
+                Some("http://evil.example")
+            )
+            .unwrap_err(),
+            "HTTP 403"
+        );
+    }
+    let mut socket = connect_from(&forge, &path, None, Some(&forge.url)).unwrap();
+    socket
+        .send(Message::Binary(b"echo sa\"\"me-origin\r".to_vec().into()))
+        .unwrap();
+    read_until(&mut socket, "same-origin", Duration::from_secs(20));
+    drop(socket);
+
     // An unknown VM is a 404, not a socket that closes at once.
     assert_eq!(
         connect(&forge, "/v1/vms/nope/terminal", Some(&forge.admin_token)).unwrap_err(),
