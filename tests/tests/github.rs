@@ -52,6 +52,30 @@ fn linked_forge(fake: &FakeGithub, sandboxes: bool) -> TestForge {
     forge
 }
 
+/// Sends only the head of a webhook POST announcing `length` bytes and
+/// returns the forge's answer's status line (or why there was none within
+/// 10 s: a forge that waits for the body).
+fn announce_body_only(forge: &TestForge, length: usize, signature: &str) -> String {
+    use std::io::{BufRead, Write};
+    let host = forge.url.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(host).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "POST /github/webhook HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n\
+         X-GitHub-Event: push\r\nX-GitHub-Delivery: big\r\nX-Hub-Signature-256: {signature}\r\n\
+         Content-Length: {length}\r\n\r\n"
+    )
+    .unwrap();
+    let mut line = String::new();
+    match std::io::BufReader::new(stream).read_line(&mut line) {
+        Ok(_) => line.trim().to_owned(),
+        Err(error) => format!("no answer: {error}"),
+    }
+}
+
 /// The forge's value of `refname`, read with `git ls-remote`.
 fn forge_ref(forge: &TestForge, refname: &str) -> Option<String> {
     let url = forge.git_url(FORGE_REPO, &forge.admin_token);
@@ -252,6 +276,10 @@ fn forged_and_repeated_webhooks_do_nothing() {
         fake.post_webhook(&delivery.id, "push", &delivery.body, Some(&good)),
         401
     );
+    // 25 MB announced with no valid signature: refused before one byte of
+    // the body is read (the sender here never sends it).
+    let refused = announce_body_only(&forge, 25 << 20, "sha256=00ff");
+    assert!(refused.starts_with("HTTP/1.1 401"), "{refused}");
     std::thread::sleep(Duration::from_secs(1));
     assert!(
         forge_ref(&forge, "refs/heads/main").is_none(),

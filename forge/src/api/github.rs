@@ -6,9 +6,9 @@
 //! repository the caller may read). Nothing here returns a secret.
 
 use axum::Json;
-use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
+use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -31,18 +31,45 @@ fn app(state: &AppState) -> Result<&std::sync::Arc<Github>, ApiError> {
 
 /// GitHub caps webhook payloads at 25 MB; axum's default (2 MB) would
 /// refuse large pushes.
-pub fn body_limit() -> axum::extract::DefaultBodyLimit {
-    axum::extract::DefaultBodyLimit::max(25 << 20)
-}
+const WEBHOOK_BODY_LIMIT: usize = 25 << 20;
 
-/// `POST /github/webhook`.
+/// How many webhook bodies may be read at once: the signature covers the
+/// whole body, so each is held in memory until it is checked.
+const WEBHOOK_BODIES_AT_ONCE: usize = 4;
+
+static WEBHOOK_BODIES: tokio::sync::Semaphore =
+    tokio::sync::Semaphore::const_new(WEBHOOK_BODIES_AT_ONCE);
+
+/// `POST /github/webhook`. Nothing of the body is read unless the App is
+/// configured and the request carries a well-formed signature; at most
+/// [`WEBHOOK_BODIES_AT_ONCE`] bodies are read at a time.
 pub async fn webhook(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: Bytes,
+    body: axum::body::Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let github = app(&state)?;
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let well_formed = header("x-hub-signature-256")
+        .and_then(|h| h.strip_prefix("sha256="))
+        .is_some_and(|hex| hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()));
+    if !well_formed {
+        return Err(ApiError::unauthorized(
+            "the X-Hub-Signature-256 signature is missing or wrong",
+        ));
+    }
+    let _reading = WEBHOOK_BODIES.acquire().await.map_err(ApiError::internal)?;
+    let mut chunks = body.into_data_stream();
+    let mut body = Vec::new();
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk.map_err(|error| {
+            ApiError::bad_request(format!("the webhook body could not be read: {error}"))
+        })?;
+        if body.len() + chunk.len() > WEBHOOK_BODY_LIMIT {
+            return Err(ApiError::too_large(WEBHOOK_BODY_LIMIT as u64));
+        }
+        body.extend_from_slice(&chunk);
+    }
     if !crate::github::webhook::verify(
         github.config.webhook_secret.expose().as_bytes(),
         header("x-hub-signature-256"),

@@ -95,10 +95,7 @@ pub fn router(state: AppState) -> Router {
             "/v1/repos/{owner}/{name}/webhooks/{id}/deliveries/{delivery_id}/redeliver",
             post(webhooks::redeliver),
         )
-        .route(
-            "/github/webhook",
-            post(github::webhook).layer(github::body_limit()),
-        )
+        .route("/github/webhook", post(github::webhook))
         .route("/v1/github", get(github::overview))
         .route("/v1/github/repos", get(github::linked))
         .route(
