@@ -57,8 +57,13 @@ impl TestAgent {
             .spawn()
             .expect("spawn sandbox-agent");
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !socket.exists() {
-            assert!(Instant::now() < deadline, "agent did not create its socket");
+        // The socket file appears at bind(), before listen(): only a
+        // connection that succeeds says the agent is ready.
+        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "agent did not listen on its socket"
+            );
             std::thread::sleep(Duration::from_millis(5));
         }
         let done = Arc::new(AtomicBool::new(false));
