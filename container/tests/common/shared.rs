@@ -56,8 +56,8 @@ pub fn host_usr_root() -> PathBuf {
 /// differently from the test build, and sharing the test's target dir
 /// would rebuild both back and forth (and its lock is held while tests run).
 pub fn workspace_binary(package: &str, bin: &str) -> PathBuf {
-    if let Some(dir) = std::env::var_os("FORGE_TEST_BINARIES") {
-        let path = Path::new(&dir).join("debug").join(bin);
+    if std::env::var_os("FORGE_TEST_BINARIES").is_some() {
+        let path = test_binaries_dir().join("debug").join(bin);
         assert!(
             path.is_file(),
             "FORGE_TEST_BINARIES: no prebuilt {}",
