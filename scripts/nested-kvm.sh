@@ -31,9 +31,18 @@
 # Environment: FORGE_NESTED_CACHE (default /var/cache/forge/nested: the
 # nested host's kernel, initramfs and run directories), FORGE_NESTED_MEM_MIB
 # (6144), FORGE_NESTED_CPUS (1, see below), FORGE_NESTED_CPU (the emulated
-# CPU model, EPYC,+svm,+npt), FORGE_NESTED_TCG_THREAD (multi), FORGE_NESTED_TIMEOUT
-# (seconds, 3600), FORGE_DATA_DIR (where the guest image is cached,
+# CPU model, EPYC,+svm,+npt), FORGE_NESTED_TCG_THREAD (multi),
+# FORGE_NESTED_TIMEOUT (seconds one boot of the nested host may last, 2400),
+# FORGE_NESTED_STALL (seconds of a silent console after which the nested
+# host counts as stopped, 180), FORGE_NESTED_ATTEMPTS (boots of the nested
+# host when one stops, 2), FORGE_DATA_DIR (where the guest image is cached,
 # /var/lib/forge). Needs root. Exits 0 only when every step passed.
+#
+# The nested host prints a heartbeat on its console every 15 s and kills a
+# step that outlives its budget. A host whose console falls silent has
+# stopped running (its kernel frozen under the emulated SVM, rare): its
+# CPUs' registers are saved from QEMU's monitor, and a fresh host runs the
+# steps it had not finished. A step that fails is never run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
@@ -68,7 +77,12 @@ mem_mib=${FORGE_NESTED_MEM_MIB:-6144}
 # its registers), within minutes of forking. One CPU still runs guests
 # with several vCPUs.
 cpus=${FORGE_NESTED_CPUS:-1}
-timeout_secs=${FORGE_NESTED_TIMEOUT:-3600}
+# The most one boot of the nested host may take, and how long its console
+# may stay silent (it prints a heartbeat every 15 s) before the host counts
+# as stopped.
+timeout_secs=${FORGE_NESTED_TIMEOUT:-2400}
+stall_secs=${FORGE_NESTED_STALL:-180}
+attempts=${FORGE_NESTED_ATTEMPTS:-2}
 export FORGE_DATA_DIR=${FORGE_DATA_DIR:-/var/lib/forge}
 mkdir -p "$cache" "$FORGE_DATA_DIR"
 
@@ -214,10 +228,12 @@ if [ "$mode" = nested ]; then
     fi
 fi
 
-cat > "$results/plan.env" <<EOF
+# write_plan <results directory> <steps>: what the run inside is to do.
+write_plan() {
+    cat > "$1/plan.env" <<EOF
 REPO='$repo'
-RESULTS='$( [ "$mode" = nested ] && echo /results || echo "$results")'
-STEPS='$steps'
+RESULTS='$( [ "$mode" = nested ] && echo /results || echo "$1")'
+STEPS='$2'
 KMOD_ROOT='$kmod_root'
 MODULES='kvm_amd virtio_blk ext4'
 GUEST_KERNEL='$guest_kernel'
@@ -229,51 +245,189 @@ EXE_LINUX_BOOT='$exe_linux_boot'
 EXE_MICROVM_SUITE='$exe_microvm_suite'
 EXE_FORGE_SLICE='$exe_forge_slice'
 EOF
+}
 
-start=$(date +%s)
-if [ "$mode" = direct ]; then
-    log "running on this host's /dev/kvm"
-    scripts/nested/inside.sh --direct "$results/plan.env" || true
-else
-    scratch="$run/scratch.img"
+# registers <monitor socket> <kallsyms>: the registers of every CPU of a
+# nested host, from its QEMU monitor, each RIP named by the kernel symbol it
+# falls in (the nested host saves its /proc/kallsyms in its results).
+registers() {
+    python3 - "$1" "$2" <<'PY'
+import bisect, re, socket, sys, time
+s = socket.socket(socket.AF_UNIX)
+s.settimeout(2)
+s.connect(sys.argv[1])
+s.sendall(b"info registers -a\n")
+out, end = b"", time.time() + 10
+while time.time() < end:
+    try:
+        chunk = s.recv(65536)
+    except socket.timeout:
+        break
+    if not chunk:
+        break
+    out += chunk
+text = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", out.decode(errors="replace"))
+text = "\n".join(l for l in text.splitlines() if not l.startswith(("QEMU ", "(qemu)")))
+symbols = []
+try:
+    for line in open(sys.argv[2]):
+        addr, kind, name = line.split()[:3]
+        if kind in "tTwW":
+            symbols.append((int(addr, 16), " ".join(line.split()[2:])))
+except OSError:
+    pass
+symbols.sort()
+def name(rip):
+    if rip < 1 << 63:
+        return "user space"
+    i = bisect.bisect_right(symbols, (rip, "\uffff")) - 1
+    return f"{symbols[i][1]}+{rip - symbols[i][0]:#x}" if i >= 0 else "?"
+for rip in re.findall(r"RIP=([0-9a-f]{16})", text):
+    print(f"RIP {rip}: {name(int(rip, 16))}")
+print(text)
+PY
+}
+
+# boot_nested_host <results directory> <prefix>: boots the nested host on
+# the plan in that directory and waits for it to power off; its serial log
+# and QEMU's go to <prefix>.serial.log and <prefix>.qemu.log. Returns 0
+# when it powered off, 2 when it stopped running (nothing on its console,
+# which has a heartbeat, for $stall_secs s), 1 when it outlived
+# $timeout_secs or QEMU failed. A host that is killed leaves its CPUs'
+# registers in <prefix>.registers.txt.
+boot_nested_host() {
+    local results=$1 prefix=$2
+    local scratch="$run/scratch.img" serial="$prefix.serial.log" monitor="$run/monitor.sock"
+    rm -f "$scratch" "$monitor"
     truncate -s 64G "$scratch"
-    log "booting the nested host: QEMU TCG, -cpu EPYC,+svm,+npt, $cpus CPUs, $mem_mib MiB (progress below; serial log $run/serial.log)"
-    set +e
-    timeout --kill-after=10 "$timeout_secs" qemu-system-x86_64 \
+    : > "$serial"
+    log "booting the nested host: QEMU TCG, -cpu EPYC,+svm,+npt, $cpus CPUs, $mem_mib MiB (progress below; serial log $serial)"
+    qemu-system-x86_64 \
         -accel "tcg,thread=${FORGE_NESTED_TCG_THREAD:-multi}" -cpu "${FORGE_NESTED_CPU:-EPYC,+svm,+npt}" -smp "$cpus" -m "$mem_mib" \
-        -nodefaults -no-reboot -display none -monitor none -serial stdio \
+        -nodefaults -no-reboot -display none \
+        -monitor "unix:$monitor,server=on,wait=off" -serial "file:$serial" \
         -kernel "$vmlinuz" -initrd "$initrd" \
         -append "console=ttyS0 panic=-1 quiet loglevel=4" \
         -virtfs "local,path=/,mount_tag=host,security_model=none,readonly=on,multidevs=remap" \
         -virtfs "local,path=$results,mount_tag=results,security_model=none,multidevs=remap" \
         -drive "file=$scratch,if=virtio,format=raw,cache=unsafe,discard=unmap" \
         -device virtio-rng-pci \
-        < /dev/null 2> "$run/qemu.log" \
-        | tee "$run/serial.log" \
-        | grep --line-buffered -E '^\[nested\]|nested-init:|    |Kernel panic|BUG:|WARNING:'
-    qemu_status=${PIPESTATUS[0]}
-    set -e
-    [ "$keep" = 1 ] || rm -f "$scratch"
-    if [ "$qemu_status" = 124 ]; then
-        log "the nested host did not finish within $timeout_secs s"
-    elif [ "$qemu_status" != 0 ]; then
-        log "QEMU ended with status $qemu_status: $(tail -n 5 "$run/qemu.log")"
+        < /dev/null 2> "$prefix.qemu.log" &
+    local qemu_pid=$!
+    tail -n +1 -F "$serial" 2>/dev/null \
+        | grep --line-buffered -E '^\[nested\]|nested-init:|    |Kernel panic|BUG:|WARNING:' >&2 &
+    local tail_pid=$!
+    local began now size last_size=-1 last_change outcome=""
+    began=$(date +%s)
+    last_change=$began
+    while kill -0 "$qemu_pid" 2>/dev/null; do
+        sleep 5
+        now=$(date +%s)
+        size=$(stat -c %s "$serial")
+        if [ "$size" != "$last_size" ]; then
+            last_size=$size
+            last_change=$now
+        elif [ $((now - last_change)) -ge "$stall_secs" ]; then
+            outcome=stalled
+            break
+        fi
+        if [ $((now - began)) -ge "$timeout_secs" ]; then
+            outcome=timeout
+            break
+        fi
+    done
+    if [ -n "$outcome" ]; then
+        { echo "# info registers -a, $(date -u +%FT%TZ)"; registers "$monitor" "$results/kallsyms"; } \
+            > "$prefix.registers.txt" 2>&1
+        kill "$qemu_pid" 2>/dev/null
+        sleep 2
+        kill -9 "$qemu_pid" 2>/dev/null
     fi
+    local status=0
+    wait "$qemu_pid" || status=$?
+    sleep 1
+    kill "$tail_pid" 2>/dev/null
+    wait "$tail_pid" 2>/dev/null
+    [ "$keep" = 1 ] || rm -f "$scratch"
+    local where=""
+    [ -z "$outcome" ] || where="its CPUs were at $(grep '^RIP ' "$prefix.registers.txt" | paste -sd';' -) (all registers: $prefix.registers.txt)"
+    case "$outcome" in
+    stalled)
+        log "the nested host stopped running: nothing on its console for $stall_secs s; $where"
+        return 2 ;;
+    timeout)
+        log "the nested host did not finish within $timeout_secs s; $where"
+        return 1 ;;
+    esac
+    if [ "$status" != 0 ]; then
+        log "QEMU ended with status $status: $(tail -n 5 "$prefix.qemu.log")"
+        return 1
+    fi
+    return 0
+}
+
+# steps_ended <results directory> <passed|failed>: the steps that ended so
+# there.
+steps_ended() {
+    awk -F'\t' -v how="$2" '$2 == how { print $1 }' "$1/steps.tsv" 2>/dev/null | paste -sd' ' -
+}
+
+start=$(date +%s)
+passed=""
+if [ "$mode" = direct ]; then
+    write_plan "$results" "$steps"
+    log "running on this host's /dev/kvm"
+    scripts/nested/inside.sh --direct "$results/plan.env" || true
+    passed=$(steps_ended "$results" passed)
+else
+    # A nested host that stops running altogether (its kernel frozen under
+    # QEMU's emulated SVM, seen about once in twenty boots) is booted
+    # again, once, for the steps it had not passed. A step that fails in
+    # a running host is not run again.
+    attempt=1
+    todo=$steps
+    failed=""
+    while :; do
+        dir=$results
+        [ "$attempt" = 1 ] || dir="$results/attempt-$attempt"
+        mkdir -p "$dir"
+        write_plan "$dir" "$todo"
+        outcome=0
+        boot_nested_host "$dir" "$run/attempt-$attempt" || outcome=$?
+        passed="$passed $(steps_ended "$dir" passed)"
+        failed="$failed $(steps_ended "$dir" failed)"
+        todo=""
+        for step in $steps; do
+            case " $passed $failed " in *" $step "*) ;; *) todo="$todo $step" ;; esac
+        done
+        todo=${todo# }
+        if [ "$outcome" != 2 ] || [ -z "$todo" ] || [ "$attempt" -ge "$attempts" ]; then
+            break
+        fi
+        attempt=$((attempt + 1))
+        log "booting a fresh nested host (attempt $attempt of $attempts) for: $todo"
+    done
 fi
 elapsed=$(( $(date +%s) - start ))
 
 log "results ($mode, $elapsed s in all; logs in $results):"
-if [ -s "$results/steps.tsv" ]; then
+for tsv in "$results/steps.tsv" "$results"/attempt-*/steps.tsv; do
+    [ -s "$tsv" ] || continue
+    where=${tsv#"$results"/}
+    where=${where%steps.tsv}
     while IFS=$'\t' read -r name status secs; do
-        log "  $name: $status in $secs s"
-    done < "$results/steps.tsv"
-fi
-status=$(cat "$results/status" 2>/dev/null || echo missing)
+        log "  $name: $status in $secs s${where:+ (${where%/})}"
+    done < "$tsv"
+done
+status=0
 for step in $steps; do
-    grep -q "^$step	passed" "$results/steps.tsv" 2>/dev/null || status=1
+    case " $passed " in
+    *" $step "*) ;;
+    *) log "  $step: did not pass"; status=1 ;;
+    esac
 done
 if [ "$status" != 0 ]; then
-    log "FAILED (see $results/*.log and $run/serial.log)"
+    log "FAILED (see $results/ and $run/*.serial.log)"
     exit 1
 fi
 log "all steps passed"

@@ -63,22 +63,45 @@ prepare() {
         mount --bind "/scratch$dir" "$dir" || return 1
     done
     chmod 1777 /tmp /var/tmp
+    # Its kernel's symbols, kernel and modules, for the host to name where
+    # the CPU was should this machine stop running.
+    grep -E '^[0-9a-f]+ [tTwW] ' /proc/kallsyms > "$RESULTS/kallsyms" 2>/dev/null
     hostname nested
     ip link set lo up 2>/dev/null || true
 }
 
-# run_step <name> <directory> <command...>: runs one step, its output to
-# <name>.log, and records how it ended.
+# run_step <name> <seconds> <directory> <command...>: runs one step, its
+# output to <name>.log, and records how it ended. A step still running
+# after <seconds> is killed; what every process was blocked in goes to its
+# log and the console first.
 failed=0
 run_step() {
-    local name=$1 dir=$2
-    shift 2
+    local name=$1 budget=$2 dir=$3
+    shift 3
     local log="$RESULTS/$name.log" start end status
     say "step $name: started"
     start=$(date +%s)
-    (cd "$dir" && "$@") > "$log" 2>&1
+    (cd "$dir" && exec timeout --kill-after=30 "$budget" "$@") > "$log" 2>&1 &
+    local pid=$!
+    # The step's own deadline: report before timeout(1) kills, so that
+    # the stuck processes are still there to be seen.
+    (
+        sleep "$((budget - 5))"
+        if kill -0 "$pid" 2>/dev/null; then
+            say "step $name: still running after $((budget - 5)) s; the processes and their wait channels:"
+            ps -eo pid,ppid,stat,wchan:32,etime,args | tee -a "$log" | sed 's/^/    /'
+            echo w > /proc/sysrq-trigger 2>/dev/null
+            { echo "--- blocked tasks (sysrq w) ---"; dmesg | tail -n 300; } >> "$log"
+        fi
+    ) &
+    local reporter=$!
+    wait "$pid"
     status=$?
+    kill "$reporter" 2>/dev/null
+    wait "$reporter" 2>/dev/null
     end=$(date +%s)
+    [ "$status" != 124 ] && [ "$status" != 137 ] \
+        || echo "step $name: killed after its $budget s" >> "$log"
     if [ "$status" = 0 ]; then
         say "step $name: passed in $((end - start)) s"
         printf '%s\tpassed\t%s\n' "$name" "$((end - start))" >> "$RESULTS/steps.tsv"
@@ -107,14 +130,24 @@ export FORGE_TEST_BINARIES="$TEST_BINARIES"
 export RUST_BACKTRACE=1
 export HOME=/root
 
+# A heartbeat on the console: the host takes its absence for a nested host
+# that stopped running (scripts/nested-kvm.sh), not for a slow step.
+if [ "$direct" = 0 ]; then
+    while sleep 15; do
+        echo "[nested-alive] $(cut -d' ' -f1 /proc/uptime)"
+    done &
+fi
+
+# Each step's budget in seconds, well above its longest run so far
+# (linux-boot 45 s, microvm-suite 370 s, forge-slice 330 s).
 for step in $STEPS; do
     case "$step" in
     linux-boot)
-        run_step linux-boot "$REPO/vmm" "$EXE_LINUX_BOOT" --ignored --test-threads 1 ;;
+        run_step linux-boot 600 "$REPO/vmm" "$EXE_LINUX_BOOT" --ignored --test-threads 1 ;;
     microvm-suite)
-        run_step microvm-suite "$REPO/sandbox" "$EXE_MICROVM_SUITE" --include-ignored --test-threads 1 ;;
+        run_step microvm-suite 1500 "$REPO/sandbox" "$EXE_MICROVM_SUITE" --include-ignored --test-threads 1 ;;
     forge-slice)
-        run_step forge-slice "$REPO/tests" "$EXE_FORGE_SLICE" --ignored --test-threads 1 --nocapture ;;
+        run_step forge-slice 1500 "$REPO/tests" "$EXE_FORGE_SLICE" --ignored --test-threads 1 --nocapture ;;
     *)
         say "unknown step $step"
         failed=1 ;;
