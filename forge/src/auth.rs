@@ -5,6 +5,10 @@
 //! is created. Scopes: `admin` (everything, including repositories and
 //! tokens), `repo:write` (push, which implies `repo:read`), `repo:read`
 //! (clone, fetch, read the API). A token may be limited to one repository.
+//!
+//! A sandbox's git token (minted by `vms/gitrelay.rs`) records its VM in its
+//! own row ([`Caller::sandbox_vm`]): whoever presents it, inside the sandbox
+//! or not, pushes only where that sandbox may (`git/push/rules.rs`).
 
 use rand::Rng;
 use sha2::{Digest, Sha256};
@@ -86,6 +90,7 @@ pub struct Caller {
     pub token_name: String,
     scopes: Vec<Scope>,
     repo_id: Option<String>,
+    sandbox_vm: Option<String>,
 }
 
 /// Why a caller may not do something.
@@ -104,7 +109,14 @@ impl Caller {
             token_name: row.name.clone(),
             scopes: parse_scopes(row.scopes.split(' ')).unwrap_or_default(),
             repo_id: row.repo_id.clone(),
+            sandbox_vm: row.vm_id.clone(),
         }
+    }
+
+    /// The VM whose git token this is, if it is one: its pushes are
+    /// limited to what that sandbox may change.
+    pub fn sandbox_vm(&self) -> Option<&str> {
+        self.sandbox_vm.as_deref()
     }
 
     /// An admin over the whole forge: the admin scope and no repository
@@ -167,6 +179,7 @@ mod tests {
             name: "t".into(),
             scopes: scopes.into(),
             repo_id: repo.map(Into::into),
+            vm_id: None,
             created_at: String::new(),
             last_used_at: None,
             revoked_at: None,

@@ -44,12 +44,28 @@ struct Cli {
 enum Command {
     /// Run the forge server (HTTP API and git over HTTP).
     Serve {
+        /// Where a sandbox's git remote may push besides its own branch: a
+        /// branch prefix in which `{vm}` stands for the VM's id.
+        #[arg(
+            long,
+            env = "FORGE_SANDBOX_BRANCH_PREFIX",
+            default_value = "sandbox/{vm}/"
+        )]
+        sandbox_branch_prefix: forge::git::push::rules::BranchPrefix,
+        /// Branches no push may delete or force-update, besides each
+        /// repository's default branch; comma-separated, `release/*` for a prefix.
+        #[arg(long, env = "FORGE_PROTECTED_BRANCHES", value_delimiter = ',')]
+        protected_branches: Vec<forge::git::push::rules::BranchPattern>,
         /// Address to listen on.
         #[arg(long, env = "FORGE_LISTEN", default_value = "127.0.0.1:7070")]
         listen: SocketAddr,
         /// The URL clients reach the forge at (default: http://<listen>).
         #[arg(long, env = "FORGE_PUBLIC_URL")]
         public_url: Option<String>,
+        /// How the GitHub review bot posts its verdict: comment (a COMMENT
+        /// review) or approve (APPROVE or REQUEST_CHANGES).
+        #[arg(long, env = "FORGE_REVIEW_MODE", value_enum, default_value = "comment")]
+        review_mode: forge::github::ReviewMode,
         /// Largest git request body accepted, in bytes, after decompression.
         #[arg(long, env = "FORGE_MAX_BODY_BYTES", default_value_t = 2 << 30)]
         max_body_bytes: u64,
@@ -93,7 +109,9 @@ enum Command {
         /// A PEM bundle sandboxes trust for TLS (where the way out inspects TLS).
         #[arg(long, env = "FORGE_SANDBOX_CA_BUNDLE")]
         sandbox_ca_bundle: Option<PathBuf>,
-        /// Serve dev server previews at `{vm}-{port}.<domain>` too (routed by `Host`).
+        /// Serve dev server previews at `{vm}-{port}.<domain>` too (routed by
+        /// `Host`). Must be another site than --public-url's (another
+        /// registrable domain), or the forge refuses to start.
         #[arg(long, env = "FORGE_PREVIEW_DOMAIN")]
         preview_domain: Option<String>,
         /// Waits between webhook delivery attempts (units ms, s, m, h).
@@ -190,8 +208,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     };
     match cli.command {
         Command::Serve {
+            sandbox_branch_prefix,
+            protected_branches,
             listen,
             public_url,
+            review_mode,
             max_body_bytes,
             allow_loopback,
             allow_private,
@@ -221,7 +242,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let config = forge::server::Config {
                 listen,
                 data_dir: data_dir.clone(),
+                sandbox_branch_prefix,
+                protected_branches,
                 public_url,
+                review_mode,
                 max_body_bytes,
                 allow_loopback,
                 allow_private,

@@ -5,6 +5,8 @@
 //! - `forge.db` (+ `-wal`, `-shm`): the SQLite database;
 //! - `repos/<id>.git`: bare repositories;
 //! - `admin-token` (mode 0600): the first admin token, for the CLI;
+//! - `hooks/pre-receive`: the git hook that keeps protected branches from
+//!   being rewritten (`git/push/rules.rs`), rewritten at each start;
 //! - `images/`: guest images (`forge image build`).
 //!
 //! Shutdown: on a signal the listener stops accepting, requests in flight
@@ -26,6 +28,7 @@ use tracing::Level;
 use crate::auth::{self, Scope};
 use crate::events::EventBus;
 use crate::git::Repositories;
+use crate::git::push::rules::{self, BranchPattern, BranchPrefix, PushRules};
 use crate::store::{NewToken, Store};
 
 /// How the server runs.
@@ -33,8 +36,17 @@ use crate::store::{NewToken, Store};
 pub struct Config {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
+    /// Where a sandbox's git token may push besides its own branch
+    /// (`{vm}`: the VM's id).
+    pub sandbox_branch_prefix: BranchPrefix,
+    /// Branches no push deletes or rewrites, besides each repository's
+    /// default branch.
+    pub protected_branches: Vec<BranchPattern>,
     /// The URL clients use to reach the forge; defaults to `http://<listen>`.
     pub public_url: Option<String>,
+    /// How the GitHub review bot posts its verdict: a comment, or an
+    /// approval (or a request for changes).
+    pub review_mode: crate::github::ReviewMode,
     /// Largest accepted git request body, after decompression.
     pub max_body_bytes: u64,
     /// Let imports (and later webhooks) reach loopback addresses.
@@ -77,12 +89,20 @@ pub enum SandboxBackend {
 /// What handlers see; resolved from [`Config`] once the listener is bound.
 #[derive(Debug, Clone)]
 pub struct Settings {
+    /// What a push may change (sandboxes' branches, protected branches).
+    pub push_rules: PushRules,
+    /// The forge's git hooks (`<data>/hooks`), which receive-pack runs when
+    /// a push must be a fast-forward.
+    pub git_hooks: PathBuf,
     pub public_url: String,
+    pub review_mode: crate::github::ReviewMode,
     pub max_body_bytes: u64,
     pub allow_loopback: bool,
     pub allow_private: bool,
     /// Dev server previews are also served at `{vm}-{port}.<domain>`.
     pub preview_domain: Option<String>,
+    /// Signs preview share links.
+    pub share_key: crate::api::ShareKey,
 }
 
 impl Settings {
@@ -158,6 +178,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .await
         .context("opening the database failed")?;
     let repos = Repositories::open(config.data_dir.join("repos"))?;
+    let git_hooks = config.data_dir.join("hooks");
+    rules::install_hooks(&git_hooks)
+        .with_context(|| format!("cannot install the git hooks in {}", git_hooks.display()))?;
     ensure_admin_token(&store, &config.data_dir).await?;
 
     let address = listener.local_addr()?;
@@ -167,6 +190,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .unwrap_or_else(|| format!("http://{address}"))
         .trim_end_matches('/')
         .to_owned();
+    if let Some(domain) = &config.preview_domain {
+        crate::api::check_preview_domain(&public_url, domain).map_err(anyhow::Error::msg)?;
+    }
     let sandboxes = crate::vms::Sandboxes::new(
         open_sandboxes(&config).await,
         store.clone(),
@@ -185,11 +211,18 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let stopping = tokio_util::sync::CancellationToken::new();
     sandboxes.start_reaper(std::time::Duration::from_secs(1), stopping.clone());
     let settings = Settings {
+        push_rules: PushRules {
+            sandbox_branch_prefix: config.sandbox_branch_prefix.clone(),
+            protected_branches: config.protected_branches.clone(),
+        },
+        git_hooks,
         public_url: public_url.clone(),
+        review_mode: config.review_mode,
         max_body_bytes: config.max_body_bytes,
         allow_loopback: config.allow_loopback,
         allow_private: config.allow_private,
         preview_domain: config.preview_domain.clone(),
+        share_key: crate::api::ShareKey::load_or_create(&config.data_dir)?,
     };
     let events = EventBus::default();
     let webhooks = crate::webhooks::start(
@@ -207,6 +240,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         repos.clone(),
         events.clone(),
         &public_url,
+        config.review_mode,
         stopping.clone(),
     )
     .await
@@ -233,7 +267,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let request_id = HeaderName::from_static("x-request-id");
     // The web UI calls the API in-process through its router (see `web`).
     let api = crate::api::router(state.clone());
-    let app = crate::api::with_preview_hosts(api.clone().merge(web::router(api)), state).layer(
+    let app = crate::api::with_preview_hosts(api.clone().merge(web::router(api, public_url.clone())), state).layer(
         ServiceBuilder::new()
             .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
             .layer(
@@ -244,7 +278,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
                             .get("x-request-id")
                             .and_then(|v| v.to_str().ok())
                             .unwrap_or("-");
-                        tracing::info_span!("request", id, method = %request.method(), path = request.uri().path())
+                        tracing::info_span!("request", id, method = %request.method(), path = crate::api::loggable_path(request.uri().path()))
                     })
                     .on_response(DefaultOnResponse::new().level(Level::INFO)),
             )

@@ -228,3 +228,54 @@ fn event_long_poll_wakes_on_a_push() {
         page["events"].as_array().unwrap().last().unwrap()["id"]
     );
 }
+
+#[test]
+fn an_import_follows_no_redirect() {
+    use std::io::{Read, Write};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    // What the redirect points at: it counts who comes.
+    let target = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let target_port = target.local_addr().unwrap().port();
+    let reached = Arc::new(AtomicUsize::new(0));
+    let count = reached.clone();
+    std::thread::spawn(move || {
+        for stream in target.incoming().flatten() {
+            count.fetch_add(1, Ordering::SeqCst);
+            drop(stream);
+        }
+    });
+    // The import URL: every request is sent on to the target.
+    let redirector = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let redirector_port = redirector.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut stream in redirector.incoming().flatten() {
+            let mut request = [0u8; 4096];
+            let _ = stream.read(&mut request);
+            let _ = write!(
+                stream,
+                "HTTP/1.1 302 Found\r\nLocation: http://127.0.0.1:{target_port}/internal.git/info/refs?service=git-upload-pack\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+        }
+    });
+
+    let forge = TestForge::builder().allow_loopback().start();
+    let (status, body) = forge.call(
+        Some(&forge.admin_token),
+        "POST",
+        "/v1/repos",
+        Some(json!({
+            "name": "dst/redirected",
+            "import_url": format!("http://127.0.0.1:{redirector_port}/public.git"),
+        })),
+    );
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["error"]["code"], "import_failed");
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert_eq!(
+        reached.load(Ordering::SeqCst),
+        0,
+        "the import followed the redirect"
+    );
+}

@@ -84,3 +84,43 @@ fn directories_files_and_missing_paths() {
     let (status, _) = forge.call(None, "GET", "/v1/repos/acme/files/contents", None);
     assert_eq!(status, 401);
 }
+
+/// The forge's peak resident memory so far, in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn a_file_that_inflates_to_128_mib_costs_the_forge_one_mib() {
+    let forge = TestForge::start();
+    forge.create_repo("acme/bomb");
+    let temp = tempfile::tempdir().unwrap();
+    let work = work_repo(temp.path(), "bomb", &[("README.md", "# bomb\n")]);
+    // 128 MiB of one letter: a pack of about 128 KiB.
+    let size = 128u64 << 20;
+    std::fs::write(work.join("big.txt"), vec![b'a'; size as usize]).unwrap();
+    git_ok(&work, &["add", "big.txt"]);
+    git_ok(&work, &["commit", "--quiet", "-m", "a big file"]);
+    let url = forge.git_url("acme/bomb", &forge.admin_token);
+    git_ok(&work, &["push", "--quiet", &url, "HEAD:main"]);
+
+    let pid = forge.pid().unwrap();
+    let before = peak_rss_kib(pid);
+    let file = forge.admin("GET", "/v1/repos/acme/bomb/contents?path=big.txt", None);
+    let grown_mib = (peak_rss_kib(pid) - before) / 1024;
+    assert_eq!(file["truncated"], true);
+    assert_eq!(file["size"], size);
+    assert_eq!(file["text"].as_str().unwrap().len(), 1 << 20);
+    assert!(
+        grown_mib < 32,
+        "reading the file's first MiB grew the forge's peak memory by {grown_mib} MiB"
+    );
+
+    let small = forge.admin("GET", "/v1/repos/acme/bomb/contents?path=README.md", None);
+    assert_eq!(
+        (&small["text"], &small["truncated"], &small["size"]),
+        (&"# bomb\n".into(), &false.into(), &7.into())
+    );
+}

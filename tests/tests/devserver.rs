@@ -27,6 +27,21 @@ fn get(forge: &TestForge, url: &str, host: Option<&str>) -> (u16, String) {
     }
 }
 
+/// A forge with sandboxes and the preview domain `preview.test`, and a VM
+/// running `command` as its dev server on port 3000.
+fn forge_with_dev_server(command: &str) -> (TestForge, Value) {
+    let forge = TestForge::builder()
+        .with_sandboxes(10)
+        .env("FORGE_PREVIEW_DOMAIN", "preview.test")
+        .start();
+    let vm = forge.admin(
+        "POST",
+        "/v1/vms",
+        Some(json!({ "dev_server": { "command": command, "port": 3000 } })),
+    );
+    (forge, vm)
+}
+
 /// Waits until the preview answers 200 with a body other than `not`.
 fn page(forge: &TestForge, url: &str, not: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -84,15 +99,7 @@ fn the_dev_server_is_previewed_and_restarted_after_a_crash() {
         println!("SKIPPED: {reason}");
         return;
     }
-    let forge = TestForge::builder()
-        .with_sandboxes(10)
-        .env("FORGE_PREVIEW_DOMAIN", "preview.test")
-        .start();
-    let vm = forge.admin(
-        "POST",
-        "/v1/vms",
-        Some(json!({ "dev_server": { "command": SERVER, "port": 3000 } })),
-    );
+    let (forge, vm) = forge_with_dev_server(SERVER);
     let id = vm["id"].as_str().unwrap().to_owned();
     let preview = vm["preview_url"].as_str().unwrap().to_owned();
     let port = forge.url.rsplit(':').next().unwrap();
@@ -142,4 +149,173 @@ fn the_dev_server_is_previewed_and_restarted_after_a_crash() {
         "{shown}"
     );
     forge.admin("DELETE", &format!("/v1/vms/{id}"), None);
+}
+
+/// A dev server that sets a cookie and says which cookies reached it.
+const COOKIE_SERVER: &str = r#"bun -e 'Bun.serve({ port: 3000, fetch(req) { return new Response("cookies:" + req.headers.get("cookie"), { headers: { "Set-Cookie": "app=1; Path=/" } }); } })'"#;
+
+/// A request without redirects followed; `(status, headers, body)`.
+fn fetch(
+    url: &str,
+    token: Option<&str>,
+    headers: &[(&str, &str)],
+) -> (u16, reqwest::header::HeaderMap, String) {
+    let client = reqwest::blocking::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let mut request = client.get(url);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = request.send().unwrap();
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    (status, headers, response.text().unwrap())
+}
+
+#[test]
+fn previews_cannot_reach_the_forge_and_share_links_open_one_port() {
+    if let Some(reason) = e2e::sandboxes_unavailable() {
+        panic!("this test needs sandboxes: {reason}");
+    }
+    let (forge, vm) = forge_with_dev_server(COOKIE_SERVER);
+    let id = vm["id"].as_str().unwrap().to_owned();
+    let token = forge.admin_token.clone();
+
+    // The path form, on the forge's own origin: the page runs sandboxed (an
+    // opaque origin: no reading the forge's pages or cookies), and no
+    // cookie passes either way.
+    let path_form = format!("{}/v1/vms/{id}/ports/3000/", forge.url);
+    let body = page(&forge, &path_form, "");
+    assert!(body.starts_with("cookies:"), "{body}");
+    let (status, headers, body) = fetch(
+        &path_form,
+        Some(&token),
+        &[("cookie", "forge_session=stolen")],
+    );
+    assert_eq!((status, body.as_str()), (200, "cookies:null"));
+    let csp = headers["content-security-policy"].to_str().unwrap();
+    assert!(
+        csp.starts_with("sandbox") && !csp.contains("allow-same-origin"),
+        "{csp}"
+    );
+    assert!(headers.get("set-cookie").is_none(), "{headers:?}");
+
+    // The host-name form, a site of its own: the app's cookies pass.
+    let host = format!("{id}-3000.preview.test");
+    let (status, headers, body) = fetch(
+        &format!("{}/x", forge.url),
+        Some(&token),
+        &[("host", &host), ("cookie", "app=1; forge_share=junk")],
+    );
+    assert_eq!((status, body.as_str()), (200, "cookies:app=1"));
+    assert_eq!(headers["set-cookie"], "app=1; Path=/");
+
+    // A share link: no forge credential needed, one VM's one port, until
+    // it expires.
+    let (status, body) = forge.call(
+        Some(&token),
+        "POST",
+        &format!("/v1/vms/{id}/ports/3000/links"),
+        Some(json!({ "ttl_secs": 600 })),
+    );
+    assert_eq!(status, 201, "{body}");
+    let url = body["url"].as_str().unwrap();
+    let port = forge.url.rsplit(':').next().unwrap();
+    let prefix = format!("http://{host}:{port}/?forge_share=");
+    assert!(url.starts_with(&prefix), "{url}");
+    let share = &url[prefix.len()..];
+    let (status, headers, _) = fetch(
+        &format!("{}/?forge_share={share}", forge.url),
+        None,
+        &[("host", &host)],
+    );
+    assert_eq!(status, 303);
+    assert_eq!(headers["location"], "/");
+    let cookie = headers["set-cookie"].to_str().unwrap();
+    assert!(
+        cookie.starts_with(&format!("forge_share={share};")) && cookie.contains("HttpOnly"),
+        "{cookie}"
+    );
+    let with_link = format!("forge_share={share}");
+    let (status, _, body) = fetch(
+        &format!("{}/page", forge.url),
+        None,
+        &[("host", &host), ("cookie", &with_link)],
+    );
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "cookies:null"),
+        "the share cookie reached the app"
+    );
+    // Not without it, not for another port or VM, not tampered with.
+    let other_port = format!("{id}-3001.preview.test");
+    let other_vm = "vm0000000000-3000.preview.test".to_owned();
+    let tampered = format!("forge_share={}0", &share[..share.len() - 1]);
+    for (host, cookie) in [
+        (host.as_str(), ""),
+        (other_port.as_str(), with_link.as_str()),
+        (other_vm.as_str(), with_link.as_str()),
+        (host.as_str(), tampered.as_str()),
+    ] {
+        let (status, _, body) = fetch(
+            &format!("{}/", forge.url),
+            None,
+            &[("host", host), ("cookie", cookie)],
+        );
+        assert_eq!(status, 401, "{host} with {cookie:?}: {body}");
+    }
+    // Where there is no preview domain, the same token opens a path on the
+    // forge, sandboxed like the path form.
+    let (status, headers, body) = fetch(&format!("{}/v1/previews/{share}/", forge.url), None, &[]);
+    assert_eq!((status, body.as_str()), (200, "cookies:null"));
+    assert!(
+        headers["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .starts_with("sandbox")
+    );
+    let (status, _, _) = fetch(&format!("{}/v1/previews/{share}x/", forge.url), None, &[]);
+    assert_eq!(status, 401);
+    for ttl in [0, 30, 8 * 24 * 3600] {
+        let (status, _) = forge.call(
+            Some(&token),
+            "POST",
+            &format!("/v1/vms/{id}/ports/3000/links"),
+            Some(json!({ "ttl_secs": ttl })),
+        );
+        assert_eq!(status, 400, "ttl {ttl}");
+    }
+    // The link is a credential: it is not logged.
+    assert!(!forge.log().contains(share), "the share token was logged");
+    forge.admin("DELETE", &format!("/v1/vms/{id}"), None);
+}
+
+#[test]
+fn a_preview_domain_on_the_forges_own_site_is_refused_at_start() {
+    let data = tempfile::tempdir().unwrap();
+    let output = std::process::Command::new(e2e::forge_binary())
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--sandbox-backend",
+            "none",
+        ])
+        .arg("--data-dir")
+        .arg(data.path().join("data"))
+        .args(["--public-url", "https://forge.example.com"])
+        .args(["--preview-domain", "preview.example.com"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("is on the forge's own site (example.com"),
+        "{stderr}"
+    );
 }

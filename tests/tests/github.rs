@@ -1,7 +1,8 @@
 //! The GitHub App end to end, against the fake GitHub of
 //! `e2e::fake_github`: installation, linking, sync both ways (branches,
 //! tags, deletions), divergence, forged and repeated webhooks, token expiry
-//! mid-sync, and the review bot on a Bun project in a real sandbox.
+//! mid-sync, and the review bot on a Bun project in a real sandbox,
+//! including pull requests that rewrite their own steps to pass.
 
 #![allow(clippy::unwrap_used)] // A test that cannot unwrap has failed: say so loudly.
 
@@ -18,7 +19,15 @@ const FORGE_REPO: &str = "acme/app";
 /// A forge wired to `fake`, with the app installed on `octo/app` and the
 /// forge's `acme/app` linked to it.
 fn linked_forge(fake: &FakeGithub, sandboxes: bool) -> TestForge {
+    linked_forge_with(fake, sandboxes, &[])
+}
+
+/// [`linked_forge`] with more of the server's environment (`FORGE_*` options).
+fn linked_forge_with(fake: &FakeGithub, sandboxes: bool, env: &[(&str, &str)]) -> TestForge {
     let mut builder = TestForge::builder().env("FORGE_GITHUB_RECONCILE_SECS", "3600");
+    for (key, value) in env {
+        builder = builder.env(key, value);
+    }
     for (key, value) in fake.forge_env() {
         builder = builder.env(key, &value);
     }
@@ -298,6 +307,17 @@ fn forged_and_repeated_webhooks_do_nothing() {
         (202, true),
         "the redelivery is acknowledged as a duplicate"
     );
+    // A captured delivery replayed under a new id, or a new event name
+    // (neither is signed), is known by its signed body.
+    for (id, event) in [("replayed-1", "push"), ("replayed-2", "create")] {
+        let (status, answer) = fake.post_signed(id, event, &delivery.body);
+        let answer: Value = serde_json::from_str(&answer).unwrap_or(Value::Null);
+        assert_eq!(
+            (status, answer["duplicate"] == true),
+            (202, true),
+            "a replay as {id}/{event} was taken as new: {answer}"
+        );
+    }
     let pushes = forge
         .events(FORGE_REPO, 0)
         .iter()
@@ -349,13 +369,13 @@ fn wait_for_reviews(fake: &FakeGithub, number: u64, count: usize) -> Vec<Value> 
 }
 
 #[test]
-fn pull_requests_are_reviewed_by_the_branch_pipeline() {
+fn pull_requests_are_reviewed_with_the_base_branchs_steps() {
     if let Some(reason) = e2e::sandboxes_unavailable() {
         println!("SKIPPED: {reason}");
         return;
     }
     let fake = FakeGithub::start(4444);
-    let forge = linked_forge(&fake, true);
+    let forge = linked_forge_with(&fake, true, &[("FORGE_REVIEW_MODE", "approve")]);
     let tmp = tempfile::tempdir().unwrap();
     let github_url = fake.user_git_url(GITHUB_REPO);
     let work = work_repo(
@@ -363,6 +383,7 @@ fn pull_requests_are_reviewed_by_the_branch_pipeline() {
         "work",
         &[("package.json", PACKAGE), ("math.test.ts", &math_test(2))],
     );
+    let main = git_ok(&work, &["rev-parse", "HEAD"]);
     git_ok(&work, &["push", "--quiet", &github_url, "main"]);
 
     // A pull request whose test fails gets REQUEST_CHANGES with the output.
@@ -375,6 +396,16 @@ fn pull_requests_are_reviewed_by_the_branch_pipeline() {
     assert_eq!(review["event"], "REQUEST_CHANGES", "{review}");
     assert_eq!(review["commit_id"], broken.as_str());
     let body = review["body"].as_str().unwrap();
+    // Its steps are main's, the same as its own: the branch's run was
+    // reused, not run twice.
+    assert!(
+        body.contains(&format!(
+            "Steps from `main`'s `package.json` at `{}`.",
+            &main[..12]
+        )) && body.contains("this is the branch's run"),
+        "{body}"
+    );
+    assert_eq!(runs_of(&forge, &broken).len(), 1, "one run of the head");
     assert!(
         body.contains("adds small numbers"),
         "the failing test's output is quoted:\n{body}"
@@ -427,19 +458,174 @@ fn pull_requests_are_reviewed_by_the_branch_pipeline() {
             .contains("| lint | passed |")
     );
 
+    // The pull request then steps around its failing test: it breaks it
+    // again and adds a `.forge.toml` whose one step is `true`. Its own run
+    // passes; the review runs main's scripts and requests changes.
+    let sneaky = commit_files(
+        &work,
+        &[
+            (".forge.toml", PASS_ANYWAY),
+            ("math.test.ts", &math_test(3)),
+        ],
+        "make the pipeline pass",
+    );
+    git_ok(&work, &["push", "--quiet", &github_url, "change"]);
+    let reviews = wait_for_reviews(&fake, number, 3);
+    let review = &reviews[2];
+    assert_eq!(review["commit_id"], sneaky.as_str());
+    assert_eq!(review["event"], "REQUEST_CHANGES", "{review}");
+    let body = review["body"].as_str().unwrap();
+    assert!(
+        body.contains("| test | failed |") && body.contains("adds small numbers"),
+        "main's test step ran the pull request's code and failed:\n{body}"
+    );
+    assert!(
+        body.contains("`main`'s `package.json`") && !body.contains("branch's run"),
+        "{body}"
+    );
+    let own = own_run(&forge, &sneaky);
+    assert_eq!(
+        own["state"], "passed",
+        "the pull request's own steps: {own}"
+    );
+
     // Restarting the forge posts nothing again.
     let forge = forge.restart();
     fake.set_webhook_url(&format!("{}/github/webhook", forge.url));
     assert_eq!(fake.redeliver(&opened.id), 202);
     std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(fake.reviews(GITHUB_REPO, number).len(), 2);
+    assert_eq!(fake.reviews(GITHUB_REPO, number).len(), 3);
     let posted = forge
         .events(FORGE_REPO, 0)
         .iter()
         .filter(|e| e["kind"] == "review.posted")
         .count();
-    assert_eq!(posted, 2);
+    assert_eq!(posted, 3);
     let _ = git_run(&work, &["status"]);
+}
+
+/// A `.forge.toml` whose one step passes whatever the code does.
+const PASS_ANYWAY: &str = "[[pipeline.steps]]\nname = \"test\"\nrun = \"true\"\n";
+
+/// The steps of the base branch in [`a_pull_request_cannot_pass_its_review_by_rewriting_its_steps`].
+const BASE_STEPS: &str = "[[pipeline.steps]]\nname = \"lint\"\nrun = \"test -f package.json\"\n\n[[pipeline.steps]]\nname = \"test\"\nrun = \"bun test\"\n";
+
+/// The runs of `commit` in the forge's repository, newest first.
+fn runs_of(forge: &TestForge, commit: &str) -> Vec<Value> {
+    let runs = forge.admin("GET", &format!("/v1/repos/{FORGE_REPO}/runs"), None);
+    runs.as_array()
+        .unwrap()
+        .iter()
+        .filter(|run| run["commit_id"] == commit)
+        .cloned()
+        .collect()
+}
+
+/// The finished run of `commit` with its own steps (the push's), waited for.
+fn own_run(forge: &TestForge, commit: &str) -> Value {
+    let mut own = Value::Null;
+    wait_for("the head's own run", || {
+        own = runs_of(forge, commit)
+            .into_iter()
+            .find(|run| {
+                run["plan_commit"].is_null()
+                    && ["passed", "failed", "error"].contains(&run["state"].as_str().unwrap())
+            })
+            .unwrap_or(Value::Null);
+        !own.is_null()
+    });
+    own
+}
+
+#[test]
+fn a_pull_request_cannot_pass_its_review_by_rewriting_its_steps() {
+    if let Some(reason) = e2e::sandboxes_unavailable() {
+        println!("SKIPPED: {reason}");
+        return;
+    }
+    let fake = FakeGithub::start(4646);
+    // The default review mode.
+    let forge = linked_forge(&fake, true);
+    let help = forge.cli_ok(&["serve", "--help"]);
+    assert!(
+        help.contains("--review-mode") && help.contains("[default: comment]"),
+        "{help}"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let github_url = fake.user_git_url(GITHUB_REPO);
+    let work = work_repo(
+        tmp.path(),
+        "work",
+        &[
+            ("package.json", PACKAGE),
+            (".forge.toml", BASE_STEPS),
+            ("math.test.ts", &math_test(2)),
+        ],
+    );
+    let main = git_ok(&work, &["rev-parse", "HEAD"]);
+    git_ok(&work, &["push", "--quiet", &github_url, "main"]);
+
+    // The attacker breaks the test and rewrites the steps to `true`.
+    git_ok(&work, &["checkout", "--quiet", "-b", "sneaky"]);
+    let head = commit_files(
+        &work,
+        &[
+            (".forge.toml", PASS_ANYWAY),
+            ("math.test.ts", &math_test(3)),
+        ],
+        "make the pipeline pass",
+    );
+    git_ok(&work, &["push", "--quiet", &github_url, "sneaky"]);
+    let number = fake.open_pull_request(GITHUB_REPO, "sneaky", "main");
+
+    let reviews = wait_for_reviews(&fake, number, 1);
+    let review = &reviews[0];
+    assert_eq!(review["commit_id"], head.as_str());
+    assert_eq!(
+        review["event"], "COMMENT",
+        "the default mode never approves nor requests changes: {review}"
+    );
+    let body = review["body"].as_str().unwrap();
+    assert!(
+        body.contains(&format!(
+            "Steps from `main`'s `.forge.toml` at `{}`.",
+            &main[..12]
+        )),
+        "the body says where the steps came from:\n{body}"
+    );
+    assert!(
+        body.contains("### ❌") && !body.contains("✅"),
+        "a failure:\n{body}"
+    );
+    assert!(
+        body.contains("| lint | passed |")
+            && body.contains("| test | failed |")
+            && body.contains("adds small numbers"),
+        "main's steps ran on the pull request's code:\n{body}"
+    );
+    assert!(body.contains("**Verdict: request changes.**"), "{body}");
+    let checks = fake.check_runs(GITHUB_REPO);
+    assert!(
+        checks
+            .iter()
+            .all(|c| c["head_sha"] != head.as_str() || c["conclusion"] == "failure"),
+        "{checks:?}"
+    );
+
+    // The pull request's own steps did run, and passed: that run is not
+    // what it was judged by.
+    let own = own_run(&forge, &head);
+    assert_eq!(own["state"], "passed", "{own}");
+    let judged: Vec<Value> = runs_of(&forge, &head)
+        .into_iter()
+        .filter(|run| run["plan_commit"] == main.as_str())
+        .collect();
+    assert_eq!(judged.len(), 1, "one run with main's steps: {judged:?}");
+    assert_eq!(judged[0]["state"], "failed");
+    assert_eq!(judged[0]["plan_ref"], "main");
+    // The own run's completion posts nothing more.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(fake.reviews(GITHUB_REPO, number).len(), 1);
 }
 
 #[test]

@@ -126,6 +126,39 @@ fn sign_in_repositories_branches_and_webhooks() {
     assert_eq!(forged.status().as_u16(), 403);
     let (status, _) = forge.call(Some(&forge.admin_token), "GET", "/v1/repos/evil/repo", None);
     assert_eq!(status, 404, "a forged form created a repository");
+    // With the session and its right CSRF token, but sent by another
+    // page: a sandboxed preview (Origin: null), another site, or a sibling
+    // subdomain (same site, so the cookie rides along).
+    let csrf = browser.script("return document.querySelector('input[name=_csrf]').value;");
+    let csrf = csrf.as_str().unwrap();
+    for (header, value) in [
+        ("origin", "null"),
+        ("origin", "https://evil.example"),
+        ("sec-fetch-site", "same-site"),
+        ("sec-fetch-site", "cross-site"),
+    ] {
+        let forged = reqwest::blocking::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap()
+            .post(format!("{}/-/repos", forge.url))
+            .header(
+                "cookie",
+                format!("forge_session={}", session["value"].as_str().unwrap()),
+            )
+            .header(header, value)
+            .form(&[("name", "evil/origin"), ("_csrf", csrf)])
+            .send()
+            .unwrap();
+        assert_eq!(forged.status().as_u16(), 403, "{header}: {value}");
+    }
+    let (status, _) = forge.call(
+        Some(&forge.admin_token),
+        "GET",
+        "/v1/repos/evil/origin",
+        None,
+    );
+    assert_eq!(status, 404, "a cross-origin form created a repository");
 
     // Create a repository.
     create_repo(&browser, &forge, "acme/web");

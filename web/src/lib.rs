@@ -15,6 +15,9 @@
 //! A user signs in with a token ([`session`]). The token stays on the
 //! server; the browser holds a random session id in an `HttpOnly`,
 //! `SameSite=Strict` cookie, and every form carries the session's CSRF token.
+//! A request that changes something must also come from the forge's own
+//! pages: its `Origin` and `Sec-Fetch-Site` are checked ([`origin`]), which
+//! stops a sibling subdomain (same site, so the cookie rides along) too.
 //! Sessions live in memory: restarting the forge signs everyone out.
 //!
 //! # Pages
@@ -36,6 +39,7 @@
 pub mod api;
 mod assets;
 mod layout;
+pub mod origin;
 pub mod pages;
 pub mod session;
 
@@ -52,7 +56,9 @@ pub struct Ui {
 }
 
 /// The web UI's routes, calling `api` (the forge's API router) in-process.
-pub fn router(api: Router) -> Router {
+/// Requests that change something must come from the forge's own pages
+/// (`public_url`'s origin, [`origin::refuse_cross_origin`]).
+pub fn router(api: Router, public_url: String) -> Router {
     use pages::{branch, github, repos, runs, sandboxes, webhooks};
     let ui = Ui {
         api: Api::new(api),
@@ -87,4 +93,8 @@ pub fn router(api: Router) -> Router {
         .route("/-/sandboxes/{id}/{action}", post(sandboxes::act))
         .route("/-/github", get(github::show))
         .with_state(ui)
+        .layer(axum::middleware::from_fn_with_state(
+            public_url,
+            origin::refuse_cross_origin,
+        ))
 }

@@ -3,8 +3,10 @@
 //! named), for browsing a repository.
 //!
 //! A directory is `{"type":"dir","path","branch","entries":[{"name","kind"}]}`;
-//! a file is `{"type":"file","path","branch","text","binary","truncated"}`,
-//! where `text` is `null` for binary content.
+//! a file is `{"type":"file","path","branch","text","binary","truncated","size"}`,
+//! where `text` is `null` for binary content. A file over 1 MiB is
+//! `truncated`: only its first MiB is read, streamed from git, so a blob
+//! that inflates to gigabytes costs the forge one MiB.
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
@@ -50,12 +52,35 @@ pub async fn show(
         Node::Dir(entries) => json!({
             "type": "dir", "path": query.path, "branch": branch, "entries": entries,
         }),
-        Node::File { data, truncated } => {
-            let text = String::from_utf8(data).ok().filter(|t| !t.contains('\0'));
-            json!({
-                "type": "file", "path": query.path, "branch": branch,
-                "binary": text.is_none(), "text": text, "truncated": truncated,
-            })
+        Node::File(data) => file(&query.path, &branch, data, None),
+        Node::LargeFile { id, size } => {
+            let head = crate::git::blob_head(
+                &state.repos.path(&repo.id),
+                &id.to_string(),
+                tree::MAX_FILE_BYTES,
+            )
+            .await
+            .map_err(ApiError::internal)?;
+            file(&query.path, &branch, head, Some(size))
         }
     }))
+}
+
+/// A file's answer; `size` is the whole file's when `data` is only its
+/// beginning.
+fn file(path: &str, branch: &str, data: Vec<u8>, size: Option<u64>) -> Value {
+    // A cut may fall inside a UTF-8 sequence: the text ends before it.
+    let text = match std::str::from_utf8(&data) {
+        Ok(text) => Some(text),
+        Err(error) if size.is_some() && error.error_len().is_none() => {
+            std::str::from_utf8(&data[..error.valid_up_to()]).ok()
+        }
+        Err(_) => None,
+    }
+    .filter(|t| !t.contains('\0'));
+    json!({
+        "type": "file", "path": path, "branch": branch,
+        "binary": text.is_none(), "text": text, "truncated": size.is_some(),
+        "size": size.unwrap_or(data.len() as u64),
+    })
 }

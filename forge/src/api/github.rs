@@ -89,9 +89,12 @@ pub async fn webhook(
         .ok()
         .filter(|text| serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok())
         .ok_or_else(|| ApiError::bad_request("the body is not JSON"))?;
+    // The id is not signed: the body is, and a body seen before is a
+    // replay whatever id it comes with.
+    let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&body));
     let fresh = state
         .store
-        .insert_github_delivery(delivery, event, payload)
+        .insert_github_delivery(delivery, event, payload, &digest)
         .await?;
     if fresh {
         github.wake();

@@ -33,6 +33,17 @@ use base64::Engine;
 use serde::de::DeserializeOwned;
 
 pub use error::ApiError;
+pub use preview::{ShareKey, check_preview_domain};
+
+/// A request path as logs show it: a share link's token (a credential) is
+/// left out.
+pub fn loggable_path(path: &str) -> &str {
+    if path.starts_with("/v1/previews/") {
+        "/v1/previews/…"
+    } else {
+        path
+    }
+}
 
 use crate::auth::{self, Caller};
 use crate::server::AppState;
@@ -69,6 +80,13 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/vms/{id}/ports/{port}", any(preview::root))
         .route("/v1/vms/{id}/ports/{port}/", any(preview::root))
         .route("/v1/vms/{id}/ports/{port}/{*path}", any(preview::path))
+        .route(
+            "/v1/vms/{id}/ports/{port}/links",
+            post(preview::create_link).fallback(preview::links_page),
+        )
+        .route("/v1/previews/{token}", any(preview::shared))
+        .route("/v1/previews/{token}/", any(preview::shared))
+        .route("/v1/previews/{token}/{*path}", any(preview::shared))
         .route(
             "/v1/repos/{owner}/{name}/webhooks",
             post(webhooks::create).get(webhooks::list),

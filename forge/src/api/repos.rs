@@ -100,10 +100,10 @@ pub async fn create(
             branch
         }
         Some(url) => {
-            check_import_url(&state, url).await?;
+            let pinned = check_import_url(&state, url).await?;
             state
                 .repos
-                .import(&id, url, request.default_branch.as_deref())
+                .import(&id, url, request.default_branch.as_deref(), pinned.as_deref())
                 .await
                 .map_err(|error| {
                     // The URL may hold credentials: never echo it or git's text about it.
@@ -138,7 +138,11 @@ pub async fn create(
 
 /// Import sources: http(s) only, and not to addresses the network policy
 /// refuses (a forge must not become a way to read internal services).
-async fn check_import_url(state: &AppState, url: &str) -> Result<(), ApiError> {
+/// Returns the address git must connect to, as a `host:port:address`
+/// entry for curl (`None` when the host is an address already): git is
+/// held to the address checked here, so a name that resolves differently
+/// the second time (DNS rebinding) reaches nothing else.
+async fn check_import_url(state: &AppState, url: &str) -> Result<Option<String>, ApiError> {
     let policy = state.config.network_policy();
     let refused =
         |reason: String| ApiError::bad_request(format!("import_url is refused: {reason}"));
@@ -146,15 +150,27 @@ async fn check_import_url(state: &AppState, url: &str) -> Result<(), ApiError> {
         .map_err(|e| refused(crate::git::redact_credentials(&e.to_string())))?;
     let host = parsed.host_str().unwrap_or_default().to_owned();
     let port = parsed.port_or_known_default().unwrap_or(443);
-    let addresses = tokio::net::lookup_host((host.trim_matches(['[', ']']), port))
+    let bare = host.trim_matches(['[', ']']);
+    let addresses: Vec<_> = tokio::net::lookup_host((bare, port))
         .await
-        .map_err(|_| refused(format!("the host {host} does not resolve")))?;
-    for address in addresses {
+        .map_err(|_| refused(format!("the host {host} does not resolve")))?
+        .collect();
+    for address in &addresses {
         policy
             .check(address.ip())
             .map_err(|e| refused(e.to_string()))?;
     }
-    Ok(())
+    if bare.parse::<std::net::IpAddr>().is_ok() {
+        return Ok(None);
+    }
+    let address = addresses
+        .first()
+        .ok_or_else(|| refused(format!("the host {host} does not resolve")))?;
+    let address = match address.ip() {
+        std::net::IpAddr::V4(ip) => ip.to_string(),
+        std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+    };
+    Ok(Some(format!("{host}:{port}:{address}")))
 }
 
 pub async fn list(

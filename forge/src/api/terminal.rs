@@ -42,7 +42,7 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Extension, Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::routing::{get, post};
 use serde::Deserialize;
@@ -115,35 +115,6 @@ struct OpenQuery {
     rows: Option<u16>,
 }
 
-/// Whether `headers` carry no `Origin` or the forge's own: the origin of
-/// `public_url`, or the scheme-less `Host` the request was sent to.
-fn same_origin(headers: &HeaderMap, public_url: &str) -> bool {
-    let Some(origin) = headers.get(header::ORIGIN) else {
-        return true;
-    };
-    let Ok(origin) = origin.to_str() else {
-        return false;
-    };
-    let origin = origin.trim_end_matches('/');
-    if origin.eq_ignore_ascii_case(public_origin(public_url)) {
-        return true;
-    }
-    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
-    let origin_host = origin
-        .strip_prefix("http://")
-        .or_else(|| origin.strip_prefix("https://"));
-    matches!((origin_host, host), (Some(a), Some(b)) if a.eq_ignore_ascii_case(b))
-}
-
-/// `scheme://host[:port]` of a URL.
-fn public_origin(url: &str) -> &str {
-    let after_scheme = url.find("://").map_or(0, |i| i + 3);
-    let end = url[after_scheme..]
-        .find('/')
-        .map_or(url.len(), |i| after_scheme + i);
-    &url[..end]
-}
-
 async fn open(
     State(state): State<AppState>,
     Extension(tickets): Extension<Tickets>,
@@ -153,7 +124,7 @@ async fn open(
     Query(query): Query<OpenQuery>,
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
-    if !same_origin(&headers, &state.config.public_url) {
+    if !web::origin::same_origin(&headers, &state.config.public_url) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "cross_origin",
@@ -258,46 +229,5 @@ mod tests {
         );
         assert_eq!(resize_request("ls -l\r"), None);
         assert_eq!(resize_request(r#"{"other":1}"#), None);
-    }
-
-    #[test]
-    fn only_the_forges_own_origin_may_open_a_terminal() {
-        let headers = |origin: Option<&str>, host: &str| {
-            let mut headers = HeaderMap::new();
-            headers.insert(header::HOST, host.parse().unwrap());
-            if let Some(origin) = origin {
-                headers.insert(header::ORIGIN, origin.parse().unwrap());
-            }
-            headers
-        };
-        let public = "https://forge.example.com/";
-        for (origin, host, allowed) in [
-            (None, "forge.example.com", true),
-            (Some("https://forge.example.com"), "internal:7070", true),
-            (Some("https://FORGE.example.com/"), "internal:7070", true),
-            (Some("http://127.0.0.1:7070"), "127.0.0.1:7070", true),
-            (Some("https://evil.example"), "forge.example.com", false),
-            (
-                Some("https://forge.example.com.evil.example"),
-                "forge.example.com",
-                false,
-            ),
-            (Some("null"), "forge.example.com", false),
-            (Some("http://127.0.0.1:7071"), "127.0.0.1:7070", false),
-        ] {
-            assert_eq!(
-                same_origin(&headers(origin, host), public),
-                allowed,
-                "Origin {origin:?}, Host {host}"
-            );
-        }
-        assert_eq!(
-            public_origin("http://127.0.0.1:7070"),
-            "http://127.0.0.1:7070"
-        );
-        assert_eq!(
-            public_origin("https://a.example/forge/"),
-            "https://a.example"
-        );
     }
 }

@@ -73,7 +73,7 @@ pub struct VmView {
 
 /// Where the VM's dev server is seen: `http://{id}-{port}.<preview
 /// domain>/` where the forge has one, else the path form.
-fn preview_url(state: &AppState, id: &str, port: u16) -> String {
+pub(super) fn preview_url(state: &AppState, id: &str, port: u16) -> String {
     let public = &state.config.public_url;
     match &state.config.preview_domain {
         Some(domain) => {

@@ -6,18 +6,26 @@
 //! 1. authenticate (`repo:write`), then read the request only as far as the
 //!    end of its command section (old, new, ref per update), refusing
 //!    malformed pkt-lines with `400` before git runs;
-//! 2. start `git receive-pack`, hand it the bytes read so far and stream the
-//!    rest (gzip decoded, counted against the body limit: past it, git's
-//!    input is cut short, so it discards the partial pack, and the answer is
-//!    `413`, sent once the rest of the body has been read and dropped so
-//!    that the client sees it);
-//! 3. wait for git, parse its report (`unpack ok`, `ok <ref>` / `ng <ref>`):
+//! 2. judge the commands by the push rules ([`rules`]: a sandbox's token
+//!    pushes only to its own branches, protected branches are neither
+//!    deleted nor rewritten): a push that breaks one is refused as a whole
+//!    before git runs, its body read and dropped, and answered with
+//!    receive-pack's own report, `ng <ref> <reason>` for each ref, which
+//!    `git push` prints (a `403` only for a client that asked for no
+//!    report: git does not show the body of a failed POST);
+//! 3. start `git receive-pack` (with the forge's `pre-receive` hook when a
+//!    protected branch must be a fast-forward), hand it the bytes read so
+//!    far and stream the rest (gzip decoded, counted against the body
+//!    limit: past it, git's input is cut short, so it discards the partial
+//!    pack, and the answer is `413`, sent once the rest of the body has been
+//!    read and dropped so that the client sees it);
+//! 4. wait for git, parse its report (`unpack ok`, `ok <ref>` / `ng <ref>`):
 //!    a failed unpack is a `400` and nothing was written; otherwise the refs
 //!    reported `ok` become events, committed in one transaction before the
 //!    reply is sent, so a client that sees its push succeed can read its
 //!    events at once.
 //!
-//! Steps 2–3 run as a task of their own: a client that disconnects
+//! Steps 3–4 run as a task of their own: a client that disconnects
 //! mid-push cannot interrupt git between writing objects and updating refs.
 //! Concurrent pushes to one repository are safe by git's own ref locking:
 //! each update is a compare-and-swap of the ref's old value, and the loser
@@ -39,6 +47,7 @@ use tokio::process::{Child, ChildStdin};
 use tokio_util::io::{ReaderStream, StreamReader};
 
 use super::pktline::{self, Command, CommandReader, Progress, PushRequest, RefStatus};
+use super::push::rules::{self, Accepted, Pusher, Refusal};
 use super::{git_command, inspect, push};
 use crate::api::ApiError;
 use crate::auth::{Caller, Scope};
@@ -425,16 +434,107 @@ pub async fn receive_pack(
         no_cache(&mut response, "application/x-git-receive-pack-result");
         return Ok(response);
     }
+    let accepted = match judge(&state, &repo, &caller, &request).await? {
+        Ok(accepted) => accepted,
+        Err(refusal) => return refuse(&repo, &caller, &request, &refusal, reader).await,
+    };
     // Its own task: a client disconnect must not cut git off mid-update.
     let task = state.tasks.spawn(run_receive_pack(
         state.clone(),
         repo,
         caller,
         request,
+        accepted,
         consumed,
         reader,
     ));
     task.await.map_err(ApiError::internal)?
+}
+
+/// The push rules' verdict on `request` by `caller`. A sandbox's token is
+/// judged by the branch its VM serves now.
+async fn judge(
+    state: &AppState,
+    repo: &RepoRow,
+    caller: &Caller,
+    request: &PushRequest,
+) -> Result<Result<Accepted, Refusal>, ApiError> {
+    let rules = &state.config.push_rules;
+    let Some(vm) = caller.sandbox_vm() else {
+        return Ok(rules.check(&repo.default_branch, Pusher::Writer, &request.commands));
+    };
+    let branch = state.store.vm_branch(vm, &repo.id).await?;
+    let pusher = Pusher::Sandbox {
+        vm,
+        branch: branch.as_deref(),
+    };
+    Ok(rules.check(&repo.default_branch, pusher, &request.commands))
+}
+
+/// Answers a refused push without running git: every ref `ng` with its
+/// reason in receive-pack's report, once the rest of the body is read (so
+/// that the client, still sending its pack, reads the answer).
+async fn refuse(
+    repo: &RepoRow,
+    caller: &Caller,
+    request: &PushRequest,
+    refusal: &Refusal,
+    mut reader: BodyReader,
+) -> Result<Response, ApiError> {
+    tracing::warn!(
+        repo = %repo.full_name(),
+        token = %caller.token_id,
+        sandbox = caller.sandbox_vm(),
+        refused = ?refusal.refused,
+        "push refused by the push rules"
+    );
+    discard(&mut reader).await;
+    if !request.wants_report() {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "push_refused",
+            refusal.message(),
+        ));
+    }
+    let report = refusal.report(&request.commands);
+    let mut response = pktline::encode_report(&report, request.side_band()).into_response();
+    no_cache(&mut response, "application/x-git-receive-pack-result");
+    Ok(response)
+}
+
+/// `git receive-pack`, with the forge's `pre-receive` hook checking that
+/// each ref of `fast_forward_only` is fast-forwarded.
+fn receive_pack_command(
+    state: &AppState,
+    repo: &RepoRow,
+    fast_forward_only: &[String],
+) -> Result<tokio::process::Command, ApiError> {
+    if fast_forward_only.is_empty() {
+        return Ok(service_command(state, repo, Service::ReceivePack, None));
+    }
+    // Git runs no hook it cannot find: without it, refuse rather than let a
+    // rewrite of a protected branch through.
+    let hook = rules::pre_receive_hook(&state.config.git_hooks);
+    let runnable = std::fs::metadata(&hook).is_ok_and(|meta| {
+        use std::os::unix::fs::PermissionsExt;
+        meta.is_file() && meta.permissions().mode() & 0o100 != 0
+    });
+    if !runnable {
+        return Err(ApiError::internal(anyhow::anyhow!(
+            "the git hook {} is missing: protected branches cannot be checked",
+            hook.display()
+        )));
+    }
+    let mut hooks_path = std::ffi::OsString::from("core.hooksPath=");
+    hooks_path.push(&state.config.git_hooks);
+    let mut command = git_command(&state.repos.path(&repo.id));
+    command
+        .arg("-c")
+        .arg(hooks_path)
+        .arg(Service::ReceivePack.name())
+        .arg("--stateless-rpc")
+        .env(rules::FAST_FORWARD_ONLY_ENV, fast_forward_only.join(" "));
+    Ok(command)
 }
 
 async fn run_receive_pack(
@@ -442,11 +542,12 @@ async fn run_receive_pack(
     repo: RepoRow,
     caller: Caller,
     request: PushRequest,
+    accepted: Accepted,
     consumed: Vec<u8>,
     reader: BodyReader,
 ) -> Result<Response, ApiError> {
     let limit = state.config.max_body_bytes;
-    let mut command = service_command(&state, &repo, Service::ReceivePack, None);
+    let mut command = receive_pack_command(&state, &repo, &accepted.fast_forward_only)?;
     command.kill_on_drop(false);
     let mut child = spawn(command)?;
     let stdin = child.stdin.take().expect("stdin is piped");
@@ -465,8 +566,7 @@ async fn run_receive_pack(
         }
         Fed::All | Fed::GitStopped => {}
     }
-    let side_band = request.has_capability("side-band-64k") || request.has_capability("side-band");
-    let report = pktline::parse_report(&reply, side_band);
+    let report = pktline::parse_report(&reply, request.side_band().is_some());
     if let Some(reason) = report.as_ref().and_then(|r| r.unpack_error.as_ref()) {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,

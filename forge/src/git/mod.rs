@@ -109,12 +109,24 @@ impl Repositories {
         id: &str,
         url: &str,
         default_branch: Option<&str>,
+        resolve: Option<&str>,
     ) -> Result<String, GitError> {
         let temporary = self.temporary(id);
         let result = async {
+            let mut clone = git_command(&self.root);
+            // No redirect is followed (it could lead anywhere the checked
+            // URL does not), and the host is reached at the address that
+            // was checked (`resolve`, curl's `host:port:address`).
+            clone
+                .env("GIT_ALLOW_PROTOCOL", "http:https")
+                .args(["-c", "http.followRedirects=false"]);
+            if let Some(resolve) = resolve {
+                clone
+                    .arg("-c")
+                    .arg(format!("http.curloptResolve={resolve}"));
+            }
             run(
-                git_command(&self.root)
-                    .env("GIT_ALLOW_PROTOCOL", "http:https")
+                clone
                     .arg("clone")
                     .arg("--bare")
                     .arg("--quiet")
@@ -220,6 +232,31 @@ pub fn git_command(cwd: &Path) -> Command {
         .stdin(Stdio::null())
         .kill_on_drop(true);
     command
+}
+
+/// The first `max` bytes of blob `id` in `git_dir`, streamed from `git
+/// cat-file`, which is stopped there: however large the blob inflates,
+/// the forge holds `max` bytes.
+pub async fn blob_head(git_dir: &Path, id: &str, max: usize) -> Result<Vec<u8>, GitError> {
+    use tokio::io::AsyncReadExt;
+    let what = "cat-file";
+    let mut child = git_command(git_dir)
+        .args(["cat-file", "blob", id])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|source| GitError::Spawn { what, source })?;
+    let stdout = child.stdout.take().expect("piped");
+    let mut head = Vec::with_capacity(max.min(1 << 20));
+    stdout
+        .take(max as u64)
+        .read_to_end(&mut head)
+        .await
+        .map_err(|source| GitError::Spawn { what, source })?;
+    // Dropping the child kills it (`kill_on_drop`), and reaps it.
+    let _ = child.start_kill();
+    let _ = child.wait().await;
+    Ok(head)
 }
 
 async fn run(command: &mut Command, what: &'static str) -> Result<String, GitError> {

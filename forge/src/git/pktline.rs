@@ -47,6 +47,23 @@ impl PushRequest {
     pub fn has_capability(&self, name: &str) -> bool {
         self.capabilities.iter().any(|cap| cap == name)
     }
+
+    /// Whether the client asked for a report (`report-status`, or its v2).
+    pub fn wants_report(&self) -> bool {
+        self.has_capability("report-status") || self.has_capability("report-status-v2")
+    }
+
+    /// The largest side-band packet the client takes, when it asked for
+    /// side-band: 65520 bytes with `side-band-64k`, 1000 with `side-band`.
+    pub fn side_band(&self) -> Option<usize> {
+        if self.has_capability("side-band-64k") {
+            Some(65520)
+        } else if self.has_capability("side-band") {
+            Some(1000)
+        } else {
+            None
+        }
+    }
 }
 
 /// Why a request's pkt-lines were refused.
@@ -73,10 +90,19 @@ pub enum Progress {
 
 /// Reads the command section of a push incrementally, from a stream whose
 /// chunks arrive in any sizes. The bytes themselves are passed on untouched
-/// by the caller; this only watches them.
+/// by the caller; this only watches them. Each line is parsed once, when
+/// it is complete: a sender dribbling bytes costs time linear in what it
+/// sends, not quadratic.
 #[derive(Debug, Default)]
 pub struct CommandReader {
-    buffer: Vec<u8>,
+    /// The bytes from the first incomplete line on.
+    pending: Vec<u8>,
+    /// How many bytes before `pending` were complete lines.
+    done: usize,
+    /// The commands of those lines.
+    request: PushRequest,
+    /// Bytes parsed so far, counting a byte each time it is looked at.
+    examined: usize,
 }
 
 /// A command section larger than this is refused (about 40,000 refs).
@@ -84,31 +110,34 @@ pub const MAX_COMMAND_SECTION: usize = 8 << 20;
 
 impl CommandReader {
     pub fn feed(&mut self, chunk: &[u8]) -> Result<Progress, PktError> {
-        self.buffer.extend_from_slice(chunk);
-        let mut request = PushRequest::default();
+        self.pending.extend_from_slice(chunk);
         let mut at = 0;
-        loop {
-            let Some(head) = self.buffer.get(at..at + 4) else {
-                return self.need_more();
+        let ended = loop {
+            let Some(head) = self.pending.get(at..at + 4) else {
+                break false;
             };
             let length = parse_length(head)?;
             if length == 0 {
-                // No commands at all is git's probe before a large push.
-                return Ok(Progress::Done(request, at + 4));
+                // The flush ends the section (straight away: git's probe
+                // before a large push has no commands at all).
+                at += 4;
+                break true;
             }
             if length < 4 {
                 return Err(PktError::TooShort(length));
             }
-            let Some(payload) = self.buffer.get(at + 4..at + length) else {
-                return self.need_more();
+            let Some(payload) = self.pending.get(at + 4..at + length) else {
+                break false;
             };
-            parse_command_line(payload, &mut request)?;
+            parse_command_line(payload, &mut self.request)?;
+            self.examined += length;
             at += length;
-        }
-    }
-
-    fn need_more(&self) -> Result<Progress, PktError> {
-        if self.buffer.len() > MAX_COMMAND_SECTION {
+        };
+        self.pending.drain(..at);
+        self.done += at;
+        if ended {
+            Ok(Progress::Done(std::mem::take(&mut self.request), self.done))
+        } else if self.done + self.pending.len() > MAX_COMMAND_SECTION {
             Err(PktError::TooLong(MAX_COMMAND_SECTION))
         } else {
             Ok(Progress::NeedMore)
@@ -231,6 +260,36 @@ pub fn parse_report(reply: &[u8], side_band: bool) -> Option<Report> {
     saw_unpack.then_some(report)
 }
 
+/// Writes a report as receive-pack does: `unpack …`, then `ok <ref>` or
+/// `ng <ref> <reason>` per ref, then a flush; inside side-band channel 1,
+/// in packets of at most `side_band` bytes, when the client asked for it
+/// (see [`PushRequest::side_band`]). Reasons hold no newline.
+pub fn encode_report(report: &Report, side_band: Option<usize>) -> Vec<u8> {
+    let mut inner = pkt_line(&format!(
+        "unpack {}\n",
+        report.unpack_error.as_deref().unwrap_or("ok")
+    ));
+    for (refname, status) in &report.refs {
+        inner.push_str(&pkt_line(&match status {
+            RefStatus::Ok => format!("ok {refname}\n"),
+            RefStatus::Rejected(reason) => format!("ng {refname} {}\n", reason.replace('\n', " ")),
+        }));
+    }
+    inner.push_str("0000");
+    let Some(packet) = side_band else {
+        return inner.into_bytes();
+    };
+    // Four bytes of length and one of channel per packet.
+    let mut framed = Vec::with_capacity(inner.len() + 16);
+    for chunk in inner.as_bytes().chunks(packet - 5) {
+        framed.extend_from_slice(format!("{:04x}", chunk.len() + 5).as_bytes());
+        framed.push(1);
+        framed.extend_from_slice(chunk);
+    }
+    framed.extend_from_slice(b"0000");
+    framed
+}
+
 /// Splits complete pkt-lines (flushes dropped); `None` on malformed framing.
 fn split_pkt_lines(mut bytes: &[u8]) -> Option<Vec<&[u8]>> {
     let mut lines = Vec::new();
@@ -294,6 +353,28 @@ mod tests {
     }
 
     #[test]
+    fn a_dribbled_section_is_parsed_once() {
+        // 20,000 commands sent a byte at a time: each line is parsed once.
+        let mut bytes = Vec::new();
+        for i in 0..20_000 {
+            bytes.extend(pkt_line(&format!("{Z} {A} refs/heads/b{i}\n")).bytes());
+        }
+        let section = bytes.len();
+        bytes.extend(b"0000PACK");
+        let mut reader = CommandReader::default();
+        let mut done = None;
+        for byte in bytes.chunks(1) {
+            if let Progress::Done(request, end) = reader.feed(byte).expect("valid") {
+                done = Some((request, end));
+                break;
+            }
+        }
+        let (request, end) = done.expect("the section ends");
+        assert_eq!((request.commands.len(), end), (20_000, section + 4));
+        assert_eq!(reader.examined, section, "bytes parsed more than once");
+    }
+
+    #[test]
     fn refuses_malformed_lines() {
         let mut reader = CommandReader::default();
         assert!(matches!(reader.feed(b"zz12"), Err(PktError::BadLength(_))));
@@ -344,5 +425,42 @@ mod tests {
             report.unpack_error.as_deref(),
             Some("index-pack abnormal exit")
         );
+    }
+
+    #[test]
+    fn an_encoded_report_parses_back_in_every_framing() {
+        let report = Report {
+            unpack_error: None,
+            refs: vec![
+                (
+                    "refs/heads/main".into(),
+                    RefStatus::Rejected("x".repeat(2500)),
+                ),
+                ("refs/heads/dev".into(), RefStatus::Ok),
+            ],
+        };
+        let mut request = PushRequest::default();
+        assert_eq!(request.side_band(), None);
+        assert!(!request.wants_report());
+        let plain = encode_report(&report, request.side_band());
+        assert_eq!(parse_report(&plain, false), Some(report.clone()));
+        for (capability, packet) in [("side-band", 1000), ("side-band-64k", 65520)] {
+            request.capabilities = vec![capability.into(), "report-status-v2".into()];
+            assert!(request.wants_report());
+            assert_eq!(request.side_band(), Some(packet));
+            let framed = encode_report(&report, request.side_band());
+            assert!(
+                split_pkt_lines(&framed)
+                    .expect("framed")
+                    .iter()
+                    .all(|line| line.len() + 4 <= packet && line[0] == 1),
+                "{capability}"
+            );
+            assert_eq!(
+                parse_report(&framed, true),
+                Some(report.clone()),
+                "{capability}"
+            );
+        }
     }
 }

@@ -2,6 +2,10 @@
 //! `push` event (commits, changed paths, forced or not), plus
 //! `branch.created` / `branch.deleted` / `tag.created` / `tag.deleted`.
 //! All events of one push are written in one transaction.
+//!
+//! What a push may change in the first place is [`rules`]'s to say.
+
+pub mod rules;
 
 use std::path::Path;
 

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::inspect::{Result, err, open};
 
-/// Files larger than this are not returned whole.
+/// Files larger than this are not read whole.
 pub const MAX_FILE_BYTES: usize = 1 << 20;
 
 /// One entry of a directory.
@@ -25,8 +25,11 @@ pub struct Entry {
 pub enum Node {
     /// Directories first, then files, each sorted by name.
     Dir(Vec<Entry>),
-    /// The content, cut at [`MAX_FILE_BYTES`] (the flag says so).
-    File { data: Vec<u8>, truncated: bool },
+    /// The content of a file of at most [`MAX_FILE_BYTES`].
+    File(Vec<u8>),
+    /// A larger file, not read (a small push can inflate to gigabytes):
+    /// its object id and size. [`super::blob_head`] reads its beginning.
+    LargeFile { id: gix::ObjectId, size: u64 },
 }
 
 /// What `path` ("" for the root) is at the head of `branch`; `None` when
@@ -54,6 +57,13 @@ pub fn at_branch(git_dir: &Path, branch: &str, path: &str) -> Result<Option<Node
         if !(entry.mode().is_tree() || entry.mode().is_blob()) {
             return Ok(None);
         }
+        if entry.mode().is_blob() {
+            let id = entry.oid().to_owned();
+            let size = repo.find_header(id).map_err(err)?.size();
+            if size > MAX_FILE_BYTES as u64 {
+                return Ok(Some(Node::LargeFile { id, size }));
+            }
+        }
         entry.object().map_err(err)?
     };
     match object.kind {
@@ -80,12 +90,7 @@ pub fn at_branch(git_dir: &Path, branch: &str, path: &str) -> Result<Option<Node
             entries.sort_by(|a, b| (a.kind != "dir", &a.name).cmp(&(b.kind != "dir", &b.name)));
             Ok(Some(Node::Dir(entries)))
         }
-        gix::object::Kind::Blob => {
-            let mut data = object.detach().data;
-            let truncated = data.len() > MAX_FILE_BYTES;
-            data.truncate(MAX_FILE_BYTES);
-            Ok(Some(Node::File { data, truncated }))
-        }
+        gix::object::Kind::Blob => Ok(Some(Node::File(object.detach().data))),
         _ => Ok(None),
     }
 }

@@ -1,6 +1,6 @@
 //! The GitHub App: the forge installs as an app on GitHub, keeps linked
-//! repositories in sync both ways and reviews pull requests with the
-//! branch's pipeline.
+//! repositories in sync both ways and reviews pull requests: the head's
+//! code, run with the base branch's steps.
 //!
 //! Parts: [`config`] (app id, key, secret, URLs), [`auth`] (app JWT and
 //! installation tokens through octocrab), [`webhook`] (inbound deliveries:
@@ -32,6 +32,7 @@ use crate::git::Repositories;
 use crate::store::Store;
 
 pub use config::GithubConfig;
+pub use review::ReviewMode;
 
 /// The running app, shared by the API handlers and its background tasks.
 pub struct Github {
@@ -139,6 +140,7 @@ pub async fn start(
     repos: Repositories,
     events: EventBus,
     public_url: &str,
+    review_mode: ReviewMode,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Option<Arc<Github>>> {
     let Some(config) = config::load(data_dir)? else {
@@ -148,7 +150,7 @@ pub async fn start(
     let github = Arc::new(Github {
         syncer: sync::Syncer::new(
             store.clone(),
-            repos,
+            repos.clone(),
             events.clone(),
             auth.clone(),
             config.git_url.clone(),
@@ -156,9 +158,11 @@ pub async fn start(
         ),
         reviewer: review::Reviewer::new(
             store.clone(),
+            repos.clone(),
             events.clone(),
             auth.clone(),
             public_url.to_owned(),
+            review_mode,
         ),
         auth,
         config,

@@ -344,6 +344,7 @@ impl Syncer {
             name: "GitHub sync".into(),
             scopes: String::new(),
             repo_id: None,
+            vm_id: None,
             created_at: String::new(),
             last_used_at: None,
             revoked_at: None,

@@ -5,8 +5,10 @@
 //!    of the raw body with the webhook secret, in constant time, before
 //!    the body is parsed; a missing or wrong signature is refused (401)
 //!    and nothing is stored;
-//! 2. the delivery is stored under its `X-GitHub-Delivery` id; an id seen
-//!    before is acknowledged and dropped (GitHub redelivers);
+//! 2. the delivery is stored under its `X-GitHub-Delivery` id and the
+//!    SHA-256 of its body; an id or a body seen before is acknowledged and
+//!    dropped (GitHub redelivers; the id is not signed, so a captured
+//!    delivery replayed under a new id is known by its body);
 //! 3. the processor reads unprocessed deliveries oldest first and marks
 //!    each processed with its error, if any. A crash between 2 and 3
 //!    loses nothing: start-up processes what is pending.
@@ -14,7 +16,8 @@
 //! Events: `ping`; `installation` and `installation_repositories` (the
 //! installation is recorded); `push`, `create`, `delete` (a sync pass of
 //! the linked repository); `pull_request` (`opened`, `reopened`,
-//! `synchronize` record the head and ask the review bot; `closed` closes).
+//! `synchronize` record the head and the base branch and ask the review
+//! bot; `closed` closes).
 
 use hmac::{Hmac, Mac};
 use serde_json::Value;
@@ -107,6 +110,7 @@ impl Github {
                     head_ref: head_ref.to_owned(),
                     head_sha: head_sha.to_owned(),
                     state: if open { "open" } else { "closed" }.into(),
+                    base_ref: pull["base"]["ref"].as_str().map(str::to_owned),
                 };
                 self.store.upsert_github_pull(&row).await?;
                 if open {

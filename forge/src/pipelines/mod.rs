@@ -6,15 +6,20 @@
 //!    queues one run per branch update, moving the cursor in the same
 //!    transaction (a crash neither loses nor doubles a run);
 //! 2. a newer run of the same branch cancels the older one (its running
-//!    step is killed), and runs of one branch never overlap;
+//!    step is killed), and runs of one branch never overlap. A run whose
+//!    steps come from another branch (a `pipeline.requested` event with a
+//!    `plan`, which the review bot asks for) cancels only the older such
+//!    run: it neither cancels nor is cancelled by the branch's own runs;
 //! 3. the branch's sandbox is found, or made: a fork of the default
 //!    branch's sandbox (dependencies and warm state carry over), else a new
 //!    one; paused sandboxes are resumed;
 //! 4. `checkout`: a git bundle of the branch (incremental from the commit the
 //!    sandbox last had) is copied in through the agent and checked out in
 //!    `/workspace`, whose `origin` is the forge;
-//! 5. `install` runs when the dependency manifests changed since the
-//!    sandbox last installed (see [`plan`]), then each step; the first
+//! 5. the steps are read from the run's commit, or from the `plan` commit
+//!    the run names (the checkout is still the run's commit; see
+//!    [`plan::plan_from`]). `install` runs when the dependency manifests
+//!    changed since the sandbox last installed, then each step; the first
 //!    failure skips the rest. Logs stream into the database as they come;
 //! 6. `run.started` and `run.completed` go to the outbox, so webhooks and
 //!    the review bot see them.
@@ -26,25 +31,41 @@ pub mod plan;
 mod runner;
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
 use crate::events::EventBus;
-use crate::git::Repositories;
-use crate::store::{NewEvent, NewRun, RunRow, Store};
+use crate::git::{Repositories, inspect};
+use crate::store::{NewEvent, NewRun, PlanSource, RunRow, Store};
 use crate::vms::Sandboxes;
 
 /// The token id recorded as the creator of pipeline sandboxes.
 pub const PIPELINE_ACTOR: &str = "pipeline";
 
-/// One branch's run slot: runs of a branch take its lock in turn; the
-/// newest run's token cancels the one before it.
+/// One branch's run slot: runs of a branch take its lock in turn (they
+/// share its sandbox). `current` holds the newest run's token of each kind,
+/// keyed by whether its steps are borrowed from another commit: a new run
+/// cancels the one of its own kind before it.
 #[derive(Default)]
 struct BranchSlot {
     lock: Arc<tokio::sync::Mutex<()>>,
-    current: Option<CancellationToken>,
+    current: HashMap<bool, CancellationToken>,
+}
+
+/// The plan of a run of commit `tree` with the steps of commit `steps`
+/// (the same commit for a run of its own steps), both in the repository at
+/// `dir`. A commit that cannot be read is an error, not a commit without
+/// files (which would plan no steps at all). Blocks.
+pub fn plan_at(dir: &Path, steps: &str, tree: &str) -> Result<plan::Plan, String> {
+    for commit in [steps, tree] {
+        inspect::read_file_at(dir, commit, ".forge.toml")
+            .map_err(|e| format!("cannot read commit {commit}: {e}"))?;
+    }
+    let at = |commit: &str, path: &str| inspect::read_file_at(dir, commit, path).ok().flatten();
+    plan::plan_from(|path| at(steps, path), |path| at(tree, path))
 }
 
 pub struct Pipelines {
@@ -136,12 +157,20 @@ impl Pipelines {
                 if payload["deleted"] == true {
                     return None;
                 }
+                let plan = match &payload["plan"] {
+                    serde_json::Value::Null => None,
+                    plan => Some(PlanSource {
+                        branch: plan["branch"].as_str()?.to_owned(),
+                        commit: plan["commit"].as_str()?.to_owned(),
+                    }),
+                };
                 Some(NewRun {
                     repo_id: event.repo_id.clone(),
                     repo_name: event.repo_name.clone(),
                     branch: payload["branch"].as_str()?.to_owned(),
                     commit_id: payload["after"].as_str()?.to_owned(),
                     event_id: event.id,
+                    plan,
                 })
             })
             .collect();
@@ -152,7 +181,8 @@ impl Pipelines {
         Ok(events.len())
     }
 
-    /// Starts a run in its branch's slot, cancelling the branch's older run.
+    /// Starts a run in its branch's slot, cancelling the branch's older run
+    /// of the same kind.
     fn launch(self: &Arc<Self>, run: RunRow) {
         let token = CancellationToken::new();
         let lock = {
@@ -160,7 +190,8 @@ impl Pipelines {
             let slot = slots
                 .entry((run.repo_id.clone(), run.branch.clone()))
                 .or_default();
-            if let Some(older) = slot.current.replace(token.clone()) {
+            let borrowed = run.plan_commit.is_some();
+            if let Some(older) = slot.current.insert(borrowed, token.clone()) {
                 older.cancel();
             }
             slot.lock.clone()

@@ -13,8 +13,16 @@
 //! ```
 //!
 //! The install step is skipped when the manifests (`package.json` and the
-//! lockfiles) hash to what the sandbox last installed from: a fork carries
-//! its parent's `node_modules`, and an unchanged lockfile needs no install.
+//! lockfiles) and the install command hash to what the sandbox last
+//! installed from: a fork carries its parent's `node_modules`, and an
+//! unchanged lockfile needs no install.
+//!
+//! The steps may be read from another commit than the one that runs
+//! ([`plan_from`]): the review bot runs a pull request's head with the steps
+//! of its base branch, so that the pull request cannot choose how it is
+//! judged. The steps' commands (and the install command) come from that
+//! commit; what they run on, and the manifests that decide the install,
+//! come from the commit checked out.
 
 use std::time::Duration;
 
@@ -42,14 +50,32 @@ pub struct Step {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Install {
     pub run: String,
-    /// Hash of the manifests at this commit.
+    /// Hash of the manifests at the commit checked out, and of `run`.
     pub hash: String,
+}
+
+/// The file a plan's steps were read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepsFile {
+    ForgeToml,
+    PackageJson,
+}
+
+impl StepsFile {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::ForgeToml => ".forge.toml",
+            Self::PackageJson => "package.json",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
     pub install: Option<Install>,
     pub steps: Vec<Step>,
+    /// Where `steps` came from; `None` when neither file defines any.
+    pub steps_file: Option<StepsFile>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -78,7 +104,18 @@ struct StepToml {
 /// content at the commit. An invalid `.forge.toml` is an error naming the
 /// problem.
 pub fn plan(file: impl Fn(&str) -> Option<Vec<u8>>) -> Result<Plan, String> {
-    let config = match file(".forge.toml") {
+    plan_from(&file, &file)
+}
+
+/// The plan of a run of one commit with the steps of another:
+/// `.forge.toml` (steps and install command) and `package.json`'s scripts
+/// are read with `steps_from`, the dependency manifests with `tree` (the
+/// commit checked out, whose dependencies are installed).
+pub fn plan_from(
+    steps_from: impl Fn(&str) -> Option<Vec<u8>>,
+    tree: impl Fn(&str) -> Option<Vec<u8>>,
+) -> Result<Plan, String> {
+    let config = match steps_from(".forge.toml") {
         Some(bytes) => {
             let text =
                 String::from_utf8(bytes).map_err(|_| ".forge.toml is not UTF-8".to_owned())?;
@@ -91,7 +128,7 @@ pub fn plan(file: impl Fn(&str) -> Option<Vec<u8>>) -> Result<Plan, String> {
     let mut hasher = Sha256::new();
     let mut any_manifest = false;
     for name in MANIFESTS {
-        if let Some(bytes) = file(name) {
+        if let Some(bytes) = tree(name) {
             any_manifest = true;
             hasher.update(name.as_bytes());
             hasher.update((bytes.len() as u64).to_le_bytes());
@@ -99,11 +136,17 @@ pub fn plan(file: impl Fn(&str) -> Option<Vec<u8>>) -> Result<Plan, String> {
         }
     }
     let custom_install = config.as_ref().and_then(|c| c.install.clone());
-    let install = (any_manifest || custom_install.is_some()).then(|| Install {
-        run: custom_install.unwrap_or_else(|| "bun install".to_owned()),
-        hash: hex::encode(hasher.finalize()),
+    let install = (any_manifest || custom_install.is_some()).then(|| {
+        let run = custom_install.unwrap_or_else(|| "bun install".to_owned());
+        // Another command installs differently: it is part of the hash.
+        hasher.update(b"install command");
+        hasher.update(run.as_bytes());
+        Install {
+            run,
+            hash: hex::encode(hasher.finalize()),
+        }
     });
-    let steps = match config {
+    let (steps, steps_file) = match config {
         Some(config) if !config.steps.is_empty() => {
             let mut steps = Vec::new();
             for step in config.steps {
@@ -120,11 +163,19 @@ pub fn plan(file: impl Fn(&str) -> Option<Vec<u8>>) -> Result<Plan, String> {
                         .map_or(DEFAULT_TIMEOUT, Duration::from_secs),
                 });
             }
-            steps
+            (steps, Some(StepsFile::ForgeToml))
         }
-        _ => package_scripts(file("package.json"))?,
+        _ => {
+            let steps = package_scripts(steps_from("package.json"))?;
+            let file = (!steps.is_empty()).then_some(StepsFile::PackageJson);
+            (steps, file)
+        }
     };
-    Ok(Plan { install, steps })
+    Ok(Plan {
+        install,
+        steps,
+        steps_file,
+    })
 }
 
 /// `lint` and `test` from `package.json`'s scripts, run with Bun.
@@ -206,5 +257,75 @@ mod tests {
         assert!(bad.starts_with("invalid .forge.toml"), "{bad}");
         let empty = super::plan(files(&[])).expect("plan");
         assert!(empty.install.is_none() && empty.steps.is_empty());
+        assert_eq!(empty.steps_file, None);
+    }
+
+    #[test]
+    fn borrowed_steps_come_from_one_commit_and_manifests_from_the_other() {
+        let base = files(&[
+            (
+                ".forge.toml",
+                "[pipeline]\ninstall = \"bun install --frozen-lockfile\"\n[[pipeline.steps]]\nname = \"test\"\nrun = \"bun test\"\n",
+            ),
+            ("package.json", r#"{"scripts":{}}"#),
+        ]);
+        let head = files(&[
+            (
+                ".forge.toml",
+                "[pipeline]\ninstall = \"true\"\n[[pipeline.steps]]\nname = \"test\"\nrun = \"true\"\n",
+            ),
+            ("package.json", r#"{"scripts":{"test":"true"}}"#),
+            ("bun.lock", "x"),
+        ]);
+        let own = plan(&head).expect("plan");
+        let borrowed = plan_from(&base, &head).expect("plan");
+        assert_eq!(borrowed.steps[0].run, "bun test", "the base's steps");
+        assert_eq!(borrowed.steps_file, Some(StepsFile::ForgeToml));
+        let install = borrowed.install.clone().expect("install");
+        assert_eq!(
+            install.run, "bun install --frozen-lockfile",
+            "the base's command"
+        );
+        assert_eq!(own.install.clone().expect("install").run, "true");
+        assert_ne!(borrowed, own, "the head's own steps are not the review's");
+        // The manifests are the head's: the base's differ, and so would the hash.
+        let base_own = plan(&base).expect("plan");
+        assert_ne!(base_own.install.expect("install").hash, install.hash);
+        assert_eq!(plan_from(&head, &head), Ok(own));
+    }
+
+    #[test]
+    fn borrowed_package_scripts_name_their_file() {
+        let base = files(&[("package.json", r#"{"scripts":{"lint":"x","test":"y"}}"#)]);
+        let head = files(&[(
+            ".forge.toml",
+            "[[pipeline.steps]]\nname = \"ok\"\nrun = \"true\"\n",
+        )]);
+        let borrowed = plan_from(&base, &head).expect("plan");
+        assert_eq!(borrowed.steps_file, Some(StepsFile::PackageJson));
+        let names: Vec<&str> = borrowed.steps.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["lint", "test"]);
+        assert!(borrowed.install.is_none(), "the head has no manifest");
+        let invalid = files(&[(".forge.toml", "[pipeline]\nsteps = 3\n")]);
+        assert!(
+            plan_from(&invalid, &head).is_err(),
+            "the base's errors are the run's"
+        );
+    }
+
+    #[test]
+    fn another_install_command_installs_again() {
+        let with = |command: &str| {
+            let toml = format!("[pipeline]\ninstall = \"{command}\"\n");
+            plan(files(&[
+                (".forge.toml", toml.as_str()),
+                ("package.json", "{}"),
+            ]))
+            .expect("plan")
+            .install
+            .expect("install")
+            .hash
+        };
+        assert_ne!(with("bun install"), with("bun install --frozen-lockfile"));
     }
 }

@@ -8,12 +8,19 @@ use tokio_util::sync::CancellationToken;
 
 use super::plan::{self, Plan};
 use super::{PIPELINE_ACTOR, Pipelines};
-use crate::git::inspect;
 use crate::store::{BranchSandbox, RunRow};
 use crate::vms::NewVm;
 
 /// How long an unused branch sandbox stays up before it is paused to disk.
 const BRANCH_IDLE_SECS: u64 = 900;
+
+/// Where a run's steps came from, as its events say: `null` for its own.
+fn plan_of(run: &RunRow) -> serde_json::Value {
+    match (&run.plan_ref, &run.plan_commit) {
+        (Some(branch), Some(commit)) => json!({ "branch": branch, "commit": commit }),
+        _ => serde_json::Value::Null,
+    }
+}
 
 /// How a step ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,7 +46,10 @@ impl Pipelines {
         self.record(
             &run,
             "run.started",
-            json!({ "run": run.id, "repo": run.repo_name, "branch": run.branch, "commit": run.commit_id, "url": self.run_url(&run) }),
+            json!({
+                "run": run.id, "repo": run.repo_name, "branch": run.branch, "commit": run.commit_id,
+                "plan": plan_of(&run), "url": self.run_url(&run),
+            }),
         )
         .await;
         let started = Instant::now();
@@ -62,7 +72,7 @@ impl Pipelines {
             "run.completed",
             json!({
                 "run": run.id, "repo": run.repo_name, "branch": run.branch, "commit": run.commit_id,
-                "status": state, "error": error, "duration_ms": started.elapsed().as_millis() as u64,
+                "plan": plan_of(&run), "status": state, "error": error, "duration_ms": started.elapsed().as_millis() as u64,
                 "steps": steps, "url": self.run_url(&run),
             }),
         )
@@ -72,18 +82,22 @@ impl Pipelines {
     async fn run_steps(&self, run: &RunRow, token: &CancellationToken) -> anyhow::Result<Outcome> {
         let dir = self.repos.path(&run.repo_id);
         let commit = run.commit_id.clone();
-        let planned = tokio::task::spawn_blocking(move || {
-            plan::plan(|path| inspect::read_file_at(&dir, &commit, path).ok().flatten())
-        })
-        .await?;
+        let steps_commit = run.plan_commit.clone().unwrap_or_else(|| commit.clone());
+        let planned =
+            tokio::task::spawn_blocking(move || super::plan_at(&dir, &steps_commit, &commit))
+                .await?;
         let plan: Plan = match planned {
             Ok(plan) => plan,
             Err(problem) => {
                 self.store
                     .insert_steps(run.id, &[("config".into(), ".forge.toml".into())])
                     .await?;
+                let origin = match (&run.plan_ref, &run.plan_commit) {
+                    (Some(branch), Some(commit)) => format!("steps from {branch} at {commit}: "),
+                    _ => String::new(),
+                };
                 self.store
-                    .append_step_log(run.id, 0, &format!("{problem}\n"))
+                    .append_step_log(run.id, 0, &format!("{origin}{problem}\n"))
                     .await?;
                 self.store
                     .set_step(run.id, 0, "failed", None, Some(0))

@@ -56,23 +56,28 @@ pub struct GithubPull {
     pub head_ref: String,
     pub head_sha: String,
     pub state: String,
+    /// The branch it merges into (`None`: recorded before it was kept).
+    pub base_ref: Option<String>,
 }
 
 impl Store {
-    /// Stores an inbound delivery; `false` when its id was seen before.
+    /// Stores an inbound delivery; `false` when its id or its body (by
+    /// `body_sha256`, hex) was seen before.
     pub async fn insert_github_delivery(
         &self,
         id: &str,
         event: &str,
         payload: &str,
+        body_sha256: &str,
     ) -> Result<bool> {
         let done = sqlx::query(
-            "INSERT INTO github_deliveries (id, event, payload, received_at) VALUES (?, ?, ?, ?)
-             ON CONFLICT (id) DO NOTHING",
+            "INSERT INTO github_deliveries (id, event, payload, body_sha256, received_at)
+             VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
         )
         .bind(id)
         .bind(event)
         .bind(payload)
+        .bind(body_sha256)
         .bind(now())
         .execute(&self.pool)
         .await?;
@@ -234,9 +239,10 @@ impl Store {
 
     pub async fn upsert_github_pull(&self, pull: &GithubPull) -> Result<()> {
         sqlx::query(
-            "INSERT INTO github_pulls (repo_id, number, head_ref, head_sha, state, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-             ON CONFLICT (repo_id, number) DO UPDATE SET head_ref = ?3, head_sha = ?4, state = ?5, updated_at = ?6",
+            "INSERT INTO github_pulls (repo_id, number, head_ref, head_sha, state, updated_at, base_ref)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+             ON CONFLICT (repo_id, number) DO UPDATE SET head_ref = ?3, head_sha = ?4, state = ?5,
+                updated_at = ?6, base_ref = coalesce(?7, base_ref)",
         )
         .bind(&pull.repo_id)
         .bind(pull.number)
@@ -244,6 +250,7 @@ impl Store {
         .bind(&pull.head_sha)
         .bind(&pull.state)
         .bind(now())
+        .bind(&pull.base_ref)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -252,7 +259,7 @@ impl Store {
     /// Open pull requests of a repository whose head is `branch`.
     pub async fn open_github_pulls(&self, repo_id: &str, branch: &str) -> Result<Vec<GithubPull>> {
         Ok(sqlx::query_as(
-            "SELECT repo_id, number, head_ref, head_sha, state FROM github_pulls
+            "SELECT repo_id, number, head_ref, head_sha, state, base_ref FROM github_pulls
              WHERE repo_id = ? AND head_ref = ? AND state = 'open' ORDER BY number",
         )
         .bind(repo_id)
@@ -264,7 +271,7 @@ impl Store {
     /// Every open pull request of a repository.
     pub async fn all_open_github_pulls(&self, repo_id: &str) -> Result<Vec<GithubPull>> {
         Ok(sqlx::query_as(
-            "SELECT repo_id, number, head_ref, head_sha, state FROM github_pulls
+            "SELECT repo_id, number, head_ref, head_sha, state, base_ref FROM github_pulls
              WHERE repo_id = ? AND state = 'open' ORDER BY number",
         )
         .bind(repo_id)
@@ -357,37 +364,47 @@ impl Store {
         Ok(())
     }
 
-    /// The latest finished run of (repository, branch, commit), if any.
-    pub async fn finished_run_of(
+    /// The finished runs of (repository, branch, commit), newest first,
+    /// whatever their steps' source.
+    pub async fn finished_runs_of(
         &self,
         repo_id: &str,
         branch: &str,
         commit: &str,
-    ) -> Result<Option<super::RunRow>> {
+    ) -> Result<Vec<super::RunRow>> {
         Ok(sqlx::query_as(
             "SELECT * FROM runs WHERE repo_id = ? AND branch = ? AND commit_id = ?
-             AND state IN ('passed', 'failed', 'error') ORDER BY id DESC LIMIT 1",
+             AND state IN ('passed', 'failed', 'error') ORDER BY id DESC",
         )
         .bind(repo_id)
         .bind(branch)
         .bind(commit)
-        .fetch_optional(&self.pool)
+        .fetch_all(&self.pool)
         .await?)
     }
 
-    /// Whether a run of (repository, branch, commit) was asked for: a push
-    /// or pipeline request event names it.
-    pub async fn run_requested(&self, repo_id: &str, branch: &str, commit: &str) -> Result<bool> {
-        let (count,): (i64,) = sqlx::query_as(
-            "SELECT COUNT(*) FROM events WHERE repo_id = ? AND kind IN ('push', 'pipeline.requested')
-             AND json_extract(payload, '$.branch') = ? AND json_extract(payload, '$.after') = ?",
+    /// The runs of (repository, branch, commit) asked for (a push or a
+    /// pipeline request event names them) and not cancelled since: for
+    /// each, the commit its steps are read from (`None`: its own).
+    pub async fn run_requests(
+        &self,
+        repo_id: &str,
+        branch: &str,
+        commit: &str,
+    ) -> Result<Vec<Option<String>>> {
+        let rows: Vec<(Option<String>,)> = sqlx::query_as(
+            "SELECT json_extract(e.payload, '$.plan.commit') FROM events e
+             LEFT JOIN runs r ON r.event_id = e.id
+             WHERE e.repo_id = ? AND e.kind IN ('push', 'pipeline.requested')
+             AND json_extract(e.payload, '$.branch') = ? AND json_extract(e.payload, '$.after') = ?
+             AND (r.state IS NULL OR r.state != 'cancelled')",
         )
         .bind(repo_id)
         .bind(branch)
         .bind(commit)
-        .fetch_one(&self.pool)
+        .fetch_all(&self.pool)
         .await?;
-        Ok(count > 0)
+        Ok(rows.into_iter().map(|(plan,)| plan).collect())
     }
 
     pub async fn github_cursor(&self) -> Result<i64> {
@@ -407,5 +424,133 @@ impl Store {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{NewEvent, NewRun, PlanSource, RepoRow};
+
+    const HEAD: &str = "1111111111111111111111111111111111111111";
+
+    async fn linked_store(dir: &std::path::Path) -> Store {
+        let store = Store::open(&dir.join("forge.db")).await.expect("open");
+        store
+            .insert_repo(&RepoRow {
+                id: "r1".into(),
+                owner: "acme".into(),
+                name: "app".into(),
+                default_branch: "main".into(),
+                created_at: now(),
+            })
+            .await
+            .expect("repo");
+        store
+            .insert_github_link(&GithubLink {
+                repo_id: "r1".into(),
+                github_repo: "octo/app".into(),
+                installation_id: 1,
+                created_at: now(),
+            })
+            .await
+            .expect("link");
+        store
+    }
+
+    /// Records a request for a run of `HEAD` on `change`, with the steps of
+    /// `plan` (`None`: its own, as a push asks), and queues its run.
+    async fn request(store: &Store, plan: Option<&str>) -> i64 {
+        let mut payload = serde_json::json!({ "branch": "change", "after": HEAD });
+        if let Some(commit) = plan {
+            payload["plan"] = serde_json::json!({ "branch": "main", "commit": commit });
+        }
+        let kind = if plan.is_some() {
+            "pipeline.requested"
+        } else {
+            "push"
+        };
+        let events = store
+            .insert_events(
+                "r1",
+                "acme/app",
+                None,
+                &[NewEvent {
+                    kind: kind.into(),
+                    ref_name: Some("refs/heads/change".into()),
+                    payload,
+                }],
+            )
+            .await
+            .expect("event");
+        let run = NewRun {
+            repo_id: "r1".into(),
+            repo_name: "acme/app".into(),
+            branch: "change".into(),
+            commit_id: HEAD.into(),
+            event_id: events[0].id,
+            plan: plan.map(|commit| PlanSource {
+                branch: "main".into(),
+                commit: commit.into(),
+            }),
+        };
+        let queued = store.queue_runs(&[run], events[0].id).await.expect("queue");
+        queued[0].id
+    }
+
+    #[tokio::test]
+    async fn requests_and_finished_runs_carry_where_their_steps_come_from() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = linked_store(dir.path()).await;
+        request(&store, None).await;
+        let superseded = request(&store, Some("b1")).await;
+        let current = request(&store, Some("b2")).await;
+        store
+            .finish_run(superseded, "cancelled", None)
+            .await
+            .expect("finish");
+        let mut asked = store
+            .run_requests("r1", "change", HEAD)
+            .await
+            .expect("requests");
+        asked.sort();
+        assert_eq!(
+            asked,
+            [None, Some("b2".to_owned())],
+            "a cancelled run is no longer waited for"
+        );
+        store
+            .finish_run(current, "failed", None)
+            .await
+            .expect("finish");
+        let finished = store
+            .finished_runs_of("r1", "change", HEAD)
+            .await
+            .expect("runs");
+        assert_eq!(finished.len(), 1);
+        assert_eq!(finished[0].plan_ref.as_deref(), Some("main"));
+        assert_eq!(finished[0].plan_commit.as_deref(), Some("b2"));
+    }
+
+    #[tokio::test]
+    async fn a_pull_requests_base_is_kept_when_an_update_does_not_name_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = linked_store(dir.path()).await;
+        let mut pull = GithubPull {
+            repo_id: "r1".into(),
+            number: 1,
+            head_ref: "change".into(),
+            head_sha: HEAD.into(),
+            state: "open".into(),
+            base_ref: Some("release".into()),
+        };
+        store.upsert_github_pull(&pull).await.expect("upsert");
+        pull.base_ref = None;
+        store.upsert_github_pull(&pull).await.expect("upsert");
+        let open = store
+            .open_github_pulls("r1", "change")
+            .await
+            .expect("pulls");
+        assert_eq!(open[0].base_ref.as_deref(), Some("release"));
     }
 }

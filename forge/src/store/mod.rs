@@ -20,7 +20,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 pub use events::{EventRow, NewEvent};
 pub use github::{GithubDelivery, GithubLink, GithubPull, GithubRefState};
 pub use repos::RepoRow;
-pub use runs::{BranchSandbox, NewRun, RunRow, StepRow};
+pub use runs::{BranchSandbox, NewRun, PlanSource, RunRow, StepRow};
 pub use tokens::{NewToken, TokenRow};
 pub use vms::{VmRow, unix_now};
 pub use webhooks::{

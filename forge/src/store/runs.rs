@@ -17,6 +17,10 @@ pub struct RunRow {
     pub created_at: String,
     pub started_at: Option<String>,
     pub finished_at: Option<String>,
+    /// The branch whose steps ran, when not the commit's own (a review).
+    pub plan_ref: Option<String>,
+    /// The commit of `plan_ref` the steps were read from.
+    pub plan_commit: Option<String>,
 }
 
 #[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
@@ -46,6 +50,15 @@ pub struct NewRun {
     pub branch: String,
     pub commit_id: String,
     pub event_id: i64,
+    /// Where the steps come from, when not from `commit_id`.
+    pub plan: Option<PlanSource>,
+}
+
+/// A commit of another branch whose steps a run takes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlanSource {
+    pub branch: String,
+    pub commit: String,
 }
 
 /// Most bytes of log kept per step; the tail is what readers need, so
@@ -68,8 +81,9 @@ impl Store {
         let mut rows = Vec::new();
         for run in runs {
             let row: Option<RunRow> = sqlx::query_as(
-                "INSERT INTO runs (repo_id, repo_name, branch, commit_id, event_id, state, created_at)
-                 VALUES (?, ?, ?, ?, ?, 'queued', ?) ON CONFLICT (event_id) DO NOTHING RETURNING *",
+                "INSERT INTO runs (repo_id, repo_name, branch, commit_id, event_id, state, created_at,
+                    plan_ref, plan_commit)
+                 VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?) ON CONFLICT (event_id) DO NOTHING RETURNING *",
             )
             .bind(&run.repo_id)
             .bind(&run.repo_name)
@@ -77,6 +91,8 @@ impl Store {
             .bind(&run.commit_id)
             .bind(run.event_id)
             .bind(now())
+            .bind(run.plan.as_ref().map(|p| &p.branch))
+            .bind(run.plan.as_ref().map(|p| &p.commit))
             .fetch_optional(&mut *tx)
             .await?;
             rows.extend(row);

@@ -8,6 +8,9 @@ pub struct TokenRow {
     pub name: String,
     pub scopes: String,
     pub repo_id: Option<String>,
+    /// The sandbox whose git token this is: its pushes are limited
+    /// (`git::push::rules`).
+    pub vm_id: Option<String>,
     pub created_at: String,
     pub last_used_at: Option<String>,
     pub revoked_at: Option<String>,
@@ -23,18 +26,32 @@ pub struct NewToken<'a> {
     pub repo_id: Option<&'a str>,
 }
 
-const COLUMNS: &str = "id, name, scopes, repo_id, created_at, last_used_at, revoked_at";
+const COLUMNS: &str = "id, name, scopes, repo_id, vm_id, created_at, last_used_at, revoked_at";
 
 impl Store {
     pub async fn insert_token(&self, token: &NewToken<'_>) -> Result<TokenRow> {
+        self.insert_token_of(token, None).await
+    }
+
+    /// Inserts the git token of sandbox `vm_id`.
+    pub async fn insert_sandbox_token(
+        &self,
+        token: &NewToken<'_>,
+        vm_id: &str,
+    ) -> Result<TokenRow> {
+        self.insert_token_of(token, Some(vm_id)).await
+    }
+
+    async fn insert_token_of(&self, token: &NewToken<'_>, vm_id: Option<&str>) -> Result<TokenRow> {
         sqlx::query(
-            "INSERT INTO tokens (id, name, secret_hash, scopes, repo_id, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO tokens (id, name, secret_hash, scopes, repo_id, vm_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(token.id)
         .bind(token.name)
         .bind(token.secret_hash)
         .bind(token.scopes)
         .bind(token.repo_id)
+        .bind(vm_id)
         .bind(now())
         .execute(&self.pool)
         .await?;

@@ -71,6 +71,18 @@ impl Store {
         Ok(())
     }
 
+    /// The branch VM `id` serves in repository `repo_id`: `None` when it
+    /// serves none, or is gone, or belongs to another repository.
+    pub async fn vm_branch(&self, id: &str, repo_id: &str) -> Result<Option<String>> {
+        let row: Option<(Option<String>,)> =
+            sqlx::query_as("SELECT branch FROM vms WHERE id = ? AND repo_id = ?")
+                .bind(id)
+                .bind(repo_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row.and_then(|(branch,)| branch))
+    }
+
     /// Names the branch a VM serves (a fork inherits its parent's until then).
     pub async fn set_vm_branch(&self, id: &str, branch: &str) -> Result<()> {
         sqlx::query("UPDATE vms SET branch = ? WHERE id = ?")

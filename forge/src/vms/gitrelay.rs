@@ -13,9 +13,23 @@
 //!   kept only in the forge's memory (it never enters the sandbox nor a
 //!   log), replaced whenever the relay restarts and revoked when the VM is
 //!   destroyed ([`revoke`]).
+//! - The token's row names the VM (`tokens.vm_id`), so the forge knows a
+//!   push with it comes from that sandbox, whoever presents it: it may
+//!   update the branch the VM serves (`vms.branch`, read at each push, so a
+//!   pipeline fork that is re-pointed at its branch gets that one) and
+//!   create, update and delete branches under its own prefix
+//!   (`--sandbox-branch-prefix`, default `sandbox/<vm id>/`), nothing else:
+//!   not another branch, not a tag. Protected branches (the default branch,
+//!   `--protected-branches`) are only ever fast-forwarded, by anyone. The
+//!   rules and where each is enforced are `git/push/rules.rs`'s; a refusal
+//!   reaches `git push` as `! [remote rejected] … (forge: …)`, the reason
+//!   naming the ref and what this sandbox may push to.
 //!
-//! So `git push origin HEAD:feature` inside a sandbox is an ordinary push
-//! to the forge: the branch is created, events fire and its pipeline runs.
+//! So `git push origin HEAD` inside a branch's sandbox is an ordinary push
+//! to the forge: the branch moves, events fire and its pipeline runs; and
+//! `git push origin HEAD:sandbox/<vm id>/try` starts a branch of its own.
+//! Code running in a feature branch's pipeline cannot move `main` or a
+//! tag, which the GitHub sync would carry upstream.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -79,19 +93,23 @@ pub async fn revoke(store: &Store, vm: &str) -> anyhow::Result<usize> {
     Ok(revoked)
 }
 
-/// A fresh token for sandbox `vm`'s git remote (older ones revoked).
+/// A fresh token for sandbox `vm`'s git remote (older ones revoked),
+/// limited to the pushes that sandbox may make.
 pub async fn mint(store: &Store, vm: &str, repo_id: &str) -> anyhow::Result<String> {
     revoke(store, vm).await?;
     let secret = auth::new_secret();
     let id = uuid::Uuid::new_v4().to_string();
     store
-        .insert_token(&NewToken {
-            id: &id,
-            name: &token_name(vm),
-            secret_hash: &auth::hash_secret(&secret),
-            scopes: Scope::RepoWrite.as_str(),
-            repo_id: Some(repo_id),
-        })
+        .insert_sandbox_token(
+            &NewToken {
+                id: &id,
+                name: &token_name(vm),
+                secret_hash: &auth::hash_secret(&secret),
+                scopes: Scope::RepoWrite.as_str(),
+                repo_id: Some(repo_id),
+            },
+            vm,
+        )
         .await?;
     tracing::info!(vm, token = %id, "minted the sandbox's git token");
     Ok(secret)

@@ -418,6 +418,12 @@ impl FakeGithub {
         )
     }
 
+    /// Posts `body` as delivery `id` of `event`, signed with the webhook
+    /// secret as GitHub would sign it: the status and the answer's body.
+    pub fn post_signed(&self, id: &str, event: &str, body: &str) -> (u16, String) {
+        self.post(id, event, body, Some(&signature(body.as_bytes())))
+    }
+
     /// Posts an arbitrary webhook with the given signature header.
     pub fn post_webhook(&self, id: &str, event: &str, body: &str, signature: Option<&str>) -> u16 {
         self.post(id, event, body, signature).0

@@ -112,7 +112,15 @@ pub fn sandbox_panel(user: &User, vm: &Value, back: &str) -> Markup {
             @if state != "crashed" { (action("fork", "Fork")) }
         }
         @if let Some(url) = vm["preview_url"].as_str() {
-            p { "Preview: " a href=(url) { (url) } }
+            p { "Preview: " a href=(url) rel="noopener noreferrer" { (url) } }
+            @if url.contains("/v1/vms/") {
+                p.muted {
+                    "This preview is served on the forge's own address, so it runs sandboxed: \
+                     no cookies, and its scripts cannot reach the forge (or its own storage). \
+                     Apps that need those want a preview domain of their own site: \
+                     start the forge with --preview-domain."
+                }
+            }
         } @else {
             p.muted { "No dev server preview is running." }
         }
