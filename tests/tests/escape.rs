@@ -398,8 +398,22 @@ fn runaway_processes_memory_disk_and_output_stay_inside() {
     );
     std::thread::sleep(Duration::from_secs(3));
     witness.untouched("a fork bomb");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while attacker.exec(&vm, "true").0 != 200 {
+    // While the process table is full an exec may wait rather than fail:
+    // each probe gets 20 s, and a probe that times out is "not yet".
+    let probe = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    let recovered = || {
+        probe
+            .post(format!("{}/v1/vms/{vm}/exec", forge.url))
+            .bearer_auth(&attacker.token)
+            .json(&json!({ "command": "true", "timeout_secs": 10 }))
+            .send()
+            .is_ok_and(|r| r.status().as_u16() == 200)
+    };
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !recovered() {
         assert!(
             Instant::now() < deadline,
             "the sandbox recovers from its fork bomb"
