@@ -186,6 +186,26 @@ impl Browser {
             .to_owned()
     }
 
+    /// The rendered text of every element matching a CSS selector, read
+    /// in one step in the page: a page that re-renders meanwhile (a
+    /// streamed log, a terminal) cannot leave a stale reference.
+    pub fn texts(&self, css: &str) -> Vec<String> {
+        let found = self.call(
+            "POST",
+            "/execute/sync",
+            Some(json!({
+                "script": "return [...document.querySelectorAll(arguments[0])].map(e => e.innerText);",
+                "args": [css],
+            })),
+        );
+        found
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|t| t.as_str().unwrap_or_default().to_owned())
+            .collect()
+    }
+
     pub fn attribute(&self, element: &Element, name: &str) -> Option<String> {
         self.call(
             "GET",

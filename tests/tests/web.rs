@@ -327,9 +327,9 @@ run = "echo all-tests-passed"
     // Logs stream in while the run goes: the coloured line shows before
     // the step has finished, then the result arrives.
     browser.wait_until("the coloured line, live", Duration::from_secs(120), |b| {
-        b.all("pre.log span.a-32")
+        b.texts("pre.log span.a-32")
             .first()
-            .is_some_and(|s| b.text(s) == "green-ok")
+            .is_some_and(|t| t == "green-ok")
     });
     let log = browser.text(&browser.find("li.step pre.log"));
     assert!(
@@ -338,7 +338,7 @@ run = "echo all-tests-passed"
     );
     browser.screenshot("run-live");
     browser.wait_until("the run's result", Duration::from_secs(120), |b| {
-        b.text(&b.find("#run-state")) == "passed"
+        b.texts("#run-state").first().is_some_and(|t| t == "passed")
     });
     let logs = browser.text(&browser.find("ol.steps"));
     assert!(
@@ -359,9 +359,9 @@ run = "echo all-tests-passed"
     let input = browser.find(".xterm-helper-textarea");
     browser.type_into(&input, &format!("echo hi{ENTER}"));
     browser.wait_until("`hi` on its own line", Duration::from_secs(20), |b| {
-        b.all(".xterm-rows > div")
+        b.texts(".xterm-rows > div")
             .iter()
-            .any(|row| b.text(row).trim() == "hi")
+            .any(|row| row.trim() == "hi")
     });
     browser.screenshot("terminal");
 
@@ -385,11 +385,15 @@ run = "echo all-tests-passed"
     browser.goto(&branch);
     browser.click(&browser.find("form[action$='/pause'] button"));
     browser.wait_until("paused", Duration::from_secs(60), |b| {
-        b.text(&b.find("#sandbox + p .badge")).starts_with("paused")
+        b.texts("#sandbox + p .badge")
+            .first()
+            .is_some_and(|t| t.starts_with("paused"))
     });
     browser.screenshot("branch-paused");
     browser.click(&browser.find("form[action$='/resume'] button"));
     browser.wait_until("running again", Duration::from_secs(60), |b| {
-        b.text(&b.find("#sandbox + p .badge")) == "running"
+        b.texts("#sandbox + p .badge")
+            .first()
+            .is_some_and(|t| t == "running")
     });
 }
