@@ -170,6 +170,11 @@ pub fn host_memory_mib() -> Option<u64> {
 }
 
 pub async fn serve(config: Config) -> anyhow::Result<()> {
+    // Before anything is opened or created. Without --public-url the forge
+    // is known by its listening address, an IP address: a site of its own.
+    if let (Some(public_url), Some(domain)) = (&config.public_url, &config.preview_domain) {
+        crate::api::check_preview_domain(public_url, domain).map_err(anyhow::Error::msg)?;
+    }
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -190,9 +195,6 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .unwrap_or_else(|| format!("http://{address}"))
         .trim_end_matches('/')
         .to_owned();
-    if let Some(domain) = &config.preview_domain {
-        crate::api::check_preview_domain(&public_url, domain).map_err(anyhow::Error::msg)?;
-    }
     let sandboxes = crate::vms::Sandboxes::new(
         open_sandboxes(&config).await,
         store.clone(),
