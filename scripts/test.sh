@@ -1,9 +1,24 @@
 #!/usr/bin/env bash
-# Run the whole test suite: host set-up, formatting, then every crate's tests
-# (VMM on the real /dev/kvm, agent, guest image, container backend, webhooks),
-# then the microVM backend with a real Linux guest (scripts/nested-kvm.sh).
+# Run the whole test suite, fastest tier first:
+#
+#   lint         cargo fmt --check, cargo clippy -D warnings
+#   unit         every crate's inline tests, the forge's in-process API tier
+#                among them (no root, no sandboxes; seconds)
+#   integration  every crate's tests/ (the VMM on the real /dev/kvm, the
+#                agent, the guest image, the container backend, webhooks,
+#                the forge end to end with real git, sandboxes and a browser)
+#   microvm      the microVM backend with a real Linux guest
+#                (scripts/nested-kvm.sh), in the background from the moment
+#                everything is built: it needs one core, the tiers above
+#                the other.
+#
+# The closing lines give each tier's counts and time. A test whose
+# requirement is missing fails under CI (CI=true, the default here; see
+# tests/requirements); where it may skip, it is listed and counted as
+# skipped, never as passed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+started=$SECONDS
 
 ./scripts/setup-host.sh
 
@@ -11,24 +26,73 @@ cd "$(dirname "$0")/.."
 # by their inputs, and rebuilt when absent.
 export FORGE_DATA_DIR="${FORGE_DATA_DIR:-/var/lib/forge}"
 mkdir -p "$FORGE_DATA_DIR"
+# This is the suite CI runs: a missing requirement is a failure.
+export CI="${CI:-true}"
+logs=$(mktemp -d)
+export FORGE_TEST_SKIPS="$logs/skipped"
+: > "$FORGE_TEST_SKIPS"
+nested_pid=""
+trap '[ -z "$nested_pid" ] || kill "$nested_pid" 2>/dev/null || true; rm -rf "$logs"' EXIT
 
-cargo fmt --all --check
-
-log="$(mktemp)"
-trap 'rm -f "$log"' EXIT
 status=0
-# --no-fail-fast: a failing test binary must not hide the ones after it.
-cargo test --workspace --no-fail-fast 2>&1 | tee "$log" || status=$?
-# One closing line over every test binary (cargo prints one per binary).
-awk '/^test result:/ { p += $4; f += $6; i += $8 }
-     END { printf "total: %d passed, %d failed, %d skipped\n", p, f, i }' "$log"
+summary=()
+# tier <name> <command...>: runs a tier, keeps its output for the counts
+# and its time for the summary; a failing tier does not stop the ones after.
+tier() {
+    local name=$1 begun=$SECONDS tier_status=0
+    shift
+    echo "=== tier $name: $*"
+    "$@" 2>&1 | tee "$logs/$name.log" || tier_status=$?
+    local counts
+    counts=$(awk '/^test result:/ { p += $4; f += $6; i += $8; n++ }
+        END { if (n) printf "%d passed, %d failed, %d ignored", p, f, i }' "$logs/$name.log")
+    summary+=("$(printf '%-12s %-8s %5d s  %s' "$name" \
+        "$([ "$tier_status" = 0 ] && echo ok || echo FAILED)" $((SECONDS - begun)) "$counts")")
+    [ "$tier_status" = 0 ] || status=$tier_status
+}
 
-# The microVM backend with a real Linux guest: the tests cargo ran as
-# ignored (they need a /dev/kvm that boots Linux) run here, in the nested
-# test host where this host's /dev/kvm cannot boot Linux, else directly.
-# It installs what it needs (QEMU among it) and fails rather than skips.
-nested=0
-./scripts/nested-kvm.sh || nested=$?
-echo "microVM backend with Linux (scripts/nested-kvm.sh): $([ "$nested" = 0 ] && echo passed || echo FAILED)"
-[ "$status" != 0 ] || status=$nested
+tier fmt cargo fmt --all --check
+tier clippy cargo clippy --workspace --all-targets --quiet -- -D warnings
+# Build every test once, so the tiers below only run, and the nested run's
+# own builds find everything built.
+tier build cargo test --workspace --no-run --quiet
+
+# The microVM backend with a real Linux guest: the tests cargo runs as
+# ignored (they need a /dev/kvm that boots Linux) run there, in the nested
+# test host where this host's /dev/kvm cannot boot Linux, else directly. It
+# installs what it needs (QEMU among it) and fails rather than skips.
+nested_begun=$SECONDS
+( ./scripts/nested-kvm.sh > "$logs/microvm.log" 2>&1; echo $? > "$logs/microvm.status" ) &
+nested_pid=$!
+echo "=== tier microvm: scripts/nested-kvm.sh, in the background (log at the end)"
+
+tier unit cargo test --workspace --no-fail-fast --lib --bins
+tier doc cargo test --workspace --no-fail-fast --doc
+tier integration cargo test --workspace --no-fail-fast --test '*'
+
+echo "=== waiting for the microvm tier"
+wait "$nested_pid" || true
+nested_pid=""
+cat "$logs/microvm.log"
+nested=$(cat "$logs/microvm.status" 2>/dev/null || echo 1)
+summary+=("$(printf '%-12s %-8s %5d s  %s' microvm \
+    "$([ "$nested" = 0 ] && echo ok || echo FAILED)" $((SECONDS - nested_begun)) \
+    "$(grep -c ': passed in' "$logs/microvm.log" || true) steps passed (linux-boot, microvm-suite, forge-slice)")")
+[ "$nested" = 0 ] || [ "$status" != 0 ] || status=$nested
+
+echo
+echo "=== summary ($((SECONDS - started)) s in all)"
+printf '%s\n' "${summary[@]}"
+skipped=$(wc -l < "$FORGE_TEST_SKIPS")
+if [ "$skipped" -gt 0 ]; then
+    echo "skipped (a requirement missing on this host):"
+    sort "$FORGE_TEST_SKIPS" | awk -F'\t' '{ printf "  %s: %s (%s)\n", $1, $2, $3 }'
+fi
+cargo run --quiet -p test-requirements
+# cargo counts a test that returned early for a missing requirement as
+# passed; it did not run, so it counts as skipped here.
+cat "$logs"/{unit,doc,integration}.log | awk -v skipped="$skipped" '
+    /^test result:/ { p += $4; f += $6; i += $8 }
+    END { printf "total: %d passed, %d failed, %d skipped, %d ignored (run by the microvm tier)\n",
+                 p - skipped, f, skipped, i }'
 exit "$status"

@@ -155,10 +155,11 @@ fn build_guest_image() {
 #[tokio::test(flavor = "multi_thread")]
 async fn real_image_has_node_bun_and_git() {
     let Some(image) = guest_image_root() else {
-        println!(
-            "SKIPPED: no built guest image in {}/images (build it with `--ignored build_guest_image`, or set SANDBOX_IMAGE_ROOT)",
+        let why = format!(
+            "no built guest image in {}/images (or set SANDBOX_IMAGE_ROOT)",
             image_data_dir().display()
         );
+        requirements::missing(requirements::Requirement::GuestImage, &why);
         return;
     };
     let t = TestBackend::start("image");
@@ -187,10 +188,7 @@ async fn real_image_has_node_bun_and_git() {
 #[tokio::test(flavor = "multi_thread")]
 async fn fork_with_checkpoint_keeps_a_process_started_through_the_agent() {
     let t = TestBackend::start("agentcriu");
-    if !t.backend().checkpoints() {
-        println!(
-            "SKIPPED: no CRIU >= 4.0 passing `criu check` (run container/scripts/build-criu.sh)"
-        );
+    if !t.require_criu() {
         return;
     }
     let parent = t

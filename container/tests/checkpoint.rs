@@ -21,10 +21,7 @@ fn counter(t: &TestBackend, id: &str) -> u64 {
 }
 
 fn counting_sandbox(t: &TestBackend) -> Option<SandboxInfo> {
-    if !t.backend().checkpoints() {
-        println!(
-            "SKIPPED: no CRIU >= 4.0 passing `criu check` (run container/scripts/build-criu.sh)"
-        );
+    if !t.require_criu() {
         return None;
     }
     let mut request = t.request(Limits::default());
@@ -185,8 +182,7 @@ fn a_checkpoint_is_written_under_a_quota_it_cannot_pass() {
 #[test]
 fn deleted_open_files_cannot_grow_a_checkpoint_past_its_quota() {
     let t = TestBackend::start("criughosts");
-    if !t.backend().checkpoints() {
-        println!("SKIPPED: no working CRIU");
+    if !t.require_criu() {
         return;
     }
     // 256 MiB of memory, so a 384 MiB cap; 600 deleted files of 1 MiB held

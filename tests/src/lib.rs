@@ -132,6 +132,13 @@ pub fn guest_image() -> Option<PathBuf> {
     newest.rootfs.is_dir().then_some(newest.dir)
 }
 
+/// Whether this host runs sandboxes; when it cannot, the test fails under
+/// CI and is skipped (and recorded as skipped) elsewhere, as
+/// [`requirements`] says. A test that gets `false` returns at once.
+pub fn require_sandboxes() -> bool {
+    requirements::met(requirements::Requirement::Sandboxes, sandboxes_unavailable())
+}
+
 /// Why sandbox tests cannot run here, if they cannot.
 pub fn sandboxes_unavailable() -> Option<String> {
     if !Path::new("/sys/fs/cgroup").is_dir()

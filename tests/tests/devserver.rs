@@ -95,8 +95,7 @@ fn websocket_echo(forge: &TestForge, host: &str, text: &str) -> String {
 
 #[test]
 fn the_dev_server_is_previewed_and_restarted_after_a_crash() {
-    if let Some(reason) = e2e::sandboxes_unavailable() {
-        println!("SKIPPED: {reason}");
+    if !e2e::require_sandboxes() {
         return;
     }
     let (forge, vm) = forge_with_dev_server(SERVER);

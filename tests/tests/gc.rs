@@ -9,8 +9,7 @@ use serde_json::json;
 
 #[test]
 fn leftovers_of_destroyed_sandboxes_are_collected_at_start_up() {
-    if let Some(reason) = e2e::sandboxes_unavailable() {
-        println!("SKIPPED: {reason}");
+    if !e2e::require_sandboxes() {
         return;
     }
     let mut forge = TestForge::builder().with_sandboxes(10).start();

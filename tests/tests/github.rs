@@ -370,8 +370,7 @@ fn wait_for_reviews(fake: &FakeGithub, number: u64, count: usize) -> Vec<Value> 
 
 #[test]
 fn pull_requests_are_reviewed_with_the_base_branchs_steps() {
-    if let Some(reason) = e2e::sandboxes_unavailable() {
-        println!("SKIPPED: {reason}");
+    if !e2e::require_sandboxes() {
         return;
     }
     let fake = FakeGithub::start(4444);
@@ -539,8 +538,7 @@ fn own_run(forge: &TestForge, commit: &str) -> Value {
 
 #[test]
 fn a_pull_request_cannot_pass_its_review_by_rewriting_its_steps() {
-    if let Some(reason) = e2e::sandboxes_unavailable() {
-        println!("SKIPPED: {reason}");
+    if !e2e::require_sandboxes() {
         return;
     }
     let fake = FakeGithub::start(4646);

@@ -10,8 +10,7 @@ use serde_json::json;
 
 #[test]
 fn a_create_over_the_cap_waits_its_turn_and_quotas_are_clear() {
-    if let Some(reason) = e2e::sandboxes_unavailable() {
-        println!("SKIPPED: {reason}");
+    if !e2e::require_sandboxes() {
         return;
     }
     let forge = TestForge::builder()

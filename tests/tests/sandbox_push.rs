@@ -64,8 +64,7 @@ fn server_has(forge: &TestForge, repo: &str, id: &str) -> bool {
 
 #[test]
 fn a_push_from_inside_a_sandbox_creates_a_branch_of_its_own_and_runs_it_in_a_fork() {
-    if let Some(reason) = e2e::sandboxes_unavailable() {
-        println!("SKIPPED: {reason}");
+    if !e2e::require_sandboxes() {
         return;
     }
     let forge = TestForge::builder().with_sandboxes(20).start();
@@ -172,8 +171,7 @@ fn a_push_from_inside_a_sandbox_creates_a_branch_of_its_own_and_runs_it_in_a_for
 
 #[test]
 fn a_feature_branch_sandbox_cannot_move_main_or_push_tags_but_moves_its_own_branches() {
-    if let Some(reason) = e2e::sandboxes_unavailable() {
-        println!("SKIPPED: {reason}");
+    if !e2e::require_sandboxes() {
         return;
     }
     let forge = TestForge::builder().with_sandboxes(4).start();

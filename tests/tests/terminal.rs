@@ -75,8 +75,7 @@ fn read_until(socket: &mut Socket, needle: &str, within: Duration) -> String {
 }
 
 fn forge() -> Option<TestForge> {
-    if let Some(reason) = e2e::sandboxes_unavailable() {
-        println!("SKIPPED: {reason}");
+    if !e2e::require_sandboxes() {
         return None;
     }
     Some(TestForge::builder().with_sandboxes(5).start())

@@ -11,8 +11,7 @@ use serde_json::{Value, json};
 /// A forge with sandboxes, or `None` (with a plain message) where this
 /// host cannot run them.
 fn forge(max_live: usize) -> Option<TestForge> {
-    if let Some(reason) = e2e::sandboxes_unavailable() {
-        println!("SKIPPED: {reason}");
+    if !e2e::require_sandboxes() {
         return None;
     }
     Some(TestForge::builder().with_sandboxes(max_live).start())
@@ -265,8 +264,7 @@ fn pause_resume_idle_timeout_and_crash() {
 
 #[test]
 fn the_cap_is_a_clear_429_and_concurrent_operations_do_not_deadlock() {
-    if let Some(reason) = e2e::sandboxes_unavailable() {
-        println!("SKIPPED: {reason}");
+    if !e2e::require_sandboxes() {
         return;
     }
     // A short queue: the request over the cap waits a second, then fails.

@@ -294,8 +294,7 @@ fn sign_in_repositories_branches_and_webhooks() {
 
 #[test]
 fn run_logs_stream_and_terminal_says_hi() {
-    if let Some(reason) = e2e::sandboxes_unavailable() {
-        println!("SKIPPED: {reason}");
+    if !e2e::require_sandboxes() {
         return;
     }
     let forge = TestForge::builder().with_sandboxes(10).start();

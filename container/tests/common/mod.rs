@@ -120,6 +120,14 @@ impl TestBackend {
         ContainerBackend::open(config).expect("backend reopens")
     }
 
+    /// Whether this backend checkpoints (CRIU); when it cannot, the test
+    /// fails under CI and is skipped (and recorded) elsewhere.
+    pub fn require_criu(&self) -> bool {
+        let missing = (!self.backend().checkpoints())
+            .then(|| "no CRIU >= 4.0 passing `criu check`".to_owned());
+        requirements::met(requirements::Requirement::Criu, missing)
+    }
+
     pub fn backend(&self) -> &ContainerBackend {
         self.backend.as_ref().expect("backend open")
     }
