@@ -136,7 +136,10 @@ pub fn guest_image() -> Option<PathBuf> {
 /// CI and is skipped (and recorded as skipped) elsewhere, as
 /// [`requirements`] says. A test that gets `false` returns at once.
 pub fn require_sandboxes() -> bool {
-    requirements::met(requirements::Requirement::Sandboxes, sandboxes_unavailable())
+    requirements::met(
+        requirements::Requirement::Sandboxes,
+        sandboxes_unavailable(),
+    )
 }
 
 /// Why sandbox tests cannot run here, if they cannot.

@@ -55,7 +55,9 @@ impl Requirement {
         match self {
             Self::Sandboxes => "run as root on a host with cgroup v2 after `scripts/setup-host.sh`",
             Self::GuestImage => "build one with `forge image build` (`scripts/setup-host.sh` does)",
-            Self::Criu => "build it with `container/scripts/build-criu.sh` (`scripts/setup-host.sh` does)",
+            Self::Criu => {
+                "build it with `container/scripts/build-criu.sh` (`scripts/setup-host.sh` does)"
+            }
             Self::ImageBuild => "unset FORGE_SKIP_IMAGE_TESTS",
         }
     }
