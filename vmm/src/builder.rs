@@ -1,15 +1,17 @@
-//! Builds a VM in ordered, named steps, each timed for the boot breakdown:
+//! Builds a VM in ordered, named steps, each timed for the boot breakdown.
+//! Two paths run the same steps over shared helpers: `boot` (from
+//! [`Vmm::build`]) starts a kernel, `restore` (from [`Vmm::build_from`] with
+//! [`Source::Restore`]) resumes a snapshot or a forked child.
 //!
-//! 1. KVM setup: open /dev/kvm, create the VM.
-//! 2. Memory: map guest RAM (anonymous, or a snapshot's memory file, or the
-//!    mapping a forked child inherited) and register it with KVM — before
-//!    the irqchip and PIT, which makes it 30× cheaper here (see below).
-//! 3. (KVM setup, continued) in-kernel irqchip and PIT.
-//! 4. Load: kernel (ELF or bzImage), initrd, boot tables, zero page — or,
-//!    when restoring, the saved irqchip, PIT and clock.
-//! 5. Devices: serial, i8042, virtio-mmio devices (ioeventfd + irqfd),
-//!    their saved registers and queues when restoring.
-//! 6. vCPUs: create, configure (or restore), start their threads.
+//! | step | boot | restore |
+//! | --- | --- | --- |
+//! | 1. KVM setup | open /dev/kvm, create the VM (`create_vm`) | same |
+//! | 2. Memory | map fresh RAM, register it with KVM (`register_memory`) | register RAM already mapped: a snapshot's memory file, or the mapping a forked child inherited |
+//! | 3. KVM setup, continued | in-kernel irqchip and PIT, after memory (30× cheaper here, see `register_memory`) | same |
+//! | 4. Load | kernel (ELF or bzImage), initrd, boot tables, MP table (`load_guest`) | the saved irqchip, PIT and clock |
+//! | 5. Devices | serial, i8042, virtio-mmio with ioeventfd and irqfd (`build_devices`), then the zero page with the final command line | same, with their saved registers and queues |
+//! | 6. vCPUs | create and configure at the kernel entry (`configure_vcpus`) | create and restore (`restore_vcpus`) |
+//! | 7. Start | vCPU threads, event loop, control socket (`start`) | same, paused if asked; devices hear of the restore |
 //!
 //! Then [`Vmm::run`] serves the event loop until the VM ends.
 
@@ -232,169 +234,23 @@ impl Vmm {
 
     /// Builds and starts a VM, booting it or restoring it from `source`.
     pub fn build_from(config: &VmConfig, source: Source) -> Result<Self, BuildError> {
-        let mut timings = BootTimings::default();
-        let mut paths = OwnedPaths(Vec::new());
-
-        let t = Instant::now();
-        let vm = Vm::new()?;
-        let ctx = Arc::new(StateContext::new(vm.kvm()).map_err(|e| VmError::Kvm {
-            op: e.op,
-            source: e.source,
-        })?);
-        let (mem, snapshot, memory_source, start_paused) = match source {
-            Source::Boot => (memory::create(config.mem_mib)?, None, None, false),
+        match source {
+            Source::Boot => boot(config),
             Source::Restore {
                 snapshot,
                 memory,
                 memory_file,
                 start_paused,
-            } => (memory, Some(snapshot), memory_file, start_paused),
-        };
-        timings.kvm_setup_us = us(t);
-        // Memory slots go in before the irqchip and PIT exist: registered
-        // after them, the first slot waits 5-10 ms for a KVM SRCU grace
-        // period on this project's hosts; before them, 0.2 ms.
-        let t = Instant::now();
-        vm.set_memory(&mem)?;
-        timings.memory_us = us(t);
-        let (devices, vcpus) = {
-            let main = (|| {
-                let t = Instant::now();
-                vm.create_irqchip_and_pit()?;
-                timings.kvm_setup_us += us(t);
-
-                let t = Instant::now();
-                let entry = match &snapshot {
-                    None => {
-                        let (loaded, entry) = load_kernel(&mem, &config.kernel)?;
-                        let initrd = match &config.initrd {
-                            Some(path) => Some(load_initrd(&mem, path)?),
-                            None => None,
-                        };
-                        boot::write_boot_tables(&mem)?;
-                        arch::mptable::write(&mem, config.vcpus)?;
-                        Some((loaded, entry, initrd))
-                    }
-                    Some(s) => {
-                        vm.restore_state(&s.vm)?;
-                        None
-                    }
-                };
-                timings.load_us = us(t);
-
-                let t = Instant::now();
-                let devices = build_devices(config, &vm, &mem, &mut paths, snapshot.as_deref())?;
-                if let Some((loaded, _, initrd)) = &entry {
-                    boot::write_zero_page(
-                        &mem,
-                        devices.cmdline.trim().as_bytes(),
-                        loaded.setup_header,
-                        *initrd,
-                    )?;
-                    memory::advise_huge_pages(&mem);
-                }
-                timings.devices_us = us(t);
-
-                let t = Instant::now();
-                let mut vcpus = Vec::with_capacity(usize::from(config.vcpus));
-                match (&entry, &snapshot) {
-                    (Some((_, entry, _)), _) => {
-                        let cpuid = vm
-                            .kvm()
-                            .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
-                            .map_err(|source| VmError::Kvm {
-                                op: "GET_SUPPORTED_CPUID",
-                                source,
-                            })?;
-                        let runnable = config.ap_entry == ApEntry::KernelEntry;
-                        for i in 0..config.vcpus {
-                            let vcpu = Vcpu::new(&vm, i)?;
-                            vcpu.configure(&cpuid, config.vcpus, *entry, runnable)?;
-                            vcpus.push(vcpu);
-                        }
-                    }
-                    (None, Some(s)) => {
-                        if s.vcpus.len() != usize::from(config.vcpus) {
-                            return Err(BuildError::Mismatch("vCPU count".into()));
-                        }
-                        for state in &s.vcpus {
-                            let vcpu = Vcpu::new(&vm, state.index)?;
-                            vcpu.restore(&ctx, state)?;
-                            vcpus.push(vcpu);
-                        }
-                    }
-                    (None, None) => {}
-                }
-                timings.vcpus_us = us(t);
-                Ok::<_, BuildError>((devices, vcpus))
-            })();
-            main?
-        };
-
-        let t = Instant::now();
-        let latch = devices.latch.clone();
-        let pio = Arc::new(devices.pio);
-        let mmio = Arc::new(devices.mmio);
-        let vcpus_started = Instant::now();
-        let mut handles = Vec::with_capacity(vcpus.len());
-        for vcpu in vcpus {
-            handles.push(vcpu.start(
-                pio.clone(),
-                mmio.clone(),
-                latch.clone(),
-                ctx.clone(),
-                start_paused,
-            )?);
+            } => restore(
+                config,
+                &snapshot,
+                memory,
+                Resumed {
+                    memory_file,
+                    start_paused,
+                },
+            ),
         }
-        timings.vcpus_us += us(t);
-
-        let mut event_loop = EventLoop::new().map_err(BuildError::EventLoop)?;
-        event_loop
-            .subscribe(
-                Box::new(LatchWatcher),
-                &[(latch.eventfd().as_raw_fd(), EventSet::IN)],
-            )
-            .map_err(BuildError::EventLoop)?;
-        let mut transports = Vec::new();
-        for placed in devices.virtio {
-            transports.push(placed.transport.clone());
-            event_loop
-                .subscribe(Box::new(placed.subscriber), &placed.fds)
-                .map_err(BuildError::EventLoop)?;
-        }
-        if snapshot.is_some() {
-            for t in &transports {
-                if let Ok(mut t) = t.lock() {
-                    t.kick_after_restore();
-                }
-            }
-        }
-        let machine = Rc::new(RefCell::new(Machine {
-            vcpus: VcpuSet::new(handles, start_paused),
-            config: config.clone(),
-            latch,
-            serial: devices.serial,
-            transports,
-            vm,
-            memory: mem,
-            fork_generation: 0,
-            shared_ram_from: snapshot.is_none().then_some(0),
-            memory_source,
-            snapshot_generation: 0,
-        }));
-        let server = ControlServer::new(devices.control, machine.clone());
-        let lfd = server.listener_fd();
-        event_loop
-            .subscribe(Box::new(server), &[(lfd, EventSet::IN)])
-            .map_err(BuildError::EventLoop)?;
-
-        Ok(Self {
-            machine,
-            event_loop,
-            timings,
-            vcpus_started,
-            _paths: paths,
-        })
     }
 
     /// Serves devices and the control socket until the VM ends.
@@ -416,6 +272,306 @@ impl Vmm {
         let reason = latch.reason().unwrap_or(ExitReason::Shutdown);
         Ok((reason, timings))
     }
+}
+
+/// The boot path: fresh RAM, the kernel and boot tables the config names,
+/// vCPUs configured to enter the kernel.
+fn boot(config: &VmConfig) -> Result<Vmm, BuildError> {
+    let mut timings = BootTimings::default();
+    let mut paths = OwnedPaths(Vec::new());
+
+    let t = Instant::now();
+    let (vm, ctx) = create_vm()?;
+    timings.kvm_setup_us = us(t);
+
+    let t = Instant::now();
+    let memory = memory::create(config.mem_mib)?;
+    register_memory(&vm, &memory)?;
+    timings.memory_us = us(t);
+
+    let t = Instant::now();
+    vm.create_irqchip_and_pit()?;
+    timings.kvm_setup_us += us(t);
+
+    let t = Instant::now();
+    let kernel = load_guest(config, &memory)?;
+    timings.load_us = us(t);
+
+    let t = Instant::now();
+    let devices = build_devices(config, &vm, &memory, &mut paths, None)?;
+    // The command line is known only now: each virtio device adds itself.
+    boot::write_zero_page(
+        &memory,
+        devices.cmdline.trim().as_bytes(),
+        kernel.loaded.setup_header,
+        kernel.initrd,
+    )?;
+    memory::advise_huge_pages(&memory);
+    timings.devices_us = us(t);
+
+    let t = Instant::now();
+    let vcpus = configure_vcpus(&vm, config, kernel.entry)?;
+    timings.vcpus_us = us(t);
+
+    start(
+        Assembled {
+            config,
+            vm,
+            ctx,
+            memory,
+            devices,
+            vcpus,
+            timings,
+            paths,
+        },
+        Origin::Booted,
+    )
+}
+
+/// The restore path (a snapshot, or a forked child): `snapshot`'s state
+/// over `memory`, which already holds the saved RAM.
+fn restore(
+    config: &VmConfig,
+    snapshot: &VmSnapshot,
+    memory: GuestMemoryMmap,
+    resumed: Resumed,
+) -> Result<Vmm, BuildError> {
+    let mut timings = BootTimings::default();
+    let mut paths = OwnedPaths(Vec::new());
+
+    let t = Instant::now();
+    let (vm, ctx) = create_vm()?;
+    timings.kvm_setup_us = us(t);
+
+    let t = Instant::now();
+    register_memory(&vm, &memory)?;
+    timings.memory_us = us(t);
+
+    let t = Instant::now();
+    vm.create_irqchip_and_pit()?;
+    timings.kvm_setup_us += us(t);
+
+    let t = Instant::now();
+    vm.restore_state(&snapshot.vm)?;
+    timings.load_us = us(t);
+
+    let t = Instant::now();
+    let devices = build_devices(config, &vm, &memory, &mut paths, Some(snapshot))?;
+    timings.devices_us = us(t);
+
+    let t = Instant::now();
+    let vcpus = restore_vcpus(&vm, &ctx, config, snapshot)?;
+    timings.vcpus_us = us(t);
+
+    start(
+        Assembled {
+            config,
+            vm,
+            ctx,
+            memory,
+            devices,
+            vcpus,
+            timings,
+            paths,
+        },
+        Origin::Restored(resumed),
+    )
+}
+
+/// Step 1: the KVM VM, and what reading and writing vCPU state needs.
+fn create_vm() -> Result<(Vm, Arc<StateContext>), BuildError> {
+    let vm = Vm::new()?;
+    let ctx = StateContext::new(vm.kvm()).map_err(|e| VmError::Kvm {
+        op: e.op,
+        source: e.source,
+    })?;
+    Ok((vm, Arc::new(ctx)))
+}
+
+/// Step 2: guest RAM into KVM's memory slots. Both paths call it before
+/// the irqchip and PIT exist: registered after them, the first slot waits
+/// 5-10 ms for a KVM SRCU grace period on this project's hosts; before
+/// them, 0.2 ms.
+fn register_memory(vm: &Vm, memory: &GuestMemoryMmap) -> Result<(), BuildError> {
+    Ok(vm.set_memory(memory)?)
+}
+
+/// What the boot path loaded into guest RAM.
+struct Kernel {
+    loaded: KernelLoaderResult,
+    /// The 64-bit entry point.
+    entry: u64,
+    initrd: Option<boot::InitrdPlacement>,
+}
+
+/// Step 4 when booting: kernel, initrd, boot page tables and GDT, MP table.
+fn load_guest(config: &VmConfig, memory: &GuestMemoryMmap) -> Result<Kernel, BuildError> {
+    let (loaded, entry) = load_kernel(memory, &config.kernel)?;
+    let initrd = match &config.initrd {
+        Some(path) => Some(load_initrd(memory, path)?),
+        None => None,
+    };
+    boot::write_boot_tables(memory)?;
+    arch::mptable::write(memory, config.vcpus)?;
+    Ok(Kernel {
+        loaded,
+        entry,
+        initrd,
+    })
+}
+
+/// Step 6 when booting: every vCPU gets the supported CPUID (made its
+/// own) and long-mode registers at `entry`; APs run from it too only if
+/// the config says so.
+fn configure_vcpus(vm: &Vm, config: &VmConfig, entry: u64) -> Result<Vec<Vcpu>, BuildError> {
+    let cpuid = vm
+        .kvm()
+        .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+        .map_err(|source| VmError::Kvm {
+            op: "GET_SUPPORTED_CPUID",
+            source,
+        })?;
+    let runnable = config.ap_entry == ApEntry::KernelEntry;
+    let mut vcpus = Vec::with_capacity(usize::from(config.vcpus));
+    for i in 0..config.vcpus {
+        let vcpu = Vcpu::new(vm, i)?;
+        vcpu.configure(&cpuid, config.vcpus, entry, runnable)?;
+        vcpus.push(vcpu);
+    }
+    Ok(vcpus)
+}
+
+/// Step 6 when restoring: one vCPU per saved state, which must be as many
+/// as the config asks for.
+fn restore_vcpus(
+    vm: &Vm,
+    ctx: &StateContext,
+    config: &VmConfig,
+    snapshot: &VmSnapshot,
+) -> Result<Vec<Vcpu>, BuildError> {
+    if snapshot.vcpus.len() != usize::from(config.vcpus) {
+        return Err(BuildError::Mismatch("vCPU count".into()));
+    }
+    let mut vcpus = Vec::with_capacity(snapshot.vcpus.len());
+    for state in &snapshot.vcpus {
+        let vcpu = Vcpu::new(vm, state.index)?;
+        vcpu.restore(ctx, state)?;
+        vcpus.push(vcpu);
+    }
+    Ok(vcpus)
+}
+
+/// A VM with every part in place and no thread running yet.
+struct Assembled<'c> {
+    config: &'c VmConfig,
+    vm: Vm,
+    ctx: Arc<StateContext>,
+    memory: GuestMemoryMmap,
+    devices: Devices,
+    vcpus: Vec<Vcpu>,
+    timings: BootTimings,
+    paths: OwnedPaths,
+}
+
+/// How a restored VM continues.
+struct Resumed {
+    /// The file guest RAM privately maps, if any.
+    memory_file: Option<PathBuf>,
+    /// Leave the vCPUs paused (a `resume` starts them).
+    start_paused: bool,
+}
+
+/// Where a VM came from, for what differs once it runs.
+enum Origin {
+    /// Booted: its RAM is still the shared mapping the first fork freezes.
+    Booted,
+    /// Restored or forked: its devices must drop host state that did not
+    /// survive and tell the guest.
+    Restored(Resumed),
+}
+
+/// Steps 7 and on, shared: start the vCPU threads, subscribe the devices
+/// and the control socket to the event loop, and hand back the running VM.
+fn start(parts: Assembled<'_>, origin: Origin) -> Result<Vmm, BuildError> {
+    let Assembled {
+        config,
+        vm,
+        ctx,
+        memory,
+        devices,
+        vcpus,
+        mut timings,
+        paths,
+    } = parts;
+    let (restored, memory_source, start_paused) = match origin {
+        Origin::Booted => (false, None, false),
+        Origin::Restored(resumed) => (true, resumed.memory_file, resumed.start_paused),
+    };
+
+    let t = Instant::now();
+    let latch = devices.latch.clone();
+    let pio = Arc::new(devices.pio);
+    let mmio = Arc::new(devices.mmio);
+    let vcpus_started = Instant::now();
+    let mut handles = Vec::with_capacity(vcpus.len());
+    for vcpu in vcpus {
+        handles.push(vcpu.start(
+            pio.clone(),
+            mmio.clone(),
+            latch.clone(),
+            ctx.clone(),
+            start_paused,
+        )?);
+    }
+    timings.vcpus_us += us(t);
+
+    let mut event_loop = EventLoop::new().map_err(BuildError::EventLoop)?;
+    event_loop
+        .subscribe(
+            Box::new(LatchWatcher),
+            &[(latch.eventfd().as_raw_fd(), EventSet::IN)],
+        )
+        .map_err(BuildError::EventLoop)?;
+    let mut transports = Vec::new();
+    for placed in devices.virtio {
+        transports.push(placed.transport.clone());
+        event_loop
+            .subscribe(Box::new(placed.subscriber), &placed.fds)
+            .map_err(BuildError::EventLoop)?;
+    }
+    if restored {
+        for t in &transports {
+            if let Ok(mut t) = t.lock() {
+                t.kick_after_restore();
+            }
+        }
+    }
+    let machine = Rc::new(RefCell::new(Machine {
+        vcpus: VcpuSet::new(handles, start_paused),
+        config: config.clone(),
+        latch,
+        serial: devices.serial,
+        transports,
+        vm,
+        memory,
+        fork_generation: 0,
+        shared_ram_from: (!restored).then_some(0),
+        memory_source,
+        snapshot_generation: 0,
+    }));
+    let server = ControlServer::new(devices.control, machine.clone());
+    let lfd = server.listener_fd();
+    event_loop
+        .subscribe(Box::new(server), &[(lfd, EventSet::IN)])
+        .map_err(BuildError::EventLoop)?;
+
+    Ok(Vmm {
+        machine,
+        event_loop,
+        timings,
+        vcpus_started,
+        _paths: paths,
+    })
 }
 
 /// Devices of one VM before the vCPUs start.
