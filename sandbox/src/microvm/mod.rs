@@ -27,13 +27,14 @@ pub mod control;
 pub mod vm;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use agent_proto::DEFAULT_VSOCK_PORT;
 use tokio::process::Child;
-use vmm::config::ApEntry;
+pub use vmm_proto::config::ApEntry;
+use vmm_proto::control::ChildStatus;
 
 use self::control::{ControlError, ControlSocket};
 use self::vm::VmRecord;
@@ -386,10 +387,9 @@ impl MicrovmSandboxes {
             lineage.extend(parent.lineage.iter().cloned());
             let record = VmRecord {
                 id: child_id.clone(),
-                state: if child.status == "ok" {
-                    State::Running
-                } else {
-                    State::Crashed
+                state: match child.status {
+                    ChildStatus::Started => State::Running,
+                    ChildStatus::Failed(_) => State::Crashed,
                 },
                 pid: Some(child.pid),
                 control_socket: child.control_socket,
@@ -401,10 +401,9 @@ impl MicrovmSandboxes {
                 snapshot: None,
             };
             record.save(&dir)?;
-            let note = if child.status == "ok" {
-                self.tell_forked(&record).await.err()
-            } else {
-                Some(child.status)
+            let note = match child.status {
+                ChildStatus::Started => self.tell_forked(&record).await.err(),
+                ChildStatus::Failed(error) => Some(error),
             };
             carried.push(Carried {
                 sandbox: info(&record),
@@ -548,12 +547,8 @@ impl MicrovmSandboxes {
         use std::os::unix::fs::MetadataExt;
         let mut control = ControlSocket::connect(&record.control_socket).await.ok()?;
         let status = control.status().await.ok()?;
-        let top = status["disks"][0]["layers"]
-            .as_array()?
-            .last()?
-            .as_str()?
-            .to_owned();
-        std::fs::metadata(Path::new(&top))
+        let top = status.disks.first()?.layers.last()?;
+        std::fs::metadata(top)
             .ok()
             .map(|m| m.blocks() * 512)
     }
