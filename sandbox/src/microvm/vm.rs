@@ -168,8 +168,13 @@ pub fn tail(path: &Path, max: usize) -> String {
 }
 
 /// Directories under `vms` that no live sandbox needs: holding no record,
-/// not the home of a live one, not an ancestor of one.
-pub fn unneeded_dirs(vms: &Path, live: &[VmRecord]) -> Vec<PathBuf> {
+/// not the home of a live one, not an ancestor of one, not named by an id
+/// `in_flight` (a VM being set up has its directory before its record).
+pub fn unneeded_dirs(
+    vms: &Path,
+    live: &[VmRecord],
+    in_flight: impl Fn(&str) -> bool,
+) -> Vec<PathBuf> {
     let needed: std::collections::HashSet<&str> = live
         .iter()
         .flat_map(|r| std::iter::once(r.id.as_str()).chain(r.lineage.iter().map(String::as_str)))
@@ -179,6 +184,9 @@ pub fn unneeded_dirs(vms: &Path, live: &[VmRecord]) -> Vec<PathBuf> {
             entries
                 .flatten()
                 .filter(|e| !needed.contains(e.file_name().to_string_lossy().as_ref()))
+                // Before the record check: a VM no longer in flight has
+                // written its record (or removed its directory) by now.
+                .filter(|e| !in_flight(e.file_name().to_string_lossy().as_ref()))
                 // A record that failed to load still marks a sandbox.
                 .filter(|e| !e.path().join(RECORD_FILE).exists())
                 .map(|e| e.path())
@@ -282,9 +290,11 @@ mod tests {
         // c is a fork of b, a fork of a; d is unrelated and gone; e has a
         // record that does not load: it stays.
         let live = [record("c", &["b", "a"])];
-        let mut gone = unneeded_dirs(&vms, &live);
+        let mut gone = unneeded_dirs(&vms, &live, |_| false);
         gone.sort();
         assert_eq!(gone, vec![vms.join("d")]);
+        // d without a record yet, but being set up: kept.
+        assert!(unneeded_dirs(&vms, &live, |id| id == "d").is_empty());
         fs::remove_dir_all(&vms).expect("clean up");
     }
 
