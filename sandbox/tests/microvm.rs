@@ -22,7 +22,8 @@ use sandbox::microvm::control::ControlSocket;
 use sandbox::microvm::vm::{self, VmRecord};
 use sandbox::microvm::{MicrovmConfig, MicrovmSandboxes, Readiness};
 use sandbox::{Backend, Error, Image, Kept, PauseMode, Spec, State};
-use vmm::config::ApEntry;
+use vmm_proto::config::ApEntry;
+use vmm_proto::control::{ChildStatus, ErrorCode, Request, StateReply, VmState};
 
 fn forge_vmm() -> PathBuf {
     common::workspace_binary("vmm", "forge-vmm")
@@ -184,35 +185,33 @@ async fn control_socket_drives_a_real_vmm() {
         .expect("control socket");
     wait_for(&dir.join("serial.log"), "COUNT 2\n").await;
     let status = ctl.status().await.expect("status");
-    assert_eq!(status["state"], "running");
-    assert_eq!(status["pid"], vmm.id().expect("pid"));
+    assert_eq!(status.state, VmState::Running);
+    assert_eq!(Some(status.pid), vmm.id());
 
-    assert_eq!(ctl.pause().await.expect("pause")["state"], "paused");
-    assert_eq!(ctl.status().await.expect("status")["state"], "paused");
-    assert_eq!(ctl.resume().await.expect("resume")["state"], "running");
+    assert_eq!(ctl.pause().await.expect("pause").state, VmState::Paused);
+    assert_eq!(ctl.status().await.expect("status").state, VmState::Paused);
+    assert_eq!(ctl.resume().await.expect("resume").state, VmState::Running);
     let refused = ctl
-        .call(&vmm::control::Request::Pause {
+        .call::<StateReply>(&Request::Pause {
             to_disk: true,
             dir: None,
             durable: true,
         })
         .await;
     assert!(
-        matches!(&refused, Err(sandbox::microvm::control::ControlError::Refused { code, .. }) if code == "bad_request"),
+        matches!(&refused, Err(sandbox::microvm::control::ControlError::Refused { code, .. }) if *code == ErrorCode::BadRequest),
         "{refused:?}"
     );
 
     let children = ctl.fork(2).await.expect("fork");
     assert_eq!(children.len(), 2);
     for child in &children {
-        assert_eq!(child.status, "ok", "{child:?}");
+        assert_eq!(child.status, ChildStatus::Started, "{child:?}");
         let mut child_ctl = ControlSocket::connect(&child.control_socket)
             .await
             .expect("child socket");
-        assert_eq!(
-            child_ctl.status().await.expect("child status")["pid"],
-            child.pid
-        );
+        let child_status = child_ctl.status().await.expect("child status");
+        assert_eq!(i32::try_from(child_status.pid).ok(), Some(child.pid));
         wait_for(&child.serial_log, "COUNT").await;
         child_ctl.shutdown().await.expect("child shutdown");
         wait_gone(child.pid).await;
@@ -220,7 +219,7 @@ async fn control_socket_drives_a_real_vmm() {
 
     let snapshot = dir.join("snapshot-1");
     let reply = ctl.pause_to_disk(&snapshot).await.expect("pause to disk");
-    assert_eq!(reply["state"], "paused_to_disk");
+    assert_eq!(reply.state, Some(VmState::PausedToDisk));
     let exit = tokio::time::timeout(Duration::from_secs(10), vmm.wait())
         .await
         .expect("the VMM ends after a pause to disk")
@@ -253,7 +252,7 @@ async fn control_socket_drives_a_real_vmm() {
         !serial.contains("COUNT 1\n"),
         "restored guest restarted: {serial}"
     );
-    assert_eq!(ctl.status().await.expect("status")["state"], "running");
+    assert_eq!(ctl.status().await.expect("status").state, VmState::Running);
     ctl.shutdown().await.expect("shutdown");
     let exit = tokio::time::timeout(Duration::from_secs(10), restored.wait())
         .await

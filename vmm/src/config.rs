@@ -1,109 +1,20 @@
-//! The VM description `forge-vmm run --config vm.json` reads, and its
-//! validation. Everything here is checked before any KVM call so a bad file
-//! ends with one clear message and no half-built VM.
-//!
-//! ```json
-//! { "vcpus": 2, "mem_mib": 128, "kernel": "vmlinux", "cmdline": "console=ttyS0",
-//!   "initrd": null,
-//!   "disks": [{ "base": "base.img", "layers": ["top.layer"], "read_only": false }],
-//!   "vsock": { "guest_cid": 3, "uds_path": "/run/vm/vsock.sock" },
-//!   "rng": true, "serial_log": "serial.log", "control_socket": "ctl.sock",
-//!   "ap_entry": "sipi" }
-//! ```
+//! Loading and checking the VM description `forge-vmm run --config vm.json`
+//! reads. The types and their JSON are `vmm_proto::config`'s (re-exported
+//! here); this module checks every value against the host before any KVM
+//! call, so a bad file ends with one clear message and no half-built VM.
 
 use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
+pub use vmm_proto::config::{
+    ApEntry, DiskConfig, VmConfig, VsockConfig, default_serial_log_max_bytes,
+};
 
 /// Most vCPUs a VM may have.
 pub const MAX_VCPUS: u8 = 32;
 /// Least memory a VM may have: the kernel is loaded at 16 MiB.
 pub const MIN_MEM_MIB: u64 = 32;
-
-/// How application processors start.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ApEntry {
-    /// APs wait for INIT/SIPI from the boot CPU, as Linux expects.
-    #[default]
-    Sipi,
-    /// Every vCPU enters the kernel entry point at once in long mode, with
-    /// its index in `rdi` (used by the freestanding test guests). Only
-    /// vCPU 0 has a stack; the others start with `rsp = 0` and must set
-    /// their own before pushing anything.
-    KernelEntry,
-}
-
-/// One VM.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct VmConfig {
-    /// Number of vCPUs.
-    pub vcpus: u8,
-    /// Guest RAM in MiB.
-    pub mem_mib: u64,
-    /// ELF vmlinux or bzImage.
-    pub kernel: PathBuf,
-    /// Kernel command line (virtio-mmio devices are appended).
-    #[serde(default)]
-    pub cmdline: String,
-    /// Optional initrd.
-    #[serde(default)]
-    pub initrd: Option<PathBuf>,
-    /// Block devices, in the order the guest sees them.
-    #[serde(default)]
-    pub disks: Vec<DiskConfig>,
-    /// Optional vsock device.
-    #[serde(default)]
-    pub vsock: Option<VsockConfig>,
-    /// Whether to add a virtio-rng device.
-    #[serde(default)]
-    pub rng: bool,
-    /// File the serial console is written to.
-    pub serial_log: PathBuf,
-    /// Most bytes the serial log may hold; later guest output is dropped
-    /// (a line in the log says so).
-    #[serde(default = "default_serial_log_max_bytes")]
-    pub serial_log_max_bytes: u64,
-    /// Control socket (JSON lines).
-    pub control_socket: PathBuf,
-    /// How APs start.
-    #[serde(default)]
-    pub ap_entry: ApEntry,
-}
-
-/// The serial log's cap unless a config sets one: 16 MiB.
-pub fn default_serial_log_max_bytes() -> u64 {
-    16 << 20
-}
-
-/// A layered copy-on-write disk: read-only base plus overlay layers.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DiskConfig {
-    /// Read-only base image (raw).
-    pub base: PathBuf,
-    /// Overlay layers, bottom first. All must exist except the last, the
-    /// writable top, which is created when missing. Empty: the base alone,
-    /// which then must be `read_only`.
-    #[serde(default)]
-    pub layers: Vec<PathBuf>,
-    /// The guest may not write.
-    #[serde(default)]
-    pub read_only: bool,
-}
-
-/// The host side of virtio-vsock.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct VsockConfig {
-    /// Context id of the guest (3 or more).
-    pub guest_cid: u32,
-    /// Unix socket the host connects to; guest connections go to `<uds_path>_<port>`.
-    pub uds_path: PathBuf,
-}
 
 /// Why a configuration was rejected.
 #[derive(Debug, thiserror::Error)]
@@ -153,76 +64,74 @@ fn field(field: &'static str, reason: impl Into<String>) -> ConfigError {
     }
 }
 
-impl VmConfig {
-    /// Reads and validates a config file.
-    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        Self::from_json(&text)
-    }
+/// Reads and validates a config file.
+pub fn load(path: &Path) -> Result<VmConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    parse(&text)
+}
 
-    /// Parses and validates a config from JSON text.
-    pub fn from_json(text: &str) -> Result<Self, ConfigError> {
-        let config: VmConfig = serde_json::from_str(text).map_err(ConfigError::Parse)?;
-        config.validate()?;
-        Ok(config)
-    }
+/// Parses and validates a config from JSON text.
+pub fn parse(text: &str) -> Result<VmConfig, ConfigError> {
+    let config: VmConfig = serde_json::from_str(text).map_err(ConfigError::Parse)?;
+    validate(&config)?;
+    Ok(config)
+}
 
-    /// Checks every field against the host; touches no KVM state.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.vcpus == 0 || self.vcpus > MAX_VCPUS {
-            return Err(field("vcpus", format!("must be 1..={MAX_VCPUS}")));
-        }
-        if self.mem_mib < MIN_MEM_MIB {
-            return Err(field(
-                "mem_mib",
-                format!("must be at least {MIN_MEM_MIB}, got {}", self.mem_mib),
-            ));
-        }
-        let host_mib = host_memory_mib();
-        if self.mem_mib > host_mib {
-            return Err(field(
-                "mem_mib",
-                format!(
-                    "{} MiB is more than the host's {host_mib} MiB of RAM",
-                    self.mem_mib
-                ),
-            ));
-        }
-        if self.cmdline.len() > crate::arch::CMDLINE_MAX_SIZE / 2 {
-            return Err(field("cmdline", "too long"));
-        }
-        check_kernel(&self.kernel)?;
-        if let Some(initrd) = &self.initrd {
-            let meta = std::fs::metadata(initrd)
-                .map_err(|e| field("initrd", format!("{}: {e}", initrd.display())))?;
-            if meta.len() > self.mem_mib << 19 {
-                return Err(field("initrd", "larger than half of guest memory"));
-            }
-        }
-        for disk in &self.disks {
-            check_disk(disk)?;
-        }
-        if let Some(vsock) = &self.vsock {
-            if vsock.guest_cid < 3 {
-                return Err(field("vsock.guest_cid", "must be 3 or more"));
-            }
-            check_socket_parent(&vsock.uds_path, "vsock.uds_path")?;
-        }
-        check_socket_parent(&self.control_socket, "control_socket")?;
-        if let Some(parent) = self.serial_log.parent()
-            && !parent.as_os_str().is_empty()
-            && !parent.is_dir()
-        {
-            return Err(field(
-                "serial_log",
-                format!("directory {} does not exist", parent.display()),
-            ));
-        }
-        Ok(())
+/// Checks every field against the host; touches no KVM state.
+pub fn validate(config: &VmConfig) -> Result<(), ConfigError> {
+    if config.vcpus == 0 || config.vcpus > MAX_VCPUS {
+        return Err(field("vcpus", format!("must be 1..={MAX_VCPUS}")));
     }
+    if config.mem_mib < MIN_MEM_MIB {
+        return Err(field(
+            "mem_mib",
+            format!("must be at least {MIN_MEM_MIB}, got {}", config.mem_mib),
+        ));
+    }
+    let host_mib = host_memory_mib();
+    if config.mem_mib > host_mib {
+        return Err(field(
+            "mem_mib",
+            format!(
+                "{} MiB is more than the host's {host_mib} MiB of RAM",
+                config.mem_mib
+            ),
+        ));
+    }
+    if config.cmdline.len() > crate::arch::CMDLINE_MAX_SIZE / 2 {
+        return Err(field("cmdline", "too long"));
+    }
+    check_kernel(&config.kernel)?;
+    if let Some(initrd) = &config.initrd {
+        let meta = std::fs::metadata(initrd)
+            .map_err(|e| field("initrd", format!("{}: {e}", initrd.display())))?;
+        if meta.len() > config.mem_mib << 19 {
+            return Err(field("initrd", "larger than half of guest memory"));
+        }
+    }
+    for disk in &config.disks {
+        check_disk(disk)?;
+    }
+    if let Some(vsock) = &config.vsock {
+        if vsock.guest_cid < 3 {
+            return Err(field("vsock.guest_cid", "must be 3 or more"));
+        }
+        check_socket_parent(&vsock.uds_path, "vsock.uds_path")?;
+    }
+    check_socket_parent(&config.control_socket, "control_socket")?;
+    if let Some(parent) = config.serial_log.parent()
+        && !parent.as_os_str().is_empty()
+        && !parent.is_dir()
+    {
+        return Err(field(
+            "serial_log",
+            format!("directory {} does not exist", parent.display()),
+        ));
+    }
+    Ok(())
 }
 
 fn check_socket_parent(path: &Path, name: &'static str) -> Result<(), ConfigError> {

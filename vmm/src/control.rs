@@ -1,71 +1,26 @@
-//! The control socket: JSON lines over a Unix stream socket.
-//!
-//! Requests, one JSON object a line: `{"cmd":"status"}`, `{"cmd":"pause"}`,
-//! `{"cmd":"resume"}`, `{"cmd":"shutdown"}`, `{"cmd":"snapshot","dir":D}`,
-//! `{"cmd":"pause","to_disk":true,"dir":D}`, `{"cmd":"fork","count":N}`. Every request gets one line:
-//! `{"ok":true, ...}` or `{"ok":false,"error":{"code","message"}}`. A
-//! malformed line is answered with an error and the connection stays open.
+//! The control socket's server: JSON lines over a Unix stream socket,
+//! served on the event-loop thread. The wire layout, the [`Request`] and
+//! the replies are `vmm_proto::control`'s (re-exported here); this module
+//! reads request lines, acts on the [`Machine`] and writes one reply line
+//! per request. A malformed line is answered with an error and the
+//! connection stays open.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::PathBuf;
 use std::rc::Rc;
 
-use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+pub use vmm_proto::control::{
+    Answer, ErrorCode, ForkReply, Refusal, Reply, Request, SnapshotReply, StateReply, StatusReply,
+    VmState,
+};
 use vmm_sys_util::epoll::EventSet;
 
 use crate::event_loop::{Ops, Subscriber};
 use crate::machine::Machine;
 use crate::vstate::exit::ExitReason;
-
-/// A control request.
-#[derive(Debug, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
-pub enum Request {
-    /// Report the VM state.
-    Status {},
-    /// Stop the vCPUs in memory; with `to_disk`, write a snapshot to
-    /// `dir` and end the process (resume = `forge-vmm restore`).
-    Pause {
-        /// Snapshot and exit.
-        #[serde(default)]
-        to_disk: bool,
-        /// Snapshot directory (needed with `to_disk`).
-        #[serde(default)]
-        dir: Option<PathBuf>,
-        /// Sync the snapshot to disk before answering (default true).
-        #[serde(default = "yes")]
-        durable: bool,
-    },
-    /// Fork the running VM into `count` children.
-    Fork {
-        /// Number of children.
-        count: u32,
-        /// Children start paused (a `resume` on their socket starts them).
-        #[serde(default)]
-        paused: bool,
-    },
-    /// Write a snapshot to `dir` and keep running (or stay paused).
-    Snapshot {
-        /// Snapshot directory.
-        dir: PathBuf,
-        /// Sync the snapshot to disk before answering (default true).
-        #[serde(default = "yes")]
-        durable: bool,
-    },
-    /// Continue the vCPUs.
-    Resume {},
-    /// End the VM.
-    Shutdown {},
-}
-
-fn yes() -> bool {
-    true
-}
 
 /// Longest request line accepted.
 const MAX_LINE: usize = 64 * 1024;
@@ -77,8 +32,19 @@ pub struct ControlServer {
     machine: Rc<RefCell<Machine>>,
 }
 
-fn error(code: &str, message: impl Into<String>) -> Value {
-    json!({ "ok": false, "error": { "code": code, "message": message.into() } })
+fn state(state: VmState) -> Reply<Answer> {
+    Reply::Done(Answer::State(StateReply { state }))
+}
+
+/// The reply line of `reply`, newline included.
+fn reply_line(reply: &Reply<Answer>) -> String {
+    let mut text = reply.encode().unwrap_or_else(|e| {
+        let refused = Reply::<Answer>::refused(ErrorCode::ReplyFailed, e.to_string());
+        // A refusal is two strings: it always encodes.
+        refused.encode().unwrap_or_default()
+    });
+    text.push('\n');
+    text
 }
 
 /// An error with its sources, one line.
@@ -108,61 +74,66 @@ impl ControlServer {
         self.listener.as_raw_fd()
     }
 
-    fn execute(&mut self, line: &[u8]) -> Value {
+    fn execute(&mut self, line: &[u8]) -> Reply<Answer> {
         let request: Request = match serde_json::from_slice(line) {
             Ok(r) => r,
-            Err(e) => return error("bad_request", e.to_string()),
+            Err(e) => return Reply::refused(ErrorCode::BadRequest, e.to_string()),
         };
         let mut m = self.machine.borrow_mut();
         match request {
-            Request::Status {} => json!({
-                "ok": true,
-                "state": m.vcpus.state_name(m.latch.is_set()),
-                "vcpus": m.config.vcpus,
-                "mem_mib": m.config.mem_mib,
-                "pid": std::process::id(),
+            Request::Status {} => Reply::Done(Answer::Status(StatusReply {
+                state: m.vcpus.state(m.latch.is_set()),
+                vcpus: m.config.vcpus,
+                mem_mib: m.config.mem_mib,
+                pid: std::process::id(),
                 // Layer chains change on snapshot and fork: the caller
                 // learns which files this VM now writes and reads.
-                "disks": m.config.disks,
-            }),
+                disks: m.config.disks.clone(),
+            })),
             Request::Pause {
                 to_disk: false,
                 dir: None,
                 ..
             } => match m.vcpus.pause() {
-                Ok(()) => json!({ "ok": true, "state": "paused" }),
-                Err(e) => error("pause_failed", e.to_string()),
+                Ok(()) => state(VmState::Paused),
+                Err(e) => Reply::refused(ErrorCode::PauseFailed, e.to_string()),
             },
             Request::Pause {
                 to_disk: true,
                 dir: Some(dir),
                 durable,
             } => match m.snapshot_to(&dir, true, durable) {
-                Ok(report) => {
+                Ok(snapshot) => {
                     m.latch.trigger(ExitReason::PausedToDisk);
-                    json!({ "ok": true, "state": "paused_to_disk", "snapshot": report })
+                    Reply::Done(Answer::Snapshot(SnapshotReply {
+                        state: Some(VmState::PausedToDisk),
+                        snapshot,
+                    }))
                 }
-                Err(e) => error("snapshot_failed", error_chain(&e)),
+                Err(e) => Reply::refused(ErrorCode::SnapshotFailed, error_chain(&e)),
             },
-            Request::Pause { .. } => error(
-                "bad_request",
+            Request::Pause { .. } => Reply::refused(
+                ErrorCode::BadRequest,
                 "pause takes `to_disk: true` together with `dir`, or neither",
             ),
             Request::Snapshot { dir, durable } => match m.snapshot_to(&dir, false, durable) {
-                Ok(report) => json!({ "ok": true, "snapshot": report }),
-                Err(e) => error("snapshot_failed", error_chain(&e)),
+                Ok(snapshot) => Reply::Done(Answer::Snapshot(SnapshotReply {
+                    state: None,
+                    snapshot,
+                })),
+                Err(e) => Reply::refused(ErrorCode::SnapshotFailed, error_chain(&e)),
             },
             Request::Fork { count, paused } => match m.fork(count, paused) {
-                Ok(report) => json!({ "ok": true, "fork": report }),
-                Err(e) => error("fork_failed", error_chain(&e)),
+                Ok(fork) => Reply::Done(Answer::Fork(ForkReply { fork })),
+                Err(e) => Reply::refused(ErrorCode::ForkFailed, error_chain(&e)),
             },
             Request::Resume {} => match m.vcpus.resume() {
-                Ok(()) => json!({ "ok": true, "state": "running" }),
-                Err(e) => error("resume_failed", e.to_string()),
+                Ok(()) => state(VmState::Running),
+                Err(e) => Reply::refused(ErrorCode::ResumeFailed, e.to_string()),
             },
             Request::Shutdown {} => {
                 m.latch.trigger(ExitReason::Shutdown);
-                json!({ "ok": true, "state": "exiting" })
+                state(VmState::Exiting)
             }
         }
     }
@@ -197,13 +168,14 @@ impl ControlServer {
             replies.push(self.execute(&line));
         }
         if overlong {
-            replies.push(error("bad_request", "request line too long"));
+            replies.push(Reply::refused(
+                ErrorCode::BadRequest,
+                "request line too long",
+            ));
         }
         if let Some((stream, _)) = self.conns.get_mut(&fd) {
             for r in replies {
-                let mut text = r.to_string();
-                text.push('\n');
-                if stream.write_all(text.as_bytes()).is_err() {
+                if stream.write_all(reply_line(&r).as_bytes()).is_err() {
                     ops.remove(fd);
                     self.conns.remove(&fd);
                     return;
@@ -242,21 +214,44 @@ impl Subscriber for ControlServer {
 
 #[cfg(test)]
 mod tests {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+
+    use vmm_proto::control::SnapshotReport;
+
     use super::*;
 
     #[test]
-    fn requests_parse_strictly() {
-        let r: Request = serde_json::from_str(r#"{"cmd":"pause"}"#).expect("pause");
+    fn every_reply_is_one_line() {
+        let refused = Reply::refused(ErrorCode::BadRequest, "request line too long");
         assert_eq!(
-            r,
-            Request::Pause {
-                to_disk: false,
-                dir: None,
-                durable: true
-            }
+            reply_line(&refused),
+            "{\"error\":{\"code\":\"bad_request\",\"message\":\"request line too long\"},\"ok\":false}\n"
         );
-        assert!(serde_json::from_str::<Request>(r#"{"cmd":"explode"}"#).is_err());
-        assert!(serde_json::from_str::<Request>(r#"{"cmd":"status","x":1}"#).is_err());
-        assert!(serde_json::from_str::<Request>("not json").is_err());
+        assert_eq!(
+            reply_line(&state(VmState::Paused)),
+            "{\"ok\":true,\"state\":\"paused\"}\n"
+        );
+    }
+
+    #[test]
+    fn an_answer_that_is_not_json_becomes_a_refusal() {
+        let snapshot = SnapshotReport {
+            dir: OsStr::from_bytes(b"/snap\xff").into(),
+            state_bytes: 1,
+            memory_bytes: 1,
+            paused_ms: 1.0,
+        };
+        let reply = Reply::Done(Answer::Snapshot(SnapshotReply {
+            state: None,
+            snapshot,
+        }));
+        let text = reply_line(&reply);
+        let read: Reply<SnapshotReply> = serde_json::from_str(&text).expect("one JSON line");
+        assert!(
+            matches!(&read, Reply::Refused(r) if r.code == ErrorCode::ReplyFailed),
+            "{text}"
+        );
+        assert!(text.ends_with('\n') && text.matches('\n').count() == 1);
     }
 }

@@ -80,8 +80,9 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+
+pub use vmm_proto::control::{ChildReport, ChildStatus, ForkReport};
 
 use crate::builder::{Source, Vmm};
 use crate::config::VmConfig;
@@ -122,40 +123,6 @@ pub enum ForkError {
 pub const MAX_FORKS: u32 = 128;
 /// How long the parent waits for a child's report.
 const CHILD_REPORT_TIMEOUT: Duration = Duration::from_secs(20);
-
-/// One child, as the reply lists it.
-#[derive(Debug, Serialize)]
-pub struct ChildReport {
-    /// Process id.
-    pub pid: i32,
-    /// Control socket.
-    pub control_socket: PathBuf,
-    /// vsock Unix socket, if the VM has vsock.
-    pub vsock_uds: Option<PathBuf>,
-    /// Serial log.
-    pub serial_log: PathBuf,
-    /// Each writable disk's new top layer.
-    pub disk_tops: Vec<PathBuf>,
-    /// "ok", or the child's error.
-    pub status: String,
-}
-
-/// What a fork did.
-#[derive(Debug, Serialize)]
-pub struct ForkReport {
-    /// The children.
-    pub children: Vec<ChildReport>,
-    /// How long the parent's vCPUs were stopped.
-    pub parent_paused_ms: f64,
-    /// Of which: stopping the vCPUs.
-    pub vcpu_pause_ms: f64,
-    /// Of which: capturing vCPU and device state.
-    pub capture_ms: f64,
-    /// Of which: freezing shared guest RAM (0 when it was already private).
-    pub freeze_ms: f64,
-    /// Of which: the fork(2) calls themselves.
-    pub fork_syscalls_ms: f64,
-}
 
 fn suffixed(p: &Path, suffix: &str) -> PathBuf {
     let mut s = p.as_os_str().to_owned();
@@ -251,7 +218,7 @@ fn child_config(parent: &VmConfig, tag: &str, tops: &[Option<PathBuf>]) -> VmCon
     c
 }
 
-fn read_report(fd: OwnedFd) -> String {
+fn read_report(fd: OwnedFd) -> ChildStatus {
     let mut f = std::fs::File::from(fd);
     let mut pfd = libc::pollfd {
         fd: f.as_raw_fd(),
@@ -261,14 +228,14 @@ fn read_report(fd: OwnedFd) -> String {
     // SAFETY: one valid pollfd for the duration of the call.
     let ready = unsafe { libc::poll(&mut pfd, 1, CHILD_REPORT_TIMEOUT.as_millis() as i32) };
     if ready <= 0 {
-        return "no report from the child in time".into();
+        return ChildStatus::Failed("no report from the child in time".into());
     }
     let mut s = String::new();
     let _ = f.read_to_string(&mut s);
     if s.is_empty() {
-        "child exited before reporting".into()
+        ChildStatus::Failed("child exited before reporting".into())
     } else {
-        s
+        ChildStatus::from(s)
     }
 }
 
@@ -414,7 +381,8 @@ impl Machine {
                     .filter(|(_, t)| t.is_some())
                     .filter_map(|(d, _)| d.layers.last().cloned())
                     .collect(),
-                status: String::new(),
+                // `fork` replaces it with the child's own report.
+                status: ChildStatus::Failed("child has not reported yet".into()),
             });
             pipes.push(read_end);
         }

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use vm_memory::GuestMemoryMmap;
+pub use vmm_proto::control::SnapshotReport;
 
 use crate::config::VmConfig;
 use crate::devices::serial::SerialConsole;
@@ -45,19 +46,6 @@ pub struct Machine {
     pub shared_ram_from: Option<usize>,
     /// Snapshots taken so far (names new disk top layers).
     pub snapshot_generation: u32,
-}
-
-/// What a snapshot wrote.
-#[derive(Debug, serde::Serialize)]
-pub struct SnapshotReport {
-    /// The directory.
-    pub dir: PathBuf,
-    /// Size of the state file.
-    pub state_bytes: u64,
-    /// Non-zero guest memory written.
-    pub memory_bytes: u64,
-    /// How long the vCPUs were stopped.
-    pub paused_ms: f64,
 }
 
 fn suffixed(p: &Path, suffix: &str) -> PathBuf {

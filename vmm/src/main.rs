@@ -17,7 +17,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use vmm::builder::Vmm;
-use vmm::config::VmConfig;
 
 fn usage() -> ExitCode {
     eprintln!(
@@ -76,7 +75,7 @@ fn main() -> ExitCode {
         Some([flag, path]) if flag == "--config" => PathBuf::from(path),
         _ => return usage(),
     };
-    let config = match VmConfig::from_file(&config_path) {
+    let config = match vmm::config::load(&config_path) {
         Ok(c) => c,
         Err(e) => {
             report(&e);

@@ -1,5 +1,7 @@
 //! The set of running vCPU threads of one VM, paused and resumed together.
 
+use vmm_proto::control::VmState;
+
 use crate::vstate::vcpu::{VcpuError, VcpuHandle, VcpuRequest, VcpuState};
 use crate::vstate::vcpu_state::VcpuSnapshot;
 
@@ -60,14 +62,14 @@ impl VcpuSet {
         }
     }
 
-    /// "running", "paused" or "exiting".
-    pub fn state_name(&self, exiting: bool) -> &'static str {
+    /// What the VM is doing, as the control socket reports it.
+    pub fn state(&self, exiting: bool) -> VmState {
         if exiting {
-            "exiting"
+            VmState::Exiting
         } else if self.paused {
-            "paused"
+            VmState::Paused
         } else {
-            "running"
+            VmState::Running
         }
     }
 

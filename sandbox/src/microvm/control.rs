@@ -1,6 +1,7 @@
 //! Client of a `forge-vmm` control socket: JSON lines over a Unix stream
-//! socket, one request a line, one reply a line (`vmm::control` is the
-//! server and owns the request type, which this client reuses).
+//! socket, one request a line, one reply a line. The requests and replies
+//! are `vmm_proto::control`'s, the types the VMM serves with; each call
+//! reads the answer type of its own request.
 //!
 //! ```text
 //! → {"cmd":"pause"}                         ← {"ok":true,"state":"paused"}
@@ -11,10 +12,12 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde_json::Value;
+use serde::de::DeserializeOwned;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
-use vmm::control::Request;
+use vmm_proto::control::{
+    ChildReport, ErrorCode, ForkReply, Reply, Request, SnapshotReply, StateReply, StatusReply,
+};
 
 /// How long a reply may take (a fork of many children, a durable snapshot
 /// of a large VM).
@@ -35,10 +38,12 @@ pub enum ControlError {
     Closed,
     #[error("The VMM did not answer within {0:?}")]
     Timeout(Duration),
-    #[error("The VMM sent a reply that is not JSON")]
-    Reply(#[from] serde_json::Error),
+    #[error("Cannot encode the request")]
+    Request(#[source] serde_json::Error),
+    #[error("The VMM sent a reply this client cannot read")]
+    Reply(#[source] serde_json::Error),
     #[error("The VMM refused the request ({code}): {message}")]
-    Refused { code: String, message: String },
+    Refused { code: ErrorCode, message: String },
 }
 
 /// One connection to a VMM's control socket.
@@ -76,9 +81,12 @@ impl ControlSocket {
         }
     }
 
-    /// Send `request`; the reply's fields when `ok` is true.
-    pub async fn call(&mut self, request: &Request) -> Result<Value, ControlError> {
-        let mut line = serde_json::to_vec(request)?;
+    /// Send `request`; its answer, read as `T`, or the VMM's refusal.
+    pub async fn call<T: DeserializeOwned>(
+        &mut self,
+        request: &Request,
+    ) -> Result<T, ControlError> {
+        let mut line = serde_json::to_vec(request).map_err(ControlError::Request)?;
         line.push(b'\n');
         self.writer.write_all(&line).await?;
         let mut reply = String::new();
@@ -88,22 +96,20 @@ impl ControlSocket {
         if read == 0 {
             return Err(ControlError::Closed);
         }
-        let value: Value = serde_json::from_str(&reply)?;
-        if value["ok"] == Value::Bool(true) {
-            return Ok(value);
+        match serde_json::from_str::<Reply<T>>(&reply).map_err(ControlError::Reply)? {
+            Reply::Done(answer) => Ok(answer),
+            Reply::Refused(refusal) => Err(ControlError::Refused {
+                code: refusal.code,
+                message: refusal.message,
+            }),
         }
-        let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
-        Err(ControlError::Refused {
-            code: text(&value["error"]["code"]),
-            message: text(&value["error"]["message"]),
-        })
     }
 
-    pub async fn status(&mut self) -> Result<Value, ControlError> {
+    pub async fn status(&mut self) -> Result<StatusReply, ControlError> {
         self.call(&Request::Status {}).await
     }
 
-    pub async fn pause(&mut self) -> Result<Value, ControlError> {
+    pub async fn pause(&mut self) -> Result<StateReply, ControlError> {
         self.call(&Request::Pause {
             to_disk: false,
             dir: None,
@@ -113,7 +119,7 @@ impl ControlSocket {
     }
 
     /// Snapshot into `dir` and end the VMM process.
-    pub async fn pause_to_disk(&mut self, dir: &Path) -> Result<Value, ControlError> {
+    pub async fn pause_to_disk(&mut self, dir: &Path) -> Result<SnapshotReply, ControlError> {
         self.call(&Request::Pause {
             to_disk: true,
             dir: Some(dir.to_owned()),
@@ -122,35 +128,98 @@ impl ControlSocket {
         .await
     }
 
-    pub async fn resume(&mut self) -> Result<Value, ControlError> {
+    pub async fn resume(&mut self) -> Result<StateReply, ControlError> {
         self.call(&Request::Resume {}).await
     }
 
     /// Fork into `count` running children; the reply lists each child's
-    /// pid, control socket, vsock socket and serial log.
-    pub async fn fork(&mut self, count: u32) -> Result<Vec<ForkedVm>, ControlError> {
-        let reply = self
+    /// pid, control socket, vsock socket, serial log and status.
+    pub async fn fork(&mut self, count: u32) -> Result<Vec<ChildReport>, ControlError> {
+        let reply: ForkReply = self
             .call(&Request::Fork {
                 count,
                 paused: false,
             })
             .await?;
-        let children = reply["fork"]["children"].clone();
-        Ok(serde_json::from_value(children)?)
+        Ok(reply.fork.children)
     }
 
-    pub async fn shutdown(&mut self) -> Result<Value, ControlError> {
+    pub async fn shutdown(&mut self) -> Result<StateReply, ControlError> {
         self.call(&Request::Shutdown {}).await
     }
 }
 
-/// One child of a fork, as the VMM reports it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
-pub struct ForkedVm {
-    pub pid: i32,
-    pub control_socket: PathBuf,
-    pub vsock_uds: Option<PathBuf>,
-    pub serial_log: PathBuf,
-    /// "ok", or the child's error.
-    pub status: String,
+#[cfg(test)]
+mod tests {
+    use tokio::net::UnixListener;
+    use vmm_proto::control::{ChildStatus, VmState};
+
+    use super::*;
+
+    /// A socket that answers each expected request line with its reply
+    /// line, as a VMM writes them, and fails on any other request.
+    async fn vmm(exchanges: &'static [(&'static str, &'static str)]) -> (ControlSocket, PathBuf) {
+        let path = std::env::temp_dir().join(format!(
+            "sandbox-ctl-{}-{}.sock",
+            std::process::id(),
+            exchanges.len()
+        ));
+        let _ = std::fs::remove_file(&path);
+        let listener = UnixListener::bind(&path).expect("bind");
+        tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.expect("accept");
+            let (read, mut write) = stream.into_split();
+            let mut lines = BufReader::new(read).lines();
+            for (request, reply) in exchanges {
+                let line = lines.next_line().await.expect("read").expect("a request");
+                assert_eq!(line, *request);
+                write
+                    .write_all(format!("{reply}\n").as_bytes())
+                    .await
+                    .expect("write");
+            }
+        });
+        let socket = ControlSocket::connect(&path).await.expect("connect");
+        (socket, path)
+    }
+
+    #[tokio::test]
+    async fn answers_are_read_as_their_types_and_refusals_as_errors() {
+        let (mut ctl, path) = vmm(&[
+            (
+                r#"{"cmd":"status"}"#,
+                r#"{"disks":[{"base":"b","layers":["t","t.f1p"],"read_only":false}],"mem_mib":64,"ok":true,"pid":7,"state":"paused","vcpus":1}"#,
+            ),
+            (
+                r#"{"cmd":"fork","count":1,"paused":false}"#,
+                r#"{"fork":{"capture_ms":0.5,"children":[{"control_socket":"/v/ctl.sock.f1c0","disk_tops":["/v/t.f1c0"],"pid":100,"serial_log":"/v/serial.log.f1c0","status":"Cannot map guest memory","vsock_uds":null}],"fork_syscalls_ms":0.1,"freeze_ms":0.0,"parent_paused_ms":1.0,"vcpu_pause_ms":0.2},"ok":true}"#,
+            ),
+            (
+                r#"{"cmd":"pause","to_disk":true,"dir":"/s","durable":true}"#,
+                r#"{"error":{"code":"snapshot_failed","message":"Cannot write /s"},"ok":false}"#,
+            ),
+        ])
+        .await;
+        let status = ctl.status().await.expect("status");
+        assert_eq!(status.state, VmState::Paused);
+        assert_eq!(status.pid, 7);
+        assert_eq!(status.disks[0].layers.last(), Some(&PathBuf::from("t.f1p")));
+        let children = ctl.fork(1).await.expect("fork");
+        assert_eq!(children.len(), 1);
+        assert_eq!(children[0].pid, 100);
+        assert_eq!(
+            children[0].status,
+            ChildStatus::Failed("Cannot map guest memory".into())
+        );
+        let refused = ctl.pause_to_disk(Path::new("/s")).await;
+        assert!(
+            matches!(
+                &refused,
+                Err(ControlError::Refused { code: ErrorCode::SnapshotFailed, message })
+                    if message == "Cannot write /s"
+            ),
+            "{refused:?}"
+        );
+        let _ = std::fs::remove_file(&path);
+    }
 }

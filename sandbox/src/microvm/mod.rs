@@ -15,6 +15,20 @@
 //! - destroy: `shutdown`, SIGKILL if the VMM lingers, record removed,
 //!   directories no live sandbox needs removed.
 //!
+//! Locking: each lifecycle change (create, pause, resume, fork, destroy)
+//! holds its VM's lock ([`locks`]) from reading the record to writing it
+//! back, so two changes of one VM never interleave their control requests
+//! and record writes; changes of different VMs run at once, and a boot
+//! that takes its whole timeout holds up no other VM. Create locks the id
+//! it has just drawn before making the directory; fork holds the source's
+//! lock throughout and each child's while that child's record is written
+//! and its agent told, so a destroy of a child already seen in `list`
+//! waits for it. get, list, agent and stats wait for no lock: they read
+//! records, and write one only to note that its VMM died, and only if no
+//! change of that VM is in flight. The directory sweep after a destroy
+//! runs one at a time and keeps the directories of VMs with a change in
+//! flight.
+//!
 //! Everything is kept across pause, resume and fork: disk, memory and
 //! processes. Not offered (yet): a workspace bind (the VM has no shared
 //! file system device; such a spec is refused), a disk limit other than the
@@ -24,18 +38,21 @@
 //! maps its memory file.
 
 pub mod control;
+pub mod locks;
 pub mod vm;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use agent_proto::DEFAULT_VSOCK_PORT;
 use tokio::process::Child;
-use vmm::config::ApEntry;
+pub use vmm_proto::config::ApEntry;
+use vmm_proto::control::ChildStatus;
 
 use self::control::{ControlError, ControlSocket};
+use self::locks::VmLocks;
 use self::vm::VmRecord;
 use crate::agent::Agent;
 use crate::error::{Error, Result};
@@ -104,8 +121,11 @@ pub struct MicrovmSandboxes {
     /// VMM processes this process started, reaped when they end.
     children: Mutex<HashMap<String, Child>>,
     clients: Mutex<HashMap<String, agent_proto::Client>>,
-    /// Lifecycle changes run one at a time (they rewrite records).
-    lifecycle: tokio::sync::Mutex<()>,
+    /// One lock per VM held through each lifecycle change of that VM.
+    locks: VmLocks,
+    /// Directory sweeps run one at a time (two would remove the same
+    /// directories).
+    sweeping: Mutex<()>,
 }
 
 fn vmm_error(id: &str) -> impl FnOnce(ControlError) -> Error + '_ {
@@ -162,7 +182,8 @@ impl MicrovmSandboxes {
             config,
             children: Mutex::new(HashMap::new()),
             clients: Mutex::new(HashMap::new()),
-            lifecycle: tokio::sync::Mutex::new(()),
+            locks: VmLocks::default(),
+            sweeping: Mutex::new(()),
         })
     }
 
@@ -190,18 +211,42 @@ impl MicrovmSandboxes {
             return Err(Error::NotFound(id.to_owned()));
         }
         let mut record = VmRecord::load(&dir)?;
-        if matches!(record.state, State::Running | State::Paused) {
-            if let Some(child) = self.children().get_mut(id) {
-                // Reaps a VMM that ended, so `alive` sees it gone.
-                let _ = child.try_wait();
-            }
-            if !record.pid.is_some_and(vm::alive) {
-                record.state = State::Crashed;
-                record.pid = None;
-                record.save(&dir)?;
-            }
+        if !self.notice_crash(&mut record) {
+            return Ok(record);
         }
-        Ok(record)
+        // The crash is written down only under the VM's lock, and only if
+        // it still holds there: a change in flight owns the record (a
+        // destroy may just have removed it, a resume be starting a new
+        // VMM). Then the next look after it writes it.
+        let Some(_vm) = self.locks.try_lock(id) else {
+            return Ok(record);
+        };
+        if !dir.join(vm::RECORD_FILE).exists() {
+            return Err(Error::NotFound(id.to_owned()));
+        }
+        let mut current = VmRecord::load(&dir)?;
+        if self.notice_crash(&mut current) {
+            current.save(&dir)?;
+        }
+        Ok(current)
+    }
+
+    /// Marks `record` `Crashed` if it should have a VMM and its VMM ended;
+    /// whether it did.
+    fn notice_crash(&self, record: &mut VmRecord) -> bool {
+        if !matches!(record.state, State::Running | State::Paused) {
+            return false;
+        }
+        if let Some(child) = self.children().get_mut(&record.id) {
+            // Reaps a VMM that ended, so `alive` sees it gone.
+            let _ = child.try_wait();
+        }
+        if record.pid.is_some_and(vm::alive) {
+            return false;
+        }
+        record.state = State::Crashed;
+        record.pid = None;
+        true
     }
 
     fn wrong_state(record: &VmRecord, needed: &'static str) -> Error {
@@ -336,6 +381,9 @@ impl MicrovmSandboxes {
             return Err(unsupported("bind a host workspace (no shared file system)"));
         }
         let id = vm::new_id();
+        // Held from before the directory exists until the VM is up or gone:
+        // a sweep keeps the directory, a destroy of the id waits.
+        let _vm = self.locks.lock(&id).await;
         let dir = self.dir(&id);
         std::fs::create_dir_all(&dir).map_err(Error::io(&dir))?;
         let config = vm::vm_config(&spec, &ext4, &self.config, &dir);
@@ -380,16 +428,18 @@ impl MicrovmSandboxes {
         let mut carried = Vec::new();
         for child in children {
             let child_id = vm::new_id();
+            // A new id, so nobody waits; held, as in create, until the
+            // child's record is written and its agent told.
+            let _child = self.locks.lock(&child_id).await;
             let dir = self.dir(&child_id);
             std::fs::create_dir_all(&dir).map_err(Error::io(&dir))?;
             let mut lineage = vec![parent.id.clone()];
             lineage.extend(parent.lineage.iter().cloned());
             let record = VmRecord {
                 id: child_id.clone(),
-                state: if child.status == "ok" {
-                    State::Running
-                } else {
-                    State::Crashed
+                state: match child.status {
+                    ChildStatus::Started => State::Running,
+                    ChildStatus::Failed(_) => State::Crashed,
                 },
                 pid: Some(child.pid),
                 control_socket: child.control_socket,
@@ -401,10 +451,9 @@ impl MicrovmSandboxes {
                 snapshot: None,
             };
             record.save(&dir)?;
-            let note = if child.status == "ok" {
-                self.tell_forked(&record).await.err()
-            } else {
-                Some(child.status)
+            let note = match child.status {
+                ChildStatus::Started => self.tell_forked(&record).await.err(),
+                ChildStatus::Failed(error) => Some(error),
             };
             carried.push(Carried {
                 sandbox: info(&record),
@@ -522,9 +571,30 @@ impl MicrovmSandboxes {
         self.stop(&record).await;
         let record_path = self.dir(id).join(vm::RECORD_FILE);
         std::fs::remove_file(&record_path).map_err(Error::io(&record_path))?;
-        let live = self.records()?;
-        for dir in vm::unneeded_dirs(&self.vms(), &live) {
-            std::fs::remove_dir_all(&dir).map_err(Error::io(&dir))?;
+        self.sweep(id)
+    }
+
+    /// Remove the directories no sandbox needs any more, `destroyed`'s
+    /// among them. Other VMs' lifecycle changes run meanwhile: a VM with
+    /// one in flight keeps its directory (a create or fork writes its
+    /// record only after making the directory), and records are only read
+    /// here, never rewritten, so a record being removed is not put back.
+    fn sweep(&self, destroyed: &str) -> Result<()> {
+        let _one = self.sweeping.lock().unwrap_or_else(|p| p.into_inner());
+        let vms = self.vms();
+        let live: Vec<VmRecord> = std::fs::read_dir(&vms)
+            .map_err(Error::io(&vms))?
+            .flatten()
+            .filter_map(|entry| VmRecord::load(&entry.path()).ok())
+            .collect();
+        let in_flight = |id: &str| id != destroyed && self.locks.in_flight(id);
+        for dir in vm::unneeded_dirs(&vms, &live, in_flight) {
+            match std::fs::remove_dir_all(&dir) {
+                Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(Error::io(&dir)(err));
+                }
+                _ => {}
+            }
         }
         Ok(())
     }
@@ -548,14 +618,8 @@ impl MicrovmSandboxes {
         use std::os::unix::fs::MetadataExt;
         let mut control = ControlSocket::connect(&record.control_socket).await.ok()?;
         let status = control.status().await.ok()?;
-        let top = status["disks"][0]["layers"]
-            .as_array()?
-            .last()?
-            .as_str()?
-            .to_owned();
-        std::fs::metadata(Path::new(&top))
-            .ok()
-            .map(|m| m.blocks() * 512)
+        let top = status.disks.first()?.layers.last()?;
+        std::fs::metadata(top).ok().map(|m| m.blocks() * 512)
     }
 }
 
@@ -565,10 +629,8 @@ impl Backend for MicrovmSandboxes {
     }
 
     fn create(&self, spec: Spec) -> BoxFuture<'_, Result<SandboxInfo>> {
-        Box::pin(async move {
-            let _one = self.lifecycle.lock().await;
-            Ok(info(&self.create_vm(spec).await?))
-        })
+        // Locks the new id itself, once it has one.
+        Box::pin(async move { Ok(info(&self.create_vm(spec).await?)) })
     }
 
     fn get<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<SandboxInfo>> {
@@ -606,28 +668,28 @@ impl Backend for MicrovmSandboxes {
 
     fn pause<'a>(&'a self, id: &'a str, mode: PauseMode) -> BoxFuture<'a, Result<SandboxInfo>> {
         Box::pin(async move {
-            let _one = self.lifecycle.lock().await;
+            let _vm = self.locks.lock(id).await;
             self.pause_vm(id, mode).await
         })
     }
 
     fn resume<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Carried>> {
         Box::pin(async move {
-            let _one = self.lifecycle.lock().await;
+            let _vm = self.locks.lock(id).await;
             self.resume_vm(id).await
         })
     }
 
     fn fork<'a>(&'a self, id: &'a str, count: usize) -> BoxFuture<'a, Result<Vec<Carried>>> {
         Box::pin(async move {
-            let _one = self.lifecycle.lock().await;
+            let _vm = self.locks.lock(id).await;
             self.fork_vm(id, count).await
         })
     }
 
     fn destroy<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
-            let _one = self.lifecycle.lock().await;
+            let _vm = self.locks.lock(id).await;
             self.destroy_vm(id).await
         })
     }
@@ -647,5 +709,38 @@ impl Backend for MicrovmSandboxes {
                 disk_bytes,
             })
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::pin::pin;
+
+    use super::locks::poll_once;
+    use super::*;
+
+    #[tokio::test]
+    async fn a_change_of_one_vm_waits_for_that_vm_only() {
+        let data = std::env::temp_dir().join(format!("sandbox-vm-locks-{}", std::process::id()));
+        let backend =
+            MicrovmSandboxes::open(MicrovmConfig::new(&data, "/no-kernel")).expect("open");
+        let booting = backend.locks.lock("vm-a").await;
+        // vm-b does not exist: its destroy fails at once, vm-a busy or not.
+        let other = tokio::time::timeout(Duration::from_secs(10), backend.destroy("vm-b"))
+            .await
+            .expect("vm-b's change is not held up by vm-a's");
+        assert!(matches!(other, Err(Error::NotFound(_))), "{other:?}");
+        let mut same = pin!(backend.destroy("vm-a"));
+        assert!(
+            poll_once(same.as_mut()).is_pending(),
+            "ran during vm-a's change"
+        );
+        drop(booting);
+        let same = tokio::time::timeout(Duration::from_secs(10), same)
+            .await
+            .expect("runs once vm-a's change is done");
+        assert!(matches!(same, Err(Error::NotFound(_))), "{same:?}");
+        assert!(backend.locks.is_empty());
+        std::fs::remove_dir_all(&data).expect("clean up");
     }
 }

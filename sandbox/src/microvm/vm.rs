@@ -16,7 +16,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use vmm::config::{DiskConfig, VmConfig, VsockConfig};
+use vmm_proto::config::{DiskConfig, VmConfig, VsockConfig, default_serial_log_max_bytes};
 
 use super::MicrovmConfig;
 
@@ -96,7 +96,7 @@ pub fn vm_config(spec: &Spec, ext4: &Path, backend: &MicrovmConfig, dir: &Path) 
         }),
         rng: true,
         serial_log: dir.join("serial.log"),
-        serial_log_max_bytes: vmm::config::default_serial_log_max_bytes(),
+        serial_log_max_bytes: default_serial_log_max_bytes(),
         control_socket: dir.join("ctl.sock"),
         ap_entry: backend.ap_entry,
     }
@@ -168,8 +168,13 @@ pub fn tail(path: &Path, max: usize) -> String {
 }
 
 /// Directories under `vms` that no live sandbox needs: holding no record,
-/// not the home of a live one, not an ancestor of one.
-pub fn unneeded_dirs(vms: &Path, live: &[VmRecord]) -> Vec<PathBuf> {
+/// not the home of a live one, not an ancestor of one, not named by an id
+/// `in_flight` (a VM being set up has its directory before its record).
+pub fn unneeded_dirs(
+    vms: &Path,
+    live: &[VmRecord],
+    in_flight: impl Fn(&str) -> bool,
+) -> Vec<PathBuf> {
     let needed: std::collections::HashSet<&str> = live
         .iter()
         .flat_map(|r| std::iter::once(r.id.as_str()).chain(r.lineage.iter().map(String::as_str)))
@@ -179,6 +184,9 @@ pub fn unneeded_dirs(vms: &Path, live: &[VmRecord]) -> Vec<PathBuf> {
             entries
                 .flatten()
                 .filter(|e| !needed.contains(e.file_name().to_string_lossy().as_ref()))
+                // Before the record check: a VM no longer in flight has
+                // written its record (or removed its directory) by now.
+                .filter(|e| !in_flight(e.file_name().to_string_lossy().as_ref()))
                 // A record that failed to load still marks a sandbox.
                 .filter(|e| !e.path().join(RECORD_FILE).exists())
                 .map(|e| e.path())
@@ -216,20 +224,35 @@ mod tests {
         let mut backend = MicrovmConfig::new("/data", "/k");
         backend.cmdline = "console=ttyS0".into();
         let config = vm_config(&spec, Path::new("/img/rootfs.ext4"), &backend, dir);
-        let json = serde_json::to_value(&config).expect("serialise");
-        assert_eq!(json["vcpus"], 2);
-        assert_eq!(json["mem_mib"], 256);
-        assert_eq!(json["disks"][0]["base"], "/img/rootfs.ext4");
-        assert_eq!(json["disks"][0]["layers"][0], "/data/vms/vm1/top.layer");
-        assert_eq!(json["vsock"]["uds_path"], "/data/vms/vm1/vsock.sock");
-        assert_eq!(json["control_socket"], "/data/vms/vm1/ctl.sock");
-        assert_eq!(json["ap_entry"], "sipi");
-        assert_eq!(json["kernel"], "/k");
-        assert_eq!(json["cmdline"], "console=ttyS0");
-        // The VMM parses what we write.
-        let text = json.to_string();
-        let back: VmConfig = serde_json::from_str(&text).expect("forge-vmm's own parser");
-        assert_eq!(back.disks.len(), 1);
+        let in_dir = |name: &str| PathBuf::from("/data/vms/vm1").join(name);
+        assert_eq!(
+            config,
+            VmConfig {
+                vcpus: 2,
+                mem_mib: 256,
+                kernel: "/k".into(),
+                cmdline: "console=ttyS0".into(),
+                initrd: None,
+                disks: vec![DiskConfig {
+                    base: "/img/rootfs.ext4".into(),
+                    layers: vec![in_dir("top.layer")],
+                    read_only: false,
+                }],
+                vsock: Some(VsockConfig {
+                    guest_cid: GUEST_CID,
+                    uds_path: in_dir("vsock.sock"),
+                }),
+                rng: true,
+                serial_log: in_dir("serial.log"),
+                serial_log_max_bytes: default_serial_log_max_bytes(),
+                control_socket: in_dir("ctl.sock"),
+                ap_entry: vmm_proto::config::ApEntry::Sipi,
+            }
+        );
+        // The VMM parses the file as written, with the same types.
+        let text = serde_json::to_vec_pretty(&config).expect("serialise");
+        let back: VmConfig = serde_json::from_slice(&text).expect("forge-vmm's own parser");
+        assert_eq!(back, config);
     }
 
     #[test]
@@ -267,9 +290,11 @@ mod tests {
         // c is a fork of b, a fork of a; d is unrelated and gone; e has a
         // record that does not load: it stays.
         let live = [record("c", &["b", "a"])];
-        let mut gone = unneeded_dirs(&vms, &live);
+        let mut gone = unneeded_dirs(&vms, &live, |_| false);
         gone.sort();
         assert_eq!(gone, vec![vms.join("d")]);
+        // d without a record yet, but being set up: kept.
+        assert!(unneeded_dirs(&vms, &live, |id| id == "d").is_empty());
         fs::remove_dir_all(&vms).expect("clean up");
     }
 
