@@ -3,10 +3,10 @@
 //! Internal failures are logged with their causes and answered with a
 //! generic message, so nothing about the host leaks.
 
+use api_types::ErrorBody;
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
 
 use crate::auth::{Denied, Scope};
 use crate::store::StoreError;
@@ -89,7 +89,7 @@ impl From<StoreError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({ "error": { "code": self.code, "message": self.message } });
+        let body = ErrorBody::new(self.code, self.message);
         let mut response = (self.status, Json(body)).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
             // Lets `git` know it may ask for credentials.

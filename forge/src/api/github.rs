@@ -5,12 +5,13 @@
 //! app and its installations) and `GET /v1/github/repos` (every linked
 //! repository the caller may read). Nothing here returns a secret.
 
+use api_types::github::{
+    GithubLinkView, GithubOverview, Installation, LinkRequest, RefView, WebhookAccepted,
+};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use futures_util::StreamExt;
-use serde::Deserialize;
-use serde_json::{Value, json};
 
 use super::{ApiError, Body, repos};
 use crate::auth::{Caller, Scope};
@@ -47,7 +48,7 @@ pub async fn webhook(
     State(state): State<AppState>,
     headers: HeaderMap,
     body: axum::body::Body,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<WebhookAccepted>), ApiError> {
     let github = app(&state)?;
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let well_formed = header("x-hub-signature-256")
@@ -101,14 +102,11 @@ pub async fn webhook(
     }
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({ "delivery": delivery, "duplicate": !fresh })),
+        Json(WebhookAccepted {
+            delivery: delivery.to_owned(),
+            duplicate: !fresh,
+        }),
     ))
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LinkRequest {
-    repository: String,
 }
 
 /// `POST /v1/repos/{owner}/{name}/github`: link, then a first sync (an
@@ -118,7 +116,7 @@ pub async fn link(
     caller: Caller,
     Path((owner, name)): Path<(String, String)>,
     Body(request): Body<LinkRequest>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<GithubLinkView>), ApiError> {
     // Linking chooses which GitHub repository the App's token pushes this
     // repository's refs to: a forge admin's decision, not a
     // repository-limited token's.
@@ -187,7 +185,7 @@ pub async fn show(
     State(state): State<AppState>,
     caller: Caller,
     Path((owner, name)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<GithubLinkView>, ApiError> {
     let repo = repos::authorize(&state, &caller, &owner, &name, Scope::RepoRead).await?;
     let link = state
         .store
@@ -222,16 +220,23 @@ pub async fn unlink(
 pub async fn overview(
     State(state): State<AppState>,
     _caller: Caller,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<GithubOverview>, ApiError> {
     let github = app(&state)?;
     let installations = state.store.github_installations().await?;
-    Ok(Json(json!({
-        "app_id": github.config.app_id,
-        "api_url": github.config.api_url,
-        "git_url": github.config.git_url,
-        "reconcile_secs": github.config.reconcile_secs,
-        "installations": installations,
-    })))
+    Ok(Json(GithubOverview {
+        app_id: github.config.app_id,
+        api_url: github.config.api_url.clone(),
+        git_url: github.config.git_url.clone(),
+        reconcile_secs: github.config.reconcile_secs,
+        installations: installations
+            .into_iter()
+            .map(|installation| Installation {
+                id: installation.id,
+                account: installation.account,
+                created_at: installation.created_at,
+            })
+            .collect(),
+    }))
 }
 
 /// `GET /v1/github/repos`: every linked repository the caller may read,
@@ -239,7 +244,7 @@ pub async fn overview(
 pub async fn linked(
     State(state): State<AppState>,
     caller: Caller,
-) -> Result<Json<Vec<Value>>, ApiError> {
+) -> Result<Json<Vec<GithubLinkView>>, ApiError> {
     app(&state)?;
     let mut out = Vec::new();
     for link in state.store.github_links().await? {
@@ -250,18 +255,32 @@ pub async fn linked(
             continue;
         };
         let mut item = view(&state, &link).await?;
-        item["repo"] = json!(repo.full_name());
+        item.repo = Some(repo.full_name());
         out.push(item);
     }
     Ok(Json(out))
 }
 
-async fn view(state: &AppState, link: &GithubLink) -> Result<Value, ApiError> {
-    let refs = state.store.github_ref_states(&link.repo_id).await?;
-    Ok(json!({
-        "repository": link.github_repo,
-        "installation_id": link.installation_id,
-        "linked_at": link.created_at,
-        "refs": refs,
-    }))
+async fn view(state: &AppState, link: &GithubLink) -> Result<GithubLinkView, ApiError> {
+    let mut refs = Vec::new();
+    for row in state.store.github_ref_states(&link.repo_id).await? {
+        // The database CHECKs the column, so an unknown state is a bug.
+        let sync_state = row.state.parse().map_err(ApiError::internal)?;
+        refs.push(RefView {
+            ref_name: row.ref_name,
+            synced_sha: row.synced_sha,
+            forge_sha: row.forge_sha,
+            github_sha: row.github_sha,
+            state: sync_state,
+            last_sync_at: row.last_sync_at,
+            last_error: row.last_error,
+        });
+    }
+    Ok(GithubLinkView {
+        repository: link.github_repo.clone(),
+        installation_id: link.installation_id,
+        linked_at: link.created_at.clone(),
+        refs,
+        repo: None,
+    })
 }

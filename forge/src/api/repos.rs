@@ -1,9 +1,9 @@
 //! `/v1/repos`: create (empty or imported), list, show, delete, branches.
 
+use api_types::repos::{Author, BranchView, CommitView, CreateRepo, RepoView};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use serde::{Deserialize, Serialize};
 
 use super::{ApiError, Body, created};
 use crate::auth::{Caller, Scope};
@@ -11,32 +11,29 @@ use crate::git::{RepoName, inspect};
 use crate::server::AppState;
 use crate::store::RepoRow;
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CreateRepo {
-    name: String,
-    default_branch: Option<String>,
-    import_url: Option<String>,
+fn repo_view(state: &AppState, row: &RepoRow) -> RepoView {
+    RepoView {
+        id: row.id.clone(),
+        name: row.full_name(),
+        default_branch: row.default_branch.clone(),
+        clone_url: format!("{}/{}.git", state.config.public_url, row.full_name()),
+        created_at: row.created_at.clone(),
+    }
 }
 
-#[derive(Debug, Serialize)]
-pub struct RepoView {
-    id: String,
-    name: String,
-    default_branch: String,
-    clone_url: String,
-    created_at: String,
-}
-
-impl RepoView {
-    fn new(state: &AppState, row: &RepoRow) -> Self {
-        Self {
-            id: row.id.clone(),
-            name: row.full_name(),
-            default_branch: row.default_branch.clone(),
-            clone_url: format!("{}/{}.git", state.config.public_url, row.full_name()),
-            created_at: row.created_at.clone(),
-        }
+fn branch_view(branch: inspect::Branch) -> BranchView {
+    let commit = branch.commit;
+    BranchView {
+        name: branch.name,
+        commit: CommitView {
+            id: commit.id,
+            message: commit.message,
+            author: Author {
+                name: commit.author.name,
+                email: commit.author.email,
+            },
+            time: commit.time,
+        },
     }
 }
 
@@ -133,7 +130,7 @@ pub async fn create(
         });
     }
     tracing::info!(repo = %name, id = %id, imported = request.import_url.is_some(), "repository created");
-    Ok(created(RepoView::new(&state, &row)))
+    Ok(created(repo_view(&state, &row)))
 }
 
 /// Import sources: http(s) only, and not to addresses the network policy
@@ -179,7 +176,7 @@ pub async fn list(
 ) -> Result<Json<Vec<RepoView>>, ApiError> {
     let rows = state.store.list_repos(caller.repo_limit()).await?;
     Ok(Json(
-        rows.iter().map(|row| RepoView::new(&state, row)).collect(),
+        rows.iter().map(|row| repo_view(&state, row)).collect(),
     ))
 }
 
@@ -189,7 +186,7 @@ pub async fn show(
     Path((owner, name)): Path<(String, String)>,
 ) -> Result<Json<RepoView>, ApiError> {
     let repo = authorize(&state, &caller, &owner, &name, Scope::RepoRead).await?;
-    Ok(Json(RepoView::new(&state, &repo)))
+    Ok(Json(repo_view(&state, &repo)))
 }
 
 pub async fn delete(
@@ -213,12 +210,12 @@ pub async fn branches(
     State(state): State<AppState>,
     caller: Caller,
     Path((owner, name)): Path<(String, String)>,
-) -> Result<Json<Vec<inspect::Branch>>, ApiError> {
+) -> Result<Json<Vec<BranchView>>, ApiError> {
     let repo = authorize(&state, &caller, &owner, &name, Scope::RepoRead).await?;
     let dir = state.repos.path(&repo.id);
     let branches = tokio::task::spawn_blocking(move || inspect::branches(&dir))
         .await
         .map_err(ApiError::internal)?
         .map_err(ApiError::internal)?;
-    Ok(Json(branches))
+    Ok(Json(branches.into_iter().map(branch_view).collect()))
 }

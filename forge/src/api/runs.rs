@@ -5,13 +5,14 @@
 use std::convert::Infallible;
 use std::time::Duration;
 
+use api_types::StepState;
+use api_types::runs::{LogEvent, RunDetail, RunEnd, RunReview, RunView, StepEvent};
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use serde::Deserialize;
-use serde_json::{Value, json};
 
 use super::ApiError;
 use super::repos::authorize;
@@ -25,13 +26,9 @@ pub struct RunQuery {
     limit: Option<i64>,
 }
 
-const FINISHED: [&str; 4] = ["passed", "failed", "cancelled", "error"];
-
-async fn with_steps(state: &AppState, run: RunRow) -> Result<Value, ApiError> {
+async fn with_steps(state: &AppState, run: RunRow) -> Result<RunView, ApiError> {
     let steps = state.store.steps(run.id).await?;
-    let mut value = serde_json::to_value(&run).map_err(ApiError::internal)?;
-    value["steps"] = serde_json::to_value(steps).map_err(ApiError::internal)?;
-    Ok(value)
+    Ok(run.view(steps))
 }
 
 pub async fn list(
@@ -39,7 +36,7 @@ pub async fn list(
     caller: Caller,
     Path((owner, name)): Path<(String, String)>,
     Query(query): Query<RunQuery>,
-) -> Result<Json<Vec<Value>>, ApiError> {
+) -> Result<Json<Vec<RunView>>, ApiError> {
     let repo = authorize(&state, &caller, &owner, &name, Scope::RepoRead).await?;
     let runs = state
         .store
@@ -72,12 +69,23 @@ pub async fn show(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<i64>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<RunDetail>, ApiError> {
     let run = readable(&state, &caller, id).await?;
-    let review = state.store.github_review_of_run(run.id).await?;
-    let mut value = with_steps(&state, run).await?;
-    value["review"] = serde_json::to_value(review).map_err(ApiError::internal)?;
-    Ok(Json(value))
+    let review = state
+        .store
+        .github_review_of_run(run.id)
+        .await?
+        .map(|review| RunReview {
+            github_repo: review.github_repo,
+            number: review.number,
+            head_sha: review.head_sha,
+            verdict: review.verdict,
+            posted_at: review.posted_at,
+        });
+    Ok(Json(RunDetail {
+        run: with_steps(&state, run).await?,
+        review,
+    }))
 }
 
 #[derive(Debug, Deserialize)]
@@ -119,7 +127,9 @@ fn async_stream(
     store: crate::store::Store,
     run_id: i64,
 ) -> impl futures_util::Stream<Item = Result<Event, Infallible>> {
-    let state = (store, Vec::<(String, usize)>::new(), false);
+    // Per step: the status last sent (`None`: not sent yet) and how much
+    // of its log.
+    let state = (store, Vec::<(Option<StepState>, usize)>::new(), false);
     futures_util::stream::unfold(state, move |(store, mut sent, done)| async move {
         if done {
             return None;
@@ -133,16 +143,18 @@ fn async_stream(
             for step in &steps {
                 let index = step.position as usize;
                 if sent.len() <= index {
-                    sent.push((String::new(), 0));
+                    sent.push((None, 0));
                 }
                 let (status, offset) = &mut sent[index];
-                if *status != step.status {
-                    *status = step.status.clone();
-                    events.push(Event::default().event("step").data(
-                        json!({ "position": step.position, "name": step.name, "status": step.status,
-                                "exit_code": step.exit_code, "duration_ms": step.duration_ms })
-                        .to_string(),
-                    ));
+                if *status != Some(step.status) {
+                    *status = Some(step.status);
+                    events.push(Event::default().event("step").data(event_data(&StepEvent {
+                        position: step.position,
+                        name: step.name.clone(),
+                        status: step.status,
+                        exit_code: step.exit_code,
+                        duration_ms: step.duration_ms,
+                    })));
                 }
                 // The log keeps its tail only: when it was cut, resend from its start.
                 let start = if *offset <= step.log.len() {
@@ -152,21 +164,19 @@ fn async_stream(
                 };
                 if step.log.len() > start {
                     let text = step.log.get(start..).unwrap_or_default();
-                    events.push(
-                        Event::default()
-                            .event("log")
-                            .data(json!({ "position": step.position, "text": text }).to_string()),
-                    );
+                    events.push(Event::default().event("log").data(event_data(&LogEvent {
+                        position: step.position,
+                        text: text.to_owned(),
+                    })));
                     *offset = step.log.len();
                 }
             }
-            let finished = FINISHED.contains(&run.state.as_str());
+            let finished = run.state.is_finished();
             if finished {
-                events.push(
-                    Event::default()
-                        .event("end")
-                        .data(json!({ "state": run.state, "error": run.error }).to_string()),
-                );
+                events.push(Event::default().event("end").data(event_data(&RunEnd {
+                    state: run.state,
+                    error: run.error.clone(),
+                })));
             }
             if !events.is_empty() {
                 let batch = futures_util::stream::iter(events.into_iter().map(Ok));
@@ -176,4 +186,9 @@ fn async_stream(
         }
     })
     .flatten()
+}
+
+/// The data line of a server-sent event.
+fn event_data(value: &impl serde::Serialize) -> String {
+    serde_json::to_string(value).unwrap_or_default()
 }

@@ -1,39 +1,16 @@
 //! `/v1/tokens`: create (the secret is returned this once), list, revoke.
 //! Admin only.
 
+use api_types::tokens::{CreateToken, TokenView};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use serde::{Deserialize, Serialize};
 
 use super::{ApiError, Body, created};
 use crate::auth::{self, Caller, Scope};
 use crate::git::RepoName;
 use crate::server::AppState;
 use crate::store::{NewToken, TokenRow};
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CreateToken {
-    name: String,
-    scopes: Vec<String>,
-    /// `owner/name`: limit the token to this repository.
-    repo: Option<String>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct TokenView {
-    id: String,
-    name: String,
-    scopes: Vec<String>,
-    repo: Option<String>,
-    created_at: String,
-    last_used_at: Option<String>,
-    revoked_at: Option<String>,
-    /// Only in the answer to creation.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    token: Option<String>,
-}
 
 async fn view(
     state: &AppState,

@@ -8,68 +8,23 @@
 use std::convert::Infallible;
 use std::time::Duration;
 
+use api_types::vms::{
+    CarriedVm, CreateVm, EgressUsage, ExecExit, ExecFailure, ExecOutput, ExecRequest, ExecText,
+    ForkRequest, Forks, Kept, PauseRequest, Persistence, PersistenceKind, SandboxLimits,
+    SandboxQueue, SandboxSystem, System, VmDetail, VmStats, VmView,
+};
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
 
 use super::{ApiError, Body, created};
 use crate::auth::{Caller, Scope};
 use crate::server::AppState;
 use crate::store::VmRow;
 use crate::vms::NewVm;
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CreateVm {
-    repo: Option<String>,
-    branch: Option<String>,
-    vcpus: Option<u8>,
-    mem_mib: Option<u64>,
-    disk_mib: Option<u64>,
-    persistence: Option<Persistence>,
-    idle_timeout_secs: Option<u64>,
-    #[serde(default)]
-    env: std::collections::BTreeMap<String, String>,
-    dev_server: Option<crate::vms::devserver::DevServerSpec>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Persistence {
-    #[serde(rename = "type")]
-    kind: PersistenceKind,
-}
-
-#[derive(Debug, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum PersistenceKind {
-    Ephemeral,
-    Persistent,
-}
-
-#[derive(Debug, Serialize)]
-pub struct VmView {
-    id: String,
-    state: String,
-    backend: String,
-    repo: Option<String>,
-    branch: Option<String>,
-    parent: Option<String>,
-    vcpus: i64,
-    mem_mib: i64,
-    persistence: Value,
-    idle_timeout_secs: Option<i64>,
-    created_at: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    dev_server: Option<crate::vms::devserver::DevServerStatus>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    preview_url: Option<String>,
-}
 
 /// Where the VM's dev server is seen: `http://{id}-{port}.<preview
 /// domain>/` where the forge has one, else the path form.
@@ -109,18 +64,28 @@ async fn view(state: &AppState, row: VmRow) -> Result<VmView, ApiError> {
         parent: row.parent_id,
         vcpus: row.vcpus,
         mem_mib: row.mem_mib,
-        persistence: json!({ "type": if row.persistent { "persistent" } else { "ephemeral" } }),
+        persistence: Persistence::of(row.persistent),
         idle_timeout_secs: row.idle_timeout_secs,
         created_at: row.created_at,
     })
 }
 
 /// A VM's view plus what a fork or resume carried over (`kept`, `note`).
-fn with_carried(view: VmView, carried: &::sandbox::Carried) -> Result<Value, ApiError> {
-    let mut value = serde_json::to_value(view).map_err(ApiError::internal)?;
-    value["kept"] = json!(carried.kept);
-    value["note"] = json!(carried.note);
-    Ok(value)
+fn with_carried(vm: VmView, carried: &::sandbox::Carried) -> CarriedVm {
+    let kept = carried
+        .kept
+        .iter()
+        .map(|kept| match kept {
+            ::sandbox::Kept::Disk => Kept::Disk,
+            ::sandbox::Kept::Memory => Kept::Memory,
+            ::sandbox::Kept::Processes => Kept::Processes,
+        })
+        .collect();
+    CarriedVm {
+        vm,
+        kept,
+        note: carried.note.clone(),
+    }
 }
 
 /// The VM `id`, if the caller may use it (others' VMs are "not found").
@@ -136,31 +101,31 @@ pub(super) async fn owned(state: &AppState, caller: &Caller, id: &str) -> Result
 /// A VM's disk unless the request names one.
 const DEFAULT_DISK_MIB: u64 = 2048;
 
-pub async fn system(State(state): State<AppState>, _caller: Caller) -> Json<Value> {
+pub async fn system(State(state): State<AppState>, _caller: Caller) -> Json<System> {
     let (backend, reason, image) = state.sandboxes.describe();
-    Json(json!({
-        "version": env!("CARGO_PKG_VERSION"),
-        "sandboxes": {
-            "backend": backend.map(|b| b.to_string()),
-            "reason": reason,
-            "image": image,
-            "limits": {
-                "max_live": state.sandboxes.limits().max_live,
-                "max_vcpus": state.sandboxes.limits().max_vcpus,
-                "max_mem_mib": state.sandboxes.limits().max_mem_mib,
-                "max_disk_mib": state.sandboxes.limits().max_disk_mib,
-                "max_fork_count": state.sandboxes.limits().max_fork_count,
-                "max_live_per_token": state.sandboxes.limits().max_live_per_token,
-                "max_live_mem_mib": Some(state.sandboxes.limits().max_live_mem_mib)
-                    .filter(|mib| *mib != u64::MAX),
-                "max_file_bytes": state.sandboxes.limits().max_file_bytes,
+    let limits = state.sandboxes.limits();
+    Json(System {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        sandboxes: SandboxSystem {
+            backend: backend.map(|b| b.to_string()),
+            reason,
+            image: image.map(|path| path.display().to_string()),
+            limits: SandboxLimits {
+                max_live: limits.max_live,
+                max_vcpus: limits.max_vcpus,
+                max_mem_mib: limits.max_mem_mib,
+                max_disk_mib: limits.max_disk_mib,
+                max_fork_count: limits.max_fork_count,
+                max_live_per_token: limits.max_live_per_token,
+                max_live_mem_mib: Some(limits.max_live_mem_mib).filter(|mib| *mib != u64::MAX),
+                max_file_bytes: limits.max_file_bytes,
             },
-            "queue": {
-                "waiting": state.sandboxes.queued(),
-                "max_wait_secs": state.sandboxes.limits().queue_wait.as_secs(),
+            queue: SandboxQueue {
+                waiting: state.sandboxes.queued(),
+                max_wait_secs: limits.queue_wait.as_secs(),
             },
         },
-    }))
+    })
 }
 
 pub async fn create(
@@ -265,17 +230,29 @@ pub async fn show(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<VmDetail>, ApiError> {
     let row = owned(&state, &caller, &id).await?;
-    let stats = if matches!(row.state.as_str(), "running" | "paused") {
-        state.sandboxes.stats(&id).await.ok()
+    let stats = if row.state.is_live() {
+        state.sandboxes.stats(&id).await.ok().map(|stats| VmStats {
+            state: crate::vms::vm_state(stats.state),
+            memory_bytes: stats.memory_bytes,
+            cpu_usage_ns: stats.cpu_usage_ns,
+            disk_bytes: stats.disk_bytes,
+        })
     } else {
         None
     };
-    let mut value = serde_json::to_value(view(&state, row).await?).map_err(ApiError::internal)?;
-    value["stats"] = serde_json::to_value(stats).map_err(ApiError::internal)?;
-    value["egress"] = json!(state.sandboxes.network().usage(&id));
-    Ok(Json(value))
+    let usage = state.sandboxes.network().usage(&id);
+    Ok(Json(VmDetail {
+        vm: view(&state, row).await?,
+        stats,
+        egress: EgressUsage {
+            connections: usage.connections,
+            refused: usage.refused,
+            bytes_out: usage.bytes_out,
+            bytes_in: usage.bytes_in,
+        },
+    }))
 }
 
 pub async fn delete(
@@ -286,18 +263,6 @@ pub async fn delete(
     owned(&state, &caller, &id).await?;
     state.sandboxes.destroy(&id).await?;
     Ok(StatusCode::NO_CONTENT)
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ExecRequest {
-    command: Option<String>,
-    argv: Option<Vec<String>>,
-    #[serde(default)]
-    env: std::collections::BTreeMap<String, String>,
-    cwd: Option<String>,
-    stdin: Option<String>,
-    timeout_secs: Option<u64>,
 }
 
 pub async fn exec(
@@ -338,23 +303,30 @@ pub async fn exec(
         return Ok(exec_events(stream).into_response());
     }
     let output = state.sandboxes.exec(&id, command).await?;
-    let mut answer = exit_json(&output.exited);
-    answer["stdout"] = json!(String::from_utf8_lossy(&output.stdout));
-    answer["stderr"] = json!(String::from_utf8_lossy(&output.stderr));
-    Ok(Json(answer).into_response())
+    Ok(Json(ExecOutput {
+        exit: exit_of(&output.exited),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    })
+    .into_response())
 }
 
-fn exit_json(exited: &::sandbox::Exited) -> Value {
+fn exit_of(exited: &::sandbox::Exited) -> ExecExit {
     let exit_code = match exited.status {
         ::sandbox::ExitStatus::Code(code) => code,
         ::sandbox::ExitStatus::Signal(signal) => 128 + signal,
     };
-    json!({
-        "exit_code": exit_code,
-        "duration_ms": exited.duration_ms,
-        "truncated": exited.truncated,
-        "timed_out": exited.timed_out,
-    })
+    ExecExit {
+        exit_code,
+        duration_ms: exited.duration_ms,
+        truncated: exited.truncated,
+        timed_out: exited.timed_out,
+    }
+}
+
+/// The data line of a server-sent event.
+fn event_data(value: &impl serde::Serialize) -> String {
+    serde_json::to_string(value).unwrap_or_default()
 }
 
 /// An exec as server-sent events: `stdout` and `stderr` (`{"text"}`) as the
@@ -367,23 +339,29 @@ fn exec_events(
     let events = futures_util::stream::unfold(Some(stream), |stream| async move {
         let mut stream = stream?;
         let event = match stream.next().await {
-            Ok(Some(::sandbox::ExecEvent::Stdout(bytes))) => Event::default()
-                .event("stdout")
-                .data(json!({ "text": String::from_utf8_lossy(&bytes) }).to_string()),
-            Ok(Some(::sandbox::ExecEvent::Stderr(bytes))) => Event::default()
-                .event("stderr")
-                .data(json!({ "text": String::from_utf8_lossy(&bytes) }).to_string()),
+            Ok(Some(::sandbox::ExecEvent::Stdout(bytes))) => {
+                Event::default().event("stdout").data(event_data(&ExecText {
+                    text: String::from_utf8_lossy(&bytes).into_owned(),
+                }))
+            }
+            Ok(Some(::sandbox::ExecEvent::Stderr(bytes))) => {
+                Event::default().event("stderr").data(event_data(&ExecText {
+                    text: String::from_utf8_lossy(&bytes).into_owned(),
+                }))
+            }
             Ok(Some(::sandbox::ExecEvent::Exited(exited))) => {
                 return Some((
                     Ok(Event::default()
                         .event("exit")
-                        .data(exit_json(&exited).to_string())),
+                        .data(event_data(&exit_of(&exited)))),
                     None,
                 ));
             }
             Ok(None) => return None,
             Err(error) => {
-                let message = json!({ "message": error.to_string() }).to_string();
+                let message = event_data(&ExecFailure {
+                    message: error.to_string(),
+                });
                 return Some((Ok(Event::default().event("error").data(message)), None));
             }
         };
@@ -392,18 +370,12 @@ fn exec_events(
     Sse::new(events).keep_alive(KeepAlive::default())
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ForkRequest {
-    count: Option<usize>,
-}
-
 pub async fn fork(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
     Body(request): Body<ForkRequest>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<Forks>), ApiError> {
     owned(&state, &caller, &id).await?;
     if !caller.is_admin() {
         state
@@ -417,20 +389,9 @@ pub async fn fork(
         .await?;
     let mut views = Vec::new();
     for (row, carried) in forks {
-        let mut value =
-            serde_json::to_value(view(&state, row).await?).map_err(ApiError::internal)?;
-        value["kept"] = json!(carried.kept);
-        value["note"] = json!(carried.note);
-        views.push(value);
+        views.push(with_carried(view(&state, row).await?, &carried));
     }
-    Ok(created(json!({ "forks": views })))
-}
-
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct PauseRequest {
-    #[serde(default)]
-    to_disk: bool,
+    Ok(created(Forks { forks: views }))
 }
 
 pub async fn pause(
@@ -461,10 +422,10 @@ pub async fn resume(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<CarriedVm>, ApiError> {
     owned(&state, &caller, &id).await?;
     let (row, carried) = state.sandboxes.resume(&id).await?;
-    Ok(Json(with_carried(view(&state, row).await?, &carried)?))
+    Ok(Json(with_carried(view(&state, row).await?, &carried)))
 }
 
 pub async fn read_file(

@@ -7,10 +7,13 @@
 //! created it (`POST`, or `PATCH` with `rotate_secret`); URLs are shown with
 //! any credentials in them replaced by `***`.
 
+use api_types::webhooks::{
+    AttemptView, CreateWebhook, DeliveryPage, DeliveryView, Queued, UpdateWebhook, WebhookView,
+};
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::Value;
 
 use super::repos::authorize;
@@ -24,53 +27,6 @@ use crate::store::{
 use crate::webhooks::ROTATION_WINDOW;
 use hooks::Secret;
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CreateWebhook {
-    url: String,
-    events: Vec<String>,
-    #[serde(default)]
-    branches: Vec<String>,
-    #[serde(default)]
-    paths: Vec<String>,
-    active: Option<bool>,
-    secret: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct UpdateWebhook {
-    url: Option<String>,
-    events: Option<Vec<String>>,
-    branches: Option<Vec<String>>,
-    paths: Option<Vec<String>>,
-    active: Option<bool>,
-    /// Replace the secret (with `secret`, or a generated one); the old one
-    /// keeps signing for the rotation window.
-    #[serde(default)]
-    rotate_secret: bool,
-    secret: Option<String>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct WebhookView {
-    id: String,
-    url: String,
-    events: Value,
-    branches: Value,
-    paths: Value,
-    active: bool,
-    disabled_reason: Option<String>,
-    consecutive_failures: i64,
-    /// While set, the previous secret still signs every request too.
-    previous_secret_expires_at: Option<String>,
-    created_at: String,
-    updated_at: String,
-    /// Only in the answer that created it.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    secret: Option<String>,
-}
-
 fn rfc3339_ms(ms: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
         .ok()
@@ -81,26 +37,26 @@ fn rfc3339_ms(ms: i64) -> String {
         .unwrap_or_default()
 }
 
-impl WebhookView {
-    fn new(row: &WebhookRow, secret: Option<String>) -> Self {
-        let list = |text: &str| serde_json::from_str(text).unwrap_or(Value::Null);
-        Self {
-            id: row.id.clone(),
-            url: crate::git::redact_credentials(&row.url),
-            events: list(&row.events),
-            branches: list(&row.branches),
-            paths: list(&row.paths),
-            active: row.active,
-            disabled_reason: row.disabled_reason.clone(),
-            consecutive_failures: row.consecutive_failures,
-            previous_secret_expires_at: row
-                .previous_secret_until
-                .filter(|until| *until > now_ms())
-                .map(rfc3339_ms),
-            created_at: row.created_at.clone(),
-            updated_at: row.updated_at.clone(),
-            secret,
-        }
+/// A subscription as the API shows it, with `secret` when the request set it.
+fn webhook_view(row: &WebhookRow, secret: Option<String>) -> WebhookView {
+    // The lists are stored as JSON arrays written by this module.
+    let list = |text: &str| serde_json::from_str(text).unwrap_or_default();
+    WebhookView {
+        id: row.id.clone(),
+        url: crate::git::redact_credentials(&row.url),
+        events: list(&row.events),
+        branches: list(&row.branches),
+        paths: list(&row.paths),
+        active: row.active,
+        disabled_reason: row.disabled_reason.clone(),
+        consecutive_failures: row.consecutive_failures,
+        previous_secret_expires_at: row
+            .previous_secret_until
+            .filter(|until| *until > now_ms())
+            .map(rfc3339_ms),
+        created_at: row.created_at.clone(),
+        updated_at: row.updated_at.clone(),
+        secret,
     }
 }
 
@@ -187,7 +143,7 @@ pub async fn create(
         })
         .await?;
     tracing::info!(repo = %repo.full_name(), webhook = %id, "webhook created");
-    Ok(created(WebhookView::new(
+    Ok(created(webhook_view(
         &row,
         Some(secret.expose().to_owned()),
     )))
@@ -201,7 +157,7 @@ pub async fn list(
     let repo = authorize(&state, &caller, &owner, &name, Scope::RepoRead).await?;
     let rows = state.store.list_webhooks(&repo.id).await?;
     Ok(Json(
-        rows.iter().map(|row| WebhookView::new(row, None)).collect(),
+        rows.iter().map(|row| webhook_view(row, None)).collect(),
     ))
 }
 
@@ -211,10 +167,7 @@ pub async fn show(
     Path((owner, name, id)): Path<(String, String, String)>,
 ) -> Result<Json<WebhookView>, ApiError> {
     let repo = authorize(&state, &caller, &owner, &name, Scope::RepoRead).await?;
-    Ok(Json(WebhookView::new(
-        &find(&state, &repo, &id).await?,
-        None,
-    )))
+    Ok(Json(webhook_view(&find(&state, &repo, &id).await?, None)))
 }
 
 pub async fn update(
@@ -267,7 +220,7 @@ pub async fn update(
         state.webhooks.wake();
     }
     tracing::info!(webhook = %id, rotated = new_secret.is_some(), "webhook changed");
-    Ok(Json(WebhookView::new(
+    Ok(Json(webhook_view(
         &row,
         new_secret.map(|s| s.expose().to_owned()),
     )))
@@ -284,11 +237,6 @@ pub async fn delete(
     }
     tracing::info!(webhook = %id, "webhook deleted");
     Ok(StatusCode::NO_CONTENT)
-}
-
-#[derive(Debug, Serialize)]
-pub struct Queued {
-    delivery_id: String,
 }
 
 fn disabled(hook: &WebhookRow) -> ApiError {
@@ -332,54 +280,19 @@ pub struct PageQuery {
     limit: Option<i64>,
 }
 
-#[derive(Debug, Serialize)]
-pub struct AttemptView {
-    attempt: i64,
-    started_at: String,
-    duration_ms: i64,
-    request_headers: Value,
-    response_status: Option<i64>,
-    response_headers: Value,
-    /// The first 4 KiB, as text (invalid UTF-8 replaced).
-    response_body: String,
-    response_body_truncated: bool,
-    error: Option<String>,
-    next_attempt_at: Option<String>,
-}
-
-impl From<AttemptRow> for AttemptView {
-    fn from(row: AttemptRow) -> Self {
-        Self {
-            attempt: row.attempt,
-            started_at: rfc3339_ms(row.started_at),
-            duration_ms: row.duration_ms,
-            request_headers: serde_json::from_str(&row.request_headers).unwrap_or(Value::Null),
-            response_status: row.response_status,
-            response_headers: serde_json::from_str(&row.response_headers).unwrap_or(Value::Null),
-            response_body: String::from_utf8_lossy(&row.response_body).into_owned(),
-            response_body_truncated: row.response_body_truncated,
-            error: row.error,
-            next_attempt_at: row.next_attempt_at.map(rfc3339_ms),
-        }
+fn attempt_view(row: AttemptRow) -> AttemptView {
+    AttemptView {
+        attempt: row.attempt,
+        started_at: rfc3339_ms(row.started_at),
+        duration_ms: row.duration_ms,
+        request_headers: serde_json::from_str(&row.request_headers).unwrap_or(Value::Null),
+        response_status: row.response_status,
+        response_headers: serde_json::from_str(&row.response_headers).unwrap_or(Value::Null),
+        response_body: String::from_utf8_lossy(&row.response_body).into_owned(),
+        response_body_truncated: row.response_body_truncated,
+        error: row.error,
+        next_attempt_at: row.next_attempt_at.map(rfc3339_ms),
     }
-}
-
-#[derive(Debug, Serialize)]
-pub struct DeliveryView {
-    id: String,
-    /// Pass as `before` for older deliveries.
-    seq: i64,
-    event_type: String,
-    event_id: Option<i64>,
-    /// `pending`, `delivered` or `failed`.
-    status: String,
-    attempts: i64,
-    next_attempt_at: Option<String>,
-    created_at: String,
-    attempt_log: Vec<AttemptView>,
-    /// Only when one delivery is read.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    payload: Option<Value>,
 }
 
 async fn delivery_view(
@@ -390,7 +303,10 @@ async fn delivery_view(
     let attempts = state.store.attempts(&row.id).await?;
     Ok(DeliveryView {
         payload: with_payload.then(|| serde_json::from_slice(&row.body).unwrap_or(Value::Null)),
-        next_attempt_at: (row.status == "pending").then(|| rfc3339_ms(row.next_attempt_at)),
+        next_attempt_at: row
+            .status
+            .is_pending()
+            .then(|| rfc3339_ms(row.next_attempt_at)),
         id: row.id,
         seq: row.seq,
         event_type: row.event_type,
@@ -398,15 +314,8 @@ async fn delivery_view(
         status: row.status,
         attempts: row.attempts,
         created_at: row.created_at,
-        attempt_log: attempts.into_iter().map(AttemptView::from).collect(),
+        attempt_log: attempts.into_iter().map(attempt_view).collect(),
     })
-}
-
-#[derive(Debug, Serialize)]
-pub struct DeliveryPage {
-    deliveries: Vec<DeliveryView>,
-    /// Pass as `before` for the next (older) page; absent on the last one.
-    next_before: Option<i64>,
 }
 
 pub async fn deliveries(

@@ -95,8 +95,7 @@ impl Client {
 
 /// The message of the API's error shape, or the text itself.
 fn error_message(text: &str) -> String {
-    serde_json::from_str::<Value>(text)
-        .ok()
-        .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
-        .unwrap_or_else(|| text.to_owned())
+    serde_json::from_str::<api_types::ErrorBody>(text)
+        .map(|body| body.error.message)
+        .unwrap_or_else(|_| text.to_owned())
 }

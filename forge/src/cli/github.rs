@@ -5,11 +5,12 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use api_types::github::{GithubLinkView, LinkRequest};
 use clap::Subcommand;
 use reqwest::Method;
-use serde_json::{Value, json};
+use serde_json::Value;
 
-use super::{Target, print_json, text};
+use super::{Target, body, print_json};
 use forge::github::config::{self, FileConfig, Secret};
 
 #[derive(Subcommand)]
@@ -79,18 +80,21 @@ pub async fn github(target: &Target<'_>, command: GithubCommand) -> anyhow::Resu
         ),
         GithubCommand::Link { repo, github_repo } => {
             let client = target.client()?;
-            let link: Value = client
+            let request = LinkRequest {
+                repository: github_repo,
+            };
+            let link: GithubLinkView = client
                 .call(
                     Method::POST,
                     &format!("/v1/repos/{repo}/github"),
-                    Some(json!({ "repository": github_repo })),
+                    body(&request)?,
                 )
                 .await?;
             show(target, &link)
         }
         GithubCommand::Status { repo } => {
             let client = target.client()?;
-            let link: Value = client
+            let link: GithubLinkView = client
                 .call(Method::GET, &format!("/v1/repos/{repo}/github"), None)
                 .await?;
             show(target, &link)
@@ -141,23 +145,22 @@ fn to_toml(file: &FileConfig) -> anyhow::Result<String> {
     ))
 }
 
-fn show(target: &Target<'_>, link: &Value) -> anyhow::Result<()> {
+fn show(target: &Target<'_>, link: &GithubLinkView) -> anyhow::Result<()> {
     if target.json {
         return print_json(link);
     }
     println!(
         "linked to {} (installation {})",
-        text(&link["repository"]),
-        link["installation_id"]
+        link.repository, link.installation_id
     );
     println!("{:<32} {:<9} {:<26} ERROR", "REF", "STATE", "LAST SYNC");
-    for r in link["refs"].as_array().into_iter().flatten() {
+    for r in &link.refs {
         println!(
             "{:<32} {:<9} {:<26} {}",
-            text(&r["ref_name"]),
-            text(&r["state"]),
-            text(&r["last_sync_at"]),
-            text(&r["last_error"])
+            r.ref_name,
+            r.state,
+            r.last_sync_at,
+            r.last_error.as_deref().unwrap_or("-")
         );
     }
     Ok(())

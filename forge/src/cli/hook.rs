@@ -1,11 +1,12 @@
 //! `forge hook`: webhooks of a repository over the API: create, list,
 //! delete, the delivery log and redelivery.
 
+use api_types::webhooks::{CreateWebhook, DeliveryPage, WebhookView};
 use clap::Subcommand;
 use reqwest::Method;
-use serde_json::{Value, json};
+use serde_json::Value;
 
-use super::{Target, print_json, repo_path, text};
+use super::{Target, body, print_json, repo_path};
 
 #[derive(Subcommand)]
 pub enum HookCommand {
@@ -74,28 +75,29 @@ pub async fn hook(target: &Target<'_>, command: HookCommand) -> anyhow::Result<(
             secret,
             inactive,
         } => {
-            let body = json!({
-                "url": url, "events": events, "branches": branches, "paths": paths,
-                "secret": secret, "active": !inactive,
-            });
-            let hook: Value = client
+            let request = CreateWebhook {
+                url,
+                events,
+                branches,
+                paths,
+                active: Some(!inactive),
+                secret,
+            };
+            let hook: WebhookView = client
                 .call(
                     Method::POST,
                     &format!("{}/webhooks", repo_path(&repo)?),
-                    Some(body),
+                    body(&request)?,
                 )
                 .await?;
             if target.json {
                 return print_json(&hook);
             }
-            println!(
-                "webhook {} created; its secret is shown only now:",
-                text(&hook["id"])
-            );
-            println!("{}", text(&hook["secret"]));
+            println!("webhook {} created; its secret is shown only now:", hook.id);
+            println!("{}", hook.secret.as_deref().unwrap_or("-"));
         }
         HookCommand::List { repo } => {
-            let hooks: Value = client
+            let hooks: Vec<WebhookView> = client
                 .call(
                     Method::GET,
                     &format!("{}/webhooks", repo_path(&repo)?),
@@ -106,23 +108,13 @@ pub async fn hook(target: &Target<'_>, command: HookCommand) -> anyhow::Result<(
                 return print_json(&hooks);
             }
             println!("{:<36} {:<8} {:<30} URL", "ID", "STATE", "EVENTS");
-            for hook in hooks.as_array().into_iter().flatten() {
-                let events: Vec<&str> = hook["events"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(Value::as_str)
-                    .collect();
-                let state = if hook["active"] == true {
-                    "active"
-                } else {
-                    "disabled"
-                };
+            for hook in &hooks {
+                let state = if hook.active { "active" } else { "disabled" };
                 println!(
                     "{:<36} {state:<8} {:<30} {}",
-                    text(&hook["id"]),
-                    events.join(","),
-                    text(&hook["url"])
+                    hook.id,
+                    hook.events.join(","),
+                    hook.url
                 );
             }
         }
@@ -149,7 +141,7 @@ pub async fn hook(target: &Target<'_>, command: HookCommand) -> anyhow::Result<(
             if let Some(before) = before {
                 path.push_str(&format!("&before={before}"));
             }
-            let page: Value = client.call(Method::GET, &path, None).await?;
+            let page: DeliveryPage = client.call(Method::GET, &path, None).await?;
             if target.json {
                 return print_json(&page);
             }
@@ -157,25 +149,25 @@ pub async fn hook(target: &Target<'_>, command: HookCommand) -> anyhow::Result<(
                 "{:<6} {:<28} {:<16} {:<10} {:>8} LAST",
                 "SEQ", "ID", "EVENT", "STATUS", "ATTEMPTS"
             );
-            for delivery in page["deliveries"].as_array().into_iter().flatten() {
-                let last = delivery["attempt_log"]
-                    .as_array()
-                    .and_then(|log| log.last())
-                    .map(|attempt| match attempt["response_status"].as_i64() {
-                        Some(code) => format!("HTTP {code} in {} ms", attempt["duration_ms"]),
-                        None => text(&attempt["error"]).to_owned(),
+            for delivery in &page.deliveries {
+                let last = delivery
+                    .attempt_log
+                    .last()
+                    .map(|attempt| match attempt.response_status {
+                        Some(code) => format!("HTTP {code} in {} ms", attempt.duration_ms),
+                        None => attempt.error.clone().unwrap_or_else(|| "-".to_owned()),
                     })
                     .unwrap_or_default();
                 println!(
                     "{:<6} {:<28} {:<16} {:<10} {:>8} {last}",
-                    delivery["seq"],
-                    text(&delivery["id"]),
-                    text(&delivery["event_type"]),
-                    text(&delivery["status"]),
-                    delivery["attempts"]
+                    delivery.seq,
+                    delivery.id,
+                    delivery.event_type,
+                    delivery.status,
+                    delivery.attempts
                 );
             }
-            if let Some(next) = page["next_before"].as_i64() {
+            if let Some(next) = page.next_before {
                 println!("older: --before {next}");
             }
         }

@@ -13,9 +13,11 @@ pub use vm::{RunCommand, VmCommand, run, vm};
 use std::path::Path;
 
 use anyhow::Context;
+use api_types::repos::{CreateRepo, RepoView};
+use api_types::tokens::{CreateToken, TokenView};
 use clap::Subcommand;
 use reqwest::Method;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use client::Client;
 
@@ -74,13 +76,18 @@ impl Target<'_> {
     }
 }
 
-fn print_json(value: &Value) -> anyhow::Result<()> {
+fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }
 
 fn text(value: &Value) -> &str {
     value.as_str().unwrap_or("-")
+}
+
+/// A typed request body as the client sends it.
+fn body(request: &impl serde::Serialize) -> anyhow::Result<Option<Value>> {
+    Ok(Some(serde_json::to_value(request)?))
 }
 
 fn repo_path(name: &str) -> anyhow::Result<String> {
@@ -96,31 +103,33 @@ pub async fn repo(target: &Target<'_>, command: RepoCommand) -> anyhow::Result<(
             default_branch,
             import_url,
         } => {
-            let body =
-                json!({ "name": name, "default_branch": default_branch, "import_url": import_url });
-            let repo: Value = client.call(Method::POST, "/v1/repos", Some(body)).await?;
+            let request = CreateRepo {
+                name,
+                default_branch,
+                import_url,
+            };
+            let repo: RepoView = client
+                .call(Method::POST, "/v1/repos", body(&request)?)
+                .await?;
             if target.json {
                 return print_json(&repo);
             }
             println!(
                 "created {} (default branch {})",
-                text(&repo["name"]),
-                text(&repo["default_branch"])
+                repo.name, repo.default_branch
             );
-            println!("clone: git clone {}", text(&repo["clone_url"]));
+            println!("clone: git clone {}", repo.clone_url);
         }
         RepoCommand::List => {
-            let repos: Value = client.call(Method::GET, "/v1/repos", None).await?;
+            let repos: Vec<RepoView> = client.call(Method::GET, "/v1/repos", None).await?;
             if target.json {
                 return print_json(&repos);
             }
             println!("{:<40} {:<16} CLONE URL", "NAME", "DEFAULT");
-            for repo in repos.as_array().into_iter().flatten() {
+            for repo in &repos {
                 println!(
                     "{:<40} {:<16} {}",
-                    text(&repo["name"]),
-                    text(&repo["default_branch"]),
-                    text(&repo["clone_url"])
+                    repo.name, repo.default_branch, repo.clone_url
                 );
             }
         }
@@ -138,19 +147,18 @@ pub async fn token(target: &Target<'_>, command: TokenCommand) -> anyhow::Result
     let client = target.client()?;
     match command {
         TokenCommand::Create { name, scopes, repo } => {
-            let body = json!({ "name": name, "scopes": scopes, "repo": repo });
-            let token: Value = client.call(Method::POST, "/v1/tokens", Some(body)).await?;
+            let request = CreateToken { name, scopes, repo };
+            let token: TokenView = client
+                .call(Method::POST, "/v1/tokens", body(&request)?)
+                .await?;
             if target.json {
                 return print_json(&token);
             }
-            println!(
-                "token {} created; its secret is shown only now:",
-                text(&token["id"])
-            );
-            println!("{}", text(&token["token"]));
+            println!("token {} created; its secret is shown only now:", token.id);
+            println!("{}", token.token.as_deref().unwrap_or("-"));
         }
         TokenCommand::List => {
-            let tokens: Value = client.call(Method::GET, "/v1/tokens", None).await?;
+            let tokens: Vec<TokenView> = client.call(Method::GET, "/v1/tokens", None).await?;
             if target.json {
                 return print_json(&tokens);
             }
@@ -158,24 +166,18 @@ pub async fn token(target: &Target<'_>, command: TokenCommand) -> anyhow::Result
                 "{:<36} {:<20} {:<26} {:<20} STATE",
                 "ID", "NAME", "SCOPES", "REPO"
             );
-            for token in tokens.as_array().into_iter().flatten() {
-                let scopes: Vec<&str> = token["scopes"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(Value::as_str)
-                    .collect();
-                let state = if token["revoked_at"].is_string() {
+            for token in &tokens {
+                let state = if token.revoked_at.is_some() {
                     "revoked"
                 } else {
                     "live"
                 };
                 println!(
                     "{:<36} {:<20} {:<26} {:<20} {state}",
-                    text(&token["id"]),
-                    text(&token["name"]),
-                    scopes.join(","),
-                    token["repo"].as_str().unwrap_or("(all)")
+                    token.id,
+                    token.name,
+                    token.scopes.join(","),
+                    token.repo.as_deref().unwrap_or("(all)")
                 );
             }
         }

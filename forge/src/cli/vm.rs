@@ -3,12 +3,17 @@
 use std::io::Write;
 
 use anyhow::Context;
+use api_types::runs::{LogEvent, RunDetail, RunEnd, RunView, StepEvent};
+use api_types::vms::{
+    CarriedVm, CreateVm, ExecOutput, ExecRequest, ForkRequest, Forks, PauseRequest, Persistence,
+    VmView,
+};
 use clap::Subcommand;
 use futures_util::StreamExt;
 use reqwest::Method;
-use serde_json::{Value, json};
+use serde_json::Value;
 
-use super::{Target, print_json, text};
+use super::{Target, body, print_json};
 
 #[derive(Subcommand)]
 pub enum VmCommand {
@@ -77,21 +82,21 @@ pub enum RunCommand {
     },
 }
 
-fn vm_line(vm: &Value) -> String {
+fn vm_line(vm: &VmView) -> String {
     format!(
         "{:<16} {:<15} {:<10} {:<16} {:<24} {}",
-        text(&vm["id"]),
-        text(&vm["state"]),
-        text(&vm["backend"]),
-        vm["parent"].as_str().unwrap_or("-"),
-        vm["repo"].as_str().unwrap_or("-"),
-        vm["branch"].as_str().unwrap_or("-")
+        vm.id,
+        vm.state.as_str(),
+        vm.backend,
+        vm.parent.as_deref().unwrap_or("-"),
+        vm.repo.as_deref().unwrap_or("-"),
+        vm.branch.as_deref().unwrap_or("-")
     )
 }
 
 pub async fn vm(target: &Target<'_>, command: VmCommand) -> anyhow::Result<()> {
     let client = target.client()?;
-    let answer: Value = match command {
+    let answer: VmView = match command {
         VmCommand::Create {
             repo,
             branch,
@@ -100,13 +105,21 @@ pub async fn vm(target: &Target<'_>, command: VmCommand) -> anyhow::Result<()> {
             ephemeral,
             idle_timeout_secs,
         } => {
-            let kind = if ephemeral { "ephemeral" } else { "persistent" };
-            let body = json!({ "repo": repo, "branch": branch, "vcpus": vcpus, "mem_mib": mem_mib,
-                               "persistence": { "type": kind }, "idle_timeout_secs": idle_timeout_secs });
-            client.call(Method::POST, "/v1/vms", Some(body)).await?
+            let request = CreateVm {
+                repo,
+                branch,
+                vcpus,
+                mem_mib,
+                persistence: Some(Persistence::of(!ephemeral)),
+                idle_timeout_secs,
+                ..CreateVm::default()
+            };
+            client
+                .call(Method::POST, "/v1/vms", body(&request)?)
+                .await?
         }
         VmCommand::List => {
-            let vms: Value = client.call(Method::GET, "/v1/vms", None).await?;
+            let vms: Vec<VmView> = client.call(Method::GET, "/v1/vms", None).await?;
             if target.json {
                 return print_json(&vms);
             }
@@ -114,47 +127,44 @@ pub async fn vm(target: &Target<'_>, command: VmCommand) -> anyhow::Result<()> {
                 "{:<16} {:<15} {:<10} {:<16} {:<24} BRANCH",
                 "ID", "STATE", "BACKEND", "PARENT", "REPO"
             );
-            for vm in vms.as_array().into_iter().flatten() {
+            for vm in &vms {
                 println!("{}", vm_line(vm));
             }
             return Ok(());
         }
         VmCommand::Exec { id, cwd, argv } => {
-            let out: Value = client
-                .call(
-                    Method::POST,
-                    &format!("/v1/vms/{id}/exec"),
-                    Some(json!({ "argv": argv, "cwd": cwd })),
-                )
+            let request = ExecRequest {
+                argv: Some(argv),
+                cwd,
+                ..ExecRequest::default()
+            };
+            let out: ExecOutput = client
+                .call(Method::POST, &format!("/v1/vms/{id}/exec"), body(&request)?)
                 .await?;
             if target.json {
                 return print_json(&out);
             }
-            print!("{}", text(&out["stdout"]));
-            eprint!("{}", text(&out["stderr"]));
-            if out["truncated"] == true {
+            print!("{}", out.stdout);
+            eprint!("{}", out.stderr);
+            if out.exit.truncated {
                 eprintln!("forge: the output was truncated");
             }
             std::io::stdout().flush()?;
-            let code = out["exit_code"].as_i64().unwrap_or(1);
-            if code != 0 {
-                std::process::exit(i32::try_from(code).unwrap_or(1));
+            if out.exit.exit_code != 0 {
+                std::process::exit(out.exit.exit_code);
             }
             return Ok(());
         }
         VmCommand::Fork { id, count } => {
-            let forks: Value = client
-                .call(
-                    Method::POST,
-                    &format!("/v1/vms/{id}/fork"),
-                    Some(json!({ "count": count })),
-                )
+            let request = ForkRequest { count: Some(count) };
+            let forks: Forks = client
+                .call(Method::POST, &format!("/v1/vms/{id}/fork"), body(&request)?)
                 .await?;
             if target.json {
                 return print_json(&forks);
             }
-            for fork in forks["forks"].as_array().into_iter().flatten() {
-                println!("{} (kept {})", vm_line(fork), fork["kept"]);
+            for fork in &forks.forks {
+                println!("{} (kept {:?})", vm_line(&fork.vm), fork.kept);
             }
             return Ok(());
         }
@@ -163,14 +173,18 @@ pub async fn vm(target: &Target<'_>, command: VmCommand) -> anyhow::Result<()> {
                 .call(
                     Method::POST,
                     &format!("/v1/vms/{id}/pause"),
-                    Some(json!({ "to_disk": to_disk })),
+                    body(&PauseRequest { to_disk })?,
                 )
                 .await?
         }
         VmCommand::Resume { id } => {
-            client
+            let resumed: CarriedVm = client
                 .call(Method::POST, &format!("/v1/vms/{id}/resume"), None)
-                .await?
+                .await?;
+            if target.json {
+                return print_json(&resumed);
+            }
+            resumed.vm
         }
         VmCommand::Rm { id } => {
             let _: Value = client
@@ -192,7 +206,7 @@ pub async fn run(target: &Target<'_>, command: RunCommand) -> anyhow::Result<()>
     match command {
         RunCommand::List { repo } => {
             let name = forge::git::RepoName::parse(&repo)?;
-            let runs: Value = client
+            let runs: Vec<RunView> = client
                 .call(
                     Method::GET,
                     &format!("/v1/repos/{}/{}/runs", name.owner, name.name),
@@ -206,40 +220,40 @@ pub async fn run(target: &Target<'_>, command: RunCommand) -> anyhow::Result<()>
                 "{:<6} {:<10} {:<24} {:<10} CREATED",
                 "RUN", "STATE", "BRANCH", "COMMIT"
             );
-            for run in runs.as_array().into_iter().flatten() {
+            for run in &runs {
                 println!(
                     "{:<6} {:<10} {:<24} {:<10} {}",
-                    run["id"],
-                    text(&run["state"]),
-                    text(&run["branch"]),
-                    text(&run["commit_id"]).chars().take(8).collect::<String>(),
-                    text(&run["created_at"])
+                    run.id,
+                    run.state.as_str(),
+                    run.branch,
+                    run.commit_id.chars().take(8).collect::<String>(),
+                    run.created_at
                 );
             }
         }
         RunCommand::Show { id } => {
-            let run: Value = client
+            let detail: RunDetail = client
                 .call(Method::GET, &format!("/v1/runs/{id}"), None)
                 .await?;
             if target.json {
-                return print_json(&run);
+                return print_json(&detail);
             }
+            let run = &detail.run;
             println!(
                 "run {id}: {} on {} at {}",
-                text(&run["state"]),
-                text(&run["branch"]),
-                text(&run["commit_id"])
+                run.state, run.branch, run.commit_id
             );
-            if let Some(error) = run["error"].as_str() {
+            if let Some(error) = &run.error {
                 println!("error: {error}");
             }
-            for step in run["steps"].as_array().into_iter().flatten() {
+            let or_null = |n: Option<i64>| n.map_or_else(|| "null".to_owned(), |n| n.to_string());
+            for step in &run.steps {
                 println!(
                     "  {:<12} {:<10} exit {:<4} {} ms",
-                    text(&step["name"]),
-                    text(&step["status"]),
-                    step["exit_code"],
-                    step["duration_ms"]
+                    step.name,
+                    step.status.as_str(),
+                    or_null(step.exit_code),
+                    or_null(step.duration_ms)
                 );
             }
         }
@@ -270,17 +284,19 @@ async fn follow_logs(client: &super::client::Client, id: i64) -> anyhow::Result<
             if let Some(name) = line.strip_prefix("event:") {
                 event = name.trim().to_owned();
             } else if let Some(data) = line.strip_prefix("data:") {
-                let data: Value = serde_json::from_str(data.trim()).unwrap_or_default();
+                let data = data.trim();
                 match event.as_str() {
-                    "log" => write!(stdout, "{}", text(&data["text"]))?,
-                    "step" => writeln!(
-                        stdout,
-                        "== {} ({}) ==",
-                        text(&data["name"]),
-                        text(&data["status"])
-                    )?,
+                    "log" => {
+                        let log: LogEvent = serde_json::from_str(data)?;
+                        write!(stdout, "{}", log.text)?;
+                    }
+                    "step" => {
+                        let step: StepEvent = serde_json::from_str(data)?;
+                        writeln!(stdout, "== {} ({}) ==", step.name, step.status)?;
+                    }
                     "end" => {
-                        writeln!(stdout, "== run {} ==", text(&data["state"]))?;
+                        let end: RunEnd = serde_json::from_str(data)?;
+                        writeln!(stdout, "== run {} ==", end.state)?;
                         return Ok(());
                     }
                     _ => {}

@@ -53,6 +53,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
+use api_types::{ReviewVerdict, RunState, StepState};
 use serde_json::{Value, json};
 
 use super::auth::{AppAuth, Method};
@@ -78,11 +79,11 @@ pub enum ReviewMode {
 
 impl ReviewMode {
     /// The review event for a run that passed, or did not.
-    pub fn event(self, passed: bool) -> &'static str {
+    pub fn event(self, passed: bool) -> ReviewVerdict {
         match (self, passed) {
-            (Self::Comment, _) => "COMMENT",
-            (Self::Approve, true) => "APPROVE",
-            (Self::Approve, false) => "REQUEST_CHANGES",
+            (Self::Comment, _) => ReviewVerdict::Comment,
+            (Self::Approve, true) => ReviewVerdict::Approve,
+            (Self::Approve, false) => ReviewVerdict::RequestChanges,
         }
     }
 }
@@ -275,7 +276,7 @@ impl Reviewer {
 
     /// A run finished: review every open pull request whose head it ran.
     pub async fn on_run_completed(&self, repo_id: &str, payload: &Value) -> anyhow::Result<()> {
-        if payload["status"] == "cancelled" {
+        if payload["status"] == RunState::Cancelled.as_str() {
             return Ok(());
         }
         let (Some(branch), Some(commit)) = (payload["branch"].as_str(), payload["commit"].as_str())
@@ -302,7 +303,7 @@ impl Reviewer {
         base: &BaseSteps,
     ) -> anyhow::Result<()> {
         let (repo_id, number, sha) = (&link.repo_id, pull.number, &pull.head_sha);
-        let passed = run.state == "passed";
+        let passed = run.state == RunState::Passed;
         let verdict = self.mode.event(passed);
         let installation = link.installation_id as u64;
         let gh = &link.github_repo;
@@ -377,7 +378,7 @@ impl Reviewer {
         self.store
             .finish_github_review(repo_id, number, sha, review_id, check_id)
             .await?;
-        tracing::info!(repo = %gh, pull = number, commit = %sha, verdict, "review posted");
+        tracing::info!(repo = %gh, pull = number, commit = %sha, verdict = %verdict, "review posted");
         if let Some(repo) = self.store.repo_by_id(repo_id).await? {
             let event = NewEvent {
                 kind: "review.posted".into(),
@@ -403,9 +404,9 @@ impl Reviewer {
 }
 
 fn headline(run: &RunRow) -> String {
-    match run.state.as_str() {
-        "passed" => "Lint and tests passed".into(),
-        "failed" => "The pipeline failed".into(),
+    match run.state {
+        RunState::Passed => "Lint and tests passed".into(),
+        RunState::Failed => "The pipeline failed".into(),
         other => format!("The pipeline ended in {other}"),
     }
 }
@@ -452,7 +453,7 @@ pub fn review_body(
     base: &BaseSteps,
     mode: ReviewMode,
 ) -> String {
-    let passed = run.state == "passed";
+    let passed = run.state == RunState::Passed;
     let icon = if passed { "✅" } else { "❌" };
     let mut body = format!(
         "{MARKER}{sha} -->\n### {icon} forge: {}\n\nRun #{} of `{}` at `{}`. {}",
@@ -485,7 +486,7 @@ pub fn review_body(
     if let Some(error) = &run.error {
         body.push_str(&format!("\n> {}\n", error.replace('\n', " ")));
     }
-    for step in steps.iter().filter(|s| s.status == "failed") {
+    for step in steps.iter().filter(|s| s.status == StepState::Failed) {
         let lines: Vec<&str> = step.log.lines().collect();
         let tail = lines[lines.len().saturating_sub(TAIL_LINES)..].join("\n");
         body.push_str(&format!(
@@ -510,7 +511,7 @@ mod tests {
     const BASE: &str = "ba5e000000000000000000000000000000000000";
     const OLD_BASE: &str = "01d0000000000000000000000000000000000000";
 
-    fn run(state: &str, plan_commit: Option<&str>) -> RunRow {
+    fn run(state: RunState, plan_commit: Option<&str>) -> RunRow {
         RunRow {
             id: 7,
             repo_id: "r".into(),
@@ -518,7 +519,7 @@ mod tests {
             branch: "change".into(),
             commit_id: "0123456789abcdef".into(),
             event_id: 1,
-            state: state.into(),
+            state,
             vm_id: None,
             error: None,
             created_at: String::new(),
@@ -555,10 +556,13 @@ mod tests {
     #[test]
     fn the_default_mode_never_approves() {
         assert_eq!(ReviewMode::default(), ReviewMode::Comment);
-        assert_eq!(ReviewMode::Comment.event(true), "COMMENT");
-        assert_eq!(ReviewMode::Comment.event(false), "COMMENT");
-        assert_eq!(ReviewMode::Approve.event(true), "APPROVE");
-        assert_eq!(ReviewMode::Approve.event(false), "REQUEST_CHANGES");
+        assert_eq!(ReviewMode::Comment.event(true), ReviewVerdict::Comment);
+        assert_eq!(ReviewMode::Comment.event(false), ReviewVerdict::Comment);
+        assert_eq!(ReviewMode::Approve.event(true), ReviewVerdict::Approve);
+        assert_eq!(
+            ReviewMode::Approve.event(false),
+            ReviewVerdict::RequestChanges
+        );
     }
 
     #[test]
@@ -604,7 +608,7 @@ mod tests {
     fn the_body_names_where_the_steps_came_from() {
         let from_toml = base(steps(&["bun test"]));
         let body = review_body(
-            &run("failed", Some(BASE)),
+            &run(RunState::Failed, Some(BASE)),
             &[],
             BASE,
             "http://forge/-/runs/7",
@@ -622,7 +626,7 @@ mod tests {
         let mut scripts = steps(&["bun run test"]).expect("plan");
         scripts.steps_file = Some(StepsFile::PackageJson);
         let own = review_body(
-            &run("passed", None),
+            &run(RunState::Passed, None),
             &[],
             BASE,
             "u",
@@ -636,7 +640,7 @@ mod tests {
             "{own}"
         );
         let failed = review_body(
-            &run("failed", Some(BASE)),
+            &run(RunState::Failed, Some(BASE)),
             &[],
             BASE,
             "u",
@@ -654,22 +658,22 @@ mod tests {
 
     #[test]
     fn the_body_shows_steps_and_the_failing_output() {
-        let run = run("failed", Some(BASE));
-        let step = |name: &str, status: &str, log: String| StepRow {
+        let run = run(RunState::Failed, Some(BASE));
+        let step = |name: &str, status: StepState, log: String| StepRow {
             position: 0,
             name: name.into(),
             command: String::new(),
-            status: status.into(),
-            exit_code: (status == "failed").then_some(1),
+            status,
+            exit_code: (status == StepState::Failed).then_some(1),
             duration_ms: Some(1500),
             log,
         };
         let long_log: String = (0..100).map(|i| format!("line {i}\n")).collect();
         let steps = [
-            step("lint", "passed", "ok\n".into()),
+            step("lint", StepState::Passed, "ok\n".into()),
             step(
                 "test",
-                "failed",
+                StepState::Failed,
                 format!("{long_log}```\n(fail) adds small numbers\n"),
             ),
         ];

@@ -19,6 +19,7 @@
 //! `synchronize` record the head and the base branch and ask the review
 //! bot; `closed` closes).
 
+use api_types::PullState;
 use hmac::{Hmac, Mac};
 use serde_json::Value;
 use sha2::Sha256;
@@ -109,7 +110,11 @@ impl Github {
                     number,
                     head_ref: head_ref.to_owned(),
                     head_sha: head_sha.to_owned(),
-                    state: if open { "open" } else { "closed" }.into(),
+                    state: if open {
+                        PullState::Open
+                    } else {
+                        PullState::Closed
+                    },
                     base_ref: pull["base"]["ref"].as_str().map(str::to_owned),
                 };
                 self.store.upsert_github_pull(&row).await?;

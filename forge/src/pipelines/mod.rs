@@ -35,6 +35,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use api_types::RunState;
 use tokio_util::sync::CancellationToken;
 
 use crate::events::EventBus;
@@ -128,12 +129,16 @@ impl Pipelines {
     }
 
     async fn recover(self: &Arc<Self>) -> anyhow::Result<()> {
-        for run in self.store.runs_in_state("running").await? {
+        for run in self.store.runs_in_state(RunState::Running).await? {
             self.store
-                .finish_run(run.id, "error", Some("the forge stopped during this run"))
+                .finish_run(
+                    run.id,
+                    RunState::Error,
+                    Some("the forge stopped during this run"),
+                )
                 .await?;
         }
-        for run in self.store.runs_in_state("queued").await? {
+        for run in self.store.runs_in_state(RunState::Queued).await? {
             self.launch(run);
         }
         Ok(())

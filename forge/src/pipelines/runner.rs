@@ -3,6 +3,8 @@
 use std::time::{Duration, Instant};
 
 use ::sandbox::{Command, ExecEvent, ExitStatus};
+use api_types::runs::StepView;
+use api_types::{RunState, StepState, VmState};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -37,7 +39,7 @@ impl Pipelines {
                 .store
                 .finish_run(
                     run.id,
-                    "cancelled",
+                    RunState::Cancelled,
                     Some("a newer push to the branch superseded it"),
                 )
                 .await;
@@ -54,19 +56,26 @@ impl Pipelines {
         .await;
         let started = Instant::now();
         let (state, error) = match self.run_steps(&run, &token).await {
-            Ok(Outcome::Passed) => ("passed", None),
-            Ok(Outcome::Failed) => ("failed", None),
+            Ok(Outcome::Passed) => (RunState::Passed, None),
+            Ok(Outcome::Failed) => (RunState::Failed, None),
             Ok(Outcome::Cancelled) => (
-                "cancelled",
+                RunState::Cancelled,
                 Some("a newer push to the branch superseded it".to_owned()),
             ),
-            Err(error) => ("error", Some(format!("{error:#}"))),
+            Err(error) => (RunState::Error, Some(format!("{error:#}"))),
         };
         if let Err(failure) = self.store.finish_run(run.id, state, error.as_deref()).await {
             tracing::error!(run = run.id, error = %failure, "recording the end of a run failed");
         }
-        let steps = self.store.steps(run.id).await.unwrap_or_default();
-        tracing::info!(run = run.id, repo = %run.repo_name, branch = %run.branch, state, "run finished");
+        let steps: Vec<StepView> = self
+            .store
+            .steps(run.id)
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .map(StepView::from)
+            .collect();
+        tracing::info!(run = run.id, repo = %run.repo_name, branch = %run.branch, state = %state, "run finished");
         self.record(
             &run,
             "run.completed",
@@ -100,7 +109,7 @@ impl Pipelines {
                     .append_step_log(run.id, 0, &format!("{origin}{problem}\n"))
                     .await?;
                 self.store
-                    .set_step(run.id, 0, "failed", None, Some(0))
+                    .set_step(run.id, 0, StepState::Failed, None, Some(0))
                     .await?;
                 return Ok(Outcome::Failed);
             }
@@ -148,13 +157,7 @@ impl Pipelines {
             }
         };
         self.store
-            .set_step(
-                run.id,
-                0,
-                if checked_out { "passed" } else { "failed" },
-                None,
-                None,
-            )
+            .set_step(run.id, 0, StepState::of_exit(checked_out), None, None)
             .await?;
         if !checked_out {
             return Ok(Outcome::Failed);
@@ -175,7 +178,7 @@ impl Pipelines {
                     )
                     .await?;
                 self.store
-                    .set_step(run.id, position, "skipped", None, Some(0))
+                    .set_step(run.id, position, StepState::Skipped, None, Some(0))
                     .await?;
             } else {
                 let outcome = self
@@ -216,7 +219,7 @@ impl Pipelines {
         let alive = |sandbox: Option<BranchSandbox>| async {
             let sandbox = sandbox?;
             match self.sandboxes.get(&sandbox.vm_id).await {
-                Ok(vm) if vm.state != "crashed" => Some(sandbox),
+                Ok(vm) if vm.state != VmState::Crashed => Some(sandbox),
                 _ => None,
             }
         };
@@ -294,7 +297,7 @@ impl Pipelines {
         token: &CancellationToken,
     ) -> anyhow::Result<Outcome> {
         self.store
-            .set_step(run.id, position, "running", None, None)
+            .set_step(run.id, position, StepState::Running, None, None)
             .await?;
         let started = Instant::now();
         let command = Command::shell(script)
@@ -310,7 +313,7 @@ impl Pipelines {
                 _ = token.cancelled() => {
                     drop(stream);
                     self.store.append_step_log(run.id, position, &pending).await?;
-                    self.store.set_step(run.id, position, "cancelled", None, Some(started.elapsed().as_millis() as i64)).await?;
+                    self.store.set_step(run.id, position, StepState::Cancelled, None, Some(started.elapsed().as_millis() as i64)).await?;
                     return Ok(Outcome::Cancelled);
                 }
                 event = stream.next() => event?,
@@ -348,7 +351,7 @@ impl Pipelines {
             .set_step(
                 run.id,
                 position,
-                if passed { "passed" } else { "failed" },
+                StepState::of_exit(passed),
                 Some(code),
                 Some(started.elapsed().as_millis() as i64),
             )

@@ -3,6 +3,8 @@
 //! `github_refs` (sync state per ref), `github_pulls`, `github_reviews`
 //! (one per pull request and head commit) and `github_cursor`.
 
+use api_types::{PullState, ReviewVerdict, RunState};
+
 use super::{Result, Store, now};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -20,7 +22,7 @@ pub struct GithubLink {
     pub created_at: String,
 }
 
-#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct GithubInstallation {
     pub id: i64,
     pub account: String,
@@ -28,17 +30,20 @@ pub struct GithubInstallation {
 }
 
 /// A review as the run API shows it.
-#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct GithubRunReview {
     pub github_repo: String,
     pub number: i64,
     pub head_sha: String,
-    pub verdict: String,
+    pub verdict: ReviewVerdict,
     /// `None` while the review is claimed but not yet posted.
     pub posted_at: Option<String>,
 }
 
-#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+/// What a sync saw of one ref. `state` stays text here: the sync
+/// (`github/sync.rs`) writes it as such; the API reads it as a
+/// [`api_types::RefSyncState`] and the database CHECKs it.
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct GithubRefState {
     pub ref_name: String,
     pub synced_sha: Option<String>,
@@ -55,7 +60,7 @@ pub struct GithubPull {
     pub number: i64,
     pub head_ref: String,
     pub head_sha: String,
-    pub state: String,
+    pub state: PullState,
     /// The branch it merges into (`None`: recorded before it was kept).
     pub base_ref: Option<String>,
 }
@@ -248,7 +253,7 @@ impl Store {
         .bind(pull.number)
         .bind(&pull.head_ref)
         .bind(&pull.head_sha)
-        .bind(&pull.state)
+        .bind(pull.state)
         .bind(now())
         .bind(&pull.base_ref)
         .execute(&self.pool)
@@ -260,10 +265,11 @@ impl Store {
     pub async fn open_github_pulls(&self, repo_id: &str, branch: &str) -> Result<Vec<GithubPull>> {
         Ok(sqlx::query_as(
             "SELECT repo_id, number, head_ref, head_sha, state, base_ref FROM github_pulls
-             WHERE repo_id = ? AND head_ref = ? AND state = 'open' ORDER BY number",
+             WHERE repo_id = ? AND head_ref = ? AND state = ? ORDER BY number",
         )
         .bind(repo_id)
         .bind(branch)
+        .bind(PullState::Open)
         .fetch_all(&self.pool)
         .await?)
     }
@@ -272,9 +278,10 @@ impl Store {
     pub async fn all_open_github_pulls(&self, repo_id: &str) -> Result<Vec<GithubPull>> {
         Ok(sqlx::query_as(
             "SELECT repo_id, number, head_ref, head_sha, state, base_ref FROM github_pulls
-             WHERE repo_id = ? AND state = 'open' ORDER BY number",
+             WHERE repo_id = ? AND state = ? ORDER BY number",
         )
         .bind(repo_id)
+        .bind(PullState::Open)
         .fetch_all(&self.pool)
         .await?)
     }
@@ -288,12 +295,13 @@ impl Store {
     ) -> Result<()> {
         sqlx::query(
             "UPDATE github_pulls SET head_sha = ?, updated_at = ?
-             WHERE repo_id = ? AND head_ref = ? AND state = 'open'",
+             WHERE repo_id = ? AND head_ref = ? AND state = ?",
         )
         .bind(sha)
         .bind(now())
         .bind(repo_id)
         .bind(branch)
+        .bind(PullState::Open)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -307,7 +315,7 @@ impl Store {
         number: i64,
         head_sha: &str,
         run_id: i64,
-        verdict: &str,
+        verdict: ReviewVerdict,
     ) -> Result<bool> {
         let done = sqlx::query(
             "INSERT INTO github_reviews (repo_id, number, head_sha, run_id, verdict) VALUES (?, ?, ?, ?, ?)
@@ -374,11 +382,14 @@ impl Store {
     ) -> Result<Vec<super::RunRow>> {
         Ok(sqlx::query_as(
             "SELECT * FROM runs WHERE repo_id = ? AND branch = ? AND commit_id = ?
-             AND state IN ('passed', 'failed', 'error') ORDER BY id DESC",
+             AND state IN (?, ?, ?) ORDER BY id DESC",
         )
         .bind(repo_id)
         .bind(branch)
         .bind(commit)
+        .bind(RunState::CONCLUDED[0])
+        .bind(RunState::CONCLUDED[1])
+        .bind(RunState::CONCLUDED[2])
         .fetch_all(&self.pool)
         .await?)
     }
@@ -397,11 +408,12 @@ impl Store {
              LEFT JOIN runs r ON r.event_id = e.id
              WHERE e.repo_id = ? AND e.kind IN ('push', 'pipeline.requested')
              AND json_extract(e.payload, '$.branch') = ? AND json_extract(e.payload, '$.after') = ?
-             AND (r.state IS NULL OR r.state != 'cancelled')",
+             AND (r.state IS NULL OR r.state != ?)",
         )
         .bind(repo_id)
         .bind(branch)
         .bind(commit)
+        .bind(RunState::Cancelled)
         .fetch_all(&self.pool)
         .await?;
         Ok(rows.into_iter().map(|(plan,)| plan).collect())
@@ -506,7 +518,7 @@ mod tests {
         let superseded = request(&store, Some("b1")).await;
         let current = request(&store, Some("b2")).await;
         store
-            .finish_run(superseded, "cancelled", None)
+            .finish_run(superseded, RunState::Cancelled, None)
             .await
             .expect("finish");
         let mut asked = store
@@ -520,7 +532,7 @@ mod tests {
             "a cancelled run is no longer waited for"
         );
         store
-            .finish_run(current, "failed", None)
+            .finish_run(current, RunState::Failed, None)
             .await
             .expect("finish");
         let finished = store
@@ -541,7 +553,7 @@ mod tests {
             number: 1,
             head_ref: "change".into(),
             head_sha: HEAD.into(),
-            state: "open".into(),
+            state: PullState::Open,
             base_ref: Some("release".into()),
         };
         store.upsert_github_pull(&pull).await.expect("upsert");

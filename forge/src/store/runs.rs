@@ -1,9 +1,12 @@
 //! Pipeline tables: `runs`, `run_steps`, `branch_sandboxes`,
 //! `pipeline_cursor`.
 
+use api_types::runs::{RunView, StepView};
+use api_types::{RunState, StepState};
+
 use super::{Result, Store, now};
 
-#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct RunRow {
     pub id: i64,
     pub repo_id: String,
@@ -11,7 +14,7 @@ pub struct RunRow {
     pub branch: String,
     pub commit_id: String,
     pub event_id: i64,
-    pub state: String,
+    pub state: RunState,
     pub vm_id: Option<String>,
     pub error: Option<String>,
     pub created_at: String,
@@ -23,16 +26,52 @@ pub struct RunRow {
     pub plan_commit: Option<String>,
 }
 
-#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct StepRow {
     pub position: i64,
     pub name: String,
     pub command: String,
-    pub status: String,
+    pub status: StepState,
     pub exit_code: Option<i64>,
     pub duration_ms: Option<i64>,
-    #[serde(skip)]
     pub log: String,
+}
+
+impl RunRow {
+    /// The run as the API and the `run.*` events show it.
+    pub fn view(self, steps: Vec<StepRow>) -> RunView {
+        RunView {
+            id: self.id,
+            repo_id: self.repo_id,
+            repo_name: self.repo_name,
+            branch: self.branch,
+            commit_id: self.commit_id,
+            event_id: self.event_id,
+            state: self.state,
+            vm_id: self.vm_id,
+            error: self.error,
+            created_at: self.created_at,
+            started_at: self.started_at,
+            finished_at: self.finished_at,
+            plan_ref: self.plan_ref,
+            plan_commit: self.plan_commit,
+            steps: steps.into_iter().map(StepView::from).collect(),
+        }
+    }
+}
+
+/// A step without its log, which is read on its own.
+impl From<StepRow> for StepView {
+    fn from(row: StepRow) -> Self {
+        Self {
+            position: row.position,
+            name: row.name,
+            command: row.command,
+            status: row.status,
+            exit_code: row.exit_code,
+            duration_ms: row.duration_ms,
+        }
+    }
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -83,13 +122,14 @@ impl Store {
             let row: Option<RunRow> = sqlx::query_as(
                 "INSERT INTO runs (repo_id, repo_name, branch, commit_id, event_id, state, created_at,
                     plan_ref, plan_commit)
-                 VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?) ON CONFLICT (event_id) DO NOTHING RETURNING *",
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (event_id) DO NOTHING RETURNING *",
             )
             .bind(&run.repo_id)
             .bind(&run.repo_name)
             .bind(&run.branch)
             .bind(&run.commit_id)
             .bind(run.event_id)
+            .bind(RunState::Queued)
             .bind(now())
             .bind(run.plan.as_ref().map(|p| &p.branch))
             .bind(run.plan.as_ref().map(|p| &p.commit))
@@ -109,7 +149,7 @@ impl Store {
     }
 
     /// Runs in a given state, oldest first.
-    pub async fn runs_in_state(&self, state: &str) -> Result<Vec<RunRow>> {
+    pub async fn runs_in_state(&self, state: RunState) -> Result<Vec<RunRow>> {
         Ok(
             sqlx::query_as("SELECT * FROM runs WHERE state = ? ORDER BY id")
                 .bind(state)
@@ -143,7 +183,8 @@ impl Store {
     }
 
     pub async fn start_run(&self, id: i64, vm_id: &str) -> Result<()> {
-        sqlx::query("UPDATE runs SET state = 'running', vm_id = ?, started_at = ? WHERE id = ?")
+        sqlx::query("UPDATE runs SET state = ?, vm_id = ?, started_at = ? WHERE id = ?")
+            .bind(RunState::Running)
             .bind(vm_id)
             .bind(now())
             .bind(id)
@@ -152,7 +193,7 @@ impl Store {
         Ok(())
     }
 
-    pub async fn finish_run(&self, id: i64, state: &str, error: Option<&str>) -> Result<()> {
+    pub async fn finish_run(&self, id: i64, state: RunState, error: Option<&str>) -> Result<()> {
         sqlx::query("UPDATE runs SET state = ?, error = ?, finished_at = ? WHERE id = ?")
             .bind(state)
             .bind(error)
@@ -161,18 +202,13 @@ impl Store {
             .execute(&self.pool)
             .await?;
         // Steps that never ran say so.
-        let leftover = if state == "cancelled" {
-            "cancelled"
-        } else {
-            "skipped"
-        };
-        sqlx::query(
-            "UPDATE run_steps SET status = ? WHERE run_id = ? AND status IN ('pending', 'running')",
-        )
-        .bind(leftover)
-        .bind(id)
-        .execute(&self.pool)
-        .await?;
+        sqlx::query("UPDATE run_steps SET status = ? WHERE run_id = ? AND status IN (?, ?)")
+            .bind(StepState::left_over_by(state))
+            .bind(id)
+            .bind(StepState::Pending)
+            .bind(StepState::Running)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
@@ -180,12 +216,13 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         for (position, (name, command)) in steps.iter().enumerate() {
             sqlx::query(
-                "INSERT INTO run_steps (run_id, position, name, command, status) VALUES (?, ?, ?, ?, 'pending')",
+                "INSERT INTO run_steps (run_id, position, name, command, status) VALUES (?, ?, ?, ?, ?)",
             )
             .bind(run_id)
             .bind(position as i64)
             .bind(name)
             .bind(command)
+            .bind(StepState::Pending)
             .execute(&mut *tx)
             .await?;
         }
@@ -207,7 +244,7 @@ impl Store {
         &self,
         run_id: i64,
         position: usize,
-        status: &str,
+        status: StepState,
         exit_code: Option<i64>,
         duration_ms: Option<i64>,
     ) -> Result<()> {

@@ -1,12 +1,14 @@
 //! The `vms` table.
 
+use api_types::VmState;
+
 use super::{Result, Store};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct VmRow {
     pub id: String,
     pub backend: String,
-    pub state: String,
+    pub state: VmState,
     pub repo_id: Option<String>,
     pub branch: Option<String>,
     pub parent_id: Option<String>,
@@ -33,7 +35,7 @@ impl Store {
         )
         .bind(&vm.id)
         .bind(&vm.backend)
-        .bind(&vm.state)
+        .bind(vm.state)
         .bind(&vm.repo_id)
         .bind(&vm.branch)
         .bind(&vm.parent_id)
@@ -62,7 +64,7 @@ impl Store {
             .await?)
     }
 
-    pub async fn set_vm_state(&self, id: &str, state: &str) -> Result<()> {
+    pub async fn set_vm_state(&self, id: &str, state: VmState) -> Result<()> {
         sqlx::query("UPDATE vms SET state = ? WHERE id = ?")
             .bind(state)
             .bind(id)
@@ -114,9 +116,11 @@ impl Store {
     /// Running VMs whose idle timeout has passed at `now`.
     pub async fn idle_vms(&self, now: i64) -> Result<Vec<VmRow>> {
         Ok(sqlx::query_as(
-            "SELECT * FROM vms WHERE state IN ('running', 'paused') AND idle_timeout_secs IS NOT NULL
+            "SELECT * FROM vms WHERE state IN (?, ?) AND idle_timeout_secs IS NOT NULL
                AND last_active_unix + idle_timeout_secs <= ?",
         )
+        .bind(VmState::LIVE[0])
+        .bind(VmState::LIVE[1])
         .bind(now)
         .fetch_all(&self.pool)
         .await?)
@@ -124,18 +128,21 @@ impl Store {
 
     /// How many VMs hold resources (running or paused in memory).
     pub async fn count_live_vms(&self) -> Result<i64> {
-        let (count,): (i64,) =
-            sqlx::query_as("SELECT COUNT(*) FROM vms WHERE state IN ('running', 'paused')")
-                .fetch_one(&self.pool)
-                .await?;
+        let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM vms WHERE state IN (?, ?)")
+            .bind(VmState::LIVE[0])
+            .bind(VmState::LIVE[1])
+            .fetch_one(&self.pool)
+            .await?;
         Ok(count)
     }
 
     /// Live VMs (running or paused in memory) and the memory they were given.
     pub async fn live_vm_usage(&self) -> Result<(i64, i64)> {
         let usage: (i64, i64) = sqlx::query_as(
-            "SELECT COUNT(*), COALESCE(SUM(mem_mib), 0) FROM vms WHERE state IN ('running', 'paused')",
+            "SELECT COUNT(*), COALESCE(SUM(mem_mib), 0) FROM vms WHERE state IN (?, ?)",
         )
+        .bind(VmState::LIVE[0])
+        .bind(VmState::LIVE[1])
         .fetch_one(&self.pool)
         .await?;
         Ok(usage)
@@ -143,12 +150,13 @@ impl Store {
 
     /// Live VMs (running or paused in memory) created by `token`.
     pub async fn count_live_vms_by(&self, token: &str) -> Result<i64> {
-        let (count,): (i64,) = sqlx::query_as(
-            "SELECT COUNT(*) FROM vms WHERE state IN ('running', 'paused') AND created_by = ?",
-        )
-        .bind(token)
-        .fetch_one(&self.pool)
-        .await?;
+        let (count,): (i64,) =
+            sqlx::query_as("SELECT COUNT(*) FROM vms WHERE state IN (?, ?) AND created_by = ?")
+                .bind(VmState::LIVE[0])
+                .bind(VmState::LIVE[1])
+                .bind(token)
+                .fetch_one(&self.pool)
+                .await?;
         Ok(count)
     }
 }

@@ -3,6 +3,8 @@
 //! the events outbox). The rules these queries keep are described in
 //! [`crate::webhooks`]; scheduling times are Unix milliseconds.
 
+use api_types::DeliveryState;
+
 use super::{EventRow, Result, Store, now};
 
 /// A subscription as recorded. `secret` and `previous_secret` never leave
@@ -61,7 +63,7 @@ pub struct DeliveryRow {
     pub event_id: Option<i64>,
     pub event_type: String,
     pub body: Vec<u8>,
-    pub status: String,
+    pub status: DeliveryState,
     pub attempts: i64,
     pub schedule_base: i64,
     pub next_attempt_at: i64,
@@ -113,8 +115,7 @@ pub struct AttemptOutcome<'a> {
     pub response_body: &'a [u8],
     pub response_body_truncated: bool,
     pub error: Option<&'a str>,
-    /// `delivered`, `pending` or `failed`.
-    pub status: &'a str,
+    pub status: DeliveryState,
     pub next_attempt_at: Option<i64>,
     pub success: bool,
 }
@@ -350,16 +351,17 @@ impl Store {
         let deliveries: Vec<DeliveryRow> = sqlx::query_as(
             "UPDATE webhook_deliveries SET lease_until = ?1 WHERE seq IN (
                 SELECT MIN(d.seq) FROM webhook_deliveries d JOIN webhooks w ON w.id = d.webhook_id
-                WHERE d.status = 'pending' AND d.next_attempt_at <= ?2
+                WHERE d.status = ?4 AND d.next_attempt_at <= ?2
                   AND (d.lease_until IS NULL OR d.lease_until <= ?2) AND w.active = 1
                   AND NOT EXISTS (SELECT 1 FROM webhook_deliveries o WHERE o.webhook_id = d.webhook_id
-                                  AND o.status = 'pending' AND o.lease_until > ?2)
+                                  AND o.status = ?4 AND o.lease_until > ?2)
                 GROUP BY d.webhook_id ORDER BY MIN(d.seq) LIMIT ?3)
              RETURNING *",
         )
         .bind(lease_until)
         .bind(now)
         .bind(limit)
+        .bind(DeliveryState::Pending)
         .fetch_all(&self.pool)
         .await?;
         let mut claimed = Vec::with_capacity(deliveries.len());
@@ -444,10 +446,12 @@ impl Store {
             return Ok(None);
         };
         sqlx::query(
-            "UPDATE webhook_deliveries SET status = 'failed', lease_until = NULL
-             WHERE webhook_id = ? AND status = 'pending'",
+            "UPDATE webhook_deliveries SET status = ?, lease_until = NULL
+             WHERE webhook_id = ? AND status = ?",
         )
+        .bind(DeliveryState::Failed)
         .bind(id)
+        .bind(DeliveryState::Pending)
         .execute(&mut *tx)
         .await?;
         let payload = serde_json::json!({ "webhook_id": id, "url": url, "reason": reason });
@@ -511,9 +515,10 @@ impl Store {
     pub async fn redeliver(&self, webhook_id: &str, id: &str) -> Result<Redelivery> {
         let now = now_ms();
         let done = sqlx::query(
-            "UPDATE webhook_deliveries SET status = 'pending', next_attempt_at = ?, schedule_base = attempts
+            "UPDATE webhook_deliveries SET status = ?, next_attempt_at = ?, schedule_base = attempts
              WHERE webhook_id = ? AND id = ? AND (lease_until IS NULL OR lease_until <= ?)",
         )
+        .bind(DeliveryState::Pending)
         .bind(now)
         .bind(webhook_id)
         .bind(id)
@@ -653,7 +658,7 @@ mod tests {
                     response_body: b"no",
                     response_body_truncated: false,
                     error: None,
-                    status: "pending",
+                    status: DeliveryState::Pending,
                     next_attempt_at: Some(now + 1000),
                     success: false,
                 },
@@ -687,6 +692,6 @@ mod tests {
             .await
             .expect("read")
             .expect("exists");
-        assert_eq!(failed.status, "failed");
+        assert_eq!(failed.status, DeliveryState::Failed);
     }
 }

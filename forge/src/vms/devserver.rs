@@ -24,43 +24,19 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
+use api_types::DevServerState;
+pub use api_types::vms::{DevServerSpec, DevServerStatus};
 
 /// Where the dev server's output goes inside the sandbox.
 pub const LOG: &str = "/tmp/forge-dev-server.log";
 pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 
-/// What to run and where it listens.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DevServerSpec {
-    pub command: String,
-    pub port: u16,
-}
-
-/// What the API shows of a dev server.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct DevServerStatus {
-    pub command: String,
-    pub port: u16,
-    /// `starting`, `running`, `backoff` (dead, waiting to restart) or
-    /// `paused` (the VM does not run).
-    pub state: &'static str,
-    /// Its session id inside the sandbox, while started.
-    pub pid: Option<u32>,
-    pub restarts: u32,
-    /// Milliseconds until the next start, in `backoff`.
-    pub restart_in_ms: Option<u64>,
-    /// The end of its output when it last died.
-    pub last_output: Option<String>,
-}
-
 #[derive(Debug)]
 struct Entry {
     spec: DevServerSpec,
     pid: Option<u32>,
-    state: &'static str,
+    state: DevServerState,
     restarts: u32,
     backoff: Duration,
     next_start: Instant,
@@ -72,7 +48,7 @@ impl Entry {
         Self {
             spec,
             pid: None,
-            state: "starting",
+            state: DevServerState::Starting,
             restarts: 0,
             backoff: FIRST_BACKOFF,
             next_start: Instant::now(),
@@ -143,7 +119,7 @@ impl DevServers {
     pub fn status(&self, vm: &str) -> Option<DevServerStatus> {
         let entries = self.entries();
         let entry = entries.get(vm)?;
-        let restart_in_ms = (entry.state == "backoff").then(|| {
+        let restart_in_ms = (entry.state == DevServerState::Backoff).then(|| {
             entry
                 .next_start
                 .saturating_duration_since(Instant::now())
@@ -166,7 +142,7 @@ impl DevServers {
         let Some(entry) = entries.get(vm) else {
             return Step::Wait;
         };
-        if entry.pid.is_some() || entry.state == "running" {
+        if entry.pid.is_some() || entry.state == DevServerState::Running {
             return Step::Check {
                 pid: entry.pid,
                 port: entry.spec.port,
@@ -182,14 +158,14 @@ impl DevServers {
     /// The VM does not run just now.
     pub fn paused(&self, vm: &str) {
         if let Some(entry) = self.entries().get_mut(vm) {
-            entry.state = "paused";
+            entry.state = DevServerState::Paused;
         }
     }
 
     pub fn started(&self, vm: &str, pid: Option<u32>) {
         if let Some(entry) = self.entries().get_mut(vm) {
             entry.pid = pid;
-            entry.state = "starting";
+            entry.state = DevServerState::Starting;
         }
     }
 
@@ -199,10 +175,10 @@ impl DevServers {
             entry.state = match (alive, answers) {
                 (true, true) => {
                     entry.backoff = FIRST_BACKOFF;
-                    "running"
+                    DevServerState::Running
                 }
-                (true, false) => "starting",
-                (false, _) => "dead",
+                (true, false) => DevServerState::Starting,
+                (false, _) => DevServerState::Dead,
             };
         }
     }
@@ -211,7 +187,7 @@ impl DevServers {
     pub fn died(&self, vm: &str, last_output: Option<String>) {
         if let Some(entry) = self.entries().get_mut(vm) {
             entry.pid = None;
-            entry.state = "backoff";
+            entry.state = DevServerState::Backoff;
             entry.restarts += 1;
             entry.next_start = Instant::now() + entry.backoff;
             entry.backoff = (entry.backoff * 2).min(MAX_BACKOFF);
@@ -243,7 +219,7 @@ async fn supervise(sandboxes: &super::Sandboxes, vm: &str) -> Result<(), super::
         servers.remove(vm);
         return Ok(());
     };
-    if row.state != "running" {
+    if row.state != api_types::VmState::Running {
         servers.paused(vm);
         return Ok(());
     }
@@ -307,10 +283,16 @@ mod tests {
             }
         );
         servers.checked("vm", true, true);
-        assert_eq!(servers.status("vm").expect("known").state, "running");
+        assert_eq!(
+            servers.status("vm").expect("known").state,
+            DevServerState::Running
+        );
         servers.died("vm", Some("boom".into()));
         let status = servers.status("vm").expect("known");
-        assert_eq!((status.state, status.restarts), ("backoff", 1));
+        assert_eq!(
+            (status.state, status.restarts),
+            (DevServerState::Backoff, 1)
+        );
         assert!(status.restart_in_ms.expect("waiting") <= 1000);
         assert_eq!(servers.step("vm"), Step::Wait);
         servers.died("vm", None);

@@ -49,6 +49,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ::sandbox::{Backend, BackendKind, Carried, Command, Image, PauseMode, Spec, State};
+use api_types::VmState;
 use tokio::sync::OwnedRwLockReadGuard;
 
 pub use error::VmError;
@@ -161,13 +162,13 @@ impl FileRead {
     }
 }
 
-/// A VM's state as the API and the table name it.
-pub fn state_name(state: State) -> &'static str {
+/// A backend's sandbox state as the API and the `vms` table know it.
+pub fn vm_state(state: State) -> VmState {
     match state {
-        State::Running => "running",
-        State::Paused => "paused",
-        State::PausedToDisk => "paused_to_disk",
-        State::Crashed => "crashed",
+        State::Running => VmState::Running,
+        State::Paused => VmState::Paused,
+        State::PausedToDisk => VmState::PausedToDisk,
+        State::Crashed => VmState::Crashed,
     }
 }
 
@@ -240,19 +241,19 @@ impl Sandboxes {
             .await?
             .ok_or_else(|| VmError::NotFound(id.to_owned()))?;
         if let Ok((backend, _)) = self.ready()
-            && matches!(row.state.as_str(), "running" | "paused")
+            && row.state.is_live()
         {
             let live = match backend.get(id).await {
-                Ok(info) => state_name(info.state),
-                Err(::sandbox::Error::NotFound(_)) => "crashed",
+                Ok(info) => vm_state(info.state),
+                Err(::sandbox::Error::NotFound(_)) => VmState::Crashed,
                 Err(error) => return Err(error.into()),
             };
             if live != row.state {
-                if live == "crashed" {
+                if live == VmState::Crashed {
                     tracing::warn!(vm = id, "sandbox found crashed");
                 }
                 self.store.set_vm_state(id, live).await?;
-                row.state = live.to_owned();
+                row.state = live;
             }
         }
         Ok(row)
@@ -337,7 +338,7 @@ impl Sandboxes {
         let row = VmRow {
             id: info.id.clone(),
             backend: backend.kind().to_string(),
-            state: state_name(info.state).to_owned(),
+            state: vm_state(info.state),
             repo_id: request.repo_id,
             branch: request.branch,
             parent_id: None,
@@ -365,16 +366,16 @@ impl Sandboxes {
     async fn running(&self, id: &str) -> Result<(), VmError> {
         let (backend, _) = self.ready()?;
         let row = self.get(id).await?;
-        match row.state.as_str() {
-            "running" => {}
-            "paused" | "paused_to_disk" => {
+        match row.state {
+            VmState::Running => {}
+            VmState::Paused | VmState::PausedToDisk => {
                 let carried = backend.resume(id).await?;
                 self.store
-                    .set_vm_state(id, state_name(carried.sandbox.state))
+                    .set_vm_state(id, vm_state(carried.sandbox.state))
                     .await?;
                 tracing::info!(vm = id, kept = ?carried.kept, "sandbox resumed on demand");
             }
-            _ => return Err(VmError::Crashed(id.to_owned())),
+            VmState::Crashed => return Err(VmError::Crashed(id.to_owned())),
         }
         self.store.touch_vm(id).await?;
         self.link(id, &row).await
@@ -493,14 +494,14 @@ impl Sandboxes {
         let lock = self.lock_of(id);
         let _guard = lock.write().await;
         let row = self.get(id).await?;
-        if row.state == "crashed" {
+        if row.state == VmState::Crashed {
             return Err(VmError::Crashed(id.to_owned()));
         }
         if mode == PauseMode::Disk {
             self.network.close(id).await;
         }
         let info = backend.pause(id, mode).await?;
-        self.store.set_vm_state(id, state_name(info.state)).await?;
+        self.store.set_vm_state(id, vm_state(info.state)).await?;
         tracing::info!(vm = id, ?mode, "sandbox paused");
         self.get(id).await
     }
@@ -510,16 +511,16 @@ impl Sandboxes {
         let lock = self.lock_of(id);
         let _guard = lock.write().await;
         let row = self.get(id).await?;
-        match row.state.as_str() {
-            "crashed" => return Err(VmError::Crashed(id.to_owned())),
-            "running" => {
+        match row.state {
+            VmState::Crashed => return Err(VmError::Crashed(id.to_owned())),
+            VmState::Running => {
                 return Err(VmError::Conflict(format!("VM {id} is already running")));
             }
-            _ => {}
+            VmState::Paused | VmState::PausedToDisk => {}
         }
         let carried = backend.resume(id).await?;
         self.store
-            .set_vm_state(id, state_name(carried.sandbox.state))
+            .set_vm_state(id, vm_state(carried.sandbox.state))
             .await?;
         self.store.touch_vm(id).await?;
         Ok((self.get(id).await?, carried))
@@ -550,7 +551,7 @@ impl Sandboxes {
         for carried in copies {
             let row = VmRow {
                 id: carried.sandbox.id.clone(),
-                state: state_name(carried.sandbox.state).to_owned(),
+                state: vm_state(carried.sandbox.state),
                 parent_id: Some(id.to_owned()),
                 created_by: Some(by.to_owned()),
                 created_at: crate::store::now(),
@@ -612,10 +613,10 @@ impl Sandboxes {
         }
         let mut crashed = 0;
         for row in self.store.list_vms().await? {
-            let before = row.state.clone();
+            let before = row.state;
             if let Ok(after) = self.get(&row.id).await
-                && after.state == "crashed"
-                && before != "crashed"
+                && after.state == VmState::Crashed
+                && before != VmState::Crashed
             {
                 crashed += 1;
             }

@@ -4,6 +4,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use api_types::DeliveryState;
 use hooks::{
     AttemptRecord, AttemptResult, DeliveryStore, DisableReason, DueDelivery, NextStep, Secret,
 };
@@ -90,9 +91,9 @@ impl DeliveryStore for Outbox {
         next: &NextStep,
     ) -> Result<u32, StoreError> {
         let (status, next_attempt_at) = match next {
-            NextStep::Done => ("delivered", None),
-            NextStep::RetryAt(at) => ("pending", Some(millis(*at))),
-            NextStep::GiveUp => ("failed", None),
+            NextStep::Done => (DeliveryState::Delivered, None),
+            NextStep::RetryAt(at) => (DeliveryState::Pending, Some(millis(*at))),
+            NextStep::GiveUp => (DeliveryState::Failed, None),
         };
         let request_headers = headers_json(&record.request_headers);
         let response_headers = headers_json(&record.response_headers);

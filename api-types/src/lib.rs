@@ -1,0 +1,33 @@
+//! The contract of the forge's REST API, shared by the server (`forge`),
+//! its CLI and the web UI so that a renamed field or state breaks the build
+//! instead of a page.
+//!
+//! - [`states`]: every closed set of strings the forge stores or sends —
+//!   VM, run, step, ref sync, delivery, dev server and pull request states,
+//!   review verdicts. With the `sqlx` feature they are also SQLite `TEXT`
+//!   columns; `migrations/0009_state_checks.sql` holds the database to the
+//!   same lists.
+//! - One module per resource with its request and response bodies:
+//!   [`vms`], [`runs`], [`repos`], [`tokens`], [`webhooks`], [`github`],
+//!   and the error body every failure uses, [`error`].
+//!
+//! The JSON these types produce is the wire format the README documents:
+//! field names, optional fields (absent or `null`) and enum spellings are
+//! part of the contract and pinned by the tests beside each type.
+
+#![forbid(unsafe_code)]
+
+pub mod error;
+pub mod github;
+pub mod repos;
+pub mod runs;
+pub mod states;
+pub mod tokens;
+pub mod vms;
+pub mod webhooks;
+
+pub use error::{ErrorBody, ErrorDetail};
+pub use states::{
+    DeliveryState, DevServerState, PullState, RefSyncState, ReviewVerdict, RunState, StepState,
+    UnknownState, VmState,
+};

@@ -1,0 +1,163 @@
+//! Pipeline runs: `GET /v1/repos/{owner}/{name}/runs`, `GET /v1/runs/{id}`
+//! and the events of `GET /v1/runs/{id}/logs?follow=true` (`step`, `log`,
+//! `end`).
+
+use serde::{Deserialize, Serialize};
+
+use crate::states::{ReviewVerdict, RunState, StepState};
+
+/// A run and its steps, as the list shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunView {
+    pub id: i64,
+    pub repo_id: String,
+    /// `owner/name` when the run was queued.
+    pub repo_name: String,
+    pub branch: String,
+    pub commit_id: String,
+    /// The push (or pipeline request) event that asked for it.
+    pub event_id: i64,
+    pub state: RunState,
+    pub vm_id: Option<String>,
+    pub error: Option<String>,
+    pub created_at: String,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    /// The branch whose steps ran, when not the commit's own (a review).
+    pub plan_ref: Option<String>,
+    /// The commit of `plan_ref` the steps were read from.
+    pub plan_commit: Option<String>,
+    pub steps: Vec<StepView>,
+}
+
+/// `GET /v1/runs/{id}`: the run and the pull-request review it decided.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunDetail {
+    #[serde(flatten)]
+    pub run: RunView,
+    pub review: Option<RunReview>,
+}
+
+/// A step of a run (its log is read from `/logs`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepView {
+    pub position: i64,
+    pub name: String,
+    pub command: String,
+    pub status: StepState,
+    pub exit_code: Option<i64>,
+    pub duration_ms: Option<i64>,
+}
+
+/// The review the GitHub bot posted (or claimed) for a run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunReview {
+    /// `owner/name` on GitHub.
+    pub github_repo: String,
+    pub number: i64,
+    pub head_sha: String,
+    pub verdict: ReviewVerdict,
+    /// `None` while the review is claimed but not yet posted.
+    pub posted_at: Option<String>,
+}
+
+/// The `step` event: a step started or changed status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepEvent {
+    pub position: i64,
+    pub name: String,
+    pub status: StepState,
+    pub exit_code: Option<i64>,
+    pub duration_ms: Option<i64>,
+}
+
+/// The `log` event: text a step wrote.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogEvent {
+    pub position: i64,
+    pub text: String,
+}
+
+/// The `end` event: the run finished.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunEnd {
+    pub state: RunState,
+    pub error: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn run() -> RunView {
+        RunView {
+            id: 7,
+            repo_id: "r1".into(),
+            repo_name: "acme/web".into(),
+            branch: "main".into(),
+            commit_id: "abc".into(),
+            event_id: 3,
+            state: RunState::Failed,
+            vm_id: Some("vm1".into()),
+            error: None,
+            created_at: "t0".into(),
+            started_at: Some("t1".into()),
+            finished_at: Some("t2".into()),
+            plan_ref: None,
+            plan_commit: None,
+            steps: vec![StepView {
+                position: 0,
+                name: "test".into(),
+                command: "cargo test".into(),
+                status: StepState::Failed,
+                exit_code: Some(101),
+                duration_ms: Some(1200),
+            }],
+        }
+    }
+
+    #[test]
+    fn a_listed_run_has_its_steps_and_no_review_key() {
+        let value = serde_json::to_value(run()).expect("serialises");
+        assert_eq!(
+            value,
+            json!({
+                "id": 7, "repo_id": "r1", "repo_name": "acme/web", "branch": "main",
+                "commit_id": "abc", "event_id": 3, "state": "failed", "vm_id": "vm1",
+                "error": null, "created_at": "t0", "started_at": "t1", "finished_at": "t2",
+                "plan_ref": null, "plan_commit": null,
+                "steps": [{ "position": 0, "name": "test", "command": "cargo test",
+                            "status": "failed", "exit_code": 101, "duration_ms": 1200 }],
+            })
+        );
+    }
+
+    #[test]
+    fn a_shown_run_has_its_review_or_null() {
+        let detail = RunDetail {
+            run: run(),
+            review: Some(RunReview {
+                github_repo: "acme/web".into(),
+                number: 4,
+                head_sha: "abc".into(),
+                verdict: ReviewVerdict::RequestChanges,
+                posted_at: None,
+            }),
+        };
+        let value = serde_json::to_value(&detail).expect("serialises");
+        assert_eq!(value["review"]["verdict"], "REQUEST_CHANGES");
+        assert_eq!(value["state"], "failed");
+        let back: RunDetail = serde_json::from_value(value).expect("deserialises");
+        assert_eq!(back, detail);
+        let none = RunDetail {
+            run: run(),
+            review: None,
+        };
+        assert_eq!(
+            serde_json::to_value(none).expect("serialises")["review"],
+            json!(null)
+        );
+    }
+}

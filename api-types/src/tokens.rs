@@ -1,0 +1,56 @@
+//! `/v1/tokens`: access tokens (admin only).
+
+use serde::{Deserialize, Serialize};
+
+/// `POST /v1/tokens`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateToken {
+    pub name: String,
+    /// `admin`, `repo:write`, `repo:read`.
+    pub scopes: Vec<String>,
+    /// `owner/name`: limit the token to this repository.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repo: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenView {
+    pub id: String,
+    pub name: String,
+    pub scopes: Vec<String>,
+    /// The repository it is limited to, `owner/name`.
+    pub repo: Option<String>,
+    pub created_at: String,
+    pub last_used_at: Option<String>,
+    pub revoked_at: Option<String>,
+    /// The secret: only in the answer to creation, never stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn a_listed_token_has_no_secret_key() {
+        let view = TokenView {
+            id: "t1".into(),
+            name: "ci".into(),
+            scopes: vec!["repo:read".into()],
+            repo: None,
+            created_at: "t0".into(),
+            last_used_at: None,
+            revoked_at: None,
+            token: None,
+        };
+        assert_eq!(
+            serde_json::to_value(view).expect("serialises"),
+            json!({ "id": "t1", "name": "ci", "scopes": ["repo:read"], "repo": null,
+                    "created_at": "t0", "last_used_at": null, "revoked_at": null })
+        );
+    }
+}
