@@ -110,9 +110,15 @@ fn running(inner: &Inner, id: &str) -> std::result::Result<Files, RemoteError> {
         Some(entry) if entry.info.state == State::Running => Ok(entry.files.clone()),
         Some(entry) => Err(RemoteError::new(
             ErrorKind::Io,
-            format!("sandbox {id} is {:?}: its agent does not answer", entry.info.state),
+            format!(
+                "sandbox {id} is {:?}: its agent does not answer",
+                entry.info.state
+            ),
         )),
-        None => Err(RemoteError::new(ErrorKind::Io, format!("sandbox {id} is gone"))),
+        None => Err(RemoteError::new(
+            ErrorKind::Io,
+            format!("sandbox {id} is gone"),
+        )),
     }
 }
 
@@ -179,7 +185,13 @@ async fn serve(inner: Arc<Inner>, id: String, io: DuplexStream) {
             }
             Body::WriteFile(header) => {
                 let from_host = opened();
-                tasks.spawn(write_file(inner.clone(), id.clone(), header, from_host, sender));
+                tasks.spawn(write_file(
+                    inner.clone(),
+                    id.clone(),
+                    header,
+                    from_host,
+                    sender,
+                ));
             }
             Body::Listen { port } => {
                 let mut from_host = opened();
@@ -201,7 +213,10 @@ async fn serve(inner: Arc<Inner>, id: String, io: DuplexStream) {
                     let read = files.and_then(|files| {
                         files.stat(&path)?;
                         files.read(&path).ok_or_else(|| {
-                            RemoteError::new(ErrorKind::IsADirectory, format!("{path} is a directory"))
+                            RemoteError::new(
+                                ErrorKind::IsADirectory,
+                                format!("{path} is a directory"),
+                            )
                         })
                     });
                     match read {

@@ -89,7 +89,10 @@ impl Files {
     pub fn write(&self, path: &str, bytes: impl Into<Vec<u8>>) -> Result<(), RemoteError> {
         let path = checked(path)?;
         if path == "/" {
-            return Err(RemoteError::new(ErrorKind::IsADirectory, "/ is a directory"));
+            return Err(RemoteError::new(
+                ErrorKind::IsADirectory,
+                "/ is a directory",
+            ));
         }
         let mut tree = lock(&self.tree);
         let mut dir = parent(path);

@@ -58,7 +58,9 @@ use tokio::task::JoinHandle;
 
 use crate::agent::{Agent, ExecStream};
 use crate::error::{Error, Result};
-use crate::spec::{BackendKind, Carried, Command, Kept, PauseMode, SandboxInfo, Spec, State, Stats};
+use crate::spec::{
+    BackendKind, Carried, Command, Kept, PauseMode, SandboxInfo, Spec, State, Stats,
+};
 use crate::{Backend, BoxFuture};
 
 pub use files::Files;
@@ -434,7 +436,10 @@ impl MemorySandboxes {
 
     /// Holds every later exec `matching` picks (in any sandbox) after its
     /// process started, until the gate opens; other execs pass.
-    pub fn hold_exec(&self, matching: impl Fn(&Invocation) -> bool + Send + Sync + 'static) -> Gate {
+    pub fn hold_exec(
+        &self,
+        matching: impl Fn(&Invocation) -> bool + Send + Sync + 'static,
+    ) -> Gate {
         let state = Arc::new(GateState::new());
         lock(&self.inner.exec_gates).push((Arc::new(matching), state.clone()));
         Gate { state }
@@ -625,7 +630,9 @@ impl Backend for MemorySandboxes {
                 State::Running | State::Paused => (ALL.to_vec(), None),
                 State::PausedToDisk => (
                     vec![Kept::Disk],
-                    Some("the in-memory backend keeps only the files across a pause to disk".into()),
+                    Some(
+                        "the in-memory backend keeps only the files across a pause to disk".into(),
+                    ),
                 ),
                 State::Crashed => return Err(Inner::wrong_state(id, State::Crashed, "paused")),
             };

@@ -29,7 +29,11 @@ async fn lifecycle_follows_the_real_backends_state_rules() {
     assert_eq!(paused.state, State::Paused);
     // Pausing in memory again is a no-op, as in both real backends.
     assert_eq!(
-        backend.pause(&id, PauseMode::Memory).await.expect("again").state,
+        backend
+            .pause(&id, PauseMode::Memory)
+            .await
+            .expect("again")
+            .state,
         State::Paused
     );
     assert_wrong_state(backend.fork(&id, 1).await, State::Paused);
@@ -37,7 +41,10 @@ async fn lifecycle_follows_the_real_backends_state_rules() {
 
     let on_disk = backend.pause(&id, PauseMode::Disk).await.expect("to disk");
     assert_eq!(on_disk.state, State::PausedToDisk);
-    assert_wrong_state(backend.pause(&id, PauseMode::Memory).await, State::PausedToDisk);
+    assert_wrong_state(
+        backend.pause(&id, PauseMode::Memory).await,
+        State::PausedToDisk,
+    );
     let resumed = backend.resume(&id).await.expect("resume");
     assert_eq!(resumed.sandbox.state, State::Running);
     assert_eq!(resumed.kept, vec![Kept::Disk]);
@@ -91,7 +98,10 @@ async fn exec_answers_with_the_scripted_reply_and_unknown_commands_exit_127() {
         .exec(&id, Command::new(["cat"]).stdin("piped"))
         .await
         .expect("cat");
-    assert_eq!((cat.stdout.as_slice(), cat.stderr.as_slice()), (&b"piped"[..], &b"done"[..]));
+    assert_eq!(
+        (cat.stdout.as_slice(), cat.stderr.as_slice()),
+        (&b"piped"[..], &b"done"[..])
+    );
     let missing = backend
         .exec(&id, Command::shell("make"))
         .await
@@ -101,7 +111,10 @@ async fn exec_answers_with_the_scripted_reply_and_unknown_commands_exit_127() {
         .exec(&id, Command::shell("echo hi").output_limit_bytes(1))
         .await
         .expect("cut");
-    assert_eq!((cut.stdout.as_slice(), cut.exited.truncated), (&b"h"[..], true));
+    assert_eq!(
+        (cut.stdout.as_slice(), cut.exited.truncated),
+        (&b"h"[..], true)
+    );
 
     let mut stream = backend
         .exec_stream(&id, Command::shell("echo hi"))
@@ -168,7 +181,10 @@ async fn a_held_lifecycle_operation_waits_until_the_gate_opens() {
 async fn injected_failures_fail_the_next_call_only() {
     let backend = MemorySandboxes::new();
     backend.fail_next(Operation::Create, Error::Invalid("no room".into()));
-    assert!(matches!(backend.create(spec()).await, Err(Error::Invalid(_))));
+    assert!(matches!(
+        backend.create(spec()).await,
+        Err(Error::Invalid(_))
+    ));
     let id = running(&backend).await;
     backend.fail_next(
         Operation::Exec,
@@ -200,7 +216,10 @@ async fn files_are_confined_kept_across_pauses_and_copied_by_forks() {
         .await
         .expect("write");
     assert_eq!(
-        backend.read_file(&id, "/workspace/src/main.rs").await.expect("read"),
+        backend
+            .read_file(&id, "/workspace/src/main.rs")
+            .await
+            .expect("read"),
         b"fn main() {}"
     );
     assert!(matches!(
@@ -221,16 +240,28 @@ async fn files_are_confined_kept_across_pauses_and_copied_by_forks() {
     backend.pause(&id, PauseMode::Disk).await.expect("pause");
     assert!(backend.read_file(&id, "src/main.rs").await.is_err());
     backend.resume(&id).await.expect("resume");
-    let fork = backend.fork(&id, 1).await.expect("fork")[0].sandbox.id.clone();
+    let fork = backend.fork(&id, 1).await.expect("fork")[0]
+        .sandbox
+        .id
+        .clone();
     backend
         .delete_file(&id, "src")
         .await
         .expect("delete in the parent");
     assert_eq!(
-        backend.files(&fork).expect("fork files").read("/workspace/src/main.rs"),
+        backend
+            .files(&fork)
+            .expect("fork files")
+            .read("/workspace/src/main.rs"),
         Some(b"fn main() {}".to_vec())
     );
-    assert_eq!(backend.files(&id).expect("files").read("/workspace/src/main.rs"), None);
+    assert_eq!(
+        backend
+            .files(&id)
+            .expect("files")
+            .read("/workspace/src/main.rs"),
+        None
+    );
 }
 
 #[tokio::test]

@@ -67,7 +67,13 @@ const HOOK: &str = "/v1/repos/{owner}/{name}/webhooks/{id}";
 const ROWS: &[Row] = &[
     row("GET", "/healthz", "/healthz", 200, &[]),
     with_body(
-        row("POST", "/v1/repos", "/v1/repos", 401, &[(Reader, 403), (Writer, 403)]),
+        row(
+            "POST",
+            "/v1/repos",
+            "/v1/repos",
+            401,
+            &[(Reader, 403), (Writer, 403)],
+        ),
         r#"{"name":"acme/new"}"#,
     ),
     row("GET", "/v1/repos", "/v1/repos", 401, &[]),
@@ -122,7 +128,13 @@ const ROWS: &[Row] = &[
         401,
         &[(Writer, 404), (Sandbox, 404), (OtherRepo, 404)],
     ),
-    row("DELETE", "/v1/vms/{id}", "/v1/vms/{vm}", 401, &[(Writer, 404), (Sandbox, 404)]),
+    row(
+        "DELETE",
+        "/v1/vms/{id}",
+        "/v1/vms/{vm}",
+        401,
+        &[(Writer, 404), (Sandbox, 404)],
+    ),
     with_body(
         row(
             "POST",
@@ -134,13 +146,37 @@ const ROWS: &[Row] = &[
         r#"{"command":"true"}"#,
     ),
     with_body(
-        row("POST", "/v1/vms/{id}/fork", "/v1/vms/{vm}/fork", 401, &[(Writer, 404)]),
+        row(
+            "POST",
+            "/v1/vms/{id}/fork",
+            "/v1/vms/{vm}/fork",
+            401,
+            &[(Writer, 404)],
+        ),
         "{}",
     ),
-    row("POST", "/v1/vms/{id}/pause", "/v1/vms/{vm}/pause", 401, &[(Writer, 404)]),
-    row("POST", "/v1/vms/{id}/resume", "/v1/vms/{vm}/resume", 401, &[(Writer, 404)]),
+    row(
+        "POST",
+        "/v1/vms/{id}/pause",
+        "/v1/vms/{vm}/pause",
+        401,
+        &[(Writer, 404)],
+    ),
+    row(
+        "POST",
+        "/v1/vms/{id}/resume",
+        "/v1/vms/{vm}/resume",
+        401,
+        &[(Writer, 404)],
+    ),
     // Not a WebSocket request: refused as such once a token is presented.
-    row("GET", "/v1/vms/{id}/terminal", "/v1/vms/{vm}/terminal", 401, &[(Writer, 400)]),
+    row(
+        "GET",
+        "/v1/vms/{id}/terminal",
+        "/v1/vms/{vm}/terminal",
+        401,
+        &[(Writer, 400)],
+    ),
     row(
         "POST",
         "/v1/vms/{id}/terminal/tickets",
@@ -169,8 +205,20 @@ const ROWS: &[Row] = &[
         401,
         &[(Writer, 404)],
     ),
-    row("ANY", "/v1/vms/{id}/ports/{port}", "/v1/vms/{vm}/ports/3000", 401, &[(Writer, 404)]),
-    row("ANY", "/v1/vms/{id}/ports/{port}/", "/v1/vms/{vm}/ports/3000/", 401, &[(Writer, 404)]),
+    row(
+        "ANY",
+        "/v1/vms/{id}/ports/{port}",
+        "/v1/vms/{vm}/ports/3000",
+        401,
+        &[(Writer, 404)],
+    ),
+    row(
+        "ANY",
+        "/v1/vms/{id}/ports/{port}/",
+        "/v1/vms/{vm}/ports/3000/",
+        401,
+        &[(Writer, 404)],
+    ),
     row(
         "ANY",
         "/v1/vms/{id}/ports/{port}/{*path}",
@@ -196,9 +244,27 @@ const ROWS: &[Row] = &[
         &[(Writer, 404)],
     ),
     // A share link is its own credential: a forged one is refused.
-    row("ANY", "/v1/previews/{token}", "/v1/previews/forged", 401, &[]),
-    row("ANY", "/v1/previews/{token}/", "/v1/previews/forged/", 401, &[]),
-    row("ANY", "/v1/previews/{token}/{*path}", "/v1/previews/forged/a", 401, &[]),
+    row(
+        "ANY",
+        "/v1/previews/{token}",
+        "/v1/previews/forged",
+        401,
+        &[],
+    ),
+    row(
+        "ANY",
+        "/v1/previews/{token}/",
+        "/v1/previews/forged/",
+        401,
+        &[],
+    ),
+    row(
+        "ANY",
+        "/v1/previews/{token}/{*path}",
+        "/v1/previews/forged/a",
+        401,
+        &[],
+    ),
     with_body(
         row(
             "POST",
@@ -216,12 +282,30 @@ const ROWS: &[Row] = &[
         401,
         &[(OtherRepo, 404)],
     ),
-    row("GET", HOOK, "/v1/repos/acme/app/webhooks/1", 401, &[(OtherRepo, 404)]),
+    row(
+        "GET",
+        HOOK,
+        "/v1/repos/acme/app/webhooks/1",
+        401,
+        &[(OtherRepo, 404)],
+    ),
     with_body(
-        row("PATCH", HOOK, "/v1/repos/acme/app/webhooks/1", 401, &[(Reader, 403)]),
+        row(
+            "PATCH",
+            HOOK,
+            "/v1/repos/acme/app/webhooks/1",
+            401,
+            &[(Reader, 403)],
+        ),
         "{}",
     ),
-    row("DELETE", HOOK, "/v1/repos/acme/app/webhooks/1", 401, &[(Reader, 403)]),
+    row(
+        "DELETE",
+        HOOK,
+        "/v1/repos/acme/app/webhooks/1",
+        401,
+        &[(Reader, 403)],
+    ),
     row(
         "POST",
         "/v1/repos/{owner}/{name}/webhooks/{id}/ping",
@@ -279,11 +363,29 @@ const ROWS: &[Row] = &[
         &[(Writer, 403)],
     ),
     with_body(
-        row("POST", "/v1/tokens", "/v1/tokens", 401, &[(Writer, 403), (Sandbox, 403)]),
+        row(
+            "POST",
+            "/v1/tokens",
+            "/v1/tokens",
+            401,
+            &[(Writer, 403), (Sandbox, 403)],
+        ),
         r#"{"name":"x","scopes":["admin"]}"#,
     ),
-    row("GET", "/v1/tokens", "/v1/tokens", 401, &[(Reader, 403), (Sandbox, 403)]),
-    row("DELETE", "/v1/tokens/{id}", "/v1/tokens/admin", 401, &[(Writer, 403)]),
+    row(
+        "GET",
+        "/v1/tokens",
+        "/v1/tokens",
+        401,
+        &[(Reader, 403), (Sandbox, 403)],
+    ),
+    row(
+        "DELETE",
+        "/v1/tokens/{id}",
+        "/v1/tokens/admin",
+        401,
+        &[(Writer, 403)],
+    ),
     row(
         "GET",
         "/{owner}/{name}/info/refs",
@@ -363,7 +465,10 @@ fn every_route_has_an_auth_row() {
     tabled.sort();
     let missing: Vec<_> = declared.iter().filter(|r| !tabled.contains(r)).collect();
     let stale: Vec<_> = tabled.iter().filter(|r| !declared.contains(r)).collect();
-    assert!(missing.is_empty(), "routes without an auth row: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "routes without an auth row: {missing:?}"
+    );
     assert!(stale.is_empty(), "rows of routes that are gone: {stale:?}");
 }
 
@@ -404,7 +509,10 @@ async fn fixture() -> Fixture {
     let tokens = vec![
         (Reader, app.token(&["repo:read"], None).await),
         (Writer, app.token(&["repo:write"], None).await),
-        (OtherRepo, app.token(&["repo:write"], Some("acme/other")).await),
+        (
+            OtherRepo,
+            app.token(&["repo:write"], Some("acme/other")).await,
+        ),
         (Sandbox, sandbox),
     ];
     Fixture { app, vm, tokens }
@@ -418,9 +526,15 @@ fn method_of(row: &Row) -> Method {
 }
 
 impl Fixture {
-    async fn send(&self, row: &Row, authorization: Option<&str>) -> (StatusCode, serde_json::Value) {
+    async fn send(
+        &self,
+        row: &Row,
+        authorization: Option<&str>,
+    ) -> (StatusCode, serde_json::Value) {
         let path = row.path.replace("{vm}", &self.vm);
-        let body = row.body.map(|b| serde_json::from_str(b).expect("a JSON body"));
+        let body = row
+            .body
+            .map(|b| serde_json::from_str(b).expect("a JSON body"));
         let mut request = request(method_of(row), &path, None, body);
         if let Some(value) = authorization {
             request.headers_mut().insert(
@@ -460,7 +574,12 @@ async fn requests_without_a_valid_token_are_refused_on_every_route() {
                 row.path
             );
             if status.is_client_error() || status.is_server_error() {
-                assert!(body["error"]["code"].is_string(), "{} {}: {body}", row.method, row.path);
+                assert!(
+                    body["error"]["code"].is_string(),
+                    "{} {}: {body}",
+                    row.method,
+                    row.path
+                );
             }
         }
     }

@@ -27,7 +27,8 @@ fn spawn_post(app: &Arc<TestApp>, path: String, body: Value) -> JoinHandle<(Stat
     let app = app.clone();
     tokio::spawn(async move {
         let admin = app.admin().to_owned();
-        app.call(Method::POST, &path, Some(&admin), Some(body)).await
+        app.call(Method::POST, &path, Some(&admin), Some(body))
+            .await
     })
 }
 
@@ -93,18 +94,36 @@ async fn an_operation_held_on_one_vm_does_not_delay_another_vm() {
         gate.arrived(1).await;
         unhindered(&app, &b).await;
         let (status, body) = app
-            .call(Method::POST, &format!("/v1/vms/{b}/pause"), Some(app.admin()), Some(json!({})))
+            .call(
+                Method::POST,
+                &format!("/v1/vms/{b}/pause"),
+                Some(app.admin()),
+                Some(json!({})),
+            )
             .await;
-        assert_eq!((status, body["state"].clone()), (StatusCode::OK, json!("paused")));
-        app.call(Method::POST, &format!("/v1/vms/{b}/resume"), Some(app.admin()), None)
-            .await;
+        assert_eq!(
+            (status, body["state"].clone()),
+            (StatusCode::OK, json!("paused"))
+        );
+        app.call(
+            Method::POST,
+            &format!("/v1/vms/{b}/resume"),
+            Some(app.admin()),
+            None,
+        )
+        .await;
         assert!(!task.is_finished(), "{held:?} of {a} is still held");
         gate.open();
         let (status, body) = finished(task).await;
         assert!(status.is_success(), "{held:?}: {body}");
         if held == Operation::Pause {
-            app.call(Method::POST, &format!("/v1/vms/{a}/resume"), Some(app.admin()), None)
-                .await;
+            app.call(
+                Method::POST,
+                &format!("/v1/vms/{a}/resume"),
+                Some(app.admin()),
+                None,
+            )
+            .await;
         }
     }
 }
@@ -116,12 +135,23 @@ async fn an_exec_waits_for_a_pause_in_flight_and_then_resumes_the_vm() {
     let gate = app.backend.hold_on(Operation::Pause, &a);
     let pause = spawn_post(&app, format!("/v1/vms/{a}/pause"), json!({}));
     gate.arrived(1).await;
-    let exec = spawn_post(&app, format!("/v1/vms/{a}/exec"), json!({ "command": "true" }));
+    let exec = spawn_post(
+        &app,
+        format!("/v1/vms/{a}/exec"),
+        json!({ "command": "true" }),
+    );
     unhindered(&app, &b).await;
-    assert_eq!(execs_on(&app, &a), 0, "the exec ran while the pause was in flight");
+    assert_eq!(
+        execs_on(&app, &a),
+        0,
+        "the exec ran while the pause was in flight"
+    );
     gate.open();
     let (status, body) = finished(pause).await;
-    assert_eq!((status, body["state"].clone()), (StatusCode::OK, json!("paused")));
+    assert_eq!(
+        (status, body["state"].clone()),
+        (StatusCode::OK, json!("paused"))
+    );
     let (status, body) = finished(exec).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     // The pause took effect first; the exec then resumed the VM to run.
@@ -137,9 +167,17 @@ async fn a_pause_waits_for_the_commands_in_flight_instead_of_freezing_them() {
     let app = Arc::new(TestApp::start().await);
     let (a, b) = (app.vm(app.admin()).await, app.vm(app.admin()).await);
     let gate = app.backend.hold_on(Operation::Exec, &a);
-    let exec = spawn_post(&app, format!("/v1/vms/{a}/exec"), json!({ "command": "make" }));
+    let exec = spawn_post(
+        &app,
+        format!("/v1/vms/{a}/exec"),
+        json!({ "command": "make" }),
+    );
     gate.arrived(1).await;
-    let pause = spawn_post(&app, format!("/v1/vms/{a}/pause"), json!({ "to_disk": true }));
+    let pause = spawn_post(
+        &app,
+        format!("/v1/vms/{a}/pause"),
+        json!({ "to_disk": true }),
+    );
     unhindered(&app, &b).await;
     assert!(
         !calls_on(&app, &a).contains(&Operation::Pause),
@@ -147,9 +185,16 @@ async fn a_pause_waits_for_the_commands_in_flight_instead_of_freezing_them() {
     );
     gate.open();
     let (status, body) = finished(exec).await;
-    assert_eq!((status, body["exit_code"].clone()), (StatusCode::OK, json!(127)), "{body}");
+    assert_eq!(
+        (status, body["exit_code"].clone()),
+        (StatusCode::OK, json!(127)),
+        "{body}"
+    );
     let (status, body) = finished(pause).await;
-    assert_eq!((status, body["state"].clone()), (StatusCode::OK, json!("paused_to_disk")));
+    assert_eq!(
+        (status, body["state"].clone()),
+        (StatusCode::OK, json!("paused_to_disk"))
+    );
     let exec = &app.backend.execs()[0];
     assert_eq!(exec.invocation.sandbox, a);
     assert!(
@@ -168,8 +213,16 @@ async fn execs_on_one_vm_run_side_by_side() {
     let app = Arc::new(TestApp::start().await);
     let a = app.vm(app.admin()).await;
     let gate = app.backend.hold_on(Operation::Exec, &a);
-    let first = spawn_post(&app, format!("/v1/vms/{a}/exec"), json!({ "command": "one" }));
-    let second = spawn_post(&app, format!("/v1/vms/{a}/exec"), json!({ "command": "two" }));
+    let first = spawn_post(
+        &app,
+        format!("/v1/vms/{a}/exec"),
+        json!({ "command": "one" }),
+    );
+    let second = spawn_post(
+        &app,
+        format!("/v1/vms/{a}/exec"),
+        json!({ "command": "two" }),
+    );
     // Both reach the backend while neither has ended: they share the VM.
     tokio::time::timeout(PATIENCE, gate.arrived(2))
         .await
@@ -187,7 +240,11 @@ async fn lifecycle_operations_on_one_vm_run_one_at_a_time() {
     let gate = app.backend.hold_on(Operation::Fork, &a);
     let fork = spawn_post(&app, format!("/v1/vms/{a}/fork"), json!({ "count": 2 }));
     gate.arrived(1).await;
-    let pause = spawn_post(&app, format!("/v1/vms/{a}/pause"), json!({ "to_disk": true }));
+    let pause = spawn_post(
+        &app,
+        format!("/v1/vms/{a}/pause"),
+        json!({ "to_disk": true }),
+    );
     let destroy = {
         let (app, a) = (app.clone(), a.clone());
         tokio::spawn(async move {
@@ -197,7 +254,11 @@ async fn lifecycle_operations_on_one_vm_run_one_at_a_time() {
         })
     };
     unhindered(&app, &b).await;
-    assert_eq!(calls_on(&app, &a), [Operation::Create], "nothing overtook the fork");
+    assert_eq!(
+        calls_on(&app, &a),
+        [Operation::Create],
+        "nothing overtook the fork"
+    );
     gate.open();
     let (status, body) = finished(fork).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
@@ -223,7 +284,12 @@ async fn a_create_in_flight_holds_no_vm() {
     gate.arrived(1).await;
     unhindered(&app, &a).await;
     let (status, body) = app
-        .call(Method::POST, &format!("/v1/vms/{a}/fork"), Some(app.admin()), Some(json!({})))
+        .call(
+            Method::POST,
+            &format!("/v1/vms/{a}/fork"),
+            Some(app.admin()),
+            Some(json!({})),
+        )
         .await;
     // A fork's copy is not a create: it passes the held create.
     assert_eq!(status, StatusCode::CREATED, "{body}");

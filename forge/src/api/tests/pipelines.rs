@@ -27,7 +27,11 @@ fn git(dir: &Path, args: &[&str]) -> String {
         .env("GIT_COMMITTER_EMAIL", "test@example.com")
         .output()
         .expect("git runs");
-    assert!(output.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     String::from_utf8_lossy(&output.stdout).trim().to_owned()
 }
 
@@ -65,7 +69,10 @@ impl Repo {
             std::fs::write(self.work.path().join(path), content).expect("a file");
         }
         git(self.work.path(), &["add", "-A"]);
-        git(self.work.path(), &["commit", "-q", "--allow-empty", "-m", "change"]);
+        git(
+            self.work.path(),
+            &["commit", "-q", "--allow-empty", "-m", "change"],
+        );
         let commit = git(self.work.path(), &["rev-parse", "HEAD"]);
         let bare = app.state.repos.path(&self.id);
         let source = self.work.path().to_string_lossy().into_owned();
@@ -91,7 +98,13 @@ impl Repo {
 /// The runs of `acme/app`, newest first.
 async fn runs(app: &TestApp) -> Vec<Value> {
     let runs = app
-        .expect(StatusCode::OK, Method::GET, "/v1/repos/acme/app/runs", Some(app.admin()), None)
+        .expect(
+            StatusCode::OK,
+            Method::GET,
+            "/v1/repos/acme/app/runs",
+            Some(app.admin()),
+            None,
+        )
         .await;
     runs.as_array().cloned().unwrap_or_default()
 }
@@ -113,7 +126,10 @@ async fn finished_run(app: &TestApp, commit: &str) -> Value {
             .into_iter()
             .find(|run| run["commit_id"] == commit)
             .unwrap_or_default();
-        matches!(found["state"].as_str(), Some("passed" | "failed" | "cancelled" | "error"))
+        matches!(
+            found["state"].as_str(),
+            Some("passed" | "failed" | "cancelled" | "error")
+        )
     })
     .await;
     found
@@ -142,7 +158,8 @@ run = "bun test"
 async fn a_run_has_the_steps_its_commit_plans_and_a_broken_plan_fails_it() {
     let app = app_with_git().start().await;
     app.backend.respond_to("bun run lint", Reply::ok("clean\n"));
-    app.backend.respond_to("bun test", Reply::exit(1).stderr("1 failed\n"));
+    app.backend
+        .respond_to("bun test", Reply::exit(1).stderr("1 failed\n"));
     let mut repo = Repo::new(&app).await;
     let commit = repo.push(&app, &[(".forge.toml", STEPS)]).await;
     let run = finished_run(&app, &commit).await;
@@ -154,29 +171,57 @@ async fn a_run_has_the_steps_its_commit_plans_and_a_broken_plan_fails_it() {
         .flatten()
         .map(|s| (s["status"].clone(), s["exit_code"].clone()))
         .collect();
-    assert_eq!(statuses[1..], [(json!("passed"), json!(0)), (json!("failed"), json!(1))]);
+    assert_eq!(
+        statuses[1..],
+        [(json!("passed"), json!(0)), (json!("failed"), json!(1))]
+    );
     let scripts: Vec<_> = app
         .backend
         .execs()
         .into_iter()
         .filter(|e| e.invocation.script().starts_with("bun"))
-        .map(|e| (e.invocation.script(), e.invocation.cwd.clone(), e.invocation.env("CI").map(str::to_owned)))
+        .map(|e| {
+            (
+                e.invocation.script(),
+                e.invocation.cwd.clone(),
+                e.invocation.env("CI").map(str::to_owned),
+            )
+        })
         .collect();
     assert_eq!(
         scripts,
         [
-            ("bun run lint".to_owned(), Some("/workspace".to_owned()), Some("true".to_owned())),
-            ("bun test".to_owned(), Some("/workspace".to_owned()), Some("true".to_owned())),
+            (
+                "bun run lint".to_owned(),
+                Some("/workspace".to_owned()),
+                Some("true".to_owned())
+            ),
+            (
+                "bun test".to_owned(),
+                Some("/workspace".to_owned()),
+                Some("true".to_owned())
+            ),
         ]
     );
     let logs = app
-        .call(Method::GET, &format!("/v1/runs/{}/logs", run["id"]), Some(app.admin()), None)
+        .call(
+            Method::GET,
+            &format!("/v1/runs/{}/logs", run["id"]),
+            Some(app.admin()),
+            None,
+        )
         .await
         .1;
-    assert!(logs.as_str().unwrap_or_default().contains("1 failed"), "{logs}");
+    assert!(
+        logs.as_str().unwrap_or_default().contains("1 failed"),
+        "{logs}"
+    );
 
     let broken = repo
-        .push(&app, &[(".forge.toml", "[[pipeline.steps]]\nname = \"lint\"\n")])
+        .push(
+            &app,
+            &[(".forge.toml", "[[pipeline.steps]]\nname = \"lint\"\n")],
+        )
         .await;
     let run = finished_run(&app, &broken).await;
     assert_eq!(run["state"], "failed", "{run}");
@@ -204,19 +249,26 @@ async fn a_newer_push_cancels_the_running_step_and_the_run_says_so() {
     let cancelled = finished_run(&app, &first).await;
     assert_eq!(cancelled["state"], "cancelled", "{cancelled}");
     assert!(
-        cancelled["error"].as_str().unwrap_or_default().contains("newer push"),
+        cancelled["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("newer push"),
         "{cancelled}"
     );
     assert_eq!(cancelled["steps"][1]["status"], "cancelled", "{cancelled}");
     assert_eq!(cancelled["steps"][2]["status"], "cancelled", "{cancelled}");
     assert!(
-        !app.backend.execs().iter().any(|e| e.invocation.script() == "bun test"),
+        !app.backend
+            .execs()
+            .iter()
+            .any(|e| e.invocation.script() == "bun test"),
         "the steps after the cancelled one never ran"
     );
     eventually("the sandbox saw the step cancelled", PATIENCE, async || {
-        app.backend.execs().iter().any(|e| {
-            e.invocation.script() == "bun run lint" && e.ending == Some(Ending::Cancelled)
-        })
+        app.backend
+            .execs()
+            .iter()
+            .any(|e| e.invocation.script() == "bun run lint" && e.ending == Some(Ending::Cancelled))
     })
     .await;
 
@@ -227,5 +279,8 @@ async fn a_newer_push_cancels_the_running_step_and_the_run_says_so() {
     lint.open();
     let passed = finished_run(&app, &second).await;
     assert_eq!(passed["state"], "passed", "{passed}");
-    assert_eq!(passed["vm_id"], cancelled["vm_id"], "one sandbox per branch");
+    assert_eq!(
+        passed["vm_id"], cancelled["vm_id"],
+        "one sandbox per branch"
+    );
 }

@@ -12,7 +12,8 @@ use crate::testing::{TestApp, eventually};
 use crate::vms::Limits;
 
 async fn create(app: &TestApp, token: &str, body: Value) -> (StatusCode, Value) {
-    app.call(Method::POST, "/v1/vms", Some(token), Some(body)).await
+    app.call(Method::POST, "/v1/vms", Some(token), Some(body))
+        .await
 }
 
 fn message(body: &Value) -> &str {
@@ -47,7 +48,10 @@ async fn a_token_holds_at_most_its_quota_of_live_vms() {
     // Admins have no quota; another token has its own.
     create(&app, app.admin(), json!({})).await;
     let other = app.token(&["repo:write"], None).await;
-    assert_eq!(create(&app, &other.secret, json!({})).await.0, StatusCode::CREATED);
+    assert_eq!(
+        create(&app, &other.secret, json!({})).await.0,
+        StatusCode::CREATED
+    );
 
     // A VM paused to disk holds nothing: room for one more.
     app.expect(
@@ -58,7 +62,10 @@ async fn a_token_holds_at_most_its_quota_of_live_vms() {
         Some(json!({ "to_disk": true })),
     )
     .await;
-    assert_eq!(create(&app, &writer.secret, json!({})).await.0, StatusCode::CREATED);
+    assert_eq!(
+        create(&app, &writer.secret, json!({})).await.0,
+        StatusCode::CREATED
+    );
     assert_eq!(app.backend.len(), 5, "refused requests made no sandbox");
 }
 
@@ -82,7 +89,13 @@ async fn past_the_cap_a_create_waits_then_fails_naming_the_cap_and_its_place() {
     );
     assert_eq!(app.backend.len(), 1);
     let system = app
-        .expect(StatusCode::OK, Method::GET, "/v1/system", Some(app.admin()), None)
+        .expect(
+            StatusCode::OK,
+            Method::GET,
+            "/v1/system",
+            Some(app.admin()),
+            None,
+        )
         .await;
     assert_eq!(system["sandboxes"]["queue"]["waiting"], 0, "{system}");
 }
@@ -107,10 +120,17 @@ async fn a_queued_create_is_counted_and_admitted_when_room_frees() {
             create(&app, &admin, json!({})).await
         })
     };
-    eventually("the create waits in the queue", Duration::from_secs(10), async || {
-        let system = app.call(Method::GET, "/v1/system", Some(app.admin()), None).await.1;
-        system["sandboxes"]["queue"]["waiting"] == 1
-    })
+    eventually(
+        "the create waits in the queue",
+        Duration::from_secs(10),
+        async || {
+            let system = app
+                .call(Method::GET, "/v1/system", Some(app.admin()), None)
+                .await
+                .1;
+            system["sandboxes"]["queue"]["waiting"] == 1
+        },
+    )
     .await;
     assert_eq!(app.sandboxes().queued(), 1);
     assert_eq!(app.backend.len(), 1, "a queued create makes nothing yet");
@@ -156,9 +176,20 @@ async fn memory_is_capped_too_and_a_request_that_can_never_fit_is_refused_at_onc
 async fn without_a_backend_the_vm_api_answers_503_and_the_rest_works() {
     let app = TestApp::builder().without_sandboxes().start().await;
     let (status, body) = create(&app, app.admin(), json!({})).await;
-    assert_error(status, &body, StatusCode::SERVICE_UNAVAILABLE, "unavailable");
+    assert_error(
+        status,
+        &body,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+    );
     let system = app
-        .expect(StatusCode::OK, Method::GET, "/v1/system", Some(app.admin()), None)
+        .expect(
+            StatusCode::OK,
+            Method::GET,
+            "/v1/system",
+            Some(app.admin()),
+            None,
+        )
         .await;
     assert_eq!(system["sandboxes"]["backend"], Value::Null, "{system}");
     assert!(system["sandboxes"]["reason"].is_string());

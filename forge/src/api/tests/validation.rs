@@ -9,7 +9,12 @@ use super::assert_error;
 use crate::testing::{TestApp, body_json};
 
 /// `method path` as the admin with `body` as it is, labelled JSON.
-async fn raw(app: &TestApp, method: Method, path: &str, body: impl Into<Body>) -> (StatusCode, Value) {
+async fn raw(
+    app: &TestApp,
+    method: Method,
+    path: &str,
+    body: impl Into<Body>,
+) -> (StatusCode, Value) {
     let request = Request::builder()
         .method(method)
         .uri(path)
@@ -46,7 +51,10 @@ async fn malformed_bodies_are_bad_requests_in_the_common_shape() {
     for (path, body, status) in table {
         let (got, answer) = raw(&app, Method::POST, path, body.to_string()).await;
         assert_eq!(got.as_u16(), *status, "POST {path} {body}: {answer}");
-        assert_eq!(answer["error"]["code"], "bad_request", "POST {path} {body}: {answer}");
+        assert_eq!(
+            answer["error"]["code"], "bad_request",
+            "POST {path} {body}: {answer}"
+        );
     }
     let missing_type = Request::builder()
         .method(Method::POST)
@@ -56,7 +64,12 @@ async fn malformed_bodies_are_bad_requests_in_the_common_shape() {
         .expect("a request");
     let response = app.send(missing_type).await;
     let status = response.status();
-    assert_error(status, &body_json(response).await, StatusCode::UNSUPPORTED_MEDIA_TYPE, "bad_request");
+    assert_error(
+        status,
+        &body_json(response).await,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "bad_request",
+    );
     assert_eq!(app.backend.len(), 1, "no malformed request made a VM");
 }
 
@@ -70,12 +83,24 @@ async fn values_out_of_range_are_refused_with_the_reason() {
         ("/v1/vms".into(), json!({ "mem_mib": 64 }), "mem_mib"),
         ("/v1/vms".into(), json!({ "mem_mib": 9000 }), "mem_mib"),
         ("/v1/vms".into(), json!({ "disk_mib": 100 }), "disk_mib"),
-        ("/v1/vms".into(), json!({ "branch": "main" }), "branch needs repo"),
+        (
+            "/v1/vms".into(),
+            json!({ "branch": "main" }),
+            "branch needs repo",
+        ),
         ("/v1/vms".into(), json!({ "repo": "no-slash" }), ""),
         (format!("/v1/vms/{vm}/fork"), json!({ "count": 0 }), "count"),
-        (format!("/v1/vms/{vm}/fork"), json!({ "count": 51 }), "count"),
+        (
+            format!("/v1/vms/{vm}/fork"),
+            json!({ "count": 51 }),
+            "count",
+        ),
         (format!("/v1/vms/{vm}/exec"), json!({}), "exactly one of"),
-        (format!("/v1/vms/{vm}/exec"), json!({ "argv": [] }), "exactly one of"),
+        (
+            format!("/v1/vms/{vm}/exec"),
+            json!({ "argv": [] }),
+            "exactly one of",
+        ),
         (
             format!("/v1/vms/{vm}/exec"),
             json!({ "command": "true", "argv": ["true"] }),
@@ -83,19 +108,41 @@ async fn values_out_of_range_are_refused_with_the_reason() {
         ),
         ("/v1/repos".into(), json!({ "name": "no-slash" }), ""),
         ("/v1/repos".into(), json!({ "name": "acme/../etc" }), ""),
-        ("/v1/repos".into(), json!({ "name": "acme/app", "default_branch": "a..b" }), "default_branch"),
-        ("/v1/tokens".into(), json!({ "name": "", "scopes": ["admin"] }), "name"),
-        ("/v1/tokens".into(), json!({ "name": "x", "scopes": [] }), "scope"),
-        ("/v1/tokens".into(), json!({ "name": "x", "scopes": ["root"] }), "root"),
+        (
+            "/v1/repos".into(),
+            json!({ "name": "acme/app", "default_branch": "a..b" }),
+            "default_branch",
+        ),
+        (
+            "/v1/tokens".into(),
+            json!({ "name": "", "scopes": ["admin"] }),
+            "name",
+        ),
+        (
+            "/v1/tokens".into(),
+            json!({ "name": "x", "scopes": [] }),
+            "scope",
+        ),
+        (
+            "/v1/tokens".into(),
+            json!({ "name": "x", "scopes": ["root"] }),
+            "root",
+        ),
     ];
     for (path, body, says) in table {
-        let (status, answer) = app.call(Method::POST, path, Some(app.admin()), Some(body.clone())).await;
+        let (status, answer) = app
+            .call(Method::POST, path, Some(app.admin()), Some(body.clone()))
+            .await;
         assert_error(status, &answer, StatusCode::BAD_REQUEST, "bad_request");
         let message = answer["error"]["message"].as_str().unwrap_or_default();
         assert!(message.contains(says), "POST {path} {body}: {message}");
     }
     assert_eq!(app.backend.len(), 1);
-    assert_eq!(app.backend.calls().len(), 1, "only the first create reached the backend");
+    assert_eq!(
+        app.backend.calls().len(),
+        1,
+        "only the first create reached the backend"
+    );
 }
 
 #[tokio::test]
@@ -116,12 +163,28 @@ async fn unknown_ids_and_paths_are_not_found() {
     let table: &[(Method, String, Option<Value>)] = &[
         (Method::GET, format!("/v1/vms/{missing}"), None),
         (Method::DELETE, format!("/v1/vms/{missing}"), None),
-        (Method::POST, format!("/v1/vms/{missing}/exec"), Some(json!({ "command": "true" }))),
-        (Method::POST, format!("/v1/vms/{missing}/fork"), Some(json!({}))),
+        (
+            Method::POST,
+            format!("/v1/vms/{missing}/exec"),
+            Some(json!({ "command": "true" })),
+        ),
+        (
+            Method::POST,
+            format!("/v1/vms/{missing}/fork"),
+            Some(json!({})),
+        ),
         (Method::POST, format!("/v1/vms/{missing}/pause"), None),
         (Method::POST, format!("/v1/vms/{missing}/resume"), None),
-        (Method::GET, format!("/v1/vms/{missing}/files/etc/hosts"), None),
-        (Method::POST, format!("/v1/vms/{missing}/terminal/tickets"), None),
+        (
+            Method::GET,
+            format!("/v1/vms/{missing}/files/etc/hosts"),
+            None,
+        ),
+        (
+            Method::POST,
+            format!("/v1/vms/{missing}/terminal/tickets"),
+            None,
+        ),
         (Method::GET, "/v1/runs/12345".into(), None),
         (Method::GET, "/v1/runs/12345/logs".into(), None),
         (Method::GET, "/v1/repos/acme/nope".into(), None),
@@ -131,7 +194,9 @@ async fn unknown_ids_and_paths_are_not_found() {
         (Method::GET, "/v1/no-such-endpoint".into(), None),
     ];
     for (method, path, body) in table {
-        let (status, answer) = app.call(method.clone(), path, Some(app.admin()), body.clone()).await;
+        let (status, answer) = app
+            .call(method.clone(), path, Some(app.admin()), body.clone())
+            .await;
         assert_error(status, &answer, StatusCode::NOT_FOUND, "not_found");
     }
     assert!(app.backend.calls().is_empty());

@@ -30,39 +30,76 @@ async fn create_exec_pause_resume_fork_destroy_report_their_states() {
     let id = made["id"].as_str().expect("an id").to_owned();
     assert_eq!(made["state"], "running");
     assert_eq!(made["backend"], "container");
-    assert_eq!((made["vcpus"].clone(), made["mem_mib"].clone()), (json!(2), json!(1024)));
+    assert_eq!(
+        (made["vcpus"].clone(), made["mem_mib"].clone()),
+        (json!(2), json!(1024))
+    );
     assert_eq!(made["persistence"]["type"], "persistent");
 
-    let (status, out) = post(&app, &format!("/v1/vms/{id}/exec"), json!({ "command": "echo hi" })).await;
+    let (status, out) = post(
+        &app,
+        &format!("/v1/vms/{id}/exec"),
+        json!({ "command": "echo hi" }),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK, "{out}");
-    assert_eq!((out["exit_code"].clone(), out["stdout"].clone()), (json!(0), json!("hi\n")));
+    assert_eq!(
+        (out["exit_code"].clone(), out["stdout"].clone()),
+        (json!(0), json!("hi\n"))
+    );
     let invocation = &app.backend.execs()[0].invocation;
-    assert_eq!(invocation.env("GREETING"), Some("hello"), "the VM's env reaches its execs");
+    assert_eq!(
+        invocation.env("GREETING"),
+        Some("hello"),
+        "the VM's env reaches its execs"
+    );
     assert!(
         invocation.env("HTTPS_PROXY").is_some(),
         "every exec goes out through the egress proxy: {invocation:?}"
     );
 
     let paused = app
-        .expect(StatusCode::OK, Method::POST, &format!("/v1/vms/{id}/pause"), Some(app.admin()), None)
+        .expect(
+            StatusCode::OK,
+            Method::POST,
+            &format!("/v1/vms/{id}/pause"),
+            Some(app.admin()),
+            None,
+        )
         .await;
     assert_eq!(paused["state"], "paused");
     assert_eq!(app.vm_state(&id).await, "paused");
     // Paused in memory, again: nothing to do.
     let (status, again) = post(&app, &format!("/v1/vms/{id}/pause"), json!({})).await;
-    assert_eq!((status, again["state"].clone()), (StatusCode::OK, json!("paused")));
+    assert_eq!(
+        (status, again["state"].clone()),
+        (StatusCode::OK, json!("paused"))
+    );
 
-    let resumed = post(&app, &format!("/v1/vms/{id}/resume"), json!({})).await.1;
+    let resumed = post(&app, &format!("/v1/vms/{id}/resume"), json!({}))
+        .await
+        .1;
     assert_eq!(resumed["state"], "running", "{resumed}");
     assert_eq!(resumed["kept"], json!(["disk", "memory", "processes"]));
 
-    let on_disk = post(&app, &format!("/v1/vms/{id}/pause"), json!({ "to_disk": true })).await.1;
+    let on_disk = post(
+        &app,
+        &format!("/v1/vms/{id}/pause"),
+        json!({ "to_disk": true }),
+    )
+    .await
+    .1;
     assert_eq!(on_disk["state"], "paused_to_disk", "{on_disk}");
     assert_eq!(app.vm_state(&id).await, "paused_to_disk");
-    let resumed = post(&app, &format!("/v1/vms/{id}/resume"), json!({})).await.1;
+    let resumed = post(&app, &format!("/v1/vms/{id}/resume"), json!({}))
+        .await
+        .1;
     assert_eq!(resumed["state"], "running", "{resumed}");
     assert_eq!(resumed["kept"], json!(["disk"]));
-    assert!(resumed["note"].is_string(), "a resume that lost memory says why: {resumed}");
+    assert!(
+        resumed["note"].is_string(),
+        "a resume that lost memory says why: {resumed}"
+    );
 
     let (status, forked) = post(&app, &format!("/v1/vms/{id}/fork"), json!({ "count": 3 })).await;
     assert_eq!(status, StatusCode::CREATED, "{forked}");
@@ -71,21 +108,54 @@ async fn create_exec_pause_resume_fork_destroy_report_their_states() {
     for fork in forks {
         assert_eq!(fork["state"], "running", "{fork}");
         assert_eq!(fork["parent"], id.as_str(), "{fork}");
-        assert_eq!(fork["mem_mib"], 1024, "a fork is the size of its parent: {fork}");
+        assert_eq!(
+            fork["mem_mib"], 1024,
+            "a fork is the size of its parent: {fork}"
+        );
         assert_eq!(fork["kept"], json!(["disk", "memory", "processes"]));
     }
     let listed = app
-        .expect(StatusCode::OK, Method::GET, "/v1/vms", Some(app.admin()), None)
+        .expect(
+            StatusCode::OK,
+            Method::GET,
+            "/v1/vms",
+            Some(app.admin()),
+            None,
+        )
         .await;
     assert_eq!(listed.as_array().map(Vec::len), Some(4));
-    assert_eq!(app.vm_state(&id).await, "running", "the parent keeps running");
+    assert_eq!(
+        app.vm_state(&id).await,
+        "running",
+        "the parent keeps running"
+    );
 
-    app.expect(StatusCode::NO_CONTENT, Method::DELETE, &format!("/v1/vms/{id}"), Some(app.admin()), None)
+    app.expect(
+        StatusCode::NO_CONTENT,
+        Method::DELETE,
+        &format!("/v1/vms/{id}"),
+        Some(app.admin()),
+        None,
+    )
+    .await;
+    let (status, body) = app
+        .call(
+            Method::GET,
+            &format!("/v1/vms/{id}"),
+            Some(app.admin()),
+            None,
+        )
         .await;
-    let (status, body) = app.call(Method::GET, &format!("/v1/vms/{id}"), Some(app.admin()), None).await;
     assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
     assert_eq!(app.backend.len(), 3, "the forks outlive their parent");
-    let (status, body) = app.call(Method::DELETE, &format!("/v1/vms/{id}"), Some(app.admin()), None).await;
+    let (status, body) = app
+        .call(
+            Method::DELETE,
+            &format!("/v1/vms/{id}"),
+            Some(app.admin()),
+            None,
+        )
+        .await;
     assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
 }
 
@@ -95,9 +165,19 @@ async fn illegal_transitions_are_conflicts_that_change_nothing() {
     let id = app.vm(app.admin()).await;
     let (status, body) = post(&app, &format!("/v1/vms/{id}/resume"), json!({})).await;
     assert_error(status, &body, StatusCode::CONFLICT, "conflict");
-    assert!(body["error"]["message"].as_str().unwrap_or_default().contains("already running"));
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("already running")
+    );
 
-    post(&app, &format!("/v1/vms/{id}/pause"), json!({ "to_disk": true })).await;
+    post(
+        &app,
+        &format!("/v1/vms/{id}/pause"),
+        json!({ "to_disk": true }),
+    )
+    .await;
     // In memory from disk: the backend refuses, the VM stays on disk.
     let (status, body) = post(&app, &format!("/v1/vms/{id}/pause"), json!({})).await;
     assert_error(status, &body, StatusCode::CONFLICT, "conflict");
@@ -116,14 +196,27 @@ async fn illegal_transitions_are_conflicts_that_change_nothing() {
         let (status, answer) = post(&app, &format!("/v1/vms/{id}/{path}"), body).await;
         assert_error(status, &answer, StatusCode::CONFLICT, "conflict");
         assert!(
-            answer["error"]["message"].as_str().unwrap_or_default().contains("crashed"),
+            answer["error"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("crashed"),
             "{path}: {answer}"
         );
     }
-    assert_eq!(app.vm_state(&id).await, "crashed", "a crashed VM is not restarted");
+    assert_eq!(
+        app.vm_state(&id).await,
+        "crashed",
+        "a crashed VM is not restarted"
+    );
     // Its disk is kept until it is deleted; then it is gone.
-    app.expect(StatusCode::NO_CONTENT, Method::DELETE, &format!("/v1/vms/{id}"), Some(app.admin()), None)
-        .await;
+    app.expect(
+        StatusCode::NO_CONTENT,
+        Method::DELETE,
+        &format!("/v1/vms/{id}"),
+        Some(app.admin()),
+        None,
+    )
+    .await;
     assert!(app.backend.is_empty());
 }
 
@@ -133,12 +226,22 @@ async fn exec_and_files_resume_a_paused_vm_first() {
     let id = app.vm(app.admin()).await;
     for mode in [json!({}), json!({ "to_disk": true })] {
         post(&app, &format!("/v1/vms/{id}/pause"), mode.clone()).await;
-        let (status, out) = post(&app, &format!("/v1/vms/{id}/exec"), json!({ "argv": ["true"] })).await;
+        let (status, out) = post(
+            &app,
+            &format!("/v1/vms/{id}/exec"),
+            json!({ "argv": ["true"] }),
+        )
+        .await;
         assert_eq!(status, StatusCode::OK, "{out}");
         assert_eq!(out["exit_code"], 127, "nothing answers `true`: {out}");
         assert_eq!(app.vm_state(&id).await, "running", "after {mode}");
     }
-    post(&app, &format!("/v1/vms/{id}/pause"), json!({ "to_disk": true })).await;
+    post(
+        &app,
+        &format!("/v1/vms/{id}/pause"),
+        json!({ "to_disk": true }),
+    )
+    .await;
     let put = request(
         Method::PUT,
         &format!("/v1/vms/{id}/files/workspace/notes.txt"),
@@ -150,7 +253,10 @@ async fn exec_and_files_resume_a_paused_vm_first() {
     assert_eq!(app.send(put).await.status(), StatusCode::NO_CONTENT);
     assert_eq!(app.vm_state(&id).await, "running");
     assert_eq!(
-        app.backend.files(&id).expect("files").read("/workspace/notes.txt"),
+        app.backend
+            .files(&id)
+            .expect("files")
+            .read("/workspace/notes.txt"),
         Some(b"remember".to_vec())
     );
     let read = app
@@ -164,7 +270,13 @@ async fn exec_and_files_resume_a_paused_vm_first() {
     assert_eq!(read.status(), StatusCode::OK);
     assert_eq!(body_json(read).await, json!("remember"));
     let listed = app
-        .expect(StatusCode::OK, Method::GET, &format!("/v1/vms/{id}/files/workspace/"), Some(app.admin()), None)
+        .expect(
+            StatusCode::OK,
+            Method::GET,
+            &format!("/v1/vms/{id}/files/workspace/"),
+            Some(app.admin()),
+            None,
+        )
         .await;
     assert_eq!(listed[0]["name"], "notes.txt", "{listed}");
     app.expect(
@@ -176,11 +288,21 @@ async fn exec_and_files_resume_a_paused_vm_first() {
     )
     .await;
     let (status, body) = app
-        .call(Method::GET, &format!("/v1/vms/{id}/files/workspace/notes.txt"), Some(app.admin()), None)
+        .call(
+            Method::GET,
+            &format!("/v1/vms/{id}/files/workspace/notes.txt"),
+            Some(app.admin()),
+            None,
+        )
         .await;
     assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
     let (status, body) = app
-        .call(Method::GET, &format!("/v1/vms/{id}/files/workspace/../../etc/shadow"), Some(app.admin()), None)
+        .call(
+            Method::GET,
+            &format!("/v1/vms/{id}/files/workspace/../../etc/shadow"),
+            Some(app.admin()),
+            None,
+        )
         .await;
     assert_error(status, &body, StatusCode::BAD_REQUEST, "bad_request");
 }
@@ -192,8 +314,16 @@ async fn exec_reports_exit_codes_and_streams_as_server_sent_events() {
         .respond_to("make test", Reply::exit(2).stderr("1 failed\n"));
     app.backend.respond_to("echo hi", Reply::ok("hi\n"));
     let id = app.vm(app.admin()).await;
-    let (_, failed) = post(&app, &format!("/v1/vms/{id}/exec"), json!({ "command": "make test" })).await;
-    assert_eq!((failed["exit_code"].clone(), failed["stderr"].clone()), (json!(2), json!("1 failed\n")));
+    let (_, failed) = post(
+        &app,
+        &format!("/v1/vms/{id}/exec"),
+        json!({ "command": "make test" }),
+    )
+    .await;
+    assert_eq!(
+        (failed["exit_code"].clone(), failed["stderr"].clone()),
+        (json!(2), json!("1 failed\n"))
+    );
 
     let mut streamed = request(
         Method::POST,
@@ -229,7 +359,15 @@ async fn backend_failures_are_answered_with_their_status_and_leave_no_vm() {
         !body.to_string().contains("guest did not boot"),
         "internals stay in the log: {body}"
     );
-    let listed = app.expect(StatusCode::OK, Method::GET, "/v1/vms", Some(app.admin()), None).await;
+    let listed = app
+        .expect(
+            StatusCode::OK,
+            Method::GET,
+            "/v1/vms",
+            Some(app.admin()),
+            None,
+        )
+        .await;
     assert_eq!(listed, json!([]));
 
     let id = app.vm(app.admin()).await;
@@ -241,18 +379,43 @@ async fn backend_failures_are_answered_with_their_status_and_leave_no_vm() {
             secs: 60,
         },
     );
-    let (status, body) = post(&app, &format!("/v1/vms/{id}/exec"), json!({ "command": "true" })).await;
-    assert_error(status, &body, StatusCode::GATEWAY_TIMEOUT, "agent_unresponsive");
-    app.backend.fail_next(Operation::Fork, ::sandbox::Error::Invalid("no room".into()));
+    let (status, body) = post(
+        &app,
+        &format!("/v1/vms/{id}/exec"),
+        json!({ "command": "true" }),
+    )
+    .await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::GATEWAY_TIMEOUT,
+        "agent_unresponsive",
+    );
+    app.backend
+        .fail_next(Operation::Fork, ::sandbox::Error::Invalid("no room".into()));
     let (status, body) = post(&app, &format!("/v1/vms/{id}/fork"), json!({ "count": 2 })).await;
     assert_error(status, &body, StatusCode::BAD_REQUEST, "bad_request");
-    let listed = app.expect(StatusCode::OK, Method::GET, "/v1/vms", Some(app.admin()), None).await;
-    assert_eq!(listed.as_array().map(Vec::len), Some(1), "a failed fork records no copy");
+    let listed = app
+        .expect(
+            StatusCode::OK,
+            Method::GET,
+            "/v1/vms",
+            Some(app.admin()),
+            None,
+        )
+        .await;
+    assert_eq!(
+        listed.as_array().map(Vec::len),
+        Some(1),
+        "a failed fork records no copy"
+    );
 }
 
 /// The ids of the VMs `token` sees.
 async fn visible(app: &TestApp, token: &str) -> Vec<String> {
-    let listed = app.expect(StatusCode::OK, Method::GET, "/v1/vms", Some(token), None).await;
+    let listed = app
+        .expect(StatusCode::OK, Method::GET, "/v1/vms", Some(token), None)
+        .await;
     listed
         .as_array()
         .expect("a list")
@@ -272,11 +435,21 @@ async fn a_vm_is_visible_to_its_creator_and_admins_only() {
     assert!(visible(&app, &bob.secret).await.is_empty());
     // Bob's fork of it is refused; Alice's copies are Alice's.
     let (status, _) = app
-        .call(Method::POST, &format!("/v1/vms/{id}/fork"), Some(&bob.secret), Some(json!({})))
+        .call(
+            Method::POST,
+            &format!("/v1/vms/{id}/fork"),
+            Some(&bob.secret),
+            Some(json!({})),
+        )
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     let (status, _) = app
-        .call(Method::POST, &format!("/v1/vms/{id}/fork"), Some(&alice.secret), Some(json!({})))
+        .call(
+            Method::POST,
+            &format!("/v1/vms/{id}/fork"),
+            Some(&alice.secret),
+            Some(json!({})),
+        )
         .await;
     assert_eq!(status, StatusCode::CREATED);
     assert_eq!(visible(&app, &alice.secret).await.len(), 2);
