@@ -17,7 +17,6 @@
 //! - `Forked`, `Resumed`: every step skipped.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -409,12 +408,10 @@ async fn exec(
 }
 
 /// Resolves when `timeout` passed; never without one.
-fn expiry(timeout: Option<Duration>) -> impl Future<Output = ()> {
-    async move {
-        match timeout {
-            Some(timeout) => tokio::time::sleep(timeout).await,
-            None => std::future::pending().await,
-        }
+async fn expiry(timeout: Option<Duration>) {
+    match timeout {
+        Some(timeout) => tokio::time::sleep(timeout).await,
+        None => std::future::pending().await,
     }
 }
 

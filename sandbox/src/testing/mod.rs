@@ -169,6 +169,8 @@ pub struct Call {
 
 type Responder = Arc<dyn Fn(&Invocation) -> Option<Reply> + Send + Sync>;
 type Matcher = Arc<dyn Fn(&Invocation) -> bool + Send + Sync>;
+/// A gate of one operation, on one sandbox or (`None`) on all.
+type GateKey = (Operation, Option<String>);
 
 /// A point where operations wait until the test opens it.
 #[derive(Debug)]
@@ -251,7 +253,7 @@ pub(crate) struct Inner {
     sandboxes: Mutex<HashMap<String, Entry>>,
     next_id: AtomicU64,
     next_pid: AtomicU32,
-    gates: Mutex<HashMap<(Operation, Option<String>), Arc<GateState>>>,
+    gates: Mutex<HashMap<GateKey, Arc<GateState>>>,
     /// Gates of the execs a matcher picks, asked before the others.
     exec_gates: Mutex<Vec<(Matcher, Arc<GateState>)>>,
     failures: Mutex<HashMap<Operation, VecDeque<Error>>>,
@@ -417,7 +419,7 @@ impl MemorySandboxes {
         self.respond(move |invocation| (invocation.script() == script).then(|| reply.clone()));
     }
 
-    fn install(&self, key: (Operation, Option<String>)) -> Gate {
+    fn install(&self, key: GateKey) -> Gate {
         let state = Arc::new(GateState::new());
         lock(&self.inner.gates).insert(key, state.clone());
         Gate { state }

@@ -430,8 +430,8 @@ async fn a_vm_is_visible_to_its_creator_and_admins_only() {
     let alice = app.token(&["repo:write"], None).await;
     let bob = app.token(&["repo:write"], None).await;
     let id = app.vm(&alice.secret).await;
-    assert_eq!(visible(&app, &alice.secret).await, [id.clone()]);
-    assert_eq!(visible(&app, app.admin()).await, [id.clone()]);
+    assert_eq!(visible(&app, &alice.secret).await, [id.as_str()]);
+    assert_eq!(visible(&app, app.admin()).await, [id.as_str()]);
     assert!(visible(&app, &bob.secret).await.is_empty());
     // Bob's fork of it is refused; Alice's copies are Alice's.
     let (status, _) = app
