@@ -18,5 +18,7 @@ pub mod github;
 pub mod pipelines;
 pub mod server;
 pub mod store;
+#[cfg(test)]
+mod testing;
 pub mod vms;
 pub mod webhooks;

@@ -38,6 +38,8 @@ pub mod microvm;
 pub mod probe;
 mod sandbox;
 mod spec;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 use std::future::Future;
 use std::pin::Pin;

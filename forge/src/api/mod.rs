@@ -18,6 +18,8 @@ mod preview;
 mod repos;
 mod runs;
 mod terminal;
+#[cfg(test)]
+mod tests;
 
 pub use repos::authorize as repos_authorize;
 mod tokens;

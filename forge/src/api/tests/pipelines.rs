@@ -1,0 +1,286 @@
+//! Pipeline runs seen through the API: the steps planned from a pushed
+//! commit, and a run cancelled by a newer push while its step is held in
+//! flight. Commits are made with the host's `git` and fetched into the
+//! forge's bare repository; the push event is recorded as a push records
+//! it (`git/push.rs`).
+
+use std::path::Path;
+use std::time::Duration;
+
+use axum::http::{Method, StatusCode};
+use sandbox::testing::{Ending, Reply};
+use serde_json::{Value, json};
+
+use crate::store::NewEvent;
+use crate::testing::{TestApp, eventually};
+
+const PATIENCE: Duration = Duration::from_secs(20);
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let output = std::process::Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .env("GIT_AUTHOR_NAME", "Test")
+        .env("GIT_AUTHOR_EMAIL", "test@example.com")
+        .env("GIT_COMMITTER_NAME", "Test")
+        .env("GIT_COMMITTER_EMAIL", "test@example.com")
+        .output()
+        .expect("git runs");
+    assert!(
+        output.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+/// A repository `acme/app` and a work tree to commit in.
+struct Repo {
+    id: String,
+    work: tempfile::TempDir,
+    head: String,
+}
+
+impl Repo {
+    async fn new(app: &TestApp) -> Repo {
+        app.repo("acme/app").await;
+        let id = app
+            .state
+            .store
+            .repo_by_name("acme", "app")
+            .await
+            .expect("store")
+            .expect("the repository")
+            .id;
+        let work = tempfile::tempdir().expect("a work tree");
+        git(work.path(), &["init", "-q", "-b", "main"]);
+        Repo {
+            id,
+            work,
+            head: "0".repeat(40),
+        }
+    }
+
+    /// Commits `files` on `main`, brings the commit into the forge's
+    /// repository and records the push; returns the commit.
+    async fn push(&mut self, app: &TestApp, files: &[(&str, &str)]) -> String {
+        for (path, content) in files {
+            std::fs::write(self.work.path().join(path), content).expect("a file");
+        }
+        git(self.work.path(), &["add", "-A"]);
+        git(
+            self.work.path(),
+            &["commit", "-q", "--allow-empty", "-m", "change"],
+        );
+        let commit = git(self.work.path(), &["rev-parse", "HEAD"]);
+        let bare = app.state.repos.path(&self.id);
+        let source = self.work.path().to_string_lossy().into_owned();
+        git(&bare, &["fetch", "-q", &source, "+main:refs/heads/main"]);
+        let event = NewEvent {
+            kind: "push".into(),
+            ref_name: Some("refs/heads/main".into()),
+            payload: json!({
+                "repo": "acme/app", "ref": "refs/heads/main", "branch": "main",
+                "before": self.head, "after": commit, "created": false, "deleted": false,
+            }),
+        };
+        app.state
+            .events
+            .record(&app.state.store, &self.id, "acme/app", None, &[event])
+            .await
+            .expect("the push event");
+        self.head = commit.clone();
+        commit
+    }
+}
+
+/// The runs of `acme/app`, newest first.
+async fn runs(app: &TestApp) -> Vec<Value> {
+    let runs = app
+        .expect(
+            StatusCode::OK,
+            Method::GET,
+            "/v1/repos/acme/app/runs",
+            Some(app.admin()),
+            None,
+        )
+        .await;
+    runs.as_array().cloned().unwrap_or_default()
+}
+
+fn step_names(run: &Value) -> Vec<String> {
+    run["steps"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|s| s["name"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+async fn finished_run(app: &TestApp, commit: &str) -> Value {
+    let mut found = Value::Null;
+    eventually("the run finished", PATIENCE, async || {
+        found = runs(app)
+            .await
+            .into_iter()
+            .find(|run| run["commit_id"] == commit)
+            .unwrap_or_default();
+        matches!(
+            found["state"].as_str(),
+            Some("passed" | "failed" | "cancelled" | "error")
+        )
+    })
+    .await;
+    found
+}
+
+/// A backend where git (the checkout) succeeds.
+fn app_with_git() -> crate::testing::TestAppBuilder {
+    let backend = sandbox::testing::MemorySandboxes::new();
+    backend.respond(|invocation| {
+        matches!(invocation.argv[0].as_str(), "git" | "rm").then(|| Reply::ok(""))
+    });
+    TestApp::builder().with_backend(backend).with_pipelines()
+}
+
+const STEPS: &str = r#"
+[[pipeline.steps]]
+name = "lint"
+run = "bun run lint"
+
+[[pipeline.steps]]
+name = "test"
+run = "bun test"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_run_has_the_steps_its_commit_plans_and_a_broken_plan_fails_it() {
+    let app = app_with_git().start().await;
+    app.backend.respond_to("bun run lint", Reply::ok("clean\n"));
+    app.backend
+        .respond_to("bun test", Reply::exit(1).stderr("1 failed\n"));
+    let mut repo = Repo::new(&app).await;
+    let commit = repo.push(&app, &[(".forge.toml", STEPS)]).await;
+    let run = finished_run(&app, &commit).await;
+    assert_eq!(run["state"], "failed", "{run}");
+    assert_eq!(step_names(&run), ["checkout", "lint", "test"]);
+    let statuses: Vec<_> = run["steps"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|s| (s["status"].clone(), s["exit_code"].clone()))
+        .collect();
+    assert_eq!(
+        statuses[1..],
+        [(json!("passed"), json!(0)), (json!("failed"), json!(1))]
+    );
+    let scripts: Vec<_> = app
+        .backend
+        .execs()
+        .into_iter()
+        .filter(|e| e.invocation.script().starts_with("bun"))
+        .map(|e| {
+            (
+                e.invocation.script(),
+                e.invocation.cwd.clone(),
+                e.invocation.env("CI").map(str::to_owned),
+            )
+        })
+        .collect();
+    assert_eq!(
+        scripts,
+        [
+            (
+                "bun run lint".to_owned(),
+                Some("/workspace".to_owned()),
+                Some("true".to_owned())
+            ),
+            (
+                "bun test".to_owned(),
+                Some("/workspace".to_owned()),
+                Some("true".to_owned())
+            ),
+        ]
+    );
+    let logs = app
+        .call(
+            Method::GET,
+            &format!("/v1/runs/{}/logs", run["id"]),
+            Some(app.admin()),
+            None,
+        )
+        .await
+        .1;
+    assert!(
+        logs.as_str().unwrap_or_default().contains("1 failed"),
+        "{logs}"
+    );
+
+    let broken = repo
+        .push(
+            &app,
+            &[(".forge.toml", "[[pipeline.steps]]\nname = \"lint\"\n")],
+        )
+        .await;
+    let run = finished_run(&app, &broken).await;
+    assert_eq!(run["state"], "failed", "{run}");
+    assert_eq!(step_names(&run), ["config"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_newer_push_cancels_the_running_step_and_the_run_says_so() {
+    let app = app_with_git().start().await;
+    app.backend.respond_to("bun run lint", Reply::ok("clean\n"));
+    app.backend.respond_to("bun test", Reply::ok("ok\n"));
+    let lint = app
+        .backend
+        .hold_exec(|invocation| invocation.script() == "bun run lint");
+    let mut repo = Repo::new(&app).await;
+    let first = repo.push(&app, &[(".forge.toml", STEPS)]).await;
+    tokio::time::timeout(PATIENCE, lint.arrived(1))
+        .await
+        .expect("the first run's lint started");
+    let running = runs(&app).await;
+    assert_eq!(running[0]["state"], "running", "{running:?}");
+    assert_eq!(running[0]["steps"][1]["status"], "running", "{running:?}");
+
+    let second = repo.push(&app, &[("README", "newer\n")]).await;
+    let cancelled = finished_run(&app, &first).await;
+    assert_eq!(cancelled["state"], "cancelled", "{cancelled}");
+    assert!(
+        cancelled["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("newer push"),
+        "{cancelled}"
+    );
+    assert_eq!(cancelled["steps"][1]["status"], "cancelled", "{cancelled}");
+    assert_eq!(cancelled["steps"][2]["status"], "cancelled", "{cancelled}");
+    assert!(
+        !app.backend
+            .execs()
+            .iter()
+            .any(|e| e.invocation.script() == "bun test"),
+        "the steps after the cancelled one never ran"
+    );
+    eventually("the sandbox saw the step cancelled", PATIENCE, async || {
+        app.backend
+            .execs()
+            .iter()
+            .any(|e| e.invocation.script() == "bun run lint" && e.ending == Some(Ending::Cancelled))
+    })
+    .await;
+
+    // The newer run goes on in the same branch sandbox once let through.
+    tokio::time::timeout(PATIENCE, lint.arrived(2))
+        .await
+        .expect("the second run's lint started");
+    lint.open();
+    let passed = finished_run(&app, &second).await;
+    assert_eq!(passed["state"], "passed", "{passed}");
+    assert_eq!(
+        passed["vm_id"], cancelled["vm_id"],
+        "one sandbox per branch"
+    );
+}
