@@ -396,7 +396,15 @@ fn runaway_processes_memory_disk_and_output_stay_inside() {
         &vm,
         "nohup bash -c 'f() { [ $SECONDS -ge 6 ] && exit; f | f & }; f' >/dev/null 2>&1 &",
     );
-    std::thread::sleep(Duration::from_secs(3));
+    e2e::eventually(
+        Duration::from_secs(30),
+        "the fork bomb reaching the process limit",
+        || match forks_refused(&forge, &vm) {
+            Ok(0) => Err("no fork refused yet".to_owned()),
+            Ok(refused) => Ok(refused),
+            Err(why) => Err(why),
+        },
+    );
     witness.untouched("a fork bomb");
     // While the process table is full an exec may wait rather than fail:
     // each probe gets 20 s, and a probe that times out is "not yet".
@@ -506,6 +514,32 @@ fn free_bytes(path: &Path) -> u64 {
         .nth(1)
         .and_then(|l| l.trim().parse().ok())
         .unwrap()
+}
+
+/// How many forks the process limit of sandbox `vm` refused: the `max`
+/// count in its cgroup's `pids.events`.
+fn forks_refused(forge: &TestForge, vm: &str) -> Result<u64, String> {
+    let pid = forge.sandbox_pid(vm).ok_or("no PID 1 on record")?;
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .map_err(|e| format!("PID 1 ({pid}): {e}"))?;
+    // The v1 `pids` hierarchy where the host has one, else cgroup2's.
+    let group = cgroups
+        .lines()
+        .find_map(|line| {
+            let (_, path) = line.split_once(":pids:")?;
+            Some(Path::new("/sys/fs/cgroup/pids").join(path.trim_start_matches('/')))
+        })
+        .or_else(|| {
+            let path = cgroups.lines().find_map(|line| line.strip_prefix("0::"))?;
+            Some(Path::new("/sys/fs/cgroup").join(path.trim_start_matches('/')))
+        })
+        .ok_or_else(|| format!("no pids cgroup in {cgroups}"))?;
+    let events = std::fs::read_to_string(group.join("pids.events"))
+        .map_err(|e| format!("{}: {e}", group.display()))?;
+    events
+        .lines()
+        .find_map(|line| line.strip_prefix("max ")?.trim().parse().ok())
+        .ok_or_else(|| format!("no max count in {events}"))
 }
 
 fn open_descriptors(pid: u32) -> usize {
