@@ -5,9 +5,10 @@
 mod common;
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use agent_proto::{ExecRequest, StepOutcome};
-use common::{TestBackend, host_usr_root};
+use common::{TestBackend, eventually, host_usr_root};
 use sandbox_container::{Kept, PauseMode};
 
 async fn run(client: &agent_proto::Client, argv: &[&str]) -> (i32, String) {
@@ -212,25 +213,28 @@ async fn fork_with_checkpoint_keeps_a_process_started_through_the_agent() {
         );
         // A connection from the host cannot be checkpointed: close it first.
     }
-    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
-    let before: u64 = std::fs::read_to_string(
-        t.data_dir
-            .join("layers")
-            .join(&parent.id)
-            .join("upper/tmp/counter"),
-    )
-    .expect("counter")
-    .trim()
-    .parse()
-    .expect("number");
+    // Far enough that a copy counting from 1 again would read below it.
+    let before = eventually(WAIT, "the counter reaching 10", || {
+        match layer_counter(&t, &parent.id) {
+            Some(now) if now >= 10 => Ok(now),
+            seen => Err(seen),
+        }
+    });
     let forks = t.backend().fork(&parent.id, 2).expect("fork");
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     for fork in &forks {
         assert_eq!(
             fork.kept,
             vec![Kept::Disk, Kept::Memory, Kept::Processes],
             "{fork:?}"
         );
+        eventually(WAIT, "the fork's counter counting on", || {
+            let now = layer_counter(&t, &fork.sandbox.id).expect("the fork's counter");
+            assert!(
+                now >= before,
+                "the fork's counter went back from {before} to {now}"
+            );
+            if now > before { Ok(now) } else { Err(now) }
+        });
         let child = t.backend().agent(&fork.sandbox.id).await.expect("client");
         let (_, text) = run(&child, &["cat", "/tmp/counter"]).await;
         let value: u64 = text.trim().parse().expect("number");
@@ -241,6 +245,17 @@ async fn fork_with_checkpoint_keeps_a_process_started_through_the_agent() {
         let (_, host) = run(&child, &["hostname"]).await;
         assert_eq!(host.trim(), fork.sandbox.id);
     }
+}
+
+/// How long a counter gets to reach a value: CRIU restores can be slow.
+const WAIT: Duration = Duration::from_secs(30);
+
+/// The counter that sandbox `id` writes to `/tmp/counter`, read on the
+/// host from its top layer (a connection to its agent would stand in the
+/// way of a checkpoint).
+fn layer_counter(t: &TestBackend, id: &str) -> Option<u64> {
+    let path = t.data_dir.join("layers").join(id).join("upper/tmp/counter");
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
 #[tokio::test(flavor = "multi_thread")]

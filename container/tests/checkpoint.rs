@@ -8,8 +8,11 @@ mod common;
 
 use std::time::Duration;
 
-use common::TestBackend;
+use common::{TestBackend, eventually};
 use sandbox_container::{Kept, Limits, PauseMode, SandboxInfo, Status};
+
+/// How long a counter gets to reach a value: CRIU restores can be slow.
+const WAIT: Duration = Duration::from_secs(30);
 
 const COUNTER: &str = "i=0; while :; do i=$((i+1)); echo $i > /tmp/counter.new; mv /tmp/counter.new /tmp/counter; sleep 0.05; done";
 
@@ -27,8 +30,38 @@ fn counting_sandbox(t: &TestBackend) -> Option<SandboxInfo> {
     let mut request = t.request(Limits::default());
     request.init = vec!["/bin/sh".into(), "-c".into(), COUNTER.into()];
     let sandbox = t.backend().create(request).expect("create");
-    std::thread::sleep(Duration::from_millis(1000));
+    counted_to(t, &sandbox.id, 20);
     Some(sandbox)
+}
+
+/// Waits until the counter in `id` (which may not have started) reaches
+/// `n`: far enough that a copy counting from 1 again would read below it.
+fn counted_to(t: &TestBackend, id: &str, n: u64) {
+    eventually(WAIT, &format!("the counter in {id} reaching {n}"), || {
+        let now: u64 = t
+            .sh_ok(id, "cat /tmp/counter 2>/dev/null || echo 0")
+            .trim()
+            .parse()
+            .expect("counter value");
+        if now >= n { Ok(now) } else { Err(now) }
+    });
+}
+
+/// Waits until the counter in `id` passes `above` and returns it; a value
+/// below `above` on the way means the count started over.
+fn counter_past(t: &TestBackend, id: &str, above: u64) -> u64 {
+    eventually(
+        WAIT,
+        &format!("the counter in {id} passing {above}"),
+        || {
+            let now = counter(t, id);
+            assert!(
+                now >= above,
+                "the counter in {id} went back from {above} to {now}"
+            );
+            if now > above { Ok(now) } else { Err(now) }
+        },
+    )
 }
 
 #[test]
@@ -41,29 +74,21 @@ fn fork_keeps_a_counting_process_in_every_copy() {
     assert!(before >= 5, "the counter runs ({before})");
     let forks = t.backend().fork(&parent.id, 3).expect("fork");
     let after_fork_parent = counter(&t, &parent.id);
-    std::thread::sleep(Duration::from_millis(300));
     for fork in &forks {
         assert_eq!(
             fork.kept,
             vec![Kept::Disk, Kept::Memory, Kept::Processes],
             "{fork:?}"
         );
-        let value = counter(&t, &fork.sandbox.id);
         // A fresh process would count from 1 again.
-        assert!(
-            value > before,
-            "fork {} continued from {before}: {value}",
-            fork.sandbox.id
-        );
+        counter_past(&t, &fork.sandbox.id, before);
         assert_eq!(
             t.sh_ok(&fork.sandbox.id, "hostname").trim(),
             fork.sandbox.id
         );
     }
-    assert!(
-        counter(&t, &parent.id) > after_fork_parent,
-        "the parent keeps counting"
-    );
+    // The parent keeps counting.
+    counter_past(&t, &parent.id, after_fork_parent);
     // Each copy counts on its own disk: stopping one leaves the others.
     t.backend()
         .pause(&forks[0].sandbox.id, PauseMode::Memory)
@@ -79,9 +104,14 @@ fn fork_keeps_a_counting_process_in_every_copy() {
     };
     let frozen = on_disk();
     let other = counter(&t, &forks[1].sandbox.id);
-    std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(on_disk(), frozen);
-    assert!(counter(&t, &forks[1].sandbox.id) > other);
+    // Both count at one pace: five steps of fork 1 are five that fork 0
+    // would have taken had it not been frozen.
+    eventually(WAIT, "fork 1 counting five steps", || {
+        assert_eq!(on_disk(), frozen, "the frozen fork counted");
+        let now = counter(&t, &forks[1].sandbox.id);
+        if now >= other + 5 { Ok(now) } else { Err(now) }
+    });
+    assert_eq!(on_disk(), frozen, "the frozen fork counted");
 }
 
 #[test]
@@ -104,9 +134,7 @@ fn pause_to_disk_and_resume_keep_the_process() {
         resumed.kept,
         vec![Kept::Disk, Kept::Memory, Kept::Processes]
     );
-    std::thread::sleep(Duration::from_millis(300));
-    let after = counter(&t, &sandbox.id);
-    assert!(after > before, "counting continued from {before}: {after}");
+    let after = counter_past(&t, &sandbox.id, before);
     // And once more, from the restored sandbox.
     t.backend()
         .pause(&sandbox.id, PauseMode::Disk)
@@ -116,8 +144,7 @@ fn pause_to_disk_and_resume_keep_the_process() {
         resumed.kept,
         vec![Kept::Disk, Kept::Memory, Kept::Processes]
     );
-    std::thread::sleep(Duration::from_millis(200));
-    assert!(counter(&t, &sandbox.id) > after);
+    counter_past(&t, &sandbox.id, after);
 }
 
 #[test]

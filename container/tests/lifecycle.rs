@@ -23,11 +23,14 @@ fn create_then_exec_runs_inside_the_sandbox() {
 
 use std::time::Duration;
 
-use common::host_footprint;
+use common::{eventually, host_footprint, stays};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use sandbox_container::backend::cgroup_parent;
 use sandbox_container::{Kept, PauseMode, Status, reconcile};
+
+/// How long something the tests wait for may take.
+const WAIT: Duration = Duration::from_secs(10);
 
 fn counter_value(t: &TestBackend, id: &str) -> u64 {
     t.sh_ok(id, "cat /data/counter")
@@ -44,40 +47,44 @@ fn pause_in_memory_stops_cpu_and_resume_continues() {
         &sandbox.id,
         "(i=0; while :; do i=$((i+1)); echo $i > /data/counter.new; mv /data/counter.new /data/counter; sleep 0.01; done) >/dev/null 2>&1 &",
     );
-    std::thread::sleep(Duration::from_millis(200));
+    eventually(WAIT, "the counter counting", || {
+        let now = counter_value(&t, &sandbox.id);
+        if now >= 2 { Ok(now) } else { Err(now) }
+    });
     let info = t
         .backend()
         .pause(&sandbox.id, PauseMode::Memory)
         .expect("pause");
     assert_eq!(info.status, Status::Frozen);
-    let frozen_at = std::fs::read_to_string(
-        t.data_dir
-            .join("layers")
-            .join(&sandbox.id)
-            .join("upper/data/counter"),
-    )
-    .expect("counter in the top layer");
-    std::thread::sleep(Duration::from_millis(300));
-    let still = std::fs::read_to_string(
-        t.data_dir
-            .join("layers")
-            .join(&sandbox.id)
-            .join("upper/data/counter"),
-    )
-    .expect("counter");
-    assert_eq!(frozen_at, still, "no progress while frozen");
+    // Running, the counter steps every 10 ms: 300 ms are thirty steps it
+    // would have taken.
+    let frozen_at = stays(
+        Duration::from_millis(300),
+        "the counter of a frozen sandbox",
+        || {
+            std::fs::read_to_string(
+                t.data_dir
+                    .join("layers")
+                    .join(&sandbox.id)
+                    .join("upper/data/counter"),
+            )
+            .expect("counter in the top layer")
+        },
+    );
     let resumed = t.backend().resume(&sandbox.id).expect("resume");
     assert_eq!(
         resumed.kept,
         vec![Kept::Disk, Kept::Memory, Kept::Processes]
     );
-    std::thread::sleep(Duration::from_millis(300));
-    let after = counter_value(&t, &sandbox.id);
     let before: u64 = frozen_at.trim().parse().expect("number");
-    assert!(
-        after > before,
-        "the same process continues counting ({before} → {after})"
-    );
+    eventually(WAIT, "the same process counting on", || {
+        let now = counter_value(&t, &sandbox.id);
+        assert!(
+            now >= before,
+            "the counter went back from {before} to {now}"
+        );
+        if now > before { Ok(now) } else { Err(now) }
+    });
 }
 
 #[test]
@@ -205,8 +212,12 @@ fn destroy_leaves_nothing_behind_even_after_kill_9_of_init() {
     );
 
     kill(Pid::from_raw(b.pid1.expect("pid1") as i32), Signal::SIGKILL).expect("kill -9 init");
-    std::thread::sleep(Duration::from_millis(100));
-    assert_eq!(t.backend().get(&b.id).expect("get").status, Status::Crashed);
+    eventually(WAIT, "the killed sandbox marked crashed", || {
+        match t.backend().get(&b.id).expect("get").status {
+            Status::Crashed => Ok(()),
+            other => Err(other),
+        }
+    });
 
     t.backend().destroy(&a.id).expect("destroy a");
     t.backend().destroy(&b.id).expect("destroy b");
@@ -239,7 +250,14 @@ fn reconcile_cleans_what_a_crashed_forge_left() {
     // The forge dies: its in-memory state is gone.
     let backend = t.backend.take().expect("backend");
     std::mem::drop(backend);
-    std::thread::sleep(Duration::from_millis(100));
+    let killed = crashed.pid1.expect("pid1");
+    eventually(WAIT, "the killed PID 1 gone", || {
+        if sandbox_container::state::is_sandbox_pid(killed, &crashed.id) {
+            Err(killed)
+        } else {
+            Ok(())
+        }
+    });
 
     let report = reconcile(&t.data_dir, 8).expect("reconcile");
     assert_eq!(report.adopted, vec![alive.id.clone()]);
@@ -274,11 +292,12 @@ fn failed_create_reports_why_and_leaves_nothing() {
     // sandbox whose PID 1 is gone.
     match t.backend().create(request) {
         Ok(info) => {
-            std::thread::sleep(Duration::from_millis(100));
-            assert_eq!(
-                t.backend().get(&info.id).expect("get").status,
-                Status::Crashed
-            );
+            eventually(WAIT, "a sandbox without init marked crashed", || {
+                match t.backend().get(&info.id).expect("get").status {
+                    Status::Crashed => Ok(()),
+                    other => Err(other),
+                }
+            });
             t.backend().destroy(&info.id).expect("destroy");
         }
         Err(err) => assert!(err.to_string().contains("Launching"), "{err}"),

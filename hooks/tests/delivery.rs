@@ -14,7 +14,7 @@ use hooks::{
     AttemptResult, DisableReason, Event, EventKind, NextStep, Outgoing, RetrySchedule, Sender,
     SenderConfig, SubscriptionFilter, WorkerConfig, WorkerPool,
 };
-use support::{MemoryStore, Receiver, Reply, Status};
+use support::{MemoryStore, Receiver, Reply, Status, stays};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -267,8 +267,9 @@ async fn gone_disables_the_subscription() {
         fast(&[10, 10]),
     );
     let row = store.wait_settled(&first, WAIT).await;
-    // Give the pool time to (wrongly) send the second delivery.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Disabling settles the second delivery too; the shutdown lets any
+    // attempt in flight finish, so the receiver has seen all it will.
+    store.wait_settled(&second, WAIT).await;
     pool.shutdown().await;
     assert_eq!(row.status, Status::Failed);
     assert_eq!(row.attempts.len(), 1);
@@ -294,7 +295,14 @@ async fn consecutive_failures_disable_the_subscription_with_a_notice() {
         config,
     );
     let row = store.wait_settled(&id, WAIT).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // A fourth attempt would come one retry delay and one poll (30 ms)
+    // after the third: 200 ms leave room for several.
+    stays(
+        Duration::from_millis(200),
+        "requests at the receiver",
+        async || receiver.received().len(),
+    )
+    .await;
     pool.shutdown().await;
     assert_eq!(row.status, Status::Failed);
     assert_eq!(store.row(&id).attempts.len(), 3);

@@ -3,8 +3,10 @@
 
 #![allow(clippy::unwrap_used)] // A test that cannot unwrap has failed: say so loudly.
 
-use e2e::{TestForge, git_ok, work_repo};
-use serde_json::json;
+use std::time::{Duration, Instant};
+
+use e2e::{TestForge, eventually, git_ok, stays, work_repo};
+use serde_json::{Value, json};
 
 #[test]
 fn import_copies_every_branch_and_tag_and_respects_the_network_policy() {
@@ -187,25 +189,51 @@ fn the_cli_creates_lists_and_follows() {
 
 #[test]
 fn event_long_poll_wakes_on_a_push() {
-    let forge = TestForge::start();
+    // The statement log, in JSON and tagged with the request's id, shows
+    // when the long poll has read the events and found none.
+    let forge = TestForge::builder()
+        .env("RUST_LOG", "info,sqlx::query=debug")
+        .env("FORGE_LOG_FORMAT", "json")
+        .start();
     forge.create_repo("acme/poll");
     let url = format!(
-        "{}/v1/repos/acme/poll/events?after=0&wait_secs=30",
+        "{}/v1/repos/acme/poll/events?after=0&wait_secs=60",
         forge.url
     );
     let token = forge.admin_token.clone();
     let waiter = std::thread::spawn(move || {
-        let started = std::time::Instant::now();
-        let page: serde_json::Value = reqwest::blocking::Client::new()
+        let page: serde_json::Value = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(90))
+            .build()
+            .unwrap()
             .get(url)
+            .header("x-request-id", LONG_POLL)
             .bearer_auth(token)
             .send()
             .unwrap()
             .json()
             .unwrap();
-        (page, started.elapsed())
+        (page, Instant::now())
     });
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    // The push comes after that first read, so only a wake-up can answer
+    // with its events before the 60 s deadline.
+    let read = eventually(
+        Duration::from_secs(30),
+        "the long poll's first read of the events",
+        || {
+            let log = forge.log();
+            log.lines()
+                .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+                .find(is_long_poll_read)
+                .ok_or_else(|| format!("{} log lines, none of them", log.lines().count()))
+        },
+    );
+    assert_eq!(read["fields"]["rows_returned"], 0, "{read}");
+    assert!(
+        !waiter.is_finished(),
+        "the long poll answered an empty read"
+    );
+    let pushed = Instant::now();
     let tmp = tempfile::tempdir().unwrap();
     let work = work_repo(tmp.path(), "work", &[("x", "1\n")]);
     git_ok(
@@ -217,16 +245,32 @@ fn event_long_poll_wakes_on_a_push() {
             "main",
         ],
     );
-    let (page, waited) = waiter.join().unwrap();
-    assert!(!page["events"].as_array().unwrap().is_empty(), "{page}");
+    let (page, answered) = waiter.join().unwrap();
+    let events = page["events"].as_array().unwrap();
+    assert!(events.iter().any(|e| e["kind"] == "push"), "{page}");
     assert!(
-        waited < std::time::Duration::from_secs(25),
-        "woken by the push, not the timeout"
+        answered.duration_since(pushed) < Duration::from_secs(30),
+        "woken by the push, not the deadline"
     );
-    assert_eq!(
-        page["next_cursor"],
-        page["events"].as_array().unwrap().last().unwrap()["id"]
+    assert_eq!(page["next_cursor"], events.last().unwrap()["id"]);
+}
+
+/// The request id the long poll sends, to find its lines in the log.
+const LONG_POLL: &str = "long-poll-waiter";
+
+/// Whether a JSON log line is the statement log of the long poll's read of
+/// its repository's events (written once the read is done).
+fn is_long_poll_read(line: &Value) -> bool {
+    let statement = format!(
+        "{} {}",
+        line["fields"]["summary"].as_str().unwrap_or_default(),
+        line["fields"]["db.statement"].as_str().unwrap_or_default()
     );
+    line["target"] == "sqlx::query"
+        && statement.contains("FROM events WHERE repo_id")
+        && line["spans"]
+            .as_array()
+            .is_some_and(|spans| spans.iter().any(|span| span["id"] == LONG_POLL))
 }
 
 #[test]
@@ -272,10 +316,13 @@ fn an_import_follows_no_redirect() {
     );
     assert_eq!(status, 422, "{body}");
     assert_eq!(body["error"]["code"], "import_failed");
-    std::thread::sleep(std::time::Duration::from_millis(200));
-    assert_eq!(
-        reached.load(Ordering::SeqCst),
-        0,
-        "the import followed the redirect"
+    // The import is over once it answered: a connection it made to the
+    // target is established already, and the window only covers the
+    // target's thread taking it from the accept queue.
+    let reached = stays(
+        Duration::from_millis(200),
+        "connections to the redirect's target",
+        || reached.load(Ordering::SeqCst),
     );
+    assert_eq!(reached, 0, "the import followed the redirect");
 }

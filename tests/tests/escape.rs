@@ -388,6 +388,7 @@ fn runaway_processes_memory_disk_and_output_stay_inside() {
     let witness = Witness::new(&forge);
     let attacker = Tenant::new(&forge, "attacker");
     let vm = attacker.create(json!({ "mem_mib": 256, "disk_mib": 256 }));
+    let idle = sandbox_pids(&forge, &vm, "pids.current").unwrap();
 
     // A fork bomb hits the sandbox's process limit (even the agent cannot
     // start a thread meanwhile); it stops itself after 6 s (bash's SECONDS
@@ -396,21 +397,35 @@ fn runaway_processes_memory_disk_and_output_stay_inside() {
         &vm,
         "nohup bash -c 'f() { [ $SECONDS -ge 6 ] && exit; f | f & }; f' >/dev/null 2>&1 &",
     );
-    std::thread::sleep(Duration::from_secs(3));
+    e2e::eventually(
+        Duration::from_secs(30),
+        "the fork bomb reaching the process limit",
+        || match sandbox_pids(&forge, &vm, "pids.events") {
+            Ok(0) => Err("no fork refused yet".to_owned()),
+            Ok(refused) => Ok(refused),
+            Err(why) => Err(why),
+        },
+    );
     witness.untouched("a fork bomb");
     // While the process table is full an exec may wait rather than fail:
-    // each probe gets 20 s, and a probe that times out is "not yet".
+    // each probe gets 20 s, and a probe that times out is "not yet". An
+    // exec can also slip into a slot the bomb freed for a moment: the
+    // sandbox has recovered once the bomb's processes are gone too (the
+    // count is back near where it was, far below the limit; the
+    // agent's own threads come and go).
     let probe = reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(20))
         .build()
         .unwrap();
     let recovered = || {
-        probe
+        let ran = probe
             .post(format!("{}/v1/vms/{vm}/exec", forge.url))
             .bearer_auth(&attacker.token)
             .json(&json!({ "command": "true", "timeout_secs": 10 }))
             .send()
-            .is_ok_and(|r| r.status().as_u16() == 200)
+            .and_then(|r| r.json::<Value>())
+            .is_ok_and(|out| out["exit_code"] == 0);
+        ran && sandbox_pids(&forge, &vm, "pids.current").is_ok_and(|now| now <= idle + 32)
     };
     let deadline = Instant::now() + Duration::from_secs(90);
     while !recovered() {
@@ -506,6 +521,38 @@ fn free_bytes(path: &Path) -> u64 {
         .nth(1)
         .and_then(|l| l.trim().parse().ok())
         .unwrap()
+}
+
+/// A count from the `pids` cgroup of sandbox `vm`: its processes
+/// (`pids.current`), or how many forks its limit refused (the `max` line
+/// of `pids.events`).
+fn sandbox_pids(forge: &TestForge, vm: &str, file: &str) -> Result<u64, String> {
+    let pid = forge.sandbox_pid(vm).ok_or("no PID 1 on record")?;
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .map_err(|e| format!("PID 1 ({pid}): {e}"))?;
+    // The v1 `pids` hierarchy where the host has one, else cgroup2's.
+    let group = cgroups
+        .lines()
+        .find_map(|line| {
+            let (_, path) = line.split_once(":pids:")?;
+            Some(Path::new("/sys/fs/cgroup/pids").join(path.trim_start_matches('/')))
+        })
+        .or_else(|| {
+            let path = cgroups.lines().find_map(|line| line.strip_prefix("0::"))?;
+            Some(Path::new("/sys/fs/cgroup").join(path.trim_start_matches('/')))
+        })
+        .ok_or_else(|| format!("no pids cgroup in {cgroups}"))?;
+    let text = std::fs::read_to_string(group.join(file))
+        .map_err(|e| format!("{}: {e}", group.display()))?;
+    text.lines()
+        .find_map(|line| {
+            line.strip_prefix("max ")
+                .unwrap_or(line)
+                .trim()
+                .parse()
+                .ok()
+        })
+        .ok_or_else(|| format!("no count in {file}: {text}"))
 }
 
 fn open_descriptors(pid: u32) -> usize {

@@ -137,6 +137,7 @@ fn repositories_sync_both_ways_without_overwriting() {
     git_ok(&work, &["checkout", "--quiet", "-b", "feature"]);
     let feature = commit_files(&work, &[("feature.txt", "f\n")], "feature");
     git_ok(&work, &["tag", "v1"]);
+    let pushed = Instant::now();
     git_ok(&work, &["push", "--quiet", &forge_url, "feature", "v1"]);
     wait_for("feature on GitHub", || {
         fake.ref_sha(GITHUB_REPO, "refs/heads/feature").as_deref() == Some(feature.as_str())
@@ -147,22 +148,30 @@ fn repositories_sync_both_ways_without_overwriting() {
     wait_for("feature in sync", || {
         ref_state(&forge, "refs/heads/feature")["state"] == "in_sync"
     });
+    let synced_in = pushed.elapsed();
 
     // No ping-pong: what came from GitHub was not pushed back (GitHub saw
     // one push of main, the user's) and what went to GitHub came back as
-    // nothing new in the forge.
-    std::thread::sleep(Duration::from_millis(500));
-    let main_pushes = fake
-        .deliveries()
-        .iter()
-        .filter(|d| d.event == "push" && d.body.contains("\"refs/heads/main\""))
-        .count();
+    // nothing new in the forge. Either would take the way the feature's
+    // push just took, so twice that time is long enough to see it.
+    let (main_pushes, feature_pushes) = e2e::stays(
+        (2 * synced_in).max(Duration::from_millis(500)),
+        "pushes of main on GitHub and of feature in the forge",
+        || {
+            let main_pushes = fake
+                .deliveries()
+                .iter()
+                .filter(|d| d.event == "push" && d.body.contains("\"refs/heads/main\""))
+                .count();
+            let feature_pushes = forge
+                .events(FORGE_REPO, 0)
+                .iter()
+                .filter(|e| e["kind"] == "push" && e["ref"] == "refs/heads/feature")
+                .count();
+            (main_pushes, feature_pushes)
+        },
+    );
     assert_eq!(main_pushes, 1);
-    let feature_pushes = forge
-        .events(FORGE_REPO, 0)
-        .iter()
-        .filter(|e| e["kind"] == "push" && e["ref"] == "refs/heads/feature")
-        .count();
     assert_eq!(feature_pushes, 1, "the forge recorded its own push only");
 
     // Delete on GitHub: deleted in the forge.
@@ -289,14 +298,19 @@ fn forged_and_repeated_webhooks_do_nothing() {
     // the body is read (the sender here never sends it).
     let refused = announce_body_only(&forge, 25 << 20, "sha256=00ff");
     assert!(refused.starts_with("HTTP/1.1 401"), "{refused}");
-    std::thread::sleep(Duration::from_secs(1));
     assert!(
         forge_ref(&forge, "refs/heads/main").is_none(),
         "a forged webhook had an effect"
     );
 
-    // The genuine delivery is new (the forged ones were not stored), then a duplicate.
-    assert_eq!(fake.redeliver(&delivery.id), 202);
+    // The genuine delivery is new, so no forged one was stored (it would
+    // share the id), and only stored deliveries are ever processed. Then a
+    // duplicate.
+    assert_eq!(
+        reqwest_status_and_body(&fake, &delivery),
+        (202, false),
+        "a forged webhook was stored"
+    );
     let main = fake.ref_sha(GITHUB_REPO, "refs/heads/main").unwrap();
     wait_for("main in the forge", || {
         forge_ref(&forge, "refs/heads/main").as_deref() == Some(main.as_str())
@@ -491,15 +505,27 @@ fn pull_requests_are_reviewed_with_the_base_branchs_steps() {
     // Restarting the forge posts nothing again.
     let forge = forge.restart();
     fake.set_webhook_url(&format!("{}/github/webhook", forge.url));
-    assert_eq!(fake.redeliver(&opened.id), 202);
-    std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(fake.reviews(GITHUB_REPO, number).len(), 3);
-    let posted = forge
-        .events(FORGE_REPO, 0)
-        .iter()
-        .filter(|e| e["kind"] == "review.posted")
-        .count();
-    assert_eq!(posted, 3);
+    assert_eq!(
+        reqwest_status_and_body(&fake, &opened),
+        (202, true),
+        "the restarted forge took an old delivery as new"
+    );
+    // What could post again is start-up work, which begins as the forge
+    // starts, and posting a review once a run is known takes milliseconds:
+    // three seconds leave that plenty of room.
+    let (reviews, posted) = e2e::stays(
+        Duration::from_secs(3),
+        "reviews on GitHub and review events after the restart",
+        || {
+            let posted = forge
+                .events(FORGE_REPO, 0)
+                .iter()
+                .filter(|e| e["kind"] == "review.posted")
+                .count();
+            (fake.reviews(GITHUB_REPO, number).len(), posted)
+        },
+    );
+    assert_eq!((reviews, posted), (3, 3));
     let _ = git_run(&work, &["status"]);
 }
 
@@ -621,9 +647,15 @@ fn a_pull_request_cannot_pass_its_review_by_rewriting_its_steps() {
     assert_eq!(judged.len(), 1, "one run with main's steps: {judged:?}");
     assert_eq!(judged[0]["state"], "failed");
     assert_eq!(judged[0]["plan_ref"], "main");
-    // The own run's completion posts nothing more.
-    std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(fake.reviews(GITHUB_REPO, number).len(), 1);
+    // The own run's completion posts nothing more. It has finished (above),
+    // and a review it caused would follow its completion within
+    // milliseconds: two seconds leave that plenty of room.
+    let reviews = e2e::stays(
+        Duration::from_secs(2),
+        "reviews of the pull request",
+        || fake.reviews(GITHUB_REPO, number).len(),
+    );
+    assert_eq!(reviews, 1);
 }
 
 #[test]

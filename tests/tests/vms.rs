@@ -167,6 +167,29 @@ fn create_exec_fork_and_isolation() {
     assert_eq!(status, 404);
 }
 
+/// The value of the counter that [`pause_resume_idle_timeout_and_crash`]
+/// runs in `vm` (0 before its first count).
+fn count(forge: &TestForge, vm: &str) -> u64 {
+    stdout(forge, vm, "cat /tmp/count 2>/dev/null || echo 0")
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Waits until the counter in `vm` passes `above`; a value below it on the
+/// way means the count started over.
+fn counts_past(forge: &TestForge, vm: &str, above: u64) -> u64 {
+    e2e::eventually(
+        Duration::from_secs(30),
+        &format!("the counter in {vm} passing {above}"),
+        || {
+            let now = count(forge, vm);
+            assert!(now >= above, "the counter in {vm} went back to {now}");
+            if now > above { Ok(now) } else { Err(now) }
+        },
+    )
+}
+
 #[test]
 fn pause_resume_idle_timeout_and_crash() {
     let Some(forge) = forge(20) else { return };
@@ -178,25 +201,18 @@ fn pause_resume_idle_timeout_and_crash() {
         &id,
         "nohup sh -c 'i=0; while true; do i=$((i+1)); echo $i > /tmp/count.new; mv /tmp/count.new /tmp/count; sleep 0.05; done' >/dev/null 2>&1 &",
     );
-    std::thread::sleep(Duration::from_millis(300));
+    let started = counts_past(&forge, &id, 0);
 
     let paused = forge.admin("POST", &format!("/v1/vms/{id}/pause"), None);
     assert_eq!(paused["state"], "paused");
     let resumed = forge.admin("POST", &format!("/v1/vms/{id}/resume"), None);
     assert_eq!(resumed["state"], "running");
-    let before: u64 = stdout(&forge, &id, "cat /tmp/count")
-        .trim()
-        .parse()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
-    let after: u64 = stdout(&forge, &id, "cat /tmp/count")
-        .trim()
-        .parse()
-        .unwrap();
+    let before = count(&forge, &id);
     assert!(
-        after > before,
-        "the process goes on counting after resume: {before} -> {after}"
+        before >= started,
+        "the count went on from {started} through the pause: {before}"
     );
+    counts_past(&forge, &id, before);
 
     let to_disk = forge.admin(
         "POST",

@@ -4,9 +4,9 @@
 mod common;
 
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use common::{Control, TestVm, last_count, wait_file, wait_timeout};
+use common::{Control, TestVm, ended, eventually, last_count, stays, wait_file, wait_timeout};
 use serde_json::{Value, json};
 use vmm::disk::LayeredDisk;
 
@@ -106,7 +106,14 @@ fn fork_three_children_keep_memory_and_disks_isolated() {
     }
     ctl.cmd("shutdown");
     assert!(wait_timeout(&mut parent, T).success());
-    std::thread::sleep(Duration::from_millis(300));
+    // The children are not ours to wait for; their disks are read once
+    // they are done writing.
+    for c in &children {
+        let pid = c["pid"].as_u64().expect("pid");
+        eventually(T, "a shut down child ending", || {
+            if ended(pid) { Ok(()) } else { Err(pid) }
+        });
+    }
 
     // Each disk chain: base + sealed shared layer + the VM's own top.
     let own_top = |c: Option<&Value>| match c {
@@ -200,15 +207,16 @@ fn paused_fork_children_wait_for_resume() {
     let log = path(child, "serial_log");
     let mut cc = Control::connect(&path(child, "control_socket"));
     assert_eq!(cc.cmd("status")["state"], "paused");
-    std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(
-        std::fs::read_to_string(&log).unwrap_or_default(),
-        "",
-        "a paused child ran"
-    );
-    // The parent kept running meanwhile.
+    // The parent keeps running meanwhile: each count it prints is one the
+    // child, forked at most one count ago, would have printed had it run.
+    let child_log = || std::fs::read_to_string(&log).unwrap_or_default();
     let at = last_count(&vm.serial());
-    vm.wait_serial(&format!("COUNT {}\n", at + 1), T);
+    eventually(T, "the parent counting twice", || {
+        assert_eq!(child_log(), "", "a paused child ran");
+        let now = last_count(&vm.serial());
+        if now >= at + 2 { Ok(now) } else { Err(now) }
+    });
+    assert_eq!(child_log(), "", "a paused child ran");
     assert_eq!(cc.cmd("resume")["ok"], true);
     wait_file(&log, "COUNT", T);
     cc.cmd("shutdown");
@@ -227,14 +235,21 @@ fn forked_child_hears_a_vsock_transport_reset_and_the_parent_does_not() {
     let mut reaper = Reaper(vec![u64::from(parent.id())]);
     vm.wait_serial("EVENT READY", T);
     let mut ctl = vm.control();
+    let forked = Instant::now();
     let child = fork(&mut ctl, 1, &mut reaper).remove(0);
     assert!(
         path(&child, "vsock_uds").exists(),
         "the child listens on its own vsock socket"
     );
     wait_file(&path(&child, "serial_log"), "TRANSPORT RESET", T);
-    std::thread::sleep(Duration::from_millis(200));
-    assert!(!vm.serial().contains("TRANSPORT RESET"), "parent was told");
+    // Told at the fork too, the parent would print it about as soon as the
+    // child did: twice the child's time is long enough to see it.
+    let told = stays(
+        (2 * forked.elapsed()).max(Duration::from_millis(200)),
+        "whether the parent was told of a transport reset",
+        || vm.serial().contains("TRANSPORT RESET"),
+    );
+    assert!(!told, "parent was told");
     ctl.cmd("shutdown");
     assert!(wait_timeout(&mut parent, T).success());
 }

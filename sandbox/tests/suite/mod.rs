@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use sandbox::{Command, Error, ExecEvent, Kept, PauseMode, State};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::common::Harness;
+use crate::common::{Harness, stays};
 
 /// One `#[tokio::test]` per case, each on a harness from `$harness(name)`
 /// (an `async fn(&str) -> Option<Harness>`; `None` means skipped), ignored
@@ -411,7 +411,13 @@ pub async fn pause_in_memory_keeps_a_process_running(h: &Harness) {
         ),
         "{refused:?}"
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The pause lasts a while, as a user's would, and holds all along.
+    stays(
+        Duration::from_millis(300),
+        "the state of a paused sandbox",
+        async || h.backend.stats(&id).await.expect("stats").state,
+    )
+    .await;
 
     let resumed = h.backend.resume(&id).await.expect("resume");
     assert_eq!(resumed.sandbox.state, State::Running);

@@ -4,10 +4,10 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use agent_proto::{ExecEvent, ExecRequest, ExitStatus, PtySize};
-use common::{TestAgent, pattern, processes_with};
+use common::{TestAgent, eventually, pattern, processes_with, written_by};
 
 #[tokio::test]
 async fn exit_codes_and_signals_are_reported() {
@@ -90,8 +90,9 @@ async fn fifty_mib_of_output_flows_in_bounded_memory() {
         .await
         .unwrap();
     let rss_before = agent.rss_kib();
-    // Do not read for a while: the agent must stall the process, not buffer.
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // Nothing is read: the agent must stall the process, not buffer.
+    let written = stalled(&["head", "-c", &total.to_string(), "/dev/zero"]).await;
+    assert!(written < total, "the process wrote all {written} bytes");
     let rss_stalled = agent.rss_kib();
     assert!(
         rss_stalled < rss_before + 24 * 1024,
@@ -114,6 +115,29 @@ async fn fifty_mib_of_output_flows_in_bounded_memory() {
     assert!(!exited.truncated);
     let peak = common::status_field(agent.pid(), "VmHWM:");
     assert!(peak < 64 * 1024, "agent peak RSS {peak} KiB");
+}
+
+/// How long what the tests wait for may take.
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Waits until the process running `argv` stops writing, and returns how
+/// much it wrote: a writer that is not blocked writes megabytes in the
+/// 200 ms it must stay still.
+async fn stalled(argv: &[&str]) -> u64 {
+    let mut last: Option<(u64, Instant)> = None;
+    eventually(WAIT, "the writer stalling", async || {
+        let now = written_by(argv).ok_or("no such process (did it write everything?)")?;
+        match last {
+            Some((before, since)) if before == now => {
+                if since.elapsed() >= Duration::from_millis(200) {
+                    return Ok(now);
+                }
+            }
+            _ => last = Some((now, Instant::now())),
+        }
+        Err("still writing")
+    })
+    .await
 }
 
 #[tokio::test]
@@ -232,6 +256,8 @@ async fn pty_exec_has_a_terminal_and_resizes() {
         }
         if !sent && seen.contains("24 80") {
             sent = true;
+            // One exec's frames arrive in order, and the agent resizes the
+            // terminal as it takes the frame: before it passes on the line.
             input
                 .resize(PtySize {
                     rows: 40,
@@ -239,7 +265,6 @@ async fn pty_exec_has_a_terminal_and_resizes() {
                 })
                 .await
                 .unwrap();
-            tokio::time::sleep(Duration::from_millis(50)).await;
             input.write(b"hello\n").await.unwrap();
         }
     };
@@ -277,9 +302,16 @@ async fn losing_the_connection_kills_its_processes() {
         assert!(matches!(welcome.body, Body::Welcome(_)));
         let started = read_frame(&mut s, &mut buf).await.unwrap().unwrap();
         assert!(matches!(started.body, Body::Started { .. }), "{started:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
         // The shell and its two sleeps.
-        assert!(processes_with(&marker).len() >= 2);
+        eventually(WAIT, "the exec's processes", async || {
+            let running = processes_with(&marker).len();
+            if running >= 2 {
+                Ok(running)
+            } else {
+                Err(running)
+            }
+        })
+        .await;
     }
     let mut left = processes_with(&marker);
     for _ in 0..100 {
@@ -304,7 +336,7 @@ async fn an_unread_exec_does_not_stall_the_connection() {
         .exec(ExecRequest::shell("head -c 100000000 /dev/zero"))
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    stalled(&["head", "-c", "100000000", "/dev/zero"]).await;
     for i in 0..5 {
         let out = c
             .run(ExecRequest::argv(["echo", &format!("other {i}")]))

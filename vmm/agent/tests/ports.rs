@@ -4,8 +4,11 @@
 
 mod common;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use agent_proto::{ClientError, ErrorKind};
-use common::{TestAgent, pattern};
+use common::{TestAgent, eventually, pattern};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -142,12 +145,15 @@ async fn sandbox_connections_reach_the_host_through_a_listen_stream() {
     let mut listener = c.listen(0).await.unwrap();
     let inside_port = listener.port();
     assert_ne!(inside_port, 0);
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counted = accepted.clone();
     let relay = tokio::spawn(async move {
         let mut n = 0u16;
         loop {
             let Ok(stream) = listener.accept().await else {
                 return;
             };
+            counted.fetch_add(1, Ordering::SeqCst);
             // First eight connections go to the HTTP server, the rest to
             // the reversing server.
             let target = if n < 8 { http } else { reverse };
@@ -201,11 +207,20 @@ async fn sandbox_connections_reach_the_host_through_a_listen_stream() {
     assert!(back == data, "half-closed round trip differs");
 
     // A connection accepted before the listener closes outlives it.
+    let earlier = accepted.load(Ordering::SeqCst);
     let mut kept = tokio::net::TcpStream::connect(("127.0.0.1", inside_port))
         .await
         .unwrap();
     kept.write_all(b"abc").await.unwrap();
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    eventually(
+        std::time::Duration::from_secs(10),
+        "the relay accepting the connection",
+        async || match accepted.load(Ordering::SeqCst) {
+            now if now > earlier => Ok(now),
+            now => Err(now),
+        },
+    )
+    .await;
 
     // Closing the listen stream closes the port inside the sandbox.
     relay.abort();

@@ -136,6 +136,48 @@ pub fn processes_with(marker: &str) -> Vec<u32> {
     out
 }
 
+/// Bytes written so far by the live process whose arguments are exactly
+/// `argv` (`wchar` in its `/proc/<pid>/io`), if there is one.
+pub fn written_by(argv: &[&str]) -> Option<u64> {
+    let wanted: Vec<u8> = argv
+        .iter()
+        .flat_map(|a| [a.as_bytes(), b"\0"].concat())
+        .collect();
+    std::fs::read_dir("/proc")
+        .expect("/proc")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+        .find(|e| std::fs::read(e.path().join("cmdline")).is_ok_and(|cmd| cmd == wanted))
+        .and_then(|e| std::fs::read_to_string(e.path().join("io")).ok())
+        .and_then(|io| {
+            io.lines()
+                .find_map(|l| l.strip_prefix("wchar:")?.trim().parse().ok())
+        })
+}
+
+/// Polls `probe` until it returns `Ok` and returns that value. `Err` carries
+/// what the probe saw instead; after `within`, the test fails naming `what`
+/// and the last of those.
+pub async fn eventually<T, E: std::fmt::Debug>(
+    within: Duration,
+    what: &str,
+    mut probe: impl AsyncFnMut() -> Result<T, E>,
+) -> T {
+    let start = Instant::now();
+    let mut pause = Duration::from_millis(2);
+    loop {
+        match probe().await {
+            Ok(value) => return value,
+            Err(seen) => assert!(
+                start.elapsed() < within,
+                "{what}: not within {within:?}; last saw {seen:?}"
+            ),
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(50));
+    }
+}
+
 /// Deterministic bytes covering every value.
 pub fn pattern(len: usize) -> Vec<u8> {
     let mut x: u32 = 0x9e37_79b9;
