@@ -213,9 +213,11 @@ impl Store {
         .await?)
     }
 
-    /// Records what a sync saw of one ref; a ref gone from both sides is forgotten.
+    /// Records what a sync saw of one ref; a ref gone from both sides is
+    /// forgotten, unless the pass failed on it: the failure stays visible
+    /// until a later pass settles the ref.
     pub async fn put_github_ref_state(&self, repo_id: &str, state: &GithubRefState) -> Result<()> {
-        if state.forge_sha.is_none() && state.github_sha.is_none() {
+        if state.forge_sha.is_none() && state.github_sha.is_none() && state.last_error.is_none() {
             sqlx::query("DELETE FROM github_refs WHERE repo_id = ? AND ref_name = ?")
                 .bind(repo_id)
                 .bind(&state.ref_name)
@@ -564,5 +566,55 @@ mod tests {
             .await
             .expect("pulls");
         assert_eq!(open[0].base_ref.as_deref(), Some("release"));
+    }
+
+    #[tokio::test]
+    async fn a_ref_gone_from_both_sides_is_forgotten_unless_its_pass_failed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = linked_store(dir.path()).await;
+        let state = |ref_name: &str, last_error: Option<&str>| GithubRefState {
+            ref_name: ref_name.into(),
+            synced_sha: None,
+            forge_sha: None,
+            github_sha: None,
+            state: if last_error.is_some() {
+                "error"
+            } else {
+                "in_sync"
+            }
+            .into(),
+            last_sync_at: now(),
+            last_error: last_error.map(Into::into),
+        };
+        for name in ["refs/heads/gone", "refs/heads/failed"] {
+            let mut seen = state(name, None);
+            seen.forge_sha = Some(HEAD.into());
+            store.put_github_ref_state("r1", &seen).await.expect("put");
+        }
+        store
+            .put_github_ref_state("r1", &state("refs/heads/gone", None))
+            .await
+            .expect("put");
+        store
+            .put_github_ref_state(
+                "r1",
+                &state("refs/heads/failed", Some("moving the mirror failed")),
+            )
+            .await
+            .expect("put");
+        let kept: Vec<(String, Option<String>)> = store
+            .github_ref_states("r1")
+            .await
+            .expect("states")
+            .into_iter()
+            .map(|s| (s.ref_name, s.last_error))
+            .collect();
+        assert_eq!(
+            kept,
+            [(
+                "refs/heads/failed".to_owned(),
+                Some("moving the mirror failed".to_owned())
+            )]
+        );
     }
 }

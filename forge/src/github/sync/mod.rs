@@ -5,41 +5,45 @@
 //!    `refs/github/{heads,tags}/*` of the forge's bare repository (the
 //!    `git` CLI, the installation token sent as an `Authorization` header
 //!    through `GIT_CONFIG_*` variables: never in argv, a URL or an error);
-//! 2. per ref, compare the forge's value F, GitHub's value G and the last
-//!    value both agreed on B (stored in `github_refs`):
-//!    - F = G: in sync;
-//!    - one side lacks the ref: if the other still holds B it was deleted
-//!      there, so delete it here; if it never was synced, create it;
-//!    - F is an ancestor of G: fast-forward the forge (compare-and-swap
-//!      on the old value, so a concurrent push wins);
-//!    - G is an ancestor of F: push F to GitHub without force;
-//!    - anything else: diverged, both refs are left alone, `sync.diverged`
-//!      is recorded once per pair of values;
-//! 3. forge updates become `push`/`branch.*`/`tag.*` events marked
-//!    `"source": "github"`, which the sync consumer does not send back (no
-//!    ping-pong) while pipelines still run for them.
+//! 2. take a [`plan::Snapshot`]: the forge's refs, GitHub's mirrored refs,
+//!    what the previous pass stored per ref (`github_refs`), and for each
+//!    ref the two sides hold at different commits, which contains which;
+//! 3. [`plan::plan`] decides, without I/O, what each ref needs and why
+//!    (in sync, fast-forward the forge, push to GitHub, delete on either
+//!    side, diverged: the rules are in [`plan`]'s docs);
+//! 4. [`apply::apply`] performs the plan: forge updates are
+//!    compare-and-swap, so a concurrent push wins; pushes never force; a
+//!    step that fails for one ref is recorded against that ref (state
+//!    `error`, `last_error`) and the other refs still sync;
+//! 5. each ref's state is stored. Forge updates become `push`/`branch.*`/
+//!    `tag.*` events marked `"source": "github"`, which the sync consumer
+//!    does not send back (no ping-pong) while pipelines still run for them.
 //!
 //! A `401` from GitHub's git endpoint renews the installation token and
 //! retries once.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+mod apply;
+pub mod plan;
+
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use base64::Engine;
 use serde_json::json;
 
+use self::apply::{Effects, ZERO};
+use self::plan::{Lineage, Snapshot};
 use super::auth::{AppAuth, AuthError};
 use super::config::Secret;
 use crate::auth::Caller;
 use crate::events::EventBus;
 use crate::git::pktline::Command as RefUpdate;
 use crate::git::{Repositories, git_command, redact_credentials};
-use crate::store::{GithubLink, GithubRefState, NewEvent, RepoRow, Store, TokenRow, now};
+use crate::store::{GithubLink, NewEvent, RepoRow, Store, TokenRow, now};
 
 /// Where GitHub's refs are mirrored inside the forge's repository.
 const MIRROR: &str = "refs/github/";
-const ZERO: &str = "0000000000000000000000000000000000000000";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
@@ -63,6 +67,9 @@ pub struct SyncReport {
     pub to_forge: usize,
     pub to_github: usize,
     pub diverged: Vec<String>,
+    /// The refs whose update failed, with why (also stored as their
+    /// `last_error`).
+    pub failed: BTreeMap<String, String>,
 }
 
 pub struct Syncer {
@@ -73,21 +80,6 @@ pub struct Syncer {
     git_url: String,
     public_url: String,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-}
-
-/// A decision about one ref.
-enum Action {
-    InSync,
-    /// Set the forge's ref from `old` to `new` (zero = absent).
-    Forge {
-        old: String,
-        new: String,
-    },
-    /// Set GitHub's ref to `new` (`None` deletes).
-    Github {
-        new: Option<String>,
-    },
-    Diverged,
 }
 
 impl Syncer {
@@ -172,146 +164,54 @@ impl Syncer {
         .map(|s| s.to_string())
         .collect();
         self.git_with_token(link, &dir, &fetch, "fetch").await?;
-        let (forge, github) = read_refs(&dir).await?;
-        let previous: HashMap<String, GithubRefState> = self
+        let snapshot = self.snapshot(&repo, &dir).await?;
+        let plan = plan::plan(&snapshot);
+        let live = Live {
+            syncer: self,
+            link,
+            repo: &repo,
+            dir: &dir,
+            url,
+        };
+        let applied = apply::apply(&live, &plan, &now()).await?;
+        for row in &applied.rows {
+            self.store.put_github_ref_state(&repo.id, row).await?;
+        }
+        Ok(applied.report)
+    }
+
+    /// What the planner needs, read from the repository (GitHub's refs as
+    /// just fetched) and the store.
+    async fn snapshot(&self, repo: &RepoRow, dir: &Path) -> Result<Snapshot, SyncError> {
+        let (forge, github) = read_refs(dir).await?;
+        let previous = self
             .store
             .github_ref_states(&repo.id)
             .await?
             .into_iter()
             .map(|state| (state.ref_name.clone(), state))
             .collect();
-        let names: BTreeSet<&String> = forge
-            .keys()
-            .chain(github.keys())
-            .chain(previous.keys())
+        let mut snapshot = Snapshot {
+            forge,
+            github,
+            previous,
+            lineage: BTreeMap::new(),
+        };
+        let differing: Vec<(String, String, String)> = snapshot
+            .differing()
+            .map(|(name, f, g)| (name.to_owned(), f.to_owned(), g.to_owned()))
             .collect();
-        let mut report = SyncReport::default();
-        let mut forge_updates = Vec::new();
-        let mut pushes: Vec<(String, Option<String>)> = Vec::new();
-        let mut states = Vec::new();
-        for name in names {
-            let f = forge.get(name).cloned();
-            let g = github.get(name).cloned();
-            let base = previous.get(name).and_then(|p| p.synced_sha.clone());
-            let action = decide(&dir, f.as_deref(), g.as_deref(), base.as_deref()).await?;
-            let mut state = GithubRefState {
-                ref_name: name.clone(),
-                synced_sha: base.clone(),
-                forge_sha: f.clone(),
-                github_sha: g.clone(),
-                state: "in_sync".into(),
-                last_sync_at: now(),
-                last_error: None,
+        for (name, f, g) in differing {
+            let lineage = if is_ancestor(dir, &f, &g).await? {
+                Lineage::ForgeBehind
+            } else if is_ancestor(dir, &g, &f).await? {
+                Lineage::GithubBehind
+            } else {
+                Lineage::Unrelated
             };
-            match action {
-                Action::InSync => state.synced_sha = f.clone(),
-                Action::Forge { old, new } => forge_updates.push((name.clone(), old, new)),
-                Action::Github { new } => pushes.push((name.clone(), new)),
-                Action::Diverged => {
-                    state.state = "diverged".into();
-                    let known = previous.get(name).is_some_and(|p| {
-                        p.state == "diverged" && p.forge_sha == f && p.github_sha == g
-                    });
-                    if !known {
-                        self.record_diverged(&repo, name, f.as_deref(), g.as_deref())
-                            .await;
-                    }
-                    report.diverged.push(name.clone());
-                }
-            }
-            states.push(state);
+            snapshot.lineage.insert(name, lineage);
         }
-        // GitHub → forge.
-        let mut applied = Vec::new();
-        for (name, old, new) in &forge_updates {
-            let state = states
-                .iter_mut()
-                .find(|s| &s.ref_name == name)
-                .expect("every ref has a state");
-            match update_forge_ref(&dir, name, old, new).await {
-                Ok(()) => {
-                    state.forge_sha = (new != ZERO).then(|| new.clone());
-                    state.synced_sha = state.forge_sha.clone();
-                    applied.push(RefUpdate {
-                        old: old.clone(),
-                        new: new.clone(),
-                        refname: name.clone(),
-                    });
-                }
-                Err(error) => {
-                    state.state = "error".into();
-                    state.last_error = Some(error.to_string());
-                }
-            }
-        }
-        report.to_forge = applied.len();
-        if !applied.is_empty() {
-            self.record_forge_updates(&repo, &dir, &applied).await?;
-        }
-        // Forge → GitHub.
-        if !pushes.is_empty() {
-            let mut args: Vec<String> = vec![
-                "push".into(),
-                "--porcelain".into(),
-                "--".into(),
-                url.clone(),
-            ];
-            args.extend(pushes.iter().map(|(name, new)| match new {
-                Some(sha) => format!("{sha}:{name}"),
-                None => format!(":{name}"),
-            }));
-            let outcome = self.git_with_token(link, &dir, &args, "push").await;
-            let output = match &outcome {
-                Ok(out) => out.clone(),
-                Err(SyncError::Git { stderr, .. }) => stderr.clone(),
-                Err(_) => String::new(),
-            };
-            for (name, new) in &pushes {
-                let state = states
-                    .iter_mut()
-                    .find(|s| &s.ref_name == name)
-                    .expect("every ref has a state");
-                if pushed(&output, name) || outcome.is_ok() {
-                    let mirror = format!("{MIRROR}{}", name.trim_start_matches("refs/"));
-                    let _ = match new {
-                        Some(sha) => {
-                            run_git(
-                                &dir,
-                                &["update-ref".into(), mirror, sha.clone()],
-                                None,
-                                "update-ref",
-                            )
-                            .await
-                        }
-                        None => {
-                            run_git(
-                                &dir,
-                                &["update-ref".into(), "-d".into(), mirror],
-                                None,
-                                "update-ref",
-                            )
-                            .await
-                        }
-                    };
-                    state.github_sha = new.clone();
-                    state.synced_sha = new.clone();
-                    report.to_github += 1;
-                } else {
-                    state.state = "error".into();
-                    state.last_error = Some(match &outcome {
-                        Err(error) => redact_credentials(&error.to_string()),
-                        Ok(_) => "GitHub rejected the update".into(),
-                    });
-                }
-            }
-        }
-        for mut state in states {
-            if state.state == "in_sync" {
-                state.state = classify(&state).into();
-            }
-            self.store.put_github_ref_state(&repo.id, &state).await?;
-        }
-        Ok(report)
+        Ok(snapshot)
     }
 
     /// Drops the mirror of GitHub's refs (the link is gone): a later link
@@ -403,64 +303,59 @@ impl Syncer {
     }
 }
 
-/// The three-way decision for one ref.
-async fn decide(
-    dir: &Path,
-    f: Option<&str>,
-    g: Option<&str>,
-    base: Option<&str>,
-) -> Result<Action, SyncError> {
-    Ok(match (f, g) {
-        (None, None) => Action::InSync,
-        (Some(f), Some(g)) if f == g => Action::InSync,
-        (Some(f), None) if base == Some(f) => Action::Forge {
-            old: f.into(),
-            new: ZERO.into(),
-        },
-        (Some(f), None) if base.is_none() => Action::Github {
-            new: Some(f.into()),
-        },
-        (None, Some(g)) if base == Some(g) => Action::Github { new: None },
-        (None, Some(g)) if base.is_none() => Action::Forge {
-            old: ZERO.into(),
-            new: g.into(),
-        },
-        (Some(f), Some(g)) => {
-            if is_ancestor(dir, f, g).await? {
-                Action::Forge {
-                    old: f.into(),
-                    new: g.into(),
-                }
-            } else if is_ancestor(dir, g, f).await? {
-                Action::Github {
-                    new: Some(f.into()),
-                }
-            } else {
-                Action::Diverged
-            }
-        }
-        _ => Action::Diverged,
-    })
+/// A pass's effects on the forge's repository, GitHub and the event log.
+struct Live<'a> {
+    syncer: &'a Syncer,
+    link: &'a GithubLink,
+    repo: &'a RepoRow,
+    dir: &'a Path,
+    /// GitHub's git URL of the linked repository.
+    url: String,
 }
 
-/// How a ref stands after a pass.
-fn classify(state: &GithubRefState) -> &'static str {
-    match (&state.forge_sha, &state.github_sha) {
-        (f, g) if f == g => "in_sync",
-        (_, g) if *g == state.synced_sha => "ahead",
-        (f, _) if *f == state.synced_sha => "behind",
-        _ => "diverged",
+impl Effects for Live<'_> {
+    async fn set_forge_ref(&self, name: &str, old: &str, new: &str) -> Result<(), SyncError> {
+        update_forge_ref(self.dir, name, old, new).await
     }
-}
 
-/// Whether git's porcelain push output reports `name` as updated.
-fn pushed(output: &str, name: &str) -> bool {
-    output.lines().any(|line| {
-        let mut parts = line.split('\t');
-        let flag = parts.next().unwrap_or("");
-        let refs = parts.next().unwrap_or("");
-        refs.ends_with(&format!(":{name}")) && matches!(flag, " " | "*" | "-" | "=")
-    })
+    async fn record_forge_updates(&self, applied: &[RefUpdate]) -> Result<(), SyncError> {
+        self.syncer
+            .record_forge_updates(self.repo, self.dir, applied)
+            .await
+    }
+
+    async fn push(&self, updates: &[(&str, Option<&str>)]) -> Result<String, SyncError> {
+        let mut args: Vec<String> = vec![
+            "push".into(),
+            "--porcelain".into(),
+            "--".into(),
+            self.url.clone(),
+        ];
+        args.extend(updates.iter().map(|(name, new)| match new {
+            Some(sha) => format!("{sha}:{name}"),
+            None => format!(":{name}"),
+        }));
+        self.syncer
+            .git_with_token(self.link, self.dir, &args, "push")
+            .await
+    }
+
+    async fn set_mirror_ref(&self, name: &str, new: Option<&str>) -> Result<(), SyncError> {
+        let mirror = format!("{MIRROR}{}", name.trim_start_matches("refs/"));
+        let args: Vec<String> = match new {
+            Some(sha) => vec!["update-ref".into(), mirror, sha.into()],
+            None => vec!["update-ref".into(), "-d".into(), mirror],
+        };
+        run_git(self.dir, &args, None, "update-ref")
+            .await
+            .map(|_| ())
+    }
+
+    async fn announce_diverged(&self, name: &str, forge: Option<&str>, github: Option<&str>) {
+        self.syncer
+            .record_diverged(self.repo, name, forge, github)
+            .await;
+    }
 }
 
 fn refused(stderr: &str) -> bool {
@@ -480,6 +375,8 @@ async fn is_ancestor(dir: &Path, older: &str, newer: &str) -> Result<bool, SyncE
     Ok(status.success())
 }
 
+/// Moves the forge's ref `name` from `old` to `new` ([`ZERO`]: absent),
+/// only if it still is at `old`: git checks and moves under the ref's lock.
 async fn update_forge_ref(dir: &Path, name: &str, old: &str, new: &str) -> Result<(), SyncError> {
     let args: Vec<String> = if new == ZERO {
         vec!["update-ref".into(), "-d".into(), name.into(), old.into()]
@@ -567,30 +464,105 @@ async fn run_git(
 mod tests {
     use super::*;
 
-    #[test]
-    fn porcelain_push_output_is_read() {
-        let out = "To http://x/a.git\n \tabc:refs/heads/main\t[up to date]\n!\tdef:refs/heads/dev\t[rejected] (non-fast-forward)\nDone\n";
-        assert!(pushed(out, "refs/heads/main"));
-        assert!(!pushed(out, "refs/heads/dev"));
+    /// A bare repository with two commits, `first` and its child `second`.
+    struct Repository {
+        dir: tempfile::TempDir,
+        first: String,
+        second: String,
     }
 
-    #[test]
-    fn states_are_classified() {
-        let state = |f: Option<&str>, g: Option<&str>, b: Option<&str>| GithubRefState {
-            ref_name: "refs/heads/main".into(),
-            synced_sha: b.map(Into::into),
-            forge_sha: f.map(Into::into),
-            github_sha: g.map(Into::into),
-            state: String::new(),
-            last_sync_at: String::new(),
-            last_error: None,
-        };
-        assert_eq!(classify(&state(Some("a"), Some("a"), Some("a"))), "in_sync");
-        assert_eq!(classify(&state(Some("b"), Some("a"), Some("a"))), "ahead");
-        assert_eq!(classify(&state(Some("a"), Some("b"), Some("a"))), "behind");
-        assert_eq!(
-            classify(&state(Some("b"), Some("c"), Some("a"))),
-            "diverged"
+    fn git(dir: &Path, args: &[&str]) -> String {
+        let output = std::process::Command::new("git")
+            .current_dir(dir)
+            .args(args)
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .env("GIT_AUTHOR_NAME", "t")
+            .env("GIT_AUTHOR_EMAIL", "t@example.com")
+            .env("GIT_COMMITTER_NAME", "t")
+            .env("GIT_COMMITTER_EMAIL", "t@example.com")
+            .output()
+            .expect("git runs");
+        assert!(output.status.success(), "git {args:?}: {output:?}");
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    }
+
+    fn repository() -> Repository {
+        let dir = tempfile::tempdir().expect("tempdir");
+        git(dir.path(), &["init", "--quiet", "--bare"]);
+        let tree = git(
+            dir.path(),
+            &["hash-object", "-t", "tree", "-w", "/dev/null"],
         );
+        let first = git(dir.path(), &["commit-tree", &tree, "-m", "first"]);
+        let second = git(
+            dir.path(),
+            &["commit-tree", &tree, "-p", &first, "-m", "second"],
+        );
+        Repository { dir, first, second }
+    }
+
+    fn forge_ref(repo: &Repository, name: &str) -> Option<String> {
+        let listing = git(
+            repo.dir.path(),
+            &["for-each-ref", "--format=%(objectname)", name],
+        );
+        (!listing.is_empty()).then_some(listing)
+    }
+
+    #[tokio::test]
+    async fn a_forge_ref_is_created_moved_and_deleted_from_the_value_it_was_seen_at() {
+        let repo = repository();
+        let (dir, main) = (repo.dir.path(), "refs/heads/main");
+        update_forge_ref(dir, main, ZERO, &repo.first)
+            .await
+            .expect("create");
+        update_forge_ref(dir, main, &repo.first, &repo.second)
+            .await
+            .expect("fast-forward");
+        assert_eq!(forge_ref(&repo, main), Some(repo.second.clone()));
+        update_forge_ref(dir, main, &repo.second, ZERO)
+            .await
+            .expect("delete");
+        assert_eq!(forge_ref(&repo, main), None);
+    }
+
+    #[tokio::test]
+    async fn a_forge_ref_moved_since_it_was_seen_is_left_to_the_concurrent_push() {
+        let repo = repository();
+        let (dir, main) = (repo.dir.path(), "refs/heads/main");
+        // The pass saw `main` absent, then a push created it.
+        git(dir, &["update-ref", main, &repo.second]);
+        let created = update_forge_ref(dir, main, ZERO, &repo.first).await;
+        assert!(
+            matches!(
+                &created,
+                Err(SyncError::Git {
+                    what: "update-ref",
+                    ..
+                })
+            ),
+            "{created:?}"
+        );
+        // The pass saw `first`, the push moved it to `second`.
+        let deleted = update_forge_ref(dir, main, &repo.first, ZERO).await;
+        assert!(deleted.is_err(), "{deleted:?}");
+        assert_eq!(forge_ref(&repo, main), Some(repo.second.clone()));
+    }
+
+    #[tokio::test]
+    async fn github_refs_are_read_from_the_mirror_and_the_forges_from_heads_and_tags() {
+        let repo = repository();
+        let dir = repo.dir.path();
+        git(dir, &["update-ref", "refs/heads/main", &repo.second]);
+        git(dir, &["update-ref", "refs/tags/v1", &repo.first]);
+        git(dir, &["update-ref", "refs/github/heads/main", &repo.first]);
+        git(dir, &["update-ref", "refs/github/tags/v1", &repo.first]);
+        git(dir, &["update-ref", "refs/notes/commits", &repo.first]);
+        let (forge, github) = read_refs(dir).await.expect("refs");
+        let names = |refs: &BTreeMap<String, String>| refs.keys().cloned().collect::<Vec<_>>();
+        assert_eq!(names(&forge), ["refs/heads/main", "refs/tags/v1"]);
+        assert_eq!(names(&github), ["refs/heads/main", "refs/tags/v1"]);
+        assert_eq!(forge["refs/heads/main"], repo.second);
+        assert_eq!(github["refs/heads/main"], repo.first);
     }
 }
