@@ -2,6 +2,7 @@
 # Run the whole test suite, fastest tier first:
 #
 #   lint         cargo fmt --check, cargo clippy -D warnings
+#   build        every test and binary, and the guest image
 #   unit         every crate's inline tests, the forge's in-process API tier
 #                among them (no root, no sandboxes; seconds)
 #   integration  every crate's tests/ (the VMM on the real /dev/kvm, the
@@ -56,6 +57,10 @@ tier clippy cargo clippy --workspace --all-targets --quiet -- -D warnings
 # Build every test once, so the tiers below only run, and the nested run's
 # own builds find everything built.
 tier build cargo test --workspace --no-run --quiet
+tier build-bins cargo build --workspace --bins --quiet
+# The guest image every sandbox test runs on (cached by its inputs, the
+# agent binary among them), before any test looks for it.
+tier image target/debug/forge image build
 
 # The microVM backend with a real Linux guest: the tests cargo runs as
 # ignored (they need a /dev/kvm that boots Linux) run there, in the nested

@@ -264,14 +264,12 @@ pub async fn linked(
 async fn view(state: &AppState, link: &GithubLink) -> Result<GithubLinkView, ApiError> {
     let mut refs = Vec::new();
     for row in state.store.github_ref_states(&link.repo_id).await? {
-        // The database CHECKs the column, so an unknown state is a bug.
-        let sync_state = row.state.parse().map_err(ApiError::internal)?;
         refs.push(RefView {
             ref_name: row.ref_name,
             synced_sha: row.synced_sha,
             forge_sha: row.forge_sha,
             github_sha: row.github_sha,
-            state: sync_state,
+            state: row.state,
             last_sync_at: row.last_sync_at,
             last_error: row.last_error,
         });

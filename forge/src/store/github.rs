@@ -3,7 +3,7 @@
 //! `github_refs` (sync state per ref), `github_pulls`, `github_reviews`
 //! (one per pull request and head commit) and `github_cursor`.
 
-use api_types::{PullState, ReviewVerdict, RunState};
+use api_types::{PullState, RefSyncState, ReviewVerdict, RunState};
 
 use super::{Result, Store, now};
 
@@ -40,16 +40,14 @@ pub struct GithubRunReview {
     pub posted_at: Option<String>,
 }
 
-/// What a sync saw of one ref. `state` stays text here: the sync
-/// (`github/sync.rs`) writes it as such; the API reads it as a
-/// [`api_types::RefSyncState`] and the database CHECKs it.
+/// What a sync saw of one ref.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct GithubRefState {
     pub ref_name: String,
     pub synced_sha: Option<String>,
     pub forge_sha: Option<String>,
     pub github_sha: Option<String>,
-    pub state: String,
+    pub state: RefSyncState,
     pub last_sync_at: String,
     pub last_error: Option<String>,
 }
@@ -236,7 +234,7 @@ impl Store {
         .bind(&state.synced_sha)
         .bind(&state.forge_sha)
         .bind(&state.github_sha)
-        .bind(&state.state)
+        .bind(state.state)
         .bind(&state.last_sync_at)
         .bind(&state.last_error)
         .execute(&self.pool)
@@ -578,11 +576,10 @@ mod tests {
             forge_sha: None,
             github_sha: None,
             state: if last_error.is_some() {
-                "error"
+                RefSyncState::Error
             } else {
-                "in_sync"
-            }
-            .into(),
+                RefSyncState::InSync
+            },
             last_sync_at: now(),
             last_error: last_error.map(Into::into),
         };

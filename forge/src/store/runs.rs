@@ -193,22 +193,25 @@ impl Store {
         Ok(())
     }
 
+    /// Ends a run and, in the same transaction, the steps that never ran
+    /// or were cut short: nobody sees a finished run with a pending step.
     pub async fn finish_run(&self, id: i64, state: RunState, error: Option<&str>) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
         sqlx::query("UPDATE runs SET state = ?, error = ?, finished_at = ? WHERE id = ?")
             .bind(state)
             .bind(error)
             .bind(now())
             .bind(id)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
-        // Steps that never ran say so.
         sqlx::query("UPDATE run_steps SET status = ? WHERE run_id = ? AND status IN (?, ?)")
             .bind(StepState::left_over_by(state))
             .bind(id)
             .bind(StepState::Pending)
             .bind(StepState::Running)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
         Ok(())
     }
 

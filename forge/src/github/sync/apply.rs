@@ -190,7 +190,7 @@ async fn update_github<'a, E: Effects>(effects: &E, plan: &'a Plan, pass: &mut P
         pass.report.to_github += 1;
         if let Err(error) = effects.set_mirror_ref(&planned.name, new).await {
             let mut row = planned.settled(pass.at);
-            row.state = ERROR.into();
+            row.state = ERROR;
             row.last_error = Some(format!(
                 "GitHub took the update, but moving the forge's mirror of it failed: {error}"
             ));

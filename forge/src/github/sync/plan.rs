@@ -21,14 +21,16 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use api_types::RefSyncState;
+
 use crate::store::GithubRefState;
 
 /// The state of a ref whose action succeeded, or that needs none.
-pub const IN_SYNC: &str = "in_sync";
+pub const IN_SYNC: RefSyncState = RefSyncState::InSync;
 /// The state of a ref both sides moved apart: nothing is overwritten.
-pub const DIVERGED: &str = "diverged";
+pub const DIVERGED: RefSyncState = RefSyncState::Diverged;
 /// The state of a ref whose action failed; `last_error` says how.
-pub const ERROR: &str = "error";
+pub const ERROR: RefSyncState = RefSyncState::Error;
 
 /// How the two sides' commits of a ref relate in git's history.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -153,7 +155,7 @@ pub struct RefPlan {
 
 impl RefPlan {
     /// The state stored once the action has succeeded.
-    pub fn state(&self) -> &'static str {
+    pub fn state(&self) -> RefSyncState {
         match self.action {
             Action::MarkDiverged { .. } => DIVERGED,
             _ => IN_SYNC,
@@ -162,8 +164,7 @@ impl RefPlan {
 
     /// The ref's stored state once the action has succeeded, stamped `at`.
     pub fn settled(&self, at: &str) -> GithubRefState {
-        let mut row = self.observed(at);
-        row.state = self.state().into();
+        let mut row = self.observed(at, self.state());
         match &self.action {
             Action::RecordInSync => row.synced_sha = self.forge.clone(),
             Action::Forget => {
@@ -187,19 +188,18 @@ impl RefPlan {
     /// The ref's stored state when its action failed with `error`: the
     /// values as seen, so the next pass decides again from them.
     pub fn failed(&self, at: &str, error: String) -> GithubRefState {
-        let mut row = self.observed(at);
-        row.state = ERROR.into();
+        let mut row = self.observed(at, ERROR);
         row.last_error = Some(error);
         row
     }
 
-    fn observed(&self, at: &str) -> GithubRefState {
+    fn observed(&self, at: &str, state: RefSyncState) -> GithubRefState {
         GithubRefState {
             ref_name: self.name.clone(),
             synced_sha: self.synced.clone(),
             forge_sha: self.forge.clone(),
             github_sha: self.github.clone(),
-            state: String::new(),
+            state,
             last_sync_at: at.to_owned(),
             last_error: None,
         }
@@ -325,14 +325,14 @@ mod tests {
         synced: Option<&str>,
         forge: Option<&str>,
         github: Option<&str>,
-        state: &str,
+        state: RefSyncState,
     ) -> GithubRefState {
         GithubRefState {
             ref_name: MAIN.into(),
             synced_sha: synced.map(Into::into),
             forge_sha: forge.map(Into::into),
             github_sha: github.map(Into::into),
-            state: state.into(),
+            state,
             last_sync_at: "2026-01-01T00:00:00Z".into(),
             last_error: None,
         }
