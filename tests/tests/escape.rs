@@ -620,7 +620,7 @@ fn a_thousand_proxy_connections_cannot_exhaust_the_forge() {
     let out = flood.join().unwrap();
     let counts: Vec<u64> = out["stdout"]
         .as_str()
-        .unwrap()
+        .unwrap_or_else(|| panic!("the flood's exec answered no output: {out}"))
         .split_whitespace()
         .filter_map(|n| n.parse().ok())
         .collect();

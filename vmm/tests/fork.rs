@@ -6,7 +6,9 @@ mod common;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::{Control, TestVm, ended, eventually, last_count, stays, wait_file, wait_timeout};
+use common::{
+    Control, TestVm, ended, eventually, last_count, stays, wait_count_past, wait_file, wait_timeout,
+};
 use serde_json::{Value, json};
 use vmm::disk::LayeredDisk;
 
@@ -160,7 +162,7 @@ fn forks_of_forks_of_forks_keep_counting() {
     }
     for log in &logs {
         let at = last_count(&std::fs::read_to_string(log).unwrap_or_default());
-        wait_file(log, &format!("COUNT {}\n", at + 2), T);
+        wait_count_past(log, at + 1, T);
     }
     for c in controls.iter().rev() {
         Control::connect(c).cmd("shutdown");
@@ -186,7 +188,7 @@ fn twenty_children_at_once() {
     for c in &children {
         let log = path(c, "serial_log");
         let at = last_count(&std::fs::read_to_string(&log).unwrap_or_default());
-        wait_file(&log, &format!("COUNT {}\n", at + 1), T);
+        wait_count_past(&log, at, T);
         Control::connect(&path(c, "control_socket")).cmd("shutdown");
     }
     ctl.cmd("shutdown");

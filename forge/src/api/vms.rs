@@ -199,7 +199,6 @@ pub async fn create(
             branch,
             commit,
             have: None,
-            scratch: &row.id,
         };
         if let Err(error) =
             crate::vms::checkout::checkout(&state.sandboxes, &state.repos, &target).await

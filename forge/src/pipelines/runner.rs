@@ -140,7 +140,6 @@ impl Pipelines {
                 branch: &run.branch,
                 commit: &run.commit_id,
                 have: branch.commit_id.as_deref(),
-                scratch: &format!("run-{}", run.id),
             },
         )
         .await;

@@ -26,8 +26,6 @@ pub struct Target<'a> {
     pub commit: &'a str,
     /// A commit the sandbox already has: the bundle then holds only what is new.
     pub have: Option<&'a str>,
-    /// A name for the host's temporary bundle file.
-    pub scratch: &'a str,
 }
 
 /// Checks `target.commit` out in the sandbox; returns the log.
@@ -95,7 +93,6 @@ pub async fn checkout(
 /// A bundle of the branch, incremental from `target.have` when possible.
 async fn bundle(repos: &Repositories, target: &Target<'_>) -> anyhow::Result<Vec<u8>> {
     let dir = repos.path(target.repo_id);
-    let path = std::env::temp_dir().join(format!("forge-{}.bundle", target.scratch));
     let branch_ref = format!("refs/heads/{}", target.branch);
     let mut attempts = vec![None];
     if let Some(have) = target.have {
@@ -105,21 +102,19 @@ async fn bundle(repos: &Repositories, target: &Target<'_>) -> anyhow::Result<Vec
     for exclude in attempts {
         let mut command = git_command(&dir);
         command
-            .args(["bundle", "create", "-q"])
-            .arg(&path)
+            // To stdout: no host file, so no shared temporary name for
+            // concurrent checkouts (or forges) to collide on.
+            .args(["bundle", "create", "-q", "-"])
             .arg(&branch_ref);
         if let Some(exclude) = &exclude {
             command.arg(exclude);
         }
         let output = command.output().await?;
         if output.status.success() {
-            let bytes = tokio::fs::read(&path).await?;
-            let _ = tokio::fs::remove_file(&path).await;
-            return Ok(bytes);
+            return Ok(output.stdout);
         }
         // An empty incremental bundle (nothing new) or a vanished base: try the whole branch.
         last_error = String::from_utf8_lossy(&output.stderr).trim().to_owned();
     }
-    let _ = tokio::fs::remove_file(&path).await;
     anyhow::bail!("git bundle failed: {last_error}")
 }

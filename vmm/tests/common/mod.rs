@@ -165,6 +165,21 @@ pub fn stderr_of(child: &mut Child) -> String {
     err
 }
 
+/// Waits until the counter guest's log at `path` shows a count past `at`.
+/// A forked child goes on from its parent's count, so its log may be empty
+/// when `at` is read and its first line is not `COUNT 1`: any later count
+/// proves it counts.
+pub fn wait_count_past(path: &Path, at: u64, within: Duration) -> u64 {
+    eventually(
+        within,
+        &format!("{} counting past {at}", path.display()),
+        || {
+            let now = last_count(&std::fs::read_to_string(path).unwrap_or_default());
+            if now > at { Ok(now) } else { Err(now) }
+        },
+    )
+}
+
 /// Waits until `path` contains `text`.
 pub fn wait_file(path: &Path, text: &str, timeout: Duration) -> String {
     let start = Instant::now();

@@ -163,6 +163,15 @@ async fn a_run_has_the_steps_its_commit_plans_and_a_broken_plan_fails_it() {
     let mut repo = Repo::new(&app).await;
     let commit = repo.push(&app, &[(".forge.toml", STEPS)]).await;
     let run = finished_run(&app, &commit).await;
+    let logs = app
+        .call(
+            Method::GET,
+            &format!("/v1/runs/{}/logs", run["id"]),
+            Some(app.admin()),
+            None,
+        )
+        .await
+        .1;
     assert_eq!(run["state"], "failed", "{run}");
     assert_eq!(step_names(&run), ["checkout", "lint", "test"]);
     let statuses: Vec<_> = run["steps"]
@@ -173,7 +182,8 @@ async fn a_run_has_the_steps_its_commit_plans_and_a_broken_plan_fails_it() {
         .collect();
     assert_eq!(
         statuses[1..],
-        [(json!("passed"), json!(0)), (json!("failed"), json!(1))]
+        [(json!("passed"), json!(0)), (json!("failed"), json!(1))],
+        "{run}\n{logs}"
     );
     let scripts: Vec<_> = app
         .backend
@@ -203,15 +213,6 @@ async fn a_run_has_the_steps_its_commit_plans_and_a_broken_plan_fails_it() {
             ),
         ]
     );
-    let logs = app
-        .call(
-            Method::GET,
-            &format!("/v1/runs/{}/logs", run["id"]),
-            Some(app.admin()),
-            None,
-        )
-        .await
-        .1;
     assert!(
         logs.as_str().unwrap_or_default().contains("1 failed"),
         "{logs}"
@@ -238,9 +239,17 @@ async fn a_newer_push_cancels_the_running_step_and_the_run_says_so() {
         .hold_exec(|invocation| invocation.script() == "bun run lint");
     let mut repo = Repo::new(&app).await;
     let first = repo.push(&app, &[(".forge.toml", STEPS)]).await;
-    tokio::time::timeout(PATIENCE, lint.arrived(1))
+    if tokio::time::timeout(PATIENCE, lint.arrived(1))
         .await
-        .expect("the first run's lint started");
+        .is_err()
+    {
+        panic!(
+            "the first run's lint did not start within {PATIENCE:?}; runs: {:?}; backend calls: {:?}; execs: {:?}",
+            runs(&app).await,
+            app.backend.calls(),
+            app.backend.execs()
+        );
+    }
     let running = runs(&app).await;
     assert_eq!(running[0]["state"], "running", "{running:?}");
     assert_eq!(running[0]["steps"][1]["status"], "running", "{running:?}");
