@@ -3,11 +3,13 @@
 //! HTTP request, so authentication, authorisation and validation are the
 //! API's own.
 
+use api_types::ErrorBody;
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
 use axum::response::Response;
-use serde_json::Value;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use tower::ServiceExt;
 
 /// Largest API answer a page reads.
@@ -24,6 +26,19 @@ pub struct Api {
 pub struct Failure {
     pub status: StatusCode,
     pub message: String,
+    /// The API succeeded but its body is not the contract's type: a page
+    /// that tolerates a failed call must still not hide this one.
+    pub unreadable: bool,
+}
+
+impl Failure {
+    fn new(status: StatusCode, message: String) -> Self {
+        Self {
+            status,
+            message,
+            unreadable: false,
+        }
+    }
 }
 
 impl std::fmt::Display for Failure {
@@ -37,14 +52,14 @@ impl Api {
         Self { router }
     }
 
-    /// Sends a request and returns the API's response as it is (for
-    /// streams).
+    /// Sends a request (`body` is JSON) and returns the API's response as
+    /// it is (for streams).
     pub async fn raw(
         &self,
         token: &str,
         method: Method,
         path: &str,
-        body: Option<&Value>,
+        body: Option<Vec<u8>>,
         accept: &str,
     ) -> Response {
         let mut request = Request::builder()
@@ -53,9 +68,9 @@ impl Api {
             .header(header::AUTHORIZATION, format!("Bearer {token}"))
             .header(header::ACCEPT, accept);
         let body = match body {
-            Some(value) => {
+            Some(json) => {
                 request = request.header(header::CONTENT_TYPE, "application/json");
-                Body::from(value.to_string())
+                Body::from(json)
             }
             None => Body::empty(),
         };
@@ -69,49 +84,77 @@ impl Api {
         }
     }
 
-    /// Calls the API and returns its JSON answer (`Null` for no content),
-    /// or the status and message of its error.
-    pub async fn call(
+    /// `GET path`, read as `T`.
+    pub async fn get<T: DeserializeOwned>(&self, token: &str, path: &str) -> Result<T, Failure> {
+        self.call(token, Method::GET, path).await
+    }
+
+    /// A request without a body, its answer read as `T` (`()` for no
+    /// content).
+    pub async fn call<T: DeserializeOwned>(
         &self,
         token: &str,
         method: Method,
         path: &str,
-        body: Option<&Value>,
-    ) -> Result<Value, Failure> {
+    ) -> Result<T, Failure> {
         let response = self
-            .raw(token, method, path, body, "application/json")
+            .raw(token, method.clone(), path, None, "application/json")
             .await;
-        let status = response.status();
-        let bytes = axum::body::to_bytes(response.into_body(), MAX_ANSWER_BYTES)
-            .await
-            .map_err(|error| Failure {
-                status: StatusCode::BAD_GATEWAY,
-                message: format!("Reading the API's answer failed: {error}"),
-            })?;
-        let value = if bytes.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes)
-                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
-        };
-        if status.is_success() {
-            Ok(value)
-        } else {
-            let message = value["error"]["message"]
-                .as_str()
-                .map(str::to_owned)
-                .unwrap_or_else(|| format!("The API answered {status}"));
-            Err(Failure { status, message })
-        }
+        answer(response, &method, path).await
     }
 
-    pub async fn get(&self, token: &str, path: &str) -> Result<Value, Failure> {
-        self.call(token, Method::GET, path, None).await
+    /// A request with a JSON body, its answer read as `T`.
+    pub async fn send<B: Serialize, T: DeserializeOwned>(
+        &self,
+        token: &str,
+        method: Method,
+        path: &str,
+        body: &B,
+    ) -> Result<T, Failure> {
+        let json = serde_json::to_vec(body).map_err(|error| {
+            Failure::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("Writing the request to {method} {path} failed: {error}"),
+            )
+        })?;
+        let response = self
+            .raw(token, method.clone(), path, Some(json), "application/json")
+            .await;
+        answer(response, &method, path).await
     }
+}
 
-    pub async fn post(&self, token: &str, path: &str, body: &Value) -> Result<Value, Failure> {
-        self.call(token, Method::POST, path, Some(body)).await
+/// The answer of a call as `T`, or the status and message of its error.
+/// An empty body reads as JSON `null`, which `()` and `Option` accept.
+async fn answer<T: DeserializeOwned>(
+    response: Response,
+    method: &Method,
+    path: &str,
+) -> Result<T, Failure> {
+    let status = response.status();
+    let bytes = axum::body::to_bytes(response.into_body(), MAX_ANSWER_BYTES)
+        .await
+        .map_err(|error| {
+            Failure::new(
+                StatusCode::BAD_GATEWAY,
+                format!("Reading the API's answer failed: {error}"),
+            )
+        })?;
+    let bytes: &[u8] = if bytes.is_empty() { b"null" } else { &bytes };
+    if !status.is_success() {
+        let message = serde_json::from_slice::<ErrorBody>(bytes).map_or_else(
+            |_| format!("The API answered {status}"),
+            |body| body.error.message,
+        );
+        return Err(Failure::new(status, message));
     }
+    serde_json::from_slice(bytes).map_err(|error| Failure {
+        unreadable: true,
+        ..Failure::new(
+            StatusCode::BAD_GATEWAY,
+            format!("The API answered {method} {path} with a body this page cannot read: {error}"),
+        )
+    })
 }
 
 fn failure_response(message: &str) -> Response {
@@ -141,5 +184,62 @@ mod tests {
     fn components_are_encoded() {
         assert_eq!(encode("feature/x y&z"), "feature%2Fx%20y%26z");
         assert_eq!(encode("main"), "main");
+    }
+
+    fn response(status: StatusCode, body: &str) -> Response {
+        let mut response = Response::new(Body::from(body.to_owned()));
+        *response.status_mut() = status;
+        response
+    }
+
+    #[tokio::test]
+    async fn a_body_of_another_shape_is_an_unreadable_failure() {
+        let answer = answer::<Vec<api_types::vms::VmView>>(
+            response(StatusCode::OK, r#"[{"id": "vm1", "state": "stopped"}]"#),
+            &Method::GET,
+            "/v1/vms",
+        )
+        .await;
+        let failure = answer.expect_err("not a list of VMs");
+        assert!(failure.unreadable);
+        assert_eq!(failure.status, StatusCode::BAD_GATEWAY);
+        assert!(
+            failure
+                .message
+                .starts_with("The API answered GET /v1/vms with a body this page cannot read"),
+            "{failure}"
+        );
+    }
+
+    #[tokio::test]
+    async fn no_content_reads_as_unit_and_errors_keep_the_apis_message() {
+        answer::<()>(
+            response(StatusCode::NO_CONTENT, ""),
+            &Method::DELETE,
+            "/v1/vms/x",
+        )
+        .await
+        .expect("no content is ()");
+        let failure = answer::<()>(
+            response(
+                StatusCode::NOT_FOUND,
+                r#"{"error": {"code": "not_found", "message": "VM x does not exist"}}"#,
+            ),
+            &Method::DELETE,
+            "/v1/vms/x",
+        )
+        .await
+        .expect_err("an error status");
+        assert_eq!(failure.status, StatusCode::NOT_FOUND);
+        assert_eq!(failure.message, "VM x does not exist");
+        assert!(!failure.unreadable);
+        let failure = answer::<()>(
+            response(StatusCode::BAD_GATEWAY, "upstream"),
+            &Method::GET,
+            "/",
+        )
+        .await
+        .expect_err("an error status");
+        assert_eq!(failure.message, "The API answered 502 Bad Gateway");
     }
 }

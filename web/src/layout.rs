@@ -1,5 +1,6 @@
 //! The page shell (head, navigation, footer), the error page, and small
-//! pieces every page uses: status badges, times, CSRF fields.
+//! pieces every page uses: times, commit ids, CSRF fields (status badges
+//! are [`crate::badge`]).
 
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -55,19 +56,6 @@ pub fn respond(markup: Markup) -> Response {
         axum::response::Html(markup.into_string()),
     )
         .into_response()
-}
-
-/// A coloured label for a state (`running`, `passed`, `failed`, ...).
-pub fn badge(state: &str) -> Markup {
-    let class = match state {
-        "running" | "passed" | "delivered" | "success" | "APPROVE" => "ok",
-        "failed" | "crashed" | "error" | "diverged" | "REQUEST_CHANGES" => "bad",
-        "in_sync" => "ok",
-        "ahead" | "behind" => "wait",
-        "paused" | "paused_to_disk" | "queued" | "pending" | "cancelled" => "wait",
-        _ => "none",
-    };
-    html! { span class={ "badge " (class) } { (state.replace('_', " ")) } }
 }
 
 /// The first 10 characters of a commit id.

@@ -38,6 +38,7 @@
 
 pub mod api;
 mod assets;
+mod badge;
 mod layout;
 pub mod origin;
 pub mod pages;

@@ -3,7 +3,13 @@
 //! with pause, resume and fork buttons and a terminal link, and the preview
 //! link when the sandbox serves one. The run history is the branch's runs
 //! among the repository's newest 50.
+//!
+//! The contents answer (`GET /v1/repos/{owner}/{name}/contents`) has no
+//! type in `api-types` yet: it is read as JSON here.
 
+use api_types::VmState;
+use api_types::runs::RunView;
+use api_types::vms::VmView;
 use axum::extract::{Path, Query, State};
 use axum::response::Response;
 use maud::{Markup, html};
@@ -11,10 +17,11 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::repos::runs_table;
-use super::{branch_vm, items, repo_api, repo_page, text, visible_vms};
+use super::{branch_vm, repo_api, repo_page, visible_vms};
 use crate::Ui;
 use crate::api::encode;
-use crate::layout::{self, PageError, badge, csrf_field, respond};
+use crate::badge::badge;
+use crate::layout::{self, PageError, csrf_field, respond};
 use crate::session::User;
 
 #[derive(Debug, Deserialize)]
@@ -33,7 +40,7 @@ pub async fn show(
 ) -> Result<Response, PageError> {
     let api = repo_api(&owner, &name);
     let full = format!("{owner}/{name}");
-    let contents = ui
+    let contents: Value = ui
         .api
         .get(
             &user.token,
@@ -44,15 +51,12 @@ pub async fn show(
             ),
         )
         .await?;
-    let runs: Vec<Value> = items(
-        ui.api
-            .get(&user.token, &format!("{api}/runs?limit=50"))
-            .await?,
-    )?
-    .into_iter()
-    .filter(|run| text(run, "branch") == query.name)
-    .collect();
-    let vms = visible_vms(&ui.api, &user).await;
+    let mut runs: Vec<RunView> = ui
+        .api
+        .get(&user.token, &format!("{api}/runs?limit=50"))
+        .await?;
+    runs.retain(|run| run.branch == query.name);
+    let vms = visible_vms(&ui.api, &user).await?;
     let vm = branch_vm(&vms, &full, &query.name);
     let here = format!(
         "{}/branch?name={}",
@@ -89,9 +93,9 @@ pub async fn show(
 }
 
 /// The sandbox's state and the buttons that change it.
-pub fn sandbox_panel(user: &User, vm: &Value, back: &str) -> Markup {
-    let id = text(vm, "id");
-    let state = text(vm, "state");
+pub fn sandbox_panel(user: &User, vm: &VmView, back: &str) -> Markup {
+    let id = vm.id.as_str();
+    let state = vm.state;
     let action = |verb: &str, label: &str| {
         html! {
             form.inline method="post" action={ "/-/sandboxes/" (id) "/" (verb) } {
@@ -102,16 +106,16 @@ pub fn sandbox_panel(user: &User, vm: &Value, back: &str) -> Markup {
         }
     };
     html! {
-        p { code { (id) } " " (badge(state)) " on " (text(vm, "backend")) }
+        p { code { (id) } " " (badge(&state)) " on " (vm.backend) }
         div.actions {
-            @if state == "running" {
+            @if state == VmState::Running {
                 (action("pause", "Pause"))
                 a.button href={ "/-/sandboxes/" (id) "/terminal" } { "Terminal" }
             }
-            @if state.starts_with("paused") { (action("resume", "Resume")) }
-            @if state != "crashed" { (action("fork", "Fork")) }
+            @if state.is_paused() { (action("resume", "Resume")) }
+            @if state != VmState::Crashed { (action("fork", "Fork")) }
         }
-        @if let Some(url) = vm["preview_url"].as_str() {
+        @if let Some(url) = &vm.preview_url {
             p { "Preview: " a href=(url) rel="noopener noreferrer" { (url) } }
             @if url.contains("/v1/vms/") {
                 p.muted {
@@ -139,6 +143,11 @@ fn path_crumbs(here: &str, path: &str) -> Markup {
             }
         }
     }
+}
+
+/// The text of a JSON string field, or "".
+fn text<'a>(value: &'a Value, key: &str) -> &'a str {
+    value[key].as_str().unwrap_or_default()
 }
 
 fn files(here: &str, path: &str, contents: &Value) -> Markup {

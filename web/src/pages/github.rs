@@ -3,21 +3,25 @@
 //! diverged refs highlighted. It says "not configured" when the forge has
 //! no GitHub App set up.
 
+use api_types::RefSyncState;
+use api_types::github::{GithubLinkView, GithubOverview};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use maud::{Markup, html};
-use serde_json::Value;
 
-use super::text;
 use crate::Ui;
-use crate::layout::{self, PageError, badge, respond};
+use crate::badge::badge;
+use crate::layout::{self, PageError, respond};
 use crate::session::User;
 
 /// `GET /-/github`.
 pub async fn show(State(ui): State<Ui>, user: User) -> Result<Response, PageError> {
-    let installation = ui.api.get(&user.token, "/v1/github").await;
-    let body = match installation {
+    let overview = ui
+        .api
+        .get::<GithubOverview>(&user.token, "/v1/github")
+        .await;
+    let body = match overview {
         Err(failure)
             if failure.status == StatusCode::NOT_FOUND
                 || failure.status == StatusCode::SERVICE_UNAVAILABLE =>
@@ -29,29 +33,34 @@ pub async fn show(State(ui): State<Ui>, user: User) -> Result<Response, PageErro
             }
         }
         Err(failure) => return Err(failure.into()),
-        Ok(installation) => {
-            let repos = ui
+        Ok(overview) => {
+            let repos = match ui
                 .api
-                .get(&user.token, "/v1/github/repos")
+                .get::<Vec<GithubLinkView>>(&user.token, "/v1/github/repos")
                 .await
-                .unwrap_or(Value::Null);
+            {
+                Ok(repos) => Some(repos),
+                Err(failure) if failure.unreadable => return Err(failure.into()),
+                Err(_) => None,
+            };
             html! {
                 h1 { "GitHub" }
                 section aria-labelledby="installation" {
                     h2 #installation { "Installation" }
-                    (fields(&installation))
-                    @match installation["installations"].as_array() {
-                        Some(list) if !list.is_empty() => ul #installations {
-                            @for item in list {
-                                li { (text(item, "account")) " (installation " (item["id"]) ", since " (text(item, "created_at")) ")" }
+                    (settings(&overview))
+                    @if overview.installations.is_empty() {
+                        p.muted { "The app is not installed on any GitHub account yet." }
+                    } @else {
+                        ul #installations {
+                            @for item in &overview.installations {
+                                li { (item.account) " (installation " (item.id) ", since " (item.created_at) ")" }
                             }
-                        },
-                        _ => p.muted { "The app is not installed on any GitHub account yet." },
+                        }
                     }
                 }
                 section aria-labelledby="sync" {
                     h2 #sync { "Sync state" }
-                    @match repos.as_array() {
+                    @match &repos {
                         None => p.muted { "The forge reports no per-repository sync state." },
                         Some(repos) => (sync_table(repos)),
                     }
@@ -62,33 +71,37 @@ pub async fn show(State(ui): State<Ui>, user: User) -> Result<Response, PageErro
     Ok(respond(layout::page("GitHub", Some(&user), body)))
 }
 
-/// An object's scalar fields as a definition list.
-fn fields(value: &Value) -> Markup {
-    html! { dl { @for (key, item) in value.as_object().into_iter().flatten() {
-        @if !item.is_object() && !item.is_array() {
-            dt { (key.replace('_', " ")) }
-            dd { (item.as_str().map_or_else(|| item.to_string(), str::to_owned)) }
-        }
+/// The App's public settings as a definition list.
+fn settings(overview: &GithubOverview) -> Markup {
+    let rows = [
+        ("api url", overview.api_url.clone()),
+        ("app id", overview.app_id.to_string()),
+        ("git url", overview.git_url.clone()),
+        ("reconcile secs", overview.reconcile_secs.to_string()),
+    ];
+    html! { dl { @for (name, value) in rows {
+        dt { (name) }
+        dd { (value) }
     } } }
 }
 
-fn sync_table(repos: &[Value]) -> Markup {
+fn sync_table(repos: &[GithubLinkView]) -> Markup {
     html! {
         @if repos.is_empty() { p.muted { "No repository is linked to GitHub." } }
         @for repo in repos {
-            h3 { (text(repo, "repo")) " ⇄ " (text(repo, "repository")) }
+            h3 { (repo.repo.as_deref().unwrap_or_default()) " ⇄ " (repo.repository) }
             div.scroll { table {
                 thead { tr {
                     th scope="col" { "Ref" } th scope="col" { "State" }
                     th scope="col" { "Last sync" } th scope="col" { "Last error" }
                 } }
-                tbody { @for r in repo["refs"].as_array().into_iter().flatten() {
-                    @let diverged = text(r, "state") == "diverged";
+                tbody { @for r in &repo.refs {
+                    @let diverged = r.state == RefSyncState::Diverged;
                     tr class={ @if diverged { "diverged" } } {
-                        td { code { (text(r, "ref_name")) } }
-                        td { (badge(text(r, "state"))) @if diverged { " (diverged: both sides moved, nothing was overwritten)" } }
-                        td { (text(r, "last_sync_at")) }
-                        td { (text(r, "last_error")) }
+                        td { code { (r.ref_name) } }
+                        td { (badge(&r.state)) @if diverged { " (diverged: both sides moved, nothing was overwritten)" } }
+                        td { (r.last_sync_at) }
+                        td { (r.last_error.as_deref().unwrap_or_default()) }
                     }
                 } }
             } }

@@ -23,33 +23,30 @@ pub mod webhooks;
 
 use std::collections::HashMap;
 
-use serde_json::Value;
+use api_types::vms::VmView;
 
-use crate::api::{Api, encode};
-use crate::layout::PageError;
+use crate::api::{Api, Failure, encode};
 use crate::session::User;
 
 /// A submitted form's fields.
 pub type Fields = HashMap<String, String>;
 
-/// The text of a JSON string field, or "".
-pub fn text<'a>(value: &'a Value, key: &str) -> &'a str {
-    value[key].as_str().unwrap_or_default()
-}
-
-/// Every VM the user may see (empty when sandboxes are unavailable).
-pub async fn visible_vms(api: &Api, user: &User) -> Vec<Value> {
+/// Every VM the user may see: empty when the API refuses the list (the
+/// page still shows the rest), an error when it answers something else
+/// than VMs.
+pub async fn visible_vms(api: &Api, user: &User) -> Result<Vec<VmView>, Failure> {
     match api.get(&user.token, "/v1/vms").await {
-        Ok(Value::Array(vms)) => vms,
-        _ => Vec::new(),
+        Ok(vms) => Ok(vms),
+        Err(failure) if failure.unreadable => Err(failure),
+        Err(_) => Ok(Vec::new()),
     }
 }
 
 /// The branch's sandbox: the newest VM of that repository and branch.
-pub fn branch_vm<'a>(vms: &'a [Value], repo: &str, branch: &str) -> Option<&'a Value> {
+pub fn branch_vm<'a>(vms: &'a [VmView], repo: &str, branch: &str) -> Option<&'a VmView> {
     vms.iter()
-        .filter(|vm| text(vm, "repo") == repo && text(vm, "branch") == branch)
-        .max_by(|a, b| text(a, "created_at").cmp(text(b, "created_at")))
+        .filter(|vm| vm.repo.as_deref() == Some(repo) && vm.branch.as_deref() == Some(branch))
+        .max_by(|a, b| a.created_at.cmp(&b.created_at))
 }
 
 /// The API path of a repository.
@@ -66,15 +63,4 @@ pub fn repo_page(owner: &str, name: &str) -> String {
 pub fn branch_page(full_name: &str, branch: &str) -> String {
     let (owner, name) = full_name.split_once('/').unwrap_or((full_name, ""));
     format!("{}/branch?name={}", repo_page(owner, name), encode(branch))
-}
-
-/// A list of the API's items, or an error page.
-pub fn items(value: Value) -> Result<Vec<Value>, PageError> {
-    match value {
-        Value::Array(items) => Ok(items),
-        other => Err(PageError::new(
-            axum::http::StatusCode::BAD_GATEWAY,
-            format!("The API answered with something that is not a list: {other}"),
-        )),
-    }
 }

@@ -7,16 +7,18 @@
 
 use std::collections::HashMap;
 
+use api_types::repos::{BranchView, CreateRepo, RepoView};
+use api_types::runs::RunView;
 use axum::Form;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use maud::{Markup, html};
-use serde_json::{Value, json};
 
-use super::{Fields, branch_page, branch_vm, items, repo_api, repo_page, text, visible_vms};
+use super::{Fields, branch_page, branch_vm, repo_api, repo_page, visible_vms};
 use crate::Ui;
-use crate::layout::{self, PageError, ago, badge, csrf_field, respond, short};
+use crate::badge::{badge, plain};
+use crate::layout::{self, PageError, ago, csrf_field, respond, short};
 use crate::session::User;
 
 /// `GET /`.
@@ -30,7 +32,7 @@ async fn render_list(
     error: Option<&str>,
     typed: &str,
 ) -> Result<Response, PageError> {
-    let repos = items(ui.api.get(&user.token, "/v1/repos").await?)?;
+    let repos: Vec<RepoView> = ui.api.get(&user.token, "/v1/repos").await?;
     let body = html! {
         h1 { "Repositories" }
         @if repos.is_empty() { p { "No repositories yet." } }
@@ -39,11 +41,11 @@ async fn render_list(
                 caption.sr { "Repositories" }
                 thead { tr { th scope="col" { "Name" } th scope="col" { "Default branch" } th scope="col" { "Clone URL" } } }
                 tbody { @for repo in &repos {
-                    @let (owner, name) = text(repo, "name").split_once('/').unwrap_or_default();
+                    @let (owner, name) = repo.name.split_once('/').unwrap_or_default();
                     tr {
-                        td { a href=(repo_page(owner, name)) { (text(repo, "name")) } }
-                        td { (text(repo, "default_branch")) }
-                        td { code { (text(repo, "clone_url")) } }
+                        td { a href=(repo_page(owner, name)) { (repo.name) } }
+                        td { (repo.default_branch) }
+                        td { code { (repo.clone_url) } }
                     }
                 } }
             } }
@@ -76,13 +78,22 @@ pub async fn create(
 ) -> Result<Response, PageError> {
     user.check_csrf(&form)?;
     let name = form.get("name").map(|n| n.trim()).unwrap_or_default();
-    let mut body = json!({ "name": name });
-    if let Some(branch) = form.get("default_branch").filter(|b| !b.trim().is_empty()) {
-        body["default_branch"] = json!(branch.trim());
-    }
-    match ui.api.post(&user.token, "/v1/repos", &body).await {
+    let request = CreateRepo {
+        name: name.to_owned(),
+        default_branch: form
+            .get("default_branch")
+            .map(|b| b.trim())
+            .filter(|b| !b.is_empty())
+            .map(str::to_owned),
+        import_url: None,
+    };
+    let answer: Result<RepoView, _> = ui
+        .api
+        .send(&user.token, Method::POST, "/v1/repos", &request)
+        .await;
+    match answer {
         Ok(repo) => {
-            let (owner, name) = text(&repo, "name").split_once('/').unwrap_or_default();
+            let (owner, name) = repo.name.split_once('/').unwrap_or_default();
             Ok(Redirect::to(&repo_page(owner, name)).into_response())
         }
         Err(failure) if failure.status.is_client_error() => {
@@ -101,29 +112,23 @@ pub async fn delete(
 ) -> Result<Response, PageError> {
     user.check_csrf(&form)?;
     ui.api
-        .call(
-            &user.token,
-            axum::http::Method::DELETE,
-            &repo_api(&owner, &name),
-            None,
-        )
+        .call::<()>(&user.token, Method::DELETE, &repo_api(&owner, &name))
         .await?;
     Ok(Redirect::to("/").into_response())
 }
 
 /// The newest run of each branch, from runs listed newest first.
-fn last_runs(runs: &[Value]) -> HashMap<&str, &Value> {
+fn last_runs(runs: &[RunView]) -> HashMap<&str, &RunView> {
     let mut last = HashMap::new();
     for run in runs {
-        last.entry(text(run, "branch")).or_insert(run);
+        last.entry(run.branch.as_str()).or_insert(run);
     }
     last
 }
 
 /// A run's state as a link to its page.
-pub fn run_link(run: &Value) -> Markup {
-    let id = run["id"].as_i64().unwrap_or_default();
-    html! { a href={ "/-/runs/" (id) } { "#" (id) } " " (badge(text(run, "state"))) }
+pub fn run_link(run: &RunView) -> Markup {
+    html! { a href={ "/-/runs/" (run.id) } { "#" (run.id) } " " (badge(&run.state)) }
 }
 
 /// `GET /-/repos/{owner}/{name}`.
@@ -133,21 +138,20 @@ pub async fn show(
     Path((owner, name)): Path<(String, String)>,
 ) -> Result<Response, PageError> {
     let api = repo_api(&owner, &name);
-    let repo = ui.api.get(&user.token, &api).await?;
-    let branches = items(ui.api.get(&user.token, &format!("{api}/branches")).await?)?;
-    let runs = items(
-        ui.api
-            .get(&user.token, &format!("{api}/runs?limit=50"))
-            .await?,
-    )?;
-    let vms = visible_vms(&ui.api, &user).await;
-    let full = text(&repo, "name");
+    let repo: RepoView = ui.api.get(&user.token, &api).await?;
+    let branches: Vec<BranchView> = ui.api.get(&user.token, &format!("{api}/branches")).await?;
+    let runs: Vec<RunView> = ui
+        .api
+        .get(&user.token, &format!("{api}/runs?limit=50"))
+        .await?;
+    let vms = visible_vms(&ui.api, &user).await?;
+    let full = repo.name.as_str();
     let last = last_runs(&runs);
     let body = html! {
         h1 { (full) }
         div.clone {
             label for="clone-url" { "Clone URL" }
-            input #clone-url readonly value=(text(&repo, "clone_url"));
+            input #clone-url readonly value=(repo.clone_url);
             button type="button" data-copy="#clone-url" { "Copy" }
         }
         p { a href={ (repo_page(&owner, &name)) "/webhooks" } { "Webhooks" } }
@@ -160,21 +164,21 @@ pub async fn show(
                     th scope="col" { "Last run" } th scope="col" { "Head commit" }
                 } }
                 tbody { @for branch in &branches {
-                    @let branch_name = text(branch, "name");
-                    @let commit = &branch["commit"];
+                    @let branch_name = branch.name.as_str();
+                    @let commit = &branch.commit;
                     tr {
                         td { a href=(branch_page(full, branch_name)) { (branch_name) } }
                         td { @match branch_vm(&vms, full, branch_name) {
-                            Some(vm) => (badge(text(vm, "state"))),
-                            None => (badge("none")),
+                            Some(vm) => (badge(&vm.state)),
+                            None => (plain("none")),
                         } }
                         td { @match last.get(branch_name) {
                             Some(run) => (run_link(run)),
                             None => "none",
                         } }
                         td {
-                            code { (short(text(commit, "id"))) } " "
-                            (text(commit, "message").lines().next().unwrap_or_default())
+                            code { (short(&commit.id)) } " "
+                            (commit.message.lines().next().unwrap_or_default())
                         }
                     }
                 } }
@@ -194,7 +198,7 @@ pub async fn show(
 }
 
 /// The newest `limit` runs as a table.
-pub fn runs_table(runs: &[Value], limit: usize) -> Markup {
+pub fn runs_table(runs: &[RunView], limit: usize) -> Markup {
     html! {
         @if runs.is_empty() { p { "No runs yet." } }
         @else {
@@ -206,9 +210,9 @@ pub fn runs_table(runs: &[Value], limit: usize) -> Markup {
                 tbody { @for run in runs.iter().take(limit) {
                     tr {
                         td { (run_link(run)) }
-                        td { (text(run, "branch")) }
-                        td { code { (short(text(run, "commit_id"))) } }
-                        td { (ago(text(run, "created_at"))) " ago" }
+                        td { (run.branch) }
+                        td { code { (short(&run.commit_id)) } }
+                        td { (ago(&run.created_at)) " ago" }
                     }
                 } }
             } }

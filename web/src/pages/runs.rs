@@ -8,9 +8,12 @@ use axum::http::Method;
 use axum::response::Response;
 use maud::html;
 
-use super::{branch_page, text};
+use api_types::runs::RunDetail;
+
+use super::branch_page;
 use crate::Ui;
-use crate::layout::{self, PageError, badge, duration, respond, short};
+use crate::badge::badge;
+use crate::layout::{self, PageError, duration, respond, short};
 use crate::session::User;
 
 /// `GET /-/runs/{id}`.
@@ -19,34 +22,33 @@ pub async fn show(
     user: User,
     Path(id): Path<i64>,
 ) -> Result<Response, PageError> {
-    let run = ui.api.get(&user.token, &format!("/v1/runs/{id}")).await?;
-    let repo = text(&run, "repo_name");
-    let steps = run["steps"].as_array().cloned().unwrap_or_default();
+    let detail: RunDetail = ui.api.get(&user.token, &format!("/v1/runs/{id}")).await?;
+    let run = &detail.run;
+    let repo = run.repo_name.as_str();
     let body = html! {
         nav.crumbs aria-label="Breadcrumbs" {
-            a href=(branch_page(repo, text(&run, "branch"))) { (repo) " · " (text(&run, "branch")) }
+            a href=(branch_page(repo, &run.branch)) { (repo) " · " (run.branch) }
         }
         h1 { "Run #" (id) }
         p {
-            "Commit " code { (short(text(&run, "commit_id"))) } ". Result: "
-            span #run-state aria-live="polite" { (badge(text(&run, "state"))) }
+            "Commit " code { (short(&run.commit_id)) } ". Result: "
+            span #run-state aria-live="polite" { (badge(&run.state)) }
         }
-        @if let Some(error) = run["error"].as_str() { p.error #run-error { (error) } }
+        @if let Some(error) = &run.error { p.error #run-error { (error) } }
         section #run data-events={ "/-/runs/" (id) "/events" } aria-labelledby="steps" {
             h2 #steps { "Steps" }
-            @if steps.is_empty() { p.muted #no-steps { "No steps yet." } }
+            @if run.steps.is_empty() { p.muted #no-steps { "No steps yet." } }
             ol.steps {
-                @for step in &steps {
-                    @let position = step["position"].as_i64().unwrap_or_default();
-                    li.step data-step=(position) {
+                @for step in &run.steps {
+                    li.step data-step=(step.position) {
                         details open {
                             summary {
-                                span.name { (text(step, "name")) } " "
-                                span.status { (badge(text(step, "status"))) } " "
-                                span.duration { @if let Some(ms) = step["duration_ms"].as_i64() { (duration(ms)) } }
-                                @if let Some(code) = step["exit_code"].as_i64() { " exit " (code) }
+                                span.name { (step.name) } " "
+                                span.status { (badge(&step.status)) } " "
+                                span.duration { @if let Some(ms) = step.duration_ms { (duration(ms)) } }
+                                @if let Some(code) = step.exit_code { " exit " (code) }
                             }
-                            pre.log aria-label={ "Log of " (text(step, "name")) } {}
+                            pre.log aria-label={ "Log of " (step.name) } {}
                         }
                     }
                 }
@@ -55,12 +57,12 @@ pub async fn show(
         }
         section aria-labelledby="review" {
             h2 #review { "Review" }
-            @match run["review"].as_object() {
-                Some(_) => p #review-verdict {
-                    (badge(text(&run["review"], "verdict")))
-                    " on " (text(&run["review"], "github_repo")) " pull request #" (run["review"]["number"])
-                    " at " code { (short(text(&run["review"], "head_sha"))) }
-                    @if run["review"]["posted_at"].is_null() { " (being posted)" }
+            @match &detail.review {
+                Some(review) => p #review-verdict {
+                    (badge(&review.verdict))
+                    " on " (review.github_repo) " pull request #" (review.number)
+                    " at " code { (short(&review.head_sha)) }
+                    @if review.posted_at.is_none() { " (being posted)" }
                 },
                 None => p.muted { "No review: this branch has no pull request." },
             }

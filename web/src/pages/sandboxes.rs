@@ -6,42 +6,46 @@
 //! script asks `POST /-/sandboxes/{id}/ticket` (CSRF header) for a one-time
 //! ticket, which this handler gets from the API with the user's token, and
 //! opens `/v1/vms/{id}/terminal?ticket=...`. The session's token never
-//! reaches the page.
+//! reaches the page. The ticket has no type in `api-types` yet: it is
+//! relayed as the JSON the API answered.
 
 use std::collections::HashMap;
 
+use api_types::VmState;
+use api_types::vms::{CarriedVm, ForkRequest, Forks, System, VmDetail, VmView};
 use axum::Form;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Json, Redirect, Response};
 use maud::{Markup, html};
-use serde_json::{Value, json};
+use serde_json::Value;
 
-use super::{Fields, branch_page, text, visible_vms};
+use super::{Fields, branch_page, visible_vms};
 use crate::Ui;
 use crate::api::encode;
-use crate::layout::{self, PageError, ago, badge, csrf_field, respond};
+use crate::badge::badge;
+use crate::layout::{self, PageError, ago, csrf_field, respond};
 use crate::session::User;
 
 /// `GET /-/sandboxes`.
 pub async fn list(State(ui): State<Ui>, user: User) -> Result<Response, PageError> {
-    let system = ui.api.get(&user.token, "/v1/system").await?;
-    let vms = visible_vms(&ui.api, &user).await;
-    let ids: Vec<&str> = vms.iter().map(|vm| text(vm, "id")).collect();
-    let mut children: HashMap<&str, Vec<&Value>> = HashMap::new();
+    let system: System = ui.api.get(&user.token, "/v1/system").await?;
+    let vms = visible_vms(&ui.api, &user).await?;
+    let ids: Vec<&str> = vms.iter().map(|vm| vm.id.as_str()).collect();
+    let mut children: HashMap<&str, Vec<&VmView>> = HashMap::new();
     let mut roots = Vec::new();
     for vm in &vms {
-        match vm["parent"].as_str() {
+        match vm.parent.as_deref() {
             Some(parent) if ids.contains(&parent) => children.entry(parent).or_default().push(vm),
             _ => roots.push(vm),
         }
     }
-    let sandboxes = &system["sandboxes"];
+    let sandboxes = &system.sandboxes;
     let body = html! {
         h1 { "Sandboxes" }
         p {
-            "Backend: " strong { (sandboxes["backend"].as_str().unwrap_or("none")) }
-            " (" (text(sandboxes, "reason")) ")"
+            "Backend: " strong { (sandboxes.backend.as_deref().unwrap_or("none")) }
+            " (" (sandboxes.reason) ")"
         }
         @if vms.is_empty() { p { "No sandboxes." } }
         @else {
@@ -54,9 +58,9 @@ pub async fn list(State(ui): State<Ui>, user: User) -> Result<Response, PageErro
 }
 
 /// One VM and, nested below, its forks.
-fn node(user: &User, vm: &Value, children: &HashMap<&str, Vec<&Value>>) -> Markup {
-    let id = text(vm, "id");
-    let state = text(vm, "state");
+fn node(user: &User, vm: &VmView, children: &HashMap<&str, Vec<&VmView>>) -> Markup {
+    let id = vm.id.as_str();
+    let state = vm.state;
     let action = |verb: &str, label: &str| {
         html! {
             form.inline method="post" action={ "/-/sandboxes/" (id) "/" (verb) } {
@@ -69,22 +73,22 @@ fn node(user: &User, vm: &Value, children: &HashMap<&str, Vec<&Value>>) -> Marku
     html! {
         li.vm data-vm=(id) {
             div.card {
-                code { (id) } " " (badge(state))
+                code { (id) } " " (badge(&state))
                 span.facts {
-                    (text(vm, "backend")) " · " (vm["mem_mib"].as_i64().unwrap_or_default()) " MiB · "
-                    (vm["vcpus"].as_i64().unwrap_or_default()) " vCPU · up " (ago(text(vm, "created_at")))
+                    (vm.backend) " · " (vm.mem_mib) " MiB · "
+                    (vm.vcpus) " vCPU · up " (ago(&vm.created_at))
                 }
-                @if let Some(repo) = vm["repo"].as_str() {
-                    @let branch = text(vm, "branch");
+                @if let Some(repo) = &vm.repo {
+                    @let branch = vm.branch.as_deref().unwrap_or_default();
                     " · " a href=(branch_page(repo, branch)) { (repo) " " (branch) }
                 }
                 div.actions {
-                    @if state == "running" {
+                    @if state == VmState::Running {
                         a.button href={ "/-/sandboxes/" (id) "/terminal" } { "Terminal" }
                         (action("pause", "Pause"))
                     }
-                    @if state.starts_with("paused") { (action("resume", "Resume")) }
-                    @if state != "crashed" { (action("fork", "Fork")) }
+                    @if state.is_paused() { (action("resume", "Resume")) }
+                    @if state != VmState::Crashed { (action("fork", "Fork")) }
                     (action("delete", "Delete"))
                 }
             }
@@ -104,20 +108,27 @@ pub async fn act(
 ) -> Result<Response, PageError> {
     user.check_csrf(&form)?;
     let vm = format!("/v1/vms/{}", encode(&id));
+    let path = format!("{vm}/{action}");
     match action.as_str() {
-        "pause" | "resume" => {
+        "pause" => {
             ui.api
-                .call(&user.token, Method::POST, &format!("{vm}/{action}"), None)
-                .await?
+                .call::<VmView>(&user.token, Method::POST, &path)
+                .await?;
+        }
+        "resume" => {
+            ui.api
+                .call::<CarriedVm>(&user.token, Method::POST, &path)
+                .await?;
         }
         "fork" => {
+            let request = ForkRequest { count: Some(1) };
             ui.api
-                .post(&user.token, &format!("{vm}/fork"), &json!({ "count": 1 }))
-                .await?
+                .send::<_, Forks>(&user.token, Method::POST, &path, &request)
+                .await?;
         }
-        "delete" => ui.api.call(&user.token, Method::DELETE, &vm, None).await?,
+        "delete" => ui.api.call::<()>(&user.token, Method::DELETE, &vm).await?,
         _ => return Err(PageError::new(StatusCode::NOT_FOUND, "no such action")),
-    };
+    }
     // Only go back to a page of this UI.
     let back = form
         .get("back")
@@ -132,16 +143,17 @@ pub async fn terminal(
     user: User,
     Path(id): Path<String>,
 ) -> Result<Response, PageError> {
-    let vm = ui
+    let detail: VmDetail = ui
         .api
         .get(&user.token, &format!("/v1/vms/{}", encode(&id)))
         .await?;
+    let vm = &detail.vm;
     let body = html! {
         link rel="stylesheet" href="/-/static/vendor/xterm.css";
         script src="/-/static/vendor/xterm.js" {}
         h1 { "Terminal " code { (id) } }
-        p { (badge(text(&vm, "state"))) " "
-            @if let Some(repo) = vm["repo"].as_str() { (repo) " " (text(&vm, "branch")) } }
+        p { (badge(&vm.state)) " "
+            @if let Some(repo) = &vm.repo { (repo) " " (vm.branch.as_deref().unwrap_or_default()) } }
         p #terminal-status role="status" aria-live="polite" { "Connecting…" }
         div #terminal data-vm=(id) data-ticket={ "/-/sandboxes/" (encode(&id)) "/ticket" }
             aria-label="Terminal" {}
@@ -158,13 +170,12 @@ pub async fn ticket(
     Path(id): Path<String>,
 ) -> Result<Response, PageError> {
     user.check_csrf_header(&headers)?;
-    let ticket = ui
+    let ticket: Value = ui
         .api
         .call(
             &user.token,
             Method::POST,
             &format!("/v1/vms/{}/terminal/tickets", encode(&id)),
-            None,
         )
         .await?;
     Ok(Json(ticket).into_response())

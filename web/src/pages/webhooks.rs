@@ -3,17 +3,18 @@
 //! beside the form), each webhook's delivery log (status, response code,
 //! attempts) with a redeliver button.
 
+use api_types::webhooks::{CreateWebhook, DeliveryPage, Queued, UpdateWebhook, WebhookView};
 use axum::Form;
 use axum::extract::{Path, State};
 use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use maud::{Markup, html};
-use serde_json::{Value, json};
 
-use super::{Fields, items, repo_api, repo_page, text};
+use super::{Fields, repo_api, repo_page};
 use crate::Ui;
 use crate::api::encode;
-use crate::layout::{self, PageError, ago, badge, csrf_field, respond};
+use crate::badge::{badge, plain};
+use crate::layout::{self, PageError, ago, csrf_field, respond};
 use crate::session::User;
 
 /// Items of a list field, split on commas and new lines.
@@ -29,17 +30,8 @@ fn split(form: &Fields, key: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
-fn joined(value: &Value) -> String {
-    value
-        .as_array()
-        .map(|items| {
-            items
-                .iter()
-                .filter_map(Value::as_str)
-                .collect::<Vec<_>>()
-                .join(", ")
-        })
-        .unwrap_or_default()
+fn joined(items: &[String]) -> String {
+    items.join(", ")
 }
 
 /// What the form shows: a webhook's values or what the user typed.
@@ -52,13 +44,13 @@ struct Draft {
 }
 
 impl Draft {
-    fn of(hook: &Value) -> Self {
+    fn of(hook: &WebhookView) -> Self {
         Self {
-            url: text(hook, "url").to_owned(),
-            events: joined(&hook["events"]),
-            branches: joined(&hook["branches"]),
-            paths: joined(&hook["paths"]),
-            active: hook["active"].as_bool().unwrap_or(true),
+            url: hook.url.clone(),
+            events: joined(&hook.events),
+            branches: joined(&hook.branches),
+            paths: joined(&hook.paths),
+            active: hook.active,
         }
     }
 
@@ -111,14 +103,34 @@ fn hook_form(
     }
 }
 
-fn body_of(form: &Fields) -> Value {
-    json!({
-        "url": form.get("url").map(|u| u.trim()).unwrap_or_default(),
-        "events": split(form, "events"),
-        "branches": split(form, "branches"),
-        "paths": split(form, "paths"),
-        "active": form.contains_key("active"),
-    })
+/// The webhook the form describes, to create.
+fn created(form: &Fields) -> CreateWebhook {
+    CreateWebhook {
+        url: form
+            .get("url")
+            .map(|u| u.trim())
+            .unwrap_or_default()
+            .to_owned(),
+        events: split(form, "events"),
+        branches: split(form, "branches"),
+        paths: split(form, "paths"),
+        active: Some(form.contains_key("active")),
+        secret: None,
+    }
+}
+
+/// The form's values as an edit: every field is sent, so an emptied
+/// filter is cleared.
+fn edited(form: &Fields) -> UpdateWebhook {
+    let hook = created(form);
+    UpdateWebhook {
+        url: Some(hook.url),
+        events: Some(hook.events),
+        branches: Some(hook.branches),
+        paths: Some(hook.paths),
+        active: hook.active,
+        ..UpdateWebhook::default()
+    }
 }
 
 /// `GET /-/repos/{owner}/{name}/webhooks`.
@@ -138,11 +150,10 @@ async fn render_list(
     draft: &Draft,
     error: Option<&str>,
 ) -> Result<Response, PageError> {
-    let hooks = items(
-        ui.api
-            .get(&user.token, &format!("{}/webhooks", repo_api(owner, name)))
-            .await?,
-    )?;
+    let hooks: Vec<WebhookView> = ui
+        .api
+        .get(&user.token, &format!("{}/webhooks", repo_api(owner, name)))
+        .await?;
     let page = format!("{}/webhooks", repo_page(owner, name));
     let body = html! {
         nav.crumbs aria-label="Breadcrumbs" { a href=(repo_page(owner, name)) { (owner) "/" (name) } }
@@ -155,12 +166,12 @@ async fn render_list(
                     th scope="col" { "Paths" } th scope="col" { "State" }
                 } }
                 tbody { @for hook in &hooks { tr {
-                    td { a href={ (page) "/" (encode(text(hook, "id"))) } { (text(hook, "url")) } }
-                    td { (joined(&hook["events"])) }
-                    td { (joined(&hook["branches"])) }
-                    td { (joined(&hook["paths"])) }
-                    td { @if hook["active"].as_bool() == Some(true) { (badge("active")) } @else { (badge("inactive")) }
-                         @if let Some(reason) = hook["disabled_reason"].as_str() { " " (reason) } }
+                    td { a href={ (page) "/" (encode(&hook.id)) } { (hook.url) } }
+                    td { (joined(&hook.events)) }
+                    td { (joined(&hook.branches)) }
+                    td { (joined(&hook.paths)) }
+                    td { @if hook.active { (plain("active")) } @else { (plain("inactive")) }
+                         @if let Some(reason) = &hook.disabled_reason { " " (reason) } }
                 } } }
             } }
         }
@@ -185,11 +196,15 @@ pub async fn create(
 ) -> Result<Response, PageError> {
     user.check_csrf(&form)?;
     let api = format!("{}/webhooks", repo_api(&owner, &name));
-    match ui.api.post(&user.token, &api, &body_of(&form)).await {
+    let answer: Result<WebhookView, _> = ui
+        .api
+        .send(&user.token, Method::POST, &api, &created(&form))
+        .await;
+    match answer {
         Ok(hook) => Ok(Redirect::to(&format!(
             "{}/webhooks/{}",
             repo_page(&owner, &name),
-            encode(text(&hook, "id"))
+            encode(&hook.id)
         ))
         .into_response()),
         Err(failure) if failure.status == StatusCode::BAD_REQUEST => {
@@ -219,8 +234,8 @@ async fn render_hook(
     error: Option<&str>,
 ) -> Result<Response, PageError> {
     let api = format!("{}/webhooks/{}", repo_api(owner, name), encode(id));
-    let hook = ui.api.get(&user.token, &api).await?;
-    let deliveries = ui
+    let hook: WebhookView = ui.api.get(&user.token, &api).await?;
+    let deliveries: DeliveryPage = ui
         .api
         .get(&user.token, &format!("{api}/deliveries?limit=50"))
         .await?;
@@ -240,14 +255,14 @@ async fn render_hook(
             a href=(repo_page(owner, name)) { (owner) "/" (name) } " / "
             a href={ (repo_page(owner, name)) "/webhooks" } { "Webhooks" }
         }
-        h1 { "Webhook " (text(&hook, "url")) }
+        h1 { "Webhook " (hook.url) }
         section aria-labelledby="edit" {
             h2 #edit { "Edit" }
             (hook_form(user, &page, &draft, error, "Save webhook"))
         }
         section aria-labelledby="deliveries" {
             h2 #deliveries { "Deliveries" }
-            @let list = deliveries["deliveries"].as_array().cloned().unwrap_or_default();
+            @let list = &deliveries.deliveries;
             @if list.is_empty() { p { "No deliveries yet." } }
             @else {
                 div.scroll { table #delivery-log {
@@ -255,19 +270,19 @@ async fn render_hook(
                         th scope="col" { "Event" } th scope="col" { "Status" } th scope="col" { "Response" }
                         th scope="col" { "Attempts" } th scope="col" { "When" } th scope="col" { "Action" }
                     } }
-                    tbody { @for delivery in &list {
-                        @let last = delivery["attempt_log"].as_array().and_then(|a| a.last()).cloned().unwrap_or(Value::Null);
+                    tbody { @for delivery in list {
+                        @let last = delivery.attempt_log.last();
                         tr.delivery {
-                            td { (text(delivery, "event_type")) }
-                            td { (badge(text(delivery, "status"))) }
-                            td { @match last["response_status"].as_i64() {
+                            td { (delivery.event_type) }
+                            td { (badge(&delivery.status)) }
+                            td { @match last.and_then(|a| a.response_status) {
                                 Some(code) => (code),
-                                None => (last["error"].as_str().unwrap_or("—")),
+                                None => (last.and_then(|a| a.error.as_deref()).unwrap_or("—")),
                             } }
-                            td { (delivery["attempts"].as_i64().unwrap_or_default()) }
-                            td { (ago(text(delivery, "created_at"))) " ago" }
+                            td { (delivery.attempts) }
+                            td { (ago(&delivery.created_at)) " ago" }
                             td { form.inline method="post"
-                                action={ (page) "/deliveries/" (encode(text(delivery, "id"))) "/redeliver" } {
+                                action={ (page) "/deliveries/" (encode(&delivery.id)) "/redeliver" } {
                                 (csrf_field(user))
                                 button type="submit" { "Redeliver" }
                             } }
@@ -293,11 +308,11 @@ pub async fn update(
 ) -> Result<Response, PageError> {
     user.check_csrf(&form)?;
     let api = format!("{}/webhooks/{}", repo_api(&owner, &name), encode(&id));
-    match ui
+    let answer: Result<WebhookView, _> = ui
         .api
-        .call(&user.token, Method::PATCH, &api, Some(&body_of(&form)))
-        .await
-    {
+        .send(&user.token, Method::PATCH, &api, &edited(&form))
+        .await;
+    match answer {
         Ok(_) => Ok(Redirect::to(&format!(
             "{}/webhooks/{}",
             repo_page(&owner, &name),
@@ -331,11 +346,10 @@ pub async fn redeliver(
     user.check_csrf(&form)?;
     let hook = format!("{}/webhooks/{}", repo_api(&owner, &name), encode(&id));
     ui.api
-        .call(
+        .call::<Queued>(
             &user.token,
             Method::POST,
             &format!("{hook}/deliveries/{}/redeliver", encode(&delivery)),
-            None,
         )
         .await?;
     Ok(Redirect::to(&format!(
