@@ -35,7 +35,7 @@
 # FORGE_NESTED_TIMEOUT (seconds one boot of the nested host may last, 2400),
 # FORGE_NESTED_STALL (seconds of a silent console after which the nested
 # host counts as stopped, 180), FORGE_NESTED_ATTEMPTS (boots of the nested
-# host when one stops, 2), FORGE_DATA_DIR (where the guest image is cached,
+# host when one stops, 3), FORGE_DATA_DIR (where the guest image is cached,
 # /var/lib/forge). Needs root. Exits 0 only when every step passed.
 #
 # The nested host prints a heartbeat on its console every 15 s and kills a
@@ -82,7 +82,7 @@ cpus=${FORGE_NESTED_CPUS:-1}
 # as stopped.
 timeout_secs=${FORGE_NESTED_TIMEOUT:-2400}
 stall_secs=${FORGE_NESTED_STALL:-180}
-attempts=${FORGE_NESTED_ATTEMPTS:-2}
+attempts=${FORGE_NESTED_ATTEMPTS:-3}
 export FORGE_DATA_DIR=${FORGE_DATA_DIR:-/var/lib/forge}
 mkdir -p "$cache" "$FORGE_DATA_DIR"
 
@@ -251,8 +251,8 @@ EOF
 # nested host, from its QEMU monitor, each RIP named by the kernel symbol it
 # falls in (the nested host saves its /proc/kallsyms in its results).
 registers() {
-    python3 - "$1" "$2" <<'PY'
-import bisect, re, socket, sys, time
+    python3 - "$1" "$2" "$3" <<'PY'
+import bisect, re, socket, subprocess, sys, time
 s = socket.socket(socket.AF_UNIX)
 s.settimeout(2)
 s.connect(sys.argv[1])
@@ -268,20 +268,33 @@ while time.time() < end:
     out += chunk
 text = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", out.decode(errors="replace"))
 text = "\n".join(l for l in text.splitlines() if not l.startswith(("QEMU ", "(qemu)")))
-symbols = []
+def table(lines):
+    symbols = []
+    for line in lines:
+        fields = line.split()
+        if len(fields) >= 3 and fields[1] in "tTwW":
+            symbols.append((int(fields[0], 16), " ".join(fields[2:])))
+    return sorted(symbols)
 try:
-    for line in open(sys.argv[2]):
-        addr, kind, name = line.split()[:3]
-        if kind in "tTwW":
-            symbols.append((int(addr, 16), " ".join(line.split()[2:])))
+    nested_host = table(open(sys.argv[2]))
 except OSError:
-    pass
-symbols.sort()
+    nested_host = []
+# A CPU running a guest of the nested host (the test's L2 VM) is at an
+# address of the guest kernel, which is linked without KASLR.
+try:
+    guest = table(subprocess.run(["nm", "-n", sys.argv[3]], capture_output=True,
+                                 text=True, check=True).stdout.splitlines())
+except (OSError, subprocess.CalledProcessError):
+    guest = []
+def lookup(symbols, rip):
+    i = bisect.bisect_right(symbols, (rip, "\uffff")) - 1
+    return f"{symbols[i][1]}+{rip - symbols[i][0]:#x}" if i >= 0 else None
 def name(rip):
     if rip < 1 << 63:
         return "user space"
-    i = bisect.bisect_right(symbols, (rip, "\uffff")) - 1
-    return f"{symbols[i][1]}+{rip - symbols[i][0]:#x}" if i >= 0 else "?"
+    found = [f"{where}: {sym}" for where, sym in
+             (("nested host", lookup(nested_host, rip)), ("guest kernel", lookup(guest, rip))) if sym]
+    return "; or ".join(found) or "?"
 for rip in re.findall(r"RIP=([0-9a-f]{16})", text):
     print(f"RIP {rip}: {name(int(rip, 16))}")
 print(text)
@@ -337,7 +350,7 @@ boot_nested_host() {
         fi
     done
     if [ -n "$outcome" ]; then
-        { echo "# info registers -a, $(date -u +%FT%TZ)"; registers "$monitor" "$results/kallsyms"; } \
+        { echo "# info registers -a, $(date -u +%FT%TZ)"; registers "$monitor" "$results/kallsyms" "$guest_kernel"; } \
             > "$prefix.registers.txt" 2>&1
         kill "$qemu_pid" 2>/dev/null
         sleep 2

@@ -36,9 +36,7 @@ fn sign_in(browser: &Browser, forge: &TestForge) {
     browser.type_into(&token, &forge.admin_token);
     browser.click(&browser.find("form button[type=submit]"));
     browser.wait_until("signed in", Duration::from_secs(10), |b| {
-        b.all("h1")
-            .first()
-            .is_some_and(|h| b.text(h) == "Repositories")
+        b.texts("h1").first().is_some_and(|h| h == "Repositories")
     });
 }
 
@@ -47,7 +45,7 @@ fn create_repo(browser: &Browser, forge: &TestForge, name: &str) {
     browser.type_into(&browser.find("#repo-name"), name);
     browser.click(&browser.find("form[action='/-/repos'] button"));
     browser.wait_until("repository page", Duration::from_secs(10), |b| {
-        b.all("h1").first().is_some_and(|h| b.text(h) == name)
+        b.texts("h1").first().is_some_and(|h| h == name)
     });
 }
 
@@ -169,7 +167,9 @@ fn sign_in_repositories_branches_and_webhooks() {
     );
     browser.click(&browser.find("button[data-copy]"));
     browser.wait_until("copied", Duration::from_secs(5), |b| {
-        b.text(&b.find("button[data-copy]")) == "Copied"
+        b.texts("button[data-copy]")
+            .first()
+            .is_some_and(|t| t == "Copied")
     });
     browser.screenshot("repository-empty");
     assert_labelled(&browser);
@@ -199,9 +199,9 @@ fn sign_in_repositories_branches_and_webhooks() {
     browser.type_into(&branches, "main");
     browser.click(&browser.find("form.webhook button"));
     browser.wait_until("webhook page", Duration::from_secs(10), |b| {
-        b.all("h1")
+        b.texts("h1")
             .first()
-            .is_some_and(|h| b.text(h).starts_with("Webhook "))
+            .is_some_and(|h| h.starts_with("Webhook "))
     });
     let hook_page = browser.url();
 
@@ -230,9 +230,9 @@ fn sign_in_repositories_branches_and_webhooks() {
     // A redelivery is another attempt of the same delivery.
     browser.wait_until("the redelivery", Duration::from_secs(30), |b| {
         b.goto(&hook_page);
-        b.all("#delivery-log tr.delivery td")
+        b.texts("#delivery-log tr.delivery td")
             .get(3)
-            .is_some_and(|attempts| b.text(attempts) == "2")
+            .is_some_and(|attempts| attempts == "2")
     });
     assert_eq!(received.load(Ordering::SeqCst), 2);
 
@@ -254,7 +254,9 @@ fn sign_in_repositories_branches_and_webhooks() {
     );
     browser.click(&browser.find("ul.tree li.dir a"));
     browser.wait_until("src listed", Duration::from_secs(10), |b| {
-        b.text(&b.find("ul.tree")).contains("lib.rs")
+        b.texts("ul.tree")
+            .first()
+            .is_some_and(|t| t.contains("lib.rs"))
     });
     browser.click(&browser.find("ul.tree li.file a"));
     let file = browser.wait_for("pre.file", Duration::from_secs(10));
@@ -285,9 +287,7 @@ fn sign_in_repositories_branches_and_webhooks() {
     browser.script("window.confirm = () => true; return null;");
     browser.click(&browser.find("section.danger button"));
     browser.wait_until("back on the list", Duration::from_secs(10), |b| {
-        b.all("h1")
-            .first()
-            .is_some_and(|h| b.text(h) == "Repositories")
+        b.texts("h1").first().is_some_and(|h| h == "Repositories")
     });
     assert!(!browser.text(&browser.find("main")).contains("acme/web"));
 }
