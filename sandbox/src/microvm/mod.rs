@@ -211,15 +211,17 @@ impl MicrovmSandboxes {
             return Err(Error::NotFound(id.to_owned()));
         }
         let mut record = VmRecord::load(&dir)?;
+        let saved = record.clone();
         if !self.notice_crash(&mut record) {
             return Ok(record);
         }
         // The crash is written down only under the VM's lock, and only if
         // it still holds there: a change in flight owns the record (a
+        // pause to disk ends its VMM before it records the pause, a
         // destroy may just have removed it, a resume be starting a new
-        // VMM). Then the next look after it writes it.
+        // VMM), so meanwhile the record reads as last saved.
         let Some(_vm) = self.locks.try_lock(id) else {
-            return Ok(record);
+            return Ok(saved);
         };
         if !dir.join(vm::RECORD_FILE).exists() {
             return Err(Error::NotFound(id.to_owned()));
