@@ -86,6 +86,10 @@ enum Command {
         /// Where sandboxes keep their state (default: <data dir>/sandboxes).
         #[arg(long, env = "FORGE_SANDBOX_DIR")]
         sandbox_dir: Option<PathBuf>,
+        /// Seconds a microVM's boot (or resume from disk) may take until its
+        /// agent answers; raise it on slow (nested, emulated) hosts.
+        #[arg(long, env = "FORGE_SANDBOX_BOOT_SECS", default_value_t = 60)]
+        sandbox_boot_secs: u64,
         /// The guest image directory (default: the newest in <data dir>/images).
         #[arg(long, env = "FORGE_IMAGE")]
         image: Option<PathBuf>,
@@ -218,6 +222,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             allow_private,
             sandbox_backend,
             sandbox_dir,
+            sandbox_boot_secs,
             image,
             max_sandboxes,
             sandbox_queue_secs,
@@ -235,6 +240,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if !(memory_overcommit > 0.0 && memory_overcommit.is_finite()) {
                 bail!("--memory-overcommit must be a positive number, not {memory_overcommit}");
             }
+            if sandbox_boot_secs == 0 {
+                bail!("--sandbox-boot-secs must be at least 1");
+            }
             forge::server::raise_open_files_limit();
             let max_live_mem_mib = forge::server::host_memory_mib()
                 .map(|mib| (mib as f64 * memory_overcommit) as u64)
@@ -251,6 +259,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 allow_private,
                 sandbox_backend,
                 sandbox_dir,
+                sandbox_boot_timeout: std::time::Duration::from_secs(sandbox_boot_secs),
                 image,
                 limits: forge::vms::Limits {
                     max_live: max_sandboxes,

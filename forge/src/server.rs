@@ -60,6 +60,9 @@ pub struct Config {
     /// Where sandboxes keep their state (default `<data>/sandboxes`; keep it
     /// short: sockets live under it).
     pub sandbox_dir: Option<PathBuf>,
+    /// How long a microVM's boot (or restore) may take until its agent
+    /// answers.
+    pub sandbox_boot_timeout: std::time::Duration,
     /// The guest image's directory (default: the newest in `<data>/images`).
     pub image: Option<PathBuf>,
     /// Limits of the VM API.
@@ -480,10 +483,13 @@ async fn open_sandboxes(config: &Config) -> crate::vms::Availability {
                 .map(|backend| std::sync::Arc::new(backend) as _)
         }
         BackendKind::Microvm => match facts.guest_kernel.clone() {
-            Some(kernel) => ::sandbox::microvm::MicrovmSandboxes::open(
-                ::sandbox::microvm::MicrovmConfig::new(&dir, kernel),
-            )
-            .map(|backend| std::sync::Arc::new(backend) as _),
+            Some(kernel) => {
+                ::sandbox::microvm::MicrovmSandboxes::open(::sandbox::microvm::MicrovmConfig {
+                    boot_timeout: config.sandbox_boot_timeout,
+                    ..::sandbox::microvm::MicrovmConfig::new(&dir, kernel)
+                })
+                .map(|backend| std::sync::Arc::new(backend) as _)
+            }
             None => {
                 return Unavailable(
                     "the microvm backend needs a guest kernel (FORGE_GUEST_KERNEL)".into(),

@@ -90,6 +90,13 @@ async fn harness(test: &str) -> Option<Harness> {
     let data_dir = common::data_dir("microvm", test);
     let mut config = MicrovmConfig::new(&data_dir, kernel);
     config.vmm_binary = forge_vmm();
+    // The forge's own knob: slow (nested, emulated) hosts raise it.
+    if let Some(secs) = std::env::var("FORGE_SANDBOX_BOOT_SECS")
+        .ok()
+        .and_then(|secs| secs.parse().ok())
+    {
+        config.boot_timeout = std::time::Duration::from_secs(secs);
+    }
     let sandboxes = MicrovmSandboxes::open(config).expect("open");
     let mut spec = Spec::new(image);
     spec.mem_mib = 512;

@@ -128,6 +128,9 @@ export FORGE_GUEST_IMAGE="$GUEST_IMAGE"
 export FORGE_BIN="$FORGE_BIN"
 export FORGE_TEST_BINARIES="$TEST_BINARIES"
 export RUST_BACKTRACE=1
+# Guests boot here in 30 to 60 s (emulated SVM under TCG), now and then
+# slower: the forge's 60 s default would fail a healthy but slow boot.
+export FORGE_SANDBOX_BOOT_SECS=${FORGE_SANDBOX_BOOT_SECS:-240}
 export HOME=/root
 
 # A heartbeat on the console: the host takes its absence for a nested host
@@ -139,7 +142,7 @@ if [ "$direct" = 0 ]; then
 fi
 
 # Each step's budget in seconds, well above its longest run so far
-# (linux-boot 45 s, microvm-suite 370 s, forge-slice 330 s).
+# (linux-boot 62 s, microvm-suite 453 s, forge-slice 330 s).
 for step in $STEPS; do
     case "$step" in
     linux-boot)

@@ -424,13 +424,16 @@ fn load_guest(config: &VmConfig, memory: &GuestMemoryMmap) -> Result<Kernel, Bui
 /// own) and long-mode registers at `entry`; APs run from it too only if
 /// the config says so.
 fn configure_vcpus(vm: &Vm, config: &VmConfig, entry: u64) -> Result<Vec<Vcpu>, BuildError> {
-    let cpuid = vm
+    let mut cpuid = vm
         .kvm()
         .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
         .map_err(|source| VmError::Kvm {
             op: "GET_SUPPORTED_CPUID",
             source,
         })?;
+    if vm.kvm().check_extension(kvm_ioctls::Cap::TscDeadlineTimer) {
+        arch::cpuid::announce_tsc_deadline(&mut cpuid);
+    }
     let runnable = config.ap_entry == ApEntry::KernelEntry;
     let mut vcpus = Vec::with_capacity(usize::from(config.vcpus));
     for i in 0..config.vcpus {
