@@ -481,9 +481,18 @@ impl Sandboxes {
     }
 
     /// Makes sure the VM runs, then holds it running (no pause, fork or
-    /// destroy) until the guard is dropped.
+    /// destroy) until the guard is dropped. Holders share the VM: a VM that
+    /// already runs with its link up is held at once, beside any other
+    /// exec or file operation on it; only one that must be resumed (or
+    /// linked) first takes the lock exclusively for that.
     async fn hold_running(&self, id: &str) -> Result<OwnedRwLockReadGuard<()>, VmError> {
         let lock = self.lock_of(id);
+        let shared = lock.clone().read_owned().await;
+        if self.get(id).await?.state == VmState::Running && self.network.is_up(id) {
+            self.store.touch_vm(id).await?;
+            return Ok(shared);
+        }
+        drop(shared);
         let exclusive = lock.write_owned().await;
         self.running(id).await?;
         Ok(exclusive.downgrade())

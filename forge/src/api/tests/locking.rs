@@ -203,11 +203,7 @@ async fn a_pause_waits_for_the_commands_in_flight_instead_of_freezing_them() {
     );
 }
 
-// `vms/mod.rs` promises that requests share a VM once it runs, but
-// `hold_running` takes the VM's lock exclusively before sharing it, and a
-// tokio `RwLock` writer waits for every reader: a second exec starts only
-// when the first has ended.
-#[ignore = "the forge serialises execs on one VM, against its documentation"]
+// Execs share the VM: neither waits for the other to end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn execs_on_one_vm_run_side_by_side() {
     let app = Arc::new(TestApp::start().await);
