@@ -47,6 +47,59 @@ pub struct Author {
     pub email: String,
 }
 
+/// `GET /v1/repos/{owner}/{name}/contents?branch=&path=`: what a path
+/// names at the head of a branch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum Contents {
+    /// A directory: directories first, then the rest, each sorted by name.
+    Dir {
+        path: String,
+        branch: String,
+        entries: Vec<TreeEntry>,
+    },
+    /// A file. A file over 1 MiB is `truncated`: only its first MiB is
+    /// read, and `size` is the whole file's.
+    File {
+        path: String,
+        branch: String,
+        /// `None` for binary content.
+        text: Option<String>,
+        binary: bool,
+        truncated: bool,
+        size: u64,
+    },
+}
+
+/// One entry of a directory listing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TreeEntry {
+    pub name: String,
+    pub kind: EntryKind,
+}
+
+/// What a directory entry is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EntryKind {
+    Dir,
+    File,
+    Symlink,
+    Submodule,
+}
+
+impl EntryKind {
+    /// The wire spelling, also the CSS class the web UI gives the entry.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Dir => "dir",
+            Self::File => "file",
+            Self::Symlink => "symlink",
+            Self::Submodule => "submodule",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -64,5 +117,30 @@ mod tests {
             json!({ "name": "acme/web" })
         );
         assert!(serde_json::from_value::<CreateRepo>(json!({ "name": "a/b", "x": 1 })).is_err());
+    }
+
+    #[test]
+    fn contents_are_tagged_by_type() {
+        let dir = Contents::Dir {
+            path: "src".into(),
+            branch: "main".into(),
+            entries: vec![TreeEntry {
+                name: "lib".into(),
+                kind: EntryKind::Submodule,
+            }],
+        };
+        assert_eq!(
+            serde_json::to_value(&dir).expect("serialises"),
+            json!({
+                "type": "dir", "path": "src", "branch": "main",
+                "entries": [{ "name": "lib", "kind": "submodule" }],
+            })
+        );
+        let file = json!({
+            "type": "file", "path": "a.bin", "branch": "main", "text": null,
+            "binary": true, "truncated": false, "size": 3,
+        });
+        let parsed: Contents = serde_json::from_value(file.clone()).expect("parses");
+        assert_eq!(serde_json::to_value(parsed).expect("serialises"), file);
     }
 }

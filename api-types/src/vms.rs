@@ -214,6 +214,32 @@ pub struct ExecFailure {
     pub message: String,
 }
 
+/// `POST /v1/vms/{id}/terminal/tickets`: a one-time ticket that opens the
+/// VM's terminal WebSocket (`?ticket=`) without a token in the URL.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TerminalTicket {
+    pub ticket: String,
+    pub expires_in_secs: u64,
+}
+
+/// `POST /v1/vms/{id}/ports/{port}/links`: a link to the VM's server on
+/// `port` that works without a token for `ttl_secs` (default an hour).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkRequest {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ttl_secs: Option<u64>,
+}
+
+/// The answer to a [`LinkRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShareLink {
+    pub url: String,
+    /// RFC 3339.
+    pub expires_at: Option<String>,
+    pub ttl_secs: u64,
+}
+
 /// `POST /v1/vms/{id}/fork`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

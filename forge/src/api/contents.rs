@@ -2,16 +2,14 @@
 //! listing or a file at the head of a branch (the default branch unless
 //! named), for browsing a repository.
 //!
-//! A directory is `{"type":"dir","path","branch","entries":[{"name","kind"}]}`;
-//! a file is `{"type":"file","path","branch","text","binary","truncated","size"}`,
-//! where `text` is `null` for binary content. A file over 1 MiB is
+//! The answer is an [`api_types::repos::Contents`]. A file over 1 MiB is
 //! `truncated`: only its first MiB is read, streamed from git, so a blob
 //! that inflates to gigabytes costs the forge one MiB.
 
+use api_types::repos::Contents;
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use serde::Deserialize;
-use serde_json::{Value, json};
 
 use super::ApiError;
 use super::repos::authorize;
@@ -31,7 +29,7 @@ pub async fn show(
     caller: Caller,
     Path((owner, name)): Path<(String, String)>,
     Query(query): Query<ContentsQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Contents>, ApiError> {
     let repo = authorize(&state, &caller, &owner, &name, Scope::RepoRead).await?;
     let branch = query.branch.unwrap_or_else(|| repo.default_branch.clone());
     let dir = state.repos.path(&repo.id);
@@ -49,9 +47,11 @@ pub async fn show(
                 ))
             })?;
     Ok(Json(match node {
-        Node::Dir(entries) => json!({
-            "type": "dir", "path": query.path, "branch": branch, "entries": entries,
-        }),
+        Node::Dir(entries) => Contents::Dir {
+            path: query.path,
+            branch,
+            entries,
+        },
         Node::File(data) => file(&query.path, &branch, data, None),
         Node::LargeFile { id, size } => {
             let head = crate::git::blob_head(
@@ -68,7 +68,7 @@ pub async fn show(
 
 /// A file's answer; `size` is the whole file's when `data` is only its
 /// beginning.
-fn file(path: &str, branch: &str, data: Vec<u8>, size: Option<u64>) -> Value {
+fn file(path: &str, branch: &str, data: Vec<u8>, size: Option<u64>) -> Contents {
     // A cut may fall inside a UTF-8 sequence: the text ends before it.
     let text = match std::str::from_utf8(&data) {
         Ok(text) => Some(text),
@@ -78,9 +78,12 @@ fn file(path: &str, branch: &str, data: Vec<u8>, size: Option<u64>) -> Value {
         Err(_) => None,
     }
     .filter(|t| !t.contains('\0'));
-    json!({
-        "type": "file", "path": path, "branch": branch,
-        "binary": text.is_none(), "text": text, "truncated": size.is_some(),
-        "size": size.unwrap_or(data.len() as u64),
-    })
+    Contents::File {
+        path: path.to_owned(),
+        branch: branch.to_owned(),
+        binary: text.is_none(),
+        text: text.map(str::to_owned),
+        truncated: size.is_some(),
+        size: size.unwrap_or(data.len() as u64),
+    }
 }

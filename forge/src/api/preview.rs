@@ -34,6 +34,7 @@ use std::path::Path as FsPath;
 use std::sync::Arc;
 
 use anyhow::Context;
+use api_types::vms::{LinkRequest, ShareLink};
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{FromRequestParts, Path, Request, State};
@@ -42,8 +43,6 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use hmac::{Hmac, Mac};
 use hyper_util::rt::TokioIo;
-use serde::Deserialize;
-use serde_json::{Value, json};
 use sha2::Sha256;
 
 use super::ApiError;
@@ -147,19 +146,13 @@ pub async fn shared(
     forward(&state, id, port, param("path"), request, Served::OnForge).await
 }
 
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct LinkRequest {
-    ttl_secs: Option<u64>,
-}
-
 /// `POST /v1/vms/{id}/ports/{port}/links {ttl_secs}`: a share link.
 pub async fn create_link(
     State(state): State<AppState>,
     caller: Caller,
     Path((id, port)): Path<(String, u16)>,
     body: Option<Json<LinkRequest>>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<ShareLink>), ApiError> {
     super::vms::owned(&state, &caller, &id).await?;
     let ttl = body
         .map(|Json(b)| b)
@@ -193,7 +186,11 @@ pub async fn create_link(
     tracing::info!(vm = %id, port, ttl, "share link created");
     Ok((
         StatusCode::CREATED,
-        Json(json!({ "url": url, "expires_at": expires_at, "ttl_secs": ttl })),
+        Json(ShareLink {
+            url,
+            expires_at,
+            ttl_secs: ttl,
+        }),
     ))
 }
 

@@ -39,6 +39,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use api_types::vms::TerminalTicket;
 use axum::Router;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Extension, Path, Query, State};
@@ -46,7 +47,6 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::routing::{get, post};
 use serde::Deserialize;
-use serde_json::{Value, json};
 
 use super::{ApiError, created};
 use crate::auth::Caller;
@@ -99,13 +99,13 @@ async fn ticket(
     Extension(tickets): Extension<Tickets>,
     caller: Caller,
     Path(id): Path<String>,
-) -> Result<(StatusCode, axum::Json<Value>), ApiError> {
+) -> Result<(StatusCode, axum::Json<TerminalTicket>), ApiError> {
     super::vms::owned(&state, &caller, &id).await?;
-    let secret = tickets.issue(caller, &id);
-    Ok(created(json!({
-        "ticket": secret,
-        "expires_in_secs": TICKET_TTL.as_secs(),
-    })))
+    let ticket = tickets.issue(caller, &id);
+    Ok(created(TerminalTicket {
+        ticket,
+        expires_in_secs: TICKET_TTL.as_secs(),
+    }))
 }
 
 #[derive(Debug, Deserialize)]

@@ -4,21 +4,13 @@
 
 use std::path::Path;
 
+use api_types::repos::{EntryKind, TreeEntry as Entry};
 use gix::bstr::ByteSlice;
-use serde::Serialize;
 
 use super::inspect::{Result, err, open};
 
 /// Files larger than this are not read whole.
 pub const MAX_FILE_BYTES: usize = 1 << 20;
-
-/// One entry of a directory.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct Entry {
-    pub name: String,
-    /// `dir`, `file`, `symlink` or `submodule`.
-    pub kind: &'static str,
-}
 
 /// What a path names at a branch's head.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,20 +66,22 @@ pub fn at_branch(git_dir: &Path, branch: &str, path: &str) -> Result<Option<Node
                 let entry = entry.map_err(err)?;
                 let mode = entry.mode();
                 let kind = if mode.is_tree() {
-                    "dir"
+                    EntryKind::Dir
                 } else if mode.is_link() {
-                    "symlink"
+                    EntryKind::Symlink
                 } else if mode.is_commit() {
-                    "submodule"
+                    EntryKind::Submodule
                 } else {
-                    "file"
+                    EntryKind::File
                 };
                 entries.push(Entry {
                     name: entry.filename().to_str_lossy().into_owned(),
                     kind,
                 });
             }
-            entries.sort_by(|a, b| (a.kind != "dir", &a.name).cmp(&(b.kind != "dir", &b.name)));
+            entries.sort_by(|a, b| {
+                (a.kind != EntryKind::Dir, &a.name).cmp(&(b.kind != EntryKind::Dir, &b.name))
+            });
             Ok(Some(Node::Dir(entries)))
         }
         gix::object::Kind::Blob => Ok(Some(Node::File(object.detach().data))),

@@ -3,18 +3,15 @@
 //! with pause, resume and fork buttons and a terminal link, and the preview
 //! link when the sandbox serves one. The run history is the branch's runs
 //! among the repository's newest 50.
-//!
-//! The contents answer (`GET /v1/repos/{owner}/{name}/contents`) has no
-//! type in `api-types` yet: it is read as JSON here.
 
 use api_types::VmState;
+use api_types::repos::{Contents, EntryKind};
 use api_types::runs::RunView;
 use api_types::vms::VmView;
 use axum::extract::{Path, Query, State};
 use axum::response::Response;
 use maud::{Markup, html};
 use serde::Deserialize;
-use serde_json::Value;
 
 use super::repos::runs_table;
 use super::{branch_vm, repo_api, repo_page, visible_vms};
@@ -40,7 +37,7 @@ pub async fn show(
 ) -> Result<Response, PageError> {
     let api = repo_api(&owner, &name);
     let full = format!("{owner}/{name}");
-    let contents: Value = ui
+    let contents: Contents = ui
         .api
         .get(
             &user.token,
@@ -145,31 +142,28 @@ fn path_crumbs(here: &str, path: &str) -> Markup {
     }
 }
 
-/// The text of a JSON string field, or "".
-fn text<'a>(value: &'a Value, key: &str) -> &'a str {
-    value[key].as_str().unwrap_or_default()
-}
-
-fn files(here: &str, path: &str, contents: &Value) -> Markup {
+fn files(here: &str, path: &str, contents: &Contents) -> Markup {
     let prefix = path.trim_matches('/');
     html! {
-        @if text(contents, "type") == "dir" {
-            ul.tree aria-label="Directory" {
-                @for entry in contents["entries"].as_array().into_iter().flatten() {
-                    @let name = text(entry, "name");
-                    @let full = if prefix.is_empty() { name.to_owned() } else { format!("{prefix}/{name}") };
-                    li class=(text(entry, "kind")) {
-                        a href={ (here) "&path=" (encode(&full)) } {
-                            (name) @if text(entry, "kind") == "dir" { "/" }
+        @match contents {
+            Contents::Dir { entries, .. } => {
+                ul.tree aria-label="Directory" {
+                    @for entry in entries {
+                        @let name = &entry.name;
+                        @let full = if prefix.is_empty() { name.clone() } else { format!("{prefix}/{name}") };
+                        li class=(entry.kind.as_str()) {
+                            a href={ (here) "&path=" (encode(&full)) } {
+                                (name) @if entry.kind == EntryKind::Dir { "/" }
+                            }
                         }
                     }
                 }
             }
-        } @else if contents["binary"].as_bool() == Some(true) {
-            p { "Binary file, not shown." }
-        } @else {
-            @if contents["truncated"].as_bool() == Some(true) { p.muted { "Only the first MiB is shown." } }
-            pre.file aria-label={ "Content of " (path) } { code { (text(contents, "text")) } }
+            Contents::File { binary: true, .. } => p { "Binary file, not shown." },
+            Contents::File { text, truncated, .. } => {
+                @if *truncated { p.muted { "Only the first MiB is shown." } }
+                pre.file aria-label={ "Content of " (path) } { code { (text.as_deref().unwrap_or_default()) } }
+            }
         }
     }
 }

@@ -12,13 +12,12 @@
 use std::collections::HashMap;
 
 use api_types::VmState;
-use api_types::vms::{CarriedVm, ForkRequest, Forks, System, VmDetail, VmView};
+use api_types::vms::{CarriedVm, ForkRequest, Forks, System, TerminalTicket, VmDetail, VmView};
 use axum::Form;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Json, Redirect, Response};
 use maud::{Markup, html};
-use serde_json::Value;
 
 use super::{Fields, branch_page, visible_vms};
 use crate::Ui;
@@ -170,7 +169,7 @@ pub async fn ticket(
     Path(id): Path<String>,
 ) -> Result<Response, PageError> {
     user.check_csrf_header(&headers)?;
-    let ticket: Value = ui
+    let ticket: TerminalTicket = ui
         .api
         .call(
             &user.token,
