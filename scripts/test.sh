@@ -16,7 +16,7 @@
 #
 # The closing lines give each tier's counts and time. A test whose
 # requirement is missing fails under CI (CI=true, the default here; see
-# tests/requirements); where it may skip, it is listed and counted as
+# tests/support); where it may skip, it is listed and counted as
 # skipped, never as passed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -81,7 +81,7 @@ if [ "$skipped" -gt 0 ]; then
     echo "skipped (a requirement missing on this host):"
     sort "$FORGE_TEST_SKIPS" | awk -F'\t' '{ printf "  %s: %s (%s)\n", $1, $2, $3 }'
 fi
-cargo run --quiet -p test-requirements
+cargo run --quiet -p test-support
 # cargo counts a test that returned early for a missing requirement as
 # passed; it did not run, so it counts as skipped here.
 cat "$logs"/{unit,doc,integration}.log | awk -v skipped="$skipped" '

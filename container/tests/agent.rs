@@ -10,6 +10,7 @@ use std::time::Duration;
 use agent_proto::{ExecRequest, StepOutcome};
 use common::{TestBackend, eventually, host_usr_root};
 use sandbox_container::{Kept, PauseMode};
+use test_support::requirements;
 
 async fn run(client: &agent_proto::Client, argv: &[&str]) -> (i32, String) {
     let out = client

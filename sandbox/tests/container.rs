@@ -14,6 +14,7 @@ use common::Harness;
 use sandbox::container::{AgentInit, ContainerConfig, ContainerSandboxes};
 use sandbox::{Image, Sandbox, Spec};
 use sandbox_container::{BackendConfig, Bind};
+use test_support::requirements;
 
 async fn harness(test: &str) -> Option<Harness> {
     assert!(

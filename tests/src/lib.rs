@@ -16,6 +16,8 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+pub use test_support::poll::{eventually, stays};
+use test_support::requirements;
 
 pub mod webdriver;
 
@@ -652,49 +654,4 @@ pub fn noise(len: usize, seed: u64) -> Vec<u8> {
             (state >> 24) as u8
         })
         .collect()
-}
-
-/// Polls `probe` until it returns `Ok` and returns that value. `Err` carries
-/// what the probe saw instead; after `within`, the test fails naming `what`
-/// and the last of those.
-pub fn eventually<T, E: std::fmt::Debug>(
-    within: Duration,
-    what: &str,
-    mut probe: impl FnMut() -> Result<T, E>,
-) -> T {
-    let start = Instant::now();
-    let mut pause = Duration::from_millis(5);
-    loop {
-        match probe() {
-            Ok(value) => return value,
-            Err(seen) => assert!(
-                start.elapsed() < within,
-                "{what}: not within {within:?}; last saw {seen:?}"
-            ),
-        }
-        std::thread::sleep(pause);
-        pause = (pause * 2).min(Duration::from_millis(200));
-    }
-}
-
-/// Observes `observe` for `window` and returns what it saw; the test fails,
-/// naming `what`, as soon as it sees something else than at the start. For
-/// what must not happen: each caller says why its window is long enough.
-pub fn stays<T: PartialEq + std::fmt::Debug>(
-    window: Duration,
-    what: &str,
-    mut observe: impl FnMut() -> T,
-) -> T {
-    let start = Instant::now();
-    let first = observe();
-    while start.elapsed() < window {
-        std::thread::sleep(Duration::from_millis(20).min(window.saturating_sub(start.elapsed())));
-        let now = observe();
-        assert!(
-            now == first,
-            "{what}: changed after {:?} from {first:?} to {now:?}",
-            start.elapsed()
-        );
-    }
-    first
 }

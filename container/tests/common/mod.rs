@@ -5,12 +5,14 @@
 mod shared;
 #[allow(unused_imports)]
 pub use shared::{agent_binary, host_usr_root};
+#[allow(unused_imports)] // each test crate uses its own subset
+pub use test_support::poll::{eventually, stays};
+use test_support::requirements;
 
 use std::fs;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
 
 use sandbox_container::{
     BackendConfig, ContainerBackend, CreateRequest, ExecRequest, Limits, SandboxInfo,
@@ -174,51 +176,6 @@ impl TestBackend {
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
-}
-
-/// Polls `probe` until it returns `Ok` and returns that value. `Err` carries
-/// what the probe saw instead; after `within`, the test fails naming `what`
-/// and the last of those.
-pub fn eventually<T, E: std::fmt::Debug>(
-    within: Duration,
-    what: &str,
-    mut probe: impl FnMut() -> Result<T, E>,
-) -> T {
-    let start = Instant::now();
-    let mut pause = Duration::from_millis(5);
-    loop {
-        match probe() {
-            Ok(value) => return value,
-            Err(seen) => assert!(
-                start.elapsed() < within,
-                "{what}: not within {within:?}; last saw {seen:?}"
-            ),
-        }
-        std::thread::sleep(pause);
-        pause = (pause * 2).min(Duration::from_millis(100));
-    }
-}
-
-/// Observes `observe` for `window` and returns what it saw; the test fails,
-/// naming `what`, as soon as it sees something else than at the start. For
-/// what must not happen: each caller says why its window is long enough.
-pub fn stays<T: PartialEq + std::fmt::Debug>(
-    window: Duration,
-    what: &str,
-    mut observe: impl FnMut() -> T,
-) -> T {
-    let start = Instant::now();
-    let first = observe();
-    while start.elapsed() < window {
-        std::thread::sleep(Duration::from_millis(10).min(window.saturating_sub(start.elapsed())));
-        let now = observe();
-        assert!(
-            now == first,
-            "{what}: changed after {:?} from {first:?} to {now:?}",
-            start.elapsed()
-        );
-    }
-    first
 }
 
 impl Drop for TestBackend {

@@ -20,6 +20,8 @@ use tokio::sync::Notify;
 
 use hooks::sign::{self, Secret};
 use hooks::{AttemptRecord, DisableReason, DueDelivery, NextStep};
+#[allow(unused_imports)] // each test crate uses its own subset
+pub use test_support::poll::stays_async as stays;
 
 /// How the receiver answers one request.
 #[derive(Debug, Clone)]
@@ -477,27 +479,4 @@ impl hooks::DeliveryStore for MemoryStore {
         t.notices.push((subscription_id.to_owned(), reason.clone()));
         Ok(())
     }
-}
-
-/// Observes `observe` for `window` and returns what it saw; the test fails,
-/// naming `what`, as soon as it sees something else than at the start. For
-/// what must not happen: each caller says why its window is long enough.
-pub async fn stays<T: PartialEq + std::fmt::Debug>(
-    window: Duration,
-    what: &str,
-    mut observe: impl AsyncFnMut() -> T,
-) -> T {
-    let start = Instant::now();
-    let first = observe().await;
-    while start.elapsed() < window {
-        tokio::time::sleep(Duration::from_millis(5).min(window.saturating_sub(start.elapsed())))
-            .await;
-        let now = observe().await;
-        assert!(
-            now == first,
-            "{what}: changed after {:?} from {first:?} to {now:?}",
-            start.elapsed()
-        );
-    }
-    first
 }

@@ -9,7 +9,6 @@ mod shared;
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 #[allow(unused_imports)]
 pub use shared::{
@@ -17,6 +16,8 @@ pub use shared::{
 };
 
 use sandbox::{Backend, Spec};
+#[allow(unused_imports)] // each test crate uses its own subset
+pub use test_support::poll::stays_async as stays;
 
 /// Host paths that exist while a sandbox (by id) lives.
 pub type Footprint = Box<dyn Fn(&str) -> Vec<PathBuf> + Send + Sync>;
@@ -71,27 +72,4 @@ pub fn data_dir(backend: &str, test: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("data dir");
     dir
-}
-
-/// Observes `observe` for `window` and returns what it saw; the case fails,
-/// naming `what`, as soon as it sees something else than at the start. For
-/// what must not happen: each caller says why its window is long enough.
-pub async fn stays<T: PartialEq + std::fmt::Debug>(
-    window: Duration,
-    what: &str,
-    mut observe: impl AsyncFnMut() -> T,
-) -> T {
-    let start = Instant::now();
-    let first = observe().await;
-    while start.elapsed() < window {
-        tokio::time::sleep(Duration::from_millis(10).min(window.saturating_sub(start.elapsed())))
-            .await;
-        let now = observe().await;
-        assert!(
-            now == first,
-            "{what}: changed after {:?} from {first:?} to {now:?}",
-            start.elapsed()
-        );
-    }
-    first
 }

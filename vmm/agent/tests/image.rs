@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use agent_proto::{Client, ExecRequest, ExitStatus};
 use guest_image::{BuildOptions, Image};
+use test_support::requirements;
 
 fn data_dir() -> PathBuf {
     std::env::var_os("FORGE_DATA_DIR")

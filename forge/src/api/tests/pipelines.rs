@@ -12,7 +12,8 @@ use sandbox::testing::{Ending, Reply};
 use serde_json::{Value, json};
 
 use crate::store::NewEvent;
-use crate::testing::{TestApp, eventually};
+use crate::testing::TestApp;
+use test_support::poll::eventually_async as eventually;
 
 const PATIENCE: Duration = Duration::from_secs(20);
 
@@ -119,20 +120,18 @@ fn step_names(run: &Value) -> Vec<String> {
 }
 
 async fn finished_run(app: &TestApp, commit: &str) -> Value {
-    let mut found = Value::Null;
-    eventually("the run finished", PATIENCE, async || {
-        found = runs(app)
+    eventually(PATIENCE, "the run finished", async || {
+        let run = runs(app)
             .await
             .into_iter()
             .find(|run| run["commit_id"] == commit)
             .unwrap_or_default();
-        matches!(
-            found["state"].as_str(),
-            Some("passed" | "failed" | "cancelled" | "error")
-        )
+        match run["state"].as_str() {
+            Some("passed" | "failed" | "cancelled" | "error") => Ok(run),
+            _ => Err(run),
+        }
     })
-    .await;
-    found
+    .await
 }
 
 /// A backend where git (the checkout) succeeds.
@@ -273,11 +272,16 @@ async fn a_newer_push_cancels_the_running_step_and_the_run_says_so() {
             .any(|e| e.invocation.script() == "bun test"),
         "the steps after the cancelled one never ran"
     );
-    eventually("the sandbox saw the step cancelled", PATIENCE, async || {
-        app.backend
+    eventually(PATIENCE, "the sandbox saw the step cancelled", async || {
+        let lint = app
+            .backend
             .execs()
-            .iter()
-            .any(|e| e.invocation.script() == "bun run lint" && e.ending == Some(Ending::Cancelled))
+            .into_iter()
+            .find(|e| e.invocation.script() == "bun run lint");
+        match lint.as_ref().and_then(|e| e.ending.as_ref()) {
+            Some(Ending::Cancelled) => Ok(()),
+            _ => Err(lint.map(|e| e.ending)),
+        }
     })
     .await;
 

@@ -8,8 +8,9 @@ use axum::http::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use super::assert_error;
-use crate::testing::{TestApp, eventually};
+use crate::testing::TestApp;
 use crate::vms::Limits;
+use test_support::poll::eventually_async as eventually;
 
 async fn create(app: &TestApp, token: &str, body: Value) -> (StatusCode, Value) {
     app.call(Method::POST, "/v1/vms", Some(token), Some(body))
@@ -121,14 +122,19 @@ async fn a_queued_create_is_counted_and_admitted_when_room_frees() {
         })
     };
     eventually(
-        "the create waits in the queue",
         Duration::from_secs(10),
+        "the create waits in the queue",
         async || {
             let system = app
                 .call(Method::GET, "/v1/system", Some(app.admin()), None)
                 .await
                 .1;
-            system["sandboxes"]["queue"]["waiting"] == 1
+            let waiting = &system["sandboxes"]["queue"]["waiting"];
+            if waiting == 1 {
+                Ok(())
+            } else {
+                Err(waiting.clone())
+            }
         },
     )
     .await;

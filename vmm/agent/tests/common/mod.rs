@@ -11,6 +11,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use agent_proto::Client;
+#[allow(unused_imports)] // each test crate uses its own subset
+pub use test_support::poll::eventually_async as eventually;
 
 /// A test that runs longer than this has hung: its agent is killed, so the
 /// test's socket operations fail instead of waiting forever.
@@ -153,29 +155,6 @@ pub fn written_by(argv: &[&str]) -> Option<u64> {
             io.lines()
                 .find_map(|l| l.strip_prefix("wchar:")?.trim().parse().ok())
         })
-}
-
-/// Polls `probe` until it returns `Ok` and returns that value. `Err` carries
-/// what the probe saw instead; after `within`, the test fails naming `what`
-/// and the last of those.
-pub async fn eventually<T, E: std::fmt::Debug>(
-    within: Duration,
-    what: &str,
-    mut probe: impl AsyncFnMut() -> Result<T, E>,
-) -> T {
-    let start = Instant::now();
-    let mut pause = Duration::from_millis(2);
-    loop {
-        match probe().await {
-            Ok(value) => return value,
-            Err(seen) => assert!(
-                start.elapsed() < within,
-                "{what}: not within {within:?}; last saw {seen:?}"
-            ),
-        }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_millis(50));
-    }
 }
 
 /// Deterministic bytes covering every value.

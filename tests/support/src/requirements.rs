@@ -17,8 +17,6 @@
 //!
 //! The skip file's lines are `<test>\t<requirement>\t<why>`.
 
-#![forbid(unsafe_code)]
-
 use std::fmt;
 use std::io::Write;
 
@@ -80,7 +78,7 @@ pub struct Optional {
 /// The requirements a CI run may lack. Empty: the hosts CI runs on get
 /// everything from `scripts/setup-host.sh`, so a missing requirement there
 /// is a broken set-up, not a reason to pass. `scripts/test.sh` prints this
-/// list at the end of every run (see the `test-requirements` binary).
+/// list at the end of every run (see the `test-support` binary).
 pub const OPTIONAL: &[Optional] = &[];
 
 /// The environment variable naming the file skipped tests are appended to.
@@ -131,7 +129,7 @@ pub fn missing(requirement: Requirement, why: &str) {
     match verdict(requirement, under_ci()) {
         Verdict::Fail => panic!(
             "{test}: requirement `{requirement}` is missing under CI: {why}; {}. \
-             A CI run must not pass without it (tests/requirements: OPTIONAL lists the exceptions)",
+             A CI run must not pass without it (tests/support: requirements::OPTIONAL lists the exceptions)",
             requirement.remedy()
         ),
         Verdict::Skip => {
