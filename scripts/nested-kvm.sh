@@ -21,12 +21,17 @@
 # steps run directly on it, without QEMU.
 #
 # Usage: scripts/nested-kvm.sh [--steps "<step> ..."] [--nested | --direct]
-#                              [--keep]
+#                              [--keep] [--prepare]
 #
-#   --steps     only these steps (default: all three)
+#   --steps     only these steps (default: all three); microvm-suite-<K>of<N>
+#               is the K-th of every N cases of microvm-suite, so that
+#               several nested hosts can share the suite
 #   --nested    boot the nested host even where /dev/kvm is hardware
 #   --direct    run on this host's /dev/kvm (fails where it cannot boot Linux)
 #   --keep      keep the run's scratch disk
+#   --prepare   only install, build and cache what a run needs (packages,
+#               kernels, binaries, the guest image, the initramfs), then
+#               exit: runs started side by side after it share all of it
 #
 # Environment: FORGE_NESTED_CACHE (default /var/cache/forge/nested: the
 # nested host's kernel, initramfs and run directories), FORGE_NESTED_MEM_MIB
@@ -56,12 +61,14 @@ die() {
 steps="linux-boot microvm-suite forge-slice"
 mode=auto
 keep=0
+prepare_only=0
 while [ $# -gt 0 ]; do
     case "$1" in
     --steps) steps=${2:?--steps needs a list}; shift ;;
     --nested) mode=nested ;;
     --direct) mode=direct ;;
     --keep) keep=1 ;;
+    --prepare) prepare_only=1 ;;
     -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown argument $1 (see --help)" ;;
     esac
@@ -174,12 +181,6 @@ guest_image=$(dirname "$(printf '%s\n' "$image_out" | sed -n 's/^ *ext4: *//p')"
 [ -f "$guest_image/image.json" ] || die "forge image build named no image: $image_out"
 log "guest image: $guest_image"
 
-run="$cache/runs/$(date +%Y%m%d-%H%M%S)-$$"
-results="$run/results"
-mkdir -p "$results"
-# Keep the five newest runs' results.
-ls -1dt "$cache"/runs/*/ 2>/dev/null | tail -n +6 | xargs -r rm -rf
-
 kmod_root=""
 if [ "$mode" = nested ]; then
     # The nested host's kernel: Debian's, unpacked (not installed), with
@@ -227,6 +228,17 @@ if [ "$mode" = nested ]; then
         rm -rf "$tree"
     fi
 fi
+
+if [ "$prepare_only" = 1 ]; then
+    log "prepared: packages, kernels, binaries, guest image and initramfs are in place"
+    exit 0
+fi
+
+run="$cache/runs/$(date +%Y%m%d-%H%M%S)-$$"
+results="$run/results"
+mkdir -p "$results"
+# Keep the ten newest runs' results (two hosts may run side by side).
+ls -1dt "$cache"/runs/*/ 2>/dev/null | tail -n +11 | xargs -r rm -rf
 
 # write_plan <results directory> <steps>: what the run inside is to do.
 write_plan() {

@@ -141,6 +141,16 @@ if [ "$direct" = 0 ]; then
     done &
 fi
 
+# shard_cases <test executable> <K> <N>: the names of the K-th of every N
+# test cases (ignored ones included) the executable lists; nothing when K
+# is not between 1 and N.
+shard_cases() {
+    case "$2$3" in *[!0-9]*) return ;; esac
+    [ "$2" -ge 1 ] && [ "$2" -le "$3" ] || return
+    "$1" --list --include-ignored --format terse 2>/dev/null \
+        | sed -n 's/: test$//p' | awk -v k="$2" -v n="$3" '(NR - k) % n == 0'
+}
+
 # Each step's budget in seconds, well above its longest run so far
 # (linux-boot 62 s, microvm-suite 453 s, forge-slice 330 s).
 for step in $STEPS; do
@@ -149,6 +159,19 @@ for step in $STEPS; do
         run_step linux-boot 600 "$REPO/vmm" "$EXE_LINUX_BOOT" --ignored --test-threads 1 ;;
     microvm-suite)
         run_step microvm-suite 1500 "$REPO/sandbox" "$EXE_MICROVM_SUITE" --include-ignored --test-threads 1 ;;
+    microvm-suite-*of*)
+        # One shard of the suite: its K-th of every N cases, in the order
+        # libtest lists them (two nested hosts share the suite this way).
+        shard=${step#microvm-suite-}
+        cases=$(shard_cases "$EXE_MICROVM_SUITE" "${shard%of*}" "${shard#*of}")
+        if [ -z "$cases" ]; then
+            say "step $step: no such shard of the suite"
+            printf '%s\tfailed\t0\n' "$step" >> "$RESULTS/steps.tsv"
+            failed=1
+            continue
+        fi
+        # shellcheck disable=SC2086 # one argument per case
+        run_step "$step" 1500 "$REPO/sandbox" "$EXE_MICROVM_SUITE" --include-ignored --test-threads 1 --exact $cases ;;
     forge-slice)
         run_step forge-slice 1500 "$REPO/tests" "$EXE_FORGE_SLICE" --ignored --test-threads 1 --nocapture ;;
     *)

@@ -184,7 +184,7 @@ mod tests {
         });
     }
 
-    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    #[tokio::test(flavor = "current_thread")]
     async fn the_async_helpers_poll_the_same_way() {
         let mut calls = 0;
         let value = eventually_async(Duration::from_secs(5), "the second call", async || {
