@@ -15,6 +15,11 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use api_types::repos::{CreateRepo, RepoView};
+use api_types::runs::RunView;
+use api_types::tokens::TokenView;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 pub use test_support::poll::{eventually, stays};
 use test_support::requirements;
@@ -412,6 +417,18 @@ impl TestForge {
         path: &str,
         body: Option<Value>,
     ) -> (u16, Value) {
+        let (status, text) = self.call_text(token, method, path, body);
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// An HTTP call with `token`; returns the status and the body as text.
+    fn call_text(
+        &self,
+        token: Option<&str>,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, String) {
         let client = reqwest::blocking::Client::builder()
             .timeout(self.request_timeout())
             .build()
@@ -427,7 +444,7 @@ impl TestForge {
         let response = request.send().expect("the forge answers");
         let status = response.status().as_u16();
         let text = response.text().expect("body");
-        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+        (status, text)
     }
 
     /// How long one API call may take: a create or fork on microVMs boots
@@ -439,29 +456,26 @@ impl TestForge {
         }
     }
 
-    /// An admin call that must succeed.
     /// Waits (up to 4 minutes) for the pipeline run of `commit` in `repo`
     /// to finish and returns it as the runs API lists it.
-    pub fn finished_run(&self, repo: &str, commit: &str) -> Value {
+    pub fn finished_run(&self, repo: &str, commit: &str) -> RunView {
         let deadline = Instant::now() + Duration::from_secs(240);
         loop {
-            let runs = self.admin("GET", &format!("/v1/repos/{repo}/runs"), None);
-            if let Some(run) = runs
-                .as_array()
-                .and_then(|runs| runs.iter().find(|r| r["commit_id"] == commit))
-                && ["passed", "failed", "error", "cancelled"]
-                    .contains(&run["state"].as_str().unwrap_or_default())
+            let runs: Vec<RunView> = self.get(&format!("/v1/repos/{repo}/runs"));
+            if let Some(run) = runs.iter().find(|r| r.commit_id == commit)
+                && run.state.is_finished()
             {
                 return run.clone();
             }
             assert!(
                 Instant::now() < deadline,
-                "no finished run for {commit}: {runs}"
+                "no finished run for {commit}: {runs:?}"
             );
             std::thread::sleep(Duration::from_millis(300));
         }
     }
 
+    /// An admin call that must succeed.
     pub fn admin(&self, method: &str, path: &str, body: Option<Value>) -> Value {
         let (status, value) = self.call(Some(&self.admin_token), method, path, body);
         assert!(
@@ -471,21 +485,56 @@ impl TestForge {
         value
     }
 
-    pub fn create_repo(&self, name: &str) -> Value {
-        self.admin("POST", "/v1/repos", Some(json!({ "name": name })))
+    /// An admin `GET` that must succeed, its answer read as `T`.
+    pub fn get<T: DeserializeOwned>(&self, path: &str) -> T {
+        self.typed("GET", path, None)
+    }
+
+    /// An admin call with a JSON `body` that must succeed, its answer read
+    /// as `T`.
+    pub fn send<B: Serialize, T: DeserializeOwned>(&self, method: &str, path: &str, body: &B) -> T {
+        let body = serde_json::to_value(body).expect("the request body serialises");
+        self.typed(method, path, Some(body))
+    }
+
+    /// An admin call without a body that must succeed, its answer read as `T`.
+    pub fn send_empty<T: DeserializeOwned>(&self, method: &str, path: &str) -> T {
+        self.typed(method, path, None)
+    }
+
+    fn typed<T: DeserializeOwned>(&self, method: &str, path: &str, body: Option<Value>) -> T {
+        let (status, text) = self.call_text(Some(&self.admin_token), method, path, body);
+        assert!(
+            (200..300).contains(&status),
+            "{method} {path}: HTTP {status}: {text}"
+        );
+        serde_json::from_str(&text).unwrap_or_else(|error| {
+            panic!(
+                "{method} {path}: the answer is not a {}: {error}: {text}",
+                std::any::type_name::<T>()
+            )
+        })
+    }
+
+    pub fn create_repo(&self, name: &str) -> RepoView {
+        self.send(
+            "POST",
+            "/v1/repos",
+            &CreateRepo {
+                name: name.to_owned(),
+                ..CreateRepo::default()
+            },
+        )
     }
 
     /// Creates a token and returns its secret.
     pub fn create_token(&self, name: &str, scopes: &[&str], repo: Option<&str>) -> String {
-        let token = self.admin(
+        let token: TokenView = self.send(
             "POST",
             "/v1/tokens",
-            Some(json!({ "name": name, "scopes": scopes, "repo": repo })),
+            &json!({ "name": name, "scopes": scopes, "repo": repo }),
         );
-        token["token"]
-            .as_str()
-            .expect("the secret is returned on creation")
-            .to_owned()
+        token.token.expect("the secret is returned on creation")
     }
 
     /// The clone URL of `repo` with `token` as the Basic-auth password.
@@ -497,10 +546,8 @@ impl TestForge {
     /// The bare directory of a repository on the server.
     pub fn repo_dir(&self, repo: &str) -> PathBuf {
         let (owner, name) = repo.split_once('/').expect("owner/name");
-        let value = self.admin("GET", &format!("/v1/repos/{owner}/{name}"), None);
-        self.data_dir
-            .join("repos")
-            .join(format!("{}.git", value["id"].as_str().expect("id")))
+        let repo: RepoView = self.get(&format!("/v1/repos/{owner}/{name}"));
+        self.data_dir.join("repos").join(format!("{}.git", repo.id))
     }
 
     /// Events of `repo` after `after`.

@@ -5,6 +5,7 @@
 
 use std::time::{Duration, Instant};
 
+use api_types::repos::{CreateRepo, RepoView};
 use e2e::{TestForge, eventually, git_ok, stays, work_repo};
 use serde_json::{Value, json};
 
@@ -21,12 +22,16 @@ fn import_copies_every_branch_and_tag_and_respects_the_network_policy() {
     git_ok(&work, &["push", "--quiet", &url, "main", "develop", "v1.0"]);
 
     // The source URL carries a token; it must not be kept or echoed.
-    let created = forge.admin(
+    let created: RepoView = forge.send(
         "POST",
         "/v1/repos",
-        Some(json!({ "name": "dst/copy", "import_url": url })),
+        &CreateRepo {
+            name: "dst/copy".into(),
+            import_url: Some(url.clone()),
+            ..CreateRepo::default()
+        },
     );
-    assert_eq!(created["default_branch"], "main");
+    assert_eq!(created.default_branch, "main");
     let copy = forge.repo_dir("dst/copy");
     let refs = git_ok(
         &copy,

@@ -3,7 +3,30 @@
 
 #![allow(clippy::unwrap_used)] // A test that cannot unwrap has failed: say so loudly.
 
+use api_types::repos::{Contents, EntryKind, TreeEntry};
 use e2e::{TestForge, commit_files, git_ok, work_repo};
+
+/// The entries of a directory answer; panics on a file.
+fn dir_entries(contents: Contents) -> Vec<TreeEntry> {
+    match contents {
+        Contents::Dir { entries, .. } => entries,
+        file => panic!("not a directory: {file:?}"),
+    }
+}
+
+/// `(text, binary, truncated, size)` of a file answer; panics on a directory.
+fn file(contents: Contents) -> (Option<String>, bool, bool, u64) {
+    match contents {
+        Contents::File {
+            text,
+            binary,
+            truncated,
+            size,
+            ..
+        } => (text, binary, truncated, size),
+        dir => panic!("not a file: {dir:?}"),
+    }
+}
 
 #[test]
 fn directories_files_and_missing_paths() {
@@ -25,43 +48,36 @@ fn directories_files_and_missing_paths() {
     git_ok(&work, &["push", "--quiet", &url, "feature/x"]);
     git_ok(&work, &["push", "--quiet", &url, "HEAD~1:refs/heads/main"]);
 
-    let root = forge.admin("GET", "/v1/repos/acme/files/contents", None);
-    assert_eq!(root["type"], "dir");
-    assert_eq!(root["branch"], "main");
-    let names: Vec<(&str, &str)> = root["entries"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| (e["name"].as_str().unwrap(), e["kind"].as_str().unwrap()))
-        .collect();
-    assert_eq!(names, [("src", "dir"), ("README.md", "file")]);
-
-    let src = forge.admin(
-        "GET",
-        "/v1/repos/acme/files/contents?branch=feature%2Fx&path=src",
-        None,
+    let root: Contents = forge.get("/v1/repos/acme/files/contents");
+    let Contents::Dir {
+        branch, entries, ..
+    } = &root
+    else {
+        panic!("not a directory: {root:?}")
+    };
+    assert_eq!(branch, "main");
+    let names: Vec<(&str, EntryKind)> = entries.iter().map(|e| (e.name.as_str(), e.kind)).collect();
+    assert_eq!(
+        names,
+        [("src", EntryKind::Dir), ("README.md", EntryKind::File)]
     );
-    let names: Vec<&str> = src["entries"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["name"].as_str().unwrap())
-        .collect();
+
+    let src: Contents = forge.get("/v1/repos/acme/files/contents?branch=feature%2Fx&path=src");
+    let names: Vec<String> = dir_entries(src).into_iter().map(|e| e.name).collect();
     assert_eq!(names, ["lib.rs", "new.rs"]);
 
-    let file = forge.admin("GET", "/v1/repos/acme/files/contents?path=src/lib.rs", None);
-    assert_eq!(file["type"], "file");
-    assert_eq!(file["text"], "pub fn a() {}\n");
-    assert_eq!(file["binary"], false);
+    let lib: Contents = forge.get("/v1/repos/acme/files/contents?path=src/lib.rs");
+    assert!(matches!(lib, Contents::File { .. }), "{lib:?}");
+    let (text, binary, _, _) = file(lib);
+    assert_eq!(text.as_deref(), Some("pub fn a() {}\n"));
+    assert!(!binary);
 
     // logo.bin was added with new.rs, on feature/x only.
-    let binary = forge.admin(
-        "GET",
-        "/v1/repos/acme/files/contents?branch=feature%2Fx&path=logo.bin",
-        None,
-    );
-    assert_eq!(binary["binary"], true, "{binary}");
-    assert!(binary["text"].is_null());
+    let logo: Contents =
+        forge.get("/v1/repos/acme/files/contents?branch=feature%2Fx&path=logo.bin");
+    let (text, binary, _, _) = file(logo.clone());
+    assert!(binary, "{logo:?}");
+    assert!(text.is_none());
 
     for (path, why) in [
         (
@@ -108,19 +124,21 @@ fn a_file_that_inflates_to_128_mib_costs_the_forge_one_mib() {
 
     let pid = forge.pid().unwrap();
     let before = peak_rss_kib(pid);
-    let file = forge.admin("GET", "/v1/repos/acme/bomb/contents?path=big.txt", None);
+    let big: Contents = forge.get("/v1/repos/acme/bomb/contents?path=big.txt");
     let grown_mib = (peak_rss_kib(pid) - before) / 1024;
-    assert_eq!(file["truncated"], true);
-    assert_eq!(file["size"], size);
-    assert_eq!(file["text"].as_str().unwrap().len(), 1 << 20);
+    let (text, _, truncated, big_size) = file(big);
+    assert!(truncated);
+    assert_eq!(big_size, size);
+    assert_eq!(text.unwrap().len(), 1 << 20);
     assert!(
         grown_mib < 32,
         "reading the file's first MiB grew the forge's peak memory by {grown_mib} MiB"
     );
 
-    let small = forge.admin("GET", "/v1/repos/acme/bomb/contents?path=README.md", None);
+    let small: Contents = forge.get("/v1/repos/acme/bomb/contents?path=README.md");
+    let (text, _, truncated, size) = file(small);
     assert_eq!(
-        (&small["text"], &small["truncated"], &small["size"]),
-        (&"# bomb\n".into(), &false.into(), &7.into())
+        (text.as_deref(), truncated, size),
+        (Some("# bomb\n"), false, 7)
     );
 }

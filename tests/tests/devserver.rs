@@ -8,8 +8,12 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
+use api_types::DevServerState;
+use api_types::vms::{
+    CreateVm, DevServerSpec, ExecOutput, ExecRequest, LinkRequest, ShareLink, VmDetail, VmView,
+};
 use e2e::TestForge;
-use serde_json::{Value, json};
+use serde_json::json;
 
 /// A tiny Bun dev server: says its pid over HTTP, echoes over WebSocket.
 const SERVER: &str = r#"bun -e 'Bun.serve({ port: 3000, fetch(req, server) { if (server.upgrade(req)) return; return new Response("hello from dev " + process.pid); }, websocket: { message(ws, m) { ws.send("echo:" + m); } } })'"#;
@@ -29,15 +33,21 @@ fn get(forge: &TestForge, url: &str, host: Option<&str>) -> (u16, String) {
 
 /// A forge with sandboxes and the preview domain `preview.test`, and a VM
 /// running `command` as its dev server on port 3000.
-fn forge_with_dev_server(command: &str) -> (TestForge, Value) {
+fn forge_with_dev_server(command: &str) -> (TestForge, VmView) {
     let forge = TestForge::builder()
         .with_sandboxes(10)
         .env("FORGE_PREVIEW_DOMAIN", "preview.test")
         .start();
-    let vm = forge.admin(
+    let vm = forge.send(
         "POST",
         "/v1/vms",
-        Some(json!({ "dev_server": { "command": command, "port": 3000 } })),
+        &CreateVm {
+            dev_server: Some(DevServerSpec {
+                command: command.into(),
+                port: 3000,
+            }),
+            ..CreateVm::default()
+        },
     );
     (forge, vm)
 }
@@ -99,11 +109,11 @@ fn the_dev_server_is_previewed_and_restarted_after_a_crash() {
         return;
     }
     let (forge, vm) = forge_with_dev_server(SERVER);
-    let id = vm["id"].as_str().unwrap().to_owned();
-    let preview = vm["preview_url"].as_str().unwrap().to_owned();
+    let id = vm.id.clone();
+    let preview = vm.preview_url.clone().unwrap();
     let port = forge.url.rsplit(':').next().unwrap();
     assert_eq!(preview, format!("http://{id}-3000.preview.test:{port}/"));
-    assert_eq!(vm["dev_server"]["port"], 3000);
+    assert_eq!(vm.dev_server.as_ref().unwrap().port, 3000);
 
     let path_form = format!("{}/v1/vms/{id}/ports/3000/", forge.url);
     let started = Instant::now();
@@ -124,28 +134,31 @@ fn the_dev_server_is_previewed_and_restarted_after_a_crash() {
     // The supervisor's next look sees it running.
     let deadline = Instant::now() + Duration::from_secs(10);
     let shown = loop {
-        let shown: Value = forge.admin("GET", &format!("/v1/vms/{id}"), None);
-        if shown["dev_server"]["state"] == "running" {
+        let shown: VmDetail = forge.get(&format!("/v1/vms/{id}"));
+        if shown.vm.dev_server.as_ref().map(|d| d.state) == Some(DevServerState::Running) {
             break shown;
         }
-        assert!(Instant::now() < deadline, "never running: {shown}");
+        assert!(Instant::now() < deadline, "never running: {shown:?}");
         std::thread::sleep(Duration::from_millis(200));
     };
-    let pid = shown["dev_server"]["pid"].as_u64().unwrap();
-    let killed = forge.admin(
+    let pid = shown.vm.dev_server.unwrap().pid.unwrap();
+    let killed: ExecOutput = forge.send(
         "POST",
         &format!("/v1/vms/{id}/exec"),
-        Some(json!({ "command": format!("kill -KILL -{pid}") })),
+        &ExecRequest {
+            command: Some(format!("kill -KILL -{pid}")),
+            ..ExecRequest::default()
+        },
     );
-    assert_eq!(killed["exit_code"], 0, "{killed}");
+    assert_eq!(killed.exit.exit_code, 0, "{killed:?}");
     let killed_at = Instant::now();
     let again = page(&forge, &path_form, &first);
     println!("dev server back after {:?}", killed_at.elapsed());
     assert!(again.starts_with("hello from dev "), "{again}");
-    let shown = forge.admin("GET", &format!("/v1/vms/{id}"), None);
+    let shown: VmDetail = forge.get(&format!("/v1/vms/{id}"));
     assert!(
-        shown["dev_server"]["restarts"].as_u64().unwrap() >= 1,
-        "{shown}"
+        shown.vm.dev_server.as_ref().unwrap().restarts >= 1,
+        "{shown:?}"
     );
     forge.admin("DELETE", &format!("/v1/vms/{id}"), None);
 }
@@ -182,7 +195,7 @@ fn previews_cannot_reach_the_forge_and_share_links_open_one_port() {
         panic!("this test needs sandboxes: {reason}");
     }
     let (forge, vm) = forge_with_dev_server(COOKIE_SERVER);
-    let id = vm["id"].as_str().unwrap().to_owned();
+    let id = vm.id.clone();
     let token = forge.admin_token.clone();
 
     // The path form, on the forge's own origin: the page runs sandboxed (an
@@ -220,10 +233,16 @@ fn previews_cannot_reach_the_forge_and_share_links_open_one_port() {
         Some(&token),
         "POST",
         &format!("/v1/vms/{id}/ports/3000/links"),
-        Some(json!({ "ttl_secs": 600 })),
+        Some(
+            serde_json::to_value(LinkRequest {
+                ttl_secs: Some(600),
+            })
+            .unwrap(),
+        ),
     );
     assert_eq!(status, 201, "{body}");
-    let url = body["url"].as_str().unwrap();
+    let link: ShareLink = serde_json::from_value(body).unwrap();
+    let url = link.url.as_str();
     let port = forge.url.rsplit(':').next().unwrap();
     let prefix = format!("http://{host}:{port}/?forge_share=");
     assert!(url.starts_with(&prefix), "{url}");

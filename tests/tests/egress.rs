@@ -9,14 +9,20 @@
 use std::net::ToSocketAddrs;
 use std::time::Instant;
 
-use e2e::TestForge;
-use serde_json::{Value, json};
+use std::collections::BTreeMap;
 
-fn exec(forge: &TestForge, vm: &str, command: &str) -> Value {
-    forge.admin(
+use api_types::vms::{CreateVm, ExecOutput, ExecRequest, VmDetail, VmView};
+use e2e::TestForge;
+
+fn exec(forge: &TestForge, vm: &str, command: &str) -> ExecOutput {
+    forge.send(
         "POST",
         &format!("/v1/vms/{vm}/exec"),
-        Some(json!({ "command": command, "timeout_secs": 240 })),
+        &ExecRequest {
+            command: Some(command.into()),
+            timeout_secs: Some(240),
+            ..ExecRequest::default()
+        },
     )
 }
 
@@ -26,20 +32,20 @@ fn fetch(forge: &TestForge, vm: &str, url: &str) -> String {
     let script = format!(
         "const r = await fetch({url:?}, {{ proxy: process.env.HTTP_PROXY }}); console.log(r.status, await r.text());"
     );
-    let out = forge.admin(
+    let out: ExecOutput = forge.send(
         "POST",
         &format!("/v1/vms/{vm}/exec"),
-        Some(json!({
-            "argv": ["bun", "-e", script],
-            "env": { "NO_PROXY": "", "no_proxy": "" },
-            "timeout_secs": 60,
-        })),
+        &ExecRequest {
+            argv: Some(vec!["bun".into(), "-e".into(), script]),
+            env: BTreeMap::from([
+                ("NO_PROXY".into(), String::new()),
+                ("no_proxy".into(), String::new()),
+            ]),
+            timeout_secs: Some(60),
+            ..ExecRequest::default()
+        },
     );
-    format!(
-        "{}{}",
-        out["stdout"].as_str().unwrap(),
-        out["stderr"].as_str().unwrap()
-    )
+    format!("{}{}", out.stdout, out.stderr)
 }
 
 #[test]
@@ -67,11 +73,11 @@ fn bun_install_goes_through_the_proxy_and_the_rest_is_refused() {
             "/etc/ssl/certs/ca-certificates.crt",
         )
         .start();
-    let vm = forge.admin("POST", "/v1/vms", Some(json!({})));
-    let id = vm["id"].as_str().unwrap();
+    let vm: VmView = forge.send("POST", "/v1/vms", &CreateVm::default());
+    let id = vm.id.as_str();
 
     let env = exec(&forge, id, "env | sort | grep -i proxy");
-    let env = env["stdout"].as_str().unwrap();
+    let env = env.stdout.as_str();
     assert!(env.contains("HTTPS_PROXY=http://127.0.0.1:3128"), "{env}");
     assert!(env.contains("no_proxy=localhost"), "{env}");
 
@@ -93,7 +99,7 @@ fn bun_install_goes_through_the_proxy_and_the_rest_is_refused() {
         "cd /workspace/app && bun install --no-cache 2>&1",
     );
     let took = started.elapsed();
-    assert_eq!(install["exit_code"], 0, "bun install failed: {install}");
+    assert_eq!(install.exit.exit_code, 0, "bun install failed: {install:?}");
     println!("bun install of is-number through the proxy: {took:?}");
     let installed = exec(
         &forge,
@@ -101,11 +107,8 @@ fn bun_install_goes_through_the_proxy_and_the_rest_is_refused() {
         "cat /workspace/app/node_modules/is-number/package.json",
     );
     assert!(
-        installed["stdout"]
-            .as_str()
-            .unwrap()
-            .contains("\"version\": \"7.0.0\""),
-        "{installed}"
+        installed.stdout.contains("\"version\": \"7.0.0\""),
+        "{installed:?}"
     );
 
     // git's https traffic takes the same way: the tunnel opens (the registry
@@ -115,14 +118,11 @@ fn bun_install_goes_through_the_proxy_and_the_rest_is_refused() {
         id,
         "git ls-remote https://registry.npmjs.org/no-such-repo.git 2>&1",
     );
-    let said = git["stdout"].as_str().unwrap();
-    assert_ne!(git["exit_code"], 0, "{git}");
+    let said = git.stdout.as_str();
+    assert_ne!(git.exit.exit_code, 0, "{git:?}");
     assert!(!said.contains("CONNECT tunnel failed"), "{said}");
     let refused_git = exec(&forge, id, "git ls-remote https://example.com/x.git 2>&1");
-    assert!(
-        refused_git["stdout"].as_str().unwrap().contains("403"),
-        "{refused_git}"
-    );
+    assert!(refused_git.stdout.contains("403"), "{refused_git:?}");
 
     let not_listed = fetch(&forge, id, "http://example.com/");
     assert!(
@@ -147,10 +147,10 @@ fn bun_install_goes_through_the_proxy_and_the_rest_is_refused() {
         "{forge_api}"
     );
 
-    let shown = forge.admin("GET", &format!("/v1/vms/{id}"), None);
-    let egress = &shown["egress"];
-    assert!(egress["refused"].as_u64().unwrap() >= 5, "{shown}");
-    assert!(egress["bytes_in"].as_u64().unwrap() > 1000, "{shown}");
+    let shown: VmDetail = forge.get(&format!("/v1/vms/{id}"));
+    let egress = &shown.egress;
+    assert!(egress.refused >= 5, "{shown:?}");
+    assert!(egress.bytes_in > 1000, "{shown:?}");
     assert!(forge.log().contains("egress connection"));
     forge.admin("DELETE", &format!("/v1/vms/{id}"), None);
 }

@@ -26,6 +26,8 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use api_types::VmState;
+use api_types::vms::{CarriedVm, Kept, VmView};
 use e2e::TestForge;
 use serde_json::{Value, json};
 
@@ -316,14 +318,16 @@ fn root_inside_is_nobody_on_the_host() {
         &vm,
         "nohup bash -c 'exec 3<>/dev/tcp/127.0.0.1/3128; sleep 600' >/dev/null 2>&1 & sleep 0.5",
     );
-    let paused = attacker.ok(
+    let paused: VmView = serde_json::from_value(attacker.ok(
         "POST",
         &format!("/v1/vms/{vm}/pause"),
         Some(json!({ "to_disk": true })),
-    );
-    assert_eq!(paused["state"], "paused_to_disk", "{paused}");
-    let resumed = attacker.ok("POST", &format!("/v1/vms/{vm}/resume"), None);
-    assert_eq!(resumed["kept"], json!(["disk"]), "a fresh start: {resumed}");
+    ))
+    .unwrap();
+    assert_eq!(paused.state, VmState::PausedToDisk, "{paused:?}");
+    let resumed: CarriedVm =
+        serde_json::from_value(attacker.ok("POST", &format!("/v1/vms/{vm}/resume"), None)).unwrap();
+    assert_eq!(resumed.kept, [Kept::Disk], "a fresh start: {resumed:?}");
     assert_eq!(attacker.sh(&vm, "readlink /tmp").trim(), "/etc");
     witness.untouched("a /tmp link at a fresh start");
 }

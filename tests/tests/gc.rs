@@ -4,8 +4,8 @@
 
 #![allow(clippy::unwrap_used)] // A test that cannot unwrap has failed: say so loudly.
 
+use api_types::vms::{CreateVm, ExecOutput, ExecRequest, VmView};
 use e2e::TestForge;
-use serde_json::json;
 
 #[test]
 fn leftovers_of_destroyed_sandboxes_are_collected_at_start_up() {
@@ -13,14 +13,12 @@ fn leftovers_of_destroyed_sandboxes_are_collected_at_start_up() {
         return;
     }
     let mut forge = TestForge::builder().with_sandboxes(10).start();
-    let kept = forge.admin("POST", "/v1/vms", Some(json!({})))["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let stray = forge.admin("POST", "/v1/vms", Some(json!({})))["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let kept = forge
+        .send::<_, VmView>("POST", "/v1/vms", &CreateVm::default())
+        .id;
+    let stray = forge
+        .send::<_, VmView>("POST", "/v1/vms", &CreateVm::default())
+        .id;
     let sandboxes = forge.sandbox_dir().unwrap().join("sandboxes");
     assert!(sandboxes.join(&stray).is_dir());
     assert!(forge.stop(), "the forge stops cleanly");
@@ -53,10 +51,13 @@ fn leftovers_of_destroyed_sandboxes_are_collected_at_start_up() {
         "{log}"
     );
     assert!(log.contains("half-created sandbox sbhalfcreated"), "{log}");
-    let out = forge.admin(
+    let out: ExecOutput = forge.send(
         "POST",
         &format!("/v1/vms/{kept}/exec"),
-        Some(json!({ "command": "echo still here" })),
+        &ExecRequest {
+            command: Some("echo still here".into()),
+            ..ExecRequest::default()
+        },
     );
-    assert_eq!(out["stdout"], "still here\n", "{out}");
+    assert_eq!(out.stdout, "still here\n", "{out:?}");
 }

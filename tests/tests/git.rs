@@ -20,9 +20,9 @@ fn tree_listing(dir: &Path) -> String {
 fn push_then_clone_gives_the_same_tree_and_branches_are_listed() {
     let forge = TestForge::start();
     let created = forge.create_repo("acme/web");
-    assert_eq!(created["name"], "acme/web");
-    assert_eq!(created["default_branch"], "main");
-    assert_eq!(created["clone_url"], format!("{}/acme/web.git", forge.url));
+    assert_eq!(created.name, "acme/web");
+    assert_eq!(created.default_branch, "main");
+    assert_eq!(created.clone_url, format!("{}/acme/web.git", forge.url));
     let tmp = tempfile::tempdir().unwrap();
     let work = work_repo(
         tmp.path(),

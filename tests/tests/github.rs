@@ -9,6 +9,9 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use api_types::github::{GithubLinkView, GithubOverview, RefView};
+use api_types::runs::{RunDetail, RunView};
+use api_types::{RefSyncState, ReviewVerdict, RunState};
 use e2e::fake_github::FakeGithub;
 use e2e::{TestForge, commit_files, git_ok, git_run, work_repo};
 use serde_json::{Value, json};
@@ -56,8 +59,9 @@ fn linked_forge_with(fake: &FakeGithub, sandboxes: bool, env: &[(&str, &str)]) -
         Some(json!({ "repository": GITHUB_REPO })),
     );
     assert_eq!(status, 201, "{link}");
-    assert_eq!(link["repository"], GITHUB_REPO);
-    assert_eq!(link["installation_id"], 77);
+    let link: GithubLinkView = serde_json::from_value(link).unwrap();
+    assert_eq!(link.repository, GITHUB_REPO);
+    assert_eq!(link.installation_id, 77);
     forge
 }
 
@@ -100,18 +104,28 @@ fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
     }
 }
 
-fn github_state(forge: &TestForge) -> Value {
-    forge.admin("GET", &format!("/v1/repos/{FORGE_REPO}/github"), None)
+fn github_state(forge: &TestForge) -> GithubLinkView {
+    forge.get(&format!("/v1/repos/{FORGE_REPO}/github"))
 }
 
-fn ref_state(forge: &TestForge, refname: &str) -> Value {
-    github_state(forge)["refs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["ref_name"] == refname)
-        .cloned()
-        .unwrap_or(Value::Null)
+fn ref_state(forge: &TestForge, refname: &str) -> Option<RefView> {
+    github_state(forge)
+        .refs
+        .into_iter()
+        .find(|r| r.ref_name == refname)
+}
+
+/// The sync state of `refname`, if the forge tracks it.
+fn sync_state(forge: &TestForge, refname: &str) -> Option<RefSyncState> {
+    ref_state(forge, refname).map(|r| r.state)
+}
+
+/// The event of a review the fake GitHub recorded, as the bot's verdict.
+fn verdict(review: &Value) -> ReviewVerdict {
+    review["event"]
+        .as_str()
+        .and_then(|event| event.parse().ok())
+        .unwrap_or_else(|| panic!("a review event: {review}"))
 }
 
 #[test]
@@ -146,7 +160,7 @@ fn repositories_sync_both_ways_without_overwriting() {
         fake.ref_sha(GITHUB_REPO, "refs/tags/v1").is_some()
     });
     wait_for("feature in sync", || {
-        ref_state(&forge, "refs/heads/feature")["state"] == "in_sync"
+        sync_state(&forge, "refs/heads/feature") == Some(RefSyncState::InSync)
     });
     let synced_in = pushed.elapsed();
 
@@ -219,7 +233,11 @@ fn repositories_sync_both_ways_without_overwriting() {
         Some(on_forge.as_str())
     );
     let main = ref_state(&forge, "refs/heads/main");
-    assert_eq!(main["state"], "diverged", "{main}");
+    assert_eq!(
+        main.as_ref().map(|r| r.state),
+        Some(RefSyncState::Diverged),
+        "{main:?}"
+    );
     let diverged = forge
         .events(FORGE_REPO, 0)
         .into_iter()
@@ -238,18 +256,18 @@ fn repositories_sync_both_ways_without_overwriting() {
     // The forge-wide view: the installation, and every linked repository
     // with the diverged ref; none of it is a secret.
     let app = forge.admin("GET", "/v1/github", None);
-    assert_eq!(app["installations"][0]["id"], 77, "{app}");
-    assert_eq!(app["installations"][0]["account"], "octo", "{app}");
+    let overview: GithubOverview = serde_json::from_value(app.clone()).unwrap();
+    assert_eq!(overview.installations[0].id, 77, "{app}");
+    assert_eq!(overview.installations[0].account, "octo", "{app}");
     assert!(app.get("webhook_secret").is_none() && app.get("private_key_pem").is_none());
-    let linked = forge.admin("GET", "/v1/github/repos", None);
-    assert_eq!(linked[0]["repo"], FORGE_REPO, "{linked}");
+    let linked: Vec<GithubLinkView> = forge.get("/v1/github/repos");
+    assert_eq!(linked[0].repo.as_deref(), Some(FORGE_REPO), "{linked:?}");
     assert!(
-        linked[0]["refs"]
-            .as_array()
-            .unwrap()
+        linked[0]
+            .refs
             .iter()
-            .any(|r| r["ref_name"] == "refs/heads/main" && r["state"] == "diverged"),
-        "{linked}"
+            .any(|r| r.ref_name == "refs/heads/main" && r.state == RefSyncState::Diverged),
+        "{linked:?}"
     );
     // Unlinking stops the sync and drops the mirror of GitHub's refs.
     forge.cli_ok(&["github", "unlink", FORGE_REPO]);
@@ -340,7 +358,9 @@ fn forged_and_repeated_webhooks_do_nothing() {
     assert_eq!(pushes, 1);
 
     // Secrets never come back from the API.
-    let state = github_state(&forge).to_string();
+    let state = forge
+        .admin("GET", &format!("/v1/repos/{FORGE_REPO}/github"), None)
+        .to_string();
     assert!(!state.contains(e2e::fake_github::WEBHOOK_SECRET));
     assert!(!forge.log().contains(e2e::fake_github::WEBHOOK_SECRET));
     assert!(
@@ -406,7 +426,7 @@ fn pull_requests_are_reviewed_with_the_base_branchs_steps() {
     let number = fake.open_pull_request(GITHUB_REPO, "change", "main");
     let reviews = wait_for_reviews(&fake, number, 1);
     let review = &reviews[0];
-    assert_eq!(review["event"], "REQUEST_CHANGES", "{review}");
+    assert_eq!(verdict(review), ReviewVerdict::RequestChanges, "{review}");
     assert_eq!(review["commit_id"], broken.as_str());
     let body = review["body"].as_str().unwrap();
     // Its steps are main's, the same as its own: the branch's run was
@@ -435,9 +455,18 @@ fn pull_requests_are_reviewed_with_the_base_branchs_steps() {
         .and_then(|id| id.parse().ok())
         .unwrap_or_else(|| panic!("the body links to the run's page:\n{body}"));
     // The run itself names the review it led to.
-    let run = forge.admin("GET", &format!("/v1/runs/{run_id}"), None);
-    assert_eq!(run["review"]["verdict"], "REQUEST_CHANGES", "{run}");
-    assert_eq!(run["review"]["number"], number, "{run}");
+    let run: RunDetail = forge.get(&format!("/v1/runs/{run_id}"));
+    let review = run.review.as_ref();
+    assert_eq!(
+        review.map(|r| r.verdict),
+        Some(ReviewVerdict::RequestChanges),
+        "{run:?}"
+    );
+    assert_eq!(
+        review.map(|r| r.number),
+        Some(i64::try_from(number).unwrap()),
+        "{run:?}"
+    );
     let checks = fake.check_runs(GITHUB_REPO);
     assert!(
         checks.iter().any(|c| c["head_sha"] == broken.as_str()
@@ -462,7 +491,7 @@ fn pull_requests_are_reviewed_with_the_base_branchs_steps() {
     git_ok(&work, &["push", "--quiet", &forge_url, "change"]);
     let reviews = wait_for_reviews(&fake, number, 2);
     assert_eq!(reviews.len(), 2, "{reviews:?}");
-    assert_eq!(reviews[1]["event"], "APPROVE", "{reviews:?}");
+    assert_eq!(verdict(&reviews[1]), ReviewVerdict::Approve, "{reviews:?}");
     assert_eq!(reviews[1]["commit_id"], fixed.as_str());
     assert!(
         reviews[1]["body"]
@@ -486,7 +515,7 @@ fn pull_requests_are_reviewed_with_the_base_branchs_steps() {
     let reviews = wait_for_reviews(&fake, number, 3);
     let review = &reviews[2];
     assert_eq!(review["commit_id"], sneaky.as_str());
-    assert_eq!(review["event"], "REQUEST_CHANGES", "{review}");
+    assert_eq!(verdict(review), ReviewVerdict::RequestChanges, "{review}");
     let body = review["body"].as_str().unwrap();
     assert!(
         body.contains("| test | failed |") && body.contains("adds small numbers"),
@@ -498,8 +527,9 @@ fn pull_requests_are_reviewed_with_the_base_branchs_steps() {
     );
     let own = own_run(&forge, &sneaky);
     assert_eq!(
-        own["state"], "passed",
-        "the pull request's own steps: {own}"
+        own.state,
+        RunState::Passed,
+        "the pull request's own steps: {own:?}"
     );
 
     // Restarting the forge posts nothing again.
@@ -536,30 +566,23 @@ const PASS_ANYWAY: &str = "[[pipeline.steps]]\nname = \"test\"\nrun = \"true\"\n
 const BASE_STEPS: &str = "[[pipeline.steps]]\nname = \"lint\"\nrun = \"test -f package.json\"\n\n[[pipeline.steps]]\nname = \"test\"\nrun = \"bun test\"\n";
 
 /// The runs of `commit` in the forge's repository, newest first.
-fn runs_of(forge: &TestForge, commit: &str) -> Vec<Value> {
-    let runs = forge.admin("GET", &format!("/v1/repos/{FORGE_REPO}/runs"), None);
-    runs.as_array()
-        .unwrap()
-        .iter()
-        .filter(|run| run["commit_id"] == commit)
-        .cloned()
+fn runs_of(forge: &TestForge, commit: &str) -> Vec<RunView> {
+    let runs: Vec<RunView> = forge.get(&format!("/v1/repos/{FORGE_REPO}/runs"));
+    runs.into_iter()
+        .filter(|run| run.commit_id == commit)
         .collect()
 }
 
 /// The finished run of `commit` with its own steps (the push's), waited for.
-fn own_run(forge: &TestForge, commit: &str) -> Value {
-    let mut own = Value::Null;
+fn own_run(forge: &TestForge, commit: &str) -> RunView {
+    let mut own = None;
     wait_for("the head's own run", || {
         own = runs_of(forge, commit)
             .into_iter()
-            .find(|run| {
-                run["plan_commit"].is_null()
-                    && ["passed", "failed", "error"].contains(&run["state"].as_str().unwrap())
-            })
-            .unwrap_or(Value::Null);
-        !own.is_null()
+            .find(|run| run.plan_commit.is_none() && RunState::CONCLUDED.contains(&run.state));
+        own.is_some()
     });
-    own
+    own.unwrap()
 }
 
 #[test]
@@ -606,7 +629,8 @@ fn a_pull_request_cannot_pass_its_review_by_rewriting_its_steps() {
     let review = &reviews[0];
     assert_eq!(review["commit_id"], head.as_str());
     assert_eq!(
-        review["event"], "COMMENT",
+        verdict(review),
+        ReviewVerdict::Comment,
         "the default mode never approves nor requests changes: {review}"
     );
     let body = review["body"].as_str().unwrap();
@@ -639,14 +663,14 @@ fn a_pull_request_cannot_pass_its_review_by_rewriting_its_steps() {
     // The pull request's own steps did run, and passed: that run is not
     // what it was judged by.
     let own = own_run(&forge, &head);
-    assert_eq!(own["state"], "passed", "{own}");
-    let judged: Vec<Value> = runs_of(&forge, &head)
+    assert_eq!(own.state, RunState::Passed, "{own:?}");
+    let judged: Vec<RunView> = runs_of(&forge, &head)
         .into_iter()
-        .filter(|run| run["plan_commit"] == main.as_str())
+        .filter(|run| run.plan_commit.as_deref() == Some(main.as_str()))
         .collect();
     assert_eq!(judged.len(), 1, "one run with main's steps: {judged:?}");
-    assert_eq!(judged[0]["state"], "failed");
-    assert_eq!(judged[0]["plan_ref"], "main");
+    assert_eq!(judged[0].state, RunState::Failed);
+    assert_eq!(judged[0].plan_ref.as_deref(), Some("main"));
     // The own run's completion posts nothing more. It has finished (above),
     // and a review it caused would follow its completion within
     // milliseconds: two seconds leave that plenty of room.
@@ -670,10 +694,12 @@ fn reconcile_repairs_missed_webhooks() {
     fake.create_repo(GITHUB_REPO);
     fake.install(78, "octo", &[GITHUB_REPO]);
     forge.create_repo(FORGE_REPO);
-    forge.admin(
+    let _: GithubLinkView = forge.send(
         "POST",
         &format!("/v1/repos/{FORGE_REPO}/github"),
-        Some(json!({ "repository": GITHUB_REPO })),
+        &api_types::github::LinkRequest {
+            repository: GITHUB_REPO.to_owned(),
+        },
     );
     // Every webhook of this push is lost; the periodic pass finds it.
     fake.set_webhooks_paused(true);
@@ -687,5 +713,8 @@ fn reconcile_repairs_missed_webhooks() {
     wait_for("main in the forge", || {
         forge_ref(&forge, "refs/heads/main").as_deref() == Some(head.as_str())
     });
-    assert_eq!(ref_state(&forge, "refs/heads/main")["state"], "in_sync");
+    assert_eq!(
+        sync_state(&forge, "refs/heads/main"),
+        Some(RefSyncState::InSync)
+    );
 }

@@ -12,8 +12,12 @@
 
 use std::time::{Duration, Instant};
 
+use api_types::runs::RunView;
+use api_types::vms::{
+    CreateVm, ExecOutput, ExecRequest, ForkRequest, Forks, System, VmDetail, VmView,
+};
+use api_types::{RunState, StepState, VmState};
 use e2e::{TestForge, git_ok, work_repo};
-use serde_json::{Value, json};
 
 const PACKAGE: &str = r#"{
   "name": "demo",
@@ -30,18 +34,22 @@ const TEST: &str = "import { expect, test } from \"bun:test\";\nimport { add } f
 const COUNTER: &str = "nohup sh -c 'i=0; while true; do i=$((i+1)); echo $i > /tmp/count.new; \
      mv /tmp/count.new /tmp/count; sleep 0.1; done' >/dev/null 2>&1 &";
 
-fn exec(forge: &TestForge, vm: &str, command: &str) -> Value {
-    forge.admin(
+fn exec(forge: &TestForge, vm: &str, command: &str) -> ExecOutput {
+    forge.send(
         "POST",
         &format!("/v1/vms/{vm}/exec"),
-        Some(json!({ "command": command, "timeout_secs": 120 })),
+        &ExecRequest {
+            command: Some(command.into()),
+            timeout_secs: Some(120),
+            ..ExecRequest::default()
+        },
     )
 }
 
 fn stdout(forge: &TestForge, vm: &str, command: &str) -> String {
     let out = exec(forge, vm, command);
-    assert_eq!(out["exit_code"], 0, "{command}: {out}");
-    out["stdout"].as_str().unwrap().to_owned()
+    assert_eq!(out.exit.exit_code, 0, "{command}: {out:?}");
+    out.stdout
 }
 
 /// The counter's value in `vm` (0 before its first write).
@@ -74,21 +82,24 @@ fn counts_past(forge: &TestForge, vm: &str, above: u64) -> u64 {
     }
 }
 
-fn step_status<'a>(run: &'a Value, name: &str) -> &'a Value {
-    &run["steps"]
-        .as_array()
-        .unwrap()
+fn step_status(run: &RunView, name: &str) -> StepState {
+    run.steps
         .iter()
-        .find(|s| s["name"] == name)
-        .unwrap_or_else(|| panic!("no step {name}: {run}"))["status"]
+        .find(|s| s.name == name)
+        .unwrap_or_else(|| panic!("no step {name}: {run:?}"))
+        .status
 }
 
 #[test]
 #[ignore = "boots Linux microVMs: scripts/nested-kvm.sh runs it"]
 fn pipelines_forks_and_idle_pauses_run_in_microvms() {
     let forge = TestForge::builder().with_microvm_sandboxes(10).start();
-    let system = forge.admin("GET", "/v1/system", None);
-    assert_eq!(system["sandboxes"]["backend"], "microvm", "{system}");
+    let system: System = forge.get("/v1/system");
+    assert_eq!(
+        system.sandboxes.backend.as_deref(),
+        Some("microvm"),
+        "{system:?}"
+    );
 
     // A push runs the branch's lint and test in a microVM.
     forge.create_repo("acme/bun");
@@ -111,13 +122,17 @@ fn pipelines_forks_and_idle_pauses_run_in_microvms() {
         "push → pipeline passed in a fresh microVM: {:?}",
         started.elapsed()
     );
-    assert_eq!(run["state"], "passed", "{run}");
+    assert_eq!(run.state, RunState::Passed, "{run:?}");
     for step in ["checkout", "lint", "test"] {
-        assert_eq!(step_status(&run, step), "passed", "{step}: {run}");
+        assert_eq!(
+            step_status(&run, step),
+            StepState::Passed,
+            "{step}: {run:?}"
+        );
     }
-    let main_vm = run["vm_id"].as_str().unwrap().to_owned();
-    let vm = forge.admin("GET", &format!("/v1/vms/{main_vm}"), None);
-    assert_eq!(vm["backend"], "microvm", "{vm}");
+    let main_vm = run.vm_id.clone().unwrap();
+    let vm: VmDetail = forge.get(&format!("/v1/vms/{main_vm}"));
+    assert_eq!(vm.vm.backend, "microvm", "{vm:?}");
     // It is a VM of its own: its own kernel, not the host's.
     let kernel = stdout(&forge, &main_vm, "uname -r");
     let host_kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
@@ -143,28 +158,23 @@ fn pipelines_forks_and_idle_pauses_run_in_microvms() {
         "push of a new branch → pipeline passed in a fork: {:?}",
         started.elapsed()
     );
-    assert_eq!(run["state"], "passed", "{run}");
-    let feature_vm = run["vm_id"].as_str().unwrap().to_owned();
-    let vm = forge.admin("GET", &format!("/v1/vms/{feature_vm}"), None);
-    assert_eq!(vm["parent"], main_vm.as_str(), "{vm}");
-    assert_eq!(vm["branch"], "feature", "{vm}");
+    assert_eq!(run.state, RunState::Passed, "{run:?}");
+    let feature_vm = run.vm_id.clone().unwrap();
+    let vm: VmDetail = forge.get(&format!("/v1/vms/{feature_vm}"));
+    assert_eq!(vm.vm.parent.as_deref(), Some(main_vm.as_str()), "{vm:?}");
+    assert_eq!(vm.vm.branch.as_deref(), Some("feature"), "{vm:?}");
 
     // Fork ×3 carries a running process into every copy, memory and all.
     stdout(&forge, &main_vm, COUNTER);
     let before = counts_past(&forge, &main_vm, 2);
     let started = Instant::now();
-    let forks = forge.admin(
+    let forks: Forks = forge.send(
         "POST",
         &format!("/v1/vms/{main_vm}/fork"),
-        Some(json!({ "count": 3 })),
+        &ForkRequest { count: Some(3) },
     );
     println!("fork ×3 of a running microVM: {:?}", started.elapsed());
-    let forks: Vec<String> = forks["forks"]
-        .as_array()
-        .unwrap_or_else(|| panic!("{forks}"))
-        .iter()
-        .map(|f| f["id"].as_str().unwrap().to_owned())
-        .collect();
+    let forks: Vec<String> = forks.forks.into_iter().map(|f| f.vm.id).collect();
     assert_eq!(forks.len(), 3);
     for fork in &forks {
         let at_start = count(&forge, fork);
@@ -181,8 +191,8 @@ fn pipelines_forks_and_idle_pauses_run_in_microvms() {
     }
     let parent_sees = exec(&forge, &main_vm, "cat /tmp/whoami");
     assert_ne!(
-        parent_sees["exit_code"], 0,
-        "the parent sees a fork's file: {parent_sees}"
+        parent_sees.exit.exit_code, 0,
+        "the parent sees a fork's file: {parent_sees:?}"
     );
     for fork in &forks {
         forge.admin("DELETE", &format!("/v1/vms/{fork}"), None);
@@ -190,17 +200,21 @@ fn pipelines_forks_and_idle_pauses_run_in_microvms() {
 
     // Idle past its timeout, a VM pauses to disk by itself; the next exec
     // resumes it where it stopped.
-    let idle = forge.admin("POST", "/v1/vms", Some(json!({ "idle_timeout_secs": 5 })));
-    let idle = idle["id"]
-        .as_str()
-        .unwrap_or_else(|| panic!("{idle}"))
-        .to_owned();
+    let idle: VmView = forge.send(
+        "POST",
+        "/v1/vms",
+        &CreateVm {
+            idle_timeout_secs: Some(5),
+            ..CreateVm::default()
+        },
+    );
+    let idle = idle.id;
     stdout(&forge, &idle, COUNTER);
     let before = counts_past(&forge, &idle, 2);
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let state = forge.admin("GET", &format!("/v1/vms/{idle}"), None)["state"].clone();
-        if state == "paused_to_disk" {
+        let state = forge.get::<VmDetail>(&format!("/v1/vms/{idle}")).vm.state;
+        if state == VmState::PausedToDisk {
             break;
         }
         assert!(Instant::now() < deadline, "never paused when idle: {state}");
@@ -218,8 +232,8 @@ fn pipelines_forks_and_idle_pauses_run_in_microvms() {
     );
     counts_past(&forge, &idle, resumed_at);
     assert_eq!(
-        forge.admin("GET", &format!("/v1/vms/{idle}"), None)["state"],
-        "running"
+        forge.get::<VmDetail>(&format!("/v1/vms/{idle}")).vm.state,
+        VmState::Running
     );
 
     for vm in [&idle, &feature_vm] {

@@ -3,8 +3,10 @@
 
 #![allow(clippy::unwrap_used)] // A test that cannot unwrap has failed: say so loudly.
 
+use api_types::runs::{RunView, StepView};
+use api_types::vms::VmDetail;
+use api_types::{RunState, StepState};
 use e2e::{TestForge, commit_files, git_ok, work_repo};
-use serde_json::Value;
 
 const PACKAGE: &str = r#"{ "name": "demo", "private": true, "scripts": { "test": "bun test" } }"#;
 
@@ -14,18 +16,16 @@ fn failing_test(expected: u32) -> String {
     )
 }
 
-fn step<'a>(run: &'a Value, name: &str) -> &'a Value {
-    run["steps"]
-        .as_array()
-        .unwrap()
+fn step<'a>(run: &'a RunView, name: &str) -> &'a StepView {
+    run.steps
         .iter()
-        .find(|s| s["name"] == name)
-        .unwrap_or_else(|| panic!("no step {name}: {run}"))
+        .find(|s| s.name == name)
+        .unwrap_or_else(|| panic!("no step {name}: {run:?}"))
 }
 
-fn log(forge: &TestForge, run: &Value) -> String {
+fn log(forge: &TestForge, run: &RunView) -> String {
     let response = reqwest::blocking::Client::new()
-        .get(format!("{}/v1/runs/{}/logs", forge.url, run["id"]))
+        .get(format!("{}/v1/runs/{}/logs", forge.url, run.id))
         .bearer_auth(&forge.admin_token)
         .send()
         .unwrap();
@@ -51,38 +51,38 @@ fn pushes_run_the_tests_in_the_branch_sandbox() {
     git_ok(&work, &["push", "--quiet", &url, "main"]);
 
     let run = forge.finished_run("acme/bun", &first);
-    assert_eq!(run["state"], "failed", "{run}");
+    assert_eq!(run.state, RunState::Failed, "{run:?}");
     assert_eq!(
-        step(&run, "checkout")["status"],
-        "passed",
+        step(&run, "checkout").status,
+        StepState::Passed,
         "{}",
         log(&forge, &run)
     );
     assert_eq!(
-        step(&run, "install")["status"],
-        "passed",
+        step(&run, "install").status,
+        StepState::Passed,
         "{}",
         log(&forge, &run)
     );
-    assert_eq!(step(&run, "test")["status"], "failed");
+    assert_eq!(step(&run, "test").status, StepState::Failed);
     let text = log(&forge, &run);
     assert!(
         text.contains("adds small numbers"),
         "the log names the failing test:\n{text}"
     );
-    let main_vm = run["vm_id"].as_str().unwrap().to_owned();
+    let main_vm = run.vm_id.clone().unwrap();
 
     // The fix passes; dependencies are unchanged, so install is skipped.
     let fixed = commit_files(&work, &[("math.test.ts", &failing_test(2))], "fix the test");
     git_ok(&work, &["push", "--quiet", &url, "main"]);
     let run = forge.finished_run("acme/bun", &fixed);
-    assert_eq!(run["state"], "passed", "{}", log(&forge, &run));
+    assert_eq!(run.state, RunState::Passed, "{}", log(&forge, &run));
     assert_eq!(
-        run["vm_id"],
-        main_vm.as_str(),
+        run.vm_id.as_deref(),
+        Some(main_vm.as_str()),
         "the branch keeps its sandbox"
     );
-    assert_eq!(step(&run, "install")["status"], "skipped");
+    assert_eq!(step(&run, "install").status, StepState::Skipped);
     assert!(log(&forge, &run).contains("1 pass"));
 
     // A new branch runs in a fork of main's sandbox.
@@ -90,17 +90,13 @@ fn pushes_run_the_tests_in_the_branch_sandbox() {
     let feature = commit_files(&work, &[("README.md", "feature\n")], "feature work");
     git_ok(&work, &["push", "--quiet", &url, "feature"]);
     let run = forge.finished_run("acme/bun", &feature);
-    assert_eq!(run["state"], "passed", "{}", log(&forge, &run));
-    let vm = forge.admin(
-        "GET",
-        &format!("/v1/vms/{}", run["vm_id"].as_str().unwrap()),
-        None,
-    );
-    assert_eq!(vm["parent"], main_vm.as_str(), "{vm}");
-    assert_eq!(vm["branch"], "feature");
+    assert_eq!(run.state, RunState::Passed, "{}", log(&forge, &run));
+    let vm: VmDetail = forge.get(&format!("/v1/vms/{}", run.vm_id.as_deref().unwrap()));
+    assert_eq!(vm.vm.parent.as_deref(), Some(main_vm.as_str()), "{vm:?}");
+    assert_eq!(vm.vm.branch.as_deref(), Some("feature"));
     assert_eq!(
-        step(&run, "install")["status"],
-        "skipped",
+        step(&run, "install").status,
+        StepState::Skipped,
         "the fork carried main's dependencies"
     );
 
@@ -111,12 +107,12 @@ fn pushes_run_the_tests_in_the_branch_sandbox() {
         listed.contains("passed") && listed.contains("failed") && listed.contains("feature"),
         "{listed}"
     );
-    let shown = cli(&["run", "show", &run["id"].to_string()]);
+    let shown = cli(&["run", "show", &run.id.to_string()]);
     assert!(
         shown.contains("checkout") && shown.contains("test"),
         "{shown}"
     );
-    let followed = cli(&["run", "logs", "--follow", &run["id"].to_string()]);
+    let followed = cli(&["run", "logs", "--follow", &run.id.to_string()]);
     assert!(
         followed.contains("1 pass") && followed.contains("== run passed =="),
         "{followed}"

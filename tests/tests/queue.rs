@@ -5,6 +5,7 @@
 
 use std::time::{Duration, Instant};
 
+use api_types::vms::{CreateVm, System, VmView};
 use e2e::TestForge;
 use serde_json::json;
 
@@ -18,11 +19,9 @@ fn a_create_over_the_cap_waits_its_turn_and_quotas_are_clear() {
         .env("FORGE_SANDBOX_QUEUE_SECS", "60")
         .env("FORGE_MAX_VMS_PER_TOKEN", "1")
         .start();
-    let a = forge.admin("POST", "/v1/vms", Some(json!({})))["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let _b = forge.admin("POST", "/v1/vms", Some(json!({})));
+    let a: VmView = forge.send("POST", "/v1/vms", &CreateVm::default());
+    let a = a.id;
+    let _b: VmView = forge.send("POST", "/v1/vms", &CreateVm::default());
 
     // The third waits in the queue; the system says so.
     let (url, token) = (forge.url.clone(), forge.admin_token.clone());
@@ -45,12 +44,12 @@ fn a_create_over_the_cap_waits_its_turn_and_quotas_are_clear() {
     });
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let system = forge.admin("GET", "/v1/system", None);
-        if system["sandboxes"]["queue"]["waiting"] == 1 {
-            assert_eq!(system["sandboxes"]["queue"]["max_wait_secs"], 60);
+        let system: System = forge.get("/v1/system");
+        if system.sandboxes.queue.waiting == 1 {
+            assert_eq!(system.sandboxes.queue.max_wait_secs, 60);
             break;
         }
-        assert!(Instant::now() < deadline, "never queued: {system}");
+        assert!(Instant::now() < deadline, "never queued: {system:?}");
         std::thread::sleep(Duration::from_millis(100));
     }
     let freed = Instant::now();
@@ -66,11 +65,7 @@ fn a_create_over_the_cap_waits_its_turn_and_quotas_are_clear() {
     // A repo:write token holds one live VM at most; admins have no quota.
     forge.create_repo("acme/q");
     let user = forge.create_token("agent", &["repo:write"], None);
-    forge.admin(
-        "DELETE",
-        &format!("/v1/vms/{}", _b["id"].as_str().unwrap()),
-        None,
-    );
+    forge.admin("DELETE", &format!("/v1/vms/{}", _b.id), None);
     let (status, mine) = forge.call(Some(&user), "POST", "/v1/vms", Some(json!({})));
     assert_eq!(status, 201, "{mine}");
     let (status, body) = forge.call(Some(&user), "POST", "/v1/vms", Some(json!({})));

@@ -14,17 +14,24 @@
 use std::path::Path;
 use std::time::Instant;
 
+use api_types::RunState;
+use api_types::repos::BranchView;
+use api_types::tokens::TokenView;
+use api_types::vms::{CreateVm, ExecOutput, ExecRequest, VmDetail, VmView};
 use e2e::{TestForge, commit_files, git_ok, git_run, work_repo};
-use serde_json::{Value, json};
 
 const PACKAGE: &str = r#"{ "name": "demo", "private": true, "scripts": { "test": "bun test" } }"#;
 const TEST: &str = "import { expect, test } from \"bun:test\";\ntest(\"adds\", () => { expect(1 + 1).toBe(2); });\n";
 
-fn sh(forge: &TestForge, vm: &str, script: &str) -> Value {
-    forge.admin(
+fn sh(forge: &TestForge, vm: &str, script: &str) -> ExecOutput {
+    forge.send(
         "POST",
         &format!("/v1/vms/{vm}/exec"),
-        Some(json!({ "argv": ["sh", "-c", script], "timeout_secs": 120 })),
+        &ExecRequest {
+            argv: Some(vec!["sh".into(), "-c".into(), script.into()]),
+            timeout_secs: Some(120),
+            ..ExecRequest::default()
+        },
     )
 }
 
@@ -39,8 +46,7 @@ fn workspace(forge: &TestForge, vm: &str, script: &str) -> (i64, String) {
              git config user.name agent && {{ {script} ; }} 2>&1"
         ),
     );
-    let output = answer["stdout"].as_str().unwrap().to_owned();
-    (answer["exit_code"].as_i64().unwrap(), output)
+    (i64::from(answer.exit.exit_code), answer.stdout)
 }
 
 /// The commit `refname` points at in the forge's copy, if it exists.
@@ -80,14 +86,11 @@ fn a_push_from_inside_a_sandbox_creates_a_branch_of_its_own_and_runs_it_in_a_for
     let first = git_ok(&work, &["rev-parse", "HEAD"]);
     git_ok(&work, &["push", "--quiet", &url, "main"]);
     let run = forge.finished_run("acme/push", &first);
-    assert_eq!(run["state"], "passed", "{run}");
-    let main_vm = run["vm_id"].as_str().unwrap().to_owned();
+    assert_eq!(run.state, RunState::Passed, "{run:?}");
+    let main_vm = run.vm_id.clone().unwrap();
 
     let origin = sh(&forge, &main_vm, "git -C /workspace remote get-url origin");
-    assert_eq!(
-        origin["stdout"].as_str().unwrap().trim(),
-        "http://127.0.0.1:3129/acme/push.git"
-    );
+    assert_eq!(origin.stdout.trim(), "http://127.0.0.1:3129/acme/push.git");
     // The default branch's sandbox may not start another branch, only
     // one under its own prefix.
     let branch = format!("sandbox/{main_vm}/feature");
@@ -103,23 +106,17 @@ fn a_push_from_inside_a_sandbox_creates_a_branch_of_its_own_and_runs_it_in_a_for
         ),
     );
     println!("push from inside the sandbox: {:?}", started.elapsed());
-    assert_eq!(pushed["exit_code"], 0, "{pushed}");
-    let commit = pushed["stdout"]
-        .as_str()
-        .unwrap()
-        .lines()
-        .last()
-        .unwrap()
-        .to_owned();
+    assert_eq!(pushed.exit.exit_code, 0, "{pushed:?}");
+    let commit = pushed.stdout.lines().last().unwrap().to_owned();
 
-    let branches = forge.admin("GET", "/v1/repos/acme/push/branches", None);
-    assert!(branches.to_string().contains(&branch), "{branches}");
+    let branches: Vec<BranchView> = forge.get("/v1/repos/acme/push/branches");
+    assert!(branches.iter().any(|b| b.name == branch), "{branches:?}");
     let run = forge.finished_run("acme/push", &commit);
-    assert_eq!(run["state"], "passed", "{run}");
-    let feature_vm = run["vm_id"].as_str().unwrap();
-    let vm = forge.admin("GET", &format!("/v1/vms/{feature_vm}"), None);
-    assert_eq!(vm["parent"], main_vm.as_str(), "{vm}");
-    assert_eq!(vm["branch"], branch.as_str());
+    assert_eq!(run.state, RunState::Passed, "{run:?}");
+    let feature_vm = run.vm_id.as_deref().unwrap();
+    let vm: VmDetail = forge.get(&format!("/v1/vms/{feature_vm}"));
+    assert_eq!(vm.vm.parent.as_deref(), Some(main_vm.as_str()), "{vm:?}");
+    assert_eq!(vm.vm.branch.as_deref(), Some(branch.as_str()));
 
     // The remote reaches this repository's git endpoints only, and the
     // token stays on the host.
@@ -128,43 +125,38 @@ fn a_push_from_inside_a_sandbox_creates_a_branch_of_its_own_and_runs_it_in_a_for
         &main_vm,
         "git ls-remote http://127.0.0.1:3129/acme/other.git 2>&1",
     );
-    assert_ne!(other["exit_code"], 0, "{other}");
-    assert!(other["stdout"].as_str().unwrap().contains("403"), "{other}");
+    assert_ne!(other.exit.exit_code, 0, "{other:?}");
+    assert!(other.stdout.contains("403"), "{other:?}");
     let api = sh(
         &forge,
         &main_vm,
         "bun -e 'const r = await fetch(\"http://127.0.0.1:3129/v1/vms\"); console.log(r.status)'",
     );
-    assert_eq!(api["stdout"].as_str().unwrap().trim(), "403", "{api}");
+    assert_eq!(api.stdout.trim(), "403", "{api:?}");
     let leaked = sh(
         &forge,
         &main_vm,
         "grep -rl forge_ /workspace/.git/config /proc/self/environ; env | grep -c forge_",
     );
-    assert_eq!(leaked["stdout"].as_str().unwrap().trim(), "0", "{leaked}");
+    assert_eq!(leaked.stdout.trim(), "0", "{leaked:?}");
 
-    let tokens_of = |vm: &str| -> Vec<Value> {
-        let tokens = forge.admin("GET", "/v1/tokens", None);
+    let tokens_of = |vm: &str| -> Vec<TokenView> {
+        let tokens: Vec<TokenView> = forge.get("/v1/tokens");
         tokens
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|t| t["name"] == format!("sandbox:{vm}"))
-            .cloned()
+            .into_iter()
+            .filter(|t| t.name == format!("sandbox:{vm}"))
             .collect()
     };
-    let live: Vec<Value> = tokens_of(&main_vm)
+    let live: Vec<TokenView> = tokens_of(&main_vm)
         .into_iter()
-        .filter(|t| t["revoked_at"].is_null())
+        .filter(|t| t.revoked_at.is_none())
         .collect();
     assert_eq!(live.len(), 1, "one live token per sandbox: {live:?}");
-    assert_eq!(live[0]["repo"], "acme/push", "{live:?}");
-    assert_eq!(live[0]["scopes"], json!(["repo:write"]), "{live:?}");
+    assert_eq!(live[0].repo.as_deref(), Some("acme/push"), "{live:?}");
+    assert_eq!(live[0].scopes, ["repo:write"], "{live:?}");
     forge.admin("DELETE", &format!("/v1/vms/{main_vm}"), None);
     assert!(
-        tokens_of(&main_vm)
-            .iter()
-            .all(|t| !t["revoked_at"].is_null()),
+        tokens_of(&main_vm).iter().all(|t| t.revoked_at.is_some()),
         "destroying the VM revokes its token"
     );
 }
@@ -185,15 +177,23 @@ fn a_feature_branch_sandbox_cannot_move_main_or_push_tags_but_moves_its_own_bran
     git_ok(&work, &["push", "--quiet", &url, "feature"]);
     let main = server_ref(&forge, "acme/guarded", "refs/heads/main").unwrap();
 
-    let vm = forge.admin(
+    let vm: VmView = forge.send(
         "POST",
         "/v1/vms",
-        Some(json!({ "repo": "acme/guarded", "branch": "feature" })),
+        &CreateVm {
+            repo: Some("acme/guarded".into()),
+            branch: Some("feature".into()),
+            ..CreateVm::default()
+        },
     );
-    let vm = vm["id"].as_str().unwrap().to_owned();
+    let vm = vm.id;
     assert_eq!(
-        forge.admin("GET", &format!("/v1/vms/{vm}"), None)["branch"],
-        "feature"
+        forge
+            .get::<VmDetail>(&format!("/v1/vms/{vm}"))
+            .vm
+            .branch
+            .as_deref(),
+        Some("feature")
     );
     // A fast-forward of main (feature is main plus commits), and a rewrite.
     let (code, out) = workspace(

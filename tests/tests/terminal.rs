@@ -7,8 +7,8 @@
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
+use api_types::vms::{CreateVm, TerminalTicket, VmView};
 use e2e::TestForge;
-use serde_json::json;
 use tungstenite::client::IntoClientRequest;
 use tungstenite::{Message, WebSocket};
 
@@ -84,8 +84,8 @@ fn forge() -> Option<TestForge> {
 #[test]
 fn typing_echo_hi_shows_hi() {
     let Some(forge) = forge() else { return };
-    let vm = forge.admin("POST", "/v1/vms", Some(json!({})));
-    let id = vm["id"].as_str().unwrap();
+    let vm: VmView = forge.send("POST", "/v1/vms", &CreateVm::default());
+    let id = vm.id.as_str();
     let mut socket = connect(
         &forge,
         &format!("/v1/vms/{id}/terminal?cols=100&rows=30"),
@@ -131,8 +131,8 @@ fn typing_echo_hi_shows_hi() {
 #[test]
 fn tickets_are_single_use_and_bound_to_their_vm() {
     let Some(forge) = forge() else { return };
-    let a = forge.admin("POST", "/v1/vms", Some(json!({})));
-    let a = a["id"].as_str().unwrap();
+    let a: VmView = forge.send("POST", "/v1/vms", &CreateVm::default());
+    let a = a.id.as_str();
     // No credentials at all, and a made-up ticket: refused before upgrade.
     assert_eq!(
         connect(&forge, &format!("/v1/vms/{a}/terminal"), None).unwrap_err(),
@@ -157,8 +157,8 @@ fn tickets_are_single_use_and_bound_to_their_vm() {
     );
     assert_eq!(status, 404);
 
-    let ticket = forge.admin("POST", &format!("/v1/vms/{a}/terminal/tickets"), None);
-    let ticket = ticket["ticket"].as_str().unwrap().to_owned();
+    let ticket: TerminalTicket = forge.send_empty("POST", &format!("/v1/vms/{a}/terminal/tickets"));
+    let ticket = ticket.ticket;
     let path = format!("/v1/vms/{a}/terminal?ticket={ticket}");
     let mut socket = connect(&forge, &path, None).unwrap();
     socket
@@ -170,10 +170,10 @@ fn tickets_are_single_use_and_bound_to_their_vm() {
     drop(socket);
 
     // A ticket for VM a does not open VM b.
-    let b = forge.admin("POST", "/v1/vms", Some(json!({})));
-    let b = b["id"].as_str().unwrap();
-    let ticket = forge.admin("POST", &format!("/v1/vms/{a}/terminal/tickets"), None);
-    let ticket = ticket["ticket"].as_str().unwrap();
+    let b: VmView = forge.send("POST", "/v1/vms", &CreateVm::default());
+    let b = b.id.as_str();
+    let ticket: TerminalTicket = forge.send_empty("POST", &format!("/v1/vms/{a}/terminal/tickets"));
+    let ticket = ticket.ticket.as_str();
     assert_eq!(
         connect(
             &forge,
@@ -186,11 +186,8 @@ fn tickets_are_single_use_and_bound_to_their_vm() {
     // A page on another site cannot open a terminal with the browser's
     // credentials (cross-site WebSocket hijacking); the forge's own pages
     // can.
-    let ticket = forge.admin("POST", &format!("/v1/vms/{a}/terminal/tickets"), None);
-    let path = format!(
-        "/v1/vms/{a}/terminal?ticket={}",
-        ticket["ticket"].as_str().unwrap()
-    );
+    let ticket: TerminalTicket = forge.send_empty("POST", &format!("/v1/vms/{a}/terminal/tickets"));
+    let path = format!("/v1/vms/{a}/terminal?ticket={}", ticket.ticket);
     for credentials in [
         (path.as_str(), None),
         (

@@ -5,8 +5,15 @@
 
 use std::time::{Duration, Instant};
 
+use std::collections::BTreeMap;
+
+use api_types::VmState;
+use api_types::vms::{
+    CarriedVm, CreateVm, ExecOutput, ExecRequest, ForkRequest, Forks, Kept, PauseRequest,
+    Persistence, System, VmDetail, VmView,
+};
 use e2e::TestForge;
-use serde_json::{Value, json};
+use serde_json::json;
 
 /// A forge with sandboxes, or `None` (with a plain message) where this
 /// host cannot run them.
@@ -17,18 +24,31 @@ fn forge(max_live: usize) -> Option<TestForge> {
     Some(TestForge::builder().with_sandboxes(max_live).start())
 }
 
-fn exec(forge: &TestForge, vm: &str, command: &str) -> Value {
-    forge.admin(
+fn exec(forge: &TestForge, vm: &str, command: &str) -> ExecOutput {
+    forge.send(
         "POST",
         &format!("/v1/vms/{vm}/exec"),
-        Some(json!({ "command": command })),
+        &ExecRequest {
+            command: Some(command.into()),
+            ..ExecRequest::default()
+        },
     )
+}
+
+/// Creates a VM as `request` asks.
+fn create(forge: &TestForge, request: CreateVm) -> VmView {
+    forge.send("POST", "/v1/vms", &request)
+}
+
+/// The VM's state as `GET /v1/vms/{id}` shows it.
+fn state(forge: &TestForge, vm: &str) -> VmState {
+    forge.get::<VmDetail>(&format!("/v1/vms/{vm}")).vm.state
 }
 
 fn stdout(forge: &TestForge, vm: &str, command: &str) -> String {
     let out = exec(forge, vm, command);
-    assert_eq!(out["exit_code"], 0, "{command}: {out}");
-    out["stdout"].as_str().unwrap().to_owned()
+    assert_eq!(out.exit.exit_code, 0, "{command}: {out:?}");
+    out.stdout
 }
 
 fn write(forge: &TestForge, vm: &str, path: &str, content: &str) {
@@ -53,45 +73,51 @@ fn read(forge: &TestForge, vm: &str, path: &str) -> (u16, String) {
 #[test]
 fn create_exec_fork_and_isolation() {
     let Some(forge) = forge(20) else { return };
-    let system = forge.admin("GET", "/v1/system", None);
-    assert_eq!(system["sandboxes"]["backend"], "container", "{system}");
-    let vm = forge.admin("POST", "/v1/vms", Some(json!({})));
-    let id = vm["id"].as_str().unwrap().to_owned();
-    assert_eq!(vm["state"], "running");
-    assert_eq!(vm["backend"], "container");
+    let system: System = forge.get("/v1/system");
+    assert_eq!(
+        system.sandboxes.backend.as_deref(),
+        Some("container"),
+        "{system:?}"
+    );
+    let vm = create(&forge, CreateVm::default());
+    let id = vm.id.clone();
+    assert_eq!(vm.state, VmState::Running);
+    assert_eq!(vm.backend, "container");
     let out = exec(&forge, &id, "echo hi; echo oops >&2; exit 3");
     assert_eq!(
-        (
-            out["stdout"].as_str(),
-            out["stderr"].as_str(),
-            out["exit_code"].as_i64()
-        ),
-        (Some("hi\n"), Some("oops\n"), Some(3))
+        (out.stdout.as_str(), out.stderr.as_str(), out.exit.exit_code),
+        ("hi\n", "oops\n", 3)
     );
-    let argv = forge.admin(
+    let argv: ExecOutput = forge.send(
         "POST",
         &format!("/v1/vms/{id}/exec"),
-        Some(json!({ "argv": ["sh", "-c", "echo $GREETING from $(pwd); cat"], "env": { "GREETING": "hello" }, "cwd": "/tmp", "stdin": "piped" })),
+        &ExecRequest {
+            argv: Some(vec![
+                "sh".into(),
+                "-c".into(),
+                "echo $GREETING from $(pwd); cat".into(),
+            ]),
+            env: BTreeMap::from([("GREETING".into(), "hello".into())]),
+            cwd: Some("/tmp".into()),
+            stdin: Some("piped".into()),
+            ..ExecRequest::default()
+        },
     );
-    assert_eq!(argv["stdout"], "hello from /tmp\npiped");
+    assert_eq!(argv.stdout, "hello from /tmp\npiped");
 
     write(&forge, &id, "workspace/shared.txt", "from the parent");
-    let forks = forge.admin(
+    let forks: Forks = forge.send(
         "POST",
         &format!("/v1/vms/{id}/fork"),
-        Some(json!({ "count": 3 })),
+        &ForkRequest { count: Some(3) },
     );
-    let forks: Vec<String> = forks["forks"]
-        .as_array()
-        .unwrap()
-        .iter()
+    let forks: Vec<String> = forks
+        .forks
+        .into_iter()
         .map(|f| {
-            assert_eq!(f["parent"], id.as_str());
-            assert!(
-                f["kept"].as_array().unwrap().contains(&json!("disk")),
-                "{f}"
-            );
-            f["id"].as_str().unwrap().to_owned()
+            assert_eq!(f.vm.parent.as_deref(), Some(id.as_str()));
+            assert!(f.kept.contains(&Kept::Disk), "{f:?}");
+            f.vm.id
         })
         .collect();
     assert_eq!(forks.len(), 3);
@@ -114,8 +140,8 @@ fn create_exec_fork_and_isolation() {
         404,
         "the parent sees no fork's write"
     );
-    let listed = forge.admin("GET", "/v1/vms", None);
-    assert_eq!(listed.as_array().unwrap().len(), 4);
+    let listed: Vec<VmView> = forge.get("/v1/vms");
+    assert_eq!(listed.len(), 4);
 
     // Bad input.
     let (status, body) = forge.call(Some(&forge.admin_token), "GET", "/v1/vms/sb-nope", None);
@@ -142,8 +168,8 @@ fn create_exec_fork_and_isolation() {
     let (status, body) = read(&forge, &id, "..%2F..%2F..%2Fetc%2Fpasswd");
     assert_eq!(status, 400, "{body}");
     let big = exec(&forge, &id, "head -c 6000000 /dev/zero | tr '\\0' x");
-    assert_eq!(big["truncated"], true);
-    assert!(big["stdout"].as_str().unwrap().len() <= 4 << 20);
+    assert!(big.exit.truncated);
+    assert!(big.stdout.len() <= 4 << 20);
 
     // Someone else's token sees none of these VMs.
     let other = forge.create_token("other", &["repo:write"], None);
@@ -193,8 +219,14 @@ fn counts_past(forge: &TestForge, vm: &str, above: u64) -> u64 {
 #[test]
 fn pause_resume_idle_timeout_and_crash() {
     let Some(forge) = forge(20) else { return };
-    let vm = forge.admin("POST", "/v1/vms", Some(json!({ "idle_timeout_secs": 2 })));
-    let id = vm["id"].as_str().unwrap().to_owned();
+    let vm = create(
+        &forge,
+        CreateVm {
+            idle_timeout_secs: Some(2),
+            ..CreateVm::default()
+        },
+    );
+    let id = vm.id;
     write(&forge, &id, "workspace/keep.txt", "kept");
     stdout(
         &forge,
@@ -203,10 +235,10 @@ fn pause_resume_idle_timeout_and_crash() {
     );
     let started = counts_past(&forge, &id, 0);
 
-    let paused = forge.admin("POST", &format!("/v1/vms/{id}/pause"), None);
-    assert_eq!(paused["state"], "paused");
-    let resumed = forge.admin("POST", &format!("/v1/vms/{id}/resume"), None);
-    assert_eq!(resumed["state"], "running");
+    let paused: VmView = forge.send_empty("POST", &format!("/v1/vms/{id}/pause"));
+    assert_eq!(paused.state, VmState::Paused);
+    let resumed: CarriedVm = forge.send_empty("POST", &format!("/v1/vms/{id}/resume"));
+    assert_eq!(resumed.vm.state, VmState::Running);
     let before = count(&forge, &id);
     assert!(
         before >= started,
@@ -214,24 +246,21 @@ fn pause_resume_idle_timeout_and_crash() {
     );
     counts_past(&forge, &id, before);
 
-    let to_disk = forge.admin(
+    let to_disk: VmView = forge.send(
         "POST",
         &format!("/v1/vms/{id}/pause"),
-        Some(json!({ "to_disk": true })),
+        &PauseRequest { to_disk: true },
     );
-    assert_eq!(to_disk["state"], "paused_to_disk");
+    assert_eq!(to_disk.state, VmState::PausedToDisk);
     // An exec resumes it transparently; files survive.
     assert_eq!(stdout(&forge, &id, "cat /workspace/keep.txt"), "kept");
-    assert_eq!(
-        forge.admin("GET", &format!("/v1/vms/{id}"), None)["state"],
-        "running"
-    );
+    assert_eq!(state(&forge, &id), VmState::Running);
 
     // Idle for its timeout: paused to disk by itself; the next exec resumes.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let state = forge.admin("GET", &format!("/v1/vms/{id}"), None)["state"].clone();
-        if state == "paused_to_disk" {
+        let state = state(&forge, &id);
+        if state == VmState::PausedToDisk {
             break;
         }
         assert!(Instant::now() < deadline, "never paused when idle: {state}");
@@ -240,12 +269,14 @@ fn pause_resume_idle_timeout_and_crash() {
     assert_eq!(stdout(&forge, &id, "cat /workspace/keep.txt"), "kept");
 
     // Killing the sandbox's processes: the API says crashed, clearly.
-    let ephemeral = forge.admin(
-        "POST",
-        "/v1/vms",
-        Some(json!({ "persistence": { "type": "ephemeral" } })),
+    let ephemeral = create(
+        &forge,
+        CreateVm {
+            persistence: Some(Persistence::of(false)),
+            ..CreateVm::default()
+        },
     );
-    let victim = ephemeral["id"].as_str().unwrap().to_owned();
+    let victim = ephemeral.id;
     let pid = forge
         .sandbox_pid(&victim)
         .expect("the backend records PID 1");
@@ -257,7 +288,7 @@ fn pause_resume_idle_timeout_and_crash() {
             .success()
     );
     let deadline = Instant::now() + Duration::from_secs(10);
-    while forge.admin("GET", &format!("/v1/vms/{victim}"), None)["state"] != "crashed" {
+    while state(&forge, &victim) != VmState::Crashed {
         assert!(Instant::now() < deadline, "never marked crashed");
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -288,11 +319,8 @@ fn the_cap_is_a_clear_429_and_concurrent_operations_do_not_deadlock() {
         .with_sandboxes(2)
         .env("FORGE_SANDBOX_QUEUE_SECS", "1")
         .start();
-    let a = forge.admin("POST", "/v1/vms", Some(json!({})))["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let _b = forge.admin("POST", "/v1/vms", Some(json!({})));
+    let a = create(&forge, CreateVm::default()).id;
+    let _b = create(&forge, CreateVm::default());
     let (status, body) = forge.call(Some(&forge.admin_token), "POST", "/v1/vms", Some(json!({})));
     assert_eq!(status, 429, "{body}");
     assert!(
@@ -302,15 +330,12 @@ fn the_cap_is_a_clear_429_and_concurrent_operations_do_not_deadlock() {
             .contains("cap is 2; waited 1s in the queue (position 1 of 1)"),
         "{body}"
     );
-    forge.admin(
+    let _: VmView = forge.send(
         "POST",
         &format!("/v1/vms/{a}/pause"),
-        Some(json!({ "to_disk": true })),
+        &PauseRequest { to_disk: true },
     );
-    let c = forge.admin("POST", "/v1/vms", Some(json!({})))["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let c = create(&forge, CreateVm::default()).id;
 
     // Pause, resume and exec on one VM from several threads at once.
     let url = forge.url.clone();
@@ -343,9 +368,8 @@ fn the_cap_is_a_clear_429_and_concurrent_operations_do_not_deadlock() {
         let status = handle.join().unwrap();
         assert!(matches!(status, 200 | 409), "{status}");
     }
-    let state = forge.admin("GET", &format!("/v1/vms/{c}"), None)["state"].clone();
-    if state == "paused" {
-        forge.admin("POST", &format!("/v1/vms/{c}/resume"), None);
+    if state(&forge, &c) == VmState::Paused {
+        let _: CarriedVm = forge.send_empty("POST", &format!("/v1/vms/{c}/resume"));
     }
     assert_eq!(stdout(&forge, &c, "echo alive"), "alive\n");
 }
@@ -361,16 +385,19 @@ fn a_vm_for_a_repository_holds_its_checkout_and_exec_can_stream() {
     let url = forge.git_url("acme/app", &forge.admin_token);
     e2e::git_ok(&work, &["push", "--quiet", &url, "main", "dev"]);
 
-    let vm = forge.admin(
-        "POST",
-        "/v1/vms",
-        Some(json!({ "repo": "acme/app", "branch": "dev" })),
+    let vm = create(
+        &forge,
+        CreateVm {
+            repo: Some("acme/app".into()),
+            branch: Some("dev".into()),
+            ..CreateVm::default()
+        },
     );
     assert_eq!(
-        (vm["repo"].as_str(), vm["branch"].as_str()),
+        (vm.repo.as_deref(), vm.branch.as_deref()),
         (Some("acme/app"), Some("dev"))
     );
-    let id = vm["id"].as_str().unwrap();
+    let id = vm.id.as_str();
     assert_eq!(
         stdout(&forge, id, "cd /workspace && git rev-parse HEAD").trim(),
         dev
@@ -414,8 +441,14 @@ fn a_vm_for_a_repository_holds_its_checkout_and_exec_can_stream() {
             "main",
         ],
     );
-    let other = forge.admin("POST", "/v1/vms", Some(json!({ "repo": "acme/other" })));
-    let other = other["id"].as_str().unwrap();
+    let other = create(
+        &forge,
+        CreateVm {
+            repo: Some("acme/other".into()),
+            ..CreateVm::default()
+        },
+    );
+    let other = other.id.as_str();
     let limited = forge.create_token("app-admin", &["admin"], Some("acme/app"));
     let (status, listed) = forge.call(Some(&limited), "GET", "/v1/vms", None);
     assert_eq!(status, 200, "{listed}");
@@ -452,19 +485,13 @@ fn a_vm_for_a_repository_holds_its_checkout_and_exec_can_stream() {
         (200, Some(0)),
         "{answer}"
     );
-    assert_eq!(
-        forge.admin("GET", &format!("/v1/vms/{other}"), None)["state"],
-        "running"
-    );
+    assert_eq!(state(&forge, other), VmState::Running);
 }
 
 #[test]
 fn the_preview_proxies_http_to_a_server_inside() {
     let Some(forge) = forge(20) else { return };
-    let id = forge.admin("POST", "/v1/vms", Some(json!({})))["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = create(&forge, CreateVm::default()).id;
     let server = "require('http').createServer((q, s) => s.end('hello ' + q.url + ' ' + (q.headers.authorization || 'no-auth'))).listen(3000)";
     let script = format!("nohup node -e \"{server}\" >/tmp/server.log 2>&1 &");
     stdout(&forge, &id, &script);

@@ -11,6 +11,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use api_types::DeliveryState;
+use api_types::webhooks::{DeliveryPage, DeliveryView, Queued, UpdateWebhook, WebhookView};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use e2e::{TestForge, commit_files, git_ok, work_repo};
@@ -216,8 +218,8 @@ fn hooks_path(repo: &str) -> String {
     format!("/v1/repos/{repo}/webhooks")
 }
 
-fn create_hook(forge: &TestForge, repo: &str, body: Value) -> Value {
-    forge.admin("POST", &hooks_path(repo), Some(body))
+fn create_hook(forge: &TestForge, repo: &str, body: Value) -> WebhookView {
+    forge.send("POST", &hooks_path(repo), &body)
 }
 
 /// Polls `check` on the deliveries of a hook until it holds.
@@ -225,22 +227,17 @@ fn wait_deliveries(
     forge: &TestForge,
     repo: &str,
     hook: &str,
-    check: impl Fn(&[Value]) -> bool,
-) -> Vec<Value> {
+    check: impl Fn(&[DeliveryView]) -> bool,
+) -> Vec<DeliveryView> {
     let deadline = Instant::now() + WAIT;
     loop {
-        let page = forge.admin(
-            "GET",
-            &format!("{}/{hook}/deliveries", hooks_path(repo)),
-            None,
-        );
-        let deliveries = page["deliveries"].as_array().unwrap().clone();
-        if check(&deliveries) {
-            return deliveries;
+        let page: DeliveryPage = forge.get(&format!("{}/{hook}/deliveries", hooks_path(repo)));
+        if check(&page.deliveries) {
+            return page.deliveries;
         }
         assert!(
             Instant::now() < deadline,
-            "deliveries never settled: {page}"
+            "deliveries never settled: {page:?}"
         );
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -260,8 +257,11 @@ fn pushes_are_delivered_signed_and_filtered_by_branch_and_path() {
         "acme/web",
         json!({ "url": receiver.url("/all"), "events": ["push"] }),
     );
-    let secret = all["secret"].as_str().unwrap().to_owned();
-    assert!(secret.starts_with("whsec_"), "a secret is generated: {all}");
+    let secret = all.secret.clone().unwrap();
+    assert!(
+        secret.starts_with("whsec_"),
+        "a secret is generated: {all:?}"
+    );
     let filtered = create_hook(
         &forge,
         "acme/web",
@@ -273,7 +273,7 @@ fn pushes_are_delivered_signed_and_filtered_by_branch_and_path() {
             "secret": "a-secret-of-my-own",
         }),
     );
-    assert_eq!(filtered["secret"], "a-secret-of-my-own");
+    assert_eq!(filtered.secret.as_deref(), Some("a-secret-of-my-own"));
     let listed = forge.admin("GET", &hooks_path("acme/web"), None);
     assert_eq!(listed.as_array().unwrap().len(), 2);
     assert!(
@@ -332,8 +332,8 @@ fn pushes_are_delivered_signed_and_filtered_by_branch_and_path() {
 
     // The filtered hook: only the release/1 push that touched src/b.ts. The
     // tag push above was consumed after every earlier event, so its log is final.
-    let deliveries = wait_deliveries(&forge, "acme/web", filtered["id"].as_str().unwrap(), |d| {
-        d.iter().all(|d| d["status"] == "delivered")
+    let deliveries = wait_deliveries(&forge, "acme/web", &filtered.id, |d| {
+        d.iter().all(|d| d.status == DeliveryState::Delivered)
     });
     assert_eq!(deliveries.len(), 1, "{deliveries:?}");
     let only = receiver.wait_for("/filtered", 1);
@@ -345,31 +345,28 @@ fn pushes_are_delivered_signed_and_filtered_by_branch_and_path() {
     let (status, queued) = forge.call(
         Some(&forge.admin_token),
         "POST",
-        &format!(
-            "{}/{}/ping",
-            hooks_path("acme/web"),
-            filtered["id"].as_str().unwrap()
-        ),
+        &format!("{}/{}/ping", hooks_path("acme/web"), filtered.id),
         None,
     );
     assert_eq!(status, 202, "{queued}");
+    let queued: Queued = serde_json::from_value(queued).unwrap();
     let pings = receiver.wait_for("/filtered", 2);
     assert_eq!(pings[1].json()["type"], "ping");
-    assert_eq!(pings[1].header("webhook-id"), queued["delivery_id"]);
+    assert_eq!(pings[1].header("webhook-id"), queued.delivery_id);
     assert!(pings[1].verifies("a-secret-of-my-own"));
 
     // Rotation: the new secret is shown once and both sign for a while.
-    let rotated = forge.admin(
+    let rotated: WebhookView = forge.send(
         "PATCH",
-        &format!("{}/{}", hooks_path("acme/web"), all["id"].as_str().unwrap()),
-        Some(json!({ "rotate_secret": true })),
+        &format!("{}/{}", hooks_path("acme/web"), all.id),
+        &UpdateWebhook {
+            rotate_secret: true,
+            ..UpdateWebhook::default()
+        },
     );
-    let new_secret = rotated["secret"].as_str().unwrap().to_owned();
+    let new_secret = rotated.secret.clone().unwrap();
     assert_ne!(new_secret, secret);
-    assert!(
-        rotated["previous_secret_expires_at"].is_string(),
-        "{rotated}"
-    );
+    assert!(rotated.previous_secret_expires_at.is_some(), "{rotated:?}");
     commit_files(&work, &[("src/e.ts", "e\n")], "after rotation");
     push(&work, &url, "release/old");
     let got = receiver.wait_for("/all", 7);
@@ -378,7 +375,7 @@ fn pushes_are_delivered_signed_and_filtered_by_branch_and_path() {
 
     // The CLI lists hooks without secrets.
     let text = forge.cli_ok(&["hook", "list", "acme/web"]);
-    assert!(text.contains(filtered["id"].as_str().unwrap()), "{text}");
+    assert!(text.contains(&filtered.id), "{text}");
     assert!(!text.contains(&new_secret));
     let log = forge.log();
     assert!(
@@ -491,7 +488,7 @@ fn failures_retry_with_the_same_id_redeliver_resends_and_410_or_repeated_failure
         "acme/web",
         json!({ "url": receiver.url("/down"), "events": ["push"] }),
     );
-    let id = |hook: &Value| hook["id"].as_str().unwrap().to_owned();
+    let id = |hook: &WebhookView| hook.id.clone();
 
     let tmp = tempfile::tempdir().unwrap();
     let work = work_repo(tmp.path(), "work", &[("a", "a\n")]);
@@ -504,23 +501,24 @@ fn failures_retry_with_the_same_id_redeliver_resends_and_410_or_repeated_failure
     let got = receiver.wait_for("/flaky", 2);
     assert_eq!(got[0].header("webhook-id"), got[1].header("webhook-id"));
     let deliveries = wait_deliveries(&forge, "acme/web", &id(&flaky), |d| {
-        d.first().is_some_and(|d| d["status"] == "delivered")
+        d.first()
+            .is_some_and(|d| d.status == DeliveryState::Delivered)
     });
     let delivery = &deliveries[0];
-    assert_eq!(delivery["attempts"], 2, "{delivery}");
-    let log = delivery["attempt_log"].as_array().unwrap();
-    assert_eq!(log[0]["response_status"], 500);
-    assert_eq!(log[0]["response_body"], "receiver says 500");
-    assert!(log[0]["next_attempt_at"].is_string());
-    assert_eq!(log[1]["response_status"], 200);
-    let headers = log[0]["request_headers"].to_string();
+    assert_eq!(delivery.attempts, 2, "{delivery:?}");
+    let log = &delivery.attempt_log;
+    assert_eq!(log[0].response_status, Some(500));
+    assert_eq!(log[0].response_body, "receiver says 500");
+    assert!(log[0].next_attempt_at.is_some());
+    assert_eq!(log[1].response_status, Some(200));
+    let headers = log[0].request_headers.to_string();
     assert!(
         headers.contains("<redacted>") && !headers.contains("v1,"),
         "{headers}"
     );
 
     // Redeliver: the same webhook-id once more, a third attempt in the log.
-    let delivery_id = delivery["id"].as_str().unwrap();
+    let delivery_id = delivery.id.as_str();
     forge.admin(
         "POST",
         &format!(
@@ -533,7 +531,7 @@ fn failures_retry_with_the_same_id_redeliver_resends_and_410_or_repeated_failure
     let got = receiver.wait_for("/flaky", 3);
     assert_eq!(got[2].header("webhook-id"), delivery_id);
     wait_deliveries(&forge, "acme/web", &id(&flaky), |d| {
-        d[0]["attempts"] == 3 && d[0]["status"] == "delivered"
+        d[0].attempts == 3 && d[0].status == DeliveryState::Delivered
     });
     assert!(
         forge
@@ -546,35 +544,25 @@ fn failures_retry_with_the_same_id_redeliver_resends_and_410_or_repeated_failure
     // 410 disables at once; three 503s in a row disable too; each leaves a notice.
     let deadline = Instant::now() + WAIT;
     let (gone_now, down_now) = loop {
-        let gone_now = forge.admin(
-            "GET",
-            &format!("{}/{}", hooks_path("acme/web"), id(&gone)),
-            None,
-        );
-        let down_now = forge.admin(
-            "GET",
-            &format!("{}/{}", hooks_path("acme/web"), id(&down)),
-            None,
-        );
-        if gone_now["active"] == false && down_now["active"] == false {
+        let gone_now: WebhookView = forge.get(&format!("{}/{}", hooks_path("acme/web"), id(&gone)));
+        let down_now: WebhookView = forge.get(&format!("{}/{}", hooks_path("acme/web"), id(&down)));
+        if !gone_now.active && !down_now.active {
             break (gone_now, down_now);
         }
-        assert!(Instant::now() < deadline, "{gone_now} {down_now}");
+        assert!(Instant::now() < deadline, "{gone_now:?} {down_now:?}");
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(
-        gone_now["disabled_reason"]
-            .as_str()
-            .unwrap()
-            .contains("410"),
-        "{gone_now}"
+        gone_now.disabled_reason.as_deref().unwrap().contains("410"),
+        "{gone_now:?}"
     );
     assert!(
-        down_now["disabled_reason"]
-            .as_str()
+        down_now
+            .disabled_reason
+            .as_deref()
             .unwrap()
             .contains("3 consecutive"),
-        "{down_now}"
+        "{down_now:?}"
     );
     // Not retried: no delivery reaches /gone twice. (The push's two
     // events may both be in flight when the first 410 disables the hook.)
@@ -644,9 +632,10 @@ fn a_delivery_in_flight_during_a_restart_is_sent_again_with_the_same_id() {
     let forge = forge.restart();
     let again = receiver.wait_for("/slow", 2);
     assert_eq!(again[1].header("webhook-id"), first[0].header("webhook-id"));
-    assert!(again[1].verifies(hook["secret"].as_str().unwrap()));
-    let deliveries = wait_deliveries(&forge, "acme/web", hook["id"].as_str().unwrap(), |d| {
-        d.first().is_some_and(|d| d["status"] == "delivered")
+    assert!(again[1].verifies(hook.secret.as_deref().unwrap()));
+    let deliveries = wait_deliveries(&forge, "acme/web", &hook.id, |d| {
+        d.first()
+            .is_some_and(|d| d.status == DeliveryState::Delivered)
     });
     assert_eq!(
         deliveries.len(),
@@ -669,7 +658,7 @@ fn three_failures_then_a_success_and_a_crash_mid_retry_keep_one_webhook_id() {
         "acme/web",
         json!({ "url": receiver.url("/flaky"), "events": ["push"] }),
     );
-    let secret = hook["secret"].as_str().unwrap().to_owned();
+    let secret = hook.secret.clone().unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let work = work_repo(tmp.path(), "work", &[("a", "a\n")]);
     let url = forge.git_url("acme/web", &forge.admin_token);
@@ -687,26 +676,21 @@ fn three_failures_then_a_success_and_a_crash_mid_retry_keep_one_webhook_id() {
         !tampered.verifies(&secret),
         "a tampered body fails both signatures"
     );
-    let deliveries = wait_deliveries(&forge, "acme/web", hook["id"].as_str().unwrap(), |d| {
-        d.first().is_some_and(|d| d["status"] == "delivered")
+    let deliveries = wait_deliveries(&forge, "acme/web", &hook.id, |d| {
+        d.first()
+            .is_some_and(|d| d.status == DeliveryState::Delivered)
     });
-    assert_eq!(deliveries[0]["attempts"], 4, "{}", deliveries[0]);
-    let log = deliveries[0]["attempt_log"].as_array().unwrap();
-    let statuses: Vec<&Value> = log.iter().map(|a| &a["response_status"]).collect();
-    assert_eq!(
-        statuses,
-        [&json!(500), &json!(500), &json!(500), &json!(200)]
-    );
+    assert_eq!(deliveries[0].attempts, 4, "{:?}", deliveries[0]);
+    let log = &deliveries[0].attempt_log;
+    let statuses: Vec<Option<i64>> = log.iter().map(|a| a.response_status).collect();
+    assert_eq!(statuses, [Some(500), Some(500), Some(500), Some(200)]);
     for attempt in &log[..3] {
         assert!(
-            attempt["next_attempt_at"].is_string(),
-            "the backoff is in the log: {attempt}"
+            attempt.next_attempt_at.is_some(),
+            "the backoff is in the log: {attempt:?}"
         );
     }
-    let started: Vec<time_ms::Ms> = log
-        .iter()
-        .map(|a| time_ms::parse(&a["started_at"]))
-        .collect();
+    let started: Vec<time_ms::Ms> = log.iter().map(|a| time_ms::parse(&a.started_at)).collect();
     for (gap, wanted) in started.windows(2).zip([300, 600, 900]) {
         assert!(
             gap[1] - gap[0] >= wanted * 8 / 10,
@@ -723,8 +707,8 @@ fn three_failures_then_a_success_and_a_crash_mid_retry_keep_one_webhook_id() {
     let forge = forge.crash_and_restart();
     let again = receiver.wait_for("/flaky", 6);
     assert_eq!(again[5].header("webhook-id"), got[4].header("webhook-id"));
-    let deliveries = wait_deliveries(&forge, "acme/web", hook["id"].as_str().unwrap(), |d| {
-        d.len() == 2 && d.iter().all(|d| d["status"] == "delivered")
+    let deliveries = wait_deliveries(&forge, "acme/web", &hook.id, |d| {
+        d.len() == 2 && d.iter().all(|d| d.status == DeliveryState::Delivered)
     });
     assert_eq!(deliveries.len(), 2, "no duplicate delivery after the crash");
 }
@@ -733,8 +717,7 @@ fn three_failures_then_a_success_and_a_crash_mid_retry_keep_one_webhook_id() {
 mod time_ms {
     pub type Ms = i64;
 
-    pub fn parse(value: &serde_json::Value) -> Ms {
-        let text = value.as_str().unwrap();
+    pub fn parse(text: &str) -> Ms {
         let parsed =
             time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
                 .unwrap();
