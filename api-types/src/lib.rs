@@ -8,7 +8,7 @@
 //!   columns; `migrations/0009_state_checks.sql` holds the database to the
 //!   same lists.
 //! - One module per resource with its request and response bodies:
-//!   [`vms`], [`runs`], [`repos`], [`tokens`], [`webhooks`], [`github`],
+//!   [`vms`], [`runs`], [`repos`], [`events`], [`tokens`], [`webhooks`], [`github`],
 //!   and the error body every failure uses, [`error`].
 //!
 //! The JSON these types produce is the wire format the README documents:
@@ -18,6 +18,7 @@
 #![forbid(unsafe_code)]
 
 pub mod error;
+pub mod events;
 pub mod github;
 pub mod repos;
 pub mod runs;

@@ -6,26 +6,12 @@
 //! the broadcast is only a wake-up, the table is the truth, so a consumer
 //! that lags or restarts loses nothing.
 
-use serde::Serialize;
 use tokio::sync::broadcast;
 
 use crate::store::{EventRow, NewEvent, Store};
 
 /// An event as the API and subscribers see it.
-#[derive(Debug, Clone, Serialize)]
-pub struct Event {
-    /// The cursor: strictly increasing across the whole forge.
-    pub id: i64,
-    pub repo_id: String,
-    pub repo: String,
-    pub kind: String,
-    #[serde(rename = "ref")]
-    pub ref_name: Option<String>,
-    /// The token that caused the event.
-    pub actor: Option<String>,
-    pub created_at: String,
-    pub payload: serde_json::Value,
-}
+pub use api_types::events::Event;
 
 impl From<EventRow> for Event {
     fn from(row: EventRow) -> Self {

@@ -15,6 +15,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use api_types::events::{Event, EventPage};
 use api_types::repos::{CreateRepo, RepoView};
 use api_types::runs::RunView;
 use api_types::tokens::TokenView;
@@ -551,13 +552,9 @@ impl TestForge {
     }
 
     /// Events of `repo` after `after`.
-    pub fn events(&self, repo: &str, after: i64) -> Vec<Value> {
-        let page = self.admin(
-            "GET",
-            &format!("/v1/repos/{repo}/events?after={after}"),
-            None,
-        );
-        page["events"].as_array().expect("events").clone()
+    pub fn events(&self, repo: &str, after: i64) -> Vec<Event> {
+        let page: EventPage = self.get(&format!("/v1/repos/{repo}/events?after={after}"));
+        page.events
     }
 
     /// The container backend's data directory, when the forge has sandboxes.

@@ -5,6 +5,7 @@
 
 use std::time::{Duration, Instant};
 
+use api_types::events::{Event, EventPage};
 use api_types::repos::{CreateRepo, RepoView};
 use e2e::{TestForge, eventually, git_ok, stays, work_repo};
 use serde_json::{Value, json};
@@ -172,9 +173,8 @@ fn the_cli_creates_lists_and_follows() {
         "{events}"
     );
     let json_lines = ok(&["--json", "events", "cli/demo"]);
-    let first: serde_json::Value =
-        serde_json::from_str(json_lines.lines().next().unwrap()).unwrap();
-    assert_eq!(first["payload"]["pusher"]["name"], "ci");
+    let first: Event = serde_json::from_str(json_lines.lines().next().unwrap()).unwrap();
+    assert_eq!(first.payload["pusher"]["name"], "ci");
 
     let failed = forge.cli(&["repo", "create", "../bad"]);
     assert!(!failed.status.success());
@@ -207,7 +207,7 @@ fn event_long_poll_wakes_on_a_push() {
     );
     let token = forge.admin_token.clone();
     let waiter = std::thread::spawn(move || {
-        let page: serde_json::Value = reqwest::blocking::Client::builder()
+        let page: EventPage = reqwest::blocking::Client::builder()
             .timeout(Duration::from_secs(90))
             .build()
             .unwrap()
@@ -251,13 +251,13 @@ fn event_long_poll_wakes_on_a_push() {
         ],
     );
     let (page, answered) = waiter.join().unwrap();
-    let events = page["events"].as_array().unwrap();
-    assert!(events.iter().any(|e| e["kind"] == "push"), "{page}");
+    let events = &page.events;
+    assert!(events.iter().any(|e| e.kind == "push"), "{page:?}");
     assert!(
         answered.duration_since(pushed) < Duration::from_secs(30),
         "woken by the push, not the deadline"
     );
-    assert_eq!(page["next_cursor"], events.last().unwrap()["id"]);
+    assert_eq!(page.next_cursor, events.last().unwrap().id);
 }
 
 /// The request id the long poll sends, to find its lines in the log.

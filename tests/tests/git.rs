@@ -5,8 +5,8 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
+use api_types::events::Event;
 use e2e::{TestForge, commit_files, git_ok, git_run, work_repo};
-use serde_json::Value;
 
 fn stderr(output: &std::process::Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
@@ -200,9 +200,7 @@ fn concurrent_pushes_to_one_branch_leave_one_winner_and_a_sound_repository() {
             dir
         })
         .collect();
-    let cursor = forge.events("acme/race", 0).last().unwrap()["id"]
-        .as_i64()
-        .unwrap();
+    let cursor = forge.events("acme/race", 0).last().unwrap().id;
     let barrier = std::sync::Arc::new(std::sync::Barrier::new(2));
     let handles: Vec<_> = clones
         .iter()
@@ -228,14 +226,14 @@ fn concurrent_pushes_to_one_branch_leave_one_winner_and_a_sound_repository() {
     );
     let server = forge.repo_dir("acme/race");
     git_ok(&server, &["fsck", "--strict", "--no-dangling"]);
-    let pushes: Vec<Value> = forge
+    let pushes: Vec<Event> = forge
         .events("acme/race", cursor)
         .into_iter()
-        .filter(|e| e["kind"] == "push")
+        .filter(|e| e.kind == "push")
         .collect();
     assert_eq!(pushes.len(), 1, "only the winning push is an event");
     assert_eq!(
-        pushes[0]["payload"]["after"],
+        pushes[0].payload["after"],
         git_ok(&server, &["rev-parse", "main"]).as_str()
     );
 }
@@ -275,9 +273,9 @@ fn push_events_carry_refs_commits_and_paths() {
     let first = git_ok(&work, &["rev-parse", "HEAD"]);
     git_ok(&work, &["push", "--quiet", &url, "main"]);
     let events = forge.events("acme/events", 0);
-    let kinds: Vec<&str> = events.iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
     assert_eq!(kinds, ["push", "branch.created"]);
-    let push = &events[0]["payload"];
+    let push = &events[0].payload;
     assert_eq!(push["before"], "0".repeat(40));
     assert_eq!(push["after"], first.as_str());
     assert_eq!(push["created"], true);
@@ -299,12 +297,12 @@ fn push_events_carry_refs_commits_and_paths() {
         "edit readme, drop old docs",
     );
     git_ok(&work, &["push", "--quiet", &url, "feature/x"]);
-    let cursor = events.last().unwrap()["id"].as_i64().unwrap();
+    let cursor = events.last().unwrap().id;
     let events = forge.events("acme/events", cursor);
-    assert_eq!(events[0]["kind"], "push");
-    assert_eq!(events[1]["kind"], "branch.created");
-    assert_eq!(events[1]["payload"]["branch"], "feature/x");
-    let push = &events[0]["payload"];
+    assert_eq!(events[0].kind, "push");
+    assert_eq!(events[1].kind, "branch.created");
+    assert_eq!(events[1].payload["branch"], "feature/x");
+    let push = &events[0].payload;
     assert_eq!(push["after"], tip.as_str());
     assert_eq!(
         push["commits_total"], 2,
@@ -336,30 +334,30 @@ fn push_events_carry_refs_commits_and_paths() {
     // A forced update is flagged; a deletion by push emits branch.deleted.
     git_ok(&work, &["commit", "--quiet", "--amend", "-m", "rewritten"]);
     git_ok(&work, &["push", "--quiet", "--force", &url, "feature/x"]);
-    let cursor = events.last().unwrap()["id"].as_i64().unwrap();
+    let cursor = events.last().unwrap().id;
     let events = forge.events("acme/events", cursor);
-    assert_eq!(events[0]["payload"]["forced"], true);
-    assert_eq!(events[0]["payload"]["before"], tip.as_str());
+    assert_eq!(events[0].payload["forced"], true);
+    assert_eq!(events[0].payload["before"], tip.as_str());
     let rewritten = git_ok(&work, &["rev-parse", "HEAD"]);
     git_ok(&work, &["push", "--quiet", &url, "--delete", "feature/x"]);
-    let cursor = events.last().unwrap()["id"].as_i64().unwrap();
+    let cursor = events.last().unwrap().id;
     let events = forge.events("acme/events", cursor);
     let deleted = events
         .iter()
-        .find(|e| e["kind"] == "branch.deleted")
+        .find(|e| e.kind == "branch.deleted")
         .expect("branch.deleted");
-    assert_eq!(deleted["payload"]["branch"], "feature/x");
-    assert_eq!(deleted["payload"]["before"], rewritten.as_str());
-    assert_eq!(deleted["ref"], "refs/heads/feature/x");
+    assert_eq!(deleted.payload["branch"], "feature/x");
+    assert_eq!(deleted.payload["before"], rewritten.as_str());
+    assert_eq!(deleted.ref_name.as_deref(), Some("refs/heads/feature/x"));
 
     // Tags.
     git_ok(&work, &["tag", "v1", first.as_str()]);
     git_ok(&work, &["push", "--quiet", &url, "v1"]);
-    let cursor = events.last().unwrap()["id"].as_i64().unwrap();
-    let kinds: Vec<Value> = forge
+    let cursor = events.last().unwrap().id;
+    let kinds: Vec<String> = forge
         .events("acme/events", cursor)
-        .iter()
-        .map(|e| e["kind"].clone())
+        .into_iter()
+        .map(|e| e.kind)
         .collect();
     assert_eq!(kinds, ["push", "tag.created"]);
 }
@@ -405,11 +403,11 @@ fn a_restart_keeps_repositories_tokens_and_events() {
     );
     commit_files(&clone, &[("f", "2\n")], "second");
     git_ok(&clone, &["push", "--quiet", "origin", "main"]);
-    let cursor = before.last().unwrap()["id"].as_i64().unwrap();
+    let cursor = before.last().unwrap().id;
     let after = forge.events("acme/keep", cursor);
     assert_eq!(after.len(), 1, "an update is one push event: {after:?}");
     assert!(
-        after[0]["id"].as_i64().unwrap() > cursor,
+        after[0].id > cursor,
         "cursors keep increasing across restarts"
     );
 }

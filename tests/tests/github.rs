@@ -144,8 +144,8 @@ fn repositories_sync_both_ways_without_overwriting() {
         forge_ref(&forge, "refs/heads/main").as_deref() == Some(first.as_str())
     });
     let events = forge.events(FORGE_REPO, 0);
-    let push = events.iter().find(|e| e["kind"] == "push").unwrap();
-    assert_eq!(push["payload"]["source"], "github", "{push}");
+    let push = events.iter().find(|e| e.kind == "push").unwrap();
+    assert_eq!(push.payload["source"], "github", "{push:?}");
 
     // Push to the forge: the branch and a tag appear on GitHub.
     git_ok(&work, &["checkout", "--quiet", "-b", "feature"]);
@@ -180,7 +180,7 @@ fn repositories_sync_both_ways_without_overwriting() {
             let feature_pushes = forge
                 .events(FORGE_REPO, 0)
                 .iter()
-                .filter(|e| e["kind"] == "push" && e["ref"] == "refs/heads/feature")
+                .filter(|e| e.kind == "push" && e.ref_name.as_deref() == Some("refs/heads/feature"))
                 .count();
             (main_pushes, feature_pushes)
         },
@@ -222,7 +222,7 @@ fn repositories_sync_both_ways_without_overwriting() {
         forge
             .events(FORGE_REPO, 0)
             .iter()
-            .any(|e| e["kind"] == "sync.diverged" && e["ref"] == "refs/heads/main")
+            .any(|e| e.kind == "sync.diverged" && e.ref_name.as_deref() == Some("refs/heads/main"))
     });
     assert_eq!(
         fake.ref_sha(GITHUB_REPO, "refs/heads/main").as_deref(),
@@ -241,10 +241,10 @@ fn repositories_sync_both_ways_without_overwriting() {
     let diverged = forge
         .events(FORGE_REPO, 0)
         .into_iter()
-        .find(|e| e["kind"] == "sync.diverged")
+        .find(|e| e.kind == "sync.diverged")
         .unwrap();
-    assert_eq!(diverged["payload"]["github_sha"], on_github.as_str());
-    assert_eq!(diverged["payload"]["forge_sha"], on_forge.as_str());
+    assert_eq!(diverged.payload["github_sha"], on_github.as_str());
+    assert_eq!(diverged.payload["forge_sha"], on_forge.as_str());
     fake.set_webhooks_paused(false);
 
     // The CLI shows the state.
@@ -353,7 +353,7 @@ fn forged_and_repeated_webhooks_do_nothing() {
     let pushes = forge
         .events(FORGE_REPO, 0)
         .iter()
-        .filter(|e| e["kind"] == "push")
+        .filter(|e| e.kind == "push")
         .count();
     assert_eq!(pushes, 1);
 
@@ -550,7 +550,7 @@ fn pull_requests_are_reviewed_with_the_base_branchs_steps() {
             let posted = forge
                 .events(FORGE_REPO, 0)
                 .iter()
-                .filter(|e| e["kind"] == "review.posted")
+                .filter(|e| e.kind == "review.posted")
                 .count();
             (fake.reviews(GITHUB_REPO, number).len(), posted)
         },

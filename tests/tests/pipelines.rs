@@ -142,7 +142,7 @@ fn pushes_run_the_tests_in_the_branch_sandbox() {
     let kinds: Vec<String> = forge
         .events("acme/bun", 0)
         .iter()
-        .map(|e| e["kind"].as_str().unwrap().to_owned())
+        .map(|e| e.kind.clone())
         .collect();
     assert_eq!(
         kinds.iter().filter(|k| *k == "run.completed").count(),

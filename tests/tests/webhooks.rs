@@ -580,10 +580,10 @@ fn failures_retry_with_the_same_id_redeliver_resends_and_410_or_repeated_failure
         "410 is not retried: {gone_ids:?}"
     );
     assert_eq!(receiver.requests("/down").len(), 3);
-    let notices: Vec<Value> = forge
+    let notices: Vec<_> = forge
         .events("acme/web", 0)
         .into_iter()
-        .filter(|e| e["kind"] == "webhook.disabled")
+        .filter(|e| e.kind == "webhook.disabled")
         .collect();
     assert_eq!(notices.len(), 2, "{notices:?}");
 

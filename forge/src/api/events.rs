@@ -4,9 +4,10 @@
 
 use std::time::Duration;
 
+use api_types::events::EventPage;
 use axum::Json;
 use axum::extract::{Path, Query, State};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use super::ApiError;
 use super::repos::authorize;
@@ -20,13 +21,6 @@ pub struct EventQuery {
     after: i64,
     limit: Option<i64>,
     wait_secs: Option<u64>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct EventPage {
-    events: Vec<Event>,
-    /// Pass as `after` to continue.
-    next_cursor: i64,
 }
 
 const MAX_LIMIT: i64 = 1000;

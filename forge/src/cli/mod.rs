@@ -12,7 +12,7 @@ pub use vm::{RunCommand, VmCommand, run, vm};
 
 use std::path::Path;
 
-use anyhow::Context;
+use api_types::events::{Event, EventPage};
 use api_types::repos::{CreateRepo, RepoView};
 use api_types::tokens::{CreateToken, TokenView};
 use clap::Subcommand;
@@ -79,10 +79,6 @@ impl Target<'_> {
 fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
-}
-
-fn text(value: &Value) -> &str {
-    value.as_str().unwrap_or("-")
 }
 
 /// A typed request body as the client sends it.
@@ -203,24 +199,22 @@ pub async fn events(
     let base = repo_path(repo)?;
     loop {
         let wait = if follow { 30 } else { 0 };
-        let page: Value = client
+        let page: EventPage = client
             .call(
                 Method::GET,
                 &format!("{base}/events?after={after}&limit=1000&wait_secs={wait}"),
                 None,
             )
             .await?;
-        let events = page["events"]
-            .as_array()
-            .context("the answer has no events")?;
+        let events = &page.events;
         for event in events {
             if target.json {
-                println!("{event}");
+                println!("{}", serde_json::to_string(event)?);
             } else {
                 println!("{}", describe(event));
             }
         }
-        after = page["next_cursor"].as_i64().unwrap_or(after);
+        after = page.next_cursor;
         if !follow && events.is_empty() {
             return Ok(());
         }
@@ -231,8 +225,8 @@ pub async fn events(
 }
 
 /// One line per event: cursor, time, kind, ref and what changed.
-fn describe(event: &Value) -> String {
-    let payload = &event["payload"];
+fn describe(event: &Event) -> String {
+    let payload = &event.payload;
     let short = |v: &Value| {
         v.as_str()
             .map(|s| s.chars().take(8).collect::<String>())
@@ -240,12 +234,12 @@ fn describe(event: &Value) -> String {
     };
     let mut line = format!(
         "{:>6} {} {:<15} {}",
-        event["id"],
-        text(&event["created_at"]),
-        text(&event["kind"]),
-        event["ref"].as_str().unwrap_or("")
+        event.id,
+        event.created_at,
+        event.kind,
+        event.ref_name.as_deref().unwrap_or("")
     );
-    if event["kind"] == "push" {
+    if event.kind == "push" {
         line.push_str(&format!(
             " {}..{} commits={} paths={}{}",
             short(&payload["before"]),
