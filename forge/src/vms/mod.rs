@@ -382,7 +382,8 @@ impl Sandboxes {
     }
 
     /// Brings the VM's network link up when it is down (and copies the CA
-    /// bundle in). Call with the VM running and its lock held.
+    /// bundle in). Call with the VM running and its lock held (shared will
+    /// do: the network opens a link once however many ask).
     async fn link(&self, id: &str, row: &VmRow) -> Result<(), VmError> {
         let (backend, _) = self.ready()?;
         if !self.network.is_up(id) {
@@ -482,14 +483,16 @@ impl Sandboxes {
 
     /// Makes sure the VM runs, then holds it running (no pause, fork or
     /// destroy) until the guard is dropped. Holders share the VM: a VM that
-    /// already runs with its link up is held at once, beside any other
-    /// exec or file operation on it; only one that must be resumed (or
-    /// linked) first takes the lock exclusively for that.
+    /// already runs is held at once, beside any other exec or file
+    /// operation on it (its link, if down, is opened once for all of them);
+    /// only one that must be resumed first takes the lock exclusively.
     async fn hold_running(&self, id: &str) -> Result<OwnedRwLockReadGuard<()>, VmError> {
         let lock = self.lock_of(id);
         let shared = lock.clone().read_owned().await;
-        if self.get(id).await?.state == VmState::Running && self.network.is_up(id) {
+        let row = self.get(id).await?;
+        if row.state == VmState::Running {
             self.store.touch_vm(id).await?;
+            self.link(id, &row).await?;
             return Ok(shared);
         }
         drop(shared);

@@ -54,6 +54,9 @@ pub struct Network {
     policy: Arc<Policy>,
     store: Store,
     links: Mutex<HashMap<String, JoinHandle<()>>>,
+    /// Held while a VM's link is being opened: requests that share a
+    /// running VM may each ask for its link, and only one opens it.
+    opening: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     counters: Mutex<HashMap<String, Arc<Counters>>>,
 }
 
@@ -73,6 +76,7 @@ impl Network {
             config,
             store,
             links: Mutex::new(HashMap::new()),
+            opening: Mutex::new(HashMap::new()),
             counters: Mutex::new(HashMap::new()),
         }
     }
@@ -134,9 +138,21 @@ impl Network {
     }
 
     /// Opens the VM's link over its agent connection unless it is up. A failure is
-    /// logged, not returned: the VM still runs, without a way out.
+    /// logged, not returned: the VM still runs, without a way out. Callers
+    /// that race open it once: the others wait for it and find it up.
     pub async fn ensure(&self, agent: &::sandbox::Agent, endpoint: Endpoint<'_>) {
         let client = &agent.client;
+        if self.is_up(endpoint.vm) {
+            return;
+        }
+        let opening = self
+            .opening
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(endpoint.vm.to_owned())
+            .or_default()
+            .clone();
+        let _opening = opening.lock().await;
         if self.is_up(endpoint.vm) {
             return;
         }
@@ -254,6 +270,10 @@ impl Network {
     pub async fn forget(&self, vm: &str) {
         self.close(vm).await;
         self.counters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(vm);
+        self.opening
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(vm);
