@@ -240,6 +240,7 @@ mod tests {
             dir: OsStr::from_bytes(b"/snap\xff").into(),
             state_bytes: 1,
             memory_bytes: 1,
+            memory_scanned_bytes: 1,
             paused_ms: 1.0,
         };
         let reply = Reply::Done(Answer::Snapshot(SnapshotReply {

@@ -155,17 +155,19 @@ impl Machine {
             let state = self.capture()?;
             self.seal_disks_for_snapshot(!stay_paused)?;
             let target = dir.join(snapshot::MEMORY_FILE);
+            // Into the file RAM is mapped from: only what changed. Anywhere
+            // else: what this process holds and what that file holds.
             let scan = match &self.memory_source {
-                None => Scan::Present,
                 Some(src) if same_file(src, &target) => Scan::Dirty,
-                Some(_) => Scan::All,
+                _ => Scan::Present,
             };
-            let memory_bytes = memory_file::write(&self.memory, &target, scan, durable)?;
+            let memory = memory_file::write(&self.memory, &target, scan, durable)?;
             let state_bytes = snapshot::write_state(dir, &state, durable)?;
             Ok(SnapshotReport {
                 dir: dir.to_owned(),
                 state_bytes,
-                memory_bytes,
+                memory_bytes: memory.written,
+                memory_scanned_bytes: memory.scanned,
                 paused_ms: 0.0,
             })
         })();

@@ -171,6 +171,47 @@ fn pausing_a_resumed_vm_again_writes_only_what_changed() {
 }
 
 #[test]
+fn pausing_a_resumed_vm_into_a_new_directory_reads_only_pages_with_data() {
+    // A restored guest's RAM is a private map of the first snapshot's
+    // sparse file. A snapshot elsewhere reads the pages that file holds
+    // and the ones the guest touched since, never the whole of RAM: in a
+    // slow nested host, reading every page of a large VM outlasted the
+    // forge's deadline for a pause to disk.
+    let vm = TestVm::new("counter");
+    let mut child = vm.spawn();
+    vm.wait_serial("COUNT 2\n", T);
+    let pause = |dir: &Path| json!({ "cmd": "pause", "to_disk": true, "dir": dir }).to_string();
+    let snap = vm.dir.path("snap");
+    let first = vm.control().raw(&pause(&snap));
+    assert_eq!(first["ok"], true, "{first}");
+    assert!(wait_timeout(&mut child, T).success());
+
+    let log2 = vm.dir.path("serial2.log");
+    let mut resumed = spawn_restore(&snap, &[Path::new("--serial-log"), &log2]);
+    wait_file(&log2, "COUNT", T);
+    let snap2 = vm.dir.path("snap2");
+    let second = vm.control().raw(&pause(&snap2));
+    assert_eq!(second["ok"], true, "{second}");
+    assert!(wait_timeout(&mut resumed, T).success());
+    let scanned = second["snapshot"]["memory_scanned_bytes"]
+        .as_u64()
+        .expect("scanned bytes");
+    assert!(
+        scanned < 8 << 20,
+        "the second snapshot read {scanned} bytes of a 64 MiB guest"
+    );
+    let mem = std::fs::metadata(snap2.join("memory")).expect("memory file");
+    assert!(mem.blocks() * 512 < 8 << 20, "memory file is not sparse");
+    let at = last_count(&std::fs::read_to_string(&log2).expect("log2"));
+
+    let log3 = vm.dir.path("serial3.log");
+    let mut again = spawn_restore(&snap2, &[Path::new("--serial-log"), &log3]);
+    wait_file(&log3, &format!("COUNT {}\n", at + 2), T);
+    vm.control().cmd("shutdown");
+    assert!(wait_timeout(&mut again, T).success());
+}
+
+#[test]
 fn restores_of_a_live_snapshot_write_their_own_disk_layers() {
     let vm = TestVm::new("forkmem");
     let base = vm.dir.path("base.img");

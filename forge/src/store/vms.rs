@@ -105,6 +105,17 @@ impl Store {
         Ok(())
     }
 
+    /// Sets when the VM was last used, as if its traffic had been then.
+    #[cfg(test)]
+    pub async fn set_last_active(&self, id: &str, unix: i64) -> Result<()> {
+        sqlx::query("UPDATE vms SET last_active_unix = ? WHERE id = ?")
+            .bind(unix)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     pub async fn delete_vm(&self, id: &str) -> Result<()> {
         sqlx::query("DELETE FROM vms WHERE id = ?")
             .bind(id)

@@ -17,7 +17,9 @@
 //!   first. Traffic defers the idle timeout.
 //! - **Idle timeout**: a reaper looks every second; a persistent VM idle past
 //!   its timeout is paused to disk (no CPU, no RAM), an ephemeral one is
-//!   destroyed.
+//!   destroyed. Idle means nobody holds the VM (no exec, file transfer or
+//!   terminal) and the last use ended longer ago than the timeout; a VM in
+//!   use is passed over, never waited for.
 //! - **Crashes**: a VM whose processes are gone is marked `crashed` (at
 //!   start-up reconcile and whenever a request finds it so) and stays so: its
 //!   disk is kept for inspection until it is deleted. It is not restarted
@@ -45,6 +47,7 @@ pub mod terminal;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -129,17 +132,39 @@ pub struct Sandboxes {
     availability: Availability,
     store: Store,
     limits: Limits,
-    locks: Mutex<HashMap<String, Arc<tokio::sync::RwLock<()>>>>,
+    locks: Mutex<HashMap<String, Slot>>,
     network: network::Network,
     dev_servers: devserver::DevServers,
     admission: queue::Admission,
+}
+
+/// One VM's lock, and when its last holder let go (unix seconds).
+#[derive(Clone, Default)]
+struct Slot {
+    lock: Arc<tokio::sync::RwLock<()>>,
+    released: Arc<AtomicI64>,
+}
+
+/// A VM held running (no pause, fork or destroy) beside other holders.
+/// Letting go records the moment the VM's idle time counts from.
+pub struct Held {
+    _shared: OwnedRwLockReadGuard<()>,
+    released: Arc<AtomicI64>,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        // Runs before the lock is released: a reaper that takes it next
+        // sees this use.
+        self.released.fetch_max(unix_now(), Ordering::Relaxed);
+    }
 }
 
 /// A running command; the VM stays running (no pause, fork or destroy)
 /// until it ends or is dropped.
 pub struct Exec {
     stream: ::sandbox::ExecStream,
-    _running: OwnedRwLockReadGuard<()>,
+    _running: Held,
 }
 
 impl Exec {
@@ -152,7 +177,7 @@ impl Exec {
 /// A file streaming out of a VM, which stays running meanwhile.
 pub struct FileRead {
     stream: ::sandbox::FileStream,
-    _running: OwnedRwLockReadGuard<()>,
+    _running: Held,
 }
 
 impl FileRead {
@@ -227,9 +252,13 @@ impl Sandboxes {
         }
     }
 
-    fn lock_of(&self, id: &str) -> Arc<tokio::sync::RwLock<()>> {
+    fn slot_of(&self, id: &str) -> Slot {
         let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
         locks.entry(id.to_owned()).or_default().clone()
+    }
+
+    fn lock_of(&self, id: &str) -> Arc<tokio::sync::RwLock<()>> {
+        self.slot_of(id).lock
     }
 
     /// The VM's record, with its state refreshed from the backend (a VM
@@ -486,25 +515,63 @@ impl Sandboxes {
     /// already runs is held at once, beside any other exec or file
     /// operation on it (its link, if down, is opened once for all of them);
     /// only one that must be resumed first takes the lock exclusively.
-    async fn hold_running(&self, id: &str) -> Result<OwnedRwLockReadGuard<()>, VmError> {
-        let lock = self.lock_of(id);
+    async fn hold_running(&self, id: &str) -> Result<Held, VmError> {
+        let Slot { lock, released } = self.slot_of(id);
         let shared = lock.clone().read_owned().await;
         let row = self.get(id).await?;
         if row.state == VmState::Running {
             self.store.touch_vm(id).await?;
             self.link(id, &row).await?;
-            return Ok(shared);
+            return Ok(Held {
+                _shared: shared,
+                released,
+            });
         }
         drop(shared);
         let exclusive = lock.write_owned().await;
         self.running(id).await?;
-        Ok(exclusive.downgrade())
+        Ok(Held {
+            _shared: exclusive.downgrade(),
+            released,
+        })
     }
 
     pub async fn pause(&self, id: &str, mode: PauseMode) -> Result<VmRow, VmError> {
-        let (backend, _) = self.ready()?;
         let lock = self.lock_of(id);
         let _guard = lock.write().await;
+        self.pause_locked(id, mode).await
+    }
+
+    /// Pauses (or destroys, when ephemeral) VM `row` if it is still idle
+    /// past its timeout: nobody holds it, nothing used it since. A VM in
+    /// use is passed over at once, not waited for. Says what was done.
+    pub async fn reap_if_idle(&self, row: &VmRow) -> Result<Option<&'static str>, VmError> {
+        let Slot { lock, released } = self.slot_of(&row.id);
+        let Ok(guard) = lock.try_write_owned() else {
+            return Ok(None);
+        };
+        let Some(now) = self.store.vm(&row.id).await? else {
+            return Ok(None);
+        };
+        let Some(timeout) = now.idle_timeout_secs else {
+            return Ok(None);
+        };
+        let last_used = now.last_active_unix.max(released.load(Ordering::Relaxed));
+        if !now.state.is_live() || last_used + timeout > unix_now() {
+            return Ok(None);
+        }
+        if now.persistent {
+            self.pause_locked(&row.id, PauseMode::Disk).await?;
+            Ok(Some("paused to disk"))
+        } else {
+            self.destroy_locked(&row.id, guard).await?;
+            Ok(Some("destroyed"))
+        }
+    }
+
+    /// [`Self::pause`] with the VM's lock held exclusively.
+    async fn pause_locked(&self, id: &str, mode: PauseMode) -> Result<VmRow, VmError> {
+        let (backend, _) = self.ready()?;
         let row = self.get(id).await?;
         if row.state == VmState::Crashed {
             return Err(VmError::Crashed(id.to_owned()));
@@ -579,9 +646,17 @@ impl Sandboxes {
     }
 
     pub async fn destroy(&self, id: &str) -> Result<(), VmError> {
+        let guard = self.lock_of(id).write_owned().await;
+        self.destroy_locked(id, guard).await
+    }
+
+    /// [`Self::destroy`] with the VM's lock held exclusively by `guard`.
+    async fn destroy_locked(
+        &self,
+        id: &str,
+        guard: tokio::sync::OwnedRwLockWriteGuard<()>,
+    ) -> Result<(), VmError> {
         let (backend, _) = self.ready()?;
-        let lock = self.lock_of(id);
-        let guard = lock.write().await;
         self.store
             .vm(id)
             .await?

@@ -4,7 +4,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ::sandbox::PauseMode;
 use tokio_util::sync::CancellationToken;
 
 use super::Sandboxes;
@@ -26,16 +25,9 @@ pub fn start(sandboxes: Arc<Sandboxes>, every: Duration, shutdown: CancellationT
                 }
             };
             for vm in idle {
-                let outcome = if vm.persistent {
-                    sandboxes
-                        .pause(&vm.id, PauseMode::Disk)
-                        .await
-                        .map(|_| "paused to disk")
-                } else {
-                    sandboxes.destroy(&vm.id).await.map(|()| "destroyed")
-                };
-                match outcome {
-                    Ok(what) => tracing::info!(vm = %vm.id, what, "idle sandbox"),
+                match sandboxes.reap_if_idle(&vm).await {
+                    Ok(Some(what)) => tracing::info!(vm = %vm.id, what, "idle sandbox"),
+                    Ok(None) => {}
                     Err(error) => {
                         tracing::warn!(vm = %vm.id, error = %error, "idle sandbox could not be reaped")
                     }

@@ -10,7 +10,6 @@
 use std::time::{Duration, Instant};
 
 use agent_proto::{ExecEvent, ExecInput, ExecRequest, PtySize};
-use tokio::sync::OwnedRwLockReadGuard;
 
 use super::{Sandboxes, VmError};
 
@@ -28,7 +27,7 @@ pub struct Terminal {
     input: ExecInput,
     vm: String,
     touched: Instant,
-    _running: OwnedRwLockReadGuard<()>,
+    _running: super::Held,
 }
 
 impl Sandboxes {

@@ -272,6 +272,10 @@ pub struct SnapshotReport {
     pub state_bytes: u64,
     /// Non-zero guest memory written.
     pub memory_bytes: u64,
+    /// Guest memory read to find it: the pages the VMM held or its
+    /// memory file held data for, not the whole of RAM.
+    #[serde(default)]
+    pub memory_scanned_bytes: u64,
     /// How long the vCPUs were stopped.
     pub paused_ms: f64,
 }
@@ -379,6 +383,7 @@ mod tests {
             dir: "/s".into(),
             state_bytes: 1,
             memory_bytes: 2,
+            memory_scanned_bytes: 3,
             paused_ms: 1.5,
         }
     }

@@ -38,13 +38,11 @@ pub fn regions_of(mem: &GuestMemoryMmap) -> Vec<(u64, u64)> {
 /// Which pages of guest RAM a snapshot must write.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Scan {
-    /// Every page (RAM is a private map of some other file whose
-    /// unloaded pages still hold data).
-    All,
     /// Pages present in this process, and pages holding data in the file
-    /// RAM is mapped from, if any (a booted VM's memfd, shared, or frozen
-    /// and mapped privately after a fork): any other page is zero and
-    /// stays a hole.
+    /// RAM is mapped from, if any (a booted VM's memfd, shared; the frozen
+    /// file a fork maps privately; another snapshot's memory file a
+    /// restored VM maps privately): any other page is zero and stays a
+    /// hole. The cost follows the data, not the size of RAM.
     Present,
     /// Only pages this process changed: RAM is a private map of the very
     /// file being written, whose other pages are already right.
@@ -108,20 +106,28 @@ fn wanted(flags: Option<&Vec<u64>>, page: usize, scan: Scan) -> bool {
         return true;
     };
     match scan {
-        Scan::All => true,
         Scan::Present => f & PM_PRESENT != 0,
         Scan::Dirty => f & PM_PRESENT != 0 && f & PM_FILE == 0,
     }
 }
 
-/// Writes guest RAM to `path`; returns the bytes of pages written. With
-/// `durable`, the data is on disk (fdatasync) before this returns.
+/// What [`write`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Written {
+    /// Bytes of pages written.
+    pub written: u64,
+    /// Bytes of pages read to decide (zero pages included).
+    pub scanned: u64,
+}
+
+/// Writes guest RAM to `path`. With `durable`, the data is on disk
+/// (fdatasync) before this returns.
 pub fn write(
     mem: &GuestMemoryMmap,
     path: &Path,
     scan: Scan,
     durable: bool,
-) -> Result<u64, SnapshotError> {
+) -> Result<Written, SnapshotError> {
     let file = OpenOptions::new()
         .write(true)
         .create(true)
@@ -133,6 +139,7 @@ pub fn write(
         .map_err(|e| mem_err(path, e.to_string()))?;
     let mut file_off = 0u64;
     let mut written = 0u64;
+    let mut scanned = 0u64;
     for region in mem.iter() {
         let len = region.len() as usize;
         let host = region
@@ -141,43 +148,42 @@ pub fn write(
         // SAFETY: `host..host+len` is one live mapping owned by `mem`; the
         // vCPUs are paused, so nothing writes it while we read.
         let bytes = unsafe { std::slice::from_raw_parts(host as *const u8, len) };
-        let mut flags = if scan == Scan::All {
-            None
-        } else {
-            page_flags(host as u64, len)
-        };
+        let mut flags = page_flags(host as u64, len);
         if let (Scan::Present, Some(f), Some(fo)) = (scan, flags.as_mut(), region.file_offset()) {
             mark_file_data(f, fo.file(), fo.start(), len);
         }
-        // Dirty pages are written even when zero: the file may hold data.
-        let keep = |page: usize| {
-            let end = (page + PAGE).min(len);
-            wanted(flags.as_ref(), page, scan)
-                && (scan == Scan::Dirty || bytes[page..end].iter().any(|b| *b != 0))
-        };
+        // A page is read only when it may hold data; dirty pages are written
+        // even when zero (the file may hold data there).
+        let mut run: Option<usize> = None;
         let mut page = 0;
-        while page < len {
-            let end = (page + PAGE).min(len);
-            if keep(page) {
-                // Extend the run for one larger write.
-                let mut run_end = end;
-                while run_end < len && keep(run_end) {
-                    run_end = (run_end + PAGE).min(len);
+        loop {
+            let keep = page < len && wanted(flags.as_ref(), page, scan) && {
+                let end = (page + PAGE).min(len);
+                scanned += (end - page) as u64;
+                scan == Scan::Dirty || bytes[page..end].iter().any(|b| *b != 0)
+            };
+            match (keep, run) {
+                (true, None) => run = Some(page),
+                (false, Some(start)) => {
+                    // One write for the whole run of kept pages.
+                    file.write_all_at(&bytes[start..page], file_off + start as u64)
+                        .map_err(|e| mem_err(path, e.to_string()))?;
+                    written += (page - start) as u64;
+                    run = None;
                 }
-                file.write_all_at(&bytes[page..run_end], file_off + page as u64)
-                    .map_err(|e| mem_err(path, e.to_string()))?;
-                written += (run_end - page) as u64;
-                page = run_end;
-            } else {
-                page = end;
+                _ => {}
             }
+            if page == len {
+                break;
+            }
+            page = (page + PAGE).min(len);
         }
         file_off += len as u64;
     }
     if durable {
         file.sync_data().map_err(|e| mem_err(path, e.to_string()))?;
     }
-    Ok(written)
+    Ok(Written { written, scanned })
 }
 
 /// Maps `path` privately as guest RAM with the given regions.

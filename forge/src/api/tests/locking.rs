@@ -292,3 +292,60 @@ async fn a_create_in_flight_holds_no_vm() {
     gate.open();
     assert_eq!(finished(create).await.0, StatusCode::CREATED);
 }
+
+/// A VM made with `idle_timeout_secs` and `persistence`, last used long ago.
+async fn idle_vm(app: &TestApp, persistence: &str) -> String {
+    let made = app
+        .expect(
+            StatusCode::CREATED,
+            Method::POST,
+            "/v1/vms",
+            Some(app.admin()),
+            Some(json!({ "idle_timeout_secs": 5, "persistence": { "type": persistence } })),
+        )
+        .await;
+    let id = made["id"].as_str().expect("a VM id").to_owned();
+    app.state.store.set_last_active(&id, 0).await.unwrap();
+    id
+}
+
+/// What the idle reaper does to `vm` now, without waiting for anything.
+async fn reap(app: &TestApp, vm: &str) -> Option<&'static str> {
+    let row = app.state.store.vm(vm).await.unwrap().expect("the VM");
+    tokio::time::timeout(PATIENCE, app.state.sandboxes.reap_if_idle(&row))
+        .await
+        .expect("the reaper does not wait for a VM in use")
+        .expect("reaping")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_reaper_passes_over_a_vm_in_use_and_counts_from_the_end_of_its_use() {
+    let app = Arc::new(TestApp::start().await);
+    let a = idle_vm(&app, "persistent").await;
+    let gate = app.backend.hold_on(Operation::Exec, &a);
+    let exec = spawn_post(
+        &app,
+        format!("/v1/vms/{a}/exec"),
+        json!({ "command": "make" }),
+    );
+    gate.arrived(1).await;
+    // Started long ago and still running: in use, not idle.
+    app.state.store.set_last_active(&a, 0).await.unwrap();
+    assert_eq!(reap(&app, &a).await, None);
+    gate.open();
+    assert_eq!(finished(exec).await.0, StatusCode::OK);
+    // It ended just now: the idle time counts from here, however long
+    // ago the command started.
+    app.state.store.set_last_active(&a, 0).await.unwrap();
+    assert_eq!(reap(&app, &a).await, None);
+    assert!(!calls_on(&app, &a).contains(&Operation::Pause));
+    assert_eq!(app.vm_state(&a).await, "running");
+
+    // Idle VMs nobody holds: paused to disk, or destroyed when ephemeral.
+    let b = idle_vm(&app, "persistent").await;
+    assert_eq!(reap(&app, &b).await, Some("paused to disk"));
+    assert_eq!(app.vm_state(&b).await, "paused_to_disk");
+    let c = idle_vm(&app, "ephemeral").await;
+    assert_eq!(reap(&app, &c).await, Some("destroyed"));
+    assert!(app.state.store.vm(&c).await.unwrap().is_none());
+}
