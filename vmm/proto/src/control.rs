@@ -498,8 +498,7 @@ mod tests {
 
     #[test]
     fn snapshot_replies_carry_the_report_and_after_a_pause_the_state() {
-        let snapshot =
-            r#""snapshot":{"dir":"/s","memory_bytes":2,"paused_ms":1.5,"state_bytes":1}"#;
+        let snapshot = r#""snapshot":{"dir":"/s","memory_bytes":2,"memory_scanned_bytes":3,"paused_ms":1.5,"state_bytes":1}"#;
         let live = SnapshotReply {
             state: None,
             snapshot: report(),
