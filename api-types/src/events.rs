@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 /// One event. `kind` is open-ended (`push`, `branch.created`,
 /// `sync.diverged`, `webhook.disabled`, ...: the README lists them), and
 /// `payload` is the kind's own object, as webhooks deliver it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Event {
     /// The cursor: strictly increasing across the whole forge.
     pub id: i64,
@@ -24,7 +24,7 @@ pub struct Event {
 }
 
 /// A page of events.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EventPage {
     pub events: Vec<Event>,
     /// Pass as `after` to continue.

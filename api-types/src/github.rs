@@ -7,15 +7,15 @@ use serde::{Deserialize, Serialize};
 use crate::states::RefSyncState;
 
 /// `POST /v1/repos/{owner}/{name}/github`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct LinkRequest {
+pub struct GithubLinkRequest {
     /// `owner/name` on GitHub.
     pub repository: String,
 }
 
 /// A forge repository's link to GitHub and each ref's sync state.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct GithubLinkView {
     /// `owner/name` on GitHub.
     pub repository: String,
@@ -28,7 +28,7 @@ pub struct GithubLinkView {
 }
 
 /// What the last sync saw of one ref.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RefView {
     pub ref_name: String,
     /// The last commit both sides agreed on.
@@ -41,7 +41,7 @@ pub struct RefView {
 }
 
 /// `GET /v1/github`: the App's public settings and its installations.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct GithubOverview {
     pub app_id: u64,
     pub api_url: String,
@@ -50,7 +50,7 @@ pub struct GithubOverview {
     pub installations: Vec<Installation>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Installation {
     /// GitHub's installation id.
     pub id: i64,
@@ -59,7 +59,7 @@ pub struct Installation {
 }
 
 /// The answer to an inbound GitHub webhook.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct WebhookAccepted {
     /// Its `X-GitHub-Delivery`.
     pub delivery: String,

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::states::{ReviewVerdict, RunState, StepState};
 
 /// A run and its steps, as the list shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RunView {
     pub id: i64,
     pub repo_id: String,
@@ -31,7 +31,7 @@ pub struct RunView {
 }
 
 /// `GET /v1/runs/{id}`: the run and the pull-request review it decided.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RunDetail {
     #[serde(flatten)]
     pub run: RunView,
@@ -39,7 +39,7 @@ pub struct RunDetail {
 }
 
 /// A step of a run (its log is read from `/logs`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StepView {
     pub position: i64,
     pub name: String,
@@ -50,7 +50,7 @@ pub struct StepView {
 }
 
 /// The review the GitHub bot posted (or claimed) for a run.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RunReview {
     /// `owner/name` on GitHub.
     pub github_repo: String,
@@ -62,7 +62,7 @@ pub struct RunReview {
 }
 
 /// The `step` event: a step started or changed status.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StepEvent {
     pub position: i64,
     pub name: String,
@@ -72,14 +72,14 @@ pub struct StepEvent {
 }
 
 /// The `log` event: text a step wrote.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LogEvent {
     pub position: i64,
     pub text: String,
 }
 
 /// The `end` event: the run finished.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RunEnd {
     pub state: RunState,
     pub error: Option<String>,

@@ -3,21 +3,37 @@
 use serde::{Deserialize, Serialize};
 
 /// `POST /v1/tokens`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateToken {
     pub name: String,
-    /// `admin`, `repo:write`, `repo:read`.
+    /// At least one.
+    #[schema(value_type = Vec<TokenScope>)]
     pub scopes: Vec<String>,
     /// `owner/name`: limit the token to this repository.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub repo: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// What a token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub enum TokenScope {
+    /// Everything: tokens, repositories, every VM.
+    #[serde(rename = "admin")]
+    Admin,
+    /// Push, create VMs, manage webhooks.
+    #[serde(rename = "repo:write")]
+    RepoWrite,
+    /// Clone and read.
+    #[serde(rename = "repo:read")]
+    RepoRead,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TokenView {
     pub id: String,
     pub name: String,
+    #[schema(value_type = Vec<TokenScope>)]
     pub scopes: Vec<String>,
     /// The repository it is limited to, `owner/name`.
     pub repo: Option<String>,

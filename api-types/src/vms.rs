@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::states::{DevServerState, VmState};
 
 /// `POST /v1/vms`. Every field is optional; the server picks the defaults.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateVm {
     /// `owner/name`: `/workspace` holds a checkout of it.
@@ -34,14 +34,14 @@ pub struct CreateVm {
 }
 
 /// What becomes of an idle VM: `{"type": "persistent" | "ephemeral"}`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Persistence {
     #[serde(rename = "type")]
     pub kind: PersistenceKind,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum PersistenceKind {
     /// Destroyed when idle.
@@ -67,7 +67,7 @@ impl Persistence {
 }
 
 /// A dev server to start, watch and restart in the VM.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DevServerSpec {
     pub command: String,
@@ -75,7 +75,7 @@ pub struct DevServerSpec {
 }
 
 /// What the API shows of a dev server.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DevServerStatus {
     pub command: String,
     pub port: u16,
@@ -90,7 +90,7 @@ pub struct DevServerStatus {
 }
 
 /// A VM as every VM endpoint shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct VmView {
     pub id: String,
     pub state: VmState,
@@ -115,7 +115,7 @@ pub struct VmView {
 
 /// `GET /v1/vms/{id}`: the view, usage while it holds resources, and its
 /// egress counters.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct VmDetail {
     #[serde(flatten)]
     pub vm: VmView,
@@ -125,7 +125,7 @@ pub struct VmDetail {
 }
 
 /// Usage of one sandbox, as its backend measures it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct VmStats {
     pub state: VmState,
     pub memory_bytes: u64,
@@ -134,7 +134,7 @@ pub struct VmStats {
 }
 
 /// The VM's traffic through the egress proxy since the forge started.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EgressUsage {
     pub connections: u64,
     pub refused: u64,
@@ -143,7 +143,7 @@ pub struct EgressUsage {
 }
 
 /// What a fork or a resume carried over.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Kept {
     Disk,
@@ -152,7 +152,7 @@ pub enum Kept {
 }
 
 /// A VM after a fork or a resume, and what it kept of its source.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CarriedVm {
     #[serde(flatten)]
     pub vm: VmView,
@@ -163,7 +163,7 @@ pub struct CarriedVm {
 
 /// `POST /v1/vms/{id}/exec`: exactly one of `command` (a shell script)
 /// and `argv`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExecRequest {
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -182,7 +182,7 @@ pub struct ExecRequest {
 
 /// How a command ended: the answer's head, and the `exit` event of a
 /// streamed exec.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ExecExit {
     /// 128 + the signal when a signal ended it.
     pub exit_code: i32,
@@ -193,7 +193,7 @@ pub struct ExecExit {
 }
 
 /// The answer of a (not streamed) exec.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ExecOutput {
     #[serde(flatten)]
     pub exit: ExecExit,
@@ -203,20 +203,45 @@ pub struct ExecOutput {
 }
 
 /// The `stdout` and `stderr` events of a streamed exec.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ExecText {
     pub text: String,
 }
 
 /// The `error` event of a streamed exec.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ExecFailure {
     pub message: String,
 }
 
+/// One entry of a directory listing (`GET /v1/vms/{id}/files/{dir}/`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct FileEntry {
+    pub name: String,
+    pub kind: FileKind,
+    pub size: u64,
+    /// Permission bits (`st_mode & 0o7777`).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub modified_unix_ms: i64,
+    /// Where a symlink points (it is never followed).
+    pub link_target: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FileKind {
+    File,
+    Dir,
+    Symlink,
+    /// A device, socket or pipe.
+    Other,
+}
+
 /// `POST /v1/vms/{id}/terminal/tickets`: a one-time ticket that opens the
 /// VM's terminal WebSocket (`?ticket=`) without a token in the URL.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TerminalTicket {
     pub ticket: String,
     pub expires_in_secs: u64,
@@ -224,15 +249,15 @@ pub struct TerminalTicket {
 
 /// `POST /v1/vms/{id}/ports/{port}/links`: a link to the VM's server on
 /// `port` that works without a token for `ttl_secs` (default an hour).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct LinkRequest {
+pub struct ShareLinkRequest {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ttl_secs: Option<u64>,
 }
 
-/// The answer to a [`LinkRequest`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// The answer to a [`ShareLinkRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ShareLink {
     pub url: String,
     /// RFC 3339.
@@ -241,7 +266,7 @@ pub struct ShareLink {
 }
 
 /// `POST /v1/vms/{id}/fork`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ForkRequest {
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -249,13 +274,13 @@ pub struct ForkRequest {
 }
 
 /// The answer to a fork.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Forks {
     pub forks: Vec<CarriedVm>,
 }
 
 /// `POST /v1/vms/{id}/pause`; no body is a pause in memory.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PauseRequest {
     #[serde(default)]
@@ -263,14 +288,14 @@ pub struct PauseRequest {
 }
 
 /// `GET /v1/system`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct System {
     pub version: String,
     pub sandboxes: SandboxSystem,
 }
 
 /// The sandbox backend, its limits and its queue.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SandboxSystem {
     /// `None` when no backend can run; `reason` says why.
     pub backend: Option<String>,
@@ -281,7 +306,7 @@ pub struct SandboxSystem {
     pub queue: SandboxQueue,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SandboxLimits {
     pub max_live: usize,
     pub max_vcpus: u8,
@@ -294,7 +319,7 @@ pub struct SandboxLimits {
     pub max_file_bytes: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SandboxQueue {
     pub waiting: usize,
     pub max_wait_secs: u64,

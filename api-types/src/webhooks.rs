@@ -8,7 +8,7 @@ use serde_json::Value;
 use crate::states::DeliveryState;
 
 /// `POST …/webhooks`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateWebhook {
     pub url: String,
@@ -28,7 +28,7 @@ pub struct CreateWebhook {
 }
 
 /// `PATCH …/webhooks/{id}`: what is absent stays as it is.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateWebhook {
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -49,7 +49,7 @@ pub struct UpdateWebhook {
     pub secret: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct WebhookView {
     pub id: String,
     pub url: String,
@@ -69,13 +69,13 @@ pub struct WebhookView {
 }
 
 /// The answer to a ping or a redelivery: the delivery that was queued.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Queued {
     pub delivery_id: String,
 }
 
 /// One attempt to deliver.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AttemptView {
     pub attempt: i64,
     pub started_at: String,
@@ -92,7 +92,7 @@ pub struct AttemptView {
     pub next_attempt_at: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DeliveryView {
     /// The `webhook-id` header of its requests.
     pub id: String,
@@ -113,7 +113,7 @@ pub struct DeliveryView {
 }
 
 /// `GET …/deliveries`: newest first.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DeliveryPage {
     pub deliveries: Vec<DeliveryView>,
     /// Pass as `before` for the next (older) page; `None` on the last one.

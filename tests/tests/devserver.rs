@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use api_types::DevServerState;
 use api_types::vms::{
-    CreateVm, DevServerSpec, ExecOutput, ExecRequest, LinkRequest, ShareLink, VmDetail, VmView,
+    CreateVm, DevServerSpec, ExecOutput, ExecRequest, ShareLink, ShareLinkRequest, VmDetail, VmView,
 };
 use e2e::TestForge;
 use serde_json::json;
@@ -234,7 +234,7 @@ fn previews_cannot_reach_the_forge_and_share_links_open_one_port() {
         "POST",
         &format!("/v1/vms/{id}/ports/3000/links"),
         Some(
-            serde_json::to_value(LinkRequest {
+            serde_json::to_value(ShareLinkRequest {
                 ttl_secs: Some(600),
             })
             .unwrap(),

@@ -697,7 +697,7 @@ fn reconcile_repairs_missed_webhooks() {
     let _: GithubLinkView = forge.send(
         "POST",
         &format!("/v1/repos/{FORGE_REPO}/github"),
-        &api_types::github::LinkRequest {
+        &api_types::github::GithubLinkRequest {
             repository: GITHUB_REPO.to_owned(),
         },
     );

@@ -12,18 +12,32 @@ use axum::extract::{Path, Query, State};
 use serde::Deserialize;
 
 use super::ApiError;
+use super::openapi::RepoPath;
 use super::repos::authorize;
 use crate::auth::{Caller, Scope};
 use crate::git::tree::{self, Node};
 use crate::server::AppState;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ContentsQuery {
+    /// The branch; the repository's default branch when absent.
     branch: Option<String>,
+    /// A path from the repository's root; its root when absent.
     #[serde(default)]
     path: String,
 }
 
+/// What a path names at the head of a branch: a directory's entries, or a
+/// file's text (its first MiB).
+#[utoipa::path(
+    get,
+    path = "/v1/repos/{owner}/{name}/contents",
+    tag = "repos",
+    operation_id = "getContents",
+    params(RepoPath, ContentsQuery),
+    responses((status = 200, description = "A directory's entries or a file's text", body = Contents)),
+)]
 pub async fn show(
     State(state): State<AppState>,
     caller: Caller,

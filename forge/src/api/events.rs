@@ -10,22 +10,39 @@ use axum::extract::{Path, Query, State};
 use serde::Deserialize;
 
 use super::ApiError;
+use super::openapi::RepoPath;
 use super::repos::authorize;
 use crate::auth::{Caller, Scope};
 use crate::events::Event;
 use crate::server::AppState;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct EventQuery {
+    /// Events after this id (the last page's `next_cursor`); 0 from the
+    /// start.
     #[serde(default)]
     after: i64,
+    /// At most this many events, 1 to 1000; 100 when absent.
     limit: Option<i64>,
+    /// When there is nothing new, wait up to this many seconds (at most 60)
+    /// for an event before answering an empty page.
     wait_secs: Option<u64>,
 }
 
 const MAX_LIMIT: i64 = 1000;
 const MAX_WAIT_SECS: u64 = 60;
 
+/// The repository's events (pushes, runs, syncs) in order, as a long poll:
+/// with `wait_secs` an empty page waits for the next event.
+#[utoipa::path(
+    get,
+    path = "/v1/repos/{owner}/{name}/events",
+    tag = "repos",
+    operation_id = "listEvents",
+    params(RepoPath, EventQuery),
+    responses((status = 200, description = "The events after `after`, oldest first", body = EventPage)),
+)]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,

@@ -6,13 +6,15 @@
 //! repository the caller may read). Nothing here returns a secret.
 
 use api_types::github::{
-    GithubLinkView, GithubOverview, Installation, LinkRequest, RefView, WebhookAccepted,
+    GithubLinkRequest, GithubLinkView, GithubOverview, Installation, RefView, WebhookAccepted,
 };
+use api_types::{ErrorBody, ErrorCode};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use futures_util::StreamExt;
 
+use super::openapi::RepoPath;
 use super::{ApiError, Body, repos};
 use crate::auth::{Caller, Scope};
 use crate::github::Github;
@@ -24,7 +26,7 @@ fn app(state: &AppState) -> Result<&std::sync::Arc<Github>, ApiError> {
     state.github.as_ref().ok_or_else(|| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            "github_not_configured",
+            ErrorCode::GithubNotConfigured,
             "the GitHub App is not configured: run `forge github configure`",
         )
     })
@@ -41,9 +43,31 @@ const WEBHOOK_BODIES_AT_ONCE: usize = 4;
 static WEBHOOK_BODIES: tokio::sync::Semaphore =
     tokio::sync::Semaphore::const_new(WEBHOOK_BODIES_AT_ONCE);
 
-/// `POST /github/webhook`. Nothing of the body is read unless the App is
+/// GitHub's events for the App, signed with its webhook secret
+/// (`X-Hub-Signature-256`). Nothing of the body is read unless the App is
 /// configured and the request carries a well-formed signature; at most
-/// [`WEBHOOK_BODIES_AT_ONCE`] bodies are read at a time.
+/// [`WEBHOOK_BODIES_AT_ONCE`] bodies are read at a time. A body seen before
+/// is a duplicate, whatever its delivery id.
+#[utoipa::path(
+    post,
+    path = "/github/webhook",
+    tag = "github",
+    operation_id = "githubWebhook",
+    security(()),
+    params(
+        ("X-Hub-Signature-256" = String, Header, description = "`sha256=` and the HMAC-SHA256 of the body"),
+        ("X-GitHub-Delivery" = String, Header, description = "The delivery's id"),
+        ("X-GitHub-Event" = String, Header, description = "The event's type"),
+    ),
+    request_body(content = Object, description = "GitHub's event payload"),
+    responses(
+        (status = 202, description = "Accepted (or a duplicate, already accepted)", body = WebhookAccepted),
+        (status = 400, description = "No delivery id or event type, or a body that is not JSON", body = ErrorBody),
+        (status = 401, description = "The signature is missing or wrong", body = ErrorBody),
+        (status = 413, description = "The body is over 25 MiB", body = ErrorBody),
+        (status = 503, description = "The GitHub App is not configured", body = ErrorBody),
+    ),
+)]
 pub async fn webhook(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -109,13 +133,23 @@ pub async fn webhook(
     ))
 }
 
-/// `POST /v1/repos/{owner}/{name}/github`: link, then a first sync (an
-/// empty forge repository is imported from GitHub).
+/// Links the repository to a GitHub repository the App is installed on,
+/// then syncs them once (an empty forge repository is imported from
+/// GitHub). Needs `admin`.
+#[utoipa::path(
+    post,
+    path = "/v1/repos/{owner}/{name}/github",
+    tag = "github",
+    operation_id = "linkGithub",
+    params(RepoPath),
+    request_body = GithubLinkRequest,
+    responses((status = 201, description = "The link and each ref's sync state", body = GithubLinkView)),
+)]
 pub async fn link(
     State(state): State<AppState>,
     caller: Caller,
     Path((owner, name)): Path<(String, String)>,
-    Body(request): Body<LinkRequest>,
+    Body(request): Body<GithubLinkRequest>,
 ) -> Result<(StatusCode, Json<GithubLinkView>), ApiError> {
     // Linking chooses which GitHub repository the App's token pushes this
     // repository's refs to: a forge admin's decision, not a
@@ -147,7 +181,7 @@ pub async fn link(
             }
             _ => ApiError::new(
                 StatusCode::BAD_GATEWAY,
-                "github_unavailable",
+                ErrorCode::GithubUnavailable,
                 format!("asking GitHub for the installation failed: {error}"),
             ),
         })?;
@@ -180,7 +214,15 @@ pub async fn link(
     Ok((StatusCode::CREATED, Json(view(&state, &link).await?)))
 }
 
-/// `GET /v1/repos/{owner}/{name}/github`: the link and each ref's state.
+/// The repository's GitHub link and each ref's sync state.
+#[utoipa::path(
+    get,
+    path = "/v1/repos/{owner}/{name}/github",
+    tag = "github",
+    operation_id = "getGithubLink",
+    params(RepoPath),
+    responses((status = 200, description = "The link", body = GithubLinkView)),
+)]
 pub async fn show(
     State(state): State<AppState>,
     caller: Caller,
@@ -195,7 +237,15 @@ pub async fn show(
     Ok(Json(view(&state, &link).await?))
 }
 
-/// `DELETE /v1/repos/{owner}/{name}/github`.
+/// Unlinks the repository from GitHub; both keep their refs. Needs `admin`.
+#[utoipa::path(
+    delete,
+    path = "/v1/repos/{owner}/{name}/github",
+    tag = "github",
+    operation_id = "unlinkGithub",
+    params(RepoPath),
+    responses((status = 204, description = "Unlinked")),
+)]
 pub async fn unlink(
     State(state): State<AppState>,
     caller: Caller,
@@ -215,8 +265,15 @@ pub async fn unlink(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// `GET /v1/github`: the app's public settings and its installations.
-/// Any signed-in caller may read it; no secret is part of it.
+/// The GitHub App's public settings and its installations. Any caller may
+/// read it; no secret is part of it.
+#[utoipa::path(
+    get,
+    path = "/v1/github",
+    tag = "github",
+    operation_id = "getGithub",
+    responses((status = 200, description = "The App and its installations", body = GithubOverview)),
+)]
 pub async fn overview(
     State(state): State<AppState>,
     _caller: Caller,
@@ -239,8 +296,14 @@ pub async fn overview(
     }))
 }
 
-/// `GET /v1/github/repos`: every linked repository the caller may read,
-/// with each ref's sync state.
+/// Every linked repository the caller may read, with each ref's sync state.
+#[utoipa::path(
+    get,
+    path = "/v1/github/repos",
+    tag = "github",
+    operation_id = "listGithubLinks",
+    responses((status = 200, description = "The links", body = Vec<GithubLinkView>)),
+)]
 pub async fn linked(
     State(state): State<AppState>,
     caller: Caller,

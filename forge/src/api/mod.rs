@@ -14,6 +14,7 @@ mod contents;
 mod error;
 mod events;
 mod github;
+pub(crate) mod openapi;
 mod preview;
 mod repos;
 mod runs;
@@ -29,10 +30,12 @@ mod webhooks;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
-use axum::routing::{any, get, post};
+use axum::routing::{MethodRouter, any};
 use axum::{Json, Router};
 use base64::Engine;
 use serde::de::DeserializeOwned;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 pub use error::ApiError;
 pub use preview::{ShareKey, check_preview_domain};
@@ -50,94 +53,83 @@ pub fn loggable_path(path: &str) -> &str {
 use crate::auth::{self, Caller};
 use crate::server::AppState;
 
-/// Every route of the forge.
-pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/v1/repos", post(repos::create).get(repos::list))
-        .route(
-            "/v1/repos/{owner}/{name}",
-            get(repos::show).delete(repos::delete),
-        )
-        .route("/v1/repos/{owner}/{name}/branches", get(repos::branches))
-        .route("/v1/repos/{owner}/{name}/contents", get(contents::show))
-        .route("/v1/repos/{owner}/{name}/events", get(events::list))
-        .route("/v1/repos/{owner}/{name}/runs", get(runs::list))
-        .route("/v1/runs/{id}", get(runs::show))
-        .route("/v1/runs/{id}/logs", get(runs::logs))
-        .route("/v1/system", get(vms::system))
-        .route("/v1/vms", post(vms::create).get(vms::list))
-        .route("/v1/vms/{id}", get(vms::show).delete(vms::delete))
-        .route("/v1/vms/{id}/exec", post(vms::exec))
-        .route("/v1/vms/{id}/fork", post(vms::fork))
-        .route("/v1/vms/{id}/pause", post(vms::pause))
-        .route("/v1/vms/{id}/resume", post(vms::resume))
+/// Every route of the forge, each with its OpenAPI entry (see
+/// [`openapi`]).
+fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(health))
+        .routes(routes!(openapi::serve))
+        .routes(routes!(repos::create, repos::list))
+        .routes(routes!(repos::show, repos::delete))
+        .routes(routes!(repos::branches))
+        .routes(routes!(contents::show))
+        .routes(routes!(events::list))
+        .routes(routes!(runs::list))
+        .routes(routes!(runs::show))
+        .routes(routes!(runs::logs))
+        .routes(routes!(vms::system))
+        .routes(routes!(vms::create, vms::list))
+        .routes(routes!(vms::show, vms::delete))
+        .routes(routes!(vms::exec))
+        .routes(routes!(vms::fork))
+        .routes(routes!(vms::pause))
+        .routes(routes!(vms::resume))
         .merge(terminal::routes())
-        .route(
-            "/v1/vms/{id}/files/{*path}",
-            get(vms::read_file)
-                .put(vms::write_file)
-                .delete(vms::delete_file),
-        )
+        .routes(routes!(vms::read_file, vms::write_file, vms::delete_file))
+        // The port's root, with and without its slash, as the catch-all
+        // below documents it.
         .route("/v1/vms/{id}/ports/{port}", any(preview::root))
         .route("/v1/vms/{id}/ports/{port}/", any(preview::root))
-        .route("/v1/vms/{id}/ports/{port}/{*path}", any(preview::path))
+        .routes(routes!(preview::path))
+        .routes(routes!(preview::create_link))
         .route(
             "/v1/vms/{id}/ports/{port}/links",
-            post(preview::create_link).fallback(preview::links_page),
+            MethodRouter::new().fallback(preview::links_page),
         )
         .route("/v1/previews/{token}", any(preview::shared))
         .route("/v1/previews/{token}/", any(preview::shared))
-        .route("/v1/previews/{token}/{*path}", any(preview::shared))
-        .route(
-            "/v1/repos/{owner}/{name}/webhooks",
-            post(webhooks::create).get(webhooks::list),
-        )
-        .route(
-            "/v1/repos/{owner}/{name}/webhooks/{id}",
-            get(webhooks::show)
-                .patch(webhooks::update)
-                .delete(webhooks::delete),
-        )
-        .route(
-            "/v1/repos/{owner}/{name}/webhooks/{id}/ping",
-            post(webhooks::ping),
-        )
-        .route(
-            "/v1/repos/{owner}/{name}/webhooks/{id}/deliveries",
-            get(webhooks::deliveries),
-        )
-        .route(
-            "/v1/repos/{owner}/{name}/webhooks/{id}/deliveries/{delivery_id}",
-            get(webhooks::delivery),
-        )
-        .route(
-            "/v1/repos/{owner}/{name}/webhooks/{id}/deliveries/{delivery_id}/redeliver",
-            post(webhooks::redeliver),
-        )
-        .route("/github/webhook", post(github::webhook))
-        .route("/v1/github", get(github::overview))
-        .route("/v1/github/repos", get(github::linked))
-        .route(
-            "/v1/repos/{owner}/{name}/github",
-            post(github::link).get(github::show).delete(github::unlink),
-        )
-        .route("/v1/tokens", post(tokens::create).get(tokens::list))
-        .route("/v1/tokens/{id}", axum::routing::delete(tokens::revoke))
-        .route(
-            "/{owner}/{name}/info/refs",
-            get(crate::git::http::info_refs),
-        )
-        .route(
-            "/{owner}/{name}/git-upload-pack",
-            post(crate::git::http::upload_pack),
-        )
-        .route(
-            "/{owner}/{name}/git-receive-pack",
-            post(crate::git::http::receive_pack),
-        )
+        .routes(routes!(preview::shared))
+        .routes(routes!(webhooks::create, webhooks::list))
+        .routes(routes!(webhooks::show, webhooks::update, webhooks::delete))
+        .routes(routes!(webhooks::ping))
+        .routes(routes!(webhooks::deliveries))
+        .routes(routes!(webhooks::delivery))
+        .routes(routes!(webhooks::redeliver))
+        .routes(routes!(github::webhook))
+        .routes(routes!(github::overview))
+        .routes(routes!(github::linked))
+        .routes(routes!(github::link, github::show, github::unlink))
+        .routes(routes!(tokens::create, tokens::list))
+        .routes(routes!(tokens::revoke))
+        .routes(routes!(crate::git::http::info_refs))
+        .routes(routes!(crate::git::http::upload_pack))
+        .routes(routes!(crate::git::http::receive_pack))
+}
+
+/// Every route of the forge.
+pub fn router(state: AppState) -> Router {
+    let (router, _) = routes().split_for_parts();
+    router
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .with_state(state)
+}
+
+/// The OpenAPI document of [`router`]'s routes.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    openapi::document(routes().split_for_parts().1)
+}
+
+/// Whether the server is up.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "system",
+    operation_id = "health",
+    security(()),
+    responses((status = 200, description = "The server answers", content_type = "text/plain", body = String, example = "ok\n")),
+)]
+async fn health() -> &'static str {
+    "ok\n"
 }
 
 /// `app` with host-name previews in front of it: a request for

@@ -34,7 +34,8 @@ use std::path::Path as FsPath;
 use std::sync::Arc;
 
 use anyhow::Context;
-use api_types::vms::{LinkRequest, ShareLink};
+use api_types::vms::{ShareLink, ShareLinkRequest};
+use api_types::{ErrorBody, ErrorCode};
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{FromRequestParts, Path, Request, State};
@@ -46,6 +47,7 @@ use hyper_util::rt::TokioIo;
 use sha2::Sha256;
 
 use super::ApiError;
+use super::openapi::PortPath;
 use crate::auth::Caller;
 use crate::server::AppState;
 
@@ -74,7 +76,7 @@ enum Served {
 fn bad_gateway(port: u16, error: impl std::fmt::Display) -> ApiError {
     ApiError::new(
         StatusCode::BAD_GATEWAY,
-        "bad_gateway",
+        ErrorCode::BadGateway,
         format!("nothing answered HTTP on port {port} inside the VM: {error}"),
     )
 }
@@ -104,6 +106,18 @@ pub async fn root(
     for_caller(&state, &caller, target, String::new(), request).await
 }
 
+/// The VM's HTTP server on `port`, under the forge's origin: the request
+/// (any method, WebSocket upgrades too) is forwarded as it is, and the
+/// answer comes back sandboxed (an opaque origin; no cookies either way).
+/// `/v1/vms/{id}/ports/{port}/` reaches the server's root.
+#[utoipa::path(
+    method(get, post, put, patch, delete, head, options),
+    path = "/v1/vms/{id}/ports/{port}/{*path}",
+    tag = "vms",
+    operation_id = "preview",
+    params(PortPath, ("path" = String, Path, description = "The path on the VM's server")),
+    responses((status = 200, description = "Whatever the VM's server answers")),
+)]
 pub async fn path(
     State(state): State<AppState>,
     caller: Caller,
@@ -124,8 +138,25 @@ pub async fn links_page(
     for_caller(&state, &caller, target, "links".into(), request).await
 }
 
-/// `/v1/previews/{token}/{path}`: a share link where there is no preview
-/// domain.
+/// A share link's preview where the forge has no preview domain: like
+/// `/v1/vms/{id}/ports/{port}/…` without a token, until the link expires.
+/// `/v1/previews/{token}/` reaches the server's root.
+#[utoipa::path(
+    method(get, post, put, patch, delete, head, options),
+    path = "/v1/previews/{token}/{*path}",
+    tag = "vms",
+    operation_id = "sharedPreview",
+    security(()),
+    params(
+        ("token" = String, Path, description = "The share link's token"),
+        ("path" = String, Path, description = "The path on the VM's server"),
+    ),
+    responses(
+        (status = 200, description = "Whatever the VM's server answers"),
+        (status = 401, description = "The link is unknown or expired", body = ErrorBody),
+        (status = 502, description = "Nothing answered HTTP on the port", body = ErrorBody),
+    ),
+)]
 pub async fn shared(
     State(state): State<AppState>,
     Path(params): Path<Vec<(String, String)>>,
@@ -146,12 +177,23 @@ pub async fn shared(
     forward(&state, id, port, param("path"), request, Served::OnForge).await
 }
 
-/// `POST /v1/vms/{id}/ports/{port}/links {ttl_secs}`: a share link.
+/// A link to the VM's server on `port` that works without a token until
+/// it expires (`ttl_secs`: 60 s to 7 days, an hour by default). Any other
+/// method on this path reaches the server's own `/links`.
+#[utoipa::path(
+    post,
+    path = "/v1/vms/{id}/ports/{port}/links",
+    tag = "vms",
+    operation_id = "createShareLink",
+    params(PortPath),
+    request_body(content = Option<ShareLinkRequest>, description = "No body is an hour"),
+    responses((status = 201, description = "The link", body = ShareLink)),
+)]
 pub async fn create_link(
     State(state): State<AppState>,
     caller: Caller,
     Path((id, port)): Path<(String, u16)>,
-    body: Option<Json<LinkRequest>>,
+    body: Option<Json<ShareLinkRequest>>,
 ) -> Result<(StatusCode, Json<ShareLink>), ApiError> {
     super::vms::owned(&state, &caller, &id).await?;
     let ttl = body

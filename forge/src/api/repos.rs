@@ -1,10 +1,12 @@
 //! `/v1/repos`: create (empty or imported), list, show, delete, branches.
 
+use api_types::ErrorCode;
 use api_types::repos::{Author, BranchView, CommitView, CreateRepo, RepoView};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 
+use super::openapi::RepoPath;
 use super::{ApiError, Body, created};
 use crate::auth::{Caller, Scope};
 use crate::git::{RepoName, inspect};
@@ -58,6 +60,16 @@ pub async fn authorize(
     Ok(repo)
 }
 
+/// Creates a repository, empty or cloned from `import_url` (HTTP(S) or
+/// git; credentials in the URL are used once, never stored). Needs `admin`.
+#[utoipa::path(
+    post,
+    path = "/v1/repos",
+    tag = "repos",
+    operation_id = "createRepo",
+    request_body = CreateRepo,
+    responses((status = 201, description = "The repository", body = RepoView)),
+)]
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
@@ -107,7 +119,7 @@ pub async fn create(
                     tracing::warn!(repo = %name, error = %crate::git::redact_credentials(&format!("{error:#}")), "import failed");
                     ApiError::new(
                         StatusCode::UNPROCESSABLE_ENTITY,
-                        "import_failed",
+                        ErrorCode::ImportFailed,
                         "the import_url could not be cloned; check that it is a reachable git repository and that credentials in it are valid",
                     )
                 })?
@@ -170,6 +182,14 @@ async fn check_import_url(state: &AppState, url: &str) -> Result<Option<String>,
     Ok(Some(format!("{host}:{port}:{address}")))
 }
 
+/// The repositories the caller may read.
+#[utoipa::path(
+    get,
+    path = "/v1/repos",
+    tag = "repos",
+    operation_id = "listRepos",
+    responses((status = 200, description = "The repositories the caller may read", body = Vec<RepoView>)),
+)]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -180,6 +200,15 @@ pub async fn list(
     ))
 }
 
+/// One repository.
+#[utoipa::path(
+    get,
+    path = "/v1/repos/{owner}/{name}",
+    tag = "repos",
+    operation_id = "getRepo",
+    params(RepoPath),
+    responses((status = 200, description = "The repository", body = RepoView)),
+)]
 pub async fn show(
     State(state): State<AppState>,
     caller: Caller,
@@ -189,6 +218,16 @@ pub async fn show(
     Ok(Json(repo_view(&state, &repo)))
 }
 
+/// Deletes a repository with everything the forge keeps about it. Needs
+/// `admin`.
+#[utoipa::path(
+    delete,
+    path = "/v1/repos/{owner}/{name}",
+    tag = "repos",
+    operation_id = "deleteRepo",
+    params(RepoPath),
+    responses((status = 204, description = "The repository, its runs, webhooks and events are gone")),
+)]
 pub async fn delete(
     State(state): State<AppState>,
     caller: Caller,
@@ -206,6 +245,15 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// The repository's branches and their head commits.
+#[utoipa::path(
+    get,
+    path = "/v1/repos/{owner}/{name}/branches",
+    tag = "repos",
+    operation_id = "listBranches",
+    params(RepoPath),
+    responses((status = 200, description = "Each branch and its head commit", body = Vec<BranchView>)),
+)]
 pub async fn branches(
     State(state): State<AppState>,
     caller: Caller,

@@ -15,14 +15,18 @@ use futures_util::StreamExt;
 use serde::Deserialize;
 
 use super::ApiError;
+use super::openapi::RepoPath;
 use super::repos::authorize;
 use crate::auth::{Caller, Scope};
 use crate::server::AppState;
 use crate::store::RunRow;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct RunQuery {
+    /// Runs with an id below this one (the last page's smallest id).
     before: Option<i64>,
+    /// At most this many runs, 1 to 500; 50 when absent.
     limit: Option<i64>,
 }
 
@@ -31,6 +35,15 @@ async fn with_steps(state: &AppState, run: RunRow) -> Result<RunView, ApiError> 
     Ok(run.view(steps))
 }
 
+/// The repository's pipeline runs, newest first.
+#[utoipa::path(
+    get,
+    path = "/v1/repos/{owner}/{name}/runs",
+    tag = "runs",
+    operation_id = "listRuns",
+    params(RepoPath, RunQuery),
+    responses((status = 200, description = "The runs, newest first, with their steps", body = Vec<RunView>)),
+)]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -65,6 +78,15 @@ async fn readable(state: &AppState, caller: &Caller, id: i64) -> Result<RunRow, 
     Ok(run)
 }
 
+/// One run with its steps, and the review posted for it on GitHub.
+#[utoipa::path(
+    get,
+    path = "/v1/runs/{id}",
+    tag = "runs",
+    operation_id = "getRun",
+    params(("id" = i64, Path, description = "The run's id")),
+    responses((status = 200, description = "The run, its steps and its pull request review", body = RunDetail)),
+)]
 pub async fn show(
     State(state): State<AppState>,
     caller: Caller,
@@ -88,12 +110,30 @@ pub async fn show(
     }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct LogQuery {
+    /// Stream the log as server-sent events until the run ends.
     #[serde(default)]
     follow: bool,
 }
 
+/// The run's logs, whole or followed live.
+#[utoipa::path(
+    get,
+    path = "/v1/runs/{id}/logs",
+    tag = "runs",
+    operation_id = "getRunLogs",
+    params(("id" = i64, Path, description = "The run's id"), LogQuery),
+    responses((
+        status = 200,
+        description = "Every step's log as text under a `== name (state) ==` line. With `follow=true`, server-sent events instead: `step` (data: `StepEvent`) when a step starts or changes state, `log` (data: `LogEvent`) with new text of a step, and one `end` (data: `RunEnd`) when the run is over.",
+        content(
+            (String = "text/plain"),
+            (String = "text/event-stream"),
+        ),
+    )),
+)]
 pub async fn logs(
     State(state): State<AppState>,
     caller: Caller,

@@ -39,15 +39,17 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use api_types::ErrorCode;
 use api_types::vms::TerminalTicket;
-use axum::Router;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use axum::routing::{get, post};
 use serde::Deserialize;
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
+use utoipa_axum::routes;
 
+use super::openapi::VmPath;
 use super::{ApiError, created};
 use crate::auth::Caller;
 use crate::server::AppState;
@@ -81,19 +83,23 @@ impl Tickets {
 }
 
 /// The terminal's routes, to merge into the API router.
-pub fn routes() -> Router<AppState> {
+pub fn routes() -> OpenApiRouter<AppState> {
     let tickets = Tickets::default();
-    Router::new()
-        .route(
-            "/v1/vms/{id}/terminal",
-            get(open).layer(Extension(tickets.clone())),
-        )
-        .route(
-            "/v1/vms/{id}/terminal/tickets",
-            post(ticket).layer(Extension(tickets)),
-        )
+    OpenApiRouter::new()
+        .routes(routes!(open).layer(Extension(tickets.clone())))
+        .routes(routes!(ticket).layer(Extension(tickets)))
 }
 
+/// A one-time ticket that opens the VM's terminal without a token in the
+/// URL: single use, for this VM and the caller's token, valid for a minute.
+#[utoipa::path(
+    post,
+    path = "/v1/vms/{id}/terminal/tickets",
+    tag = "vms",
+    operation_id = "createTerminalTicket",
+    params(VmPath),
+    responses((status = 201, description = "The ticket", body = TerminalTicket)),
+)]
 async fn ticket(
     State(state): State<AppState>,
     Extension(tickets): Extension<Tickets>,
@@ -108,13 +114,32 @@ async fn ticket(
     }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct OpenQuery {
+    /// A ticket from `POST /v1/vms/{id}/terminal/tickets`, for clients that
+    /// cannot send `Authorization` (browsers).
     ticket: Option<String>,
+    /// The terminal's initial width; 80 when absent.
     cols: Option<u16>,
+    /// The terminal's initial height; 24 when absent.
     rows: Option<u16>,
 }
 
+/// A shell on a pseudo-terminal in the VM, over a WebSocket: binary
+/// messages both ways carry the terminal's bytes; a text message
+/// `{"resize":{"cols":120,"rows":40}}` resizes it. The socket closes with
+/// code 1000 and `exited with code N` when the shell exits. A request with
+/// an `Origin` must come from the forge's own origin.
+#[utoipa::path(
+    get,
+    path = "/v1/vms/{id}/terminal",
+    tag = "vms",
+    operation_id = "openTerminal",
+    params(VmPath, OpenQuery),
+    security(("token" = []), ()),
+    responses((status = 101, description = "Switched to the WebSocket protocol")),
+)]
 async fn open(
     State(state): State<AppState>,
     Extension(tickets): Extension<Tickets>,
@@ -127,7 +152,7 @@ async fn open(
     if !web::origin::same_origin(&headers, &state.config.public_url) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
-            "cross_origin",
+            ErrorCode::CrossOrigin,
             "a terminal may be opened only from the forge's own pages (Origin does not match)",
         ));
     }

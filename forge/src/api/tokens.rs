@@ -37,6 +37,15 @@ async fn view(
     })
 }
 
+/// Creates a token. Needs `admin`.
+#[utoipa::path(
+    post,
+    path = "/v1/tokens",
+    tag = "tokens",
+    operation_id = "createToken",
+    request_body = CreateToken,
+    responses((status = 201, description = "The token, with its secret in `token`: shown this once, stored only as a hash", body = TokenView)),
+)]
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
@@ -86,6 +95,14 @@ pub async fn create(
     Ok(created(view(&state, row, Some(secret)).await?))
 }
 
+/// Every token. Needs `admin`.
+#[utoipa::path(
+    get,
+    path = "/v1/tokens",
+    tag = "tokens",
+    operation_id = "listTokens",
+    responses((status = 200, description = "Every token, revoked ones too, without secrets", body = Vec<TokenView>)),
+)]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -98,6 +115,15 @@ pub async fn list(
     Ok(Json(views))
 }
 
+/// Revokes a token. Needs `admin`.
+#[utoipa::path(
+    delete,
+    path = "/v1/tokens/{id}",
+    tag = "tokens",
+    operation_id = "revokeToken",
+    params(("id" = String, Path, description = "The token's id")),
+    responses((status = 204, description = "Revoked: the token no longer works")),
+)]
 pub async fn revoke(
     State(state): State<AppState>,
     caller: Caller,

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use api_types::vms::{
     CarriedVm, CreateVm, EgressUsage, ExecExit, ExecFailure, ExecOutput, ExecRequest, ExecText,
-    ForkRequest, Forks, Kept, PauseRequest, Persistence, PersistenceKind, SandboxLimits,
-    SandboxQueue, SandboxSystem, System, VmDetail, VmStats, VmView,
+    FileEntry, FileKind, ForkRequest, Forks, Kept, PauseRequest, Persistence, PersistenceKind,
+    SandboxLimits, SandboxQueue, SandboxSystem, System, VmDetail, VmStats, VmView,
 };
 use axum::Json;
 use axum::body::Bytes;
@@ -20,6 +20,7 @@ use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 
+use super::openapi::{FilePath, VmPath};
 use super::{ApiError, Body, created};
 use crate::auth::{Caller, Scope};
 use crate::server::AppState;
@@ -101,6 +102,15 @@ pub(super) async fn owned(state: &AppState, caller: &Caller, id: &str) -> Result
 /// A VM's disk unless the request names one.
 const DEFAULT_DISK_MIB: u64 = 2048;
 
+/// The server's version and its sandbox backend: which one runs and why,
+/// its limits and how many creates wait for room.
+#[utoipa::path(
+    get,
+    path = "/v1/system",
+    tag = "system",
+    operation_id = "getSystem",
+    responses((status = 200, description = "The server's version, sandbox backend, limits and queue", body = System)),
+)]
 pub async fn system(State(state): State<AppState>, _caller: Caller) -> Json<System> {
     let (backend, reason, image) = state.sandboxes.describe();
     let limits = state.sandboxes.limits();
@@ -128,6 +138,17 @@ pub async fn system(State(state): State<AppState>, _caller: Caller) -> Json<Syst
     })
 }
 
+/// Creates a VM, with a checkout of `repo` in `/workspace` when named.
+/// Needs `repo:write`. When the forge is full the request waits for room
+/// up to the queue's limit, then answers `429` (`capacity`).
+#[utoipa::path(
+    post,
+    path = "/v1/vms",
+    tag = "vms",
+    operation_id = "createVm",
+    request_body = CreateVm,
+    responses((status = 201, description = "The VM, running", body = VmView)),
+)]
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
@@ -212,6 +233,15 @@ pub async fn create(
     Ok(created(view(&state, row).await?))
 }
 
+/// The VMs the caller may use: those its token created or forked, and
+/// every VM for an admin.
+#[utoipa::path(
+    get,
+    path = "/v1/vms",
+    tag = "vms",
+    operation_id = "listVms",
+    responses((status = 200, description = "The VMs the caller may use", body = Vec<VmView>)),
+)]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -225,6 +255,16 @@ pub async fn list(
     Ok(Json(views))
 }
 
+/// One VM, with its usage while it holds resources and its traffic
+/// through the egress proxy.
+#[utoipa::path(
+    get,
+    path = "/v1/vms/{id}",
+    tag = "vms",
+    operation_id = "getVm",
+    params(VmPath),
+    responses((status = 200, description = "The VM, its usage and its egress counters", body = VmDetail)),
+)]
 pub async fn show(
     State(state): State<AppState>,
     caller: Caller,
@@ -254,6 +294,15 @@ pub async fn show(
     }))
 }
 
+/// Destroys the VM and its disk.
+#[utoipa::path(
+    delete,
+    path = "/v1/vms/{id}",
+    tag = "vms",
+    operation_id = "deleteVm",
+    params(VmPath),
+    responses((status = 204, description = "The VM and its disk are gone")),
+)]
 pub async fn delete(
     State(state): State<AppState>,
     caller: Caller,
@@ -264,6 +313,24 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Runs a command in the VM (a paused VM is resumed first) and answers
+/// when it ends, or streams its output as it comes.
+#[utoipa::path(
+    post,
+    path = "/v1/vms/{id}/exec",
+    tag = "vms",
+    operation_id = "execVm",
+    params(VmPath),
+    request_body = ExecRequest,
+    responses((
+        status = 200,
+        description = "How the command ended and its output. With `Accept: text/event-stream` the answer is a stream of server-sent events instead: `stdout` and `stderr` (data: `ExecText`) as output comes, then one `exit` (data: `ExecExit`) or `error` (data: `ExecFailure`); closing the stream kills the command.",
+        content(
+            (ExecOutput = "application/json"),
+            (String = "text/event-stream"),
+        ),
+    )),
+)]
 pub async fn exec(
     State(state): State<AppState>,
     caller: Caller,
@@ -369,6 +436,17 @@ fn exec_events(
     Sse::new(events).keep_alive(KeepAlive::default())
 }
 
+/// Copies the VM `count` times (default 1): disk, and memory and
+/// processes where the backend can. The parent keeps running.
+#[utoipa::path(
+    post,
+    path = "/v1/vms/{id}/fork",
+    tag = "vms",
+    operation_id = "forkVm",
+    params(VmPath),
+    request_body = ForkRequest,
+    responses((status = 201, description = "The forks, and what each kept of its parent", body = Forks)),
+)]
 pub async fn fork(
     State(state): State<AppState>,
     caller: Caller,
@@ -393,6 +471,17 @@ pub async fn fork(
     Ok(created(Forks { forks: views }))
 }
 
+/// Pauses the VM in memory (no CPU), or to disk with `to_disk` (no process
+/// and no RAM: it costs only its disk).
+#[utoipa::path(
+    post,
+    path = "/v1/vms/{id}/pause",
+    tag = "vms",
+    operation_id = "pauseVm",
+    params(VmPath),
+    request_body(content = Option<PauseRequest>, description = "No body is a pause in memory"),
+    responses((status = 200, description = "The VM, paused", body = VmView)),
+)]
 pub async fn pause(
     State(state): State<AppState>,
     caller: Caller,
@@ -417,6 +506,15 @@ pub async fn pause(
     Ok(Json(view(&state, row).await?))
 }
 
+/// Resumes a paused VM where it stopped.
+#[utoipa::path(
+    post,
+    path = "/v1/vms/{id}/resume",
+    tag = "vms",
+    operation_id = "resumeVm",
+    params(VmPath),
+    responses((status = 200, description = "The VM, running, and what it kept", body = CarriedVm)),
+)]
 pub async fn resume(
     State(state): State<AppState>,
     caller: Caller,
@@ -427,6 +525,24 @@ pub async fn resume(
     Ok(Json(with_carried(view(&state, row).await?, &carried)))
 }
 
+/// Reads a file of the VM, or lists a directory when the path ends in `/`.
+/// Symlinks are never followed; a file over the forge's `max_file_bytes`
+/// is a `413`.
+#[utoipa::path(
+    get,
+    path = "/v1/vms/{id}/files/{*path}",
+    tag = "vms",
+    operation_id = "readFile",
+    params(FilePath),
+    responses((
+        status = 200,
+        description = "The file's bytes, streamed; for a path ending in `/`, the directory's entries",
+        content(
+            (Vec<u8> = "application/octet-stream"),
+            (Vec<FileEntry> = "application/json"),
+        ),
+    )),
+)]
 pub async fn read_file(
     State(state): State<AppState>,
     caller: Caller,
@@ -435,7 +551,13 @@ pub async fn read_file(
     owned(&state, &caller, &id).await?;
     let path = format!("/{path}");
     if path.ends_with('/') {
-        let entries = state.sandboxes.list_files(&id, &path).await?;
+        let entries: Vec<FileEntry> = state
+            .sandboxes
+            .list_files(&id, &path)
+            .await?
+            .into_iter()
+            .map(file_entry)
+            .collect();
         return Ok(Json(entries).into_response());
     }
     let mut file = state.sandboxes.read_file(&id, &path).await?;
@@ -463,6 +585,36 @@ pub async fn read_file(
         .into_response())
 }
 
+fn file_entry(entry: ::sandbox::DirEntry) -> FileEntry {
+    let stat = entry.stat;
+    FileEntry {
+        name: entry.name,
+        kind: match stat.kind {
+            ::sandbox::FileKind::File => FileKind::File,
+            ::sandbox::FileKind::Dir => FileKind::Dir,
+            ::sandbox::FileKind::Symlink => FileKind::Symlink,
+            ::sandbox::FileKind::Other => FileKind::Other,
+        },
+        size: stat.size,
+        mode: stat.mode,
+        uid: stat.uid,
+        gid: stat.gid,
+        modified_unix_ms: stat.modified_unix_ms,
+        link_target: stat.link_target,
+    }
+}
+
+/// Writes a file of the VM atomically (mode 0644), creating missing parent
+/// directories.
+#[utoipa::path(
+    put,
+    path = "/v1/vms/{id}/files/{*path}",
+    tag = "vms",
+    operation_id = "writeFile",
+    params(FilePath),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "The file's new content"),
+    responses((status = 204, description = "Written")),
+)]
 pub async fn write_file(
     State(state): State<AppState>,
     caller: Caller,
@@ -477,6 +629,16 @@ pub async fn write_file(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Deletes a file, a symlink, or a directory with its content (never the
+/// root).
+#[utoipa::path(
+    delete,
+    path = "/v1/vms/{id}/files/{*path}",
+    tag = "vms",
+    operation_id = "deleteFile",
+    params(FilePath),
+    responses((status = 204, description = "Deleted")),
+)]
 pub async fn delete_file(
     State(state): State<AppState>,
     caller: Caller,

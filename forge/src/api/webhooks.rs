@@ -16,6 +16,7 @@ use axum::http::StatusCode;
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::openapi::{DeliveryPath, RepoPath, WebhookPath};
 use super::repos::authorize;
 use super::{ApiError, Body, created};
 use crate::auth::{Caller, Scope};
@@ -118,6 +119,16 @@ async fn find(state: &AppState, repo: &RepoRow, id: &str) -> Result<WebhookRow, 
         .ok_or_else(|| ApiError::not_found(format!("webhook {id} does not exist")))
 }
 
+/// Subscribes a URL to the repository's events. Needs `repo:write`.
+#[utoipa::path(
+    post,
+    path = "/v1/repos/{owner}/{name}/webhooks",
+    tag = "webhooks",
+    operation_id = "createWebhook",
+    params(RepoPath),
+    request_body = CreateWebhook,
+    responses((status = 201, description = "The webhook, with its signing secret in `secret`: shown this once", body = WebhookView)),
+)]
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
@@ -149,6 +160,15 @@ pub async fn create(
     )))
 }
 
+/// The repository's webhooks.
+#[utoipa::path(
+    get,
+    path = "/v1/repos/{owner}/{name}/webhooks",
+    tag = "webhooks",
+    operation_id = "listWebhooks",
+    params(RepoPath),
+    responses((status = 200, description = "The repository's webhooks, without secrets", body = Vec<WebhookView>)),
+)]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -161,6 +181,15 @@ pub async fn list(
     ))
 }
 
+/// One webhook.
+#[utoipa::path(
+    get,
+    path = "/v1/repos/{owner}/{name}/webhooks/{id}",
+    tag = "webhooks",
+    operation_id = "getWebhook",
+    params(WebhookPath),
+    responses((status = 200, description = "The webhook, without its secret", body = WebhookView)),
+)]
 pub async fn show(
     State(state): State<AppState>,
     caller: Caller,
@@ -170,6 +199,17 @@ pub async fn show(
     Ok(Json(webhook_view(&find(&state, &repo, &id).await?, None)))
 }
 
+/// Changes a webhook; what the request leaves out stays as it is. Needs
+/// `repo:write`.
+#[utoipa::path(
+    patch,
+    path = "/v1/repos/{owner}/{name}/webhooks/{id}",
+    tag = "webhooks",
+    operation_id = "updateWebhook",
+    params(WebhookPath),
+    request_body = UpdateWebhook,
+    responses((status = 200, description = "The webhook; with `secret` when the request rotated or set it", body = WebhookView)),
+)]
 pub async fn update(
     State(state): State<AppState>,
     caller: Caller,
@@ -226,6 +266,15 @@ pub async fn update(
     )))
 }
 
+/// Deletes a webhook. Needs `repo:write`.
+#[utoipa::path(
+    delete,
+    path = "/v1/repos/{owner}/{name}/webhooks/{id}",
+    tag = "webhooks",
+    operation_id = "deleteWebhook",
+    params(WebhookPath),
+    responses((status = 204, description = "Deleted, with its deliveries")),
+)]
 pub async fn delete(
     State(state): State<AppState>,
     caller: Caller,
@@ -246,6 +295,15 @@ fn disabled(hook: &WebhookRow) -> ApiError {
     ))
 }
 
+/// Queues a `ping` delivery to the webhook. Needs `repo:write`.
+#[utoipa::path(
+    post,
+    path = "/v1/repos/{owner}/{name}/webhooks/{id}/ping",
+    tag = "webhooks",
+    operation_id = "pingWebhook",
+    params(WebhookPath),
+    responses((status = 202, description = "A `ping` delivery is queued", body = Queued)),
+)]
 pub async fn ping(
     State(state): State<AppState>,
     caller: Caller,
@@ -274,9 +332,12 @@ pub async fn ping(
     Ok((StatusCode::ACCEPTED, Json(Queued { delivery_id })))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct PageQuery {
+    /// Deliveries older than this `seq` (the last page's `next_before`).
     before: Option<i64>,
+    /// At most this many deliveries, 1 to 100; 20 when absent.
     limit: Option<i64>,
 }
 
@@ -318,6 +379,15 @@ async fn delivery_view(
     })
 }
 
+/// The webhook's deliveries and their attempts, newest first.
+#[utoipa::path(
+    get,
+    path = "/v1/repos/{owner}/{name}/webhooks/{id}/deliveries",
+    tag = "webhooks",
+    operation_id = "listDeliveries",
+    params(WebhookPath, PageQuery),
+    responses((status = 200, description = "Deliveries, newest first", body = DeliveryPage)),
+)]
 pub async fn deliveries(
     State(state): State<AppState>,
     caller: Caller,
@@ -344,6 +414,15 @@ pub async fn deliveries(
     }))
 }
 
+/// One delivery, with the payload it sends.
+#[utoipa::path(
+    get,
+    path = "/v1/repos/{owner}/{name}/webhooks/{id}/deliveries/{delivery_id}",
+    tag = "webhooks",
+    operation_id = "getDelivery",
+    params(DeliveryPath),
+    responses((status = 200, description = "The delivery with its payload", body = DeliveryView)),
+)]
 pub async fn delivery(
     State(state): State<AppState>,
     caller: Caller,
@@ -359,6 +438,15 @@ pub async fn delivery(
     Ok(Json(delivery_view(&state, row, true).await?))
 }
 
+/// Sends a delivery's payload again, as a new delivery. Needs `repo:write`.
+#[utoipa::path(
+    post,
+    path = "/v1/repos/{owner}/{name}/webhooks/{id}/deliveries/{delivery_id}/redeliver",
+    tag = "webhooks",
+    operation_id = "redeliver",
+    params(DeliveryPath),
+    responses((status = 202, description = "A new delivery of the same payload is queued", body = Queued)),
+)]
 pub async fn redeliver(
     State(state): State<AppState>,
     caller: Caller,

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use api_types::github::{GithubLinkView, LinkRequest};
+use api_types::github::{GithubLinkRequest, GithubLinkView};
 use clap::Subcommand;
 use reqwest::Method;
 use serde_json::Value;
@@ -80,7 +80,7 @@ pub async fn github(target: &Target<'_>, command: GithubCommand) -> anyhow::Resu
         ),
         GithubCommand::Link { repo, github_repo } => {
             let client = target.client()?;
-            let request = LinkRequest {
+            let request = GithubLinkRequest {
                 repository: github_repo,
             };
             let link: GithubLinkView = client

@@ -49,7 +49,10 @@ use tokio_util::io::{ReaderStream, StreamReader};
 use super::pktline::{self, Command, CommandReader, Progress, PushRequest, RefStatus};
 use super::push::rules::{self, Accepted, Pusher, Refusal};
 use super::{git_command, inspect, push};
+use api_types::ErrorCode;
+
 use crate::api::ApiError;
+use crate::api::openapi::GitRepoPath;
 use crate::auth::{Caller, Scope};
 use crate::events::Event;
 use crate::server::AppState;
@@ -77,8 +80,10 @@ impl Service {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct InfoRefsQuery {
+    /// `git-upload-pack` or `git-receive-pack`.
     service: Option<String>,
 }
 
@@ -134,6 +139,17 @@ fn no_cache(response: &mut Response, content_type: &str) {
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
 }
 
+/// Git's smart HTTP protocol: the refs a fetch (`service=git-upload-pack`)
+/// or push (`service=git-receive-pack`) starts from. Credentials go as HTTP
+/// Basic auth with the token as password.
+#[utoipa::path(
+    get,
+    path = "/{owner}/{name}/info/refs",
+    tag = "git",
+    operation_id = "gitInfoRefs",
+    params(GitRepoPath, InfoRefsQuery),
+    responses((status = 200, description = "The refs advertisement", content_type = "application/x-git-upload-pack-advertisement")),
+)]
 pub async fn info_refs(
     State(state): State<AppState>,
     caller: Caller,
@@ -205,7 +221,7 @@ fn body_reader(
     if content_type != Some(expected.as_str()) {
         return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
+            ErrorCode::UnsupportedMediaType,
             format!("the request's Content-Type must be {expected}"),
         ));
     }
@@ -230,7 +246,7 @@ fn body_reader(
         )),
         Some(other) => Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
+            ErrorCode::UnsupportedMediaType,
             format!("Content-Encoding {other:?} is not supported; use gzip or none"),
         )),
     }
@@ -331,6 +347,16 @@ fn first_lines(stderr: &[u8]) -> String {
     text.lines().take(5).collect::<Vec<_>>().join("; ")
 }
 
+/// Git's smart HTTP protocol: a fetch or clone. Needs `repo:read`.
+#[utoipa::path(
+    post,
+    path = "/{owner}/{name}/git-upload-pack",
+    tag = "git",
+    operation_id = "gitUploadPack",
+    params(GitRepoPath),
+    request_body(content = Vec<u8>, content_type = "application/x-git-upload-pack-request"),
+    responses((status = 200, description = "The pack", content_type = "application/x-git-upload-pack-result")),
+)]
 pub async fn upload_pack(
     State(state): State<AppState>,
     caller: Caller,
@@ -395,6 +421,17 @@ fn spawn(mut command: tokio::process::Command) -> Result<Child, ApiError> {
         .map_err(ApiError::internal)
 }
 
+/// Git's smart HTTP protocol: a push. Needs `repo:write`; a push then runs
+/// the branch's pipeline, fires webhooks and syncs GitHub.
+#[utoipa::path(
+    post,
+    path = "/{owner}/{name}/git-receive-pack",
+    tag = "git",
+    operation_id = "gitReceivePack",
+    params(GitRepoPath),
+    request_body(content = Vec<u8>, content_type = "application/x-git-receive-pack-request"),
+    responses((status = 200, description = "Git's report of each ref", content_type = "application/x-git-receive-pack-result")),
+)]
 pub async fn receive_pack(
     State(state): State<AppState>,
     caller: Caller,
@@ -492,7 +529,7 @@ async fn refuse(
     if !request.wants_report() {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
-            "push_refused",
+            ErrorCode::PushRefused,
             refusal.message(),
         ));
     }
@@ -570,7 +607,7 @@ async fn run_receive_pack(
     if let Some(reason) = report.as_ref().and_then(|r| r.unpack_error.as_ref()) {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
-            "bad_pack",
+            ErrorCode::BadPack,
             format!("git could not unpack the pushed objects ({reason}); nothing was written"),
         ));
     }

@@ -1,5 +1,6 @@
 //! Errors of VM operations, each with the status the API gives it.
 
+use api_types::ErrorCode;
 use axum::http::StatusCode;
 
 use crate::api::ApiError;
@@ -54,7 +55,7 @@ impl From<VmError> for ApiError {
         let message = error.to_string();
         match error {
             VmError::NotFound(_) | VmError::Sandbox(S::NotFound(_)) => {
-                ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
+                ApiError::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, message)
             }
             VmError::Invalid(_) | VmError::Sandbox(S::Invalid(_) | S::PathEscapes { .. }) => {
                 ApiError::bad_request(message)
@@ -65,18 +66,26 @@ impl From<VmError> for ApiError {
                 ApiError::conflict(message)
             }
             VmError::Capacity { .. } | VmError::MemoryCapacity { .. } => {
-                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "capacity", message)
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, ErrorCode::Capacity, message)
             }
-            VmError::Quota { .. } => ApiError::new(StatusCode::TOO_MANY_REQUESTS, "quota", message),
-            VmError::Unavailable(_) => {
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+            VmError::Quota { .. } => {
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, ErrorCode::Quota, message)
             }
-            VmError::Sandbox(S::TooLarge { .. }) => {
-                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", message)
-            }
-            VmError::Sandbox(S::Unresponsive { .. }) => {
-                ApiError::new(StatusCode::GATEWAY_TIMEOUT, "agent_unresponsive", message)
-            }
+            VmError::Unavailable(_) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::Unavailable,
+                message,
+            ),
+            VmError::Sandbox(S::TooLarge { .. }) => ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                ErrorCode::PayloadTooLarge,
+                message,
+            ),
+            VmError::Sandbox(S::Unresponsive { .. }) => ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                ErrorCode::AgentUnresponsive,
+                message,
+            ),
             VmError::Sandbox(ref inner) if inner.remote().is_some() => {
                 // The agent refused: say why, with the status that fits.
                 use ::sandbox::ErrorKind as K;
@@ -85,17 +94,17 @@ impl From<VmError> for ApiError {
                 let message = format!("{message}: {why}");
                 match kind {
                     K::NotFound | K::NotADirectory | K::IsADirectory => {
-                        ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
+                        ApiError::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, message)
                     }
                     K::PermissionDenied => {
-                        ApiError::new(StatusCode::FORBIDDEN, "forbidden", message)
+                        ApiError::new(StatusCode::FORBIDDEN, ErrorCode::Forbidden, message)
                     }
                     K::AlreadyExists | K::DirectoryNotEmpty | K::Unsupported => {
                         ApiError::conflict(message)
                     }
                     K::InvalidInput => ApiError::bad_request(message),
                     K::ConnectionRefused | K::Protocol | K::Io => {
-                        ApiError::new(StatusCode::BAD_GATEWAY, "sandbox_error", message)
+                        ApiError::new(StatusCode::BAD_GATEWAY, ErrorCode::SandboxError, message)
                     }
                 }
             }
