@@ -23,6 +23,8 @@ cd "$(dirname "$0")/.."
 started=$SECONDS
 
 ./scripts/setup-host.sh
+# Bun, TypeScript and a Python venv for the SDKs' tests (cached).
+./scripts/sdk-tools.sh
 
 # Heavy artifacts (the guest image, CRIU) are cached outside the clone, keyed
 # by their inputs, and rebuilt when absent.

@@ -81,9 +81,11 @@ pub struct AttemptView {
     pub started_at: String,
     pub duration_ms: i64,
     /// `[[name, value]]`, signatures redacted.
+    #[schema(value_type = Vec<Vec<String>>)]
     pub request_headers: Value,
     pub response_status: Option<i64>,
     /// `[[name, value]]`.
+    #[schema(value_type = Vec<Vec<String>>)]
     pub response_headers: Value,
     /// The first 4 KiB, as text (invalid UTF-8 replaced).
     pub response_body: String,

@@ -15,6 +15,7 @@ pub mod auth;
 pub mod events;
 pub mod git;
 pub mod github;
+pub mod mcp;
 pub mod pipelines;
 pub mod server;
 pub mod store;

@@ -168,6 +168,10 @@ enum Command {
     /// Guest images: the root filesystem every sandbox starts from.
     #[command(subcommand)]
     Image(ImageCommand),
+    /// Serve the forge's sandbox and git operations as MCP tools on stdin
+    /// and stdout, for an agent's MCP client (the server also serves them
+    /// at /v1/mcp).
+    Mcp,
 }
 
 #[derive(Subcommand)]
@@ -295,6 +299,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Github(command) => runtime()?.block_on(cli::github(&target, command)),
         Command::Image(ImageCommand::Build { agent }) => build_image(data_dir, agent),
         Command::Image(ImageCommand::List) => list_images(data_dir),
+        Command::Mcp => runtime()?.block_on(cli::mcp(&target)),
     }
 }
 

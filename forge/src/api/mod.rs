@@ -109,9 +109,11 @@ fn routes() -> OpenApiRouter<AppState> {
 /// Every route of the forge.
 pub fn router(state: AppState) -> Router {
     let (router, _) = routes().split_for_parts();
-    router
+    let api = router
         .fallback(|| async { ApiError::not_found("no such endpoint") })
-        .with_state(state)
+        .with_state(state.clone());
+    // The MCP tools call the API in process, with each request's token.
+    crate::mcp::http_service(api.clone(), state).merge(api)
 }
 
 /// The OpenAPI document of [`router`]'s routes.
@@ -144,7 +146,7 @@ pub fn with_preview_hosts(app: Router, state: AppState) -> Router {
 }
 
 /// The secret a request presents, if any.
-fn presented_secret(parts: &Parts) -> Result<Option<String>, ApiError> {
+pub(crate) fn presented_secret(parts: &Parts) -> Result<Option<String>, ApiError> {
     let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
         return Ok(None);
     };

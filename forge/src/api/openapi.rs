@@ -59,6 +59,11 @@ use utoipa::{IntoParams, Modify};
 )]
 struct Skeleton;
 
+/// Raw bytes (a file's content): a string of any bytes in the document.
+#[derive(utoipa::ToSchema)]
+#[schema(value_type = String, content_media_type = "application/octet-stream")]
+pub struct Bytes(#[allow(dead_code, reason = "a schema, never built")] Vec<u8>);
+
 /// `{owner}/{name}` of a repository.
 #[derive(Debug, Deserialize, IntoParams)]
 #[allow(

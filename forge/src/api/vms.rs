@@ -538,7 +538,7 @@ pub async fn resume(
         status = 200,
         description = "The file's bytes, streamed; for a path ending in `/`, the directory's entries",
         content(
-            (Vec<u8> = "application/octet-stream"),
+            (super::openapi::Bytes = "application/octet-stream"),
             (Vec<FileEntry> = "application/json"),
         ),
     )),
@@ -612,7 +612,7 @@ fn file_entry(entry: ::sandbox::DirEntry) -> FileEntry {
     tag = "vms",
     operation_id = "writeFile",
     params(FilePath),
-    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "The file's new content"),
+    request_body(content = super::openapi::Bytes, content_type = "application/octet-stream", description = "The file's new content"),
     responses((status = 204, description = "Written")),
 )]
 pub async fn write_file(

@@ -18,25 +18,10 @@ impl Client {
     /// A client for `server`, authenticated with `FORGE_TOKEN` or else the
     /// admin token saved in the data directory.
     pub fn new(server: &str, token: Option<String>, data_dir: &Path) -> anyhow::Result<Self> {
-        let token = match token.filter(|t| !t.trim().is_empty()) {
-            Some(token) => token.trim().to_owned(),
-            None => {
-                let path = forge::server::admin_token_path(data_dir);
-                std::fs::read_to_string(&path)
-                    .with_context(|| {
-                        format!(
-                            "no token: set FORGE_TOKEN, or run this where the server's data directory is ({} could not be read)",
-                            path.display()
-                        )
-                    })?
-                    .trim()
-                    .to_owned()
-            }
-        };
         Ok(Self {
             http: reqwest::Client::new(),
             base: server.trim_end_matches('/').to_owned(),
-            token,
+            token: resolve_token(token, data_dir)?,
         })
     }
 
@@ -91,6 +76,23 @@ impl Client {
         serde_json::from_str(&text)
             .with_context(|| format!("the answer to {path} is not the expected JSON"))
     }
+}
+
+/// `token` when given, else the admin token saved in the data directory.
+pub fn resolve_token(token: Option<String>, data_dir: &Path) -> anyhow::Result<String> {
+    if let Some(token) = token.filter(|t| !t.trim().is_empty()) {
+        return Ok(token.trim().to_owned());
+    }
+    let path = forge::server::admin_token_path(data_dir);
+    Ok(std::fs::read_to_string(&path)
+        .with_context(|| {
+            format!(
+                "no token: set FORGE_TOKEN, or run this where the server's data directory is ({} could not be read)",
+                path.display()
+            )
+        })?
+        .trim()
+        .to_owned())
 }
 
 /// The message of the API's error shape, or the text itself.

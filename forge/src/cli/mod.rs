@@ -76,6 +76,15 @@ impl Target<'_> {
     }
 }
 
+/// `forge mcp`: the forge's tools for an MCP client on stdin and stdout.
+/// Nothing else is written to stdout (the log goes to stderr).
+pub async fn mcp(target: &Target<'_>) -> anyhow::Result<()> {
+    let token = client::resolve_token(target.token.clone(), target.data_dir)?;
+    forge::mcp::ForgeTools::remote(target.server, token)
+        .serve_stdio()
+        .await
+}
+
 fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())

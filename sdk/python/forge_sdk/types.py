@@ -1,0 +1,828 @@
+"""The forge API's types, generated from sdk/openapi.json by
+scripts/gen_types.py. Do not edit: run `python3 scripts/gen_types.py`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict, List, Literal, Optional, Union
+
+__all__ = [
+    "AttemptView",
+    "Author",
+    "BranchView",
+    "Bytes",
+    "CarriedVm",
+    "CommitView",
+    "Contents",
+    "ContentsDir",
+    "ContentsFile",
+    "CreateRepo",
+    "CreateToken",
+    "CreateVm",
+    "CreateWebhook",
+    "DeliveryPage",
+    "DeliveryState",
+    "DeliveryView",
+    "DevServerSpec",
+    "DevServerState",
+    "DevServerStatus",
+    "EgressUsage",
+    "EntryKind",
+    "ErrorBody",
+    "ErrorCode",
+    "ErrorDetail",
+    "Event",
+    "EventPage",
+    "ExecExit",
+    "ExecFailure",
+    "ExecOutput",
+    "ExecRequest",
+    "ExecText",
+    "FileEntry",
+    "FileKind",
+    "ForkRequest",
+    "Forks",
+    "GithubLinkRequest",
+    "GithubLinkView",
+    "GithubOverview",
+    "Installation",
+    "Kept",
+    "LogEvent",
+    "PauseRequest",
+    "Persistence",
+    "PersistenceKind",
+    "Queued",
+    "RefSyncState",
+    "RefView",
+    "RepoView",
+    "ReviewVerdict",
+    "RunDetail",
+    "RunEnd",
+    "RunReview",
+    "RunState",
+    "RunView",
+    "SandboxLimits",
+    "SandboxQueue",
+    "SandboxSystem",
+    "ShareLink",
+    "ShareLinkRequest",
+    "StepEvent",
+    "StepState",
+    "StepView",
+    "System",
+    "TerminalTicket",
+    "TokenScope",
+    "TokenView",
+    "TreeEntry",
+    "UpdateWebhook",
+    "VmDetail",
+    "VmState",
+    "VmStats",
+    "VmView",
+    "WebhookAccepted",
+    "WebhookView",
+]
+
+
+@dataclass
+class AttemptView:
+    """One attempt to deliver."""
+    attempt: int
+    duration_ms: int
+    request_headers: List[List[str]]
+    """`[[name, value]]`, signatures redacted."""
+    response_body: str
+    """The first 4 KiB, as text (invalid UTF-8 replaced)."""
+    response_body_truncated: bool
+    response_headers: List[List[str]]
+    """`[[name, value]]`."""
+    started_at: str
+    error: Optional[Optional[str]] = None
+    next_attempt_at: Optional[Optional[str]] = None
+    response_status: Optional[Optional[int]] = None
+
+
+@dataclass
+class Author:
+    email: str
+    name: str
+
+
+@dataclass
+class BranchView:
+    """`GET /v1/repos/{owner}/{name}/branches`: each branch and its head."""
+    commit: "CommitView"
+    name: str
+
+
+# Raw bytes (a file's content): a string of any bytes in the document.
+Bytes = str
+
+
+@dataclass
+class CarriedVm:
+    """A VM after a fork or a resume, and what it kept of its source."""
+    backend: str
+    """`container` or `microvm`."""
+    created_at: str
+    id: str
+    kept: List["Kept"]
+    mem_mib: int
+    persistence: "Persistence"
+    state: "VmState"
+    vcpus: int
+    branch: Optional[Optional[str]] = None
+    dev_server: Optional[Optional["DevServerStatus"]] = None
+    idle_timeout_secs: Optional[Optional[int]] = None
+    note: Optional[Optional[str]] = None
+    """Why less than everything was kept, when the backend knows."""
+    parent: Optional[Optional[str]] = None
+    """The VM it was forked from."""
+    preview_url: Optional[Optional[str]] = None
+    """Where the dev server is seen, when the VM has one."""
+    repo: Optional[Optional[str]] = None
+    """`owner/name` of the repository checked out in it."""
+
+
+@dataclass
+class CommitView:
+    """A commit as the API shows it."""
+    author: "Author"
+    id: str
+    message: str
+    time: str
+    """Author time, RFC 3339."""
+
+
+@dataclass
+class ContentsDir:
+    """A directory: directories first, then the rest, each sorted by name."""
+    branch: str
+    entries: List["TreeEntry"]
+    path: str
+    type: Literal["dir"]
+
+
+@dataclass
+class ContentsFile:
+    """
+    A file. A file over 1 MiB is `truncated`: only its first MiB is
+    read, and `size` is the whole file's.
+    """
+    binary: bool
+    branch: str
+    path: str
+    size: int
+    truncated: bool
+    type: Literal["file"]
+    text: Optional[Optional[str]] = None
+    """`None` for binary content."""
+
+
+# `GET /v1/repos/{owner}/{name}/contents?branch=&path=`: what a path
+# names at the head of a branch.
+Contents = Union["ContentsDir", "ContentsFile"]
+
+
+@dataclass
+class CreateRepo:
+    """`POST /v1/repos`: an empty repository, or one imported from `import_url`."""
+    name: str
+    """`owner/name`."""
+    default_branch: Optional[Optional[str]] = None
+    import_url: Optional[Optional[str]] = None
+
+
+@dataclass
+class CreateToken:
+    """`POST /v1/tokens`."""
+    name: str
+    scopes: List["TokenScope"]
+    """At least one."""
+    repo: Optional[Optional[str]] = None
+    """`owner/name`: limit the token to this repository."""
+
+
+@dataclass
+class CreateVm:
+    """`POST /v1/vms`. Every field is optional; the server picks the defaults."""
+    branch: Optional[Optional[str]] = None
+    """Needs `repo`; the repository's default branch when absent."""
+    dev_server: Optional[Optional["DevServerSpec"]] = None
+    disk_mib: Optional[Optional[int]] = None
+    env: Optional[Dict[str, str]] = None
+    idle_timeout_secs: Optional[Optional[int]] = None
+    mem_mib: Optional[Optional[int]] = None
+    persistence: Optional[Optional["Persistence"]] = None
+    repo: Optional[Optional[str]] = None
+    """`owner/name`: `/workspace` holds a checkout of it."""
+    vcpus: Optional[Optional[int]] = None
+
+
+@dataclass
+class CreateWebhook:
+    """`POST …/webhooks`."""
+    events: List[str]
+    """Event names, or `"*"`."""
+    url: str
+    active: Optional[Optional[bool]] = None
+    branches: Optional[List[str]] = None
+    """Branch globs; empty: every branch."""
+    paths: Optional[List[str]] = None
+    """Path globs; empty: every path."""
+    secret: Optional[Optional[str]] = None
+    """Generated when absent."""
+
+
+@dataclass
+class DeliveryPage:
+    """`GET …/deliveries`: newest first."""
+    deliveries: List["DeliveryView"]
+    next_before: Optional[Optional[int]] = None
+    """Pass as `before` for the next (older) page; `None` on the last one."""
+
+
+# An outbound webhook delivery (`webhook_deliveries.status`).
+DeliveryState = Literal["pending", "delivered", "failed"]
+
+
+@dataclass
+class DeliveryView:
+    attempt_log: List["AttemptView"]
+    attempts: int
+    created_at: str
+    event_type: str
+    id: str
+    """The `webhook-id` header of its requests."""
+    seq: int
+    """Pass as `before` for older deliveries."""
+    status: "DeliveryState"
+    event_id: Optional[Optional[int]] = None
+    """`None` for a ping."""
+    next_attempt_at: Optional[Optional[str]] = None
+    """Set while `pending`."""
+    payload: Optional[Any] = None
+    """Only when one delivery is read."""
+
+
+@dataclass
+class DevServerSpec:
+    """A dev server to start, watch and restart in the VM."""
+    command: str
+    port: int
+
+
+# A VM's dev server, as its supervisor last saw it (memory only).
+DevServerState = Literal["starting", "running", "dead", "backoff", "paused"]
+
+
+@dataclass
+class DevServerStatus:
+    """What the API shows of a dev server."""
+    command: str
+    port: int
+    restarts: int
+    state: "DevServerState"
+    last_output: Optional[Optional[str]] = None
+    """The end of its output when it last died."""
+    pid: Optional[Optional[int]] = None
+    """Its session id inside the sandbox, while started."""
+    restart_in_ms: Optional[Optional[int]] = None
+    """Milliseconds until the next start, in `backoff`."""
+
+
+@dataclass
+class EgressUsage:
+    """The VM's traffic through the egress proxy since the forge started."""
+    bytes_in: int
+    bytes_out: int
+    connections: int
+    refused: int
+
+
+# What a directory entry is.
+EntryKind = Literal["dir", "file", "symlink", "submodule"]
+
+
+@dataclass
+class ErrorBody:
+    error: "ErrorDetail"
+
+
+# What went wrong, for programs, with the HTTP status it comes with.
+ErrorCode = Literal["bad_request", "unauthorized", "forbidden", "cross_origin", "push_refused", "not_found", "conflict", "bad_pack", "payload_too_large", "unsupported_media_type", "import_failed", "capacity", "quota", "unavailable", "sandbox_error", "bad_gateway", "github_unavailable", "github_not_configured", "agent_unresponsive", "internal"]
+
+
+@dataclass
+class ErrorDetail:
+    code: "ErrorCode"
+    message: str
+
+
+@dataclass
+class Event:
+    """
+    One event. `kind` is open-ended (`push`, `branch.created`,
+    `sync.diverged`, `webhook.disabled`, ...: the README lists them), and
+    `payload` is the kind's own object, as webhooks deliver it.
+    """
+    created_at: str
+    """RFC 3339."""
+    id: int
+    """The cursor: strictly increasing across the whole forge."""
+    kind: str
+    payload: Any
+    repo: str
+    """`owner/name` when the event happened."""
+    repo_id: str
+    actor: Optional[Optional[str]] = None
+    """The token that caused the event."""
+    ref: Optional[Optional[str]] = None
+
+
+@dataclass
+class EventPage:
+    """A page of events."""
+    events: List["Event"]
+    next_cursor: int
+    """Pass as `after` to continue."""
+
+
+@dataclass
+class ExecExit:
+    """
+    How a command ended: the answer's head, and the `exit` event of a
+    streamed exec.
+    """
+    duration_ms: int
+    exit_code: int
+    """128 + the signal when a signal ended it."""
+    timed_out: bool
+    truncated: bool
+    """Output beyond the limit was dropped."""
+
+
+@dataclass
+class ExecFailure:
+    """The `error` event of a streamed exec."""
+    message: str
+
+
+@dataclass
+class ExecOutput:
+    """The answer of a (not streamed) exec."""
+    duration_ms: int
+    exit_code: int
+    """128 + the signal when a signal ended it."""
+    stderr: str
+    stdout: str
+    """Invalid UTF-8 replaced."""
+    timed_out: bool
+    truncated: bool
+    """Output beyond the limit was dropped."""
+
+
+@dataclass
+class ExecRequest:
+    """
+    `POST /v1/vms/{id}/exec`: exactly one of `command` (a shell script)
+    and `argv`.
+    """
+    argv: Optional[Optional[List[str]]] = None
+    command: Optional[Optional[str]] = None
+    cwd: Optional[Optional[str]] = None
+    env: Optional[Dict[str, str]] = None
+    stdin: Optional[Optional[str]] = None
+    timeout_secs: Optional[Optional[int]] = None
+
+
+@dataclass
+class ExecText:
+    """The `stdout` and `stderr` events of a streamed exec."""
+    text: str
+
+
+@dataclass
+class FileEntry:
+    """One entry of a directory listing (`GET /v1/vms/{id}/files/{dir}/`)."""
+    gid: int
+    kind: "FileKind"
+    mode: int
+    """Permission bits (`st_mode & 0o7777`)."""
+    modified_unix_ms: int
+    name: str
+    size: int
+    uid: int
+    link_target: Optional[Optional[str]] = None
+    """Where a symlink points (it is never followed)."""
+
+
+FileKind = Literal["file", "dir", "symlink", "other"]
+
+
+@dataclass
+class ForkRequest:
+    """`POST /v1/vms/{id}/fork`."""
+    count: Optional[Optional[int]] = None
+
+
+@dataclass
+class Forks:
+    """The answer to a fork."""
+    forks: List["CarriedVm"]
+
+
+@dataclass
+class GithubLinkRequest:
+    """`POST /v1/repos/{owner}/{name}/github`."""
+    repository: str
+    """`owner/name` on GitHub."""
+
+
+@dataclass
+class GithubLinkView:
+    """A forge repository's link to GitHub and each ref's sync state."""
+    installation_id: int
+    linked_at: str
+    refs: List["RefView"]
+    repository: str
+    """`owner/name` on GitHub."""
+    repo: Optional[Optional[str]] = None
+    """The forge repository, `owner/name`: only in `GET /v1/github/repos`."""
+
+
+@dataclass
+class GithubOverview:
+    """`GET /v1/github`: the App's public settings and its installations."""
+    api_url: str
+    app_id: int
+    git_url: str
+    installations: List["Installation"]
+    reconcile_secs: int
+
+
+@dataclass
+class Installation:
+    account: str
+    created_at: str
+    id: int
+    """GitHub's installation id."""
+
+
+# What a fork or a resume carried over.
+Kept = Literal["disk", "memory", "processes"]
+
+
+@dataclass
+class LogEvent:
+    """The `log` event: text a step wrote."""
+    position: int
+    text: str
+
+
+@dataclass
+class PauseRequest:
+    """`POST /v1/vms/{id}/pause`; no body is a pause in memory."""
+    to_disk: Optional[bool] = None
+
+
+@dataclass
+class Persistence:
+    """What becomes of an idle VM: `{"type": "persistent" | "ephemeral"}`."""
+    type: "PersistenceKind"
+
+
+PersistenceKind = Literal["ephemeral", "persistent"]
+
+
+@dataclass
+class Queued:
+    """The answer to a ping or a redelivery: the delivery that was queued."""
+    delivery_id: str
+
+
+# How a ref of a repository linked to GitHub compares with GitHub's
+# (`github_refs.state`).
+RefSyncState = Literal["in_sync", "ahead", "behind", "diverged", "error"]
+
+
+@dataclass
+class RefView:
+    """What the last sync saw of one ref."""
+    last_sync_at: str
+    ref_name: str
+    state: "RefSyncState"
+    forge_sha: Optional[Optional[str]] = None
+    github_sha: Optional[Optional[str]] = None
+    last_error: Optional[Optional[str]] = None
+    synced_sha: Optional[Optional[str]] = None
+    """The last commit both sides agreed on."""
+
+
+@dataclass
+class RepoView:
+    clone_url: str
+    created_at: str
+    default_branch: str
+    id: str
+    name: str
+    """`owner/name`."""
+
+
+# The review event the bot posted on a pull request
+# (`github_reviews.verdict`), spelled as GitHub's API spells it.
+ReviewVerdict = Literal["COMMENT", "APPROVE", "REQUEST_CHANGES"]
+
+
+@dataclass
+class RunDetail:
+    """`GET /v1/runs/{id}`: the run and the pull-request review it decided."""
+    branch: str
+    commit_id: str
+    created_at: str
+    event_id: int
+    """The push (or pipeline request) event that asked for it."""
+    id: int
+    repo_id: str
+    repo_name: str
+    """`owner/name` when the run was queued."""
+    state: "RunState"
+    steps: List["StepView"]
+    error: Optional[Optional[str]] = None
+    finished_at: Optional[Optional[str]] = None
+    plan_commit: Optional[Optional[str]] = None
+    """The commit of `plan_ref` the steps were read from."""
+    plan_ref: Optional[Optional[str]] = None
+    """The branch whose steps ran, when not the commit's own (a review)."""
+    review: Optional[Optional["RunReview"]] = None
+    started_at: Optional[Optional[str]] = None
+    vm_id: Optional[Optional[str]] = None
+
+
+@dataclass
+class RunEnd:
+    """The `end` event: the run finished."""
+    state: "RunState"
+    error: Optional[Optional[str]] = None
+
+
+@dataclass
+class RunReview:
+    """The review the GitHub bot posted (or claimed) for a run."""
+    github_repo: str
+    """`owner/name` on GitHub."""
+    head_sha: str
+    number: int
+    verdict: "ReviewVerdict"
+    posted_at: Optional[Optional[str]] = None
+    """`None` while the review is claimed but not yet posted."""
+
+
+# A pipeline run's lifecycle (`runs.state`).
+RunState = Literal["queued", "running", "passed", "failed", "cancelled", "error"]
+
+
+@dataclass
+class RunView:
+    """A run and its steps, as the list shows it."""
+    branch: str
+    commit_id: str
+    created_at: str
+    event_id: int
+    """The push (or pipeline request) event that asked for it."""
+    id: int
+    repo_id: str
+    repo_name: str
+    """`owner/name` when the run was queued."""
+    state: "RunState"
+    steps: List["StepView"]
+    error: Optional[Optional[str]] = None
+    finished_at: Optional[Optional[str]] = None
+    plan_commit: Optional[Optional[str]] = None
+    """The commit of `plan_ref` the steps were read from."""
+    plan_ref: Optional[Optional[str]] = None
+    """The branch whose steps ran, when not the commit's own (a review)."""
+    started_at: Optional[Optional[str]] = None
+    vm_id: Optional[Optional[str]] = None
+
+
+@dataclass
+class SandboxLimits:
+    max_disk_mib: int
+    max_file_bytes: int
+    max_fork_count: int
+    max_live: int
+    max_mem_mib: int
+    max_vcpus: int
+    max_live_mem_mib: Optional[Optional[int]] = None
+    """`None`: no cap on the memory of live VMs together."""
+    max_live_per_token: Optional[Optional[int]] = None
+
+
+@dataclass
+class SandboxQueue:
+    max_wait_secs: int
+    waiting: int
+
+
+@dataclass
+class SandboxSystem:
+    """The sandbox backend, its limits and its queue."""
+    limits: "SandboxLimits"
+    queue: "SandboxQueue"
+    reason: str
+    backend: Optional[Optional[str]] = None
+    """`None` when no backend can run; `reason` says why."""
+    image: Optional[Optional[str]] = None
+    """The guest image's root directory."""
+
+
+@dataclass
+class ShareLink:
+    """The answer to a [`ShareLinkRequest`]."""
+    ttl_secs: int
+    url: str
+    expires_at: Optional[Optional[str]] = None
+    """RFC 3339."""
+
+
+@dataclass
+class ShareLinkRequest:
+    """
+    `POST /v1/vms/{id}/ports/{port}/links`: a link to the VM's server on
+    `port` that works without a token for `ttl_secs` (default an hour).
+    """
+    ttl_secs: Optional[Optional[int]] = None
+
+
+@dataclass
+class StepEvent:
+    """The `step` event: a step started or changed status."""
+    name: str
+    position: int
+    status: "StepState"
+    duration_ms: Optional[Optional[int]] = None
+    exit_code: Optional[Optional[int]] = None
+
+
+# A step of a run (`run_steps.status`).
+StepState = Literal["pending", "running", "passed", "failed", "skipped", "cancelled"]
+
+
+@dataclass
+class StepView:
+    """A step of a run (its log is read from `/logs`)."""
+    command: str
+    name: str
+    position: int
+    status: "StepState"
+    duration_ms: Optional[Optional[int]] = None
+    exit_code: Optional[Optional[int]] = None
+
+
+@dataclass
+class System:
+    """`GET /v1/system`."""
+    sandboxes: "SandboxSystem"
+    version: str
+
+
+@dataclass
+class TerminalTicket:
+    """
+    `POST /v1/vms/{id}/terminal/tickets`: a one-time ticket that opens the
+    VM's terminal WebSocket (`?ticket=`) without a token in the URL.
+    """
+    expires_in_secs: int
+    ticket: str
+
+
+# What a token may do.
+TokenScope = Literal["admin", "repo:write", "repo:read"]
+
+
+@dataclass
+class TokenView:
+    created_at: str
+    id: str
+    name: str
+    scopes: List["TokenScope"]
+    last_used_at: Optional[Optional[str]] = None
+    repo: Optional[Optional[str]] = None
+    """The repository it is limited to, `owner/name`."""
+    revoked_at: Optional[Optional[str]] = None
+    token: Optional[Optional[str]] = None
+    """The secret: only in the answer to creation, never stored."""
+
+
+@dataclass
+class TreeEntry:
+    """One entry of a directory listing."""
+    kind: "EntryKind"
+    name: str
+
+
+@dataclass
+class UpdateWebhook:
+    """`PATCH …/webhooks/{id}`: what is absent stays as it is."""
+    active: Optional[Optional[bool]] = None
+    branches: Optional[Optional[List[str]]] = None
+    events: Optional[Optional[List[str]]] = None
+    paths: Optional[Optional[List[str]]] = None
+    rotate_secret: Optional[bool] = None
+    """
+    Replace the secret (with `secret`, or a generated one); the old one
+    keeps signing for the rotation window.
+    """
+    secret: Optional[Optional[str]] = None
+    url: Optional[Optional[str]] = None
+
+
+@dataclass
+class VmDetail:
+    """
+    `GET /v1/vms/{id}`: the view, usage while it holds resources, and its
+    egress counters.
+    """
+    backend: str
+    """`container` or `microvm`."""
+    created_at: str
+    egress: "EgressUsage"
+    id: str
+    mem_mib: int
+    persistence: "Persistence"
+    state: "VmState"
+    vcpus: int
+    branch: Optional[Optional[str]] = None
+    dev_server: Optional[Optional["DevServerStatus"]] = None
+    idle_timeout_secs: Optional[Optional[int]] = None
+    parent: Optional[Optional[str]] = None
+    """The VM it was forked from."""
+    preview_url: Optional[Optional[str]] = None
+    """Where the dev server is seen, when the VM has one."""
+    repo: Optional[Optional[str]] = None
+    """`owner/name` of the repository checked out in it."""
+    stats: Optional[Optional["VmStats"]] = None
+
+
+# A sandbox's lifecycle (`vms.state`, `VmView::state`).
+VmState = Literal["running", "paused", "paused_to_disk", "crashed"]
+
+
+@dataclass
+class VmStats:
+    """Usage of one sandbox, as its backend measures it."""
+    cpu_usage_ns: int
+    memory_bytes: int
+    state: "VmState"
+    disk_bytes: Optional[Optional[int]] = None
+
+
+@dataclass
+class VmView:
+    """A VM as every VM endpoint shows it."""
+    backend: str
+    """`container` or `microvm`."""
+    created_at: str
+    id: str
+    mem_mib: int
+    persistence: "Persistence"
+    state: "VmState"
+    vcpus: int
+    branch: Optional[Optional[str]] = None
+    dev_server: Optional[Optional["DevServerStatus"]] = None
+    idle_timeout_secs: Optional[Optional[int]] = None
+    parent: Optional[Optional[str]] = None
+    """The VM it was forked from."""
+    preview_url: Optional[Optional[str]] = None
+    """Where the dev server is seen, when the VM has one."""
+    repo: Optional[Optional[str]] = None
+    """`owner/name` of the repository checked out in it."""
+
+
+@dataclass
+class WebhookAccepted:
+    """The answer to an inbound GitHub webhook."""
+    delivery: str
+    """Its `X-GitHub-Delivery`."""
+    duplicate: bool
+    """Seen before (by id or by body): not processed again."""
+
+
+@dataclass
+class WebhookView:
+    active: bool
+    branches: List[str]
+    consecutive_failures: int
+    created_at: str
+    events: List[str]
+    id: str
+    paths: List[str]
+    updated_at: str
+    url: str
+    disabled_reason: Optional[Optional[str]] = None
+    previous_secret_expires_at: Optional[Optional[str]] = None
+    """While set, the previous secret still signs every request too."""
+    secret: Optional[Optional[str]] = None
+    """Only in the answer that set it."""

@@ -1,0 +1,609 @@
+// The forge API's types, generated from sdk/openapi.json by
+// scripts/gen-types.mjs. Do not edit: run `npm run gen` instead.
+
+/** One attempt to deliver. */
+export interface AttemptView {
+  attempt: number;
+  duration_ms: number;
+  error?: string | null;
+  next_attempt_at?: string | null;
+  /** `[[name, value]]`, signatures redacted. */
+  request_headers: string[][];
+  /** The first 4 KiB, as text (invalid UTF-8 replaced). */
+  response_body: string;
+  response_body_truncated: boolean;
+  /** `[[name, value]]`. */
+  response_headers: string[][];
+  response_status?: number | null;
+  started_at: string;
+}
+
+export interface Author {
+  email: string;
+  name: string;
+}
+
+/** `GET /v1/repos/{owner}/{name}/branches`: each branch and its head. */
+export interface BranchView {
+  commit: CommitView;
+  name: string;
+}
+
+/** Raw bytes (a file's content): a string of any bytes in the document. */
+export type Bytes = string;
+
+/** A VM after a fork or a resume, and what it kept of its source. */
+export type CarriedVm = VmView & {
+  kept: Kept[];
+  /** Why less than everything was kept, when the backend knows. */
+  note?: string | null;
+};
+
+/** A commit as the API shows it. */
+export interface CommitView {
+  author: Author;
+  id: string;
+  message: string;
+  /** Author time, RFC 3339. */
+  time: string;
+}
+
+/**
+ * `GET /v1/repos/{owner}/{name}/contents?branch=&path=`: what a path
+ * names at the head of a branch.
+ */
+export type Contents = {
+  branch: string;
+  entries: TreeEntry[];
+  path: string;
+  type: "dir";
+} | {
+  binary: boolean;
+  branch: string;
+  path: string;
+  size: number;
+  /** `None` for binary content. */
+  text?: string | null;
+  truncated: boolean;
+  type: "file";
+};
+
+/** `POST /v1/repos`: an empty repository, or one imported from `import_url`. */
+export interface CreateRepo {
+  default_branch?: string | null;
+  import_url?: string | null;
+  /** `owner/name`. */
+  name: string;
+}
+
+/** `POST /v1/tokens`. */
+export interface CreateToken {
+  name: string;
+  /** `owner/name`: limit the token to this repository. */
+  repo?: string | null;
+  /** At least one. */
+  scopes: TokenScope[];
+}
+
+/** `POST /v1/vms`. Every field is optional; the server picks the defaults. */
+export interface CreateVm {
+  /** Needs `repo`; the repository's default branch when absent. */
+  branch?: string | null;
+  dev_server?: null | DevServerSpec;
+  disk_mib?: number | null;
+  env?: Record<string, string>;
+  idle_timeout_secs?: number | null;
+  mem_mib?: number | null;
+  persistence?: null | Persistence;
+  /** `owner/name`: `/workspace` holds a checkout of it. */
+  repo?: string | null;
+  vcpus?: number | null;
+}
+
+/** `POST …/webhooks`. */
+export interface CreateWebhook {
+  active?: boolean | null;
+  /** Branch globs; empty: every branch. */
+  branches?: string[];
+  /** Event names, or `"*"`. */
+  events: string[];
+  /** Path globs; empty: every path. */
+  paths?: string[];
+  /** Generated when absent. */
+  secret?: string | null;
+  url: string;
+}
+
+/** `GET …/deliveries`: newest first. */
+export interface DeliveryPage {
+  deliveries: DeliveryView[];
+  /** Pass as `before` for the next (older) page; `None` on the last one. */
+  next_before?: number | null;
+}
+
+/** An outbound webhook delivery (`webhook_deliveries.status`). */
+export type DeliveryState = "pending" | "delivered" | "failed";
+
+export interface DeliveryView {
+  attempt_log: AttemptView[];
+  attempts: number;
+  created_at: string;
+  /** `None` for a ping. */
+  event_id?: number | null;
+  event_type: string;
+  /** The `webhook-id` header of its requests. */
+  id: string;
+  /** Set while `pending`. */
+  next_attempt_at?: string | null;
+  /** Only when one delivery is read. */
+  payload?: unknown;
+  /** Pass as `before` for older deliveries. */
+  seq: number;
+  status: DeliveryState;
+}
+
+/** A dev server to start, watch and restart in the VM. */
+export interface DevServerSpec {
+  command: string;
+  port: number;
+}
+
+/** A VM's dev server, as its supervisor last saw it (memory only). */
+export type DevServerState = "starting" | "running" | "dead" | "backoff" | "paused";
+
+/** What the API shows of a dev server. */
+export interface DevServerStatus {
+  command: string;
+  /** The end of its output when it last died. */
+  last_output?: string | null;
+  /** Its session id inside the sandbox, while started. */
+  pid?: number | null;
+  port: number;
+  /** Milliseconds until the next start, in `backoff`. */
+  restart_in_ms?: number | null;
+  restarts: number;
+  state: DevServerState;
+}
+
+/** The VM's traffic through the egress proxy since the forge started. */
+export interface EgressUsage {
+  bytes_in: number;
+  bytes_out: number;
+  connections: number;
+  refused: number;
+}
+
+/** What a directory entry is. */
+export type EntryKind = "dir" | "file" | "symlink" | "submodule";
+
+export interface ErrorBody {
+  error: ErrorDetail;
+}
+
+/** What went wrong, for programs, with the HTTP status it comes with. */
+export type ErrorCode = "bad_request" | "unauthorized" | "forbidden" | "cross_origin" | "push_refused" | "not_found" | "conflict" | "bad_pack" | "payload_too_large" | "unsupported_media_type" | "import_failed" | "capacity" | "quota" | "unavailable" | "sandbox_error" | "bad_gateway" | "github_unavailable" | "github_not_configured" | "agent_unresponsive" | "internal";
+
+export interface ErrorDetail {
+  code: ErrorCode;
+  message: string;
+}
+
+/**
+ * One event. `kind` is open-ended (`push`, `branch.created`,
+ * `sync.diverged`, `webhook.disabled`, ...: the README lists them), and
+ * `payload` is the kind's own object, as webhooks deliver it.
+ */
+export interface Event {
+  /** The token that caused the event. */
+  actor?: string | null;
+  /** RFC 3339. */
+  created_at: string;
+  /** The cursor: strictly increasing across the whole forge. */
+  id: number;
+  kind: string;
+  payload: unknown;
+  ref?: string | null;
+  /** `owner/name` when the event happened. */
+  repo: string;
+  repo_id: string;
+}
+
+/** A page of events. */
+export interface EventPage {
+  events: Event[];
+  /** Pass as `after` to continue. */
+  next_cursor: number;
+}
+
+/**
+ * How a command ended: the answer's head, and the `exit` event of a
+ * streamed exec.
+ */
+export interface ExecExit {
+  duration_ms: number;
+  /** 128 + the signal when a signal ended it. */
+  exit_code: number;
+  timed_out: boolean;
+  /** Output beyond the limit was dropped. */
+  truncated: boolean;
+}
+
+/** The `error` event of a streamed exec. */
+export interface ExecFailure {
+  message: string;
+}
+
+/** The answer of a (not streamed) exec. */
+export type ExecOutput = ExecExit & {
+  stderr: string;
+  /** Invalid UTF-8 replaced. */
+  stdout: string;
+};
+
+/**
+ * `POST /v1/vms/{id}/exec`: exactly one of `command` (a shell script)
+ * and `argv`.
+ */
+export interface ExecRequest {
+  argv?: string[] | null;
+  command?: string | null;
+  cwd?: string | null;
+  env?: Record<string, string>;
+  stdin?: string | null;
+  timeout_secs?: number | null;
+}
+
+/** The `stdout` and `stderr` events of a streamed exec. */
+export interface ExecText {
+  text: string;
+}
+
+/** One entry of a directory listing (`GET /v1/vms/{id}/files/{dir}/`). */
+export interface FileEntry {
+  gid: number;
+  kind: FileKind;
+  /** Where a symlink points (it is never followed). */
+  link_target?: string | null;
+  /** Permission bits (`st_mode & 0o7777`). */
+  mode: number;
+  modified_unix_ms: number;
+  name: string;
+  size: number;
+  uid: number;
+}
+
+export type FileKind = "file" | "dir" | "symlink" | "other";
+
+/** `POST /v1/vms/{id}/fork`. */
+export interface ForkRequest {
+  count?: number | null;
+}
+
+/** The answer to a fork. */
+export interface Forks {
+  forks: CarriedVm[];
+}
+
+/** `POST /v1/repos/{owner}/{name}/github`. */
+export interface GithubLinkRequest {
+  /** `owner/name` on GitHub. */
+  repository: string;
+}
+
+/** A forge repository's link to GitHub and each ref's sync state. */
+export interface GithubLinkView {
+  installation_id: number;
+  linked_at: string;
+  refs: RefView[];
+  /** The forge repository, `owner/name`: only in `GET /v1/github/repos`. */
+  repo?: string | null;
+  /** `owner/name` on GitHub. */
+  repository: string;
+}
+
+/** `GET /v1/github`: the App's public settings and its installations. */
+export interface GithubOverview {
+  api_url: string;
+  app_id: number;
+  git_url: string;
+  installations: Installation[];
+  reconcile_secs: number;
+}
+
+export interface Installation {
+  account: string;
+  created_at: string;
+  /** GitHub's installation id. */
+  id: number;
+}
+
+/** What a fork or a resume carried over. */
+export type Kept = "disk" | "memory" | "processes";
+
+/** The `log` event: text a step wrote. */
+export interface LogEvent {
+  position: number;
+  text: string;
+}
+
+/** `POST /v1/vms/{id}/pause`; no body is a pause in memory. */
+export interface PauseRequest {
+  to_disk?: boolean;
+}
+
+/** What becomes of an idle VM: `{"type": "persistent" | "ephemeral"}`. */
+export interface Persistence {
+  type: PersistenceKind;
+}
+
+export type PersistenceKind = "ephemeral" | "persistent";
+
+/** The answer to a ping or a redelivery: the delivery that was queued. */
+export interface Queued {
+  delivery_id: string;
+}
+
+/**
+ * How a ref of a repository linked to GitHub compares with GitHub's
+ * (`github_refs.state`).
+ */
+export type RefSyncState = "in_sync" | "ahead" | "behind" | "diverged" | "error";
+
+/** What the last sync saw of one ref. */
+export interface RefView {
+  forge_sha?: string | null;
+  github_sha?: string | null;
+  last_error?: string | null;
+  last_sync_at: string;
+  ref_name: string;
+  state: RefSyncState;
+  /** The last commit both sides agreed on. */
+  synced_sha?: string | null;
+}
+
+export interface RepoView {
+  clone_url: string;
+  created_at: string;
+  default_branch: string;
+  id: string;
+  /** `owner/name`. */
+  name: string;
+}
+
+/**
+ * The review event the bot posted on a pull request
+ * (`github_reviews.verdict`), spelled as GitHub's API spells it.
+ */
+export type ReviewVerdict = "COMMENT" | "APPROVE" | "REQUEST_CHANGES";
+
+/** `GET /v1/runs/{id}`: the run and the pull-request review it decided. */
+export type RunDetail = RunView & {
+  review?: null | RunReview;
+};
+
+/** The `end` event: the run finished. */
+export interface RunEnd {
+  error?: string | null;
+  state: RunState;
+}
+
+/** The review the GitHub bot posted (or claimed) for a run. */
+export interface RunReview {
+  /** `owner/name` on GitHub. */
+  github_repo: string;
+  head_sha: string;
+  number: number;
+  /** `None` while the review is claimed but not yet posted. */
+  posted_at?: string | null;
+  verdict: ReviewVerdict;
+}
+
+/** A pipeline run's lifecycle (`runs.state`). */
+export type RunState = "queued" | "running" | "passed" | "failed" | "cancelled" | "error";
+
+/** A run and its steps, as the list shows it. */
+export interface RunView {
+  branch: string;
+  commit_id: string;
+  created_at: string;
+  error?: string | null;
+  /** The push (or pipeline request) event that asked for it. */
+  event_id: number;
+  finished_at?: string | null;
+  id: number;
+  /** The commit of `plan_ref` the steps were read from. */
+  plan_commit?: string | null;
+  /** The branch whose steps ran, when not the commit's own (a review). */
+  plan_ref?: string | null;
+  repo_id: string;
+  /** `owner/name` when the run was queued. */
+  repo_name: string;
+  started_at?: string | null;
+  state: RunState;
+  steps: StepView[];
+  vm_id?: string | null;
+}
+
+export interface SandboxLimits {
+  max_disk_mib: number;
+  max_file_bytes: number;
+  max_fork_count: number;
+  max_live: number;
+  /** `None`: no cap on the memory of live VMs together. */
+  max_live_mem_mib?: number | null;
+  max_live_per_token?: number | null;
+  max_mem_mib: number;
+  max_vcpus: number;
+}
+
+export interface SandboxQueue {
+  max_wait_secs: number;
+  waiting: number;
+}
+
+/** The sandbox backend, its limits and its queue. */
+export interface SandboxSystem {
+  /** `None` when no backend can run; `reason` says why. */
+  backend?: string | null;
+  /** The guest image's root directory. */
+  image?: string | null;
+  limits: SandboxLimits;
+  queue: SandboxQueue;
+  reason: string;
+}
+
+/** The answer to a [`ShareLinkRequest`]. */
+export interface ShareLink {
+  /** RFC 3339. */
+  expires_at?: string | null;
+  ttl_secs: number;
+  url: string;
+}
+
+/**
+ * `POST /v1/vms/{id}/ports/{port}/links`: a link to the VM's server on
+ * `port` that works without a token for `ttl_secs` (default an hour).
+ */
+export interface ShareLinkRequest {
+  ttl_secs?: number | null;
+}
+
+/** The `step` event: a step started or changed status. */
+export interface StepEvent {
+  duration_ms?: number | null;
+  exit_code?: number | null;
+  name: string;
+  position: number;
+  status: StepState;
+}
+
+/** A step of a run (`run_steps.status`). */
+export type StepState = "pending" | "running" | "passed" | "failed" | "skipped" | "cancelled";
+
+/** A step of a run (its log is read from `/logs`). */
+export interface StepView {
+  command: string;
+  duration_ms?: number | null;
+  exit_code?: number | null;
+  name: string;
+  position: number;
+  status: StepState;
+}
+
+/** `GET /v1/system`. */
+export interface System {
+  sandboxes: SandboxSystem;
+  version: string;
+}
+
+/**
+ * `POST /v1/vms/{id}/terminal/tickets`: a one-time ticket that opens the
+ * VM's terminal WebSocket (`?ticket=`) without a token in the URL.
+ */
+export interface TerminalTicket {
+  expires_in_secs: number;
+  ticket: string;
+}
+
+/** What a token may do. */
+export type TokenScope = "admin" | "repo:write" | "repo:read";
+
+export interface TokenView {
+  created_at: string;
+  id: string;
+  last_used_at?: string | null;
+  name: string;
+  /** The repository it is limited to, `owner/name`. */
+  repo?: string | null;
+  revoked_at?: string | null;
+  scopes: TokenScope[];
+  /** The secret: only in the answer to creation, never stored. */
+  token?: string | null;
+}
+
+/** One entry of a directory listing. */
+export interface TreeEntry {
+  kind: EntryKind;
+  name: string;
+}
+
+/** `PATCH …/webhooks/{id}`: what is absent stays as it is. */
+export interface UpdateWebhook {
+  active?: boolean | null;
+  branches?: string[] | null;
+  events?: string[] | null;
+  paths?: string[] | null;
+  /**
+   * Replace the secret (with `secret`, or a generated one); the old one
+   * keeps signing for the rotation window.
+   */
+  rotate_secret?: boolean;
+  secret?: string | null;
+  url?: string | null;
+}
+
+/**
+ * `GET /v1/vms/{id}`: the view, usage while it holds resources, and its
+ * egress counters.
+ */
+export type VmDetail = VmView & {
+  egress: EgressUsage;
+  stats?: null | VmStats;
+};
+
+/** A sandbox's lifecycle (`vms.state`, `VmView::state`). */
+export type VmState = "running" | "paused" | "paused_to_disk" | "crashed";
+
+/** Usage of one sandbox, as its backend measures it. */
+export interface VmStats {
+  cpu_usage_ns: number;
+  disk_bytes?: number | null;
+  memory_bytes: number;
+  state: VmState;
+}
+
+/** A VM as every VM endpoint shows it. */
+export interface VmView {
+  /** `container` or `microvm`. */
+  backend: string;
+  branch?: string | null;
+  created_at: string;
+  dev_server?: null | DevServerStatus;
+  id: string;
+  idle_timeout_secs?: number | null;
+  mem_mib: number;
+  /** The VM it was forked from. */
+  parent?: string | null;
+  persistence: Persistence;
+  /** Where the dev server is seen, when the VM has one. */
+  preview_url?: string | null;
+  /** `owner/name` of the repository checked out in it. */
+  repo?: string | null;
+  state: VmState;
+  vcpus: number;
+}
+
+/** The answer to an inbound GitHub webhook. */
+export interface WebhookAccepted {
+  /** Its `X-GitHub-Delivery`. */
+  delivery: string;
+  /** Seen before (by id or by body): not processed again. */
+  duplicate: boolean;
+}
+
+export interface WebhookView {
+  active: boolean;
+  branches: string[];
+  consecutive_failures: number;
+  created_at: string;
+  disabled_reason?: string | null;
+  events: string[];
+  id: string;
+  paths: string[];
+  /** While set, the previous secret still signs every request too. */
+  previous_secret_expires_at?: string | null;
+  /** Only in the answer that set it. */
+  secret?: string | null;
+  updated_at: string;
+  url: string;
+}
