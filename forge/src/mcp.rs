@@ -8,12 +8,19 @@
 //! what an MCP caller may do, exactly as for any other client:
 //!
 //! - `forge mcp` serves the tools over stdio and calls a forge over HTTP
-//!   with `FORGE_TOKEN` (or the data directory's admin token).
+//!   with `FORGE_TOKEN`, which must be given (never the data directory's
+//!   admin token behind the user's back).
 //! - `POST /v1/mcp` serves them over streamable HTTP, stateless (no
 //!   session is kept between requests), with the bearer token of each
 //!   request; the API is called in process. A request without a valid
-//!   token is a `401` before any MCP message is read, and one from a
-//!   browser page (any `Origin`) is refused.
+//!   token is a `401` before any MCP message is read, one from a browser
+//!   page (any `Origin`) is refused, and at most [`MAX_IN_FLIGHT`] are
+//!   served at once (`429`).
+//!
+//! What a tool reads of an answer is bounded ([`MAX_ANSWER_BYTES`], a
+//! file's first [`MAX_TEXT_BYTES`]) and what it answers is cut to
+//! [`MAX_TEXT_BYTES`] per text, saying so: one call cannot flood the
+//! forge's memory or the model's context.
 
 use std::sync::Arc;
 
@@ -46,6 +53,14 @@ const MAX_TEXT_BYTES: usize = 256 * 1024;
 /// The largest MCP request body `/v1/mcp` reads (a file written through
 /// `write_file` among them).
 const MAX_REQUEST_BYTES: usize = 8 << 20;
+/// The most of an API answer a tool reads (a listing's JSON); the rest is
+/// never read. A file is read only as far as [`MAX_TEXT_BYTES`].
+const MAX_ANSWER_BYTES: usize = 4 << 20;
+/// The most of an exec's answer a tool reads: the forge's output limit
+/// (4 MiB by default) as JSON, escapes included.
+const MAX_EXEC_ANSWER_BYTES: usize = 16 << 20;
+/// MCP requests `/v1/mcp` serves at once; one more is a `429`.
+const MAX_IN_FLIGHT: usize = 32;
 
 /// The token of the request being served over HTTP (put there by
 /// [`authenticate`]).
@@ -68,7 +83,29 @@ enum Via {
 /// An API call's answer.
 struct Answer {
     status: StatusCode,
-    body: bytes::Bytes,
+    body: Vec<u8>,
+    /// The body went on past what was read.
+    cut: bool,
+}
+
+/// At most `limit` bytes of `body`; whether there was more.
+async fn read_capped<E: std::fmt::Display>(
+    body: impl futures_util::Stream<Item = Result<bytes::Bytes, E>>,
+    limit: usize,
+) -> Result<(Vec<u8>, bool), String> {
+    use futures_util::StreamExt as _;
+    let mut body = std::pin::pin!(body);
+    let mut out = Vec::new();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| format!("reading the answer failed: {e}"))?;
+        let room = limit - out.len();
+        if chunk.len() > room {
+            out.extend_from_slice(&chunk[..room]);
+            return Ok((out, true));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok((out, false))
 }
 
 /// The tools.
@@ -103,12 +140,14 @@ impl ForgeTools {
         Ok(())
     }
 
+    /// One API call; at most `limit` bytes of its answer are read.
     async fn call(
         &self,
         context: &RequestContext<RoleServer>,
         method: Method,
         path: &str,
         body: Option<(Vec<u8>, &'static str)>,
+        limit: usize,
     ) -> Result<Answer, String> {
         match &self.via {
             Via::Remote { http, base, token } => {
@@ -125,11 +164,8 @@ impl ForgeTools {
                     .await
                     .map_err(|e| format!("cannot reach the forge at {base}: {e}"))?;
                 let status = response.status();
-                let body = response
-                    .bytes()
-                    .await
-                    .map_err(|e| format!("reading the forge's answer failed: {e}"))?;
-                Ok(Answer { status, body })
+                let (body, cut) = read_capped(response.bytes_stream(), limit).await?;
+                Ok(Answer { status, body, cut })
             }
             Via::Local(api) => {
                 let token = context
@@ -155,10 +191,9 @@ impl ForgeTools {
                     .await
                     .map_err(|e| e.to_string())?;
                 let status = response.status();
-                let body = axum::body::to_bytes(response.into_body(), 64 << 20)
-                    .await
-                    .map_err(|e| format!("reading the answer failed: {e}"))?;
-                Ok(Answer { status, body })
+                let stream = response.into_body().into_data_stream();
+                let (body, cut) = read_capped(stream, limit).await?;
+                Ok(Answer { status, body, cut })
             }
         }
     }
@@ -173,7 +208,10 @@ impl ForgeTools {
         json: Option<&impl serde::Serialize>,
     ) -> Result<CallToolResult, ErrorData> {
         Ok(
-            match self.call(context, method, path, json_body(json)?).await {
+            match self
+                .call(context, method, path, json_body(json)?, MAX_ANSWER_BYTES)
+                .await
+            {
                 Ok(answer) => result_of(answer),
                 Err(message) => CallToolResult::error(vec![ContentBlock::text(message)]),
             },
@@ -219,11 +257,17 @@ fn result_of(answer: Answer) -> CallToolResult {
     if answer.body.is_empty() {
         return CallToolResult::success(vec![ContentBlock::text("done")]);
     }
+    if answer.cut {
+        return CallToolResult::error(vec![ContentBlock::text(format!(
+            "the answer is over {} MiB; ask for less",
+            MAX_ANSWER_BYTES >> 20
+        ))]);
+    }
     match serde_json::from_slice::<Value>(&answer.body) {
         Ok(value) => {
             let text = serde_json::to_string_pretty(&value).unwrap_or_default();
             let mut result = CallToolResult::success(vec![ContentBlock::text(bounded(&text))]);
-            if value.is_object() {
+            if value.is_object() && answer.body.len() <= MAX_TEXT_BYTES {
                 result.structured_content = Some(value);
             }
             result
@@ -450,7 +494,13 @@ impl ForgeTools {
         };
         let path = format!("/v1/vms/{vm}/exec");
         let answer = match self
-            .call(&context, Method::POST, &path, json_body(Some(&body))?)
+            .call(
+                &context,
+                Method::POST,
+                &path,
+                json_body(Some(&body))?,
+                MAX_EXEC_ANSWER_BYTES,
+            )
             .await
         {
             Ok(answer) => answer,
@@ -459,8 +509,16 @@ impl ForgeTools {
         if !answer.status.is_success() {
             return Ok(result_of(answer));
         }
-        let output: api_types::vms::ExecOutput = serde_json::from_slice(&answer.body)
+        if answer.cut {
+            return Ok(CallToolResult::error(vec![ContentBlock::text(format!(
+                "the command ran, but its answer is over {} MiB: send big output to a file and read it in parts",
+                MAX_EXEC_ANSWER_BYTES >> 20
+            ))]));
+        }
+        let mut output: api_types::vms::ExecOutput = serde_json::from_slice(&answer.body)
             .map_err(|e| ErrorData::internal_error(format!("the exec answer: {e}"), None))?;
+        output.stdout = bounded(&output.stdout);
+        output.stderr = bounded(&output.stderr);
         let text = format!(
             "exit code {}{}\n--- stdout\n{}\n--- stderr\n{}",
             output.exit.exit_code,
@@ -469,8 +527,8 @@ impl ForgeTools {
             } else {
                 ""
             },
-            bounded(&output.stdout),
-            bounded(&output.stderr),
+            output.stdout,
+            output.stderr,
         );
         let mut result = if output.exit.exit_code == 0 {
             CallToolResult::success(vec![ContentBlock::text(text)])
@@ -561,11 +619,16 @@ impl ForgeTools {
             segment("vm", &args.vm)?,
             file_path(&args.path)?
         );
-        match self.call(&context, Method::GET, &path, None).await {
+        match self
+            .call(&context, Method::GET, &path, None, MAX_TEXT_BYTES)
+            .await
+        {
             Ok(answer) if answer.status.is_success() => {
-                Ok(CallToolResult::success(vec![ContentBlock::text(bounded(
-                    &String::from_utf8_lossy(&answer.body),
-                ))]))
+                let mut text = bounded(&String::from_utf8_lossy(&answer.body));
+                if answer.cut {
+                    text.push_str("\n[… the file goes on: read the rest with exec, e.g. tail -c]");
+                }
+                Ok(CallToolResult::success(vec![ContentBlock::text(text)]))
             }
             Ok(answer) => Ok(result_of(answer)),
             Err(message) => Ok(CallToolResult::error(vec![ContentBlock::text(message)])),
@@ -584,10 +647,15 @@ impl ForgeTools {
             file_path(&args.path)?
         );
         let body = Some((args.content.into_bytes(), "application/octet-stream"));
-        Ok(match self.call(&context, Method::PUT, &path, body).await {
-            Ok(answer) => result_of(answer),
-            Err(message) => CallToolResult::error(vec![ContentBlock::text(message)]),
-        })
+        Ok(
+            match self
+                .call(&context, Method::PUT, &path, body, MAX_ANSWER_BYTES)
+                .await
+            {
+                Ok(answer) => result_of(answer),
+                Err(message) => CallToolResult::error(vec![ContentBlock::text(message)]),
+            },
+        )
     }
 
     #[tool(description = "List a directory of a VM: each entry's name, kind and size.")]
@@ -684,21 +752,43 @@ pub fn http_service(api: Router, state: AppState) -> Router {
         Arc::new(NeverSessionManager::default()),
         config,
     );
+    let gate = Gate {
+        state,
+        in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
+    };
     Router::new()
-        .route_service("/v1/mcp", service)
-        .layer(axum::middleware::from_fn_with_state(state, authenticate))
+        .route("/v1/mcp", axum::routing::any_service(service))
+        .layer(axum::middleware::from_fn_with_state(gate, authenticate))
 }
 
-/// Refuses a request without a valid token (`401`, the API's error shape),
-/// and hands the token to the tools.
+/// What [`authenticate`] checks against.
+#[derive(Clone)]
+struct Gate {
+    state: AppState,
+    in_flight: Arc<tokio::sync::Semaphore>,
+}
+
+/// Refuses a request without a valid token (`401`, the API's error shape)
+/// and one past [`MAX_IN_FLIGHT`] (`429`), and hands the token to the
+/// tools.
 async fn authenticate(
-    State(state): State<AppState>,
+    State(gate): State<Gate>,
     request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
     let (mut parts, body) = request.into_parts();
-    <Caller as axum::extract::FromRequestParts<AppState>>::from_request_parts(&mut parts, &state)
-        .await?;
+    <Caller as axum::extract::FromRequestParts<AppState>>::from_request_parts(
+        &mut parts,
+        &gate.state,
+    )
+    .await?;
+    let Ok(_permit) = gate.in_flight.clone().try_acquire_owned() else {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            api_types::ErrorCode::Capacity,
+            format!("{MAX_IN_FLIGHT} MCP requests are in flight; try again shortly"),
+        ));
+    };
     let token = crate::api::presented_secret(&parts)?.unwrap_or_default();
     parts.extensions.insert(CallerToken(token));
     Ok(next.run(Request::from_parts(parts, body)).await)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
 from contextlib import asynccontextmanager
 
 import httpx2
@@ -99,6 +100,12 @@ async def round_trip(connect) -> None:
 
             missing = await session.call_tool("exec", {"vm": "nosuchvm", "command": "true"})
             assert missing.is_error and "not_found" in text_of(missing)
+
+            # A big file is read only as far as the tool answers.
+            await session.call_tool("exec", {"vm": vm, "command": "head -c 3000000 /dev/zero | tr '\\0' '\\377' > /tmp/big"})
+            big = await session.call_tool("read_file", {"vm": vm, "path": "/tmp/big"})
+            assert not big.is_error and len(text_of(big).encode()) < 1_000_000
+            assert "the file goes on" in text_of(big)
         finally:
             await session.call_tool("delete_vm", {"vm": vm})
 
@@ -112,6 +119,13 @@ def test_stdio_round_trip():
 
 def test_streamable_http_round_trip():
     asyncio.run(round_trip(over_http))
+
+
+def test_stdio_needs_a_token_given_explicitly():
+    # Never the data directory's admin token behind the user's back.
+    env = {k: v for k, v in os.environ.items() if k != "FORGE_TOKEN"}
+    done = subprocess.run([os.environ["FORGE_BIN"], "mcp"], env=env, capture_output=True, text=True, timeout=30)
+    assert done.returncode != 0 and "FORGE_TOKEN" in done.stderr, done.stderr
 
 
 def test_http_needs_a_token_and_refuses_browsers():

@@ -345,5 +345,5 @@ fn the_mcp_server_round_trips_with_the_python_mcp_client() {
             .env("FORGE_BIN", e2e::forge_binary())
             .args(["-m", "pytest", "-q", "-p", "no:cacheprovider", "."]),
     );
-    assert!(out.contains("4 passed"), "every MCP test ran and passed");
+    assert!(out.contains("5 passed"), "every MCP test ran and passed");
 }

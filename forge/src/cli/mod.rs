@@ -78,8 +78,18 @@ impl Target<'_> {
 
 /// `forge mcp`: the forge's tools for an MCP client on stdin and stdout.
 /// Nothing else is written to stdout (the log goes to stderr).
+///
+/// Its token is the model's power over the forge, so it must be given
+/// (`FORGE_TOKEN` or `--token`): the data directory's admin token is never
+/// picked up silently.
 pub async fn mcp(target: &Target<'_>) -> anyhow::Result<()> {
-    let token = client::resolve_token(target.token.clone(), target.data_dir)?;
+    let Some(token) = target.token.clone().filter(|t| !t.trim().is_empty()) else {
+        anyhow::bail!(
+            "forge mcp needs a token: set FORGE_TOKEN (or --token), ideally a limited one, e.g. \
+             `forge token create agent --scope repo:write --repo owner/name`"
+        );
+    };
+    let token = client::resolve_token(Some(token), target.data_dir)?;
     forge::mcp::ForgeTools::remote(target.server, token)
         .serve_stdio()
         .await

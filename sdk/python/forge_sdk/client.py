@@ -19,6 +19,7 @@ from urllib.parse import quote
 
 import httpx
 
+from . import _ws
 from . import types as t
 from ._load import load
 
@@ -278,6 +279,12 @@ class Vm:
     def delete(self):
         return self._client._do(_Op("DELETE", self.path, _none))
 
+    def terminal(self, cols: int = 80, rows: int = 24):
+        """A shell on a `cols` x `rows` terminal in the VM, over a WebSocket
+        (opened with a one-time ticket): `Terminal` (`AsyncTerminal` on
+        `AsyncForge`)."""
+        return self._client._terminal(self, cols, rows)
+
 
 class VmFiles:
     def __init__(self, vm: Vm):
@@ -320,9 +327,14 @@ class VmPorts:
     def url(self, port: int, path: str = "/") -> str:
         """Where the server on `port` answers (with the token)."""
         rest = path.lstrip("/")
-        for part in re.split(r"[?#]", rest, maxsplit=1)[0].split("/"):
-            if re.fullmatch(r"(?:\.|%2[eE]){1,2}", part):
-                raise ForgeError(0, "bad_request", f"{path!r} leaves the server's path")
+        # Dot segments (escaped or not), `\` (a `/` to URLs) and control
+        # characters (which URLs drop) could resolve out of the port's space.
+        leaves = re.search(r"[\x00-\x1f\x7f\\]", rest) or any(
+            re.fullmatch(r"(?:\.|%2[eE]){1,2}", part)
+            for part in re.split(r"[?#]", rest, maxsplit=1)[0].split("/")
+        )
+        if leaves:
+            raise ForgeError(0, "bad_request", f"{path!r} leaves the server's path")
         return f"{self._vm._client.base_url}{self._vm.path}/ports/{int(port)}/{rest}"
 
     def share(self, port: int, **options: Any):
@@ -338,8 +350,10 @@ class VmPorts:
         )
 
     def request(self, port: int, path: str = "/", method: str = "GET", **kwargs: Any):
-        """An httpx request to the server on `port`, with the token."""
-        return self._vm._client._http.request(method, self.url(port, path), **kwargs)
+        """An httpx request to the server on `port`, with the token (an
+        awaitable on `AsyncForge`)."""
+        headers = self._vm._client._headers(dict(kwargs.pop("headers", None) or {}))
+        return self._vm._client._http.request(method, self.url(port, path), headers=headers, **kwargs)
 
 
 # ---------------------------------------------------------------- namespaces
@@ -395,10 +409,11 @@ class Repos:
     def name_of(self, repo: str) -> str:
         """`owner/name` of a repository named so or by this forge's clone URL."""
         base = self._client.base_url
-        if repo.startswith(base + "/"):
-            return re.sub(r"\.git/*$|/+$", "", repo[len(base) + 1 :])
-        if re.fullmatch(r"[^/:]+/[^/:]+", repo):
-            return re.sub(r"\.git$", "", repo)
+        name = repo[len(base) + 1 :].rstrip("/") if repo.startswith(base + "/") else repo
+        name = re.sub(r"\.git$", "", name)
+        # Exactly `owner/name`: anything more would name another endpoint.
+        if re.fullmatch(r"[^/:?#\\]+/[^/:?#\\]+", name):
+            return name
         raise ForgeError(
             0,
             "bad_request",
@@ -582,6 +597,14 @@ class _Client:
     def _network(op: _Op, error: Exception) -> ForgeError:
         return ForgeError(0, "network", f"{op.method} {op.path}: {error}")
 
+    def _ticket_op(self, vm: Vm) -> _Op:
+        return _Op("POST", f"{vm.path}/terminal/tickets", _as(t.TerminalTicket))
+
+    def _terminal_url(self, vm: Vm, ticket: t.TerminalTicket, cols: int, rows: int) -> str:
+        base = re.sub(r"^http", "ws", self.base_url)
+        query = httpx.QueryParams({"ticket": ticket.ticket, "cols": cols, "rows": rows})
+        return f"{base}{vm.path}/terminal?{query}"
+
     def system(self):
         """The forge's version and its sandbox backend, limits and queue."""
         return self._do(_Op("GET", "/v1/system", _as(t.System)))
@@ -634,6 +657,13 @@ class Forge(_Client):
 
     def _exec_stream(self, path: str, body: Dict[str, Any]) -> "ExecStream":
         return ExecStream(self._stream(_Op("POST", path, json=body)))
+
+    def _terminal(self, vm: Vm, cols: int, rows: int) -> "Terminal":
+        ticket = self._do(self._ticket_op(vm))
+        try:
+            return Terminal(_ws.SyncSocket(self._terminal_url(vm, ticket, cols, rows)))
+        except (OSError, _ws.WebSocketError) as error:
+            raise ForgeError(0, "network", f"the terminal did not open: {error}") from error
 
     def _follow(self, path: str) -> Iterator[Dict[str, Any]]:
         for event in self._stream(_Op("GET", path, params={"follow": "true"})):
@@ -743,6 +773,13 @@ class AsyncForge(_Client):
     def _exec_stream(self, path: str, body: Dict[str, Any]) -> "AsyncExecStream":
         return AsyncExecStream(self._stream(_Op("POST", path, json=body)))
 
+    async def _terminal(self, vm: Vm, cols: int, rows: int) -> "AsyncTerminal":
+        ticket = await self._do(self._ticket_op(vm))
+        try:
+            return AsyncTerminal(await _ws.AsyncSocket.connect(self._terminal_url(vm, ticket, cols, rows)))
+        except (OSError, _ws.WebSocketError) as error:
+            raise ForgeError(0, "network", f"the terminal did not open: {error}") from error
+
     async def _follow(self, path: str) -> AsyncIterator[Dict[str, Any]]:
         stream = self._stream(_Op("GET", path, params={"follow": "true"}))
         try:
@@ -798,3 +835,67 @@ class AsyncExecStream:
 
     async def aclose(self) -> None:
         await self._events.aclose()  # type: ignore[attr-defined]
+
+
+def _keys(data: Union[str, bytes]) -> bytes:
+    return data.encode() if isinstance(data, str) else bytes(data)
+
+
+def _resize(cols: int, rows: int) -> bytes:
+    return json.dumps({"resize": {"cols": cols, "rows": rows}}).encode()
+
+
+class Terminal:
+    """A shell on a terminal in a VM: `write` keystrokes, iterate the
+    output's byte chunks until the shell exits; `closed` is then
+    `(1000, "exited with code N")`."""
+
+    def __init__(self, socket: "_ws.SyncSocket"):
+        self._socket = socket
+
+    @property
+    def closed(self) -> Optional[tuple]:
+        return self._socket.closed
+
+    def write(self, data: Union[str, bytes]) -> None:
+        self._socket.send(_ws.OP_BINARY, _keys(data))
+
+    def resize(self, cols: int, rows: int) -> None:
+        self._socket.send(_ws.OP_TEXT, _resize(cols, rows))
+
+    def __iter__(self) -> Iterator[bytes]:
+        while (message := self._socket.receive()) is not None:
+            yield message[1]
+
+    def close(self) -> None:
+        self._socket.close()
+
+    def __enter__(self) -> "Terminal":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+class AsyncTerminal:
+    """`Terminal` for `AsyncForge`: `await write(...)`, `async for` the output."""
+
+    def __init__(self, socket: "_ws.AsyncSocket"):
+        self._socket = socket
+
+    @property
+    def closed(self) -> Optional[tuple]:
+        return self._socket.closed
+
+    async def write(self, data: Union[str, bytes]) -> None:
+        await self._socket.send(_ws.OP_BINARY, _keys(data))
+
+    async def resize(self, cols: int, rows: int) -> None:
+        await self._socket.send(_ws.OP_TEXT, _resize(cols, rows))
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        while (message := await self._socket.receive()) is not None:
+            yield message[1]
+
+    async def aclose(self) -> None:
+        await self._socket.close()

@@ -190,10 +190,13 @@ def test_a_hostile_path_never_reaches_another_endpoint(forge):
         forge.vms.get("..")
     with fails_with(0, "bad_request"):
         forge.webhooks.delete(REPO, "%2e%2e")
-    for path in ["../../../tokens", "a/%2E%2e/b?x=1"]:
+    for path in ["../../../tokens", "a/%2E%2e/b?x=1", "..\\..\\..\\tokens", ".\t./.\t./tokens"]:
         with fails_with(0, "bad_request"):
             vm.ports.url(8080, path)
     assert vm.ports.url(8080, "a/b?next=../x").endswith("/ports/8080/a/b?next=../x")
+    for name in [f"{URL}/acme/app/../../tokens", f"{URL}/acme/app/extra", "acme/app?x"]:
+        with fails_with(0, "bad_request"):
+            forge.git.repos.name_of(name)
     assert sent == []
     assert forge.git.repos.get(REPO)
 
@@ -238,7 +241,7 @@ def test_ports_and_share_links(vms):
     )
 
     def answer():
-        response = vm.ports.request(8080, "/some/path", headers={"authorization": f"Bearer {TOKEN}"})
+        response = vm.ports.request(8080, "/some/path")
         return response.text if response.status_code == 200 else None
 
     assert eventually("the server answers", answer) == "hi from /some/path"
@@ -248,6 +251,27 @@ def test_ports_and_share_links(vms):
     assert (shared.status_code, shared.text) == (200, "hi from /")
     with fails_with(400, "bad_request"):
         vm.ports.share(8080, ttl_secs=0)
+
+
+def test_terminal(vms):
+    vm = vms()
+    with vm.terminal(cols=100, rows=30) as terminal:
+        terminal.write("echo $((6*7)); stty size; exit 5\n")
+        output = b"".join(terminal).decode()
+    assert "42\r\n30 100\r\n" in output
+    assert terminal.closed == (1000, "exited with code 5")
+
+
+def test_the_websocket_accept_value_is_rfc_6455s():
+    import base64
+    import hashlib
+
+    from forge_sdk import _ws
+
+    # The example of RFC 6455, section 1.3.
+    accept = base64.b64encode(hashlib.sha1(b"dGhlIHNhbXBsZSBub25jZQ==" + _ws._GUID).digest())
+    assert accept == b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+    _ws.check_response(b"HTTP/1.1 101 Switching Protocols\r\nSec-WebSocket-Accept: " + accept, accept)
 
 
 def test_repositories_contents_and_import(forge, vms):
@@ -386,6 +410,12 @@ def test_the_async_client():
                 stream = vm.exec_stream("echo a; sleep 0.2; echo b")
                 texts = [chunk.text async for chunk in stream]
                 assert "".join(texts) == "a\nb\n" and stream.exit.exit_code == 0
+                terminal = await vm.terminal(cols=90, rows=20)
+                await terminal.resize(91, 21)
+                await terminal.write("stty size; exit 3\n")
+                output = b"".join([chunk async for chunk in terminal]).decode()
+                assert "21 91" in output and terminal.closed == (1000, "exited with code 3")
+                await terminal.aclose()
                 await vm.fs.write_file("/tmp/f", b"\x00\x01")
                 assert await vm.fs.read_file("/tmp/f") == b"\x00\x01"
                 forks = await vm.fork(count=2)

@@ -74,16 +74,19 @@ function segment(raw) {
 
 /**
  * A path for a VM's server, as given (already escaped, a query allowed),
- * with its dot segments refused as in `segment`.
+ * refused when a URL could resolve it out of the server's space: dot
+ * segments (escaped or not), `\` (a `/` to URLs) and control characters
+ * (which URLs drop).
  */
 export function relativePath(path) {
   const text = String(path).replace(/^\/+/, "");
   const end = text.search(/[?#]/);
   const pathPart = end < 0 ? text : text.slice(0, end);
-  for (const part of pathPart.split("/")) {
-    if (/^(\.|%2e){1,2}$/i.test(part)) {
-      throw new ForgeError(0, "bad_request", `${JSON.stringify(path)} leaves the server's path`);
-    }
+  const leaves =
+    /[\x00-\x1f\x7f\\]/.test(text) ||
+    pathPart.split("/").some((part) => /^(\.|%2e){1,2}$/i.test(part));
+  if (leaves) {
+    throw new ForgeError(0, "bad_request", `${JSON.stringify(path)} leaves the server's path`);
   }
   return text;
 }

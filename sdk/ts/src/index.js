@@ -23,12 +23,12 @@ export class Forge {
   }
 
   /** The forge's version and its sandbox backend, limits and queue. */
-  system() {
+  async system() {
     return this.http.json("GET", "/v1/system");
   }
 
   /** The forge's OpenAPI document. */
-  openapi() {
+  async openapi() {
     return this.http.json("GET", "/v1/openapi.json");
   }
 }
@@ -133,7 +133,7 @@ export class Vm {
    * ends: `{ stdout, stderr, exit_code, duration_ms, timed_out, truncated }`.
    * A paused VM is resumed first.
    */
-  exec(command, options = {}) {
+  async exec(command, options = {}) {
     return this.forge.http.json("POST", `${this.path}/exec`, {
       json: execBody(command, options),
       signal: options.signal,
@@ -362,7 +362,7 @@ export class VmFiles {
   }
 
   /** The directory's entries (`FileEntry[]`); symlinks are not followed. */
-  readdir(path) {
+  async readdir(path) {
     const dir = String(path).endsWith("/") ? path : `${path}/`;
     return this.vm.forge.http.json("GET", this.url(dir));
   }
@@ -379,18 +379,23 @@ export class VmPorts {
 
   /** Where the server on `port` answers (with the token), as a URL. */
   url(port, path = "/") {
-    const rest = relativePath(path);
-    return `${this.vm.forge.http.baseUrl}${this.vm.path}/ports/${Number(port)}/${rest}`;
+    const prefix = `${this.vm.forge.http.baseUrl}${this.vm.path}/ports/${Number(port)}/`;
+    const url = `${prefix}${relativePath(path)}`;
+    // However the path reads, the URL it makes stays under the port's.
+    if (!new URL(url).pathname.startsWith(new URL(prefix).pathname)) {
+      throw new ForgeError(0, "bad_request", `${JSON.stringify(path)} leaves the server's path`);
+    }
+    return url;
   }
 
   /** A request to the server on `port`, with the token. */
-  fetch(port, path = "/", init = {}) {
+  async fetch(port, path = "/", init = {}) {
     const headers = { ...this.vm.forge.http.headers(), ...(init.headers ?? {}) };
     return this.vm.forge.http.fetch(this.url(port, path), { ...init, headers });
   }
 
   /** A link to the server on `port` that works without a token, for `ttlSeconds` (default an hour). */
-  share(port, options = {}) {
+  async share(port, options = {}) {
     return this.vm.forge.http.json("POST", `${this.vm.path}/ports/${Number(port)}/links`, {
       json: options,
     });
@@ -408,11 +413,12 @@ export class Repos {
   nameOf(repo) {
     const text = String(repo);
     const base = this.forge.http.baseUrl;
-    if (text.startsWith(`${base}/`)) {
-      return text.slice(base.length + 1).replace(/\.git$/, "").replace(/\/+$/, "");
-    }
-    if (/^[^/:]+\/[^/:]+$/.test(text)) {
-      return text.replace(/\.git$/, "");
+    const name = text.startsWith(`${base}/`)
+      ? text.slice(base.length + 1).replace(/\/+$/, "").replace(/\.git$/, "")
+      : text.replace(/\.git$/, "");
+    // Exactly `owner/name`: anything more would name another endpoint.
+    if (/^[^/:?#\\]+\/[^/:?#\\]+$/.test(name)) {
+      return name;
     }
     throw new ForgeError(
       0,
@@ -430,7 +436,7 @@ export class Repos {
    * A new repository `name` (`owner/name`): empty, or imported from
    * `source: { url }` (or `importUrl`).
    */
-  create(options) {
+  async create(options) {
     const { source, ...rest } = options;
     const body = { ...rest };
     if (source?.url !== undefined) {
@@ -439,11 +445,11 @@ export class Repos {
     return this.forge.http.json("POST", "/v1/repos", { json: body });
   }
 
-  list() {
+  async list() {
     return this.forge.http.json("GET", "/v1/repos");
   }
 
-  get(name) {
+  async get(name) {
     return this.forge.http.json("GET", this.path(name));
   }
 
@@ -451,22 +457,22 @@ export class Repos {
     await this.forge.http.json("DELETE", this.path(name));
   }
 
-  branches(name) {
+  async branches(name) {
     return this.forge.http.json("GET", `${this.path(name)}/branches`);
   }
 
   /** What `path` names on `branch` (default branch when absent): a file or a directory. */
-  contents(name, options = {}) {
+  async contents(name, options = {}) {
     return this.forge.http.json("GET", `${this.path(name)}/contents`, { query: options });
   }
 
   /** The repository's runs, newest first (`before`, `limit`). */
-  runs(name, options = {}) {
+  async runs(name, options = {}) {
     return this.forge.http.json("GET", `${this.path(name)}/runs`, { query: options });
   }
 
   /** One page of events after `after` (`EventPage`). */
-  eventPage(name, options = {}) {
+  async eventPage(name, options = {}) {
     const { signal, ...query } = options;
     return this.forge.http.json("GET", `${this.path(name)}/events`, { query, signal });
   }
@@ -489,11 +495,11 @@ export class Repos {
   }
 
   /** The repository's GitHub link. */
-  github(name) {
+  async github(name) {
     return this.forge.http.json("GET", `${this.path(name)}/github`);
   }
 
-  linkGithub(name, repository) {
+  async linkGithub(name, repository) {
     return this.forge.http.json("POST", `${this.path(name)}/github`, { json: { repository } });
   }
 
@@ -510,7 +516,7 @@ export class Runs {
   }
 
   /** A run with its steps (`RunDetail`). */
-  get(id) {
+  async get(id) {
     return this.forge.http.json("GET", `/v1/runs/${pathOf(id)}`);
   }
 
@@ -552,20 +558,20 @@ export class Webhooks {
     return id === undefined ? base : `${base}/${pathOf(id)}`;
   }
 
-  list(repo) {
+  async list(repo) {
     return this.forge.http.json("GET", this.path(repo));
   }
 
   /** A webhook on `repo`: `url`, `events` (or `["*"]`), branch and path globs. */
-  create(repo, options) {
+  async create(repo, options) {
     return this.forge.http.json("POST", this.path(repo), { json: options });
   }
 
-  get(repo, id) {
+  async get(repo, id) {
     return this.forge.http.json("GET", this.path(repo, id));
   }
 
-  update(repo, id, changes) {
+  async update(repo, id, changes) {
     return this.forge.http.json("PATCH", this.path(repo, id), { json: changes });
   }
 
@@ -573,20 +579,20 @@ export class Webhooks {
     await this.forge.http.json("DELETE", this.path(repo, id));
   }
 
-  ping(repo, id) {
+  async ping(repo, id) {
     return this.forge.http.json("POST", `${this.path(repo, id)}/ping`);
   }
 
   /** A page of deliveries, newest first (`before`, `limit`). */
-  deliveries(repo, id, options = {}) {
+  async deliveries(repo, id, options = {}) {
     return this.forge.http.json("GET", `${this.path(repo, id)}/deliveries`, { query: options });
   }
 
-  delivery(repo, id, deliveryId) {
+  async delivery(repo, id, deliveryId) {
     return this.forge.http.json("GET", `${this.path(repo, id)}/deliveries/${pathOf(deliveryId)}`);
   }
 
-  redeliver(repo, id, deliveryId) {
+  async redeliver(repo, id, deliveryId) {
     return this.forge.http.json(
       "POST",
       `${this.path(repo, id)}/deliveries/${pathOf(deliveryId)}/redeliver`,
@@ -601,12 +607,12 @@ export class Tokens {
     this.forge = forge;
   }
 
-  list() {
+  async list() {
     return this.forge.http.json("GET", "/v1/tokens");
   }
 
   /** A new token; its secret (`token`) is in this answer only. */
-  create(options) {
+  async create(options) {
     return this.forge.http.json("POST", "/v1/tokens", { json: options });
   }
 

@@ -220,7 +220,12 @@ describe("VMs", () => {
     await rejectsWith(spy.vms.get(".."), 0, "bad_request");
     await rejectsWith(spy.webhooks.delete(repo, "%2e%2e"), 0, "bad_request");
     assert.throws(() => vm.ports.url(8080, "../../../tokens"), ForgeError);
-    assert.throws(() => vm.ports.url(8080, "a/%2E%2e/b?x=1"), ForgeError);
+    for (const path of ["a/%2E%2e/b?x=1", "..\\..\\..\\..\\tokens", ".\t./.\t./.\t./.\t./tokens", "a\n/..\n/x"]) {
+      assert.throws(() => vm.ports.url(8080, path), ForgeError, JSON.stringify(path));
+      await rejectsWith(vm.ports.fetch(8080, path, { method: "DELETE" }), 0, "bad_request");
+    }
+    assert.throws(() => spy.git.repos.nameOf(`${env.FORGE_URL}/acme/app/../../tokens`), ForgeError);
+    assert.throws(() => spy.git.repos.nameOf(`${env.FORGE_URL}/acme/app/extra`), ForgeError);
     assert.equal(vm.ports.url(8080, "a/b?next=../x").endsWith("/ports/8080/a/b?next=../x"), true);
     assert.deepEqual(sent, []);
     assert.ok(await forge.git.repos.get(repo));

@@ -66,6 +66,8 @@ const HOOK: &str = "/v1/repos/{owner}/{name}/webhooks/{id}";
 
 const ROWS: &[Row] = &[
     row("GET", "/healthz", "/healthz", 200, &[]),
+    // The API's contract is public, as the code it documents is.
+    row("GET", "/v1/openapi.json", "/v1/openapi.json", 200, &[]),
     with_body(
         row(
             "POST",
@@ -334,6 +336,8 @@ const ROWS: &[Row] = &[
         401,
         &[(Reader, 403)],
     ),
+    // The MCP tools: a token before any MCP message is read.
+    row("ANY", "/v1/mcp", "/v1/mcp", 401, &[]),
     // Signed by GitHub, not by a token; without an App it is not served.
     row("POST", "/github/webhook", "/github/webhook", 503, &[]),
     row("GET", "/v1/github", "/v1/github", 401, &[]),
@@ -409,12 +413,32 @@ const ROWS: &[Row] = &[
     ),
 ];
 
-/// The `(method, route)` pairs the router's source declares: each
-/// `.route("…", …)` call, with the method routers among its arguments
-/// (`get(`, `.delete(`, `any(`, `.fallback(`…).
+/// The `(method, route)` pairs the router declares: every operation of
+/// the OpenAPI document (which `routes!` builds from the very handlers
+/// the router serves; a path with every method is `ANY`), and each plain
+/// `.route("…", …)` call of the sources, with the method routers among
+/// its arguments (`get(`, `any(`, `.fallback(`…). Wildcards (`{*path}`)
+/// are compared as `{path}`, as the document writes them.
 fn declared_routes() -> Vec<(String, String)> {
+    const METHODS: [&str; 7] = ["get", "put", "post", "delete", "options", "head", "patch"];
     let mut routes = Vec::new();
-    for source in [include_str!("../mod.rs"), include_str!("../terminal.rs")] {
+    let document = serde_json::to_value(crate::api::openapi()).expect("the document serialises");
+    for (path, item) in document["paths"].as_object().expect("paths") {
+        let methods: Vec<&str> = METHODS
+            .into_iter()
+            .filter(|m| item.get(*m).is_some())
+            .collect();
+        if methods.len() == METHODS.len() {
+            routes.push(("ANY".to_owned(), path.clone()));
+        } else {
+            routes.extend(methods.iter().map(|m| (m.to_uppercase(), path.clone())));
+        }
+    }
+    for source in [
+        include_str!("../mod.rs"),
+        include_str!("../terminal.rs"),
+        include_str!("../../mcp.rs"),
+    ] {
         for chunk in source.split(".route(").skip(1) {
             // The call's arguments: up to its closing parenthesis.
             let mut depth = 1;
@@ -438,11 +462,14 @@ fn declared_routes() -> Vec<(String, String)> {
             };
             for method in ["get", "post", "put", "patch", "delete", "any", "fallback"] {
                 let call = format!("{method}(");
-                let found = handlers.match_indices(&call).any(|(at, _)| {
-                    !handlers[..at]
-                        .chars()
-                        .next_back()
-                        .is_some_and(|c| c.is_alphanumeric() || c == '_')
+                let service = format!("{method}_service(");
+                let found = [&call, &service].into_iter().any(|call| {
+                    handlers.match_indices(call.as_str()).any(|(at, _)| {
+                        !handlers[..at]
+                            .chars()
+                            .next_back()
+                            .is_some_and(|c| c.is_alphanumeric() || c == '_')
+                    })
                 });
                 if found {
                     routes.push((method.to_uppercase(), route.to_owned()));
@@ -451,6 +478,7 @@ fn declared_routes() -> Vec<(String, String)> {
         }
     }
     routes.sort();
+    routes.dedup();
     routes
 }
 
@@ -460,7 +488,7 @@ fn every_route_has_an_auth_row() {
     assert!(declared.len() > 40, "the parser lost routes: {declared:?}");
     let mut tabled: Vec<(String, String)> = ROWS
         .iter()
-        .map(|r| (r.method.to_owned(), r.route.to_owned()))
+        .map(|r| (r.method.to_owned(), r.route.replace("{*", "{")))
         .collect();
     tabled.sort();
     let missing: Vec<_> = declared.iter().filter(|r| !tabled.contains(r)).collect();

@@ -151,7 +151,12 @@ async fn oversized_bodies_are_refused_before_they_are_read_whole() {
     let vm = app.vm(app.admin()).await;
     let huge = format!(r#"{{"command":"{}"}}"#, "x".repeat(3 << 20));
     let (status, body) = raw(&app, Method::POST, &format!("/v1/vms/{vm}/exec"), huge).await;
-    assert_error(status, &body, StatusCode::PAYLOAD_TOO_LARGE, "bad_request");
+    assert_error(
+        status,
+        &body,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+    );
     assert!(app.backend.execs().is_empty());
 }
 
