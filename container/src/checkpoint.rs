@@ -42,6 +42,9 @@ use crate::launcher::mounts::external_mounts;
 use crate::launcher::restore::external_key;
 use crate::spec::{IdMap, LaunchSpec};
 
+/// How long CRIU may take to seize a sandbox's tasks for a dump.
+const SEIZE_TIMEOUT_SECS: &str = "30";
+
 /// Failure of a checkpoint.
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
@@ -126,7 +129,11 @@ impl Criu {
             .arg("-D")
             .arg(images)
             .args(["--network-lock", "skip", "-v2", "-o"])
-            .arg(log);
+            .arg(log)
+            // Seizing every task of a busy sandbox on a loaded host can
+            // take longer than CRIU's default 10 s; the dump then fails
+            // and a fork or pause keeps the disk only.
+            .args(["--timeout", SEIZE_TIMEOUT_SECS]);
         if after == AfterDump::Frozen {
             command.arg("--leave-stopped");
             if let Some(freezer) = freezer_v1 {
