@@ -29,6 +29,10 @@ pub struct RepoView {
 pub struct BranchView {
     pub name: String,
     pub commit: CommitView,
+    /// The VM the branch's pipelines run in, once a push made one (its
+    /// forks are other VMs, whose `parent` names it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<String>,
 }
 
 /// A commit as the API shows it.

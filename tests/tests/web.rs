@@ -85,6 +85,108 @@ fn receiver() -> (String, Arc<AtomicUsize>) {
     (url, count)
 }
 
+/// Submits the sign-in form on the current page with `token`.
+fn submit_token(browser: &Browser, token: &str) {
+    browser.type_into(&browser.find("#token"), token);
+    browser.click(&browser.find("form button[type=submit]"));
+}
+
+#[test]
+fn signing_in_from_a_deep_link_lands_there_and_never_on_another_site() {
+    let forge = TestForge::builder().start();
+    let browser = Browser::start(&screenshots());
+
+    // A page asked for without a session: sign in, land on that page,
+    // even after a wrong token first.
+    browser.goto(&format!("{}/-/sandboxes?view=all", forge.url));
+    assert!(
+        browser.url().contains("/-/signin?next="),
+        "not sent to sign-in with the page: {}",
+        browser.url()
+    );
+    submit_token(&browser, "forge_wrong");
+    browser.find("p.error");
+    submit_token(&browser, &forge.admin_token);
+    browser.wait_until("back on the page asked for", Duration::from_secs(10), |b| {
+        b.url().ends_with("/-/sandboxes?view=all")
+    });
+
+    // A `next` naming another site is ignored: the browser lands on `/`.
+    for next in [
+        "//evil.example/",
+        "https://evil.example/",
+        "/%5Cevil.example",
+    ] {
+        let fresh = Browser::start(&screenshots());
+        fresh.goto(&format!("{}/-/signin?next={next}", forge.url));
+        submit_token(&fresh, &forge.admin_token);
+        fresh.wait_until("signed in", Duration::from_secs(10), |b| {
+            b.texts("h1").first().is_some_and(|h| h == "Repositories")
+        });
+        assert_eq!(fresh.url(), format!("{}/", forge.url), "next={next}");
+    }
+}
+
+#[test]
+fn the_repository_name_field_checks_its_pattern_in_the_browser() {
+    let forge = TestForge::builder().start();
+    let browser = Browser::start(&screenshots());
+    sign_in(&browser, &forge);
+    // Chromium compiles a pattern with the `v` flag; an invalid one is
+    // ignored (and logged), and every value passes.
+    let valid = |value: &str| {
+        browser.script(&format!(
+            "const e = document.querySelector('#repo-name'); e.value = {value:?}; return e.checkValidity();"
+        ))
+    };
+    assert_eq!(valid("acme/web"), serde_json::json!(true));
+    for bad in ["noslash", "a/b/c", "/web"] {
+        assert_eq!(
+            valid(bad),
+            serde_json::json!(false),
+            "{bad:?} passed the pattern"
+        );
+    }
+}
+
+#[test]
+fn every_error_is_one_html_page_with_the_navigation() {
+    let forge = TestForge::builder().start();
+    let browser = Browser::start(&screenshots());
+    sign_in(&browser, &forge);
+    create_repo(&browser, &forge, "acme/web");
+    for (path, title, says) in [
+        ("/-/nope", "Not found", "There is no page at /-/nope."),
+        (
+            "/-/repos/acme/web/branch",
+            "Bad request",
+            "missing something the page needs: missing field `name`",
+        ),
+        (
+            "/-/repos/acme/web/branch?name=nope",
+            "Not found",
+            "branch nope does not exist in acme/web",
+        ),
+        ("/-/repos/acme/nothing", "Not found", "acme/nothing"),
+    ] {
+        browser.goto(&format!("{}{path}", forge.url));
+        assert_eq!(browser.texts("h1"), [title], "{path}");
+        let message = browser.texts("p.error").join(" ");
+        assert!(message.contains(says), "{path}: {message}");
+        assert!(
+            browser.all("nav a[href='/-/sandboxes']").len() == 1,
+            "{path} has no navigation bar"
+        );
+        assert!(
+            browser
+                .script("return document.title;")
+                .as_str()
+                .is_some_and(|t| t.starts_with(title))
+        );
+    }
+    browser.screenshot("error-page");
+}
+
 #[test]
 fn sign_in_repositories_branches_and_webhooks() {
     let forge = TestForge::builder().allow_loopback().start();
@@ -204,6 +306,18 @@ fn sign_in_repositories_branches_and_webhooks() {
             .is_some_and(|h| h.starts_with("Webhook "))
     });
     let hook_page = browser.url();
+    // The generated secret is shown once, on the webhook's own page.
+    let secret = browser
+        .attribute(&browser.find("#hook-secret"), "value")
+        .unwrap_or_default();
+    assert!(secret.starts_with("whsec_"), "{secret}");
+    assert!(!hook_page.contains("whsec_"), "the secret is in the URL");
+    browser.screenshot("webhook-secret");
+    browser.goto(&hook_page);
+    assert!(
+        browser.all("#hook-secret").is_empty(),
+        "the secret is shown twice"
+    );
 
     // Push with git; the webhook is delivered.
     let temp = tempfile::tempdir().unwrap();
@@ -235,6 +349,34 @@ fn sign_in_repositories_branches_and_webhooks() {
             .is_some_and(|attempts| attempts == "2")
     });
     assert_eq!(received.load(Ordering::SeqCst), 2);
+
+    // Ping, rotate (a new secret, shown once), delete (asked first).
+    browser.click(&browser.find("form[action$='/ping'] button"));
+    browser.wait_until("the ping", Duration::from_secs(30), |_| {
+        received.load(Ordering::SeqCst) == 3
+    });
+    browser.click(&browser.find("form[action$='/rotate'] button"));
+    let rotated = browser
+        .attribute(
+            &browser.wait_for("#hook-secret", Duration::from_secs(10)),
+            "value",
+        )
+        .unwrap_or_default();
+    assert!(
+        rotated.starts_with("whsec_") && rotated != secret,
+        "{rotated}"
+    );
+    assert_eq!(
+        browser.all("form[action$='/delete'][data-confirm]").len(),
+        1,
+        "Delete asks first"
+    );
+    browser.script("window.confirm = () => true; return null;");
+    browser.click(&browser.find("form[action$='/delete'] button"));
+    browser.wait_until("back on the list", Duration::from_secs(10), |b| {
+        b.url().ends_with("/-/repos/acme/web/webhooks")
+    });
+    assert!(browser.all("#webhooks").is_empty(), "the webhook is gone");
 
     // The repository page lists the branch with its head commit; the
     // branch page browses the files at that commit.
@@ -367,6 +509,29 @@ run = "echo all-tests-passed"
     // The sandboxes page: fork the branch sandbox; the fork is drawn under it.
     browser.goto(&format!("{}/-/sandboxes", forge.url));
     assert_eq!(browser.all("li.vm").len(), 1);
+    // The state reads apart from the facts; Delete asks first; actions
+    // come back to the card.
+    let card = browser.texts("li.vm div.card")[0].clone();
+    assert!(
+        card.contains("running container") || card.contains("running microvm"),
+        "{card}"
+    );
+    assert!(card.contains(" · up "), "{card}");
+    assert_eq!(
+        browser
+            .all("li.vm form[action$='/delete'][data-confirm]")
+            .len(),
+        1,
+        "Delete asks for confirmation"
+    );
+    let back = browser.find("li.vm form[action$='/fork'] input[name=back]");
+    let vm_id = browser
+        .attribute(&browser.find("li.vm"), "data-vm")
+        .unwrap();
+    assert_eq!(
+        browser.attribute(&back, "value"),
+        Some(format!("/-/sandboxes#vm-{vm_id}"))
+    );
     let fork = browser
         .all("li.vm form[action$='/fork'] button")
         .into_iter()
@@ -395,4 +560,36 @@ run = "echo all-tests-passed"
             .first()
             .is_some_and(|t| t == "running")
     });
+
+    // Fork from the branch page: the page announces the fork, and the
+    // branch's sandbox stays the one its pipelines use; the forks are
+    // listed apart, each "fork of" it. So does the repository page.
+    let own = browser.texts("#sandbox + p code")[0].clone();
+    browser.click(&browser.find("#sandbox ~ div.actions form[action$='/fork'] button, div.actions form[action$='/fork'] button"));
+    browser.wait_until("the fork announced", Duration::from_secs(120), |b| {
+        !b.all("p.notice code").is_empty()
+    });
+    browser.screenshot("branch-forked");
+    let fork = browser.texts("p.notice code")[0].clone();
+    assert_ne!(fork, own, "the notice names the new fork");
+    assert!(browser.url().contains("forked="), "{}", browser.url());
+    assert_eq!(
+        browser.texts("#sandbox + p code")[0],
+        own,
+        "the branch's sandbox is still the one its pipelines use"
+    );
+    assert_eq!(browser.texts("#forks"), ["Forks (2)"]);
+    let listed = browser.texts("ul.forks li");
+    assert!(
+        listed
+            .iter()
+            .any(|f| f.contains(&fork) && f.contains(&format!("fork of {own}"))),
+        "{listed:?}"
+    );
+    browser.goto(&format!("{}/-/repos/acme/live", forge.url));
+    let shown = browser.find("#branches span.sandbox");
+    assert_eq!(
+        browser.attribute(&shown, "title").as_deref(),
+        Some(own.as_str())
+    );
 }

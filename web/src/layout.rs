@@ -9,8 +9,27 @@ use maud::{DOCTYPE, Markup, html};
 use crate::api::Failure;
 use crate::session::User;
 
+/// What the navigation bar offers.
+enum Nav<'a> {
+    /// Nothing but the brand (the sign-in page).
+    None,
+    /// The sections, without sign-out (an error page, which does not know
+    /// the session).
+    Links,
+    /// The sections and sign-out.
+    User(&'a User),
+}
+
 /// A whole HTML page. `user` is `None` on the sign-in page.
 pub fn page(title: &str, user: Option<&User>, body: Markup) -> Markup {
+    shell(title, user.map_or(Nav::None, Nav::User), body)
+}
+
+fn shell(title: &str, nav: Nav<'_>, body: Markup) -> Markup {
+    let user = match nav {
+        Nav::User(user) => Some(user),
+        _ => None,
+    };
     html! {
         (DOCTYPE)
         html lang="en" {
@@ -27,10 +46,12 @@ pub fn page(title: &str, user: Option<&User>, body: Markup) -> Markup {
                 header.top {
                     nav aria-label="Main" {
                         a.brand href="/" { "forge" }
-                        @if let Some(user) = user {
+                        @if !matches!(nav, Nav::None) {
                             a href="/" { "Repositories" }
                             a href="/-/sandboxes" { "Sandboxes" }
                             a href="/-/github" { "GitHub" }
+                        }
+                        @if let Some(user) = user {
                             form.inline method="post" action="/-/signout" {
                                 (csrf_field(user))
                                 button.link type="submit" { "Sign out" }
@@ -106,6 +127,43 @@ impl PageError {
     }
 }
 
+/// A query string a page reads; a malformed or incomplete one is a `400`
+/// error page saying what is missing, not the framework's plain text.
+pub struct PageQuery<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequestParts<S>
+    for PageQuery<T>
+{
+    type Rejection = PageError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, PageError> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Query(value)| PageQuery(value))
+            .map_err(|rejection| {
+                let detail = rejection.body_text();
+                let detail = detail
+                    .strip_prefix("Failed to deserialize query string: ")
+                    .unwrap_or(&detail);
+                PageError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("This address is missing something the page needs: {detail}."),
+                )
+            })
+    }
+}
+
+/// Every `/-/` address no page answers.
+pub async fn no_such_page(uri: axum::http::Uri) -> PageError {
+    PageError::new(
+        StatusCode::NOT_FOUND,
+        format!("There is no page at {}.", uri.path()),
+    )
+}
+
 impl From<Failure> for PageError {
     fn from(failure: Failure) -> Self {
         Self::new(failure.status, failure.message)
@@ -117,12 +175,21 @@ impl IntoResponse for PageError {
         if self.status == StatusCode::UNAUTHORIZED {
             return axum::response::Redirect::to("/-/signin").into_response();
         }
+        let title = match self.status {
+            StatusCode::NOT_FOUND => "Not found",
+            StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY => "Bad request",
+            StatusCode::FORBIDDEN => "Not allowed",
+            StatusCode::CONFLICT => "Conflict",
+            StatusCode::TOO_MANY_REQUESTS => "Too many requests",
+            status if status.is_server_error() => "Something went wrong",
+            _ => "That did not work",
+        };
         let body = html! {
-            h1 { "Something went wrong" }
+            h1 { (title) }
             p.error role="alert" { (self.message) }
             p { a href="/" { "Back to the repositories" } }
         };
-        let mut response = respond(page("Error", None, body));
+        let mut response = respond(shell(title, Nav::Links, body));
         *response.status_mut() = self.status;
         response
     }

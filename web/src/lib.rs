@@ -83,6 +83,10 @@ pub fn router(api: Router, public_url: String) -> Router {
             get(webhooks::show).post(webhooks::update),
         )
         .route(
+            "/-/repos/{owner}/{name}/webhooks/{id}/{action}",
+            post(webhooks::act),
+        )
+        .route(
             "/-/repos/{owner}/{name}/webhooks/{id}/deliveries/{delivery}/redeliver",
             post(webhooks::redeliver),
         )
@@ -93,6 +97,7 @@ pub fn router(api: Router, public_url: String) -> Router {
         .route("/-/sandboxes/{id}/ticket", post(sandboxes::ticket))
         .route("/-/sandboxes/{id}/{action}", post(sandboxes::act))
         .route("/-/github", get(github::show))
+        .route("/-/{*rest}", get(layout::no_such_page))
         .with_state(ui)
         .layer(axum::middleware::from_fn_with_state(
             public_url,

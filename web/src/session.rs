@@ -12,13 +12,17 @@
 //!   right one is refused. The sign-in form itself is protected by a
 //!   double-submit cookie (`forge_signin`), so another site cannot sign a
 //!   browser in to its own account.
+//! - **Deep links**: a page asked for without a session sends the browser
+//!   to `/-/signin?next=<the page>`, and signing in lands there. Only a
+//!   path of this site is followed (`/…`, never `//…` or anything a
+//!   browser could read as another host): no open redirect.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::Form;
-use axum::extract::{FromRequestParts, State};
+use axum::extract::{FromRequestParts, Query, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -39,6 +43,9 @@ struct Session {
     token: String,
     csrf: String,
     started: Instant,
+    /// A secret to show once on the next page that asks for it by name
+    /// (a webhook's, after create or rotate): one at a time.
+    reveal: Option<(String, String)>,
 }
 
 /// Every live session, by id.
@@ -52,6 +59,8 @@ pub struct User {
     pub token: String,
     /// The CSRF token every form of this session carries.
     pub csrf: String,
+    /// The session's id.
+    session: String,
 }
 
 impl User {
@@ -128,11 +137,33 @@ impl Sessions {
             token,
             csrf: random_id(),
             started: Instant::now(),
+            reveal: None,
         };
         let mut sessions = self.0.lock().unwrap_or_else(|p| p.into_inner());
         sessions.retain(|_, s| s.started.elapsed() < SESSION_TTL);
         sessions.insert(id.clone(), session.clone());
         (id, session)
+    }
+
+    /// Keeps `secret` for `user`'s next page that asks for `what` (once).
+    pub fn reveal_once(&self, user: &User, what: &str, secret: String) {
+        let mut sessions = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(session) = sessions.get_mut(&user.session) {
+            session.reveal = Some((what.to_owned(), secret));
+        }
+    }
+
+    /// The secret kept for `what`, removed as it is taken.
+    pub fn take_revealed(&self, user: &User, what: &str) -> Option<String> {
+        let mut sessions = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let session = sessions.get_mut(&user.session)?;
+        match session.reveal.take() {
+            Some((kept, secret)) if kept == what => Some(secret),
+            other => {
+                session.reveal = other;
+                None
+            }
+        }
     }
 
     fn find(&self, id: &str) -> Option<Session> {
@@ -153,22 +184,65 @@ impl FromRequestParts<Ui> for User {
 
     async fn from_request_parts(parts: &mut Parts, ui: &Ui) -> Result<Self, Response> {
         cookie(&parts.headers, SESSION_COOKIE)
-            .and_then(|id| ui.sessions.find(&id))
-            .map(|s| User {
+            .and_then(|id| ui.sessions.find(&id).map(|s| (id, s)))
+            .map(|(id, s)| User {
                 token: s.token,
                 csrf: s.csrf,
+                session: id,
             })
-            .ok_or_else(|| Redirect::to("/-/signin").into_response())
+            .ok_or_else(|| Redirect::to(&signin_url(parts)).into_response())
     }
 }
 
-/// `GET /-/signin`.
-pub async fn form(headers: HeaderMap) -> Response {
-    let nonce = random_id();
-    signin_page(&nonce, None, StatusCode::OK, over_https(&headers))
+/// Where a request without a session is sent: the sign-in form, told to
+/// come back to the page asked for (a GET's) afterwards.
+fn signin_url(parts: &Parts) -> String {
+    let asked = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    match parts.method == axum::http::Method::GET && safe_next(asked) && asked != "/" {
+        true => format!("/-/signin?next={}", crate::api::encode(asked)),
+        false => "/-/signin".to_owned(),
+    }
 }
 
-fn signin_page(nonce: &str, error: Option<&str>, status: StatusCode, secure: bool) -> Response {
+/// Whether `next` is a page of this site to land on after signing in: a
+/// path from the root, which no browser reads as another host (`//evil`,
+/// `/\evil`), without control characters, not the sign-in or sign-out
+/// itself.
+fn safe_next(next: &str) -> bool {
+    next.starts_with('/')
+        && !next.starts_with("//")
+        && next.len() <= 2048
+        && !next.chars().any(|c| c == '\\' || c.is_control())
+        && !next.starts_with("/-/signin")
+        && !next.starts_with("/-/signout")
+}
+
+/// `?next=` of the sign-in form.
+#[derive(serde::Deserialize)]
+pub struct Next {
+    next: Option<String>,
+}
+
+/// `GET /-/signin`.
+pub async fn form(headers: HeaderMap, Query(query): Query<Next>) -> Response {
+    let nonce = random_id();
+    let next = query.next.filter(|n| safe_next(n));
+    signin_page(
+        &nonce,
+        next.as_deref(),
+        None,
+        StatusCode::OK,
+        over_https(&headers),
+    )
+}
+
+fn signin_page(
+    nonce: &str,
+    next: Option<&str>,
+    error: Option<&str>,
+    status: StatusCode,
+    secure: bool,
+) -> Response {
     let body = html! {
         h1 { "Sign in" }
         p { "Paste an API token of this forge (" code { "forge token create" } " makes one). "
@@ -176,6 +250,7 @@ fn signin_page(nonce: &str, error: Option<&str>, status: StatusCode, secure: boo
         @if let Some(error) = error { p.error role="alert" { (error) } }
         form method="post" action="/-/signin" {
             input type="hidden" name="_csrf" value=(nonce);
+            @if let Some(next) = next { input type="hidden" name="next" value=(next); }
             label for="token" { "Token" }
             input #token type="password" name="token" autocomplete="off" required autofocus;
             button type="submit" { "Sign in" }
@@ -197,9 +272,14 @@ pub async fn sign_in(
 ) -> Response {
     let nonce = cookie(&headers, SIGNIN_COOKIE);
     let given = form.get("_csrf");
+    let next = form
+        .get("next")
+        .map(String::as_str)
+        .filter(|n| safe_next(n));
     if nonce.is_none() || nonce.as_ref() != given {
         return signin_page(
             &random_id(),
+            next,
             Some("The sign-in form expired: please try again."),
             StatusCode::FORBIDDEN,
             over_https(&headers),
@@ -214,13 +294,14 @@ pub async fn sign_in(
     {
         return signin_page(
             &random_id(),
+            next,
             Some(&format!("That token does not work: {}", failure.message)),
             StatusCode::UNAUTHORIZED,
             over_https(&headers),
         );
     }
     let (id, _) = ui.sessions.start(token.to_owned());
-    let mut response = Redirect::to("/").into_response();
+    let mut response = Redirect::to(next.unwrap_or("/")).into_response();
     for value in [
         set_cookie(
             SESSION_COOKIE,
@@ -260,6 +341,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn only_this_sites_pages_are_landed_on_after_signing_in() {
+        for good in ["/-/runs/4", "/-/repos/acme/app/branch?name=main", "/acme"] {
+            assert!(safe_next(good), "{good}");
+        }
+        for bad in [
+            "https://evil.example/",
+            "//evil.example/",
+            "/\\evil.example",
+            "/\t/evil.example",
+            "evil",
+            "",
+            "/-/signin?next=/x",
+            "/-/signout",
+        ] {
+            assert!(!safe_next(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn cookies_are_found_among_others() {
         let mut headers = HeaderMap::new();
         headers.insert(
@@ -280,10 +380,31 @@ mod tests {
     }
 
     #[test]
+    fn a_revealed_secret_is_shown_once_and_only_to_its_session() {
+        let sessions = Sessions::default();
+        let (id, _) = sessions.start("t".into());
+        let (other, _) = sessions.start("u".into());
+        let user = |session: &str| User {
+            token: "t".into(),
+            csrf: "c".into(),
+            session: session.into(),
+        };
+        sessions.reveal_once(&user(&id), "hook 1", "whsec_x".into());
+        assert_eq!(sessions.take_revealed(&user(&other), "hook 1"), None);
+        assert_eq!(sessions.take_revealed(&user(&id), "hook 2"), None);
+        assert_eq!(
+            sessions.take_revealed(&user(&id), "hook 1").as_deref(),
+            Some("whsec_x")
+        );
+        assert_eq!(sessions.take_revealed(&user(&id), "hook 1"), None);
+    }
+
+    #[test]
     fn csrf_tokens_must_match() {
         let user = User {
             token: "t".into(),
             csrf: "secret".into(),
+            session: "s".into(),
         };
         let mut form = HashMap::new();
         assert!(user.check_csrf(&form).is_err());

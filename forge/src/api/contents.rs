@@ -54,11 +54,15 @@ pub async fn show(
             .map_err(ApiError::internal)?
             .map_err(ApiError::internal)?
             .ok_or_else(|| {
-                ApiError::not_found(format!(
-                    "{:?} does not exist on branch {branch} of {}",
-                    query.path,
-                    repo.full_name()
-                ))
+                ApiError::not_found(if query.path.trim_matches('/').is_empty() {
+                    format!("branch {branch} does not exist in {}", repo.full_name())
+                } else {
+                    format!(
+                        "{} does not exist on branch {branch} of {}",
+                        query.path,
+                        repo.full_name()
+                    )
+                })
             })?;
     Ok(Json(match node {
         Node::Dir(entries) => Contents::Dir {

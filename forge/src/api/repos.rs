@@ -23,9 +23,10 @@ fn repo_view(state: &AppState, row: &RepoRow) -> RepoView {
     }
 }
 
-fn branch_view(branch: inspect::Branch) -> BranchView {
+fn branch_view(branch: inspect::Branch, sandbox: Option<String>) -> BranchView {
     let commit = branch.commit;
     BranchView {
+        sandbox,
         name: branch.name,
         commit: CommitView {
             id: commit.id,
@@ -265,5 +266,14 @@ pub async fn branches(
         .await
         .map_err(ApiError::internal)?
         .map_err(ApiError::internal)?;
-    Ok(Json(branches.into_iter().map(branch_view).collect()))
+    let mut sandboxes = state.store.branch_sandboxes(&repo.id).await?;
+    Ok(Json(
+        branches
+            .into_iter()
+            .map(|branch| {
+                let sandbox = sandboxes.remove(&branch.name);
+                branch_view(branch, sandbox)
+            })
+            .collect(),
+    ))
 }

@@ -278,6 +278,19 @@ impl Store {
         Ok(())
     }
 
+    /// Every branch sandbox of a repository: branch → VM id.
+    pub async fn branch_sandboxes(
+        &self,
+        repo_id: &str,
+    ) -> Result<std::collections::HashMap<String, String>> {
+        let rows: Vec<(String, String)> =
+            sqlx::query_as("SELECT branch, vm_id FROM branch_sandboxes WHERE repo_id = ?")
+                .bind(repo_id)
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows.into_iter().collect())
+    }
+
     pub async fn branch_sandbox(
         &self,
         repo_id: &str,

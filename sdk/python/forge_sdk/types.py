@@ -114,6 +114,11 @@ class BranchView:
     """`GET /v1/repos/{owner}/{name}/branches`: each branch and its head."""
     commit: "CommitView"
     name: str
+    sandbox: Optional[Optional[str]] = None
+    """
+    The VM the branch's pipelines run in, once a push made one (its
+    forks are other VMs, whose `parent` names it).
+    """
 
 
 # Raw bytes (a file's content): a string of any bytes in the document.

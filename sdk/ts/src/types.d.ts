@@ -27,6 +27,11 @@ export interface Author {
 export interface BranchView {
   commit: CommitView;
   name: string;
+  /**
+   * The VM the branch's pipelines run in, once a push made one (its
+   * forks are other VMs, whose `parent` names it).
+   */
+  sandbox?: string | null;
 }
 
 /** Raw bytes (a file's content): a string of any bytes in the document. */

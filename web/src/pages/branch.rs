@@ -1,14 +1,15 @@
 //! A branch's page: the file tree and a file's content at the branch's
 //! head (read from git, read-only), the branch's run history, its sandbox
-//! with pause, resume and fork buttons and a terminal link, and the preview
-//! link when the sandbox serves one. The run history is the branch's runs
-//! among the repository's newest 50.
+//! (the one its pipelines use) with pause, resume and fork buttons and a
+//! terminal link, that sandbox's forks, and the preview link when the
+//! sandbox serves one. The run history is the branch's runs among the
+//! repository's newest 50.
 
 use api_types::VmState;
-use api_types::repos::{Contents, EntryKind};
+use api_types::repos::{BranchView, Contents, EntryKind};
 use api_types::runs::RunView;
 use api_types::vms::VmView;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::response::Response;
 use maud::{Markup, html};
 use serde::Deserialize;
@@ -18,7 +19,7 @@ use super::{branch_vm, repo_api, repo_page, visible_vms};
 use crate::Ui;
 use crate::api::encode;
 use crate::badge::badge;
-use crate::layout::{self, PageError, csrf_field, respond};
+use crate::layout::{self, PageError, PageQuery, csrf_field, respond};
 use crate::session::User;
 
 #[derive(Debug, Deserialize)]
@@ -26,6 +27,8 @@ pub struct BranchQuery {
     name: String,
     #[serde(default)]
     path: String,
+    /// A fork just made from this page (`POST /-/sandboxes/{id}/fork`).
+    forked: Option<String>,
 }
 
 /// `GET /-/repos/{owner}/{name}/branch?name=&path=`.
@@ -33,7 +36,7 @@ pub async fn show(
     State(ui): State<Ui>,
     user: User,
     Path((owner, name)): Path<(String, String)>,
-    Query(query): Query<BranchQuery>,
+    PageQuery(query): PageQuery<BranchQuery>,
 ) -> Result<Response, PageError> {
     let api = repo_api(&owner, &name);
     let full = format!("{owner}/{name}");
@@ -53,8 +56,23 @@ pub async fn show(
         .get(&user.token, &format!("{api}/runs?limit=50"))
         .await?;
     runs.retain(|run| run.branch == query.name);
+    let branches: Vec<BranchView> = ui.api.get(&user.token, &format!("{api}/branches")).await?;
     let vms = visible_vms(&ui.api, &user).await?;
-    let vm = branch_vm(&vms, &full, &query.name);
+    let vm = branches
+        .iter()
+        .find(|b| b.name == query.name)
+        .and_then(|branch| branch_vm(&vms, branch));
+    let forks: Vec<&VmView> = match vm {
+        Some(vm) => vms
+            .iter()
+            .filter(|v| v.parent.as_deref() == Some(&vm.id))
+            .collect(),
+        None => Vec::new(),
+    };
+    let forked = query
+        .forked
+        .as_deref()
+        .and_then(|id| vms.iter().find(|v| v.id == id));
     let here = format!(
         "{}/branch?name={}",
         repo_page(&owner, &name),
@@ -65,11 +83,31 @@ pub async fn show(
             a href=(repo_page(&owner, &name)) { (full) } " / " span { (query.name) }
         }
         h1 { "Branch " (query.name) }
+        @if let Some(fork) = forked {
+            p.notice role="status" {
+                "Forked → " code { (fork.id) } " "
+                a.button href={ "/-/sandboxes/" (fork.id) "/terminal" } { "Open terminal" }
+            }
+        }
         section aria-labelledby="sandbox" {
             h2 #sandbox { "Sandbox" }
             @match vm {
                 None => p { "This branch has no sandbox yet; its first push makes one." },
                 Some(vm) => (sandbox_panel(&user, vm, &here)),
+            }
+        }
+        @if !forks.is_empty() {
+            section aria-labelledby="forks" {
+                h2 #forks { "Forks (" (forks.len()) ")" }
+                ul.forks { @for fork in &forks {
+                    li {
+                        code { (fork.id) } " " (badge(&fork.state)) " "
+                        span.muted { "fork of " code { (fork.parent.as_deref().unwrap_or_default()) } }
+                        @if fork.state == VmState::Running {
+                            " " a href={ "/-/sandboxes/" (fork.id) "/terminal" } { "Terminal" }
+                        }
+                    }
+                } }
             }
         }
         section aria-labelledby="files" {

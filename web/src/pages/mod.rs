@@ -23,6 +23,7 @@ pub mod webhooks;
 
 use std::collections::HashMap;
 
+use api_types::repos::BranchView;
 use api_types::vms::VmView;
 
 use crate::api::{Api, Failure, encode};
@@ -42,11 +43,12 @@ pub async fn visible_vms(api: &Api, user: &User) -> Result<Vec<VmView>, Failure>
     }
 }
 
-/// The branch's sandbox: the newest VM of that repository and branch.
-pub fn branch_vm<'a>(vms: &'a [VmView], repo: &str, branch: &str) -> Option<&'a VmView> {
-    vms.iter()
-        .filter(|vm| vm.repo.as_deref() == Some(repo) && vm.branch.as_deref() == Some(branch))
-        .max_by(|a, b| a.created_at.cmp(&b.created_at))
+/// The branch's sandbox, the one its pipelines use (`BranchView.sandbox`),
+/// among the VMs the user sees. Its forks carry the same repository and
+/// branch but are never it.
+pub fn branch_vm<'a>(vms: &'a [VmView], branch: &BranchView) -> Option<&'a VmView> {
+    let id = branch.sandbox.as_deref()?;
+    vms.iter().find(|vm| vm.id == id)
 }
 
 /// The API path of a repository.

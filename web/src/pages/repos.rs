@@ -56,7 +56,7 @@ async fn render_list(
             form method="post" action="/-/repos" {
                 (csrf_field(user))
                 label for="repo-name" { "Name (owner/name)" }
-                input #repo-name name="name" required pattern="[^/]+/[^/]+" value=(typed) placeholder="acme/app";
+                input #repo-name name="name" required pattern=r"[^\/]+\/[^\/]+" value=(typed) placeholder="acme/app";
                 label for="repo-branch" { "Default branch" }
                 input #repo-branch name="default_branch" value="main";
                 button type="submit" { "Create repository" }
@@ -168,8 +168,8 @@ pub async fn show(
                     @let commit = &branch.commit;
                     tr {
                         td { a href=(branch_page(full, branch_name)) { (branch_name) } }
-                        td { @match branch_vm(&vms, full, branch_name) {
-                            Some(vm) => (badge(&vm.state)),
+                        td { @match branch_vm(&vms, branch) {
+                            Some(vm) => span.sandbox title=(vm.id) { (badge(&vm.state)) },
                             None => (plain("none")),
                         } }
                         td { @match last.get(branch_name) {

@@ -56,26 +56,37 @@ pub async fn list(State(ui): State<Ui>, user: User) -> Result<Response, PageErro
     Ok(respond(layout::page("Sandboxes", Some(&user), body)))
 }
 
+/// How long a VM has been up, when it runs; else only how old it is (a
+/// crashed or paused VM is not "up").
+fn age(state: VmState, created_at: &str) -> String {
+    match state {
+        VmState::Running => format!("up {}", ago(created_at)),
+        _ => format!("made {} ago", ago(created_at)),
+    }
+}
+
 /// One VM and, nested below, its forks.
 fn node(user: &User, vm: &VmView, children: &HashMap<&str, Vec<&VmView>>) -> Markup {
     let id = vm.id.as_str();
     let state = vm.state;
-    let action = |verb: &str, label: &str| {
+    // Back to this card, not the top of the page.
+    let back = format!("/-/sandboxes#vm-{id}");
+    let action = |verb: &str, label: &str, confirm: Option<String>| {
         html! {
-            form.inline method="post" action={ "/-/sandboxes/" (id) "/" (verb) } {
+            form.inline method="post" action={ "/-/sandboxes/" (id) "/" (verb) } data-confirm=[confirm] {
                 (csrf_field(user))
-                input type="hidden" name="back" value="/-/sandboxes";
+                input type="hidden" name="back" value=(back);
                 button type="submit" { (label) }
             }
         }
     };
     html! {
-        li.vm data-vm=(id) {
+        li.vm id={ "vm-" (id) } data-vm=(id) {
             div.card {
-                code { (id) } " " (badge(&state))
+                code { (id) } " " (badge(&state)) " "
                 span.facts {
                     (vm.backend) " · " (vm.mem_mib) " MiB · "
-                    (vm.vcpus) " vCPU · up " (ago(&vm.created_at))
+                    (vm.vcpus) " vCPU · " (age(state, &vm.created_at))
                 }
                 @if let Some(repo) = &vm.repo {
                     @let branch = vm.branch.as_deref().unwrap_or_default();
@@ -84,11 +95,11 @@ fn node(user: &User, vm: &VmView, children: &HashMap<&str, Vec<&VmView>>) -> Mar
                 div.actions {
                     @if state == VmState::Running {
                         a.button href={ "/-/sandboxes/" (id) "/terminal" } { "Terminal" }
-                        (action("pause", "Pause"))
+                        (action("pause", "Pause", None))
                     }
-                    @if state.is_paused() { (action("resume", "Resume")) }
-                    @if state != VmState::Crashed { (action("fork", "Fork")) }
-                    (action("delete", "Delete"))
+                    @if state.is_paused() { (action("resume", "Resume", None)) }
+                    @if state != VmState::Crashed { (action("fork", "Fork", None)) }
+                    (action("delete", "Delete", Some(format!("Delete {id} and its disk?"))))
                 }
             }
             @if let Some(forks) = children.get(id) {
@@ -108,6 +119,7 @@ pub async fn act(
     user.check_csrf(&form)?;
     let vm = format!("/v1/vms/{}", encode(&id));
     let path = format!("{vm}/{action}");
+    let mut forked = None;
     match action.as_str() {
         "pause" => {
             ui.api
@@ -121,9 +133,11 @@ pub async fn act(
         }
         "fork" => {
             let request = ForkRequest { count: Some(1) };
-            ui.api
+            let made = ui
+                .api
                 .send::<_, Forks>(&user.token, Method::POST, &path, &request)
                 .await?;
+            forked = made.forks.into_iter().next().map(|fork| fork.vm.id);
         }
         "delete" => ui.api.call::<()>(&user.token, Method::DELETE, &vm).await?,
         _ => return Err(PageError::new(StatusCode::NOT_FOUND, "no such action")),
@@ -133,7 +147,12 @@ pub async fn act(
         .get("back")
         .filter(|b| b.starts_with("/-/") && !b.starts_with("//"))
         .map_or("/-/sandboxes", String::as_str);
-    Ok(Redirect::to(back).into_response())
+    // A fork is announced on the page it was made from.
+    let back = match forked {
+        Some(id) if back.contains("/branch?") => format!("{back}&forked={}", encode(&id)),
+        _ => back.to_owned(),
+    };
+    Ok(Redirect::to(&back).into_response())
 }
 
 /// `GET /-/sandboxes/{id}/terminal`.
@@ -178,4 +197,22 @@ pub async fn ticket(
         )
         .await?;
     Ok(Json(ticket).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_running_vm_is_up() {
+        let then = "2020-01-01T00:00:00Z";
+        assert!(age(VmState::Running, then).starts_with("up "));
+        for state in [VmState::Crashed, VmState::Paused, VmState::PausedToDisk] {
+            let said = age(state, then);
+            assert!(
+                said.starts_with("made ") && said.ends_with(" ago"),
+                "{said}"
+            );
+        }
+    }
 }

@@ -1,7 +1,12 @@
 //! A repository's webhooks: subscriptions with their filters, a create
 //! form and an edit form (the API validates the globs; its message is shown
 //! beside the form), each webhook's delivery log (status, response code,
-//! attempts) with a redeliver button.
+//! attempts) with a redeliver button, and rotate, ping and delete buttons.
+//!
+//! The signing secret (given in the form, or generated) is shown once:
+//! after create and after rotate the handler keeps it in the session and
+//! redirects to the webhook's page, which shows it with a copy button and
+//! forgets it. It never appears in a URL.
 
 use api_types::webhooks::{CreateWebhook, DeliveryPage, Queued, UpdateWebhook, WebhookView};
 use axum::Form;
@@ -83,6 +88,8 @@ fn hook_form(
     error: Option<&str>,
     submit: &str,
 ) -> Markup {
+    // The create form takes a secret; an existing webhook's is rotated.
+    let creating = !action.contains("/webhooks/");
     html! {
         @if let Some(error) = error { p.error #webhook-error role="alert" { (error) } }
         form.webhook method="post" action=(action) {
@@ -98,6 +105,10 @@ fn hook_form(
             p.muted #glob-help { "Globs: " code { "*" } " within a segment, " code { "**" } " across, "
                 code { "!" } " in front to exclude." }
             label.check { input type="checkbox" name="active" checked[draft.active]; " Active" }
+            @if creating {
+                label for="hook-secret-new" { "Secret (empty: one is generated and shown once)" }
+                input #hook-secret-new type="password" name="secret" autocomplete="off";
+            }
             button type="submit" { (submit) }
         }
     }
@@ -115,7 +126,11 @@ fn created(form: &Fields) -> CreateWebhook {
         branches: split(form, "branches"),
         paths: split(form, "paths"),
         active: Some(form.contains_key("active")),
-        secret: None,
+        secret: form
+            .get("secret")
+            .map(|s| s.trim())
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned),
     }
 }
 
@@ -201,17 +216,63 @@ pub async fn create(
         .send(&user.token, Method::POST, &api, &created(&form))
         .await;
     match answer {
-        Ok(hook) => Ok(Redirect::to(&format!(
-            "{}/webhooks/{}",
-            repo_page(&owner, &name),
-            encode(&hook.id)
-        ))
-        .into_response()),
+        Ok(hook) => Ok(reveal_and_show(&ui, &user, &owner, &name, hook)),
         Err(failure) if failure.status == StatusCode::BAD_REQUEST => {
             let draft = Draft::typed(&form);
             render_list(&ui, &user, &owner, &name, &draft, Some(&failure.message)).await
         }
         Err(failure) => Err(failure.into()),
+    }
+}
+
+/// Keeps `hook`'s new secret for its page, which shows it once; redirects
+/// there.
+fn reveal_and_show(ui: &Ui, user: &User, owner: &str, name: &str, hook: WebhookView) -> Response {
+    if let Some(secret) = hook.secret {
+        ui.sessions
+            .reveal_once(user, &format!("webhook {}", hook.id), secret);
+    }
+    Redirect::to(&format!(
+        "{}/webhooks/{}",
+        repo_page(owner, name),
+        encode(&hook.id)
+    ))
+    .into_response()
+}
+
+/// `POST /-/repos/{owner}/{name}/webhooks/{id}/{rotate|ping|delete}`.
+pub async fn act(
+    State(ui): State<Ui>,
+    user: User,
+    Path((owner, name, id, action)): Path<(String, String, String, String)>,
+    Form(form): Form<Fields>,
+) -> Result<Response, PageError> {
+    user.check_csrf(&form)?;
+    let api = format!("{}/webhooks/{}", repo_api(&owner, &name), encode(&id));
+    let page = format!("{}/webhooks/{}", repo_page(&owner, &name), encode(&id));
+    match action.as_str() {
+        "rotate" => {
+            let rotate = UpdateWebhook {
+                rotate_secret: true,
+                ..UpdateWebhook::default()
+            };
+            let hook: WebhookView = ui
+                .api
+                .send(&user.token, Method::PATCH, &api, &rotate)
+                .await?;
+            Ok(reveal_and_show(&ui, &user, &owner, &name, hook))
+        }
+        "ping" => {
+            ui.api
+                .call::<Queued>(&user.token, Method::POST, &format!("{api}/ping"))
+                .await?;
+            Ok(Redirect::to(&format!("{page}#deliveries")).into_response())
+        }
+        "delete" => {
+            ui.api.call::<()>(&user.token, Method::DELETE, &api).await?;
+            Ok(Redirect::to(&format!("{}/webhooks", repo_page(&owner, &name))).into_response())
+        }
+        _ => Err(PageError::new(StatusCode::NOT_FOUND, "no such action")),
     }
 }
 
@@ -235,6 +296,9 @@ async fn render_hook(
 ) -> Result<Response, PageError> {
     let api = format!("{}/webhooks/{}", repo_api(owner, name), encode(id));
     let hook: WebhookView = ui.api.get(&user.token, &api).await?;
+    let secret = ui
+        .sessions
+        .take_revealed(user, &format!("webhook {}", hook.id));
     let deliveries: DeliveryPage = ui
         .api
         .get(&user.token, &format!("{api}/deliveries?limit=50"))
@@ -256,6 +320,27 @@ async fn render_hook(
             a href={ (repo_page(owner, name)) "/webhooks" } { "Webhooks" }
         }
         h1 { "Webhook " (hook.url) }
+        section aria-labelledby="secret" {
+            h2 #secret { "Signing secret" }
+            @if let Some(secret) = &secret {
+                p role="status" { "Store this secret with the receiver now: it is shown only this once." }
+                div.clone {
+                    label for="hook-secret" { "Secret" }
+                    input #hook-secret readonly value=(secret);
+                    button type="button" data-copy="#hook-secret" { "Copy" }
+                }
+            } @else {
+                p.muted { "The secret was shown when it was made. Rotate it to get a new one; the old one keeps signing for a while so the receiver can switch." }
+            }
+            @if let Some(until) = &hook.previous_secret_expires_at {
+                p.muted { "The previous secret signs too until " (until) "." }
+            }
+            div.actions {
+                (hook_action(user, &page, "rotate", "Rotate secret", None))
+                (hook_action(user, &page, "ping", "Send a ping", None))
+                (hook_action(user, &page, "delete", "Delete webhook", Some(format!("Delete the webhook to {}?", hook.url))))
+            }
+        }
         section aria-labelledby="edit" {
             h2 #edit { "Edit" }
             (hook_form(user, &page, &draft, error, "Save webhook"))
@@ -297,6 +382,22 @@ async fn render_hook(
         *response.status_mut() = StatusCode::BAD_REQUEST;
     }
     Ok(response)
+}
+
+/// A button posting `action` about the webhook at `page`.
+fn hook_action(
+    user: &User,
+    page: &str,
+    action: &str,
+    label: &str,
+    confirm: Option<String>,
+) -> Markup {
+    html! {
+        form.inline method="post" action={ (page) "/" (action) } data-confirm=[confirm] {
+            (csrf_field(user))
+            button type="submit" { (label) }
+        }
+    }
 }
 
 /// `POST /-/repos/{owner}/{name}/webhooks/{id}`: saves the edit form.
