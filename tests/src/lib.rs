@@ -619,6 +619,10 @@ impl Drop for TestForge {
                 }
             }
             self.stop();
+            // A sandbox made while the VMs above were deleted (a pipeline's
+            // fork of a branch sandbox) outlives a stopped forge: its
+            // processes go with the test too.
+            kill_processes_under(&sandboxes.dir);
             let _ = Command::new("umount")
                 .arg("-l")
                 .arg(sandboxes.dir.join("layers"))
@@ -629,6 +633,51 @@ impl Drop for TestForge {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+/// Kills every process whose command line names a path under `dir`, and
+/// their descendants (a sandbox's init and everything in it).
+fn kill_processes_under(dir: &Path) {
+    let needle = dir.to_string_lossy().into_owned();
+    let mut parents: Vec<(u32, u32)> = Vec::new();
+    let mut roots = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains(&needle) {
+            roots.push(pid);
+        }
+        // The parent is the fourth field of /proc/<pid>/stat, after the
+        // command's closing parenthesis.
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        if let Some(ppid) = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse().ok())
+        {
+            parents.push((pid, ppid));
+        }
+    }
+    let mut doomed = roots.clone();
+    let mut i = 0;
+    while i < doomed.len() {
+        let parent = doomed[i];
+        doomed.extend(
+            parents
+                .iter()
+                .filter(|(_, ppid)| *ppid == parent)
+                .map(|(pid, _)| *pid),
+        );
+        i += 1;
+    }
+    for pid in doomed {
+        let _ = Command::new("kill")
+            .arg("-KILL")
+            .arg(pid.to_string())
+            .status();
     }
 }
 
