@@ -715,6 +715,30 @@ pub fn git_ok(dir: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stdout).trim().to_owned()
 }
 
+/// A small Bun project whose pipeline (lint, test) passes: the files of
+/// a repository the sandbox tests push.
+pub const BUN_PROJECT: &[(&str, &str)] = &[
+    (
+        "package.json",
+        r#"{
+  "name": "demo",
+  "private": true,
+  "scripts": {
+    "lint": "! grep -n debugger *.ts",
+    "test": "bun test"
+  }
+}"#,
+    ),
+    (
+        "math.ts",
+        "export const add = (a: number, b: number) => a + b;\n",
+    ),
+    (
+        "math.test.ts",
+        "import { expect, test } from \"bun:test\";\nimport { add } from \"./math\";\ntest(\"adds\", () => { expect(add(1, 2)).toBe(3); });\n",
+    ),
+];
+
 /// A new working repository on branch `main` with one commit of `files`.
 pub fn work_repo(parent: &Path, name: &str, files: &[(&str, &str)]) -> PathBuf {
     let dir = parent.join(name);

@@ -19,17 +19,6 @@ use api_types::vms::{
 use api_types::{RunState, StepState, VmState};
 use e2e::{TestForge, git_ok, work_repo};
 
-const PACKAGE: &str = r#"{
-  "name": "demo",
-  "private": true,
-  "scripts": {
-    "lint": "! grep -n debugger *.ts",
-    "test": "bun test"
-  }
-}"#;
-const MATH: &str = "export const add = (a: number, b: number) => a + b;\n";
-const TEST: &str = "import { expect, test } from \"bun:test\";\nimport { add } from \"./math\";\ntest(\"adds\", () => { expect(add(1, 2)).toBe(3); });\n";
-
 /// A shell loop that counts into /tmp/count, started in the background.
 const COUNTER: &str = "nohup sh -c 'i=0; while true; do i=$((i+1)); echo $i > /tmp/count.new; \
      mv /tmp/count.new /tmp/count; sleep 0.1; done' >/dev/null 2>&1 &";
@@ -105,15 +94,7 @@ fn pipelines_forks_and_idle_pauses_run_in_microvms() {
     forge.create_repo("acme/bun");
     let tmp = tempfile::tempdir().unwrap();
     let url = forge.git_url("acme/bun", &forge.admin_token);
-    let work = work_repo(
-        tmp.path(),
-        "work",
-        &[
-            ("package.json", PACKAGE),
-            ("math.ts", MATH),
-            ("math.test.ts", TEST),
-        ],
-    );
+    let work = work_repo(tmp.path(), "work", e2e::BUN_PROJECT);
     let first = git_ok(&work, &["rev-parse", "HEAD"]);
     let started = Instant::now();
     git_ok(&work, &["push", "--quiet", &url, "main"]);

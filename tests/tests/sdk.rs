@@ -18,17 +18,6 @@ use std::process::Command;
 use api_types::RunState;
 use e2e::{TestForge, git_ok, work_repo};
 
-const PACKAGE: &str = r#"{
-  "name": "demo",
-  "private": true,
-  "scripts": {
-    "lint": "! grep -n debugger *.ts",
-    "test": "bun test"
-  }
-}"#;
-const MATH: &str = "export const add = (a: number, b: number) => a + b;\n";
-const TEST: &str = "import { expect, test } from \"bun:test\";\nimport { add } from \"./math\";\ntest(\"adds\", () => { expect(add(1, 2)).toBe(3); });\n";
-
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -113,15 +102,7 @@ impl Fixture {
             .allow_loopback()
             .start();
         let work = tempfile::tempdir().unwrap();
-        let repo = work_repo(
-            work.path(),
-            "work",
-            &[
-                ("package.json", PACKAGE),
-                ("math.ts", MATH),
-                ("math.test.ts", TEST),
-            ],
-        );
+        let repo = work_repo(work.path(), "work", e2e::BUN_PROJECT);
         let head = git_ok(&repo, &["rev-parse", "HEAD"]);
         for name in ["user/repo", "user/template"] {
             forge.create_repo(name);

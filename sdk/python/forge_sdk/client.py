@@ -139,31 +139,15 @@ def _params(options: Dict[str, Any]) -> Dict[str, Any]:
 
 def _sse(lines: Iterator[str]) -> Iterator[Dict[str, Any]]:
     """Server-sent events from decoded lines: `{"event", "data"}`."""
-    event, data = "message", []
+    parser = _SseParser()
     for line in lines:
-        line = line.rstrip("\r")
-        if not line:
-            if data:
-                text = "\n".join(data)
-                try:
-                    parsed: Any = json.loads(text)
-                except ValueError:
-                    parsed = text
-                yield {"event": event, "data": parsed}
-            event, data = "message", []
-            continue
-        if line.startswith(":"):
-            continue
-        name, _, value = line.partition(":")
-        value = value[1:] if value.startswith(" ") else value
-        if name == "event":
-            event = value
-        elif name == "data":
-            data.append(value)
+        event = parser.feed(line)
+        if event is not None:
+            yield event
 
 
 class _SseParser:
-    """The same parser, fed line by line (for async streams)."""
+    """Server-sent events, fed one decoded line at a time."""
 
     def __init__(self) -> None:
         self.event, self.data = "message", []  # type: str, List[str]
@@ -679,6 +663,19 @@ class Forge(_Client):
             after = page.next_cursor
 
 
+def _collected(chunks: List[OutputChunk], exit: Optional[t.ExecExit]) -> t.ExecOutput:
+    """A streamed command's whole output and how it ended."""
+    assert exit is not None, "the stream ended with the command"
+    return t.ExecOutput(
+        stdout="".join(c.text for c in chunks if c.stream == "stdout"),
+        stderr="".join(c.text for c in chunks if c.stream == "stderr"),
+        exit_code=exit.exit_code,
+        duration_ms=exit.duration_ms,
+        timed_out=exit.timed_out,
+        truncated=exit.truncated,
+    )
+
+
 class ExecStream:
     """A streamed command: iterate for `OutputChunk`s; `exit` is how it
     ended (`ExecExit`) once the iteration is over. `close()` kills it."""
@@ -700,19 +697,7 @@ class ExecStream:
         raise ForgeError(0, "network", "the exec stream ended before the command did")
 
     def collect(self) -> t.ExecOutput:
-        out: Dict[str, List[str]] = {"stdout": [], "stderr": []}
-        for chunk in self:
-            out[chunk.stream].append(chunk.text)
-        exit = self.exit
-        assert exit is not None
-        return t.ExecOutput(
-            stdout="".join(out["stdout"]),
-            stderr="".join(out["stderr"]),
-            exit_code=exit.exit_code,
-            duration_ms=exit.duration_ms,
-            timed_out=exit.timed_out,
-            truncated=exit.truncated,
-        )
+        return _collected(list(self), self.exit)
 
     def close(self) -> None:
         close = getattr(self._events, "close", None)
@@ -819,19 +804,7 @@ class AsyncExecStream:
         raise ForgeError(0, "network", "the exec stream ended before the command did")
 
     async def collect(self) -> t.ExecOutput:
-        out: Dict[str, List[str]] = {"stdout": [], "stderr": []}
-        async for chunk in self:
-            out[chunk.stream].append(chunk.text)
-        exit = self.exit
-        assert exit is not None
-        return t.ExecOutput(
-            stdout="".join(out["stdout"]),
-            stderr="".join(out["stderr"]),
-            exit_code=exit.exit_code,
-            duration_ms=exit.duration_ms,
-            timed_out=exit.timed_out,
-            truncated=exit.truncated,
-        )
+        return _collected([chunk async for chunk in self], self.exit)
 
     async def aclose(self) -> None:
         await self._events.aclose()  # type: ignore[attr-defined]
