@@ -290,7 +290,11 @@ async fn pump<R: AsyncRead + Unpin>(
             let _ = exited.wait_for(|e| *e).await;
             tokio::time::sleep(LINGER).await;
         };
+        // Output first: on a starved guest the pipe's readiness and the
+        // linger's end can come in one turn of the runtime, and output the
+        // leader wrote before it exited must never lose to the timer.
         let n = tokio::select! {
+            biased;
             r = reader.read_buf(&mut buf) => match r {
                 Ok(0) => return,
                 Ok(n) => n,
