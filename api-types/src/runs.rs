@@ -35,6 +35,8 @@ pub struct RunView {
 pub struct RunDetail {
     #[serde(flatten)]
     pub run: RunView,
+    /// The commit that ran; `None` if the repository no longer has it.
+    pub commit: Option<crate::repos::CommitView>,
     pub review: Option<RunReview>,
 }
 
@@ -138,6 +140,7 @@ mod tests {
     fn a_shown_run_has_its_review_or_null() {
         let detail = RunDetail {
             run: run(),
+            commit: None,
             review: Some(RunReview {
                 github_repo: "acme/web".into(),
                 number: 4,
@@ -153,6 +156,7 @@ mod tests {
         assert_eq!(back, detail);
         let none = RunDetail {
             run: run(),
+            commit: None,
             review: None,
         };
         assert_eq!(

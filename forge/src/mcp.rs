@@ -1,7 +1,7 @@
 //! The forge as an MCP server: its sandbox and git operations as tools an
 //! agent's model can call (create, exec, fork, pause, resume a VM; read,
-//! write and list its files; create and list repositories; list runs and
-//! read their logs).
+//! write and list its files; create and list repositories; list runs,
+//! read their logs, cancel them and run them again).
 //!
 //! Every tool is one call of the REST API, made with the caller's own
 //! token, so the API's checks (scopes, repository limits, quotas) decide
@@ -723,6 +723,38 @@ impl ForgeTools {
             &context,
             Method::GET,
             &format!("/v1/runs/{}/logs", args.run),
+            NONE,
+        )
+        .await
+    }
+
+    #[tool(description = "Cancel a queued or running pipeline run: its running step is killed.")]
+    async fn cancel_run(
+        &self,
+        Parameters(args): Parameters<RunArgs>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResult, ErrorData> {
+        self.tool_call(
+            &context,
+            Method::POST,
+            &format!("/v1/runs/{}/cancel", args.run),
+            NONE,
+        )
+        .await
+    }
+
+    #[tool(
+        description = "Run a pipeline run again: a new run of the same commit with the same steps. Answers the new run."
+    )]
+    async fn rerun(
+        &self,
+        Parameters(args): Parameters<RunArgs>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResult, ErrorData> {
+        self.tool_call(
+            &context,
+            Method::POST,
+            &format!("/v1/runs/{}/rerun", args.run),
             NONE,
         )
         .await

@@ -131,6 +131,7 @@ pub struct AppState {
     pub webhooks: crate::webhooks::Webhooks,
     /// The GitHub App, when configured.
     pub github: Option<Arc<crate::github::Github>>,
+    pub pipelines: Arc<crate::pipelines::Pipelines>,
 }
 
 /// The file holding the first admin token.
@@ -250,6 +251,14 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     )
     .await
     .context("starting the GitHub App failed")?;
+    let pipelines = crate::pipelines::Pipelines::new(
+        store.clone(),
+        repos.clone(),
+        sandboxes.clone(),
+        events.clone(),
+        public_url.clone(),
+    );
+    pipelines.start(stopping.clone());
     let state = AppState {
         store: store.clone(),
         repos,
@@ -259,15 +268,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         sandboxes,
         webhooks: webhooks.handle(),
         github,
+        pipelines,
     };
-    crate::pipelines::Pipelines::new(
-        state.store.clone(),
-        state.repos.clone(),
-        state.sandboxes.clone(),
-        state.events.clone(),
-        public_url.clone(),
-    )
-    .start(stopping.clone());
     let tasks = state.tasks.clone();
     let request_id = HeaderName::from_static("x-request-id");
     // The web UI calls the API in-process through its router (see `web`).

@@ -135,6 +135,17 @@ impl TestAppBuilder {
         )
         .await
         .expect("webhook delivery starts");
+        let pipelines = crate::pipelines::Pipelines::new(
+            store.clone(),
+            repos.clone(),
+            sandboxes.clone(),
+            events.clone(),
+            PUBLIC_URL.into(),
+        );
+        let stopping = CancellationToken::new();
+        if self.pipelines {
+            pipelines.start(stopping.clone());
+        }
         let state = AppState {
             store: store.clone(),
             repos,
@@ -144,18 +155,8 @@ impl TestAppBuilder {
             sandboxes,
             webhooks: webhooks.handle(),
             github: None,
+            pipelines,
         };
-        let stopping = CancellationToken::new();
-        if self.pipelines {
-            crate::pipelines::Pipelines::new(
-                state.store.clone(),
-                state.repos.clone(),
-                state.sandboxes.clone(),
-                state.events.clone(),
-                PUBLIC_URL.into(),
-            )
-            .start(stopping.clone());
-        }
         let admin = auth::new_secret();
         store
             .insert_token(&NewToken {

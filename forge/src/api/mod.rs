@@ -67,6 +67,8 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(runs::list))
         .routes(routes!(runs::show))
         .routes(routes!(runs::logs))
+        .routes(routes!(runs::cancel))
+        .routes(routes!(runs::rerun))
         .routes(routes!(vms::system))
         .routes(routes!(vms::create, vms::list))
         .routes(routes!(vms::show, vms::delete))

@@ -24,19 +24,23 @@ fn repo_view(state: &AppState, row: &RepoRow) -> RepoView {
 }
 
 fn branch_view(branch: inspect::Branch, sandbox: Option<String>) -> BranchView {
-    let commit = branch.commit;
     BranchView {
         sandbox,
         name: branch.name,
-        commit: CommitView {
-            id: commit.id,
-            message: commit.message,
-            author: Author {
-                name: commit.author.name,
-                email: commit.author.email,
-            },
-            time: commit.time,
+        commit: commit_view(branch.commit),
+    }
+}
+
+/// A commit as the API shows it.
+pub fn commit_view(commit: inspect::CommitSummary) -> CommitView {
+    CommitView {
+        id: commit.id,
+        message: commit.message,
+        author: Author {
+            name: commit.author.name,
+            email: commit.author.email,
         },
+        time: commit.time,
     }
 }
 

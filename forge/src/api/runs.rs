@@ -1,14 +1,16 @@
 //! Pipeline runs: `GET /v1/repos/{owner}/{name}/runs`, `GET /v1/runs/{id}`,
 //! `GET /v1/runs/{id}/logs` (plain text; `?follow=true` streams it as
-//! server-sent events until the run ends).
+//! server-sent events until the run ends), `POST /v1/runs/{id}/cancel` and
+//! `POST /v1/runs/{id}/rerun`.
 
 use std::convert::Infallible;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use api_types::StepState;
 use api_types::runs::{LogEvent, RunDetail, RunEnd, RunReview, RunView, StepEvent};
 use axum::Json;
 use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
@@ -18,6 +20,8 @@ use super::ApiError;
 use super::openapi::RepoPath;
 use super::repos::authorize;
 use crate::auth::{Caller, Scope};
+use crate::git::inspect;
+use crate::pipelines::RunRefused;
 use crate::server::AppState;
 use crate::store::RunRow;
 
@@ -66,16 +70,133 @@ pub async fn list(
     Ok(Json(views))
 }
 
-/// The run, if the caller may read its repository.
-async fn readable(state: &AppState, caller: &Caller, id: i64) -> Result<RunRow, ApiError> {
+/// The run, if the caller may use its repository with `scope`.
+async fn authorized(
+    state: &AppState,
+    caller: &Caller,
+    id: i64,
+    scope: Scope,
+) -> Result<RunRow, ApiError> {
     let run = state
         .store
         .run(id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("run {id} does not exist")))?;
     let (owner, name) = run.repo_name.split_once('/').unwrap_or_default();
-    authorize(state, caller, owner, name, Scope::RepoRead).await?;
+    authorize(state, caller, owner, name, scope).await?;
     Ok(run)
+}
+
+async fn readable(state: &AppState, caller: &Caller, id: i64) -> Result<RunRow, ApiError> {
+    authorized(state, caller, id, Scope::RepoRead).await
+}
+
+/// The run, if the caller may cancel it or run it again: `repo:write`,
+/// and a sandbox's token only on the branches it may push to (its code
+/// must not stop or restart the pipelines of other branches).
+async fn changeable(state: &AppState, caller: &Caller, id: i64) -> Result<RunRow, ApiError> {
+    let run = authorized(state, caller, id, Scope::RepoWrite).await?;
+    if let Some(vm) = caller.sandbox_vm() {
+        let own = state.store.vm_branch(vm, &run.repo_id).await?;
+        state
+            .config
+            .push_rules
+            .sandbox_may_write(vm, own.as_deref(), Some(&run.branch))
+            .map_err(|allowed| {
+                ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    api_types::ErrorCode::Forbidden,
+                    format!(
+                        "this sandbox's token acts only on runs of {allowed}; run {id} is of refs/heads/{}",
+                        run.branch
+                    ),
+                )
+            })?;
+    }
+    Ok(run)
+}
+
+impl From<RunRefused> for ApiError {
+    fn from(refused: RunRefused) -> Self {
+        match refused {
+            RunRefused::Finished { .. } | RunRefused::BranchGone(_) => {
+                ApiError::conflict(refused.to_string())
+            }
+            RunRefused::Off(_) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                api_types::ErrorCode::Unavailable,
+                refused.to_string(),
+            ),
+            RunRefused::NoSuchRun(_) => ApiError::not_found(refused.to_string()),
+            RunRefused::Git(_) => ApiError::internal(refused),
+            RunRefused::Store(error) => error.into(),
+        }
+    }
+}
+
+/// How long `cancel` waits for the run to end before answering `202`.
+const CANCEL_WAIT: Duration = Duration::from_secs(10);
+
+/// Cancels a queued or running run: its running step is killed and the
+/// rest skipped. Needs `repo:write` (a sandbox's token: a run of its own
+/// branches).
+#[utoipa::path(
+    post,
+    path = "/v1/runs/{id}/cancel",
+    tag = "runs",
+    operation_id = "cancelRun",
+    params(("id" = i64, Path, description = "The run's id")),
+    responses(
+        (status = 200, description = "The run, ended `cancelled`", body = RunView),
+        (status = 202, description = "The run, still stopping its step: it ends `cancelled` shortly", body = RunView),
+        (status = 409, description = "The run has already finished", body = api_types::ErrorBody),
+    ),
+)]
+pub async fn cancel(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<i64>,
+) -> Result<(StatusCode, Json<RunView>), ApiError> {
+    changeable(&state, &caller, id).await?;
+    state.pipelines.cancel(id, &caller.token_name).await?;
+    let deadline = Instant::now() + CANCEL_WAIT;
+    loop {
+        let run = readable(&state, &caller, id).await?;
+        let status = if run.state.is_finished() {
+            StatusCode::OK
+        } else if Instant::now() >= deadline {
+            StatusCode::ACCEPTED
+        } else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        return Ok((status, Json(with_steps(&state, run).await?)));
+    }
+}
+
+/// Queues a new run of the run's commit on its branch, with the same
+/// steps; like a push, it supersedes the branch's run in progress. Needs
+/// `repo:write` (a sandbox's token: a run of its own branches).
+#[utoipa::path(
+    post,
+    path = "/v1/runs/{id}/rerun",
+    tag = "runs",
+    operation_id = "rerunRun",
+    params(("id" = i64, Path, description = "The id of the run to run again")),
+    responses(
+        (status = 201, description = "The new run, queued", body = RunView),
+        (status = 409, description = "The run's branch no longer exists", body = api_types::ErrorBody),
+        (status = 503, description = "Pipelines are off: the forge has no sandbox backend", body = api_types::ErrorBody),
+    ),
+)]
+pub async fn rerun(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<i64>,
+) -> Result<(StatusCode, Json<RunView>), ApiError> {
+    let run = changeable(&state, &caller, id).await?;
+    let queued = state.pipelines.rerun(&run, &caller).await?;
+    Ok((StatusCode::CREATED, Json(with_steps(&state, queued).await?)))
 }
 
 /// One run with its steps, and the review posted for it on GitHub.
@@ -104,8 +225,16 @@ pub async fn show(
             verdict: review.verdict,
             posted_at: review.posted_at,
         });
+    let dir = state.repos.path(&run.repo_id);
+    let commit_id = run.commit_id.clone();
+    let commit = tokio::task::spawn_blocking(move || inspect::commit(&dir, &commit_id))
+        .await
+        .map_err(ApiError::internal)?
+        .ok()
+        .map(super::repos::commit_view);
     Ok(Json(RunDetail {
         run: with_steps(&state, run).await?,
+        commit,
         review,
     }))
 }

@@ -618,8 +618,12 @@ async fn run_receive_pack(
         )));
     }
     let applied = applied_commands(&state, &repo, &request, report.as_ref()).await?;
+    let mut reply = reply;
     if !applied.is_empty() {
-        record_events(&state, &repo, &caller, &applied).await;
+        let pushes = record_events(&state, &repo, &caller, &applied).await;
+        if let Some(side_band) = request.side_band() {
+            reply = pktline::with_progress(reply, &run_lines(&state, &pushes).await, side_band);
+        }
     }
     let mut response = reply.into_response();
     no_cache(&mut response, "application/x-git-receive-pack-result");
@@ -667,9 +671,53 @@ async fn applied_commands(
     .map_err(ApiError::internal)
 }
 
-/// Writes the push's events and announces them. The refs are already
+/// How long a push waits for the pipelines to queue its runs, to print
+/// their addresses.
+const RUN_LINK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Most runs a push names; the rest are counted.
+const RUN_LINKS: usize = 10;
+
+/// What `git push` prints (as `remote:` lines) about the runs of a push's
+/// branch updates (`(event id, branch)`): each run's page, once the
+/// pipelines queued it. Nothing when pipelines are off.
+async fn run_lines(state: &AppState, pushes: &[(i64, String)]) -> Vec<String> {
+    if pushes.is_empty() || state.sandboxes.describe().0.is_none() {
+        return Vec::new();
+    }
+    let deadline = tokio::time::Instant::now() + RUN_LINK_WAIT;
+    let mut lines = vec![String::new()];
+    for (event_id, branch) in pushes.iter().take(RUN_LINKS) {
+        let within = deadline.saturating_duration_since(tokio::time::Instant::now());
+        lines.push(
+            match state.pipelines.run_for_event(*event_id, within).await {
+                Some(run) => format!(
+                    "Run #{} of {branch}: {}",
+                    run.id,
+                    state.pipelines.page_url(run.id)
+                ),
+                None => format!(
+                    "A run of {branch} is queued; its page will be listed on the repository's page"
+                ),
+            },
+        );
+    }
+    if pushes.len() > RUN_LINKS {
+        lines.push(format!("... and {} more runs", pushes.len() - RUN_LINKS));
+    }
+    lines.push(String::new());
+    lines
+}
+
+/// Writes the push's events and announces them; returns the pushes that
+/// ask for a pipeline run, as `(event id, branch)`. The refs are already
 /// updated, so a failure here cannot undo the push: it is logged loudly.
-async fn record_events(state: &AppState, repo: &RepoRow, caller: &Caller, applied: &[Command]) {
+async fn record_events(
+    state: &AppState,
+    repo: &RepoRow,
+    caller: &Caller,
+    applied: &[Command],
+) -> Vec<(i64, String)> {
     let dir = state.repos.path(&repo.id);
     let (repo_row, who, url, commands) = (
         repo.clone(),
@@ -685,11 +733,11 @@ async fn record_events(state: &AppState, repo: &RepoRow, caller: &Caller, applie
         Ok(Ok(events)) => events,
         Ok(Err(error)) => {
             tracing::error!(repo = %repo.full_name(), error = %error, "describing a push failed; its events are lost");
-            return;
+            return Vec::new();
         }
         Err(error) => {
             tracing::error!(repo = %repo.full_name(), error = %error, "describing a push panicked; its events are lost");
-            return;
+            return Vec::new();
         }
     };
     match state
@@ -705,10 +753,18 @@ async fn record_events(state: &AppState, repo: &RepoRow, caller: &Caller, applie
                 token = %caller.token_id,
                 "push applied"
             );
+            let runs = rows.iter().filter_map(run_request).collect();
             state.events.publish(rows.into_iter().map(Event::from));
+            runs
         }
         Err(error) => {
-            tracing::error!(repo = %repo.full_name(), error = %format!("{error:#}"), "recording a push's events failed")
+            tracing::error!(repo = %repo.full_name(), error = %format!("{error:#}"), "recording a push's events failed");
+            Vec::new()
         }
     }
+}
+
+/// The event id and branch of an event that asks for a run.
+fn run_request(event: &crate::store::EventRow) -> Option<(i64, String)> {
+    crate::pipelines::requested_run(event).map(|run| (event.id, run.branch))
 }

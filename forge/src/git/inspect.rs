@@ -119,6 +119,13 @@ pub fn branches(git_dir: &Path) -> Result<Vec<Branch>> {
     Ok(branches)
 }
 
+/// The commit `id`, summarised.
+pub fn commit(git_dir: &Path, id: &str) -> Result<CommitSummary> {
+    let repo = open(git_dir)?;
+    let id = ObjectId::from_hex(id.as_bytes()).map_err(err)?;
+    summarise(&repo.find_commit(id).map_err(err)?)
+}
+
 /// The object each branch points at (no commit is read).
 pub fn branch_tips(git_dir: &Path) -> Result<Vec<String>> {
     let repo = open(git_dir)?;

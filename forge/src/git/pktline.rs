@@ -279,15 +279,36 @@ pub fn encode_report(report: &Report, side_band: Option<usize>) -> Vec<u8> {
     let Some(packet) = side_band else {
         return inner.into_bytes();
     };
-    // Four bytes of length and one of channel per packet.
     let mut framed = Vec::with_capacity(inner.len() + 16);
-    for chunk in inner.as_bytes().chunks(packet - 5) {
-        framed.extend_from_slice(format!("{:04x}", chunk.len() + 5).as_bytes());
-        framed.push(1);
-        framed.extend_from_slice(chunk);
-    }
+    push_band(&mut framed, 1, inner.as_bytes(), packet);
     framed.extend_from_slice(b"0000");
     framed
+}
+
+/// Appends `data` on side-band `channel` in packets of at most `packet`
+/// bytes: four of length and one of channel, then the data.
+fn push_band(out: &mut Vec<u8>, channel: u8, data: &[u8], packet: usize) {
+    for chunk in data.chunks(packet - 5) {
+        out.extend_from_slice(format!("{:04x}", chunk.len() + 5).as_bytes());
+        out.push(channel);
+        out.extend_from_slice(chunk);
+    }
+}
+
+/// Adds `lines` to a side-band reply as progress (channel 2), which `git
+/// push` prints as `remote: <line>`, before the reply's final flush. A
+/// reply that does not end with a flush is returned as it is.
+pub fn with_progress(mut reply: Vec<u8>, lines: &[String], side_band: usize) -> Vec<u8> {
+    if !reply.ends_with(b"0000") || lines.is_empty() {
+        return reply;
+    }
+    reply.truncate(reply.len() - 4);
+    for line in lines {
+        let text = format!("{}\n", line.replace(['\n', '\r'], " "));
+        push_band(&mut reply, 2, text.as_bytes(), side_band);
+    }
+    reply.extend_from_slice(b"0000");
+    reply
 }
 
 /// Splits complete pkt-lines (flushes dropped); `None` on malformed framing.
@@ -314,6 +335,30 @@ pub fn pkt_line(payload: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn progress_goes_on_channel_two_before_the_final_flush() {
+        let report = Report {
+            unpack_error: None,
+            refs: vec![("refs/heads/main".into(), RefStatus::Ok)],
+        };
+        let reply = encode_report(&report, Some(65520));
+        let with = with_progress(reply.clone(), &["Run #3: http://f/-/runs/3".into()], 65520);
+        assert!(with.starts_with(&reply[..reply.len() - 4]));
+        let line = "Run #3: http://f/-/runs/3\n";
+        let packet = format!("{:04x}\x02{line}0000", line.len() + 5);
+        assert!(
+            with.ends_with(packet.as_bytes()),
+            "{:?}",
+            String::from_utf8_lossy(&with)
+        );
+        // The report still parses; a reply without a final flush is left alone.
+        assert_eq!(parse_report(&with, true), parse_report(&reply, true));
+        assert_eq!(
+            with_progress(b"0008abc".to_vec(), &["x".into()], 65520),
+            b"0008abc"
+        );
+    }
 
     const A: &str = "1111111111111111111111111111111111111111";
     const Z: &str = "0000000000000000000000000000000000000000";

@@ -6,7 +6,9 @@
 //!    queues one run per branch update, moving the cursor in the same
 //!    transaction (a crash neither loses nor doubles a run);
 //! 2. a newer run of the same branch cancels the older one (its running
-//!    step is killed), and runs of one branch never overlap. A run whose
+//!    step is killed), and runs of one branch never overlap; a user may
+//!    cancel a run too ([`Pipelines::cancel`]), or ask for it again
+//!    ([`Pipelines::rerun`]: a `pipeline.requested` event, as below). A run whose
 //!    steps come from another branch (a `pipeline.requested` event with a
 //!    `plan`, which the review bot asks for) cancels only the older such
 //!    run: it neither cancels nor is cancelled by the branch's own runs;
@@ -32,28 +34,68 @@ mod runner;
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use api_types::RunState;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::Caller;
 use crate::events::EventBus;
 use crate::git::{Repositories, inspect};
-use crate::store::{NewEvent, NewRun, PlanSource, RunRow, Store};
+use crate::store::{EventRow, NewEvent, NewRun, PlanSource, RunRow, Store};
 use crate::vms::Sandboxes;
 
 /// The token id recorded as the creator of pipeline sandboxes.
 pub const PIPELINE_ACTOR: &str = "pipeline";
 
+/// Why a run superseded by a newer one ended.
+const SUPERSEDED: &str = "a newer push to the branch superseded it";
+
+/// A queued or running run's cancellation: the token its steps watch and
+/// why it was cancelled (the first reason given wins).
+#[derive(Clone, Default)]
+struct Live {
+    token: CancellationToken,
+    reason: Arc<OnceLock<String>>,
+}
+
+impl Live {
+    fn cancel(&self, reason: &str) {
+        let _ = self.reason.set(reason.to_owned());
+        self.token.cancel();
+    }
+
+    fn reason(&self) -> &str {
+        self.reason.get().map_or(SUPERSEDED, String::as_str)
+    }
+}
+
 /// One branch's run slot: runs of a branch take its lock in turn (they
-/// share its sandbox). `current` holds the newest run's token of each kind,
+/// share its sandbox). `current` holds the newest run of each kind,
 /// keyed by whether its steps are borrowed from another commit: a new run
 /// cancels the one of its own kind before it.
 #[derive(Default)]
 struct BranchSlot {
     lock: Arc<tokio::sync::Mutex<()>>,
-    current: HashMap<bool, CancellationToken>,
+    current: HashMap<bool, Live>,
+}
+
+/// Why a run cannot be cancelled or run again.
+#[derive(Debug, thiserror::Error)]
+pub enum RunRefused {
+    #[error("run {id} has already finished ({state})")]
+    Finished { id: i64, state: RunState },
+    #[error("pipelines are off: {0}")]
+    Off(String),
+    #[error("branch {0} no longer exists")]
+    BranchGone(String),
+    #[error("run {0} does not exist")]
+    NoSuchRun(i64),
+    #[error("Reading the branch failed")]
+    Git(#[source] inspect::InspectError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
 }
 
 /// The plan of a run of commit `tree` with the steps of commit `steps`
@@ -76,6 +118,8 @@ pub struct Pipelines {
     events: EventBus,
     public_url: String,
     slots: Mutex<HashMap<(String, String), BranchSlot>>,
+    /// Runs queued or running, by id.
+    live: Mutex<HashMap<i64, Live>>,
 }
 
 impl Pipelines {
@@ -93,7 +137,122 @@ impl Pipelines {
             events,
             public_url,
             slots: Mutex::new(HashMap::new()),
+            live: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Cancels a queued or running run on behalf of `by` (a token's name):
+    /// its running step is killed and the run ends `cancelled`, soon after
+    /// this returns.
+    pub async fn cancel(&self, id: i64, by: &str) -> Result<(), RunRefused> {
+        let run = self.store.run(id).await?.ok_or(RunRefused::NoSuchRun(id))?;
+        if run.state.is_finished() {
+            return Err(RunRefused::Finished {
+                id,
+                state: run.state,
+            });
+        }
+        let reason = format!("cancelled by {by}");
+        let live = lock(&self.live).get(&id).cloned();
+        match live {
+            Some(live) => live.cancel(&reason),
+            // Queued by a forge that stopped before it started it.
+            None => {
+                self.store
+                    .finish_run(id, RunState::Cancelled, Some(&reason))
+                    .await?
+            }
+        }
+        Ok(())
+    }
+
+    /// Queues a new run of a run's commit, on its branch and with the same
+    /// steps, on behalf of `by`. Like a push, it supersedes the branch's run
+    /// in progress. The request is a `pipeline.requested` event, so
+    /// webhooks and the review bot see it; the run is queued here at once
+    /// (the consumer, reading the same event, finds it queued).
+    pub async fn rerun(self: &Arc<Self>, run: &RunRow, by: &Caller) -> Result<RunRow, RunRefused> {
+        if let (None, reason, _) = self.sandboxes.describe() {
+            return Err(RunRefused::Off(reason));
+        }
+        let dir = self.repos.path(&run.repo_id);
+        let refname = format!("refs/heads/{}", run.branch);
+        let head = tokio::task::spawn_blocking(move || inspect::resolve(&dir, &refname))
+            .await
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic.into_panic()))
+            .map_err(RunRefused::Git)?;
+        if head.is_none() {
+            return Err(RunRefused::BranchGone(run.branch.clone()));
+        }
+        let plan = run
+            .plan_ref
+            .clone()
+            .zip(run.plan_commit.clone())
+            .map(|(branch, commit)| PlanSource { branch, commit });
+        let event = NewEvent {
+            kind: "pipeline.requested".into(),
+            ref_name: Some(format!("refs/heads/{}", run.branch)),
+            payload: serde_json::json!({
+                "repo": run.repo_name, "branch": run.branch, "after": run.commit_id,
+                "reason": format!("re-run of run #{} by {}", run.id, by.token_name),
+                "rerun_of": run.id,
+                "plan": plan.as_ref().map(|p| serde_json::json!({ "branch": p.branch, "commit": p.commit })),
+            }),
+        };
+        let rows = self
+            .store
+            .insert_events(&run.repo_id, &run.repo_name, Some(&by.token_id), &[event])
+            .await?;
+        let event_id = rows.first().map_or(0, |row| row.id);
+        let new = NewRun {
+            repo_id: run.repo_id.clone(),
+            repo_name: run.repo_name.clone(),
+            branch: run.branch.clone(),
+            commit_id: run.commit_id.clone(),
+            event_id,
+            plan,
+        };
+        // Cursor 0 leaves the consumer's cursor where it is.
+        let queued = self.store.queue_runs(&[new], 0).await?;
+        self.events
+            .publish(rows.into_iter().map(crate::events::Event::from));
+        match queued.into_iter().next() {
+            Some(queued) => {
+                self.launch(queued.clone());
+                Ok(queued)
+            }
+            // The consumer read the event first and queued it.
+            None => self
+                .store
+                .run_for_event(event_id)
+                .await?
+                .ok_or(RunRefused::NoSuchRun(0)),
+        }
+    }
+
+    /// The run queued for event `event_id`, waiting up to `within` for the
+    /// pipelines to read the event; `None` if none came (pipelines off, or
+    /// busy).
+    pub async fn run_for_event(&self, event_id: i64, within: Duration) -> Option<RunRow> {
+        let deadline = Instant::now() + within;
+        loop {
+            match self.store.run_for_event(event_id).await {
+                Ok(Some(run)) => return Some(run),
+                Ok(None) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Ok(None) => return None,
+                Err(error) => {
+                    tracing::warn!(event_id, error = %error, "reading an event's run failed");
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// The forge's pages' address of a run.
+    pub fn page_url(&self, id: i64) -> String {
+        format!("{}/-/runs/{id}", self.public_url)
     }
 
     /// Recovers from a previous stop, then consumes push events until
@@ -156,28 +315,7 @@ impl Pipelines {
         let runs: Vec<NewRun> = events
             .iter()
             .filter(|_| enabled)
-            .filter(|event| event.kind == "push" || event.kind == "pipeline.requested")
-            .filter_map(|event| {
-                let payload: serde_json::Value = serde_json::from_str(&event.payload).ok()?;
-                if payload["deleted"] == true {
-                    return None;
-                }
-                let plan = match &payload["plan"] {
-                    serde_json::Value::Null => None,
-                    plan => Some(PlanSource {
-                        branch: plan["branch"].as_str()?.to_owned(),
-                        commit: plan["commit"].as_str()?.to_owned(),
-                    }),
-                };
-                Some(NewRun {
-                    repo_id: event.repo_id.clone(),
-                    repo_name: event.repo_name.clone(),
-                    branch: payload["branch"].as_str()?.to_owned(),
-                    commit_id: payload["after"].as_str()?.to_owned(),
-                    event_id: event.id,
-                    plan,
-                })
-            })
+            .filter_map(requested_run)
             .collect();
         for run in self.store.queue_runs(&runs, last).await? {
             tracing::info!(run = run.id, repo = %run.repo_name, branch = %run.branch, "run queued");
@@ -189,22 +327,30 @@ impl Pipelines {
     /// Starts a run in its branch's slot, cancelling the branch's older run
     /// of the same kind.
     fn launch(self: &Arc<Self>, run: RunRow) {
-        let token = CancellationToken::new();
-        let lock = {
-            let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        let live = Live::default();
+        let turns = {
+            let mut slots = lock(&self.slots);
             let slot = slots
                 .entry((run.repo_id.clone(), run.branch.clone()))
                 .or_default();
             let borrowed = run.plan_commit.is_some();
-            if let Some(older) = slot.current.insert(borrowed, token.clone()) {
-                older.cancel();
+            if let Some(older) = slot.current.insert(borrowed, live.clone()) {
+                older.cancel(SUPERSEDED);
             }
             slot.lock.clone()
         };
+        lock(&self.live).insert(run.id, live.clone());
         let pipelines = self.clone();
         tokio::spawn(async move {
-            let _turn = lock.lock().await;
-            pipelines.execute(run, token).await;
+            let id = run.id;
+            // A run cancelled while it waits for its turn ends at once.
+            let turn = tokio::select! {
+                turn = turns.lock_owned() => Some(turn),
+                _ = live.token.cancelled() => None,
+            };
+            pipelines.execute(run, &live).await;
+            drop(turn);
+            lock(&pipelines.live).remove(&id);
         });
     }
 
@@ -227,4 +373,39 @@ impl Pipelines {
     fn run_url(&self, run: &RunRow) -> String {
         format!("{}/v1/runs/{}", self.public_url, run.id)
     }
+}
+
+/// The run an event asks for: a push that updated a branch (not one that
+/// deleted it), or a pipeline request.
+pub fn requested_run(event: &EventRow) -> Option<NewRun> {
+    if event.kind != "push" && event.kind != "pipeline.requested" {
+        return None;
+    }
+    let payload: serde_json::Value = serde_json::from_str(&event.payload).ok()?;
+    if payload["deleted"] == true {
+        return None;
+    }
+    let plan = match &payload["plan"] {
+        serde_json::Value::Null => None,
+        plan => Some(PlanSource {
+            branch: plan["branch"].as_str()?.to_owned(),
+            commit: plan["commit"].as_str()?.to_owned(),
+        }),
+    };
+    Some(NewRun {
+        repo_id: event.repo_id.clone(),
+        repo_name: event.repo_name.clone(),
+        branch: payload["branch"].as_str()?.to_owned(),
+        commit_id: payload["after"].as_str()?.to_owned(),
+        event_id: event.id,
+        plan,
+    })
+}
+
+/// A mutex's value; a panic while it was held left nothing half-written
+/// in these maps.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

@@ -9,12 +9,42 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::plan::{self, Plan};
-use super::{PIPELINE_ACTOR, Pipelines};
+use super::{Live, PIPELINE_ACTOR, Pipelines};
 use crate::store::{BranchSandbox, RunRow};
 use crate::vms::NewVm;
 
 /// How long an unused branch sandbox stays up before it is paused to disk.
 const BRANCH_IDLE_SECS: u64 = 900;
+
+/// What a step's environment says so that tools colour their output as
+/// on a terminal (the log is read by a browser that renders ANSI colours)
+/// without being one: no pager, no prompt waits for input.
+const COLOUR_ENV: [(&str, &str); 4] = [
+    ("FORCE_COLOR", "1"),
+    ("CLICOLOR_FORCE", "1"),
+    ("TERM", "xterm-256color"),
+    ("COLUMNS", "120"),
+];
+
+/// Longest a step's output waits before it is written to its log.
+const LOG_FLUSH: Duration = Duration::from_millis(250);
+
+/// Output written at once when this much is waiting.
+const LOG_FLUSH_BYTES: usize = 64 << 10;
+
+/// The text of `bytes` up to the last whole UTF-8 character, taken out; a
+/// character cut between two reads stays for the next. Invalid bytes
+/// become U+FFFD.
+fn complete_text(bytes: &mut Vec<u8>) -> String {
+    let whole = match std::str::from_utf8(bytes) {
+        Ok(_) => bytes.len(),
+        Err(error) if error.error_len().is_none() => error.valid_up_to(),
+        Err(_) => bytes.len(),
+    };
+    let text = String::from_utf8_lossy(&bytes[..whole]).into_owned();
+    bytes.drain(..whole);
+    text
+}
 
 /// Where a run's steps came from, as its events say: `null` for its own.
 fn plan_of(run: &RunRow) -> serde_json::Value {
@@ -33,15 +63,11 @@ enum Outcome {
 }
 
 impl Pipelines {
-    pub(super) async fn execute(&self, run: RunRow, token: CancellationToken) {
-        if token.is_cancelled() {
+    pub(super) async fn execute(&self, run: RunRow, live: &Live) {
+        if live.token.is_cancelled() {
             let _ = self
                 .store
-                .finish_run(
-                    run.id,
-                    RunState::Cancelled,
-                    Some("a newer push to the branch superseded it"),
-                )
+                .finish_run(run.id, RunState::Cancelled, Some(live.reason()))
                 .await;
             return;
         }
@@ -55,13 +81,10 @@ impl Pipelines {
         )
         .await;
         let started = Instant::now();
-        let (state, error) = match self.run_steps(&run, &token).await {
+        let (state, error) = match self.run_steps(&run, &live.token).await {
             Ok(Outcome::Passed) => (RunState::Passed, None),
             Ok(Outcome::Failed) => (RunState::Failed, None),
-            Ok(Outcome::Cancelled) => (
-                RunState::Cancelled,
-                Some("a newer push to the branch superseded it".to_owned()),
-            ),
+            Ok(Outcome::Cancelled) => (RunState::Cancelled, Some(live.reason().to_owned())),
             Err(error) => (RunState::Error, Some(format!("{error:#}"))),
         };
         if let Err(failure) = self.store.finish_run(run.id, state, error.as_deref()).await {
@@ -130,6 +153,7 @@ impl Pipelines {
         );
         self.store.insert_steps(run.id, &steps).await?;
 
+        let checkout_started = Instant::now();
         let checkout = crate::vms::checkout::checkout(
             &self.sandboxes,
             &self.repos,
@@ -156,7 +180,13 @@ impl Pipelines {
             }
         };
         self.store
-            .set_step(run.id, 0, StepState::of_exit(checked_out), None, None)
+            .set_step(
+                run.id,
+                0,
+                StepState::of_exit(checked_out),
+                None,
+                Some(checkout_started.elapsed().as_millis() as i64),
+            )
             .await?;
         if !checked_out {
             return Ok(Outcome::Failed);
@@ -299,39 +329,50 @@ impl Pipelines {
             .set_step(run.id, position, StepState::Running, None, None)
             .await?;
         let started = Instant::now();
-        let command = Command::shell(script)
-            .cwd("/workspace")
-            .env("CI", "true")
-            .env("FORGE_RUN", run.id.to_string())
-            .timeout(timeout);
+        let command = COLOUR_ENV.into_iter().fold(
+            Command::shell(script)
+                .cwd("/workspace")
+                .env("CI", "true")
+                .env("FORGE_RUN", run.id.to_string())
+                .timeout(timeout),
+            |command, (key, value)| command.env(key, value),
+        );
         let mut stream = self.sandboxes.exec_stream(vm, command).await?;
-        let mut pending = String::new();
-        let mut flushed = Instant::now();
+        // Output waits at most LOG_FLUSH before it is written, so a reader
+        // sees a line soon after it was printed even if the step then says
+        // nothing for a while.
+        let mut pending = Vec::new();
+        let mut flush_at: Option<tokio::time::Instant> = None;
         let exited = loop {
             let event = tokio::select! {
                 _ = token.cancelled() => {
                     drop(stream);
-                    self.store.append_step_log(run.id, position, &pending).await?;
+                    self.store.append_step_log(run.id, position, &String::from_utf8_lossy(&pending)).await?;
                     self.store.set_step(run.id, position, StepState::Cancelled, None, Some(started.elapsed().as_millis() as i64)).await?;
                     return Ok(Outcome::Cancelled);
+                }
+                _ = tokio::time::sleep_until(flush_at.unwrap_or_else(tokio::time::Instant::now)), if flush_at.is_some() => {
+                    flush_at = None;
+                    let text = complete_text(&mut pending);
+                    self.store.append_step_log(run.id, position, &text).await?;
+                    continue;
                 }
                 event = stream.next() => event?,
             };
             match event {
                 Some(ExecEvent::Stdout(bytes) | ExecEvent::Stderr(bytes)) => {
-                    pending.push_str(&String::from_utf8_lossy(&bytes));
+                    pending.extend_from_slice(&bytes);
+                    if pending.len() >= LOG_FLUSH_BYTES {
+                        flush_at = Some(tokio::time::Instant::now());
+                    } else if flush_at.is_none() {
+                        flush_at = Some(tokio::time::Instant::now() + LOG_FLUSH);
+                    }
                 }
                 Some(ExecEvent::Exited(exited)) => break exited,
                 None => anyhow::bail!("the sandbox's agent went away during the step"),
             }
-            if flushed.elapsed() > Duration::from_millis(250) && !pending.is_empty() {
-                self.store
-                    .append_step_log(run.id, position, &pending)
-                    .await?;
-                pending.clear();
-                flushed = Instant::now();
-            }
         };
+        let mut pending = String::from_utf8_lossy(&pending).into_owned();
         if exited.timed_out {
             pending.push_str(&format!(
                 "\nthe step timed out after {} s\n",
@@ -360,5 +401,23 @@ impl Pipelines {
         } else {
             Outcome::Failed
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::complete_text;
+
+    #[test]
+    fn a_character_cut_between_reads_waits_for_its_rest() {
+        let mut bytes = "ok é".as_bytes().to_vec();
+        let last = bytes.pop().expect("é is two bytes");
+        assert_eq!(complete_text(&mut bytes), "ok ");
+        assert_eq!(bytes.len(), 1, "the cut character waits");
+        bytes.push(last);
+        assert_eq!(complete_text(&mut bytes), "é");
+        let mut invalid = vec![b'a', 0xff, b'b'];
+        assert_eq!(complete_text(&mut invalid), "a\u{fffd}b");
+        assert!(invalid.is_empty());
     }
 }

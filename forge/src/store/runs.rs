@@ -165,6 +165,14 @@ impl Store {
             .await?)
     }
 
+    /// The run queued for an event (a push or a pipeline request).
+    pub async fn run_for_event(&self, event_id: i64) -> Result<Option<RunRow>> {
+        Ok(sqlx::query_as("SELECT * FROM runs WHERE event_id = ?")
+            .bind(event_id)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
     /// A repository's runs, newest first, before `before` (a run id).
     pub async fn runs_of_repo(
         &self,

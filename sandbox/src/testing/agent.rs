@@ -366,6 +366,10 @@ async fn exec(
         execs.len() - 1
     };
     let timeout = request.timeout_ms.map(Duration::from_millis);
+    let early = inner.reply(&invocation).early;
+    if !early.is_empty() {
+        sender.send_data(&early, Body::Stdout).await;
+    }
     let held = tokio::select! {
         () = inner.exec_gate(&invocation) => Held::Through,
         () = cancelled(&mut from_host) => Held::Cancelled,

@@ -113,6 +113,8 @@ impl Invocation {
 /// What a scripted exec prints and how it exits.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reply {
+    /// Printed as soon as the process starts, before a gate holds it.
+    pub early: Vec<u8>,
     pub stdout: Vec<u8>,
     pub stderr: Vec<u8>,
     pub status: ExitStatus,
@@ -122,6 +124,7 @@ impl Reply {
     /// Exit 0 after printing `stdout`.
     pub fn ok(stdout: impl Into<Vec<u8>>) -> Self {
         Self {
+            early: Vec::new(),
             stdout: stdout.into(),
             stderr: Vec::new(),
             status: ExitStatus::Code(0),
@@ -131,10 +134,19 @@ impl Reply {
     /// Exit with `code`, printing nothing.
     pub fn exit(code: i32) -> Self {
         Self {
+            early: Vec::new(),
             stdout: Vec::new(),
             stderr: Vec::new(),
             status: ExitStatus::Code(code),
         }
+    }
+
+    /// Prints `early` on stdout as soon as it starts, before the gate of
+    /// [`MemorySandboxes::hold_exec`] holds it (a step that says something,
+    /// then works for a while).
+    pub fn early(mut self, early: impl Into<Vec<u8>>) -> Self {
+        self.early = early.into();
+        self
     }
 
     pub fn stderr(mut self, stderr: impl Into<Vec<u8>>) -> Self {

@@ -117,6 +117,16 @@ const ROWS: &[Row] = &[
     ),
     row("GET", "/v1/runs/{id}", "/v1/runs/1", 401, &[]),
     row("GET", "/v1/runs/{id}/logs", "/v1/runs/1/logs", 401, &[]),
+    // The fixture has no run: every token is told it does not exist (the
+    // scope check, repo:write, is in `a_user_cancels_a_running_run_...`).
+    row(
+        "POST",
+        "/v1/runs/{id}/cancel",
+        "/v1/runs/1/cancel",
+        401,
+        &[],
+    ),
+    row("POST", "/v1/runs/{id}/rerun", "/v1/runs/1/rerun", 401, &[]),
     row("GET", "/v1/system", "/v1/system", 401, &[]),
     with_body(
         row("POST", "/v1/vms", "/v1/vms", 401, &[(Reader, 403)]),

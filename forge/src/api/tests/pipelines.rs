@@ -1,6 +1,6 @@
 //! Pipeline runs seen through the API: the steps planned from a pushed
-//! commit, and a run cancelled by a newer push while its step is held in
-//! flight. Commits are made with the host's `git` and fetched into the
+//! commit, a run cancelled by a newer push or by a user while its step is
+//! held in flight, and a run run again. Commits are made with the host's `git` and fetched into the
 //! forge's bare repository; the push event is recorded as a push records
 //! it (`git/push.rs`).
 
@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use axum::http::{Method, StatusCode};
-use sandbox::testing::{Ending, Reply};
+use sandbox::testing::{Ending, Gate, Reply};
 use serde_json::{Value, json};
 
 use crate::store::NewEvent;
@@ -153,6 +153,32 @@ name = "test"
 run = "bun test"
 "#;
 
+/// A run of [`STEPS`] on `main` whose lint step (answering `lint`) has
+/// started and is held at the returned gate; `bun test` passes. The app,
+/// the gate, the repository and the commit.
+async fn run_held_at_lint(lint: Reply) -> (TestApp, Gate, Repo, String) {
+    let app = app_with_git().start().await;
+    app.backend.respond_to("bun run lint", lint);
+    app.backend.respond_to("bun test", Reply::ok("ok\n"));
+    let gate = app
+        .backend
+        .hold_exec(|invocation| invocation.script() == "bun run lint");
+    let mut repo = Repo::new(&app).await;
+    let commit = repo.push(&app, &[(".forge.toml", STEPS)]).await;
+    if tokio::time::timeout(PATIENCE, gate.arrived(1))
+        .await
+        .is_err()
+    {
+        panic!(
+            "the run's lint did not start within {PATIENCE:?}; runs: {:?}; backend calls: {:?}; execs: {:?}",
+            runs(&app).await,
+            app.backend.calls(),
+            app.backend.execs()
+        );
+    }
+    (app, gate, repo, commit)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_run_has_the_steps_its_commit_plans_and_a_broken_plan_fails_it() {
     let app = app_with_git().start().await;
@@ -230,25 +256,7 @@ async fn a_run_has_the_steps_its_commit_plans_and_a_broken_plan_fails_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_newer_push_cancels_the_running_step_and_the_run_says_so() {
-    let app = app_with_git().start().await;
-    app.backend.respond_to("bun run lint", Reply::ok("clean\n"));
-    app.backend.respond_to("bun test", Reply::ok("ok\n"));
-    let lint = app
-        .backend
-        .hold_exec(|invocation| invocation.script() == "bun run lint");
-    let mut repo = Repo::new(&app).await;
-    let first = repo.push(&app, &[(".forge.toml", STEPS)]).await;
-    if tokio::time::timeout(PATIENCE, lint.arrived(1))
-        .await
-        .is_err()
-    {
-        panic!(
-            "the first run's lint did not start within {PATIENCE:?}; runs: {:?}; backend calls: {:?}; execs: {:?}",
-            runs(&app).await,
-            app.backend.calls(),
-            app.backend.execs()
-        );
-    }
+    let (app, lint, mut repo, first) = run_held_at_lint(Reply::ok("clean\n")).await;
     let running = runs(&app).await;
     assert_eq!(running[0]["state"], "running", "{running:?}");
     assert_eq!(running[0]["steps"][1]["status"], "running", "{running:?}");
@@ -296,4 +304,180 @@ async fn a_newer_push_cancels_the_running_step_and_the_run_says_so() {
         passed["vm_id"], cancelled["vm_id"],
         "one sandbox per branch"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_user_cancels_a_running_run_and_runs_it_again() {
+    let (app, lint, repo, commit) = run_held_at_lint(Reply::ok("clean\n")).await;
+    let id = runs(&app).await[0]["id"].as_i64().expect("a run id");
+
+    // Reading is not enough to cancel.
+    let reader = app.token(&["repo:read"], None).await;
+    let (status, body) = app
+        .call(
+            Method::POST,
+            &format!("/v1/runs/{id}/cancel"),
+            Some(&reader.secret),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    // Nor may the code in another sandbox of the repository stop, or run
+    // again, the pipelines of a branch it may not push to.
+    let other = app.vm(app.admin()).await;
+    let intruder = app.sandbox_token(&other, &repo.id).await;
+    for action in ["cancel", "rerun"] {
+        let (status, body) = app
+            .call(
+                Method::POST,
+                &format!("/v1/runs/{id}/{action}"),
+                Some(&intruder),
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{action}: {body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("acts only on runs of")),
+            "{body}"
+        );
+    }
+    assert_eq!(runs(&app).await[0]["state"], "running");
+    assert_eq!(runs(&app).await.len(), 1, "nothing was run again");
+
+    // The running step is killed; the answer is the ended run.
+    let cancelled = app
+        .expect(
+            StatusCode::OK,
+            Method::POST,
+            &format!("/v1/runs/{id}/cancel"),
+            Some(app.admin()),
+            None,
+        )
+        .await;
+    assert_eq!(cancelled["state"], "cancelled", "{cancelled}");
+    assert_eq!(cancelled["error"], "cancelled by admin", "{cancelled}");
+    assert_eq!(cancelled["steps"][1]["status"], "cancelled", "{cancelled}");
+    assert_eq!(cancelled["steps"][2]["status"], "cancelled", "{cancelled}");
+    let (status, body) = app
+        .call(
+            Method::POST,
+            &format!("/v1/runs/{id}/cancel"),
+            Some(app.admin()),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(
+        body["error"]["message"],
+        format!("run {id} has already finished (cancelled)")
+    );
+
+    // Run it again: a new run of the same commit, with the same steps.
+    let again = app
+        .expect(
+            StatusCode::CREATED,
+            Method::POST,
+            &format!("/v1/runs/{id}/rerun"),
+            Some(app.admin()),
+            None,
+        )
+        .await;
+    assert_ne!(again["id"], id);
+    assert_eq!(again["commit_id"], commit);
+    tokio::time::timeout(PATIENCE, lint.arrived(2))
+        .await
+        .expect("the re-run's lint started");
+    lint.open();
+    let passed = eventually(PATIENCE, "the re-run passed", async || {
+        let run = app
+            .expect(
+                StatusCode::OK,
+                Method::GET,
+                &format!("/v1/runs/{}", again["id"]),
+                Some(app.admin()),
+                None,
+            )
+            .await;
+        if run["state"] == "passed" {
+            Ok(run)
+        } else {
+            Err(run)
+        }
+    })
+    .await;
+    assert_eq!(step_names(&passed), ["checkout", "lint", "test"]);
+    assert_eq!(
+        passed["commit"]["id"], commit,
+        "the detail names the commit"
+    );
+    assert_eq!(passed["commit"]["message"], "change");
+    assert_eq!(passed["commit"]["author"]["name"], "Test");
+    assert!(
+        passed["steps"][0]["duration_ms"].is_i64(),
+        "the checkout has a duration: {passed}"
+    );
+    // Steps run with colour forced, as tools colour for a terminal.
+    let lint_env: Vec<_> = app
+        .backend
+        .execs()
+        .into_iter()
+        .filter(|e| e.invocation.script() == "bun run lint")
+        .map(|e| {
+            (
+                e.invocation.env("FORCE_COLOR").map(str::to_owned),
+                e.invocation.env("TERM").map(str::to_owned),
+            )
+        })
+        .collect();
+    assert!(
+        lint_env
+            .iter()
+            .all(|env| *env == (Some("1".to_owned()), Some("xterm-256color".to_owned()))),
+        "{lint_env:?}"
+    );
+
+    // The branch is gone: nothing to run again.
+    let bare = app.state.repos.path(&repo.id);
+    git(&bare, &["update-ref", "-d", "refs/heads/main"]);
+    let (status, body) = app
+        .call(
+            Method::POST,
+            &format!("/v1/runs/{id}/rerun"),
+            Some(app.admin()),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["error"]["message"], "branch main no longer exists");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_steps_output_reaches_its_log_while_the_step_still_runs() {
+    let (app, lint, _repo, commit) = run_held_at_lint(Reply::ok("done\n").early("started\n")).await;
+    let id = runs(&app).await[0]["id"].as_i64().expect("a run id");
+    // The step prints, then says nothing while it works: its line is in
+    // the log all the same.
+    eventually(PATIENCE, "the early line in the log", async || {
+        let (_, logs) = app
+            .call(
+                Method::GET,
+                &format!("/v1/runs/{id}/logs"),
+                Some(app.admin()),
+                None,
+            )
+            .await;
+        let logs = logs.as_str().unwrap_or_default().to_owned();
+        if logs.contains("started") {
+            Ok(())
+        } else {
+            Err(logs)
+        }
+    })
+    .await;
+    assert_eq!(runs(&app).await[0]["state"], "running");
+    lint.open();
+    let run = finished_run(&app, &commit).await;
+    assert_eq!(run["state"], "passed", "{run}");
 }

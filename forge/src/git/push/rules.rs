@@ -206,6 +206,15 @@ pub struct PushRules {
     pub protected_branches: Vec<BranchPattern>,
 }
 
+/// Which of its branches a sandbox writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SandboxBranch {
+    /// The branch it serves: updated, never deleted.
+    Own,
+    /// A branch under its prefix: its own to make and delete.
+    UnderPrefix,
+}
+
 /// What the rules say of one command.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
@@ -267,25 +276,43 @@ impl PushRules {
         branch == default_branch || self.protected_branches.iter().any(|p| p.matches(branch))
     }
 
+    /// Whether sandbox `vm`, which serves branch `own` (if any), may write
+    /// `branch` (`None`: a ref that is not a branch): its own branch and
+    /// the branches under its prefix. `Err` says which it may write.
+    pub fn sandbox_may_write(
+        &self,
+        vm: &str,
+        own: Option<&str>,
+        branch: Option<&str>,
+    ) -> Result<SandboxBranch, String> {
+        let prefix = self.sandbox_branch_prefix.for_vm(vm);
+        let under_prefix = branch.is_some_and(|b| b.len() > prefix.len() && b.starts_with(&prefix));
+        if under_prefix {
+            return Ok(SandboxBranch::UnderPrefix);
+        }
+        if own.is_some() && branch == own {
+            return Ok(SandboxBranch::Own);
+        }
+        Err(match own {
+            Some(own) => format!("refs/heads/{own} and refs/heads/{prefix}*"),
+            None => format!("refs/heads/{prefix}*"),
+        })
+    }
+
     /// The verdict on one command (rules 1 to 3 of the module doc).
     pub fn verdict(&self, default_branch: &str, pusher: Pusher<'_>, command: &Command) -> Verdict {
         let branch = command.refname.strip_prefix("refs/heads/");
         if let Pusher::Sandbox { vm, branch: own } = pusher {
-            let prefix = self.sandbox_branch_prefix.for_vm(vm);
-            let under_prefix =
-                branch.is_some_and(|b| b.len() > prefix.len() && b.starts_with(&prefix));
-            let is_own = own.is_some() && branch == own;
-            if !is_own && !under_prefix {
-                let allowed = match own {
-                    Some(own) => format!("refs/heads/{own} and refs/heads/{prefix}*"),
-                    None => format!("refs/heads/{prefix}*"),
-                };
-                return Verdict::Refused(format!(
-                    "forge: this sandbox may push only to {allowed}; {} is not among them",
-                    command.refname
-                ));
-            }
-            if is_own && !under_prefix && command.is_delete() {
+            let which = match self.sandbox_may_write(vm, own, branch) {
+                Ok(which) => which,
+                Err(allowed) => {
+                    return Verdict::Refused(format!(
+                        "forge: this sandbox may push only to {allowed}; {} is not among them",
+                        command.refname
+                    ));
+                }
+            };
+            if which == SandboxBranch::Own && command.is_delete() {
                 return Verdict::Refused(format!(
                     "forge: this sandbox may update {} but not delete it",
                     command.refname
