@@ -13,6 +13,18 @@ pub struct ErrorBody {
 pub struct ErrorDetail {
     pub code: ErrorCode,
     pub message: String,
+    /// For a request whose fields are invalid, every problem at once, each
+    /// under the field it concerns; `message` says them all too.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fields: Vec<FieldError>,
+}
+
+/// What is wrong with one field of a request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct FieldError {
+    /// The field's name in the request body (`url`, `events`, …).
+    pub field: String,
+    pub message: String,
 }
 
 /// What went wrong, for programs, with the HTTP status it comes with.
@@ -127,6 +139,7 @@ impl ErrorBody {
             error: ErrorDetail {
                 code,
                 message: message.into(),
+                fields: Vec::new(),
             },
         }
     }

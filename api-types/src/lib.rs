@@ -27,7 +27,7 @@ pub mod tokens;
 pub mod vms;
 pub mod webhooks;
 
-pub use error::{ErrorBody, ErrorCode, ErrorDetail};
+pub use error::{ErrorBody, ErrorCode, ErrorDetail, FieldError};
 pub use states::{
     DeliveryState, DevServerState, PullState, RefSyncState, ReviewVerdict, RunState, StepState,
     UnknownState, VmState,

@@ -7,6 +7,25 @@ use serde_json::Value;
 
 use crate::states::DeliveryState;
 
+/// Every event type a webhook can subscribe to (besides `"*"`, all of
+/// them); `ping` is sent on request whatever the subscription.
+pub const EVENT_TYPES: [&str; 14] = [
+    "push",
+    "branch.created",
+    "branch.deleted",
+    "tag.created",
+    "tag.deleted",
+    "run.started",
+    "run.completed",
+    "review.posted",
+    "sandbox.created",
+    "sandbox.paused",
+    "sandbox.resumed",
+    "sandbox.forked",
+    "sandbox.deleted",
+    "sync.diverged",
+];
+
 /// `POST …/webhooks`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]

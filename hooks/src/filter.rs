@@ -243,6 +243,37 @@ impl SubscriptionFilter {
         })
     }
 
+    /// What is wrong with each list, all at once (the first problem of
+    /// each, by the list's name: `events`, `branches`, `paths`); empty
+    /// when [`SubscriptionFilter::new`] accepts them.
+    pub fn problems<E, B, P>(
+        events: &[E],
+        branches: &[B],
+        paths: &[P],
+    ) -> Vec<(&'static str, FilterError)>
+    where
+        E: AsRef<str>,
+        B: AsRef<str>,
+        P: AsRef<str>,
+    {
+        let mut problems = Vec::new();
+        if let Err(error) = EventFilter::new(events) {
+            problems.push(("events", error));
+        }
+        for (list, globs) in [
+            (
+                "branches",
+                branches.iter().map(AsRef::as_ref).collect::<Vec<_>>(),
+            ),
+            ("paths", paths.iter().map(AsRef::as_ref).collect()),
+        ] {
+            if let Err(error) = GlobFilter::new(list, &globs) {
+                problems.push((list, error));
+            }
+        }
+        problems
+    }
+
     /// Whether `event` should be delivered to this subscription. To test
     /// one event against many subscriptions, prepare it once with
     /// [`PreparedEvent::new`] and call [`SubscriptionFilter::matches_prepared`].
@@ -368,6 +399,14 @@ mod tests {
             event.kind = kind;
             assert!(all.matches(&event));
         }
+        let problems = SubscriptionFilter::problems(&["pushh"], &["[x"], &["ok/**", "{a"]);
+        let lists: Vec<&str> = problems.iter().map(|(list, _)| *list).collect();
+        assert_eq!(
+            lists,
+            ["events", "branches", "paths"],
+            "every list's problem at once"
+        );
+        assert!(SubscriptionFilter::problems(&["push"], &["main"], &["src/**"]).is_empty());
         let err = EventFilter::new(&["push", "pushh"]).expect_err("unknown");
         assert!(
             matches!(err, FilterError::UnknownEvent { index: 1, .. }),

@@ -28,6 +28,7 @@ TOKEN = os.environ["FORGE_TOKEN"]
 TOOLS = {
     "create_vm", "list_vms", "exec", "fork_vm", "pause_vm", "resume_vm", "delete_vm",
     "read_file", "write_file", "list_files", "create_repo", "list_repos", "list_runs", "run_logs",
+    "cancel_run", "rerun",
 }
 
 
@@ -62,6 +63,10 @@ async def round_trip(connect) -> None:
         tools = {tool.name: tool for tool in (await session.list_tools()).tools}
         assert TOOLS <= set(tools), sorted(tools)
         assert "command" in tools["exec"].input_schema["properties"]
+        # The run tools reach the runs API: an unknown run is named.
+        for tool in ("cancel_run", "rerun"):
+            missing = await session.call_tool(tool, {"run": 987654321})
+            assert missing.is_error and "run 987654321 does not exist" in text_of(missing), text_of(missing)
 
         created = await session.call_tool("create_vm", {"persistent": True})
         assert not created.is_error, text_of(created)

@@ -3,7 +3,9 @@
 //! 200 ms each).
 //!
 //! Seeding: 100 repositories are created through the API and each gets a
-//! pushed commit (so branch pages have files). The 1,000 runs are written
+//! pushed commit (so branch pages have files: a README of 40 paragraphs,
+//! rendered on the repository page, and a 2,000-line Rust file, highlighted
+//! on its page). The 1,000 runs are written
 //! straight into the forge's SQLite file while it is stopped (with the
 //! `sqlite3` CLI), because recording real runs needs a sandbox per push;
 //! one repository holds 505 of them, the 99 others 5 each, and every run
@@ -25,6 +27,8 @@ const REPOS: usize = 100;
 const RUNS_IN_BIG_REPO: usize = 505;
 const RUNS_PER_REPO: usize = 5;
 const GOAL_MS: f64 = 200.0;
+/// Lines of the file whose highlighted view is timed.
+const BIG_FILE_LINES: usize = 2_000;
 
 /// Writes the runs and their steps; run ids start at 100,000 (the forge
 /// has recorded none: it runs no sandboxes here).
@@ -114,12 +118,20 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 fn main() {
     let forge = TestForge::start();
     let temp = tempfile::tempdir().expect("temp dir");
+    let readme = format!(
+        "# seed\n\n{}",
+        "Some *text* with `code` and [a link](src/main.rs).\n\n- a list\n- of items\n\n".repeat(40)
+    );
+    let big: String = (0..BIG_FILE_LINES)
+        .map(|n| format!("pub fn f{n}(x: u64) -> u64 {{ x.wrapping_mul({n}) + 1 }} // line {n}\n"))
+        .collect();
     let work = work_repo(
         temp.path(),
         "seed",
         &[
-            ("README.md", "# seed\n"),
+            ("README.md", readme.as_str()),
             ("src/main.rs", "fn main() { println!(\"hi\"); }\n"),
+            ("src/big.rs", big.as_str()),
             ("package.json", "{ \"name\": \"seed\" }\n"),
         ],
     );
@@ -153,6 +165,12 @@ fn main() {
         Some(json!({ "url": "https://example.com/hook", "events": ["push"] })),
     );
     let hook_id = hook["id"].as_str().expect("webhook id");
+    let ping = forge.admin(
+        "POST",
+        &format!("/v1/repos/{big}/webhooks/{hook_id}/ping"),
+        None,
+    );
+    let delivery_id = ping["delivery_id"].as_str().expect("delivery id");
 
     let client = reqwest::blocking::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -168,10 +186,18 @@ fn main() {
             "branch file",
             format!("/-/repos/{big}/branch?name=main&path=src/main.rs"),
         ),
+        (
+            "file, 2,000 lines",
+            format!("/-/repos/{big}/branch?name=main&path=src/big.rs"),
+        ),
         ("run", format!("/-/runs/{run_id}")),
         ("sandboxes", "/-/sandboxes".to_owned()),
         ("webhooks", format!("/-/repos/{big}/webhooks")),
         ("webhook", format!("/-/repos/{big}/webhooks/{hook_id}")),
+        (
+            "delivery",
+            format!("/-/repos/{big}/webhooks/{hook_id}/deliveries/{delivery_id}"),
+        ),
         ("github", "/-/github".to_owned()),
     ];
     println!("page                      p50 ms   p99 ms   max ms   goal {GOAL_MS} ms");

@@ -65,6 +65,20 @@ fn assert_labelled(browser: &Browser) {
 
 /// A webhook receiver on loopback that answers 200 and counts requests.
 fn receiver() -> (String, Arc<AtomicUsize>) {
+    receiver_answering(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
+}
+
+/// A webhook receiver on loopback that answers every request 500.
+fn failing_receiver() -> String {
+    receiver_answering(
+        b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 4\r\nconnection: close\r\n\r\nfail",
+    )
+    .0
+}
+
+/// A webhook receiver on loopback that answers `reply` and counts
+/// requests.
+fn receiver_answering(reply: &'static [u8]) -> (String, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/hook", listener.local_addr().unwrap());
     let count = Arc::new(AtomicUsize::new(0));
@@ -78,12 +92,15 @@ fn receiver() -> (String, Arc<AtomicUsize>) {
             let mut buffer = [0u8; 65536];
             let _ = stream.read(&mut buffer);
             seen.fetch_add(1, Ordering::SeqCst);
-            let _ = stream
-                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok");
+            let _ = stream.write_all(reply);
         }
     });
     (url, count)
 }
+
+/// A README that tries to run script three ways, and links out of the
+/// repository and to a file in it.
+const README: &str = "# web\n\nSome **bold** text: [the code](src/lib.rs), [a trap](javascript:window.readmeRan=1).\n\n<script>window.readmeRan = true</script>\n\n<img src=x onerror=\"window.readmeRan = true\"> <iframe src=\"/\"></iframe>\n";
 
 /// Submits the sign-in form on the current page with `token`.
 fn submit_token(browser: &Browser, token: &str) {
@@ -275,18 +292,39 @@ fn sign_in_repositories_branches_and_webhooks() {
     });
     browser.screenshot("repository-empty");
     assert_labelled(&browser);
+    // An empty repository says how to put code in it, ready to copy.
+    let setup = browser.script("return document.querySelector('#setup-new').value;");
+    let setup = setup.as_str().unwrap_or_default();
+    assert!(
+        setup.contains(&format!("git remote add origin {}/acme/web.git", forge.url))
+            && setup.contains("git push -u origin main"),
+        "{setup}"
+    );
+    assert_eq!(
+        browser.texts("header a[aria-current=page]"),
+        ["Repositories"],
+        "the navigation marks the section"
+    );
 
-    // A webhook with a bad glob shows the API's error and keeps the input.
+    // A webhook form with every field wrong: each problem is shown beside
+    // its field at once, and what was typed is kept.
     let (hook_url, received) = receiver();
     browser.goto(&format!("{}/-/repos/acme/web/webhooks", forge.url));
-    browser.type_into(&browser.find("#hook-url"), &hook_url);
+    browser.type_into(&browser.find("#hook-url"), "ftp://example.com/hook");
+    browser.click(&browser.find("input[name=events][value=push]"));
     browser.type_into(&browser.find("#hook-branches"), "[bad");
+    browser.type_into(&browser.find("#hook-paths"), "{src");
     browser.click(&browser.find("form.webhook button"));
-    let error = browser.find("#webhook-error");
-    assert!(
-        browser.text(&error).contains("glob"),
-        "{}",
-        browser.text(&error)
+    browser.wait_for("#webhook-error", Duration::from_secs(10));
+    for field in ["url", "events", "branches", "paths"] {
+        let error = browser.texts(&format!("#hook-{field}-error"));
+        assert_eq!(error.len(), 1, "no error beside {field}");
+    }
+    assert!(browser.texts("#hook-branches-error")[0].contains("glob"));
+    assert_eq!(
+        browser.all("[aria-invalid=true]").len(),
+        3,
+        "url, branches and paths are marked invalid"
     );
     assert_eq!(
         browser
@@ -294,11 +332,17 @@ fn sign_in_repositories_branches_and_webhooks() {
             .unwrap(),
         "[bad"
     );
-    browser.screenshot("webhook-bad-glob");
+    browser.screenshot("webhook-every-error");
     assert_labelled(&browser);
-    let branches = browser.find("#hook-branches");
-    browser.clear(&branches);
-    browser.type_into(&branches, "main");
+    for (field, value) in [("#hook-url", hook_url.as_str()), ("#hook-branches", "main")] {
+        let input = browser.find(field);
+        browser.clear(&input);
+        browser.type_into(&input, value);
+    }
+    browser.clear(&browser.find("#hook-paths"));
+    for event in ["push", "run.completed"] {
+        browser.click(&browser.find(&format!("input[name=events][value='{event}']")));
+    }
     browser.click(&browser.find("form.webhook button"));
     browser.wait_until("webhook page", Duration::from_secs(10), |b| {
         b.texts("h1")
@@ -318,6 +362,10 @@ fn sign_in_repositories_branches_and_webhooks() {
         browser.all("#hook-secret").is_empty(),
         "the secret is shown twice"
     );
+    let ticked = browser.script(
+        "return [...document.querySelectorAll('input[name=events]:checked')].map(e => e.value);",
+    );
+    assert_eq!(ticked, serde_json::json!(["push", "run.completed"]));
 
     // Push with git; the webhook is delivered.
     let temp = tempfile::tempdir().unwrap();
@@ -325,13 +373,15 @@ fn sign_in_repositories_branches_and_webhooks() {
         temp.path(),
         "web",
         &[
-            ("README.md", "# web\n"),
-            ("src/lib.rs", "pub fn answer() -> u32 { 42 }\n"),
+            ("README.md", README),
+            (
+                "src/lib.rs",
+                "// The answer.\npub fn answer() -> u32 { 42 }\n",
+            ),
         ],
     );
     let url = forge.git_url("acme/web", &forge.admin_token);
     git_ok(&work, &["push", "--quiet", &url, "main"]);
-    let head = git_ok(&work, &["rev-parse", "HEAD"]);
     browser.wait_until("a delivered delivery", Duration::from_secs(30), |b| {
         b.goto(&hook_page);
         b.all("#delivery-log tr.delivery .badge.ok").len() == 1
@@ -340,6 +390,26 @@ fn sign_in_repositories_branches_and_webhooks() {
     let row = browser.text(&browser.find("#delivery-log tr.delivery"));
     assert!(row.contains("push") && row.contains("200"), "{row}");
     browser.screenshot("webhook-deliveries");
+    // A delivery's page: the payload, the request's headers, the answer.
+    browser.click(&browser.find("#delivery-log tr.delivery a"));
+    browser.wait_for("#payload", Duration::from_secs(10));
+    let payload = browser.text(&browser.find("pre.payload"));
+    assert!(
+        payload.contains("\"ref\": \"refs/heads/main\""),
+        "{payload}"
+    );
+    let request = browser.text(&browser.find("article.attempt table.headers"));
+    assert!(
+        request.contains("webhook-id") && request.contains("webhook-signature"),
+        "{request}"
+    );
+    let attempt = browser.text(&browser.find("article.attempt"));
+    assert!(
+        attempt.contains("HTTP 200") && attempt.contains("ok"),
+        "{attempt}"
+    );
+    browser.screenshot("webhook-delivery");
+    browser.goto(&hook_page);
     browser.click(&browser.find("#delivery-log tr.delivery button"));
     // A redelivery is another attempt of the same delivery.
     browser.wait_until("the redelivery", Duration::from_secs(30), |b| {
@@ -378,9 +448,66 @@ fn sign_in_repositories_branches_and_webhooks() {
     });
     assert!(browser.all("#webhooks").is_empty(), "the webhook is gone");
 
-    // The repository page lists the branch with its head commit; the
-    // branch page browses the files at that commit.
+    // A receiver that fails: the delivery waits for its next retry, and
+    // the log says when.
+    let failing = failing_receiver();
+    let (status, _) = forge.call(
+        Some(&forge.admin_token),
+        "POST",
+        "/v1/repos/acme/web/webhooks",
+        Some(serde_json::json!({ "url": failing, "events": ["push"] })),
+    );
+    assert_eq!(status, 201);
+    git_ok(
+        &work,
+        &["commit", "--quiet", "--allow-empty", "-m", "again"],
+    );
+    git_ok(&work, &["push", "--quiet", &url, "main"]);
+    let head = git_ok(&work, &["rev-parse", "HEAD"]);
+    browser.goto(&format!("{}/-/repos/acme/web/webhooks", forge.url));
+    let failing_page = browser
+        .all("#webhooks a")
+        .into_iter()
+        .find(|a| browser.text(a) == failing)
+        .map(|a| browser.attribute(&a, "href").unwrap())
+        .unwrap();
+    browser.wait_until("a retry planned", Duration::from_secs(30), |b| {
+        b.goto(&format!("{}{failing_page}", forge.url));
+        b.all("#delivery-log td.next-retry time").len() == 1
+    });
+    let next = browser.texts("#delivery-log td.next-retry")[0].clone();
+    assert!(next.starts_with("in ") || next == "now", "{next}");
+    browser.screenshot("webhook-retry");
+
+    // The repository page lists the branch with its head commit, the
+    // files and the README, rendered and defused; the branch page browses
+    // the files, highlighted, each line with its anchor.
     browser.goto(&format!("{}/-/repos/acme/web", forge.url));
+    assert_eq!(browser.texts("section.readme h1"), ["web"]);
+    assert_eq!(browser.texts(".markdown strong"), ["bold"]);
+    let links = browser.script(
+        "return [...document.querySelectorAll('.markdown a')].map(a => a.getAttribute('href'));",
+    );
+    assert_eq!(
+        links,
+        serde_json::json!(["/-/repos/acme/web/branch?name=main&path=src%2Flib.rs", "#"])
+    );
+    let defused = browser.script(
+        "return [window.readmeRan === undefined, document.querySelectorAll('.markdown script, .markdown img[onerror], .markdown iframe').length];",
+    );
+    assert_eq!(defused, serde_json::json!([true, 0]));
+    assert!(
+        browser
+            .text(&browser.find(".markdown"))
+            .contains("<script>")
+    );
+    let columns =
+        browser.script("return getComputedStyle(document.querySelector('ul.tree')).columnCount;");
+    assert_eq!(
+        columns,
+        serde_json::json!("auto"),
+        "the file list is one column"
+    );
     let row = browser.text(&browser.find("#branches tbody tr"));
     assert!(
         row.starts_with("main") && row.contains(&head[..10]),
@@ -403,6 +530,18 @@ fn sign_in_repositories_branches_and_webhooks() {
     browser.click(&browser.find("ul.tree li.file a"));
     let file = browser.wait_for("pre.file", Duration::from_secs(10));
     assert!(browser.text(&file).contains("pub fn answer()"));
+    assert!(
+        !browser
+            .all("pre.file #L2 .hl-storage, pre.file #L2 .hl-keyword")
+            .is_empty(),
+        "not highlighted"
+    );
+    assert!(!browser.all("pre.file #L1 .hl-comment").is_empty());
+    assert_eq!(browser.texts("pre.file #L2 a.ln"), ["2"]);
+    let line = format!("{}#L2", browser.url());
+    browser.goto(&line);
+    let marked = browser.script("return document.querySelector(':target').id;");
+    assert_eq!(marked, serde_json::json!("L2"));
     browser.screenshot("branch-file");
 
     // GitHub: not configured on this forge, said plainly.
@@ -411,6 +550,7 @@ fn sign_in_repositories_branches_and_webhooks() {
     browser.screenshot("github");
     browser.goto(&format!("{}/-/sandboxes", forge.url));
     browser.screenshot("sandboxes-none");
+    assert_eq!(browser.texts("header a[aria-current=page]"), ["Sandboxes"]);
 
     // A phone-sized window: no sideways scrolling of the page itself.
     browser.resize(390, 844);
@@ -481,7 +621,9 @@ run = "echo all-tests-passed"
     browser.wait_until("the run's result", Duration::from_secs(120), |b| {
         b.texts("#run-state").first().is_some_and(|t| t == "passed")
     });
-    let logs = browser.text(&browser.find("ol.steps"));
+    // Passed steps fold: read their logs whole.
+    let logs = browser.script("return document.querySelector('ol.steps').textContent;");
+    let logs = logs.as_str().unwrap_or_default();
     assert!(
         logs.contains("lint-done") && logs.contains("all-tests-passed"),
         "{logs}"
@@ -505,6 +647,51 @@ run = "echo all-tests-passed"
             .any(|row| row.trim() == "hi")
     });
     browser.screenshot("terminal");
+
+    // The terminal fills its box and follows the window; the sandbox's
+    // PTY is told each size (`stty size` prints rows and columns).
+    let size = |b: &Browser| {
+        let size = b
+            .attribute(&b.find("#terminal"), "data-size")
+            .unwrap_or_default();
+        let (cols, rows) = size.split_once('x').unwrap_or(("0", "0"));
+        (
+            cols.parse::<u32>().unwrap_or(0),
+            rows.parse::<u32>().unwrap_or(0),
+        )
+    };
+    let stty_says = |b: &Browser, (cols, rows): (u32, u32)| {
+        let input = b.find(".xterm-helper-textarea");
+        b.type_into(&input, &format!("clear; stty size{ENTER}"));
+        b.wait_until("stty size", Duration::from_secs(20), |b| {
+            b.texts(".xterm-rows > div")
+                .iter()
+                .any(|row| row.trim() == format!("{rows} {cols}"))
+        });
+    };
+    let wide = size(&browser);
+    assert!(
+        wide.0 > 100,
+        "the terminal does not fill a wide window: {wide:?}"
+    );
+    stty_says(&browser, wide);
+    browser.resize(600, 800);
+    browser.wait_until("the terminal narrows", Duration::from_secs(10), |b| {
+        size(b).0 < 80
+    });
+    let narrow = size(&browser);
+    let fits = browser.script(
+        "return document.documentElement.scrollWidth <= innerWidth + 1 && \
+         document.querySelector('#terminal').scrollWidth <= document.querySelector('#terminal').clientWidth + 1;",
+    );
+    assert_eq!(
+        fits,
+        serde_json::json!(true),
+        "the terminal scrolls sideways at 600 px"
+    );
+    stty_says(&browser, narrow);
+    browser.screenshot("terminal-narrow");
+    browser.resize(1280, 900);
 
     // The sandboxes page: fork the branch sandbox; the fork is drawn under it.
     browser.goto(&format!("{}/-/sandboxes", forge.url));
@@ -592,4 +779,157 @@ run = "echo all-tests-passed"
         browser.attribute(&shown, "title").as_deref(),
         Some(own.as_str())
     );
+}
+
+/// The run page a `git push` names (its `remote: Run #N of B: URL` line).
+fn pushed_run_page(work: &std::path::Path, url: &str, forge: &TestForge) -> String {
+    let output = e2e::git_run(work, &["push", url, "main"]);
+    let said = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(output.status.success(), "{said}");
+    let line = said
+        .lines()
+        .find(|line| line.starts_with("remote: Run #"))
+        .unwrap_or_else(|| panic!("git push did not name the run:\n{said}"));
+    // git pads progress lines to clear what the terminal showed before.
+    let page = line.trim_end().rsplit(' ').next().unwrap().to_owned();
+    assert!(
+        page.starts_with(&format!("{}/-/runs/", forge.url)),
+        "{line}"
+    );
+    page
+}
+
+#[test]
+fn a_run_page_says_what_ran_and_cancels_and_runs_again() {
+    if !e2e::require_sandboxes() {
+        return;
+    }
+    let forge = TestForge::builder().with_sandboxes(10).start();
+    let browser = Browser::start(&screenshots());
+    sign_in(&browser, &forge);
+    create_repo(&browser, &forge, "acme/runs");
+    let config = r#"[[pipeline.steps]]
+name = "test"
+run = "bun test"
+
+[[pipeline.steps]]
+name = "fail"
+run = "printf 'one\ntwo\nthree\n'; exit 3"
+"#;
+    let mut files = e2e::BUN_PROJECT.to_vec();
+    files.push((".forge.toml", config));
+    let temp = tempfile::tempdir().unwrap();
+    let work = work_repo(temp.path(), "runs", &files);
+    let url = forge.git_url("acme/runs", &forge.admin_token);
+
+    // `git push` names the run's page; the page says what ran.
+    let page = pushed_run_page(&work, &url, &forge);
+    browser.goto(&page);
+    browser.wait_until("the run failed", Duration::from_secs(180), |b| {
+        b.texts("#run-state").first().is_some_and(|t| t == "failed")
+    });
+    let commit = browser.text(&browser.find("#run-commit"));
+    assert!(
+        commit.contains("initial commit") && commit.contains("Ada Tester"),
+        "{commit}"
+    );
+    let times = browser.text(&browser.find("#run-times"));
+    assert!(
+        times.contains("Started") && times.contains("UTC"),
+        "{times}"
+    );
+    browser.wait_until("the duration stops", Duration::from_secs(5), |b| {
+        b.texts("#run-duration")
+            .first()
+            .is_some_and(|d| !d.contains("so far") && (d.ends_with(" s") || d.ends_with(" ms")))
+    });
+    assert!(
+        browser.all("#cancel").is_empty(),
+        "a finished run offers Cancel"
+    );
+    // Each step: a passed one folded, the failed one open with its exit
+    // code; the checkout has a duration too.
+    let steps = browser.script(
+        "return [...document.querySelectorAll('li.step')].map(li => ({ \
+           name: li.querySelector('.name').textContent, \
+           open: li.querySelector('details').open, \
+           exit: li.querySelector('.exit').textContent, \
+           duration: li.querySelector('.duration').textContent }));",
+    );
+    let steps = steps.as_array().unwrap();
+    let step = |name: &str| {
+        steps
+            .iter()
+            .find(|s| s["name"] == name)
+            .unwrap_or_else(|| panic!("no step {name}: {steps:?}"))
+    };
+    assert!(
+        step("checkout")["duration"]
+            .as_str()
+            .is_some_and(|d| !d.is_empty()),
+        "{steps:?}"
+    );
+    assert_eq!(step("test")["open"], false, "{steps:?}");
+    assert_eq!(step("test")["exit"], "exit 0", "{steps:?}");
+    assert_eq!(step("fail")["open"], true, "{steps:?}");
+    assert_eq!(step("fail")["exit"], "exit 3", "{steps:?}");
+    // `bun test` colours its summary: the run forces colour.
+    let green = browser.script(
+        "return [...document.querySelectorAll('li.step pre.log span.a-32')].map(s => s.textContent).join('|');",
+    );
+    assert!(
+        green.as_str().is_some_and(|g| g.contains("pass")),
+        "no green in bun's output: {green}"
+    );
+    browser.screenshot("run-failed");
+
+    // Every log line has an anchor; a link to one opens its step there.
+    let anchor = browser.script(
+        "const rows = [...document.querySelectorAll('li.step .row')]; \
+         const two = rows.find(r => r.querySelector('.lt').textContent === 'two'); \
+         return two.querySelector('a.ln').getAttribute('href');",
+    );
+    let anchor = anchor.as_str().unwrap().to_owned();
+    assert!(
+        anchor.starts_with("#s") && anchor.ends_with("-L2"),
+        "{anchor}"
+    );
+    browser.goto(&format!("{page}{anchor}"));
+    browser.wait_until("the line marked", Duration::from_secs(30), |b| {
+        b.script(
+            "const row = document.querySelector('.row.target'); \
+             if (!row) return false; const r = row.getBoundingClientRect(); \
+             return row.textContent.endsWith('two') && r.top >= 0 && r.bottom <= innerHeight;",
+        ) == serde_json::json!(true)
+    });
+    browser.screenshot("run-line-anchor");
+
+    // Re-run: a new run of the same commit.
+    browser.click(&browser.find("form[action$='/rerun'] button"));
+    browser.wait_until("the new run's page", Duration::from_secs(30), |b| {
+        b.url() != page && b.url().contains("/-/runs/")
+    });
+    browser.wait_until("the re-run failed too", Duration::from_secs(180), |b| {
+        b.texts("#run-state").first().is_some_and(|t| t == "failed")
+    });
+
+    // Cancel: a slow step is stopped from its page.
+    let slow = "[[pipeline.steps]]\nname = \"slow\"\nrun = \"echo started; sleep 600\"\n";
+    e2e::commit_files(&work, &[(".forge.toml", slow)], "slow");
+    let page = pushed_run_page(&work, &url, &forge);
+    browser.goto(&page);
+    browser.wait_until("the slow step runs", Duration::from_secs(120), |b| {
+        b.script(
+            "return [...document.querySelectorAll('li.step pre.log')].some(p => p.textContent.includes('started'));",
+        ) == serde_json::json!(true)
+    });
+    browser.click(&browser.find("#cancel button"));
+    browser.wait_until("cancelled", Duration::from_secs(60), |b| {
+        b.texts("#run-state")
+            .first()
+            .is_some_and(|t| t == "cancelled")
+    });
+    let error = browser.text(&browser.find("#run-error"));
+    assert!(error.contains("cancelled by"), "{error}");
+    browser.screenshot("run-cancelled");
 }

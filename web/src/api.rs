@@ -3,7 +3,7 @@
 //! HTTP request, so authentication, authorisation and validation are the
 //! API's own.
 
-use api_types::ErrorBody;
+use api_types::{ErrorBody, FieldError};
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
@@ -29,6 +29,9 @@ pub struct Failure {
     /// The API succeeded but its body is not the contract's type: a page
     /// that tolerates a failed call must still not hide this one.
     pub unreadable: bool,
+    /// The API's problems with each field of the request, when it named
+    /// them.
+    pub fields: Vec<FieldError>,
 }
 
 impl Failure {
@@ -37,7 +40,16 @@ impl Failure {
             status,
             message,
             unreadable: false,
+            fields: Vec::new(),
         }
+    }
+
+    /// What the API said of `field`, if anything.
+    pub fn field(&self, field: &str) -> Option<&str> {
+        self.fields
+            .iter()
+            .find(|problem| problem.field == field)
+            .map(|problem| problem.message.as_str())
     }
 }
 
@@ -142,11 +154,13 @@ async fn answer<T: DeserializeOwned>(
         })?;
     let bytes: &[u8] = if bytes.is_empty() { b"null" } else { &bytes };
     if !status.is_success() {
-        let message = serde_json::from_slice::<ErrorBody>(bytes).map_or_else(
-            |_| format!("The API answered {status}"),
-            |body| body.error.message,
-        );
-        return Err(Failure::new(status, message));
+        return Err(match serde_json::from_slice::<ErrorBody>(bytes) {
+            Ok(body) => Failure {
+                fields: body.error.fields,
+                ..Failure::new(status, body.error.message)
+            },
+            Err(_) => Failure::new(status, format!("The API answered {status}")),
+        });
     }
     serde_json::from_slice(bytes).map_err(|error| Failure {
         unreadable: true,

@@ -1,6 +1,8 @@
 //! Static files, embedded in the binary so the forge serves its UI offline:
 //! the style sheet, the page script, and xterm.js (vendored from the npm
-//! package `@xterm/xterm` 6.0.0, MIT licence in `vendor/xterm-LICENSE`).
+//! package `@xterm/xterm` 6.0.0, MIT licence in `vendor/xterm-LICENSE`)
+//! with its fit addon (`@xterm/addon-fit` 0.11.0, MIT licence in
+//! `vendor/xterm-addon-fit-LICENSE`).
 
 use axum::extract::Path;
 use axum::http::{StatusCode, header};
@@ -27,6 +29,16 @@ const FILES: &[(&str, &str, &[u8])] = &[
         "vendor/xterm.css",
         "text/css; charset=utf-8",
         include_bytes!("../static/vendor/xterm.css"),
+    ),
+    (
+        "vendor/xterm-addon-fit.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../static/vendor/xterm-addon-fit.js"),
+    ),
+    (
+        "vendor/xterm-addon-fit-LICENSE",
+        "text/plain; charset=utf-8",
+        include_bytes!("../static/vendor/xterm-addon-fit-LICENSE"),
     ),
     (
         "vendor/xterm-LICENSE",

@@ -20,12 +20,25 @@ enum Nav<'a> {
     User(&'a User),
 }
 
-/// A whole HTML page. `user` is `None` on the sign-in page.
-pub fn page(title: &str, user: Option<&User>, body: Markup) -> Markup {
-    shell(title, user.map_or(Nav::None, Nav::User), body)
+/// The part of the UI a page belongs to, marked in the navigation bar.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Section {
+    Repositories,
+    Sandboxes,
+    Github,
+    /// Sign-in and error pages.
+    None,
 }
 
-fn shell(title: &str, nav: Nav<'_>, body: Markup) -> Markup {
+/// A whole HTML page of `section`. `user` is `None` on the sign-in page.
+pub fn page(section: Section, title: &str, user: Option<&User>, body: Markup) -> Markup {
+    shell(section, title, user.map_or(Nav::None, Nav::User), body)
+}
+
+fn shell(section: Section, title: &str, nav: Nav<'_>, body: Markup) -> Markup {
+    let link = |target: Section, href: &str, label: &str| {
+        html! { a href=(href) aria-current=[(target == section).then_some("page")] { (label) } }
+    };
     let user = match nav {
         Nav::User(user) => Some(user),
         _ => None,
@@ -47,9 +60,9 @@ fn shell(title: &str, nav: Nav<'_>, body: Markup) -> Markup {
                     nav aria-label="Main" {
                         a.brand href="/" { "forge" }
                         @if !matches!(nav, Nav::None) {
-                            a href="/" { "Repositories" }
-                            a href="/-/sandboxes" { "Sandboxes" }
-                            a href="/-/github" { "GitHub" }
+                            (link(Section::Repositories, "/", "Repositories"))
+                            (link(Section::Sandboxes, "/-/sandboxes", "Sandboxes"))
+                            (link(Section::Github, "/-/github", "GitHub"))
                         }
                         @if let Some(user) = user {
                             form.inline method="post" action="/-/signout" {
@@ -70,10 +83,21 @@ pub fn csrf_field(user: &User) -> Markup {
     html! { input type="hidden" name="_csrf" value=(user.csrf); }
 }
 
+/// What a page may load and run: scripts only from the forge's own static
+/// files (no inline script, so text that slipped through as HTML still
+/// cannot run), no plugins, no framing, forms only back to the forge.
+/// Images may come from the web (a README's badges).
+const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; \
+    style-src 'self' 'unsafe-inline'; img-src 'self' https: http: data:; connect-src 'self'; \
+    object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'";
+
 /// A page as a response that no cache keeps.
 pub fn respond(markup: Markup) -> Response {
     (
-        [(header::CACHE_CONTROL, "no-store")],
+        [
+            (header::CACHE_CONTROL, "no-store"),
+            (header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY),
+        ],
         axum::response::Html(markup.into_string()),
     )
         .into_response()
@@ -109,6 +133,23 @@ pub fn ago(rfc3339: &str) -> String {
         3600..86_400 => format!("{} h {} min", secs / 3600, (secs % 3600) / 60),
         _ => format!("{} d", secs / 86_400),
     }
+}
+
+/// An RFC 3339 time as a `<time>` element: the date and time in UTC, and
+/// how long ago.
+pub fn when(rfc3339: &str) -> Markup {
+    let shown =
+        time::OffsetDateTime::parse(rfc3339, &time::format_description::well_known::Rfc3339)
+            .ok()
+            .and_then(|at| {
+                at.to_offset(time::UtcOffset::UTC)
+                    .format(time::macros::format_description!(
+                        "[year]-[month]-[day] [hour]:[minute]:[second] UTC"
+                    ))
+                    .ok()
+            })
+            .unwrap_or_else(|| rfc3339.to_owned());
+    html! { time datetime=(rfc3339) { (shown) } " (" (ago(rfc3339)) " ago)" }
 }
 
 /// A page that could not be shown, with the reason.
@@ -189,7 +230,7 @@ impl IntoResponse for PageError {
             p.error role="alert" { (self.message) }
             p { a href="/" { "Back to the repositories" } }
         };
-        let mut response = respond(shell(title, Nav::Links, body));
+        let mut response = respond(shell(Section::None, title, Nav::Links, body));
         *response.status_mut() = self.status;
         response
     }

@@ -39,7 +39,9 @@
 pub mod api;
 mod assets;
 mod badge;
+mod highlight;
 mod layout;
+mod markdown;
 pub mod origin;
 pub mod pages;
 pub mod session;
@@ -87,11 +89,16 @@ pub fn router(api: Router, public_url: String) -> Router {
             post(webhooks::act),
         )
         .route(
+            "/-/repos/{owner}/{name}/webhooks/{id}/deliveries/{delivery}",
+            get(webhooks::delivery),
+        )
+        .route(
             "/-/repos/{owner}/{name}/webhooks/{id}/deliveries/{delivery}/redeliver",
             post(webhooks::redeliver),
         )
         .route("/-/runs/{id}", get(runs::show))
         .route("/-/runs/{id}/events", get(runs::events))
+        .route("/-/runs/{id}/{action}", post(runs::act))
         .route("/-/sandboxes", get(sandboxes::list))
         .route("/-/sandboxes/{id}/terminal", get(sandboxes::terminal))
         .route("/-/sandboxes/{id}/ticket", post(sandboxes::ticket))

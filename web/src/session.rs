@@ -256,7 +256,7 @@ fn signin_page(
             button type="submit" { "Sign in" }
         }
     };
-    let mut response = layout::respond(layout::page("Sign in", None, body));
+    let mut response = layout::respond(layout::page(layout::Section::None, "Sign in", None, body));
     *response.status_mut() = status;
     if let Ok(value) = set_cookie(SIGNIN_COOKIE, nonce, 3600, secure).parse() {
         response.headers_mut().append(header::SET_COOKIE, value);

@@ -3,7 +3,7 @@
 //! Internal failures are logged with their causes and answered with a
 //! generic message, so nothing about the host leaks.
 
-use api_types::{ErrorBody, ErrorCode};
+use api_types::{ErrorBody, ErrorCode, FieldError};
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -16,6 +16,7 @@ pub struct ApiError {
     status: StatusCode,
     code: ErrorCode,
     message: String,
+    fields: Vec<FieldError>,
 }
 
 impl ApiError {
@@ -24,6 +25,21 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            fields: Vec::new(),
+        }
+    }
+
+    /// A `400` for a request with invalid fields: every problem, each under
+    /// its field, and all of them in the message.
+    pub fn invalid_fields(fields: Vec<FieldError>) -> Self {
+        let message = fields
+            .iter()
+            .map(|problem| format!("{}: {}", problem.field, problem.message))
+            .collect::<Vec<_>>()
+            .join("; ");
+        Self {
+            fields,
+            ..Self::bad_request(message)
         }
     }
 
@@ -89,7 +105,8 @@ impl From<StoreError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = ErrorBody::new(self.code, self.message);
+        let mut body = ErrorBody::new(self.code, self.message);
+        body.error.fields = self.fields;
         let mut response = (self.status, Json(body)).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
             // Lets `git` know it may ask for credentials.

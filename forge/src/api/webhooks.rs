@@ -7,6 +7,7 @@
 //! created it (`POST`, or `PATCH` with `rotate_secret`); URLs are shown with
 //! any credentials in them replaced by `***`.
 
+use api_types::FieldError;
 use api_types::webhooks::{
     AttemptView, CreateWebhook, DeliveryPage, DeliveryView, Queued, UpdateWebhook, WebhookView,
 };
@@ -66,15 +67,11 @@ const LOOKUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Checks a target URL against the network policy: the literal address, or
 /// every address the host resolves to now (the sender checks again at each
-/// connection). A host that does not resolve yet is accepted.
-async fn check_url(state: &AppState, url: &str) -> Result<(), ApiError> {
+/// connection). A host that does not resolve yet is accepted. `Err` says
+/// why it is refused.
+async fn check_url(state: &AppState, url: &str) -> Result<(), String> {
     let policy = state.config.network_policy();
-    let refused = |reason: String| {
-        ApiError::bad_request(format!(
-            "url is refused: {}",
-            crate::git::redact_credentials(&reason)
-        ))
-    };
+    let refused = |reason: String| format!("refused: {}", crate::git::redact_credentials(&reason));
     let parsed = hooks::ssrf::check_url(url, &policy).map_err(|e| refused(e.to_string()))?;
     let host = parsed.host_str().unwrap_or_default().to_owned();
     let port = parsed.port_or_known_default().unwrap_or(443);
@@ -89,15 +86,49 @@ async fn check_url(state: &AppState, url: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn check_filters(events: &[String], branches: &[String], paths: &[String]) -> Result<(), ApiError> {
-    if events.is_empty() {
-        return Err(ApiError::bad_request(
-            "events must list at least one event type, or \"*\"",
-        ));
+/// A webhook's settings as a request gives them (or as they stay).
+struct Settings<'a> {
+    url: Option<&'a str>,
+    events: &'a [String],
+    branches: &'a [String],
+    paths: &'a [String],
+    secret: Option<&'a str>,
+}
+
+/// Every problem of a webhook's settings at once, each under its field: a
+/// form can show them all beside their fields.
+async fn check_settings(state: &AppState, settings: &Settings<'_>) -> Result<(), ApiError> {
+    let mut problems = Vec::new();
+    let mut problem = |field: &str, message: String| {
+        problems.push(FieldError {
+            field: field.to_owned(),
+            message,
+        })
+    };
+    if let Some(url) = settings.url
+        && let Err(reason) = check_url(state, url).await
+    {
+        problem("url", reason);
     }
-    hooks::SubscriptionFilter::new(events, branches, paths)
-        .map(|_| ())
-        .map_err(|e| ApiError::bad_request(e.to_string()))
+    if settings.events.is_empty() {
+        problem(
+            "events",
+            "list at least one event type, or \"*\"".to_owned(),
+        );
+    }
+    for (field, error) in
+        hooks::SubscriptionFilter::problems(settings.events, settings.branches, settings.paths)
+    {
+        problem(field, error.to_string());
+    }
+    if let Some(Err(error)) = settings.secret.map(|text| Secret::new(text.to_owned())) {
+        problem("secret", error.to_string());
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::invalid_fields(problems))
+    }
 }
 
 fn secret_from(given: Option<String>) -> Result<Secret, ApiError> {
@@ -136,8 +167,17 @@ pub async fn create(
     Body(request): Body<CreateWebhook>,
 ) -> Result<(StatusCode, Json<WebhookView>), ApiError> {
     let repo = authorize(&state, &caller, &owner, &name, Scope::RepoWrite).await?;
-    check_filters(&request.events, &request.branches, &request.paths)?;
-    check_url(&state, &request.url).await?;
+    check_settings(
+        &state,
+        &Settings {
+            url: Some(&request.url),
+            events: &request.events,
+            branches: &request.branches,
+            paths: &request.paths,
+            secret: request.secret.as_deref(),
+        },
+    )
+    .await?;
     let secret = secret_from(request.secret)?;
     let id = format!("wh_{}", uuid::Uuid::new_v4().simple());
     let row = state
@@ -231,10 +271,17 @@ pub async fn update(
         .paths
         .clone()
         .unwrap_or_else(|| stored(&current.paths));
-    check_filters(&events, &branches, &paths)?;
-    if let Some(url) = &request.url {
-        check_url(&state, url).await?;
-    }
+    check_settings(
+        &state,
+        &Settings {
+            url: request.url.as_deref(),
+            events: &events,
+            branches: &branches,
+            paths: &paths,
+            secret: request.secret.as_deref(),
+        },
+    )
+    .await?;
     let new_secret = if request.rotate_secret || request.secret.is_some() {
         Some(secret_from(request.secret)?)
     } else {
@@ -468,5 +515,18 @@ pub async fn redeliver(
         Redelivery::InFlight => Err(ApiError::conflict(format!(
             "delivery {delivery_id} is being attempted right now; try again in a moment"
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_contract_lists_every_event_type_a_filter_takes() {
+        let kinds: Vec<&str> = hooks::EventKind::ALL
+            .iter()
+            .filter(|kind| **kind != hooks::EventKind::Ping)
+            .map(|kind| kind.as_str())
+            .collect();
+        assert_eq!(kinds, api_types::webhooks::EVENT_TYPES);
     }
 }

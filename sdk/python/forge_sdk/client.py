@@ -28,11 +28,14 @@ class ForgeError(Exception):
     """A failed call: the API's error `code`, the HTTP `status` (0 when the
     forge could not be reached) and the `message`."""
 
-    def __init__(self, status: int, code: str, message: str):
+    def __init__(self, status: int, code: str, message: str, fields: Optional[List[Any]] = None):
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
+        # For a request with invalid fields: every problem, each a
+        # `FieldError` (`field`, `message`).
+        self.fields = fields or []
 
     def __repr__(self) -> str:
         return f"ForgeError(status={self.status}, code={self.code!r}, message={self.message!r})"
@@ -42,7 +45,11 @@ class ForgeError(Exception):
         try:
             error = json.loads(body)["error"]
             if isinstance(error.get("code"), str) and isinstance(error.get("message"), str):
-                return cls(status, error["code"], error["message"])
+                fields = [
+                    t.FieldError(field=str(item["field"]), message=str(item["message"]))
+                    for item in error.get("fields") or []
+                ]
+                return cls(status, error["code"], error["message"], fields)
         except (ValueError, KeyError, TypeError, AttributeError):
             pass
         text = body.decode("utf-8", "replace").strip()[:500] or reason or "no message"
@@ -467,6 +474,15 @@ class Runs:
 
     def get(self, id: int):
         return self._client._do(_Op("GET", f"/v1/runs/{_seg(id)}", _as(t.RunDetail)))
+
+    def cancel(self, id: int):
+        """Cancels a queued or running run; the run (still ending when
+        the forge answered 202)."""
+        return self._client._do(_Op("POST", f"/v1/runs/{_seg(id)}/cancel", _as(t.RunView)))
+
+    def rerun(self, id: int):
+        """Queues a new run of the run's commit with the same steps; the new run."""
+        return self._client._do(_Op("POST", f"/v1/runs/{_seg(id)}/rerun", _as(t.RunView)))
 
     def logs(self, id: int):
         """Every step's log as text."""

@@ -39,6 +39,7 @@ __all__ = [
     "ExecOutput",
     "ExecRequest",
     "ExecText",
+    "FieldError",
     "FileEntry",
     "FileKind",
     "ForkRequest",
@@ -323,6 +324,11 @@ ErrorCode = Literal["bad_request", "unauthorized", "forbidden", "cross_origin", 
 class ErrorDetail:
     code: "ErrorCode"
     message: str
+    fields: Optional[List["FieldError"]] = None
+    """
+    For a request whose fields are invalid, every problem at once, each
+    under the field it concerns; `message` says them all too.
+    """
 
 
 @dataclass
@@ -406,6 +412,14 @@ class ExecRequest:
 class ExecText:
     """The `stdout` and `stderr` events of a streamed exec."""
     text: str
+
+
+@dataclass
+class FieldError:
+    """What is wrong with one field of a request."""
+    field: str
+    """The field's name in the request body (`url`, `events`, …)."""
+    message: str
 
 
 @dataclass
@@ -554,6 +568,7 @@ class RunDetail:
     """`owner/name` when the run was queued."""
     state: "RunState"
     steps: List["StepView"]
+    commit: Optional[Optional["CommitView"]] = None
     error: Optional[Optional[str]] = None
     finished_at: Optional[Optional[str]] = None
     plan_commit: Optional[Optional[str]] = None

@@ -68,6 +68,7 @@ def fails_with(status: int, code: str):
             assert kind is ForgeError, f"a ForgeError, not {kind}: {error}"
             assert (error.status, error.code) == (status, code), repr(error)
             assert error.message
+            self.error = error
             return True
 
     return Check()
@@ -346,6 +347,20 @@ def test_runs_and_their_logs(forge):
         forge.runs.get(987654321)
 
 
+def test_a_rerun_and_a_cancel(forge):
+    run = next(r for r in forge.git.repos.runs(REPO, limit=50) if r.state == "passed")
+    again = forge.runs.rerun(run.id)
+    assert again.id != run.id and (again.branch, again.commit_id) == (run.branch, run.commit_id)
+    with fails_with(409, "conflict"):
+        forge.runs.cancel(run.id)
+    ended = eventually(
+        "the re-run ends",
+        lambda: (lambda d: d if d.state not in ("queued", "running") else None)(forge.runs.get(again.id)),
+        120,
+    )
+    assert ended.state == "passed", ended.error
+
+
 def test_webhooks(forge):
     received = []
 
@@ -362,6 +377,9 @@ def test_webhooks(forge):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+        with fails_with(400, "bad_request") as refused:
+            forge.webhooks.create(REPO, "ftp://nowhere", ["pushh"], branches=["[x"])
+        assert [f.field for f in refused.error.fields] == ["url", "events", "branches"]
         hook = forge.webhooks.create(REPO, url, ["*"])
         assert hook.url == url and hook.secret
         assert any(h.id == hook.id for h in forge.webhooks.list(REPO))

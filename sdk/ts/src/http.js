@@ -3,13 +3,15 @@
 
 /** A failed call: the API's error code, the HTTP status and the message. */
 export class ForgeError extends Error {
-  constructor(status, code, message) {
+  constructor(status, code, message, fields = []) {
     super(message);
     this.name = "ForgeError";
     /** The HTTP status; 0 when the forge could not be reached. */
     this.status = status;
     /** The API's error code (`not_found`, `quota`, ...), or `network`. */
     this.code = code;
+    /** For invalid fields: `[{ field, message }]`, every problem at once. */
+    this.fields = fields;
   }
 
   /** The error an answer that is not 2xx stands for. */
@@ -18,7 +20,8 @@ export class ForgeError extends Error {
     try {
       const { error } = JSON.parse(text);
       if (error && typeof error.code === "string" && typeof error.message === "string") {
-        return new ForgeError(response.status, error.code, error.message);
+        const fields = Array.isArray(error.fields) ? error.fields : [];
+        return new ForgeError(response.status, error.code, error.message, fields);
       }
     } catch {
       // Not the API's error shape (a proxy's page, say): the status says it.

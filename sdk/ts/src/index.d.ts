@@ -33,6 +33,8 @@ export class ForgeError extends Error {
   readonly status: number;
   /** The API's error code, `network` when unreachable, `http_<status>` for a non-API answer. */
   readonly code: Api.ErrorCode | "network" | `http_${number}`;
+  /** For a request with invalid fields: every problem, each under its field. */
+  readonly fields: Api.FieldError[];
 }
 
 export class Forge {
@@ -163,6 +165,10 @@ export class Runs {
   get(id: number): Promise<Api.RunDetail>;
   logs(id: number): Promise<string>;
   follow(id: number, options?: { signal?: AbortSignal }): AsyncGenerator<RunLogEvent>;
+  /** Cancels a queued or running run; answers the run (still ending when the answer was 202). */
+  cancel(id: number): Promise<Api.RunView>;
+  /** Queues a new run of the run's commit with the same steps; answers the new run. */
+  rerun(id: number): Promise<Api.RunView>;
 }
 
 export class Webhooks {

@@ -520,6 +520,16 @@ export class Runs {
     return this.forge.http.json("GET", `/v1/runs/${pathOf(id)}`);
   }
 
+  /** Cancels a queued or running run (`RunView`; still ending after a 202). */
+  async cancel(id) {
+    return this.forge.http.json("POST", `/v1/runs/${pathOf(id)}/cancel`);
+  }
+
+  /** Queues a new run of the run's commit with the same steps (`RunView`). */
+  async rerun(id) {
+    return this.forge.http.json("POST", `/v1/runs/${pathOf(id)}/rerun`);
+  }
+
   /** Every step's log as text. */
   async logs(id) {
     const response = await this.forge.http.send("GET", `/v1/runs/${pathOf(id)}/logs`);

@@ -190,6 +190,11 @@ export type ErrorCode = "bad_request" | "unauthorized" | "forbidden" | "cross_or
 
 export interface ErrorDetail {
   code: ErrorCode;
+  /**
+   * For a request whose fields are invalid, every problem at once, each
+   * under the field it concerns; `message` says them all too.
+   */
+  fields?: FieldError[];
   message: string;
 }
 
@@ -261,6 +266,13 @@ export interface ExecRequest {
 /** The `stdout` and `stderr` events of a streamed exec. */
 export interface ExecText {
   text: string;
+}
+
+/** What is wrong with one field of a request. */
+export interface FieldError {
+  /** The field's name in the request body (`url`, `events`, …). */
+  field: string;
+  message: string;
 }
 
 /** One entry of a directory listing (`GET /v1/vms/{id}/files/{dir}/`). */
@@ -383,6 +395,7 @@ export type ReviewVerdict = "COMMENT" | "APPROVE" | "REQUEST_CHANGES";
 
 /** `GET /v1/runs/{id}`: the run and the pull-request review it decided. */
 export type RunDetail = RunView & {
+  commit?: null | CommitView;
   review?: null | RunReview;
 };
 

@@ -404,6 +404,24 @@ describe("git", () => {
     assert.ok(events.some((e) => e.event === "log"));
     await rejectsWith(forge.runs.get(987654321), 404, "not_found");
   });
+
+  test("runs: re-run one; a finished run is not cancelled", async () => {
+    const runs = await forge.git.repos.runs(repo, { limit: 50 });
+    const run = runs.find((r) => r.state === "passed");
+    const again = await forge.runs.rerun(run.id);
+    assert.notEqual(again.id, run.id);
+    assert.deepEqual([again.branch, again.commit_id], [run.branch, run.commit_id]);
+    await rejectsWith(forge.runs.cancel(run.id), 409, "conflict");
+    const ended = await eventually(
+      "the re-run ends",
+      async () => {
+        const detail = await forge.runs.get(again.id);
+        return !["queued", "running"].includes(detail.state) && detail;
+      },
+      120,
+    );
+    assert.equal(ended.state, "passed", ended.error ?? "");
+  });
 });
 
 describe("webhooks and tokens", () => {
@@ -422,6 +440,15 @@ describe("webhooks and tokens", () => {
     await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
     try {
       const url = `http://127.0.0.1:${server.address().port}/hook`;
+      // Every invalid field is named at once.
+      await assert.rejects(
+        forge.webhooks.create(repo, { url: "ftp://nowhere", events: ["pushh"], branches: ["[x"] }),
+        (error) => {
+          assert.equal(error.code, "bad_request");
+          assert.deepEqual(error.fields.map((f) => f.field), ["url", "events", "branches"]);
+          return true;
+        },
+      );
       const hook = await forge.webhooks.create(repo, { url, events: ["*"] });
       assert.equal(hook.url, url);
       assert.ok(hook.secret, "the secret is shown on creation");

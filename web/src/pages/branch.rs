@@ -1,12 +1,13 @@
-//! A branch's page: the file tree and a file's content at the branch's
-//! head (read from git, read-only), the branch's run history, its sandbox
+//! A branch's page: the file tree (with the directory's README) and a
+//! file's highlighted content at the branch's head (read from git,
+//! read-only; see [`super::files`]), the branch's run history, its sandbox
 //! (the one its pipelines use) with pause, resume and fork buttons and a
 //! terminal link, that sandbox's forks, and the preview link when the
 //! sandbox serves one. The run history is the branch's runs among the
 //! repository's newest 50.
 
 use api_types::VmState;
-use api_types::repos::{BranchView, Contents, EntryKind};
+use api_types::repos::BranchView;
 use api_types::runs::RunView;
 use api_types::vms::VmView;
 use axum::extract::{Path, State};
@@ -14,6 +15,7 @@ use axum::response::Response;
 use maud::{Markup, html};
 use serde::Deserialize;
 
+use super::files::{self, Place};
 use super::repos::runs_table;
 use super::{branch_vm, repo_api, repo_page, visible_vms};
 use crate::Ui;
@@ -40,17 +42,18 @@ pub async fn show(
 ) -> Result<Response, PageError> {
     let api = repo_api(&owner, &name);
     let full = format!("{owner}/{name}");
-    let contents: Contents = ui
-        .api
-        .get(
-            &user.token,
-            &format!(
-                "{api}/contents?branch={}&path={}",
-                encode(&query.name),
-                encode(&query.path)
-            ),
-        )
-        .await?;
+    let here = format!(
+        "{}/branch?name={}",
+        repo_page(&owner, &name),
+        encode(&query.name)
+    );
+    let place = Place {
+        api: &api,
+        branch: &query.name,
+        page: &here,
+    };
+    let contents = files::contents(&ui.api, &user, &place, &query.path).await?;
+    let files = files::view(&ui.api, &user, &place, &query.path, contents).await;
     let mut runs: Vec<RunView> = ui
         .api
         .get(&user.token, &format!("{api}/runs?limit=50"))
@@ -73,11 +76,6 @@ pub async fn show(
         .forked
         .as_deref()
         .and_then(|id| vms.iter().find(|v| v.id == id));
-    let here = format!(
-        "{}/branch?name={}",
-        repo_page(&owner, &name),
-        encode(&query.name)
-    );
     let body = html! {
         nav.crumbs aria-label="Breadcrumbs" {
             a href=(repo_page(&owner, &name)) { (full) } " / " span { (query.name) }
@@ -113,7 +111,7 @@ pub async fn show(
         section aria-labelledby="files" {
             h2 #files { "Files" }
             (path_crumbs(&here, &query.path))
-            (files(&here, &query.path, &contents))
+            (files)
         }
         section aria-labelledby="runs" {
             h2 #runs { "Runs" }
@@ -121,6 +119,7 @@ pub async fn show(
         }
     };
     Ok(respond(layout::page(
+        layout::Section::Repositories,
         &format!("{} · {full}", query.name),
         Some(&user),
         body,
@@ -175,32 +174,6 @@ fn path_crumbs(here: &str, path: &str) -> Markup {
             @for (i, part) in parts.iter().enumerate() {
                 @let prefix = parts[..=i].join("/");
                 " " a href={ (here) "&path=" (encode(&prefix)) } { (part) } " /"
-            }
-        }
-    }
-}
-
-fn files(here: &str, path: &str, contents: &Contents) -> Markup {
-    let prefix = path.trim_matches('/');
-    html! {
-        @match contents {
-            Contents::Dir { entries, .. } => {
-                ul.tree aria-label="Directory" {
-                    @for entry in entries {
-                        @let name = &entry.name;
-                        @let full = if prefix.is_empty() { name.clone() } else { format!("{prefix}/{name}") };
-                        li class=(entry.kind.as_str()) {
-                            a href={ (here) "&path=" (encode(&full)) } {
-                                (name) @if entry.kind == EntryKind::Dir { "/" }
-                            }
-                        }
-                    }
-                }
-            }
-            Contents::File { binary: true, .. } => p { "Binary file, not shown." },
-            Contents::File { text, truncated, .. } => {
-                @if *truncated { p.muted { "Only the first MiB is shown." } }
-                pre.file aria-label={ "Content of " (path) } { code { (text.as_deref().unwrap_or_default()) } }
             }
         }
     }

@@ -68,7 +68,12 @@ pub async fn show(State(ui): State<Ui>, user: User) -> Result<Response, PageErro
             }
         }
     };
-    Ok(respond(layout::page("GitHub", Some(&user), body)))
+    Ok(respond(layout::page(
+        layout::Section::Github,
+        "GitHub",
+        Some(&user),
+        body,
+    )))
 }
 
 /// The App's public settings as a definition list.

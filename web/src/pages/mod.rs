@@ -6,15 +6,16 @@
 //! | page | path |
 //! | --- | --- |
 //! | repositories (list, create) | `/` |
-//! | repository (clone URL, branches with sandbox, last run, head; delete) | `/-/repos/{owner}/{name}` |
-//! | branch (files, runs, sandbox buttons, preview) | `/-/repos/{owner}/{name}/branch?name=&path=` |
-//! | run (steps, live logs) | `/-/runs/{id}` |
+//! | repository (quick setup when empty; clone URL, files and README of the default branch, branches with sandbox, last run, head; delete) | `/-/repos/{owner}/{name}` |
+//! | branch (files with README, highlighted file view, runs, sandbox buttons, forks, preview) | `/-/repos/{owner}/{name}/branch?name=&path=` |
+//! | run (commit, times, steps, live logs, cancel, re-run) | `/-/runs/{id}` |
 //! | sandboxes (fork tree, actions) | `/-/sandboxes` |
 //! | terminal | `/-/sandboxes/{id}/terminal` |
 //! | webhooks (list, create, edit, deliveries, redeliver) | `/-/repos/{owner}/{name}/webhooks` |
 //! | GitHub (installation, sync state) | `/-/github` |
 
 pub mod branch;
+pub mod files;
 pub mod github;
 pub mod repos;
 pub mod runs;

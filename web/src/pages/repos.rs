@@ -1,5 +1,6 @@
 //! Repositories: the list with a create form (`/`), and a repository's
-//! page with its clone URL, its branches (each with its sandbox's state,
+//! page with its clone URL, quick-setup commands while it is empty, the
+//! default branch's files and README, its branches (each with its sandbox's state,
 //! its last run and its head commit), recent runs, and a delete button.
 //!
 //! "Last run" looks at the repository's newest 50 runs (the runs API does
@@ -15,6 +16,7 @@ use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use maud::{Markup, html};
 
+use super::files::{self, Place};
 use super::{Fields, branch_page, branch_vm, repo_api, repo_page, visible_vms};
 use crate::Ui;
 use crate::badge::{badge, plain};
@@ -63,7 +65,12 @@ async fn render_list(
             }
         }
     };
-    let mut response = respond(layout::page("Repositories", Some(user), body));
+    let mut response = respond(layout::page(
+        layout::Section::Repositories,
+        "Repositories",
+        Some(user),
+        body,
+    ));
     if error.is_some() {
         *response.status_mut() = StatusCode::BAD_REQUEST;
     }
@@ -147,6 +154,22 @@ pub async fn show(
     let vms = visible_vms(&ui.api, &user).await?;
     let full = repo.name.as_str();
     let last = last_runs(&runs);
+    let default = repo.default_branch.as_str();
+    let default_page = branch_page(full, default);
+    let files = match branches.iter().any(|b| b.name == default) {
+        true => {
+            let place = Place {
+                api: &api,
+                branch: default,
+                page: &default_page,
+            };
+            match files::contents(&ui.api, &user, &place, "").await {
+                Ok(contents) => Some(files::view(&ui.api, &user, &place, "", contents).await),
+                Err(failure) => Some(html! { p.error { (failure.message) } }),
+            }
+        }
+        false => None,
+    };
     let body = html! {
         h1 { (full) }
         div.clone {
@@ -155,8 +178,15 @@ pub async fn show(
             button type="button" data-copy="#clone-url" { "Copy" }
         }
         p { a href={ (repo_page(&owner, &name)) "/webhooks" } { "Webhooks" } }
+        @if branches.is_empty() { (quick_setup(&repo)) }
+        @if let Some(files) = files {
+            section aria-labelledby="files" {
+                h2 #files { "Files on " a href=(default_page) { (default) } }
+                (files)
+            }
+        }
         h2 { "Branches" }
-        @if branches.is_empty() { p { "No branches yet: push one with " code { "git push" } "." } }
+        @if branches.is_empty() { p { "No branches yet." } }
         @else {
             div.scroll { table #branches {
                 thead { tr {
@@ -194,7 +224,39 @@ pub async fn show(
             }
         }
     };
-    Ok(respond(layout::page(full, Some(&user), body)))
+    Ok(respond(layout::page(
+        layout::Section::Repositories,
+        full,
+        Some(&user),
+        body,
+    )))
+}
+
+/// How to put code in an empty repository: the commands, ready to copy.
+fn quick_setup(repo: &RepoView) -> Markup {
+    let branch = &repo.default_branch;
+    let url = &repo.clone_url;
+    let new = format!(
+        "git init -b {branch}\ngit add .\ngit commit -m \"First commit\"\ngit remote add origin {url}\ngit push -u origin {branch}"
+    );
+    let existing = format!("git remote add origin {url}\ngit push -u origin {branch}");
+    html! {
+        section.setup aria-labelledby="setup" {
+            h2 #setup { "Quick setup" }
+            p { "This repository is empty. When git asks for a password, give a token of this forge (any user name)." }
+            h3 { "From a new directory" }
+            div.clone {
+                textarea #setup-new readonly rows="5" aria-label="Commands for a new repository" { (new) }
+                button type="button" data-copy="#setup-new" { "Copy" }
+            }
+            h3 { "From a repository you have" }
+            div.clone {
+                textarea #setup-existing readonly rows="2" aria-label="Commands for an existing repository" { (existing) }
+                button type="button" data-copy="#setup-existing" { "Copy" }
+            }
+            p.muted { "A " code { ".forge.toml" } " at the top of the repository names the steps each push runs." }
+        }
+    }
 }
 
 /// The newest `limit` runs as a table.

@@ -53,7 +53,12 @@ pub async fn list(State(ui): State<Ui>, user: User) -> Result<Response, PageErro
             }
         }
     };
-    Ok(respond(layout::page("Sandboxes", Some(&user), body)))
+    Ok(respond(layout::page(
+        layout::Section::Sandboxes,
+        "Sandboxes",
+        Some(&user),
+        body,
+    )))
 }
 
 /// How long a VM has been up, when it runs; else only how old it is (a
@@ -169,6 +174,7 @@ pub async fn terminal(
     let body = html! {
         link rel="stylesheet" href="/-/static/vendor/xterm.css";
         script src="/-/static/vendor/xterm.js" {}
+        script src="/-/static/vendor/xterm-addon-fit.js" {}
         h1 { "Terminal " code { (id) } }
         p { (badge(&vm.state)) " "
             @if let Some(repo) = &vm.repo { (repo) " " (vm.branch.as_deref().unwrap_or_default()) } }
@@ -177,7 +183,12 @@ pub async fn terminal(
             aria-label="Terminal" {}
         p.muted { "While the terminal has focus it takes every key, Tab included; click outside it to leave." }
     };
-    Ok(respond(layout::page("Terminal", Some(&user), body)))
+    Ok(respond(layout::page(
+        layout::Section::Sandboxes,
+        "Terminal",
+        Some(&user),
+        body,
+    )))
 }
 
 /// `POST /-/sandboxes/{id}/ticket`: a one-time terminal ticket (JSON).
