@@ -160,8 +160,13 @@ pub async fn cancel(
     changeable(&state, &caller, id).await?;
     state.pipelines.cancel(id, &caller.token_name).await?;
     let deadline = Instant::now() + CANCEL_WAIT;
+    // Authorised above: only the run's state is read again while waiting.
     loop {
-        let run = readable(&state, &caller, id).await?;
+        let run = state
+            .store
+            .run(id)
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("run {id} does not exist")))?;
         let status = if run.state.is_finished() {
             StatusCode::OK
         } else if Instant::now() >= deadline {
