@@ -147,6 +147,51 @@ fn pause_to_disk_and_resume_keep_the_process() {
     counter_past(&t, &sandbox.id, after);
 }
 
+/// A checkpoint kills the sandbox's processes once they are written; a
+/// look at the sandbox meanwhile (the API polling it, an exec arriving)
+/// must not take that for a crash and record it.
+#[test]
+fn a_sandbox_looked_at_while_it_is_paused_to_disk_is_never_crashed() {
+    let t = TestBackend::start("criulook");
+    let Some(sandbox) = counting_sandbox(&t) else {
+        return;
+    };
+    let id = &sandbox.id;
+    let pausing = std::sync::atomic::AtomicBool::new(true);
+    let seen = std::thread::scope(|scope| {
+        let looker = scope.spawn(|| {
+            let mut seen = Vec::new();
+            while pausing.load(std::sync::atomic::Ordering::Relaxed) {
+                let status = t.backend().get(id).expect("get").status;
+                if seen.last() != Some(&status) {
+                    seen.push(status);
+                }
+            }
+            seen
+        });
+        let mut before = counter(&t, id);
+        for round in 0..5 {
+            let paused = t.backend().pause(id, PauseMode::Disk).expect("pause");
+            assert_eq!(paused.status, Status::PausedToDisk, "round {round}");
+            assert!(paused.checkpoint, "{:?}", paused.checkpoint_error);
+            let resumed = t.backend().resume(id).expect("resume");
+            assert_eq!(
+                resumed.kept,
+                vec![Kept::Disk, Kept::Memory, Kept::Processes],
+                "round {round}"
+            );
+            before = counter_past(&t, id, before);
+        }
+        pausing.store(false, std::sync::atomic::Ordering::Relaxed);
+        looker.join().expect("the looker")
+    });
+    assert!(
+        !seen.contains(&Status::Crashed),
+        "a look during the pause saw: {seen:?}"
+    );
+    assert_eq!(t.backend().get(id).expect("get").status, Status::Running);
+}
+
 #[test]
 fn a_checkpoint_past_the_host_budget_keeps_the_disk_and_says_why() {
     let t = TestBackend::start_with("criubudget", |config| {

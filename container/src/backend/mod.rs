@@ -423,7 +423,7 @@ impl ContainerBackend {
     /// checking the socket's listener is the sandbox's own (see
     /// [`crate::agent`]). Must be awaited inside a tokio runtime.
     pub async fn agent(&self, id: &str) -> Result<agent_proto::Client, BackendError> {
-        let record = self.refresh(id)?;
+        let record = self.observe(id)?;
         if record.status != Status::Running {
             return Err(BackendError::WrongState {
                 id: id.to_owned(),
@@ -755,10 +755,26 @@ impl ContainerBackend {
 
     /// The sandbox's current record, with a dead PID 1 noticed as `Crashed`.
     pub fn get(&self, id: &str) -> Result<SandboxInfo, BackendError> {
-        let record = self.refresh(id)?;
+        let record = self.observe(id)?;
         Ok(self.info(&record))
     }
 
+    /// [`Self::refresh`] for a caller outside the sandbox's operation
+    /// lock. While a pause or fork holds it, PID 1 may be down on purpose
+    /// (a checkpoint kills it): the record is answered as saved, and the
+    /// operation saves what it leaves.
+    fn observe(&self, id: &str) -> Result<SandboxRecord, BackendError> {
+        let lock = self.operation_lock(id);
+        let _serialised = match lock.try_lock() {
+            Ok(guard) => guard,
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return self.load(id),
+        };
+        self.refresh(id)
+    }
+
+    /// The record of sandbox `id`, with a dead PID 1 recorded as
+    /// `Crashed`. Call with its operation lock held.
     fn refresh(&self, id: &str) -> Result<SandboxRecord, BackendError> {
         let mut record = self.load(id)?;
         if matches!(record.status, Status::Running | Status::Frozen)
@@ -791,7 +807,7 @@ impl ContainerBackend {
     /// (through `sandbox-init enter`); the caller spawns it and owns its
     /// stdio. Exit status 125 means the launcher could not enter.
     pub fn exec_command(&self, id: &str, request: &ExecRequest) -> Result<Command, BackendError> {
-        let record = self.refresh(id)?;
+        let record = self.observe(id)?;
         let pid1 = match (record.status, record.pid1) {
             (Status::Running, Some(pid1)) => pid1,
             (status, _) => {
@@ -896,7 +912,7 @@ impl ContainerBackend {
 
     /// Current usage.
     pub fn stats(&self, id: &str) -> Result<SandboxStats, BackendError> {
-        let record = self.refresh(id)?;
+        let record = self.observe(id)?;
         Ok(SandboxStats {
             status: record.status,
             cgroup: self.cgroup(id).stats(),

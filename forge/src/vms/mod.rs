@@ -262,8 +262,24 @@ impl Sandboxes {
     }
 
     /// The VM's record, with its state refreshed from the backend (a VM
-    /// whose processes died is recorded `crashed` here).
+    /// whose processes died is recorded `crashed` here). While a pause,
+    /// resume, fork or destroy holds the VM, its processes may be down on
+    /// purpose: the stored state is answered then, and the operation
+    /// records what it leaves.
     pub async fn get(&self, id: &str) -> Result<VmRow, VmError> {
+        let lock = self.lock_of(id);
+        let Ok(_shared) = lock.try_read() else {
+            return self
+                .store
+                .vm(id)
+                .await?
+                .ok_or_else(|| VmError::NotFound(id.to_owned()));
+        };
+        self.refresh(id).await
+    }
+
+    /// [`Self::get`] for a caller that holds the VM's lock.
+    async fn refresh(&self, id: &str) -> Result<VmRow, VmError> {
         let mut row = self
             .store
             .vm(id)
@@ -394,7 +410,7 @@ impl Sandboxes {
     /// traffic. Call with the VM's lock held.
     async fn running(&self, id: &str) -> Result<(), VmError> {
         let (backend, _) = self.ready()?;
-        let row = self.get(id).await?;
+        let row = self.refresh(id).await?;
         match row.state {
             VmState::Running => {}
             VmState::Paused | VmState::PausedToDisk => {
@@ -518,7 +534,7 @@ impl Sandboxes {
     async fn hold_running(&self, id: &str) -> Result<Held, VmError> {
         let Slot { lock, released } = self.slot_of(id);
         let shared = lock.clone().read_owned().await;
-        let row = self.get(id).await?;
+        let row = self.refresh(id).await?;
         if row.state == VmState::Running {
             self.store.touch_vm(id).await?;
             self.link(id, &row).await?;
@@ -572,7 +588,7 @@ impl Sandboxes {
     /// [`Self::pause`] with the VM's lock held exclusively.
     async fn pause_locked(&self, id: &str, mode: PauseMode) -> Result<VmRow, VmError> {
         let (backend, _) = self.ready()?;
-        let row = self.get(id).await?;
+        let row = self.refresh(id).await?;
         if row.state == VmState::Crashed {
             return Err(VmError::Crashed(id.to_owned()));
         }
@@ -582,14 +598,14 @@ impl Sandboxes {
         let info = backend.pause(id, mode).await?;
         self.store.set_vm_state(id, vm_state(info.state)).await?;
         tracing::info!(vm = id, ?mode, "sandbox paused");
-        self.get(id).await
+        self.refresh(id).await
     }
 
     pub async fn resume(&self, id: &str) -> Result<(VmRow, Carried), VmError> {
         let (backend, _) = self.ready()?;
         let lock = self.lock_of(id);
         let _guard = lock.write().await;
-        let row = self.get(id).await?;
+        let row = self.refresh(id).await?;
         match row.state {
             VmState::Crashed => return Err(VmError::Crashed(id.to_owned())),
             VmState::Running => {
@@ -602,7 +618,7 @@ impl Sandboxes {
             .set_vm_state(id, vm_state(carried.sandbox.state))
             .await?;
         self.store.touch_vm(id).await?;
-        Ok((self.get(id).await?, carried))
+        Ok((self.refresh(id).await?, carried))
     }
 
     /// Makes `count` copies of a running (or paused: resumed first) VM.
@@ -622,7 +638,7 @@ impl Sandboxes {
         let lock = self.lock_of(id);
         let _guard = lock.write().await;
         self.running(id).await?;
-        let parent = self.get(id).await?;
+        let parent = self.refresh(id).await?;
         let _room = self.admit(count, parent.mem_mib.max(0) as u64).await?;
         self.network.close(id).await;
         let copies = backend.fork(id, count).await?;

@@ -99,7 +99,7 @@ impl TestVm {
     }
 
     pub fn spawn(&self) -> Child {
-        Command::new(env!("CARGO_BIN_EXE_forge-vmm"))
+        vmm_command()
             .arg("run")
             .arg("--config")
             .arg(self.config_path())
@@ -145,9 +145,27 @@ impl TestVm {
     }
 }
 
+/// A `forge-vmm` command whose process is killed when the test's thread
+/// ends: a test that fails half-way never leaves a VM running (one would
+/// hold the suite's output pipe open, and the suite would never end).
+pub fn vmm_command() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_forge-vmm"));
+    // SAFETY: prctl is async-signal-safe and touches no memory of ours.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    cmd
+}
+
 /// Starts `forge-vmm restore --from <dir>` with extra arguments.
 pub fn spawn_restore(dir: &Path, extra: &[&Path]) -> Child {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_forge-vmm"));
+    let mut cmd = vmm_command();
     cmd.arg("restore").arg("--from").arg(dir);
     for pair in extra.chunks(2) {
         cmd.arg(pair[0]).arg(pair[1]);
