@@ -1,7 +1,9 @@
 //! Authenticating as the GitHub App, with octocrab: the app JWT (RS256,
 //! issued 60 s in the past, valid 9 minutes) for app endpoints, and one
 //! installation client per installation whose token octocrab caches until
-//! 30 s before the `expires_at` GitHub gave it and then renews.
+//! 30 s before the `expires_at` GitHub gave it and then renews. The client
+//! is shared, never cloned: a clone of an octocrab client starts with an
+//! empty token cache of its own, and would mint a token per call.
 //!
 //! A token can still be refused before that (revoked, clock skew): any
 //! `401` drops the installation's client, so the next call mints a new
@@ -61,7 +63,7 @@ pub enum Method {
 /// The app's identity and its installation clients.
 pub struct AppAuth {
     app: Octocrab,
-    installations: Mutex<HashMap<u64, Octocrab>>,
+    installations: Mutex<HashMap<u64, Arc<Octocrab>>>,
 }
 
 impl AppAuth {
@@ -87,15 +89,16 @@ impl AppAuth {
         })
     }
 
-    fn installation(&self, id: u64) -> Result<Octocrab, AuthError> {
+    fn installation(&self, id: u64) -> Result<Arc<Octocrab>, AuthError> {
         let mut installations = self.installations.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(client) = installations.get(&id) {
             return Ok(client.clone());
         }
-        let client = self
-            .app
-            .installation(InstallationId(id))
-            .map_err(AuthError::Client)?;
+        let client = Arc::new(
+            self.app
+                .installation(InstallationId(id))
+                .map_err(AuthError::Client)?,
+        );
         installations.insert(id, client.clone());
         Ok(client)
     }
@@ -137,14 +140,16 @@ impl AppAuth {
         route: &str,
         body: Option<&Value>,
     ) -> Result<Value, AuthError> {
-        match send(&self.installation(id)?, method, route, body).await {
+        let client = self.installation(id)?;
+        match send(&client, method, route, body).await {
             Err(error) if error.status() == Some(401) => {
                 tracing::info!(
                     installation = id,
                     "GitHub refused the installation token: renewing it"
                 );
                 self.invalidate(id);
-                send(&self.installation(id)?, method, route, body).await
+                let renewed = self.installation(id)?;
+                send(&renewed, method, route, body).await
             }
             other => other,
         }
