@@ -38,6 +38,99 @@ pub struct RunDetail {
     /// The commit that ran; `None` if the repository no longer has it.
     pub commit: Option<crate::repos::CommitView>,
     pub review: Option<RunReview>,
+    /// What the analysis after the steps found (runs of branches other
+    /// than the default); `None` when none ran.
+    pub analysis: Option<RunAnalysis>,
+}
+
+/// What the analysis after a run's steps found: the project's own
+/// TypeScript compiler, ESLint and Biome when it uses them, and the
+/// failing tests and compiler errors in the steps' logs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct RunAnalysis {
+    /// The tools that ran (`tsc`, `ESLint`, `Biome`).
+    pub tools: Vec<String>,
+    pub findings: Vec<Finding>,
+    /// What went wrong on the way (a tool that timed out or crashed).
+    pub notes: Vec<String>,
+}
+
+/// One problem a tool reported at a place in the checkout.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Finding {
+    pub tool: FindingTool,
+    /// Relative to the repository's root, `/`-separated.
+    pub path: String,
+    /// 1-based; `None` when the tool named only the file.
+    pub line: Option<u32>,
+    pub severity: FindingSeverity,
+    /// The tool's rule or code (`TS2322`, `no-debugger`), when it gave one.
+    pub rule: Option<String>,
+    pub message: String,
+}
+
+impl Finding {
+    /// `path:line` (or the path alone).
+    pub fn place(&self) -> String {
+        match self.line {
+            Some(line) => format!("{}:{line}", self.path),
+            None => self.path.clone(),
+        }
+    }
+}
+
+/// Which tool reported a finding.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum FindingTool {
+    Tsc,
+    Eslint,
+    Biome,
+    BunTest,
+}
+
+impl FindingTool {
+    /// The tool's name as people write it.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Tsc => "tsc",
+            Self::Eslint => "ESLint",
+            Self::Biome => "Biome",
+            Self::BunTest => "bun test",
+        }
+    }
+}
+
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum FindingSeverity {
+    Error,
+    Warning,
+    Info,
 }
 
 /// A step of a run (its log is read from `/logs`).
@@ -148,6 +241,7 @@ mod tests {
                 verdict: ReviewVerdict::RequestChanges,
                 posted_at: None,
             }),
+            analysis: None,
         };
         let value = serde_json::to_value(&detail).expect("serialises");
         assert_eq!(value["review"]["verdict"], "REQUEST_CHANGES");
@@ -158,6 +252,7 @@ mod tests {
             run: run(),
             commit: None,
             review: None,
+            analysis: None,
         };
         assert_eq!(
             serde_json::to_value(none).expect("serialises")["review"],

@@ -6,7 +6,8 @@
 //! [`events`] (the outbox and its in-process fan-out), [`vms`] (sandboxes:
 //! backend, limits, lifecycle), [`pipelines`] (a run per push), [`webhooks`]
 //! (subscriptions fed from the outbox), [`github`] (the GitHub App: sync and
-//! the review bot) and [`store`] (every SQL query). The
+//! the review bot), [`review`] (tool findings placed on a change's diff)
+//! and [`store`] (every SQL query). The
 //! `forge` binary adds the command line.
 #![forbid(unsafe_code)]
 
@@ -17,6 +18,7 @@ pub mod git;
 pub mod github;
 pub mod mcp;
 pub mod pipelines;
+pub mod review;
 pub mod server;
 pub mod store;
 #[cfg(test)]

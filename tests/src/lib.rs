@@ -8,6 +8,7 @@
 //! ```
 
 pub mod fake_github;
+pub use test_support::fake_model;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -701,6 +702,30 @@ pub fn git(dir: &Path) -> Command {
 /// Runs git in `dir` and returns its output, whatever the exit status.
 pub fn git_run(dir: &Path, args: &[&str]) -> Output {
     git(dir).args(args).output().expect("git runs")
+}
+
+/// The forge's environment that lets its sandboxes install from the npm
+/// registry through the egress proxy: the registry on the allow-list (with
+/// `extra`, comma-separated), its addresses vouched for where it resolves
+/// to non-public ones (a mirror), and the host's trust store, which knows a
+/// TLS-inspecting way out.
+pub fn npm_registry_env(extra: &str) -> Vec<(&'static str, String)> {
+    let registry_nets: Vec<String> =
+        std::net::ToSocketAddrs::to_socket_addrs(&("registry.npmjs.org", 443))
+            .map(|addrs| addrs.map(|a| a.ip().to_string()).collect())
+            .unwrap_or_default();
+    let mut allow = "registry.npmjs.org".to_owned();
+    if !extra.is_empty() {
+        allow = format!("{allow},{extra}");
+    }
+    vec![
+        ("FORGE_EGRESS_ALLOW", allow),
+        ("FORGE_EGRESS_ALLOW_NETS", registry_nets.join(",")),
+        (
+            "FORGE_SANDBOX_CA_BUNDLE",
+            "/etc/ssl/certs/ca-certificates.crt".to_owned(),
+        ),
+    ]
 }
 
 /// Runs git in `dir`, asserting success; returns trimmed stdout.

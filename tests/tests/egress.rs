@@ -6,7 +6,6 @@
 
 #![allow(clippy::unwrap_used)] // A test that cannot unwrap has failed: say so loudly.
 
-use std::net::ToSocketAddrs;
 use std::time::Instant;
 
 use std::collections::BTreeMap;
@@ -54,25 +53,12 @@ fn bun_install_goes_through_the_proxy_and_the_rest_is_refused() {
         return;
     }
     // Inward addresses are on the list so that the address check, not the
-    // list, is what refuses them. Where the registry resolves to a
-    // non-public address (a mirror), the operator vouches for exactly it.
-    let registry_nets: Vec<String> = ("registry.npmjs.org", 443)
-        .to_socket_addrs()
-        .map(|addrs| addrs.map(|a| a.ip().to_string()).collect())
-        .unwrap_or_default();
-    let forge = TestForge::builder()
-        .with_sandboxes(10)
-        .env(
-            "FORGE_EGRESS_ALLOW",
-            "registry.npmjs.org,10.1.2.3,localhost,127.0.0.1",
-        )
-        .env("FORGE_EGRESS_ALLOW_NETS", &registry_nets.join(","))
-        // The host's trust store, which knows a TLS-inspecting way out.
-        .env(
-            "FORGE_SANDBOX_CA_BUNDLE",
-            "/etc/ssl/certs/ca-certificates.crt",
-        )
-        .start();
+    // list, is what refuses them.
+    let mut builder = TestForge::builder().with_sandboxes(10);
+    for (key, value) in e2e::npm_registry_env("10.1.2.3,localhost,127.0.0.1") {
+        builder = builder.env(key, &value);
+    }
+    let forge = builder.start();
     let vm: VmView = forge.send("POST", "/v1/vms", &CreateVm::default());
     let id = vm.id.as_str();
 

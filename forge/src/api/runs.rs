@@ -237,10 +237,12 @@ pub async fn show(
         .map_err(ApiError::internal)?
         .ok()
         .map(super::repos::commit_view);
+    let analysis = state.store.run_analysis(run.id).await?;
     Ok(Json(RunDetail {
         run: with_steps(&state, run).await?,
         commit,
         review,
+        analysis,
     }))
 }
 

@@ -35,6 +35,17 @@ pub enum GithubCommand {
         /// Seconds between full reconciles of linked repositories.
         #[arg(long, default_value_t = 300)]
         reconcile_secs: u64,
+        /// An OpenAI-compatible endpoint and model for an AI review, as
+        /// URL,MODEL (e.g. https://api.openai.com/v1,gpt-4o-mini).
+        #[arg(long, value_name = "URL,MODEL")]
+        review_model: Option<String>,
+        /// A file holding the model's API key; its path is recorded, not its content.
+        #[arg(long, value_name = "PATH", requires = "review_model")]
+        review_model_key_file: Option<PathBuf>,
+        /// Let the model's request for changes on passing steps become
+        /// REQUEST_CHANGES (else the review is a COMMENT).
+        #[arg(long, requires = "review_model")]
+        review_model_can_block: bool,
     },
     /// Link a forge repository to a GitHub repository the app is installed on.
     Link {
@@ -64,20 +75,46 @@ pub async fn github(target: &Target<'_>, command: GithubCommand) -> anyhow::Resu
             api_url,
             git_url,
             reconcile_secs,
-        } => configure(
-            target.data_dir,
-            FileConfig {
-                app_id: Some(app_id),
-                private_key_path: Some(
-                    std::fs::canonicalize(&private_key)
-                        .with_context(|| format!("cannot read {}", private_key.display()))?,
+            review_model,
+            review_model_key_file,
+            review_model_can_block,
+        } => {
+            let (review_model_url, review_model) = match review_model {
+                Some(spec) => {
+                    let (url, model) = config::model_spec(&spec)?;
+                    (Some(url), Some(model))
+                }
+                None => (None, None),
+            };
+            let review_model_key_path = match review_model_key_file {
+                Some(path) => Some(
+                    std::fs::canonicalize(&path)
+                        .with_context(|| format!("cannot read {}", path.display()))?,
                 ),
-                webhook_secret: Some(Secret::new(webhook_secret)),
-                api_url: Some(api_url),
-                git_url: Some(git_url),
-                reconcile_secs: Some(reconcile_secs),
-            },
-        ),
+                None => None,
+            };
+            configure(
+                target.data_dir,
+                FileConfig {
+                    app_id: Some(app_id),
+                    private_key_path: Some(
+                        std::fs::canonicalize(&private_key)
+                            .with_context(|| format!("cannot read {}", private_key.display()))?,
+                    ),
+                    webhook_secret: Some(Secret::new(webhook_secret)),
+                    api_url: Some(api_url),
+                    git_url: Some(git_url),
+                    reconcile_secs: Some(reconcile_secs),
+                    review_model_can_block: review_model
+                        .is_some()
+                        .then_some(review_model_can_block),
+                    review_model_url,
+                    review_model,
+                    review_model_key_path,
+                    review_model_timeout_secs: None,
+                },
+            )
+        }
         GithubCommand::Link { repo, github_repo } => {
             let client = target.client()?;
             let request = GithubLinkRequest {
@@ -129,8 +166,23 @@ fn configure(data_dir: &Path, file: FileConfig) -> anyhow::Result<()> {
 fn to_toml(file: &FileConfig) -> anyhow::Result<String> {
     let quote = |s: &str| serde_json::to_string(s);
     let key = file.private_key_path.as_deref().unwrap_or(Path::new(""));
+    let mut model = String::new();
+    if let (Some(url), Some(name)) = (&file.review_model_url, &file.review_model) {
+        model.push_str(&format!(
+            "review_model_url = {}\nreview_model = {}\nreview_model_can_block = {}\n",
+            quote(url)?,
+            quote(name)?,
+            file.review_model_can_block.unwrap_or(false)
+        ));
+        if let Some(path) = &file.review_model_key_path {
+            model.push_str(&format!(
+                "review_model_key_path = {}\n",
+                quote(&path.display().to_string())?
+            ));
+        }
+    }
     Ok(format!(
-        "app_id = {}\nprivate_key_path = {}\nwebhook_secret = {}\napi_url = {}\ngit_url = {}\nreconcile_secs = {}\n",
+        "app_id = {}\nprivate_key_path = {}\nwebhook_secret = {}\napi_url = {}\ngit_url = {}\nreconcile_secs = {}\n{model}",
         file.app_id.unwrap_or_default(),
         quote(&key.display().to_string())?,
         quote(

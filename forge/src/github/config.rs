@@ -8,10 +8,22 @@
 //! `FORGE_GITHUB_GIT_URL`, `FORGE_GITHUB_RECONCILE_SECS`). The app is off
 //! unless an app id, a key and a secret are all given. Secrets are kept in
 //! [`Secret`], whose `Debug` prints nothing of them.
+//!
+//! The review bot's model ([`crate::review::model`]) is optional:
+//! `review_model_url` and `review_model` (`FORGE_REVIEW_MODEL=URL,MODEL`),
+//! its API key read from `review_model_key_path` (a file whose path is
+//! recorded, like the App's key; `FORGE_REVIEW_MODEL_KEY_FILE`, or the key
+//! itself in `FORGE_REVIEW_MODEL_KEY`), `review_model_can_block`
+//! (`FORGE_REVIEW_MODEL_CAN_BLOCK=true`) and `review_model_timeout_secs`
+//! (`FORGE_REVIEW_MODEL_TIMEOUT_SECS`, default 60).
 
 use std::path::{Path, PathBuf};
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
+
+use crate::review::model::ModelConfig;
 
 /// GitHub's public API and git hosts.
 pub const DEFAULT_API_URL: &str = "https://api.github.com";
@@ -48,6 +60,11 @@ pub struct FileConfig {
     pub api_url: Option<String>,
     pub git_url: Option<String>,
     pub reconcile_secs: Option<u64>,
+    pub review_model_url: Option<String>,
+    pub review_model: Option<String>,
+    pub review_model_key_path: Option<PathBuf>,
+    pub review_model_can_block: Option<bool>,
+    pub review_model_timeout_secs: Option<u64>,
 }
 
 /// A complete configuration of the app.
@@ -60,6 +77,8 @@ pub struct GithubConfig {
     pub git_url: String,
     /// Seconds between full reconciles of every linked repository.
     pub reconcile_secs: u64,
+    /// The review bot's model, when one is configured.
+    pub review_model: Option<ModelConfig>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +99,8 @@ pub enum ConfigError {
     Number { name: &'static str },
     #[error("The GitHub App is partly configured: {missing} is missing")]
     Incomplete { missing: &'static str },
+    #[error("The review model must be given as URL,MODEL (got {0:?})")]
+    ModelSpec(String),
 }
 
 /// The file `forge github configure` writes.
@@ -127,10 +148,70 @@ pub fn load(data_dir: &Path) -> Result<Option<GithubConfig>, ConfigError> {
             name: "FORGE_GITHUB_RECONCILE_SECS",
         })?);
     }
-    resolve(file)
+    if let Some(spec) = env("FORGE_REVIEW_MODEL") {
+        let (url, model) = model_spec(&spec)?;
+        file.review_model_url = Some(url);
+        file.review_model = Some(model);
+    }
+    if let Some(path) = env("FORGE_REVIEW_MODEL_KEY_FILE") {
+        file.review_model_key_path = Some(PathBuf::from(path));
+    }
+    if let Some(flag) = env("FORGE_REVIEW_MODEL_CAN_BLOCK") {
+        file.review_model_can_block = Some(matches!(flag.as_str(), "1" | "true" | "yes"));
+    }
+    if let Some(secs) = env("FORGE_REVIEW_MODEL_TIMEOUT_SECS") {
+        file.review_model_timeout_secs = Some(secs.parse().map_err(|_| ConfigError::Number {
+            name: "FORGE_REVIEW_MODEL_TIMEOUT_SECS",
+        })?);
+    }
+    let key = env("FORGE_REVIEW_MODEL_KEY").map(Secret::new);
+    resolve(file, key)
 }
 
-fn resolve(file: FileConfig) -> Result<Option<GithubConfig>, ConfigError> {
+/// `URL,MODEL` split; the URL must be http(s).
+pub fn model_spec(spec: &str) -> Result<(String, String), ConfigError> {
+    let (url, model) = spec
+        .rsplit_once(',')
+        .ok_or_else(|| ConfigError::ModelSpec(spec.to_owned()))?;
+    let (url, model) = (url.trim(), model.trim());
+    if model.is_empty() || !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(ConfigError::ModelSpec(spec.to_owned()));
+    }
+    Ok((trimmed(url), model.to_owned()))
+}
+
+/// The model's settings of `file`; `key` (from the environment) wins over
+/// the key file.
+fn review_model(
+    file: &FileConfig,
+    key: Option<Secret>,
+) -> Result<Option<ModelConfig>, ConfigError> {
+    let (Some(url), Some(model)) = (&file.review_model_url, &file.review_model) else {
+        return Ok(None);
+    };
+    let api_key = match (key, &file.review_model_key_path) {
+        (Some(key), _) => Some(key),
+        (None, Some(path)) => Some(Secret::new(
+            std::fs::read_to_string(path)
+                .map_err(|source| ConfigError::Read {
+                    path: path.display().to_string(),
+                    source,
+                })?
+                .trim(),
+        )),
+        (None, None) => None,
+    };
+    Ok(Some(ModelConfig {
+        url: url.clone(),
+        model: model.clone(),
+        api_key,
+        timeout: Duration::from_secs(file.review_model_timeout_secs.unwrap_or(60).max(1)),
+        can_block: file.review_model_can_block.unwrap_or(false),
+    }))
+}
+
+fn resolve(file: FileConfig, key: Option<Secret>) -> Result<Option<GithubConfig>, ConfigError> {
+    let model = review_model(&file, key)?;
     if file.app_id.is_none() && file.private_key_path.is_none() && file.webhook_secret.is_none() {
         return Ok(None);
     }
@@ -154,6 +235,7 @@ fn resolve(file: FileConfig) -> Result<Option<GithubConfig>, ConfigError> {
         api_url: trimmed(file.api_url.as_deref().unwrap_or(DEFAULT_API_URL)),
         git_url: trimmed(file.git_url.as_deref().unwrap_or(DEFAULT_GIT_URL)),
         reconcile_secs: file.reconcile_secs.unwrap_or(300).max(1),
+        review_model: model,
     }))
 }
 
@@ -177,7 +259,56 @@ mod tests {
             app_id: Some(1),
             ..FileConfig::default()
         };
-        assert!(matches!(resolve(file), Err(ConfigError::Incomplete { .. })));
-        assert!(resolve(FileConfig::default()).unwrap_or(None).is_none());
+        assert!(matches!(
+            resolve(file, None),
+            Err(ConfigError::Incomplete { .. })
+        ));
+        assert!(
+            resolve(FileConfig::default(), None)
+                .unwrap_or(None)
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn a_model_is_given_as_url_and_name() {
+        assert_eq!(
+            model_spec("http://127.0.0.1:8080/v1/,qwen2.5-coder").expect("valid"),
+            ("http://127.0.0.1:8080/v1".into(), "qwen2.5-coder".into())
+        );
+        for bad in ["qwen", "ftp://x,m", "http://x,", ",m"] {
+            assert!(model_spec(bad).is_err(), "{bad}");
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = dir.path().join("key");
+        std::fs::write(&key, "sk-secret\n").expect("write");
+        let file = FileConfig {
+            review_model_url: Some("https://models.example/v1".into()),
+            review_model: Some("m".into()),
+            review_model_key_path: Some(key),
+            ..FileConfig::default()
+        };
+        let model = review_model(&file, None)
+            .expect("read")
+            .expect("configured");
+        assert_eq!(
+            model.api_key.as_ref().map(Secret::expose),
+            Some("sk-secret")
+        );
+        assert_eq!(model.timeout, Duration::from_secs(60));
+        assert!(!model.can_block);
+        let from_env = review_model(&file, Some(Secret::new("sk-env"))).expect("read");
+        assert_eq!(
+            from_env
+                .and_then(|m| m.api_key)
+                .as_ref()
+                .map(Secret::expose),
+            Some("sk-env")
+        );
+        assert!(
+            review_model(&FileConfig::default(), None)
+                .expect("read")
+                .is_none()
+        );
     }
 }

@@ -163,6 +163,7 @@ pub async fn start(
             auth.clone(),
             public_url.to_owned(),
             review_mode,
+            config.review_model.clone(),
         ),
         auth,
         config,

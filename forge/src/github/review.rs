@@ -26,11 +26,14 @@
 //!
 //! Posting: a check run `forge` is created and completed on the head
 //! commit, then one review, whose body names where the steps came from
-//! ("Steps from `main`'s `.forge.toml` at `abc1234…`"), a table of steps
-//! and the tail of the failing step's log. The review's event depends on
+//! ("Steps from `main`'s `.forge.toml` at `abc1234…`"), a table of steps,
+//! the tail of the failing step's log and the run's findings
+//! ([`crate::review`]): those on lines of the pull request's diff are
+//! inline comments (GitHub refusing them, the review is posted again with
+//! them listed in the body), the others are listed. Failing steps always
+//! mean `REQUEST_CHANGES`; with passing steps the event depends on
 //! [`ReviewMode`] (`forge serve --review-mode`): by default `COMMENT`, the
-//! verdict in the body; with `approve`, `APPROVE` when every step passed and
-//! `REQUEST_CHANGES` otherwise.
+//! verdict in the body; with `approve`, `APPROVE`.
 //!
 //! What this does not stop: the base's steps still run the pull request's
 //! code (its tests, the `package.json` scripts a `bun run test` step names,
@@ -60,6 +63,8 @@ use super::auth::{AppAuth, Method};
 use crate::events::EventBus;
 use crate::git::{Repositories, inspect};
 use crate::pipelines::{self, plan::Plan};
+use crate::review::model::{self, ModelConfig, ModelError, ModelReview};
+use crate::review::{Diff, LineComment, Placed};
 use crate::store::{GithubLink, GithubPull, NewEvent, RunRow, StepRow, Store};
 
 /// Marks this bot's reviews; followed by the head commit.
@@ -70,7 +75,8 @@ const TAIL_LINES: usize = 40;
 /// How the bot posts its verdict (`forge serve --review-mode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum ReviewMode {
-    /// A `COMMENT` review carrying the verdict: the bot never approves.
+    /// The bot never approves: a `COMMENT` review carrying the verdict
+    /// when every step passed, `REQUEST_CHANGES` otherwise.
     #[default]
     Comment,
     /// `APPROVE` when every step passed, `REQUEST_CHANGES` otherwise.
@@ -81,9 +87,9 @@ impl ReviewMode {
     /// The review event for a run that passed, or did not.
     pub fn event(self, passed: bool) -> ReviewVerdict {
         match (self, passed) {
-            (Self::Comment, _) => ReviewVerdict::Comment,
+            (_, false) => ReviewVerdict::RequestChanges,
+            (Self::Comment, true) => ReviewVerdict::Comment,
             (Self::Approve, true) => ReviewVerdict::Approve,
-            (Self::Approve, false) => ReviewVerdict::RequestChanges,
         }
     }
 }
@@ -168,6 +174,9 @@ pub struct Reviewer {
     auth: Arc<AppAuth>,
     public_url: String,
     mode: ReviewMode,
+    /// The model of an AI review, when configured.
+    model: Option<ModelConfig>,
+    http: reqwest::Client,
     /// Decisions and posts one at a time (see the module docs).
     turn: tokio::sync::Mutex<()>,
 }
@@ -180,6 +189,7 @@ impl Reviewer {
         auth: Arc<AppAuth>,
         public_url: String,
         mode: ReviewMode,
+        model: Option<ModelConfig>,
     ) -> Self {
         Self {
             store,
@@ -188,6 +198,8 @@ impl Reviewer {
             auth,
             public_url,
             mode,
+            model,
+            http: reqwest::Client::new(),
             turn: tokio::sync::Mutex::new(()),
         }
     }
@@ -294,6 +306,28 @@ impl Reviewer {
         Ok(())
     }
 
+    /// The pull request's diff: from the merge base of the base's commit
+    /// and `head`. Empty (every finding listed, none inline) when git
+    /// cannot tell.
+    async fn diff(&self, repo_id: &str, base: &BaseSteps, head: &str) -> Diff {
+        let dir = self.repos.path(repo_id);
+        let (from, to) = (base.commit.clone(), head.to_owned());
+        match tokio::task::spawn_blocking(move || Diff::between(&dir, &from, &to)).await {
+            Ok(Ok(diff)) => diff,
+            Ok(Err(error)) => {
+                tracing::warn!(
+                    error = format!("{error:#}"),
+                    "reading the pull request's diff failed"
+                );
+                Diff::default()
+            }
+            Err(error) => {
+                tracing::warn!(error = %error, "reading the pull request's diff failed");
+                Diff::default()
+            }
+        }
+    }
+
     /// Posts the review of `pull` from `run`; the caller holds `turn`.
     async fn post(
         &self,
@@ -304,7 +338,36 @@ impl Reviewer {
     ) -> anyhow::Result<()> {
         let (repo_id, number, sha) = (&link.repo_id, pull.number, &pull.head_sha);
         let passed = run.state == RunState::Passed;
-        let verdict = self.mode.event(passed);
+        let steps = self.store.steps(run.id).await?;
+        let analysis = self.store.run_analysis(run.id).await?.unwrap_or_default();
+        let diff = self.diff(repo_id, base, sha).await;
+        let placed = Placed::new(&analysis.findings, &diff);
+        let model = match &self.model {
+            Some(config) => {
+                let ran = steps_for_model(&steps);
+                let context = model::Context {
+                    steps: &ran,
+                    findings: &analysis.findings,
+                };
+                let outcome = model::review(&self.http, config, &diff, context).await;
+                if let Err(error) = &outcome {
+                    tracing::warn!(repo = %link.github_repo, pull = pull.number, error = %error, "the AI review failed: posting the forge's own");
+                }
+                Some((config, outcome))
+            }
+            None => None,
+        };
+        let verdict = match &model {
+            _ if !passed => ReviewVerdict::RequestChanges,
+            Some((config, Ok(said))) if said.request_changes => {
+                if config.can_block {
+                    ReviewVerdict::RequestChanges
+                } else {
+                    ReviewVerdict::Comment
+                }
+            }
+            _ => self.mode.event(true),
+        };
         let installation = link.installation_id as u64;
         let gh = &link.github_repo;
         if !self
@@ -334,10 +397,24 @@ impl Reviewer {
                 return Ok(());
             }
         }
-        let steps = self.store.steps(run.id).await?;
         // The run's page in the web UI (steps, logs, the review).
         let url = format!("{}/-/runs/{}", self.public_url, run.id);
-        let body = review_body(run, &steps, sha, &url, base, self.mode);
+        let said = model
+            .as_ref()
+            .and_then(|(_, outcome)| outcome.as_ref().ok());
+        let sections = |inline: bool| {
+            let listed = Placed {
+                comments: Vec::new(),
+                elsewhere: analysis.findings.clone(),
+            };
+            let findings = if inline { &placed } else { &listed };
+            let ai = model
+                .as_ref()
+                .map(|(config, outcome)| model_section(config, outcome, passed, inline))
+                .unwrap_or_default();
+            format!("{}{ai}", findings.section(&analysis))
+        };
+        let body = review_body(run, &steps, sha, &url, base, self.mode, &sections(true));
         let check = self
             .auth
             .as_installation(
@@ -365,15 +442,37 @@ impl Reviewer {
                 )
                 .await?;
         }
-        let review = self
+        let reviews = format!("/repos/{gh}/pulls/{number}/reviews");
+        let comments: Vec<Value> = merged(&placed.comments, said.map(|s| &s.comments[..]))
+            .iter()
+            .map(|c| json!({ "path": c.path, "line": c.line, "side": "RIGHT", "body": c.body }))
+            .collect();
+        let review = match self
             .auth
             .as_installation(
                 installation,
                 Method::Post,
-                &format!("/repos/{gh}/pulls/{number}/reviews"),
-                Some(&json!({ "commit_id": sha, "event": verdict, "body": body })),
+                &reviews,
+                Some(&json!({ "commit_id": sha, "event": verdict, "body": body, "comments": comments })),
             )
-            .await?;
+            .await
+        {
+            // GitHub's diff is not the forge's (its base moved on): the
+            // findings go into the body instead.
+            Err(error) if error.status() == Some(422) && !comments.is_empty() => {
+                tracing::warn!(repo = %gh, pull = number, error = %error, "GitHub refused the inline comments: listing them in the review");
+                let body = review_body(run, &steps, sha, &url, base, self.mode, &sections(false));
+                self.auth
+                    .as_installation(
+                        installation,
+                        Method::Post,
+                        &reviews,
+                        Some(&json!({ "commit_id": sha, "event": verdict, "body": body })),
+                    )
+                    .await?
+            }
+            other => other?,
+        };
         let review_id = review["id"].as_i64().unwrap_or_default();
         self.store
             .finish_github_review(repo_id, number, sha, review_id, check_id)
@@ -387,6 +486,11 @@ impl Reviewer {
                     "repo": repo.full_name(), "github_repo": gh, "pull_request": number,
                     "sha": sha, "verdict": verdict, "passed": passed, "run": run.id,
                     "review_id": review_id, "plan": { "branch": base.branch, "commit": base.commit },
+                    "comments": comments.len(),
+                    "model": model.as_ref().map(|(config, outcome)| json!({
+                        "name": config.model,
+                        "error": outcome.as_ref().err().map(ToString::to_string),
+                    })),
                 }),
             };
             self.events
@@ -401,6 +505,94 @@ impl Reviewer {
         }
         Ok(())
     }
+}
+
+/// The steps and their results for the model, with the failing steps'
+/// last lines.
+fn steps_for_model(steps: &[StepRow]) -> String {
+    let mut out = String::new();
+    for step in steps {
+        out.push_str(&format!(
+            "- {} (`{}`): {}\n",
+            step.name, step.command, step.status
+        ));
+        if step.status == StepState::Failed {
+            let lines: Vec<&str> = step.log.lines().collect();
+            let tail = lines[lines.len().saturating_sub(TAIL_LINES)..].join("\n");
+            out.push_str(&format!(
+                "  its last lines:\n{}\n",
+                crate::review::findings::strip_ansi(&tail)
+            ));
+        }
+    }
+    out
+}
+
+/// The tools' comments, with the model's added: on a line that has both,
+/// one comment.
+fn merged(tools: &[LineComment], model: Option<&[LineComment]>) -> Vec<LineComment> {
+    let mut all = tools.to_vec();
+    for said in model.unwrap_or_default() {
+        let body = format!("**AI review**: {}", said.body);
+        match all
+            .iter_mut()
+            .find(|c| c.path == said.path && c.line == said.line)
+        {
+            Some(comment) => comment.body = format!("{}\n\n{body}", comment.body),
+            None => all.push(LineComment {
+                path: said.path.clone(),
+                line: said.line,
+                body,
+            }),
+        }
+    }
+    all
+}
+
+/// The review's section on what the model said, or why it is missing.
+/// `inline`: its comments are inline (else they are listed here).
+fn model_section(
+    config: &ModelConfig,
+    outcome: &Result<ModelReview, ModelError>,
+    passed: bool,
+    inline: bool,
+) -> String {
+    let said = match outcome {
+        Ok(said) => said,
+        Err(error) => {
+            return format!(
+                "\n> The AI review ({}) is missing: {error}. This review is the forge's own.\n",
+                config.model
+            );
+        }
+    };
+    let mut out = format!("\n#### AI review ({})\n\n{}\n", config.model, said.summary);
+    if !inline {
+        for comment in &said.comments {
+            out.push_str(&format!(
+                "- `{}:{}` {}\n",
+                comment.path.replace('`', "'"),
+                comment.line,
+                comment
+                    .body
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ));
+        }
+    }
+    if said.dropped > 0 {
+        out.push_str(&format!(
+            "\n> {} of the model's comments did not point at a line of this change and were dropped.\n",
+            said.dropped
+        ));
+    }
+    if said.request_changes && passed && !config.can_block {
+        out.push_str(
+            "\n> The model asks for changes; the steps passed, so this review is a comment.\n",
+        );
+    }
+    out
 }
 
 fn headline(run: &RunRow) -> String {
@@ -452,6 +644,7 @@ pub fn review_body(
     url: &str,
     base: &BaseSteps,
     mode: ReviewMode,
+    findings: &str,
 ) -> String {
     let passed = run.state == RunState::Passed;
     let icon = if passed { "✅" } else { "❌" };
@@ -466,11 +659,10 @@ pub fn review_body(
     if run.plan_commit.is_none() {
         body.push_str(" The pull request's own steps are the same: this is the branch's run.");
     }
-    if mode == ReviewMode::Comment {
-        let verdict = if passed { "approve" } else { "request changes" };
-        body.push_str(&format!(
-            "\n\n**Verdict: {verdict}.** Posted as a comment: the forge's checks are a signal for a reviewer, not an approval."
-        ));
+    if mode == ReviewMode::Comment && passed {
+        body.push_str(
+            "\n\n**Verdict: approve.** Posted as a comment: the forge's checks are a signal for a reviewer, not an approval.",
+        );
     }
     body.push_str("\n\n| step | status | duration |\n| --- | --- | --- |\n");
     for step in steps {
@@ -497,6 +689,7 @@ pub fn review_body(
             tail.replace("```", "'''"),
         ));
     }
+    body.push_str(findings);
     body.push_str(&format!("\n[The run in the forge]({url})\n"));
     body
 }
@@ -557,7 +750,10 @@ mod tests {
     fn the_default_mode_never_approves() {
         assert_eq!(ReviewMode::default(), ReviewMode::Comment);
         assert_eq!(ReviewMode::Comment.event(true), ReviewVerdict::Comment);
-        assert_eq!(ReviewMode::Comment.event(false), ReviewVerdict::Comment);
+        assert_eq!(
+            ReviewMode::Comment.event(false),
+            ReviewVerdict::RequestChanges
+        );
         assert_eq!(ReviewMode::Approve.event(true), ReviewVerdict::Approve);
         assert_eq!(
             ReviewMode::Approve.event(false),
@@ -614,6 +810,7 @@ mod tests {
             "http://forge/-/runs/7",
             &from_toml,
             ReviewMode::Approve,
+            "",
         );
         assert!(
             body.contains("Steps from `main`'s `.forge.toml` at `ba5e00000000`."),
@@ -632,6 +829,7 @@ mod tests {
             "u",
             &base(Ok(scripts)),
             ReviewMode::Comment,
+            "",
         );
         assert!(own.contains("`main`'s `package.json` at"), "{own}");
         assert!(own.contains("this is the branch's run"), "{own}");
@@ -646,8 +844,9 @@ mod tests {
             "u",
             &from_toml,
             ReviewMode::Comment,
+            "",
         );
-        assert!(failed.contains("**Verdict: request changes.**"), "{failed}");
+        assert!(!failed.contains("**Verdict"), "{failed}");
         let none = base(Ok(Plan {
             install: None,
             steps: Vec::new(),
@@ -684,7 +883,9 @@ mod tests {
             "http://forge/-/runs/7",
             &base(self::steps(&["lint", "test"])),
             ReviewMode::Approve,
+            "\n#### Findings\n",
         );
+        assert!(body.contains("\n#### Findings\n\n[The run in the forge]"));
         assert!(body.starts_with("<!-- forge-review:0123456789abcdef -->"));
         assert!(body.contains("| lint | passed | 1.5 s |"));
         assert!(body.contains("| test | failed | 1.5 s |"));

@@ -29,6 +29,7 @@
 //! At start-up, runs left `running` by a stopped forge are marked `error`
 //! and queued runs start.
 
+mod analysis;
 pub mod plan;
 mod runner;
 

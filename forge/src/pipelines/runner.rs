@@ -230,16 +230,27 @@ impl Pipelines {
             }
             position += 1;
         }
+        let mut outcome = Outcome::Passed;
         for step in &plan.steps {
-            let outcome = self
+            outcome = self
                 .step(run, &branch.vm_id, position, &step.run, step.timeout, token)
                 .await?;
             if outcome != Outcome::Passed {
-                return Ok(outcome);
+                break;
             }
             position += 1;
         }
-        Ok(Outcome::Passed)
+        // A change on a branch other than the default gets reviewed: the
+        // review reads the analysis.
+        let reviewed = self
+            .store
+            .repo_by_id(&run.repo_id)
+            .await?
+            .is_some_and(|repo| repo.default_branch != run.branch);
+        if outcome != Outcome::Cancelled && reviewed {
+            self.analyse(run, &branch.vm_id, token).await;
+        }
+        Ok(outcome)
     }
 
     /// The branch's sandbox: its own when alive; else a fork of the default

@@ -241,6 +241,35 @@ impl Store {
         Ok(())
     }
 
+    /// Records what the analysis after run `run_id`'s steps found.
+    pub async fn set_run_analysis(
+        &self,
+        run_id: i64,
+        analysis: &crate::review::Analysis,
+    ) -> Result<()> {
+        let json = serde_json::to_string(analysis).unwrap_or_else(|_| "{}".into());
+        sqlx::query(
+            "INSERT INTO run_analyses (run_id, analysis) VALUES (?, ?)
+             ON CONFLICT (run_id) DO UPDATE SET analysis = excluded.analysis",
+        )
+        .bind(run_id)
+        .bind(json)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// What the analysis after run `run_id`'s steps found; `None` when
+    /// none ran.
+    pub async fn run_analysis(&self, run_id: i64) -> Result<Option<crate::review::Analysis>> {
+        let json: Option<String> =
+            sqlx::query_scalar("SELECT analysis FROM run_analyses WHERE run_id = ?")
+                .bind(run_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(json.map(|json| serde_json::from_str(&json).unwrap_or_default()))
+    }
+
     pub async fn steps(&self, run_id: i64) -> Result<Vec<StepRow>> {
         Ok(sqlx::query_as(
             "SELECT position, name, command, status, exit_code, duration_ms, log FROM run_steps

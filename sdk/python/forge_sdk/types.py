@@ -42,6 +42,9 @@ __all__ = [
     "FieldError",
     "FileEntry",
     "FileKind",
+    "Finding",
+    "FindingSeverity",
+    "FindingTool",
     "ForkRequest",
     "Forks",
     "GithubLinkRequest",
@@ -58,6 +61,7 @@ __all__ = [
     "RefView",
     "RepoView",
     "ReviewVerdict",
+    "RunAnalysis",
     "RunDetail",
     "RunEnd",
     "RunReview",
@@ -441,6 +445,27 @@ FileKind = Literal["file", "dir", "symlink", "other"]
 
 
 @dataclass
+class Finding:
+    """One problem a tool reported at a place in the checkout."""
+    message: str
+    path: str
+    """Relative to the repository's root, `/`-separated."""
+    severity: "FindingSeverity"
+    tool: "FindingTool"
+    line: Optional[Optional[int]] = None
+    """1-based; `None` when the tool named only the file."""
+    rule: Optional[Optional[str]] = None
+    """The tool's rule or code (`TS2322`, `no-debugger`), when it gave one."""
+
+
+FindingSeverity = Literal["error", "warning", "info"]
+
+
+# Which tool reported a finding.
+FindingTool = Literal["tsc", "eslint", "biome", "bun_test"]
+
+
+@dataclass
 class ForkRequest:
     """`POST /v1/vms/{id}/fork`."""
     count: Optional[Optional[int]] = None
@@ -555,6 +580,20 @@ ReviewVerdict = Literal["COMMENT", "APPROVE", "REQUEST_CHANGES"]
 
 
 @dataclass
+class RunAnalysis:
+    """
+    What the analysis after a run's steps found: the project's own
+    TypeScript compiler, ESLint and Biome when it uses them, and the
+    failing tests and compiler errors in the steps' logs.
+    """
+    findings: List["Finding"]
+    notes: List[str]
+    """What went wrong on the way (a tool that timed out or crashed)."""
+    tools: List[str]
+    """The tools that ran (`tsc`, `ESLint`, `Biome`)."""
+
+
+@dataclass
 class RunDetail:
     """`GET /v1/runs/{id}`: the run and the pull-request review it decided."""
     branch: str
@@ -568,6 +607,7 @@ class RunDetail:
     """`owner/name` when the run was queued."""
     state: "RunState"
     steps: List["StepView"]
+    analysis: Optional[Optional["RunAnalysis"]] = None
     commit: Optional[Optional["CommitView"]] = None
     error: Optional[Optional[str]] = None
     finished_at: Optional[Optional[str]] = None

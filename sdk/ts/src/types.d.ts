@@ -291,6 +291,24 @@ export interface FileEntry {
 
 export type FileKind = "file" | "dir" | "symlink" | "other";
 
+/** One problem a tool reported at a place in the checkout. */
+export interface Finding {
+  /** 1-based; `None` when the tool named only the file. */
+  line?: number | null;
+  message: string;
+  /** Relative to the repository's root, `/`-separated. */
+  path: string;
+  /** The tool's rule or code (`TS2322`, `no-debugger`), when it gave one. */
+  rule?: string | null;
+  severity: FindingSeverity;
+  tool: FindingTool;
+}
+
+export type FindingSeverity = "error" | "warning" | "info";
+
+/** Which tool reported a finding. */
+export type FindingTool = "tsc" | "eslint" | "biome" | "bun_test";
+
 /** `POST /v1/vms/{id}/fork`. */
 export interface ForkRequest {
   count?: number | null;
@@ -393,8 +411,22 @@ export interface RepoView {
  */
 export type ReviewVerdict = "COMMENT" | "APPROVE" | "REQUEST_CHANGES";
 
+/**
+ * What the analysis after a run's steps found: the project's own
+ * TypeScript compiler, ESLint and Biome when it uses them, and the
+ * failing tests and compiler errors in the steps' logs.
+ */
+export interface RunAnalysis {
+  findings: Finding[];
+  /** What went wrong on the way (a tool that timed out or crashed). */
+  notes: string[];
+  /** The tools that ran (`tsc`, `ESLint`, `Biome`). */
+  tools: string[];
+}
+
 /** `GET /v1/runs/{id}`: the run and the pull-request review it decided. */
 export type RunDetail = RunView & {
+  analysis?: null | RunAnalysis;
   commit?: null | CommitView;
   review?: null | RunReview;
 };

@@ -23,7 +23,7 @@
 
 mod git;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
@@ -141,6 +141,44 @@ fn git(dir: &Path, args: &[&str]) -> String {
         .output()
         .expect("git runs");
     String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+/// The new-side lines of each file a review comment may point at: every
+/// line of the hunks of the diff from the merge base of `base` and `head`
+/// to `head`, read from the hunk headers' ranges.
+fn diff_lines(dir: &Path, base: &str, head: &str) -> HashMap<String, HashSet<u64>> {
+    let merge_base = git(dir, &["merge-base", base, head]);
+    let diff = git(
+        dir,
+        &[
+            "diff",
+            "--unified=3",
+            "--no-color",
+            "--no-renames",
+            &merge_base,
+            head,
+        ],
+    );
+    let mut lines: HashMap<String, HashSet<u64>> = HashMap::new();
+    let mut path = None;
+    for line in diff.lines() {
+        if let Some(name) = line.strip_prefix("+++ ") {
+            path = name.strip_prefix("b/").map(str::to_owned);
+        } else if let (Some(header), Some(path)) = (line.strip_prefix("@@ "), &path) {
+            let range = header
+                .split(' ')
+                .find_map(|p| p.strip_prefix('+'))
+                .unwrap_or("0,0");
+            let (start, count) = range.split_once(',').unwrap_or((range, "1"));
+            let (start, count): (u64, u64) =
+                (start.parse().unwrap_or(0), count.parse().unwrap_or(0));
+            lines
+                .entry(path.clone())
+                .or_default()
+                .extend(start..start + count);
+        }
+    }
+    lines
 }
 
 fn refs_of(dir: &Path) -> HashMap<String, String> {
@@ -751,8 +789,28 @@ async fn create_review(
             "Unprocessable Entity: commit_id is not part of the pull request",
         );
     }
+    let comments = request["comments"].as_array().cloned().unwrap_or_default();
+    if !comments.is_empty() {
+        let lines = diff_lines(&dir, &format!("refs/heads/{}", pull.base), &commit);
+        for comment in &comments {
+            let (path, line) = (
+                comment["path"].as_str().unwrap_or(""),
+                comment["line"].as_u64(),
+            );
+            let side = comment["side"].as_str().unwrap_or("RIGHT");
+            let in_diff =
+                line.is_some_and(|line| lines.get(path).is_some_and(|l| l.contains(&line)));
+            if side != "RIGHT" || !in_diff || comment["body"].as_str().unwrap_or("").is_empty() {
+                return error(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "Unprocessable Entity: pull_request_review_thread.line must be part of the diff",
+                );
+            }
+        }
+    }
     shared.next_id += 1;
     let review = json!({
+        "comments": comments,
         "id": shared.next_id, "repo": full_name, "pull": number, "commit_id": commit,
         "state": match event { "APPROVE" => "APPROVED", "REQUEST_CHANGES" => "CHANGES_REQUESTED", _ => "COMMENTED" },
         "event": event, "body": text,

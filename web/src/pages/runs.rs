@@ -6,7 +6,7 @@
 //! posted on the branch's pull request. A failed or running step is open;
 //! the others are folded.
 
-use api_types::runs::{RunDetail, RunView, StepView};
+use api_types::runs::{Finding, RunAnalysis, RunDetail, RunView, StepView};
 use api_types::{RunState, StepState};
 use axum::Form;
 use axum::extract::{Path, State};
@@ -16,6 +16,7 @@ use maud::{Markup, html};
 
 use super::{Fields, branch_page};
 use crate::Ui;
+use crate::api::encode;
 use crate::badge::badge;
 use crate::layout::{self, PageError, csrf_field, duration, respond, short, when};
 use crate::session::User;
@@ -74,6 +75,7 @@ pub async fn show(
             ol.steps { @for step in &run.steps { (step_item(step)) } }
             p { a href={ "/-/runs/" (id) "/events" } { "Raw event stream" } }
         }
+        @if let Some(analysis) = &detail.analysis { (findings(repo, &run.branch, analysis)) }
         section aria-labelledby="review" {
             h2 #review { "Review" }
             @match &detail.review {
@@ -93,6 +95,43 @@ pub async fn show(
         Some(&user),
         body,
     )))
+}
+
+/// What the analysis after the steps found, each finding linked to its
+/// line on the branch.
+fn findings(repo: &str, branch: &str, analysis: &RunAnalysis) -> Markup {
+    let link = |finding: &Finding| {
+        let line = finding.line.map(|n| format!("#L{n}")).unwrap_or_default();
+        format!(
+            "{}&path={}{line}",
+            branch_page(repo, branch),
+            encode(&finding.path)
+        )
+    };
+    html! {
+        section aria-labelledby="findings" {
+            h2 #findings { "Findings" }
+            p.facts {
+                @if analysis.tools.is_empty() {
+                    "From the steps' output (no TypeScript compiler, ESLint or Biome configured)."
+                } @else {
+                    "Ran " (analysis.tools.join(", ")) ", and read the steps' output."
+                }
+            }
+            @if analysis.findings.is_empty() { p.muted #no-findings { "Nothing found." } }
+            ul.findings {
+                @for finding in &analysis.findings {
+                    li {
+                        a href=(link(finding)) { code { (finding.place()) } } " "
+                        strong { (finding.tool.label()) }
+                        @if let Some(rule) = &finding.rule { " " code { (rule) } }
+                        ": " span.message { (finding.message) }
+                    }
+                }
+            }
+            @for note in &analysis.notes { p.muted { (note) } }
+        }
+    }
 }
 
 /// A step: open when it failed or runs, folded otherwise. `app.js` fills
