@@ -41,6 +41,41 @@ pub struct RunDetail {
     /// What the analysis after the steps found (runs of branches other
     /// than the default); `None` when none ran.
     pub analysis: Option<RunAnalysis>,
+    /// The forge's own review of the branch against the default branch
+    /// (repositories not linked to GitHub); `None` when there is none.
+    pub branch_review: Option<BranchReview>,
+}
+
+/// The forge's own review of a branch's run against the default branch,
+/// as the `review.posted` event that recorded it says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct BranchReview {
+    pub verdict: ReviewVerdict,
+    /// The default branch and its commit the change was read against.
+    pub base_branch: String,
+    pub base_commit: String,
+    /// The review in Markdown (as a pull request would get it).
+    pub body: String,
+    /// Comments on lines of the change (tools' findings, the model's).
+    pub comments: Vec<ReviewComment>,
+    /// The model that was asked, when one is configured.
+    pub model: Option<String>,
+    /// What the model said.
+    pub model_summary: Option<String>,
+    /// Why the model's review is missing, when it failed.
+    pub model_error: Option<String>,
+    /// When it was recorded; filled from the event.
+    #[serde(default)]
+    pub posted_at: String,
+}
+
+/// A comment on a line of a change (the new side).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ReviewComment {
+    pub path: String,
+    pub line: u32,
+    /// Markdown.
+    pub body: String,
 }
 
 /// What the analysis after a run's steps found: the project's own
@@ -242,6 +277,7 @@ mod tests {
                 posted_at: None,
             }),
             analysis: None,
+            branch_review: None,
         };
         let value = serde_json::to_value(&detail).expect("serialises");
         assert_eq!(value["review"]["verdict"], "REQUEST_CHANGES");
@@ -253,6 +289,7 @@ mod tests {
             commit: None,
             review: None,
             analysis: None,
+            branch_review: None,
         };
         assert_eq!(
             serde_json::to_value(none).expect("serialises")["review"],

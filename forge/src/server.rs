@@ -257,6 +257,11 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         sandboxes.clone(),
         events.clone(),
         public_url.clone(),
+        crate::pipelines::ReviewSettings {
+            mode: config.review_mode,
+            model: crate::github::config::load_review_model(&config.data_dir)
+                .context("reading the review model's settings failed")?,
+        },
     );
     pipelines.start(stopping.clone());
     let state = AppState {

@@ -141,6 +141,7 @@ impl TestAppBuilder {
             sandboxes.clone(),
             events.clone(),
             PUBLIC_URL.into(),
+            crate::pipelines::ReviewSettings::default(),
         );
         let stopping = CancellationToken::new();
         if self.pipelines {

@@ -3,10 +3,12 @@
 
 #![allow(clippy::unwrap_used)] // A test that cannot unwrap has failed: say so loudly.
 
-use api_types::runs::{RunView, StepView};
+use api_types::runs::{RunDetail, RunView, StepView};
 use api_types::vms::VmDetail;
-use api_types::{RunState, StepState};
+use api_types::{ReviewVerdict, RunState, StepState};
+use e2e::fake_model::{FakeModel, Reply};
 use e2e::{TestForge, commit_files, git_ok, work_repo};
+use serde_json::json;
 
 const PACKAGE: &str = r#"{ "name": "demo", "private": true, "scripts": { "test": "bun test" } }"#;
 
@@ -150,4 +152,111 @@ fn pushes_run_the_tests_in_the_branch_sandbox() {
         "{kinds:?}"
     );
     assert!(kinds.contains(&"run.started".to_owned()));
+}
+
+/// The run of `commit` as `GET /v1/runs/{id}` shows it once the forge's
+/// review of its branch is there.
+fn reviewed_run(forge: &TestForge, repo: &str, commit: &str) -> RunDetail {
+    let run = forge.finished_run(repo, commit);
+    e2e::eventually(
+        std::time::Duration::from_secs(60),
+        "the branch's review",
+        || {
+            let shown: RunDetail = forge.get(&format!("/v1/runs/{}", run.id));
+            if shown.branch_review.is_some() {
+                Ok(shown)
+            } else {
+                Err(shown.run.state)
+            }
+        },
+    )
+}
+
+#[test]
+fn a_branch_is_reviewed_against_the_default_branch_without_github() {
+    if !e2e::require_sandboxes() {
+        return;
+    }
+    let model = FakeModel::start(
+        vec![Reply::Answer(json!({
+            "summary": "The test now expects **3**.",
+            "request_changes": false,
+            "comments": [
+                { "path": "math.test.ts", "line": 2, "body": "1 + 1 is 2." },
+                { "path": "elsewhere.ts", "line": 1, "body": "Not in the change." },
+            ],
+        }))],
+        None,
+    );
+    let spec = format!("{},fake-reviewer", model.url);
+    let forge = TestForge::builder()
+        .with_sandboxes(20)
+        .env("FORGE_REVIEW_MODEL", &spec)
+        .start();
+    forge.create_repo("acme/solo");
+    let tmp = tempfile::tempdir().unwrap();
+    let url = forge.git_url("acme/solo", &forge.admin_token);
+    let work = work_repo(
+        tmp.path(),
+        "work",
+        &[
+            ("package.json", PACKAGE),
+            ("math.test.ts", &failing_test(2)),
+        ],
+    );
+    let main = git_ok(&work, &["rev-parse", "HEAD"]);
+    git_ok(&work, &["push", "--quiet", &url, "main"]);
+    assert_eq!(
+        forge.finished_run("acme/solo", &main).state,
+        RunState::Passed
+    );
+
+    git_ok(&work, &["checkout", "--quiet", "-b", "change"]);
+    let change = commit_files(&work, &[("math.test.ts", &failing_test(3))], "expect 3");
+    git_ok(&work, &["push", "--quiet", &url, "change"]);
+    let run = reviewed_run(&forge, "acme/solo", &change);
+    assert_eq!(run.run.state, RunState::Failed);
+    let review = run.branch_review.unwrap();
+    assert_eq!(review.verdict, ReviewVerdict::RequestChanges, "{review:?}");
+    assert_eq!(
+        (review.base_branch.as_str(), review.base_commit.as_str()),
+        ("main", main.as_str())
+    );
+    assert_eq!(review.model.as_deref(), Some("fake-reviewer"));
+    assert_eq!(
+        review.model_summary.as_deref(),
+        Some("The test now expects **3**.")
+    );
+    assert_eq!(review.comments.len(), 1, "{review:?}");
+    let comment = &review.comments[0];
+    assert_eq!((comment.path.as_str(), comment.line), ("math.test.ts", 2));
+    assert!(
+        comment
+            .body
+            .contains("**bun test**: `adds small numbers` failed")
+            && comment.body.contains("**AI review**: 1 + 1 is 2."),
+        "{comment:?}"
+    );
+    assert!(
+        review
+            .body
+            .contains("The branch's own steps; the change is read against `main`")
+            && review
+                .body
+                .contains("1 of the model's comments did not point at a line"),
+        "{}",
+        review.body
+    );
+    let posted: Vec<_> = forge
+        .events("acme/solo", 0)
+        .into_iter()
+        .filter(|e| e.kind == "review.posted")
+        .collect();
+    assert_eq!(posted.len(), 1, "{posted:?}");
+    // The default branch's run is not reviewed.
+    let main_run: RunDetail = forge.get(&format!(
+        "/v1/runs/{}",
+        forge.finished_run("acme/solo", &main).id
+    ));
+    assert!(main_run.branch_review.is_none() && main_run.analysis.is_none());
 }

@@ -7,7 +7,7 @@ use std::convert::Infallible;
 use std::time::{Duration, Instant};
 
 use api_types::StepState;
-use api_types::runs::{LogEvent, RunDetail, RunEnd, RunReview, RunView, StepEvent};
+use api_types::runs::{BranchReview, LogEvent, RunDetail, RunEnd, RunReview, RunView, StepEvent};
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -238,11 +238,23 @@ pub async fn show(
         .ok()
         .map(super::repos::commit_view);
     let analysis = state.store.run_analysis(run.id).await?;
+    let branch_review = state
+        .store
+        .branch_review_of_run(&run.repo_id, run.id)
+        .await?
+        .and_then(|(json, posted_at)| {
+            let review: BranchReview = serde_json::from_str(&json).ok()?;
+            Some(BranchReview {
+                posted_at,
+                ..review
+            })
+        });
     Ok(Json(RunDetail {
         run: with_steps(&state, run).await?,
         commit,
         review,
         analysis,
+        branch_review,
     }))
 }
 

@@ -111,6 +111,20 @@ pub fn file_path(data_dir: &Path) -> PathBuf {
 /// Reads the file (if any), then the environment; `None` when the app is
 /// not configured at all.
 pub fn load(data_dir: &Path) -> Result<Option<GithubConfig>, ConfigError> {
+    let (file, key) = read(data_dir)?;
+    resolve(file, key)
+}
+
+/// The review bot's model alone (the forge's own reviews of branches use
+/// it without the App).
+pub fn load_review_model(data_dir: &Path) -> Result<Option<ModelConfig>, ConfigError> {
+    let (file, key) = read(data_dir)?;
+    review_model(&file, key)
+}
+
+/// The file (if any) with the environment over it, and the model's key
+/// from the environment.
+fn read(data_dir: &Path) -> Result<(FileConfig, Option<Secret>), ConfigError> {
     let path = file_path(data_dir);
     let mut file = match std::fs::read_to_string(&path) {
         Ok(text) => toml::from_str::<FileConfig>(&text).map_err(|source| ConfigError::Parse {
@@ -165,7 +179,7 @@ pub fn load(data_dir: &Path) -> Result<Option<GithubConfig>, ConfigError> {
         })?);
     }
     let key = env("FORGE_REVIEW_MODEL_KEY").map(Secret::new);
-    resolve(file, key)
+    Ok((file, key))
 }
 
 /// `URL,MODEL` split; the URL must be http(s).

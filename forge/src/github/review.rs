@@ -56,43 +56,18 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use api_types::{ReviewVerdict, RunState, StepState};
+use api_types::RunState;
 use serde_json::{Value, json};
 
 use super::auth::{AppAuth, Method};
 use crate::events::EventBus;
 use crate::git::{Repositories, inspect};
 use crate::pipelines::{self, plan::Plan};
-use crate::review::model::{self, ModelConfig, ModelError, ModelReview};
-use crate::review::{Diff, LineComment, Placed};
-use crate::store::{GithubLink, GithubPull, NewEvent, RunRow, StepRow, Store};
-
-/// Marks this bot's reviews; followed by the head commit.
-const MARKER: &str = "<!-- forge-review:";
-/// Lines of a failing step's log quoted in the review.
-const TAIL_LINES: usize = 40;
-
-/// How the bot posts its verdict (`forge serve --review-mode`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
-pub enum ReviewMode {
-    /// The bot never approves: a `COMMENT` review carrying the verdict
-    /// when every step passed, `REQUEST_CHANGES` otherwise.
-    #[default]
-    Comment,
-    /// `APPROVE` when every step passed, `REQUEST_CHANGES` otherwise.
-    Approve,
-}
-
-impl ReviewMode {
-    /// The review event for a run that passed, or did not.
-    pub fn event(self, passed: bool) -> ReviewVerdict {
-        match (self, passed) {
-            (_, false) => ReviewVerdict::RequestChanges,
-            (Self::Comment, true) => ReviewVerdict::Comment,
-            (Self::Approve, true) => ReviewVerdict::Approve,
-        }
-    }
-}
+use crate::review::Diff;
+pub use crate::review::ReviewMode;
+use crate::review::compose::{self, MARKER, headline, short};
+use crate::review::model::ModelConfig;
+use crate::store::{GithubLink, GithubPull, NewEvent, RunRow, Store};
 
 /// The base branch's steps, planned on the head's tree: what a pull
 /// request is judged by.
@@ -337,37 +312,21 @@ impl Reviewer {
         base: &BaseSteps,
     ) -> anyhow::Result<()> {
         let (repo_id, number, sha) = (&link.repo_id, pull.number, &pull.head_sha);
-        let passed = run.state == RunState::Passed;
         let steps = self.store.steps(run.id).await?;
         let analysis = self.store.run_analysis(run.id).await?.unwrap_or_default();
         let diff = self.diff(repo_id, base, sha).await;
-        let placed = Placed::new(&analysis.findings, &diff);
-        let model = match &self.model {
-            Some(config) => {
-                let ran = steps_for_model(&steps);
-                let context = model::Context {
-                    steps: &ran,
-                    findings: &analysis.findings,
-                };
-                let outcome = model::review(&self.http, config, &diff, context).await;
-                if let Err(error) = &outcome {
-                    tracing::warn!(repo = %link.github_repo, pull = pull.number, error = %error, "the AI review failed: posting the forge's own");
-                }
-                Some((config, outcome))
-            }
-            None => None,
+        let input = compose::Input {
+            run,
+            steps: &steps,
+            analysis: &analysis,
+            diff: &diff,
+            origin: origin(base, run),
+            // The run's page in the web UI (steps, logs, the review).
+            url: format!("{}/-/runs/{}", self.public_url, run.id),
+            mode: self.mode,
         };
-        let verdict = match &model {
-            _ if !passed => ReviewVerdict::RequestChanges,
-            Some((config, Ok(said))) if said.request_changes => {
-                if config.can_block {
-                    ReviewVerdict::RequestChanges
-                } else {
-                    ReviewVerdict::Comment
-                }
-            }
-            _ => self.mode.event(true),
-        };
+        let review = compose::compose(&self.http, self.model.as_ref(), &input).await;
+        let (verdict, passed, url) = (review.verdict, review.passed, &input.url);
         let installation = link.installation_id as u64;
         let gh = &link.github_repo;
         if !self
@@ -397,24 +356,7 @@ impl Reviewer {
                 return Ok(());
             }
         }
-        // The run's page in the web UI (steps, logs, the review).
-        let url = format!("{}/-/runs/{}", self.public_url, run.id);
-        let said = model
-            .as_ref()
-            .and_then(|(_, outcome)| outcome.as_ref().ok());
-        let sections = |inline: bool| {
-            let listed = Placed {
-                comments: Vec::new(),
-                elsewhere: analysis.findings.clone(),
-            };
-            let findings = if inline { &placed } else { &listed };
-            let ai = model
-                .as_ref()
-                .map(|(config, outcome)| model_section(config, outcome, passed, inline))
-                .unwrap_or_default();
-            format!("{}{ai}", findings.section(&analysis))
-        };
-        let body = review_body(run, &steps, sha, &url, base, self.mode, &sections(true));
+        let body = &review.body;
         let check = self
             .auth
             .as_installation(
@@ -443,11 +385,12 @@ impl Reviewer {
                 .await?;
         }
         let reviews = format!("/repos/{gh}/pulls/{number}/reviews");
-        let comments: Vec<Value> = merged(&placed.comments, said.map(|s| &s.comments[..]))
+        let comments: Vec<Value> = review
+            .comments
             .iter()
             .map(|c| json!({ "path": c.path, "line": c.line, "side": "RIGHT", "body": c.body }))
             .collect();
-        let review = match self
+        let posted = match self
             .auth
             .as_installation(
                 installation,
@@ -458,22 +401,21 @@ impl Reviewer {
             .await
         {
             // GitHub's diff is not the forge's (its base moved on): the
-            // findings go into the body instead.
+            // comments go into the body instead.
             Err(error) if error.status() == Some(422) && !comments.is_empty() => {
                 tracing::warn!(repo = %gh, pull = number, error = %error, "GitHub refused the inline comments: listing them in the review");
-                let body = review_body(run, &steps, sha, &url, base, self.mode, &sections(false));
                 self.auth
                     .as_installation(
                         installation,
                         Method::Post,
                         &reviews,
-                        Some(&json!({ "commit_id": sha, "event": verdict, "body": body })),
+                        Some(&json!({ "commit_id": sha, "event": verdict, "body": review.listed_body })),
                     )
                     .await?
             }
             other => other?,
         };
-        let review_id = review["id"].as_i64().unwrap_or_default();
+        let review_id = posted["id"].as_i64().unwrap_or_default();
         self.store
             .finish_github_review(repo_id, number, sha, review_id, check_id)
             .await?;
@@ -486,11 +428,7 @@ impl Reviewer {
                     "repo": repo.full_name(), "github_repo": gh, "pull_request": number,
                     "sha": sha, "verdict": verdict, "passed": passed, "run": run.id,
                     "review_id": review_id, "plan": { "branch": base.branch, "commit": base.commit },
-                    "comments": comments.len(),
-                    "model": model.as_ref().map(|(config, outcome)| json!({
-                        "name": config.model,
-                        "error": outcome.as_ref().err().map(ToString::to_string),
-                    })),
+                    "comments": comments.len(), "model": review.model_json(),
                 }),
             };
             self.events
@@ -507,105 +445,13 @@ impl Reviewer {
     }
 }
 
-/// The steps and their results for the model, with the failing steps'
-/// last lines.
-fn steps_for_model(steps: &[StepRow]) -> String {
-    let mut out = String::new();
-    for step in steps {
-        out.push_str(&format!(
-            "- {} (`{}`): {}\n",
-            step.name, step.command, step.status
-        ));
-        if step.status == StepState::Failed {
-            let lines: Vec<&str> = step.log.lines().collect();
-            let tail = lines[lines.len().saturating_sub(TAIL_LINES)..].join("\n");
-            out.push_str(&format!(
-                "  its last lines:\n{}\n",
-                crate::review::findings::strip_ansi(&tail)
-            ));
-        }
+/// Where `run`'s steps came from, as the review's body says it.
+fn origin(base: &BaseSteps, run: &RunRow) -> String {
+    let mut origin = base.origin();
+    if run.plan_commit.is_none() {
+        origin.push_str(" The pull request's own steps are the same: this is the branch's run.");
     }
-    out
-}
-
-/// The tools' comments, with the model's added: on a line that has both,
-/// one comment.
-fn merged(tools: &[LineComment], model: Option<&[LineComment]>) -> Vec<LineComment> {
-    let mut all = tools.to_vec();
-    for said in model.unwrap_or_default() {
-        let body = format!("**AI review**: {}", said.body);
-        match all
-            .iter_mut()
-            .find(|c| c.path == said.path && c.line == said.line)
-        {
-            Some(comment) => comment.body = format!("{}\n\n{body}", comment.body),
-            None => all.push(LineComment {
-                path: said.path.clone(),
-                line: said.line,
-                body,
-            }),
-        }
-    }
-    all
-}
-
-/// The review's section on what the model said, or why it is missing.
-/// `inline`: its comments are inline (else they are listed here).
-fn model_section(
-    config: &ModelConfig,
-    outcome: &Result<ModelReview, ModelError>,
-    passed: bool,
-    inline: bool,
-) -> String {
-    let said = match outcome {
-        Ok(said) => said,
-        Err(error) => {
-            return format!(
-                "\n> The AI review ({}) is missing: {error}. This review is the forge's own.\n",
-                config.model
-            );
-        }
-    };
-    let mut out = format!("\n#### AI review ({})\n\n{}\n", config.model, said.summary);
-    if !inline {
-        for comment in &said.comments {
-            out.push_str(&format!(
-                "- `{}:{}` {}\n",
-                comment.path.replace('`', "'"),
-                comment.line,
-                comment
-                    .body
-                    .split_whitespace()
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            ));
-        }
-    }
-    if said.dropped > 0 {
-        out.push_str(&format!(
-            "\n> {} of the model's comments did not point at a line of this change and were dropped.\n",
-            said.dropped
-        ));
-    }
-    if said.request_changes && passed && !config.can_block {
-        out.push_str(
-            "\n> The model asks for changes; the steps passed, so this review is a comment.\n",
-        );
-    }
-    out
-}
-
-fn headline(run: &RunRow) -> String {
-    match run.state {
-        RunState::Passed => "Lint and tests passed".into(),
-        RunState::Failed => "The pipeline failed".into(),
-        other => format!("The pipeline ended in {other}"),
-    }
-}
-
-/// The first 12 digits of a commit id.
-fn short(sha: &str) -> &str {
-    &sha[..sha.len().min(12)]
+    origin
 }
 
 /// Plans of the head by the commit their steps were read at (`None`: its own).
@@ -634,72 +480,15 @@ fn plan_all(
     Ok((base, plans))
 }
 
-/// The review's Markdown: verdict, where the steps came from, a table of
-/// steps, the tail of the failing step's log in a collapsible block, and a
-/// link to the run.
-pub fn review_body(
-    run: &RunRow,
-    steps: &[StepRow],
-    sha: &str,
-    url: &str,
-    base: &BaseSteps,
-    mode: ReviewMode,
-    findings: &str,
-) -> String {
-    let passed = run.state == RunState::Passed;
-    let icon = if passed { "✅" } else { "❌" };
-    let mut body = format!(
-        "{MARKER}{sha} -->\n### {icon} forge: {}\n\nRun #{} of `{}` at `{}`. {}",
-        headline(run),
-        run.id,
-        run.branch,
-        short(sha),
-        base.origin(),
-    );
-    if run.plan_commit.is_none() {
-        body.push_str(" The pull request's own steps are the same: this is the branch's run.");
-    }
-    if mode == ReviewMode::Comment && passed {
-        body.push_str(
-            "\n\n**Verdict: approve.** Posted as a comment: the forge's checks are a signal for a reviewer, not an approval.",
-        );
-    }
-    body.push_str("\n\n| step | status | duration |\n| --- | --- | --- |\n");
-    for step in steps {
-        let duration = step
-            .duration_ms
-            .map(|ms| format!("{:.1} s", ms as f64 / 1000.0))
-            .unwrap_or_else(|| "–".into());
-        body.push_str(&format!(
-            "| {} | {} | {duration} |\n",
-            step.name, step.status
-        ));
-    }
-    if let Some(error) = &run.error {
-        body.push_str(&format!("\n> {}\n", error.replace('\n', " ")));
-    }
-    for step in steps.iter().filter(|s| s.status == StepState::Failed) {
-        let lines: Vec<&str> = step.log.lines().collect();
-        let tail = lines[lines.len().saturating_sub(TAIL_LINES)..].join("\n");
-        body.push_str(&format!(
-            "\n<details><summary>{} failed{}: last {} lines</summary>\n\n```text\n{}\n```\n</details>\n",
-            step.name,
-            step.exit_code.map(|c| format!(" (exit {c})")).unwrap_or_default(),
-            lines.len().min(TAIL_LINES),
-            tail.replace("```", "'''"),
-        ));
-    }
-    body.push_str(findings);
-    body.push_str(&format!("\n[The run in the forge]({url})\n"));
-    body
-}
-
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
 
+    use api_types::{ReviewVerdict, StepState};
+
     use super::*;
     use crate::pipelines::plan::{Step, StepsFile};
+    use crate::store::StepRow;
 
     const BASE: &str = "ba5e000000000000000000000000000000000000";
     const OLD_BASE: &str = "01d0000000000000000000000000000000000000";
@@ -803,12 +592,13 @@ mod tests {
     #[test]
     fn the_body_names_where_the_steps_came_from() {
         let from_toml = base(steps(&["bun test"]));
-        let body = review_body(
-            &run(RunState::Failed, Some(BASE)),
+        let failing = run(RunState::Failed, Some(BASE));
+        let body = compose::review_body(
+            &failing,
             &[],
             BASE,
             "http://forge/-/runs/7",
-            &from_toml,
+            &origin(&from_toml, &failing),
             ReviewMode::Approve,
             "",
         );
@@ -822,12 +612,13 @@ mod tests {
         );
         let mut scripts = steps(&["bun run test"]).expect("plan");
         scripts.steps_file = Some(StepsFile::PackageJson);
-        let own = review_body(
-            &run(RunState::Passed, None),
+        let passing = run(RunState::Passed, None);
+        let own = compose::review_body(
+            &passing,
             &[],
             BASE,
             "u",
-            &base(Ok(scripts)),
+            &origin(&base(Ok(scripts)), &passing),
             ReviewMode::Comment,
             "",
         );
@@ -837,12 +628,12 @@ mod tests {
             own.contains("**Verdict: approve.** Posted as a comment"),
             "{own}"
         );
-        let failed = review_body(
-            &run(RunState::Failed, Some(BASE)),
+        let failed = compose::review_body(
+            &failing,
             &[],
             BASE,
             "u",
-            &from_toml,
+            &origin(&from_toml, &failing),
             ReviewMode::Comment,
             "",
         );
@@ -876,12 +667,12 @@ mod tests {
                 format!("{long_log}```\n(fail) adds small numbers\n"),
             ),
         ];
-        let body = review_body(
+        let body = compose::review_body(
             &run,
             &steps,
             &run.commit_id,
             "http://forge/-/runs/7",
-            &base(self::steps(&["lint", "test"])),
+            &origin(&base(self::steps(&["lint", "test"])), &run),
             ReviewMode::Approve,
             "\n#### Findings\n",
         );

@@ -31,6 +31,7 @@
 
 mod analysis;
 pub mod plan;
+mod review;
 mod runner;
 
 use std::collections::HashMap;
@@ -121,6 +122,17 @@ pub struct Pipelines {
     slots: Mutex<HashMap<(String, String), BranchSlot>>,
     /// Runs queued or running, by id.
     live: Mutex<HashMap<i64, Live>>,
+    /// How the forge's own reviews of branches are written (`review.rs`).
+    review: ReviewSettings,
+    http: reqwest::Client,
+}
+
+/// How the forge reviews branches of repositories not linked to GitHub:
+/// the review mode and the model, as the GitHub bot's.
+#[derive(Debug, Clone, Default)]
+pub struct ReviewSettings {
+    pub mode: crate::review::ReviewMode,
+    pub model: Option<crate::review::model::ModelConfig>,
 }
 
 impl Pipelines {
@@ -130,6 +142,7 @@ impl Pipelines {
         sandboxes: Arc<Sandboxes>,
         events: EventBus,
         public_url: String,
+        review: ReviewSettings,
     ) -> Arc<Self> {
         Arc::new(Self {
             store,
@@ -139,6 +152,8 @@ impl Pipelines {
             public_url,
             slots: Mutex::new(HashMap::new()),
             live: Mutex::new(HashMap::new()),
+            review,
+            http: reqwest::Client::new(),
         })
     }
 

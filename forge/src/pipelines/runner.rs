@@ -109,6 +109,9 @@ impl Pipelines {
             }),
         )
         .await;
+        if matches!(state, RunState::Passed | RunState::Failed) {
+            self.review_branch(run.id).await;
+        }
     }
 
     async fn run_steps(&self, run: &RunRow, token: &CancellationToken) -> anyhow::Result<Outcome> {

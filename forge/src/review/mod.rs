@@ -8,14 +8,14 @@
 //! and Biome, when its checkout configures and installs them, and the
 //! failing tests and compiler errors in its steps' logs.
 
+pub mod compose;
 pub mod diff;
 pub mod findings;
 pub mod model;
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
-
+pub use compose::ReviewMode;
 pub use diff::Diff;
 pub use findings::Finding;
 
@@ -53,12 +53,7 @@ pub fn add(analysis: &mut Analysis, found: Vec<Finding>) {
 }
 
 /// A review comment on one line of the change (the new side).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LineComment {
-    pub path: String,
-    pub line: u32,
-    pub body: String,
-}
+pub use api_types::runs::ReviewComment as LineComment;
 
 /// Findings placed on a diff.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

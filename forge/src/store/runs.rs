@@ -270,6 +270,27 @@ impl Store {
         Ok(json.map(|json| serde_json::from_str(&json).unwrap_or_default()))
     }
 
+    /// The forge's own review of run `run_id` of repository `repo_id`: the
+    /// `review` of the newest `review.posted` event naming the run, as
+    /// JSON, and when it was recorded.
+    pub async fn branch_review_of_run(
+        &self,
+        repo_id: &str,
+        run_id: i64,
+    ) -> Result<Option<(String, String)>> {
+        Ok(sqlx::query_as(
+            "SELECT json_extract(payload, '$.review'), created_at FROM events
+             WHERE repo_id = ? AND kind = 'review.posted'
+               AND json_extract(payload, '$.run') = ?
+               AND json_extract(payload, '$.review') IS NOT NULL
+             ORDER BY id DESC LIMIT 1",
+        )
+        .bind(repo_id)
+        .bind(run_id)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
     pub async fn steps(&self, run_id: i64) -> Result<Vec<StepRow>> {
         Ok(sqlx::query_as(
             "SELECT position, name, command, status, exit_code, duration_ms, log FROM run_steps

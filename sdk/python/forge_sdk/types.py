@@ -10,6 +10,7 @@ from typing import Any, Dict, List, Literal, Optional, Union
 __all__ = [
     "AttemptView",
     "Author",
+    "BranchReview",
     "BranchView",
     "Bytes",
     "CarriedVm",
@@ -60,6 +61,7 @@ __all__ = [
     "RefSyncState",
     "RefView",
     "RepoView",
+    "ReviewComment",
     "ReviewVerdict",
     "RunAnalysis",
     "RunDetail",
@@ -112,6 +114,30 @@ class AttemptView:
 class Author:
     email: str
     name: str
+
+
+@dataclass
+class BranchReview:
+    """
+    The forge's own review of a branch's run against the default branch,
+    as the `review.posted` event that recorded it says.
+    """
+    base_branch: str
+    """The default branch and its commit the change was read against."""
+    base_commit: str
+    body: str
+    """The review in Markdown (as a pull request would get it)."""
+    comments: List["ReviewComment"]
+    """Comments on lines of the change (tools' findings, the model's)."""
+    verdict: "ReviewVerdict"
+    model: Optional[Optional[str]] = None
+    """The model that was asked, when one is configured."""
+    model_error: Optional[Optional[str]] = None
+    """Why the model's review is missing, when it failed."""
+    model_summary: Optional[Optional[str]] = None
+    """What the model said."""
+    posted_at: Optional[str] = None
+    """When it was recorded; filled from the event."""
 
 
 @dataclass
@@ -574,6 +600,15 @@ class RepoView:
     """`owner/name`."""
 
 
+@dataclass
+class ReviewComment:
+    """A comment on a line of a change (the new side)."""
+    body: str
+    """Markdown."""
+    line: int
+    path: str
+
+
 # The review event the bot posted on a pull request
 # (`github_reviews.verdict`), spelled as GitHub's API spells it.
 ReviewVerdict = Literal["COMMENT", "APPROVE", "REQUEST_CHANGES"]
@@ -608,6 +643,7 @@ class RunDetail:
     state: "RunState"
     steps: List["StepView"]
     analysis: Optional[Optional["RunAnalysis"]] = None
+    branch_review: Optional[Optional["BranchReview"]] = None
     commit: Optional[Optional["CommitView"]] = None
     error: Optional[Optional[str]] = None
     finished_at: Optional[Optional[str]] = None

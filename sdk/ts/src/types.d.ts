@@ -23,6 +23,29 @@ export interface Author {
   name: string;
 }
 
+/**
+ * The forge's own review of a branch's run against the default branch,
+ * as the `review.posted` event that recorded it says.
+ */
+export interface BranchReview {
+  /** The default branch and its commit the change was read against. */
+  base_branch: string;
+  base_commit: string;
+  /** The review in Markdown (as a pull request would get it). */
+  body: string;
+  /** Comments on lines of the change (tools' findings, the model's). */
+  comments: ReviewComment[];
+  /** The model that was asked, when one is configured. */
+  model?: string | null;
+  /** Why the model's review is missing, when it failed. */
+  model_error?: string | null;
+  /** What the model said. */
+  model_summary?: string | null;
+  /** When it was recorded; filled from the event. */
+  posted_at?: string;
+  verdict: ReviewVerdict;
+}
+
 /** `GET /v1/repos/{owner}/{name}/branches`: each branch and its head. */
 export interface BranchView {
   commit: CommitView;
@@ -405,6 +428,14 @@ export interface RepoView {
   name: string;
 }
 
+/** A comment on a line of a change (the new side). */
+export interface ReviewComment {
+  /** Markdown. */
+  body: string;
+  line: number;
+  path: string;
+}
+
 /**
  * The review event the bot posted on a pull request
  * (`github_reviews.verdict`), spelled as GitHub's API spells it.
@@ -427,6 +458,7 @@ export interface RunAnalysis {
 /** `GET /v1/runs/{id}`: the run and the pull-request review it decided. */
 export type RunDetail = RunView & {
   analysis?: null | RunAnalysis;
+  branch_review?: null | BranchReview;
   commit?: null | CommitView;
   review?: null | RunReview;
 };

@@ -6,19 +6,20 @@
 //! posted on the branch's pull request. A failed or running step is open;
 //! the others are folded.
 
-use api_types::runs::{Finding, RunAnalysis, RunDetail, RunView, StepView};
+use api_types::runs::{BranchReview, Finding, RunAnalysis, RunDetail, RunView, StepView};
 use api_types::{RunState, StepState};
 use axum::Form;
 use axum::extract::{Path, State};
 use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
-use maud::{Markup, html};
+use maud::{Markup, PreEscaped, html};
 
 use super::{Fields, branch_page};
 use crate::Ui;
 use crate::api::encode;
 use crate::badge::badge;
 use crate::layout::{self, PageError, csrf_field, duration, respond, short, when};
+use crate::markdown::{self, LinkBase};
 use crate::session::User;
 
 /// `GET /-/runs/{id}`.
@@ -85,7 +86,10 @@ pub async fn show(
                     " at " code { (short(&review.head_sha)) }
                     @if review.posted_at.is_none() { " (being posted)" }
                 },
-                None => p.muted { "No review: this branch has no pull request." },
+                None => @match &detail.branch_review {
+                    Some(own) => (branch_review(repo, &run.branch, own)),
+                    None => p.muted { "No review: this run's branch has no pull request, or is the default branch." },
+                },
             }
         }
     };
@@ -130,6 +134,45 @@ fn findings(repo: &str, branch: &str, analysis: &RunAnalysis) -> Markup {
                 }
             }
             @for note in &analysis.notes { p.muted { (note) } }
+        }
+    }
+}
+
+/// The forge's own review of the branch: verdict, what the model said
+/// (Markdown, sanitised: it is the model's, read from hostile input) and
+/// the comments on changed lines.
+fn branch_review(repo: &str, branch: &str, review: &BranchReview) -> Markup {
+    let page = branch_page(repo, branch);
+    let base = LinkBase {
+        branch_page: &page,
+        dir: "",
+    };
+    html! {
+        div #branch-review {
+            p #review-verdict {
+                (badge(&review.verdict)) " from the forge, the change read against "
+                (review.base_branch) " at " code { (short(&review.base_commit)) }
+            }
+            @if let (Some(model), Some(summary)) = (&review.model, &review.model_summary) {
+                h3 { "AI review (" (model) ")" }
+                div.markdown #model-summary { (PreEscaped(markdown::render(summary, &base))) }
+            }
+            @if let (Some(model), Some(error)) = (&review.model, &review.model_error) {
+                p.muted #model-error { "The AI review (" (model) ") is missing: " (error) }
+            }
+            @if !review.comments.is_empty() {
+                h3 { "On the changed lines" }
+                ul.findings #review-comments {
+                    @for comment in &review.comments {
+                        li {
+                            a href={ (page) "&path=" (encode(&comment.path)) "#L" (comment.line) } {
+                                code { (comment.path) ":" (comment.line) }
+                            }
+                            div.markdown { (PreEscaped(markdown::render(&comment.body, &base))) }
+                        }
+                    }
+                }
+            }
         }
     }
 }
