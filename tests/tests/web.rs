@@ -16,6 +16,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use api_types::runs::RunDetail;
+use e2e::fake_model::{FakeModel, Reply};
 use e2e::webdriver::{Browser, ENTER};
 use e2e::{TestForge, git_ok, work_repo};
 
@@ -804,7 +806,20 @@ fn a_run_page_says_what_ran_and_cancels_and_runs_again() {
     if !e2e::require_sandboxes() {
         return;
     }
-    let forge = TestForge::builder().with_sandboxes(10).start();
+    // The model of the branch reviews answers with hostile Markdown.
+    let model = FakeModel::start(
+        vec![Reply::Answer(serde_json::json!({
+            "summary": "Mostly **fine**. <script>window.modelRan = 1</script> [x](javascript:alert(1))",
+            "request_changes": false,
+            "comments": [{ "path": "notes.md", "line": 1, "body": "Say *why*." }],
+        }))],
+        None,
+    );
+    let spec = format!("{},fake-reviewer", model.url);
+    let forge = TestForge::builder()
+        .with_sandboxes(10)
+        .env("FORGE_REVIEW_MODEL", &spec)
+        .start();
     let browser = Browser::start(&screenshots());
     sign_in(&browser, &forge);
     create_repo(&browser, &forge, "acme/runs");
@@ -912,6 +927,43 @@ run = "printf 'one\ntwo\nthree\n'; exit 3"
     browser.wait_until("the re-run failed too", Duration::from_secs(180), |b| {
         b.texts("#run-state").first().is_some_and(|t| t == "failed")
     });
+
+    // A branch's run is reviewed against main: its page shows the
+    // verdict, what the model said (defused) and the comment on the line.
+    git_ok(&work, &["checkout", "--quiet", "-b", "topic"]);
+    let topic = e2e::commit_files(&work, &[("notes.md", "a note\n")], "a note");
+    git_ok(&work, &["push", "--quiet", &url, "topic"]);
+    let topic_run = forge.finished_run("acme/runs", &topic);
+    e2e::eventually(Duration::from_secs(60), "the branch's review", || {
+        let run: RunDetail = forge.get(&format!("/v1/runs/{}", topic_run.id));
+        run.branch_review.ok_or(run.run.state)
+    });
+    browser.goto(&format!("{}/-/runs/{}", forge.url, topic_run.id));
+    let verdict = browser.text(&browser.find("#review-verdict"));
+    assert!(
+        verdict.contains("REQUEST CHANGES") && verdict.contains("against main"),
+        "{verdict}"
+    );
+    let summary = browser.find("#model-summary");
+    assert!(browser.text(&summary).contains("Mostly fine."));
+    assert_eq!(browser.texts("#model-summary strong"), ["fine"]);
+    assert_eq!(
+        browser.script("return typeof window.modelRan;"),
+        serde_json::json!("undefined")
+    );
+    assert_eq!(
+        browser.script("return document.querySelector('#model-summary a').getAttribute('href');"),
+        serde_json::json!("#")
+    );
+    let comments = browser.texts("#review-comments li");
+    assert!(
+        comments.len() == 1
+            && comments[0].contains("notes.md:1")
+            && comments[0].contains("Say why."),
+        "{comments:?}"
+    );
+    browser.screenshot("run-branch-review");
+    git_ok(&work, &["checkout", "--quiet", "main"]);
 
     // Cancel: a slow step is stopped from its page.
     let slow = "[[pipeline.steps]]\nname = \"slow\"\nrun = \"echo started; sleep 600\"\n";
