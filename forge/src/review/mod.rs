@@ -6,7 +6,10 @@
 //! Findings come from the analysis a run does after its steps
 //! ([`crate::pipelines`]): the project's own TypeScript compiler, ESLint
 //! and Biome, when its checkout configures and installs them, and the
-//! failing tests and compiler errors in its steps' logs.
+//! failing tests and compiler errors in its steps' logs. [`model`] asks an
+//! OpenAI-compatible model for its review of the same change, and
+//! [`compose`] makes the verdict, body and comments that the GitHub bot
+//! and the forge's own branch reviews post.
 
 pub mod compose;
 pub mod diff;
