@@ -89,7 +89,7 @@ struct Answer {
 }
 
 /// At most `limit` bytes of `body`; whether there was more.
-async fn read_capped<E: std::fmt::Display>(
+pub(crate) async fn read_capped<E: std::fmt::Display>(
     body: impl futures_util::Stream<Item = Result<bytes::Bytes, E>>,
     limit: usize,
 ) -> Result<(Vec<u8>, bool), String> {

@@ -285,19 +285,13 @@ impl Reviewer {
     /// and `head`. Empty (every finding listed, none inline) when git
     /// cannot tell.
     async fn diff(&self, repo_id: &str, base: &BaseSteps, head: &str) -> Diff {
-        let dir = self.repos.path(repo_id);
-        let (from, to) = (base.commit.clone(), head.to_owned());
-        match tokio::task::spawn_blocking(move || Diff::between(&dir, &from, &to)).await {
-            Ok(Ok(diff)) => diff,
-            Ok(Err(error)) => {
+        match Diff::between(&self.repos.path(repo_id), &base.commit, head).await {
+            Ok(diff) => diff,
+            Err(error) => {
                 tracing::warn!(
                     error = format!("{error:#}"),
                     "reading the pull request's diff failed"
                 );
-                Diff::default()
-            }
-            Err(error) => {
-                tracing::warn!(error = %error, "reading the pull request's diff failed");
                 Diff::default()
             }
         }

@@ -364,9 +364,12 @@ impl Pipelines {
                 turn = turns.lock_owned() => Some(turn),
                 _ = live.token.cancelled() => None,
             };
-            pipelines.execute(run, &live).await;
+            let ended = pipelines.execute(run, &live).await;
             drop(turn);
             lock(&pipelines.live).remove(&id);
+            if matches!(ended, RunState::Passed | RunState::Failed) {
+                pipelines.review_branch(id).await;
+            }
         });
     }
 

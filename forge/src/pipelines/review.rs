@@ -19,7 +19,8 @@ use crate::review::compose::{self, short};
 
 impl Pipelines {
     /// Reviews the finished run `id` when its branch is one to review;
-    /// a failure is logged, never the run's.
+    /// a failure is logged, never the run's. Called after the run gave
+    /// its branch's turn back: a slow model holds no run up.
     pub(super) async fn review_branch(&self, id: i64) {
         if let Err(error) = self.try_review_branch(id).await {
             tracing::warn!(
@@ -46,14 +47,15 @@ impl Pipelines {
             return Ok(());
         };
         let dir = self.repos.path(&run.repo_id);
-        let (base_branch, head) = (repo.default_branch.clone(), run.commit_id.clone());
-        let (base_commit, diff) = tokio::task::spawn_blocking(move || {
-            let base = inspect::resolve(&dir, &format!("refs/heads/{base_branch}"))?
-                .ok_or_else(|| anyhow::anyhow!("the default branch {base_branch} has no commit"))?;
-            let diff = Diff::between(&dir, &base, &head)?;
-            anyhow::Ok((base, diff))
+        let (git_dir, base_branch) = (dir.clone(), repo.default_branch.clone());
+        let base_commit = tokio::task::spawn_blocking(move || {
+            inspect::resolve(&git_dir, &format!("refs/heads/{base_branch}"))
         })
-        .await??;
+        .await??
+        .ok_or_else(|| {
+            anyhow::anyhow!("the default branch {} has no commit", repo.default_branch)
+        })?;
+        let diff = Diff::between(&dir, &base_commit, &run.commit_id).await?;
         let steps = self.store.steps(run.id).await?;
         let input = compose::Input {
             run: &run,

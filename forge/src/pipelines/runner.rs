@@ -63,13 +63,14 @@ enum Outcome {
 }
 
 impl Pipelines {
-    pub(super) async fn execute(&self, run: RunRow, live: &Live) {
+    /// Runs `run` to its end; answers the state it ended in.
+    pub(super) async fn execute(&self, run: RunRow, live: &Live) -> RunState {
         if live.token.is_cancelled() {
             let _ = self
                 .store
                 .finish_run(run.id, RunState::Cancelled, Some(live.reason()))
                 .await;
-            return;
+            return RunState::Cancelled;
         }
         self.record(
             &run,
@@ -109,9 +110,7 @@ impl Pipelines {
             }),
         )
         .await;
-        if matches!(state, RunState::Passed | RunState::Failed) {
-            self.review_branch(run.id).await;
-        }
+        state
     }
 
     async fn run_steps(&self, run: &RunRow, token: &CancellationToken) -> anyhow::Result<Outcome> {

@@ -15,6 +15,8 @@ use crate::store::{RunRow, StepRow};
 pub const MARKER: &str = "<!-- forge-review:";
 /// Lines of a failing step's log quoted in the review.
 const TAIL_LINES: usize = 40;
+/// Most characters of a failing step's last lines sent to the model.
+const MAX_TAIL_CHARS: usize = 8000;
 
 /// How the bot posts its verdict (`forge serve --review-mode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -168,10 +170,11 @@ fn steps_for_model(steps: &[StepRow]) -> String {
         if step.status == StepState::Failed {
             let lines: Vec<&str> = step.log.lines().collect();
             let tail = lines[lines.len().saturating_sub(TAIL_LINES)..].join("\n");
-            out.push_str(&format!(
-                "  its last lines:\n{}\n",
-                crate::review::findings::strip_ansi(&tail)
-            ));
+            let tail = crate::review::findings::strip_ansi(&tail);
+            // The last characters: a step may print one endless line.
+            let skip = tail.chars().count().saturating_sub(MAX_TAIL_CHARS);
+            let tail: String = tail.chars().skip(skip).collect();
+            out.push_str(&format!("  its last lines:\n{tail}\n"));
         }
     }
     out

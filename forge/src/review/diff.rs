@@ -87,36 +87,63 @@ impl Diff {
     }
 
     /// The diff between the merge base of `base` and `head`, and `head`,
-    /// in the bare repository `dir`. Blocks.
-    pub fn between(dir: &Path, base: &str, head: &str) -> anyhow::Result<Self> {
-        let run = |args: &[&str]| -> anyhow::Result<String> {
-            let output = std::process::Command::new("git")
-                .arg("--git-dir")
-                .arg(dir)
-                .args(["-c", "core.quotePath=false"])
-                .args(args)
-                .output()?;
-            anyhow::ensure!(
-                output.status.success(),
-                "git {} failed: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&output.stderr).trim()
-            );
-            Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-        };
-        let merge_base = run(&["merge-base", base, head])?;
-        let text = run(&[
-            "diff",
-            "--no-color",
-            "--no-ext-diff",
-            "--no-renames",
-            "--unified=3",
-            merge_base.trim(),
-            head,
-            "--",
-        ])?;
+    /// in the bare repository `dir`, read up to [`MAX_DIFF_BYTES`] (a
+    /// pusher decides how large it is; files past the bound get no
+    /// comments).
+    pub async fn between(dir: &Path, base: &str, head: &str) -> anyhow::Result<Self> {
+        let merge_base = git(dir, &["merge-base", base, head]).await?;
+        let text = git(
+            dir,
+            &[
+                "diff",
+                "--no-color",
+                "--no-ext-diff",
+                "--no-renames",
+                "--unified=3",
+                merge_base.trim(),
+                head,
+                "--",
+            ],
+        )
+        .await?;
         Ok(Self::parse(&text))
     }
+}
+
+/// Most bytes of `git diff` read for a review.
+pub const MAX_DIFF_BYTES: u64 = 8 << 20;
+
+/// `git args` in `dir` (the forge's sanitised git), its output up to
+/// [`MAX_DIFF_BYTES`].
+async fn git(dir: &Path, args: &[&str]) -> anyhow::Result<String> {
+    use tokio::io::AsyncReadExt as _;
+    let mut child = crate::git::git_command(dir)
+        .args(["-c", "core.quotePath=false"])
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let mut out = Vec::new();
+    if let Some(stdout) = child.stdout.take() {
+        stdout.take(MAX_DIFF_BYTES).read_to_end(&mut out).await?;
+    }
+    let mut err = Vec::new();
+    if let Some(stderr) = child.stderr.take() {
+        stderr.take(64 << 10).read_to_end(&mut err).await?;
+    }
+    // Past the bound the rest is not wanted: git is stopped.
+    let cut = out.len() as u64 >= MAX_DIFF_BYTES;
+    if cut {
+        let _ = child.start_kill();
+    }
+    let status = child.wait().await?;
+    anyhow::ensure!(
+        cut || status.success(),
+        "git {} failed: {}",
+        args.first().unwrap_or(&""),
+        String::from_utf8_lossy(&err).trim()
+    );
+    Ok(String::from_utf8_lossy(&out).into_owned())
 }
 
 /// The new side's first line from a hunk header's rest (`-a,b +c,d @@`).

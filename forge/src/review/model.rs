@@ -34,6 +34,8 @@ pub const ATTEMPTS: u32 = 3;
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(10);
 /// Most model comments kept per review.
 pub const MAX_MODEL_COMMENTS: usize = 20;
+/// Largest answer read from the endpoint.
+pub const MAX_ANSWER_BYTES: usize = 1 << 20;
 const MAX_SUMMARY_CHARS: usize = 4000;
 const MAX_COMMENT_CHARS: usize = 2000;
 
@@ -181,22 +183,24 @@ async fn ask(
         }
         let failure = match request.send().await {
             Ok(response) if response.status().is_success() => {
-                let text = response
-                    .text()
-                    .await
-                    .map_err(|e| ModelError::Unreachable(e.to_string()))?;
-                return content(&text);
+                let (body, cut) =
+                    crate::mcp::read_capped(response.bytes_stream(), MAX_ANSWER_BYTES)
+                        .await
+                        .map_err(ModelError::Unreachable)?;
+                if cut {
+                    return Err(ModelError::Garbage(format!(
+                        "the answer is larger than {MAX_ANSWER_BYTES} bytes"
+                    )));
+                }
+                return content(&String::from_utf8_lossy(&body));
             }
             Ok(response) => {
                 let status = response.status().as_u16();
                 let wait = retry_after(response.headers());
-                let message: String = response
-                    .text()
+                let (head, _) = crate::mcp::read_capped(response.bytes_stream(), 4096)
                     .await
-                    .unwrap_or_default()
-                    .chars()
-                    .take(300)
-                    .collect();
+                    .unwrap_or_default();
+                let message: String = String::from_utf8_lossy(&head).chars().take(300).collect();
                 let error = ModelError::Status { status, message };
                 if status != 429 && status < 500 {
                     return Err(error);
