@@ -10,9 +10,11 @@ use serde::{Deserialize, Serialize};
 pub struct Event {
     /// The cursor: strictly increasing across the whole forge.
     pub id: i64,
-    pub repo_id: String,
+    /// `null` for an event of the forge itself: a sandbox created without
+    /// a repository.
+    pub repo_id: Option<String>,
     /// `owner/name` when the event happened.
-    pub repo: String,
+    pub repo: Option<String>,
     pub kind: String,
     #[serde(rename = "ref")]
     pub ref_name: Option<String>,
@@ -41,8 +43,8 @@ mod tests {
     fn an_event_names_its_ref_ref() {
         let event = Event {
             id: 7,
-            repo_id: "r1".into(),
-            repo: "acme/web".into(),
+            repo_id: Some("r1".into()),
+            repo: Some("acme/web".into()),
             kind: "push".into(),
             ref_name: Some("refs/heads/main".into()),
             actor: None,

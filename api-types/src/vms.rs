@@ -31,6 +31,15 @@ pub struct CreateVm {
     pub env: BTreeMap<String, String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dev_server: Option<DevServerSpec>,
+    /// Up to 32 `key: value` pairs to find the VM by (`GET
+    /// /v1/vms?label=key:value`); forks inherit them. Keys: letters,
+    /// digits, `.`, `_`, `-`, `/` (at most 63); values at most 256 bytes.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Destroy the VM this many seconds after it is created, whatever its
+    /// activity (at most 30 days); `POST /v1/vms/{id}/timeout` moves it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ttl_secs: Option<u64>,
 }
 
 /// What becomes of an idle VM: `{"type": "persistent" | "ephemeral"}`.
@@ -106,6 +115,12 @@ pub struct VmView {
     pub persistence: Persistence,
     pub idle_timeout_secs: Option<i64>,
     pub created_at: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// When the VM is destroyed whatever its activity (RFC 3339); `null`:
+    /// never.
+    #[serde(default)]
+    pub expires_at: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dev_server: Option<DevServerStatus>,
     /// Where the dev server is seen, when the VM has one.
@@ -271,6 +286,20 @@ pub struct ShareLink {
 pub struct ForkRequest {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub count: Option<usize>,
+    /// Set on every copy, over the labels it inherits from its parent.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// The copies' deadline from now; without it they keep the parent's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ttl_secs: Option<u64>,
+}
+
+/// `POST /v1/vms/{id}/timeout`: the VM's deadline becomes `ttl_secs` from
+/// now (longer or shorter than it was); `null` removes it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutRequest {
+    pub ttl_secs: Option<u64>,
 }
 
 /// The answer to a fork.
@@ -344,6 +373,8 @@ mod tests {
             persistence: Persistence::of(true),
             idle_timeout_secs: None,
             created_at: "2026-01-01T00:00:00Z".into(),
+            labels: BTreeMap::from([("team".into(), "web".into())]),
+            expires_at: None,
             dev_server: None,
             preview_url: None,
         }
@@ -358,6 +389,7 @@ mod tests {
                 "repo": "acme/web", "branch": "main", "parent": null, "vcpus": 1,
                 "mem_mib": 512, "persistence": { "type": "persistent" },
                 "idle_timeout_secs": null, "created_at": "2026-01-01T00:00:00Z",
+                "labels": { "team": "web" }, "expires_at": null,
             })
         );
     }

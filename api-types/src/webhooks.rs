@@ -9,7 +9,7 @@ use crate::states::DeliveryState;
 
 /// Every event type a webhook can subscribe to (besides `"*"`, all of
 /// them); `ping` is sent on request whatever the subscription.
-pub const EVENT_TYPES: [&str; 14] = [
+pub const EVENT_TYPES: [&str; 16] = [
     "push",
     "branch.created",
     "branch.deleted",
@@ -23,6 +23,8 @@ pub const EVENT_TYPES: [&str; 14] = [
     "sandbox.resumed",
     "sandbox.forked",
     "sandbox.deleted",
+    "sandbox.crashed",
+    "sandbox.expired",
     "sync.diverged",
 ];
 

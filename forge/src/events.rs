@@ -1,4 +1,5 @@
-//! Events: what happened in a repository, recorded durably in the `events`
+//! Events: what happened in a repository (or, for a sandbox that belongs to
+//! none, in the forge), recorded durably in the `events`
 //! table (the outbox) and announced to in-process subscribers.
 //!
 //! A consumer (webhooks, GitHub sync, pipelines) reads the outbox from its
@@ -54,9 +55,20 @@ impl EventBus {
         actor: Option<&str>,
         events: &[NewEvent],
     ) -> crate::store::Result<usize> {
-        let rows = store
-            .insert_events(repo_id, repo_name, actor, events)
-            .await?;
+        self.record_of(store, Some((repo_id, repo_name)), actor, events)
+            .await
+    }
+
+    /// [`Self::record`] for a repository (id, name) or, with `None`, for the
+    /// forge itself.
+    pub async fn record_of(
+        &self,
+        store: &Store,
+        repo: Option<(&str, &str)>,
+        actor: Option<&str>,
+        events: &[NewEvent],
+    ) -> crate::store::Result<usize> {
+        let rows = store.insert_events_of(repo, actor, events).await?;
         let count = rows.len();
         self.publish(rows.into_iter().map(Event::from));
         Ok(count)

@@ -550,6 +550,7 @@ impl ForgeTools {
         let vm = segment("vm", &args.vm)?;
         let body = ForkRequest {
             count: Some(args.count.unwrap_or(1)),
+            ..ForkRequest::default()
         };
         self.tool_call(
             &context,

@@ -199,11 +199,13 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .unwrap_or_else(|| format!("http://{address}"))
         .trim_end_matches('/')
         .to_owned();
+    let events = EventBus::default();
     let sandboxes = crate::vms::Sandboxes::new(
         open_sandboxes(&config).await,
         store.clone(),
         config.limits.clone(),
         network_config(&config, address)?,
+        events.clone(),
     );
     match sandboxes.describe() {
         (Some(backend), reason, _) => tracing::info!(%backend, %reason, "sandbox backend"),
@@ -230,7 +232,6 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         preview_domain: config.preview_domain.clone(),
         share_key: crate::api::ShareKey::load_or_create(&config.data_dir)?,
     };
-    let events = EventBus::default();
     let webhooks = crate::webhooks::start(
         store.clone(),
         events.clone(),

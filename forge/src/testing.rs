@@ -105,11 +105,13 @@ impl TestAppBuilder {
         } else {
             Availability::Unavailable("sandboxes are disabled in this test".into())
         };
+        let events = EventBus::default();
         let sandboxes = Sandboxes::new(
             availability,
             store.clone(),
             self.limits,
             NetworkConfig::default(),
+            events.clone(),
         );
         let settings = Settings {
             push_rules: PushRules {
@@ -125,7 +127,6 @@ impl TestAppBuilder {
             preview_domain: None,
             share_key: crate::api::ShareKey::load_or_create(dir.path()).expect("a share key"),
         };
-        let events = EventBus::default();
         let webhooks = crate::webhooks::start(
             store.clone(),
             events.clone(),

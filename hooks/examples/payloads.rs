@@ -68,12 +68,25 @@ fn main() {
             EventKind::SandboxCreated
             | EventKind::SandboxPaused
             | EventKind::SandboxResumed
-            | EventKind::SandboxDeleted => {
-                event.extra =
-                    serde_json::json!({ "sandbox": { "id": "sbx_main", "backend": "microvm" } });
-            }
-            EventKind::SandboxForked => {
-                event.extra = serde_json::json!({ "sandbox": { "id": "sbx_feature-x", "backend": "microvm" }, "parent": "sbx_main" });
+            | EventKind::SandboxForked
+            | EventKind::SandboxDeleted
+            | EventKind::SandboxCrashed
+            | EventKind::SandboxExpired => {
+                // The forge's sandbox events carry no commit; the ref is
+                // the branch the VM serves, and a VM of no repository has
+                // neither (nor a `repository`: see the last example).
+                event.before = None;
+                event.after = None;
+                let own = match kind {
+                    EventKind::SandboxPaused => {
+                        serde_json::json!({ "mode": "disk", "reason": "idle" })
+                    }
+                    EventKind::SandboxResumed => serde_json::json!({ "on_demand": true }),
+                    EventKind::SandboxForked => serde_json::json!({ "parent": "sb5d7c2e81a0f3" }),
+                    EventKind::SandboxDeleted => serde_json::json!({ "reason": "requested" }),
+                    _ => serde_json::json!({}),
+                };
+                event.extra = sandbox_fields(own);
             }
             EventKind::SyncDiverged => {
                 event.extra = serde_json::json!({ "remote": "github.com/acme/web", "local_sha": after, "remote_sha": before });
@@ -96,4 +109,24 @@ fn main() {
         };
         println!("`{kind}`:\n\n```json\n{}\n```\n", text.expect("JSON"));
     }
+    let mut forge_wide = Event::new(43, EventKind::SandboxExpired, "");
+    forge_wide.time = datetime!(2026-11-28 16:00:00 UTC);
+    forge_wide.extra = sandbox_fields(serde_json::json!({}));
+    let body = payload::render(&forge_wide, &ctx);
+    let value: serde_json::Value = serde_json::from_slice(&body).expect("valid JSON");
+    println!(
+        "`sandbox.expired` of a sandbox without a repository (forge-wide webhooks only):\n\n```json\n{}\n```",
+        serde_json::to_string(&value).expect("JSON")
+    );
+}
+
+/// The `sandbox` object of the forge's sandbox events, with `own` fields.
+fn sandbox_fields(own: serde_json::Value) -> serde_json::Value {
+    let mut fields = own;
+    fields["sandbox"] = serde_json::json!({
+        "id": "sb9e4f0c2d7a11", "backend": "container", "state": "running",
+        "parent": null, "vcpus": 1, "mem_mib": 512,
+        "labels": { "team": "web" }, "expires_at": null,
+    });
+    fields
 }

@@ -37,6 +37,10 @@ pub enum EventKind {
     SandboxForked,
     #[serde(rename = "sandbox.deleted")]
     SandboxDeleted,
+    #[serde(rename = "sandbox.crashed")]
+    SandboxCrashed,
+    #[serde(rename = "sandbox.expired")]
+    SandboxExpired,
     #[serde(rename = "sync.diverged")]
     SyncDiverged,
     #[serde(rename = "ping")]
@@ -45,7 +49,7 @@ pub enum EventKind {
 
 impl EventKind {
     /// All kinds, in a fixed order (the bit order of compiled filters).
-    pub const ALL: [EventKind; 15] = [
+    pub const ALL: [EventKind; 17] = [
         EventKind::Push,
         EventKind::BranchCreated,
         EventKind::BranchDeleted,
@@ -59,6 +63,8 @@ impl EventKind {
         EventKind::SandboxResumed,
         EventKind::SandboxForked,
         EventKind::SandboxDeleted,
+        EventKind::SandboxCrashed,
+        EventKind::SandboxExpired,
         EventKind::SyncDiverged,
         EventKind::Ping,
     ];
@@ -79,6 +85,8 @@ impl EventKind {
             EventKind::SandboxResumed => "sandbox.resumed",
             EventKind::SandboxForked => "sandbox.forked",
             EventKind::SandboxDeleted => "sandbox.deleted",
+            EventKind::SandboxCrashed => "sandbox.crashed",
+            EventKind::SandboxExpired => "sandbox.expired",
             EventKind::SyncDiverged => "sync.diverged",
             EventKind::Ping => "ping",
         }
@@ -133,7 +141,8 @@ pub struct Event {
     /// The outbox sequence number (the consumer's cursor).
     pub id: i64,
     pub kind: EventKind,
-    /// `owner/name`.
+    /// `owner/name`; empty for an event of the forge itself (a sandbox
+    /// created without a repository).
     pub repo: String,
     /// Full ref name, e.g. `refs/heads/main` or `refs/tags/v1`.
     pub git_ref: Option<String>,

@@ -45,6 +45,12 @@ pub struct Repository {
 }
 
 impl Repository {
+    /// The repository named by an event, `None` for an event of the forge
+    /// itself (its `repo` is empty).
+    pub fn of(full_name: &str, ctx: &PayloadContext) -> Option<Repository> {
+        (!full_name.is_empty()).then(|| Repository::new(full_name, ctx))
+    }
+
     pub fn new(full_name: &str, ctx: &PayloadContext) -> Repository {
         let (owner, name) = full_name.split_once('/').unwrap_or(("", full_name));
         Repository {
@@ -96,10 +102,12 @@ pub struct RefData {
 }
 
 /// `run.*`, `review.posted`, `sandbox.*`, `sync.diverged`: the common fields
-/// plus the event's own fields (`extra`), flattened in.
+/// plus the event's own fields (`extra`), flattened in. `repository` is
+/// absent for an event of a sandbox that belongs to no repository.
 #[derive(Debug, Clone, Serialize)]
 pub struct ActivityData {
-    pub repository: Repository,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repository: Option<Repository>,
     #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
     pub git_ref: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -111,10 +119,11 @@ pub struct ActivityData {
     pub details: serde_json::Map<String, serde_json::Value>,
 }
 
-/// `ping`.
+/// `ping`. `repository` is absent for a forge-wide subscription.
 #[derive(Debug, Clone, Serialize)]
 pub struct PingData {
-    pub repository: Repository,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repository: Option<Repository>,
     pub webhook_id: String,
     pub events: Vec<String>,
     pub zen: &'static str,
@@ -200,7 +209,7 @@ pub fn render(event: &Event, ctx: &PayloadContext) -> Vec<u8> {
             kind,
             timestamp,
             data: PingData {
-                repository,
+                repository: Repository::of(&event.repo, ctx),
                 webhook_id: string_field(&event.extra, "webhook_id"),
                 events: event
                     .extra
@@ -234,7 +243,7 @@ pub fn render(event: &Event, ctx: &PayloadContext) -> Vec<u8> {
                     sha: event.after.clone(),
                     sender: event.actor.clone(),
                     details,
-                    repository,
+                    repository: Repository::of(&event.repo, ctx),
                 },
             })
         }
@@ -340,5 +349,17 @@ mod tests {
         ));
         assert_eq!(ping["data"]["webhook_id"], "wh_1");
         assert_eq!(ping["data"]["events"][0], "push");
+    }
+
+    #[test]
+    fn an_event_of_a_sandbox_without_a_repository_has_no_repository() {
+        let mut expired = Event::new(10, EventKind::SandboxExpired, "");
+        expired.extra = serde_json::json!({ "sandbox": { "id": "vm_1", "backend": "container" } });
+        let json = parse(&render(&expired, &ctx()));
+        assert_eq!(json["type"], "sandbox.expired");
+        assert!(json["data"].get("repository").is_none(), "{json}");
+        assert_eq!(json["data"]["sandbox"]["id"], "vm_1");
+        let ping = parse(&render(&ping_event("", "wh_2", &["*".into()]), &ctx()));
+        assert!(ping["data"].get("repository").is_none(), "{ping}");
     }
 }

@@ -152,7 +152,10 @@ fn pipelines_forks_and_idle_pauses_run_in_microvms() {
     let forks: Forks = forge.send(
         "POST",
         &format!("/v1/vms/{main_vm}/fork"),
-        &ForkRequest { count: Some(3) },
+        &ForkRequest {
+            count: Some(3),
+            ..ForkRequest::default()
+        },
     );
     println!("fork ×3 of a running microVM: {:?}", started.elapsed());
     let forks: Vec<String> = forks.forks.into_iter().map(|f| f.vm.id).collect();

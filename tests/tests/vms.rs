@@ -109,7 +109,10 @@ fn create_exec_fork_and_isolation() {
     let forks: Forks = forge.send(
         "POST",
         &format!("/v1/vms/{id}/fork"),
-        &ForkRequest { count: Some(3) },
+        &ForkRequest {
+            count: Some(3),
+            ..ForkRequest::default()
+        },
     );
     let forks: Vec<String> = forks
         .forks

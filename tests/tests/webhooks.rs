@@ -739,3 +739,137 @@ mod time_ms {
         (parsed.unix_timestamp_nanos() / 1_000_000) as i64
     }
 }
+
+/// The seven lifecycle events of sandboxes, as a forge-wide webhook asks
+/// for them.
+const LIFECYCLE: [&str; 7] = [
+    "sandbox.created",
+    "sandbox.paused",
+    "sandbox.resumed",
+    "sandbox.forked",
+    "sandbox.deleted",
+    "sandbox.crashed",
+    "sandbox.expired",
+];
+
+#[test]
+fn every_sandbox_lifecycle_event_reaches_a_filtered_forge_wide_webhook() {
+    if !e2e::require_sandboxes() {
+        return;
+    }
+    let forge = forge().with_sandboxes(8).start();
+    let receiver = Receiver::start();
+    let fleet: WebhookView = forge.send(
+        "POST",
+        "/v1/webhooks",
+        &json!({ "url": receiver.url("/fleet"), "events": LIFECYCLE }),
+    );
+    let expiries: WebhookView = forge.send(
+        "POST",
+        "/v1/webhooks",
+        &json!({ "url": receiver.url("/expired"), "events": ["sandbox.expired"] }),
+    );
+    let vm = |body: Value| -> String {
+        let made: Value = forge.send("POST", "/v1/vms", &body);
+        made["id"].as_str().unwrap().to_owned()
+    };
+    let post = |path: String, body: Value| {
+        let _: Value = forge.send("POST", &path, &body);
+    };
+
+    // created, paused, resumed; forked and the fork deleted.
+    let main = vm(json!({ "labels": { "team": "web" } }));
+    post(format!("/v1/vms/{main}/pause"), json!({}));
+    post(format!("/v1/vms/{main}/resume"), json!({}));
+    let forks: Value = forge.send("POST", &format!("/v1/vms/{main}/fork"), &json!({}));
+    let child = forks["forks"][0]["id"].as_str().unwrap().to_owned();
+    let (status, _) = forge.call(
+        Some(&forge.admin_token),
+        "DELETE",
+        &format!("/v1/vms/{child}"),
+        None,
+    );
+    assert_eq!(status, 204);
+    // crashed: its processes killed from outside.
+    let victim = vm(json!({ "persistence": { "type": "ephemeral" } }));
+    let pid = forge
+        .sandbox_pid(&victim)
+        .expect("the backend records PID 1");
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let shown: Value = forge.get(&format!("/v1/vms/{victim}"));
+        if shown["state"] == "crashed" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never marked crashed: {shown}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // expired: a one-second deadline.
+    let doomed = vm(json!({ "ttl_secs": 1 }));
+
+    let expired = receiver.wait_for("/expired", 1);
+    let got = receiver.wait_for("/fleet", 10);
+    let events: Vec<(String, String)> = got
+        .iter()
+        .map(|request| {
+            assert!(request.verifies(fleet.secret.as_deref().unwrap()), "signed");
+            let body = request.json();
+            let data = &body["data"];
+            assert!(
+                data.get("repository").is_none(),
+                "a VM of no repository: {body}"
+            );
+            (
+                body["type"].as_str().unwrap().to_owned(),
+                data["sandbox"]["id"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let of = |vm: &str| -> Vec<&str> {
+        events
+            .iter()
+            .filter(|(_, id)| id == vm)
+            .map(|(kind, _)| kind.as_str())
+            .collect()
+    };
+    assert_eq!(
+        of(&main),
+        ["sandbox.created", "sandbox.paused", "sandbox.resumed"]
+    );
+    assert_eq!(of(&child), ["sandbox.forked", "sandbox.deleted"]);
+    assert_eq!(of(&victim), ["sandbox.created", "sandbox.crashed"]);
+    assert_eq!(
+        of(&doomed),
+        ["sandbox.created", "sandbox.expired", "sandbox.deleted"]
+    );
+    let forked = got
+        .iter()
+        .map(Request::json)
+        .find(|body| body["type"] == "sandbox.forked")
+        .unwrap();
+    assert_eq!(forked["data"]["parent"], main.as_str());
+    assert_eq!(
+        forked["data"]["sandbox"]["labels"],
+        json!({ "team": "web" })
+    );
+
+    // The filtered one got the expiry alone, and nothing more comes.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(receiver.requests("/expired").len(), 1);
+    assert!(expired[0].verifies(expiries.secret.as_deref().unwrap()));
+    assert_eq!(expired[0].json()["data"]["sandbox"]["id"], doomed.as_str());
+    let (status, _) = forge.call(
+        Some(&forge.admin_token),
+        "GET",
+        &format!("/v1/vms/{doomed}"),
+        None,
+    );
+    assert_eq!(status, 404, "an expired VM is gone");
+}

@@ -1,6 +1,8 @@
 //! `GET /v1/repos/{owner}/{name}/events?after=<cursor>&limit=<n>&wait_secs=<s>`:
 //! a repository's events, oldest first, from a cursor. With `wait_secs`,
 //! an empty answer waits up to that long for the next event (long poll).
+//! `GET /v1/events` (admin) is the same over the whole forge: the events
+//! of every repository and of sandboxes that belong to none.
 
 use std::time::Duration;
 
@@ -50,16 +52,50 @@ pub async fn list(
     Query(query): Query<EventQuery>,
 ) -> Result<Json<EventPage>, ApiError> {
     let repo = authorize(&state, &caller, &owner, &name, Scope::RepoRead).await?;
+    page(&state, Some(&repo.id), &query).await
+}
+
+/// Every event of the forge in order (those of every repository, and the
+/// lifecycle of sandboxes that belong to none), as a long poll. Admin only.
+#[utoipa::path(
+    get,
+    path = "/v1/events",
+    tag = "system",
+    operation_id = "listForgeEvents",
+    params(EventQuery),
+    responses((status = 200, description = "The events after `after`, oldest first", body = EventPage)),
+)]
+pub async fn list_all(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(query): Query<EventQuery>,
+) -> Result<Json<EventPage>, ApiError> {
+    caller.check(Scope::Admin)?;
+    page(&state, None, &query).await
+}
+
+/// A page of the events of `repo_id` (or of the whole forge) after the
+/// query's cursor, waiting up to `wait_secs` for one when there is none.
+async fn page(
+    state: &AppState,
+    repo_id: Option<&str>,
+    query: &EventQuery,
+) -> Result<Json<EventPage>, ApiError> {
     let limit = query.limit.unwrap_or(100).clamp(1, MAX_LIMIT);
     let deadline = tokio::time::Instant::now()
         + Duration::from_secs(query.wait_secs.unwrap_or(0).min(MAX_WAIT_SECS));
     // Subscribe before reading, so an event committed in between is not missed.
     let mut news = state.events.subscribe();
     loop {
-        let rows = state
-            .store
-            .events_after(&repo.id, query.after, limit)
-            .await?;
+        let rows = match repo_id {
+            Some(repo_id) => {
+                state
+                    .store
+                    .events_after(repo_id, query.after, limit)
+                    .await?
+            }
+            None => state.store.all_events_after(query.after, limit).await?,
+        };
         if !rows.is_empty() || tokio::time::Instant::now() >= deadline {
             let events: Vec<Event> = rows.into_iter().map(Event::from).collect();
             let next_cursor = events.last().map_or(query.after, |event| event.id);
@@ -70,8 +106,10 @@ pub async fn list(
         }
         loop {
             match tokio::time::timeout_at(deadline, news.recv()).await {
-                Ok(Ok(event)) if event.repo_id != repo.id => continue,
-                // News for this repository, a lag, a closed bus or the deadline: read again.
+                Ok(Ok(event)) if repo_id.is_some() && event.repo_id.as_deref() != repo_id => {
+                    continue;
+                }
+                // News for what is read, a lag, a closed bus or the deadline: read again.
                 _ => break,
             }
         }

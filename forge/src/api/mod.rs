@@ -64,6 +64,7 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(repos::branches))
         .routes(routes!(contents::show))
         .routes(routes!(events::list))
+        .routes(routes!(events::list_all))
         .routes(routes!(runs::list))
         .routes(routes!(runs::show))
         .routes(routes!(runs::logs))
@@ -76,6 +77,7 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(vms::fork))
         .routes(routes!(vms::pause))
         .routes(routes!(vms::resume))
+        .routes(routes!(vms::timeout))
         .merge(terminal::routes())
         .routes(routes!(vms::read_file, vms::write_file, vms::delete_file))
         // The port's root, with and without its slash, as the catch-all
@@ -96,6 +98,19 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(webhooks::ping))
         .routes(routes!(webhooks::deliveries))
         .routes(routes!(webhooks::delivery))
+        .routes(routes!(
+            webhooks::forge_wide::create,
+            webhooks::forge_wide::list
+        ))
+        .routes(routes!(
+            webhooks::forge_wide::show,
+            webhooks::forge_wide::update,
+            webhooks::forge_wide::delete
+        ))
+        .routes(routes!(webhooks::forge_wide::ping))
+        .routes(routes!(webhooks::forge_wide::deliveries))
+        .routes(routes!(webhooks::forge_wide::delivery))
+        .routes(routes!(webhooks::forge_wide::redeliver))
         .routes(routes!(webhooks::redeliver))
         .routes(routes!(github::webhook))
         .routes(routes!(github::overview))

@@ -161,6 +161,32 @@ pub struct DeliveryPath {
     pub delivery_id: String,
 }
 
+/// A forge-wide webhook.
+#[derive(Debug, Deserialize, IntoParams)]
+#[allow(
+    dead_code,
+    reason = "the handlers read these by name; the struct names them for the document"
+)]
+#[into_params(parameter_in = Path)]
+pub struct ForgeWebhookPath {
+    /// The webhook's id.
+    pub id: String,
+}
+
+/// One delivery of a forge-wide webhook.
+#[derive(Debug, Deserialize, IntoParams)]
+#[allow(
+    dead_code,
+    reason = "the handlers read these by name; the struct names them for the document"
+)]
+#[into_params(parameter_in = Path)]
+pub struct ForgeDeliveryPath {
+    /// The webhook's id.
+    pub id: String,
+    /// The delivery's id.
+    pub delivery_id: String,
+}
+
 /// The name of the error response every authenticated endpoint refers to.
 const ERROR: &str = "Error";
 

@@ -8,15 +8,16 @@
 use std::convert::Infallible;
 use std::time::Duration;
 
+use api_types::VmState;
 use api_types::vms::{
     CarriedVm, CreateVm, EgressUsage, ExecExit, ExecFailure, ExecOutput, ExecRequest, ExecText,
     FileEntry, FileKind, ForkRequest, Forks, Kept, PauseRequest, Persistence, PersistenceKind,
-    SandboxLimits, SandboxQueue, SandboxSystem, System, VmDetail, VmStats, VmView,
+    SandboxLimits, SandboxQueue, SandboxSystem, System, TimeoutRequest, VmDetail, VmStats, VmView,
 };
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 
@@ -24,8 +25,8 @@ use super::openapi::{FilePath, VmPath};
 use super::{ApiError, Body, created};
 use crate::auth::{Caller, Scope};
 use crate::server::AppState;
-use crate::store::VmRow;
-use crate::vms::NewVm;
+use crate::store::{Visibility, VmFilter, VmRow};
+use crate::vms::{ForkOptions, NewVm};
 
 /// Where the VM's dev server is seen: `http://{id}-{port}.<preview
 /// domain>/` where the forge has one, else the path form.
@@ -57,6 +58,8 @@ async fn view(state: &AppState, row: VmRow) -> Result<VmView, ApiError> {
     Ok(VmView {
         dev_server,
         preview_url,
+        labels: row.labels(),
+        expires_at: row.expires_at(),
         id: row.id,
         state: row.state,
         backend: row.backend,
@@ -210,6 +213,8 @@ pub async fn create(
             branch: checkout.as_ref().map(|(branch, _)| branch.clone()),
             created_by: caller.token_id.clone(),
             dev_server: request.dev_server.clone(),
+            labels: request.labels.clone(),
+            ttl_secs: request.ttl_secs,
         })
         .await?;
     if let (Some(repo), Some((branch, Some(commit)))) = (&repo, &checkout) {
@@ -233,26 +238,171 @@ pub async fn create(
     Ok(created(view(&state, row).await?))
 }
 
-/// The VMs the caller may use: those its token created or forked, and
-/// every VM for an admin.
+/// The query of `GET /v1/vms`. `label` may repeat, which a derived query
+/// extractor refuses: [`ListQuery::parse`] reads the pairs in order.
+#[derive(Debug, Default, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    /// `key:value` (or `key` for any value); repeat it to require several.
+    label: Vec<String>,
+    /// Only VMs in this state.
+    #[param(value_type = Option<String>)]
+    state: Option<VmState>,
+    /// Only VMs of this repository, `owner/name`.
+    repo: Option<String>,
+    /// At most this many VMs, 1 to 1000; 500 when absent.
+    limit: Option<i64>,
+    /// The `x-next-cursor` header of the previous page.
+    cursor: Option<String>,
+}
+
+impl ListQuery {
+    fn parse(raw: Option<&str>) -> Result<ListQuery, ApiError> {
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(raw.unwrap_or_default())
+            .map_err(|e| ApiError::bad_request(format!("invalid query: {e}")))?;
+        let mut query = ListQuery::default();
+        for (key, value) in pairs {
+            match key.as_str() {
+                "label" => query.label.push(value),
+                "state" => {
+                    query.state = Some(value.parse().map_err(|_| {
+                        ApiError::bad_request(format!(
+                            "state {value:?}: one of running, paused, paused_to_disk, crashed"
+                        ))
+                    })?);
+                }
+                "repo" => query.repo = Some(value),
+                "limit" => {
+                    query.limit = Some(value.parse().map_err(|_| {
+                        ApiError::bad_request(format!("limit {value:?} is not a number"))
+                    })?);
+                }
+                "cursor" => query.cursor = Some(value),
+                other => {
+                    return Err(ApiError::bad_request(format!(
+                        "unknown query parameter {other:?}: label, state, repo, limit or cursor"
+                    )));
+                }
+            }
+        }
+        Ok(query)
+    }
+}
+
+const MAX_LIST_LIMIT: i64 = 1000;
+const DEFAULT_LIST_LIMIT: i64 = 500;
+
+/// A page cursor: the last VM's creation time and id, hex-encoded.
+fn cursor_of(row: &VmRow) -> String {
+    hex::encode(format!("{}\n{}", row.created_at, row.id))
+}
+
+fn parse_cursor(text: &str) -> Result<(String, String), ApiError> {
+    let invalid = || ApiError::bad_request(format!("cursor {text:?} is not one this API gave"));
+    let bytes = hex::decode(text).map_err(|_| invalid())?;
+    let text = String::from_utf8(bytes).map_err(|_| invalid())?;
+    let (created_at, id) = text.split_once('\n').ok_or_else(invalid)?;
+    Ok((created_at.to_owned(), id.to_owned()))
+}
+
+/// The VMs the caller may use (those its token created or forked, those
+/// of a repository it administers, every VM for an admin), in creation
+/// order, filtered by labels, state and repository. A full page carries
+/// the next page's cursor in the `x-next-cursor` header.
 #[utoipa::path(
     get,
     path = "/v1/vms",
     tag = "vms",
     operation_id = "listVms",
-    responses((status = 200, description = "The VMs the caller may use", body = Vec<VmView>)),
+    params(ListQuery),
+    responses((status = 200, description = "The VMs the caller may use", body = Vec<VmView>,
+        headers(("x-next-cursor" = String, description = "Pass as `cursor` for the next page; absent on the last")))),
 )]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
-) -> Result<Json<Vec<VmView>>, ApiError> {
-    let mut views = Vec::new();
-    for row in state.sandboxes.list().await? {
-        if caller.may_use_vm(row.repo_id.as_deref(), row.created_by.as_deref()) {
-            views.push(view(&state, row).await?);
+    RawQuery(raw): RawQuery,
+) -> Result<(HeaderMap, Json<Vec<VmView>>), ApiError> {
+    let query = ListQuery::parse(raw.as_deref())?;
+    let mut labels = Vec::new();
+    for label in &query.label {
+        let (key, value) = match label.split_once(':') {
+            Some((key, value)) => (key, Some(value.to_owned())),
+            None => (label.as_str(), None),
+        };
+        if key.is_empty() {
+            return Err(ApiError::bad_request(format!(
+                "label filter {label:?}: write key:value or key"
+            )));
         }
+        labels.push((key.to_owned(), value));
     }
-    Ok(Json(views))
+    let repo_id = match &query.repo {
+        Some(full_name) => {
+            let (owner, name) = full_name.split_once('/').ok_or_else(|| {
+                ApiError::bad_request(format!("repo {full_name:?}: write owner/name"))
+            })?;
+            match state.store.repo_by_name(owner, name).await? {
+                Some(repo) => Some(repo.id),
+                // No VM belongs to a repository that does not exist.
+                None => return Ok((HeaderMap::new(), Json(Vec::new()))),
+            }
+        }
+        None => None,
+    };
+    let limit = query
+        .limit
+        .unwrap_or(DEFAULT_LIST_LIMIT)
+        .clamp(1, MAX_LIST_LIMIT);
+    let filter = VmFilter {
+        labels,
+        state: query.state,
+        repo_id,
+        visible_to: (!caller.is_admin()).then(|| Visibility {
+            token: caller.token_id.clone(),
+            admin_of: caller
+                .repo_limit()
+                .filter(|repo| caller.check_repo(repo, Scope::Admin).is_ok())
+                .map(str::to_owned),
+        }),
+        after: query.cursor.as_deref().map(parse_cursor).transpose()?,
+        limit,
+    };
+    let rows = state.sandboxes.find(&filter).await?;
+    let mut headers = HeaderMap::new();
+    if rows.len() as i64 == limit
+        && let Some(last) = rows.last()
+        && let Ok(value) = HeaderValue::from_str(&cursor_of(last))
+    {
+        headers.insert("x-next-cursor", value);
+    }
+    let mut views = Vec::with_capacity(rows.len());
+    for row in rows {
+        views.push(view(&state, row).await?);
+    }
+    Ok((headers, Json(views)))
+}
+
+/// Moves the VM's deadline to `ttl_secs` from now (sooner or later than
+/// it was), or removes it with `null`.
+#[utoipa::path(
+    post,
+    path = "/v1/vms/{id}/timeout",
+    tag = "vms",
+    operation_id = "setVmTimeout",
+    params(VmPath),
+    request_body = TimeoutRequest,
+    responses((status = 200, description = "The VM with its new `expires_at`", body = VmView)),
+)]
+pub async fn timeout(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Body(request): Body<TimeoutRequest>,
+) -> Result<Json<VmView>, ApiError> {
+    owned(&state, &caller, &id).await?;
+    let row = state.sandboxes.set_ttl(&id, request.ttl_secs).await?;
+    Ok(Json(view(&state, row).await?))
 }
 
 /// One VM, with its usage while it holds resources and its traffic
@@ -460,9 +610,13 @@ pub async fn fork(
             .check_quota(&caller.token_id, request.count.unwrap_or(1))
             .await?;
     }
+    let options = ForkOptions {
+        labels: request.labels,
+        ttl_secs: request.ttl_secs,
+    };
     let forks = state
         .sandboxes
-        .fork(&id, request.count.unwrap_or(1), &caller.token_id)
+        .fork(&id, request.count.unwrap_or(1), &caller.token_id, &options)
         .await?;
     let mut views = Vec::new();
     for (row, carried) in forks {

@@ -6,7 +6,7 @@ use anyhow::Context;
 use api_types::runs::{LogEvent, RunDetail, RunEnd, RunView, StepEvent};
 use api_types::vms::{
     CarriedVm, CreateVm, ExecOutput, ExecRequest, ForkRequest, Forks, PauseRequest, Persistence,
-    VmView,
+    TimeoutRequest, VmView,
 };
 use clap::Subcommand;
 use futures_util::StreamExt;
@@ -34,9 +34,35 @@ pub enum VmCommand {
         /// Pause (or destroy, when ephemeral) after this long without traffic.
         #[arg(long)]
         idle_timeout_secs: Option<u64>,
+        /// A label `key=value` to find it by (repeatable).
+        #[arg(long = "label", value_parser = parse_label)]
+        labels: Vec<(String, String)>,
+        /// Destroy it this many seconds from now, whatever it is doing.
+        #[arg(long)]
+        ttl_secs: Option<u64>,
     },
-    /// List sandboxes.
-    List,
+    /// List sandboxes, oldest first.
+    List {
+        /// Only those with this label: `key=value`, or `key` for any value
+        /// (repeatable; all must match).
+        #[arg(long = "label")]
+        labels: Vec<String>,
+        /// Only those in this state (running, paused, paused_to_disk, crashed).
+        #[arg(long)]
+        state: Option<String>,
+        /// Only those of this repository (`owner/name`).
+        #[arg(long)]
+        repo: Option<String>,
+    },
+    /// Move a sandbox's deadline to this many seconds from now (`--none`
+    /// removes it).
+    Timeout {
+        id: String,
+        #[arg(required_unless_present = "none")]
+        ttl_secs: Option<u64>,
+        #[arg(long, conflicts_with = "ttl_secs")]
+        none: bool,
+    },
     /// Run a command; exits with its exit code.
     Exec {
         id: String,
@@ -52,6 +78,12 @@ pub enum VmCommand {
         id: String,
         #[arg(long, default_value_t = 1)]
         count: usize,
+        /// A label `key=value` set on every copy (repeatable).
+        #[arg(long = "label", value_parser = parse_label)]
+        labels: Vec<(String, String)>,
+        /// The copies' deadline from now (they keep the parent's otherwise).
+        #[arg(long)]
+        ttl_secs: Option<u64>,
     },
     /// Pause in memory, or with --to-disk release its memory too.
     Pause {
@@ -82,6 +114,12 @@ pub enum RunCommand {
     },
 }
 
+fn parse_label(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(key, value)| (key.to_owned(), value.to_owned()))
+        .ok_or_else(|| format!("{text:?}: write key=value"))
+}
+
 fn vm_line(vm: &VmView) -> String {
     format!(
         "{:<16} {:<15} {:<10} {:<16} {:<24} {}",
@@ -104,6 +142,8 @@ pub async fn vm(target: &Target<'_>, command: VmCommand) -> anyhow::Result<()> {
             mem_mib,
             ephemeral,
             idle_timeout_secs,
+            labels,
+            ttl_secs,
         } => {
             let request = CreateVm {
                 repo,
@@ -112,14 +152,31 @@ pub async fn vm(target: &Target<'_>, command: VmCommand) -> anyhow::Result<()> {
                 mem_mib,
                 persistence: Some(Persistence::of(!ephemeral)),
                 idle_timeout_secs,
+                labels: labels.into_iter().collect(),
+                ttl_secs,
                 ..CreateVm::default()
             };
             client
                 .call(Method::POST, "/v1/vms", body(&request)?)
                 .await?
         }
-        VmCommand::List => {
-            let vms: Vec<VmView> = client.call(Method::GET, "/v1/vms", None).await?;
+        VmCommand::List {
+            labels,
+            state,
+            repo,
+        } => {
+            let mut query: Vec<String> = labels
+                .iter()
+                .map(|label| format!("label={}", web::api::encode(&label.replacen('=', ":", 1))))
+                .collect();
+            if let Some(state) = &state {
+                query.push(format!("state={}", web::api::encode(state)));
+            }
+            if let Some(repo) = &repo {
+                query.push(format!("repo={}", web::api::encode(repo)));
+            }
+            let path = format!("/v1/vms?{}", query.join("&"));
+            let vms: Vec<VmView> = client.call(Method::GET, &path, None).await?;
             if target.json {
                 return print_json(&vms);
             }
@@ -155,8 +212,29 @@ pub async fn vm(target: &Target<'_>, command: VmCommand) -> anyhow::Result<()> {
             }
             return Ok(());
         }
-        VmCommand::Fork { id, count } => {
-            let request = ForkRequest { count: Some(count) };
+        VmCommand::Timeout { id, ttl_secs, none } => {
+            let request = TimeoutRequest {
+                ttl_secs: ttl_secs.filter(|_| !none),
+            };
+            client
+                .call(
+                    Method::POST,
+                    &format!("/v1/vms/{id}/timeout"),
+                    body(&request)?,
+                )
+                .await?
+        }
+        VmCommand::Fork {
+            id,
+            count,
+            labels,
+            ttl_secs,
+        } => {
+            let request = ForkRequest {
+                count: Some(count),
+                labels: labels.into_iter().collect(),
+                ttl_secs,
+            };
             let forks: Forks = client
                 .call(Method::POST, &format!("/v1/vms/{id}/fork"), body(&request)?)
                 .await?;

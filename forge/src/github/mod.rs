@@ -79,6 +79,11 @@ impl Github {
         };
         let mut to_sync = BTreeSet::new();
         for event in &events {
+            // Events of the forge itself (sandboxes without a repository)
+            // concern no linked repository.
+            let Some(repo_id) = &event.repo_id else {
+                continue;
+            };
             let payload: Value = serde_json::from_str(&event.payload).unwrap_or(Value::Null);
             match event.kind.as_str() {
                 "push" if payload["source"] != "github" => {
@@ -87,17 +92,13 @@ impl Github {
                         && payload["deleted"] != true
                     {
                         self.store
-                            .move_github_pull_heads(&event.repo_id, branch, after)
+                            .move_github_pull_heads(repo_id, branch, after)
                             .await?;
                     }
-                    to_sync.insert(event.repo_id.clone());
+                    to_sync.insert(repo_id.clone());
                 }
                 "run.completed" => {
-                    if let Err(error) = self
-                        .reviewer
-                        .on_run_completed(&event.repo_id, &payload)
-                        .await
-                    {
+                    if let Err(error) = self.reviewer.on_run_completed(repo_id, &payload).await {
                         tracing::warn!(error = format!("{error:#}"), "posting a review failed");
                     }
                 }

@@ -412,8 +412,8 @@ pub fn requested_run(event: &EventRow) -> Option<NewRun> {
         }),
     };
     Some(NewRun {
-        repo_id: event.repo_id.clone(),
-        repo_name: event.repo_name.clone(),
+        repo_id: event.repo_id.clone()?,
+        repo_name: event.repo_name.clone()?,
         branch: payload["branch"].as_str()?.to_owned(),
         commit_id: payload["after"].as_str()?.to_owned(),
         event_id: event.id,

@@ -286,7 +286,10 @@ impl Pipelines {
         };
         let sandbox = match base {
             Some(base) => {
-                let forks = self.sandboxes.fork(&base.vm_id, 1, PIPELINE_ACTOR).await?;
+                let forks = self
+                    .sandboxes
+                    .fork(&base.vm_id, 1, PIPELINE_ACTOR, &Default::default())
+                    .await?;
                 let (vm, carried) = forks
                     .into_iter()
                     .next()
@@ -313,6 +316,8 @@ impl Pipelines {
                         branch: Some(run.branch.clone()),
                         created_by: PIPELINE_ACTOR.to_owned(),
                         dev_server: None,
+                        labels: Default::default(),
+                        ttl_secs: None,
                     })
                     .await?;
                 BranchSandbox {

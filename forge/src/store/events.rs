@@ -5,8 +5,10 @@ use super::{Result, Store, now};
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct EventRow {
     pub id: i64,
-    pub repo_id: String,
-    pub repo_name: String,
+    /// `None` for an event of the forge itself (a sandbox without a
+    /// repository).
+    pub repo_id: Option<String>,
+    pub repo_name: Option<String>,
     pub kind: String,
     pub ref_name: Option<String>,
     pub actor: Option<String>,
@@ -32,6 +34,19 @@ impl Store {
         actor: Option<&str>,
         events: &[NewEvent],
     ) -> Result<Vec<EventRow>> {
+        self.insert_events_of(Some((repo_id, repo_name)), actor, events)
+            .await
+    }
+
+    /// [`Self::insert_events`] of a repository (id, name) or, with `None`,
+    /// of the forge itself.
+    pub async fn insert_events_of(
+        &self,
+        repo: Option<(&str, &str)>,
+        actor: Option<&str>,
+        events: &[NewEvent],
+    ) -> Result<Vec<EventRow>> {
+        let (repo_id, repo_name) = repo.unzip();
         let mut tx = self.pool.begin().await?;
         let mut rows = Vec::with_capacity(events.len());
         let created_at = now();
@@ -72,8 +87,9 @@ impl Store {
         )
     }
 
-    /// Events of every repository after `after`, for consumers of the whole
-    /// outbox (webhooks, sync).
+    /// Every event after `after` (of every repository and of none), for
+    /// consumers of the whole outbox (webhooks, sync) and the forge-wide
+    /// stream.
     pub async fn all_events_after(&self, after: i64, limit: i64) -> Result<Vec<EventRow>> {
         Ok(
             sqlx::query_as("SELECT * FROM events WHERE id > ? ORDER BY id LIMIT ?")

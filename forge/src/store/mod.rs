@@ -24,7 +24,7 @@ pub use github::{GithubDelivery, GithubLink, GithubPull, GithubRefState};
 pub use repos::RepoRow;
 pub use runs::{BranchSandbox, NewRun, PlanSource, RunRow, StepRow};
 pub use tokens::{NewToken, TokenRow};
-pub use vms::{VmRow, unix_now};
+pub use vms::{Visibility, VmFilter, VmRow, unix_now};
 pub use webhooks::{
     AttemptOutcome, AttemptRow, ClaimedDelivery, DeliveryRow, NewDeliveryOwned, NewDeliveryRow,
     NewWebhook, Redelivery, WebhookChange, WebhookRow, now_ms,

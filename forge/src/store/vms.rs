@@ -1,5 +1,7 @@
 //! The `vms` table.
 
+use std::collections::BTreeMap;
+
 use api_types::VmState;
 
 use super::{Result, Store};
@@ -19,6 +21,48 @@ pub struct VmRow {
     pub created_by: Option<String>,
     pub created_at: String,
     pub last_active_unix: i64,
+    /// A JSON object of strings (`{}` when none).
+    pub labels: String,
+    /// When the VM is destroyed whatever its activity; `None`: never.
+    pub expires_unix: Option<i64>,
+}
+
+impl VmRow {
+    /// The labels as a map (a stored value that is not an object of
+    /// strings, which this module never writes, reads as none).
+    pub fn labels(&self) -> BTreeMap<String, String> {
+        serde_json::from_str(&self.labels).unwrap_or_default()
+    }
+
+    /// The deadline in RFC 3339, when there is one.
+    pub fn expires_at(&self) -> Option<String> {
+        let at = time::OffsetDateTime::from_unix_timestamp(self.expires_unix?).ok()?;
+        at.format(&time::format_description::well_known::Rfc3339)
+            .ok()
+    }
+}
+
+/// The VMs a token that is not a forge admin may see: those it created
+/// and those of the repository it administers.
+#[derive(Debug, Clone)]
+pub struct Visibility {
+    pub token: String,
+    pub admin_of: Option<String>,
+}
+
+/// Which VMs a listing wants, in creation order.
+#[derive(Debug, Clone, Default)]
+pub struct VmFilter {
+    /// Each `(key, value)` must be a label of the VM; a `None` value asks
+    /// only for the key.
+    pub labels: Vec<(String, Option<String>)>,
+    pub state: Option<VmState>,
+    pub repo_id: Option<String>,
+    /// Only VMs this caller may see; `None`: every VM (an admin).
+    pub visible_to: Option<Visibility>,
+    /// VMs after this `(created_at, id)`: the previous page's last.
+    pub after: Option<(String, String)>,
+    pub limit: i64,
 }
 
 /// Seconds since the Unix epoch.
@@ -30,8 +74,9 @@ impl Store {
     pub async fn insert_vm(&self, vm: &VmRow) -> Result<()> {
         sqlx::query(
             "INSERT INTO vms (id, backend, state, repo_id, branch, parent_id, vcpus, mem_mib, persistent,
-                              idle_timeout_secs, created_by, created_at, last_active_unix)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                              idle_timeout_secs, created_by, created_at, last_active_unix, labels,
+                              expires_unix)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&vm.id)
         .bind(&vm.backend)
@@ -46,6 +91,8 @@ impl Store {
         .bind(&vm.created_by)
         .bind(&vm.created_at)
         .bind(vm.last_active_unix)
+        .bind(&vm.labels)
+        .bind(vm.expires_unix)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -62,6 +109,70 @@ impl Store {
         Ok(sqlx::query_as("SELECT * FROM vms ORDER BY created_at, id")
             .fetch_all(&self.pool)
             .await?)
+    }
+
+    /// A page of VMs matching `filter`, in creation order.
+    pub async fn find_vms(&self, filter: &VmFilter) -> Result<Vec<VmRow>> {
+        let mut query = sqlx::QueryBuilder::new("SELECT * FROM vms WHERE 1 = 1");
+        for (key, value) in &filter.labels {
+            query.push(" AND EXISTS (SELECT 1 FROM json_each(vms.labels) WHERE json_each.key = ");
+            query.push_bind(key.clone());
+            if let Some(value) = value {
+                query.push(" AND json_each.value = ");
+                query.push_bind(value.clone());
+            }
+            query.push(")");
+        }
+        if let Some(state) = filter.state {
+            query.push(" AND state = ").push_bind(state);
+        }
+        if let Some(repo_id) = &filter.repo_id {
+            query.push(" AND repo_id = ").push_bind(repo_id.clone());
+        }
+        if let Some(who) = &filter.visible_to {
+            query
+                .push(" AND (created_by = ")
+                .push_bind(who.token.clone());
+            if let Some(repo_id) = &who.admin_of {
+                query.push(" OR repo_id = ").push_bind(repo_id.clone());
+            }
+            query.push(")");
+        }
+        if let Some((created_at, id)) = &filter.after {
+            query
+                .push(" AND (created_at, id) > (")
+                .push_bind(created_at.clone())
+                .push(", ")
+                .push_bind(id.clone())
+                .push(")");
+        }
+        query
+            .push(" ORDER BY created_at, id LIMIT ")
+            .push_bind(filter.limit);
+        Ok(query.build_query_as().fetch_all(&self.pool).await?)
+    }
+
+    /// Sets (or, with `None`, clears) VM `id`'s deadline; false when the
+    /// VM is gone.
+    pub async fn set_vm_expiry(&self, id: &str, expires_unix: Option<i64>) -> Result<bool> {
+        let done = sqlx::query("UPDATE vms SET expires_unix = ? WHERE id = ?")
+            .bind(expires_unix)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// VMs whose deadline has passed at `now`.
+    pub async fn expired_vms(&self, now: i64) -> Result<Vec<VmRow>> {
+        Ok(
+            sqlx::query_as(
+                "SELECT * FROM vms WHERE expires_unix IS NOT NULL AND expires_unix <= ?",
+            )
+            .bind(now)
+            .fetch_all(&self.pool)
+            .await?,
+        )
     }
 
     pub async fn set_vm_state(&self, id: &str, state: VmState) -> Result<()> {

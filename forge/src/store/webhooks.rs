@@ -12,7 +12,8 @@ use super::{EventRow, Result, Store, now};
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct WebhookRow {
     pub id: String,
-    pub repo_id: String,
+    /// `None`: a forge-wide subscription.
+    pub repo_id: Option<String>,
     pub url: String,
     pub events: String,
     pub branches: String,
@@ -33,7 +34,8 @@ pub struct WebhookRow {
 #[derive(Debug)]
 pub struct NewWebhook<'a> {
     pub id: &'a str,
-    pub repo_id: &'a str,
+    /// `None`: forge-wide.
+    pub repo_id: Option<&'a str>,
     pub url: &'a str,
     pub events: &'a str,
     pub branches: &'a str,
@@ -164,9 +166,10 @@ impl Store {
         .await?)
     }
 
-    pub async fn webhook(&self, repo_id: &str, id: &str) -> Result<Option<WebhookRow>> {
+    /// Webhook `id` of repository `repo_id` (`None`: a forge-wide one).
+    pub async fn webhook(&self, repo_id: Option<&str>, id: &str) -> Result<Option<WebhookRow>> {
         Ok(sqlx::query_as(&format!(
-            "SELECT {HOOK_COLUMNS} FROM webhooks WHERE repo_id = ? AND id = ?"
+            "SELECT {HOOK_COLUMNS} FROM webhooks WHERE repo_id IS ? AND id = ?"
         ))
         .bind(repo_id)
         .bind(id)
@@ -174,9 +177,10 @@ impl Store {
         .await?)
     }
 
-    pub async fn list_webhooks(&self, repo_id: &str) -> Result<Vec<WebhookRow>> {
+    /// The webhooks of repository `repo_id` (`None`: the forge-wide ones).
+    pub async fn list_webhooks(&self, repo_id: Option<&str>) -> Result<Vec<WebhookRow>> {
         Ok(sqlx::query_as(&format!(
-            "SELECT {HOOK_COLUMNS} FROM webhooks WHERE repo_id = ? ORDER BY created_at, id"
+            "SELECT {HOOK_COLUMNS} FROM webhooks WHERE repo_id IS ? ORDER BY created_at, id"
         ))
         .bind(repo_id)
         .fetch_all(&self.pool)
@@ -186,7 +190,7 @@ impl Store {
     /// Applies `change`; re-activating clears the failure count and reason.
     pub async fn update_webhook(
         &self,
-        repo_id: &str,
+        repo_id: Option<&str>,
         id: &str,
         change: &WebhookChange,
     ) -> Result<Option<WebhookRow>> {
@@ -207,7 +211,7 @@ impl Store {
                 previous_secret_until = CASE WHEN ?6 IS NULL THEN previous_secret_until ELSE ?7 END,
                 secret = COALESCE(?6, secret),
                 revision = revision + 1, updated_at = ?8
-             WHERE repo_id = ?9 AND id = ?10 RETURNING {HOOK_COLUMNS}"
+             WHERE repo_id IS ?9 AND id = ?10 RETURNING {HOOK_COLUMNS}"
         ))
         .bind(&change.url)
         .bind(&change.events)
@@ -224,8 +228,8 @@ impl Store {
     }
 
     /// Deletes a subscription with its deliveries; whether it existed.
-    pub async fn delete_webhook(&self, repo_id: &str, id: &str) -> Result<bool> {
-        let done = sqlx::query("DELETE FROM webhooks WHERE repo_id = ? AND id = ?")
+    pub async fn delete_webhook(&self, repo_id: Option<&str>, id: &str) -> Result<bool> {
+        let done = sqlx::query("DELETE FROM webhooks WHERE repo_id IS ? AND id = ?")
             .bind(repo_id)
             .bind(id)
             .execute(&self.pool)
@@ -278,8 +282,11 @@ impl Store {
         let at = now();
         let next = now_ms();
         for event in events {
+            // The event's repository's subscriptions and the forge-wide
+            // ones; an event of no repository reaches only the latter.
             let hooks: Vec<WebhookRow> = sqlx::query_as(&format!(
-                "SELECT {HOOK_COLUMNS} FROM webhooks WHERE repo_id = ? AND active = 1 AND after_event_id < ? ORDER BY id"
+                "SELECT {HOOK_COLUMNS} FROM webhooks
+                 WHERE (repo_id = ? OR repo_id IS NULL) AND active = 1 AND after_event_id < ? ORDER BY id"
             ))
             .bind(&event.repo_id)
             .bind(event.id)
@@ -433,7 +440,7 @@ impl Store {
     /// `None` when the subscription is gone or was already disabled.
     pub async fn disable_webhook(&self, id: &str, reason: &str) -> Result<Option<EventRow>> {
         let mut tx = self.pool.begin().await?;
-        let hook: Option<(String, String)> = sqlx::query_as(
+        let hook: Option<(Option<String>, String)> = sqlx::query_as(
             "UPDATE webhooks SET active = 0, disabled_reason = ?, revision = revision + 1, updated_at = ?
              WHERE id = ? AND active = 1 RETURNING repo_id, url",
         )
@@ -457,12 +464,12 @@ impl Store {
         let payload = serde_json::json!({ "webhook_id": id, "url": url, "reason": reason });
         let event: EventRow = sqlx::query_as(
             "INSERT INTO events (repo_id, repo_name, kind, ref_name, actor, payload, created_at)
-             SELECT id, owner || '/' || name, 'webhook.disabled', NULL, NULL, ?, ? FROM repos WHERE id = ?
+             VALUES (?1, (SELECT owner || '/' || name FROM repos WHERE id = ?1), 'webhook.disabled', NULL, NULL, ?2, ?3)
              RETURNING *",
         )
+        .bind(&repo_id)
         .bind(payload.to_string())
         .bind(now())
-        .bind(&repo_id)
         .fetch_one(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -564,7 +571,7 @@ mod tests {
         let hook = store
             .insert_webhook(&NewWebhook {
                 id: "wh_1",
-                repo_id: "r1",
+                repo_id: Some("r1"),
                 url: "http://127.0.0.1:9/",
                 events: "[\"push\"]",
                 branches: "[]",

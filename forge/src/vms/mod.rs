@@ -24,6 +24,11 @@
 //!   start-up reconcile and whenever a request finds it so) and stays so: its
 //!   disk is kept for inspection until it is deleted. It is not restarted
 //!   behind the user's back.
+//! - **Deadlines**: a VM created with `ttl_secs` is destroyed when it
+//!   passes, whatever its activity (`sandbox.expired`, then
+//!   `sandbox.deleted`); `set_ttl` moves the deadline.
+//! - **Lifecycle events**: what happens to a VM is recorded in the events
+//!   outbox (`lifecycle.rs`), so webhooks and the event feeds see it.
 //! - **Dev servers**: a VM's `dev_server` is started, watched and restarted
 //!   with backoff by a supervisor (`devserver.rs`) that does not keep the
 //!   VM awake.
@@ -40,12 +45,13 @@ pub mod egress;
 mod error;
 mod gc;
 pub mod gitrelay;
+pub mod lifecycle;
 pub mod network;
 pub mod queue;
 mod reaper;
 pub mod terminal;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -56,9 +62,64 @@ use api_types::VmState;
 use tokio::sync::OwnedRwLockReadGuard;
 
 pub use error::VmError;
+pub use lifecycle::Why;
 pub use network::NetworkConfig;
 
+use crate::events::EventBus;
 use crate::store::{Store, VmRow, unix_now};
+use lifecycle::Lifecycle;
+
+/// Labels one VM may carry.
+pub const MAX_LABELS: usize = 32;
+/// Longest label key and value, in bytes.
+pub const MAX_LABEL_KEY_BYTES: usize = 63;
+pub const MAX_LABEL_VALUE_BYTES: usize = 256;
+/// Longest deadline a VM may be given: 30 days.
+pub const MAX_TTL_SECS: u64 = 30 * 24 * 3600;
+
+/// Checks labels as given on create or fork: at most [`MAX_LABELS`], keys
+/// of letters, digits, `.`, `_`, `-` and `/` that start with a letter or
+/// digit, values without control characters.
+pub fn check_labels(labels: &BTreeMap<String, String>) -> Result<(), VmError> {
+    if labels.len() > MAX_LABELS {
+        return Err(VmError::Invalid(format!(
+            "at most {MAX_LABELS} labels, not {}",
+            labels.len()
+        )));
+    }
+    for (key, value) in labels {
+        let well_formed = key.len() <= MAX_LABEL_KEY_BYTES
+            && key.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && key
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/'));
+        if !well_formed {
+            return Err(VmError::Invalid(format!(
+                "label key {key:?}: 1 to {MAX_LABEL_KEY_BYTES} letters, digits, '.', '_', '-' or '/', starting with a letter or digit"
+            )));
+        }
+        if value.len() > MAX_LABEL_VALUE_BYTES || value.chars().any(char::is_control) {
+            return Err(VmError::Invalid(format!(
+                "label {key:?}: a value of at most {MAX_LABEL_VALUE_BYTES} bytes without control characters"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The deadline `ttl_secs` from now, checked against [`MAX_TTL_SECS`].
+pub fn deadline(ttl_secs: u64) -> Result<i64, VmError> {
+    if ttl_secs == 0 || ttl_secs > MAX_TTL_SECS {
+        return Err(VmError::Invalid(format!(
+            "ttl_secs must be between 1 and {MAX_TTL_SECS}"
+        )));
+    }
+    // Rounded up to the next whole second: a VM is never destroyed before
+    // its time, only up to a second after it.
+    let now = time::OffsetDateTime::now_utc();
+    let partial = i64::from(now.nanosecond() > 0);
+    Ok(now.unix_timestamp() + partial + ttl_secs as i64)
+}
 
 /// Bounds on what one request may ask for.
 #[derive(Debug, Clone)]
@@ -81,6 +142,9 @@ pub struct Limits {
     pub queue_wait: Duration,
     /// Live VMs one (non-admin) token may hold; `None`: no quota.
     pub max_live_per_token: Option<usize>,
+    /// How long the commands and terminals of a VM past its deadline may
+    /// keep it before it is stopped under them.
+    pub expiry_grace: Duration,
 }
 
 impl Default for Limits {
@@ -96,6 +160,7 @@ impl Default for Limits {
             max_file_bytes: 1 << 30,
             queue_wait: Duration::from_secs(30),
             max_live_per_token: None,
+            expiry_grace: Duration::from_secs(10),
         }
     }
 }
@@ -115,6 +180,18 @@ pub struct NewVm {
     pub created_by: String,
     /// Started, watched and restarted in the VM.
     pub dev_server: Option<devserver::DevServerSpec>,
+    pub labels: BTreeMap<String, String>,
+    /// Destroyed this long after it is created, whatever its activity.
+    pub ttl_secs: Option<u64>,
+}
+
+/// What a fork asks for beyond its count.
+#[derive(Debug, Clone, Default)]
+pub struct ForkOptions {
+    /// Set on every copy, over the labels it inherits.
+    pub labels: BTreeMap<String, String>,
+    /// The copies' deadline from now; they inherit the parent's otherwise.
+    pub ttl_secs: Option<u64>,
 }
 
 /// The backend in use, or why there is none.
@@ -136,6 +213,7 @@ pub struct Sandboxes {
     network: network::Network,
     dev_servers: devserver::DevServers,
     admission: queue::Admission,
+    events: EventBus,
 }
 
 /// One VM's lock, and when its last holder let go (unix seconds).
@@ -203,6 +281,7 @@ impl Sandboxes {
         store: Store,
         limits: Limits,
         network: NetworkConfig,
+        events: EventBus,
     ) -> Arc<Self> {
         Arc::new(Self {
             availability,
@@ -212,6 +291,7 @@ impl Sandboxes {
             locks: Mutex::new(HashMap::new()),
             dev_servers: devserver::DevServers::default(),
             admission: queue::Admission::default(),
+            events,
         })
     }
 
@@ -294,11 +374,12 @@ impl Sandboxes {
                 Err(error) => return Err(error.into()),
             };
             if live != row.state {
-                if live == VmState::Crashed {
-                    tracing::warn!(vm = id, "sandbox found crashed");
-                }
                 self.store.set_vm_state(id, live).await?;
                 row.state = live;
+                if live == VmState::Crashed {
+                    tracing::warn!(vm = id, "sandbox found crashed");
+                    self.announce(&row, Lifecycle::Crashed, None).await;
+                }
             }
         }
         Ok(row)
@@ -307,6 +388,16 @@ impl Sandboxes {
     pub async fn list(&self) -> Result<Vec<VmRow>, VmError> {
         let mut rows = Vec::new();
         for row in self.store.list_vms().await? {
+            rows.push(self.get(&row.id).await.unwrap_or(row));
+        }
+        Ok(rows)
+    }
+
+    /// A page of VMs as `filter` asks, each with its state refreshed as by
+    /// [`Self::get`].
+    pub async fn find(&self, filter: &crate::store::VmFilter) -> Result<Vec<VmRow>, VmError> {
+        let mut rows = Vec::new();
+        for row in self.store.find_vms(filter).await? {
             rows.push(self.get(&row.id).await.unwrap_or(row));
         }
         Ok(rows)
@@ -373,6 +464,8 @@ impl Sandboxes {
                 self.limits.max_disk_mib
             )));
         }
+        check_labels(&request.labels)?;
+        let expires_unix = request.ttl_secs.map(deadline).transpose()?;
         let _room = self.admit(1, request.mem_mib).await?;
         let mut spec = Spec::new(image.clone());
         spec.vcpus = request.vcpus;
@@ -394,6 +487,8 @@ impl Sandboxes {
             created_by: Some(request.created_by),
             created_at: crate::store::now(),
             last_active_unix: unix_now(),
+            labels: serde_json::to_string(&request.labels).unwrap_or_else(|_| "{}".to_owned()),
+            expires_unix,
         };
         if let Err(error) = self.store.insert_vm(&row).await {
             let _ = backend.destroy(&info.id).await;
@@ -403,6 +498,8 @@ impl Sandboxes {
             self.dev_servers.add(&row.id, spec);
         }
         tracing::info!(vm = %row.id, backend = %row.backend, "sandbox created");
+        self.announce(&row, Lifecycle::Created, row.created_by.as_deref())
+            .await;
         Ok(row)
     }
 
@@ -419,6 +516,9 @@ impl Sandboxes {
                     .set_vm_state(id, vm_state(carried.sandbox.state))
                     .await?;
                 tracing::info!(vm = id, kept = ?carried.kept, "sandbox resumed on demand");
+                let row = self.refresh(id).await?;
+                self.announce(&row, Lifecycle::Resumed { on_demand: true }, None)
+                    .await;
             }
             VmState::Crashed => return Err(VmError::Crashed(id.to_owned())),
         }
@@ -555,7 +655,7 @@ impl Sandboxes {
     pub async fn pause(&self, id: &str, mode: PauseMode) -> Result<VmRow, VmError> {
         let lock = self.lock_of(id);
         let _guard = lock.write().await;
-        self.pause_locked(id, mode).await
+        self.pause_locked(id, mode, Why::Requested).await
     }
 
     /// Pauses (or destroys, when ephemeral) VM `row` if it is still idle
@@ -577,16 +677,17 @@ impl Sandboxes {
             return Ok(None);
         }
         if now.persistent {
-            self.pause_locked(&row.id, PauseMode::Disk).await?;
+            self.pause_locked(&row.id, PauseMode::Disk, Why::Idle)
+                .await?;
             Ok(Some("paused to disk"))
         } else {
-            self.destroy_locked(&row.id, guard).await?;
+            self.destroy_locked(&row.id, guard, Why::Idle).await?;
             Ok(Some("destroyed"))
         }
     }
 
     /// [`Self::pause`] with the VM's lock held exclusively.
-    async fn pause_locked(&self, id: &str, mode: PauseMode) -> Result<VmRow, VmError> {
+    async fn pause_locked(&self, id: &str, mode: PauseMode, why: Why) -> Result<VmRow, VmError> {
         let (backend, _) = self.ready()?;
         let row = self.refresh(id).await?;
         if row.state == VmState::Crashed {
@@ -598,7 +699,18 @@ impl Sandboxes {
         let info = backend.pause(id, mode).await?;
         self.store.set_vm_state(id, vm_state(info.state)).await?;
         tracing::info!(vm = id, ?mode, "sandbox paused");
-        self.refresh(id).await
+        let row = self.refresh(id).await?;
+        let to_disk = mode == PauseMode::Disk;
+        self.announce(
+            &row,
+            Lifecycle::Paused {
+                to_disk,
+                reason: why,
+            },
+            None,
+        )
+        .await;
+        Ok(row)
     }
 
     pub async fn resume(&self, id: &str) -> Result<(VmRow, Carried), VmError> {
@@ -618,7 +730,10 @@ impl Sandboxes {
             .set_vm_state(id, vm_state(carried.sandbox.state))
             .await?;
         self.store.touch_vm(id).await?;
-        Ok((self.refresh(id).await?, carried))
+        let row = self.refresh(id).await?;
+        self.announce(&row, Lifecycle::Resumed { on_demand: false }, None)
+            .await;
+        Ok((row, carried))
     }
 
     /// Makes `count` copies of a running (or paused: resumed first) VM.
@@ -627,8 +742,11 @@ impl Sandboxes {
         id: &str,
         count: usize,
         by: &str,
+        options: &ForkOptions,
     ) -> Result<Vec<(VmRow, Carried)>, VmError> {
         let (backend, _) = self.ready()?;
+        check_labels(&options.labels)?;
+        let expires_unix = options.ttl_secs.map(deadline).transpose()?;
         if count == 0 || count > self.limits.max_fork_count {
             return Err(VmError::Invalid(format!(
                 "count must be between 1 and {}",
@@ -642,6 +760,13 @@ impl Sandboxes {
         let _room = self.admit(count, parent.mem_mib.max(0) as u64).await?;
         self.network.close(id).await;
         let copies = backend.fork(id, count).await?;
+        let mut labels = parent.labels();
+        labels.extend(options.labels.clone());
+        if labels.len() > MAX_LABELS {
+            tracing::warn!(vm = id, "a fork's labels beyond {MAX_LABELS} are dropped");
+        }
+        let labels: BTreeMap<_, _> = labels.into_iter().take(MAX_LABELS).collect();
+        let labels = serde_json::to_string(&labels).unwrap_or_else(|_| "{}".to_owned());
         let mut forks = Vec::with_capacity(copies.len());
         for carried in copies {
             let row = VmRow {
@@ -651,10 +776,14 @@ impl Sandboxes {
                 created_by: Some(by.to_owned()),
                 created_at: crate::store::now(),
                 last_active_unix: unix_now(),
+                labels: labels.clone(),
+                expires_unix: expires_unix.or(parent.expires_unix),
                 ..parent.clone()
             };
             self.store.insert_vm(&row).await?;
             self.dev_servers.inherit(id, &row.id);
+            self.announce(&row, Lifecycle::Forked { parent: id }, Some(by))
+                .await;
             forks.push((row, carried));
         }
         tracing::info!(vm = id, count, "sandbox forked");
@@ -663,7 +792,7 @@ impl Sandboxes {
 
     pub async fn destroy(&self, id: &str) -> Result<(), VmError> {
         let guard = self.lock_of(id).write_owned().await;
-        self.destroy_locked(id, guard).await
+        self.destroy_locked(id, guard, Why::Requested).await
     }
 
     /// [`Self::destroy`] with the VM's lock held exclusively by `guard`.
@@ -671,9 +800,11 @@ impl Sandboxes {
         &self,
         id: &str,
         guard: tokio::sync::OwnedRwLockWriteGuard<()>,
+        why: Why,
     ) -> Result<(), VmError> {
         let (backend, _) = self.ready()?;
-        self.store
+        let row = self
+            .store
             .vm(id)
             .await?
             .ok_or_else(|| VmError::NotFound(id.to_owned()))?;
@@ -689,8 +820,56 @@ impl Sandboxes {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(id);
-        tracing::info!(vm = id, "sandbox destroyed");
+        tracing::info!(vm = id, reason = ?why, "sandbox destroyed");
+        self.announce(&row, Lifecycle::Deleted { reason: why }, None)
+            .await;
         Ok(())
+    }
+
+    /// Moves VM `id`'s deadline to `ttl_secs` from now, or removes it.
+    pub async fn set_ttl(&self, id: &str, ttl_secs: Option<u64>) -> Result<VmRow, VmError> {
+        let expires_unix = ttl_secs.map(deadline).transpose()?;
+        if !self.store.set_vm_expiry(id, expires_unix).await? {
+            return Err(VmError::NotFound(id.to_owned()));
+        }
+        self.get(id).await
+    }
+
+    /// Destroys VM `row` because its deadline passed, whatever it is
+    /// doing: commands and terminals that still hold it after
+    /// `expiry_grace` are ended by stopping the sandbox under them.
+    /// Records `sandbox.expired`, then `sandbox.deleted`. False when the
+    /// deadline moved meanwhile or the VM is gone.
+    pub async fn expire(&self, row: &VmRow) -> Result<bool, VmError> {
+        let (backend, _) = self.ready()?;
+        let lock = self.lock_of(&row.id);
+        let due = |row: &VmRow| row.expires_unix.is_some_and(|at| at <= unix_now());
+        let guard = match tokio::time::timeout(self.limits.expiry_grace, lock.clone().write_owned())
+            .await
+        {
+            Ok(guard) => guard,
+            Err(_) => {
+                match self.store.vm(&row.id).await? {
+                    Some(now) if due(&now) => {}
+                    _ => return Ok(false),
+                }
+                tracing::info!(vm = %row.id, "an expired sandbox still in use is stopped");
+                match backend.destroy(&row.id).await {
+                    Ok(()) | Err(::sandbox::Error::NotFound(_)) => {}
+                    Err(error) => return Err(error.into()),
+                }
+                lock.clone().write_owned().await
+            }
+        };
+        let Some(now) = self.store.vm(&row.id).await? else {
+            return Ok(false);
+        };
+        if !due(&now) {
+            return Ok(false);
+        }
+        self.announce(&now, Lifecycle::Expired, None).await;
+        self.destroy_locked(&row.id, guard, Why::Expired).await?;
+        Ok(true)
     }
 
     pub async fn stats(&self, id: &str) -> Result<::sandbox::Stats, VmError> {

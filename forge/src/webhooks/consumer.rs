@@ -171,7 +171,7 @@ fn rfc3339(text: &str) -> Option<time::OffsetDateTime> {
 pub fn to_hook_event(row: &EventRow) -> Option<Event> {
     let kind = EventKind::parse(&row.kind).filter(|kind| *kind != EventKind::Ping)?;
     let payload: Value = serde_json::from_str(&row.payload).unwrap_or(Value::Null);
-    let mut event = Event::new(row.id, kind, row.repo_name.clone());
+    let mut event = Event::new(row.id, kind, row.repo_name.clone().unwrap_or_default());
     event.git_ref = row.ref_name.clone();
     event.before = text(&payload["before"]);
     event.after = text(&payload["after"]).or_else(|| text(&payload["sha"]));
@@ -222,8 +222,8 @@ mod tests {
     fn row(kind: &str, payload: Value) -> EventRow {
         EventRow {
             id: 9,
-            repo_id: "r".into(),
-            repo_name: "acme/web".into(),
+            repo_id: Some("r".into()),
+            repo_name: Some("acme/web".into()),
             kind: kind.into(),
             ref_name: Some("refs/heads/main".into()),
             actor: None,

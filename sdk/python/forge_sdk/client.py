@@ -63,7 +63,7 @@ def wire_name(key: str) -> str:
 
 
 # Keys whose values are the caller's own maps, left as they are.
-_VERBATIM = {"env"}
+_VERBATIM = {"env", "labels"}
 
 
 def to_wire(value: Any) -> Any:
@@ -238,6 +238,12 @@ class Vm:
         """The VM now, with its usage (`VmDetail`)."""
         return self._client._do(_Op("GET", self.path, self._keep(t.VmDetail)))
 
+    def set_timeout(self, ttl_secs: Optional[int]):
+        """Destroys the VM `ttl_secs` from now, whatever it is doing (sooner
+        or later than its deadline was); `None` removes the deadline."""
+        body = {"ttl_secs": ttl_secs}
+        return self._client._do(_Op("POST", f"{self.path}/timeout", self._keep(t.VmView), json=body))
+
     def exec(self, command: Union[str, List[str], Dict[str, Any]], **options: Any):
         """Runs `command` (a shell script, or an argv list) and answers when
         it ends (`ExecOutput`). Options: `cwd`, `env`, `stdin`, `timeout_secs`
@@ -251,11 +257,14 @@ class Vm:
         body = to_wire(_exec_body(command, options))
         return self._client._exec_stream(f"{self.path}/exec", body)
 
-    def fork(self, count: int = 1):
-        """`count` copies, memory and disk: a list of `Vm`s."""
+    def fork(self, count: int = 1, labels: Optional[Dict[str, str]] = None, ttl_secs: Optional[int] = None):
+        """`count` copies, memory and disk: a list of `Vm`s. They inherit the
+        VM's labels (`labels` are set over them) and its deadline unless
+        `ttl_secs` gives their own."""
         client = self._client
         read = lambda a: [Vm(client, v) for v in load(t.Forks, a.json()).forks]  # noqa: E731
-        return client._do(_Op("POST", f"{self.path}/fork", read, json={"count": count}))
+        body = to_wire({"count": count, "labels": labels or {}, "ttl_secs": ttl_secs})
+        return client._do(_Op("POST", f"{self.path}/fork", read, json=body))
 
     def pause(self, to_disk: bool = False):
         """Pauses in memory, or to disk (no CPU, no RAM)."""
@@ -371,10 +380,43 @@ class Vms:
         read = lambda a: Vm(client, load(t.VmDetail, a.json()))  # noqa: E731
         return client._do(_Op("GET", f"/v1/vms/{_seg(id)}", read))
 
-    def list(self):
+    def page(
+        self,
+        labels: Optional[Dict[str, Optional[str]]] = None,
+        state: Optional[str] = None,
+        repo: Optional[str] = None,
+        limit: Optional[int] = None,
+        cursor: Optional[str] = None,
+    ):
+        """One page of the VMs the token may see, oldest first, and the next
+        page's cursor (`None` on the last). `labels` must all match (a
+        `None` value matches any); `state` and `repo` (`owner/name`) too."""
         client = self._client
-        read = lambda a: [Vm(client, v) for v in load(List[t.VmView], a.json())]  # noqa: E731
-        return client._do(_Op("GET", "/v1/vms", read))
+        params = _params({"state": state, "repo": repo, "limit": limit, "cursor": cursor})
+        if labels:
+            params["label"] = [key if value is None else f"{key}:{value}" for key, value in labels.items()]
+        read = lambda a: (  # noqa: E731
+            [Vm(client, v) for v in load(List[t.VmView], a.json())],
+            a.headers.get("x-next-cursor"),
+        )
+        return client._do(_Op("GET", "/v1/vms", read, params=params))
+
+    def list(self, labels: Optional[Dict[str, Optional[str]]] = None, state: Optional[str] = None, repo: Optional[str] = None):
+        """Every VM the token may see through every page (see `page`)."""
+        if isinstance(self._client, AsyncForge):
+            return self._alist(labels, state, repo)
+        vms, cursor = self.page(labels, state, repo)
+        while cursor is not None:
+            more, cursor = self.page(labels, state, repo, cursor=cursor)
+            vms.extend(more)
+        return vms
+
+    async def _alist(self, labels, state, repo):
+        vms, cursor = await self.page(labels, state, repo)
+        while cursor is not None:
+            more, cursor = await self.page(labels, state, repo, cursor=cursor)
+            vms.extend(more)
+        return vms
 
     def ref(self, id: str) -> Vm:
         """A handle on VM `id` without asking the forge."""

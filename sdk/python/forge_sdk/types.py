@@ -79,6 +79,7 @@ __all__ = [
     "StepView",
     "System",
     "TerminalTicket",
+    "TimeoutRequest",
     "TokenScope",
     "TokenView",
     "TreeEntry",
@@ -170,7 +171,13 @@ class CarriedVm:
     vcpus: int
     branch: Optional[Optional[str]] = None
     dev_server: Optional[Optional["DevServerStatus"]] = None
+    expires_at: Optional[Optional[str]] = None
+    """
+    When the VM is destroyed whatever its activity (RFC 3339); `null`:
+    never.
+    """
     idle_timeout_secs: Optional[Optional[int]] = None
+    labels: Optional[Dict[str, str]] = None
     note: Optional[Optional[str]] = None
     """Why less than everything was kept, when the backend knows."""
     parent: Optional[Optional[str]] = None
@@ -249,10 +256,21 @@ class CreateVm:
     disk_mib: Optional[Optional[int]] = None
     env: Optional[Dict[str, str]] = None
     idle_timeout_secs: Optional[Optional[int]] = None
+    labels: Optional[Dict[str, str]] = None
+    """
+    Up to 32 `key: value` pairs to find the VM by (`GET
+    /v1/vms?label=key:value`); forks inherit them. Keys: letters,
+    digits, `.`, `_`, `-`, `/` (at most 63); values at most 256 bytes.
+    """
     mem_mib: Optional[Optional[int]] = None
     persistence: Optional[Optional["Persistence"]] = None
     repo: Optional[Optional[str]] = None
     """`owner/name`: `/workspace` holds a checkout of it."""
+    ttl_secs: Optional[Optional[int]] = None
+    """
+    Destroy the VM this many seconds after it is created, whatever its
+    activity (at most 30 days); `POST /v1/vms/{id}/timeout` moves it.
+    """
     vcpus: Optional[Optional[int]] = None
 
 
@@ -374,12 +392,16 @@ class Event:
     """The cursor: strictly increasing across the whole forge."""
     kind: str
     payload: Any
-    repo: str
-    """`owner/name` when the event happened."""
-    repo_id: str
     actor: Optional[Optional[str]] = None
     """The token that caused the event."""
     ref: Optional[Optional[str]] = None
+    repo: Optional[Optional[str]] = None
+    """`owner/name` when the event happened."""
+    repo_id: Optional[Optional[str]] = None
+    """
+    `null` for an event of the forge itself: a sandbox created without
+    a repository.
+    """
 
 
 @dataclass
@@ -495,6 +517,10 @@ FindingTool = Literal["tsc", "eslint", "biome", "bun_test"]
 class ForkRequest:
     """`POST /v1/vms/{id}/fork`."""
     count: Optional[Optional[int]] = None
+    labels: Optional[Dict[str, str]] = None
+    """Set on every copy, over the labels it inherits from its parent."""
+    ttl_secs: Optional[Optional[int]] = None
+    """The copies' deadline from now; without it they keep the parent's."""
 
 
 @dataclass
@@ -794,6 +820,15 @@ class TerminalTicket:
     ticket: str
 
 
+@dataclass
+class TimeoutRequest:
+    """
+    `POST /v1/vms/{id}/timeout`: the VM's deadline becomes `ttl_secs` from
+    now (longer or shorter than it was); `null` removes it.
+    """
+    ttl_secs: Optional[Optional[int]] = None
+
+
 # What a token may do.
 TokenScope = Literal["admin", "repo:write", "repo:read"]
 
@@ -852,7 +887,13 @@ class VmDetail:
     vcpus: int
     branch: Optional[Optional[str]] = None
     dev_server: Optional[Optional["DevServerStatus"]] = None
+    expires_at: Optional[Optional[str]] = None
+    """
+    When the VM is destroyed whatever its activity (RFC 3339); `null`:
+    never.
+    """
     idle_timeout_secs: Optional[Optional[int]] = None
+    labels: Optional[Dict[str, str]] = None
     parent: Optional[Optional[str]] = None
     """The VM it was forked from."""
     preview_url: Optional[Optional[str]] = None
@@ -888,7 +929,13 @@ class VmView:
     vcpus: int
     branch: Optional[Optional[str]] = None
     dev_server: Optional[Optional["DevServerStatus"]] = None
+    expires_at: Optional[Optional[str]] = None
+    """
+    When the VM is destroyed whatever its activity (RFC 3339); `null`:
+    never.
+    """
     idle_timeout_secs: Optional[Optional[int]] = None
+    labels: Optional[Dict[str, str]] = None
     parent: Optional[Optional[str]] = None
     """The VM it was forked from."""
     preview_url: Optional[Optional[str]] = None

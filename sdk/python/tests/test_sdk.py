@@ -130,6 +130,15 @@ def test_get_list_delete(vms, forge):
     got = forge.vms.get(vm.id)
     assert got.state == "running" and isinstance(got.view, types.VmDetail)
     assert any(v.id == vm.id for v in forge.vms.list())
+    run = str(os.getpid())
+    labelled = vms(labels={"suite": "py", "run": run})
+    found = forge.vms.list(labels={"suite": "py", "run": run}, state="running")
+    assert [v.id for v in found] == [labelled.id], "labels filter the list"
+    page, cursor = forge.vms.page(labels={"suite": "py", "run": run}, limit=1)
+    assert [v.id for v in page] == [labelled.id] and cursor, "a full page names the next"
+    assert forge.vms.page(labels={"suite": "py", "run": run}, cursor=cursor) == ([], None)
+    assert labelled.set_timeout(3600).expires_at
+    assert labelled.set_timeout(None).expires_at is None
     forge.vms.delete(vm.id)
     with fails_with(404, "not_found"):
         forge.vms.get(vm.id)

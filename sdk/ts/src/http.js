@@ -32,7 +32,7 @@ export class ForgeError extends Error {
 }
 
 /** Keys whose values are maps of the caller's own names, left as they are. */
-const VERBATIM = new Set(["env"]);
+const VERBATIM = new Set(["env", "labels"]);
 
 /** `idleTimeoutSeconds` → `idle_timeout_secs`; snake_case stays. */
 export function wireName(key) {

@@ -70,7 +70,12 @@ export class Vms {
   create(options?: CreateVmOptions): Promise<Created>;
   get(id: string): Promise<Vm>;
   ref(id: string): Vm;
-  list(): Promise<Vm[]>;
+  /** Every VM the token may see, oldest first, through every page. */
+  list(filter?: {
+    labels?: Record<string, string | null>;
+    state?: Api.VmState;
+    repo?: string;
+  }): Promise<Vm[]>;
   delete(id: string): Promise<void>;
 }
 
@@ -87,9 +92,11 @@ export class Vm {
   readonly fs: VmFiles;
   readonly ports: VmPorts;
   refresh(): Promise<Api.VmDetail>;
+  /** Destroy it `ttlSecs` from now whatever it is doing; `null` removes the deadline. */
+  setTimeout(ttlSecs: number | null): Promise<Api.VmView>;
   exec(command: Command, options?: ExecOptions): Promise<Api.ExecOutput>;
   execStream(command: Command, options?: ExecOptions): ExecStream;
-  fork(options?: { count?: number }): Promise<{ forks: Vm[] }>;
+  fork(options?: Options<Api.ForkRequest>): Promise<{ forks: Vm[] }>;
   pause(options?: Options<Api.PauseRequest>): Promise<Api.VmView>;
   resume(): Promise<Api.CarriedVm>;
   delete(): Promise<void>;

@@ -80,10 +80,28 @@ export class Vms {
     return new Vm(this.forge, { id });
   }
 
-  /** Every VM the token may see. */
-  async list() {
-    const views = await this.forge.http.json("GET", "/v1/vms");
-    return views.map((view) => new Vm(this.forge, view));
+  /**
+   * Every VM the token may see, oldest first, through every page. Filters:
+   * `labels` (`{ key: value }`, all required; a `null` value matches any),
+   * `state` (`"running"`, `"paused"`, ...), `repo` (`owner/name`).
+   */
+  async list({ labels, state, repo } = {}) {
+    const filter = new URLSearchParams();
+    for (const [key, value] of Object.entries(labels ?? {})) {
+      filter.append("label", value === null || value === undefined ? key : `${key}:${value}`);
+    }
+    const vms = [];
+    let cursor;
+    do {
+      const response = await this.forge.http.send("GET", `/v1/vms?${filter}`, {
+        query: { state, repo, cursor },
+      });
+      for (const view of await response.json()) {
+        vms.push(new Vm(this.forge, view));
+      }
+      cursor = response.headers.get("x-next-cursor") ?? undefined;
+    } while (cursor !== undefined);
+    return vms;
   }
 
   async delete(id) {
@@ -122,6 +140,17 @@ export class Vm {
     return this.view.state;
   }
 
+  /**
+   * Destroys the VM `ttlSecs` from now, whatever it is doing (sooner or
+   * later than its deadline was); `null` removes the deadline.
+   */
+  async setTimeout(ttlSecs) {
+    this.view = await this.forge.http.json("POST", `${this.path}/timeout`, {
+      json: { ttlSecs },
+    });
+    return this.view;
+  }
+
   /** The VM as the forge shows it now, with usage (`VmDetail`). */
   async refresh() {
     this.view = await this.forge.http.json("GET", this.path);
@@ -151,9 +180,10 @@ export class Vm {
   }
 
   /** `count` copies, memory and disk: `{ forks: Vm[] }`. */
+  /** Copies of the VM: `{ count, labels, ttlSecs }`; forks inherit labels. */
   async fork(options = {}) {
     const { forks } = await this.forge.http.json("POST", `${this.path}/fork`, {
-      json: { count: options.count ?? 1 },
+      json: { ...options, count: options.count ?? 1 },
     });
     return { forks: forks.map((view) => new Vm(this.forge, view)) };
   }

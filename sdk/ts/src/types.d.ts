@@ -121,10 +121,21 @@ export interface CreateVm {
   disk_mib?: number | null;
   env?: Record<string, string>;
   idle_timeout_secs?: number | null;
+  /**
+   * Up to 32 `key: value` pairs to find the VM by (`GET
+   * /v1/vms?label=key:value`); forks inherit them. Keys: letters,
+   * digits, `.`, `_`, `-`, `/` (at most 63); values at most 256 bytes.
+   */
+  labels?: Record<string, string>;
   mem_mib?: number | null;
   persistence?: null | Persistence;
   /** `owner/name`: `/workspace` holds a checkout of it. */
   repo?: string | null;
+  /**
+   * Destroy the VM this many seconds after it is created, whatever its
+   * activity (at most 30 days); `POST /v1/vms/{id}/timeout` moves it.
+   */
+  ttl_secs?: number | null;
   vcpus?: number | null;
 }
 
@@ -237,8 +248,12 @@ export interface Event {
   payload: unknown;
   ref?: string | null;
   /** `owner/name` when the event happened. */
-  repo: string;
-  repo_id: string;
+  repo?: string | null;
+  /**
+   * `null` for an event of the forge itself: a sandbox created without
+   * a repository.
+   */
+  repo_id?: string | null;
 }
 
 /** A page of events. */
@@ -335,6 +350,10 @@ export type FindingTool = "tsc" | "eslint" | "biome" | "bun_test";
 /** `POST /v1/vms/{id}/fork`. */
 export interface ForkRequest {
   count?: number | null;
+  /** Set on every copy, over the labels it inherits from its parent. */
+  labels?: Record<string, string>;
+  /** The copies' deadline from now; without it they keep the parent's. */
+  ttl_secs?: number | null;
 }
 
 /** The answer to a fork. */
@@ -587,6 +606,14 @@ export interface TerminalTicket {
   ticket: string;
 }
 
+/**
+ * `POST /v1/vms/{id}/timeout`: the VM's deadline becomes `ttl_secs` from
+ * now (longer or shorter than it was); `null` removes it.
+ */
+export interface TimeoutRequest {
+  ttl_secs?: number | null;
+}
+
 /** What a token may do. */
 export type TokenScope = "admin" | "repo:write" | "repo:read";
 
@@ -651,8 +678,14 @@ export interface VmView {
   branch?: string | null;
   created_at: string;
   dev_server?: null | DevServerStatus;
+  /**
+   * When the VM is destroyed whatever its activity (RFC 3339); `null`:
+   * never.
+   */
+  expires_at?: string | null;
   id: string;
   idle_timeout_secs?: number | null;
+  labels?: Record<string, string>;
   mem_mib: number;
   /** The VM it was forked from. */
   parent?: string | null;

@@ -129,6 +129,12 @@ describe("VMs", () => {
     assert.equal(got.state, "running");
     assert.ok(got.view.egress, "the detail carries egress counters");
     assert.ok((await forge.vms.list()).some((v) => v.id === vm.id));
+    const labelled = await newVm({ labels: { suite: "ts", run: String(process.pid) } });
+    const found = await forge.vms.list({ labels: { suite: "ts", run: String(process.pid) }, state: "running" });
+    assert.deepEqual(found.map((v) => v.id), [labelled.id], "labels filter the list");
+    const deadline = await labelled.setTimeout(3600);
+    assert.ok(deadline.expires_at, "a deadline is set");
+    assert.equal((await labelled.setTimeout(null)).expires_at, null);
     await forge.vms.delete(vm.id);
     await rejectsWith(forge.vms.get(vm.id), 404, "not_found");
   });

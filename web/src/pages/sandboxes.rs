@@ -137,7 +137,10 @@ pub async fn act(
                 .await?;
         }
         "fork" => {
-            let request = ForkRequest { count: Some(1) };
+            let request = ForkRequest {
+                count: Some(1),
+                ..ForkRequest::default()
+            };
             let made = ui
                 .api
                 .send::<_, Forks>(&user.token, Method::POST, &path, &request)

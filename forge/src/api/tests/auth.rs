@@ -181,6 +181,16 @@ const ROWS: &[Row] = &[
         401,
         &[(Writer, 404)],
     ),
+    with_body(
+        row(
+            "POST",
+            "/v1/vms/{id}/timeout",
+            "/v1/vms/{vm}/timeout",
+            401,
+            &[(Writer, 404)],
+        ),
+        r#"{"ttl_secs":60}"#,
+    ),
     // Not a WebSocket request: refused as such once a token is presented.
     row(
         "GET",
@@ -345,6 +355,133 @@ const ROWS: &[Row] = &[
         "/v1/repos/acme/app/webhooks/1/deliveries/1/redeliver",
         401,
         &[(Reader, 403)],
+    ),
+    // Forge-wide webhooks and the forge's event stream: admin only.
+    with_body(
+        row(
+            "POST",
+            "/v1/webhooks",
+            "/v1/webhooks",
+            401,
+            &[
+                (Reader, 403),
+                (Writer, 403),
+                (OtherRepo, 403),
+                (Sandbox, 403),
+            ],
+        ),
+        r#"{"url":"https://hooks.example.com/","events":["*"]}"#,
+    ),
+    row(
+        "GET",
+        "/v1/webhooks",
+        "/v1/webhooks",
+        401,
+        &[
+            (Reader, 403),
+            (Writer, 403),
+            (OtherRepo, 403),
+            (Sandbox, 403),
+        ],
+    ),
+    row(
+        "GET",
+        "/v1/webhooks/{id}",
+        "/v1/webhooks/1",
+        401,
+        &[
+            (Reader, 403),
+            (Writer, 403),
+            (OtherRepo, 403),
+            (Sandbox, 403),
+        ],
+    ),
+    with_body(
+        row(
+            "PATCH",
+            "/v1/webhooks/{id}",
+            "/v1/webhooks/1",
+            401,
+            &[
+                (Reader, 403),
+                (Writer, 403),
+                (OtherRepo, 403),
+                (Sandbox, 403),
+            ],
+        ),
+        "{}",
+    ),
+    row(
+        "DELETE",
+        "/v1/webhooks/{id}",
+        "/v1/webhooks/1",
+        401,
+        &[
+            (Reader, 403),
+            (Writer, 403),
+            (OtherRepo, 403),
+            (Sandbox, 403),
+        ],
+    ),
+    row(
+        "POST",
+        "/v1/webhooks/{id}/ping",
+        "/v1/webhooks/1/ping",
+        401,
+        &[
+            (Reader, 403),
+            (Writer, 403),
+            (OtherRepo, 403),
+            (Sandbox, 403),
+        ],
+    ),
+    row(
+        "GET",
+        "/v1/webhooks/{id}/deliveries",
+        "/v1/webhooks/1/deliveries",
+        401,
+        &[
+            (Reader, 403),
+            (Writer, 403),
+            (OtherRepo, 403),
+            (Sandbox, 403),
+        ],
+    ),
+    row(
+        "GET",
+        "/v1/webhooks/{id}/deliveries/{delivery_id}",
+        "/v1/webhooks/1/deliveries/1",
+        401,
+        &[
+            (Reader, 403),
+            (Writer, 403),
+            (OtherRepo, 403),
+            (Sandbox, 403),
+        ],
+    ),
+    row(
+        "POST",
+        "/v1/webhooks/{id}/deliveries/{delivery_id}/redeliver",
+        "/v1/webhooks/1/deliveries/1/redeliver",
+        401,
+        &[
+            (Reader, 403),
+            (Writer, 403),
+            (OtherRepo, 403),
+            (Sandbox, 403),
+        ],
+    ),
+    row(
+        "GET",
+        "/v1/events",
+        "/v1/events",
+        401,
+        &[
+            (Reader, 403),
+            (Writer, 403),
+            (OtherRepo, 403),
+            (Sandbox, 403),
+        ],
     ),
     // The MCP tools: a token before any MCP message is read.
     row("ANY", "/v1/mcp", "/v1/mcp", 401, &[]),

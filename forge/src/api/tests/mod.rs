@@ -5,6 +5,7 @@
 //! pipeline runs ([`pipelines`]).
 
 mod auth;
+mod fleet;
 mod locking;
 mod pipelines;
 mod queue;

@@ -1,9 +1,12 @@
 //! `/v1/repos/{owner}/{name}/webhooks`: subscriptions, pings and the
-//! delivery log.
+//! delivery log; `/v1/webhooks`: the same for forge-wide subscriptions,
+//! which receive the events of every repository and of sandboxes that
+//! belong to none. One handler serves both: [`Place`] reads which from the
+//! path.
 //!
 //! Access: `repo:write` on the repository (or `admin`) to create, change,
 //! delete, ping and redeliver; `repo:read` to list and read subscriptions
-//! and their deliveries. A secret is returned only by the request that
+//! and their deliveries; `admin` for everything forge-wide. A secret is returned only by the request that
 //! created it (`POST`, or `PATCH` with `rotate_secret`); URLs are shown with
 //! any credentials in them replaced by `***`.
 
@@ -12,8 +15,9 @@ use api_types::webhooks::{
     AttemptView, CreateWebhook, DeliveryPage, DeliveryView, Queued, UpdateWebhook, WebhookView,
 };
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{OptionalFromRequestParts, Path, Query, State};
 use axum::http::StatusCode;
+use axum::http::request::Parts;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -28,6 +32,8 @@ use crate::store::{
 };
 use crate::webhooks::ROTATION_WINDOW;
 use hooks::Secret;
+
+pub mod forge_wide;
 
 fn rfc3339_ms(ms: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
@@ -142,10 +148,80 @@ fn json_list(items: &[String]) -> String {
     serde_json::to_string(items).unwrap_or_else(|_| "[]".to_owned())
 }
 
-async fn find(state: &AppState, repo: &RepoRow, id: &str) -> Result<WebhookRow, ApiError> {
+/// The path parameters of a webhook route: `owner` and `name` for a
+/// repository's webhooks, none for the forge-wide ones.
+#[derive(Debug, Default, Deserialize)]
+struct PlaceParams {
+    owner: Option<String>,
+    name: Option<String>,
+    #[serde(default)]
+    id: String,
+    #[serde(default)]
+    delivery_id: String,
+}
+
+/// Where a webhook request points: its path's parameters.
+pub struct Place(PlaceParams);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Place {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match <Path<PlaceParams> as OptionalFromRequestParts<S>>::from_request_parts(parts, state)
+            .await
+        {
+            Ok(params) => Ok(Place(params.map(|Path(p)| p).unwrap_or_default())),
+            Err(rejection) => Err(ApiError::bad_request(rejection.body_text())),
+        }
+    }
+}
+
+/// The subscriptions a request may act on with `scope`: a repository's,
+/// or (for an admin) the forge's.
+struct Owner(Option<RepoRow>);
+
+impl Owner {
+    fn repo_id(&self) -> Option<&str> {
+        self.0.as_ref().map(|repo| repo.id.as_str())
+    }
+
+    /// `owner/name`, empty for the forge (as webhook payloads spell it).
+    fn repo_name(&self) -> String {
+        self.0.as_ref().map(RepoRow::full_name).unwrap_or_default()
+    }
+}
+
+impl Place {
+    async fn owner(
+        &self,
+        state: &AppState,
+        caller: &Caller,
+        scope: Scope,
+    ) -> Result<Owner, ApiError> {
+        match (&self.0.owner, &self.0.name) {
+            (Some(owner), Some(name)) => Ok(Owner(Some(
+                authorize(state, caller, owner, name, scope).await?,
+            ))),
+            _ => {
+                caller.check(Scope::Admin)?;
+                Ok(Owner(None))
+            }
+        }
+    }
+
+    fn id(&self) -> &str {
+        &self.0.id
+    }
+
+    fn delivery_id(&self) -> &str {
+        &self.0.delivery_id
+    }
+}
+
+async fn find(state: &AppState, owner: &Owner, id: &str) -> Result<WebhookRow, ApiError> {
     state
         .store
-        .webhook(&repo.id, id)
+        .webhook(owner.repo_id(), id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("webhook {id} does not exist")))
 }
@@ -163,10 +239,10 @@ async fn find(state: &AppState, repo: &RepoRow, id: &str) -> Result<WebhookRow, 
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
-    Path((owner, name)): Path<(String, String)>,
+    place: Place,
     Body(request): Body<CreateWebhook>,
 ) -> Result<(StatusCode, Json<WebhookView>), ApiError> {
-    let repo = authorize(&state, &caller, &owner, &name, Scope::RepoWrite).await?;
+    let repo = place.owner(&state, &caller, Scope::RepoWrite).await?;
     check_settings(
         &state,
         &Settings {
@@ -184,7 +260,7 @@ pub async fn create(
         .store
         .insert_webhook(&NewWebhook {
             id: &id,
-            repo_id: &repo.id,
+            repo_id: repo.repo_id(),
             url: &request.url,
             events: &json_list(&request.events),
             branches: &json_list(&request.branches),
@@ -193,7 +269,7 @@ pub async fn create(
             secret: secret.expose(),
         })
         .await?;
-    tracing::info!(repo = %repo.full_name(), webhook = %id, "webhook created");
+    tracing::info!(repo = %repo.repo_name(), webhook = %id, "webhook created");
     Ok(created(webhook_view(
         &row,
         Some(secret.expose().to_owned()),
@@ -212,10 +288,10 @@ pub async fn create(
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
-    Path((owner, name)): Path<(String, String)>,
+    place: Place,
 ) -> Result<Json<Vec<WebhookView>>, ApiError> {
-    let repo = authorize(&state, &caller, &owner, &name, Scope::RepoRead).await?;
-    let rows = state.store.list_webhooks(&repo.id).await?;
+    let repo = place.owner(&state, &caller, Scope::RepoRead).await?;
+    let rows = state.store.list_webhooks(repo.repo_id()).await?;
     Ok(Json(
         rows.iter().map(|row| webhook_view(row, None)).collect(),
     ))
@@ -233,10 +309,13 @@ pub async fn list(
 pub async fn show(
     State(state): State<AppState>,
     caller: Caller,
-    Path((owner, name, id)): Path<(String, String, String)>,
+    place: Place,
 ) -> Result<Json<WebhookView>, ApiError> {
-    let repo = authorize(&state, &caller, &owner, &name, Scope::RepoRead).await?;
-    Ok(Json(webhook_view(&find(&state, &repo, &id).await?, None)))
+    let repo = place.owner(&state, &caller, Scope::RepoRead).await?;
+    Ok(Json(webhook_view(
+        &find(&state, &repo, place.id()).await?,
+        None,
+    )))
 }
 
 /// Changes a webhook; what the request leaves out stays as it is. Needs
@@ -253,11 +332,12 @@ pub async fn show(
 pub async fn update(
     State(state): State<AppState>,
     caller: Caller,
-    Path((owner, name, id)): Path<(String, String, String)>,
+    place: Place,
     Body(request): Body<UpdateWebhook>,
 ) -> Result<Json<WebhookView>, ApiError> {
-    let repo = authorize(&state, &caller, &owner, &name, Scope::RepoWrite).await?;
-    let current = find(&state, &repo, &id).await?;
+    let repo = place.owner(&state, &caller, Scope::RepoWrite).await?;
+    let id = place.id();
+    let current = find(&state, &repo, place.id()).await?;
     let stored = |text: &str| serde_json::from_str::<Vec<String>>(text).unwrap_or_default();
     let events = request
         .events
@@ -300,7 +380,7 @@ pub async fn update(
     };
     let row = state
         .store
-        .update_webhook(&repo.id, &id, &change)
+        .update_webhook(repo.repo_id(), id, &change)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("webhook {id} does not exist")))?;
     if request.active == Some(true) {
@@ -325,10 +405,11 @@ pub async fn update(
 pub async fn delete(
     State(state): State<AppState>,
     caller: Caller,
-    Path((owner, name, id)): Path<(String, String, String)>,
+    place: Place,
 ) -> Result<StatusCode, ApiError> {
-    let repo = authorize(&state, &caller, &owner, &name, Scope::RepoWrite).await?;
-    if !state.store.delete_webhook(&repo.id, &id).await? {
+    let repo = place.owner(&state, &caller, Scope::RepoWrite).await?;
+    let id = place.id();
+    if !state.store.delete_webhook(repo.repo_id(), id).await? {
         return Err(ApiError::not_found(format!("webhook {id} does not exist")));
     }
     tracing::info!(webhook = %id, "webhook deleted");
@@ -354,15 +435,15 @@ fn disabled(hook: &WebhookRow) -> ApiError {
 pub async fn ping(
     State(state): State<AppState>,
     caller: Caller,
-    Path((owner, name, id)): Path<(String, String, String)>,
+    place: Place,
 ) -> Result<(StatusCode, Json<Queued>), ApiError> {
-    let repo = authorize(&state, &caller, &owner, &name, Scope::RepoWrite).await?;
-    let hook = find(&state, &repo, &id).await?;
+    let repo = place.owner(&state, &caller, Scope::RepoWrite).await?;
+    let hook = find(&state, &repo, place.id()).await?;
     if !hook.active {
         return Err(disabled(&hook));
     }
     let events: Vec<String> = serde_json::from_str(&hook.events).unwrap_or_default();
-    let event = hooks::payload::ping_event(&repo.full_name(), &hook.id, &events);
+    let event = hooks::payload::ping_event(&repo.repo_name(), &hook.id, &events);
     let body = hooks::payload::render(&event, &state.webhooks.payload);
     let delivery_id = hooks::new_delivery_id();
     state
@@ -438,11 +519,11 @@ async fn delivery_view(
 pub async fn deliveries(
     State(state): State<AppState>,
     caller: Caller,
-    Path((owner, name, id)): Path<(String, String, String)>,
+    place: Place,
     Query(query): Query<PageQuery>,
 ) -> Result<Json<DeliveryPage>, ApiError> {
-    let repo = authorize(&state, &caller, &owner, &name, Scope::RepoRead).await?;
-    let hook = find(&state, &repo, &id).await?;
+    let repo = place.owner(&state, &caller, Scope::RepoRead).await?;
+    let hook = find(&state, &repo, place.id()).await?;
     let limit = query.limit.unwrap_or(20).clamp(1, 100);
     let rows = state
         .store
@@ -473,13 +554,14 @@ pub async fn deliveries(
 pub async fn delivery(
     State(state): State<AppState>,
     caller: Caller,
-    Path((owner, name, id, delivery_id)): Path<(String, String, String, String)>,
+    place: Place,
 ) -> Result<Json<DeliveryView>, ApiError> {
-    let repo = authorize(&state, &caller, &owner, &name, Scope::RepoRead).await?;
-    let hook = find(&state, &repo, &id).await?;
+    let repo = place.owner(&state, &caller, Scope::RepoRead).await?;
+    let delivery_id = place.delivery_id();
+    let hook = find(&state, &repo, place.id()).await?;
     let row = state
         .store
-        .delivery(&hook.id, &delivery_id)
+        .delivery(&hook.id, delivery_id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("delivery {delivery_id} does not exist")))?;
     Ok(Json(delivery_view(&state, row, true).await?))
@@ -497,17 +579,23 @@ pub async fn delivery(
 pub async fn redeliver(
     State(state): State<AppState>,
     caller: Caller,
-    Path((owner, name, id, delivery_id)): Path<(String, String, String, String)>,
+    place: Place,
 ) -> Result<(StatusCode, Json<Queued>), ApiError> {
-    let repo = authorize(&state, &caller, &owner, &name, Scope::RepoWrite).await?;
-    let hook = find(&state, &repo, &id).await?;
+    let repo = place.owner(&state, &caller, Scope::RepoWrite).await?;
+    let delivery_id = place.delivery_id();
+    let hook = find(&state, &repo, place.id()).await?;
     if !hook.active {
         return Err(disabled(&hook));
     }
-    match state.store.redeliver(&hook.id, &delivery_id).await? {
+    match state.store.redeliver(&hook.id, delivery_id).await? {
         Redelivery::Queued => {
             state.webhooks.wake();
-            Ok((StatusCode::ACCEPTED, Json(Queued { delivery_id })))
+            Ok((
+                StatusCode::ACCEPTED,
+                Json(Queued {
+                    delivery_id: delivery_id.to_owned(),
+                }),
+            ))
         }
         Redelivery::NotFound => Err(ApiError::not_found(format!(
             "delivery {delivery_id} does not exist"
