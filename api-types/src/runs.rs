@@ -27,6 +27,9 @@ pub struct RunView {
     pub plan_ref: Option<String>,
     /// The commit of `plan_ref` the steps were read from.
     pub plan_commit: Option<String>,
+    /// Set in every step's environment (`git push -o ci.variable=K=V`).
+    #[serde(default)]
+    pub variables: std::collections::BTreeMap<String, String>,
     pub steps: Vec<StepView>,
 }
 
@@ -237,6 +240,7 @@ mod tests {
             finished_at: Some("t2".into()),
             plan_ref: None,
             plan_commit: None,
+            variables: Default::default(),
             steps: vec![StepView {
                 position: 0,
                 name: "test".into(),

@@ -260,3 +260,82 @@ fn a_branch_is_reviewed_against_the_default_branch_without_github() {
     ));
     assert!(main_run.branch_review.is_none() && main_run.analysis.is_none());
 }
+
+#[test]
+fn push_options_skip_the_run_or_give_its_steps_variables() {
+    if !e2e::require_sandboxes() {
+        return;
+    }
+    let forge = TestForge::builder().with_sandboxes(8).start();
+    forge.create_repo("acme/opts");
+    let tmp = tempfile::tempdir().unwrap();
+    let url = forge.git_url("acme/opts", &forge.admin_token);
+    let steps =
+        "[[pipeline.steps]]\nname = \"show\"\nrun = \"echo mode=$MODE level=$LEVEL ci=$CI\"\n";
+    let work = work_repo(tmp.path(), "work", &[(".forge.toml", steps)]);
+    let skipped = git_ok(&work, &["rev-parse", "HEAD"]);
+    let output = e2e::git_run(&work, &["push", "-o", "ci.skip", &url, "main"]);
+    assert!(output.status.success(), "{output:?}");
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("No pipeline runs for this push"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let events: serde_json::Value = forge.get("/v1/repos/acme/opts/events");
+    let push = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "push")
+        .unwrap()
+        .clone();
+    assert_eq!(push["payload"]["push_options"]["ci_skip"], true, "{push}");
+
+    let variables = commit_files(&work, &[("a.txt", "a")], "with variables");
+    git_ok(
+        &work,
+        &[
+            "push",
+            "--quiet",
+            "-o",
+            "ci.variable=MODE=fast lane",
+            "-o",
+            "ci.variable=LEVEL=3",
+            &url,
+            "main",
+        ],
+    );
+    let run = forge.finished_run("acme/opts", &variables);
+    assert_eq!(run.state, RunState::Passed, "{run:?}");
+    assert!(
+        log(&forge, &run).contains("mode=fast lane level=3 ci=true"),
+        "{}",
+        log(&forge, &run)
+    );
+    assert_eq!(
+        run.variables.get("MODE").map(String::as_str),
+        Some("fast lane")
+    );
+    let runs: Vec<RunView> = forge.get("/v1/repos/acme/opts/runs");
+    assert!(
+        runs.iter().all(|r| r.commit_id != skipped),
+        "a skipped push has no run: {runs:?}"
+    );
+    let again: RunView = forge.send_empty("POST", &format!("/v1/runs/{}/rerun", run.id));
+    assert_eq!(
+        again.variables, run.variables,
+        "a re-run keeps the variables"
+    );
+
+    // A variable the forge sets itself is refused, and nothing is pushed.
+    let refused = commit_files(&work, &[("b.txt", "b")], "overrides CI");
+    let output = e2e::git_run(&work, &["push", "-o", "ci.variable=CI=false", &url, "main"]);
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("the forge sets this variable itself"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let branches: serde_json::Value = forge.get("/v1/repos/acme/opts/branches");
+    assert_ne!(branches[0]["commit"]["id"], refused.as_str());
+}

@@ -47,6 +47,7 @@ use tokio::process::{Child, ChildStdin};
 use tokio_util::io::{ReaderStream, StreamReader};
 
 use super::pktline::{self, Command, CommandReader, Progress, PushRequest, RefStatus};
+use super::push::options::PushOptions;
 use super::push::rules::{self, Accepted, Pusher, Refusal};
 use super::{git_command, inspect, push};
 use api_types::ErrorCode;
@@ -58,7 +59,7 @@ use crate::events::Event;
 use crate::server::AppState;
 use crate::store::RepoRow;
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Service {
     UploadPack,
     ReceivePack,
@@ -124,12 +125,19 @@ fn service_command(
     protocol: Option<&str>,
 ) -> tokio::process::Command {
     let mut command = git_command(&state.repos.path(&repo.id));
+    if service == Service::ReceivePack {
+        command.args(ADVERTISE_PUSH_OPTIONS);
+    }
     command.arg(service.name()).arg("--stateless-rpc");
     if let Some(protocol) = protocol {
         command.env("GIT_PROTOCOL", protocol);
     }
     command
 }
+
+/// Git's setting that makes receive-pack announce, and accept, `git push
+/// -o` options (`push::options`).
+const ADVERTISE_PUSH_OPTIONS: [&str; 2] = ["-c", "receive.advertisePushOptions=true"];
 
 fn no_cache(response: &mut Response, content_type: &str) {
     let headers = response.headers_mut();
@@ -471,6 +479,19 @@ pub async fn receive_pack(
         no_cache(&mut response, "application/x-git-receive-pack-result");
         return Ok(response);
     }
+    let options = match PushOptions::parse(&request.options) {
+        Ok(options) => options,
+        Err(reason) => {
+            let refusal = Refusal {
+                refused: request
+                    .commands
+                    .iter()
+                    .map(|command| (command.refname.clone(), reason.clone()))
+                    .collect(),
+            };
+            return refuse(&repo, &caller, &request, &refusal, reader).await;
+        }
+    };
     let accepted = match judge(&state, &repo, &caller, &request).await? {
         Ok(accepted) => accepted,
         Err(refusal) => return refuse(&repo, &caller, &request, &refusal, reader).await,
@@ -480,8 +501,11 @@ pub async fn receive_pack(
         state.clone(),
         repo,
         caller,
-        request,
-        accepted,
+        Push {
+            request,
+            options,
+            accepted,
+        },
         consumed,
         reader,
     ));
@@ -566,6 +590,7 @@ fn receive_pack_command(
     hooks_path.push(&state.config.git_hooks);
     let mut command = git_command(&state.repos.path(&repo.id));
     command
+        .args(ADVERTISE_PUSH_OPTIONS)
         .arg("-c")
         .arg(hooks_path)
         .arg(Service::ReceivePack.name())
@@ -574,15 +599,27 @@ fn receive_pack_command(
     Ok(command)
 }
 
+/// A push judged acceptable: its request, options and the push rules'
+/// verdict.
+struct Push {
+    request: PushRequest,
+    options: PushOptions,
+    accepted: Accepted,
+}
+
 async fn run_receive_pack(
     state: AppState,
     repo: RepoRow,
     caller: Caller,
-    request: PushRequest,
-    accepted: Accepted,
+    push: Push,
     consumed: Vec<u8>,
     reader: BodyReader,
 ) -> Result<Response, ApiError> {
+    let Push {
+        request,
+        options,
+        accepted,
+    } = push;
     let limit = state.config.max_body_bytes;
     let mut command = receive_pack_command(&state, &repo, &accepted.fast_forward_only)?;
     command.kill_on_drop(false);
@@ -620,9 +657,17 @@ async fn run_receive_pack(
     let applied = applied_commands(&state, &repo, &request, report.as_ref()).await?;
     let mut reply = reply;
     if !applied.is_empty() {
-        let pushes = record_events(&state, &repo, &caller, &applied).await;
+        let pushes = record_events(&state, &repo, &caller, &applied, &options).await;
         if let Some(side_band) = request.side_band() {
-            reply = pktline::with_progress(reply, &run_lines(&state, &pushes).await, side_band);
+            let lines = if options.ci_skip {
+                vec![
+                    String::new(),
+                    "No pipeline runs for this push (-o ci.skip)".to_owned(),
+                ]
+            } else {
+                run_lines(&state, &pushes).await
+            };
+            reply = pktline::with_progress(reply, &lines, side_band);
         }
     }
     let mut response = reply.into_response();
@@ -717,16 +762,18 @@ async fn record_events(
     repo: &RepoRow,
     caller: &Caller,
     applied: &[Command],
+    options: &PushOptions,
 ) -> Vec<(i64, String)> {
     let dir = state.repos.path(&repo.id);
-    let (repo_row, who, url, commands) = (
+    let (repo_row, who, url, commands, options) = (
         repo.clone(),
         caller.clone(),
         state.config.public_url.clone(),
         applied.to_vec(),
+        options.clone(),
     );
     let built = tokio::task::spawn_blocking(move || {
-        push::events_for(&dir, &repo_row, &who, &url, &commands)
+        push::events_for(&dir, &repo_row, &who, &url, &commands, &options)
     })
     .await;
     let events = match built {

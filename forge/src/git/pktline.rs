@@ -41,6 +41,8 @@ pub fn is_zero(oid: &str) -> bool {
 pub struct PushRequest {
     pub commands: Vec<Command>,
     pub capabilities: Vec<String>,
+    /// `git push -o` options, when the client asked for `push-options`.
+    pub options: Vec<String>,
 }
 
 impl PushRequest {
@@ -103,6 +105,8 @@ pub struct CommandReader {
     request: PushRequest,
     /// Bytes parsed so far, counting a byte each time it is looked at.
     examined: usize,
+    /// The commands ended; push options are being read.
+    in_options: bool,
 }
 
 /// A command section larger than this is refused (about 40,000 refs).
@@ -118,9 +122,17 @@ impl CommandReader {
             };
             let length = parse_length(head)?;
             if length == 0 {
-                // The flush ends the section (straight away: git's probe
-                // before a large push has no commands at all).
                 at += 4;
+                // The flush ends the commands (straight away: git's probe
+                // before a large push has none); push options, when the
+                // client announced them, follow up to a second flush.
+                let options_follow = !self.in_options
+                    && !self.request.commands.is_empty()
+                    && self.request.has_capability("push-options");
+                if options_follow {
+                    self.in_options = true;
+                    continue;
+                }
                 break true;
             }
             if length < 4 {
@@ -129,7 +141,14 @@ impl CommandReader {
             let Some(payload) = self.pending.get(at + 4..at + length) else {
                 break false;
             };
-            parse_command_line(payload, &mut self.request)?;
+            if self.in_options {
+                let option = String::from_utf8_lossy(payload);
+                self.request
+                    .options
+                    .push(option.trim_end_matches('\n').to_owned());
+            } else {
+                parse_command_line(payload, &mut self.request)?;
+            }
             self.examined += length;
             at += length;
         };
@@ -395,6 +414,45 @@ mod tests {
             assert!(request.commands[1].is_delete());
             assert!(request.has_capability("side-band-64k"));
         }
+    }
+
+    #[test]
+    fn push_options_follow_the_commands_when_announced() {
+        let mut bytes = Vec::new();
+        bytes.extend(
+            pkt_line(&format!(
+                "{Z} {A} refs/heads/main\0report-status push-options\n"
+            ))
+            .bytes(),
+        );
+        bytes.extend(b"0000");
+        bytes.extend(pkt_line("ci.skip\n").bytes());
+        bytes.extend(pkt_line("ci.variable=MODE=fast").bytes());
+        bytes.extend(b"0000PACK...");
+        for split in [1, 5, bytes.len()] {
+            let mut reader = CommandReader::default();
+            let done =
+                bytes
+                    .chunks(split)
+                    .find_map(|chunk| match reader.feed(chunk).expect("valid") {
+                        Progress::Done(request, end) => Some((request, end)),
+                        Progress::NeedMore => None,
+                    });
+            let (request, end) = done.expect("the section ends");
+            assert_eq!(&bytes[end..], b"PACK...", "split {split}");
+            assert_eq!(request.options, ["ci.skip", "ci.variable=MODE=fast"]);
+        }
+        // Without the capability the pack follows the first flush.
+        let (request, end) = match CommandReader::default().feed(&request()).expect("valid") {
+            Progress::Done(request, end) => (request, end),
+            Progress::NeedMore => panic!("the section ends"),
+        };
+        assert!(request.options.is_empty());
+        assert_eq!(&request_bytes_after(end), b"PACK...");
+    }
+
+    fn request_bytes_after(end: usize) -> Vec<u8> {
+        request()[end..].to_vec()
     }
 
     #[test]

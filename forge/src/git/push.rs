@@ -5,6 +5,7 @@
 //!
 //! What a push may change in the first place is [`rules`]'s to say.
 
+pub mod options;
 pub mod rules;
 
 use std::path::Path;
@@ -40,6 +41,7 @@ pub fn events_for(
     caller: &Caller,
     public_url: &str,
     commands: &[Command],
+    options: &options::PushOptions,
 ) -> Result<Vec<NewEvent>, InspectError> {
     let tips = inspect::branch_tips(git_dir)?;
     let full_name = repo.full_name();
@@ -59,10 +61,7 @@ pub fn events_for(
                 &command.old, &command.new
             )
         });
-        events.push(NewEvent {
-            kind: "push".into(),
-            ref_name: Some(command.refname.clone()),
-            payload: json!({
+        let mut payload = json!({
                 "repo": full_name,
                 "ref": command.refname,
                 "branch": branch,
@@ -78,7 +77,14 @@ pub fn events_for(
                 "paths_truncated": summary.paths_truncated,
                 "pusher": pusher,
                 "compare_url": compare_url,
-            }),
+        });
+        if !options.is_empty() {
+            payload["push_options"] = options.to_json();
+        }
+        events.push(NewEvent {
+            kind: "push".into(),
+            ref_name: Some(command.refname.clone()),
+            payload,
         });
         let lifecycle = match (
             classify(&command.refname),

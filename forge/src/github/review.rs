@@ -503,6 +503,7 @@ mod tests {
             finished_at: None,
             plan_ref: plan_commit.map(|_| "main".into()),
             plan_commit: plan_commit.map(Into::into),
+            variables: "{}".into(),
         }
     }
 

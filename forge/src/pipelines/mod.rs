@@ -34,7 +34,7 @@ pub mod plan;
 mod review;
 mod runner;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -44,6 +44,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::Caller;
 use crate::events::EventBus;
+use crate::git::push::options::PushOptions;
 use crate::git::{Repositories, inspect};
 use crate::store::{EventRow, NewEvent, NewRun, PlanSource, RunRow, Store};
 use crate::vms::Sandboxes;
@@ -205,6 +206,8 @@ impl Pipelines {
             .clone()
             .zip(run.plan_commit.clone())
             .map(|(branch, commit)| PlanSource { branch, commit });
+        let variables: BTreeMap<String, String> =
+            serde_json::from_str(&run.variables).unwrap_or_default();
         let event = NewEvent {
             kind: "pipeline.requested".into(),
             ref_name: Some(format!("refs/heads/{}", run.branch)),
@@ -213,6 +216,7 @@ impl Pipelines {
                 "reason": format!("re-run of run #{} by {}", run.id, by.token_name),
                 "rerun_of": run.id,
                 "plan": plan.as_ref().map(|p| serde_json::json!({ "branch": p.branch, "commit": p.commit })),
+                "push_options": PushOptions { ci_skip: false, variables: variables.clone() }.to_json(),
             }),
         };
         let rows = self
@@ -227,6 +231,7 @@ impl Pipelines {
             commit_id: run.commit_id.clone(),
             event_id,
             plan,
+            variables,
         };
         // Cursor 0 leaves the consumer's cursor where it is.
         let queued = self.store.queue_runs(&[new], 0).await?;
@@ -401,7 +406,8 @@ pub fn requested_run(event: &EventRow) -> Option<NewRun> {
         return None;
     }
     let payload: serde_json::Value = serde_json::from_str(&event.payload).ok()?;
-    if payload["deleted"] == true {
+    let options = PushOptions::of_payload(&payload);
+    if payload["deleted"] == true || options.ci_skip {
         return None;
     }
     let plan = match &payload["plan"] {
@@ -418,6 +424,7 @@ pub fn requested_run(event: &EventRow) -> Option<NewRun> {
         commit_id: payload["after"].as_str()?.to_owned(),
         event_id: event.id,
         plan,
+        variables: options.variables,
     })
 }
 

@@ -1,5 +1,6 @@
 //! Executing one run: sandbox, checkout, install, steps, events.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use ::sandbox::{Command, ExecEvent, ExitStatus};
@@ -347,9 +348,16 @@ impl Pipelines {
             .set_step(run.id, position, StepState::Running, None, None)
             .await?;
         let started = Instant::now();
+        // The push's variables first: the forge's own come after and win
+        // (push::options refuses their names anyway).
+        let variables: BTreeMap<String, String> =
+            serde_json::from_str(&run.variables).unwrap_or_default();
+        let command = variables.into_iter().fold(
+            Command::shell(script).cwd("/workspace"),
+            |command, (key, value)| command.env(key, value),
+        );
         let command = COLOUR_ENV.into_iter().fold(
-            Command::shell(script)
-                .cwd("/workspace")
+            command
                 .env("CI", "true")
                 .env("FORGE_RUN", run.id.to_string())
                 .timeout(timeout),

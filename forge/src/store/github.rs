@@ -505,6 +505,7 @@ mod tests {
                 branch: "main".into(),
                 commit: commit.into(),
             }),
+            variables: Default::default(),
         };
         let queued = store.queue_runs(&[run], events[0].id).await.expect("queue");
         queued[0].id

@@ -244,6 +244,7 @@ mod tests {
                     commit_id: "c4".into(),
                     event_id: 4,
                     plan: None,
+                    variables: Default::default(),
                 }],
                 4,
             )

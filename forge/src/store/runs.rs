@@ -1,6 +1,8 @@
 //! Pipeline tables: `runs`, `run_steps`, `branch_sandboxes`,
 //! `pipeline_cursor`.
 
+use std::collections::BTreeMap;
+
 use api_types::runs::{RunView, StepView};
 use api_types::{RunState, StepState};
 
@@ -24,6 +26,8 @@ pub struct RunRow {
     pub plan_ref: Option<String>,
     /// The commit of `plan_ref` the steps were read from.
     pub plan_commit: Option<String>,
+    /// A JSON object: the push's `ci.variable` options.
+    pub variables: String,
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -55,6 +59,7 @@ impl RunRow {
             finished_at: self.finished_at,
             plan_ref: self.plan_ref,
             plan_commit: self.plan_commit,
+            variables: serde_json::from_str(&self.variables).unwrap_or_default(),
             steps: steps.into_iter().map(StepView::from).collect(),
         }
     }
@@ -91,6 +96,8 @@ pub struct NewRun {
     pub event_id: i64,
     /// Where the steps come from, when not from `commit_id`.
     pub plan: Option<PlanSource>,
+    /// Set in every step's environment.
+    pub variables: BTreeMap<String, String>,
 }
 
 /// A commit of another branch whose steps a run takes.
@@ -121,8 +128,8 @@ impl Store {
         for run in runs {
             let row: Option<RunRow> = sqlx::query_as(
                 "INSERT INTO runs (repo_id, repo_name, branch, commit_id, event_id, state, created_at,
-                    plan_ref, plan_commit)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (event_id) DO NOTHING RETURNING *",
+                    plan_ref, plan_commit, variables)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (event_id) DO NOTHING RETURNING *",
             )
             .bind(&run.repo_id)
             .bind(&run.repo_name)
@@ -133,6 +140,7 @@ impl Store {
             .bind(now())
             .bind(run.plan.as_ref().map(|p| &p.branch))
             .bind(run.plan.as_ref().map(|p| &p.commit))
+            .bind(serde_json::to_string(&run.variables).unwrap_or_else(|_| "{}".to_owned()))
             .fetch_optional(&mut *tx)
             .await?;
             rows.extend(row);

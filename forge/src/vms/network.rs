@@ -67,6 +67,16 @@ pub struct Endpoint<'a> {
     pub repo: Option<(&'a str, &'a str)>,
 }
 
+/// The variables that point programs at the CA bundle copied into every
+/// sandbox (set when the forge has one).
+pub const CA_ENV: [&str; 5] = [
+    "NODE_EXTRA_CA_CERTS",
+    "SSL_CERT_FILE",
+    "GIT_SSL_CAINFO",
+    "REQUESTS_CA_BUNDLE",
+    "CURL_CA_BUNDLE",
+];
+
 impl Network {
     pub fn new(config: NetworkConfig, store: Store) -> Self {
         let mut policy = config.egress.clone();
@@ -103,13 +113,7 @@ impl Network {
             ("no_proxy".into(), no_proxy),
         ];
         if self.config.ca_bundle.is_some() {
-            for name in [
-                "NODE_EXTRA_CA_CERTS",
-                "SSL_CERT_FILE",
-                "GIT_SSL_CAINFO",
-                "REQUESTS_CA_BUNDLE",
-                "CURL_CA_BUNDLE",
-            ] {
+            for name in CA_ENV {
                 env.push((name.into(), CA_BUNDLE.into()));
             }
         }

@@ -679,6 +679,8 @@ class RunDetail:
     """The branch whose steps ran, when not the commit's own (a review)."""
     review: Optional[Optional["RunReview"]] = None
     started_at: Optional[Optional[str]] = None
+    variables: Optional[Dict[str, str]] = None
+    """Set in every step's environment (`git push -o ci.variable=K=V`)."""
     vm_id: Optional[Optional[str]] = None
 
 
@@ -726,6 +728,8 @@ class RunView:
     plan_ref: Optional[Optional[str]] = None
     """The branch whose steps ran, when not the commit's own (a review)."""
     started_at: Optional[Optional[str]] = None
+    variables: Optional[Dict[str, str]] = None
+    """Set in every step's environment (`git push -o ci.variable=K=V`)."""
     vm_id: Optional[Optional[str]] = None
 
 

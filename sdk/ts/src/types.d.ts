@@ -522,6 +522,8 @@ export interface RunView {
   started_at?: string | null;
   state: RunState;
   steps: StepView[];
+  /** Set in every step's environment (`git push -o ci.variable=K=V`). */
+  variables?: Record<string, string>;
   vm_id?: string | null;
 }
 

@@ -57,6 +57,15 @@ pub async fn show(
         @if let (Some(branch), Some(commit)) = (&run.plan_ref, &run.plan_commit) {
             p.facts { "Steps from " (branch) " at " code { (short(commit)) } }
         }
+        @if !run.variables.is_empty() {
+            p.facts #run-variables {
+                "Variables (from the push's options): "
+                @for (i, (name, value)) in run.variables.iter().enumerate() {
+                    @if i > 0 { ", " }
+                    code { (name) "=" (value) }
+                }
+            }
+        }
         dl.facts #run-times {
             dt { "Queued" } dd { (when(&run.created_at)) }
             @if let Some(started) = &run.started_at { dt { "Started" } dd { (when(started)) } }
@@ -269,6 +278,7 @@ mod tests {
             finished_at: finished.map(Into::into),
             plan_ref: None,
             plan_commit: None,
+            variables: Default::default(),
             steps: Vec::new(),
         }
     }

@@ -123,7 +123,11 @@ async fn labels_filter_and_pages_walk_the_fleet_in_creation_order() {
     assert_eq!(ids, expected, "every web VM, oldest first");
     assert_eq!(cursor, None, "one page holds them");
     let (ids, _) = page(&app, &writer.secret, "/v1/vms?label=team:web").await;
-    assert_eq!(ids, std::slice::from_ref(&theirs), "a token sees only its own VMs");
+    assert_eq!(
+        ids,
+        std::slice::from_ref(&theirs),
+        "a token sees only its own VMs"
+    );
     let (ids, _) = page(
         &app,
         &admin,

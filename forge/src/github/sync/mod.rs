@@ -256,7 +256,7 @@ impl Syncer {
             applied.to_vec(),
         );
         let mut events = tokio::task::spawn_blocking(move || {
-            crate::git::push::events_for(&dir, &row, &caller, &url, &commands)
+            crate::git::push::events_for(&dir, &row, &caller, &url, &commands, &Default::default())
         })
         .await
         .map_err(|e| SyncError::Inspect(e.to_string()))?
