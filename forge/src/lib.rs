@@ -17,6 +17,7 @@ pub mod events;
 pub mod git;
 pub mod github;
 pub mod mcp;
+pub mod metrics;
 pub mod pipelines;
 pub mod review;
 pub mod server;

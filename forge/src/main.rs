@@ -118,6 +118,11 @@ enum Command {
         /// registrable domain), or the forge refuses to start.
         #[arg(long, env = "FORGE_PREVIEW_DOMAIN")]
         preview_domain: Option<String>,
+        /// Also serve `GET /metrics` (Prometheus) without a token on this
+        /// address; keep it private (e.g. 127.0.0.1:9464). On the main
+        /// address `/metrics` needs an admin token.
+        #[arg(long, env = "FORGE_METRICS_LISTEN")]
+        metrics_listen: Option<std::net::SocketAddr>,
         /// Waits between webhook delivery attempts (units ms, s, m, h).
         #[arg(
             long,
@@ -235,6 +240,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             egress_allow_nets,
             sandbox_ca_bundle,
             preview_domain,
+            metrics_listen,
             webhook_retry_delays,
             webhook_disable_after,
             memory_overcommit,
@@ -277,6 +283,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 egress_allow_nets,
                 sandbox_ca_bundle,
                 preview_domain,
+                metrics_listen,
                 webhooks: forge::webhooks::Options {
                     retry_delays: forge::webhooks::parse_delays(&webhook_retry_delays)
                         .map_err(|e| anyhow::anyhow!("--webhook-retry-delays: {e}"))?,

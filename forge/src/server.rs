@@ -76,6 +76,8 @@ pub struct Config {
     pub sandbox_ca_bundle: Option<PathBuf>,
     /// Serve previews at `{vm}-{port}.<domain>` (by the `Host` header).
     pub preview_domain: Option<String>,
+    /// Also serve `GET /metrics` without a token here (a private address).
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// The operator's choice of sandbox backend.
@@ -280,6 +282,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let request_id = HeaderName::from_static("x-request-id");
     // The web UI calls the API in-process through its router (see `web`).
     let api = crate::api::router(state.clone());
+    let metrics_state = state.clone();
     let app = crate::api::with_preview_hosts(api.clone().merge(web::router(api, public_url.clone())), state).layer(
         ServiceBuilder::new()
             .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
@@ -297,6 +300,22 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             )
             .layer(PropagateRequestIdLayer::new(request_id)),
     );
+    if let Some(metrics_address) = config.metrics_listen {
+        let metrics_listener = tokio::net::TcpListener::bind(metrics_address)
+            .await
+            .with_context(|| format!("cannot listen on {metrics_address} for metrics"))?;
+        let metrics_app = crate::api::metrics::unauthenticated(metrics_state);
+        let stopped = stopping.clone();
+        tokio::spawn(async move {
+            let served = axum::serve(metrics_listener, metrics_app)
+                .with_graceful_shutdown(async move { stopped.cancelled().await })
+                .await;
+            if let Err(error) = served {
+                tracing::error!(%error, "the metrics listener failed");
+            }
+        });
+        tracing::info!(address = %metrics_address, "metrics served without a token");
+    }
     tracing::info!(%address, %public_url, data_dir = %config.data_dir.display(), "forge is serving");
     println!("listening on http://{address}");
     axum::serve(listener, app)

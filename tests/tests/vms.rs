@@ -529,3 +529,104 @@ fn the_preview_proxies_http_to_a_server_inside() {
     let (status, body) = forge.call(None, "GET", &format!("/v1/vms/{id}/ports/3000/"), None);
     assert_eq!(status, 401, "{body}");
 }
+
+/// A Prometheus text exposition: every line a comment or `name{labels} value`
+/// with a number for value. Returns the samples.
+fn samples(text: &str) -> Vec<(String, f64)> {
+    text.lines()
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .map(|line| {
+            let (series, value) = line.rsplit_once(' ').unwrap();
+            let value: f64 = value
+                .parse()
+                .unwrap_or_else(|_| panic!("not a number: {line}"));
+            let name_ok = series
+                .split('{')
+                .next()
+                .unwrap()
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_');
+            assert!(
+                name_ok && (!series.contains('{') || series.ends_with('}')),
+                "{line}"
+            );
+            (series.to_owned(), value)
+        })
+        .collect()
+}
+
+#[test]
+fn metrics_are_scraped_with_an_admin_token_or_on_the_metrics_address() {
+    if !e2e::require_sandboxes() {
+        return;
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let forge = TestForge::builder()
+        .with_sandboxes(4)
+        .env("FORGE_METRICS_LISTEN", &format!("127.0.0.1:{port}"))
+        .start();
+    let vm = create(&forge, CreateVm::default());
+    assert_eq!(stdout(&forge, &vm.id, "echo hi"), "hi\n");
+    let _: VmView = forge.send(
+        "POST",
+        &format!("/v1/vms/{}/pause", vm.id),
+        &PauseRequest { to_disk: true },
+    );
+
+    let (status, _) = forge.call(None, "GET", "/metrics", None);
+    assert_eq!(status, 401, "the main address needs a token");
+    let client = reqwest::blocking::Client::new();
+    let with_token = client
+        .get(format!("{}/metrics", forge.url))
+        .bearer_auth(&forge.admin_token)
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    let open = client
+        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .send()
+        .unwrap();
+    assert_eq!(open.status(), 200);
+    let open = open.text().unwrap();
+    for text in [&with_token, &open] {
+        let samples = samples(text);
+        let value = |series: &str| {
+            samples
+                .iter()
+                .find(|(name, _)| name == series)
+                .map(|(_, value)| *value)
+                .unwrap_or_else(|| panic!("no {series} in {text}"))
+        };
+        assert_eq!(
+            value("forge_sandboxes{backend=\"container\",state=\"paused_to_disk\"}"),
+            1.0
+        );
+        assert_eq!(
+            value("forge_sandbox_operation_seconds_count{operation=\"create\",outcome=\"ok\"}"),
+            1.0
+        );
+        assert_eq!(
+            value(
+                "forge_sandbox_operation_seconds_count{operation=\"pause_to_disk\",outcome=\"ok\"}"
+            ),
+            1.0
+        );
+        assert!(value("forge_exec_seconds_count{mode=\"collected\"}") >= 1.0);
+        assert_eq!(value("forge_sandbox_queue_depth"), 0.0);
+        assert!(value("forge_sandbox_memory_mib{kind=\"available\"}") > 0.0);
+    }
+    let elsewhere = client
+        .get(format!("http://127.0.0.1:{port}/v1/vms"))
+        .send()
+        .unwrap();
+    assert_eq!(
+        elsewhere.status(),
+        404,
+        "the metrics address serves nothing else"
+    );
+}

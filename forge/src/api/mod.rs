@@ -14,6 +14,7 @@ mod contents;
 mod error;
 mod events;
 mod github;
+pub mod metrics;
 pub(crate) mod openapi;
 mod preview;
 mod repos;
@@ -65,6 +66,7 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(contents::show))
         .routes(routes!(events::list))
         .routes(routes!(events::list_all))
+        .routes(routes!(metrics::serve))
         .routes(routes!(runs::list))
         .routes(routes!(runs::show))
         .routes(routes!(runs::logs))

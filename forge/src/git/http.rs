@@ -657,6 +657,7 @@ async fn run_receive_pack(
     let applied = applied_commands(&state, &repo, &request, report.as_ref()).await?;
     let mut reply = reply;
     if !applied.is_empty() {
+        crate::metrics::metrics().push();
         let pushes = record_events(&state, &repo, &caller, &applied, &options).await;
         if let Some(side_band) = request.side_band() {
             let lines = if options.ci_skip {

@@ -156,6 +156,15 @@ impl Store {
         Ok(rows)
     }
 
+    /// Runs by state, for the metrics.
+    pub async fn count_runs_by_state(&self) -> Result<Vec<(String, i64)>> {
+        Ok(
+            sqlx::query_as("SELECT state, COUNT(*) FROM runs GROUP BY state")
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
     /// Runs in a given state, oldest first.
     pub async fn runs_in_state(&self, state: RunState) -> Result<Vec<RunRow>> {
         Ok(

@@ -248,6 +248,15 @@ impl Store {
         .await?)
     }
 
+    /// VMs by state and backend, for the metrics.
+    pub async fn count_vms_by_state(&self) -> Result<Vec<(VmState, String, i64)>> {
+        Ok(
+            sqlx::query_as("SELECT state, backend, COUNT(*) FROM vms GROUP BY state, backend")
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
     /// How many VMs hold resources (running or paused in memory).
     pub async fn count_live_vms(&self) -> Result<i64> {
         let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM vms WHERE state IN (?, ?)")

@@ -316,6 +316,15 @@ impl Store {
         Ok(Some(written))
     }
 
+    /// Deliveries by status, for the metrics.
+    pub async fn count_deliveries_by_state(&self) -> Result<Vec<(String, i64)>> {
+        Ok(
+            sqlx::query_as("SELECT status, COUNT(*) FROM webhook_deliveries GROUP BY status")
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
     /// Writes a delivery that no event caused (a ping), due now.
     pub async fn insert_delivery(&self, delivery: &NewDeliveryRow<'_>) -> Result<()> {
         sqlx::query(

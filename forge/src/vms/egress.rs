@@ -500,6 +500,7 @@ where
     let out = out + sent;
     counters.bytes_out.fetch_add(out, Ordering::Relaxed);
     counters.bytes_in.fetch_add(back, Ordering::Relaxed);
+    crate::metrics::metrics().egress(out, back);
     tracing::info!(
         vm,
         host = %head.host,

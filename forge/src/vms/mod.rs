@@ -55,7 +55,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ::sandbox::{Backend, BackendKind, Carried, Command, Image, PauseMode, Spec, State};
 use api_types::VmState;
@@ -66,6 +66,7 @@ pub use lifecycle::Why;
 pub use network::NetworkConfig;
 
 use crate::events::EventBus;
+use crate::metrics::metrics;
 use crate::store::{Store, VmRow, unix_now};
 use lifecycle::Lifecycle;
 
@@ -444,6 +445,13 @@ impl Sandboxes {
     }
 
     pub async fn create(&self, request: NewVm) -> Result<VmRow, VmError> {
+        let started = Instant::now();
+        let result = self.create_timed(request).await;
+        metrics().operation("create", started, &result);
+        result
+    }
+
+    async fn create_timed(&self, request: NewVm) -> Result<VmRow, VmError> {
         let dev_server = request.dev_server.clone();
         let (backend, image) = self.ready()?;
         if request.vcpus == 0 || request.vcpus > self.limits.max_vcpus {
@@ -566,7 +574,9 @@ impl Sandboxes {
         let command = self
             .with_network_env(command)
             .output_limit_bytes(self.limits.max_output_bytes);
+        let started = Instant::now();
         let output = backend.exec(id, command).await;
+        metrics().exec("collected", started);
         self.store.touch_vm(id).await?;
         Ok(output?)
     }
@@ -578,8 +588,11 @@ impl Sandboxes {
         let command = self
             .with_network_env(command)
             .output_limit_bytes(self.limits.max_output_bytes);
+        let started = Instant::now();
+        let stream = backend.exec_stream(id, command).await?;
+        metrics().exec("streamed", started);
         Ok(Exec {
-            stream: backend.exec_stream(id, command).await?,
+            stream,
             _running: running,
         })
     }
@@ -655,7 +668,14 @@ impl Sandboxes {
     pub async fn pause(&self, id: &str, mode: PauseMode) -> Result<VmRow, VmError> {
         let lock = self.lock_of(id);
         let _guard = lock.write().await;
-        self.pause_locked(id, mode, Why::Requested).await
+        let started = Instant::now();
+        let result = self.pause_locked(id, mode, Why::Requested).await;
+        let operation = match mode {
+            PauseMode::Memory => "pause",
+            PauseMode::Disk => "pause_to_disk",
+        };
+        metrics().operation(operation, started, &result);
+        result
     }
 
     /// Pauses (or destroys, when ephemeral) VM `row` if it is still idle
@@ -714,9 +734,16 @@ impl Sandboxes {
     }
 
     pub async fn resume(&self, id: &str) -> Result<(VmRow, Carried), VmError> {
-        let (backend, _) = self.ready()?;
         let lock = self.lock_of(id);
         let _guard = lock.write().await;
+        let started = Instant::now();
+        let result = self.resume_locked(id).await;
+        metrics().operation("resume", started, &result);
+        result
+    }
+
+    async fn resume_locked(&self, id: &str) -> Result<(VmRow, Carried), VmError> {
+        let (backend, _) = self.ready()?;
         let row = self.refresh(id).await?;
         match row.state {
             VmState::Crashed => return Err(VmError::Crashed(id.to_owned())),
@@ -738,6 +765,19 @@ impl Sandboxes {
 
     /// Makes `count` copies of a running (or paused: resumed first) VM.
     pub async fn fork(
+        &self,
+        id: &str,
+        count: usize,
+        by: &str,
+        options: &ForkOptions,
+    ) -> Result<Vec<(VmRow, Carried)>, VmError> {
+        let started = Instant::now();
+        let result = self.fork_timed(id, count, by, options).await;
+        metrics().operation("fork", started, &result);
+        result
+    }
+
+    async fn fork_timed(
         &self,
         id: &str,
         count: usize,
@@ -792,7 +832,10 @@ impl Sandboxes {
 
     pub async fn destroy(&self, id: &str) -> Result<(), VmError> {
         let guard = self.lock_of(id).write_owned().await;
-        self.destroy_locked(id, guard, Why::Requested).await
+        let started = Instant::now();
+        let result = self.destroy_locked(id, guard, Why::Requested).await;
+        metrics().operation("destroy", started, &result);
+        result
     }
 
     /// [`Self::destroy`] with the VM's lock held exclusively by `guard`.

@@ -483,6 +483,18 @@ const ROWS: &[Row] = &[
             (Sandbox, 403),
         ],
     ),
+    row(
+        "GET",
+        "/metrics",
+        "/metrics",
+        401,
+        &[
+            (Reader, 403),
+            (Writer, 403),
+            (OtherRepo, 403),
+            (Sandbox, 403),
+        ],
+    ),
     // The MCP tools: a token before any MCP message is read.
     row("ANY", "/v1/mcp", "/v1/mcp", 401, &[]),
     // Signed by GitHub, not by a token; without an App it is not served.

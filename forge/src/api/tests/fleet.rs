@@ -513,3 +513,53 @@ async fn every_lifecycle_change_is_an_event_and_reaches_the_webhooks_that_ask() 
         BTreeSet::from(["sandbox.created".to_owned()])
     );
 }
+
+#[tokio::test]
+async fn metrics_count_operations_and_read_states_when_scraped() {
+    let app = TestApp::start().await;
+    let admin = app.admin().to_owned();
+    let id = create(&app, &admin, json!({})).await;
+    app.backend.respond_to("true", Reply::ok(""));
+    app.expect(
+        StatusCode::OK,
+        Method::POST,
+        &format!("/v1/vms/{id}/exec"),
+        Some(&admin),
+        Some(json!({ "command": "true" })),
+    )
+    .await;
+    app.expect(
+        StatusCode::OK,
+        Method::POST,
+        &format!("/v1/vms/{id}/pause"),
+        Some(&admin),
+        None,
+    )
+    .await;
+    let response = app
+        .send(request(Method::GET, "/metrics", Some(&admin), None))
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .expect("ASCII")
+            .starts_with("text/plain; version=0.0.4")
+    );
+    let text = body_json(response).await;
+    let text = text.as_str().expect("text");
+    // States come from this forge's tables; counters are the process's.
+    assert!(
+        text.contains("forge_sandboxes{backend=\"container\",state=\"paused\"} 1"),
+        "{text}"
+    );
+    for series in [
+        "forge_sandbox_operation_seconds_count{operation=\"create\",outcome=\"ok\"}",
+        "forge_sandbox_operation_seconds_count{operation=\"pause\",outcome=\"ok\"}",
+        "forge_exec_seconds_count{mode=\"collected\"}",
+        "forge_sandbox_queue_depth 0",
+        "forge_sandbox_memory_mib{kind=\"committed\"} 512",
+    ] {
+        assert!(text.contains(series), "{series} in {text}");
+    }
+}
