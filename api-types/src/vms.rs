@@ -195,6 +195,53 @@ pub struct ExecRequest {
     pub timeout_secs: Option<u64>,
 }
 
+/// `POST /v1/vms/{id}/processes`: a background process, exactly one of
+/// `command` (a shell script) and `argv`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StartProcess {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub argv: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
+}
+
+/// Whether a background process still runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ProcessState {
+    Running,
+    Exited,
+}
+
+/// A background process of a VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ProcessView {
+    pub pid: u32,
+    pub command: String,
+    pub state: ProcessState,
+    /// Once exited: the code, or 128 + the signal that ended it.
+    pub exit_code: Option<i32>,
+    /// RFC 3339.
+    pub started_at: String,
+    /// Bytes it printed (stdout and stderr together).
+    pub output_bytes: u64,
+    /// Of those, the oldest no longer kept (the VM keeps the last MiB).
+    pub output_dropped: u64,
+}
+
+/// `POST /v1/vms/{id}/processes/{pid}/signal`: `TERM`, `KILL`, `INT`,
+/// `HUP`, `QUIT`, `USR1`, `USR2`, `STOP` or `CONT` (with or without `SIG`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SignalRequest {
+    pub signal: String,
+}
+
 /// How a command ended: the answer's head, and the `exit` event of a
 /// streamed exec.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]

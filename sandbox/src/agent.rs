@@ -224,6 +224,63 @@ impl Agent {
         })
     }
 
+    /// Starts `command` in the background (no stdin, no timeout: it runs
+    /// until it exits or is signalled); returns its pid.
+    pub async fn spawn(&self, command: Command) -> Result<u32> {
+        if command.argv.is_empty() {
+            return Err(Error::Invalid("a command needs at least argv[0]".into()));
+        }
+        let mut request = ExecRequest::argv(command.argv);
+        request.env = self.env.iter().cloned().chain(command.env).collect();
+        request.cwd = command.cwd;
+        within(&self.id, "a background start", REPLY_TIMEOUT, async {
+            self.client
+                .spawn(request)
+                .await
+                .map_err(Error::agent(&self.id))
+        })
+        .await
+    }
+
+    /// The background processes, oldest first.
+    pub async fn processes(&self) -> Result<Vec<agent_proto::ProcessInfo>> {
+        within(&self.id, "the process list", REPLY_TIMEOUT, async {
+            self.client
+                .processes()
+                .await
+                .map_err(Error::agent(&self.id))
+        })
+        .await
+    }
+
+    /// A background process's output from byte `offset`; with `follow`,
+    /// until it exits (a follower may wait as long as the process is quiet).
+    pub async fn process_output(
+        &self,
+        pid: u32,
+        offset: u64,
+        follow: bool,
+    ) -> Result<agent_proto::ProcessOutput> {
+        within(&self.id, "a process's output", REPLY_TIMEOUT, async {
+            self.client
+                .process_output(pid, offset, follow)
+                .await
+                .map_err(Error::agent(&self.id))
+        })
+        .await
+    }
+
+    /// Sends `signal` to background process `pid`'s process group.
+    pub async fn signal(&self, pid: u32, signal: i32) -> Result<()> {
+        within(&self.id, "a signal", REPLY_TIMEOUT, async {
+            self.client
+                .signal(pid, signal)
+                .await
+                .map_err(Error::agent(&self.id))
+        })
+        .await
+    }
+
     /// Run `command` to its end and collect its (capped) output.
     pub async fn exec(&self, command: Command) -> Result<Output> {
         self.exec_stream(command).await?.collect().await

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use api_types::VmState;
 use api_types::vms::{
     CarriedVm, CreateVm, ExecOutput, ExecRequest, ForkRequest, Forks, Kept, PauseRequest,
-    Persistence, System, VmDetail, VmView,
+    Persistence, ProcessState, ProcessView, StartProcess, System, VmDetail, VmView,
 };
 use e2e::TestForge;
 use serde_json::json;
@@ -629,4 +629,106 @@ fn metrics_are_scraped_with_an_admin_token_or_on_the_metrics_address() {
         404,
         "the metrics address serves nothing else"
     );
+}
+
+#[test]
+fn background_processes_run_detached_list_follow_and_take_signals() {
+    let Some(forge) = forge(4) else {
+        return;
+    };
+    let vm = create(&forge, CreateVm::default()).id;
+    let processes = format!("/v1/vms/{vm}/processes");
+    let server: ProcessView = forge.send(
+        "POST",
+        &processes,
+        &StartProcess {
+            command: Some(
+                "trap 'echo stopping; exit 0' TERM; echo \"serving $GREETING\"; while :; do sleep 0.1; done"
+                    .into(),
+            ),
+            env: BTreeMap::from([("GREETING".into(), "hi".into())]),
+            ..StartProcess::default()
+        },
+    );
+    assert_eq!(server.state, ProcessState::Running);
+    let short: ProcessView = forge.send(
+        "POST",
+        &processes,
+        &StartProcess {
+            argv: Some(vec!["sh".into(), "-c".into(), "echo once; exit 3".into()]),
+            ..StartProcess::default()
+        },
+    );
+    // The request that started them is long gone; they run on.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let listed: Vec<ProcessView> = forge.get(&processes);
+        let of = |pid: u32| listed.iter().find(|p| p.pid == pid).cloned().unwrap();
+        if of(short.pid).state == ProcessState::Exited && of(server.pid).output_bytes > 0 {
+            assert_eq!(of(short.pid).exit_code, Some(3));
+            assert_eq!(of(server.pid).state, ProcessState::Running);
+            break;
+        }
+        assert!(Instant::now() < deadline, "{listed:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let logs = |pid: u32| {
+        reqwest::blocking::Client::new()
+            .get(format!("{}{processes}/{pid}/logs", forge.url))
+            .bearer_auth(&forge.admin_token)
+            .send()
+            .unwrap()
+    };
+    assert_eq!(logs(short.pid).text().unwrap(), "once\n");
+    assert_eq!(logs(server.pid).text().unwrap(), "serving hi\n");
+
+    // Following: the output as it comes, then the exit once signalled.
+    let follower = {
+        let url = format!("{}{processes}/{}/logs", forge.url, server.pid);
+        let token = forge.admin_token.clone();
+        std::thread::spawn(move || {
+            reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()
+                .unwrap()
+                .get(url)
+                .bearer_auth(token)
+                .header("accept", "text/event-stream")
+                .send()
+                .unwrap()
+                .text()
+                .unwrap()
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let (status, _) = forge.call(
+        Some(&forge.admin_token),
+        "POST",
+        &format!("{processes}/{}/signal", server.pid),
+        Some(json!({ "signal": "TERM" })),
+    );
+    assert_eq!(status, 202);
+    let events = follower.join().unwrap();
+    assert!(events.contains("event: output"), "{events}");
+    assert!(events.contains("serving hi"), "{events}");
+    assert!(events.contains("stopping"), "{events}");
+    assert!(events.contains("event: exit"), "{events}");
+    assert!(events.contains("\"exit_code\":0"), "{events}");
+
+    // Refusals: an unknown signal, an exited or unknown process.
+    let (status, _) = forge.call(
+        Some(&forge.admin_token),
+        "POST",
+        &format!("{processes}/{}/signal", server.pid),
+        Some(json!({ "signal": "BOOM" })),
+    );
+    assert_eq!(status, 400);
+    let (status, body) = forge.call(
+        Some(&forge.admin_token),
+        "POST",
+        &format!("{processes}/{}/signal", server.pid),
+        Some(json!({ "signal": "KILL" })),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(logs(999_999).status(), 404);
 }

@@ -17,6 +17,7 @@ mod github;
 pub mod metrics;
 pub(crate) mod openapi;
 mod preview;
+mod processes;
 mod repos;
 mod runs;
 mod terminal;
@@ -80,6 +81,9 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(vms::pause))
         .routes(routes!(vms::resume))
         .routes(routes!(vms::timeout))
+        .routes(routes!(processes::start, processes::list))
+        .routes(routes!(processes::logs))
+        .routes(routes!(processes::signal))
         .merge(terminal::routes())
         .routes(routes!(vms::read_file, vms::write_file, vms::delete_file))
         // The port's root, with and without its slash, as the catch-all

@@ -489,21 +489,7 @@ pub async fn exec(
     Body(request): Body<ExecRequest>,
 ) -> Result<Response, ApiError> {
     owned(&state, &caller, &id).await?;
-    let mut command = match (request.command, request.argv) {
-        (Some(script), None) => ::sandbox::Command::shell(script),
-        (None, Some(argv)) if !argv.is_empty() => ::sandbox::Command::new(argv),
-        _ => {
-            return Err(ApiError::bad_request(
-                "give exactly one of command (a shell script) or argv (a non-empty list)",
-            ));
-        }
-    };
-    for (key, value) in request.env {
-        command = command.env(key, value);
-    }
-    if let Some(cwd) = request.cwd {
-        command = command.cwd(cwd);
-    }
+    let mut command = command_of(request.command, request.argv, request.env, request.cwd)?;
     if let Some(stdin) = request.stdin {
         command = command.stdin(stdin.into_bytes());
     }
@@ -525,6 +511,32 @@ pub async fn exec(
         stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
     })
     .into_response())
+}
+
+/// The command a request names: exactly one of a shell script and a
+/// non-empty argv, with its environment and working directory.
+pub(super) fn command_of(
+    script: Option<String>,
+    argv: Option<Vec<String>>,
+    env: std::collections::BTreeMap<String, String>,
+    cwd: Option<String>,
+) -> Result<::sandbox::Command, ApiError> {
+    let mut command = match (script, argv) {
+        (Some(script), None) => ::sandbox::Command::shell(script),
+        (None, Some(argv)) if !argv.is_empty() => ::sandbox::Command::new(argv),
+        _ => {
+            return Err(ApiError::bad_request(
+                "give exactly one of command (a shell script) or argv (a non-empty list)",
+            ));
+        }
+    };
+    for (key, value) in env {
+        command = command.env(key, value);
+    }
+    if let Some(cwd) = cwd {
+        command = command.cwd(cwd);
+    }
+    Ok(command)
 }
 
 fn exit_of(exited: &::sandbox::Exited) -> ExecExit {

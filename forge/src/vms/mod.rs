@@ -266,6 +266,26 @@ impl FileRead {
     }
 }
 
+/// A background process's output streaming out of a VM, which stays
+/// running meanwhile.
+pub struct ProcessOutput {
+    vm: String,
+    output: agent_proto::ProcessOutput,
+    _running: Held,
+}
+
+impl ProcessOutput {
+    /// The next chunk, `None` at the end.
+    pub async fn next_chunk(&mut self) -> Result<Option<Vec<u8>>, VmError> {
+        self.output.next_chunk().await.map_err(|source| {
+            VmError::Sandbox(::sandbox::Error::Agent {
+                id: self.vm.clone(),
+                source,
+            })
+        })
+    }
+}
+
 /// A backend's sandbox state as the API and the `vms` table know it.
 pub fn vm_state(state: State) -> VmState {
     match state {
@@ -637,6 +657,53 @@ impl Sandboxes {
         let (backend, _) = self.ready()?;
         let _running = self.hold_running(id).await?;
         Ok(backend.delete_file(id, path).await?)
+    }
+
+    /// Starts `command` in the background in the VM (resuming it first);
+    /// returns its pid. Its output stays in the VM's agent.
+    pub async fn spawn(&self, id: &str, command: Command) -> Result<u32, VmError> {
+        let (backend, _) = self.ready()?;
+        let _running = self.hold_running(id).await?;
+        let agent = backend.agent(id).await?;
+        Ok(agent.spawn(self.with_network_env(command)).await?)
+    }
+
+    /// The VM's background processes, oldest first.
+    pub async fn processes(&self, id: &str) -> Result<Vec<agent_proto::ProcessInfo>, VmError> {
+        let (backend, _) = self.ready()?;
+        let _running = self.hold_running(id).await?;
+        Ok(backend.agent(id).await?.processes().await?)
+    }
+
+    /// A background process's output from byte `offset`; with `follow`,
+    /// until it exits. The VM stays running (no pause, fork or destroy)
+    /// while the output is read.
+    pub async fn process_output(
+        &self,
+        id: &str,
+        pid: u32,
+        offset: u64,
+        follow: bool,
+    ) -> Result<ProcessOutput, VmError> {
+        let (backend, _) = self.ready()?;
+        let running = self.hold_running(id).await?;
+        let output = backend
+            .agent(id)
+            .await?
+            .process_output(pid, offset, follow)
+            .await?;
+        Ok(ProcessOutput {
+            vm: id.to_owned(),
+            output,
+            _running: running,
+        })
+    }
+
+    /// Sends `signal` to a background process's process group.
+    pub async fn signal(&self, id: &str, pid: u32, signal: i32) -> Result<(), VmError> {
+        let (backend, _) = self.ready()?;
+        let _running = self.hold_running(id).await?;
+        Ok(backend.agent(id).await?.signal(pid, signal).await?)
     }
 
     /// Makes sure the VM runs, then holds it running (no pause, fork or

@@ -57,6 +57,8 @@ __all__ = [
     "PauseRequest",
     "Persistence",
     "PersistenceKind",
+    "ProcessState",
+    "ProcessView",
     "Queued",
     "RefSyncState",
     "RefView",
@@ -74,6 +76,8 @@ __all__ = [
     "SandboxSystem",
     "ShareLink",
     "ShareLinkRequest",
+    "SignalRequest",
+    "StartProcess",
     "StepEvent",
     "StepState",
     "StepView",
@@ -592,6 +596,26 @@ class Persistence:
 PersistenceKind = Literal["ephemeral", "persistent"]
 
 
+# Whether a background process still runs.
+ProcessState = Literal["running", "exited"]
+
+
+@dataclass
+class ProcessView:
+    """A background process of a VM."""
+    command: str
+    output_bytes: int
+    """Bytes it printed (stdout and stderr together)."""
+    output_dropped: int
+    """Of those, the oldest no longer kept (the VM keeps the last MiB)."""
+    pid: int
+    started_at: str
+    """RFC 3339."""
+    state: "ProcessState"
+    exit_code: Optional[Optional[int]] = None
+    """Once exited: the code, or 128 + the signal that ended it."""
+
+
 @dataclass
 class Queued:
     """The answer to a ping or a redelivery: the delivery that was queued."""
@@ -780,6 +804,27 @@ class ShareLinkRequest:
     `port` that works without a token for `ttl_secs` (default an hour).
     """
     ttl_secs: Optional[Optional[int]] = None
+
+
+@dataclass
+class SignalRequest:
+    """
+    `POST /v1/vms/{id}/processes/{pid}/signal`: `TERM`, `KILL`, `INT`,
+    `HUP`, `QUIT`, `USR1`, `USR2`, `STOP` or `CONT` (with or without `SIG`).
+    """
+    signal: str
+
+
+@dataclass
+class StartProcess:
+    """
+    `POST /v1/vms/{id}/processes`: a background process, exactly one of
+    `command` (a shell script) and `argv`.
+    """
+    argv: Optional[Optional[List[str]]] = None
+    command: Optional[Optional[str]] = None
+    cwd: Optional[Optional[str]] = None
+    env: Optional[Dict[str, str]] = None
 
 
 @dataclass

@@ -415,6 +415,24 @@ export interface Persistence {
 
 export type PersistenceKind = "ephemeral" | "persistent";
 
+/** Whether a background process still runs. */
+export type ProcessState = "running" | "exited";
+
+/** A background process of a VM. */
+export interface ProcessView {
+  command: string;
+  /** Once exited: the code, or 128 + the signal that ended it. */
+  exit_code?: number | null;
+  /** Bytes it printed (stdout and stderr together). */
+  output_bytes: number;
+  /** Of those, the oldest no longer kept (the VM keeps the last MiB). */
+  output_dropped: number;
+  pid: number;
+  /** RFC 3339. */
+  started_at: string;
+  state: ProcessState;
+}
+
 /** The answer to a ping or a redelivery: the delivery that was queued. */
 export interface Queued {
   delivery_id: string;
@@ -569,6 +587,25 @@ export interface ShareLink {
  */
 export interface ShareLinkRequest {
   ttl_secs?: number | null;
+}
+
+/**
+ * `POST /v1/vms/{id}/processes/{pid}/signal`: `TERM`, `KILL`, `INT`,
+ * `HUP`, `QUIT`, `USR1`, `USR2`, `STOP` or `CONT` (with or without `SIG`).
+ */
+export interface SignalRequest {
+  signal: string;
+}
+
+/**
+ * `POST /v1/vms/{id}/processes`: a background process, exactly one of
+ * `command` (a shell script) and `argv`.
+ */
+export interface StartProcess {
+  argv?: string[] | null;
+  command?: string | null;
+  cwd?: string | null;
+  env?: Record<string, string>;
 }
 
 /** The `step` event: a step started or changed status. */

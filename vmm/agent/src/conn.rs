@@ -162,6 +162,10 @@ fn opens_stream(body: &Body) -> bool {
             | Body::Resumed(_)
             | Body::Health
             | Body::Poweroff
+            | Body::Spawn(_)
+            | Body::Processes
+            | Body::ProcessOutput { .. }
+            | Body::Signal { .. }
     )
 }
 

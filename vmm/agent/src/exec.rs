@@ -54,21 +54,21 @@ impl Drop for GroupKiller {
     }
 }
 
-struct Spawned {
-    pid: libc::pid_t,
-    exit: tokio::sync::oneshot::Receiver<WaitStatus>,
+pub(crate) struct Spawned {
+    pub(crate) pid: libc::pid_t,
+    pub(crate) exit: tokio::sync::oneshot::Receiver<WaitStatus>,
     stdin: Option<OwnedFd>,
-    stdout: OwnedFd,
-    stderr: Option<OwnedFd>,
+    pub(crate) stdout: OwnedFd,
+    pub(crate) stderr: Option<OwnedFd>,
     /// The terminal master, also used for resize.
     pty: Option<OwnedFd>,
 }
 
-fn io_err(context: &str, e: &std::io::Error) -> RemoteError {
+pub(crate) fn io_err(context: &str, e: &std::io::Error) -> RemoteError {
     RemoteError::new(ErrorKind::from(e), format!("{context}: {e}"))
 }
 
-fn set_nonblocking(fd: &OwnedFd) -> std::io::Result<()> {
+pub(crate) fn set_nonblocking(fd: &OwnedFd) -> std::io::Result<()> {
     // SAFETY: fcntl on a descriptor we own, with integer arguments.
     let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
     if flags < 0 {
@@ -125,7 +125,7 @@ fn resize(master: &OwnedFd, size: PtySize) {
     unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
 }
 
-fn spawn(req: &ExecRequest, agent: &Agent) -> Result<Spawned, RemoteError> {
+pub(crate) fn spawn(req: &ExecRequest, agent: &Agent) -> Result<Spawned, RemoteError> {
     let mut cmd = match &req.command {
         Command::Argv(argv) => {
             let Some((prog, args)) = argv.split_first() else {
@@ -239,7 +239,7 @@ impl Drop for AbortOnDrop {
     }
 }
 
-fn decode(status: WaitStatus) -> ExitStatus {
+pub(crate) fn decode(status: WaitStatus) -> ExitStatus {
     if libc::WIFSIGNALED(status) {
         ExitStatus::Signal(libc::WTERMSIG(status))
     } else {

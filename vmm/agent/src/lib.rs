@@ -2,10 +2,12 @@
 //! container over a Unix socket), or a plain process for tests.
 //!
 //! It serves the protocol of `agent-proto` on every accepted connection:
-//! exec ([`exec`]), files ([`files`]), port forwarding ([`ports`]),
+//! exec ([`exec`]), background processes ([`background`]), files
+//! ([`files`]), port forwarding ([`ports`]),
 //! lifecycle notices and power-off ([`system`]). One reaper ([`reaper`])
 //! owns `waitpid` for the whole process.
 
+pub mod background;
 pub mod conn;
 pub mod exec;
 pub mod files;
@@ -49,6 +51,7 @@ pub struct Agent {
     started: Instant,
     image_version: Option<String>,
     poweroff: Notify,
+    pub background: background::Background,
 }
 
 impl Agent {
@@ -63,6 +66,7 @@ impl Agent {
             started: Instant::now(),
             image_version,
             poweroff: Notify::new(),
+            background: background::Background::default(),
         })
     }
 
@@ -141,6 +145,14 @@ pub(crate) async fn dispatch(op: Op, body: Body, agent: Arc<Agent>) -> Result<Bo
         Body::Forked(f) => Ok(Body::Lifecycle(system::forked(&agent, f))),
         Body::Resumed(r) => Ok(Body::Lifecycle(system::resumed(&agent, r))),
         Body::Health => Ok(Body::HealthReport(agent.health())),
+        Body::Spawn(req) => background::start(req, &agent),
+        Body::Processes => Ok(Body::ProcessList(agent.background.list())),
+        Body::ProcessOutput {
+            pid,
+            offset,
+            follow,
+        } => background::output(op, &agent, pid, offset, follow).await,
+        Body::Signal { pid, signal } => agent.background.signal(pid, signal),
         Body::Poweroff => {
             op.sender().send(Body::Done).await?;
             // Let the writer flush `Done` before the process goes away.

@@ -184,6 +184,40 @@ const ROWS: &[Row] = &[
     with_body(
         row(
             "POST",
+            "/v1/vms/{id}/processes",
+            "/v1/vms/{vm}/processes",
+            401,
+            &[(Writer, 404)],
+        ),
+        r#"{"command":"true"}"#,
+    ),
+    row(
+        "GET",
+        "/v1/vms/{id}/processes",
+        "/v1/vms/{vm}/processes",
+        401,
+        &[(Writer, 404)],
+    ),
+    row(
+        "GET",
+        "/v1/vms/{id}/processes/{pid}/logs",
+        "/v1/vms/{vm}/processes/1/logs",
+        401,
+        &[(Writer, 404)],
+    ),
+    with_body(
+        row(
+            "POST",
+            "/v1/vms/{id}/processes/{pid}/signal",
+            "/v1/vms/{vm}/processes/1/signal",
+            401,
+            &[(Writer, 404)],
+        ),
+        r#"{"signal":"TERM"}"#,
+    ),
+    with_body(
+        row(
+            "POST",
             "/v1/vms/{id}/timeout",
             "/v1/vms/{vm}/timeout",
             401,

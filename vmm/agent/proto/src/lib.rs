@@ -30,8 +30,8 @@
 //!    The agent opens even ids (2, 4, ...) only for connections accepted on
 //!    a `Listen` stream, announcing each with `Accepted { stream }` first.
 //! 4. Every stream ends with exactly one terminal body from the agent:
-//!    `Exited`, `Done`, `Metadata`, `Entries`, `Lifecycle`, `HealthReport`
-//!    or `Error`. Frames for unknown streams are dropped by both sides.
+//!    `Exited`, `Done`, `Started` (of a `Spawn`), `Metadata`, `Entries`,
+//!    `Lifecycle`, `HealthReport`, `ProcessList` or `Error`. Frames for unknown streams are dropped by both sides.
 //! 5. A frame that is too long or does not decode is a protocol error: the
 //!    agent sends `Error` on stream 0 and closes that connection (its
 //!    processes are killed); other connections are unaffected.
@@ -46,6 +46,9 @@
 //! OpenPort:  C: OpenPort, Data*, Eof       A: Started, Data*, Eof, Done | Error
 //! Listen:    C: Listen, [Cancel]           A: Listening, Accepted{id}*, Done | Error
 //! accepted:  C: Data*, Eof                 A: Data*, Eof, Done        | Error
+//! Spawn:     C: Spawn                      A: Started{pid}            | Error
+//! ProcessOutput: C: ProcessOutput{pid, offset, follow}
+//!                                          A: Data*, Done             | Error
 //! others:    C: request                    A: one reply      | Error
 //! ```
 //!
@@ -63,5 +66,6 @@ pub mod message;
 
 pub use client::{
     Client, ClientError, Exec, ExecEvent, ExecInput, FileReader, Output, PortListener, PortStream,
+    ProcessOutput,
 };
 pub use message::*;

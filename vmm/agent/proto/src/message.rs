@@ -105,6 +105,25 @@ pub enum Body {
     Resumed(Resumed),
     Health,
     Poweroff,
+    /// Starts a background process: it outlives the stream and the
+    /// connection, its output (stdout and stderr interleaved) goes to a
+    /// ring buffer the agent keeps. Answered by `Started`.
+    Spawn(ExecRequest),
+    /// Answered by `ProcessList`: the background processes, oldest first.
+    Processes,
+    /// A background process's output from byte `offset` (of everything it
+    /// printed; bytes the ring no longer holds are skipped) as `Data`, then
+    /// `Done`; with `follow`, until it has exited and everything is sent.
+    ProcessOutput {
+        pid: u32,
+        offset: u64,
+        follow: bool,
+    },
+    /// Sends `signal` to a background process's process group. `Done`.
+    Signal {
+        pid: u32,
+        signal: i32,
+    },
 
     // ---- inside a stream ----
     /// Bytes: exec stdin (client to agent), file content, port traffic.
@@ -148,6 +167,8 @@ pub enum Body {
     Lifecycle(LifecycleReport),
     /// Answer to `Health`.
     HealthReport(Health),
+    /// Answer to `Processes`.
+    ProcessList(Vec<ProcessInfo>),
     /// Last frame of a failed operation (or, on stream 0, of the connection).
     Error(RemoteError),
 }
@@ -263,6 +284,21 @@ pub struct Exited {
     /// Output beyond `output_limit_bytes` was discarded.
     pub truncated: bool,
     pub timed_out: bool,
+}
+
+/// A background process as the agent keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessInfo {
+    pub pid: u32,
+    /// The shell line, or the argv joined by spaces.
+    pub command: String,
+    pub started_unix_ms: u64,
+    /// `None` while it runs.
+    pub exit: Option<ExitStatus>,
+    /// Bytes it printed in all.
+    pub output_bytes: u64,
+    /// Of those, the oldest the ring buffer no longer holds.
+    pub output_dropped: u64,
 }
 
 /// Header of a file write.

@@ -4,39 +4,11 @@
 
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-use super::{Client, ClientError, Result, Stream, unexpected};
+use super::{Chunks, Client, ClientError, Result, unexpected};
 use crate::message::{Body, CHUNK_BYTES, DirEntry, FileStat, WriteFile};
 
 /// A file being read, chunk by chunk.
-pub struct FileReader {
-    stream: Stream,
-    done: bool,
-}
-
-impl std::fmt::Debug for FileReader {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FileReader")
-            .field("done", &self.done)
-            .finish()
-    }
-}
-
-impl FileReader {
-    /// The next chunk; `None` at the end of the file.
-    pub async fn next_chunk(&mut self) -> Result<Option<Vec<u8>>> {
-        if self.done {
-            return Ok(None);
-        }
-        match self.stream.recv().await? {
-            Body::Data(b) => Ok(Some(b.into_vec())),
-            Body::Done => {
-                self.done = true;
-                Ok(None)
-            }
-            other => Err(unexpected(&other)),
-        }
-    }
-}
+pub type FileReader = Chunks;
 
 impl Client {
     /// Opens a file for streaming read.
@@ -46,10 +18,7 @@ impl Client {
                 path: path.to_owned(),
             })
             .await?;
-        Ok(FileReader {
-            stream,
-            done: false,
-        })
+        Ok(Chunks::new(stream))
     }
 
     /// Reads a whole file into memory.

@@ -24,6 +24,7 @@
 mod exec;
 mod files;
 mod port;
+mod process;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -36,7 +37,45 @@ use tokio::sync::{Semaphore, mpsc};
 
 pub use exec::{Exec, ExecEvent, ExecInput, Output};
 pub use files::FileReader;
+
+/// Bytes coming back on a stream as `Data` frames until `Done`: a file
+/// being read, a background process's output.
+pub struct Chunks {
+    stream: Stream,
+    done: bool,
+}
+
+impl std::fmt::Debug for Chunks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Chunks").field("done", &self.done).finish()
+    }
+}
+
+impl Chunks {
+    fn new(stream: Stream) -> Chunks {
+        Chunks {
+            stream,
+            done: false,
+        }
+    }
+
+    /// The next chunk; `None` at the end.
+    pub async fn next_chunk(&mut self) -> Result<Option<Vec<u8>>> {
+        if self.done {
+            return Ok(None);
+        }
+        match self.stream.recv().await? {
+            Body::Data(b) => Ok(Some(b.into_vec())),
+            Body::Done => {
+                self.done = true;
+                Ok(None)
+            }
+            other => Err(unexpected(&other)),
+        }
+    }
+}
 pub use port::{PortListener, PortStream};
+pub use process::ProcessOutput;
 
 use crate::frame::{FrameError, encode_into, read_frame};
 use crate::message::{
