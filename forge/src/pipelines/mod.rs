@@ -52,6 +52,10 @@ use crate::vms::Sandboxes;
 /// The token id recorded as the creator of pipeline sandboxes.
 pub const PIPELINE_ACTOR: &str = "pipeline";
 
+/// The label of a branch's sandbox, so listings can tell the pipelines'
+/// sandboxes from those of users (`GET /v1/vms?label=forge/role:pipeline`).
+pub const PIPELINE_LABEL: (&str, &str) = ("forge/role", "pipeline");
+
 /// Why a run superseded by a newer one ended.
 const SUPERSEDED: &str = "a newer push to the branch superseded it";
 

@@ -10,7 +10,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::plan::{self, Plan};
-use super::{Live, PIPELINE_ACTOR, Pipelines};
+use super::{Live, PIPELINE_ACTOR, PIPELINE_LABEL, Pipelines};
 use crate::store::{BranchSandbox, RunRow};
 use crate::vms::NewVm;
 
@@ -317,7 +317,10 @@ impl Pipelines {
                         branch: Some(run.branch.clone()),
                         created_by: PIPELINE_ACTOR.to_owned(),
                         dev_server: None,
-                        labels: Default::default(),
+                        labels: BTreeMap::from([(
+                            PIPELINE_LABEL.0.to_owned(),
+                            PIPELINE_LABEL.1.to_owned(),
+                        )]),
                         ttl_secs: None,
                     })
                     .await?;

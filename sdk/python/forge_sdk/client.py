@@ -276,6 +276,38 @@ class Vm:
         """Resumes where it stopped (`CarriedVm`: says what was kept)."""
         return self._client._do(_Op("POST", f"{self.path}/resume", self._keep(t.CarriedVm)))
 
+    def start_process(self, command: Union[str, List[str]], **options: Any):
+        """Starts a background process (a shell script or an argv list, with
+        `env`, `cwd`): it runs on after the call; its output is kept
+        (`ProcessView`)."""
+        body = to_wire(_exec_body(command, options))
+        return self._client._do(_Op("POST", f"{self.path}/processes", _as(t.ProcessView), json=body))
+
+    def processes(self):
+        """The background processes, oldest first (`ProcessView`s)."""
+        return self._client._do(_Op("GET", f"{self.path}/processes", _as(List[t.ProcessView])))
+
+    def process_logs(self, pid: int, offset: int = 0):
+        """What background process `pid` printed (the last MiB kept), as text."""
+        read = lambda a: a.body.decode("utf-8", "replace")  # noqa: E731
+        params = _params({"offset": offset})
+        return self._client._do(_Op("GET", f"{self.path}/processes/{pid}/logs", read, params=params))
+
+    def follow_process(self, pid: int):
+        """Background process `pid`'s output as it comes: dicts `{"event":
+        "output", "data": {"text"}}`, then one `{"event": "exit", "data":
+        ProcessView}` (sync clients only)."""
+        for event in self._client._stream(_Op("GET", f"{self.path}/processes/{pid}/logs")):
+            yield event
+            if event["event"] in ("exit", "error"):
+                return
+
+    def signal_process(self, pid: int, signal: str):
+        """Sends `signal` ("TERM", "KILL", "INT", ...) to the process's group."""
+        return self._client._do(
+            _Op("POST", f"{self.path}/processes/{pid}/signal", _none, json={"signal": signal})
+        )
+
     def delete(self):
         return self._client._do(_Op("DELETE", self.path, _none))
 

@@ -144,6 +144,24 @@ def test_get_list_delete(vms, forge):
         forge.vms.get(vm.id)
 
 
+def test_background_processes(vms):
+    vm = vms()
+    started = vm.start_process(
+        "trap 'echo bye; exit 0' TERM; echo \"up $WHO\"; while :; do sleep 0.1; done", env={"WHO": "py"}
+    )
+    assert started.state == "running"
+    seen = []
+    for event in vm.follow_process(started.pid):
+        seen.append(event)
+        if event["event"] == "output" and "up py" in event["data"]["text"]:
+            vm.signal_process(started.pid, "TERM")
+    assert seen[-1]["event"] == "exit" and seen[-1]["data"]["exit_code"] == 0
+    assert "up py\n" in vm.process_logs(started.pid) and "bye\n" in vm.process_logs(started.pid)
+    assert [p.state for p in vm.processes() if p.pid == started.pid] == ["exited"]
+    with fails_with(400, "bad_request"):
+        vm.signal_process(started.pid, "BOOM")
+
+
 def test_exec_collected_and_streamed(vms):
     vm = vms()
     out = vm.exec("echo out; echo err >&2; exit 3")

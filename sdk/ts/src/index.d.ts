@@ -92,6 +92,17 @@ export class Vm {
   readonly fs: VmFiles;
   readonly ports: VmPorts;
   refresh(): Promise<Api.VmDetail>;
+  startProcess(
+    command: string | string[],
+    options?: { env?: Record<string, string>; cwd?: string },
+  ): Promise<Api.ProcessView>;
+  processes(): Promise<Api.ProcessView[]>;
+  processLogs(pid: number, options?: { offset?: number }): Promise<string>;
+  followProcess(
+    pid: number,
+    options?: { signal?: AbortSignal },
+  ): AsyncGenerator<{ event: string; data: unknown }>;
+  signalProcess(pid: number, signal: string): Promise<void>;
   /** Destroy it `ttlSecs` from now whatever it is doing; `null` removes the deadline. */
   setTimeout(ttlSecs: number | null): Promise<Api.VmView>;
   exec(command: Command, options?: ExecOptions): Promise<Api.ExecOutput>;

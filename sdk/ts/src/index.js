@@ -179,8 +179,10 @@ export class Vm {
     return new ExecStream(this, execBody(command, rest), signal);
   }
 
-  /** `count` copies, memory and disk: `{ forks: Vm[] }`. */
-  /** Copies of the VM: `{ count, labels, ttlSecs }`; forks inherit labels. */
+  /**
+   * `count` copies, memory and disk: `{ forks: Vm[] }`. Options `{ count,
+   * labels, ttlSecs }`; forks inherit the VM's labels.
+   */
   async fork(options = {}) {
     const { forks } = await this.forge.http.json("POST", `${this.path}/fork`, {
       json: { ...options, count: options.count ?? 1 },
@@ -200,6 +202,54 @@ export class Vm {
   async resume() {
     this.view = await this.forge.http.json("POST", `${this.path}/resume`);
     return this.view;
+  }
+
+  /**
+   * Starts a background process (a shell script or an argv array, with
+   * `{ env, cwd }`): it runs on after the call; its output is kept.
+   */
+  async startProcess(command, options = {}) {
+    return this.forge.http.json("POST", `${this.path}/processes`, {
+      json: execBody(command, options),
+    });
+  }
+
+  /** The background processes, oldest first (`ProcessView[]`). */
+  async processes() {
+    return this.forge.http.json("GET", `${this.path}/processes`);
+  }
+
+  /** What background process `pid` printed (the last MiB kept), as text. */
+  async processLogs(pid, { offset } = {}) {
+    const response = await this.forge.http.send("GET", `${this.path}/processes/${pid}/logs`, {
+      query: { offset },
+    });
+    return response.text();
+  }
+
+  /**
+   * Background process `pid`'s output as it comes: `{ event: "output",
+   * data: { text } }`, then one `{ event: "exit", data: ProcessView }`.
+   */
+  async *followProcess(pid, options = {}) {
+    const response = await this.forge.http.send("GET", `${this.path}/processes/${pid}/logs`, {
+      accept: "text/event-stream",
+      signal: options.signal,
+    });
+    for await (const event of events(response)) {
+      yield event;
+      if (event.event === "exit" || event.event === "error") {
+        return;
+      }
+    }
+  }
+
+  /** Sends `signal` ("TERM", "KILL", "INT", ...) to the process's group. */
+  async signalProcess(pid, signal) {
+    // `202` with no body.
+    await this.forge.http.send("POST", `${this.path}/processes/${pid}/signal`, {
+      json: { signal },
+    });
   }
 
   async delete() {

@@ -139,6 +139,29 @@ describe("VMs", () => {
     await rejectsWith(forge.vms.get(vm.id), 404, "not_found");
   });
 
+  test("background processes start, list, follow and take signals", async () => {
+    const vm = await newVm();
+    const started = await vm.startProcess(
+      "trap 'echo bye; exit 0' TERM; echo \"up $WHO\"; while :; do sleep 0.1; done",
+      { env: { WHO: "ts" } },
+    );
+    assert.equal(started.state, "running");
+    const seen = [];
+    for await (const event of vm.followProcess(started.pid)) {
+      seen.push(event);
+      if (event.event === "output" && event.data.text.includes("up ts")) {
+        await vm.signalProcess(started.pid, "TERM");
+      }
+    }
+    const exit = seen.at(-1);
+    assert.equal(exit.event, "exit");
+    assert.equal(exit.data.exit_code, 0);
+    assert.match(await vm.processLogs(started.pid), /up ts\n[\s\S]*bye\n/);
+    const listed = await vm.processes();
+    assert.equal(listed.find((p) => p.pid === started.pid).state, "exited");
+    await rejectsWith(vm.signalProcess(started.pid, "BOOM"), 400, "bad_request");
+  });
+
   test("exec collects output, exit code, argv, env, cwd and stdin", async () => {
     const vm = await newVm();
     const out = await vm.exec("echo out; echo err >&2; exit 3");
