@@ -346,6 +346,9 @@ pub struct ForkRequest {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TimeoutRequest {
+    /// Required; `null` to remove the deadline (a missing field is an
+    /// error, not a removal).
+    #[serde(deserialize_with = "Option::deserialize")]
     pub ttl_secs: Option<u64>,
 }
 
@@ -380,6 +383,16 @@ pub struct SandboxSystem {
     pub image: Option<String>,
     pub limits: SandboxLimits,
     pub queue: SandboxQueue,
+    /// Sandboxes kept ready for creates (`--warm-pool`).
+    #[serde(default)]
+    pub warm_pool: WarmPoolStatus,
+}
+
+/// The warm pool: how many sandboxes it keeps, how many are ready now.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct WarmPoolStatus {
+    pub target: usize,
+    pub ready: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]

@@ -41,6 +41,10 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "parsed once at start-up; `serve`'s options are simply many"
+)]
 enum Command {
     /// Run the forge server (HTTP API and git over HTTP).
     Serve {
@@ -123,6 +127,10 @@ enum Command {
         /// address `/metrics` needs an admin token.
         #[arg(long, env = "FORGE_METRICS_LISTEN")]
         metrics_listen: Option<std::net::SocketAddr>,
+        /// Sandboxes to keep created and paused for creates to take at
+        /// once: `default=N` (or `N`). They count against the caps.
+        #[arg(long, env = "FORGE_WARM_POOL", value_parser = forge::vms::pool::parse_warm_pool, default_value = "0")]
+        warm_pool: usize,
         /// Waits between webhook delivery attempts (units ms, s, m, h).
         #[arg(
             long,
@@ -241,6 +249,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             sandbox_ca_bundle,
             preview_domain,
             metrics_listen,
+            warm_pool,
             webhook_retry_delays,
             webhook_disable_after,
             memory_overcommit,
@@ -277,6 +286,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     max_live_per_token: (max_vms_per_token > 0).then_some(max_vms_per_token),
                     max_live_mem_mib,
                     max_file_bytes,
+                    warm_pool,
                     ..forge::vms::Limits::default()
                 },
                 egress_allow,

@@ -42,6 +42,8 @@ pub struct Metrics {
     memory: IntGaugeVec,
     deliveries: IntGaugeVec,
     runs: IntGaugeVec,
+    /// One scrape at a time: each resets and sets the state gauges.
+    scrape: tokio::sync::Mutex<()>,
 }
 
 /// The process's metrics.
@@ -138,6 +140,7 @@ impl Metrics {
             memory,
             deliveries,
             runs,
+            scrape: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -174,6 +177,7 @@ impl Metrics {
 
     /// Every series, the states read now, in the text format.
     pub async fn render(&self, state: &AppState) -> anyhow::Result<String> {
+        let _one_at_a_time = self.scrape.lock().await;
         let store = &state.store;
         self.sandboxes.reset();
         for (vm_state, backend, count) in store.count_vms_by_state().await? {

@@ -118,6 +118,24 @@ pub struct LogsQuery {
 /// ring the agent keeps, plus slack.
 const MAX_PLAIN_LOG_BYTES: usize = 2 << 20;
 
+/// How long a plain read may take in all.
+const PLAIN_LOG_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The text of `chunk` after the bytes `carry` kept, keeping in `carry` a
+/// character the chunk cut in half (it ends in the next one).
+fn text_of(carry: &mut Vec<u8>, chunk: Vec<u8>) -> String {
+    carry.extend(chunk);
+    let complete = match std::str::from_utf8(carry) {
+        Ok(_) => carry.len(),
+        Err(error) if error.error_len().is_none() => error.valid_up_to(),
+        Err(_) => carry.len(),
+    };
+    let rest = carry.split_off(complete);
+    let text = String::from_utf8_lossy(carry).into_owned();
+    *carry = rest;
+    text
+}
+
 /// The process's output (stdout and stderr as they came). Plain text of
 /// what is kept; with `Accept: text/event-stream`, `output` events
 /// (`ExecText`) as it comes, until the process exits (then an `exit`
@@ -155,12 +173,25 @@ pub async fn logs(
     let first = output.next_chunk().await?;
     if !follow {
         let mut text = first.unwrap_or_default();
-        while let Some(chunk) = output.next_chunk().await? {
-            text.extend(chunk);
-            if text.len() > MAX_PLAIN_LOG_BYTES {
-                break;
+        // The agent is the sandbox's: a reply that never ends is cut off.
+        let read = async {
+            while let Some(chunk) = output.next_chunk().await? {
+                text.extend(chunk);
+                if text.len() > MAX_PLAIN_LOG_BYTES {
+                    break;
+                }
             }
-        }
+            Ok::<_, crate::vms::VmError>(())
+        };
+        tokio::time::timeout(PLAIN_LOG_DEADLINE, read)
+            .await
+            .map_err(|_| {
+                ApiError::new(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    api_types::ErrorCode::AgentUnresponsive,
+                    format!("VM {id}'s agent did not finish sending process {pid}'s output"),
+                )
+            })??;
         return Ok((
             [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
             String::from_utf8_lossy(&text).into_owned(),
@@ -168,18 +199,18 @@ pub async fn logs(
             .into_response());
     }
     let sandboxes = state.sandboxes.clone();
-    let events = futures_util::stream::unfold(Some((first, output)), move |step| {
+    let events = futures_util::stream::unfold(Some((first, output, Vec::new())), move |step| {
         let sandboxes = sandboxes.clone();
         let id = id.clone();
         async move {
-            let (pending, mut output) = step?;
+            let (pending, mut output, mut carry) = step?;
             let chunk = match pending {
                 Some(chunk) => Ok(Some(chunk)),
                 None => output.next_chunk().await,
             };
             let event = match chunk {
                 Ok(Some(chunk)) => Event::default().event("output").data(data(&ExecText {
-                    text: String::from_utf8_lossy(&chunk).into_owned(),
+                    text: text_of(&mut carry, chunk),
                 })),
                 Ok(None) => {
                     drop(output);
@@ -201,7 +232,7 @@ pub async fn logs(
                     return Some((Ok(event), None));
                 }
             };
-            Some((Ok(event), Some((None, output))))
+            Some((Ok(event), Some((None, output, carry))))
         }
     });
     Ok(Sse::new(events)
@@ -272,6 +303,16 @@ pub async fn signal(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_character_cut_between_chunks_is_kept_whole() {
+        let mut carry = Vec::new();
+        let bytes = "é!".as_bytes().to_vec();
+        assert_eq!(super::text_of(&mut carry, bytes[..1].to_vec()), "");
+        assert_eq!(super::text_of(&mut carry, bytes[1..].to_vec()), "é!");
+        assert!(carry.is_empty());
+        assert_eq!(super::text_of(&mut carry, vec![0xff, b'a']), "\u{fffd}a");
+    }
+
     #[test]
     fn signals_are_named_with_or_without_sig() {
         assert_eq!(super::signal_number("TERM"), Some(15));

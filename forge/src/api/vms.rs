@@ -13,6 +13,7 @@ use api_types::vms::{
     CarriedVm, CreateVm, EgressUsage, ExecExit, ExecFailure, ExecOutput, ExecRequest, ExecText,
     FileEntry, FileKind, ForkRequest, Forks, Kept, PauseRequest, Persistence, PersistenceKind,
     SandboxLimits, SandboxQueue, SandboxSystem, System, TimeoutRequest, VmDetail, VmStats, VmView,
+    WarmPoolStatus,
 };
 use axum::Json;
 use axum::body::Bytes;
@@ -137,6 +138,10 @@ pub async fn system(State(state): State<AppState>, _caller: Caller) -> Json<Syst
                 waiting: state.sandboxes.queued(),
                 max_wait_secs: limits.queue_wait.as_secs(),
             },
+            warm_pool: {
+                let (ready, target) = state.sandboxes.warm_pool();
+                WarmPoolStatus { target, ready }
+            },
         },
     })
 }
@@ -250,7 +255,7 @@ pub struct ListQuery {
     state: Option<VmState>,
     /// Only VMs of this repository, `owner/name`.
     repo: Option<String>,
-    /// At most this many VMs, 1 to 1000; 500 when absent.
+    /// At most this many VMs, 1 to 1000 (the default).
     limit: Option<i64>,
     /// The `x-next-cursor` header of the previous page.
     cursor: Option<String>,
@@ -290,7 +295,7 @@ impl ListQuery {
 }
 
 const MAX_LIST_LIMIT: i64 = 1000;
-const DEFAULT_LIST_LIMIT: i64 = 500;
+const DEFAULT_LIST_LIMIT: i64 = 1000;
 
 /// A page cursor: the last VM's creation time and id, hex-encoded.
 fn cursor_of(row: &VmRow) -> String {
@@ -324,6 +329,12 @@ pub async fn list(
     RawQuery(raw): RawQuery,
 ) -> Result<(HeaderMap, Json<Vec<VmView>>), ApiError> {
     let query = ListQuery::parse(raw.as_deref())?;
+    if query.label.len() > crate::vms::MAX_LABELS {
+        return Err(ApiError::bad_request(format!(
+            "at most {} label filters",
+            crate::vms::MAX_LABELS
+        )));
+    }
     let mut labels = Vec::new();
     for label in &query.label {
         let (key, value) = match label.split_once(':') {
@@ -378,6 +389,11 @@ pub async fn list(
     }
     let mut views = Vec::with_capacity(rows.len());
     for row in rows {
+        // The state was refreshed after the query: one that changed since
+        // no longer matches.
+        if query.state.is_some_and(|wanted| wanted != row.state) {
+            continue;
+        }
         views.push(view(&state, row).await?);
     }
     Ok((headers, Json(views)))

@@ -79,6 +79,10 @@ pub enum PktError {
     BadCommand(String),
     #[error("The push request's command section is longer than {0} bytes")]
     TooLong(usize),
+    #[error(
+        "A push may carry at most {MAX_PUSH_OPTIONS} push options of {MAX_PUSH_OPTION_BYTES} bytes each"
+    )]
+    TooManyOptions,
 }
 
 /// The result of feeding bytes to [`CommandReader`].
@@ -112,6 +116,12 @@ pub struct CommandReader {
 /// A command section larger than this is refused (about 40,000 refs).
 pub const MAX_COMMAND_SECTION: usize = 8 << 20;
 
+/// Push options one push may carry, and the longest one: a push is
+/// refused beyond them before anything is kept (git sends one line per
+/// `-o`).
+pub const MAX_PUSH_OPTIONS: usize = 100;
+pub const MAX_PUSH_OPTION_BYTES: usize = 8192;
+
 impl CommandReader {
     pub fn feed(&mut self, chunk: &[u8]) -> Result<Progress, PktError> {
         self.pending.extend_from_slice(chunk);
@@ -142,6 +152,11 @@ impl CommandReader {
                 break false;
             };
             if self.in_options {
+                if self.request.options.len() >= MAX_PUSH_OPTIONS
+                    || payload.len() > MAX_PUSH_OPTION_BYTES
+                {
+                    return Err(PktError::TooManyOptions);
+                }
                 let option = String::from_utf8_lossy(payload);
                 self.request
                     .options
@@ -449,6 +464,26 @@ mod tests {
         };
         assert!(request.options.is_empty());
         assert_eq!(&request_bytes_after(end), b"PACK...");
+    }
+
+    #[test]
+    fn push_options_are_bounded() {
+        let mut bytes = Vec::new();
+        bytes.extend(pkt_line(&format!("{Z} {A} refs/heads/main\0push-options\n")).bytes());
+        bytes.extend(b"0000");
+        for _ in 0..=MAX_PUSH_OPTIONS {
+            bytes.extend(b"0005x");
+        }
+        let mut reader = CommandReader::default();
+        assert_eq!(reader.feed(&bytes), Err(PktError::TooManyOptions));
+        let mut long = Vec::new();
+        long.extend(pkt_line(&format!("{Z} {A} refs/heads/main\0push-options\n")).bytes());
+        long.extend(b"0000");
+        long.extend(pkt_line(&"x".repeat(MAX_PUSH_OPTION_BYTES + 1)).bytes());
+        assert_eq!(
+            CommandReader::default().feed(&long),
+            Err(PktError::TooManyOptions)
+        );
     }
 
     fn request_bytes_after(end: usize) -> Vec<u8> {

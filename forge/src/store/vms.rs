@@ -152,6 +152,36 @@ impl Store {
         Ok(query.build_query_as().fetch_all(&self.pool).await?)
     }
 
+    /// Hands a pooled VM to its user: its creator, settings and creation
+    /// time become theirs.
+    pub async fn adopt_vm(&self, vm: &VmRow) -> Result<()> {
+        sqlx::query(
+            "UPDATE vms SET created_by = ?, persistent = ?, idle_timeout_secs = ?, labels = ?,
+                            expires_unix = ?, created_at = ?, last_active_unix = ?, state = ?
+             WHERE id = ?",
+        )
+        .bind(&vm.created_by)
+        .bind(vm.persistent)
+        .bind(vm.idle_timeout_secs)
+        .bind(&vm.labels)
+        .bind(vm.expires_unix)
+        .bind(&vm.created_at)
+        .bind(vm.last_active_unix)
+        .bind(vm.state)
+        .bind(&vm.id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// VMs created by token `token` (the pool's, at start-up).
+    pub async fn vms_created_by(&self, token: &str) -> Result<Vec<VmRow>> {
+        Ok(sqlx::query_as("SELECT * FROM vms WHERE created_by = ?")
+            .bind(token)
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
     /// Sets (or, with `None`, clears) VM `id`'s deadline; false when the
     /// VM is gone.
     pub async fn set_vm_expiry(&self, id: &str, expires_unix: Option<i64>) -> Result<bool> {

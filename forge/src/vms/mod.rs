@@ -47,6 +47,7 @@ mod gc;
 pub mod gitrelay;
 pub mod lifecycle;
 pub mod network;
+pub mod pool;
 pub mod queue;
 mod reaper;
 pub mod terminal;
@@ -146,6 +147,8 @@ pub struct Limits {
     /// How long the commands and terminals of a VM past its deadline may
     /// keep it before it is stopped under them.
     pub expiry_grace: Duration,
+    /// Sandboxes kept created and paused for creates to take (`pool.rs`).
+    pub warm_pool: usize,
 }
 
 impl Default for Limits {
@@ -162,6 +165,7 @@ impl Default for Limits {
             queue_wait: Duration::from_secs(30),
             max_live_per_token: None,
             expiry_grace: Duration::from_secs(10),
+            warm_pool: 0,
         }
     }
 }
@@ -215,6 +219,7 @@ pub struct Sandboxes {
     dev_servers: devserver::DevServers,
     admission: queue::Admission,
     events: EventBus,
+    pool: pool::WarmPool,
 }
 
 /// One VM's lock, and when its last holder let go (unix seconds).
@@ -304,6 +309,7 @@ impl Sandboxes {
         network: NetworkConfig,
         events: EventBus,
     ) -> Arc<Self> {
+        let limits_pool = limits.warm_pool;
         Arc::new(Self {
             availability,
             network: network::Network::new(network, store.clone()),
@@ -313,6 +319,7 @@ impl Sandboxes {
             dev_servers: devserver::DevServers::default(),
             admission: queue::Admission::default(),
             events,
+            pool: pool::WarmPool::new(limits_pool),
         })
     }
 
@@ -466,12 +473,140 @@ impl Sandboxes {
 
     pub async fn create(&self, request: NewVm) -> Result<VmRow, VmError> {
         let started = Instant::now();
-        let result = self.create_timed(request).await;
+        let result = match self.take_pooled(&request).await {
+            Some(row) => Ok(row),
+            None => self.create_timed(request, true).await,
+        };
         metrics().operation("create", started, &result);
         result
     }
 
-    async fn create_timed(&self, request: NewVm) -> Result<VmRow, VmError> {
+    /// The warm pool's sandboxes ready now, and how many it keeps.
+    pub fn warm_pool(&self) -> (usize, usize) {
+        (self.pool.len(), self.pool.target())
+    }
+
+    /// A pooled sandbox made `request`'s, when it matches the pool
+    /// (`pool.rs`) and one is ready. One that cannot be resumed is
+    /// destroyed, and the next tried.
+    async fn take_pooled(&self, request: &NewVm) -> Option<VmRow> {
+        let matches = request.repo_id.is_none()
+            && request.dev_server.is_none()
+            && request.env.is_empty()
+            && request.vcpus == pool::POOL_VCPUS
+            && request.mem_mib == pool::POOL_MEM_MIB
+            && request.disk_mib == pool::POOL_DISK_MIB;
+        if !matches || check_labels(&request.labels).is_err() {
+            return None;
+        }
+        let expires_unix = request.ttl_secs.map(deadline).transpose().ok()?;
+        while let Some(id) = self.pool.take() {
+            match self.hand_out(&id, request, expires_unix).await {
+                Ok(row) => return Some(row),
+                Err(error) => {
+                    tracing::warn!(vm = %id, error = %error, "a pooled sandbox could not be handed out");
+                    let _ = self.destroy(&id).await;
+                }
+            }
+        }
+        None
+    }
+
+    async fn hand_out(
+        &self,
+        id: &str,
+        request: &NewVm,
+        expires_unix: Option<i64>,
+    ) -> Result<VmRow, VmError> {
+        let (backend, _) = self.ready()?;
+        let lock = self.lock_of(id);
+        let _guard = lock.write().await;
+        let mut row = self.refresh(id).await?;
+        match row.state {
+            VmState::Paused | VmState::PausedToDisk => {
+                let carried = backend.resume(id).await?;
+                row.state = vm_state(carried.sandbox.state);
+            }
+            VmState::Running => {}
+            VmState::Crashed => return Err(VmError::Crashed(id.to_owned())),
+        }
+        row.created_by = Some(request.created_by.clone());
+        row.persistent = request.persistent;
+        row.idle_timeout_secs = request.idle_timeout_secs.map(|s| s as i64);
+        row.labels = serde_json::to_string(&request.labels).unwrap_or_else(|_| "{}".to_owned());
+        row.expires_unix = expires_unix;
+        row.created_at = crate::store::now();
+        row.last_active_unix = unix_now();
+        self.store.adopt_vm(&row).await?;
+        tracing::info!(vm = %row.id, "sandbox handed out from the warm pool");
+        self.announce(&row, Lifecycle::Created, row.created_by.as_deref())
+            .await;
+        Ok(row)
+    }
+
+    /// Creates pooled sandboxes until the pool is full, while a slot (and
+    /// the memory of one) stays free for a cold create.
+    pub async fn fill_pool(&self) {
+        let (backend, _) = match self.ready() {
+            Ok(ready) => ready,
+            Err(_) => return,
+        };
+        while self.pool.len() < self.pool.target() {
+            let Ok((live, mem)) = self.store.live_vm_usage().await else {
+                return;
+            };
+            let room = (live.max(0) as usize) + 2 <= self.limits.max_live
+                && (mem.max(0) as u64).saturating_add(2 * pool::POOL_MEM_MIB)
+                    <= self.limits.max_live_mem_mib;
+            if !room {
+                return;
+            }
+            let request = NewVm {
+                vcpus: pool::POOL_VCPUS,
+                mem_mib: pool::POOL_MEM_MIB,
+                disk_mib: pool::POOL_DISK_MIB,
+                persistent: false,
+                idle_timeout_secs: None,
+                env: Vec::new(),
+                repo_id: None,
+                branch: None,
+                created_by: pool::POOL_ACTOR.to_owned(),
+                dev_server: None,
+                labels: BTreeMap::from([(
+                    pool::POOL_LABEL.0.to_owned(),
+                    pool::POOL_LABEL.1.to_owned(),
+                )]),
+                ttl_secs: None,
+            };
+            let row = match self.create_timed(request, false).await {
+                Ok(row) => row,
+                Err(error) => {
+                    tracing::warn!(error = %error, "filling the warm pool failed");
+                    return;
+                }
+            };
+            // Its network link up before the pause, so its first exec
+            // after the hand-out finds it ready.
+            let paused = async {
+                self.link(&row.id, &row).await?;
+                let info = backend.pause(&row.id, PauseMode::Memory).await?;
+                self.store
+                    .set_vm_state(&row.id, vm_state(info.state))
+                    .await?;
+                Ok::<_, VmError>(())
+            };
+            match paused.await {
+                Ok(()) => self.pool.put(row.id),
+                Err(error) => {
+                    tracing::warn!(vm = %row.id, error = %error, "a pooled sandbox could not be paused");
+                    let _ = self.destroy(&row.id).await;
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn create_timed(&self, request: NewVm, announce: bool) -> Result<VmRow, VmError> {
         let dev_server = request.dev_server.clone();
         let (backend, image) = self.ready()?;
         if request.vcpus == 0 || request.vcpus > self.limits.max_vcpus {
@@ -526,8 +661,10 @@ impl Sandboxes {
             self.dev_servers.add(&row.id, spec);
         }
         tracing::info!(vm = %row.id, backend = %row.backend, "sandbox created");
-        self.announce(&row, Lifecycle::Created, row.created_by.as_deref())
-            .await;
+        if announce {
+            self.announce(&row, Lifecycle::Created, row.created_by.as_deref())
+                .await;
+        }
         Ok(row)
     }
 
@@ -912,6 +1049,20 @@ impl Sandboxes {
         guard: tokio::sync::OwnedRwLockWriteGuard<()>,
         why: Why,
     ) -> Result<(), VmError> {
+        self.destroy_unlocked(id, why).await?;
+        drop(guard);
+        self.locks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+        Ok(())
+    }
+
+    /// The work of a destroy: the sandbox, its links and its row, then the
+    /// events (an expiry's `sandbox.expired` before `sandbox.deleted`, both
+    /// only once it is gone). Callers hold the VM's lock, except an expiry
+    /// whose VM is held past every grace (`expire`).
+    async fn destroy_unlocked(&self, id: &str, why: Why) -> Result<(), VmError> {
         let (backend, _) = self.ready()?;
         let row = self
             .store
@@ -920,17 +1071,16 @@ impl Sandboxes {
             .ok_or_else(|| VmError::NotFound(id.to_owned()))?;
         self.network.forget(id).await;
         self.dev_servers.remove(id);
+        self.pool.forget(id);
         match backend.destroy(id).await {
             Ok(()) | Err(::sandbox::Error::NotFound(_)) => {}
             Err(error) => return Err(error.into()),
         }
         self.store.delete_vm(id).await?;
-        drop(guard);
-        self.locks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(id);
         tracing::info!(vm = id, reason = ?why, "sandbox destroyed");
+        if why == Why::Expired {
+            self.announce(&row, Lifecycle::Expired, None).await;
+        }
         self.announce(&row, Lifecycle::Deleted { reason: why }, None)
             .await;
         Ok(())
@@ -947,38 +1097,42 @@ impl Sandboxes {
 
     /// Destroys VM `row` because its deadline passed, whatever it is
     /// doing: commands and terminals that still hold it after
-    /// `expiry_grace` are ended by stopping the sandbox under them.
-    /// Records `sandbox.expired`, then `sandbox.deleted`. False when the
-    /// deadline moved meanwhile or the VM is gone.
+    /// `expiry_grace` are ended by stopping the sandbox under them; a
+    /// holder that still does not let go (a client that stopped reading a
+    /// stream keeps its response, and so its hold, alive) is not waited
+    /// for past a second grace: the record goes without the lock. Records
+    /// `sandbox.expired`, then `sandbox.deleted`. False when the deadline
+    /// moved meanwhile or the VM is gone.
     pub async fn expire(&self, row: &VmRow) -> Result<bool, VmError> {
         let (backend, _) = self.ready()?;
         let lock = self.lock_of(&row.id);
-        let due = |row: &VmRow| row.expires_unix.is_some_and(|at| at <= unix_now());
-        let guard = match tokio::time::timeout(self.limits.expiry_grace, lock.clone().write_owned())
-            .await
-        {
-            Ok(guard) => guard,
-            Err(_) => {
-                match self.store.vm(&row.id).await? {
-                    Some(now) if due(&now) => {}
-                    _ => return Ok(false),
-                }
-                tracing::info!(vm = %row.id, "an expired sandbox still in use is stopped");
-                match backend.destroy(&row.id).await {
-                    Ok(()) | Err(::sandbox::Error::NotFound(_)) => {}
-                    Err(error) => return Err(error.into()),
-                }
-                lock.clone().write_owned().await
+        let grace = self.limits.expiry_grace;
+        let due = |row: &Option<VmRow>| {
+            row.as_ref()
+                .is_some_and(|row| row.expires_unix.is_some_and(|at| at <= unix_now()))
+        };
+        if let Ok(guard) = tokio::time::timeout(grace, lock.clone().write_owned()).await {
+            if !due(&self.store.vm(&row.id).await?) {
+                return Ok(false);
             }
-        };
-        let Some(now) = self.store.vm(&row.id).await? else {
-            return Ok(false);
-        };
-        if !due(&now) {
+            self.destroy_locked(&row.id, guard, Why::Expired).await?;
+            return Ok(true);
+        }
+        if !due(&self.store.vm(&row.id).await?) {
             return Ok(false);
         }
-        self.announce(&now, Lifecycle::Expired, None).await;
-        self.destroy_locked(&row.id, guard, Why::Expired).await?;
+        tracing::info!(vm = %row.id, "an expired sandbox still in use is stopped");
+        match backend.destroy(&row.id).await {
+            Ok(()) | Err(::sandbox::Error::NotFound(_)) => {}
+            Err(error) => return Err(error.into()),
+        }
+        match tokio::time::timeout(grace, lock.clone().write_owned()).await {
+            Ok(guard) => self.destroy_locked(&row.id, guard, Why::Expired).await?,
+            Err(_) => {
+                tracing::warn!(vm = %row.id, "an expired sandbox's holders did not let go: its record is removed without them");
+                self.destroy_unlocked(&row.id, Why::Expired).await?;
+            }
+        }
         Ok(true)
     }
 
@@ -1003,6 +1157,11 @@ impl Sandboxes {
             Ok(_) => {}
             Err(error) => tracing::error!(error = %error, "start-up garbage collection failed"),
         }
+        for leftover in self.store.vms_created_by(pool::POOL_ACTOR).await? {
+            if let Err(error) = self.destroy(&leftover.id).await {
+                tracing::warn!(vm = %leftover.id, error = %error, "a pooled sandbox of the last run could not be destroyed");
+            }
+        }
         let mut crashed = 0;
         for row in self.store.list_vms().await? {
             let before = row.state;
@@ -1024,6 +1183,20 @@ impl Sandboxes {
         shutdown: tokio_util::sync::CancellationToken,
     ) {
         reaper::start(self.clone(), every, shutdown.clone());
+        if self.pool.target() > 0 {
+            let sandboxes = self.clone();
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                loop {
+                    sandboxes.fill_pool().await;
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = sandboxes.pool.taken.notified() => {}
+                        _ = tokio::time::sleep(every) => {}
+                    }
+                }
+            });
+        }
         let sandboxes = self.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);

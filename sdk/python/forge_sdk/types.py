@@ -92,6 +92,7 @@ __all__ = [
     "VmState",
     "VmStats",
     "VmView",
+    "WarmPoolStatus",
     "WebhookAccepted",
     "WebhookView",
 ]
@@ -786,6 +787,8 @@ class SandboxSystem:
     """`None` when no backend can run; `reason` says why."""
     image: Optional[Optional[str]] = None
     """The guest image's root directory."""
+    warm_pool: Optional["WarmPoolStatus"] = None
+    """Sandboxes kept ready for creates (`--warm-pool`)."""
 
 
 @dataclass
@@ -876,6 +879,10 @@ class TimeoutRequest:
     now (longer or shorter than it was); `null` removes it.
     """
     ttl_secs: Optional[Optional[int]] = None
+    """
+    Required; `null` to remove the deadline (a missing field is an
+    error, not a removal).
+    """
 
 
 # What a token may do.
@@ -991,6 +998,13 @@ class VmView:
     """Where the dev server is seen, when the VM has one."""
     repo: Optional[Optional[str]] = None
     """`owner/name` of the repository checked out in it."""
+
+
+@dataclass
+class WarmPoolStatus:
+    """The warm pool: how many sandboxes it keeps, how many are ready now."""
+    ready: int
+    target: int
 
 
 @dataclass

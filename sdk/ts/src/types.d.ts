@@ -571,6 +571,8 @@ export interface SandboxSystem {
   limits: SandboxLimits;
   queue: SandboxQueue;
   reason: string;
+  /** Sandboxes kept ready for creates (`--warm-pool`). */
+  warm_pool?: WarmPoolStatus;
 }
 
 /** The answer to a [`ShareLinkRequest`]. */
@@ -650,6 +652,10 @@ export interface TerminalTicket {
  * now (longer or shorter than it was); `null` removes it.
  */
 export interface TimeoutRequest {
+  /**
+   * Required; `null` to remove the deadline (a missing field is an
+   * error, not a removal).
+   */
   ttl_secs?: number | null;
 }
 
@@ -735,6 +741,12 @@ export interface VmView {
   repo?: string | null;
   state: VmState;
   vcpus: number;
+}
+
+/** The warm pool: how many sandboxes it keeps, how many are ready now. */
+export interface WarmPoolStatus {
+  ready: number;
+  target: number;
 }
 
 /** The answer to an inbound GitHub webhook. */

@@ -113,10 +113,10 @@ impl Background {
         })
     }
 
-    /// Makes room for one more: forgets the oldest exited process when the
-    /// table is full.
-    fn make_room(&self) -> Result<(), RemoteError> {
-        let mut table = lock(&self.table);
+    /// Makes room in `table` for one more: forgets the oldest exited
+    /// process when it is full. The caller holds the table's lock until it
+    /// inserted the new one.
+    fn make_room(table: &mut BTreeMap<u32, Arc<Process>>) -> Result<(), RemoteError> {
         if table.len() < MAX_PROCESSES {
             return Ok(());
         }
@@ -165,8 +165,8 @@ impl Background {
 
 /// `Spawn`: starts `req` in the background.
 pub fn start(req: ExecRequest, agent: &Arc<Agent>) -> Result<Body, RemoteError> {
-    let background = &agent.background;
-    background.make_room()?;
+    let mut table = lock(&agent.background.table);
+    Background::make_room(&mut table)?;
     let mut req = req;
     req.stdin = false;
     req.pty = None;
@@ -178,7 +178,8 @@ pub fn start(req: ExecRequest, agent: &Arc<Agent>) -> Result<Body, RemoteError> 
         output: Mutex::default(),
         changed: watch::channel(0).0,
     });
-    lock(&background.table).insert(pid, process.clone());
+    table.insert(pid, process.clone());
+    drop(table);
     let readers: Vec<OwnedFd> = std::iter::once(spawned.stdout)
         .chain(spawned.stderr)
         .collect();
@@ -204,12 +205,13 @@ pub fn start(req: ExecRequest, agent: &Arc<Agent>) -> Result<Body, RemoteError> 
             });
         }
         let status = exit.await.ok().map(decode);
+        // Exited as soon as the leader is reaped: its pid (and group id)
+        // may be reused from now on, so no signal goes to it any more.
+        lock(&process.output).exit = Some(status.unwrap_or(ExitStatus::Signal(libc::SIGKILL)));
+        process.changed.send_modify(|n| *n += 1);
         // Descendants may hold the pipes: the output ends when they do.
         while pumps.join_next().await.is_some() {}
-        let mut output = lock(&process.output);
-        output.exit = Some(status.unwrap_or(ExitStatus::Signal(libc::SIGKILL)));
-        output.drained = true;
-        drop(output);
+        lock(&process.output).drained = true;
         process.changed.send_modify(|n| *n += 1);
     });
     Ok(Body::Started { pid })

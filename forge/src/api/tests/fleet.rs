@@ -204,6 +204,7 @@ async fn labels_filter_and_pages_walk_the_fleet_in_creation_order() {
         "/v1/vms?state=asleep",
         "/v1/vms?colour=red",
         "/v1/vms?label=:x",
+        &format!("/v1/vms?{}", vec!["label=k"; 33].join("&")),
     ] {
         let (status, answer) = app.call(Method::GET, path, Some(&admin), None).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {answer}");
@@ -233,6 +234,19 @@ async fn a_vm_past_its_deadline_is_destroyed_even_in_use_and_the_deadline_moves(
         )
         .await;
     assert!(extended["expires_at"].is_string(), "{extended}");
+    let (status, answer) = app
+        .call(
+            Method::POST,
+            &format!("/v1/vms/{moved}/timeout"),
+            Some(&admin),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "a missing ttl_secs removes nothing: {answer}"
+    );
 
     let doomed = create(&app, &admin, json!({ "ttl_secs": 1 })).await;
     let gate = app
@@ -562,4 +576,83 @@ async fn metrics_count_operations_and_read_states_when_scraped() {
     ] {
         assert!(text.contains(series), "{series} in {text}");
     }
+}
+
+#[tokio::test]
+async fn a_create_that_matches_the_warm_pool_takes_a_paused_sandbox_and_others_start_cold() {
+    let app = TestApp::builder()
+        .with_limits(Limits {
+            warm_pool: 2,
+            ..Limits::default()
+        })
+        .start()
+        .await;
+    app.sandboxes().fill_pool().await;
+    assert_eq!(app.sandboxes().warm_pool(), (2, 2));
+    let pooled: Vec<String> = app
+        .backend
+        .calls()
+        .iter()
+        .filter(|call| call.operation == Operation::Create)
+        .map(|call| call.sandbox.clone())
+        .collect();
+    assert_eq!(pooled.len(), 2);
+    let writer = app.token(&["repo:write"], None).await;
+    let (ids, _) = page(&app, &writer.secret, "/v1/vms").await;
+    assert!(ids.is_empty(), "pooled sandboxes are nobody's: {ids:?}");
+
+    let made = app
+        .expect(
+            StatusCode::CREATED,
+            Method::POST,
+            "/v1/vms",
+            Some(&writer.secret),
+            Some(json!({ "labels": { "team": "web" }, "ttl_secs": 600 })),
+        )
+        .await;
+    let id = made["id"].as_str().expect("an id").to_owned();
+    assert_eq!(id, pooled[0], "the oldest pooled sandbox is handed out");
+    assert_eq!(made["state"], "running");
+    assert_eq!(
+        made["labels"],
+        json!({ "team": "web" }),
+        "its own labels, not the pool's"
+    );
+    assert!(made["expires_at"].is_string());
+    let (ids, _) = page(&app, &writer.secret, "/v1/vms").await;
+    assert_eq!(ids, std::slice::from_ref(&id), "now the caller's");
+    assert_eq!(kinds_of(&app, &id).await, ["sandbox.created"]);
+
+    // A create the pool cannot serve starts cold; a crashed pooled one is
+    // passed over (and destroyed).
+    let creates = |app: &TestApp| {
+        app.backend
+            .calls()
+            .iter()
+            .filter(|call| call.operation == Operation::Create)
+            .count()
+    };
+    let before = creates(&app);
+    create(&app, &writer.secret, json!({ "env": { "MODE": "x" } })).await;
+    assert_eq!(creates(&app), before + 1, "an env of its own: cold");
+    app.backend.crash(&pooled[1]).expect("pooled");
+    let cold = create(&app, &writer.secret, json!({})).await;
+    assert_ne!(cold, pooled[1]);
+    assert_eq!(creates(&app), before + 2);
+    let (status, _) = app
+        .call(
+            Method::GET,
+            &format!("/v1/vms/{}", pooled[1]),
+            Some(app.admin()),
+            None,
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "the crashed pooled sandbox is gone"
+    );
+    assert_eq!(app.sandboxes().warm_pool().0, 0);
+    app.sandboxes().fill_pool().await;
+    assert_eq!(app.sandboxes().warm_pool(), (2, 2), "refilled");
 }
