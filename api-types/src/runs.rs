@@ -261,7 +261,7 @@ mod tests {
                 "id": 7, "repo_id": "r1", "repo_name": "acme/web", "branch": "main",
                 "commit_id": "abc", "event_id": 3, "state": "failed", "vm_id": "vm1",
                 "error": null, "created_at": "t0", "started_at": "t1", "finished_at": "t2",
-                "plan_ref": null, "plan_commit": null,
+                "plan_ref": null, "plan_commit": null, "variables": {},
                 "steps": [{ "position": 0, "name": "test", "command": "cargo test",
                             "status": "failed", "exit_code": 101, "duration_ms": 1200 }],
             })
