@@ -142,6 +142,14 @@ fn the_dev_server_is_previewed_and_restarted_after_a_crash() {
         std::thread::sleep(Duration::from_millis(200));
     };
     let pid = shown.vm.dev_server.unwrap().pid.unwrap();
+    // It is one of the VM's background processes, its output readable.
+    let processes: Vec<api_types::vms::ProcessView> = forge.get(&format!("/v1/vms/{id}/processes"));
+    assert!(
+        processes
+            .iter()
+            .any(|p| p.pid == pid && p.state == api_types::vms::ProcessState::Running),
+        "{processes:?}"
+    );
     let killed: ExecOutput = forge.send(
         "POST",
         &format!("/v1/vms/{id}/exec"),

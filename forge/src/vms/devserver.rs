@@ -7,12 +7,15 @@
 //!    (it tries the VM's lock and skips the tick when taken), and it does
 //!    not count as traffic: a VM with a dev server still idles, pauses and
 //!    resumes like any other.
-//! 2. Not started (or dead) and its backoff elapsed: start it in its own
-//!    session (`setsid`), in `/workspace`, with the sandbox's network
-//!    environment, output to [`LOG`]; state `starting`.
-//! 3. Started: alive (`kill -0` on its session) and the port answers →
-//!    `running`, backoff back to 1 s; alive but not answering → `starting`.
-//! 4. Dead: `restarts` + 1, the tail of its log kept as `last_output`,
+//! 2. Not started (or dead) and its backoff elapsed: start it as one of the
+//!    VM's background processes (`Sandboxes::spawn`: its own process
+//!    group, output kept by the agent, listed and read at
+//!    `/v1/vms/{id}/processes`), in `/workspace`, with the sandbox's
+//!    network environment; state `starting`.
+//! 3. Started: alive (the agent lists it without an exit) and the port
+//!    answers → `running`, backoff back to 1 s; alive but not answering →
+//!    `starting`.
+//! 4. Dead: `restarts` + 1, the tail of its output kept as `last_output`,
 //!    state `backoff` until the next attempt; the wait doubles from 1 s up
 //!    to [`MAX_BACKOFF`].
 //!
@@ -27,8 +30,8 @@ use std::time::{Duration, Instant};
 use api_types::DevServerState;
 pub use api_types::vms::{DevServerSpec, DevServerStatus};
 
-/// Where the dev server's output goes inside the sandbox.
-pub const LOG: &str = "/tmp/forge-dev-server.log";
+/// How much of a dead dev server's output is kept as `last_output`.
+const LAST_OUTPUT_BYTES: u64 = 2000;
 pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 
@@ -76,12 +79,17 @@ pub enum Step {
     Wait,
 }
 
-/// The command that starts `command` in its own session and prints its pid.
+/// The background process that runs `command` in `/workspace` (or `/`
+/// where there is none); the command is an argument, never spliced into
+/// the script.
 pub fn start_argv(command: &str) -> Vec<String> {
-    let script = format!(
-        "cd /workspace 2>/dev/null || cd /; nohup setsid sh -c \"$0\" >{LOG} 2>&1 </dev/null & echo $!"
-    );
-    vec!["sh".into(), "-c".into(), script, command.to_owned()]
+    let script = "cd /workspace 2>/dev/null || cd /; exec sh -c \"$0\"";
+    vec![
+        "sh".into(),
+        "-c".into(),
+        script.to_owned(),
+        command.to_owned(),
+    ]
 }
 
 impl DevServers {
@@ -224,38 +232,65 @@ async fn supervise(sandboxes: &super::Sandboxes, vm: &str) -> Result<(), super::
         return Ok(());
     }
     sandboxes.link(vm, &row).await?;
-    let quick = Duration::from_secs(10);
     match servers.step(vm) {
         Step::Wait => {}
         Step::Start(argv) => {
-            let command = sandboxes.with_network_env(Command::new(argv).timeout(quick));
-            let output = backend.exec(vm, command).await?;
-            let pid = String::from_utf8_lossy(&output.stdout).trim().parse().ok();
-            tracing::info!(vm, ?pid, "dev server started");
-            servers.started(vm, pid);
+            let agent = backend.agent(vm).await?;
+            let pid = agent
+                .spawn(sandboxes.with_network_env(Command::new(argv)))
+                .await?;
+            tracing::info!(vm, pid, "dev server started");
+            servers.started(vm, Some(pid));
         }
         Step::Check { pid, port } => {
+            let agent = backend.agent(vm).await?;
+            let process = match pid {
+                Some(pid) => agent
+                    .processes()
+                    .await?
+                    .into_iter()
+                    .find(|process| process.pid == pid),
+                None => None,
+            };
             let alive = match pid {
-                Some(pid) => {
-                    let probe = Command::new(["kill", "-0", &pid.to_string()]).timeout(quick);
-                    backend.exec(vm, probe).await?.exited.status.success()
-                }
+                Some(_) => process.as_ref().is_some_and(|p| p.exit.is_none()),
+                // Adopted from a parent: only its port speaks for it.
                 None => true,
             };
             let answers = backend.open_port(vm, port).await.is_ok();
             servers.checked(vm, alive, answers);
             if !alive || (pid.is_none() && !answers) {
-                let tail = Command::new(["tail", "-c", "2000", LOG]).timeout(quick);
-                let last = backend
-                    .exec(vm, tail)
-                    .await
-                    .ok()
-                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+                let last = match &process {
+                    Some(process) => last_output(&agent, process).await,
+                    None => None,
+                };
                 servers.died(vm, last);
             }
         }
     }
     Ok(())
+}
+
+/// The end of a dead dev server's output, if the agent still has it.
+async fn last_output(
+    agent: &::sandbox::Agent,
+    process: &agent_proto::ProcessInfo,
+) -> Option<String> {
+    let from = process.output_bytes.saturating_sub(LAST_OUTPUT_BYTES);
+    let mut output = agent.process_output(process.pid, from, false).await.ok()?;
+    let mut bytes = Vec::new();
+    let read = async {
+        while let Ok(Some(chunk)) = output.next_chunk().await {
+            bytes.extend(chunk);
+            if bytes.len() as u64 > 2 * LAST_OUTPUT_BYTES {
+                break;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .ok()?;
+    Some(String::from_utf8_lossy(&bytes).into_owned())
 }
 
 #[cfg(test)]
@@ -307,6 +342,6 @@ mod tests {
     fn the_command_is_passed_as_an_argument_not_spliced() {
         let argv = start_argv("echo 'quoted' \"$HOME\"");
         assert_eq!(argv[3], "echo 'quoted' \"$HOME\"");
-        assert!(argv[2].contains("setsid sh -c \"$0\""));
+        assert!(argv[2].contains("exec sh -c \"$0\""));
     }
 }
