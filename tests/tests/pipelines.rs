@@ -120,6 +120,17 @@ fn pushes_run_the_tests_in_the_branch_sandbox() {
         "{followed}"
     );
     assert!(cli(&["vm", "list"]).contains(&main_vm));
+    // The branch sandboxes carry the pipelines' label, and the CLI filters.
+    let labelled = cli(&[
+        "vm",
+        "list",
+        "--label",
+        "forge/role=pipeline",
+        "--state",
+        "running",
+    ]);
+    assert!(labelled.contains(&main_vm), "{labelled}");
+    assert!(!cli(&["vm", "list", "--label", "forge/role=pool"]).contains(&main_vm));
     let inside = cli(&[
         "vm",
         "exec",

@@ -175,8 +175,31 @@ pub async fn vm(target: &Target<'_>, command: VmCommand) -> anyhow::Result<()> {
             if let Some(repo) = &repo {
                 query.push(format!("repo={}", web::api::encode(repo)));
             }
-            let path = format!("/v1/vms?{}", query.join("&"));
-            let vms: Vec<VmView> = client.call(Method::GET, &path, None).await?;
+            // Every page: a full one names the next in `x-next-cursor`.
+            let mut vms: Vec<VmView> = Vec::new();
+            let mut cursor: Option<String> = None;
+            loop {
+                let mut page_query = query.clone();
+                if let Some(cursor) = &cursor {
+                    page_query.push(format!("cursor={}", web::api::encode(cursor)));
+                }
+                let response = client
+                    .stream(&format!("/v1/vms?{}", page_query.join("&")))
+                    .await?;
+                cursor = response
+                    .headers()
+                    .get("x-next-cursor")
+                    .and_then(|value| value.to_str().ok())
+                    .map(str::to_owned);
+                let page: Vec<VmView> = response
+                    .json()
+                    .await
+                    .context("the VM list is not the expected JSON")?;
+                vms.extend(page);
+                if cursor.is_none() {
+                    break;
+                }
+            }
             if target.json {
                 return print_json(&vms);
             }
