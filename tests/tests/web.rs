@@ -413,6 +413,16 @@ fn sign_in_repositories_branches_and_webhooks() {
     browser.screenshot("webhook-delivery");
     browser.goto(&hook_page);
     browser.click(&browser.find("#delivery-log tr.delivery button"));
+    // The receiver gets it before the browser goes anywhere else: loading
+    // a page now could cancel the form's submission before it is sent.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while received.load(Ordering::SeqCst) < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the redelivery never reached the receiver"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     // A redelivery is another attempt of the same delivery.
     browser.wait_until("the redelivery", Duration::from_secs(30), |b| {
         b.goto(&hook_page);
