@@ -413,14 +413,6 @@ impl Sandboxes {
         Ok(row)
     }
 
-    pub async fn list(&self) -> Result<Vec<VmRow>, VmError> {
-        let mut rows = Vec::new();
-        for row in self.store.list_vms().await? {
-            rows.push(self.get(&row.id).await.unwrap_or(row));
-        }
-        Ok(rows)
-    }
-
     /// A page of VMs as `filter` asks, each with its state refreshed as by
     /// [`Self::get`].
     pub async fn find(&self, filter: &crate::store::VmFilter) -> Result<Vec<VmRow>, VmError> {

@@ -1,47 +1,58 @@
 //! The idle reaper: once a second, persistent VMs idle past their timeout
 //! are paused to disk, ephemeral ones destroyed. Beside it, the expiry
-//! loop destroys VMs whose deadline (`ttl_secs`) has passed.
+//! loop destroys VMs whose deadline (`ttl_secs`) has passed (one at a
+//! time: an expiry may wait `expiry_grace` for its VM's users).
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::Sandboxes;
-use crate::store::unix_now;
+use super::{Sandboxes, VmError};
+use crate::store::{VmRow, unix_now};
 
 pub fn start(sandboxes: Arc<Sandboxes>, every: Duration, shutdown: CancellationToken) {
-    start_expiry(sandboxes.clone(), every, shutdown.clone());
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(every);
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tick.tick() => {}
-            }
-            let idle = match sandboxes.store.idle_vms(unix_now()).await {
-                Ok(idle) => idle,
-                Err(error) => {
-                    tracing::error!(error = %error, "reading idle sandboxes failed");
-                    continue;
-                }
-            };
-            for vm in idle {
+    let reaper = sandboxes.clone();
+    each_tick(every, shutdown.clone(), "idle", move || {
+        let sandboxes = reaper.clone();
+        async move {
+            for vm in sandboxes.store.idle_vms(unix_now()).await? {
                 match sandboxes.reap_if_idle(&vm).await {
                     Ok(Some(what)) => tracing::info!(vm = %vm.id, what, "idle sandbox"),
                     Ok(None) => {}
-                    Err(error) => {
-                        tracing::warn!(vm = %vm.id, error = %error, "idle sandbox could not be reaped")
-                    }
+                    Err(error) => failed(&vm, "idle sandbox could not be reaped", &error),
                 }
             }
+            Ok(())
+        }
+    });
+    each_tick(every, shutdown, "expired", move || {
+        let sandboxes = sandboxes.clone();
+        async move {
+            for vm in sandboxes.store.expired_vms(unix_now()).await? {
+                match sandboxes.expire(&vm).await {
+                    Ok(true) => tracing::info!(vm = %vm.id, "expired sandbox destroyed"),
+                    Ok(false) => {}
+                    Err(error) => failed(&vm, "expired sandbox could not be destroyed", &error),
+                }
+            }
+            Ok(())
         }
     });
 }
 
-/// Destroys, once a second, the VMs whose deadline has passed (one at a
-/// time: an expiry may wait `expiry_grace` for its VM's users).
-fn start_expiry(sandboxes: Arc<Sandboxes>, every: Duration, shutdown: CancellationToken) {
+fn failed(vm: &VmRow, what: &'static str, error: &VmError) {
+    tracing::warn!(vm = %vm.id, error = %error, "{what}");
+}
+
+/// Runs `pass` every `every` until `shutdown`; a pass that fails (reading
+/// the `which` sandboxes) is logged and the next tick tries again.
+fn each_tick<F, Fut>(every: Duration, shutdown: CancellationToken, which: &'static str, pass: F)
+where
+    F: Fn() -> Fut + Send + 'static,
+    Fut: Future<Output = crate::store::Result<()>> + Send,
+{
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
         loop {
@@ -49,21 +60,8 @@ fn start_expiry(sandboxes: Arc<Sandboxes>, every: Duration, shutdown: Cancellati
                 _ = shutdown.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            let expired = match sandboxes.store.expired_vms(unix_now()).await {
-                Ok(expired) => expired,
-                Err(error) => {
-                    tracing::error!(error = %error, "reading expired sandboxes failed");
-                    continue;
-                }
-            };
-            for vm in expired {
-                match sandboxes.expire(&vm).await {
-                    Ok(true) => tracing::info!(vm = %vm.id, "expired sandbox destroyed"),
-                    Ok(false) => {}
-                    Err(error) => {
-                        tracing::warn!(vm = %vm.id, error = %error, "expired sandbox could not be destroyed")
-                    }
-                }
+            if let Err(error) = pass().await {
+                tracing::error!(error = %error, "reading {which} sandboxes failed");
             }
         }
     });

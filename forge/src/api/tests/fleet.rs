@@ -288,6 +288,13 @@ async fn a_vm_past_its_deadline_is_destroyed_even_in_use_and_the_deadline_moves(
         [doomed.as_str()],
         "a moved deadline is not due"
     );
+    // A second holder that never lets go: a streamed exec whose reader
+    // stopped reading (its response, and so its hold, stays alive).
+    let never_read = app
+        .sandboxes()
+        .exec_stream(&doomed, sandbox::Command::shell("sleep 600"))
+        .await
+        .expect("a streamed exec");
     let expiry = {
         let app = app.clone();
         let row = due[0].clone();
@@ -309,9 +316,15 @@ async fn a_vm_past_its_deadline_is_destroyed_even_in_use_and_the_deadline_moves(
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    // The exec never lets go (a client that stopped reading keeps its
+    // hold alive): the expiry ends all the same, after its graces.
+    let expired = tokio::time::timeout(Duration::from_secs(5), expiry)
+        .await
+        .expect("an expiry is not held up by a holder that never lets go");
+    assert!(expired.expect("the expiry task").expect("expires"));
+    drop(never_read);
     gate.open();
     let _ = busy.await;
-    assert!(expiry.await.expect("the expiry task").expect("expires"));
     let (status, _) = app
         .call(
             Method::GET,
