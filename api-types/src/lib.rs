@@ -8,7 +8,7 @@
 //!   columns; `migrations/0009_state_checks.sql` holds the database to the
 //!   same lists.
 //! - One module per resource with its request and response bodies:
-//!   [`vms`], [`runs`], [`repos`], [`events`], [`tokens`], [`webhooks`], [`github`],
+//!   [`vms`], [`snapshots`], [`templates`], [`runs`], [`repos`], [`events`], [`tokens`], [`webhooks`], [`github`],
 //!   and the error body every failure uses, [`error`].
 //!
 //! The JSON these types produce is the wire format the README documents:
@@ -22,7 +22,9 @@ pub mod events;
 pub mod github;
 pub mod repos;
 pub mod runs;
+pub mod snapshots;
 pub mod states;
+pub mod templates;
 pub mod tokens;
 pub mod vms;
 pub mod webhooks;
@@ -30,5 +32,5 @@ pub mod webhooks;
 pub use error::{ErrorBody, ErrorCode, ErrorDetail, FieldError};
 pub use states::{
     DeliveryState, DevServerState, PullState, RefSyncState, ReviewVerdict, RunState, StepState,
-    UnknownState, VmState,
+    TemplateState, UnknownState, VmState,
 };

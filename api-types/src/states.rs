@@ -222,6 +222,18 @@ states! {
 }
 
 states! {
+    /// A template's build (`template_builds.state`).
+    pub enum TemplateState as "snake_case" {
+        Building = "building",
+        /// Built: VMs start from it.
+        Ready = "ready",
+        /// The build failed; its log says why. Posting the spec again
+        /// builds it again.
+        Failed = "failed",
+    }
+}
+
+states! {
     /// A GitHub pull request as the forge records it (`github_pulls.state`).
     pub enum PullState as "snake_case" {
         Open = "open",
@@ -285,7 +297,8 @@ mod tests {
         DeliveryState,
         DevServerState,
         PullState,
-        ReviewVerdict
+        ReviewVerdict,
+        TemplateState
     );
 
     #[test]
@@ -336,6 +349,11 @@ mod tests {
     fn pull_states_and_verdicts_are_spelled_as_stored() {
         pinned::<PullState>(&["open", "closed"]);
         pinned::<ReviewVerdict>(&["COMMENT", "APPROVE", "REQUEST_CHANGES"]);
+    }
+
+    #[test]
+    fn template_states_are_spelled_as_stored() {
+        pinned::<TemplateState>(&["building", "ready", "failed"]);
     }
 
     #[test]

@@ -40,6 +40,14 @@ pub struct CreateVm {
     /// activity (at most 30 days); `POST /v1/vms/{id}/timeout` moves it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ttl_secs: Option<u64>,
+    /// Start from this template (its name) instead of the default image;
+    /// sizes, environment and server come from it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
+    /// Start from this snapshot (its name or id): its files and, where it
+    /// kept them, its running processes. Sizes come from it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
 }
 
 /// What becomes of an idle VM: `{"type": "persistent" | "ephemeral"}`.
@@ -121,6 +129,12 @@ pub struct VmView {
     /// never.
     #[serde(default)]
     pub expires_at: Option<String>,
+    /// The template it started from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
+    /// The snapshot (id) it started from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dev_server: Option<DevServerStatus>,
     /// Where the dev server is seen, when the VM has one.
@@ -388,9 +402,20 @@ pub struct SandboxSystem {
     pub warm_pool: WarmPoolStatus,
 }
 
-/// The warm pool: how many sandboxes it keeps, how many are ready now.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+/// The warm pools: how many sandboxes of the forge's image the default
+/// pool keeps and how many are ready now, and the same for each template's.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct WarmPoolStatus {
+    pub target: usize,
+    pub ready: usize,
+    #[serde(default)]
+    pub templates: Vec<TemplatePoolStatus>,
+}
+
+/// A template's warm pool.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct TemplatePoolStatus {
+    pub template: String,
     pub target: usize,
     pub ready: usize,
 }
@@ -435,6 +460,8 @@ mod tests {
             created_at: "2026-01-01T00:00:00Z".into(),
             labels: BTreeMap::from([("team".into(), "web".into())]),
             expires_at: None,
+            template: None,
+            snapshot: None,
             dev_server: None,
             preview_url: None,
         }

@@ -79,6 +79,10 @@ pub struct SandboxRecord {
     /// The host id range of its user namespace; taken at the first start.
     #[serde(default)]
     pub ids: Option<IdMap>,
+    /// The id range its checkpoint's processes were dumped with, when it
+    /// is not `ids` (a copy saved from another sandbox's processes).
+    #[serde(default)]
+    pub checkpoint_ids: Option<IdMap>,
     /// The secret its agent requires in every `Hello` (forks share their
     /// parent's: they carry its agent's memory).
     #[serde(default)]

@@ -4,7 +4,8 @@
 //! handlers and the common error shape), [`auth`] (tokens and scopes),
 //! [`git`] (repositories on disk, smart HTTP, reading history),
 //! [`events`] (the outbox and its in-process fan-out), [`vms`] (sandboxes:
-//! backend, limits, lifecycle), [`pipelines`] (a run per push), [`webhooks`]
+//! backend, limits, lifecycle, snapshots), [`templates`] (images built
+//! from a spec), [`pipelines`] (a run per push), [`webhooks`]
 //! (subscriptions fed from the outbox), [`github`] (the GitHub App: sync and
 //! the review bot), [`review`] (tool findings placed on a change's diff)
 //! and [`store`] (every SQL query). The
@@ -22,6 +23,7 @@ pub mod pipelines;
 pub mod review;
 pub mod server;
 pub mod store;
+pub mod templates;
 #[cfg(test)]
 mod testing;
 pub mod vms;

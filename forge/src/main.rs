@@ -128,9 +128,10 @@ enum Command {
         #[arg(long, env = "FORGE_METRICS_LISTEN")]
         metrics_listen: Option<std::net::SocketAddr>,
         /// Sandboxes to keep created and paused for creates to take at
-        /// once: `default=N` (or `N`). They count against the caps.
-        #[arg(long, env = "FORGE_WARM_POOL", value_parser = forge::vms::pool::parse_warm_pool, default_value = "0")]
-        warm_pool: usize,
+        /// once: `default=N` (or `N`) for the forge's image, `<template>=N`
+        /// for a template's, comma-separated. They count against the caps.
+        #[arg(long, env = "FORGE_WARM_POOL", value_parser = forge::vms::pool::parse_warm_pool, default_value = "")]
+        warm_pool: forge::vms::pool::PoolTargets,
         /// Waits between webhook delivery attempts (units ms, s, m, h).
         #[arg(
             long,
@@ -169,6 +170,12 @@ enum Command {
     /// Sandboxes: create, list, exec, fork, pause, resume, rm.
     #[command(subcommand)]
     Vm(cli::VmCommand),
+    /// Snapshots of sandboxes: create, list, show, rm.
+    #[command(subcommand)]
+    Snapshot(cli::SnapshotCommand),
+    /// Templates built from a spec: build, list, show, logs, rm.
+    #[command(subcommand)]
+    Template(cli::TemplateCommand),
     /// Pipeline runs: list, show, logs.
     #[command(subcommand)]
     Run(cli::RunCommand),
@@ -311,6 +318,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             follow,
         } => runtime()?.block_on(cli::events(&target, &repo, after, follow)),
         Command::Vm(command) => runtime()?.block_on(cli::vm(&target, command)),
+        Command::Snapshot(command) => runtime()?.block_on(cli::snapshot(&target, command)),
+        Command::Template(command) => runtime()?.block_on(cli::template(&target, command)),
         Command::Run(command) => runtime()?.block_on(cli::run(&target, command)),
         Command::Hook(command) => runtime()?.block_on(cli::hook(&target, command)),
         Command::Github(command) => runtime()?.block_on(cli::github(&target, command)),

@@ -134,6 +134,7 @@ pub struct AppState {
     /// The GitHub App, when configured.
     pub github: Option<Arc<crate::github::Github>>,
     pub pipelines: Arc<crate::pipelines::Pipelines>,
+    pub templates: Arc<crate::templates::Templates>,
 }
 
 /// The file holding the first admin token.
@@ -267,6 +268,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         },
     );
     pipelines.start(stopping.clone());
+    let templates = crate::templates::Templates::new(store.clone(), sandboxes.clone());
+    if let Err(error) = templates.recover().await {
+        tracing::error!(%error, "recovering template builds failed");
+    }
     let state = AppState {
         store: store.clone(),
         repos,
@@ -277,6 +282,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         webhooks: webhooks.handle(),
         github,
         pipelines,
+        templates,
     };
     let tasks = state.tasks.clone();
     let request_id = HeaderName::from_static("x-request-id");

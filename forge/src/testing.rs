@@ -148,6 +148,7 @@ impl TestAppBuilder {
         if self.pipelines {
             pipelines.start(stopping.clone());
         }
+        let templates = crate::templates::Templates::new(store.clone(), sandboxes.clone());
         let state = AppState {
             store: store.clone(),
             repos,
@@ -158,6 +159,7 @@ impl TestAppBuilder {
             webhooks: webhooks.handle(),
             github: None,
             pipelines,
+            templates,
         };
         let admin = auth::new_secret();
         store

@@ -318,6 +318,16 @@ impl Backend for ContainerSandboxes {
         })
     }
 
+    fn snapshot<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Carried>> {
+        Box::pin(async move {
+            // A checkpoint cannot hold the host's agent connection.
+            self.forget(id);
+            let owned = id.to_owned();
+            let copy = self.call(move |b| b.save_copy(&owned)).await?;
+            Ok(carried(&copy))
+        })
+    }
+
     fn destroy<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             self.forget(id);
@@ -368,6 +378,7 @@ impl Backend for ContainerSandboxes {
                 memory_bytes: stats.cgroup.memory_bytes,
                 cpu_usage_ns: stats.cgroup.cpu_usage_ns,
                 disk_bytes: stats.disk_bytes,
+                saved_bytes: stats.checkpoint_bytes,
             })
         })
     }

@@ -86,6 +86,27 @@ pub trait Backend: Send + Sync {
     /// the backend can).
     fn fork<'a>(&'a self, id: &'a str, count: usize) -> BoxFuture<'a, Result<Vec<Carried>>>;
 
+    /// A copy of running sandbox `id` (which keeps running) left paused to
+    /// disk and never resumed: a snapshot. Forks of the copy start from it
+    /// as often as asked, side by side; it says what it kept. By default a
+    /// fork of one copy, paused to disk; a backend that can save the copy
+    /// without starting it does so.
+    fn snapshot<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Carried>> {
+        Box::pin(async move {
+            let copy = self
+                .fork(id, 1)
+                .await?
+                .pop()
+                .ok_or_else(|| Error::Invalid(format!("the fork of {id} made no copy")))?;
+            if let Err(error) = self.pause(&copy.sandbox.id, PauseMode::Disk).await {
+                let _ = self.destroy(&copy.sandbox.id).await;
+                return Err(error);
+            }
+            let sandbox = self.get(&copy.sandbox.id).await?;
+            Ok(Carried { sandbox, ..copy })
+        })
+    }
+
     /// Stop the sandbox and remove everything it owns.
     fn destroy<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<()>>;
 

@@ -204,4 +204,7 @@ pub struct Stats {
     pub cpu_usage_ns: u64,
     /// Bytes written to the sandbox's own disk layer, when known.
     pub disk_bytes: Option<u64>,
+    /// Bytes its memory and processes take on disk while it is paused to
+    /// disk (a checkpoint or a memory file), when it has them.
+    pub saved_bytes: Option<u64>,
 }

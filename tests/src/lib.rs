@@ -705,22 +705,35 @@ pub fn git_run(dir: &Path, args: &[&str]) -> Output {
 }
 
 /// The forge's environment that lets its sandboxes install from the npm
-/// registry through the egress proxy: the registry on the allow-list (with
-/// `extra`, comma-separated), its addresses vouched for where it resolves
-/// to non-public ones (a mirror), and the host's trust store, which knows a
-/// TLS-inspecting way out.
+/// registry through the egress proxy (see [`egress_env`]), `extra` hosts
+/// (comma-separated) on the allow-list besides, their addresses not
+/// vouched for.
 pub fn npm_registry_env(extra: &str) -> Vec<(&'static str, String)> {
-    let registry_nets: Vec<String> =
-        std::net::ToSocketAddrs::to_socket_addrs(&("registry.npmjs.org", 443))
-            .map(|addrs| addrs.map(|a| a.ip().to_string()).collect())
-            .unwrap_or_default();
-    let mut allow = "registry.npmjs.org".to_owned();
+    let mut env = egress_env(&["registry.npmjs.org"]);
     if !extra.is_empty() {
-        allow = format!("{allow},{extra}");
+        env[0].1 = format!("{},{extra}", env[0].1);
     }
+    env
+}
+
+/// The forge's environment that lets its sandboxes reach `hosts` through
+/// the egress proxy: them on the allow-list (first), their addresses
+/// vouched for where they resolve to non-public ones (a mirror), and the
+/// host's trust store, which knows a TLS-inspecting way out.
+pub fn egress_env(hosts: &[&str]) -> Vec<(&'static str, String)> {
+    let mut nets: Vec<String> = hosts
+        .iter()
+        .flat_map(|host| {
+            std::net::ToSocketAddrs::to_socket_addrs(&(*host, 443))
+                .map(|addrs| addrs.map(|a| a.ip().to_string()).collect::<Vec<_>>())
+                .unwrap_or_default()
+        })
+        .collect();
+    nets.sort();
+    nets.dedup();
     vec![
-        ("FORGE_EGRESS_ALLOW", allow),
-        ("FORGE_EGRESS_ALLOW_NETS", registry_nets.join(",")),
+        ("FORGE_EGRESS_ALLOW", hosts.join(",")),
+        ("FORGE_EGRESS_ALLOW_NETS", nets.join(",")),
         (
             "FORGE_SANDBOX_CA_BUNDLE",
             "/etc/ssl/certs/ca-certificates.crt".to_owned(),

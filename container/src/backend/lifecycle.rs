@@ -34,7 +34,7 @@ const PARALLEL_STARTS: usize = 4;
 impl ContainerBackend {
     /// Where sandbox `id`'s pause-to-disk checkpoint goes, in its images
     /// subvolume (see `layers`).
-    fn checkpoint_dir(&self, id: &str) -> std::path::PathBuf {
+    pub(super) fn checkpoint_dir(&self, id: &str) -> std::path::PathBuf {
         self.layers.images(id).join("checkpoint")
     }
 
@@ -211,7 +211,7 @@ impl ContainerBackend {
             Status::PausedToDisk | Status::Crashed => {
                 self.stop_processes(&record)?;
                 let images = self.checkpoint_dir(id);
-                let checkpoint = match record.ids {
+                let checkpoint = match record.checkpoint_ids.or(record.ids) {
                     Some(ids) if record.checkpoint && record.status == Status::PausedToDisk => {
                         Some(Checkpoint {
                             images: &images,
@@ -241,10 +241,24 @@ impl ContainerBackend {
     /// Dump a running parent for a fork, leaving it frozen; `None` (with the
     /// reason recorded) when there is no CRIU or the dump fails.
     fn dump_for_fork(&self, parent: &mut SandboxRecord) -> Option<std::path::PathBuf> {
+        let room = self.images_room(parent);
+        self.dump_into(
+            parent,
+            room.map(|room| room.join(format!("fork-{}", new_id("sb")))),
+        )
+    }
+
+    /// [`Self::dump_for_fork`] into `images` (or the reason there is no
+    /// room for them).
+    fn dump_into(
+        &self,
+        parent: &mut SandboxRecord,
+        images: Result<std::path::PathBuf, String>,
+    ) -> Option<std::path::PathBuf> {
         let (criu, pid1) = self.checkpointable(parent)?;
         let cgroup = self.cgroup(&parent.id);
-        let images = match self.images_room(parent) {
-            Ok(room) => room.join(format!("fork-{}", new_id("sb"))),
+        let images = match images {
+            Ok(images) => images,
             Err(reason) => {
                 parent.checkpoint_error = Some(reason);
                 return None;
@@ -302,17 +316,24 @@ impl ContainerBackend {
         Ok(())
     }
 
-    /// Fork `count` new sandboxes from `id` (which keeps running). Disk is
-    /// always kept; processes and memory too where CRIU works (see the
-    /// module docs).
+    /// Fork `count` new sandboxes from `id`. Disk is always kept;
+    /// processes and memory too where CRIU works (see the module docs). A
+    /// running parent keeps running. A parent paused to disk stays so, and
+    /// its checkpoint is restored into every child without being used up:
+    /// such a parent is a snapshot that children start from, and forks of
+    /// it run side by side (the operation lock is let go once the
+    /// children's layers exist).
     pub fn fork(&self, id: &str, count: usize) -> Result<Vec<Carried>, BackendError> {
         let lock = self.operation_lock(id);
-        let _serialised = lock.lock().unwrap_or_else(|p| p.into_inner());
+        let serialised = lock.lock().unwrap_or_else(|p| p.into_inner());
         let mut parent = self.refresh(id)?;
         let cgroup = self.cgroup(id);
         let running = parent.status == Status::Running;
+        let saved = parent.status == Status::PausedToDisk && parent.checkpoint;
         let images = if running {
             self.dump_for_fork(&mut parent)
+        } else if saved {
+            Some(self.checkpoint_dir(id))
         } else {
             None
         };
@@ -342,6 +363,11 @@ impl ContainerBackend {
                 cgroup.thaw()?;
             }
         }
+        if !running {
+            // The layers are taken; the parent does not change under the
+            // children's starts.
+            drop(serialised);
+        }
         let mut started = Vec::with_capacity(children.len());
         if failure.is_some() {
             for child_id in &children {
@@ -359,7 +385,7 @@ impl ContainerBackend {
                             let parent = &parent;
                             let checkpoint = images
                                 .as_deref()
-                                .zip(parent.ids)
+                                .zip(parent.checkpoint_ids.or(parent.ids))
                                 .map(|(images, ids)| Checkpoint { images, ids });
                             scope.spawn(move || self.start_child(parent, child_id, checkpoint))
                         })
@@ -384,7 +410,7 @@ impl ContainerBackend {
                 }
             }
         }
-        if let Some(images) = &images {
+        if let Some(images) = images.as_ref().filter(|_| !saved) {
             let _ = fs::remove_dir_all(images);
         }
         if let Some(err) = failure {
@@ -396,33 +422,98 @@ impl ContainerBackend {
         Ok(started)
     }
 
-    fn start_child(
-        &self,
-        parent: &SandboxRecord,
-        child_id: &str,
-        checkpoint: Option<Checkpoint<'_>>,
-    ) -> Result<Carried, BackendError> {
-        let mut record = SandboxRecord {
-            id: child_id.to_owned(),
+    /// A copy of running sandbox `id` (which keeps running) that is never
+    /// started: its top layer snapshotted and, where CRIU works, its
+    /// processes dumped as the copy's checkpoint; the copy is left paused
+    /// to disk. Forks of the copy restore that checkpoint (see [`Self::fork`]):
+    /// this is how a snapshot is taken, without restoring and dumping again.
+    pub fn save_copy(&self, id: &str) -> Result<Carried, BackendError> {
+        let lock = self.operation_lock(id);
+        let _serialised = lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut parent = self.refresh(id)?;
+        if parent.status != Status::Running {
+            return Err(BackendError::WrongState {
+                id: id.to_owned(),
+                status: parent.status,
+                needed: "running",
+            });
+        }
+        let copy_id = new_id("sb");
+        self.prepare_dir(&copy_id)?;
+        let made = (|| {
+            let ids = self.take_ids(&copy_id)?;
+            let room = self
+                .layers
+                .ensure_images(&copy_id, Self::checkpoint_cap(&parent))
+                .map_err(|e| e.to_string());
+            let images = self.dump_into(&mut parent, room.map(|room| room.join("checkpoint")));
+            if images.is_none() {
+                self.cgroup(id).freeze()?;
+            }
+            let layer = self.layers.snapshot(&parent.top_layer, &copy_id);
+            if images.is_some() {
+                self.release_after_dump(id)?;
+            } else {
+                self.cgroup(id).thaw()?;
+            }
+            layer?;
+            let record = SandboxRecord {
+                checkpoint: images.is_some(),
+                checkpoint_ids: images.as_ref().and(parent.ids),
+                ..Self::copy_record(&parent, &copy_id, ids)
+            };
+            record.save(&self.sandbox_dir(&copy_id))?;
+            let kept = if record.checkpoint {
+                ALL.to_vec()
+            } else {
+                vec![Kept::Disk]
+            };
+            Ok::<_, BackendError>(Carried {
+                sandbox: self.info(&record),
+                kept,
+                agent: None,
+            })
+        })();
+        if made.is_err() {
+            self.discard(&copy_id);
+        }
+        made
+    }
+
+    /// The record of a copy of `parent` named `id`, with its own id range,
+    /// paused to disk, without a checkpoint yet.
+    fn copy_record(parent: &SandboxRecord, id: &str, ids: crate::spec::IdMap) -> SandboxRecord {
+        SandboxRecord {
+            id: id.to_owned(),
             status: Status::PausedToDisk,
             pid1: None,
             supervisor: None,
             image_root: parent.image_root.clone(),
-            top_layer: child_id.to_owned(),
+            top_layer: id.to_owned(),
             lower_layers: parent.lower_layers.clone(),
             limits: parent.limits.clone(),
             init: parent.init.clone(),
             env: parent.env.clone(),
             binds: parent.binds.clone(),
             agent: parent.agent,
-            hostname: child_id.to_owned(),
+            hostname: id.to_owned(),
             checkpoint: false,
             checkpoint_error: parent.checkpoint_error.clone(),
             forked_from: Some(parent.id.clone()),
             created_at_secs: now_secs(),
-            ids: Some(self.take_ids(child_id)?),
+            ids: Some(ids),
+            checkpoint_ids: None,
             agent_token: parent.agent_token.clone(),
-        };
+        }
+    }
+
+    fn start_child(
+        &self,
+        parent: &SandboxRecord,
+        child_id: &str,
+        checkpoint: Option<Checkpoint<'_>>,
+    ) -> Result<Carried, BackendError> {
+        let mut record = Self::copy_record(parent, child_id, self.take_ids(child_id)?);
         // The snapshot of the parent's layer carried its run directory: the
         // console log restored processes reopen where they left it.
         let (sandbox, kept) = self.start_from(&mut record, checkpoint)?;

@@ -198,6 +198,9 @@ pub struct SandboxStats {
     pub cgroup: CgroupStats,
     /// Bytes referenced by the writable layer (btrfs accounting), if known.
     pub disk_bytes: Option<u64>,
+    /// Bytes of the pause-to-disk checkpoint (memory and processes), when
+    /// the sandbox has one.
+    pub checkpoint_bytes: Option<u64>,
 }
 
 /// How to pause.
@@ -510,6 +513,7 @@ impl ContainerBackend {
             forked_from: None,
             created_at_secs: now_secs(),
             ids: None,
+            checkpoint_ids: None,
             agent_token: None,
         };
         if request.agent {
@@ -917,6 +921,8 @@ impl ContainerBackend {
             status: record.status,
             cgroup: self.cgroup(id).stats(),
             disk_bytes: self.layers.usage_bytes(&record.top_layer),
+            checkpoint_bytes: (record.checkpoint && record.status == Status::PausedToDisk)
+                .then(|| crate::checkpoint::images_bytes(&self.checkpoint_dir(id))),
         })
     }
 }

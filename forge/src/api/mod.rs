@@ -20,6 +20,8 @@ mod preview;
 mod processes;
 mod repos;
 mod runs;
+mod snapshots;
+mod templates;
 mod terminal;
 #[cfg(test)]
 mod tests;
@@ -55,6 +57,11 @@ pub fn loggable_path(path: &str) -> &str {
 use crate::auth::{self, Caller};
 use crate::server::AppState;
 
+/// The data line of a server-sent event.
+fn event_data(value: &impl serde::Serialize) -> String {
+    serde_json::to_string(value).unwrap_or_default()
+}
+
 /// Every route of the forge, each with its OpenAPI entry (see
 /// [`openapi`]).
 fn routes() -> OpenApiRouter<AppState> {
@@ -84,6 +91,12 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(processes::start, processes::list))
         .routes(routes!(processes::logs))
         .routes(routes!(processes::signal))
+        .routes(routes!(snapshots::create))
+        .routes(routes!(snapshots::list))
+        .routes(routes!(snapshots::show, snapshots::delete))
+        .routes(routes!(templates::put, templates::list))
+        .routes(routes!(templates::show, templates::delete))
+        .routes(routes!(templates::build))
         .merge(terminal::routes())
         .routes(routes!(vms::read_file, vms::write_file, vms::delete_file))
         // The port's root, with and without its slash, as the catch-all

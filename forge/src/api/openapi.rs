@@ -39,6 +39,8 @@ use utoipa::{IntoParams, Modify};
     tags(
         (name = "vms", description = "Sandboxes: create, exec, fork, pause, resume, files, ports, terminal"),
         (name = "repos", description = "Repositories, branches, contents and the event feed"),
+        (name = "snapshots", description = "Named snapshots of VMs, which new VMs start from"),
+        (name = "templates", description = "Images built from a spec, which new VMs start from"),
         (name = "runs", description = "Pipeline runs and their logs"),
         (name = "webhooks", description = "Outgoing webhooks and their deliveries"),
         (name = "github", description = "The GitHub App: linked repositories and incoming events"),
@@ -54,6 +56,8 @@ use utoipa::{IntoParams, Modify};
         api_types::runs::StepEvent,
         api_types::runs::LogEvent,
         api_types::runs::RunEnd,
+        api_types::templates::BuildStep,
+        api_types::templates::BuildLog,
     )),
     modifiers(&Conventions),
 )]
@@ -102,6 +106,30 @@ pub struct GitRepoPath {
 pub struct VmPath {
     /// The VM's id.
     pub id: String,
+}
+
+/// A snapshot, by name or id.
+#[derive(Debug, Deserialize, IntoParams)]
+#[allow(
+    dead_code,
+    reason = "the handlers read these by position; the struct names them for the document"
+)]
+#[into_params(parameter_in = Path)]
+pub struct SnapshotPath {
+    /// The snapshot's name or id.
+    pub key: String,
+}
+
+/// A template, by name.
+#[derive(Debug, Deserialize, IntoParams)]
+#[allow(
+    dead_code,
+    reason = "the handlers read these by position; the struct names them for the document"
+)]
+#[into_params(parameter_in = Path)]
+pub struct TemplatePath {
+    /// The template's name.
+    pub name: String,
 }
 
 /// A path inside a VM.

@@ -74,8 +74,13 @@ pub async fn start(
     Path(id): Path<String>,
     Body(request): Body<StartProcess>,
 ) -> Result<(StatusCode, Json<ProcessView>), ApiError> {
-    owned(&state, &caller, &id).await?;
-    let command = command_of(request.command, request.argv, request.env, request.cwd)?;
+    let row = owned(&state, &caller, &id).await?;
+    let command = command_of(
+        request.command,
+        request.argv,
+        request.env,
+        request.cwd.or(row.workdir),
+    )?;
     let pid = state.sandboxes.spawn(&id, command).await?;
     let started = state
         .sandboxes

@@ -16,9 +16,9 @@ use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use serde::Deserialize;
 
-use super::ApiError;
 use super::openapi::RepoPath;
 use super::repos::authorize;
+use super::{ApiError, event_data};
 use crate::auth::{Caller, Scope};
 use crate::git::inspect;
 use crate::pipelines::RunRefused;
@@ -374,9 +374,4 @@ fn async_stream(
         }
     })
     .flatten()
-}
-
-/// The data line of a server-sent event.
-fn event_data(value: &impl serde::Serialize) -> String {
-    serde_json::to_string(value).unwrap_or_default()
 }

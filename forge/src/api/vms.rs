@@ -12,8 +12,8 @@ use api_types::VmState;
 use api_types::vms::{
     CarriedVm, CreateVm, EgressUsage, ExecExit, ExecFailure, ExecOutput, ExecRequest, ExecText,
     FileEntry, FileKind, ForkRequest, Forks, Kept, PauseRequest, Persistence, PersistenceKind,
-    SandboxLimits, SandboxQueue, SandboxSystem, System, TimeoutRequest, VmDetail, VmStats, VmView,
-    WarmPoolStatus,
+    SandboxLimits, SandboxQueue, SandboxSystem, System, TemplatePoolStatus, TimeoutRequest,
+    VmDetail, VmStats, VmView, WarmPoolStatus,
 };
 use axum::Json;
 use axum::body::Bytes;
@@ -23,7 +23,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 
 use super::openapi::{FilePath, VmPath};
-use super::{ApiError, Body, created};
+use super::{ApiError, Body, created, event_data};
 use crate::auth::{Caller, Scope};
 use crate::server::AppState;
 use crate::store::{Visibility, VmFilter, VmRow};
@@ -59,6 +59,8 @@ async fn view(state: &AppState, row: VmRow) -> Result<VmView, ApiError> {
     Ok(VmView {
         dev_server,
         preview_url,
+        template: row.template.clone(),
+        snapshot: row.snapshot_id.clone(),
         labels: row.labels(),
         expires_at: row.expires_at(),
         id: row.id,
@@ -140,7 +142,22 @@ pub async fn system(State(state): State<AppState>, _caller: Caller) -> Json<Syst
             },
             warm_pool: {
                 let (ready, target) = state.sandboxes.warm_pool();
-                WarmPoolStatus { target, ready }
+                let templates = state
+                    .sandboxes
+                    .warm_pools()
+                    .into_iter()
+                    .filter(|(name, _, _)| name != crate::vms::pool::DEFAULT_POOL)
+                    .map(|(template, target, ready)| TemplatePoolStatus {
+                        template,
+                        target,
+                        ready,
+                    })
+                    .collect();
+                WarmPoolStatus {
+                    target,
+                    ready,
+                    templates,
+                }
             },
         },
     })
@@ -204,6 +221,28 @@ pub async fn create(
     if !caller.is_admin() {
         state.sandboxes.check_quota(&caller.token_id, 1).await?;
     }
+    let origin = super::snapshots::origin_of(&state, &caller, &request).await?;
+    if let Some(origin) = &origin {
+        let snapshot = &origin.origin.snapshot;
+        let differs = request
+            .vcpus
+            .is_some_and(|v| i64::from(v) != snapshot.vcpus)
+            || request
+                .mem_mib
+                .is_some_and(|m| m as i64 != snapshot.mem_mib)
+            || request.disk_mib.is_some();
+        if differs {
+            return Err(ApiError::bad_request(format!(
+                "a VM from a snapshot or template has its sizes ({} vCPU, {} MiB of memory, its disk): leave vcpus, mem_mib and disk_mib out",
+                snapshot.vcpus, snapshot.mem_mib
+            )));
+        }
+    }
+    let dev_server = match (&request.dev_server, &origin) {
+        (Some(server), _) => Some(server.clone()),
+        (None, Some(origin)) => origin.start.clone(),
+        (None, None) => None,
+    };
     let persistent = request.persistence.map(|p| p.kind) != Some(PersistenceKind::Ephemeral);
     let row = state
         .sandboxes
@@ -217,9 +256,10 @@ pub async fn create(
             repo_id: repo.as_ref().map(|r| r.id.clone()),
             branch: checkout.as_ref().map(|(branch, _)| branch.clone()),
             created_by: caller.token_id.clone(),
-            dev_server: request.dev_server.clone(),
+            dev_server,
             labels: request.labels.clone(),
             ttl_secs: request.ttl_secs,
+            origin: origin.map(|origin| origin.origin),
         })
         .await?;
     if let (Some(repo), Some((branch, Some(commit)))) = (&repo, &checkout) {
@@ -504,8 +544,13 @@ pub async fn exec(
     headers: axum::http::HeaderMap,
     Body(request): Body<ExecRequest>,
 ) -> Result<Response, ApiError> {
-    owned(&state, &caller, &id).await?;
-    let mut command = command_of(request.command, request.argv, request.env, request.cwd)?;
+    let row = owned(&state, &caller, &id).await?;
+    let mut command = command_of(
+        request.command,
+        request.argv,
+        request.env,
+        request.cwd.or(row.workdir),
+    )?;
     if let Some(stdin) = request.stdin {
         command = command.stdin(stdin.into_bytes());
     }
@@ -566,11 +611,6 @@ fn exit_of(exited: &::sandbox::Exited) -> ExecExit {
         truncated: exited.truncated,
         timed_out: exited.timed_out,
     }
-}
-
-/// The data line of a server-sent event.
-fn event_data(value: &impl serde::Serialize) -> String {
-    serde_json::to_string(value).unwrap_or_default()
 }
 
 /// An exec as server-sent events: `stdout` and `stderr` (`{"text"}`) as the

@@ -78,6 +78,35 @@ impl Client {
     }
 }
 
+/// Reads a server-sent event stream, calling `on_event(event, data)` for
+/// each event until it returns `false` or the stream ends.
+pub async fn read_events(
+    response: reqwest::Response,
+    mut on_event: impl FnMut(&str, &str) -> anyhow::Result<bool>,
+) -> anyhow::Result<()> {
+    use futures_util::StreamExt;
+    let mut body = response.bytes_stream();
+    let mut buffer = String::new();
+    let mut event = String::new();
+    while let Some(chunk) = body.next().await {
+        buffer.push_str(&String::from_utf8_lossy(
+            &chunk.context("the event stream broke")?,
+        ));
+        while let Some(end) = buffer.find('\n') {
+            let line: String = buffer.drain(..=end).collect();
+            let line = line.trim_end();
+            if let Some(name) = line.strip_prefix("event:") {
+                event = name.trim().to_owned();
+            } else if let Some(data) = line.strip_prefix("data:")
+                && !on_event(&event, data.trim())?
+            {
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
+}
+
 /// `token` when given, else the admin token saved in the data directory.
 pub fn resolve_token(token: Option<String>, data_dir: &Path) -> anyhow::Result<String> {
     if let Some(token) = token.filter(|t| !t.trim().is_empty()) {

@@ -1,13 +1,15 @@
 //! The commands that talk to a running forge over HTTP: `repo`, `token`,
-//! `events`, `vm`, `run`, `hook`.
+//! `events`, `vm`, `snapshot`, `template`, `run`, `hook`.
 
 mod client;
 mod github;
 mod hook;
+mod images;
 mod vm;
 
 pub use github::{GithubCommand, github};
 pub use hook::{HookCommand, hook};
+pub use images::{SnapshotCommand, TemplateCommand, snapshot, template};
 pub use vm::{RunCommand, VmCommand, run, vm};
 
 use std::path::Path;

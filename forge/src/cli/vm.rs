@@ -9,7 +9,6 @@ use api_types::vms::{
     TimeoutRequest, VmView,
 };
 use clap::Subcommand;
-use futures_util::StreamExt;
 use reqwest::Method;
 use serde_json::Value;
 
@@ -40,6 +39,12 @@ pub enum VmCommand {
         /// Destroy it this many seconds from now, whatever it is doing.
         #[arg(long)]
         ttl_secs: Option<u64>,
+        /// Start from this template (`forge template build`).
+        #[arg(long, conflicts_with_all = ["snapshot", "vcpus", "mem_mib"])]
+        template: Option<String>,
+        /// Start from this snapshot (name or id).
+        #[arg(long, conflicts_with_all = ["vcpus", "mem_mib"])]
+        snapshot: Option<String>,
     },
     /// List sandboxes, oldest first.
     List {
@@ -144,6 +149,8 @@ pub async fn vm(target: &Target<'_>, command: VmCommand) -> anyhow::Result<()> {
             idle_timeout_secs,
             labels,
             ttl_secs,
+            template,
+            snapshot,
         } => {
             let request = CreateVm {
                 repo,
@@ -154,6 +161,8 @@ pub async fn vm(target: &Target<'_>, command: VmCommand) -> anyhow::Result<()> {
                 idle_timeout_secs,
                 labels: labels.into_iter().collect(),
                 ttl_secs,
+                template,
+                snapshot,
                 ..CreateVm::default()
             };
             client
@@ -371,40 +380,26 @@ async fn follow_logs(client: &super::client::Client, id: i64) -> anyhow::Result<
     let response = client
         .stream(&format!("/v1/runs/{id}/logs?follow=true"))
         .await?;
-    let mut body = response.bytes_stream();
-    let mut buffer = String::new();
-    let mut event = String::new();
     let mut stdout = std::io::stdout();
-    while let Some(chunk) = body.next().await {
-        buffer.push_str(&String::from_utf8_lossy(
-            &chunk.context("the log stream broke")?,
-        ));
-        while let Some(end) = buffer.find('\n') {
-            let line: String = buffer.drain(..=end).collect();
-            let line = line.trim_end();
-            if let Some(name) = line.strip_prefix("event:") {
-                event = name.trim().to_owned();
-            } else if let Some(data) = line.strip_prefix("data:") {
-                let data = data.trim();
-                match event.as_str() {
-                    "log" => {
-                        let log: LogEvent = serde_json::from_str(data)?;
-                        write!(stdout, "{}", log.text)?;
-                    }
-                    "step" => {
-                        let step: StepEvent = serde_json::from_str(data)?;
-                        writeln!(stdout, "== {} ({}) ==", step.name, step.status)?;
-                    }
-                    "end" => {
-                        let end: RunEnd = serde_json::from_str(data)?;
-                        writeln!(stdout, "== run {} ==", end.state)?;
-                        return Ok(());
-                    }
-                    _ => {}
-                }
-                stdout.flush()?;
+    super::client::read_events(response, |event, data| {
+        match event {
+            "log" => {
+                let log: LogEvent = serde_json::from_str(data)?;
+                write!(stdout, "{}", log.text)?;
             }
+            "step" => {
+                let step: StepEvent = serde_json::from_str(data)?;
+                writeln!(stdout, "== {} ({}) ==", step.name, step.status)?;
+            }
+            "end" => {
+                let end: RunEnd = serde_json::from_str(data)?;
+                writeln!(stdout, "== run {} ==", end.state)?;
+                return Ok(false);
+            }
+            _ => {}
         }
-    }
-    Ok(())
+        stdout.flush()?;
+        Ok(true)
+    })
+    .await
 }

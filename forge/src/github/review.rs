@@ -519,6 +519,7 @@ mod tests {
                 })
                 .collect(),
             steps_file: Some(StepsFile::ForgeToml),
+            template: None,
         })
     }
 
@@ -637,6 +638,7 @@ mod tests {
             install: None,
             steps: Vec::new(),
             steps_file: None,
+            template: None,
         }));
         assert!(none.origin().starts_with("No steps in `main`'s"));
     }

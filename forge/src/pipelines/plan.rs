@@ -5,6 +5,7 @@
 //! ```toml
 //! [pipeline]
 //! install = "bun install --frozen-lockfile"   # optional; default "bun install"
+//! template = "python"                         # optional; the sandbox's template
 //!
 //! [[pipeline.steps]]
 //! name = "lint"
@@ -76,6 +77,9 @@ pub struct Plan {
     pub steps: Vec<Step>,
     /// Where `steps` came from; `None` when neither file defines any.
     pub steps_file: Option<StepsFile>,
+    /// The template the branch's sandbox starts from (`/v1/templates`);
+    /// the forge's image when `None`.
+    pub template: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -88,6 +92,7 @@ struct ForgeToml {
 #[serde(deny_unknown_fields)]
 struct PipelineToml {
     install: Option<String>,
+    template: Option<String>,
     #[serde(default)]
     steps: Vec<StepToml>,
 }
@@ -136,6 +141,7 @@ pub fn plan_from(
         }
     }
     let custom_install = config.as_ref().and_then(|c| c.install.clone());
+    let template = config.as_ref().and_then(|c| c.template.clone());
     let install = (any_manifest || custom_install.is_some()).then(|| {
         let run = custom_install.unwrap_or_else(|| "bun install".to_owned());
         // Another command installs differently: it is part of the hash.
@@ -175,6 +181,7 @@ pub fn plan_from(
         install,
         steps,
         steps_file,
+        template,
     })
 }
 

@@ -140,7 +140,7 @@ impl Pipelines {
                 return Ok(Outcome::Failed);
             }
         };
-        let mut branch = self.branch_sandbox(run).await?;
+        let mut branch = self.branch_sandbox(run, plan.template.as_deref()).await?;
         self.store.start_run(run.id, &branch.vm_id).await?;
         let mut steps = vec![(
             "checkout".to_owned(),
@@ -257,12 +257,19 @@ impl Pipelines {
     }
 
     /// The branch's sandbox: its own when alive; else a fork of the default
-    /// branch's; else a new one.
-    async fn branch_sandbox(&self, run: &RunRow) -> anyhow::Result<BranchSandbox> {
+    /// branch's; else a new one, from `template` when the plan names one.
+    /// A sandbox of another template than the plan's is not reused.
+    async fn branch_sandbox(
+        &self,
+        run: &RunRow,
+        template: Option<&str>,
+    ) -> anyhow::Result<BranchSandbox> {
         let alive = |sandbox: Option<BranchSandbox>| async {
             let sandbox = sandbox?;
             match self.sandboxes.get(&sandbox.vm_id).await {
-                Ok(vm) if vm.state != VmState::Crashed => Some(sandbox),
+                Ok(vm) if vm.state != VmState::Crashed && vm.template.as_deref() == template => {
+                    Some(sandbox)
+                }
                 _ => None,
             }
         };
@@ -304,6 +311,10 @@ impl Pipelines {
                 }
             }
             None => {
+                let origin = match template {
+                    Some(name) => Some(crate::templates::origin(&self.store, name).await?.0),
+                    None => None,
+                };
                 let vm = self
                     .sandboxes
                     .create(NewVm {
@@ -322,6 +333,7 @@ impl Pipelines {
                             PIPELINE_LABEL.1.to_owned(),
                         )]),
                         ttl_secs: None,
+                        origin,
                     })
                     .await?;
                 BranchSandbox {

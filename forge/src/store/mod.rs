@@ -6,6 +6,7 @@ mod events;
 mod github;
 mod repos;
 mod runs;
+mod snapshots;
 mod tokens;
 mod vms;
 mod webhooks;
@@ -23,6 +24,7 @@ pub use events::{EventRow, NewEvent};
 pub use github::{GithubDelivery, GithubLink, GithubPull, GithubRefState};
 pub use repos::RepoRow;
 pub use runs::{BranchSandbox, NewRun, PlanSource, RunRow, StepRow};
+pub use snapshots::{MAX_BUILD_LOG_BYTES, SnapshotRow, TemplateBuildRow, TemplateRow};
 pub use tokens::{NewToken, TokenRow};
 pub use vms::{Visibility, VmFilter, VmRow, unix_now};
 pub use webhooks::{

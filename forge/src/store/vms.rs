@@ -25,6 +25,12 @@ pub struct VmRow {
     pub labels: String,
     /// When the VM is destroyed whatever its activity; `None`: never.
     pub expires_unix: Option<i64>,
+    /// The snapshot it started from.
+    pub snapshot_id: Option<String>,
+    /// The template it started from.
+    pub template: Option<String>,
+    /// Where its commands run when they name no directory.
+    pub workdir: Option<String>,
 }
 
 impl VmRow {
@@ -75,8 +81,8 @@ impl Store {
         sqlx::query(
             "INSERT INTO vms (id, backend, state, repo_id, branch, parent_id, vcpus, mem_mib, persistent,
                               idle_timeout_secs, created_by, created_at, last_active_unix, labels,
-                              expires_unix)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                              expires_unix, snapshot_id, template, workdir)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&vm.id)
         .bind(&vm.backend)
@@ -93,6 +99,9 @@ impl Store {
         .bind(vm.last_active_unix)
         .bind(&vm.labels)
         .bind(vm.expires_unix)
+        .bind(&vm.snapshot_id)
+        .bind(&vm.template)
+        .bind(&vm.workdir)
         .execute(&self.pool)
         .await?;
         Ok(())

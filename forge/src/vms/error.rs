@@ -10,6 +10,9 @@ use crate::store::StoreError;
 pub enum VmError {
     #[error("VM {0} does not exist")]
     NotFound(String),
+    /// Something else a request named is not there (the message says what).
+    #[error("{0}")]
+    Missing(String),
     #[error("{0}")]
     Invalid(String),
     #[error("{0}")]
@@ -54,7 +57,7 @@ impl From<VmError> for ApiError {
         use ::sandbox::Error as S;
         let message = error.to_string();
         match error {
-            VmError::NotFound(_) | VmError::Sandbox(S::NotFound(_)) => {
+            VmError::NotFound(_) | VmError::Missing(_) | VmError::Sandbox(S::NotFound(_)) => {
                 ApiError::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, message)
             }
             VmError::Invalid(_) | VmError::Sandbox(S::Invalid(_) | S::PathEscapes { .. }) => {

@@ -5,10 +5,10 @@
 //!    for containers, half-created sandbox directories, orphan cgroups,
 //!    checkpoint images of interrupted forks, and disk layers no sandbox
 //!    record references.
-//! 2. Sandboxes the backend still has but the `vms` table does not (the
-//!    forge died between creating a sandbox and recording it, or between
-//!    forgetting a VM and destroying it): destroyed, with their disk
-//!    layers and snapshots.
+//! 2. Sandboxes the backend still has but neither the `vms` nor the
+//!    `snapshots` table records (the forge died between creating a sandbox
+//!    and recording it, or between forgetting a VM and destroying it):
+//!    destroyed, with their disk layers and snapshots.
 //!
 //! Every removal is logged; nothing a recorded VM references is touched
 //! (a crashed VM keeps its disk until it is deleted).
@@ -20,7 +20,9 @@ pub(super) async fn collect(sandboxes: &Sandboxes) -> Result<Vec<String>, VmErro
     let (backend, _) = sandboxes.ready()?;
     let mut removed = backend.collect_garbage().await?;
     for sandbox in backend.list().await? {
-        if sandboxes.store.vm(&sandbox.id).await?.is_some() {
+        if sandboxes.store.vm(&sandbox.id).await?.is_some()
+            || sandboxes.store.is_snapshot_sandbox(&sandbox.id).await?
+        {
             continue;
         }
         match backend.destroy(&sandbox.id).await {

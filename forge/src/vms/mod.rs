@@ -50,6 +50,7 @@ pub mod network;
 pub mod pool;
 pub mod queue;
 mod reaper;
+pub mod snapshots;
 pub mod terminal;
 
 use std::collections::{BTreeMap, HashMap};
@@ -147,8 +148,9 @@ pub struct Limits {
     /// How long the commands and terminals of a VM past its deadline may
     /// keep it before it is stopped under them.
     pub expiry_grace: Duration,
-    /// Sandboxes kept created and paused for creates to take (`pool.rs`).
-    pub warm_pool: usize,
+    /// Sandboxes kept created and paused for creates to take, by pool
+    /// (`default`, or a template's name; `pool.rs`).
+    pub warm_pool: pool::PoolTargets,
 }
 
 impl Default for Limits {
@@ -165,7 +167,7 @@ impl Default for Limits {
             queue_wait: Duration::from_secs(30),
             max_live_per_token: None,
             expiry_grace: Duration::from_secs(10),
-            warm_pool: 0,
+            warm_pool: pool::PoolTargets::new(),
         }
     }
 }
@@ -188,6 +190,8 @@ pub struct NewVm {
     pub labels: BTreeMap<String, String>,
     /// Destroyed this long after it is created, whatever its activity.
     pub ttl_secs: Option<u64>,
+    /// Started from a snapshot (or a template's) rather than the image.
+    pub origin: Option<snapshots::Origin>,
 }
 
 /// What a fork asks for beyond its count.
@@ -309,7 +313,7 @@ impl Sandboxes {
         network: NetworkConfig,
         events: EventBus,
     ) -> Arc<Self> {
-        let limits_pool = limits.warm_pool;
+        let limits_pool = limits.warm_pool.clone();
         Arc::new(Self {
             availability,
             network: network::Network::new(network, store.clone()),
@@ -358,6 +362,13 @@ impl Sandboxes {
             Availability::Ready { backend, image, .. } => Ok((backend, image)),
             Availability::Unavailable(reason) => Err(VmError::Unavailable(reason.clone())),
         }
+    }
+
+    /// What names the image new VMs start from (its root directory), for
+    /// keys of what is built on it.
+    pub fn image_identity(&self) -> Result<String, VmError> {
+        let (_, image) = self.ready()?;
+        Ok(image.root.display().to_string())
     }
 
     fn slot_of(&self, id: &str) -> Slot {
@@ -467,135 +478,13 @@ impl Sandboxes {
         let started = Instant::now();
         let result = match self.take_pooled(&request).await {
             Some(row) => Ok(row),
-            None => self.create_timed(request, true).await,
+            None => match request.origin.clone() {
+                Some(origin) => self.create_from(request, origin, true).await,
+                None => self.create_timed(request, true).await,
+            },
         };
         metrics().operation("create", started, &result);
         result
-    }
-
-    /// The warm pool's sandboxes ready now, and how many it keeps.
-    pub fn warm_pool(&self) -> (usize, usize) {
-        (self.pool.len(), self.pool.target())
-    }
-
-    /// A pooled sandbox made `request`'s, when it matches the pool
-    /// (`pool.rs`) and one is ready. One that cannot be resumed is
-    /// destroyed, and the next tried.
-    async fn take_pooled(&self, request: &NewVm) -> Option<VmRow> {
-        let matches = request.repo_id.is_none()
-            && request.dev_server.is_none()
-            && request.env.is_empty()
-            && request.vcpus == pool::POOL_VCPUS
-            && request.mem_mib == pool::POOL_MEM_MIB
-            && request.disk_mib == pool::POOL_DISK_MIB;
-        if !matches || check_labels(&request.labels).is_err() {
-            return None;
-        }
-        let expires_unix = request.ttl_secs.map(deadline).transpose().ok()?;
-        while let Some(id) = self.pool.take() {
-            match self.hand_out(&id, request, expires_unix).await {
-                Ok(row) => return Some(row),
-                Err(error) => {
-                    tracing::warn!(vm = %id, error = %error, "a pooled sandbox could not be handed out");
-                    let _ = self.destroy(&id).await;
-                }
-            }
-        }
-        None
-    }
-
-    async fn hand_out(
-        &self,
-        id: &str,
-        request: &NewVm,
-        expires_unix: Option<i64>,
-    ) -> Result<VmRow, VmError> {
-        let (backend, _) = self.ready()?;
-        let lock = self.lock_of(id);
-        let _guard = lock.write().await;
-        let mut row = self.refresh(id).await?;
-        match row.state {
-            VmState::Paused | VmState::PausedToDisk => {
-                let carried = backend.resume(id).await?;
-                row.state = vm_state(carried.sandbox.state);
-            }
-            VmState::Running => {}
-            VmState::Crashed => return Err(VmError::Crashed(id.to_owned())),
-        }
-        row.created_by = Some(request.created_by.clone());
-        row.persistent = request.persistent;
-        row.idle_timeout_secs = request.idle_timeout_secs.map(|s| s as i64);
-        row.labels = serde_json::to_string(&request.labels).unwrap_or_else(|_| "{}".to_owned());
-        row.expires_unix = expires_unix;
-        row.created_at = crate::store::now();
-        row.last_active_unix = unix_now();
-        self.store.adopt_vm(&row).await?;
-        tracing::info!(vm = %row.id, "sandbox handed out from the warm pool");
-        self.announce(&row, Lifecycle::Created, row.created_by.as_deref())
-            .await;
-        Ok(row)
-    }
-
-    /// Creates pooled sandboxes until the pool is full, while a slot (and
-    /// the memory of one) stays free for a cold create.
-    pub async fn fill_pool(&self) {
-        let (backend, _) = match self.ready() {
-            Ok(ready) => ready,
-            Err(_) => return,
-        };
-        while self.pool.len() < self.pool.target() {
-            let Ok((live, mem)) = self.store.live_vm_usage().await else {
-                return;
-            };
-            let room = (live.max(0) as usize) + 2 <= self.limits.max_live
-                && (mem.max(0) as u64).saturating_add(2 * pool::POOL_MEM_MIB)
-                    <= self.limits.max_live_mem_mib;
-            if !room {
-                return;
-            }
-            let request = NewVm {
-                vcpus: pool::POOL_VCPUS,
-                mem_mib: pool::POOL_MEM_MIB,
-                disk_mib: pool::POOL_DISK_MIB,
-                persistent: false,
-                idle_timeout_secs: None,
-                env: Vec::new(),
-                repo_id: None,
-                branch: None,
-                created_by: pool::POOL_ACTOR.to_owned(),
-                dev_server: None,
-                labels: BTreeMap::from([(
-                    pool::POOL_LABEL.0.to_owned(),
-                    pool::POOL_LABEL.1.to_owned(),
-                )]),
-                ttl_secs: None,
-            };
-            let row = match self.create_timed(request, false).await {
-                Ok(row) => row,
-                Err(error) => {
-                    tracing::warn!(error = %error, "filling the warm pool failed");
-                    return;
-                }
-            };
-            // Its network link up before the pause, so its first exec
-            // after the hand-out finds it ready.
-            let paused = async {
-                self.link(&row.id, &row).await?;
-                let info = backend.pause(&row.id, PauseMode::Memory).await?;
-                self.store
-                    .set_vm_state(&row.id, vm_state(info.state))
-                    .await?;
-                Ok::<_, VmError>(())
-            };
-            match paused.await {
-                Ok(()) => self.pool.put(row.id),
-                Err(error) => {
-                    tracing::warn!(vm = %row.id, error = %error, "a pooled sandbox could not be paused");
-                    let _ = self.destroy(&row.id).await;
-                    return;
-                }
-            }
-        }
     }
 
     async fn create_timed(&self, request: NewVm, announce: bool) -> Result<VmRow, VmError> {
@@ -644,6 +533,9 @@ impl Sandboxes {
             last_active_unix: unix_now(),
             labels: serde_json::to_string(&request.labels).unwrap_or_else(|_| "{}".to_owned()),
             expires_unix,
+            snapshot_id: None,
+            template: None,
+            workdir: None,
         };
         if let Err(error) = self.store.insert_vm(&row).await {
             let _ = backend.destroy(&info.id).await;
@@ -1175,20 +1067,20 @@ impl Sandboxes {
         shutdown: tokio_util::sync::CancellationToken,
     ) {
         reaper::start(self.clone(), every, shutdown.clone());
-        if self.pool.target() > 0 {
-            let sandboxes = self.clone();
-            let shutdown = shutdown.clone();
-            tokio::spawn(async move {
-                loop {
-                    sandboxes.fill_pool().await;
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        _ = sandboxes.pool.taken.notified() => {}
-                        _ = tokio::time::sleep(every) => {}
-                    }
+        // Template pools may be asked for at any time: the refill always
+        // runs (a pass with nothing to fill reads nothing).
+        let sandboxes = self.clone();
+        let refill = shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                sandboxes.fill_pool().await;
+                tokio::select! {
+                    _ = refill.cancelled() => return,
+                    _ = sandboxes.pool.taken.notified() => {}
+                    _ = tokio::time::sleep(every) => {}
                 }
-            });
-        }
+            }
+        });
         let sandboxes = self.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);

@@ -416,6 +416,12 @@ impl MicrovmSandboxes {
 
     async fn fork_vm(&self, id: &str, count: usize) -> Result<Vec<Carried>> {
         let parent = self.load(id)?;
+        if parent.state == State::PausedToDisk {
+            return Err(Error::Unsupported {
+                backend: BackendKind::Microvm,
+                what: "start copies of a VM paused to disk (a snapshot) yet".into(),
+            });
+        }
         if parent.state != State::Running {
             return Err(Self::wrong_state(&parent, "running"));
         }
@@ -704,11 +710,16 @@ impl Backend for MicrovmSandboxes {
                 State::Running | State::Paused => Self::disk_bytes(&record).await,
                 _ => None,
             };
+            let saved_bytes = match (record.state, &record.snapshot) {
+                (State::PausedToDisk, Some(snapshot)) => Some(vm::allocated_bytes(snapshot)),
+                _ => None,
+            };
             Ok(Stats {
                 state: record.state,
                 memory_bytes,
                 cpu_usage_ns,
                 disk_bytes,
+                saved_bytes,
             })
         })
     }

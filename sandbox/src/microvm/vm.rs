@@ -135,6 +135,22 @@ pub fn alive(pid: i32) -> bool {
     }
 }
 
+/// Blocks the files under `dir` occupy (memory files are sparse), in
+/// bytes; what cannot be read counts as nothing.
+pub fn allocated_bytes(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| match entry.metadata() {
+            Ok(meta) if meta.is_dir() => allocated_bytes(&entry.path()),
+            Ok(meta) => meta.blocks() * 512,
+            Err(_) => 0,
+        })
+        .sum()
+}
+
 /// Resident memory and CPU time of `pid` from `/proc`.
 pub fn usage(pid: i32) -> (u64, u64) {
     let rss_kib = fs::read_to_string(format!("/proc/{pid}/status"))

@@ -673,8 +673,12 @@ impl Backend for MemorySandboxes {
             let parent = sandboxes
                 .get(id)
                 .ok_or_else(|| Error::NotFound(id.to_owned()))?;
-            if parent.info.state != State::Running {
-                return Err(Inner::wrong_state(id, parent.info.state, "running"));
+            if !matches!(parent.info.state, State::Running | State::PausedToDisk) {
+                return Err(Inner::wrong_state(
+                    id,
+                    parent.info.state,
+                    "running or paused to disk",
+                ));
             }
             let (mem_mib, env, files) = (parent.mem_mib, parent.env.clone(), parent.files.copy());
             let mut forks = Vec::with_capacity(count);
@@ -735,6 +739,8 @@ impl Backend for MemorySandboxes {
                 memory_bytes: if resident { entry.mem_mib << 20 } else { 0 },
                 cpu_usage_ns: 0,
                 disk_bytes: Some(entry.files.bytes()),
+                saved_bytes: (entry.info.state == State::PausedToDisk)
+                    .then_some(entry.mem_mib << 20),
             })
         })
     }

@@ -12,6 +12,8 @@ __all__ = [
     "Author",
     "BranchReview",
     "BranchView",
+    "BuildLog",
+    "BuildStep",
     "Bytes",
     "CarriedVm",
     "CommitView",
@@ -19,6 +21,7 @@ __all__ = [
     "ContentsDir",
     "ContentsFile",
     "CreateRepo",
+    "CreateSnapshot",
     "CreateToken",
     "CreateVm",
     "CreateWebhook",
@@ -77,11 +80,16 @@ __all__ = [
     "ShareLink",
     "ShareLinkRequest",
     "SignalRequest",
+    "SnapshotView",
     "StartProcess",
     "StepEvent",
     "StepState",
     "StepView",
     "System",
+    "TemplatePoolStatus",
+    "TemplateSpec",
+    "TemplateState",
+    "TemplateView",
     "TerminalTicket",
     "TimeoutRequest",
     "TokenScope",
@@ -158,6 +166,27 @@ class BranchView:
     """
 
 
+@dataclass
+class BuildLog:
+    """
+    Output of a build, as `GET /v1/templates/{name}/build?follow=true`
+    sends it (`event: log`).
+    """
+    text: str
+
+
+@dataclass
+class BuildStep:
+    """
+    One step of a build, as `GET /v1/templates/{name}/build?follow=true`
+    sends it (`event: step`).
+    """
+    index: int
+    """From 1."""
+    name: str
+    total: int
+
+
 # Raw bytes (a file's content): a string of any bytes in the document.
 Bytes = str
 
@@ -191,6 +220,10 @@ class CarriedVm:
     """Where the dev server is seen, when the VM has one."""
     repo: Optional[Optional[str]] = None
     """`owner/name` of the repository checked out in it."""
+    snapshot: Optional[Optional[str]] = None
+    """The snapshot (id) it started from."""
+    template: Optional[Optional[str]] = None
+    """The template it started from."""
 
 
 @dataclass
@@ -243,6 +276,16 @@ class CreateRepo:
 
 
 @dataclass
+class CreateSnapshot:
+    """`POST /v1/vms/{id}/snapshots`."""
+    name: Optional[Optional[str]] = None
+    """
+    Unique across the forge: letters, digits, `.`, `_`, `-` (at most
+    63). `POST /v1/vms {"snapshot"}` takes the name or the id.
+    """
+
+
+@dataclass
 class CreateToken:
     """`POST /v1/tokens`."""
     name: str
@@ -271,6 +314,16 @@ class CreateVm:
     persistence: Optional[Optional["Persistence"]] = None
     repo: Optional[Optional[str]] = None
     """`owner/name`: `/workspace` holds a checkout of it."""
+    snapshot: Optional[Optional[str]] = None
+    """
+    Start from this snapshot (its name or id): its files and, where it
+    kept them, its running processes. Sizes come from it.
+    """
+    template: Optional[Optional[str]] = None
+    """
+    Start from this template (its name) instead of the default image;
+    sizes, environment and server come from it.
+    """
     ttl_secs: Optional[Optional[int]] = None
     """
     Destroy the VM this many seconds after it is created, whatever its
@@ -819,6 +872,37 @@ class SignalRequest:
 
 
 @dataclass
+class SnapshotView:
+    """A snapshot as every snapshot endpoint shows it."""
+    backend: str
+    """`container` or `microvm`."""
+    created_at: str
+    id: str
+    kept: List["Kept"]
+    """
+    What it holds: always `disk`; `memory` and `processes` when the
+    backend could save them (VMs from it then resume its processes).
+    """
+    mem_mib: int
+    vcpus: int
+    """Every VM started from it has these."""
+    branch: Optional[Optional[str]] = None
+    disk_bytes: Optional[Optional[int]] = None
+    """Bytes its disk layer takes, when the backend knows."""
+    name: Optional[Optional[str]] = None
+    note: Optional[Optional[str]] = None
+    """Why less than everything was kept, when known."""
+    repo: Optional[Optional[str]] = None
+    """`owner/name` of the repository the source VM had checked out."""
+    saved_bytes: Optional[Optional[int]] = None
+    """Bytes its saved memory and processes take."""
+    source_vm: Optional[Optional[str]] = None
+    """The VM it was taken from (it may be gone since)."""
+    template: Optional[Optional[str]] = None
+    """The template whose image it is, if any: deleted with its template."""
+
+
+@dataclass
 class StartProcess:
     """
     `POST /v1/vms/{id}/processes`: a background process, exactly one of
@@ -860,6 +944,83 @@ class System:
     """`GET /v1/system`."""
     sandboxes: "SandboxSystem"
     version: str
+
+
+@dataclass
+class TemplatePoolStatus:
+    """A template's warm pool."""
+    ready: int
+    target: int
+    template: str
+
+
+@dataclass
+class TemplateSpec:
+    """
+    `POST /v1/templates`: what to build. Every list runs in this order:
+    `apt`, `pip`, `npm`, then `run`; all of it in a sandbox, whose downloads
+    go through the egress proxy and its allow-list.
+    """
+    name: str
+    """Letters, digits, `.`, `_`, `-` (at most 63)."""
+    apt: Optional[List[str]] = None
+    """Debian packages (`apt-get install --no-install-recommends`)."""
+    base: Optional[Optional[str]] = None
+    """
+    `debian-bookworm` (the forge's own image, with git, Node.js, npm and
+    Bun) when absent.
+    """
+    disk_mib: Optional[Optional[int]] = None
+    env: Optional[Dict[str, str]] = None
+    """Environment of the build's commands and of every VM from it."""
+    mem_mib: Optional[Optional[int]] = None
+    npm: Optional[List[str]] = None
+    """npm packages installed globally (`npm install -g`)."""
+    pip: Optional[List[str]] = None
+    """Python packages (`pip install`; Debian's `python3-pip` is added)."""
+    pool: Optional[Optional[int]] = None
+    """
+    Sandboxes from this template to keep created and paused, handed
+    out by creates at once (at most 50; `--warm-pool <name>=N` may ask
+    for more). Not part of what builds: changing it rebuilds nothing.
+    """
+    run: Optional[List[str]] = None
+    """Shell commands (`/bin/sh -c`), run in `workdir`, each must succeed."""
+    start: Optional[Optional["DevServerSpec"]] = None
+    vcpus: Optional[Optional[int]] = None
+    """Sizes of the build and of every VM from the template."""
+    warm: Optional[bool] = None
+    """
+    Boot once, run `start` until its port answers, and keep that
+    (memory and processes) as the image: VMs answer on the port at once.
+    """
+    workdir: Optional[Optional[str]] = None
+    """
+    An absolute path: created, the build's `run` and `start` commands
+    run there, and so do a VM's commands that name no `cwd`.
+    """
+
+
+# A template's build (`template_builds.state`).
+TemplateState = Literal["building", "ready", "failed"]
+
+
+@dataclass
+class TemplateView:
+    """A template as every template endpoint shows it."""
+    created_at: str
+    name: str
+    spec: "TemplateSpec"
+    spec_hash: str
+    """The hash of what the spec builds (not its name): one build per hash."""
+    state: "TemplateState"
+    updated_at: str
+    build_ms: Optional[Optional[int]] = None
+    error: Optional[Optional[str]] = None
+    """Why the build failed."""
+    reused: Optional[bool] = None
+    """On `POST`: an earlier build of the same spec is used, nothing builds."""
+    snapshot: Optional[Optional["SnapshotView"]] = None
 
 
 @dataclass
@@ -956,7 +1117,11 @@ class VmDetail:
     """Where the dev server is seen, when the VM has one."""
     repo: Optional[Optional[str]] = None
     """`owner/name` of the repository checked out in it."""
+    snapshot: Optional[Optional[str]] = None
+    """The snapshot (id) it started from."""
     stats: Optional[Optional["VmStats"]] = None
+    template: Optional[Optional[str]] = None
+    """The template it started from."""
 
 
 # A sandbox's lifecycle (`vms.state`, `VmView::state`).
@@ -998,13 +1163,21 @@ class VmView:
     """Where the dev server is seen, when the VM has one."""
     repo: Optional[Optional[str]] = None
     """`owner/name` of the repository checked out in it."""
+    snapshot: Optional[Optional[str]] = None
+    """The snapshot (id) it started from."""
+    template: Optional[Optional[str]] = None
+    """The template it started from."""
 
 
 @dataclass
 class WarmPoolStatus:
-    """The warm pool: how many sandboxes it keeps, how many are ready now."""
+    """
+    The warm pools: how many sandboxes of the forge's image the default
+    pool keeps and how many are ready now, and the same for each template's.
+    """
     ready: int
     target: int
+    templates: Optional[List["TemplatePoolStatus"]] = None
 
 
 @dataclass

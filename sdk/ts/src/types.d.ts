@@ -57,6 +57,25 @@ export interface BranchView {
   sandbox?: string | null;
 }
 
+/**
+ * Output of a build, as `GET /v1/templates/{name}/build?follow=true`
+ * sends it (`event: log`).
+ */
+export interface BuildLog {
+  text: string;
+}
+
+/**
+ * One step of a build, as `GET /v1/templates/{name}/build?follow=true`
+ * sends it (`event: step`).
+ */
+export interface BuildStep {
+  /** From 1. */
+  index: number;
+  name: string;
+  total: number;
+}
+
 /** Raw bytes (a file's content): a string of any bytes in the document. */
 export type Bytes = string;
 
@@ -104,6 +123,15 @@ export interface CreateRepo {
   name: string;
 }
 
+/** `POST /v1/vms/{id}/snapshots`. */
+export interface CreateSnapshot {
+  /**
+   * Unique across the forge: letters, digits, `.`, `_`, `-` (at most
+   * 63). `POST /v1/vms {"snapshot"}` takes the name or the id.
+   */
+  name?: string | null;
+}
+
 /** `POST /v1/tokens`. */
 export interface CreateToken {
   name: string;
@@ -131,6 +159,16 @@ export interface CreateVm {
   persistence?: null | Persistence;
   /** `owner/name`: `/workspace` holds a checkout of it. */
   repo?: string | null;
+  /**
+   * Start from this snapshot (its name or id): its files and, where it
+   * kept them, its running processes. Sizes come from it.
+   */
+  snapshot?: string | null;
+  /**
+   * Start from this template (its name) instead of the default image;
+   * sizes, environment and server come from it.
+   */
+  template?: string | null;
   /**
    * Destroy the VM this many seconds after it is created, whatever its
    * activity (at most 30 days); `POST /v1/vms/{id}/timeout` moves it.
@@ -599,6 +637,36 @@ export interface SignalRequest {
   signal: string;
 }
 
+/** A snapshot as every snapshot endpoint shows it. */
+export interface SnapshotView {
+  /** `container` or `microvm`. */
+  backend: string;
+  branch?: string | null;
+  created_at: string;
+  /** Bytes its disk layer takes, when the backend knows. */
+  disk_bytes?: number | null;
+  id: string;
+  /**
+   * What it holds: always `disk`; `memory` and `processes` when the
+   * backend could save them (VMs from it then resume its processes).
+   */
+  kept: Kept[];
+  mem_mib: number;
+  name?: string | null;
+  /** Why less than everything was kept, when known. */
+  note?: string | null;
+  /** `owner/name` of the repository the source VM had checked out. */
+  repo?: string | null;
+  /** Bytes its saved memory and processes take. */
+  saved_bytes?: number | null;
+  /** The VM it was taken from (it may be gone since). */
+  source_vm?: string | null;
+  /** The template whose image it is, if any: deleted with its template. */
+  template?: string | null;
+  /** Every VM started from it has these. */
+  vcpus: number;
+}
+
 /**
  * `POST /v1/vms/{id}/processes`: a background process, exactly one of
  * `command` (a shell script) and `argv`.
@@ -636,6 +704,79 @@ export interface StepView {
 export interface System {
   sandboxes: SandboxSystem;
   version: string;
+}
+
+/** A template's warm pool. */
+export interface TemplatePoolStatus {
+  ready: number;
+  target: number;
+  template: string;
+}
+
+/**
+ * `POST /v1/templates`: what to build. Every list runs in this order:
+ * `apt`, `pip`, `npm`, then `run`; all of it in a sandbox, whose downloads
+ * go through the egress proxy and its allow-list.
+ */
+export interface TemplateSpec {
+  /** Debian packages (`apt-get install --no-install-recommends`). */
+  apt?: string[];
+  /**
+   * `debian-bookworm` (the forge's own image, with git, Node.js, npm and
+   * Bun) when absent.
+   */
+  base?: string | null;
+  disk_mib?: number | null;
+  /** Environment of the build's commands and of every VM from it. */
+  env?: Record<string, string>;
+  mem_mib?: number | null;
+  /** Letters, digits, `.`, `_`, `-` (at most 63). */
+  name: string;
+  /** npm packages installed globally (`npm install -g`). */
+  npm?: string[];
+  /** Python packages (`pip install`; Debian's `python3-pip` is added). */
+  pip?: string[];
+  /**
+   * Sandboxes from this template to keep created and paused, handed
+   * out by creates at once (at most 50; `--warm-pool <name>=N` may ask
+   * for more). Not part of what builds: changing it rebuilds nothing.
+   */
+  pool?: number | null;
+  /** Shell commands (`/bin/sh -c`), run in `workdir`, each must succeed. */
+  run?: string[];
+  start?: null | DevServerSpec;
+  /** Sizes of the build and of every VM from the template. */
+  vcpus?: number | null;
+  /**
+   * Boot once, run `start` until its port answers, and keep that
+   * (memory and processes) as the image: VMs answer on the port at once.
+   */
+  warm?: boolean;
+  /**
+   * An absolute path: created, the build's `run` and `start` commands
+   * run there, and so do a VM's commands that name no `cwd`.
+   */
+  workdir?: string | null;
+}
+
+/** A template's build (`template_builds.state`). */
+export type TemplateState = "building" | "ready" | "failed";
+
+/** A template as every template endpoint shows it. */
+export interface TemplateView {
+  build_ms?: number | null;
+  created_at: string;
+  /** Why the build failed. */
+  error?: string | null;
+  name: string;
+  /** On `POST`: an earlier build of the same spec is used, nothing builds. */
+  reused?: boolean;
+  snapshot?: null | SnapshotView;
+  spec: TemplateSpec;
+  /** The hash of what the spec builds (not its name): one build per hash. */
+  spec_hash: string;
+  state: TemplateState;
+  updated_at: string;
 }
 
 /**
@@ -739,14 +880,22 @@ export interface VmView {
   preview_url?: string | null;
   /** `owner/name` of the repository checked out in it. */
   repo?: string | null;
+  /** The snapshot (id) it started from. */
+  snapshot?: string | null;
   state: VmState;
+  /** The template it started from. */
+  template?: string | null;
   vcpus: number;
 }
 
-/** The warm pool: how many sandboxes it keeps, how many are ready now. */
+/**
+ * The warm pools: how many sandboxes of the forge's image the default
+ * pool keeps and how many are ready now, and the same for each template's.
+ */
 export interface WarmPoolStatus {
   ready: number;
   target: number;
+  templates?: TemplatePoolStatus[];
 }
 
 /** The answer to an inbound GitHub webhook. */

@@ -215,6 +215,81 @@ const ROWS: &[Row] = &[
         ),
         r#"{"signal":"TERM"}"#,
     ),
+    // Snapshots: their creator, an admin of their VM's repository, forge
+    // admins; the fixture's `snap` is the admin's, of a VM in acme/app.
+    with_body(
+        row(
+            "POST",
+            "/v1/vms/{id}/snapshots",
+            "/v1/vms/{vm}/snapshots",
+            401,
+            &[
+                (Reader, 403),
+                (Writer, 404),
+                (OtherRepo, 404),
+                (Sandbox, 404),
+            ],
+        ),
+        "{}",
+    ),
+    row("GET", "/v1/snapshots", "/v1/snapshots", 401, &[]),
+    row(
+        "GET",
+        "/v1/snapshots/{key}",
+        "/v1/snapshots/snap",
+        401,
+        &[
+            (Reader, 404),
+            (Writer, 404),
+            (OtherRepo, 404),
+            (Sandbox, 404),
+        ],
+    ),
+    row(
+        "DELETE",
+        "/v1/snapshots/{key}",
+        "/v1/snapshots/snap",
+        401,
+        &[
+            (Reader, 403),
+            (Writer, 404),
+            (OtherRepo, 404),
+            (Sandbox, 404),
+        ],
+    ),
+    // Templates are the forge's: any token that may create VMs builds and
+    // uses them; their creator or an admin deletes them.
+    with_body(
+        row(
+            "POST",
+            "/v1/templates",
+            "/v1/templates",
+            401,
+            &[(Reader, 403)],
+        ),
+        r#"{"name":"tpl"}"#,
+    ),
+    row("GET", "/v1/templates", "/v1/templates", 401, &[]),
+    row("GET", "/v1/templates/{name}", "/v1/templates/tpl", 401, &[]),
+    row(
+        "DELETE",
+        "/v1/templates/{name}",
+        "/v1/templates/tpl",
+        401,
+        &[
+            (Reader, 403),
+            (Writer, 403),
+            (OtherRepo, 403),
+            (Sandbox, 403),
+        ],
+    ),
+    row(
+        "GET",
+        "/v1/templates/{name}/build",
+        "/v1/templates/tpl/build",
+        401,
+        &[],
+    ),
     with_body(
         row(
             "POST",
@@ -715,6 +790,22 @@ async fn fixture() -> Fixture {
         )
         .await;
     let vm = made["id"].as_str().expect("a VM id").to_owned();
+    app.expect(
+        StatusCode::CREATED,
+        Method::POST,
+        &format!("/v1/vms/{vm}/snapshots"),
+        Some(app.admin()),
+        Some(json!({ "name": "snap" })),
+    )
+    .await;
+    app.expect(
+        StatusCode::ACCEPTED,
+        Method::POST,
+        "/v1/templates",
+        Some(app.admin()),
+        Some(json!({ "name": "tpl" })),
+    )
+    .await;
     let repo_id = app
         .state
         .store

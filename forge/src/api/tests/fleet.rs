@@ -595,7 +595,7 @@ async fn metrics_count_operations_and_read_states_when_scraped() {
 async fn a_create_that_matches_the_warm_pool_takes_a_paused_sandbox_and_others_start_cold() {
     let app = TestApp::builder()
         .with_limits(Limits {
-            warm_pool: 2,
+            warm_pool: crate::vms::pool::PoolTargets::from([("default".into(), 2)]),
             ..Limits::default()
         })
         .start()
@@ -668,4 +668,111 @@ async fn a_create_that_matches_the_warm_pool_takes_a_paused_sandbox_and_others_s
     assert_eq!(app.sandboxes().warm_pool().0, 0);
     app.sandboxes().fill_pool().await;
     assert_eq!(app.sandboxes().warm_pool(), (2, 2), "refilled");
+}
+
+/// The VMs the pools hold.
+async fn pooled_ids(app: &TestApp) -> Vec<String> {
+    app.state
+        .store
+        .vms_created_by(crate::vms::pool::POOL_ACTOR)
+        .await
+        .expect("store")
+        .into_iter()
+        .map(|row| row.id)
+        .collect()
+}
+
+/// Waits until template `name`'s build ends; its state.
+async fn built(app: &TestApp, name: &str) -> String {
+    for _ in 0..200 {
+        let view = app
+            .expect(
+                StatusCode::OK,
+                Method::GET,
+                &format!("/v1/templates/{name}"),
+                Some(app.admin()),
+                None,
+            )
+            .await;
+        if view["state"] != "building" {
+            return view["state"].as_str().expect("a state").to_owned();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("template {name} still builds");
+}
+
+#[tokio::test]
+async fn a_template_pool_fills_once_built_hands_out_its_sandboxes_and_follows_rebuilds() {
+    let app = TestApp::start().await;
+    let writer = app.token(&["repo:write"], None).await;
+    let put = |spec: serde_json::Value| {
+        app.call(
+            Method::POST,
+            "/v1/templates",
+            Some(&writer.secret),
+            Some(spec),
+        )
+    };
+    let (status, _) = put(json!({ "name": "tpl", "pool": 2, "env": { "A": "1" } })).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(built(&app, "tpl").await, "ready");
+    app.sandboxes().fill_pool().await;
+    let pools = app.sandboxes().warm_pools();
+    assert_eq!(pools, [("tpl".to_owned(), 2, 2)]);
+    let system = app
+        .expect(
+            StatusCode::OK,
+            Method::GET,
+            "/v1/system",
+            Some(app.admin()),
+            None,
+        )
+        .await;
+    assert_eq!(
+        system["sandboxes"]["warm_pool"]["templates"],
+        json!([{ "template": "tpl", "target": 2, "ready": 2 }])
+    );
+    let pooled = pooled_ids(&app).await;
+    assert_eq!(pooled.len(), 2);
+
+    let made = create(&app, &writer.secret, json!({ "template": "tpl" })).await;
+    assert!(pooled.contains(&made), "a pooled sandbox is handed out");
+    let (_, view) = app
+        .call(
+            Method::GET,
+            &format!("/v1/vms/{made}"),
+            Some(&writer.secret),
+            None,
+        )
+        .await;
+    assert_eq!(view["template"], "tpl");
+    assert_eq!(view["labels"], json!({}), "its own labels, not the pool's");
+    assert_eq!(app.sandboxes().warm_pools(), [("tpl".to_owned(), 2, 1)]);
+
+    // A rebuilt template's pooled sandboxes are replaced: none of the old
+    // build is handed out.
+    let (status, _) = put(json!({ "name": "tpl", "pool": 2, "env": { "A": "2" } })).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(built(&app, "tpl").await, "ready");
+    app.sandboxes().fill_pool().await;
+    let after = pooled_ids(&app).await;
+    assert_eq!(after.len(), 2);
+    assert!(
+        after.iter().all(|id| !pooled.contains(id)),
+        "{after:?} vs {pooled:?}"
+    );
+    // Deleting the template empties its pool.
+    let (status, _) = app
+        .call(
+            Method::DELETE,
+            "/v1/templates/tpl",
+            Some(&writer.secret),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    app.sandboxes().fill_pool().await;
+    assert!(app.sandboxes().warm_pools().is_empty());
+    assert!(pooled_ids(&app).await.is_empty());
 }

@@ -1,0 +1,320 @@
+//! `snapshots`, `template_builds` and `templates`: what new VMs start from.
+
+use api_types::TemplateState;
+
+use super::{Result, Store};
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct SnapshotRow {
+    pub id: String,
+    pub name: Option<String>,
+    /// The backend's sandbox, kept paused to disk.
+    pub sandbox_id: String,
+    pub backend: String,
+    pub source_vm: Option<String>,
+    pub repo_id: Option<String>,
+    pub branch: Option<String>,
+    pub vcpus: i64,
+    pub mem_mib: i64,
+    /// A JSON array of `disk`, `memory`, `processes`.
+    pub kept: String,
+    pub note: Option<String>,
+    /// The template build it is the image of.
+    pub build_hash: Option<String>,
+    pub created_by: String,
+    pub created_at: String,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct TemplateBuildRow {
+    pub spec_hash: String,
+    pub state: TemplateState,
+    pub snapshot_id: Option<String>,
+    pub log: String,
+    pub error: Option<String>,
+    pub started_at: String,
+    pub finished_at: Option<String>,
+    pub build_ms: Option<i64>,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct TemplateRow {
+    pub name: String,
+    /// The spec as posted (JSON).
+    pub spec: String,
+    pub spec_hash: String,
+    pub created_by: String,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+/// How much of a build's log the database keeps: its end.
+pub const MAX_BUILD_LOG_BYTES: usize = 1 << 20;
+
+impl Store {
+    pub async fn insert_snapshot(&self, row: &SnapshotRow) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO snapshots (id, name, sandbox_id, backend, source_vm, repo_id, branch, vcpus,
+                                    mem_mib, kept, note, build_hash, created_by, created_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&row.id)
+        .bind(&row.name)
+        .bind(&row.sandbox_id)
+        .bind(&row.backend)
+        .bind(&row.source_vm)
+        .bind(&row.repo_id)
+        .bind(&row.branch)
+        .bind(row.vcpus)
+        .bind(row.mem_mib)
+        .bind(&row.kept)
+        .bind(&row.note)
+        .bind(&row.build_hash)
+        .bind(&row.created_by)
+        .bind(&row.created_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The snapshot named `key`, or whose id is `key`.
+    pub async fn snapshot(&self, key: &str) -> Result<Option<SnapshotRow>> {
+        Ok(
+            sqlx::query_as("SELECT * FROM snapshots WHERE id = ? OR name = ? ORDER BY id = ? DESC")
+                .bind(key)
+                .bind(key)
+                .bind(key)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    /// Every snapshot, or those `created_by` made, oldest first.
+    pub async fn snapshots(&self, created_by: Option<&str>) -> Result<Vec<SnapshotRow>> {
+        Ok(sqlx::query_as(
+            "SELECT * FROM snapshots WHERE ?1 IS NULL OR created_by = ?1 ORDER BY created_at, id",
+        )
+        .bind(created_by)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Whether sandbox `id` is a snapshot's.
+    pub async fn is_snapshot_sandbox(&self, id: &str) -> Result<bool> {
+        let found: Option<(String,)> =
+            sqlx::query_as("SELECT id FROM snapshots WHERE sandbox_id = ?")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(found.is_some())
+    }
+
+    pub async fn delete_snapshot(&self, id: &str) -> Result<()> {
+        sqlx::query("DELETE FROM snapshots WHERE id = ?")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn template(&self, name: &str) -> Result<Option<TemplateRow>> {
+        Ok(sqlx::query_as("SELECT * FROM templates WHERE name = ?")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    pub async fn templates(&self) -> Result<Vec<TemplateRow>> {
+        Ok(sqlx::query_as("SELECT * FROM templates ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    pub async fn template_build(&self, spec_hash: &str) -> Result<Option<TemplateBuildRow>> {
+        Ok(
+            sqlx::query_as("SELECT * FROM template_builds WHERE spec_hash = ?")
+                .bind(spec_hash)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    /// Records template `row` and makes sure its build exists. Returns
+    /// whether a build must start: none existed for the hash, or the last
+    /// one failed (it starts over, its log emptied). One transaction, so
+    /// two posts of one spec start one build.
+    pub async fn put_template(&self, row: &TemplateRow) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let existing: Option<(TemplateState,)> =
+            sqlx::query_as("SELECT state FROM template_builds WHERE spec_hash = ?")
+                .bind(&row.spec_hash)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let start = match existing {
+            None => {
+                sqlx::query(
+                    "INSERT INTO template_builds (spec_hash, state, started_at) VALUES (?, ?, ?)",
+                )
+                .bind(&row.spec_hash)
+                .bind(TemplateState::Building)
+                .bind(&row.updated_at)
+                .execute(&mut *tx)
+                .await?;
+                true
+            }
+            Some((TemplateState::Failed,)) => {
+                sqlx::query(
+                    "UPDATE template_builds SET state = ?, log = '', error = NULL, started_at = ?,
+                                                finished_at = NULL, build_ms = NULL
+                     WHERE spec_hash = ?",
+                )
+                .bind(TemplateState::Building)
+                .bind(&row.updated_at)
+                .bind(&row.spec_hash)
+                .execute(&mut *tx)
+                .await?;
+                true
+            }
+            Some(_) => false,
+        };
+        sqlx::query(
+            "INSERT INTO templates (name, spec, spec_hash, created_by, created_at, updated_at)
+             VALUES (?, ?, ?, ?, ?, ?)
+             ON CONFLICT (name) DO UPDATE SET spec = excluded.spec, spec_hash = excluded.spec_hash,
+                                              updated_at = excluded.updated_at",
+        )
+        .bind(&row.name)
+        .bind(&row.spec)
+        .bind(&row.spec_hash)
+        .bind(&row.created_by)
+        .bind(&row.created_at)
+        .bind(&row.updated_at)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(start)
+    }
+
+    /// Appends to a build's log, keeping its last [`MAX_BUILD_LOG_BYTES`].
+    pub async fn append_build_log(&self, spec_hash: &str, text: &str) -> Result<()> {
+        sqlx::query("UPDATE template_builds SET log = substr(log || ?1, -?2) WHERE spec_hash = ?3")
+            .bind(text)
+            .bind(MAX_BUILD_LOG_BYTES as i64)
+            .bind(spec_hash)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Ends a build: `ready` with its snapshot, or `failed` with the reason.
+    pub async fn finish_build(
+        &self,
+        spec_hash: &str,
+        outcome: std::result::Result<&str, &str>,
+        build_ms: i64,
+    ) -> Result<()> {
+        let (state, snapshot, error) = match outcome {
+            Ok(snapshot) => (TemplateState::Ready, Some(snapshot), None),
+            Err(error) => (TemplateState::Failed, None, Some(error)),
+        };
+        sqlx::query(
+            "UPDATE template_builds SET state = ?, snapshot_id = ?, error = ?, finished_at = ?,
+                                        build_ms = ?
+             WHERE spec_hash = ?",
+        )
+        .bind(state)
+        .bind(snapshot)
+        .bind(error)
+        .bind(super::now())
+        .bind(build_ms)
+        .bind(spec_hash)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Builds left `building` by a forge that stopped: failed, since their
+    /// sandbox is gone. Returns how many.
+    pub async fn fail_interrupted_builds(&self) -> Result<u64> {
+        let done = sqlx::query(
+            "UPDATE template_builds SET state = ?, error = 'the forge stopped during the build'
+             WHERE state = ?",
+        )
+        .bind(TemplateState::Failed)
+        .bind(TemplateState::Building)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// Deletes template `name`. When no other template shares its build,
+    /// the build goes too; its snapshot is returned for the caller to
+    /// destroy (the row stays until then).
+    pub async fn delete_template(&self, name: &str) -> Result<Option<SnapshotRow>> {
+        let mut tx = self.pool.begin().await?;
+        let Some((hash,)): Option<(String,)> =
+            sqlx::query_as("SELECT spec_hash FROM templates WHERE name = ?")
+                .bind(name)
+                .fetch_optional(&mut *tx)
+                .await?
+        else {
+            return Ok(None);
+        };
+        sqlx::query("DELETE FROM templates WHERE name = ?")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        let (others,): (i64,) =
+            sqlx::query_as("SELECT COUNT(*) FROM templates WHERE spec_hash = ?")
+                .bind(&hash)
+                .fetch_one(&mut *tx)
+                .await?;
+        let mut snapshot = None;
+        if others == 0 {
+            snapshot = sqlx::query_as(
+                "SELECT snapshots.* FROM snapshots JOIN template_builds
+                   ON template_builds.snapshot_id = snapshots.id WHERE template_builds.spec_hash = ?",
+            )
+            .bind(&hash)
+            .fetch_optional(&mut *tx)
+            .await?;
+            sqlx::query("DELETE FROM template_builds WHERE spec_hash = ? AND state != ?")
+                .bind(&hash)
+                .bind(TemplateState::Building)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(snapshot)
+    }
+
+    /// The name of a template built by `spec_hash` (the first by name).
+    pub async fn template_of_build(&self, spec_hash: &str) -> Result<Option<String>> {
+        let found: Option<(String,)> =
+            sqlx::query_as("SELECT name FROM templates WHERE spec_hash = ? ORDER BY name LIMIT 1")
+                .bind(spec_hash)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(found.map(|(name,)| name))
+    }
+
+    /// Builds no template names any more (a template deleted or changed
+    /// while they built), with their snapshots.
+    pub async fn orphan_builds(&self) -> Result<Vec<TemplateBuildRow>> {
+        Ok(sqlx::query_as(
+            "SELECT * FROM template_builds WHERE state != ? AND NOT EXISTS
+               (SELECT 1 FROM templates WHERE templates.spec_hash = template_builds.spec_hash)",
+        )
+        .bind(TemplateState::Building)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    pub async fn delete_build(&self, spec_hash: &str) -> Result<()> {
+        sqlx::query("DELETE FROM template_builds WHERE spec_hash = ?")
+            .bind(spec_hash)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}
