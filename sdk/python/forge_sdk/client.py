@@ -308,6 +308,13 @@ class Vm:
             _Op("POST", f"{self.path}/processes/{pid}/signal", _none, json={"signal": signal})
         )
 
+    def snapshot(self, name: Optional[str] = None):
+        """Keeps the VM's disk and, where the backend can, its memory and
+        processes as a snapshot (`SnapshotView`; `kept` says which); the VM
+        runs on. Start VMs from it with `vms.create(snapshot=...)`."""
+        body = to_wire({"name": name})
+        return self._client._do(_Op("POST", f"{self.path}/snapshots", _as(t.SnapshotView), json=body))
+
     def delete(self):
         return self._client._do(_Op("DELETE", self.path, _none))
 
@@ -573,6 +580,59 @@ class Runs:
 _RUN_EVENTS = {"step": t.StepEvent, "log": t.LogEvent, "end": t.RunEnd}
 
 
+class Snapshots:
+    def __init__(self, client: "_Client"):
+        self._client = client
+
+    def list(self):
+        """The snapshots the token may see, with the space each takes."""
+        return self._client._do(_Op("GET", "/v1/snapshots", _as(List[t.SnapshotView])))
+
+    def get(self, key: str):
+        """A snapshot by name or id."""
+        return self._client._do(_Op("GET", f"/v1/snapshots/{_seg(key)}", _as(t.SnapshotView)))
+
+    def delete(self, key: str):
+        """Deletes a snapshot; VMs started from it run on."""
+        return self._client._do(_Op("DELETE", f"/v1/snapshots/{_seg(key)}", _none))
+
+
+class Templates:
+    def __init__(self, client: "_Client"):
+        self._client = client
+
+    def build(self, name: str, **spec: Any):
+        """Creates or changes template `name` from its spec (`apt`, `pip`,
+        `npm`, `run`, `env`, `workdir`, `start`, `warm`, `pool`) and builds
+        it, unless the same spec was built before (`reused`). `TemplateView`;
+        `state` is "building" until the build ends (see `follow`)."""
+        body = to_wire({"name": name, **spec})
+        return self._client._do(_Op("POST", "/v1/templates", _as(t.TemplateView), json=body))
+
+    def list(self):
+        return self._client._do(_Op("GET", "/v1/templates", _as(List[t.TemplateView])))
+
+    def get(self, name: str):
+        return self._client._do(_Op("GET", f"/v1/templates/{_seg(name)}", _as(t.TemplateView)))
+
+    def delete(self, name: str):
+        """Deletes a template and, unless another shares its spec, its image."""
+        return self._client._do(_Op("DELETE", f"/v1/templates/{_seg(name)}", _none))
+
+    def log(self, name: str):
+        """The build's log as text."""
+        read = lambda a: a.body.decode("utf-8", "replace")  # noqa: E731
+        return self._client._do(_Op("GET", f"/v1/templates/{_seg(name)}/build", read))
+
+    def follow(self, name: str):
+        """The build live: dicts `{"event": "log"|"step"|"done", "data":
+        ...}` (`BuildLog`, `BuildStep`, then one `TemplateView`)."""
+        return self._client._follow(f"/v1/templates/{_seg(name)}/build", _BUILD_EVENTS, "done")
+
+
+_BUILD_EVENTS = {"log": t.BuildLog, "step": t.BuildStep, "done": t.TemplateView}
+
+
 class Webhooks:
     def __init__(self, client: "_Client"):
         self._client = client
@@ -647,6 +707,8 @@ class _Client:
         self.token = token if token is not None else os.environ.get("FORGE_TOKEN")
         self.vms = Vms(self)
         self.git = Git(self)
+        self.snapshots = Snapshots(self)
+        self.templates = Templates(self)
         self.runs = Runs(self)
         self.webhooks = Webhooks(self)
         self.tokens = Tokens(self)
@@ -739,11 +801,11 @@ class Forge(_Client):
         except (OSError, _ws.WebSocketError) as error:
             raise ForgeError(0, "network", f"the terminal did not open: {error}") from error
 
-    def _follow(self, path: str) -> Iterator[Dict[str, Any]]:
+    def _follow(self, path: str, kinds: Dict[str, Any] = _RUN_EVENTS, last: str = "end") -> Iterator[Dict[str, Any]]:
         for event in self._stream(_Op("GET", path, params={"follow": "true"})):
-            tp = _RUN_EVENTS.get(event["event"])
+            tp = kinds.get(event["event"])
             yield {"event": event["event"], "data": load(tp, event["data"]) if tp else event["data"]}
-            if event["event"] == "end":
+            if event["event"] == last:
                 return
 
     def _events(self, repos: Repos, name: str, after: int, wait_secs: int) -> Iterator[t.Event]:
@@ -855,13 +917,15 @@ class AsyncForge(_Client):
         except (OSError, _ws.WebSocketError) as error:
             raise ForgeError(0, "network", f"the terminal did not open: {error}") from error
 
-    async def _follow(self, path: str) -> AsyncIterator[Dict[str, Any]]:
+    async def _follow(
+        self, path: str, kinds: Dict[str, Any] = _RUN_EVENTS, last: str = "end"
+    ) -> AsyncIterator[Dict[str, Any]]:
         stream = self._stream(_Op("GET", path, params={"follow": "true"}))
         try:
             async for event in stream:
-                tp = _RUN_EVENTS.get(event["event"])
+                tp = kinds.get(event["event"])
                 yield {"event": event["event"], "data": load(tp, event["data"]) if tp else event["data"]}
-                if event["event"] == "end":
+                if event["event"] == last:
                     return
         finally:
             await stream.aclose()

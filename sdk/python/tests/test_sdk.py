@@ -480,3 +480,35 @@ def test_the_async_client():
                 await vm.delete()
 
     asyncio.run(flow())
+
+
+def test_snapshots(vms, forge):
+    vm = vms()
+    vm.fs.write_file("/root/kept", "from the snapshot")
+    name = f"snap{uuid.uuid4().hex[:8]}"
+    snapshot = vm.snapshot(name=name)
+    assert snapshot.name == name and "disk" in snapshot.kept
+    assert snapshot.disk_bytes and snapshot.disk_bytes > 0
+    copy = vms(snapshot=name)
+    assert copy.view.snapshot == snapshot.id
+    assert copy.fs.read_file("/root/kept", "utf-8") == "from the snapshot"
+    assert any(s.id == snapshot.id for s in forge.snapshots.list())
+    forge.snapshots.delete(name)
+    with fails_with(404, "not_found"):
+        forge.snapshots.get(name)
+
+
+def test_templates(vms, forge):
+    name = f"tpl{uuid.uuid4().hex[:8]}"
+    spec = {"run": [f"echo {name} > /opt/made-by"], "workdir": "/opt", "env": {"TEMPLATE_NAME": name}}
+    assert forge.templates.build(name, **spec).name == name
+    events = list(forge.templates.follow(name))
+    assert events[-1]["event"] == "done"
+    assert events[-1]["data"].state == "ready", events[-1]
+    assert "==> [" in forge.templates.log(name)
+    assert forge.templates.build(name, **spec).reused
+    vm = vms(template=name)
+    assert vm.exec('cat made-by; echo "$TEMPLATE_NAME"').stdout == f"{name}\n{name}\n"
+    forge.templates.delete(name)
+    with fails_with(404, "not_found"):
+        forge.templates.get(name)

@@ -41,6 +41,8 @@ export class Forge {
   constructor(options?: ForgeOptions);
   readonly vms: Vms;
   readonly git: { readonly repos: Repos };
+  readonly snapshots: Snapshots;
+  readonly templates: Templates;
   readonly runs: Runs;
   readonly webhooks: Webhooks;
   readonly tokens: Tokens;
@@ -110,6 +112,8 @@ export class Vm {
   fork(options?: Options<Api.ForkRequest>): Promise<{ forks: Vm[] }>;
   pause(options?: Options<Api.PauseRequest>): Promise<Api.VmView>;
   resume(): Promise<Api.CarriedVm>;
+  /** Keeps the VM's disk (and, where it can, memory and processes) as a snapshot. */
+  snapshot(options?: Options<Api.CreateSnapshot>): Promise<Api.SnapshotView>;
   delete(): Promise<void>;
   terminal(options?: { cols?: number; rows?: number; WebSocket?: unknown }): Promise<Terminal>;
 }
@@ -178,6 +182,27 @@ export type RunLogEvent =
   | { event: "step"; data: Api.StepEvent }
   | { event: "log"; data: Api.LogEvent }
   | { event: "end"; data: Api.RunEnd };
+
+export class Snapshots {
+  list(): Promise<Api.SnapshotView[]>;
+  get(key: string): Promise<Api.SnapshotView>;
+  delete(key: string): Promise<void>;
+}
+
+export type BuildEvent =
+  | { event: "log"; data: Api.BuildLog }
+  | { event: "step"; data: Api.BuildStep }
+  | { event: "done"; data: Api.TemplateView };
+
+export class Templates {
+  /** Creates or changes a template and builds it unless its spec was built before. */
+  build(spec: Options<Api.TemplateSpec>): Promise<Api.TemplateView>;
+  list(): Promise<Api.TemplateView[]>;
+  get(name: string): Promise<Api.TemplateView>;
+  delete(name: string): Promise<void>;
+  log(name: string): Promise<string>;
+  follow(name: string, options?: { signal?: AbortSignal }): AsyncGenerator<BuildEvent>;
+}
 
 export class Runs {
   get(id: number): Promise<Api.RunDetail>;

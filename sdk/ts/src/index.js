@@ -17,6 +17,8 @@ export class Forge {
     });
     this.vms = new Vms(this);
     this.git = { repos: new Repos(this) };
+    this.snapshots = new Snapshots(this);
+    this.templates = new Templates(this);
     this.runs = new Runs(this);
     this.webhooks = new Webhooks(this);
     this.tokens = new Tokens(this);
@@ -250,6 +252,16 @@ export class Vm {
     await this.forge.http.send("POST", `${this.path}/processes/${pid}/signal`, {
       json: { signal },
     });
+  }
+
+  /**
+   * Keeps the VM's disk and, where the backend can, its memory and
+   * processes as a snapshot (`SnapshotView`; `kept` says which); the VM
+   * runs on. `{ name }` names it. Start VMs from it with
+   * `vms.create({ snapshot })`.
+   */
+  async snapshot(options = {}) {
+    return this.forge.http.json("POST", `${this.path}/snapshots`, { json: options });
   }
 
   async delete() {
@@ -585,6 +597,85 @@ export class Repos {
 
   async unlinkGithub(name) {
     await this.forge.http.json("DELETE", `${this.path(name)}/github`);
+  }
+}
+
+// ---------------------------------------------------------------- snapshots
+
+export class Snapshots {
+  constructor(forge) {
+    this.forge = forge;
+  }
+
+  /** The snapshots the token may see, with the space each takes. */
+  async list() {
+    return this.forge.http.json("GET", "/v1/snapshots");
+  }
+
+  /** A snapshot by name or id. */
+  async get(key) {
+    return this.forge.http.json("GET", `/v1/snapshots/${pathOf(key)}`);
+  }
+
+  /** Deletes a snapshot; VMs started from it run on. */
+  async delete(key) {
+    await this.forge.http.json("DELETE", `/v1/snapshots/${pathOf(key)}`);
+  }
+}
+
+// ---------------------------------------------------------------- templates
+
+export class Templates {
+  constructor(forge) {
+    this.forge = forge;
+  }
+
+  /**
+   * Creates or changes a template from its spec (`{ name, apt, pip, npm,
+   * run, env, workdir, start, warm, pool }`) and builds it, unless the
+   * same spec was built before (`reused`). `TemplateView`; `state` is
+   * `"building"` until the build ends (see `follow`).
+   */
+  async build(spec) {
+    return this.forge.http.json("POST", "/v1/templates", { json: spec });
+  }
+
+  async list() {
+    return this.forge.http.json("GET", "/v1/templates");
+  }
+
+  async get(name) {
+    return this.forge.http.json("GET", `/v1/templates/${pathOf(name)}`);
+  }
+
+  /** Deletes a template and, unless another shares its spec, its image. */
+  async delete(name) {
+    await this.forge.http.json("DELETE", `/v1/templates/${pathOf(name)}`);
+  }
+
+  /** The build's log as text. */
+  async log(name) {
+    const response = await this.forge.http.send("GET", `/v1/templates/${pathOf(name)}/build`);
+    return response.text();
+  }
+
+  /**
+   * The build live: `{ event: "log", data: { text } }` (the log so far
+   * first), `{ event: "step", data: BuildStep }` as each step starts, then
+   * one `{ event: "done", data: TemplateView }`.
+   */
+  async *follow(name, options = {}) {
+    const response = await this.forge.http.send("GET", `/v1/templates/${pathOf(name)}/build`, {
+      query: { follow: true },
+      accept: "text/event-stream",
+      signal: options.signal,
+    });
+    for await (const event of events(response)) {
+      yield event;
+      if (event.event === "done") {
+        return;
+      }
+    }
   }
 }
 

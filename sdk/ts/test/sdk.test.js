@@ -299,6 +299,62 @@ describe("VMs", () => {
     assert.equal((await vm.exec("cat /tmp/mark")).stdout, "parent");
   });
 
+  test("snapshots: take one, start VMs from it, list and delete it", async () => {
+    const vm = await newVm();
+    await vm.fs.writeFile("/root/kept", "from the snapshot");
+    const name = unique("snap");
+    const snapshot = await vm.snapshot({ name });
+    assert.equal(snapshot.name, name);
+    assert.ok(snapshot.kept.includes("disk"));
+    assert.ok(snapshot.disk_bytes > 0, JSON.stringify(snapshot));
+    const copies = await Promise.all([1, 2].map(() => newVm({ snapshot: name })));
+    for (const copy of copies) {
+      assert.equal(copy.view.snapshot, snapshot.id);
+      assert.equal(await copy.fs.readFile("/root/kept", "utf8"), "from the snapshot");
+    }
+    assert.ok((await forge.snapshots.list()).some((s) => s.id === snapshot.id));
+    assert.equal((await forge.snapshots.get(snapshot.id)).name, name);
+    await forge.snapshots.delete(name);
+    await rejectsWith(forge.snapshots.get(name), 404, "not_found");
+    await rejectsWith(forge.vms.create({ snapshot: name }), 404, "not_found");
+  });
+
+  test("templates: build one, follow the build, start a VM from it", async () => {
+    const name = unique("tpl");
+    const started = await forge.templates.build({
+      name,
+      run: [`echo ${name} > /opt/made-by`],
+      workdir: "/opt",
+      env: { TEMPLATE_NAME: name },
+    });
+    assert.equal(started.name, name);
+    const seen = [];
+    let done;
+    for await (const event of forge.templates.follow(name)) {
+      seen.push(event.event);
+      if (event.event === "done") {
+        done = event.data;
+      }
+    }
+    assert.ok(seen.includes("log"), seen.join(","));
+    assert.equal(done.state, "ready", JSON.stringify(done));
+    assert.match(await forge.templates.log(name), /==> \[\d+\/\d+\]/);
+    const again = await forge.templates.build({
+      name,
+      run: [`echo ${name} > /opt/made-by`],
+      workdir: "/opt",
+      env: { TEMPLATE_NAME: name },
+    });
+    assert.equal(again.reused, true);
+    const vm = await newVm({ template: name });
+    assert.equal(vm.view.template, name);
+    const out = await vm.exec('cat made-by; echo "$TEMPLATE_NAME"');
+    assert.equal(out.stdout, `${name}\n${name}\n`);
+    assert.ok((await forge.templates.list()).some((t) => t.name === name));
+    await forge.templates.delete(name);
+    await rejectsWith(forge.templates.get(name), 404, "not_found");
+  });
+
   test("ports: a server in the VM, through the forge and a share link", async () => {
     const vm = await newVm();
     await vm.exec(
