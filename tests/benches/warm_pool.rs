@@ -1,9 +1,11 @@
 //! `cargo bench -p e2e --bench warm_pool`: create → first exec done, from
-//! the warm pool against a cold create, in one forge (`--warm-pool
-//! default=4`) on this host's backend. A cold create is one the pool cannot
-//! serve (it asks for an environment of its own); before each pooled
-//! create the bench waits until the pool is full again, so every one is a
-//! hit. Prints p50/p99 of each and the ratio of the p50s.
+//! the warm pools against cold creates, in one forge (`--warm-pool
+//! default=4,bench=4`) on this host's backend: the forge's image (a cold
+//! create asks for an environment of its own, which the pool cannot serve)
+//! and template `bench` (a cold create names `bench-cold`, the same spec
+//! without a pool: a start from the template's snapshot). Before each
+//! pooled create the bench waits until the pool is full again, so every
+//! one is a hit. Prints p50/p99 of each and the ratios of the p50s.
 
 use std::time::{Duration, Instant};
 
@@ -27,17 +29,31 @@ fn main() {
     }
     let forge = TestForge::builder()
         .with_sandboxes(40)
-        .env("FORGE_WARM_POOL", "default=4")
+        .env("FORGE_WARM_POOL", "default=4,bench=4")
         .start();
-    let ready = || -> usize {
-        forge.admin("GET", "/v1/system", None)["sandboxes"]["warm_pool"]["ready"]
-            .as_u64()
-            .unwrap_or(0) as usize
+    for name in ["bench", "bench-cold"] {
+        forge.admin(
+            "POST",
+            "/v1/templates",
+            Some(json!({ "name": name, "run": ["echo ready > /root/ready"] })),
+        );
+    }
+    let ready = |pool: &str| -> usize {
+        let pools = forge.admin("GET", "/v1/system", None)["sandboxes"]["warm_pool"].clone();
+        let ready = if pool == "default" {
+            pools["ready"].as_u64()
+        } else {
+            pools["templates"]
+                .as_array()
+                .and_then(|all| all.iter().find(|p| p["template"] == pool))
+                .and_then(|p| p["ready"].as_u64())
+        };
+        ready.unwrap_or(0) as usize
     };
-    let wait_full = || {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while ready() < 4 {
-            assert!(Instant::now() < deadline, "the pool never filled");
+    let wait_full = |pool: &str| {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while ready(pool) < 4 {
+            assert!(Instant::now() < deadline, "pool {pool} never filled");
             std::thread::sleep(Duration::from_millis(20));
         }
     };
@@ -55,31 +71,38 @@ fn main() {
         assert_eq!(out["exit_code"], 0);
         (started.elapsed(), id)
     };
-    let mut pooled = Vec::new();
-    let mut cold = Vec::new();
+    let mut times: [Vec<Duration>; 4] = Default::default();
+    let kinds = [
+        ("default", json!({})),
+        ("", json!({ "env": { "BENCH": "cold" } })),
+        ("bench", json!({ "template": "bench" })),
+        ("", json!({ "template": "bench-cold" })),
+    ];
     for _ in 0..ROUNDS {
-        wait_full();
-        let (took, id) = first_exec(json!({}));
-        pooled.push(took);
-        forge.admin("DELETE", &format!("/v1/vms/{id}"), None);
-        let (took, id) = first_exec(json!({ "env": { "BENCH": "cold" } }));
-        cold.push(took);
-        forge.admin("DELETE", &format!("/v1/vms/{id}"), None);
+        for (times, (pool, body)) in times.iter_mut().zip(&kinds) {
+            if !pool.is_empty() {
+                wait_full(pool);
+            }
+            let (took, id) = first_exec(body.clone());
+            times.push(took);
+            forge.admin("DELETE", &format!("/v1/vms/{id}"), None);
+        }
     }
-    pooled.sort();
-    cold.sort();
-    println!(
-        "create -> first exec, warm pool   p50 {:>7.1} ms  p99 {:>7.1} ms  (n={ROUNDS})",
-        ms(at(&pooled, 0.5)),
-        ms(at(&pooled, 0.99))
-    );
-    println!(
-        "create -> first exec, cold        p50 {:>7.1} ms  p99 {:>7.1} ms  (n={ROUNDS})",
-        ms(at(&cold, 0.5)),
-        ms(at(&cold, 0.99))
-    );
-    println!(
-        "warm pool p50 / cold p50          {:.2}",
-        ms(at(&pooled, 0.5)) / ms(at(&cold, 0.5))
-    );
+    let names = [
+        "image, warm pool",
+        "image, cold",
+        "template, warm pool",
+        "template, cold (its snapshot)",
+    ];
+    for (times, name) in times.iter_mut().zip(names) {
+        times.sort();
+        println!(
+            "create -> first exec, {name:<30} p50 {:>7.1} ms  p99 {:>7.1} ms  (n={ROUNDS})",
+            ms(at(times, 0.5)),
+            ms(at(times, 0.99))
+        );
+    }
+    let p50 = |i: usize| ms(at(&times[i], 0.5));
+    println!("image:    warm pool p50 / cold p50  {:.2}", p50(0) / p50(1));
+    println!("template: warm pool p50 / cold p50  {:.2}", p50(2) / p50(3));
 }

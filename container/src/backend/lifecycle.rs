@@ -441,7 +441,6 @@ impl ContainerBackend {
         let copy_id = new_id("sb");
         self.prepare_dir(&copy_id)?;
         let made = (|| {
-            let ids = self.take_ids(&copy_id)?;
             let room = self
                 .layers
                 .ensure_images(&copy_id, Self::checkpoint_cap(&parent))
@@ -460,7 +459,9 @@ impl ContainerBackend {
             let record = SandboxRecord {
                 checkpoint: images.is_some(),
                 checkpoint_ids: images.as_ref().and(parent.ids),
-                ..Self::copy_record(&parent, &copy_id, ids)
+                // It never runs: no id range of its own (its children take
+                // theirs), so snapshots cannot use up the host's ranges.
+                ..Self::copy_record(&parent, &copy_id, None)
             };
             record.save(&self.sandbox_dir(&copy_id))?;
             let kept = if record.checkpoint {
@@ -480,9 +481,13 @@ impl ContainerBackend {
         made
     }
 
-    /// The record of a copy of `parent` named `id`, with its own id range,
+    /// The record of a copy of `parent` named `id` with id range `ids`,
     /// paused to disk, without a checkpoint yet.
-    fn copy_record(parent: &SandboxRecord, id: &str, ids: crate::spec::IdMap) -> SandboxRecord {
+    fn copy_record(
+        parent: &SandboxRecord,
+        id: &str,
+        ids: Option<crate::spec::IdMap>,
+    ) -> SandboxRecord {
         SandboxRecord {
             id: id.to_owned(),
             status: Status::PausedToDisk,
@@ -501,7 +506,7 @@ impl ContainerBackend {
             checkpoint_error: parent.checkpoint_error.clone(),
             forked_from: Some(parent.id.clone()),
             created_at_secs: now_secs(),
-            ids: Some(ids),
+            ids,
             checkpoint_ids: None,
             agent_token: parent.agent_token.clone(),
         }
@@ -513,7 +518,7 @@ impl ContainerBackend {
         child_id: &str,
         checkpoint: Option<Checkpoint<'_>>,
     ) -> Result<Carried, BackendError> {
-        let mut record = Self::copy_record(parent, child_id, self.take_ids(child_id)?);
+        let mut record = Self::copy_record(parent, child_id, Some(self.take_ids(child_id)?));
         // The snapshot of the parent's layer carried its run directory: the
         // console log restored processes reopen where they left it.
         let (sandbox, kept) = self.start_from(&mut record, checkpoint)?;

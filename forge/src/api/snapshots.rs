@@ -125,6 +125,12 @@ pub async fn create(
 ) -> Result<(StatusCode, Json<SnapshotView>), ApiError> {
     caller.check(Scope::RepoWrite)?;
     super::vms::owned(&state, &caller, &id).await?;
+    if !caller.is_admin() {
+        state
+            .sandboxes
+            .check_snapshot_quota(&caller.token_id)
+            .await?;
+    }
     let row = state
         .sandboxes
         .snapshot(&id, request.name.as_deref(), &caller.token_id, None)

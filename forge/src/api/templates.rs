@@ -56,8 +56,8 @@ async fn find(state: &AppState, name: &str) -> Result<TemplateRow, ApiError> {
 }
 
 /// Creates or changes a template and builds it, unless the same spec was
-/// built before (`reused`): `202` while it builds, `200` when it is ready
-/// at once. Follow the build at `GET /v1/templates/{name}/build?follow=true`.
+/// built (or is building) before (`reused`): `202` when this post started
+/// a build, `200` when it reused one. Follow the build at `GET /v1/templates/{name}/build?follow=true`.
 #[utoipa::path(
     post,
     path = "/v1/templates",
@@ -65,7 +65,7 @@ async fn find(state: &AppState, name: &str) -> Result<TemplateRow, ApiError> {
     operation_id = "putTemplate",
     request_body = TemplateSpec,
     responses(
-        (status = 202, description = "The template; its build runs", body = TemplateView),
+        (status = 202, description = "The template; this post started its build", body = TemplateView),
         (status = 200, description = "The template; an earlier build of the same spec is its image", body = TemplateView),
     ),
 )]
@@ -75,21 +75,24 @@ pub async fn put(
     Body(spec): Body<TemplateSpec>,
 ) -> Result<(StatusCode, Json<TemplateView>), ApiError> {
     caller.check(Scope::RepoWrite)?;
-    if let Some(existing) = state.store.template(&spec.name).await?
-        && !caller.is_admin()
-        && existing.created_by != caller.token_id
-    {
-        return Err(ApiError::conflict(format!(
-            "template {} belongs to another token",
-            spec.name
-        )));
+    if spec.pool.is_some() && !caller.is_admin() {
+        // Pooled sandboxes are nobody's: they count against no token's
+        // quota, only against the forge's caps.
+        return Err(ApiError::forbidden(
+            "pool keeps sandboxes for everyone and needs an admin token",
+        ));
     }
-    let (row, reused) = state.templates.put(spec, &caller.token_id).await?;
+    let (row, reused) = state
+        .templates
+        .put(spec, &caller.token_id, caller.is_admin())
+        .await?;
     let view = view(&state, row, reused).await?;
-    let status = if view.state == api_types::TemplateState::Building {
-        StatusCode::ACCEPTED
-    } else {
+    // Whether this post started a build, not whether it still runs: a
+    // quick build may have ended already.
+    let status = if reused {
         StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
     };
     Ok((status, Json(view)))
 }

@@ -234,9 +234,11 @@ pub async fn template(target: &Target<'_>, command: TemplateCommand) -> anyhow::
             } else {
                 print!(
                     "{}",
-                    client
-                        .text(&format!("/v1/templates/{}/build", web::api::encode(&name)))
-                        .await?
+                    printable(
+                        &client
+                            .text(&format!("/v1/templates/{}/build", web::api::encode(&name)))
+                            .await?
+                    )
                 );
             }
             return Ok(());
@@ -297,7 +299,7 @@ async fn follow_build(
                     }
                     draw(&mut stderr, step.as_ref(), tail.back().map(String::as_str))?;
                 } else {
-                    write!(stdout, "{text}")?;
+                    write!(stdout, "{}", printable(&text))?;
                     stdout.flush()?;
                 }
             }
@@ -333,10 +335,20 @@ async fn follow_build(
     };
     if bar && view.state == TemplateState::Failed {
         for line in &tail {
-            eprintln!("{line}");
+            eprintln!("{}", printable(line));
         }
     }
     Ok(view)
+}
+
+/// A build's output as the terminal may show it: what the sandbox printed
+/// is hostile, so control characters (escape sequences that could move the
+/// cursor, retitle the window or rewrite earlier lines) are dropped; line
+/// breaks and tabs stay.
+fn printable(text: &str) -> String {
+    text.chars()
+        .filter(|c| !c.is_control() || matches!(c, '\n' | '\t'))
+        .collect()
 }
 
 /// One line: `[#####.....] 3/8 step name · last output`, redrawn in place.
@@ -376,6 +388,14 @@ mod tests {
         assert_eq!(
             text,
             "\r\x1b[2K[########............] 3/5 pip install requests · Collectingrequests"
+        );
+    }
+
+    #[test]
+    fn escape_sequences_from_a_build_never_reach_the_terminal() {
+        assert_eq!(
+            printable("ok\x1b]0;owned\x07\r\n\tnext\x1b[2J"),
+            "ok]0;owned\n\tnext[2J"
         );
     }
 

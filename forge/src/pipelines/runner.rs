@@ -312,7 +312,10 @@ impl Pipelines {
             }
             None => {
                 let origin = match template {
-                    Some(name) => Some(crate::templates::origin(&self.store, name).await?.0),
+                    Some(name) => {
+                        crate::templates::check_pipeline_template(&self.store, name).await?;
+                        Some(crate::templates::origin(&self.store, name).await?.0)
+                    }
                     None => None,
                 };
                 let vm = self

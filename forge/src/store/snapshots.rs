@@ -142,46 +142,38 @@ impl Store {
     /// Records template `row` and makes sure its build exists. Returns
     /// whether a build must start: none existed for the hash, or the last
     /// one failed (it starts over, its log emptied). One transaction, so
-    /// two posts of one spec start one build.
-    pub async fn put_template(&self, row: &TemplateRow) -> Result<bool> {
+    /// two posts of one spec start one build. A template of that name made
+    /// by another token than `caller` is changed only when `any_owner`
+    /// (an admin): otherwise `Ok(None)` and nothing changes.
+    pub async fn put_template(
+        &self,
+        row: &TemplateRow,
+        caller: &str,
+        any_owner: bool,
+    ) -> Result<Option<bool>> {
+        // A write first: the transaction holds the write lock from its
+        // first statement, so a concurrent writer makes it wait instead of
+        // failing the upgrade from a read.
         let mut tx = self.pool.begin().await?;
-        let existing: Option<(TemplateState,)> =
-            sqlx::query_as("SELECT state FROM template_builds WHERE spec_hash = ?")
-                .bind(&row.spec_hash)
-                .fetch_optional(&mut *tx)
-                .await?;
-        let start = match existing {
-            None => {
-                sqlx::query(
-                    "INSERT INTO template_builds (spec_hash, state, started_at) VALUES (?, ?, ?)",
-                )
-                .bind(&row.spec_hash)
-                .bind(TemplateState::Building)
-                .bind(&row.updated_at)
-                .execute(&mut *tx)
-                .await?;
-                true
-            }
-            Some((TemplateState::Failed,)) => {
-                sqlx::query(
-                    "UPDATE template_builds SET state = ?, log = '', error = NULL, started_at = ?,
-                                                finished_at = NULL, build_ms = NULL
-                     WHERE spec_hash = ?",
-                )
-                .bind(TemplateState::Building)
-                .bind(&row.updated_at)
-                .bind(&row.spec_hash)
-                .execute(&mut *tx)
-                .await?;
-                true
-            }
-            Some(_) => false,
-        };
-        sqlx::query(
+        let started = sqlx::query(
+            "INSERT INTO template_builds (spec_hash, state, started_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT (spec_hash) DO UPDATE SET state = ?2, log = '', error = NULL,
+                 started_at = ?3, finished_at = NULL, build_ms = NULL, snapshot_id = NULL
+             WHERE template_builds.state = ?4",
+        )
+        .bind(&row.spec_hash)
+        .bind(TemplateState::Building)
+        .bind(&row.updated_at)
+        .bind(TemplateState::Failed)
+        .execute(&mut *tx)
+        .await?;
+        let start = started.rows_affected() > 0;
+        let written = sqlx::query(
             "INSERT INTO templates (name, spec, spec_hash, created_by, created_at, updated_at)
-             VALUES (?, ?, ?, ?, ?, ?)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
              ON CONFLICT (name) DO UPDATE SET spec = excluded.spec, spec_hash = excluded.spec_hash,
-                                              updated_at = excluded.updated_at",
+                                              updated_at = excluded.updated_at
+             WHERE templates.created_by = ?8 OR ?7",
         )
         .bind(&row.name)
         .bind(&row.spec)
@@ -189,10 +181,49 @@ impl Store {
         .bind(&row.created_by)
         .bind(&row.created_at)
         .bind(&row.updated_at)
+        .bind(any_owner)
+        .bind(caller)
         .execute(&mut *tx)
         .await?;
+        if written.rows_affected() == 0 {
+            // Dropped without a commit: the build row goes too.
+            return Ok(None);
+        }
         tx.commit().await?;
-        Ok(start)
+        Ok(Some(start))
+    }
+
+    /// Templates token `token` made (the per-token cap).
+    pub async fn count_templates_by(&self, token: &str) -> Result<i64> {
+        let (count,): (i64,) =
+            sqlx::query_as("SELECT COUNT(*) FROM templates WHERE created_by = ?")
+                .bind(token)
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(count)
+    }
+
+    /// Snapshots token `token` took, template images aside (the per-token
+    /// cap).
+    pub async fn count_snapshots_by(&self, token: &str) -> Result<i64> {
+        let (count,): (i64,) = sqlx::query_as(
+            "SELECT COUNT(*) FROM snapshots WHERE created_by = ? AND build_hash IS NULL",
+        )
+        .bind(token)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(count)
+    }
+
+    /// Template images no build refers to (a forge stopped between keeping
+    /// the image and recording the build's end).
+    pub async fn unreferenced_images(&self) -> Result<Vec<SnapshotRow>> {
+        Ok(sqlx::query_as(
+            "SELECT * FROM snapshots WHERE build_hash IS NOT NULL AND NOT EXISTS
+               (SELECT 1 FROM template_builds WHERE template_builds.snapshot_id = snapshots.id)",
+        )
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     /// Appends to a build's log, keeping its last [`MAX_BUILD_LOG_BYTES`].
@@ -251,19 +282,16 @@ impl Store {
     /// the build goes too; its snapshot is returned for the caller to
     /// destroy (the row stays until then).
     pub async fn delete_template(&self, name: &str) -> Result<Option<SnapshotRow>> {
+        // A write first, as in `put_template`.
         let mut tx = self.pool.begin().await?;
         let Some((hash,)): Option<(String,)> =
-            sqlx::query_as("SELECT spec_hash FROM templates WHERE name = ?")
+            sqlx::query_as("DELETE FROM templates WHERE name = ? RETURNING spec_hash")
                 .bind(name)
                 .fetch_optional(&mut *tx)
                 .await?
         else {
             return Ok(None);
         };
-        sqlx::query("DELETE FROM templates WHERE name = ?")
-            .bind(name)
-            .execute(&mut *tx)
-            .await?;
         let (others,): (i64,) =
             sqlx::query_as("SELECT COUNT(*) FROM templates WHERE spec_hash = ?")
                 .bind(&hash)

@@ -19,6 +19,9 @@ const BUILD_TTL_SECS: u64 = 3 * 3600;
 /// The log is written to the database at least this often while output
 /// comes.
 const FLUSH_EVERY: Duration = Duration::from_millis(500);
+/// ... or once this much waits: each write rewrites the stored log (its
+/// last MiB), so a flood of output is written in large pieces.
+const FLUSH_BYTES: usize = 256 * 1024;
 /// How much of the log a live build keeps in memory for late followers.
 const LIVE_LOG_BYTES: usize = 256 * 1024;
 
@@ -29,6 +32,9 @@ pub const DEFAULT_DISK_MIB: u64 = 4096;
 
 /// Labels of a build's VM.
 pub const BUILD_ROLE: (&str, &str) = ("forge/role", "template-build");
+/// The creator of a build's VM: not the token that posted the spec, which
+/// could otherwise reach into a build other tokens' templates share.
+pub const BUILD_ACTOR: &str = "template-build";
 
 /// A step: what it is called and the command it runs.
 struct Step {
@@ -159,7 +165,7 @@ impl Log<'_> {
     async fn write(&mut self, text: &str) {
         self.send(BuildEvent::Log(text.to_owned()), Some(text), None);
         self.pending.push_str(text);
-        if self.flushed.elapsed() >= FLUSH_EVERY || self.pending.len() > 64 * 1024 {
+        if self.flushed.elapsed() >= FLUSH_EVERY || self.pending.len() > FLUSH_BYTES {
             self.flush().await;
         }
     }
@@ -266,7 +272,7 @@ impl Templates {
                 env: spec.env.clone().into_iter().collect(),
                 repo_id: None,
                 branch: None,
-                created_by: by.to_owned(),
+                created_by: BUILD_ACTOR.to_owned(),
                 dev_server: None,
                 labels: BTreeMap::from([
                     (BUILD_ROLE.0.to_owned(), BUILD_ROLE.1.to_owned()),

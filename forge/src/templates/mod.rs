@@ -19,6 +19,8 @@
 
 mod build;
 
+pub use build::BUILD_ACTOR;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -39,6 +41,12 @@ pub const MAX_RUN_COMMANDS: usize = 50;
 pub const MAX_COMMAND_BYTES: usize = 8 * 1024;
 /// Most environment variables a spec sets.
 pub const MAX_ENV: usize = 64;
+/// Templates one token that is not an admin may have.
+pub const MAX_TEMPLATES_PER_TOKEN: i64 = 20;
+/// Builds one token that is not an admin may have running at once.
+pub const MAX_BUILDS_PER_TOKEN: usize = 2;
+/// A name no template may take: the pool of the forge's own image.
+pub const RESERVED_NAME: &str = crate::vms::pool::DEFAULT_POOL;
 
 /// What a follower of a build receives.
 #[derive(Debug, Clone)]
@@ -56,6 +64,8 @@ pub enum BuildEvent {
 struct Live {
     state: Mutex<(String, Option<BuildStep>)>,
     events: broadcast::Sender<BuildEvent>,
+    /// The token whose post started it.
+    by: String,
 }
 
 /// Templates and their builds.
@@ -92,6 +102,17 @@ impl Templates {
                 "template builds interrupted by a stop are marked failed"
             );
         }
+        for vm in self.store.vms_created_by(build::BUILD_ACTOR).await? {
+            if let Err(error) = self.sandboxes.destroy(&vm.id).await {
+                tracing::warn!(vm = %vm.id, %error, "an interrupted build's sandbox could not be destroyed");
+            }
+        }
+        for image in self.store.unreferenced_images().await? {
+            tracing::info!(snapshot = %image.id, "an image no template build records is deleted");
+            if let Err(error) = self.sandboxes.delete_snapshot(&image).await {
+                tracing::warn!(snapshot = %image.id, %error, "an unrecorded image could not be deleted");
+            }
+        }
         for template in self.store.templates().await? {
             if let Ok(spec) = serde_json::from_str::<TemplateSpec>(&template.spec) {
                 self.sandboxes.set_template_pool(&template.name, spec.pool);
@@ -100,34 +121,86 @@ impl Templates {
         self.remove_orphans().await
     }
 
-    /// Removes builds no template names (with their snapshots).
+    /// Removes builds no template names, then their snapshots (the build
+    /// refers to its snapshot, so it goes first); one that fails is
+    /// logged and the others go on.
     async fn remove_orphans(&self) -> Result<(), VmError> {
         for build in self.store.orphan_builds().await? {
-            if let Some(snapshot) = match &build.snapshot_id {
-                Some(id) => self.store.snapshot(id).await?,
-                None => None,
-            } {
-                self.sandboxes.delete_snapshot(&snapshot).await?;
+            let removed = async {
+                let snapshot = match &build.snapshot_id {
+                    Some(id) => self.store.snapshot(id).await?,
+                    None => None,
+                };
+                self.store.delete_build(&build.spec_hash).await?;
+                if let Some(snapshot) = snapshot {
+                    self.sandboxes.delete_snapshot(&snapshot).await?;
+                }
+                Ok::<_, VmError>(())
+            };
+            match removed.await {
+                Ok(()) => {
+                    tracing::info!(spec_hash = %build.spec_hash, "an unused template build was removed");
+                }
+                Err(error) => {
+                    tracing::warn!(spec_hash = %build.spec_hash, %error, "removing an unused template build failed");
+                }
             }
-            self.store.delete_build(&build.spec_hash).await?;
-            tracing::info!(spec_hash = %build.spec_hash, "an unused template build was removed");
         }
         Ok(())
     }
 
     /// Records template `spec` for token `by` and starts its build unless
     /// one of the same hash exists (`reused`). Returns the row and whether
-    /// an earlier build is used.
+    /// an earlier build is used. A token that is not an `admin` may change
+    /// only its own templates, have [`MAX_TEMPLATES_PER_TOKEN`] of them and
+    /// [`MAX_BUILDS_PER_TOKEN`] building, and a build counts against its
+    /// quota of live VMs.
     pub async fn put(
         self: &Arc<Self>,
         spec: TemplateSpec,
         by: &str,
+        admin: bool,
     ) -> Result<(TemplateRow, bool), VmError> {
         check_spec(&spec)?;
         let image = self.sandboxes.image_identity()?;
         let hash = spec_hash(&spec, &image);
         let now = crate::store::now();
         let existing = self.store.template(&spec.name).await?;
+        let not_yours =
+            || VmError::Conflict(format!("template {} belongs to another token", spec.name));
+        if let Some(existing) = &existing
+            && !admin
+            && existing.created_by != by
+        {
+            return Err(not_yours());
+        }
+        if !admin {
+            let mine = self.store.count_templates_by(by).await?;
+            if existing.is_none() && mine >= MAX_TEMPLATES_PER_TOKEN {
+                return Err(VmError::Quota {
+                    what: "templates",
+                    live: mine as usize,
+                    quota: MAX_TEMPLATES_PER_TOKEN as usize,
+                    advice: "delete one",
+                });
+            }
+            let building = self
+                .live
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .values()
+                .filter(|live| live.by == by)
+                .count();
+            if building >= MAX_BUILDS_PER_TOKEN {
+                return Err(VmError::Quota {
+                    what: "template builds running",
+                    live: building,
+                    quota: MAX_BUILDS_PER_TOKEN,
+                    advice: "wait for one to end",
+                });
+            }
+            self.sandboxes.check_quota(by, 1).await?;
+        }
         let row = TemplateRow {
             name: spec.name.clone(),
             spec: serde_json::to_string(&spec).unwrap_or_default(),
@@ -138,12 +211,15 @@ impl Templates {
             created_at: existing.map_or_else(|| now.clone(), |row| row.created_at),
             updated_at: now,
         };
-        let start = self.store.put_template(&row).await?;
+        let Some(start) = self.store.put_template(&row, by, admin).await? else {
+            return Err(not_yours());
+        };
         self.sandboxes.set_template_pool(&spec.name, spec.pool);
         if start {
             let live = Arc::new(Live {
                 state: Mutex::new((String::new(), None)),
                 events: broadcast::channel(1024).0,
+                by: by.to_owned(),
             });
             self.live
                 .lock()
@@ -240,6 +316,33 @@ pub async fn origin(store: &Store, name: &str) -> Result<(Origin, Option<DevServ
     ))
 }
 
+/// Refuses template `name` for a repository's pipelines unless a forge
+/// admin's token made it. Template names are the forge's, first come first
+/// served, and their owner may change the spec at any time: a pipeline
+/// runs with its repository's checkout and push access, so it trusts only
+/// templates an admin controls.
+pub async fn check_pipeline_template(store: &Store, name: &str) -> Result<(), VmError> {
+    let template = store
+        .template(name)
+        .await?
+        .ok_or_else(|| VmError::Missing(format!("template {name} does not exist")))?;
+    let by_admin = store
+        .token_by_id(&template.created_by)
+        .await?
+        .is_some_and(|token| {
+            token.repo_id.is_none()
+                && crate::auth::parse_scopes([token.scopes.as_str()])
+                    .is_ok_and(|scopes| scopes.contains(&crate::auth::Scope::Admin))
+        });
+    if by_admin {
+        Ok(())
+    } else {
+        Err(VmError::Invalid(format!(
+            "template {name} was not made by a forge admin's token; pipelines start only from admins' templates"
+        )))
+    }
+}
+
 /// The hash a build is known by: what the spec builds (not its name) and
 /// the image it starts from.
 pub fn spec_hash(spec: &TemplateSpec, image: &str) -> String {
@@ -281,6 +384,11 @@ fn check_package(list: &str, package: &str) -> Result<(), VmError> {
 /// Refuses a spec that cannot build, naming the field.
 pub fn check_spec(spec: &TemplateSpec) -> Result<(), VmError> {
     check_name("template", &spec.name)?;
+    if spec.name == RESERVED_NAME {
+        return Err(VmError::Invalid(format!(
+            "{RESERVED_NAME:?} names the pool of the forge's own image: choose another template name"
+        )));
+    }
     if let Some(base) = &spec.base
         && base != DEFAULT_BASE
     {
@@ -413,6 +521,7 @@ mod tests {
             assert!(message.contains(needle), "{message}");
         };
         refused(spec("bad name"), "template name");
+        refused(spec("default"), "pool of the forge's own image");
         refused(
             TemplateSpec {
                 base: Some("alpine".into()),

@@ -40,10 +40,15 @@ pub enum VmError {
         position: usize,
         queued: usize,
     },
-    #[error(
-        "This token already has {live} live sandboxes, its quota is {quota}: pause to disk or delete one"
-    )]
-    Quota { live: usize, quota: usize },
+    #[error("This token already has {live} {what}, its quota is {quota}: {advice}")]
+    Quota {
+        /// What is counted: "live sandboxes", "snapshots", ...
+        what: &'static str,
+        live: usize,
+        quota: usize,
+        /// What to do about it.
+        advice: &'static str,
+    },
     #[error("Sandboxes are unavailable on this forge: {0}")]
     Unavailable(String),
     #[error(transparent)]

@@ -469,7 +469,12 @@ impl Sandboxes {
         };
         let live = self.store.count_live_vms_by(token).await? as usize;
         if live + adding > quota {
-            return Err(VmError::Quota { live, quota });
+            return Err(VmError::Quota {
+                what: "live sandboxes",
+                live,
+                quota,
+                advice: "pause to disk or delete one",
+            });
         }
         Ok(())
     }

@@ -20,6 +20,9 @@ use crate::store::{SnapshotRow, StoreError, VmRow};
 
 /// Longest snapshot (and template) name.
 pub const MAX_NAME_BYTES: usize = 63;
+/// Snapshots one token that is not an admin may keep (templates' images
+/// aside).
+pub const MAX_SNAPSHOTS_PER_TOKEN: i64 = 50;
 
 /// Checks a snapshot's or template's name: letters, digits, `.`, `_`, `-`,
 /// starting with a letter or digit, at most [`MAX_NAME_BYTES`]. Names
@@ -74,6 +77,21 @@ pub fn kept_of(row: &SnapshotRow) -> Vec<Kept> {
 }
 
 impl Sandboxes {
+    /// Refuses a token (not an admin) that keeps [`MAX_SNAPSHOTS_PER_TOKEN`]
+    /// snapshots already.
+    pub async fn check_snapshot_quota(&self, token: &str) -> Result<(), VmError> {
+        let kept = self.store.count_snapshots_by(token).await?;
+        if kept >= MAX_SNAPSHOTS_PER_TOKEN {
+            return Err(VmError::Quota {
+                what: "snapshots",
+                live: kept as usize,
+                quota: MAX_SNAPSHOTS_PER_TOKEN as usize,
+                advice: "delete one",
+            });
+        }
+        Ok(())
+    }
+
     /// Takes a snapshot of VM `id` (which keeps running), named `name`
     /// when given, for token `by`; `build_hash` marks a template's image.
     pub async fn snapshot(

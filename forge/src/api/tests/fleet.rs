@@ -695,7 +695,11 @@ async fn built(app: &TestApp, name: &str) -> String {
             )
             .await;
         if view["state"] != "building" {
-            return view["state"].as_str().expect("a state").to_owned();
+            let state = view["state"].as_str().expect("a state").to_owned();
+            if state != "ready" {
+                eprintln!("template {name}: {view}");
+            }
+            return state;
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
@@ -707,12 +711,7 @@ async fn a_template_pool_fills_once_built_hands_out_its_sandboxes_and_follows_re
     let app = TestApp::start().await;
     let writer = app.token(&["repo:write"], None).await;
     let put = |spec: serde_json::Value| {
-        app.call(
-            Method::POST,
-            "/v1/templates",
-            Some(&writer.secret),
-            Some(spec),
-        )
+        app.call(Method::POST, "/v1/templates", Some(app.admin()), Some(spec))
     };
     let (status, _) = put(json!({ "name": "tpl", "pool": 2, "env": { "A": "1" } })).await;
     assert_eq!(status, StatusCode::ACCEPTED);
@@ -762,17 +761,155 @@ async fn a_template_pool_fills_once_built_hands_out_its_sandboxes_and_follows_re
         after.iter().all(|id| !pooled.contains(id)),
         "{after:?} vs {pooled:?}"
     );
+    // The first build, which no template names now, went with its image:
+    // its spec builds afresh, it is not handed a destroyed image.
+    let (_, images) = app
+        .call(Method::GET, "/v1/snapshots", Some(app.admin()), None)
+        .await;
+    assert_eq!(images.as_array().map(Vec::len), Some(1), "{images}");
+    let (status, again) = put(json!({ "name": "tpl-old", "env": { "A": "1" } })).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{again}");
+    assert_eq!(built(&app, "tpl-old").await, "ready");
     // Deleting the template empties its pool.
     let (status, _) = app
-        .call(
-            Method::DELETE,
-            "/v1/templates/tpl",
-            Some(&writer.secret),
-            None,
-        )
+        .call(Method::DELETE, "/v1/templates/tpl", Some(app.admin()), None)
         .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     app.sandboxes().fill_pool().await;
     assert!(app.sandboxes().warm_pools().is_empty());
     assert!(pooled_ids(&app).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_template_build_is_out_of_its_posters_reach_and_bounded_per_token() {
+    let app = TestApp::start().await;
+    let writer = app.token(&["repo:write"], None).await;
+    let other = app.token(&["repo:write"], None).await;
+    let put = |token: &str, spec: Value| {
+        let token = token.to_owned();
+        let app = &app;
+        async move {
+            app.call(Method::POST, "/v1/templates", Some(&token), Some(spec))
+                .await
+        }
+    };
+    app.backend
+        .respond(|call| call.script().contains("step-one").then(|| Reply::ok("")));
+    // Held in its `run` step.
+    let gate = app
+        .backend
+        .hold_exec(|call| call.argv.join(" ").contains("step-one"));
+    let (status, _) = put(
+        &writer.secret,
+        json!({ "name": "mine", "run": ["echo step-one"] }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    gate.arrived(1).await;
+    let builds = app
+        .state
+        .store
+        .vms_created_by(crate::templates::BUILD_ACTOR)
+        .await
+        .expect("store");
+    assert_eq!(builds.len(), 1, "the build runs in a sandbox of its own");
+    let build = builds[0].id.clone();
+    // The poster cannot see it, exec in it or snapshot it: a build other
+    // tokens' templates may share is nobody's to reach into.
+    let (ids, _) = page(&app, &writer.secret, "/v1/vms").await;
+    assert!(ids.is_empty(), "{ids:?}");
+    for (method, path, body) in [
+        (
+            Method::POST,
+            format!("/v1/vms/{build}/exec"),
+            Some(json!({ "command": "true" })),
+        ),
+        (
+            Method::POST,
+            format!("/v1/vms/{build}/snapshots"),
+            Some(json!({})),
+        ),
+        (Method::DELETE, format!("/v1/vms/{build}"), None),
+    ] {
+        let (status, body) = app.call(method, &path, Some(&writer.secret), body).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}: {body}");
+    }
+
+    // Bounds: builds running at once, another token's template, pools,
+    // the reserved name.
+    let (status, _) = put(
+        &writer.secret,
+        json!({ "name": "mine-2", "run": ["echo step-one two"] }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let (status, body) = put(
+        &writer.secret,
+        json!({ "name": "mine-3", "run": ["echo three"] }),
+    )
+    .await;
+    assert_error(status, &body, StatusCode::TOO_MANY_REQUESTS, "quota");
+    let (status, body) = put(
+        &other.secret,
+        json!({ "name": "mine", "run": ["echo theirs"] }),
+    )
+    .await;
+    assert_error(status, &body, StatusCode::CONFLICT, "conflict");
+    let (status, body) = put(&other.secret, json!({ "name": "pooled", "pool": 3 })).await;
+    assert_error(status, &body, StatusCode::FORBIDDEN, "forbidden");
+    let (status, body) = put(&other.secret, json!({ "name": "default" })).await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "bad_request");
+    gate.open();
+    assert_eq!(built(&app, "mine").await, "ready");
+    assert_eq!(built(&app, "mine-2").await, "ready");
+    assert!(
+        app.state
+            .store
+            .vms_created_by(crate::templates::BUILD_ACTOR)
+            .await
+            .expect("store")
+            .is_empty(),
+        "build sandboxes are destroyed"
+    );
+    let (_, view) = app
+        .call(Method::GET, "/v1/templates/mine", Some(&other.secret), None)
+        .await;
+    assert_eq!(
+        view["spec"]["run"],
+        json!(["echo step-one"]),
+        "unchanged by another token"
+    );
+}
+
+#[tokio::test]
+async fn pipelines_start_only_from_templates_a_forge_admin_made() {
+    let app = TestApp::start().await;
+    app.repo("acme/app").await;
+    let writer = app.token(&["repo:write"], None).await;
+    let limited_admin = app.token(&["admin"], Some("acme/app")).await;
+    for (token, name) in [
+        (app.admin().to_owned(), "by-admin"),
+        (writer.secret.clone(), "by-writer"),
+        (limited_admin.secret.clone(), "by-repo-admin"),
+    ] {
+        let (status, body) = app
+            .call(
+                Method::POST,
+                "/v1/templates",
+                Some(&token),
+                Some(json!({ "name": name, "env": { "BY": name } })),
+            )
+            .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    }
+    let store = &app.state.store;
+    assert!(
+        crate::templates::check_pipeline_template(store, "by-admin")
+            .await
+            .is_ok()
+    );
+    for name in ["by-writer", "by-repo-admin", "missing"] {
+        let refused = crate::templates::check_pipeline_template(store, name).await;
+        assert!(refused.is_err(), "{name}");
+    }
 }
