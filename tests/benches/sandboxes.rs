@@ -1,8 +1,9 @@
 //! `cargo bench -p e2e --bench sandboxes`: the VM API and pipelines as an
 //! agent sees them, through the real forge on this host's backend.
 //!
-//! Prints p50/p99 of: create → first exec done, exec `true`, fork of 1 and
-//! of 10, pause/resume in memory and to disk, push → run started; and how
+//! Prints p50/p99 of: create → first exec done, exec `true` (on a kept-alive
+//! connection, beside the request floor and a spawn on the host), fork of
+//! 1 and of 10, pause/resume in memory and to disk, push → run started; and how
 //! much memory idle forks take (measured for `FORGE_BENCH_FORKS`, default
 //! 100, and extrapolated to the host's available memory).
 
@@ -91,10 +92,65 @@ fn main() {
     }
 
     let parent = create();
-    let round_trips: Vec<Duration> = (0..100)
-        .map(|_| timed(|| exec(&parent, "true")).0)
+    // One kept-alive connection, as an SDK holds: the round trip is the
+    // forge's, not a TCP handshake's. Beside it, the floor of any request
+    // (`/healthz` on the same connection) and `true` spawned on this host.
+    let client = reqwest::blocking::Client::new();
+    let exec_url = format!("{}/v1/vms/{parent}/exec", forge.url);
+    let keep_alive_exec = || {
+        let response = client
+            .post(&exec_url)
+            .bearer_auth(&forge.admin_token)
+            .json(&json!({ "argv": ["true"] }))
+            .send()
+            .expect("exec");
+        assert_eq!(response.status().as_u16(), 200);
+        response.bytes().expect("exec answer");
+    };
+    for _ in 0..20 {
+        keep_alive_exec();
+    }
+    let round_trips: Vec<Duration> = (0..200).map(|_| timed(keep_alive_exec).0).collect();
+    let health_url = format!("{}/healthz", forge.url);
+    let floor: Vec<Duration> = (0..200)
+        .map(|_| {
+            timed(|| {
+                client
+                    .get(&health_url)
+                    .send()
+                    .expect("healthz")
+                    .bytes()
+                    .expect("body");
+            })
+            .0
+        })
         .collect();
+    let host: Vec<Duration> = (0..200)
+        .map(|_| {
+            timed(|| {
+                std::process::Command::new("true")
+                    .status()
+                    .expect("true runs");
+            })
+            .0
+        })
+        .collect();
+    let p50 = |samples: &[Duration]| {
+        let mut sorted = samples.to_vec();
+        sorted.sort();
+        sorted[sorted.len() / 2].as_secs_f64() * 1e3
+    };
+    let (exec_p50, floor_p50, host_p50) = (p50(&round_trips), p50(&floor), p50(&host));
     println!("exec `true` round trip      {}", percentiles(round_trips));
+    println!("  request floor (/healthz)  {}", percentiles(floor));
+    println!("  `true` spawned on host    {}", percentiles(host));
+    println!(
+        "  exec p50 = {:.2} ms: {:.2} ms HTTP floor + {:.2} ms host spawn + {:.2} ms the forge and agent add",
+        exec_p50,
+        floor_p50,
+        host_p50,
+        (exec_p50 - floor_p50 - host_p50).max(0.0)
+    );
 
     let fork = |count: usize| -> Vec<String> {
         let forks = forge.admin(

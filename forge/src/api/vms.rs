@@ -97,7 +97,7 @@ fn with_carried(vm: VmView, carried: &::sandbox::Carried) -> CarriedVm {
 
 /// The VM `id`, if the caller may use it (others' VMs are "not found").
 pub(super) async fn owned(state: &AppState, caller: &Caller, id: &str) -> Result<VmRow, ApiError> {
-    let row = state.sandboxes.get(id).await?;
+    let row = state.sandboxes.recorded(id).await?;
     if caller.may_use_vm(row.repo_id.as_deref(), row.created_by.as_deref()) {
         Ok(row)
     } else {
@@ -476,7 +476,8 @@ pub async fn show(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<VmDetail>, ApiError> {
-    let row = owned(&state, &caller, &id).await?;
+    owned(&state, &caller, &id).await?;
+    let row = state.sandboxes.get(&id).await?;
     let stats = if row.state.is_live() {
         state.sandboxes.stats(&id).await.ok().map(|stats| VmStats {
             state: crate::vms::vm_state(stats.state),

@@ -26,6 +26,10 @@ pub struct NewToken<'a> {
     pub repo_id: Option<&'a str>,
 }
 
+/// How stale a token's `last_used_at` may be: a use within this long of
+/// the last recorded one is not written.
+pub const LAST_USED_EVERY: time::Duration = time::Duration::seconds(60);
+
 const COLUMNS: &str = "id, name, scopes, repo_id, vm_id, created_at, last_used_at, revoked_at";
 
 impl Store {
@@ -71,8 +75,26 @@ impl Store {
     }
 
     /// The live (not revoked) token whose secret hashes to `secret_hash`;
-    /// records the use.
+    /// records the use when the last one recorded is older than
+    /// [`LAST_USED_EVERY`] (every request is authenticated: a write each
+    /// time would cost more than the request).
     pub async fn use_token(&self, secret_hash: &str) -> Result<Option<TokenRow>> {
+        let found: Option<TokenRow> = sqlx::query_as(&format!(
+            "SELECT {COLUMNS} FROM tokens WHERE secret_hash = ? AND revoked_at IS NULL"
+        ))
+        .bind(secret_hash)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(token) = found else {
+            return Ok(None);
+        };
+        let recent = token.last_used_at.as_deref().is_some_and(|at| {
+            time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339)
+                .is_ok_and(|at| time::OffsetDateTime::now_utc() - at < LAST_USED_EVERY)
+        });
+        if recent {
+            return Ok(Some(token));
+        }
         Ok(sqlx::query_as(&format!(
             "UPDATE tokens SET last_used_at = ? WHERE secret_hash = ? AND revoked_at IS NULL RETURNING {COLUMNS}"
         ))

@@ -77,6 +77,10 @@ pub const MAX_LABELS: usize = 32;
 /// Longest label key and value, in bytes.
 pub const MAX_LABEL_KEY_BYTES: usize = 63;
 pub const MAX_LABEL_VALUE_BYTES: usize = 256;
+/// How stale a VM's recorded last use may be while it is in use (see
+/// `Sandboxes::touch`).
+const TOUCH_EVERY_SECS: i64 = 5;
+
 /// Longest deadline a VM may be given: 30 days.
 pub const MAX_TTL_SECS: u64 = 30 * 24 * 3600;
 
@@ -388,13 +392,18 @@ impl Sandboxes {
     pub async fn get(&self, id: &str) -> Result<VmRow, VmError> {
         let lock = self.lock_of(id);
         let Ok(_shared) = lock.try_read() else {
-            return self
-                .store
-                .vm(id)
-                .await?
-                .ok_or_else(|| VmError::NotFound(id.to_owned()));
+            return self.recorded(id).await;
         };
         self.refresh(id).await
+    }
+
+    /// The VM's record as stored, without asking the backend (who may
+    /// use it; the operations that need its state refresh it themselves).
+    pub async fn recorded(&self, id: &str) -> Result<VmRow, VmError> {
+        self.store
+            .vm(id)
+            .await?
+            .ok_or_else(|| VmError::NotFound(id.to_owned()))
     }
 
     /// [`Self::get`] for a caller that holds the VM's lock.
@@ -576,8 +585,19 @@ impl Sandboxes {
             }
             VmState::Crashed => return Err(VmError::Crashed(id.to_owned())),
         }
-        self.store.touch_vm(id).await?;
+        self.touch(&row).await?;
         self.link(id, &row).await
+    }
+
+    /// Records traffic on `row`'s VM in its row, unless it was recorded in
+    /// the last [`TOUCH_EVERY_SECS`]: the idle reaper also reads when the
+    /// last holder let go (`Held`), in memory, so the row only needs to
+    /// say roughly when the VM was last used for after a restart.
+    async fn touch(&self, row: &VmRow) -> Result<(), VmError> {
+        if unix_now() - row.last_active_unix >= TOUCH_EVERY_SECS {
+            self.store.touch_vm(&row.id).await?;
+        }
+        Ok(())
     }
 
     /// Brings the VM's network link up when it is down (and copies the CA
@@ -623,7 +643,7 @@ impl Sandboxes {
         let started = Instant::now();
         let output = backend.exec(id, command).await;
         metrics().exec("collected", started);
-        self.store.touch_vm(id).await?;
+        // Its end is recorded when `_running` lets go (`Held`).
         Ok(output?)
     }
 
@@ -742,7 +762,7 @@ impl Sandboxes {
         let shared = lock.clone().read_owned().await;
         let row = self.refresh(id).await?;
         if row.state == VmState::Running {
-            self.store.touch_vm(id).await?;
+            self.touch(&row).await?;
             self.link(id, &row).await?;
             return Ok(Held {
                 _shared: shared,
