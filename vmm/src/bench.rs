@@ -3,7 +3,8 @@
 //!
 //! 1. process start → guest "READY" on serial (median of 20), with the
 //!    VMM's own breakdown (KVM setup, memory, load, devices, vCPUs, first
-//!    guest exit);
+//!    guest exit); then the guest's reset → the process's exit, split into
+//!    stopping the vCPUs, freeing the VM and the rest;
 //! 2. resident memory of the VMM beyond guest RAM (128 MiB guest);
 //! 3. port-I/O exit round trips per second;
 //! 4. virtio-blk sequential read MB/s against reading the same host file;
@@ -172,16 +173,24 @@ fn start_to_ready(b: &Bench) -> BenchResult<()> {
         "first_exit_us",
     ];
     let mut parts: Vec<Vec<f64>> = vec![Vec::new(); keys.len()];
+    let (mut exits, mut stops, mut frees) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..=RUNS {
         let t = Instant::now();
         let mut vm = b.start("start", "hello", json!({}))?;
         vm.wait_line("READY")?;
         let ms = t.elapsed().as_secs_f64() * 1e3;
+        // The guest resets right after READY: from here to the process's
+        // exit is the VM's teardown.
+        let ready = Instant::now();
         let timings = vm.finish()?;
+        let exit_ms = ready.elapsed().as_secs_f64() * 1e3;
         if i == 0 {
             continue; // warm-up: page cache, first KVM open
         }
         totals.push(ms);
+        exits.push(exit_ms);
+        stops.push(timings["timings"]["stop_us"].as_f64().unwrap_or(0.0) / 1e3);
+        frees.push(timings["timings"]["freed_us"].as_f64().unwrap_or(0.0) / 1e3);
         for (k, v) in keys.iter().zip(parts.iter_mut()) {
             v.push(timings["timings"][k].as_f64().unwrap_or(0.0) / 1e3);
         }
@@ -223,6 +232,21 @@ fn start_to_ready(b: &Bench) -> BenchResult<()> {
         totals.iter().copied().fold(f64::MAX, f64::min),
         median(&mut spawn),
         spawn.iter().copied().fold(f64::MAX, f64::min)
+    );
+    let (exit, stop, freed) = (median(&mut exits), median(&mut stops), median(&mut frees));
+    println!(
+        "READY -> process exit after the guest's reset (median of {RUNS}): {exit:.2} ms (p90 {:.2})",
+        percentile(&mut exits, 0.9)
+    );
+    println!("  vcpus_stop     {stop:7.3} ms  every vCPU thread told to exit and joined");
+    println!(
+        "  free           {:7.3} ms  devices, KVM file descriptors (the kernel's VM teardown), guest RAM",
+        (freed - stop).max(0.0)
+    );
+    println!(
+        "  {:<14} {:7.3} ms  the guest's reset reaching the VMM, process exit, reaping",
+        "rest",
+        (exit - freed).max(0.0)
     );
     Ok(())
 }

@@ -138,6 +138,14 @@ pub struct BootTimings {
     pub vcpus_us: u64,
     /// From vCPU start to the first exit of vCPU 0 (guest code ran).
     pub first_exit_us: Option<u64>,
+    /// From the event loop seeing the VM end to every vCPU thread joined.
+    pub stop_us: Option<u64>,
+    /// From the event loop seeing the VM end to the VM freed (devices,
+    /// KVM file descriptors, guest RAM): set by the caller of
+    /// [`Vmm::run`] once it returned, from `stopped_at`.
+    pub freed_us: Option<u64>,
+    #[serde(skip)]
+    pub stopped_at: Option<Instant>,
 }
 
 /// Files and sockets a running VM owns, removed when it ends.
@@ -261,12 +269,15 @@ impl Vmm {
                 .run_once(-1)
                 .map_err(BuildError::EventLoop)?;
         }
+        let stopping = Instant::now();
+        self.timings.stopped_at = Some(stopping);
         let mut machine = self.machine.borrow_mut();
         machine.vcpus.exit_all();
         if let Ok(mut s) = machine.serial.lock() {
             s.flush();
         }
         let mut timings = self.timings.clone();
+        timings.stop_us = Some(us(stopping));
         timings.first_exit_us = crate::vstate::vcpu::first_exit()
             .map(|t| t.saturating_duration_since(self.vcpus_started).as_micros() as u64);
         let reason = latch.reason().unwrap_or(ExitReason::Shutdown);

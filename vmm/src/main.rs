@@ -124,7 +124,9 @@ fn restore(args: &[String]) -> ExitCode {
 
 fn run(vmm: Vmm) -> ExitCode {
     match vmm.run() {
-        Ok((reason, timings)) => {
+        Ok((reason, mut timings)) => {
+            // `run` consumed the VM: everything it held is freed by now.
+            timings.freed_us = timings.stopped_at.map(|at| at.elapsed().as_micros() as u64);
             if std::env::var_os("FORGE_VMM_TIMINGS").is_some() {
                 eprintln!(
                     "{}",
