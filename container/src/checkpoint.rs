@@ -30,6 +30,14 @@
 //! dump that came out larger than the cap anyway is thrown away. Each case
 //! falls back to keeping the disk only and says why.
 //!
+//! CRIU learns the kernel's features at every start (`kerndat`: dozens of
+//! probes, `iptables -L` among them, ~40 ms here) unless it finds its cache
+//! `/run/criu.kdat`, which it writes only where `/run` is a tmpfs (so that
+//! a reboot drops it). Where `/run` is not, [`Criu::probe`] makes the cache
+//! once per boot ([`ensure_kdat_cache`]): `criu check` in a private mount
+//! namespace with a tmpfs `/run`, the file copied out, and the boot id it
+//! belongs to recorded beside it, so a new boot makes it again.
+//!
 //! Known limits (reported as a fallback to fresh processes, never as a
 //! failed operation): a connection from outside the sandbox (an open agent
 //! client) cannot be dumped, and a process that runs a program from a host
@@ -92,7 +100,11 @@ impl Criu {
             return None;
         }
         let check = Command::new(path).arg("check").output().ok()?;
-        check.status.success().then(|| Self {
+        if !check.status.success() {
+            return None;
+        }
+        ensure_kdat_cache(path, Path::new(KDAT_DIR));
+        Some(Self {
             path: path.to_path_buf(),
         })
     }
@@ -163,6 +175,56 @@ impl Criu {
             reason,
             log: log.to_path_buf(),
         })
+    }
+}
+
+/// Where CRIU looks for its kerndat cache (`KDAT_RUNDIR`).
+const KDAT_DIR: &str = "/run";
+const KDAT_FILE: &str = "criu.kdat";
+/// Beside the cache: the boot id (and CRIU binary) it was made for.
+const KDAT_MARK: &str = "criu.kdat.forge-boot";
+
+/// Makes CRIU's kerndat cache in `dir` (CRIU reads `/run`'s; tests give
+/// another) when `dir` is not a tmpfs (where it is, CRIU keeps its own)
+/// and the cache there was not made in this boot by this CRIU; best
+/// effort: without it CRIU only starts slower.
+pub fn ensure_kdat_cache(criu: &Path, dir: &Path) {
+    if nix::sys::statfs::statfs(dir)
+        .is_ok_and(|fs| fs.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC)
+    {
+        return;
+    }
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+    let mark = format!("{} {}\n", boot.trim(), criu.display());
+    let (file, mark_path) = (dir.join(KDAT_FILE), dir.join(KDAT_MARK));
+    if file.is_file() && std::fs::read_to_string(&mark_path).is_ok_and(|m| m == mark) {
+        return;
+    }
+    // `criu check` writes the cache on a private tmpfs over `/run` (where
+    // CRIU always looks); `cat` hands it out. The binary's path is an
+    // argument, never shell text.
+    let made = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(
+            "mount -t tmpfs -o size=1m,mode=0700 tmpfs /run && \"$1\" check >/dev/null 2>&1; cat /run/criu.kdat",
+        )
+        .arg("sh")
+        .arg(criu)
+        .output();
+    let cache = match made {
+        Ok(out) if out.status.success() && !out.stdout.is_empty() => out.stdout,
+        _ => return,
+    };
+    let tmp = dir.join(format!("criu.kdat.forge-{}", std::process::id()));
+    let written = std::fs::write(&tmp, &cache)
+        .and_then(|()| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
+        })
+        .and_then(|()| std::fs::rename(&tmp, &file))
+        .and_then(|()| std::fs::write(&mark_path, &mark));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
     }
 }
 

@@ -291,3 +291,36 @@ fn deleted_open_files_cannot_grow_a_checkpoint_past_its_quota() {
     let used = sandbox_container::checkpoint::images_bytes(&room.join("checkpoint"));
     assert!(used <= 400 << 20, "{} MiB of images kept", used >> 20);
 }
+
+#[test]
+fn criu_finds_its_feature_cache_made_once_per_boot_where_run_is_no_tmpfs() {
+    let t = TestBackend::start("kdat");
+    if !t.require_criu() {
+        return;
+    }
+    let criu = sandbox_container::backend::BackendConfig::new(&t.data_dir)
+        .criu
+        .expect("a CRIU path");
+    // A directory on disk standing in for a /run that is no tmpfs.
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("kdat-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    sandbox_container::checkpoint::ensure_kdat_cache(&criu, &dir);
+    let cache = dir.join("criu.kdat");
+    let made = std::fs::metadata(&cache).expect("the cache is made");
+    assert!(made.len() > 0);
+    let mark = std::fs::read_to_string(dir.join("criu.kdat.forge-boot")).expect("its mark");
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").expect("boot id");
+    assert!(mark.starts_with(boot.trim()), "{mark}");
+    // Made once: a second call in this boot leaves it alone.
+    std::thread::sleep(Duration::from_millis(20));
+    sandbox_container::checkpoint::ensure_kdat_cache(&criu, &dir);
+    let again = std::fs::metadata(&cache).expect("still there");
+    assert_eq!(made.modified().ok(), again.modified().ok());
+    // Another boot's (or a missing) mark makes it again.
+    std::fs::write(dir.join("criu.kdat.forge-boot"), "another-boot\n").expect("mark");
+    sandbox_container::checkpoint::ensure_kdat_cache(&criu, &dir);
+    let mark = std::fs::read_to_string(dir.join("criu.kdat.forge-boot")).expect("its mark");
+    assert!(mark.starts_with(boot.trim()), "{mark}");
+    std::fs::remove_dir_all(&dir).expect("cleanup");
+}
