@@ -52,8 +52,10 @@ fn fifty_vms_start_at_once_from_one_snapshot_with_its_files_and_its_running_proc
         "POST",
         &format!("/v1/vms/{vm}/processes"),
         &StartProcess {
+            // Written whole (a rename), so a reader never sees it empty.
             command: Some(
-                "i=0; while :; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.1; done".into(),
+                "i=0; while :; do i=$((i+1)); echo $i > /tmp/counter.new; mv /tmp/counter.new /tmp/counter; sleep 0.1; done"
+                    .into(),
             ),
             ..StartProcess::default()
         },
