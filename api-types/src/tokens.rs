@@ -38,6 +38,8 @@ pub struct TokenView {
     /// The repository it is limited to, `owner/name`.
     pub repo: Option<String>,
     pub created_at: String,
+    /// When it was last presented, to the minute: a use within a minute of
+    /// the one recorded is not written again.
     pub last_used_at: Option<String>,
     pub revoked_at: Option<String>,
     /// The secret: only in the answer to creation, never stored.

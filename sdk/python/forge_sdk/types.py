@@ -1057,6 +1057,10 @@ class TokenView:
     name: str
     scopes: List["TokenScope"]
     last_used_at: Optional[Optional[str]] = None
+    """
+    When it was last presented, to the minute: a use within a minute of
+    the one recorded is not written again.
+    """
     repo: Optional[Optional[str]] = None
     """The repository it is limited to, `owner/name`."""
     revoked_at: Optional[Optional[str]] = None

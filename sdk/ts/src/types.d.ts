@@ -806,6 +806,10 @@ export type TokenScope = "admin" | "repo:write" | "repo:read";
 export interface TokenView {
   created_at: string;
   id: string;
+  /**
+   * When it was last presented, to the minute: a use within a minute of
+   * the one recorded is not written again.
+   */
   last_used_at?: string | null;
   name: string;
   /** The repository it is limited to, `owner/name`. */
