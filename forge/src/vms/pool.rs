@@ -33,7 +33,7 @@ use api_types::VmState;
 use tokio::sync::Notify;
 
 use super::lifecycle::Lifecycle;
-use super::snapshots::check_name;
+use super::snapshots::{Origin, check_name};
 use super::{NewVm, Sandboxes, VmError, check_labels, deadline, unix_now, vm_state};
 use crate::store::VmRow;
 
@@ -285,29 +285,34 @@ impl Sandboxes {
             return;
         }
         let targets = self.pool.targets();
-        let mut current = BTreeMap::new();
+        // Each pool's origin, read once per pass: none for the default.
+        let mut origins = BTreeMap::new();
         for name in targets.keys() {
-            let snapshot = if name == DEFAULT_POOL {
+            let origin = if name == DEFAULT_POOL {
                 None
             } else {
                 match crate::templates::origin(&self.store, name).await {
-                    Ok((origin, _)) => Some(origin.snapshot.id),
+                    Ok((origin, _)) => Some(origin),
                     // Not built (yet): nothing to fill it with.
                     Err(_) => continue,
                 }
             };
-            current.insert(name.clone(), snapshot);
+            origins.insert(name.clone(), origin);
         }
+        let current = origins
+            .iter()
+            .map(|(name, origin)| (name.clone(), origin.as_ref().map(|o| o.snapshot.id.clone())))
+            .collect();
         for stale in self.pool.stale(&current) {
             tracing::info!(vm = %stale, "a pooled sandbox of an older template build is destroyed");
             let _ = self.destroy(&stale).await;
         }
         for (name, target) in targets {
-            if !current.contains_key(&name) {
+            let Some(origin) = origins.get(&name) else {
                 continue;
-            }
+            };
             while self.pool.len(&name) < target {
-                match self.fill_one(&name).await {
+                match self.fill_one(&name, origin.as_ref()).await {
                     Ok(true) => {}
                     Ok(false) => break,
                     Err(error) => {
@@ -319,17 +324,11 @@ impl Sandboxes {
         }
     }
 
-    /// Adds one sandbox to pool `name`; `false` when there is no room.
-    async fn fill_one(&self, name: &str) -> Result<bool, VmError> {
+    /// Adds one sandbox to pool `name`, started from `origin` (a
+    /// template's) or the image; `false` when there is no room.
+    async fn fill_one(&self, name: &str, origin: Option<&Origin>) -> Result<bool, VmError> {
         let (backend, _) = self.ready()?;
-        let origin = if name == DEFAULT_POOL {
-            None
-        } else {
-            Some(crate::templates::origin(&self.store, name).await?)
-        };
-        let mem_mib = origin
-            .as_ref()
-            .map_or(POOL_MEM_MIB, |(o, _)| o.snapshot.mem_mib.max(0) as u64);
+        let mem_mib = origin.map_or(POOL_MEM_MIB, |o| o.snapshot.mem_mib.max(0) as u64);
         let (live, mem) = self.store.live_vm_usage().await?;
         let room = (live.max(0) as usize) + 2 <= self.limits.max_live
             && (mem.max(0) as u64).saturating_add(2 * mem_mib) <= self.limits.max_live_mem_mib;
@@ -353,7 +352,7 @@ impl Sandboxes {
             dev_server: None,
             labels,
             ttl_secs: None,
-            origin: origin.as_ref().map(|(o, _)| o.clone()),
+            origin: origin.cloned(),
         };
         let snapshot = request.origin.as_ref().map(|o| o.snapshot.id.clone());
         let row = match request.origin.clone() {
