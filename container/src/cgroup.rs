@@ -326,6 +326,22 @@ impl Cgroup {
                 sleep(Duration::from_micros(200));
             }
         }
+        self.set_frozen_v1(frozen, deadline)
+    }
+
+    /// Freezes the group through the v1 freezer, the one CRIU's
+    /// `--freeze-cgroup` works with, and waits until it is frozen. CRIU
+    /// freezing the group itself waits for the transition in 100 ms sleeps;
+    /// frozen beforehand, it seizes the tasks at once. Without a v1
+    /// freezer, [`Cgroup::freeze`].
+    pub fn freeze_for_checkpoint(&self) -> Result<(), CgroupError> {
+        if self.layout.freezer_v1.is_none() {
+            return self.freeze();
+        }
+        self.set_frozen_v1(true, Instant::now() + Duration::from_secs(5))
+    }
+
+    fn set_frozen_v1(&self, frozen: bool, deadline: Instant) -> Result<(), CgroupError> {
         let freezer = self
             .layout
             .freezer_v1

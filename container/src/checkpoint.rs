@@ -429,6 +429,65 @@ impl UsernsEntry {
     }
 }
 
+/// CRIU's own statistics of the dump or restore whose images are in
+/// `images` (`stats-dump`, `stats-restore`: `StatsEntry { DumpStatsEntry
+/// dump = 1; RestoreStatsEntry restore = 2; }` in the image framing, times
+/// in microseconds), recorded as phases when someone collects them (see
+/// [`crate::timing`]): for a dump `criu-freezing`, `criu-frozen` (how long
+/// the tasks stood still), `criu-memdump` and `criu-memwrite`; for a restore
+/// `criu-forking` and `criu-restore`. Missing or malformed files record
+/// nothing.
+pub fn record_stats(images: &Path) {
+    if !crate::timing::active() {
+        return;
+    }
+    const DUMP: [(u64, &str); 4] = [
+        (1, "criu-freezing"),
+        (2, "criu-frozen"),
+        (3, "criu-memdump"),
+        (4, "criu-memwrite"),
+    ];
+    const RESTORE: [(u64, &str); 2] = [(3, "criu-forking"), (4, "criu-restore")];
+    for (file, entry, names) in [
+        ("stats-dump", 1, &DUMP[..]),
+        ("stats-restore", 2, &RESTORE[..]),
+    ] {
+        let Ok(bytes) = std::fs::read(images.join(file)) else {
+            continue;
+        };
+        for (name, micros) in stats_times(&bytes, entry, names) {
+            crate::timing::add(name, std::time::Duration::from_micros(micros));
+        }
+    }
+}
+
+/// The varint fields `names` of entry `entry` of a CRIU stats image.
+fn stats_times(
+    bytes: &[u8],
+    entry: u64,
+    names: &[(u64, &'static str)],
+) -> Vec<(&'static str, u64)> {
+    let mut found = Vec::new();
+    let Some(size) = bytes.get(8..12).and_then(|b| b.try_into().ok()) else {
+        return found;
+    };
+    let Some(mut body) = bytes.get(12..12 + u32::from_le_bytes(size) as usize) else {
+        return found;
+    };
+    while let Some((field, value)) = get_field(&mut body) {
+        let (true, Err(mut inner)) = (field == entry, value) else {
+            continue;
+        };
+        while let Some((number, value)) = get_field(&mut inner) {
+            if let (Ok(micros), Some((_, name))) = (value, names.iter().find(|(n, _)| *n == number))
+            {
+                found.push((*name, micros));
+            }
+        }
+    }
+    found
+}
+
 /// The user namespace image `bytes` with its maps moved from `from` to `to`.
 fn retarget_image(bytes: &[u8], from: IdMap, to: IdMap) -> Option<Vec<u8>> {
     let head = bytes.get(..8)?;
@@ -587,6 +646,46 @@ mod tests {
         let mut bad_field = CRIU_USERNS_IMAGE.to_vec();
         bad_field[12] = 0x1a;
         assert!(retarget_image(&bad_field, map(200_000), map(0)).is_none());
+    }
+
+    #[test]
+    fn criu_stats_images_give_their_times() {
+        // Written by CRIU 4.2: a dump of one `sleep`, then its restore.
+        let dump = [
+            0x40, 0x59, 0x10, 0x55, 0x06, 0x33, 0x09, 0x57, 0x22, 0, 0, 0, 0x0a, 0x20, 0x08, 0x8f,
+            0x01, 0x10, 0xaa, 0xa4, 0x01, 0x18, 0xcd, 0x01, 0x20, 0x50, 0x28, 0x39, 0x30, 0x00,
+            0x38, 0x1e, 0x40, 0x00, 0x48, 0x00, 0x50, 0x06, 0x58, 0x06, 0x60, 0x00, 0x68, 0x00,
+            0x70, 0x00,
+        ];
+        let restore = [
+            0x40, 0x59, 0x10, 0x55, 0x06, 0x33, 0x09, 0x57, 0x0d, 0, 0, 0, 0x12, 0x0b, 0x08, 0x00,
+            0x10, 0x00, 0x18, 0x00, 0x20, 0x92, 0x0b, 0x28, 0x1e,
+        ];
+        let dir = std::env::temp_dir().join(format!("criu-stats-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        std::fs::write(dir.join("stats-dump"), dump).expect("dump stats");
+        std::fs::write(dir.join("stats-restore"), restore).expect("restore stats");
+        let ((), phases) = crate::timing::collect(|| record_stats(&dir));
+        let _ = std::fs::remove_dir_all(&dir);
+        let micros: Vec<_> = phases
+            .iter()
+            .map(|p| (p.name, p.duration.as_micros()))
+            .collect();
+        assert_eq!(
+            micros,
+            [
+                ("criu-freezing", 143),
+                ("criu-frozen", 21034),
+                ("criu-memdump", 205),
+                ("criu-memwrite", 80),
+                ("criu-forking", 0),
+                ("criu-restore", 1426),
+            ]
+        );
+        // Cut short or of another entry: nothing, and no panic.
+        assert!(stats_times(&dump[..20], 1, &[(2, "x")]).is_empty());
+        assert!(stats_times(&restore, 1, &[(4, "x")]).is_empty());
+        assert!(stats_times(&[], 1, &[(2, "x")]).is_empty());
     }
 
     #[test]

@@ -16,8 +16,9 @@
 //! [`layers`] (btrfs subvolumes, snapshots, quotas, GC), [`ids`] (host id
 //! ranges), [`beneath`] (host access to sandbox-writable directories),
 //! [`state`] (the on-disk record), [`backend`] (the operations the forge
-//! calls), [`mod@reconcile`] (cleaning up after a crash) and [`sys`] (the
-//! two kernel calls no crate wraps; the crate's only `unsafe`).
+//! calls), [`timing`] (the phases of an operation, for `Server-Timing`),
+//! [`mod@reconcile`] (cleaning up after a crash) and [`sys`] (the two
+//! kernel calls no crate wraps; the crate's only `unsafe`).
 //!
 //! Using it from the forge (all calls are blocking; run them on a blocking
 //! task):
@@ -52,6 +53,7 @@ pub mod reconcile;
 pub mod spec;
 pub mod state;
 pub mod sys;
+pub mod timing;
 
 pub use backend::{
     BackendConfig, BackendError, Carried, ContainerBackend, CreateRequest, ExecRequest, PauseMode,

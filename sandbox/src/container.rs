@@ -222,7 +222,13 @@ impl ContainerSandboxes {
         T: Send + 'static,
     {
         let inner = self.inner.clone();
-        blocking(move || Ok(call(&inner)?)).await
+        if !crate::timing::active() {
+            return blocking(move || Ok(call(&inner)?)).await;
+        }
+        let (result, phases) =
+            blocking(move || Ok(sandbox_container::timing::collect(|| call(&inner)))).await?;
+        crate::timing::report(phases);
+        Ok(result?)
     }
 }
 

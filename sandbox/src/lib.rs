@@ -11,6 +11,10 @@
 //! ([`agent`]), so those operations behave the same on either; a backend
 //! implements only the lifecycle and how to reach its agent.
 //!
+//! A caller that wants to know where an operation's time went runs it in
+//! [`timing::collect`]: the backend reports its phases (CRIU's dump and
+//! restore, disk snapshots, the agent's answer) there.
+//!
 //! The trait is object safe (`Arc<dyn Backend>`): every operation returns a
 //! boxed future, and blocking backend calls run on tokio's blocking pool.
 //! Operations name a sandbox by its id; [`Sandbox`] is a handle that holds
@@ -40,6 +44,7 @@ mod sandbox;
 mod spec;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod timing;
 
 use std::future::Future;
 use std::pin::Pin;

@@ -6,6 +6,12 @@
 //! 1 and of 10, pause/resume in memory and to disk, push → run started; and how
 //! much memory idle forks take (measured for `FORGE_BENCH_FORKS`, default
 //! 100, and extrapolated to the host's available memory).
+//!
+//! Beside each lifecycle row, the p50 of each phase the forge reported in
+//! its `Server-Timing` header (CRIU's own figures as `criu-*`), and
+//! baselines measured in the same run: namespaces made and a program run
+//! with `unshare` for create, CRIU alone dumping and restoring a host
+//! process for fork and pause to disk.
 
 use std::time::{Duration, Instant};
 
@@ -27,6 +33,99 @@ fn timed<T>(run: impl FnOnce() -> T) -> (Duration, T) {
     let start = Instant::now();
     let value = run();
     (start.elapsed(), value)
+}
+
+/// Phase samples of a repeated operation, by name in first-seen order.
+#[derive(Default)]
+struct Phases(Vec<(String, Vec<f64>)>);
+
+impl Phases {
+    /// Adds one answer's `Server-Timing` value (`name;dur=ms, ...`).
+    fn add(&mut self, header: &str) {
+        for entry in header.split(',') {
+            let mut parts = entry.trim().split(';');
+            let name = parts.next().unwrap_or_default().to_owned();
+            let ms = parts
+                .find_map(|p| p.trim().strip_prefix("dur="))
+                .and_then(|v| v.parse::<f64>().ok());
+            let Some(ms) = ms.filter(|_| !name.is_empty()) else {
+                continue;
+            };
+            match self.0.iter_mut().find(|(n, _)| *n == name) {
+                Some((_, samples)) => samples.push(ms),
+                None => self.0.push((name, vec![ms])),
+            }
+        }
+    }
+
+    /// `  phases (p50 ms): dump 80.1, criu-frozen 40.2, ...`
+    fn line(&self) -> String {
+        if self.0.is_empty() {
+            return "  phases: none reported".to_owned();
+        }
+        let each: Vec<String> = self
+            .0
+            .iter()
+            .map(|(name, samples)| {
+                let mut sorted = samples.clone();
+                sorted.sort_by(f64::total_cmp);
+                format!("{name} {:.1}", sorted[sorted.len() / 2])
+            })
+            .collect();
+        format!("  phases (p50 ms): {}", each.join(", "))
+    }
+}
+
+/// The CRIU the container backend uses (see `BackendConfig::new`).
+fn criu_path() -> std::path::PathBuf {
+    std::env::var_os("SANDBOX_CRIU")
+        .map(Into::into)
+        .unwrap_or_else(|| sandbox_container::backend::DEFAULT_CRIU.into())
+}
+
+/// CRIU alone on this host, the floor under a fork or pause to disk: a
+/// `sleep` in its own session dumped (and killed) and restored detached,
+/// `rounds` times. Returns the dump and restore samples.
+fn criu_alone(rounds: usize) -> (Vec<Duration>, Vec<Duration>) {
+    let criu = criu_path();
+    let dir = tempfile::tempdir().expect("tempdir");
+    // This process reaps what it dumps: orphans (the `sleep`, started by a
+    // shell that exits at once, and every restored copy of it once CRIU
+    // exits) become its children, and a dumped one must not stay a zombie
+    // holding the pid its restore needs.
+    nix::sys::prctl::set_child_subreaper(true).expect("subreaper");
+    let started = std::process::Command::new("sh")
+        .args([
+            "-c",
+            "setsid sleep 1000 </dev/null >/dev/null 2>&1 & echo $!",
+        ])
+        .output()
+        .expect("sleep starts");
+    let pid = String::from_utf8_lossy(&started.stdout).trim().to_owned();
+    std::thread::sleep(Duration::from_millis(50));
+    let (mut dumps, mut restores) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        let images = dir.path().join(round.to_string());
+        std::fs::create_dir(&images).expect("images dir");
+        let run = |args: &[&str]| {
+            let out = std::process::Command::new(&criu)
+                .args(args)
+                .arg("-D")
+                .arg(&images)
+                .args(["--shell-job", "-v0"])
+                .output()
+                .expect("criu runs");
+            assert!(out.status.success(), "criu {args:?}: {out:?}");
+        };
+        dumps.push(timed(|| run(&["dump", "-t", &pid])).0);
+        let _ =
+            nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid.parse().expect("pid")), None);
+        restores.push(timed(|| run(&["restore", "-d"])).0);
+    }
+    let pid = nix::unistd::Pid::from_raw(pid.parse().expect("pid"));
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+    let _ = nix::sys::wait::waitpid(pid, None);
+    (dumps, restores)
 }
 
 fn mem_available_kib() -> u64 {
@@ -98,6 +197,32 @@ fn main() {
         "  slowest {:.1} ms; {over} of 200 over 100 ms",
         slowest.as_secs_f64() * 1e3
     );
+    let unshare: Vec<Duration> = (0..50)
+        .map(|_| {
+            timed(|| {
+                let status = std::process::Command::new("unshare")
+                    .args([
+                        "--user",
+                        "--map-root-user",
+                        "--pid",
+                        "--fork",
+                        "--mount",
+                        "--uts",
+                        "--ipc",
+                        "--net",
+                        "true",
+                    ])
+                    .status()
+                    .expect("unshare runs");
+                assert!(status.success(), "unshare: {status}");
+            })
+            .0
+        })
+        .collect();
+    println!(
+        "  baseline: `unshare` (user, pid, mount, uts, ipc, net) + `true` {}",
+        percentiles(unshare)
+    );
 
     let parent = create();
     // One kept-alive connection, as an SDK holds: the round trip is the
@@ -160,6 +285,43 @@ fn main() {
         (exec_p50 - floor_p50 - host_p50).max(0.0)
     );
 
+    // A lifecycle call on the kept-alive connection: its time, its answer
+    // and the phases of its `Server-Timing` header.
+    let lifecycle = |path: &str, body: Option<Value>| -> (Duration, Value, String) {
+        let start = Instant::now();
+        let mut request = client
+            .post(format!("{}{path}", forge.url))
+            .bearer_auth(&forge.admin_token)
+            .timeout(Duration::from_secs(120));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().expect("lifecycle call");
+        let status = response.status();
+        let timing = response
+            .headers()
+            .get("server-timing")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let value: Value = response.json().unwrap_or(Value::Null);
+        assert!(status.is_success(), "POST {path}: {status}: {value}");
+        (start.elapsed(), value, timing)
+    };
+    let fork_timed = |count: usize, phases: &mut Phases| -> (Duration, Vec<String>) {
+        let (took, forks, timing) = lifecycle(
+            &format!("/v1/vms/{parent}/fork"),
+            Some(json!({ "count": count })),
+        );
+        phases.add(&timing);
+        let ids = forks["forks"]
+            .as_array()
+            .expect("forks")
+            .iter()
+            .map(|f| f["id"].as_str().expect("id").to_owned())
+            .collect();
+        (took, ids)
+    };
     let fork = |count: usize| -> Vec<String> {
         let forks = forge.admin(
             "POST",
@@ -173,47 +335,59 @@ fn main() {
             .map(|f| f["id"].as_str().expect("id").to_owned())
             .collect()
     };
-    let mut one = Vec::new();
+    let (mut one, mut one_phases) = (Vec::new(), Phases::default());
     for _ in 0..10 {
-        let (took, ids) = timed(|| fork(1));
+        let (took, ids) = fork_timed(1, &mut one_phases);
         one.push(took);
         made.extend(ids);
     }
     println!("fork x1                     {}", percentiles(one));
-    let mut ten = Vec::new();
+    println!("{}", one_phases.line());
+    let (mut ten, mut ten_phases) = (Vec::new(), Phases::default());
     for _ in 0..3 {
-        let (took, ids) = timed(|| fork(10));
+        let (took, ids) = fork_timed(10, &mut ten_phases);
         ten.push(took);
         made.extend(ids);
     }
     println!("fork x10                    {}", percentiles(ten));
+    println!("{}", ten_phases.line());
     for id in made.drain(..) {
         forge.admin("DELETE", &format!("/v1/vms/{id}"), None);
     }
 
     let (mut pause, mut resume, mut pause_disk, mut resume_disk) = (vec![], vec![], vec![], vec![]);
+    let (mut pause_phases, mut resume_phases) = (Phases::default(), Phases::default());
+    let (pause_path, resume_path) = (
+        format!("/v1/vms/{parent}/pause"),
+        format!("/v1/vms/{parent}/resume"),
+    );
     for round in 0..10 {
-        pause.push(timed(|| forge.admin("POST", &format!("/v1/vms/{parent}/pause"), None)).0);
-        resume.push(timed(|| forge.admin("POST", &format!("/v1/vms/{parent}/resume"), None)).0);
+        pause.push(lifecycle(&pause_path, None).0);
+        resume.push(lifecycle(&resume_path, None).0);
         if round < 5 {
-            pause_disk.push(
-                timed(|| {
-                    forge.admin(
-                        "POST",
-                        &format!("/v1/vms/{parent}/pause"),
-                        Some(json!({ "to_disk": true })),
-                    )
-                })
-                .0,
-            );
-            resume_disk
-                .push(timed(|| forge.admin("POST", &format!("/v1/vms/{parent}/resume"), None)).0);
+            let (took, _, timing) = lifecycle(&pause_path, Some(json!({ "to_disk": true })));
+            pause_disk.push(took);
+            pause_phases.add(&timing);
+            let (took, _, timing) = lifecycle(&resume_path, None);
+            resume_disk.push(took);
+            resume_phases.add(&timing);
         }
     }
     println!("pause (memory)              {}", percentiles(pause));
     println!("resume (memory)             {}", percentiles(resume));
     println!("pause to disk               {}", percentiles(pause_disk));
+    println!("{}", pause_phases.line());
     println!("resume from disk            {}", percentiles(resume_disk));
+    println!("{}", resume_phases.line());
+    let (dumps, restores) = criu_alone(10);
+    println!(
+        "  baseline: CRIU alone, dump of a host `sleep`      {}",
+        percentiles(dumps)
+    );
+    println!(
+        "  baseline: CRIU alone, restore of it (detached)   {}",
+        percentiles(restores)
+    );
 
     // Push -> run started, seen by a waiting long poll.
     forge.create_repo("bench/pipeline");

@@ -431,6 +431,36 @@ impl TestForge {
         path: &str,
         body: Option<Value>,
     ) -> (u16, String) {
+        let response = self.respond(token, method, path, body);
+        let status = response.status().as_u16();
+        let text = response.text().expect("body");
+        (status, text)
+    }
+
+    /// An admin call that must succeed: its answer and its headers.
+    pub fn admin_with_headers(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> (Value, reqwest::header::HeaderMap) {
+        let response = self.respond(Some(&self.admin_token), method, path, body);
+        let (status, headers) = (response.status(), response.headers().clone());
+        let value: Value = response.json().unwrap_or(Value::Null);
+        assert!(
+            status.is_success(),
+            "{method} {path}: HTTP {status}: {value}"
+        );
+        (value, headers)
+    }
+
+    fn respond(
+        &self,
+        token: Option<&str>,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> reqwest::blocking::Response {
         let client = reqwest::blocking::Client::builder()
             .timeout(self.request_timeout())
             .build()
@@ -443,10 +473,7 @@ impl TestForge {
         if let Some(body) = body {
             request = request.json(&body);
         }
-        let response = request.send().expect("the forge answers");
-        let status = response.status().as_u16();
-        let text = response.text().expect("body");
-        (status, text)
+        request.send().expect("the forge answers")
     }
 
     /// How long one API call may take: a create or fork on microVMs boots

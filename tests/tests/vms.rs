@@ -249,12 +249,21 @@ fn pause_resume_idle_timeout_and_crash() {
     );
     counts_past(&forge, &id, before);
 
-    let to_disk: VmView = forge.send(
+    let (to_disk, headers) = forge.admin_with_headers(
         "POST",
         &format!("/v1/vms/{id}/pause"),
-        &PauseRequest { to_disk: true },
+        Some(serde_json::to_value(PauseRequest { to_disk: true }).expect("request")),
     );
+    let to_disk: VmView = serde_json::from_value(to_disk).expect("a VM");
     assert_eq!(to_disk.state, VmState::PausedToDisk);
+    // Where the time went, CRIU's own figures among it.
+    let timing = headers
+        .get("server-timing")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    for phase in ["dump;dur=", "criu-frozen;dur=", "stop;dur="] {
+        assert!(timing.contains(phase), "{phase} missing: {timing:?}");
+    }
     // An exec resumes it transparently; files survive.
     assert_eq!(stdout(&forge, &id, "cat /workspace/keep.txt"), "kept");
     assert_eq!(state(&forge, &id), VmState::Running);

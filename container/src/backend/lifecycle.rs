@@ -15,6 +15,7 @@
 
 use std::fs;
 use std::path::Path;
+use std::time::Instant;
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -23,8 +24,9 @@ use super::{
     BackendError, Carried, Checkpoint, ContainerBackend, PauseMode, SandboxInfo, new_id, now_secs,
 };
 use crate::agent::Notice;
-use crate::checkpoint::{AfterDump, TMPFS_SLACK_BYTES, images_bytes};
+use crate::checkpoint::{self, AfterDump, TMPFS_SLACK_BYTES, images_bytes};
 use crate::state::{Kept, SandboxRecord, Status};
+use crate::timing;
 
 const ALL: [Kept; 3] = [Kept::Disk, Kept::Memory, Kept::Processes];
 
@@ -119,7 +121,7 @@ impl ContainerBackend {
         let mut record = self.refresh(id)?;
         match (mode, record.status) {
             (PauseMode::Memory, Status::Running) => {
-                self.cgroup(id).freeze()?;
+                timing::timed("freeze", || self.cgroup(id).freeze())?;
                 record.status = Status::Frozen;
             }
             (PauseMode::Memory, Status::Frozen) => {}
@@ -136,19 +138,22 @@ impl ContainerBackend {
                         .and_then(|_| self.spec(&record).map_err(|e| e.to_string()))
                         .and_then(|spec| {
                             let log = self.sandbox_dir(id).join("dump.log");
-                            criu.dump(&spec, pid1, &images, &log, None, AfterDump::Kill)
-                                .map_err(|e| e.to_string())
+                            timing::timed("dump", || {
+                                criu.dump(&spec, pid1, &images, &log, None, AfterDump::Kill)
+                            })
+                            .map_err(|e| e.to_string())
                         })
                         .and_then(|()| Self::within_cap(&record, &images));
                     match dumped {
                         Ok(()) => {
+                            checkpoint::record_stats(&images);
                             record.checkpoint = true;
                             record.checkpoint_error = None;
                         }
                         Err(reason) => record.checkpoint_error = Some(reason),
                     }
                 }
-                self.stop_processes(&record)?;
+                timing::timed("stop", || self.stop_processes(&record))?;
                 record.status = Status::PausedToDisk;
                 record.pid1 = None;
                 record.supervisor = None;
@@ -223,7 +228,7 @@ impl ContainerBackend {
                 let (sandbox, kept) = self.start_from(&mut record, checkpoint)?;
                 if images.exists() {
                     // A checkpoint is restored once: the processes moved on.
-                    let _ = fs::remove_dir_all(&images);
+                    timing::timed("cleanup", || fs::remove_dir_all(&images)).ok();
                 }
                 let mut saved = crate::state::SandboxRecord::load(&self.sandbox_dir(id))?;
                 saved.checkpoint = false;
@@ -232,7 +237,7 @@ impl ContainerBackend {
                 Ok(Carried {
                     sandbox,
                     kept,
-                    agent: self.notify(&record, Notice::Resumed)?,
+                    agent: timing::timed("agent", || self.notify(&record, Notice::Resumed))?,
                 })
             }
         }
@@ -273,16 +278,31 @@ impl ContainerBackend {
             }
         };
         let log = self.sandbox_dir(&parent.id).join("dump.log");
-        let dumped = criu.dump(
-            &spec,
-            pid1,
-            &images,
-            &log,
-            freezer.as_deref(),
-            AfterDump::Frozen,
-        );
+        if freezer.is_some() {
+            // Frozen here, CRIU does not wait for the freezer in 100 ms
+            // steps; if this fails, CRIU freezes the group itself.
+            let _ = timing::timed("freeze", || cgroup.freeze_for_checkpoint());
+        }
+        let dumped = timing::timed("dump", || {
+            criu.dump(
+                &spec,
+                pid1,
+                &images,
+                &log,
+                freezer.as_deref(),
+                AfterDump::Frozen,
+            )
+        });
+        if dumped.is_ok() {
+            checkpoint::record_stats(&images);
+        }
         if let Err(err) = dumped {
-            parent.checkpoint_error = Some(err.to_string());
+            // The group may be left frozen (by us or by CRIU): let it run
+            // before the fork goes on without images.
+            parent.checkpoint_error = Some(match self.release_after_dump(&parent.id) {
+                Ok(()) => err.to_string(),
+                Err(release) => format!("{err}; releasing the parent failed: {release}"),
+            });
             let _ = fs::remove_dir_all(&images);
             return None;
         }
@@ -338,8 +358,9 @@ impl ContainerBackend {
             None
         };
         if running && images.is_none() {
-            cgroup.freeze()?;
+            timing::timed("freeze", || cgroup.freeze())?;
         }
+        let disk = Instant::now();
         let mut children = Vec::with_capacity(count);
         let mut failure = None;
         for _ in 0..count {
@@ -356,12 +377,15 @@ impl ContainerBackend {
                 }
             }
         }
+        timing::since("disk", disk);
         if running {
-            if images.is_some() {
-                self.release_after_dump(id)?;
-            } else {
-                cgroup.thaw()?;
-            }
+            timing::timed("thaw", || {
+                if images.is_some() {
+                    self.release_after_dump(id)
+                } else {
+                    Ok(cgroup.thaw()?)
+                }
+            })?;
         }
         if !running {
             // The layers are taken; the parent does not change under the
@@ -369,6 +393,7 @@ impl ContainerBackend {
             drop(serialised);
         }
         let mut started = Vec::with_capacity(children.len());
+        let start = Instant::now();
         if failure.is_some() {
             for child_id in &children {
                 self.discard(child_id);
@@ -387,11 +412,21 @@ impl ContainerBackend {
                                 .as_deref()
                                 .zip(parent.checkpoint_ids.or(parent.ids))
                                 .map(|(images, ids)| Checkpoint { images, ids });
-                            scope.spawn(move || self.start_child(parent, child_id, checkpoint))
+                            scope.spawn(move || {
+                                timing::collect(|| self.start_child(parent, child_id, checkpoint))
+                            })
                         })
                         .collect();
                     handles.into_iter().map(|h| h.join()).collect()
                 });
+                let (results, phases): (Vec<_>, Vec<_>) = results
+                    .into_iter()
+                    .map(|joined| match joined {
+                        Ok((result, phases)) => (Ok(result), phases),
+                        Err(panic) => (Err(panic), Vec::new()),
+                    })
+                    .unzip();
+                timing::add_slowest(phases);
                 for (child_id, result) in batch.iter().zip(results) {
                     match result {
                         Ok(Ok(carried)) => started.push(carried),
@@ -410,8 +445,9 @@ impl ContainerBackend {
                 }
             }
         }
+        timing::since("start", start);
         if let Some(images) = images.as_ref().filter(|_| !saved) {
-            let _ = fs::remove_dir_all(images);
+            timing::timed("cleanup", || fs::remove_dir_all(images)).ok();
         }
         if let Some(err) = failure {
             for carried in &started {
@@ -528,7 +564,7 @@ impl ContainerBackend {
         Ok(Carried {
             sandbox,
             kept,
-            agent: self.notify(&record, notice)?,
+            agent: timing::timed("agent", || self.notify(&record, notice))?,
         })
     }
 }

@@ -31,6 +31,7 @@ use crate::ids::{IdError, IdPool, IdRanges};
 use crate::layers::{LayerError, LayerStore};
 use crate::spec::{Bind, CONSOLE_LOG, IdMap, LaunchSpec, Limits, SPEC_FILE};
 use crate::state::{Kept, SandboxRecord, StateError, Status, is_sandbox_pid, sandbox_pidfd};
+use crate::timing;
 
 /// Configuration of a backend instance.
 #[derive(Debug, Clone)]
@@ -632,6 +633,7 @@ impl ContainerBackend {
     ) -> Result<SandboxInfo, BackendError> {
         let id = record.id.clone();
         let dir = self.sandbox_dir(&id);
+        let prepare = Instant::now();
         if record.ids.is_none() {
             record.ids = Some(self.take_ids(&id)?);
         }
@@ -652,6 +654,7 @@ impl ContainerBackend {
         // checkpoint sees no file outside the sandbox).
         let console_path = spec.run_dir().join(CONSOLE_LOG);
         let console = self.prepare_run_dir(&record)?;
+        timing::since("prepare", prepare);
         // Beside the images: hard links cannot leave their subvolume.
         let scratch = restore
             .and_then(|checkpoint| checkpoint.images.parent())
@@ -660,12 +663,13 @@ impl ContainerBackend {
         let images = match restore {
             Some(checkpoint) => {
                 let ids = Self::peer(&record)?.ids;
-                let images =
+                let images = timing::timed("links", || {
                     crate::checkpoint::images_for(checkpoint.images, checkpoint.ids, ids, &scratch)
-                        .map_err(|e| BackendError::Launch {
-                            id: id.clone(),
-                            message: e.to_string(),
-                        })?;
+                })
+                .map_err(|e| BackendError::Launch {
+                    id: id.clone(),
+                    message: e.to_string(),
+                })?;
                 Some(images)
             }
             None => None,
@@ -683,6 +687,7 @@ impl ContainerBackend {
                 launcher.arg("launch").arg(&spec_path);
             }
         }
+        let launch = Instant::now();
         let mut child = launcher
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -694,7 +699,9 @@ impl ContainerBackend {
             // EOF or a read error both mean the launcher died; handled below.
             let _ = BufReader::new(out).read_line(&mut line);
         }
+        timing::since("launch", launch);
         if scratch.exists() {
+            crate::checkpoint::record_stats(&scratch);
             // Restored (or failed): the links are of no further use.
             let _ = fs::remove_dir_all(&scratch);
         }
@@ -725,12 +732,12 @@ impl ContainerBackend {
             .insert(id.clone(), child);
         if record.agent {
             let alive_id = id.clone();
-            crate::agent::wait_ready(
-                &spec.run_dir(),
-                Self::peer(&record)?,
-                AGENT_READY_TIMEOUT,
-                move || is_sandbox_pid(pid1, &alive_id),
-            )
+            let peer = Self::peer(&record)?;
+            timing::timed("agent-ready", || {
+                crate::agent::wait_ready(&spec.run_dir(), peer, AGENT_READY_TIMEOUT, move || {
+                    is_sandbox_pid(pid1, &alive_id)
+                })
+            })
             .map_err(|source| BackendError::Agent { id, source })?;
         }
         Ok(self.info(&record))

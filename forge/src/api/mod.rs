@@ -33,7 +33,8 @@ mod webhooks;
 
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::Response;
 use axum::routing::{MethodRouter, any};
 use axum::{Json, Router};
 use base64::Engine;
@@ -147,9 +148,24 @@ pub fn router(state: AppState) -> Router {
     let (router, _) = routes().split_for_parts();
     let api = router
         .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .layer(axum::middleware::from_fn(server_timing))
         .with_state(state.clone());
     // The MCP tools call the API in process, with each request's token.
     crate::mcp::http_service(api.clone(), state).merge(api)
+}
+
+/// Answers every request whose handler ran sandbox operations with a
+/// `Server-Timing` header: where the time went (CRIU's dump and restore,
+/// disk snapshots, the agent's answer; see `sandbox::timing`), for the
+/// caller's own operation only.
+async fn server_timing(request: Request, next: axum::middleware::Next) -> Response {
+    let (mut response, phases) = sandbox::timing::collect(next.run(request)).await;
+    if !phases.is_empty()
+        && let Ok(value) = HeaderValue::from_str(&sandbox::timing::server_timing(&phases))
+    {
+        response.headers_mut().insert("server-timing", value);
+    }
+    response
 }
 
 /// The OpenAPI document of [`router`]'s routes.
