@@ -324,3 +324,54 @@ fn criu_finds_its_feature_cache_made_once_per_boot_where_run_is_no_tmpfs() {
     assert!(mark.starts_with(boot.trim()), "{mark}");
     std::fs::remove_dir_all(&dir).expect("cleanup");
 }
+
+/// What a sandbox must not see of the kernel (the launcher's masked
+/// directories), checked from inside: each one present is empty, cannot
+/// be written, and is a read-only tmpfs in the mount table.
+const MASKS_HOLD: &str = "for d in /proc/acpi /proc/asound /proc/scsi /sys/firmware \
+     /sys/devices/virtual/powercap /sys/kernel/debug /sys/kernel/tracing /sys/fs/cgroup; do \
+       [ -d $d ] || continue; \
+       [ -z \"$(ls -A $d)\" ] || echo \"$d shows entries\"; \
+       touch $d/x 2>/dev/null && echo \"$d is writable\"; \
+       grep -q \" $d ro,[^-]* - tmpfs \" /proc/self/mountinfo || echo \"$d is no read-only tmpfs\"; \
+       echo \"masked $d\"; \
+     done";
+
+fn masks_hold(t: &TestBackend, id: &str) {
+    let out = t.sh_ok(id, MASKS_HOLD);
+    let masked = out.lines().filter(|l| l.starts_with("masked ")).count();
+    assert!(masked >= 3, "too few masked directories checked:\n{out}");
+    assert_eq!(
+        masked,
+        out.lines().count(),
+        "a mask does not hold in {id}:\n{out}"
+    );
+}
+
+/// The masks share one file system (one archive in a checkpoint, not one
+/// per mask): restored by pause to disk and by a fork, each still hides
+/// what it hid.
+#[test]
+fn masks_hold_in_restored_and_forked_sandboxes() {
+    let t = TestBackend::start("criumasks");
+    let Some(sandbox) = counting_sandbox(&t) else {
+        return;
+    };
+    masks_hold(&t, &sandbox.id);
+    t.backend()
+        .pause(&sandbox.id, PauseMode::Disk)
+        .expect("pause");
+    let resumed = t.backend().resume(&sandbox.id).expect("resume");
+    assert_eq!(
+        resumed.kept,
+        vec![Kept::Disk, Kept::Memory, Kept::Processes]
+    );
+    masks_hold(&t, &sandbox.id);
+    let forks = t.backend().fork(&sandbox.id, 1).expect("fork");
+    assert_eq!(
+        forks[0].kept,
+        vec![Kept::Disk, Kept::Memory, Kept::Processes]
+    );
+    masks_hold(&t, &forks[0].sandbox.id);
+    masks_hold(&t, &sandbox.id);
+}

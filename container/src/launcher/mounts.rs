@@ -658,20 +658,44 @@ fn mount_binds(inside: &Inside, scaffold: &Scaffold, binds: &[Bind]) -> Result<(
     Ok(())
 }
 
+/// Hides every existing [`MASKED_DIRS`] entry behind one empty read-only
+/// tmpfs: mounted on the first, bound read-only onto the others. One file
+/// system rather than one per mask, because a checkpoint archives (and a
+/// restore unpacks) each tmpfs's content with a `tar` of its own, ~3.5 ms
+/// apiece here; binds of one are saved as binds.
 fn mask_dirs(root: &Path) -> Result<(), MountError> {
+    let flags = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    let mut first: Option<PathBuf> = None;
     // Below /proc and /sys only: kernel file systems the sandbox cannot
     // write, so these paths lead where they say.
     for dir in MASKED_DIRS {
         let path = root.join(dir);
-        if path.is_dir() {
-            mnt(
-                "mask tmpfs",
-                Some(Path::new("tmpfs")),
-                &path,
-                Some("tmpfs"),
-                MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-                Some("size=0"),
-            )?;
+        if !path.is_dir() {
+            continue;
+        }
+        match &first {
+            None => {
+                mnt(
+                    "mask tmpfs",
+                    Some(Path::new("tmpfs")),
+                    &path,
+                    Some("tmpfs"),
+                    flags,
+                    Some("size=0"),
+                )?;
+                first = Some(path);
+            }
+            Some(mask) => {
+                mnt("mask bind", Some(mask), &path, None, MsFlags::MS_BIND, None)?;
+                mnt(
+                    "mask bind",
+                    None,
+                    &path,
+                    None,
+                    MsFlags::MS_REMOUNT | MsFlags::MS_BIND | flags,
+                    None,
+                )?;
+            }
         }
     }
     Ok(())
