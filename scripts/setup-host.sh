@@ -13,7 +13,7 @@ fi
 
 # git: the forge's transport; gcc: test guests of the VMM; btrfs-progs: the
 # container backend's layer store; busybox-static: the container tests' tiny
-# root; iptables: CRIU dumps each sandbox's network namespace with it;
+# root; iptables: CRIU runs it while learning the kernel's features;
 # mmdebstrap, e2fsprogs, curl: the guest image builder; python3: the start-up
 # GC test edits the forge database with it; openssl: the GitHub tests make the
 # app's RSA key with it; chromium, chromium-driver: the web UI's browser tests

@@ -5,7 +5,9 @@
 //! CRIU must be 4.0 or newer and pass `criu check` on this kernel (Debian
 //! bookworm's 3.17 does not; `container/scripts/build-criu.sh` builds one).
 //! Dump flags: `--network-lock skip` (a sandbox has only loopback, and the
-//! lock needs iptables rules), `--external mnt[<path>]:<key>` for every
+//! lock needs iptables rules), `--empty-ns net` (the network namespace is
+//! not saved: loopback is all there is, and the restore brings it up
+//! afresh, see `launcher::restore`), `--external mnt[<path>]:<key>` for every
 //! mount whose source is on the host (see `launcher::mounts::
 //! external_mounts`); restore maps the same keys to the new sandbox's
 //! sources (`launcher::restore`). For a fork, the v1 freezer holds the
@@ -140,7 +142,7 @@ impl Criu {
             .arg(pid1.to_string())
             .arg("-D")
             .arg(images)
-            .args(["--network-lock", "skip", "-v2", "-o"])
+            .args(["--network-lock", "skip", "--empty-ns", "net", "-v2", "-o"])
             .arg(log)
             // Seizing every task of a busy sandbox on a loaded host can
             // take longer than CRIU's default 10 s; the dump then fails

@@ -37,8 +37,7 @@
 //! Host requirements: root, overlayfs, cgroups (v1/v2 hybrid or v2),
 //! `btrfs-progs` (the layer store is a btrfs loop image unless the data dir
 //! is btrfs), and for checkpoints CRIU >= 4.2 (`scripts/build-criu.sh`) plus
-//! `iptables` (CRIU saves each sandbox's network namespace rules with
-//! `iptables-save`).
+//! `iptables` (CRIU runs it while learning the kernel's features).
 #![deny(unsafe_code)]
 
 pub mod agent;

@@ -375,3 +375,48 @@ fn masks_hold_in_restored_and_forked_sandboxes() {
     masks_hold(&t, &forks[0].sandbox.id);
     masks_hold(&t, &sandbox.id);
 }
+
+/// The network namespace is not saved but made afresh with loopback up
+/// before sockets come back: a server listening on loopback before a
+/// pause to disk, and in a fork, is the same process and still answers.
+#[test]
+fn a_loopback_server_keeps_serving_after_restore_and_in_a_fork() {
+    let t = TestBackend::start("criunet");
+    let Some(sandbox) = counting_sandbox(&t) else {
+        return;
+    };
+    let id = &sandbox.id;
+    t.sh_ok(
+        id,
+        "mkdir -p /tmp/www && echo served > /tmp/www/index.html && httpd -p 127.0.0.1:8080 -h /tmp/www",
+    );
+    let serving = |id: &str| {
+        let out = t.sh_ok(
+            id,
+            "wget -q -O - http://127.0.0.1:8080/index.html; pidof httpd",
+        );
+        let mut lines = out.lines();
+        assert_eq!(lines.next(), Some("served"), "{out}");
+        lines.next().unwrap_or_default().to_owned()
+    };
+    let server = serving(id);
+    assert!(!server.is_empty(), "httpd runs");
+    t.backend().pause(id, PauseMode::Disk).expect("pause");
+    let resumed = t.backend().resume(id).expect("resume");
+    assert_eq!(
+        resumed.kept,
+        vec![Kept::Disk, Kept::Memory, Kept::Processes]
+    );
+    assert_eq!(serving(id), server, "the same server answers");
+    let forks = t.backend().fork(id, 1).expect("fork");
+    assert_eq!(
+        forks[0].kept,
+        vec![Kept::Disk, Kept::Memory, Kept::Processes]
+    );
+    assert_eq!(
+        serving(&forks[0].sandbox.id),
+        server,
+        "the fork's copy answers"
+    );
+    assert_eq!(serving(id), server, "the parent's still answers");
+}

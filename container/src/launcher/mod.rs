@@ -150,6 +150,10 @@ pub fn run(args: &[String]) -> i32 {
         Some("userns") => Some(userns::hold()),
         Some("enter") => Some(enter(&args[2..])),
         Some("restore") => Some(restore::restore(&args[2..])),
+        // Run by CRIU during `restore`, with no arguments.
+        None => std::env::var("CRTOOLS_SCRIPT_ACTION")
+            .ok()
+            .map(|action| restore::action_script(&action)),
         _ => None,
     };
     match result.unwrap_or(Err(LaunchError::Usage)) {
