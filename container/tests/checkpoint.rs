@@ -388,12 +388,16 @@ fn a_loopback_server_keeps_serving_after_restore_and_in_a_fork() {
     let id = &sandbox.id;
     t.sh_ok(
         id,
-        "mkdir -p /tmp/www && echo served > /tmp/www/index.html && httpd -p 127.0.0.1:8080 -h /tmp/www",
+        "mkdir -p /tmp/www && echo served > /tmp/www/index.html && \
+         httpd -p 127.0.0.1:8080 -h /tmp/www && pidof httpd > /tmp/httpd.pid",
     );
+    // The server's pid, recorded before any request (busybox httpd forks
+    // a child per connection), and whether it still runs.
     let serving = |id: &str| {
         let out = t.sh_ok(
             id,
-            "wget -q -O - http://127.0.0.1:8080/index.html; pidof httpd",
+            "wget -q -O - http://127.0.0.1:8080/index.html; \
+             p=$(cat /tmp/httpd.pid); [ -d /proc/$p ] && echo $p",
         );
         let mut lines = out.lines();
         assert_eq!(lines.next(), Some("served"), "{out}");
