@@ -171,13 +171,42 @@ fn main() {
             .to_owned()
     };
 
+    // One kept-alive connection, as an SDK holds: round trips are the
+    // forge's, not a TCP handshake's.
+    let client = reqwest::blocking::Client::new();
+    // A lifecycle call on the kept-alive connection: its time, its answer
+    // and the phases of its `Server-Timing` header.
+    let lifecycle = |path: &str, body: Option<Value>| -> (Duration, Value, String) {
+        let start = Instant::now();
+        let mut request = client
+            .post(format!("{}{path}", forge.url))
+            .bearer_auth(&forge.admin_token)
+            .timeout(Duration::from_secs(120));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().expect("lifecycle call");
+        let status = response.status();
+        let timing = response
+            .headers()
+            .get("server-timing")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let value: Value = response.json().unwrap_or(Value::Null);
+        assert!(status.is_success(), "POST {path}: {status}: {value}");
+        (start.elapsed(), value, timing)
+    };
     // 200 creates, each deleted after its first exec (the cap stays far),
     // so that outliers show: the slowest and how many passed 100 ms.
     let mut first_exec = Vec::new();
     let mut made = Vec::new();
+    let mut create_phases = Phases::default();
     for _ in 0..200 {
         let (took, id) = timed(|| {
-            let id = create();
+            let (_, created, timing) = lifecycle("/v1/vms", Some(json!({})));
+            create_phases.add(&timing);
+            let id = created["id"].as_str().expect("id").to_owned();
             exec(&id, "true");
             id
         });
@@ -197,6 +226,7 @@ fn main() {
         "  slowest {:.1} ms; {over} of 200 over 100 ms",
         slowest.as_secs_f64() * 1e3
     );
+    println!("{}", create_phases.line());
     let unshare: Vec<Duration> = (0..50)
         .map(|_| {
             timed(|| {
@@ -225,10 +255,9 @@ fn main() {
     );
 
     let parent = create();
-    // One kept-alive connection, as an SDK holds: the round trip is the
-    // forge's, not a TCP handshake's. Beside it, the floor of any request
-    // (`/healthz` on the same connection) and `true` spawned on this host.
-    let client = reqwest::blocking::Client::new();
+    // The exec round trip on the kept-alive connection. Beside it, the
+    // floor of any request (`/healthz` on the same connection) and `true`
+    // spawned on this host.
     let exec_url = format!("{}/v1/vms/{parent}/exec", forge.url);
     let keep_alive_exec = || {
         let response = client
@@ -285,29 +314,6 @@ fn main() {
         (exec_p50 - floor_p50 - host_p50).max(0.0)
     );
 
-    // A lifecycle call on the kept-alive connection: its time, its answer
-    // and the phases of its `Server-Timing` header.
-    let lifecycle = |path: &str, body: Option<Value>| -> (Duration, Value, String) {
-        let start = Instant::now();
-        let mut request = client
-            .post(format!("{}{path}", forge.url))
-            .bearer_auth(&forge.admin_token)
-            .timeout(Duration::from_secs(120));
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().expect("lifecycle call");
-        let status = response.status();
-        let timing = response
-            .headers()
-            .get("server-timing")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned();
-        let value: Value = response.json().unwrap_or(Value::Null);
-        assert!(status.is_success(), "POST {path}: {status}: {value}");
-        (start.elapsed(), value, timing)
-    };
     let fork_timed = |count: usize, phases: &mut Phases| -> (Duration, Vec<String>) {
         let (took, forks, timing) = lifecycle(
             &format!("/v1/vms/{parent}/fork"),

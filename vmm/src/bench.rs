@@ -240,7 +240,7 @@ fn start_to_ready(b: &Bench) -> BenchResult<()> {
     );
     println!("  vcpus_stop     {stop:7.3} ms  every vCPU thread told to exit and joined");
     println!(
-        "  free           {:7.3} ms  devices, KVM file descriptors (the kernel's VM teardown), guest RAM",
+        "  free           {:7.3} ms  devices, KVM file descriptors, guest RAM (mostly the kernel's VM teardown waiting out SRCU grace periods: PIT, I/O bus, notifiers)",
         (freed - stop).max(0.0)
     );
     println!(
