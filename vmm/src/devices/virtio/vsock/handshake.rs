@@ -20,6 +20,9 @@ use std::os::unix::net::UnixStream;
 pub(super) const MAX_CONNECT_LINE: usize = 32;
 /// The answer to a bad handshake.
 pub(super) const BAD_CONNECT: &[u8] = b"ERR bad CONNECT line\n";
+/// The answer when the VM holds as many connections as it may, or its
+/// guest is not taking what it is owed.
+pub(super) const BUSY: &[u8] = b"ERR too many connections\n";
 
 /// Where a host client's `CONNECT` line stands.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -87,9 +90,10 @@ impl Handshake {
     }
 
     /// Answers a bad line; the stream closes when `self` drops.
-    pub(super) fn refuse(mut self) {
+    /// Tells the client why (`BAD_CONNECT`, `BUSY`) and closes.
+    pub(super) fn refuse(mut self, why: &[u8]) {
         // The client may be gone already: nothing to tell then.
-        let _ = self.stream.write_all(BAD_CONNECT);
+        let _ = self.stream.write_all(why);
     }
 
     /// The stream, and the data that followed the line (from `rest`).
@@ -185,7 +189,7 @@ mod tests {
             .shutdown(std::net::Shutdown::Write)
             .expect("shutdown");
         assert_eq!(handshake.read_available(), ConnectLine::Refused);
-        handshake.refuse();
+        handshake.refuse(BAD_CONNECT);
         let mut reply = Vec::new();
         client.read_to_end(&mut reply).expect("reply, then EOF");
         assert_eq!(reply, BAD_CONNECT);

@@ -25,6 +25,15 @@
 //! Host sockets are edge-triggered: a readable socket is read while the
 //! guest has rx buffers and credit, and resumed at the next readiness event
 //! or when the guest adds buffers or grants credit.
+//!
+//! Everything a guest can make the muxer hold is bounded. Control packets
+//! wait until the guest posts rx buffers, at most [`MAX_CONTROL`] of them: a
+//! guest that sends without reading loses, past that, the RSTs owed for
+//! packets that name no connection, and any connection something else was
+//! owed on (its socket is closed). At most [`MAX_CONNECTIONS`] connections
+//! live at once: a guest REQUEST past that is answered RST, a host
+//! program's CONNECT is refused. Each connection's buffers are bounded by
+//! its credit (`connection`).
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{ErrorKind, Read, Write};
@@ -36,11 +45,54 @@ use vmm_sys_util::epoll::EventSet;
 
 use super::FdChanges;
 use super::connection::{Connection, Ending, TX_BUF_ALLOC};
-use super::handshake::{ConnectLine, Handshake};
+use super::handshake::{BAD_CONNECT, BUSY, ConnectLine, Handshake};
 use super::packet::{Header, Op, Ports, SHUTDOWN_BOTH};
 
 /// First host port handed to host-initiated connections.
 const FIRST_LOCAL_PORT: u32 = 1 << 30;
+
+/// Most control packets owed to the guest at once (16 bytes each).
+pub(super) const MAX_CONTROL: usize = 1024;
+
+/// Most live connections, both directions together.
+pub(super) const MAX_CONNECTIONS: usize = 256;
+
+/// Connects to the Unix socket at `path` without ever blocking: a service
+/// whose backlog is full (it does not accept) is `WouldBlock`, answered
+/// RST like a refusal, instead of stopping the VMM's event loop in
+/// connect(2) until it accepts. The stream is non-blocking.
+fn connect_without_waiting(path: &str) -> std::io::Result<UnixStream> {
+    let bytes = path.as_bytes();
+    // SAFETY: sockaddr_un is plain data; all zero is a valid empty address.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    if bytes.len() >= addr.sun_path.len() || bytes.contains(&0) {
+        return Err(ErrorKind::InvalidInput.into());
+    }
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (slot, byte) in addr.sun_path.iter_mut().zip(bytes) {
+        *slot = *byte as libc::c_char;
+    }
+    // SAFETY: creating a socket; the result is checked.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just created and is owned by nobody else.
+    let stream = unsafe { <UnixStream as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+    // SAFETY: `addr` is a valid sockaddr_un of `len` bytes for the call.
+    let done = unsafe { libc::connect(fd, std::ptr::addr_of!(addr).cast::<libc::sockaddr>(), len) };
+    if done != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(stream)
+}
 
 /// A packet the device owes the guest that carries no data.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -137,8 +189,15 @@ impl Muxer {
         self.control.clear();
     }
 
-    fn owe(&mut self, ports: Ports, op: Op) {
-        self.control.push_back(Control { ports, op });
+    /// Queues `op` for the guest. With [`MAX_CONTROL`] already owed, the
+    /// guest is not reading: the packet is dropped, and the connection it
+    /// concerned, if any, with it.
+    fn owe(&mut self, ports: Ports, op: Op, watch: &mut FdChanges) {
+        if self.control.len() < MAX_CONTROL {
+            self.control.push_back(Control { ports, op });
+        } else {
+            self.remove(ports, watch);
+        }
     }
 
     /// Removes a connection, closing its socket.
@@ -153,7 +212,7 @@ impl Muxer {
     /// Removes a connection and tells the guest with RST.
     fn reset(&mut self, ports: Ports, watch: &mut FdChanges) {
         self.remove(ports, watch);
-        self.owe(ports, Op::Rst);
+        self.owe(ports, Op::Rst, watch);
     }
 
     fn attach(
@@ -187,7 +246,7 @@ impl Muxer {
         let ports = hdr.ports_from_guest();
         if !hdr.is_stream_to_host(self.guest_cid) {
             if hdr.op() != Some(Op::Rst) {
-                self.owe(ports, Op::Rst);
+                self.owe(ports, Op::Rst, watch);
             }
             return;
         }
@@ -209,7 +268,7 @@ impl Muxer {
             }
             Some(Op::Rw) => {
                 let Some(tunnel) = self.tunnels.get_mut(&ports) else {
-                    self.owe(ports, Op::Rst);
+                    self.owe(ports, Op::Rst, watch);
                     return;
                 };
                 // Past its credit, or the host socket failed.
@@ -217,10 +276,10 @@ impl Muxer {
                     self.reset(ports, watch);
                     return;
                 }
-                self.maybe_credit_update(ports);
+                self.maybe_credit_update(ports, watch);
             }
             Some(Op::CreditUpdate) => {}
-            Some(Op::CreditRequest) => self.owe(ports, Op::CreditUpdate),
+            Some(Op::CreditRequest) => self.owe(ports, Op::CreditUpdate, watch),
             Some(op @ (Op::Shutdown | Op::Rst)) => {
                 // Deliver what the guest already sent before closing; a
                 // host reader that is slow keeps the connection (and only
@@ -248,24 +307,28 @@ impl Muxer {
             self.reset(ports, watch);
             return;
         }
+        if self.tunnels.len() >= MAX_CONNECTIONS {
+            self.owe(ports, Op::Rst, watch);
+            return;
+        }
         let path = format!("{}_{}", self.uds_path.display(), ports.host);
-        match UnixStream::connect(&path).and_then(|s| s.set_nonblocking(true).map(|()| s)) {
+        match connect_without_waiting(&path) {
             Ok(stream) => {
                 let conn = Connection::from_guest(hdr.buf_alloc, hdr.fwd_cnt);
                 self.attach(ports, stream, conn, watch);
-                self.owe(ports, Op::Response);
+                self.owe(ports, Op::Response, watch);
             }
-            Err(_) => self.owe(ports, Op::Rst),
+            Err(_) => self.owe(ports, Op::Rst, watch),
         }
     }
 
-    fn maybe_credit_update(&mut self, ports: Ports) {
+    fn maybe_credit_update(&mut self, ports: Ports, watch: &mut FdChanges) {
         if self
             .tunnels
             .get_mut(&ports)
             .is_some_and(|t| t.conn.credit_update_due())
         {
-            self.owe(ports, Op::CreditUpdate);
+            self.owe(ports, Op::CreditUpdate, watch);
         }
     }
 
@@ -308,16 +371,20 @@ impl Muxer {
             return;
         };
         let ConnectLine::Connect { port, rest } = line else {
-            handshake.refuse();
+            handshake.refuse(BAD_CONNECT);
             return;
         };
+        if self.tunnels.len() >= MAX_CONNECTIONS || self.control.len() >= MAX_CONTROL {
+            handshake.refuse(BUSY);
+            return;
+        }
         let ports = Ports {
             host: self.alloc_local_port(),
             guest: port,
         };
         let (stream, early) = handshake.into_parts(rest);
         self.attach(ports, stream, Connection::from_host(early), watch);
-        self.owe(ports, Op::Request);
+        self.owe(ports, Op::Request, watch);
     }
 
     fn on_stream_event(&mut self, ports: Ports, events: EventSet, watch: &mut FdChanges) {
@@ -337,7 +404,7 @@ impl Muxer {
         } else if broken {
             self.reset(ports, watch);
         } else {
-            self.maybe_credit_update(ports);
+            self.maybe_credit_update(ports, watch);
         }
     }
 
@@ -902,6 +969,111 @@ mod tests {
         rig.guest(Op::Rst, ports, &[]);
         assert_eq!(rig.muxer.connection_count(), 0);
         assert_eq!(rig.owed(), vec![]);
+    }
+
+    /// A guest that sends stray packets and never posts rx buffers: what
+    /// it is owed stops at `MAX_CONTROL`, and once it reads, it is owed
+    /// again.
+    #[test]
+    fn a_guest_that_never_reads_cannot_grow_what_it_is_owed() {
+        let mut rig = Rig::new("flood");
+        let stray = Ports { host: 9, guest: 10 };
+        for _ in 0..100_000 {
+            rig.guest(Op::Rw, stray, b"x");
+        }
+        assert_eq!(rig.muxer.control.len(), MAX_CONTROL);
+        assert_eq!(rig.owed().len(), MAX_CONTROL);
+        rig.guest(Op::Rw, stray, b"x");
+        assert_eq!(rig.owed(), vec![(Op::Rst, stray)]);
+    }
+
+    /// With the queue full, a connection something is owed on is closed:
+    /// the flooding guest loses its own connection, the host program sees
+    /// it end, and no state is kept for it.
+    #[test]
+    fn a_full_queue_costs_the_guest_the_connection_it_was_owed_on() {
+        let mut rig = Rig::new("flood-conn");
+        let (ports, mut host) = rig.guest_connects(5007, 4096);
+        let stray = Ports { host: 9, guest: 10 };
+        while rig.muxer.control.len() < MAX_CONTROL {
+            rig.guest(Op::Rw, stray, b"x");
+        }
+        rig.guest(Op::CreditRequest, ports, &[]);
+        assert_eq!(rig.muxer.connection_count(), 0);
+        let mut rest = Vec::new();
+        host.read_to_end(&mut rest).expect("the host end sees EOF");
+        assert!(rest.is_empty());
+        // A host program asking in meanwhile is told, not left hanging.
+        let (mut client, fd) = rig.host_client();
+        client.write_all(b"CONNECT 52\n").expect("write");
+        rig.event(fd, EventSet::IN);
+        assert_eq!(read_reply(&mut client), "ERR too many connections\n");
+        assert_eq!(rig.owed().len(), MAX_CONTROL);
+    }
+
+    /// Connections are capped: a guest REQUEST past `MAX_CONNECTIONS` is
+    /// answered RST without the host being dialled.
+    #[test]
+    fn guest_connections_stop_at_the_cap() {
+        let mut rig = Rig::new("conn-cap");
+        let port = 5008;
+        let listener = UnixListener::bind(format!("{}_{port}", rig.uds.display()))
+            .expect("bind the host service");
+        // The service stays up (its backlog has room): past the cap, only
+        // the muxer's own limit answers RST.
+        let accepting = std::thread::spawn(move || {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = listener.accept() {
+                held.push(stream);
+                if held.len() == MAX_CONNECTIONS {
+                    break;
+                }
+            }
+            (listener, held)
+        });
+        for guest in 0..MAX_CONNECTIONS as u32 {
+            let ports = Ports { host: port, guest };
+            rig.guest_sends(Op::Request, ports, (4096, 0), &[]);
+            assert_eq!(rig.owed(), vec![(Op::Response, ports)]);
+        }
+        let (_listening, held) = accepting.join().expect("the host service");
+        assert_eq!(held.len(), MAX_CONNECTIONS);
+        let over = Ports {
+            host: port,
+            guest: MAX_CONNECTIONS as u32,
+        };
+        rig.guest_sends(Op::Request, over, (4096, 0), &[]);
+        assert_eq!(rig.owed(), vec![(Op::Rst, over)]);
+        assert_eq!(rig.muxer.connection_count(), MAX_CONNECTIONS);
+    }
+
+    /// A host service that never accepts fills its backlog; the next
+    /// REQUEST is answered RST at once instead of blocking the event loop.
+    #[test]
+    fn a_service_that_does_not_accept_cannot_stall_the_vmm() {
+        let mut rig = Rig::new("backlog");
+        let port = 5009;
+        let listener = UnixListener::bind(format!("{}_{port}", rig.uds.display()))
+            .expect("bind the host service");
+        // A backlog of one, so that it fills after a connection or two.
+        // SAFETY: listen(2) on a socket this test owns.
+        assert_eq!(unsafe { libc::listen(listener.as_raw_fd(), 1) }, 0);
+        let mut guest = 0;
+        loop {
+            let ports = Ports { host: port, guest };
+            rig.guest_sends(Op::Request, ports, (4096, 0), &[]);
+            let owed = rig.owed();
+            if owed == vec![(Op::Rst, ports)] {
+                break;
+            }
+            assert_eq!(owed, vec![(Op::Response, ports)]);
+            guest += 1;
+            assert!(
+                (guest as usize) < MAX_CONNECTIONS,
+                "the backlog never filled"
+            );
+        }
+        assert_eq!(rig.muxer.connection_count(), guest as usize);
     }
 
     #[test]
