@@ -597,11 +597,16 @@ mod tests {
             (client, self.watch.add[before].0)
         }
 
+        /// A host service listening where a guest REQUEST to `port` goes.
+        fn host_service(&self, port: u32) -> UnixListener {
+            UnixListener::bind(format!("{}_{port}", self.uds.display()))
+                .expect("bind the host service")
+        }
+
         /// The guest connects to host port `port`; returns the connection
         /// and the host program's end of it.
         fn guest_connects(&mut self, port: u32, buf_alloc: u32) -> (Ports, UnixStream) {
-            let listener = UnixListener::bind(format!("{}_{port}", self.uds.display()))
-                .expect("bind the host service");
+            let listener = self.host_service(port);
             let ports = Ports {
                 host: port,
                 guest: 1000 + port,
@@ -1017,8 +1022,7 @@ mod tests {
     fn guest_connections_stop_at_the_cap() {
         let mut rig = Rig::new("conn-cap");
         let port = 5008;
-        let listener = UnixListener::bind(format!("{}_{port}", rig.uds.display()))
-            .expect("bind the host service");
+        let listener = rig.host_service(port);
         // The service stays up (its backlog has room): past the cap, only
         // the muxer's own limit answers RST.
         let accepting = std::thread::spawn(move || {
@@ -1053,8 +1057,7 @@ mod tests {
     fn a_service_that_does_not_accept_cannot_stall_the_vmm() {
         let mut rig = Rig::new("backlog");
         let port = 5009;
-        let listener = UnixListener::bind(format!("{}_{port}", rig.uds.display()))
-            .expect("bind the host service");
+        let listener = rig.host_service(port);
         // A backlog of one, so that it fills after a connection or two.
         // SAFETY: listen(2) on a socket this test owns.
         assert_eq!(unsafe { libc::listen(listener.as_raw_fd(), 1) }, 0);
