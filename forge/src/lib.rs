@@ -15,6 +15,8 @@
 pub mod api;
 pub mod auth;
 pub mod events;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod git;
 pub mod github;
 pub mod mcp;

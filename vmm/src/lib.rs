@@ -18,6 +18,8 @@ pub mod devices;
 pub mod disk;
 pub mod event_loop;
 pub mod fork;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod machine;
 pub mod restore;
 pub mod snapshot;

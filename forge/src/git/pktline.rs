@@ -286,9 +286,12 @@ pub fn parse_report(reply: &[u8], side_band: bool) -> Option<Report> {
             report.refs.push((refname.to_owned(), RefStatus::Ok));
         } else if let Some(rest) = line.strip_prefix("ng ") {
             let (refname, reason) = rest.split_once(' ').unwrap_or((rest, ""));
-            report
-                .refs
-                .push((refname.to_owned(), RefStatus::Rejected(reason.to_owned())));
+            // A reason is one line (as `encode_report` writes it), even
+            // when a pkt-line carried more.
+            report.refs.push((
+                refname.to_owned(),
+                RefStatus::Rejected(reason.replace('\n', " ")),
+            ));
         }
     }
     saw_unpack.then_some(report)
@@ -553,15 +556,40 @@ mod tests {
                 RefStatus::Rejected("non-fast-forward".into())
             )
         );
-        let plain = format!(
-            "{}{}0000",
-            pkt_line("unpack index-pack abnormal exit\n"),
-            pkt_line("ng refs/heads/main unpacker error\n")
-        );
-        let report = parse_report(plain.as_bytes(), false).expect("report");
+        let report = plain_report(&[
+            "unpack index-pack abnormal exit\n",
+            "ng refs/heads/main unpacker error\n",
+        ])
+        .expect("report");
         assert_eq!(
             report.unpack_error.as_deref(),
             Some("index-pack abnormal exit")
+        );
+    }
+
+    /// A report without side-band: `lines` as pkt-lines, then a flush.
+    fn plain_report(lines: &[&str]) -> Option<Report> {
+        let mut reply: String = lines.iter().map(|l| pkt_line(l)).collect();
+        reply.push_str("0000");
+        parse_report(reply.as_bytes(), false)
+    }
+
+    #[test]
+    fn a_reason_spanning_lines_parses_as_one_line_and_round_trips() {
+        // One pkt-line whose `ng` reason holds a newline (found by the
+        // pktline_report fuzz target): parsed as encode_report writes it.
+        let report =
+            plain_report(&["unpack ok\n", "ng refs/heads/x hook\ndeclined\n"]).expect("a report");
+        assert_eq!(
+            report.refs,
+            vec![(
+                "refs/heads/x".to_owned(),
+                RefStatus::Rejected("hook declined".into())
+            )]
+        );
+        assert_eq!(
+            parse_report(&encode_report(&report, None), false),
+            Some(report)
         );
     }
 

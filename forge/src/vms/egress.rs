@@ -313,6 +313,13 @@ fn host_port(authority: &str, default_port: u16) -> Result<(String, u16), Refusa
 
 fn parse_head(head: &[u8]) -> Result<Head, Refusal> {
     let text = std::str::from_utf8(head).map_err(|_| bad("the request head is not UTF-8"))?;
+    // Lines end with CRLF. A bare CR or LF inside one would pass a header
+    // this proxy never saw (a `Proxy-*` one among them) to a server that
+    // ends lines at LF; RFC 9112 lets a proxy refuse it.
+    let body = text.strip_suffix("\r\n\r\n").unwrap_or(text);
+    if body.split("\r\n").any(|line| line.contains(['\r', '\n'])) {
+        return Err(bad("a bare CR or LF in the request head"));
+    }
     let mut lines = text.split("\r\n");
     let first = lines.next().unwrap_or_default();
     let mut parts = first.split(' ');
@@ -353,6 +360,33 @@ fn parse_head(head: &[u8]) -> Result<Head, Refusal> {
         port,
         upstream,
     })
+}
+
+/// The fuzz target's properties of [`parse_head`] (`forge::fuzzing`): a
+/// CONNECT sends nothing upstream; a plain-HTTP head goes upstream as one
+/// head ending in its empty line, starting with the request line's method,
+/// and no line of it, split at any line feed, is a `Proxy-*` header.
+pub(crate) fn check_parse_head(head: &[u8]) {
+    let Ok(parsed) = parse_head(head) else {
+        return;
+    };
+    if parsed.connect {
+        assert!(parsed.upstream.is_empty(), "a CONNECT forwards no head");
+        return;
+    }
+    let text = String::from_utf8(parsed.upstream).expect("the upstream head is UTF-8");
+    let body = text
+        .strip_suffix("\r\n\r\n")
+        .expect("the upstream head ends with its empty line");
+    let method = head.split(|b| *b == b' ').next().unwrap_or_default();
+    assert!(text.as_bytes().starts_with(method), "the method leads");
+    for line in body.split('\n').skip(1) {
+        let name = line.split(':').next().unwrap_or_default().trim();
+        assert!(
+            !name.to_ascii_lowercase().starts_with("proxy-"),
+            "{line:?} forwarded upstream"
+        );
+    }
 }
 
 /// Reads up to the end of the head; returns it and any bytes after it.
@@ -604,6 +638,16 @@ mod tests {
         assert_eq!((v6.host.as_str(), v6.port), ("::1", 22));
         assert!(parse_head(b"GET /relative HTTP/1.1").is_err());
         assert!(parse_head(b"garbage").is_err());
+        // A bare LF or CR would carry a header past the Proxy-* filter to
+        // an upstream that ends lines at LF (found by the egress_head
+        // fuzz target).
+        for smuggled in [
+            &b"GET http://example.com/ HTTP/1.1\r\nAccept: */*\nProxy-Authorization: Basic eA=="[..],
+            b"GET http://example.com/ HTTP/1.1\r\nAccept: */*\rProxy-Authorization: Basic eA==",
+            b"GET http://example.com/ HTTP/1.1\nProxy-Authorization: Basic eA==",
+        ] {
+            assert!(parse_head(smuggled).is_err(), "{smuggled:?}");
+        }
     }
 
     #[tokio::test]

@@ -35,6 +35,7 @@
 mod connection;
 mod handshake;
 mod muxer;
+pub(crate) use muxer::fuzz_script;
 mod packet;
 
 use std::os::fd::RawFd;

@@ -490,6 +490,73 @@ impl Muxer {
     }
 }
 
+/// The fuzz target's run of a muxer (`vmm::fuzzing::vsock_muxer`): `data`
+/// is a script of guest packets (any op, cid, port pair from a small set,
+/// credit and payload) and drains of what the guest is owed, against a
+/// muxer whose host side has one service that never accepts. After every
+/// step the bounds hold: at most [`MAX_CONTROL`] owed, at most
+/// [`MAX_CONNECTIONS`] connections, one watched socket per connection.
+pub(crate) fn fuzz_script(data: &[u8]) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static RUN: AtomicU64 = AtomicU64::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "vmm-vsock-fuzz-{}-{}",
+        std::process::id(),
+        RUN.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("a scratch dir");
+    let uds = dir.join("v.sock");
+    let listener = UnixListener::bind(&uds).expect("the vsock socket");
+    let _service = UnixListener::bind(format!("{}_7", uds.display())).expect("a host service");
+    let mut muxer = Muxer::new(3, uds, listener).expect("a muxer");
+    let mut watch = FdChanges::default();
+    let mut input = data;
+    while let Some((&step, rest)) = input.split_first() {
+        input = rest;
+        if step >= 0xf0 {
+            while let Some(control) = muxer.next_control() {
+                let _ = muxer.control_header(control);
+                muxer.pop_control();
+            }
+            continue;
+        }
+        let Some((fields, rest)) = input.split_at_checked(6) else {
+            break;
+        };
+        input = rest;
+        let take = usize::from(fields[5] & 0x3f).min(input.len());
+        let (payload, rest) = input.split_at(take);
+        input = rest;
+        let host = [7, 9, FIRST_LOCAL_PORT, FIRST_LOCAL_PORT + 1][usize::from(fields[0] & 3)];
+        let hdr = Header {
+            src_cid: if fields[0] & 0x80 == 0 { 3 } else { 4 },
+            dst_cid: if fields[0] & 0x40 == 0 { 2 } else { 1 },
+            src_port: u32::from(fields[1]),
+            dst_port: host,
+            len: take as u32,
+            type_: if fields[0] & 0x20 == 0 { 1 } else { 2 },
+            op: u16::from(step & 7),
+            flags: u32::from(fields[2] & 3),
+            buf_alloc: u32::from(fields[3]) << 8,
+            fwd_cnt: u32::from(fields[4]) << 4,
+        };
+        muxer.on_guest_packet(&hdr, payload, &mut watch);
+        assert!(muxer.control.len() <= MAX_CONTROL, "owed past the bound");
+        assert!(
+            muxer.tunnels.len() <= MAX_CONNECTIONS,
+            "connections past the cap"
+        );
+        assert_eq!(
+            muxer.by_fd.len(),
+            muxer.tunnels.len(),
+            "a socket per connection"
+        );
+    }
+    drop(muxer);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[cfg(test)]
 mod tests {
     use std::os::unix::net::UnixListener;
