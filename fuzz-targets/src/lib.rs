@@ -21,6 +21,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("agent_frames", agent_frames),
     ("webhook_filter", webhook_filter),
     ("vsock_muxer", vsock_muxer),
+    ("snapshot_state", snapshot_state),
 ];
 
 /// A push's command section (`git-receive-pack`, from any client):
@@ -115,4 +116,30 @@ pub fn webhook_filter(data: &[u8]) {
 /// or never read): what it holds stays within its bounds.
 pub fn vsock_muxer(data: &[u8]) {
     vmm::fuzzing::vsock_muxer(data);
+}
+
+/// A VMM snapshot's state file (`vmm::snapshot::decode`). Inputs starting
+/// with `R` are read as a whole file; others are a payload the target
+/// frames with a valid header and checksum, so that the JSON is reached.
+/// What decodes encodes to bytes that decode and encode to the same bytes.
+pub fn snapshot_state(data: &[u8]) {
+    let path = std::path::Path::new("state");
+    let bytes = match data.split_first() {
+        Some((b'R', raw)) => raw.to_vec(),
+        _ => {
+            let mut framed = vmm::snapshot::MAGIC.to_vec();
+            framed.extend_from_slice(&vmm::snapshot::VERSION.to_le_bytes());
+            framed.extend_from_slice(&(data.len() as u64).to_le_bytes());
+            framed.extend_from_slice(&vmm::snapshot::crc32(data).to_le_bytes());
+            framed.extend_from_slice(data);
+            framed
+        }
+    };
+    let Ok(snapshot) = vmm::snapshot::decode(path, &bytes) else {
+        return;
+    };
+    let once = vmm::snapshot::encode(&snapshot).expect("a decoded snapshot encodes");
+    let again = vmm::snapshot::decode(path, &once).expect("an encoded snapshot decodes");
+    let twice = vmm::snapshot::encode(&again).expect("encodes again");
+    assert_eq!(once, twice, "the state file round-trips");
 }
