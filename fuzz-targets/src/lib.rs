@@ -22,6 +22,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("webhook_filter", webhook_filter),
     ("vsock_muxer", vsock_muxer),
     ("snapshot_state", snapshot_state),
+    ("layered_disk", layered_disk),
 ];
 
 /// A push's command section (`git-receive-pack`, from any client):
@@ -142,4 +143,46 @@ pub fn snapshot_state(data: &[u8]) {
     let again = vmm::snapshot::decode(path, &once).expect("an encoded snapshot decodes");
     let twice = vmm::snapshot::encode(&again).expect("encodes again");
     assert_eq!(once, twice, "the state file round-trips");
+}
+
+/// A disk layer file (`vmm::disk::LayeredDisk`), as a VM's own earlier run
+/// left it: the first byte sizes the base (in 512-byte sectors), the rest
+/// is the layer. Opened read-only, every block reads; opened as the
+/// writable top, a block written reads back as written.
+pub fn layered_disk(data: &[u8]) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static RUN: AtomicU64 = AtomicU64::new(0);
+    let Some((&sectors, layer)) = data.split_first() else {
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!(
+        "fuzz-layered-{}-{}",
+        std::process::id(),
+        RUN.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).expect("a scratch dir");
+    let (base, top) = (dir.join("base"), dir.join("layer"));
+    std::fs::write(&base, vec![0xa5; usize::from(sectors) * 512]).expect("the base");
+    std::fs::write(&top, layer).expect("the layer");
+    let layers = [top];
+    if let Ok(disk) = vmm::disk::LayeredDisk::open(&base, &layers, true) {
+        let mut block = vec![0u8; 4096];
+        let mut offset = 0;
+        while offset < disk.size() {
+            let len = (disk.size() - offset).min(4096) as usize;
+            let _ = disk.read_at(offset, &mut block[..len]);
+            offset += len as u64;
+        }
+    }
+    if let Ok(mut disk) = vmm::disk::LayeredDisk::open(&base, &layers, false)
+        && disk.size() >= 512
+    {
+        let written = vec![0x3c; 512];
+        if disk.write_at(0, &written).is_ok() {
+            let mut back = vec![0u8; 512];
+            disk.read_at(0, &mut back).expect("a written block reads");
+            assert_eq!(back, written, "a write reads back");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }
