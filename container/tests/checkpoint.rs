@@ -136,15 +136,28 @@ fn pause_to_disk_and_resume_keep_the_process() {
     );
     let after = counter_past(&t, &sandbox.id, before);
     // And once more, from the restored sandbox.
-    t.backend()
-        .pause(&sandbox.id, PauseMode::Disk)
-        .expect("pause again");
-    let resumed = t.backend().resume(&sandbox.id).expect("resume again");
+    through_disk(&t, &sandbox.id);
+    counter_past(&t, &sandbox.id, after);
+}
+
+/// Pauses `id` to disk and resumes it, which must keep everything.
+fn through_disk(t: &TestBackend, id: &str) {
+    t.backend().pause(id, PauseMode::Disk).expect("pause");
+    let resumed = t.backend().resume(id).expect("resume");
     assert_eq!(
         resumed.kept,
         vec![Kept::Disk, Kept::Memory, Kept::Processes]
     );
-    counter_past(&t, &sandbox.id, after);
+}
+
+/// One fork of `id`, which must keep everything; the fork's id.
+fn fork_keeping_all(t: &TestBackend, id: &str) -> String {
+    let forks = t.backend().fork(id, 1).expect("fork");
+    assert_eq!(
+        forks[0].kept,
+        vec![Kept::Disk, Kept::Memory, Kept::Processes]
+    );
+    forks[0].sandbox.id.clone()
 }
 
 /// A checkpoint kills the sandbox's processes once they are written; a
@@ -358,21 +371,10 @@ fn masks_hold_in_restored_and_forked_sandboxes() {
         return;
     };
     masks_hold(&t, &sandbox.id);
-    t.backend()
-        .pause(&sandbox.id, PauseMode::Disk)
-        .expect("pause");
-    let resumed = t.backend().resume(&sandbox.id).expect("resume");
-    assert_eq!(
-        resumed.kept,
-        vec![Kept::Disk, Kept::Memory, Kept::Processes]
-    );
+    through_disk(&t, &sandbox.id);
     masks_hold(&t, &sandbox.id);
-    let forks = t.backend().fork(&sandbox.id, 1).expect("fork");
-    assert_eq!(
-        forks[0].kept,
-        vec![Kept::Disk, Kept::Memory, Kept::Processes]
-    );
-    masks_hold(&t, &forks[0].sandbox.id);
+    let fork = fork_keeping_all(&t, &sandbox.id);
+    masks_hold(&t, &fork);
     masks_hold(&t, &sandbox.id);
 }
 
@@ -405,22 +407,9 @@ fn a_loopback_server_keeps_serving_after_restore_and_in_a_fork() {
     };
     let server = serving(id);
     assert!(!server.is_empty(), "httpd runs");
-    t.backend().pause(id, PauseMode::Disk).expect("pause");
-    let resumed = t.backend().resume(id).expect("resume");
-    assert_eq!(
-        resumed.kept,
-        vec![Kept::Disk, Kept::Memory, Kept::Processes]
-    );
+    through_disk(&t, id);
     assert_eq!(serving(id), server, "the same server answers");
-    let forks = t.backend().fork(id, 1).expect("fork");
-    assert_eq!(
-        forks[0].kept,
-        vec![Kept::Disk, Kept::Memory, Kept::Processes]
-    );
-    assert_eq!(
-        serving(&forks[0].sandbox.id),
-        server,
-        "the fork's copy answers"
-    );
+    let fork = fork_keeping_all(&t, id);
+    assert_eq!(serving(&fork), server, "the fork's copy answers");
     assert_eq!(serving(id), server, "the parent's still answers");
 }
