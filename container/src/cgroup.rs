@@ -246,10 +246,23 @@ impl Cgroup {
             .as_ref()
             .ok_or(CgroupError::Missing("memory"))?;
         let dir = self.dir(memory);
-        write(&dir.join("memory.limit_in_bytes"), &mem)?;
+        let limit = dir.join("memory.limit_in_bytes");
         let memsw = dir.join("memory.memsw.limit_in_bytes");
+        // v1 keeps memory <= memory+swap: a raise goes to memsw first.
+        let current = fs::read_to_string(&limit)
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        let raising = current.is_some_and(|c| c < limits.mem_mib * 1024 * 1024);
+        let mut order = vec![limit.as_path()];
         if memsw.exists() {
-            write(&memsw, &mem)?;
+            if raising {
+                order.insert(0, memsw.as_path());
+            } else {
+                order.push(memsw.as_path());
+            }
+        }
+        for file in order {
+            write(file, &mem)?;
         }
         let _ = fs::write(dir.join("memory.swappiness"), "0");
         if let Some(cpu) = &layout.cpu_v1 {

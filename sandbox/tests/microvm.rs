@@ -244,6 +244,10 @@ async fn control_socket_drives_a_real_vmm() {
         forked_from: None,
         lineage: Vec::new(),
         snapshot: Some(snapshot.clone()),
+        jail_group: None,
+        readable: Vec::new(),
+        mem_mib: 0,
+        vcpus: 0,
     };
     let mut restored = tokio::process::Command::new(forge_vmm())
         .args(vm::restore_args(&snapshot, &record))

@@ -189,6 +189,8 @@ fn run_child(
         .collect();
     keep.push(report.as_raw_fd());
     keep.push(go.as_raw_fd());
+    // A jailed VMM can no longer open /dev/kvm by its path.
+    keep.extend(crate::vstate::vm::preopened_kvm_fd());
     close_inherited(&keep);
     // Wait for the parent to finish forking (it closes the other end of
     // `go` then, or dies): children building their VMs meanwhile would

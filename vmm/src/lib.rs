@@ -20,8 +20,10 @@ pub mod event_loop;
 pub mod fork;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod jail;
 pub mod machine;
 pub mod restore;
+pub mod seccomp;
 pub mod snapshot;
 pub mod socket;
 pub mod vcpus;

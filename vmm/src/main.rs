@@ -1,14 +1,16 @@
 //! `forge-vmm`: runs one microVM.
 //!
 //! ```text
-//! forge-vmm run --config vm.json
-//! forge-vmm restore --from DIR [--control-socket P] [--vsock P] [--serial-log P]
+//! forge-vmm run --config vm.json [--jail jail.json]
+//! forge-vmm restore --from DIR [--control-socket P] [--vsock P] [--serial-log P] [--jail jail.json]
 //! forge-vmm bench [fork] [--guests DIR]
 //! ```
 //!
 //! Exit status: 0 when the guest reset or powered off or a `shutdown` came
 //! over the control socket; 1 for a bad config or a failure to build the VM;
-//! 2 when the guest triple-faulted; 3 when a vCPU failed.
+//! 2 when the guest triple-faulted; 3 when a vCPU failed. Jailed
+//! (`--jail`, see `vmm::jail`), a VMM killed by a signal exits 128 + the
+//! signal (159 for SIGSYS: a system call off its seccomp list).
 
 mod bench;
 mod bench_fork;
@@ -20,7 +22,7 @@ use vmm::builder::Vmm;
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: forge-vmm run --config <vm.json>\n       forge-vmm restore --from <dir> [--control-socket <path>] [--vsock <path>] [--serial-log <path>]\n       forge-vmm bench [fork] [--guests <dir>]"
+        "usage: forge-vmm run --config <vm.json> [--jail <jail.json>]\n       forge-vmm restore --from <dir> [--control-socket <path>] [--vsock <path>] [--serial-log <path>] [--jail <jail.json>]\n       forge-vmm bench [fork] [--guests <dir>]"
     );
     ExitCode::from(1)
 }
@@ -71,9 +73,17 @@ fn main() -> ExitCode {
         }
         _ => return usage(),
     }
-    let config_path = match args.get(1..3) {
-        Some([flag, path]) if flag == "--config" => PathBuf::from(path),
-        _ => return usage(),
+    let mut config_path = None;
+    let mut jail = None;
+    for pair in args[1..].chunks(2) {
+        match pair {
+            [flag, value] if flag == "--config" => config_path = Some(PathBuf::from(value)),
+            [flag, value] if flag == "--jail" => jail = Some(PathBuf::from(value)),
+            _ => return usage(),
+        }
+    }
+    let Some(config_path) = config_path else {
+        return usage();
     };
     let config = match vmm::config::load(&config_path) {
         Ok(c) => c,
@@ -82,6 +92,12 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    if jail.is_some() {
+        vmm::vstate::memory::prepare(config.mem_mib);
+    }
+    if let Err(code) = confine(jail, Some(&config)) {
+        return code;
+    }
     match Vmm::build(&config) {
         Ok(v) => run(v),
         Err(e) => {
@@ -91,17 +107,32 @@ fn main() -> ExitCode {
     }
 }
 
+/// Enters the jail of `--jail <file>`, if given (`vmm::jail`).
+fn confine(jail: Option<PathBuf>, config: Option<&vmm::config::VmConfig>) -> Result<(), ExitCode> {
+    let Some(jail) = jail else {
+        return Ok(());
+    };
+    vmm::jail::load(&jail)
+        .and_then(|j| vmm::jail::enter(&j, config))
+        .map_err(|e| {
+            report(&e);
+            ExitCode::from(1)
+        })
+}
+
 fn restore(args: &[String]) -> ExitCode {
     let mut from = None;
     let mut control = None;
     let mut vsock = None;
     let mut serial = None;
+    let mut jail = None;
     for pair in args.chunks(2) {
         match pair {
             [flag, value] if flag == "--from" => from = Some(PathBuf::from(value)),
             [flag, value] if flag == "--control-socket" => control = Some(PathBuf::from(value)),
             [flag, value] if flag == "--vsock" => vsock = Some(PathBuf::from(value)),
             [flag, value] if flag == "--serial-log" => serial = Some(PathBuf::from(value)),
+            [flag, value] if flag == "--jail" => jail = Some(PathBuf::from(value)),
             _ => return usage(),
         }
     }
@@ -113,6 +144,9 @@ fn restore(args: &[String]) -> ExitCode {
         vsock_uds: vsock,
         serial_log: serial,
     };
+    if let Err(code) = confine(jail, None) {
+        return code;
+    }
     match vmm::restore::from_dir(&from, &overrides) {
         Ok(v) => run(v),
         Err(e) => {

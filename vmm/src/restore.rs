@@ -8,6 +8,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::builder::{BuildError, Source, Vmm};
+use crate::config::VmConfig;
 use crate::snapshot::{self, memory_file};
 
 /// Paths a restored VM uses instead of the saved ones.
@@ -21,12 +22,10 @@ pub struct Overrides {
     pub serial_log: Option<PathBuf>,
 }
 
-/// Builds the VM saved in `dir` and starts its vCPUs.
-pub fn from_dir(dir: &Path, overrides: &Overrides) -> Result<Vmm, BuildError> {
-    let state = snapshot::read_state(dir)?;
-    let memory_path = dir.join(snapshot::MEMORY_FILE);
-    let memory = memory_file::map(&memory_path, &state.memory_regions)?;
-    let mut config = state.config.clone();
+/// The saved config with the caller's paths in place (the VM's disk
+/// chains as saved).
+fn with_overrides(saved: &VmConfig, overrides: &Overrides) -> VmConfig {
+    let mut config = saved.clone();
     if let Some(p) = &overrides.control_socket {
         config.control_socket = p.clone();
     }
@@ -36,6 +35,15 @@ pub fn from_dir(dir: &Path, overrides: &Overrides) -> Result<Vmm, BuildError> {
     if let (Some(p), Some(v)) = (&overrides.vsock_uds, config.vsock.as_mut()) {
         v.uds_path = p.clone();
     }
+    config
+}
+
+/// Builds the VM saved in `dir` and starts its vCPUs.
+pub fn from_dir(dir: &Path, overrides: &Overrides) -> Result<Vmm, BuildError> {
+    let state = snapshot::read_state(dir)?;
+    let memory_path = dir.join(snapshot::MEMORY_FILE);
+    let memory = memory_file::map(&memory_path, &state.memory_regions)?;
+    let mut config = with_overrides(&state.config, overrides);
     // The snapshot's disk layers are sealed: this VM writes a new top of
     // its own, so any number of restores of one snapshot stay independent.
     let stamp = std::time::SystemTime::now()

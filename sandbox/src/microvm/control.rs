@@ -51,21 +51,35 @@ pub enum ControlError {
 pub struct ControlSocket {
     reader: BufReader<tokio::net::unix::OwnedReadHalf>,
     writer: tokio::net::unix::OwnedWriteHalf,
+    peer: Option<i32>,
 }
 
 impl ControlSocket {
+    /// Connects to the socket at `path` without following a link there
+    /// (it is in VMM-owned space).
     pub async fn connect(path: &Path) -> Result<Self, ControlError> {
-        let stream = UnixStream::connect(path)
+        let connect_err = |source| ControlError::Connect {
+            path: path.to_owned(),
+            source,
+        };
+        let socket = super::vm::NoFollow::socket(path).map_err(connect_err)?;
+        let stream = UnixStream::connect(socket.path())
             .await
-            .map_err(|source| ControlError::Connect {
-                path: path.to_owned(),
-                source,
-            })?;
+            .map_err(connect_err)?;
+        let peer = stream.peer_cred().ok().and_then(|c| c.pid());
         let (read, writer) = stream.into_split();
         Ok(Self {
             reader: BufReader::new(read),
             writer,
+            peer,
         })
+    }
+
+    /// The pid, in this process's PID namespace, of the process that
+    /// listens on the socket (the kernel's word, not the VMM's): how the
+    /// backend learns the host pid of a VMM in a PID namespace of its own.
+    pub fn peer_pid(&self) -> Option<i32> {
+        self.peer
     }
 
     /// Connect, retrying until `timeout` (the VMM binds its socket a few

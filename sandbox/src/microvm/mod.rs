@@ -42,7 +42,7 @@ pub mod locks;
 pub mod vm;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -50,6 +50,9 @@ use agent_proto::DEFAULT_VSOCK_PORT;
 use tokio::process::Child;
 pub use vmm_proto::config::ApEntry;
 use vmm_proto::control::ChildStatus;
+
+use sandbox_container::Limits;
+use sandbox_container::cgroup::{Cgroup, CgroupLayout};
 
 use self::control::{ControlError, ControlSocket};
 use self::locks::VmLocks;
@@ -81,7 +84,35 @@ pub struct MicrovmConfig {
     pub readiness: Readiness,
     /// How secondary vCPUs start (`Sipi` for Linux).
     pub ap_entry: ApEntry,
+    /// Who jailed VMMs run as (`vmm::jail`); `None` runs them unconfined,
+    /// as root, which only the VMM's own tests should do.
+    pub jail: Option<JailIds>,
 }
+
+/// The host uid and gid of jailed VMMs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JailIds {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// Jailed VMMs' uid and gid unless configured: the first id past the
+/// container backend's pool of user-namespace ranges (2^30 + 8,192 ×
+/// 65,536), which no host account uses.
+pub const DEFAULT_JAIL_ID: u32 = 1_610_612_736;
+
+impl Default for JailIds {
+    fn default() -> Self {
+        Self {
+            uid: DEFAULT_JAIL_ID,
+            gid: DEFAULT_JAIL_ID,
+        }
+    }
+}
+
+/// Memory a VMM needs beyond its guest's RAM (its own heap, KVM's page
+/// tables and reverse maps, device queues), in the jail's cgroup limit.
+pub const VMM_OVERHEAD_MIB: u64 = 96;
 
 /// When a started VM counts as up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,6 +141,7 @@ impl MicrovmConfig {
             boot_timeout: Duration::from_secs(60),
             readiness: Readiness::Agent,
             ap_entry: ApEntry::Sipi,
+            jail: Some(JailIds::default()),
         }
     }
 }
@@ -126,6 +158,9 @@ pub struct MicrovmSandboxes {
     /// Directory sweeps run one at a time (two would remove the same
     /// directories).
     sweeping: Mutex<()>,
+    /// Where jails' cgroups go (`None` without a jail).
+    cgroups: Option<CgroupLayout>,
+    cgroup_parent: String,
 }
 
 fn vmm_error(id: &str) -> impl FnOnce(ControlError) -> Error + '_ {
@@ -146,7 +181,14 @@ async fn connect_agent(
     port: u32,
     within: Duration,
 ) -> Result<agent_proto::Client> {
-    let attempt = agent_proto::Client::connect_vsock_proxy(&record.vsock_uds, port);
+    let socket = vm::NoFollow::socket(&record.vsock_uds).map_err(|source| Error::Agent {
+        id: record.id.clone(),
+        source: agent_proto::ClientError::Connect {
+            path: record.vsock_uds.display().to_string(),
+            source,
+        },
+    })?;
+    let attempt = agent_proto::Client::connect_vsock_proxy(socket.path(), port);
     match tokio::time::timeout(within, attempt).await {
         Ok(connected) => connected.map_err(Error::agent(&record.id)),
         Err(_) => Err(Error::Agent {
@@ -175,15 +217,37 @@ fn info(record: &VmRecord) -> SandboxInfo {
 }
 
 impl MicrovmSandboxes {
-    pub fn open(config: MicrovmConfig) -> Result<Self> {
+    pub fn open(mut config: MicrovmConfig) -> Result<Self> {
+        // The jail binds the kernel at its own path: one without links or
+        // `..` (the backend's own configuration, so resolved here).
+        if let Ok(kernel) = std::fs::canonicalize(&config.kernel) {
+            config.kernel = kernel;
+        }
         let vms = config.data_dir.join("vms");
         std::fs::create_dir_all(&vms).map_err(Error::io(&vms))?;
+        let cgroups = match config.jail {
+            Some(_) => Some(CgroupLayout::probe().map_err(|e| {
+                Error::Invalid(format!(
+                    "jailed VMMs need cgroups for their limits, and this host's cannot be used: {e}"
+                ))
+            })?),
+            None => None,
+        };
+        // FNV-1a of the data directory: two forges on one host never touch
+        // each other's groups.
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for byte in config.data_dir.as_os_str().as_encoded_bytes() {
+            hash ^= u64::from(*byte);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
         Ok(Self {
             config,
             children: Mutex::new(HashMap::new()),
             clients: Mutex::new(HashMap::new()),
             locks: VmLocks::default(),
             sweeping: Mutex::new(()),
+            cgroups,
+            cgroup_parent: format!("forge-vmm-{:08x}", hash as u32),
         })
     }
 
@@ -259,8 +323,145 @@ impl MicrovmSandboxes {
         }
     }
 
-    /// Start `forge-vmm` with `args`, logging its stderr to `vmm.log`.
-    fn spawn(&self, id: &str, args: Vec<std::ffi::OsString>) -> Result<i32> {
+    fn group(&self, name: &str) -> Option<Cgroup> {
+        Some(self.cgroups.as_ref()?.group(&self.cgroup_parent, name))
+    }
+
+    /// The cgroup limits of a jail holding `members` VMs of `mem_mib` MiB
+    /// and `vcpus` vCPUs each (a VM and its live forks).
+    fn jail_limits(mem_mib: u64, vcpus: u8, members: u64) -> Limits {
+        let members = members.max(1);
+        Limits {
+            mem_mib: (mem_mib + VMM_OVERHEAD_MIB) * members,
+            cpu_millis: u64::from(vcpus.max(1)) * 1000 * members,
+            // Each VMM: its vCPUs, the main thread, a helper; the jail's
+            // init and keeper once.
+            pids_max: 8 + (u64::from(vcpus) + 8) * members,
+            ..Limits::default()
+        }
+    }
+
+    /// Prepares the jail of a VM whose directory is `dir` and whose VMM
+    /// writes in `files` and reads `readable`: its cgroup `group` with
+    /// limits for one VM, its empty root, `jail.json`. `None` without a
+    /// jail.
+    fn prepare_jail(
+        &self,
+        dir: &Path,
+        group: &str,
+        files: &Path,
+        readable: &[PathBuf],
+        mem_mib: u64,
+        vcpus: u8,
+    ) -> Result<Option<PathBuf>> {
+        let (Some(ids), Some(cgroup)) = (self.config.jail, self.group(group)) else {
+            return Ok(None);
+        };
+        let cgroup_err = |e: sandbox_container::cgroup::CgroupError| Error::Vmm {
+            id: group.to_owned(),
+            message: format!("cannot make the VMM's cgroup: {e}"),
+        };
+        cgroup
+            .create(&Self::jail_limits(mem_mib, vcpus, 1))
+            .map_err(cgroup_err)?;
+        let root = vm::jail_root(dir);
+        std::fs::create_dir_all(&root).map_err(Error::io(&root))?;
+        let jail = vmm_proto::config::JailConfig {
+            root,
+            uid: ids.uid,
+            gid: ids.gid,
+            cgroups: cgroup
+                .paths()
+                .dirs
+                .iter()
+                .map(|d| d.join("cgroup.procs"))
+                .collect(),
+            writable: vec![files.to_owned()],
+            readable: readable.to_vec(),
+        };
+        let path = dir.join("jail.json");
+        let json = serde_json::to_vec_pretty(&jail).map_err(|e| Error::Invalid(e.to_string()))?;
+        std::fs::write(&path, json).map_err(Error::io(&path))?;
+        Ok(Some(path))
+    }
+
+    /// Makes `files` (a new VM's `vm/`), owned by the jail's uid.
+    fn make_files_dir(&self, files: &Path) -> Result<()> {
+        std::fs::create_dir_all(files).map_err(Error::io(files))?;
+        if let Some(ids) = self.config.jail {
+            std::os::unix::fs::chown(files, Some(ids.uid), Some(ids.gid))
+                .map_err(Error::io(files))?;
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(files, std::fs::Permissions::from_mode(0o700))
+                .map_err(Error::io(files))?;
+        }
+        Ok(())
+    }
+
+    /// Grows the jail cgroup of `parent` for `count` more VMs (a fork's
+    /// children stay in their parent's jail).
+    fn grow_jail(&self, parent: &VmRecord, count: u64) -> Result<()> {
+        let Some(group_name) = &parent.jail_group else {
+            return Ok(());
+        };
+        let Some(group) = self.group(group_name) else {
+            return Ok(());
+        };
+        let members = self
+            .records()?
+            .iter()
+            .filter(|r| r.jail_group.as_ref() == Some(group_name))
+            .filter(|r| matches!(r.state, State::Running | State::Paused))
+            .count() as u64;
+        group
+            .create(&Self::jail_limits(
+                parent.mem_mib,
+                parent.vcpus,
+                members + count,
+            ))
+            .map_err(|e| Error::Vmm {
+                id: parent.id.clone(),
+                message: format!("cannot grow the VMM's cgroup for its forks: {e}"),
+            })
+    }
+
+    /// Removes the jail cgroup of `record` once no process is left in it
+    /// (its init and keeper exit just after the last VMM).
+    async fn release_jail(&self, record: &VmRecord) {
+        let Some(group) = record.jail_group.as_deref().and_then(|g| self.group(g)) else {
+            return;
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        loop {
+            match group.pids().len() {
+                0 => break,
+                // More than the init and the keeper: forks still run in
+                // it, and the last of them removes it.
+                n if n > 2 => return,
+                _ if tokio::time::Instant::now() >= deadline => return,
+                _ => tokio::time::sleep(Duration::from_millis(5)).await,
+            }
+        }
+        let _ = group.remove();
+        if let Some(layout) = &self.cgroups {
+            // Only once it holds no other VM's group.
+            layout.remove_parent(&self.cgroup_parent);
+        }
+    }
+
+    /// Start `forge-vmm` with `args` (and `--jail <jail>`), logging its
+    /// stderr to `vmm.log`. The pid is the process started: a jailed VMM's
+    /// own is learnt from its control socket ([`Self::wait_ready`]).
+    fn spawn(
+        &self,
+        id: &str,
+        mut args: Vec<std::ffi::OsString>,
+        jail: Option<&Path>,
+    ) -> Result<i32> {
+        if let Some(jail) = jail {
+            args.push("--jail".into());
+            args.push(jail.into());
+        }
         let log_path = self.dir(id).join("vmm.log");
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -287,15 +488,17 @@ impl MicrovmSandboxes {
 
     /// Wait until the VMM of `record` answers on its control socket and its
     /// agent on vsock (`None`: readiness is the VMM's alone); a VMM that
-    /// ends meanwhile fails with its log.
-    async fn wait_ready(&self, record: &VmRecord) -> Result<Option<agent_proto::Client>> {
-        let id = &record.id;
+    /// ends meanwhile fails with its log. A jailed VMM's host pid, read
+    /// from the control socket, replaces the record's (that of the jail's
+    /// first process) and is saved.
+    async fn wait_ready(&self, record: &mut VmRecord) -> Result<Option<agent_proto::Client>> {
+        let id = record.id.clone();
         let deadline = tokio::time::Instant::now() + self.config.boot_timeout;
-        let died = || Error::Vmm {
-            id: id.clone(),
+        let died = |record: &VmRecord| Error::Vmm {
+            id: record.id.clone(),
             message: format!(
                 "forge-vmm ended: {} | serial: {}",
-                vm::tail(&self.dir(id).join("vmm.log"), 400),
+                vm::tail(&self.dir(&record.id).join("vmm.log"), 400),
                 vm::tail(&record.serial_log, 400)
             ),
         };
@@ -303,14 +506,23 @@ impl MicrovmSandboxes {
         let mut control = loop {
             match ControlSocket::connect(&record.control_socket).await {
                 Ok(control) => break control,
-                Err(_) if !record.pid.is_some_and(vm::alive) => return Err(died()),
+                Err(_) if !record.pid.is_some_and(vm::alive) => return Err(died(record)),
                 Err(err) if tokio::time::Instant::now() >= vmm_up => {
-                    return Err(vmm_error(id)(err));
+                    return Err(vmm_error(&id)(err));
                 }
                 Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
             }
         };
-        control.status().await.map_err(vmm_error(id))?;
+        control.status().await.map_err(vmm_error(&id))?;
+        if record.jail_group.is_some() {
+            let pid = control.peer_pid().ok_or_else(|| Error::Vmm {
+                id: id.clone(),
+                message: "the kernel did not say which process serves the control socket".into(),
+            })?;
+            record.pid = Some(pid);
+            record.save(&self.dir(&id))?;
+        }
+        let record = &*record;
         if self.config.readiness == Readiness::Vmm {
             return Ok(None);
         }
@@ -324,7 +536,7 @@ impl MicrovmSandboxes {
                     self.clients().insert(id.clone(), client.clone());
                     return Ok(Some(client));
                 }
-                Err(_) if !record.pid.is_some_and(vm::alive) => return Err(died()),
+                Err(_) if !record.pid.is_some_and(vm::alive) => return Err(died(record)),
                 Err(_) if tokio::time::Instant::now() >= deadline => {
                     return Err(Error::Agent {
                         id: id.clone(),
@@ -366,7 +578,12 @@ impl MicrovmSandboxes {
             );
         }
         if let Some(mut child) = self.children().remove(&record.id) {
-            let _ = child.start_kill();
+            // A jail's first process lives as long as any VMM of the jail
+            // (the VM's forks among them) and ends on its own; dropped
+            // unreaped, it is reaped in the background.
+            if record.jail_group.is_none() {
+                let _ = child.start_kill();
+            }
             let _ = child.try_wait();
         }
     }
@@ -379,6 +596,8 @@ impl MicrovmSandboxes {
         let Some(ext4) = spec.image.ext4.clone() else {
             return Err(unsupported("boot an image that has no ext4 disk"));
         };
+        // Bound into the jail at its own path (see `open`).
+        let ext4 = std::fs::canonicalize(&ext4).map_err(Error::io(&ext4))?;
         if spec.workspace.is_some() {
             return Err(unsupported("bind a host workspace (no shared file system)"));
         }
@@ -388,12 +607,16 @@ impl MicrovmSandboxes {
         let _vm = self.locks.lock(&id).await;
         let dir = self.dir(&id);
         std::fs::create_dir_all(&dir).map_err(Error::io(&dir))?;
-        let config = vm::vm_config(&spec, &ext4, &self.config, &dir);
+        let files = vm::files_dir(&dir);
+        self.make_files_dir(&files)?;
+        let config = vm::vm_config(&spec, &ext4, &self.config, &files);
         let config_path = dir.join("vm.json");
         let json = serde_json::to_vec_pretty(&config).map_err(|e| Error::Invalid(e.to_string()))?;
         std::fs::write(&config_path, json).map_err(Error::io(&config_path))?;
-        let pid = self.spawn(&id, vm::run_args(&config_path))?;
-        let record = VmRecord {
+        let readable = vec![self.config.kernel.clone(), ext4.clone()];
+        let jail = self.prepare_jail(&dir, &id, &files, &readable, spec.mem_mib, spec.vcpus)?;
+        let pid = self.spawn(&id, vm::run_args(&config_path), jail.as_deref())?;
+        let mut record = VmRecord {
             id: id.clone(),
             state: State::Running,
             pid: Some(pid),
@@ -404,10 +627,15 @@ impl MicrovmSandboxes {
             forked_from: None,
             lineage: Vec::new(),
             snapshot: None,
+            jail_group: jail.map(|_| id.clone()),
+            readable,
+            mem_mib: spec.mem_mib,
+            vcpus: spec.vcpus,
         };
         record.save(&dir)?;
-        if let Err(err) = self.wait_ready(&record).await {
+        if let Err(err) = self.wait_ready(&mut record).await {
             self.stop(&record).await;
+            self.release_jail(&record).await;
             let _ = std::fs::remove_dir_all(&dir);
             return Err(err);
         }
@@ -429,12 +657,27 @@ impl MicrovmSandboxes {
             .ok()
             .filter(|c| *c >= 1)
             .ok_or_else(|| Error::Invalid(format!("cannot fork {count} copies")))?;
+        self.grow_jail(&parent, u64::from(count))?;
         let mut control = ControlSocket::connect(&parent.control_socket)
             .await
             .map_err(vmm_error(id))?;
         let children = control.fork(count).await.map_err(vmm_error(id))?;
+        let parent_files = parent.files();
         let mut carried = Vec::new();
-        for child in children {
+        for mut child in children {
+            // The reply is the parent VMM's word: a child's files must be
+            // in the parent's directory, or the backend would drive (and
+            // kill) whatever the paths lead to.
+            let paths_in_place = [Some(&child.control_socket), Some(&child.serial_log)]
+                .into_iter()
+                .chain(std::iter::once(child.vsock_uds.as_ref()))
+                .flatten()
+                .all(|p| vm::directly_in(p, &parent_files));
+            if !paths_in_place {
+                child.status = ChildStatus::Failed(
+                    "the parent VMM reported files outside its directory".into(),
+                );
+            }
             let child_id = vm::new_id();
             // A new id, so nobody waits; held, as in create, until the
             // child's record is written and its agent told.
@@ -443,13 +686,17 @@ impl MicrovmSandboxes {
             std::fs::create_dir_all(&dir).map_err(Error::io(&dir))?;
             let mut lineage = vec![parent.id.clone()];
             lineage.extend(parent.lineage.iter().cloned());
-            let record = VmRecord {
+            let started = matches!(child.status, ChildStatus::Started);
+            let mut record = VmRecord {
                 id: child_id.clone(),
-                state: match child.status {
-                    ChildStatus::Started => State::Running,
-                    ChildStatus::Failed(_) => State::Crashed,
+                state: if started {
+                    State::Running
+                } else {
+                    State::Crashed
                 },
-                pid: Some(child.pid),
+                // A jailed child's pid is in the jail's PID namespace; its
+                // host pid comes from its control socket (`wait_ready`).
+                pid: (started && parent.jail_group.is_none()).then_some(child.pid),
                 control_socket: child.control_socket,
                 vsock_uds: child.vsock_uds.unwrap_or_default(),
                 serial_log: child.serial_log,
@@ -457,10 +704,19 @@ impl MicrovmSandboxes {
                 forked_from: Some(parent.id.clone()),
                 lineage,
                 snapshot: None,
+                jail_group: parent.jail_group.clone(),
+                readable: parent.readable.clone(),
+                mem_mib: parent.mem_mib,
+                vcpus: parent.vcpus,
             };
+            if !paths_in_place {
+                record.control_socket = PathBuf::new();
+                record.vsock_uds = PathBuf::new();
+                record.serial_log = PathBuf::new();
+            }
             record.save(&dir)?;
             let note = match child.status {
-                ChildStatus::Started => self.tell_forked(&record).await.err(),
+                ChildStatus::Started => self.tell_forked(&mut record).await.err(),
                 ChildStatus::Failed(error) => Some(error),
             };
             carried.push(Carried {
@@ -473,7 +729,7 @@ impl MicrovmSandboxes {
     }
 
     /// Tell a fork's agent it was forked: own hostname, entropy, clock.
-    async fn tell_forked(&self, record: &VmRecord) -> Result<(), String> {
+    async fn tell_forked(&self, record: &mut VmRecord) -> Result<(), String> {
         let Some(client) = self.wait_ready(record).await.map_err(|e| e.to_string())? else {
             return Ok(());
         };
@@ -508,12 +764,29 @@ impl MicrovmSandboxes {
             }
             (State::PausedToDisk, Some(snapshot)) => {
                 for stale in [&record.control_socket, &record.vsock_uds] {
+                    // Unlinks a link, never what it leads to.
                     let _ = std::fs::remove_file(stale);
                 }
-                record.pid = Some(self.spawn(id, vm::restore_args(&snapshot, &record))?);
+                // A jail of its own, whoever's it was in; records from
+                // before the jail (nothing readable named) resume unconfined.
+                let jail = if record.readable.is_empty() {
+                    None
+                } else {
+                    self.prepare_jail(
+                        &dir,
+                        id,
+                        &record.files(),
+                        &record.readable,
+                        record.mem_mib,
+                        record.vcpus,
+                    )?
+                };
+                record.jail_group = jail.as_ref().map(|_| id.to_owned());
+                let args = vm::restore_args(&snapshot, &record);
+                record.pid = Some(self.spawn(id, args, jail.as_deref())?);
                 record.state = State::Running;
                 record.save(&dir)?;
-                let note = match self.wait_ready(&record).await? {
+                let note = match self.wait_ready(&mut record).await? {
                     Some(client) => client
                         .resumed(agent_proto::Resumed {
                             unix_time_ns: now_ns(),
@@ -552,9 +825,7 @@ impl MicrovmSandboxes {
             }
             (PauseMode::Disk, State::Running | State::Paused) => {
                 self.clients().remove(id);
-                // Entries only accumulate in the directory: a fresh name.
-                let entries = std::fs::read_dir(&dir).map_or(0, |d| d.count());
-                let snapshot = dir.join(format!("snapshot-{entries}"));
+                let snapshot = record.files().join(format!("snapshot-{}", now_ns()));
                 let mut control = ControlSocket::connect(&record.control_socket)
                     .await
                     .map_err(vmm_error(id))?;
@@ -564,6 +835,7 @@ impl MicrovmSandboxes {
                     .map_err(vmm_error(id))?;
                 // The VMM exits once the snapshot is written.
                 self.stop(&record).await;
+                self.release_jail(&record).await;
                 record.state = State::PausedToDisk;
                 record.pid = None;
                 record.snapshot = Some(snapshot);
@@ -577,6 +849,7 @@ impl MicrovmSandboxes {
     async fn destroy_vm(&self, id: &str) -> Result<()> {
         let record = self.load(id)?;
         self.stop(&record).await;
+        self.release_jail(&record).await;
         let record_path = self.dir(id).join(vm::RECORD_FILE);
         std::fs::remove_file(&record_path).map_err(Error::io(&record_path))?;
         self.sweep(id)
@@ -626,8 +899,16 @@ impl MicrovmSandboxes {
         use std::os::unix::fs::MetadataExt;
         let mut control = ControlSocket::connect(&record.control_socket).await.ok()?;
         let status = control.status().await.ok()?;
-        let top = status.disks.first()?.layers.last()?;
-        std::fs::metadata(top).ok().map(|m| m.blocks() * 512)
+        // The VMM's word: only a layer in its own directory is measured.
+        let top = status
+            .disks
+            .first()?
+            .layers
+            .last()
+            .filter(|top| vm::directly_in(top, &record.files()))?;
+        std::fs::symlink_metadata(top)
+            .ok()
+            .map(|m| m.blocks() * 512)
     }
 }
 

@@ -2,15 +2,20 @@
 //! `forge-vmm` command lines that start it, and what `/proc` says about its
 //! process.
 //!
-//! Layout of `<data_dir>/vms/<id>/`: `vm.json` (the VMM's config),
-//! `sandbox.json` (the [`VmRecord`]), `ctl.sock`, `vsock.sock`,
-//! `serial.log`, `vmm.log` (the VMM's stderr), `top.layer` (the writable
-//! disk layer over the image's ext4) and `snapshot-<n>/` after a pause to
-//! disk. A fork's children live in their parent's directory (the VMM names
-//! their files after the parent's) and their own directory holds only their
-//! record; a directory is removed once neither its sandbox nor a descendant
-//! lives (descendants' disk chains run through their ancestors' sealed
-//! layers).
+//! Layout of `<data_dir>/vms/<id>/`, the backend's: `vm.json` (the VMM's
+//! config), `sandbox.json` (the [`VmRecord`]), `jail.json` (the VMM's
+//! jail), `vmm.log` (the VMM's stderr), `root/` (empty on the host: the
+//! jail's root is mounted there in the jail's own mount namespace) and
+//! `vm/` ([`files_dir`]), the VMM's, owned by the jail's uid: `ctl.sock`,
+//! `vsock.sock`, `serial.log`, `top.layer` (the writable disk layer over
+//! the image's ext4) and `snapshot-<n>/` after a pause to disk. Whatever is
+//! in `vm/` is the VMM's writing and hostile to the host: sockets there
+//! are reached and logs read without following links
+//! ([`NoFollow`], [`tail`]), and paths a VMM reports must lie in it. A
+//! fork's children live in their parent's `vm/` (the VMM names their files
+//! after the parent's) and their own directory holds only their record; a
+//! directory is removed once neither its sandbox nor a descendant lives
+//! (descendants' disk chains run through their ancestors' sealed layers).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -47,6 +52,82 @@ pub struct VmRecord {
     pub lineage: Vec<String>,
     /// Snapshot directory of the last pause to disk.
     pub snapshot: Option<PathBuf>,
+    /// The cgroup (named after the id of the VM whose jail it is) of a
+    /// jailed VMM; `None`: unconfined (records from before the jail, or
+    /// a backend configured without one).
+    #[serde(default)]
+    pub jail_group: Option<String>,
+    /// What the jail binds read-only: the kernel, the image's ext4 and the
+    /// `vm/` directories of its ancestors (their sealed layers).
+    #[serde(default)]
+    pub readable: Vec<PathBuf>,
+    #[serde(default)]
+    pub mem_mib: u64,
+    #[serde(default)]
+    pub vcpus: u8,
+}
+
+impl VmRecord {
+    /// The directory the VMM writes in: where its control socket is.
+    pub fn files(&self) -> PathBuf {
+        self.control_socket
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default()
+    }
+}
+
+/// The directory a VM's VMM owns inside its sandbox directory `dir`.
+pub fn files_dir(dir: &Path) -> PathBuf {
+    dir.join("vm")
+}
+
+/// The jail's root mount point inside `dir`.
+pub fn jail_root(dir: &Path) -> PathBuf {
+    dir.join("root")
+}
+
+/// A path in VMM-owned space, opened without following a link in its
+/// last component (the directories above it are the backend's) and
+/// reachable as `/proc/self/fd/<n>` while this value lives.
+#[derive(Debug)]
+pub struct NoFollow {
+    _fd: std::os::fd::OwnedFd,
+    path: PathBuf,
+}
+
+impl NoFollow {
+    /// Opens `path` (`O_PATH | O_NOFOLLOW`): a link there is opened as
+    /// the link itself, never what it leads to.
+    pub fn open(path: &Path) -> std::io::Result<Self> {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_NOFOLLOW)
+            .open(path)?;
+        let fd: std::os::fd::OwnedFd = file.into();
+        let path = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+        Ok(Self { _fd: fd, path })
+    }
+
+    /// A Unix socket at `path`: anything else (a link, a file) is refused.
+    pub fn socket(path: &Path) -> std::io::Result<Self> {
+        use std::os::unix::fs::FileTypeExt;
+        let opened = Self::open(path)?;
+        if !fs::metadata(&opened.path)?.file_type().is_socket() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("{} is not a socket", path.display()),
+            ));
+        }
+        Ok(opened)
+    }
+
+    /// The path that reaches the opened file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
 }
 
 impl VmRecord {
@@ -77,7 +158,7 @@ pub fn new_id() -> String {
     sandbox_container::backend::new_id("vm")
 }
 
-/// The VMM config of a new sandbox in `dir`.
+/// The VMM config of a new sandbox whose VMM writes in `dir`.
 pub fn vm_config(spec: &Spec, ext4: &Path, backend: &MicrovmConfig, dir: &Path) -> VmConfig {
     VmConfig {
         vcpus: spec.vcpus,
@@ -176,11 +257,29 @@ pub fn usage(pid: i32) -> (u64, u64) {
     (rss_kib * 1024, cpu_ticks * 10_000_000)
 }
 
-/// The last `max` bytes of a log, for error messages.
+/// The last `max` bytes of a log, for error messages; a link is not
+/// followed (the log may be in VMM-owned space).
 pub fn tail(path: &Path, max: usize) -> String {
-    let text = fs::read(path).unwrap_or_default();
-    let start = text.len().saturating_sub(max);
-    String::from_utf8_lossy(&text[start..]).trim().to_owned()
+    use std::io::{Read, Seek, SeekFrom};
+    use std::os::unix::fs::OpenOptionsExt;
+    let Ok(mut file) = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+    else {
+        return String::new();
+    };
+    let len = file.metadata().map_or(0, |m| m.len());
+    let _ = file.seek(SeekFrom::Start(len.saturating_sub(max as u64)));
+    let mut text = Vec::new();
+    let _ = file.take(max as u64).read_to_end(&mut text);
+    String::from_utf8_lossy(&text).trim().to_owned()
+}
+
+/// Whether `path` (reported by a VMM) names an entry directly in `dir`,
+/// without `.` or `..`.
+pub fn directly_in(path: &Path, dir: &Path) -> bool {
+    path.parent() == Some(dir) && path.file_name().is_some_and(|n| n != "." && n != "..")
 }
 
 /// Directories under `vms` that no live sandbox needs: holding no record,
@@ -228,7 +327,47 @@ mod tests {
             forked_from: lineage.first().map(|s| (*s).to_owned()),
             lineage: lineage.iter().map(|s| (*s).to_owned()).collect(),
             snapshot: None,
+            jail_group: None,
+            readable: Vec::new(),
+            mem_mib: 64,
+            vcpus: 1,
         }
+    }
+
+    #[test]
+    fn a_reported_path_counts_only_directly_in_its_directory() {
+        let dir = Path::new("/d/vm");
+        assert!(directly_in(Path::new("/d/vm/ctl.sock.f1c0"), dir));
+        for outside in [
+            "/d/other/ctl.sock",
+            "/d/vm/sub/x",
+            "/d/vm/..",
+            "/d/vm",
+            "ctl.sock",
+        ] {
+            assert!(!directly_in(Path::new(outside), dir), "{outside}");
+        }
+    }
+
+    #[test]
+    fn sockets_and_logs_behind_a_link_are_not_followed() {
+        let dir = std::env::temp_dir().join(format!("vm-nofollow-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let secret = dir.join("secret");
+        std::fs::write(&secret, "host secret").expect("secret");
+        let link = dir.join("serial.log");
+        std::os::unix::fs::symlink(&secret, &link).expect("link");
+        assert_eq!(tail(&link, 100), "", "a link planted as the log was read");
+        assert_eq!(tail(&secret, 100), "host secret");
+        let listener = std::os::unix::net::UnixListener::bind(dir.join("real.sock")).expect("bind");
+        let sock_link = dir.join("ctl.sock");
+        std::os::unix::fs::symlink(dir.join("real.sock"), &sock_link).expect("link");
+        NoFollow::socket(&sock_link).expect_err("a link planted as the socket");
+        NoFollow::socket(&secret).expect_err("a file is not a socket");
+        let real = NoFollow::socket(&dir.join("real.sock")).expect("the socket itself");
+        std::os::unix::net::UnixStream::connect(real.path()).expect("connects through the fd");
+        drop(listener);
+        std::fs::remove_dir_all(&dir).expect("clean up");
     }
 
     #[test]

@@ -102,6 +102,38 @@ pub struct VsockConfig {
     pub uds_path: PathBuf,
 }
 
+/// Where and as whom `forge-vmm run|restore --jail jail.json` confines
+/// itself before it builds the VM (see the `vmm::jail` module): new mount,
+/// PID, network, IPC, UTS and user namespaces, a root of its own, an
+/// unprivileged uid and gid, its cgroup, no capabilities, no new
+/// privileges, and a seccomp allow-list per thread kind.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JailConfig {
+    /// An empty directory: the jail's root file system (a small tmpfs) is
+    /// mounted on it in the jail's own mount namespace, so the host sees
+    /// it empty.
+    pub root: PathBuf,
+    /// Host uid and gid the VMM runs as (mapped to themselves in its user
+    /// namespace). They own the writable directories.
+    pub uid: u32,
+    pub gid: u32,
+    /// `cgroup.procs` files (one per hierarchy) the VMM joins before it
+    /// does anything else; the caller creates the groups and sets limits.
+    #[serde(default)]
+    pub cgroups: Vec<PathBuf>,
+    /// Directories bound read-write at their own paths: where the control
+    /// socket, vsock socket, serial log, writable disk layer, snapshots
+    /// and fork children's files live.
+    pub writable: Vec<PathBuf>,
+    /// Files and directories bound read-only at their own paths: the
+    /// kernel, initrd, disk bases and the directories of sealed layers.
+    /// The jail holds nothing else, whatever a snapshot's state file
+    /// (written by a VMM, so not trusted) names.
+    #[serde(default)]
+    pub readable: Vec<PathBuf>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -138,6 +138,20 @@ fn huge_shmem_file(total: u64) -> std::io::Result<File> {
     Ok(file)
 }
 
+/// Guest RAM's file made by [`prepare`], with its size.
+static PREPARED: std::sync::Mutex<Option<(u64, File)>> = std::sync::Mutex::new(None);
+
+/// Makes the huge-page tmpfs file of `mem_mib` MiB of guest RAM now, for
+/// the next [`create`] of that size: mounting the tmpfs needs
+/// CAP_SYS_ADMIN, which a jailed VMM no longer has when it builds its VM.
+/// Where it cannot be made, `create` falls back as it says.
+pub fn prepare(mem_mib: u64) {
+    let total: u64 = ram_ranges(mem_mib).iter().map(|(_, s)| *s as u64).sum();
+    if let Ok(file) = huge_shmem_file(total) {
+        *PREPARED.lock().unwrap_or_else(|p| p.into_inner()) = Some((total, file));
+    }
+}
+
 /// Maps `mem_mib` MiB of guest RAM: shared, per region, from a file on a
 /// private huge-page tmpfs (`huge_shmem_file`). Where that cannot be
 /// had (no CAP_SYS_ADMIN), private anonymous memory.
@@ -145,7 +159,13 @@ pub fn create(mem_mib: u64) -> Result<GuestMemoryMmap, MemoryError> {
     let ranges = ram_ranges(mem_mib);
     let total: u64 = ranges.iter().map(|(_, s)| *s as u64).sum();
     let map_err = |reason: String| MemoryError::Map { mem_mib, reason };
-    let Ok(file) = huge_shmem_file(total) else {
+    let prepared = PREPARED
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take()
+        .filter(|(size, _)| *size == total)
+        .map(|(_, file)| file);
+    let Some(file) = prepared.or_else(|| huge_shmem_file(total).ok()) else {
         return GuestMemoryMmap::<()>::from_ranges(&ranges).map_err(|e| map_err(e.to_string()));
     };
     let file = Arc::new(file);
@@ -200,7 +220,10 @@ impl Retired {
         let kept = ranges.clone();
         let spawned = std::thread::Builder::new()
             .name("ram-unmap".into())
-            .spawn(move || release(&ranges));
+            .spawn(move || {
+                crate::seccomp::install_for_thread(crate::seccomp::ThreadKind::Worker);
+                release(&ranges)
+            });
         // Without a thread, unmap here: slower, still correct.
         if spawned.is_err() {
             release(&kept);

@@ -362,6 +362,7 @@ enum Step {
 
 impl Runner {
     fn run(mut self, start_paused: bool) {
+        crate::seccomp::install_for_thread(crate::seccomp::ThreadKind::Vcpu);
         let run_ptr: *mut kvm_run = self.vcpu.fd.get_kvm_run();
         KVM_RUN.with(|c| c.set(run_ptr));
         let mut state = if start_paused {

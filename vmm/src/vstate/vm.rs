@@ -2,6 +2,8 @@
 //! (PIC ×2 + IOAPIC), PIT, and the ioeventfd/irqfd wiring devices use.
 
 use kvm_bindings::{KVM_PIT_SPEAKER_DUMMY, kvm_pit_config, kvm_userspace_memory_region};
+use std::os::unix::fs::OpenOptionsExt;
+
 use kvm_ioctls::{Cap, Kvm, VmFd};
 use vm_memory::{
     Address, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress,
@@ -29,6 +31,48 @@ pub enum VmError {
     },
 }
 
+/// The `/dev/kvm` handle opened before a jail took the device's path
+/// away (see [`preopen_kvm`]); every VM of the process, fork children's
+/// too, is created through a duplicate of it.
+static PREOPENED_KVM: std::sync::OnceLock<std::os::fd::OwnedFd> = std::sync::OnceLock::new();
+
+/// Opens `/dev/kvm` now and keeps it for every later [`Vm::new`]: a
+/// jailed VMM runs as a user that may not open the device.
+pub fn preopen_kvm() -> std::io::Result<()> {
+    if PREOPENED_KVM.get().is_some() {
+        return Ok(());
+    }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open("/dev/kvm")?;
+    let _ = PREOPENED_KVM.set(file.into());
+    Ok(())
+}
+
+/// The preopened `/dev/kvm` descriptor, if any (fork children keep it).
+pub fn preopened_kvm_fd() -> Option<std::os::fd::RawFd> {
+    use std::os::fd::AsRawFd;
+    PREOPENED_KVM.get().map(|fd| fd.as_raw_fd())
+}
+
+/// A KVM handle: a duplicate of the preopened one, else `/dev/kvm` opened.
+fn open_kvm() -> Result<Kvm, VmError> {
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    let Some(fd) = PREOPENED_KVM.get() else {
+        return Kvm::new().map_err(VmError::OpenKvm);
+    };
+    let dup = fd.try_clone().map_err(|e| {
+        VmError::OpenKvm(kvm_ioctls::Error::new(
+            e.raw_os_error().unwrap_or(libc::EBADF),
+        ))
+    })?;
+    // SAFETY: `dup` is an open /dev/kvm descriptor whose ownership moves
+    // into the Kvm handle.
+    Ok(unsafe { Kvm::from_raw_fd(dup.into_raw_fd()) })
+}
+
 fn kvm_err(op: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
     move |source| VmError::Kvm { op, source }
 }
@@ -42,7 +86,7 @@ pub struct Vm {
 impl Vm {
     /// Opens KVM and creates the VM (no devices yet).
     pub fn new() -> Result<Self, VmError> {
-        let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
+        let kvm = open_kvm()?;
         for (cap, name) in [
             (Cap::Irqchip, "IRQCHIP"),
             (Cap::Ioeventfd, "IOEVENTFD"),
