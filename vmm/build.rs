@@ -20,6 +20,7 @@ const GUESTS: &[&str] = &[
     "forkmem",
     "touch",
     "pagecheck",
+    "flood",
 ];
 
 fn main() {

@@ -283,6 +283,41 @@ fn last_count(serial: &Path) -> u64 {
         .unwrap_or(0)
 }
 
+/// Every sandbox directory under `dir` is gone.
+fn assert_nothing_left(dir: &Path) {
+    let left: Vec<_> = std::fs::read_dir(dir.join("vms"))
+        .expect("vms")
+        .flatten()
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+/// A backend in `dir` whose VMMs (`vmm_binary`) run the counter test
+/// guest (no agent: readiness is the VMM's), the spec of a 64 MiB VM, and
+/// a way to a VM's serial log.
+fn counter_backend(
+    dir: &Path,
+    vmm_binary: PathBuf,
+) -> (MicrovmSandboxes, Spec, impl Fn(&str) -> PathBuf + use<>) {
+    let mut config = MicrovmConfig::new(dir, test_guest("counter"));
+    config.vmm_binary = vmm_binary;
+    config.readiness = Readiness::Vmm;
+    config.ap_entry = ApEntry::KernelEntry;
+    config.cmdline = String::new();
+    assert!(config.jail.is_some(), "VMMs are jailed by default");
+    let base = dir.join("base.img");
+    std::fs::write(&base, vec![0u8; 1 << 20]).expect("base disk");
+    let backend = MicrovmSandboxes::open(config).expect("open");
+    let mut spec = Spec::new(Image {
+        root: dir.to_owned(),
+        ext4: Some(base),
+    });
+    spec.mem_mib = 64;
+    let vms = dir.join("vms");
+    let serial = move |id: &str| VmRecord::load(&vms.join(id)).expect("record").serial_log;
+    (backend, spec, serial)
+}
+
 /// The whole lifecycle through `dyn Backend` with real VMMs running the
 /// counter test guest (no agent: readiness is the VMM's): create, stats,
 /// pause and resume in memory, fork, pause to disk and restore, destroy in
@@ -291,24 +326,8 @@ fn last_count(serial: &Path) -> u64 {
 async fn lifecycle_of_real_vms_through_the_backend() {
     require_kvm();
     let dir = common::data_dir("microvm", "lifecycle");
-    let mut config = MicrovmConfig::new(&dir, test_guest("counter"));
-    config.vmm_binary = forge_vmm();
-    config.readiness = Readiness::Vmm;
-    config.ap_entry = ApEntry::KernelEntry;
-    config.cmdline = String::new();
-    let base = dir.join("base.img");
-    std::fs::write(&base, vec![0u8; 1 << 20]).expect("base disk");
-    let backend: Arc<dyn Backend> = Arc::new(MicrovmSandboxes::open(config).expect("open"));
-    let mut spec = Spec::new(Image {
-        root: dir.clone(),
-        ext4: Some(base),
-    });
-    spec.mem_mib = 64;
-    let serial = |id: &str| {
-        VmRecord::load(&dir.join("vms").join(id))
-            .expect("record")
-            .serial_log
-    };
+    let (backend, spec, serial) = counter_backend(&dir, forge_vmm());
+    let backend: Arc<dyn Backend> = Arc::new(backend);
 
     let mut with_workspace = spec.clone();
     with_workspace.workspace = Some(dir.clone());
@@ -407,11 +426,7 @@ async fn lifecycle_of_real_vms_through_the_backend() {
     for pid in pids {
         wait_gone(pid).await;
     }
-    let left: Vec<_> = std::fs::read_dir(dir.join("vms"))
-        .expect("vms")
-        .flatten()
-        .collect();
-    assert!(left.is_empty(), "left behind: {left:?}");
+    assert_nothing_left(&dir);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -437,10 +452,74 @@ async fn a_vmm_that_cannot_start_fails_create_with_its_reason() {
         "{text}"
     );
     assert!(backend.list().await.expect("list").is_empty());
-    let left: Vec<_> = std::fs::read_dir(dir.join("vms"))
-        .expect("vms")
-        .flatten()
-        .collect();
-    assert!(left.is_empty(), "left behind: {left:?}");
+    assert_nothing_left(&dir);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A jailed VMM that makes a system call off its seccomp list dies of
+/// SIGSYS; the backend reports that VM crashed (its log says why), ends
+/// what was left of its jail, and goes on serving: another VM starts,
+/// runs and is destroyed. The VMM here is run by a wrapper that plays a
+/// VMM an attacker has taken over (`FORGE_VMM_TEST_ESCAPE`): its worker
+/// thread, which a booted VM's first fork starts, calls `ptrace`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vmm_killed_by_its_seccomp_filter_is_reported_crashed() {
+    require_kvm();
+    let dir = common::data_dir("microvm", "sigsys");
+    let wrapper = dir.join("forge-vmm-escaping");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nFORGE_VMM_TEST_ESCAPE=syscall:worker exec {} \"$@\"\n",
+            forge_vmm().display()
+        ),
+    )
+    .expect("wrapper");
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod");
+    let (backend, spec, serial) = counter_backend(&dir, wrapper);
+
+    let victim = backend.create(spec.clone()).await.expect("create").id;
+    wait_for(&serial(&victim), "COUNT 2\n").await;
+    let fork = backend.fork(&victim, 1).await;
+    assert!(fork.is_err(), "the fork's VMM died answering: {fork:?}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while backend.get(&victim).await.expect("get").state != State::Crashed {
+        assert!(tokio::time::Instant::now() < deadline, "never seen crashed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let log =
+        std::fs::read_to_string(dir.join("vms").join(&victim).join("vmm.log")).expect("vmm.log");
+    assert!(
+        log.contains("killed by SIGSYS") && log.contains("seccomp allow-list"),
+        "{log}"
+    );
+
+    // The backend serves on: another VM runs, and both go cleanly.
+    let other = backend.create(spec).await.expect("create after a crash").id;
+    wait_for(&serial(&other), "COUNT 2\n").await;
+    assert_eq!(
+        backend.get(&other).await.expect("get").state,
+        State::Running
+    );
+    backend
+        .destroy(&victim)
+        .await
+        .expect("destroy the crashed VM");
+    backend.destroy(&other).await.expect("destroy");
+    assert!(backend.list().await.expect("list").is_empty());
+    assert_nothing_left(&dir);
+    let strays = std::process::Command::new("pgrep")
+        .args(["-f", &format!("{}/vms/", dir.display())])
+        .output()
+        .expect("pgrep");
+    assert!(
+        strays.stdout.is_empty(),
+        "processes of the jails left: {}",
+        String::from_utf8_lossy(&strays.stdout)
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

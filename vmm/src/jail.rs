@@ -430,7 +430,8 @@ fn keeper(
     if mapped {
         let _ = to_init.write_all(b"m");
     }
-    drop(to_init);
+    // `to_init` stays open while the keeper lives: the init tells a
+    // keeper gone from one waiting by it.
     drop(from_init);
     let _ = crate::seccomp::install(crate::seccomp::ThreadKind::Init);
     loop {
@@ -474,6 +475,7 @@ fn confine_init(
         .read_exact(&mut byte)
         .map_err(step("wait for the id maps"))?;
     let (uid, gid) = (jail.uid, jail.gid);
+    let from_keeper = &mut from_keeper;
     // SAFETY: credential calls with plain integers; each is checked.
     unsafe {
         check(libc::setresgid(gid, gid, gid), "setresgid")?;
@@ -485,6 +487,19 @@ fn confine_init(
             }
         }
         check(libc::setresuid(uid, uid, uid), "setresuid")?;
+        // The creator of a user namespace holds every capability in it,
+        // and no uid there is its root (0 is not mapped), so the change of
+        // uid cleared none: empty the sets by hand.
+        let header = CapHeader {
+            version: LINUX_CAPABILITY_VERSION_3,
+            pid: 0,
+        };
+        let none = [CapData::default(); 2];
+        check(
+            libc::syscall(libc::SYS_capset, &header as *const CapHeader, none.as_ptr())
+                as libc::c_int,
+            "drop capabilities",
+        )?;
         check(
             libc::prctl(
                 libc::PR_CAP_AMBIENT,
@@ -511,9 +526,44 @@ fn confine_init(
         // /proc/self/{fd,pagemap} from it; nothing outside the namespace
         // shares its uid or can name its pids.
         check(libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0), "dumpable")?;
+        // The jail ends with its first process (the caller's child; the
+        // uid change cleared any earlier setting): the init is killed,
+        // and the kernel kills every process of its PID namespace.
+        check(
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0),
+            "parent-death signal",
+        )?;
+        // A keeper gone before that (killed) is seen as the end of its
+        // pipe, which it holds open while it lives.
+        check(
+            libc::fcntl(from_keeper.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK),
+            "keeper pipe",
+        )?;
+    }
+    if matches!(from_keeper.read(&mut byte), Ok(0)) {
+        return Err(JailError::Invalid(
+            "the jail's first process is gone".into(),
+        ));
     }
     Ok(())
 }
+
+/// `capset`'s header and data (version 3: two data words).
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
 
 /// Step 6: the init's loop. Never returns.
 fn reap(vmm: libc::pid_t) -> ! {

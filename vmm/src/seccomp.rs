@@ -261,12 +261,12 @@ pub fn rules(kind: ThreadKind) -> BTreeMap<i64, Vec<SeccompRule>> {
         .chain(extra)
         .map(|nr| (*nr, Vec::new()))
         .collect();
-    if kind == ThreadKind::Init {
-        return rules;
-    }
     let no_exec = none_of(2, libc::PROT_EXEC as u64);
     rules.insert(libc::SYS_mmap, no_exec.clone());
     rules.insert(libc::SYS_mprotect, no_exec);
+    if kind == ThreadKind::Init {
+        return rules;
+    }
     // Threads name themselves; installing a thread's own filter sets
     // no_new_privs (already set) and adds a filter, which only narrows.
     let prctl = [libc::PR_SET_NAME, libc::PR_SET_NO_NEW_PRIVS]

@@ -2,21 +2,12 @@
  * of a pattern and checks the host's echo byte for byte; (B) accepts a
  * host connection on port 1234 and echoes everything until the host
  * closes. Honours the credit flow control of both directions. */
-#include "rt.h"
+#include "vsock_hdr.h"
 
-#define GUEST_CID 3
 #define BUF 32768
 #define SLOTS 16
 #define GUEST_BUF_ALLOC (64 * 1024)
 #define TOTAL (1UL << 20)
-enum { OP_REQUEST = 1, OP_RESPONSE, OP_RST, OP_SHUTDOWN, OP_RW, OP_CREDIT_UPDATE, OP_CREDIT_REQUEST };
-
-struct hdr {
-    u64 src_cid, dst_cid;
-    u32 src_port, dst_port, len;
-    u16 type, op;
-    u32 flags, buf_alloc, fwd_cnt;
-} __attribute__((packed));
 
 static u8 rings[3 * 3 * 4096] __attribute__((aligned(4096)));
 static struct vq q[3];

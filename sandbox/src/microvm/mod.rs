@@ -425,28 +425,38 @@ impl MicrovmSandboxes {
             })
     }
 
-    /// Removes the jail cgroup of `record` once no process is left in it
-    /// (its init and keeper exit just after the last VMM).
+    /// Ends the jail of `record` (its VMM has ended) unless another VM the
+    /// backend knows still runs in it: what is left there (the jail's init
+    /// and first process, a fork child whose parent died before it was
+    /// reported) is killed and the cgroup removed.
     async fn release_jail(&self, record: &VmRecord) {
-        let Some(group) = record.jail_group.as_deref().and_then(|g| self.group(g)) else {
+        let Some(name) = record.jail_group.clone() else {
             return;
         };
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-        loop {
-            match group.pids().len() {
-                0 => break,
-                // More than the init and the keeper: forks still run in
-                // it, and the last of them removes it.
-                n if n > 2 => return,
-                _ if tokio::time::Instant::now() >= deadline => return,
-                _ => tokio::time::sleep(Duration::from_millis(5)).await,
+        let Some(group) = self.group(&name) else {
+            return;
+        };
+        let others_run = self.records().map_or(true, |records| {
+            records.iter().any(|r| {
+                r.id != record.id
+                    && r.jail_group.as_ref() == Some(&name)
+                    && matches!(r.state, State::Running | State::Paused)
+            })
+        });
+        if others_run {
+            return;
+        }
+        let layout = self.cgroups.clone();
+        let parent = self.cgroup_parent.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            let _ = group.kill_all();
+            let _ = group.remove();
+            if let Some(layout) = layout {
+                // Only once it holds no other VM's group.
+                layout.remove_parent(&parent);
             }
-        }
-        let _ = group.remove();
-        if let Some(layout) = &self.cgroups {
-            // Only once it holds no other VM's group.
-            layout.remove_parent(&self.cgroup_parent);
-        }
+        })
+        .await;
     }
 
     /// Start `forge-vmm` with `args` (and `--jail <jail>`), logging its

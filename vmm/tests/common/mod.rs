@@ -65,10 +65,15 @@ fn rand_u64() -> u64 {
     u64::from_le_bytes(b) & 0xffff_ffff
 }
 
+/// The uid and gid jailed test VMMs run as (the sandbox backend's).
+pub const JAIL_ID: u32 = 1_610_612_736;
+
 /// Builder of a test VM.
 pub struct TestVm {
     pub dir: Scratch,
     pub config: Value,
+    /// `--jail` file contents and the jail's root, when jailed.
+    pub jail: Option<(Value, Scratch)>,
 }
 
 impl TestVm {
@@ -84,7 +89,30 @@ impl TestVm {
             "control_socket": dir.path("ctl.sock"),
             "ap_entry": "kernel_entry",
         });
-        Self { dir, config }
+        Self {
+            dir,
+            config,
+            jail: None,
+        }
+    }
+
+    /// Runs the VMM in a jail (`--jail`, see `vmm::jail`): the scratch
+    /// directory (owned by [`JAIL_ID`]) is its only writable one, the
+    /// guest is bound read-only, the cgroups' `cgroup.procs` in `cgroups`
+    /// joined.
+    pub fn jailed(mut self, cgroups: &[PathBuf]) -> Self {
+        std::os::unix::fs::chown(&self.dir.0, Some(JAIL_ID), Some(JAIL_ID)).expect("chown scratch");
+        let root = Scratch::new("jail-root");
+        let jail = json!({
+            "root": root.0,
+            "uid": JAIL_ID,
+            "gid": JAIL_ID,
+            "cgroups": cgroups,
+            "writable": [self.dir.0],
+            "readable": [self.config["kernel"]],
+        });
+        self.jail = Some((jail, root));
+        self
     }
 
     pub fn set(mut self, key: &str, value: Value) -> Self {
@@ -99,10 +127,19 @@ impl TestVm {
     }
 
     pub fn spawn(&self) -> Child {
-        vmm_command()
-            .arg("run")
-            .arg("--config")
-            .arg(self.config_path())
+        self.spawn_with(&[])
+    }
+
+    /// [`Self::spawn`] with extra environment variables.
+    pub fn spawn_with(&self, env: &[(&str, &str)]) -> Child {
+        let mut cmd = vmm_command();
+        cmd.arg("run").arg("--config").arg(self.config_path());
+        if let Some((jail, _)) = &self.jail {
+            let path = self.dir.path("jail.json");
+            std::fs::write(&path, jail.to_string()).expect("write jail");
+            cmd.arg("--jail").arg(path);
+        }
+        cmd.envs(env.iter().copied())
             .stdin(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -126,6 +163,32 @@ impl TestVm {
 
     pub fn control(&self) -> Control {
         Control::connect(&self.dir.path("ctl.sock"))
+    }
+
+    /// The host pid of the process serving the control socket: the VMM
+    /// itself, also when it runs in a jail's PID namespace.
+    pub fn vmm_pid(&self) -> i32 {
+        use std::os::fd::AsRawFd;
+        let control = self.control();
+        let stream = control.stream.get_ref();
+        let mut cred = libc::ucred {
+            pid: 0,
+            uid: 0,
+            gid: 0,
+        };
+        let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+        // SAFETY: SO_PEERCRED fills a ucred of the length passed.
+        let r = unsafe {
+            libc::getsockopt(
+                stream.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_PEERCRED,
+                (&mut cred as *mut libc::ucred).cast(),
+                &mut len,
+            )
+        };
+        assert_eq!(r, 0, "SO_PEERCRED: {}", std::io::Error::last_os_error());
+        cred.pid
     }
 
     /// Waits until the serial log contains `text`.
