@@ -23,6 +23,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("vsock_muxer", vsock_muxer),
     ("snapshot_state", snapshot_state),
     ("layered_disk", layered_disk),
+    ("virtio_mmio", virtio_mmio),
 ];
 
 /// A push's command section (`git-receive-pack`, from any client):
@@ -117,6 +118,13 @@ pub fn webhook_filter(data: &[u8]) {
 /// or never read): what it holds stays within its bounds.
 pub fn vsock_muxer(data: &[u8]) {
     vmm::fuzzing::vsock_muxer(data);
+}
+
+/// A guest driving a virtio-mmio device's registers and queues from
+/// arbitrary guest memory (`vmm::fuzzing::virtio_mmio`): block, rng and
+/// vsock, the transport's state machine, descriptor chains.
+pub fn virtio_mmio(data: &[u8]) {
+    vmm::fuzzing::virtio_mmio(data);
 }
 
 /// A VMM snapshot's state file (`vmm::snapshot::decode`). Inputs starting

@@ -12,6 +12,10 @@
 //!
 //! The serial log is a FIFO the bench holds open read-write, so a line is
 //! seen the moment the guest's last byte leaves the UART.
+//!
+//! With `FORGE_BENCH_JAIL=1` (both benches) every VMM runs in the jail the
+//! sandbox backend gives it (`crate::jail`: namespaces, its own root, the
+//! jail's uid, seccomp), without a cgroup; compare a run with and without.
 
 use std::ffi::CString;
 use std::fs::File;
@@ -41,6 +45,55 @@ struct RunningVm {
     child: Child,
     serial: BufReader<File>,
     dir: PathBuf,
+}
+
+/// `--jail <file>` when `FORGE_BENCH_JAIL` is set: the VMM writes in `dir`
+/// (handed to the jail's uid, with what is in it) and reads `readable`.
+pub(crate) fn jail_args(dir: &Path, readable: &[&Path]) -> BenchResult<Vec<std::ffi::OsString>> {
+    if std::env::var_os("FORGE_BENCH_JAIL").is_none() {
+        return Ok(Vec::new());
+    }
+    let id = vmm_proto::config::DEFAULT_JAIL_ID;
+    let entries = std::fs::read_dir(dir).map_err(|e| e.to_string())?;
+    for path in std::iter::once(dir.to_owned()).chain(entries.flatten().map(|e| e.path())) {
+        std::os::unix::fs::chown(&path, Some(id), Some(id))
+            .map_err(|e| format!("chown {}: {e}", path.display()))?;
+    }
+    let root = dir.with_extension("jail-root");
+    std::fs::create_dir_all(&root).map_err(|e| e.to_string())?;
+    let jail = json!({
+        "root": root, "uid": id, "gid": id, "writable": [dir], "readable": readable,
+    });
+    let path = dir.with_extension("jail.json");
+    std::fs::write(&path, jail.to_string()).map_err(|e| e.to_string())?;
+    Ok(vec!["--jail".into(), path.into()])
+}
+
+/// The host pid of the process serving the control socket at `sock` (the
+/// VMM, also in a jail's PID namespace), from `SO_PEERCRED`.
+pub(crate) fn vmm_pid(sock: &Path) -> BenchResult<i32> {
+    use std::os::fd::AsRawFd;
+    let s = UnixStream::connect(sock).map_err(|e| format!("{}: {e}", sock.display()))?;
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: SO_PEERCRED fills a ucred of the length passed.
+    let r = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if r != 0 {
+        return Err(format!("SO_PEERCRED: {}", std::io::Error::last_os_error()));
+    }
+    Ok(cred.pid)
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -92,9 +145,11 @@ impl Bench {
         }
         let cfg = dir.join("vm.json");
         std::fs::write(&cfg, config.to_string()).map_err(|e| e.to_string())?;
+        let kernel = self.guests.join(format!("{guest}.elf"));
         let child = Command::new(&self.exe)
             .args(["run", "--config"])
             .arg(&cfg)
+            .args(jail_args(&dir, &[&kernel])?)
             .env("FORGE_VMM_TIMINGS", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -255,8 +310,8 @@ fn rss_overhead(b: &Bench) -> BenchResult<()> {
     let mem_mib = 128u64;
     let mut vm = b.start("rss", "counter", json!({ "mem_mib": mem_mib }))?;
     vm.wait_line("COUNT 2")?;
-    let smaps = std::fs::read_to_string(format!("/proc/{}/smaps", vm.child.id()))
-        .map_err(|e| e.to_string())?;
+    let pid = vmm_pid(&vm.dir.join("ctl.sock"))?;
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).map_err(|e| e.to_string())?;
     let (mut total_kb, mut guest_kb) = (0u64, 0u64);
     let mut in_guest = false;
     for line in smaps.lines() {

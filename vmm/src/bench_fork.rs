@@ -101,7 +101,7 @@ struct Row {
 }
 
 /// How guest RAM of process `pid` is backed, from its smaps_rollup.
-fn ram_backing(pid: u32) -> String {
+fn ram_backing(pid: i32) -> String {
     let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
     let kib = |key: &str| -> u64 {
         rollup
@@ -120,13 +120,16 @@ fn ram_backing(pid: u32) -> String {
 /// Shuts the children down and waits (up to 20 s) until their processes
 /// are gone, so that their teardown does not run into what is timed next.
 fn shutdown_all(children: &[Value]) {
+    // Host pids (a jailed VMM reports its children's in its namespace).
+    let mut pids = Vec::new();
     for c in children {
         if let Some(sock) = c["control_socket"].as_str() {
+            pids.extend(crate::bench::vmm_pid(Path::new(sock)).ok());
             let _ = request(Path::new(sock), &json!({ "cmd": "shutdown" }));
         }
     }
     let deadline = Instant::now() + Duration::from_secs(20);
-    for pid in children.iter().filter_map(|c| c["pid"].as_i64()) {
+    for pid in pids {
         while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_micros(200));
         }
@@ -162,14 +165,16 @@ fn one_size(exe: &Path, guests: &Path, base: &Path, mib: u64) -> R<Row> {
     });
     let cfg = dir.join("vm.json");
     std::fs::write(&cfg, config.to_string()).map_err(|e| e.to_string())?;
+    let kernel = guests.join("touch.elf");
     let mut parent: Child = Command::new(exe)
         .args(["run", "--config"])
         .arg(&cfg)
+        .args(crate::bench::jail_args(&dir, &[&kernel])?)
         .stdin(Stdio::null())
         .spawn()
         .map_err(|e| e.to_string())?;
     wait_text(&serial, "TOUCHED", Duration::from_secs(120))?;
-    let backing = ram_backing(parent.id());
+    let backing = ram_backing(crate::bench::vmm_pid(&ctl)?);
 
     // Parent pause per fork, children left paused and shut down. The first
     // fork of a booted VM also freezes its RAM (see `crate::fork`), a cost
@@ -221,8 +226,9 @@ fn one_size(exe: &Path, guests: &Path, base: &Path, mib: u64) -> R<Row> {
     std::thread::sleep(Duration::from_millis(200));
     let idle_child_kib = children
         .first()
-        .and_then(|c| c["pid"].as_i64())
-        .map_or(0, private_dirty_kib);
+        .and_then(|c| c["control_socket"].as_str())
+        .and_then(|sock| crate::bench::vmm_pid(Path::new(sock)).ok())
+        .map_or(0, |pid| private_dirty_kib(i64::from(pid)));
     shutdown_all(&children);
     let slot_ms = slot_registration_ms(mib)?;
 
@@ -253,6 +259,7 @@ fn one_size(exe: &Path, guests: &Path, base: &Path, mib: u64) -> R<Row> {
         .arg(&snap)
         .arg("--serial-log")
         .arg(&log2)
+        .args(crate::bench::jail_args(&dir, &[&kernel])?)
         .stdin(Stdio::null())
         .spawn()
         .map_err(|e| e.to_string())?;

@@ -96,10 +96,7 @@ pub struct JailIds {
     pub gid: u32,
 }
 
-/// Jailed VMMs' uid and gid unless configured: the first id past the
-/// container backend's pool of user-namespace ranges (2^30 + 8,192 ×
-/// 65,536), which no host account uses.
-pub const DEFAULT_JAIL_ID: u32 = 1_610_612_736;
+pub use vmm_proto::config::DEFAULT_JAIL_ID;
 
 impl Default for JailIds {
     fn default() -> Self {

@@ -102,6 +102,11 @@ pub struct VsockConfig {
     pub uds_path: PathBuf,
 }
 
+/// The host uid and gid jailed VMMs run as unless configured: the first id
+/// past the container backend's pool of user-namespace ranges (2^30 +
+/// 8,192 × 65,536), which no host account uses.
+pub const DEFAULT_JAIL_ID: u32 = 1_610_612_736;
+
 /// Where and as whom `forge-vmm run|restore --jail jail.json` confines
 /// itself before it builds the VM (see the `vmm::jail` module): new mount,
 /// PID, network, IPC, UTS and user namespaces, a root of its own, an

@@ -66,7 +66,7 @@ fn rand_u64() -> u64 {
 }
 
 /// The uid and gid jailed test VMMs run as (the sandbox backend's).
-pub const JAIL_ID: u32 = 1_610_612_736;
+pub const JAIL_ID: u32 = vmm_proto::config::DEFAULT_JAIL_ID;
 
 /// Builder of a test VM.
 pub struct TestVm {
