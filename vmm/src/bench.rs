@@ -146,10 +146,15 @@ impl Bench {
         let cfg = dir.join("vm.json");
         std::fs::write(&cfg, config.to_string()).map_err(|e| e.to_string())?;
         let kernel = self.guests.join(format!("{guest}.elf"));
+        let mut readable = vec![kernel];
+        for disk in config["disks"].as_array().into_iter().flatten() {
+            readable.extend(disk["base"].as_str().map(PathBuf::from));
+        }
+        let readable: Vec<&Path> = readable.iter().map(PathBuf::as_path).collect();
         let child = Command::new(&self.exe)
             .args(["run", "--config"])
             .arg(&cfg)
-            .args(jail_args(&dir, &[&kernel])?)
+            .args(jail_args(&dir, &readable)?)
             .env("FORGE_VMM_TIMINGS", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -49,6 +49,8 @@ fn main() -> ExitCode {
                 Some([flag, dir]) if flag == "--guests" => PathBuf::from(dir),
                 _ => PathBuf::from(env!("FORGE_TESTGUEST_DIR")),
             };
+            // A jail binds the guests at their own, absolute path.
+            let guests = std::fs::canonicalize(&guests).unwrap_or(guests);
             bench::watchdog(std::time::Duration::from_secs(if fork {
                 1200
             } else {

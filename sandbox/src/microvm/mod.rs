@@ -477,6 +477,8 @@ impl MicrovmSandboxes {
             .map_err(Error::io(&log_path))?;
         let child = tokio::process::Command::new(&self.config.vmm_binary)
             .args(args)
+            // The forge's environment (tokens, keys) is not the VMM's.
+            .env_clear()
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(log)
