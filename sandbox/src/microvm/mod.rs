@@ -230,13 +230,10 @@ impl MicrovmSandboxes {
             })?),
             None => None,
         };
-        // FNV-1a of the data directory: two forges on one host never touch
-        // each other's groups.
-        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-        for byte in config.data_dir.as_os_str().as_encoded_bytes() {
-            hash ^= u64::from(*byte);
-            hash = hash.wrapping_mul(0x0100_0000_01b3);
-        }
+        // Named after the data directory, as the container backend's: two
+        // forges on one host never touch each other's groups.
+        let containers = sandbox_container::backend::cgroup_parent(&config.data_dir);
+        let cgroup_parent = format!("forge-vmm-{}", containers.trim_start_matches("sandbox-"));
         Ok(Self {
             config,
             children: Mutex::new(HashMap::new()),
@@ -244,7 +241,7 @@ impl MicrovmSandboxes {
             locks: VmLocks::default(),
             sweeping: Mutex::new(()),
             cgroups,
-            cgroup_parent: format!("forge-vmm-{:08x}", hash as u32),
+            cgroup_parent,
         })
     }
 
