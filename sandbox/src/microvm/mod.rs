@@ -327,7 +327,12 @@ impl MicrovmSandboxes {
         let members = members.max(1);
         Limits {
             mem_mib: (mem_mib + VMM_OVERHEAD_MIB) * members,
-            cpu_millis: u64::from(vcpus.max(1)) * 1000 * members,
+            // Its vCPUs and one core for device emulation: a VMM cannot
+            // use more, so the quota bounds it without throttling a VMM
+            // that only does its work (a throttled group idles the CPU
+            // until the period timer, which on an emulated host is a
+            // chance to miss it).
+            cpu_millis: (u64::from(vcpus.max(1)) + 1) * 1000 * members,
             // Each VMM: its vCPUs, the main thread, a helper; the jail's
             // init and keeper once.
             pids_max: 8 + (u64::from(vcpus) + 8) * members,
