@@ -72,28 +72,8 @@ pub(crate) fn jail_args(dir: &Path, readable: &[&Path]) -> BenchResult<Vec<std::
 /// The host pid of the process serving the control socket at `sock` (the
 /// VMM, also in a jail's PID namespace), from `SO_PEERCRED`.
 pub(crate) fn vmm_pid(sock: &Path) -> BenchResult<i32> {
-    use std::os::fd::AsRawFd;
     let s = UnixStream::connect(sock).map_err(|e| format!("{}: {e}", sock.display()))?;
-    let mut cred = libc::ucred {
-        pid: 0,
-        uid: 0,
-        gid: 0,
-    };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: SO_PEERCRED fills a ucred of the length passed.
-    let r = unsafe {
-        libc::getsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&mut cred as *mut libc::ucred).cast(),
-            &mut len,
-        )
-    };
-    if r != 0 {
-        return Err(format!("SO_PEERCRED: {}", std::io::Error::last_os_error()));
-    }
-    Ok(cred.pid)
+    vmm::socket::peer_pid(&s).map_err(|e| format!("SO_PEERCRED: {e}"))
 }
 
 fn median(v: &mut [f64]) -> f64 {

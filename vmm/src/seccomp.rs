@@ -123,24 +123,16 @@ const VCPU: &[i64] = &[
     libc::SYS_fcntl,
 ];
 
-/// The main thread adds: files, Unix sockets, epoll, threads and fork,
-/// waiting for children.
-const MAIN: &[i64] = &[
-    libc::SYS_read,
+/// The main thread adds to the vCPU list (a vCPU thread's filter stacks
+/// on the main thread's, so the main list must hold the vCPU's): files,
+/// Unix sockets, epoll, threads and fork, waiting for children.
+const MAIN_ONLY: &[i64] = &[
     libc::SYS_readv,
-    libc::SYS_pread64,
-    libc::SYS_pwrite64,
     libc::SYS_preadv,
     libc::SYS_pwritev,
     libc::SYS_preadv2,
     libc::SYS_pwritev2,
     libc::SYS_openat,
-    libc::SYS_lseek,
-    libc::SYS_fstat,
-    libc::SYS_newfstatat,
-    libc::SYS_statx,
-    libc::SYS_fsync,
-    libc::SYS_fdatasync,
     libc::SYS_ftruncate,
     libc::SYS_fallocate,
     libc::SYS_getdents64,
@@ -157,16 +149,12 @@ const MAIN: &[i64] = &[
     libc::SYS_readlinkat,
     libc::SYS_mremap,
     libc::SYS_epoll_create1,
-    libc::SYS_epoll_ctl,
     libc::SYS_epoll_wait,
     libc::SYS_epoll_pwait,
     libc::SYS_epoll_pwait2,
-    libc::SYS_eventfd2,
     libc::SYS_pipe2,
-    libc::SYS_dup,
     libc::SYS_dup2,
     libc::SYS_dup3,
-    libc::SYS_fcntl,
     libc::SYS_poll,
     libc::SYS_ppoll,
     libc::SYS_bind,
@@ -184,8 +172,6 @@ const MAIN: &[i64] = &[
     libc::SYS_getsockname,
     libc::SYS_getpeername,
     libc::SYS_wait4,
-    libc::SYS_tgkill,
-    libc::SYS_rt_sigaction,
     libc::SYS_sched_getaffinity,
     libc::SYS_sched_setaffinity,
     libc::SYS_getrlimit,
@@ -250,15 +236,15 @@ fn ioctl_rules(kind: ThreadKind) -> Vec<SeccompRule> {
 
 /// The rules of `kind`'s allow-list.
 pub fn rules(kind: ThreadKind) -> BTreeMap<i64, Vec<SeccompRule>> {
-    let extra: &[i64] = match kind {
-        ThreadKind::Main => MAIN,
-        ThreadKind::Vcpu => VCPU,
+    let extra: &[&[i64]] = match kind {
+        ThreadKind::Main => &[VCPU, MAIN_ONLY],
+        ThreadKind::Vcpu => &[VCPU],
         ThreadKind::Worker => &[],
-        ThreadKind::Init => &[libc::SYS_wait4],
+        ThreadKind::Init => &[&[libc::SYS_wait4]],
     };
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = COMMON
         .iter()
-        .chain(extra)
+        .chain(extra.iter().copied().flatten())
         .map(|nr| (*nr, Vec::new()))
         .collect();
     let no_exec = none_of(2, libc::PROT_EXEC as u64);

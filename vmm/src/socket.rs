@@ -8,6 +8,33 @@ use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
+/// The pid, in the caller's PID namespace, of the process at the other end
+/// of `stream` (`SO_PEERCRED`: the kernel's word): for a VMM's control
+/// socket, the VMM itself, also when it runs in a jail's PID namespace.
+pub fn peer_pid(stream: &UnixStream) -> std::io::Result<i32> {
+    use std::os::fd::AsRawFd;
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: SO_PEERCRED fills a ucred of the length passed.
+    let r = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(cred.pid)
+}
+
 /// Errors binding a socket path.
 #[derive(Debug, thiserror::Error)]
 pub enum SocketError {

@@ -168,27 +168,8 @@ impl TestVm {
     /// The host pid of the process serving the control socket: the VMM
     /// itself, also when it runs in a jail's PID namespace.
     pub fn vmm_pid(&self) -> i32 {
-        use std::os::fd::AsRawFd;
         let control = self.control();
-        let stream = control.stream.get_ref();
-        let mut cred = libc::ucred {
-            pid: 0,
-            uid: 0,
-            gid: 0,
-        };
-        let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-        // SAFETY: SO_PEERCRED fills a ucred of the length passed.
-        let r = unsafe {
-            libc::getsockopt(
-                stream.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_PEERCRED,
-                (&mut cred as *mut libc::ucred).cast(),
-                &mut len,
-            )
-        };
-        assert_eq!(r, 0, "SO_PEERCRED: {}", std::io::Error::last_os_error());
-        cred.pid
+        vmm::socket::peer_pid(control.stream.get_ref()).expect("SO_PEERCRED")
     }
 
     /// Waits until the serial log contains `text`.
