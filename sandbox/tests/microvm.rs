@@ -491,12 +491,18 @@ async fn a_vmm_killed_by_its_seccomp_filter_is_reported_crashed() {
         assert!(tokio::time::Instant::now() < deadline, "never seen crashed");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let log =
-        std::fs::read_to_string(dir.join("vms").join(&victim).join("vmm.log")).expect("vmm.log");
-    assert!(
-        log.contains("killed by SIGSYS") && log.contains("seccomp allow-list"),
-        "{log}"
-    );
+    // The jail's init writes why once it has reaped the VMM, a moment
+    // after the VMM is seen dead.
+    let log_path = dir.join("vms").join(&victim).join("vmm.log");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let log = std::fs::read_to_string(&log_path).expect("vmm.log");
+        if log.contains("killed by SIGSYS") && log.contains("seccomp allow-list") {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{log}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     // The backend serves on: another VM runs, and both go cleanly.
     let other = backend.create(spec).await.expect("create after a crash").id;
