@@ -8,6 +8,9 @@
 #   integration  every crate's tests/ (the VMM on the real /dev/kvm, the
 #                agent, the guest image, the container backend, webhooks,
 #                the forge end to end with real git, sandboxes and a browser)
+#   postgres     the forge's own tests (the store and the in-process API
+#                tier) and the forge end to end (tests/) again, on a
+#                throwaway PostgreSQL cluster instead of SQLite
 #   microvm      the microVM backend with a real Linux guest
 #                (scripts/nested-kvm.sh), last: two nested test hosts side
 #                by side, one per core, share its steps. They emulate their
@@ -35,7 +38,10 @@ export CI="${CI:-true}"
 logs=$(mktemp -d)
 export FORGE_TEST_SKIPS="$logs/skipped"
 : > "$FORGE_TEST_SKIPS"
-trap 'rm -rf "$logs"' EXIT
+# The PostgreSQL tier's cluster (scripts/postgres.sh), under /tmp where its
+# postgres user can reach it.
+postgres_dir=$(mktemp -d /tmp/forge-postgres.XXXXXX)
+trap 'rm -rf "$logs"; ./scripts/postgres.sh stop "$postgres_dir"' EXIT
 
 status=0
 summary=()
@@ -67,6 +73,17 @@ tier image target/debug/forge image build
 tier unit cargo test --workspace --no-fail-fast --lib --bins
 tier doc cargo test --workspace --no-fail-fast --doc
 tier integration cargo test --workspace --no-fail-fast --test '*'
+
+# The same store, API and end-to-end tests on PostgreSQL: every test makes a
+# database of its own in one throwaway cluster (FORGE_TEST_DATABASE_URL).
+postgres_tiers() {
+    local url status=0
+    url=$(./scripts/postgres.sh start "$postgres_dir") || return
+    FORGE_TEST_DATABASE_URL="$url" cargo test -p forge --no-fail-fast --lib || status=$?
+    FORGE_TEST_DATABASE_URL="$url" cargo test -p e2e --no-fail-fast --test '*' || status=$?
+    return "$status"
+}
+tier postgres postgres_tiers
 
 # The microVM backend with a real Linux guest: the tests cargo runs as
 # ignored (they need a /dev/kvm that boots Linux) run there, in the nested
@@ -104,7 +121,7 @@ fi
 cargo run --quiet -p test-support
 # cargo counts a test that returned early for a missing requirement as
 # passed; it did not run, so it counts as skipped here.
-cat "$logs"/{unit,doc,integration}.log | awk -v skipped="$skipped" '
+cat "$logs"/{unit,doc,integration,postgres}.log | awk -v skipped="$skipped" '
     /^test result:/ { p += $4; f += $6; i += $8 }
     END { printf "total: %d passed, %d failed, %d skipped, %d ignored (run by the microvm tier)\n",
                  p - skipped, f, skipped, i }'

@@ -4,9 +4,11 @@
 //!
 //! - [`states`]: every closed set of strings the forge stores or sends —
 //!   VM, run, step, ref sync, delivery, dev server and pull request states,
-//!   review verdicts. With the `sqlx` feature they are also SQLite `TEXT`
-//!   columns; `migrations/0009_state_checks.sql` holds the database to the
-//!   same lists.
+//!   review verdicts. With the `sqlx` feature they are also `TEXT` columns
+//!   (SQLite or PostgreSQL, through sqlx's `Any` driver); the CHECKs of
+//!   `migrations/sqlite/0009_state_checks.sql` and
+//!   `migrations/postgres/0001_schema.sql` hold the database to the same
+//!   lists.
 //! - One module per resource with its request and response bodies:
 //!   [`vms`], [`snapshots`], [`templates`], [`runs`], [`repos`], [`events`], [`tokens`], [`webhooks`], [`github`],
 //!   and the error body every failure uses, [`error`].

@@ -1,6 +1,6 @@
 //! Lifecycle states and other closed sets of strings the forge stores in
 //! its database and sends on the wire. Each enum's spelling is the one the
-//! API documents and the `migrations/0009_state_checks.sql` CHECKs list;
+//! API documents and the CHECKs of both schemas (`migrations/`) list;
 //! the tests below pin every variant's spelling.
 
 use std::fmt;
@@ -22,9 +22,9 @@ impl fmt::Display for UnknownState {
 
 impl std::error::Error for UnknownState {}
 
-/// Declares a state enum: serde and (with the `sqlx` feature) sqlx spell
-/// each variant by the same `rename_all` rule, `as_str` spells it by hand,
-/// and the tests check that the two agree.
+/// Declares a state enum: serde spells each variant by its `rename_all`
+/// rule, `as_str` (and with the `sqlx` feature the database) by hand, and
+/// the tests check that the two agree.
 macro_rules! states {
     (
         $(#[$meta:meta])*
@@ -35,8 +35,6 @@ macro_rules! states {
         $(#[$meta])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
         #[serde(rename_all = $case)]
-        #[cfg_attr(feature = "sqlx", derive(sqlx::Type))]
-        #[cfg_attr(feature = "sqlx", sqlx(type_name = "TEXT", rename_all = $case))]
         pub enum $name {
             $( $(#[$variant_meta])* $variant, )+
         }
@@ -57,6 +55,37 @@ macro_rules! states {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 // `pad`, not `write_str`: tables format states with a width.
                 f.pad(self.as_str())
+            }
+        }
+
+        // Stored as text through sqlx's `Any` driver, which serves both
+        // SQLite and PostgreSQL with one set of queries.
+        #[cfg(feature = "sqlx")]
+        impl sqlx::Type<sqlx::Any> for $name {
+            fn type_info() -> sqlx::any::AnyTypeInfo {
+                <str as sqlx::Type<sqlx::Any>>::type_info()
+            }
+
+            fn compatible(ty: &sqlx::any::AnyTypeInfo) -> bool {
+                <str as sqlx::Type<sqlx::Any>>::compatible(ty)
+            }
+        }
+
+        #[cfg(feature = "sqlx")]
+        impl<'q> sqlx::Encode<'q, sqlx::Any> for $name {
+            fn encode_by_ref(
+                &self,
+                buf: &mut <sqlx::Any as sqlx::Database>::ArgumentBuffer<'q>,
+            ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
+                <&str as sqlx::Encode<'q, sqlx::Any>>::encode(self.as_str(), buf)
+            }
+        }
+
+        #[cfg(feature = "sqlx")]
+        impl<'r> sqlx::Decode<'r, sqlx::Any> for $name {
+            fn decode(value: sqlx::any::AnyValueRef<'r>) -> Result<Self, sqlx::error::BoxDynError> {
+                let text = <&str as sqlx::Decode<'r, sqlx::Any>>::decode(value)?;
+                Ok(text.parse()?)
             }
         }
 

@@ -63,6 +63,11 @@ enum Command {
         /// Address to listen on.
         #[arg(long, env = "FORGE_LISTEN", default_value = "127.0.0.1:7070")]
         listen: SocketAddr,
+        /// The database: `postgres://USER:PASSWORD@HOST:PORT/NAME` for
+        /// PostgreSQL, or `sqlite://PATH` (default: `forge.db` in the data
+        /// directory).
+        #[arg(long, env = "FORGE_DATABASE_URL", hide_env_values = true)]
+        database_url: Option<forge::store::Database>,
         /// The URL clients reach the forge at (default: http://<listen>).
         #[arg(long, env = "FORGE_PUBLIC_URL")]
         public_url: Option<String>,
@@ -239,6 +244,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             sandbox_branch_prefix,
             protected_branches,
             listen,
+            database_url,
             public_url,
             review_mode,
             max_body_bytes,
@@ -275,6 +281,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .unwrap_or(u64::MAX);
             let config = forge::server::Config {
                 listen,
+                database: database_url
+                    .unwrap_or_else(|| forge::store::Database::Sqlite(data_dir.join("forge.db"))),
                 data_dir: data_dir.clone(),
                 sandbox_branch_prefix,
                 protected_branches,

@@ -2,7 +2,8 @@
 //! exists, and serves the HTTP API and git until SIGINT or SIGTERM.
 //!
 //! Data directory layout (mode 0700):
-//! - `forge.db` (+ `-wal`, `-shm`): the SQLite database;
+//! - `forge.db` (+ `-wal`, `-shm`): the SQLite database, unless
+//!   `--database-url` names a PostgreSQL one;
 //! - `repos/<id>.git`: bare repositories;
 //! - `admin-token` (mode 0600): the first admin token, for the CLI;
 //! - `hooks/pre-receive`: the git hook that keeps protected branches from
@@ -35,6 +36,8 @@ use crate::store::{NewToken, Store};
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// The database (SQLite in the data directory unless told otherwise).
+    pub database: crate::store::Database,
     pub data_dir: PathBuf,
     /// Where a sandbox's git token may push besides its own branch
     /// (`{vm}`: the VM's id).
@@ -186,9 +189,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     create_private_dir(&config.data_dir)?;
-    let store = Store::open(&config.data_dir.join("forge.db"))
-        .await
-        .context("opening the database failed")?;
+    // The error names the database (without its password).
+    let store = Store::connect(&config.database).await?;
+    // One server per database until every queue is leased (see the store).
+    let _sole_server = store.hold_sole_server().await?;
     let repos = Repositories::open(config.data_dir.join("repos"))?;
     let git_hooks = config.data_dir.join("hooks");
     rules::install_hooks(&git_hooks)

@@ -89,10 +89,14 @@ impl TestAppBuilder {
     }
 
     pub async fn start(self) -> TestApp {
+        // Warnings and errors of the server, shown with a failing test's
+        // output (an answer of `500` says only "see its log").
+        let _ = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::WARN)
+            .with_test_writer()
+            .try_init();
         let dir = tempfile::tempdir().expect("a temporary data directory");
-        let store = Store::open(&dir.path().join("forge.db"))
-            .await
-            .expect("the database opens with its migrations");
+        let store = Store::open_for_test(dir.path()).await;
         let repos = Repositories::open(dir.path().join("repos")).expect("the repositories");
         let git_hooks = dir.path().join("hooks");
         rules::install_hooks(&git_hooks).expect("the git hooks");

@@ -113,6 +113,9 @@ fn is_fresh(binary: &Path) -> bool {
 #[derive(Debug, Default, Clone)]
 pub struct Builder {
     data_dir: Option<PathBuf>,
+    /// `--database-url`: set on the first start when the suite runs on
+    /// PostgreSQL (`FORGE_TEST_DATABASE_URL`), kept across restarts.
+    database: Option<String>,
     max_body_bytes: Option<u64>,
     allow_loopback: bool,
     env: Vec<(String, String)>,
@@ -231,7 +234,10 @@ impl Builder {
         self
     }
 
-    pub fn start(self) -> TestForge {
+    pub fn start(mut self) -> TestForge {
+        if self.database.is_none() {
+            self.database = test_database();
+        }
         let (temp, data_dir) = match &self.data_dir {
             Some(dir) => (None, dir.clone()),
             None => {
@@ -247,11 +253,15 @@ impl Builder {
             .arg("127.0.0.1:0")
             .arg("--data-dir")
             .arg(&data_dir)
+            .env_remove("FORGE_DATABASE_URL")
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         if let Some(bytes) = self.max_body_bytes {
             command.arg("--max-body-bytes").arg(bytes.to_string());
+        }
+        if let Some(database) = &self.database {
+            command.arg("--database-url").arg(database);
         }
         if self.allow_loopback {
             command.arg("--allow-loopback");
@@ -331,6 +341,43 @@ impl Builder {
     }
 }
 
+/// With `FORGE_TEST_DATABASE_URL` (a PostgreSQL cluster's URL, as
+/// `scripts/postgres.sh start` prints it), a new empty database in that
+/// cluster for one forge, by its URL; else `None` (the forge's SQLite file).
+pub fn test_database() -> Option<String> {
+    let cluster = std::env::var("FORGE_TEST_DATABASE_URL").ok()?;
+    if cluster.is_empty() {
+        return None;
+    }
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let name = format!(
+        "forge_e2e_{}_{}",
+        std::process::id(),
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    psql(&cluster, &format!("CREATE DATABASE {name}"));
+    let (base, query) = cluster.split_once('?').unwrap_or((&cluster, ""));
+    let server = base.rsplit_once('/').map_or(base, |(server, _)| server);
+    Some(if query.is_empty() {
+        format!("{server}/{name}")
+    } else {
+        format!("{server}/{name}?{query}")
+    })
+}
+
+/// Runs `sql` on the PostgreSQL database `url` with `psql`, or panics.
+fn psql(url: &str, sql: &str) {
+    let out = Command::new("psql")
+        .args([url, "-v", "ON_ERROR_STOP=1", "-q", "-c", sql])
+        .output()
+        .expect("psql runs (scripts/postgres.sh installs it)");
+    assert!(
+        out.status.success(),
+        "psql: {sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A running forge.
 pub struct TestForge {
     child: Option<Child>,
@@ -347,6 +394,30 @@ pub struct TestForge {
 impl TestForge {
     pub fn start() -> TestForge {
         Builder::default().start()
+    }
+
+    /// Runs the statement `sql` on the forge's database behind its back
+    /// (to play a crash or an outside edit), on PostgreSQL or SQLite.
+    pub fn execute_sql(&self, sql: &str) {
+        match &self.builder.database {
+            Some(url) => psql(url, sql),
+            None => {
+                let out = Command::new("python3")
+                    .args([
+                        "-c",
+                        "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); c.executescript(sys.argv[2]); c.commit()",
+                    ])
+                    .arg(self.data_dir.join("forge.db"))
+                    .arg(sql)
+                    .output()
+                    .expect("python3 runs");
+                assert!(
+                    out.status.success(),
+                    "sqlite: {sql}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
     }
 
     pub fn builder() -> Builder {

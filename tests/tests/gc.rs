@@ -25,17 +25,12 @@ fn leftovers_of_destroyed_sandboxes_are_collected_at_start_up() {
 
     // Forget the stray VM as a crash between create and record would, and
     // leave a half-created sandbox directory.
-    let db = forge.data_dir.join("forge.db");
-    let forgot = std::process::Command::new("python3")
-        .args([
-            "-c",
-            "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); c.execute('DELETE FROM vms WHERE id = ?', (sys.argv[2],)); c.commit()",
-        ])
-        .arg(&db)
-        .arg(&stray)
-        .status()
-        .unwrap();
-    assert!(forgot.success());
+    assert!(
+        stray
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    );
+    forge.execute_sql(&format!("DELETE FROM vms WHERE id = '{stray}'"));
     let half = sandboxes.join("sbhalfcreated");
     std::fs::create_dir_all(&half).unwrap();
 

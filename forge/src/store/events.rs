@@ -53,7 +53,7 @@ impl Store {
         for event in events {
             let row: EventRow = sqlx::query_as(
                 "INSERT INTO events (repo_id, repo_name, kind, ref_name, actor, payload, created_at)
-                 VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING *",
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING *",
             )
             .bind(repo_id)
             .bind(repo_name)
@@ -77,14 +77,14 @@ impl Store {
         after: i64,
         limit: i64,
     ) -> Result<Vec<EventRow>> {
-        Ok(
-            sqlx::query_as("SELECT * FROM events WHERE repo_id = ? AND id > ? ORDER BY id LIMIT ?")
-                .bind(repo_id)
-                .bind(after)
-                .bind(limit)
-                .fetch_all(&self.pool)
-                .await?,
+        Ok(sqlx::query_as(
+            "SELECT * FROM events WHERE repo_id = $1 AND id > $2 ORDER BY id LIMIT $3",
         )
+        .bind(repo_id)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     /// Every event after `after` (of every repository and of none), for
@@ -92,7 +92,7 @@ impl Store {
     /// stream.
     pub async fn all_events_after(&self, after: i64, limit: i64) -> Result<Vec<EventRow>> {
         Ok(
-            sqlx::query_as("SELECT * FROM events WHERE id > ? ORDER BY id LIMIT ?")
+            sqlx::query_as("SELECT * FROM events WHERE id > $1 ORDER BY id LIMIT $2")
                 .bind(after)
                 .bind(limit)
                 .fetch_all(&self.pool)

@@ -75,7 +75,7 @@ impl Store {
     ) -> Result<bool> {
         let done = sqlx::query(
             "INSERT INTO github_deliveries (id, event, payload, body_sha256, received_at)
-             VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
         )
         .bind(id)
         .bind(event)
@@ -91,7 +91,7 @@ impl Store {
     pub async fn pending_github_deliveries(&self, limit: i64) -> Result<Vec<GithubDelivery>> {
         Ok(sqlx::query_as(
             "SELECT id, event, payload FROM github_deliveries WHERE processed_at IS NULL
-             ORDER BY rowid LIMIT ?",
+             ORDER BY rowid LIMIT $1",
         )
         .bind(limit)
         .fetch_all(&self.pool)
@@ -99,7 +99,7 @@ impl Store {
     }
 
     pub async fn finish_github_delivery(&self, id: &str, error: Option<&str>) -> Result<()> {
-        sqlx::query("UPDATE github_deliveries SET processed_at = ?, error = ? WHERE id = ?")
+        sqlx::query("UPDATE github_deliveries SET processed_at = $1, error = $2 WHERE id = $3")
             .bind(now())
             .bind(error)
             .bind(id)
@@ -116,8 +116,8 @@ impl Store {
     ) -> Result<()> {
         let stamp = now();
         sqlx::query(
-            "INSERT INTO github_installations (id, account, created_at, removed_at) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT (id) DO UPDATE SET account = ?2, removed_at = ?4",
+            "INSERT INTO github_installations (id, account, created_at, removed_at) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (id) DO UPDATE SET account = $2, removed_at = $4",
         )
         .bind(id)
         .bind(account)
@@ -143,7 +143,7 @@ impl Store {
         Ok(sqlx::query_as(
             "SELECT l.github_repo, r.number, r.head_sha, r.verdict, r.posted_at
              FROM github_reviews r JOIN github_links l ON l.repo_id = r.repo_id
-             WHERE r.run_id = ? ORDER BY r.posted_at DESC LIMIT 1",
+             WHERE r.run_id = $1 ORDER BY r.posted_at DESC LIMIT 1",
         )
         .bind(run_id)
         .fetch_optional(&self.pool)
@@ -152,7 +152,7 @@ impl Store {
 
     pub async fn insert_github_link(&self, link: &GithubLink) -> Result<()> {
         sqlx::query(
-            "INSERT INTO github_links (repo_id, github_repo, installation_id, created_at) VALUES (?, ?, ?, ?)",
+            "INSERT INTO github_links (repo_id, github_repo, installation_id, created_at) VALUES ($1, $2, $3, $4)",
         )
         .bind(&link.repo_id)
         .bind(&link.github_repo)
@@ -164,7 +164,7 @@ impl Store {
     }
 
     pub async fn delete_github_link(&self, repo_id: &str) -> Result<bool> {
-        let done = sqlx::query("DELETE FROM github_links WHERE repo_id = ?")
+        let done = sqlx::query("DELETE FROM github_links WHERE repo_id = $1")
             .bind(repo_id)
             .execute(&self.pool)
             .await?;
@@ -173,7 +173,7 @@ impl Store {
 
     pub async fn github_link(&self, repo_id: &str) -> Result<Option<GithubLink>> {
         Ok(
-            sqlx::query_as("SELECT * FROM github_links WHERE repo_id = ?")
+            sqlx::query_as("SELECT * FROM github_links WHERE repo_id = $1")
                 .bind(repo_id)
                 .fetch_optional(&self.pool)
                 .await?,
@@ -186,7 +186,7 @@ impl Store {
         github_repo: &str,
     ) -> Result<Option<GithubLink>> {
         Ok(
-            sqlx::query_as("SELECT * FROM github_links WHERE github_repo = ? COLLATE NOCASE")
+            sqlx::query_as("SELECT * FROM github_links WHERE lower(github_repo) = lower($1)")
                 .bind(github_repo)
                 .fetch_optional(&self.pool)
                 .await?,
@@ -204,7 +204,7 @@ impl Store {
     pub async fn github_ref_states(&self, repo_id: &str) -> Result<Vec<GithubRefState>> {
         Ok(sqlx::query_as(
             "SELECT ref_name, synced_sha, forge_sha, github_sha, state, last_sync_at, last_error
-             FROM github_refs WHERE repo_id = ? ORDER BY ref_name",
+             FROM github_refs WHERE repo_id = $1 ORDER BY ref_name",
         )
         .bind(repo_id)
         .fetch_all(&self.pool)
@@ -216,7 +216,7 @@ impl Store {
     /// until a later pass settles the ref.
     pub async fn put_github_ref_state(&self, repo_id: &str, state: &GithubRefState) -> Result<()> {
         if state.forge_sha.is_none() && state.github_sha.is_none() && state.last_error.is_none() {
-            sqlx::query("DELETE FROM github_refs WHERE repo_id = ? AND ref_name = ?")
+            sqlx::query("DELETE FROM github_refs WHERE repo_id = $1 AND ref_name = $2")
                 .bind(repo_id)
                 .bind(&state.ref_name)
                 .execute(&self.pool)
@@ -225,9 +225,9 @@ impl Store {
         }
         sqlx::query(
             "INSERT INTO github_refs (repo_id, ref_name, synced_sha, forge_sha, github_sha, state, last_sync_at, last_error)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
-             ON CONFLICT (repo_id, ref_name) DO UPDATE SET synced_sha = ?3, forge_sha = ?4,
-                github_sha = ?5, state = ?6, last_sync_at = ?7, last_error = ?8",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+             ON CONFLICT (repo_id, ref_name) DO UPDATE SET synced_sha = $3, forge_sha = $4,
+                github_sha = $5, state = $6, last_sync_at = $7, last_error = $8",
         )
         .bind(repo_id)
         .bind(&state.ref_name)
@@ -245,9 +245,9 @@ impl Store {
     pub async fn upsert_github_pull(&self, pull: &GithubPull) -> Result<()> {
         sqlx::query(
             "INSERT INTO github_pulls (repo_id, number, head_ref, head_sha, state, updated_at, base_ref)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-             ON CONFLICT (repo_id, number) DO UPDATE SET head_ref = ?3, head_sha = ?4, state = ?5,
-                updated_at = ?6, base_ref = coalesce(?7, base_ref)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7)
+             ON CONFLICT (repo_id, number) DO UPDATE SET head_ref = $3, head_sha = $4, state = $5,
+                updated_at = $6, base_ref = coalesce($7, github_pulls.base_ref)",
         )
         .bind(&pull.repo_id)
         .bind(pull.number)
@@ -265,7 +265,7 @@ impl Store {
     pub async fn open_github_pulls(&self, repo_id: &str, branch: &str) -> Result<Vec<GithubPull>> {
         Ok(sqlx::query_as(
             "SELECT repo_id, number, head_ref, head_sha, state, base_ref FROM github_pulls
-             WHERE repo_id = ? AND head_ref = ? AND state = ? ORDER BY number",
+             WHERE repo_id = $1 AND head_ref = $2 AND state = $3 ORDER BY number",
         )
         .bind(repo_id)
         .bind(branch)
@@ -278,7 +278,7 @@ impl Store {
     pub async fn all_open_github_pulls(&self, repo_id: &str) -> Result<Vec<GithubPull>> {
         Ok(sqlx::query_as(
             "SELECT repo_id, number, head_ref, head_sha, state, base_ref FROM github_pulls
-             WHERE repo_id = ? AND state = ? ORDER BY number",
+             WHERE repo_id = $1 AND state = $2 ORDER BY number",
         )
         .bind(repo_id)
         .bind(PullState::Open)
@@ -294,8 +294,8 @@ impl Store {
         sha: &str,
     ) -> Result<()> {
         sqlx::query(
-            "UPDATE github_pulls SET head_sha = ?, updated_at = ?
-             WHERE repo_id = ? AND head_ref = ? AND state = ?",
+            "UPDATE github_pulls SET head_sha = $1, updated_at = $2
+             WHERE repo_id = $3 AND head_ref = $4 AND state = $5",
         )
         .bind(sha)
         .bind(now())
@@ -318,7 +318,7 @@ impl Store {
         verdict: ReviewVerdict,
     ) -> Result<bool> {
         let done = sqlx::query(
-            "INSERT INTO github_reviews (repo_id, number, head_sha, run_id, verdict) VALUES (?, ?, ?, ?, ?)
+            "INSERT INTO github_reviews (repo_id, number, head_sha, run_id, verdict) VALUES ($1, $2, $3, $4, $5)
              ON CONFLICT DO NOTHING",
         )
         .bind(repo_id)
@@ -339,7 +339,7 @@ impl Store {
         head_sha: &str,
     ) -> Result<bool> {
         let row: Option<(Option<i64>,)> = sqlx::query_as(
-            "SELECT review_id FROM github_reviews WHERE repo_id = ? AND number = ? AND head_sha = ?",
+            "SELECT review_id FROM github_reviews WHERE repo_id = $1 AND number = $2 AND head_sha = $3",
         )
         .bind(repo_id)
         .bind(number)
@@ -358,8 +358,8 @@ impl Store {
         check_run_id: Option<i64>,
     ) -> Result<()> {
         sqlx::query(
-            "UPDATE github_reviews SET review_id = ?, check_run_id = ?, posted_at = ?
-             WHERE repo_id = ? AND number = ? AND head_sha = ?",
+            "UPDATE github_reviews SET review_id = $1, check_run_id = $2, posted_at = $3
+             WHERE repo_id = $4 AND number = $5 AND head_sha = $6",
         )
         .bind(review_id)
         .bind(check_run_id)
@@ -381,8 +381,8 @@ impl Store {
         commit: &str,
     ) -> Result<Vec<super::RunRow>> {
         Ok(sqlx::query_as(
-            "SELECT * FROM runs WHERE repo_id = ? AND branch = ? AND commit_id = ?
-             AND state IN (?, ?, ?) ORDER BY id DESC",
+            "SELECT * FROM runs WHERE repo_id = $1 AND branch = $2 AND commit_id = $3
+             AND state IN ($4, $5, $6) ORDER BY id DESC",
         )
         .bind(repo_id)
         .bind(branch)
@@ -403,13 +403,17 @@ impl Store {
         branch: &str,
         commit: &str,
     ) -> Result<Vec<Option<String>>> {
-        let rows: Vec<(Option<String>,)> = sqlx::query_as(
-            "SELECT json_extract(e.payload, '$.plan.commit') FROM events e
+        let payload = |path| self.json_text("e.payload", path);
+        let rows: Vec<(Option<String>,)> = sqlx::query_as(&format!(
+            "SELECT {} FROM events e
              LEFT JOIN runs r ON r.event_id = e.id
-             WHERE e.repo_id = ? AND e.kind IN ('push', 'pipeline.requested')
-             AND json_extract(e.payload, '$.branch') = ? AND json_extract(e.payload, '$.after') = ?
-             AND (r.state IS NULL OR r.state != ?)",
-        )
+             WHERE e.repo_id = $1 AND e.kind IN ('push', 'pipeline.requested')
+             AND {} = $2 AND {} = $3
+             AND (r.state IS NULL OR r.state != $4)",
+            payload("plan.commit"),
+            payload("branch"),
+            payload("after"),
+        ))
         .bind(repo_id)
         .bind(branch)
         .bind(commit)
@@ -429,7 +433,7 @@ impl Store {
 
     pub async fn set_github_cursor(&self, cursor: i64) -> Result<()> {
         sqlx::query(
-            "UPDATE github_cursor SET last_event_id = ? WHERE id = 1 AND last_event_id < ?",
+            "UPDATE github_cursor SET last_event_id = $1 WHERE id = 1 AND last_event_id < $2",
         )
         .bind(cursor)
         .bind(cursor)
@@ -447,7 +451,7 @@ mod tests {
     const HEAD: &str = "1111111111111111111111111111111111111111";
 
     async fn linked_store(dir: &std::path::Path) -> Store {
-        let store = Store::open(&dir.join("forge.db")).await.expect("open");
+        let store = Store::open_for_test(dir).await;
         store
             .insert_repo(&RepoRow {
                 id: "r1".into(),

@@ -1,5 +1,9 @@
-//! Durable state: one SQLite database (WAL) in the data directory, opened
-//! with the migrations in `migrations/` applied. Every query the forge runs
+//! Durable state: one SQL database, SQLite (a file in the data directory,
+//! WAL; the default) or PostgreSQL (`--database-url postgres://…`; what
+//! several forge processes share). Both run the same queries through
+//! sqlx's `Any` driver; the few spots where the dialects differ ask
+//! [`Store::dialect`]. Each has its migrations (`migrations/sqlite/`,
+//! `migrations/postgres/`), applied at open. Every query the forge runs
 //! lives in this module's children, one per table; handlers never write SQL.
 
 mod events;
@@ -11,14 +15,14 @@ mod tokens;
 mod vms;
 mod webhooks;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
-};
-use sqlx::{ConnectOptions, Connection, SqlitePool};
+use sqlx::any::{AnyPoolOptions, AnyTypeInfo, AnyTypeInfoKind, AnyValueRef};
+use sqlx::postgres::PgConnection;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
+use sqlx::{Any, AnyPool, ConnectOptions, Connection, Executor, ValueRef};
 
 pub use events::{EventRow, NewEvent};
 pub use github::{GithubDelivery, GithubLink, GithubPull, GithubRefState};
@@ -36,12 +40,16 @@ pub use webhooks::{
 /// API answers them with `409`.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("Opening the database {path} failed")]
+    #[error("Opening the database {location} failed")]
     Open {
-        path: String,
+        location: String,
         #[source]
         source: sqlx::Error,
     },
+    #[error(
+        "The database address {0:?} is neither a PostgreSQL URL (postgres://…) nor a SQLite one (sqlite://PATH)"
+    )]
+    Address(String),
     #[error("Applying the database migrations failed")]
     Migrate(#[source] sqlx::migrate::MigrateError),
     #[error("The record already exists")]
@@ -61,57 +69,375 @@ impl From<sqlx::Error> for StoreError {
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
+/// Which SQL the database speaks, for the few queries that differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+/// Where the forge keeps its state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Database {
+    /// A SQLite file (created when absent).
+    Sqlite(PathBuf),
+    /// A PostgreSQL database, by its `postgres://` URL.
+    Postgres(String),
+}
+
+impl FromStr for Database {
+    type Err = StoreError;
+
+    /// `postgres://…` or `postgresql://…`, or `sqlite://PATH`.
+    fn from_str(address: &str) -> Result<Self> {
+        if address.starts_with("postgres://") || address.starts_with("postgresql://") {
+            Ok(Self::Postgres(address.to_owned()))
+        } else if let Some(path) = address.strip_prefix("sqlite://")
+            && !path.is_empty()
+        {
+            Ok(Self::Sqlite(PathBuf::from(path)))
+        } else {
+            Err(StoreError::Address(address.to_owned()))
+        }
+    }
+}
+
+impl std::fmt::Display for Database {
+    /// The address without a password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Sqlite(path) => write!(f, "sqlite://{}", path.display()),
+            Self::Postgres(url) => f.write_str(&redact_password(url)),
+        }
+    }
+}
+
+/// `url` with the password of its user info, if any, replaced by `***`.
+fn redact_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((user_info, host)) => match user_info.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{host}{tail}"),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
 /// A handle to the database, cheap to clone.
 #[derive(Clone)]
 pub struct Store {
-    pool: SqlitePool,
+    pool: AnyPool,
+    dialect: Dialect,
+    database: std::sync::Arc<Database>,
+}
+
+/// The advisory lock key of [`Store::hold_sole_server`] (`forge` in ASCII).
+const SOLE_SERVER_LOCK: i64 = 0x66_6f_72_67_65;
+
+/// Holds [`Store::hold_sole_server`]'s lock until dropped.
+pub struct SoleServer {
+    _connection: Option<PgConnection>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SoleServerError {
+    #[error(
+        "another forge server is using this database; one server per database is supported for now"
+    )]
+    Taken,
+    #[error("taking the database's server lock failed")]
+    Query(#[source] StoreError),
 }
 
 impl Store {
-    /// Opens (creating when absent) `path` and applies pending migrations.
-    ///
-    /// Migrations run first, on a connection of their own with foreign keys
-    /// off: a migration that rebuilds a table (as `0009_state_checks.sql`
-    /// does to add CHECKs) drops the old one, and with foreign keys on that
-    /// drop would delete every child row through `ON DELETE CASCADE`. sqlx
-    /// runs each SQLite migration in a transaction, inside which
-    /// `PRAGMA foreign_keys` is a no-op, so it has to be set here. Such a
-    /// migration checks the keys itself before it commits.
+    /// Opens (creating when absent) the SQLite file `path` and applies
+    /// pending migrations.
     pub async fn open(path: &Path) -> Result<Self> {
+        Self::connect(&Database::Sqlite(path.to_owned())).await
+    }
+
+    /// Opens `database` and applies pending migrations. On PostgreSQL the
+    /// migrator holds an advisory lock, so forge processes starting at once
+    /// migrate one after the other.
+    pub async fn connect(database: &Database) -> Result<Self> {
+        sqlx::any::install_default_drivers();
         let open_error = |source| StoreError::Open {
-            path: path.display().to_string(),
+            location: database.to_string(),
             source,
         };
-        let options = SqliteConnectOptions::from_str("sqlite://")
-            .map_err(open_error)?
+        match database {
+            Database::Sqlite(path) => {
+                Self::migrate_sqlite(path)
+                    .await
+                    .map_err(|error| match error {
+                        StoreError::Query(source) => open_error(source),
+                        other => other,
+                    })?;
+                let url = format!("sqlite://{}", url_path(path));
+                let pool = AnyPoolOptions::new()
+                    .max_connections(8)
+                    .after_connect(|connection, _| {
+                        Box::pin(async move {
+                            connection
+                                .execute(
+                                    "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;
+                                     PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;",
+                                )
+                                .await
+                                .map(drop)
+                        })
+                    })
+                    .connect(&url)
+                    .await
+                    .map_err(open_error)?;
+                Ok(Self {
+                    pool,
+                    dialect: Dialect::Sqlite,
+                    database: database.clone().into(),
+                })
+            }
+            Database::Postgres(url) => {
+                let mut migrating = PgConnection::connect(url).await.map_err(open_error)?;
+                sqlx::migrate!("../migrations/postgres")
+                    .run(&mut migrating)
+                    .await
+                    .map_err(StoreError::Migrate)?;
+                migrating.close().await.map_err(open_error)?;
+                let pool = AnyPoolOptions::new()
+                    .max_connections(16)
+                    .acquire_timeout(Duration::from_secs(10))
+                    .connect(url)
+                    .await
+                    .map_err(open_error)?;
+                Ok(Self {
+                    pool,
+                    dialect: Dialect::Postgres,
+                    database: database.clone().into(),
+                })
+            }
+        }
+    }
+
+    /// Applies SQLite's pending migrations on a connection of their own
+    /// with foreign keys off: a migration that rebuilds a table (as
+    /// `0009_state_checks.sql` does to add CHECKs) drops the old one, and
+    /// with foreign keys on that drop would delete every child row through
+    /// `ON DELETE CASCADE`. sqlx runs each SQLite migration in a
+    /// transaction, inside which `PRAGMA foreign_keys` is a no-op, so it
+    /// has to be set here. Such a migration checks the keys itself before
+    /// it commits.
+    async fn migrate_sqlite(path: &Path) -> Result<()> {
+        let mut migrating: SqliteConnection = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(10));
-        let mut migrating: SqliteConnection = options
-            .clone()
+            .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
             .foreign_keys(false)
+            .busy_timeout(Duration::from_secs(10))
             .connect()
-            .await
-            .map_err(open_error)?;
-        sqlx::migrate!("../migrations")
+            .await?;
+        sqlx::migrate!("../migrations/sqlite")
             .run(&mut migrating)
             .await
             .map_err(StoreError::Migrate)?;
-        migrating.close().await.map_err(open_error)?;
-        let pool = SqlitePoolOptions::new()
-            .max_connections(8)
-            .connect_with(options)
-            .await
-            .map_err(open_error)?;
-        Ok(Self { pool })
+        migrating.close().await?;
+        Ok(())
     }
 
-    /// Closes every connection, checkpointing the WAL.
+    /// A database of a test's own: with `FORGE_TEST_DATABASE_URL` (a
+    /// PostgreSQL cluster's URL; `scripts/postgres.sh` starts one) a new
+    /// database in that cluster, else a SQLite file in `dir`.
+    #[cfg(test)]
+    pub async fn open_for_test(dir: &Path) -> Self {
+        match std::env::var("FORGE_TEST_DATABASE_URL") {
+            Ok(cluster) if !cluster.is_empty() => {
+                let url = create_test_database(&cluster).await;
+                Self::connect(&Database::Postgres(url))
+                    .await
+                    .expect("the test database opens with its migrations")
+            }
+            _ => Self::open(&dir.join("forge.db"))
+                .await
+                .expect("the database opens with its migrations"),
+        }
+    }
+
+    /// Makes this process the only `forge serve` on a PostgreSQL database
+    /// for as long as the guard lives (a session advisory lock on a
+    /// connection of its own, released by PostgreSQL when the process
+    /// dies), or fails saying another holds it. Pipeline runs and the
+    /// GitHub sync are not leased yet, so two servers would both take them.
+    /// A SQLite file is one server's by construction.
+    pub async fn hold_sole_server(&self) -> Result<SoleServer, SoleServerError> {
+        let Database::Postgres(url) = &*self.database else {
+            return Ok(SoleServer { _connection: None });
+        };
+        let mut connection = PgConnection::connect(url)
+            .await
+            .map_err(|error| SoleServerError::Query(error.into()))?;
+        let (held,): (bool,) = sqlx::query_as("SELECT pg_try_advisory_lock($1)")
+            .bind(SOLE_SERVER_LOCK)
+            .fetch_one(&mut connection)
+            .await
+            .map_err(|error| SoleServerError::Query(error.into()))?;
+        if !held {
+            return Err(SoleServerError::Taken);
+        }
+        Ok(SoleServer {
+            _connection: Some(connection),
+        })
+    }
+
+    /// Another handle on the same database with a pool of its own, as a
+    /// second process would have.
+    #[cfg(test)]
+    pub async fn reopen(&self) -> Self {
+        Self::connect(&self.database)
+            .await
+            .expect("the database opens again")
+    }
+
+    /// The SQL dialect of the database.
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    /// SQL for the text of the value at `path` (keys joined by `.`) inside
+    /// the JSON text `column`: a string's contents, a number's digits, an
+    /// object's JSON; `NULL` when absent or JSON `null`.
+    fn json_text(&self, column: &str, path: &str) -> String {
+        match self.dialect {
+            Dialect::Sqlite => format!("CAST(json_extract({column}, '$.{path}') AS TEXT)"),
+            Dialect::Postgres => format!("({column}::jsonb #>> '{{{}}}')", path.replace('.', ",")),
+        }
+    }
+
+    /// SQL for the last `count` characters of the text `expr` (all of it
+    /// when shorter).
+    fn tail(&self, expr: &str, count: &str) -> String {
+        match self.dialect {
+            Dialect::Sqlite => format!("substr({expr}, -{count})"),
+            Dialect::Postgres => format!("right({expr}, CAST({count} AS INTEGER))"),
+        }
+    }
+
+    /// Closes every connection (on SQLite, checkpointing the WAL).
     pub async fn close(&self) {
         self.pool.close().await;
+    }
+}
+
+/// Creates an empty database with a fresh name in the PostgreSQL cluster of
+/// `cluster` (a URL naming any database of it) and returns its URL.
+#[cfg(test)]
+async fn create_test_database(cluster: &str) -> String {
+    let name = format!("forge_test_{}", uuid::Uuid::new_v4().simple());
+    let mut admin = PgConnection::connect(cluster)
+        .await
+        .expect("the test cluster (FORGE_TEST_DATABASE_URL) answers");
+    admin
+        .execute(format!("CREATE DATABASE {name}").as_str())
+        .await
+        .expect("a test database is created");
+    let _ = admin.close().await;
+    let (base, query) = match cluster.split_once('?') {
+        Some((base, query)) => (base, format!("?{query}")),
+        None => (cluster, String::new()),
+    };
+    let server = base.rsplit_once('/').map_or(base, |(server, _)| server);
+    format!("{server}/{name}{query}")
+}
+
+/// `path` as the path of a `sqlite://` URL: the characters a URL gives a
+/// meaning to are percent-encoded (sqlx decodes them back).
+fn url_path(path: &Path) -> String {
+    let mut out = String::new();
+    for byte in path.as_os_str().as_encoded_bytes() {
+        match byte {
+            b'%' | b'?' | b'#' | b' ' | 0x80.. => out.push_str(&format!("%{byte:02X}")),
+            other => out.push(char::from(*other)),
+        }
+    }
+    out
+}
+
+/// A query assembled piece by piece, its parameters numbered (`$1`, `$2`,
+/// …) as both dialects read them; sqlx's `QueryBuilder` writes `?`, which
+/// PostgreSQL does not.
+struct Sql {
+    text: String,
+    arguments: sqlx::any::AnyArguments<'static>,
+    count: usize,
+}
+
+impl Sql {
+    fn new(text: &str) -> Self {
+        Self {
+            text: text.to_owned(),
+            arguments: Default::default(),
+            count: 0,
+        }
+    }
+
+    fn push(&mut self, text: &str) -> &mut Self {
+        self.text.push_str(text);
+        self
+    }
+
+    /// Appends the next parameter's placeholder and binds `value` to it.
+    fn bind<T>(&mut self, value: T) -> Result<&mut Self>
+    where
+        T: 'static + sqlx::Encode<'static, Any> + sqlx::Type<Any>,
+    {
+        use sqlx::Arguments;
+        self.arguments
+            .add(value)
+            .map_err(|error| StoreError::Query(sqlx::Error::Encode(error)))?;
+        self.count += 1;
+        self.text.push_str(&format!("${}", self.count));
+        Ok(self)
+    }
+}
+
+/// A yes/no column: `BOOLEAN` on PostgreSQL, `0`/`1` on SQLite (which the
+/// `Any` driver hands over as an integer). Row fields read it with
+/// `#[sqlx(try_from = "Flag")]`; queries bind plain `bool`s.
+#[derive(Debug, Clone, Copy)]
+pub struct Flag(bool);
+
+impl From<Flag> for bool {
+    fn from(flag: Flag) -> Self {
+        flag.0
+    }
+}
+
+impl sqlx::Type<Any> for Flag {
+    fn type_info() -> AnyTypeInfo {
+        <bool as sqlx::Type<Any>>::type_info()
+    }
+
+    fn compatible(ty: &AnyTypeInfo) -> bool {
+        matches!(
+            ty.kind(),
+            AnyTypeInfoKind::Bool
+                | AnyTypeInfoKind::SmallInt
+                | AnyTypeInfoKind::Integer
+                | AnyTypeInfoKind::BigInt
+        )
+    }
+}
+
+impl<'r> sqlx::Decode<'r, Any> for Flag {
+    fn decode(value: AnyValueRef<'r>) -> Result<Self, sqlx::error::BoxDynError> {
+        if value.type_info().kind() == AnyTypeInfoKind::Bool {
+            <bool as sqlx::Decode<Any>>::decode(value).map(Flag)
+        } else {
+            <i64 as sqlx::Decode<Any>>::decode(value).map(|n| Flag(n != 0))
+        }
     }
 }
 
@@ -124,12 +450,12 @@ pub fn now() -> String {
 
 #[cfg(test)]
 mod tests {
-    use sqlx::Executor;
+    use sqlx::SqlitePool;
     use sqlx::migrate::Migrator;
 
     use super::*;
 
-    const MIGRATIONS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../migrations");
+    const MIGRATIONS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../migrations/sqlite");
 
     /// A database migrated up to and including `last`, through the same
     /// pool settings as the store (foreign keys on).
@@ -288,9 +614,7 @@ mod tests {
     #[tokio::test]
     async fn a_state_outside_its_enum_is_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(&dir.path().join("forge.db"))
-            .await
-            .expect("open");
+        let store = Store::open_for_test(dir.path()).await;
         store
             .pool
             .execute(
@@ -305,11 +629,11 @@ mod tests {
             .expect("parents");
         for statement in [
             "INSERT INTO vms (id, backend, state, vcpus, mem_mib, persistent, created_at, last_active_unix)
-               VALUES ('vm1', 'container', 'stopped', 1, 512, 1, 't', 0)",
+               VALUES ('vm1', 'container', 'stopped', 1, 512, TRUE, 't', 0)",
             "UPDATE runs SET state = 'canceled'",
             "INSERT INTO run_steps (run_id, position, name, command, status) VALUES (1, 0, 'a', 'b', 'done')",
             "INSERT INTO webhook_deliveries (id, webhook_id, event_type, body, status, next_attempt_at, created_at)
-               VALUES ('msg1', 'wh1', 'ping', x'', 'sent', 0, 't')",
+               VALUES ('msg1', 'wh1', 'ping', '', 'sent', 0, 't')",
             "INSERT INTO github_refs VALUES ('r1', 'refs/heads/main', NULL, 'a', 'b', 'synced', 't', NULL)",
             "INSERT INTO github_pulls (repo_id, number, head_ref, head_sha, state, updated_at)
                VALUES ('r1', 1, 'f', 'a', 'merged', 't')",
@@ -326,7 +650,7 @@ mod tests {
             let id = format!("vm-{state}");
             sqlx::query(
                 "INSERT INTO vms (id, backend, state, vcpus, mem_mib, persistent, created_at, last_active_unix)
-                 VALUES (?, 'container', ?, 1, 512, 1, 't', 0)",
+                 VALUES ($1, 'container', $2, 1, 512, TRUE, 't', 0)",
             )
             .bind(&id)
             .bind(*state)
@@ -347,6 +671,54 @@ mod tests {
                 store.run(1).await.expect("read").expect("row").state,
                 *state
             );
+        }
+    }
+
+    #[test]
+    fn database_addresses_parse_and_print_without_their_password() {
+        let pg: Database = "postgres://forge:s3cret@db.internal:5432/forge"
+            .parse()
+            .expect("a PostgreSQL URL");
+        assert_eq!(
+            pg.to_string(),
+            "postgres://forge:***@db.internal:5432/forge"
+        );
+        assert_eq!(
+            "sqlite:///var/lib/forge/forge.db"
+                .parse::<Database>()
+                .expect("SQLite"),
+            Database::Sqlite("/var/lib/forge/forge.db".into())
+        );
+        for wrong in ["mysql://x/y", "/var/lib/forge/forge.db", "sqlite://", ""] {
+            let error = wrong.parse::<Database>().expect_err(wrong).to_string();
+            assert!(error.contains("neither a PostgreSQL URL"), "{error}");
+        }
+        assert_eq!(url_path(Path::new("/a b/c?d#e%f")), "/a%20b/c%3Fd%23e%25f");
+    }
+
+    /// A second server on one PostgreSQL database is refused while the
+    /// first holds it, and welcome once it is gone; SQLite (one process's
+    /// file) has nothing to hold.
+    #[tokio::test]
+    async fn a_second_server_on_one_postgres_database_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open_for_test(dir.path()).await;
+        let other = store.reopen().await;
+        let first = store.hold_sole_server().await.expect("the first server");
+        let second = other.hold_sole_server().await;
+        match store.dialect() {
+            Dialect::Postgres => {
+                let error = second.err().expect("refused").to_string();
+                assert!(error.contains("another forge server"), "{error}");
+                // PostgreSQL lets go once it sees the connection closed.
+                drop(first);
+                let deadline = std::time::Instant::now() + Duration::from_secs(5);
+                while other.hold_sole_server().await.is_err() {
+                    assert!(std::time::Instant::now() < deadline, "never let go");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+            Dialect::Sqlite => assert!(second.is_ok()),
         }
     }
 }

@@ -22,7 +22,7 @@ impl RepoRow {
 impl Store {
     pub async fn insert_repo(&self, repo: &RepoRow) -> Result<()> {
         sqlx::query(
-            "INSERT INTO repos (id, owner, name, default_branch, created_at) VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO repos (id, owner, name, default_branch, created_at) VALUES ($1, $2, $3, $4, $5)",
         )
         .bind(&repo.id)
         .bind(&repo.owner)
@@ -36,7 +36,7 @@ impl Store {
 
     pub async fn repo_by_name(&self, owner: &str, name: &str) -> Result<Option<RepoRow>> {
         Ok(
-            sqlx::query_as("SELECT * FROM repos WHERE owner = ? AND name = ?")
+            sqlx::query_as("SELECT * FROM repos WHERE owner = $1 AND name = $2")
                 .bind(owner)
                 .bind(name)
                 .fetch_optional(&self.pool)
@@ -45,7 +45,7 @@ impl Store {
     }
 
     pub async fn repo_by_id(&self, id: &str) -> Result<Option<RepoRow>> {
-        Ok(sqlx::query_as("SELECT * FROM repos WHERE id = ?")
+        Ok(sqlx::query_as("SELECT * FROM repos WHERE id = $1")
             .bind(id)
             .fetch_optional(&self.pool)
             .await?)
@@ -54,7 +54,7 @@ impl Store {
     /// Every repository, or only `only` when given, ordered by name.
     pub async fn list_repos(&self, only: Option<&str>) -> Result<Vec<RepoRow>> {
         Ok(
-            sqlx::query_as("SELECT * FROM repos WHERE ?1 IS NULL OR id = ?1 ORDER BY owner, name")
+            sqlx::query_as("SELECT * FROM repos WHERE $1 IS NULL OR id = $1 ORDER BY owner, name")
                 .bind(only)
                 .fetch_all(&self.pool)
                 .await?,
@@ -64,7 +64,7 @@ impl Store {
     /// Deletes the record (and, by cascade, tokens limited to it). Returns
     /// whether it existed.
     pub async fn delete_repo(&self, id: &str) -> Result<bool> {
-        let done = sqlx::query("DELETE FROM repos WHERE id = ?")
+        let done = sqlx::query("DELETE FROM repos WHERE id = $1")
             .bind(id)
             .execute(&self.pool)
             .await?;

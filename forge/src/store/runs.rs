@@ -129,7 +129,7 @@ impl Store {
             let row: Option<RunRow> = sqlx::query_as(
                 "INSERT INTO runs (repo_id, repo_name, branch, commit_id, event_id, state, created_at,
                     plan_ref, plan_commit, variables)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (event_id) DO NOTHING RETURNING *",
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (event_id) DO NOTHING RETURNING *",
             )
             .bind(&run.repo_id)
             .bind(&run.repo_name)
@@ -146,7 +146,7 @@ impl Store {
             rows.extend(row);
         }
         sqlx::query(
-            "UPDATE pipeline_cursor SET last_event_id = ? WHERE id = 1 AND last_event_id < ?",
+            "UPDATE pipeline_cursor SET last_event_id = $1 WHERE id = 1 AND last_event_id < $2",
         )
         .bind(cursor)
         .bind(cursor)
@@ -168,7 +168,7 @@ impl Store {
     /// Runs in a given state, oldest first.
     pub async fn runs_in_state(&self, state: RunState) -> Result<Vec<RunRow>> {
         Ok(
-            sqlx::query_as("SELECT * FROM runs WHERE state = ? ORDER BY id")
+            sqlx::query_as("SELECT * FROM runs WHERE state = $1 ORDER BY id")
                 .bind(state)
                 .fetch_all(&self.pool)
                 .await?,
@@ -176,7 +176,7 @@ impl Store {
     }
 
     pub async fn run(&self, id: i64) -> Result<Option<RunRow>> {
-        Ok(sqlx::query_as("SELECT * FROM runs WHERE id = ?")
+        Ok(sqlx::query_as("SELECT * FROM runs WHERE id = $1")
             .bind(id)
             .fetch_optional(&self.pool)
             .await?)
@@ -184,7 +184,7 @@ impl Store {
 
     /// The run queued for an event (a push or a pipeline request).
     pub async fn run_for_event(&self, event_id: i64) -> Result<Option<RunRow>> {
-        Ok(sqlx::query_as("SELECT * FROM runs WHERE event_id = ?")
+        Ok(sqlx::query_as("SELECT * FROM runs WHERE event_id = $1")
             .bind(event_id)
             .fetch_optional(&self.pool)
             .await?)
@@ -198,7 +198,7 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<RunRow>> {
         Ok(sqlx::query_as(
-            "SELECT * FROM runs WHERE repo_id = ? AND id < ? ORDER BY id DESC LIMIT ?",
+            "SELECT * FROM runs WHERE repo_id = $1 AND id < $2 ORDER BY id DESC LIMIT $3",
         )
         .bind(repo_id)
         .bind(before)
@@ -208,7 +208,7 @@ impl Store {
     }
 
     pub async fn start_run(&self, id: i64, vm_id: &str) -> Result<()> {
-        sqlx::query("UPDATE runs SET state = ?, vm_id = ?, started_at = ? WHERE id = ?")
+        sqlx::query("UPDATE runs SET state = $1, vm_id = $2, started_at = $3 WHERE id = $4")
             .bind(RunState::Running)
             .bind(vm_id)
             .bind(now())
@@ -222,14 +222,14 @@ impl Store {
     /// or were cut short: nobody sees a finished run with a pending step.
     pub async fn finish_run(&self, id: i64, state: RunState, error: Option<&str>) -> Result<()> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("UPDATE runs SET state = ?, error = ?, finished_at = ? WHERE id = ?")
+        sqlx::query("UPDATE runs SET state = $1, error = $2, finished_at = $3 WHERE id = $4")
             .bind(state)
             .bind(error)
             .bind(now())
             .bind(id)
             .execute(&mut *tx)
             .await?;
-        sqlx::query("UPDATE run_steps SET status = ? WHERE run_id = ? AND status IN (?, ?)")
+        sqlx::query("UPDATE run_steps SET status = $1 WHERE run_id = $2 AND status IN ($3, $4)")
             .bind(StepState::left_over_by(state))
             .bind(id)
             .bind(StepState::Pending)
@@ -244,7 +244,7 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         for (position, (name, command)) in steps.iter().enumerate() {
             sqlx::query(
-                "INSERT INTO run_steps (run_id, position, name, command, status) VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO run_steps (run_id, position, name, command, status) VALUES ($1, $2, $3, $4, $5)",
             )
             .bind(run_id)
             .bind(position as i64)
@@ -266,7 +266,7 @@ impl Store {
     ) -> Result<()> {
         let json = serde_json::to_string(analysis).unwrap_or_else(|_| "{}".into());
         sqlx::query(
-            "INSERT INTO run_analyses (run_id, analysis) VALUES (?, ?)
+            "INSERT INTO run_analyses (run_id, analysis) VALUES ($1, $2)
              ON CONFLICT (run_id) DO UPDATE SET analysis = excluded.analysis",
         )
         .bind(run_id)
@@ -280,7 +280,7 @@ impl Store {
     /// none ran.
     pub async fn run_analysis(&self, run_id: i64) -> Result<Option<crate::review::Analysis>> {
         let json: Option<String> =
-            sqlx::query_scalar("SELECT analysis FROM run_analyses WHERE run_id = ?")
+            sqlx::query_scalar("SELECT analysis FROM run_analyses WHERE run_id = $1")
                 .bind(run_id)
                 .fetch_optional(&self.pool)
                 .await?;
@@ -295,15 +295,16 @@ impl Store {
         repo_id: &str,
         run_id: i64,
     ) -> Result<Option<(String, String)>> {
-        Ok(sqlx::query_as(
-            "SELECT json_extract(payload, '$.review'), created_at FROM events
-             WHERE repo_id = ? AND kind = 'review.posted'
-               AND json_extract(payload, '$.run') = ?
-               AND json_extract(payload, '$.review') IS NOT NULL
+        let review = self.json_text("payload", "review");
+        Ok(sqlx::query_as(&format!(
+            "SELECT {review}, created_at FROM events
+             WHERE repo_id = $1 AND kind = 'review.posted'
+               AND {} = $2 AND {review} IS NOT NULL
              ORDER BY id DESC LIMIT 1",
-        )
+            self.json_text("payload", "run"),
+        ))
         .bind(repo_id)
-        .bind(run_id)
+        .bind(run_id.to_string())
         .fetch_optional(&self.pool)
         .await?)
     }
@@ -311,7 +312,7 @@ impl Store {
     pub async fn steps(&self, run_id: i64) -> Result<Vec<StepRow>> {
         Ok(sqlx::query_as(
             "SELECT position, name, command, status, exit_code, duration_ms, log FROM run_steps
-             WHERE run_id = ? ORDER BY position",
+             WHERE run_id = $1 ORDER BY position",
         )
         .bind(run_id)
         .fetch_all(&self.pool)
@@ -327,7 +328,7 @@ impl Store {
         duration_ms: Option<i64>,
     ) -> Result<()> {
         sqlx::query(
-            "UPDATE run_steps SET status = ?, exit_code = ?, duration_ms = ? WHERE run_id = ? AND position = ?",
+            "UPDATE run_steps SET status = $1, exit_code = $2, duration_ms = $3 WHERE run_id = $4 AND position = $5",
         )
         .bind(status)
         .bind(exit_code)
@@ -341,9 +342,10 @@ impl Store {
 
     /// Appends to a step's log, keeping its last [`MAX_STEP_LOG`] characters.
     pub async fn append_step_log(&self, run_id: i64, position: usize, text: &str) -> Result<()> {
-        sqlx::query(
-            "UPDATE run_steps SET log = substr(log || ?1, -?2) WHERE run_id = ?3 AND position = ?4",
-        )
+        sqlx::query(&format!(
+            "UPDATE run_steps SET log = {} WHERE run_id = $3 AND position = $4",
+            self.tail("log || $1", "$2")
+        ))
         .bind(text)
         .bind(MAX_STEP_LOG)
         .bind(run_id)
@@ -359,7 +361,7 @@ impl Store {
         repo_id: &str,
     ) -> Result<std::collections::HashMap<String, String>> {
         let rows: Vec<(String, String)> =
-            sqlx::query_as("SELECT branch, vm_id FROM branch_sandboxes WHERE repo_id = ?")
+            sqlx::query_as("SELECT branch, vm_id FROM branch_sandboxes WHERE repo_id = $1")
                 .bind(repo_id)
                 .fetch_all(&self.pool)
                 .await?;
@@ -372,7 +374,7 @@ impl Store {
         branch: &str,
     ) -> Result<Option<BranchSandbox>> {
         Ok(sqlx::query_as(
-            "SELECT vm_id, commit_id, install_hash FROM branch_sandboxes WHERE repo_id = ? AND branch = ?",
+            "SELECT vm_id, commit_id, install_hash FROM branch_sandboxes WHERE repo_id = $1 AND branch = $2",
         )
         .bind(repo_id)
         .bind(branch)
@@ -387,7 +389,7 @@ impl Store {
         sandbox: &BranchSandbox,
     ) -> Result<()> {
         sqlx::query(
-            "INSERT INTO branch_sandboxes (repo_id, branch, vm_id, commit_id, install_hash) VALUES (?, ?, ?, ?, ?)
+            "INSERT INTO branch_sandboxes (repo_id, branch, vm_id, commit_id, install_hash) VALUES ($1, $2, $3, $4, $5)
              ON CONFLICT (repo_id, branch) DO UPDATE SET vm_id = excluded.vm_id, commit_id = excluded.commit_id,
              install_hash = excluded.install_hash",
         )

@@ -56,7 +56,7 @@ impl Store {
         sqlx::query(
             "INSERT INTO snapshots (id, name, sandbox_id, backend, source_vm, repo_id, branch, vcpus,
                                     mem_mib, kept, note, build_hash, created_by, created_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
         )
         .bind(&row.id)
         .bind(&row.name)
@@ -79,20 +79,20 @@ impl Store {
 
     /// The snapshot named `key`, or whose id is `key`.
     pub async fn snapshot(&self, key: &str) -> Result<Option<SnapshotRow>> {
-        Ok(
-            sqlx::query_as("SELECT * FROM snapshots WHERE id = ? OR name = ? ORDER BY id = ? DESC")
-                .bind(key)
-                .bind(key)
-                .bind(key)
-                .fetch_optional(&self.pool)
-                .await?,
+        Ok(sqlx::query_as(
+            "SELECT * FROM snapshots WHERE id = $1 OR name = $2 ORDER BY id = $3 DESC",
         )
+        .bind(key)
+        .bind(key)
+        .bind(key)
+        .fetch_optional(&self.pool)
+        .await?)
     }
 
     /// Every snapshot, or those `created_by` made, oldest first.
     pub async fn snapshots(&self, created_by: Option<&str>) -> Result<Vec<SnapshotRow>> {
         Ok(sqlx::query_as(
-            "SELECT * FROM snapshots WHERE ?1 IS NULL OR created_by = ?1 ORDER BY created_at, id",
+            "SELECT * FROM snapshots WHERE $1 IS NULL OR created_by = $1 ORDER BY created_at, id",
         )
         .bind(created_by)
         .fetch_all(&self.pool)
@@ -102,7 +102,7 @@ impl Store {
     /// Whether sandbox `id` is a snapshot's.
     pub async fn is_snapshot_sandbox(&self, id: &str) -> Result<bool> {
         let found: Option<(String,)> =
-            sqlx::query_as("SELECT id FROM snapshots WHERE sandbox_id = ?")
+            sqlx::query_as("SELECT id FROM snapshots WHERE sandbox_id = $1")
                 .bind(id)
                 .fetch_optional(&self.pool)
                 .await?;
@@ -110,7 +110,7 @@ impl Store {
     }
 
     pub async fn delete_snapshot(&self, id: &str) -> Result<()> {
-        sqlx::query("DELETE FROM snapshots WHERE id = ?")
+        sqlx::query("DELETE FROM snapshots WHERE id = $1")
             .bind(id)
             .execute(&self.pool)
             .await?;
@@ -118,7 +118,7 @@ impl Store {
     }
 
     pub async fn template(&self, name: &str) -> Result<Option<TemplateRow>> {
-        Ok(sqlx::query_as("SELECT * FROM templates WHERE name = ?")
+        Ok(sqlx::query_as("SELECT * FROM templates WHERE name = $1")
             .bind(name)
             .fetch_optional(&self.pool)
             .await?)
@@ -132,7 +132,7 @@ impl Store {
 
     pub async fn template_build(&self, spec_hash: &str) -> Result<Option<TemplateBuildRow>> {
         Ok(
-            sqlx::query_as("SELECT * FROM template_builds WHERE spec_hash = ?")
+            sqlx::query_as("SELECT * FROM template_builds WHERE spec_hash = $1")
                 .bind(spec_hash)
                 .fetch_optional(&self.pool)
                 .await?,
@@ -156,10 +156,10 @@ impl Store {
         // failing the upgrade from a read.
         let mut tx = self.pool.begin().await?;
         let started = sqlx::query(
-            "INSERT INTO template_builds (spec_hash, state, started_at) VALUES (?1, ?2, ?3)
-             ON CONFLICT (spec_hash) DO UPDATE SET state = ?2, log = '', error = NULL,
-                 started_at = ?3, finished_at = NULL, build_ms = NULL, snapshot_id = NULL
-             WHERE template_builds.state = ?4",
+            "INSERT INTO template_builds (spec_hash, state, started_at) VALUES ($1, $2, $3)
+             ON CONFLICT (spec_hash) DO UPDATE SET state = $2, log = '', error = NULL,
+                 started_at = $3, finished_at = NULL, build_ms = NULL, snapshot_id = NULL
+             WHERE template_builds.state = $4",
         )
         .bind(&row.spec_hash)
         .bind(TemplateState::Building)
@@ -170,10 +170,10 @@ impl Store {
         let start = started.rows_affected() > 0;
         let written = sqlx::query(
             "INSERT INTO templates (name, spec, spec_hash, created_by, created_at, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             VALUES ($1, $2, $3, $4, $5, $6)
              ON CONFLICT (name) DO UPDATE SET spec = excluded.spec, spec_hash = excluded.spec_hash,
                                               updated_at = excluded.updated_at
-             WHERE templates.created_by = ?8 OR ?7",
+             WHERE templates.created_by = $8 OR $7",
         )
         .bind(&row.name)
         .bind(&row.spec)
@@ -196,7 +196,7 @@ impl Store {
     /// Templates token `token` made (the per-token cap).
     pub async fn count_templates_by(&self, token: &str) -> Result<i64> {
         let (count,): (i64,) =
-            sqlx::query_as("SELECT COUNT(*) FROM templates WHERE created_by = ?")
+            sqlx::query_as("SELECT COUNT(*) FROM templates WHERE created_by = $1")
                 .bind(token)
                 .fetch_one(&self.pool)
                 .await?;
@@ -207,7 +207,7 @@ impl Store {
     /// cap).
     pub async fn count_snapshots_by(&self, token: &str) -> Result<i64> {
         let (count,): (i64,) = sqlx::query_as(
-            "SELECT COUNT(*) FROM snapshots WHERE created_by = ? AND build_hash IS NULL",
+            "SELECT COUNT(*) FROM snapshots WHERE created_by = $1 AND build_hash IS NULL",
         )
         .bind(token)
         .fetch_one(&self.pool)
@@ -228,12 +228,15 @@ impl Store {
 
     /// Appends to a build's log, keeping its last [`MAX_BUILD_LOG_BYTES`].
     pub async fn append_build_log(&self, spec_hash: &str, text: &str) -> Result<()> {
-        sqlx::query("UPDATE template_builds SET log = substr(log || ?1, -?2) WHERE spec_hash = ?3")
-            .bind(text)
-            .bind(MAX_BUILD_LOG_BYTES as i64)
-            .bind(spec_hash)
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(&format!(
+            "UPDATE template_builds SET log = {} WHERE spec_hash = $3",
+            self.tail("log || $1", "$2")
+        ))
+        .bind(text)
+        .bind(MAX_BUILD_LOG_BYTES as i64)
+        .bind(spec_hash)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
@@ -249,9 +252,9 @@ impl Store {
             Err(error) => (TemplateState::Failed, None, Some(error)),
         };
         sqlx::query(
-            "UPDATE template_builds SET state = ?, snapshot_id = ?, error = ?, finished_at = ?,
-                                        build_ms = ?
-             WHERE spec_hash = ?",
+            "UPDATE template_builds SET state = $1, snapshot_id = $2, error = $3, finished_at = $4,
+                                        build_ms = $5
+             WHERE spec_hash = $6",
         )
         .bind(state)
         .bind(snapshot)
@@ -268,8 +271,8 @@ impl Store {
     /// sandbox is gone. Returns how many.
     pub async fn fail_interrupted_builds(&self) -> Result<u64> {
         let done = sqlx::query(
-            "UPDATE template_builds SET state = ?, error = 'the forge stopped during the build'
-             WHERE state = ?",
+            "UPDATE template_builds SET state = $1, error = 'the forge stopped during the build'
+             WHERE state = $2",
         )
         .bind(TemplateState::Failed)
         .bind(TemplateState::Building)
@@ -285,7 +288,7 @@ impl Store {
         // A write first, as in `put_template`.
         let mut tx = self.pool.begin().await?;
         let Some((hash,)): Option<(String,)> =
-            sqlx::query_as("DELETE FROM templates WHERE name = ? RETURNING spec_hash")
+            sqlx::query_as("DELETE FROM templates WHERE name = $1 RETURNING spec_hash")
                 .bind(name)
                 .fetch_optional(&mut *tx)
                 .await?
@@ -293,7 +296,7 @@ impl Store {
             return Ok(None);
         };
         let (others,): (i64,) =
-            sqlx::query_as("SELECT COUNT(*) FROM templates WHERE spec_hash = ?")
+            sqlx::query_as("SELECT COUNT(*) FROM templates WHERE spec_hash = $1")
                 .bind(&hash)
                 .fetch_one(&mut *tx)
                 .await?;
@@ -301,12 +304,12 @@ impl Store {
         if others == 0 {
             snapshot = sqlx::query_as(
                 "SELECT snapshots.* FROM snapshots JOIN template_builds
-                   ON template_builds.snapshot_id = snapshots.id WHERE template_builds.spec_hash = ?",
+                   ON template_builds.snapshot_id = snapshots.id WHERE template_builds.spec_hash = $1",
             )
             .bind(&hash)
             .fetch_optional(&mut *tx)
             .await?;
-            sqlx::query("DELETE FROM template_builds WHERE spec_hash = ? AND state != ?")
+            sqlx::query("DELETE FROM template_builds WHERE spec_hash = $1 AND state != $2")
                 .bind(&hash)
                 .bind(TemplateState::Building)
                 .execute(&mut *tx)
@@ -319,7 +322,7 @@ impl Store {
     /// The name of a template built by `spec_hash` (the first by name).
     pub async fn template_of_build(&self, spec_hash: &str) -> Result<Option<String>> {
         let found: Option<(String,)> =
-            sqlx::query_as("SELECT name FROM templates WHERE spec_hash = ? ORDER BY name LIMIT 1")
+            sqlx::query_as("SELECT name FROM templates WHERE spec_hash = $1 ORDER BY name LIMIT 1")
                 .bind(spec_hash)
                 .fetch_optional(&self.pool)
                 .await?;
@@ -330,7 +333,7 @@ impl Store {
     /// while they built), with their snapshots.
     pub async fn orphan_builds(&self) -> Result<Vec<TemplateBuildRow>> {
         Ok(sqlx::query_as(
-            "SELECT * FROM template_builds WHERE state != ? AND NOT EXISTS
+            "SELECT * FROM template_builds WHERE state != $1 AND NOT EXISTS
                (SELECT 1 FROM templates WHERE templates.spec_hash = template_builds.spec_hash)",
         )
         .bind(TemplateState::Building)
@@ -339,7 +342,7 @@ impl Store {
     }
 
     pub async fn delete_build(&self, spec_hash: &str) -> Result<()> {
-        sqlx::query("DELETE FROM template_builds WHERE spec_hash = ?")
+        sqlx::query("DELETE FROM template_builds WHERE spec_hash = $1")
             .bind(spec_hash)
             .execute(&self.pool)
             .await?;

@@ -48,7 +48,7 @@ impl Store {
 
     async fn insert_token_of(&self, token: &NewToken<'_>, vm_id: Option<&str>) -> Result<TokenRow> {
         sqlx::query(
-            "INSERT INTO tokens (id, name, secret_hash, scopes, repo_id, vm_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO tokens (id, name, secret_hash, scopes, repo_id, vm_id, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(token.id)
         .bind(token.name)
@@ -67,7 +67,7 @@ impl Store {
 
     pub async fn token_by_id(&self, id: &str) -> Result<Option<TokenRow>> {
         Ok(
-            sqlx::query_as(&format!("SELECT {COLUMNS} FROM tokens WHERE id = ?"))
+            sqlx::query_as(&format!("SELECT {COLUMNS} FROM tokens WHERE id = $1"))
                 .bind(id)
                 .fetch_optional(&self.pool)
                 .await?,
@@ -80,7 +80,7 @@ impl Store {
     /// time would cost more than the request).
     pub async fn use_token(&self, secret_hash: &str) -> Result<Option<TokenRow>> {
         let found: Option<TokenRow> = sqlx::query_as(&format!(
-            "SELECT {COLUMNS} FROM tokens WHERE secret_hash = ? AND revoked_at IS NULL"
+            "SELECT {COLUMNS} FROM tokens WHERE secret_hash = $1 AND revoked_at IS NULL"
         ))
         .bind(secret_hash)
         .fetch_optional(&self.pool)
@@ -96,7 +96,7 @@ impl Store {
             return Ok(Some(token));
         }
         Ok(sqlx::query_as(&format!(
-            "UPDATE tokens SET last_used_at = ? WHERE secret_hash = ? AND revoked_at IS NULL RETURNING {COLUMNS}"
+            "UPDATE tokens SET last_used_at = $1 WHERE secret_hash = $2 AND revoked_at IS NULL RETURNING {COLUMNS}"
         ))
         .bind(now())
         .bind(secret_hash)
@@ -115,7 +115,7 @@ impl Store {
     /// Marks a token revoked; `false` when no live token has that id.
     pub async fn revoke_token(&self, id: &str) -> Result<bool> {
         let done =
-            sqlx::query("UPDATE tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL")
+            sqlx::query("UPDATE tokens SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
                 .bind(now())
                 .bind(id)
                 .execute(&self.pool)

@@ -16,6 +16,7 @@ pub struct VmRow {
     pub parent_id: Option<String>,
     pub vcpus: i64,
     pub mem_mib: i64,
+    #[sqlx(try_from = "super::Flag")]
     pub persistent: bool,
     pub idle_timeout_secs: Option<i64>,
     pub created_by: Option<String>,
@@ -82,7 +83,7 @@ impl Store {
             "INSERT INTO vms (id, backend, state, repo_id, branch, parent_id, vcpus, mem_mib, persistent,
                               idle_timeout_secs, created_by, created_at, last_active_unix, labels,
                               expires_unix, snapshot_id, template, workdir)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
         )
         .bind(&vm.id)
         .bind(&vm.backend)
@@ -108,7 +109,7 @@ impl Store {
     }
 
     pub async fn vm(&self, id: &str) -> Result<Option<VmRow>> {
-        Ok(sqlx::query_as("SELECT * FROM vms WHERE id = ?")
+        Ok(sqlx::query_as("SELECT * FROM vms WHERE id = $1")
             .bind(id)
             .fetch_optional(&self.pool)
             .await?)
@@ -122,52 +123,55 @@ impl Store {
 
     /// A page of VMs matching `filter`, in creation order.
     pub async fn find_vms(&self, filter: &VmFilter) -> Result<Vec<VmRow>> {
-        let mut query = sqlx::QueryBuilder::new("SELECT * FROM vms WHERE 1 = 1");
+        let mut query = super::Sql::new("SELECT * FROM vms WHERE 1 = 1");
+        let labels = match self.dialect() {
+            super::Dialect::Sqlite => "json_each(vms.labels)",
+            super::Dialect::Postgres => "jsonb_each_text(vms.labels::jsonb)",
+        };
         for (key, value) in &filter.labels {
-            query.push(" AND EXISTS (SELECT 1 FROM json_each(vms.labels) WHERE json_each.key = ");
-            query.push_bind(key.clone());
+            query.push(&format!(
+                " AND EXISTS (SELECT 1 FROM {labels} AS l WHERE l.key = "
+            ));
+            query.bind(key.clone())?;
             if let Some(value) = value {
-                query.push(" AND json_each.value = ");
-                query.push_bind(value.clone());
+                query.push(" AND l.value = ").bind(value.clone())?;
             }
             query.push(")");
         }
         if let Some(state) = filter.state {
-            query.push(" AND state = ").push_bind(state);
+            query.push(" AND state = ").bind(state)?;
         }
         if let Some(repo_id) = &filter.repo_id {
-            query.push(" AND repo_id = ").push_bind(repo_id.clone());
+            query.push(" AND repo_id = ").bind(repo_id.clone())?;
         }
         if let Some(who) = &filter.visible_to {
-            query
-                .push(" AND (created_by = ")
-                .push_bind(who.token.clone());
+            query.push(" AND (created_by = ").bind(who.token.clone())?;
             if let Some(repo_id) = &who.admin_of {
-                query.push(" OR repo_id = ").push_bind(repo_id.clone());
+                query.push(" OR repo_id = ").bind(repo_id.clone())?;
             }
             query.push(")");
         }
         if let Some((created_at, id)) = &filter.after {
             query
                 .push(" AND (created_at, id) > (")
-                .push_bind(created_at.clone())
-                .push(", ")
-                .push_bind(id.clone())
-                .push(")");
+                .bind(created_at.clone())?;
+            query.push(", ").bind(id.clone())?.push(")");
         }
         query
             .push(" ORDER BY created_at, id LIMIT ")
-            .push_bind(filter.limit);
-        Ok(query.build_query_as().fetch_all(&self.pool).await?)
+            .bind(filter.limit)?;
+        Ok(sqlx::query_as_with(&query.text, query.arguments)
+            .fetch_all(&self.pool)
+            .await?)
     }
 
     /// Hands a pooled VM to its user: its creator, settings and creation
     /// time become theirs.
     pub async fn adopt_vm(&self, vm: &VmRow) -> Result<()> {
         sqlx::query(
-            "UPDATE vms SET created_by = ?, persistent = ?, idle_timeout_secs = ?, labels = ?,
-                            expires_unix = ?, created_at = ?, last_active_unix = ?, state = ?
-             WHERE id = ?",
+            "UPDATE vms SET created_by = $1, persistent = $2, idle_timeout_secs = $3, labels = $4,
+                            expires_unix = $5, created_at = $6, last_active_unix = $7, state = $8
+             WHERE id = $9",
         )
         .bind(&vm.created_by)
         .bind(vm.persistent)
@@ -185,7 +189,7 @@ impl Store {
 
     /// VMs created by token `token` (the pool's, at start-up).
     pub async fn vms_created_by(&self, token: &str) -> Result<Vec<VmRow>> {
-        Ok(sqlx::query_as("SELECT * FROM vms WHERE created_by = ?")
+        Ok(sqlx::query_as("SELECT * FROM vms WHERE created_by = $1")
             .bind(token)
             .fetch_all(&self.pool)
             .await?)
@@ -194,7 +198,7 @@ impl Store {
     /// Sets (or, with `None`, clears) VM `id`'s deadline; false when the
     /// VM is gone.
     pub async fn set_vm_expiry(&self, id: &str, expires_unix: Option<i64>) -> Result<bool> {
-        let done = sqlx::query("UPDATE vms SET expires_unix = ? WHERE id = ?")
+        let done = sqlx::query("UPDATE vms SET expires_unix = $1 WHERE id = $2")
             .bind(expires_unix)
             .bind(id)
             .execute(&self.pool)
@@ -204,18 +208,16 @@ impl Store {
 
     /// VMs whose deadline has passed at `now`.
     pub async fn expired_vms(&self, now: i64) -> Result<Vec<VmRow>> {
-        Ok(
-            sqlx::query_as(
-                "SELECT * FROM vms WHERE expires_unix IS NOT NULL AND expires_unix <= ?",
-            )
-            .bind(now)
-            .fetch_all(&self.pool)
-            .await?,
+        Ok(sqlx::query_as(
+            "SELECT * FROM vms WHERE expires_unix IS NOT NULL AND expires_unix <= $1",
         )
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     pub async fn set_vm_state(&self, id: &str, state: VmState) -> Result<()> {
-        sqlx::query("UPDATE vms SET state = ? WHERE id = ?")
+        sqlx::query("UPDATE vms SET state = $1 WHERE id = $2")
             .bind(state)
             .bind(id)
             .execute(&self.pool)
@@ -227,7 +229,7 @@ impl Store {
     /// serves none, or is gone, or belongs to another repository.
     pub async fn vm_branch(&self, id: &str, repo_id: &str) -> Result<Option<String>> {
         let row: Option<(Option<String>,)> =
-            sqlx::query_as("SELECT branch FROM vms WHERE id = ? AND repo_id = ?")
+            sqlx::query_as("SELECT branch FROM vms WHERE id = $1 AND repo_id = $2")
                 .bind(id)
                 .bind(repo_id)
                 .fetch_optional(&self.pool)
@@ -237,7 +239,7 @@ impl Store {
 
     /// Names the branch a VM serves (a fork inherits its parent's until then).
     pub async fn set_vm_branch(&self, id: &str, branch: &str) -> Result<()> {
-        sqlx::query("UPDATE vms SET branch = ? WHERE id = ?")
+        sqlx::query("UPDATE vms SET branch = $1 WHERE id = $2")
             .bind(branch)
             .bind(id)
             .execute(&self.pool)
@@ -247,7 +249,7 @@ impl Store {
 
     /// Records traffic (exec, files, preview), which defers the idle timeout.
     pub async fn touch_vm(&self, id: &str) -> Result<()> {
-        sqlx::query("UPDATE vms SET last_active_unix = ? WHERE id = ?")
+        sqlx::query("UPDATE vms SET last_active_unix = $1 WHERE id = $2")
             .bind(unix_now())
             .bind(id)
             .execute(&self.pool)
@@ -258,7 +260,7 @@ impl Store {
     /// Sets when the VM was last used, as if its traffic had been then.
     #[cfg(test)]
     pub async fn set_last_active(&self, id: &str, unix: i64) -> Result<()> {
-        sqlx::query("UPDATE vms SET last_active_unix = ? WHERE id = ?")
+        sqlx::query("UPDATE vms SET last_active_unix = $1 WHERE id = $2")
             .bind(unix)
             .bind(id)
             .execute(&self.pool)
@@ -267,7 +269,7 @@ impl Store {
     }
 
     pub async fn delete_vm(&self, id: &str) -> Result<()> {
-        sqlx::query("DELETE FROM vms WHERE id = ?")
+        sqlx::query("DELETE FROM vms WHERE id = $1")
             .bind(id)
             .execute(&self.pool)
             .await?;
@@ -277,8 +279,8 @@ impl Store {
     /// Running VMs whose idle timeout has passed at `now`.
     pub async fn idle_vms(&self, now: i64) -> Result<Vec<VmRow>> {
         Ok(sqlx::query_as(
-            "SELECT * FROM vms WHERE state IN (?, ?) AND idle_timeout_secs IS NOT NULL
-               AND last_active_unix + idle_timeout_secs <= ?",
+            "SELECT * FROM vms WHERE state IN ($1, $2) AND idle_timeout_secs IS NOT NULL
+               AND last_active_unix + idle_timeout_secs <= $3",
         )
         .bind(VmState::LIVE[0])
         .bind(VmState::LIVE[1])
@@ -298,7 +300,7 @@ impl Store {
 
     /// How many VMs hold resources (running or paused in memory).
     pub async fn count_live_vms(&self) -> Result<i64> {
-        let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM vms WHERE state IN (?, ?)")
+        let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM vms WHERE state IN ($1, $2)")
             .bind(VmState::LIVE[0])
             .bind(VmState::LIVE[1])
             .fetch_one(&self.pool)
@@ -309,7 +311,7 @@ impl Store {
     /// Live VMs (running or paused in memory) and the memory they were given.
     pub async fn live_vm_usage(&self) -> Result<(i64, i64)> {
         let usage: (i64, i64) = sqlx::query_as(
-            "SELECT COUNT(*), COALESCE(SUM(mem_mib), 0) FROM vms WHERE state IN (?, ?)",
+            "SELECT COUNT(*), CAST(COALESCE(SUM(mem_mib), 0) AS BIGINT) FROM vms WHERE state IN ($1, $2)",
         )
         .bind(VmState::LIVE[0])
         .bind(VmState::LIVE[1])
@@ -321,7 +323,7 @@ impl Store {
     /// Live VMs (running or paused in memory) created by `token`.
     pub async fn count_live_vms_by(&self, token: &str) -> Result<i64> {
         let (count,): (i64,) =
-            sqlx::query_as("SELECT COUNT(*) FROM vms WHERE state IN (?, ?) AND created_by = ?")
+            sqlx::query_as("SELECT COUNT(*) FROM vms WHERE state IN ($1, $2) AND created_by = $3")
                 .bind(VmState::LIVE[0])
                 .bind(VmState::LIVE[1])
                 .bind(token)

@@ -18,6 +18,7 @@ pub struct WebhookRow {
     pub events: String,
     pub branches: String,
     pub paths: String,
+    #[sqlx(try_from = "super::Flag")]
     pub active: bool,
     pub secret: String,
     pub previous_secret: Option<String>,
@@ -84,6 +85,7 @@ pub struct AttemptRow {
     pub response_status: Option<i64>,
     pub response_headers: String,
     pub response_body: Vec<u8>,
+    #[sqlx(try_from = "super::Flag")]
     pub response_body_truncated: bool,
     pub error: Option<String>,
     pub next_attempt_at: Option<i64>,
@@ -149,7 +151,7 @@ impl Store {
         let at = now();
         Ok(sqlx::query_as(&format!(
             "INSERT INTO webhooks (id, repo_id, url, events, branches, paths, active, secret, after_event_id, created_at, updated_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, (SELECT COALESCE(MAX(id), 0) FROM events), ?, ?)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, (SELECT COALESCE(MAX(id), 0) FROM events), $9, $10)
              RETURNING {HOOK_COLUMNS}"
         ))
         .bind(hook.id)
@@ -169,7 +171,7 @@ impl Store {
     /// Webhook `id` of repository `repo_id` (`None`: a forge-wide one).
     pub async fn webhook(&self, repo_id: Option<&str>, id: &str) -> Result<Option<WebhookRow>> {
         Ok(sqlx::query_as(&format!(
-            "SELECT {HOOK_COLUMNS} FROM webhooks WHERE repo_id IS ? AND id = ?"
+            "SELECT {HOOK_COLUMNS} FROM webhooks WHERE repo_id IS NOT DISTINCT FROM $1 AND id = $2"
         ))
         .bind(repo_id)
         .bind(id)
@@ -180,7 +182,7 @@ impl Store {
     /// The webhooks of repository `repo_id` (`None`: the forge-wide ones).
     pub async fn list_webhooks(&self, repo_id: Option<&str>) -> Result<Vec<WebhookRow>> {
         Ok(sqlx::query_as(&format!(
-            "SELECT {HOOK_COLUMNS} FROM webhooks WHERE repo_id IS ? ORDER BY created_at, id"
+            "SELECT {HOOK_COLUMNS} FROM webhooks WHERE repo_id IS NOT DISTINCT FROM $1 ORDER BY created_at, id"
         ))
         .bind(repo_id)
         .fetch_all(&self.pool)
@@ -198,20 +200,20 @@ impl Store {
             Some((secret, until)) => (Some(secret.as_str()), Some(*until)),
             None => (None, None),
         };
-        // SQLite evaluates every SET expression against the old row, so
+        // SQLite and PostgreSQL evaluate every SET expression against the old row, so
         // `previous_secret = secret` keeps the secret being replaced.
         Ok(sqlx::query_as(&format!(
             "UPDATE webhooks SET
-                url = COALESCE(?1, url), events = COALESCE(?2, events),
-                branches = COALESCE(?3, branches), paths = COALESCE(?4, paths),
-                active = COALESCE(?5, active),
-                consecutive_failures = CASE WHEN ?5 = 1 THEN 0 ELSE consecutive_failures END,
-                disabled_reason = CASE WHEN ?5 = 1 THEN NULL ELSE disabled_reason END,
-                previous_secret = CASE WHEN ?6 IS NULL THEN previous_secret ELSE secret END,
-                previous_secret_until = CASE WHEN ?6 IS NULL THEN previous_secret_until ELSE ?7 END,
-                secret = COALESCE(?6, secret),
-                revision = revision + 1, updated_at = ?8
-             WHERE repo_id IS ?9 AND id = ?10 RETURNING {HOOK_COLUMNS}"
+                url = COALESCE($1, url), events = COALESCE($2, events),
+                branches = COALESCE($3, branches), paths = COALESCE($4, paths),
+                active = COALESCE($5, active),
+                consecutive_failures = CASE WHEN $5 = TRUE THEN 0 ELSE consecutive_failures END,
+                disabled_reason = CASE WHEN $5 = TRUE THEN NULL ELSE disabled_reason END,
+                previous_secret = CASE WHEN $6 IS NULL THEN previous_secret ELSE secret END,
+                previous_secret_until = CASE WHEN $6 IS NULL THEN previous_secret_until ELSE $7 END,
+                secret = COALESCE($6, secret),
+                revision = revision + 1, updated_at = $8
+             WHERE repo_id IS NOT DISTINCT FROM $9 AND id = $10 RETURNING {HOOK_COLUMNS}"
         ))
         .bind(&change.url)
         .bind(&change.events)
@@ -229,11 +231,12 @@ impl Store {
 
     /// Deletes a subscription with its deliveries; whether it existed.
     pub async fn delete_webhook(&self, repo_id: Option<&str>, id: &str) -> Result<bool> {
-        let done = sqlx::query("DELETE FROM webhooks WHERE repo_id IS ? AND id = ?")
-            .bind(repo_id)
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
+        let done =
+            sqlx::query("DELETE FROM webhooks WHERE repo_id IS NOT DISTINCT FROM $1 AND id = $2")
+                .bind(repo_id)
+                .bind(id)
+                .execute(&self.pool)
+                .await?;
         Ok(done.rows_affected() > 0)
     }
 
@@ -269,7 +272,7 @@ impl Store {
         // A write first: the transaction takes the write lock now, so what
         // it reads next cannot change before it commits.
         let moved = sqlx::query(
-            "UPDATE webhook_cursor SET last_event_id = ? WHERE id = 1 AND last_event_id = ?",
+            "UPDATE webhook_cursor SET last_event_id = $1 WHERE id = 1 AND last_event_id = $2",
         )
         .bind(last)
         .bind(cursor)
@@ -286,7 +289,7 @@ impl Store {
             // ones; an event of no repository reaches only the latter.
             let hooks: Vec<WebhookRow> = sqlx::query_as(&format!(
                 "SELECT {HOOK_COLUMNS} FROM webhooks
-                 WHERE (repo_id = ? OR repo_id IS NULL) AND active = 1 AND after_event_id < ? ORDER BY id"
+                 WHERE (repo_id = $1 OR repo_id IS NULL) AND active = TRUE AND after_event_id < $2 ORDER BY id"
             ))
             .bind(&event.repo_id)
             .bind(event.id)
@@ -297,8 +300,8 @@ impl Store {
             }
             for delivery in fan_out(event, &hooks) {
                 let done = sqlx::query(
-                    "INSERT OR IGNORE INTO webhook_deliveries (id, webhook_id, event_id, event_type, body, next_attempt_at, created_at)
-                     VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO webhook_deliveries (id, webhook_id, event_id, event_type, body, next_attempt_at, created_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
                 )
                 .bind(&delivery.id)
                 .bind(&delivery.webhook_id)
@@ -329,7 +332,7 @@ impl Store {
     pub async fn insert_delivery(&self, delivery: &NewDeliveryRow<'_>) -> Result<()> {
         sqlx::query(
             "INSERT INTO webhook_deliveries (id, webhook_id, event_id, event_type, body, next_attempt_at, created_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(delivery.id)
         .bind(delivery.webhook_id)
@@ -357,23 +360,35 @@ impl Store {
 
     /// Leases up to `limit` due deliveries until `lease_until`: the oldest
     /// due one of each active subscription that has none leased. One
-    /// statement, so no delivery is leased twice.
+    /// statement, so no delivery is leased twice; on PostgreSQL it locks
+    /// the rows it takes and passes over those another process is taking
+    /// (`FOR UPDATE SKIP LOCKED`), and re-checks a row that process leased
+    /// meanwhile, so processes sharing the database never lease one
+    /// delivery, or two of one subscription, at once.
     pub async fn claim_deliveries(
         &self,
         now: i64,
         limit: i64,
         lease_until: i64,
     ) -> Result<Vec<ClaimedDelivery>> {
-        let deliveries: Vec<DeliveryRow> = sqlx::query_as(
-            "UPDATE webhook_deliveries SET lease_until = ?1 WHERE seq IN (
-                SELECT MIN(d.seq) FROM webhook_deliveries d JOIN webhooks w ON w.id = d.webhook_id
-                WHERE d.status = ?4 AND d.next_attempt_at <= ?2
-                  AND (d.lease_until IS NULL OR d.lease_until <= ?2) AND w.active = 1
+        let lock = match self.dialect() {
+            super::Dialect::Sqlite => "",
+            super::Dialect::Postgres => "FOR UPDATE OF d SKIP LOCKED",
+        };
+        let deliveries: Vec<DeliveryRow> = sqlx::query_as(&format!(
+            "UPDATE webhook_deliveries SET lease_until = $1
+             WHERE (lease_until IS NULL OR lease_until <= $2) AND seq IN (
+                SELECT d.seq FROM webhook_deliveries d JOIN webhooks w ON w.id = d.webhook_id
+                WHERE d.status = $4 AND d.next_attempt_at <= $2
+                  AND (d.lease_until IS NULL OR d.lease_until <= $2) AND w.active = TRUE
                   AND NOT EXISTS (SELECT 1 FROM webhook_deliveries o WHERE o.webhook_id = d.webhook_id
-                                  AND o.status = ?4 AND o.lease_until > ?2)
-                GROUP BY d.webhook_id ORDER BY MIN(d.seq) LIMIT ?3)
+                                  AND o.status = $4 AND o.lease_until > $2)
+                  AND NOT EXISTS (SELECT 1 FROM webhook_deliveries e WHERE e.webhook_id = d.webhook_id
+                                  AND e.status = $4 AND e.next_attempt_at <= $2
+                                  AND (e.lease_until IS NULL OR e.lease_until <= $2) AND e.seq < d.seq)
+                ORDER BY d.seq LIMIT $3 {lock})
              RETURNING *",
-        )
+        ))
         .bind(lease_until)
         .bind(now)
         .bind(limit)
@@ -382,11 +397,12 @@ impl Store {
         .await?;
         let mut claimed = Vec::with_capacity(deliveries.len());
         for delivery in deliveries {
-            let webhook: Option<WebhookRow> =
-                sqlx::query_as(&format!("SELECT {HOOK_COLUMNS} FROM webhooks WHERE id = ?"))
-                    .bind(&delivery.webhook_id)
-                    .fetch_optional(&self.pool)
-                    .await?;
+            let webhook: Option<WebhookRow> = sqlx::query_as(&format!(
+                "SELECT {HOOK_COLUMNS} FROM webhooks WHERE id = $1"
+            ))
+            .bind(&delivery.webhook_id)
+            .fetch_optional(&self.pool)
+            .await?;
             if let Some(webhook) = webhook {
                 claimed.push(ClaimedDelivery { delivery, webhook });
             }
@@ -405,9 +421,9 @@ impl Store {
     ) -> Result<u32> {
         let mut tx = self.pool.begin().await?;
         let (attempts, webhook_id): (i64, String) = sqlx::query_as(
-            "UPDATE webhook_deliveries SET attempts = attempts + 1, status = ?, lease_until = NULL,
-                next_attempt_at = COALESCE(?, next_attempt_at)
-             WHERE id = ? RETURNING attempts, webhook_id",
+            "UPDATE webhook_deliveries SET attempts = attempts + 1, status = $1, lease_until = NULL,
+                next_attempt_at = COALESCE($2, next_attempt_at)
+             WHERE id = $3 RETURNING attempts, webhook_id",
         )
         .bind(outcome.status)
         .bind(outcome.next_attempt_at)
@@ -417,7 +433,7 @@ impl Store {
         sqlx::query(
             "INSERT INTO webhook_attempts (delivery_id, attempt, started_at, duration_ms, request_headers,
                 response_status, response_headers, response_body, response_body_truncated, error, next_attempt_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
         )
         .bind(delivery_id)
         .bind(attempts)
@@ -433,8 +449,8 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         let (failures,): (i64,) = sqlx::query_as(
-            "UPDATE webhooks SET consecutive_failures = CASE WHEN ? THEN 0 ELSE consecutive_failures + 1 END
-             WHERE id = ? RETURNING consecutive_failures",
+            "UPDATE webhooks SET consecutive_failures = CASE WHEN $1 THEN 0 ELSE consecutive_failures + 1 END
+             WHERE id = $2 RETURNING consecutive_failures",
         )
         .bind(outcome.success)
         .bind(&webhook_id)
@@ -450,8 +466,8 @@ impl Store {
     pub async fn disable_webhook(&self, id: &str, reason: &str) -> Result<Option<EventRow>> {
         let mut tx = self.pool.begin().await?;
         let hook: Option<(Option<String>, String)> = sqlx::query_as(
-            "UPDATE webhooks SET active = 0, disabled_reason = ?, revision = revision + 1, updated_at = ?
-             WHERE id = ? AND active = 1 RETURNING repo_id, url",
+            "UPDATE webhooks SET active = FALSE, disabled_reason = $1, revision = revision + 1, updated_at = $2
+             WHERE id = $3 AND active = TRUE RETURNING repo_id, url",
         )
         .bind(reason)
         .bind(now())
@@ -462,8 +478,8 @@ impl Store {
             return Ok(None);
         };
         sqlx::query(
-            "UPDATE webhook_deliveries SET status = ?, lease_until = NULL
-             WHERE webhook_id = ? AND status = ?",
+            "UPDATE webhook_deliveries SET status = $1, lease_until = NULL
+             WHERE webhook_id = $2 AND status = $3",
         )
         .bind(DeliveryState::Failed)
         .bind(id)
@@ -473,7 +489,7 @@ impl Store {
         let payload = serde_json::json!({ "webhook_id": id, "url": url, "reason": reason });
         let event: EventRow = sqlx::query_as(
             "INSERT INTO events (repo_id, repo_name, kind, ref_name, actor, payload, created_at)
-             VALUES (?1, (SELECT owner || '/' || name FROM repos WHERE id = ?1), 'webhook.disabled', NULL, NULL, ?2, ?3)
+             VALUES ($1, (SELECT owner || '/' || name FROM repos WHERE id = $1), 'webhook.disabled', NULL, NULL, $2, $3)
              RETURNING *",
         )
         .bind(&repo_id)
@@ -494,8 +510,8 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<DeliveryRow>> {
         Ok(sqlx::query_as(
-            "SELECT * FROM webhook_deliveries WHERE webhook_id = ?1 AND (?2 IS NULL OR seq < ?2)
-             ORDER BY seq DESC LIMIT ?3",
+            "SELECT * FROM webhook_deliveries WHERE webhook_id = $1 AND ($2 IS NULL OR seq < $2)
+             ORDER BY seq DESC LIMIT $3",
         )
         .bind(webhook_id)
         .bind(before)
@@ -506,7 +522,7 @@ impl Store {
 
     pub async fn delivery(&self, webhook_id: &str, id: &str) -> Result<Option<DeliveryRow>> {
         Ok(
-            sqlx::query_as("SELECT * FROM webhook_deliveries WHERE webhook_id = ? AND id = ?")
+            sqlx::query_as("SELECT * FROM webhook_deliveries WHERE webhook_id = $1 AND id = $2")
                 .bind(webhook_id)
                 .bind(id)
                 .fetch_optional(&self.pool)
@@ -519,7 +535,7 @@ impl Store {
         Ok(sqlx::query_as(
             "SELECT delivery_id, attempt, started_at, duration_ms, request_headers, response_status,
                     response_headers, response_body, response_body_truncated, error, next_attempt_at
-             FROM webhook_attempts WHERE delivery_id = ? ORDER BY attempt",
+             FROM webhook_attempts WHERE delivery_id = $1 ORDER BY attempt",
         )
         .bind(delivery_id)
         .fetch_all(&self.pool)
@@ -531,8 +547,8 @@ impl Store {
     pub async fn redeliver(&self, webhook_id: &str, id: &str) -> Result<Redelivery> {
         let now = now_ms();
         let done = sqlx::query(
-            "UPDATE webhook_deliveries SET status = ?, next_attempt_at = ?, schedule_base = attempts
-             WHERE webhook_id = ? AND id = ? AND (lease_until IS NULL OR lease_until <= ?)",
+            "UPDATE webhook_deliveries SET status = $1, next_attempt_at = $2, schedule_base = attempts
+             WHERE webhook_id = $3 AND id = $4 AND (lease_until IS NULL OR lease_until <= $5)",
         )
         .bind(DeliveryState::Pending)
         .bind(now)
@@ -566,7 +582,7 @@ mod tests {
     use crate::store::{NewEvent, RepoRow};
 
     async fn store_with_hook(dir: &std::path::Path) -> (Store, WebhookRow) {
-        let store = Store::open(&dir.join("forge.db")).await.expect("open");
+        let store = Store::open_for_test(dir).await;
         store
             .insert_repo(&RepoRow {
                 id: "r1".into(),
@@ -578,19 +594,24 @@ mod tests {
             .await
             .expect("repo");
         let hook = store
-            .insert_webhook(&NewWebhook {
-                id: "wh_1",
-                repo_id: Some("r1"),
-                url: "http://127.0.0.1:9/",
-                events: "[\"push\"]",
-                branches: "[]",
-                paths: "[]",
-                active: true,
-                secret: "0123456789",
-            })
+            .insert_webhook(&push_hook("wh_1"))
             .await
             .expect("hook");
         (store, hook)
+    }
+
+    /// An active subscription `id` of repository `r1` to pushes.
+    fn push_hook(id: &str) -> NewWebhook<'_> {
+        NewWebhook {
+            id,
+            repo_id: Some("r1"),
+            url: "http://127.0.0.1:9/",
+            events: "[\"push\"]",
+            branches: "[]",
+            paths: "[]",
+            active: true,
+            secret: "0123456789",
+        }
     }
 
     fn push() -> NewEvent {
@@ -599,6 +620,111 @@ mod tests {
             ref_name: Some("refs/heads/main".into()),
             payload: serde_json::json!({}),
         }
+    }
+
+    /// Four claimers on two handles (two processes' pools) drain 120
+    /// deliveries of four subscriptions: each delivery is leased exactly
+    /// once, and never two of one subscription at a time.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn processes_sharing_the_database_never_lease_a_delivery_twice() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, _) = store_with_hook(dir.path()).await;
+        for n in 2..=4 {
+            store
+                .insert_webhook(&push_hook(&format!("wh_{n}")))
+                .await
+                .expect("hook");
+        }
+        let events = store
+            .insert_events("r1", "acme/web", None, &vec![push(); 30])
+            .await
+            .expect("events");
+        let cursor = store.webhook_cursor().await.expect("cursor");
+        store
+            .consume_events(cursor, &events, |event, hooks| {
+                hooks
+                    .iter()
+                    .map(|h| NewDeliveryOwned {
+                        id: format!("msg_{}_{}", h.id, event.id),
+                        webhook_id: h.id.clone(),
+                        event_type: "push".into(),
+                        body: std::sync::Arc::from(&b"{}"[..]),
+                    })
+                    .collect()
+            })
+            .await
+            .expect("consume");
+        let other = store.reopen().await;
+
+        let in_flight =
+            std::sync::Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
+        let mut claimers = Vec::new();
+        for store in [store.clone(), other.clone(), store.clone(), other] {
+            let in_flight = in_flight.clone();
+            claimers.push(tokio::spawn(async move {
+                let mut taken = Vec::new();
+                let mut idle = 0;
+                while idle < 20 {
+                    let now = now_ms();
+                    let claimed = store
+                        .claim_deliveries(now, 3, now + 60_000)
+                        .await
+                        .expect("claim");
+                    if claimed.is_empty() {
+                        idle += 1;
+                        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                        continue;
+                    }
+                    idle = 0;
+                    for c in &claimed {
+                        let fresh = in_flight
+                            .lock()
+                            .expect("set")
+                            .insert(c.delivery.webhook_id.clone());
+                        assert!(fresh, "two leases of {} at once", c.delivery.webhook_id);
+                    }
+                    tokio::task::yield_now().await;
+                    for c in claimed {
+                        // Out of the set while the lease still holds, so
+                        // nobody can take the subscription in between.
+                        in_flight
+                            .lock()
+                            .expect("set")
+                            .remove(&c.delivery.webhook_id);
+                        store
+                            .record_attempt(
+                                &c.delivery.id,
+                                &AttemptOutcome {
+                                    started_at_ms: now,
+                                    duration_ms: 1,
+                                    request_headers: "[]",
+                                    response_status: Some(200),
+                                    response_headers: "[]",
+                                    response_body: b"",
+                                    response_body_truncated: false,
+                                    error: None,
+                                    status: DeliveryState::Delivered,
+                                    next_attempt_at: None,
+                                    success: true,
+                                },
+                            )
+                            .await
+                            .expect("record");
+                        taken.push(c.delivery.id);
+                    }
+                }
+                taken
+            }));
+        }
+        let mut all = Vec::new();
+        for claimer in claimers {
+            all.extend(claimer.await.expect("claimer"));
+        }
+        let count = all.len();
+        all.sort();
+        all.dedup();
+        assert_eq!(count, all.len(), "a delivery was leased twice");
+        assert_eq!(all.len(), 120, "every delivery was leased");
     }
 
     #[tokio::test]
