@@ -4,8 +4,9 @@
 #   scripts/postgres.sh start DIR   installs Debian's postgresql when absent,
 #                                   creates a cluster in DIR (owned by the
 #                                   postgres user) listening on 127.0.0.1 on a
-#                                   free port with a random password, starts
-#                                   it, and prints its URL (also in DIR/url)
+#                                   free port with a random password and TLS
+#                                   (a self-signed certificate), starts it,
+#                                   and prints its URL (also in DIR/url)
 #   scripts/postgres.sh stop DIR    stops it and removes DIR
 #
 # The cluster is the tests' alone: Debian's own cluster (if the package
@@ -48,11 +49,16 @@ start)
         --auth=scram-sha-256 --encoding=UTF8 --locale=C.UTF-8 >"$dir/initdb.log" 2>&1 \
         || { cat "$dir/initdb.log" >&2; exit 1; }
     rm -f "$dir/password"
+    # TLS as a managed service offers it; clients ask for it with sslmode.
+    openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=127.0.0.1 \
+        -keyout "$dir/data/server.key" -out "$dir/data/server.crt" >/dev/null 2>&1
+    chown postgres: "$dir/data/server.key" "$dir/data/server.crt"
+    chmod 600 "$dir/data/server.key"
     port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
     # Many short-lived test databases at once; fsync is not needed for a
     # cluster thrown away at the end.
     as_postgres "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 start -o \
-        "-c listen_addresses=127.0.0.1 -c port=$port -c unix_socket_directories=$dir \
+        "-c listen_addresses=127.0.0.1 -c port=$port -c unix_socket_directories=$dir -c ssl=on \
          -c max_connections=400 -c fsync=off -c synchronous_commit=off -c full_page_writes=off" \
         >/dev/null || { cat "$dir/server.log" >&2; exit 1; }
     url="postgres://forge:$password@127.0.0.1:$port/postgres"

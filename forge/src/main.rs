@@ -193,10 +193,29 @@ enum Command {
     /// Guest images: the root filesystem every sandbox starts from.
     #[command(subcommand)]
     Image(ImageCommand),
+    /// The forge's database.
+    #[command(subcommand)]
+    Db(DbCommand),
     /// Serve the forge's sandbox and git operations as MCP tools on stdin
     /// and stdout, for an agent's MCP client (the server also serves them
     /// at /v1/mcp).
     Mcp,
+}
+
+#[derive(Subcommand)]
+enum DbCommand {
+    /// Copy every row of one database into another the forge has not used
+    /// (migrated here first), in one transaction: e.g. from the SQLite file
+    /// to PostgreSQL. Stop `forge serve` first, or rows it writes meanwhile
+    /// stay behind.
+    Copy {
+        /// The database to read (default: `forge.db` in the data directory).
+        #[arg(long)]
+        from: Option<forge::store::Database>,
+        /// The database to write: `postgres://…` or `sqlite://PATH`.
+        #[arg(long)]
+        to: forge::store::Database,
+    },
 }
 
 #[derive(Subcommand)]
@@ -334,7 +353,39 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Image(ImageCommand::Build { agent }) => build_image(data_dir, agent),
         Command::Image(ImageCommand::List) => list_images(data_dir),
         Command::Mcp => runtime()?.block_on(cli::mcp(&target)),
+        Command::Db(DbCommand::Copy { from, to }) => {
+            let from =
+                from.unwrap_or_else(|| forge::store::Database::Sqlite(data_dir.join("forge.db")));
+            runtime()?.block_on(copy_database(from, to))
+        }
     }
+}
+
+async fn copy_database(
+    from: forge::store::Database,
+    to: forge::store::Database,
+) -> anyhow::Result<()> {
+    if let forge::store::Database::Sqlite(path) = &from
+        && !path.exists()
+    {
+        bail!("no database at {}", path.display());
+    }
+    let source = forge::store::Store::connect(&from).await?;
+    let target = forge::store::Store::connect(&to).await?;
+    eprintln!("copying {from} into {to}");
+    let started = std::time::Instant::now();
+    let counts = source
+        .copy_into(&target, |table, rows| eprintln!("  {table}: {rows} rows"))
+        .await?;
+    let rows: u64 = counts.iter().map(|(_, rows)| rows).sum();
+    println!(
+        "copied {rows} rows of {} tables in {:.1} s",
+        counts.len(),
+        started.elapsed().as_secs_f64()
+    );
+    source.close().await;
+    target.close().await;
+    Ok(())
 }
 
 /// Logs to stderr; `RUST_LOG` filters (default `info`), `FORGE_LOG_FORMAT=json`

@@ -6,6 +6,7 @@
 //! `migrations/postgres/`), applied at open. Every query the forge runs
 //! lives in this module's children, one per table; handlers never write SQL.
 
+mod copy;
 mod events;
 mod github;
 mod repos;
@@ -24,6 +25,7 @@ use sqlx::postgres::PgConnection;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
 use sqlx::{Any, AnyPool, ConnectOptions, Connection, Executor, ValueRef};
 
+pub use copy::CopyError;
 pub use events::{EventRow, NewEvent};
 pub use github::{GithubDelivery, GithubLink, GithubPull, GithubRefState};
 pub use repos::RepoRow;
@@ -720,5 +722,24 @@ mod tests {
             }
             Dialect::Sqlite => assert!(second.is_ok()),
         }
+    }
+
+    /// `sslmode=require` in the URL makes the connection TLS (rustls), as
+    /// a managed PostgreSQL asks; the server says so of its own session.
+    #[tokio::test]
+    #[ignore = "needs PostgreSQL with TLS: scripts/test.sh's postgres tier runs it"]
+    async fn a_postgres_url_can_require_tls() {
+        let cluster = std::env::var("FORGE_TEST_DATABASE_URL")
+            .expect("FORGE_TEST_DATABASE_URL names the test cluster (scripts/postgres.sh)");
+        let url = create_test_database(&cluster).await;
+        let store = Store::connect(&Database::Postgres(format!("{url}?sslmode=require")))
+            .await
+            .expect("a TLS connection");
+        let (tls,): (bool,) =
+            sqlx::query_as("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+                .fetch_one(&store.pool)
+                .await
+                .expect("the session's TLS state");
+        assert!(tls, "the session is encrypted");
     }
 }

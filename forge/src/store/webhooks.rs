@@ -577,12 +577,18 @@ pub struct NewDeliveryOwned {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::store::{NewEvent, RepoRow};
 
     async fn store_with_hook(dir: &std::path::Path) -> (Store, WebhookRow) {
         let store = Store::open_for_test(dir).await;
+        let hook = add_repo_and_hook(&store).await;
+        (store, hook)
+    }
+
+    /// Repository `r1` (`acme/web`) and its subscription `wh_1` to pushes.
+    pub(in crate::store) async fn add_repo_and_hook(store: &Store) -> WebhookRow {
         store
             .insert_repo(&RepoRow {
                 id: "r1".into(),
@@ -593,11 +599,10 @@ mod tests {
             })
             .await
             .expect("repo");
-        let hook = store
+        store
             .insert_webhook(&push_hook("wh_1"))
             .await
-            .expect("hook");
-        (store, hook)
+            .expect("hook")
     }
 
     /// An active subscription `id` of repository `r1` to pushes.
