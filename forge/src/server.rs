@@ -192,7 +192,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     // The error names the database (without its password).
     let store = Store::connect(&config.database).await?;
     // One server per database until every queue is leased (see the store).
-    let _sole_server = store.hold_sole_server().await?;
+    let sole_server = store.hold_sole_server().await?;
     let repos = Repositories::open(config.data_dir.join("repos"))?;
     let git_hooks = config.data_dir.join("hooks");
     rules::install_hooks(&git_hooks)
@@ -328,8 +328,18 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     }
     tracing::info!(%address, %public_url, data_dir = %config.data_dir.display(), "forge is serving");
     println!("listening on http://{address}");
+    let lost = std::sync::Arc::new(std::sync::OnceLock::new());
+    let lost_hold = lost.clone();
     axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(async move {
+            tokio::select! {
+                () = shutdown_signal() => {}
+                error = sole_server.keep(std::time::Duration::from_secs(5)) => {
+                    tracing::error!(%error, "stopping");
+                    let _ = lost_hold.set(error);
+                }
+            }
+        })
         .await
         .context("the HTTP server failed")?;
     stopping.cancel();
@@ -338,7 +348,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     webhooks.shutdown().await;
     store.close().await;
     tracing::info!("forge stopped");
-    Ok(())
+    match lost.get() {
+        Some(error) => anyhow::bail!("{error}"),
+        None => Ok(()),
+    }
 }
 
 /// How sandboxes reach the host: the egress policy, and the forge's own

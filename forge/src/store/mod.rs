@@ -141,9 +141,65 @@ pub struct Store {
 /// The advisory lock key of [`Store::hold_sole_server`] (`forge` in ASCII).
 const SOLE_SERVER_LOCK: i64 = 0x66_6f_72_67_65;
 
-/// Holds [`Store::hold_sole_server`]'s lock until dropped.
+/// Holds [`Store::hold_sole_server`]'s lock until dropped; [`Self::keep`]
+/// watches it.
 pub struct SoleServer {
-    _connection: Option<PgConnection>,
+    /// The database's URL and the connection holding the lock (PostgreSQL).
+    held: Option<(String, PgConnection)>,
+}
+
+impl SoleServer {
+    /// Holds the lock, checking every `every` that its connection lives;
+    /// one that died (PostgreSQL restarted, a network cut, an operator's
+    /// `pg_terminate_backend`) released it, so it is taken again on a new
+    /// connection. Returns only when that fails because another server
+    /// took it meanwhile: this one must stop. An unreachable database is
+    /// retried (nothing can be served from it anyway). Never returns on
+    /// SQLite.
+    pub async fn keep(self, every: Duration) -> SoleServerError {
+        let Some((url, mut connection)) = self.held else {
+            return std::future::pending().await;
+        };
+        loop {
+            tokio::time::sleep(every).await;
+            if sqlx::query("SELECT 1")
+                .execute(&mut connection)
+                .await
+                .is_ok()
+            {
+                continue;
+            }
+            match take_lock(&url).await {
+                Ok(again) => {
+                    tracing::warn!(
+                        "the database connection holding the server lock was lost; it is held again"
+                    );
+                    connection = again;
+                }
+                Err(SoleServerError::Taken) => return SoleServerError::Lost,
+                Err(error) => {
+                    tracing::warn!(error = %error, "the server lock's connection was lost; retrying");
+                }
+            }
+        }
+    }
+}
+
+/// A connection holding the advisory lock of `forge serve` on `url`.
+async fn take_lock(url: &str) -> Result<PgConnection, SoleServerError> {
+    let mut connection = PgConnection::connect(url)
+        .await
+        .map_err(|error| SoleServerError::Query(error.into()))?;
+    let (held,): (bool,) = sqlx::query_as("SELECT pg_try_advisory_lock($1)")
+        .bind(SOLE_SERVER_LOCK)
+        .fetch_one(&mut connection)
+        .await
+        .map_err(|error| SoleServerError::Query(error.into()))?;
+    if held {
+        Ok(connection)
+    } else {
+        Err(SoleServerError::Taken)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -152,6 +208,10 @@ pub enum SoleServerError {
         "another forge server is using this database; one server per database is supported for now"
     )]
     Taken,
+    #[error(
+        "this server's hold on the database was lost and another forge server took it; stopping"
+    )]
+    Lost,
     #[error("taking the database's server lock failed")]
     Query(#[source] StoreError),
 }
@@ -276,21 +336,11 @@ impl Store {
     /// A SQLite file is one server's by construction.
     pub async fn hold_sole_server(&self) -> Result<SoleServer, SoleServerError> {
         let Database::Postgres(url) = &*self.database else {
-            return Ok(SoleServer { _connection: None });
+            return Ok(SoleServer { held: None });
         };
-        let mut connection = PgConnection::connect(url)
-            .await
-            .map_err(|error| SoleServerError::Query(error.into()))?;
-        let (held,): (bool,) = sqlx::query_as("SELECT pg_try_advisory_lock($1)")
-            .bind(SOLE_SERVER_LOCK)
-            .fetch_one(&mut connection)
-            .await
-            .map_err(|error| SoleServerError::Query(error.into()))?;
-        if !held {
-            return Err(SoleServerError::Taken);
-        }
+        let connection = take_lock(url).await?;
         Ok(SoleServer {
-            _connection: Some(connection),
+            held: Some((url.clone(), connection)),
         })
     }
 
@@ -741,5 +791,93 @@ mod tests {
                 .await
                 .expect("the session's TLS state");
         assert!(tls, "the session is encrypted");
+    }
+
+    /// A server whose lock connection is cut (as a database restart or an
+    /// operator would) takes the lock again; if another server took it in
+    /// between, it learns it must stop.
+    #[tokio::test]
+    #[ignore = "needs PostgreSQL: scripts/test.sh's postgres tier runs it"]
+    async fn a_server_that_loses_its_hold_to_another_must_stop() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open_for_test(dir.path()).await;
+        assert_eq!(
+            store.dialect(),
+            Dialect::Postgres,
+            "FORGE_TEST_DATABASE_URL is set"
+        );
+        let cut = |store: Store| async move {
+            let holders: Vec<(i32,)> = sqlx::query_as(
+                "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted
+                   AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+            )
+            .fetch_all(&store.pool)
+            .await
+            .expect("the lock's holder");
+            assert_eq!(holders.len(), 1, "{holders:?}");
+            sqlx::query("SELECT pg_terminate_backend(CAST($1 AS INTEGER))")
+                .bind(i64::from(holders[0].0))
+                .execute(&store.pool)
+                .await
+                .expect("terminate");
+        };
+        let every = Duration::from_millis(50);
+
+        // Cut, then nobody else there: held again, the server goes on.
+        let kept = tokio::spawn(store.hold_sole_server().await.expect("held").keep(every));
+        cut(store.clone()).await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            tokio::time::sleep(every).await;
+            let (held,): (i64,) = sqlx::query_as(
+                "SELECT COUNT(*) FROM pg_locks WHERE locktype = 'advisory' AND granted
+                   AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+            )
+            .fetch_one(&store.pool)
+            .await
+            .expect("locks");
+            if held == 1 {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "never held again");
+        }
+        assert!(!kept.is_finished());
+        kept.abort();
+        let _ = kept.await;
+
+        // Cut, and another server takes it before the first looks again
+        // (half a second later): the first must stop.
+        let mut kept = None;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while kept.is_none() {
+            match store.hold_sole_server().await {
+                Ok(held) => kept = Some(tokio::spawn(held.keep(Duration::from_millis(500)))),
+                Err(_) => {
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "the aborted hold never ended"
+                    );
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        }
+        let kept = kept.expect("held");
+        cut(store.clone()).await;
+        let other = store.reopen().await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let _second = loop {
+            match other.hold_sole_server().await {
+                Ok(held) => break held,
+                Err(_) => {
+                    assert!(std::time::Instant::now() < deadline, "never free");
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        };
+        let error = tokio::time::timeout(Duration::from_secs(10), kept)
+            .await
+            .expect("the first server hears of it")
+            .expect("keep");
+        assert!(matches!(error, SoleServerError::Lost), "{error}");
     }
 }
