@@ -124,6 +124,6 @@ cargo run --quiet -p test-support
 # passed; it did not run, so it counts as skipped here.
 cat "$logs"/{unit,doc,integration,postgres}.log | awk -v skipped="$skipped" '
     /^test result:/ { p += $4; f += $6; i += $8 }
-    END { printf "total: %d passed, %d failed, %d skipped, %d ignored (run by the microvm tier)\n",
+    END { printf "total: %d passed, %d failed, %d skipped, %d ignored (run by the microvm and postgres tiers)\n",
                  p - skipped, f, skipped, i }'
 exit "$status"

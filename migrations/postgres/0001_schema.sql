@@ -7,12 +7,15 @@
 -- Types: every integer is BIGINT (SQLite's INTEGER is 64-bit), yes/no
 -- columns are BOOLEAN (0/1 on SQLite), byte strings BYTEA, times TEXT in
 -- RFC 3339 or BIGINT Unix seconds/milliseconds as on SQLite. JSON stays
--- TEXT; the few queries that look inside it cast to jsonb.
+-- TEXT; the few queries that look inside it cast to jsonb. Text the API
+-- lists in order (repository and template names, ref names) is
+-- COLLATE "C": bytewise, as SQLite compares, whatever the database's
+-- locale.
 
 CREATE TABLE repos (
     id             TEXT PRIMARY KEY NOT NULL,  -- also the on-disk directory name
-    owner          TEXT NOT NULL,
-    name           TEXT NOT NULL,
+    owner          TEXT COLLATE "C" NOT NULL,
+    name           TEXT COLLATE "C" NOT NULL,
     default_branch TEXT NOT NULL,
     created_at     TEXT NOT NULL,
     UNIQUE (owner, name)
@@ -222,7 +225,7 @@ INSERT INTO github_cursor (id, last_event_id) VALUES (1, 0);
 
 CREATE TABLE github_refs (
     repo_id      TEXT NOT NULL REFERENCES github_links (repo_id) ON DELETE CASCADE,
-    ref_name     TEXT NOT NULL,
+    ref_name     TEXT COLLATE "C" NOT NULL,
     synced_sha   TEXT,
     forge_sha    TEXT,
     github_sha   TEXT,
@@ -284,7 +287,7 @@ CREATE TABLE template_builds (
 );
 
 CREATE TABLE templates (
-    name        TEXT PRIMARY KEY NOT NULL,
+    name        TEXT COLLATE "C" PRIMARY KEY NOT NULL,
     spec        TEXT NOT NULL,
     spec_hash   TEXT NOT NULL REFERENCES template_builds (spec_hash),
     created_by  TEXT NOT NULL,

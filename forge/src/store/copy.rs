@@ -112,6 +112,13 @@ impl Store {
             }
         }
         let mut source = self.pool.begin().await.map_err(StoreError::from)?;
+        if self.dialect == Dialect::Postgres {
+            // One snapshot for every table, as SQLite's read transaction is.
+            sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                .execute(&mut *source)
+                .await
+                .map_err(StoreError::from)?;
+        }
         let mut into = target.pool.begin().await.map_err(StoreError::from)?;
         let mut counts = Vec::with_capacity(TABLES.len());
         for &(table, order) in TABLES {
@@ -215,9 +222,9 @@ impl Store {
             .collect())
     }
 
-    /// The largest id of `table.column` ever handed out here: on SQLite
-    /// also those of deleted rows (`sqlite_sequence`), else the largest
-    /// present.
+    /// The largest id of `table.column` ever handed out here, those of
+    /// deleted rows included (SQLite's `sqlite_sequence`, PostgreSQL's
+    /// sequence).
     async fn last_handed_out(
         &self,
         source: &mut sqlx::Transaction<'_, Any>,
@@ -237,7 +244,14 @@ impl Store {
                     .await?
                     .map_or(0, |(seq,)| seq)
             }
-            Dialect::Postgres => 0,
+            Dialect::Postgres => sqlx::query_as::<_, (i64,)>(
+                "SELECT CAST(COALESCE(pg_sequence_last_value(CAST(pg_get_serial_sequence($1, $2) AS regclass)), 0) AS BIGINT)",
+            )
+            .bind(table)
+            .bind(column)
+            .fetch_one(&mut **source)
+            .await?
+            .0,
         };
         Ok(present.max(deleted))
     }
@@ -332,13 +346,26 @@ fn decode<'r, T: Decode<'r, Any>>(value: AnyValueRef<'r>) -> Result<T, sqlx::err
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use api_types::{DeliveryState, RunState, VmState};
 
     use super::*;
     use crate::store::{
         AttemptOutcome, NewDeliveryOwned, NewEvent, NewRun, NewToken, VmRow, now, now_ms,
     };
+
+    /// A run of `main` of repository `r1` (`acme/web`).
+    pub(in crate::store) fn run_of_r1(commit: &str, event_id: i64) -> NewRun {
+        NewRun {
+            repo_id: "r1".into(),
+            repo_name: "acme/web".into(),
+            branch: "main".into(),
+            commit_id: commit.into(),
+            event_id,
+            plan: None,
+            variables: Default::default(),
+        }
+    }
 
     /// A SQLite forge with a row in the tables that carry each kind of
     /// value (flags, bytes, JSON, generated ids), a deleted run among them.
@@ -421,17 +448,8 @@ mod tests {
             })
             .await
             .expect("vm");
-        let run = |commit: &str, event_id| NewRun {
-            repo_id: "r1".into(),
-            repo_name: "acme/web".into(),
-            branch: "main".into(),
-            commit_id: commit.into(),
-            event_id,
-            plan: None,
-            variables: Default::default(),
-        };
         let runs = store
-            .queue_runs(&[run("c1", 1), run("c2", 2)], 2)
+            .queue_runs(&[run_of_r1("c1", 1), run_of_r1("c2", 2)], 2)
             .await
             .expect("runs");
         store
@@ -518,24 +536,27 @@ mod tests {
             .expect("an event after the copy");
         assert_eq!(more[0].id, 4);
         let queued = target
-            .queue_runs(
-                &[NewRun {
-                    repo_id: "r1".into(),
-                    repo_name: "acme/web".into(),
-                    branch: "main".into(),
-                    commit_id: "c3".into(),
-                    event_id: 4,
-                    plan: None,
-                    variables: Default::default(),
-                }],
-                4,
-            )
+            .queue_runs(&[run_of_r1("c3", 4)], 4)
             .await
             .expect("a run after the copy");
         assert_eq!(
             queued[0].id, 3,
             "the deleted run's id is not handed out again"
         );
+
+        // And back into a SQLite file (from PostgreSQL in the `postgres`
+        // tier): ids still go on.
+        let back = Store::open(&dir.path().join("back.db"))
+            .await
+            .expect("back");
+        target.copy_into(&back, |_, _| {}).await.expect("copy back");
+        let vm = back.vm("vm1").await.expect("read").expect("the VM");
+        assert!(vm.persistent);
+        let next = back
+            .queue_runs(&[run_of_r1("c4", 5)], 5)
+            .await
+            .expect("a run after copying back");
+        assert_eq!(next[0].id, 4);
 
         match source.copy_into(&target, |_, _| {}).await {
             Err(CopyError::NotEmpty { table: "repos" }) => {}

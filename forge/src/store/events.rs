@@ -48,6 +48,7 @@ impl Store {
     ) -> Result<Vec<EventRow>> {
         let (repo_id, repo_name) = repo.unzip();
         let mut tx = self.pool.begin().await?;
+        self.lock_events(&mut tx).await?;
         let mut rows = Vec::with_capacity(events.len());
         let created_at = now();
         for event in events {
@@ -60,7 +61,7 @@ impl Store {
             .bind(&event.kind)
             .bind(&event.ref_name)
             .bind(actor)
-            .bind(event.payload.to_string())
+            .bind(super::storable_json(&event.payload))
             .bind(&created_at)
             .fetch_one(&mut *tx)
             .await?;
@@ -98,5 +99,126 @@ impl Store {
                 .fetch_all(&self.pool)
                 .await?,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    /// Six writers add 240 events one transaction each while a consumer
+    /// reads by cursor as the webhook, pipeline and GitHub consumers do:
+    /// it sees every event, none passed over for having committed after a
+    /// newer one.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_consumer_by_cursor_never_passes_over_an_event_being_written() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open_for_test(dir.path()).await;
+        let mut writers = Vec::new();
+        for writer in 0..6 {
+            let store = store.clone();
+            writers.push(tokio::spawn(async move {
+                for n in 0..40 {
+                    let event = NewEvent {
+                        kind: "vm.created".into(),
+                        ref_name: None,
+                        payload: serde_json::json!({ "writer": writer, "n": n }),
+                    };
+                    store
+                        .insert_events_of(None, None, &[event])
+                        .await
+                        .expect("an event");
+                }
+            }));
+        }
+        let mut seen = Vec::new();
+        let mut cursor = 0;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while seen.len() < 240 {
+            // Asked before the read: once every writer is done, a read
+            // that finds nothing new is the end.
+            let finished = writers.iter().all(|writer| writer.is_finished());
+            let events = store.all_events_after(cursor, 1000).await.expect("read");
+            if let Some(last) = events.last() {
+                cursor = last.id;
+            }
+            seen.extend(events.iter().map(|event| event.id));
+            if finished && events.is_empty() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the writers never finished");
+            tokio::task::yield_now().await;
+        }
+        for writer in writers {
+            writer.await.expect("writer");
+        }
+        let (written,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM events")
+            .fetch_one(&store.pool)
+            .await
+            .expect("count");
+        assert_eq!(written, 240);
+        let all: Vec<(i64,)> = sqlx::query_as("SELECT id FROM events ORDER BY id")
+            .fetch_all(&store.pool)
+            .await
+            .expect("ids");
+        let missed: Vec<i64> = all
+            .iter()
+            .map(|(id,)| *id)
+            .filter(|id| !seen.contains(id))
+            .collect();
+        assert!(
+            missed.is_empty(),
+            "the consumer passed over the events {missed:?}"
+        );
+    }
+
+    /// A NUL in what a sandbox prints, or in a commit message inside an
+    /// event, is stored (PostgreSQL's `TEXT` and `jsonb` refuse it) and
+    /// the JSON lookups over events go on working.
+    #[tokio::test]
+    async fn a_nul_in_a_log_or_an_event_is_stored() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open_for_test(dir.path()).await;
+        super::super::webhooks::tests::add_repo_and_hook(&store).await;
+        store
+            .insert_events(
+                "r1",
+                "acme/web",
+                None,
+                &[NewEvent {
+                    kind: "push".into(),
+                    ref_name: Some("refs/heads/main".into()),
+                    payload: serde_json::json!({
+                        "branch": "main",
+                        "after": "c1",
+                        "commits": [{ "message": "binary\u{0}junk" }],
+                    }),
+                }],
+            )
+            .await
+            .expect("an event with a NUL");
+        assert_eq!(
+            store
+                .run_requests("r1", "main", "c1")
+                .await
+                .expect("lookups inside the events"),
+            vec![None]
+        );
+        let runs = store
+            .queue_runs(&[super::super::copy::tests::run_of_r1("c1", 1)], 1)
+            .await
+            .expect("run");
+        store
+            .insert_steps(runs[0].id, &[("test".into(), "cat /bin/true".into())])
+            .await
+            .expect("steps");
+        store
+            .append_step_log(runs[0].id, 0, "ELF\u{0}\u{0}x")
+            .await
+            .expect("a log with NULs");
+        let steps = store.steps(runs[0].id).await.expect("steps");
+        assert_eq!(steps[0].log, "ELF\u{FFFD}\u{FFFD}x");
     }
 }

@@ -143,7 +143,7 @@ impl Store {
         Ok(sqlx::query_as(
             "SELECT l.github_repo, r.number, r.head_sha, r.verdict, r.posted_at
              FROM github_reviews r JOIN github_links l ON l.repo_id = r.repo_id
-             WHERE r.run_id = $1 ORDER BY r.posted_at DESC LIMIT 1",
+             WHERE r.run_id = $1 ORDER BY r.posted_at IS NULL, r.posted_at DESC, r.number LIMIT 1",
         )
         .bind(run_id)
         .fetch_optional(&self.pool)
@@ -186,7 +186,7 @@ impl Store {
         github_repo: &str,
     ) -> Result<Option<GithubLink>> {
         Ok(
-            sqlx::query_as("SELECT * FROM github_links WHERE lower(github_repo) = lower($1)")
+            sqlx::query_as("SELECT * FROM github_links WHERE lower(github_repo) = lower($1) ORDER BY created_at, repo_id")
                 .bind(github_repo)
                 .fetch_optional(&self.pool)
                 .await?,

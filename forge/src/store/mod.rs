@@ -141,6 +141,47 @@ pub struct Store {
 /// The advisory lock key of [`Store::hold_sole_server`] (`forge` in ASCII).
 const SOLE_SERVER_LOCK: i64 = 0x66_6f_72_67_65;
 
+/// The advisory lock of [`Store::lock_events`] (`events` in ASCII).
+const EVENTS_LOCK: i64 = 0x65_76_65_6e_74_73;
+
+/// `text` as a `TEXT` column holds it: PostgreSQL refuses the NUL
+/// character (SQLite keeps it), so a sandbox's output that prints one is
+/// stored with U+FFFD in its place on both.
+fn storable(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.contains('\0') {
+        text.replace('\0', "\u{FFFD}").into()
+    } else {
+        text.into()
+    }
+}
+
+/// `value` as JSON text with every NUL in its strings (keys too) replaced
+/// as [`storable`] does: PostgreSQL's JSON functions refuse `\u0000`
+/// anywhere in a document they look inside.
+fn storable_json(value: &serde_json::Value) -> String {
+    fn clean(value: &mut serde_json::Value) {
+        match value {
+            serde_json::Value::String(text) => *text = storable(text).into_owned(),
+            serde_json::Value::Array(items) => items.iter_mut().for_each(clean),
+            serde_json::Value::Object(fields) => {
+                let old = std::mem::take(fields);
+                for (key, mut field) in old {
+                    clean(&mut field);
+                    fields.insert(storable(&key).into_owned(), field);
+                }
+            }
+            _ => {}
+        }
+    }
+    let text = value.to_string();
+    if !text.contains("\\u0000") {
+        return text;
+    }
+    let mut value = value.clone();
+    clean(&mut value);
+    value.to_string()
+}
+
 /// Holds [`Store::hold_sole_server`]'s lock until dropped; [`Self::keep`]
 /// watches it.
 pub struct SoleServer {
@@ -366,6 +407,23 @@ impl Store {
             Dialect::Sqlite => format!("CAST(json_extract({column}, '$.{path}') AS TEXT)"),
             Dialect::Postgres => format!("({column}::jsonb #>> '{{{}}}')", path.replace('.', ",")),
         }
+    }
+
+    /// Takes, in `tx`, the lock every transaction that adds events holds
+    /// until it ends (PostgreSQL): ids are then handed out and committed in
+    /// the same order, so a consumer that reads `id > cursor` and moves its
+    /// cursor to the last id it saw never passes over an event still being
+    /// committed. SQLite's single writer gives that order already.
+    async fn lock_events(&self, tx: &mut sqlx::Transaction<'_, Any>) -> Result<()> {
+        if self.dialect == Dialect::Postgres {
+            sqlx::query(
+                "SELECT CAST(1 AS BIGINT) FROM (SELECT pg_advisory_xact_lock($1)) AS locked",
+            )
+            .bind(EVENTS_LOCK)
+            .execute(&mut **tx)
+            .await?;
+        }
+        Ok(())
     }
 
     /// SQL for the last `count` characters of the text `expr` (all of it

@@ -224,7 +224,7 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         sqlx::query("UPDATE runs SET state = $1, error = $2, finished_at = $3 WHERE id = $4")
             .bind(state)
-            .bind(error)
+            .bind(error.map(|error| super::storable(error).into_owned()))
             .bind(now())
             .bind(id)
             .execute(&mut *tx)
@@ -346,7 +346,7 @@ impl Store {
             "UPDATE run_steps SET log = {} WHERE run_id = $3 AND position = $4",
             self.tail("log || $1", "$2")
         ))
-        .bind(text)
+        .bind(super::storable(text).into_owned())
         .bind(MAX_STEP_LOG)
         .bind(run_id)
         .bind(position as i64)

@@ -232,7 +232,7 @@ impl Store {
             "UPDATE template_builds SET log = {} WHERE spec_hash = $3",
             self.tail("log || $1", "$2")
         ))
-        .bind(text)
+        .bind(super::storable(text).into_owned())
         .bind(MAX_BUILD_LOG_BYTES as i64)
         .bind(spec_hash)
         .execute(&self.pool)
@@ -295,6 +295,14 @@ impl Store {
         else {
             return Ok(None);
         };
+        if self.dialect() == super::Dialect::Postgres {
+            // Holds the build: a template of the same spec written
+            // meanwhile waits, so the count below stays true.
+            sqlx::query("SELECT spec_hash FROM template_builds WHERE spec_hash = $1 FOR UPDATE")
+                .bind(&hash)
+                .execute(&mut *tx)
+                .await?;
+        }
         let (others,): (i64,) =
             sqlx::query_as("SELECT COUNT(*) FROM templates WHERE spec_hash = $1")
                 .bind(&hash)

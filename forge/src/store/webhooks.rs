@@ -287,9 +287,16 @@ impl Store {
         for event in events {
             // The event's repository's subscriptions and the forge-wide
             // ones; an event of no repository reaches only the latter.
+            // On PostgreSQL the subscriptions read are held (`FOR SHARE`)
+            // until the deliveries are written: a concurrent delete or
+            // disable waits instead of racing them.
             let hooks: Vec<WebhookRow> = sqlx::query_as(&format!(
                 "SELECT {HOOK_COLUMNS} FROM webhooks
-                 WHERE (repo_id = $1 OR repo_id IS NULL) AND active = TRUE AND after_event_id < $2 ORDER BY id"
+                 WHERE (repo_id = $1 OR repo_id IS NULL) AND active = TRUE AND after_event_id < $2 ORDER BY id{}",
+                match self.dialect() {
+                    super::Dialect::Sqlite => "",
+                    super::Dialect::Postgres => " FOR SHARE",
+                }
             ))
             .bind(&event.repo_id)
             .bind(event.id)
@@ -487,6 +494,7 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         let payload = serde_json::json!({ "webhook_id": id, "url": url, "reason": reason });
+        self.lock_events(&mut tx).await?;
         let event: EventRow = sqlx::query_as(
             "INSERT INTO events (repo_id, repo_name, kind, ref_name, actor, payload, created_at)
              VALUES ($1, (SELECT owner || '/' || name FROM repos WHERE id = $1), 'webhook.disabled', NULL, NULL, $2, $3)
