@@ -698,6 +698,20 @@ impl Drop for TestForge {
         if std::thread::panicking() {
             // A failing test shows the end of the server's log with it.
             let log = std::fs::read(self.data_dir.with_extension("log")).unwrap_or_default();
+            // Its errors and warnings wherever they are (the first 50),
+            // then its end.
+            let text = String::from_utf8_lossy(&log);
+            let problems: Vec<&str> = text
+                .lines()
+                .filter(|line| line.contains("ERROR") || line.contains("WARN"))
+                .take(50)
+                .collect();
+            if !problems.is_empty() {
+                eprintln!(
+                    "--- the forge's errors and warnings ---\n{}\n--- end of them ---",
+                    problems.join("\n")
+                );
+            }
             let tail =
                 String::from_utf8_lossy(&log[log.len().saturating_sub(8 << 10)..]).into_owned();
             eprintln!("--- the end of the forge's log ---\n{tail}--- end of the forge's log ---");

@@ -311,9 +311,10 @@ impl Store {
                     .await
                     .map_err(StoreError::Migrate)?;
                 migrating.close().await.map_err(open_error)?;
+                // sqlx's default wait for a free connection (30 s), as on
+                // SQLite: a loaded host is slow, not failing.
                 let pool = AnyPoolOptions::new()
                     .max_connections(16)
-                    .acquire_timeout(Duration::from_secs(10))
                     .connect(url)
                     .await
                     .map_err(open_error)?;

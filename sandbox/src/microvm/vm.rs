@@ -242,7 +242,24 @@ pub fn usage(pid: i32) -> (u64, u64) {
                 .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
         })
         .unwrap_or(0);
-    let cpu_ticks = fs::read_to_string(format!("/proc/{pid}/stat"))
+    (rss_kib * 1024, cpu_ns(pid))
+}
+
+/// CPU time of every thread of `pid`, in nanoseconds: the scheduler's own
+/// count (`/proc/PID/task/*/schedstat`), else `utime + stime` in clock
+/// ticks, which reads 0 for a VMM that used less than one tick (10 ms).
+fn cpu_ns(pid: i32) -> u64 {
+    let scheduled = fs::read_dir(format!("/proc/{pid}/task")).ok().map(|tasks| {
+        tasks
+            .flatten()
+            .filter_map(|task| fs::read_to_string(task.path().join("schedstat")).ok())
+            .filter_map(|stat| stat.split_whitespace().next()?.parse::<u64>().ok())
+            .sum::<u64>()
+    });
+    if let Some(ns) = scheduled.filter(|ns| *ns > 0) {
+        return ns;
+    }
+    let ticks = fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
         .and_then(|stat| {
             let rest = stat.rsplit_once(')')?.1.to_owned();
@@ -254,7 +271,7 @@ pub fn usage(pid: i32) -> (u64, u64) {
         })
         .unwrap_or(0);
     // USER_HZ is 100 on every Linux ABI this runs on.
-    (rss_kib * 1024, cpu_ticks * 10_000_000)
+    ticks * 10_000_000
 }
 
 /// The last `max` bytes of a log, for error messages; a link is not
