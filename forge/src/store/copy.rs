@@ -112,7 +112,7 @@ impl Store {
             }
         }
         let mut source = self.pool.begin().await.map_err(StoreError::from)?;
-        if self.dialect == Dialect::Postgres {
+        if self.dialect() == Dialect::Postgres {
             // One snapshot for every table, as SQLite's read transaction is.
             sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
                 .execute(&mut *source)
@@ -146,28 +146,13 @@ impl Store {
                     batch.push(row);
                 }
                 if batch.len() == BATCH_ROWS || (done && !batch.is_empty()) {
-                    let mut arguments = AnyArguments::default();
-                    let mut values = Vec::with_capacity(batch.len());
-                    let mut n = 0;
-                    for row in &batch {
-                        let mut placeholders = Vec::with_capacity(columns.len());
-                        for (index, (_, kind)) in columns.iter().enumerate() {
-                            bind(&mut arguments, row, index, *kind).map_err(in_table)?;
-                            n += 1;
-                            placeholders.push(format!("${n}"));
-                        }
-                        values.push(format!("({})", placeholders.join(", ")));
-                    }
-                    let insert =
-                        format!("INSERT INTO {table} ({names}) VALUES {}", values.join(", "));
-                    copied += batch.len() as u64;
-                    batch.clear();
                     // The stream borrows the source; the insert runs on
                     // the target's own transaction.
-                    sqlx::query_with(&insert, arguments)
-                        .execute(&mut *into)
+                    insert_rows(&mut into, table, &names, &columns, &batch)
                         .await
-                        .map_err(|e| in_table(e.into()))?;
+                        .map_err(in_table)?;
+                    copied += batch.len() as u64;
+                    batch.clear();
                 }
                 if done {
                     break;
@@ -190,7 +175,7 @@ impl Store {
 
     /// The columns of `table` in this database and how each is bound.
     async fn columns(&self, table: &str) -> Result<Vec<(String, Kind)>> {
-        let rows: Vec<(String, String)> = match self.dialect {
+        let rows: Vec<(String, String)> = match self.dialect() {
             Dialect::Sqlite => {
                 sqlx::query_as("SELECT name, type FROM pragma_table_info($1) ORDER BY cid")
                     .bind(table)
@@ -236,7 +221,7 @@ impl Store {
         ))
         .fetch_one(&mut **source)
         .await?;
-        let deleted = match self.dialect {
+        let deleted = match self.dialect() {
             Dialect::Sqlite => {
                 sqlx::query_as::<_, (i64,)>("SELECT seq FROM sqlite_sequence WHERE name = $1")
                     .bind(table)
@@ -267,7 +252,7 @@ impl Store {
         if last <= 0 {
             return Ok(());
         }
-        match self.dialect {
+        match self.dialect() {
             Dialect::Sqlite => {
                 sqlx::query("DELETE FROM sqlite_sequence WHERE name = $1")
                     .bind(table)
@@ -290,6 +275,34 @@ impl Store {
         }
         Ok(())
     }
+}
+
+/// Inserts `rows` (columns `names`, bound as `columns` say) into `table` in
+/// one statement.
+async fn insert_rows(
+    into: &mut sqlx::Transaction<'_, Any>,
+    table: &str,
+    names: &str,
+    columns: &[(String, Kind)],
+    rows: &[sqlx::any::AnyRow],
+) -> Result<()> {
+    let mut arguments = AnyArguments::default();
+    let mut values = Vec::with_capacity(rows.len());
+    let mut n = 0;
+    for row in rows {
+        let mut placeholders = Vec::with_capacity(columns.len());
+        for (index, (_, kind)) in columns.iter().enumerate() {
+            bind(&mut arguments, row, index, *kind)?;
+            n += 1;
+            placeholders.push(format!("${n}"));
+        }
+        values.push(format!("({})", placeholders.join(", ")));
+    }
+    let insert = format!("INSERT INTO {table} ({names}) VALUES {}", values.join(", "));
+    sqlx::query_with(&insert, arguments)
+        .execute(&mut **into)
+        .await?;
+    Ok(())
 }
 
 /// Binds column `index` of `row` as `kind`, converting what the source

@@ -134,7 +134,6 @@ fn redact_password(url: &str) -> String {
 #[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
-    dialect: Dialect,
     database: std::sync::Arc<Database>,
 }
 
@@ -300,7 +299,6 @@ impl Store {
                     .map_err(open_error)?;
                 Ok(Self {
                     pool,
-                    dialect: Dialect::Sqlite,
                     database: database.clone().into(),
                 })
             }
@@ -320,7 +318,6 @@ impl Store {
                     .map_err(open_error)?;
                 Ok(Self {
                     pool,
-                    dialect: Dialect::Postgres,
                     database: database.clone().into(),
                 })
             }
@@ -375,7 +372,8 @@ impl Store {
     /// connection of its own, released by PostgreSQL when the process
     /// dies), or fails saying another holds it. Pipeline runs and the
     /// GitHub sync are not leased yet, so two servers would both take them.
-    /// A SQLite file is one server's by construction.
+    /// On SQLite nothing is held: the file lives in one server's data
+    /// directory.
     pub async fn hold_sole_server(&self) -> Result<SoleServer, SoleServerError> {
         let Database::Postgres(url) = &*self.database else {
             return Ok(SoleServer { held: None });
@@ -397,14 +395,17 @@ impl Store {
 
     /// The SQL dialect of the database.
     pub fn dialect(&self) -> Dialect {
-        self.dialect
+        match *self.database {
+            Database::Sqlite(_) => Dialect::Sqlite,
+            Database::Postgres(_) => Dialect::Postgres,
+        }
     }
 
     /// SQL for the text of the value at `path` (keys joined by `.`) inside
     /// the JSON text `column`: a string's contents, a number's digits, an
     /// object's JSON; `NULL` when absent or JSON `null`.
     fn json_text(&self, column: &str, path: &str) -> String {
-        match self.dialect {
+        match self.dialect() {
             Dialect::Sqlite => format!("CAST(json_extract({column}, '$.{path}') AS TEXT)"),
             Dialect::Postgres => format!("({column}::jsonb #>> '{{{}}}')", path.replace('.', ",")),
         }
@@ -416,7 +417,7 @@ impl Store {
     /// cursor to the last id it saw never passes over an event still being
     /// committed. SQLite's single writer gives that order already.
     async fn lock_events(&self, tx: &mut sqlx::Transaction<'_, Any>) -> Result<()> {
-        if self.dialect == Dialect::Postgres {
+        if self.dialect() == Dialect::Postgres {
             sqlx::query(
                 "SELECT CAST(1 AS BIGINT) FROM (SELECT pg_advisory_xact_lock($1)) AS locked",
             )
@@ -430,7 +431,7 @@ impl Store {
     /// SQL for the last `count` characters of the text `expr` (all of it
     /// when shorter).
     fn tail(&self, expr: &str, count: &str) -> String {
-        match self.dialect {
+        match self.dialect() {
             Dialect::Sqlite => format!("substr({expr}, -{count})"),
             Dialect::Postgres => format!("right({expr}, CAST({count} AS INTEGER))"),
         }
