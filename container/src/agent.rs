@@ -158,6 +158,21 @@ impl Peer {
 /// Connects to the agent in `run_dir` (see the module docs) and shakes
 /// hands. Must be awaited inside a tokio runtime.
 pub async fn connect(run_dir: &Path, peer: &Peer) -> Result<Client, AgentError> {
+    let stream = connect_stream(run_dir, peer).await?;
+    Client::handshake_with_token(stream, peer.token.as_deref())
+        .await
+        .map_err(|source| AgentError::Handshake {
+            path: run_dir.to_path_buf(),
+            source,
+        })
+}
+
+/// The connection to the agent in `run_dir`, its listener checked to be
+/// the sandbox's own, before the handshake (which needs `peer.token`).
+pub async fn connect_stream(
+    run_dir: &Path,
+    peer: &Peer,
+) -> Result<tokio::net::UnixStream, AgentError> {
     let socket_err = |source| AgentError::Socket {
         path: run_dir.to_path_buf(),
         source,
@@ -176,12 +191,7 @@ pub async fn connect(run_dir: &Path, peer: &Peer) -> Result<Client, AgentError> 
             reason,
         });
     }
-    Client::handshake_with_token(stream, peer.token.as_deref())
-        .await
-        .map_err(|source| AgentError::Handshake {
-            path: run_dir.to_path_buf(),
-            source,
-        })
+    Ok(stream)
 }
 
 /// Wait until the agent in `run_dir` completes a handshake, polling while

@@ -4,6 +4,11 @@
 //! sandbox (1 and 4 copies), pause/resume in memory and to disk, destroy.
 //! It measures the trait's overhead on top of the wrapped crate's: compare
 //! with `cargo bench -p sandbox-container --bench container`.
+//!
+//! Then the same operations through a node ([`sandbox::remote`]: the node
+//! serving this backend on a loopback port, a `RemoteBackend` calling it),
+//! and each p50 through the node against the direct one: the cost of one
+//! hop between a control plane and its node, without the network's.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -16,8 +21,12 @@ use sandbox::container::{AgentInit, ContainerConfig, ContainerSandboxes};
 use sandbox::{Backend, Command, Image, PauseMode, Spec};
 use sandbox_container::{BackendConfig, Bind};
 
-fn report(name: &str, samples: &mut [Duration]) {
+/// Each row's name and p50, in the order measured.
+type Rows = Vec<(String, Duration)>;
+
+fn report(rows: &mut Rows, name: &str, samples: &mut [Duration]) {
     samples.sort();
+    rows.push((name.to_owned(), samples[(samples.len() - 1) / 2]));
     let at = |p: f64| samples[((samples.len() as f64 - 1.0) * p).round() as usize];
     println!(
         "{name:<36} n={:<4} p50={:>8.2} ms  p99={:>8.2} ms",
@@ -44,7 +53,8 @@ async fn open(data_dir: &std::path::Path) -> ContainerSandboxes {
     .expect("open the container backend")
 }
 
-async fn run(b: &dyn Backend, spec: &Spec) {
+async fn run(b: &dyn Backend, spec: &Spec) -> Rows {
+    let mut rows = Rows::new();
     let mut create = Vec::new();
     let mut ids = Vec::new();
     for _ in 0..10 {
@@ -56,7 +66,7 @@ async fn run(b: &dyn Backend, spec: &Spec) {
         create.push(start.elapsed());
         ids.push(info.id);
     }
-    report("create -> first exec", &mut create);
+    report(&mut rows, "create -> first exec", &mut create);
     let id = ids[0].clone();
 
     let mut exec = Vec::new();
@@ -65,7 +75,7 @@ async fn run(b: &dyn Backend, spec: &Spec) {
         b.exec(&id, Command::new(["true"])).await.expect("exec");
         exec.push(start.elapsed());
     }
-    report("exec `true` round trip", &mut exec);
+    report(&mut rows, "exec `true` round trip", &mut exec);
 
     let blob = vec![7u8; 1 << 20];
     let mut files = Vec::new();
@@ -76,7 +86,7 @@ async fn run(b: &dyn Backend, spec: &Spec) {
         files.push(start.elapsed());
         assert_eq!(back.len(), blob.len());
     }
-    report("write + read 1 MiB", &mut files);
+    report(&mut rows, "write + read 1 MiB", &mut files);
 
     for count in [1, 4] {
         let mut forks = Vec::new();
@@ -88,7 +98,11 @@ async fn run(b: &dyn Backend, spec: &Spec) {
                 b.destroy(&copy.sandbox.id).await.expect("destroy fork");
             }
         }
-        report(&format!("fork x{count} of an idle sandbox"), &mut forks);
+        report(
+            &mut rows,
+            &format!("fork x{count} of an idle sandbox"),
+            &mut forks,
+        );
     }
 
     for (mode, name) in [
@@ -102,7 +116,7 @@ async fn run(b: &dyn Backend, spec: &Spec) {
             b.resume(&id).await.expect("resume");
             cycle.push(start.elapsed());
         }
-        report(name, &mut cycle);
+        report(&mut rows, name, &mut cycle);
     }
 
     let mut destroy = Vec::new();
@@ -111,7 +125,8 @@ async fn run(b: &dyn Backend, spec: &Spec) {
         b.destroy(&id).await.expect("destroy");
         destroy.push(start.elapsed());
     }
-    report("destroy", &mut destroy);
+    report(&mut rows, "destroy", &mut destroy);
+    rows
 }
 
 fn main() {
@@ -129,7 +144,38 @@ fn main() {
         );
         let backend: Arc<dyn Backend> = Arc::new(sandboxes);
         let spec = Spec::new(Image::root(common::host_usr_root()));
-        run(backend.as_ref(), &spec).await;
+        let direct = run(backend.as_ref(), &spec).await;
+
+        println!("\nthrough a node on a loopback port:");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let key = "bench-node-key".to_owned();
+        let node = tokio::spawn(sandbox::remote::serve(
+            backend.clone(),
+            spec.image.clone(),
+            key.clone(),
+            listener,
+        ));
+        let remote = sandbox::remote::RemoteBackend::connect("bench", addr, key)
+            .await
+            .expect("the node answers");
+        let hop = run(&remote, &spec).await;
+        node.abort();
+
+        println!(
+            "\n{:<36} {:>10} {:>10} {:>8}",
+            "p50", "direct", "node", "ratio"
+        );
+        for ((name, direct), (_, hop)) in direct.iter().zip(&hop) {
+            println!(
+                "{name:<36} {:>7.2} ms {:>7.2} ms {:>7.2}x",
+                direct.as_secs_f64() * 1e3,
+                hop.as_secs_f64() * 1e3,
+                hop.as_secs_f64() / direct.as_secs_f64()
+            );
+        }
     });
     let mut config = BackendConfig::new(&data_dir);
     config.layer_image_gib = 8;

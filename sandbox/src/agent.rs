@@ -64,6 +64,31 @@ pub struct Agent {
     pub env: Vec<(String, String)>,
 }
 
+/// A byte stream an agent speaks on.
+pub trait AgentIo: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
+
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> AgentIo for T {}
+
+/// A connection to a sandbox's agent before the handshake
+/// ([`crate::Backend::agent_stream`]).
+pub struct AgentStream {
+    pub io: Box<dyn AgentIo>,
+    /// The secret the `Hello` presents, where the agent has one.
+    pub token: Option<String>,
+    /// What [`Agent::env`] would hold.
+    pub env: Vec<(String, String)>,
+}
+
+impl std::fmt::Debug for AgentStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The token is the agent's secret: never printed.
+        f.debug_struct("AgentStream")
+            .field("token", &self.token.as_ref().map(|_| "…"))
+            .field("env", &self.env)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Where a file path points inside the sandbox, or why it is refused.
 pub fn confine(path: &str) -> Result<String> {
     let escapes = || Error::PathEscapes {

@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 
 use sandbox_container::{Bind, ContainerBackend, CreateRequest, Limits, Status};
 
-use crate::agent::Agent;
+use crate::agent::{Agent, AgentStream};
 use crate::error::{Error, Result};
 use crate::spec::{
     BackendKind, Carried, Kept, PauseMode, SandboxInfo, Spec, State, Stats, WORKSPACE,
@@ -284,6 +284,17 @@ impl Backend for ContainerSandboxes {
                 id: id.to_owned(),
                 client,
                 // The spec's env is PID 1's; every exec inherits it.
+                env: Vec::new(),
+            })
+        })
+    }
+
+    fn agent_stream<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<AgentStream>> {
+        Box::pin(async move {
+            let (io, token) = self.inner.agent_stream(id).await?;
+            Ok(AgentStream {
+                io: Box::new(io),
+                token,
                 env: Vec::new(),
             })
         })

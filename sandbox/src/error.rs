@@ -48,6 +48,8 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("Sandbox node {node}: {message}")]
+    Node { node: String, message: String },
     #[error("A blocking backend task failed")]
     Task(#[source] tokio::task::JoinError),
 }

@@ -40,6 +40,7 @@ pub mod container;
 mod error;
 pub mod microvm;
 pub mod probe;
+pub mod remote;
 mod sandbox;
 mod spec;
 #[cfg(feature = "testing")]
@@ -49,7 +50,9 @@ pub mod timing;
 use std::future::Future;
 use std::pin::Pin;
 
-pub use agent::{Agent, DEFAULT_READ_LIMIT_BYTES, ExecStream, FileStream, confine};
+pub use agent::{
+    Agent, AgentIo, AgentStream, DEFAULT_READ_LIMIT_BYTES, ExecStream, FileStream, confine,
+};
 pub use agent_proto::{DirEntry, ErrorKind, ExecEvent, ExitStatus, Exited, FileKind, Output};
 pub use error::{Error, Result};
 pub use probe::{Choice, HostFacts, probe};
@@ -79,6 +82,19 @@ pub trait Backend: Send + Sync {
 
     /// A connection to the running sandbox's agent.
     fn agent<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Agent>>;
+
+    /// The running sandbox's agent connection before any handshake, with
+    /// what the handshake needs: what a node hands its control plane
+    /// ([`remote`]). A backend without one says it cannot.
+    fn agent_stream<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<AgentStream>> {
+        Box::pin(async move {
+            let _ = id;
+            Err(Error::Unsupported {
+                backend: self.kind(),
+                what: "hand over its agent's connection".into(),
+            })
+        })
+    }
 
     /// Pause in memory (no CPU, RAM kept) or to disk (no CPU, no RAM).
     fn pause<'a>(&'a self, id: &'a str, mode: PauseMode) -> BoxFuture<'a, Result<SandboxInfo>>;

@@ -177,7 +177,7 @@ pub enum Kept {
 }
 
 /// A sandbox as listed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SandboxInfo {
     pub id: String,
     pub backend: BackendKind,
@@ -186,7 +186,7 @@ pub struct SandboxInfo {
 }
 
 /// A sandbox after resume or fork, and what it kept.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Carried {
     pub sandbox: SandboxInfo,
     pub kept: Vec<Kept>,
@@ -195,7 +195,7 @@ pub struct Carried {
 }
 
 /// Usage of one sandbox.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stats {
     pub state: State,
     /// Resident memory (container: the cgroup's; microVM: the VMM's RSS).

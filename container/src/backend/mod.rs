@@ -427,6 +427,34 @@ impl ContainerBackend {
     /// checking the socket's listener is the sandbox's own (see
     /// [`crate::agent`]). Must be awaited inside a tokio runtime.
     pub async fn agent(&self, id: &str) -> Result<agent_proto::Client, BackendError> {
+        let record = self.running(id)?;
+        crate::agent::connect(&self.run_dir(&record), &Self::peer(&record)?)
+            .await
+            .map_err(|source| BackendError::Agent {
+                id: id.to_owned(),
+                source,
+            })
+    }
+
+    /// [`ContainerBackend::agent`]'s connection before the handshake, and
+    /// the secret the handshake presents: for a caller that shakes hands
+    /// elsewhere (a node handing the agent to its control plane).
+    pub async fn agent_stream(
+        &self,
+        id: &str,
+    ) -> Result<(tokio::net::UnixStream, Option<String>), BackendError> {
+        let record = self.running(id)?;
+        let peer = Self::peer(&record)?;
+        let stream = crate::agent::connect_stream(&self.run_dir(&record), &peer)
+            .await
+            .map_err(|source| BackendError::Agent {
+                id: id.to_owned(),
+                source,
+            })?;
+        Ok((stream, peer.token))
+    }
+
+    fn running(&self, id: &str) -> Result<SandboxRecord, BackendError> {
         let record = self.observe(id)?;
         if record.status != Status::Running {
             return Err(BackendError::WrongState {
@@ -435,12 +463,7 @@ impl ContainerBackend {
                 needed: "running",
             });
         }
-        crate::agent::connect(&self.run_dir(&record), &Self::peer(&record)?)
-            .await
-            .map_err(|source| BackendError::Agent {
-                id: id.to_owned(),
-                source,
-            })
+        Ok(record)
     }
 
     /// Send a lifecycle notice when PID 1 is the agent.

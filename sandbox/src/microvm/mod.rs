@@ -42,6 +42,7 @@ pub mod locks;
 pub mod vm;
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -57,7 +58,7 @@ use sandbox_container::cgroup::{Cgroup, CgroupLayout};
 use self::control::{ControlError, ControlSocket};
 use self::locks::VmLocks;
 use self::vm::VmRecord;
-use crate::agent::Agent;
+use crate::agent::{Agent, AgentStream};
 use crate::error::{Error, Result};
 use crate::spec::{BackendKind, Carried, Kept, PauseMode, SandboxInfo, Spec, State, Stats};
 use crate::{Backend, BoxFuture};
@@ -178,6 +179,26 @@ async fn connect_agent(
     port: u32,
     within: Duration,
 ) -> Result<agent_proto::Client> {
+    let connect = async {
+        let stream = vsock_stream(record, port).await?;
+        agent_proto::Client::handshake(stream)
+            .await
+            .map_err(Error::agent(&record.id))
+    };
+    agent_within(record, port, within, connect).await
+}
+
+/// The stream to the guest agent's port through the VMM's vsock socket,
+/// before the handshake.
+async fn connect_agent_stream(
+    record: &VmRecord,
+    port: u32,
+    within: Duration,
+) -> Result<tokio::net::UnixStream> {
+    agent_within(record, port, within, vsock_stream(record, port)).await
+}
+
+async fn vsock_stream(record: &VmRecord, port: u32) -> Result<tokio::net::UnixStream> {
     let socket = vm::NoFollow::socket(&record.vsock_uds).map_err(|source| Error::Agent {
         id: record.id.clone(),
         source: agent_proto::ClientError::Connect {
@@ -185,16 +206,28 @@ async fn connect_agent(
             source,
         },
     })?;
-    let attempt = agent_proto::Client::connect_vsock_proxy(socket.path(), port);
-    match tokio::time::timeout(within, attempt).await {
-        Ok(connected) => connected.map_err(Error::agent(&record.id)),
-        Err(_) => Err(Error::Agent {
-            id: record.id.clone(),
-            source: agent_proto::ClientError::Handshake(format!(
-                "the guest did not answer CONNECT {port} within {within:?}"
-            )),
-        }),
-    }
+    agent_proto::Client::vsock_proxy_stream(socket.path(), port)
+        .await
+        .map_err(Error::agent(&record.id))
+}
+
+/// `connect`, or a handshake error once `within` passed.
+async fn agent_within<T>(
+    record: &VmRecord,
+    port: u32,
+    within: Duration,
+    connect: impl Future<Output = Result<T>>,
+) -> Result<T> {
+    tokio::time::timeout(within, connect)
+        .await
+        .unwrap_or_else(|_| {
+            Err(Error::Agent {
+                id: record.id.clone(),
+                source: agent_proto::ClientError::Handshake(format!(
+                    "the guest did not answer CONNECT {port} within {within:?}"
+                )),
+            })
+        })
 }
 
 fn now_ns() -> u64 {
@@ -961,6 +994,22 @@ impl Backend for MicrovmSandboxes {
             Ok(Agent {
                 id: id.to_owned(),
                 client,
+                env: record.env,
+            })
+        })
+    }
+
+    fn agent_stream<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<AgentStream>> {
+        Box::pin(async move {
+            let record = self.load(id)?;
+            if record.state != State::Running {
+                return Err(Self::wrong_state(&record, "running"));
+            }
+            let io = connect_agent_stream(&record, self.config.agent_port, AGENT_CONNECT_TIMEOUT)
+                .await?;
+            Ok(AgentStream {
+                io: Box::new(io),
+                token: None,
                 env: record.env,
             })
         })

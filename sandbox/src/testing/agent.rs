@@ -44,8 +44,7 @@ const PIPE_BYTES: usize = 256 * 1024;
 /// A connected client and the task serving it (aborting the task closes
 /// the connection).
 pub(super) async fn connect(inner: Arc<Inner>, id: &str) -> Result<(Client, JoinHandle<()>)> {
-    let (host, guest) = tokio::io::duplex(PIPE_BYTES);
-    let task = tokio::spawn(serve(inner, id.to_owned(), guest));
+    let (host, task) = stream(inner, id);
     match Client::handshake(host).await {
         Ok(client) => Ok((client, task)),
         Err(error) => {
@@ -53,6 +52,13 @@ pub(super) async fn connect(inner: Arc<Inner>, id: &str) -> Result<(Client, Join
             Err(Error::agent(id)(error))
         }
     }
+}
+
+/// The host's end of a new connection to `id`'s agent, before the
+/// handshake, and the task serving the other end.
+pub(super) fn stream(inner: Arc<Inner>, id: &str) -> (tokio::io::DuplexStream, JoinHandle<()>) {
+    let (host, guest) = tokio::io::duplex(PIPE_BYTES);
+    (host, tokio::spawn(serve(inner, id.to_owned(), guest)))
 }
 
 /// What the agent sends on one stream.

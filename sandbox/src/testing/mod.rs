@@ -419,6 +419,39 @@ impl MemorySandboxes {
         }
     }
 
+    /// Records an agent connection of running sandbox `id` (and the client
+    /// on it, to be handed out again), so that a pause to disk, a crash or
+    /// a destroy closes it; `NotFound` when the sandbox was destroyed or
+    /// paused meanwhile.
+    fn keep_connection(
+        &self,
+        id: &str,
+        task: JoinHandle<()>,
+        client: Option<&agent_proto::Client>,
+    ) -> Result<()> {
+        let mut sandboxes = self.inner.sandboxes();
+        let Some(entry) = sandboxes
+            .get_mut(id)
+            .filter(|e| e.info.state == State::Running)
+        else {
+            task.abort();
+            return Err(Error::NotFound(id.to_owned()));
+        };
+        if let Some(client) = client {
+            entry.client = Some(client.clone());
+        }
+        entry.connections.push(task);
+        Ok(())
+    }
+
+    /// Numbers its sandboxes from `first` on, so that several in-memory
+    /// backends (the nodes of a test) give distinct ids, as real backends'
+    /// random ones are.
+    pub fn ids_from(self, first: u64) -> Self {
+        self.inner.next_id.store(first, Ordering::Relaxed);
+        self
+    }
+
     /// Answers execs `respond` returns a reply for; later responders are
     /// asked first, and `None` passes the exec on.
     pub fn respond(&self, respond: impl Fn(&Invocation) -> Option<Reply> + Send + Sync + 'static) {
@@ -585,17 +618,7 @@ impl Backend for MemorySandboxes {
                 Some(client) => client,
                 None => {
                     let (client, task) = agent::connect(self.inner.clone(), id).await?;
-                    let mut sandboxes = self.inner.sandboxes();
-                    // It may have been destroyed or paused meanwhile.
-                    let Some(entry) = sandboxes
-                        .get_mut(id)
-                        .filter(|e| e.info.state == State::Running)
-                    else {
-                        task.abort();
-                        return Err(Error::NotFound(id.to_owned()));
-                    };
-                    entry.client = Some(client.clone());
-                    entry.connections.push(task);
+                    self.keep_connection(id, task, Some(&client))?;
                     client
                 }
             };
@@ -603,6 +626,22 @@ impl Backend for MemorySandboxes {
                 id: id.to_owned(),
                 client,
                 // The spec's env is the agent's own, as in a container.
+                env: Vec::new(),
+            })
+        })
+    }
+
+    fn agent_stream<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<crate::AgentStream>> {
+        Box::pin(async move {
+            let state = self.inner.state(id)?;
+            if state != State::Running {
+                return Err(Inner::wrong_state(id, state, "running"));
+            }
+            let (io, task) = agent::stream(self.inner.clone(), id);
+            self.keep_connection(id, task, None)?;
+            Ok(crate::AgentStream {
+                io: Box::new(io),
+                token: None,
                 env: Vec::new(),
             })
         })

@@ -259,6 +259,15 @@ impl Client {
     /// vsock socket (Firecracker's convention: send `CONNECT <port>\n`,
     /// receive `OK <host port>\n`, then the stream is the guest's).
     pub async fn connect_vsock_proxy(uds: impl AsRef<Path>, port: u32) -> Result<Self> {
+        Self::handshake(Self::vsock_proxy_stream(uds, port).await?).await
+    }
+
+    /// The stream to guest port `port` through the VMM's vsock socket,
+    /// after `CONNECT` and before any handshake.
+    pub async fn vsock_proxy_stream(
+        uds: impl AsRef<Path>,
+        port: u32,
+    ) -> Result<tokio::net::UnixStream> {
         use tokio::io::AsyncReadExt;
         let uds = uds.as_ref();
         let connect_err = |source| ClientError::Connect {
@@ -292,7 +301,7 @@ impl Client {
                 String::from_utf8_lossy(&line)
             )));
         }
-        Self::handshake(sock).await
+        Ok(sock)
     }
 
     /// Shakes hands over any byte stream (Unix socket, vsock, the VMM's

@@ -1,0 +1,839 @@
+//! Sandboxes on another host: [`serve`] offers a host's [`Backend`] on a
+//! TCP listener (a sandbox node), and [`RemoteBackend`] is a [`Backend`]
+//! whose sandboxes live on such a node (the control plane's side), so
+//! everything built on `dyn Backend` works unchanged across machines.
+//!
+//! # The node protocol
+//!
+//! Each connection carries one operation. The caller writes one JSON line,
+//! `{"v":1,"key":"…","op":{"op":"create",…}}`; the node checks the key
+//! (compared in constant time), runs the operation and answers one JSON
+//! line, `{"ok":…}` or `{"error":{"kind":…}}`, then closes. The errors a
+//! caller acts on keep their kind across the wire ([`Error::NotFound`],
+//! [`Error::WrongState`], [`Error::Invalid`], [`Error::PathEscapes`],
+//! [`Error::Unsupported`], [`Error::TooLarge`], [`Error::Unresponsive`]);
+//! anything else arrives as [`Error::Node`] with the node's message.
+//!
+//! `agent` is the exception: after its `ok` (the agent's secret and
+//! environment) the connection is the sandbox agent's own byte stream
+//! ([`Backend::agent_stream`]), and the caller shakes hands with the agent
+//! through it. Exec, files, ports and terminals then run exactly as they do
+//! on the node, streaming, with the agent's own errors; the caller keeps
+//! one such connection per sandbox, as the local backends do.
+//!
+//! # Bounds
+//!
+//! A node serves at most [`MAX_CONNECTIONS`] connections at once (agent
+//! connections included; the next waits to be accepted), reads a request
+//! of at most [`MAX_REQUEST_BYTES`] within [`REQUEST_TIMEOUT`], and a wrong
+//! key gets an error and the connection closed. The caller reads an answer
+//! of at most [`MAX_ANSWER_BYTES`] and gives up on a node that does not
+//! connect within [`CONNECT_TIMEOUT`] or answer within [`ANSWER_TIMEOUT`].
+//!
+//! A node starts every sandbox from its own image: the spec's image names
+//! a path on the caller's host, which means nothing on the node. A spec
+//! with a host workspace directory is refused for the same reason.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, oneshot};
+
+use crate::agent::{Agent, AgentStream};
+use crate::error::{Error, Result, chain};
+use crate::spec::{BackendKind, Carried, Image, PauseMode, SandboxInfo, Spec, State, Stats};
+use crate::{Backend, BoxFuture};
+
+/// The protocol's version: a node refuses requests of another.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Connections a node serves at once.
+pub const MAX_CONNECTIONS: usize = 1024;
+
+/// Largest request line a node reads.
+pub const MAX_REQUEST_BYTES: u64 = 1 << 20;
+
+/// How long a caller has to send its request once connected.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Largest answer line a caller reads (a listing of many sandboxes).
+pub const MAX_ANSWER_BYTES: u64 = 64 << 20;
+
+/// How long a caller waits for a node to accept its connection.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a caller waits for a node's answer: longer than any operation
+/// takes on a healthy node (a fork of many copies, a large pause to disk).
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// One operation of the node protocol.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+enum Op {
+    Describe,
+    Create {
+        vcpus: u8,
+        mem_mib: u64,
+        disk_mib: u64,
+        env: Vec<(String, String)>,
+    },
+    Get {
+        id: String,
+    },
+    List,
+    Agent {
+        id: String,
+    },
+    Pause {
+        id: String,
+        mode: PauseMode,
+    },
+    Resume {
+        id: String,
+    },
+    Fork {
+        id: String,
+        count: usize,
+    },
+    Snapshot {
+        id: String,
+    },
+    Destroy {
+        id: String,
+    },
+    Stats {
+        id: String,
+    },
+    CollectGarbage,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Request {
+    v: u32,
+    key: String,
+    op: Op,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Answer<T> {
+    Ok(T),
+    Error(WireError),
+}
+
+/// What a node says of itself.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Description {
+    backend: BackendKind,
+}
+
+/// What a caller needs to shake hands with an agent through the tunnel.
+#[derive(Serialize, Deserialize)]
+struct AgentHello {
+    token: Option<String>,
+    env: Vec<(String, String)>,
+}
+
+/// An [`Error`] on the wire.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+enum WireError {
+    NotFound {
+        id: String,
+    },
+    WrongState {
+        id: String,
+        state: State,
+        needed: String,
+    },
+    PathEscapes {
+        path: String,
+    },
+    Unsupported {
+        backend: BackendKind,
+        what: String,
+    },
+    Invalid {
+        message: String,
+    },
+    TooLarge {
+        id: String,
+        what: String,
+        limit: u64,
+    },
+    Unresponsive {
+        id: String,
+        what: String,
+        secs: u64,
+    },
+    Refused {
+        message: String,
+    },
+    Failed {
+        message: String,
+    },
+}
+
+impl From<&Error> for WireError {
+    fn from(error: &Error) -> Self {
+        match error {
+            Error::NotFound(id) => WireError::NotFound { id: id.clone() },
+            Error::WrongState { id, state, needed } => WireError::WrongState {
+                id: id.clone(),
+                state: *state,
+                needed: (*needed).to_owned(),
+            },
+            Error::PathEscapes { path } => WireError::PathEscapes { path: path.clone() },
+            Error::Unsupported { backend, what } => WireError::Unsupported {
+                backend: *backend,
+                what: what.clone(),
+            },
+            Error::Invalid(message) => WireError::Invalid {
+                message: message.clone(),
+            },
+            Error::TooLarge { id, what, limit } => WireError::TooLarge {
+                id: id.clone(),
+                what: what.clone(),
+                limit: *limit,
+            },
+            Error::Unresponsive { id, what, secs } => WireError::Unresponsive {
+                id: id.clone(),
+                what: what.clone(),
+                secs: *secs,
+            },
+            other => WireError::Failed {
+                message: chain(other),
+            },
+        }
+    }
+}
+
+impl WireError {
+    fn into_error(self, node: &str) -> Error {
+        match self {
+            WireError::NotFound { id } => Error::NotFound(id),
+            WireError::WrongState { id, state, needed } => Error::WrongState {
+                id,
+                state,
+                needed: needed_state(&needed),
+            },
+            WireError::PathEscapes { path } => Error::PathEscapes { path },
+            WireError::Unsupported { backend, what } => Error::Unsupported { backend, what },
+            WireError::Invalid { message } => Error::Invalid(message),
+            WireError::TooLarge { id, what, limit } => Error::TooLarge { id, what, limit },
+            WireError::Unresponsive { id, what, secs } => Error::Unresponsive { id, what, secs },
+            WireError::Refused { message } | WireError::Failed { message } => Error::Node {
+                node: node.to_owned(),
+                message,
+            },
+        }
+    }
+}
+
+/// The backends' words for the state an operation needs, as the static
+/// text [`Error::WrongState`] holds.
+fn needed_state(needed: &str) -> &'static str {
+    const KNOWN: [&str; 5] = [
+        "running",
+        "running or paused",
+        "paused",
+        "paused to disk",
+        "running, paused or paused to disk",
+    ];
+    KNOWN
+        .into_iter()
+        .find(|known| *known == needed)
+        .unwrap_or("in another state")
+}
+
+/// Equal byte strings, in time that depends only on their lengths.
+fn same_key(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
+}
+
+/// Serve `backend` on `listener` to callers presenting `key`, starting
+/// every sandbox from `image`, until the task is dropped. Each connection
+/// runs on a task of its own.
+pub async fn serve(
+    backend: Arc<dyn Backend>,
+    image: Image,
+    key: String,
+    listener: TcpListener,
+) -> std::io::Result<()> {
+    let node = Arc::new(Node {
+        backend,
+        image,
+        key,
+        tunnels: Mutex::default(),
+    });
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return Ok(());
+        };
+        let (stream, _) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            // A connection reset before accept(2), or out of descriptors
+            // for a moment: the listener itself is fine.
+            Err(error) if transient(&error) => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+            Err(error) => return Err(error),
+        };
+        let _ = stream.set_nodelay(true);
+        let node = node.clone();
+        tokio::spawn(async move {
+            node.connection(stream).await;
+            drop(slot);
+        });
+    }
+}
+
+fn transient(error: &std::io::Error) -> bool {
+    use std::io::ErrorKind as K;
+    matches!(
+        error.kind(),
+        K::ConnectionAborted | K::ConnectionReset | K::Interrupted
+    ) || matches!(error.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+}
+
+struct Node {
+    backend: Arc<dyn Backend>,
+    image: Image,
+    key: String,
+    /// The open agent tunnels of each sandbox, to close before an
+    /// operation that cannot keep them (a checkpoint cannot hold a
+    /// connection to the host).
+    tunnels: Mutex<HashMap<String, Vec<Tunnel>>>,
+}
+
+/// An open agent tunnel: a word to close it, and its answer once closed.
+struct Tunnel {
+    close: oneshot::Sender<()>,
+    closed: oneshot::Receiver<()>,
+}
+
+impl Node {
+    async fn connection(&self, stream: TcpStream) {
+        let mut conn = BufReader::new(stream);
+        let request =
+            tokio::time::timeout(REQUEST_TIMEOUT, read_line(&mut conn, MAX_REQUEST_BYTES))
+                .await
+                .unwrap_or_else(|_| Err("no request within the time allowed".to_owned()));
+        let request = request.and_then(|line| {
+            serde_json::from_slice::<Request>(&line)
+                .map_err(|e| format!("a malformed request: {e}"))
+        });
+        let request = match request {
+            Ok(request) if request.v != PROTOCOL_VERSION => Err(format!(
+                "protocol version {} is not this node's {PROTOCOL_VERSION}",
+                request.v
+            )),
+            Ok(request) if !same_key(request.key.as_bytes(), self.key.as_bytes()) => {
+                Err("the node key is wrong".to_owned())
+            }
+            other => other,
+        };
+        let op = match request {
+            Ok(request) => request.op,
+            Err(message) => {
+                let refusal: Answer<()> = Answer::Error(WireError::Refused { message });
+                if write_answer(&mut conn, &refusal).await.is_ok() {
+                    linger(conn).await;
+                }
+                return;
+            }
+        };
+        if let Op::Agent { id } = op {
+            return self.tunnel(conn, &id).await;
+        }
+        let answer = self.run(op).await;
+        let _ = write_answer(&mut conn, &answer).await;
+    }
+
+    /// Answer the agent's secret, then pass bytes both ways until either
+    /// side closes or an operation on the sandbox needs it closed.
+    async fn tunnel(&self, mut conn: BufReader<TcpStream>, id: &str) {
+        let stream = match self.backend.agent_stream(id).await {
+            Ok(stream) => stream,
+            Err(error) => {
+                let answer: Answer<()> = Answer::Error(WireError::from(&error));
+                let _ = write_answer(&mut conn, &answer).await;
+                return;
+            }
+        };
+        let AgentStream { mut io, token, env } = stream;
+        let hello = Answer::Ok(AgentHello { token, env });
+        if write_answer(&mut conn, &hello).await.is_err() {
+            return;
+        }
+        let (close, mut close_rx) = oneshot::channel();
+        let (closed_tx, closed) = oneshot::channel();
+        self.tunnels_of()
+            .entry(id.to_owned())
+            .or_default()
+            .push(Tunnel { close, closed });
+        tokio::select! {
+            _ = tokio::io::copy_bidirectional(&mut conn, &mut io) => {}
+            _ = &mut close_rx => {}
+        }
+        drop(io);
+        drop(conn);
+        let _ = closed_tx.send(());
+        if let Some(open) = self.tunnels_of().get_mut(id) {
+            open.retain(|t| !t.close.is_closed());
+        }
+    }
+
+    fn tunnels_of(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<Tunnel>>> {
+        // Plain handles: a panic cannot leave the map inconsistent.
+        self.tunnels.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Close `id`'s agent tunnels and wait until they are.
+    async fn close_tunnels(&self, id: &str) {
+        let open = self.tunnels_of().remove(id).unwrap_or_default();
+        for tunnel in open {
+            let _ = tunnel.close.send(());
+            let _ = tunnel.closed.await;
+        }
+    }
+
+    async fn run(&self, op: Op) -> Answer<serde_json::Value> {
+        let backend = &*self.backend;
+        let result = match op {
+            Op::Describe => to_value(Ok(Description {
+                backend: backend.kind(),
+            })),
+            Op::Create {
+                vcpus,
+                mem_mib,
+                disk_mib,
+                env,
+            } => {
+                let mut spec = Spec::new(self.image.clone());
+                spec.vcpus = vcpus;
+                spec.mem_mib = mem_mib;
+                spec.disk_mib = disk_mib;
+                spec.env = env;
+                to_value(backend.create(spec).await)
+            }
+            Op::Get { id } => to_value(backend.get(&id).await),
+            Op::List => to_value(backend.list().await),
+            Op::Pause { id, mode } => {
+                if mode == PauseMode::Disk {
+                    self.close_tunnels(&id).await;
+                }
+                to_value(backend.pause(&id, mode).await)
+            }
+            Op::Resume { id } => to_value(backend.resume(&id).await),
+            Op::Fork { id, count } => {
+                self.close_tunnels(&id).await;
+                to_value(backend.fork(&id, count).await)
+            }
+            Op::Snapshot { id } => {
+                self.close_tunnels(&id).await;
+                to_value(backend.snapshot(&id).await)
+            }
+            Op::Destroy { id } => {
+                self.close_tunnels(&id).await;
+                to_value(backend.destroy(&id).await)
+            }
+            Op::Stats { id } => to_value(backend.stats(&id).await),
+            Op::CollectGarbage => to_value(backend.collect_garbage().await),
+            // Handled by `tunnel` before `run` is reached.
+            Op::Agent { id } => Err(Error::Invalid(format!(
+                "the agent of {id} is reached by a connection of its own"
+            ))),
+        };
+        match result {
+            Ok(value) => Answer::Ok(value),
+            Err(error) => Answer::Error(WireError::from(&error)),
+        }
+    }
+}
+
+/// After a refusal: stop writing, and read what the caller still sends
+/// (a bounded amount, for a bounded time) before closing, so that the
+/// refusal is not lost to a reset of a connection closed with unread data.
+async fn linger(mut conn: BufReader<TcpStream>) {
+    if conn.get_mut().shutdown().await.is_err() {
+        return;
+    }
+    let mut rest = (&mut conn).take(MAX_REQUEST_BYTES);
+    let mut sink = tokio::io::sink();
+    let drain = tokio::io::copy(&mut rest, &mut sink);
+    let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
+}
+
+fn to_value<T: Serialize>(result: Result<T>) -> Result<serde_json::Value> {
+    result.and_then(|value| {
+        serde_json::to_value(value).map_err(|e| Error::Invalid(format!("unencodable answer: {e}")))
+    })
+}
+
+/// One line, without its newline; more than `limit` bytes or a close
+/// before the newline is an error.
+async fn read_line<R: AsyncRead + Unpin>(
+    reader: &mut BufReader<R>,
+    limit: u64,
+) -> std::result::Result<Vec<u8>, String> {
+    let mut line = Vec::new();
+    let read = (&mut *reader)
+        .take(limit + 1)
+        .read_until(b'\n', &mut line)
+        .await
+        .map_err(|e| format!("reading failed: {e}"))?;
+    if line.last() != Some(&b'\n') {
+        return Err(if read as u64 > limit {
+            format!("a line longer than {limit} bytes")
+        } else {
+            "the connection closed mid-line".to_owned()
+        });
+    }
+    line.pop();
+    Ok(line)
+}
+
+async fn write_answer<T: Serialize>(
+    conn: &mut BufReader<TcpStream>,
+    answer: &Answer<T>,
+) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(answer).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    conn.get_mut().write_all(&line).await?;
+    conn.get_mut().flush().await
+}
+
+/// Sandboxes on a node that [`serve`]s them: every operation is one
+/// connection to it, and each sandbox's agent one kept connection.
+pub struct RemoteBackend {
+    /// The node's name, in errors.
+    node: String,
+    addr: SocketAddr,
+    key: String,
+    kind: BackendKind,
+    /// Each sandbox's kept agent connection, and its environment.
+    clients: Mutex<HashMap<String, KeptAgent>>,
+}
+
+type KeptAgent = (agent_proto::Client, Vec<(String, String)>);
+
+impl std::fmt::Debug for RemoteBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteBackend")
+            .field("node", &self.node)
+            .field("addr", &self.addr)
+            .field("kind", &self.kind)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RemoteBackend {
+    /// The node `node` at `addr`, asked what it runs; `key` is its secret.
+    pub async fn connect(node: impl Into<String>, addr: SocketAddr, key: String) -> Result<Self> {
+        let mut backend = Self {
+            node: node.into(),
+            addr,
+            key,
+            kind: BackendKind::Container,
+            clients: Mutex::default(),
+        };
+        let description: Description = backend.call(Op::Describe).await?;
+        backend.kind = description.backend;
+        Ok(backend)
+    }
+
+    /// The node's name.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    fn failed(&self, message: String) -> Error {
+        Error::Node {
+            node: self.node.clone(),
+            message,
+        }
+    }
+
+    /// Send `op` and read the node's answer; the connection is returned for
+    /// `agent`, whose answer is followed by the agent's stream.
+    async fn request<T: DeserializeOwned>(&self, op: Op) -> Result<(T, BufReader<TcpStream>)> {
+        let what = match &op {
+            Op::Agent { .. } => "its agent",
+            _ => "the operation",
+        };
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(self.addr))
+            .await
+            .map_err(|_| {
+                self.failed(format!(
+                    "no connection to {} within {CONNECT_TIMEOUT:?}",
+                    self.addr
+                ))
+            })?
+            .map_err(|e| self.failed(format!("connecting to {} failed: {e}", self.addr)))?;
+        let _ = stream.set_nodelay(true);
+        let mut conn = BufReader::new(stream);
+        let mut line = serde_json::to_vec(&Request {
+            v: PROTOCOL_VERSION,
+            key: self.key.clone(),
+            op,
+        })
+        .map_err(|e| Error::Invalid(format!("unencodable request: {e}")))?;
+        line.push(b'\n');
+        let exchange = async {
+            conn.get_mut()
+                .write_all(&line)
+                .await
+                .map_err(|e| e.to_string())?;
+            read_line(&mut conn, MAX_ANSWER_BYTES).await
+        };
+        let answer = tokio::time::timeout(ANSWER_TIMEOUT, exchange)
+            .await
+            .map_err(|_| self.failed(format!("no answer for {what} within {ANSWER_TIMEOUT:?}")))?
+            .map_err(|e| self.failed(format!("the node's answer for {what}: {e}")))?;
+        match serde_json::from_slice::<Answer<T>>(&answer) {
+            Ok(Answer::Ok(value)) => Ok((value, conn)),
+            Ok(Answer::Error(error)) => Err(error.into_error(&self.node)),
+            Err(e) => Err(self.failed(format!("a malformed answer for {what}: {e}"))),
+        }
+    }
+
+    async fn call<T: DeserializeOwned>(&self, op: Op) -> Result<T> {
+        Ok(self.request(op).await?.0)
+    }
+
+    fn clients(&self) -> std::sync::MutexGuard<'_, HashMap<String, KeptAgent>> {
+        // The map holds plain handles: a panic cannot leave it inconsistent.
+        self.clients.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn forget(&self, id: &str) {
+        self.clients().remove(id);
+    }
+}
+
+impl Backend for RemoteBackend {
+    fn kind(&self) -> BackendKind {
+        self.kind
+    }
+
+    fn create(&self, spec: Spec) -> BoxFuture<'_, Result<SandboxInfo>> {
+        Box::pin(async move {
+            if spec.workspace.is_some() {
+                return Err(Error::Unsupported {
+                    backend: self.kind,
+                    what: format!("show a host directory in a sandbox on node {}", self.node),
+                });
+            }
+            self.call(Op::Create {
+                vcpus: spec.vcpus,
+                mem_mib: spec.mem_mib,
+                disk_mib: spec.disk_mib,
+                env: spec.env,
+            })
+            .await
+        })
+    }
+
+    fn get<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<SandboxInfo>> {
+        Box::pin(self.call(Op::Get { id: id.to_owned() }))
+    }
+
+    fn list(&self) -> BoxFuture<'_, Result<Vec<SandboxInfo>>> {
+        Box::pin(self.call(Op::List))
+    }
+
+    fn agent<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Agent>> {
+        Box::pin(async move {
+            let kept = self
+                .clients()
+                .get(id)
+                .filter(|(c, _)| !c.is_closed())
+                .cloned();
+            let (client, env) = match kept {
+                // The sandbox may have been paused since, by any caller:
+                // its state is asked as the local backends read theirs.
+                Some(kept) => {
+                    let info = self.get(id).await?;
+                    if info.state != State::Running {
+                        return Err(Error::WrongState {
+                            id: id.to_owned(),
+                            state: info.state,
+                            needed: "running",
+                        });
+                    }
+                    kept
+                }
+                None => {
+                    let (hello, conn) = self
+                        .request::<AgentHello>(Op::Agent { id: id.to_owned() })
+                        .await?;
+                    let client =
+                        agent_proto::Client::handshake_with_token(conn, hello.token.as_deref())
+                            .await
+                            .map_err(Error::agent(id))?;
+                    let kept = (client, hello.env);
+                    self.clients().insert(id.to_owned(), kept.clone());
+                    kept
+                }
+            };
+            Ok(Agent {
+                id: id.to_owned(),
+                client,
+                env,
+            })
+        })
+    }
+
+    fn agent_stream<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<AgentStream>> {
+        Box::pin(async move {
+            let (hello, conn) = self
+                .request::<AgentHello>(Op::Agent { id: id.to_owned() })
+                .await?;
+            Ok(AgentStream {
+                io: Box::new(conn),
+                token: hello.token,
+                env: hello.env,
+            })
+        })
+    }
+
+    fn pause<'a>(&'a self, id: &'a str, mode: PauseMode) -> BoxFuture<'a, Result<SandboxInfo>> {
+        Box::pin(async move {
+            if mode == PauseMode::Disk {
+                self.forget(id);
+            }
+            self.call(Op::Pause {
+                id: id.to_owned(),
+                mode,
+            })
+            .await
+        })
+    }
+
+    fn resume<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Carried>> {
+        Box::pin(self.call(Op::Resume { id: id.to_owned() }))
+    }
+
+    fn fork<'a>(&'a self, id: &'a str, count: usize) -> BoxFuture<'a, Result<Vec<Carried>>> {
+        Box::pin(async move {
+            // The node closes the sandbox's agent tunnels first.
+            self.forget(id);
+            self.call(Op::Fork {
+                id: id.to_owned(),
+                count,
+            })
+            .await
+        })
+    }
+
+    fn snapshot<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Carried>> {
+        Box::pin(async move {
+            self.forget(id);
+            self.call(Op::Snapshot { id: id.to_owned() }).await
+        })
+    }
+
+    fn destroy<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            self.forget(id);
+            self.call(Op::Destroy { id: id.to_owned() }).await
+        })
+    }
+
+    fn stats<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Stats>> {
+        Box::pin(self.call(Op::Stats { id: id.to_owned() }))
+    }
+
+    fn collect_garbage(&self) -> BoxFuture<'_, Result<Vec<String>>> {
+        Box::pin(self.call(Op::CollectGarbage))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `error` after a trip through the wire, as a caller of node "n" sees it.
+    fn across(error: &Error) -> Error {
+        let line = serde_json::to_string(&WireError::from(error)).expect("encode");
+        serde_json::from_str::<WireError>(&line)
+            .expect("decode")
+            .into_error("n")
+    }
+
+    #[test]
+    fn the_errors_a_caller_acts_on_keep_their_kind_and_words() {
+        let errors = [
+            Error::NotFound("sb1".into()),
+            Error::WrongState {
+                id: "sb1".into(),
+                state: State::Paused,
+                needed: "running",
+            },
+            Error::WrongState {
+                id: "sb1".into(),
+                state: State::Running,
+                needed: "running or paused",
+            },
+            Error::PathEscapes {
+                path: "../x".into(),
+            },
+            Error::Unsupported {
+                backend: BackendKind::Microvm,
+                what: "fork".into(),
+            },
+            Error::Invalid("no copies".into()),
+            Error::TooLarge {
+                id: "sb1".into(),
+                what: "a file".into(),
+                limit: 9,
+            },
+            Error::Unresponsive {
+                id: "sb1".into(),
+                what: "an exec".into(),
+                secs: 60,
+            },
+        ];
+        for error in &errors {
+            let back = across(error);
+            assert_eq!(back.to_string(), error.to_string());
+            assert_eq!(
+                std::mem::discriminant(&back),
+                std::mem::discriminant(error),
+                "{error}"
+            );
+        }
+    }
+
+    #[test]
+    fn other_errors_arrive_as_the_nodes_message() {
+        let error = Error::Vmm {
+            id: "sb1".into(),
+            message: "gone".into(),
+        };
+        let back = across(&error);
+        assert!(
+            matches!(&back, Error::Node { node, message } if node == "n" && message == &error.to_string()),
+            "{back}"
+        );
+        // A state word no backend uses stays readable, not invented.
+        assert_eq!(needed_state("sideways"), "in another state");
+    }
+
+    #[test]
+    fn keys_compare_whole() {
+        assert!(same_key(b"abc", b"abc"));
+        assert!(!same_key(b"abc", b"abd"));
+        assert!(!same_key(b"abc", b"ab"));
+        assert!(!same_key(b"", b"a"));
+    }
+}
