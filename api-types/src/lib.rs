@@ -10,7 +10,7 @@
 //!   `migrations/postgres/0001_schema.sql` hold the database to the same
 //!   lists.
 //! - One module per resource with its request and response bodies:
-//!   [`vms`], [`snapshots`], [`templates`], [`runs`], [`repos`], [`events`], [`tokens`], [`webhooks`], [`github`],
+//!   [`vms`], [`nodes`], [`snapshots`], [`templates`], [`runs`], [`repos`], [`events`], [`tokens`], [`webhooks`], [`github`],
 //!   and the error body every failure uses, [`error`].
 //!
 //! The JSON these types produce is the wire format the README documents:
@@ -22,6 +22,7 @@
 pub mod error;
 pub mod events;
 pub mod github;
+pub mod nodes;
 pub mod repos;
 pub mod runs;
 pub mod snapshots;

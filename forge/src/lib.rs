@@ -21,6 +21,7 @@ pub mod git;
 pub mod github;
 pub mod mcp;
 pub mod metrics;
+pub mod nodes;
 pub mod pipelines;
 pub mod review;
 pub mod server;

@@ -84,24 +84,8 @@ enum Command {
         /// Let repository imports (and webhooks) reach private networks.
         #[arg(long, env = "FORGE_ALLOW_PRIVATE")]
         allow_private: bool,
-        /// Sandbox backend: auto (probe the host), container, microvm or none.
-        #[arg(
-            long,
-            env = "FORGE_SANDBOX_BACKEND",
-            value_enum,
-            default_value = "auto"
-        )]
-        sandbox_backend: forge::server::SandboxBackend,
-        /// Where sandboxes keep their state (default: <data dir>/sandboxes).
-        #[arg(long, env = "FORGE_SANDBOX_DIR")]
-        sandbox_dir: Option<PathBuf>,
-        /// Seconds a microVM's boot (or resume from disk) may take until its
-        /// agent answers; raise it on slow (nested, emulated) hosts.
-        #[arg(long, env = "FORGE_SANDBOX_BOOT_SECS", default_value_t = 60)]
-        sandbox_boot_secs: u64,
-        /// The guest image directory (default: the newest in <data dir>/images).
-        #[arg(long, env = "FORGE_IMAGE")]
-        image: Option<PathBuf>,
+        #[command(flatten)]
+        sandbox: SandboxArgs,
         /// Most sandboxes running or paused in memory at once.
         #[arg(long, env = "FORGE_MAX_SANDBOXES", default_value_t = 200)]
         max_sandboxes: usize,
@@ -196,6 +180,10 @@ enum Command {
     /// The forge's database.
     #[command(subcommand)]
     Db(DbCommand),
+    /// Sandbox nodes: add, list and remove them (admin), or run this host
+    /// as one.
+    #[command(subcommand)]
+    Node(NodeCommand),
     /// Serve the forge's sandbox and git operations as MCP tools on stdin
     /// and stdout, for an agent's MCP client (the server also serves them
     /// at /v1/mcp).
@@ -216,6 +204,83 @@ enum DbCommand {
         #[arg(long)]
         to: forge::store::Database,
     },
+}
+
+#[derive(Subcommand)]
+enum NodeCommand {
+    #[command(flatten)]
+    Admin(cli::NodeCommand),
+    /// Run this host's sandboxes for a control plane: serve them on
+    /// `--listen` and report to `--control` every 2 s.
+    Run {
+        /// The control plane's URL.
+        #[arg(long, env = "FORGE_CONTROL_URL")]
+        control: String,
+        /// The node's token from `forge node add` (better in the
+        /// environment than on the command line).
+        #[arg(long, env = "FORGE_NODE_TOKEN", hide_env_values = true)]
+        token: String,
+        /// Where to serve sandboxes to the control plane.
+        #[arg(long, env = "FORGE_NODE_LISTEN", default_value = "127.0.0.1:7100")]
+        listen: SocketAddr,
+        /// The address the control plane dials, when not `--listen`'s
+        /// (`0.0.0.0` is not one to dial).
+        #[arg(long, env = "FORGE_NODE_ADVERTISE")]
+        advertise: Option<String>,
+        /// A label placement may ask for, `key=value`; repeat for more.
+        #[arg(long = "label", value_parser = parse_label)]
+        labels: Vec<(String, String)>,
+        /// Memory this node offers, in MiB (default: the host's).
+        #[arg(long, env = "FORGE_NODE_MEMORY_MIB")]
+        memory_mib: Option<u64>,
+        #[command(flatten)]
+        sandbox: SandboxArgs,
+    },
+}
+
+/// How this host runs sandboxes: `forge serve`'s and `forge node run`'s.
+#[derive(clap::Args)]
+struct SandboxArgs {
+    /// Sandbox backend: auto (probe the host), container, microvm or none.
+    #[arg(
+        long,
+        env = "FORGE_SANDBOX_BACKEND",
+        value_enum,
+        default_value = "auto"
+    )]
+    sandbox_backend: forge::server::SandboxBackend,
+    /// Where sandboxes keep their state (default: <data dir>/sandboxes).
+    #[arg(long, env = "FORGE_SANDBOX_DIR")]
+    sandbox_dir: Option<PathBuf>,
+    /// Seconds a microVM's boot (or resume from disk) may take until its
+    /// agent answers; raise it on slow (nested, emulated) hosts.
+    #[arg(long, env = "FORGE_SANDBOX_BOOT_SECS", default_value_t = 60)]
+    sandbox_boot_secs: u64,
+    /// The guest image directory (default: the newest in <data dir>/images).
+    #[arg(long, env = "FORGE_IMAGE")]
+    image: Option<PathBuf>,
+}
+
+impl SandboxArgs {
+    fn choice(self, data_dir: PathBuf) -> anyhow::Result<forge::server::SandboxChoice> {
+        if self.sandbox_boot_secs == 0 {
+            bail!("--sandbox-boot-secs must be at least 1");
+        }
+        Ok(forge::server::SandboxChoice {
+            data_dir,
+            sandbox_backend: self.sandbox_backend,
+            sandbox_dir: self.sandbox_dir,
+            sandbox_boot_timeout: std::time::Duration::from_secs(self.sandbox_boot_secs),
+            image: self.image,
+        })
+    }
+}
+
+fn parse_label(text: &str) -> Result<(String, String), String> {
+    let (key, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not key=value"))?;
+    Ok((key.to_owned(), value.to_owned()))
 }
 
 #[derive(Subcommand)]
@@ -269,10 +334,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             max_body_bytes,
             allow_loopback,
             allow_private,
-            sandbox_backend,
-            sandbox_dir,
-            sandbox_boot_secs,
-            image,
+            sandbox,
             max_sandboxes,
             sandbox_queue_secs,
             max_vms_per_token,
@@ -291,9 +353,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if !(memory_overcommit > 0.0 && memory_overcommit.is_finite()) {
                 bail!("--memory-overcommit must be a positive number, not {memory_overcommit}");
             }
-            if sandbox_boot_secs == 0 {
-                bail!("--sandbox-boot-secs must be at least 1");
-            }
+            let sandboxes = sandbox.choice(data_dir.clone())?;
             forge::server::raise_open_files_limit();
             let max_live_mem_mib = forge::server::host_memory_mib()
                 .map(|mib| (mib as f64 * memory_overcommit) as u64)
@@ -310,10 +370,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 max_body_bytes,
                 allow_loopback,
                 allow_private,
-                sandbox_backend,
-                sandbox_dir,
-                sandbox_boot_timeout: std::time::Duration::from_secs(sandbox_boot_secs),
-                image,
+                sandboxes,
                 limits: forge::vms::Limits {
                     max_live: max_sandboxes,
                     queue_wait: std::time::Duration::from_secs(sandbox_queue_secs),
@@ -353,6 +410,32 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Image(ImageCommand::Build { agent }) => build_image(data_dir, agent),
         Command::Image(ImageCommand::List) => list_images(data_dir),
         Command::Mcp => runtime()?.block_on(cli::mcp(&target)),
+        Command::Node(NodeCommand::Admin(command)) => {
+            runtime()?.block_on(cli::node(&target, command))
+        }
+        Command::Node(NodeCommand::Run {
+            control,
+            token,
+            listen,
+            advertise,
+            labels,
+            memory_mib,
+            sandbox,
+        }) => {
+            init_logging();
+            let sandboxes = sandbox.choice(data_dir)?;
+            forge::server::raise_open_files_limit();
+            let config = forge::nodes::agent::NodeConfig {
+                control,
+                token,
+                listen,
+                advertise,
+                labels: labels.into_iter().collect(),
+                memory_mib,
+                sandboxes,
+            };
+            runtime()?.block_on(forge::nodes::agent::run(config))
+        }
         Command::Db(DbCommand::Copy { from, to }) => {
             let from =
                 from.unwrap_or_else(|| forge::store::Database::Sqlite(data_dir.join("forge.db")));

@@ -58,16 +58,8 @@ pub struct Config {
     pub allow_private: bool,
     /// Webhook delivery: retry schedule, disabling, concurrency.
     pub webhooks: crate::webhooks::Options,
-    /// Which sandbox backend to run: `None` lets the host probe decide.
-    pub sandbox_backend: SandboxBackend,
-    /// Where sandboxes keep their state (default `<data>/sandboxes`; keep it
-    /// short: sockets live under it).
-    pub sandbox_dir: Option<PathBuf>,
-    /// How long a microVM's boot (or restore) may take until its agent
-    /// answers.
-    pub sandbox_boot_timeout: std::time::Duration,
-    /// The guest image's directory (default: the newest in `<data>/images`).
-    pub image: Option<PathBuf>,
+    /// How this host runs sandboxes.
+    pub sandboxes: SandboxChoice,
     /// Limits of the VM API.
     pub limits: crate::vms::Limits,
     /// Hosts sandboxes may reach through the egress proxy (`None`: the
@@ -208,7 +200,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .to_owned();
     let events = EventBus::default();
     let sandboxes = crate::vms::Sandboxes::new(
-        open_sandboxes(&config).await,
+        crate::nodes::placed(open_sandboxes(&config.sandboxes).await, &store),
         store.clone(),
         config.limits.clone(),
         network_config(&config, address)?,
@@ -445,7 +437,7 @@ pub fn write_private_file(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut terminate), Ok(mut interrupt)) = (
         signal(SignalKind::terminate()),
@@ -460,9 +452,27 @@ async fn shutdown_signal() {
     }
 }
 
+/// How a host's sandboxes are run: what `forge serve` and `forge node run`
+/// share of their configuration.
+#[derive(Debug, Clone)]
+pub struct SandboxChoice {
+    /// Where guest images are found when `image` is not given.
+    pub data_dir: PathBuf,
+    /// Which sandbox backend to run: `Auto` lets the host probe decide.
+    pub sandbox_backend: SandboxBackend,
+    /// Where sandboxes keep their state (default `<data>/sandboxes`; keep it
+    /// short: sockets live under it).
+    pub sandbox_dir: Option<PathBuf>,
+    /// How long a microVM's boot (or restore) may take until its agent
+    /// answers.
+    pub sandbox_boot_timeout: std::time::Duration,
+    /// The guest image's directory (default: the newest in `<data>/images`).
+    pub image: Option<PathBuf>,
+}
+
 /// Opens the sandbox backend the host (or the operator) chose, or says why
 /// there is none.
-async fn open_sandboxes(config: &Config) -> crate::vms::Availability {
+pub async fn open_sandboxes(config: &SandboxChoice) -> crate::vms::Availability {
     use crate::vms::Availability::{Ready, Unavailable};
     use ::sandbox::BackendKind;
     if config.sandbox_backend == SandboxBackend::None {

@@ -111,7 +111,7 @@ impl TestAppBuilder {
         };
         let events = EventBus::default();
         let sandboxes = Sandboxes::new(
-            availability,
+            crate::nodes::placed(availability, &store),
             store.clone(),
             self.limits,
             NetworkConfig::default(),

@@ -922,3 +922,150 @@ pub fn noise(len: usize, seed: u64) -> Vec<u8> {
         })
         .collect()
 }
+
+/// A sandbox node under test: `forge node run` on this host, with a data
+/// directory, a sandbox directory and a loopback port of its own, reporting
+/// to a [`TestForge`]. Dropping it kills it and removes its sandboxes.
+pub struct TestNode {
+    pub name: String,
+    token: String,
+    control: String,
+    memory_mib: u64,
+    /// `127.0.0.1:<port>`, where it serves sandboxes.
+    pub address: String,
+    image: PathBuf,
+    data_dir: PathBuf,
+    sandbox_dir: PathBuf,
+    child: Option<Child>,
+    _temp: tempfile::TempDir,
+}
+
+impl TestNode {
+    /// Adds node `name` to `forge` (through the API) and starts it,
+    /// offering `memory_mib` of memory, on the container backend with the
+    /// host's guest image. It reports within a moment; wait for it with
+    /// [`TestNode::wait_up`].
+    pub fn start(forge: &TestForge, name: &str, memory_mib: u64) -> TestNode {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let added = forge.admin("POST", "/v1/nodes", Some(json!({ "name": name })));
+        let token = added["token"]
+            .as_str()
+            .expect("the node's token")
+            .to_owned();
+        let temp = tempfile::tempdir().expect("temporary directory");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let mut node = TestNode {
+            name: name.to_owned(),
+            token,
+            control: forge.url.clone(),
+            memory_mib,
+            address: format!("127.0.0.1:{port}"),
+            image: guest_image().expect("a guest image (check sandboxes_unavailable first)"),
+            data_dir: temp.path().join("data"),
+            sandbox_dir: PathBuf::from(format!("/tmp/fnd-{}-{n}", std::process::id())),
+            child: None,
+            _temp: temp,
+        };
+        node.run();
+        node
+    }
+
+    fn run(&mut self) {
+        std::fs::create_dir_all(&self.data_dir).expect("the node's data directory");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.data_dir.with_extension("log"))
+            .expect("the node's log");
+        let child = Command::new(forge_binary())
+            .args(["node", "run", "--control", &self.control])
+            .args(["--listen", &self.address])
+            .args(["--memory-mib", &self.memory_mib.to_string()])
+            .args(["--sandbox-backend", "container", "--image"])
+            .arg(&self.image)
+            .arg("--sandbox-dir")
+            .arg(&self.sandbox_dir)
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .env("FORGE_NODE_TOKEN", &self.token)
+            .env_remove("FORGE_TOKEN")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("forge node run starts");
+        self.child = Some(child);
+    }
+
+    /// Waits until `forge` lists this node `up`.
+    pub fn wait_up(&self, forge: &TestForge) {
+        self.wait_state(forge, "up", Duration::from_secs(60));
+    }
+
+    /// Waits until `forge` lists this node in `state` (`up`, `lost`).
+    pub fn wait_state(&self, forge: &TestForge, state: &str, within: Duration) {
+        let what = format!("node {} {state}", self.name);
+        eventually(within, &what, || {
+            let nodes = forge.admin("GET", "/v1/nodes", None);
+            let listed = nodes
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|n| n["name"] == self.name.as_str())
+                .cloned()
+                .unwrap_or(Value::Null);
+            if listed["state"] == state {
+                Ok(())
+            } else {
+                Err(listed)
+            }
+        });
+    }
+
+    /// Whether sandbox `id` lives on this node.
+    pub fn holds(&self, id: &str) -> bool {
+        self.sandbox_dir.join("sandboxes").join(id).is_dir()
+    }
+
+    /// Kills the node's process with SIGKILL: its sandboxes keep running,
+    /// unreachable.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the node again on the same directories (a new key).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.run();
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data_dir.with_extension("log")).unwrap_or_default()
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "--- the log of node {} ---\n{}--- end of it ---",
+                self.name,
+                self.log()
+            );
+        }
+        self.kill();
+        kill_processes_under(&self.sandbox_dir);
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.sandbox_dir.join("layers"))
+            .status();
+        let _ = std::fs::remove_dir_all(&self.sandbox_dir);
+    }
+}

@@ -15,6 +15,7 @@ mod error;
 mod events;
 mod github;
 pub mod metrics;
+mod nodes;
 pub(crate) mod openapi;
 mod preview;
 mod processes;
@@ -81,6 +82,9 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(runs::logs))
         .routes(routes!(runs::cancel))
         .routes(routes!(runs::rerun))
+        .routes(routes!(nodes::create, nodes::list))
+        .routes(routes!(nodes::delete))
+        .routes(routes!(nodes::report))
         .routes(routes!(vms::system))
         .routes(routes!(vms::create, vms::list))
         .routes(routes!(vms::show, vms::delete))

@@ -45,6 +45,7 @@ use utoipa::{IntoParams, Modify};
         (name = "webhooks", description = "Outgoing webhooks and their deliveries"),
         (name = "github", description = "The GitHub App: linked repositories and incoming events"),
         (name = "tokens", description = "API tokens"),
+        (name = "nodes", description = "Sandbox nodes: hosts that run sandboxes for the control plane"),
         (name = "git", description = "Git's smart HTTP protocol, for `git clone`, `fetch` and `push`"),
         (name = "system", description = "The server itself"),
     ),

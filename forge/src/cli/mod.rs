@@ -5,11 +5,13 @@ mod client;
 mod github;
 mod hook;
 mod images;
+mod nodes;
 mod vm;
 
 pub use github::{GithubCommand, github};
 pub use hook::{HookCommand, hook};
 pub use images::{SnapshotCommand, TemplateCommand, snapshot, template};
+pub use nodes::{NodeCommand, node};
 pub use vm::{RunCommand, VmCommand, run, vm};
 
 use std::path::Path;

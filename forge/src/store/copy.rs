@@ -27,6 +27,8 @@ const TABLES: &[(&str, &str)] = &[
     ("webhook_deliveries", "seq"),
     ("webhook_attempts", "id"),
     ("webhook_cursor", "id"),
+    ("nodes", "id"),
+    ("sandbox_nodes", "sandbox_id"),
     ("vms", "id"),
     ("runs", "id"),
     ("run_steps", "run_id, position"),

@@ -9,6 +9,7 @@
 mod copy;
 mod events;
 mod github;
+mod nodes;
 mod repos;
 mod runs;
 mod snapshots;
@@ -28,6 +29,7 @@ use sqlx::{Any, AnyPool, ConnectOptions, Connection, Executor, ValueRef};
 pub use copy::CopyError;
 pub use events::{EventRow, NewEvent};
 pub use github::{GithubDelivery, GithubLink, GithubPull, GithubRefState};
+pub use nodes::{NodeLoad, NodeReport, NodeRow};
 pub use repos::RepoRow;
 pub use runs::{BranchSandbox, NewRun, PlanSource, RunRow, StepRow};
 pub use snapshots::{MAX_BUILD_LOG_BYTES, SnapshotRow, TemplateBuildRow, TemplateRow};
@@ -382,6 +384,13 @@ impl Store {
         Ok(SoleServer {
             held: Some((url.clone(), connection)),
         })
+    }
+
+    /// The pool, for a test's own SQL (ageing a row, reading what is kept
+    /// at rest).
+    #[cfg(test)]
+    pub fn test_pool(&self) -> &AnyPool {
+        &self.pool
     }
 
     /// Another handle on the same database with a pool of its own, as a

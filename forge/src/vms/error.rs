@@ -79,7 +79,7 @@ impl From<VmError> for ApiError {
             VmError::Quota { .. } => {
                 ApiError::new(StatusCode::TOO_MANY_REQUESTS, ErrorCode::Quota, message)
             }
-            VmError::Unavailable(_) => ApiError::new(
+            VmError::Unavailable(_) | VmError::Sandbox(S::Node { .. }) => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 ErrorCode::Unavailable,
                 message,

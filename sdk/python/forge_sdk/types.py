@@ -20,6 +20,7 @@ __all__ = [
     "Contents",
     "ContentsDir",
     "ContentsFile",
+    "CreateNode",
     "CreateRepo",
     "CreateSnapshot",
     "CreateToken",
@@ -57,6 +58,10 @@ __all__ = [
     "Installation",
     "Kept",
     "LogEvent",
+    "NodeReport",
+    "NodeReportAnswer",
+    "NodeState",
+    "NodeView",
     "PauseRequest",
     "Persistence",
     "PersistenceKind",
@@ -264,6 +269,13 @@ class ContentsFile:
 # `GET /v1/repos/{owner}/{name}/contents?branch=&path=`: what a path
 # names at the head of a branch.
 Contents = Union["ContentsDir", "ContentsFile"]
+
+
+@dataclass
+class CreateNode:
+    """`POST /v1/nodes`."""
+    name: str
+    """1 to 63 of `a-z`, `0-9` and `-`."""
 
 
 @dataclass
@@ -633,6 +645,75 @@ class LogEvent:
     """The `log` event: text a step wrote."""
     position: int
     text: str
+
+
+@dataclass
+class NodeReport:
+    """`POST /v1/nodes/report`: what a node says of itself, every 2 s."""
+    address: str
+    """Where the control plane reaches its sandboxes, `host:port`."""
+    backend: str
+    disk_bytes: int
+    free_disk_bytes: int
+    free_memory_bytes: int
+    key: str
+    """
+    The key the control plane presents there; the node makes a new one
+    each time it starts.
+    """
+    memory_bytes: int
+    vcpus: int
+    labels: Optional[Dict[str, str]] = None
+
+
+@dataclass
+class NodeReportAnswer:
+    """The answer to a report."""
+    node: str
+    """The node's name, as the admin added it."""
+    report_every_secs: int
+    """When to report next, in seconds."""
+
+
+# Whether a node reports.
+NodeState = Literal["new", "up", "lost"]
+
+
+@dataclass
+class NodeView:
+    available_mib: int
+    """
+    Memory a new sandbox may take here, in MiB: the smaller of what the
+    node reported free and its memory less what is committed.
+    """
+    committed_mib: int
+    """
+    Memory of the VMs placed on it that hold memory (running or paused
+    in memory), in MiB.
+    """
+    created_at: str
+    disk_bytes: int
+    free_disk_bytes: int
+    free_memory_bytes: int
+    """What the node last reported free."""
+    id: str
+    labels: Dict[str, str]
+    memory_bytes: int
+    name: str
+    sandboxes: int
+    """Sandboxes placed on it (VMs, their snapshots and pooled copies)."""
+    state: "NodeState"
+    vcpus: int
+    address: Optional[Optional[str]] = None
+    """Where it serves sandboxes (`host:port`), once it reported."""
+    backend: Optional[Optional[str]] = None
+    """`container` or `microvm`, once it reported."""
+    last_seen_at: Optional[Optional[str]] = None
+    token: Optional[Optional[str]] = None
+    """
+    The node's token (`forge node run --token`): only in the answer to
+    creation, stored as a hash.
+    """
 
 
 @dataclass

@@ -115,6 +115,12 @@ export type Contents = {
   type: "file";
 };
 
+/** `POST /v1/nodes`. */
+export interface CreateNode {
+  /** 1 to 63 of `a-z`, `0-9` and `-`. */
+  name: string;
+}
+
 /** `POST /v1/repos`: an empty repository, or one imported from `import_url`. */
 export interface CreateRepo {
   default_branch?: string | null;
@@ -439,6 +445,71 @@ export type Kept = "disk" | "memory" | "processes";
 export interface LogEvent {
   position: number;
   text: string;
+}
+
+/** `POST /v1/nodes/report`: what a node says of itself, every 2 s. */
+export interface NodeReport {
+  /** Where the control plane reaches its sandboxes, `host:port`. */
+  address: string;
+  backend: string;
+  disk_bytes: number;
+  free_disk_bytes: number;
+  free_memory_bytes: number;
+  /**
+   * The key the control plane presents there; the node makes a new one
+   * each time it starts.
+   */
+  key: string;
+  labels?: Record<string, string>;
+  memory_bytes: number;
+  vcpus: number;
+}
+
+/** The answer to a report. */
+export interface NodeReportAnswer {
+  /** The node's name, as the admin added it. */
+  node: string;
+  /** When to report next, in seconds. */
+  report_every_secs: number;
+}
+
+/** Whether a node reports. */
+export type NodeState = "new" | "up" | "lost";
+
+export interface NodeView {
+  /** Where it serves sandboxes (`host:port`), once it reported. */
+  address?: string | null;
+  /**
+   * Memory a new sandbox may take here, in MiB: the smaller of what the
+   * node reported free and its memory less what is committed.
+   */
+  available_mib: number;
+  /** `container` or `microvm`, once it reported. */
+  backend?: string | null;
+  /**
+   * Memory of the VMs placed on it that hold memory (running or paused
+   * in memory), in MiB.
+   */
+  committed_mib: number;
+  created_at: string;
+  disk_bytes: number;
+  free_disk_bytes: number;
+  /** What the node last reported free. */
+  free_memory_bytes: number;
+  id: string;
+  labels: Record<string, string>;
+  last_seen_at?: string | null;
+  memory_bytes: number;
+  name: string;
+  /** Sandboxes placed on it (VMs, their snapshots and pooled copies). */
+  sandboxes: number;
+  state: NodeState;
+  /**
+   * The node's token (`forge node run --token`): only in the answer to
+   * creation, stored as a hash.
+   */
+  token?: string | null;
+  vcpus: number;
 }
 
 /** `POST /v1/vms/{id}/pause`; no body is a pause in memory. */

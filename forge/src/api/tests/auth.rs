@@ -658,6 +658,46 @@ const ROWS: &[Row] = &[
         401,
         &[(Writer, 403)],
     ),
+    with_body(
+        row(
+            "POST",
+            "/v1/nodes",
+            "/v1/nodes",
+            401,
+            &[(Writer, 403), (Sandbox, 403), (Reader, 403)],
+        ),
+        r#"{"name":"n1"}"#,
+    ),
+    row(
+        "GET",
+        "/v1/nodes",
+        "/v1/nodes",
+        401,
+        &[(Reader, 403), (Writer, 403), (Sandbox, 403)],
+    ),
+    row(
+        "DELETE",
+        "/v1/nodes/{name}",
+        "/v1/nodes/n1",
+        401,
+        &[(Writer, 403), (Sandbox, 403)],
+    ),
+    // A node's own: only a node token, which no user token is.
+    with_body(
+        row(
+            "POST",
+            "/v1/nodes/report",
+            "/v1/nodes/report",
+            401,
+            &[
+                (Reader, 401),
+                (Writer, 401),
+                (Sandbox, 401),
+                (OtherRepo, 401),
+            ],
+        ),
+        r#"{"address":"127.0.0.1:7100","key":"k","backend":"container","memory_bytes":1,"free_memory_bytes":1,"vcpus":1,"disk_bytes":1,"free_disk_bytes":1}"#,
+    ),
     row(
         "GET",
         "/{owner}/{name}/info/refs",
@@ -921,6 +961,7 @@ async fn tokens_without_the_scope_repository_or_vm_are_refused() {
             let code = match got {
                 StatusCode::FORBIDDEN => "forbidden",
                 StatusCode::NOT_FOUND => "not_found",
+                StatusCode::UNAUTHORIZED => "unauthorized",
                 _ => "bad_request",
             };
             assert_error(got, &body, got, code);

@@ -1,12 +1,13 @@
 //! The API driven in-process ([`crate::testing::TestApp`] over
 //! [`super::router`]): who may call what ([`auth`]), what a malformed
 //! request gets ([`validation`]), the VM lifecycle ([`vms`]), per-VM
-//! locking ([`locking`]), the create queue and quotas ([`queue`]) and
+//! locking ([`locking`]), sandbox nodes and placement ([`nodes`]), the create queue and quotas ([`queue`]) and
 //! pipeline runs ([`pipelines`]).
 
 mod auth;
 mod fleet;
 mod locking;
+mod nodes;
 mod pipelines;
 mod queue;
 mod validation;

@@ -1,0 +1,87 @@
+//! `/v1/nodes`: sandbox nodes (admin only), and the report a node sends
+//! about itself (`POST /v1/nodes/report`, with the node's own token).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// `POST /v1/nodes`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateNode {
+    /// 1 to 63 of `a-z`, `0-9` and `-`.
+    pub name: String,
+}
+
+/// Whether a node reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeState {
+    /// Added, never reported.
+    New,
+    /// Reported within the last 10 s: new sandboxes may go there.
+    Up,
+    /// Silent for 10 s or more: no sandbox goes there, and operations on
+    /// its sandboxes fail saying so.
+    Lost,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct NodeView {
+    pub id: String,
+    pub name: String,
+    pub state: NodeState,
+    /// Where it serves sandboxes (`host:port`), once it reported.
+    pub address: Option<String>,
+    /// `container` or `microvm`, once it reported.
+    pub backend: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    pub memory_bytes: u64,
+    /// What the node last reported free.
+    pub free_memory_bytes: u64,
+    /// Memory of the VMs placed on it that hold memory (running or paused
+    /// in memory), in MiB.
+    pub committed_mib: u64,
+    /// Memory a new sandbox may take here, in MiB: the smaller of what the
+    /// node reported free and its memory less what is committed.
+    pub available_mib: u64,
+    pub vcpus: u32,
+    pub disk_bytes: u64,
+    pub free_disk_bytes: u64,
+    /// Sandboxes placed on it (VMs, their snapshots and pooled copies).
+    pub sandboxes: u64,
+    pub last_seen_at: Option<String>,
+    pub created_at: String,
+    /// The node's token (`forge node run --token`): only in the answer to
+    /// creation, stored as a hash.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+}
+
+/// `POST /v1/nodes/report`: what a node says of itself, every 2 s.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NodeReport {
+    /// Where the control plane reaches its sandboxes, `host:port`.
+    pub address: String,
+    /// The key the control plane presents there; the node makes a new one
+    /// each time it starts.
+    pub key: String,
+    pub backend: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    pub memory_bytes: u64,
+    pub free_memory_bytes: u64,
+    pub vcpus: u32,
+    pub disk_bytes: u64,
+    pub free_disk_bytes: u64,
+}
+
+/// The answer to a report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct NodeReportAnswer {
+    /// The node's name, as the admin added it.
+    pub node: String,
+    /// When to report next, in seconds.
+    pub report_every_secs: u64,
+}

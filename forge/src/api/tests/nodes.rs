@@ -1,0 +1,351 @@
+//! Sandbox nodes through the API: adding one (its token once, hashed at
+//! rest), its reports, placement of new VMs on the node with the most
+//! memory available, routing of a VM's operations to its node, a lost
+//! node, and removal. Each node is a real `sandbox::remote::serve` on a
+//! loopback port in front of an in-memory backend.
+
+use std::collections::BTreeMap;
+
+use axum::http::{Method, StatusCode};
+use sandbox::testing::MemorySandboxes;
+use serde_json::{Value, json};
+
+use super::assert_error;
+use crate::testing::TestApp;
+
+/// A node serving an in-memory backend: its backend, address and key.
+struct Node {
+    backend: MemorySandboxes,
+    address: String,
+    key: String,
+}
+
+async fn serve_node(name: &str) -> Node {
+    // Ids apart from the control plane's host's and every other node's.
+    let first = name
+        .bytes()
+        .fold(1u64, |h, b| h.wrapping_mul(131).wrapping_add(u64::from(b)));
+    let backend = MemorySandboxes::new().ids_from((first & 0xffff) << 24);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let address = listener.local_addr().expect("address").to_string();
+    let key = format!("key-of-{name}");
+    tokio::spawn(sandbox::remote::serve(
+        std::sync::Arc::new(backend.clone()),
+        sandbox::Image::root("/node-image"),
+        key.clone(),
+        listener,
+    ));
+    Node {
+        backend,
+        address,
+        key,
+    }
+}
+
+fn report(node: &Node, memory_mib: u64) -> Value {
+    json!({
+        "address": node.address,
+        "key": node.key,
+        "backend": "container",
+        "labels": {"zone": "a"},
+        "memory_bytes": memory_mib << 20,
+        "free_memory_bytes": memory_mib << 20,
+        "vcpus": 4,
+        "disk_bytes": 100u64 << 30,
+        "free_disk_bytes": 50u64 << 30,
+    })
+}
+
+/// `node`'s report with `memory_mib`, sent with `token`; must be taken.
+async fn report_as(app: &TestApp, token: &str, node: &Node, memory_mib: u64) -> Value {
+    app.expect(
+        StatusCode::OK,
+        Method::POST,
+        "/v1/nodes/report",
+        Some(token),
+        Some(report(node, memory_mib)),
+    )
+    .await
+}
+
+async fn add(app: &TestApp, name: &str) -> String {
+    let made = app
+        .expect(
+            StatusCode::CREATED,
+            Method::POST,
+            "/v1/nodes",
+            Some(app.admin()),
+            Some(json!({ "name": name })),
+        )
+        .await;
+    assert_eq!(made["state"], "new");
+    made["token"].as_str().expect("the token, once").to_owned()
+}
+
+async fn nodes(app: &TestApp) -> BTreeMap<String, Value> {
+    let listed = app
+        .expect(
+            StatusCode::OK,
+            Method::GET,
+            "/v1/nodes",
+            Some(app.admin()),
+            None,
+        )
+        .await;
+    listed
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|n| (n["name"].as_str().expect("name").to_owned(), n.clone()))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_node_is_added_once_reports_with_its_own_token_and_is_listed_without_it() {
+    let app = TestApp::start().await;
+    let token = add(&app, "n1").await;
+    let (status, body) = app
+        .call(
+            Method::POST,
+            "/v1/nodes",
+            Some(app.admin()),
+            Some(json!({ "name": "n1" })),
+        )
+        .await;
+    assert_error(status, &body, StatusCode::CONFLICT, "conflict");
+    for bad in ["", "N1", "a_b", &"x".repeat(64)] {
+        let (status, body) = app
+            .call(
+                Method::POST,
+                "/v1/nodes",
+                Some(app.admin()),
+                Some(json!({ "name": bad })),
+            )
+            .await;
+        assert_error(status, &body, StatusCode::BAD_REQUEST, "bad_request");
+    }
+    // Stored as a hash only.
+    let stored: Vec<(String,)> = sqlx::query_as("SELECT token_hash FROM nodes")
+        .fetch_all(app.state.store.test_pool())
+        .await
+        .expect("query");
+    assert_eq!(stored.len(), 1);
+    assert_ne!(stored[0].0, token);
+    assert_eq!(stored[0].0, crate::auth::hash_secret(&token));
+
+    let node = serve_node("n1").await;
+    // The admin's token is no node's.
+    let (status, body) = app
+        .call(
+            Method::POST,
+            "/v1/nodes/report",
+            Some(app.admin()),
+            Some(report(&node, 4096)),
+        )
+        .await;
+    assert_error(status, &body, StatusCode::UNAUTHORIZED, "unauthorized");
+    let mut bad = report(&node, 4096);
+    bad["address"] = json!("not an address");
+    let (status, body) = app
+        .call(Method::POST, "/v1/nodes/report", Some(&token), Some(bad))
+        .await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "bad_request");
+    let answer = report_as(&app, &token, &node, 4096).await;
+    assert_eq!(answer["node"], "n1");
+    let listed = &nodes(&app).await["n1"];
+    assert_eq!(listed["state"], "up", "{listed}");
+    assert_eq!(listed["address"], node.address.as_str());
+    assert_eq!(listed["memory_bytes"], 4096u64 << 20);
+    assert_eq!(listed["available_mib"], 4096);
+    assert_eq!(listed["labels"]["zone"], "a");
+    assert!(listed.get("token").is_none(), "{listed}");
+    assert!(listed.get("key").is_none(), "{listed}");
+    assert!(!listed.to_string().contains(&node.key), "{listed}");
+}
+
+#[tokio::test]
+async fn vms_go_to_the_node_with_the_most_memory_and_their_operations_follow() {
+    let app = TestApp::start().await;
+    let big = serve_node("big").await;
+    let small = serve_node("small").await;
+    let big_token = add(&app, "big").await;
+    let small_token = add(&app, "small").await;
+    for (node, token, mib) in [(&big, &big_token, 2048), (&small, &small_token, 1024)] {
+        report_as(&app, token, node, mib).await;
+    }
+    // 512 MiB each (the default): big has 2048, small 1024 available, so
+    // big, big (1024 left, as many as small, fewer sandboxes there wins
+    // the tie), small, then either.
+    let mut placed = Vec::new();
+    for _ in 0..3 {
+        let id = app.vm(app.admin()).await;
+        let on = if big.backend.files(&id).is_ok() {
+            "big"
+        } else if small.backend.files(&id).is_ok() {
+            "small"
+        } else {
+            "nowhere"
+        };
+        placed.push(on);
+        assert!(
+            app.backend.files(&id).is_err(),
+            "not on the control plane's host"
+        );
+    }
+    assert_eq!(placed, ["big", "big", "small"]);
+    let listed = nodes(&app).await;
+    assert_eq!(listed["big"]["sandboxes"], 2);
+    assert_eq!(listed["big"]["committed_mib"], 1024);
+    assert_eq!(listed["big"]["available_mib"], 1024);
+    assert_eq!(listed["small"]["sandboxes"], 1);
+
+    // Pause, resume, fork and delete reach the node holding the VM; the
+    // copies stay there.
+    let id = app.vm(app.admin()).await;
+    let node = if big.backend.files(&id).is_ok() {
+        &big
+    } else {
+        &small
+    };
+    for action in ["pause", "resume"] {
+        app.expect(
+            StatusCode::OK,
+            Method::POST,
+            &format!("/v1/vms/{id}/{action}"),
+            Some(app.admin()),
+            Some(json!({})),
+        )
+        .await;
+    }
+    // An exec runs on the node, through the agent tunnel.
+    node.backend
+        .respond_to("echo from-node", sandbox::testing::Reply::ok("from-node\n"));
+    let ran = app
+        .expect(
+            StatusCode::OK,
+            Method::POST,
+            &format!("/v1/vms/{id}/exec"),
+            Some(app.admin()),
+            Some(json!({ "command": "echo from-node" })),
+        )
+        .await;
+    assert_eq!(ran["stdout"], "from-node\n", "{ran}");
+    assert_eq!(ran["exit_code"], 0, "{ran}");
+    assert!(
+        app.backend.execs().is_empty(),
+        "nothing ran on the control plane's host"
+    );
+    let forked = app
+        .expect(
+            StatusCode::CREATED,
+            Method::POST,
+            &format!("/v1/vms/{id}/fork"),
+            Some(app.admin()),
+            Some(json!({ "count": 2 })),
+        )
+        .await;
+    let copies: Vec<String> = forked["forks"]
+        .as_array()
+        .expect("copies")
+        .iter()
+        .map(|c| c["id"].as_str().expect("id").to_owned())
+        .collect();
+    assert_eq!(copies.len(), 2, "{forked}");
+    for copy in &copies {
+        assert!(
+            node.backend.files(copy).is_ok(),
+            "a copy stays on its parent's node"
+        );
+    }
+    // A node that holds VMs is not removed.
+    let (status, body) = app
+        .call(Method::DELETE, "/v1/nodes/big", Some(app.admin()), None)
+        .await;
+    assert_error(status, &body, StatusCode::CONFLICT, "conflict");
+    app.expect(
+        StatusCode::NO_CONTENT,
+        Method::DELETE,
+        &format!("/v1/vms/{id}"),
+        Some(app.admin()),
+        None,
+    )
+    .await;
+    assert!(node.backend.files(&id).is_err(), "deleted on its node");
+}
+
+#[tokio::test]
+async fn a_lost_node_gets_no_vm_and_its_vms_say_where_they_are() {
+    let app = TestApp::start().await;
+    let node = serve_node("n1").await;
+    let token = add(&app, "n1").await;
+    report_as(&app, &token, &node, 4096).await;
+    let id = app.vm(app.admin()).await;
+    assert!(node.backend.files(&id).is_ok());
+    // Its last report, long ago.
+    sqlx::query("UPDATE nodes SET last_seen_unix = last_seen_unix - 60")
+        .execute(app.state.store.test_pool())
+        .await
+        .expect("age the report");
+    assert_eq!(nodes(&app).await["n1"]["state"], "lost");
+    let (status, body) = app
+        .call(Method::POST, "/v1/vms", Some(app.admin()), Some(json!({})))
+        .await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+    );
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("none is up"), "{message}");
+    let (status, body) = app
+        .call(
+            Method::POST,
+            &format!("/v1/vms/{id}/pause"),
+            Some(app.admin()),
+            Some(json!({})),
+        )
+        .await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+    );
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("n1") && message.contains("lost"),
+        "{message}"
+    );
+    // Reporting again brings it back.
+    report_as(&app, &token, &node, 4096).await;
+    app.vm(app.admin()).await;
+}
+
+#[tokio::test]
+async fn without_nodes_vms_run_on_the_control_planes_host_and_a_removed_node_stops_reporting() {
+    let app = TestApp::start().await;
+    let id = app.vm(app.admin()).await;
+    assert!(app.backend.files(&id).is_ok());
+    let token = add(&app, "n1").await;
+    app.expect(
+        StatusCode::NO_CONTENT,
+        Method::DELETE,
+        "/v1/nodes/n1",
+        Some(app.admin()),
+        None,
+    )
+    .await;
+    let node = serve_node("n1").await;
+    let (status, body) = app
+        .call(
+            Method::POST,
+            "/v1/nodes/report",
+            Some(&token),
+            Some(report(&node, 4096)),
+        )
+        .await;
+    assert_error(status, &body, StatusCode::UNAUTHORIZED, "unauthorized");
+}

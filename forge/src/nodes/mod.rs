@@ -1,0 +1,438 @@
+//! Sandbox nodes: hosts that run sandboxes for the control plane.
+//!
+//! - **Registration.** An admin adds a node by name (`POST /v1/nodes`) and
+//!   gets its token once; only the token's SHA-256 is stored. `forge node
+//!   run --control URL --token T --listen ADDR` on the node's host opens
+//!   the host's sandbox backend, serves it with the node protocol
+//!   (`sandbox::remote`) on `ADDR` under a key made at each start, and
+//!   reports to the control plane every [`REPORT_EVERY`]
+//!   (`POST /v1/nodes/report`, authenticated by the token): its address
+//!   and key, backend, labels, memory, vCPUs and disk ([`agent`]).
+//! - **Up or lost.** A node is up while its last report is younger than
+//!   [`LOST_AFTER_SECS`]; nothing else marks it, so every control plane
+//!   sharing the database sees the same.
+//! - **Placement** ([`Placed`]). Once any node is registered, new sandboxes
+//!   go to nodes only: to the up node with the most memory free, where free
+//!   is the smaller of what the node reports and its capacity less the
+//!   memory of the VMs placed on it that hold memory. Without a registered
+//!   node, the control plane's own host runs them, as on one machine.
+//! - **Routing.** `sandbox_nodes` records which node holds each sandbox;
+//!   every operation on a sandbox goes to its node, forks and snapshots
+//!   stay there. A sandbox on a node that is not up fails at once, naming
+//!   the node and how long it has been silent.
+
+pub mod agent;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ::sandbox::remote::RemoteBackend;
+use ::sandbox::{
+    AgentStream, Backend, BackendKind, BoxFuture, Carried, Command, DirEntry, Error, ExecStream,
+    FileStream, Output, PauseMode, PortStream, SandboxInfo, Spec, Stats,
+};
+
+use crate::store::{NodeRow, Store, unix_now};
+
+/// How often a node reports.
+pub const REPORT_EVERY: Duration = Duration::from_secs(2);
+
+/// A node whose last report is older than this is lost.
+pub const LOST_AFTER_SECS: i64 = 10;
+
+/// Whether `node` reported recently enough to be up at `now` (unix s).
+pub fn is_up(node: &NodeRow, now: i64) -> bool {
+    node.last_seen_unix
+        .is_some_and(|seen| now.saturating_sub(seen) < LOST_AFTER_SECS)
+}
+
+/// Memory a node has for one more sandbox, in MiB, given what the control
+/// plane placed there (`committed_mib`).
+pub fn free_mib(node: &NodeRow, committed_mib: i64) -> i64 {
+    let reported = node.free_memory_bytes >> 20;
+    let unclaimed = (node.memory_bytes >> 20).saturating_sub(committed_mib);
+    reported.min(unclaimed).max(0)
+}
+
+/// The host's sandboxes made [`Placed`]: the same host backend while no
+/// node is registered, nodes' once one is. A host that runs no sandboxes
+/// stays without (its VM API answers 503 with the reason).
+pub fn placed(host: crate::vms::Availability, store: &Store) -> crate::vms::Availability {
+    match host {
+        crate::vms::Availability::Ready {
+            backend,
+            image,
+            reason,
+        } => crate::vms::Availability::Ready {
+            backend: Arc::new(Placed::new(backend, store.clone())),
+            image,
+            reason,
+        },
+        unavailable => unavailable,
+    }
+}
+
+/// The sandbox backend the forge uses once nodes may exist: the host's own
+/// backend, and every node's behind the node protocol.
+pub struct Placed {
+    local: Arc<dyn Backend>,
+    store: Store,
+    /// Each node's caller, with the address and key it was made for.
+    remotes: Mutex<HashMap<String, Remote>>,
+}
+
+#[derive(Clone)]
+struct Remote {
+    address: String,
+    key: String,
+    backend: Arc<RemoteBackend>,
+}
+
+fn store_error(error: crate::store::StoreError) -> Error {
+    Error::Invalid(format!("the forge's database failed: {error}"))
+}
+
+fn node_error(node: &str, message: impl Into<String>) -> Error {
+    Error::Node {
+        node: node.to_owned(),
+        message: message.into(),
+    }
+}
+
+impl Placed {
+    pub fn new(local: Arc<dyn Backend>, store: Store) -> Self {
+        Self {
+            local,
+            store,
+            remotes: Mutex::default(),
+        }
+    }
+
+    fn remotes(&self) -> std::sync::MutexGuard<'_, HashMap<String, Remote>> {
+        // Plain handles: a panic cannot leave the map inconsistent.
+        self.remotes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The caller of `node`, made again when it restarted (a new key) or
+    /// moved.
+    async fn remote(&self, node: &NodeRow) -> Result<Arc<RemoteBackend>, Error> {
+        let now = unix_now();
+        if !is_up(node, now) {
+            let silent = node
+                .last_seen_unix
+                .map(|seen| format!("has not reported for {} s", now.saturating_sub(seen)))
+                .unwrap_or_else(|| "has never reported".to_owned());
+            return Err(node_error(
+                &node.name,
+                format!("the node is lost: it {silent}"),
+            ));
+        }
+        let (Some(address), Some(key)) = (&node.address, &node.node_key) else {
+            return Err(node_error(
+                &node.name,
+                "the node has not said where it serves",
+            ));
+        };
+        let kept = self.remotes().get(&node.id).cloned();
+        if let Some(kept) = kept
+            && kept.address == *address
+            && kept.key == *key
+        {
+            return Ok(kept.backend);
+        }
+        let addr: SocketAddr = address.parse().map_err(|_| {
+            node_error(
+                &node.name,
+                format!("its address {address:?} is not host:port"),
+            )
+        })?;
+        let backend = Arc::new(RemoteBackend::connect(&node.name, addr, key.clone()).await?);
+        self.remotes().insert(
+            node.id.clone(),
+            Remote {
+                address: address.clone(),
+                key: key.clone(),
+                backend: backend.clone(),
+            },
+        );
+        Ok(backend)
+    }
+
+    /// The backend holding sandbox `id`, and its node's id when on a node.
+    async fn route(&self, id: &str) -> Result<(Arc<dyn Backend>, Option<String>), Error> {
+        let Some(node_id) = self.store.sandbox_node(id).await.map_err(store_error)? else {
+            return Ok((self.local.clone(), None));
+        };
+        let node = self
+            .store
+            .node(&node_id)
+            .await
+            .map_err(store_error)?
+            .ok_or_else(|| node_error(&node_id, "the node was removed"))?;
+        let remote: Arc<dyn Backend> = self.remote(&node).await?;
+        Ok((remote, Some(node_id)))
+    }
+
+    async fn backend_of(&self, id: &str) -> Result<Arc<dyn Backend>, Error> {
+        Ok(self.route(id).await?.0)
+    }
+
+    /// The node a new sandbox of `mem_mib` goes to; `None`: this host (no
+    /// node is registered).
+    async fn choose(&self, mem_mib: u64) -> Result<Option<NodeRow>, Error> {
+        let nodes = self.store.nodes().await.map_err(store_error)?;
+        if nodes.is_empty() {
+            return Ok(None);
+        }
+        let now = unix_now();
+        let mut best: Option<(i64, i64, NodeRow)> = None;
+        for node in nodes.iter().filter(|n| is_up(n, now)) {
+            let load = self.store.node_load(&node.id).await.map_err(store_error)?;
+            let free = free_mib(node, load.committed_mib);
+            let better = match &best {
+                None => true,
+                Some((best_free, best_count, _)) => {
+                    free > *best_free || (free == *best_free && load.sandboxes < *best_count)
+                }
+            };
+            if better {
+                best = Some((free, load.sandboxes, node.clone()));
+            }
+        }
+        let Some((free, _, node)) = best else {
+            return Err(node_error(
+                "(any)",
+                format!(
+                    "none is up: {} registered, none reported in the last {LOST_AFTER_SECS} s",
+                    nodes.len()
+                ),
+            ));
+        };
+        if u64::try_from(free).unwrap_or(0) < mem_mib {
+            return Err(node_error(
+                &node.name,
+                format!(
+                    "the most memory free on an up node is its {free} MiB, \
+                     less than the {mem_mib} MiB asked"
+                ),
+            ));
+        }
+        Ok(Some(node))
+    }
+
+    /// Records that the copies came to be on `node` (their parent's).
+    async fn place_all(&self, node: Option<&str>, copies: &[Carried]) -> Result<(), Error> {
+        if let Some(node) = node {
+            for copy in copies {
+                self.store
+                    .place_sandbox(&copy.sandbox.id, node)
+                    .await
+                    .map_err(store_error)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Backend for Placed {
+    fn kind(&self) -> BackendKind {
+        self.local.kind()
+    }
+
+    fn create(&self, spec: Spec) -> BoxFuture<'_, ::sandbox::Result<SandboxInfo>> {
+        Box::pin(async move {
+            let Some(node) = self.choose(spec.mem_mib).await? else {
+                return self.local.create(spec).await;
+            };
+            let remote = self.remote(&node).await?;
+            let info = remote.create(spec).await?;
+            if let Err(error) = self.store.place_sandbox(&info.id, &node.id).await {
+                let _ = remote.destroy(&info.id).await;
+                return Err(store_error(error));
+            }
+            tracing::info!(sandbox = %info.id, node = %node.name, "sandbox placed on a node");
+            Ok(info)
+        })
+    }
+
+    fn get<'a>(&'a self, id: &'a str) -> BoxFuture<'a, ::sandbox::Result<SandboxInfo>> {
+        Box::pin(async move { self.backend_of(id).await?.get(id).await })
+    }
+
+    fn list(&self) -> BoxFuture<'_, ::sandbox::Result<Vec<SandboxInfo>>> {
+        // This host's, and those placed on nodes that answer: a sandbox a
+        // node holds but no row places is the node's to collect.
+        Box::pin(async move {
+            let mut all = self.local.list().await?;
+            for node in self.store.nodes().await.map_err(store_error)? {
+                let Ok(remote) = self.remote(&node).await else {
+                    continue;
+                };
+                let listed = match remote.list().await {
+                    Ok(listed) => listed,
+                    Err(error) => {
+                        tracing::warn!(node = %node.name, error = %error, "a node did not list its sandboxes");
+                        continue;
+                    }
+                };
+                for info in listed {
+                    let placed = self
+                        .store
+                        .sandbox_node(&info.id)
+                        .await
+                        .map_err(store_error)?;
+                    if placed.as_deref() == Some(node.id.as_str()) {
+                        all.push(info);
+                    }
+                }
+            }
+            Ok(all)
+        })
+    }
+
+    fn agent<'a>(&'a self, id: &'a str) -> BoxFuture<'a, ::sandbox::Result<::sandbox::Agent>> {
+        Box::pin(async move { self.backend_of(id).await?.agent(id).await })
+    }
+
+    fn agent_stream<'a>(&'a self, id: &'a str) -> BoxFuture<'a, ::sandbox::Result<AgentStream>> {
+        Box::pin(async move { self.backend_of(id).await?.agent_stream(id).await })
+    }
+
+    fn pause<'a>(
+        &'a self,
+        id: &'a str,
+        mode: PauseMode,
+    ) -> BoxFuture<'a, ::sandbox::Result<SandboxInfo>> {
+        Box::pin(async move { self.backend_of(id).await?.pause(id, mode).await })
+    }
+
+    fn resume<'a>(&'a self, id: &'a str) -> BoxFuture<'a, ::sandbox::Result<Carried>> {
+        Box::pin(async move { self.backend_of(id).await?.resume(id).await })
+    }
+
+    fn fork<'a>(
+        &'a self,
+        id: &'a str,
+        count: usize,
+    ) -> BoxFuture<'a, ::sandbox::Result<Vec<Carried>>> {
+        Box::pin(async move {
+            let (backend, node) = self.route(id).await?;
+            let copies = backend.fork(id, count).await?;
+            if let Err(error) = self.place_all(node.as_deref(), &copies).await {
+                for copy in &copies {
+                    let _ = backend.destroy(&copy.sandbox.id).await;
+                }
+                return Err(error);
+            }
+            Ok(copies)
+        })
+    }
+
+    fn snapshot<'a>(&'a self, id: &'a str) -> BoxFuture<'a, ::sandbox::Result<Carried>> {
+        Box::pin(async move {
+            let (backend, node) = self.route(id).await?;
+            let copy = backend.snapshot(id).await?;
+            if let Err(error) = self
+                .place_all(node.as_deref(), std::slice::from_ref(&copy))
+                .await
+            {
+                let _ = backend.destroy(&copy.sandbox.id).await;
+                return Err(error);
+            }
+            Ok(copy)
+        })
+    }
+
+    fn destroy<'a>(&'a self, id: &'a str) -> BoxFuture<'a, ::sandbox::Result<()>> {
+        Box::pin(async move {
+            let (backend, node) = self.route(id).await?;
+            let result = backend.destroy(id).await;
+            if node.is_some() && matches!(result, Ok(()) | Err(Error::NotFound(_))) {
+                self.store.unplace_sandbox(id).await.map_err(store_error)?;
+            }
+            result
+        })
+    }
+
+    fn stats<'a>(&'a self, id: &'a str) -> BoxFuture<'a, ::sandbox::Result<Stats>> {
+        Box::pin(async move { self.backend_of(id).await?.stats(id).await })
+    }
+
+    fn collect_garbage(&self) -> BoxFuture<'_, ::sandbox::Result<Vec<String>>> {
+        // Each node collects its own when it starts.
+        self.local.collect_garbage()
+    }
+
+    fn exec<'a>(
+        &'a self,
+        id: &'a str,
+        command: Command,
+    ) -> BoxFuture<'a, ::sandbox::Result<Output>> {
+        Box::pin(async move { self.backend_of(id).await?.exec(id, command).await })
+    }
+
+    fn exec_stream<'a>(
+        &'a self,
+        id: &'a str,
+        command: Command,
+    ) -> BoxFuture<'a, ::sandbox::Result<ExecStream>> {
+        Box::pin(async move { self.backend_of(id).await?.exec_stream(id, command).await })
+    }
+
+    fn read_file<'a>(
+        &'a self,
+        id: &'a str,
+        path: &'a str,
+    ) -> BoxFuture<'a, ::sandbox::Result<Vec<u8>>> {
+        Box::pin(async move { self.backend_of(id).await?.read_file(id, path).await })
+    }
+
+    fn read_file_stream<'a>(
+        &'a self,
+        id: &'a str,
+        path: &'a str,
+        limit: u64,
+    ) -> BoxFuture<'a, ::sandbox::Result<FileStream>> {
+        Box::pin(async move {
+            self.backend_of(id)
+                .await?
+                .read_file_stream(id, path, limit)
+                .await
+        })
+    }
+
+    fn write_file<'a>(
+        &'a self,
+        id: &'a str,
+        path: &'a str,
+        data: &'a [u8],
+    ) -> BoxFuture<'a, ::sandbox::Result<()>> {
+        Box::pin(async move { self.backend_of(id).await?.write_file(id, path, data).await })
+    }
+
+    fn list_files<'a>(
+        &'a self,
+        id: &'a str,
+        path: &'a str,
+    ) -> BoxFuture<'a, ::sandbox::Result<Vec<DirEntry>>> {
+        Box::pin(async move { self.backend_of(id).await?.list_files(id, path).await })
+    }
+
+    fn delete_file<'a>(
+        &'a self,
+        id: &'a str,
+        path: &'a str,
+    ) -> BoxFuture<'a, ::sandbox::Result<()>> {
+        Box::pin(async move { self.backend_of(id).await?.delete_file(id, path).await })
+    }
+
+    fn open_port<'a>(
+        &'a self,
+        id: &'a str,
+        port: u16,
+    ) -> BoxFuture<'a, ::sandbox::Result<PortStream>> {
+        Box::pin(async move { self.backend_of(id).await?.open_port(id, port).await })
+    }
+}

@@ -1,0 +1,127 @@
+//! Sandbox nodes end to end: a control plane (`forge serve`) and two
+//! `forge node run` processes on this host, each with its own data and
+//! sandbox directories and loopback port, on the container backend.
+//! Creates go by available memory, exec and fork through the control plane
+//! reach the node holding the VM, a node killed with SIGKILL is marked
+//! lost (creates avoid it, its VMs say so), and a node that comes back
+//! (with a new key) serves its VMs again.
+
+use std::time::Duration;
+
+use e2e::{TestForge, TestNode, require_sandboxes};
+use serde_json::{Value, json};
+
+fn create(forge: &TestForge) -> String {
+    let vm = forge.admin("POST", "/v1/vms", Some(json!({})));
+    vm["id"].as_str().expect("a VM id").to_owned()
+}
+
+fn exec(forge: &TestForge, id: &str, script: &str) -> (u16, Value) {
+    forge.call(
+        Some(&forge.admin_token),
+        "POST",
+        &format!("/v1/vms/{id}/exec"),
+        Some(json!({ "command": script })),
+    )
+}
+
+#[test]
+fn vms_are_placed_on_nodes_reached_through_the_control_plane_and_a_dead_node_is_lost() {
+    if !require_sandboxes() {
+        return;
+    }
+    let forge = TestForge::builder().with_sandboxes(8).start();
+    // 512 MiB VMs: a offers 1536, b 1024. First a (1536 > 1024), then b
+    // (1024 each, b holds fewer), then a (1024 > 512).
+    let a = TestNode::start(&forge, "a", 1536);
+    let mut b = TestNode::start(&forge, "b", 1024);
+    a.wait_up(&forge);
+    b.wait_up(&forge);
+
+    let ids: Vec<String> = (0..3).map(|_| create(&forge)).collect();
+    let placed: Vec<&str> = ids
+        .iter()
+        .map(|id| match (a.holds(id), b.holds(id)) {
+            (true, false) => "a",
+            (false, true) => "b",
+            _ => "?",
+        })
+        .collect();
+    assert_eq!(placed, ["a", "b", "a"]);
+    assert!(
+        !forge
+            .sandbox_dir()
+            .expect("the control plane's sandboxes")
+            .join("sandboxes")
+            .join(&ids[0])
+            .exists(),
+        "nothing runs on the control plane's host"
+    );
+
+    // Exec through the control plane runs on the node: a file written
+    // there is in the node's sandbox.
+    let (status, ran) = exec(&forge, &ids[1], "echo on-b > /tmp/where; cat /tmp/where");
+    assert_eq!(status, 200, "{ran}");
+    assert_eq!(ran["stdout"], "on-b\n", "{ran}");
+    let (status, ran) = exec(&forge, &ids[1], "exit 3");
+    assert_eq!((status, ran["exit_code"].as_i64()), (200, Some(3)), "{ran}");
+
+    // A fork stays on its parent's node, with its files.
+    let forked = forge.admin(
+        "POST",
+        &format!("/v1/vms/{}/fork", ids[1]),
+        Some(json!({ "count": 1 })),
+    );
+    let copy = forked["forks"][0]["id"]
+        .as_str()
+        .expect("a copy")
+        .to_owned();
+    assert!(b.holds(&copy), "the copy is on b");
+    let (status, ran) = exec(&forge, &copy, "cat /tmp/where");
+    assert_eq!(
+        (status, ran["stdout"].as_str()),
+        (200, Some("on-b\n")),
+        "{ran}"
+    );
+
+    let nodes = forge.admin("GET", "/v1/nodes", None);
+    let b_listed = nodes
+        .as_array()
+        .and_then(|all| all.iter().find(|n| n["name"] == "b"))
+        .expect("b is listed");
+    assert_eq!(b_listed["sandboxes"], 2, "{b_listed}");
+    assert_eq!(b_listed["committed_mib"], 1024, "{b_listed}");
+
+    // b dies: after its reports stop it is lost, its VMs fail saying so,
+    // and new VMs go to a although a has less available.
+    b.kill();
+    b.wait_state(&forge, "lost", Duration::from_secs(30));
+    let (status, failed) = exec(&forge, &ids[1], "true");
+    assert_eq!(status, 503, "{failed}");
+    let message = failed["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("b") && message.contains("lost"),
+        "{message}"
+    );
+    let fourth = create(&forge);
+    assert!(a.holds(&fourth), "a new VM avoids the lost node");
+
+    // b comes back with a new key: the control plane reaches its VMs again.
+    b.restart();
+    b.wait_up(&forge);
+    let (status, ran) = exec(&forge, &ids[1], "cat /tmp/where");
+    assert_eq!(
+        (status, ran["stdout"].as_str()),
+        (200, Some("on-b\n")),
+        "{ran}"
+    );
+
+    for id in ids.iter().chain([&copy, &fourth]) {
+        forge.admin("DELETE", &format!("/v1/vms/{id}"), None);
+    }
+    assert!(
+        !b.holds(&ids[1]) && !a.holds(&ids[0]),
+        "deleted on their nodes"
+    );
+    forge.admin("DELETE", "/v1/nodes/b", None);
+}
