@@ -26,8 +26,8 @@ type Rows = Vec<(String, Duration)>;
 
 fn report(rows: &mut Rows, name: &str, samples: &mut [Duration]) {
     samples.sort();
-    rows.push((name.to_owned(), samples[(samples.len() - 1) / 2]));
     let at = |p: f64| samples[((samples.len() as f64 - 1.0) * p).round() as usize];
+    rows.push((name.to_owned(), at(0.5)));
     println!(
         "{name:<36} n={:<4} p50={:>8.2} ms  p99={:>8.2} ms",
         samples.len(),
