@@ -35,6 +35,9 @@ pub struct NodeView {
     pub address: Option<String>,
     /// `container` or `microvm`, once it reported.
     pub backend: Option<String>,
+    /// The SHA-256 (hex) of the certificate it serves TLS with; `null`: in
+    /// clear (on loopback only).
+    pub tls_sha256: Option<String>,
     pub labels: BTreeMap<String, String>,
     pub memory_bytes: u64,
     /// What the node last reported free.
@@ -67,6 +70,11 @@ pub struct NodeReport {
     /// The key the control plane presents there; the node makes a new one
     /// each time it starts.
     pub key: String,
+    /// The SHA-256 (hex) of the self-signed certificate it serves TLS
+    /// with, made anew each time it starts; absent: it serves in clear,
+    /// which the control plane accepts only on a loopback address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_sha256: Option<String>,
     pub backend: String,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,

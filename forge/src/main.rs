@@ -233,6 +233,11 @@ enum NodeCommand {
         /// Memory this node offers, in MiB (default: the host's).
         #[arg(long, env = "FORGE_NODE_MEMORY_MIB")]
         memory_mib: Option<u64>,
+        /// Serve TLS on a loopback address too (beyond loopback it always
+        /// does, with a certificate made at each start whose SHA-256 the
+        /// control plane pins).
+        #[arg(long, env = "FORGE_NODE_TLS")]
+        tls: bool,
         #[command(flatten)]
         sandbox: SandboxArgs,
     },
@@ -420,6 +425,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             advertise,
             labels,
             memory_mib,
+            tls,
             sandbox,
         }) => {
             init_logging();
@@ -432,6 +438,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 advertise,
                 labels: labels.into_iter().collect(),
                 memory_mib,
+                tls,
                 sandboxes,
             };
             runtime()?.block_on(forge::nodes::agent::run(config))

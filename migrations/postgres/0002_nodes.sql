@@ -5,6 +5,7 @@ CREATE TABLE nodes (
     token_hash        TEXT NOT NULL UNIQUE,
     address           TEXT,
     node_key          TEXT,
+    tls_sha256        TEXT,
     backend           TEXT,
     labels            TEXT NOT NULL DEFAULT '{}',
     memory_bytes      BIGINT NOT NULL DEFAULT 0,

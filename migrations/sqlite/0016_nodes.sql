@@ -4,7 +4,9 @@
 -- SHA-256 is kept. The node reports itself with that token every few
 -- seconds: where it serves sandboxes (`address`), the key the control
 -- plane presents there (`node_key`, made anew at each start of the node),
--- its backend, labels and capacity. A node is up while its last report
+-- the SHA-256 of the TLS certificate it serves with (`tls_sha256`, also
+-- new at each start; none when it serves in clear on loopback), its
+-- backend, labels and capacity. A node is up while its last report
 -- is recent; nothing else marks it.
 CREATE TABLE nodes (
     id                TEXT PRIMARY KEY NOT NULL,
@@ -12,6 +14,7 @@ CREATE TABLE nodes (
     token_hash        TEXT NOT NULL UNIQUE,
     address           TEXT,
     node_key          TEXT,
+    tls_sha256        TEXT,
     backend           TEXT,
     labels            TEXT NOT NULL DEFAULT '{}',   -- JSON object
     memory_bytes      INTEGER NOT NULL DEFAULT 0,

@@ -1,8 +1,10 @@
 //! The sandbox suite through a node: a [`RemoteBackend`] on the control
 //! plane's side, [`sandbox::remote::serve`] on a loopback port in front of
-//! the container backend. Every case the container backend passes must
+//! the container backend, in clear and (module `over_tls`) in TLS pinned to
+//! the node's certificate. Every case the container backend passes must
 //! pass the same way one hop away, with the same errors. Then what a
-//! caller without the node's key, or with a malformed request, gets.
+//! caller without the node's key, with a malformed request, or pinning
+//! another certificate (a node impersonated), gets.
 
 mod common;
 #[path = "common/container.rs"]
@@ -12,29 +14,43 @@ mod suite;
 use std::sync::Arc;
 
 use common::Harness;
-use sandbox::remote::{self, RemoteBackend};
-use sandbox::{Error, PauseMode, Sandbox, State};
+use sandbox::remote::{self, NodeIdentity, RemoteBackend};
+use sandbox::{Backend, Error, PauseMode, Sandbox, State};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 /// The container harness with its backend served by a node on a loopback
-/// port, and the harness's backend replaced by the node's caller.
-async fn node(test: &str) -> Option<(Harness, std::net::SocketAddr, String)> {
+/// port (in TLS as `identity` when given), and the harness's backend
+/// replaced by the node's caller.
+async fn node_with(
+    test: &str,
+    identity: Option<NodeIdentity>,
+) -> Option<(Harness, std::net::SocketAddr, String)> {
     let mut h = container_harness::harness("remote", test).await?;
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("address");
     let key = format!("node-key-{}-{test}", std::process::id());
-    tokio::spawn(remote::serve(
-        h.backend.clone(),
-        h.spec.image.clone(),
-        key.clone(),
-        listener,
-    ));
-    let caller = RemoteBackend::connect("test-node", addr, key.clone())
-        .await
-        .expect("the node describes itself");
-    h.backend = Arc::new(caller);
+    let (backend, image) = (h.backend.clone(), h.spec.image.clone());
+    let caller = match identity {
+        None => {
+            tokio::spawn(remote::serve(backend, image, key.clone(), listener));
+            RemoteBackend::connect("test-node", addr, key.clone()).await
+        }
+        Some(identity) => {
+            let pin = identity.fingerprint().to_owned();
+            let served = key.clone();
+            tokio::spawn(async move {
+                remote::serve_tls(backend, image, served, listener, &identity).await
+            });
+            RemoteBackend::connect_tls("test-node", addr, key.clone(), &pin).await
+        }
+    };
+    h.backend = Arc::new(caller.expect("the node describes itself"));
     Some((h, addr, key))
+}
+
+async fn node(test: &str) -> Option<(Harness, std::net::SocketAddr, String)> {
+    node_with(test, None).await
 }
 
 async fn harness(test: &str) -> Option<Harness> {
@@ -42,6 +58,53 @@ async fn harness(test: &str) -> Option<Harness> {
 }
 
 suite::all_cases!(harness);
+
+/// The same suite, every connection in TLS.
+mod over_tls {
+    use super::*;
+    use crate::suite;
+
+    async fn harness(test: &str) -> Option<Harness> {
+        let identity = NodeIdentity::generate().expect("a TLS identity");
+        Some(node_with(&format!("tls-{test}"), Some(identity)).await?.0)
+    }
+
+    suite::all_cases!(harness);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_is_reached_only_with_the_certificate_it_reported() {
+    let identity = NodeIdentity::generate().expect("a TLS identity");
+    let pin = identity.fingerprint().to_owned();
+    let (h, addr, key) = node_with("tls-pin", Some(identity)).await.expect("harness");
+    // Someone else's certificate: an impersonator on the node's address
+    // would present one of its own, not the node's.
+    let other = NodeIdentity::generate().expect("another identity");
+    let refused = RemoteBackend::connect_tls("test-node", addr, key.clone(), other.fingerprint())
+        .await
+        .expect_err("a certificate other than the pinned one is refused");
+    assert!(
+        matches!(&refused, Error::Node { message, .. } if message.contains("not the one it reported")),
+        "{refused}"
+    );
+    // A caller in clear gets no answer from a TLS node.
+    assert!(
+        RemoteBackend::connect("test-node", addr, key.clone())
+            .await
+            .is_err()
+    );
+    assert!(
+        RemoteBackend::connect_tls("test-node", addr, key.clone(), "beef")
+            .await
+            .is_err()
+    );
+    // The pinned one works, and the node holds nothing from the others.
+    let pinned = RemoteBackend::connect_tls("test-node", addr, key, &pin)
+        .await
+        .expect("the reported certificate is accepted");
+    assert!(pinned.list().await.expect("list").is_empty());
+    drop(h);
+}
 
 /// One raw exchange with the node: `request` as written, the answer line.
 async fn exchange(addr: std::net::SocketAddr, request: &[u8]) -> String {

@@ -931,6 +931,8 @@ pub struct TestNode {
     token: String,
     control: String,
     memory_mib: u64,
+    /// `--tls`: TLS on loopback too.
+    tls: bool,
     /// `127.0.0.1:<port>`, where it serves sandboxes.
     pub address: String,
     image: PathBuf,
@@ -946,6 +948,16 @@ impl TestNode {
     /// host's guest image. It reports within a moment; wait for it with
     /// [`TestNode::wait_up`].
     pub fn start(forge: &TestForge, name: &str, memory_mib: u64) -> TestNode {
+        Self::start_with(forge, name, memory_mib, false)
+    }
+
+    /// [`TestNode::start`] serving TLS (`--tls`), as a node beyond loopback
+    /// does.
+    pub fn start_tls(forge: &TestForge, name: &str, memory_mib: u64) -> TestNode {
+        Self::start_with(forge, name, memory_mib, true)
+    }
+
+    fn start_with(forge: &TestForge, name: &str, memory_mib: u64, tls: bool) -> TestNode {
         static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let added = forge.admin("POST", "/v1/nodes", Some(json!({ "name": name })));
@@ -963,6 +975,7 @@ impl TestNode {
             token,
             control: forge.url.clone(),
             memory_mib,
+            tls,
             address: format!("127.0.0.1:{port}"),
             image: guest_image().expect("a guest image (check sandboxes_unavailable first)"),
             data_dir: temp.path().join("data"),
@@ -981,8 +994,12 @@ impl TestNode {
             .append(true)
             .open(self.data_dir.with_extension("log"))
             .expect("the node's log");
-        let child = Command::new(forge_binary())
-            .args(["node", "run", "--control", &self.control])
+        let mut command = Command::new(forge_binary());
+        command.args(["node", "run", "--control", &self.control]);
+        if self.tls {
+            command.arg("--tls");
+        }
+        let child = command
             .args(["--listen", &self.address])
             .args(["--memory-mib", &self.memory_mib.to_string()])
             .args(["--sandbox-backend", "container", "--image"])

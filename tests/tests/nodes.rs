@@ -4,7 +4,8 @@
 //! Creates go by available memory, exec and fork through the control plane
 //! reach the node holding the VM, a node killed with SIGKILL is marked
 //! lost (creates avoid it, its VMs say so), and a node that comes back
-//! (with a new key) serves its VMs again.
+//! (with a new key and certificate) serves its VMs again. One node serves
+//! TLS, pinned by the control plane.
 
 use std::time::Duration;
 
@@ -32,9 +33,10 @@ fn vms_are_placed_on_nodes_reached_through_the_control_plane_and_a_dead_node_is_
     }
     let forge = TestForge::builder().with_sandboxes(8).start();
     // 512 MiB VMs: a offers 1536, b 1024. First a (1536 > 1024), then b
-    // (1024 each, b holds fewer), then a (1024 > 512).
+    // (1024 each, b holds fewer), then a (1024 > 512). b serves TLS, as a
+    // node beyond loopback does; the control plane pins its certificate.
     let a = TestNode::start(&forge, "a", 1536);
-    let mut b = TestNode::start(&forge, "b", 1024);
+    let mut b = TestNode::start_tls(&forge, "b", 1024);
     a.wait_up(&forge);
     b.wait_up(&forge);
 
@@ -91,6 +93,10 @@ fn vms_are_placed_on_nodes_reached_through_the_control_plane_and_a_dead_node_is_
         .expect("b is listed");
     assert_eq!(b_listed["sandboxes"], 2, "{b_listed}");
     assert_eq!(b_listed["committed_mib"], 1024, "{b_listed}");
+    let pin = b_listed["tls_sha256"]
+        .as_str()
+        .expect("b serves TLS")
+        .to_owned();
 
     // b dies: after its reports stop it is lost, its VMs fail saying so,
     // and new VMs go to a although a has less available.
@@ -106,9 +112,20 @@ fn vms_are_placed_on_nodes_reached_through_the_control_plane_and_a_dead_node_is_
     let fourth = create(&forge);
     assert!(a.holds(&fourth), "a new VM avoids the lost node");
 
-    // b comes back with a new key: the control plane reaches its VMs again.
+    // b comes back with a new key and certificate: the control plane
+    // reaches its VMs again, pinning the new one.
     b.restart();
     b.wait_up(&forge);
+    let nodes = forge.admin("GET", "/v1/nodes", None);
+    let b_listed = nodes
+        .as_array()
+        .and_then(|all| all.iter().find(|n| n["name"] == "b"))
+        .expect("b is listed");
+    assert_ne!(
+        b_listed["tls_sha256"].as_str(),
+        Some(pin.as_str()),
+        "{b_listed}"
+    );
     let (status, ran) = exec(&forge, &ids[1], "cat /tmp/where");
     assert_eq!(
         (status, ran["stdout"].as_str()),

@@ -61,6 +61,7 @@ async fn view(state: &AppState, row: NodeRow, token: Option<String>) -> Result<N
         name: row.name,
         address: row.address,
         backend: row.backend,
+        tls_sha256: row.tls_sha256,
         created_at: row.created_at,
         token,
     })
@@ -200,11 +201,19 @@ pub async fn report(
             "the key must be 1 to {MAX_KEY_BYTES} bytes"
         )));
     }
+    if let Some(pin) = &report.tls_sha256
+        && (pin.len() != 64 || !pin.bytes().all(|b| b.is_ascii_hexdigit()))
+    {
+        return Err(ApiError::bad_request(
+            "tls_sha256 is a SHA-256 in hex (64 characters)",
+        ));
+    }
     crate::vms::check_labels(&report.labels).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let signed = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
     let recorded = crate::store::NodeReport {
         address: report.address,
         node_key: report.key,
+        tls_sha256: report.tls_sha256.map(|pin| pin.to_ascii_lowercase()),
         backend: report.backend.chars().take(32).collect(),
         labels: report.labels,
         memory_bytes: signed(report.memory_bytes),

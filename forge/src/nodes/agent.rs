@@ -2,9 +2,11 @@
 //!
 //! Opens the host's sandbox backend as `forge serve` would (the same
 //! probe, image and options), serves it on `--listen` with the node
-//! protocol under a key made now, and reports to the control plane
+//! protocol under a key made now (in TLS with a certificate made now,
+//! unless it listens on loopback and `--tls` is not given), and reports to the control plane
 //! (`POST /v1/nodes/report` with the node's token) every
-//! [`super::REPORT_EVERY`]: where it serves, the key, its backend, labels,
+//! [`super::REPORT_EVERY`]: where it serves, the key, the certificate's
+//! SHA-256, its backend, labels,
 //! memory, vCPUs and disk. A refused token stops the node; an unreachable
 //! control plane is retried (sandboxes keep running meanwhile, and the
 //! control plane sees the node lost until it reports again).
@@ -34,6 +36,9 @@ pub struct NodeConfig {
     pub labels: BTreeMap<String, String>,
     /// Memory this node offers, in MiB (default: the host's).
     pub memory_mib: Option<u64>,
+    /// Serve TLS on a loopback address too (beyond loopback it always
+    /// does).
+    pub tls: bool,
     pub sandboxes: SandboxChoice,
 }
 
@@ -67,21 +72,25 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         .advertise
         .clone()
         .unwrap_or_else(|| listening.to_string());
-    if !listening.ip().is_loopback() {
-        tracing::warn!(
-            %listening,
-            "the node protocol is not encrypted: serve it on a private network only"
-        );
-    }
     let key = crate::auth::new_secret();
     let kind = backend.kind();
-    let mut serving = tokio::spawn(::sandbox::remote::serve(
-        backend,
-        image,
-        key.clone(),
-        listener,
-    ));
-    tracing::info!(%listening, %address, "serving sandboxes");
+    // In clear only on loopback: beyond it the key would cross a network.
+    let identity = if config.tls || !listening.ip().is_loopback() {
+        Some(::sandbox::remote::NodeIdentity::generate()?)
+    } else {
+        None
+    };
+    let tls_sha256 = identity.as_ref().map(|id| id.fingerprint().to_owned());
+    let served_key = key.clone();
+    let mut serving = tokio::spawn(async move {
+        match identity {
+            Some(identity) => {
+                ::sandbox::remote::serve_tls(backend, image, served_key, listener, &identity).await
+            }
+            None => ::sandbox::remote::serve(backend, image, served_key, listener).await,
+        }
+    });
+    tracing::info!(%listening, %address, tls = tls_sha256.as_deref().unwrap_or("none"), "serving sandboxes");
 
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
@@ -94,6 +103,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         let report = NodeReport {
             address: address.clone(),
             key: key.clone(),
+            tls_sha256: tls_sha256.clone(),
             backend: kind.to_string(),
             labels: config.labels.clone(),
             ..measure(&config.sandboxes.data_dir, config.memory_mib)
@@ -194,6 +204,7 @@ fn measure(data_dir: &Path, memory_mib: Option<u64>) -> NodeReport {
     NodeReport {
         address: String::new(),
         key: String::new(),
+        tls_sha256: None,
         backend: String::new(),
         labels: BTreeMap::new(),
         memory_bytes,

@@ -87,6 +87,7 @@ pub struct Placed {
 struct Remote {
     address: String,
     key: String,
+    tls_sha256: Option<String>,
     backend: Arc<RemoteBackend>,
 }
 
@@ -139,6 +140,7 @@ impl Placed {
         if let Some(kept) = kept
             && kept.address == *address
             && kept.key == *key
+            && kept.tls_sha256 == node.tls_sha256
         {
             return Ok(kept.backend);
         }
@@ -148,12 +150,24 @@ impl Placed {
                 format!("its address {address:?} is not host:port"),
             )
         })?;
-        let backend = Arc::new(RemoteBackend::connect(&node.name, addr, key.clone()).await?);
+        let backend = match &node.tls_sha256 {
+            Some(pin) => RemoteBackend::connect_tls(&node.name, addr, key.clone(), pin).await?,
+            // Its key would cross the network in clear.
+            None if !addr.ip().is_loopback() => {
+                return Err(node_error(
+                    &node.name,
+                    format!("it serves without TLS on {addr}, which is not loopback: refused"),
+                ));
+            }
+            None => RemoteBackend::connect(&node.name, addr, key.clone()).await?,
+        };
+        let backend = Arc::new(backend);
         self.remotes().insert(
             node.id.clone(),
             Remote {
                 address: address.clone(),
                 key: key.clone(),
+                tls_sha256: node.tls_sha256.clone(),
                 backend: backend.clone(),
             },
         );

@@ -14,6 +14,9 @@ pub struct NodeRow {
     /// The key the control plane presents there; made anew at each start
     /// of the node.
     pub node_key: Option<String>,
+    /// The SHA-256 (hex) of the certificate it serves TLS with; `None`: in
+    /// clear.
+    pub tls_sha256: Option<String>,
     pub backend: Option<String>,
     /// A JSON object of strings.
     pub labels: String,
@@ -37,6 +40,7 @@ impl NodeRow {
 pub struct NodeReport {
     pub address: String,
     pub node_key: String,
+    pub tls_sha256: Option<String>,
     pub backend: String,
     pub labels: BTreeMap<String, String>,
     pub memory_bytes: i64,
@@ -55,7 +59,7 @@ pub struct NodeLoad {
     pub committed_mib: i64,
 }
 
-const COLUMNS: &str = "id, name, address, node_key, backend, labels, memory_bytes, \
+const COLUMNS: &str = "id, name, address, node_key, tls_sha256, backend, labels, memory_bytes, \
      free_memory_bytes, vcpus, disk_bytes, free_disk_bytes, last_seen_unix, created_at";
 
 impl Store {
@@ -125,7 +129,8 @@ impl Store {
         let id: Option<(String,)> = sqlx::query_as(
             "UPDATE nodes SET address = $1, node_key = $2, backend = $3, labels = $4, \
              memory_bytes = $5, free_memory_bytes = $6, vcpus = $7, disk_bytes = $8, \
-             free_disk_bytes = $9, last_seen_unix = $10 WHERE token_hash = $11 RETURNING id",
+             free_disk_bytes = $9, last_seen_unix = $10, tls_sha256 = $11 \
+             WHERE token_hash = $12 RETURNING id",
         )
         .bind(&report.address)
         .bind(&report.node_key)
@@ -137,6 +142,7 @@ impl Store {
         .bind(report.disk_bytes)
         .bind(report.free_disk_bytes)
         .bind(seen_unix)
+        .bind(&report.tls_sha256)
         .bind(token_hash)
         .fetch_optional(&self.pool)
         .await?;

@@ -664,6 +664,12 @@ class NodeReport:
     memory_bytes: int
     vcpus: int
     labels: Optional[Dict[str, str]] = None
+    tls_sha256: Optional[Optional[str]] = None
+    """
+    The SHA-256 (hex) of the self-signed certificate it serves TLS
+    with, made anew each time it starts; absent: it serves in clear,
+    which the control plane accepts only on a loopback address.
+    """
 
 
 @dataclass
@@ -709,6 +715,11 @@ class NodeView:
     backend: Optional[Optional[str]] = None
     """`container` or `microvm`, once it reported."""
     last_seen_at: Optional[Optional[str]] = None
+    tls_sha256: Optional[Optional[str]] = None
+    """
+    The SHA-256 (hex) of the certificate it serves TLS with; `null`: in
+    clear (on loopback only).
+    """
     token: Optional[Optional[str]] = None
     """
     The node's token (`forge node run --token`): only in the answer to

@@ -462,6 +462,12 @@ export interface NodeReport {
   key: string;
   labels?: Record<string, string>;
   memory_bytes: number;
+  /**
+   * The SHA-256 (hex) of the self-signed certificate it serves TLS
+   * with, made anew each time it starts; absent: it serves in clear,
+   * which the control plane accepts only on a loopback address.
+   */
+  tls_sha256?: string | null;
   vcpus: number;
 }
 
@@ -504,6 +510,11 @@ export interface NodeView {
   /** Sandboxes placed on it (VMs, their snapshots and pooled copies). */
   sandboxes: number;
   state: NodeState;
+  /**
+   * The SHA-256 (hex) of the certificate it serves TLS with; `null`: in
+   * clear (on loopback only).
+   */
+  tls_sha256?: string | null;
   /**
    * The node's token (`forge node run --token`): only in the answer to
    * creation, stored as a hash.

@@ -13,14 +13,20 @@ use serde_json::{Value, json};
 use super::assert_error;
 use crate::testing::TestApp;
 
-/// A node serving an in-memory backend: its backend, address and key.
+/// A node serving an in-memory backend: its backend, address, key and,
+/// when it serves TLS, its certificate's SHA-256.
 struct Node {
     backend: MemorySandboxes,
     address: String,
     key: String,
+    tls_sha256: Option<String>,
 }
 
 async fn serve_node(name: &str) -> Node {
+    serve_node_with(name, None).await
+}
+
+async fn serve_node_with(name: &str, tls: Option<sandbox::remote::NodeIdentity>) -> Node {
     // Ids apart from the control plane's host's and every other node's.
     let first = name
         .bytes()
@@ -31,16 +37,23 @@ async fn serve_node(name: &str) -> Node {
         .expect("bind");
     let address = listener.local_addr().expect("address").to_string();
     let key = format!("key-of-{name}");
-    tokio::spawn(sandbox::remote::serve(
-        std::sync::Arc::new(backend.clone()),
-        sandbox::Image::root("/node-image"),
-        key.clone(),
-        listener,
-    ));
+    let served: std::sync::Arc<dyn sandbox::Backend> = std::sync::Arc::new(backend.clone());
+    let image = sandbox::Image::root("/node-image");
+    let tls_sha256 = tls.as_ref().map(|id| id.fingerprint().to_owned());
+    let served_key = key.clone();
+    tokio::spawn(async move {
+        match tls {
+            Some(identity) => {
+                sandbox::remote::serve_tls(served, image, served_key, listener, &identity).await
+            }
+            None => sandbox::remote::serve(served, image, served_key, listener).await,
+        }
+    });
     Node {
         backend,
         address,
         key,
+        tls_sha256,
     }
 }
 
@@ -48,6 +61,7 @@ fn report(node: &Node, memory_mib: u64) -> Value {
     json!({
         "address": node.address,
         "key": node.key,
+        "tls_sha256": node.tls_sha256,
         "backend": "container",
         "labels": {"zone": "a"},
         "memory_bytes": memory_mib << 20,
@@ -60,14 +74,39 @@ fn report(node: &Node, memory_mib: u64) -> Value {
 
 /// `node`'s report with `memory_mib`, sent with `token`; must be taken.
 async fn report_as(app: &TestApp, token: &str, node: &Node, memory_mib: u64) -> Value {
+    report_as_value(app, token, report(node, memory_mib)).await
+}
+
+async fn report_as_value(app: &TestApp, token: &str, report: Value) -> Value {
     app.expect(
         StatusCode::OK,
         Method::POST,
         "/v1/nodes/report",
         Some(token),
-        Some(report(node, memory_mib)),
+        Some(report),
     )
     .await
+}
+
+/// `echo WORD` in VM `id` through the API, answered by `node`'s backend:
+/// the exec's answer, its output checked.
+async fn echo_on(app: &TestApp, node: &Node, id: &str, word: &str) -> Value {
+    let script = format!("echo {word}");
+    node.backend.respond_to(
+        script.clone(),
+        sandbox::testing::Reply::ok(format!("{word}\n")),
+    );
+    let ran = app
+        .expect(
+            StatusCode::OK,
+            Method::POST,
+            &format!("/v1/vms/{id}/exec"),
+            Some(app.admin()),
+            Some(json!({ "command": script })),
+        )
+        .await;
+    assert_eq!(ran["stdout"], format!("{word}\n"), "{ran}");
+    ran
 }
 
 async fn add(app: &TestApp, name: &str) -> String {
@@ -220,18 +259,7 @@ async fn vms_go_to_the_node_with_the_most_memory_and_their_operations_follow() {
         .await;
     }
     // An exec runs on the node, through the agent tunnel.
-    node.backend
-        .respond_to("echo from-node", sandbox::testing::Reply::ok("from-node\n"));
-    let ran = app
-        .expect(
-            StatusCode::OK,
-            Method::POST,
-            &format!("/v1/vms/{id}/exec"),
-            Some(app.admin()),
-            Some(json!({ "command": "echo from-node" })),
-        )
-        .await;
-    assert_eq!(ran["stdout"], "from-node\n", "{ran}");
+    let ran = echo_on(&app, node, &id, "from-node").await;
     assert_eq!(ran["exit_code"], 0, "{ran}");
     assert!(
         app.backend.execs().is_empty(),
@@ -348,4 +376,68 @@ async fn without_nodes_vms_run_on_the_control_planes_host_and_a_removed_node_sto
         )
         .await;
     assert_error(status, &body, StatusCode::UNAUTHORIZED, "unauthorized");
+}
+
+#[tokio::test]
+async fn a_node_beyond_loopback_is_reached_only_in_tls_with_the_certificate_it_reported() {
+    let app = TestApp::start().await;
+    let identity = sandbox::remote::NodeIdentity::generate().expect("a TLS identity");
+    let node = serve_node_with("secure", Some(identity)).await;
+    let token = add(&app, "secure").await;
+    let mut bad = report(&node, 4096);
+    bad["tls_sha256"] = json!("not-hex");
+    let (status, body) = app
+        .call(Method::POST, "/v1/nodes/report", Some(&token), Some(bad))
+        .await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "bad_request");
+
+    // Reported with another certificate's SHA-256 (what an impersonator on
+    // the node's address would serve): nothing is created there.
+    let other = sandbox::remote::NodeIdentity::generate().expect("another identity");
+    let mut forged = report(&node, 4096);
+    forged["tls_sha256"] = json!(other.fingerprint());
+    report_as_value(&app, &token, forged).await;
+    let (status, body) = app
+        .call(Method::POST, "/v1/vms", Some(app.admin()), Some(json!({})))
+        .await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+    );
+    assert!(
+        body.to_string().contains("not the one it reported"),
+        "{body}"
+    );
+    assert!(node.backend.is_empty());
+
+    // Its own: VMs run there, exec through the tunnel in TLS.
+    let listed = report_as(&app, &token, &node, 4096).await;
+    assert_eq!(listed["node"], "secure");
+    let id = app.vm(app.admin()).await;
+    assert!(node.backend.files(&id).is_ok());
+    echo_on(&app, &node, &id, "tls").await;
+    assert_eq!(
+        nodes(&app).await["secure"]["tls_sha256"],
+        json!(node.tls_sha256)
+    );
+
+    // A node in clear on an address beyond loopback is not dialled: its
+    // key would cross the network in clear.
+    let clear_token = add(&app, "clear").await;
+    let mut clear = report(&node, 8192);
+    clear["tls_sha256"] = Value::Null;
+    clear["address"] = json!("192.0.2.7:7100");
+    report_as_value(&app, &clear_token, clear).await;
+    let (status, body) = app
+        .call(Method::POST, "/v1/vms", Some(app.admin()), Some(json!({})))
+        .await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+    );
+    assert!(body.to_string().contains("without TLS"), "{body}");
 }

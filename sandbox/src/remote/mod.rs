@@ -30,6 +30,14 @@
 //! of at most [`MAX_ANSWER_BYTES`] and gives up on a node that does not
 //! connect within [`CONNECT_TIMEOUT`] or answer within [`ANSWER_TIMEOUT`].
 //!
+//! # TLS
+//!
+//! [`serve_tls`] wraps every connection in TLS with the node's
+//! [`NodeIdentity`] (a key and self-signed certificate made at each start),
+//! and [`RemoteBackend::connect_tls`] accepts only the certificate whose
+//! SHA-256 the node reported through the control plane ([`tls`]). A node
+//! reachable beyond loopback is meant to be served so.
+//!
 //! A node starts every sandbox from its own image: the spec's image names
 //! a path on the caller's host, which means nothing on the node. A spec
 //! with a host workspace directory is refused for the same reason.
@@ -44,8 +52,13 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, oneshot};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
 
-use crate::agent::{Agent, AgentStream};
+pub mod tls;
+
+pub use tls::NodeIdentity;
+
+use crate::agent::{Agent, AgentIo, AgentStream};
 use crate::error::{Error, Result, chain};
 use crate::spec::{BackendKind, Carried, Image, PauseMode, SandboxInfo, Spec, State, Stats};
 use crate::{Backend, BoxFuture};
@@ -259,12 +272,34 @@ fn same_key(a: &[u8], b: &[u8]) -> bool {
 
 /// Serve `backend` on `listener` to callers presenting `key`, starting
 /// every sandbox from `image`, until the task is dropped. Each connection
-/// runs on a task of its own.
+/// runs on a task of its own. In clear: for loopback, or a network that is
+/// private to the control plane and its nodes.
 pub async fn serve(
     backend: Arc<dyn Backend>,
     image: Image,
     key: String,
     listener: TcpListener,
+) -> std::io::Result<()> {
+    serve_with(backend, image, key, listener, None).await
+}
+
+/// [`serve`], every connection in TLS as `identity`.
+pub async fn serve_tls(
+    backend: Arc<dyn Backend>,
+    image: Image,
+    key: String,
+    listener: TcpListener,
+    identity: &NodeIdentity,
+) -> std::io::Result<()> {
+    serve_with(backend, image, key, listener, Some(identity.acceptor())).await
+}
+
+async fn serve_with(
+    backend: Arc<dyn Backend>,
+    image: Image,
+    key: String,
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
 ) -> std::io::Result<()> {
     let node = Arc::new(Node {
         backend,
@@ -289,8 +324,19 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let node = node.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            node.connection(stream).await;
+            match tls {
+                None => node.connection(stream).await,
+                Some(acceptor) => {
+                    // The handshake counts against the request's time.
+                    let accepted =
+                        tokio::time::timeout(REQUEST_TIMEOUT, acceptor.accept(stream)).await;
+                    if let Ok(Ok(stream)) = accepted {
+                        node.connection(stream).await;
+                    }
+                }
+            }
             drop(slot);
         });
     }
@@ -321,7 +367,7 @@ struct Tunnel {
 }
 
 impl Node {
-    async fn connection(&self, stream: TcpStream) {
+    async fn connection<S: AgentIo + 'static>(&self, stream: S) {
         let mut conn = BufReader::new(stream);
         let request =
             tokio::time::timeout(REQUEST_TIMEOUT, read_line(&mut conn, MAX_REQUEST_BYTES))
@@ -360,7 +406,7 @@ impl Node {
 
     /// Answer the agent's secret, then pass bytes both ways until either
     /// side closes or an operation on the sandbox needs it closed.
-    async fn tunnel(&self, mut conn: BufReader<TcpStream>, id: &str) {
+    async fn tunnel<S: AgentIo>(&self, mut conn: BufReader<S>, id: &str) {
         let stream = match self.backend.agent_stream(id).await {
             Ok(stream) => stream,
             Err(error) => {
@@ -463,7 +509,7 @@ impl Node {
 /// After a refusal: stop writing, and read what the caller still sends
 /// (a bounded amount, for a bounded time) before closing, so that the
 /// refusal is not lost to a reset of a connection closed with unread data.
-async fn linger(mut conn: BufReader<TcpStream>) {
+async fn linger<S: AgentIo>(mut conn: BufReader<S>) {
     if conn.get_mut().shutdown().await.is_err() {
         return;
     }
@@ -502,8 +548,8 @@ async fn read_line<R: AsyncRead + Unpin>(
     Ok(line)
 }
 
-async fn write_answer<T: Serialize>(
-    conn: &mut BufReader<TcpStream>,
+async fn write_answer<T: Serialize, S: AgentIo>(
+    conn: &mut BufReader<S>,
     answer: &Answer<T>,
 ) -> std::io::Result<()> {
     let mut line = serde_json::to_vec(answer).map_err(std::io::Error::other)?;
@@ -519,6 +565,8 @@ pub struct RemoteBackend {
     node: String,
     addr: SocketAddr,
     key: String,
+    /// TLS pinned to the node's certificate, when it serves TLS.
+    tls: Option<TlsConnector>,
     kind: BackendKind,
     /// Each sandbox's kept agent connection, and its environment.
     clients: Mutex<HashMap<String, KeptAgent>>,
@@ -537,12 +585,34 @@ impl std::fmt::Debug for RemoteBackend {
 }
 
 impl RemoteBackend {
-    /// The node `node` at `addr`, asked what it runs; `key` is its secret.
+    /// The node `node` at `addr`, in clear, asked what it runs; `key` is
+    /// its secret.
     pub async fn connect(node: impl Into<String>, addr: SocketAddr, key: String) -> Result<Self> {
+        Self::open(node.into(), addr, key, None).await
+    }
+
+    /// [`RemoteBackend::connect`] over TLS, accepting only the certificate
+    /// whose SHA-256 (hex) is `pin`, as the node reported it.
+    pub async fn connect_tls(
+        node: impl Into<String>,
+        addr: SocketAddr,
+        key: String,
+        pin: &str,
+    ) -> Result<Self> {
+        Self::open(node.into(), addr, key, Some(tls::connector(pin)?)).await
+    }
+
+    async fn open(
+        node: String,
+        addr: SocketAddr,
+        key: String,
+        tls: Option<TlsConnector>,
+    ) -> Result<Self> {
         let mut backend = Self {
-            node: node.into(),
+            node,
             addr,
             key,
+            tls,
             kind: BackendKind::Container,
             clients: Mutex::default(),
         };
@@ -565,22 +635,15 @@ impl RemoteBackend {
 
     /// Send `op` and read the node's answer; the connection is returned for
     /// `agent`, whose answer is followed by the agent's stream.
-    async fn request<T: DeserializeOwned>(&self, op: Op) -> Result<(T, BufReader<TcpStream>)> {
+    async fn request<T: DeserializeOwned>(
+        &self,
+        op: Op,
+    ) -> Result<(T, BufReader<Box<dyn AgentIo>>)> {
         let what = match &op {
             Op::Agent { .. } => "its agent",
             _ => "the operation",
         };
-        let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(self.addr))
-            .await
-            .map_err(|_| {
-                self.failed(format!(
-                    "no connection to {} within {CONNECT_TIMEOUT:?}",
-                    self.addr
-                ))
-            })?
-            .map_err(|e| self.failed(format!("connecting to {} failed: {e}", self.addr)))?;
-        let _ = stream.set_nodelay(true);
-        let mut conn = BufReader::new(stream);
+        let mut conn = BufReader::new(self.dial().await?);
         let mut line = serde_json::to_vec(&Request {
             v: PROTOCOL_VERSION,
             key: self.key.clone(),
@@ -604,6 +667,33 @@ impl RemoteBackend {
             Ok(Answer::Error(error)) => Err(error.into_error(&self.node)),
             Err(e) => Err(self.failed(format!("a malformed answer for {what}: {e}"))),
         }
+    }
+
+    /// A connection to the node, in TLS when it serves so.
+    async fn dial(&self) -> Result<Box<dyn AgentIo>> {
+        let connect = async {
+            let stream = TcpStream::connect(self.addr)
+                .await
+                .map_err(|e| format!("connecting to {} failed: {e}", self.addr))?;
+            let _ = stream.set_nodelay(true);
+            let Some(tls) = &self.tls else {
+                return Ok(Box::new(stream) as Box<dyn AgentIo>);
+            };
+            let stream = tls
+                .connect(tls::server_name(), stream)
+                .await
+                .map_err(|e| format!("TLS with {} failed: {e}", self.addr))?;
+            Ok(Box::new(stream) as Box<dyn AgentIo>)
+        };
+        tokio::time::timeout(CONNECT_TIMEOUT, connect)
+            .await
+            .map_err(|_| {
+                self.failed(format!(
+                    "no connection to {} within {CONNECT_TIMEOUT:?}",
+                    self.addr
+                ))
+            })?
+            .map_err(|message: String| self.failed(message))
     }
 
     async fn call<T: DeserializeOwned>(&self, op: Op) -> Result<T> {
