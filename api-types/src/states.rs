@@ -115,6 +115,9 @@ states! {
         PausedToDisk = "paused_to_disk",
         /// It stopped without being asked to; the disk is kept until it is deleted.
         Crashed = "crashed",
+        /// Its sandbox node stopped reporting: unreachable, not restarted
+        /// elsewhere. When the node reports again it is what it was there.
+        Lost = "lost",
     }
 }
 
@@ -126,6 +129,12 @@ impl VmState {
     /// Holds host resources: running or paused in memory.
     pub const fn is_live(self) -> bool {
         matches!(self, Self::Running | Self::Paused)
+    }
+
+    /// Its sandbox can be reached (running, or paused and resumable): not
+    /// crashed, not on a lost node.
+    pub const fn is_reachable(self) -> bool {
+        !matches!(self, Self::Crashed | Self::Lost)
     }
 
     /// Paused, in memory or to disk: a request resumes it.
@@ -332,7 +341,7 @@ mod tests {
 
     #[test]
     fn vm_states_are_spelled_as_the_api_documents() {
-        pinned::<VmState>(&["running", "paused", "paused_to_disk", "crashed"]);
+        pinned::<VmState>(&["running", "paused", "paused_to_disk", "crashed", "lost"]);
     }
 
     #[test]
@@ -397,6 +406,8 @@ mod tests {
     fn questions_the_forge_asks_of_states() {
         assert!(VmState::Paused.is_live() && !VmState::PausedToDisk.is_live());
         assert!(VmState::PausedToDisk.is_paused() && !VmState::Crashed.is_paused());
+        assert!(VmState::PausedToDisk.is_reachable() && !VmState::Lost.is_reachable());
+        assert!(!VmState::Lost.is_live() && !VmState::Lost.is_paused());
         assert!(VmState::LIVE.iter().all(|s| s.is_live()));
         let finished: Vec<_> = RunState::ALL.iter().filter(|s| s.is_finished()).collect();
         assert_eq!(finished.len(), 4);

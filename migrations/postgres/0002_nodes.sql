@@ -1,4 +1,5 @@
--- Sandbox nodes: see migrations/sqlite/0016_nodes.sql.
+-- Sandbox nodes, and the `lost` state of a VM whose node stopped
+-- reporting: see migrations/sqlite/0016_nodes.sql.
 CREATE TABLE nodes (
     id                TEXT PRIMARY KEY NOT NULL,
     name              TEXT COLLATE "C" NOT NULL UNIQUE,
@@ -23,3 +24,7 @@ CREATE TABLE sandbox_nodes (
 );
 
 CREATE INDEX sandbox_nodes_by_node ON sandbox_nodes (node_id);
+
+ALTER TABLE vms DROP CONSTRAINT vms_state_check;
+ALTER TABLE vms ADD CONSTRAINT vms_state_check
+    CHECK (state IN ('running', 'paused', 'paused_to_disk', 'crashed', 'lost'));

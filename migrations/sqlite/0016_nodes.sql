@@ -1,4 +1,6 @@
--- Sandbox nodes: hosts that run sandboxes for the control plane.
+-- Sandbox nodes: hosts that run sandboxes for the control plane, and the
+-- `lost` state of a VM whose node stopped reporting (the vms table is
+-- rebuilt for its CHECK).
 --
 -- An admin adds a node by name and gets its token once; only the token's
 -- SHA-256 is kept. The node reports itself with that token every few
@@ -34,3 +36,39 @@ CREATE TABLE sandbox_nodes (
 );
 
 CREATE INDEX sandbox_nodes_by_node ON sandbox_nodes (node_id);
+
+CREATE TABLE vms_new (
+    id                TEXT PRIMARY KEY NOT NULL,
+    backend           TEXT NOT NULL,
+    state             TEXT NOT NULL CHECK (state IN ('running', 'paused', 'paused_to_disk', 'crashed', 'lost')),
+    repo_id           TEXT REFERENCES repos (id) ON DELETE SET NULL,
+    branch            TEXT,
+    parent_id         TEXT,
+    vcpus             INTEGER NOT NULL,
+    mem_mib           INTEGER NOT NULL,
+    persistent        INTEGER NOT NULL,
+    idle_timeout_secs INTEGER,
+    created_by        TEXT,
+    created_at        TEXT NOT NULL,
+    last_active_unix  INTEGER NOT NULL,
+    labels            TEXT NOT NULL DEFAULT '{}',
+    expires_unix      INTEGER,
+    snapshot_id       TEXT,
+    template          TEXT,
+    workdir           TEXT
+);
+
+INSERT INTO vms_new (id, backend, state, repo_id, branch, parent_id, vcpus, mem_mib, persistent,
+                     idle_timeout_secs, created_by, created_at, last_active_unix, labels,
+                     expires_unix, snapshot_id, template, workdir)
+SELECT id, backend, state, repo_id, branch, parent_id, vcpus, mem_mib, persistent,
+       idle_timeout_secs, created_by, created_at, last_active_unix, labels,
+       expires_unix, snapshot_id, template, workdir
+FROM vms;
+
+DROP TABLE vms;
+ALTER TABLE vms_new RENAME TO vms;
+
+CREATE INDEX vms_by_state ON vms (state, last_active_unix);
+CREATE INDEX vms_by_expiry ON vms (expires_unix) WHERE expires_unix IS NOT NULL;
+CREATE INDEX vms_by_creation ON vms (created_at, id);

@@ -3,13 +3,13 @@
 //! sandbox directories and loopback port, on the container backend.
 //! Creates go by available memory, exec and fork through the control plane
 //! reach the node holding the VM, a node killed with SIGKILL is marked
-//! lost (creates avoid it, its VMs say so), and a node that comes back
-//! (with a new key and certificate) serves its VMs again. One node serves
+//! lost (creates avoid it, its VMs become `lost`), and a node that comes
+//! back (with a new key and certificate) serves its VMs again, `running`. One node serves
 //! TLS, pinned by the control plane.
 
 use std::time::Duration;
 
-use e2e::{TestForge, TestNode, require_sandboxes};
+use e2e::{TestForge, TestNode, eventually, require_sandboxes};
 use serde_json::{Value, json};
 
 fn create(forge: &TestForge) -> String {
@@ -24,6 +24,18 @@ fn exec(forge: &TestForge, id: &str, script: &str) -> (u16, Value) {
         &format!("/v1/vms/{id}/exec"),
         Some(json!({ "command": script })),
     )
+}
+
+/// Waits until the API shows VM `id` in `state`.
+fn vm_state_becomes(forge: &TestForge, id: &str, state: &str) {
+    eventually(Duration::from_secs(30), &format!("VM {id} {state}"), || {
+        let vm = forge.admin("GET", &format!("/v1/vms/{id}"), None);
+        if vm["state"] == state {
+            Ok(())
+        } else {
+            Err(vm)
+        }
+    });
 }
 
 #[test]
@@ -102,6 +114,9 @@ fn vms_are_placed_on_nodes_reached_through_the_control_plane_and_a_dead_node_is_
     // and new VMs go to a although a has less available.
     b.kill();
     b.wait_state(&forge, "lost", Duration::from_secs(30));
+    for id in [&ids[1], &copy] {
+        vm_state_becomes(&forge, id, "lost");
+    }
     let (status, failed) = exec(&forge, &ids[1], "true");
     assert_eq!(status, 503, "{failed}");
     let message = failed["error"]["message"].as_str().unwrap_or_default();
@@ -116,6 +131,9 @@ fn vms_are_placed_on_nodes_reached_through_the_control_plane_and_a_dead_node_is_
     // reaches its VMs again, pinning the new one.
     b.restart();
     b.wait_up(&forge);
+    for id in [&ids[1], &copy] {
+        vm_state_becomes(&forge, id, "running");
+    }
     let nodes = forge.admin("GET", "/v1/nodes", None);
     let b_listed = nodes
         .as_array()

@@ -62,7 +62,7 @@ impl Toned for VmState {
         match self {
             Self::Running => Tone::Good,
             Self::Paused | Self::PausedToDisk => Tone::Waiting,
-            Self::Crashed => Tone::Bad,
+            Self::Crashed | Self::Lost => Tone::Bad,
         }
     }
 }
@@ -169,6 +169,7 @@ mod tests {
             ("paused", "wait"),
             ("paused_to_disk", "wait"),
             ("crashed", "bad"),
+            ("lost", "bad"),
             ("queued", "wait"),
             ("running", "ok"),
             ("passed", "ok"),

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use ::sandbox::{Command, ExecEvent, ExitStatus};
 use api_types::runs::StepView;
-use api_types::{RunState, StepState, VmState};
+use api_types::{RunState, StepState};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -267,7 +267,7 @@ impl Pipelines {
         let alive = |sandbox: Option<BranchSandbox>| async {
             let sandbox = sandbox?;
             match self.sandboxes.get(&sandbox.vm_id).await {
-                Ok(vm) if vm.state != VmState::Crashed && vm.template.as_deref() == template => {
+                Ok(vm) if vm.state.is_reachable() && vm.template.as_deref() == template => {
                     Some(sandbox)
                 }
                 _ => None,

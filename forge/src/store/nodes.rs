@@ -193,3 +193,37 @@ impl Store {
         Ok(())
     }
 }
+
+impl Store {
+    /// Marks `lost` every VM still reachable (running, paused, paused to
+    /// disk) on a node whose last report is older than `seen_before` (unix
+    /// s); returns their ids.
+    pub async fn mark_lost_vms(&self, seen_before: i64) -> Result<Vec<String>> {
+        let ids: Vec<(String,)> = sqlx::query_as(
+            "UPDATE vms SET state = 'lost' \
+             WHERE state IN ('running', 'paused', 'paused_to_disk') AND id IN ( \
+               SELECT s.sandbox_id FROM sandbox_nodes s JOIN nodes n ON n.id = s.node_id \
+               WHERE n.last_seen_unix IS NULL OR n.last_seen_unix < $1) \
+             RETURNING id",
+        )
+        .bind(seen_before)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(ids.into_iter().map(|(id,)| id).collect())
+    }
+
+    /// The `lost` VMs on nodes that reported at `seen_since` (unix s) or
+    /// later: reachable again.
+    pub async fn found_vms(&self, seen_since: i64) -> Result<Vec<String>> {
+        let ids: Vec<(String,)> = sqlx::query_as(
+            "SELECT v.id FROM vms v \
+             JOIN sandbox_nodes s ON s.sandbox_id = v.id \
+             JOIN nodes n ON n.id = s.node_id \
+             WHERE v.state = 'lost' AND n.last_seen_unix >= $1 ORDER BY v.id",
+        )
+        .bind(seen_since)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(ids.into_iter().map(|(id,)| id).collect())
+    }
+}

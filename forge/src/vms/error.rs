@@ -20,6 +20,10 @@ pub enum VmError {
     #[error("VM {0} crashed: its processes are gone. Its disk is kept until you delete it")]
     Crashed(String),
     #[error(
+        "VM {0} is lost: its sandbox node stopped reporting. It answers again when the node does"
+    )]
+    Lost(String),
+    #[error(
         "{live} sandboxes are running or paused in memory, the forge's cap is {cap}; waited {waited_secs}s in the queue (position {position} of {queued}): pause to disk or delete one, or try again later"
     )]
     Capacity {
@@ -79,11 +83,13 @@ impl From<VmError> for ApiError {
             VmError::Quota { .. } => {
                 ApiError::new(StatusCode::TOO_MANY_REQUESTS, ErrorCode::Quota, message)
             }
-            VmError::Unavailable(_) | VmError::Sandbox(S::Node { .. }) => ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                ErrorCode::Unavailable,
-                message,
-            ),
+            VmError::Unavailable(_) | VmError::Lost(_) | VmError::Sandbox(S::Node { .. }) => {
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    ErrorCode::Unavailable,
+                    message,
+                )
+            }
             VmError::Sandbox(S::TooLarge { .. }) => ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 ErrorCode::PayloadTooLarge,

@@ -419,6 +419,9 @@ impl Sandboxes {
             let live = match backend.get(id).await {
                 Ok(info) => vm_state(info.state),
                 Err(::sandbox::Error::NotFound(_)) => VmState::Crashed,
+                // Its node does not answer: lost until it does (the node
+                // watch gives it back its state then).
+                Err(::sandbox::Error::Node { .. }) => VmState::Lost,
                 Err(error) => return Err(error.into()),
             };
             if live != row.state {
@@ -584,6 +587,7 @@ impl Sandboxes {
                     .await;
             }
             VmState::Crashed => return Err(VmError::Crashed(id.to_owned())),
+            VmState::Lost => return Err(VmError::Lost(id.to_owned())),
         }
         self.touch(&row).await?;
         self.link(id, &row).await
@@ -823,8 +827,10 @@ impl Sandboxes {
     async fn pause_locked(&self, id: &str, mode: PauseMode, why: Why) -> Result<VmRow, VmError> {
         let (backend, _) = self.ready()?;
         let row = self.refresh(id).await?;
-        if row.state == VmState::Crashed {
-            return Err(VmError::Crashed(id.to_owned()));
+        match row.state {
+            VmState::Crashed => return Err(VmError::Crashed(id.to_owned())),
+            VmState::Lost => return Err(VmError::Lost(id.to_owned())),
+            _ => {}
         }
         if mode == PauseMode::Disk {
             self.network.close(id).await;
@@ -860,6 +866,7 @@ impl Sandboxes {
         let row = self.refresh(id).await?;
         match row.state {
             VmState::Crashed => return Err(VmError::Crashed(id.to_owned())),
+            VmState::Lost => return Err(VmError::Lost(id.to_owned())),
             VmState::Running => {
                 return Err(VmError::Conflict(format!("VM {id} is already running")));
             }
@@ -1082,6 +1089,42 @@ impl Sandboxes {
             }
         }
         Ok(crashed)
+    }
+
+    /// Marks `lost` the VMs on sandbox nodes that stopped reporting, and
+    /// gives those on a node that reports again the state the node has
+    /// for them (`crashed` if it no longer has them). Nothing is restarted
+    /// elsewhere.
+    pub async fn watch_nodes(&self) -> Result<(), VmError> {
+        let Ok((backend, _)) = self.ready() else {
+            return Ok(());
+        };
+        // As `nodes::is_up` counts: up while the report is younger.
+        let fresh_since = unix_now() - crate::nodes::LOST_AFTER_SECS + 1;
+        for id in self.store.mark_lost_vms(fresh_since).await? {
+            tracing::warn!(vm = %id, "its sandbox node stopped reporting: the VM is lost");
+        }
+        for id in self.store.found_vms(fresh_since).await? {
+            let lock = self.lock_of(&id);
+            let _guard = lock.write().await;
+            let found = match backend.get(&id).await {
+                Ok(info) => vm_state(info.state),
+                Err(::sandbox::Error::NotFound(_)) => VmState::Crashed,
+                // Not reachable yet: the next pass tries again.
+                Err(error) => {
+                    tracing::debug!(vm = %id, error = %error, "a lost VM's node does not answer yet");
+                    continue;
+                }
+            };
+            self.store.set_vm_state(&id, found).await?;
+            tracing::info!(vm = %id, state = %found, "its sandbox node reports again: the VM is found");
+            if found == VmState::Crashed
+                && let Some(row) = self.store.vm(&id).await?
+            {
+                self.announce(&row, Lifecycle::Crashed, None).await;
+            }
+        }
+        Ok(())
     }
 
     /// Starts the idle reaper and the dev server supervisor; they stop when

@@ -259,6 +259,7 @@ impl Sandboxes {
             }
             VmState::Running => {}
             VmState::Crashed => return Err(VmError::Crashed(id.to_owned())),
+            VmState::Lost => return Err(VmError::Lost(id.to_owned())),
         }
         row.created_by = Some(request.created_by.clone());
         row.persistent = request.persistent;

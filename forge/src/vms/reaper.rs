@@ -1,7 +1,9 @@
 //! The idle reaper: once a second, persistent VMs idle past their timeout
 //! are paused to disk, ephemeral ones destroyed. Beside it, the expiry
 //! loop destroys VMs whose deadline (`ttl_secs`) has passed (one at a
-//! time: an expiry may wait `expiry_grace` for its VM's users).
+//! time: an expiry may wait `expiry_grace` for its VM's users), and the
+//! node watch marks `lost` the VMs of sandbox nodes that stopped reporting
+//! and gives the VMs of a node that reports again their state back.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -23,6 +25,16 @@ pub fn start(sandboxes: Arc<Sandboxes>, every: Duration, shutdown: CancellationT
                     Ok(None) => {}
                     Err(error) => failed(&vm, "idle sandbox could not be reaped", &error),
                 }
+            }
+            Ok(())
+        }
+    });
+    let watcher = sandboxes.clone();
+    each_tick(every, shutdown.clone(), "nodes' lost", move || {
+        let sandboxes = watcher.clone();
+        async move {
+            if let Err(error) = sandboxes.watch_nodes().await {
+                tracing::warn!(error = %error, "watching the sandbox nodes failed");
             }
             Ok(())
         }

@@ -1221,7 +1221,7 @@ class VmDetail:
 
 
 # A sandbox's lifecycle (`vms.state`, `VmView::state`).
-VmState = Literal["running", "paused", "paused_to_disk", "crashed"]
+VmState = Literal["running", "paused", "paused_to_disk", "crashed", "lost"]
 
 
 @dataclass

@@ -933,7 +933,7 @@ export type VmDetail = VmView & {
 };
 
 /** A sandbox's lifecycle (`vms.state`, `VmView::state`). */
-export type VmState = "running" | "paused" | "paused_to_disk" | "crashed";
+export type VmState = "running" | "paused" | "paused_to_disk" | "crashed" | "lost";
 
 /** Usage of one sandbox, as its backend measures it. */
 export interface VmStats {

@@ -147,7 +147,7 @@ pub fn sandbox_panel(user: &User, vm: &VmView, back: &str) -> Markup {
                 a.button href={ "/-/sandboxes/" (id) "/terminal" } { "Terminal" }
             }
             @if state.is_paused() { (action("resume", "Resume")) }
-            @if state != VmState::Crashed { (action("fork", "Fork")) }
+            @if state.is_reachable() { (action("fork", "Fork")) }
         }
         @if let Some(url) = &vm.preview_url {
             p { "Preview: " a href=(url) rel="noopener noreferrer" { (url) } }

@@ -103,7 +103,7 @@ fn node(user: &User, vm: &VmView, children: &HashMap<&str, Vec<&VmView>>) -> Mar
                         (action("pause", "Pause", None))
                     }
                     @if state.is_paused() { (action("resume", "Resume", None)) }
-                    @if state != VmState::Crashed { (action("fork", "Fork", None)) }
+                    @if state.is_reachable() { (action("fork", "Fork", None)) }
                     (action("delete", "Delete", Some(format!("Delete {id} and its disk?"))))
                 }
             }

@@ -1,7 +1,8 @@
 //! Sandbox nodes through the API: adding one (its token once, hashed at
 //! rest), its reports, placement of new VMs on the node with the most
 //! memory available, routing of a VM's operations to its node, a lost
-//! node, and removal. Each node is a real `sandbox::remote::serve` on a
+//! node (its VMs `lost`, found again when it reports), TLS pinned to the
+//! reported certificate, and removal. Each node is a real `sandbox::remote::serve` on a
 //! loopback port in front of an in-memory backend.
 
 use std::collections::BTreeMap;
@@ -304,13 +305,14 @@ async fn vms_go_to_the_node_with_the_most_memory_and_their_operations_follow() {
 }
 
 #[tokio::test]
-async fn a_lost_node_gets_no_vm_and_its_vms_say_where_they_are() {
+async fn a_lost_node_gets_no_vm_its_vms_are_lost_and_found_again_when_it_reports() {
     let app = TestApp::start().await;
     let node = serve_node("n1").await;
     let token = add(&app, "n1").await;
     report_as(&app, &token, &node, 4096).await;
-    let id = app.vm(app.admin()).await;
-    assert!(node.backend.files(&id).is_ok());
+    let kept = app.vm(app.admin()).await;
+    let gone = app.vm(app.admin()).await;
+    assert!(node.backend.files(&kept).is_ok() && node.backend.files(&gone).is_ok());
     // Its last report, long ago.
     sqlx::query("UPDATE nodes SET last_seen_unix = last_seen_unix - 60")
         .execute(app.state.store.test_pool())
@@ -328,10 +330,11 @@ async fn a_lost_node_gets_no_vm_and_its_vms_say_where_they_are() {
     );
     let message = body["error"]["message"].as_str().unwrap_or_default();
     assert!(message.contains("none is up"), "{message}");
+    // Before the watch has seen it, an operation finds it lost.
     let (status, body) = app
         .call(
             Method::POST,
-            &format!("/v1/vms/{id}/pause"),
+            &format!("/v1/vms/{kept}/pause"),
             Some(app.admin()),
             Some(json!({})),
         )
@@ -343,13 +346,50 @@ async fn a_lost_node_gets_no_vm_and_its_vms_say_where_they_are() {
         "unavailable",
     );
     let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("is lost"), "{message}");
+    // The watch marks its VMs lost, not restarted anywhere.
+    app.sandboxes().watch_nodes().await.expect("watch");
+    assert_eq!(app.vm_state(&kept).await, "lost");
+    assert_eq!(app.vm_state(&gone).await, "lost");
     assert!(
-        message.contains("n1") && message.contains("lost"),
-        "{message}"
+        app.backend.is_empty(),
+        "nothing restarted on the control plane"
     );
-    // Reporting again brings it back.
+    for action in ["exec", "pause", "resume"] {
+        let body = if action == "exec" {
+            json!({ "command": "true" })
+        } else {
+            json!({})
+        };
+        let (status, answer) = app
+            .call(
+                Method::POST,
+                &format!("/v1/vms/{kept}/{action}"),
+                Some(app.admin()),
+                Some(body),
+            )
+            .await;
+        assert_error(
+            status,
+            &answer,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+        );
+        assert!(answer.to_string().contains("is lost"), "{action}: {answer}");
+    }
+
+    // While away, one of them went (the node's host rebooted, say).
+    sandbox::Backend::destroy(&node.backend, &gone)
+        .await
+        .expect("gone from the node");
+    // Reporting again: creates go there, and the watch finds its VMs as
+    // the node has them.
     report_as(&app, &token, &node, 4096).await;
     app.vm(app.admin()).await;
+    app.sandboxes().watch_nodes().await.expect("watch");
+    assert_eq!(app.vm_state(&kept).await, "running");
+    assert_eq!(app.vm_state(&gone).await, "crashed");
+    echo_on(&app, &node, &kept, "back").await;
 }
 
 #[tokio::test]
