@@ -246,7 +246,8 @@ enum NodeCommand {
 /// How this host runs sandboxes: `forge serve`'s and `forge node run`'s.
 #[derive(clap::Args)]
 struct SandboxArgs {
-    /// Sandbox backend: auto (probe the host), container, microvm or none.
+    /// Sandbox backend: auto (probe the host), container, microvm, none, or
+    /// nodes (none on this host: every VM on a sandbox node).
     #[arg(
         long,
         env = "FORGE_SANDBOX_BACKEND",

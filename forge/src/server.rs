@@ -84,6 +84,8 @@ pub enum SandboxBackend {
     Microvm,
     /// No sandboxes: the VM API answers 503.
     None,
+    /// None on this host: every VM runs on a sandbox node (`forge node`).
+    Nodes,
 }
 
 /// What handlers see; resolved from [`Config`] once the listener is bound.
@@ -200,7 +202,11 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .to_owned();
     let events = EventBus::default();
     let sandboxes = crate::vms::Sandboxes::new(
-        crate::nodes::placed(open_sandboxes(&config.sandboxes).await, &store),
+        crate::nodes::placed(
+            open_sandboxes(&config.sandboxes).await,
+            &store,
+            config.sandboxes.sandbox_backend == SandboxBackend::Nodes,
+        ),
         store.clone(),
         config.limits.clone(),
         network_config(&config, address)?,
@@ -475,8 +481,16 @@ pub struct SandboxChoice {
 pub async fn open_sandboxes(config: &SandboxChoice) -> crate::vms::Availability {
     use crate::vms::Availability::{Ready, Unavailable};
     use ::sandbox::BackendKind;
-    if config.sandbox_backend == SandboxBackend::None {
-        return Unavailable("sandboxes are disabled (--sandbox-backend none)".into());
+    match config.sandbox_backend {
+        SandboxBackend::None => {
+            return Unavailable("sandboxes are disabled (--sandbox-backend none)".into());
+        }
+        SandboxBackend::Nodes => {
+            return Unavailable(
+                "this host runs sandboxes only on nodes (--sandbox-backend nodes)".into(),
+            );
+        }
+        _ => {}
     }
     let image = match &config.image {
         Some(dir) => Some(dir.clone()),

@@ -40,6 +40,7 @@ pub const PUBLIC_URL: &str = "http://forge.test";
 pub struct TestAppBuilder {
     backend: MemorySandboxes,
     sandboxes: bool,
+    nodes_only: bool,
     limits: Limits,
     pipelines: bool,
 }
@@ -77,6 +78,14 @@ impl TestAppBuilder {
         self
     }
 
+    /// No sandboxes on this host, only on sandbox nodes (`--sandbox-backend
+    /// nodes`).
+    pub fn nodes_only(mut self) -> Self {
+        self.sandboxes = false;
+        self.nodes_only = true;
+        self
+    }
+
     pub fn with_limits(mut self, limits: Limits) -> Self {
         self.limits = limits;
         self
@@ -111,7 +120,7 @@ impl TestAppBuilder {
         };
         let events = EventBus::default();
         let sandboxes = Sandboxes::new(
-            crate::nodes::placed(availability, &store),
+            crate::nodes::placed(availability, &store, self.nodes_only),
             store.clone(),
             self.limits,
             NetworkConfig::default(),
@@ -228,6 +237,7 @@ impl TestApp {
         TestAppBuilder {
             backend: MemorySandboxes::new(),
             sandboxes: true,
+            nodes_only: false,
             limits: Limits::default(),
             pipelines: false,
         }

@@ -57,10 +57,25 @@ pub fn free_mib(node: &NodeRow, committed_mib: i64) -> i64 {
 }
 
 /// The host's sandboxes made [`Placed`]: the same host backend while no
-/// node is registered, nodes' once one is. A host that runs no sandboxes
-/// stays without (its VM API answers 503 with the reason).
-pub fn placed(host: crate::vms::Availability, store: &Store) -> crate::vms::Availability {
+/// node is registered, nodes' once one is. With `nodes_only` the host runs
+/// none itself (`--sandbox-backend nodes`); otherwise a host that runs no
+/// sandboxes stays without (its VM API answers 503 with the reason).
+pub fn placed(
+    host: crate::vms::Availability,
+    store: &Store,
+    nodes_only: bool,
+) -> crate::vms::Availability {
     match host {
+        _ if nodes_only => crate::vms::Availability::Ready {
+            backend: Arc::new(Placed {
+                local: None,
+                store: store.clone(),
+                remotes: Mutex::default(),
+            }),
+            // Nodes start sandboxes from their own images.
+            image: ::sandbox::Image::root("/nonexistent/sandbox-nodes-only"),
+            reason: "sandboxes run on sandbox nodes only (--sandbox-backend nodes)".into(),
+        },
         crate::vms::Availability::Ready {
             backend,
             image,
@@ -77,7 +92,8 @@ pub fn placed(host: crate::vms::Availability, store: &Store) -> crate::vms::Avai
 /// The sandbox backend the forge uses once nodes may exist: the host's own
 /// backend, and every node's behind the node protocol.
 pub struct Placed {
-    local: Arc<dyn Backend>,
+    /// This host's backend; `None` when it runs no sandboxes itself.
+    local: Option<Arc<dyn Backend>>,
     store: Store,
     /// Each node's caller, with the address and key it was made for.
     remotes: Mutex<HashMap<String, Remote>>,
@@ -105,10 +121,17 @@ fn node_error(node: &str, message: impl Into<String>) -> Error {
 impl Placed {
     pub fn new(local: Arc<dyn Backend>, store: Store) -> Self {
         Self {
-            local,
+            local: Some(local),
             store,
             remotes: Mutex::default(),
         }
+    }
+
+    /// This host's backend, for sandbox `id` that no node holds.
+    fn host(&self, id: &str) -> Result<&Arc<dyn Backend>, Error> {
+        self.local
+            .as_ref()
+            .ok_or_else(|| Error::NotFound(id.to_owned()))
     }
 
     fn remotes(&self) -> std::sync::MutexGuard<'_, HashMap<String, Remote>> {
@@ -177,7 +200,7 @@ impl Placed {
     /// The backend holding sandbox `id`, and its node's id when on a node.
     async fn route(&self, id: &str) -> Result<(Arc<dyn Backend>, Option<String>), Error> {
         let Some(node_id) = self.store.sandbox_node(id).await.map_err(store_error)? else {
-            return Ok((self.local.clone(), None));
+            return Ok((self.host(id)?.clone(), None));
         };
         let node = self
             .store
@@ -252,13 +275,24 @@ impl Placed {
 
 impl Backend for Placed {
     fn kind(&self) -> BackendKind {
-        self.local.kind()
+        // Without a backend of its own: the kind is each sandbox's own
+        // (`SandboxInfo::backend`), this is only what the forge reports.
+        self.local
+            .as_ref()
+            .map_or(BackendKind::Container, |local| local.kind())
     }
 
     fn create(&self, spec: Spec) -> BoxFuture<'_, ::sandbox::Result<SandboxInfo>> {
         Box::pin(async move {
             let Some(node) = self.choose(spec.mem_mib).await? else {
-                return self.local.create(spec).await;
+                let Some(local) = &self.local else {
+                    return Err(node_error(
+                        "(any)",
+                        "none is added, and this forge runs no sandboxes itself \
+                         (--sandbox-backend nodes): add one with `forge node add`",
+                    ));
+                };
+                return local.create(spec).await;
             };
             let remote = self.remote(&node).await?;
             let info = remote.create(spec).await?;
@@ -279,7 +313,10 @@ impl Backend for Placed {
         // This host's, and those placed on nodes that answer: a sandbox a
         // node holds but no row places is the node's to collect.
         Box::pin(async move {
-            let mut all = self.local.list().await?;
+            let mut all = match &self.local {
+                Some(local) => local.list().await?,
+                None => Vec::new(),
+            };
             for node in self.store.nodes().await.map_err(store_error)? {
                 let Ok(remote) = self.remote(&node).await else {
                     continue;
@@ -376,7 +413,10 @@ impl Backend for Placed {
 
     fn collect_garbage(&self) -> BoxFuture<'_, ::sandbox::Result<Vec<String>>> {
         // Each node collects its own when it starts.
-        self.local.collect_garbage()
+        match &self.local {
+            Some(local) => local.collect_garbage(),
+            None => Box::pin(async { Ok(Vec::new()) }),
+        }
     }
 
     fn exec<'a>(

@@ -536,7 +536,8 @@ impl Sandboxes {
         let info = backend.create(spec).await?;
         let row = VmRow {
             id: info.id.clone(),
-            backend: backend.kind().to_string(),
+            // The backend that holds it (a node's may differ from this host's).
+            backend: info.backend.to_string(),
             state: vm_state(info.state),
             repo_id: request.repo_id,
             branch: request.branch,

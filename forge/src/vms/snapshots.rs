@@ -130,7 +130,7 @@ impl Sandboxes {
             ),
             name: name.map(str::to_owned),
             sandbox_id: sandbox_id.clone(),
-            backend: backend.kind().to_string(),
+            backend: copy.sandbox.backend.to_string(),
             source_vm: Some(id.to_owned()),
             repo_id: source.repo_id.clone(),
             branch: source.branch.clone(),
@@ -226,7 +226,7 @@ impl Sandboxes {
         let labels: BTreeMap<_, _> = request.labels;
         let row = VmRow {
             id: copy.sandbox.id.clone(),
-            backend: backend.kind().to_string(),
+            backend: copy.sandbox.backend.to_string(),
             state: vm_state(copy.sandbox.state),
             repo_id: request.repo_id,
             branch: request.branch,

@@ -481,3 +481,43 @@ async fn a_node_beyond_loopback_is_reached_only_in_tls_with_the_certificate_it_r
     );
     assert!(body.to_string().contains("without TLS"), "{body}");
 }
+
+#[tokio::test]
+async fn a_control_plane_without_sandboxes_of_its_own_runs_every_vm_on_a_node() {
+    let app = TestApp::builder().nodes_only().start().await;
+    let system = app
+        .expect(
+            StatusCode::OK,
+            Method::GET,
+            "/v1/system",
+            Some(app.admin()),
+            None,
+        )
+        .await;
+    assert!(system.to_string().contains("nodes only"), "{system}");
+    let (status, body) = app
+        .call(Method::POST, "/v1/vms", Some(app.admin()), Some(json!({})))
+        .await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+    );
+    assert!(body.to_string().contains("forge node add"), "{body}");
+    let (status, body) = app
+        .call(Method::GET, "/v1/vms/sb0000", Some(app.admin()), None)
+        .await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
+
+    let node = serve_node("only").await;
+    let token = add(&app, "only").await;
+    report_as(&app, &token, &node, 4096).await;
+    let id = app.vm(app.admin()).await;
+    assert!(node.backend.files(&id).is_ok());
+    echo_on(&app, &node, &id, "remote").await;
+    assert!(
+        app.backend.is_empty(),
+        "the control plane's backend is unused"
+    );
+}
