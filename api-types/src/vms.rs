@@ -36,6 +36,12 @@ pub struct CreateVm {
     /// digits, `.`, `_`, `-`, `/` (at most 63); values at most 256 bytes.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// Labels the sandbox node that runs it must have (`forge node run
+    /// --label`; every node also has `backend`: `container` or `microvm`),
+    /// e.g. `{"zone": "a"}`. Not with `snapshot` or `template`: those VMs
+    /// run on their snapshot's node.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_labels: BTreeMap<String, String>,
     /// Destroy the VM this many seconds after it is created, whatever its
     /// activity (at most 30 days); `POST /v1/vms/{id}/timeout` moves it.
     #[serde(skip_serializing_if = "Option::is_none")]

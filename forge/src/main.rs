@@ -228,7 +228,7 @@ enum NodeCommand {
         #[arg(long, env = "FORGE_NODE_ADVERTISE")]
         advertise: Option<String>,
         /// A label placement may ask for, `key=value`; repeat for more.
-        #[arg(long = "label", value_parser = parse_label)]
+        #[arg(long = "label", value_parser = cli::parse_label)]
         labels: Vec<(String, String)>,
         /// Memory this node offers, in MiB (default: the host's).
         #[arg(long, env = "FORGE_NODE_MEMORY_MIB")]
@@ -280,13 +280,6 @@ impl SandboxArgs {
             image: self.image,
         })
     }
-}
-
-fn parse_label(text: &str) -> Result<(String, String), String> {
-    let (key, value) = text
-        .split_once('=')
-        .ok_or_else(|| format!("{text:?} is not key=value"))?;
-    Ok((key.to_owned(), value.to_owned()))
 }
 
 #[derive(Subcommand)]

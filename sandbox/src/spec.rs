@@ -2,6 +2,7 @@
 //! ([`Spec`]), a command to run in one ([`Command`]), and what the
 //! operations report ([`SandboxInfo`], [`Carried`], [`Stats`]).
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -59,6 +60,10 @@ pub struct Spec {
     pub disk_mib: u64,
     /// Environment every command inside starts with.
     pub env: Vec<(String, String)>,
+    /// Labels the node that runs it must have, for a backend that places
+    /// sandboxes on nodes; a host's own backend has no node and ignores
+    /// them.
+    pub node_labels: BTreeMap<String, String>,
     /// A host directory shown read-write at [`WORKSPACE`].
     ///
     /// The sandbox's root writes there as the directory's owner would: its
@@ -77,6 +82,7 @@ impl Spec {
             mem_mib: 512,
             disk_mib: 2048,
             env: Vec::new(),
+            node_labels: BTreeMap::new(),
             workspace: None,
         }
     }

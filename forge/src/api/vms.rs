@@ -221,7 +221,14 @@ pub async fn create(
     if !caller.is_admin() {
         state.sandboxes.check_quota(&caller.token_id, 1).await?;
     }
+    crate::vms::check_labels(&request.node_labels)
+        .map_err(|e| ApiError::bad_request(format!("node_labels: {e}")))?;
     let origin = super::snapshots::origin_of(&state, &caller, &request).await?;
+    if origin.is_some() && !request.node_labels.is_empty() {
+        return Err(ApiError::bad_request(
+            "node_labels: a VM from a snapshot or template runs on its snapshot's node; leave them out",
+        ));
+    }
     if let Some(origin) = &origin {
         let snapshot = &origin.origin.snapshot;
         let differs = request
@@ -258,6 +265,7 @@ pub async fn create(
             created_by: caller.token_id.clone(),
             dev_server,
             labels: request.labels.clone(),
+            node_labels: request.node_labels.clone(),
             ttl_secs: request.ttl_secs,
             origin: origin.map(|origin| origin.origin),
         })

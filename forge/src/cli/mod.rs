@@ -12,7 +12,7 @@ pub use github::{GithubCommand, github};
 pub use hook::{HookCommand, hook};
 pub use images::{SnapshotCommand, TemplateCommand, snapshot, template};
 pub use nodes::{NodeCommand, node};
-pub use vm::{RunCommand, VmCommand, run, vm};
+pub use vm::{RunCommand, VmCommand, parse_label, run, vm};
 
 use std::path::Path;
 

@@ -36,6 +36,9 @@ pub enum VmCommand {
         /// A label `key=value` to find it by (repeatable).
         #[arg(long = "label", value_parser = parse_label)]
         labels: Vec<(String, String)>,
+        /// A label `key=value` its sandbox node must have (repeatable).
+        #[arg(long = "node-label", value_parser = parse_label)]
+        node_labels: Vec<(String, String)>,
         /// Destroy it this many seconds from now, whatever it is doing.
         #[arg(long)]
         ttl_secs: Option<u64>,
@@ -119,7 +122,8 @@ pub enum RunCommand {
     },
 }
 
-fn parse_label(text: &str) -> Result<(String, String), String> {
+/// `key=value`, as `--label` takes it.
+pub fn parse_label(text: &str) -> Result<(String, String), String> {
     text.split_once('=')
         .map(|(key, value)| (key.to_owned(), value.to_owned()))
         .ok_or_else(|| format!("{text:?}: write key=value"))
@@ -148,6 +152,7 @@ pub async fn vm(target: &Target<'_>, command: VmCommand) -> anyhow::Result<()> {
             ephemeral,
             idle_timeout_secs,
             labels,
+            node_labels,
             ttl_secs,
             template,
             snapshot,
@@ -160,6 +165,7 @@ pub async fn vm(target: &Target<'_>, command: VmCommand) -> anyhow::Result<()> {
                 persistence: Some(Persistence::of(!ephemeral)),
                 idle_timeout_secs,
                 labels: labels.into_iter().collect(),
+                node_labels: node_labels.into_iter().collect(),
                 ttl_secs,
                 template,
                 snapshot,

@@ -23,7 +23,7 @@
 
 pub mod agent;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -46,6 +46,16 @@ pub const LOST_AFTER_SECS: i64 = 10;
 pub fn is_up(node: &NodeRow, now: i64) -> bool {
     node.last_seen_unix
         .is_some_and(|seen| now.saturating_sub(seen) < LOST_AFTER_SECS)
+}
+
+/// Whether `node` has every label in `wanted`; `backend` is every node's
+/// (its kind, as reported).
+pub fn has_labels(node: &NodeRow, wanted: &BTreeMap<String, String>) -> bool {
+    let labels = node.labels();
+    wanted.iter().all(|(key, value)| {
+        labels.get(key) == Some(value)
+            || (key == "backend" && node.backend.as_deref() == Some(value.as_str()))
+    })
 }
 
 /// Memory a node has for one more sandbox, in MiB, given what the control
@@ -218,14 +228,35 @@ impl Placed {
 
     /// The node a new sandbox of `mem_mib` goes to; `None`: this host (no
     /// node is registered).
-    async fn choose(&self, mem_mib: u64) -> Result<Option<NodeRow>, Error> {
+    async fn choose(
+        &self,
+        mem_mib: u64,
+        wanted: &BTreeMap<String, String>,
+    ) -> Result<Option<NodeRow>, Error> {
         let nodes = self.store.nodes().await.map_err(store_error)?;
-        if nodes.is_empty() {
+        if nodes.is_empty() && wanted.is_empty() {
             return Ok(None);
         }
         let now = unix_now();
+        let up: Vec<&NodeRow> = nodes.iter().filter(|n| is_up(n, now)).collect();
+        let matching: Vec<&NodeRow> = up
+            .iter()
+            .copied()
+            .filter(|n| has_labels(n, wanted))
+            .collect();
+        if !up.is_empty() && matching.is_empty() {
+            let wanted: Vec<String> = wanted.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            return Err(node_error(
+                "(any)",
+                format!(
+                    "none of the {} up has the labels {}",
+                    up.len(),
+                    wanted.join(", ")
+                ),
+            ));
+        }
         let mut best: Option<(i64, i64, NodeRow)> = None;
-        for node in nodes.iter().filter(|n| is_up(n, now)) {
+        for node in matching {
             let load = self.store.node_load(&node.id).await.map_err(store_error)?;
             let free = free_mib(node, load.committed_mib);
             let better = match &best {
@@ -284,7 +315,7 @@ impl Backend for Placed {
 
     fn create(&self, spec: Spec) -> BoxFuture<'_, ::sandbox::Result<SandboxInfo>> {
         Box::pin(async move {
-            let Some(node) = self.choose(spec.mem_mib).await? else {
+            let Some(node) = self.choose(spec.mem_mib, &spec.node_labels).await? else {
                 let Some(local) = &self.local else {
                     return Err(node_error(
                         "(any)",

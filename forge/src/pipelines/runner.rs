@@ -331,6 +331,7 @@ impl Pipelines {
                         branch: Some(run.branch.clone()),
                         created_by: PIPELINE_ACTOR.to_owned(),
                         dev_server: None,
+                        node_labels: BTreeMap::new(),
                         labels: BTreeMap::from([(
                             PIPELINE_LABEL.0.to_owned(),
                             PIPELINE_LABEL.1.to_owned(),

@@ -274,6 +274,7 @@ impl Templates {
                 branch: None,
                 created_by: BUILD_ACTOR.to_owned(),
                 dev_server: None,
+                node_labels: BTreeMap::new(),
                 labels: BTreeMap::from([
                     (BUILD_ROLE.0.to_owned(), BUILD_ROLE.1.to_owned()),
                     ("forge/template".to_owned(), spec.name.clone()),

@@ -192,6 +192,8 @@ pub struct NewVm {
     /// Started, watched and restarted in the VM.
     pub dev_server: Option<devserver::DevServerSpec>,
     pub labels: BTreeMap<String, String>,
+    /// Labels its sandbox node must have (placement on nodes).
+    pub node_labels: BTreeMap<String, String>,
     /// Destroyed this long after it is created, whatever its activity.
     pub ttl_secs: Option<u64>,
     /// Started from a snapshot (or a template's) rather than the image.
@@ -533,6 +535,7 @@ impl Sandboxes {
         spec.mem_mib = request.mem_mib;
         spec.disk_mib = request.disk_mib;
         spec.env = request.env.clone();
+        spec.node_labels = request.node_labels.clone();
         let info = backend.create(spec).await?;
         let row = VmRow {
             id: info.id.clone(),

@@ -208,6 +208,7 @@ impl Sandboxes {
     pub(super) async fn take_pooled(&self, request: &NewVm) -> Option<VmRow> {
         let common = request.repo_id.is_none()
             && request.env.is_empty()
+            && request.node_labels.is_empty()
             && check_labels(&request.labels).is_ok();
         let defaults = request.dev_server.is_none()
             && request.vcpus == POOL_VCPUS
@@ -352,6 +353,7 @@ impl Sandboxes {
             created_by: POOL_ACTOR.to_owned(),
             dev_server: None,
             labels,
+            node_labels: BTreeMap::new(),
             ttl_secs: None,
             origin: origin.cloned(),
         };

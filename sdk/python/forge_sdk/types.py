@@ -323,6 +323,13 @@ class CreateVm:
     digits, `.`, `_`, `-`, `/` (at most 63); values at most 256 bytes.
     """
     mem_mib: Optional[Optional[int]] = None
+    node_labels: Optional[Dict[str, str]] = None
+    """
+    Labels the sandbox node that runs it must have (`forge node run
+    --label`; every node also has `backend`: `container` or `microvm`),
+    e.g. `{"zone": "a"}`. Not with `snapshot` or `template`: those VMs
+    run on their snapshot's node.
+    """
     persistence: Optional[Optional["Persistence"]] = None
     repo: Optional[Optional[str]] = None
     """`owner/name`: `/workspace` holds a checkout of it."""

@@ -162,6 +162,13 @@ export interface CreateVm {
    */
   labels?: Record<string, string>;
   mem_mib?: number | null;
+  /**
+   * Labels the sandbox node that runs it must have (`forge node run
+   * --label`; every node also has `backend`: `container` or `microvm`),
+   * e.g. `{"zone": "a"}`. Not with `snapshot` or `template`: those VMs
+   * run on their snapshot's node.
+   */
+  node_labels?: Record<string, string>;
   persistence?: null | Persistence;
   /** `owner/name`: `/workspace` holds a checkout of it. */
   repo?: string | null;

@@ -521,3 +521,55 @@ async fn a_control_plane_without_sandboxes_of_its_own_runs_every_vm_on_a_node() 
         "the control plane's backend is unused"
     );
 }
+
+#[tokio::test]
+async fn node_labels_choose_among_the_nodes_that_have_them() {
+    let app = TestApp::start().await;
+    let big = serve_node("big-a").await;
+    let small = serve_node("small-b").await;
+    let big_token = add(&app, "big-a").await;
+    let small_token = add(&app, "small-b").await;
+    let mut big_report = report(&big, 8192);
+    big_report["labels"] = json!({ "zone": "a" });
+    report_as_value(&app, &big_token, big_report).await;
+    let mut small_report = report(&small, 1024);
+    small_report["labels"] = json!({ "zone": "b", "gpu": "none" });
+    report_as_value(&app, &small_token, small_report).await;
+
+    let create = |labels: Value| {
+        let app = &app;
+        async move {
+            app.call(
+                Method::POST,
+                "/v1/vms",
+                Some(app.admin()),
+                Some(json!({ "node_labels": labels })),
+            )
+            .await
+        }
+    };
+    // The smaller node, because only it has the label.
+    let (status, made) = create(json!({ "zone": "b" })).await;
+    assert_eq!(status, StatusCode::CREATED, "{made}");
+    let id = made["id"].as_str().expect("id");
+    assert!(
+        small.backend.files(id).is_ok(),
+        "on the node labelled zone=b"
+    );
+    // Every node's kind is a label.
+    let (status, made) = create(json!({ "backend": "container", "zone": "a" })).await;
+    assert_eq!(status, StatusCode::CREATED, "{made}");
+    assert!(big.backend.files(made["id"].as_str().expect("id")).is_ok());
+    // None has it: refused saying so, nothing created.
+    let (status, body) = create(json!({ "zone": "c" })).await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+    );
+    assert!(body.to_string().contains("zone=c"), "{body}");
+    let (status, body) = create(json!({ "bad key!": "x" })).await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "bad_request");
+    assert_eq!(big.backend.len() + small.backend.len(), 2);
+}
