@@ -9,7 +9,7 @@ use crate::states::DeliveryState;
 
 /// Every event type a webhook can subscribe to (besides `"*"`, all of
 /// them); `ping` is sent on request whatever the subscription.
-pub const EVENT_TYPES: [&str; 16] = [
+pub const EVENT_TYPES: [&str; 18] = [
     "push",
     "branch.created",
     "branch.deleted",
@@ -25,6 +25,8 @@ pub const EVENT_TYPES: [&str; 16] = [
     "sandbox.deleted",
     "sandbox.crashed",
     "sandbox.expired",
+    "sandbox.lost",
+    "sandbox.found",
     "sync.diverged",
 ];
 

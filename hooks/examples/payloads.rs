@@ -71,7 +71,9 @@ fn main() {
             | EventKind::SandboxForked
             | EventKind::SandboxDeleted
             | EventKind::SandboxCrashed
-            | EventKind::SandboxExpired => {
+            | EventKind::SandboxExpired
+            | EventKind::SandboxLost
+            | EventKind::SandboxFound => {
                 // The forge's sandbox events carry no commit; the ref is
                 // the branch the VM serves, and a VM of no repository has
                 // neither (nor a `repository`: see the last example).
@@ -84,9 +86,15 @@ fn main() {
                     EventKind::SandboxResumed => serde_json::json!({ "on_demand": true }),
                     EventKind::SandboxForked => serde_json::json!({ "parent": "sb5d7c2e81a0f3" }),
                     EventKind::SandboxDeleted => serde_json::json!({ "reason": "requested" }),
+                    EventKind::SandboxLost | EventKind::SandboxFound => {
+                        serde_json::json!({ "node": "node-2" })
+                    }
                     _ => serde_json::json!({}),
                 };
                 event.extra = sandbox_fields(own);
+                if kind == EventKind::SandboxLost {
+                    event.extra["sandbox"]["state"] = "lost".into();
+                }
             }
             EventKind::SyncDiverged => {
                 event.extra = serde_json::json!({ "remote": "github.com/acme/web", "local_sha": after, "remote_sha": before });

@@ -41,6 +41,10 @@ pub enum EventKind {
     SandboxCrashed,
     #[serde(rename = "sandbox.expired")]
     SandboxExpired,
+    #[serde(rename = "sandbox.lost")]
+    SandboxLost,
+    #[serde(rename = "sandbox.found")]
+    SandboxFound,
     #[serde(rename = "sync.diverged")]
     SyncDiverged,
     #[serde(rename = "ping")]
@@ -49,7 +53,7 @@ pub enum EventKind {
 
 impl EventKind {
     /// All kinds, in a fixed order (the bit order of compiled filters).
-    pub const ALL: [EventKind; 17] = [
+    pub const ALL: [EventKind; 19] = [
         EventKind::Push,
         EventKind::BranchCreated,
         EventKind::BranchDeleted,
@@ -65,6 +69,8 @@ impl EventKind {
         EventKind::SandboxDeleted,
         EventKind::SandboxCrashed,
         EventKind::SandboxExpired,
+        EventKind::SandboxLost,
+        EventKind::SandboxFound,
         EventKind::SyncDiverged,
         EventKind::Ping,
     ];
@@ -87,6 +93,8 @@ impl EventKind {
             EventKind::SandboxDeleted => "sandbox.deleted",
             EventKind::SandboxCrashed => "sandbox.crashed",
             EventKind::SandboxExpired => "sandbox.expired",
+            EventKind::SandboxLost => "sandbox.lost",
+            EventKind::SandboxFound => "sandbox.found",
             EventKind::SyncDiverged => "sync.diverged",
             EventKind::Ping => "ping",
         }

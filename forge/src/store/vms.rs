@@ -225,6 +225,18 @@ impl Store {
         Ok(())
     }
 
+    /// Sets VM `id`'s state to `to` if it is `from`; whether it was (so
+    /// that of two processes seeing the same change, one announces it).
+    pub async fn swap_vm_state(&self, id: &str, from: VmState, to: VmState) -> Result<bool> {
+        let done = sqlx::query("UPDATE vms SET state = $1 WHERE id = $2 AND state = $3")
+            .bind(to)
+            .bind(id)
+            .bind(from)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     /// The branch VM `id` serves in repository `repo_id`: `None` when it
     /// serves none, or is gone, or belongs to another repository.
     pub async fn vm_branch(&self, id: &str, repo_id: &str) -> Result<Option<String>> {

@@ -1,7 +1,8 @@
 //! Lifecycle events of sandboxes, recorded in the events outbox like a
 //! push: `sandbox.created`, `sandbox.paused`, `sandbox.resumed`,
-//! `sandbox.forked`, `sandbox.deleted`, `sandbox.crashed` and
-//! `sandbox.expired`. A VM of a repository records them in that
+//! `sandbox.forked`, `sandbox.deleted`, `sandbox.crashed`,
+//! `sandbox.expired`, and `sandbox.lost` and `sandbox.found` (its node
+//! stopped reporting, and reports again). A VM of a repository records them in that
 //! repository's outbox (its webhooks and event feed see them, with
 //! `refs/heads/<branch>` as the ref); a VM of none records them as events
 //! of the forge (`GET /v1/events`, forge-wide webhooks).
@@ -22,12 +23,29 @@ use crate::store::{NewEvent, VmRow};
 #[derive(Debug, Clone, Copy)]
 pub enum Lifecycle<'a> {
     Created,
-    Paused { to_disk: bool, reason: Why },
-    Resumed { on_demand: bool },
-    Forked { parent: &'a str },
-    Deleted { reason: Why },
+    Paused {
+        to_disk: bool,
+        reason: Why,
+    },
+    Resumed {
+        on_demand: bool,
+    },
+    Forked {
+        parent: &'a str,
+    },
+    Deleted {
+        reason: Why,
+    },
     Crashed,
     Expired,
+    /// Its sandbox node stopped reporting.
+    Lost {
+        node: &'a str,
+    },
+    /// Its node reports again; the VM is in the state the node has.
+    Found {
+        node: &'a str,
+    },
 }
 
 /// Why a sandbox was paused or deleted.
@@ -61,6 +79,8 @@ impl Lifecycle<'_> {
             Lifecycle::Deleted { .. } => "sandbox.deleted",
             Lifecycle::Crashed => "sandbox.crashed",
             Lifecycle::Expired => "sandbox.expired",
+            Lifecycle::Lost { .. } => "sandbox.lost",
+            Lifecycle::Found { .. } => "sandbox.found",
         }
     }
 
@@ -74,6 +94,7 @@ impl Lifecycle<'_> {
             Lifecycle::Resumed { on_demand } => json!({ "on_demand": on_demand }),
             Lifecycle::Forked { parent } => json!({ "parent": parent }),
             Lifecycle::Deleted { reason } => json!({ "reason": reason.as_str() }),
+            Lifecycle::Lost { node } | Lifecycle::Found { node } => json!({ "node": node }),
             Lifecycle::Created | Lifecycle::Crashed | Lifecycle::Expired => json!({}),
         }
     }

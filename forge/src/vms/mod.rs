@@ -427,11 +427,21 @@ impl Sandboxes {
                 Err(error) => return Err(error.into()),
             };
             if live != row.state {
-                self.store.set_vm_state(id, live).await?;
+                // Only the process that made the change announces it.
+                let changed = self.store.swap_vm_state(id, row.state, live).await?;
                 row.state = live;
+                if !changed {
+                    return Ok(row);
+                }
                 if live == VmState::Crashed {
                     tracing::warn!(vm = id, "sandbox found crashed");
                     self.announce(&row, Lifecycle::Crashed, None).await;
+                }
+                if live == VmState::Lost {
+                    let node = self.node_name(id).await?;
+                    tracing::warn!(vm = id, %node, "its sandbox node does not answer: the VM is lost");
+                    self.announce(&row, Lifecycle::Lost { node: &node }, None)
+                        .await;
                 }
             }
         }
@@ -1106,7 +1116,12 @@ impl Sandboxes {
         // As `nodes::is_up` counts: up while the report is younger.
         let fresh_since = unix_now() - crate::nodes::LOST_AFTER_SECS + 1;
         for id in self.store.mark_lost_vms(fresh_since).await? {
-            tracing::warn!(vm = %id, "its sandbox node stopped reporting: the VM is lost");
+            let node = self.node_name(&id).await?;
+            tracing::warn!(vm = %id, %node, "its sandbox node stopped reporting: the VM is lost");
+            if let Some(row) = self.store.vm(&id).await? {
+                self.announce(&row, Lifecycle::Lost { node: &node }, None)
+                    .await;
+            }
         }
         for id in self.store.found_vms(fresh_since).await? {
             let lock = self.lock_of(&id);
@@ -1120,15 +1135,32 @@ impl Sandboxes {
                     continue;
                 }
             };
-            self.store.set_vm_state(&id, found).await?;
-            tracing::info!(vm = %id, state = %found, "its sandbox node reports again: the VM is found");
-            if found == VmState::Crashed
-                && let Some(row) = self.store.vm(&id).await?
-            {
-                self.announce(&row, Lifecycle::Crashed, None).await;
+            if !self.store.swap_vm_state(&id, VmState::Lost, found).await? {
+                continue;
+            }
+            let node = self.node_name(&id).await?;
+            tracing::info!(vm = %id, %node, state = %found, "its sandbox node reports again: the VM is found");
+            if let Some(row) = self.store.vm(&id).await? {
+                self.announce(&row, Lifecycle::Found { node: &node }, None)
+                    .await;
+                if found == VmState::Crashed {
+                    self.announce(&row, Lifecycle::Crashed, None).await;
+                }
             }
         }
         Ok(())
+    }
+
+    /// The name of the node holding sandbox `id` (its id if removed).
+    async fn node_name(&self, id: &str) -> Result<String, VmError> {
+        let Some(node_id) = self.store.sandbox_node(id).await? else {
+            return Ok(String::new());
+        };
+        Ok(self
+            .store
+            .node(&node_id)
+            .await?
+            .map_or(node_id, |node| node.name))
     }
 
     /// Starts the idle reaper and the dev server supervisor; they stop when

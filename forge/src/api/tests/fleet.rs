@@ -50,7 +50,7 @@ async fn page(app: &TestApp, token: &str, path: &str) -> (Vec<String>, Option<St
 }
 
 /// The kinds of the forge's events, in order, of VM `id`.
-async fn kinds_of(app: &TestApp, id: &str) -> Vec<String> {
+pub(super) async fn kinds_of(app: &TestApp, id: &str) -> Vec<String> {
     let page = app
         .expect(
             StatusCode::OK,

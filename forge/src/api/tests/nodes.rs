@@ -390,6 +390,14 @@ async fn a_lost_node_gets_no_vm_its_vms_are_lost_and_found_again_when_it_reports
     assert_eq!(app.vm_state(&kept).await, "running");
     assert_eq!(app.vm_state(&gone).await, "crashed");
     echo_on(&app, &node, &kept, "back").await;
+    // Each change is an event, once.
+    let kept_kinds = super::fleet::kinds_of(&app, &kept).await;
+    assert_eq!(kept_kinds[1..], ["sandbox.lost", "sandbox.found"]);
+    let gone_kinds = super::fleet::kinds_of(&app, &gone).await;
+    assert_eq!(
+        gone_kinds[1..],
+        ["sandbox.lost", "sandbox.found", "sandbox.crashed"]
+    );
 }
 
 #[tokio::test]
