@@ -32,6 +32,10 @@ use crate::{Backend, BoxFuture, blocking};
 /// Where a host agent binary appears inside a sandbox.
 pub const GUEST_AGENT: &str = "/run/sandbox-agent";
 
+/// How long a checkpoint waits for the agent to close the host's
+/// connection ([`ContainerSandboxes`]' `release`).
+const AGENT_RELEASE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// How the agent becomes PID 1.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AgentInit {
@@ -211,6 +215,18 @@ impl ContainerSandboxes {
         self.clients().remove(id);
     }
 
+    /// Close the kept connection to `id`'s agent and wait until the agent
+    /// closed its side: a checkpoint cannot hold a connection to the host,
+    /// and one still closing when CRIU looks fails the dump.
+    /// If it does not close in time the checkpoint goes ahead, and a
+    /// failed dump says so (what was kept shows it).
+    async fn release(&self, id: &str) {
+        let kept = self.clients().remove(id);
+        if let Some(client) = kept {
+            let _ = client.close(AGENT_RELEASE_TIMEOUT).await;
+        }
+    }
+
     fn forget_all(&self) {
         self.clients().clear();
     }
@@ -305,7 +321,7 @@ impl Backend for ContainerSandboxes {
             let mode = match mode {
                 PauseMode::Memory => sandbox_container::PauseMode::Memory,
                 PauseMode::Disk => {
-                    self.forget(id);
+                    self.release(id).await;
                     sandbox_container::PauseMode::Disk
                 }
             };
@@ -328,7 +344,7 @@ impl Backend for ContainerSandboxes {
             if count == 0 {
                 return Err(Error::Invalid("a fork makes at least one copy".into()));
             }
-            self.forget(id);
+            self.release(id).await;
             let owned = id.to_owned();
             let forks = self.call(move |b| b.fork(&owned, count)).await?;
             Ok(forks.iter().map(carried).collect())
@@ -338,7 +354,7 @@ impl Backend for ContainerSandboxes {
     fn snapshot<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Carried>> {
         Box::pin(async move {
             // A checkpoint cannot hold the host's agent connection.
-            self.forget(id);
+            self.release(id).await;
             let owned = id.to_owned();
             let copy = self.call(move |b| b.save_copy(&owned)).await?;
             Ok(carried(&copy))

@@ -33,7 +33,7 @@ use std::sync::{Arc, Mutex};
 
 use serde_bytes::ByteBuf;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Notify, Semaphore, mpsc};
 
 pub use exec::{Exec, ExecEvent, ExecInput, Output};
 pub use files::FileReader;
@@ -116,6 +116,23 @@ impl Client {
     /// Whether the connection ended (operations now fail with `Closed`).
     pub fn is_closed(&self) -> bool {
         self.shared.closed.load(Ordering::Acquire)
+    }
+
+    /// Ends the connection for every holder: nothing more is sent, the
+    /// write side is shut down, and this waits (at most `within`) until
+    /// the agent closed its side too, so that no socket of the connection
+    /// is left in the sandbox (a checkpoint cannot hold one). Operations
+    /// on it then fail with `Closed`. Whether it closed in time.
+    pub async fn close(&self, within: std::time::Duration) -> bool {
+        self.shared.shutdown.notify_one();
+        let deadline = tokio::time::Instant::now() + within;
+        while !self.is_closed() {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+        true
     }
 }
 
@@ -218,6 +235,8 @@ struct Shared {
     broken: Mutex<Option<String>>,
     /// Bytes all streams hold for their readers.
     queued_total: AtomicU64,
+    /// Tells the writer to stop and shut the write side down.
+    shutdown: Arc<Notify>,
 }
 
 impl Shared {
@@ -360,8 +379,9 @@ impl Client {
             broken: Mutex::new(None),
             queued_total: AtomicU64::new(0),
             next_stream: AtomicU32::new(1),
+            shutdown: Arc::new(Notify::new()),
         });
-        tokio::spawn(write_loop(w, rx));
+        tokio::spawn(write_loop(w, rx, shared.shutdown.clone()));
         tokio::spawn(read_loop(r, Arc::downgrade(&shared)));
         Ok(Self { shared, welcome })
     }
@@ -489,10 +509,17 @@ fn is_terminal(body: &Body) -> bool {
     )
 }
 
-async fn write_loop<W: AsyncWrite>(w: W, mut rx: mpsc::Receiver<Frame>) {
+async fn write_loop<W: AsyncWrite>(w: W, mut rx: mpsc::Receiver<Frame>, shutdown: Arc<Notify>) {
     let mut w = std::pin::pin!(w);
     let mut buf = Vec::with_capacity(256 * 1024);
-    while let Some(frame) = rx.recv().await {
+    loop {
+        let frame = tokio::select! {
+            frame = rx.recv() => frame,
+            () = shutdown.notified() => None,
+        };
+        let Some(frame) = frame else {
+            break;
+        };
         buf.clear();
         let mut ok = encode_into(&frame, &mut buf).is_ok();
         while ok && buf.len() < 256 * 1024 {
