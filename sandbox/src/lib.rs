@@ -141,6 +141,17 @@ pub trait Backend: Send + Sync {
         Box::pin(async { Ok(Vec::new()) })
     }
 
+    /// While serving, now and then: remove the sandboxes this backend holds
+    /// on other hosts that its caller records nowhere (its process died
+    /// between a node making a sandbox and recording it), once each has
+    /// been seen so on two calls at least `grace` apart. Returns a line
+    /// per sandbox removed. A backend whose sandboxes are all on this host
+    /// does nothing: [`Backend::collect_garbage`] covers them at start-up.
+    fn collect_strays(&self, grace: std::time::Duration) -> BoxFuture<'_, Result<Vec<String>>> {
+        let _ = grace;
+        Box::pin(async { Ok(Vec::new()) })
+    }
+
     /// Run `command` to its end; stdout and stderr are collected up to the
     /// command's output limit (`Exited::truncated` says when cut).
     fn exec<'a>(&'a self, id: &'a str, command: Command) -> BoxFuture<'a, Result<Output>> {

@@ -18,15 +18,24 @@
 //!   node, the control plane's own host runs them, as on one machine.
 //! - **Routing.** `sandbox_nodes` records which node holds each sandbox;
 //!   every operation on a sandbox goes to its node, forks and snapshots
-//!   stay there. A sandbox on a node that is not up fails at once, naming
-//!   the node and how long it has been silent.
+//!   stay there (a fork the node has no memory for is refused, saying
+//!   so). A sandbox on a node that is not up fails at once, naming the
+//!   node and how long it has been silent.
+//! - **Strays.** A control plane that dies between a node making a sandbox
+//!   and recording it leaves the sandbox on the node, recorded nowhere.
+//!   Every [`STRAYS_EVERY`] the control plane lists each up node's
+//!   sandboxes; one that no VM or snapshot records as on that node, seen
+//!   so again [`STRAY_GRACE`] later, is destroyed ([`Placed`]'s
+//!   [`Backend::collect_strays`]). The grace is far longer than the
+//!   moment between a node answering and the record being written.
 
 pub mod agent;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ::sandbox::remote::RemoteBackend;
 use ::sandbox::{
@@ -41,6 +50,13 @@ pub const REPORT_EVERY: Duration = Duration::from_secs(2);
 
 /// A node whose last report is older than this is lost.
 pub const LOST_AFTER_SECS: i64 = 10;
+
+/// How often the control plane looks for stray sandboxes on the nodes.
+pub const STRAYS_EVERY: Duration = Duration::from_secs(30);
+
+/// How long a sandbox on a node stays recorded nowhere before it is
+/// destroyed as a stray.
+pub const STRAY_GRACE: Duration = Duration::from_secs(60);
 
 /// Whether `node` reported recently enough to be up at `now` (unix s).
 pub fn is_up(node: &NodeRow, now: i64) -> bool {
@@ -81,6 +97,7 @@ pub fn placed(
                 local: None,
                 store: store.clone(),
                 remotes: Mutex::default(),
+                strays: Mutex::default(),
             }),
             // Nodes start sandboxes from their own images.
             image: ::sandbox::Image::root("/nonexistent/sandbox-nodes-only"),
@@ -107,6 +124,9 @@ pub struct Placed {
     store: Store,
     /// Each node's caller, with the address and key it was made for.
     remotes: Mutex<HashMap<String, Remote>>,
+    /// Sandboxes found on a node (its id, theirs) that nothing records,
+    /// with when they were first found so.
+    strays: Mutex<HashMap<(String, String), Instant>>,
 }
 
 #[derive(Clone)]
@@ -134,6 +154,7 @@ impl Placed {
             local: Some(local),
             store,
             remotes: Mutex::default(),
+            strays: Mutex::default(),
         }
     }
 
@@ -147,6 +168,101 @@ impl Placed {
     fn remotes(&self) -> std::sync::MutexGuard<'_, HashMap<String, Remote>> {
         // Plain handles: a panic cannot leave the map inconsistent.
         self.remotes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn strays(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Instant>> {
+        // Plain values: a panic cannot leave the map inconsistent.
+        self.strays.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether the forge records sandbox `id` as on node `node_id`: placed
+    /// there, and a VM's or a snapshot's.
+    async fn records(&self, id: &str, node_id: &str) -> Result<bool, Error> {
+        let placed = self.store.sandbox_node(id).await.map_err(store_error)?;
+        if placed.as_deref() != Some(node_id) {
+            return Ok(false);
+        }
+        Ok(self.store.vm(id).await.map_err(store_error)?.is_some()
+            || self
+                .store
+                .is_snapshot_sandbox(id)
+                .await
+                .map_err(store_error)?)
+    }
+
+    /// Each up node that answers, with the sandboxes it holds.
+    async fn listings(
+        &self,
+    ) -> Result<Vec<(NodeRow, Arc<RemoteBackend>, Vec<SandboxInfo>)>, Error> {
+        let mut listings = Vec::new();
+        for node in self.store.nodes().await.map_err(store_error)? {
+            let Ok(remote) = self.remote(&node).await else {
+                continue;
+            };
+            match remote.list().await {
+                Ok(listed) => listings.push((node, remote, listed)),
+                Err(error) => {
+                    tracing::warn!(node = %node.name, error = %error, "a node did not list its sandboxes");
+                }
+            }
+        }
+        Ok(listings)
+    }
+
+    /// [`Backend::collect_strays`] over every up node (the strays of one
+    /// that is not up wait).
+    async fn collect_node_strays(&self, grace: Duration) -> Result<Vec<String>, Error> {
+        let now = Instant::now();
+        let mut unrecorded = HashSet::new();
+        let mut removed = Vec::new();
+        for (node, remote, listed) in self.listings().await? {
+            for info in listed {
+                if self.records(&info.id, &node.id).await? {
+                    continue;
+                }
+                let key = (node.id.clone(), info.id.clone());
+                unrecorded.insert(key.clone());
+                // Destroyed when seen so twice, `grace` apart.
+                let first = match self.strays().entry(key.clone()) {
+                    Entry::Occupied(seen) => *seen.get(),
+                    Entry::Vacant(unseen) => {
+                        unseen.insert(now);
+                        continue;
+                    }
+                };
+                if now.duration_since(first) < grace {
+                    continue;
+                }
+                match remote.destroy(&info.id).await {
+                    Ok(()) | Err(Error::NotFound(_)) => {
+                        if self
+                            .store
+                            .sandbox_node(&info.id)
+                            .await
+                            .map_err(store_error)?
+                            .as_deref()
+                            == Some(node.id.as_str())
+                        {
+                            self.store
+                                .unplace_sandbox(&info.id)
+                                .await
+                                .map_err(store_error)?;
+                        }
+                        unrecorded.remove(&key);
+                        removed.push(format!(
+                            "sandbox {} on node {} that no VM records",
+                            info.id, node.name
+                        ));
+                    }
+                    Err(error) => {
+                        tracing::warn!(sandbox = %info.id, node = %node.name, error = %error, "a stray sandbox could not be destroyed");
+                    }
+                }
+            }
+        }
+        // What was not found so this time starts over when it is again.
+        self.strays().retain(|key, _| unrecorded.contains(key));
+        Ok(removed)
     }
 
     /// The caller of `node`, made again when it restarted (a new key) or
@@ -290,6 +406,34 @@ impl Placed {
         Ok(Some(node))
     }
 
+    /// Refuses a fork of `count` copies of sandbox `id` that node `node_id`
+    /// has no memory for: copies stay on their parent's node, and each
+    /// counts as its parent's memory, as placement counts.
+    async fn room_for_fork(&self, node_id: &str, id: &str, count: usize) -> Result<(), Error> {
+        let Some(mem_mib) = self.store.sandbox_mem_mib(id).await.map_err(store_error)? else {
+            return Ok(());
+        };
+        let node = self
+            .store
+            .node(node_id)
+            .await
+            .map_err(store_error)?
+            .ok_or_else(|| node_error(node_id, "the node was removed"))?;
+        let load = self.store.node_load(node_id).await.map_err(store_error)?;
+        let free = free_mib(&node, load.committed_mib);
+        let needed = mem_mib.saturating_mul(i64::try_from(count).unwrap_or(i64::MAX));
+        if needed > free {
+            return Err(node_error(
+                &node.name,
+                format!(
+                    "the node holding {id} is full: {count} copies of {mem_mib} MiB need \
+                     {needed} MiB and it has {free} MiB free; copies stay on their parent's node"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// Records that the copies came to be on `node` (their parent's).
     async fn place_all(&self, node: Option<&str>, copies: &[Carried]) -> Result<(), Error> {
         if let Some(node) = node {
@@ -348,17 +492,7 @@ impl Backend for Placed {
                 Some(local) => local.list().await?,
                 None => Vec::new(),
             };
-            for node in self.store.nodes().await.map_err(store_error)? {
-                let Ok(remote) = self.remote(&node).await else {
-                    continue;
-                };
-                let listed = match remote.list().await {
-                    Ok(listed) => listed,
-                    Err(error) => {
-                        tracing::warn!(node = %node.name, error = %error, "a node did not list its sandboxes");
-                        continue;
-                    }
-                };
+            for (node, _, listed) in self.listings().await? {
                 for info in listed {
                     let placed = self
                         .store
@@ -401,6 +535,9 @@ impl Backend for Placed {
     ) -> BoxFuture<'a, ::sandbox::Result<Vec<Carried>>> {
         Box::pin(async move {
             let (backend, node) = self.route(id).await?;
+            if let Some(node) = &node {
+                self.room_for_fork(node, id, count).await?;
+            }
             let copies = backend.fork(id, count).await?;
             if let Err(error) = self.place_all(node.as_deref(), &copies).await {
                 for copy in &copies {
@@ -448,6 +585,10 @@ impl Backend for Placed {
             Some(local) => local.collect_garbage(),
             None => Box::pin(async { Ok(Vec::new()) }),
         }
+    }
+
+    fn collect_strays(&self, grace: Duration) -> BoxFuture<'_, ::sandbox::Result<Vec<String>>> {
+        Box::pin(self.collect_node_strays(grace))
     }
 
     fn exec<'a>(

@@ -165,6 +165,20 @@ impl Store {
         .await?)
     }
 
+    /// The memory of sandbox `sandbox_id` as its VM or snapshot records it,
+    /// in MiB.
+    pub async fn sandbox_mem_mib(&self, sandbox_id: &str) -> Result<Option<i64>> {
+        let row: Option<(i64,)> = sqlx::query_as(
+            "SELECT mem_mib FROM vms WHERE id = $1 \
+             UNION ALL SELECT mem_mib FROM snapshots WHERE sandbox_id = $2",
+        )
+        .bind(sandbox_id)
+        .bind(sandbox_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|(mib,)| mib))
+    }
+
     /// Records that node `node_id` holds sandbox `sandbox_id`.
     pub async fn place_sandbox(&self, sandbox_id: &str, node_id: &str) -> Result<()> {
         sqlx::query("INSERT INTO sandbox_nodes (sandbox_id, node_id) VALUES ($1, $2)")

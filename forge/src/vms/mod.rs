@@ -1105,6 +1105,20 @@ impl Sandboxes {
         Ok(crashed)
     }
 
+    /// Destroys the sandboxes on nodes that nothing records, once seen so
+    /// twice `grace` apart ([`::sandbox::Backend::collect_strays`]);
+    /// returns a line per sandbox destroyed.
+    pub async fn collect_strays(&self, grace: Duration) -> Result<Vec<String>, VmError> {
+        let Ok((backend, _)) = self.ready() else {
+            return Ok(Vec::new());
+        };
+        let removed = backend.collect_strays(grace).await?;
+        for what in &removed {
+            tracing::warn!(%what, "stray sandbox destroyed");
+        }
+        Ok(removed)
+    }
+
     /// Marks `lost` the VMs on sandbox nodes that stopped reporting, and
     /// gives those on a node that reports again the state the node has
     /// for them (`crashed` if it no longer has them). Nothing is restarted

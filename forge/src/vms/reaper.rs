@@ -3,7 +3,9 @@
 //! loop destroys VMs whose deadline (`ttl_secs`) has passed (one at a
 //! time: an expiry may wait `expiry_grace` for its VM's users), and the
 //! node watch marks `lost` the VMs of sandbox nodes that stopped reporting
-//! and gives the VMs of a node that reports again their state back.
+//! and gives the VMs of a node that reports again their state back; every
+//! [`crate::nodes::STRAYS_EVERY`] the sandboxes on nodes that nothing
+//! records are collected.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -39,6 +41,21 @@ pub fn start(sandboxes: Arc<Sandboxes>, every: Duration, shutdown: CancellationT
             Ok(())
         }
     });
+    let collector = sandboxes.clone();
+    each_tick(
+        crate::nodes::STRAYS_EVERY,
+        shutdown.clone(),
+        "nodes' stray",
+        move || {
+            let sandboxes = collector.clone();
+            async move {
+                if let Err(error) = sandboxes.collect_strays(crate::nodes::STRAY_GRACE).await {
+                    tracing::warn!(error = %error, "collecting stray sandboxes on the nodes failed");
+                }
+                Ok(())
+            }
+        },
+    );
     each_tick(every, shutdown, "expired", move || {
         let sandboxes = sandboxes.clone();
         async move {

@@ -2,7 +2,8 @@
 //! rest), its reports, placement of new VMs on the node with the most
 //! memory available, routing of a VM's operations to its node, a lost
 //! node (its VMs `lost`, found again when it reports), TLS pinned to the
-//! reported certificate, and removal. Each node is a real `sandbox::remote::serve` on a
+//! reported certificate, strays (sandboxes on a node that nothing records)
+//! collected after a grace, and removal. Each node is a real `sandbox::remote::serve` on a
 //! loopback port in front of an in-memory backend.
 
 use std::collections::BTreeMap;
@@ -108,6 +109,13 @@ async fn echo_on(app: &TestApp, node: &Node, id: &str, word: &str) -> Value {
         .await;
     assert_eq!(ran["stdout"], format!("{word}\n"), "{ran}");
     ran
+}
+
+/// Asserts a `503 unavailable` answer whose message says `words`.
+fn assert_unavailable(status: StatusCode, body: &Value, words: &str) {
+    assert_error(status, body, StatusCode::SERVICE_UNAVAILABLE, "unavailable");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains(words), "{words:?} not in {message:?}");
 }
 
 async fn add(app: &TestApp, name: &str) -> String {
@@ -266,6 +274,24 @@ async fn vms_go_to_the_node_with_the_most_memory_and_their_operations_follow() {
         app.backend.execs().is_empty(),
         "nothing ran on the control plane's host"
     );
+    // A fork the node has no memory for is refused, and nothing is made:
+    // copies stay on their parent's node, 512 MiB each.
+    let before = node.backend.len();
+    let (status, body) = app
+        .call(
+            Method::POST,
+            &format!("/v1/vms/{id}/fork"),
+            Some(app.admin()),
+            Some(json!({ "count": 2 })),
+        )
+        .await;
+    assert_unavailable(status, &body, "is full");
+    assert_unavailable(status, &body, "need 1024 MiB");
+    assert_eq!(node.backend.len(), before, "no copy was made");
+    // With room (the nodes report more memory), the copies are made there.
+    for (node, token) in [(&big, &big_token), (&small, &small_token)] {
+        report_as(&app, token, node, 4096).await;
+    }
     let forked = app
         .expect(
             StatusCode::CREATED,
@@ -322,14 +348,7 @@ async fn a_lost_node_gets_no_vm_its_vms_are_lost_and_found_again_when_it_reports
     let (status, body) = app
         .call(Method::POST, "/v1/vms", Some(app.admin()), Some(json!({})))
         .await;
-    assert_error(
-        status,
-        &body,
-        StatusCode::SERVICE_UNAVAILABLE,
-        "unavailable",
-    );
-    let message = body["error"]["message"].as_str().unwrap_or_default();
-    assert!(message.contains("none is up"), "{message}");
+    assert_unavailable(status, &body, "none is up");
     // Before the watch has seen it, an operation finds it lost.
     let (status, body) = app
         .call(
@@ -339,14 +358,7 @@ async fn a_lost_node_gets_no_vm_its_vms_are_lost_and_found_again_when_it_reports
             Some(json!({})),
         )
         .await;
-    assert_error(
-        status,
-        &body,
-        StatusCode::SERVICE_UNAVAILABLE,
-        "unavailable",
-    );
-    let message = body["error"]["message"].as_str().unwrap_or_default();
-    assert!(message.contains("is lost"), "{message}");
+    assert_unavailable(status, &body, "is lost");
     // The watch marks its VMs lost, not restarted anywhere.
     app.sandboxes().watch_nodes().await.expect("watch");
     assert_eq!(app.vm_state(&kept).await, "lost");
@@ -369,13 +381,7 @@ async fn a_lost_node_gets_no_vm_its_vms_are_lost_and_found_again_when_it_reports
                 Some(body),
             )
             .await;
-        assert_error(
-            status,
-            &answer,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-        );
-        assert!(answer.to_string().contains("is lost"), "{action}: {answer}");
+        assert_unavailable(status, &answer, "is lost");
     }
 
     // While away, one of them went (the node's host rebooted, say).
@@ -448,16 +454,7 @@ async fn a_node_beyond_loopback_is_reached_only_in_tls_with_the_certificate_it_r
     let (status, body) = app
         .call(Method::POST, "/v1/vms", Some(app.admin()), Some(json!({})))
         .await;
-    assert_error(
-        status,
-        &body,
-        StatusCode::SERVICE_UNAVAILABLE,
-        "unavailable",
-    );
-    assert!(
-        body.to_string().contains("not the one it reported"),
-        "{body}"
-    );
+    assert_unavailable(status, &body, "not the one it reported");
     assert!(node.backend.is_empty());
 
     // Its own: VMs run there, exec through the tunnel in TLS.
@@ -481,13 +478,7 @@ async fn a_node_beyond_loopback_is_reached_only_in_tls_with_the_certificate_it_r
     let (status, body) = app
         .call(Method::POST, "/v1/vms", Some(app.admin()), Some(json!({})))
         .await;
-    assert_error(
-        status,
-        &body,
-        StatusCode::SERVICE_UNAVAILABLE,
-        "unavailable",
-    );
-    assert!(body.to_string().contains("without TLS"), "{body}");
+    assert_unavailable(status, &body, "without TLS");
 }
 
 #[tokio::test]
@@ -506,13 +497,7 @@ async fn a_control_plane_without_sandboxes_of_its_own_runs_every_vm_on_a_node() 
     let (status, body) = app
         .call(Method::POST, "/v1/vms", Some(app.admin()), Some(json!({})))
         .await;
-    assert_error(
-        status,
-        &body,
-        StatusCode::SERVICE_UNAVAILABLE,
-        "unavailable",
-    );
-    assert!(body.to_string().contains("forge node add"), "{body}");
+    assert_unavailable(status, &body, "forge node add");
     let (status, body) = app
         .call(Method::GET, "/v1/vms/sb0000", Some(app.admin()), None)
         .await;
@@ -570,14 +555,90 @@ async fn node_labels_choose_among_the_nodes_that_have_them() {
     assert!(big.backend.files(made["id"].as_str().expect("id")).is_ok());
     // None has it: refused saying so, nothing created.
     let (status, body) = create(json!({ "zone": "c" })).await;
-    assert_error(
-        status,
-        &body,
-        StatusCode::SERVICE_UNAVAILABLE,
-        "unavailable",
-    );
-    assert!(body.to_string().contains("zone=c"), "{body}");
+    assert_unavailable(status, &body, "zone=c");
     let (status, body) = create(json!({ "bad key!": "x" })).await;
     assert_error(status, &body, StatusCode::BAD_REQUEST, "bad_request");
     assert_eq!(big.backend.len() + small.backend.len(), 2);
+}
+
+#[tokio::test]
+async fn sandboxes_a_node_holds_that_nothing_records_are_destroyed_after_a_grace() {
+    let app = TestApp::builder().nodes_only().start().await;
+    let node = serve_node("strays").await;
+    let token = add(&app, "strays").await;
+    report_as(&app, &token, &node, 4096).await;
+    let node_id = nodes(&app).await["strays"]["id"]
+        .as_str()
+        .expect("its id")
+        .to_owned();
+    let kept = app.vm(app.admin()).await;
+    app.expect(
+        StatusCode::CREATED,
+        Method::POST,
+        &format!("/v1/vms/{kept}/snapshots"),
+        Some(app.admin()),
+        Some(json!({ "name": "kept" })),
+    )
+    .await;
+    let spec = || sandbox::Spec::new(sandbox::Image::root("/node-image"));
+    // The control plane died as the node answered a create: no record.
+    let unplaced = sandbox::Backend::create(&node.backend, spec())
+        .await
+        .expect("made on the node")
+        .id;
+    // It died between placing a sandbox and recording its VM.
+    let unrecorded = sandbox::Backend::create(&node.backend, spec())
+        .await
+        .expect("made on the node")
+        .id;
+    app.state
+        .store
+        .place_sandbox(&unrecorded, &node_id)
+        .await
+        .expect("placed");
+    let listed = |backend: &sandbox::testing::MemorySandboxes| {
+        let backend = backend.clone();
+        async move {
+            let mut ids: Vec<String> = sandbox::Backend::list(&backend)
+                .await
+                .expect("listed")
+                .into_iter()
+                .map(|info| info.id)
+                .collect();
+            ids.sort();
+            ids
+        }
+    };
+    let before = listed(&node.backend).await;
+    assert_eq!(before.len(), 4, "the VM, its snapshot and two strays");
+
+    // Seen once: nothing is destroyed, whatever the grace.
+    let strays = app.sandboxes().collect_strays(std::time::Duration::ZERO);
+    assert_eq!(strays.await.expect("collected"), Vec::<String>::new());
+    // Seen again sooner than the grace: still nothing.
+    let strays = app
+        .sandboxes()
+        .collect_strays(std::time::Duration::from_secs(3600));
+    assert_eq!(strays.await.expect("collected"), Vec::<String>::new());
+    assert_eq!(listed(&node.backend).await, before);
+    // Seen again past it: both strays go, what is recorded stays.
+    let strays = app.sandboxes().collect_strays(std::time::Duration::ZERO);
+    let mut removed = strays.await.expect("collected");
+    removed.sort();
+    let mut expected: Vec<String> = [&unplaced, &unrecorded]
+        .iter()
+        .map(|id| format!("sandbox {id} on node strays that no VM records"))
+        .collect();
+    expected.sort();
+    assert_eq!(removed, expected);
+    let after = listed(&node.backend).await;
+    assert_eq!(after.len(), 2, "{after:?}");
+    assert!(after.contains(&kept), "{after:?}");
+    assert!(!after.contains(&unplaced) && !after.contains(&unrecorded));
+    let placed = app.state.store.sandbox_node(&unrecorded).await;
+    assert_eq!(placed.expect("read"), None, "its placement goes too");
+    echo_on(&app, &node, &kept, "kept").await;
+    // Nothing more to collect.
+    let strays = app.sandboxes().collect_strays(std::time::Duration::ZERO);
+    assert_eq!(strays.await.expect("collected"), Vec::<String>::new());
 }
