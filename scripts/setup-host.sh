@@ -17,8 +17,10 @@ fi
 # mmdebstrap, e2fsprogs, curl: the guest image builder; python3: the start-up
 # GC test edits the forge database with it; openssl: the GitHub tests make the
 # app's RSA key with it; chromium, chromium-driver: the web UI's browser tests
-# (headless, WebDriver); sqlite3: the web benchmark seeds runs into the database.
-packages=(git gcc libc6-dev btrfs-progs busybox-static iptables mmdebstrap e2fsprogs curl ca-certificates openssl tar xz-utils python3 chromium chromium-driver sqlite3)
+# (headless, WebDriver); sqlite3: the web benchmark seeds runs into the database;
+# iproute2, util-linux: the node tests put nodes in network namespaces (ip
+# netns, veth) and run them there (nsenter).
+packages=(git gcc libc6-dev btrfs-progs busybox-static iptables mmdebstrap e2fsprogs curl ca-certificates openssl tar xz-utils python3 chromium chromium-driver sqlite3 iproute2 util-linux)
 # shellcheck source=scripts/packages.sh
 . "$(dirname "$0")/packages.sh"
 ensure_packages "${packages[@]}"

@@ -118,6 +118,8 @@ pub struct Builder {
     database: Option<String>,
     max_body_bytes: Option<u64>,
     allow_loopback: bool,
+    /// `--listen 0.0.0.0:0` rather than loopback.
+    listen_everywhere: bool,
     env: Vec<(String, String)>,
     sandboxes: Option<Sandboxes>,
 }
@@ -182,6 +184,14 @@ impl Builder {
     /// Let imports reach 127.0.0.1 (the forge itself).
     pub fn allow_loopback(mut self) -> Self {
         self.allow_loopback = true;
+        self
+    }
+
+    /// Listen on every address, so that nodes in network namespaces of
+    /// their own ([`TestNode::start_in_netns`]) reach the control plane
+    /// over their veth; the test still calls it on loopback.
+    pub fn listen_everywhere(mut self) -> Self {
+        self.listen_everywhere = true;
         self
     }
 
@@ -250,7 +260,11 @@ impl Builder {
         command
             .arg("serve")
             .arg("--listen")
-            .arg("127.0.0.1:0")
+            .arg(if self.listen_everywhere {
+                "0.0.0.0:0"
+            } else {
+                "127.0.0.1:0"
+            })
             .arg("--data-dir")
             .arg(&data_dir)
             .env_remove("FORGE_DATABASE_URL")
@@ -306,7 +320,8 @@ impl Builder {
         while url.is_none() && Instant::now() < deadline {
             let Some(Ok(line)) = lines.next() else { break };
             if let Some(rest) = line.strip_prefix("listening on ") {
-                url = Some(rest.trim().to_owned());
+                // Called on loopback wherever it listens.
+                url = Some(rest.trim().replace("://0.0.0.0:", "://127.0.0.1:"));
             } else if line.starts_with("admin token") {
                 printed_token = line.rsplit(' ').next().map(str::to_owned);
             }
@@ -923,9 +938,100 @@ pub fn noise(len: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
+/// A number for the next node of this test process.
+fn next_node() -> usize {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// A network namespace of a test's own, as another host on a network: a
+/// veth pair joins it to this host, whose end has `host_ip`/30 and the
+/// namespace's end `ip`/30. Dropping it deletes it, and the veth with it.
+pub struct Netns {
+    pub name: String,
+    pub host_ip: String,
+    pub ip: String,
+}
+
+impl Netns {
+    /// The `n`th namespace of this test process (`n` < 64).
+    pub fn new(n: usize) -> Netns {
+        assert!(n < 64, "at most 64 namespaces per test process");
+        let pid = std::process::id();
+        // Subnets apart from other test processes' (mostly) and from n's.
+        let net = format!("10.{}.{}", 200 + pid % 50, n * 4);
+        let netns = Netns {
+            name: format!("forge-test-{pid}-{n}"),
+            host_ip: format!("{net}.1"),
+            ip: format!("{net}.2"),
+        };
+        let (outside, inside) = (format!("fth{}n{n}", pid % 100_000), "eth0");
+        let ip = |args: &[&str]| {
+            let out = Command::new("ip").args(args).output().expect("ip runs");
+            assert!(
+                out.status.success(),
+                "ip {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        ip(&["netns", "add", &netns.name]);
+        ip(&[
+            "link",
+            "add",
+            &outside,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            inside,
+            "netns",
+            &netns.name,
+        ]);
+        ip(&[
+            "addr",
+            "add",
+            &format!("{}/30", netns.host_ip),
+            "dev",
+            &outside,
+        ]);
+        ip(&["link", "set", &outside, "up"]);
+        let inner = |args: &[&str]| {
+            let mut all = vec!["-n", netns.name.as_str()];
+            all.extend_from_slice(args);
+            ip(&all);
+        };
+        inner(&["addr", "add", &format!("{}/30", netns.ip), "dev", inside]);
+        inner(&["link", "set", inside, "up"]);
+        inner(&["link", "set", "lo", "up"]);
+        netns
+    }
+
+    /// `program` to be run in the namespace: only its network changes
+    /// (`nsenter --net`, not `ip netns exec`, which would remount `/sys`
+    /// and hide the cgroup tree the sandbox backend needs).
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut command = Command::new("nsenter");
+        command
+            .arg(format!("--net=/run/netns/{}", self.name))
+            .arg("--")
+            .arg(program);
+        command
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
 /// A sandbox node under test: `forge node run` on this host, with a data
-/// directory, a sandbox directory and a loopback port of its own, reporting
-/// to a [`TestForge`]. Dropping it kills it and removes its sandboxes.
+/// directory, a sandbox directory and a port of its own (on loopback, or
+/// in a network namespace of its own), reporting to a [`TestForge`].
+/// Dropping it kills it and removes its sandboxes.
 pub struct TestNode {
     pub name: String,
     token: String,
@@ -933,13 +1039,15 @@ pub struct TestNode {
     memory_mib: u64,
     /// `--tls`: TLS on loopback too.
     tls: bool,
-    /// `127.0.0.1:<port>`, where it serves sandboxes.
+    /// `<ip>:<port>`, where it serves sandboxes.
     pub address: String,
     image: PathBuf,
     data_dir: PathBuf,
     sandbox_dir: PathBuf,
     child: Option<Child>,
     _temp: tempfile::TempDir,
+    /// Its network namespace, dropped after the node.
+    netns: Option<Netns>,
 }
 
 impl TestNode {
@@ -957,9 +1065,36 @@ impl TestNode {
         Self::start_with(forge, name, memory_mib, true)
     }
 
+    /// [`TestNode::start`] in a network namespace of its own
+    /// ([`Netns`]), as on another host: it serves on its veth's address,
+    /// so in TLS, and reports to `forge` (started with
+    /// [`Builder::listen_everywhere`]) through the host's end.
+    pub fn start_in_netns(forge: &TestForge, name: &str, memory_mib: u64) -> TestNode {
+        let n = next_node();
+        let netns = Netns::new(n);
+        let port = forge
+            .url
+            .rsplit(':')
+            .next()
+            .expect("the forge's port")
+            .to_owned();
+        let mut node = Self::prepare(forge, name, memory_mib, true, n);
+        node.control = format!("http://{}:{port}", netns.host_ip);
+        node.address = format!("{}:7443", netns.ip);
+        node.netns = Some(netns);
+        node.run();
+        node
+    }
+
     fn start_with(forge: &TestForge, name: &str, memory_mib: u64, tls: bool) -> TestNode {
-        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut node = Self::prepare(forge, name, memory_mib, tls, next_node());
+        node.run();
+        node
+    }
+
+    /// Node `name`, the `n`th of this process, added to `forge`; not
+    /// started.
+    fn prepare(forge: &TestForge, name: &str, memory_mib: u64, tls: bool, n: usize) -> TestNode {
         let added = forge.admin("POST", "/v1/nodes", Some(json!({ "name": name })));
         let token = added["token"]
             .as_str()
@@ -970,7 +1105,7 @@ impl TestNode {
             .and_then(|l| l.local_addr())
             .expect("a free port")
             .port();
-        let mut node = TestNode {
+        TestNode {
             name: name.to_owned(),
             token,
             control: forge.url.clone(),
@@ -982,9 +1117,8 @@ impl TestNode {
             sandbox_dir: PathBuf::from(format!("/tmp/fnd-{}-{n}", std::process::id())),
             child: None,
             _temp: temp,
-        };
-        node.run();
-        node
+            netns: None,
+        }
     }
 
     fn run(&mut self) {
@@ -994,7 +1128,10 @@ impl TestNode {
             .append(true)
             .open(self.data_dir.with_extension("log"))
             .expect("the node's log");
-        let mut command = Command::new(forge_binary());
+        let mut command = match &self.netns {
+            Some(netns) => netns.command(forge_binary()),
+            None => Command::new(forge_binary()),
+        };
         command.args(["node", "run", "--control", &self.control]);
         if self.tls {
             command.arg("--tls");

@@ -5,7 +5,9 @@
 //! reach the node holding the VM, a node killed with SIGKILL is marked
 //! lost (creates avoid it, its VMs become `lost`), and a node that comes
 //! back (with a new key and certificate) serves its VMs again, `running`. One node serves
-//! TLS, pinned by the control plane.
+//! TLS, pinned by the control plane. Three more nodes, each in a network
+//! namespace of its own joined to the host by a veth (as on three hosts),
+//! serve TLS on their own addresses and take VMs by available memory.
 
 use std::time::Duration;
 
@@ -159,4 +161,102 @@ fn vms_are_placed_on_nodes_reached_through_the_control_plane_and_a_dead_node_is_
         "deleted on their nodes"
     );
     forge.admin("DELETE", "/v1/nodes/b", None);
+}
+
+/// The name of the one node of `nodes` that holds VM `id`, or `?`.
+fn holder<'a>(nodes: &[&'a TestNode], id: &str) -> &'a str {
+    let holding: Vec<&str> = nodes
+        .iter()
+        .filter(|node| node.holds(id))
+        .map(|node| node.name.as_str())
+        .collect();
+    match holding[..] {
+        [one] => one,
+        _ => "?",
+    }
+}
+
+#[test]
+fn nodes_on_networks_of_their_own_take_vms_by_memory_and_a_killed_one_is_avoided() {
+    if !require_sandboxes() {
+        return;
+    }
+    let forge = TestForge::builder()
+        .listen_everywhere()
+        .with_sandboxes(8)
+        .start();
+    // 512 MiB VMs; a offers 1536, b 1024, c 2048. c (2048 available), a
+    // (1536, as much as c, and a holds fewer), c (1536), then b (1024 each,
+    // b holds none).
+    let a = TestNode::start_in_netns(&forge, "a", 1536);
+    let b = TestNode::start_in_netns(&forge, "b", 1024);
+    let mut c = TestNode::start_in_netns(&forge, "c", 2048);
+    for node in [&a, &b, &c] {
+        node.wait_up(&forge);
+    }
+    // Each serves on its own namespace's address, in TLS.
+    let listed = forge.admin("GET", "/v1/nodes", None);
+    for node in [&a, &b, &c] {
+        let row = listed
+            .as_array()
+            .and_then(|all| all.iter().find(|n| n["name"] == node.name.as_str()))
+            .expect("listed");
+        assert_eq!(row["address"], node.address.as_str(), "{row}");
+        assert!(!node.address.starts_with("127."), "{row}");
+        assert!(row["tls_sha256"].is_string(), "{row}");
+    }
+
+    let ids: Vec<String> = (0..4).map(|_| create(&forge)).collect();
+    let nodes = [&a, &b, &c];
+    let placed: Vec<&str> = ids.iter().map(|id| holder(&nodes, id)).collect();
+    assert_eq!(placed, ["c", "a", "c", "b"]);
+    // Exec through the control plane runs on the node holding the VM.
+    for (id, node) in ids.iter().zip(&placed) {
+        let (status, ran) = exec(
+            &forge,
+            id,
+            &format!("echo on-{node} > /tmp/where; cat /tmp/where"),
+        );
+        assert_eq!(status, 200, "{ran}");
+        assert_eq!(ran["stdout"], format!("on-{node}\n"), "{ran}");
+    }
+    // A fork stays on its parent's node, with its files: b has room for
+    // exactly one copy, and none for two more.
+    let forked = forge.admin(
+        "POST",
+        &format!("/v1/vms/{}/fork", ids[3]),
+        Some(json!({ "count": 1 })),
+    );
+    let copy = forked["forks"][0]["id"]
+        .as_str()
+        .expect("a copy")
+        .to_owned();
+    assert_eq!(holder(&nodes, &copy), "b");
+    let (status, ran) = exec(&forge, &copy, "cat /tmp/where");
+    assert_eq!((status, ran["stdout"].as_str()), (200, Some("on-b\n")));
+    let (status, refused) = forge.call(
+        Some(&forge.admin_token),
+        "POST",
+        &format!("/v1/vms/{}/fork", ids[3]),
+        Some(json!({ "count": 1 })),
+    );
+    assert_eq!(status, 503, "{refused}");
+    assert!(refused.to_string().contains("is full"), "{refused}");
+
+    // c dies (SIGKILL): its VMs are lost, and a new VM goes to a although
+    // c had the most memory available.
+    c.kill();
+    c.wait_state(&forge, "lost", Duration::from_secs(30));
+    for id in [&ids[0], &ids[2]] {
+        vm_state_becomes(&forge, id, "lost");
+    }
+    let after = create(&forge);
+    assert_eq!(
+        holder(&[&a, &b, &c], &after),
+        "a",
+        "a new VM avoids the lost node"
+    );
+    for id in [&ids[1], &ids[3], &copy, &after] {
+        forge.admin("DELETE", &format!("/v1/vms/{id}"), None);
+    }
 }
