@@ -213,9 +213,19 @@ enum NodeCommand {
     /// Run this host's sandboxes for a control plane: serve them on
     /// `--listen` and report to `--control` every 2 s.
     Run {
-        /// The control plane's URL.
+        /// The control plane's URL: `https://`, or `http://` on loopback
+        /// (the report carries the node's token and key).
         #[arg(long, env = "FORGE_CONTROL_URL")]
         control: String,
+        /// PEM certificates of a private CA that signs the control plane's
+        /// certificate, trusted beside the usual public ones.
+        #[arg(long, env = "FORGE_CONTROL_CA")]
+        control_ca: Option<PathBuf>,
+        /// Report over plain `http://` beyond loopback: the node's token and
+        /// key cross the network in clear, so only on a network no one
+        /// else can read.
+        #[arg(long, env = "FORGE_INSECURE_CONTROL")]
+        insecure_control: bool,
         /// The node's token from `forge node add` (better in the
         /// environment than on the command line).
         #[arg(long, env = "FORGE_NODE_TOKEN", hide_env_values = true)]
@@ -239,7 +249,7 @@ enum NodeCommand {
         #[arg(long, env = "FORGE_NODE_TLS")]
         tls: bool,
         #[command(flatten)]
-        sandbox: SandboxArgs,
+        sandbox: Box<SandboxArgs>,
     },
 }
 
@@ -414,6 +424,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Node(NodeCommand::Run {
             control,
+            control_ca,
+            insecure_control,
             token,
             listen,
             advertise,
@@ -427,6 +439,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             forge::server::raise_open_files_limit();
             let config = forge::nodes::agent::NodeConfig {
                 control,
+                control_ca,
+                insecure_control,
                 token,
                 listen,
                 advertise,

@@ -1133,6 +1133,11 @@ impl TestNode {
             None => Command::new(forge_binary()),
         };
         command.args(["node", "run", "--control", &self.control]);
+        if self.netns.is_some() {
+            // The forge under test serves plain http; the veth is this
+            // test's own.
+            command.arg("--insecure-control");
+        }
         if self.tls {
             command.arg("--tls");
         }

@@ -3,17 +3,22 @@
 //! Opens the host's sandbox backend as `forge serve` would (the same
 //! probe, image and options), serves it on `--listen` with the node
 //! protocol under a key made now (in TLS with a certificate made now,
-//! unless it listens on loopback and `--tls` is not given), and reports to the control plane
-//! (`POST /v1/nodes/report` with the node's token) every
+//! unless it listens on loopback and `--tls` is not given), and reports to
+//! the control plane (`POST /v1/nodes/report` with the node's token) every
 //! [`super::REPORT_EVERY`]: where it serves, the key, the certificate's
 //! SHA-256, its backend, labels,
 //! memory, vCPUs and disk. A refused token stops the node; an unreachable
 //! control plane is retried (sandboxes keep running meanwhile, and the
 //! control plane sees the node lost until it reports again).
+//!
+//! A report carries the node's token and the key that commands its
+//! sandboxes, so it goes over https (a private CA given by `--control-ca`),
+//! or plain http only to a loopback control plane or with
+//! `--insecure-control`.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -25,8 +30,14 @@ use crate::server::{SandboxChoice, open_sandboxes};
 /// What `forge node run` needs.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
-    /// The control plane's URL (`http://host:port`).
+    /// The control plane's URL (`https://host:port`; `http://` on
+    /// loopback, or with `insecure_control`).
     pub control: String,
+    /// PEM certificates of a private CA the control plane's certificate
+    /// may chain to.
+    pub control_ca: Option<PathBuf>,
+    /// Allow `http://` beyond loopback.
+    pub insecure_control: bool,
     /// The node's token, from `forge node add`.
     pub token: String,
     /// Where to serve sandboxes.
@@ -45,6 +56,9 @@ pub struct NodeConfig {
 /// Runs the node until the control plane refuses it, serving fails, or
 /// the process is told to stop.
 pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
+    // Before anything starts: a refused URL or CA is the operator's to fix.
+    let url = report_url(&config.control, config.insecure_control)?;
+    let http = client(config.control_ca.as_deref())?;
     let (backend, image, reason) = match open_sandboxes(&config.sandboxes).await {
         crate::vms::Availability::Ready {
             backend,
@@ -92,10 +106,6 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     });
     tracing::info!(%listening, %address, tls = tls_sha256.as_deref().unwrap_or("none"), "serving sandboxes");
 
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()?;
-    let url = format!("{}/v1/nodes/report", config.control.trim_end_matches('/'));
     let mut registered = false;
     let stop = crate::server::shutdown_signal();
     tokio::pin!(stop);
@@ -141,6 +151,53 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     }
 }
 
+/// The report's URL under the control plane's `control`. Plain `http` is
+/// refused beyond loopback unless `insecure`: each report carries the
+/// node's token and the key that commands its sandboxes.
+fn report_url(control: &str, insecure: bool) -> anyhow::Result<reqwest::Url> {
+    let url = format!("{}/v1/nodes/report", control.trim_end_matches('/'));
+    let parsed = reqwest::Url::parse(&url)
+        .with_context(|| format!("the control plane's URL {control:?} is not a URL"))?;
+    let Some(host) = parsed.host_str() else {
+        bail!("the control plane's URL {control:?} names no host");
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let loopback = host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    match parsed.scheme() {
+        "https" => Ok(parsed),
+        "http" if loopback || insecure => Ok(parsed),
+        "http" => bail!(
+            "the control plane's URL {control} is plain http beyond loopback: the node's \
+             token and key would cross the network in clear. Serve the control plane over \
+             https (--control-ca for a private CA), or pass --insecure-control on a network \
+             no one else can read"
+        ),
+        other => bail!("the control plane's URL {control:?} is {other}:, not http(s):"),
+    }
+}
+
+/// The client that reports, trusting the CA certificates in `ca` (PEM)
+/// beside the public roots.
+fn client(ca: Option<&Path>) -> anyhow::Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(10));
+    if let Some(ca) = ca {
+        let pem = std::fs::read(ca)
+            .with_context(|| format!("cannot read the control plane's CA {}", ca.display()))?;
+        let certificates = reqwest::Certificate::from_pem_bundle(&pem)
+            .with_context(|| format!("{} holds no PEM certificate", ca.display()))?;
+        if certificates.is_empty() {
+            bail!("{} holds no PEM certificate", ca.display());
+        }
+        for certificate in certificates {
+            builder = builder.add_root_certificate(certificate);
+        }
+    }
+    Ok(builder.build()?)
+}
+
 enum Refusal {
     Token,
     Other(String),
@@ -148,12 +205,12 @@ enum Refusal {
 
 async fn send(
     http: &reqwest::Client,
-    url: &str,
+    url: &reqwest::Url,
     token: &str,
     report: &NodeReport,
 ) -> Result<NodeReportAnswer, Refusal> {
     let response = http
-        .post(url)
+        .post(url.clone())
         .bearer_auth(token)
         .json(report)
         .send()
@@ -219,6 +276,143 @@ fn measure(data_dir: &Path, memory_mib: Option<u64>) -> NodeReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_report_goes_in_clear_only_to_loopback_or_when_told() {
+        for url in [
+            "http://127.0.0.1:7000",
+            "http://localhost:7000/",
+            "http://[::1]:7000",
+            "https://forge.example.com",
+            "https://10.0.0.1:8443/",
+        ] {
+            let parsed = report_url(url, false).expect(url);
+            assert!(parsed.path().ends_with("/v1/nodes/report"), "{parsed}");
+        }
+        let behind = report_url("https://example.com/forge/", false).expect("a prefix");
+        assert_eq!(behind.as_str(), "https://example.com/forge/v1/nodes/report");
+        for url in ["http://10.0.0.1:7000", "http://forge.example.com"] {
+            let refused = report_url(url, false).expect_err(url).to_string();
+            assert!(refused.contains("in clear"), "{refused}");
+            report_url(url, true).expect("allowed when told");
+        }
+        for url in ["ftp://127.0.0.1", "not a url", "file:///etc/passwd"] {
+            assert!(report_url(url, true).is_err(), "{url}");
+        }
+    }
+
+    /// A control plane on `127.0.0.1` serving https with a certificate
+    /// signed by a CA of its own, answering every report as node `n1`;
+    /// its URL and the CA's PEM.
+    async fn https_control_plane() -> (String, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio_rustls::rustls;
+
+        let ca_key = rcgen::KeyPair::generate().expect("key");
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = ca_params.self_signed(&ca_key).expect("the CA");
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+            .expect("params")
+            .signed_by(&key, &ca, &ca_key)
+            .expect("the server's certificate");
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                rustls::pki_types::PrivatePkcs8KeyDer::from(key.serialize_der()).into(),
+            )
+            .expect("config");
+        let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("https://{}", listener.local_addr().expect("address"));
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let mut request = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    // The head and the (small) body; then answer.
+                    while let Ok(n @ 1..) = tls.read(&mut buf).await {
+                        request.extend_from_slice(&buf[..n]);
+                        let text = String::from_utf8_lossy(&request);
+                        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                            let length = head
+                                .lines()
+                                .find_map(|l| {
+                                    l.to_ascii_lowercase()
+                                        .strip_prefix("content-length:")
+                                        .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                                })
+                                .unwrap_or(0);
+                            if body.len() >= length {
+                                break;
+                            }
+                        }
+                    }
+                    let answer = r#"{"node":"n1","report_every_secs":2}"#;
+                    let response = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
+                         content-length: {}\r\nconnection: close\r\n\r\n{answer}",
+                        answer.len()
+                    );
+                    let _ = tls.write_all(response.as_bytes()).await;
+                    let _ = tls.shutdown().await;
+                });
+            }
+        });
+        use base64::Engine as _;
+        let body = base64::engine::general_purpose::STANDARD.encode(ca.der());
+        let lines: Vec<&str> = body
+            .as_bytes()
+            .chunks(64)
+            .map(|line| std::str::from_utf8(line).expect("base64 is ASCII"))
+            .collect();
+        let pem = format!(
+            "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+            lines.join("\n")
+        );
+        (url, pem)
+    }
+
+    #[tokio::test]
+    async fn a_report_over_https_trusts_the_given_ca_and_no_other() {
+        let (control, ca_pem) = https_control_plane().await;
+        let url = report_url(&control, false).expect("https");
+        let report = measure(&std::env::temp_dir(), Some(64));
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, &ca_pem).expect("write the CA");
+
+        let trusting = client(Some(&ca)).expect("a client trusting the CA");
+        match send(&trusting, &url, "token", &report).await {
+            Ok(answer) => assert_eq!(answer.node, "n1"),
+            Err(Refusal::Token) => panic!("refused the token"),
+            Err(Refusal::Other(error)) => panic!("the report failed: {error}"),
+        }
+        // Without the CA, the certificate is not trusted: nothing is sent.
+        let public_only = client(None).expect("a client");
+        match send(&public_only, &url, "token", &report).await {
+            Err(Refusal::Other(error)) => assert!(!error.is_empty()),
+            _ => panic!("a certificate of an unknown CA was trusted"),
+        }
+        // A CA file that holds no certificate is refused at start.
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "not a certificate\n").expect("write");
+        let refused = client(Some(&empty))
+            .expect_err("no certificate")
+            .to_string();
+        assert!(refused.contains("no PEM certificate"), "{refused}");
+        let missing = client(Some(&dir.path().join("absent.pem")));
+        assert!(missing.is_err());
+    }
 
     #[test]
     fn the_host_is_measured_and_an_offer_caps_memory() {
