@@ -7,7 +7,11 @@
 //! back (with a new key and certificate) serves its VMs again, `running`. One node serves
 //! TLS, pinned by the control plane. Three more nodes, each in a network
 //! namespace of its own joined to the host by a veth (as on three hosts),
-//! serve TLS on their own addresses and take VMs by available memory.
+//! serve TLS on their own addresses and take VMs by available memory;
+//! exec, a terminal and fork through the control plane reach them.
+
+#[path = "common/terminal.rs"]
+mod terminal;
 
 use std::time::Duration;
 
@@ -220,6 +224,27 @@ fn nodes_on_networks_of_their_own_take_vms_by_memory_and_a_killed_one_is_avoided
         assert_eq!(status, 200, "{ran}");
         assert_eq!(ran["stdout"], format!("on-{node}\n"), "{ran}");
     }
+    // A terminal through the control plane is a shell on the node: the
+    // file written there is there.
+    let mut shell = terminal::connect_from(
+        &forge,
+        &format!("/v1/vms/{}/terminal", ids[1]),
+        Some(&forge.admin_token),
+        None,
+    )
+    .expect("a terminal");
+    // Split so that the echoed command line cannot match.
+    shell
+        .send(tungstenite::Message::Binary(
+            b"cat /tmp/where; echo do\"\"ne\r".to_vec().into(),
+        ))
+        .expect("typed");
+    let seen = terminal::read_until(&mut shell, "done", Duration::from_secs(20));
+    assert!(
+        seen.split(['\r', '\n']).any(|line| line == "on-a"),
+        "{seen:?}"
+    );
+    drop(shell);
     // A fork stays on its parent's node, with its files: b has room for
     // exactly one copy, and none for two more.
     let forked = forge.admin(
