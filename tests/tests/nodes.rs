@@ -8,7 +8,8 @@
 //! TLS, pinned by the control plane. Three more nodes, each in a network
 //! namespace of its own joined to the host by a veth (as on three hosts),
 //! serve TLS on their own addresses and take VMs by available memory;
-//! exec, a terminal and fork through the control plane reach them.
+//! exec, a terminal, a dev server's port and fork through the control
+//! plane reach them.
 
 #[path = "common/terminal.rs"]
 mod terminal;
@@ -17,6 +18,10 @@ use std::time::Duration;
 
 use e2e::{TestForge, TestNode, eventually, require_sandboxes};
 use serde_json::{Value, json};
+
+/// A dev server answering every request on port 3000.
+const DEV_SERVER: &str =
+    r#"bun -e 'Bun.serve({ port: 3000, fetch() { return new Response("served on a node"); } })'"#;
 
 fn create(forge: &TestForge) -> String {
     let vm = forge.admin("POST", "/v1/vms", Some(json!({})));
@@ -210,10 +215,33 @@ fn nodes_on_networks_of_their_own_take_vms_by_memory_and_a_killed_one_is_avoided
         assert!(row["tls_sha256"].is_string(), "{row}");
     }
 
-    let ids: Vec<String> = (0..4).map(|_| create(&forge)).collect();
+    // The first runs a dev server (the forge's supervisor starts it through
+    // the node), the rest nothing.
+    let served = forge.admin(
+        "POST",
+        "/v1/vms",
+        Some(json!({ "dev_server": { "command": DEV_SERVER, "port": 3000 } })),
+    );
+    let served = served["id"].as_str().expect("a VM id").to_owned();
+    let ids: Vec<String> = std::iter::once(served)
+        .chain((1..4).map(|_| create(&forge)))
+        .collect();
     let nodes = [&a, &b, &c];
     let placed: Vec<&str> = ids.iter().map(|id| holder(&nodes, id)).collect();
     assert_eq!(placed, ["c", "a", "c", "b"]);
+    // Its port, through the control plane: a connection to the VM on c.
+    let preview = format!("{}/v1/vms/{}/ports/3000/", forge.url, ids[0]);
+    eventually(Duration::from_secs(60), "the dev server on c", || {
+        let answer = reqwest::blocking::Client::new()
+            .get(&preview)
+            .bearer_auth(&forge.admin_token)
+            .send()
+            .and_then(|response| Ok((response.status().as_u16(), response.text()?)));
+        match answer {
+            Ok((200, body)) if body == "served on a node" => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
     // Exec through the control plane runs on the node holding the VM.
     for (id, node) in ids.iter().zip(&placed) {
         let (status, ran) = exec(
