@@ -26,8 +26,14 @@
 //! 6. `run.started` and `run.completed` go to the outbox, so webhooks and
 //!    the review bot see them.
 //!
-//! At start-up, runs left `running` by a stopped forge are marked `error`
-//! and queued runs start.
+//! Several forge processes may share the database: a run is leased to the
+//! process that runs it ([`RUN_LEASE_SECS`], renewed every
+//! [`RENEW_EVERY`]), takes its branch's turn in the database as well as in
+//! the process (runs of a branch never overlap, whichever process runs
+//! them), and learns at each renewal that another process ended it (a
+//! user's cancel there). Every pass of the consumer takes over the runs
+//! whose lease lapsed: a queued one is started here, a running one (its
+//! process stopped mid-run, or this forge before a restart) ends `error`.
 
 mod analysis;
 pub mod plan;
@@ -58,6 +64,17 @@ pub const PIPELINE_LABEL: (&str, &str) = ("forge/role", "pipeline");
 
 /// Why a run superseded by a newer one ended.
 const SUPERSEDED: &str = "a newer push to the branch superseded it";
+
+/// How long a run stays leased to the process running it without a
+/// renewal; past it another process takes the run over.
+pub const RUN_LEASE_SECS: i64 = 10;
+
+/// How often a live run's lease is renewed (and its state read back).
+pub const RENEW_EVERY: Duration = Duration::from_secs(2);
+
+/// How often a run waiting for its branch's turn held by another process
+/// asks again.
+const TURN_POLL: Duration = Duration::from_millis(500);
 
 /// A queued or running run's cancellation: the token its steps watch and
 /// why it was cancelled (the first reason given wins).
@@ -130,6 +147,8 @@ pub struct Pipelines {
     /// How the forge's own reviews of branches are written (`review.rs`).
     review: ReviewSettings,
     http: reqwest::Client,
+    /// This process, as the owner of the runs it leases.
+    owner: String,
 }
 
 /// How the forge reviews branches of repositories not linked to GitHub:
@@ -159,6 +178,7 @@ impl Pipelines {
             live: Mutex::new(HashMap::new()),
             review,
             http: reqwest::Client::new(),
+            owner: uuid::Uuid::new_v4().to_string(),
         })
     }
 
@@ -177,7 +197,8 @@ impl Pipelines {
         let live = lock(&self.live).get(&id).cloned();
         match live {
             Some(live) => live.cancel(&reason),
-            // Queued by a forge that stopped before it started it.
+            // Run by another forge process (it sees the end at its next
+            // renewal and stops the run), or queued by one that stopped.
             None => {
                 self.store
                     .finish_run(id, RunState::Cancelled, Some(&reason))
@@ -285,14 +306,14 @@ impl Pipelines {
     pub fn start(self: &Arc<Self>, shutdown: CancellationToken) {
         let pipelines = self.clone();
         tokio::spawn(async move {
-            if let Err(error) = pipelines.recover().await {
-                tracing::error!(
-                    error = format!("{error:#}"),
-                    "recovering pipeline runs failed"
-                );
-            }
             let mut news = pipelines.events.subscribe();
             loop {
+                if let Err(error) = pipelines.take_over().await {
+                    tracing::error!(
+                        error = format!("{error:#}"),
+                        "taking over runs without a lease failed"
+                    );
+                }
                 let consumed = match pipelines.consume().await {
                     Ok(consumed) => consumed,
                     Err(error) => {
@@ -312,20 +333,128 @@ impl Pipelines {
         });
     }
 
-    async fn recover(self: &Arc<Self>) -> anyhow::Result<()> {
-        for run in self.store.runs_in_state(RunState::Running).await? {
-            self.store
-                .finish_run(
-                    run.id,
-                    RunState::Error,
-                    Some("the forge stopped during this run"),
-                )
-                .await?;
-        }
-        for run in self.store.runs_in_state(RunState::Queued).await? {
-            self.launch(run);
+    /// Takes over the runs no process holds a lease on: a queued one is
+    /// started here, a running one ends `error` (its process stopped).
+    async fn take_over(self: &Arc<Self>) -> anyhow::Result<()> {
+        let now = crate::store::unix_now();
+        for run in self.store.unleased_runs(now).await? {
+            if lock(&self.live).contains_key(&run.id) {
+                // Ours, its renewal late.
+                continue;
+            }
+            match run.state {
+                // A newer run of its branch and kind was queued meanwhile.
+                RunState::Queued
+                    if !self.store.runs_beside(&run, true, false).await?.is_empty() =>
+                {
+                    self.store
+                        .finish_run(run.id, RunState::Cancelled, Some(SUPERSEDED))
+                        .await?;
+                }
+                RunState::Queued => self.launch(run),
+                _ => {
+                    if self
+                        .store
+                        .claim_run(run.id, &self.owner, now, now + RUN_LEASE_SECS)
+                        .await?
+                    {
+                        tracing::warn!(run = run.id, "a run's forge process stopped during it");
+                        self.store
+                            .finish_run(
+                                run.id,
+                                RunState::Error,
+                                Some("the forge stopped during this run"),
+                            )
+                            .await?;
+                    }
+                }
+            }
         }
         Ok(())
+    }
+
+    /// Leases run `id` to this process; whether it did (another holds it).
+    async fn claim(&self, id: i64) -> bool {
+        let now = crate::store::unix_now();
+        match self
+            .store
+            .claim_run(id, &self.owner, now, now + RUN_LEASE_SECS)
+            .await
+        {
+            Ok(claimed) => claimed,
+            Err(error) => {
+                tracing::warn!(run = id, error = %error, "leasing a run failed");
+                false
+            }
+        }
+    }
+
+    /// Renews the lease on run `id` every [`RENEW_EVERY`] until aborted;
+    /// the run is cancelled when another process ended it or took it over.
+    async fn keep_lease(self: Arc<Self>, id: i64, live: Live) {
+        loop {
+            tokio::time::sleep(RENEW_EVERY).await;
+            let until = crate::store::unix_now() + RUN_LEASE_SECS;
+            match self.store.renew_run(id, &self.owner, until).await {
+                Ok(Some((state, error))) if state.is_finished() => {
+                    live.cancel(error.as_deref().unwrap_or("ended by another forge process"));
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => live.cancel("another forge process took the run over"),
+                Err(error) => {
+                    tracing::warn!(run = id, error = %error, "renewing a run's lease failed")
+                }
+            }
+        }
+    }
+
+    /// Ends the older live runs of `run`'s branch and kind that another
+    /// process runs (those of this one are cancelled through their slot):
+    /// their process sees it at its next renewal and stops them.
+    async fn supersede_elsewhere(&self, run: &RunRow) {
+        let older = match self.store.runs_beside(run, false, true).await {
+            Ok(older) => older,
+            Err(error) => {
+                tracing::warn!(run = run.id, error = %error, "reading a branch's older runs failed");
+                return;
+            }
+        };
+        for id in older {
+            if lock(&self.live).contains_key(&id) {
+                continue;
+            }
+            if let Err(error) = self
+                .store
+                .finish_run(id, RunState::Cancelled, Some(SUPERSEDED))
+                .await
+            {
+                tracing::warn!(run = id, error = %error, "superseding a run failed");
+            }
+        }
+    }
+
+    /// Waits until run `run` holds its branch's turn in the database (a run
+    /// of the branch on another process may hold it); `false` when the run
+    /// was cancelled meanwhile.
+    async fn branch_turn(&self, run: &RunRow, live: &Live) -> bool {
+        loop {
+            let now = crate::store::unix_now();
+            match self
+                .store
+                .take_branch_turn(run, &self.owner, now, now + RUN_LEASE_SECS)
+                .await
+            {
+                Ok(true) => return true,
+                Ok(false) => {}
+                Err(error) => {
+                    tracing::warn!(run = run.id, error = %error, "taking a branch's turn failed");
+                }
+            }
+            tokio::select! {
+                _ = live.token.cancelled() => return false,
+                _ = tokio::time::sleep(TURN_POLL) => {}
+            }
+        }
     }
 
     /// Queues runs for the next batch of events; returns how many events
@@ -350,7 +479,8 @@ impl Pipelines {
     }
 
     /// Starts a run in its branch's slot, cancelling the branch's older run
-    /// of the same kind.
+    /// of the same kind, once it is leased to this process (nothing when
+    /// another holds it).
     fn launch(self: &Arc<Self>, run: RunRow) {
         let live = Live::default();
         let turns = {
@@ -368,13 +498,23 @@ impl Pipelines {
         let pipelines = self.clone();
         tokio::spawn(async move {
             let id = run.id;
+            if !pipelines.claim(id).await {
+                lock(&pipelines.live).remove(&id);
+                return;
+            }
+            let lease = tokio::spawn(pipelines.clone().keep_lease(id, live.clone()));
+            pipelines.supersede_elsewhere(&run).await;
             // A run cancelled while it waits for its turn ends at once.
             let turn = tokio::select! {
                 turn = turns.lock_owned() => Some(turn),
                 _ = live.token.cancelled() => None,
             };
+            if turn.is_some() {
+                pipelines.branch_turn(&run, &live).await;
+            }
             let ended = pipelines.execute(run, &live).await;
             drop(turn);
+            lease.abort();
             lock(&pipelines.live).remove(&id);
             if matches!(ended, RunState::Passed | RunState::Failed) {
                 pipelines.review_branch(id).await;

@@ -372,8 +372,9 @@ impl Store {
     /// Makes this process the only `forge serve` on a PostgreSQL database
     /// for as long as the guard lives (a session advisory lock on a
     /// connection of its own, released by PostgreSQL when the process
-    /// dies), or fails saying another holds it. Pipeline runs and the
-    /// GitHub sync are not leased yet, so two servers would both take them.
+    /// dies), or fails saying another holds it. Pipeline runs are leased
+    /// (`pipelines`), but the GitHub sync, template builds, warm pools and
+    /// the reaper are not yet, so two servers would both take them.
     /// On SQLite nothing is held: the file lives in one server's data
     /// directory.
     pub async fn hold_sole_server(&self) -> Result<SoleServer, SoleServerError> {
@@ -784,8 +785,9 @@ mod tests {
             );
         }
         for state in api_types::RunState::ALL {
-            store
-                .finish_run(1, *state, None)
+            sqlx::query("UPDATE runs SET state = $1 WHERE id = 1")
+                .bind(*state)
+                .execute(&store.pool)
                 .await
                 .expect("a run state is accepted");
             assert_eq!(

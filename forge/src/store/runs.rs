@@ -218,17 +218,24 @@ impl Store {
         Ok(())
     }
 
-    /// Ends a run and, in the same transaction, the steps that never ran
-    /// or were cut short: nobody sees a finished run with a pending step.
+    /// Ends a run that has not ended (a run ended by another process,
+    /// cancelled say, stays as it ended) and, in the same transaction, the
+    /// steps that never ran or were cut short: nobody sees a finished run
+    /// with a pending step.
     pub async fn finish_run(&self, id: i64, state: RunState, error: Option<&str>) -> Result<()> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("UPDATE runs SET state = $1, error = $2, finished_at = $3 WHERE id = $4")
-            .bind(state)
-            .bind(error.map(|error| super::storable(error).into_owned()))
-            .bind(now())
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "UPDATE runs SET state = $1, error = $2, finished_at = $3 \
+             WHERE id = $4 AND state IN ($5, $6)",
+        )
+        .bind(state)
+        .bind(error.map(|error| super::storable(error).into_owned()))
+        .bind(now())
+        .bind(id)
+        .bind(RunState::Queued)
+        .bind(RunState::Running)
+        .execute(&mut *tx)
+        .await?;
         sqlx::query("UPDATE run_steps SET status = $1 WHERE run_id = $2 AND status IN ($3, $4)")
             .bind(StepState::left_over_by(state))
             .bind(id)
@@ -238,6 +245,138 @@ impl Store {
             .await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Makes `owner` (a forge process) the one running run `id`, leased
+    /// until `until` (unix s), unless another process holds a lease on it
+    /// that has not lapsed at `now`, or it has ended; whether it did.
+    pub async fn claim_run(&self, id: i64, owner: &str, now: i64, until: i64) -> Result<bool> {
+        let claimed = sqlx::query(
+            "UPDATE runs SET owner = $1, lease_until = $2 WHERE id = $3 AND state IN ($4, $5) \
+             AND (owner IS NULL OR owner = $6 OR lease_until IS NULL OR lease_until < $7)",
+        )
+        .bind(owner)
+        .bind(until)
+        .bind(id)
+        .bind(RunState::Queued)
+        .bind(RunState::Running)
+        .bind(owner)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(claimed.rows_affected() == 1)
+    }
+
+    /// Renews `owner`'s lease on run `id` to `until`; answers the run's
+    /// state and error as they are now, or `None` when `owner` no longer
+    /// holds it (another process took it over).
+    pub async fn renew_run(
+        &self,
+        id: i64,
+        owner: &str,
+        until: i64,
+    ) -> Result<Option<(RunState, Option<String>)>> {
+        Ok(sqlx::query_as(
+            "UPDATE runs SET lease_until = $1 WHERE id = $2 AND owner = $3 RETURNING state, error",
+        )
+        .bind(until)
+        .bind(id)
+        .bind(owner)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// Gives run `run` (leased by `owner`) its branch's turn, renewing the
+    /// lease to `until`, unless another live run of the branch (its lease
+    /// not lapsed at `now`) has it; whether it did. Runs of a branch share
+    /// its sandbox, so they never overlap, whichever process runs them.
+    pub async fn take_branch_turn(
+        &self,
+        run: &RunRow,
+        owner: &str,
+        now: i64,
+        until: i64,
+    ) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        if self.dialect() == super::Dialect::Postgres {
+            // Two processes checking the same branch at once would each see
+            // the other's run without its turn yet.
+            sqlx::query(
+                "SELECT CAST(1 AS BIGINT) FROM (SELECT pg_advisory_xact_lock(hashtext($1))) AS locked",
+            )
+            .bind(format!("run-turn/{}/{}", run.repo_id, run.branch))
+            .execute(&mut *tx)
+            .await?;
+        }
+        let taken = sqlx::query(
+            "UPDATE runs SET turn = 1, lease_until = $1 \
+             WHERE id = $2 AND owner = $3 AND state IN ($4, $5) AND NOT EXISTS ( \
+                 SELECT 1 FROM runs other WHERE other.repo_id = $6 AND other.branch = $7 \
+                 AND other.id <> $8 AND other.turn = 1 AND other.state IN ($9, $10) \
+                 AND other.lease_until >= $11)",
+        )
+        .bind(until)
+        .bind(run.id)
+        .bind(owner)
+        .bind(RunState::Queued)
+        .bind(RunState::Running)
+        .bind(&run.repo_id)
+        .bind(&run.branch)
+        .bind(run.id)
+        .bind(RunState::Queued)
+        .bind(RunState::Running)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(taken.rows_affected() == 1)
+    }
+
+    /// The other runs of `run`'s branch and kind (its own steps, or steps
+    /// borrowed from another commit) newer (`newer`) or older than it,
+    /// still queued or running when `live_only`.
+    pub async fn runs_beside(
+        &self,
+        run: &RunRow,
+        newer: bool,
+        live_only: bool,
+    ) -> Result<Vec<i64>> {
+        let kind = if run.plan_commit.is_some() {
+            "plan_commit IS NOT NULL"
+        } else {
+            "plan_commit IS NULL"
+        };
+        let order = if newer { "id > $3" } else { "id < $3" };
+        let live = if live_only {
+            "AND state IN ($4, $5)"
+        } else {
+            "AND $4 <> $5"
+        };
+        let ids: Vec<(i64,)> = sqlx::query_as(&format!(
+            "SELECT id FROM runs WHERE repo_id = $1 AND branch = $2 AND {order} AND {kind} {live} ORDER BY id"
+        ))
+        .bind(&run.repo_id)
+        .bind(&run.branch)
+        .bind(run.id)
+        .bind(RunState::Queued)
+        .bind(RunState::Running)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(ids.into_iter().map(|(id,)| id).collect())
+    }
+
+    /// Runs queued or running that no process holds a lease on at `now`
+    /// (the one that ran them stopped), oldest first.
+    pub async fn unleased_runs(&self, now: i64) -> Result<Vec<RunRow>> {
+        Ok(sqlx::query_as(
+            "SELECT * FROM runs WHERE state IN ($1, $2) \
+             AND (owner IS NULL OR lease_until IS NULL OR lease_until < $3) ORDER BY id",
+        )
+        .bind(RunState::Queued)
+        .bind(RunState::Running)
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     pub async fn insert_steps(&self, run_id: i64, steps: &[(String, String)]) -> Result<()> {

@@ -1,8 +1,10 @@
 //! Pipeline runs seen through the API: the steps planned from a pushed
 //! commit, a run cancelled by a newer push or by a user while its step is
-//! held in flight, and a run run again. Commits are made with the host's `git` and fetched into the
-//! forge's bare repository; the push event is recorded as a push records
-//! it (`git/push.rs`).
+//! held in flight, and a run run again; two forge processes on one
+//! database (each run run once, a cancel through the one that does not
+//! run it, the runs of a stopped one taken over). Commits are made with
+//! the host's `git` and fetched into the forge's bare repository; the push
+//! event is recorded as a push records it (`git/push.rs`).
 
 use std::path::Path;
 use std::time::Duration;
@@ -135,12 +137,19 @@ async fn finished_run(app: &TestApp, commit: &str) -> Value {
 }
 
 /// A backend where git (the checkout) succeeds.
-fn app_with_git() -> crate::testing::TestAppBuilder {
+fn backend_with_git() -> sandbox::testing::MemorySandboxes {
     let backend = sandbox::testing::MemorySandboxes::new();
     backend.respond(|invocation| {
         matches!(invocation.argv[0].as_str(), "git" | "rm").then(|| Reply::ok(""))
     });
-    TestApp::builder().with_backend(backend).with_pipelines()
+    backend
+}
+
+/// An app on [`backend_with_git`] whose pipelines run.
+fn app_with_git() -> crate::testing::TestAppBuilder {
+    TestApp::builder()
+        .with_backend(backend_with_git())
+        .with_pipelines()
 }
 
 const STEPS: &str = r#"
@@ -347,17 +356,7 @@ async fn a_user_cancels_a_running_run_and_runs_it_again() {
     assert_eq!(runs(&app).await.len(), 1, "nothing was run again");
 
     // The running step is killed; the answer is the ended run.
-    let cancelled = app
-        .expect(
-            StatusCode::OK,
-            Method::POST,
-            &format!("/v1/runs/{id}/cancel"),
-            Some(app.admin()),
-            None,
-        )
-        .await;
-    assert_eq!(cancelled["state"], "cancelled", "{cancelled}");
-    assert_eq!(cancelled["error"], "cancelled by admin", "{cancelled}");
+    let cancelled = cancel_as_admin(&app, id).await;
     assert_eq!(cancelled["steps"][1]["status"], "cancelled", "{cancelled}");
     assert_eq!(cancelled["steps"][2]["status"], "cancelled", "{cancelled}");
     let (status, body) = app
@@ -480,4 +479,184 @@ async fn a_steps_output_reaches_its_log_while_the_step_still_runs() {
     lint.open();
     let run = finished_run(&app, &commit).await;
     assert_eq!(run["state"], "passed", "{run}");
+}
+
+/// Another forge process on `app`'s database, repositories and sandbox
+/// backend, with pipelines of its own, started; stopped when the token is
+/// cancelled.
+async fn second_process(
+    app: &TestApp,
+) -> (
+    std::sync::Arc<crate::pipelines::Pipelines>,
+    tokio_util::sync::CancellationToken,
+) {
+    let store = app.state.store.reopen().await;
+    let events = crate::events::EventBus::default();
+    let sandboxes = crate::vms::Sandboxes::new(
+        crate::vms::Availability::Ready {
+            backend: std::sync::Arc::new(app.backend.clone()),
+            image: sandbox::Image::root("/second-process-image"),
+            reason: "in-memory sandboxes for tests".into(),
+        },
+        store.clone(),
+        crate::vms::Limits::default(),
+        crate::vms::NetworkConfig::default(),
+        events.clone(),
+    );
+    let pipelines = crate::pipelines::Pipelines::new(
+        store,
+        app.state.repos.clone(),
+        sandboxes,
+        events,
+        crate::testing::PUBLIC_URL.into(),
+        crate::pipelines::ReviewSettings::default(),
+    );
+    let stop = tokio_util::sync::CancellationToken::new();
+    pipelines.start(stop.clone());
+    (pipelines, stop)
+}
+
+/// Cancels run `id` as the admin; the answer, the run cancelled.
+async fn cancel_as_admin(app: &TestApp, id: i64) -> Value {
+    let cancelled = app
+        .expect(
+            StatusCode::OK,
+            Method::POST,
+            &format!("/v1/runs/{id}/cancel"),
+            Some(app.admin()),
+            None,
+        )
+        .await;
+    assert_eq!(cancelled["state"], "cancelled", "{cancelled}");
+    assert_eq!(cancelled["error"], "cancelled by admin", "{cancelled}");
+    cancelled
+}
+
+/// The `run.completed` event of run `id`, once recorded.
+async fn completed(app: &TestApp, id: i64) -> Value {
+    eventually(PATIENCE, "the run's run.completed event", async || {
+        let events = app
+            .state
+            .store
+            .all_events_after(0, 10_000)
+            .await
+            .expect("events");
+        events
+            .iter()
+            .filter(|event| event.kind == "run.completed")
+            .map(|event| serde_json::from_str::<Value>(&event.payload).expect("JSON"))
+            .find(|payload| payload["run"] == id)
+            .ok_or(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_run_on_another_forge_process_is_cancelled_through_this_one() {
+    // This process runs no pipelines; the other runs the push's run.
+    let app = TestApp::builder()
+        .with_backend(backend_with_git())
+        .start()
+        .await;
+    let (_other, stop) = second_process(&app).await;
+    app.backend.respond_to("bun run lint", Reply::ok("clean\n"));
+    app.backend.respond_to("bun test", Reply::ok("ok\n"));
+    let lint = app
+        .backend
+        .hold_exec(|invocation| invocation.script() == "bun run lint");
+    let mut repo = Repo::new(&app).await;
+    repo.push(&app, &[(".forge.toml", STEPS)]).await;
+    tokio::time::timeout(PATIENCE, lint.arrived(1))
+        .await
+        .expect("the other process's run reached lint");
+    let id = runs(&app).await[0]["id"].as_i64().expect("a run id");
+
+    // Cancelled here: the other process stops its step at its next lease
+    // renewal, and the run stays cancelled.
+    cancel_as_admin(&app, id).await;
+    let ended = completed(&app, id).await;
+    assert_eq!(ended["status"], "cancelled", "{ended}");
+    assert_eq!(ended["error"], "cancelled by admin", "{ended}");
+    let run = runs(&app).await[0].clone();
+    assert_eq!(run["state"], "cancelled", "{run}");
+    assert!(
+        !app.backend
+            .execs()
+            .iter()
+            .any(|exec| exec.invocation.script().contains("bun test")),
+        "nothing ran after the cancelled step"
+    );
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_forge_processes_run_each_run_once() {
+    let app = app_with_git().start().await;
+    let (_other, stop) = second_process(&app).await;
+    app.backend.respond_to("bun run lint", Reply::ok("clean\n"));
+    app.backend.respond_to("bun test", Reply::ok("ok\n"));
+    let mut repo = Repo::new(&app).await;
+    for round in 0..3 {
+        let commit = repo
+            .push(
+                &app,
+                &[(".forge.toml", STEPS), ("round", &round.to_string())],
+            )
+            .await;
+        let run = finished_run(&app, &commit).await;
+        assert_eq!(run["state"], "passed", "{run}");
+    }
+    let lints = app
+        .backend
+        .execs()
+        .iter()
+        .filter(|exec| exec.invocation.script() == "bun run lint")
+        .count();
+    assert_eq!(lints, 3, "each run's lint ran once, by one of the two");
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_runs_of_a_stopped_forge_process_are_taken_over() {
+    let app = TestApp::builder()
+        .with_backend(backend_with_git())
+        .start()
+        .await;
+    app.backend.respond_to("bun run lint", Reply::ok("clean\n"));
+    app.backend.respond_to("bun test", Reply::ok("ok\n"));
+    let mut repo = Repo::new(&app).await;
+    repo.push(&app, &[(".forge.toml", STEPS)]).await;
+    let newer = repo.push(&app, &[(".forge.toml", STEPS), ("b", "1")]).await;
+    // A process that stopped had queued both pushes' runs, was running
+    // the first and had not started the second; its leases lapsed.
+    let store = &app.state.store;
+    let pushes = store.all_events_after(0, 100).await.expect("events");
+    let wanted: Vec<_> = pushes
+        .iter()
+        .filter_map(crate::pipelines::requested_run)
+        .collect();
+    let last = pushes.last().expect("the pushes").id;
+    let queued = store.queue_runs(&wanted, last).await.expect("queued");
+    let (running, waiting) = (queued[0].id, queued[1].id);
+    for id in [running, waiting] {
+        assert!(store.claim_run(id, "stopped", 0, 1).await.expect("leased"));
+    }
+    store
+        .start_run(running, "vm-of-the-stopped")
+        .await
+        .expect("running");
+
+    // This process takes over: the run cut short ends `error`, the one
+    // never started runs here.
+    let stop = tokio_util::sync::CancellationToken::new();
+    app.state.pipelines.start(stop.clone());
+    let run = finished_run(&app, &newer).await;
+    assert_eq!(run["state"], "passed", "{run}");
+    let cut = store.run(running).await.expect("read").expect("the run");
+    assert_eq!(cut.state, api_types::RunState::Error);
+    assert_eq!(
+        cut.error.as_deref(),
+        Some("the forge stopped during this run")
+    );
+    stop.cancel();
 }
