@@ -3,8 +3,8 @@
 //! the container backend, in clear and (module `over_tls`) in TLS pinned to
 //! the node's certificate. Every case the container backend passes must
 //! pass the same way one hop away, with the same errors. Then what a
-//! caller without the node's key, with a malformed request, or pinning
-//! another certificate (a node impersonated), gets.
+//! caller without the node's key, with a malformed request, pinning
+//! another certificate (a node impersonated), or saying nothing, gets.
 
 mod common;
 #[path = "common/container.rs"]
@@ -165,6 +165,30 @@ async fn malformed_and_oversized_requests_are_refused_and_the_node_serves_on() {
     // A caller that closes mid-line.
     let answer = exchange(addr, b"{\"v\":1").await;
     assert!(answer.contains("closed mid-line"), "{answer}");
+    assert!(h.backend.list().await.is_ok(), "the node still serves");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_says_nothing_is_dropped_within_the_request_time() {
+    // In TLS: the handshake and the request share the deadline, so a
+    // peer that never says hello frees its slot as soon as one that never
+    // sends a request does.
+    let identity = NodeIdentity::generate().expect("a TLS identity");
+    let (h, addr, _) = node_with("silent", Some(identity)).await.expect("harness");
+    let started = std::time::Instant::now();
+    let mut silent = TcpStream::connect(addr).await.expect("connect");
+    let mut rest = Vec::new();
+    let ended = tokio::time::timeout(
+        remote::REQUEST_TIMEOUT + std::time::Duration::from_secs(5),
+        silent.read_to_end(&mut rest),
+    )
+    .await;
+    assert!(ended.is_ok(), "the node kept a silent connection open");
+    assert!(
+        started.elapsed() >= remote::REQUEST_TIMEOUT - std::time::Duration::from_secs(1),
+        "dropped before its time: {:?}",
+        started.elapsed()
+    );
     assert!(h.backend.list().await.is_ok(), "the node still serves");
 }
 

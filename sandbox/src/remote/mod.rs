@@ -24,11 +24,15 @@
 //! # Bounds
 //!
 //! A node serves at most [`MAX_CONNECTIONS`] connections at once (agent
-//! connections included; the next waits to be accepted), reads a request
-//! of at most [`MAX_REQUEST_BYTES`] within [`REQUEST_TIMEOUT`], and a wrong
-//! key gets an error and the connection closed. The caller reads an answer
-//! of at most [`MAX_ANSWER_BYTES`] and gives up on a node that does not
-//! connect within [`CONNECT_TIMEOUT`] or answer within [`ANSWER_TIMEOUT`].
+//! connections included; the next waits to be accepted), must see the TLS
+//! handshake and a request of at most [`MAX_REQUEST_BYTES`] within
+//! [`REQUEST_TIMEOUT`] of the connection, and a wrong key gets an error and
+//! the connection closed. The caller reads an answer of at most
+//! [`MAX_ANSWER_BYTES`] to a listing and [`MAX_ITEM_ANSWER_BYTES`] to
+//! anything else, keeps at most [`MAX_ERROR_TEXT`] of a node's error, and
+//! gives up on a node that does not connect within [`CONNECT_TIMEOUT`] or
+//! answer within [`QUICK_ANSWER_TIMEOUT`] (a question) or
+//! [`ANSWER_TIMEOUT`] (an operation that does something).
 //!
 //! # TLS
 //!
@@ -72,17 +76,31 @@ pub const MAX_CONNECTIONS: usize = 1024;
 /// Largest request line a node reads.
 pub const MAX_REQUEST_BYTES: u64 = 1 << 20;
 
-/// How long a caller has to send its request once connected.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a caller has, from its connection, to finish the TLS
+/// handshake and send its request: the control plane does both at once,
+/// and a connection that does neither holds one of the node's slots.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Largest answer line a caller reads (a listing of many sandboxes).
+/// Largest answer line a caller reads to a listing of many sandboxes.
 pub const MAX_ANSWER_BYTES: u64 = 64 << 20;
+
+/// Largest answer line a caller reads to any other operation (a fork's
+/// copies included).
+pub const MAX_ITEM_ANSWER_BYTES: u64 = 1 << 20;
+
+/// Longest text of a node's error a caller keeps (the rest is cut).
+pub const MAX_ERROR_TEXT: usize = 4096;
+
+/// How long a caller waits for a node's answer to a question that changes
+/// nothing (describe, get, list, stats).
+pub const QUICK_ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long a caller waits for a node to accept its connection.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How long a caller waits for a node's answer: longer than any operation
-/// takes on a healthy node (a fork of many copies, a large pause to disk).
+/// How long a caller waits for a node's answer to an operation that does
+/// something: longer than any takes on a healthy node (a fork of many
+/// copies, a large pause to disk).
 pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// One operation of the node protocol.
@@ -227,9 +245,25 @@ impl From<&Error> for WireError {
     }
 }
 
+/// `text` cut to [`MAX_ERROR_TEXT`] bytes (at a character's end): a
+/// node's words end up in API answers and logs.
+fn clip(mut text: String) -> String {
+    if text.len() > MAX_ERROR_TEXT {
+        let mut end = MAX_ERROR_TEXT;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push_str("… (cut)");
+    }
+    text
+}
+
 impl WireError {
+    /// The error a caller of node `node` sees, every text of the node's
+    /// cut to [`MAX_ERROR_TEXT`].
     fn into_error(self, node: &str) -> Error {
-        match self {
+        match self.clipped() {
             WireError::NotFound { id } => Error::NotFound(id),
             WireError::WrongState { id, state, needed } => Error::WrongState {
                 id,
@@ -244,6 +278,41 @@ impl WireError {
             WireError::Refused { message } | WireError::Failed { message } => Error::Node {
                 node: node.to_owned(),
                 message,
+            },
+        }
+    }
+
+    fn clipped(self) -> Self {
+        match self {
+            WireError::NotFound { id } => WireError::NotFound { id: clip(id) },
+            WireError::WrongState { id, state, needed } => WireError::WrongState {
+                id: clip(id),
+                state,
+                needed,
+            },
+            WireError::PathEscapes { path } => WireError::PathEscapes { path: clip(path) },
+            WireError::Unsupported { backend, what } => WireError::Unsupported {
+                backend,
+                what: clip(what),
+            },
+            WireError::Invalid { message } => WireError::Invalid {
+                message: clip(message),
+            },
+            WireError::TooLarge { id, what, limit } => WireError::TooLarge {
+                id: clip(id),
+                what: clip(what),
+                limit,
+            },
+            WireError::Unresponsive { id, what, secs } => WireError::Unresponsive {
+                id: clip(id),
+                what: clip(what),
+                secs,
+            },
+            WireError::Refused { message } => WireError::Refused {
+                message: clip(message),
+            },
+            WireError::Failed { message } => WireError::Failed {
+                message: clip(message),
             },
         }
     }
@@ -326,14 +395,14 @@ async fn serve_with(
         let node = node.clone();
         let tls = tls.clone();
         tokio::spawn(async move {
+            // The handshake and the request share one deadline.
+            let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
             match tls {
-                None => node.connection(stream).await,
+                None => node.connection(stream, deadline).await,
                 Some(acceptor) => {
-                    // The handshake counts against the request's time.
-                    let accepted =
-                        tokio::time::timeout(REQUEST_TIMEOUT, acceptor.accept(stream)).await;
+                    let accepted = tokio::time::timeout_at(deadline, acceptor.accept(stream)).await;
                     if let Ok(Ok(stream)) = accepted {
-                        node.connection(stream).await;
+                        node.connection(stream, deadline).await;
                     }
                 }
             }
@@ -367,12 +436,11 @@ struct Tunnel {
 }
 
 impl Node {
-    async fn connection<S: AgentIo + 'static>(&self, stream: S) {
+    async fn connection<S: AgentIo + 'static>(&self, stream: S, deadline: tokio::time::Instant) {
         let mut conn = BufReader::new(stream);
-        let request =
-            tokio::time::timeout(REQUEST_TIMEOUT, read_line(&mut conn, MAX_REQUEST_BYTES))
-                .await
-                .unwrap_or_else(|_| Err("no request within the time allowed".to_owned()));
+        let request = tokio::time::timeout_at(deadline, read_line(&mut conn, MAX_REQUEST_BYTES))
+            .await
+            .unwrap_or_else(|_| Err("no request within the time allowed".to_owned()));
         let request = request.and_then(|line| {
             serde_json::from_slice::<Request>(&line)
                 .map_err(|e| format!("a malformed request: {e}"))
@@ -433,8 +501,15 @@ impl Node {
         drop(io);
         drop(conn);
         let _ = closed_tx.send(());
-        if let Some(open) = self.tunnels_of().get_mut(id) {
+        // This tunnel's entry goes (its receiver dropped), and the
+        // sandbox's once it has none left.
+        drop(close_rx);
+        let mut tunnels = self.tunnels_of();
+        if let Some(open) = tunnels.get_mut(id) {
             open.retain(|t| !t.close.is_closed());
+            if open.is_empty() {
+                tunnels.remove(id);
+            }
         }
     }
 
@@ -643,6 +718,15 @@ impl RemoteBackend {
             Op::Agent { .. } => "its agent",
             _ => "the operation",
         };
+        // Questions are answered at once; a listing may be long.
+        let wait = match &op {
+            Op::Describe | Op::Get { .. } | Op::List | Op::Stats { .. } => QUICK_ANSWER_TIMEOUT,
+            _ => ANSWER_TIMEOUT,
+        };
+        let most = match &op {
+            Op::List => MAX_ANSWER_BYTES,
+            _ => MAX_ITEM_ANSWER_BYTES,
+        };
         let mut conn = BufReader::new(self.dial().await?);
         let mut line = serde_json::to_vec(&Request {
             v: PROTOCOL_VERSION,
@@ -656,11 +740,11 @@ impl RemoteBackend {
                 .write_all(&line)
                 .await
                 .map_err(|e| e.to_string())?;
-            read_line(&mut conn, MAX_ANSWER_BYTES).await
+            read_line(&mut conn, most).await
         };
-        let answer = tokio::time::timeout(ANSWER_TIMEOUT, exchange)
+        let answer = tokio::time::timeout(wait, exchange)
             .await
-            .map_err(|_| self.failed(format!("no answer for {what} within {ANSWER_TIMEOUT:?}")))?
+            .map_err(|_| self.failed(format!("no answer for {what} within {wait:?}")))?
             .map_err(|e| self.failed(format!("the node's answer for {what}: {e}")))?;
         match serde_json::from_slice::<Answer<T>>(&answer) {
             Ok(Answer::Ok(value)) => Ok((value, conn)),
@@ -858,6 +942,25 @@ mod tests {
         serde_json::from_str::<WireError>(&line)
             .expect("decode")
             .into_error("n")
+    }
+
+    #[test]
+    fn a_nodes_words_are_cut_before_they_reach_the_caller() {
+        let long = "é".repeat(MAX_ERROR_TEXT);
+        for error in [
+            Error::Invalid(long.clone()),
+            Error::NotFound(long.clone()),
+            Error::Node {
+                node: "n".into(),
+                message: long.clone(),
+            },
+        ] {
+            let text = across(&error).to_string();
+            assert!(text.len() < MAX_ERROR_TEXT + 200, "{} bytes", text.len());
+            assert!(text.contains("… (cut)"), "{text}");
+        }
+        let short = across(&Error::Invalid("short".into())).to_string();
+        assert!(!short.contains("(cut)"), "{short}");
     }
 
     #[test]
