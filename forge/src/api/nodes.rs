@@ -72,13 +72,19 @@ fn check_name(name: &str) -> Result<(), ApiError> {
         && name
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-    if fits {
-        Ok(())
-    } else {
-        Err(ApiError::bad_request(
+    if !fits {
+        return Err(ApiError::bad_request(
             "a node name is 1 to 63 of a-z, 0-9 and -",
-        ))
+        ));
     }
+    // `/v1/nodes/report` is the reports' route: a node of that name could
+    // not be removed.
+    if name == "report" {
+        return Err(ApiError::bad_request(
+            "\"report\" is reserved: choose another node name",
+        ));
+    }
+    Ok(())
 }
 
 /// Adds a node. Needs `admin`.

@@ -51,6 +51,9 @@ pub const REPORT_EVERY: Duration = Duration::from_secs(2);
 /// A node whose last report is older than this is lost.
 pub const LOST_AFTER_SECS: i64 = 10;
 
+/// Longest sandbox id the control plane takes from a node.
+const MAX_SANDBOX_ID: usize = 64;
+
 /// How often the control plane looks for stray sandboxes on the nodes.
 pub const STRAYS_EVERY: Duration = Duration::from_secs(30);
 
@@ -434,17 +437,88 @@ impl Placed {
         Ok(())
     }
 
-    /// Records that the copies came to be on `node` (their parent's).
-    async fn place_all(&self, node: Option<&str>, copies: &[Carried]) -> Result<(), Error> {
-        if let Some(node) = node {
-            for copy in copies {
-                self.store
-                    .place_sandbox(&copy.sandbox.id, node)
+    /// Refuses the sandboxes node `node` says it made (`made`) when the
+    /// forge cannot take them as new: an id that is not a short plain
+    /// word, twice the same, or one the forge already has (a VM's, a
+    /// snapshot's, or placed on a node). Placing a known id would route
+    /// that sandbox's operations, another tenant's, to this node.
+    async fn check_made(&self, node: &str, made: &[&str]) -> Result<(), Error> {
+        let mut seen = HashSet::new();
+        for id in made {
+            let plain = !id.is_empty()
+                && id.len() <= MAX_SANDBOX_ID
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            if !plain {
+                let shown: String = id.chars().take(80).collect();
+                return Err(node_error(
+                    node,
+                    format!("it answered with {shown:?}, which is not a sandbox id"),
+                ));
+            }
+            let known = !seen.insert(*id)
+                || self.store.vm(id).await.map_err(store_error)?.is_some()
+                || self
+                    .store
+                    .is_snapshot_sandbox(id)
                     .await
-                    .map_err(store_error)?;
+                    .map_err(store_error)?
+                || self
+                    .store
+                    .sandbox_node(id)
+                    .await
+                    .map_err(store_error)?
+                    .is_some();
+            if known {
+                return Err(node_error(
+                    node,
+                    format!("it answered with {id}, the id of a sandbox the forge already has"),
+                ));
             }
         }
         Ok(())
+    }
+
+    /// Checks the copies node `node` (its id and name) made and records
+    /// that they are there; on a refusal nothing stays placed and the
+    /// copies are destroyed on the node.
+    async fn place_made(
+        &self,
+        backend: &Arc<dyn Backend>,
+        node: (&str, &str),
+        copies: &[Carried],
+    ) -> Result<(), Error> {
+        let (node_id, name) = node;
+        let ids: Vec<&str> = copies.iter().map(|c| c.sandbox.id.as_str()).collect();
+        let mut placed = Vec::new();
+        let mut outcome = self.check_made(name, &ids).await;
+        if outcome.is_ok() {
+            for id in &ids {
+                if let Err(error) = self.store.place_sandbox(id, node_id).await {
+                    outcome = Err(store_error(error));
+                    break;
+                }
+                placed.push(*id);
+            }
+        }
+        if outcome.is_err() {
+            for id in placed {
+                let _ = self.store.unplace_sandbox(id).await;
+            }
+            for id in &ids {
+                let _ = backend.destroy(id).await;
+            }
+        }
+        outcome
+    }
+
+    /// The name of node `node_id` (its id when removed).
+    async fn node_name(&self, node_id: &str) -> String {
+        match self.store.node(node_id).await {
+            Ok(Some(node)) => node.name,
+            _ => node_id.to_owned(),
+        }
     }
 }
 
@@ -469,12 +543,15 @@ impl Backend for Placed {
                 };
                 return local.create(spec).await;
             };
-            let remote = self.remote(&node).await?;
+            let remote: Arc<dyn Backend> = self.remote(&node).await?;
             let info = remote.create(spec).await?;
-            if let Err(error) = self.store.place_sandbox(&info.id, &node.id).await {
-                let _ = remote.destroy(&info.id).await;
-                return Err(store_error(error));
-            }
+            let made = Carried {
+                sandbox: info.clone(),
+                kept: Vec::new(),
+                note: None,
+            };
+            self.place_made(&remote, (&node.id, &node.name), std::slice::from_ref(&made))
+                .await?;
             tracing::info!(sandbox = %info.id, node = %node.name, "sandbox placed on a node");
             Ok(info)
         })
@@ -539,11 +616,18 @@ impl Backend for Placed {
                 self.room_for_fork(node, id, count).await?;
             }
             let copies = backend.fork(id, count).await?;
-            if let Err(error) = self.place_all(node.as_deref(), &copies).await {
-                for copy in &copies {
-                    let _ = backend.destroy(&copy.sandbox.id).await;
+            if let Some(node) = &node {
+                let name = self.node_name(node).await;
+                if copies.len() != count {
+                    for copy in &copies {
+                        let _ = backend.destroy(&copy.sandbox.id).await;
+                    }
+                    return Err(node_error(
+                        &name,
+                        format!("it answered a fork of {count} with {} copies", copies.len()),
+                    ));
                 }
-                return Err(error);
+                self.place_made(&backend, (node, &name), &copies).await?;
             }
             Ok(copies)
         })
@@ -553,12 +637,10 @@ impl Backend for Placed {
         Box::pin(async move {
             let (backend, node) = self.route(id).await?;
             let copy = backend.snapshot(id).await?;
-            if let Err(error) = self
-                .place_all(node.as_deref(), std::slice::from_ref(&copy))
-                .await
-            {
-                let _ = backend.destroy(&copy.sandbox.id).await;
-                return Err(error);
+            if let Some(node) = &node {
+                let name = self.node_name(node).await;
+                self.place_made(&backend, (node, &name), std::slice::from_ref(&copy))
+                    .await?;
             }
             Ok(copy)
         })

@@ -163,7 +163,8 @@ async fn a_node_is_added_once_reports_with_its_own_token_and_is_listed_without_i
         )
         .await;
     assert_error(status, &body, StatusCode::CONFLICT, "conflict");
-    for bad in ["", "N1", "a_b", &"x".repeat(64)] {
+    // `report` is the reports' route: such a node could not be removed.
+    for bad in ["", "N1", "a_b", &"x".repeat(64), "report"] {
         let (status, body) = app
             .call(
                 Method::POST,
@@ -641,4 +642,101 @@ async fn sandboxes_a_node_holds_that_nothing_records_are_destroyed_after_a_grace
     // Nothing more to collect.
     let strays = app.sandboxes().collect_strays(std::time::Duration::ZERO);
     assert_eq!(strays.await.expect("collected"), Vec::<String>::new());
+}
+
+/// A hostile node on loopback: every connection gets one answer line,
+/// `{"ok": …}` with `answers[op]` for the request's operation (`describe`
+/// answers as a container node). Its address and key.
+async fn hostile_node(answers: BTreeMap<&'static str, Value>) -> (String, String) {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let address = listener.local_addr().expect("address").to_string();
+    let answers = std::sync::Arc::new(answers);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let answers = answers.clone();
+            tokio::spawn(async move {
+                let mut stream = tokio::io::BufReader::new(stream);
+                let mut line = String::new();
+                if stream.read_line(&mut line).await.is_err() {
+                    return;
+                }
+                let request: Value = serde_json::from_str(&line).unwrap_or_default();
+                let op = request["op"]["op"].as_str().unwrap_or_default();
+                let ok = match op {
+                    "describe" => json!({ "backend": "container" }),
+                    other => answers.get(other).cloned().unwrap_or(Value::Null),
+                };
+                let mut answer = json!({ "ok": ok }).to_string();
+                answer.push('\n');
+                let _ = stream.get_mut().write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    (address, "key-of-the-hostile-node".to_owned())
+}
+
+#[tokio::test]
+async fn a_node_cannot_claim_the_id_of_a_sandbox_it_does_not_hold() {
+    // A VM on the control plane's own host, before any node is added.
+    let app = TestApp::start().await;
+    let victim = app.vm(app.admin()).await;
+    assert!(app.backend.files(&victim).is_ok());
+
+    // A node answers a create with the victim's id, then with ids that
+    // are not ids.
+    for claimed in [victim.clone(), "../../etc".to_owned(), "x".repeat(65)] {
+        let info = json!({ "id": claimed, "backend": "container", "state": "running", "forked_from": null });
+        let (address, key) =
+            hostile_node(BTreeMap::from([("create", info), ("destroy", Value::Null)])).await;
+        let name = format!("hostile-{}", claimed.len());
+        let token = add(&app, &name).await;
+        let mut hostile = report(
+            &Node {
+                backend: sandbox::testing::MemorySandboxes::new(),
+                address,
+                key,
+                tls_sha256: None,
+            },
+            1 << 20,
+        );
+        hostile["labels"] = json!({ "role": "hostile" });
+        report_as_value(&app, &token, hostile).await;
+        let (status, body) = app
+            .call(
+                Method::POST,
+                "/v1/vms",
+                Some(app.admin()),
+                Some(json!({ "node_labels": { "role": "hostile" } })),
+            )
+            .await;
+        assert_unavailable(status, &body, "it answered with");
+        app.expect(
+            StatusCode::NO_CONTENT,
+            Method::DELETE,
+            &format!("/v1/nodes/{name}"),
+            Some(app.admin()),
+            None,
+        )
+        .await;
+    }
+    // The victim's operations still reach the host, not the node.
+    assert_eq!(
+        app.state.store.sandbox_node(&victim).await.expect("read"),
+        None
+    );
+    app.backend
+        .respond_to("echo mine", sandbox::testing::Reply::ok("mine\n"));
+    let ran = app
+        .expect(
+            StatusCode::OK,
+            Method::POST,
+            &format!("/v1/vms/{victim}/exec"),
+            Some(app.admin()),
+            Some(json!({ "command": "echo mine" })),
+        )
+        .await;
+    assert_eq!(ran["stdout"], "mine\n", "{ran}");
 }
