@@ -11,6 +11,15 @@ use serde::{Deserialize, Serialize};
 pub struct CreateNode {
     /// 1 to 63 of `a-z`, `0-9` and `-`.
     pub name: String,
+    /// The node's labels for placement, whatever it reports; absent: the
+    /// labels it reports. A node's word is its own: set them here when a
+    /// label decides where a tenant's sandboxes may run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<BTreeMap<String, String>>,
+    /// Most memory placement counts on the node, in MiB, whatever it
+    /// reports; absent: what it reports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_memory_mib: Option<u64>,
 }
 
 /// Whether a node reports.
@@ -38,9 +47,17 @@ pub struct NodeView {
     /// The SHA-256 (hex) of the certificate it serves TLS with; `null`: in
     /// clear (on loopback only).
     pub tls_sha256: Option<String>,
+    /// Its labels for placement: the admin's when set, else its own.
     pub labels: BTreeMap<String, String>,
+    /// Whether the admin set the labels (the node's own are ignored).
+    pub labels_set: bool,
+    /// The admin's cap on the memory placement counts here, in MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_memory_mib: Option<u64>,
+    /// Its memory as placement counts it: what it reported, at most the
+    /// cap.
     pub memory_bytes: u64,
-    /// What the node last reported free.
+    /// What the node last reported free, at most the cap.
     pub free_memory_bytes: u64,
     /// Memory of the VMs placed on it that hold memory (running or paused
     /// in memory), in MiB.

@@ -17,6 +17,9 @@ use crate::store::{NodeRow, unix_now};
 /// Longest key a node may report.
 const MAX_KEY_BYTES: usize = 256;
 
+/// Largest memory cap an admin may set on a node, in MiB (1 PiB).
+const MAX_MEMORY_MIB: u64 = 1 << 30;
+
 /// The secret a node presents: its token, checked by the handler.
 pub struct NodeToken(String);
 
@@ -47,6 +50,8 @@ async fn view(state: &AppState, row: NodeRow, token: Option<String>) -> Result<N
     let unsigned = |value: i64| u64::try_from(value).unwrap_or(0);
     Ok(NodeView {
         labels: row.labels(),
+        labels_set: row.set_labels.is_some(),
+        max_memory_mib: row.max_memory_bytes.map(|bytes| unsigned(bytes) >> 20),
         state: node_state,
         memory_bytes: unsigned(row.memory_bytes),
         free_memory_bytes: unsigned(row.free_memory_bytes),
@@ -106,11 +111,27 @@ pub async fn create(
 ) -> Result<(StatusCode, Json<NodeView>), ApiError> {
     caller.check(Scope::Admin)?;
     check_name(&request.name)?;
+    if let Some(labels) = &request.labels {
+        crate::vms::check_labels(labels).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    }
+    let max_memory_bytes = match request.max_memory_mib {
+        None => None,
+        Some(mib @ 1..=MAX_MEMORY_MIB) => Some(i64::try_from(mib << 20).unwrap_or(i64::MAX)),
+        Some(_) => {
+            return Err(ApiError::bad_request(format!(
+                "max_memory_mib is 1 to {MAX_MEMORY_MIB}"
+            )));
+        }
+    };
+    let caps = crate::store::NodeCaps {
+        labels: request.labels.clone(),
+        max_memory_bytes,
+    };
     let secret = auth::new_secret();
     let id = format!("nd_{}", uuid::Uuid::new_v4().simple());
     let row = match state
         .store
-        .insert_node(&id, &request.name, &auth::hash_secret(&secret))
+        .insert_node(&id, &request.name, &auth::hash_secret(&secret), &caps)
         .await
     {
         Err(crate::store::StoreError::Duplicate) => {

@@ -13,6 +13,13 @@ pub enum NodeCommand {
     Add {
         /// 1 to 63 of a-z, 0-9 and -.
         name: String,
+        /// A label placement matches the node by, `key=value`; repeat for
+        /// more. Given, these are its labels whatever it reports.
+        #[arg(long = "label", value_parser = super::parse_label)]
+        labels: Vec<(String, String)>,
+        /// Most memory counted on the node, in MiB, whatever it reports.
+        #[arg(long)]
+        max_memory_mib: Option<u64>,
     },
     /// Nodes with their state, capacity and what is placed on them.
     List,
@@ -23,9 +30,18 @@ pub enum NodeCommand {
 pub async fn node(target: &Target<'_>, command: NodeCommand) -> anyhow::Result<()> {
     let client = target.client()?;
     match command {
-        NodeCommand::Add { name } => {
+        NodeCommand::Add {
+            name,
+            labels,
+            max_memory_mib,
+        } => {
+            let request = CreateNode {
+                name,
+                labels: (!labels.is_empty()).then(|| labels.into_iter().collect()),
+                max_memory_mib,
+            };
             let node: NodeView = client
-                .call(Method::POST, "/v1/nodes", body(&CreateNode { name })?)
+                .call(Method::POST, "/v1/nodes", body(&request)?)
                 .await?;
             if target.json {
                 return print_json(&node);

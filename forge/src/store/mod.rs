@@ -29,7 +29,7 @@ use sqlx::{Any, AnyPool, ConnectOptions, Connection, Executor, ValueRef};
 pub use copy::CopyError;
 pub use events::{EventRow, NewEvent};
 pub use github::{GithubDelivery, GithubLink, GithubPull, GithubRefState};
-pub use nodes::{NodeLoad, NodeReport, NodeRow};
+pub use nodes::{NodeCaps, NodeLoad, NodeReport, NodeRow};
 pub use repos::RepoRow;
 pub use runs::{BranchSandbox, NewRun, PlanSource, RunRow, StepRow};
 pub use snapshots::{MAX_BUILD_LOG_BYTES, SnapshotRow, TemplateBuildRow, TemplateRow};

@@ -27,6 +27,10 @@ pub struct NodeRow {
     pub free_disk_bytes: i64,
     pub last_seen_unix: Option<i64>,
     pub created_at: String,
+    /// The admin's labels (a JSON object), which replace the reported ones.
+    pub set_labels: Option<String>,
+    /// The admin's cap on `memory_bytes` and `free_memory_bytes`.
+    pub max_memory_bytes: Option<i64>,
 }
 
 impl NodeRow {
@@ -60,18 +64,45 @@ pub struct NodeLoad {
 }
 
 const COLUMNS: &str = "id, name, address, node_key, tls_sha256, backend, labels, memory_bytes, \
-     free_memory_bytes, vcpus, disk_bytes, free_disk_bytes, last_seen_unix, created_at";
+     free_memory_bytes, vcpus, disk_bytes, free_disk_bytes, last_seen_unix, created_at, \
+     set_labels, max_memory_bytes";
+
+/// What the admin sets of a node when adding it, which its reports cannot
+/// raise.
+#[derive(Debug, Clone, Default)]
+pub struct NodeCaps {
+    /// Its labels, whatever it reports.
+    pub labels: Option<BTreeMap<String, String>>,
+    /// Most memory counted on it.
+    pub max_memory_bytes: Option<i64>,
+}
 
 impl Store {
     /// A node that has not reported yet; `Duplicate` when the name is taken.
-    pub async fn insert_node(&self, id: &str, name: &str, token_hash: &str) -> Result<NodeRow> {
-        sqlx::query("INSERT INTO nodes (id, name, token_hash, created_at) VALUES ($1, $2, $3, $4)")
-            .bind(id)
-            .bind(name)
-            .bind(token_hash)
-            .bind(now())
-            .execute(&self.pool)
-            .await?;
+    pub async fn insert_node(
+        &self,
+        id: &str,
+        name: &str,
+        token_hash: &str,
+        caps: &NodeCaps,
+    ) -> Result<NodeRow> {
+        let labels = caps
+            .labels
+            .as_ref()
+            .map(|labels| serde_json::to_string(labels).unwrap_or_else(|_| "{}".to_owned()));
+        sqlx::query(
+            "INSERT INTO nodes (id, name, token_hash, created_at, set_labels, labels, max_memory_bytes) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(id)
+        .bind(name)
+        .bind(token_hash)
+        .bind(now())
+        .bind(labels.clone())
+        .bind(labels.unwrap_or_else(|| "{}".to_owned()))
+        .bind(caps.max_memory_bytes)
+        .execute(&self.pool)
+        .await?;
         self.node(id)
             .await?
             .ok_or_else(|| sqlx::Error::RowNotFound.into())
@@ -127,16 +158,21 @@ impl Store {
     ) -> Result<Option<NodeRow>> {
         let labels = serde_json::to_string(&report.labels).unwrap_or_else(|_| "{}".to_owned());
         let id: Option<(String,)> = sqlx::query_as(
-            "UPDATE nodes SET address = $1, node_key = $2, backend = $3, labels = $4, \
-             memory_bytes = $5, free_memory_bytes = $6, vcpus = $7, disk_bytes = $8, \
-             free_disk_bytes = $9, last_seen_unix = $10, tls_sha256 = $11 \
-             WHERE token_hash = $12 RETURNING id",
+            "UPDATE nodes SET address = $1, node_key = $2, backend = $3, \
+             labels = COALESCE(set_labels, $4), \
+             memory_bytes = CASE WHEN max_memory_bytes < $5 THEN max_memory_bytes ELSE $6 END, \
+             free_memory_bytes = CASE WHEN max_memory_bytes < $7 THEN max_memory_bytes ELSE $8 END, \
+             vcpus = $9, disk_bytes = $10, \
+             free_disk_bytes = $11, last_seen_unix = $12, tls_sha256 = $13 \
+             WHERE token_hash = $14 RETURNING id",
         )
         .bind(&report.address)
         .bind(&report.node_key)
         .bind(&report.backend)
         .bind(labels)
         .bind(report.memory_bytes)
+        .bind(report.memory_bytes)
+        .bind(report.free_memory_bytes)
         .bind(report.free_memory_bytes)
         .bind(report.vcpus)
         .bind(report.disk_bytes)

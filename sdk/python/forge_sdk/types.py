@@ -276,6 +276,17 @@ class CreateNode:
     """`POST /v1/nodes`."""
     name: str
     """1 to 63 of `a-z`, `0-9` and `-`."""
+    labels: Optional[Optional[Dict[str, str]]] = None
+    """
+    The node's labels for placement, whatever it reports; absent: the
+    labels it reports. A node's word is its own: set them here when a
+    label decides where a tenant's sandboxes may run.
+    """
+    max_memory_mib: Optional[Optional[int]] = None
+    """
+    Most memory placement counts on the node, in MiB, whatever it
+    reports; absent: what it reports.
+    """
 
 
 @dataclass
@@ -708,10 +719,17 @@ class NodeView:
     disk_bytes: int
     free_disk_bytes: int
     free_memory_bytes: int
-    """What the node last reported free."""
+    """What the node last reported free, at most the cap."""
     id: str
     labels: Dict[str, str]
+    """Its labels for placement: the admin's when set, else its own."""
+    labels_set: bool
+    """Whether the admin set the labels (the node's own are ignored)."""
     memory_bytes: int
+    """
+    Its memory as placement counts it: what it reported, at most the
+    cap.
+    """
     name: str
     sandboxes: int
     """Sandboxes placed on it (VMs, their snapshots and pooled copies)."""
@@ -722,6 +740,8 @@ class NodeView:
     backend: Optional[Optional[str]] = None
     """`container` or `microvm`, once it reported."""
     last_seen_at: Optional[Optional[str]] = None
+    max_memory_mib: Optional[Optional[int]] = None
+    """The admin's cap on the memory placement counts here, in MiB."""
     tls_sha256: Optional[Optional[str]] = None
     """
     The SHA-256 (hex) of the certificate it serves TLS with; `null`: in

@@ -117,6 +117,17 @@ export type Contents = {
 
 /** `POST /v1/nodes`. */
 export interface CreateNode {
+  /**
+   * The node's labels for placement, whatever it reports; absent: the
+   * labels it reports. A node's word is its own: set them here when a
+   * label decides where a tenant's sandboxes may run.
+   */
+  labels?: Record<string, string> | null;
+  /**
+   * Most memory placement counts on the node, in MiB, whatever it
+   * reports; absent: what it reports.
+   */
+  max_memory_mib?: number | null;
   /** 1 to 63 of `a-z`, `0-9` and `-`. */
   name: string;
 }
@@ -507,11 +518,20 @@ export interface NodeView {
   created_at: string;
   disk_bytes: number;
   free_disk_bytes: number;
-  /** What the node last reported free. */
+  /** What the node last reported free, at most the cap. */
   free_memory_bytes: number;
   id: string;
+  /** Its labels for placement: the admin's when set, else its own. */
   labels: Record<string, string>;
+  /** Whether the admin set the labels (the node's own are ignored). */
+  labels_set: boolean;
   last_seen_at?: string | null;
+  /** The admin's cap on the memory placement counts here, in MiB. */
+  max_memory_mib?: number | null;
+  /**
+   * Its memory as placement counts it: what it reported, at most the
+   * cap.
+   */
   memory_bytes: number;
   name: string;
   /** Sandboxes placed on it (VMs, their snapshots and pooled copies). */

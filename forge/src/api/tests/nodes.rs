@@ -119,17 +119,23 @@ fn assert_unavailable(status: StatusCode, body: &Value, words: &str) {
 }
 
 async fn add(app: &TestApp, name: &str) -> String {
+    let made = add_with(app, json!({ "name": name })).await;
+    made["token"].as_str().expect("the token, once").to_owned()
+}
+
+/// Adds a node as `request` asks; the new node, with its token.
+async fn add_with(app: &TestApp, request: Value) -> Value {
     let made = app
         .expect(
             StatusCode::CREATED,
             Method::POST,
             "/v1/nodes",
             Some(app.admin()),
-            Some(json!({ "name": name })),
+            Some(request),
         )
         .await;
     assert_eq!(made["state"], "new");
-    made["token"].as_str().expect("the token, once").to_owned()
+    made
 }
 
 async fn nodes(app: &TestApp) -> BTreeMap<String, Value> {
@@ -739,4 +745,58 @@ async fn a_node_cannot_claim_the_id_of_a_sandbox_it_does_not_hold() {
         )
         .await;
     assert_eq!(ran["stdout"], "mine\n", "{ran}");
+}
+
+#[tokio::test]
+async fn labels_and_a_memory_cap_the_admin_sets_outweigh_what_a_node_reports() {
+    let app = TestApp::builder().nodes_only().start().await;
+    for bad in [
+        json!({ "name": "x", "max_memory_mib": 0 }),
+        json!({ "name": "x", "labels": { "bad key!": "a" } }),
+    ] {
+        let (status, body) = app
+            .call(Method::POST, "/v1/nodes", Some(app.admin()), Some(bad))
+            .await;
+        assert_error(status, &body, StatusCode::BAD_REQUEST, "bad_request");
+    }
+    let node = serve_node("capped").await;
+    let made = add_with(
+        &app,
+        json!({ "name": "capped", "labels": { "zone": "a" }, "max_memory_mib": 1024 }),
+    )
+    .await;
+    assert_eq!(
+        (made["labels_set"].clone(), made["max_memory_mib"].clone()),
+        (json!(true), json!(1024))
+    );
+    let token = made["token"].as_str().expect("its token").to_owned();
+    // The node says it is huge, and of another zone and a tenant.
+    let mut claim = report(&node, 1 << 30);
+    claim["labels"] = json!({ "zone": "b", "tenant": "acme" });
+    report_as_value(&app, &token, claim).await;
+    let listed = nodes(&app).await["capped"].clone();
+    assert_eq!(listed["labels"], json!({ "zone": "a" }), "{listed}");
+    assert_eq!(listed["memory_bytes"], 1024u64 << 20, "{listed}");
+    assert_eq!(listed["free_memory_bytes"], 1024u64 << 20, "{listed}");
+    assert_eq!(listed["available_mib"], 1024, "{listed}");
+
+    // Placement goes by the admin's word: not the tenant's label it
+    // claimed, and no more than 1024 MiB of 512 MiB VMs.
+    let create = |labels: Value| {
+        app.call(
+            Method::POST,
+            "/v1/vms",
+            Some(app.admin()),
+            Some(json!({ "node_labels": labels })),
+        )
+    };
+    let (status, body) = create(json!({ "tenant": "acme" })).await;
+    assert_unavailable(status, &body, "tenant=acme");
+    for _ in 0..2 {
+        let (status, body) = create(json!({ "zone": "a" })).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    let (status, body) = create(json!({ "zone": "a" })).await;
+    assert_unavailable(status, &body, "0 MiB");
+    assert_eq!(node.backend.len(), 2);
 }
