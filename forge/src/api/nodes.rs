@@ -92,6 +92,22 @@ fn check_name(name: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Whether the control plane may dial a node reported at `ip`: not an
+/// address that names no host, many hosts, or a link-local service (a
+/// cloud's metadata endpoint is one).
+fn dialable(ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            !(v4.is_unspecified() || v4.is_multicast() || v4.is_broadcast() || v4.is_link_local())
+        }
+        std::net::IpAddr::V6(v6) => {
+            let link_local = (v6.segments()[0] & 0xffc0) == 0xfe80;
+            !(v6.is_unspecified() || v6.is_multicast() || link_local)
+                && v6.to_ipv4_mapped().is_none_or(|v4| dialable(v4.into()))
+        }
+    }
+}
+
 /// Adds a node. Needs `admin`.
 #[utoipa::path(
     post,
@@ -217,10 +233,16 @@ pub async fn report(
     NodeToken(secret): NodeToken,
     Body(report): Body<NodeReport>,
 ) -> Result<Json<NodeReportAnswer>, ApiError> {
-    if report.address.parse::<std::net::SocketAddr>().is_err() {
+    let Ok(address) = report.address.parse::<std::net::SocketAddr>() else {
         return Err(ApiError::bad_request(format!(
             "the address {:?} is not ip:port",
             report.address
+        )));
+    };
+    if !dialable(address.ip()) {
+        return Err(ApiError::bad_request(format!(
+            "the address {address} is not one to dial: unspecified, multicast, \
+             broadcast and link-local addresses (cloud metadata services among them) are refused"
         )));
     }
     if report.key.is_empty() || report.key.len() > MAX_KEY_BYTES {

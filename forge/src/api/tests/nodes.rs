@@ -201,12 +201,23 @@ async fn a_node_is_added_once_reports_with_its_own_token_and_is_listed_without_i
         )
         .await;
     assert_error(status, &body, StatusCode::UNAUTHORIZED, "unauthorized");
-    let mut bad = report(&node, 4096);
-    bad["address"] = json!("not an address");
-    let (status, body) = app
-        .call(Method::POST, "/v1/nodes/report", Some(&token), Some(bad))
-        .await;
-    assert_error(status, &body, StatusCode::BAD_REQUEST, "bad_request");
+    // Not an address, or one the control plane must not dial: no host,
+    // many, or a link-local service (a cloud's metadata endpoint).
+    for address in [
+        "not an address",
+        "0.0.0.0:7100",
+        "169.254.169.254:80",
+        "[fe80::1]:7100",
+        "224.0.0.1:7100",
+        "[::ffff:169.254.169.254]:80",
+    ] {
+        let mut bad = report(&node, 4096);
+        bad["address"] = json!(address);
+        let (status, body) = app
+            .call(Method::POST, "/v1/nodes/report", Some(&token), Some(bad))
+            .await;
+        assert_error(status, &body, StatusCode::BAD_REQUEST, "bad_request");
+    }
     let answer = report_as(&app, &token, &node, 4096).await;
     assert_eq!(answer["node"], "n1");
     let listed = &nodes(&app).await["n1"];
