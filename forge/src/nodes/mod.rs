@@ -326,8 +326,8 @@ impl Placed {
         Ok(backend)
     }
 
-    /// The backend holding sandbox `id`, and its node's id when on a node.
-    async fn route(&self, id: &str) -> Result<(Arc<dyn Backend>, Option<String>), Error> {
+    /// The backend holding sandbox `id`, and its node when on a node.
+    async fn route(&self, id: &str) -> Result<(Arc<dyn Backend>, Option<NodeRow>), Error> {
         let Some(node_id) = self.store.sandbox_node(id).await.map_err(store_error)? else {
             return Ok((self.host(id)?.clone(), None));
         };
@@ -338,7 +338,7 @@ impl Placed {
             .map_err(store_error)?
             .ok_or_else(|| node_error(&node_id, "the node was removed"))?;
         let remote: Arc<dyn Backend> = self.remote(&node).await?;
-        Ok((remote, Some(node_id)))
+        Ok((remote, Some(node)))
     }
 
     async fn backend_of(&self, id: &str) -> Result<Arc<dyn Backend>, Error> {
@@ -409,21 +409,15 @@ impl Placed {
         Ok(Some(node))
     }
 
-    /// Refuses a fork of `count` copies of sandbox `id` that node `node_id`
-    /// has no memory for: copies stay on their parent's node, and each
-    /// counts as its parent's memory, as placement counts.
-    async fn room_for_fork(&self, node_id: &str, id: &str, count: usize) -> Result<(), Error> {
+    /// Refuses a fork of `count` copies of sandbox `id` that `node` has no
+    /// memory for: copies stay on their parent's node, and each counts as
+    /// its parent's memory, as placement counts.
+    async fn room_for_fork(&self, node: &NodeRow, id: &str, count: usize) -> Result<(), Error> {
         let Some(mem_mib) = self.store.sandbox_mem_mib(id).await.map_err(store_error)? else {
             return Ok(());
         };
-        let node = self
-            .store
-            .node(node_id)
-            .await
-            .map_err(store_error)?
-            .ok_or_else(|| node_error(node_id, "the node was removed"))?;
-        let load = self.store.node_load(node_id).await.map_err(store_error)?;
-        let free = free_mib(&node, load.committed_mib);
+        let load = self.store.node_load(&node.id).await.map_err(store_error)?;
+        let free = free_mib(node, load.committed_mib);
         let needed = mem_mib.saturating_mul(i64::try_from(count).unwrap_or(i64::MAX));
         if needed > free {
             return Err(node_error(
@@ -480,22 +474,29 @@ impl Placed {
         Ok(())
     }
 
-    /// Checks the copies node `node` (its id and name) made and records
-    /// that they are there; on a refusal nothing stays placed and the
-    /// copies are destroyed on the node.
+    /// Checks the `expected` copies `node` made (`copies`) and records that
+    /// they are there; on a refusal nothing stays placed and the copies
+    /// are destroyed on the node.
     async fn place_made(
         &self,
         backend: &Arc<dyn Backend>,
-        node: (&str, &str),
+        node: &NodeRow,
         copies: &[Carried],
+        expected: usize,
     ) -> Result<(), Error> {
-        let (node_id, name) = node;
         let ids: Vec<&str> = copies.iter().map(|c| c.sandbox.id.as_str()).collect();
         let mut placed = Vec::new();
-        let mut outcome = self.check_made(name, &ids).await;
+        let mut outcome = if ids.len() == expected {
+            self.check_made(&node.name, &ids).await
+        } else {
+            Err(node_error(
+                &node.name,
+                format!("it answered for {expected} sandboxes with {}", ids.len()),
+            ))
+        };
         if outcome.is_ok() {
             for id in &ids {
-                if let Err(error) = self.store.place_sandbox(id, node_id).await {
+                if let Err(error) = self.store.place_sandbox(id, &node.id).await {
                     outcome = Err(store_error(error));
                     break;
                 }
@@ -511,14 +512,6 @@ impl Placed {
             }
         }
         outcome
-    }
-
-    /// The name of node `node_id` (its id when removed).
-    async fn node_name(&self, node_id: &str) -> String {
-        match self.store.node(node_id).await {
-            Ok(Some(node)) => node.name,
-            _ => node_id.to_owned(),
-        }
     }
 }
 
@@ -550,7 +543,7 @@ impl Backend for Placed {
                 kept: Vec::new(),
                 note: None,
             };
-            self.place_made(&remote, (&node.id, &node.name), std::slice::from_ref(&made))
+            self.place_made(&remote, &node, std::slice::from_ref(&made), 1)
                 .await?;
             tracing::info!(sandbox = %info.id, node = %node.name, "sandbox placed on a node");
             Ok(info)
@@ -617,17 +610,7 @@ impl Backend for Placed {
             }
             let copies = backend.fork(id, count).await?;
             if let Some(node) = &node {
-                let name = self.node_name(node).await;
-                if copies.len() != count {
-                    for copy in &copies {
-                        let _ = backend.destroy(&copy.sandbox.id).await;
-                    }
-                    return Err(node_error(
-                        &name,
-                        format!("it answered a fork of {count} with {} copies", copies.len()),
-                    ));
-                }
-                self.place_made(&backend, (node, &name), &copies).await?;
+                self.place_made(&backend, node, &copies, count).await?;
             }
             Ok(copies)
         })
@@ -638,8 +621,7 @@ impl Backend for Placed {
             let (backend, node) = self.route(id).await?;
             let copy = backend.snapshot(id).await?;
             if let Some(node) = &node {
-                let name = self.node_name(node).await;
-                self.place_made(&backend, (node, &name), std::slice::from_ref(&copy))
+                self.place_made(&backend, node, std::slice::from_ref(&copy), 1)
                     .await?;
             }
             Ok(copy)
