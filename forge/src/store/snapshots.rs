@@ -144,27 +144,33 @@ impl Store {
     /// one failed (it starts over, its log emptied). One transaction, so
     /// two posts of one spec start one build. A template of that name made
     /// by another token than `caller` is changed only when `any_owner`
-    /// (an admin): otherwise `Ok(None)` and nothing changes.
+    /// (an admin): otherwise `Ok(None)` and nothing changes. A build that
+    /// starts is leased to the caller's process until `lease_until` (unix
+    /// s; [`Self::renew_build`]).
     pub async fn put_template(
         &self,
         row: &TemplateRow,
         caller: &str,
         any_owner: bool,
+        lease_until: i64,
     ) -> Result<Option<bool>> {
         // A write first: the transaction holds the write lock from its
         // first statement, so a concurrent writer makes it wait instead of
         // failing the upgrade from a read.
         let mut tx = self.pool.begin().await?;
         let started = sqlx::query(
-            "INSERT INTO template_builds (spec_hash, state, started_at) VALUES ($1, $2, $3)
+            "INSERT INTO template_builds (spec_hash, state, started_at, lease_until)
+             VALUES ($1, $2, $3, $5)
              ON CONFLICT (spec_hash) DO UPDATE SET state = $2, log = '', error = NULL,
-                 started_at = $3, finished_at = NULL, build_ms = NULL, snapshot_id = NULL
+                 started_at = $3, finished_at = NULL, build_ms = NULL, snapshot_id = NULL,
+                 lease_until = $5
              WHERE template_builds.state = $4",
         )
         .bind(&row.spec_hash)
         .bind(TemplateState::Building)
         .bind(&row.updated_at)
         .bind(TemplateState::Failed)
+        .bind(lease_until)
         .execute(&mut *tx)
         .await?;
         let start = started.rows_affected() > 0;
@@ -267,18 +273,34 @@ impl Store {
         Ok(())
     }
 
-    /// Builds left `building` by a forge that stopped: failed, since their
-    /// sandbox is gone. Returns how many.
-    pub async fn fail_interrupted_builds(&self) -> Result<u64> {
-        let done = sqlx::query(
-            "UPDATE template_builds SET state = $1, error = 'the forge stopped during the build'
-             WHERE state = $2",
+    /// Keeps build `spec_hash` leased until `lease_until` (unix s) while it
+    /// is `building`; `false` when it is not any more.
+    pub async fn renew_build(&self, spec_hash: &str, lease_until: i64) -> Result<bool> {
+        let renewed = sqlx::query(
+            "UPDATE template_builds SET lease_until = $1 WHERE spec_hash = $2 AND state = $3",
         )
-        .bind(TemplateState::Failed)
+        .bind(lease_until)
+        .bind(spec_hash)
         .bind(TemplateState::Building)
         .execute(&self.pool)
         .await?;
-        Ok(done.rows_affected())
+        Ok(renewed.rows_affected() > 0)
+    }
+
+    /// Builds left `building` by a forge process that stopped (their lease
+    /// lapsed before `now`, unix s): failed, since their sandbox is gone
+    /// with it. Returns their hashes.
+    pub async fn fail_interrupted_builds(&self, now: i64) -> Result<Vec<String>> {
+        let failed: Vec<(String,)> = sqlx::query_as(
+            "UPDATE template_builds SET state = $1, error = 'the forge stopped during the build'
+             WHERE state = $2 AND (lease_until IS NULL OR lease_until < $3) RETURNING spec_hash",
+        )
+        .bind(TemplateState::Failed)
+        .bind(TemplateState::Building)
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(failed.into_iter().map(|(hash,)| hash).collect())
     }
 
     /// Deletes template `name`. When no other template shares its build,
@@ -355,5 +377,44 @@ impl Store {
             .execute(&self.pool)
             .await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A build is failed as interrupted only once its lease lapsed: the
+    /// server holding the duties leaves alone a build another live server
+    /// runs (and renews), and a build failed so is not renewed again.
+    #[tokio::test]
+    async fn only_a_build_whose_lease_lapsed_is_failed_as_interrupted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open_for_test(dir.path()).await;
+        let now = super::super::unix_now();
+        let row = TemplateRow {
+            name: "web".into(),
+            spec: "{}".into(),
+            spec_hash: "h1".into(),
+            created_by: "t".into(),
+            created_at: super::super::now(),
+            updated_at: super::super::now(),
+        };
+        let started = store.put_template(&row, "t", true, now + 15).await;
+        assert_eq!(started.expect("put"), Some(true), "the build starts");
+        let failed = store.fail_interrupted_builds(now).await.expect("fail");
+        assert!(failed.is_empty(), "leased elsewhere: {failed:?}");
+        assert!(store.renew_build("h1", now + 30).await.expect("renew"));
+        let failed = store.fail_interrupted_builds(now + 20).await.expect("fail");
+        assert!(failed.is_empty(), "renewed: {failed:?}");
+        let failed = store.fail_interrupted_builds(now + 31).await.expect("fail");
+        assert_eq!(failed, ["h1"], "lapsed");
+        let build = store
+            .template_build("h1")
+            .await
+            .expect("read")
+            .expect("kept");
+        assert_eq!(build.state, TemplateState::Failed);
+        assert!(!store.renew_build("h1", now + 60).await.expect("renew"));
     }
 }

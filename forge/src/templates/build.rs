@@ -35,6 +35,18 @@ pub const BUILD_ROLE: (&str, &str) = ("forge/role", "template-build");
 /// The creator of a build's VM: not the token that posted the spec, which
 /// could otherwise reach into a build other tokens' templates share.
 pub const BUILD_ACTOR: &str = "template-build";
+/// The label naming the template a build's VM builds.
+pub const TEMPLATE_LABEL: &str = "forge/template";
+
+/// How long a build stays leased to its process without a renewal.
+const BUILD_LEASE_SECS: i64 = 15;
+/// How often a running build renews its lease.
+const BUILD_RENEW_EVERY: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// The end of a build's lease taken or renewed now (unix s).
+pub fn lease_until() -> i64 {
+    crate::store::unix_now() + BUILD_LEASE_SECS
+}
 
 /// A step: what it is called and the command it runs.
 struct Step {
@@ -206,7 +218,25 @@ impl Templates {
             flushed: Instant::now(),
         };
         tracing::info!(template = %spec.name, spec_hash = hash, "template build started");
+        let store = self.store.clone();
+        let leased = hash.to_owned();
+        let lease = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(BUILD_RENEW_EVERY).await;
+                match store.renew_build(&leased, lease_until()).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::warn!(spec_hash = %leased, "a running build's lease was taken: it was failed as stopped");
+                        return;
+                    }
+                    Err(error) => {
+                        tracing::warn!(spec_hash = %leased, %error, "renewing a build's lease failed")
+                    }
+                }
+            }
+        });
         let outcome = self.build_steps(hash, spec, by, &mut log).await;
+        lease.abort();
         let text = match &outcome {
             Ok(snapshot) => format!(
                 "==> built in {:.1} s; image {snapshot}\n",
@@ -277,7 +307,7 @@ impl Templates {
                 node_labels: BTreeMap::new(),
                 labels: BTreeMap::from([
                     (BUILD_ROLE.0.to_owned(), BUILD_ROLE.1.to_owned()),
-                    ("forge/template".to_owned(), spec.name.clone()),
+                    (TEMPLATE_LABEL.to_owned(), spec.name.clone()),
                 ]),
                 ttl_secs: Some(BUILD_TTL_SECS),
                 origin: None,

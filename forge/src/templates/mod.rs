@@ -15,7 +15,9 @@
 //! posting a spec whose build failed builds it again. A build's output is
 //! its log (the end kept, [`crate::store::MAX_BUILD_LOG_BYTES`]), streamed
 //! live to followers ([`Templates::follow`]) with each step as it starts.
-//! A forge that stops mid-build marks the build failed at its next start.
+//! A build is leased to the forge process running it, which renews the
+//! lease while it runs; the server holding the duties fails a build whose
+//! lease lapsed (its process stopped) and destroys its sandbox.
 
 mod build;
 
@@ -47,6 +49,9 @@ pub const MAX_TEMPLATES_PER_TOKEN: i64 = 20;
 pub const MAX_BUILDS_PER_TOKEN: usize = 2;
 /// A name no template may take: the pool of the forge's own image.
 pub const RESERVED_NAME: &str = crate::vms::pool::DEFAULT_POOL;
+/// How often the server holding the duties fails lapsed builds and reads
+/// the templates' pools.
+pub const DUTIES_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// What a follower of a build receives.
 #[derive(Debug, Clone)]
@@ -92,33 +97,75 @@ impl Templates {
         })
     }
 
-    /// At start-up: builds a stopped forge left half done are failed, and
-    /// builds no template names any more are removed with their images.
+    /// When this server takes up the duties (`store/locks.rs`): builds a
+    /// stopped forge process left half done are failed, images no build
+    /// records and builds no template names any more are removed, and the
+    /// templates' pools are set from the database.
     pub async fn recover(&self) -> Result<(), VmError> {
-        let failed = self.store.fail_interrupted_builds().await?;
-        if failed > 0 {
-            tracing::warn!(
-                count = failed,
-                "template builds interrupted by a stop are marked failed"
-            );
-        }
-        for vm in self.store.vms_created_by(build::BUILD_ACTOR).await? {
-            if let Err(error) = self.sandboxes.destroy(&vm.id).await {
-                tracing::warn!(vm = %vm.id, %error, "an interrupted build's sandbox could not be destroyed");
-            }
-        }
+        self.fail_lapsed().await?;
         for image in self.store.unreferenced_images().await? {
             tracing::info!(snapshot = %image.id, "an image no template build records is deleted");
             if let Err(error) = self.sandboxes.delete_snapshot(&image).await {
                 tracing::warn!(snapshot = %image.id, %error, "an unrecorded image could not be deleted");
             }
         }
-        for template in self.store.templates().await? {
-            if let Ok(spec) = serde_json::from_str::<TemplateSpec>(&template.spec) {
-                self.sandboxes.set_template_pool(&template.name, spec.pool);
+        self.sync_pools().await?;
+        self.remove_orphans().await
+    }
+
+    /// Fails the builds whose process stopped (their lease lapsed) and
+    /// destroys the build sandboxes of builds no longer running, wherever
+    /// they ran. The server holding the duties calls it every
+    /// [`DUTIES_EVERY`].
+    pub async fn fail_lapsed(&self) -> Result<(), VmError> {
+        let failed = self
+            .store
+            .fail_interrupted_builds(crate::store::unix_now())
+            .await?;
+        if !failed.is_empty() {
+            tracing::warn!(
+                count = failed.len(),
+                "template builds whose forge process stopped are marked failed"
+            );
+        }
+        for vm in self.store.vms_created_by(build::BUILD_ACTOR).await? {
+            if self.is_building(&vm).await? {
+                continue;
+            }
+            if let Err(error) = self.sandboxes.destroy(&vm.id).await {
+                tracing::warn!(vm = %vm.id, %error, "an interrupted build's sandbox could not be destroyed");
             }
         }
-        self.remove_orphans().await
+        Ok(())
+    }
+
+    /// Whether build sandbox `vm`'s build is still running (on any
+    /// server): its template's build is `building`.
+    async fn is_building(&self, vm: &crate::store::VmRow) -> Result<bool, VmError> {
+        let Some(name) = vm.labels().get(build::TEMPLATE_LABEL).cloned() else {
+            return Ok(false);
+        };
+        let Some(template) = self.store.template(&name).await? else {
+            return Ok(false);
+        };
+        Ok(self
+            .store
+            .template_build(&template.spec_hash)
+            .await?
+            .is_some_and(|build| build.state == TemplateState::Building))
+    }
+
+    /// Sets every template's pool from the database, as posted through
+    /// whichever server; a template gone empties its pool.
+    pub async fn sync_pools(&self) -> Result<(), VmError> {
+        let mut pools = Vec::new();
+        for template in self.store.templates().await? {
+            if let Ok(spec) = serde_json::from_str::<TemplateSpec>(&template.spec) {
+                pools.push((template.name, spec.pool));
+            }
+        }
+        self.sandboxes.set_template_pools(pools);
+        Ok(())
     }
 
     /// Removes builds no template names, then their snapshots (the build
@@ -211,7 +258,11 @@ impl Templates {
             created_at: existing.map_or_else(|| now.clone(), |row| row.created_at),
             updated_at: now,
         };
-        let Some(start) = self.store.put_template(&row, by, admin).await? else {
+        let Some(start) = self
+            .store
+            .put_template(&row, by, admin, build::lease_until())
+            .await?
+        else {
             return Err(not_yours());
         };
         self.sandboxes.set_template_pool(&spec.name, spec.pool);

@@ -123,6 +123,20 @@ impl WarmPool {
         self.taken.notify_one();
     }
 
+    /// Sets the pools every template's spec asks for, all at once: a
+    /// template not named has none.
+    pub fn set_spec_targets(&self, targets: PoolTargets) {
+        let changed = {
+            let mut specs = self.specs();
+            let changed = *specs != targets;
+            *specs = targets;
+            changed
+        };
+        if changed {
+            self.taken.notify_one();
+        }
+    }
+
     /// The oldest ready one of pool `name`, if any.
     fn take(&self, name: &str) -> Option<Pooled> {
         let taken = self.ready().get_mut(name)?.pop_front();
@@ -199,6 +213,17 @@ impl Sandboxes {
     /// Sets the pool template `name`'s spec asks for (`None`: none).
     pub fn set_template_pool(&self, name: &str, count: Option<usize>) {
         self.pool.set_spec_target(name, count);
+    }
+
+    /// Sets every template's pool (name, size; a template with none, or
+    /// not named, has no pool).
+    pub fn set_template_pools(&self, pools: Vec<(String, Option<usize>)>) {
+        self.pool.set_spec_targets(
+            pools
+                .into_iter()
+                .filter_map(|(name, count)| Some((name, count?)))
+                .collect(),
+        );
     }
 
     /// A pooled sandbox made `request`'s, when it matches a pool (see the
