@@ -10,7 +10,8 @@
 #                the forge end to end with real git, sandboxes and a browser)
 #   postgres     the forge's own tests (the store and the in-process API
 #                tier) and the forge end to end (tests/) again, on a
-#                throwaway PostgreSQL cluster instead of SQLite
+#                throwaway PostgreSQL cluster instead of SQLite, and two
+#                control planes sharing it with three sandbox nodes
 #   microvm      the microVM backend with a real Linux guest
 #                (scripts/nested-kvm.sh), last: two nested test hosts side
 #                by side, one per core, share its steps. They emulate their
@@ -82,6 +83,8 @@ postgres_tiers() {
     # --include-ignored: the tests that need PostgreSQL itself (TLS).
     FORGE_TEST_DATABASE_URL="$url" cargo test -p forge --no-fail-fast --lib -- --include-ignored || status=$?
     FORGE_TEST_DATABASE_URL="$url" cargo test -p e2e --no-fail-fast --test '*' || status=$?
+    # Two control planes on one database (ignored on SQLite).
+    FORGE_TEST_DATABASE_URL="$url" cargo test -p e2e --test control_planes -- --include-ignored || status=$?
     return "$status"
 }
 tier postgres postgres_tiers

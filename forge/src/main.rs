@@ -214,9 +214,16 @@ enum NodeCommand {
     /// `--listen` and report to `--control` every 2 s.
     Run {
         /// The control plane's URL: `https://`, or `http://` on loopback
-        /// (the report carries the node's token and key).
-        #[arg(long, env = "FORGE_CONTROL_URL")]
-        control: String,
+        /// (the report carries the node's token and key). Several control
+        /// planes on one database: their URLs, comma-separated (the node
+        /// reports to the next when one does not answer).
+        #[arg(
+            long,
+            env = "FORGE_CONTROL_URL",
+            value_delimiter = ',',
+            required = true
+        )]
+        control: Vec<String>,
         /// PEM certificates of a private CA that signs the control plane's
         /// certificate, trusted beside the usual public ones.
         #[arg(long, env = "FORGE_CONTROL_CA")]

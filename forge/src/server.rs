@@ -185,8 +185,14 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     create_private_dir(&config.data_dir)?;
     // The error names the database (without its password).
     let store = Store::connect(&config.database).await?;
-    // One server per database until every queue is leased (see the store).
-    let sole_server = store.hold_sole_server().await?;
+    // Servers that run sandboxes only on nodes share a database; one that
+    // runs them here has it alone (`store/locks.rs`).
+    let server_hold = store
+        .hold_server(!matches!(
+            config.sandboxes.sandbox_backend,
+            SandboxBackend::Nodes | SandboxBackend::None
+        ))
+        .await?;
     let repos = Repositories::open(config.data_dir.join("repos"))?;
     let git_hooks = config.data_dir.join("hooks");
     rules::install_hooks(&git_hooks)
@@ -216,13 +222,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         (Some(backend), reason, _) => tracing::info!(%backend, %reason, "sandbox backend"),
         (None, reason, _) => tracing::warn!(%reason, "no sandbox backend: the VM API answers 503"),
     }
-    match sandboxes.reconcile().await {
-        Ok(0) => {}
-        Ok(crashed) => tracing::warn!(crashed, "sandboxes found crashed at start-up"),
-        Err(error) => tracing::error!(error = %error, "reconciling sandboxes failed"),
-    }
     let stopping = tokio_util::sync::CancellationToken::new();
-    sandboxes.start_reaper(std::time::Duration::from_secs(1), stopping.clone());
     let settings = Settings {
         push_rules: PushRules {
             sandbox_branch_prefix: config.sandbox_branch_prefix.clone(),
@@ -246,14 +246,13 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     )
     .await
     .context("starting webhook delivery failed")?;
-    let github = crate::github::start(
+    let github = crate::github::load(
         &config.data_dir,
         store.clone(),
         repos.clone(),
         events.clone(),
         &public_url,
         config.review_mode,
-        stopping.clone(),
     )
     .await
     .context("starting the GitHub App failed")?;
@@ -271,9 +270,16 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     );
     pipelines.start(stopping.clone());
     let templates = crate::templates::Templates::new(store.clone(), sandboxes.clone());
-    if let Err(error) = templates.recover().await {
-        tracing::error!(%error, "recovering template builds failed");
-    }
+    let duties = Duties {
+        sandboxes: sandboxes.clone(),
+        templates: templates.clone(),
+        github: github.clone(),
+        events: events.clone(),
+        stopping: stopping.clone(),
+    };
+    // The first look before serving: a lone server (SQLite, or the first
+    // on a database) has reconciled its sandboxes when it answers.
+    let duties_lost = duties.campaign(store.clone()).await;
     let state = AppState {
         store: store.clone(),
         repos,
@@ -332,7 +338,11 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .with_graceful_shutdown(async move {
             tokio::select! {
                 () = shutdown_signal() => {}
-                error = sole_server.keep(std::time::Duration::from_secs(5)) => {
+                error = server_hold.keep(HOLD_CHECK_EVERY) => {
+                    tracing::error!(%error, "stopping");
+                    let _ = lost_hold.set(error);
+                }
+                error = duties_lost => {
                     tracing::error!(%error, "stopping");
                     let _ = lost_hold.set(error);
                 }
@@ -349,6 +359,101 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     match lost.get() {
         Some(error) => anyhow::bail!("{error}"),
         None => Ok(()),
+    }
+}
+
+/// How often a server checks that the connections holding its locks live.
+const HOLD_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The work one server of those sharing a database does for all, while it
+/// holds the duties lock (`store/locks.rs`): reconciling sandboxes, the
+/// idle reaper, expiry, the node watch, stray collection, warm pools and
+/// dev server supervision; failing lapsed template builds and reading the
+/// templates' pools; the GitHub sync.
+struct Duties {
+    sandboxes: Arc<crate::vms::Sandboxes>,
+    templates: Arc<crate::templates::Templates>,
+    github: Option<Arc<crate::github::Github>>,
+    events: EventBus,
+    stopping: tokio_util::sync::CancellationToken,
+}
+
+impl Duties {
+    /// Asks for the duties now and, while another server holds them,
+    /// every [`crate::store::DUTIES_POLL`] in the background; takes them up
+    /// once held. The future returned ends only when the duties, once
+    /// held, were lost to another server: this server must stop.
+    async fn campaign(
+        self,
+        store: Store,
+    ) -> impl std::future::Future<Output = crate::store::HoldError> {
+        let asked = |answer: Result<Option<crate::store::Held>, crate::store::HoldError>| {
+            answer.unwrap_or_else(|error| {
+                tracing::warn!(%error, "asking for the duties failed");
+                None
+            })
+        };
+        let held_now = asked(store.try_hold_duties().await);
+        if held_now.is_some() {
+            self.take_up().await;
+        }
+        let (lost, told) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let held = match held_now {
+                Some(held) => held,
+                None => loop {
+                    tokio::select! {
+                        () = self.stopping.cancelled() => return,
+                        () = tokio::time::sleep(crate::store::DUTIES_POLL) => {}
+                    }
+                    if let Some(held) = asked(store.try_hold_duties().await) {
+                        self.take_up().await;
+                        break held;
+                    }
+                },
+            };
+            let _ = lost.send(held.keep(HOLD_CHECK_EVERY).await);
+        });
+        async move {
+            match told.await {
+                Ok(error) => error,
+                Err(_) => std::future::pending().await,
+            }
+        }
+    }
+
+    /// Starts the duties; they stop when the server does.
+    async fn take_up(&self) {
+        tracing::info!("this server holds the forge's duties");
+        match self.sandboxes.reconcile().await {
+            Ok(0) => {}
+            Ok(crashed) => tracing::warn!(crashed, "sandboxes found crashed"),
+            Err(error) => tracing::error!(error = %error, "reconciling sandboxes failed"),
+        }
+        if let Err(error) = self.templates.recover().await {
+            tracing::error!(%error, "recovering template builds failed");
+        }
+        self.sandboxes
+            .start_reaper(std::time::Duration::from_secs(1), self.stopping.clone());
+        if let Some(github) = &self.github {
+            github.take_up_duties(&self.events, self.stopping.clone());
+        }
+        let templates = self.templates.clone();
+        let stopping = self.stopping.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = stopping.cancelled() => return,
+                    () = tokio::time::sleep(crate::templates::DUTIES_EVERY) => {}
+                }
+                if let Err(error) = templates.fail_lapsed().await {
+                    tracing::warn!(%error, "failing lapsed template builds failed");
+                }
+                if let Err(error) = templates.sync_pools().await {
+                    tracing::warn!(%error, "reading the templates' pools failed");
+                }
+            }
+        });
     }
 }
 

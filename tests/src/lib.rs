@@ -122,6 +122,10 @@ pub struct Builder {
     listen_everywhere: bool,
     env: Vec<(String, String)>,
     sandboxes: Option<Sandboxes>,
+    /// `--sandbox-backend nodes` (without `sandboxes`).
+    nodes_only: bool,
+    /// Where the server's log goes (default: next to its data directory).
+    log_path: Option<PathBuf>,
 }
 
 /// Sandboxes for a forge under test: the host's guest image and a short
@@ -239,6 +243,13 @@ impl Builder {
         self
     }
 
+    /// `--sandbox-backend nodes`: every sandbox on a sandbox node, none on
+    /// this host; servers so started share one PostgreSQL database.
+    pub fn nodes_only(mut self) -> Self {
+        self.nodes_only = true;
+        self
+    }
+
     fn data_dir(mut self, dir: PathBuf) -> Self {
         self.data_dir = Some(dir);
         self
@@ -291,14 +302,21 @@ impl Builder {
                     .arg(sandboxes.max_live.to_string());
             }
             None => {
-                command.args(["--sandbox-backend", "none"]);
+                command.args([
+                    "--sandbox-backend",
+                    if self.nodes_only { "nodes" } else { "none" },
+                ]);
             }
         }
         command.envs(self.env.iter().map(|(k, v)| (k, v)));
         let mut child = command.spawn().expect("forge starts");
         let stdout = child.stdout.take().expect("stdout is piped");
         let stderr = child.stderr.take().expect("stderr is piped");
-        let log_path = data_dir.with_extension("log");
+        let log_path = self
+            .log_path
+            .clone()
+            .unwrap_or_else(|| data_dir.with_extension("log"));
+        let server_log = log_path.clone();
         std::thread::spawn(move || {
             // Keep the server's log for a failing test to show.
             let mut log = std::fs::OpenOptions::new()
@@ -329,10 +347,7 @@ impl Builder {
         std::thread::spawn(move || for _ in lines {});
         let url = url.unwrap_or_else(|| {
             let _ = child.kill();
-            panic!(
-                "the forge did not start; see {}",
-                data_dir.with_extension("log").display()
-            )
+            panic!("the forge did not start; see {}", server_log.display())
         });
         let admin_token = std::fs::read_to_string(data_dir.join("admin-token"))
             .expect("the admin token file exists")
@@ -350,6 +365,7 @@ impl Builder {
             admin_token,
             printed_admin_token: printed_token,
             data_dir,
+            log_path: server_log,
             builder: self,
             _temp: temp,
         }
@@ -402,6 +418,7 @@ pub struct TestForge {
     /// The admin token as printed on this start (only on the first start).
     pub printed_admin_token: Option<String>,
     pub data_dir: PathBuf,
+    log_path: PathBuf,
     builder: Builder,
     _temp: Option<tempfile::TempDir>,
 }
@@ -469,10 +486,7 @@ impl TestForge {
     /// Kills the server with SIGKILL (a crash: nothing gets to clean up) and
     /// starts it again on the same data directory.
     pub fn crash_and_restart(mut self) -> TestForge {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.kill();
         self.start_again()
     }
 
@@ -493,7 +507,25 @@ impl TestForge {
 
     /// The server's log so far.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.data_dir.with_extension("log")).unwrap_or_default()
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Another server on this one's database and data directory (its
+    /// repositories, admin token and keys), as a second control plane
+    /// behind a load balancer with shared storage would be; its log is
+    /// `<data>.<name>.log`.
+    pub fn another_server(&self, name: &str) -> TestForge {
+        let mut builder = self.builder.clone().data_dir(self.data_dir.clone());
+        builder.log_path = Some(self.data_dir.with_extension(format!("{name}.log")));
+        builder.start()
+    }
+
+    /// Kills the server with SIGKILL: nothing gets to clean up.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 
     /// An HTTP call with `token`; returns the status and the JSON body (or
@@ -712,7 +744,7 @@ impl Drop for TestForge {
     fn drop(&mut self) {
         if std::thread::panicking() {
             // A failing test shows the end of the server's log with it.
-            let log = std::fs::read(self.data_dir.with_extension("log")).unwrap_or_default();
+            let log = std::fs::read(&self.log_path).unwrap_or_default();
             // Its errors and warnings wherever they are (the first 50),
             // then its end.
             let text = String::from_utf8_lossy(&log);
@@ -1070,16 +1102,24 @@ impl TestNode {
     /// so in TLS, and reports to `forge` (started with
     /// [`Builder::listen_everywhere`]) through the host's end.
     pub fn start_in_netns(forge: &TestForge, name: &str, memory_mib: u64) -> TestNode {
+        Self::start_in_netns_for(&[forge], name, memory_mib)
+    }
+
+    /// [`TestNode::start_in_netns`] reporting to every control plane of
+    /// `forges` (servers on one database; added through the first),
+    /// the next when one does not answer.
+    pub fn start_in_netns_for(forges: &[&TestForge], name: &str, memory_mib: u64) -> TestNode {
         let n = next_node();
         let netns = Netns::new(n);
-        let port = forge
-            .url
-            .rsplit(':')
-            .next()
-            .expect("the forge's port")
-            .to_owned();
-        let mut node = Self::prepare(forge, name, memory_mib, true, n);
-        node.control = format!("http://{}:{port}", netns.host_ip);
+        let mut node = Self::prepare(forges[0], name, memory_mib, true, n);
+        node.control = forges
+            .iter()
+            .map(|forge| {
+                let port = forge.url.rsplit(':').next().expect("the forge's port");
+                format!("http://{}:{port}", netns.host_ip)
+            })
+            .collect::<Vec<_>>()
+            .join(",");
         node.address = format!("{}:7443", netns.ip);
         node.netns = Some(netns);
         node.run();
@@ -1207,6 +1247,19 @@ impl TestNode {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.data_dir.with_extension("log")).unwrap_or_default()
+    }
+}
+
+/// The name of the one node of `nodes` that holds VM `id`, or `?`.
+pub fn holder<'a>(nodes: &[&'a TestNode], id: &str) -> &'a str {
+    let holding: Vec<&str> = nodes
+        .iter()
+        .filter(|node| node.holds(id))
+        .map(|node| node.name.as_str())
+        .collect();
+    match holding[..] {
+        [one] => one,
+        _ => "?",
     }
 }
 

@@ -16,7 +16,7 @@ mod terminal;
 
 use std::time::Duration;
 
-use e2e::{TestForge, TestNode, eventually, require_sandboxes};
+use e2e::{TestForge, TestNode, eventually, holder, require_sandboxes};
 use serde_json::{Value, json};
 
 /// A dev server answering every request on port 3000.
@@ -172,19 +172,6 @@ fn vms_are_placed_on_nodes_reached_through_the_control_plane_and_a_dead_node_is_
     forge.admin("DELETE", "/v1/nodes/b", None);
 }
 
-/// The name of the one node of `nodes` that holds VM `id`, or `?`.
-fn holder<'a>(nodes: &[&'a TestNode], id: &str) -> &'a str {
-    let holding: Vec<&str> = nodes
-        .iter()
-        .filter(|node| node.holds(id))
-        .map(|node| node.name.as_str())
-        .collect();
-    match holding[..] {
-        [one] => one,
-        _ => "?",
-    }
-}
-
 #[test]
 fn nodes_on_networks_of_their_own_take_vms_by_memory_and_a_killed_one_is_avoided() {
     if !require_sandboxes() {
@@ -254,25 +241,8 @@ fn nodes_on_networks_of_their_own_take_vms_by_memory_and_a_killed_one_is_avoided
     }
     // A terminal through the control plane is a shell on the node: the
     // file written there is there.
-    let mut shell = terminal::connect_from(
-        &forge,
-        &format!("/v1/vms/{}/terminal", ids[1]),
-        Some(&forge.admin_token),
-        None,
-    )
-    .expect("a terminal");
-    // Split so that the echoed command line cannot match.
-    shell
-        .send(tungstenite::Message::Binary(
-            b"cat /tmp/where; echo do\"\"ne\r".to_vec().into(),
-        ))
-        .expect("typed");
-    let seen = terminal::read_until(&mut shell, "done", Duration::from_secs(20));
-    assert!(
-        seen.split(['\r', '\n']).any(|line| line == "on-a"),
-        "{seen:?}"
-    );
-    drop(shell);
+    let seen = terminal::run_in_shell(&forge, &ids[1], "cat /tmp/where");
+    assert!(seen.iter().any(|line| line == "on-a"), "{seen:?}");
     // A fork stays on its parent's node, with its files: b has room for
     // exactly one copy, and none for two more.
     let forked = forge.admin(

@@ -74,6 +74,10 @@ pub async fn list_all(
     page(&state, None, &query).await
 }
 
+/// How often a waiting read looks for events other servers sharing the
+/// database recorded.
+const OTHER_SERVERS_EVERY: Duration = Duration::from_secs(1);
+
 /// A page of the events of `repo_id` (or of the whole forge) after the
 /// query's cursor, waiting up to `wait_secs` for one when there is none.
 async fn page(
@@ -104,8 +108,11 @@ async fn page(
                 next_cursor,
             }));
         }
+        // The bus hears this server's events only; another server's (on a
+        // shared database) are read at the next look.
+        let look_again = deadline.min(tokio::time::Instant::now() + OTHER_SERVERS_EVERY);
         loop {
-            match tokio::time::timeout_at(deadline, news.recv()).await {
+            match tokio::time::timeout_at(look_again, news.recv()).await {
                 Ok(Ok(event)) if repo_id.is_some() && event.repo_id.as_deref() != repo_id => {
                     continue;
                 }

@@ -5,7 +5,8 @@
 //! Parts: [`config`] (app id, key, secret, URLs), [`auth`] (app JWT and
 //! installation tokens through octocrab), [`webhook`] (inbound deliveries:
 //! verify, store, process), [`sync`] (one three-way pass per repository),
-//! [`review`] (the review bot). Background tasks, started by [`start`]:
+//! [`review`] (the review bot). Background tasks, started by [`Github::take_up_duties`] on
+//! the server holding the duties (`store/locks.rs`):
 //! - the delivery processor, woken by each stored delivery;
 //! - the outbox consumer (cursor `github_cursor`): forge pushes not caused
 //!   by GitHub are synced to GitHub, and `run.completed` feeds the bot;
@@ -133,16 +134,15 @@ impl Github {
     }
 }
 
-/// Loads the configuration and, when the app is configured, starts its
-/// background tasks.
-pub async fn start(
+/// Loads the configuration: the app, when it is configured. Its background
+/// tasks start with [`Github::take_up_duties`].
+pub async fn load(
     data_dir: &Path,
     store: Store,
     repos: Repositories,
     events: EventBus,
     public_url: &str,
     review_mode: ReviewMode,
-    shutdown: CancellationToken,
 ) -> anyhow::Result<Option<Arc<Github>>> {
     let Some(config) = config::load(data_dir)? else {
         return Ok(None);
@@ -172,60 +172,71 @@ pub async fn start(
         wake: tokio::sync::Notify::new(),
     });
     tracing::info!(app_id = github.config.app_id, api = %github.config.api_url, "GitHub App configured");
-    let processor = github.clone();
-    let stop = shutdown.clone();
-    tokio::spawn(async move {
-        loop {
-            match processor.process_pending().await {
-                Ok(n) if n > 0 => continue,
-                Ok(_) => {}
-                Err(error) => tracing::error!(
-                    error = format!("{error:#}"),
-                    "reading GitHub deliveries failed"
-                ),
-            }
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = processor.wake.notified() => {}
-                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
-            }
-        }
-    });
-    let consumer = github.clone();
-    let stop = shutdown.clone();
-    tokio::spawn(async move {
-        let mut news = events.subscribe();
-        loop {
-            match consumer.consume().await {
-                Ok(n) if n > 0 => continue,
-                Ok(_) => {}
-                Err(error) => tracing::error!(
-                    error = format!("{error:#}"),
-                    "reading events for GitHub failed"
-                ),
-            }
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = news.recv() => {}
-                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
-            }
-        }
-    });
-    let reconciler = github.clone();
-    tokio::spawn(async move {
-        let period = Duration::from_secs(reconciler.config.reconcile_secs);
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(period) => {}
-            }
-            if let Err(error) = reconciler.reconcile().await {
-                tracing::error!(
-                    error = format!("{error:#}"),
-                    "reconciling with GitHub failed"
-                );
-            }
-        }
-    });
     Ok(Some(github))
+}
+
+impl Github {
+    /// Starts the background tasks (the delivery processor, the outbox
+    /// consumer, the reconcile loop), which stop when `shutdown` is
+    /// cancelled: on the server holding the duties only (`store/locks.rs`),
+    /// so two servers never sync one repository at once. A delivery
+    /// stored by another server is found by the processor's next look.
+    pub fn take_up_duties(self: &Arc<Self>, events: &EventBus, shutdown: CancellationToken) {
+        let github = self;
+        let processor = github.clone();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                match processor.process_pending().await {
+                    Ok(n) if n > 0 => continue,
+                    Ok(_) => {}
+                    Err(error) => tracing::error!(
+                        error = format!("{error:#}"),
+                        "reading GitHub deliveries failed"
+                    ),
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = processor.wake.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                }
+            }
+        });
+        let consumer = github.clone();
+        let stop = shutdown.clone();
+        let mut news = events.subscribe();
+        tokio::spawn(async move {
+            loop {
+                match consumer.consume().await {
+                    Ok(n) if n > 0 => continue,
+                    Ok(_) => {}
+                    Err(error) => tracing::error!(
+                        error = format!("{error:#}"),
+                        "reading events for GitHub failed"
+                    ),
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = news.recv() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                }
+            }
+        });
+        let reconciler = github.clone();
+        tokio::spawn(async move {
+            let period = Duration::from_secs(reconciler.config.reconcile_secs);
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(period) => {}
+                }
+                if let Err(error) = reconciler.reconcile().await {
+                    tracing::error!(
+                        error = format!("{error:#}"),
+                        "reconciling with GitHub failed"
+                    );
+                }
+            }
+        });
+    }
 }

@@ -9,7 +9,10 @@
 //! SHA-256, its backend, labels,
 //! memory, vCPUs and disk. A refused token stops the node; an unreachable
 //! control plane is retried (sandboxes keep running meanwhile, and the
-//! control plane sees the node lost until it reports again).
+//! control plane sees the node lost until it reports again). Several
+//! control planes on one database may be named (`--control A,B`): the node
+//! reports to the one that answered last, and to the next when it does
+//! not.
 //!
 //! A report carries the node's token and the key that commands its
 //! sandboxes, so it goes over https (a private CA given by `--control-ca`),
@@ -30,9 +33,9 @@ use crate::server::{SandboxChoice, open_sandboxes};
 /// What `forge node run` needs.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
-    /// The control plane's URL (`https://host:port`; `http://` on
-    /// loopback, or with `insecure_control`).
-    pub control: String,
+    /// The control planes' URLs (`https://host:port`; `http://` on
+    /// loopback, or with `insecure_control`), any of which takes reports.
+    pub control: Vec<String>,
     /// PEM certificates of a private CA the control plane's certificate
     /// may chain to.
     pub control_ca: Option<PathBuf>,
@@ -57,7 +60,12 @@ pub struct NodeConfig {
 /// the process is told to stop.
 pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     // Before anything starts: a refused URL or CA is the operator's to fix.
-    let url = report_url(&config.control, config.insecure_control)?;
+    anyhow::ensure!(!config.control.is_empty(), "no control plane is named");
+    let urls = config
+        .control
+        .iter()
+        .map(|control| report_url(control, config.insecure_control))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let http = client(config.control_ca.as_deref())?;
     let (backend, image, reason) = match open_sandboxes(&config.sandboxes).await {
         crate::vms::Availability::Ready {
@@ -106,7 +114,8 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     });
     tracing::info!(%listening, %address, tls = tls_sha256.as_deref().unwrap_or("none"), "serving sandboxes");
 
-    let mut registered = false;
+    // The control plane that took the last report (`None`: none yet).
+    let mut reporting_to: Option<usize> = None;
     let stop = crate::server::shutdown_signal();
     tokio::pin!(stop);
     loop {
@@ -118,25 +127,29 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
             labels: config.labels.clone(),
             ..measure(&config.sandboxes.data_dir, config.memory_mib)
         };
-        let wait = match send(&http, &url, &config.token, &report).await {
-            Ok(answer) => {
-                if !registered {
-                    tracing::info!(node = %answer.node, control = %config.control, "reporting to the control plane");
-                    registered = true;
+        let first = reporting_to.unwrap_or(0);
+        let mut wait = super::REPORT_EVERY;
+        for index in (first..urls.len()).chain(0..first) {
+            match send(&http, &urls[index], &config.token, &report).await {
+                Ok(answer) => {
+                    if reporting_to != Some(index) {
+                        tracing::info!(node = %answer.node, control = %config.control[index], "reporting to the control plane");
+                        reporting_to = Some(index);
+                    }
+                    wait = Duration::from_secs(answer.report_every_secs.clamp(1, 60));
+                    break;
                 }
-                Duration::from_secs(answer.report_every_secs.clamp(1, 60))
+                Err(Refusal::Token) => {
+                    bail!(
+                        "the control plane at {} refused this node's token",
+                        config.control[index]
+                    )
+                }
+                Err(Refusal::Other(error)) => {
+                    tracing::warn!(control = %config.control[index], error = %error, "the report did not reach the control plane");
+                }
             }
-            Err(Refusal::Token) => {
-                bail!(
-                    "the control plane at {} refused this node's token",
-                    config.control
-                )
-            }
-            Err(Refusal::Other(error)) => {
-                tracing::warn!(error = %error, "the report did not reach the control plane");
-                super::REPORT_EVERY
-            }
-        };
+        }
         tokio::select! {
             ended = &mut serving => {
                 return match ended {

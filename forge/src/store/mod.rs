@@ -9,6 +9,7 @@
 mod copy;
 mod events;
 mod github;
+mod locks;
 mod nodes;
 mod repos;
 mod runs;
@@ -29,6 +30,7 @@ use sqlx::{Any, AnyPool, ConnectOptions, Connection, Executor, ValueRef};
 pub use copy::CopyError;
 pub use events::{EventRow, NewEvent};
 pub use github::{GithubDelivery, GithubLink, GithubPull, GithubRefState};
+pub use locks::{DUTIES_POLL, Held, HoldError, Lock};
 pub use nodes::{NodeCaps, NodeLoad, NodeReport, NodeRow};
 pub use repos::RepoRow;
 pub use runs::{BranchSandbox, NewRun, PlanSource, RunRow, StepRow};
@@ -139,9 +141,6 @@ pub struct Store {
     database: std::sync::Arc<Database>,
 }
 
-/// The advisory lock key of [`Store::hold_sole_server`] (`forge` in ASCII).
-const SOLE_SERVER_LOCK: i64 = 0x66_6f_72_67_65;
-
 /// The advisory lock of [`Store::lock_events`] (`events` in ASCII).
 const EVENTS_LOCK: i64 = 0x65_76_65_6e_74_73;
 
@@ -181,81 +180,6 @@ fn storable_json(value: &serde_json::Value) -> String {
     let mut value = value.clone();
     clean(&mut value);
     value.to_string()
-}
-
-/// Holds [`Store::hold_sole_server`]'s lock until dropped; [`Self::keep`]
-/// watches it.
-pub struct SoleServer {
-    /// The database's URL and the connection holding the lock (PostgreSQL).
-    held: Option<(String, PgConnection)>,
-}
-
-impl SoleServer {
-    /// Holds the lock, checking every `every` that its connection lives;
-    /// one that died (PostgreSQL restarted, a network cut, an operator's
-    /// `pg_terminate_backend`) released it, so it is taken again on a new
-    /// connection. Returns only when that fails because another server
-    /// took it meanwhile: this one must stop. An unreachable database is
-    /// retried (nothing can be served from it anyway). Never returns on
-    /// SQLite.
-    pub async fn keep(self, every: Duration) -> SoleServerError {
-        let Some((url, mut connection)) = self.held else {
-            return std::future::pending().await;
-        };
-        loop {
-            tokio::time::sleep(every).await;
-            if sqlx::query("SELECT 1")
-                .execute(&mut connection)
-                .await
-                .is_ok()
-            {
-                continue;
-            }
-            match take_lock(&url).await {
-                Ok(again) => {
-                    tracing::warn!(
-                        "the database connection holding the server lock was lost; it is held again"
-                    );
-                    connection = again;
-                }
-                Err(SoleServerError::Taken) => return SoleServerError::Lost,
-                Err(error) => {
-                    tracing::warn!(error = %error, "the server lock's connection was lost; retrying");
-                }
-            }
-        }
-    }
-}
-
-/// A connection holding the advisory lock of `forge serve` on `url`.
-async fn take_lock(url: &str) -> Result<PgConnection, SoleServerError> {
-    let mut connection = PgConnection::connect(url)
-        .await
-        .map_err(|error| SoleServerError::Query(error.into()))?;
-    let (held,): (bool,) = sqlx::query_as("SELECT pg_try_advisory_lock($1)")
-        .bind(SOLE_SERVER_LOCK)
-        .fetch_one(&mut connection)
-        .await
-        .map_err(|error| SoleServerError::Query(error.into()))?;
-    if held {
-        Ok(connection)
-    } else {
-        Err(SoleServerError::Taken)
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum SoleServerError {
-    #[error(
-        "another forge server is using this database; one server per database is supported for now"
-    )]
-    Taken,
-    #[error(
-        "this server's hold on the database was lost and another forge server took it; stopping"
-    )]
-    Lost,
-    #[error("taking the database's server lock failed")]
-    Query(#[source] StoreError),
 }
 
 impl Store {
@@ -367,24 +291,6 @@ impl Store {
                 .await
                 .expect("the database opens with its migrations"),
         }
-    }
-
-    /// Makes this process the only `forge serve` on a PostgreSQL database
-    /// for as long as the guard lives (a session advisory lock on a
-    /// connection of its own, released by PostgreSQL when the process
-    /// dies), or fails saying another holds it. Pipeline runs are leased
-    /// (`pipelines`), but the GitHub sync, template builds, warm pools and
-    /// the reaper are not yet, so two servers would both take them.
-    /// On SQLite nothing is held: the file lives in one server's data
-    /// directory.
-    pub async fn hold_sole_server(&self) -> Result<SoleServer, SoleServerError> {
-        let Database::Postgres(url) = &*self.database else {
-            return Ok(SoleServer { held: None });
-        };
-        let connection = take_lock(url).await?;
-        Ok(SoleServer {
-            held: Some((url.clone(), connection)),
-        })
     }
 
     /// The pool, for a test's own SQL (ageing a row, reading what is kept
@@ -819,32 +725,6 @@ mod tests {
         assert_eq!(url_path(Path::new("/a b/c?d#e%f")), "/a%20b/c%3Fd%23e%25f");
     }
 
-    /// A second server on one PostgreSQL database is refused while the
-    /// first holds it, and welcome once it is gone; SQLite (one process's
-    /// file) has nothing to hold.
-    #[tokio::test]
-    async fn a_second_server_on_one_postgres_database_is_refused() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open_for_test(dir.path()).await;
-        let other = store.reopen().await;
-        let first = store.hold_sole_server().await.expect("the first server");
-        let second = other.hold_sole_server().await;
-        match store.dialect() {
-            Dialect::Postgres => {
-                let error = second.err().expect("refused").to_string();
-                assert!(error.contains("another forge server"), "{error}");
-                // PostgreSQL lets go once it sees the connection closed.
-                drop(first);
-                let deadline = std::time::Instant::now() + Duration::from_secs(5);
-                while other.hold_sole_server().await.is_err() {
-                    assert!(std::time::Instant::now() < deadline, "never let go");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            }
-            Dialect::Sqlite => assert!(second.is_ok()),
-        }
-    }
-
     /// `sslmode=require` in the URL makes the connection TLS (rustls), as
     /// a managed PostgreSQL asks; the server says so of its own session.
     #[tokio::test]
@@ -862,93 +742,5 @@ mod tests {
                 .await
                 .expect("the session's TLS state");
         assert!(tls, "the session is encrypted");
-    }
-
-    /// A server whose lock connection is cut (as a database restart or an
-    /// operator would) takes the lock again; if another server took it in
-    /// between, it learns it must stop.
-    #[tokio::test]
-    #[ignore = "needs PostgreSQL: scripts/test.sh's postgres tier runs it"]
-    async fn a_server_that_loses_its_hold_to_another_must_stop() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open_for_test(dir.path()).await;
-        assert_eq!(
-            store.dialect(),
-            Dialect::Postgres,
-            "FORGE_TEST_DATABASE_URL is set"
-        );
-        let cut = |store: Store| async move {
-            let holders: Vec<(i32,)> = sqlx::query_as(
-                "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted
-                   AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
-            )
-            .fetch_all(&store.pool)
-            .await
-            .expect("the lock's holder");
-            assert_eq!(holders.len(), 1, "{holders:?}");
-            sqlx::query("SELECT pg_terminate_backend(CAST($1 AS INTEGER))")
-                .bind(i64::from(holders[0].0))
-                .execute(&store.pool)
-                .await
-                .expect("terminate");
-        };
-        let every = Duration::from_millis(50);
-
-        // Cut, then nobody else there: held again, the server goes on.
-        let kept = tokio::spawn(store.hold_sole_server().await.expect("held").keep(every));
-        cut(store.clone()).await;
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            tokio::time::sleep(every).await;
-            let (held,): (i64,) = sqlx::query_as(
-                "SELECT COUNT(*) FROM pg_locks WHERE locktype = 'advisory' AND granted
-                   AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
-            )
-            .fetch_one(&store.pool)
-            .await
-            .expect("locks");
-            if held == 1 {
-                break;
-            }
-            assert!(std::time::Instant::now() < deadline, "never held again");
-        }
-        assert!(!kept.is_finished());
-        kept.abort();
-        let _ = kept.await;
-
-        // Cut, and another server takes it before the first looks again
-        // (half a second later): the first must stop.
-        let mut kept = None;
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while kept.is_none() {
-            match store.hold_sole_server().await {
-                Ok(held) => kept = Some(tokio::spawn(held.keep(Duration::from_millis(500)))),
-                Err(_) => {
-                    assert!(
-                        std::time::Instant::now() < deadline,
-                        "the aborted hold never ended"
-                    );
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-            }
-        }
-        let kept = kept.expect("held");
-        cut(store.clone()).await;
-        let other = store.reopen().await;
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        let _second = loop {
-            match other.hold_sole_server().await {
-                Ok(held) => break held,
-                Err(_) => {
-                    assert!(std::time::Instant::now() < deadline, "never free");
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-            }
-        };
-        let error = tokio::time::timeout(Duration::from_secs(10), kept)
-            .await
-            .expect("the first server hears of it")
-            .expect("keep");
-        assert!(matches!(error, SoleServerError::Lost), "{error}");
     }
 }

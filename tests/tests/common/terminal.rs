@@ -68,3 +68,26 @@ pub fn read_until(socket: &mut Socket, needle: &str, within: Duration) -> String
     }
     panic!("{needle:?} did not appear within {within:?}; output: {seen:?}");
 }
+
+/// Types `command` into VM `vm`'s terminal through `forge` (as the admin)
+/// and returns the lines of output until the `done` echoed after it (the
+/// word is split where typed, so the echoed command line cannot match).
+#[allow(dead_code)] // Not every test including this file types a command.
+pub fn run_in_shell(forge: &TestForge, vm: &str, command: &str) -> Vec<String> {
+    let mut shell = connect_from(
+        forge,
+        &format!("/v1/vms/{vm}/terminal"),
+        Some(&forge.admin_token),
+        None,
+    )
+    .expect("a terminal");
+    shell
+        .send(Message::Binary(
+            format!("{command}; echo do\"\"ne\r").into_bytes().into(),
+        ))
+        .expect("typed");
+    read_until(&mut shell, "done", Duration::from_secs(20))
+        .split(['\r', '\n'])
+        .map(str::to_owned)
+        .collect()
+}
