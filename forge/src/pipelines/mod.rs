@@ -335,7 +335,7 @@ impl Pipelines {
 
     /// Takes over the runs no process holds a lease on: a queued one is
     /// started here, a running one ends `error` (its process stopped).
-    async fn take_over(self: &Arc<Self>) -> anyhow::Result<()> {
+    pub(crate) async fn take_over(self: &Arc<Self>) -> anyhow::Result<()> {
         let now = crate::store::unix_now();
         for run in self.store.unleased_runs(now).await? {
             if lock(&self.live).contains_key(&run.id) {
@@ -481,8 +481,19 @@ impl Pipelines {
     /// Starts a run in its branch's slot, cancelling the branch's older run
     /// of the same kind, once it is leased to this process (nothing when
     /// another holds it).
-    fn launch(self: &Arc<Self>, run: RunRow) {
+    pub(crate) fn launch(self: &Arc<Self>, run: RunRow) {
         let live = Live::default();
+        {
+            // Launched once: the take-over may find a run queued here
+            // before the code that queued it launches it, and a second
+            // launch would take the first's slot, superseding the run
+            // by itself.
+            let mut running = lock(&self.live);
+            if running.contains_key(&run.id) {
+                return;
+            }
+            running.insert(run.id, live.clone());
+        }
         let turns = {
             let mut slots = lock(&self.slots);
             let slot = slots
@@ -494,7 +505,6 @@ impl Pipelines {
             }
             slot.lock.clone()
         };
-        lock(&self.live).insert(run.id, live.clone());
         let pipelines = self.clone();
         tokio::spawn(async move {
             let id = run.id;

@@ -98,6 +98,41 @@ impl Repo {
     }
 }
 
+/// Queues the runs of the push events the pipelines have not read (as a
+/// process that then stopped, or a re-run, does), moving their cursor.
+async fn queue_unread_pushes(store: crate::store::Store) -> Vec<crate::store::RunRow> {
+    let cursor = store.pipeline_cursor().await.expect("the cursor");
+    let pushes = store.all_events_after(cursor, 100).await.expect("events");
+    let wanted: Vec<_> = pushes
+        .iter()
+        .filter_map(crate::pipelines::requested_run)
+        .collect();
+    let last = pushes.last().expect("a push").id;
+    store.queue_runs(&wanted, last).await.expect("queued")
+}
+
+/// An app whose pipelines do not run on their own (a test drives them),
+/// where lint and test pass, and its repository.
+async fn passing_without_pipelines() -> (TestApp, Repo) {
+    let app = TestApp::builder()
+        .with_backend(backend_with_git())
+        .start()
+        .await;
+    app.backend.respond_to("bun run lint", Reply::ok("clean\n"));
+    app.backend.respond_to("bun test", Reply::ok("ok\n"));
+    let repo = Repo::new(&app).await;
+    (app, repo)
+}
+
+/// How many times a lint step ran.
+fn lints_run(app: &TestApp) -> usize {
+    app.backend
+        .execs()
+        .iter()
+        .filter(|exec| exec.invocation.script() == "bun run lint")
+        .count()
+}
+
 /// The runs of `acme/app`, newest first.
 async fn runs(app: &TestApp) -> Vec<Value> {
     let runs = app
@@ -606,37 +641,20 @@ async fn two_forge_processes_run_each_run_once() {
         let run = finished_run(&app, &commit).await;
         assert_eq!(run["state"], "passed", "{run}");
     }
-    let lints = app
-        .backend
-        .execs()
-        .iter()
-        .filter(|exec| exec.invocation.script() == "bun run lint")
-        .count();
+    let lints = lints_run(&app);
     assert_eq!(lints, 3, "each run's lint ran once, by one of the two");
     stop.cancel();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_runs_of_a_stopped_forge_process_are_taken_over() {
-    let app = TestApp::builder()
-        .with_backend(backend_with_git())
-        .start()
-        .await;
-    app.backend.respond_to("bun run lint", Reply::ok("clean\n"));
-    app.backend.respond_to("bun test", Reply::ok("ok\n"));
-    let mut repo = Repo::new(&app).await;
+    let (app, mut repo) = passing_without_pipelines().await;
     repo.push(&app, &[(".forge.toml", STEPS)]).await;
     let newer = repo.push(&app, &[(".forge.toml", STEPS), ("b", "1")]).await;
     // A process that stopped had queued both pushes' runs, was running
     // the first and had not started the second; its leases lapsed.
     let store = &app.state.store;
-    let pushes = store.all_events_after(0, 100).await.expect("events");
-    let wanted: Vec<_> = pushes
-        .iter()
-        .filter_map(crate::pipelines::requested_run)
-        .collect();
-    let last = pushes.last().expect("the pushes").id;
-    let queued = store.queue_runs(&wanted, last).await.expect("queued");
+    let queued = queue_unread_pushes(store.clone()).await;
     let (running, waiting) = (queued[0].id, queued[1].id);
     for id in [running, waiting] {
         assert!(store.claim_run(id, "stopped", 0, 1).await.expect("leased"));
@@ -659,4 +677,30 @@ async fn the_runs_of_a_stopped_forge_process_are_taken_over() {
         Some("the forge stopped during this run")
     );
     stop.cancel();
+}
+
+/// A run queued by one path (a re-run, the consumer) that the take-over
+/// finds before that path launched it runs once and passes: the second
+/// launch does nothing (it used to take the first's slot, superseding the
+/// run by itself about half the time; four rounds).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_run_launched_twice_in_one_process_runs_once() {
+    let (app, mut repo) = passing_without_pipelines().await;
+    let store = &app.state.store;
+    let pipelines = &app.state.pipelines;
+    for round in 0..4 {
+        let commit = repo
+            .push(
+                &app,
+                &[(".forge.toml", STEPS), ("round", &round.to_string())],
+            )
+            .await;
+        let queued = queue_unread_pushes(store.clone()).await;
+        pipelines.take_over().await.expect("taken over");
+        pipelines.launch(queued[0].clone());
+        let run = finished_run(&app, &commit).await;
+        assert_eq!(run["state"], "passed", "round {round}: {run}");
+    }
+    let lints = lints_run(&app);
+    assert_eq!(lints, 4, "each run's lint ran once");
 }
