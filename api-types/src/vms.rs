@@ -196,6 +196,25 @@ pub struct CarriedVm {
     pub note: Option<String>,
 }
 
+/// `POST /v1/vms/{id}/move`: where a VM paused to disk goes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MoveRequest {
+    /// The node's name; by default the up node (other than its own, of
+    /// the same backend) with the most memory free.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+}
+
+/// A VM moved to another node and resumed there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct MovedVm {
+    #[serde(flatten)]
+    pub carried: CarriedVm,
+    /// The node that holds it now.
+    pub node: String,
+}
+
 /// `POST /v1/vms/{id}/exec`: exactly one of `command` (a shell script)
 /// and `argv`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]

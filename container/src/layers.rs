@@ -92,6 +92,67 @@ fn private(dir: &Path) -> Result<(), LayerError> {
 /// Name prefix of the images subvolumes (never a layer id: ids have none).
 const IMAGES_PREFIX: &str = ".images-";
 
+/// Name prefixes of the read-only snapshots a send reads and the staging
+/// directories a receive writes (never layer ids, which have no dot).
+const SEND_PREFIX: &str = ".send-";
+const RECEIVE_PREFIX: &str = ".receive-";
+
+/// A name no other send or receive of this process uses at once.
+fn unique() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A `btrfs send` under way ([`LayerStore::send`]).
+pub struct Sending {
+    snapshot: PathBuf,
+    child: std::process::Child,
+    stdout: std::process::ChildStdout,
+}
+
+impl Sending {
+    /// The stream.
+    pub fn stream(&mut self) -> &mut std::process::ChildStdout {
+        &mut self.stdout
+    }
+
+    /// Waits for `btrfs send` and says whether it succeeded.
+    pub fn finish(mut self) -> Result<(), LayerError> {
+        let status = self.child.wait().map_err(|source| LayerError::Spawn {
+            tool: "btrfs send".into(),
+            source,
+        })?;
+        if status.success() {
+            return Ok(());
+        }
+        let mut stderr = String::new();
+        if let Some(err) = self.child.stderr.as_mut() {
+            use std::io::Read;
+            let _ = err.take(4096).read_to_string(&mut stderr);
+        }
+        Err(LayerError::Tool {
+            tool: "btrfs send".into(),
+            stderr: stderr.trim().to_owned(),
+        })
+    }
+}
+
+impl Drop for Sending {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = run(
+            "btrfs",
+            &["subvolume", "delete", &self.snapshot.to_string_lossy()],
+        );
+    }
+}
+
 fn is_btrfs(path: &Path) -> bool {
     statfs(path).is_ok_and(|s| s.filesystem_type() == BTRFS_SUPER_MAGIC)
 }
@@ -312,6 +373,137 @@ impl LayerStore {
         run("btrfs", &["subvolume", "delete", &dir.to_string_lossy()])
     }
 
+    /// `btrfs send` of subvolume `source` (a layer or an images
+    /// subvolume): a read-only snapshot of it is taken beside it and its
+    /// stream comes on the returned child's stdout. [`Sending::finish`]
+    /// waits for the child and removes the snapshot (dropping does too).
+    pub fn send(&self, source: &Path) -> Result<Sending, LayerError> {
+        let name = source
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let snapshot = self.root.join(format!("{SEND_PREFIX}{name}-{}", unique()));
+        run(
+            "btrfs",
+            &[
+                "subvolume",
+                "snapshot",
+                "-r",
+                &source.to_string_lossy(),
+                &snapshot.to_string_lossy(),
+            ],
+        )?;
+        let child = Command::new("btrfs")
+            .args(["send", "-q"])
+            .arg(&snapshot)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn();
+        let mut child = match child {
+            Ok(child) => child,
+            Err(source) => {
+                let _ = run(
+                    "btrfs",
+                    &["subvolume", "delete", &snapshot.to_string_lossy()],
+                );
+                return Err(LayerError::Spawn {
+                    tool: "btrfs send".into(),
+                    source,
+                });
+            }
+        };
+        let stdout = child.stdout.take().expect("stdout is piped");
+        Ok(Sending {
+            snapshot,
+            child,
+            stdout,
+        })
+    }
+
+    /// Receives one `btrfs send` stream read from `input` as the writable
+    /// subvolume `target` (which must not exist). `btrfs receive` runs
+    /// chrooted into a staging directory of its own (the stream names
+    /// paths of its choosing); what it made there is snapshotted to
+    /// `target` and removed. Nothing is left behind on failure. Returns
+    /// the bytes read.
+    pub fn receive(&self, input: &mut dyn std::io::Read, target: &Path) -> Result<u64, LayerError> {
+        let staging = self.root.join(format!("{RECEIVE_PREFIX}{}", unique()));
+        fs::create_dir(&staging).map_err(io_err(&staging))?;
+        private(&staging)?;
+        let received = self.receive_into(input, &staging, target);
+        // Whatever the stream made in the staging directory goes.
+        if let Ok(entries) = fs::read_dir(&staging) {
+            for entry in entries.flatten() {
+                let _ = run(
+                    "btrfs",
+                    &["subvolume", "delete", &entry.path().to_string_lossy()],
+                );
+            }
+        }
+        let _ = fs::remove_dir_all(&staging);
+        if received.is_err() && target.exists() {
+            let _ = run("btrfs", &["subvolume", "delete", &target.to_string_lossy()]);
+        }
+        received
+    }
+
+    fn receive_into(
+        &self,
+        input: &mut dyn std::io::Read,
+        staging: &Path,
+        target: &Path,
+    ) -> Result<u64, LayerError> {
+        use std::io::Write;
+        let mut child = Command::new("btrfs")
+            .args(["receive", "-q", "--chroot", "-e"])
+            .arg(staging)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|source| LayerError::Spawn {
+                tool: "btrfs receive".into(),
+                source,
+            })?;
+        let mut stdin = child.stdin.take().expect("stdin is piped");
+        let copied = std::io::copy(input, &mut stdin).and_then(|n| stdin.flush().map(|()| n));
+        drop(stdin);
+        let out = child
+            .wait_with_output()
+            .map_err(|source| LayerError::Spawn {
+                tool: "btrfs receive".into(),
+                source,
+            })?;
+        let copied = copied.map_err(io_err(staging))?;
+        if !out.status.success() {
+            return Err(LayerError::Tool {
+                tool: "btrfs receive".into(),
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            });
+        }
+        let made: Vec<PathBuf> = fs::read_dir(staging)
+            .map_err(io_err(staging))?
+            .flatten()
+            .map(|entry| entry.path())
+            .collect();
+        let [made] = &made[..] else {
+            return Err(LayerError::Tool {
+                tool: "btrfs receive".into(),
+                stderr: format!("the stream made {} subvolumes, not one", made.len()),
+            });
+        };
+        run(
+            "btrfs",
+            &[
+                "subvolume",
+                "snapshot",
+                &made.to_string_lossy(),
+                &target.to_string_lossy(),
+            ],
+        )?;
+        Ok(copied)
+    }
+
     /// Sandbox ids that have an images subvolume.
     pub fn images_owners(&self) -> Result<Vec<String>, LayerError> {
         Ok(self
@@ -327,6 +519,30 @@ impl LayerStore {
     pub fn gc(&self, referenced: &[String]) -> Result<(Vec<String>, Vec<String>), LayerError> {
         let mut removed = Vec::new();
         let mut failed = Vec::new();
+        // Sends and receives a stopped process left half done.
+        for name in self.entries()? {
+            if !(name.starts_with(SEND_PREFIX) || name.starts_with(RECEIVE_PREFIX)) {
+                continue;
+            }
+            let dir = self.root.join(&name);
+            // A send's snapshot is a subvolume; a receive's staging is a
+            // plain directory of what the stream made.
+            let removed_it = if name.starts_with(SEND_PREFIX) {
+                run("btrfs", &["subvolume", "delete", &dir.to_string_lossy()])
+            } else {
+                for entry in fs::read_dir(&dir).into_iter().flatten().flatten() {
+                    let _ = run(
+                        "btrfs",
+                        &["subvolume", "delete", &entry.path().to_string_lossy()],
+                    );
+                }
+                fs::remove_dir_all(&dir).map_err(io_err(&dir))
+            };
+            match removed_it {
+                Ok(()) => removed.push(name),
+                Err(err) => failed.push(format!("{name}: {err}")),
+            }
+        }
         for id in self.list()? {
             if referenced.contains(&id) {
                 continue;

@@ -55,8 +55,8 @@ pub mod sys;
 pub mod timing;
 
 pub use backend::{
-    BackendConfig, BackendError, Carried, ContainerBackend, CreateRequest, ExecRequest, PauseMode,
-    SandboxInfo, SandboxStats,
+    BackendConfig, BackendError, Carried, ContainerBackend, CreateRequest, ExecRequest, Landing,
+    PauseMode, SandboxInfo, SandboxStats,
 };
 pub use reconcile::{ReconcileReport, reconcile};
 pub use spec::{Bind, Limits};

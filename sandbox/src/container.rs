@@ -27,7 +27,7 @@ use crate::error::{Error, Result};
 use crate::spec::{
     BackendKind, Carried, Kept, PauseMode, SandboxInfo, Spec, State, Stats, WORKSPACE,
 };
-use crate::{Backend, BoxFuture, blocking};
+use crate::{Backend, BoxFuture, Carrier, blocking};
 
 /// Where a host agent binary appears inside a sandbox.
 pub const GUEST_AGENT: &str = "/run/sandbox-agent";
@@ -170,18 +170,7 @@ impl ContainerSandboxes {
                 "vcpus, mem_mib and disk_mib must be at least 1".into(),
             ));
         }
-        let mut binds = self.shared_binds.clone();
-        let init = match &self.agent {
-            AgentInit::Image => "/sbin/init".to_owned(),
-            AgentInit::Host(binary) => {
-                binds.push(Bind {
-                    source: binary.clone(),
-                    target: PathBuf::from(GUEST_AGENT),
-                    read_only: true,
-                });
-                GUEST_AGENT.to_owned()
-            }
-        };
+        let (mut binds, init) = self.host_binds();
         if let Some(workspace) = spec.workspace {
             binds.push(Bind {
                 source: workspace,
@@ -203,6 +192,24 @@ impl ContainerSandboxes {
             binds,
             agent: true,
         })
+    }
+
+    /// The binds every sandbox of this host has (its shared directories,
+    /// its agent binary), and PID 1.
+    fn host_binds(&self) -> (Vec<Bind>, String) {
+        let mut binds = self.shared_binds.clone();
+        let init = match &self.agent {
+            AgentInit::Image => "/sbin/init".to_owned(),
+            AgentInit::Host(binary) => {
+                binds.push(Bind {
+                    source: binary.clone(),
+                    target: PathBuf::from(GUEST_AGENT),
+                    read_only: true,
+                });
+                GUEST_AGENT.to_owned()
+            }
+        };
+        (binds, init)
     }
 
     fn clients(&self) -> std::sync::MutexGuard<'_, HashMap<String, agent_proto::Client>> {
@@ -366,6 +373,69 @@ impl Backend for ContainerSandboxes {
             self.forget(id);
             let owned = id.to_owned();
             self.call(move |b| b.destroy(&owned)).await
+        })
+    }
+
+    fn export<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Carrier<'static>>> {
+        Box::pin(async move {
+            let owned = id.to_owned();
+            self.call(move |b| b.check_export(&owned)).await?;
+            let (reader, writer) = std::io::pipe().map_err(Error::io("a pipe"))?;
+            let inner = self.inner.clone();
+            let owned = id.to_owned();
+            // The exporter writes its failure into the stream, where the
+            // importer reports it.
+            std::thread::Builder::new()
+                .name(format!("export-{id}"))
+                .spawn(move || {
+                    let mut writer = writer;
+                    let _ = inner.export(&owned, &mut writer);
+                })
+                .map_err(Error::io("a thread"))?;
+            let receiver = tokio::net::unix::pipe::Receiver::from_owned_fd(reader.into())
+                .map_err(Error::io("a pipe"))?;
+            Ok(Box::pin(receiver) as Carrier<'static>)
+        })
+    }
+
+    fn import<'a>(
+        &'a self,
+        id: &'a str,
+        spec: Spec,
+        mut stream: Carrier<'a>,
+    ) -> BoxFuture<'a, Result<SandboxInfo>> {
+        Box::pin(async move {
+            if spec.workspace.is_some() {
+                return Err(Error::Invalid(
+                    "a moved sandbox takes no workspace of this host".into(),
+                ));
+            }
+            let request = self.request(spec)?;
+            let landing = sandbox_container::Landing {
+                image_root: request.image_root,
+                binds: request.binds,
+                limits: request.limits,
+            };
+            let (reader, writer) = std::io::pipe().map_err(Error::io("a pipe"))?;
+            let mut sender = tokio::net::unix::pipe::Sender::from_owned_fd(writer.into())
+                .map_err(Error::io("a pipe"))?;
+            let owned = id.to_owned();
+            let importing = self.call(move |b| {
+                let mut reader = reader;
+                b.import(&owned, &mut reader, landing)
+            });
+            tokio::pin!(importing);
+            // Fed until the importer has read what it needs (it stops at
+            // the stream's end marker) or the stream ends.
+            let feeding = async move {
+                let _ = tokio::io::copy(&mut stream, &mut sender).await;
+            };
+            tokio::pin!(feeding);
+            tokio::select! {
+                imported = &mut importing => return Ok(info(&imported?)),
+                () = &mut feeding => {}
+            }
+            Ok(info(&importing.await?))
         })
     }
 

@@ -95,6 +95,7 @@ impl From<sandbox_container::BackendError> for Error {
                 state: crate::container::state(status),
                 needed,
             },
+            E::Move(message) => Error::Invalid(format!("moving the sandbox failed: {message}")),
             other => Error::Container(Box::new(other)),
         }
     }

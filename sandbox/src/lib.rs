@@ -63,6 +63,10 @@ pub use spec::{
 };
 pub use tokio::io::DuplexStream as PortStream;
 
+/// A sandbox in transit between hosts ([`Backend::export`],
+/// [`Backend::import`]).
+pub type Carrier<'a> = Pin<Box<dyn tokio::io::AsyncRead + Send + 'a>>;
+
 /// A future a [`Backend`] operation returns.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -130,6 +134,63 @@ pub trait Backend: Send + Sync {
 
     /// Stop the sandbox and remove everything it owns.
     fn destroy<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<()>>;
+
+    /// Sandbox `id`, paused to disk, as one stream that
+    /// [`Backend::import`] on another host of the same kind takes: its
+    /// disk, and its memory and processes where the pause kept them,
+    /// checksummed. The sandbox stays as it is here. A backend that cannot
+    /// says so.
+    fn export<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Carrier<'static>>> {
+        Box::pin(async move {
+            let _ = id;
+            Err(Error::Unsupported {
+                backend: self.kind(),
+                what: "move a sandbox to another host".into(),
+            })
+        })
+    }
+
+    /// Makes sandbox `id` here, paused to disk, from `stream`
+    /// ([`Backend::export`] on another host): on `spec`'s image (the one
+    /// it was made from) with `spec`'s vCPUs and memory and at most its
+    /// disk, whatever the stream says.
+    /// Nothing is kept of a stream that breaks, exceeds those bounds or
+    /// fails its checksum.
+    fn import<'a>(
+        &'a self,
+        id: &'a str,
+        spec: Spec,
+        stream: Carrier<'a>,
+    ) -> BoxFuture<'a, Result<SandboxInfo>> {
+        Box::pin(async move {
+            let _ = (id, spec, stream);
+            Err(Error::Unsupported {
+                backend: self.kind(),
+                what: "take a sandbox from another host".into(),
+            })
+        })
+    }
+
+    /// Moves sandbox `id`, paused to disk, to another of this backend's
+    /// hosts (`to`, or the one placement picks) and resumes it there with
+    /// `sizes`' vCPUs and memory and at most its disk (the image is the
+    /// new host's); the copy it leaves is removed once the new one runs.
+    /// Says where it went and what survived. A backend whose sandboxes all
+    /// live on one host cannot.
+    fn relocate<'a>(
+        &'a self,
+        id: &'a str,
+        to: Option<&'a str>,
+        sizes: Spec,
+    ) -> BoxFuture<'a, Result<(String, Carried)>> {
+        Box::pin(async move {
+            let _ = (id, to, sizes);
+            Err(Error::Unsupported {
+                backend: self.kind(),
+                what: "move sandboxes: they all live on one host".into(),
+            })
+        })
+    }
 
     fn stats<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Stats>>;
 

@@ -5,6 +5,9 @@
 //! pass the same way one hop away, with the same errors. Then what a
 //! caller without the node's key, with a malformed request, pinning
 //! another certificate (a node impersonated), or saying nothing, gets.
+//! And a sandbox paused to disk moved from one node to another (export,
+//! import, resume), whole, and refused whole when its stream was damaged
+//! or cut on the way.
 
 mod common;
 #[path = "common/container.rs"]
@@ -235,4 +238,109 @@ async fn errors_keep_their_kind_across_the_hop() {
         "{none}"
     );
     sandbox.destroy().await.expect("destroy");
+}
+
+/// Every byte of `stream`.
+async fn all_of(mut stream: sandbox::Carrier<'static>) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    stream.read_to_end(&mut bytes).await.expect("the stream");
+    bytes
+}
+
+/// A sandbox paused to disk on one node is exported, imported on another
+/// node (another data directory, another node process), and resumed there
+/// with its disk, memory and processes; the first keeps its copy until it
+/// is destroyed. A stream damaged or cut on the way is refused, and leaves
+/// nothing on the node that took it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sandbox_paused_to_disk_moves_to_another_node_whole_or_not_at_all() {
+    let Some((from, _, _)) = node("move-from").await else {
+        return;
+    };
+    let (to, _, _) = node("move-to").await.expect("a second node");
+    let id = from.backend.create(from.spec()).await.expect("create").id;
+    from.backend
+        .write_file(&id, "/root/kept.txt", b"moved along")
+        .await
+        .expect("write");
+    suite::sh(&from, &id, suite::COUNTER).await;
+    let before = suite::counter_past(&from, &id, 0).await;
+    from.backend
+        .pause(&id, PauseMode::Disk)
+        .await
+        .expect("pause to disk");
+    let bytes = all_of(from.backend.export(&id).await.expect("export")).await;
+    assert!(bytes.starts_with(b"FRGMOVE1"), "{} bytes", bytes.len());
+
+    // Damaged: the last byte of the checksum; cut: its last ten bytes.
+    let mut damaged = bytes.clone();
+    *damaged.last_mut().expect("bytes") ^= 0x55;
+    let refused = to
+        .backend
+        .import(&id, to.spec(), Box::pin(std::io::Cursor::new(damaged)))
+        .await
+        .expect_err("a damaged stream is refused");
+    assert!(refused.to_string().contains("SHA-256"), "{refused}");
+    assert_eq!(to.leftovers(&id), Vec::<std::path::PathBuf>::new());
+    let cut = bytes[..bytes.len() - 10].to_vec();
+    let refused = to
+        .backend
+        .import(&id, to.spec(), Box::pin(std::io::Cursor::new(cut)))
+        .await
+        .expect_err("a cut stream is refused");
+    assert!(refused.to_string().contains("ended"), "{refused}");
+    assert_eq!(to.leftovers(&id), Vec::<std::path::PathBuf>::new());
+
+    // Whole: streamed from one node straight to the other.
+    let stream = from.backend.export(&id).await.expect("export");
+    let landed = to
+        .backend
+        .import(&id, to.spec(), stream)
+        .await
+        .expect("import");
+    assert_eq!(
+        (landed.id.as_str(), landed.state),
+        (id.as_str(), State::PausedToDisk)
+    );
+    // Once there, a second import of it is refused.
+    let again = from.backend.export(&id).await.expect("export");
+    let refused = to
+        .backend
+        .import(&id, to.spec(), again)
+        .await
+        .expect_err("the node has it already");
+    assert!(refused.to_string().contains("already has"), "{refused}");
+    let resumed = to
+        .backend
+        .resume(&id)
+        .await
+        .expect("resume on the other node");
+    suite::assert_kept(&to, &resumed);
+    assert_eq!(
+        to.backend
+            .read_file(&id, "/root/kept.txt")
+            .await
+            .expect("read"),
+        b"moved along"
+    );
+    if to.keeps_processes {
+        suite::counter_past(&to, &id, before).await;
+    }
+    assert_eq!(
+        from.backend.get(&id).await.expect("the old copy").state,
+        State::PausedToDisk
+    );
+    from.backend.destroy(&id).await.expect("the old copy goes");
+    assert_eq!(from.leftovers(&id), Vec::<std::path::PathBuf>::new());
+    to.backend.destroy(&id).await.expect("destroy");
+    // A running sandbox does not export.
+    let running = from.backend.create(from.spec()).await.expect("create").id;
+    let refused = from
+        .backend
+        .export(&running)
+        .await
+        .err()
+        .expect("a running sandbox does not move");
+    assert!(refused.to_string().contains("paused to disk"), "{refused}");
+    from.backend.destroy(&running).await.expect("destroy");
 }

@@ -283,3 +283,70 @@ fn nodes_on_networks_of_their_own_take_vms_by_memory_and_a_killed_one_is_avoided
         forge.admin("DELETE", &format!("/v1/vms/{id}"), None);
     }
 }
+
+/// A VM paused to disk on one node moves to the other through the control
+/// plane (`POST /v1/vms/{id}/move`) and runs there with its files and its
+/// processes (a counter that goes on counting); the old node's copy is
+/// gone. A running VM does not move, and neither does one to its own node.
+#[test]
+fn a_vm_paused_to_disk_moves_to_another_node_and_runs_on() {
+    if !require_sandboxes() {
+        return;
+    }
+    let forge = TestForge::builder().with_sandboxes(8).start();
+    let a = TestNode::start(&forge, "a", 2048);
+    let b = TestNode::start_tls(&forge, "b", 1024);
+    a.wait_up(&forge);
+    b.wait_up(&forge);
+    let id = create(&forge);
+    assert_eq!(holder(&[&a, &b], &id), "a");
+    let counting = "echo moved-along > /root/kept; \
+        setsid sh -c 'i=0; while :; do i=$((i+1)); echo $i > /root/n.new; mv /root/n.new /root/n; sleep 0.05; done' \
+        </dev/null >/dev/null 2>&1 & sleep 0.5; cat /root/n";
+    let (status, ran) = exec(&forge, &id, counting);
+    assert_eq!(status, 200, "{ran}");
+    let before: u64 = ran["stdout"]
+        .as_str()
+        .unwrap_or("")
+        .trim()
+        .parse()
+        .expect("a count");
+
+    let (status, refused) = forge.call(
+        Some(&forge.admin_token),
+        "POST",
+        &format!("/v1/vms/{id}/move"),
+        Some(json!({ "node": "b" })),
+    );
+    assert_eq!(status, 409, "a running VM does not move: {refused}");
+    forge.admin(
+        "POST",
+        &format!("/v1/vms/{id}/pause"),
+        Some(json!({ "to_disk": true })),
+    );
+    let (status, refused) = forge.call(
+        Some(&forge.admin_token),
+        "POST",
+        &format!("/v1/vms/{id}/move"),
+        Some(json!({ "node": "a" })),
+    );
+    assert_eq!(status, 400, "not to its own node: {refused}");
+    let moved = forge.admin("POST", &format!("/v1/vms/{id}/move"), Some(json!({})));
+    assert_eq!(moved["node"], "b", "{moved}");
+    assert_eq!(moved["state"], "running", "{moved}");
+    assert_eq!(holder(&[&a, &b], &id), "b", "the old copy is gone from a");
+    let (status, ran) = exec(&forge, &id, "cat /root/kept; sleep 0.3; cat /root/n");
+    assert_eq!(status, 200, "{ran}");
+    let out = ran["stdout"].as_str().unwrap_or("").to_owned();
+    let mut lines = out.lines();
+    assert_eq!(lines.next(), Some("moved-along"), "{out}");
+    // CRIU is part of the host's setup: memory and processes move too.
+    assert_eq!(
+        moved["kept"],
+        json!(["disk", "memory", "processes"]),
+        "{moved}"
+    );
+    let after: u64 = lines.next().unwrap_or("").trim().parse().expect("a count");
+    assert!(after > before, "the counter goes on from {before}: {after}");
+    forge.admin("DELETE", &format!("/v1/vms/{id}"), None);
+}

@@ -73,7 +73,7 @@ impl ContainerBackend {
     }
 
     /// The most a checkpoint of `record` may take.
-    fn checkpoint_cap(record: &SandboxRecord) -> u64 {
+    pub(super) fn checkpoint_cap(record: &SandboxRecord) -> u64 {
         record.limits.mem_mib.saturating_mul(1 << 20) + TMPFS_SLACK_BYTES
     }
 

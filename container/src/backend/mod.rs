@@ -14,6 +14,9 @@
 //! described in `lifecycle`; every such operation says it in `kept`.
 
 mod lifecycle;
+mod moving;
+
+pub use moving::{Landing, MAX_RECORD_BYTES};
 
 use std::collections::HashMap;
 use std::fs;
@@ -113,6 +116,8 @@ pub enum BackendError {
         #[source]
         source: AgentError,
     },
+    #[error("Moving the sandbox failed: {0}")]
+    Move(String),
     #[error("Connecting to sandbox {id}'s agent failed")]
     AgentClient {
         id: String,

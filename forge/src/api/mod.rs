@@ -92,6 +92,7 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(vms::fork))
         .routes(routes!(vms::pause))
         .routes(routes!(vms::resume))
+        .routes(routes!(vms::move_vm))
         .routes(routes!(vms::timeout))
         .routes(routes!(processes::start, processes::list))
         .routes(routes!(processes::logs))

@@ -11,9 +11,9 @@ use std::time::Duration;
 use api_types::VmState;
 use api_types::vms::{
     CarriedVm, CreateVm, EgressUsage, ExecExit, ExecFailure, ExecOutput, ExecRequest, ExecText,
-    FileEntry, FileKind, ForkRequest, Forks, Kept, PauseRequest, Persistence, PersistenceKind,
-    SandboxLimits, SandboxQueue, SandboxSystem, System, TemplatePoolStatus, TimeoutRequest,
-    VmDetail, VmStats, VmView, WarmPoolStatus,
+    FileEntry, FileKind, ForkRequest, Forks, Kept, MoveRequest, MovedVm, PauseRequest, Persistence,
+    PersistenceKind, SandboxLimits, SandboxQueue, SandboxSystem, System, TemplatePoolStatus,
+    TimeoutRequest, VmDetail, VmStats, VmView, WarmPoolStatus,
 };
 use axum::Json;
 use axum::body::Bytes;
@@ -754,6 +754,44 @@ pub async fn resume(
     owned(&state, &caller, &id).await?;
     let (row, carried) = state.sandboxes.resume(&id).await?;
     Ok(Json(with_carried(view(&state, row).await?, &carried)))
+}
+
+/// Moves a VM paused to disk to another sandbox node and resumes it there:
+/// its disk, and its memory and processes where the pause kept them, are
+/// streamed from its node to the other, checksummed, and its old copy is
+/// removed once the new one runs (on any failure the VM stays where it
+/// was, paused to disk). `admin` only: it chooses hosts.
+#[utoipa::path(
+    post,
+    path = "/v1/vms/{id}/move",
+    tag = "vms",
+    operation_id = "moveVm",
+    params(VmPath),
+    request_body(content = MoveRequest, description = "The node; none: placement picks one"),
+    responses((status = 200, description = "The VM, running on its new node, and what it kept", body = MovedVm)),
+)]
+pub async fn move_vm(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Json<MovedVm>, ApiError> {
+    caller.check(crate::auth::Scope::Admin)?;
+    owned(&state, &caller, &id).await?;
+    let request: MoveRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        MoveRequest::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request(format!("invalid move request: {e}")))?
+    };
+    let (row, carried, node) = state
+        .sandboxes
+        .relocate(&id, request.node.as_deref())
+        .await?;
+    Ok(Json(MovedVm {
+        carried: with_carried(view(&state, row).await?, &carried),
+        node,
+    }))
 }
 
 /// Reads a file of the VM, or lists a directory when the path ends in `/`.

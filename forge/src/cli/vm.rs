@@ -5,8 +5,8 @@ use std::io::Write;
 use anyhow::Context;
 use api_types::runs::{LogEvent, RunDetail, RunEnd, RunView, StepEvent};
 use api_types::vms::{
-    CarriedVm, CreateVm, ExecOutput, ExecRequest, ForkRequest, Forks, PauseRequest, Persistence,
-    TimeoutRequest, VmView,
+    CarriedVm, CreateVm, ExecOutput, ExecRequest, ForkRequest, Forks, MoveRequest, MovedVm,
+    PauseRequest, Persistence, TimeoutRequest, VmView,
 };
 use clap::Subcommand;
 use reqwest::Method;
@@ -101,6 +101,14 @@ pub enum VmCommand {
     },
     Resume {
         id: String,
+    },
+    /// Move a sandbox paused to disk to another node and resume it there
+    /// (admin).
+    Move {
+        id: String,
+        /// The node; by default the one with the most memory free.
+        #[arg(long)]
+        node: Option<String>,
     },
     /// Destroy a sandbox.
     Rm {
@@ -301,6 +309,20 @@ pub async fn vm(target: &Target<'_>, command: VmCommand) -> anyhow::Result<()> {
                 return print_json(&resumed);
             }
             resumed.vm
+        }
+        VmCommand::Move { id, node } => {
+            let moved: MovedVm = client
+                .call(
+                    Method::POST,
+                    &format!("/v1/vms/{id}/move"),
+                    body(&MoveRequest { node })?,
+                )
+                .await?;
+            if target.json {
+                return print_json(&moved);
+            }
+            println!("moved to node {}", moved.node);
+            moved.carried.vm
         }
         VmCommand::Rm { id } => {
             let _: Value = client

@@ -345,14 +345,16 @@ impl Placed {
         Ok(self.route(id).await?.0)
     }
 
-    /// The node a new sandbox of `mem_mib` goes to; `None`: this host (no
-    /// node is registered).
+    /// The node a new sandbox of `mem_mib` goes to (not node `except`);
+    /// `None`: this host (no node is registered).
     async fn choose(
         &self,
         mem_mib: u64,
         wanted: &BTreeMap<String, String>,
+        except: Option<&str>,
     ) -> Result<Option<NodeRow>, Error> {
-        let nodes = self.store.nodes().await.map_err(store_error)?;
+        let mut nodes = self.store.nodes().await.map_err(store_error)?;
+        nodes.retain(|node| Some(node.id.as_str()) != except);
         if nodes.is_empty() && wanted.is_empty() {
             return Ok(None);
         }
@@ -407,6 +409,112 @@ impl Placed {
             ));
         }
         Ok(Some(node))
+    }
+
+    /// [`Backend::relocate`]: export from the node holding `id`, import on
+    /// `to` (or the up node of the same backend with the most memory
+    /// free), record it there, resume it there, then destroy the old copy.
+    /// Until the new copy runs, the old one is the sandbox: a failure on
+    /// the way leaves it as it was (and the new node's copy is removed).
+    async fn relocate_to(
+        &self,
+        id: &str,
+        to: Option<&str>,
+        sizes: Spec,
+    ) -> Result<(String, Carried), Error> {
+        let (from_backend, from) = self.route(id).await?;
+        let Some(from) = from else {
+            return Err(Error::Invalid(format!(
+                "sandbox {id} runs on the control plane's own host, not on a node: it cannot move"
+            )));
+        };
+        let mem_mib = self
+            .store
+            .sandbox_mem_mib(id)
+            .await
+            .map_err(store_error)?
+            .unwrap_or(0);
+        let target = match to {
+            Some(name) => self
+                .store
+                .node_by_name(name)
+                .await
+                .map_err(store_error)?
+                .ok_or_else(|| Error::Invalid(format!("there is no node {name}")))?,
+            None => {
+                let wanted = BTreeMap::from([(
+                    "backend".to_owned(),
+                    from.backend.clone().unwrap_or_default(),
+                )]);
+                self.choose(u64::try_from(mem_mib).unwrap_or(0), &wanted, Some(&from.id))
+                    .await?
+                    .ok_or_else(|| Error::Invalid("there is no other node".into()))?
+            }
+        };
+        if target.id == from.id {
+            return Err(Error::Invalid(format!(
+                "sandbox {id} is on node {} already",
+                from.name
+            )));
+        }
+        if target.backend != from.backend {
+            return Err(node_error(
+                &target.name,
+                format!(
+                    "it runs {} sandboxes, and {id} is a {} one",
+                    target.backend.as_deref().unwrap_or("no"),
+                    from.backend.as_deref().unwrap_or("unknown")
+                ),
+            ));
+        }
+        let load = self
+            .store
+            .node_load(&target.id)
+            .await
+            .map_err(store_error)?;
+        let free = free_mib(&target, load.committed_mib);
+        if free < mem_mib {
+            return Err(node_error(
+                &target.name,
+                format!("it has {free} MiB free, and {id} needs {mem_mib} MiB"),
+            ));
+        }
+        // A node lands the sandbox on its own image (checking that it is
+        // the one the sandbox was made from), with the caller's sizes.
+        let to_backend: Arc<dyn Backend> = self.remote(&target).await?;
+        let stream = from_backend.export(id).await?;
+        to_backend.import(id, sizes, stream).await?;
+        let (undo_backend, undo_node) = (&to_backend, &target.name);
+        let undo = |why: Error| async move {
+            if let Err(error) = undo_backend.destroy(id).await {
+                tracing::warn!(sandbox = id, node = %undo_node, %error, "the moved copy could not be removed");
+            }
+            why
+        };
+        if !self
+            .store
+            .move_sandbox(id, &from.id, &target.id)
+            .await
+            .map_err(store_error)?
+        {
+            return Err(undo(Error::Invalid(format!(
+                "sandbox {id} was moved or destroyed meanwhile"
+            )))
+            .await);
+        }
+        let carried = match to_backend.resume(id).await {
+            Ok(carried) => carried,
+            Err(error) => {
+                let _ = self.store.move_sandbox(id, &target.id, &from.id).await;
+                return Err(undo(error).await);
+            }
+        };
+        tracing::info!(sandbox = id, from = %from.name, to = %target.name, "sandbox moved");
+        if let Err(error) = from_backend.destroy(id).await {
+            // Recorded nowhere now: the stray collection removes it.
+            tracing::warn!(sandbox = id, node = %from.name, %error, "the old copy of a moved sandbox could not be removed");
+        }
+        Ok((target.name, carried))
     }
 
     /// Refuses a fork of `count` copies of sandbox `id` that `node` has no
@@ -526,7 +634,7 @@ impl Backend for Placed {
 
     fn create(&self, spec: Spec) -> BoxFuture<'_, ::sandbox::Result<SandboxInfo>> {
         Box::pin(async move {
-            let Some(node) = self.choose(spec.mem_mib, &spec.node_labels).await? else {
+            let Some(node) = self.choose(spec.mem_mib, &spec.node_labels, None).await? else {
                 let Some(local) = &self.local else {
                     return Err(node_error(
                         "(any)",
@@ -641,6 +749,15 @@ impl Backend for Placed {
 
     fn stats<'a>(&'a self, id: &'a str) -> BoxFuture<'a, ::sandbox::Result<Stats>> {
         Box::pin(async move { self.backend_of(id).await?.stats(id).await })
+    }
+
+    fn relocate<'a>(
+        &'a self,
+        id: &'a str,
+        to: Option<&'a str>,
+        sizes: Spec,
+    ) -> BoxFuture<'a, ::sandbox::Result<(String, Carried)>> {
+        Box::pin(self.relocate_to(id, to, sizes))
     }
 
     fn collect_garbage(&self) -> BoxFuture<'_, ::sandbox::Result<Vec<String>>> {

@@ -225,6 +225,21 @@ impl Store {
         Ok(())
     }
 
+    /// Records that node `to` holds sandbox `sandbox_id` now instead of
+    /// node `from`; `false` when `from` did not hold it (moved or
+    /// destroyed meanwhile).
+    pub async fn move_sandbox(&self, sandbox_id: &str, from: &str, to: &str) -> Result<bool> {
+        let moved = sqlx::query(
+            "UPDATE sandbox_nodes SET node_id = $1 WHERE sandbox_id = $2 AND node_id = $3",
+        )
+        .bind(to)
+        .bind(sandbox_id)
+        .bind(from)
+        .execute(&self.pool)
+        .await?;
+        Ok(moved.rows_affected() > 0)
+    }
+
     /// The node holding sandbox `sandbox_id`, if a node does.
     pub async fn sandbox_node(&self, sandbox_id: &str) -> Result<Option<String>> {
         let row: Option<(String,)> =

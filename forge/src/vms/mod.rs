@@ -887,6 +887,12 @@ impl Sandboxes {
             VmState::Paused | VmState::PausedToDisk => {}
         }
         let carried = backend.resume(id).await?;
+        let row = self.resumed(id, &carried).await?;
+        Ok((row, carried))
+    }
+
+    /// Records VM `id` resumed as `carried` says, and announces it.
+    async fn resumed(&self, id: &str, carried: &Carried) -> Result<VmRow, VmError> {
         self.store
             .set_vm_state(id, vm_state(carried.sandbox.state))
             .await?;
@@ -894,7 +900,48 @@ impl Sandboxes {
         let row = self.refresh(id).await?;
         self.announce(&row, Lifecycle::Resumed { on_demand: false }, None)
             .await;
-        Ok((row, carried))
+        Ok(row)
+    }
+
+    /// Moves VM `id`, paused to disk, to another sandbox node (`to`, or
+    /// the one placement picks) and resumes it there; returns it, what it
+    /// kept and the node's name. On any failure it stays where it was.
+    pub async fn relocate(
+        &self,
+        id: &str,
+        to: Option<&str>,
+    ) -> Result<(VmRow, Carried, String), VmError> {
+        let lock = self.lock_of(id);
+        let _guard = lock.write().await;
+        let started = Instant::now();
+        let result = self.relocate_locked(id, to).await;
+        metrics().operation("move", started, &result);
+        result
+    }
+
+    async fn relocate_locked(
+        &self,
+        id: &str,
+        to: Option<&str>,
+    ) -> Result<(VmRow, Carried, String), VmError> {
+        let (backend, _) = self.ready()?;
+        let row = self.refresh(id).await?;
+        if row.state != VmState::PausedToDisk {
+            return Err(VmError::Conflict(format!(
+                "VM {id} is {}: only a VM paused to disk moves (pause it with to_disk first)",
+                row.state
+            )));
+        }
+        // Its sizes as recorded here; its disk quota travels with it,
+        // within the largest any VM may have.
+        let mut sizes = ::sandbox::Spec::new(::sandbox::Image::root(""));
+        sizes.vcpus = u8::try_from(row.vcpus).unwrap_or(u8::MAX);
+        sizes.mem_mib = u64::try_from(row.mem_mib).unwrap_or(0);
+        sizes.disk_mib = self.limits.max_disk_mib;
+        let (node, carried) = backend.relocate(id, to, sizes).await?;
+        tracing::info!(vm = id, %node, kept = ?carried.kept, "sandbox moved to another node");
+        let row = self.resumed(id, &carried).await?;
+        Ok((row, carried, node))
     }
 
     /// Makes `count` copies of a running (or paused: resumed first) VM.

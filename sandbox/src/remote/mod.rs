@@ -21,6 +21,14 @@
 //! on the node, streaming, with the agent's own errors; the caller keeps
 //! one such connection per sandbox, as the local backends do.
 //!
+//! `export` and `import` carry a sandbox paused to disk between nodes
+//! ([`Backend::export`], [`Backend::import`]): after `export`'s `ok` the
+//! connection is the sandbox's stream, to its end; `import`'s request is
+//! followed by the stream (the caller then closes its sending side) and its
+//! answer comes once the node took it, or refused it (early, possibly).
+//! The stream bounds and checks itself (the container backend's `moving`
+//! module); the whole import must arrive within [`ANSWER_TIMEOUT`].
+//!
 //! # Bounds
 //!
 //! A node serves at most [`MAX_CONNECTIONS`] connections at once (agent
@@ -65,7 +73,7 @@ pub use tls::NodeIdentity;
 use crate::agent::{Agent, AgentIo, AgentStream};
 use crate::error::{Error, Result, chain};
 use crate::spec::{BackendKind, Carried, Image, PauseMode, SandboxInfo, Spec, State, Stats};
-use crate::{Backend, BoxFuture};
+use crate::{Backend, BoxFuture, Carrier};
 
 /// The protocol's version: a node refuses requests of another.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -142,6 +150,18 @@ enum Op {
         id: String,
     },
     CollectGarbage,
+    /// The answer is followed by the sandbox's stream ([`Backend::export`]).
+    Export {
+        id: String,
+    },
+    /// The request is followed by the sandbox's stream; the answer comes
+    /// once it is taken ([`Backend::import`]).
+    Import {
+        id: String,
+        vcpus: u8,
+        mem_mib: u64,
+        disk_mib: u64,
+    },
 }
 
 #[derive(Serialize, Deserialize)]
@@ -465,8 +485,22 @@ impl Node {
                 return;
             }
         };
-        if let Op::Agent { id } = op {
-            return self.tunnel(conn, &id).await;
+        match op {
+            Op::Agent { id } => return self.tunnel(conn, &id).await,
+            Op::Export { id } => return self.export(conn, &id).await,
+            Op::Import {
+                id,
+                vcpus,
+                mem_mib,
+                disk_mib,
+            } => {
+                let mut spec = Spec::new(self.image.clone());
+                spec.vcpus = vcpus;
+                spec.mem_mib = mem_mib;
+                spec.disk_mib = disk_mib;
+                return self.import(conn, &id, spec).await;
+            }
+            _ => {}
         }
         let answer = self.run(op).await;
         let _ = write_answer(&mut conn, &answer).await;
@@ -510,6 +544,50 @@ impl Node {
             if open.is_empty() {
                 tunnels.remove(id);
             }
+        }
+    }
+
+    /// Answer, then send sandbox `id`'s stream and close.
+    async fn export<S: AgentIo>(&self, mut conn: BufReader<S>, id: &str) {
+        let mut stream = match self.backend.export(id).await {
+            Ok(stream) => stream,
+            Err(error) => {
+                let answer: Answer<()> = Answer::Error(WireError::from(&error));
+                let _ = write_answer(&mut conn, &answer).await;
+                return;
+            }
+        };
+        if write_answer(&mut conn, &Answer::Ok(())).await.is_err() {
+            return;
+        }
+        let sent = tokio::time::timeout(ANSWER_TIMEOUT, async {
+            tokio::io::copy(&mut stream, conn.get_mut()).await?;
+            conn.get_mut().shutdown().await
+        });
+        let _ = sent.await;
+    }
+
+    /// Take sandbox `id` from the stream after the request, within
+    /// [`ANSWER_TIMEOUT`], then answer.
+    async fn import<S: AgentIo>(&self, mut conn: BufReader<S>, id: &str, spec: Spec) {
+        let imported = tokio::time::timeout(
+            ANSWER_TIMEOUT,
+            self.backend.import(id, spec, Box::pin(&mut conn)),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(Error::Invalid(format!(
+                "the sandbox's stream did not arrive within {ANSWER_TIMEOUT:?}"
+            )))
+        });
+        let answer = match imported {
+            Ok(info) => Answer::Ok(info),
+            Err(error) => Answer::Error(WireError::from(&error)),
+        };
+        let refused = matches!(answer, Answer::Error(_));
+        if write_answer(&mut conn, &answer).await.is_ok() && refused {
+            // The caller may still be sending: let it read the refusal.
+            linger(conn).await;
         }
     }
 
@@ -569,10 +647,10 @@ impl Node {
             }
             Op::Stats { id } => to_value(backend.stats(&id).await),
             Op::CollectGarbage => to_value(backend.collect_garbage().await),
-            // Handled by `tunnel` before `run` is reached.
-            Op::Agent { id } => Err(Error::Invalid(format!(
-                "the agent of {id} is reached by a connection of its own"
-            ))),
+            // Handled by `tunnel`, `export` and `import` before `run`.
+            Op::Agent { id } | Op::Export { id } | Op::Import { id, .. } => Err(Error::Invalid(
+                format!("the stream of {id} is carried on a connection of its own"),
+            )),
         };
         match result {
             Ok(value) => Answer::Ok(value),
@@ -784,6 +862,65 @@ impl RemoteBackend {
         Ok(self.request(op).await?.0)
     }
 
+    /// Sends `stream` after the request to import it as sandbox `id`, and
+    /// reads the node's answer (which may come early: a refusal).
+    async fn send_import(
+        &self,
+        id: &str,
+        spec: Spec,
+        mut stream: Carrier<'_>,
+    ) -> Result<SandboxInfo> {
+        let mut line = serde_json::to_vec(&Request {
+            v: PROTOCOL_VERSION,
+            key: self.key.clone(),
+            op: Op::Import {
+                id: id.to_owned(),
+                vcpus: spec.vcpus,
+                mem_mib: spec.mem_mib,
+                disk_mib: spec.disk_mib,
+            },
+        })
+        .map_err(|e| Error::Invalid(format!("unencodable request: {e}")))?;
+        line.push(b'\n');
+        let (read, mut write) = tokio::io::split(self.dial().await?);
+        let mut read = BufReader::new(read);
+        let exchange = async {
+            let sending = async {
+                write.write_all(&line).await?;
+                tokio::io::copy(&mut stream, &mut write).await?;
+                // The end of the stream is the end of what this side
+                // sends: a stream cut short ends there for the node too.
+                write.shutdown().await
+            };
+            let answering = read_line(&mut read, MAX_ITEM_ANSWER_BYTES);
+            tokio::pin!(answering);
+            tokio::select! {
+                sent = sending => match sent {
+                    Ok(()) => answering.await,
+                    // A refusal may have closed the connection: its answer
+                    // says why.
+                    Err(error) => answering
+                        .await
+                        .map_err(|_| format!("sending the sandbox failed: {error}")),
+                },
+                answer = &mut answering => answer,
+            }
+        };
+        let answer = tokio::time::timeout(ANSWER_TIMEOUT, exchange)
+            .await
+            .map_err(|_| {
+                self.failed(format!(
+                    "no answer for the import within {ANSWER_TIMEOUT:?}"
+                ))
+            })?
+            .map_err(|e| self.failed(format!("the node's answer for the import: {e}")))?;
+        match serde_json::from_slice::<Answer<SandboxInfo>>(&answer) {
+            Ok(Answer::Ok(info)) => Ok(info),
+            Ok(Answer::Error(error)) => Err(error.into_error(&self.node)),
+            Err(e) => Err(self.failed(format!("a malformed answer for the import: {e}"))),
+        }
+    }
+
     fn clients(&self) -> std::sync::MutexGuard<'_, HashMap<String, KeptAgent>> {
         // The map holds plain handles: a panic cannot leave it inconsistent.
         self.clients.lock().unwrap_or_else(|p| p.into_inner())
@@ -925,6 +1062,23 @@ impl Backend for RemoteBackend {
 
     fn stats<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Stats>> {
         Box::pin(self.call(Op::Stats { id: id.to_owned() }))
+    }
+
+    fn export<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Carrier<'static>>> {
+        Box::pin(async move {
+            let ((), conn) = self.request(Op::Export { id: id.to_owned() }).await?;
+            Ok(Box::pin(conn) as Carrier<'static>)
+        })
+    }
+
+    fn import<'a>(
+        &'a self,
+        id: &'a str,
+        spec: Spec,
+        stream: Carrier<'a>,
+    ) -> BoxFuture<'a, Result<SandboxInfo>> {
+        // The node lands it on its own image, with the spec's sizes.
+        Box::pin(self.send_import(id, spec, stream))
     }
 
     fn collect_garbage(&self) -> BoxFuture<'_, Result<Vec<String>>> {

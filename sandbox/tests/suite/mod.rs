@@ -66,7 +66,7 @@ macro_rules! all_cases {
 }
 pub(crate) use all_cases;
 
-async fn sh(h: &Harness, id: &str, script: &str) -> String {
+pub(crate) async fn sh(h: &Harness, id: &str, script: &str) -> String {
     let out = h
         .backend
         .exec(id, Command::shell(script).timeout(Duration::from_secs(30)))
@@ -90,7 +90,7 @@ async fn create(h: &Harness) -> String {
 }
 
 /// A shell loop counting into `/root/counter`, detached from the exec.
-const COUNTER: &str = "setsid sh -c 'i=0; while :; do i=$((i+1)); echo $i > /root/counter.new; mv /root/counter.new /root/counter; sleep 0.05; done' </dev/null >/dev/null 2>&1 &";
+pub(crate) const COUNTER: &str = "setsid sh -c 'i=0; while :; do i=$((i+1)); echo $i > /root/counter.new; mv /root/counter.new /root/counter; sleep 0.05; done' </dev/null >/dev/null 2>&1 &";
 
 async fn counter(h: &Harness, id: &str) -> u64 {
     let text = sh(h, id, "cat /root/counter 2>/dev/null || echo 0").await;
@@ -100,7 +100,7 @@ async fn counter(h: &Harness, id: &str) -> u64 {
 /// Waits (up to 30 s: emulated hardware is slow) until the counter has
 /// passed `floor`, and returns its value. A counter that stopped fails the
 /// case, and so does one that restarted from 1 (it reads below `floor`).
-async fn counter_past(h: &Harness, id: &str, floor: u64) -> u64 {
+pub(crate) async fn counter_past(h: &Harness, id: &str, floor: u64) -> u64 {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         let value = counter(h, id).await;
@@ -121,7 +121,7 @@ async fn counter_past(h: &Harness, id: &str, floor: u64) -> u64 {
 
 /// `kept` is everything where the backend keeps processes, else the disk
 /// alone with a note saying why.
-fn assert_kept(h: &Harness, carried: &sandbox::Carried) {
+pub(crate) fn assert_kept(h: &Harness, carried: &sandbox::Carried) {
     if h.keeps_processes {
         assert_eq!(
             carried.kept,

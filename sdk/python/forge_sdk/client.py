@@ -276,6 +276,13 @@ class Vm:
         """Resumes where it stopped (`CarriedVm`: says what was kept)."""
         return self._client._do(_Op("POST", f"{self.path}/resume", self._keep(t.CarriedVm)))
 
+    def move(self, node: Optional[str] = None):
+        """Moves it, paused to disk, to another sandbox node (`node`, or the
+        one with the most memory free) and resumes it there (admin;
+        `MovedVm`)."""
+        body = {"node": node} if node is not None else {}
+        return self._client._do(_Op("POST", f"{self.path}/move", self._keep(t.MovedVm), json=body))
+
     def start_process(self, command: Union[str, List[str]], **options: Any):
         """Starts a background process (a shell script or an argv list, with
         `env`, `cwd`): it runs on after the call; its output is kept

@@ -58,6 +58,8 @@ __all__ = [
     "Installation",
     "Kept",
     "LogEvent",
+    "MoveRequest",
+    "MovedVm",
     "NodeReport",
     "NodeReportAnswer",
     "NodeState",
@@ -663,6 +665,53 @@ class LogEvent:
     """The `log` event: text a step wrote."""
     position: int
     text: str
+
+
+@dataclass
+class MoveRequest:
+    """`POST /v1/vms/{id}/move`: where a VM paused to disk goes."""
+    node: Optional[Optional[str]] = None
+    """
+    The node's name; by default the up node (other than its own, of
+    the same backend) with the most memory free.
+    """
+
+
+@dataclass
+class MovedVm:
+    """A VM moved to another node and resumed there."""
+    backend: str
+    """`container` or `microvm`."""
+    created_at: str
+    id: str
+    kept: List["Kept"]
+    mem_mib: int
+    node: str
+    """The node that holds it now."""
+    persistence: "Persistence"
+    state: "VmState"
+    vcpus: int
+    branch: Optional[Optional[str]] = None
+    dev_server: Optional[Optional["DevServerStatus"]] = None
+    expires_at: Optional[Optional[str]] = None
+    """
+    When the VM is destroyed whatever its activity (RFC 3339); `null`:
+    never.
+    """
+    idle_timeout_secs: Optional[Optional[int]] = None
+    labels: Optional[Dict[str, str]] = None
+    note: Optional[Optional[str]] = None
+    """Why less than everything was kept, when the backend knows."""
+    parent: Optional[Optional[str]] = None
+    """The VM it was forked from."""
+    preview_url: Optional[Optional[str]] = None
+    """Where the dev server is seen, when the VM has one."""
+    repo: Optional[Optional[str]] = None
+    """`owner/name` of the repository checked out in it."""
+    snapshot: Optional[Optional[str]] = None
+    """The snapshot (id) it started from."""
+    template: Optional[Optional[str]] = None
+    """The template it started from."""
 
 
 @dataclass

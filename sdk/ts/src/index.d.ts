@@ -112,6 +112,7 @@ export class Vm {
   fork(options?: Options<Api.ForkRequest>): Promise<{ forks: Vm[] }>;
   pause(options?: Options<Api.PauseRequest>): Promise<Api.VmView>;
   resume(): Promise<Api.CarriedVm>;
+  move(options?: { node?: string }): Promise<Api.MovedVm>;
   /** Keeps the VM's disk (and, where it can, memory and processes) as a snapshot. */
   snapshot(options?: Options<Api.CreateSnapshot>): Promise<Api.SnapshotView>;
   delete(): Promise<void>;

@@ -207,6 +207,17 @@ export class Vm {
   }
 
   /**
+   * Moves it, paused to disk, to another sandbox node (`{ node }`, or the
+   * one with the most memory free) and resumes it there (admin).
+   */
+  async move(options = {}) {
+    this.view = await this.forge.http.json("POST", `${this.path}/move`, {
+      json: options,
+    });
+    return this.view;
+  }
+
+  /**
    * Starts a background process (a shell script or an argv array, with
    * `{ env, cwd }`): it runs on after the call; its output is kept.
    */

@@ -465,6 +465,21 @@ export interface LogEvent {
   text: string;
 }
 
+/** `POST /v1/vms/{id}/move`: where a VM paused to disk goes. */
+export interface MoveRequest {
+  /**
+   * The node's name; by default the up node (other than its own, of
+   * the same backend) with the most memory free.
+   */
+  node?: string | null;
+}
+
+/** A VM moved to another node and resumed there. */
+export type MovedVm = CarriedVm & {
+  /** The node that holds it now. */
+  node: string;
+};
+
 /** `POST /v1/nodes/report`: what a node says of itself, every 2 s. */
 export interface NodeReport {
   /** Where the control plane reaches its sandboxes, `host:port`. */

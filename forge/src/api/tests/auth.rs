@@ -181,6 +181,14 @@ const ROWS: &[Row] = &[
         401,
         &[(Writer, 404)],
     ),
+    // It chooses hosts: an admin's.
+    row(
+        "POST",
+        "/v1/vms/{id}/move",
+        "/v1/vms/{vm}/move",
+        401,
+        &[(Writer, 403), (Sandbox, 403), (Reader, 403)],
+    ),
     with_body(
         row(
             "POST",
