@@ -420,23 +420,44 @@ impl Store {
 
     /// Records an attempt, moves the delivery on (releasing its lease) and
     /// updates the subscription's run of consecutive failures, which it
-    /// returns; all in one transaction.
+    /// returns; all in one transaction. The subscription's row is locked
+    /// before the delivery's, in the order a delete of the subscription
+    /// takes them (its deliveries go with it): the other order deadlocked
+    /// against a delete on PostgreSQL. A delivery whose subscription was
+    /// deleted meanwhile records nothing (0 failures).
     pub async fn record_attempt(
         &self,
         delivery_id: &str,
         outcome: &AttemptOutcome<'_>,
     ) -> Result<u32> {
         let mut tx = self.pool.begin().await?;
-        let (attempts, webhook_id): (i64, String) = sqlx::query_as(
+        // A write first, as everywhere: on SQLite a transaction that read
+        // first cannot become a writer once another wrote meanwhile.
+        let Some((failures,)): Option<(i64,)> = sqlx::query_as(
+            "UPDATE webhooks SET consecutive_failures = CASE WHEN $1 THEN 0 ELSE consecutive_failures + 1 END
+             WHERE id = (SELECT webhook_id FROM webhook_deliveries WHERE id = $2)
+             RETURNING consecutive_failures",
+        )
+        .bind(outcome.success)
+        .bind(delivery_id)
+        .fetch_optional(&mut *tx)
+        .await?
+        else {
+            return Ok(0);
+        };
+        let Some((attempts,)): Option<(i64,)> = sqlx::query_as(
             "UPDATE webhook_deliveries SET attempts = attempts + 1, status = $1, lease_until = NULL,
                 next_attempt_at = COALESCE($2, next_attempt_at)
-             WHERE id = $3 RETURNING attempts, webhook_id",
+             WHERE id = $3 RETURNING attempts",
         )
         .bind(outcome.status)
         .bind(outcome.next_attempt_at)
         .bind(delivery_id)
-        .fetch_one(&mut *tx)
-        .await?;
+        .fetch_optional(&mut *tx)
+        .await?
+        else {
+            return Ok(0);
+        };
         sqlx::query(
             "INSERT INTO webhook_attempts (delivery_id, attempt, started_at, duration_ms, request_headers,
                 response_status, response_headers, response_body, response_body_truncated, error, next_attempt_at)
@@ -454,14 +475,6 @@ impl Store {
         .bind(outcome.error)
         .bind(outcome.next_attempt_at)
         .execute(&mut *tx)
-        .await?;
-        let (failures,): (i64,) = sqlx::query_as(
-            "UPDATE webhooks SET consecutive_failures = CASE WHEN $1 THEN 0 ELSE consecutive_failures + 1 END
-             WHERE id = $2 RETURNING consecutive_failures",
-        )
-        .bind(outcome.success)
-        .bind(&webhook_id)
-        .fetch_one(&mut *tx)
         .await?;
         tx.commit().await?;
         Ok(u32::try_from(failures).unwrap_or(u32::MAX))
@@ -627,6 +640,47 @@ pub(super) mod tests {
         }
     }
 
+    /// One delivery per subscription of each of `events`, `msg_<hook>_<event>`.
+    async fn deliver_to_every_hook(store: &Store, events: &[crate::store::EventRow]) {
+        let cursor = store.webhook_cursor().await.expect("cursor");
+        store
+            .consume_events(cursor, events, |event, hooks| {
+                hooks
+                    .iter()
+                    .map(|h| NewDeliveryOwned {
+                        id: format!("msg_{}_{}", h.id, event.id),
+                        webhook_id: h.id.clone(),
+                        event_type: "push".into(),
+                        body: std::sync::Arc::from(&b"{}"[..]),
+                    })
+                    .collect()
+            })
+            .await
+            .expect("consume");
+    }
+
+    /// An attempt at `now` that succeeded (delivered) or failed (retried
+    /// a second later).
+    fn attempt(now: i64, success: bool) -> AttemptOutcome<'static> {
+        AttemptOutcome {
+            started_at_ms: now,
+            duration_ms: 1,
+            request_headers: "[]",
+            response_status: Some(if success { 200 } else { 500 }),
+            response_headers: "[]",
+            response_body: b"",
+            response_body_truncated: false,
+            error: None,
+            status: if success {
+                DeliveryState::Delivered
+            } else {
+                DeliveryState::Pending
+            },
+            next_attempt_at: (!success).then_some(now + 1000),
+            success,
+        }
+    }
+
     fn push() -> NewEvent {
         NewEvent {
             kind: "push".into(),
@@ -652,21 +706,7 @@ pub(super) mod tests {
             .insert_events("r1", "acme/web", None, &vec![push(); 30])
             .await
             .expect("events");
-        let cursor = store.webhook_cursor().await.expect("cursor");
-        store
-            .consume_events(cursor, &events, |event, hooks| {
-                hooks
-                    .iter()
-                    .map(|h| NewDeliveryOwned {
-                        id: format!("msg_{}_{}", h.id, event.id),
-                        webhook_id: h.id.clone(),
-                        event_type: "push".into(),
-                        body: std::sync::Arc::from(&b"{}"[..]),
-                    })
-                    .collect()
-            })
-            .await
-            .expect("consume");
+        deliver_to_every_hook(&store, &events).await;
         let other = store.reopen().await;
 
         let in_flight =
@@ -705,22 +745,7 @@ pub(super) mod tests {
                             .expect("set")
                             .remove(&c.delivery.webhook_id);
                         store
-                            .record_attempt(
-                                &c.delivery.id,
-                                &AttemptOutcome {
-                                    started_at_ms: now,
-                                    duration_ms: 1,
-                                    request_headers: "[]",
-                                    response_status: Some(200),
-                                    response_headers: "[]",
-                                    response_body: b"",
-                                    response_body_truncated: false,
-                                    error: None,
-                                    status: DeliveryState::Delivered,
-                                    next_attempt_at: None,
-                                    success: true,
-                                },
-                            )
+                            .record_attempt(&c.delivery.id, &attempt(now, true))
                             .await
                             .expect("record");
                         taken.push(c.delivery.id);
@@ -738,6 +763,46 @@ pub(super) mod tests {
         all.dedup();
         assert_eq!(count, all.len(), "a delivery was leased twice");
         assert_eq!(all.len(), 120, "every delivery was leased");
+    }
+
+    /// Subscriptions deleted while their deliveries' attempts are being
+    /// recorded, 40 at once: every call succeeds (an attempt of a deleted
+    /// subscription records nothing). Recording locked the delivery
+    /// before the subscription, a delete the other way round, and
+    /// PostgreSQL broke the deadlock by failing one of them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn deleting_a_subscription_while_its_attempt_is_recorded_fails_neither() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, _) = store_with_hook(dir.path()).await;
+        let ids: Vec<String> = (2..42).map(|n| format!("wh_{n}")).collect();
+        for id in &ids {
+            store.insert_webhook(&push_hook(id)).await.expect("hook");
+        }
+        let events = store
+            .insert_events("r1", "acme/web", None, &[push()])
+            .await
+            .expect("event");
+        deliver_to_every_hook(&store, &events).await;
+        let other = store.reopen().await;
+        let mut tasks = Vec::new();
+        for id in ids {
+            let delivery = format!("msg_{id}_{}", events[0].id);
+            let recorder = store.clone();
+            tasks.push(tokio::spawn(async move {
+                let now = now_ms();
+                recorder
+                    .record_attempt(&delivery, &attempt(now, false))
+                    .await
+                    .map(drop)
+            }));
+            let deleter = other.clone();
+            tasks.push(tokio::spawn(async move {
+                deleter.delete_webhook(Some("r1"), &id).await.map(drop)
+            }));
+        }
+        for task in tasks {
+            task.await.expect("task").expect("neither fails");
+        }
     }
 
     #[tokio::test]
