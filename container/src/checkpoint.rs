@@ -421,13 +421,20 @@ impl UsernsEntry {
         out
     }
 
-    /// Moves every extent inside `from` to the same place inside `to`.
-    fn retarget(&mut self, from: IdMap, to: IdMap) {
+    /// Moves every extent from its place inside `from` to the same place
+    /// inside `to`; `None` when one is not wholly inside `from` or would
+    /// not fit in `to`: the images would map host ids the sandbox has no
+    /// right to (images from another host are not to be believed).
+    fn retarget(&mut self, from: IdMap, to: IdMap) -> Option<()> {
         for extent in self.uid_map.iter_mut().chain(self.gid_map.iter_mut()) {
-            if from.contains(extent.lower_first) {
-                extent.lower_first = to.host_base + (extent.lower_first - from.host_base);
+            let offset = extent.lower_first.checked_sub(from.host_base)?;
+            let end = offset.checked_add(extent.count)?;
+            if end > from.count || end > to.count {
+                return None;
             }
+            extent.lower_first = to.host_base.checked_add(offset)?;
         }
+        Some(())
     }
 }
 
@@ -499,7 +506,7 @@ fn retarget_image(bytes: &[u8], from: IdMap, to: IdMap) -> Option<Vec<u8>> {
         return None;
     }
     let mut entry = UsernsEntry::decode(body)?;
-    entry.retarget(from, to);
+    entry.retarget(from, to)?;
     let encoded = entry.encode();
     let mut out = head.to_vec();
     out.extend_from_slice(&u32::try_from(encoded.len()).ok()?.to_le_bytes());
@@ -543,12 +550,13 @@ pub fn images_for(
             continue;
         }
         let target = scratch.join(&name);
-        if name_str.starts_with("userns-") && from != to {
+        // Rewritten even onto the same range: checked to map only it.
+        if name_str.starts_with("userns-") {
             let bytes = std::fs::read(entry.path()).map_err(io(&entry.path()))?;
             let rewritten =
                 retarget_image(&bytes, from, to).ok_or_else(|| CheckpointError::Userns {
                     path: entry.path(),
-                    reason: "not a single UsernsEntry".into(),
+                    reason: "not a single UsernsEntry mapping only the sandbox's ids".into(),
                 })?;
             std::fs::write(&target, rewritten).map_err(io(&target))?;
         } else {
@@ -637,6 +645,28 @@ mod tests {
             .refuse(1 << 20, 2 << 20, 0, &tmp)
             .expect("no free space");
         assert!(full.contains("free"), "{full}");
+    }
+
+    /// Images that map ids outside the range they say they were dumped
+    /// with, or more than the new range holds, are refused, even onto the
+    /// same range: restored, they would run with host ids (root's, another
+    /// sandbox's) the sandbox has no right to.
+    #[test]
+    fn images_mapping_ids_beyond_their_range_are_refused() {
+        // Dumped with 200 000 + 65 536, said to be another range.
+        assert!(retarget_image(&CRIU_USERNS_IMAGE, map(300_000), map(300_000)).is_none());
+        assert!(retarget_image(&CRIU_USERNS_IMAGE, map(0), map(400_000)).is_none());
+        // A range too small for what the images map.
+        let small = IdMap {
+            host_base: 400_000,
+            count: 1000,
+        };
+        assert!(retarget_image(&CRIU_USERNS_IMAGE, map(200_000), small).is_none());
+        // Its own range, onto itself: kept as it is.
+        assert_eq!(
+            retarget_image(&CRIU_USERNS_IMAGE, map(200_000), map(200_000)),
+            Some(CRIU_USERNS_IMAGE.to_vec())
+        );
     }
 
     #[test]

@@ -49,6 +49,7 @@ pub mod ids;
 pub mod launcher;
 pub mod layers;
 pub mod reconcile;
+pub mod sendstream;
 pub mod spec;
 pub mod state;
 pub mod sys;

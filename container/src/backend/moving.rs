@@ -29,6 +29,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use super::{BackendError, ContainerBackend, SandboxInfo};
+use crate::sendstream::Checked;
 use crate::spec::{Bind, Limits};
 use crate::state::{SandboxRecord, Status};
 
@@ -43,6 +44,8 @@ const END: u8 = b'E';
 pub const MAX_RECORD_BYTES: u64 = 1 << 20;
 /// Room beyond a section's data for the send stream's own framing.
 const SEND_OVERHEAD_BYTES: u64 = 64 << 20;
+/// The longest hostname taken from a stream (Linux's limit).
+const MAX_HOSTNAME: usize = 64;
 /// Bytes per chunk written.
 const CHUNK_BYTES: usize = 256 << 10;
 
@@ -299,7 +302,10 @@ impl ContainerBackend {
     ) -> Result<SandboxInfo, BackendError> {
         let lock = self.operation_lock(id);
         let _serialised = lock.lock().unwrap_or_else(|p| p.into_inner());
-        if self.sandbox_dir(id).exists() || self.layers.layer(id).dir.exists() {
+        if self.sandbox_dir(id).exists()
+            || self.layers.layer(id).dir.exists()
+            || self.layers.images(id).exists()
+        {
             return Err(failed(format!("this host already has a sandbox {id}")));
         }
         let mut magic = [0u8; 8];
@@ -377,17 +383,27 @@ impl ContainerBackend {
         let disk = record.limits.disk_mib.saturating_mul(1 << 20);
         match from.tag()? {
             LAYER => {
-                let mut section = from.section(disk + SEND_OVERHEAD_BYTES, "disk layer");
+                let section = from.section(disk + SEND_OVERHEAD_BYTES, "disk layer");
+                let layer = self.layers.layer(id);
                 self.layers
-                    .receive(&mut section, &self.layers.layer(id).dir)?;
+                    .receive(&mut Checked::new(section), &layer.dir)?;
+                // Its layout is the host's to rely on: real directories,
+                // never links the stream planted, and a fresh work dir.
+                for dir in [&layer.upper, &layer.work, &layer.run] {
+                    real_dir(dir)?;
+                }
+                std::fs::remove_dir_all(&layer.work).map_err(Self::io(&layer.work))?;
+                std::fs::create_dir(&layer.work).map_err(Self::io(&layer.work))?;
             }
             tag => return Err(unexpected(from, tag)),
         }
         match from.tag()? {
             IMAGES => {
                 let cap = Self::checkpoint_cap(&record);
-                let mut section = from.section(cap + SEND_OVERHEAD_BYTES, "checkpoint");
-                self.layers.receive(&mut section, &self.layers.images(id))?;
+                let section = from.section(cap + SEND_OVERHEAD_BYTES, "checkpoint");
+                let images = self.layers.images(id);
+                self.layers.receive(&mut Checked::new(section), &images)?;
+                real_dir(&images.join("checkpoint"))?;
                 self.layers.ensure_images(id, cap)?;
                 match from.tag()? {
                     END => {}
@@ -400,6 +416,10 @@ impl ContainerBackend {
             }
             tag => return Err(unexpected(from, tag)),
         }
+        if record.hostname.len() > MAX_HOSTNAME || record.hostname.contains('/') {
+            record.hostname = id.to_owned();
+        }
+        record.checkpoint_error = None;
         record.image_root = landing.image_root;
         record.binds = landing.binds;
         record.pid1 = None;
@@ -410,6 +430,18 @@ impl ContainerBackend {
         record.checkpoint_ids = record.checkpoint_ids.or(record.ids.take());
         record.ids = Some(self.take_ids(id)?);
         Ok(record)
+    }
+}
+
+/// Refuses `path` unless it is a directory itself (not a link to one).
+fn real_dir(path: &Path) -> Result<(), BackendError> {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_dir() => Ok(()),
+        _ => Err(failed(format!(
+            "the stream's {} is not a directory of its own",
+            path.file_name()
+                .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
+        ))),
     }
 }
 

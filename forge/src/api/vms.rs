@@ -784,10 +784,13 @@ pub async fn move_vm(
         serde_json::from_slice(&body)
             .map_err(|e| ApiError::bad_request(format!("invalid move request: {e}")))?
     };
-    let (row, carried, node) = state
-        .sandboxes
-        .relocate(&id, request.node.as_deref())
-        .await?;
+    // On a task of its own: a client that goes away does not cut a move
+    // in the middle.
+    let sandboxes = state.sandboxes.clone();
+    let (row, carried, node) =
+        tokio::spawn(async move { sandboxes.relocate(&id, request.node.as_deref()).await })
+            .await
+            .map_err(|error| ApiError::internal(anyhow::anyhow!("the move failed: {error}")))??;
     Ok(Json(MovedVm {
         carried: with_carried(view(&state, row).await?, &carried),
         node,

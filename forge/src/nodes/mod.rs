@@ -505,8 +505,23 @@ impl Placed {
         let carried = match to_backend.resume(id).await {
             Ok(carried) => carried,
             Err(error) => {
-                let _ = self.store.move_sandbox(id, &target.id, &from.id).await;
-                return Err(undo(error).await);
+                // Back to the old copy, which was never touched; the new
+                // one goes only once the record says so.
+                return match self.store.move_sandbox(id, &target.id, &from.id).await {
+                    Ok(true) => Err(undo(error).await),
+                    back => {
+                        tracing::error!(sandbox = id, from = %from.name, to = %target.name, ?back, %error,
+                            "a moved sandbox failed to resume and its record could not be put back: both copies are kept");
+                        Err(node_error(
+                            &target.name,
+                            format!(
+                                "{id} did not resume there ({error}), and its record could not be \
+                                 put back on {}: both copies are kept for an operator",
+                                from.name
+                            ),
+                        ))
+                    }
+                };
             }
         };
         tracing::info!(sandbox = id, from = %from.name, to = %target.name, "sandbox moved");
