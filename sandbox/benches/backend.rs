@@ -9,6 +9,14 @@
 //! serving this backend on a loopback port, a `RemoteBackend` calling it),
 //! and each p50 through the node against the direct one: the cost of one
 //! hop between a control plane and its node, without the network's.
+//!
+//! Last, moving a sandbox paused to disk from one node to another (a
+//! second backend on a data directory of its own, served on another
+//! port): for sandboxes holding 16, 64 and 256 MiB of memory and as much
+//! on disk, the move (export streamed into import) and the resume on the
+//! new node; the ratio is pause + move + resume there against the
+//! baseline of the same sandbox's pause to disk and resume where it is,
+//! measured in the same run.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -177,10 +185,119 @@ fn main() {
             );
         }
     });
-    let mut config = BackendConfig::new(&data_dir);
-    config.layer_image_gib = 8;
-    if let Ok(backend) = sandbox_container::ContainerBackend::open(config) {
-        let _ = backend.close();
+    let moved_dir = common::data_dir("bench", "move-to");
+    runtime.block_on(moves(&data_dir, &moved_dir));
+    for dir in [&data_dir, &moved_dir] {
+        let mut config = BackendConfig::new(dir);
+        config.layer_image_gib = 8;
+        if let Ok(backend) = sandbox_container::ContainerBackend::open(config) {
+            let _ = backend.close();
+        }
+        let _ = std::fs::remove_dir_all(dir);
     }
-    let _ = std::fs::remove_dir_all(&data_dir);
+}
+
+/// A node serving `backend` on a loopback port, and its caller.
+async fn served(
+    backend: Arc<dyn Backend>,
+    image: Image,
+    name: &str,
+) -> sandbox::remote::RemoteBackend {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let key = format!("bench-{name}-key");
+    tokio::spawn(sandbox::remote::serve(
+        backend,
+        image,
+        key.clone(),
+        listener,
+    ));
+    sandbox::remote::RemoteBackend::connect(name, addr, key)
+        .await
+        .expect("the node answers")
+}
+
+/// Counts the bytes a stream carries.
+struct Counted<'a> {
+    inner: sandbox::Carrier<'a>,
+    bytes: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl tokio::io::AsyncRead for Counted<'_> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = self.inner.as_mut().poll_read(cx, buf);
+        let read = (buf.filled().len() - before) as u64;
+        self.bytes
+            .fetch_add(read, std::sync::atomic::Ordering::Relaxed);
+        polled
+    }
+}
+
+/// Moves between two nodes, against pausing to disk and resuming in place.
+async fn moves(from_dir: &std::path::Path, to_dir: &std::path::Path) {
+    let image = Image::root(common::host_usr_root());
+    let from = served(Arc::new(open(from_dir).await), image.clone(), "from").await;
+    let to = served(Arc::new(open(to_dir).await), image.clone(), "to").await;
+    println!("\nmoving a sandbox paused to disk between two nodes (loopback), one run each:");
+    println!(
+        "{:>8} {:>10} {:>12} {:>12} {:>10} {:>12} {:>8}",
+        "MiB", "stream", "in place", "move", "MB/s", "resume there", "ratio"
+    );
+    for mib in [16u64, 64, 256] {
+        let mut spec = Spec::new(image.clone());
+        spec.mem_mib = 1024;
+        spec.disk_mib = 2048;
+        let id = from.create(spec.clone()).await.expect("create").id;
+        let fill = format!(
+            "head -c {mib}M /dev/urandom > /root/disk; \
+             setsid python3 -c 'import os, time; b = os.urandom({mib} << 20); time.sleep(1e9)' \
+             </dev/null >/dev/null 2>&1 & sleep 1"
+        );
+        let filled = from
+            .exec(&id, Command::shell(&fill).timeout(Duration::from_secs(120)))
+            .await
+            .expect("fill");
+        assert!(filled.exited.status.success(), "{filled:?}");
+        // The baseline: to disk and back where it is.
+        let start = Instant::now();
+        from.pause(&id, PauseMode::Disk).await.expect("pause");
+        from.resume(&id).await.expect("resume");
+        let in_place = start.elapsed();
+        let start = Instant::now();
+        from.pause(&id, PauseMode::Disk).await.expect("pause");
+        let paused = start.elapsed();
+        let bytes = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let start = Instant::now();
+        let stream = Counted {
+            inner: from.export(&id).await.expect("export"),
+            bytes: bytes.clone(),
+        };
+        to.import(&id, spec.clone(), Box::pin(stream))
+            .await
+            .expect("import");
+        let moved = start.elapsed();
+        let start = Instant::now();
+        let carried = to.resume(&id).await.expect("resume on the other node");
+        let resumed = start.elapsed();
+        assert_eq!(carried.kept.len(), 3, "{carried:?}");
+        let bytes = bytes.load(std::sync::atomic::Ordering::Relaxed);
+        println!(
+            "{mib:>8} {:>7} MiB {:>9.0} ms {:>9.0} ms {:>10.0} {:>9.0} ms {:>7.2}x",
+            bytes >> 20,
+            in_place.as_secs_f64() * 1e3,
+            moved.as_secs_f64() * 1e3,
+            bytes as f64 / 1e6 / moved.as_secs_f64(),
+            resumed.as_secs_f64() * 1e3,
+            (paused + moved + resumed).as_secs_f64() / in_place.as_secs_f64(),
+        );
+        from.destroy(&id).await.expect("destroy the old copy");
+        to.destroy(&id).await.expect("destroy");
+    }
 }

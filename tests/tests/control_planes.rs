@@ -1,8 +1,9 @@
 //! Two control planes (`forge serve --sandbox-backend nodes`) on one
 //! PostgreSQL database and one data directory (the shared storage of a
 //! deployment behind a load balancer), and three sandbox nodes, each in a
-//! network namespace of its own, reporting to both. Exec, fork and a
-//! terminal through either control plane reach the node holding the VM;
+//! network namespace of its own, reporting to both. Exec, fork, a terminal
+//! and a move to another node through either control plane reach the node
+//! holding the VM;
 //! when the control plane holding the duties is killed with SIGKILL while
 //! pushes run pipelines and fire webhooks, the other takes the duties up,
 //! the nodes report to it, and every push has exactly one run that ends and
@@ -150,6 +151,18 @@ fn two_control_planes_share_nodes_and_one_killed_mid_work_loses_and_doubles_noth
     assert_eq!(exec(&first, &copy, "cat /tmp/where"), format!("{node}\n"));
     let seen = terminal::run_in_shell(&second, &vm, "cat /tmp/where");
     assert!(seen.contains(&node), "{seen:?}");
+    // Paused to disk through one, moved to another node through the other
+    // (each node in its own namespace, in TLS): its file goes along.
+    first.admin(
+        "POST",
+        &format!("/v1/vms/{copy}/pause"),
+        Some(json!({ "to_disk": true })),
+    );
+    let moved = second.admin("POST", &format!("/v1/vms/{copy}/move"), Some(json!({})));
+    let moved_to = moved["node"].as_str().unwrap().to_owned();
+    assert_ne!(moved_to, node, "{moved}");
+    assert_eq!(holder(&all, &copy), moved_to.as_str());
+    assert_eq!(exec(&first, &copy, "cat /tmp/where"), format!("{node}\n"));
 
     // Pushes through both: each runs a pipeline on a node and fires a
     // webhook. The first control plane dies (SIGKILL) with runs in flight.
