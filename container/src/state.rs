@@ -87,6 +87,11 @@ pub struct SandboxRecord {
     /// parent's: they carry its agent's memory).
     #[serde(default)]
     pub agent_token: Option<String>,
+    /// Moved here with its checkpoint: the next resume restores it or
+    /// fails, never starts it afresh (its old copy still has the
+    /// processes).
+    #[serde(default)]
+    pub restore_only: bool,
 }
 
 /// Failure to read or write a record.

@@ -291,6 +291,33 @@ async fn a_sandbox_paused_to_disk_moves_to_another_node_whole_or_not_at_all() {
     assert!(refused.to_string().contains("ended"), "{refused}");
     assert_eq!(to.leftovers(&id), Vec::<std::path::PathBuf>::new());
 
+    // A copy whose processes cannot be restored there (a checkpoint
+    // image lost) does not start afresh without them: the resume fails,
+    // so the move keeps the old copy.
+    if to.keeps_processes {
+        let stream = from.backend.export(&id).await.expect("export");
+        to.backend
+            .import(&id, to.spec(), stream)
+            .await
+            .expect("import");
+        let images = to
+            .data_dir
+            .join("layers")
+            .join(format!(".images-{id}"))
+            .join("checkpoint");
+        std::fs::remove_file(images.join("pstree.img")).expect("a checkpoint image");
+        let refused = to
+            .backend
+            .resume(&id)
+            .await
+            .expect_err("no restore, no start");
+        assert!(refused.to_string().contains("restoring"), "{refused}");
+        to.backend
+            .destroy(&id)
+            .await
+            .expect("destroy the broken copy");
+    }
+
     // Whole: streamed from one node straight to the other.
     let stream = from.backend.export(&id).await.expect("export");
     let landed = to

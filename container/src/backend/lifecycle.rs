@@ -178,12 +178,26 @@ impl ContainerBackend {
         record: &mut SandboxRecord,
         checkpoint: Option<Checkpoint<'_>>,
     ) -> Result<(SandboxInfo, Vec<Kept>), BackendError> {
+        // A sandbox moved here with its processes is restored or not
+        // started at all: its old copy still holds them, and a fresh start
+        // here would have it dropped for one that lost them.
+        let strict = record.restore_only && checkpoint.is_some();
+        if strict && self.criu.is_none() {
+            return Err(BackendError::Move(
+                "this host has no working CRIU to restore the moved sandbox's processes".into(),
+            ));
+        }
         if let Some(checkpoint) = checkpoint.filter(|_| self.criu.is_some()) {
             match self.start(record.clone(), Some(checkpoint)) {
                 Ok(info) => return Ok((info, ALL.to_vec())),
                 Err(err) => {
-                    record.checkpoint_error = Some(err.to_string());
                     self.stop_processes(record)?;
+                    if strict {
+                        return Err(BackendError::Move(format!(
+                            "restoring the moved sandbox's processes here failed: {err}"
+                        )));
+                    }
+                    record.checkpoint_error = Some(err.to_string());
                 }
             }
         }
@@ -232,6 +246,7 @@ impl ContainerBackend {
                 }
                 let mut saved = crate::state::SandboxRecord::load(&self.sandbox_dir(id))?;
                 saved.checkpoint = false;
+                saved.restore_only = false;
                 saved.checkpoint_error = record.checkpoint_error.clone();
                 saved.save(&self.sandbox_dir(id))?;
                 Ok(Carried {
@@ -545,6 +560,7 @@ impl ContainerBackend {
             ids,
             checkpoint_ids: None,
             agent_token: parent.agent_token.clone(),
+            restore_only: false,
         }
     }
 

@@ -544,6 +544,7 @@ impl ContainerBackend {
             ids: None,
             checkpoint_ids: None,
             agent_token: None,
+            restore_only: false,
         };
         if request.agent {
             let urandom = Path::new("/dev/urandom");

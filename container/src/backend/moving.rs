@@ -420,6 +420,7 @@ impl ContainerBackend {
             record.hostname = id.to_owned();
         }
         record.checkpoint_error = None;
+        record.restore_only = record.checkpoint;
         record.image_root = landing.image_root;
         record.binds = landing.binds;
         record.pid1 = None;
