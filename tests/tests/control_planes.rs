@@ -24,7 +24,8 @@ use api_types::DeliveryState;
 use api_types::runs::RunView;
 use api_types::webhooks::DeliveryPage;
 use e2e::{
-    TestForge, TestNode, commit_files, eventually, git_ok, holder, require_sandboxes, work_repo,
+    TestForge, TestNode, commit_files, eventually, git_ok, holder, require_sandboxes, stays,
+    work_repo,
 };
 use serde_json::json;
 
@@ -195,7 +196,17 @@ fn two_control_planes_share_nodes_and_one_killed_mid_work_loses_and_doubles_noth
     eventually(Duration::from_secs(30), "the duties move", || {
         second.log().contains(DUTIES).then_some(()).ok_or("not yet")
     });
-    std::thread::sleep(Duration::from_secs(12));
+    // Past the 10 s after which a node that reported only to the dead
+    // server would be lost, every node stays up.
+    stays(Duration::from_secs(12), "every node up", || {
+        let listed = second.admin("GET", "/v1/nodes", None);
+        listed
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|node| (node["name"].clone(), node["state"].clone()))
+            .collect::<Vec<_>>()
+    });
     for node in &nodes {
         node.wait_up(&second);
     }

@@ -6,8 +6,8 @@
 //! big-endian `u32` length, then that many bytes) ended by an empty chunk:
 //! - `R`: the sandbox's record (JSON), at most [`MAX_RECORD_BYTES`];
 //! - `L`: `btrfs send` of its top layer (its disk and run directory);
-//! - `I`: `btrfs send` of its images subvolume, when it has one (the CRIU
-//!   checkpoint: its memory and processes);
+//! - `I`: `btrfs send` of its images subvolume, when the pause left a CRIU
+//!   checkpoint there (its memory and processes);
 //! - `X`: the exporter failed midway, and why (the importer stops there);
 //! - `E`: the end, followed by the SHA-256 of every byte before it.
 //!
@@ -279,8 +279,9 @@ impl ContainerBackend {
             .section(LAYER, sending.stream())
             .map_err(Self::io(stream))?;
         sending.finish()?;
+        // The images subvolume matters only for the checkpoint in it.
         let images = self.layers.images(id);
-        if images.exists() {
+        if record.checkpoint && images.exists() {
             let mut sending = self.layers.send(&images)?;
             framer
                 .section(IMAGES, sending.stream())

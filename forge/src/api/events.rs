@@ -109,8 +109,13 @@ async fn page(
             }));
         }
         // The bus hears this server's events only; another server's (on a
-        // shared database) are read at the next look.
-        let look_again = deadline.min(tokio::time::Instant::now() + OTHER_SERVERS_EVERY);
+        // shared database, PostgreSQL only) are read at the next look.
+        let look_again = match state.store.dialect() {
+            crate::store::Dialect::Postgres => {
+                deadline.min(tokio::time::Instant::now() + OTHER_SERVERS_EVERY)
+            }
+            crate::store::Dialect::Sqlite => deadline,
+        };
         loop {
             match tokio::time::timeout_at(look_again, news.recv()).await {
                 Ok(Ok(event)) if repo_id.is_some() && event.repo_id.as_deref() != repo_id => {
