@@ -247,11 +247,24 @@ async fn all_of(mut stream: sandbox::Carrier<'static>) -> Vec<u8> {
     bytes
 }
 
+/// A stream source that fails when read.
+struct Broken;
+
+impl tokio::io::AsyncRead for Broken {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        _: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Err(std::io::Error::other("the source broke")))
+    }
+}
+
 /// A sandbox paused to disk on one node is exported, imported on another
 /// node (another data directory, another node process), and resumed there
 /// with its disk, memory and processes; the first keeps its copy until it
-/// is destroyed. A stream damaged or cut on the way is refused, and leaves
-/// nothing on the node that took it.
+/// is destroyed. A stream damaged, cut or lengthened on the way, or whose
+/// source breaks, is refused, and leaves nothing on the node that took it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sandbox_paused_to_disk_moves_to_another_node_whole_or_not_at_all() {
     let Some((from, _, _)) = node("move-from").await else {
@@ -289,6 +302,34 @@ async fn a_sandbox_paused_to_disk_moves_to_another_node_whole_or_not_at_all() {
         .await
         .expect_err("a cut stream is refused");
     assert!(refused.to_string().contains("ended"), "{refused}");
+    assert_eq!(to.leftovers(&id), Vec::<std::path::PathBuf>::new());
+    // Longer: a whole stream with more after it (padding that a relay
+    // checking what it forwards has not let through yet).
+    let mut longer = bytes.clone();
+    longer.extend_from_slice(&[0u8; 4096]);
+    let refused = to
+        .backend
+        .import(&id, to.spec(), Box::pin(std::io::Cursor::new(longer)))
+        .await
+        .expect_err("a stream going on after its end is refused");
+    assert!(refused.to_string().contains("goes on after"), "{refused}");
+    assert_eq!(to.leftovers(&id), Vec::<std::path::PathBuf>::new());
+    // Broken at its source half way (an old node, or an object store,
+    // failing): refused with the source's reason, without waiting for the
+    // node's whole answer time, leaving nothing.
+    let half = bytes[..bytes.len() / 2].to_vec();
+    let broken = tokio::io::AsyncReadExt::chain(std::io::Cursor::new(half), Broken);
+    let refused = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        to.backend.import(&id, to.spec(), Box::pin(broken)),
+    )
+    .await
+    .expect("a broken source is answered at once")
+    .expect_err("a broken stream is refused");
+    assert!(
+        refused.to_string().contains("the source broke"),
+        "{refused}"
+    );
     assert_eq!(to.leftovers(&id), Vec::<std::path::PathBuf>::new());
 
     // A copy whose processes cannot be restored there (a checkpoint

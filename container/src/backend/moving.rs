@@ -162,7 +162,16 @@ impl<'a> Unframer<'a> {
                 "the stream's SHA-256 does not match what arrived: it was damaged on the way",
             ));
         }
-        Ok(())
+        // Its end is the stream's: a sender still sending (a relay that
+        // has not checked what it forwards yet) is not done.
+        let mut more = [0u8; 1];
+        match self.input.read(&mut more) {
+            Ok(0) => Ok(()),
+            Ok(_) => Err(failed("the stream goes on after its checksum: refused")),
+            Err(err) => Err(failed(format!(
+                "the stream broke after its checksum: {err}"
+            ))),
+        }
     }
 }
 

@@ -111,6 +111,46 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// copies, a large pause to disk).
 pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(600);
 
+/// How long a node has to answer an import whose stream failed on this
+/// side (it only drops what it received).
+const SHORT_STREAM_ANSWER: Duration = Duration::from_secs(30);
+
+/// A failure of the stream an import sends, told apart from a failure to
+/// write it to the node (the node closing the connection: its answer says
+/// why).
+#[derive(Debug)]
+struct SourceFailed(std::io::Error);
+
+impl std::fmt::Display for SourceFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for SourceFailed {}
+
+/// The stream an import sends, its read errors marked [`SourceFailed`].
+struct Source<'a>(Carrier<'a>);
+
+impl tokio::io::AsyncRead for Source<'_> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.0
+            .as_mut()
+            .poll_read(cx, buf)
+            .map_err(|error| std::io::Error::new(error.kind(), SourceFailed(error)))
+    }
+}
+
+fn source_failed(error: &std::io::Error) -> bool {
+    error
+        .get_ref()
+        .is_some_and(|inner| inner.is::<SourceFailed>())
+}
+
 /// One operation of the node protocol.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
@@ -864,12 +904,8 @@ impl RemoteBackend {
 
     /// Sends `stream` after the request to import it as sandbox `id`, and
     /// reads the node's answer (which may come early: a refusal).
-    async fn send_import(
-        &self,
-        id: &str,
-        spec: Spec,
-        mut stream: Carrier<'_>,
-    ) -> Result<SandboxInfo> {
+    async fn send_import(&self, id: &str, spec: Spec, stream: Carrier<'_>) -> Result<SandboxInfo> {
+        let mut stream = Source(stream);
         let mut line = serde_json::to_vec(&Request {
             v: PROTOCOL_VERSION,
             key: self.key.clone(),
@@ -894,16 +930,25 @@ impl RemoteBackend {
             };
             let answering = read_line(&mut read, MAX_ITEM_ANSWER_BYTES);
             tokio::pin!(answering);
-            tokio::select! {
-                sent = sending => match sent {
-                    Ok(()) => answering.await,
-                    // A refusal may have closed the connection: its answer
-                    // says why.
-                    Err(error) => answering
-                        .await
-                        .map_err(|_| format!("sending the sandbox failed: {error}")),
-                },
-                answer = &mut answering => answer,
+            let sent = tokio::select! {
+                sent = sending => sent,
+                answer = &mut answering => return answer,
+            };
+            match sent {
+                Ok(()) => answering.await,
+                // The stream itself failed: the node sees it end short
+                // (and drops what it received), and the cause is this
+                // side's.
+                Err(error) if source_failed(&error) => {
+                    let _ = write.shutdown().await;
+                    let _ = tokio::time::timeout(SHORT_STREAM_ANSWER, answering).await;
+                    Err(format!("sending the sandbox failed: {error}"))
+                }
+                // A refusal may have closed the connection: its answer
+                // says why.
+                Err(error) => answering
+                    .await
+                    .map_err(|_| format!("sending the sandbox failed: {error}")),
             }
         };
         let answer = tokio::time::timeout(ANSWER_TIMEOUT, exchange)
