@@ -146,6 +146,11 @@ pub struct VmView {
     /// Where the dev server is seen, when the VM has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub preview_url: Option<String>,
+    /// Paused to disk on a node: the size in bytes of its copy in the
+    /// snapshot store (`forge serve --snapshot-store`), once uploaded.
+    /// With it, the VM resumes on another node if its own is lost.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stored_bytes: Option<i64>,
 }
 
 /// `GET /v1/vms/{id}`: the view, usage while it holds resources, and its
@@ -489,6 +494,7 @@ mod tests {
             snapshot: None,
             dev_server: None,
             preview_url: None,
+            stored_bytes: None,
         }
     }
 

@@ -138,6 +138,13 @@ enum Command {
         /// Largest file the files API reads out of a VM, in bytes.
         #[arg(long, env = "FORGE_MAX_FILE_BYTES", default_value_t = 1 << 30)]
         max_file_bytes: u64,
+        /// Keep a copy of each sandbox a node pauses to disk in this S3
+        /// bucket (`s3://BUCKET[/PREFIX]`), so that it resumes on another
+        /// node when its own is lost. Credentials and endpoint from the AWS
+        /// variables (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION,
+        /// AWS_ENDPOINT_URL for an S3-compatible service).
+        #[arg(long, env = "FORGE_SNAPSHOT_STORE")]
+        snapshot_store: Option<String>,
     },
     /// Repositories: create, list, delete.
     #[command(subcommand)]
@@ -364,6 +371,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             webhook_disable_after,
             memory_overcommit,
             max_file_bytes,
+            snapshot_store,
         } => {
             init_logging();
             if !(memory_overcommit > 0.0 && memory_overcommit.is_finite()) {
@@ -407,6 +415,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     disable_after_failures: webhook_disable_after,
                     ..Default::default()
                 },
+                snapshot_store,
             };
             runtime()?.block_on(forge::server::serve(config))
         }

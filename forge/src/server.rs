@@ -62,6 +62,9 @@ pub struct Config {
     pub sandboxes: SandboxChoice,
     /// Limits of the VM API.
     pub limits: crate::vms::Limits,
+    /// Where copies of sandboxes paused to disk on nodes are kept
+    /// (`s3://BUCKET[/PREFIX]`, `nodes::stored`).
+    pub snapshot_store: Option<String>,
     /// Hosts sandboxes may reach through the egress proxy (`None`: the
     /// package registries and git hosts of `vms::egress::DEFAULT_ALLOW`).
     pub egress_allow: Option<Vec<String>>,
@@ -207,11 +210,28 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .trim_end_matches('/')
         .to_owned();
     let events = EventBus::default();
+    let snapshots = match &config.snapshot_store {
+        Some(url) => {
+            let snapshots =
+                crate::nodes::stored::SnapshotStore::open(url).map_err(anyhow::Error::msg)?;
+            snapshots.check().await.map_err(anyhow::Error::msg)?;
+            tracing::info!(
+                store = url,
+                "snapshots of sandboxes paused to disk on nodes are kept in the snapshot store"
+            );
+            Some(Arc::new(snapshots))
+        }
+        None => None,
+    };
     let sandboxes = crate::vms::Sandboxes::new(
         crate::nodes::placed(
             open_sandboxes(&config.sandboxes).await,
             &store,
-            config.sandboxes.sandbox_backend == SandboxBackend::Nodes,
+            crate::nodes::Placement {
+                nodes_only: config.sandboxes.sandbox_backend == SandboxBackend::Nodes,
+                snapshots,
+                max_disk_mib: config.limits.max_disk_mib,
+            },
         ),
         store.clone(),
         config.limits.clone(),

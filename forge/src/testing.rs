@@ -120,7 +120,15 @@ impl TestAppBuilder {
         };
         let events = EventBus::default();
         let sandboxes = Sandboxes::new(
-            crate::nodes::placed(availability, &store, self.nodes_only),
+            crate::nodes::placed(
+                availability,
+                &store,
+                crate::nodes::Placement {
+                    nodes_only: self.nodes_only,
+                    max_disk_mib: self.limits.max_disk_mib,
+                    ..Default::default()
+                },
+            ),
             store.clone(),
             self.limits,
             NetworkConfig::default(),

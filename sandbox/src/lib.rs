@@ -192,6 +192,24 @@ pub trait Backend: Send + Sync {
         })
     }
 
+    /// Before a fork of `count` copies of sandbox `id`, paused to disk:
+    /// when its host has no room for the copies and for it once it runs,
+    /// moves it where they fit and resumes it there (with `sizes`, as
+    /// [`Backend::relocate`]); says where it went, or `None` when it fits
+    /// where it is. A backend whose sandboxes all live on one host leaves
+    /// it there.
+    fn make_room_for_fork<'a>(
+        &'a self,
+        id: &'a str,
+        count: usize,
+        sizes: Spec,
+    ) -> BoxFuture<'a, Result<Option<(String, Carried)>>> {
+        Box::pin(async move {
+            let _ = (id, count, sizes);
+            Ok(None)
+        })
+    }
+
     fn stats<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Stats>>;
 
     /// At start-up, before any other call: remove what no sandbox owns any

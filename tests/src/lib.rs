@@ -1281,3 +1281,104 @@ impl Drop for TestNode {
         let _ = std::fs::remove_dir_all(&self.sandbox_dir);
     }
 }
+
+/// The test server takes any signature (it checks none) but treats a
+/// request without one as anonymous, which may not read a private object.
+const S3_AUTHORIZATION: &str = "AWS4-HMAC-SHA256 \
+    Credential=forge-test/20260101/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=0";
+
+/// A throwaway S3-compatible object store (`scripts/s3.sh`: moto's S3
+/// server on a free loopback port, with a bucket `snapshots`), stopped when
+/// dropped.
+pub struct S3Server {
+    pub endpoint: String,
+    dir: tempfile::TempDir,
+}
+
+impl S3Server {
+    /// Starts one; panics, with the script's output, when it cannot.
+    pub fn start() -> S3Server {
+        let dir = tempfile::tempdir().expect("a directory for the S3 server");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/s3.sh");
+        let started = Command::new(script)
+            .arg("start")
+            .arg(dir.path().join("s3"))
+            .output()
+            .expect("scripts/s3.sh runs");
+        assert!(
+            started.status.success(),
+            "scripts/s3.sh start failed: {}",
+            String::from_utf8_lossy(&started.stderr)
+        );
+        let endpoint = String::from_utf8_lossy(&started.stdout).trim().to_owned();
+        S3Server { endpoint, dir }
+    }
+
+    /// The server environment of a forge keeping its snapshots under
+    /// `prefix` here ([`Builder::env`] each pair).
+    pub fn forge_env(&self, prefix: &str) -> Vec<(&'static str, String)> {
+        vec![
+            ("FORGE_SNAPSHOT_STORE", format!("s3://snapshots/{prefix}")),
+            ("AWS_ENDPOINT_URL", self.endpoint.clone()),
+            ("AWS_ALLOW_HTTP", "true".into()),
+            ("AWS_ACCESS_KEY_ID", "forge-test".into()),
+            ("AWS_SECRET_ACCESS_KEY", "forge-test-secret".into()),
+            ("AWS_REGION", "us-east-1".into()),
+        ]
+    }
+
+    /// The keys of the bucket's objects under `prefix`.
+    pub fn objects(&self, prefix: &str) -> Vec<String> {
+        let listing = reqwest::blocking::Client::new()
+            .get(format!(
+                "{}/snapshots?list-type=2&prefix={prefix}",
+                self.endpoint
+            ))
+            .header("authorization", S3_AUTHORIZATION)
+            .send()
+            .and_then(|answer| answer.error_for_status())
+            .and_then(|answer| answer.text())
+            .expect("the S3 server lists its objects");
+        listing
+            .split("<Key>")
+            .skip(1)
+            .filter_map(|rest| rest.split_once("</Key>").map(|(key, _)| key.to_owned()))
+            .collect()
+    }
+}
+
+impl S3Server {
+    /// Object `key` of the bucket.
+    pub fn get(&self, key: &str) -> Vec<u8> {
+        reqwest::blocking::Client::new()
+            .get(format!("{}/snapshots/{key}", self.endpoint))
+            .header("authorization", S3_AUTHORIZATION)
+            .send()
+            .and_then(|answer| answer.error_for_status())
+            .and_then(|answer| answer.bytes())
+            .expect("the S3 server gives the object")
+            .to_vec()
+    }
+
+    /// Writes object `key` of the bucket, as anyone with access to it
+    /// could.
+    pub fn put(&self, key: &str, data: Vec<u8>) {
+        reqwest::blocking::Client::new()
+            .put(format!("{}/snapshots/{key}", self.endpoint))
+            .header("authorization", S3_AUTHORIZATION)
+            .body(data)
+            .send()
+            .and_then(|answer| answer.error_for_status())
+            .expect("the S3 server takes the object");
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/s3.sh");
+        let _ = Command::new(script)
+            .arg("stop")
+            .arg(self.dir.path().join("s3"))
+            .status();
+    }
+}

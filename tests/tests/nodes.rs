@@ -16,7 +16,7 @@ mod terminal;
 
 use std::time::Duration;
 
-use e2e::{TestForge, TestNode, eventually, holder, require_sandboxes};
+use e2e::{S3Server, TestForge, TestNode, eventually, holder, require_sandboxes};
 use serde_json::{Value, json};
 
 /// A dev server answering every request on port 3000.
@@ -35,6 +35,44 @@ fn exec(forge: &TestForge, id: &str, script: &str) -> (u16, Value) {
         &format!("/v1/vms/{id}/exec"),
         Some(json!({ "command": script })),
     )
+}
+
+/// Writes `marker` to a file of VM `id` and starts a counter in it, a
+/// process that writes a higher number every 50 ms; returns its count.
+fn start_counting(forge: &TestForge, id: &str, marker: &str) -> u64 {
+    let counting = format!(
+        "echo {marker} > /root/kept; \
+         setsid sh -c 'i=0; while :; do i=$((i+1)); echo $i > /root/n.new; mv /root/n.new /root/n; sleep 0.05; done' \
+         </dev/null >/dev/null 2>&1 & sleep 0.5; cat /root/n"
+    );
+    let (status, ran) = exec(forge, id, &counting);
+    assert_eq!(status, 200, "{ran}");
+    ran["stdout"]
+        .as_str()
+        .unwrap_or("")
+        .trim()
+        .parse()
+        .expect("a count")
+}
+
+/// Checks that VM `id` still has its `marker` file and that its counter
+/// goes on from `before`: its disk and its processes were kept.
+fn counts_on(forge: &TestForge, id: &str, marker: &str, before: u64) {
+    let (status, ran) = exec(forge, id, "cat /root/kept; sleep 0.3; cat /root/n");
+    assert_eq!(status, 200, "{ran}");
+    let out = ran["stdout"].as_str().unwrap_or("").to_owned();
+    let mut lines = out.lines();
+    assert_eq!(lines.next(), Some(marker), "{out}");
+    let after: u64 = lines.next().unwrap_or("").trim().parse().expect("a count");
+    assert!(after > before, "the counter goes on from {before}: {after}");
+}
+
+fn pause_to_disk(forge: &TestForge, id: &str) {
+    forge.admin(
+        "POST",
+        &format!("/v1/vms/{id}/pause"),
+        Some(json!({ "to_disk": true })),
+    );
 }
 
 /// Waits until the API shows VM `id` in `state`.
@@ -300,17 +338,7 @@ fn a_vm_paused_to_disk_moves_to_another_node_and_runs_on() {
     b.wait_up(&forge);
     let id = create(&forge);
     assert_eq!(holder(&[&a, &b], &id), "a");
-    let counting = "echo moved-along > /root/kept; \
-        setsid sh -c 'i=0; while :; do i=$((i+1)); echo $i > /root/n.new; mv /root/n.new /root/n; sleep 0.05; done' \
-        </dev/null >/dev/null 2>&1 & sleep 0.5; cat /root/n";
-    let (status, ran) = exec(&forge, &id, counting);
-    assert_eq!(status, 200, "{ran}");
-    let before: u64 = ran["stdout"]
-        .as_str()
-        .unwrap_or("")
-        .trim()
-        .parse()
-        .expect("a count");
+    let before = start_counting(&forge, &id, "moved-along");
 
     let (status, refused) = forge.call(
         Some(&forge.admin_token),
@@ -319,11 +347,7 @@ fn a_vm_paused_to_disk_moves_to_another_node_and_runs_on() {
         Some(json!({ "node": "b" })),
     );
     assert_eq!(status, 409, "a running VM does not move: {refused}");
-    forge.admin(
-        "POST",
-        &format!("/v1/vms/{id}/pause"),
-        Some(json!({ "to_disk": true })),
-    );
+    pause_to_disk(&forge, &id);
     let (status, refused) = forge.call(
         Some(&forge.admin_token),
         "POST",
@@ -335,18 +359,154 @@ fn a_vm_paused_to_disk_moves_to_another_node_and_runs_on() {
     assert_eq!(moved["node"], "b", "{moved}");
     assert_eq!(moved["state"], "running", "{moved}");
     assert_eq!(holder(&[&a, &b], &id), "b", "the old copy is gone from a");
-    let (status, ran) = exec(&forge, &id, "cat /root/kept; sleep 0.3; cat /root/n");
-    assert_eq!(status, 200, "{ran}");
-    let out = ran["stdout"].as_str().unwrap_or("").to_owned();
-    let mut lines = out.lines();
-    assert_eq!(lines.next(), Some("moved-along"), "{out}");
+    counts_on(&forge, &id, "moved-along", before);
     // CRIU is part of the host's setup: memory and processes move too.
     assert_eq!(
         moved["kept"],
         json!(["disk", "memory", "processes"]),
         "{moved}"
     );
-    let after: u64 = lines.next().unwrap_or("").trim().parse().expect("a count");
-    assert!(after > before, "the counter goes on from {before}: {after}");
     forge.admin("DELETE", &format!("/v1/vms/{id}"), None);
+}
+
+/// With a snapshot store (`--snapshot-store`, an S3 server here), a VM
+/// paused to disk on a node is uploaded there, and the API shows its size.
+/// When that node is killed with SIGKILL, a VM running there is `lost`, the
+/// paused one is not: its resume brings it up on the other node from the
+/// stored copy, with its files and its processes (a counter that goes on
+/// counting), and the stored object is removed once it runs. An object
+/// changed in the bucket is refused, and nothing lands.
+#[test]
+fn a_vm_paused_to_disk_on_a_node_that_dies_resumes_on_another_from_the_snapshot_store() {
+    if !require_sandboxes() {
+        return;
+    }
+    let s3 = S3Server::start();
+    let mut builder = TestForge::builder().with_sandboxes(8);
+    for (key, value) in s3.forge_env("kept") {
+        builder = builder.env(key, &value);
+    }
+    let forge = builder.start();
+    let mut a = TestNode::start(&forge, "a", 2048);
+    let b = TestNode::start(&forge, "b", 1024);
+    a.wait_up(&forge);
+    b.wait_up(&forge);
+    // 512 MiB each: a has the most free for both.
+    let id = create(&forge);
+    let running = create(&forge);
+    assert_eq!(holder(&[&a, &b], &id), "a");
+    assert_eq!(holder(&[&a, &b], &running), "a");
+    let before = start_counting(&forge, &id, "stored-along");
+    pause_to_disk(&forge, &id);
+    eventually(Duration::from_secs(60), "the snapshot stored", || {
+        let vm = forge.admin("GET", &format!("/v1/vms/{id}"), None);
+        match vm["stored_bytes"].as_i64() {
+            Some(bytes) if bytes > 0 => Ok(()),
+            _ => Err(vm),
+        }
+    });
+    let stored = s3.objects(&format!("kept/{id}/"));
+    assert_eq!(stored.len(), 1, "one object for its one pause: {stored:?}");
+
+    a.kill();
+    // Resumed elsewhere once its node is seen lost (no report for 10 s),
+    // not when a call to it merely fails.
+    a.wait_state(&forge, "lost", Duration::from_secs(30));
+    vm_state_becomes(&forge, &running, "lost");
+    let vm = forge.admin("GET", &format!("/v1/vms/{id}"), None);
+    assert_eq!(vm["state"], "paused_to_disk", "kept, not lost: {vm}");
+
+    // Someone with access to the bucket changes the object: the resume
+    // fails, nothing is left on b, and the VM is as it was.
+    let original = s3.get(&stored[0]);
+    let mut changed = original.clone();
+    let middle = changed.len() / 2;
+    changed[middle] ^= 0x5a;
+    s3.put(&stored[0], changed);
+    let (status, refused) = forge.call(
+        Some(&forge.admin_token),
+        "POST",
+        &format!("/v1/vms/{id}/resume"),
+        None,
+    );
+    assert_ne!(status, 200, "a changed copy is refused: {refused}");
+    assert!(!b.holds(&id), "nothing of it stays on b");
+    let vm = forge.admin("GET", &format!("/v1/vms/{id}"), None);
+    assert_eq!(vm["state"], "paused_to_disk", "{vm}");
+    assert!(vm["stored_bytes"].as_i64().is_some(), "still stored: {vm}");
+    s3.put(&stored[0], original);
+
+    let resumed = forge.admin("POST", &format!("/v1/vms/{id}/resume"), None);
+    assert_eq!(resumed["state"], "running", "{resumed}");
+    assert_eq!(
+        resumed["kept"],
+        json!(["disk", "memory", "processes"]),
+        "{resumed}"
+    );
+    assert!(b.holds(&id), "it runs on b now");
+    counts_on(&forge, &id, "stored-along", before);
+    let vm = forge.admin("GET", &format!("/v1/vms/{id}"), None);
+    assert!(vm.get("stored_bytes").is_none(), "running: {vm}");
+    assert_eq!(
+        s3.objects(&format!("kept/{id}/")),
+        Vec::<String>::new(),
+        "the stored copy is removed once it runs"
+    );
+    forge.admin("DELETE", &format!("/v1/vms/{id}"), None);
+}
+
+/// Copies stay beside their parent: a fork of a VM paused to disk on a
+/// node without room for it and its copies moves it first to a node with
+/// room, where it runs on (files and processes) beside its copies. With no
+/// node having room, the fork is refused and the VM stays paused.
+#[test]
+fn a_fork_of_a_vm_paused_on_a_full_node_moves_it_where_the_copies_fit() {
+    if !require_sandboxes() {
+        return;
+    }
+    let forge = TestForge::builder().with_sandboxes(8).start();
+    let a = TestNode::start(&forge, "a", 1024);
+    a.wait_up(&forge);
+    let id = create(&forge);
+    let before = start_counting(&forge, &id, "forked-along");
+    let b = TestNode::start(&forge, "b", 2048);
+    b.wait_up(&forge);
+    pause_to_disk(&forge, &id);
+
+    // Five copies and it: 3 GiB, more than any node has.
+    let (status, refused) = forge.call(
+        Some(&forge.admin_token),
+        "POST",
+        &format!("/v1/vms/{id}/fork"),
+        Some(json!({ "count": 5 })),
+    );
+    assert_eq!(status, 503, "{refused}");
+    assert!(
+        refused.to_string().contains("no other up node"),
+        "{refused}"
+    );
+    assert_eq!(holder(&[&a, &b], &id), "a");
+    vm_state_becomes(&forge, &id, "paused_to_disk");
+
+    // Two copies and it: 1536 MiB, which a (1024) lacks and b has.
+    let forked = forge.admin(
+        "POST",
+        &format!("/v1/vms/{id}/fork"),
+        Some(json!({ "count": 2 })),
+    );
+    let copies: Vec<String> = forked["forks"]
+        .as_array()
+        .expect("forks")
+        .iter()
+        .map(|fork| fork["id"].as_str().expect("an id").to_owned())
+        .collect();
+    assert_eq!(copies.len(), 2, "{forked}");
+    assert_eq!(holder(&[&a, &b], &id), "b", "the parent moved");
+    for copy in &copies {
+        assert_eq!(holder(&[&a, &b], copy), "b", "copies stay beside it");
+    }
+    counts_on(&forge, &id, "forked-along", before);
+    for vm in copies.iter().chain([&id]) {
+        forge.admin("DELETE", &format!("/v1/vms/{vm}"), None);
+    }
 }

@@ -56,7 +56,16 @@ async fn view(state: &AppState, row: VmRow) -> Result<VmView, ApiError> {
     let preview_url = dev_server
         .as_ref()
         .map(|d| preview_url(state, &row.id, d.port));
+    let stored_bytes = match row.state {
+        VmState::PausedToDisk => state
+            .store
+            .stored_snapshot(&row.id)
+            .await?
+            .map(|stored| stored.bytes),
+        _ => None,
+    };
     Ok(VmView {
+        stored_bytes,
         dev_server,
         preview_url,
         template: row.template.clone(),

@@ -18,8 +18,9 @@
 //!   node, the control plane's own host runs them, as on one machine.
 //! - **Routing.** `sandbox_nodes` records which node holds each sandbox;
 //!   every operation on a sandbox goes to its node, forks and snapshots
-//!   stay there (a fork the node has no memory for is refused, saying
-//!   so). A sandbox on a node that is not up fails at once, naming the
+//!   stay there (a fork the node has no memory for is refused, saying so;
+//!   a parent paused to disk moves first to a node with room for it and
+//!   its copies, [`Backend::make_room_for_fork`]). A sandbox on a node that is not up fails at once, naming the
 //!   node and how long it has been silent.
 //! - **Strays.** A control plane that dies between a node making a sandbox
 //!   and recording it leaves the sandbox on the node, recorded nowhere.
@@ -28,8 +29,13 @@
 //!   so again [`STRAY_GRACE`] later, is destroyed ([`Placed`]'s
 //!   [`Backend::collect_strays`]). The grace is far longer than the
 //!   moment between a node answering and the record being written.
+//! - **Snapshots kept off the node** ([`stored`]). With a snapshot store,
+//!   each sandbox a node pauses to disk is also uploaded there; when its
+//!   node is lost it is not marked `lost` but resumes (or moves) on
+//!   another node from the stored copy.
 
 pub mod agent;
+pub mod stored;
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -44,6 +50,10 @@ use ::sandbox::{
 };
 
 use crate::store::{NodeRow, Store, unix_now};
+
+/// How long a resume, move or destroy waits for the sandbox's snapshot
+/// upload to stop.
+const STOP_UPLOAD_WAIT: Duration = Duration::from_secs(10);
 
 /// How often a node reports.
 pub const REPORT_EVERY: Duration = Duration::from_secs(2);
@@ -85,6 +95,18 @@ pub fn free_mib(node: &NodeRow, committed_mib: i64) -> i64 {
     reported.min(unclaimed).max(0)
 }
 
+/// How the control plane places sandboxes on nodes.
+#[derive(Debug, Clone, Default)]
+pub struct Placement {
+    /// The host runs no sandboxes itself (`--sandbox-backend nodes`).
+    pub nodes_only: bool,
+    /// Where snapshots of sandboxes paused to disk on nodes are kept.
+    pub snapshots: Option<Arc<stored::SnapshotStore>>,
+    /// The largest disk a sandbox may have, in MiB: the bound of one
+    /// brought back from the snapshot store.
+    pub max_disk_mib: u64,
+}
+
 /// The host's sandboxes made [`Placed`]: the same host backend while no
 /// node is registered, nodes' once one is. With `nodes_only` the host runs
 /// none itself (`--sandbox-backend nodes`); otherwise a host that runs no
@@ -92,16 +114,11 @@ pub fn free_mib(node: &NodeRow, committed_mib: i64) -> i64 {
 pub fn placed(
     host: crate::vms::Availability,
     store: &Store,
-    nodes_only: bool,
+    placement: Placement,
 ) -> crate::vms::Availability {
     match host {
-        _ if nodes_only => crate::vms::Availability::Ready {
-            backend: Arc::new(Placed {
-                local: None,
-                store: store.clone(),
-                remotes: Mutex::default(),
-                strays: Mutex::default(),
-            }),
+        _ if placement.nodes_only => crate::vms::Availability::Ready {
+            backend: Arc::new(Placed::new(None, store.clone(), placement)),
             // Nodes start sandboxes from their own images.
             image: ::sandbox::Image::root("/nonexistent/sandbox-nodes-only"),
             reason: "sandboxes run on sandbox nodes only (--sandbox-backend nodes)".into(),
@@ -111,11 +128,69 @@ pub fn placed(
             image,
             reason,
         } => crate::vms::Availability::Ready {
-            backend: Arc::new(Placed::new(backend, store.clone())),
+            backend: Arc::new(Placed::new(Some(backend), store.clone(), placement)),
             image,
             reason,
         },
         unavailable => unavailable,
+    }
+}
+
+/// The sizes a sandbox moved to another node lands with: its vCPUs and
+/// memory as recorded, and its disk quota (which travels with it) within
+/// `max_disk_mib`, the largest any sandbox may have.
+pub fn sizes_of(vcpus: i64, mem_mib: i64, max_disk_mib: u64) -> Spec {
+    let mut sizes = Spec::new(::sandbox::Image::root(""));
+    sizes.vcpus = u8::try_from(vcpus).unwrap_or(u8::MAX);
+    sizes.mem_mib = u64::try_from(mem_mib).unwrap_or(0);
+    sizes.disk_mib = max_disk_mib;
+    sizes
+}
+
+/// Uploads the export of sandbox `id` (paused to disk on `node`) to the
+/// snapshot store, and records it under `token` if that is still the
+/// sandbox's upload; else removes what it wrote.
+async fn store_snapshot(
+    store: Store,
+    snapshots: Arc<stored::SnapshotStore>,
+    backend: Arc<dyn Backend>,
+    (id, node, token): (String, String, String),
+    limit: u64,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let Some(_turn) = snapshots.turn(&stop).await else {
+        tracing::info!(sandbox = %id, %node, "a snapshot upload was stopped before its turn");
+        return;
+    };
+    let started = Instant::now();
+    let key = snapshots.key(&id, &token);
+    let outcome = async {
+        let stream = tokio::select! {
+            stream = backend.export(&id) => stream?,
+            () = stop.cancelled() => return Err(Error::Invalid("the upload was stopped".into())),
+        };
+        let stored = snapshots.upload(&key, stream, limit, &stop).await?;
+        let recorded = store
+            .finish_snapshot_upload(&id, &token, &stored)
+            .await
+            .map_err(store_error)?;
+        Ok::<_, Error>((stored.bytes, recorded))
+    }
+    .await;
+    match outcome {
+        Ok((bytes, true)) => {
+            tracing::info!(sandbox = %id, %node, bytes, ms = started.elapsed().as_millis() as u64, %key, "snapshot stored");
+        }
+        Ok((_, false)) => {
+            tracing::info!(sandbox = %id, %node, "the sandbox changed while its snapshot was uploaded: the upload is dropped");
+            snapshots.remove(&key).await;
+        }
+        Err(error) if stop.is_cancelled() => {
+            tracing::info!(sandbox = %id, %node, %error, "a snapshot upload was stopped");
+        }
+        Err(error) => {
+            tracing::warn!(sandbox = %id, %node, %error, "the snapshot could not be stored: if its node is lost, it is lost with it");
+        }
     }
 }
 
@@ -130,6 +205,23 @@ pub struct Placed {
     /// Sandboxes found on a node (its id, theirs) that nothing records,
     /// with when they were first found so.
     strays: Mutex<HashMap<(String, String), Instant>>,
+    placement: Placement,
+    /// Uploads to the snapshot store in flight, by sandbox.
+    uploads: Mutex<HashMap<String, Upload>>,
+}
+
+/// Where a moving sandbox comes from.
+enum Source {
+    /// Its node, up.
+    Node(Arc<dyn Backend>),
+    /// Its copy in the snapshot store (its node is lost).
+    Stored(Arc<stored::SnapshotStore>, crate::store::StoredSnapshot),
+}
+
+/// An upload to the snapshot store in flight.
+struct Upload {
+    stop: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<()>,
 }
 
 #[derive(Clone)]
@@ -152,12 +244,14 @@ fn node_error(node: &str, message: impl Into<String>) -> Error {
 }
 
 impl Placed {
-    pub fn new(local: Arc<dyn Backend>, store: Store) -> Self {
+    fn new(local: Option<Arc<dyn Backend>>, store: Store, placement: Placement) -> Self {
         Self {
-            local: Some(local),
+            local,
             store,
             remotes: Mutex::default(),
             strays: Mutex::default(),
+            placement,
+            uploads: Mutex::default(),
         }
     }
 
@@ -265,6 +359,24 @@ impl Placed {
         }
         // What was not found so this time starts over when it is again.
         self.strays().retain(|key, _| unrecorded.contains(key));
+        if let Some(snapshots) = &self.placement.snapshots {
+            // Uploads in flight name theirs too: their object may be
+            // complete a moment before its record is.
+            let named: HashSet<String> = self
+                .store
+                .stored_snapshot_records()
+                .await
+                .map_err(store_error)?
+                .into_iter()
+                .map(|(id, token, key)| key.unwrap_or_else(|| snapshots.key(&id, &token)))
+                .collect();
+            match snapshots.collect_orphans(&named).await {
+                Ok(orphans) => removed.extend(orphans),
+                Err(error) => {
+                    tracing::warn!(%error, "the snapshot store's orphans could not be collected");
+                }
+            }
+        }
         Ok(removed)
     }
 
@@ -328,15 +440,9 @@ impl Placed {
 
     /// The backend holding sandbox `id`, and its node when on a node.
     async fn route(&self, id: &str) -> Result<(Arc<dyn Backend>, Option<NodeRow>), Error> {
-        let Some(node_id) = self.store.sandbox_node(id).await.map_err(store_error)? else {
+        let Some(node) = self.holder(id).await? else {
             return Ok((self.host(id)?.clone(), None));
         };
-        let node = self
-            .store
-            .node(&node_id)
-            .await
-            .map_err(store_error)?
-            .ok_or_else(|| node_error(&node_id, "the node was removed"))?;
         let remote: Arc<dyn Backend> = self.remote(&node).await?;
         Ok((remote, Some(node)))
     }
@@ -411,29 +517,37 @@ impl Placed {
         Ok(Some(node))
     }
 
-    /// [`Backend::relocate`]: export from the node holding `id`, import on
-    /// `to` (or the up node of the same backend with the most memory
-    /// free), record it there, resume it there, then destroy the old copy.
-    /// Until the new copy runs, the old one is the sandbox: a failure on
-    /// the way leaves it as it was (and the new node's copy is removed).
+    /// [`Backend::relocate`]: export from the node holding `id` (or, when
+    /// the snapshot store has its copy, read that), import on `to` (or the
+    /// up node of the same backend with the most memory free), record it
+    /// there, resume it there, then destroy the old copy (when its node is
+    /// up; else the stray collection does once it is). Until the new copy
+    /// runs, the old one is the sandbox: a failure on the way leaves it as
+    /// it was (and the new node's copy is removed).
     async fn relocate_to(
         &self,
         id: &str,
         to: Option<&str>,
         sizes: Spec,
     ) -> Result<(String, Carried), Error> {
-        let (from_backend, from) = self.route(id).await?;
-        let Some(from) = from else {
-            return Err(Error::Invalid(format!(
+        let from = self.holder(id).await?.ok_or_else(|| {
+            Error::Invalid(format!(
                 "sandbox {id} runs on the control plane's own host, not on a node: it cannot move"
-            )));
+            ))
+        })?;
+        self.stop_upload(id).await;
+        // The old node sends it while it is up; once it is lost, the
+        // snapshot store's copy does, if there is one.
+        let source = match self.remote(&from).await {
+            Ok(remote) => Source::Node(remote),
+            Err(error) => match self.stored(id).await? {
+                Some((snapshots, snapshot)) if !is_up(&from, unix_now()) => {
+                    Source::Stored(snapshots, snapshot)
+                }
+                _ => return Err(error),
+            },
         };
-        let mem_mib = self
-            .store
-            .sandbox_mem_mib(id)
-            .await
-            .map_err(store_error)?
-            .unwrap_or(0);
+        let mem_mib = self.mem_mib_of(id).await?;
         let target = match to {
             Some(name) => self
                 .store
@@ -482,7 +596,13 @@ impl Placed {
         // A node lands the sandbox on its own image (checking that it is
         // the one the sandbox was made from), with the caller's sizes.
         let to_backend: Arc<dyn Backend> = self.remote(&target).await?;
-        let stream = from_backend.export(id).await?;
+        let (stream, checked) = match &source {
+            Source::Node(from_backend) => (from_backend.export(id).await?, None),
+            Source::Stored(snapshots, snapshot) => {
+                let (stream, checked) = snapshots.download(snapshot).await?;
+                (stream, Some(checked))
+            }
+        };
         to_backend.import(id, sizes, stream).await?;
         let (undo_backend, undo_node) = (&to_backend, &target.name);
         let undo = |why: Error| async move {
@@ -491,12 +611,24 @@ impl Placed {
             }
             why
         };
-        if !self
-            .store
-            .move_sandbox(id, &from.id, &target.id)
-            .await
-            .map_err(store_error)?
-        {
+        // Landed only if the stored copy was read to its checked end.
+        if checked.is_some_and(|checked| !checked.load(std::sync::atomic::Ordering::Acquire)) {
+            return Err(undo(node_error(
+                &target.name,
+                format!("it took {id} before the stored copy was checked to its end: refused"),
+            ))
+            .await);
+        }
+        let moved = match &source {
+            Source::Node(_) => self.store.move_sandbox(id, &from.id, &target.id).await,
+            // Only while no resume where it was has claimed the copy.
+            Source::Stored(_, snapshot) => {
+                self.store
+                    .move_sandbox_from_store(id, &from.id, &target.id, &snapshot.object_key)
+                    .await
+            }
+        };
+        if !moved.map_err(store_error)? {
             return Err(undo(Error::Invalid(format!(
                 "sandbox {id} was moved or destroyed meanwhile"
             )))
@@ -524,12 +656,243 @@ impl Placed {
                 };
             }
         };
-        tracing::info!(sandbox = id, from = %from.name, to = %target.name, "sandbox moved");
-        if let Err(error) = from_backend.destroy(id).await {
-            // Recorded nowhere now: the stray collection removes it.
-            tracing::warn!(sandbox = id, node = %from.name, %error, "the old copy of a moved sandbox could not be removed");
+        // It runs: a stored copy is of a state it has left.
+        self.forget_stored(id).await;
+        match source {
+            Source::Node(from_backend) => {
+                tracing::info!(sandbox = id, from = %from.name, to = %target.name, "sandbox moved");
+                if let Err(error) = from_backend.destroy(id).await {
+                    // Recorded nowhere now: the stray collection removes it.
+                    tracing::warn!(sandbox = id, node = %from.name, %error, "the old copy of a moved sandbox could not be removed");
+                }
+            }
+            Source::Stored(..) => {
+                tracing::info!(sandbox = id, from = %from.name, to = %target.name,
+                    "sandbox brought back from the snapshot store; its copy on the lost node goes when the node is back (a stray)");
+            }
         }
         Ok((target.name, carried))
+    }
+
+    /// The memory sandbox `id` was given, in MiB (0 if unknown).
+    async fn mem_mib_of(&self, id: &str) -> Result<i64, Error> {
+        Ok(self
+            .store
+            .sandbox_mem_mib(id)
+            .await
+            .map_err(store_error)?
+            .unwrap_or(0))
+    }
+
+    /// The node holding sandbox `id`, whether up or not; `None`: this
+    /// host's.
+    async fn holder(&self, id: &str) -> Result<Option<NodeRow>, Error> {
+        let Some(node_id) = self.store.sandbox_node(id).await.map_err(store_error)? else {
+            return Ok(None);
+        };
+        self.store
+            .node(&node_id)
+            .await
+            .map_err(store_error)?
+            .map(Some)
+            .ok_or_else(|| node_error(&node_id, "the node was removed"))
+    }
+
+    /// Sandbox `id`'s copy in the snapshot store, when there is one.
+    async fn stored(
+        &self,
+        id: &str,
+    ) -> Result<Option<(Arc<stored::SnapshotStore>, crate::store::StoredSnapshot)>, Error> {
+        let Some(snapshots) = &self.placement.snapshots else {
+            return Ok(None);
+        };
+        Ok(self
+            .store
+            .stored_snapshot(id)
+            .await
+            .map_err(store_error)?
+            .map(|snapshot| (snapshots.clone(), snapshot)))
+    }
+
+    /// Forgets sandbox `id`'s stored copy and removes its object: it is
+    /// about to run, or gone.
+    async fn forget_stored(&self, id: &str) {
+        let Some(snapshots) = &self.placement.snapshots else {
+            return;
+        };
+        match self.store.drop_stored_snapshot(id).await {
+            Ok(Some(key)) => snapshots.remove(&key).await,
+            Ok(None) => {}
+            // Its object is left to the orphan collection.
+            Err(error) => {
+                tracing::warn!(sandbox = id, %error, "a stored snapshot's record could not be removed");
+            }
+        }
+    }
+
+    /// Stops the upload of sandbox `id`'s snapshot in flight here, if
+    /// one is, and waits until it has (for [`STOP_UPLOAD_WAIT`] at most;
+    /// then it is dropped where it stands).
+    async fn stop_upload(&self, id: &str) {
+        let upload = self.uploads().remove(id);
+        if let Some(mut upload) = upload {
+            upload.stop.cancel();
+            if tokio::time::timeout(STOP_UPLOAD_WAIT, &mut upload.task)
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    sandbox = id,
+                    "a snapshot upload did not stop in time: dropped"
+                );
+                upload.task.abort();
+            }
+        }
+    }
+
+    fn uploads(&self) -> std::sync::MutexGuard<'_, HashMap<String, Upload>> {
+        // Plain handles: a panic cannot leave the map inconsistent.
+        self.uploads.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Pauses sandbox `id` to disk on `node` (`backend`) and uploads its
+    /// export to the snapshot store after: the record of the upload is
+    /// made first, so a resume or a new pause that comes before it ends
+    /// makes it record nothing.
+    async fn pause_and_store(
+        &self,
+        id: &str,
+        backend: Arc<dyn Backend>,
+        node: &NodeRow,
+        snapshots: Arc<stored::SnapshotStore>,
+    ) -> Result<SandboxInfo, Error> {
+        if self.stored(id).await?.is_some() {
+            // Paused to disk already, with its copy stored: nothing changes.
+            return backend.pause(id, PauseMode::Disk).await;
+        }
+        self.stop_upload(id).await;
+        let token = hex::encode(rand::random::<[u8; 16]>());
+        if let Some(earlier) = self
+            .store
+            .begin_snapshot_upload(id, &token)
+            .await
+            .map_err(store_error)?
+        {
+            snapshots.remove(&earlier).await;
+        }
+        let info = match backend.pause(id, PauseMode::Disk).await {
+            Ok(info) => info,
+            Err(error) => {
+                self.forget_stored(id).await;
+                return Err(error);
+            }
+        };
+        // The export holds its record, its disk layer and its checkpoint:
+        // at most its memory and its disk, with room for the streams'
+        // framing.
+        let mem_mib = self.mem_mib_of(id).await?;
+        let limit_mib = u64::try_from(mem_mib)
+            .unwrap_or(0)
+            .saturating_add(self.placement.max_disk_mib)
+            .saturating_mul(2)
+            .saturating_add(64);
+        let limit = limit_mib.saturating_mul(1 << 20);
+        let stop = tokio_util::sync::CancellationToken::new();
+        let task = tokio::spawn(store_snapshot(
+            self.store.clone(),
+            snapshots,
+            backend,
+            (id.to_owned(), node.name.clone(), token),
+            limit,
+            stop.clone(),
+        ));
+        let mut uploads = self.uploads();
+        uploads.retain(|_, upload| !upload.task.is_finished());
+        uploads.insert(id.to_owned(), Upload { stop, task });
+        Ok(info)
+    }
+
+    /// Whether sandbox `id` is on a node that is not up, with a copy in
+    /// the snapshot store to resume from.
+    async fn stranded(&self, id: &str) -> Result<Option<NodeRow>, Error> {
+        let Some(node) = self.holder(id).await? else {
+            return Ok(None);
+        };
+        if is_up(&node, unix_now()) || self.stored(id).await?.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(node))
+    }
+
+    /// Resumes sandbox `id`, paused to disk on a node that is not up, on
+    /// another from its stored copy.
+    async fn resume_stranded(&self, id: &str, node: &NodeRow) -> Result<Carried, Error> {
+        let vm = self
+            .store
+            .vm(id)
+            .await
+            .map_err(store_error)?
+            .ok_or_else(|| Error::NotFound(id.to_owned()))?;
+        let sizes = sizes_of(vm.vcpus, vm.mem_mib, self.placement.max_disk_mib);
+        tracing::info!(sandbox = id, node = %node.name, "its node is lost: resuming it on another from the snapshot store");
+        let (to, carried) = self.relocate_to(id, None, sizes).await?;
+        tracing::info!(sandbox = id, from = %node.name, %to, "resumed on another node from the snapshot store");
+        Ok(carried)
+    }
+
+    /// [`Backend::make_room_for_fork`]: a sandbox paused to disk on an up
+    /// node without room for `count` copies and itself moves to the up
+    /// node of its backend with the most memory free, if that one has
+    /// room for them all.
+    async fn room_by_moving(
+        &self,
+        id: &str,
+        count: usize,
+        sizes: Spec,
+    ) -> Result<Option<(String, Carried)>, Error> {
+        let Some(node) = self.holder(id).await? else {
+            return Ok(None);
+        };
+        // A sandbox on a lost node resumes elsewhere anyway, if it can.
+        if !is_up(&node, unix_now()) {
+            return Ok(None);
+        }
+        let Err(full) = self.room_for_fork(&node, id, count + 1).await else {
+            return Ok(None);
+        };
+        let mem_mib = self.mem_mib_of(id).await?;
+        let needed = mem_mib.saturating_mul(i64::try_from(count + 1).unwrap_or(i64::MAX));
+        let wanted = BTreeMap::from([(
+            "backend".to_owned(),
+            node.backend.clone().unwrap_or_default(),
+        )]);
+        let target = match self
+            .choose(
+                u64::try_from(needed).unwrap_or(u64::MAX),
+                &wanted,
+                Some(&node.id),
+            )
+            .await
+        {
+            Ok(Some(target)) => target,
+            Ok(None) | Err(_) => {
+                let why = match full {
+                    Error::Node { message, .. } => message,
+                    other => other.to_string(),
+                };
+                return Err(node_error(
+                    &node.name,
+                    format!(
+                        "{why}; and no other up node has the {needed} MiB for {id} and its \
+                         copies, so it stays paused there"
+                    ),
+                ));
+            }
+        };
+        tracing::info!(sandbox = id, from = %node.name, to = %target.name, count, "its node has no room for its copies: moving it first");
+        self.relocate_to(id, Some(&target.name), sizes)
+            .await
+            .map(Some)
     }
 
     /// Refuses a fork of `count` copies of sandbox `id` that `node` has no
@@ -674,7 +1037,28 @@ impl Backend for Placed {
     }
 
     fn get<'a>(&'a self, id: &'a str) -> BoxFuture<'a, ::sandbox::Result<SandboxInfo>> {
-        Box::pin(async move { self.backend_of(id).await?.get(id).await })
+        Box::pin(async move {
+            match self.backend_of(id).await {
+                Ok(backend) => backend.get(id).await,
+                // Paused to disk, and kept in the snapshot store.
+                Err(error @ Error::Node { .. }) => match self.stranded(id).await? {
+                    Some(node) => Ok(SandboxInfo {
+                        id: id.to_owned(),
+                        backend: node
+                            .backend
+                            .as_deref()
+                            .and_then(|kind| {
+                                serde_json::from_value(serde_json::Value::from(kind)).ok()
+                            })
+                            .unwrap_or(BackendKind::Container),
+                        state: ::sandbox::State::PausedToDisk,
+                        forked_from: None,
+                    }),
+                    None => Err(error),
+                },
+                Err(error) => Err(error),
+            }
+        })
     }
 
     fn list(&self) -> BoxFuture<'_, ::sandbox::Result<Vec<SandboxInfo>>> {
@@ -714,11 +1098,66 @@ impl Backend for Placed {
         id: &'a str,
         mode: PauseMode,
     ) -> BoxFuture<'a, ::sandbox::Result<SandboxInfo>> {
-        Box::pin(async move { self.backend_of(id).await?.pause(id, mode).await })
+        Box::pin(async move {
+            let (backend, node) = self.route(id).await?;
+            match (node, &self.placement.snapshots, mode) {
+                (Some(node), Some(snapshots), PauseMode::Disk) => {
+                    self.pause_and_store(id, backend, &node, snapshots.clone())
+                        .await
+                }
+                _ => backend.pause(id, mode).await,
+            }
+        })
     }
 
     fn resume<'a>(&'a self, id: &'a str) -> BoxFuture<'a, ::sandbox::Result<Carried>> {
-        Box::pin(async move { self.backend_of(id).await?.resume(id).await })
+        Box::pin(async move {
+            self.stop_upload(id).await;
+            if let Some(node) = self.stranded(id).await? {
+                return self.resume_stranded(id, &node).await;
+            }
+            let (backend, node) = self.route(id).await?;
+            let Some(node) = node else {
+                return backend.resume(id).await;
+            };
+            // The stored copy is claimed while it resumes here, so that no
+            // server brings it back elsewhere meanwhile (that one's move
+            // needs it unclaimed); one that did before is seen here.
+            let claimed = match &self.placement.snapshots {
+                Some(_) => self
+                    .store
+                    .claim_stored_snapshot(id)
+                    .await
+                    .map_err(store_error)?,
+                None => false,
+            };
+            if claimed
+                && self
+                    .store
+                    .sandbox_node(id)
+                    .await
+                    .map_err(store_error)?
+                    .as_deref()
+                    != Some(node.id.as_str())
+            {
+                return Err(Error::Invalid(format!(
+                    "sandbox {id} was brought back on another node meanwhile"
+                )));
+            }
+            let resumed = backend.resume(id).await;
+            if claimed {
+                match &resumed {
+                    // A stored copy is of a state it has left.
+                    Ok(_) => self.forget_stored(id).await,
+                    Err(_) => {
+                        if let Err(error) = self.store.release_stored_snapshot(id).await {
+                            tracing::warn!(sandbox = id, %error, "a stored snapshot's claim could not be released");
+                        }
+                    }
+                }
+            }
+            resumed
+        })
     }
 
     fn fork<'a>(
@@ -753,9 +1192,17 @@ impl Backend for Placed {
 
     fn destroy<'a>(&'a self, id: &'a str) -> BoxFuture<'a, ::sandbox::Result<()>> {
         Box::pin(async move {
+            self.stop_upload(id).await;
+            if self.stranded(id).await?.is_some() {
+                // Its node's copy is a stray once the node is back.
+                self.forget_stored(id).await;
+                self.store.unplace_sandbox(id).await.map_err(store_error)?;
+                return Ok(());
+            }
             let (backend, node) = self.route(id).await?;
             let result = backend.destroy(id).await;
             if node.is_some() && matches!(result, Ok(()) | Err(Error::NotFound(_))) {
+                self.forget_stored(id).await;
                 self.store.unplace_sandbox(id).await.map_err(store_error)?;
             }
             result
@@ -773,6 +1220,15 @@ impl Backend for Placed {
         sizes: Spec,
     ) -> BoxFuture<'a, ::sandbox::Result<(String, Carried)>> {
         Box::pin(self.relocate_to(id, to, sizes))
+    }
+
+    fn make_room_for_fork<'a>(
+        &'a self,
+        id: &'a str,
+        count: usize,
+        sizes: Spec,
+    ) -> BoxFuture<'a, ::sandbox::Result<Option<(String, Carried)>>> {
+        Box::pin(self.room_by_moving(id, count, sizes))
     }
 
     fn collect_garbage(&self) -> BoxFuture<'_, ::sandbox::Result<Vec<String>>> {

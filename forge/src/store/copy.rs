@@ -29,6 +29,7 @@ const TABLES: &[(&str, &str)] = &[
     ("webhook_cursor", "id"),
     ("nodes", "id"),
     ("sandbox_nodes", "sandbox_id"),
+    ("stored_snapshots", "sandbox_id"),
     ("vms", "id"),
     ("runs", "id"),
     ("run_steps", "run_id, position"),

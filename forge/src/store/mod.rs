@@ -31,7 +31,7 @@ pub use copy::CopyError;
 pub use events::{EventRow, NewEvent};
 pub use github::{GithubDelivery, GithubLink, GithubPull, GithubRefState};
 pub use locks::{DUTIES_POLL, Held, HoldError, Lock};
-pub use nodes::{NodeCaps, NodeLoad, NodeReport, NodeRow};
+pub use nodes::{NodeCaps, NodeLoad, NodeReport, NodeRow, StoredSnapshot};
 pub use repos::RepoRow;
 pub use runs::{BranchSandbox, NewRun, PlanSource, RunRow, StepRow};
 pub use snapshots::{MAX_BUILD_LOG_BYTES, SnapshotRow, TemplateBuildRow, TemplateRow};

@@ -262,13 +262,17 @@ impl Store {
 impl Store {
     /// Marks `lost` every VM still reachable (running, paused, paused to
     /// disk) on a node whose last report is older than `seen_before` (unix
-    /// s); returns their ids.
+    /// s), but for those paused to disk whose snapshot is in the snapshot
+    /// store (they resume on another node); returns their ids.
     pub async fn mark_lost_vms(&self, seen_before: i64) -> Result<Vec<String>> {
         let ids: Vec<(String,)> = sqlx::query_as(
             "UPDATE vms SET state = 'lost' \
              WHERE state IN ('running', 'paused', 'paused_to_disk') AND id IN ( \
                SELECT s.sandbox_id FROM sandbox_nodes s JOIN nodes n ON n.id = s.node_id \
                WHERE n.last_seen_unix IS NULL OR n.last_seen_unix < $1) \
+             AND NOT (state = 'paused_to_disk' AND id IN ( \
+               SELECT sandbox_id FROM stored_snapshots \
+               WHERE object_key IS NOT NULL AND resuming_since IS NULL)) \
              RETURNING id",
         )
         .bind(seen_before)
@@ -290,5 +294,350 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         Ok(ids.into_iter().map(|(id,)| id).collect())
+    }
+}
+
+/// A sandbox's snapshot in the snapshot store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredSnapshot {
+    pub object_key: String,
+    pub bytes: i64,
+    /// Of the object as uploaded, in hex.
+    pub sha256: String,
+}
+
+impl Store {
+    /// Starts the record of sandbox `sandbox_id`'s next snapshot upload,
+    /// under `token`, in place of any earlier one; returns the earlier
+    /// one's object, which no record names any more.
+    pub async fn begin_snapshot_upload(
+        &self,
+        sandbox_id: &str,
+        token: &str,
+    ) -> Result<Option<String>> {
+        let mut tx = self.pool.begin().await?;
+        let earlier: Option<(Option<String>,)> = sqlx::query_as(
+            "DELETE FROM stored_snapshots WHERE sandbox_id = $1 RETURNING object_key",
+        )
+        .bind(sandbox_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        sqlx::query("INSERT INTO stored_snapshots (sandbox_id, token) VALUES ($1, $2)")
+            .bind(sandbox_id)
+            .bind(token)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(earlier.and_then(|(key,)| key))
+    }
+
+    /// Records the upload under `token` done as `stored`; `false` when the record is no longer that upload's (the sandbox was
+    /// resumed, paused again or destroyed meanwhile): the object is then
+    /// the caller's to remove.
+    pub async fn finish_snapshot_upload(
+        &self,
+        sandbox_id: &str,
+        token: &str,
+        stored: &StoredSnapshot,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE stored_snapshots SET object_key = $1, bytes = $2, sha256 = $3, stored_at = $4 \
+             WHERE sandbox_id = $5 AND token = $6 AND object_key IS NULL",
+        )
+        .bind(&stored.object_key)
+        .bind(stored.bytes)
+        .bind(&stored.sha256)
+        .bind(super::unix_now())
+        .bind(sandbox_id)
+        .bind(token)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Forgets sandbox `sandbox_id`'s stored snapshot (it was resumed or
+    /// destroyed); returns its object, which is the caller's to remove.
+    pub async fn drop_stored_snapshot(&self, sandbox_id: &str) -> Result<Option<String>> {
+        let earlier: Option<(Option<String>,)> = sqlx::query_as(
+            "DELETE FROM stored_snapshots WHERE sandbox_id = $1 RETURNING object_key",
+        )
+        .bind(sandbox_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(earlier.and_then(|(key,)| key))
+    }
+
+    /// Sandbox `sandbox_id`'s snapshot in the snapshot store, once its
+    /// upload is done and unless a resume claimed it.
+    pub async fn stored_snapshot(&self, sandbox_id: &str) -> Result<Option<StoredSnapshot>> {
+        let row: Option<(String, i64, Option<String>)> = sqlx::query_as(
+            "SELECT object_key, bytes, sha256 FROM stored_snapshots \
+             WHERE sandbox_id = $1 AND object_key IS NOT NULL AND resuming_since IS NULL",
+        )
+        .bind(sandbox_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|(object_key, bytes, sha256)| StoredSnapshot {
+            object_key,
+            bytes,
+            sha256: sha256.unwrap_or_default(),
+        }))
+    }
+
+    /// Every record of the snapshot store: its sandbox, its upload's
+    /// token, and its object once uploaded.
+    pub async fn stored_snapshot_records(&self) -> Result<Vec<(String, String, Option<String>)>> {
+        Ok(
+            sqlx::query_as("SELECT sandbox_id, token, object_key FROM stored_snapshots")
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
+    /// Claims sandbox `sandbox_id`'s stored snapshot for a resume on its
+    /// own node: until [`Store::release_stored_snapshot`], it is not
+    /// resumed elsewhere (nor does it keep the VM from being lost).
+    pub async fn claim_stored_snapshot(&self, sandbox_id: &str) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE stored_snapshots SET resuming_since = $1 \
+             WHERE sandbox_id = $2 AND object_key IS NOT NULL AND resuming_since IS NULL",
+        )
+        .bind(super::unix_now())
+        .bind(sandbox_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Gives back a claim: the resume failed, the stored copy is current.
+    pub async fn release_stored_snapshot(&self, sandbox_id: &str) -> Result<()> {
+        sqlx::query("UPDATE stored_snapshots SET resuming_since = NULL WHERE sandbox_id = $1")
+            .bind(sandbox_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// [`Store::move_sandbox`] for a sandbox brought back from its stored
+    /// copy `object_key`: only while that copy is still its current,
+    /// unclaimed one (no resume where it was has begun meanwhile).
+    pub async fn move_sandbox_from_store(
+        &self,
+        sandbox_id: &str,
+        from: &str,
+        to: &str,
+        object_key: &str,
+    ) -> Result<bool> {
+        let moved = sqlx::query(
+            "UPDATE sandbox_nodes SET node_id = $1 \
+             WHERE sandbox_id = $2 AND node_id = $3 AND EXISTS ( \
+               SELECT 1 FROM stored_snapshots WHERE sandbox_id = $4 \
+               AND object_key = $5 AND resuming_since IS NULL)",
+        )
+        .bind(to)
+        .bind(sandbox_id)
+        .bind(from)
+        .bind(sandbox_id)
+        .bind(object_key)
+        .execute(&self.pool)
+        .await?;
+        Ok(moved.rows_affected() > 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::VmRow;
+    use api_types::VmState;
+
+    fn paused_vm(id: &str) -> VmRow {
+        VmRow {
+            id: id.into(),
+            backend: "container".into(),
+            state: VmState::PausedToDisk,
+            repo_id: None,
+            branch: None,
+            parent_id: None,
+            vcpus: 1,
+            mem_mib: 512,
+            persistent: true,
+            idle_timeout_secs: None,
+            created_by: None,
+            created_at: now(),
+            last_active_unix: 1,
+            labels: "{}".into(),
+            expires_unix: None,
+            snapshot_id: None,
+            template: None,
+            workdir: None,
+        }
+    }
+
+    /// An upload records its object only while the record is still its
+    /// own: not after a resume forgot it, nor after a new pause replaced
+    /// it; a new pause hands back the earlier object for removal.
+    #[tokio::test]
+    async fn an_upload_overtaken_by_a_resume_or_a_new_pause_records_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open_for_test(dir.path()).await;
+        let stored = |key: &str| StoredSnapshot {
+            object_key: key.into(),
+            bytes: 10,
+            sha256: format!("sha-of-{key}"),
+        };
+
+        assert_eq!(
+            store
+                .begin_snapshot_upload("s1", "t1")
+                .await
+                .expect("begin"),
+            None
+        );
+        assert_eq!(
+            store.stored_snapshot("s1").await.expect("read"),
+            None,
+            "not yet"
+        );
+        assert!(
+            store
+                .finish_snapshot_upload("s1", "t1", &stored("k1"))
+                .await
+                .expect("finish")
+        );
+        assert_eq!(
+            store.stored_snapshot("s1").await.expect("read"),
+            Some(stored("k1"))
+        );
+        assert!(
+            !store
+                .finish_snapshot_upload("s1", "t1", &stored("k1b"))
+                .await
+                .expect("finish"),
+            "an upload records once"
+        );
+
+        // A new pause: the earlier object is handed back, and the earlier
+        // upload (finishing late) records nothing.
+        let earlier = store
+            .begin_snapshot_upload("s1", "t2")
+            .await
+            .expect("begin");
+        assert_eq!(earlier.as_deref(), Some("k1"));
+        assert!(
+            !store
+                .finish_snapshot_upload("s1", "t1", &stored("k1c"))
+                .await
+                .expect("finish")
+        );
+        assert_eq!(store.stored_snapshot("s1").await.expect("read"), None);
+
+        // A resume forgets the record; its upload, done after, records
+        // nothing.
+        assert_eq!(store.drop_stored_snapshot("s1").await.expect("drop"), None);
+        assert!(
+            !store
+                .finish_snapshot_upload("s1", "t2", &stored("k2"))
+                .await
+                .expect("finish")
+        );
+        assert_eq!(store.stored_snapshot("s1").await.expect("read"), None);
+        assert!(
+            store
+                .stored_snapshot_records()
+                .await
+                .expect("list")
+                .is_empty()
+        );
+    }
+
+    /// On a node that stopped reporting, a VM paused to disk with its
+    /// snapshot stored is not lost (it resumes elsewhere); one whose upload
+    /// has not finished is.
+    #[tokio::test]
+    async fn a_vm_paused_to_disk_with_its_snapshot_stored_is_not_lost_with_its_node() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open_for_test(dir.path()).await;
+        store
+            .insert_node("n1", "a", "hash", &NodeCaps::default())
+            .await
+            .expect("node");
+        for id in ["kept", "uploading"] {
+            store.insert_vm(&paused_vm(id)).await.expect("vm");
+            store.place_sandbox(id, "n1").await.expect("placed");
+        }
+        let stored = StoredSnapshot {
+            object_key: "k1".into(),
+            bytes: 10,
+            sha256: "00".into(),
+        };
+        store
+            .begin_snapshot_upload("kept", "t1")
+            .await
+            .expect("begin");
+        assert!(
+            store
+                .finish_snapshot_upload("kept", "t1", &stored)
+                .await
+                .expect("finish")
+        );
+        store
+            .begin_snapshot_upload("uploading", "t2")
+            .await
+            .expect("begin");
+
+        let lost = store
+            .mark_lost_vms(super::super::unix_now())
+            .await
+            .expect("lost");
+        assert_eq!(lost, ["uploading"]);
+        let kept = store.vm("kept").await.expect("read").expect("kept");
+        assert_eq!(kept.state, VmState::PausedToDisk);
+        let records = store.stored_snapshot_records().await.expect("list");
+        assert_eq!(records.len(), 2, "{records:?}");
+
+        // A resume where it is claims the copy: the VM is then lost with
+        // its node, and the copy cannot be moved elsewhere; a failed
+        // resume gives it back.
+        assert!(store.claim_stored_snapshot("kept").await.expect("claim"));
+        assert!(
+            !store.claim_stored_snapshot("kept").await.expect("claim"),
+            "once"
+        );
+        assert_eq!(store.stored_snapshot("kept").await.expect("read"), None);
+        assert!(
+            !store
+                .move_sandbox_from_store("kept", "n1", "n2", "k1")
+                .await
+                .expect("move"),
+            "claimed: not moved"
+        );
+        store
+            .release_stored_snapshot("kept")
+            .await
+            .expect("release");
+        assert_eq!(
+            store.stored_snapshot("kept").await.expect("read"),
+            Some(stored)
+        );
+        assert!(
+            !store
+                .move_sandbox_from_store("kept", "n1", "n2", "k0")
+                .await
+                .expect("move"),
+            "another copy: not moved"
+        );
+
+        // Resumed through any path: the record goes.
+        store
+            .set_vm_state("kept", VmState::Running)
+            .await
+            .expect("state");
+        assert_eq!(store.stored_snapshot("kept").await.expect("read"), None);
+        let lost = store
+            .mark_lost_vms(super::super::unix_now())
+            .await
+            .expect("lost");
+        assert_eq!(lost, ["kept"], "running, with its node gone: lost");
     }
 }

@@ -222,6 +222,19 @@ impl Store {
             .bind(id)
             .execute(&self.pool)
             .await?;
+        self.left_pause(id, state).await
+    }
+
+    /// A VM out of `paused_to_disk` (by whichever path, whichever
+    /// server) has no current copy in the snapshot store: its record goes
+    /// (the object is then one no record names, and is collected).
+    async fn left_pause(&self, id: &str, state: VmState) -> Result<()> {
+        if state != VmState::PausedToDisk {
+            sqlx::query("DELETE FROM stored_snapshots WHERE sandbox_id = $1")
+                .bind(id)
+                .execute(&self.pool)
+                .await?;
+        }
         Ok(())
     }
 
@@ -234,6 +247,9 @@ impl Store {
             .bind(from)
             .execute(&self.pool)
             .await?;
+        if done.rows_affected() == 1 {
+            self.left_pause(id, to).await?;
+        }
         Ok(done.rows_affected() == 1)
     }
 

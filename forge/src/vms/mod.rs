@@ -932,12 +932,7 @@ impl Sandboxes {
                 row.state
             )));
         }
-        // Its sizes as recorded here; its disk quota travels with it,
-        // within the largest any VM may have.
-        let mut sizes = ::sandbox::Spec::new(::sandbox::Image::root(""));
-        sizes.vcpus = u8::try_from(row.vcpus).unwrap_or(u8::MAX);
-        sizes.mem_mib = u64::try_from(row.mem_mib).unwrap_or(0);
-        sizes.disk_mib = self.limits.max_disk_mib;
+        let sizes = crate::nodes::sizes_of(row.vcpus, row.mem_mib, self.limits.max_disk_mib);
         let (node, carried) = backend.relocate(id, to, sizes).await?;
         tracing::info!(vm = id, %node, kept = ?carried.kept, "sandbox moved to another node");
         let row = self.resumed(id, &carried).await?;
@@ -976,6 +971,17 @@ impl Sandboxes {
         }
         let lock = self.lock_of(id);
         let _guard = lock.write().await;
+        let paused = self.refresh(id).await?;
+        if paused.state == VmState::PausedToDisk {
+            // Copies stay beside their parent: one paused to disk goes
+            // first where they fit, if its node is full.
+            let sizes =
+                crate::nodes::sizes_of(paused.vcpus, paused.mem_mib, self.limits.max_disk_mib);
+            if let Some((node, carried)) = backend.make_room_for_fork(id, count, sizes).await? {
+                tracing::info!(vm = id, %node, kept = ?carried.kept, "moved to a node with room for its copies");
+                self.resumed(id, &carried).await?;
+            }
+        }
         self.running(id).await?;
         let parent = self.refresh(id).await?;
         let _room = self.admit(count, parent.mem_mib.max(0) as u64).await?;
@@ -1169,7 +1175,8 @@ impl Sandboxes {
     /// Marks `lost` the VMs on sandbox nodes that stopped reporting, and
     /// gives those on a node that reports again the state the node has
     /// for them (`crashed` if it no longer has them). Nothing is restarted
-    /// elsewhere.
+    /// elsewhere; a VM paused to disk whose snapshot is in the snapshot
+    /// store is not lost: its resume brings it up on another node.
     pub async fn watch_nodes(&self) -> Result<(), VmError> {
         let Ok((backend, _)) = self.ready() else {
             return Ok(());

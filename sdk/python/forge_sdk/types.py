@@ -229,6 +229,12 @@ class CarriedVm:
     """`owner/name` of the repository checked out in it."""
     snapshot: Optional[Optional[str]] = None
     """The snapshot (id) it started from."""
+    stored_bytes: Optional[Optional[int]] = None
+    """
+    Paused to disk on a node: the size in bytes of its copy in the
+    snapshot store (`forge serve --snapshot-store`), once uploaded.
+    With it, the VM resumes on another node if its own is lost.
+    """
     template: Optional[Optional[str]] = None
     """The template it started from."""
 
@@ -710,6 +716,12 @@ class MovedVm:
     """`owner/name` of the repository checked out in it."""
     snapshot: Optional[Optional[str]] = None
     """The snapshot (id) it started from."""
+    stored_bytes: Optional[Optional[int]] = None
+    """
+    Paused to disk on a node: the size in bytes of its copy in the
+    snapshot store (`forge serve --snapshot-store`), once uploaded.
+    With it, the VM resumes on another node if its own is lost.
+    """
     template: Optional[Optional[str]] = None
     """The template it started from."""
 
@@ -1292,6 +1304,12 @@ class VmDetail:
     snapshot: Optional[Optional[str]] = None
     """The snapshot (id) it started from."""
     stats: Optional[Optional["VmStats"]] = None
+    stored_bytes: Optional[Optional[int]] = None
+    """
+    Paused to disk on a node: the size in bytes of its copy in the
+    snapshot store (`forge serve --snapshot-store`), once uploaded.
+    With it, the VM resumes on another node if its own is lost.
+    """
     template: Optional[Optional[str]] = None
     """The template it started from."""
 
@@ -1337,6 +1355,12 @@ class VmView:
     """`owner/name` of the repository checked out in it."""
     snapshot: Optional[Optional[str]] = None
     """The snapshot (id) it started from."""
+    stored_bytes: Optional[Optional[int]] = None
+    """
+    Paused to disk on a node: the size in bytes of its copy in the
+    snapshot store (`forge serve --snapshot-store`), once uploaded.
+    With it, the VM resumes on another node if its own is lost.
+    """
     template: Optional[Optional[str]] = None
     """The template it started from."""
 

@@ -1011,6 +1011,12 @@ export interface VmView {
   /** The snapshot (id) it started from. */
   snapshot?: string | null;
   state: VmState;
+  /**
+   * Paused to disk on a node: the size in bytes of its copy in the
+   * snapshot store (`forge serve --snapshot-store`), once uploaded.
+   * With it, the VM resumes on another node if its own is lost.
+   */
+  stored_bytes?: number | null;
   /** The template it started from. */
   template?: string | null;
   vcpus: number;
