@@ -149,6 +149,9 @@ impl ContainerBackend {
                             checkpoint::record_stats(&images);
                             record.checkpoint = true;
                             record.checkpoint_error = None;
+                            // Its processes run in its own range now,
+                            // whatever checkpoint they were restored from.
+                            record.checkpoint_ids = None;
                         }
                         Err(reason) => record.checkpoint_error = Some(reason),
                     }
@@ -246,6 +249,9 @@ impl ContainerBackend {
                 }
                 let mut saved = crate::state::SandboxRecord::load(&self.sandbox_dir(id))?;
                 saved.checkpoint = false;
+                // Restored onto its own range: a later checkpoint is of
+                // processes there.
+                saved.checkpoint_ids = None;
                 saved.restore_only = false;
                 saved.checkpoint_error = record.checkpoint_error.clone();
                 saved.save(&self.sandbox_dir(id))?;
