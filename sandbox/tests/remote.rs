@@ -247,6 +247,19 @@ async fn all_of(mut stream: sandbox::Carrier<'static>) -> Vec<u8> {
     bytes
 }
 
+/// A stream source that never sends another byte.
+struct Stalled;
+
+impl tokio::io::AsyncRead for Stalled {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        _: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Pending
+    }
+}
+
 /// A stream source that fails when read.
 struct Broken;
 
@@ -400,6 +413,7 @@ async fn a_sandbox_paused_to_disk_moves_to_another_node_whole_or_not_at_all() {
     );
     from.backend.destroy(&id).await.expect("the old copy goes");
     assert_eq!(from.leftovers(&id), Vec::<std::path::PathBuf>::new());
+
     to.backend.destroy(&id).await.expect("destroy");
     // A running sandbox does not export.
     let running = from.backend.create(from.spec()).await.expect("create").id;
@@ -411,4 +425,60 @@ async fn a_sandbox_paused_to_disk_moves_to_another_node_whole_or_not_at_all() {
         .expect("a running sandbox does not move");
     assert!(refused.to_string().contains("paused to disk"), "{refused}");
     from.backend.destroy(&running).await.expect("destroy");
+}
+
+/// A node takes at most `MAX_IMPORTS` imports at once: streams that stall
+/// (a caller that sends a little and then nothing) hold their turns, and
+/// the next import waits until one of them goes, then lands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_stages_a_bounded_number_of_imports_at_once() {
+    let Some((from, _, _)) = node("imports-from").await else {
+        return;
+    };
+    let (to, _, _) = node("imports-to").await.expect("a second node");
+    let id = from.backend.create(from.spec()).await.expect("create").id;
+    from.backend
+        .pause(&id, PauseMode::Disk)
+        .await
+        .expect("pause to disk");
+    let bytes = all_of(from.backend.export(&id).await.expect("export")).await;
+
+    let stalled: Vec<_> = (0..sandbox::remote::MAX_IMPORTS)
+        .map(|n| {
+            let backend = to.backend.clone();
+            let spec = to.spec();
+            let head = bytes[..64].to_vec();
+            tokio::spawn(async move {
+                let stalling = tokio::io::AsyncReadExt::chain(std::io::Cursor::new(head), Stalled);
+                let _ = backend
+                    .import(&format!("stalled{n}"), spec, Box::pin(stalling))
+                    .await;
+            })
+        })
+        .collect();
+    // Their turns taken, the whole stream waits.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let landing = {
+        let backend = to.backend.clone();
+        let (spec, id, whole) = (to.spec(), id.clone(), bytes.clone());
+        tokio::spawn(async move {
+            backend
+                .import(&id, spec, Box::pin(std::io::Cursor::new(whole)))
+                .await
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    assert!(!landing.is_finished(), "the third import waits its turn");
+    stalled[0].abort();
+    let landed = tokio::time::timeout(std::time::Duration::from_secs(60), landing)
+        .await
+        .expect("it lands once a turn is free")
+        .expect("the task")
+        .expect("the import");
+    assert_eq!(landed.state, State::PausedToDisk);
+    for task in &stalled {
+        task.abort();
+    }
+    to.backend.destroy(&id).await.expect("destroy");
+    from.backend.destroy(&id).await.expect("destroy");
 }

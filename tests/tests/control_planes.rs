@@ -7,7 +7,9 @@
 //! when the control plane holding the duties is killed with SIGKILL while
 //! pushes run pipelines and fire webhooks, the other takes the duties up,
 //! the nodes report to it, and every push has exactly one run that ends and
-//! exactly one webhook delivery that arrives.
+//! exactly one webhook delivery that arrives. A VM paused to disk through
+//! the survivor, its copy in the snapshot store (an S3 server), comes back
+//! on the last node up when its own is killed.
 
 #![allow(clippy::unwrap_used)] // A test that cannot unwrap has failed: say so loudly.
 
@@ -24,8 +26,8 @@ use api_types::DeliveryState;
 use api_types::runs::RunView;
 use api_types::webhooks::DeliveryPage;
 use e2e::{
-    TestForge, TestNode, commit_files, eventually, git_ok, holder, require_sandboxes, stays,
-    work_repo,
+    S3Server, TestForge, TestNode, commit_files, eventually, git_ok, holder, require_sandboxes,
+    stays, work_repo,
 };
 use serde_json::json;
 
@@ -109,11 +111,16 @@ fn two_control_planes_share_nodes_and_one_killed_mid_work_loses_and_doubles_noth
     if !require_sandboxes() {
         return;
     }
-    let mut first = TestForge::builder()
+    // Both keep snapshots of VMs paused to disk in one S3 store.
+    let s3 = S3Server::start();
+    let mut builder = TestForge::builder()
         .nodes_only()
         .allow_loopback()
-        .listen_everywhere()
-        .start();
+        .listen_everywhere();
+    for (key, value) in s3.forge_env("planes") {
+        builder = builder.env(key, &value);
+    }
+    let mut first = builder.start();
     let second = first.another_server("second");
     // The first server took the duties at its start; the second serves
     // beside it without them.
@@ -292,4 +299,31 @@ fn two_control_planes_share_nodes_and_one_killed_mid_work_loses_and_doubles_noth
         let seen = second.admin("GET", &format!("/v1/vms/{vm}"), None);
         (seen["state"] == "lost").then_some(()).ok_or(seen)
     });
+
+    // A VM paused to disk, its copy uploaded to the snapshot store, comes
+    // back on the last node up when its own dies: with its file.
+    second.admin(
+        "POST",
+        &format!("/v1/vms/{copy}/pause"),
+        Some(json!({ "to_disk": true })),
+    );
+    eventually(Duration::from_secs(60), "the copy stored", || {
+        let seen = second.admin("GET", &format!("/v1/vms/{copy}"), None);
+        seen["stored_bytes"]
+            .as_i64()
+            .filter(|b| *b > 0)
+            .map(|_| ())
+            .ok_or(seen)
+    });
+    let index = nodes.iter().position(|n| n.name == moved_to).unwrap();
+    nodes[index].kill();
+    nodes[index].wait_state(&second, "lost", Duration::from_secs(30));
+    let resumed = second.admin("POST", &format!("/v1/vms/{copy}/resume"), None);
+    assert_eq!(resumed["state"], "running", "{resumed}");
+    let last = nodes
+        .iter()
+        .find(|n| n.name != node && n.name != moved_to)
+        .unwrap();
+    assert!(last.holds(&copy), "it runs on {} now", last.name);
+    assert_eq!(exec(&second, &copy, "cat /tmp/where"), format!("{node}\n"));
 }

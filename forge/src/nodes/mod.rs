@@ -51,6 +51,11 @@ use ::sandbox::{
 
 use crate::store::{NodeRow, Store, unix_now};
 
+/// How long the resume of a sandbox moved to another node may take before
+/// the move is undone: well within [`STRAY_GRACE`], so that the old copy
+/// is still there to go back to.
+const MOVED_RESUME_WAIT: Duration = Duration::from_secs(40);
+
 /// How long a resume, move or destroy waits for the sandbox's snapshot
 /// upload to stop.
 const STOP_UPLOAD_WAIT: Duration = Duration::from_secs(10);
@@ -634,7 +639,18 @@ impl Placed {
             )))
             .await);
         }
-        let carried = match to_backend.resume(id).await {
+        // Bounded well within the stray grace: the old copy, recorded
+        // nowhere while the row points here, must not be collected before
+        // a failed resume puts the row back.
+        let resumed = tokio::time::timeout(MOVED_RESUME_WAIT, to_backend.resume(id))
+            .await
+            .unwrap_or_else(|_| {
+                Err(node_error(
+                    &target.name,
+                    format!("{id} did not resume there within {MOVED_RESUME_WAIT:?}"),
+                ))
+            });
+        let carried = match resumed {
             Ok(carried) => carried,
             Err(error) => {
                 // Back to the old copy, which was never touched; the new

@@ -32,7 +32,9 @@
 //! # Bounds
 //!
 //! A node serves at most [`MAX_CONNECTIONS`] connections at once (agent
-//! connections included; the next waits to be accepted), must see the TLS
+//! connections included; the next waits to be accepted) and takes at most
+//! [`MAX_IMPORTS`] imports at once (the next waits, within its answer
+//! time), must see the TLS
 //! handshake and a request of at most [`MAX_REQUEST_BYTES`] within
 //! [`REQUEST_TIMEOUT`] of the connection, and a wrong key gets an error and
 //! the connection closed. The caller reads an answer of at most
@@ -80,6 +82,10 @@ pub const PROTOCOL_VERSION: u32 = 1;
 
 /// Connections a node serves at once.
 pub const MAX_CONNECTIONS: usize = 1024;
+
+/// Imports a node takes at once; more wait their turn (each stages a
+/// whole sandbox on the node's disk before it is a sandbox).
+pub const MAX_IMPORTS: usize = 2;
 
 /// Largest request line a node reads.
 pub const MAX_REQUEST_BYTES: u64 = 1 << 20;
@@ -435,6 +441,7 @@ async fn serve_with(
         image,
         key,
         tunnels: Mutex::default(),
+        imports: Semaphore::new(MAX_IMPORTS),
     });
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
@@ -487,6 +494,8 @@ struct Node {
     /// operation that cannot keep them (a checkpoint cannot hold a
     /// connection to the host).
     tunnels: Mutex<HashMap<String, Vec<Tunnel>>>,
+    /// Turns to import ([`MAX_IMPORTS`]).
+    imports: Semaphore,
 }
 
 /// An open agent tunnel: a word to close it, and its answer once closed.
@@ -610,10 +619,14 @@ impl Node {
     /// Take sandbox `id` from the stream after the request, within
     /// [`ANSWER_TIMEOUT`], then answer.
     async fn import<S: AgentIo>(&self, mut conn: BufReader<S>, id: &str, spec: Spec) {
-        let imported = tokio::time::timeout(
-            ANSWER_TIMEOUT,
-            self.backend.import(id, spec, Box::pin(&mut conn)),
-        )
+        let imported = tokio::time::timeout(ANSWER_TIMEOUT, async {
+            let _turn = self
+                .imports
+                .acquire()
+                .await
+                .map_err(|_| Error::Invalid("the node is stopping".into()))?;
+            self.backend.import(id, spec, Box::pin(&mut conn)).await
+        })
         .await
         .unwrap_or_else(|_| {
             Err(Error::Invalid(format!(
