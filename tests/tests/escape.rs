@@ -440,6 +440,14 @@ fn runaway_processes_memory_disk_and_output_stay_inside() {
         std::thread::sleep(Duration::from_millis(500));
     }
 
+    // What the agent runs is the OOM killer's first choice, the agent
+    // (PID 1) last: a balloon's memory gone, the next to ask for memory
+    // does not find the agent the largest left.
+    assert_eq!(attacker.sh(&vm, "cat /proc/1/oom_score_adj").trim(), "0");
+    assert_eq!(
+        attacker.sh(&vm, "cat /proc/self/oom_score_adj").trim(),
+        "500"
+    );
     // A memory balloon is killed inside; the sandbox survives.
     let (_, out) = attacker.exec(
         &vm,

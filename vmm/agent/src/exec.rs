@@ -190,14 +190,21 @@ pub(crate) fn spawn(req: &ExecRequest, agent: &Agent) -> Result<Spawned, RemoteE
                 if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
+                rank_first_for_oom();
                 Ok(())
             });
         }
     } else {
-        // Its own process group, so the whole group can be killed. Without a
-        // pre-exec hook std can use posix_spawn (vfork), much cheaper than
-        // fork for every exec.
+        // Its own process group, so the whole group can be killed.
         cmd.process_group(0);
+        // SAFETY: the closure runs in the forked child before exec and only
+        // makes async-signal-safe system calls (open, write, close).
+        unsafe {
+            cmd.pre_exec(|| {
+                rank_first_for_oom();
+                Ok(())
+            });
+        }
     }
     let (mut child, exit) = reaper().spawn(&mut cmd).map_err(|e| io_err("spawn", &e))?;
     // Close our copies of the terminal's slave side now, or reads on the
@@ -228,6 +235,31 @@ pub(crate) fn spawn(req: &ExecRequest, agent: &Agent) -> Result<Spawned, RemoteE
         stderr,
         pty: pty_master,
     })
+}
+
+/// Ranks the calling process (a child of the agent, before it runs what it
+/// was asked to) ahead of the agent for the kernel's OOM killer, and with
+/// it every process it makes. When a sandbox's memory runs out the killer
+/// takes the largest task; once a balloon is gone, the next to ask for
+/// memory could otherwise find the agent (a few MiB) the largest left,
+/// and the sandbox unreachable. Set before exec, so nothing the tenant
+/// runs starts unranked. Raising a score needs no privilege; a tenant can
+/// lower its processes' back only to the agent's own. Best effort: without
+/// `/proc` it stays as it is. Only async-signal-safe calls.
+fn rank_first_for_oom() {
+    const SCORE: &[u8] = b"500";
+    // SAFETY: a static NUL-terminated path, a static buffer, and the
+    // descriptor closed here.
+    unsafe {
+        let fd = libc::open(
+            c"/proc/self/oom_score_adj".as_ptr(),
+            libc::O_WRONLY | libc::O_CLOEXEC,
+        );
+        if fd >= 0 {
+            libc::write(fd, SCORE.as_ptr().cast(), SCORE.len());
+            libc::close(fd);
+        }
+    }
 }
 
 /// Aborts a task when dropped.
