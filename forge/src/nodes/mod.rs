@@ -1156,6 +1156,9 @@ impl Backend for Placed {
                     .as_deref()
                     != Some(node.id.as_str())
             {
+                if let Err(error) = self.store.release_stored_snapshot(id).await {
+                    tracing::warn!(sandbox = id, %error, "a stored snapshot's claim could not be released");
+                }
                 return Err(Error::Invalid(format!(
                     "sandbox {id} was brought back on another node meanwhile"
                 )));

@@ -272,10 +272,12 @@ impl Store {
                WHERE n.last_seen_unix IS NULL OR n.last_seen_unix < $1) \
              AND NOT (state = 'paused_to_disk' AND id IN ( \
                SELECT sandbox_id FROM stored_snapshots \
-               WHERE object_key IS NOT NULL AND resuming_since IS NULL)) \
+               WHERE object_key IS NOT NULL \
+               AND (resuming_since IS NULL OR resuming_since < $2))) \
              RETURNING id",
         )
         .bind(seen_before)
+        .bind(claims_lapsed_before())
         .fetch_all(&self.pool)
         .await?;
         Ok(ids.into_iter().map(|(id,)| id).collect())
@@ -295,6 +297,16 @@ impl Store {
         .await?;
         Ok(ids.into_iter().map(|(id,)| id).collect())
     }
+}
+
+/// How long a resume's claim on a stored snapshot holds: longer than any
+/// resume may take (a node's answer time), after which the claim is taken
+/// as abandoned (its server died) and the copy counts again.
+pub const CLAIM_LAPSES_AFTER_SECS: i64 = 900;
+
+/// Claims made before this (unix s) have lapsed.
+fn claims_lapsed_before() -> i64 {
+    super::unix_now() - CLAIM_LAPSES_AFTER_SECS
 }
 
 /// A sandbox's snapshot in the snapshot store.
@@ -372,9 +384,11 @@ impl Store {
     pub async fn stored_snapshot(&self, sandbox_id: &str) -> Result<Option<StoredSnapshot>> {
         let row: Option<(String, i64, Option<String>)> = sqlx::query_as(
             "SELECT object_key, bytes, sha256 FROM stored_snapshots \
-             WHERE sandbox_id = $1 AND object_key IS NOT NULL AND resuming_since IS NULL",
+             WHERE sandbox_id = $1 AND object_key IS NOT NULL \
+             AND (resuming_since IS NULL OR resuming_since < $2)",
         )
         .bind(sandbox_id)
+        .bind(claims_lapsed_before())
         .fetch_optional(&self.pool)
         .await?;
         Ok(row.map(|(object_key, bytes, sha256)| StoredSnapshot {
@@ -400,10 +414,12 @@ impl Store {
     pub async fn claim_stored_snapshot(&self, sandbox_id: &str) -> Result<bool> {
         let done = sqlx::query(
             "UPDATE stored_snapshots SET resuming_since = $1 \
-             WHERE sandbox_id = $2 AND object_key IS NOT NULL AND resuming_since IS NULL",
+             WHERE sandbox_id = $2 AND object_key IS NOT NULL \
+             AND (resuming_since IS NULL OR resuming_since < $3)",
         )
         .bind(super::unix_now())
         .bind(sandbox_id)
+        .bind(claims_lapsed_before())
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() == 1)
@@ -432,13 +448,14 @@ impl Store {
             "UPDATE sandbox_nodes SET node_id = $1 \
              WHERE sandbox_id = $2 AND node_id = $3 AND EXISTS ( \
                SELECT 1 FROM stored_snapshots WHERE sandbox_id = $4 \
-               AND object_key = $5 AND resuming_since IS NULL)",
+               AND object_key = $5 AND (resuming_since IS NULL OR resuming_since < $6))",
         )
         .bind(to)
         .bind(sandbox_id)
         .bind(from)
         .bind(sandbox_id)
         .bind(object_key)
+        .bind(claims_lapsed_before())
         .execute(&self.pool)
         .await?;
         Ok(moved.rows_affected() > 0)
@@ -611,6 +628,22 @@ mod tests {
                 .await
                 .expect("move"),
             "claimed: not moved"
+        );
+        // A claim whose server died lapses: the copy counts again.
+        sqlx::query("UPDATE stored_snapshots SET resuming_since = $1 WHERE sandbox_id = 'kept'")
+            .bind(super::super::unix_now() - CLAIM_LAPSES_AFTER_SECS - 1)
+            .execute(&store.pool)
+            .await
+            .expect("age the claim");
+        assert_eq!(
+            store.stored_snapshot("kept").await.expect("read"),
+            Some(stored.clone())
+        );
+        assert!(
+            store
+                .claim_stored_snapshot("kept")
+                .await
+                .expect("claim again")
         );
         store
             .release_stored_snapshot("kept")
