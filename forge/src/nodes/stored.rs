@@ -148,11 +148,6 @@ impl SnapshotStore {
         })
     }
 
-    /// Where the store is, as given.
-    pub fn url(&self) -> &str {
-        &self.url
-    }
-
     /// Writes, reads back and removes a small object, so that a store the
     /// forge cannot use stops it at start rather than at the first pause.
     pub async fn check(&self) -> Result<(), String> {
