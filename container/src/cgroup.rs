@@ -36,6 +36,9 @@ pub enum CgroupError {
     Timeout { path: PathBuf, state: &'static str },
 }
 
+/// How long a v1 freezer may stay between states before it is asked again.
+const V1_FREEZER_NUDGE: Duration = Duration::from_millis(50);
+
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CgroupError + '_ {
     move |source| CgroupError::Io {
         path: path.to_path_buf(),
@@ -363,15 +366,35 @@ impl Cgroup {
         let state = self.dir(freezer).join("freezer.state");
         let want = if frozen { "FROZEN" } else { "THAWED" };
         write(&state, want)?;
+        let mut asked = Instant::now();
+        let mut asks = 0u32;
         loop {
             if read(&state)?.trim() == want {
                 return Ok(());
             }
             if Instant::now() > deadline {
+                if frozen {
+                    // Neither frozen nor running is no state to leave a
+                    // group in; CRIU, for one, skips its own retries for a
+                    // group it finds FREEZING and stalls seizing it.
+                    let _ = fs::write(&state, "THAWED");
+                }
                 return Err(CgroupError::Timeout {
                     path: state,
                     state: want,
                 });
+            }
+            if asked.elapsed() >= V1_FREEZER_NUDGE {
+                // The v1 freezer can stall in FREEZING, for seconds or for
+                // good, when a task forks while it goes over the group: the
+                // child escapes the pass. Asking again starts a new pass;
+                // now and then a thaw first lets a stuck task move on.
+                asks += 1;
+                if frozen && asks.is_multiple_of(4) {
+                    write(&state, "THAWED")?;
+                }
+                write(&state, want)?;
+                asked = Instant::now();
             }
             sleep(Duration::from_micros(200));
         }

@@ -371,3 +371,54 @@ fn a_layer_holding_a_nested_subvolume_is_still_destroyed() {
     t.backend().destroy(&sandbox.id).expect("destroy");
     assert!(!t.data_dir.join("layers").join(&sandbox.id).exists());
 }
+
+/// The v1 freezer now and then stalls in FREEZING when a task forks as it
+/// freezes (CRIU then times out seizing a fork's parent). Freezing a
+/// group of shells that fork all the time for a checkpoint must still
+/// get there, every time.
+#[test]
+fn a_group_that_forks_all_the_time_freezes_for_a_checkpoint_every_time() {
+    use sandbox_container::Limits;
+    use sandbox_container::cgroup::CgroupLayout;
+
+    let layout = CgroupLayout::probe().expect("cgroups are mounted");
+    let parent = format!("forge-freezer-test-{}", std::process::id());
+    let group = layout.group(&parent, "forking");
+    group.create(&Limits::default()).expect("create the group");
+    let mut shells = Vec::new();
+    for _ in 0..4 {
+        let shell = std::process::Command::new("/bin/sh")
+            .args(["-c", "while :; do /bin/true; sleep 0.01; done"])
+            .spawn()
+            .expect("spawn a shell");
+        for dir in &group.paths().dirs {
+            std::fs::write(dir.join("cgroup.procs"), shell.id().to_string()).expect("join");
+        }
+        shells.push(shell);
+    }
+    let freezer = group.freezer_v1_dir();
+    let mut failures = Vec::new();
+    for round in 0..400 {
+        match group.freeze_for_checkpoint() {
+            Ok(()) => {
+                if let Some(dir) = &freezer {
+                    let state = std::fs::read_to_string(dir.join("freezer.state")).unwrap();
+                    assert_eq!(state.trim(), "FROZEN", "round {round}");
+                }
+            }
+            Err(err) => failures.push(format!("round {round}: {err}")),
+        }
+        match &freezer {
+            Some(dir) => std::fs::write(dir.join("freezer.state"), "THAWED").expect("thaw"),
+            None => group.thaw().expect("thaw"),
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    group.kill_all().expect("kill the shells");
+    for mut shell in shells {
+        let _ = shell.wait();
+    }
+    group.remove().expect("remove the group");
+    layout.remove_parent(&parent);
+    assert!(failures.is_empty(), "freezes that failed: {failures:?}");
+}

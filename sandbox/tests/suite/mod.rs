@@ -119,10 +119,31 @@ pub(crate) async fn counter_past(h: &Harness, id: &str, floor: u64) -> u64 {
     }
 }
 
+/// Prints the end of the log a failure note names (`(log: PATH)`), which
+/// goes with the test's data directory.
+fn print_named_log(note: Option<&str>) {
+    let Some(path) = note
+        .and_then(|n| n.rsplit_once("(log: "))
+        .and_then(|(_, rest)| rest.split_once(')'))
+        .map(|(path, _)| path)
+    else {
+        return;
+    };
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| format!("unreadable: {e}"));
+    let lines: Vec<&str> = text.lines().collect();
+    println!("--- the last lines of {path}:");
+    for line in &lines[lines.len().saturating_sub(150)..] {
+        println!("{line}");
+    }
+}
+
 /// `kept` is everything where the backend keeps processes, else the disk
 /// alone with a note saying why.
 pub(crate) fn assert_kept(h: &Harness, carried: &sandbox::Carried) {
     if h.keeps_processes {
+        if carried.kept != [Kept::Disk, Kept::Memory, Kept::Processes] {
+            print_named_log(carried.note.as_deref());
+        }
         assert_eq!(
             carried.kept,
             [Kept::Disk, Kept::Memory, Kept::Processes],
