@@ -146,7 +146,9 @@ fn through_disk(t: &TestBackend, id: &str) {
     let resumed = t.backend().resume(id).expect("resume");
     assert_eq!(
         resumed.kept,
-        vec![Kept::Disk, Kept::Memory, Kept::Processes]
+        vec![Kept::Disk, Kept::Memory, Kept::Processes],
+        "{:?}",
+        resumed.sandbox.checkpoint_error
     );
 }
 
@@ -412,4 +414,22 @@ fn a_loopback_server_keeps_serving_after_restore_and_in_a_fork() {
     let fork = fork_keeping_all(&t, id);
     assert_eq!(serving(&fork), server, "the fork's copy answers");
     assert_eq!(serving(id), server, "the parent's still answers");
+}
+
+/// A fork (restored into groups other than its parent's) keeps its
+/// processes through a pause to disk, and so does a fork of that fork.
+#[test]
+fn a_fork_and_a_fork_of_it_keep_their_processes_through_a_pause_to_disk() {
+    let t = TestBackend::start("criuforkagain");
+    let Some(sandbox) = counting_sandbox(&t) else {
+        return;
+    };
+    let fork = fork_keeping_all(&t, &sandbox.id);
+    let counted = counter_past(&t, &fork, 0);
+    through_disk(&t, &fork);
+    counter_past(&t, &fork, counted);
+    let grandchild = fork_keeping_all(&t, &fork);
+    let counted = counter_past(&t, &grandchild, 0);
+    through_disk(&t, &grandchild);
+    counter_past(&t, &grandchild, counted);
 }

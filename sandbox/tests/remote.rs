@@ -275,8 +275,8 @@ impl tokio::io::AsyncRead for Broken {
 
 /// A sandbox paused to disk on one node is exported, imported on another
 /// node (another data directory, another node process), and resumed there
-/// with its disk, memory and processes; the first keeps its copy until it
-/// is destroyed. A stream damaged, cut or lengthened on the way, or whose
+/// with its disk, memory and processes, and keeps them through a pause to
+/// disk there; the first keeps its copy until it is destroyed. A stream damaged, cut or lengthened on the way, or whose
 /// source breaks, is refused, and leaves nothing on the node that took it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sandbox_paused_to_disk_moves_to_another_node_whole_or_not_at_all() {
@@ -404,6 +404,18 @@ async fn a_sandbox_paused_to_disk_moves_to_another_node_whole_or_not_at_all() {
             .expect("read"),
         b"moved along"
     );
+    if to.keeps_processes {
+        suite::counter_past(&to, &id, before).await;
+    }
+    // Checkpointed again where its groups have another parent, it keeps
+    // everything once more.
+    let before = suite::counter_past(&to, &id, 0).await;
+    to.backend
+        .pause(&id, PauseMode::Disk)
+        .await
+        .expect("pause to disk on the other node");
+    let resumed = to.backend.resume(&id).await.expect("resume there again");
+    suite::assert_kept(&to, &resumed);
     if to.keeps_processes {
         suite::counter_past(&to, &id, before).await;
     }

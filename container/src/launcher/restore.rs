@@ -1,13 +1,13 @@
 //! `sandbox-init restore <spec.json> <images dir> <criu>`: start a sandbox
 //! from a CRIU checkpoint instead of a fresh PID 1.
 //!
-//! Ordered steps: join the new sandbox's cgroups (CRIU is told to leave
-//! cgroups alone, so restored tasks stay in ours) → become a child
-//! subreaper (the restored PID 1 is re-parented to us when `criu restore
-//! --restore-detached` exits) → a user namespace with the sandbox's id map,
-//! used only to idmap its mounts → private mount namespace with the
-//! sandbox's scaffold (`mounts::prepare`: overlay root, run dir, devices,
-//! binds) → run CRIU with `--root` at the overlay (CRIU recreates every
+//! Ordered steps: join the new sandbox's cgroups (CRIU is told to restore
+//! tasks and their cgroup namespace there, see [`cgroup_root`]) → become a
+//! child subreaper (the restored PID 1 is re-parented to us when `criu
+//! restore --restore-detached` exits) → a user namespace with the
+//! sandbox's id map, used only to idmap its mounts → private mount
+//! namespace with the sandbox's scaffold (`mounts::prepare`: overlay root,
+//! run dir, devices, binds) → run CRIU with `--root` at the overlay (CRIU recreates every
 //! other mount, mapping the external ones to this scaffold's sources, and
 //! recreates the user namespace from the images, whose id map the backend
 //! set to this sandbox's) → set the new hostname in the restored UTS
@@ -39,6 +39,31 @@ pub fn external_key(guest_path: &Path) -> String {
     format!("m{}", guest_path.to_string_lossy().replace('/', "_"))
 }
 
+/// CRIU's `--cgroup-root` for the group at `dir`
+/// (`<hierarchy>/<parent>/<id>`): re-roots what was dumped in the
+/// hierarchy's controllers (a v1 hierarchy's directory is named after
+/// them; cgroup2 has the empty name) at `/<parent>/<id>`. The restored
+/// cgroup namespace is rooted there too. Without it a cgroup2 namespace
+/// stayed rooted at the group the sandbox was dumped from: a fork's, or a
+/// sandbox's moved from a node with another group parent, which the next
+/// dump refused ("… is not a suffix of …"), so such a sandbox could never
+/// be paused to disk or forked with its processes again.
+fn cgroup_root(dir: &Path) -> Option<String> {
+    let parts: Vec<_> = dir.iter().rev().take(3).collect();
+    let [id, parent, hierarchy] = parts[..] else {
+        return None;
+    };
+    let unified = nix::sys::statfs::statfs(dir)
+        .is_ok_and(|fs| fs.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC);
+    let controllers = if unified {
+        String::new()
+    } else {
+        hierarchy.to_string_lossy().into_owned()
+    };
+    let root = Path::new("/").join(parent).join(id);
+    Some(format!("{controllers}:{}", root.display()))
+}
+
 /// Every process of the tree under `pid` (host pids), from procfs.
 fn tree(pid: i32) -> Vec<i32> {
     let mut out = vec![pid];
@@ -61,10 +86,9 @@ fn tree(pid: i32) -> Vec<i32> {
     out
 }
 
-/// Put the restored tree into this sandbox's groups in every hierarchy.
-/// `--cgroup-root` re-roots the v1 controllers; CRIU has no name for the
-/// cgroup2 hierarchy there, so its tasks would stay in the parent's group.
-/// Two passes catch a child forked while its parent was being moved.
+/// Make sure the restored tree is in this sandbox's groups in every
+/// hierarchy, where CRIU put it ([`cgroup_root`]) unless a task escaped
+/// it. Two passes catch a child forked while its parent was being moved.
 ///
 /// A process is moved only where one of its threads is not in the group
 /// yet: every write to `cgroup.procs` waits for an RCU grace period in the
@@ -131,6 +155,12 @@ pub(super) fn restore(args: &[String]) -> Result<i32, LaunchError> {
     let spec = read_spec(Path::new(spec_path))?;
     let images = PathBuf::from(images);
     join_cgroups(&spec)?;
+    let cgroup_roots: Vec<String> = spec
+        .cgroups
+        .dirs
+        .iter()
+        .filter_map(|dir| cgroup_root(dir))
+        .collect();
     set_child_subreaper(true).map_err(ns_err("set_child_subreaper"))?;
     let idmap = userns::create(&spec.ids)?;
     unshare(CloneFlags::CLONE_NEWNS).map_err(ns_err("unshare"))?;
@@ -164,15 +194,8 @@ pub(super) fn restore(args: &[String]) -> Result<i32, LaunchError> {
     // wherever the parent's were: each joined hierarchy's dumped paths are
     // re-rooted there; other hierarchies keep their (root) paths.
     command.arg("--manage-cgroups=soft");
-    for dir in &spec.cgroups.dirs {
-        let parts: Vec<_> = dir.iter().rev().take(3).collect();
-        if let [id, parent, hierarchy] = parts[..] {
-            let controller = hierarchy.to_string_lossy();
-            let root = Path::new("/").join(parent).join(id);
-            command
-                .arg("--cgroup-root")
-                .arg(format!("{controller}:{}", root.display()));
-        }
+    for root in &cgroup_roots {
+        command.arg("--cgroup-root").arg(root);
     }
     command
         .arg("--pidfile")
