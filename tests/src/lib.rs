@@ -745,13 +745,17 @@ impl Drop for TestForge {
         if std::thread::panicking() {
             // A failing test shows the end of the server's log with it.
             let log = std::fs::read(&self.log_path).unwrap_or_default();
-            // Its errors and warnings wherever they are (the first 50),
+            // Its errors, then its warnings, wherever they are (the first
+            // 50 of each: a flood of one warning must not hide an error),
             // then its end.
             let text = String::from_utf8_lossy(&log);
-            let problems: Vec<&str> = text
-                .lines()
-                .filter(|line| line.contains("ERROR") || line.contains("WARN"))
-                .take(50)
+            let problems: Vec<&str> = ["ERROR", "WARN"]
+                .iter()
+                .flat_map(|level| {
+                    text.lines()
+                        .filter(move |line| line.contains(level))
+                        .take(50)
+                })
                 .collect();
             if !problems.is_empty() {
                 eprintln!(
