@@ -195,6 +195,79 @@ async fn a_connection_that_says_nothing_is_dropped_within_the_request_time() {
     assert!(h.backend.list().await.is_ok(), "the node still serves");
 }
 
+/// One address holding connections open without a request gets at most
+/// its share: the next is closed at once, and a caller from another
+/// address (the control plane) is served meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_source_cannot_hold_the_node_with_silent_connections() {
+    let (h, addr, _) = node("silent-flood").await.expect("harness");
+    let from_elsewhere = || async {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind("127.0.0.2:0".parse().expect("address"))
+            .expect("bind another loopback address");
+        socket.connect(addr).await.expect("connect")
+    };
+    let mut silent = Vec::new();
+    for _ in 0..remote::MAX_PENDING_PER_SOURCE {
+        silent.push(from_elsewhere().await);
+    }
+    // The next from the same address: closed without a word, well before
+    // the request time would have dropped it.
+    let mut over = from_elsewhere().await;
+    let mut rest = Vec::new();
+    let ended = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        over.read_to_end(&mut rest),
+    )
+    .await;
+    assert!(
+        matches!(ended, Ok(Ok(0))),
+        "a connection past the share was kept: {ended:?}"
+    );
+    // The silent ones are still open, and the node serves others.
+    assert!(h.backend.list().await.is_ok(), "the node still serves");
+    let mut byte = [0u8; 1];
+    let still = tokio::time::timeout(
+        std::time::Duration::from_millis(200),
+        silent[0].read(&mut byte),
+    )
+    .await;
+    assert!(
+        still.is_err(),
+        "a pending connection closed early: {still:?}"
+    );
+    // Once they go, the address may connect again.
+    drop(silent);
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let mut again = from_elsewhere().await;
+    let still =
+        tokio::time::timeout(std::time::Duration::from_millis(500), again.read(&mut byte)).await;
+    assert!(still.is_err(), "the address stayed shut out: {still:?}");
+}
+
+/// A control plane asking a node many things at once stays within the
+/// node's share for its address: every call is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_calls_at_once_from_one_caller_are_all_answered() {
+    let (h, _, _) = node("many-calls").await.expect("harness");
+    let calls = (0..200).map(|_| {
+        let backend = h.backend.clone();
+        tokio::spawn(async move { backend.list().await })
+    });
+    let mut failed = Vec::new();
+    for call in calls.collect::<Vec<_>>() {
+        if let Err(error) = call.await.expect("the call ran") {
+            failed.push(error.to_string());
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "{} calls failed: {failed:?}",
+        failed.len()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_keep_their_kind_across_the_hop() {
     let (h, _, _) = node("errors").await.expect("harness");

@@ -32,12 +32,15 @@
 //! # Bounds
 //!
 //! A node serves at most [`MAX_CONNECTIONS`] connections at once (agent
-//! connections included; the next waits to be accepted) and takes at most
-//! [`MAX_IMPORTS`] imports at once (the next waits, within its answer
-//! time), must see the TLS
-//! handshake and a request of at most [`MAX_REQUEST_BYTES`] within
+//! connections included; the next waits to be accepted), of which at most
+//! [`MAX_PENDING_PER_SOURCE`] from one address that have not made their
+//! request yet (the next is closed), and takes at most [`MAX_IMPORTS`]
+//! imports at once (the next waits, within its answer time). It must see
+//! the TLS handshake and a request of at most [`MAX_REQUEST_BYTES`] within
 //! [`REQUEST_TIMEOUT`] of the connection, and a wrong key gets an error and
-//! the connection closed. The caller reads an answer of at most
+//! the connection closed. The caller opens at most [`MAX_DIALS_AT_ONCE`]
+//! connections to a node at once, each until its request is written,
+//! reads an answer of at most
 //! [`MAX_ANSWER_BYTES`] to a listing and [`MAX_ITEM_ANSWER_BYTES`] to
 //! anything else, keeps at most [`MAX_ERROR_TEXT`] of a node's error, and
 //! gives up on a node that does not connect within [`CONNECT_TIMEOUT`] or
@@ -57,7 +60,7 @@
 //! with a host workspace directory is refused for the same reason.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -89,6 +92,19 @@ pub const MAX_IMPORTS: usize = 2;
 
 /// Largest request line a node reads.
 pub const MAX_REQUEST_BYTES: u64 = 1 << 20;
+
+/// Connections one source address may have open before their requests
+/// are read (the TLS handshake and the request line, at most
+/// [`REQUEST_TIMEOUT`]); more are closed at once, so one peer saying
+/// nothing cannot hold every one of [`MAX_CONNECTIONS`] slots. A caller
+/// with the key holds its slot past that, however many it keeps.
+pub const MAX_PENDING_PER_SOURCE: usize = 64;
+
+/// Connections a caller opens to one node at once, each until its request
+/// is written: a control plane asking many things at once stays within
+/// the node's share for its address, with room for three more behind
+/// the same address.
+pub const MAX_DIALS_AT_ONCE: usize = MAX_PENDING_PER_SOURCE / 4;
 
 /// How long a caller has, from its connection, to finish the TLS
 /// handshake and send its request: the control plane does both at once,
@@ -444,11 +460,12 @@ async fn serve_with(
         imports: Semaphore::new(MAX_IMPORTS),
     });
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let pending = Arc::new(Mutex::new(HashMap::new()));
     loop {
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return Ok(());
         };
-        let (stream, _) = match listener.accept().await {
+        let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
             // A connection reset before accept(2), or out of descriptors
             // for a moment: the listener itself is fine.
@@ -458,6 +475,10 @@ async fn serve_with(
             }
             Err(error) => return Err(error),
         };
+        let Some(waiting) = Pending::take(&pending, peer.ip()) else {
+            // Closed unread, its slot free again.
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let node = node.clone();
         let tls = tls.clone();
@@ -465,16 +486,52 @@ async fn serve_with(
             // The handshake and the request share one deadline.
             let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
             match tls {
-                None => node.connection(stream, deadline).await,
+                None => node.connection(stream, deadline, waiting).await,
                 Some(acceptor) => {
                     let accepted = tokio::time::timeout_at(deadline, acceptor.accept(stream)).await;
                     if let Ok(Ok(stream)) = accepted {
-                        node.connection(stream, deadline).await;
+                        node.connection(stream, deadline, waiting).await;
                     }
                 }
             }
             drop(slot);
         });
+    }
+}
+
+/// One connection of a source whose request is not read yet
+/// ([`MAX_PENDING_PER_SOURCE`]); dropped, it no longer counts.
+struct Pending {
+    counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    source: IpAddr,
+}
+
+impl Pending {
+    /// Counts a connection from `source`, or `None` when it has as many
+    /// pending as it may.
+    fn take(counts: &Arc<Mutex<HashMap<IpAddr, usize>>>, source: IpAddr) -> Option<Self> {
+        let mut map = counts.lock().unwrap_or_else(|p| p.into_inner());
+        let count = map.entry(source).or_insert(0);
+        if *count >= MAX_PENDING_PER_SOURCE {
+            return None;
+        }
+        *count += 1;
+        Some(Self {
+            counts: counts.clone(),
+            source,
+        })
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        let mut map = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = map.get_mut(&self.source) {
+            *count -= 1;
+            if *count == 0 {
+                map.remove(&self.source);
+            }
+        }
     }
 }
 
@@ -505,7 +562,12 @@ struct Tunnel {
 }
 
 impl Node {
-    async fn connection<S: AgentIo + 'static>(&self, stream: S, deadline: tokio::time::Instant) {
+    async fn connection<S: AgentIo + 'static>(
+        &self,
+        stream: S,
+        deadline: tokio::time::Instant,
+        waiting: Pending,
+    ) {
         let mut conn = BufReader::new(stream);
         let request = tokio::time::timeout_at(deadline, read_line(&mut conn, MAX_REQUEST_BYTES))
             .await
@@ -534,6 +596,8 @@ impl Node {
                 return;
             }
         };
+        // A caller with the key: no longer pending, however long it stays.
+        drop(waiting);
         match op {
             Op::Agent { id } => return self.tunnel(conn, &id).await,
             Op::Export { id } => return self.export(conn, &id).await,
@@ -776,6 +840,8 @@ pub struct RemoteBackend {
     kind: BackendKind,
     /// Each sandbox's kept agent connection, and its environment.
     clients: Mutex<HashMap<String, KeptAgent>>,
+    /// Turns to connect and send a request ([`MAX_DIALS_AT_ONCE`]).
+    dials: Semaphore,
 }
 
 type KeptAgent = (agent_proto::Client, Vec<(String, String)>);
@@ -821,6 +887,7 @@ impl RemoteBackend {
             tls,
             kind: BackendKind::Container,
             clients: Mutex::default(),
+            dials: Semaphore::new(MAX_DIALS_AT_ONCE),
         };
         let description: Description = backend.call(Op::Describe).await?;
         backend.kind = description.backend;
@@ -858,7 +925,6 @@ impl RemoteBackend {
             Op::List => MAX_ANSWER_BYTES,
             _ => MAX_ITEM_ANSWER_BYTES,
         };
-        let mut conn = BufReader::new(self.dial().await?);
         let mut line = serde_json::to_vec(&Request {
             v: PROTOCOL_VERSION,
             key: self.key.clone(),
@@ -866,11 +932,14 @@ impl RemoteBackend {
         })
         .map_err(|e| Error::Invalid(format!("unencodable request: {e}")))?;
         line.push(b'\n');
+        let turn = self.dial_turn().await?;
+        let mut conn = BufReader::new(self.dial().await?);
         let exchange = async {
             conn.get_mut()
                 .write_all(&line)
                 .await
                 .map_err(|e| e.to_string())?;
+            drop(turn);
             read_line(&mut conn, most).await
         };
         let answer = tokio::time::timeout(wait, exchange)
@@ -882,6 +951,19 @@ impl RemoteBackend {
             Ok(Answer::Error(error)) => Err(error.into_error(&self.node)),
             Err(e) => Err(self.failed(format!("a malformed answer for {what}: {e}"))),
         }
+    }
+
+    /// A turn to connect, held until the request is written.
+    async fn dial_turn(&self) -> Result<tokio::sync::SemaphorePermit<'_>> {
+        tokio::time::timeout(CONNECT_TIMEOUT, self.dials.acquire())
+            .await
+            .map_err(|_| {
+                self.failed(format!(
+                    "no turn to connect to {} within {CONNECT_TIMEOUT:?}",
+                    self.addr
+                ))
+            })?
+            .map_err(|_| self.failed("the caller is closing".to_owned()))
     }
 
     /// A connection to the node, in TLS when it serves so.
@@ -931,11 +1013,13 @@ impl RemoteBackend {
         })
         .map_err(|e| Error::Invalid(format!("unencodable request: {e}")))?;
         line.push(b'\n');
+        let turn = self.dial_turn().await?;
         let (read, mut write) = tokio::io::split(self.dial().await?);
         let mut read = BufReader::new(read);
         let exchange = async {
             let sending = async {
                 write.write_all(&line).await?;
+                drop(turn);
                 tokio::io::copy(&mut stream, &mut write).await?;
                 // The end of the stream is the end of what this side
                 // sends: a stream cut short ends there for the node too.
