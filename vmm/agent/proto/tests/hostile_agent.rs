@@ -217,3 +217,46 @@ async fn a_dropped_stream_gives_its_queued_bytes_back() {
         "dropped streams must not count for ever"
     );
 }
+
+#[tokio::test]
+async fn accepted_connections_past_the_bound_are_refused_one_by_one() {
+    let (cancelled_tx, cancelled_rx) = tokio::sync::oneshot::channel();
+    let client = client_against(|io, stream| async move {
+        let (mut r, mut w) = tokio::io::split(io);
+        write_frame(&mut w, &Frame::new(stream, Body::Listening { port: 3128 }))
+            .await
+            .unwrap();
+        // A sandbox flooding its listener: a thousand connections at once.
+        for i in 0..1000u32 {
+            let accepted = Body::Accepted { stream: 2 * i + 2 };
+            write_frame(&mut w, &Frame::new(stream, accepted))
+                .await
+                .unwrap();
+        }
+        let mut cancelled = std::collections::BTreeSet::new();
+        let mut buf = Vec::new();
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+        while let Ok(Ok(Some(frame))) =
+            tokio::time::timeout_at(deadline, read_frame(&mut r, &mut buf)).await
+        {
+            if matches!(frame.body, Body::Cancel) {
+                cancelled.insert(frame.stream);
+            }
+        }
+        let _ = cancelled_tx.send(cancelled);
+        std::future::pending::<()>().await;
+    })
+    .await;
+    let mut listener = client.listen(3128).await.unwrap();
+    let cancelled = cancelled_rx.await.unwrap();
+    let max = agent_proto::client::MAX_PENDING_ACCEPTS as u32;
+    let past: std::collections::BTreeSet<u32> = (max..1000).map(|i| 2 * i + 2).collect();
+    assert_eq!(
+        cancelled, past,
+        "the connections past the bound, and only they"
+    );
+    assert!(!client.is_closed(), "the agent connection goes on");
+    for _ in 0..max {
+        listener.accept().await.unwrap();
+    }
+}

@@ -15,11 +15,13 @@
 //! consumed may not exceed the window the client granted, other bodies
 //! waiting may not take more than [`MAX_FRAME_BYTES`] encoded, and at most
 //! [`MAX_QUEUED_BODIES`] bodies may wait; the whole connection may hold at
-//! most [`MAX_CONNECTION_QUEUED_BYTES`]; at most [`MAX_PENDING_ACCEPTS`]
-//! accepted connections may wait for `accept`; credit may never grow a
-//! send window past its size. An agent that breaks a bound loses the
+//! most [`MAX_CONNECTION_QUEUED_BYTES`]; credit may never grow a send
+//! window past its size. An agent that breaks a bound loses the
 //! connection, and every operation on it fails with
-//! [`ClientError::Misbehaved`].
+//! [`ClientError::Misbehaved`]. At most [`MAX_PENDING_ACCEPTS`] accepted
+//! connections wait for `accept`; one more is refused on its own (the
+//! agent is told to close it), since the sandbox's processes, not the
+//! agent, decide how fast they connect.
 
 mod exec;
 mod files;
@@ -589,9 +591,13 @@ fn route_frame(shared: &Shared, frame: Frame) -> std::result::Result<(), String>
     {
         let mut pending = shared.pending.lock().unwrap_or_else(|p| p.into_inner());
         if pending.len() >= MAX_PENDING_ACCEPTS {
-            return Err(format!(
-                "more than {MAX_PENDING_ACCEPTS} accepted connections waiting"
-            ));
+            // The sandbox's processes connect faster than the host takes
+            // their connections up: this one is refused (the agent closes
+            // it) and the rest of the connection goes on. With the writer
+            // full the refusal is skipped; the agent keeps that relay
+            // until the sandbox's side closes it.
+            let _ = shared.tx.try_send(Frame::new(stream, Body::Cancel));
+            return Ok(());
         }
         // Route the new stream before any of its frames can arrive.
         let (events_tx, events) = mpsc::unbounded_channel();
