@@ -40,9 +40,8 @@
 //! [`REQUEST_TIMEOUT`] of the connection, and a wrong key gets an error and
 //! the connection closed. The caller opens at most [`MAX_DIALS_AT_ONCE`]
 //! connections to a node at once, each until its request is written,
-//! reads an answer of at most
-//! [`MAX_ANSWER_BYTES`] to a listing and [`MAX_ITEM_ANSWER_BYTES`] to
-//! anything else, keeps at most [`MAX_ERROR_TEXT`] of a node's error, and
+//! reads an answer of at most [`MAX_ANSWER_BYTES`] to a listing and
+//! [`MAX_ITEM_ANSWER_BYTES`] to anything else, keeps at most [`MAX_ERROR_TEXT`] of a node's error, and
 //! gives up on a node that does not connect within [`CONNECT_TIMEOUT`] or
 //! answer within [`QUICK_ANSWER_TIMEOUT`] (a question) or
 //! [`ANSWER_TIMEOUT`] (an operation that does something).
@@ -60,7 +59,7 @@
 //! with a host workspace directory is refused for the same reason.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -93,7 +92,8 @@ pub const MAX_IMPORTS: usize = 2;
 /// Largest request line a node reads.
 pub const MAX_REQUEST_BYTES: u64 = 1 << 20;
 
-/// Connections one source address may have open before their requests
+/// Connections one source (an IPv4 address, or the /64 of an IPv6 one,
+/// which one host usually holds whole) may have open before their requests
 /// are read (the TLS handshake and the request line, at most
 /// [`REQUEST_TIMEOUT`]); more are closed at once, so one peer saying
 /// nothing cannot hold every one of [`MAX_CONNECTIONS`] slots. A caller
@@ -475,7 +475,7 @@ async fn serve_with(
             }
             Err(error) => return Err(error),
         };
-        let Some(waiting) = Pending::take(&pending, peer.ip()) else {
+        let Some(waiting) = Pending::take(&pending, source_of(peer.ip())) else {
             // Closed unread, its slot free again.
             continue;
         };
@@ -496,6 +496,21 @@ async fn serve_with(
             }
             drop(slot);
         });
+    }
+}
+
+/// The source whose share ([`MAX_PENDING_PER_SOURCE`]) a connection from
+/// `peer` counts against.
+fn source_of(peer: IpAddr) -> IpAddr {
+    match peer {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let [a, b, c, d, ..] = v6.segments();
+                IpAddr::V6(Ipv6Addr::new(a, b, c, d, 0, 0, 0, 0))
+            }
+        },
+        v4 => v4,
     }
 }
 
@@ -1238,6 +1253,18 @@ mod tests {
         serde_json::from_str::<WireError>(&line)
             .expect("decode")
             .into_error("n")
+    }
+
+    #[test]
+    fn one_ipv6_host_counts_as_one_source_whatever_address_it_takes() {
+        let source = |text: &str| source_of(text.parse().expect("an address"));
+        assert_eq!(
+            source("2001:db8:1:2:aaaa::1"),
+            source("2001:db8:1:2:bbbb:cccc:dddd:eeee")
+        );
+        assert_ne!(source("2001:db8:1:2::1"), source("2001:db8:1:3::1"));
+        assert_eq!(source("::ffff:192.0.2.7"), source("192.0.2.7"));
+        assert_ne!(source("192.0.2.7"), source("192.0.2.8"));
     }
 
     #[test]
