@@ -2,16 +2,17 @@
 //! from a CRIU checkpoint instead of a fresh PID 1.
 //!
 //! Ordered steps: join the new sandbox's cgroups (CRIU is told to restore
-//! tasks and their cgroup namespace there, see [`cgroup_root`]) → become a
+//! tasks and their cgroup namespace there, see `cgroup_root`) → become a
 //! child subreaper (the restored PID 1 is re-parented to us when `criu
 //! restore --restore-detached` exits) → a user namespace with the
 //! sandbox's id map, used only to idmap its mounts → private mount
 //! namespace with the sandbox's scaffold (`mounts::prepare`: overlay root,
-//! run dir, devices, binds) → run CRIU with `--root` at the overlay (CRIU recreates every
-//! other mount, mapping the external ones to this scaffold's sources, and
-//! recreates the user namespace from the images, whose id map the backend
-//! set to this sandbox's) → set the new hostname in the restored UTS
-//! namespace → report `ready <pid1>` and supervise PID 1 like stage 1 does.
+//! run dir, devices, binds) → run CRIU with `--root` at the overlay (CRIU
+//! recreates every other mount, mapping the external ones to this
+//! scaffold's sources, and recreates the user namespace from the images,
+//! whose id map the backend set to this sandbox's) → set the new hostname
+//! in the restored UTS namespace → report `ready <pid1>` and supervise
+//! PID 1 like stage 1 does.
 //!
 //! The network namespace is restored empty (`--empty-ns net`; checkpoints
 //! do not save it either, see `checkpoint`): a sandbox has loopback only,
