@@ -44,6 +44,24 @@ async fn env_cwd_and_uid_apply() {
 }
 
 #[tokio::test]
+async fn what_an_exec_runs_is_the_oom_killers_first_choice_whatever_its_user() {
+    let agent = TestAgent::start();
+    let c = agent.connect().await;
+    for (uid, pty) in [(None, false), (Some(65534), false), (Some(65534), true)] {
+        let mut req = ExecRequest::shell("cat /proc/self/oom_score_adj");
+        req.uid = uid;
+        req.gid = uid;
+        req.pty = pty.then_some(PtySize { rows: 24, cols: 80 });
+        let out = c.run(req).await.unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "500",
+            "as uid {uid:?}, pty {pty}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn stdin_round_trips_binary_data_byte_exact() {
     let agent = TestAgent::start();
     let c = agent.connect().await;
