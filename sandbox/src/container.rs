@@ -425,8 +425,8 @@ impl Backend for ContainerSandboxes {
                 b.import(&owned, &mut reader, landing)
             });
             tokio::pin!(importing);
-            // Fed until the importer has read what it needs (it stops at
-            // the stream's end marker) or the stream ends.
+            // Fed until the stream ends (the importer reads it to its end,
+            // which must follow the checksum) or the importer gives up.
             let feeding = async move {
                 let _ = tokio::io::copy(&mut stream, &mut sender).await;
             };

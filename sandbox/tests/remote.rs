@@ -554,6 +554,11 @@ async fn a_node_stages_a_bounded_number_of_imports_at_once() {
     };
     tokio::time::sleep(std::time::Duration::from_secs(3)).await;
     assert!(!landing.is_finished(), "the third import waits its turn");
+    assert_eq!(
+        to.leftovers(&id),
+        Vec::<std::path::PathBuf>::new(),
+        "waiting, not staging"
+    );
     stalled[0].abort();
     let landed = tokio::time::timeout(std::time::Duration::from_secs(60), landing)
         .await

@@ -1303,10 +1303,7 @@ impl S3Server {
     /// Starts one; panics, with the script's output, when it cannot.
     pub fn start() -> S3Server {
         let dir = tempfile::tempdir().expect("a directory for the S3 server");
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/s3.sh");
-        let started = Command::new(script)
-            .arg("start")
-            .arg(dir.path().join("s3"))
+        let started = Self::script(&dir, "start")
             .output()
             .expect("scripts/s3.sh runs");
         assert!(
@@ -1316,6 +1313,14 @@ impl S3Server {
         );
         let endpoint = String::from_utf8_lossy(&started.stdout).trim().to_owned();
         S3Server { endpoint, dir }
+    }
+
+    /// `scripts/s3.sh ACTION` on the server kept in `dir`.
+    fn script(dir: &tempfile::TempDir, action: &str) -> Command {
+        let mut command =
+            Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/s3.sh"));
+        command.arg(action).arg(dir.path().join("s3"));
+        command
     }
 
     /// The server environment of a forge keeping its snapshots under
@@ -1331,16 +1336,29 @@ impl S3Server {
         ]
     }
 
-    /// The keys of the bucket's objects under `prefix`.
-    pub fn objects(&self, prefix: &str) -> Vec<String> {
-        let listing = reqwest::blocking::Client::new()
-            .get(format!(
-                "{}/snapshots?list-type=2&prefix={prefix}",
-                self.endpoint
-            ))
+    /// A signed request for `path` of the bucket, answered with a success.
+    fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Vec<u8>,
+    ) -> reqwest::Result<reqwest::blocking::Response> {
+        reqwest::blocking::Client::new()
+            .request(method, format!("{}/snapshots{path}", self.endpoint))
             .header("authorization", S3_AUTHORIZATION)
+            .body(body)
             .send()
             .and_then(|answer| answer.error_for_status())
+    }
+
+    /// The keys of the bucket's objects under `prefix`.
+    pub fn objects(&self, prefix: &str) -> Vec<String> {
+        let listing = self
+            .call(
+                reqwest::Method::GET,
+                &format!("?list-type=2&prefix={prefix}"),
+                Vec::new(),
+            )
             .and_then(|answer| answer.text())
             .expect("the S3 server lists its objects");
         listing
@@ -1349,16 +1367,10 @@ impl S3Server {
             .filter_map(|rest| rest.split_once("</Key>").map(|(key, _)| key.to_owned()))
             .collect()
     }
-}
 
-impl S3Server {
     /// Object `key` of the bucket.
     pub fn get(&self, key: &str) -> Vec<u8> {
-        reqwest::blocking::Client::new()
-            .get(format!("{}/snapshots/{key}", self.endpoint))
-            .header("authorization", S3_AUTHORIZATION)
-            .send()
-            .and_then(|answer| answer.error_for_status())
+        self.call(reqwest::Method::GET, &format!("/{key}"), Vec::new())
             .and_then(|answer| answer.bytes())
             .expect("the S3 server gives the object")
             .to_vec()
@@ -1367,22 +1379,13 @@ impl S3Server {
     /// Writes object `key` of the bucket, as anyone with access to it
     /// could.
     pub fn put(&self, key: &str, data: Vec<u8>) {
-        reqwest::blocking::Client::new()
-            .put(format!("{}/snapshots/{key}", self.endpoint))
-            .header("authorization", S3_AUTHORIZATION)
-            .body(data)
-            .send()
-            .and_then(|answer| answer.error_for_status())
+        self.call(reqwest::Method::PUT, &format!("/{key}"), data)
             .expect("the S3 server takes the object");
     }
 }
 
 impl Drop for S3Server {
     fn drop(&mut self) {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/s3.sh");
-        let _ = Command::new(script)
-            .arg("stop")
-            .arg(self.dir.path().join("s3"))
-            .status();
+        let _ = Self::script(&self.dir, "stop").status();
     }
 }

@@ -364,7 +364,12 @@ impl Placed {
         }
         // What was not found so this time starts over when it is again.
         self.strays().retain(|key, _| unrecorded.contains(key));
-        if let Some(snapshots) = &self.placement.snapshots {
+        if let Some(snapshots) = self
+            .placement
+            .snapshots
+            .as_ref()
+            .filter(|snapshots| snapshots.orphans_due())
+        {
             // Uploads in flight name theirs too: their object may be
             // complete a moment before its record is.
             let named: HashSet<String> = self
@@ -787,6 +792,17 @@ impl Placed {
             return backend.pause(id, PauseMode::Disk).await;
         }
         self.stop_upload(id).await;
+        // The export holds its record, its disk layer and its checkpoint:
+        // at most its memory and its disk, with room for the streams'
+        // framing. Known before the pause, so that nothing can fail
+        // between a pause and its upload.
+        let mem_mib = self.mem_mib_of(id).await?;
+        let limit_mib = u64::try_from(mem_mib)
+            .unwrap_or(0)
+            .saturating_add(self.placement.max_disk_mib)
+            .saturating_mul(2)
+            .saturating_add(64);
+        let limit = limit_mib.saturating_mul(1 << 20);
         let token = hex::encode(rand::random::<[u8; 16]>());
         if let Some(earlier) = self
             .store
@@ -803,16 +819,6 @@ impl Placed {
                 return Err(error);
             }
         };
-        // The export holds its record, its disk layer and its checkpoint:
-        // at most its memory and its disk, with room for the streams'
-        // framing.
-        let mem_mib = self.mem_mib_of(id).await?;
-        let limit_mib = u64::try_from(mem_mib)
-            .unwrap_or(0)
-            .saturating_add(self.placement.max_disk_mib)
-            .saturating_mul(2)
-            .saturating_add(64);
-        let limit = limit_mib.saturating_mul(1 << 20);
         let stop = tokio_util::sync::CancellationToken::new();
         let task = tokio::spawn(store_snapshot(
             self.store.clone(),
@@ -831,6 +837,10 @@ impl Placed {
     /// Whether sandbox `id` is on a node that is not up, with a copy in
     /// the snapshot store to resume from.
     async fn stranded(&self, id: &str) -> Result<Option<NodeRow>, Error> {
+        if self.placement.snapshots.is_none() {
+            // Nothing to bring it back from.
+            return Ok(None);
+        }
         let Some(node) = self.holder(id).await? else {
             return Ok(None);
         };
@@ -1138,7 +1148,8 @@ impl Backend for Placed {
             };
             // The stored copy is claimed while it resumes here, so that no
             // server brings it back elsewhere meanwhile (that one's move
-            // needs it unclaimed); one that did before is seen here.
+            // needs it unclaimed); one that did before (and whose resume
+            // took the record, so there was nothing to claim) is seen here.
             let claimed = match &self.placement.snapshots {
                 Some(_) => self
                     .store
@@ -1147,7 +1158,7 @@ impl Backend for Placed {
                     .map_err(store_error)?,
                 None => false,
             };
-            if claimed
+            if self.placement.snapshots.is_some()
                 && self
                     .store
                     .sandbox_node(id)
@@ -1156,7 +1167,7 @@ impl Backend for Placed {
                     .as_deref()
                     != Some(node.id.as_str())
             {
-                if let Err(error) = self.store.release_stored_snapshot(id).await {
+                if claimed && let Err(error) = self.store.release_stored_snapshot(id).await {
                     tracing::warn!(sandbox = id, %error, "a stored snapshot's claim could not be released");
                 }
                 return Err(Error::Invalid(format!(

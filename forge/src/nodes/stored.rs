@@ -33,7 +33,7 @@
 //! - **Leftovers.** Objects that are the forge's by name
 //!   (`<sandbox>/<32 hex>.frgmove` under the prefix) and that no record
 //!   or upload in flight names, older than [`ORPHAN_GRACE`], are removed
-//!   with the control plane's stray collection. Multipart uploads a
+//!   with the control plane's stray collection, every [`ORPHANS_EVERY`]. Multipart uploads a
 //!   killed process left behind are the bucket's lifecycle rule's.
 //!
 //! Credentials and the endpoint come from the usual AWS variables
@@ -63,6 +63,11 @@ use crate::store::StoredSnapshot;
 /// longer than the moment between an upload's last part and its record.
 pub const ORPHAN_GRACE: Duration = Duration::from_secs(3600);
 
+/// How often the store is listed for orphans: nothing younger than
+/// [`ORPHAN_GRACE`] is one, so a pass every time strays are looked for
+/// would list the whole prefix for nothing.
+const ORPHANS_EVERY: Duration = Duration::from_secs(900);
+
 /// Parts uploaded at once, per upload.
 const PARTS_IN_FLIGHT: usize = 4;
 
@@ -85,6 +90,8 @@ pub struct SnapshotStore {
     prefix: Path,
     url: String,
     uploads: tokio::sync::Semaphore,
+    /// When the last pass for orphans began ([`ORPHANS_EVERY`]).
+    orphans_looked: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl std::fmt::Debug for SnapshotStore {
@@ -145,13 +152,19 @@ impl SnapshotStore {
             prefix,
             url: url.to_owned(),
             uploads: tokio::sync::Semaphore::new(UPLOADS_AT_ONCE),
+            orphans_looked: std::sync::Mutex::default(),
         })
     }
 
     /// Writes, reads back and removes a small object, so that a store the
     /// forge cannot use stops it at start rather than at the first pause.
     pub async fn check(&self) -> Result<(), String> {
-        let probe = self.prefix.clone().join(".forge-check");
+        // A name of its own: control planes starting at once on one
+        // prefix must not remove each other's probe.
+        let probe = self
+            .prefix
+            .clone()
+            .join(format!(".forge-check-{}", hex::encode(rand::random::<[u8; 8]>())).as_str());
         let wrote = b"forge snapshot store check".to_vec();
         let fail = |what: &str, error: object_store::Error| {
             format!("the snapshot store {} failed to {what}: {error}", self.url)
@@ -335,6 +348,19 @@ impl SnapshotStore {
         }
     }
 
+    /// Whether a pass for orphans is due; if so, it counts as begun.
+    pub fn orphans_due(&self) -> bool {
+        let mut looked = self
+            .orphans_looked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if looked.is_some_and(|at| at.elapsed() < ORPHANS_EVERY) {
+            return false;
+        }
+        *looked = Some(std::time::Instant::now());
+        true
+    }
+
     /// Removes the objects under the prefix that `named` does not name and
     /// that are older than [`ORPHAN_GRACE`]; returns a line per object.
     pub async fn collect_orphans(&self, named: &HashSet<String>) -> Result<Vec<String>, Error> {
@@ -372,8 +398,9 @@ struct Verified {
     checked: Arc<AtomicBool>,
 }
 
-/// Bytes held back until the object's end is checked: fewer than any
-/// export's checksum trailer, without which no node lands it.
+/// Bytes held back until the object's end is checked: more than an
+/// export's end (its tag and 32-byte SHA-256), without which no node lands
+/// it.
 const HELD_BACK: usize = 64;
 
 impl Verified {

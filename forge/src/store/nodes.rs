@@ -334,11 +334,19 @@ impl Store {
         .bind(sandbox_id)
         .fetch_optional(&mut *tx)
         .await?;
-        sqlx::query("INSERT INTO stored_snapshots (sandbox_id, token) VALUES ($1, $2)")
-            .bind(sandbox_id)
-            .bind(token)
-            .execute(&mut *tx)
-            .await?;
+        // A pause through another server between the two statements wrote
+        // its row meanwhile (PostgreSQL's DELETE does not wait for rows it
+        // cannot see): this one, the later, takes its place.
+        sqlx::query(
+            "INSERT INTO stored_snapshots (sandbox_id, token) VALUES ($1, $2) \
+             ON CONFLICT (sandbox_id) DO UPDATE SET token = excluded.token, \
+             object_key = NULL, bytes = 0, sha256 = NULL, stored_at = NULL, \
+             resuming_since = NULL",
+        )
+        .bind(sandbox_id)
+        .bind(token)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(earlier.and_then(|(key,)| key))
     }

@@ -971,7 +971,8 @@ impl Sandboxes {
         }
         let lock = self.lock_of(id);
         let _guard = lock.write().await;
-        let paused = self.refresh(id).await?;
+        // Paused to disk is no live state: the record says it.
+        let paused = self.recorded(id).await?;
         if paused.state == VmState::PausedToDisk {
             // Copies stay beside their parent: one paused to disk goes
             // first where they fit, if its node is full.

@@ -129,12 +129,8 @@ fn print_named_log(note: Option<&str>) {
     else {
         return;
     };
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| format!("unreadable: {e}"));
-    let lines: Vec<&str> = text.lines().collect();
-    println!("--- the last lines of {path}:");
-    for line in &lines[lines.len().saturating_sub(150)..] {
-        println!("{line}");
-    }
+    let tail = sandbox::microvm::vm::tail(std::path::Path::new(path), 16 << 10);
+    println!("--- the end of {path}:\n{tail}");
 }
 
 /// `kept` is everything where the backend keeps processes, else the disk
