@@ -72,6 +72,14 @@ pub enum CheckpointError {
     Userns { path: PathBuf, reason: String },
 }
 
+impl CheckpointError {
+    /// CRIU gave up seizing the tasks within [`SEIZE_TIMEOUT_SECS`] (its
+    /// alarm is armed only while it freezes and collects them).
+    pub fn seize_timed_out(&self) -> bool {
+        matches!(self, Self::Dump { reason, .. } if reason.contains("Timeout reached"))
+    }
+}
+
 /// What happens to the sandbox's processes after the dump.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AfterDump {
@@ -574,6 +582,23 @@ pub fn images_for(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_timed_out_seize_is_tried_again() {
+        let failed = |reason: &str| CheckpointError::Dump {
+            reason: reason.to_owned(),
+            log: PathBuf::from("dump.log"),
+        };
+        assert!(
+            failed("Error (criu/cr-dump.c:1655): Timeout reached. Try to interrupt: 0")
+                .seize_timed_out()
+        );
+        assert!(
+            !failed("Error (criu/proc_parse.c:2722): invalid cgroup configuration")
+                .seize_timed_out()
+        );
+        assert!(!CheckpointError::Spawn(std::io::Error::other("no criu")).seize_timed_out());
+    }
 
     /// `userns-14.img` as CRIU 4.2 wrote it for ids 0..65536 → 200000.
     const CRIU_USERNS_IMAGE: [u8; 36] = [

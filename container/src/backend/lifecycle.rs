@@ -299,21 +299,36 @@ impl ContainerBackend {
             }
         };
         let log = self.sandbox_dir(&parent.id).join("dump.log");
-        if freezer.is_some() {
-            // Frozen here, CRIU does not wait for the freezer in 100 ms
-            // steps; if this fails, CRIU freezes the group itself.
-            let _ = timing::timed("freeze", || cgroup.freeze_for_checkpoint());
+        let dump = || {
+            if freezer.is_some() {
+                // Frozen here, CRIU does not wait for the freezer in 100 ms
+                // steps; if this fails, CRIU freezes the group itself.
+                let _ = timing::timed("freeze", || cgroup.freeze_for_checkpoint());
+            }
+            timing::timed("dump", || {
+                criu.dump(
+                    &spec,
+                    pid1,
+                    &images,
+                    &log,
+                    freezer.as_deref(),
+                    AfterDump::Frozen,
+                )
+            })
+        };
+        let mut dumped = dump();
+        if let Err(err) = &dumped
+            && err.seize_timed_out()
+        {
+            // Now and then CRIU waits for good on a task of a busy
+            // sandbox while it seizes them (one exiting just then, it
+            // seems); the next try finds other tasks. Once more, from a
+            // parent let run again. The first try's log stays beside.
+            let _ = fs::copy(&log, log.with_extension("log.1"));
+            if self.release_after_dump(&parent.id).is_ok() {
+                dumped = dump();
+            }
         }
-        let dumped = timing::timed("dump", || {
-            criu.dump(
-                &spec,
-                pid1,
-                &images,
-                &log,
-                freezer.as_deref(),
-                AfterDump::Frozen,
-            )
-        });
         if dumped.is_ok() {
             checkpoint::record_stats(&images);
         }
